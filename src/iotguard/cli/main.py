@@ -1,0 +1,67 @@
+"""``iotguard`` command line.
+
+Each command group lives in its own module under ``iotguard.cli`` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` (taking the
+parsed ``argparse.Namespace`` and returning an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from iotguard import __version__
+from iotguard.errors import IotGuardError
+
+__all__ = ["build_parser", "main"]
+
+# Command modules, in the order ``iotguard --help`` lists them.
+_COMMAND_MODULES: tuple[str, ...] = (
+    "iotguard.cli.demo",
+    "iotguard.cli.hub",
+    "iotguard.cli.agent",
+    "iotguard.cli.devices",
+    "iotguard.cli.telemetry",
+    "iotguard.cli.tokens",
+    "iotguard.cli.broker",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the full argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="iotguard",
+        description="IoT security and privacy platform: hub, device agent, fleet simulator and tools.",
+    )
+    parser.add_argument("--version", action="version", version=f"iotguard {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``iotguard`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except IotGuardError as exc:
+        print(f"iotguard: error [{exc.code}]: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""One exception hierarchy for all of iotguard.
+
+Every domain failure has its own subclass and a stable, machine-readable
+reason ``code``. Codes are what operators, metrics and the audit log see;
+the public edges (REST API, device replies) map them to public messages
+through :data:`PUBLIC_MESSAGES`, so internals never leak to devices or API
+clients.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PUBLIC_MESSAGES",
+    "AuthenticationError",
+    "BudgetExhausted",
+    "ConfigError",
+    "ConsentError",
+    "EnrollmentError",
+    "IntegrityError",
+    "IotGuardError",
+    "KeyStoreError",
+    "MalformedError",
+    "PolicyDenied",
+    "ProofError",
+    "ReplayError",
+    "RevokedError",
+    "RollbackError",
+    "StorageError",
+    "TamperError",
+    "UnknownDeviceError",
+    "UsageLimitError",
+    "public_message",
+]
+
+
+class IotGuardError(Exception):
+    """Base class of every iotguard error.
+
+    Attributes:
+        code: Stable reason code (``snake_case``), used in metrics, audit
+            entries and rejection counters.
+    """
+
+    code: str = "error"
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message or self.code)
+        if code is not None:
+            self.code = code
+
+
+class ConfigError(IotGuardError):
+    """A configuration value is missing, malformed or unsafe."""
+
+    code = "config_invalid"
+
+
+class MalformedError(IotGuardError):
+    """Untrusted bytes did not parse under the strict schema or size limits."""
+
+    code = "malformed"
+
+
+class IntegrityError(IotGuardError):
+    """Authenticated decryption or a signature/MAC check failed."""
+
+    code = "forged"
+
+
+class ReplayError(IotGuardError):
+    """A message was already seen or is older than the replay window."""
+
+    code = "replay"
+
+
+class UnknownDeviceError(IotGuardError):
+    """The device id (or its key epoch) is not registered."""
+
+    code = "unknown_device"
+
+
+class RevokedError(IotGuardError):
+    """The device or credential was revoked or decommissioned."""
+
+    code = "revoked"
+
+
+class EnrollmentError(IotGuardError):
+    """Enrollment failed: bad, expired or reused token, or bad proof of possession."""
+
+    code = "enrollment_failed"
+
+
+class AuthenticationError(IotGuardError):
+    """A caller could not be authenticated."""
+
+    code = "unauthenticated"
+
+
+class PolicyDenied(IotGuardError):
+    """The policy decision point denied the request."""
+
+    code = "policy_denied"
+
+
+class KeyStoreError(IotGuardError):
+    """A key-store operation failed (missing key, sealed store unreadable...)."""
+
+    code = "keystore_error"
+
+
+class TamperError(KeyStoreError):
+    """The key store detected tampering and zeroized its keys."""
+
+    code = "tampered"
+
+
+class UsageLimitError(IotGuardError):
+    """A key reached its usage limit (messages per key) and must be re-keyed."""
+
+    code = "usage_limit"
+
+
+class RollbackError(IotGuardError):
+    """A version or counter went backwards (firmware, metadata, checkpoint)."""
+
+    code = "rollback"
+
+
+class ConsentError(IotGuardError):
+    """The data subject has not consented to this purpose (or withdrew)."""
+
+    code = "no_consent"
+
+
+class BudgetExhausted(IotGuardError):
+    """Releasing this would exceed the privacy budget."""
+
+    code = "budget_exhausted"
+
+
+class ProofError(IotGuardError):
+    """A Merkle inclusion or consistency proof (or checkpoint) did not verify."""
+
+    code = "bad_proof"
+
+
+class StorageError(IotGuardError):
+    """The store could not complete a durable operation."""
+
+    code = "storage_error"
+
+
+#: Public messages per reason code. Devices and API clients see only these;
+#: operators see the code. ``tests/test_errors.py`` checks every code has one.
+PUBLIC_MESSAGES: dict[str, str] = {
+    "error": "request failed",
+    "config_invalid": "invalid configuration",
+    "malformed": "malformed message",
+    "forged": "message failed authentication",
+    "replay": "message already received",
+    "unknown_device": "unknown device",
+    "revoked": "credential revoked",
+    "enrollment_failed": "enrollment failed",
+    "unauthenticated": "authentication required",
+    "policy_denied": "not allowed",
+    "keystore_error": "key store unavailable",
+    "tampered": "key store unavailable",
+    "usage_limit": "key must be renewed",
+    "rollback": "version rollback refused",
+    "no_consent": "no consent for this purpose",
+    "budget_exhausted": "privacy budget exhausted",
+    "bad_proof": "proof did not verify",
+    "storage_error": "temporarily unavailable",
+}
+
+
+def public_message(code: str) -> str:
+    """Return the public message for a reason code (generic if unknown)."""
+    return PUBLIC_MESSAGES.get(code, PUBLIC_MESSAGES["error"])

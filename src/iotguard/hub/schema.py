@@ -1,0 +1,133 @@
+"""Core hub tables (migration ``0001_core``) and the import point of every
+component's tables, so ``migrate`` sees all migrations."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Connection
+
+from iotguard.hub.db import metadata
+from iotguard.hub.migrations import Migration, register
+
+__all__ = [
+    "api_tokens",
+    "devices",
+    "enrollment_tokens",
+    "key_epochs",
+    "readings",
+    "rejections",
+    "replay_windows",
+]
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("model", String(64), nullable=False),
+    Column("serial", String(128), nullable=True),
+    Column("segment", String(64), nullable=False),
+    # pending -> active -> revoked | decommissioned
+    Column("status", String(16), nullable=False),
+    Column("identity_public_key", LargeBinary, nullable=True),
+    Column("cert_pem", Text, nullable=True),
+    Column("cert_serial", String(64), nullable=True),
+    Column("cert_not_after", DateTime(timezone=True), nullable=True),
+    Column("current_epoch", Integer, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("enrolled_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+enrollment_tokens = Table(
+    "enrollment_tokens",
+    metadata,
+    # Only a SHA-256 of the token is stored; the token itself is shown once.
+    Column("token_hash", LargeBinary(32), primary_key=True),
+    Column("device_id", String(64), nullable=False, index=True),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True), nullable=True),
+)
+
+key_epochs = Table(
+    "key_epochs",
+    metadata,
+    Column("device_id", String(64), nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("suite", String(32), nullable=False),
+    # Session key wrapped (AES-GCM) under the hub's storage key; never in clear.
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("retired_at", DateTime(timezone=True), nullable=True),
+    PrimaryKeyConstraint("device_id", "epoch"),
+)
+
+replay_windows = Table(
+    "replay_windows",
+    metadata,
+    Column("device_id", String(64), nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("top", BigInteger, nullable=False),
+    Column("bitmap", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("device_id", "epoch"),
+)
+
+readings = Table(
+    "readings",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("device_id", String(64), nullable=False),
+    Column("epoch", Integer, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("topic", String(256), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    UniqueConstraint("device_id", "epoch", "seq", name="uq_readings_device_epoch_seq"),
+)
+Index("ix_readings_received", readings.c.received_at)
+
+rejections = Table(
+    "rejections",
+    metadata,
+    # Aggregated per device and reason code; device_id "" when unattributable.
+    Column("device_id", String(64), nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("count", BigInteger, nullable=False),
+    Column("first_at", DateTime(timezone=True), nullable=False),
+    Column("last_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("device_id", "reason"),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("token_id", String(32), primary_key=True),
+    Column("token_hash", LargeBinary(32), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+_CORE = [devices, enrollment_tokens, key_epochs, replay_windows, readings, rejections, api_tokens]
+
+
+def _apply_core(conn: Connection) -> None:
+    for table in _CORE:
+        table.create(conn, checkfirst=True)
+    for index in readings.indexes:
+        index.create(conn, checkfirst=True)
+
+
+register(Migration("0001_core", "devices, tokens, key epochs, replay windows, readings", _apply_core))

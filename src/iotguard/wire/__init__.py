@@ -1,0 +1,1 @@
+"""iotguard.wire."""
