@@ -1,0 +1,163 @@
+"""The per-device privacy-loss ledger.
+
+Local DP releases about one device compose sequentially: releasing values
+with losses ``eps_1, eps_2, ...`` about the same person is ``sum(eps_i)``-DP.
+The ledger adds up the loss each device has released within a budget
+period and refuses, *before* any noise is drawn, a release that would take
+the total past the contract's budget. Refusal is
+:class:`~iotguard.errors.BudgetExhausted`; the caller drops the release.
+
+Persistence goes through :class:`LedgerStore`. On a device
+:class:`KeyStoreLedgerStore` keeps the running total in a monotonic counter
+of the key store, so a reboot or a restored file cannot hand the budget
+back; the hub keeps its copy of the accounting (from receipts) in SQL.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from iotguard.errors import BudgetExhausted, ConfigError
+from iotguard.keys.keystore import KeyStore
+from iotguard.privacy.pseudonym import period_number
+
+__all__ = [
+    "EPSILON_RESOLUTION",
+    "InMemoryLedgerStore",
+    "KeyStoreLedgerStore",
+    "LedgerStore",
+    "PrivacyLossLedger",
+    "Spend",
+]
+
+#: Losses are accounted in integer units of this size, rounded up (never under-counted).
+EPSILON_RESOLUTION = 1e-6
+
+
+def _units(epsilon: float) -> int:
+    return math.ceil(epsilon / EPSILON_RESOLUTION - 1e-9)
+
+
+class LedgerStore(Protocol):
+    """Durable running totals of privacy loss, in :data:`EPSILON_RESOLUTION` units."""
+
+    def spent_units(self, device_id: str, period: int) -> int:
+        """Units spent by ``device_id`` in ``period`` (0 if none)."""
+        ...
+
+    def add_units(self, device_id: str, period: int, units: int, purpose: str, at: datetime) -> int:
+        """Durably add ``units``; returns the new total."""
+        ...
+
+
+class InMemoryLedgerStore:
+    """A :class:`LedgerStore` in a dict, for tests and simulations."""
+
+    def __init__(self) -> None:
+        self._spent: dict[tuple[str, int], int] = {}
+        self._lock = threading.Lock()
+
+    def spent_units(self, device_id: str, period: int) -> int:
+        with self._lock:
+            return self._spent.get((device_id, period), 0)
+
+    def add_units(self, device_id: str, period: int, units: int, purpose: str, at: datetime) -> int:
+        with self._lock:
+            total = self._spent.get((device_id, period), 0) + units
+            self._spent[(device_id, period)] = total
+            return total
+
+
+class KeyStoreLedgerStore:
+    """A :class:`LedgerStore` on the key store's persistent monotonic counters (device side)."""
+
+    def __init__(self, keystore: KeyStore) -> None:
+        self._ks = keystore
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _name(device_id: str, period: int) -> str:
+        return f"privacy-loss/{device_id}/{period}"
+
+    def spent_units(self, device_id: str, period: int) -> int:
+        return self._ks.counter(self._name(device_id, period))
+
+    def add_units(self, device_id: str, period: int, units: int, purpose: str, at: datetime) -> int:
+        with self._lock:
+            name = self._name(device_id, period)
+            return self._ks.advance_counter(name, self._ks.counter(name) + units)
+
+
+@dataclass(frozen=True)
+class Spend:
+    """One accepted charge."""
+
+    device_id: str
+    period: int
+    epsilon: float
+    total: float
+    budget: float
+
+
+class PrivacyLossLedger:
+    """Accounts and caps the privacy loss released by each device per period.
+
+    Args:
+        store: Where running totals live.
+        budget_epsilon: Total loss allowed per device per period.
+        period: Length of a budget period (periods start at the Unix epoch).
+
+    Raises:
+        ConfigError: negative budget or non-positive period.
+    """
+
+    def __init__(self, store: LedgerStore, budget_epsilon: float, period: timedelta) -> None:
+        if not math.isfinite(budget_epsilon) or budget_epsilon < 0:
+            raise ConfigError("privacy budget must be a non-negative number")
+        if period.total_seconds() <= 0:
+            raise ConfigError("budget period must be positive")
+        self._store = store
+        self.budget_epsilon = budget_epsilon
+        self.period = period
+        self._budget_units = math.floor(budget_epsilon / EPSILON_RESOLUTION + 1e-9)
+        self._lock = threading.Lock()
+
+    def period_of(self, at: datetime) -> int:
+        """Budget period number holding ``at``."""
+        return period_number(at, self.period)
+
+    def spent(self, device_id: str, at: datetime) -> float:
+        """Loss spent by ``device_id`` in the period holding ``at``."""
+        return self._store.spent_units(device_id, self.period_of(at)) * EPSILON_RESOLUTION
+
+    def remaining(self, device_id: str, at: datetime) -> float:
+        """Loss still available to ``device_id`` in the period holding ``at``."""
+        units = self._budget_units - self._store.spent_units(device_id, self.period_of(at))
+        return max(0, units) * EPSILON_RESOLUTION
+
+    def charge(self, device_id: str, epsilon: float, purpose: str, at: datetime) -> Spend:
+        """Charge a release of loss ``epsilon``, or refuse it.
+
+        Call before drawing any noise; a refused release must not happen.
+
+        Raises:
+            BudgetExhausted: the release would take the period's total past the budget.
+            ConfigError: ``epsilon`` is negative or not finite.
+        """
+        if not math.isfinite(epsilon) or epsilon < 0:
+            raise ConfigError("privacy loss must be a non-negative number")
+        period = self.period_of(at)
+        units = _units(epsilon)
+        with self._lock:
+            spent = self._store.spent_units(device_id, period)
+            if spent + units > self._budget_units:
+                raise BudgetExhausted(
+                    f"release of epsilon {epsilon:g} for {purpose!r} would exceed the budget "
+                    f"{self.budget_epsilon:g} (spent {spent * EPSILON_RESOLUTION:g} this period)"
+                )
+            total = self._store.add_units(device_id, period, units, purpose, at) if units else spent
+        return Spend(device_id, period, epsilon, total * EPSILON_RESOLUTION, self.budget_epsilon)
