@@ -4,15 +4,23 @@ A key store generates keys inside itself and offers only operations on
 them: sign, derive (X25519 agreement + HKDF), seal/unseal (symmetric
 wrapping), and persistent monotonic counters. No method returns private key
 bytes. Backends (software secure element, PKCS#11 HSM, PUF-derived) all
-pass ``tests/keys/test_keystore_contract.py``.
+pass ``tests/keys/test_keys_contract.py``.
+
+Stores that have a tamper sensor also implement :class:`TamperResponsive`:
+after a tamper event their keys are destroyed, every key operation raises
+:class:`~iotguard.errors.TamperError`, and :attr:`TamperResponsive.tamper_record`
+tells the agent what happened so it can report it (the hub then marks the
+device untrusted). :func:`tamper_record_of` reads that state from any store.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
-__all__ = ["KeyKind", "KeyStore"]
+__all__ = ["KeyKind", "KeyStore", "TamperRecord", "TamperResponsive", "tamper_record_of"]
 
 
 class KeyKind(StrEnum):
@@ -88,3 +96,58 @@ class KeyStore(Protocol):
     def zeroize(self) -> None:
         """Destroy every key in the store (tamper response, decommissioning)."""
         ...
+
+
+@dataclass(frozen=True)
+class TamperRecord:
+    """What a key store recorded when it detected tampering.
+
+    Attributes:
+        reason: Stable reason code, e.g. ``"enclosure_open"``,
+            ``"integrity_check_failed"`` (sealed store unreadable: corrupted,
+            altered, or copied from another device), ``"root_secret_missing"``.
+        detected_at: When the store detected it (aware UTC).
+        detail: Short operator-facing detail; never contains secrets.
+    """
+
+    reason: str
+    detected_at: datetime
+    detail: str = ""
+
+
+@runtime_checkable
+class TamperResponsive(Protocol):
+    """A key store with a tamper response (optional, beside :class:`KeyStore`).
+
+    After :meth:`tamper_event` (or an integrity failure the store detects by
+    itself) the keys are zeroized, a :class:`TamperRecord` is persisted, and
+    every key operation of the store raises :class:`~iotguard.errors.TamperError`
+    until the device is re-provisioned.
+    """
+
+    @property
+    def tamper_record(self) -> TamperRecord | None:
+        """The persisted tamper record, or ``None`` if the store was never tampered with."""
+        ...
+
+    def tamper_event(self, reason: str, *, now: datetime | None = None) -> TamperRecord:
+        """Respond to tampering: zeroize, persist a record, refuse all further use.
+
+        Called by the enclosure-open signal handler (or any platform tamper
+        sensor). Idempotent: a second event keeps the first record.
+        """
+        ...
+
+    def require_untampered(self) -> None:
+        """Raise :class:`~iotguard.errors.TamperError` if the store was tampered with."""
+        ...
+
+
+def tamper_record_of(store: object) -> TamperRecord | None:
+    """Tamper record of any key store (``None`` for stores without a tamper sensor).
+
+    This is what the agent puts in attestation evidence as the key-store state.
+    """
+    if isinstance(store, TamperResponsive):
+        return store.tamper_record
+    return None

@@ -1,21 +1,41 @@
-"""Software secure element: a ``KeyStore`` in one sealed file.
+"""Software secure element: a ``KeyStore`` in one sealed file, with tamper response.
 
-The store keeps its keys and counters in a CBOR map that is sealed at rest
-with AES-256-GCM under a key-encryption key (KEK). The KEK comes from a
-32-byte root secret that plays the role of a fused device secret: it is
-created with the store, kept in its own file (mode 0600) and is never
-written anywhere else. Every change is written atomically (temporary file,
-fsync, rename), so a crash leaves either the old or the new state, and
-counters never go backwards.
+The store keeps its keys and counters in a CBOR map sealed at rest with
+AES-256-GCM under a key-encryption key (KEK). The KEK is derived from two
+secrets:
+
+* a 32-byte **root secret** created with the store, kept in the store
+  directory (``root.secret``, mode 0600), and
+* a **device binding** that lives *outside* the store directory: either
+  supplied by the platform (``device_binding=``, e.g. read from a hardware
+  fuse or a TPM-sealed blob) or, by default, ``/etc/machine-id`` mixed with a
+  per-install secret kept under ``$XDG_STATE_HOME/iotguard`` (see
+  :func:`platform_device_binding`).
+
+Copying the store directory to another device therefore yields a store that
+does not open there (cloned-device attack). A store whose sealed file fails
+its integrity check — altered, truncated, copied from another device, or
+missing its root secret — is treated as tampered: the store crypto-erases
+what is left (root secret and sealed file), persists a tamper record
+(``tamper.cbor``) and refuses every key operation with
+:class:`~iotguard.errors.TamperError`. An enclosure-open signal handler
+calls :meth:`SoftwareKeyStore.tamper_event` for the same response.
+
+Every change is written atomically (temporary file, fsync, rename), so a
+crash leaves either the old or the new state. Loaded key objects are cached
+in memory so signing costs what a bare signature costs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import cbor2
 from cryptography.exceptions import InvalidTag
@@ -25,183 +45,463 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from iotguard.errors import IntegrityError, KeyStoreError
-from iotguard.keys.keystore import KeyKind
+from iotguard.clock import Clock, SystemClock
+from iotguard.errors import ConfigError, IntegrityError, KeyStoreError, TamperError
+from iotguard.keys._files import atomic_write, create_exclusive
+from iotguard.keys.keystore import KeyKind, TamperRecord
 
-__all__ = ["SoftwareKeyStore"]
+__all__ = [
+    "DEVICE_SECRET_ENV",
+    "MIN_DEVICE_BINDING_BYTES",
+    "SoftwareKeyStore",
+    "default_device_secret_path",
+    "platform_device_binding",
+]
 
-_FORMAT = 1
+_FORMAT = 2
 _STORE_FILE = "keystore.sealed"
 _ROOT_FILE = "root.secret"
-_AD = b"iotguard-software-keystore-v1"
+_TAMPER_FILE = "tamper.cbor"
+_AD = b"iotguard-software-keystore-v2"
+_MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
+
+#: Environment variable naming the per-install device secret file.
+DEVICE_SECRET_ENV = "IOTGUARD_DEVICE_SECRET"  # noqa: S105 - a variable name, not a secret
+#: Shortest device binding accepted (bytes); shorter values are guessable.
+MIN_DEVICE_BINDING_BYTES = 16
+#: Largest sealed store or tamper record read from disk (bytes).
+MAX_STORE_BYTES = 16 * 1024 * 1024
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def default_device_secret_path() -> Path:
+    """Where the per-install device secret lives by default.
+
+    ``$IOTGUARD_DEVICE_SECRET`` if set, else
+    ``$XDG_STATE_HOME/iotguard/device.secret`` (``~/.local/state`` when
+    ``XDG_STATE_HOME`` is unset).
+    """
+    env = os.environ.get(DEVICE_SECRET_ENV)
+    if env:
+        return Path(env)
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "iotguard" / "device.secret"
+
+
+def platform_device_binding(device_secret_path: str | os.PathLike[str] | None = None) -> bytes:
+    """The default device binding: machine id mixed with a per-install secret.
+
+    The machine id stands in for a hardware identity fuse; the per-install
+    secret (32 random bytes, created on first use with mode 0600) makes the
+    binding unguessable even when the machine id is known.
+
+    Args:
+        device_secret_path: Per-install secret file; defaults to
+            :func:`default_device_secret_path`.
+
+    Raises:
+        KeyStoreError: the per-install secret exists but is malformed.
+    """
+    path = Path(device_secret_path) if device_secret_path is not None else default_device_secret_path()
+    if not path.exists():
+        create_exclusive(path, secrets.token_bytes(32))
+    secret = path.read_bytes()
+    if len(secret) != 32:
+        raise KeyStoreError("per-install device secret has the wrong length")
+    machine_id = b""
+    for candidate in _MACHINE_ID_FILES:
+        try:
+            machine_id = candidate.read_bytes().strip()
+        except OSError:
+            continue
+        if machine_id:
+            break
+    return hashlib.sha256(b"iotguard device binding v1\0" + machine_id + b"\0" + secret).digest()
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One loaded key. ``repr`` never shows the key object."""
+
+    kind: KeyKind
+    key: Ed25519PrivateKey | X25519PrivateKey | AESGCM
+    public: bytes
+    aes_secret: bytes = b""
+
+    def __repr__(self) -> str:
+        return f"_Entry({self.kind.value})"
+
+    def secret_bytes(self) -> bytes:
+        if isinstance(self.key, Ed25519PrivateKey | X25519PrivateKey):
+            return self.key.private_bytes_raw()
+        return self.aes_secret
+
+
+def _load_entry(kind: KeyKind, secret: bytes) -> _Entry:
+    if kind is KeyKind.ED25519:
+        ed = Ed25519PrivateKey.from_private_bytes(secret)
+        return _Entry(kind, ed, ed.public_key().public_bytes_raw())
+    if kind is KeyKind.X25519:
+        x = X25519PrivateKey.from_private_bytes(secret)
+        return _Entry(kind, x, x.public_key().public_bytes_raw())
+    return _Entry(kind, AESGCM(secret), b"", secret)
 
 
 class SoftwareKeyStore:
     """A software secure element backed by a directory.
 
+    Tamper state: :attr:`tamper_record` (``None`` while trustworthy) is what
+    the agent reports; :meth:`require_untampered` raises; every key operation
+    raises :class:`~iotguard.errors.TamperError` once tampered.
+
     Args:
-        directory: Where the sealed store and its root secret live. Created
-            (mode 0700) if missing.
+        directory: Where the sealed store, its root secret and a tamper
+            record live. Created (mode 0700) if missing.
+        device_binding: Device-unique secret (at least
+            :data:`MIN_DEVICE_BINDING_BYTES`) mixed into the KEK; must come
+            from outside ``directory`` (hardware fuse, TPM, platform
+            keyring). ``None`` uses :func:`platform_device_binding`.
+        device_secret_path: Per-install secret file used when
+            ``device_binding`` is ``None``; must not be inside ``directory``.
+        clock: Source of tamper timestamps (system clock if ``None``).
 
     Raises:
-        KeyStoreError: the sealed store exists but cannot be opened (wrong
-            root secret, corrupted or tampered file).
+        ConfigError: the binding is too short, or the per-install secret
+            would sit inside the store directory (a copy would carry it).
+        KeyStoreError: the store is readable but in an unsupported format.
     """
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        device_binding: bytes | None = None,
+        device_secret_path: str | os.PathLike[str] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self._dir = Path(directory)
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._clock: Clock = clock or SystemClock()
         self._lock = threading.RLock()
-        root_path = self._dir / _ROOT_FILE
-        if not root_path.exists():
-            _atomic_write(root_path, secrets.token_bytes(32))
-        root = root_path.read_bytes()
-        if len(root) != 32:
-            raise KeyStoreError("root secret has the wrong length")
-        self._kek = HKDF(hashes.SHA256(), 32, salt=None, info=b"iotguard keystore kek").derive(root)
-        self._keys: dict[str, tuple[str, bytes]] = {}
+        self._keys: dict[str, _Entry] = {}
         self._counters: dict[str, int] = {}
-        self._load()
+        self._tamper: TamperRecord | None = None
+        if device_binding is None:
+            path = (
+                Path(device_secret_path) if device_secret_path is not None else default_device_secret_path()
+            )
+            if path.resolve().is_relative_to(self._dir.resolve()):
+                raise ConfigError("the device secret must live outside the key-store directory")
+            device_binding = platform_device_binding(path)
+        if len(device_binding) < MIN_DEVICE_BINDING_BYTES:
+            raise ConfigError(f"device binding must be at least {MIN_DEVICE_BINDING_BYTES} bytes")
+        self._binding = hashlib.sha256(b"iotguard binding\0" + device_binding).digest()
+        self._kek = b""
+        self._open()
 
     def __repr__(self) -> str:
-        return f"SoftwareKeyStore({str(self._dir)!r}, keys={sorted(self._keys)})"
+        state = "tampered" if self._tamper is not None else "ok"
+        return f"SoftwareKeyStore({str(self._dir)!r}, keys={sorted(self._keys)}, state={state})"
 
-    # -- persistence -------------------------------------------------------
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError("a key store cannot be pickled or copied")
 
-    def _load(self) -> None:
-        path = self._dir / _STORE_FILE
-        if not path.exists():
+    # -- tamper response -----------------------------------------------------
+
+    @property
+    def tamper_record(self) -> TamperRecord | None:
+        """The persisted tamper record, or ``None`` while the store is trustworthy."""
+        return self._tamper
+
+    def require_untampered(self) -> None:
+        """Raise if the store was tampered with.
+
+        Raises:
+            TamperError: the store responded to a tamper event.
+        """
+        record = self._tamper
+        if record is not None:
+            raise TamperError(f"key store was tampered with ({record.reason}) and is zeroized")
+
+    def tamper_event(self, reason: str, *, now: datetime | None = None) -> TamperRecord:
+        """Respond to tampering: zeroize, persist a record, refuse all further use.
+
+        Call this from the enclosure-open (or any tamper sensor) handler.
+        Idempotent: a second event returns the first record.
+
+        Args:
+            reason: Stable reason code, e.g. ``"enclosure_open"``.
+            now: Time of the event (the store's clock if ``None``).
+
+        Returns:
+            The persisted record.
+        """
+        with self._lock:
+            if self._tamper is not None:
+                return self._tamper
+            return self._respond(reason, "tamper sensor", now)
+
+    def _respond(self, reason: str, detail: str, now: datetime | None = None) -> TamperRecord:
+        record = TamperRecord(reason=reason, detected_at=now or self._clock.now(), detail=detail)
+        # The record goes to disk first: a crash half-way through the erase
+        # must still leave a store that refuses to work.
+        payload = {"reason": record.reason, "at": record.detected_at.isoformat(), "detail": record.detail}
+        atomic_write(self._dir / _TAMPER_FILE, cbor2.dumps(payload, canonical=True))
+        self._tamper = record
+        self._keys.clear()
+        self._counters.clear()
+        self._kek = b""
+        root = self._dir / _ROOT_FILE
+        if root.exists():
+            atomic_write(root, bytes(32))
+            root.unlink()
+        (self._dir / _STORE_FILE).unlink(missing_ok=True)
+        return record
+
+    def _check(self) -> None:
+        if self._tamper is not None:
+            self.require_untampered()
+
+    # -- persistence ---------------------------------------------------------
+
+    def _derive_kek(self, root: bytes) -> bytes:
+        hkdf = HKDF(hashes.SHA256(), 32, salt=b"iotguard keystore kek v2", info=b"kek")
+        return hkdf.derive(root + self._binding)
+
+    def _open(self) -> None:
+        tamper_path = self._dir / _TAMPER_FILE
+        if tamper_path.exists():
+            self._tamper = _read_tamper_record(tamper_path)
             return
-        blob = path.read_bytes()
-        if len(blob) < 12 + 16:
-            raise KeyStoreError("sealed key store is truncated")
+        root_path = self._dir / _ROOT_FILE
+        store_path = self._dir / _STORE_FILE
+        if not root_path.exists() and not store_path.exists():
+            root = secrets.token_bytes(32)
+            self._kek = self._derive_kek(root)
+            atomic_write(root_path, root)
+            self._save()
+            return
+        if not root_path.exists():
+            self._respond("root_secret_missing", "sealed store present without its root secret")
+            return
+        if not store_path.exists():
+            self._respond("sealed_store_missing", "root secret present without its sealed store")
+            return
+        root = root_path.read_bytes()
+        blob = store_path.read_bytes()
+        if len(root) != 32 or not 28 <= len(blob) <= MAX_STORE_BYTES:
+            self._respond("integrity_check_failed", "root secret or sealed store has the wrong size")
+            return
+        kek = self._derive_kek(root)
         try:
-            raw = AESGCM(self._kek).decrypt(blob[:12], blob[12:], _AD)
+            raw = AESGCM(kek).decrypt(blob[:12], blob[12:], _AD)
         except InvalidTag:
-            raise KeyStoreError("sealed key store failed its integrity check") from None
+            self._respond(
+                "integrity_check_failed",
+                "sealed store did not authenticate (altered, or copied from another device)",
+            )
+            return
         state: dict[str, Any] = cbor2.loads(raw)
         if state.get("v") != _FORMAT:
             raise KeyStoreError("unsupported key store format")
-        self._keys = {k: (str(v[0]), bytes(v[1])) for k, v in state["keys"].items()}
-        self._counters = {k: int(v) for k, v in state["counters"].items()}
+        self._kek = kek
+        self._keys = {str(k): _load_entry(KeyKind(v[0]), bytes(v[1])) for k, v in state["keys"].items()}
+        self._counters = {str(k): int(v) for k, v in state["counters"].items()}
 
     def _save(self) -> None:
         state = {
             "v": _FORMAT,
-            "keys": {k: [kind, secret] for k, (kind, secret) in self._keys.items()},
+            "keys": {k: [e.kind.value, e.secret_bytes()] for k, e in self._keys.items()},
             "counters": self._counters,
         }
         nonce = secrets.token_bytes(12)
         sealed = nonce + AESGCM(self._kek).encrypt(nonce, cbor2.dumps(state, canonical=True), _AD)
-        _atomic_write(self._dir / _STORE_FILE, sealed)
+        atomic_write(self._dir / _STORE_FILE, sealed)
 
-    def _get(self, label: str, kind: KeyKind) -> bytes:
-        entry = self._keys.get(label)
+    def _get(self, label: str, kind: KeyKind) -> _Entry:
+        with self._lock:
+            self._check()
+            entry = self._keys.get(label)
         if entry is None:
             raise KeyStoreError(f"no key {label!r}")
-        if entry[0] != kind:
-            raise KeyStoreError(f"key {label!r} is {entry[0]}, not {kind}")
-        return entry[1]
+        if entry.kind is not kind:
+            raise KeyStoreError(f"key {label!r} is {entry.kind.value}, not {kind.value}")
+        return entry
 
-    # -- KeyStore ----------------------------------------------------------
+    # -- KeyStore ------------------------------------------------------------
 
     def generate(self, label: str, kind: KeyKind) -> bytes:
+        """Create a key under ``label`` and return its public key (b"" for AES).
+
+        Raises:
+            KeyStoreError: ``label`` exists already.
+            TamperError: the store was tampered with.
+        """
         kind = KeyKind(kind)
         with self._lock:
+            self._check()
             if label in self._keys:
                 raise KeyStoreError(f"key {label!r} exists")
             if kind is KeyKind.ED25519:
-                secret = Ed25519PrivateKey.generate().private_bytes_raw()
+                entry = _load_entry(kind, Ed25519PrivateKey.generate().private_bytes_raw())
             elif kind is KeyKind.X25519:
-                secret = X25519PrivateKey.generate().private_bytes_raw()
+                entry = _load_entry(kind, X25519PrivateKey.generate().private_bytes_raw())
             else:
-                secret = secrets.token_bytes(32)
-            self._keys[label] = (kind.value, secret)
-            self._save()
-            return b"" if kind is KeyKind.AES256 else self.public_key(label)
+                entry = _load_entry(kind, secrets.token_bytes(32))
+            self._keys[label] = entry
+            try:
+                self._save()
+            except BaseException:
+                del self._keys[label]
+                raise
+            return entry.public
 
     def has_key(self, label: str) -> bool:
+        """Whether a key named ``label`` exists.
+
+        Raises:
+            TamperError: the store was tampered with.
+        """
         with self._lock:
+            self._check()
             return label in self._keys
 
     def public_key(self, label: str) -> bytes:
+        """Raw public key bytes of an asymmetric key.
+
+        Raises:
+            KeyStoreError: no such key, or it is symmetric.
+            TamperError: the store was tampered with.
+        """
         with self._lock:
+            self._check()
             entry = self._keys.get(label)
-            if entry is None:
-                raise KeyStoreError(f"no key {label!r}")
-            kind, secret = entry
-        if kind == KeyKind.ED25519:
-            return Ed25519PrivateKey.from_private_bytes(secret).public_key().public_bytes_raw()
-        if kind == KeyKind.X25519:
-            return X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes_raw()
-        raise KeyStoreError(f"key {label!r} is symmetric and has no public key")
+        if entry is None:
+            raise KeyStoreError(f"no key {label!r}")
+        if entry.kind is KeyKind.AES256:
+            raise KeyStoreError(f"key {label!r} is symmetric and has no public key")
+        return entry.public
 
     def sign(self, label: str, message: bytes) -> bytes:
-        with self._lock:
-            secret = self._get(label, KeyKind.ED25519)
-        return Ed25519PrivateKey.from_private_bytes(secret).sign(message)
+        """Sign ``message`` with an Ed25519 key; returns the 64-byte signature.
+
+        Raises:
+            KeyStoreError: no such Ed25519 key.
+            TamperError: the store was tampered with.
+        """
+        key = self._get(label, KeyKind.ED25519).key
+        assert isinstance(key, Ed25519PrivateKey)
+        return key.sign(message)
 
     def derive(self, label: str, peer_public_key: bytes, *, salt: bytes, info: bytes, length: int) -> bytes:
-        with self._lock:
-            secret = self._get(label, KeyKind.X25519)
+        """X25519 agreement with ``peer_public_key`` then HKDF-SHA256.
+
+        Raises:
+            KeyStoreError: no such X25519 key, or a bad peer key.
+            TamperError: the store was tampered with.
+        """
+        key = self._get(label, KeyKind.X25519).key
+        assert isinstance(key, X25519PrivateKey)
         try:
-            peer = X25519PublicKey.from_public_bytes(peer_public_key)
-            shared = X25519PrivateKey.from_private_bytes(secret).exchange(peer)
+            shared = key.exchange(X25519PublicKey.from_public_bytes(peer_public_key))
         except ValueError as exc:
             raise KeyStoreError(f"key agreement failed: {exc}") from None
         return HKDF(hashes.SHA256(), length, salt=salt, info=info).derive(shared)
 
     def seal(self, label: str, plaintext: bytes, associated_data: bytes = b"") -> bytes:
-        with self._lock:
-            secret = self._get(label, KeyKind.AES256)
+        """Encrypt under the AES key ``label``; returns nonce || ciphertext || tag.
+
+        Raises:
+            KeyStoreError: no such AES key.
+            TamperError: the store was tampered with.
+        """
+        key = self._get(label, KeyKind.AES256).key
+        assert isinstance(key, AESGCM)
         nonce = secrets.token_bytes(12)
-        return nonce + AESGCM(secret).encrypt(nonce, plaintext, associated_data)
+        return nonce + key.encrypt(nonce, plaintext, associated_data)
 
     def unseal(self, label: str, sealed: bytes, associated_data: bytes = b"") -> bytes:
-        with self._lock:
-            secret = self._get(label, KeyKind.AES256)
+        """Reverse :meth:`seal`.
+
+        Raises:
+            IntegrityError: the blob or associated data was altered.
+            KeyStoreError: no such AES key.
+            TamperError: the store was tampered with.
+        """
+        key = self._get(label, KeyKind.AES256).key
+        assert isinstance(key, AESGCM)
         if len(sealed) < 28:
             raise IntegrityError("sealed blob is truncated")
         try:
-            return AESGCM(secret).decrypt(sealed[:12], sealed[12:], associated_data)
+            return key.decrypt(sealed[:12], sealed[12:], associated_data)
         except InvalidTag:
             raise IntegrityError("sealed blob failed authentication") from None
 
     def counter(self, name: str) -> int:
+        """Current value of a persistent monotonic counter (0 if never used).
+
+        Raises:
+            TamperError: the store was tampered with.
+        """
         with self._lock:
+            self._check()
             return self._counters.get(name, 0)
 
     def advance_counter(self, name: str, to_at_least: int) -> int:
+        """Raise counter ``name`` to at least ``to_at_least``, durably; returns the new value.
+
+        Raises:
+            TamperError: the store was tampered with.
+        """
         with self._lock:
+            self._check()
             current = self._counters.get(name, 0)
-            if to_at_least > current:
-                self._counters[name] = to_at_least
+            if to_at_least <= current:
+                return current
+            self._counters[name] = int(to_at_least)
+            try:
                 self._save()
-                return to_at_least
-            return current
+            except BaseException:
+                self._counters[name] = current
+                raise
+            return int(to_at_least)
 
     def delete(self, label: str) -> None:
+        """Destroy one key (crypto-erase: the sealed file is rewritten without it).
+
+        Raises:
+            TamperError: the store was tampered with.
+        """
         with self._lock:
+            self._check()
             if self._keys.pop(label, None) is not None:
                 self._save()
 
     def zeroize(self) -> None:
+        """Destroy every key (decommissioning); counters survive.
+
+        Raises:
+            TamperError: the store was tampered with (its keys are already gone).
+        """
         with self._lock:
+            self._check()
             self._keys.clear()
             self._save()
+
+
+def _read_tamper_record(path: Path) -> TamperRecord:
+    try:
+        raw = path.read_bytes()
+        if len(raw) > MAX_STORE_BYTES:
+            raise ValueError("tamper record too large")
+        data = cbor2.loads(raw)
+        return TamperRecord(
+            reason=str(data["reason"]),
+            detected_at=datetime.fromisoformat(str(data["at"])),
+            detail=str(data.get("detail", "")),
+        )
+    except (OSError, ValueError, KeyError, TypeError, cbor2.CBORDecodeError):
+        return TamperRecord(
+            reason="tamper_record_unreadable",
+            detected_at=datetime.fromtimestamp(path.stat().st_mtime, tz=UTC),
+            detail="tamper record present but unreadable",
+        )
