@@ -1,0 +1,169 @@
+"""Bitsliced Ascon permutation over many lanes with NumPy.
+
+The hub opens thousands of envelopes at once. Instead of one 64-bit word per
+message (where every rotation of the linear layer costs two shifts and an
+OR), lanes are *bitsliced*: a state word is stored as 64 bit-planes, and
+each ``uint64`` element of a plane holds that bit for 64 different lanes.
+Rotations then cost nothing (they are slices of the plane axis) and the
+linear layer is two XORs per plane; the S-box is the same bitwise formula as
+the scalar code, applied to all planes and lanes in one NumPy call.
+
+Arrays have shape ``(words, 64, groups)``: ``groups`` blocks of 64 lanes,
+lane ``64 * g + l`` being bit ``l`` of column ``g``. Like the scalar code,
+``x2`` is carried complemented and the complement is folded into the round
+constants.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from iotguard.crypto.ascon._permutation import ROUND_CONSTANTS, WORD_MASK
+
+__all__ = [
+    "LANES_PER_GROUP",
+    "Permutation",
+    "Words",
+    "constant_planes",
+    "from_planes",
+    "lane_bits",
+    "to_planes",
+    "transpose_bits",
+]
+
+Words = npt.NDArray[np.uint64]
+
+#: Lanes held by one ``uint64`` plane element.
+LANES_PER_GROUP = 64
+
+_ALL = np.uint64(WORD_MASK)
+# Right-rotation amounts of the linear layer, per state word.
+_ROTATIONS = ((19, 28), (61, 39), (1, 6), (10, 17), (7, 41))
+# Masks of the 64x64 bit-matrix transpose, by block size.
+_TRANSPOSE_STAGES = tuple(
+    (j, np.uint64(m))
+    for j, m in (
+        (32, 0x00000000FFFFFFFF),
+        (16, 0x0000FFFF0000FFFF),
+        (8, 0x00FF00FF00FF00FF),
+        (4, 0x0F0F0F0F0F0F0F0F),
+        (2, 0x3333333333333333),
+        (1, 0x5555555555555555),
+    )
+)
+
+
+def constant_planes(value: int) -> Words:
+    """Planes of a word that is the same in every lane, shape ``(64, 1)``."""
+    bits = [(value >> b) & 1 for b in range(64)]
+    return np.array([WORD_MASK if bit else 0 for bit in bits], dtype=np.uint64).reshape(64, 1)
+
+
+# Round constants as planes, each folded with the complement of x2.
+_ROUND_PLANES = tuple(constant_planes(c ^ WORD_MASK) for c in ROUND_CONSTANTS)
+
+
+def transpose_bits(words: Words) -> None:
+    """Transpose every 64x64 bit matrix along axis 1, in place.
+
+    ``words`` has shape ``(w, 64, g)``; for each ``(w, g)`` the 64 words
+    ``words[w, :, g]`` are the rows of a bit matrix. The transpose is its own
+    inverse, so it converts lanes to planes and back.
+    """
+    count, rows, groups = words.shape
+    scratch = np.empty(count * 32 * groups, dtype=np.uint64)
+    for j, mask in _TRANSPOSE_STAGES:
+        view = words.reshape(count, rows // (2 * j), 2, j, groups)
+        upper = view[:, :, 0]
+        lower = view[:, :, 1]
+        t = scratch.reshape(count, rows // (2 * j), j, groups)
+        shift = np.uint64(j)
+        np.right_shift(upper, shift, out=t)
+        t ^= lower
+        t &= mask
+        lower ^= t
+        np.left_shift(t, shift, out=t)
+        upper ^= t
+
+
+def to_planes(lanes: Words) -> Words:
+    """Convert lane-major words ``(64 * g, w)`` into planes ``(w, 64, g)``."""
+    n, count = lanes.shape
+    planes = np.ascontiguousarray(
+        lanes.reshape(n // LANES_PER_GROUP, LANES_PER_GROUP, count).transpose(2, 1, 0)
+    )
+    transpose_bits(planes)
+    return planes
+
+
+def from_planes(planes: Words) -> Words:
+    """Convert planes ``(w, 64, g)`` back to lane-major words ``(64 * g, w)``."""
+    work = planes.copy()
+    transpose_bits(work)
+    count, _, groups = work.shape
+    return np.ascontiguousarray(work.transpose(2, 1, 0)).reshape(groups * LANES_PER_GROUP, count)
+
+
+def lane_bits(flags: npt.NDArray[np.bool_]) -> Words:
+    """Pack one boolean per lane into one ``uint64`` per group (bit ``l`` = lane ``l``)."""
+    packed = np.packbits(flags.reshape(-1, LANES_PER_GROUP), axis=1, bitorder="little")
+    return packed.view("<u8").reshape(-1).astype(np.uint64, copy=False)
+
+
+class Permutation:
+    """Ascon-p[rounds] on bitsliced states of up to ``groups`` groups.
+
+    Holds the scratch buffers so a batch allocates them once.
+    """
+
+    def __init__(self, groups: int) -> None:
+        self._spare = np.empty((5, 64, groups), dtype=np.uint64)
+        self._chi = np.empty((5, 64, groups), dtype=np.uint64)
+
+    def new_state(self) -> Words:
+        """Return an uninitialised state buffer of the full width."""
+        return np.empty_like(self._spare)
+
+    def apply(self, state: Words, rounds: int, width: int) -> Words:
+        """Permute the first ``width`` groups of ``state`` in place.
+
+        ``rounds`` must be even (8 or 12): the linear layer alternates the
+        result between ``state`` and a spare buffer, so an even count ends
+        in ``state``. The spare buffer is swapped with ``state``'s storage
+        only internally; the returned array is ``state``.
+        """
+        xor = np.bitwise_xor
+        band = np.bitwise_and
+        s_full, t_full = state, self._spare
+        c = self._chi[:, :, :width]
+        for plane in _ROUND_PLANES[12 - rounds :]:
+            s = s_full[:, :, :width]
+            t = t_full[:, :, :width]
+            x0, x1, x2, x3, x4 = s
+            xor(x2, plane, out=x2)
+            xor(x2, x1, out=x2)
+            xor(x0, x4, out=x0)
+            xor(x4, x3, out=x4)
+            # chi: x_i ^= ~x_{i+1} & x_{i+2}
+            np.invert(s, out=c)
+            band(c[0:4], s[1:5], out=c[0:4])
+            band(c[4], s[0], out=c[4])
+            xor(s[0:4], c[1:5], out=s[0:4])
+            xor(s[4], c[0], out=s[4])
+            xor(x1, x0, out=x1)
+            xor(x0, x4, out=x0)
+            xor(x3, x2, out=x3)
+            # Linear layer: plane i of rotr(x, a) is plane (i + a) % 64 of x.
+            for w, (a, b) in enumerate(_ROTATIONS):
+                src = s[w]
+                dst = t[w]
+                xor(src[: 64 - a], src[a:], out=dst[: 64 - a])
+                xor(src[64 - a :], src[:a], out=dst[64 - a :])
+                xor(dst[: 64 - b], src[b:], out=dst[: 64 - b])
+                xor(dst[64 - b :], src[:b], out=dst[64 - b :])
+            s_full, t_full = t_full, s_full
+        if s_full is not state:
+            # Odd round counts are never used by Ascon; keep the contract anyway.
+            state[:, :, :width] = s_full[:, :, :width]
+        return state

@@ -1,0 +1,160 @@
+"""Ascon-AEAD128 (NIST SP 800-232, section 4), scalar form for devices.
+
+Words are read from bytes little-endian, as SP 800-232 specifies (this is
+the main difference from Ascon v1.2 besides the initial values). The state
+is carried with ``x2`` complemented; see :mod:`._permutation`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+
+from iotguard.crypto.ascon._parameters import (
+    AEAD128_IV,
+    AEAD_RATE,
+    DOMAIN_SEPARATION,
+    KEY_SIZE,
+    NONCE_SIZE,
+    TAG_SIZE,
+)
+from iotguard.crypto.ascon._permutation import WORD_MASK, p8, p12
+from iotguard.errors import IntegrityError
+
+__all__ = ["aead_decrypt", "aead_encrypt"]
+
+_TWO_WORDS = struct.Struct("<2Q")
+_ZERO_BLOCK = bytes(AEAD_RATE)
+
+State = tuple[int, int, int, int, int]
+
+
+def _byte_mask(count: int) -> int:
+    """Mask covering the first ``count`` bytes of a little-endian word (0..8)."""
+    return (1 << (8 * count)) - 1
+
+
+def _split_pad(count: int) -> tuple[int, int, int, int]:
+    """Byte masks and padding words for a final block of ``count`` bytes (0..15).
+
+    Returns ``(mask0, mask1, pad0, pad1)``: masks select the ``count`` data
+    bytes over the two rate words, the pad words carry the ``0x01`` padding
+    byte that SP 800-232 appends right after the data.
+    """
+    if count < 8:
+        return _byte_mask(count), 0, 1 << (8 * count), 0
+    return WORD_MASK, _byte_mask(count - 8), 0, 1 << (8 * (count - 8))
+
+
+def _initialize(key: bytes, nonce: bytes) -> tuple[State, int, int]:
+    k0, k1 = _TWO_WORDS.unpack(key)
+    n0, n1 = _TWO_WORDS.unpack(nonce)
+    x0, x1, x2, x3, x4 = p12(AEAD128_IV, k0, k1 ^ WORD_MASK, n0, n1)
+    return (x0, x1, x2, x3 ^ k0, x4 ^ k1), k0, k1
+
+
+def _absorb_associated_data(state: State, associated_data: bytes) -> State:
+    x0, x1, x2, x3, x4 = state
+    if associated_data:
+        full = len(associated_data) - len(associated_data) % AEAD_RATE
+        if full:
+            for a0, a1 in struct.iter_unpack("<2Q", associated_data[:full]):
+                x0, x1, x2, x3, x4 = p8(x0 ^ a0, x1 ^ a1, x2, x3, x4)
+        rest = len(associated_data) - full
+        a0, a1 = _TWO_WORDS.unpack(associated_data[full:] + _ZERO_BLOCK[rest:])
+        _, _, pad0, pad1 = _split_pad(rest)
+        x0, x1, x2, x3, x4 = p8(x0 ^ a0 ^ pad0, x1 ^ a1 ^ pad1, x2, x3, x4)
+    return x0, x1, x2, x3, x4 ^ DOMAIN_SEPARATION
+
+
+def _finalize(state: State, k0: int, k1: int) -> bytes:
+    x0, x1, x2, x3, x4 = state
+    x0, x1, x2, x3, x4 = p12(x0, x1, x2 ^ k0, x3 ^ k1, x4)
+    return _TWO_WORDS.pack(x3 ^ k0, x4 ^ k1)
+
+
+def _check_sizes(key: bytes, nonce: bytes) -> None:
+    if len(key) != KEY_SIZE:
+        raise IntegrityError(f"ascon-aead128: key must be {KEY_SIZE} bytes")
+    if len(nonce) != NONCE_SIZE:
+        raise IntegrityError(f"ascon-aead128: nonce must be {NONCE_SIZE} bytes")
+
+
+def aead_encrypt(key: bytes, nonce: bytes, associated_data: bytes, plaintext: bytes) -> bytes:
+    """Encrypt and authenticate with Ascon-AEAD128.
+
+    Args:
+        key: 16-byte secret key.
+        nonce: 16-byte nonce; never reuse one under the same key.
+        associated_data: Bytes authenticated but not encrypted.
+        plaintext: Bytes to encrypt.
+
+    Returns:
+        The ciphertext (as long as the plaintext) followed by the 16-byte tag.
+
+    Raises:
+        IntegrityError: the key or nonce has the wrong length.
+    """
+    _check_sizes(key, nonce)
+    state, k0, k1 = _initialize(key, nonce)
+    x0, x1, x2, x3, x4 = _absorb_associated_data(state, associated_data)
+    full = len(plaintext) - len(plaintext) % AEAD_RATE
+    out: list[int] = []
+    if full:
+        for m0, m1 in struct.iter_unpack("<2Q", plaintext[:full]):
+            x0 ^= m0
+            x1 ^= m1
+            out.append(x0)
+            out.append(x1)
+            x0, x1, x2, x3, x4 = p8(x0, x1, x2, x3, x4)
+    rest = len(plaintext) - full
+    m0, m1 = _TWO_WORDS.unpack(plaintext[full:] + _ZERO_BLOCK[rest:])
+    _, _, pad0, pad1 = _split_pad(rest)
+    x0 ^= m0
+    x1 ^= m1
+    last = _TWO_WORDS.pack(x0, x1)[:rest]
+    tag = _finalize((x0 ^ pad0, x1 ^ pad1, x2, x3, x4), k0, k1)
+    return struct.pack(f"<{len(out)}Q", *out) + last + tag
+
+
+def aead_decrypt(key: bytes, nonce: bytes, associated_data: bytes, ciphertext: bytes) -> bytes:
+    """Verify and decrypt an Ascon-AEAD128 ciphertext.
+
+    The tag is compared in constant time and no plaintext is returned unless
+    it verifies.
+
+    Args:
+        key: 16-byte secret key.
+        nonce: 16-byte nonce used to encrypt.
+        associated_data: The associated data given to :func:`aead_encrypt`.
+        ciphertext: Ciphertext followed by the 16-byte tag.
+
+    Returns:
+        The plaintext.
+
+    Raises:
+        IntegrityError: the tag does not verify, or the key, nonce or
+            ciphertext has an impossible length.
+    """
+    _check_sizes(key, nonce)
+    if len(ciphertext) < TAG_SIZE:
+        raise IntegrityError("ascon-aead128: ciphertext shorter than the tag")
+    body_len = len(ciphertext) - TAG_SIZE
+    state, k0, k1 = _initialize(key, nonce)
+    x0, x1, x2, x3, x4 = _absorb_associated_data(state, associated_data)
+    full = body_len - body_len % AEAD_RATE
+    out: list[int] = []
+    if full:
+        for c0, c1 in struct.iter_unpack("<2Q", ciphertext[:full]):
+            out.append(x0 ^ c0)
+            out.append(x1 ^ c1)
+            x0, x1, x2, x3, x4 = p8(c0, c1, x2, x3, x4)
+    rest = body_len - full
+    c0, c1 = _TWO_WORDS.unpack(ciphertext[full:body_len] + _ZERO_BLOCK[rest:])
+    mask0, mask1, pad0, pad1 = _split_pad(rest)
+    m0 = (x0 ^ c0) & mask0
+    m1 = (x1 ^ c1) & mask1
+    tag = _finalize((x0 ^ m0 ^ pad0, x1 ^ m1 ^ pad1, x2, x3, x4), k0, k1)
+    if not hmac.compare_digest(tag, ciphertext[body_len:]):
+        raise IntegrityError("ascon-aead128: tag mismatch")
+    return struct.pack(f"<{len(out)}Q", *out) + _TWO_WORDS.pack(m0, m1)[:rest]
