@@ -1,0 +1,417 @@
+"""The audit log in the hub database, and the file-backed audit state stores.
+
+Tables (migration ``0100_audit_log``):
+
+* ``audit_entries`` -- one row per leaf: index, leaf hash, type, subject,
+  canonical CBOR bytes.
+* ``audit_nodes`` -- hashes of complete subtrees at every
+  :data:`~iotguard.audit.tree.STRIDE`-th level, keyed by
+  ``level << 48 | index``; with the leaf hashes they give any proof in
+  O(log n) reads.
+* ``audit_log_state`` -- one row: tree size and compact range. It is also the
+  sequencer lock: every append first updates this row, which serialises
+  appenders across processes (a row lock on PostgreSQL, the write lock on
+  SQLite) so the log has exactly one order.
+* ``audit_checkpoints`` -- published signed checkpoints, one per size.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    bindparam,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine
+
+from iotguard.audit.anchor import AnchorReceipt
+from iotguard.audit.log import LeafRecord, TransparencyLog
+from iotguard.audit.monitor import MonitorState
+from iotguard.audit.note import SIG_ED25519, Checkpoint, NoteSigner, parse_note
+from iotguard.audit.tree import CompactRange, NodeKey, integrate
+from iotguard.audit.witness import TreeHead
+from iotguard.errors import MalformedError, ProofError, StorageError
+from iotguard.hub.db import metadata
+from iotguard.hub.migrations import Migration, register
+from iotguard.keys.keystore import KeyKind, KeyStore
+
+__all__ = [
+    "DEFAULT_LOG_KEY_LABEL",
+    "FileAnchor",
+    "FileMonitorState",
+    "FileWitnessState",
+    "SqlLogStore",
+    "audit_checkpoints",
+    "audit_entries",
+    "audit_log_state",
+    "audit_nodes",
+    "open_audit_log",
+]
+
+#: Key-store label of the log's checkpoint signing key.
+DEFAULT_LOG_KEY_LABEL = "audit-log"
+
+_NODE_SHIFT = 48
+_STATE_ID = 1
+_Id = BigInteger().with_variant(Integer, "sqlite")
+
+audit_entries = Table(
+    "audit_entries",
+    metadata,
+    Column("seq", _Id, primary_key=True, autoincrement=False),
+    Column("leaf_hash", LargeBinary(32), nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("subject", String(256), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+)
+Index("ix_audit_entries_subject", audit_entries.c.subject, audit_entries.c.seq)
+
+audit_nodes = Table(
+    "audit_nodes",
+    metadata,
+    Column("node_id", _Id, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary(32), nullable=False),
+)
+
+audit_log_state = Table(
+    "audit_log_state",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("tree_size", BigInteger, nullable=False),
+    Column("compact", LargeBinary, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
+    Column("note", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+_TABLES = [audit_entries, audit_nodes, audit_log_state, audit_checkpoints]
+
+
+def _apply(conn: Connection) -> None:
+    for table in _TABLES:
+        table.create(conn, checkfirst=True)
+    for index in audit_entries.indexes:
+        index.create(conn, checkfirst=True)
+    conn.execute(
+        insert(audit_log_state).values(
+            id=_STATE_ID, tree_size=0, compact=b"", updated_at=datetime.now(tz=UTC)
+        )
+    )
+
+
+register(
+    Migration("0100_audit_log", "audit log entries, subtree hashes, sequencer state, checkpoints", _apply)
+)
+
+
+def _node_id(key: NodeKey) -> int:
+    return key[0] << _NODE_SHIFT | key[1]
+
+
+_select_leaf_hashes = select(audit_entries.c.seq, audit_entries.c.leaf_hash).where(
+    audit_entries.c.seq.in_(bindparam("ids", expanding=True))
+)
+_select_nodes = select(audit_nodes.c.node_id, audit_nodes.c.hash).where(
+    audit_nodes.c.node_id.in_(bindparam("ids", expanding=True))
+)
+
+
+class SqlLogStore:
+    """:class:`~iotguard.audit.log.LogStore` on the hub database (SQLite or PostgreSQL).
+
+    Args:
+        engine: A migrated engine (see :func:`iotguard.hub.migrations.migrate`).
+        clock_now: Source of ``updated_at`` / ``created_at`` stamps.
+    """
+
+    def __init__(self, engine: Engine, clock_now: Any = None) -> None:
+        self._engine = engine
+        self._now = clock_now or (lambda: datetime.now(tz=UTC))
+
+    def append(self, leaves: Sequence[LeafRecord]) -> int:
+        """Sequence leaves in one durable transaction; return the first index.
+
+        Raises:
+            StorageError: the database failed; nothing was appended.
+        """
+        if not leaves:
+            return self.head().size
+        try:
+            with self._engine.begin() as conn:
+                # Take the sequencer lock before reading the state: a write
+                # first makes SQLite wait for (and PostgreSQL queue on) the
+                # single state row, so no two appenders read the same size.
+                conn.execute(
+                    update(audit_log_state)
+                    .where(audit_log_state.c.id == _STATE_ID)
+                    .values(tree_size=audit_log_state.c.tree_size)
+                )
+                compact = self._read_head(conn)
+                new, nodes = integrate(compact, [leaf.leaf_hash for leaf in leaves])
+                first = compact.size
+                conn.execute(
+                    insert(audit_entries),
+                    [
+                        {
+                            "seq": first + i,
+                            "leaf_hash": leaf.leaf_hash,
+                            "event_type": leaf.event_type,
+                            "subject": leaf.subject,
+                            "data": leaf.data,
+                        }
+                        for i, leaf in enumerate(leaves)
+                    ],
+                )
+                if nodes:
+                    conn.execute(insert(audit_nodes), [{"node_id": _node_id(k), "hash": h} for k, h in nodes])
+                conn.execute(
+                    update(audit_log_state)
+                    .where(audit_log_state.c.id == _STATE_ID)
+                    .values(tree_size=new.size, compact=new.encode(), updated_at=self._now())
+                )
+            return first
+        except sa_exc.SQLAlchemyError as exc:
+            raise StorageError(f"audit append failed: {type(exc).__name__}") from exc
+
+    @staticmethod
+    def _read_head(conn: Connection) -> CompactRange:
+        row = conn.execute(
+            select(audit_log_state.c.tree_size, audit_log_state.c.compact).where(
+                audit_log_state.c.id == _STATE_ID
+            )
+        ).one_or_none()
+        if row is None:
+            raise StorageError("audit log is not initialised (run migrations)")
+        return CompactRange.decode(int(row[0]), bytes(row[1]))
+
+    def head(self) -> CompactRange:
+        with self._engine.connect() as conn:
+            return self._read_head(conn)
+
+    def read_hashes(self, keys: Sequence[NodeKey]) -> Mapping[NodeKey, bytes]:
+        leaves = [k[1] for k in keys if k[0] == 0]
+        nodes = {_node_id(k): k for k in keys if k[0] != 0}
+        out: dict[NodeKey, bytes] = {}
+        with self._engine.connect() as conn:
+            if leaves:
+                for seq, h in conn.execute(_select_leaf_hashes, {"ids": leaves}):
+                    out[(0, int(seq))] = bytes(h)
+            if nodes:
+                for node_id, h in conn.execute(_select_nodes, {"ids": list(nodes)}):
+                    out[nodes[int(node_id)]] = bytes(h)
+        return out
+
+    def read_entries(self, start: int, end: int) -> list[bytes]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(audit_entries.c.data)
+                .where(audit_entries.c.seq >= start, audit_entries.c.seq < end)
+                .order_by(audit_entries.c.seq)
+            )
+            return [bytes(r[0]) for r in rows]
+
+    def find_subject(self, subject: str, limit: int) -> list[int]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(audit_entries.c.seq)
+                .where(audit_entries.c.subject == subject)
+                .order_by(audit_entries.c.seq)
+                .limit(limit)
+            )
+            return [int(r[0]) for r in rows]
+
+    def save_checkpoint(self, size: int, note: str) -> None:
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    insert(audit_checkpoints).values(tree_size=size, note=note, created_at=self._now())
+                )
+        except sa_exc.IntegrityError:
+            return  # another hub process published this size first; keep theirs
+
+    def checkpoint(self, size: int | None = None) -> str | None:
+        query = select(audit_checkpoints.c.note)
+        if size is None:
+            query = query.order_by(audit_checkpoints.c.tree_size.desc()).limit(1)
+        else:
+            query = query.where(audit_checkpoints.c.tree_size == size)
+        with self._engine.connect() as conn:
+            row = conn.execute(query).one_or_none()
+        return None if row is None else str(row[0])
+
+
+def open_audit_log(
+    engine: Engine,
+    keystore: KeyStore | None,
+    origin: str,
+    *,
+    key_label: str = DEFAULT_LOG_KEY_LABEL,
+    create_key: bool = True,
+) -> TransparencyLog:
+    """Open the database-backed audit log.
+
+    Args:
+        engine: A migrated hub engine.
+        keystore: Holds the checkpoint key; None opens a read-only view.
+        origin: The log's origin line and key name (e.g. ``"iotguard.example/audit"``).
+        key_label: Label of the Ed25519 checkpoint key in ``keystore``.
+        create_key: Generate the key if it does not exist yet.
+
+    Raises:
+        KeyStoreError: the key is missing and ``create_key`` is False.
+    """
+    signer = None
+    if keystore is not None:
+        if create_key and not keystore.has_key(key_label):
+            keystore.generate(key_label, KeyKind.ED25519)
+        signer = NoteSigner(keystore, key_label, origin, SIG_ED25519)
+    return TransparencyLog(SqlLogStore(engine), signer)
+
+
+# -- file-backed state at the edge -------------------------------------------
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class FileWitnessState:
+    """A witness's per-log heads in one JSON file, replaced atomically.
+
+    Args:
+        path: The state file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = Path(path)
+
+    def _read(self) -> dict[str, Any]:
+        if not self._path.exists():
+            return {}
+        try:
+            data = json.loads(self._path.read_text())
+        except ValueError:
+            raise MalformedError("witness state is corrupt") from None
+        if not isinstance(data, dict):
+            raise MalformedError("witness state is corrupt")
+        return data
+
+    def load(self, origin: str) -> TreeHead | None:
+        entry = self._read().get(origin)
+        if entry is None:
+            return None
+        try:
+            return TreeHead(int(entry["size"]), base64.b64decode(entry["root"], validate=True))
+        except (KeyError, TypeError, ValueError):
+            raise MalformedError("witness state is corrupt") from None
+
+    def save(self, origin: str, head: TreeHead) -> None:
+        data = self._read()
+        data[origin] = {"size": head.size, "root": base64.b64encode(head.root).decode()}
+        _atomic_write(self._path, json.dumps(data, indent=1, sort_keys=True).encode())
+
+
+class FileMonitorState:
+    """A monitor's last verified checkpoint in a JSON file, replaced atomically."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = Path(path)
+
+    def load(self) -> MonitorState | None:
+        """The persisted state, if any.
+
+        Raises:
+            MalformedError: the file is corrupt.
+        """
+        if not self._path.exists():
+            return None
+        try:
+            raw = json.loads(self._path.read_text())
+        except ValueError:
+            raise MalformedError("monitor state is corrupt") from None
+        return MonitorState.from_dict(raw)
+
+    def save(self, state: MonitorState) -> None:
+        """Persist a verified state."""
+        _atomic_write(self._path, json.dumps(state.to_dict(), indent=1).encode())
+
+
+class FileAnchor:
+    """Anchors checkpoints as JSON lines in an append-only file (fsynced).
+
+    Put the file on storage the hub operator cannot rewrite alone (a WORM
+    volume, another administrative domain) for the anchor to mean anything.
+
+    Args:
+        path: The anchor file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = Path(path)
+
+    @property
+    def name(self) -> str:
+        return f"file:{self._path}"
+
+    def anchor(self, checkpoint: str, now: datetime) -> AnchorReceipt:
+        cp = Checkpoint.from_body(parse_note(checkpoint).text)
+        line = json.dumps({"time": now.isoformat(), "checkpoint": checkpoint}, sort_keys=True) + "\n"
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            offset = os.lseek(fd, 0, os.SEEK_END)
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        except OSError as exc:
+            raise StorageError(f"anchor file not writable: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        return AnchorReceipt(self.name, cp.origin, cp.size, cp.root, str(offset))
+
+    def verify(self, receipt: AnchorReceipt, checkpoint: str) -> None:
+        try:
+            with self._path.open("rb") as f:
+                f.seek(int(receipt.reference))
+                raw = json.loads(f.readline())
+        except (OSError, ValueError):
+            raise ProofError("anchor file does not hold this receipt") from None
+        if not isinstance(raw, dict) or raw.get("checkpoint") != checkpoint:
+            raise ProofError("anchor file holds another checkpoint at this receipt")
