@@ -19,7 +19,13 @@ from iotguard.policy.admin import (
     PolicyVersion,
     RecordingAuditSink,
 )
-from iotguard.policy.cases import CaseResult, load_case_file, run_case_file, shipped_case_files
+from iotguard.policy.cases import (
+    CaseResult,
+    load_case_file,
+    posture_from_spec,
+    run_case_file,
+    shipped_case_files,
+)
 from iotguard.policy.enforcement import IngestVerdict, authorize_ingest, authorize_operator, operator_request
 from iotguard.policy.engine import ChangeListener, EngineLimits, PolicyEngine
 from iotguard.policy.model import (
@@ -93,6 +99,7 @@ __all__ = [
     "diff_policy_sets",
     "load_case_file",
     "operator_request",
+    "posture_from_spec",
     "render_mosquitto_acl",
     "run_case_file",
     "shipped_case_files",

@@ -23,7 +23,7 @@ from iotguard.policy.model import AccessRequest, Decision
 from iotguard.policy.policyset import PolicySchema, PolicySet
 from iotguard.policy.posture import Posture, PostureStore, SegmentSpec
 
-__all__ = ["CaseResult", "load_case_file", "run_case_file", "shipped_case_files"]
+__all__ = ["CaseResult", "load_case_file", "posture_from_spec", "run_case_file", "shipped_case_files"]
 
 _POSTURE_KEYS = frozenset(
     {
@@ -78,7 +78,12 @@ def _entity(ref: str) -> tuple[str, str]:
     return kind, ident.strip('"')
 
 
-def _posture(device_id: str, spec: dict[str, Any], now: datetime) -> Posture:
+def posture_from_spec(device_id: str, spec: dict[str, Any], now: datetime) -> Posture:
+    """Build a posture from a case-file device spec (``cert_days``, ``attested_seconds_ago``...).
+
+    Raises:
+        ConfigError: Unknown keys or invalid values.
+    """
     unknown = set(spec) - _POSTURE_KEYS
     if unknown:
         raise ConfigError(f"device {device_id}: unknown posture keys {sorted(unknown)}")
@@ -125,7 +130,7 @@ def run_case_file(path: Path, policy_set: PolicySet, schema: PolicySchema | None
     for case in data["cases"]:
         name = str(case.get("name", "?"))
         fleet = {d: {**spec, **case.get("posture", {}).get(d, {})} for d, spec in devices.items()}
-        store = PostureStore(_posture(d, spec, now) for d, spec in fleet.items())
+        store = PostureStore(posture_from_spec(d, spec, now) for d, spec in fleet.items())
         engine = PolicyEngine(policy_set, schema, posture=store, segments=segments, datasets=datasets)
         p_kind, p_id = _entity(str(case["principal"]))
         r_kind, r_id = _entity(str(case["resource"]))
