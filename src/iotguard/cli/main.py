@@ -27,6 +27,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotguard.cli.telemetry",
     "iotguard.cli.tokens",
     "iotguard.cli.broker",
+    "iotguard.cli.policy",
 )
 
 
