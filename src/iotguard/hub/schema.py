@@ -25,6 +25,7 @@ __all__ = [
     "api_tokens",
     "devices",
     "enrollment_tokens",
+    "hub_meta",
     "key_epochs",
     "readings",
     "rejections",
@@ -120,7 +121,15 @@ api_tokens = Table(
     Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
 
-_CORE = [devices, enrollment_tokens, key_epochs, replay_windows, readings, rejections, api_tokens]
+hub_meta = Table(
+    "hub_meta",
+    metadata,
+    # Public hub-wide values shared by every hub process (CA certificate...).
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+_CORE = [hub_meta, devices, enrollment_tokens, key_epochs, replay_windows, readings, rejections, api_tokens]
 
 
 def _apply_core(conn: Connection) -> None:

@@ -1,0 +1,343 @@
+"""The device agent: enrolls, seals readings, publishes them, and keeps each
+one on disk until the hub acknowledges it end to end.
+
+State lives in ``<data_dir>``: the key store (identity key, key-agreement
+keys, the wrapping key for session state, persistent sequence counters),
+the sealed session file and the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import httpx
+import paho.mqtt.client as mqtt
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from paho.mqtt.enums import CallbackAPIVersion
+
+from iotguard.channel import (
+    SequenceAllocator,
+    SessionKeys,
+    UplinkSealer,
+    ack_topic,
+    decode_ack,
+    session_info,
+    split_session_keys,
+)
+from iotguard.clock import Clock, SystemClock
+from iotguard.config import AgentConfig
+from iotguard.crypto import get_suite
+from iotguard.errors import (
+    EnrollmentError,
+    IntegrityError,
+    MalformedError,
+)
+from iotguard.hub.broker import parse_broker_url
+from iotguard.identity import (
+    b64d,
+    b64e,
+    certificate_fingerprint,
+    hub_response_message,
+    parse_enrollment_code,
+    request_transcript,
+    session_salt,
+    token_hash,
+    verify_signature,
+)
+from iotguard.keys import KeyKind, KeyStore, SoftwareKeyStore
+from iotguard.wire import Reading, encode_reading
+from iotguard.agent.outbox import Outbox
+
+__all__ = ["Agent"]
+
+log = logging.getLogger(__name__)
+
+_IDENTITY = "identity"
+_STATE_KEY = "state-wrap"
+_SESSION_FILE = "session.sealed"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Agent:
+    """One device's runtime.
+
+    Args:
+        cfg: Agent settings.
+        device_id: The device's id (from its enrollment code).
+        keystore: Key custody backend; a software secure element in
+            ``<data_dir>/keys`` when None.
+        clock: Injected clock.
+        http: HTTP client for the hub API (tests pass one bound to an app).
+    """
+
+    def __init__(self, cfg: AgentConfig, device_id: str, *, keystore: KeyStore | None = None,
+                 clock: Clock | None = None, http: httpx.Client | None = None) -> None:
+        self.cfg = cfg
+        self.device_id = device_id
+        self.dir = Path(cfg.data_dir)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.keystore = keystore or SoftwareKeyStore(self.dir / "keys")
+        self.clock = clock or SystemClock()
+        self._http = http
+        self.outbox = Outbox(self.dir / "outbox.db", max_items=cfg.max_buffered_readings)
+        self._sealer: UplinkSealer | None = None
+        self._keys: SessionKeys | None = None
+        self._client: mqtt.Client | None = None
+        self._connected = threading.Event()
+        self._lock = threading.Lock()
+        self.acked = 0
+        self.last_envelope = b""
+        self.on_ack: Callable[[int, list[int]], None] | None = None
+        self._load_session()
+
+    def __repr__(self) -> str:
+        return f"Agent({self.device_id!r}, enrolled={self.enrolled})"
+
+    # -- session state ---------------------------------------------------
+
+    @property
+    def enrolled(self) -> bool:
+        return self._sealer is not None
+
+    @property
+    def sealer(self) -> UplinkSealer:
+        if self._sealer is None:
+            raise EnrollmentError("device is not enrolled")
+        return self._sealer
+
+    def _load_session(self) -> None:
+        path = self.dir / _SESSION_FILE
+        if not path.exists():
+            return
+        raw = self.keystore.unseal(_STATE_KEY, path.read_bytes(), self.device_id.encode())
+        st = cbor2.loads(raw)
+        self._install(int(st["epoch"]), str(st["suite"]),
+                      split_session_keys(bytes(st["keys"]), get_suite(st["suite"]).key_size))
+
+    def _install(self, epoch: int, suite_name: str, keys: SessionKeys) -> None:
+        suite = get_suite(suite_name)
+        seq = SequenceAllocator(self.keystore, f"seq/{epoch}")
+        self._keys = keys
+        self._sealer = UplinkSealer(suite, self.device_id, epoch, keys.uplink, seq)
+
+    def _save_session(self, epoch: int, suite: str, keys: SessionKeys) -> None:
+        if not self.keystore.has_key(_STATE_KEY):
+            self.keystore.generate(_STATE_KEY, KeyKind.AES256)
+        blob = cbor2.dumps({"epoch": epoch, "suite": suite, "keys": keys.uplink + keys.downlink})
+        _atomic_write(self.dir / _SESSION_FILE, self.keystore.seal(_STATE_KEY, blob, self.device_id.encode()))
+
+    # -- enrollment ------------------------------------------------------
+
+    def _client_http(self) -> httpx.Client:
+        if self._http is None:
+            self._http = httpx.Client(base_url=self.cfg.hub_url, timeout=15.0)
+        return self._http
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        r = self._client_http().post(path, json=body)
+        if r.status_code != 200:
+            try:
+                code = r.json().get("error", "error")
+            except ValueError:
+                code = "error"
+            raise EnrollmentError(f"hub refused {path}: HTTP {r.status_code} {code}")
+        data: dict[str, Any] = r.json()
+        return data
+
+    def _finish_exchange(self, transcript: bytes, kex_label: str, resp: dict[str, Any],
+                         ca_fingerprint: str | None, epoch: int) -> None:
+        ca_pem = str(resp["ca_certificate_pem"]).encode()
+        if ca_fingerprint is not None:
+            if certificate_fingerprint(ca_pem) != ca_fingerprint:
+                raise EnrollmentError("hub presented a CA that does not match the enrollment code")
+            _atomic_write(self.dir / "ca.pem", ca_pem)
+        else:
+            pinned = (self.dir / "ca.pem").read_bytes()
+            if certificate_fingerprint(pinned) != certificate_fingerprint(ca_pem):
+                raise EnrollmentError("hub presented a different CA than the one pinned at enrollment")
+        ca_key = x509.load_pem_x509_certificate(ca_pem).public_key()
+        if not isinstance(ca_key, Ed25519PublicKey):
+            raise EnrollmentError("fleet CA key is not Ed25519")
+        hub_pub = b64d(str(resp["hub_kex_public_key"]), what="hub key", length=32)
+        suite_name = str(resp["suite"])
+        if int(resp["epoch"]) != epoch or resp["device_id"] != self.device_id:
+            raise EnrollmentError("hub response is for another device or epoch")
+        fields = {"device_id": self.device_id, "epoch": epoch, "suite": suite_name,
+                  "hub_kex_public_key": hub_pub, "certificate_pem": resp["certificate_pem"]}
+        try:
+            verify_signature(ca_key.public_bytes_raw(), b64d(str(resp["signature"]), what="signature"),
+                             hub_response_message(transcript, fields))
+        except IntegrityError:
+            raise EnrollmentError("hub response signature does not verify") from None
+        suite = get_suite(suite_name)
+        material = self.keystore.derive(kex_label, hub_pub, salt=session_salt(transcript, hub_pub),
+                                        info=session_info(self.device_id, epoch, suite_name),
+                                        length=suite.key_size + 32)
+        keys = split_session_keys(material, suite.key_size)
+        if resp.get("certificate_pem"):
+            _atomic_write(self.dir / "device.pem", str(resp["certificate_pem"]).encode())
+        self._save_session(epoch, suite_name, keys)
+        self.keystore.delete(kex_label)
+        self._install(epoch, suite_name, keys)
+
+    def enroll(self, enrollment_code: str) -> None:
+        """Enroll with the hub using the operator's one-time code.
+
+        Raises:
+            MalformedError: the code is not an enrollment code for this device.
+            EnrollmentError: the hub refused, or its answer did not verify.
+        """
+        code = parse_enrollment_code(enrollment_code)
+        if code.device_id != self.device_id:
+            raise MalformedError("enrollment code is for another device")
+        if self.enrolled:
+            raise EnrollmentError("device is already enrolled")
+        if not self.keystore.has_key(_IDENTITY):
+            self.keystore.generate(_IDENTITY, KeyKind.ED25519)
+        identity_pk = self.keystore.public_key(_IDENTITY)
+        kex_label = "kex/1"
+        if self.keystore.has_key(kex_label):
+            self.keystore.delete(kex_label)
+        kex_pk = self.keystore.generate(kex_label, KeyKind.X25519)
+        transcript = request_transcript("enroll", {
+            "device_id": self.device_id, "token_hash": token_hash(code.secret),
+            "identity_public_key": identity_pk, "kex_public_key": kex_pk, "suites": list(self.cfg.suites)})
+        resp = self._post("/v1/enroll", {
+            "device_id": self.device_id, "token": b64e(code.secret), "identity_public_key": b64e(identity_pk),
+            "kex_public_key": b64e(kex_pk), "suites": list(self.cfg.suites),
+            "signature": b64e(self.keystore.sign(_IDENTITY, transcript))})
+        self._finish_exchange(transcript, kex_label, resp, code.ca_fingerprint, 1)
+
+    def rekey(self, suites: list[str] | None = None) -> None:
+        """Move to the next key epoch (and optionally another cipher suite).
+
+        Raises:
+            EnrollmentError: the hub refused or its answer did not verify.
+        """
+        epoch = self.sealer.epoch + 1
+        offered = list(suites or self.cfg.suites)
+        kex_label = f"kex/{epoch}"
+        if self.keystore.has_key(kex_label):
+            self.keystore.delete(kex_label)
+        kex_pk = self.keystore.generate(kex_label, KeyKind.X25519)
+        ts = int(self.clock.now().timestamp())
+        transcript = request_transcript("rekey", {
+            "device_id": self.device_id, "epoch": epoch, "kex_public_key": kex_pk, "suites": offered, "ts": ts})
+        resp = self._post("/v1/rekey", {
+            "device_id": self.device_id, "epoch": epoch, "kex_public_key": b64e(kex_pk), "suites": offered,
+            "ts": ts, "signature": b64e(self.keystore.sign(_IDENTITY, transcript))})
+        self._finish_exchange(transcript, kex_label, resp, None, epoch)
+
+    # -- telemetry -------------------------------------------------------
+
+    def connect(self, timeout: float = 10.0) -> None:
+        """Connect to the broker (reconnects by itself with backoff)."""
+        addr = parse_broker_url(self.cfg.broker_url)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{self.device_id}",
+                             clean_session=True, protocol=mqtt.MQTTv311)
+        client.reconnect_delay_set(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+        client.max_inflight_messages_set(200)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+        client.connect_async(addr.host, addr.port, keepalive=30)
+        client.loop_start()
+        self._connected.wait(timeout)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+        self.outbox.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.warning("%s: broker refused connection: %s", self.device_id, reason)
+            return
+        client.subscribe(ack_topic(self.device_id), qos=1)
+        self._connected.set()
+        # Everything unacknowledged is due again after a reconnect.
+        self.resend_due(force=True)
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, _r: Any, _p: Any) -> None:
+        self._connected.clear()
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._keys is None:
+            return
+        try:
+            ack = decode_ack(self.device_id, msg.payload, self._keys.downlink)
+        except (IntegrityError, MalformedError) as exc:
+            log.warning("%s: ignoring bad ack: %s", self.device_id, exc.code)
+            return
+        seqs = list(ack.sequences())
+        self.outbox.remove(ack.epoch, seqs)
+        with self._lock:
+            self.acked += len(seqs)
+        if self.on_ack is not None:
+            self.on_ack(ack.epoch, seqs)
+
+    def submit(self, reading: Reading) -> int:
+        """Seal a reading, store it in the outbox, and publish it; returns its sequence.
+
+        The reading is on disk before it is published, so nothing is lost if
+        the agent, broker or hub fail afterwards.
+
+        Raises:
+            EnrollmentError: not enrolled.
+            UsageLimitError: the key must be renewed first (see :meth:`rekey`).
+        """
+        sealer = self.sealer
+        if sealer.needs_rekey():
+            self.rekey()
+            sealer = self.sealer
+        seq, envelope = sealer.seal(encode_reading(reading))
+        self.outbox.add(sealer.epoch, seq, envelope)
+        self.last_envelope = envelope
+        self.publish_raw(sealer.topic, envelope)
+        self.outbox.mark_sent([(sealer.epoch, seq)], time.time())
+        return seq
+
+    def publish_raw(self, topic: str, payload: bytes) -> None:
+        """Publish bytes as they are (the simulator's attack hooks use this too)."""
+        if self._client is not None and self._connected.is_set():
+            self._client.publish(topic, payload, qos=1)
+
+    def resend_due(self, *, force: bool = False) -> int:
+        """Publish again what the hub has not acknowledged in time; returns how many."""
+        if self._client is None or not self._connected.is_set() or self._sealer is None:
+            return 0
+        cutoff = time.time() + 1 if force else time.time() - self.cfg.ack_timeout_s
+        due = self.outbox.due(cutoff)
+        topic = self._sealer.topic
+        for _e, _s, env in due:
+            self._client.publish(topic, env, qos=1)
+        if due:
+            self.outbox.mark_sent([(e, s) for e, s, _ in due], time.time())
+        return len(due)
+
+    def pending(self) -> int:
+        """Readings not yet acknowledged by the hub."""
+        return len(self.outbox)

@@ -1,0 +1,31 @@
+"""``iotguard broker``: the embedded MQTT broker as its own process."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("broker", help="run the embedded MQTT broker on its own")
+    s = p.add_subparsers(dest="broker_command", metavar="ACTION", required=True)
+    serve = s.add_parser("serve", help="run the embedded (amqtt) broker until interrupted")
+    serve.add_argument("--bind", default="127.0.0.1:1883", help="host:port (loopback only; default %(default)s)")
+    serve.add_argument("--unsafe-public", action="store_true",
+                       help="UNSAFE: allow a non-loopback bind; the embedded broker has no device authentication")
+    serve.set_defaults(func=serve_broker)
+
+
+def serve_broker(args: argparse.Namespace) -> int:
+    from iotguard.hub.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(args.bind, unsafe_public=args.unsafe_public)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    broker.start()
+    print(f"iotguard embedded broker on {broker.address.url}", flush=True)
+    stop.wait()
+    broker.stop()
+    return 0

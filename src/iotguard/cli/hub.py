@@ -1,0 +1,41 @@
+"""``iotguard hub``: run the hub (ingest, API, and the embedded broker unless one is configured)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+from iotguard.cli._common import add_config_argument, config_from_args
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("hub", help="run the hub: MQTT ingest, REST API, embedded broker if no broker URL",
+                       description="Run a hub process until interrupted. Settings come from [hub] in the "
+                       "config file and IOTGUARD_HUB__* environment variables.")
+    add_config_argument(p)
+    p.add_argument("--api-bind", help="host:port of the REST API (overrides hub.api_bind)")
+    p.add_argument("--database-url", help="SQLAlchemy URL (overrides hub.database_url)")
+    p.add_argument("--broker-url", help="mqtt://host:port of an external broker (overrides hub.broker_url)")
+    p.add_argument("--data-dir", help="hub data directory (overrides hub.data_dir)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from iotguard.hub.service import Hub
+
+    cfg = config_from_args(args).hub
+    for name in ("api_bind", "database_url", "broker_url", "data_dir"):
+        value = getattr(args, name)
+        if value:
+            setattr(cfg, name, value)
+    hub = Hub(cfg)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    hub.start()
+    print(f"iotguard hub: API {hub.api_url}  broker {hub.broker_address.url}"
+          f"{' (embedded)' if hub.embedded_broker else ''}  CA {hub.registry.ca.fingerprint[:16]}", flush=True)
+    stop.wait()
+    hub.stop()
+    return 0

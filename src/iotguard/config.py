@@ -1,0 +1,195 @@
+"""Typed configuration: TOML file, then environment variables, validated.
+
+Every setting has a secure default; nothing here is a credential. The file is
+``iotguard.toml`` (or ``--config PATH``); an environment variable
+``IOTGUARD_<SECTION>__<NAME>`` overrides a file value, e.g.
+``IOTGUARD_HUB__DATABASE_URL=postgresql+psycopg://...``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from iotguard.errors import ConfigError
+
+__all__ = ["AgentConfig", "Config", "HubConfig", "load_config"]
+
+
+@dataclass
+class HubConfig:
+    """Settings of the hub process."""
+
+    data_dir: str = "iotguard-data"
+    #: Empty means SQLite at ``<data_dir>/hub.db``.
+    database_url: str = ""
+    #: Empty means: start the embedded broker in-process on ``embedded_broker_bind``.
+    broker_url: str = ""
+    embedded_broker_bind: str = "127.0.0.1:1883"
+    api_bind: str = "127.0.0.1:8080"
+    #: Use an MQTT shared subscription so N hubs split the load (external brokers).
+    shared_subscription: bool = True
+    mqtt_client_id: str = "iotguard-hub"
+    batch_max_messages: int = 2000
+    batch_max_wait_ms: int = 25
+    max_envelope_bytes: int = 16384
+    max_reading_fields: int = 64
+    replay_window: int = 1024
+    enrollment_token_ttl_s: int = 86400
+    cert_validity_days: int = 30
+    allowed_suites: list[str] = field(
+        default_factory=lambda: ["ascon-aead128", "chacha20-poly1305", "aes-128-gcm", "aes-256-gcm"]
+    )
+    #: How long a cached device record may be used before it is re-read
+    #: (bounds how fast a revocation made by another hub process takes effect).
+    device_cache_ttl_s: float = 1.0
+
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite in the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{Path(self.data_dir).resolve() / 'hub.db'}"
+
+
+@dataclass
+class AgentConfig:
+    """Settings of a device agent."""
+
+    data_dir: str = "iotguard-agent"
+    hub_url: str = "http://127.0.0.1:8080"
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    suites: list[str] = field(default_factory=lambda: ["ascon-aead128", "chacha20-poly1305"])
+    interval_s: float = 5.0
+    #: Seconds without an end-to-end acknowledgement before a reading is resent.
+    ack_timeout_s: float = 15.0
+    max_buffered_readings: int = 1_000_000
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+
+
+@dataclass
+class Config:
+    """Whole configuration."""
+
+    hub: HubConfig = field(default_factory=HubConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+
+
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "hub.batch_max_messages": (1, 100_000),
+    "hub.batch_max_wait_ms": (0, 10_000),
+    "hub.max_envelope_bytes": (64, 1_048_576),
+    "hub.max_reading_fields": (1, 4096),
+    "hub.replay_window": (64, 1 << 20),
+    "hub.enrollment_token_ttl_s": (60, 30 * 86400),
+    "hub.cert_validity_days": (1, 397),
+    "hub.device_cache_ttl_s": (0, 60),
+    "agent.interval_s": (0.001, 86400),
+    "agent.ack_timeout_s": (0.1, 3600),
+    "agent.max_buffered_readings": (1, 100_000_000),
+    "agent.reconnect_min_s": (0.01, 60),
+    "agent.reconnect_max_s": (0.1, 3600),
+}
+
+
+def _coerce(path: str, typ: Any, value: Any) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}") from None
+    if typ is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    if typ == list[str]:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: expected a list of strings, got {value!r}")
+        return list(value)
+    raise ConfigError(f"{path}: unsupported type")
+
+
+def _apply(section_name: str, obj: Any, values: Mapping[str, Any]) -> None:
+    hints = get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"unknown setting {section_name}.{key}; known: {', '.join(sorted(names))}")
+        setattr(obj, key, _coerce(f"{section_name}.{key}", hints[key], value))
+
+
+def _validate(cfg: Config) -> None:
+    for path, (lo, hi) in _BOUNDS.items():
+        section, name = path.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not lo <= value <= hi:
+            raise ConfigError(f"{path} = {value} is out of range [{lo}, {hi}]")
+    if cfg.agent.reconnect_min_s > cfg.agent.reconnect_max_s:
+        raise ConfigError("agent.reconnect_min_s must not exceed agent.reconnect_max_s")
+    from iotguard.crypto import suite_names
+
+    known = set(suite_names())
+    for path, suites in (("hub.allowed_suites", cfg.hub.allowed_suites), ("agent.suites", cfg.agent.suites)):
+        if not suites:
+            raise ConfigError(f"{path} must name at least one cipher suite")
+        unknown = [s for s in suites if s not in known]
+        if unknown:
+            raise ConfigError(f"{path}: unknown cipher suite(s) {unknown}; known: {sorted(known)}")
+    for path, url in (("hub.database_url", cfg.hub.database_url),):
+        if url and not url.startswith(("sqlite://", "postgresql")):
+            raise ConfigError(f"{path}: only sqlite:// and postgresql URLs are supported")
+    for path, url in (("hub.broker_url", cfg.hub.broker_url), ("agent.broker_url", cfg.agent.broker_url)):
+        if url and not url.startswith(("mqtt://", "mqtts://")):
+            raise ConfigError(f"{path}: expected mqtt://host:port or mqtts://host:port, got {url!r}")
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load configuration from ``path`` (if given or ``./iotguard.toml`` exists) and the environment.
+
+    Raises:
+        ConfigError: unreadable file, unknown setting, wrong type or out-of-range value.
+    """
+    env = os.environ if env is None else env
+    cfg = Config()
+    file = Path(path) if path else Path(env.get("IOTGUARD_CONFIG", "iotguard.toml"))
+    if path or file.exists():
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file}: {exc}") from None
+        for section, values in data.items():
+            if section not in ("hub", "agent") or not isinstance(values, dict):
+                raise ConfigError(f"unknown config section [{section}]; known: [hub], [agent]")
+            _apply(section, getattr(cfg, section), values)
+    for key, value in env.items():
+        if not key.startswith("IOTGUARD_") or "__" not in key:
+            continue
+        section, _, name = key[len("IOTGUARD_") :].partition("__")
+        section = section.lower()
+        if section not in ("hub", "agent"):
+            continue
+        _apply(section, getattr(cfg, section), {name.lower(): value})
+    _validate(cfg)
+    return cfg

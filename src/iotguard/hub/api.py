@@ -1,0 +1,231 @@
+"""REST API (FastAPI, OpenAPI at ``/openapi.json``).
+
+Every route but ``/health`` is authenticated: operators with a bearer token
+created by ``iotguard tokens create``; devices by their enrollment token and
+proof of possession (``/v1/enroll``) or an identity-key signature
+(``/v1/rekey``). Errors are mapped from reason codes to HTTP status and a
+public message through :data:`HTTP_STATUS`; internals never reach clients.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from iotguard import __version__
+from iotguard.errors import PUBLIC_MESSAGES, AuthenticationError, IotGuardError, PolicyDenied, public_message
+from iotguard.hub.ingest import IngestStats
+from iotguard.hub.registry import FleetRegistry
+from iotguard.hub.store import ROLES, ApiToken, HubStore
+from iotguard.wire import decode_reading
+
+__all__ = ["HTTP_STATUS", "create_app"]
+
+log = logging.getLogger(__name__)
+
+#: HTTP status per reason code; ``tests/hub/test_hub_api.py`` checks every code has one.
+HTTP_STATUS: dict[str, int] = {
+    "error": 500,
+    "config_invalid": 500,
+    "malformed": 400,
+    "forged": 401,
+    "replay": 409,
+    "unknown_device": 404,
+    "revoked": 403,
+    "enrollment_failed": 403,
+    "unauthenticated": 401,
+    "policy_denied": 403,
+    "keystore_error": 503,
+    "tampered": 503,
+    "usage_limit": 409,
+    "rollback": 409,
+    "no_consent": 403,
+    "budget_exhausted": 429,
+    "bad_proof": 422,
+    "storage_error": 503,
+}
+
+# Actions an operator role may take until the Cedar policy engine decides them.
+_ROLE_ACTIONS: dict[str, set[str]] = {
+    "viewer": {"read_devices", "read_telemetry", "read_metrics"},
+    "operator": {"read_devices", "read_telemetry", "read_metrics", "manage_devices"},
+    "security-admin": {"read_devices", "read_telemetry", "read_metrics", "manage_devices", "revoke"},
+    "privacy-officer": {"read_devices", "read_metrics"},
+}
+
+
+class DeviceCreate(BaseModel):
+    """Register a device; the response carries its one-time enrollment code."""
+
+    device_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    model: str = Field(min_length=1, max_length=64)
+    segment: str = Field(default="default", min_length=1, max_length=64)
+    serial: str | None = Field(default=None, max_length=128)
+
+
+class EnrollRequest(BaseModel):
+    device_id: str = Field(max_length=64)
+    token: str = Field(max_length=64)
+    identity_public_key: str = Field(max_length=64)
+    kex_public_key: str = Field(max_length=64)
+    suites: list[str] = Field(max_length=8)
+    signature: str = Field(max_length=128)
+
+
+class RekeyRequest(BaseModel):
+    device_id: str = Field(max_length=64)
+    epoch: int = Field(ge=2, le=2**32 - 1)
+    kex_public_key: str = Field(max_length=64)
+    suites: list[str] = Field(max_length=8)
+    ts: int
+    signature: str = Field(max_length=128)
+
+
+class _StatsCollector:
+    def __init__(self, stats: IngestStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Any:
+        snap = self.stats.snapshot()
+        stored = CounterMetricFamily("iotguard_readings_stored", "Readings durably stored")
+        stored.add_metric([], snap["stored"])
+        yield stored
+        rej = CounterMetricFamily("iotguard_envelopes_rejected", "Envelopes rejected", labels=["reason"])
+        for reason, n in sorted(snap["rejected"].items()):
+            rej.add_metric([reason], n)
+        yield rej
+        batches = CounterMetricFamily("iotguard_ingest_batches", "Ingest batches committed")
+        batches.add_metric([], snap["batches"])
+        yield batches
+        lat = GaugeMetricFamily("iotguard_ingest_latency_ms", "End-to-end latency percentiles",
+                                labels=["quantile"])
+        for q, v in self.stats.latency_percentiles().items():
+            lat.add_metric([q], v)
+        yield lat
+
+
+def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats,
+               authorize_operator: Callable[[ApiToken, str], None] | None = None) -> FastAPI:
+    """Build the hub's FastAPI application.
+
+    Args:
+        authorize_operator: Decides (token, action); raises PolicyDenied. The
+            default is the role table above; the Cedar engine replaces it.
+    """
+    app = FastAPI(title="iotguard hub", version=__version__,
+                  description="Device registry, enrollment, telemetry and operations API.")
+    bearer = HTTPBearer(auto_error=False)
+    metrics_registry = CollectorRegistry()
+    metrics_registry.register(_StatsCollector(stats))  # type: ignore[arg-type]
+    api_requests = Counter("iotguard_api_requests", "API requests", ["route", "status"],
+                           registry=metrics_registry)
+    Gauge("iotguard_info", "Hub version", ["version"], registry=metrics_registry).labels(__version__).set(1)
+
+    def _default_authorize(token: ApiToken, action: str) -> None:
+        if action not in _ROLE_ACTIONS.get(token.role, set()):
+            raise PolicyDenied(f"role {token.role} may not {action}")
+
+    decide = authorize_operator or _default_authorize
+
+    def operator(action: str) -> Callable[..., ApiToken]:
+        def dep(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> ApiToken:  # noqa: B008
+            if creds is None or creds.scheme.lower() != "bearer":
+                raise AuthenticationError("bearer token required")
+            token = store.authenticate_api_token(creds.credentials)
+            decide(token, action)
+            return token
+
+        return dep
+
+    @app.exception_handler(IotGuardError)
+    async def _iotguard_error(request: Request, exc: IotGuardError) -> JSONResponse:
+        status = HTTP_STATUS.get(exc.code, 500)
+        api_requests.labels(request.url.path.split("/")[2] if request.url.path.count("/") > 1 else "",
+                            str(status)).inc()
+        if status >= 500:
+            log.error("API %s failed: %s", request.url.path, exc.code)
+        return JSONResponse({"error": exc.code, "message": public_message(exc.code)}, status_code=status,
+                            headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
+
+    @app.get("/health", tags=["health"])
+    def health() -> dict[str, Any]:
+        """Liveness: the only anonymous route."""
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    def metrics(_t: ApiToken = Depends(operator("read_metrics"))) -> PlainTextResponse:  # noqa: B008
+        """Prometheus metrics (bearer token with read_metrics)."""
+        return PlainTextResponse(generate_latest(metrics_registry).decode(),
+                                 media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/enroll", tags=["devices"])
+    def enroll(req: EnrollRequest) -> dict[str, Any]:
+        """Device enrollment with a one-time token and proof of possession."""
+        return registry.enroll(req.model_dump())
+
+    @app.post("/v1/rekey", tags=["devices"])
+    def rekey(req: RekeyRequest) -> dict[str, Any]:
+        """Move a device to its next key epoch (signed by its identity key)."""
+        return registry.rekey(req.model_dump())
+
+    @app.get("/v1/devices", tags=["devices"])
+    def list_devices(status: str | None = None, limit: int = 100, offset: int = 0,
+                     _t: ApiToken = Depends(operator("read_devices"))) -> list[dict[str, Any]]:  # noqa: B008
+        """List registered devices."""
+        return [d.to_dict() for d in store.list_devices(status=status, limit=min(limit, 1000), offset=offset)]
+
+    @app.post("/v1/devices", tags=["devices"], status_code=201)
+    def add_device(body: DeviceCreate,
+                   _t: ApiToken = Depends(operator("manage_devices"))) -> dict[str, Any]:  # noqa: B008
+        """Register a device; the enrollment code is returned once and never stored."""
+        code = registry.add_device(body.device_id, body.model, segment=body.segment, serial=body.serial)
+        return {"device_id": body.device_id, "enrollment_code": str(code)}
+
+    @app.get("/v1/devices/{device_id}", tags=["devices"])
+    def show_device(device_id: str,
+                    _t: ApiToken = Depends(operator("read_devices"))) -> dict[str, Any]:  # noqa: B008
+        """One device, with its certificate."""
+        d = store.get_device(device_id)
+        return {**d.to_dict(), "certificate_pem": d.cert_pem,
+                "readings": store.reading_count(device_id)}
+
+    @app.post("/v1/devices/{device_id}/revoke", tags=["devices"])
+    def revoke_device(device_id: str,
+                      _t: ApiToken = Depends(operator("revoke"))) -> dict[str, Any]:  # noqa: B008
+        """Revoke a device; ingest refuses its data from now on."""
+        registry.revoke(device_id)
+        return {"device_id": device_id, "status": "revoked"}
+
+    @app.get("/v1/telemetry", tags=["telemetry"])
+    def telemetry(after: int = 0, device_id: str | None = None, limit: int = 100,
+                  _t: ApiToken = Depends(operator("read_telemetry"))) -> dict[str, Any]:  # noqa: B008
+        """Stored readings after id ``after`` (poll with the returned ``next``)."""
+        rows = store.readings_after(after, device_id=device_id, limit=max(1, min(limit, 1000)))
+        items = []
+        for r in rows:
+            try:
+                reading: dict[str, Any] = decode_reading(r.body).to_dict()
+            except IotGuardError:
+                reading = {"raw": base64.b64encode(r.body).decode()}
+            items.append({"id": r.id, "device_id": r.device_id, "epoch": r.epoch, "seq": r.seq,
+                          "received_at": r.received_at.isoformat(), **reading})
+        return {"items": items, "next": rows[-1].id if rows else after}
+
+    @app.get("/v1/stats", tags=["telemetry"])
+    def hub_stats(_t: ApiToken = Depends(operator("read_metrics"))) -> dict[str, Any]:  # noqa: B008
+        """Ingest counters and latency percentiles since this hub started."""
+        return {**stats.snapshot(), "latency_ms": stats.latency_percentiles(),
+                "rejected_total": store.rejection_totals()}
+
+    assert set(HTTP_STATUS) >= set(PUBLIC_MESSAGES), "every reason code needs an HTTP status"
+    assert all(r in _ROLE_ACTIONS for r in ROLES)
+    return app

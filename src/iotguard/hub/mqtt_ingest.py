@@ -1,0 +1,164 @@
+"""MQTT side of ingest: subscribe, batch, process, then acknowledge.
+
+The hub subscribes with QoS 1, a persistent session (``clean_session`` off)
+and manual acknowledgements: a message's PUBACK goes to the broker only
+after the batch holding it is committed. After the commit the hub also
+publishes an authenticated end-to-end acknowledgement to each device, which
+is what lets a device delete a reading from its disk buffer; so a reading
+survives a crash of the hub, of the broker, or of both.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from iotguard.channel import ack_topic
+from iotguard.config import HubConfig
+from iotguard.errors import StorageError
+from iotguard.hub.broker import BrokerAddress
+from iotguard.hub.ingest import Incoming, IngestProcessor
+
+__all__ = ["MqttIngest", "TELEMETRY_FILTER"]
+
+log = logging.getLogger(__name__)
+
+TELEMETRY_FILTER = "iotguard/v1/t/+"
+_SHARE_GROUP = "iotguard-hub"
+_RETRY_MAX_S = 5.0
+
+
+class MqttIngest:
+    """Runs ingest against a broker until stopped."""
+
+    def __init__(self, processor: IngestProcessor, broker: BrokerAddress, cfg: HubConfig, *,
+                 shared: bool | None = None, client_id: str | None = None) -> None:
+        self.processor = processor
+        self.cfg = cfg
+        self.broker = broker
+        self.shared = cfg.shared_subscription if shared is None else shared
+        self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id or cfg.mqtt_client_id,
+            clean_session=False, manual_ack=True, protocol=mqtt.MQTTv311,
+        )
+        self._client.max_inflight_messages_set(1000)
+        self._client.max_queued_messages_set(0)
+        self._client.reconnect_delay_set(0.2, 5)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._worker = threading.Thread(target=self._run, name="iotguard-ingest", daemon=True)
+
+    @property
+    def topic_filter(self) -> str:
+        return f"$share/{_SHARE_GROUP}/{TELEMETRY_FILTER}" if self.shared else TELEMETRY_FILTER
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Connect, subscribe and start the batch worker."""
+        self._client.connect_async(self.broker.host, self.broker.port, keepalive=30)
+        self._client.loop_start()
+        self._worker.start()
+        if not self._connected.wait(timeout):
+            raise TimeoutError(f"hub could not connect to the broker at {self.broker.url}")
+
+    def stop(self) -> None:
+        """Finish the batch in progress, then disconnect."""
+        self._stop.set()
+        self._worker.join(timeout=15)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # -- paho callbacks (network thread) -------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused the hub: %s", reason)
+            return
+        client.subscribe(self.topic_filter, qos=1)
+        self._connected.set()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._connected.clear()
+        if not self._stop.is_set():
+            log.warning("hub lost the broker connection (%s); reconnecting", reason)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self._queue.put(msg)
+
+    # -- batch worker ----------------------------------------------------
+
+    def _next_batch(self) -> list[mqtt.MQTTMessage]:
+        try:
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.cfg.batch_max_wait_ms / 1000.0
+        limit = self.cfg.batch_max_messages
+        while len(batch) < limit:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(self._queue.get(timeout=left))
+                except queue.Empty:
+                    break
+        return batch
+
+    def _run(self) -> None:
+        while not (self._stop.is_set() and self._queue.empty()):
+            batch = self._next_batch()
+            if batch:
+                self._handle(batch)
+
+    def _handle(self, batch: list[mqtt.MQTTMessage]) -> None:
+        incoming = [Incoming(m.topic, m.payload, m) for m in batch]
+        delay = 0.1
+        while True:
+            try:
+                outcome = self.processor.process(incoming)
+                break
+            except StorageError as exc:
+                # Nothing was stored and nothing is acknowledged: retry the
+                # same batch until the database is back.
+                log.error("storing a batch of %d failed (%s); retrying in %.1fs", len(batch), exc, delay)
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, _RETRY_MAX_S)
+            except Exception:
+                log.exception("ingest bug on a batch of %d; processing its messages one by one", len(batch))
+                self._handle_singly(batch)
+                return
+        self._acknowledge(batch, outcome.acks)
+
+    def _handle_singly(self, batch: list[mqtt.MQTTMessage]) -> None:
+        for m in batch:
+            try:
+                outcome = self.processor.process([Incoming(m.topic, m.payload, m)])
+            except StorageError:
+                log.error("storage failed while isolating a bad message; it will be redelivered")
+                continue
+            except Exception:
+                log.exception("message on %s crashed ingest; rejected as internal_error", m.topic)
+                self.processor.stats.rejected["internal_error"] += 1
+                outcome = None
+            self._acknowledge([m], outcome.acks if outcome else {})
+
+    def _acknowledge(self, batch: list[mqtt.MQTTMessage], acks: dict[tuple[str, int], bytes]) -> None:
+        for m in batch:
+            if m.qos > 0:
+                self._client.ack(m.mid, m.qos)
+        for (device_id, _epoch), body in acks.items():
+            self._client.publish(ack_topic(device_id), body, qos=0)

@@ -1,0 +1,236 @@
+"""Hub-side identity operations: add, enroll, re-key, revoke devices.
+
+Sits at the edge: combines the pure protocol in :mod:`iotguard.identity`
+with the store, the hub's key store and the fleet CA.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+from iotguard.channel import SessionKeys, split_session_keys
+from iotguard.clock import Clock, SystemClock
+from iotguard.config import HubConfig
+from iotguard.crypto import get_suite
+from iotguard.errors import (
+    EnrollmentError,
+    IntegrityError,
+    MalformedError,
+    RevokedError,
+    UnknownDeviceError,
+)
+from iotguard.identity import (
+    EnrollmentCode,
+    FleetCA,
+    b64d,
+    b64e,
+    derive_hub_session,
+    hub_response_message,
+    negotiate_suite,
+    new_enrollment_secret,
+    request_transcript,
+    token_hash,
+    verify_signature,
+)
+from iotguard.keys import KeyKind, KeyStore, SoftwareKeyStore
+from iotguard.hub.store import DeviceRecord, HubStore
+
+__all__ = ["FleetRegistry", "open_hub_keys"]
+
+log = logging.getLogger(__name__)
+
+_STORAGE_KEY = "storage-wrap"
+_CA_META = "fleet_ca_pem"
+_DEVICE_ID_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def open_hub_keys(cfg: HubConfig) -> KeyStore:
+    """The hub's key store (software secure element in ``<data_dir>/keys``)."""
+    return SoftwareKeyStore(Path(cfg.data_dir) / "keys")
+
+
+@dataclass
+class _CachedDevice:
+    record: DeviceRecord
+    loaded_at: float
+    keys: dict[int, tuple[str, SessionKeys]]
+
+
+class FleetRegistry:
+    """Device lifecycle on the hub, plus the cache ingest reads devices through."""
+
+    def __init__(self, store: HubStore, keystore: KeyStore, cfg: HubConfig, clock: Clock | None = None) -> None:
+        self.store = store
+        self.keystore = keystore
+        self.cfg = cfg
+        self.clock = clock or SystemClock()
+        if not keystore.has_key(_STORAGE_KEY):
+            keystore.generate(_STORAGE_KEY, KeyKind.AES256)
+        self.ca = self._load_or_create_ca()
+        self._cache: dict[str, _CachedDevice] = {}
+        self._lock = threading.Lock()
+
+    def _load_or_create_ca(self) -> FleetCA:
+        pem = self.store.get_meta(_CA_META)
+        if pem is None:
+            if self.keystore.has_key("fleet-ca"):
+                raise EnrollmentError("hub key store has a CA key but the database has no CA certificate")
+            ca = FleetCA.create(self.keystore, name="iotguard fleet CA", now=self.clock.now())
+            stored = self.store.set_meta_if_absent(_CA_META, ca.certificate_pem.decode())
+            if stored != ca.certificate_pem.decode():
+                raise EnrollmentError("another hub created the CA concurrently with a different key")
+            log.info("created fleet CA %s", ca.fingerprint)
+            return ca
+        return FleetCA(self.keystore, pem.encode())
+
+    # -- operator actions ------------------------------------------------
+
+    def add_device(self, device_id: str, model: str, *, segment: str = "default",
+                   serial: str | None = None) -> EnrollmentCode:
+        """Register a device and return its one-time enrollment code.
+
+        Raises:
+            MalformedError: bad device id or model.
+            EnrollmentError: id already taken.
+        """
+        if not device_id or len(device_id) > 64 or not set(device_id) <= _DEVICE_ID_OK \
+                or not device_id[0].isalnum():
+            raise MalformedError("device id must be 1-64 of [A-Za-z0-9._-], starting alphanumeric")
+        if not model or len(model) > 64 or not segment or len(segment) > 64:
+            raise MalformedError("model and segment must be 1-64 characters")
+        secret = new_enrollment_secret()
+        now = self.clock.now()
+        self.store.create_device(
+            device_id, model, segment, serial=serial, now=now, token_hash=token_hash(secret),
+            token_expires_at=now + timedelta(seconds=self.cfg.enrollment_token_ttl_s),
+        )
+        return EnrollmentCode(device_id, secret, self.ca.fingerprint)
+
+    def revoke(self, device_id: str) -> None:
+        """Revoke a device; ingest refuses its data within ``device_cache_ttl_s``."""
+        self.store.revoke_device(device_id, now=self.clock.now())
+        with self._lock:
+            self._cache.pop(device_id, None)
+
+    # -- device requests -------------------------------------------------
+
+    def _wrap(self, device_id: str, epoch: int, keys: SessionKeys) -> bytes:
+        return self.keystore.seal(_STORAGE_KEY, keys.uplink + keys.downlink, f"{device_id}/{epoch}".encode())
+
+    def _unwrap(self, device_id: str, epoch: int, suite: str, wrapped: bytes) -> SessionKeys:
+        raw = self.keystore.unseal(_STORAGE_KEY, wrapped, f"{device_id}/{epoch}".encode())
+        return split_session_keys(raw, get_suite(suite).key_size)
+
+    def enroll(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Handle an enrollment request (JSON body from the device).
+
+        Raises:
+            MalformedError: the request does not have the expected shape.
+            EnrollmentError: bad token or proof of possession.
+        """
+        try:
+            device_id = str(req["device_id"])
+            secret = b64d(req["token"], what="token", length=32)
+            identity_pk = b64d(req["identity_public_key"], what="identity key", length=32)
+            kex_pk = b64d(req["kex_public_key"], what="kex key", length=32)
+            suites = [str(s) for s in req["suites"]][:8]
+            signature = b64d(req["signature"], what="signature", length=64)
+        except (KeyError, TypeError) as exc:
+            raise MalformedError(f"enrollment request: missing or bad field {exc}") from None
+        th = token_hash(secret)
+        transcript = request_transcript("enroll", {
+            "device_id": device_id, "token_hash": th, "identity_public_key": identity_pk,
+            "kex_public_key": kex_pk, "suites": suites,
+        })
+        try:
+            verify_signature(identity_pk, signature, transcript)
+        except IntegrityError:
+            raise EnrollmentError("proof of possession failed") from None
+        suite = negotiate_suite(suites, self.cfg.allowed_suites)
+        device = self.store.get_device(device_id)
+        now = self.clock.now()
+        cert = self.ca.issue_device_certificate(
+            device_id, identity_pk, now=now, validity=timedelta(days=self.cfg.cert_validity_days),
+            segment=device.segment)
+        hub_pub, keys = derive_hub_session(device_id, 1, suite, kex_pk, transcript)
+        cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+        self.store.enroll(
+            device_id, th, now=now, identity_public_key=identity_pk, cert_pem=cert_pem,
+            cert_serial=format(cert.serial_number, "x"), cert_not_after=cert.not_valid_after_utc,
+            suite=suite, wrapped_key=self._wrap(device_id, 1, keys))
+        return self._signed_response(transcript, device_id, 1, suite, hub_pub, cert_pem)
+
+    def rekey(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Move a device to its next key epoch, optionally with another suite.
+
+        Raises:
+            MalformedError, EnrollmentError, RevokedError, UnknownDeviceError.
+        """
+        try:
+            device_id = str(req["device_id"])
+            epoch = int(req["epoch"])
+            kex_pk = b64d(req["kex_public_key"], what="kex key", length=32)
+            suites = [str(s) for s in req["suites"]][:8]
+            ts = int(req["ts"])
+            signature = b64d(req["signature"], what="signature", length=64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MalformedError(f"re-key request: missing or bad field {exc}") from None
+        device = self.store.get_device(device_id)
+        if device.status != "active" or device.identity_public_key is None:
+            raise RevokedError(f"device {device_id!r} is {device.status}")
+        now = self.clock.now()
+        if abs(now.timestamp() - ts) > 300:
+            raise EnrollmentError("re-key request timestamp outside the allowed clock skew")
+        transcript = request_transcript("rekey", {
+            "device_id": device_id, "epoch": epoch, "kex_public_key": kex_pk, "suites": suites, "ts": ts})
+        verify_signature(device.identity_public_key, signature, transcript)
+        suite = negotiate_suite(suites, self.cfg.allowed_suites)
+        hub_pub, keys = derive_hub_session(device_id, epoch, suite, kex_pk, transcript)
+        self.store.add_epoch(device_id, epoch, suite, self._wrap(device_id, epoch, keys), now=now)
+        with self._lock:
+            self._cache.pop(device_id, None)
+        return self._signed_response(transcript, device_id, epoch, suite, hub_pub, device.cert_pem or "")
+
+    def _signed_response(self, transcript: bytes, device_id: str, epoch: int, suite: str,
+                         hub_pub: bytes, cert_pem: str) -> dict[str, Any]:
+        fields = {"device_id": device_id, "epoch": epoch, "suite": suite, "hub_kex_public_key": hub_pub,
+                  "certificate_pem": cert_pem}
+        sig = self.ca.sign(hub_response_message(transcript, fields))
+        return {"device_id": device_id, "epoch": epoch, "suite": suite, "hub_kex_public_key": b64e(hub_pub),
+                "certificate_pem": cert_pem, "ca_certificate_pem": self.ca.certificate_pem.decode(),
+                "signature": b64e(sig)}
+
+    # -- ingest lookups --------------------------------------------------
+
+    def session(self, device_id: str, epoch: int) -> tuple[DeviceRecord, str, SessionKeys]:
+        """Device record and unwrapped keys for (device, epoch), cached briefly.
+
+        Raises:
+            UnknownDeviceError: device or epoch unknown.
+            RevokedError: device not active.
+        """
+        mono = self.clock.monotonic()
+        with self._lock:
+            entry = self._cache.get(device_id)
+        if entry is None or mono - entry.loaded_at > self.cfg.device_cache_ttl_s:
+            record = self.store.get_device(device_id)
+            entry = _CachedDevice(record, mono, entry.keys if entry else {})
+            with self._lock:
+                self._cache[device_id] = entry
+        if entry.record.status != "active":
+            raise RevokedError(f"device {device_id!r} is {entry.record.status}")
+        got = entry.keys.get(epoch)
+        if got is None:
+            ek = self.store.epoch_key(device_id, epoch)
+            if ek is None:
+                raise UnknownDeviceError(f"device {device_id!r} has no key epoch {epoch}")
+            got = (ek.suite, self._unwrap(device_id, epoch, ek.suite, ek.wrapped_key))
+            entry.keys[epoch] = got
+        return entry.record, got[0], got[1]

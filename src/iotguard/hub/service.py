@@ -1,0 +1,88 @@
+"""The hub process: store, keys, registry, ingest, broker and API wired together."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import uvicorn
+
+from iotguard.clock import Clock
+from iotguard.config import HubConfig
+from iotguard.hub.api import create_app
+from iotguard.hub.broker import BrokerAddress, EmbeddedBroker, parse_broker_url
+from iotguard.hub.ingest import IngestProcessor
+from iotguard.hub.mqtt_ingest import MqttIngest
+from iotguard.hub.registry import FleetRegistry, open_hub_keys
+from iotguard.hub.store import HubStore
+
+__all__ = ["Hub"]
+
+log = logging.getLogger(__name__)
+
+
+class Hub:
+    """One hub process.
+
+    Args:
+        cfg: Hub settings.
+        clock: Injected clock (tests); the system clock by default.
+    """
+
+    def __init__(self, cfg: HubConfig, *, clock: Clock | None = None) -> None:
+        self.cfg = cfg
+        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.store = HubStore.open(cfg.resolved_database_url())
+        self.keystore = open_hub_keys(cfg)
+        self.registry = FleetRegistry(self.store, self.keystore, cfg, clock)
+        self.processor = IngestProcessor(self.store, self.registry, cfg, clock=clock)
+        self.app = create_app(self.store, self.registry, self.processor.stats)
+        self.embedded_broker: EmbeddedBroker | None = None
+        self.ingest: MqttIngest | None = None
+        self._api_server: uvicorn.Server | None = None
+        self._api_thread: threading.Thread | None = None
+
+    @property
+    def broker_address(self) -> BrokerAddress:
+        if self.cfg.broker_url:
+            return parse_broker_url(self.cfg.broker_url)
+        host, _, port = self.cfg.embedded_broker_bind.rpartition(":")
+        return BrokerAddress(host, int(port))
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.cfg.api_bind}"
+
+    def start(self, *, api: bool = True) -> None:
+        """Start the embedded broker (if no broker URL is set), ingest and the API."""
+        if not self.cfg.broker_url:
+            self.embedded_broker = EmbeddedBroker(self.cfg.embedded_broker_bind)
+            self.embedded_broker.start()
+            log.info("embedded MQTT broker on %s", self.embedded_broker.address.url)
+        # The embedded broker does not support shared subscriptions; one hub uses it.
+        self.ingest = MqttIngest(self.processor, self.broker_address, self.cfg,
+                                 shared=self.cfg.shared_subscription and bool(self.cfg.broker_url))
+        self.ingest.start()
+        if api:
+            host, _, port = self.cfg.api_bind.rpartition(":")
+            config = uvicorn.Config(self.app, host=host, port=int(port), log_level="warning",
+                                    access_log=False, lifespan="off")
+            self._api_server = uvicorn.Server(config)
+            self._api_thread = threading.Thread(target=self._api_server.run, name="iotguard-api", daemon=True)
+            self._api_thread.start()
+            from iotguard.hub.broker import wait_for_port
+
+            wait_for_port(host, int(port), timeout=15)
+
+    def stop(self) -> None:
+        """Stop accepting, finish the batch in progress, shut everything down."""
+        if self._api_server is not None:
+            self._api_server.should_exit = True
+            if self._api_thread is not None:
+                self._api_thread.join(timeout=10)
+        if self.ingest is not None:
+            self.ingest.stop()
+        if self.embedded_broker is not None:
+            self.embedded_broker.stop()
+        self.store.engine.dispose()

@@ -1,0 +1,189 @@
+"""A simulated fleet: N real agents in one process, plus attack hooks.
+
+Every virtual device is a full :class:`~iotguard.agent.Agent` with its own
+key store, enrollment, MQTT connection and outbox; the simulator only adds
+sensor models, a scheduler and attacks (replay, forged tag, unknown device,
+malformed and oversized payloads).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from iotguard.agent import Agent
+from iotguard.channel import telemetry_topic
+from iotguard.config import AgentConfig
+from iotguard.crypto import get_suite
+from iotguard.sim.sensors import MODELS, SensorModel, make_sensor
+from iotguard.wire import Reading, encode_envelope
+
+__all__ = ["ATTACKS", "Fleet", "VirtualDevice"]
+
+log = logging.getLogger(__name__)
+
+#: Attack name -> the reason code the hub must reject it with.
+ATTACKS: dict[str, str] = {
+    "replay": "replay",
+    "forged": "forged",
+    "malformed": "malformed",
+    "unknown_device": "unknown_device",
+    "oversized": "malformed",
+}
+
+#: Registers a device and returns its enrollment code (the API or the registry).
+Provisioner = Callable[[str, str], str]
+
+
+@dataclass
+class VirtualDevice:
+    """One simulated device."""
+
+    agent: Agent
+    model: str
+    sensor: SensorModel
+    sent: dict[tuple[int, int], float] = field(default_factory=dict)
+
+
+class Fleet:
+    """N virtual devices publishing through a broker to a hub.
+
+    Args:
+        provision: Registers a device id and model, returns the enrollment code.
+        hub_url: Hub API base URL (devices enroll over HTTP).
+        broker_url: ``mqtt://host:port``.
+        data_dir: Parent directory of every device's state.
+        suites: Cipher suites to spread over the fleet (round robin).
+        seed: Makes sensor values reproducible.
+    """
+
+    def __init__(self, provision: Provisioner, *, hub_url: str, broker_url: str, data_dir: str | Path,
+                 suites: list[str] | None = None, seed: int = 1, ack_timeout_s: float = 10.0,
+                 id_prefix: str = "sim") -> None:
+        self.provision = provision
+        self.hub_url = hub_url
+        self.broker_url = broker_url
+        self.dir = Path(data_dir)
+        self.suites = suites or ["ascon-aead128", "chacha20-poly1305", "aes-128-gcm"]
+        self.suites = [s for s in self.suites if _known(s)] or ["chacha20-poly1305"]
+        self.seed = seed
+        self.ack_timeout_s = ack_timeout_s
+        self.id_prefix = id_prefix
+        self.devices: list[VirtualDevice] = []
+        self.attacks: Counter[str] = Counter()
+        self.latencies_ms: list[float] = []
+        #: Genuine readings submitted (attacks not included).
+        self.sent = 0
+        self._lock = threading.Lock()
+
+    # -- setup -----------------------------------------------------------
+
+    def add_devices(self, n: int) -> None:
+        """Register, enroll and connect ``n`` devices (models round robin)."""
+        models = sorted(MODELS)
+        start = len(self.devices)
+        for i in range(start, start + n):
+            model = models[i % len(models)]
+            device_id = f"{self.id_prefix}-{model}-{i:05d}"
+            suite = self.suites[i % len(self.suites)]
+            cfg = AgentConfig(data_dir=str(self.dir / device_id), hub_url=self.hub_url,
+                              broker_url=self.broker_url, suites=[suite], ack_timeout_s=self.ack_timeout_s)
+            agent = Agent(cfg, device_id)
+            agent.enroll(self.provision(device_id, model))
+            dev = VirtualDevice(agent, model, make_sensor(model, self.seed * 100_003 + i))
+            agent.on_ack = self._acked(dev)
+            self.devices.append(dev)
+        for dev in self.devices[start:]:
+            dev.agent.connect()
+
+    def _acked(self, dev: VirtualDevice) -> Callable[[int, list[int]], None]:
+        def on_ack(epoch: int, seqs: list[int]) -> None:
+            now = time.monotonic()
+            with self._lock:
+                for s in seqs:
+                    t0 = dev.sent.pop((epoch, s), None)
+                    if t0 is not None:
+                        self.latencies_ms.append((now - t0) * 1000.0)
+
+        return on_ack
+
+    # -- traffic ---------------------------------------------------------
+
+    def send_round(self, t: float | None = None) -> int:
+        """Every device sends one reading; returns how many were sent."""
+        t = time.time() if t is None else t
+        for dev in self.devices:
+            self._submit(dev, t)
+        return len(self.devices)
+
+    def _submit(self, dev: VirtualDevice, t: float) -> None:
+        seq = dev.agent.submit(Reading(int(t * 1000), dev.sensor.sample(t)))
+        with self._lock:
+            dev.sent[(dev.agent.sealer.epoch, seq)] = time.monotonic()
+            self.sent += 1
+
+    def resend_due(self) -> int:
+        return sum(dev.agent.resend_due() for dev in self.devices)
+
+    def pending(self) -> int:
+        """Readings not yet acknowledged end to end by the hub."""
+        return sum(dev.agent.pending() for dev in self.devices)
+
+    # -- attacks ---------------------------------------------------------
+
+    def inject(self, attack: str, rng: random.Random | None = None) -> None:
+        """Inject one attack message of the named kind (see :data:`ATTACKS`).
+
+        Raises:
+            KeyError: unknown attack name.
+        """
+        if attack not in ATTACKS:
+            raise KeyError(f"unknown attack {attack!r}; known: {sorted(ATTACKS)}")
+        rng = rng or random.Random(self.seed)
+        dev = self.devices[rng.randrange(len(self.devices))]
+        agent = dev.agent
+        topic = telemetry_topic(agent.device_id)
+        if attack == "replay":
+            # Capture a genuine envelope on its way (it is stored once), then
+            # send the same bytes again as an attacker would.
+            t = time.time()
+            self._submit(dev, t)
+            envelope = agent.last_envelope
+            time.sleep(0.5)
+            agent.publish_raw(topic, envelope)
+        elif attack == "forged":
+            from iotguard.wire import encode_reading
+
+            _seq, envelope = agent.sealer.seal(encode_reading(Reading(int(time.time() * 1000),
+                                                                      dev.sensor.sample(time.time()))))
+            envelope = envelope[:-1] + bytes((envelope[-1] ^ 0x01,))  # flip one tag bit
+            agent.publish_raw(topic, envelope)
+        elif attack == "malformed":
+            agent.publish_raw(topic, b"\x86\x01\xff" + os.urandom(rng.randrange(1, 40)))
+        elif attack == "oversized":
+            agent.publish_raw(topic, encode_envelope(1, agent.device_id, 1, 1, os.urandom(200_000)))
+        elif attack == "unknown_device":
+            ghost = f"ghost-{rng.randrange(10**6)}"
+            suite = get_suite("chacha20-poly1305")
+            agent.publish_raw(telemetry_topic(ghost),
+                              encode_envelope(suite.suite_id, ghost, 1, 1, os.urandom(48)))
+        self.attacks[ATTACKS[attack]] += 1
+
+    def close(self) -> None:
+        for dev in self.devices:
+            dev.agent.close()
+
+
+def _known(suite: str) -> bool:
+    try:
+        get_suite(suite)
+    except Exception:
+        return False
+    return True
