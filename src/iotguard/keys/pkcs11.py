@@ -107,7 +107,12 @@ class Pkcs11KeyStore:
         try:
             lib = pkcs11.lib(module_path)
             token = lib.get_token(token_label=token_label)
-            self._session = token.open(user_pin=pin, rw=True)
+            try:
+                self._session = token.open(user_pin=pin, rw=True)
+            except pkcs11.UserAlreadyLoggedIn:
+                # PKCS#11 login is per process: another store of this process
+                # already logged in to the token, so this session shares it.
+                self._session = token.open(rw=True)
         except pkcs11.PinIncorrect:
             raise KeyStoreError("PKCS#11 login failed") from None
         except (pkcs11.PKCS11Error, RuntimeError, OSError) as exc:

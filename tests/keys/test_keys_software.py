@@ -1,0 +1,209 @@
+"""Software secure element: tamper response and cloning resistance."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from iotguard.errors import ConfigError, KeyStoreError, TamperError
+from iotguard.keys import (
+    KeyKind,
+    SoftwareKeyStore,
+    TamperResponsive,
+    open_key_store,
+    platform_device_binding,
+    tamper_record_of,
+)
+from iotguard.keys.config import KeyStoreConfig
+
+from .conftest import BINDING
+
+OTHER_DEVICE = b"test device binding: fuse 0002"
+WHEN = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _populated(directory: Path, binding: bytes = BINDING) -> SoftwareKeyStore:
+    store = SoftwareKeyStore(directory, device_binding=binding)
+    store.generate("id", KeyKind.ED25519)
+    store.generate("kx", KeyKind.X25519)
+    store.generate("wrap", KeyKind.AES256)
+    store.advance_counter("fw", 3)
+    return store
+
+
+def _assert_refuses_everything(store: SoftwareKeyStore) -> None:
+    operations = [
+        lambda: store.generate("new", KeyKind.ED25519),
+        lambda: store.has_key("id"),
+        lambda: store.public_key("id"),
+        lambda: store.sign("id", b"m"),
+        lambda: store.derive("kx", b"\x09" * 32, salt=b"", info=b"", length=32),
+        lambda: store.seal("wrap", b"x"),
+        lambda: store.unseal("wrap", b"\x00" * 40),
+        lambda: store.counter("fw"),
+        lambda: store.advance_counter("fw", 10),
+        lambda: store.delete("id"),
+        lambda: store.zeroize(),
+        lambda: store.require_untampered(),
+    ]
+    for op in operations:
+        with pytest.raises(TamperError):
+            op()
+
+
+def test_tamper_event_zeroizes_persists_a_record_and_refuses_every_operation(tmp_path: Path) -> None:
+    store = _populated(tmp_path / "ks")
+    assert isinstance(store, TamperResponsive)
+    assert tamper_record_of(store) is None
+    store.require_untampered()
+
+    record = store.tamper_event("enclosure_open", now=WHEN)
+
+    assert record.reason == "enclosure_open"
+    assert record.detected_at == WHEN
+    assert tamper_record_of(store) == record
+    _assert_refuses_everything(store)
+    # Crypto-erased: only the tamper record is left on disk.
+    assert sorted(p.name for p in (tmp_path / "ks").iterdir()) == ["tamper.cbor"]
+    reopened = SoftwareKeyStore(tmp_path / "ks", device_binding=BINDING)
+    assert reopened.tamper_record == record
+    _assert_refuses_everything(reopened)
+
+
+def test_tamper_event_is_idempotent(tmp_path: Path) -> None:
+    store = _populated(tmp_path / "ks")
+    first = store.tamper_event("enclosure_open", now=WHEN)
+    assert store.tamper_event("voltage_glitch") == first
+
+
+def test_tamper_error_has_the_tampered_code(tmp_path: Path) -> None:
+    store = _populated(tmp_path / "ks")
+    store.tamper_event("enclosure_open")
+    with pytest.raises(TamperError) as info:
+        store.sign("id", b"m")
+    assert info.value.code == "tampered"
+    assert isinstance(info.value, KeyStoreError)
+
+
+def test_integrity_failure_on_open_triggers_the_tamper_response(tmp_path: Path) -> None:
+    _populated(tmp_path / "ks")
+    sealed = tmp_path / "ks" / "keystore.sealed"
+    blob = bytearray(sealed.read_bytes())
+    blob[40] ^= 0x01
+    sealed.write_bytes(bytes(blob))
+
+    store = SoftwareKeyStore(tmp_path / "ks", device_binding=BINDING)
+
+    assert store.tamper_record is not None
+    assert store.tamper_record.reason == "integrity_check_failed"
+    _assert_refuses_everything(store)
+    assert not (tmp_path / "ks" / "root.secret").exists()
+
+
+@pytest.mark.parametrize(
+    ("removed", "reason"),
+    [("root.secret", "root_secret_missing"), ("keystore.sealed", "sealed_store_missing")],
+)
+def test_a_missing_half_of_the_store_is_tampering(tmp_path: Path, removed: str, reason: str) -> None:
+    _populated(tmp_path / "ks")
+    (tmp_path / "ks" / removed).unlink()
+    store = SoftwareKeyStore(tmp_path / "ks", device_binding=BINDING)
+    assert store.tamper_record is not None and store.tamper_record.reason == reason
+
+
+def test_unreadable_tamper_record_still_means_tampered(tmp_path: Path) -> None:
+    store = _populated(tmp_path / "ks")
+    store.tamper_event("enclosure_open")
+    (tmp_path / "ks" / "tamper.cbor").write_bytes(b"\xff garbage")
+    reopened = SoftwareKeyStore(tmp_path / "ks", device_binding=BINDING)
+    assert reopened.tamper_record is not None
+    assert reopened.tamper_record.reason == "tamper_record_unreadable"
+
+
+def test_deleting_the_tamper_record_does_not_bring_the_keys_back(tmp_path: Path) -> None:
+    store = _populated(tmp_path / "ks")
+    store.tamper_event("enclosure_open")
+    (tmp_path / "ks" / "tamper.cbor").unlink()
+    fresh = SoftwareKeyStore(tmp_path / "ks", device_binding=BINDING)
+    assert fresh.tamper_record is None
+    assert not fresh.has_key("id")
+    assert fresh.counter("fw") == 0
+
+
+def test_attack_cloned_device(tmp_path: Path) -> None:
+    """Check for a cloned device: the copied key-store directory does not work on another device."""
+    original = _populated(tmp_path / "device-a")
+    public = original.public_key("id")
+    shutil.copytree(tmp_path / "device-a", tmp_path / "device-b")
+
+    clone = SoftwareKeyStore(tmp_path / "device-b", device_binding=OTHER_DEVICE)
+
+    assert clone.tamper_record is not None
+    assert clone.tamper_record.reason == "integrity_check_failed"
+    with pytest.raises(TamperError):
+        clone.sign("id", b"impersonation")
+    # The genuine device is unaffected.
+    again = SoftwareKeyStore(tmp_path / "device-a", device_binding=BINDING)
+    assert again.public_key("id") == public
+    again.require_untampered()
+
+
+def test_attack_cloned_device_with_default_platform_binding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Check for a cloned device without an explicit binding: the per-install secret differs."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state-a"))
+    original = SoftwareKeyStore(tmp_path / "device-a")
+    original.generate("id", KeyKind.ED25519)
+    assert (tmp_path / "state-a" / "iotguard" / "device.secret").exists()
+    shutil.copytree(tmp_path / "device-a", tmp_path / "device-b")
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state-b"))
+    clone = SoftwareKeyStore(tmp_path / "device-b")
+    with pytest.raises(TamperError):
+        clone.sign("id", b"m")
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state-a"))
+    SoftwareKeyStore(tmp_path / "device-a").sign("id", b"m")
+
+
+def test_constructor_stays_backwards_compatible(tmp_path: Path) -> None:
+    store = SoftwareKeyStore(tmp_path / "ks")
+    store.generate("id", KeyKind.ED25519)
+    assert SoftwareKeyStore(str(tmp_path / "ks")).has_key("id")
+
+
+def test_device_secret_inside_the_store_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        SoftwareKeyStore(tmp_path / "ks", device_secret_path=tmp_path / "ks" / "device.secret")
+
+
+def test_short_device_binding_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        SoftwareKeyStore(tmp_path / "ks", device_binding=b"short")
+
+
+def test_platform_binding_is_stable_and_per_install(tmp_path: Path) -> None:
+    a = platform_device_binding(tmp_path / "a.secret")
+    assert a == platform_device_binding(tmp_path / "a.secret")
+    assert a != platform_device_binding(tmp_path / "b.secret")
+    assert (tmp_path / "a.secret").stat().st_mode & 0o077 == 0
+
+
+def test_repr_shows_labels_and_state_only(tmp_path: Path) -> None:
+    store = _populated(tmp_path / "ks")
+    assert repr(store).endswith("keys=['id', 'kx', 'wrap'], state=ok)")
+    store.tamper_event("enclosure_open")
+    assert "state=tampered" in repr(store)
+
+
+def test_open_key_store_by_config(tmp_path: Path) -> None:
+    store = open_key_store(KeyStoreConfig(backend="software"), default_directory=tmp_path / "ks")
+    assert isinstance(store, SoftwareKeyStore)
+    with pytest.raises(ConfigError):
+        open_key_store(KeyStoreConfig(backend="rot13"), default_directory=tmp_path)
+    with pytest.raises(ConfigError):
+        open_key_store(KeyStoreConfig(backend="software"))
