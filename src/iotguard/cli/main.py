@@ -28,6 +28,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotguard.cli.tokens",
     "iotguard.cli.broker",
     "iotguard.cli.policy",
+    "iotguard.cli.privacy",
 )
 
 

@@ -412,6 +412,7 @@ class PrivacyStore:
         self, engine: Engine, *, audit: AuditSink | None = None, keystore: KeyStore | None = None
     ) -> None:
         self._engine = engine
+        self.engine = engine
         self._audit = audit
         self._keystore = keystore
         self.ledger = SqlLedgerStore(engine)
