@@ -100,6 +100,44 @@ def _check_value(value: Any, depth: int) -> None:
     raise MalformedError(f"unsupported value in event details: {type(value).__name__}")
 
 
+def _key_order(key: str) -> tuple[int, bytes]:
+    raw = key.encode()
+    return len(raw), raw
+
+
+_PLAIN = frozenset({str, int, bytes, bool, type(None)})
+
+
+def _canonical(value: Any) -> tuple[Any, bool]:
+    """Copy ``value`` with every map in canonical key order; report whether it holds a float."""
+    if type(value) in _PLAIN:
+        return value, False
+    if isinstance(value, float):
+        return value, True
+    if isinstance(value, Mapping):
+        return _canonical_map(value)
+    has_float = False
+    items = []
+    for v in value:
+        c, f = _canonical(v)
+        items.append(c)
+        has_float = has_float or f
+    return items, has_float
+
+
+def _canonical_map(value: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    out: dict[str, Any] = {}
+    has_float = False
+    for k in sorted(value, key=_key_order):
+        v = value[k]
+        if type(v) in _PLAIN:
+            out[k] = v
+        else:
+            out[k], f = _canonical(v)
+            has_float = has_float or f
+    return out, has_float
+
+
 def _check_name(value: Any, what: str) -> str:
     if not isinstance(value, str) or len(value) > MAX_NAME_LENGTH:
         raise MalformedError(f"event {what} must be a string of at most {MAX_NAME_LENGTH} characters")
@@ -150,18 +188,20 @@ class AuditEvent:
         """
         delta = self.time - _EPOCH
         micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-        data: bytes = cbor2.dumps(
-            {
-                "v": _FORMAT,
-                "type": str(self.type),
-                "time": micros,
-                "actor": self.actor,
-                "subject": self.subject,
-                "details": dict(self.details),
-                "prior": dict(self.prior),
-            },
-            canonical=True,
-        )
+        details, has_float = _canonical_map(self.details)
+        # Map keys in canonical (length-first) order, so the plain encoder's
+        # insertion order is the canonical one; floats need the canonical
+        # encoder's shortest-form rule.
+        body = {
+            "v": _FORMAT,
+            "time": micros,
+            "type": str(self.type),
+            "actor": self.actor,
+            "prior": _canonical_map(self.prior)[0] if self.prior else {},
+            "details": details,
+            "subject": self.subject,
+        }
+        data: bytes = cbor2.dumps(body, canonical=has_float)
         if len(data) > MAX_LEAF_BYTES:
             raise MalformedError("audit event is too large")
         return data

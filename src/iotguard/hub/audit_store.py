@@ -141,6 +141,32 @@ _select_nodes = select(audit_nodes.c.node_id, audit_nodes.c.hash).where(
 )
 
 
+class _BulkInsert:
+    """An INSERT compiled once for the engine's dialect and run as a driver executemany.
+
+    Appends are the hot path (tens of thousands of rows per second); going
+    through the DBAPI ``executemany`` directly skips per-row bind processing
+    that plain ``bytes``/``str``/``int`` values do not need.
+    """
+
+    def __init__(self, engine: Engine, table: Table, columns: Sequence[str]) -> None:
+        stmt = insert(table).values({c: bindparam(c) for c in columns})
+        compiled = stmt.compile(dialect=engine.dialect)
+        self.sql = str(compiled)
+        self._columns = list(columns)
+        self._order = list(compiled.positiontup or []) if compiled.positional else None
+
+    def run(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        if self._order is None:
+            params: list[Any] = [dict(zip(self._columns, row, strict=True)) for row in rows]
+        elif self._order == self._columns:
+            params = list(rows)
+        else:
+            index = [self._columns.index(name) for name in self._order]
+            params = [tuple(row[i] for i in index) for row in rows]
+        conn.exec_driver_sql(self.sql, params)
+
+
 class SqlLogStore:
     """:class:`~iotguard.audit.log.LogStore` on the hub database (SQLite or PostgreSQL).
 
@@ -152,6 +178,10 @@ class SqlLogStore:
     def __init__(self, engine: Engine, clock_now: Any = None) -> None:
         self._engine = engine
         self._now = clock_now or (lambda: datetime.now(tz=UTC))
+        self._insert_entries = _BulkInsert(
+            engine, audit_entries, ["seq", "leaf_hash", "event_type", "subject", "data"]
+        )
+        self._insert_nodes = _BulkInsert(engine, audit_nodes, ["node_id", "hash"])
 
     def append(self, leaves: Sequence[LeafRecord]) -> int:
         """Sequence leaves in one durable transaction; return the first index.
@@ -174,21 +204,15 @@ class SqlLogStore:
                 compact = self._read_head(conn)
                 new, nodes = integrate(compact, [leaf.leaf_hash for leaf in leaves])
                 first = compact.size
-                conn.execute(
-                    insert(audit_entries),
+                self._insert_entries.run(
+                    conn,
                     [
-                        {
-                            "seq": first + i,
-                            "leaf_hash": leaf.leaf_hash,
-                            "event_type": leaf.event_type,
-                            "subject": leaf.subject,
-                            "data": leaf.data,
-                        }
+                        (first + i, leaf.leaf_hash, leaf.event_type, leaf.subject, leaf.data)
                         for i, leaf in enumerate(leaves)
                     ],
                 )
                 if nodes:
-                    conn.execute(insert(audit_nodes), [{"node_id": _node_id(k), "hash": h} for k, h in nodes])
+                    self._insert_nodes.run(conn, [(_node_id(k), h) for k, h in nodes])
                 conn.execute(
                     update(audit_log_state)
                     .where(audit_log_state.c.id == _STATE_ID)
