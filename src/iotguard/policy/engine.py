@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -197,6 +198,7 @@ class PolicyEngine:
             try:
                 self.load(policy_set, version=policy_version)
             except PolicyValidationError as exc:
+                self.load_error = f"policy set failed to load: {exc}"
                 _log.error("policy engine failed to load, denying every request: %s", exc)
 
     # ------------------------------------------------------------ lifecycle
@@ -514,9 +516,9 @@ class PolicyEngine:
             remaining = posture.cert_not_after.timestamp() - ts
             if remaining > 0:
                 cert_valid = True
-                days_left = int(remaining // _DAY)
-                # days_left drops at the next whole-day boundary before expiry.
-                valid_until = min(valid_until, ts + (remaining - days_left * _DAY))
+                days_left = math.ceil(remaining / _DAY)
+                # days_left drops by one when the remaining time reaches (days_left - 1) days.
+                valid_until = min(valid_until, ts + remaining - (days_left - 1) * _DAY)
         fresh, fresh_until = self._fresh(posture, ts)
         context = {
             "trust_tier": posture.trust_tier,
