@@ -22,12 +22,27 @@ def fleet() -> PostureStore:
     cert = NOW + timedelta(days=30)
     return PostureStore(
         [
-            Posture("dev-a1", "plant-a", trust_tier="verified", cert_not_after=cert,
-                    attested_at=NOW - timedelta(seconds=30)),
-            Posture("dev-a2", "plant-a", trust_tier="verified", cert_not_after=cert,
-                    attested_at=NOW - timedelta(seconds=30)),
-            Posture("dev-b1", "plant-b", trust_tier="verified", cert_not_after=cert,
-                    attested_at=NOW - timedelta(seconds=30)),
+            Posture(
+                "dev-a1",
+                "plant-a",
+                trust_tier="verified",
+                cert_not_after=cert,
+                attested_at=NOW - timedelta(seconds=30),
+            ),
+            Posture(
+                "dev-a2",
+                "plant-a",
+                trust_tier="verified",
+                cert_not_after=cert,
+                attested_at=NOW - timedelta(seconds=30),
+            ),
+            Posture(
+                "dev-b1",
+                "plant-b",
+                trust_tier="verified",
+                cert_not_after=cert,
+                attested_at=NOW - timedelta(seconds=30),
+            ),
         ]
     )
 

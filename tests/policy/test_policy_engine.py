@@ -91,7 +91,9 @@ def test_ingest_batch_takes_segment_from_registry(engine: PolicyEngine) -> None:
 
 
 def test_batch_limit_is_enforced(clock: FixedClock) -> None:
-    engine = PolicyEngine(default_policy_set(), posture=fleet(), clock=clock, limits=EngineLimits(max_batch=2))
+    engine = PolicyEngine(
+        default_policy_set(), posture=fleet(), clock=clock, limits=EngineLimits(max_batch=2)
+    )
     with pytest.raises(ValueError, match="max_batch"):
         engine.decide_batch([AccessRequest.device("dev-a1", "publish", A1_OWN)] * 3)
 
@@ -181,8 +183,10 @@ def test_operator_decision_invalidated_by_target_posture(engine: PolicyEngine) -
 def test_policy_change_invalidates_cache(engine: PolicyEngine) -> None:
     request = AccessRequest.device("dev-a1", "publish", A1_OWN)
     assert engine.decide(request).allowed
-    engine.load(_mutant("@id(\"device-publish-own-telemetry\")\npermit", "@id(\"device-publish-own-telemetry\")\nforbid"),
-                version=2)
+    engine.load(
+        _mutant('@id("device-publish-own-telemetry")\npermit', '@id("device-publish-own-telemetry")\nforbid'),
+        version=2,
+    )
     decision = engine.decide(request)
     assert not decision.allowed and decision.policy_version == 2
 
@@ -218,7 +222,9 @@ def test_segment_change_invalidates(engine: PolicyEngine) -> None:
 def test_quarantine_takes_effect_at_ingest_api_and_sessions(engine: PolicyEngine) -> None:
     sessions = SessionRegistry(engine)
     sessions.open("mqtt-a1", AccessRequest.device("dev-a1", "subscribe", "iotguard/plant-a/dev-a1/cmd"))
-    sessions.open("mqtt-a1-att", AccessRequest.device("dev-a1", "subscribe", "iotguard/attest/dev-a1/challenge"))
+    sessions.open(
+        "mqtt-a1-att", AccessRequest.device("dev-a1", "subscribe", "iotguard/attest/dev-a1/challenge")
+    )
     sessions.open("mqtt-b1", AccessRequest.device("dev-b1", "subscribe", "iotguard/plant-b/dev-b1/cmd"))
     assert authorize_ingest(engine, [("dev-a1", A1_OWN)])[0].allowed
 
@@ -250,8 +256,10 @@ def test_session_open_refuses_denied_request(engine: PolicyEngine) -> None:
 # ------------------------------------------------------------ fail closed
 
 
-INVALID = PolicySet('@id("typo")\npermit (principal is Device, action == Action::"publish", resource is Topic)\n'
-                    'when { resource.kinde == "telemetry" };')
+INVALID = PolicySet(
+    '@id("typo")\npermit (principal is Device, action == Action::"publish", resource is Topic)\n'
+    'when { resource.kinde == "telemetry" };'
+)
 
 
 def test_invalid_policy_set_cannot_be_validated() -> None:
@@ -298,9 +306,15 @@ def test_invalid_activation_keeps_previous_set(engine: PolicyEngine) -> None:
 
 def test_permit_everything_is_not_default(engine: PolicyEngine) -> None:
     # Nothing broad: a device cannot reach any operator action and no topic outside its own.
-    assert engine.decide(AccessRequest.device("dev-a1", "publish", "iotguard/plant-a/broadcast")).code == "no_permit"
+    assert (
+        engine.decide(AccessRequest.device("dev-a1", "publish", "iotguard/plant-a/broadcast")).code
+        == "no_permit"
+    )
     assert engine.decide(AccessRequest.device("dev-a1", "publish", "other/topic")).code == "no_permit"
-    assert engine.decide(AccessRequest("Device", "dev-a1", "manage_policy", "Hub", "hub")).code == "invalid_request"
+    assert (
+        engine.decide(AccessRequest("Device", "dev-a1", "manage_policy", "Hub", "hub")).code
+        == "invalid_request"
+    )
 
 
 def test_evaluation_error_denies(engine: PolicyEngine) -> None:
