@@ -29,6 +29,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotguard.cli.broker",
     "iotguard.cli.policy",
     "iotguard.cli.privacy",
+    "iotguard.cli.puf",
 )
 
 
