@@ -8,8 +8,8 @@ Rotations then cost nothing (they are slices of the plane axis) and the
 linear layer is two XORs per plane; the S-box is the same bitwise formula as
 the scalar code, applied to all planes and lanes in one NumPy call.
 
-Arrays have shape ``(words, 64, groups)``: ``groups`` blocks of 64 lanes,
-lane ``64 * g + l`` being bit ``l`` of column ``g``. Like the scalar code,
+Arrays have shape ``(words, 64, groups)``; lane ``n`` of a batch of
+``64 * groups`` lanes is bit ``n // groups`` of group ``n % groups``. Like the scalar code,
 ``x2`` is carried complemented and the complement is folded into the round
 constants.
 """
@@ -28,6 +28,8 @@ __all__ = [
     "constant_planes",
     "from_planes",
     "lane_bits",
+    "lane_flags",
+    "new_planes",
     "to_planes",
     "transpose_bits",
 ]
@@ -64,20 +66,23 @@ def constant_planes(value: int) -> Words:
 _ROUND_PLANES = tuple(constant_planes(c ^ WORD_MASK) for c in ROUND_CONSTANTS)
 
 
-def transpose_bits(words: Words) -> None:
-    """Transpose every 64x64 bit matrix along axis 1, in place.
+def transpose_bits(work: Words) -> None:
+    """Transpose every 64x64 bit matrix along axis 0, in place.
 
-    ``words`` has shape ``(w, 64, g)``; for each ``(w, g)`` the 64 words
-    ``words[w, :, g]`` are the rows of a bit matrix. The transpose is its own
-    inverse, so it converts lanes to planes and back.
+    ``work`` has shape ``(64, ...)``; for every index ``i`` of the other
+    axes, the words ``work[:, i]`` are the rows of a bit matrix. The
+    transpose is its own inverse, so it converts lanes to planes and back.
+    Keeping the 64 rows outermost makes every NumPy call run over long
+    contiguous stretches.
     """
-    count, rows, groups = words.shape
-    scratch = np.empty(count * 32 * groups, dtype=np.uint64)
+    inner = work.size // 64
+    flat = work.reshape(64, inner)
+    scratch = np.empty(32 * inner, dtype=np.uint64)
     for j, mask in _TRANSPOSE_STAGES:
-        view = words.reshape(count, rows // (2 * j), 2, j, groups)
-        upper = view[:, :, 0]
-        lower = view[:, :, 1]
-        t = scratch.reshape(count, rows // (2 * j), j, groups)
+        view = flat.reshape(64 // (2 * j), 2, j * inner)
+        upper = view[:, 0]
+        lower = view[:, 1]
+        t = scratch.reshape(64 // (2 * j), j * inner)
         shift = np.uint64(j)
         np.right_shift(upper, shift, out=t)
         t ^= lower
@@ -88,27 +93,46 @@ def transpose_bits(words: Words) -> None:
 
 
 def to_planes(lanes: Words) -> Words:
-    """Convert lane-major words ``(64 * g, w)`` into planes ``(w, 64, g)``."""
+    """Convert lane-major words ``(64 * g, w)`` into planes ``(w, 64, g)``.
+
+    Lane ``n`` is bit ``n // g`` of group ``n % g``. The result may be a
+    non-contiguous view.
+    """
     n, count = lanes.shape
-    planes = np.ascontiguousarray(
-        lanes.reshape(n // LANES_PER_GROUP, LANES_PER_GROUP, count).transpose(2, 1, 0)
-    )
-    transpose_bits(planes)
-    return planes
+    groups = n // LANES_PER_GROUP
+    work = np.ascontiguousarray(lanes.reshape(LANES_PER_GROUP, groups, count).transpose(0, 2, 1))
+    transpose_bits(work)
+    return work.transpose(1, 0, 2)
+
+
+def new_planes(count: int, groups: int) -> Words:
+    """Zeroed planes ``(count, 64, groups)`` laid out for :func:`from_planes`."""
+    return np.zeros((LANES_PER_GROUP, count, groups), dtype=np.uint64).transpose(1, 0, 2)
 
 
 def from_planes(planes: Words) -> Words:
-    """Convert planes ``(w, 64, g)`` back to lane-major words ``(64 * g, w)``."""
-    work = planes.copy()
+    """Convert planes ``(w, 64, g)`` back to lane-major words ``(64 * g, w)``.
+
+    Planes made by :func:`new_planes` are transposed in place (and so
+    overwritten); others are copied first.
+    """
+    count, _, groups = planes.shape
+    work = np.ascontiguousarray(planes.transpose(1, 0, 2))
     transpose_bits(work)
-    count, _, groups = work.shape
-    return np.ascontiguousarray(work.transpose(2, 1, 0)).reshape(groups * LANES_PER_GROUP, count)
+    return np.ascontiguousarray(work.transpose(0, 2, 1)).reshape(groups * LANES_PER_GROUP, count)
 
 
 def lane_bits(flags: npt.NDArray[np.bool_]) -> Words:
-    """Pack one boolean per lane into one ``uint64`` per group (bit ``l`` = lane ``l``)."""
-    packed = np.packbits(flags.reshape(-1, LANES_PER_GROUP), axis=1, bitorder="little")
-    return packed.view("<u8").reshape(-1).astype(np.uint64, copy=False)
+    """Pack one boolean per lane into one ``uint64`` per group (lane ``n``: group ``n % g``)."""
+    packed = np.packbits(flags.reshape(LANES_PER_GROUP, -1), axis=0, bitorder="little")
+    return np.ascontiguousarray(packed.T).view("<u8").reshape(-1).astype(np.uint64, copy=False)
+
+
+def lane_flags(bits: Words) -> npt.NDArray[np.bool_]:
+    """Inverse of :func:`lane_bits`: one boolean per lane."""
+    as_bytes = bits.astype("<u8", copy=False).view(np.uint8).reshape(-1, 8)
+    unpacked = np.unpackbits(as_bytes, axis=1, bitorder="little")
+    return np.ascontiguousarray(unpacked.T).reshape(-1).astype(np.bool_)
 
 
 class Permutation:

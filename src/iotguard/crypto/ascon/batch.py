@@ -31,6 +31,8 @@ from iotguard.crypto.ascon._bitslice import (
     constant_planes,
     from_planes,
     lane_bits,
+    lane_flags,
+    new_planes,
     to_planes,
 )
 from iotguard.crypto.ascon._parameters import (
@@ -60,7 +62,7 @@ __all__ = [
 
 #: Lanes processed together; sized so the state and scratch planes stay in
 #: a core's L2 cache.
-BATCH_CHUNK_LANES = 8192
+BATCH_CHUNK_LANES = 32768
 #: Upper bound on the padded input buffer of one chunk; chunks of long
 #: messages hold fewer lanes.
 BATCH_BUFFER_BYTES = 64 << 20
@@ -92,11 +94,10 @@ def _place(rows: ByteMatrix, data: bytes, lengths: IntArray, columns: IntArray) 
         col = int(columns[0])
         rows[:n, col : col + first] = src.reshape(n, first)
         return
-    width = rows.shape[1]
     starts = np.cumsum(lengths) - lengths
-    base = np.arange(n, dtype=np.int64) * width + columns - starts
-    index = np.repeat(base, lengths) + np.arange(len(data), dtype=np.int64)
-    rows.reshape(-1)[index] = src
+    lane = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    column = np.repeat(columns - starts, lengths) + np.arange(len(data), dtype=np.int64)
+    rows[lane, column] = src
 
 
 def _gather(rows: ByteMatrix, lengths: IntArray, columns: IntArray) -> bytes:
@@ -114,6 +115,10 @@ def _gather(rows: ByteMatrix, lengths: IntArray, columns: IntArray) -> bytes:
 
 
 def _split(data: bytes, lengths: IntArray) -> list[bytes]:
+    n = len(lengths)
+    if n and (lengths == lengths[0]).all():
+        size = int(lengths[0])
+        return [data[i : i + size] for i in range(0, n * size, size)]
     ends = np.cumsum(lengths).tolist()
     starts = [0, *ends[:-1]]
     return [data[s:e] for s, e in zip(starts, ends, strict=True)]
@@ -132,31 +137,52 @@ def _chunks(blocks: IntArray, block_bytes: int) -> list[tuple[int, int]]:
     return out
 
 
-def _groups(lanes: int) -> int:
-    return -(-lanes // LANES_PER_GROUP)
+class _Lanes:
+    """Where each message of a chunk sits among the ``64 * groups`` lanes.
+
+    Messages arrive sorted by descending block count (index ``k``). When
+    their block counts differ, message ``k`` goes to group ``k // 64`` so
+    each group holds messages of similar length and the step loop can stop
+    whole groups early; when they are all alike the order is left as is.
+    Padding lanes copy the schedule of the last message and are discarded.
+    """
+
+    def __init__(self, count: int, interleave: bool) -> None:
+        self.count = count
+        self.groups = -(-count // LANES_PER_GROUP)
+        self.size = self.groups * LANES_PER_GROUP
+        self.order: IntArray | None = None
+        if interleave:
+            position = np.arange(self.size, dtype=np.int64)
+            # Lane n is bit n // groups of group n % groups.
+            self.order = (position % self.groups) * LANES_PER_GROUP + position // self.groups
+
+    def spread(self, values: IntArray) -> IntArray:
+        """Per-message values (index ``k``) to per-lane values (edge padded)."""
+        padded = np.pad(values, [(0, self.size - self.count)] + [(0, 0)] * (values.ndim - 1), mode="edge")
+        return padded if self.order is None else padded[self.order]
+
+    def words(self, rows: ByteMatrix) -> Words:
+        """Byte rows of the messages as lane-major little-endian words."""
+        padded = np.zeros((self.size, rows.shape[1]), dtype=np.uint8)
+        padded[: self.count] = rows
+        if self.order is not None:
+            padded = padded[self.order]
+        return padded.view("<u8").astype(np.uint64, copy=False)
+
+    def rows(self, lanes: Words) -> ByteMatrix:
+        """Lane-major words back to byte rows in message order."""
+        if self.order is not None:
+            back = np.empty_like(lanes)
+            back[self.order] = lanes
+            lanes = back
+        return lanes.view(np.uint8)[: self.count]
 
 
-def _words(rows: ByteMatrix, groups: int) -> Words:
-    """Lane-major byte rows padded to whole groups, as little-endian words."""
-    n, width = rows.shape
-    padded = np.zeros((groups * LANES_PER_GROUP, width), dtype=np.uint8)
-    padded[:n] = rows
-    return padded.view("<u8").astype(np.uint64, copy=False)
-
-
-def _flags(values: npt.NDArray[np.bool_], groups: int) -> Words:
-    padded = np.zeros(groups * LANES_PER_GROUP, dtype=np.bool_)
-    padded[: len(values)] = values
-    return lane_bits(padded)
-
-
-def _byte_planes(select: npt.NDArray[np.bool_], groups: int) -> Words:
+def _byte_planes(select: npt.NDArray[np.bool_]) -> Words:
     """Planes (2, 64, g) from a per-lane, per-byte selection of shape (lanes, 16)."""
-    n = select.shape[0]
-    padded = np.zeros((groups * LANES_PER_GROUP, 16), dtype=np.bool_)
-    padded[:n] = select
-    per_byte = np.stack([lane_bits(padded[:, i]) for i in range(16)])
-    return np.repeat(per_byte, 8, axis=0).reshape(2, 64, groups)
+    per_byte = np.stack([lane_bits(select[:, i]) for i in range(16)])
+    return np.repeat(per_byte, 8, axis=0).reshape(2, 64, -1)
 
 
 class _Steps:
@@ -164,12 +190,10 @@ class _Steps:
 
     def __init__(self, blocks: IntArray, groups: int) -> None:
         self.blocks = blocks
-        self.groups = groups
-        padded = np.zeros(groups * LANES_PER_GROUP, dtype=np.int64)
-        padded[: len(blocks)] = blocks
-        per_group = padded.reshape(groups, LANES_PER_GROUP)
-        self._group_max = per_group.max(axis=1)
-        self._group_min = per_group.min(axis=1)
+        per_group = blocks.reshape(LANES_PER_GROUP, groups)
+        self._group_max = per_group.max(axis=0)
+        self._group_min = per_group.min(axis=0)
+        self.last = int(self._group_max.max())
 
     def span(self, j: int) -> tuple[int, int]:
         """Return ``(full, width)``: groups ``[0, full)`` all take step ``j``,
@@ -179,7 +203,7 @@ class _Steps:
         return full, width
 
     def active(self, j: int) -> Words:
-        return _flags(self.blocks > j, self.groups)
+        return lane_bits(self.blocks > j)
 
 
 def _absorb_steps(
@@ -190,8 +214,7 @@ def _absorb_steps(
     step: Callable[[int, int], None],
 ) -> None:
     """Run ``step(j, width)`` then Ascon-p[rounds] for every block index ``j``."""
-    last = int(steps.blocks.max()) if len(steps.blocks) else 0
-    for j in range(last):
+    for j in range(steps.last):
         full, width = steps.span(j)
         saved = state[:, :, full:width].copy() if full < width else None
         step(j, width)
@@ -207,77 +230,83 @@ def _absorb_steps(
 # --------------------------------------------------------------------------- AEAD
 
 
-def _valid_lanes(
-    keys: Sequence[bytes], nonces: Sequence[bytes], bodies: Sequence[bytes], min_body: int
-) -> npt.NDArray[np.bool_]:
-    ok = (_lengths(keys) == KEY_SIZE) & (_lengths(nonces) == NONCE_SIZE)
-    return ok & (_lengths(bodies) >= min_body)  # type: ignore[no-any-return]
-
-
 def _aead_chunk(
     keys: Sequence[bytes],
     nonces: Sequence[bytes],
     ads: Sequence[bytes],
     bodies: Sequence[bytes],
+    ad_len: IntArray,
+    body_len: IntArray,
     decrypt: bool,
 ) -> tuple[list[bytes], npt.NDArray[np.bool_]]:
-    """Seal or open one chunk of valid lanes (sorted by descending block count).
+    """Seal or open one chunk of valid messages (sorted by descending block count).
 
-    Returns the per-lane outputs and, when decrypting, which lanes failed.
+    Returns the per-message outputs and, when decrypting, which ones failed.
     """
     n = len(bodies)
-    groups = _groups(n)
-    ad_len = _lengths(ads)
-    body_len = _lengths(bodies)
     data_len = body_len - TAG_SIZE if decrypt else body_len
     ad_blocks = np.where(ad_len > 0, ad_len // AEAD_RATE + 1, 0)
     full_blocks = data_len // AEAD_RATE
     blocks = ad_blocks + full_blocks
     rest = data_len - full_blocks * AEAD_RATE
-    top = int(blocks.max())
+    top = int(blocks[0])
+    uniform = bool((ad_len == ad_len[0]).all() and (body_len == body_len[0]).all())
+    lanes = _Lanes(n, interleave=not uniform)
+    groups = lanes.groups
     final_col = AEAD_RATE * top
-    rows = np.zeros((n, AEAD_RATE * (top + 2) + AEAD_RATE), dtype=np.uint8)
 
-    # Row layout: padded associated data, then the data blocks; the final
-    # partial block at a fixed column (16 * top) and the tag after it.
-    _place(rows, b"".join(ads), ad_len, np.zeros(n, dtype=np.int64))
-    pad_lanes = np.flatnonzero(ad_len > 0)
-    rows[pad_lanes, ad_len[pad_lanes]] = 1
+    # Row layout per message: key, nonce, padded associated data, data
+    # blocks; the final partial block at a fixed column and the tag after it.
+    head = KEY_SIZE + NONCE_SIZE
+    rows = np.zeros((n, head + AEAD_RATE * (top + 2)), dtype=np.uint8)
+    rows[:, :KEY_SIZE] = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(n, KEY_SIZE)
+    rows[:, KEY_SIZE:head] = np.frombuffer(b"".join(nonces), dtype=np.uint8).reshape(n, NONCE_SIZE)
+    body = rows[:, head:]
+    _place(body, b"".join(ads), ad_len, np.zeros(n, dtype=np.int64))
     data_col = AEAD_RATE * ad_blocks
-    _place(rows, b"".join(bodies), body_len, data_col)
-    lane_index = np.arange(n, dtype=np.int64)[:, None]
-    in_final = _BYTE_OFFSETS[None, :] < rest[:, None]
-    final = rows[lane_index, (AEAD_RATE * blocks)[:, None] + _BYTE_OFFSETS] * in_final
-    if decrypt:
-        tag = rows[lane_index, (data_col + data_len)[:, None] + _BYTE_OFFSETS]
-        rows[:, final_col + AEAD_RATE : final_col + 2 * AEAD_RATE] = tag
-    rows[:, final_col : final_col + AEAD_RATE] = final
+    if uniform:
+        if ad_len[0]:
+            body[:, ad_len[0]] = 1
+        _place(body, b"".join(bodies), body_len, data_col)
+        end = final_col + int(rest[0])
+        if decrypt:
+            tag = body[:, end : end + TAG_SIZE].copy()
+            body[:, end:] = 0
+            body[:, final_col + AEAD_RATE :] = tag
+    else:
+        pad_lanes = np.flatnonzero(ad_len > 0)
+        body[pad_lanes, ad_len[pad_lanes]] = 1
+        _place(body, b"".join(bodies), body_len, data_col)
+        index = np.arange(n, dtype=np.int64)[:, None]
+        in_final = _BYTE_OFFSETS[None, :] < rest[:, None]
+        final = body[index, (AEAD_RATE * blocks)[:, None] + _BYTE_OFFSETS] * in_final
+        if decrypt:
+            body[:, final_col + AEAD_RATE :] = body[index, (data_col + data_len)[:, None] + _BYTE_OFFSETS]
+        body[:, final_col : final_col + AEAD_RATE] = final
 
-    stream = to_planes(_words(rows, groups))
-    key_rows = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(n, KEY_SIZE)
-    key = to_planes(_words(key_rows, groups))
-    nonce_rows = np.frombuffer(b"".join(nonces), dtype=np.uint8).reshape(n, NONCE_SIZE)
-    nonce = to_planes(_words(nonce_rows, groups))
+    planes = to_planes(lanes.words(rows))
+    key = planes[0:2]
+    stream = planes[4:]
+    lane_ad_blocks = lanes.spread(ad_blocks)
+    lane_blocks = lanes.spread(blocks)
+    lane_rest = lanes.spread(rest)
 
     permutation = Permutation(groups)
     state = permutation.new_state()
     state[0] = constant_planes(AEAD128_IV)
     state[1] = key[0]
     np.invert(key[1], out=state[2])
-    state[3] = nonce[0]
-    state[4] = nonce[1]
+    state[3:5] = planes[2:4]
     permutation.apply(state, 12, groups)
-    state[3] ^= key[0]
-    state[4] ^= key[1]
+    state[3:5] ^= key
 
-    out = np.zeros((2 * top + 4, 64, groups), dtype=np.uint64)
-    steps = _Steps(blocks, groups)
+    out = new_planes(2 * top + 4, groups)
+    steps = _Steps(lane_blocks, groups)
     dsep = state[4, _TOP_PLANE]
 
     def step(j: int, width: int) -> None:
-        in_data = _flags(ad_blocks <= j, groups)[:width]
-        separate = _flags((ad_blocks == j) & (blocks > j), groups)[:width]
-        dsep[:width] ^= separate
+        in_data = lane_bits(lane_ad_blocks <= j)[:width]
+        dsep[:width] ^= lane_bits((lane_ad_blocks == j) & (lane_blocks > j))[:width]
         for w in (0, 1):
             x = state[w, :, :width]
             block = stream[2 * j + w, :, :width]
@@ -293,9 +322,9 @@ def _aead_chunk(
 
     _absorb_steps(permutation, state, steps, 8, step)
 
-    dsep ^= _flags(ad_blocks == blocks, groups)
-    in_final_planes = _byte_planes(in_final, groups)
-    pad_planes = _byte_planes(_BYTE_OFFSETS[None, :] == rest[:, None], groups)
+    dsep ^= lane_bits(lane_ad_blocks == lane_blocks)
+    in_final_planes = _byte_planes(_BYTE_OFFSETS[None, :] < lane_rest[:, None])
+    pad_planes = _byte_planes(_BYTE_OFFSETS[None, :] == lane_rest[:, None])
     pad_planes &= _LOW_BIT_OF_EACH_BYTE
     for w in (0, 1):
         x = state[w]
@@ -309,25 +338,24 @@ def _aead_chunk(
             o[...] = x
         x ^= pad_planes[w]
 
-    state[2] ^= key[0]
-    state[3] ^= key[1]
+    state[2:4] ^= key
     permutation.apply(state, 12, groups)
-    state[3] ^= key[0]
-    state[4] ^= key[1]
+    state[3:5] ^= key
 
-    data_out_col = data_col
     if decrypt:
         diff = state[3:5] ^ stream[2 * top + 2 : 2 * top + 4]
         bad_groups = np.bitwise_or.reduce(diff.reshape(128, groups), axis=0)
-        bad = np.unpackbits(bad_groups.astype("<u8").view(np.uint8), bitorder="little").astype(np.bool_)[:n]
-        plain_rows = from_planes(out[: 2 * top + 2]).view(np.uint8)[:n]
-        plain_rows[bad] = 0
-        flat = _stitch(plain_rows, data_out_col, full_blocks, rest, final_col)
+        bad_lanes = lane_flags(bad_groups)
+        bad = bad_lanes if lanes.order is None else bad_lanes[np.argsort(lanes.order)]
+        bad = bad[:n]
+        plain = lanes.rows(from_planes(out[: 2 * top + 2]))
+        plain[bad] = 0
+        flat = _stitch(plain, data_col, full_blocks, rest, final_col)
         return _split(flat, data_len), bad
     out[2 * top + 2] = state[3]
     out[2 * top + 3] = state[4]
-    sealed_rows = from_planes(out).view(np.uint8)[:n]
-    flat = _stitch(sealed_rows, data_out_col, full_blocks, rest, final_col, with_tag=True)
+    sealed = lanes.rows(from_planes(out))
+    flat = _stitch(sealed, data_col, full_blocks, rest, final_col, with_tag=True)
     return _split(flat, data_len + TAG_SIZE), np.zeros(n, dtype=np.bool_)
 
 
@@ -339,14 +367,14 @@ def _stitch(
     final_col: int,
     with_tag: bool = False,
 ) -> bytes:
-    """Concatenate each lane's output: full blocks, final partial block, tag."""
+    """Concatenate each message's output: full blocks, final partial block, tag."""
     n = rows.shape[0]
     end = data_col + AEAD_RATE * full_blocks
     length = AEAD_RATE * full_blocks + rest
-    lane = np.arange(n, dtype=np.int64)[:, None]
+    index = np.arange(n, dtype=np.int64)[:, None]
     if not (end == final_col).all():
         final = rows[:, final_col : final_col + AEAD_RATE].copy()
-        rows[lane, end[:, None] + _BYTE_OFFSETS] = final
+        rows[index, end[:, None] + _BYTE_OFFSETS] = final
     if with_tag:
         tag = rows[:, final_col + AEAD_RATE : final_col + 2 * AEAD_RATE].copy()
         tag_col = end + rest
@@ -354,9 +382,15 @@ def _stitch(
             col = int(tag_col[0])
             rows[:, col : col + TAG_SIZE] = tag
         else:
-            rows[lane, tag_col[:, None] + _BYTE_OFFSETS] = tag
+            rows[index, tag_col[:, None] + _BYTE_OFFSETS] = tag
         length = length + TAG_SIZE
     return _gather(rows, length, data_col)
+
+
+def _same_size(items: Sequence[bytes]) -> int | None:
+    """The common length of ``items``, or ``None`` if they differ."""
+    sizes = set(map(len, items))
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def _aead_batch(
@@ -369,10 +403,47 @@ def _aead_batch(
     n = len(bodies)
     if not len(keys) == len(nonces) == len(ads) == n:
         raise IntegrityError("ascon-aead128: batch inputs differ in length")
-    results: list[bytes | IntegrityError] = [b""] * n
-    valid = _valid_lanes(keys, nonces, bodies, TAG_SIZE if decrypt else 0)
+    if not n:
+        return []
+    min_body = TAG_SIZE if decrypt else 0
+    results: list[bytes | IntegrityError]
+    ad_size = _same_size(ads)
+    body_size = _same_size(bodies)
+    if (
+        _same_size(keys) == KEY_SIZE
+        and _same_size(nonces) == NONCE_SIZE
+        and ad_size is not None
+        and body_size is not None
+        and min_body <= body_size <= MAX_BATCH_MESSAGE_SIZE
+        and ad_size <= MAX_BATCH_MESSAGE_SIZE
+    ):
+        # Every message has the same shape: no sorting, no per-message routing.
+        results = []
+        ad_len = np.full(min(n, BATCH_CHUNK_LANES), ad_size, dtype=np.int64)
+        body_len = np.full(min(n, BATCH_CHUNK_LANES), body_size, dtype=np.int64)
+        for start in range(0, n, BATCH_CHUNK_LANES):
+            stop = min(n, start + BATCH_CHUNK_LANES)
+            outputs, bad = _aead_chunk(
+                keys[start:stop],
+                nonces[start:stop],
+                ads[start:stop],
+                bodies[start:stop],
+                ad_len[: stop - start],
+                body_len[: stop - start],
+                decrypt,
+            )
+            first = len(results)
+            results.extend(outputs)
+            for k in np.flatnonzero(bad).tolist():
+                results[first + k] = IntegrityError("ascon-aead128: tag mismatch")
+        return results
+
+    results = [b""] * n
+    key_len = _lengths(keys)
+    nonce_len = _lengths(nonces)
     ad_len = _lengths(ads)
     body_len = _lengths(bodies)
+    valid = (key_len == KEY_SIZE) & (nonce_len == NONCE_SIZE) & (body_len >= min_body)
     oversized = (ad_len > MAX_BATCH_MESSAGE_SIZE) | (body_len > MAX_BATCH_MESSAGE_SIZE)
     for i in np.flatnonzero(~valid).tolist():
         results[i] = IntegrityError("ascon-aead128: bad key, nonce or ciphertext length")
@@ -382,28 +453,28 @@ def _aead_batch(
             results[i] = scalar(keys[i], nonces[i], ads[i], bodies[i])
         except IntegrityError as exc:
             results[i] = exc
-    batch = valid & ~oversized
-    if not batch.any():
+    chosen = np.flatnonzero(valid & ~oversized)
+    if not len(chosen):
         return results
-    data_len = body_len - TAG_SIZE if decrypt else body_len
+    data_len = body_len - min_body
     blocks = np.where(ad_len > 0, ad_len // AEAD_RATE + 1, 0) + data_len // AEAD_RATE
-    lanes = np.flatnonzero(batch)
-    if not (blocks[lanes] == blocks[lanes[0]]).all():
-        lanes = lanes[np.argsort(-blocks[lanes], kind="stable")]
-    order = lanes.tolist()
-    for start, stop in _chunks(blocks[lanes], AEAD_RATE):
-        part = order[start:stop]
+    chosen = chosen[np.argsort(-blocks[chosen], kind="stable")]
+    for start, stop in _chunks(blocks[chosen], AEAD_RATE):
+        part = chosen[start:stop]
+        order = part.tolist()
         outputs, bad = _aead_chunk(
-            [keys[i] for i in part],
-            [nonces[i] for i in part],
-            [ads[i] for i in part],
-            [bodies[i] for i in part],
+            [keys[i] for i in order],
+            [nonces[i] for i in order],
+            [ads[i] for i in order],
+            [bodies[i] for i in order],
+            ad_len[part],
+            body_len[part],
             decrypt,
         )
-        for i, value in zip(part, outputs, strict=True):
+        for i, value in zip(order, outputs, strict=True):
             results[i] = value
         for k in np.flatnonzero(bad).tolist():
-            results[part[k]] = IntegrityError("ascon-aead128: tag mismatch")
+            results[order[k]] = IntegrityError("ascon-aead128: tag mismatch")
     return results
 
 
@@ -452,16 +523,16 @@ def aead_decrypt_batch(
 # ------------------------------------------------------------- hash and XOFs
 
 
-def _sponge_chunk(iv: int, streams: Sequence[bytes], length: int) -> list[bytes]:
+def _sponge_chunk(iv: int, streams: Sequence[bytes], stream_len: IntArray, length: int) -> list[bytes]:
     """Absorb pre-padded 8-byte-block streams under ``iv``; squeeze ``length`` bytes."""
     n = len(streams)
-    groups = _groups(n)
-    stream_len = _lengths(streams)
     blocks = stream_len // HASH_RATE
-    top = int(blocks.max())
+    top = int(blocks[0])
+    lanes = _Lanes(n, interleave=not bool((blocks == top).all()))
+    groups = lanes.groups
     rows = np.zeros((n, HASH_RATE * top), dtype=np.uint8)
     _place(rows, b"".join(streams), stream_len, np.zeros(n, dtype=np.int64))
-    stream = to_planes(_words(rows, groups))
+    stream = to_planes(lanes.words(rows))
 
     permutation = Permutation(groups)
     state = permutation.new_state()
@@ -475,16 +546,15 @@ def _sponge_chunk(iv: int, streams: Sequence[bytes], length: int) -> list[bytes]
     def step(j: int, width: int) -> None:
         state[0, :, :width] ^= stream[j, :, :width]
 
-    _absorb_steps(permutation, state, _Steps(blocks, groups), 12, step)
+    _absorb_steps(permutation, state, _Steps(lanes.spread(blocks), groups), 12, step)
     count = -(-length // HASH_RATE)
-    out = np.empty((count, 64, groups), dtype=np.uint64)
+    out = new_planes(count, groups)
     for k in range(count):
         out[k] = state[0]
         if k + 1 < count:
             permutation.apply(state, 12, groups)
-    digest = from_planes(out).view(np.uint8)[:n, :length]
-    data = digest.tobytes()
-    return [data[i * length : (i + 1) * length] for i in range(n)]
+    digest = lanes.rows(from_planes(out))[:, :length]
+    return _split(digest.tobytes(), np.full(n, length, dtype=np.int64))
 
 
 def _padded(messages: Sequence[bytes]) -> list[bytes]:
@@ -497,12 +567,15 @@ def _sponge_batch(iv: int, streams: list[bytes], length: int) -> list[bytes]:
     n = len(streams)
     if not n or length == 0:
         return [b""] * n
-    blocks = _lengths(streams) // HASH_RATE
+    stream_len = _lengths(streams)
+    blocks = stream_len // HASH_RATE
     order = np.argsort(-blocks, kind="stable")
     results: list[bytes] = [b""] * n
     for start, stop in _chunks(blocks[order], HASH_RATE):
-        part = order[start:stop].tolist()
-        for i, value in zip(part, _sponge_chunk(iv, [streams[i] for i in part], length), strict=True):
+        part = order[start:stop]
+        chosen = part.tolist()
+        outputs = _sponge_chunk(iv, [streams[i] for i in chosen], stream_len[part], length)
+        for i, value in zip(chosen, outputs, strict=True):
             results[i] = value
     return results
 
