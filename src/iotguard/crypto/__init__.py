@@ -9,10 +9,12 @@ from iotguard.crypto.aead import (
     register_suite,
     suite_names,
 )
+from iotguard.crypto.ascon import AsconAead128Suite
 
 __all__ = [
     "AeadSuite",
     "AesGcmSuite",
+    "AsconAead128Suite",
     "ChaCha20Poly1305Suite",
     "OpenRequest",
     "get_suite",

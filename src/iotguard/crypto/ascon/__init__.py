@@ -32,6 +32,7 @@ from iotguard.crypto.ascon.batch import (
     xof128_batch,
 )
 from iotguard.crypto.ascon.hashing import HASH256_SIZE, cxof128, hash256, xof128
+from iotguard.crypto.ascon.suite import AsconAead128Suite
 
 __all__ = [
     "BATCH_BUFFER_BYTES",
@@ -44,6 +45,7 @@ __all__ = [
     "MAX_XOF_OUTPUT",
     "NONCE_SIZE",
     "TAG_SIZE",
+    "AsconAead128Suite",
     "aead_decrypt",
     "aead_decrypt_batch",
     "aead_encrypt",

@@ -62,7 +62,7 @@ __all__ = [
 
 #: Lanes processed together; sized so the state and scratch planes stay in
 #: a core's L2 cache.
-BATCH_CHUNK_LANES = 32768
+BATCH_CHUNK_LANES = 16384
 #: Upper bound on the padded input buffer of one chunk; chunks of long
 #: messages hold fewer lanes.
 BATCH_BUFFER_BYTES = 64 << 20
@@ -73,6 +73,7 @@ MAX_BATCH_MESSAGE_SIZE = 1 << 20
 IntArray = npt.NDArray[np.int64]
 ByteMatrix = npt.NDArray[np.uint8]
 _ALL = np.uint64(WORD_MASK)
+_NONE = np.uint64(0)
 _TOP_PLANE = 63  # the domain-separation bit is bit 63 of state word 4
 _BYTE_OFFSETS = np.arange(16, dtype=np.int64)
 # Planes of bit 0 of every byte: the 0x01 padding byte's only set bit.
@@ -305,8 +306,15 @@ def _aead_chunk(
     dsep = state[4, _TOP_PLANE]
 
     def step(j: int, width: int) -> None:
-        in_data = lane_bits(lane_ad_blocks <= j)[:width]
-        dsep[:width] ^= lane_bits((lane_ad_blocks == j) & (lane_blocks > j))[:width]
+        in_data: Words | np.uint64
+        if uniform:
+            # Every lane is in the same phase: masks are whole words.
+            in_data = _ALL if j >= ad_blocks[0] else _NONE
+            if j == ad_blocks[0]:
+                np.bitwise_xor(dsep, _ALL, out=dsep)
+        else:
+            in_data = lane_bits(lane_ad_blocks <= j)[:width]
+            dsep[:width] ^= lane_bits((lane_ad_blocks == j) & (lane_blocks > j))[:width]
         for w in (0, 1):
             x = state[w, :, :width]
             block = stream[2 * j + w, :, :width]
