@@ -173,7 +173,7 @@ class NoteVerifier:
             MalformedError: the string is not a well-formed vkey or its key
                 id does not match its key.
         """
-        parts = vkey.strip().split("+")
+        parts = vkey.strip().split("+", 2)
         if len(parts) != 3 or not re.fullmatch(r"[0-9a-f]{8}", parts[1]):
             raise MalformedError("verifier key must be name+keyid+key")
         raw = _b64decode(parts[2], "verifier key")

@@ -30,6 +30,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotguard.cli.policy",
     "iotguard.cli.privacy",
     "iotguard.cli.puf",
+    "iotguard.cli.audit",
 )
 
 

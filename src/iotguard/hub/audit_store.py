@@ -117,11 +117,13 @@ def _apply(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
     for index in audit_entries.indexes:
         index.create(conn, checkfirst=True)
-    conn.execute(
-        insert(audit_log_state).values(
-            id=_STATE_ID, tree_size=0, compact=b"", updated_at=datetime.now(tz=UTC)
+    exists = conn.execute(select(audit_log_state.c.id).where(audit_log_state.c.id == _STATE_ID)).first()
+    if exists is None:
+        conn.execute(
+            insert(audit_log_state).values(
+                id=_STATE_ID, tree_size=0, compact=b"", updated_at=datetime.now(tz=UTC)
+            )
         )
-    )
 
 
 register(
