@@ -119,6 +119,8 @@ def _split(data: bytes, lengths: IntArray) -> list[bytes]:
     n = len(lengths)
     if n and (lengths == lengths[0]).all():
         size = int(lengths[0])
+        if not size:
+            return [b""] * n
         return [data[i : i + size] for i in range(0, n * size, size)]
     ends = np.cumsum(lengths).tolist()
     starts = [0, *ends[:-1]]
