@@ -111,6 +111,7 @@ class _DeviceState:
     entities: list[dict[str, Any]]
     handle: cedarpy.Entities
     own_topics: frozenset[str]
+    loaded_topics: set[str]
     context_json: str = ""
     context: dict[str, Any] | None = None
     context_valid_from: float = 0.0
@@ -425,12 +426,19 @@ class PolicyEngine:
             state.context, state.context_json = ctx, json.dumps(ctx)
             state.context_valid_from, state.context_valid_until = ts, until
         topic = request.resource_id
-        entities = state.handle
-        entity_list = state.entities
-        if topic not in state.own_topics:
+        if topic not in state.loaded_topics:
             extra = self._topic_entity(self.topics.parse(topic))
-            entities = entities.with_added_json_str(json.dumps([extra]))
-            entity_list = [*entity_list, extra]
+            added = state.handle.with_added_json_str(json.dumps([extra]))
+            if topic in state.own_topics:
+                # The device's own topics join its prebuilt entities on first use;
+                # anything else (lateral attempts) is added for this request only.
+                state.handle, state.entities = added, [*state.entities, extra]
+                state.loaded_topics.add(topic)
+                entities, entity_list = added, state.entities
+            else:
+                entities, entity_list = added, [*state.entities, extra]
+        else:
+            entities, entity_list = state.handle, state.entities
         cedar_request = {
             "principal": _uid("Device", device_id),
             "action": _action(request.action),
@@ -560,14 +568,14 @@ class PolicyEngine:
     def _build_device_state(self, posture: Posture) -> _DeviceState:
         segment = posture.effective_segment
         own = self.topics.device_topics(posture.segment, posture.device_id)
+        telemetry = own[0]
         entities = [
             self._device_entity(posture.device_id, segment, posture.model),
             self._segment_entity(segment),
-            *(self._topic_entity(self.topics.parse(t)) for t in own),
+            self._topic_entity(self.topics.parse(telemetry)),
         ]
-        state = _DeviceState(
-            posture, entities, cedarpy.Entities.from_json_str(json.dumps(entities)), frozenset(own)
-        )
+        handle = cedarpy.Entities.from_json_str(json.dumps(entities))
+        state = _DeviceState(posture, entities, handle, frozenset(own), {telemetry})
         self._devices[posture.device_id] = state
         return state
 
