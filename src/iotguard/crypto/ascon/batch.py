@@ -115,6 +115,13 @@ def _gather(rows: ByteMatrix, lengths: IntArray, columns: IntArray) -> bytes:
     return rows.reshape(-1)[index].tobytes()
 
 
+def _row_bytes(rows: ByteMatrix) -> list[bytes]:
+    """One ``bytes`` per row, built in C (a void view's ``tolist``)."""
+    if not rows.shape[1]:
+        return [b""] * rows.shape[0]
+    return np.ascontiguousarray(rows).view(f"V{rows.shape[1]}").reshape(-1).tolist()
+
+
 def _split(data: bytes, lengths: IntArray) -> list[bytes]:
     n = len(lengths)
     if n and (lengths == lengths[0]).all():
@@ -186,6 +193,11 @@ def _byte_planes(select: npt.NDArray[np.bool_]) -> Words:
     """Planes (2, 64, g) from a per-lane, per-byte selection of shape (lanes, 16)."""
     per_byte = np.stack([lane_bits(select[:, i]) for i in range(16)])
     return np.repeat(per_byte, 8, axis=0).reshape(2, 64, -1)
+
+
+def _constant_block_planes(value: int) -> Words:
+    """Planes (2, 64, 1) of a 16-byte little-endian block equal in every lane."""
+    return np.stack([constant_planes(value & WORD_MASK), constant_planes(value >> 64)])
 
 
 class _Steps:
@@ -332,10 +344,19 @@ def _aead_chunk(
 
     _absorb_steps(permutation, state, steps, 8, step)
 
-    dsep ^= lane_bits(lane_ad_blocks == lane_blocks)
-    in_final_planes = _byte_planes(_BYTE_OFFSETS[None, :] < lane_rest[:, None])
-    pad_planes = _byte_planes(_BYTE_OFFSETS[None, :] == lane_rest[:, None])
-    pad_planes &= _LOW_BIT_OF_EACH_BYTE
+    in_final_planes: Words
+    pad_planes: Words
+    if uniform:
+        if ad_blocks[0] == blocks[0]:
+            np.bitwise_xor(dsep, _ALL, out=dsep)
+        r = int(rest[0])
+        in_final_planes = _constant_block_planes((1 << (8 * r)) - 1)
+        pad_planes = _constant_block_planes(1 << (8 * r))
+    else:
+        dsep ^= lane_bits(lane_ad_blocks == lane_blocks)
+        in_final_planes = _byte_planes(_BYTE_OFFSETS[None, :] < lane_rest[:, None])
+        pad_planes = _byte_planes(_BYTE_OFFSETS[None, :] == lane_rest[:, None])
+        pad_planes &= _LOW_BIT_OF_EACH_BYTE
     for w in (0, 1):
         x = state[w]
         o = out[2 * top + w]
@@ -360,13 +381,11 @@ def _aead_chunk(
         bad = bad[:n]
         plain = lanes.rows(from_planes(out[: 2 * top + 2]))
         plain[bad] = 0
-        flat = _stitch(plain, data_col, full_blocks, rest, final_col)
-        return _split(flat, data_len), bad
+        return _stitch(plain, data_col, full_blocks, rest, final_col), bad
     out[2 * top + 2] = state[3]
     out[2 * top + 3] = state[4]
     sealed = lanes.rows(from_planes(out))
-    flat = _stitch(sealed, data_col, full_blocks, rest, final_col, with_tag=True)
-    return _split(flat, data_len + TAG_SIZE), np.zeros(n, dtype=np.bool_)
+    return _stitch(sealed, data_col, full_blocks, rest, final_col, with_tag=True), np.zeros(n, dtype=np.bool_)
 
 
 def _stitch(
@@ -376,25 +395,27 @@ def _stitch(
     rest: IntArray,
     final_col: int,
     with_tag: bool = False,
-) -> bytes:
-    """Concatenate each message's output: full blocks, final partial block, tag."""
+) -> list[bytes]:
+    """Each message's output: full blocks, final partial block, then the tag."""
     n = rows.shape[0]
     end = data_col + AEAD_RATE * full_blocks
     length = AEAD_RATE * full_blocks + rest
+    if (end == final_col).all() and (rest == rest[0]).all() and (data_col == data_col[0]).all():
+        # Uniform batch: the data is already contiguous in every row.
+        col, size = int(data_col[0]), int(length[0])
+        if not with_tag:
+            return _row_bytes(rows[:, col : col + size])
+        tag = rows[:, final_col + AEAD_RATE : final_col + 2 * AEAD_RATE].copy()
+        rows[:, col + size : col + size + TAG_SIZE] = tag
+        return _row_bytes(rows[:, col : col + size + TAG_SIZE])
     index = np.arange(n, dtype=np.int64)[:, None]
-    if not (end == final_col).all():
-        final = rows[:, final_col : final_col + AEAD_RATE].copy()
-        rows[index, end[:, None] + _BYTE_OFFSETS] = final
+    final = rows[:, final_col : final_col + AEAD_RATE].copy()
+    rows[index, end[:, None] + _BYTE_OFFSETS] = final
     if with_tag:
         tag = rows[:, final_col + AEAD_RATE : final_col + 2 * AEAD_RATE].copy()
-        tag_col = end + rest
-        if (tag_col == tag_col[0]).all():
-            col = int(tag_col[0])
-            rows[:, col : col + TAG_SIZE] = tag
-        else:
-            rows[index, tag_col[:, None] + _BYTE_OFFSETS] = tag
+        rows[index, (end + rest)[:, None] + _BYTE_OFFSETS] = tag
         length = length + TAG_SIZE
-    return _gather(rows, length, data_col)
+    return _split(_gather(rows, length, data_col), length)
 
 
 def _same_size(items: Sequence[bytes]) -> int | None:
