@@ -207,3 +207,10 @@ def test_open_key_store_by_config(tmp_path: Path) -> None:
         open_key_store(KeyStoreConfig(backend="rot13"), default_directory=tmp_path)
     with pytest.raises(ConfigError):
         open_key_store(KeyStoreConfig(backend="software"))
+
+
+def test_unwritable_device_secret_location_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    with pytest.raises(ConfigError):
+        platform_device_binding(blocker / "sub" / "device.secret")

@@ -99,12 +99,19 @@ def platform_device_binding(device_secret_path: str | os.PathLike[str] | None = 
             :func:`default_device_secret_path`.
 
     Raises:
+        ConfigError: the per-install secret cannot be read or created.
         KeyStoreError: the per-install secret exists but is malformed.
     """
     path = Path(device_secret_path) if device_secret_path is not None else default_device_secret_path()
-    if not path.exists():
-        create_exclusive(path, secrets.token_bytes(32))
-    secret = path.read_bytes()
+    try:
+        if not path.exists():
+            create_exclusive(path, secrets.token_bytes(32))
+        secret = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read or create the per-install device secret {str(path)!r} ({exc.strerror}); "
+            f"set {DEVICE_SECRET_ENV} or pass device_binding"
+        ) from None
     if len(secret) != 32:
         raise KeyStoreError("per-install device secret has the wrong length")
     machine_id = b""
