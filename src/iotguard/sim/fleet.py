@@ -81,6 +81,8 @@ class Fleet:
         self.latencies_ms: list[float] = []
         #: Genuine readings submitted (attacks not included).
         self.sent = 0
+        #: (device_id, epoch, seq) of every genuine reading submitted.
+        self.submitted: list[tuple[str, int, int]] = []
         self._lock = threading.Lock()
 
     # -- setup -----------------------------------------------------------
@@ -127,6 +129,7 @@ class Fleet:
         seq = dev.agent.submit(Reading(int(t * 1000), dev.sensor.sample(t)))
         with self._lock:
             dev.sent[(dev.agent.sealer.epoch, seq)] = time.monotonic()
+            self.submitted.append((dev.agent.device_id, dev.agent.sealer.epoch, seq))
             self.sent += 1
 
     def resend_due(self) -> int:

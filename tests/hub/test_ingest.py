@@ -1,0 +1,199 @@
+"""Hub ingest: every rejection has its reason code, nothing is stored twice,
+and a storage failure acknowledges nothing."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from iotguard.channel import decode_ack, telemetry_topic
+from iotguard.errors import PolicyDenied, StorageError
+from iotguard.hub.ingest import Incoming
+from iotguard.wire import Reading, decode_envelope, encode_envelope, encode_reading
+from tests.hub.conftest import HubParts
+
+
+def _reading(i: int = 0) -> Reading:
+    return Reading(1_700_000_000_000 + i, {"temperature": 20.0 + i})
+
+
+def _seal(agent, i: int = 0) -> Incoming:  # type: ignore[no-untyped-def]
+    _seq, env = agent.sealer.seal(encode_reading(_reading(i)))
+    return Incoming(agent.sealer.topic, env)
+
+
+def test_valid_batch_is_stored_once_and_acknowledged(hub: HubParts) -> None:
+    a = hub.agent("dev-1")
+    batch = [_seal(a, i) for i in range(10)]
+    out = hub.processor.process(batch)
+    assert out.stored == 10 and not out.rejected
+    assert hub.store.reading_count("dev-1") == 10
+    ack = decode_ack("dev-1", out.acks[("dev-1", 1)], a._keys.downlink)  # type: ignore[union-attr]
+    assert sorted(ack.sequences()) == sorted(decode_envelope(m.payload).seq for m in batch)
+
+
+def test_replay_is_rejected(hub: HubParts) -> None:
+    """Check for a replay attack: a captured envelope sent again is not stored again."""
+    a = hub.agent("dev-1")
+    m = _seal(a)
+    assert hub.processor.process([m]).stored == 1
+    out = hub.processor.process([m])
+    assert out.stored == 0 and out.rejected["replay"] == 1
+    assert ("dev-1", 1) in out.acks  # re-acknowledged so an honest device stops resending
+    assert hub.store.reading_count() == 1
+
+
+def test_replay_is_rejected_after_hub_restart(hub: HubParts) -> None:
+    """The replay window is durable: a new hub process still rejects the replay."""
+    from iotguard.hub.ingest import IngestProcessor
+
+    a = hub.agent("dev-1")
+    m = _seal(a)
+    hub.processor.process([m])
+    fresh = IngestProcessor(hub.store, hub.registry, hub.cfg)
+    assert fresh.process([m]).rejected["replay"] == 1
+
+
+def test_duplicate_inside_one_batch(hub: HubParts) -> None:
+    a = hub.agent("dev-1")
+    m = _seal(a)
+    out = hub.processor.process([m, m, m])
+    assert out.stored == 1 and out.rejected["replay"] == 2
+
+
+def test_old_sequence_outside_window_is_rejected(tmp_path) -> None:
+    from tests.hub.conftest import make_hub
+
+    parts = make_hub(tmp_path, replay_window=64)
+    a = parts.agent("dev-1")
+    old = _seal(a)
+    for _ in range(70):
+        a.sealer._seq.next()
+    parts.processor.process([_seal(a)])
+    assert parts.processor.process([old]).rejected["replay"] == 1
+
+
+@pytest.mark.parametrize("where", ["ciphertext", "tag"])
+def test_forged_tag_is_rejected(hub: HubParts, where: str) -> None:
+    """Check for forgery: one flipped bit anywhere in the ciphertext fails authentication."""
+    a = hub.agent("dev-1")
+    m = _seal(a)
+    d = decode_envelope(m.payload)
+    pos = 0 if where == "ciphertext" else len(d.ciphertext) - 1
+    ct = bytearray(d.ciphertext)
+    ct[pos] ^= 0x80
+    bad = Incoming(m.topic, encode_envelope(d.suite_id, d.device_id, d.epoch, d.seq, bytes(ct)))
+    out = hub.processor.process([bad])
+    assert out.stored == 0 and out.rejected["forged"] == 1
+    # The genuine message with the same sequence is still accepted afterwards:
+    # a forgery does not burn the sequence number.
+    assert hub.processor.process([m]).stored == 1
+
+
+def test_forged_envelopes_do_not_fail_their_neighbours(hub: HubParts) -> None:
+    a, b = hub.agent("dev-1"), hub.agent("dev-2", suites=["aes-128-gcm"])
+    good = [_seal(a, i) for i in range(5)] + [_seal(b, i) for i in range(5)]
+    forged = Incoming(good[0].topic, good[0].payload[:-1] + bytes((good[0].payload[-1] ^ 1,)))
+    out = hub.processor.process([forged, *good[1:], good[0]])
+    assert out.stored == 10 and out.rejected["forged"] == 1
+
+
+def test_lateral_publish_to_another_devices_topic(hub: HubParts) -> None:
+    """A device publishing its envelope on another device's topic is rejected."""
+    a = hub.agent("dev-1")
+    hub.agent("dev-2")
+    m = _seal(a)
+    out = hub.processor.process([Incoming(telemetry_topic("dev-2"), m.payload)])
+    assert out.rejected["topic_mismatch"] == 1 and out.stored == 0
+
+
+def test_unknown_device_and_unknown_epoch(hub: HubParts) -> None:
+    env = encode_envelope(1, "ghost", 1, 1, os.urandom(32))
+    assert hub.processor.process([Incoming(telemetry_topic("ghost"), env)]).rejected["unknown_device"] == 1
+    a = hub.agent("dev-1")
+    env = encode_envelope(1, "dev-1", 9, 1, os.urandom(32))
+    assert hub.processor.process([Incoming(a.sealer.topic, env)]).rejected["unknown_device"] == 1
+
+
+def test_revoked_device_still_publishing_is_rejected(hub: HubParts) -> None:
+    """Revocation takes effect at ingest (immediately on this hub, within the cache TTL on others)."""
+    a = hub.agent("dev-1")
+    hub.registry.revoke("dev-1")
+    out = hub.processor.process([_seal(a)])
+    assert out.rejected["revoked"] == 1 and out.stored == 0
+
+
+def test_revocation_by_another_hub_process_takes_effect_within_the_cache_ttl(tmp_path) -> None:
+    from iotguard.clock import FixedClock
+    from iotguard.hub.ingest import IngestProcessor
+    from iotguard.hub.registry import FleetRegistry, open_hub_keys
+    from tests.hub.conftest import make_hub
+
+    parts = make_hub(tmp_path, device_cache_ttl_s=1.0)
+    a = parts.agent("dev-1")
+    clock = FixedClock()
+    reg = FleetRegistry(parts.store, open_hub_keys(parts.cfg), parts.cfg, clock)
+    proc = IngestProcessor(parts.store, reg, parts.cfg, clock=clock)
+    assert proc.process([_seal(a, 1)]).stored == 1
+    parts.store.revoke_device("dev-1", now=clock.now())  # another process revokes
+    clock.advance(1.5)
+    assert proc.process([_seal(a, 2)]).rejected["revoked"] == 1
+
+
+def test_suite_id_mismatch_is_forged(hub: HubParts) -> None:
+    a = hub.agent("dev-1")
+    d = decode_envelope(_seal(a).payload)
+    swapped = encode_envelope(2, d.device_id, d.epoch, d.seq, d.ciphertext)
+    assert hub.processor.process([Incoming(a.sealer.topic, swapped)]).rejected["forged"] == 1
+
+
+def test_authentic_but_malformed_reading(hub: HubParts) -> None:
+    a = hub.agent("dev-1")
+    _seq, env = a.sealer.seal(b"\xff\x00garbage")
+    out = hub.processor.process([Incoming(a.sealer.topic, env)])
+    assert out.rejected["malformed"] == 1 and out.stored == 0
+    assert ("dev-1", 1) in out.acks  # processed: the device must not resend it forever
+
+
+def test_policy_denial_is_counted(hub: HubParts) -> None:
+    def deny(record, topic, reading):  # type: ignore[no-untyped-def]
+        raise PolicyDenied("quarantined")
+
+    hub.processor.authorizer = deny
+    a = hub.agent("dev-1")
+    out = hub.processor.process([_seal(a)])
+    assert out.rejected["policy_denied"] == 1 and out.stored == 0
+
+
+def test_storage_failure_acknowledges_nothing_and_retry_stores_once(hub: HubParts, monkeypatch) -> None:
+    a = hub.agent("dev-1")
+    batch = [_seal(a, i) for i in range(5)]
+    real = hub.store.store_batch
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise StorageError("disk full")
+
+    monkeypatch.setattr(hub.store, "store_batch", broken)
+    with pytest.raises(StorageError):
+        hub.processor.process(batch)
+    monkeypatch.setattr(hub.store, "store_batch", real)
+    out = hub.processor.process(batch)  # the same batch, redelivered
+    assert out.stored == 5 and not out.rejected
+    assert hub.store.reading_count() == 5
+
+
+def test_rejections_are_persisted_per_reason(hub: HubParts) -> None:
+    hub.processor.process([Incoming("iotguard/v1/t/x", b"\x00")])
+    assert hub.store.rejection_totals() == {"malformed": 1}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=st.binary(max_size=300), topic=st.text(max_size=40))
+def test_fuzz_ingest_never_crashes(hub: HubParts, payload: bytes, topic: str) -> None:
+    """Bad input never crashes the worker: any bytes on any topic are processed or rejected."""
+    out = hub.processor.process([Incoming(topic, payload)])
+    assert out.stored == 0
+    assert sum(out.rejected.values()) == 1
