@@ -148,3 +148,11 @@ def test_bad_parameters_rejected() -> None:
         choose_numeric(1.0, "gaussian")
     with pytest.raises(ConfigError):
         choose_categorical(1.0, 1, "grr")
+
+
+def test_auto_choice_by_epsilon() -> None:
+    assert choose_numeric(0.5).name == "duchi"
+    assert choose_numeric(1.0).name == "piecewise"
+    assert choose_numeric(4.0).name == "piecewise"
+    assert choose_categorical(0.5, 8).name == "oue"
+    assert choose_categorical(2.0, 8).name == "grr"

@@ -46,8 +46,8 @@ def test_receipt_verifies_and_states_what_happened(
     assert claims["model"] == "thermo-1" and claims["contract_version"] == 1
     assert claims["count"] == 6
     assert claims["purposes"]["research"]["transforms"] == {
-        "humidity": ["ldp:hybrid:1"],
-        "temperature": ["ldp:hybrid:1"],
+        "humidity": ["ldp:piecewise:1"],
+        "temperature": ["ldp:piecewise:1"],
     }
     assert claims["purposes"]["research"]["epsilon"] == pytest.approx(6.0)
     assert claims["purposes"]["heating_control"]["dropped"] == ["co2", "humidity"]
