@@ -218,3 +218,14 @@ def test_ledger_in_memory_accounting(clock: FixedClock) -> None:
     assert ledger.remaining("d", clock.now()) == pytest.approx(0.0)
     with pytest.raises(BudgetExhausted):
         ledger.charge("d", 0.01, "p", clock.now())
+
+
+def test_first_consent_config_sets_the_subject(make_pipeline: MakePipeline, clock: FixedClock) -> None:
+    pipe = make_pipeline("thermo-1")
+    pipe.set_consent(ConsentState("unknown"))
+    cfg = ConsentState("bob").grant("research", clock.now()).to_config("dev-1", clock.now())
+    pipe.apply_consent_config(cfg)
+    assert pipe.consent.subject_id == "bob"
+    other = ConsentState("carol").grant("research", clock.now()).grant("research", clock.now())
+    with pytest.raises(MalformedError, match="another data subject"):
+        pipe.apply_consent_config(other.to_config("dev-1", clock.now()))

@@ -209,12 +209,14 @@ class ConsentConfig:
         """Device side: the state to enforce after receiving this message.
 
         Raises:
-            MalformedError: the message is for another device, or another subject.
+            MalformedError: the message is for another device, or another subject
+                than the one already configured.
             RollbackError: its version is not newer than ``current``'s.
         """
         if self.device_id != device_id:
             raise MalformedError("consent config is for another device")
-        if current is not None:
+        # A device that has never received a configuration takes the hub's subject.
+        if current is not None and (current.version > 0 or current.decisions):
             if current.subject_id != self.state.subject_id:
                 raise MalformedError("consent config is for another data subject")
             if self.state.version <= current.version:
