@@ -1,8 +1,7 @@
 """Ascon-AEAD128 (NIST SP 800-232, section 4), scalar form for devices.
 
 Words are read from bytes little-endian, as SP 800-232 specifies (this is
-the main difference from Ascon v1.2 besides the initial values). The state
-is carried with ``x2`` complemented; see :mod:`._permutation`.
+the main difference from Ascon v1.2 besides the initial values).
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ def _split_pad(count: int) -> tuple[int, int, int, int]:
 def _initialize(key: bytes, nonce: bytes) -> tuple[State, int, int]:
     k0, k1 = _TWO_WORDS.unpack(key)
     n0, n1 = _TWO_WORDS.unpack(nonce)
-    x0, x1, x2, x3, x4 = p12(AEAD128_IV, k0, k1 ^ WORD_MASK, n0, n1)
+    x0, x1, x2, x3, x4 = p12(AEAD128_IV, k0, k1, n0, n1)
     return (x0, x1, x2, x3 ^ k0, x4 ^ k1), k0, k1
 
 

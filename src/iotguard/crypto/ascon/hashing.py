@@ -20,7 +20,7 @@ from iotguard.crypto.ascon._parameters import (
     MAX_XOF_OUTPUT,
     XOF128_IV,
 )
-from iotguard.crypto.ascon._permutation import WORD_MASK, p12
+from iotguard.crypto.ascon._permutation import p12
 from iotguard.errors import ConfigError, MalformedError
 
 __all__ = ["cxof128", "hash256", "xof128"]
@@ -32,9 +32,7 @@ State = tuple[int, int, int, int, int]
 
 
 def _initial_state(iv: int) -> State:
-    # x2 is carried complemented (see _permutation); the all-zero word is
-    # stored as the all-ones word.
-    return p12(iv, 0, WORD_MASK, 0, 0)
+    return p12(iv, 0, 0, 0, 0)
 
 
 # The initial states do not depend on the input; compute them once.
