@@ -101,7 +101,7 @@ def plain_decrypt(key: bytes, nonce: bytes, ad: bytes, ciphertext: bytes) -> byt
         permutation(s, 8)
     last = c[full:]
     block = s[0].to_bytes(8, "little") + s[1].to_bytes(8, "little")
-    p = bytes(x ^ y for x, y in zip(block, last))
+    p = bytes(x ^ y for x, y in zip(block, last, strict=False))
     out += p
     padded = pad(p)
     s[0] ^= word(padded[:8])

@@ -5,13 +5,12 @@ message (where every rotation of the linear layer costs two shifts and an
 OR), lanes are *bitsliced*: a state word is stored as 64 bit-planes, and
 each ``uint64`` element of a plane holds that bit for 64 different lanes.
 Rotations then cost nothing (they are slices of the plane axis) and the
-linear layer is two XORs per plane; the S-box is the same bitwise formula as
-the scalar code, applied to all planes and lanes in one NumPy call.
+linear layer is two XORs per plane; the S-box is the same 17-operation
+bitwise formula as the scalar code, each operation one NumPy call over all
+planes and lanes.
 
 Arrays have shape ``(words, 64, groups)``; lane ``n`` of a batch of
-``64 * groups`` lanes is bit ``n // groups`` of group ``n % groups``. Like the scalar code,
-``x2`` is carried complemented and the complement is folded into the round
-constants.
+``64 * groups`` lanes is bit ``n // groups`` of group ``n % groups``.
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ Words = npt.NDArray[np.uint64]
 #: Lanes held by one ``uint64`` plane element.
 LANES_PER_GROUP = 64
 
-_ALL = np.uint64(WORD_MASK)
 # Right-rotation amounts of the linear layer, per state word.
 _ROTATIONS = ((19, 28), (61, 39), (1, 6), (10, 17), (7, 41))
 # Masks of the 64x64 bit-matrix transpose, by block size.
@@ -62,8 +60,6 @@ def constant_planes(value: int) -> Words:
     return np.array([WORD_MASK if bit else 0 for bit in bits], dtype=np.uint64).reshape(64, 1)
 
 
-# Round constants as planes, each folded with the complement of x2.
-_ROUND_PLANES = tuple(constant_planes(c ^ WORD_MASK) for c in ROUND_CONSTANTS)
 
 
 def transpose_bits(work: Words) -> None:
@@ -135,6 +131,25 @@ def lane_flags(bits: Words) -> npt.NDArray[np.bool_]:
     return np.ascontiguousarray(unpacked.T).reshape(-1).astype(np.bool_)
 
 
+def _plane_runs(value: int) -> tuple[tuple[int, int], ...]:
+    """Maximal runs ``(start, stop)`` of set bits of ``value``."""
+    runs: list[tuple[int, int]] = []
+    b = 0
+    while b < 64:
+        if (value >> b) & 1:
+            start = b
+            while b < 64 and (value >> b) & 1:
+                b += 1
+            runs.append((start, b))
+        else:
+            b += 1
+    return tuple(runs)
+
+
+# Round constants as runs of planes of x2 to complement.
+_ROUND_RUNS = tuple(_plane_runs(c) for c in ROUND_CONSTANTS)
+
+
 class Permutation:
     """Ascon-p[rounds] on bitsliced states of up to ``groups`` groups.
 
@@ -143,7 +158,7 @@ class Permutation:
 
     def __init__(self, groups: int) -> None:
         self._spare = np.empty((5, 64, groups), dtype=np.uint64)
-        self._chi = np.empty((5, 64, groups), dtype=np.uint64)
+        self._scratch = np.empty((3, 64, groups), dtype=np.uint64)
 
     def new_state(self) -> Words:
         """Return an uninitialised state buffer of the full width."""
@@ -154,33 +169,43 @@ class Permutation:
 
         ``rounds`` must be even (8 or 12): the linear layer alternates the
         result between ``state`` and a spare buffer, so an even count ends
-        in ``state``. The spare buffer is swapped with ``state``'s storage
-        only internally; the returned array is ``state``.
+        in ``state``.
+
+        The substitution layer is the 17-operation form of the S-box also
+        used by the scalar code (outputs ``y0..y4`` land in ``x2, x3, x4,
+        x0, x1``); the linear layer reads them from there.
         """
         xor = np.bitwise_xor
+        bor = np.bitwise_or
         band = np.bitwise_and
         s_full, t_full = state, self._spare
-        c = self._chi[:, :, :width]
-        for plane in _ROUND_PLANES[12 - rounds :]:
+        t0, t1, t2 = self._scratch[:, :, :width]
+        for runs in _ROUND_RUNS[12 - rounds :]:
             s = s_full[:, :, :width]
             t = t_full[:, :, :width]
             x0, x1, x2, x3, x4 = s
-            xor(x2, plane, out=x2)
-            xor(x2, x1, out=x2)
-            xor(x0, x4, out=x0)
-            xor(x4, x3, out=x4)
-            # chi: x_i ^= ~x_{i+1} & x_{i+2}
-            np.invert(s, out=c)
-            band(c[0:4], s[1:5], out=c[0:4])
-            band(c[4], s[0], out=c[4])
-            xor(s[0:4], c[1:5], out=s[0:4])
-            xor(s[4], c[0], out=s[4])
-            xor(x1, x0, out=x1)
-            xor(x0, x4, out=x0)
-            xor(x3, x2, out=x3)
-            # Linear layer: plane i of rotr(x, a) is plane (i + a) % 64 of x.
-            for w, (a, b) in enumerate(_ROTATIONS):
-                src = s[w]
+            for start, stop in runs:
+                np.invert(x2[start:stop], out=x2[start:stop])
+            xor(x1, x2, out=t0)
+            xor(x0, x4, out=t1)
+            xor(x3, x4, out=t2)
+            np.invert(x4, out=x4)
+            bor(x4, x3, out=x4)
+            xor(x4, t0, out=x4)
+            xor(x3, x1, out=x3)
+            bor(x3, t0, out=x3)
+            xor(x3, t1, out=x3)
+            xor(x2, t1, out=x2)
+            bor(x2, x1, out=x2)
+            xor(x2, t2, out=x2)
+            np.invert(t1, out=t1)
+            band(x1, t1, out=x1)
+            xor(x1, t2, out=x1)
+            bor(x0, t2, out=x0)
+            xor(x0, t0, out=x0)
+            # Linear layer: plane i of rotr(y, a) is plane (i + a) % 64 of y.
+            for w, src in enumerate((x2, x3, x4, x0, x1)):
+                a, b = _ROTATIONS[w]
                 dst = t[w]
                 xor(src[: 64 - a], src[a:], out=dst[: 64 - a])
                 xor(src[64 - a :], src[:a], out=dst[64 - a :])

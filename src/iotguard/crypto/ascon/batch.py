@@ -310,7 +310,7 @@ def _aead_chunk(
     state = permutation.new_state()
     state[0] = constant_planes(AEAD128_IV)
     state[1] = key[0]
-    np.invert(key[1], out=state[2])
+    state[2] = key[1]
     state[3:5] = planes[2:4]
     permutation.apply(state, 12, groups)
     state[3:5] ^= key
@@ -569,7 +569,7 @@ def _sponge_chunk(iv: int, streams: Sequence[bytes], stream_len: IntArray, lengt
     state = permutation.new_state()
     state[0] = constant_planes(iv)
     state[1] = 0
-    state[2] = _ALL
+    state[2] = 0
     state[3] = 0
     state[4] = 0
     permutation.apply(state, 12, groups)
