@@ -174,8 +174,11 @@ class _Lanes:
 
     def words(self, rows: ByteMatrix) -> Words:
         """Byte rows of the messages as lane-major little-endian words."""
-        padded = np.zeros((self.size, rows.shape[1]), dtype=np.uint8)
-        padded[: self.count] = rows
+        if rows.shape[0] == self.size:
+            padded = rows
+        else:
+            padded = np.zeros((self.size, rows.shape[1]), dtype=np.uint8)
+            padded[: self.count] = rows
         if self.order is not None:
             padded = padded[self.order]
         return padded.view("<u8").astype(np.uint64, copy=False)
@@ -268,15 +271,19 @@ def _aead_chunk(
     uniform = bool((ad_len == ad_len[0]).all() and (body_len == body_len[0]).all())
     lanes = _Lanes(n, interleave=not uniform)
     groups = lanes.groups
+    # A uniform batch of whole blocks has an empty final block: skip its words.
+    has_final = not uniform or int(rest[0]) > 0
+    final_words = 2 if has_final else 0
     final_col = AEAD_RATE * top
+    tag_col = final_col + AEAD_RATE * (final_words // 2)
 
     # Row layout per message: key, nonce, padded associated data, data
     # blocks; the final partial block at a fixed column and the tag after it.
     head = KEY_SIZE + NONCE_SIZE
-    rows = np.zeros((n, head + AEAD_RATE * (top + 2)), dtype=np.uint8)
-    rows[:, :KEY_SIZE] = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(n, KEY_SIZE)
-    rows[:, KEY_SIZE:head] = np.frombuffer(b"".join(nonces), dtype=np.uint8).reshape(n, NONCE_SIZE)
-    body = rows[:, head:]
+    rows = np.zeros((lanes.size, head + tag_col + TAG_SIZE), dtype=np.uint8)
+    rows[:n, :KEY_SIZE] = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(n, KEY_SIZE)
+    rows[:n, KEY_SIZE:head] = np.frombuffer(b"".join(nonces), dtype=np.uint8).reshape(n, NONCE_SIZE)
+    body = rows[:n, head:]
     _place(body, b"".join(ads), ad_len, np.zeros(n, dtype=np.int64))
     data_col = AEAD_RATE * ad_blocks
     if uniform:
@@ -284,7 +291,7 @@ def _aead_chunk(
             body[:, ad_len[0]] = 1
         _place(body, b"".join(bodies), body_len, data_col)
         end = final_col + int(rest[0])
-        if decrypt:
+        if decrypt and has_final:
             tag = body[:, end : end + TAG_SIZE].copy()
             body[:, end:] = 0
             body[:, final_col + AEAD_RATE :] = tag
@@ -315,7 +322,7 @@ def _aead_chunk(
     permutation.apply(state, 12, groups)
     state[3:5] ^= key
 
-    out = new_planes(2 * top + 4, groups)
+    out = new_planes(2 * top + final_words + (0 if decrypt else 2), groups)
     steps = _Steps(lane_blocks, groups)
     dsep = state[4, _TOP_PLANE]
 
@@ -359,14 +366,15 @@ def _aead_chunk(
         pad_planes &= _LOW_BIT_OF_EACH_BYTE
     for w in (0, 1):
         x = state[w]
-        o = out[2 * top + w]
-        if decrypt:
-            np.bitwise_xor(x, stream[2 * top + w], out=o)
-            o &= in_final_planes[w]
-            x ^= o
-        else:
-            x ^= stream[2 * top + w]
-            o[...] = x
+        if has_final:
+            o = out[2 * top + w]
+            if decrypt:
+                np.bitwise_xor(x, stream[2 * top + w], out=o)
+                o &= in_final_planes[w]
+                x ^= o
+            else:
+                x ^= stream[2 * top + w]
+                o[...] = x
         x ^= pad_planes[w]
 
     state[2:4] ^= key
@@ -374,18 +382,19 @@ def _aead_chunk(
     state[3:5] ^= key
 
     if decrypt:
-        diff = state[3:5] ^ stream[2 * top + 2 : 2 * top + 4]
+        tag_word = 2 * top + final_words
+        diff = state[3:5] ^ stream[tag_word : tag_word + 2]
         bad_groups = np.bitwise_or.reduce(diff.reshape(128, groups), axis=0)
         bad_lanes = lane_flags(bad_groups)
         bad = bad_lanes if lanes.order is None else bad_lanes[np.argsort(lanes.order)]
         bad = bad[:n]
-        plain = lanes.rows(from_planes(out[: 2 * top + 2]))
+        plain = lanes.rows(from_planes(out))
         plain[bad] = 0
         return _stitch(plain, data_col, full_blocks, rest, final_col), bad
-    out[2 * top + 2] = state[3]
-    out[2 * top + 3] = state[4]
+    out[2 * top + final_words] = state[3]
+    out[2 * top + final_words + 1] = state[4]
     sealed = lanes.rows(from_planes(out))
-    return _stitch(sealed, data_col, full_blocks, rest, final_col, with_tag=True), np.zeros(n, dtype=np.bool_)
+    return _stitch(sealed, data_col, full_blocks, rest, final_col, tag_col), np.zeros(n, dtype=np.bool_)
 
 
 def _stitch(
@@ -394,7 +403,7 @@ def _stitch(
     full_blocks: IntArray,
     rest: IntArray,
     final_col: int,
-    with_tag: bool = False,
+    tag_col: int | None = None,
 ) -> list[bytes]:
     """Each message's output: full blocks, final partial block, then the tag."""
     n = rows.shape[0]
@@ -403,16 +412,17 @@ def _stitch(
     if (end == final_col).all() and (rest == rest[0]).all() and (data_col == data_col[0]).all():
         # Uniform batch: the data is already contiguous in every row.
         col, size = int(data_col[0]), int(length[0])
-        if not with_tag:
+        if tag_col is None:
             return _row_bytes(rows[:, col : col + size])
-        tag = rows[:, final_col + AEAD_RATE : final_col + 2 * AEAD_RATE].copy()
-        rows[:, col + size : col + size + TAG_SIZE] = tag
+        if tag_col != col + size:
+            tag = rows[:, tag_col : tag_col + TAG_SIZE].copy()
+            rows[:, col + size : col + size + TAG_SIZE] = tag
         return _row_bytes(rows[:, col : col + size + TAG_SIZE])
     index = np.arange(n, dtype=np.int64)[:, None]
     final = rows[:, final_col : final_col + AEAD_RATE].copy()
     rows[index, end[:, None] + _BYTE_OFFSETS] = final
-    if with_tag:
-        tag = rows[:, final_col + AEAD_RATE : final_col + 2 * AEAD_RATE].copy()
+    if tag_col is not None:
+        tag = rows[:, tag_col : tag_col + TAG_SIZE].copy()
         rows[index, (end + rest)[:, None] + _BYTE_OFFSETS] = tag
         length = length + TAG_SIZE
     return _split(_gather(rows, length, data_col), length)
