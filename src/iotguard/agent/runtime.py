@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cbor2
 import httpx
@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
+from iotguard.agent.outbox import Outbox
 from iotguard.channel import (
     SequenceAllocator,
     SessionKeys,
@@ -54,7 +55,6 @@ from iotguard.identity import (
 )
 from iotguard.keys import KeyKind, KeyStore, SoftwareKeyStore
 from iotguard.wire import Reading, encode_reading
-from iotguard.agent.outbox import Outbox
 
 __all__ = ["Agent"]
 
@@ -251,7 +251,8 @@ class Agent:
         addr = parse_broker_url(self.cfg.broker_url)
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{self.device_id}",
                              clean_session=True, protocol=mqtt.MQTTv311)
-        client.reconnect_delay_set(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+        # paho documents integer seconds but accepts any number.
+        client.reconnect_delay_set(cast(int, self.cfg.reconnect_min_s), cast(int, self.cfg.reconnect_max_s))
         client.max_inflight_messages_set(200)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
@@ -288,7 +289,7 @@ class Agent:
         if self._keys is None:
             return
         try:
-            ack = decode_ack(self.device_id, msg.payload, self._keys.downlink)
+            ack = decode_ack(self.device_id, bytes(msg.payload), self._keys.downlink)
         except (IntegrityError, MalformedError) as exc:
             log.warning("%s: ignoring bad ack: %s", self.device_id, exc.code)
             return

@@ -29,13 +29,13 @@ __all__ = [
     "SequenceAllocator",
     "SessionKeys",
     "UplinkSealer",
+    "ack_topic",
     "decode_ack",
     "encode_ack",
     "make_nonce",
     "session_info",
     "split_session_keys",
     "telemetry_topic",
-    "ack_topic",
 ]
 
 TOPIC_PREFIX = "iotguard/v1"

@@ -56,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     tmp = tempfile.TemporaryDirectory(prefix="iotguard-demo-") if not args.data_dir else None
     root = Path(args.data_dir or (tmp.name if tmp else "."))
-    say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
+    def say(text: str) -> None:
+        if not args.json:
+            print(text, flush=True)
+
     cfg = HubConfig(data_dir=str(root / "hub"), embedded_broker_bind=f"127.0.0.1:{_free_port()}",
                     api_bind=f"127.0.0.1:{_free_port()}")
     hub = Hub(cfg)

@@ -17,9 +17,9 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from pydantic import BaseModel, Field
 
 from iotguard import __version__
 from iotguard.errors import PUBLIC_MESSAGES, AuthenticationError, IotGuardError, PolicyDenied, public_message
@@ -125,7 +125,7 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats,
                   description="Device registry, enrollment, telemetry and operations API.")
     bearer = HTTPBearer(auto_error=False)
     metrics_registry = CollectorRegistry()
-    metrics_registry.register(_StatsCollector(stats))  # type: ignore[arg-type]
+    metrics_registry.register(_StatsCollector(stats))
     api_requests = Counter("iotguard_api_requests", "API requests", ["route", "status"],
                            registry=metrics_registry)
     Gauge("iotguard_info", "Hub version", ["version"], registry=metrics_registry).labels(__version__).set(1)

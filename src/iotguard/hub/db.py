@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import MetaData, event
-from sqlalchemy.engine import Engine, make_url
 from sqlalchemy import create_engine as _create_engine
+from sqlalchemy.engine import Engine, make_url
 
 __all__ = ["is_sqlite", "make_engine", "metadata"]
 

@@ -30,7 +30,7 @@ from iotguard.hub.registry import FleetRegistry
 from iotguard.hub.store import DeviceRecord, HubStore
 from iotguard.wire import Envelope, associated_data, decode_envelope, decode_reading
 
-__all__ = ["BatchOutcome", "IngestProcessor", "IngestStats", "Incoming", "REASON_CODES"]
+__all__ = ["REASON_CODES", "BatchOutcome", "Incoming", "IngestProcessor", "IngestStats"]
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +227,8 @@ class IngestProcessor:
             self.store.count_rejections(dict(extra), now=now)
             rejected.update(extra)
         out.stored = len(inserted)
-        for key in inserted:
-            out.latencies_ms.append(max(0.0, done_ms - sent_ts[key]))
+        for stored_key in inserted:
+            out.latencies_ms.append(max(0.0, done_ms - sent_ts[stored_key]))
         for d, e in set(acked) | set(reack):
             try:
                 _, _, keys = self.registry.session(d, e)

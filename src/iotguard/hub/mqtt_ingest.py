@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -25,7 +25,7 @@ from iotguard.errors import StorageError
 from iotguard.hub.broker import BrokerAddress
 from iotguard.hub.ingest import Incoming, IngestProcessor
 
-__all__ = ["MqttIngest", "TELEMETRY_FILTER"]
+__all__ = ["TELEMETRY_FILTER", "MqttIngest"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class MqttIngest:
         )
         self._client.max_inflight_messages_set(1000)
         self._client.max_queued_messages_set(0)
-        self._client.reconnect_delay_set(0.2, 5)
+        self._client.reconnect_delay_set(cast(int, 0.2), 5)  # paho accepts fractional seconds
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -124,7 +124,7 @@ class MqttIngest:
                 self._handle(batch)
 
     def _handle(self, batch: list[mqtt.MQTTMessage]) -> None:
-        incoming = [Incoming(m.topic, m.payload, m) for m in batch]
+        incoming = [Incoming(m.topic, bytes(m.payload), m) for m in batch]
         delay = 0.1
         while True:
             try:
@@ -146,7 +146,7 @@ class MqttIngest:
     def _handle_singly(self, batch: list[mqtt.MQTTMessage]) -> None:
         for m in batch:
             try:
-                outcome = self.processor.process([Incoming(m.topic, m.payload, m)])
+                outcome = self.processor.process([Incoming(m.topic, bytes(m.payload), m)])
             except StorageError:
                 log.error("storage failed while isolating a bad message; it will be redelivered")
                 continue

@@ -26,6 +26,7 @@ from iotguard.errors import (
     RevokedError,
     UnknownDeviceError,
 )
+from iotguard.hub.store import DeviceRecord, HubStore
 from iotguard.identity import (
     EnrollmentCode,
     FleetCA,
@@ -40,7 +41,6 @@ from iotguard.identity import (
     verify_signature,
 )
 from iotguard.keys import KeyKind, KeyStore, SoftwareKeyStore
-from iotguard.hub.store import DeviceRecord, HubStore
 
 __all__ = ["FleetRegistry", "open_hub_keys"]
 

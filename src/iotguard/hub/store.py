@@ -19,7 +19,6 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
-from sqlalchemy.sql import Insert
 
 from iotguard.errors import AuthenticationError, EnrollmentError, StorageError, UnknownDeviceError
 from iotguard.hub.db import make_engine
@@ -35,7 +34,7 @@ from iotguard.hub.schema import (
     replay_windows,
 )
 
-__all__ = ["ApiToken", "DeviceRecord", "EpochKey", "HubStore", "StoredReading", "ROLES"]
+__all__ = ["ROLES", "ApiToken", "DeviceRecord", "EpochKey", "HubStore", "StoredReading"]
 
 #: Operator roles, least to most privileged.
 ROLES = ("viewer", "operator", "security-admin", "privacy-officer")
@@ -146,7 +145,7 @@ class HubStore:
         migrate(engine)
         return cls(engine)
 
-    def _upsert(self, table: Any) -> Insert:
+    def _upsert(self, table: Any) -> Any:
         if self._dialect == "postgresql":
             return postgresql.insert(table)
         return sqlite.insert(table)
