@@ -60,8 +60,6 @@ def constant_planes(value: int) -> Words:
     return np.array([WORD_MASK if bit else 0 for bit in bits], dtype=np.uint64).reshape(64, 1)
 
 
-
-
 def transpose_bits(work: Words) -> None:
     """Transpose every 64x64 bit matrix along axis 0, in place.
 
@@ -150,69 +148,94 @@ def _plane_runs(value: int) -> tuple[tuple[int, int], ...]:
 _ROUND_RUNS = tuple(_plane_runs(c) for c in ROUND_CONSTANTS)
 
 
-class Permutation:
-    """Ascon-p[rounds] on bitsliced states of up to ``groups`` groups.
+class _RoundPlan:
+    """Pre-built views for one round from one buffer into the other.
 
-    Holds the scratch buffers so a batch allocates them once.
+    Slicing a NumPy array costs about as much as a small ufunc call, and a
+    round makes dozens of slices; building them once per width pays off.
+    """
+
+    def __init__(self, source: Words, target: Words, scratch: Words, width: int) -> None:
+        s = source[:, :, :width]
+        t = target[:, :, :width]
+        self.words = tuple(s)
+        self.temps = tuple(scratch[:, :, :width])
+        x2 = self.words[2]
+        self.constants = tuple(tuple(x2[start:stop] for start, stop in runs) for runs in _ROUND_RUNS)
+        linear: list[tuple[Words, Words, Words]] = []
+        x0, x1, x2, x3, x4 = self.words
+        for w, src in enumerate((x2, x3, x4, x0, x1)):
+            a, b = _ROTATIONS[w]
+            dst = t[w]
+            linear += [
+                (src[: 64 - a], src[a:], dst[: 64 - a]),
+                (src[64 - a :], src[:a], dst[64 - a :]),
+                (dst[: 64 - b], src[b:], dst[: 64 - b]),
+                (dst[64 - b :], src[:b], dst[64 - b :]),
+            ]
+        self.linear = tuple(linear)
+
+
+class Permutation:
+    """Ascon-p[rounds] on a bitsliced state of up to ``groups`` groups.
+
+    Owns the state (:attr:`state`, shape ``(5, 64, groups)``) and its
+    scratch buffers, so a batch allocates them once.
     """
 
     def __init__(self, groups: int) -> None:
+        self.state = np.empty((5, 64, groups), dtype=np.uint64)
         self._spare = np.empty((5, 64, groups), dtype=np.uint64)
         self._scratch = np.empty((3, 64, groups), dtype=np.uint64)
+        self._plans: dict[int, tuple[_RoundPlan, _RoundPlan]] = {}
 
-    def new_state(self) -> Words:
-        """Return an uninitialised state buffer of the full width."""
-        return np.empty_like(self._spare)
+    def _plan(self, width: int) -> tuple[_RoundPlan, _RoundPlan]:
+        plan = self._plans.get(width)
+        if plan is None:
+            plan = (
+                _RoundPlan(self.state, self._spare, self._scratch, width),
+                _RoundPlan(self._spare, self.state, self._scratch, width),
+            )
+            self._plans[width] = plan
+        return plan
 
-    def apply(self, state: Words, rounds: int, width: int) -> Words:
-        """Permute the first ``width`` groups of ``state`` in place.
+    def apply(self, rounds: int, width: int) -> None:
+        """Apply Ascon-p[rounds] to the first ``width`` groups of :attr:`state`.
 
-        ``rounds`` must be even (8 or 12): the linear layer alternates the
-        result between ``state`` and a spare buffer, so an even count ends
-        in ``state``.
-
-        The substitution layer is the 17-operation form of the S-box also
-        used by the scalar code (outputs ``y0..y4`` land in ``x2, x3, x4,
-        x0, x1``); the linear layer reads them from there.
+        ``rounds`` must be 8 or 12: the linear layer alternates the result
+        between the state and a spare buffer, so an even count ends in the
+        state. The substitution layer is the 17-operation form of the S-box
+        also used by the scalar code (outputs ``y0..y4`` land in ``x2, x3,
+        x4, x0, x1``); the linear layer reads them from there.
         """
         xor = np.bitwise_xor
         bor = np.bitwise_or
         band = np.bitwise_and
-        s_full, t_full = state, self._spare
-        t0, t1, t2 = self._scratch[:, :, :width]
-        for runs in _ROUND_RUNS[12 - rounds :]:
-            s = s_full[:, :, :width]
-            t = t_full[:, :, :width]
-            x0, x1, x2, x3, x4 = s
-            for start, stop in runs:
-                np.invert(x2[start:stop], out=x2[start:stop])
-            xor(x1, x2, out=t0)
-            xor(x0, x4, out=t1)
-            xor(x3, x4, out=t2)
-            np.invert(x4, out=x4)
-            bor(x4, x3, out=x4)
-            xor(x4, t0, out=x4)
-            xor(x3, x1, out=x3)
-            bor(x3, t0, out=x3)
-            xor(x3, t1, out=x3)
-            xor(x2, t1, out=x2)
-            bor(x2, x1, out=x2)
-            xor(x2, t2, out=x2)
-            np.invert(t1, out=t1)
-            band(x1, t1, out=x1)
-            xor(x1, t2, out=x1)
-            bor(x0, t2, out=x0)
-            xor(x0, t0, out=x0)
+        invert = np.invert
+        plans = self._plan(width)
+        for r in range(12 - rounds, 12):
+            plan = plans[r % 2]
+            x0, x1, x2, x3, x4 = plan.words
+            t0, t1, t2 = plan.temps
+            for run in plan.constants[r]:
+                invert(run, run)
+            xor(x1, x2, t0)
+            xor(x0, x4, t1)
+            xor(x3, x4, t2)
+            invert(x4, x4)
+            bor(x4, x3, x4)
+            xor(x4, t0, x4)
+            xor(x3, x1, x3)
+            bor(x3, t0, x3)
+            xor(x3, t1, x3)
+            xor(x2, t1, x2)
+            bor(x2, x1, x2)
+            xor(x2, t2, x2)
+            invert(t1, t1)
+            band(x1, t1, x1)
+            xor(x1, t2, x1)
+            bor(x0, t2, x0)
+            xor(x0, t0, x0)
             # Linear layer: plane i of rotr(y, a) is plane (i + a) % 64 of y.
-            for w, src in enumerate((x2, x3, x4, x0, x1)):
-                a, b = _ROTATIONS[w]
-                dst = t[w]
-                xor(src[: 64 - a], src[a:], out=dst[: 64 - a])
-                xor(src[64 - a :], src[:a], out=dst[64 - a :])
-                xor(dst[: 64 - b], src[b:], out=dst[: 64 - b])
-                xor(dst[64 - b :], src[:b], out=dst[64 - b :])
-            s_full, t_full = t_full, s_full
-        if s_full is not state:
-            # Odd round counts are never used by Ascon; keep the contract anyway.
-            state[:, :, :width] = s_full[:, :, :width]
-        return state
+            for left, right, out in plan.linear:
+                xor(left, right, out)

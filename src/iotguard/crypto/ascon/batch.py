@@ -62,7 +62,7 @@ __all__ = [
 
 #: Lanes processed together; sized so the state and scratch planes stay in
 #: a core's L2 cache.
-BATCH_CHUNK_LANES = 16384
+BATCH_CHUNK_LANES = 32768
 #: Upper bound on the padded input buffer of one chunk; chunks of long
 #: messages hold fewer lanes.
 BATCH_BUFFER_BYTES = 64 << 20
@@ -236,7 +236,7 @@ def _absorb_steps(
         full, width = steps.span(j)
         saved = state[:, :, full:width].copy() if full < width else None
         step(j, width)
-        permutation.apply(state, rounds, width)
+        permutation.apply(rounds, width)
         if saved is not None:
             keep = steps.active(j)[full:width]
             part = state[:, :, full:width]
@@ -314,12 +314,12 @@ def _aead_chunk(
     lane_rest = lanes.spread(rest)
 
     permutation = Permutation(groups)
-    state = permutation.new_state()
+    state = permutation.state
     state[0] = constant_planes(AEAD128_IV)
     state[1] = key[0]
     state[2] = key[1]
     state[3:5] = planes[2:4]
-    permutation.apply(state, 12, groups)
+    permutation.apply(12, groups)
     state[3:5] ^= key
 
     out = new_planes(2 * top + final_words + (0 if decrypt else 2), groups)
@@ -378,7 +378,7 @@ def _aead_chunk(
         x ^= pad_planes[w]
 
     state[2:4] ^= key
-    permutation.apply(state, 12, groups)
+    permutation.apply(12, groups)
     state[3:5] ^= key
 
     if decrypt:
@@ -444,42 +444,53 @@ def _aead_batch(
     n = len(bodies)
     if not len(keys) == len(nonces) == len(ads) == n:
         raise IntegrityError("ascon-aead128: batch inputs differ in length")
-    if not n:
-        return []
-    min_body = TAG_SIZE if decrypt else 0
-    results: list[bytes | IntegrityError]
-    ad_size = _same_size(ads)
-    body_size = _same_size(bodies)
-    if (
-        _same_size(keys) == KEY_SIZE
-        and _same_size(nonces) == NONCE_SIZE
-        and ad_size is not None
-        and body_size is not None
-        and min_body <= body_size <= MAX_BATCH_MESSAGE_SIZE
-        and ad_size <= MAX_BATCH_MESSAGE_SIZE
-    ):
-        # Every message has the same shape: no sorting, no per-message routing.
-        results = []
-        ad_len = np.full(min(n, BATCH_CHUNK_LANES), ad_size, dtype=np.int64)
-        body_len = np.full(min(n, BATCH_CHUNK_LANES), body_size, dtype=np.int64)
-        for start in range(0, n, BATCH_CHUNK_LANES):
-            stop = min(n, start + BATCH_CHUNK_LANES)
-            outputs, bad = _aead_chunk(
-                keys[start:stop],
-                nonces[start:stop],
-                ads[start:stop],
-                bodies[start:stop],
-                ad_len[: stop - start],
-                body_len[: stop - start],
-                decrypt,
-            )
+    results: list[bytes | IntegrityError] = []
+    # Slices of one chunk are checked and joined back to back, while their
+    # objects are still in cache.
+    for start in range(0, n, BATCH_CHUNK_LANES):
+        stop = min(n, start + BATCH_CHUNK_LANES)
+        part = (keys[start:stop], nonces[start:stop], ads[start:stop], bodies[start:stop])
+        if _is_uniform(*part, decrypt):
+            count = stop - start
+            ad_len = np.full(count, len(part[2][0]), dtype=np.int64)
+            body_len = np.full(count, len(part[3][0]), dtype=np.int64)
+            outputs, bad = _aead_chunk(*part, ad_len, body_len, decrypt)
             first = len(results)
             results.extend(outputs)
             for k in np.flatnonzero(bad).tolist():
                 results[first + k] = IntegrityError("ascon-aead128: tag mismatch")
-        return results
+        else:
+            results.extend(_aead_mixed(*part, decrypt))
+    return results
 
-    results = [b""] * n
+
+def _is_uniform(
+    keys: Sequence[bytes], nonces: Sequence[bytes], ads: Sequence[bytes], bodies: Sequence[bytes], decrypt: bool
+) -> bool:
+    """Whether every message has valid key and nonce sizes and the same shape."""
+    ad_size = _same_size(ads)
+    body_size = _same_size(bodies)
+    return (
+        ad_size is not None
+        and body_size is not None
+        and (TAG_SIZE if decrypt else 0) <= body_size <= MAX_BATCH_MESSAGE_SIZE
+        and ad_size <= MAX_BATCH_MESSAGE_SIZE
+        and _same_size(keys) == KEY_SIZE
+        and _same_size(nonces) == NONCE_SIZE
+    )
+
+
+def _aead_mixed(
+    keys: Sequence[bytes],
+    nonces: Sequence[bytes],
+    ads: Sequence[bytes],
+    bodies: Sequence[bytes],
+    decrypt: bool,
+) -> list[bytes | IntegrityError]:
+    """Messages of different shapes (or with invalid sizes), sorted into chunks by length."""
+    n = len(bodies)
+    min_body = TAG_SIZE if decrypt else 0
+    results: list[bytes | IntegrityError] = [b""] * n
     key_len = _lengths(keys)
     nonce_len = _lengths(nonces)
     ad_len = _lengths(ads)
@@ -576,13 +587,13 @@ def _sponge_chunk(iv: int, streams: Sequence[bytes], stream_len: IntArray, lengt
     stream = to_planes(lanes.words(rows))
 
     permutation = Permutation(groups)
-    state = permutation.new_state()
+    state = permutation.state
     state[0] = constant_planes(iv)
     state[1] = 0
     state[2] = 0
     state[3] = 0
     state[4] = 0
-    permutation.apply(state, 12, groups)
+    permutation.apply(12, groups)
 
     def step(j: int, width: int) -> None:
         state[0, :, :width] ^= stream[j, :, :width]
@@ -593,7 +604,7 @@ def _sponge_chunk(iv: int, streams: Sequence[bytes], stream_len: IntArray, lengt
     for k in range(count):
         out[k] = state[0]
         if k + 1 < count:
-            permutation.apply(state, 12, groups)
+            permutation.apply(12, groups)
     digest = lanes.rows(from_planes(out))[:, :length]
     return _split(digest.tobytes(), np.full(n, length, dtype=np.int64))
 
