@@ -45,15 +45,20 @@ def _split_pad(count: int) -> tuple[int, int, int, int]:
     return WORD_MASK, _byte_mask(count - 8), 0, 1 << (8 * (count - 8))
 
 
-def _initialize(key: bytes, nonce: bytes) -> tuple[State, int, int]:
+def _start(key: bytes, nonce: bytes, associated_data: bytes) -> tuple[int, int, int, int, int, int, int]:
+    """Check sizes, initialize and absorb the associated data.
+
+    Returns the state words after domain separation, then the key words.
+    """
+    if len(key) != KEY_SIZE:
+        raise IntegrityError(f"ascon-aead128: key must be {KEY_SIZE} bytes")
+    if len(nonce) != NONCE_SIZE:
+        raise IntegrityError(f"ascon-aead128: nonce must be {NONCE_SIZE} bytes")
     k0, k1 = _TWO_WORDS.unpack(key)
     n0, n1 = _TWO_WORDS.unpack(nonce)
     x0, x1, x2, x3, x4 = p12(AEAD128_IV, k0, k1, n0, n1)
-    return (x0, x1, x2, x3 ^ k0, x4 ^ k1), k0, k1
-
-
-def _absorb_associated_data(state: State, associated_data: bytes) -> State:
-    x0, x1, x2, x3, x4 = state
+    x3 ^= k0
+    x4 ^= k1
     if associated_data:
         full = len(associated_data) - len(associated_data) % AEAD_RATE
         if full:
@@ -63,20 +68,7 @@ def _absorb_associated_data(state: State, associated_data: bytes) -> State:
         a0, a1 = _TWO_WORDS.unpack(associated_data[full:] + _ZERO_BLOCK[rest:])
         _, _, pad0, pad1 = _split_pad(rest)
         x0, x1, x2, x3, x4 = p8(x0 ^ a0 ^ pad0, x1 ^ a1 ^ pad1, x2, x3, x4)
-    return x0, x1, x2, x3, x4 ^ DOMAIN_SEPARATION
-
-
-def _finalize(state: State, k0: int, k1: int) -> bytes:
-    x0, x1, x2, x3, x4 = state
-    x0, x1, x2, x3, x4 = p12(x0, x1, x2 ^ k0, x3 ^ k1, x4)
-    return _TWO_WORDS.pack(x3 ^ k0, x4 ^ k1)
-
-
-def _check_sizes(key: bytes, nonce: bytes) -> None:
-    if len(key) != KEY_SIZE:
-        raise IntegrityError(f"ascon-aead128: key must be {KEY_SIZE} bytes")
-    if len(nonce) != NONCE_SIZE:
-        raise IntegrityError(f"ascon-aead128: nonce must be {NONCE_SIZE} bytes")
+    return x0, x1, x2, x3, x4 ^ DOMAIN_SEPARATION, k0, k1
 
 
 def aead_encrypt(key: bytes, nonce: bytes, associated_data: bytes, plaintext: bytes) -> bytes:
@@ -94,26 +86,25 @@ def aead_encrypt(key: bytes, nonce: bytes, associated_data: bytes, plaintext: by
     Raises:
         IntegrityError: the key or nonce has the wrong length.
     """
-    _check_sizes(key, nonce)
-    state, k0, k1 = _initialize(key, nonce)
-    x0, x1, x2, x3, x4 = _absorb_associated_data(state, associated_data)
+    x0, x1, x2, x3, x4, k0, k1 = _start(key, nonce, associated_data)
     full = len(plaintext) - len(plaintext) % AEAD_RATE
     out: list[int] = []
     if full:
         for m0, m1 in struct.iter_unpack("<2Q", plaintext[:full]):
             x0 ^= m0
             x1 ^= m1
-            out.append(x0)
-            out.append(x1)
+            out += (x0, x1)
             x0, x1, x2, x3, x4 = p8(x0, x1, x2, x3, x4)
     rest = len(plaintext) - full
-    m0, m1 = _TWO_WORDS.unpack(plaintext[full:] + _ZERO_BLOCK[rest:])
+    last = b""
+    if rest:
+        m0, m1 = _TWO_WORDS.unpack(plaintext[full:] + _ZERO_BLOCK[rest:])
+        x0 ^= m0
+        x1 ^= m1
+        last = _TWO_WORDS.pack(x0, x1)[:rest]
     _, _, pad0, pad1 = _split_pad(rest)
-    x0 ^= m0
-    x1 ^= m1
-    last = _TWO_WORDS.pack(x0, x1)[:rest]
-    tag = _finalize((x0 ^ pad0, x1 ^ pad1, x2, x3, x4), k0, k1)
-    return struct.pack(f"<{len(out)}Q", *out) + last + tag
+    x0, x1, x2, x3, x4 = p12(x0 ^ pad0, x1 ^ pad1, x2 ^ k0, x3 ^ k1, x4)
+    return struct.pack(f"<{len(out)}Q", *out) + last + _TWO_WORDS.pack(x3 ^ k0, x4 ^ k1)
 
 
 def aead_decrypt(key: bytes, nonce: bytes, associated_data: bytes, ciphertext: bytes) -> bytes:
@@ -135,25 +126,27 @@ def aead_decrypt(key: bytes, nonce: bytes, associated_data: bytes, ciphertext: b
         IntegrityError: the tag does not verify, or the key, nonce or
             ciphertext has an impossible length.
     """
-    _check_sizes(key, nonce)
-    if len(ciphertext) < TAG_SIZE:
-        raise IntegrityError("ascon-aead128: ciphertext shorter than the tag")
     body_len = len(ciphertext) - TAG_SIZE
-    state, k0, k1 = _initialize(key, nonce)
-    x0, x1, x2, x3, x4 = _absorb_associated_data(state, associated_data)
+    if body_len < 0:
+        raise IntegrityError("ascon-aead128: ciphertext shorter than the tag")
+    x0, x1, x2, x3, x4, k0, k1 = _start(key, nonce, associated_data)
     full = body_len - body_len % AEAD_RATE
     out: list[int] = []
     if full:
         for c0, c1 in struct.iter_unpack("<2Q", ciphertext[:full]):
-            out.append(x0 ^ c0)
-            out.append(x1 ^ c1)
+            out += (x0 ^ c0, x1 ^ c1)
             x0, x1, x2, x3, x4 = p8(c0, c1, x2, x3, x4)
     rest = body_len - full
-    c0, c1 = _TWO_WORDS.unpack(ciphertext[full:body_len] + _ZERO_BLOCK[rest:])
     mask0, mask1, pad0, pad1 = _split_pad(rest)
-    m0 = (x0 ^ c0) & mask0
-    m1 = (x1 ^ c1) & mask1
-    tag = _finalize((x0 ^ m0 ^ pad0, x1 ^ m1 ^ pad1, x2, x3, x4), k0, k1)
-    if not hmac.compare_digest(tag, ciphertext[body_len:]):
+    last = b""
+    if rest:
+        c0, c1 = _TWO_WORDS.unpack(ciphertext[full:body_len] + _ZERO_BLOCK[rest:])
+        m0 = (x0 ^ c0) & mask0
+        m1 = (x1 ^ c1) & mask1
+        x0 ^= m0
+        x1 ^= m1
+        last = _TWO_WORDS.pack(m0, m1)[:rest]
+    x0, x1, x2, x3, x4 = p12(x0 ^ pad0, x1 ^ pad1, x2 ^ k0, x3 ^ k1, x4)
+    if not hmac.compare_digest(_TWO_WORDS.pack(x3 ^ k0, x4 ^ k1), ciphertext[body_len:]):
         raise IntegrityError("ascon-aead128: tag mismatch")
-    return struct.pack(f"<{len(out)}Q", *out) + _TWO_WORDS.pack(m0, m1)[:rest]
+    return struct.pack(f"<{len(out)}Q", *out) + last

@@ -62,7 +62,7 @@ __all__ = [
 
 #: Lanes processed together; sized so the state and scratch planes stay in
 #: a core's L2 cache.
-BATCH_CHUNK_LANES = 32768
+BATCH_CHUNK_LANES = 16384
 #: Upper bound on the padded input buffer of one chunk; chunks of long
 #: messages hold fewer lanes.
 BATCH_BUFFER_BYTES = 64 << 20
