@@ -8,6 +8,8 @@ lengths could go wrong.
 
 from __future__ import annotations
 
+import random
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,9 +20,7 @@ MAX_LEN = 4096
 
 _messages = st.binary(min_size=0, max_size=MAX_LEN)
 _short = st.binary(min_size=0, max_size=80)
-_aead_item = st.tuples(
-    st.binary(min_size=16, max_size=16), st.binary(min_size=16, max_size=16), _short, _messages
-)
+_aead_item = st.tuples(st.binary(min_size=16, max_size=16), st.binary(min_size=16, max_size=16), _short, _messages)
 
 
 @settings(max_examples=25, deadline=None)
@@ -77,12 +77,28 @@ def test_cxof128_batch_equals_scalar(items: list[tuple[bytes, bytes]], length: i
     names = [z for _, z in items]
     assert ascon.cxof128_batch(messages, length, names) == [ascon.cxof128(m, length, z) for m, z in items]
     shared = names[0]
-    assert ascon.cxof128_batch(messages, length, shared) == [
-        ascon.cxof128(m, length, shared) for m in messages
-    ]
+    assert ascon.cxof128_batch(messages, length, shared) == [ascon.cxof128(m, length, shared) for m in messages]
 
 
 @settings(max_examples=20, deadline=None)
 @given(st.binary(max_size=64), st.binary(max_size=64))
 def test_customization_separates_domains(message: bytes, name: bytes) -> None:
     assert ascon.cxof128(message, 32, name) != ascon.cxof128(message, 32, name + b"\x00")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=130),
+    st.integers(min_value=0, max_value=70),
+    st.integers(min_value=0, max_value=300),
+    st.randoms(use_true_random=False),
+)
+def test_uniform_batch_equals_scalar(count: int, ad_size: int, size: int, rng: random.Random) -> None:
+    """Batches whose messages all have one shape take the uniform fast path."""
+    keys = [rng.randbytes(16) for _ in range(count)]
+    nonces = [rng.randbytes(16) for _ in range(count)]
+    ads = [rng.randbytes(ad_size) for _ in range(count)]
+    plaintexts = [rng.randbytes(size) for _ in range(count)]
+    expected = [ascon.aead_encrypt(*item) for item in zip(keys, nonces, ads, plaintexts, strict=True)]
+    assert ascon.aead_encrypt_batch(keys, nonces, ads, plaintexts) == expected
+    assert ascon.aead_decrypt_batch(keys, nonces, ads, expected) == plaintexts
