@@ -66,3 +66,35 @@ def test_customization_longer_than_2048_bits_is_rejected() -> None:
         ascon.cxof128(b"", 16, bytes(257))
     with pytest.raises(MalformedError):
         ascon.cxof128_batch([b""], 16, [bytes(257)])
+
+
+def test_long_messages_take_the_scalar_path_inside_a_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ascon.batch, "MAX_BATCH_MESSAGE_SIZE", 100)
+    messages = [bytes(range(256)) * i for i in (0, 1, 2)]
+    assert ascon.hash256_batch(messages) == [ascon.hash256(m) for m in messages]
+    assert ascon.cxof128_batch(messages, 40, b"z") == [ascon.cxof128(m, 40, b"z") for m in messages]
+    keys, nonces, ads = [bytes(16)] * 3, [bytes(range(16))] * 3, [b"a" * 300, b"", b"b"]
+    sealed = ascon.aead_encrypt_batch(keys, nonces, ads, messages)
+    assert sealed == [ascon.aead_encrypt(*item) for item in zip(keys, nonces, ads, messages, strict=True)]
+    forged = [*sealed[:2], sealed[2][:-1] + b"\x00"]
+    opened = ascon.aead_decrypt_batch(keys, nonces, ads, forged)
+    assert opened[:2] == messages[:2]
+    assert isinstance(opened[2], IntegrityError)
+
+
+def test_batches_split_into_many_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small chunk and buffer budgets: uniform and mixed batches over several chunks."""
+    monkeypatch.setattr(ascon.batch, "BATCH_CHUNK_LANES", 128)
+    monkeypatch.setattr(ascon.batch, "BATCH_BUFFER_BYTES", 64 * 200)
+    count = 700
+    keys = [i.to_bytes(16, "big") for i in range(count)]
+    nonces = [bytes(16)] * count
+    for ads, plaintexts in (
+        ([b"hdr"] * count, [bytes([i % 256]) * 64 for i in range(count)]),
+        ([b"h" * (i % 40) for i in range(count)], [bytes([i % 256]) * (i % 333) for i in range(count)]),
+    ):
+        sealed = ascon.aead_encrypt_batch(keys, nonces, ads, plaintexts)
+        assert sealed == [ascon.aead_encrypt(*item) for item in zip(keys, nonces, ads, plaintexts, strict=True)]
+        assert ascon.aead_decrypt_batch(keys, nonces, ads, sealed) == plaintexts
+    messages = [bytes(i % 300) for i in range(count)]
+    assert ascon.hash256_batch(messages) == [ascon.hash256(m) for m in messages]

@@ -17,6 +17,7 @@ any bytes are sliced out.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -46,7 +47,7 @@ from iotguard.crypto.ascon._parameters import (
     TAG_SIZE,
     XOF128_IV,
 )
-from iotguard.crypto.ascon._permutation import WORD_MASK
+from iotguard.crypto.ascon._permutation import WORD_MASK, p12
 from iotguard.errors import IntegrityError
 
 __all__ = [
@@ -447,8 +448,11 @@ def _aead_batch(
     results: list[bytes | IntegrityError] = []
     # Slices of one chunk are checked and joined back to back, while their
     # objects are still in cache.
-    for start in range(0, n, BATCH_CHUNK_LANES):
-        stop = min(n, start + BATCH_CHUNK_LANES)
+    start = 0
+    while start < n:
+        row = len(ads[start]) + len(bodies[start]) + 4 * AEAD_RATE
+        lanes = max(LANES_PER_GROUP, min(BATCH_CHUNK_LANES, BATCH_BUFFER_BYTES // row))
+        stop = min(n, start + lanes - lanes % LANES_PER_GROUP)
         part = (keys[start:stop], nonces[start:stop], ads[start:stop], bodies[start:stop])
         if _is_uniform(*part, decrypt):
             count = stop - start
@@ -461,6 +465,7 @@ def _aead_batch(
                 results[first + k] = IntegrityError("ascon-aead128: tag mismatch")
         else:
             results.extend(_aead_mixed(*part, decrypt))
+        start = stop
     return results
 
 
@@ -615,14 +620,30 @@ def _padded(messages: Sequence[bytes]) -> list[bytes]:
     return [m + pads[len(m) % HASH_RATE] for m in messages]
 
 
+def _scalar_sponge(iv: int, stream: bytes, length: int) -> bytes:
+    """The scalar sponge over a pre-padded stream (for messages too long to batch)."""
+    x0, x1, x2, x3, x4 = p12(iv, 0, 0, 0, 0)
+    for (word,) in struct.iter_unpack("<Q", stream):
+        x0, x1, x2, x3, x4 = p12(x0 ^ word, x1, x2, x3, x4)
+    words = [x0]
+    while len(words) * HASH_RATE < length:
+        x0, x1, x2, x3, x4 = p12(x0, x1, x2, x3, x4)
+        words.append(x0)
+    return struct.pack(f"<{len(words)}Q", *words)[:length]
+
+
 def _sponge_batch(iv: int, streams: list[bytes], length: int) -> list[bytes]:
     n = len(streams)
     if not n or length == 0:
         return [b""] * n
     stream_len = _lengths(streams)
     blocks = stream_len // HASH_RATE
-    order = np.argsort(-blocks, kind="stable")
     results: list[bytes] = [b""] * n
+    oversized = stream_len > MAX_BATCH_MESSAGE_SIZE
+    for i in np.flatnonzero(oversized).tolist():
+        results[i] = _scalar_sponge(iv, streams[i], length)
+    order = np.flatnonzero(~oversized)
+    order = order[np.argsort(-blocks[order], kind="stable")]
     for start, stop in _chunks(blocks[order], HASH_RATE):
         part = order[start:stop]
         chosen = part.tolist()
