@@ -1,0 +1,562 @@
+"""Credential lifecycle on the hub: bootstrap, usage, audit, renewal, end of support, decommissioning.
+
+- **Bootstrap.** There is no default operator account. At first start the
+  hub calls :func:`ensure_bootstrap`, prints the one-time secret it returns,
+  and the first operator exchanges it once, through :func:`redeem_bootstrap`,
+  for a ``security-admin`` API token. Only a hash of the secret is stored.
+- **Usage.** :func:`record_use` keeps each API token's last use, so unused
+  tokens can be found and retired.
+- **Audit.** :func:`credential_audit` lists credentials that are shared,
+  weak, expired or unused, as :class:`CredentialFinding` data.
+- **Renewal and end of support.** :func:`certificates_due_for_renewal`,
+  :func:`set_end_of_support`, :func:`support_warnings`.
+- **Decommissioning.** :func:`decommission` retires a device for good and
+  crypto-erases its session keys.
+
+Tables come from migration ``0400_credentials``; every function here also
+applies pending migrations once per engine, so it works even before the
+module is imported by ``hub.schema``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from sqlalchemy import Column, DateTime, Integer, LargeBinary, String, Table, and_, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError as SqlIntegrityError
+
+from iotguard.errors import AuthenticationError, ConfigError, UnknownDeviceError
+from iotguard.hub.db import metadata
+from iotguard.hub.migrations import Migration, migrate, register
+from iotguard.hub.schema import api_tokens, devices, enrollment_tokens, key_epochs, replay_windows
+from iotguard.hub.store import DeviceRecord, HubStore
+
+__all__ = [
+    "BOOTSTRAP_ROLE",
+    "BOOTSTRAP_TTL",
+    "CredentialFinding",
+    "CredentialPolicy",
+    "DecommissionResult",
+    "SupportWarning",
+    "bootstrap_tokens",
+    "certificates_due_for_renewal",
+    "credential_audit",
+    "credential_usage",
+    "decommission",
+    "ensure_bootstrap",
+    "model_support",
+    "record_use",
+    "redeem_bootstrap",
+    "set_end_of_support",
+    "support_warnings",
+]
+
+#: Role of the API token a bootstrap secret is exchanged for.
+BOOTSTRAP_ROLE = "security-admin"
+#: How long a bootstrap secret can be redeemed.
+BOOTSTRAP_TTL = timedelta(hours=24)
+#: ``record_use`` writes at most once per token per this interval.
+USE_RECORD_INTERVAL = timedelta(minutes=1)
+_PAGE = 1000
+_BOOTSTRAP_SLOT = 1
+
+bootstrap_tokens = Table(
+    "bootstrap_tokens",
+    metadata,
+    # One row ever (slot 1): the primary key makes two hub processes starting
+    # at once issue one secret, not two.
+    Column("slot", Integer, primary_key=True, autoincrement=False),
+    Column("token_hash", LargeBinary(32), nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("redeemed_at", DateTime(timezone=True), nullable=True),
+    Column("redeemed_token_id", String(32), nullable=True),
+)
+
+credential_usage = Table(
+    "credential_usage",
+    metadata,
+    Column("token_id", String(32), primary_key=True),
+    Column("first_used_at", DateTime(timezone=True), nullable=False),
+    Column("last_used_at", DateTime(timezone=True), nullable=False),
+)
+
+model_support = Table(
+    "model_support",
+    metadata,
+    Column("model", String(64), primary_key=True),
+    Column("end_of_support", DateTime(timezone=True), nullable=False),
+)
+
+
+def _apply(conn: Connection) -> None:
+    for table in (bootstrap_tokens, credential_usage, model_support):
+        table.create(conn, checkfirst=True)
+
+
+register(Migration("0400_credentials", "bootstrap token, API token usage, model end of support", _apply))
+
+_migrated: set[int] = set()
+_migrate_lock = threading.Lock()
+
+
+def _ready(store: HubStore) -> Engine:
+    engine = store.engine
+    if id(engine) not in _migrated:
+        with _migrate_lock:
+            migrate(engine)
+            _migrated.add(id(engine))
+    return engine
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+def _require_aware(name: str, value: datetime) -> None:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ConfigError(f"{name} must be a timezone-aware UTC datetime")
+
+
+def _upsert(engine: Engine, table: Table) -> Any:
+    return postgresql.insert(table) if engine.dialect.name == "postgresql" else sqlite.insert(table)
+
+
+def _bootstrap_digest(secret: str) -> bytes:
+    return hashlib.sha256(b"iotguard-bootstrap-v1\x00" + secret.encode()).digest()
+
+
+# -- bootstrap ---------------------------------------------------------------
+
+
+def ensure_bootstrap(store: HubStore, now: datetime, *, ttl: timedelta = BOOTSTRAP_TTL) -> str | None:
+    """Issue the one-time bootstrap secret if the hub has no operator yet.
+
+    Returns a fresh secret only when no API token exists (revoked ones
+    count: the hub had operators) and no bootstrap secret is pending. A
+    secret that expired unredeemed is replaced. The caller prints it once;
+    only its hash is stored.
+
+    Args:
+        store: The hub store.
+        now: Issue time.
+        ttl: How long the secret can be redeemed (at most 7 days).
+
+    Returns:
+        The secret, or None when there is nothing to bootstrap.
+
+    Raises:
+        ConfigError: naive ``now`` or a ttl outside (0, 7 days].
+    """
+    _require_aware("now", now)
+    if not timedelta(0) < ttl <= timedelta(days=7):
+        raise ConfigError("bootstrap ttl must be in (0, 7 days]")
+    engine = _ready(store)
+    secret = f"igb_{secrets.token_urlsafe(32)}"
+    values = {"token_hash": _bootstrap_digest(secret), "issued_at": now, "expires_at": now + ttl,
+              "redeemed_at": None, "redeemed_token_id": None}
+    try:
+        with engine.begin() as c:
+            if c.execute(select(func.count()).select_from(api_tokens)).scalar_one():
+                return None
+            row = c.execute(select(bootstrap_tokens).where(bootstrap_tokens.c.slot == _BOOTSTRAP_SLOT)).first()
+            if row is None:
+                c.execute(bootstrap_tokens.insert().values(slot=_BOOTSTRAP_SLOT, **values))
+                return secret
+            if row.redeemed_at is not None or _aware(row.expires_at) > now:
+                return None
+            n = c.execute(update(bootstrap_tokens).where(and_(
+                bootstrap_tokens.c.slot == _BOOTSTRAP_SLOT, bootstrap_tokens.c.redeemed_at.is_(None),
+                bootstrap_tokens.c.token_hash == row.token_hash)).values(**values)).rowcount
+            return secret if n == 1 else None
+    except SqlIntegrityError:
+        return None  # another hub process issued it first
+
+
+def redeem_bootstrap(store: HubStore, secret: str, name: str, now: datetime) -> str:
+    """Exchange the bootstrap secret, once, for the first ``security-admin`` API token.
+
+    Args:
+        store: The hub store.
+        secret: The secret :func:`ensure_bootstrap` returned.
+        name: Name of the new operator token (1-128 characters).
+        now: Redemption time.
+
+    Returns:
+        The new API token secret (shown once).
+
+    Raises:
+        AuthenticationError: unknown, malformed, expired or already redeemed
+            secret, or the hub already has API tokens (the secret is then burnt).
+        ConfigError: bad name or naive ``now``.
+    """
+    _require_aware("now", now)
+    if not 1 <= len(name) <= 128 or not name.isprintable():
+        raise ConfigError("token name must be 1-128 printable characters")
+    if not secret.startswith("igb_") or len(secret) > 128:
+        raise AuthenticationError("malformed bootstrap token")
+    engine = _ready(store)
+    with engine.begin() as c:
+        consumed = c.execute(update(bootstrap_tokens).where(and_(
+            bootstrap_tokens.c.slot == _BOOTSTRAP_SLOT,
+            bootstrap_tokens.c.token_hash == _bootstrap_digest(secret),
+            bootstrap_tokens.c.redeemed_at.is_(None),
+            bootstrap_tokens.c.expires_at > now,
+        )).values(redeemed_at=now)).rowcount
+        if consumed != 1:
+            raise AuthenticationError("invalid, expired or used bootstrap token")
+        existing = c.execute(select(func.count()).select_from(api_tokens)).scalar_one()
+    if existing:
+        raise AuthenticationError("the hub already has operators; bootstrap token burnt")
+    token = store.create_api_token(name, BOOTSTRAP_ROLE, now=now)
+    with engine.begin() as c:
+        c.execute(update(bootstrap_tokens).where(bootstrap_tokens.c.slot == _BOOTSTRAP_SLOT)
+                  .values(redeemed_token_id=token.split("_", 2)[1]))
+    return token
+
+
+# -- usage -------------------------------------------------------------------
+
+
+def record_use(store: HubStore, token_id: str, now: datetime, *, min_interval: timedelta = USE_RECORD_INTERVAL) -> None:
+    """Record that API token ``token_id`` authenticated a request at ``now``.
+
+    Writes at most once per ``min_interval`` per token, so calling it on
+    every request costs one cheap conditional upsert.
+    """
+    engine = _ready(store)
+    ins = _upsert(engine, credential_usage).values(token_id=token_id, first_used_at=now, last_used_at=now)
+    stmt = ins.on_conflict_do_update(
+        index_elements=["token_id"], set_={"last_used_at": ins.excluded.last_used_at},
+        where=credential_usage.c.last_used_at <= now - min_interval,
+    )
+    with engine.begin() as c:
+        c.execute(stmt)
+
+
+# -- audit -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CredentialPolicy:
+    """What counts as a weak credential.
+
+    Attributes:
+        max_certificate_validity: Longest acceptable device certificate validity.
+        max_token_age: API tokens older than this were never rotated.
+    """
+
+    max_certificate_validity: timedelta = timedelta(days=90)
+    max_token_age: timedelta = timedelta(days=90)
+
+
+@dataclass(frozen=True)
+class CredentialFinding:
+    """One credential that needs attention (a result, not a failure).
+
+    Attributes:
+        kind: ``device_certificate``, ``device_key``, ``api_token``,
+            ``enrollment_token`` or ``bootstrap_token``.
+        credential: Device id, token id, or an enrollment token's hash prefix.
+        category: ``shared``, ``weak``, ``expired`` or ``unused``.
+        reason: Stable reason code.
+        severity: ``high``, ``medium`` or ``low``.
+        detail: Human-readable explanation (never a secret).
+    """
+
+    kind: str
+    credential: str
+    category: str
+    reason: str
+    severity: str
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON-friendly view."""
+        return {"kind": self.kind, "credential": self.credential, "category": self.category,
+                "reason": self.reason, "severity": self.severity, "detail": self.detail}
+
+
+def _all_devices(store: HubStore) -> list[DeviceRecord]:
+    out: list[DeviceRecord] = []
+    while True:
+        page = store.list_devices(limit=_PAGE, offset=len(out))
+        out += page
+        if len(page) < _PAGE:
+            return out
+
+
+def _certificate_validity(d: DeviceRecord) -> timedelta | None:
+    if d.cert_pem:
+        try:
+            cert = x509.load_pem_x509_certificate(d.cert_pem.encode())
+        except ValueError:
+            return None
+        return cert.not_valid_after_utc - cert.not_valid_before_utc
+    if d.cert_not_after is not None and d.enrolled_at is not None:
+        return d.cert_not_after - d.enrolled_at
+    return None
+
+
+def _device_findings(store: HubStore, now: datetime, policy: CredentialPolicy) -> list[CredentialFinding]:
+    out: list[CredentialFinding] = []
+    live = [d for d in _all_devices(store) if d.status in ("pending", "active")]
+    by_key: dict[bytes, list[str]] = defaultdict(list)
+    by_serial: dict[str, list[str]] = defaultdict(list)
+    for d in live:
+        if d.identity_public_key:
+            by_key[bytes(d.identity_public_key)].append(d.device_id)
+        if d.cert_serial:
+            by_serial[d.cert_serial].append(d.device_id)
+    for kind, reason, groups in (("device_key", "shared_public_key", by_key),
+                                 ("device_certificate", "shared_certificate_serial", by_serial)):
+        for ids in groups.values():
+            if len(ids) > 1:
+                out += [CredentialFinding(kind, i, "shared", reason, "high",
+                                          f"same credential as {', '.join(x for x in ids if x != i)}")
+                        for i in ids]
+    for d in live:
+        if d.status != "active":
+            continue
+        if d.cert_not_after is not None and d.cert_not_after <= now:
+            out.append(CredentialFinding("device_certificate", d.device_id, "expired", "certificate_expired",
+                                         "high", f"certificate expired {d.cert_not_after.isoformat()}"))
+        validity = _certificate_validity(d)
+        if validity is not None and validity > policy.max_certificate_validity:
+            out.append(CredentialFinding("device_certificate", d.device_id, "weak", "validity_too_long", "medium",
+                                         f"certificate valid {validity.days} days "
+                                         f"(policy {policy.max_certificate_validity.days})"))
+    return out
+
+
+def _token_findings(engine: Engine, now: datetime, unused_after: timedelta,
+                    policy: CredentialPolicy) -> list[CredentialFinding]:
+    out: list[CredentialFinding] = []
+    q = (select(api_tokens.c.token_id, api_tokens.c.name, api_tokens.c.created_at, credential_usage.c.last_used_at)
+         .select_from(api_tokens.outerjoin(credential_usage, credential_usage.c.token_id == api_tokens.c.token_id))
+         .where(api_tokens.c.revoked_at.is_(None)).order_by(api_tokens.c.token_id))
+    with engine.connect() as c:
+        rows = list(c.execute(q))
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for r in rows:
+        by_name[r.name].append(r.token_id)
+        created = _aware(r.created_at)
+        if now - created > policy.max_token_age:
+            out.append(CredentialFinding("api_token", r.token_id, "weak", "not_rotated", "medium",
+                                         f"created {created.date().isoformat()}, never rotated"))
+        if r.last_used_at is None:
+            if now - created > unused_after:
+                out.append(CredentialFinding("api_token", r.token_id, "unused", "never_used", "medium",
+                                             f"never used since {created.date().isoformat()}"))
+        elif now - _aware(r.last_used_at) > unused_after:
+            out.append(CredentialFinding("api_token", r.token_id, "unused", "unused", "low",
+                                         f"last used {_aware(r.last_used_at).date().isoformat()}"))
+    for name, ids in by_name.items():
+        if len(ids) > 1:
+            out += [CredentialFinding("api_token", i, "shared", "shared_token_name", "medium",
+                                      f"{len(ids)} live tokens named {name!r}") for i in ids]
+    with engine.connect() as c:
+        for t in c.execute(select(enrollment_tokens.c.token_hash, enrollment_tokens.c.device_id)
+                           .where(and_(enrollment_tokens.c.used_at.is_(None), enrollment_tokens.c.expires_at <= now))):
+            out.append(CredentialFinding("enrollment_token", bytes(t.token_hash)[:6].hex(), "expired",
+                                         "enrollment_token_expired", "low",
+                                         f"unused enrollment token for {t.device_id} expired"))
+        boot = c.execute(select(bootstrap_tokens).where(and_(
+            bootstrap_tokens.c.redeemed_at.is_(None), bootstrap_tokens.c.expires_at <= now))).first()
+    if boot is not None:
+        out.append(CredentialFinding("bootstrap_token", "bootstrap", "expired", "bootstrap_token_expired", "low",
+                                     "the bootstrap token expired unredeemed"))
+    return out
+
+
+def credential_audit(
+    store: HubStore,
+    now: datetime,
+    *,
+    unused_after: timedelta = timedelta(days=30),
+    weak_check: CredentialPolicy | None = None,
+) -> list[CredentialFinding]:
+    """List credentials that are shared, weak, expired or unused.
+
+    - shared: one identity public key or certificate serial on two live
+      devices (a cloned device), or several live API tokens with one name
+      (one credential passed around, renamed copies of it);
+    - weak: device certificates valid longer than the policy; API tokens
+      older than ``max_token_age`` (never rotated);
+    - expired: an active device whose certificate has expired; unused
+      enrollment tokens past expiry; an unredeemed, expired bootstrap token;
+    - unused: live API tokens not used for ``unused_after`` (or never).
+
+    Args:
+        store: The hub store.
+        now: Audit time.
+        unused_after: Idle period after which a token is reported unused.
+        weak_check: Thresholds for weak credentials (default :class:`CredentialPolicy`).
+
+    Returns:
+        Findings ordered by severity (high first), then kind and credential.
+
+    Raises:
+        ConfigError: naive ``now`` or a non-positive ``unused_after``.
+    """
+    _require_aware("now", now)
+    if unused_after <= timedelta(0):
+        raise ConfigError("unused_after must be positive")
+    policy = weak_check or CredentialPolicy()
+    engine = _ready(store)
+    findings = _device_findings(store, now, policy) + _token_findings(engine, now, unused_after, policy)
+    rank = {"high": 0, "medium": 1, "low": 2}
+    return sorted(findings, key=lambda f: (rank[f.severity], f.kind, f.credential, f.reason))
+
+
+# -- renewal and end of support ----------------------------------------------
+
+
+def certificates_due_for_renewal(store: HubStore, now: datetime, before: timedelta) -> list[DeviceRecord]:
+    """Active devices whose certificate expires within ``before`` (or already has), soonest first.
+
+    Raises:
+        ConfigError: naive ``now`` or a negative ``before``.
+    """
+    _require_aware("now", now)
+    if before < timedelta(0):
+        raise ConfigError("before must not be negative")
+    due = [d for d in _active_devices(store)
+           if d.cert_not_after is not None and d.cert_not_after <= now + before]
+    return sorted(due, key=lambda d: (d.cert_not_after or now, d.device_id))
+
+
+def _active_devices(store: HubStore) -> list[DeviceRecord]:
+    out: list[DeviceRecord] = []
+    while True:
+        page = store.list_devices(status="active", limit=_PAGE, offset=len(out))
+        out += page
+        if len(page) < _PAGE:
+            return out
+
+
+def set_end_of_support(store: HubStore, model: str, end_of_support: datetime) -> None:
+    """Set (or move) the end-of-support date of a device model.
+
+    Raises:
+        ConfigError: empty or over-long model, or a naive datetime.
+    """
+    if not 1 <= len(model) <= 64:
+        raise ConfigError("model must be 1-64 characters")
+    _require_aware("end_of_support", end_of_support)
+    engine = _ready(store)
+    ins = _upsert(engine, model_support).values(model=model, end_of_support=end_of_support)
+    with engine.begin() as c:
+        c.execute(ins.on_conflict_do_update(index_elements=["model"],
+                                            set_={"end_of_support": ins.excluded.end_of_support}))
+
+
+@dataclass(frozen=True)
+class SupportWarning:
+    """A model whose support has ended or ends soon, with its live devices.
+
+    Attributes:
+        model: Device model.
+        end_of_support: When support ends.
+        ended: Support has already ended.
+        devices: Ids of pending or active devices of this model.
+    """
+
+    model: str
+    end_of_support: datetime
+    ended: bool
+    devices: tuple[str, ...]
+
+
+def support_warnings(store: HubStore, now: datetime, warn_before: timedelta) -> list[SupportWarning]:
+    """Models with live devices whose end of support is past or within ``warn_before``.
+
+    Raises:
+        ConfigError: naive ``now`` or a negative ``warn_before``.
+    """
+    _require_aware("now", now)
+    if warn_before < timedelta(0):
+        raise ConfigError("warn_before must not be negative")
+    engine = _ready(store)
+    with engine.connect() as c:
+        models = {r.model: _aware(r.end_of_support) for r in c.execute(
+            select(model_support).where(model_support.c.end_of_support <= now + warn_before))}
+        if not models:
+            return []
+        rows = c.execute(select(devices.c.model, devices.c.device_id).where(and_(
+            devices.c.model.in_(list(models)), devices.c.status.in_(["pending", "active"])))
+            .order_by(devices.c.device_id))
+        live: dict[str, list[str]] = defaultdict(list)
+        for r in rows:
+            live[r.model].append(r.device_id)
+    return sorted((SupportWarning(m, eos, eos <= now, tuple(live[m])) for m, eos in models.items() if live[m]),
+                  key=lambda w: (w.end_of_support, w.model))
+
+
+# -- decommissioning ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecommissionResult:
+    """What :func:`decommission` erased.
+
+    Attributes:
+        device_id: The device.
+        erased_epochs: Session-key epochs whose wrapped keys were deleted.
+        cert_serial: The certificate serial to list in the CRL (hex), if any.
+    """
+
+    device_id: str
+    erased_epochs: tuple[int, ...]
+    cert_serial: str | None
+
+
+def decommission(store: HubStore, device_id: str, now: datetime) -> DecommissionResult:
+    """Retire a device for good and crypto-erase its session keys.
+
+    In one transaction: the device becomes ``decommissioned`` (its
+    certificate serial then goes into the CRL, see
+    :func:`iotguard.hub.mosquitto.revoked_serials`), every wrapped session
+    key and replay window of it is deleted, and its unused enrollment
+    tokens are burnt. On SQLite ``secure_delete`` overwrites the freed
+    pages and the WAL is checkpointed, so the wrapped keys do not linger in
+    the file; on PostgreSQL the dead tuples remain until ``VACUUM``.
+    Readings already stored stay (they are governed by retention and
+    erasure, not by the device's lifecycle).
+
+    Raises:
+        UnknownDeviceError: no such device.
+        ConfigError: naive ``now``.
+    """
+    _require_aware("now", now)
+    engine = _ready(store)
+    sqlite_db = engine.dialect.name == "sqlite"
+    with engine.begin() as c:
+        if sqlite_db:
+            c.exec_driver_sql("PRAGMA secure_delete = ON")
+        row = c.execute(select(devices.c.cert_serial, devices.c.revoked_at)
+                        .where(devices.c.device_id == device_id)).first()
+        if row is None:
+            raise UnknownDeviceError(f"unknown device {device_id!r}")
+        c.execute(update(devices).where(devices.c.device_id == device_id).values(
+            status="decommissioned", revoked_at=row.revoked_at or now, current_epoch=None))
+        epochs = tuple(sorted(r[0] for r in c.execute(
+            select(key_epochs.c.epoch).where(key_epochs.c.device_id == device_id))))
+        c.execute(delete(key_epochs).where(key_epochs.c.device_id == device_id))
+        c.execute(delete(replay_windows).where(replay_windows.c.device_id == device_id))
+        c.execute(update(enrollment_tokens).where(and_(enrollment_tokens.c.device_id == device_id,
+                                                       enrollment_tokens.c.used_at.is_(None)))
+                  .values(used_at=now))
+    if sqlite_db:
+        with engine.connect() as c:
+            c.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    return DecommissionResult(device_id, epochs, row.cert_serial)
