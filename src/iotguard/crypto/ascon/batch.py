@@ -18,7 +18,7 @@ any bytes are sliced out.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +35,21 @@ from iotguard.crypto.ascon._bitslice import (
     lane_flags,
     new_planes,
     to_planes,
+)
+from iotguard.crypto.ascon._lanes import (
+    ByteMatrix,
+    IntArray,
+    Lanes,
+    Steps,
+    absorb_steps,
+    byte_planes,
+    chunks,
+    constant_block_planes,
+    gather,
+    lengths,
+    place,
+    row_bytes,
+    split,
 )
 from iotguard.crypto.ascon._parameters import (
     AEAD128_IV,
@@ -71,179 +86,12 @@ BATCH_BUFFER_BYTES = 64 << 20
 #: take the scalar path, so one huge message never pads a whole chunk.
 MAX_BATCH_MESSAGE_SIZE = 1 << 20
 
-IntArray = npt.NDArray[np.int64]
-ByteMatrix = npt.NDArray[np.uint8]
 _ALL = np.uint64(WORD_MASK)
 _NONE = np.uint64(0)
 _TOP_PLANE = 63  # the domain-separation bit is bit 63 of state word 4
 _BYTE_OFFSETS = np.arange(16, dtype=np.int64)
 # Planes of bit 0 of every byte: the 0x01 padding byte's only set bit.
 _LOW_BIT_OF_EACH_BYTE = constant_planes(0x0101010101010101).reshape(1, 64, 1)
-
-
-def _lengths(items: Sequence[bytes]) -> IntArray:
-    return np.fromiter(map(len, items), dtype=np.int64, count=len(items))
-
-
-def _place(rows: ByteMatrix, data: bytes, lengths: IntArray, columns: IntArray) -> None:
-    """Copy lane ``i``'s bytes (consecutive in ``data``) to ``rows[i, columns[i]:]``."""
-    n = len(lengths)
-    if not len(data) or not n:
-        return
-    src = np.frombuffer(data, dtype=np.uint8)
-    first = int(lengths[0])
-    if (lengths == first).all() and (columns == columns[0]).all():
-        col = int(columns[0])
-        rows[:n, col : col + first] = src.reshape(n, first)
-        return
-    starts = np.cumsum(lengths) - lengths
-    lane = np.repeat(np.arange(n, dtype=np.int64), lengths)
-    column = np.repeat(columns - starts, lengths) + np.arange(len(data), dtype=np.int64)
-    rows[lane, column] = src
-
-
-def _gather(rows: ByteMatrix, lengths: IntArray, columns: IntArray) -> bytes:
-    """Concatenate ``rows[i, columns[i] : columns[i] + lengths[i]]`` over lanes."""
-    n = len(lengths)
-    first = int(lengths[0]) if n else 0
-    if n and (lengths == first).all() and (columns == columns[0]).all():
-        col = int(columns[0])
-        return rows[:n, col : col + first].tobytes()
-    width = rows.shape[1]
-    starts = np.cumsum(lengths) - lengths
-    base = np.arange(n, dtype=np.int64) * width + columns - starts
-    index = np.repeat(base, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
-    return rows.reshape(-1)[index].tobytes()
-
-
-def _row_bytes(rows: ByteMatrix) -> list[bytes]:
-    """One ``bytes`` per row, built in C (a void view's ``tolist``)."""
-    if not rows.shape[1]:
-        return [b""] * rows.shape[0]
-    return np.ascontiguousarray(rows).view(f"V{rows.shape[1]}").reshape(-1).tolist()
-
-
-def _split(data: bytes, lengths: IntArray) -> list[bytes]:
-    n = len(lengths)
-    if n and (lengths == lengths[0]).all():
-        size = int(lengths[0])
-        if not size:
-            return [b""] * n
-        return [data[i : i + size] for i in range(0, n * size, size)]
-    ends = np.cumsum(lengths).tolist()
-    starts = [0, *ends[:-1]]
-    return [data[s:e] for s, e in zip(starts, ends, strict=True)]
-
-
-def _chunks(blocks: IntArray, block_bytes: int) -> list[tuple[int, int]]:
-    """Split lanes (sorted by descending block count) into chunks within the budgets."""
-    out: list[tuple[int, int]] = []
-    start, n = 0, len(blocks)
-    while start < n:
-        row = (int(blocks[start]) + 4) * block_bytes
-        lanes = max(LANES_PER_GROUP, min(BATCH_CHUNK_LANES, BATCH_BUFFER_BYTES // row))
-        lanes -= lanes % LANES_PER_GROUP
-        out.append((start, min(n, start + lanes)))
-        start += lanes
-    return out
-
-
-class _Lanes:
-    """Where each message of a chunk sits among the ``64 * groups`` lanes.
-
-    Messages arrive sorted by descending block count (index ``k``). When
-    their block counts differ, message ``k`` goes to group ``k // 64`` so
-    each group holds messages of similar length and the step loop can stop
-    whole groups early; when they are all alike the order is left as is.
-    Padding lanes copy the schedule of the last message and are discarded.
-    """
-
-    def __init__(self, count: int, interleave: bool) -> None:
-        self.count = count
-        self.groups = -(-count // LANES_PER_GROUP)
-        self.size = self.groups * LANES_PER_GROUP
-        self.order: IntArray | None = None
-        if interleave:
-            position = np.arange(self.size, dtype=np.int64)
-            # Lane n is bit n // groups of group n % groups.
-            self.order = (position % self.groups) * LANES_PER_GROUP + position // self.groups
-
-    def spread(self, values: IntArray) -> IntArray:
-        """Per-message values (index ``k``) to per-lane values (edge padded)."""
-        padded = np.pad(values, [(0, self.size - self.count)] + [(0, 0)] * (values.ndim - 1), mode="edge")
-        return padded if self.order is None else padded[self.order]
-
-    def words(self, rows: ByteMatrix) -> Words:
-        """Byte rows of the messages as lane-major little-endian words."""
-        if rows.shape[0] == self.size:
-            padded = rows
-        else:
-            padded = np.zeros((self.size, rows.shape[1]), dtype=np.uint8)
-            padded[: self.count] = rows
-        if self.order is not None:
-            padded = padded[self.order]
-        return padded.view("<u8").astype(np.uint64, copy=False)
-
-    def rows(self, lanes: Words) -> ByteMatrix:
-        """Lane-major words back to byte rows in message order."""
-        if self.order is not None:
-            back = np.empty_like(lanes)
-            back[self.order] = lanes
-            lanes = back
-        return lanes.view(np.uint8)[: self.count]
-
-
-def _byte_planes(select: npt.NDArray[np.bool_]) -> Words:
-    """Planes (2, 64, g) from a per-lane, per-byte selection of shape (lanes, 16)."""
-    per_byte = np.stack([lane_bits(select[:, i]) for i in range(16)])
-    return np.repeat(per_byte, 8, axis=0).reshape(2, 64, -1)
-
-
-def _constant_block_planes(value: int) -> Words:
-    """Planes (2, 64, 1) of a 16-byte little-endian block equal in every lane."""
-    return np.stack([constant_planes(value & WORD_MASK), constant_planes(value >> 64)])
-
-
-class _Steps:
-    """Which groups and lanes take part in absorption step ``j``."""
-
-    def __init__(self, blocks: IntArray, groups: int) -> None:
-        self.blocks = blocks
-        per_group = blocks.reshape(LANES_PER_GROUP, groups)
-        self._group_max = per_group.max(axis=0)
-        self._group_min = per_group.min(axis=0)
-        self.last = int(self._group_max.max())
-
-    def span(self, j: int) -> tuple[int, int]:
-        """Return ``(full, width)``: groups ``[0, full)`` all take step ``j``,
-        groups ``[full, width)`` only partly."""
-        width = int(np.count_nonzero(self._group_max > j))
-        full = int(np.count_nonzero(self._group_min > j))
-        return full, width
-
-    def active(self, j: int) -> Words:
-        return lane_bits(self.blocks > j)
-
-
-def _absorb_steps(
-    permutation: Permutation,
-    state: Words,
-    steps: _Steps,
-    rounds: int,
-    step: Callable[[int, int], None],
-) -> None:
-    """Run ``step(j, width)`` then Ascon-p[rounds] for every block index ``j``."""
-    for j in range(steps.last):
-        full, width = steps.span(j)
-        saved = state[:, :, full:width].copy() if full < width else None
-        step(j, width)
-        permutation.apply(rounds, width)
-        if saved is not None:
-            keep = steps.active(j)[full:width]
-            part = state[:, :, full:width]
-            part ^= saved
-            part &= keep
-            part ^= saved
 
 
 # --------------------------------------------------------------------------- AEAD
@@ -270,7 +118,7 @@ def _aead_chunk(
     rest = data_len - full_blocks * AEAD_RATE
     top = int(blocks[0])
     uniform = bool((ad_len == ad_len[0]).all() and (body_len == body_len[0]).all())
-    lanes = _Lanes(n, interleave=not uniform)
+    lanes = Lanes(n, interleave=not uniform)
     groups = lanes.groups
     # A uniform batch of whole blocks has an empty final block: skip its words.
     has_final = not uniform or int(rest[0]) > 0
@@ -285,12 +133,12 @@ def _aead_chunk(
     rows[:n, :KEY_SIZE] = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(n, KEY_SIZE)
     rows[:n, KEY_SIZE:head] = np.frombuffer(b"".join(nonces), dtype=np.uint8).reshape(n, NONCE_SIZE)
     body = rows[:n, head:]
-    _place(body, b"".join(ads), ad_len, np.zeros(n, dtype=np.int64))
+    place(body, b"".join(ads), ad_len, np.zeros(n, dtype=np.int64))
     data_col = AEAD_RATE * ad_blocks
     if uniform:
         if ad_len[0]:
             body[:, ad_len[0]] = 1
-        _place(body, b"".join(bodies), body_len, data_col)
+        place(body, b"".join(bodies), body_len, data_col)
         end = final_col + int(rest[0])
         if decrypt and has_final:
             tag = body[:, end : end + TAG_SIZE].copy()
@@ -299,7 +147,7 @@ def _aead_chunk(
     else:
         pad_lanes = np.flatnonzero(ad_len > 0)
         body[pad_lanes, ad_len[pad_lanes]] = 1
-        _place(body, b"".join(bodies), body_len, data_col)
+        place(body, b"".join(bodies), body_len, data_col)
         index = np.arange(n, dtype=np.int64)[:, None]
         in_final = _BYTE_OFFSETS[None, :] < rest[:, None]
         final = body[index, (AEAD_RATE * blocks)[:, None] + _BYTE_OFFSETS] * in_final
@@ -324,7 +172,7 @@ def _aead_chunk(
     state[3:5] ^= key
 
     out = new_planes(2 * top + final_words + (0 if decrypt else 2), groups)
-    steps = _Steps(lane_blocks, groups)
+    steps = Steps(lane_blocks, groups)
     dsep = state[4, _TOP_PLANE]
 
     def step(j: int, width: int) -> None:
@@ -350,7 +198,7 @@ def _aead_chunk(
                 x ^= block
                 o[...] = x
 
-    _absorb_steps(permutation, state, steps, 8, step)
+    absorb_steps(permutation, state, steps, 8, step)
 
     in_final_planes: Words
     pad_planes: Words
@@ -358,12 +206,12 @@ def _aead_chunk(
         if ad_blocks[0] == blocks[0]:
             np.bitwise_xor(dsep, _ALL, out=dsep)
         r = int(rest[0])
-        in_final_planes = _constant_block_planes((1 << (8 * r)) - 1)
-        pad_planes = _constant_block_planes(1 << (8 * r))
+        in_final_planes = constant_block_planes((1 << (8 * r)) - 1)
+        pad_planes = constant_block_planes(1 << (8 * r))
     else:
         dsep ^= lane_bits(lane_ad_blocks == lane_blocks)
-        in_final_planes = _byte_planes(_BYTE_OFFSETS[None, :] < lane_rest[:, None])
-        pad_planes = _byte_planes(_BYTE_OFFSETS[None, :] == lane_rest[:, None])
+        in_final_planes = byte_planes(_BYTE_OFFSETS[None, :] < lane_rest[:, None])
+        pad_planes = byte_planes(_BYTE_OFFSETS[None, :] == lane_rest[:, None])
         pad_planes &= _LOW_BIT_OF_EACH_BYTE
     for w in (0, 1):
         x = state[w]
@@ -414,11 +262,11 @@ def _stitch(
         # Uniform batch: the data is already contiguous in every row.
         col, size = int(data_col[0]), int(length[0])
         if tag_col is None:
-            return _row_bytes(rows[:, col : col + size])
+            return row_bytes(rows[:, col : col + size])
         if tag_col != col + size:
             tag = rows[:, tag_col : tag_col + TAG_SIZE].copy()
             rows[:, col + size : col + size + TAG_SIZE] = tag
-        return _row_bytes(rows[:, col : col + size + TAG_SIZE])
+        return row_bytes(rows[:, col : col + size + TAG_SIZE])
     index = np.arange(n, dtype=np.int64)[:, None]
     final = rows[:, final_col : final_col + AEAD_RATE].copy()
     rows[index, end[:, None] + _BYTE_OFFSETS] = final
@@ -426,7 +274,7 @@ def _stitch(
         tag = rows[:, tag_col : tag_col + TAG_SIZE].copy()
         rows[index, (end + rest)[:, None] + _BYTE_OFFSETS] = tag
         length = length + TAG_SIZE
-    return _split(_gather(rows, length, data_col), length)
+    return split(gather(rows, length, data_col), length)
 
 
 def _same_size(items: Sequence[bytes]) -> int | None:
@@ -496,10 +344,10 @@ def _aead_mixed(
     n = len(bodies)
     min_body = TAG_SIZE if decrypt else 0
     results: list[bytes | IntegrityError] = [b""] * n
-    key_len = _lengths(keys)
-    nonce_len = _lengths(nonces)
-    ad_len = _lengths(ads)
-    body_len = _lengths(bodies)
+    key_len = lengths(keys)
+    nonce_len = lengths(nonces)
+    ad_len = lengths(ads)
+    body_len = lengths(bodies)
     valid = (key_len == KEY_SIZE) & (nonce_len == NONCE_SIZE) & (body_len >= min_body)
     oversized = (ad_len > MAX_BATCH_MESSAGE_SIZE) | (body_len > MAX_BATCH_MESSAGE_SIZE)
     for i in np.flatnonzero(~valid).tolist():
@@ -516,7 +364,7 @@ def _aead_mixed(
     data_len = body_len - min_body
     blocks = np.where(ad_len > 0, ad_len // AEAD_RATE + 1, 0) + data_len // AEAD_RATE
     chosen = chosen[np.argsort(-blocks[chosen], kind="stable")]
-    for start, stop in _chunks(blocks[chosen], AEAD_RATE):
+    for start, stop in chunks(blocks[chosen], AEAD_RATE, BATCH_CHUNK_LANES, BATCH_BUFFER_BYTES):
         part = chosen[start:stop]
         order = part.tolist()
         outputs, bad = _aead_chunk(
@@ -585,10 +433,10 @@ def _sponge_chunk(iv: int, streams: Sequence[bytes], stream_len: IntArray, lengt
     n = len(streams)
     blocks = stream_len // HASH_RATE
     top = int(blocks[0])
-    lanes = _Lanes(n, interleave=not bool((blocks == top).all()))
+    lanes = Lanes(n, interleave=not bool((blocks == top).all()))
     groups = lanes.groups
     rows = np.zeros((n, HASH_RATE * top), dtype=np.uint8)
-    _place(rows, b"".join(streams), stream_len, np.zeros(n, dtype=np.int64))
+    place(rows, b"".join(streams), stream_len, np.zeros(n, dtype=np.int64))
     stream = to_planes(lanes.words(rows))
 
     permutation = Permutation(groups)
@@ -603,7 +451,7 @@ def _sponge_chunk(iv: int, streams: Sequence[bytes], stream_len: IntArray, lengt
     def step(j: int, width: int) -> None:
         state[0, :, :width] ^= stream[j, :, :width]
 
-    _absorb_steps(permutation, state, _Steps(lanes.spread(blocks), groups), 12, step)
+    absorb_steps(permutation, state, Steps(lanes.spread(blocks), groups), 12, step)
     count = -(-length // HASH_RATE)
     out = new_planes(count, groups)
     for k in range(count):
@@ -611,7 +459,7 @@ def _sponge_chunk(iv: int, streams: Sequence[bytes], stream_len: IntArray, lengt
         if k + 1 < count:
             permutation.apply(12, groups)
     digest = lanes.rows(from_planes(out))[:, :length]
-    return _split(digest.tobytes(), np.full(n, length, dtype=np.int64))
+    return split(digest.tobytes(), np.full(n, length, dtype=np.int64))
 
 
 def _padded(messages: Sequence[bytes]) -> list[bytes]:
@@ -636,7 +484,7 @@ def _sponge_batch(iv: int, streams: list[bytes], length: int) -> list[bytes]:
     n = len(streams)
     if not n or length == 0:
         return [b""] * n
-    stream_len = _lengths(streams)
+    stream_len = lengths(streams)
     blocks = stream_len // HASH_RATE
     results: list[bytes] = [b""] * n
     oversized = stream_len > MAX_BATCH_MESSAGE_SIZE
@@ -644,7 +492,7 @@ def _sponge_batch(iv: int, streams: list[bytes], length: int) -> list[bytes]:
         results[i] = _scalar_sponge(iv, streams[i], length)
     order = np.flatnonzero(~oversized)
     order = order[np.argsort(-blocks[order], kind="stable")]
-    for start, stop in _chunks(blocks[order], HASH_RATE):
+    for start, stop in chunks(blocks[order], HASH_RATE, BATCH_CHUNK_LANES, BATCH_BUFFER_BYTES):
         part = order[start:stop]
         chosen = part.tolist()
         outputs = _sponge_chunk(iv, [streams[i] for i in chosen], stream_len[part], length)
