@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter
 
 from iotguard.crypto.aead import OpenRequest, register_suite
 from iotguard.crypto.ascon._parameters import KEY_SIZE, MAX_MESSAGES_PER_KEY, NONCE_SIZE, TAG_SIZE
@@ -11,6 +12,11 @@ from iotguard.crypto.ascon.batch import aead_decrypt_batch
 from iotguard.errors import IntegrityError
 
 __all__ = ["AsconAead128Suite"]
+
+_KEY = attrgetter("key")
+_NONCE = attrgetter("nonce")
+_ASSOCIATED_DATA = attrgetter("associated_data")
+_CIPHERTEXT = attrgetter("ciphertext")
 
 
 class AsconAead128Suite:
@@ -51,10 +57,10 @@ class AsconAead128Suite:
         One forged envelope never fails its neighbours.
         """
         return aead_decrypt_batch(
-            [r.key for r in requests],
-            [r.nonce for r in requests],
-            [r.associated_data for r in requests],
-            [r.ciphertext for r in requests],
+            list(map(_KEY, requests)),
+            list(map(_NONCE, requests)),
+            list(map(_ASSOCIATED_DATA, requests)),
+            list(map(_CIPHERTEXT, requests)),
         )
 
 
