@@ -8,6 +8,7 @@ revocation pushed with SIGHUP while the revoked device keeps publishing.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -207,8 +208,9 @@ def test_default_credential_guessing_gets_nothing(fleet: Fleet) -> None:
 
 def test_lateral_publish_to_another_devices_topic_is_dropped(fleet: Fleet, hub: _Client) -> None:
     """Check for a lateral publish: dev-a writes into dev-b's telemetry topic."""
-    dev = _device(fleet, "dev-a")
-    # A certificate holder claiming the hub's username still gets its CN as identity.
+    crt, key = fleet.creds("dev-a")
+    # Claiming the hub's username in CONNECT changes nothing: the identity is the certificate's CN.
+    dev = _Client(fleet, "cid-lateral", crt, key, username="iotguard-hub", password="guess")
     assert dev.connect()
     try:
         dev.c.publish("iotguard/plant1/dev-b/telemetry", b"spoofed", qos=1).wait_for_publish(3)
@@ -216,6 +218,7 @@ def test_lateral_publish_to_another_devices_topic_is_dropped(fleet: Fleet, hub: 
         dev.c.publish("iotguard/plant1/dev-a/telemetry", b"marker", qos=1).wait_for_publish(3)
         assert _wait_for(lambda: any(m[1] == b"marker" for m in hub.messages))
         assert not any(m[1] == b"spoofed" for m in hub.messages)
+        assert re.search(r"as cid-lateral \(.*u'dev-a'\)", fleet.log.read_text(errors="replace"))
     finally:
         dev.close()
 
