@@ -48,6 +48,8 @@ class HubConfig:
     #: How long a cached device record may be used before it is re-read
     #: (bounds how fast a revocation made by another hub process takes effect).
     device_cache_ttl_s: float = 1.0
+    #: Seconds between signed audit-log checkpoints (each is also anchored).
+    checkpoint_interval_s: float = 60.0
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite in the data directory."""
@@ -89,6 +91,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "hub.enrollment_token_ttl_s": (60, 30 * 86400),
     "hub.cert_validity_days": (1, 397),
     "hub.device_cache_ttl_s": (0, 60),
+    "hub.checkpoint_interval_s": (1, 86400),
     "agent.interval_s": (0.001, 86400),
     "agent.ack_timeout_s": (0.1, 3600),
     "agent.max_buffered_readings": (1, 100_000_000),

@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from iotguard.agent import Agent
 from iotguard.clock import SystemClock
 from iotguard.config import AgentConfig, HubConfig
-from iotguard.hub.api import create_app
+from iotguard.hub.core import HubCore, build_hub_core
 from iotguard.hub.ingest import IngestProcessor
-from iotguard.hub.registry import FleetRegistry, open_hub_keys
+from iotguard.hub.registry import FleetRegistry
 from iotguard.hub.store import HubStore
 
 
@@ -26,6 +26,7 @@ class HubParts:
     processor: IngestProcessor
     client: TestClient
     tmp: Path
+    core: HubCore
 
     def agent(self, device_id: str, model: str = "thermo-1", suites: list[str] | None = None,
               enroll: bool = True) -> Agent:
@@ -43,12 +44,9 @@ class HubParts:
 
 def make_hub(tmp_path: Path, url: str | None = None, **overrides: object) -> HubParts:
     cfg = HubConfig(data_dir=str(tmp_path / "hub"), **overrides)  # type: ignore[arg-type]
-    Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
-    store = HubStore.open(url or cfg.resolved_database_url())
-    registry = FleetRegistry(store, open_hub_keys(cfg), cfg)
-    processor = IngestProcessor(store, registry, cfg)
-    client = TestClient(create_app(store, registry, processor.stats))
-    return HubParts(cfg, store, registry, processor, client, tmp_path)
+    core = build_hub_core(cfg, database_url=url)
+    client = TestClient(core.app)
+    return HubParts(cfg, core.store, core.registry, core.processor, client, tmp_path, core)
 
 
 @pytest.fixture

@@ -12,9 +12,10 @@ def test_health_is_the_only_anonymous_route(hub: HubParts) -> None:
     schema = hub.client.get("/openapi.json").json()
     for path, ops in schema["paths"].items():
         for method in ops:
-            if path in ("/health", "/v1/enroll", "/v1/rekey"):
+            if path in ("/health", "/v1/enroll", "/v1/rekey", "/v1/receipts"):
                 continue  # devices authenticate with a token + proof, or a signature
-            r = hub.client.request(method.upper(), path.replace("{device_id}", "dev-1"), json={})
+            r = hub.client.request(method.upper(), path.replace("{device_id}", "dev-1").replace("{subject_id}", "s1"),
+                                   json={}, params={"index": 0, "tree_size": 1, "old_size": 0, "new_size": 1})
             assert r.status_code == 401, (method, path, r.status_code)
             assert r.json()["error"] == "unauthenticated"
 
@@ -55,7 +56,7 @@ def test_operator_adds_device_and_reads_telemetry(hub: HubParts) -> None:
     agent = Agent(AgentConfig(data_dir=str(hub.tmp / "a"), suites=["chacha20-poly1305"]), "dev-9",
                   http=hub.client)
     agent.enroll(code)
-    _s, env = agent.sealer.seal(encode_reading(Reading(123, {"temperature": 21.0})))
+    _s, env = agent.sealer.seal(encode_reading(Reading(123, {"temperature": 21.0}, "heating_control")))
     hub.processor.process([Incoming(agent.sealer.topic, env)])
     items = hub.client.get("/v1/telemetry", headers=op).json()["items"]
     assert items[0]["fields"] == {"temperature": 21.0} and items[0]["device_id"] == "dev-9"

@@ -33,7 +33,7 @@ def _open(sealer: UplinkSealer, key: bytes, envelope: bytes, topic: str | None =
     env = decode_envelope(envelope)
     s = get_suite(env.suite_id)
     return s.open(key, make_nonce(env.epoch, env.seq, s.nonce_size),
-                  associated_data(env.header, topic or telemetry_topic(env.device_id)), env.ciphertext)
+                  associated_data(env.header, topic or telemetry_topic("default", env.device_id)), env.ciphertext)
 
 
 def test_nonces_are_unique_per_epoch_and_sequence() -> None:
@@ -54,7 +54,7 @@ def test_lateral_topic_is_bound_into_the_tag(tmp_path: Path) -> None:
     sealer, key = _sealer(tmp_path)
     _seq, env = sealer.seal(b"x")
     with pytest.raises(IntegrityError):
-        _open(sealer, key, env, topic=telemetry_topic("dev-2"))
+        _open(sealer, key, env, topic=telemetry_topic("default", "dev-2"))
 
 
 def test_header_fields_are_bound_into_the_tag(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from tests.hub.conftest import HubParts
 
 
 def _reading(i: int = 0) -> Reading:
-    return Reading(1_700_000_000_000 + i, {"temperature": 20.0 + i})
+    return Reading(1_700_000_000_000 + i, {"temperature": 20.0 + i}, "heating_control")
 
 
 def _seal(agent, i: int = 0) -> Incoming:  # type: ignore[no-untyped-def]
@@ -31,7 +31,7 @@ def test_valid_batch_is_stored_once_and_acknowledged(hub: HubParts) -> None:
     out = hub.processor.process(batch)
     assert out.stored == 10 and not out.rejected
     assert hub.store.reading_count("dev-1") == 10
-    ack = decode_ack("dev-1", out.acks[("dev-1", 1)], a._keys.downlink)  # type: ignore[union-attr]
+    ack = decode_ack("dev-1", out.acks[("iotguard/default/dev-1/ack", 1)], a._keys.downlink)  # type: ignore[union-attr]
     assert sorted(ack.sequences()) == sorted(decode_envelope(m.payload).seq for m in batch)
 
 
@@ -42,7 +42,7 @@ def test_replay_is_rejected(hub: HubParts) -> None:
     assert hub.processor.process([m]).stored == 1
     out = hub.processor.process([m])
     assert out.stored == 0 and out.rejected["replay"] == 1
-    assert ("dev-1", 1) in out.acks  # re-acknowledged so an honest device stops resending
+    assert ("iotguard/default/dev-1/ack", 1) in out.acks  # re-acknowledged so an honest device stops resending
     assert hub.store.reading_count() == 1
 
 
@@ -106,13 +106,13 @@ def test_lateral_publish_to_another_devices_topic(hub: HubParts) -> None:
     a = hub.agent("dev-1")
     hub.agent("dev-2")
     m = _seal(a)
-    out = hub.processor.process([Incoming(telemetry_topic("dev-2"), m.payload)])
+    out = hub.processor.process([Incoming(telemetry_topic("default", "dev-2"), m.payload)])
     assert out.rejected["topic_mismatch"] == 1 and out.stored == 0
 
 
 def test_unknown_device_and_unknown_epoch(hub: HubParts) -> None:
     env = encode_envelope(1, "ghost", 1, 1, os.urandom(32))
-    assert hub.processor.process([Incoming(telemetry_topic("ghost"), env)]).rejected["unknown_device"] == 1
+    assert hub.processor.process([Incoming(telemetry_topic("default", "ghost"), env)]).rejected["unknown_device"] == 1
     a = hub.agent("dev-1")
     env = encode_envelope(1, "dev-1", 9, 1, os.urandom(32))
     assert hub.processor.process([Incoming(a.sealer.topic, env)]).rejected["unknown_device"] == 1
@@ -155,7 +155,7 @@ def test_authentic_but_malformed_reading(hub: HubParts) -> None:
     _seq, env = a.sealer.seal(b"\xff\x00garbage")
     out = hub.processor.process([Incoming(a.sealer.topic, env)])
     assert out.rejected["malformed"] == 1 and out.stored == 0
-    assert ("dev-1", 1) in out.acks  # processed: the device must not resend it forever
+    assert ("iotguard/default/dev-1/ack", 1) in out.acks  # processed: the device must not resend it forever
 
 
 def test_policy_denial_is_counted(hub: HubParts) -> None:
@@ -186,7 +186,7 @@ def test_storage_failure_acknowledges_nothing_and_retry_stores_once(hub: HubPart
 
 
 def test_rejections_are_persisted_per_reason(hub: HubParts) -> None:
-    hub.processor.process([Incoming("iotguard/v1/t/x", b"\x00")])
+    hub.processor.process([Incoming("iotguard/default/x/telemetry", b"\x00")])
     assert hub.store.rejection_totals() == {"malformed": 1}
 
 

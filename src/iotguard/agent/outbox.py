@@ -26,6 +26,8 @@ class Outbox:
             "CREATE TABLE IF NOT EXISTS outbox (epoch INTEGER NOT NULL, seq INTEGER NOT NULL, "
             "envelope BLOB NOT NULL, last_sent REAL NOT NULL DEFAULT 0, PRIMARY KEY (epoch, seq))"
         )
+        self._db.execute("CREATE TABLE IF NOT EXISTS receipts (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                         "receipt BLOB NOT NULL)")
         self._lock = threading.Lock()
         self.max_items = max_items
 
@@ -54,6 +56,20 @@ class Outbox:
                 "SELECT epoch, seq, envelope FROM outbox WHERE last_sent < ? ORDER BY epoch, seq LIMIT ?",
                 (older_than, limit)).fetchall()
         return [(int(e), int(s), bytes(b)) for e, s, b in rows]
+
+    def add_receipt(self, receipt: bytes) -> None:
+        """Keep a signed privacy receipt until the hub has it."""
+        with self._lock:
+            self._db.execute("INSERT INTO receipts (receipt) VALUES (?)", (receipt,))
+
+    def receipts(self, limit: int = 100) -> list[tuple[int, bytes]]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, receipt FROM receipts ORDER BY id LIMIT ?", (limit,)).fetchall()
+        return [(int(i), bytes(b)) for i, b in rows]
+
+    def remove_receipt(self, receipt_id: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM receipts WHERE id = ?", (receipt_id,))
 
     def __len__(self) -> int:
         with self._lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from iotguard.agent.outbox import Outbox
+from iotguard.agent.privacy import DevicePrivacy
 from iotguard.channel import (
     SequenceAllocator,
     SessionKeys,
@@ -54,6 +56,7 @@ from iotguard.identity import (
     verify_signature,
 )
 from iotguard.keys import KeyKind, KeyStore, SoftwareKeyStore
+from iotguard.privacy import ConsentState
 from iotguard.wire import Reading, encode_reading
 
 __all__ = ["Agent"]
@@ -102,6 +105,7 @@ class Agent:
         self._connected = threading.Event()
         self._lock = threading.Lock()
         self.acked = 0
+        self.privacy: DevicePrivacy | None = None
         self.last_envelope = b""
         self.on_ack: Callable[[int, list[int]], None] | None = None
         self._load_session()
@@ -128,18 +132,19 @@ class Agent:
         raw = self.keystore.unseal(_STATE_KEY, path.read_bytes(), self.device_id.encode())
         st = cbor2.loads(raw)
         self._install(int(st["epoch"]), str(st["suite"]),
-                      split_session_keys(bytes(st["keys"]), get_suite(st["suite"]).key_size))
+                      split_session_keys(bytes(st["keys"]), get_suite(st["suite"]).key_size), str(st["segment"]))
 
-    def _install(self, epoch: int, suite_name: str, keys: SessionKeys) -> None:
+    def _install(self, epoch: int, suite_name: str, keys: SessionKeys, segment: str) -> None:
         suite = get_suite(suite_name)
         seq = SequenceAllocator(self.keystore, f"seq/{epoch}")
         self._keys = keys
-        self._sealer = UplinkSealer(suite, self.device_id, epoch, keys.uplink, seq)
+        self._sealer = UplinkSealer(suite, self.device_id, epoch, keys.uplink, seq, segment=segment)
 
-    def _save_session(self, epoch: int, suite: str, keys: SessionKeys) -> None:
+    def _save_session(self, epoch: int, suite: str, keys: SessionKeys, segment: str) -> None:
         if not self.keystore.has_key(_STATE_KEY):
             self.keystore.generate(_STATE_KEY, KeyKind.AES256)
-        blob = cbor2.dumps({"epoch": epoch, "suite": suite, "keys": keys.uplink + keys.downlink})
+        blob = cbor2.dumps({"epoch": epoch, "suite": suite, "segment": segment,
+                            "keys": keys.uplink + keys.downlink})
         _atomic_write(self.dir / _SESSION_FILE, self.keystore.seal(_STATE_KEY, blob, self.device_id.encode()))
 
     # -- enrollment ------------------------------------------------------
@@ -178,7 +183,8 @@ class Agent:
         suite_name = str(resp["suite"])
         if int(resp["epoch"]) != epoch or resp["device_id"] != self.device_id:
             raise EnrollmentError("hub response is for another device or epoch")
-        fields = {"device_id": self.device_id, "epoch": epoch, "suite": suite_name,
+        segment = str(resp["segment"])
+        fields = {"device_id": self.device_id, "epoch": epoch, "suite": suite_name, "segment": segment,
                   "hub_kex_public_key": hub_pub, "certificate_pem": resp["certificate_pem"]}
         try:
             verify_signature(ca_key.public_bytes_raw(), b64d(str(resp["signature"]), what="signature"),
@@ -192,9 +198,9 @@ class Agent:
         keys = split_session_keys(material, suite.key_size)
         if resp.get("certificate_pem"):
             _atomic_write(self.dir / "device.pem", str(resp["certificate_pem"]).encode())
-        self._save_session(epoch, suite_name, keys)
+        self._save_session(epoch, suite_name, keys, segment)
         self.keystore.delete(kex_label)
-        self._install(epoch, suite_name, keys)
+        self._install(epoch, suite_name, keys, segment)
 
     def enroll(self, enrollment_code: str) -> None:
         """Enroll with the hub using the operator's one-time code.
@@ -277,7 +283,7 @@ class Agent:
         if reason.is_failure:
             log.warning("%s: broker refused connection: %s", self.device_id, reason)
             return
-        client.subscribe(ack_topic(self.device_id), qos=1)
+        client.subscribe(ack_topic(self.sealer.segment, self.device_id), qos=1)
         self._connected.set()
         # Everything unacknowledged is due again after a reconnect.
         self.resend_due(force=True)
@@ -320,6 +326,47 @@ class Agent:
         self.publish_raw(sealer.topic, envelope)
         self.outbox.mark_sent([(sealer.epoch, seq)], time.time())
         return seq
+
+    def collect(self, sample: dict[str, Any], ts_ms: int | None = None) -> list[int]:
+        """Run a sensor sample through the privacy pipeline and submit what may leave.
+
+        Returns the sequence numbers of the readings submitted (one per
+        permitted purpose; none when consent, frequency or budget refuse all).
+
+        Raises:
+            EnrollmentError: privacy is not attached (see :meth:`attach_privacy`).
+        """
+        if self.privacy is None:
+            raise EnrollmentError("no privacy pipeline attached; raw sensor data never leaves the device")
+        return [self.submit(r) for r in self.privacy.process(sample, ts_ms)]
+
+    def attach_privacy(self, model: str, consent: ConsentState, clock: Clock | None = None,
+                       rng: random.Random | None = None) -> DevicePrivacy:
+        """Run every sample through the data contract of ``model`` from now on."""
+        self.privacy = DevicePrivacy(self.keystore, self.device_id, model, consent, clock or self.clock, rng=rng)
+        return self.privacy
+
+    def send_receipt(self) -> bool:
+        """Sign the privacy receipt for readings released since the last one and send what is pending.
+
+        Receipts wait in the outbox while the hub is unreachable and go out
+        later; one the hub refuses is logged and dropped. Returns True when a
+        new receipt was signed.
+        """
+        if self.privacy is None:
+            return False
+        receipt = self.privacy.seal_receipt(self.clock.now())
+        if receipt is not None:
+            self.outbox.add_receipt(receipt)
+        for receipt_id, blob in self.outbox.receipts():
+            try:
+                self._post("/v1/receipts", {"device_id": self.device_id, "receipt": b64e(blob)})
+            except httpx.HTTPError:
+                break  # hub unreachable: keep it for the next attempt
+            except EnrollmentError as exc:
+                log.warning("%s: hub refused a privacy receipt (%s); dropping it", self.device_id, exc)
+            self.outbox.remove_receipt(receipt_id)
+        return receipt is not None
 
     def publish_raw(self, topic: str, payload: bytes) -> None:
         """Publish bytes as they are (the simulator's attack hooks use this too)."""

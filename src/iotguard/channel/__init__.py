@@ -1,6 +1,7 @@
 """Sealed telemetry channel: nonces, session keys, replay window, acknowledgements."""
 
 from iotguard.channel.session import (
+    TELEMETRY_FILTER,
     AckMessage,
     ReplayWindow,
     SequenceAllocator,
@@ -16,6 +17,7 @@ from iotguard.channel.session import (
 )
 
 __all__ = [
+    "TELEMETRY_FILTER",
     "AckMessage",
     "ReplayWindow",
     "SequenceAllocator",

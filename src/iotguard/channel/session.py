@@ -24,6 +24,7 @@ from iotguard.keys import KeyStore
 from iotguard.wire import associated_data, encode_envelope, encode_header
 
 __all__ = [
+    "TELEMETRY_FILTER",
     "AckMessage",
     "ReplayWindow",
     "SequenceAllocator",
@@ -38,19 +39,25 @@ __all__ = [
     "telemetry_topic",
 ]
 
-TOPIC_PREFIX = "iotguard/v1"
+TOPIC_PREFIX = "iotguard"
+#: What the hub subscribes to: every segment's device telemetry.
+TELEMETRY_FILTER = f"{TOPIC_PREFIX}/+/+/telemetry"
 _ACK_MAC_LEN = 16
 _MAX_ACK_RANGES = 4096
 
 
-def telemetry_topic(device_id: str) -> str:
-    """MQTT topic a device publishes its telemetry to."""
-    return f"{TOPIC_PREFIX}/t/{device_id}"
+def telemetry_topic(segment: str, device_id: str) -> str:
+    """MQTT topic a device in ``segment`` publishes its telemetry to.
+
+    Topics live under their segment so broker ACLs and policies can separate
+    segments (micro-segmentation); see ``iotguard.policy.topics``.
+    """
+    return f"{TOPIC_PREFIX}/{segment}/{device_id}/telemetry"
 
 
-def ack_topic(device_id: str) -> str:
+def ack_topic(segment: str, device_id: str) -> str:
     """MQTT topic the hub publishes a device's end-to-end acknowledgements to."""
-    return f"{TOPIC_PREFIX}/ack/{device_id}"
+    return f"{TOPIC_PREFIX}/{segment}/{device_id}/ack"
 
 
 def make_nonce(epoch: int, seq: int, size: int) -> bytes:
@@ -115,14 +122,16 @@ class UplinkSealer:
     """Seals readings of one device under one key epoch."""
 
     def __init__(
-        self, suite: AeadSuite, device_id: str, epoch: int, key: bytes, sequence: SequenceAllocator
+        self, suite: AeadSuite, device_id: str, epoch: int, key: bytes, sequence: SequenceAllocator,
+        *, segment: str = "default",
     ) -> None:
         self.suite = suite
         self.device_id = device_id
         self.epoch = epoch
+        self.segment = segment
         self._key = key
         self._seq = sequence
-        self._topic = telemetry_topic(device_id)
+        self._topic = telemetry_topic(segment, device_id)
 
     def __repr__(self) -> str:
         return f"UplinkSealer({self.suite.name}, {self.device_id!r}, epoch={self.epoch})"

@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        "unknown-device and an oversized message; print a summary.")
     p.add_argument("--devices", type=int, default=50, help="simulated devices (default %(default)s)")
     p.add_argument("--seconds", type=float, default=15.0, help="how long devices send (default %(default)s)")
-    p.add_argument("--interval", type=float, default=0.5, help="seconds between readings per device")
+    p.add_argument("--interval", type=float, default=0.5, help="seconds between sensor samples per device")
+    p.add_argument("--device-seconds", type=float, default=60.0,
+                   help="simulated device time per sample (data contracts limit how often each purpose collects)")
     p.add_argument("--suites", default="ascon-aead128,chacha20-poly1305,aes-128-gcm",
                    help="cipher suites spread over the fleet (comma-separated)")
     p.add_argument("--data-dir", help="keep hub and device state here (default: a temporary directory)")
@@ -34,6 +36,13 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _percentiles(xs: list[float]) -> dict[str, float]:
+    s = sorted(xs)
+    if not s:
+        return {"p50": 0.0, "p99": 0.0}
+    return {"p50": round(s[int(0.5 * (len(s) - 1))], 2), "p99": round(s[int(0.99 * (len(s) - 1))], 2)}
 
 
 def _duplicates(store: Any) -> int:
@@ -68,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         f"fleet CA {hub.registry.ca.fingerprint[:16]}")
     fleet = Fleet(lambda device_id, model: str(hub.registry.add_device(device_id, model)),
                   hub_url=hub.api_url, broker_url=hub.broker_address.url, data_dir=root / "devices",
-                  suites=[s.strip() for s in args.suites.split(",") if s.strip()], seed=args.seed)
+                  suites=[s.strip() for s in args.suites.split(",") if s.strip()], seed=args.seed,
+                  device_seconds_per_round=args.device_seconds)
     try:
         t0 = time.monotonic()
         fleet.add_devices(args.devices)
@@ -96,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
                 next_report += 1.0
             time.sleep(max(0.0, min(next_round, next_report) - time.monotonic()))
         elapsed = time.monotonic() - start
+        fleet.flush_receipts()
         drain_deadline = time.monotonic() + 20
         while fleet.pending() and time.monotonic() < drain_deadline:
             fleet.resend_due()
@@ -114,7 +125,11 @@ def run(args: argparse.Namespace) -> int:
             "rejected": dict(sorted(rejected.items())),
             "attacks_injected": dict(sorted(fleet.attacks.items())),
             "throughput_per_s": round(stored / elapsed, 1) if elapsed else 0.0,
-            "latency_ms": hub.processor.stats.latency_percentiles(),
+            "latency_ms": _percentiles(fleet.latencies_ms),
+            "hub_ingest_latency_ms": hub.processor.stats.latency_percentiles(),
+            "withheld_on_device": dict(sorted(fleet.withheld.items())),
+            "privacy_receipts": fleet.receipts_sent,
+            "device_time_s": round(fleet.rounds * fleet.device_seconds_per_round),
             "suites": fleet.suites,
         }
     finally:
@@ -130,8 +145,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"  rejected           {', '.join(f'{k}={v}' for k, v in summary['rejected'].items()) or 'none'}")
         print(f"  attacks injected   {', '.join(f'{k}={v}' for k, v in summary['attacks_injected'].items())}")
         print(f"  throughput         {summary['throughput_per_s']} readings/s")
-        print(f"  latency (sealed -> stored)  p50 {summary['latency_ms']['p50']} ms, "
-              f"p99 {summary['latency_ms']['p99']} ms")
+        print(f"  withheld on device {', '.join(f'{k}={v}' for k, v in summary['withheld_on_device'].items())}"
+              f"  (privacy pipeline: consent, frequency, budget)")
+        print(f"  privacy receipts   {summary['privacy_receipts']} signed batches stored by the hub")
+        print(f"  end-to-end latency p50 {summary['latency_ms']['p50']} ms, p99 {summary['latency_ms']['p99']} ms "
+              f"(sealed on the device -> durably stored -> acknowledged back)")
     print(json.dumps(summary) if args.json else "")
     ok = summary["lost"] == 0 and summary["duplicates"] == 0 and all(
         summary["rejected"].get(code, 0) >= n for code, n in summary["attacks_injected"].items())

@@ -22,10 +22,22 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, Field
 
 from iotguard import __version__
-from iotguard.errors import PUBLIC_MESSAGES, AuthenticationError, IotGuardError, PolicyDenied, public_message
+from iotguard.audit import AuditEvent, EventType, TransparencyLog
+from iotguard.clock import Clock
+from iotguard.errors import (
+    AuthenticationError,
+    IotGuardError,
+    RevokedError,
+    public_message,
+)
+from iotguard.hub.audit_api import make_audit_router
 from iotguard.hub.ingest import IngestStats
+from iotguard.hub.policy_store import save_posture
+from iotguard.hub.privacy_store import PrivacyStore
 from iotguard.hub.registry import FleetRegistry
-from iotguard.hub.store import ROLES, ApiToken, HubStore
+from iotguard.hub.store import ApiToken, HubStore
+from iotguard.policy import PolicyAdministration, PolicyEngine, PostureStore, authorize_operator
+from iotguard.privacy import load_contract
 from iotguard.wire import decode_reading
 
 __all__ = ["HTTP_STATUS", "create_app"]
@@ -54,15 +66,6 @@ HTTP_STATUS: dict[str, int] = {
     "storage_error": 503,
 }
 
-# Actions an operator role may take until the Cedar policy engine decides them.
-_ROLE_ACTIONS: dict[str, set[str]] = {
-    "viewer": {"read_devices", "read_telemetry", "read_metrics"},
-    "operator": {"read_devices", "read_telemetry", "read_metrics", "manage_devices"},
-    "security-admin": {"read_devices", "read_telemetry", "read_metrics", "manage_devices", "revoke"},
-    "privacy-officer": {"read_devices", "read_metrics"},
-}
-
-
 class DeviceCreate(BaseModel):
     """Register a device; the response carries its one-time enrollment code."""
 
@@ -79,6 +82,28 @@ class EnrollRequest(BaseModel):
     kex_public_key: str = Field(max_length=64)
     suites: list[str] = Field(max_length=8)
     signature: str = Field(max_length=128)
+
+
+class ReceiptUpload(BaseModel):
+    device_id: str = Field(max_length=64)
+    receipt: str = Field(max_length=65536)
+
+
+class ConsentChange(BaseModel):
+    """A data subject's consent decision for one purpose (recorded by a privacy officer or the owner's portal)."""
+
+    subject_id: str = Field(min_length=1, max_length=128)
+    purpose: str = Field(min_length=1, max_length=32)
+    granted: bool
+
+
+class SubjectLink(BaseModel):
+    subject_id: str = Field(min_length=1, max_length=128)
+    device_id: str = Field(max_length=64)
+
+
+class ReasonBody(BaseModel):
+    reason: str = Field(default="", max_length=256)
 
 
 class RekeyRequest(BaseModel):
@@ -113,13 +138,13 @@ class _StatsCollector:
         yield lat
 
 
-def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats,
-               authorize_operator: Callable[[ApiToken, str], None] | None = None) -> FastAPI:
+def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, policy: PolicyEngine,
+               posture: PostureStore, policy_admin: PolicyAdministration, audit: TransparencyLog,
+               clock: Clock, privacy: PrivacyStore | None = None) -> FastAPI:
     """Build the hub's FastAPI application.
 
-    Args:
-        authorize_operator: Decides (token, action); raises PolicyDenied. The
-            default is the role table above; the Cedar engine replaces it.
+    Every operator request is decided by ``policy`` (Cedar): the token's role
+    is the principal's role, the route names the action and the resource.
     """
     app = FastAPI(title="iotguard hub", version=__version__,
                   description="Device registry, enrollment, telemetry and operations API.")
@@ -130,18 +155,25 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats,
                            registry=metrics_registry)
     Gauge("iotguard_info", "Hub version", ["version"], registry=metrics_registry).labels(__version__).set(1)
 
-    def _default_authorize(token: ApiToken, action: str) -> None:
-        if action not in _ROLE_ACTIONS.get(token.role, set()):
-            raise PolicyDenied(f"role {token.role} may not {action}")
+    privacy_store = privacy or PrivacyStore(store.engine, audit=audit, keystore=registry.keystore)
 
-    decide = authorize_operator or _default_authorize
+    def operator(action: str | None, resource_type: str = "Hub",
+                 path_param: str | None = None) -> Callable[..., ApiToken]:
+        """Dependency: authenticate the bearer token, then (unless ``action`` is None) decide the request."""
 
-    def operator(action: str) -> Callable[..., ApiToken]:
-        def dep(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> ApiToken:  # noqa: B008
+        def dep(request: Request,
+                creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> ApiToken:  # noqa: B008
             if creds is None or creds.scheme.lower() != "bearer":
                 raise AuthenticationError("bearer token required")
-            token = store.authenticate_api_token(creds.credentials)
-            decide(token, action)
+            try:
+                token = store.authenticate_api_token(creds.credentials)
+            except AuthenticationError:
+                audit.record(AuditEvent(EventType.AUTH_FAILED, clock.now(), "api", "api",
+                                        {"what": "api_token", "path": request.url.path[:128]}))
+                raise
+            if action is not None:
+                resource_id = str(request.path_params[path_param]) if path_param else "hub"
+                authorize_operator(policy, token.name, token.role, action, resource_type, resource_id)
             return token
 
         return dep
@@ -162,7 +194,7 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats,
         return {"status": "ok", "version": __version__}
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
-    def metrics(_t: ApiToken = Depends(operator("read_metrics"))) -> PlainTextResponse:  # noqa: B008
+    def metrics(_t: ApiToken = Depends(operator("view_alerts"))) -> PlainTextResponse:  # noqa: B008
         """Prometheus metrics (bearer token with read_metrics)."""
         return PlainTextResponse(generate_latest(metrics_registry).decode(),
                                  media_type="text/plain; version=0.0.4")
@@ -179,36 +211,93 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats,
 
     @app.get("/v1/devices", tags=["devices"])
     def list_devices(status: str | None = None, limit: int = 100, offset: int = 0,
-                     _t: ApiToken = Depends(operator("read_devices"))) -> list[dict[str, Any]]:  # noqa: B008
+                     _t: ApiToken = Depends(operator("view_devices"))) -> list[dict[str, Any]]:  # noqa: B008
         """List registered devices."""
         return [d.to_dict() for d in store.list_devices(status=status, limit=min(limit, 1000), offset=offset)]
 
     @app.post("/v1/devices", tags=["devices"], status_code=201)
     def add_device(body: DeviceCreate,
-                   _t: ApiToken = Depends(operator("manage_devices"))) -> dict[str, Any]:  # noqa: B008
+                   t: ApiToken = Depends(operator(None))) -> dict[str, Any]:  # noqa: B008
         """Register a device; the enrollment code is returned once and never stored."""
-        code = registry.add_device(body.device_id, body.model, segment=body.segment, serial=body.serial)
+        authorize_operator(policy, t.name, t.role, "enroll", "Device", body.device_id)
+        code = registry.add_device(body.device_id, body.model, segment=body.segment, serial=body.serial,
+                                   actor=t.name)
         return {"device_id": body.device_id, "enrollment_code": str(code)}
 
     @app.get("/v1/devices/{device_id}", tags=["devices"])
     def show_device(device_id: str,
-                    _t: ApiToken = Depends(operator("read_devices"))) -> dict[str, Any]:  # noqa: B008
+                    _t: ApiToken = Depends(operator("view_devices", "Device", "device_id"))  # noqa: B008
+                    ) -> dict[str, Any]:
         """One device, with its certificate."""
         d = store.get_device(device_id)
         return {**d.to_dict(), "certificate_pem": d.cert_pem,
                 "readings": store.reading_count(device_id)}
 
     @app.post("/v1/devices/{device_id}/revoke", tags=["devices"])
-    def revoke_device(device_id: str,
-                      _t: ApiToken = Depends(operator("revoke"))) -> dict[str, Any]:  # noqa: B008
+    def revoke_device(device_id: str, body: ReasonBody | None = None,
+                      t: ApiToken = Depends(operator("revoke", "Device", "device_id"))  # noqa: B008
+                      ) -> dict[str, Any]:
         """Revoke a device; ingest refuses its data from now on."""
-        registry.revoke(device_id)
+        registry.revoke(device_id, actor=t.name, reason=body.reason if body else "")
         return {"device_id": device_id, "status": "revoked"}
+
+    @app.post("/v1/devices/{device_id}/quarantine", tags=["devices"])
+    def quarantine_device(device_id: str, body: ReasonBody | None = None,
+                          t: ApiToken = Depends(operator("quarantine", "Device", "device_id"))  # noqa: B008
+                          ) -> dict[str, Any]:
+        """Move a device into the quarantine segment: ingest, API and broker deny it at once."""
+        policy_admin.quarantine(posture, device_id, actor=t.name, reason=body.reason if body else "")
+        save_posture(store.engine, [posture.require(device_id)], now=clock.now())
+        return {"device_id": device_id, "quarantined": True}
+
+    @app.post("/v1/devices/{device_id}/release", tags=["devices"])
+    def release_device(device_id: str, body: ReasonBody | None = None,
+                       t: ApiToken = Depends(operator("release", "Device", "device_id"))  # noqa: B008
+                       ) -> dict[str, Any]:
+        """Return a device from quarantine (policy requires a fresh verified attestation)."""
+        policy_admin.release(posture, device_id, actor=t.name, reason=body.reason if body else "")
+        save_posture(store.engine, [posture.require(device_id)], now=clock.now())
+        return {"device_id": device_id, "quarantined": False}
+
+    @app.post("/v1/receipts", tags=["privacy"])
+    def upload_receipt(body: ReceiptUpload) -> dict[str, Any]:
+        """A device's signed privacy receipt (authenticated by its identity-key signature)."""
+        device = store.get_device(body.device_id)
+        if device.status != "active" or device.identity_public_key is None:
+            raise RevokedError(f"device {body.device_id!r} is {device.status}")
+        raw = base64.urlsafe_b64decode(body.receipt + "=" * (-len(body.receipt) % 4))
+        claims = privacy_store.store_receipt(device.device_id, raw, device.identity_public_key, clock.now(),
+                                             contract=load_contract(device.model))
+        return {"stored": True, "readings": len(claims.get("entries", []))}
+
+    @app.post("/v1/subjects/link", tags=["privacy"])
+    def link_subject(body: SubjectLink,
+                     _t: ApiToken = Depends(operator("manage_consent"))) -> dict[str, Any]:  # noqa: B008
+        """Record which data subject a device's readings are about."""
+        store.get_device(body.device_id)
+        privacy_store.link_device(body.subject_id, body.device_id, clock.now())
+        return {"subject_id": body.subject_id, "device_id": body.device_id}
+
+    @app.post("/v1/consent", tags=["privacy"])
+    def change_consent(body: ConsentChange,
+                       t: ApiToken = Depends(operator("manage_consent"))) -> dict[str, Any]:  # noqa: B008
+        """Grant or withdraw a data subject's consent for a purpose (an audit event)."""
+        state = privacy_store.set_consent(body.subject_id, body.purpose, body.granted, clock.now(), actor=t.name)
+        return {"subject_id": body.subject_id, "version": state.version,
+                "purposes": {p: d.granted for p, d in state.decisions.items()}}
+
+    @app.get("/v1/subjects/{subject_id}/export", tags=["privacy"])
+    def subject_export(subject_id: str,
+                       _t: ApiToken = Depends(operator("manage_consent"))) -> dict[str, Any]:  # noqa: B008
+        """Everything held about a data subject (access request), machine-readable."""
+        return privacy_store.export_subject(subject_id, clock.now())
 
     @app.get("/v1/telemetry", tags=["telemetry"])
     def telemetry(after: int = 0, device_id: str | None = None, limit: int = 100,
-                  _t: ApiToken = Depends(operator("read_telemetry"))) -> dict[str, Any]:  # noqa: B008
+                  t: ApiToken = Depends(operator("read_telemetry"))) -> dict[str, Any]:  # noqa: B008
         """Stored readings after id ``after`` (poll with the returned ``next``)."""
+        if device_id is not None:
+            authorize_operator(policy, t.name, t.role, "read_telemetry", "Device", device_id)
         rows = store.readings_after(after, device_id=device_id, limit=max(1, min(limit, 1000)))
         items = []
         for r in rows:
@@ -221,11 +310,10 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats,
         return {"items": items, "next": rows[-1].id if rows else after}
 
     @app.get("/v1/stats", tags=["telemetry"])
-    def hub_stats(_t: ApiToken = Depends(operator("read_metrics"))) -> dict[str, Any]:  # noqa: B008
+    def hub_stats(_t: ApiToken = Depends(operator("view_alerts"))) -> dict[str, Any]:  # noqa: B008
         """Ingest counters and latency percentiles since this hub started."""
         return {**stats.snapshot(), "latency_ms": stats.latency_percentiles(),
                 "rejected_total": store.rejection_totals()}
 
-    assert set(HTTP_STATUS) >= set(PUBLIC_MESSAGES), "every reason code needs an HTTP status"
-    assert all(r in _ROLE_ACTIONS for r in ROLES)
+    app.include_router(make_audit_router(audit, operator("view_audit")))
     return app

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from iotguard.channel import ReplayWindow, SessionKeys, encode_ack, make_nonce, telemetry_topic
+from iotguard.audit import AuditSink, rejected_envelopes
+from iotguard.channel import ReplayWindow, SessionKeys, ack_topic, encode_ack, make_nonce, telemetry_topic
 from iotguard.clock import Clock, SystemClock
 from iotguard.config import HubConfig
 from iotguard.crypto import AeadSuite, OpenRequest, get_suite
@@ -50,6 +52,8 @@ class Incoming:
     topic: str
     payload: bytes
     ack_token: Any = None
+    #: ``time.monotonic()`` when the message arrived (for the ingest latency metric).
+    arrived: float = 0.0
 
 
 @dataclass
@@ -58,7 +62,7 @@ class BatchOutcome:
 
     stored: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
-    #: (device_id, epoch) -> encoded, authenticated e2e ack for the device's ack topic.
+    #: (ack topic, epoch) -> encoded, authenticated end-to-end acknowledgement.
     acks: dict[tuple[str, int], bytes] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
 
@@ -112,13 +116,14 @@ class IngestProcessor:
 
     def __init__(
         self, store: HubStore, registry: FleetRegistry, cfg: HubConfig, *,
-        clock: Clock | None = None, authorizer: Authorizer | None = None,
+        clock: Clock | None = None, authorizer: Authorizer | None = None, audit: AuditSink | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.cfg = cfg
         self.clock = clock or SystemClock()
         self.authorizer = authorizer
+        self.audit = audit
         self.stats = IngestStats()
         self._windows: dict[tuple[str, int], ReplayWindow] = {}
 
@@ -149,10 +154,10 @@ class IngestProcessor:
                 rejected[("", "malformed")] += 1
                 continue
             try:
-                if msg.topic != telemetry_topic(env.device_id):
+                record, suite_name, keys = self.registry.session(env.device_id, env.epoch)
+                if msg.topic != telemetry_topic(record.segment, env.device_id):
                     rejected[(env.device_id, "topic_mismatch")] += 1
                     continue
-                record, suite_name, keys = self.registry.session(env.device_id, env.epoch)
                 suite = get_suite(suite_name)
                 if env.suite_id != suite.suite_id:
                     rejected[(env.device_id, "forged")] += 1
@@ -174,7 +179,7 @@ class IngestProcessor:
         rows: list[dict[str, Any]] = []
         touched: set[tuple[str, int]] = set()
         acked: dict[tuple[str, int], set[int]] = defaultdict(set)
-        sent_ts: dict[tuple[str, int, int], int] = {}
+        arrived: dict[tuple[str, int, int], float] = {}
         by_suite: dict[int, list[_Candidate]] = defaultdict(list)
         for c in candidates:
             by_suite[c.suite.suite_id].append(c)
@@ -206,7 +211,7 @@ class IngestProcessor:
                 except IotGuardError as exc:
                     rejected[(d, exc.code)] += 1
                     continue
-                sent_ts[(d, e, s)] = reading.ts_ms
+                arrived[(d, e, s)] = c.msg.arrived
                 rows.append({"device_id": d, "epoch": e, "seq": s, "topic": c.msg.topic,
                              "received_at": now, "body": res})
 
@@ -219,7 +224,7 @@ class IngestProcessor:
             for key in touched:
                 self._windows.pop(key, None)
             raise
-        done_ms = self.clock.now().timestamp() * 1000.0
+        done = time.monotonic()
         late = [r for r in rows if (r["device_id"], r["epoch"], r["seq"]) not in inserted]
         if late:
             # Stored meanwhile by another hub process: a replay here, still acknowledged.
@@ -228,15 +233,24 @@ class IngestProcessor:
             rejected.update(extra)
         out.stored = len(inserted)
         for stored_key in inserted:
-            out.latencies_ms.append(max(0.0, done_ms - sent_ts[stored_key]))
+            if arrived[stored_key]:
+                out.latencies_ms.append((done - arrived[stored_key]) * 1000.0)
         for d, e in set(acked) | set(reack):
             try:
-                _, _, keys = self.registry.session(d, e)
+                record, _, keys = self.registry.session(d, e)
             except IotGuardError:
                 continue
-            out.acks[(d, e)] = encode_ack(d, e, acked.get((d, e), set()) | reack.get((d, e), set()),
-                                          keys.downlink)
+            seqs = acked.get((d, e), set()) | reack.get((d, e), set())
+            out.acks[(ack_topic(record.segment, d), e)] = encode_ack(d, e, seqs, keys.downlink)
         for (_d, reason), n in rejected.items():
             out.rejected[reason] += n
+        if rejected and self.audit is not None:
+            # One aggregated entry per (device, reason) and batch; the data is
+            # already committed, so a failing audit write is logged, not fatal.
+            try:
+                self.audit.record_many([rejected_envelopes(d or "unattributed", reason, n, now, now)
+                                        for (d, reason), n in sorted(rejected.items())])
+            except IotGuardError as exc:
+                log.error("could not audit %d rejections: %s", sum(rejected.values()), exc.code)
         self.stats.add(out)
         return out

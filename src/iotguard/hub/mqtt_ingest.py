@@ -19,7 +19,7 @@ from typing import Any, cast
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from iotguard.channel import ack_topic
+from iotguard.channel import TELEMETRY_FILTER
 from iotguard.config import HubConfig
 from iotguard.errors import StorageError
 from iotguard.hub.broker import BrokerAddress
@@ -29,7 +29,6 @@ __all__ = ["TELEMETRY_FILTER", "MqttIngest"]
 
 log = logging.getLogger(__name__)
 
-TELEMETRY_FILTER = "iotguard/v1/t/+"
 _SHARE_GROUP = "iotguard-hub"
 _RETRY_MAX_S = 5.0
 
@@ -43,7 +42,7 @@ class MqttIngest:
         self.cfg = cfg
         self.broker = broker
         self.shared = cfg.shared_subscription if shared is None else shared
-        self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self._queue: queue.Queue[tuple[mqtt.MQTTMessage, float]] = queue.Queue()
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._client = mqtt.Client(
@@ -92,11 +91,11 @@ class MqttIngest:
             log.warning("hub lost the broker connection (%s); reconnecting", reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        self._queue.put(msg)
+        self._queue.put((msg, time.monotonic()))
 
     # -- batch worker ----------------------------------------------------
 
-    def _next_batch(self) -> list[mqtt.MQTTMessage]:
+    def _next_batch(self) -> list[tuple[mqtt.MQTTMessage, float]]:
         try:
             first = self._queue.get(timeout=0.2)
         except queue.Empty:
@@ -123,8 +122,9 @@ class MqttIngest:
             if batch:
                 self._handle(batch)
 
-    def _handle(self, batch: list[mqtt.MQTTMessage]) -> None:
-        incoming = [Incoming(m.topic, bytes(m.payload), m) for m in batch]
+    def _handle(self, arrivals: list[tuple[mqtt.MQTTMessage, float]]) -> None:
+        batch = [m for m, _t in arrivals]
+        incoming = [Incoming(m.topic, bytes(m.payload), m, t) for m, t in arrivals]
         delay = 0.1
         while True:
             try:
@@ -160,5 +160,5 @@ class MqttIngest:
         for m in batch:
             if m.qos > 0:
                 self._client.ack(m.mid, m.qos)
-        for (device_id, _epoch), body in acks.items():
-            self._client.publish(ack_topic(device_id), body, qos=0)
+        for (topic, _epoch), body in acks.items():
+            self._client.publish(topic, body, qos=0)

@@ -6,8 +6,10 @@ with the store, the hub's key store and the fleet CA.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +17,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from iotguard.audit import AuditEvent, AuditSink, EventType
+from iotguard.audit.provenance import manufacturing_record
 from iotguard.channel import SessionKeys, split_session_keys
 from iotguard.clock import Clock, SystemClock
 from iotguard.config import HubConfig
@@ -66,11 +70,15 @@ class _CachedDevice:
 class FleetRegistry:
     """Device lifecycle on the hub, plus the cache ingest reads devices through."""
 
-    def __init__(self, store: HubStore, keystore: KeyStore, cfg: HubConfig, clock: Clock | None = None) -> None:
+    def __init__(self, store: HubStore, keystore: KeyStore, cfg: HubConfig, clock: Clock | None = None,
+                 *, audit: AuditSink | None = None) -> None:
         self.store = store
         self.keystore = keystore
         self.cfg = cfg
         self.clock = clock or SystemClock()
+        self.audit = audit
+        #: Called with a device id after its registry state changed (posture sync).
+        self.listeners: list[Callable[[str], None]] = []
         if not keystore.has_key(_STORAGE_KEY):
             keystore.generate(_STORAGE_KEY, KeyKind.AES256)
         self.ca = self._load_or_create_ca()
@@ -90,10 +98,20 @@ class FleetRegistry:
             return ca
         return FleetCA(self.keystore, pem.encode())
 
+    def _record(self, *events: AuditEvent) -> None:
+        if self.audit is not None:
+            self.audit.record_many(list(events))
+
+    def _changed(self, device_id: str) -> None:
+        with self._lock:
+            self._cache.pop(device_id, None)
+        for listener in self.listeners:
+            listener(device_id)
+
     # -- operator actions ------------------------------------------------
 
     def add_device(self, device_id: str, model: str, *, segment: str = "default",
-                   serial: str | None = None) -> EnrollmentCode:
+                   serial: str | None = None, actor: str = "operator") -> EnrollmentCode:
         """Register a device and return its one-time enrollment code.
 
         Raises:
@@ -103,21 +121,28 @@ class FleetRegistry:
         if not device_id or len(device_id) > 64 or not set(device_id) <= _DEVICE_ID_OK \
                 or not device_id[0].isalnum():
             raise MalformedError("device id must be 1-64 of [A-Za-z0-9._-], starting alphanumeric")
-        if not model or len(model) > 64 or not segment or len(segment) > 64:
-            raise MalformedError("model and segment must be 1-64 characters")
+        if not model or len(model) > 64:
+            raise MalformedError("model must be 1-64 characters")
+        if not segment or len(segment) > 64 or not set(segment) <= _DEVICE_ID_OK or not segment[0].isalnum():
+            raise MalformedError("segment must be 1-64 of [A-Za-z0-9._-], starting alphanumeric")
         secret = new_enrollment_secret()
         now = self.clock.now()
         self.store.create_device(
             device_id, model, segment, serial=serial, now=now, token_hash=token_hash(secret),
             token_expires_at=now + timedelta(seconds=self.cfg.enrollment_token_ttl_s),
         )
+        self._record(AuditEvent("device.registered", now, actor, device_id,
+                                {"model": model, "segment": segment, "serial": serial or ""}))
         return EnrollmentCode(device_id, secret, self.ca.fingerprint)
 
-    def revoke(self, device_id: str) -> None:
+    def revoke(self, device_id: str, *, actor: str = "operator", reason: str = "") -> None:
         """Revoke a device; ingest refuses its data within ``device_cache_ttl_s``."""
-        self.store.revoke_device(device_id, now=self.clock.now())
-        with self._lock:
-            self._cache.pop(device_id, None)
+        now = self.clock.now()
+        device = self.store.get_device(device_id)
+        self.store.revoke_device(device_id, now=now)
+        self._record(AuditEvent(EventType.CERT_REVOKED, now, actor, device_id,
+                                {"cert_serial": device.cert_serial or "", "reason": reason}))
+        self._changed(device_id)
 
     # -- device requests -------------------------------------------------
 
@@ -152,6 +177,7 @@ class FleetRegistry:
         try:
             verify_signature(identity_pk, signature, transcript)
         except IntegrityError:
+            self._auth_failed(device_id, "bad_proof")
             raise EnrollmentError("proof of possession failed") from None
         suite = negotiate_suite(suites, self.cfg.allowed_suites)
         device = self.store.get_device(device_id)
@@ -161,11 +187,26 @@ class FleetRegistry:
             segment=device.segment)
         hub_pub, keys = derive_hub_session(device_id, 1, suite, kex_pk, transcript)
         cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-        self.store.enroll(
-            device_id, th, now=now, identity_public_key=identity_pk, cert_pem=cert_pem,
-            cert_serial=format(cert.serial_number, "x"), cert_not_after=cert.not_valid_after_utc,
-            suite=suite, wrapped_key=self._wrap(device_id, 1, keys))
-        return self._signed_response(transcript, device_id, 1, suite, hub_pub, cert_pem)
+        serial = format(cert.serial_number, "x")
+        try:
+            self.store.enroll(
+                device_id, th, now=now, identity_public_key=identity_pk, cert_pem=cert_pem,
+                cert_serial=serial, cert_not_after=cert.not_valid_after_utc,
+                suite=suite, wrapped_key=self._wrap(device_id, 1, keys))
+        except EnrollmentError:
+            self._auth_failed(device_id, "bad_token")
+            raise
+        self._record(
+            manufacturing_record(device_id, model=device.model, serial=device.serial or "",
+                                 firmware="unknown", public_key=identity_pk, made_at=now, maker="hub.enrollment"),
+            AuditEvent(EventType.DEVICE_ENROLLED, now, device_id, device_id,
+                       {"model": device.model, "segment": device.segment, "suite": suite,
+                        "identity_key_sha256": hashlib.sha256(identity_pk).digest()}),
+            AuditEvent(EventType.CERT_ISSUED, now, "hub.ca", device_id,
+                       {"cert_serial": serial, "not_after": cert.not_valid_after_utc.isoformat()}),
+        )
+        self._changed(device_id)
+        return self._signed_response(transcript, device, 1, suite, hub_pub, cert_pem)
 
     def rekey(self, req: dict[str, Any]) -> dict[str, Any]:
         """Move a device to its next key epoch, optionally with another suite.
@@ -194,16 +235,23 @@ class FleetRegistry:
         suite = negotiate_suite(suites, self.cfg.allowed_suites)
         hub_pub, keys = derive_hub_session(device_id, epoch, suite, kex_pk, transcript)
         self.store.add_epoch(device_id, epoch, suite, self._wrap(device_id, epoch, keys), now=now)
-        with self._lock:
-            self._cache.pop(device_id, None)
-        return self._signed_response(transcript, device_id, epoch, suite, hub_pub, device.cert_pem or "")
+        self._record(AuditEvent("key.rotated", now, device_id, device_id, {"epoch": epoch, "suite": suite}))
+        self._changed(device_id)
+        return self._signed_response(transcript, device, epoch, suite, hub_pub, device.cert_pem or "")
 
-    def _signed_response(self, transcript: bytes, device_id: str, epoch: int, suite: str,
+    def _auth_failed(self, device_id: str, reason: str) -> None:
+        who = device_id if device_id and len(device_id) <= 64 else "unknown"
+        self._record(AuditEvent(EventType.AUTH_FAILED, self.clock.now(), who, who,
+                                {"what": "enrollment", "reason": reason}))
+
+    def _signed_response(self, transcript: bytes, device: DeviceRecord, epoch: int, suite: str,
                          hub_pub: bytes, cert_pem: str) -> dict[str, Any]:
-        fields = {"device_id": device_id, "epoch": epoch, "suite": suite, "hub_kex_public_key": hub_pub,
-                  "certificate_pem": cert_pem}
+        device_id = device.device_id
+        fields = {"device_id": device_id, "epoch": epoch, "suite": suite, "segment": device.segment,
+                  "hub_kex_public_key": hub_pub, "certificate_pem": cert_pem}
         sig = self.ca.sign(hub_response_message(transcript, fields))
-        return {"device_id": device_id, "epoch": epoch, "suite": suite, "hub_kex_public_key": b64e(hub_pub),
+        return {"device_id": device_id, "epoch": epoch, "suite": suite, "segment": device.segment,
+                "hub_kex_public_key": b64e(hub_pub),
                 "certificate_pem": cert_pem, "ca_certificate_pem": self.ca.certificate_pem.decode(),
                 "signature": b64e(sig)}
 

@@ -1,21 +1,17 @@
-"""The hub process: store, keys, registry, ingest, broker and API wired together."""
+"""The hub process: the wired core plus its threads (broker, ingest, API, maintenance)."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 
 import uvicorn
 
 from iotguard.clock import Clock
 from iotguard.config import HubConfig
-from iotguard.hub.api import create_app
-from iotguard.hub.broker import BrokerAddress, EmbeddedBroker, parse_broker_url
-from iotguard.hub.ingest import IngestProcessor
+from iotguard.hub.broker import BrokerAddress, EmbeddedBroker, parse_broker_url, wait_for_port
+from iotguard.hub.core import HubCore, Maintenance, build_hub_core
 from iotguard.hub.mqtt_ingest import MqttIngest
-from iotguard.hub.registry import FleetRegistry, open_hub_keys
-from iotguard.hub.store import HubStore
 
 __all__ = ["Hub"]
 
@@ -32,14 +28,14 @@ class Hub:
 
     def __init__(self, cfg: HubConfig, *, clock: Clock | None = None) -> None:
         self.cfg = cfg
-        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.store = HubStore.open(cfg.resolved_database_url())
-        self.keystore = open_hub_keys(cfg)
-        self.registry = FleetRegistry(self.store, self.keystore, cfg, clock)
-        self.processor = IngestProcessor(self.store, self.registry, cfg, clock=clock)
-        self.app = create_app(self.store, self.registry, self.processor.stats)
+        self.core: HubCore = build_hub_core(cfg, clock=clock)
+        self.store = self.core.store
+        self.registry = self.core.registry
+        self.processor = self.core.processor
+        self.app = self.core.app
         self.embedded_broker: EmbeddedBroker | None = None
         self.ingest: MqttIngest | None = None
+        self.maintenance = Maintenance(self.core)
         self._api_server: uvicorn.Server | None = None
         self._api_thread: threading.Thread | None = None
 
@@ -55,7 +51,7 @@ class Hub:
         return f"http://{self.cfg.api_bind}"
 
     def start(self, *, api: bool = True) -> None:
-        """Start the embedded broker (if no broker URL is set), ingest and the API."""
+        """Start the embedded broker (if no broker URL is set), ingest, maintenance and the API."""
         if not self.cfg.broker_url:
             self.embedded_broker = EmbeddedBroker(self.cfg.embedded_broker_bind)
             self.embedded_broker.start()
@@ -64,6 +60,8 @@ class Hub:
         self.ingest = MqttIngest(self.processor, self.broker_address, self.cfg,
                                  shared=self.cfg.shared_subscription and bool(self.cfg.broker_url))
         self.ingest.start()
+        self.maintenance.tick()
+        self.maintenance.start()
         if api:
             host, _, port = self.cfg.api_bind.rpartition(":")
             config = uvicorn.Config(self.app, host=host, port=int(port), log_level="warning",
@@ -71,8 +69,6 @@ class Hub:
             self._api_server = uvicorn.Server(config)
             self._api_thread = threading.Thread(target=self._api_server.run, name="iotguard-api", daemon=True)
             self._api_thread.start()
-            from iotguard.hub.broker import wait_for_port
-
             wait_for_port(host, int(port), timeout=15)
 
     def stop(self) -> None:
@@ -81,6 +77,7 @@ class Hub:
             self._api_server.should_exit = True
             if self._api_thread is not None:
                 self._api_thread.join(timeout=10)
+        self.maintenance.stop()
         if self.ingest is not None:
             self.ingest.stop()
         if self.embedded_broker is not None:

@@ -37,7 +37,7 @@ from iotguard.hub.schema import (
 __all__ = ["ROLES", "ApiToken", "DeviceRecord", "EpochKey", "HubStore", "StoredReading"]
 
 #: Operator roles, least to most privileged.
-ROLES = ("viewer", "operator", "security-admin", "privacy-officer")
+ROLES = ("viewer", "operator", "security-admin", "privacy-officer", "analyst")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ OPERATOR_ACTIONS: Final[dict[str, frozenset[str]]] = {
     "manage_devices": frozenset({"Device"}),
     "quarantine": frozenset({"Device"}),
     "release": frozenset({"Device"}),
+    "revoke": frozenset({"Device"}),
     "update": frozenset({"Device", "Segment"}),
     "publish_firmware": frozenset({"Firmware"}),
     "query": frozenset({"Dataset"}),

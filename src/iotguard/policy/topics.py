@@ -74,6 +74,10 @@ class TopicLayout:
         """Topic a device receives hub commands on."""
         return f"{self.prefix}/{segment}/{device}/cmd"
 
+    def ack(self, segment: str, device: str) -> str:
+        """Topic a device receives the hub's end-to-end acknowledgements on (a downlink, like commands)."""
+        return f"{self.prefix}/{segment}/{device}/ack"
+
     def attestation(self, device: str) -> tuple[str, str]:
         """(evidence topic the device publishes, challenge topic it subscribes)."""
         return f"{self.prefix}/attest/{device}/evidence", f"{self.prefix}/attest/{device}/challenge"
@@ -91,6 +95,7 @@ class TopicLayout:
         return [
             self.telemetry(segment, device),
             self.command(segment, device),
+            self.ack(segment, device),
             *self.attestation(device),
             *self.enrollment(device),
         ]
@@ -111,7 +116,7 @@ class TopicLayout:
             return self._owned(topic, "attestation", rest[1], None, rest[2] == "evidence")
         if len(rest) == 3 and rest[0] == "enroll" and rest[2] in ("request", "reply"):
             return self._owned(topic, "enroll", rest[1], None, rest[2] == "request")
-        if len(rest) == 3 and rest[2] in ("telemetry", "cmd"):
+        if len(rest) == 3 and rest[2] in ("telemetry", "cmd", "ack"):
             up = rest[2] == "telemetry"
             return self._owned(topic, "telemetry" if up else "command", rest[1], rest[0], up)
         if len(rest) == 2 and rest[1] == "broadcast" and _IDENTIFIER.fullmatch(rest[0]):

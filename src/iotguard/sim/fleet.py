@@ -16,12 +16,15 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from iotguard.agent import Agent
 from iotguard.channel import telemetry_topic
+from iotguard.clock import FixedClock
 from iotguard.config import AgentConfig
 from iotguard.crypto import get_suite
+from iotguard.privacy import ConsentState, load_contract
 from iotguard.sim.sensors import MODELS, SensorModel, make_sensor
 from iotguard.wire import Reading, encode_envelope
 
@@ -66,7 +69,8 @@ class Fleet:
 
     def __init__(self, provision: Provisioner, *, hub_url: str, broker_url: str, data_dir: str | Path,
                  suites: list[str] | None = None, seed: int = 1, ack_timeout_s: float = 10.0,
-                 id_prefix: str = "sim") -> None:
+                 id_prefix: str = "sim", device_seconds_per_round: float = 60.0,
+                 research_consent: float = 0.7, receipt_every: int = 10) -> None:
         self.provision = provision
         self.hub_url = hub_url
         self.broker_url = broker_url
@@ -77,6 +81,16 @@ class Fleet:
         self.ack_timeout_s = ack_timeout_s
         self.id_prefix = id_prefix
         self.devices: list[VirtualDevice] = []
+        # Simulated device time: each round is ``device_seconds_per_round`` of
+        # sensor time, so the data contracts' per-purpose frequency limits
+        # (seconds to hours) all show up in a short run.
+        self.clock = FixedClock(datetime.now(tz=UTC))
+        self.device_seconds_per_round = device_seconds_per_round
+        self.research_consent = research_consent
+        self.receipt_every = receipt_every
+        self.rounds = 0
+        self.withheld: Counter[str] = Counter()
+        self.receipts_sent = 0
         self.attacks: Counter[str] = Counter()
         self.latencies_ms: list[float] = []
         #: Genuine readings submitted (attacks not included).
@@ -97,8 +111,10 @@ class Fleet:
             suite = self.suites[i % len(self.suites)]
             cfg = AgentConfig(data_dir=str(self.dir / device_id), hub_url=self.hub_url,
                               broker_url=self.broker_url, suites=[suite], ack_timeout_s=self.ack_timeout_s)
-            agent = Agent(cfg, device_id)
+            agent = Agent(cfg, device_id, clock=self.clock)
             agent.enroll(self.provision(device_id, model))
+            agent.attach_privacy(model, self._consent(model, i), self.clock,
+                                 rng=random.Random(self.seed * 7919 + i))
             dev = VirtualDevice(agent, model, make_sensor(model, self.seed * 100_003 + i))
             agent.on_ack = self._acked(dev)
             self.devices.append(dev)
@@ -118,19 +134,51 @@ class Fleet:
 
     # -- traffic ---------------------------------------------------------
 
-    def send_round(self, t: float | None = None) -> int:
-        """Every device sends one reading; returns how many were sent."""
-        t = time.time() if t is None else t
-        for dev in self.devices:
-            self._submit(dev, t)
-        return len(self.devices)
+    def _consent(self, model: str, i: int) -> ConsentState:
+        """The simulated data subject's choices: every purpose but research, which a share refuses."""
+        rng = random.Random(self.seed * 31 + i)
+        state = ConsentState(f"subject-{self.id_prefix}-{i:05d}")
+        now = self.clock.now()
+        for purpose in sorted(load_contract(model).purposes):
+            if purpose == "research" and rng.random() >= self.research_consent:
+                state = state.withdraw(purpose, now)
+            else:
+                state = state.grant(purpose, now)
+        return state
 
-    def _submit(self, dev: VirtualDevice, t: float) -> None:
-        seq = dev.agent.submit(Reading(int(t * 1000), dev.sensor.sample(t)))
+    def send_round(self) -> int:
+        """Every device samples its sensor once; returns how many readings left the devices.
+
+        Each sample passes the device's privacy pipeline: one reading per
+        purpose that consent, frequency and budget allow (possibly none).
+        """
+        self.clock.advance(self.device_seconds_per_round)
+        self.rounds += 1
+        n = 0
+        for dev in self.devices:
+            n += self._submit(dev)
+            if self.rounds % self.receipt_every == 0 and dev.agent.send_receipt():
+                self.receipts_sent += 1
+        return n
+
+    def _submit(self, dev: VirtualDevice) -> int:
+        t = self.clock.now().timestamp()
+        seqs = dev.agent.collect(dev.sensor.sample(t), int(t * 1000))
+        assert dev.agent.privacy is not None
+        now = time.monotonic()
         with self._lock:
-            dev.sent[(dev.agent.sealer.epoch, seq)] = time.monotonic()
-            self.submitted.append((dev.agent.device_id, dev.agent.sealer.epoch, seq))
-            self.sent += 1
+            self.withheld.update(dev.agent.privacy.refused.values())
+            for seq in seqs:
+                dev.sent[(dev.agent.sealer.epoch, seq)] = now
+                self.submitted.append((dev.agent.device_id, dev.agent.sealer.epoch, seq))
+            self.sent += len(seqs)
+        return len(seqs)
+
+    def flush_receipts(self) -> None:
+        """Send the receipts of every device's outstanding batch."""
+        for dev in self.devices:
+            if dev.agent.send_receipt():
+                self.receipts_sent += 1
 
     def resend_due(self) -> int:
         return sum(dev.agent.resend_due() for dev in self.devices)
@@ -152,20 +200,20 @@ class Fleet:
         rng = rng or random.Random(self.seed)
         dev = self.devices[rng.randrange(len(self.devices))]
         agent = dev.agent
-        topic = telemetry_topic(agent.device_id)
+        topic = agent.sealer.topic
         if attack == "replay":
             # Capture a genuine envelope on its way (it is stored once), then
             # send the same bytes again as an attacker would.
-            t = time.time()
-            self._submit(dev, t)
+            self.clock.advance(self.device_seconds_per_round)
+            while not self._submit(dev):
+                self.clock.advance(self.device_seconds_per_round)
             envelope = agent.last_envelope
             time.sleep(0.5)
             agent.publish_raw(topic, envelope)
         elif attack == "forged":
             from iotguard.wire import encode_reading
 
-            _seq, envelope = agent.sealer.seal(encode_reading(Reading(int(time.time() * 1000),
-                                                                      dev.sensor.sample(time.time()))))
+            _seq, envelope = agent.sealer.seal(encode_reading(Reading(int(time.time() * 1000), {"x": 1.0}, "x")))
             envelope = envelope[:-1] + bytes((envelope[-1] ^ 0x01,))  # flip one tag bit
             agent.publish_raw(topic, envelope)
         elif attack == "malformed":
@@ -175,7 +223,7 @@ class Fleet:
         elif attack == "unknown_device":
             ghost = f"ghost-{rng.randrange(10**6)}"
             suite = get_suite("chacha20-poly1305")
-            agent.publish_raw(telemetry_topic(ghost),
+            agent.publish_raw(telemetry_topic(agent.sealer.segment, ghost),
                               encode_envelope(suite.suite_id, ghost, 1, 1, os.urandom(48)))
         self.attacks[ATTACKS[attack]] += 1
 

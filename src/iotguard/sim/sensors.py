@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 __all__ = ["MODELS", "SensorModel", "make_sensor"]
 
-Fields = dict[str, int | float | str | bool]
+Fields = dict[str, int | float | str | bool | tuple[float, float]]
 
 
 class SensorModel:
@@ -89,6 +89,7 @@ class Wearable(SensorModel):
         self.activity = 0.0
         self.lat = 52.37 + self.rng.uniform(-0.05, 0.05)
         self.lon = 4.89 + self.rng.uniform(-0.05, 0.05)
+        self.wearer = f"person-{self.rng.randrange(10**6):06d}"
 
     def sample(self, t: float) -> Fields:
         if self.rng.random() < 0.02:
@@ -97,7 +98,8 @@ class Wearable(SensorModel):
         hr = self.rest + self.activity + self.rng.gauss(0, 2.0)
         self.lat += self.rng.gauss(0, 0.0002)
         self.lon += self.rng.gauss(0, 0.0002)
-        return {"heart_rate": int(max(35, min(210, hr))), "lat": round(self.lat, 6), "lon": round(self.lon, 6)}
+        return {"heart_rate": int(max(35, min(210, hr))), "location": (round(self.lat, 6), round(self.lon, 6)),
+                "wearer": self.wearer}
 
 
 class Tracker(SensorModel):
@@ -114,7 +116,7 @@ class Tracker(SensorModel):
         step = self.rng.uniform(0.0, 0.0005)
         self.lat += step * math.cos(self.heading)
         self.lon += step * math.sin(self.heading)
-        return {"lat": round(self.lat, 6), "lon": round(self.lon, 6)}
+        return {"location": (round(self.lat, 6), round(self.lon, 6))}
 
 
 MODELS: dict[str, Callable[[int], SensorModel]] = {

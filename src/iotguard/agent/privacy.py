@@ -1,0 +1,81 @@
+"""The privacy pipeline as the agent runs it: before anything is sealed.
+
+Every sensor sample goes through the device model's data contract
+(:mod:`iotguard.privacy`): only fields declared for a purpose the data
+subject consented to leave the device, transformed as the contract says,
+within the privacy-loss budget. Each batch of released readings is covered
+by a privacy receipt signed with the device's identity key.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from iotguard.clock import Clock
+from iotguard.keys import KeyStore
+from iotguard.privacy import (
+    ConsentState,
+    KeyStoreLedgerStore,
+    PrivacyLossLedger,
+    PrivacyPipeline,
+    ReceiptBuilder,
+    keyring_from_keystore,
+    load_contract,
+)
+from iotguard.wire import Reading
+
+__all__ = ["RECEIPT_KEY_LABEL", "DevicePrivacy"]
+
+#: Receipts are signed by the identity key (the hub knows it from enrollment);
+#: the receipt format's own domain separation keeps those signatures apart.
+RECEIPT_KEY_LABEL = "identity"
+
+
+class DevicePrivacy:
+    """A device's privacy pipeline, consent state and receipt batch.
+
+    Args:
+        keystore: The device key store (pseudonym root, budget ledger, receipt key).
+        device_id: The device id.
+        model: Device model; selects the shipped data contract.
+        consent: The data subject's consent decisions the device enforces.
+        clock: Time for consent, frequency limits, budget periods and pseudonym periods.
+        rng: Seeded randomness for simulations only; the OS CSPRNG otherwise.
+    """
+
+    def __init__(self, keystore: KeyStore, device_id: str, model: str, consent: ConsentState, clock: Clock,
+                 *, rng: random.Random | None = None) -> None:
+        self.contract = load_contract(model)
+        self.keystore = keystore
+        self.clock = clock
+        self.pipeline = PrivacyPipeline(
+            self.contract, consent, keyring_from_keystore(keystore, self.contract.pseudonym_rotation),
+            PrivacyLossLedger(KeyStoreLedgerStore(keystore), self.contract.budget_epsilon,
+                              self.contract.budget_period),
+            clock, device_id=device_id, rng=rng)
+        self.receipts = ReceiptBuilder(device_id, self.contract, self.pipeline.config_sha256)
+        #: Purpose -> reason code of the last refusal (consent, frequency, budget).
+        self.refused: dict[str, str] = {}
+
+    def process(self, sample: Mapping[str, Any], ts_ms: int | None = None) -> list[Reading]:
+        """Readings that may leave the device for this sample, one per permitted purpose.
+
+        Raises:
+            MalformedError: the sensor produced a value of the wrong kind.
+        """
+        out = self.pipeline.process_all(sample, ts_ms=ts_ms)
+        self.refused = dict(out.refused)
+        readings = []
+        for r in out.readings:
+            readings.append(Reading(r.ts_ms, dict(r.fields), r.purpose))
+            self.receipts.add(r.receipt_entry)
+        return readings
+
+    def seal_receipt(self, now: datetime) -> bytes | None:
+        """Sign the receipt for the readings released since the last one (None if none were)."""
+        if not len(self.receipts):
+            return None
+        return self.receipts.seal(self.keystore, now, label=RECEIPT_KEY_LABEL).encode()

@@ -1,0 +1,211 @@
+"""One hub's components, built and wired from configuration.
+
+Both the hub process (:mod:`iotguard.hub.service`) and the tests build the
+hub through :func:`build_hub_core`, so what is tested is what runs: the
+store, key store, audit log, Cedar policy engine with the device posture,
+registry, ingest and the REST API, connected to each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy import func, select
+
+from iotguard.audit import AuditEvent, TransparencyLog
+from iotguard.audit.anchor import CheckpointSchedule
+from iotguard.clock import Clock, SystemClock
+from iotguard.config import HubConfig
+from iotguard.errors import IotGuardError, PolicyDenied
+from iotguard.hub.api import create_app
+from iotguard.hub.audit_store import open_audit_log
+from iotguard.hub.ingest import IngestProcessor
+from iotguard.hub.policy_store import SqlPolicyRepository, load_posture
+from iotguard.hub.registry import FleetRegistry, open_hub_keys
+from iotguard.hub.schema import devices
+from iotguard.hub.store import DeviceRecord, HubStore
+from iotguard.keys import KeyStore
+from iotguard.policy import AccessRequest, PolicyAdministration, PolicyEngine, PostureStore
+from iotguard.policy.policyset import default_policy_set
+from iotguard.policy.posture import Posture
+from iotguard.privacy import load_contract
+from iotguard.privacy.contract import check_reading
+
+__all__ = ["AUDIT_ORIGIN", "HubCore", "build_hub_core"]
+
+log = logging.getLogger(__name__)
+
+AUDIT_ORIGIN = "iotguard.local/audit"
+
+# Policy-administration event names -> audit event types.
+_POLICY_EVENTS = {
+    "policy.activated": "policy.changed",
+    "policy.proposed": "policy.proposed",
+    "policy.quarantine": "device.quarantined",
+    "policy.release": "device.released",
+}
+
+
+class PolicyAuditAdapter:
+    """Lets the policy administration write through the audit log's one interface."""
+
+    def __init__(self, audit: TransparencyLog, clock: Clock) -> None:
+        self.audit = audit
+        self.clock = clock
+
+    def record(self, event_type: str, details: Mapping[str, Any]) -> None:
+        kind = _POLICY_EVENTS.get(event_type, event_type)
+        subject = str(details.get("device_id") or "policy")
+        actor = str(details.get("actor") or "hub.policy")
+        clean = {k: v for k, v in details.items() if isinstance(v, str | int | float | bool | bytes | list | dict)}
+        self.audit.record(AuditEvent(kind, self.clock.now(), actor, subject, clean))
+
+
+@dataclass
+class HubCore:
+    """Everything one hub process holds, wired together."""
+
+    cfg: HubConfig
+    clock: Clock
+    store: HubStore
+    keystore: KeyStore
+    audit: TransparencyLog
+    posture: PostureStore
+    policy: PolicyEngine
+    policy_admin: PolicyAdministration
+    registry: FleetRegistry
+    processor: IngestProcessor
+    app: FastAPI
+    checkpoints: CheckpointSchedule
+
+    def sync_posture(self, device_id: str) -> None:
+        """Bring one device's posture in line with the registry (after enroll, revoke, re-key)."""
+        try:
+            d = self.store.get_device(device_id)
+        except IotGuardError:
+            self.posture.remove(device_id)
+            return
+        if d.status != "active":
+            if self.posture.get(device_id) is not None:
+                self.posture.remove(device_id)
+            return
+        current = self.posture.get(device_id)
+        if current is None:
+            self.posture.put(Posture(device_id=d.device_id, segment=d.segment, model=d.model,
+                                     cert_not_after=d.cert_not_after))
+        elif current.cert_not_after != d.cert_not_after or current.segment != d.segment:
+            self.posture.update(device_id, cert_not_after=d.cert_not_after, segment=d.segment)
+
+    def authorize_reading(self, record: DeviceRecord, topic: str, reading: dict[str, Any]) -> None:
+        """Ingest's decision for one authentic reading: Cedar publish policy, then the data contract.
+
+        Raises:
+            PolicyDenied: the policy or the device model's data contract refuses it.
+        """
+        self.policy.authorize(AccessRequest.device(record.device_id, "publish", topic))
+        try:
+            contract = load_contract(record.model)
+        except IotGuardError:
+            raise PolicyDenied(f"no data contract for model {record.model!r}") from None
+        purpose = reading.get("purpose")
+        if purpose is None:
+            raise PolicyDenied("reading declares no purpose")
+        check_reading(contract, str(purpose), reading["fields"])
+
+    def registry_fingerprint(self) -> tuple[Any, ...]:
+        """Cheap summary of the registry, to notice changes made by other processes."""
+        with self.store.engine.connect() as c:
+            row = c.execute(select(func.count(), func.max(devices.c.enrolled_at), func.max(devices.c.revoked_at),
+                                   func.sum(devices.c.current_epoch))).one()
+        return tuple(row)
+
+    def refresh(self) -> None:
+        """Pick up registry and policy changes made by other hub processes or the CLI."""
+        active = self.policy_admin.repository.active_version()
+        if active is not None and active.version != self.policy.policy_version:
+            self.policy_admin.load_active(self.policy)
+        fresh = load_posture(self.store.engine)
+        known = {p.device_id for p in self.posture}
+        for p in fresh:
+            current = self.posture.get(p.device_id)
+            if current is None or current.cert_not_after != p.cert_not_after or current.segment != p.segment \
+                    or current.quarantined != p.quarantined or current.trust_tier != p.trust_tier:
+                self.posture.put(p)
+        for gone in known - {p.device_id for p in fresh}:
+            self.posture.remove(gone)
+
+
+def build_hub_core(cfg: HubConfig, *, clock: Clock | None = None, database_url: str | None = None) -> HubCore:
+    """Open the database and key store and wire a hub's components."""
+    clock = clock or SystemClock()
+    Path(cfg.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = HubStore.open(database_url or cfg.resolved_database_url())
+    keystore = open_hub_keys(cfg)
+    audit = open_audit_log(store.engine, keystore, AUDIT_ORIGIN)
+    posture = load_posture(store.engine)
+    policy = PolicyEngine(None, posture=posture)
+    admin = PolicyAdministration(SqlPolicyRepository(store.engine), audit=PolicyAuditAdapter(audit, clock))
+    if admin.load_active(policy) == 0:
+        if admin.repository.versions():
+            log.error("the active policy does not load: every request is denied until a valid one is activated")
+        else:
+            admin.propose_and_activate(default_policy_set(), author="iotguard-hub",
+                                       comment="shipped default policies", engine=policy)
+    registry = FleetRegistry(store, keystore, cfg, clock, audit=audit)
+    processor = IngestProcessor(store, registry, cfg, clock=clock, audit=audit)
+    app = create_app(store, registry, processor.stats, policy=policy, posture=posture, policy_admin=admin,
+                     audit=audit, clock=clock)
+    anchors_dir = Path(cfg.data_dir) / "anchors"
+    anchors_dir.mkdir(exist_ok=True)
+    from iotguard.hub.audit_store import FileAnchor
+
+    schedule = CheckpointSchedule(audit, timedelta(seconds=cfg.checkpoint_interval_s),
+                                  [FileAnchor(anchors_dir / "checkpoints.log")])
+    core = HubCore(cfg, clock, store, keystore, audit, posture, policy, admin, registry, processor, app, schedule)
+    registry.listeners.append(core.sync_posture)
+    processor.authorizer = core.authorize_reading
+    return core
+
+
+class Maintenance:
+    """Background duties of a hub process: cross-process refresh and checkpoints."""
+
+    def __init__(self, core: HubCore, interval_s: float = 2.0) -> None:
+        self.core = core
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="iotguard-maintenance", daemon=True)
+        self._fingerprint: tuple[Any, ...] | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def tick(self) -> None:
+        core = self.core
+        fp = core.registry_fingerprint()
+        if fp != self._fingerprint:
+            core.refresh()
+            self._fingerprint = fp
+        elif core.policy_admin.repository.active_version() is not None:
+            active = core.policy_admin.repository.active_version()
+            if active is not None and active.version != core.policy.policy_version:
+                core.policy_admin.load_active(core.policy)
+        core.checkpoints.tick(core.clock.now())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.tick()
+            except Exception:
+                log.exception("hub maintenance failed; retrying")
