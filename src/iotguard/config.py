@@ -48,6 +48,10 @@ class HubConfig:
     #: How long a cached device record may be used before it is re-read
     #: (bounds how fast a revocation made by another hub process takes effect).
     device_cache_ttl_s: float = 1.0
+    #: Directory written by ``iotguard broker config``; when set, the hub rewrites the
+    #: broker's CRL and ACL on every revocation and sends SIGHUP to ``mosquitto_pid_file``.
+    mosquitto_dir: str = ""
+    mosquitto_pid_file: str = ""
     #: Seconds between signed audit-log checkpoints (each is also anchored).
     checkpoint_interval_s: float = 60.0
 

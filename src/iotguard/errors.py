@@ -163,6 +163,7 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "revoked": "credential revoked",
     "enrollment_failed": "enrollment failed",
     "unauthenticated": "authentication required",
+    "locked_out": "too many attempts; try again later",
     "policy_denied": "not allowed",
     "keystore_error": "key store unavailable",
     "tampered": "key store unavailable",

@@ -27,11 +27,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from iotguard.agent.outbox import Outbox
 from iotguard.agent.privacy import DevicePrivacy
 from iotguard.channel import (
+    CONSENT_ACK_DOMAIN,
     SequenceAllocator,
     SessionKeys,
     UplinkSealer,
     ack_topic,
+    command_topic,
     decode_ack,
+    decode_command,
     session_info,
     split_session_keys,
 )
@@ -41,6 +44,7 @@ from iotguard.crypto import get_suite
 from iotguard.errors import (
     EnrollmentError,
     IntegrityError,
+    IotGuardError,
     MalformedError,
 )
 from iotguard.hub.broker import parse_broker_url
@@ -56,7 +60,7 @@ from iotguard.identity import (
     verify_signature,
 )
 from iotguard.keys import KeyKind, KeyStore, SoftwareKeyStore
-from iotguard.privacy import ConsentState
+from iotguard.privacy import ConsentConfig, ConsentState
 from iotguard.wire import Reading, encode_reading
 
 __all__ = ["Agent"]
@@ -66,6 +70,7 @@ log = logging.getLogger(__name__)
 _IDENTITY = "identity"
 _STATE_KEY = "state-wrap"
 _SESSION_FILE = "session.sealed"
+
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -284,6 +289,7 @@ class Agent:
             log.warning("%s: broker refused connection: %s", self.device_id, reason)
             return
         client.subscribe(ack_topic(self.sealer.segment, self.device_id), qos=1)
+        client.subscribe(command_topic(self.sealer.segment, self.device_id), qos=1)
         self._connected.set()
         # Everything unacknowledged is due again after a reconnect.
         self.resend_due(force=True)
@@ -293,6 +299,9 @@ class Agent:
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if self._keys is None:
+            return
+        if msg.topic.endswith("/cmd"):
+            self._on_command(bytes(msg.payload))
             return
         try:
             ack = decode_ack(self.device_id, bytes(msg.payload), self._keys.downlink)
@@ -326,6 +335,32 @@ class Agent:
         self.publish_raw(sealer.topic, envelope)
         self.outbox.mark_sent([(sealer.epoch, seq)], time.time())
         return seq
+
+    def _on_command(self, data: bytes) -> None:
+        assert self._keys is not None
+        try:
+            kind, payload = decode_command(self.device_id, data, self._keys.downlink)
+        except (IntegrityError, MalformedError) as exc:
+            log.warning("%s: ignoring bad command: %s", self.device_id, exc.code)
+            return
+        if kind == "consent-config" and self.privacy is not None:
+            try:
+                ack = self.privacy.pipeline.apply_consent_config(ConsentConfig.decode(payload))
+            except IotGuardError as exc:
+                log.warning("%s: consent configuration refused: %s", self.device_id, exc.code)
+                return
+            # Collection already follows the new consent; the acknowledgement
+            # goes to the hub off the MQTT network thread.
+            threading.Thread(target=self._send_consent_ack, args=(ack.encode(),), daemon=True).start()
+        else:
+            log.warning("%s: unknown command %r ignored", self.device_id, kind)
+
+    def _send_consent_ack(self, ack: bytes) -> None:
+        try:
+            self._post("/v1/consent/ack", {"device_id": self.device_id, "ack": b64e(ack),
+                                           "signature": b64e(self.keystore.sign(_IDENTITY, CONSENT_ACK_DOMAIN + ack))})
+        except (httpx.HTTPError, IotGuardError) as exc:
+            log.warning("%s: consent acknowledgement not delivered: %s", self.device_id, exc)
 
     def collect(self, sample: dict[str, Any], ts_ms: int | None = None) -> list[int]:
         """Run a sensor sample through the privacy pipeline and submit what may leave.

@@ -1,6 +1,7 @@
 """Sealed telemetry channel: nonces, session keys, replay window, acknowledgements."""
 
 from iotguard.channel.session import (
+    CONSENT_ACK_DOMAIN,
     TELEMETRY_FILTER,
     AckMessage,
     ReplayWindow,
@@ -8,8 +9,11 @@ from iotguard.channel.session import (
     SessionKeys,
     UplinkSealer,
     ack_topic,
+    command_topic,
     decode_ack,
+    decode_command,
     encode_ack,
+    encode_command,
     make_nonce,
     session_info,
     split_session_keys,
@@ -17,6 +21,7 @@ from iotguard.channel.session import (
 )
 
 __all__ = [
+    "CONSENT_ACK_DOMAIN",
     "TELEMETRY_FILTER",
     "AckMessage",
     "ReplayWindow",
@@ -24,8 +29,11 @@ __all__ = [
     "SessionKeys",
     "UplinkSealer",
     "ack_topic",
+    "command_topic",
     "decode_ack",
+    "decode_command",
     "encode_ack",
+    "encode_command",
     "make_nonce",
     "session_info",
     "split_session_keys",

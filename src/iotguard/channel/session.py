@@ -24,6 +24,7 @@ from iotguard.keys import KeyStore
 from iotguard.wire import associated_data, encode_envelope, encode_header
 
 __all__ = [
+    "CONSENT_ACK_DOMAIN",
     "TELEMETRY_FILTER",
     "AckMessage",
     "ReplayWindow",
@@ -31,8 +32,11 @@ __all__ = [
     "SessionKeys",
     "UplinkSealer",
     "ack_topic",
+    "command_topic",
     "decode_ack",
+    "decode_command",
     "encode_ack",
+    "encode_command",
     "make_nonce",
     "session_info",
     "split_session_keys",
@@ -58,6 +62,11 @@ def telemetry_topic(segment: str, device_id: str) -> str:
 def ack_topic(segment: str, device_id: str) -> str:
     """MQTT topic the hub publishes a device's end-to-end acknowledgements to."""
     return f"{TOPIC_PREFIX}/{segment}/{device_id}/ack"
+
+
+def command_topic(segment: str, device_id: str) -> str:
+    """MQTT topic the hub sends authenticated commands to a device on (e.g. consent configuration)."""
+    return f"{TOPIC_PREFIX}/{segment}/{device_id}/cmd"
 
 
 def make_nonce(epoch: int, seq: int, size: int) -> bytes:
@@ -257,3 +266,48 @@ def decode_ack(device_id: str, data: bytes, mac_key: bytes) -> AckMessage:
     if any(a > b for a, b in ranges):
         raise MalformedError("ack range is inverted")
     return AckMessage(device_id, epoch, ranges)
+
+
+_MAX_COMMAND_BYTES = 65536
+#: Domain separation for a device's identity-key signature on a consent acknowledgement.
+CONSENT_ACK_DOMAIN = b"iotguard-consent-ack-v1\x00"
+
+
+def _command_mac(key: bytes, device_id: str, body: bytes) -> bytes:
+    mac = hmac.new(key, b"iotguard-cmd-v1\x00" + device_id.encode() + b"\x00" + body, hashlib.sha256)
+    return mac.digest()[:_ACK_MAC_LEN]
+
+
+def encode_command(device_id: str, kind: str, payload: bytes, mac_key: bytes) -> bytes:
+    """Encode and authenticate a hub-to-device command.
+
+    Wire form: u8 kind length || kind (ASCII) || payload || 16-byte MAC, with
+    MAC = HMAC-SHA256(downlink key, "iotguard-cmd-v1" 0 device_id 0 || everything before it)[:16].
+    """
+    k = kind.encode("ascii")
+    if not 0 < len(k) < 64:
+        raise MalformedError("command kind must be 1-63 ASCII characters")
+    body = bytes((len(k),)) + k + payload
+    return body + _command_mac(mac_key, device_id, body)
+
+
+def decode_command(device_id: str, data: bytes, mac_key: bytes) -> tuple[str, bytes]:
+    """Verify and decode a command; returns (kind, payload).
+
+    Raises:
+        MalformedError: wrong shape or size.
+        IntegrityError: the MAC does not verify (forged or for another device).
+    """
+    if not 2 + _ACK_MAC_LEN <= len(data) <= _MAX_COMMAND_BYTES:
+        raise MalformedError("command has the wrong size")
+    body, mac = data[:-_ACK_MAC_LEN], data[-_ACK_MAC_LEN:]
+    if not hmac.compare_digest(_command_mac(mac_key, device_id, body), mac):
+        raise IntegrityError("command MAC does not verify")
+    n = body[0]
+    if not 0 < n < 64 or len(body) < 1 + n:
+        raise MalformedError("command kind length is invalid")
+    try:
+        kind = body[1 : 1 + n].decode("ascii")
+    except UnicodeDecodeError:
+        raise MalformedError("command kind is not ASCII") from None
+    return kind, body[1 + n :]

@@ -24,14 +24,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--hub-url", help="hub API URL (overrides agent.hub_url)")
     p.add_argument("--broker-url", help="mqtt://host:port (overrides agent.broker_url)")
     p.add_argument("--interval", type=float, help="seconds between readings (overrides agent.interval_s)")
-    p.add_argument("--count", type=int, default=0, help="stop after this many readings (0: run until stopped)")
+    p.add_argument("--count", type=int, default=0, help="stop after this many samples (0: run until stopped)")
+    p.add_argument("--subject", default="owner", help="data subject the readings are about (default: owner)")
+    p.add_argument("--consent", default="", metavar="PURPOSES",
+                   help="comma-separated purposes the owner consented to until the hub pushes consent "
+                   "(purposes on another legal basis need none)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from iotguard.agent import Agent
+    from iotguard.privacy import ConsentState
     from iotguard.sim.sensors import make_sensor
-    from iotguard.wire import Reading
 
     cfg = config_from_args(args).agent
     for name, attr in (("data_dir", "data_dir"), ("hub_url", "hub_url"), ("broker_url", "broker_url"),
@@ -50,19 +54,26 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    consent = ConsentState(args.subject)
+    for purpose in filter(None, (p.strip() for p in args.consent.split(","))):
+        consent = consent.grant(purpose, agent.clock.now())
+    agent.attach_privacy(args.model, consent)
     agent.connect()
     sensor = make_sensor(args.model, hash(args.device_id) & 0xFFFF)
-    sent = 0
-    while not stop.is_set() and (args.count == 0 or sent < args.count):
+    samples = sent = 0
+    while not stop.is_set() and (args.count == 0 or samples < args.count):
         t = time.time()
-        agent.submit(Reading(int(t * 1000), sensor.sample(t)))
-        sent += 1
+        sent += len(agent.collect(sensor.sample(t), int(t * 1000)))
+        samples += 1
+        if samples % 10 == 0:
+            agent.send_receipt()
         agent.resend_due()
         stop.wait(cfg.interval_s)
+    agent.send_receipt()
     deadline = time.monotonic() + cfg.ack_timeout_s
     while agent.pending() and time.monotonic() < deadline and not stop.is_set():
         agent.resend_due()
         time.sleep(0.1)
-    print(f"sent {sent}, unacknowledged {agent.pending()} (kept on disk)", flush=True)
+    print(f"samples {samples}, readings sent {sent}, unacknowledged {agent.pending()} (kept on disk)", flush=True)
     agent.close()
     return 0

@@ -15,6 +15,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve.add_argument("--unsafe-public", action="store_true",
                        help="UNSAFE: allow a non-loopback bind; the embedded broker has no device authentication")
     serve.set_defaults(func=serve_broker)
+    from iotguard.cli.broker_config import add_config_command
+
+    add_config_command(s)
 
 
 def serve_broker(args: argparse.Namespace) -> int:

@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     fleet = Fleet(lambda device_id, model: str(hub.registry.add_device(device_id, model)),
                   hub_url=hub.api_url, broker_url=hub.broker_address.url, data_dir=root / "devices",
                   suites=[s.strip() for s in args.suites.split(",") if s.strip()], seed=args.seed,
-                  device_seconds_per_round=args.device_seconds)
+                  device_seconds_per_round=args.device_seconds,
+                  consent_recorder=hub.core.record_initial_consent)
     try:
         t0 = time.monotonic()
         fleet.add_devices(args.devices)

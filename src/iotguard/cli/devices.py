@@ -29,7 +29,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sh.set_defaults(func=show)
     r = s.add_parser("revoke", help="revoke a device: its data is refused from now on")
     r.add_argument("device_id")
+    r.add_argument("--reason", default="", help="why (recorded in the audit log)")
     r.set_defaults(func=revoke)
+    dc = s.add_parser("decommission", help="retire a device: revoke it and crypto-erase its session keys")
+    dc.add_argument("device_id")
+    dc.set_defaults(func=decommission_device)
+    pv = s.add_parser("provenance", help="a device's chain of custody from the audit log, with inclusion proofs")
+    pv.add_argument("device_id")
+    pv.add_argument("--json", action="store_true", help="JSON output")
+    pv.set_defaults(func=provenance)
 
 
 def _open(args: argparse.Namespace) -> tuple[HubStore, FleetRegistry]:
@@ -67,8 +75,48 @@ def show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audited(args: argparse.Namespace) -> tuple[HubStore, FleetRegistry]:
+    from iotguard.hub.audit_store import open_audit_log
+    from iotguard.hub.core import AUDIT_ORIGIN
+
+    store, registry = _open(args)
+    registry.audit = open_audit_log(store.engine, registry.keystore, AUDIT_ORIGIN)
+    return store, registry
+
+
 def revoke(args: argparse.Namespace) -> int:
-    _, registry = _open(args)
-    registry.revoke(args.device_id)
+    _, registry = _audited(args)
+    registry.revoke(args.device_id, actor="cli", reason=args.reason)
     print(f"device {args.device_id} revoked")
+    return 0
+
+
+def decommission_device(args: argparse.Namespace) -> int:
+    _, registry = _audited(args)
+    result = registry.decommission(args.device_id, actor="cli")
+    print(f"device {args.device_id} decommissioned; session keys of epochs {list(result.erased_epochs)} erased")
+    return 0
+
+
+def provenance(args: argparse.Namespace) -> int:
+    from iotguard.audit.provenance import provenance as chain_of_custody
+    from iotguard.audit.provenance import verify_chain_of_custody
+    from iotguard.hub.audit_store import open_audit_log
+    from iotguard.hub.core import AUDIT_ORIGIN
+
+    store, registry = _open(args)
+    log = open_audit_log(store.engine, registry.keystore, AUDIT_ORIGIN)
+    chain = chain_of_custody(log, args.device_id)
+    verify_chain_of_custody(chain, log.verifier)
+    rows = [{"index": link.index, "type": link.event.type, "time": link.event.time.isoformat(),
+             "actor": link.event.actor, "inclusion_proof_hashes": len(link.bundle.proof)}
+            for link in chain.links]
+    if args.json:
+        print_json({"device_id": args.device_id, "checkpoint": chain.checkpoint, "events": rows,
+                    "log_key": log.verifier.vkey(), "verified": True})
+        return 0
+    print(f"chain of custody of {args.device_id} ({len(rows)} events, every inclusion proof verified "
+          f"against the signed checkpoint):")
+    for r in rows:
+        print(f"  #{r['index']:<8} {r['time']}  {r['type']:<22} by {r['actor']}")
     return 0

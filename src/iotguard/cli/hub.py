@@ -36,6 +36,15 @@ def run(args: argparse.Namespace) -> int:
     hub.start()
     print(f"iotguard hub: API {hub.api_url}  broker {hub.broker_address.url}"
           f"{' (embedded)' if hub.embedded_broker else ''}  CA {hub.registry.ca.fingerprint[:16]}", flush=True)
+    from iotguard.hub.credentials import ensure_bootstrap
+
+    secret = ensure_bootstrap(hub.store, hub.core.clock.now())
+    if secret is not None:
+        # Printed once, to the operator's terminal only; only its hash is stored.
+        print("no operator exists yet. One-time bootstrap token (valid 24 h), redeem it with\n"
+              f"  curl -X POST {hub.api_url}/v1/bootstrap -H 'content-type: application/json' "
+              f"-d '{{\"bootstrap_token\": \"{secret}\", \"name\": \"YOUR NAME\"}}'\n"
+              f"or create tokens on this host with 'iotguard tokens create'.", flush=True)
     stop.wait()
     hub.stop()
     return 0

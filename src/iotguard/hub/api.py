@@ -23,21 +23,26 @@ from pydantic import BaseModel, Field
 
 from iotguard import __version__
 from iotguard.audit import AuditEvent, EventType, TransparencyLog
+from iotguard.channel import CONSENT_ACK_DOMAIN
 from iotguard.clock import Clock
 from iotguard.errors import (
     AuthenticationError,
     IotGuardError,
+    MalformedError,
     RevokedError,
     public_message,
 )
 from iotguard.hub.audit_api import make_audit_router
+from iotguard.hub.credentials import record_use, redeem_bootstrap
 from iotguard.hub.ingest import IngestStats
 from iotguard.hub.policy_store import save_posture
 from iotguard.hub.privacy_store import PrivacyStore
+from iotguard.hub.ratelimit import AttemptLimiter, LockedOut
 from iotguard.hub.registry import FleetRegistry
 from iotguard.hub.store import ApiToken, HubStore
+from iotguard.identity import b64d, verify_signature
 from iotguard.policy import PolicyAdministration, PolicyEngine, PostureStore, authorize_operator
-from iotguard.privacy import load_contract
+from iotguard.privacy import ConsentAck, load_contract
 from iotguard.wire import decode_reading
 
 __all__ = ["HTTP_STATUS", "create_app"]
@@ -55,6 +60,7 @@ HTTP_STATUS: dict[str, int] = {
     "revoked": 403,
     "enrollment_failed": 403,
     "unauthenticated": 401,
+    "locked_out": 429,
     "policy_denied": 403,
     "keystore_error": 503,
     "tampered": 503,
@@ -97,9 +103,20 @@ class ConsentChange(BaseModel):
     granted: bool
 
 
+class ConsentAckUpload(BaseModel):
+    device_id: str = Field(max_length=64)
+    ack: str = Field(max_length=4096)
+    signature: str = Field(max_length=128)
+
+
 class SubjectLink(BaseModel):
     subject_id: str = Field(min_length=1, max_length=128)
     device_id: str = Field(max_length=64)
+
+
+class BootstrapRedeem(BaseModel):
+    bootstrap_token: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=128)
 
 
 class ReasonBody(BaseModel):
@@ -140,7 +157,8 @@ class _StatsCollector:
 
 def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, policy: PolicyEngine,
                posture: PostureStore, policy_admin: PolicyAdministration, audit: TransparencyLog,
-               clock: Clock, privacy: PrivacyStore | None = None) -> FastAPI:
+               clock: Clock, privacy: PrivacyStore | None = None, limiter: AttemptLimiter | None = None,
+               on_consent_change: Callable[[str], None] | None = None) -> FastAPI:
     """Build the hub's FastAPI application.
 
     Every operator request is decided by ``policy`` (Cedar): the token's role
@@ -156,6 +174,10 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
     Gauge("iotguard_info", "Hub version", ["version"], registry=metrics_registry).labels(__version__).set(1)
 
     privacy_store = privacy or PrivacyStore(store.engine, audit=audit, keystore=registry.keystore)
+    attempts = limiter or AttemptLimiter()
+
+    def client_addr(request: Request) -> str:
+        return request.client.host if request.client else "unknown"
 
     def operator(action: str | None, resource_type: str = "Hub",
                  path_param: str | None = None) -> Callable[..., ApiToken]:
@@ -165,12 +187,22 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
                 creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> ApiToken:  # noqa: B008
             if creds is None or creds.scheme.lower() != "bearer":
                 raise AuthenticationError("bearer token required")
+            now = clock.now()
+            keys = [("api-addr", client_addr(request)), ("api-token", creds.credentials.split("_")[1][:32]
+                                                          if creds.credentials.count("_") >= 2 else "-")]
+            for key in keys:
+                attempts.check(key, now)
             try:
                 token = store.authenticate_api_token(creds.credentials)
             except AuthenticationError:
-                audit.record(AuditEvent(EventType.AUTH_FAILED, clock.now(), "api", "api",
+                for key in keys:
+                    attempts.record_failure(key, now)
+                audit.record(AuditEvent(EventType.AUTH_FAILED, now, "api", "api",
                                         {"what": "api_token", "path": request.url.path[:128]}))
                 raise
+            for key in keys:
+                attempts.record_success(key, now)
+            record_use(store, token.token_id, now)
             if action is not None:
                 resource_id = str(request.path_params[path_param]) if path_param else "hub"
                 authorize_operator(policy, token.name, token.role, action, resource_type, resource_id)
@@ -185,8 +217,11 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
                             str(status)).inc()
         if status >= 500:
             log.error("API %s failed: %s", request.url.path, exc.code)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+        if isinstance(exc, LockedOut):
+            headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
         return JSONResponse({"error": exc.code, "message": public_message(exc.code)}, status_code=status,
-                            headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
+                            headers=headers or None)
 
     @app.get("/health", tags=["health"])
     def health() -> dict[str, Any]:
@@ -200,9 +235,36 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
                                  media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/enroll", tags=["devices"])
-    def enroll(req: EnrollRequest) -> dict[str, Any]:
-        """Device enrollment with a one-time token and proof of possession."""
-        return registry.enroll(req.model_dump())
+    def enroll(req: EnrollRequest, request: Request) -> dict[str, Any]:
+        """Device enrollment with a one-time token and proof of possession (rate-limited, with lockout)."""
+        now = clock.now()
+        keys = [("enroll-addr", client_addr(request)), ("enroll-dev", req.device_id)]
+        for key in keys:
+            attempts.check(key, now)
+        try:
+            response = registry.enroll(req.model_dump())
+        except IotGuardError:
+            for key in keys:
+                attempts.record_failure(key, now)
+            raise
+        for key in keys:
+            attempts.record_success(key, now)
+        return response
+
+    @app.post("/v1/bootstrap", tags=["operators"])
+    def bootstrap(body: BootstrapRedeem, request: Request) -> dict[str, Any]:
+        """Trade the one-time bootstrap token printed at first start for the first security-admin token."""
+        now = clock.now()
+        key = ("bootstrap-addr", client_addr(request))
+        attempts.check(key, now)
+        try:
+            token = redeem_bootstrap(store, body.bootstrap_token, body.name, now)
+        except IotGuardError:
+            attempts.record_failure(key, now)
+            audit.record(AuditEvent(EventType.AUTH_FAILED, now, "api", "api", {"what": "bootstrap"}))
+            raise
+        audit.record(AuditEvent("operator.bootstrapped", now, body.name, "api", {"role": "security-admin"}))
+        return {"token": token, "role": "security-admin"}
 
     @app.post("/v1/rekey", tags=["devices"])
     def rekey(req: RekeyRequest) -> dict[str, Any]:
@@ -240,6 +302,14 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
         """Revoke a device; ingest refuses its data from now on."""
         registry.revoke(device_id, actor=t.name, reason=body.reason if body else "")
         return {"device_id": device_id, "status": "revoked"}
+
+    @app.post("/v1/devices/{device_id}/decommission", tags=["devices"])
+    def decommission_device(device_id: str,
+                            t: ApiToken = Depends(operator("revoke", "Device", "device_id"))  # noqa: B008
+                            ) -> dict[str, Any]:
+        """Retire a device for good: revoke it and crypto-erase its session keys."""
+        result = registry.decommission(device_id, actor=t.name)
+        return {"device_id": device_id, "status": "decommissioned", "erased_epochs": list(result.erased_epochs)}
 
     @app.post("/v1/devices/{device_id}/quarantine", tags=["devices"])
     def quarantine_device(device_id: str, body: ReasonBody | None = None,
@@ -283,8 +353,25 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
                        t: ApiToken = Depends(operator("manage_consent"))) -> dict[str, Any]:  # noqa: B008
         """Grant or withdraw a data subject's consent for a purpose (an audit event)."""
         state = privacy_store.set_consent(body.subject_id, body.purpose, body.granted, clock.now(), actor=t.name)
+        if on_consent_change is not None:
+            on_consent_change(body.subject_id)  # push the new configuration to the subject's devices
         return {"subject_id": body.subject_id, "version": state.version,
                 "purposes": {p: d.granted for p, d in state.decisions.items()}}
+
+    @app.post("/v1/consent/ack", tags=["privacy"])
+    def consent_ack(body: ConsentAckUpload) -> dict[str, Any]:
+        """A device confirms it applied a pushed consent configuration (signed by its identity key)."""
+        device = store.get_device(body.device_id)
+        if device.status != "active" or device.identity_public_key is None:
+            raise RevokedError(f"device {body.device_id!r} is {device.status}")
+        raw = b64d(body.ack, what="ack", max_length=4096)
+        verify_signature(device.identity_public_key, b64d(body.signature, what="signature", length=64),
+                         CONSENT_ACK_DOMAIN + raw)
+        ack = ConsentAck.decode(raw)
+        if ack.device_id != device.device_id:
+            raise MalformedError("acknowledgement is for another device")
+        privacy_store.record_consent_ack(ack, clock.now())
+        return {"device_id": ack.device_id, "version": ack.version, "acknowledged": True}
 
     @app.get("/v1/subjects/{subject_id}/export", tags=["privacy"])
     def subject_export(subject_id: str,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 
 from iotguard.audit import AuditEvent, TransparencyLog
 from iotguard.audit.anchor import CheckpointSchedule
+from iotguard.channel import command_topic, encode_command
 from iotguard.clock import Clock, SystemClock
 from iotguard.config import HubConfig
 from iotguard.errors import IotGuardError, PolicyDenied
@@ -28,6 +29,7 @@ from iotguard.hub.api import create_app
 from iotguard.hub.audit_store import open_audit_log
 from iotguard.hub.ingest import IngestProcessor
 from iotguard.hub.policy_store import SqlPolicyRepository, load_posture
+from iotguard.hub.privacy_store import PrivacyStore
 from iotguard.hub.registry import FleetRegistry, open_hub_keys
 from iotguard.hub.schema import devices
 from iotguard.hub.store import DeviceRecord, HubStore
@@ -84,6 +86,9 @@ class HubCore:
     processor: IngestProcessor
     app: FastAPI
     checkpoints: CheckpointSchedule
+    privacy: PrivacyStore
+    #: Publishes (topic, payload) to the broker; set once the hub's MQTT client is up.
+    publisher: Callable[[str, bytes], None] | None = None
 
     def sync_posture(self, device_id: str) -> None:
         """Bring one device's posture in line with the registry (after enroll, revoke, re-key)."""
@@ -102,6 +107,47 @@ class HubCore:
                                      cert_not_after=d.cert_not_after))
         elif current.cert_not_after != d.cert_not_after or current.segment != d.segment:
             self.posture.update(device_id, cert_not_after=d.cert_not_after, segment=d.segment)
+
+    def record_initial_consent(self, subject_id: str, device_id: str, decisions: Mapping[str, bool]) -> None:
+        """Link a device to its data subject and record the subject's decisions (no push: the device has them)."""
+        now = self.clock.now()
+        self.privacy.link_device(subject_id, device_id, now)
+        for purpose, granted in decisions.items():
+            self.privacy.set_consent(subject_id, purpose, granted, now, actor="owner")
+
+    def push_consent(self, subject_id: str) -> int:
+        """Send the subject's current consent to each of their devices (authenticated command); returns how many."""
+        if self.publisher is None:
+            log.warning("consent for %s recorded; no broker connection to push it yet", subject_id)
+            return 0
+        sent = 0
+        for config in self.privacy.consent_configs(subject_id, self.clock.now()):
+            try:
+                record = self.store.get_device(config.device_id)
+                if record.current_epoch is None:
+                    continue
+                _r, _s, keys = self.registry.session(record.device_id, record.current_epoch)
+            except IotGuardError as exc:
+                log.warning("consent not pushed to %s: %s", config.device_id, exc.code)
+                continue
+            self.publisher(command_topic(record.segment, record.device_id),
+                           encode_command(record.device_id, "consent-config", config.encode(), keys.downlink))
+            sent += 1
+        return sent
+
+    def update_broker_access(self, device_id: str) -> None:
+        """Rewrite the broker's CRL and ACL and make Mosquitto reload them (revocation at the broker)."""
+        from iotguard.hub.mosquitto import reload, update_access_files
+
+        try:
+            d = self.store.get_device(device_id)
+        except IotGuardError:
+            return
+        if d.status == "active" and d.enrolled_at and d.enrolled_at < self.clock.now() - timedelta(seconds=5):
+            return  # nothing about broker access changed (e.g. a re-key)
+        update_access_files(self.cfg.mosquitto_dir, self.registry.ca, self.store, self.clock.now())
+        if self.cfg.mosquitto_pid_file:
+            reload(self.cfg.mosquitto_pid_file)
 
     def authorize_reading(self, record: DeviceRecord, topic: str, reading: dict[str, Any]) -> None:
         """Ingest's decision for one authentic reading: Cedar publish policy, then the data contract.
@@ -160,16 +206,27 @@ def build_hub_core(cfg: HubConfig, *, clock: Clock | None = None, database_url: 
                                        comment="shipped default policies", engine=policy)
     registry = FleetRegistry(store, keystore, cfg, clock, audit=audit)
     processor = IngestProcessor(store, registry, cfg, clock=clock, audit=audit)
+    privacy = PrivacyStore(store.engine, audit=audit, keystore=keystore)
+    consent_pushers: list[Callable[[str], int]] = []
+
+    def consent_changed(subject: str) -> None:
+        for push in consent_pushers:
+            push(subject)
+
     app = create_app(store, registry, processor.stats, policy=policy, posture=posture, policy_admin=admin,
-                     audit=audit, clock=clock)
+                     audit=audit, clock=clock, privacy=privacy, on_consent_change=consent_changed)
     anchors_dir = Path(cfg.data_dir) / "anchors"
     anchors_dir.mkdir(exist_ok=True)
     from iotguard.hub.audit_store import FileAnchor
 
     schedule = CheckpointSchedule(audit, timedelta(seconds=cfg.checkpoint_interval_s),
                                   [FileAnchor(anchors_dir / "checkpoints.log")])
-    core = HubCore(cfg, clock, store, keystore, audit, posture, policy, admin, registry, processor, app, schedule)
+    core = HubCore(cfg, clock, store, keystore, audit, posture, policy, admin, registry, processor, app, schedule,
+                   privacy)
+    consent_pushers.append(core.push_consent)
     registry.listeners.append(core.sync_posture)
+    if cfg.mosquitto_dir:
+        registry.listeners.append(core.update_broker_access)
     processor.authorizer = core.authorize_reading
     return core
 

@@ -69,6 +69,10 @@ class MqttIngest:
         if not self._connected.wait(timeout):
             raise TimeoutError(f"hub could not connect to the broker at {self.broker.url}")
 
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Publish a hub-to-device message (QoS 1)."""
+        self._client.publish(topic, payload, qos=1)
+
     def stop(self) -> None:
         """Finish the batch in progress, then disconnect."""
         self._stop.set()

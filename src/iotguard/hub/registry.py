@@ -30,6 +30,7 @@ from iotguard.errors import (
     RevokedError,
     UnknownDeviceError,
 )
+from iotguard.hub.credentials import DecommissionResult, decommission
 from iotguard.hub.store import DeviceRecord, HubStore
 from iotguard.identity import (
     EnrollmentCode,
@@ -143,6 +144,22 @@ class FleetRegistry:
         self._record(AuditEvent(EventType.CERT_REVOKED, now, actor, device_id,
                                 {"cert_serial": device.cert_serial or "", "reason": reason}))
         self._changed(device_id)
+
+    def decommission(self, device_id: str, *, actor: str = "operator") -> DecommissionResult:
+        """Retire a device: status ``decommissioned`` and its session keys crypto-erased.
+
+        Raises:
+            UnknownDeviceError: no such device.
+        """
+        now = self.clock.now()
+        result = decommission(self.store, device_id, now)
+        self._record(AuditEvent("device.decommissioned", now, actor, device_id,
+                                {"erased_epochs": list(result.erased_epochs),
+                                 "cert_serial": result.cert_serial or ""}),
+                     AuditEvent(EventType.CERT_REVOKED, now, actor, device_id,
+                                {"cert_serial": result.cert_serial or "", "reason": "decommissioned"}))
+        self._changed(device_id)
+        return result
 
     # -- device requests -------------------------------------------------
 

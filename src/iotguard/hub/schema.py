@@ -141,5 +141,6 @@ def _apply_core(conn: Connection) -> None:
 
 register(Migration("0001_core", "devices, tokens, key epochs, replay windows, readings", _apply_core))
 import iotguard.hub.audit_store  # noqa: E402
+import iotguard.hub.credentials  # noqa: E402
 import iotguard.hub.policy_store  # noqa: E402
 import iotguard.hub.privacy_store  # noqa: E402,F401

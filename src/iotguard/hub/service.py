@@ -60,6 +60,7 @@ class Hub:
         self.ingest = MqttIngest(self.processor, self.broker_address, self.cfg,
                                  shared=self.cfg.shared_subscription and bool(self.cfg.broker_url))
         self.ingest.start()
+        self.core.publisher = self.ingest.publish
         self.maintenance.tick()
         self.maintenance.start()
         if api:

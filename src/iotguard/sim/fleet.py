@@ -43,6 +43,8 @@ ATTACKS: dict[str, str] = {
 
 #: Registers a device and returns its enrollment code (the API or the registry).
 Provisioner = Callable[[str, str], str]
+#: Records a data subject's initial consent decisions for a device at the hub: (subject, device, purpose->granted).
+ConsentRecorder = Callable[[str, str, dict[str, bool]], None]
 
 
 @dataclass
@@ -70,7 +72,8 @@ class Fleet:
     def __init__(self, provision: Provisioner, *, hub_url: str, broker_url: str, data_dir: str | Path,
                  suites: list[str] | None = None, seed: int = 1, ack_timeout_s: float = 10.0,
                  id_prefix: str = "sim", device_seconds_per_round: float = 60.0,
-                 research_consent: float = 0.7, receipt_every: int = 10) -> None:
+                 research_consent: float = 0.7, receipt_every: int = 10,
+                 consent_recorder: ConsentRecorder | None = None) -> None:
         self.provision = provision
         self.hub_url = hub_url
         self.broker_url = broker_url
@@ -91,6 +94,7 @@ class Fleet:
         self.rounds = 0
         self.withheld: Counter[str] = Counter()
         self.receipts_sent = 0
+        self.consent_recorder = consent_recorder
         self.attacks: Counter[str] = Counter()
         self.latencies_ms: list[float] = []
         #: Genuine readings submitted (attacks not included).
@@ -113,8 +117,12 @@ class Fleet:
                               broker_url=self.broker_url, suites=[suite], ack_timeout_s=self.ack_timeout_s)
             agent = Agent(cfg, device_id, clock=self.clock)
             agent.enroll(self.provision(device_id, model))
-            agent.attach_privacy(model, self._consent(model, i), self.clock,
-                                 rng=random.Random(self.seed * 7919 + i))
+            consent = self._consent(model, i)
+            if self.consent_recorder is not None:
+                # The hub holds the authoritative record; the device starts from the same decisions.
+                self.consent_recorder(consent.subject_id, device_id,
+                                      {p: d.granted for p, d in sorted(consent.decisions.items())})
+            agent.attach_privacy(model, consent, self.clock, rng=random.Random(self.seed * 7919 + i))
             dev = VirtualDevice(agent, model, make_sensor(model, self.seed * 100_003 + i))
             agent.on_ack = self._acked(dev)
             self.devices.append(dev)
