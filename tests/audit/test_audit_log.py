@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 import multiprocessing
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from iotguard.audit import (
     AuditEvent,
@@ -33,7 +25,6 @@ from iotguard.keys.keystore import KeyKind
 from iotguard.keys.software import SoftwareKeyStore
 
 ORIGIN = "test.iotguard/audit"
-PG_BIN = Path(os.environ.get("IOTGUARD_PG_BIN", "/usr/lib/postgresql/15/bin"))
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
@@ -41,73 +32,10 @@ def event(i: int, subject: str = "dev-1") -> AuditEvent:
     return AuditEvent(EventType.AUTH_FAILED, T0 + timedelta(seconds=i), "hub.api", subject, {"n": i})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[str]:
-    """A throwaway PostgreSQL server on a temp dir and a free port."""
-    if not (PG_BIN / "initdb").exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL binaries not found in {PG_BIN} and CI is set")
-        pytest.skip("PostgreSQL binaries not installed")
-    base = Path(tempfile.mkdtemp(prefix="iotguard-pg-"))
-    data = base / "data"
-    prefix: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(base, "postgres")
-        prefix = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    subprocess.run(
-        [*prefix, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-N"],
-        check=True,
-        capture_output=True,
-    )
-    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=on"
-    subprocess.run(
-        [
-            *prefix,
-            str(PG_BIN / "pg_ctl"),
-            "-D",
-            str(data),
-            "-o",
-            opts,
-            "-w",
-            "-l",
-            str(base / "log"),
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run(
-            [*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
-        )
-        shutil.rmtree(base, ignore_errors=True)
-
-
-_db_counter = itertools.count()
-
-
-def _pg_database(server: str) -> str:
-    name = f"audit_{os.getpid()}_{next(_db_counter)}"
-    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    return f"{server}/{name}"
-
-
 def _sql_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'hub.db'}"
-    return _pg_database(request.getfixturevalue("pg_server"))
+    return str(request.getfixturevalue("postgres_url"))
 
 
 def _migrated(url: str):  # type: ignore[no-untyped-def]

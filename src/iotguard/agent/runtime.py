@@ -9,7 +9,6 @@ the sealed session file and the outbox.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
@@ -47,6 +46,7 @@ from iotguard.errors import (
     IotGuardError,
     MalformedError,
 )
+from iotguard.fileio import atomic_write
 from iotguard.hub.broker import parse_broker_url
 from iotguard.identity import (
     b64d,
@@ -73,13 +73,6 @@ _SESSION_FILE = "session.sealed"
 
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Agent:
@@ -150,7 +143,7 @@ class Agent:
             self.keystore.generate(_STATE_KEY, KeyKind.AES256)
         blob = cbor2.dumps({"epoch": epoch, "suite": suite, "segment": segment,
                             "keys": keys.uplink + keys.downlink})
-        _atomic_write(self.dir / _SESSION_FILE, self.keystore.seal(_STATE_KEY, blob, self.device_id.encode()))
+        atomic_write(self.dir / _SESSION_FILE, self.keystore.seal(_STATE_KEY, blob, self.device_id.encode()))
 
     # -- enrollment ------------------------------------------------------
 
@@ -176,7 +169,7 @@ class Agent:
         if ca_fingerprint is not None:
             if certificate_fingerprint(ca_pem) != ca_fingerprint:
                 raise EnrollmentError("hub presented a CA that does not match the enrollment code")
-            _atomic_write(self.dir / "ca.pem", ca_pem)
+            atomic_write(self.dir / "ca.pem", ca_pem)
         else:
             pinned = (self.dir / "ca.pem").read_bytes()
             if certificate_fingerprint(pinned) != certificate_fingerprint(ca_pem):
@@ -202,7 +195,7 @@ class Agent:
                                         length=suite.key_size + 32)
         keys = split_session_keys(material, suite.key_size)
         if resp.get("certificate_pem"):
-            _atomic_write(self.dir / "device.pem", str(resp["certificate_pem"]).encode())
+            atomic_write(self.dir / "device.pem", str(resp["certificate_pem"]).encode())
         self._save_session(epoch, suite_name, keys, segment)
         self.keystore.delete(kex_label)
         self._install(epoch, suite_name, keys, segment)

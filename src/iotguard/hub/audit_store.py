@@ -50,6 +50,7 @@ from iotguard.audit.note import SIG_ED25519, Checkpoint, NoteSigner, parse_note
 from iotguard.audit.tree import CompactRange, NodeKey, integrate
 from iotguard.audit.witness import TreeHead
 from iotguard.errors import MalformedError, ProofError, StorageError
+from iotguard.fileio import atomic_write
 from iotguard.hub.db import metadata
 from iotguard.hub.migrations import Migration, register
 from iotguard.keys.keystore import KeyKind, KeyStore
@@ -322,21 +323,6 @@ def open_audit_log(
 # -- file-backed state at the edge -------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class FileWitnessState:
@@ -372,7 +358,7 @@ class FileWitnessState:
     def save(self, origin: str, head: TreeHead) -> None:
         data = self._read()
         data[origin] = {"size": head.size, "root": base64.b64encode(head.root).decode()}
-        _atomic_write(self._path, json.dumps(data, indent=1, sort_keys=True).encode())
+        atomic_write(self._path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 class FileMonitorState:
@@ -397,7 +383,7 @@ class FileMonitorState:
 
     def save(self, state: MonitorState) -> None:
         """Persist a verified state."""
-        _atomic_write(self._path, json.dumps(state.to_dict(), indent=1).encode())
+        atomic_write(self._path, json.dumps(state.to_dict(), indent=1).encode())
 
 
 class FileAnchor:

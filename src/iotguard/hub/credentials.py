@@ -26,7 +26,7 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from sqlalchemy import Column, DateTime, Integer, LargeBinary, String, Table, and_, delete, func, select, update
@@ -38,7 +38,9 @@ from iotguard.errors import AuthenticationError, ConfigError, UnknownDeviceError
 from iotguard.hub.db import metadata
 from iotguard.hub.migrations import Migration, migrate, register
 from iotguard.hub.schema import api_tokens, devices, enrollment_tokens, key_epochs, replay_windows
-from iotguard.hub.store import DeviceRecord, HubStore
+
+if TYPE_CHECKING:  # hub.store imports hub.schema, which imports this module's migration
+    from iotguard.hub.store import DeviceRecord, HubStore
 
 __all__ = [
     "BOOTSTRAP_ROLE",

@@ -27,11 +27,9 @@ half a file.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import signal
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -41,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from iotguard.errors import ConfigError
+from iotguard.fileio import atomic_write
 from iotguard.hub.store import DeviceRecord, HubStore
 from iotguard.identity.ca import FleetCA
 from iotguard.identity.crl import issue_crl, issue_server_certificate
@@ -314,21 +313,6 @@ def _all_devices(store: HubStore) -> list[DeviceRecord]:
             return out
 
 
-def _write_atomic(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        if owner is not None:
-            os.fchown(fd, *owner)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _owner(run_as_user: str | None) -> tuple[int, int] | None:
@@ -373,8 +357,8 @@ def update_access_files(
     if "\x00" in acl_text:
         raise ConfigError("ACL text contains NUL")
     crl = issue_crl(ca, revoked_serials(store), now=now, next_update=now + crl_validity)
-    _write_atomic(files.crlfile, crl, 0o644, owner)
-    _write_atomic(files.acl, acl_text.encode(), 0o644, owner)
+    atomic_write(files.crlfile, crl, mode=0o644, owner=owner)
+    atomic_write(files.acl, acl_text.encode(), mode=0o644, owner=owner)
     return files
 
 
@@ -440,15 +424,15 @@ def write_broker_config(
     hub_cert = ca.issue_device_certificate(HUB_USERNAME, hub_key.public_key().public_bytes_raw(), now=now,
                                            validity=server_cert_validity, segment="hub")
     pem = serialization.Encoding.PEM
-    _write_atomic(files.cafile, ca.certificate_pem, 0o644, owner)
-    _write_atomic(files.keyfile, _private_pem(server_key), 0o600, owner)
-    _write_atomic(files.certfile, server_cert.public_bytes(pem), 0o644, owner)
+    atomic_write(files.cafile, ca.certificate_pem, mode=0o644, owner=owner)
+    atomic_write(files.keyfile, _private_pem(server_key), mode=0o600, owner=owner)
+    atomic_write(files.certfile, server_cert.public_bytes(pem), mode=0o644, owner=owner)
     # The hub's client key belongs to the hub process, not to the broker.
-    _write_atomic(files.hub_keyfile, _private_pem(hub_key), 0o600, None)
-    _write_atomic(files.hub_certfile, hub_cert.public_bytes(pem), 0o644, None)
+    atomic_write(files.hub_keyfile, _private_pem(hub_key), mode=0o600, owner=None)
+    atomic_write(files.hub_certfile, hub_cert.public_bytes(pem), mode=0o644, owner=None)
     update_access_files(root, ca, store, now, acl_renderer=acl_renderer, crl_validity=crl_validity,
                         run_as_user=run_as_user)
-    _write_atomic(files.conf, conf.encode(), 0o644, owner)
+    atomic_write(files.conf, conf.encode(), mode=0o644, owner=owner)
     return files
 
 

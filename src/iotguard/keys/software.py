@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from iotguard.clock import Clock, SystemClock
 from iotguard.errors import ConfigError, IntegrityError, KeyStoreError, TamperError
-from iotguard.keys._files import atomic_write, create_exclusive
+from iotguard.fileio import atomic_write, create_exclusive
 from iotguard.keys.keystore import KeyKind, TamperRecord
 
 __all__ = [

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from iotguard.errors import IntegrityError, KeyStoreError, MalformedError
-from iotguard.keys._files import atomic_write
+from iotguard.fileio import atomic_write
 from iotguard.keys.keystore import KeyKind
 from iotguard.keys.puf.fuzzy import FuzzyExtractor, HelperData
 
