@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -37,14 +38,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from iotguard.channel import SequenceAllocator, UplinkSealer, telemetry_topic  # noqa: E402
+from iotguard.channel import TELEMETRY_FILTER, SequenceAllocator, UplinkSealer  # noqa: E402
 from iotguard.config import HubConfig  # noqa: E402
 from iotguard.crypto import get_suite  # noqa: E402
 from iotguard.hub.broker import BrokerAddress, EmbeddedBroker  # noqa: E402
+from iotguard.hub.core import HubCore, build_hub_core  # noqa: E402
 from iotguard.hub.ingest import IngestProcessor  # noqa: E402
 from iotguard.hub.mqtt_ingest import MqttIngest  # noqa: E402
-from iotguard.hub.registry import FleetRegistry, open_hub_keys  # noqa: E402
-from iotguard.hub.store import HubStore  # noqa: E402
 from iotguard.identity import b64e, derive_hub_session, request_transcript  # noqa: E402
 from iotguard.keys import SoftwareKeyStore  # noqa: E402
 from iotguard.wire import Reading, encode_reading  # noqa: E402
@@ -74,11 +74,10 @@ def start_mosquitto(tmp: Path) -> tuple[subprocess.Popen[bytes], BrokerAddress] 
     return proc, BrokerAddress("127.0.0.1", port)
 
 
-def enroll_devices(registry: FleetRegistry, tmp: Path, n: int, suite_name: str) -> list[UplinkSealer]:
+def enroll_devices(core: HubCore, tmp: Path, n: int, suite_name: str) -> list[UplinkSealer]:
     """Register devices and install session keys directly (the enrollment protocol itself is
-    not what this benchmark measures)."""
-    from iotguard.hub.store import HubStore as _HS  # noqa: F401
-
+    not what this benchmark measures); posture and policy are the hub's real ones."""
+    registry = core.registry
     sealers = []
     suite = get_suite(suite_name)
     store = registry.store
@@ -91,8 +90,9 @@ def enroll_devices(registry: FleetRegistry, tmp: Path, n: int, suite_name: str) 
         _hub_pub, keys = derive_hub_session(device_id, 1, suite_name, os.urandom(32), transcript)
         now = registry.clock.now()
         store.enroll(device_id, token_hash(code.secret), now=now, identity_public_key=os.urandom(32),
-                     cert_pem="", cert_serial=b64e(os.urandom(4)), cert_not_after=now, suite=suite_name,
-                     wrapped_key=registry._wrap(device_id, 1, keys))
+                     cert_pem="", cert_serial=b64e(os.urandom(4)), cert_not_after=now + timedelta(days=30),
+                     suite=suite_name, wrapped_key=registry._wrap(device_id, 1, keys))
+        core.sync_posture(device_id)
         ks = SoftwareKeyStore(tmp / "devkeys" / device_id, device_binding=b"bench-device-binding")
         sealers.append(UplinkSealer(suite, device_id, 1, keys.uplink, SequenceAllocator(ks, "seq/1",
                                                                                         reserve=1 << 20)))
@@ -104,7 +104,7 @@ def make_envelopes(sealers: list[UplinkSealer], per_device: int) -> list[tuple[s
     t = int(time.time() * 1000)
     for k in range(per_device):
         for s in sealers:
-            body = encode_reading(Reading(t + k, {"temperature": 20.0 + (k % 50) / 10, "humidity": 45.5}))
+            body = encode_reading(Reading(t + k, {"temperature": 20.0 + (k % 50) / 10, "humidity": 45.5}, "research"))
             _seq, env = s.seal(body)
             out.append((s.topic, env))
     return out
@@ -150,7 +150,7 @@ def run_raw(addr: BrokerAddress, messages: list[tuple[str, bytes]], queued: bool
     n = len(messages)
     cid = f"raw-{os.getpid()}-{time.time_ns()}"
     if queued:
-        prime_session(addr, cid, "iotguard/v1/t/+")
+        prime_session(addr, cid, TELEMETRY_FILTER)
         publish_all(addr, messages, wait=True)
     got = 0
     first = last = 0.0
@@ -170,7 +170,7 @@ def run_raw(addr: BrokerAddress, messages: list[tuple[str, bytes]], queued: bool
     c.on_message = on_message
     start = time.perf_counter()
     c.connect(addr.host, addr.port)
-    c.subscribe("iotguard/v1/t/+", qos=1)
+    c.subscribe(TELEMETRY_FILTER, qos=1)
     c.loop_start()
     if not queued:
         publish_all(addr, messages, wait=False)
@@ -180,16 +180,19 @@ def run_raw(addr: BrokerAddress, messages: list[tuple[str, bytes]], queued: bool
     return n / ((last or time.perf_counter()) - (first if queued else start))
 
 
-def run_secured(addr: BrokerAddress, registry: FleetRegistry, cfg: HubConfig, messages: list[tuple[str, bytes]],
+def run_secured(addr: BrokerAddress, core: HubCore, cfg: HubConfig, messages: list[tuple[str, bytes]],
                 queued: bool) -> tuple[float, dict[str, object]]:
+    registry = core.registry
     n = len(messages)
     cid = f"hub-{os.getpid()}-{time.time_ns()}"
     if queued:
-        prime_session(addr, cid, "iotguard/v1/t/+")
+        prime_session(addr, cid, TELEMETRY_FILTER)
         publish_all(addr, messages, wait=True)
-    proc = IngestProcessor(registry.store, registry, cfg)
+    # Every check on: strict parse, device/epoch, batched open, replay window,
+    # Cedar publish decision, data-contract check, durable commit, audit of rejections.
+    proc = IngestProcessor(registry.store, registry, cfg, authorizer=core.authorize_reading, audit=core.audit)
     for s in {t for t, _ in messages}:
-        registry.session(s.rsplit("/", 1)[1], 1)  # warm the device cache as a running hub would have it
+        registry.session(s.split("/")[2], 1)  # warm the device cache as a running hub would have it
     ingest = MqttIngest(proc, addr, cfg, shared=False, client_id=cid)
     start = time.perf_counter()
     ingest.start()
@@ -231,13 +234,13 @@ def main() -> int:
         for suite_name in dict.fromkeys([args.suite, "ascon-aead128"]):
             cfg = HubConfig(data_dir=str(tmp / f"hub-{suite_name}"), batch_max_messages=2000, batch_max_wait_ms=20)
             Path(cfg.data_dir).mkdir(parents=True)
-            store = HubStore.open(cfg.resolved_database_url())
-            registry = FleetRegistry(store, open_hub_keys(cfg), cfg)
-            sealers = enroll_devices(registry, tmp / suite_name, devices, suite_name)
+            core = build_hub_core(cfg)
+            store = core.store
+            sealers = enroll_devices(core, tmp / suite_name, devices, suite_name)
             messages = make_envelopes(sealers, per_device)
             raw = run_raw(addr, messages, queued)
-            secured, detail = run_secured(addr, registry, cfg, messages, queued)
-            assert detail["stored"] == len(messages), detail
+            secured, detail = run_secured(addr, core, cfg, messages, queued)
+            assert detail["stored"] == len(messages) and not detail["rejected"], detail
             rows.append((suite_name, raw, secured, detail))
             store.engine.dispose()
         print(f"\nbench/ingest.py  broker: {broker_name}  messages: {devices} devices x {per_device}"
@@ -257,7 +260,8 @@ def main() -> int:
             "rows": [{"suite": s, "raw_per_s": round(r), "secured_per_s": round(v), "ratio": round(v / r, 3),
                       "batches": d["batches"]} for s, r, v, d in rows],
             "headline": {
-                "name": f"secured end-to-end ingest ({head_suite}, SQLite, every check on)",
+                "name": f"secured end-to-end ingest ({head_suite}, SQLite; parse, open, replay, Cedar, contract, "
+                        "durable commit, e2e acks)",
                 "unit": "readings/s",
                 "value": round(secured),
                 "baseline_name": f"plain paho subscriber draining the same {broker_name} broker",

@@ -197,3 +197,17 @@ def test_fuzz_ingest_never_crashes(hub: HubParts, payload: bytes, topic: str) ->
     out = hub.processor.process([Incoming(topic, payload)])
     assert out.stored == 0
     assert sum(out.rejected.values()) == 1
+
+
+def test_two_hubs_never_store_a_reading_twice(hub: HubParts) -> None:
+    """Two hub processes share one database: a reading the other hub stored is a replay here."""
+    from iotguard.hub.ingest import IngestProcessor
+
+    a = hub.agent("dev-1")
+    other = IngestProcessor(hub.store, hub.registry, hub.cfg, authorizer=hub.core.authorize_reading)
+    first, m = _seal(a, 0), _seal(a, 1)
+    assert other.process([first]).stored == 1  # hub B now holds a window without m
+    assert hub.processor.process([m]).stored == 1  # hub A stores m
+    out = other.process([m])  # B's window is stale; the database decides
+    assert out.stored == 0 and out.rejected["replay"] == 1
+    assert hub.store.reading_count() == 2

@@ -13,6 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -247,6 +248,49 @@ class Agent:
             "device_id": self.device_id, "epoch": epoch, "kex_public_key": b64e(kex_pk), "suites": offered,
             "ts": ts, "signature": b64e(self.keystore.sign(_IDENTITY, transcript))})
         self._finish_exchange(transcript, kex_label, resp, None, epoch)
+
+    def certificate_not_after(self) -> datetime | None:
+        """Expiry of the device's operational certificate (None before enrollment)."""
+        path = self.dir / "device.pem"
+        if not path.exists():
+            return None
+        return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc
+
+    def renew_certificate(self) -> None:
+        """Get a fresh operational certificate for the same identity key.
+
+        Raises:
+            EnrollmentError: the hub refused or its answer did not verify.
+        """
+        ts = int(self.clock.now().timestamp())
+        transcript = request_transcript("renew", {"device_id": self.device_id, "ts": ts})
+        resp = self._post("/v1/renew", {"device_id": self.device_id, "ts": ts,
+                                        "signature": b64e(self.keystore.sign(_IDENTITY, transcript))})
+        ca = x509.load_pem_x509_certificate((self.dir / "ca.pem").read_bytes()).public_key()
+        if not isinstance(ca, Ed25519PublicKey):
+            raise EnrollmentError("fleet CA key is not Ed25519")
+        fields = {"device_id": self.device_id, "certificate_pem": resp["certificate_pem"]}
+        try:
+            verify_signature(ca.public_bytes_raw(), b64d(str(resp["signature"]), what="signature"),
+                             hub_response_message(transcript, fields))
+        except IntegrityError:
+            raise EnrollmentError("renewal response signature does not verify") from None
+        cert = x509.load_pem_x509_certificate(str(resp["certificate_pem"]).encode())
+        if cert.public_key().public_bytes_raw() != self.keystore.public_key(_IDENTITY):  # type: ignore[union-attr]
+            raise EnrollmentError("renewed certificate is not for this device's key")
+        atomic_write(self.dir / "device.pem", str(resp["certificate_pem"]).encode())
+
+    def maybe_renew(self, *, before_fraction: float = 1 / 3) -> bool:
+        """Renew automatically once less than ``before_fraction`` of the validity remains; True if renewed."""
+        path = self.dir / "device.pem"
+        if not path.exists():
+            return False
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+        if cert.not_valid_after_utc - self.clock.now() > lifetime * before_fraction:
+            return False
+        self.renew_certificate()
+        return True
 
     # -- telemetry -------------------------------------------------------
 

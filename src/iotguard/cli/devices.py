@@ -31,6 +31,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("device_id")
     r.add_argument("--reason", default="", help="why (recorded in the audit log)")
     r.set_defaults(func=revoke)
+    rp = s.add_parser("reprovision", help="erase a device's keys (old certificate stays revoked) and print a new "
+                      "enrollment code")
+    rp.add_argument("device_id")
+    rp.set_defaults(func=reprovision)
     dc = s.add_parser("decommission", help="retire a device: revoke it and crypto-erase its session keys")
     dc.add_argument("device_id")
     dc.set_defaults(func=decommission_device)
@@ -88,6 +92,14 @@ def revoke(args: argparse.Namespace) -> int:
     _, registry = _audited(args)
     registry.revoke(args.device_id, actor="cli", reason=args.reason)
     print(f"device {args.device_id} revoked")
+    return 0
+
+
+def reprovision(args: argparse.Namespace) -> int:
+    _, registry = _audited(args)
+    code = registry.reprovision(args.device_id, actor="cli")
+    print(f"device {args.device_id} reset for enrollment; new one-time code:")
+    print(code)
     return 0
 
 

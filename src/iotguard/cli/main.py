@@ -26,6 +26,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotguard.cli.devices",
     "iotguard.cli.telemetry",
     "iotguard.cli.tokens",
+    "iotguard.cli.credentials",
     "iotguard.cli.broker",
     "iotguard.cli.policy",
     "iotguard.cli.privacy",

@@ -123,6 +123,12 @@ class ReasonBody(BaseModel):
     reason: str = Field(default="", max_length=256)
 
 
+class RenewRequest(BaseModel):
+    device_id: str = Field(max_length=64)
+    ts: int
+    signature: str = Field(max_length=128)
+
+
 class RekeyRequest(BaseModel):
     device_id: str = Field(max_length=64)
     epoch: int = Field(ge=2, le=2**32 - 1)
@@ -271,6 +277,11 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
         """Move a device to its next key epoch (signed by its identity key)."""
         return registry.rekey(req.model_dump())
 
+    @app.post("/v1/renew", tags=["devices"])
+    def renew(req: RenewRequest) -> dict[str, Any]:
+        """A device renews its operational certificate before expiry (signed by its identity key)."""
+        return registry.renew(req.model_dump())
+
     @app.get("/v1/devices", tags=["devices"])
     def list_devices(status: str | None = None, limit: int = 100, offset: int = 0,
                      _t: ApiToken = Depends(operator("view_devices"))) -> list[dict[str, Any]]:  # noqa: B008
@@ -302,6 +313,14 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
         """Revoke a device; ingest refuses its data from now on."""
         registry.revoke(device_id, actor=t.name, reason=body.reason if body else "")
         return {"device_id": device_id, "status": "revoked"}
+
+    @app.post("/v1/devices/{device_id}/reprovision", tags=["devices"])
+    def reprovision_device(device_id: str,
+                           t: ApiToken = Depends(operator("revoke", "Device", "device_id"))  # noqa: B008
+                           ) -> dict[str, Any]:
+        """Erase a device's keys, keep its old certificate on the CRL, return a new enrollment code."""
+        code = registry.reprovision(device_id, actor=t.name)
+        return {"device_id": device_id, "status": "pending", "enrollment_code": str(code)}
 
     @app.post("/v1/devices/{device_id}/decommission", tags=["devices"])
     def decommission_device(device_id: str,

@@ -30,7 +30,7 @@ from iotguard.errors import (
 )
 from iotguard.hub.registry import FleetRegistry
 from iotguard.hub.store import DeviceRecord, HubStore
-from iotguard.wire import Envelope, associated_data, decode_envelope, decode_reading
+from iotguard.wire import Envelope, Reading, associated_data, decode_envelope, decode_reading
 
 __all__ = ["REASON_CODES", "BatchOutcome", "Incoming", "IngestProcessor", "IngestStats"]
 
@@ -42,7 +42,7 @@ REASON_CODES = (
 )
 
 #: Called for each authentic reading before it is stored; raises PolicyDenied to refuse it.
-Authorizer = Callable[[DeviceRecord, str, dict[str, Any]], None]
+Authorizer = Callable[[DeviceRecord, str, Reading], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +207,7 @@ class IngestProcessor:
                     reading = decode_reading(res, max_size=self.cfg.max_envelope_bytes,
                                              max_fields=self.cfg.max_reading_fields)
                     if self.authorizer is not None:
-                        self.authorizer(c.record, c.msg.topic, reading.to_dict())
+                        self.authorizer(c.record, c.msg.topic, reading)
                 except IotGuardError as exc:
                     rejected[(d, exc.code)] += 1
                     continue

@@ -301,6 +301,14 @@ def revoked_serials(store: HubStore) -> list[tuple[int, datetime]]:
             if len(page) < 1000:
                 break
             offset += 1000
+    listed = {s for s, _ in out}
+    for serial_hex, revoked_at in store.revoked_certificate_serials():  # re-provisioned devices
+        try:
+            serial = int(serial_hex, 16)
+        except ValueError:
+            raise ConfigError("a recorded revoked certificate serial is malformed") from None
+        if serial not in listed:
+            out.append((serial, revoked_at))
     return out
 
 

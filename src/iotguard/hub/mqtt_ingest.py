@@ -10,8 +10,8 @@ survives a crash of the hub, of the broker, or of both.
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
 import time
 from typing import Any, cast
@@ -42,7 +42,10 @@ class MqttIngest:
         self.cfg = cfg
         self.broker = broker
         self.shared = cfg.shared_subscription if shared is None else shared
-        self._queue: queue.Queue[tuple[mqtt.MQTTMessage, float]] = queue.Queue()
+        # A deque append is atomic and lock-free under the GIL: the network
+        # thread only appends and signals; the batch worker drains.
+        self._queue: collections.deque[tuple[mqtt.MQTTMessage, float]] = collections.deque()
+        self._arrived = threading.Event()
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._client = mqtt.Client(
@@ -95,33 +98,31 @@ class MqttIngest:
             log.warning("hub lost the broker connection (%s); reconnecting", reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        self._queue.put((msg, time.monotonic()))
+        self._queue.append((msg, time.monotonic()))
+        if not self._arrived.is_set():
+            self._arrived.set()
 
     # -- batch worker ----------------------------------------------------
 
     def _next_batch(self) -> list[tuple[mqtt.MQTTMessage, float]]:
-        try:
-            first = self._queue.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        batch = [first]
+        if not self._queue:
+            self._arrived.clear()
+            if not self._queue and not self._arrived.wait(0.2):
+                return []
+        # Let the batch fill for up to batch_max_wait_ms (polling in small
+        # steps, not per message, so the network thread keeps the GIL).
         deadline = time.monotonic() + self.cfg.batch_max_wait_ms / 1000.0
         limit = self.cfg.batch_max_messages
-        while len(batch) < limit:
-            try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    batch.append(self._queue.get(timeout=left))
-                except queue.Empty:
-                    break
-        return batch
+        while len(self._queue) < limit:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(remaining, 0.002))
+        q = self._queue
+        return [q.popleft() for _ in range(min(limit, len(q)))]
 
     def _run(self) -> None:
-        while not (self._stop.is_set() and self._queue.empty()):
+        while not (self._stop.is_set() and not self._queue):
             batch = self._next_batch()
             if batch:
                 self._handle(batch)

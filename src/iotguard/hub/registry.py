@@ -145,6 +145,64 @@ class FleetRegistry:
                                 {"cert_serial": device.cert_serial or "", "reason": reason}))
         self._changed(device_id)
 
+    def reprovision(self, device_id: str, *, actor: str = "operator") -> EnrollmentCode:
+        """Reset a device for a fresh enrollment (new owner, repair, suspected compromise).
+
+        Its keys and replay state are erased, its old certificate stays on the
+        CRL, and a new one-time enrollment code is returned.
+
+        Raises:
+            UnknownDeviceError: no such device.
+            EnrollmentError: the device was decommissioned.
+        """
+        now = self.clock.now()
+        old = self.store.get_device(device_id)
+        secret = new_enrollment_secret()
+        self.store.reprovision(device_id, token_hash=token_hash(secret), now=now,
+                               token_expires_at=now + timedelta(seconds=self.cfg.enrollment_token_ttl_s))
+        self._record(AuditEvent("device.reprovisioned", now, actor, device_id,
+                                {"old_cert_serial": old.cert_serial or "", "old_status": old.status}))
+        self._changed(device_id)
+        return EnrollmentCode(device_id, secret, self.ca.fingerprint)
+
+    def renew(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Issue a fresh operational certificate for the same identity key (before expiry).
+
+        Raises:
+            MalformedError, EnrollmentError, RevokedError, UnknownDeviceError.
+        """
+        try:
+            device_id = str(req["device_id"])
+            ts = int(req["ts"])
+            signature = b64d(req["signature"], what="signature", length=64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MalformedError(f"renewal request: missing or bad field {exc}") from None
+        device = self.store.get_device(device_id)
+        if device.status != "active" or device.identity_public_key is None:
+            raise RevokedError(f"device {device_id!r} is {device.status}")
+        now = self.clock.now()
+        if abs(now.timestamp() - ts) > 300:
+            raise EnrollmentError("renewal request timestamp outside the allowed clock skew")
+        transcript = request_transcript("renew", {"device_id": device_id, "ts": ts})
+        try:
+            verify_signature(device.identity_public_key, signature, transcript)
+        except IntegrityError:
+            self._auth_failed(device_id, "bad_renewal_signature")
+            raise
+        cert = self.ca.issue_device_certificate(device_id, device.identity_public_key, now=now,
+                                                validity=timedelta(days=self.cfg.cert_validity_days),
+                                                segment=device.segment)
+        cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+        serial = format(cert.serial_number, "x")
+        self.store.renew_certificate(device_id, cert_pem=cert_pem, cert_serial=serial,
+                                     cert_not_after=cert.not_valid_after_utc)
+        self._record(AuditEvent(EventType.CERT_RENEWED, now, device_id, device_id,
+                                {"cert_serial": serial, "previous_serial": device.cert_serial or "",
+                                 "not_after": cert.not_valid_after_utc.isoformat()}))
+        self._changed(device_id)
+        fields = {"device_id": device_id, "certificate_pem": cert_pem}
+        return {**fields, "signature": b64e(self.ca.sign(hub_response_message(transcript, fields)))}
+
     def decommission(self, device_id: str, *, actor: str = "operator") -> DecommissionResult:
         """Retire a device: status ``decommissioned`` and its session keys crypto-erased.
 

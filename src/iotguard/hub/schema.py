@@ -30,6 +30,7 @@ __all__ = [
     "readings",
     "rejections",
     "replay_windows",
+    "revoked_certificates",
 ]
 
 devices = Table(
@@ -129,6 +130,15 @@ hub_meta = Table(
     Column("value", Text, nullable=False),
 )
 
+revoked_certificates = Table(
+    "revoked_certificates",
+    metadata,
+    # Serials that must stay on the CRL even after the device was re-provisioned.
+    Column("serial", String(64), primary_key=True),
+    Column("device_id", String(64), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=False),
+)
+
 _CORE = [hub_meta, devices, enrollment_tokens, key_epochs, replay_windows, readings, rejections, api_tokens]
 
 
@@ -140,6 +150,8 @@ def _apply_core(conn: Connection) -> None:
 
 
 register(Migration("0001_core", "devices, tokens, key epochs, replay windows, readings", _apply_core))
+register(Migration("0002_revoked_certificates", "serials kept on the CRL across re-provisioning",
+                   lambda conn: revoked_certificates.create(conn, checkfirst=True)))
 import iotguard.hub.audit_store  # noqa: E402
 import iotguard.hub.credentials  # noqa: E402
 import iotguard.hub.policy_store  # noqa: E402

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
-from iotguard.errors import AuthenticationError, EnrollmentError, StorageError, UnknownDeviceError
+from iotguard.errors import AuthenticationError, EnrollmentError, RevokedError, StorageError, UnknownDeviceError
 from iotguard.hub.db import make_engine
 from iotguard.hub.migrations import migrate
 from iotguard.hub.schema import (
@@ -32,6 +32,7 @@ from iotguard.hub.schema import (
     readings,
     rejections,
     replay_windows,
+    revoked_certificates,
 )
 
 __all__ = ["ROLES", "ApiToken", "DeviceRecord", "EpochKey", "HubStore", "StoredReading"]
@@ -107,6 +108,13 @@ class ApiToken:
     role: str
 
 
+_READING_COLUMNS = ("device_id", "epoch", "seq", "topic", "received_at", "body")
+
+
+class _SomeAlreadyStored(Exception):
+    """Internal: a fast-path insert found rows that already exist (the transaction is rolled back)."""
+
+
 def _aware(dt: datetime | None) -> datetime | None:
     # SQLite returns naive datetimes; everything iotguard stores is UTC.
     if dt is None or dt.tzinfo is not None:
@@ -137,6 +145,7 @@ class HubStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._dialect = engine.dialect.name
+        self._insert_sql: tuple[str, list[str] | None] | None = None
 
     @classmethod
     def open(cls, url: str) -> HubStore:
@@ -262,6 +271,51 @@ class HubStore:
             c.execute(key_epochs.insert().values(
                 device_id=device_id, epoch=epoch, suite=suite, wrapped_key=wrapped_key, created_at=now))
 
+    def renew_certificate(self, device_id: str, *, cert_pem: str, cert_serial: str, cert_not_after: datetime) -> None:
+        """Replace an active device's operational certificate (same key, new validity).
+
+        Raises:
+            RevokedError: the device is not active.
+        """
+        with self.engine.begin() as c:
+            n = c.execute(update(devices).where(and_(devices.c.device_id == device_id, devices.c.status == "active"))
+                          .values(cert_pem=cert_pem, cert_serial=cert_serial, cert_not_after=cert_not_after)).rowcount
+        if n != 1:
+            raise RevokedError(f"device {device_id!r} is not active")
+
+    def reprovision(self, device_id: str, *, token_hash: bytes, token_expires_at: datetime, now: datetime) -> None:
+        """Reset a device to *pending* with a new enrollment token, erasing its keys and replay state.
+
+        Its current certificate serial stays on the CRL.
+
+        Raises:
+            UnknownDeviceError: no such device.
+            EnrollmentError: the device was decommissioned (that is final).
+        """
+        with self.engine.begin() as c:
+            row = c.execute(select(devices.c.status, devices.c.cert_serial)
+                            .where(devices.c.device_id == device_id)).first()
+            if row is None:
+                raise UnknownDeviceError(f"unknown device {device_id!r}")
+            if row.status == "decommissioned":
+                raise EnrollmentError("a decommissioned device cannot be re-provisioned")
+            if row.cert_serial:
+                c.execute(self._upsert(revoked_certificates).values(
+                    serial=row.cert_serial, device_id=device_id, revoked_at=now).on_conflict_do_nothing())
+            c.execute(delete(key_epochs).where(key_epochs.c.device_id == device_id))
+            c.execute(delete(replay_windows).where(replay_windows.c.device_id == device_id))
+            c.execute(update(devices).where(devices.c.device_id == device_id).values(
+                status="pending", identity_public_key=None, cert_pem=None, cert_serial=None, cert_not_after=None,
+                current_epoch=None, enrolled_at=None, revoked_at=None))
+            c.execute(enrollment_tokens.insert().values(
+                token_hash=token_hash, device_id=device_id, expires_at=token_expires_at))
+
+    def revoked_certificate_serials(self) -> list[tuple[str, datetime]]:
+        """Serials recorded as revoked outside the device rows (re-provisioned devices)."""
+        with self.engine.connect() as c:
+            return [(r.serial, _aware(r.revoked_at) or r.revoked_at)
+                    for r in c.execute(select(revoked_certificates))]
+
     def revoke_device(self, device_id: str, *, now: datetime) -> None:
         """Revoke a device: its data is refused from now on.
 
@@ -313,15 +367,40 @@ class HubStore:
         Raises:
             StorageError: the transaction failed; nothing was stored.
         """
+        windows = list(windows)
+        try:
+            return self._store_batch(rows, windows, rejected, now=now, returning=False)
+        except _SomeAlreadyStored:
+            # Another hub stored some of these meanwhile (the replay window
+            # normally prevents this): redo the batch learning exactly which.
+            return self._store_batch(rows, windows, rejected, now=now, returning=True)
+
+    def _store_batch(
+        self,
+        rows: Sequence[dict[str, Any]],
+        windows: Iterable[tuple[str, int, int, bytes]],
+        rejected: dict[tuple[str, str], int],
+        *,
+        now: datetime,
+        returning: bool,
+    ) -> set[tuple[str, int, int]]:
         inserted: set[tuple[str, int, int]] = set()
         try:
             with self.engine.begin() as c:
                 if rows:
-                    stmt = (self._upsert(readings).on_conflict_do_nothing(
-                        index_elements=["device_id", "epoch", "seq"])
-                        .returning(readings.c.device_id, readings.c.epoch, readings.c.seq))
-                    for r in c.execute(stmt, list(rows)):
-                        inserted.add((r[0], r[1], r[2]))
+                    stmt = self._upsert(readings).on_conflict_do_nothing(index_elements=["device_id", "epoch", "seq"])
+                    if returning:
+                        stmt = stmt.returning(readings.c.device_id, readings.c.epoch, readings.c.seq)
+                        for r in c.execute(stmt, list(rows)):
+                            inserted.add((r[0], r[1], r[2]))
+                    else:
+                        # Fast path: the statement is compiled by SQLAlchemy for this
+                        # dialect once; the driver's executemany then binds plain
+                        # values (the batch shares one timestamp, converted once).
+                        # If every row went in, we know which.
+                        if c.exec_driver_sql(*self._fast_insert(rows, now)).rowcount != len(rows):
+                            raise _SomeAlreadyStored
+                        inserted = {(r["device_id"], r["epoch"], r["seq"]) for r in rows}
                 win_rows = [{"device_id": d, "epoch": e, "top": t, "bitmap": b} for d, e, t, b in windows]
                 if win_rows:
                     ins = self._upsert(replay_windows)
@@ -330,9 +409,26 @@ class HubStore:
                         set_={"top": ins.excluded.top, "bitmap": ins.excluded.bitmap}), win_rows)
                 if rejected:
                     self._count_rejections(c, rejected, now)
+        except _SomeAlreadyStored:
+            raise
         except Exception as exc:  # the driver's errors vary; the batch is retried whole
             raise StorageError(f"batch not stored: {type(exc).__name__}: {exc}") from exc
         return inserted
+
+    def _fast_insert(self, rows: Sequence[dict[str, Any]], now: datetime) -> tuple[str, Any]:
+        if self._insert_sql is None:
+            stmt = self._upsert(readings).on_conflict_do_nothing(index_elements=["device_id", "epoch", "seq"])
+            compiled = stmt.compile(dialect=self.engine.dialect, column_keys=list(_READING_COLUMNS))
+            order = list(compiled.positiontup or []) if compiled.positional else None
+            self._insert_sql = (str(compiled), order)
+        sql, order = self._insert_sql
+        ts_proc = readings.c.received_at.type.dialect_impl(self.engine.dialect).bind_processor(self.engine.dialect)
+        received = ts_proc(now) if ts_proc else now
+        prepared = [{"device_id": r["device_id"], "epoch": r["epoch"], "seq": r["seq"], "topic": r["topic"],
+                     "received_at": received, "body": r["body"]} for r in rows]
+        if order is None:
+            return sql, prepared
+        return sql, [tuple(p[k] for k in order) for p in prepared]
 
     def _count_rejections(self, c: Connection, rejected: dict[tuple[str, str], int], now: datetime) -> None:
         ins = self._upsert(rejections)

@@ -96,44 +96,33 @@ def associated_data(header: bytes, topic: str) -> bytes:
     return header + struct.pack(">H", len(t)) + t
 
 
-class _Reader:
-    __slots__ = ("buf", "pos")
+def _uint(buf: bytes, pos: int, major: int, what: str) -> tuple[int, int]:
+    """Read one shortest-form CBOR head of ``major`` type at ``pos``; returns (argument, next position)."""
+    if pos >= len(buf):
+        raise MalformedError(f"truncated before {what}")
+    ib = buf[pos]
+    if ib >> 5 != major:
+        raise MalformedError(f"{what}: wrong CBOR type")
+    info = ib & 0x1F
+    if info < 24:
+        return info, pos + 1
+    if info > 27:
+        raise MalformedError(f"{what}: indefinite or reserved length")
+    n = 1 << (info - 24)
+    end = pos + 1 + n
+    if end > len(buf):
+        raise MalformedError(f"truncated in {what}")
+    value = int.from_bytes(buf[pos + 1 : end], "big")
+    # Deterministic encoding: the argument must use the shortest form.
+    if value < (24 if n == 1 else 1 << (4 * n)):
+        raise MalformedError(f"{what}: non-shortest integer encoding")
+    return value, end
 
-    def __init__(self, buf: bytes) -> None:
-        self.buf = buf
-        self.pos = 0
 
-    def head(self, want_major: int, what: str) -> int:
-        buf, pos = self.buf, self.pos
-        if pos >= len(buf):
-            raise MalformedError(f"truncated before {what}")
-        ib = buf[pos]
-        major, info = ib >> 5, ib & 0x1F
-        if major != want_major:
-            raise MalformedError(f"{what}: wrong CBOR type")
-        if info < 24:
-            self.pos = pos + 1
-            return info
-        if info > 27:
-            raise MalformedError(f"{what}: indefinite or reserved length")
-        n = 1 << (info - 24)
-        end = pos + 1 + n
-        if end > len(buf):
-            raise MalformedError(f"truncated in {what}")
-        value = int.from_bytes(buf[pos + 1 : end], "big")
-        # Deterministic encoding: the argument must use the shortest form.
-        if value < (24 if n == 1 else 1 << (4 * n)):
-            raise MalformedError(f"{what}: non-shortest integer encoding")
-        self.pos = end
-        return value
-
-    def take(self, n: int, what: str) -> bytes:
-        end = self.pos + n
-        if end > len(self.buf):
-            raise MalformedError(f"truncated in {what}")
-        out = self.buf[self.pos : end]
-        self.pos = end
-        return out
+# Device ids already validated (bounded): the regular expression is the
+# costliest step of decoding and a fleet sends the same ids again and again.
+_KNOWN_IDS: dict[bytes, str] = {}
+_KNOWN_IDS_MAX = 100_000
 
 
 def decode_envelope(data: bytes, *, max_size: int = 16384, tag_size: int = 16) -> Envelope:
@@ -149,30 +138,36 @@ def decode_envelope(data: bytes, *, max_size: int = 16384, tag_size: int = 16) -
     """
     if len(data) > max_size:
         raise MalformedError(f"envelope of {len(data)} bytes exceeds the {max_size}-byte limit")
-    if not data or data[0] != 0x86:
+    buf = bytes(data)
+    if len(buf) < 2 or buf[0] != 0x86:
         raise MalformedError("not a 6-item CBOR array")
-    r = _Reader(bytes(data))
-    r.pos = 1
-    if r.head(0, "version") != ENVELOPE_VERSION:
+    if buf[1] != ENVELOPE_VERSION:
         raise MalformedError("unsupported envelope version")
-    suite_id = r.head(0, "suite")
+    suite_id, pos = _uint(buf, 2, 0, "suite")
     if suite_id > 255:
         raise MalformedError("suite id out of range")
-    did_len = r.head(3, "device id")
+    did_len, pos = _uint(buf, pos, 3, "device id")
     if did_len > MAX_DEVICE_ID_LENGTH:
         raise MalformedError("device id too long")
-    did = r.take(did_len, "device id")
-    if not _DEVICE_ID.fullmatch(did):
-        raise MalformedError("device id has forbidden characters")
-    epoch = r.head(0, "epoch")
+    end = pos + did_len
+    if end > len(buf):
+        raise MalformedError("truncated in device id")
+    did = buf[pos:end]
+    device_id = _KNOWN_IDS.get(did)
+    if device_id is None:
+        if not _DEVICE_ID.fullmatch(did):
+            raise MalformedError("device id has forbidden characters")
+        device_id = did.decode("ascii")
+        if len(_KNOWN_IDS) < _KNOWN_IDS_MAX:
+            _KNOWN_IDS[did] = device_id
+    epoch, pos = _uint(buf, end, 0, "epoch")
     if epoch > _MAX_EPOCH:
         raise MalformedError("epoch out of range")
-    seq = r.head(0, "sequence")
-    header = r.buf[: r.pos]
-    ct_len = r.head(2, "ciphertext")
+    seq, pos = _uint(buf, pos, 0, "sequence")
+    header = buf[:pos]
+    ct_len, pos = _uint(buf, pos, 2, "ciphertext")
     if ct_len < tag_size:
         raise MalformedError("ciphertext shorter than a tag")
-    ciphertext = r.take(ct_len, "ciphertext")
-    if r.pos != len(r.buf):
-        raise MalformedError("trailing bytes after envelope")
-    return Envelope(suite_id, did.decode("ascii"), epoch, seq, ciphertext, header)
+    if pos + ct_len != len(buf):
+        raise MalformedError("truncated ciphertext" if pos + ct_len > len(buf) else "trailing bytes after envelope")
+    return Envelope(suite_id, device_id, epoch, seq, buf[pos:], header)
