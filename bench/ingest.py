@@ -45,6 +45,7 @@ from iotguard.hub.broker import BrokerAddress, EmbeddedBroker  # noqa: E402
 from iotguard.hub.core import HubCore, build_hub_core  # noqa: E402
 from iotguard.hub.ingest import IngestProcessor  # noqa: E402
 from iotguard.hub.mqtt_ingest import MqttIngest  # noqa: E402
+from iotguard.hub.service import tune_gc_for_ingest  # noqa: E402
 from iotguard.identity import b64e, derive_hub_session, request_transcript  # noqa: E402
 from iotguard.keys import SoftwareKeyStore  # noqa: E402
 from iotguard.wire import Reading, encode_reading  # noqa: E402
@@ -218,6 +219,9 @@ def main() -> int:
     ap.add_argument("--suite", default="chacha20-poly1305")
     args = ap.parse_args()
     devices, per_device = (50, 300) if args.quick else (100, 1000)
+    # The hub process tunes its collector at start (iotguard.hub.service); do the
+    # same here so both the raw subscriber and the secured ingest run with it.
+    tune_gc_for_ingest()
     tmp = Path(tempfile.mkdtemp(prefix="iotguard-bench-ingest-"))
     os.environ.setdefault("IOTGUARD_DEVICE_SECRET", str(tmp / "device.secret"))
     mosq = start_mosquitto(tmp)

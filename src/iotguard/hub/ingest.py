@@ -102,13 +102,14 @@ class IngestStats:
             return {"stored": self.stored, "batches": self.batches, "rejected": dict(self.rejected)}
 
 
-@dataclass
-class _Candidate:
-    msg: Incoming
-    env: Envelope
+@dataclass(slots=True)
+class _Session:
     record: DeviceRecord
     suite: AeadSuite
     keys: SessionKeys
+    window: ReplayWindow
+    topic: str
+    ack_topic: str
 
 
 class IngestProcessor:
@@ -136,6 +137,15 @@ class IngestProcessor:
             self._windows[key] = w
         return w
 
+    def _session(self, device_id: str, epoch: int) -> _Session | str:
+        """Everything ingest needs about (device, epoch), or the reason code it is refused with."""
+        try:
+            record, suite_name, keys = self.registry.session(device_id, epoch)
+            return _Session(record, get_suite(suite_name), keys, self._window(device_id, epoch),
+                            telemetry_topic(record.segment, device_id), ack_topic(record.segment, device_id))
+        except IotGuardError as exc:
+            return exc.code
+
     def process(self, batch: Sequence[Incoming]) -> BatchOutcome:
         """Process one batch; see the module docstring.
 
@@ -144,75 +154,78 @@ class IngestProcessor:
         """
         now = self.clock.now()
         out = BatchOutcome()
+        max_size = self.cfg.max_envelope_bytes
         rejected: Counter[tuple[str, str]] = Counter()
-        reack: dict[tuple[str, int], set[int]] = defaultdict(set)
-        candidates: list[_Candidate] = []
+        # Looked up once per (device, epoch) and batch, not per message.
+        sessions: dict[tuple[str, int], _Session | str] = {}
+        acked: dict[tuple[str, int], set[int]] = defaultdict(set)
+        by_suite: dict[int, list[tuple[Incoming, Envelope, _Session]]] = defaultdict(list)
         for msg in batch:
             try:
-                env = decode_envelope(msg.payload, max_size=self.cfg.max_envelope_bytes)
+                env = decode_envelope(msg.payload, max_size=max_size)
             except MalformedError:
                 rejected[("", "malformed")] += 1
                 continue
+            d = env.device_id
+            key = (d, env.epoch)
+            sess = sessions.get(key)
+            if sess is None:
+                sess = sessions[key] = self._session(d, env.epoch)
+            if isinstance(sess, str):
+                # unknown_device is counted without the claimed id, so junk ids
+                # cannot bloat the rejection table.
+                rejected[("" if sess == "unknown_device" else d, sess)] += 1
+                continue
+            if msg.topic != sess.topic:
+                rejected[(d, "topic_mismatch")] += 1
+                continue
+            if env.suite_id != sess.suite.suite_id:
+                rejected[(d, "forged")] += 1
+                continue
             try:
-                record, suite_name, keys = self.registry.session(env.device_id, env.epoch)
-                if msg.topic != telemetry_topic(record.segment, env.device_id):
-                    rejected[(env.device_id, "topic_mismatch")] += 1
-                    continue
-                suite = get_suite(suite_name)
-                if env.suite_id != suite.suite_id:
-                    rejected[(env.device_id, "forged")] += 1
-                    continue
-                self._window(env.device_id, env.epoch).check(env.seq)
+                sess.window.check(env.seq)
             except ReplayError as exc:
-                rejected[(env.device_id, "replay")] += 1
+                rejected[(d, "replay")] += 1
                 if "already" in str(exc):
-                    reack[(env.device_id, env.epoch)].add(env.seq)
+                    acked[key].add(env.seq)  # stored before: acknowledge again so the device stops resending
                 continue
-            except IotGuardError as exc:
-                # unknown_device, revoked: counted under the device id they
-                # claim only when it is registered, so junk ids cannot bloat
-                # the rejection table.
-                rejected[("" if exc.code == "unknown_device" else env.device_id, exc.code)] += 1
-                continue
-            candidates.append(_Candidate(msg, env, record, suite, keys))
+            by_suite[sess.suite.suite_id].append((msg, env, sess))
 
         rows: list[dict[str, Any]] = []
         touched: set[tuple[str, int]] = set()
-        acked: dict[tuple[str, int], set[int]] = defaultdict(set)
         arrived: dict[tuple[str, int, int], float] = {}
-        by_suite: dict[int, list[_Candidate]] = defaultdict(list)
-        for c in candidates:
-            by_suite[c.suite.suite_id].append(c)
+        authorize = self.authorizer
+        max_fields = self.cfg.max_reading_fields
         for group in by_suite.values():
-            suite = group[0].suite
+            suite = group[0][2].suite
+            nonce_size = suite.nonce_size
             results = suite.open_batch([
-                OpenRequest(c.keys.uplink, make_nonce(c.env.epoch, c.env.seq, suite.nonce_size),
-                            associated_data(c.env.header, c.msg.topic), c.env.ciphertext)
-                for c in group
+                OpenRequest(sess.keys.uplink, make_nonce(env.epoch, env.seq, nonce_size),
+                            associated_data(env.header, msg.topic), env.ciphertext)
+                for msg, env, sess in group
             ])
-            for c, res in zip(group, results, strict=True):
-                d, e, s = c.env.device_id, c.env.epoch, c.env.seq
+            for (msg, env, sess), res in zip(group, results, strict=True):
+                d, e, seq = env.device_id, env.epoch, env.seq
                 if isinstance(res, Exception):
                     rejected[(d, "forged")] += 1
                     continue
                 try:
-                    self._window(d, e).accept(s)  # also catches duplicates inside one batch
+                    sess.window.accept(seq)  # also catches duplicates inside one batch
                 except ReplayError:
                     rejected[(d, "replay")] += 1
-                    reack[(d, e)].add(s)
+                    acked[(d, e)].add(seq)
                     continue
                 touched.add((d, e))
-                acked[(d, e)].add(s)
+                acked[(d, e)].add(seq)
                 try:
-                    reading = decode_reading(res, max_size=self.cfg.max_envelope_bytes,
-                                             max_fields=self.cfg.max_reading_fields)
-                    if self.authorizer is not None:
-                        self.authorizer(c.record, c.msg.topic, reading)
+                    reading = decode_reading(res, max_size=max_size, max_fields=max_fields)
+                    if authorize is not None:
+                        authorize(sess.record, msg.topic, reading)
                 except IotGuardError as exc:
                     rejected[(d, exc.code)] += 1
                     continue
-                arrived[(d, e, s)] = c.msg.arrived
-                rows.append({"device_id": d, "epoch": e, "seq": s, "topic": c.msg.topic,
+                arrived[(d, e, seq)] = msg.arrived
+                rows.append({"device_id": d, "epoch": e, "seq": seq, "topic": msg.topic,
                              "received_at": now, "body": res})
 
         windows = [(d, e, self._windows[(d, e)].top, self._windows[(d, e)].bitmap()) for d, e in touched]
@@ -225,23 +238,18 @@ class IngestProcessor:
                 self._windows.pop(key, None)
             raise
         done = time.monotonic()
-        late = [r for r in rows if (r["device_id"], r["epoch"], r["seq"]) not in inserted]
-        if late:
+        if len(inserted) != len(rows):
             # Stored meanwhile by another hub process: a replay here, still acknowledged.
-            extra: Counter[tuple[str, str]] = Counter((r["device_id"], "replay") for r in late)
+            extra: Counter[tuple[str, str]] = Counter(
+                (r["device_id"], "replay") for r in rows if (r["device_id"], r["epoch"], r["seq"]) not in inserted)
             self.store.count_rejections(dict(extra), now=now)
             rejected.update(extra)
         out.stored = len(inserted)
-        for stored_key in inserted:
-            if arrived[stored_key]:
-                out.latencies_ms.append((done - arrived[stored_key]) * 1000.0)
-        for d, e in set(acked) | set(reack):
-            try:
-                record, _, keys = self.registry.session(d, e)
-            except IotGuardError:
-                continue
-            seqs = acked.get((d, e), set()) | reack.get((d, e), set())
-            out.acks[(ack_topic(record.segment, d), e)] = encode_ack(d, e, seqs, keys.downlink)
+        out.latencies_ms = [(done - t) * 1000.0 for k, t in arrived.items() if t and k in inserted]
+        for key, seqs in acked.items():
+            sess = sessions.get(key)
+            if isinstance(sess, _Session):
+                out.acks[(sess.ack_topic, key[1])] = encode_ack(key[0], key[1], seqs, sess.keys.downlink)
         for (_d, reason), n in rejected.items():
             out.rejected[reason] += n
         if rejected and self.audit is not None:
