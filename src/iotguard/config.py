@@ -48,6 +48,13 @@ class HubConfig:
     #: How long a cached device record may be used before it is re-read
     #: (bounds how fast a revocation made by another hub process takes effect).
     device_cache_ttl_s: float = 1.0
+    #: Key custody of the hub (fleet CA key, storage key, audit checkpoint key):
+    #: ``software`` (sealed store in ``<data_dir>/keys``) or ``pkcs11`` (an HSM;
+    #: the PIN is read from the environment variable ``pkcs11_pin_env``).
+    keystore_backend: str = "software"
+    pkcs11_module: str = ""
+    pkcs11_token: str = ""
+    pkcs11_pin_env: str = "IOTGUARD_PKCS11_PIN"
     #: Directory written by ``iotguard broker config``; when set, the hub rewrites the
     #: broker's CRL and ACL on every revocation and sends SIGHUP to ``mosquitto_pid_file``.
     mosquitto_dir: str = ""
@@ -76,6 +83,12 @@ class AgentConfig:
     max_buffered_readings: int = 1_000_000
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
+    #: Device key custody: ``software`` (secure element in ``<data_dir>/keys``),
+    #: ``pkcs11`` (a secure element or HSM through PKCS#11) or ``puf-sim``.
+    keystore_backend: str = "software"
+    pkcs11_module: str = ""
+    pkcs11_token: str = ""
+    pkcs11_pin_env: str = "IOTGUARD_PKCS11_PIN"
 
 
 @dataclass
@@ -162,6 +175,12 @@ def _validate(cfg: Config) -> None:
         unknown = [s for s in suites if s not in known]
         if unknown:
             raise ConfigError(f"{path}: unknown cipher suite(s) {unknown}; known: {sorted(known)}")
+    for path, backend in (("hub.keystore_backend", cfg.hub.keystore_backend),
+                          ("agent.keystore_backend", cfg.agent.keystore_backend)):
+        if backend not in ("software", "pkcs11", "puf-sim"):
+            raise ConfigError(f"{path}: unknown key store backend {backend!r}; use software, pkcs11 or puf-sim")
+    if cfg.hub.keystore_backend == "puf-sim":
+        raise ConfigError("hub.keystore_backend: the simulated PUF is a device backend, not for the hub")
     for path, url in (("hub.database_url", cfg.hub.database_url),):
         if url and not url.startswith(("sqlite://", "postgresql")):
             raise ConfigError(f"{path}: only sqlite:// and postgresql URLs are supported")

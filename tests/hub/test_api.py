@@ -12,7 +12,7 @@ def test_health_is_the_only_anonymous_route(hub: HubParts) -> None:
     schema = hub.client.get("/openapi.json").json()
     for path, ops in schema["paths"].items():
         for method in ops:
-            if path in ("/health", "/v1/enroll", "/v1/rekey", "/v1/renew", "/v1/receipts", "/v1/consent/ack",
+            if path in ("/health", "/v1/enroll", "/v1/rekey", "/v1/renew", "/v1/tamper", "/v1/receipts", "/v1/consent/ack",
                         "/v1/bootstrap"):
                 continue  # devices sign their requests; bootstrap carries its one-time secret
             r = hub.client.request(method.upper(), path.replace("{device_id}", "dev-1").replace("{subject_id}", "s1"),

@@ -110,3 +110,20 @@ def test_session_keys_are_never_stored_in_clear(hub: HubParts) -> None:
     with hub.store.engine.connect() as c:
         wrapped = c.execute(select(key_epochs.c.wrapped_key)).scalar_one()
     assert agent._keys is not None and agent._keys.uplink not in wrapped
+
+
+def test_usage_limit_triggers_rekey_before_it_is_reached(hub: HubParts, monkeypatch) -> None:
+    """Crypto agility: a key is never used past its suite's message limit; the device re-keys first."""
+    from iotguard.crypto import get_suite
+    from iotguard.hub.ingest import Incoming
+    from iotguard.wire import Reading
+
+    suite = get_suite("chacha20-poly1305")
+    monkeypatch.setattr(suite, "max_messages", 20)
+    agent = hub.agent("dev-1")
+    for i in range(30):
+        agent.submit(Reading(1_700_000_000_000 + i, {"temperature": 20.0}, "heating_control"))
+        hub.processor.process([Incoming(agent.sealer.topic, agent.last_envelope)])
+    assert agent.sealer.epoch == 2  # re-keyed once, at 90% of the limit
+    assert hub.store.get_device("dev-1").current_epoch == 2
+    assert hub.store.reading_count("dev-1") == 30  # both epochs' readings were accepted

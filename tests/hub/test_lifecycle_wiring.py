@@ -67,3 +67,33 @@ def test_decommissioned_device_cannot_be_reprovisioned(hub: HubParts) -> None:
     hub.registry.decommission("dev-1")
     with pytest.raises(EnrollmentError):
         hub.registry.reprovision("dev-1")
+
+
+def test_tamper_event_zeroizes_the_device_and_the_hub_stops_trusting_it(hub: HubParts) -> None:
+    """Enclosure opened: the device reports (signed), zeroizes, and even a copied session key is useless."""
+    from iotguard.errors import TamperError
+    from iotguard.hub.ingest import Incoming
+    from iotguard.wire import Reading, encode_reading
+
+    a = hub.agent("dev-1")
+    _s, stolen = a.sealer.seal(encode_reading(Reading(1, {"temperature": 1.0}, "heating_control")))
+    topic = a.sealer.topic
+    assert a.respond_to_tamper("enclosure opened") is True
+    with pytest.raises(TamperError):
+        a.keystore.sign("identity", b"x")
+    assert hub.core.posture.require("dev-1").trust_tier == "failed"
+    out = hub.processor.process([Incoming(topic, stolen)])
+    assert out.stored == 0 and out.rejected["policy_denied"] == 1
+    assert "device.tampered" in [__import__("iotguard.audit.events", fromlist=["AuditEvent"]).AuditEvent.from_cbor(e).type
+                                 for e in hub.core.audit.entries(0, hub.core.audit.size())]
+
+
+def test_forged_tamper_report_is_refused(hub: HubParts) -> None:
+    """Nobody but the device can mark it tampered (that would be a denial of service)."""
+    from iotguard.identity import b64e
+
+    hub.agent("dev-1")
+    r = hub.client.post("/v1/tamper", json={"device_id": "dev-1", "reason": "x", "ts": 1,
+                                             "signature": b64e(b"\x00" * 64)})
+    assert r.status_code == 401
+    assert hub.core.posture.require("dev-1").trust_tier != "failed"

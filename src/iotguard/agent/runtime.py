@@ -60,7 +60,7 @@ from iotguard.identity import (
     token_hash,
     verify_signature,
 )
-from iotguard.keys import KeyKind, KeyStore, SoftwareKeyStore
+from iotguard.keys import KeyKind, KeyStore, KeyStoreConfig, TamperResponsive, open_key_store
 from iotguard.privacy import ConsentConfig, ConsentState
 from iotguard.wire import Reading, encode_reading
 
@@ -94,7 +94,10 @@ class Agent:
         self.device_id = device_id
         self.dir = Path(cfg.data_dir)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.keystore = keystore or SoftwareKeyStore(self.dir / "keys")
+        self.keystore = keystore or open_key_store(
+            KeyStoreConfig(backend=cfg.keystore_backend, pkcs11_module=cfg.pkcs11_module,
+                           pkcs11_token=cfg.pkcs11_token, pkcs11_pin_env=cfg.pkcs11_pin_env),
+            default_directory=self.dir / "keys")
         self.clock = clock or SystemClock()
         self._http = http
         self.outbox = Outbox(self.dir / "outbox.db", max_items=cfg.max_buffered_readings)
@@ -291,6 +294,30 @@ class Agent:
             return False
         self.renew_certificate()
         return True
+
+    def respond_to_tamper(self, reason: str) -> bool:
+        """Tamper response: tell the hub (signed, while the identity key still exists), then zeroize.
+
+        Call from the enclosure-open (or any tamper sensor) handler. The key
+        store is zeroized whether or not the hub could be told; the session
+        keys held in memory are dropped. Returns whether the hub acknowledged.
+        """
+        reported = False
+        try:
+            ts = int(self.clock.now().timestamp())
+            body = {"device_id": self.device_id, "reason": reason[:128], "ts": ts}
+            signature = self.keystore.sign(_IDENTITY, request_transcript("tamper", body))
+            self._post("/v1/tamper", {**body, "signature": b64e(signature)})
+            reported = True
+        except (httpx.HTTPError, IotGuardError) as exc:
+            log.error("%s: tamper report not delivered (%s); zeroizing anyway", self.device_id, exc)
+        if isinstance(self.keystore, TamperResponsive):
+            self.keystore.tamper_event(reason)
+        else:
+            self.keystore.zeroize()
+        self._keys = None
+        self._sealer = None
+        return reported
 
     # -- telemetry -------------------------------------------------------
 

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         samples += 1
         if samples % 10 == 0:
             agent.send_receipt()
+            agent.maybe_renew()
         agent.resend_due()
         stop.wait(cfg.interval_s)
     agent.send_receipt()

@@ -37,21 +37,22 @@ def add_config_command(broker_subparsers: argparse._SubParsersAction[argparse.Ar
 def broker_config(args: argparse.Namespace) -> int:
     """Write the configuration (or only the access files) and optionally reload the broker."""
     from iotguard.hub.mosquitto import reload, update_access_files, write_broker_config
-    from iotguard.hub.registry import FleetRegistry, open_hub_keys
-    from iotguard.hub.store import HubStore
 
     cfg = config_from_args(args).hub
     if not Path(cfg.data_dir).is_dir():
         raise ConfigError(f"hub data directory {cfg.data_dir!r} does not exist; start the hub once first")
-    store = HubStore.open(cfg.resolved_database_url())
-    registry = FleetRegistry(store, open_hub_keys(cfg), cfg)
+    from iotguard.hub.core import build_hub_core
+
+    core = build_hub_core(cfg)  # the ACL comes from the active Cedar policies and the posture
+    store, registry = core.store, core.registry
     now = datetime.now(tz=UTC)
     if args.access_only:
-        files = update_access_files(args.out, registry.ca, store, now, run_as_user=args.user)
+        files = update_access_files(args.out, registry.ca, store, now, run_as_user=args.user,
+                                    acl_renderer=core.broker_acl)
         print(f"rewrote {files.crlfile} and {files.acl}")
     else:
         files = write_broker_config(args.out, registry.ca, store, args.hostname, args.port, now,
-                                    bind_address=args.bind, run_as_user=args.user)
+                                    bind_address=args.bind, run_as_user=args.user, acl_renderer=core.broker_acl)
         print(f"wrote {files.conf}")
         print(f"run: mosquitto -c {files.conf}")
         print(f"hub client certificate: {files.hub_certfile} (key {files.hub_keyfile}, mode 0600)")

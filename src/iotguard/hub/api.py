@@ -123,6 +123,13 @@ class ReasonBody(BaseModel):
     reason: str = Field(default="", max_length=256)
 
 
+class TamperReport(BaseModel):
+    device_id: str = Field(max_length=64)
+    reason: str = Field(max_length=128)
+    ts: int
+    signature: str = Field(max_length=128)
+
+
 class RenewRequest(BaseModel):
     device_id: str = Field(max_length=64)
     ts: int
@@ -164,7 +171,8 @@ class _StatsCollector:
 def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, policy: PolicyEngine,
                posture: PostureStore, policy_admin: PolicyAdministration, audit: TransparencyLog,
                clock: Clock, privacy: PrivacyStore | None = None, limiter: AttemptLimiter | None = None,
-               on_consent_change: Callable[[str], None] | None = None) -> FastAPI:
+               on_consent_change: Callable[[str], None] | None = None,
+               on_posture_change: Callable[[str], None] | None = None) -> FastAPI:
     """Build the hub's FastAPI application.
 
     Every operator request is decided by ``policy`` (Cedar): the token's role
@@ -277,6 +285,17 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
         """Move a device to its next key epoch (signed by its identity key)."""
         return registry.rekey(req.model_dump())
 
+    @app.post("/v1/tamper", tags=["devices"])
+    def tamper(req: TamperReport) -> dict[str, Any]:
+        """A device reports tampering: its trust tier drops to ``failed`` and every enforcement point refuses it."""
+        device_id = registry.tamper_report(req.model_dump())
+        if posture.get(device_id) is not None:
+            posture.update(device_id, trust_tier="failed")
+            save_posture(store.engine, [posture.require(device_id)], now=clock.now())
+            if on_posture_change is not None:
+                on_posture_change(device_id)
+        return {"device_id": device_id, "trust_tier": "failed"}
+
     @app.post("/v1/renew", tags=["devices"])
     def renew(req: RenewRequest) -> dict[str, Any]:
         """A device renews its operational certificate before expiry (signed by its identity key)."""
@@ -337,6 +356,8 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
         """Move a device into the quarantine segment: ingest, API and broker deny it at once."""
         policy_admin.quarantine(posture, device_id, actor=t.name, reason=body.reason if body else "")
         save_posture(store.engine, [posture.require(device_id)], now=clock.now())
+        if on_posture_change is not None:
+            on_posture_change(device_id)
         return {"device_id": device_id, "quarantined": True}
 
     @app.post("/v1/devices/{device_id}/release", tags=["devices"])
@@ -346,6 +367,8 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
         """Return a device from quarantine (policy requires a fresh verified attestation)."""
         policy_admin.release(posture, device_id, actor=t.name, reason=body.reason if body else "")
         save_posture(store.engine, [posture.require(device_id)], now=clock.now())
+        if on_posture_change is not None:
+            on_posture_change(device_id)
         return {"device_id": device_id, "quarantined": False}
 
     @app.post("/v1/receipts", tags=["privacy"])
@@ -391,6 +414,12 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
             raise MalformedError("acknowledgement is for another device")
         privacy_store.record_consent_ack(ack, clock.now())
         return {"device_id": ack.device_id, "version": ack.version, "acknowledged": True}
+
+    @app.post("/v1/subjects/{subject_id}/erase", tags=["privacy"])
+    def subject_erase(subject_id: str,
+                      t: ApiToken = Depends(operator("manage_consent"))) -> dict[str, Any]:  # noqa: B008
+        """Erase everything held about a data subject (crypto-shredding their key); lists affected aggregates."""
+        return privacy_store.erase_subject(subject_id, clock.now(), actor=t.name).to_dict()
 
     @app.get("/v1/subjects/{subject_id}/export", tags=["privacy"])
     def subject_export(subject_id: str,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,12 +31,13 @@ from iotguard.hub.api import create_app
 from iotguard.hub.audit_store import open_audit_log
 from iotguard.hub.ingest import IngestProcessor
 from iotguard.hub.policy_store import SqlPolicyRepository, load_posture
-from iotguard.hub.privacy_store import PrivacyStore
+from iotguard.hub.privacy_store import PrivacyStore, enforce_retention
 from iotguard.hub.registry import FleetRegistry, open_hub_keys
 from iotguard.hub.schema import devices
 from iotguard.hub.store import DeviceRecord, HubStore
 from iotguard.keys import KeyStore
 from iotguard.policy import AccessRequest, PolicyAdministration, PolicyEngine, PostureStore
+from iotguard.policy.acl import render_mosquitto_acl
 from iotguard.policy.policyset import default_policy_set
 from iotguard.policy.posture import Posture
 from iotguard.privacy import load_contract
@@ -47,6 +49,9 @@ __all__ = ["AUDIT_ORIGIN", "HubCore", "build_hub_core"]
 log = logging.getLogger(__name__)
 
 AUDIT_ORIGIN = "iotguard.local/audit"
+#: The hub's own MQTT identity (its client certificate CN) and what it may do on the broker.
+HUB_MQTT_IDENTITY = "iotguard-hub"
+HUB_MQTT_GRANTS = [("read", "iotguard/+/+/telemetry"), ("write", "iotguard/+/+/ack"), ("write", "iotguard/+/+/cmd")]
 
 # Policy-administration event names -> audit event types.
 _POLICY_EVENTS = {
@@ -144,7 +149,7 @@ class HubCore:
             sent += 1
         return sent
 
-    def update_broker_access(self, device_id: str) -> None:
+    def update_broker_access(self, device_id: str, *, force: bool = False) -> None:
         """Rewrite the broker's CRL and ACL and make Mosquitto reload them (revocation at the broker)."""
         from iotguard.hub.mosquitto import reload, update_access_files
 
@@ -152,11 +157,36 @@ class HubCore:
             d = self.store.get_device(device_id)
         except IotGuardError:
             return
-        if d.status == "active" and d.enrolled_at and d.enrolled_at < self.clock.now() - timedelta(seconds=5):
+        if not force and d.status == "active" and d.enrolled_at and \
+                d.enrolled_at < self.clock.now() - timedelta(seconds=5):
             return  # nothing about broker access changed (e.g. a re-key)
-        update_access_files(self.cfg.mosquitto_dir, self.registry.ca, self.store, self.clock.now())
+        update_access_files(self.cfg.mosquitto_dir, self.registry.ca, self.store, self.clock.now(),
+                            acl_renderer=self.broker_acl)
         if self.cfg.mosquitto_pid_file:
             reload(self.cfg.mosquitto_pid_file)
+
+    def broker_acl(self) -> str:
+        """The Mosquitto ACL derived from the active Cedar policies and posture (micro-segmentation)."""
+        return render_mosquitto_acl(self.policy, service_accounts={HUB_MQTT_IDENTITY: HUB_MQTT_GRANTS})
+
+    def posture_changed(self, device_id: str) -> None:
+        """After a quarantine or release: the broker's ACL follows the policy at once."""
+        if self.cfg.mosquitto_dir:
+            self.update_broker_access(device_id, force=True)
+
+    def enforce_retention(self) -> None:
+        """Delete readings past their purpose's retention (logged), on the maintenance schedule."""
+        report = enforce_retention(self.store.engine, self.clock.now(), contracts=_contract, audit=self.audit)
+        if report.total:
+            log.info("retention deleted %d readings", report.total)
+
+    def repush_unacknowledged_consent(self) -> None:
+        """Push again consent configurations a device has not acknowledged (offline at the time)."""
+        if self.publisher is None:
+            return
+        subjects = {s for s in (self.privacy.subject_of(d) for d, _v in self.privacy.unacknowledged_consent()) if s}
+        for subject in sorted(subjects):
+            self.push_consent(subject)
 
     def authorize_reading(self, record: DeviceRecord, topic: str, reading: Reading) -> None:
         """Ingest's decision for one authentic reading: Cedar publish policy, then the data contract.
@@ -219,8 +249,15 @@ def build_hub_core(cfg: HubConfig, *, clock: Clock | None = None, database_url: 
         for push in consent_pushers:
             push(subject)
 
+    posture_listeners: list[Callable[[str], None]] = []
+
+    def posture_changed(device_id: str) -> None:
+        for listener in posture_listeners:
+            listener(device_id)
+
     app = create_app(store, registry, processor.stats, policy=policy, posture=posture, policy_admin=admin,
-                     audit=audit, clock=clock, privacy=privacy, on_consent_change=consent_changed)
+                     audit=audit, clock=clock, privacy=privacy, on_consent_change=consent_changed,
+                     on_posture_change=posture_changed)
     anchors_dir = Path(cfg.data_dir) / "anchors"
     anchors_dir.mkdir(exist_ok=True)
     from iotguard.hub.audit_store import FileAnchor
@@ -230,6 +267,7 @@ def build_hub_core(cfg: HubConfig, *, clock: Clock | None = None, database_url: 
     core = HubCore(cfg, clock, store, keystore, audit, posture, policy, admin, registry, processor, app, schedule,
                    privacy)
     consent_pushers.append(core.push_consent)
+    posture_listeners.append(core.posture_changed)
     registry.listeners.append(core.sync_posture)
     if cfg.mosquitto_dir:
         registry.listeners.append(core.update_broker_access)
@@ -246,6 +284,7 @@ class Maintenance:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="iotguard-maintenance", daemon=True)
         self._fingerprint: tuple[Any, ...] | None = None
+        self._last_hourly = -3600.0
 
     def start(self) -> None:
         self._thread.start()
@@ -265,6 +304,11 @@ class Maintenance:
             if active is not None and active.version != core.policy.policy_version:
                 core.policy_admin.load_active(core.policy)
         core.checkpoints.tick(core.clock.now())
+        now = time.monotonic()
+        if now - self._last_hourly >= 3600:
+            self._last_hourly = now
+            core.enforce_retention()
+        core.repush_unacknowledged_consent()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -633,6 +633,21 @@ class PrivacyStore:
             ).scalar()
             if units > int(current or 0):
                 spent._add(c, device_id, claims["period"], units - int(current or 0), received_at)
+        self._record(
+            AuditEvent(
+                EventType.PRIVACY_BUDGET_SPENT.value,
+                _utc(received_at),
+                device_id,
+                device_id,
+                {
+                    "receipt_readings": claims["count"],
+                    "epsilon_spent": float(claims["epsilon_spent"]),
+                    "epsilon_period_total": float(claims["epsilon_period_total"]),
+                    "period": claims["period"],
+                    "config_sha256": claims["config_sha256"],
+                },
+            )
+        )
         return claims
 
     def receipts_of(self, device_id: str) -> list[PrivacyReceipt]:

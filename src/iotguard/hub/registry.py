@@ -45,7 +45,7 @@ from iotguard.identity import (
     token_hash,
     verify_signature,
 )
-from iotguard.keys import KeyKind, KeyStore, SoftwareKeyStore
+from iotguard.keys import KeyKind, KeyStore, KeyStoreConfig, open_key_store
 
 __all__ = ["FleetRegistry", "open_hub_keys"]
 
@@ -57,8 +57,10 @@ _DEVICE_ID_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456
 
 
 def open_hub_keys(cfg: HubConfig) -> KeyStore:
-    """The hub's key store (software secure element in ``<data_dir>/keys``)."""
-    return SoftwareKeyStore(Path(cfg.data_dir) / "keys")
+    """The hub's key store as configured: a software secure element in ``<data_dir>/keys`` or a PKCS#11 HSM."""
+    return open_key_store(KeyStoreConfig(backend=cfg.keystore_backend, pkcs11_module=cfg.pkcs11_module,
+                                         pkcs11_token=cfg.pkcs11_token, pkcs11_pin_env=cfg.pkcs11_pin_env),
+                          default_directory=Path(cfg.data_dir) / "keys")
 
 
 @dataclass
@@ -202,6 +204,28 @@ class FleetRegistry:
         self._changed(device_id)
         fields = {"device_id": device_id, "certificate_pem": cert_pem}
         return {**fields, "signature": b64e(self.ca.sign(hub_response_message(transcript, fields)))}
+
+    def tamper_report(self, req: dict[str, Any]) -> str:
+        """A device reports tampering (signed by its identity key before it zeroizes); returns the device id.
+
+        The caller lowers the device's trust tier so every enforcement point refuses it.
+
+        Raises:
+            MalformedError, IntegrityError, RevokedError, UnknownDeviceError.
+        """
+        try:
+            device_id = str(req["device_id"])
+            body: dict[str, Any] = {"device_id": device_id, "reason": str(req["reason"])[:128], "ts": int(req["ts"])}
+            signature = b64d(req["signature"], what="signature", length=64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MalformedError(f"tamper report: missing or bad field {exc}") from None
+        device = self.store.get_device(device_id)
+        if device.identity_public_key is None:
+            raise RevokedError(f"device {device.device_id!r} is {device.status}")
+        verify_signature(device.identity_public_key, signature, request_transcript("tamper", body))
+        self._record(AuditEvent("device.tampered", self.clock.now(), device.device_id, device.device_id,
+                                {"reason": body["reason"], "reported_ts": body["ts"]}))
+        return device.device_id
 
     def decommission(self, device_id: str, *, actor: str = "operator") -> DecommissionResult:
         """Retire a device: status ``decommissioned`` and its session keys crypto-erased.
