@@ -122,7 +122,7 @@ def test_bootstrap_token_is_one_time(hub: HubParts) -> None:
 
 def test_default_credential_guessing_locks_out(hub: HubParts) -> None:
     """Every guessed token fails, and repeated failures lock the client out (429)."""
-    statuses = [hub.client.get("/v1/devices", headers={"Authorization": f"Bearer igt_admin_{guess}"}).status_code
+    statuses = [hub.client.get("/v1/devices", headers={"Authorization": f"Bearer igt_{guess}_{guess}"}).status_code
                 for guess in ("admin", "password", "iotguard", "changeme", "12345", "root", "default", "test",
                               "guest", "operator", "secret", "letmein")]
     assert set(statuses) <= {401, 429} and statuses[-1] == 429

@@ -37,7 +37,7 @@ from iotguard.hub.credentials import record_use, redeem_bootstrap
 from iotguard.hub.ingest import IngestStats
 from iotguard.hub.policy_store import save_posture
 from iotguard.hub.privacy_store import PrivacyStore
-from iotguard.hub.ratelimit import AttemptLimiter, LockedOut
+from iotguard.hub.ratelimit import AttemptLimiter, AttemptLimits, LockedOut
 from iotguard.hub.registry import FleetRegistry
 from iotguard.hub.store import ApiToken, HubStore
 from iotguard.identity import b64d, verify_signature
@@ -48,6 +48,9 @@ from iotguard.wire import decode_reading
 __all__ = ["HTTP_STATUS", "create_app"]
 
 log = logging.getLogger(__name__)
+
+#: Per client address: a gateway may enroll many devices, a guesser still locks out after 10 failures.
+ADDRESS_LIMITS = AttemptLimits(rate_per_s=50.0, burst=500, max_failures=10)
 
 #: HTTP status per reason code; ``tests/hub/test_hub_api.py`` checks every code has one.
 HTTP_STATUS: dict[str, int] = {
@@ -189,6 +192,12 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
 
     privacy_store = privacy or PrivacyStore(store.engine, audit=audit, keystore=registry.keystore)
     attempts = limiter or AttemptLimiter()
+    # A client address may be a gateway or NAT enrolling a whole fleet: it gets a
+    # larger bucket than one device or token, but still locks out on failures.
+    address_attempts = AttemptLimiter(ADDRESS_LIMITS)
+
+    def limiter_for(key: tuple[str, str]) -> AttemptLimiter:
+        return address_attempts if key[0].endswith("-addr") else attempts
 
     def client_addr(request: Request) -> str:
         return request.client.host if request.client else "unknown"
@@ -205,17 +214,17 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
             keys = [("api-addr", client_addr(request)), ("api-token", creds.credentials.split("_")[1][:32]
                                                           if creds.credentials.count("_") >= 2 else "-")]
             for key in keys:
-                attempts.check(key, now)
+                limiter_for(key).check(key, now)
             try:
                 token = store.authenticate_api_token(creds.credentials)
             except AuthenticationError:
                 for key in keys:
-                    attempts.record_failure(key, now)
+                    limiter_for(key).record_failure(key, now)
                 audit.record(AuditEvent(EventType.AUTH_FAILED, now, "api", "api",
                                         {"what": "api_token", "path": request.url.path[:128]}))
                 raise
             for key in keys:
-                attempts.record_success(key, now)
+                limiter_for(key).record_success(key, now)
             record_use(store, token.token_id, now)
             if action is not None:
                 resource_id = str(request.path_params[path_param]) if path_param else "hub"
@@ -254,15 +263,15 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
         now = clock.now()
         keys = [("enroll-addr", client_addr(request)), ("enroll-dev", req.device_id)]
         for key in keys:
-            attempts.check(key, now)
+            limiter_for(key).check(key, now)
         try:
             response = registry.enroll(req.model_dump())
         except IotGuardError:
             for key in keys:
-                attempts.record_failure(key, now)
+                limiter_for(key).record_failure(key, now)
             raise
         for key in keys:
-            attempts.record_success(key, now)
+            limiter_for(key).record_success(key, now)
         return response
 
     @app.post("/v1/bootstrap", tags=["operators"])
@@ -270,11 +279,11 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
         """Trade the one-time bootstrap token printed at first start for the first security-admin token."""
         now = clock.now()
         key = ("bootstrap-addr", client_addr(request))
-        attempts.check(key, now)
+        limiter_for(key).check(key, now)
         try:
             token = redeem_bootstrap(store, body.bootstrap_token, body.name, now)
         except IotGuardError:
-            attempts.record_failure(key, now)
+            limiter_for(key).record_failure(key, now)
             audit.record(AuditEvent(EventType.AUTH_FAILED, now, "api", "api", {"what": "bootstrap"}))
             raise
         audit.record(AuditEvent("operator.bootstrapped", now, body.name, "api", {"role": "security-admin"}))
