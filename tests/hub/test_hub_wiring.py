@@ -155,3 +155,18 @@ def test_inclusion_helpers_are_rfc9162(hub: HubParts) -> None:
     assert note
     proof = log.inclusion_proof(0, log.size())
     verify_inclusion(leaf_hash(entries[0]), 0, log.size(), proof, log.root_hash(log.size()))
+
+
+def test_quarantine_made_by_another_hub_process_reaches_this_one(hub: HubParts, tmp_path) -> None:
+    """Two hubs share one database: a quarantine through hub A is enforced by hub B after one maintenance tick."""
+    from iotguard.hub.core import Maintenance, build_hub_core
+
+    a = hub.agent("dev-1")
+    other = build_hub_core(hub.cfg)  # hub B: its own process state, same database and keys
+    maintenance = Maintenance(other)
+    maintenance.tick()
+    assert other.processor.process([_seal(a)]).stored == 1
+    hub.client.post("/v1/devices/dev-1/quarantine", headers=hub.operator_token("operator"))
+    maintenance.tick()
+    assert other.posture.require("dev-1").quarantined
+    assert other.processor.process([_seal(a)]).rejected["policy_denied"] == 1

@@ -13,7 +13,6 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -251,13 +250,6 @@ class Agent:
             "device_id": self.device_id, "epoch": epoch, "kex_public_key": b64e(kex_pk), "suites": offered,
             "ts": ts, "signature": b64e(self.keystore.sign(_IDENTITY, transcript))})
         self._finish_exchange(transcript, kex_label, resp, None, epoch)
-
-    def certificate_not_after(self) -> datetime | None:
-        """Expiry of the device's operational certificate (None before enrollment)."""
-        path = self.dir / "device.pem"
-        if not path.exists():
-            return None
-        return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc
 
     def renew_certificate(self) -> None:
         """Get a fresh operational certificate for the same identity key.

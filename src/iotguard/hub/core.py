@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from iotguard.audit import AuditEvent, TransparencyLog
 from iotguard.audit.anchor import CheckpointSchedule
@@ -30,7 +30,7 @@ from iotguard.errors import IotGuardError, PolicyDenied
 from iotguard.hub.api import create_app
 from iotguard.hub.audit_store import open_audit_log
 from iotguard.hub.ingest import IngestProcessor
-from iotguard.hub.policy_store import SqlPolicyRepository, load_posture
+from iotguard.hub.policy_store import SqlPolicyRepository, device_posture, load_posture
 from iotguard.hub.privacy_store import PrivacyStore, enforce_retention
 from iotguard.hub.registry import FleetRegistry, open_hub_keys
 from iotguard.hub.schema import devices
@@ -201,24 +201,28 @@ class HubCore:
             raise PolicyDenied(f"no data contract for model {record.model!r}") from None
         check_reading(contract, reading.purpose, reading.fields)
 
-    def registry_fingerprint(self) -> tuple[Any, ...]:
-        """Cheap summary of the registry, to notice changes made by other processes."""
+    def posture_fingerprint(self) -> tuple[Any, ...]:
+        """Cheap summary of registry and stored posture, to notice changes made by other processes
+        (enrollments, revocations, renewals, re-keys, quarantine, tamper reports)."""
         with self.store.engine.connect() as c:
-            row = c.execute(select(func.count(), func.max(devices.c.enrolled_at), func.max(devices.c.revoked_at),
-                                   func.sum(devices.c.current_epoch))).one()
-        return tuple(row)
+            reg = c.execute(select(func.count(), func.sum(case((devices.c.status == "active", 1), else_=0)),
+                                   func.max(devices.c.enrolled_at), func.max(devices.c.revoked_at),
+                                   func.max(devices.c.cert_not_after), func.sum(devices.c.current_epoch))).one()
+            stored = c.execute(select(func.count(), func.max(device_posture.c.updated_at))).one()
+        return (*reg, *stored)
 
-    def refresh(self) -> None:
-        """Pick up registry and policy changes made by other hub processes or the CLI."""
+    def reload_policy_if_changed(self) -> None:
+        """Load the active policy version if another process activated a different one."""
         active = self.policy_admin.repository.active_version()
         if active is not None and active.version != self.policy.policy_version:
             self.policy_admin.load_active(self.policy)
+
+    def refresh_posture(self) -> None:
+        """Bring the in-memory posture in line with the database (changes made by other processes)."""
         fresh = load_posture(self.store.engine)
         known = {p.device_id for p in self.posture}
         for p in fresh:
-            current = self.posture.get(p.device_id)
-            if current is None or current.cert_not_after != p.cert_not_after or current.segment != p.segment \
-                    or current.quarantined != p.quarantined or current.trust_tier != p.trust_tier:
+            if self.posture.get(p.device_id) != p:  # a change bumps the posture version: caches drop it
                 self.posture.put(p)
         for gone in known - {p.device_id for p in fresh}:
             self.posture.remove(gone)
@@ -295,14 +299,11 @@ class Maintenance:
 
     def tick(self) -> None:
         core = self.core
-        fp = core.registry_fingerprint()
+        core.reload_policy_if_changed()
+        fp = core.posture_fingerprint()
         if fp != self._fingerprint:
-            core.refresh()
+            core.refresh_posture()
             self._fingerprint = fp
-        elif core.policy_admin.repository.active_version() is not None:
-            active = core.policy_admin.repository.active_version()
-            if active is not None and active.version != core.policy.policy_version:
-                core.policy_admin.load_active(core.policy)
         core.checkpoints.tick(core.clock.now())
         now = time.monotonic()
         if now - self._last_hourly >= 3600:
