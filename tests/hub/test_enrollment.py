@@ -127,3 +127,10 @@ def test_usage_limit_triggers_rekey_before_it_is_reached(hub: HubParts, monkeypa
     assert agent.sealer.epoch == 2  # re-keyed once, at 90% of the limit
     assert hub.store.get_device("dev-1").current_epoch == 2
     assert hub.store.reading_count("dev-1") == 30  # both epochs' readings were accepted
+
+
+@pytest.mark.parametrize("model", ["../../etc/passwd", "/etc/passwd", "..", "thermo-1\x00", "Thermo 1", ""])
+def test_device_model_that_is_not_a_contract_name_is_refused(hub: HubParts, model: str) -> None:
+    """The model later selects a data contract by name; a path never gets stored (issue 10)."""
+    with pytest.raises(MalformedError, match="model"):
+        hub.registry.add_device("dev-1", model)
