@@ -8,6 +8,7 @@ from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 
+import cbor2
 import numpy as np
 import pytest
 
@@ -136,6 +137,62 @@ def test_helper_data_round_trips_and_is_parsed_strictly() -> None:
     for bad in (b"", b"\xa0", helper.to_bytes()[:-3], b"\x00" * 70_000):
         with pytest.raises(MalformedError):
             HelperData.from_bytes(bad)
+
+
+def _helper_with(**changes: object) -> bytes:
+    fe = FuzzyExtractor()
+    _, helper = fe.generate(np.zeros(4096, dtype=np.uint8))
+    obj = cbor2.loads(helper.to_bytes())
+    obj.update(changes)
+    return cbor2.dumps(obj, canonical=True)
+
+
+@pytest.mark.parametrize("changes", [
+    {"m": 100}, {"m": 2**70}, {"t": 2**70}, {"t": 0}, {"m": 16}, {"m": 4}, {"t": 200}, {"r": 8},
+    {"r": 2**40}, {"b": 10**6}, {"d": -1}, {"m": True}, {"m": 8.0}, {"x": 1},
+])
+def test_helper_data_bchlib_cannot_handle_is_malformed(changes: dict[str, object]) -> None:
+    """Fuzz finding (issue 18): parameters bchlib refuses raised RuntimeError/OverflowError, not MalformedError."""
+    with pytest.raises(MalformedError):
+        HelperData.from_bytes(_helper_with(**changes))
+
+
+def test_helper_data_with_unexpected_parameters_is_refused_before_bchlib() -> None:
+    with pytest.raises(MalformedError, match="other code parameters"):
+        HelperData.from_bytes(_helper_with(t=15), expected=FuzzyExtractor().params)
+
+
+def _rewrite_store(path: Path, **helper_changes: object) -> None:
+    outer = cbor2.loads(path.read_bytes())
+    state = cbor2.loads(outer["body"])
+    obj = cbor2.loads(state["helper"])
+    obj.update(helper_changes)
+    state["helper"] = cbor2.dumps(obj, canonical=True)
+    outer["body"] = cbor2.dumps(state, canonical=True)
+    path.write_bytes(cbor2.dumps(outer, canonical=True))
+
+
+@pytest.mark.parametrize("changes", [{"m": 100}, {"t": 2**70}, {"r": 9}, {"o": b"\x00" * 3}])
+def test_attack_forged_helper_data_in_puf_store_is_a_keystore_error(tmp_path: Path, changes: dict[str, object]) -> None:
+    """An attacker who can write the store file gets a KeyStoreError, never a crash inside bchlib."""
+    puf = SramPuf.manufacture(seed=21)
+    PufKeyStore(puf, tmp_path / "puf").generate("id", KeyKind.ED25519)
+    _rewrite_store(tmp_path / "puf" / "puf-store.cbor", **changes)
+    with pytest.raises(KeyStoreError):
+        PufKeyStore(puf, tmp_path / "puf")
+
+
+def test_attack_altered_puf_store_keys_fail_the_mac_before_use(tmp_path: Path) -> None:
+    puf = SramPuf.manufacture(seed=22)
+    PufKeyStore(puf, tmp_path / "puf").generate("id", KeyKind.ED25519)
+    path = tmp_path / "puf" / "puf-store.cbor"
+    outer = cbor2.loads(path.read_bytes())
+    state = cbor2.loads(outer["body"])
+    state["keys"] = {"id": "not a list"}
+    outer["body"] = cbor2.dumps(state, canonical=True)
+    path.write_bytes(cbor2.dumps(outer, canonical=True))
+    with pytest.raises(KeyStoreError, match="integrity"):
+        PufKeyStore(puf, tmp_path / "puf")
 
 
 def test_measured_inner_code_error_rate_matches_the_analysis() -> None:
