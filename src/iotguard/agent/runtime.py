@@ -95,7 +95,8 @@ class Agent:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.keystore = keystore or open_key_store(
             KeyStoreConfig(backend=cfg.keystore_backend, pkcs11_module=cfg.pkcs11_module,
-                           pkcs11_token=cfg.pkcs11_token, pkcs11_pin_env=cfg.pkcs11_pin_env),
+                           pkcs11_token=cfg.pkcs11_token, pkcs11_pin_env=cfg.pkcs11_pin_env,
+                           puf_seed=cfg.puf_seed),
             default_directory=self.dir / "keys")
         self.clock = clock or SystemClock()
         self._http = http

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from iotguard.errors import IntegrityError, KeyStoreError, MalformedError
 from iotguard.fileio import atomic_write
 from iotguard.keys.keystore import KeyKind
+from iotguard.keys.puf.enrollment import PufEnrollmentAssessment, PufEnrollmentLimits, checked_enrollment_reference
 from iotguard.keys.puf.fuzzy import FuzzyExtractor, HelperData
 
 __all__ = ["PufKeyStore", "PufSource", "majority_reference"]
@@ -80,8 +81,12 @@ class PufKeyStore:
         enrollment_reads: Power-up reads majority-voted at enrollment.
         max_attempts: Fresh reads tried before a reconstruction is declared
             failed (each attempt fails with probability < 1e-6).
+        limits: What the PUF must show at enrollment (bias, independence,
+            noise); see :mod:`iotguard.keys.puf.enrollment`.
 
     Raises:
+        PufQualityError: at enrollment, the PUF is biased enough that the
+            helper data would expose the key, correlated, or too noisy.
         KeyStoreError: the store file does not authenticate with this PUF
             (altered, or copied from another device) or the key cannot be
             reconstructed.
@@ -95,6 +100,7 @@ class PufKeyStore:
         extractor: FuzzyExtractor | None = None,
         enrollment_reads: int = 9,
         max_attempts: int = 3,
+        limits: PufEnrollmentLimits | None = None,
     ) -> None:
         self._puf = puf
         self._fe = extractor or FuzzyExtractor()
@@ -104,11 +110,17 @@ class PufKeyStore:
         self._lock = threading.RLock()
         self._keys: dict[str, _Entry] = {}
         self._counters: dict[str, int] = {}
+        #: Measurements of this store's enrollment (``None`` when it was opened, not enrolled).
+        self.enrollment: PufEnrollmentAssessment | None = None
         path = self._dir / _FILE
         if path.exists():
             self._helper = self._load(path)
         else:
-            _, self._helper = self._fe.generate(majority_reference(puf, enrollment_reads), context=_CONTEXT)
+            if enrollment_reads < 1 or enrollment_reads % 2 == 0:
+                raise ValueError("enrollment needs an odd number of reads")
+            reads = np.stack([puf.read() for _ in range(enrollment_reads)])
+            reference, self.enrollment = checked_enrollment_reference(reads, self._fe.params, limits)
+            _, self._helper = self._fe.generate(reference, context=_CONTEXT)
             self._save()
 
     def __repr__(self) -> str:
