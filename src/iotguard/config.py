@@ -89,6 +89,9 @@ class AgentConfig:
     pkcs11_module: str = ""
     pkcs11_token: str = ""
     pkcs11_pin_env: str = "IOTGUARD_PKCS11_PIN"
+    #: ``puf-sim`` only: the simulated silicon's seed; -1 makes one at the
+    #: first start and keeps it in ``<data_dir>/keys/puf-sim-silicon.cbor``.
+    puf_seed: int = -1
 
 
 @dataclass
@@ -114,6 +117,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "agent.max_buffered_readings": (1, 100_000_000),
     "agent.reconnect_min_s": (0.01, 60),
     "agent.reconnect_max_s": (0.1, 3600),
+    "agent.puf_seed": (-1, 2**63 - 1),
 }
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "MalformedError",
     "PolicyDenied",
     "ProofError",
+    "PufQualityError",
     "ReplayError",
     "RevokedError",
     "RollbackError",
@@ -115,6 +116,12 @@ class TamperError(KeyStoreError):
     code = "tampered"
 
 
+class PufQualityError(KeyStoreError):
+    """A PUF failed its enrollment checks (biased, correlated or too noisy); no key is made from it."""
+
+    code = "puf_quality"
+
+
 class UsageLimitError(IotGuardError):
     """A key reached its usage limit (messages per key) and must be re-keyed."""
 
@@ -167,6 +174,7 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "policy_denied": "not allowed",
     "keystore_error": "key store unavailable",
     "tampered": "key store unavailable",
+    "puf_quality": "key store unavailable",
     "usage_limit": "key must be renewed",
     "rollback": "version rollback refused",
     "no_consent": "no consent for this purpose",

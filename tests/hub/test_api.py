@@ -77,3 +77,20 @@ def test_errors_do_not_leak_internals(hub: HubParts) -> None:
 def test_invalid_request_bodies_are_rejected(hub: HubParts, body: dict) -> None:
     r = hub.client.post("/v1/devices", json=body, headers=hub.operator_token())
     assert r.status_code == 422
+
+
+def test_signed_consent_ack_with_overflowing_timestamp_is_400_not_500(hub: HubParts) -> None:
+    """Fuzz finding (issue 18): a device-signed ack whose applied_at overflows datetime."""
+    import cbor2
+
+    from iotguard.channel import CONSENT_ACK_DOMAIN
+    from iotguard.identity.enrollment import b64e
+
+    agent = hub.agent("dev-1")
+    raw = cbor2.dumps({"v": 1, "type": "consent-ack", "device": "dev-1", "version": 1,
+                       "config_sha256": bytes(32), "applied_at": 2**53 - 1}, canonical=True)
+    r = hub.client.post("/v1/consent/ack", json={
+        "device_id": "dev-1", "ack": b64e(raw),
+        "signature": b64e(agent.keystore.sign("identity", CONSENT_ACK_DOMAIN + raw))})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "malformed"

@@ -95,7 +95,8 @@ class Agent:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.keystore = keystore or open_key_store(
             KeyStoreConfig(backend=cfg.keystore_backend, pkcs11_module=cfg.pkcs11_module,
-                           pkcs11_token=cfg.pkcs11_token, pkcs11_pin_env=cfg.pkcs11_pin_env),
+                           pkcs11_token=cfg.pkcs11_token, pkcs11_pin_env=cfg.pkcs11_pin_env,
+                           puf_seed=cfg.puf_seed),
             default_directory=self.dir / "keys")
         self.clock = clock or SystemClock()
         self._http = http
@@ -109,6 +110,8 @@ class Agent:
         self.privacy: DevicePrivacy | None = None
         self.last_envelope = b""
         self.on_ack: Callable[[int, list[int]], None] | None = None
+        #: Called with (epoch, seq, reading body) once a reading is in the outbox (simulator bookkeeping).
+        self.on_submit: Callable[[int, int, bytes], None] | None = None
         self._load_session()
 
     def __repr__(self) -> str:
@@ -385,8 +388,11 @@ class Agent:
         if sealer.needs_rekey():
             self.rekey()
             sealer = self.sealer
-        seq, envelope = sealer.seal(encode_reading(reading))
+        body = encode_reading(reading)
+        seq, envelope = sealer.seal(body)
         self.outbox.add(sealer.epoch, seq, envelope)
+        if self.on_submit is not None:
+            self.on_submit(sealer.epoch, seq, body)
         self.last_envelope = envelope
         self.publish_raw(sealer.topic, envelope)
         self.outbox.mark_sent([(sealer.epoch, seq)], time.time())

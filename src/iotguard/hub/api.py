@@ -67,6 +67,7 @@ HTTP_STATUS: dict[str, int] = {
     "policy_denied": 403,
     "keystore_error": 503,
     "tampered": 503,
+    "puf_quality": 503,
     "usage_limit": 409,
     "rollback": 409,
     "no_consent": 403,

@@ -46,6 +46,7 @@ from iotguard.identity import (
     verify_signature,
 )
 from iotguard.keys import KeyKind, KeyStore, KeyStoreConfig, open_key_store
+from iotguard.privacy import CONTRACT_NAME_RE
 
 __all__ = ["FleetRegistry", "open_hub_keys"]
 
@@ -124,8 +125,8 @@ class FleetRegistry:
         if not device_id or len(device_id) > 64 or not set(device_id) <= _DEVICE_ID_OK \
                 or not device_id[0].isalnum():
             raise MalformedError("device id must be 1-64 of [A-Za-z0-9._-], starting alphanumeric")
-        if not model or len(model) > 64:
-            raise MalformedError("model must be 1-64 characters")
+        if CONTRACT_NAME_RE.fullmatch(model) is None:
+            raise MalformedError("model must be 1-64 of [a-z0-9._-], starting alphanumeric")
         if not segment or len(segment) > 64 or not set(segment) <= _DEVICE_ID_OK or not segment[0].isalnum():
             raise MalformedError("segment must be 1-64 of [A-Za-z0-9._-], starting alphanumeric")
         secret = new_enrollment_secret()

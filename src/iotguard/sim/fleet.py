@@ -25,6 +25,7 @@ from iotguard.clock import FixedClock
 from iotguard.config import AgentConfig
 from iotguard.crypto import get_suite
 from iotguard.privacy import ConsentState, load_contract
+from iotguard.sim.delivery import reading_identity
 from iotguard.sim.sensors import MODELS, SensorModel, make_sensor
 from iotguard.wire import Reading, encode_envelope
 
@@ -101,6 +102,8 @@ class Fleet:
         self.sent = 0
         #: (device_id, epoch, seq) of every genuine reading submitted.
         self.submitted: list[tuple[str, int, int]] = []
+        #: Identity (device, body digest) of every genuine reading submitted; see :mod:`iotguard.sim.delivery`.
+        self.sent_readings: set[tuple[str, bytes]] = set()
         self._lock = threading.Lock()
 
     # -- setup -----------------------------------------------------------
@@ -125,6 +128,7 @@ class Fleet:
             agent.attach_privacy(model, consent, self.clock, rng=random.Random(self.seed * 7919 + i))
             dev = VirtualDevice(agent, model, make_sensor(model, self.seed * 100_003 + i))
             agent.on_ack = self._acked(dev)
+            agent.on_submit = self._recorded(device_id)
             self.devices.append(dev)
         for dev in self.devices[start:]:
             dev.agent.connect()
@@ -139,6 +143,13 @@ class Fleet:
                         self.latencies_ms.append((now - t0) * 1000.0)
 
         return on_ack
+
+    def _recorded(self, device_id: str) -> Callable[[int, int, bytes], None]:
+        def on_submit(_epoch: int, _seq: int, body: bytes) -> None:
+            with self._lock:
+                self.sent_readings.add(reading_identity(device_id, body))
+
+        return on_submit
 
     # -- traffic ---------------------------------------------------------
 
