@@ -42,7 +42,7 @@ from iotguard.channel import TELEMETRY_FILTER, SequenceAllocator, UplinkSealer  
 from iotguard.config import HubConfig  # noqa: E402
 from iotguard.crypto import get_suite  # noqa: E402
 from iotguard.hub.broker import BrokerAddress, EmbeddedBroker  # noqa: E402
-from iotguard.hub.core import HubCore, build_hub_core  # noqa: E402
+from iotguard.hub.compose import HubServices, build_hub_services  # noqa: E402
 from iotguard.hub.ingest import IngestProcessor  # noqa: E402
 from iotguard.hub.mqtt_ingest import MqttIngest  # noqa: E402
 from iotguard.hub.service import tune_gc_for_ingest  # noqa: E402
@@ -75,10 +75,10 @@ def start_mosquitto(tmp: Path) -> tuple[subprocess.Popen[bytes], BrokerAddress] 
     return proc, BrokerAddress("127.0.0.1", port)
 
 
-def enroll_devices(core: HubCore, tmp: Path, n: int, suite_name: str) -> list[UplinkSealer]:
+def enroll_devices(hub: HubServices, tmp: Path, n: int, suite_name: str) -> list[UplinkSealer]:
     """Register devices and install session keys directly (the enrollment protocol itself is
     not what this benchmark measures); posture and policy are the hub's real ones."""
-    registry = core.registry
+    registry = hub.lifecycle
     sealers = []
     suite = get_suite(suite_name)
     store = registry.store
@@ -93,7 +93,7 @@ def enroll_devices(core: HubCore, tmp: Path, n: int, suite_name: str) -> list[Up
         store.enroll(device_id, token_hash(code.secret), now=now, identity_public_key=os.urandom(32),
                      cert_pem="", cert_serial=b64e(os.urandom(4)), cert_not_after=now + timedelta(days=30),
                      suite=suite_name, wrapped_key=registry._wrap(device_id, 1, keys))
-        core.sync_posture(device_id)
+        hub.posture.sync(device_id)
         ks = SoftwareKeyStore(tmp / "devkeys" / device_id, device_binding=b"bench-device-binding")
         sealers.append(UplinkSealer(suite, device_id, 1, keys.uplink, SequenceAllocator(ks, "seq/1",
                                                                                         reserve=1 << 20)))
@@ -183,9 +183,9 @@ def run_raw(addr: BrokerAddress, messages: list[tuple[str, bytes]], queued: bool
     return n / ((last or time.perf_counter()) - (first if queued else start))
 
 
-def run_secured(addr: BrokerAddress, core: HubCore, cfg: HubConfig, messages: list[tuple[str, bytes]],
+def run_secured(addr: BrokerAddress, hub: HubServices, cfg: HubConfig, messages: list[tuple[str, bytes]],
                 queued: bool) -> tuple[float, dict[str, object]]:
-    registry = core.registry
+    registry = hub.lifecycle
     n = len(messages)
     cid = f"hub-{os.getpid()}-{time.time_ns()}"
     if queued:
@@ -193,7 +193,8 @@ def run_secured(addr: BrokerAddress, core: HubCore, cfg: HubConfig, messages: li
         publish_all(addr, messages, wait=True)
     # Every check on: strict parse, device/epoch, batched open, replay window,
     # Cedar publish decision, data-contract check, durable commit, audit of rejections.
-    proc = IngestProcessor(registry.store, registry, cfg, authorizer=core.authorize_reading, audit=core.audit)
+    proc = IngestProcessor(registry.store, registry, cfg, authorizer=hub.posture.authorize_reading,
+                           audit=hub.audit.log)
     for s in {t for t, _ in messages}:
         registry.session(s.split("/")[2], 1)  # warm the device cache as a running hub would have it
     ingest = MqttIngest(proc, addr, cfg, shared=False, client_id=cid)
@@ -240,12 +241,12 @@ def main() -> int:
         for suite_name in dict.fromkeys([args.suite, "ascon-aead128"]):
             cfg = HubConfig(data_dir=str(tmp / f"hub-{suite_name}"), batch_max_messages=2000, batch_max_wait_ms=20)
             Path(cfg.data_dir).mkdir(parents=True)
-            core = build_hub_core(cfg)
-            store = core.store
-            sealers = enroll_devices(core, tmp / suite_name, devices, suite_name)
+            hub = build_hub_services(cfg)
+            store = hub.store
+            sealers = enroll_devices(hub, tmp / suite_name, devices, suite_name)
             messages = make_envelopes(sealers, per_device)
             raw = run_raw(addr, messages, queued)
-            secured, detail = run_secured(addr, core, cfg, messages, queued)
+            secured, detail = run_secured(addr, hub, cfg, messages, queued)
             assert detail["stored"] == len(messages) and not detail["rejected"], detail
             rows.append((suite_name, raw, secured, detail))
             store.engine.dispose()

@@ -30,7 +30,7 @@ def test_certificate_is_renewed_automatically_before_expiry(hub: HubParts) -> No
     assert renewed.cert_not_after > first.cert_not_after
     cert = x509.load_pem_x509_certificate((a.dir / "device.pem").read_bytes())
     assert format(cert.serial_number, "x") == renewed.cert_serial
-    assert hub.core.posture.require("dev-1").cert_not_after == renewed.cert_not_after
+    assert hub.services.posture.posture.require("dev-1").cert_not_after == renewed.cert_not_after
 
 
 def test_renewal_needs_the_identity_key(hub: HubParts) -> None:
@@ -81,11 +81,11 @@ def test_tamper_event_zeroizes_the_device_and_the_hub_stops_trusting_it(hub: Hub
     assert a.respond_to_tamper("enclosure opened") is True
     with pytest.raises(TamperError):
         a.keystore.sign("identity", b"x")
-    assert hub.core.posture.require("dev-1").trust_tier == "failed"
+    assert hub.services.posture.posture.require("dev-1").trust_tier == "failed"
     out = hub.processor.process([Incoming(topic, stolen)])
     assert out.stored == 0 and out.rejected["policy_denied"] == 1
     assert "device.tampered" in [__import__("iotguard.audit.events", fromlist=["AuditEvent"]).AuditEvent.from_cbor(e).type
-                                 for e in hub.core.audit.entries(0, hub.core.audit.size())]
+                                 for e in hub.services.audit.log.entries(0, hub.services.audit.log.size())]
 
 
 def test_forged_tamper_report_is_refused(hub: HubParts) -> None:
@@ -96,4 +96,4 @@ def test_forged_tamper_report_is_refused(hub: HubParts) -> None:
     r = hub.client.post("/v1/tamper", json={"device_id": "dev-1", "reason": "x", "ts": 1,
                                              "signature": b64e(b"\x00" * 64)})
     assert r.status_code == 401
-    assert hub.core.posture.require("dev-1").trust_tier != "failed"
+    assert hub.services.posture.posture.require("dev-1").trust_tier != "failed"

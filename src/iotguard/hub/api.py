@@ -1,56 +1,43 @@
-"""REST API (FastAPI, OpenAPI at ``/openapi.json``).
+"""REST API (FastAPI, OpenAPI at ``/openapi.json``), assembled from one router per capability.
 
 Every route but ``/health`` is authenticated: operators with a bearer token
 created by ``iotguard tokens create``; devices by their enrollment token and
 proof of possession (``/v1/enroll``) or an identity-key signature
 (``/v1/rekey``). Errors are mapped from reason codes to HTTP status and a
 public message through :data:`HTTP_STATUS`; internals never reach clients.
+The routers live in :mod:`iotguard.hub.routers`; they only translate HTTP to
+service calls.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from pydantic import BaseModel, Field
+from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from iotguard import __version__
-from iotguard.audit import AuditEvent, EventType, TransparencyLog
-from iotguard.channel import CONSENT_ACK_DOMAIN
-from iotguard.clock import Clock
-from iotguard.errors import (
-    AuthenticationError,
-    IotGuardError,
-    MalformedError,
-    RevokedError,
-    public_message,
-)
+from iotguard.errors import IotGuardError, public_message
 from iotguard.hub.audit_api import make_audit_router
-from iotguard.hub.credentials import record_use, redeem_bootstrap
-from iotguard.hub.ingest import IngestStats
-from iotguard.hub.policy_store import save_posture
-from iotguard.hub.privacy_store import PrivacyStore
-from iotguard.hub.ratelimit import AttemptLimiter, AttemptLimits, LockedOut
-from iotguard.hub.registry import FleetRegistry
-from iotguard.hub.store import ApiToken, HubStore
-from iotguard.identity import b64d, verify_signature
-from iotguard.policy import PolicyAdministration, PolicyEngine, PostureStore, authorize_operator
-from iotguard.privacy import ConsentAck, load_contract
-from iotguard.wire import decode_reading
+from iotguard.hub.ratelimit import LockedOut
+from iotguard.hub.routers.auth import OperatorAuth
+from iotguard.hub.routers.device_requests import device_requests_router
+from iotguard.hub.routers.devices import devices_router
+from iotguard.hub.routers.health import health_router
+from iotguard.hub.routers.operators import operators_router
+from iotguard.hub.routers.privacy import privacy_router
+from iotguard.hub.routers.telemetry import telemetry_router
+
+if TYPE_CHECKING:  # the composition root imports this module's callers, not the other way round
+    from iotguard.hub.compose import HubServices
 
 __all__ = ["HTTP_STATUS", "create_app"]
 
 log = logging.getLogger(__name__)
-
-#: Per client address: a gateway may enroll many devices, a guesser still locks out after 10 failures.
-ADDRESS_LIMITS = AttemptLimits(rate_per_s=50.0, burst=500, max_failures=10)
 
 #: HTTP status per reason code; ``tests/hub/test_hub_api.py`` checks every code has one.
 HTTP_STATUS: dict[str, int] = {
@@ -76,163 +63,27 @@ HTTP_STATUS: dict[str, int] = {
     "storage_error": 503,
 }
 
-class DeviceCreate(BaseModel):
-    """Register a device; the response carries its one-time enrollment code."""
+def create_app(services: HubServices, *, drain: Callable[[], int] | None = None) -> FastAPI:
+    """Build the hub's FastAPI application from its services.
 
-    device_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    model: str = Field(min_length=1, max_length=64)
-    segment: str = Field(default="default", min_length=1, max_length=64)
-    serial: str | None = Field(default=None, max_length=128)
+    One router per capability; every operator route authenticates through
+    :class:`~iotguard.hub.routers.auth.OperatorAuth` and is decided by Cedar
+    (the token's role is the principal's role, the route names the action
+    and the resource). Errors map through :data:`HTTP_STATUS`.
 
-
-class EnrollRequest(BaseModel):
-    device_id: str = Field(max_length=64)
-    token: str = Field(max_length=64)
-    identity_public_key: str = Field(max_length=64)
-    kex_public_key: str = Field(max_length=64)
-    suites: list[str] = Field(max_length=8)
-    signature: str = Field(max_length=128)
-
-
-class ReceiptUpload(BaseModel):
-    device_id: str = Field(max_length=64)
-    receipt: str = Field(max_length=65536)
-
-
-class ConsentChange(BaseModel):
-    """A data subject's consent decision for one purpose (recorded by a privacy officer or the owner's portal)."""
-
-    subject_id: str = Field(min_length=1, max_length=128)
-    purpose: str = Field(min_length=1, max_length=32)
-    granted: bool
-
-
-class ConsentAckUpload(BaseModel):
-    device_id: str = Field(max_length=64)
-    ack: str = Field(max_length=4096)
-    signature: str = Field(max_length=128)
-
-
-class SubjectLink(BaseModel):
-    subject_id: str = Field(min_length=1, max_length=128)
-    device_id: str = Field(max_length=64)
-
-
-class BootstrapRedeem(BaseModel):
-    bootstrap_token: str = Field(min_length=1, max_length=128)
-    name: str = Field(min_length=1, max_length=128)
-
-
-class ReasonBody(BaseModel):
-    reason: str = Field(default="", max_length=256)
-
-
-class TamperReport(BaseModel):
-    device_id: str = Field(max_length=64)
-    reason: str = Field(max_length=128)
-    ts: int
-    signature: str = Field(max_length=128)
-
-
-class RenewRequest(BaseModel):
-    device_id: str = Field(max_length=64)
-    ts: int
-    signature: str = Field(max_length=128)
-
-
-class RekeyRequest(BaseModel):
-    device_id: str = Field(max_length=64)
-    epoch: int = Field(ge=2, le=2**32 - 1)
-    kex_public_key: str = Field(max_length=64)
-    suites: list[str] = Field(max_length=8)
-    ts: int
-    signature: str = Field(max_length=128)
-
-
-class _StatsCollector:
-    def __init__(self, stats: IngestStats) -> None:
-        self.stats = stats
-
-    def collect(self) -> Any:
-        snap = self.stats.snapshot()
-        stored = CounterMetricFamily("iotguard_readings_stored", "Readings durably stored")
-        stored.add_metric([], snap["stored"])
-        yield stored
-        rej = CounterMetricFamily("iotguard_envelopes_rejected", "Envelopes rejected", labels=["reason"])
-        for reason, n in sorted(snap["rejected"].items()):
-            rej.add_metric([reason], n)
-        yield rej
-        batches = CounterMetricFamily("iotguard_ingest_batches", "Ingest batches committed")
-        batches.add_metric([], snap["batches"])
-        yield batches
-        lat = GaugeMetricFamily("iotguard_ingest_latency_ms", "End-to-end latency percentiles",
-                                labels=["quantile"])
-        for q, v in self.stats.latency_percentiles().items():
-            lat.add_metric([q], v)
-        yield lat
-
-
-def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, policy: PolicyEngine,
-               posture: PostureStore, policy_admin: PolicyAdministration, audit: TransparencyLog,
-               clock: Clock, privacy: PrivacyStore | None = None, limiter: AttemptLimiter | None = None,
-               on_consent_change: Callable[[str], None] | None = None,
-               on_posture_change: Callable[[str], None] | None = None) -> FastAPI:
-    """Build the hub's FastAPI application.
-
-    Every operator request is decided by ``policy`` (Cedar): the token's role
-    is the principal's role, the route names the action and the resource.
+    Args:
+        services: The hub's services.
+        drain: Delivers outbox rows; called after every state-changing
+            request so its side effects (audit entries, broker access,
+            consent pushes) happen before the response.
     """
     app = FastAPI(title="iotguard hub", version=__version__,
                   description="Device registry, enrollment, telemetry and operations API.")
-    bearer = HTTPBearer(auto_error=False)
     metrics_registry = CollectorRegistry()
-    metrics_registry.register(_StatsCollector(stats))
     api_requests = Counter("iotguard_api_requests", "API requests", ["route", "status"],
                            registry=metrics_registry)
     Gauge("iotguard_info", "Hub version", ["version"], registry=metrics_registry).labels(__version__).set(1)
-
-    privacy_store = privacy or PrivacyStore(store.engine, audit=audit, keystore=registry.keystore)
-    attempts = limiter or AttemptLimiter()
-    # A client address may be a gateway or NAT enrolling a whole fleet: it gets a
-    # larger bucket than one device or token, but still locks out on failures.
-    address_attempts = AttemptLimiter(ADDRESS_LIMITS)
-
-    def limiter_for(key: tuple[str, str]) -> AttemptLimiter:
-        return address_attempts if key[0].endswith("-addr") else attempts
-
-    def client_addr(request: Request) -> str:
-        return request.client.host if request.client else "unknown"
-
-    def operator(action: str | None, resource_type: str = "Hub",
-                 path_param: str | None = None) -> Callable[..., ApiToken]:
-        """Dependency: authenticate the bearer token, then (unless ``action`` is None) decide the request."""
-
-        def dep(request: Request,
-                creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> ApiToken:  # noqa: B008
-            if creds is None or creds.scheme.lower() != "bearer":
-                raise AuthenticationError("bearer token required")
-            now = clock.now()
-            keys = [("api-addr", client_addr(request)), ("api-token", creds.credentials.split("_")[1][:32]
-                                                          if creds.credentials.count("_") >= 2 else "-")]
-            for key in keys:
-                limiter_for(key).check(key, now)
-            try:
-                token = store.authenticate_api_token(creds.credentials)
-            except AuthenticationError:
-                for key in keys:
-                    limiter_for(key).record_failure(key, now)
-                audit.record(AuditEvent(EventType.AUTH_FAILED, now, "api", "api",
-                                        {"what": "api_token", "path": request.url.path[:128]}))
-                raise
-            for key in keys:
-                limiter_for(key).record_success(key, now)
-            record_use(store, token.token_id, now)
-            if action is not None:
-                resource_id = str(request.path_params[path_param]) if path_param else "hub"
-                authorize_operator(policy, token.name, token.role, action, resource_type, resource_id)
-            return token
-
-        return dep
+    operator = OperatorAuth(services.operators)
 
     @app.exception_handler(IotGuardError)
     async def _iotguard_error(request: Request, exc: IotGuardError) -> JSONResponse:
@@ -247,218 +98,22 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
         return JSONResponse({"error": exc.code, "message": public_message(exc.code)}, status_code=status,
                             headers=headers or None)
 
-    @app.get("/health", tags=["health"])
-    def health() -> dict[str, Any]:
-        """Liveness: the only anonymous route."""
-        return {"status": "ok", "version": __version__}
+    if drain is not None:
+        deliver = drain
 
-    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
-    def metrics(_t: ApiToken = Depends(operator("view_alerts"))) -> PlainTextResponse:  # noqa: B008
-        """Prometheus metrics (bearer token with read_metrics)."""
-        return PlainTextResponse(generate_latest(metrics_registry).decode(),
-                                 media_type="text/plain; version=0.0.4")
+        @app.middleware("http")
+        async def _deliver_outbox(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            response = await call_next(request)
+            if request.method not in ("GET", "HEAD", "OPTIONS"):
+                await run_in_threadpool(deliver)
+            return response
 
-    @app.post("/v1/enroll", tags=["devices"])
-    def enroll(req: EnrollRequest, request: Request) -> dict[str, Any]:
-        """Device enrollment with a one-time token and proof of possession (rate-limited, with lockout)."""
-        now = clock.now()
-        keys = [("enroll-addr", client_addr(request)), ("enroll-dev", req.device_id)]
-        for key in keys:
-            limiter_for(key).check(key, now)
-        try:
-            response = registry.enroll(req.model_dump())
-        except IotGuardError:
-            for key in keys:
-                limiter_for(key).record_failure(key, now)
-            raise
-        for key in keys:
-            limiter_for(key).record_success(key, now)
-        return response
-
-    @app.post("/v1/bootstrap", tags=["operators"])
-    def bootstrap(body: BootstrapRedeem, request: Request) -> dict[str, Any]:
-        """Trade the one-time bootstrap token printed at first start for the first security-admin token."""
-        now = clock.now()
-        key = ("bootstrap-addr", client_addr(request))
-        limiter_for(key).check(key, now)
-        try:
-            token = redeem_bootstrap(store, body.bootstrap_token, body.name, now)
-        except IotGuardError:
-            limiter_for(key).record_failure(key, now)
-            audit.record(AuditEvent(EventType.AUTH_FAILED, now, "api", "api", {"what": "bootstrap"}))
-            raise
-        audit.record(AuditEvent("operator.bootstrapped", now, body.name, "api", {"role": "security-admin"}))
-        return {"token": token, "role": "security-admin"}
-
-    @app.post("/v1/rekey", tags=["devices"])
-    def rekey(req: RekeyRequest) -> dict[str, Any]:
-        """Move a device to its next key epoch (signed by its identity key)."""
-        return registry.rekey(req.model_dump())
-
-    @app.post("/v1/tamper", tags=["devices"])
-    def tamper(req: TamperReport) -> dict[str, Any]:
-        """A device reports tampering: its trust tier drops to ``failed`` and every enforcement point refuses it."""
-        device_id = registry.tamper_report(req.model_dump())
-        if posture.get(device_id) is not None:
-            posture.update(device_id, trust_tier="failed")
-            save_posture(store.engine, [posture.require(device_id)], now=clock.now())
-            if on_posture_change is not None:
-                on_posture_change(device_id)
-        return {"device_id": device_id, "trust_tier": "failed"}
-
-    @app.post("/v1/renew", tags=["devices"])
-    def renew(req: RenewRequest) -> dict[str, Any]:
-        """A device renews its operational certificate before expiry (signed by its identity key)."""
-        return registry.renew(req.model_dump())
-
-    @app.get("/v1/devices", tags=["devices"])
-    def list_devices(status: str | None = None, limit: int = 100, offset: int = 0,
-                     _t: ApiToken = Depends(operator("view_devices"))) -> list[dict[str, Any]]:  # noqa: B008
-        """List registered devices."""
-        return [d.to_dict() for d in store.list_devices(status=status, limit=min(limit, 1000), offset=offset)]
-
-    @app.post("/v1/devices", tags=["devices"], status_code=201)
-    def add_device(body: DeviceCreate,
-                   t: ApiToken = Depends(operator(None))) -> dict[str, Any]:  # noqa: B008
-        """Register a device; the enrollment code is returned once and never stored."""
-        authorize_operator(policy, t.name, t.role, "enroll", "Device", body.device_id)
-        code = registry.add_device(body.device_id, body.model, segment=body.segment, serial=body.serial,
-                                   actor=t.name)
-        return {"device_id": body.device_id, "enrollment_code": str(code)}
-
-    @app.get("/v1/devices/{device_id}", tags=["devices"])
-    def show_device(device_id: str,
-                    _t: ApiToken = Depends(operator("view_devices", "Device", "device_id"))  # noqa: B008
-                    ) -> dict[str, Any]:
-        """One device, with its certificate."""
-        d = store.get_device(device_id)
-        return {**d.to_dict(), "certificate_pem": d.cert_pem,
-                "readings": store.reading_count(device_id)}
-
-    @app.post("/v1/devices/{device_id}/revoke", tags=["devices"])
-    def revoke_device(device_id: str, body: ReasonBody | None = None,
-                      t: ApiToken = Depends(operator("revoke", "Device", "device_id"))  # noqa: B008
-                      ) -> dict[str, Any]:
-        """Revoke a device; ingest refuses its data from now on."""
-        registry.revoke(device_id, actor=t.name, reason=body.reason if body else "")
-        return {"device_id": device_id, "status": "revoked"}
-
-    @app.post("/v1/devices/{device_id}/reprovision", tags=["devices"])
-    def reprovision_device(device_id: str,
-                           t: ApiToken = Depends(operator("revoke", "Device", "device_id"))  # noqa: B008
-                           ) -> dict[str, Any]:
-        """Erase a device's keys, keep its old certificate on the CRL, return a new enrollment code."""
-        code = registry.reprovision(device_id, actor=t.name)
-        return {"device_id": device_id, "status": "pending", "enrollment_code": str(code)}
-
-    @app.post("/v1/devices/{device_id}/decommission", tags=["devices"])
-    def decommission_device(device_id: str,
-                            t: ApiToken = Depends(operator("revoke", "Device", "device_id"))  # noqa: B008
-                            ) -> dict[str, Any]:
-        """Retire a device for good: revoke it and crypto-erase its session keys."""
-        result = registry.decommission(device_id, actor=t.name)
-        return {"device_id": device_id, "status": "decommissioned", "erased_epochs": list(result.erased_epochs)}
-
-    @app.post("/v1/devices/{device_id}/quarantine", tags=["devices"])
-    def quarantine_device(device_id: str, body: ReasonBody | None = None,
-                          t: ApiToken = Depends(operator("quarantine", "Device", "device_id"))  # noqa: B008
-                          ) -> dict[str, Any]:
-        """Move a device into the quarantine segment: ingest, API and broker deny it at once."""
-        policy_admin.quarantine(posture, device_id, actor=t.name, reason=body.reason if body else "")
-        save_posture(store.engine, [posture.require(device_id)], now=clock.now())
-        if on_posture_change is not None:
-            on_posture_change(device_id)
-        return {"device_id": device_id, "quarantined": True}
-
-    @app.post("/v1/devices/{device_id}/release", tags=["devices"])
-    def release_device(device_id: str, body: ReasonBody | None = None,
-                       t: ApiToken = Depends(operator("release", "Device", "device_id"))  # noqa: B008
-                       ) -> dict[str, Any]:
-        """Return a device from quarantine (policy requires a fresh verified attestation)."""
-        policy_admin.release(posture, device_id, actor=t.name, reason=body.reason if body else "")
-        save_posture(store.engine, [posture.require(device_id)], now=clock.now())
-        if on_posture_change is not None:
-            on_posture_change(device_id)
-        return {"device_id": device_id, "quarantined": False}
-
-    @app.post("/v1/receipts", tags=["privacy"])
-    def upload_receipt(body: ReceiptUpload) -> dict[str, Any]:
-        """A device's signed privacy receipt (authenticated by its identity-key signature)."""
-        device = store.get_device(body.device_id)
-        if device.status != "active" or device.identity_public_key is None:
-            raise RevokedError(f"device {body.device_id!r} is {device.status}")
-        raw = base64.urlsafe_b64decode(body.receipt + "=" * (-len(body.receipt) % 4))
-        claims = privacy_store.store_receipt(device.device_id, raw, device.identity_public_key, clock.now(),
-                                             contract=load_contract(device.model))
-        return {"stored": True, "readings": len(claims.get("entries", []))}
-
-    @app.post("/v1/subjects/link", tags=["privacy"])
-    def link_subject(body: SubjectLink,
-                     _t: ApiToken = Depends(operator("manage_consent"))) -> dict[str, Any]:  # noqa: B008
-        """Record which data subject a device's readings are about."""
-        store.get_device(body.device_id)
-        privacy_store.link_device(body.subject_id, body.device_id, clock.now())
-        return {"subject_id": body.subject_id, "device_id": body.device_id}
-
-    @app.post("/v1/consent", tags=["privacy"])
-    def change_consent(body: ConsentChange,
-                       t: ApiToken = Depends(operator("manage_consent"))) -> dict[str, Any]:  # noqa: B008
-        """Grant or withdraw a data subject's consent for a purpose (an audit event)."""
-        state = privacy_store.set_consent(body.subject_id, body.purpose, body.granted, clock.now(), actor=t.name)
-        if on_consent_change is not None:
-            on_consent_change(body.subject_id)  # push the new configuration to the subject's devices
-        return {"subject_id": body.subject_id, "version": state.version,
-                "purposes": {p: d.granted for p, d in state.decisions.items()}}
-
-    @app.post("/v1/consent/ack", tags=["privacy"])
-    def consent_ack(body: ConsentAckUpload) -> dict[str, Any]:
-        """A device confirms it applied a pushed consent configuration (signed by its identity key)."""
-        device = store.get_device(body.device_id)
-        if device.status != "active" or device.identity_public_key is None:
-            raise RevokedError(f"device {body.device_id!r} is {device.status}")
-        raw = b64d(body.ack, what="ack", max_length=4096)
-        verify_signature(device.identity_public_key, b64d(body.signature, what="signature", length=64),
-                         CONSENT_ACK_DOMAIN + raw)
-        ack = ConsentAck.decode(raw)
-        if ack.device_id != device.device_id:
-            raise MalformedError("acknowledgement is for another device")
-        privacy_store.record_consent_ack(ack, clock.now())
-        return {"device_id": ack.device_id, "version": ack.version, "acknowledged": True}
-
-    @app.post("/v1/subjects/{subject_id}/erase", tags=["privacy"])
-    def subject_erase(subject_id: str,
-                      t: ApiToken = Depends(operator("manage_consent"))) -> dict[str, Any]:  # noqa: B008
-        """Erase everything held about a data subject (crypto-shredding their key); lists affected aggregates."""
-        return privacy_store.erase_subject(subject_id, clock.now(), actor=t.name).to_dict()
-
-    @app.get("/v1/subjects/{subject_id}/export", tags=["privacy"])
-    def subject_export(subject_id: str,
-                       _t: ApiToken = Depends(operator("manage_consent"))) -> dict[str, Any]:  # noqa: B008
-        """Everything held about a data subject (access request), machine-readable."""
-        return privacy_store.export_subject(subject_id, clock.now())
-
-    @app.get("/v1/telemetry", tags=["telemetry"])
-    def telemetry(after: int = 0, device_id: str | None = None, limit: int = 100,
-                  t: ApiToken = Depends(operator("read_telemetry"))) -> dict[str, Any]:  # noqa: B008
-        """Stored readings after id ``after`` (poll with the returned ``next``)."""
-        if device_id is not None:
-            authorize_operator(policy, t.name, t.role, "read_telemetry", "Device", device_id)
-        rows = store.readings_after(after, device_id=device_id, limit=max(1, min(limit, 1000)))
-        items = []
-        for r in rows:
-            try:
-                reading: dict[str, Any] = decode_reading(r.body).to_dict()
-            except IotGuardError:
-                reading = {"raw": base64.b64encode(r.body).decode()}
-            items.append({"id": r.id, "device_id": r.device_id, "epoch": r.epoch, "seq": r.seq,
-                          "received_at": r.received_at.isoformat(), **reading})
-        return {"items": items, "next": rows[-1].id if rows else after}
-
-    @app.get("/v1/stats", tags=["telemetry"])
-    def hub_stats(_t: ApiToken = Depends(operator("view_alerts"))) -> dict[str, Any]:  # noqa: B008
-        """Ingest counters and latency percentiles since this hub started."""
-        return {**stats.snapshot(), "latency_ms": stats.latency_percentiles(),
-                "rejected_total": store.rejection_totals()}
-
-    app.include_router(make_audit_router(audit, operator("view_audit")))
+    app.include_router(health_router(services.processor.stats, metrics_registry, operator))
+    app.include_router(device_requests_router(services.lifecycle, services.operators))
+    app.include_router(operators_router(services.operators))
+    app.include_router(devices_router(services.lifecycle, services.posture, services.telemetry,
+                                      services.operators, operator))
+    app.include_router(privacy_router(services.consent, operator))
+    app.include_router(telemetry_router(services.telemetry, services.operators, operator))
+    app.include_router(make_audit_router(services.audit.log, operator("view_audit")))
     return app

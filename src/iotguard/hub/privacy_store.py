@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
@@ -61,7 +61,7 @@ from iotguard.errors import (
     MalformedError,
 )
 from iotguard.hub.db import metadata
-from iotguard.hub.migrations import Migration, register
+from iotguard.hub.outbox import OutboxMessage, write_outbox
 from iotguard.hub.schema import devices, readings
 from iotguard.keys.keystore import KeyKind, KeyStore
 from iotguard.privacy import DataContract, load_contract
@@ -184,12 +184,12 @@ _TABLES = [
 ]
 
 
-def _apply(conn: Connection) -> None:
+def create_privacy_tables(conn: Connection) -> None:
+    """Migration ``0300_privacy``."""
     for table in _TABLES:
         table.create(conn, checkfirst=True)
 
 
-register(Migration("0300_privacy", "consent, receipts, budget ledger, subject keys, erasure records", _apply))
 
 
 def _aware(dt: datetime) -> datetime:
@@ -414,6 +414,7 @@ class PrivacyStore:
         self._engine = engine
         self.engine = engine
         self._audit = audit
+        self.audit = audit
         self._keystore = keystore
         self.ledger = SqlLedgerStore(engine)
 
@@ -472,11 +473,13 @@ class PrivacyStore:
         *,
         actor: str,
         contract: DataContract | None = None,
+        effects: Sequence[OutboxMessage] = (),
     ) -> ConsentState:
         """Grant or withdraw consent for a purpose; logs a ``consent.changed`` event.
 
         Args:
             contract: When given, ``purpose`` must be declared in it.
+            effects: Outbox rows written in the same transaction (the consent push).
 
         Raises:
             PolicyDenied: ``purpose`` is not declared in ``contract``.
@@ -493,6 +496,7 @@ class PrivacyStore:
                     subject_id=subject_id, purpose=purpose, granted=granted, at=at, actor=actor
                 )
             )
+            write_outbox(c, effects, at)
         self._record(
             AuditEvent(
                 EventType.CONSENT_CHANGED.value,

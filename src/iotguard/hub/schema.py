@@ -1,5 +1,4 @@
-"""Core hub tables (migration ``0001_core``) and the import point of every
-component's tables, so ``migrate`` sees all migrations."""
+"""Core hub tables (migrations ``0001_core`` and ``0002_revoked_certificates``)."""
 
 from __future__ import annotations
 
@@ -19,10 +18,11 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from iotguard.hub.db import metadata
-from iotguard.hub.migrations import Migration, register
 
 __all__ = [
     "api_tokens",
+    "create_core_tables",
+    "create_revoked_certificates",
     "devices",
     "enrollment_tokens",
     "hub_meta",
@@ -142,17 +142,14 @@ revoked_certificates = Table(
 _CORE = [hub_meta, devices, enrollment_tokens, key_epochs, replay_windows, readings, rejections, api_tokens]
 
 
-def _apply_core(conn: Connection) -> None:
+def create_core_tables(conn: Connection) -> None:
+    """Migration ``0001_core``."""
     for table in _CORE:
         table.create(conn, checkfirst=True)
     for index in readings.indexes:
         index.create(conn, checkfirst=True)
 
 
-register(Migration("0001_core", "devices, tokens, key epochs, replay windows, readings", _apply_core))
-register(Migration("0002_revoked_certificates", "serials kept on the CRL across re-provisioning",
-                   lambda conn: revoked_certificates.create(conn, checkfirst=True)))
-import iotguard.hub.audit_store  # noqa: E402
-import iotguard.hub.credentials  # noqa: E402
-import iotguard.hub.policy_store  # noqa: E402
-import iotguard.hub.privacy_store  # noqa: E402,F401
+def create_revoked_certificates(conn: Connection) -> None:
+    """Migration ``0002_revoked_certificates``."""
+    revoked_certificates.create(conn, checkfirst=True)

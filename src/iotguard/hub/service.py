@@ -1,17 +1,19 @@
-"""The hub process: the wired core plus its threads (broker, ingest, API, maintenance)."""
+"""The hub process: its services plus their threads (broker, ingest, API, maintenance)."""
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 
 import uvicorn
 
 from iotguard.clock import Clock
 from iotguard.config import HubConfig
+from iotguard.hub.api import create_app
 from iotguard.hub.broker import BrokerAddress, EmbeddedBroker, parse_broker_url, wait_for_port
-from iotguard.hub.core import HubCore, Maintenance, build_hub_core
+from iotguard.hub.compose import HubServices, Maintenance, build_hub_services
 from iotguard.hub.mqtt_ingest import MqttIngest
 
 __all__ = ["Hub", "tune_gc_for_ingest"]
@@ -43,14 +45,14 @@ class Hub:
 
     def __init__(self, cfg: HubConfig, *, clock: Clock | None = None) -> None:
         self.cfg = cfg
-        self.core: HubCore = build_hub_core(cfg, clock=clock)
-        self.store = self.core.store
-        self.registry = self.core.registry
-        self.processor = self.core.processor
-        self.app = self.core.app
+        self.services: HubServices = build_hub_services(cfg, clock=clock)
+        self.store = self.services.store
+        self.lifecycle = self.services.lifecycle
+        self.processor = self.services.processor
+        self.maintenance = Maintenance(self.services, worker=f"hub-{os.getpid()}")
+        self.app = create_app(self.services, drain=self.maintenance.drainer.drain)
         self.embedded_broker: EmbeddedBroker | None = None
         self.ingest: MqttIngest | None = None
-        self.maintenance = Maintenance(self.core)
         self._api_server: uvicorn.Server | None = None
         self._api_thread: threading.Thread | None = None
 
@@ -76,7 +78,7 @@ class Hub:
         self.ingest = MqttIngest(self.processor, self.broker_address, self.cfg,
                                  shared=self.cfg.shared_subscription and bool(self.cfg.broker_url))
         self.ingest.start()
-        self.core.publisher = self.ingest.publish
+        self.services.commands.attach(self.ingest.publish)
         self.maintenance.tick()
         self.maintenance.start()
         if api:

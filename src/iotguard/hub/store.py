@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,9 +20,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
-from iotguard.errors import AuthenticationError, EnrollmentError, RevokedError, StorageError, UnknownDeviceError
+from iotguard.errors import (
+    AuthenticationError,
+    ConfigError,
+    EnrollmentError,
+    RevokedError,
+    StorageError,
+    UnknownDeviceError,
+)
 from iotguard.hub.db import driver_error_summary, make_engine
 from iotguard.hub.migrations import migrate
+from iotguard.hub.outbox import OutboxMessage, write_outbox
 from iotguard.hub.schema import (
     api_tokens,
     devices,
@@ -35,7 +43,7 @@ from iotguard.hub.schema import (
     revoked_certificates,
 )
 
-__all__ = ["ROLES", "ApiToken", "DeviceRecord", "EpochKey", "HubStore", "StoredReading"]
+__all__ = ["ROLES", "ApiToken", "DecommissionResult", "DeviceRecord", "EpochKey", "HubStore", "StoredReading"]
 
 #: Operator roles, least to most privileged.
 ROLES = ("viewer", "operator", "security-admin", "privacy-officer", "analyst")
@@ -97,6 +105,21 @@ class StoredReading:
     topic: str
     received_at: datetime
     body: bytes
+
+
+@dataclass(frozen=True)
+class DecommissionResult:
+    """What :meth:`HubStore.decommission` erased.
+
+    Attributes:
+        device_id: The device.
+        erased_epochs: Session-key epochs whose wrapped keys were deleted.
+        cert_serial: The certificate serial to list in the CRL (hex), if any.
+    """
+
+    device_id: str
+    erased_epochs: tuple[int, ...]
+    cert_serial: str | None
 
 
 @dataclass(frozen=True)
@@ -175,9 +198,9 @@ class HubStore:
 
     def create_device(
         self, device_id: str, model: str, segment: str, *, serial: str | None, now: datetime,
-        token_hash: bytes, token_expires_at: datetime,
+        token_hash: bytes, token_expires_at: datetime, effects: Sequence[OutboxMessage] = (),
     ) -> None:
-        """Register a pending device with its one-time enrollment token.
+        """Register a pending device with its one-time enrollment token (and its outbox ``effects``).
 
         Raises:
             EnrollmentError: the device id is taken.
@@ -191,6 +214,7 @@ class HubStore:
                 c.execute(enrollment_tokens.insert().values(
                     token_hash=token_hash, device_id=device_id, expires_at=token_expires_at,
                 ))
+                write_outbox(c, effects, now)
         except SqlIntegrityError:
             raise EnrollmentError(f"device id {device_id!r} already exists") from None
 
@@ -218,8 +242,9 @@ class HubStore:
     def enroll(
         self, device_id: str, token_hash: bytes, *, now: datetime, identity_public_key: bytes,
         cert_pem: str, cert_serial: str, cert_not_after: datetime, suite: str, wrapped_key: bytes,
+        effects: Sequence[OutboxMessage] = (),
     ) -> None:
-        """Consume the token and activate the device, atomically.
+        """Consume the token and activate the device, atomically (with its outbox ``effects``).
 
         Raises:
             EnrollmentError: token unknown, used, expired or for another device;
@@ -249,8 +274,10 @@ class HubStore:
                 raise EnrollmentError("device is not awaiting enrollment")
             c.execute(key_epochs.insert().values(
                 device_id=device_id, epoch=1, suite=suite, wrapped_key=wrapped_key, created_at=now))
+            write_outbox(c, effects, now)
 
-    def add_epoch(self, device_id: str, epoch: int, suite: str, wrapped_key: bytes, *, now: datetime) -> None:
+    def add_epoch(self, device_id: str, epoch: int, suite: str, wrapped_key: bytes, *, now: datetime,
+                  effects: Sequence[OutboxMessage] = ()) -> None:
         """Record a new key epoch and make it current (re-keying).
 
         Raises:
@@ -270,8 +297,10 @@ class HubStore:
                       .values(retired_at=now))
             c.execute(key_epochs.insert().values(
                 device_id=device_id, epoch=epoch, suite=suite, wrapped_key=wrapped_key, created_at=now))
+            write_outbox(c, effects, now)
 
-    def renew_certificate(self, device_id: str, *, cert_pem: str, cert_serial: str, cert_not_after: datetime) -> None:
+    def renew_certificate(self, device_id: str, *, cert_pem: str, cert_serial: str, cert_not_after: datetime,
+                          now: datetime | None = None, effects: Sequence[OutboxMessage] = ()) -> None:
         """Replace an active device's operational certificate (same key, new validity).
 
         Raises:
@@ -280,10 +309,12 @@ class HubStore:
         with self.engine.begin() as c:
             n = c.execute(update(devices).where(and_(devices.c.device_id == device_id, devices.c.status == "active"))
                           .values(cert_pem=cert_pem, cert_serial=cert_serial, cert_not_after=cert_not_after)).rowcount
-        if n != 1:
-            raise RevokedError(f"device {device_id!r} is not active")
+            if n != 1:
+                raise RevokedError(f"device {device_id!r} is not active")
+            write_outbox(c, effects, now or cert_not_after)
 
-    def reprovision(self, device_id: str, *, token_hash: bytes, token_expires_at: datetime, now: datetime) -> None:
+    def reprovision(self, device_id: str, *, token_hash: bytes, token_expires_at: datetime, now: datetime,
+                    effects: Sequence[OutboxMessage] = ()) -> None:
         """Reset a device to *pending* with a new enrollment token, erasing its keys and replay state.
 
         Its current certificate serial stays on the CRL.
@@ -309,6 +340,7 @@ class HubStore:
                 current_epoch=None, enrolled_at=None, revoked_at=None))
             c.execute(enrollment_tokens.insert().values(
                 token_hash=token_hash, device_id=device_id, expires_at=token_expires_at))
+            write_outbox(c, effects, now)
 
     def revoked_certificate_serials(self) -> list[tuple[str, datetime]]:
         """Serials recorded as revoked outside the device rows (re-provisioned devices)."""
@@ -316,7 +348,7 @@ class HubStore:
             return [(r.serial, _aware(r.revoked_at) or r.revoked_at)
                     for r in c.execute(select(revoked_certificates))]
 
-    def revoke_device(self, device_id: str, *, now: datetime) -> None:
+    def revoke_device(self, device_id: str, *, now: datetime, effects: Sequence[OutboxMessage] = ()) -> None:
         """Revoke a device: its data is refused from now on.
 
         Raises:
@@ -325,8 +357,56 @@ class HubStore:
         with self.engine.begin() as c:
             n = c.execute(update(devices).where(devices.c.device_id == device_id)
                           .values(status="revoked", revoked_at=now)).rowcount
-        if n != 1:
-            raise UnknownDeviceError(f"unknown device {device_id!r}")
+            if n != 1:
+                raise UnknownDeviceError(f"unknown device {device_id!r}")
+            write_outbox(c, effects, now)
+
+    def decommission(self, device_id: str, *, now: datetime,
+                     effects: Callable[[tuple[int, ...], str | None], Sequence[OutboxMessage]] | None = None,
+                     ) -> DecommissionResult:
+        """Retire a device for good and crypto-erase its session keys.
+
+        In one transaction: the device becomes ``decommissioned`` (its
+        certificate serial then goes into the CRL, see
+        :func:`iotguard.hub.mosquitto.revoked_serials`), every wrapped session
+        key and replay window of it is deleted, its unused enrollment tokens
+        are burnt, and the outbox rows ``effects`` builds from the erased
+        epochs and the certificate serial are written. On SQLite
+        ``secure_delete`` overwrites the freed pages and the WAL is
+        checkpointed, so the wrapped keys do not linger in the file; on
+        PostgreSQL the dead tuples remain until ``VACUUM``. Readings already
+        stored stay (they are governed by retention and erasure, not by the
+        device's lifecycle).
+
+        Raises:
+            UnknownDeviceError: no such device.
+            ConfigError: naive ``now``.
+        """
+        if now.tzinfo is None or now.utcoffset() is None:
+            raise ConfigError("now must be a timezone-aware UTC datetime")
+        sqlite_db = self._dialect == "sqlite"
+        with self.engine.begin() as c:
+            if sqlite_db:
+                c.exec_driver_sql("PRAGMA secure_delete = ON")
+            row = c.execute(select(devices.c.cert_serial, devices.c.revoked_at)
+                            .where(devices.c.device_id == device_id)).first()
+            if row is None:
+                raise UnknownDeviceError(f"unknown device {device_id!r}")
+            c.execute(update(devices).where(devices.c.device_id == device_id).values(
+                status="decommissioned", revoked_at=row.revoked_at or now, current_epoch=None))
+            epochs = tuple(sorted(r[0] for r in c.execute(
+                select(key_epochs.c.epoch).where(key_epochs.c.device_id == device_id))))
+            c.execute(delete(key_epochs).where(key_epochs.c.device_id == device_id))
+            c.execute(delete(replay_windows).where(replay_windows.c.device_id == device_id))
+            c.execute(update(enrollment_tokens).where(and_(enrollment_tokens.c.device_id == device_id,
+                                                           enrollment_tokens.c.used_at.is_(None)))
+                      .values(used_at=now))
+            if effects is not None:
+                write_outbox(c, effects(epochs, row.cert_serial), now)
+        if sqlite_db:
+            with self.engine.connect() as c:
+                c.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        return DecommissionResult(device_id, epochs, row.cert_serial)
 
     def epoch_key(self, device_id: str, epoch: int) -> EpochKey | None:
         with self.engine.connect() as c:

@@ -1,7 +1,9 @@
-"""Hub-side identity operations: add, enroll, re-key, revoke devices.
+"""Device lifecycle on the hub: add, enroll, re-key, renew, revoke, re-provision, decommission.
 
 Sits at the edge: combines the pure protocol in :mod:`iotguard.identity`
-with the store, the hub's key store and the fleet CA.
+with the store, the hub's key store and the fleet CA. Every change writes its
+audit events (and, when the hub manages a Mosquitto broker, a broker access
+rewrite) to the outbox in the change's own transaction.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from iotguard.audit import AuditEvent, AuditSink, EventType
+from iotguard.audit import AuditEvent, EventType
 from iotguard.audit.provenance import manufacturing_record
 from iotguard.channel import SessionKeys, split_session_keys
 from iotguard.clock import Clock, SystemClock
@@ -30,8 +31,11 @@ from iotguard.errors import (
     RevokedError,
     UnknownDeviceError,
 )
-from iotguard.hub.credentials import DecommissionResult, decommission
-from iotguard.hub.store import DeviceRecord, HubStore
+from iotguard.hub.outbox import OutboxMessage, OutboxStore, SqlOutboxStore
+from iotguard.hub.services.audit import audit_message
+from iotguard.hub.services.broker_access import broker_access_message
+from iotguard.hub.services.posture import PostureService
+from iotguard.hub.store import DecommissionResult, DeviceRecord, HubStore
 from iotguard.identity import (
     EnrollmentCode,
     FleetCA,
@@ -48,7 +52,7 @@ from iotguard.identity import (
 from iotguard.keys import KeyKind, KeyStore, KeyStoreConfig, open_key_store
 from iotguard.privacy import CONTRACT_NAME_RE
 
-__all__ = ["FleetRegistry", "open_hub_keys"]
+__all__ = ["DeviceLifecycle", "open_hub_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +75,28 @@ class _CachedDevice:
     keys: dict[int, tuple[str, SessionKeys]]
 
 
-class FleetRegistry:
-    """Device lifecycle on the hub, plus the cache ingest reads devices through."""
+class DeviceLifecycle:
+    """Device lifecycle on the hub, plus the cache ingest reads devices through.
+
+    Args:
+        store: The device registry tables.
+        keystore: The hub key store (CA key, session-key wrapping key).
+        cfg: Hub settings.
+        clock: Time source.
+        outbox: Where audit events and broker access rewrites are queued
+            (the hub database's outbox by default).
+        posture: Kept in step after every change (None: no posture, e.g. ingest-only tools).
+    """
 
     def __init__(self, store: HubStore, keystore: KeyStore, cfg: HubConfig, clock: Clock | None = None,
-                 *, audit: AuditSink | None = None) -> None:
+                 *, outbox: OutboxStore | None = None, posture: PostureService | None = None) -> None:
         self.store = store
         self.keystore = keystore
         self.cfg = cfg
         self.clock = clock or SystemClock()
-        self.audit = audit
-        #: Called with a device id after its registry state changed (posture sync).
-        self.listeners: list[Callable[[str], None]] = []
+        self.outbox: OutboxStore = outbox if outbox is not None else SqlOutboxStore(store.engine)
+        self.posture = posture
+        self.broker_managed = bool(cfg.mosquitto_dir)
         if not keystore.has_key(_STORAGE_KEY):
             keystore.generate(_STORAGE_KEY, KeyKind.AES256)
         self.ca = self._load_or_create_ca()
@@ -102,15 +116,18 @@ class FleetRegistry:
             return ca
         return FleetCA(self.keystore, pem.encode())
 
-    def _record(self, *events: AuditEvent) -> None:
-        if self.audit is not None:
-            self.audit.record_many(list(events))
+    def _effects(self, *events: AuditEvent, broker: str | None = None,
+                 device_id: str = "") -> list[OutboxMessage]:
+        out = [audit_message(e) for e in events]
+        if broker is not None and self.broker_managed:
+            out.append(broker_access_message(device_id, broker))
+        return out
 
     def _changed(self, device_id: str) -> None:
         with self._lock:
             self._cache.pop(device_id, None)
-        for listener in self.listeners:
-            listener(device_id)
+        if self.posture is not None:
+            self.posture.sync(device_id)
 
     # -- operator actions ------------------------------------------------
 
@@ -134,18 +151,19 @@ class FleetRegistry:
         self.store.create_device(
             device_id, model, segment, serial=serial, now=now, token_hash=token_hash(secret),
             token_expires_at=now + timedelta(seconds=self.cfg.enrollment_token_ttl_s),
+            effects=self._effects(AuditEvent("device.registered", now, actor, device_id,
+                                             {"model": model, "segment": segment, "serial": serial or ""})),
         )
-        self._record(AuditEvent("device.registered", now, actor, device_id,
-                                {"model": model, "segment": segment, "serial": serial or ""}))
         return EnrollmentCode(device_id, secret, self.ca.fingerprint)
 
     def revoke(self, device_id: str, *, actor: str = "operator", reason: str = "") -> None:
         """Revoke a device; ingest refuses its data within ``device_cache_ttl_s``."""
         now = self.clock.now()
         device = self.store.get_device(device_id)
-        self.store.revoke_device(device_id, now=now)
-        self._record(AuditEvent(EventType.CERT_REVOKED, now, actor, device_id,
-                                {"cert_serial": device.cert_serial or "", "reason": reason}))
+        self.store.revoke_device(device_id, now=now, effects=self._effects(
+            AuditEvent(EventType.CERT_REVOKED, now, actor, device_id,
+                       {"cert_serial": device.cert_serial or "", "reason": reason}),
+            broker="revoked", device_id=device_id))
         self._changed(device_id)
 
     def reprovision(self, device_id: str, *, actor: str = "operator") -> EnrollmentCode:
@@ -162,9 +180,11 @@ class FleetRegistry:
         old = self.store.get_device(device_id)
         secret = new_enrollment_secret()
         self.store.reprovision(device_id, token_hash=token_hash(secret), now=now,
-                               token_expires_at=now + timedelta(seconds=self.cfg.enrollment_token_ttl_s))
-        self._record(AuditEvent("device.reprovisioned", now, actor, device_id,
-                                {"old_cert_serial": old.cert_serial or "", "old_status": old.status}))
+                               token_expires_at=now + timedelta(seconds=self.cfg.enrollment_token_ttl_s),
+                               effects=self._effects(
+                                   AuditEvent("device.reprovisioned", now, actor, device_id,
+                                              {"old_cert_serial": old.cert_serial or "", "old_status": old.status}),
+                                   broker="reprovisioned", device_id=device_id))
         self._changed(device_id)
         return EnrollmentCode(device_id, secret, self.ca.fingerprint)
 
@@ -198,10 +218,11 @@ class FleetRegistry:
         cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
         serial = format(cert.serial_number, "x")
         self.store.renew_certificate(device_id, cert_pem=cert_pem, cert_serial=serial,
-                                     cert_not_after=cert.not_valid_after_utc)
-        self._record(AuditEvent(EventType.CERT_RENEWED, now, device_id, device_id,
-                                {"cert_serial": serial, "previous_serial": device.cert_serial or "",
-                                 "not_after": cert.not_valid_after_utc.isoformat()}))
+                                     cert_not_after=cert.not_valid_after_utc, now=now, effects=self._effects(
+                                         AuditEvent(EventType.CERT_RENEWED, now, device_id, device_id,
+                                                    {"cert_serial": serial,
+                                                     "previous_serial": device.cert_serial or "",
+                                                     "not_after": cert.not_valid_after_utc.isoformat()})))
         self._changed(device_id)
         fields = {"device_id": device_id, "certificate_pem": cert_pem}
         return {**fields, "signature": b64e(self.ca.sign(hub_response_message(transcript, fields)))}
@@ -224,8 +245,11 @@ class FleetRegistry:
         if device.identity_public_key is None:
             raise RevokedError(f"device {device.device_id!r} is {device.status}")
         verify_signature(device.identity_public_key, signature, request_transcript("tamper", body))
-        self._record(AuditEvent("device.tampered", self.clock.now(), device.device_id, device.device_id,
-                                {"reason": body["reason"], "reported_ts": body["ts"]}))
+        now = self.clock.now()
+        self.outbox.enqueue(self._effects(AuditEvent("device.tampered", now, device.device_id, device.device_id,
+                                                     {"reason": body["reason"], "reported_ts": body["ts"]})), now)
+        if self.posture is not None:
+            self.posture.mark_tampered(device.device_id)
         return device.device_id
 
     def decommission(self, device_id: str, *, actor: str = "operator") -> DecommissionResult:
@@ -235,12 +259,15 @@ class FleetRegistry:
             UnknownDeviceError: no such device.
         """
         now = self.clock.now()
-        result = decommission(self.store, device_id, now)
-        self._record(AuditEvent("device.decommissioned", now, actor, device_id,
-                                {"erased_epochs": list(result.erased_epochs),
-                                 "cert_serial": result.cert_serial or ""}),
-                     AuditEvent(EventType.CERT_REVOKED, now, actor, device_id,
-                                {"cert_serial": result.cert_serial or "", "reason": "decommissioned"}))
+
+        def effects(epochs: tuple[int, ...], cert_serial: str | None) -> list[OutboxMessage]:
+            return self._effects(AuditEvent("device.decommissioned", now, actor, device_id,
+                                            {"erased_epochs": list(epochs), "cert_serial": cert_serial or ""}),
+                                 AuditEvent(EventType.CERT_REVOKED, now, actor, device_id,
+                                            {"cert_serial": cert_serial or "", "reason": "decommissioned"}),
+                                 broker="decommissioned", device_id=device_id)
+
+        result = self.store.decommission(device_id, now=now, effects=effects)
         self._changed(device_id)
         return result
 
@@ -288,15 +315,7 @@ class FleetRegistry:
         hub_pub, keys = derive_hub_session(device_id, 1, suite, kex_pk, transcript)
         cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
         serial = format(cert.serial_number, "x")
-        try:
-            self.store.enroll(
-                device_id, th, now=now, identity_public_key=identity_pk, cert_pem=cert_pem,
-                cert_serial=serial, cert_not_after=cert.not_valid_after_utc,
-                suite=suite, wrapped_key=self._wrap(device_id, 1, keys))
-        except EnrollmentError:
-            self._auth_failed(device_id, "bad_token")
-            raise
-        self._record(
+        effects = self._effects(
             manufacturing_record(device_id, model=device.model, serial=device.serial or "",
                                  firmware="unknown", public_key=identity_pk, made_at=now, maker="hub.enrollment"),
             AuditEvent(EventType.DEVICE_ENROLLED, now, device_id, device_id,
@@ -304,7 +323,15 @@ class FleetRegistry:
                         "identity_key_sha256": hashlib.sha256(identity_pk).digest()}),
             AuditEvent(EventType.CERT_ISSUED, now, "hub.ca", device_id,
                        {"cert_serial": serial, "not_after": cert.not_valid_after_utc.isoformat()}),
-        )
+            broker="enrolled", device_id=device_id)
+        try:
+            self.store.enroll(
+                device_id, th, now=now, identity_public_key=identity_pk, cert_pem=cert_pem,
+                cert_serial=serial, cert_not_after=cert.not_valid_after_utc,
+                suite=suite, wrapped_key=self._wrap(device_id, 1, keys), effects=effects)
+        except EnrollmentError:
+            self._auth_failed(device_id, "bad_token")
+            raise
         self._changed(device_id)
         return self._signed_response(transcript, device, 1, suite, hub_pub, cert_pem)
 
@@ -334,15 +361,17 @@ class FleetRegistry:
         verify_signature(device.identity_public_key, signature, transcript)
         suite = negotiate_suite(suites, self.cfg.allowed_suites)
         hub_pub, keys = derive_hub_session(device_id, epoch, suite, kex_pk, transcript)
-        self.store.add_epoch(device_id, epoch, suite, self._wrap(device_id, epoch, keys), now=now)
-        self._record(AuditEvent("key.rotated", now, device_id, device_id, {"epoch": epoch, "suite": suite}))
+        self.store.add_epoch(device_id, epoch, suite, self._wrap(device_id, epoch, keys), now=now,
+                             effects=self._effects(AuditEvent("key.rotated", now, device_id, device_id,
+                                                              {"epoch": epoch, "suite": suite})))
         self._changed(device_id)
         return self._signed_response(transcript, device, epoch, suite, hub_pub, device.cert_pem or "")
 
     def _auth_failed(self, device_id: str, reason: str) -> None:
         who = device_id if device_id and len(device_id) <= 64 else "unknown"
-        self._record(AuditEvent(EventType.AUTH_FAILED, self.clock.now(), who, who,
-                                {"what": "enrollment", "reason": reason}))
+        now = self.clock.now()
+        self.outbox.enqueue(self._effects(AuditEvent(EventType.AUTH_FAILED, now, who, who,
+                                                     {"what": "enrollment", "reason": reason})), now)
 
     def _signed_response(self, transcript: bytes, device: DeviceRecord, epoch: int, suite: str,
                          hub_pub: bytes, cert_pem: str) -> dict[str, Any]:
