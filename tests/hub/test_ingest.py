@@ -135,7 +135,7 @@ def test_revocation_by_another_hub_process_takes_effect_within_the_cache_ttl(tmp
     parts = make_hub(tmp_path, device_cache_ttl_s=1.0)
     a = parts.agent("dev-1")
     clock = FixedClock()
-    reg = DeviceLifecycle(parts.store, open_hub_keys(parts.cfg), parts.cfg, clock)
+    reg = DeviceLifecycle(parts.store, open_hub_keys(parts.cfg), parts.cfg, clock, outbox=parts.services.outbox)
     proc = IngestProcessor(parts.store, reg, parts.cfg, clock=clock)
     assert proc.process([_seal(a, 1)]).stored == 1
     parts.store.revoke_device("dev-1", now=clock.now())  # another process revokes

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from iotguard.errors import AuthenticationError, EnrollmentError, RevokedError, UnknownDeviceError
 from iotguard.hub.db import make_engine
 from iotguard.hub.migrations import MIGRATIONS, migrate
+from iotguard.hub.outbox import OutboxMessage, OutboxStore, SqlOutboxStore
+from iotguard.hub.stores.devices import DeviceStore, SqlDeviceStore
+from iotguard.hub.stores.devices_memory import MemoryDeviceStore
 from iotguard.hub.stores.telemetry import MemoryTelemetryStore, SqlTelemetryStore, TelemetryStore
+from iotguard.hub.stores.tokens import MemoryOperatorTokenStore, OperatorTokenStore, SqlOperatorTokenStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SRC = Path(__file__).resolve().parents[2] / "src" / "iotguard"
@@ -130,3 +136,152 @@ def test_migrations_are_one_explicit_list_that_keeps_existing_ids() -> None:
         assert known in ids
     for path in sorted((SRC / "hub").rglob("*.py")):
         assert "register(Migration" not in path.read_text(), path
+
+
+# -- device registry contract ------------------------------------------------
+
+@dataclass
+class Registry:
+    devices: DeviceStore
+    telemetry: TelemetryStore
+    outbox: OutboxStore
+    tokens: OperatorTokenStore
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
+    if request.param == "memory":
+        devices = MemoryDeviceStore()
+        yield Registry(devices, devices.telemetry, devices.outbox, MemoryOperatorTokenStore())
+        return
+    url = f"sqlite:///{tmp_path / 'hub.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = make_engine(url)
+    migrate(engine)
+    yield Registry(SqlDeviceStore(engine), SqlTelemetryStore(engine), SqlOutboxStore(engine),
+                   SqlOperatorTokenStore(engine))
+    engine.dispose()
+
+
+EFFECT = [OutboxMessage("audit.event", b"x")]
+TOKEN = b"\x01" * 32
+
+
+def _register(r: Registry, device_id: str = "d1", token: bytes = TOKEN) -> None:
+    r.devices.create_device(device_id, "thermo-1", "plant1", serial="s1", now=T0, token_hash=token,
+                            token_expires_at=T0 + timedelta(days=1), effects=EFFECT)
+
+
+def _enroll(r: Registry, device_id: str = "d1", token: bytes = TOKEN, serial: str = "a1") -> None:
+    r.devices.enroll(device_id, token, now=T0, identity_public_key=b"\x02" * 32, cert_pem="PEM", cert_serial=serial,
+                     cert_not_after=T0 + timedelta(days=30), suite="chacha20-poly1305", wrapped_key=b"w1",
+                     effects=EFFECT)
+
+
+def test_register_then_enroll_with_effects_in_the_same_change(registry: Registry) -> None:
+    _register(registry)
+    assert registry.devices.get_device("d1").status == "pending"
+    _enroll(registry)
+    d = registry.devices.get_device("d1")
+    assert (d.status, d.current_epoch, d.cert_serial, d.segment) == ("active", 1, "a1", "plant1")
+    assert d.cert_not_after == T0 + timedelta(days=30) and d.created_at == T0
+    assert registry.outbox.pending() == 2
+    assert registry.devices.epoch_key("d1", 1) is not None
+    assert registry.devices.device_models() == {"d1": "thermo-1"}
+    assert [x.device_id for x in registry.devices.list_devices(status="active")] == ["d1"]
+
+
+def test_device_id_cannot_be_registered_twice(registry: Registry) -> None:
+    _register(registry)
+    with pytest.raises(EnrollmentError):
+        _register(registry, token=b"\x09" * 32)
+    assert registry.outbox.pending() == 1  # the refused change wrote no effect
+
+
+def test_enrollment_token_is_single_use_and_bound_to_its_device(registry: Registry) -> None:
+    _register(registry)
+    _register(registry, "d2", b"\x03" * 32)
+    with pytest.raises(EnrollmentError):
+        _enroll(registry, "d2", TOKEN)  # d1's token for d2
+    _enroll(registry)
+    with pytest.raises(EnrollmentError):
+        _enroll(registry)  # replayed token
+
+
+def test_rekey_must_be_the_next_epoch(registry: Registry) -> None:
+    _register(registry)
+    _enroll(registry)
+    with pytest.raises(EnrollmentError):
+        registry.devices.add_epoch("d1", 3, "ascon-aead128", b"w3", now=T0)
+    registry.devices.add_epoch("d1", 2, "ascon-aead128", b"w2", now=T0, effects=EFFECT)
+    assert registry.devices.get_device("d1").current_epoch == 2
+    ek = registry.devices.epoch_key("d1", 2)
+    assert ek is not None and ek.suite == "ascon-aead128"
+
+
+def test_revoked_device_cannot_renew(registry: Registry) -> None:
+    _register(registry)
+    _enroll(registry)
+    registry.devices.renew_certificate("d1", cert_pem="PEM2", cert_serial="b2",
+                                       cert_not_after=T0 + timedelta(days=60), now=T0)
+    assert registry.devices.get_device("d1").cert_serial == "b2"
+    registry.devices.revoke_device("d1", now=T0, effects=EFFECT)
+    assert registry.devices.get_device("d1").status == "revoked"
+    with pytest.raises(RevokedError):
+        registry.devices.renew_certificate("d1", cert_pem="PEM3", cert_serial="c3",
+                                           cert_not_after=T0 + timedelta(days=90), now=T0)
+    with pytest.raises(UnknownDeviceError):
+        registry.devices.revoke_device("nope", now=T0)
+
+
+def test_reprovision_keeps_the_old_serial_revoked_and_resets_replay_state(registry: Registry) -> None:
+    _register(registry)
+    _enroll(registry)
+    registry.telemetry.store_batch([], [("d1", 1, 5, b"\x1f")], {}, now=T0)
+    registry.devices.reprovision("d1", token_hash=b"\x04" * 32, token_expires_at=T0 + timedelta(days=1), now=T0)
+    d = registry.devices.get_device("d1")
+    assert (d.status, d.current_epoch, d.identity_public_key) == ("pending", None, None)
+    assert "a1" in {s for s, _ in registry.devices.revoked_certificate_serials()}
+    assert registry.devices.epoch_key("d1", 1) is None
+    assert registry.telemetry.replay_window("d1", 1) is None  # epoch 1 of the new keys starts afresh
+    _enroll(registry, token=b"\x04" * 32, serial="b2")
+    assert registry.devices.get_device("d1").status == "active"
+
+
+def test_decommission_erases_keys_burns_tokens_and_is_final(registry: Registry) -> None:
+    _register(registry)
+    _enroll(registry)
+    registry.devices.add_epoch("d1", 2, "chacha20-poly1305", b"w2", now=T0)
+    registry.devices.new_enrollment_token("d1", b"\x05" * 32, T0 + timedelta(days=1))
+    result = registry.devices.decommission("d1", now=T0, effects=lambda epochs, serial: [
+        OutboxMessage("audit.event", repr((epochs, serial)).encode())])
+    assert result.erased_epochs == (1, 2) and result.cert_serial == "a1"
+    assert registry.devices.get_device("d1").status == "decommissioned"
+    assert registry.devices.epoch_key("d1", 2) is None
+    with pytest.raises(EnrollmentError):
+        registry.devices.reprovision("d1", token_hash=b"\x06" * 32, token_expires_at=T0 + timedelta(days=1),
+                                     now=T0)
+    assert registry.outbox.pending() == 3
+
+
+def test_meta_is_set_once(registry: Registry) -> None:
+    assert registry.devices.get_meta("fleet_ca_pem") is None
+    assert registry.devices.set_meta_if_absent("fleet_ca_pem", "A") == "A"
+    assert registry.devices.set_meta_if_absent("fleet_ca_pem", "B") == "A"
+
+
+# -- operator token contract -------------------------------------------------
+
+
+def test_operator_tokens(registry: Registry) -> None:
+    tokens = registry.tokens
+    secret = tokens.create_api_token("alice", "operator", now=T0)
+    token = tokens.authenticate_api_token(secret)
+    assert (token.name, token.role) == ("alice", "operator")
+    with pytest.raises(AuthenticationError):
+        tokens.authenticate_api_token(secret[:-1] + ("A" if secret[-1] != "A" else "B"))  # forged secret
+    with pytest.raises(AuthenticationError):
+        tokens.create_api_token("mallory", "root", now=T0)
+    tokens.revoke_api_token(token.token_id, now=T0)
+    with pytest.raises(AuthenticationError):
+        tokens.authenticate_api_token(secret)
+    assert [t["revoked"] for t in tokens.list_api_tokens()] == [True]

@@ -31,11 +31,11 @@ from iotguard.errors import (
     RevokedError,
     UnknownDeviceError,
 )
-from iotguard.hub.outbox import OutboxMessage, OutboxStore, SqlOutboxStore
+from iotguard.hub.outbox import OutboxMessage, OutboxStore
 from iotguard.hub.services.audit import audit_message
 from iotguard.hub.services.broker_access import broker_access_message
 from iotguard.hub.services.posture import PostureService
-from iotguard.hub.store import DecommissionResult, DeviceRecord, HubStore
+from iotguard.hub.stores.devices import DecommissionResult, DeviceRecord, DeviceStore
 from iotguard.identity import (
     EnrollmentCode,
     FleetCA,
@@ -84,17 +84,17 @@ class DeviceLifecycle:
         cfg: Hub settings.
         clock: Time source.
         outbox: Where audit events and broker access rewrites are queued
-            (the hub database's outbox by default).
+            (standalone events; changes write theirs through ``store``).
         posture: Kept in step after every change (None: no posture, e.g. ingest-only tools).
     """
 
-    def __init__(self, store: HubStore, keystore: KeyStore, cfg: HubConfig, clock: Clock | None = None,
-                 *, outbox: OutboxStore | None = None, posture: PostureService | None = None) -> None:
+    def __init__(self, store: DeviceStore, keystore: KeyStore, cfg: HubConfig, clock: Clock | None = None,
+                 *, outbox: OutboxStore, posture: PostureService | None = None) -> None:
         self.store = store
         self.keystore = keystore
         self.cfg = cfg
         self.clock = clock or SystemClock()
-        self.outbox: OutboxStore = outbox if outbox is not None else SqlOutboxStore(store.engine)
+        self.outbox = outbox
         self.posture = posture
         self.broker_managed = bool(cfg.mosquitto_dir)
         if not keystore.has_key(_STORAGE_KEY):

@@ -1,6 +1,7 @@
 """Each hub domain's tables behind its own store (SQL for SQLite and PostgreSQL; in memory for tests)."""
 
-from iotguard.hub.stores.devices import DecommissionResult, DeviceRecord, EpochKey, SqlDeviceStore
+from iotguard.hub.stores.devices import DecommissionResult, DeviceRecord, DeviceStore, EpochKey, SqlDeviceStore
+from iotguard.hub.stores.devices_memory import MemoryDeviceStore
 from iotguard.hub.stores.telemetry import (
     MemoryTelemetryStore,
     SqlTelemetryStore,
@@ -8,15 +9,25 @@ from iotguard.hub.stores.telemetry import (
     TelemetryStore,
     forget_replay_state,
 )
-from iotguard.hub.stores.tokens import ROLES, ApiToken, SqlOperatorTokenStore
+from iotguard.hub.stores.tokens import (
+    ROLES,
+    ApiToken,
+    MemoryOperatorTokenStore,
+    OperatorTokenStore,
+    SqlOperatorTokenStore,
+)
 
 __all__ = [
     "ROLES",
     "ApiToken",
     "DecommissionResult",
     "DeviceRecord",
+    "DeviceStore",
     "EpochKey",
+    "MemoryDeviceStore",
+    "MemoryOperatorTokenStore",
     "MemoryTelemetryStore",
+    "OperatorTokenStore",
     "SqlDeviceStore",
     "SqlOperatorTokenStore",
     "SqlTelemetryStore",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import and_, delete, select, update
 from sqlalchemy.engine import Engine
@@ -22,7 +22,7 @@ from iotguard.hub.stores._sql import SqlStoreBase
 from iotguard.hub.stores._sql import aware as _aware
 from iotguard.hub.stores.telemetry import forget_replay_state
 
-__all__ = ["DecommissionResult", "DeviceRecord", "EpochKey", "SqlDeviceStore"]
+__all__ = ["DecommissionResult", "DeviceRecord", "DeviceStore", "EpochKey", "SqlDeviceStore"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,56 @@ def _device(row: Any) -> DeviceRecord:
         enrolled_at=_aware(m["enrolled_at"]), revoked_at=_aware(m["revoked_at"]),
     )
 
+
+
+class DeviceStore(Protocol):
+    """The device registry: devices, their enrollment tokens, key epochs and revoked serials.
+
+    Changing methods take ``effects``: outbox rows written in the same
+    transaction as the change.
+    """
+
+    def get_meta(self, key: str) -> str | None: ...
+
+    def set_meta_if_absent(self, key: str, value: str) -> str:
+        """Set ``key`` unless another process did first; returns the stored value."""
+        ...
+
+    def create_device(self, device_id: str, model: str, segment: str, *, serial: str | None, now: datetime,
+                      token_hash: bytes, token_expires_at: datetime,
+                      effects: Sequence[OutboxMessage] = ()) -> None: ...
+
+    def new_enrollment_token(self, device_id: str, token_hash: bytes, expires_at: datetime) -> None: ...
+
+    def get_device(self, device_id: str) -> DeviceRecord: ...
+
+    def device_models(self) -> dict[str, str]: ...
+
+    def list_devices(self, *, status: str | None = None, limit: int = 1000,
+                     offset: int = 0) -> list[DeviceRecord]: ...
+
+    def enroll(self, device_id: str, token_hash: bytes, *, now: datetime, identity_public_key: bytes,
+               cert_pem: str, cert_serial: str, cert_not_after: datetime, suite: str, wrapped_key: bytes,
+               effects: Sequence[OutboxMessage] = ()) -> None: ...
+
+    def add_epoch(self, device_id: str, epoch: int, suite: str, wrapped_key: bytes, *, now: datetime,
+                  effects: Sequence[OutboxMessage] = ()) -> None: ...
+
+    def renew_certificate(self, device_id: str, *, cert_pem: str, cert_serial: str, cert_not_after: datetime,
+                          now: datetime | None = None, effects: Sequence[OutboxMessage] = ()) -> None: ...
+
+    def reprovision(self, device_id: str, *, token_hash: bytes, token_expires_at: datetime, now: datetime,
+                    effects: Sequence[OutboxMessage] = ()) -> None: ...
+
+    def revoked_certificate_serials(self) -> list[tuple[str, datetime]]: ...
+
+    def revoke_device(self, device_id: str, *, now: datetime, effects: Sequence[OutboxMessage] = ()) -> None: ...
+
+    def decommission(self, device_id: str, *, now: datetime,
+                     effects: Callable[[tuple[int, ...], str | None], Sequence[OutboxMessage]] | None = None,
+                     ) -> DecommissionResult: ...
+
+    def epoch_key(self, device_id: str, epoch: int) -> EpochKey | None: ...
 
 
 class SqlDeviceStore(SqlStoreBase):
