@@ -84,8 +84,10 @@ def test_tamper_event_zeroizes_the_device_and_the_hub_stops_trusting_it(hub: Hub
     assert hub.services.posture.posture.require("dev-1").trust_tier == "failed"
     out = hub.processor.process([Incoming(topic, stolen)])
     assert out.stored == 0 and out.rejected["policy_denied"] == 1
-    assert "device.tampered" in [__import__("iotguard.audit.events", fromlist=["AuditEvent"]).AuditEvent.from_cbor(e).type
-                                 for e in hub.services.audit.log.entries(0, hub.services.audit.log.size())]
+    from iotguard.audit.events import AuditEvent
+
+    log = hub.services.audit.log
+    assert "device.tampered" in [AuditEvent.from_cbor(e).type for e in log.entries(0, log.size())]
 
 
 def test_forged_tamper_report_is_refused(hub: HubParts) -> None:

@@ -128,3 +128,26 @@ def test_two_hubs_draining_on_postgres_append_each_audit_event_once(tmp_path: Pa
     registered = [e.subject for e in _events(a) if e.type == "device.registered"]
     assert sorted(registered) == sorted(f"dev-{i}" for i in range(40))
     assert a.outbox.pending() == 0
+
+
+def test_cli_consent_withdrawal_is_pushed_by_a_connected_hub(tmp_path: Path) -> None:
+    """The CLI records a withdrawal; only a hub with a broker connection claims the push, and sends it."""
+    from iotguard.hub.services.consent import CONSENT_PUSH_KIND
+
+    conf, cfg = _config(tmp_path)
+    hub = build_hub_services(cfg)
+    code = hub.lifecycle.add_device("dev-1", "thermo-1")
+    _enroll(hub, tmp_path, "dev-1", str(code))
+    hub.consent.record_initial_consent("alice", "dev-1", {"research": True})
+    assert main(["privacy", "consent", "withdraw", "--config", str(conf), "--subject", "alice",
+                 "--purpose", "research"]) == 0
+    assert hub.outbox.pending([CONSENT_PUSH_KIND]) == 1
+    disconnected = Maintenance(hub, worker="hub-without-broker")
+    disconnected.tick()
+    assert hub.outbox.pending([CONSENT_PUSH_KIND]) == 1  # not claimed without a broker connection
+    sent: list[tuple[str, bytes]] = []
+    hub.commands.attach(lambda topic, payload: sent.append((topic, payload)))
+    Maintenance(hub, worker="hub-with-broker").tick()
+    assert [t for t, _p in sent] == ["iotguard/default/dev-1/cmd"]
+    assert hub.outbox.pending() == 0
+    assert "consent.changed" in [e.type for e in _events(hub)]

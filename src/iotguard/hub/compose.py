@@ -140,7 +140,6 @@ class Maintenance:
 
     def tick(self) -> None:
         s = self.services
-        self.drainer.drain()
         s.posture.reload_policy_if_changed()
         fp = s.posture.fingerprint()
         if fp != self._fingerprint:
@@ -152,6 +151,7 @@ class Maintenance:
             self._last_hourly = now
             s.consent.enforce_retention()
         s.consent.repush_unacknowledged()
+        self.drainer.drain()  # last: what this tick queued (retention's audit event) goes out with the rest
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

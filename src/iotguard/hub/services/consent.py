@@ -12,6 +12,7 @@ import base64
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 import cbor2
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Outbox kind of a consent push.
 CONSENT_PUSH_KIND = "consent.push"
+#: An unacknowledged consent configuration is pushed again after this long.
+REPUSH_AFTER = timedelta(seconds=5)
 
 
 def consent_push_message(subject_id: str) -> OutboxMessage:
@@ -134,10 +137,12 @@ class ConsentService:
         return sent
 
     def repush_unacknowledged(self) -> None:
-        """Push again consent configurations a device has not acknowledged (offline at the time)."""
+        """Push again consent configurations a device has not acknowledged within
+        :data:`REPUSH_AFTER` (it was offline at the time)."""
         if not self.channel.connected:
             return
-        subjects = {s for s in (self.privacy.subject_of(d) for d, _v in self.privacy.unacknowledged_consent()) if s}
+        due = self.privacy.unacknowledged_consent(pushed_before=self.clock.now() - REPUSH_AFTER)
+        subjects = {s for s in (self.privacy.subject_of(d) for d, _v in due) if s}
         for subject in sorted(subjects):
             self.push(subject)
 

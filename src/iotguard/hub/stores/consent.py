@@ -212,14 +212,14 @@ class SqlConsentStore(AuditedSqlStore):
                 .values(applied_at=_utc(ack.applied_at), acked_at=_utc(received_at))
             )
 
-    def unacknowledged_consent(self) -> list[tuple[str, int]]:
-        """(device, version) of pushed configurations the device has not acknowledged yet."""
+    def unacknowledged_consent(self, *, pushed_before: datetime | None = None) -> list[tuple[str, int]]:
+        """(device, version) of pushed configurations the device has not acknowledged yet
+        (pushed before ``pushed_before``, when given)."""
+        q = select(consent_pushes.c.device_id, consent_pushes.c.version).where(consent_pushes.c.acked_at.is_(None))
+        if pushed_before is not None:
+            q = q.where(consent_pushes.c.pushed_at < pushed_before)
         with self._engine.connect() as c:
-            rows = c.execute(
-                select(consent_pushes.c.device_id, consent_pushes.c.version)
-                .where(consent_pushes.c.acked_at.is_(None))
-                .order_by(consent_pushes.c.device_id, consent_pushes.c.version)
-            )
+            rows = c.execute(q.order_by(consent_pushes.c.device_id, consent_pushes.c.version))
             return [(r[0], int(r[1])) for r in rows]
 
     def forget_consent_of(self, conn: Connection, subject_id: str, device_ids: Sequence[str]) -> int:
