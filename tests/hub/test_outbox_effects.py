@@ -151,3 +151,20 @@ def test_cli_consent_withdrawal_is_pushed_by_a_connected_hub(tmp_path: Path) -> 
     assert [t for t, _p in sent] == ["iotguard/default/dev-1/cmd"]
     assert hub.outbox.pending() == 0
     assert "consent.changed" in [e.type for e in _events(hub)]
+
+
+def test_cli_policy_activation_is_audited(tmp_path: Path) -> None:
+    """``iotguard policy activate`` leaves the new version and its activation in the audit log."""
+    from iotguard.audit import TransparencyLog
+    from iotguard.hub.audit_store import SqlLogStore
+    from iotguard.hub.db import make_engine
+    from iotguard.policy import default_policy_set
+
+    db = f"sqlite:///{tmp_path / 'hub.db'}"
+    policies = tmp_path / "v1.cedar"
+    policies.write_text(default_policy_set().text)
+    assert main(["policy", "--database-url", db, "activate", str(policies), "--actor", "sam"]) == 0
+    log = TransparencyLog(SqlLogStore(make_engine(db)))
+    events = [AuditEvent.from_cbor(e) for e in log.entries(0, log.size())]
+    assert [e.type for e in events] == ["policy.version_added", "policy.changed"]
+    assert events[1].actor == "sam"

@@ -110,6 +110,7 @@ class SqlPolicyRepository:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self.engine = engine
 
     def add_version(self, text: str, digest: str, author: str, comment: str, at: datetime) -> PolicyVersion:
         with self._engine.begin() as conn:
