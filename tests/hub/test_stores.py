@@ -10,10 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from iotguard.errors import AuthenticationError, EnrollmentError, RevokedError, UnknownDeviceError
+from iotguard.errors import (
+    AuthenticationError,
+    ConsentError,
+    EnrollmentError,
+    RevokedError,
+    RollbackError,
+    UnknownDeviceError,
+)
 from iotguard.hub.db import make_engine
 from iotguard.hub.migrations import MIGRATIONS, migrate
 from iotguard.hub.outbox import OutboxMessage, OutboxStore, SqlOutboxStore
+from iotguard.hub.stores.consent import ConsentStore, SqlConsentStore
+from iotguard.hub.stores.consent_memory import MemoryConsentStore
 from iotguard.hub.stores.devices import DeviceStore, SqlDeviceStore
 from iotguard.hub.stores.devices_memory import MemoryDeviceStore
 from iotguard.hub.stores.telemetry import MemoryTelemetryStore, SqlTelemetryStore, TelemetryStore
@@ -146,19 +155,21 @@ class Registry:
     telemetry: TelemetryStore
     outbox: OutboxStore
     tokens: OperatorTokenStore
+    consent: ConsentStore
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
     if request.param == "memory":
         devices = MemoryDeviceStore()
-        yield Registry(devices, devices.telemetry, devices.outbox, MemoryOperatorTokenStore())
+        yield Registry(devices, devices.telemetry, devices.outbox, MemoryOperatorTokenStore(),
+                       MemoryConsentStore(devices.outbox))
         return
     url = f"sqlite:///{tmp_path / 'hub.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     engine = make_engine(url)
     migrate(engine)
     yield Registry(SqlDeviceStore(engine), SqlTelemetryStore(engine), SqlOutboxStore(engine),
-                   SqlOperatorTokenStore(engine))
+                   SqlOperatorTokenStore(engine), SqlConsentStore(engine))
     engine.dispose()
 
 
@@ -285,3 +296,36 @@ def test_operator_tokens(registry: Registry) -> None:
     with pytest.raises(AuthenticationError):
         tokens.authenticate_api_token(secret)
     assert [t["revoked"] for t in tokens.list_api_tokens()] == [True]
+
+
+# -- consent contract --------------------------------------------------------
+
+
+def test_consent_history_folds_into_the_current_state(registry: Registry) -> None:
+    consent = registry.consent
+    consent.link_device("alice", "d1", T0)
+    consent.link_device("alice", "d2", T0)
+    consent.link_device("bob", "d2", T0)  # a device has one owner
+    assert consent.devices_of("alice") == ["d1"] and consent.subject_of("d2") == "bob"
+    consent.set_consent("alice", "research", True, T0, actor="owner", effects=EFFECT)
+    state = consent.set_consent("alice", "research", False, T0 + timedelta(hours=1), actor="dpo")
+    assert state.version == 2 and not state.decisions["research"].granted
+    assert consent.consent_state("alice") == state
+    assert registry.outbox.pending() == 1
+    with pytest.raises(RollbackError):  # an older decision cannot override a newer one
+        consent.set_consent("alice", "research", True, T0, actor="replayer")
+
+
+def test_consent_ack_must_match_what_was_pushed(registry: Registry) -> None:
+    from iotguard.privacy import ConsentAck
+
+    consent = registry.consent
+    consent.link_device("alice", "d1", T0)
+    consent.set_consent("alice", "research", True, T0, actor="owner")
+    (cfg,) = consent.consent_configs("alice", T0)
+    assert consent.unacknowledged_consent() == [("d1", 1)]
+    assert consent.unacknowledged_consent(pushed_before=T0) == []
+    with pytest.raises(ConsentError):  # a configuration the hub never pushed
+        consent.record_consent_ack(ConsentAck("d1", 1, b"\x00" * 32, T0), T0)
+    consent.record_consent_ack(ConsentAck("d1", 1, cfg.digest(), T0), T0 + timedelta(seconds=1))
+    assert consent.unacknowledged_consent() == []

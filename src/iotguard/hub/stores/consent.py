@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from types import MappingProxyType
+from typing import Protocol
 
 from sqlalchemy import (
     BigInteger,
@@ -40,7 +41,7 @@ from iotguard.hub.stores._sql import utc as _utc
 from iotguard.privacy.consent import ConsentAck, ConsentConfig, ConsentDecision, ConsentState
 from iotguard.privacy.contract import DataContract
 
-__all__ = ["SqlConsentStore", "consent_events", "consent_pushes", "subject_devices"]
+__all__ = ["ConsentStore", "SqlConsentStore", "consent_events", "consent_pushes", "subject_devices"]
 
 subject_devices = Table(
     "privacy_subject_devices",
@@ -74,6 +75,35 @@ consent_pushes = Table(
     PrimaryKeyConstraint("device_id", "version"),
 )
 
+
+class ConsentStore(Protocol):
+    """Data subjects, their consent history, and the configurations pushed to their devices."""
+
+    def link_device(self, subject_id: str, device_id: str, at: datetime) -> None:
+        """Record that ``subject_id`` owns ``device_id`` (a device has one owner)."""
+        ...
+
+    def devices_of(self, subject_id: str) -> list[str]: ...
+
+    def subject_of(self, device_id: str) -> str | None: ...
+
+    def consent_state(self, subject_id: str) -> ConsentState: ...
+
+    def set_consent(self, subject_id: str, purpose: str, granted: bool, at: datetime, *, actor: str,
+                    contract: DataContract | None = None,
+                    effects: Sequence[OutboxMessage] = ()) -> ConsentState:
+        """Grant or withdraw (RollbackError when older than the purpose's last decision)."""
+        ...
+
+    def consent_configs(self, subject_id: str, issued_at: datetime) -> list[ConsentConfig]:
+        """Build, and record as pushed, each of the subject's devices' configuration."""
+        ...
+
+    def record_consent_ack(self, ack: ConsentAck, received_at: datetime) -> None:
+        """Raises ConsentError when the acknowledged configuration was not pushed."""
+        ...
+
+    def unacknowledged_consent(self, *, pushed_before: datetime | None = None) -> list[tuple[str, int]]: ...
 
 
 class SqlConsentStore(AuditedSqlStore):
