@@ -63,6 +63,7 @@ HTTP_STATUS: dict[str, int] = {
     "storage_error": 503,
 }
 
+
 def create_app(services: HubServices, *, drain: Callable[[], int] | None = None) -> FastAPI:
     """Build the hub's FastAPI application from its services.
 
@@ -73,9 +74,9 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
 
     Args:
         services: The hub's services.
-        drain: Delivers outbox rows; called after every state-changing
-            request so its side effects (audit entries, broker access,
-            consent pushes) happen before the response.
+        drain: Delivers outbox rows; called after every state-changing or
+            refused request so its side effects (audit entries, broker
+            access, consent pushes) happen before the response.
     """
     app = FastAPI(title="iotguard hub", version=__version__,
                   description="Device registry, enrollment, telemetry and operations API.")
@@ -104,8 +105,12 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
         @app.middleware("http")
         async def _deliver_outbox(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
             response = await call_next(request)
-            if request.method not in ("GET", "HEAD", "OPTIONS"):
-                await run_in_threadpool(deliver)
+            # A change, or a refusal (its audit event), queued side effects: deliver them before answering.
+            if request.method not in ("GET", "HEAD", "OPTIONS") or response.status_code >= 400:
+                try:
+                    await run_in_threadpool(deliver)
+                except Exception as exc:  # the change is committed; the maintenance tick delivers its effects
+                    log.warning("outbox delivery after %s deferred: %s", request.url.path, type(exc).__name__)
             return response
 
     app.include_router(health_router(services.processor.stats, metrics_registry, operator))
