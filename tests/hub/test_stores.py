@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from iotguard.clock import FixedClock
 from iotguard.errors import (
     AuthenticationError,
     ConsentError,
     EnrollmentError,
+    IntegrityError,
+    KeyStoreError,
+    MalformedError,
     RevokedError,
     RollbackError,
     UnknownDeviceError,
@@ -25,8 +32,23 @@ from iotguard.hub.stores.consent import ConsentStore, SqlConsentStore
 from iotguard.hub.stores.consent_memory import MemoryConsentStore
 from iotguard.hub.stores.devices import DeviceStore, SqlDeviceStore
 from iotguard.hub.stores.devices_memory import MemoryDeviceStore
+from iotguard.hub.stores.privacy_memory import MemoryReceiptStore, MemorySubjectStore
+from iotguard.hub.stores.receipts import ReceiptStore, SqlReceiptStore
+from iotguard.hub.stores.subjects import SqlSubjectStore, SubjectStore
 from iotguard.hub.stores.telemetry import MemoryTelemetryStore, SqlTelemetryStore, TelemetryStore
 from iotguard.hub.stores.tokens import MemoryOperatorTokenStore, OperatorTokenStore, SqlOperatorTokenStore
+from iotguard.keys import SoftwareKeyStore
+from iotguard.privacy import (
+    ConsentState,
+    DataContract,
+    InMemoryLedgerStore,
+    PrivacyLossLedger,
+    PrivacyPipeline,
+    PseudonymKeyring,
+    ReceiptBuilder,
+    load_contract,
+)
+from iotguard.privacy.receipt import RECEIPT_SIGNING_LABEL
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SRC = Path(__file__).resolve().parents[2] / "src" / "iotguard"
@@ -329,3 +351,69 @@ def test_consent_ack_must_match_what_was_pushed(registry: Registry) -> None:
         consent.record_consent_ack(ConsentAck("d1", 1, b"\x00" * 32, T0), T0)
     consent.record_consent_ack(ConsentAck("d1", 1, cfg.digest(), T0), T0 + timedelta(seconds=1))
     assert consent.unacknowledged_consent() == []
+
+
+# -- receipts and subject records contracts ----------------------------------
+
+
+@dataclass
+class PrivacyRecords:
+    receipts: ReceiptStore
+    subjects: SubjectStore
+    conn: Callable[[], Any]
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def privacy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PrivacyRecords]:
+    if request.param == "memory":
+        yield PrivacyRecords(MemoryReceiptStore(), MemorySubjectStore(), contextlib.nullcontext)
+        return
+    url = f"sqlite:///{tmp_path / 'hub.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = make_engine(url)
+    migrate(engine)
+    subjects = SqlSubjectStore(engine)
+    subjects._keystore = SoftwareKeyStore(tmp_path / "hub-keys", device_binding=b"stores-test-binding")
+    yield PrivacyRecords(SqlReceiptStore(engine), subjects, engine.begin)
+    engine.dispose()
+
+
+def _receipt(tmp_path: Path) -> tuple[bytes, bytes, DataContract]:
+    contract = load_contract("thermo-1")
+    clock = FixedClock(T0)
+    pipe = PrivacyPipeline(contract, ConsentState("alice").grant("research", T0),
+                           PseudonymKeyring(bytes(range(32)), contract.pseudonym_rotation),
+                           PrivacyLossLedger(InMemoryLedgerStore(), contract.budget_epsilon, contract.budget_period),
+                           clock, device_id="d1", rng=random.Random(1))
+    ks = SoftwareKeyStore(tmp_path / "device-keys", device_binding=b"stores-test-device")
+    builder = ReceiptBuilder("d1", contract, pipe.config_sha256)
+    builder.add(pipe.process({"temperature": 20.0, "humidity": 40.0}, "research").receipt_entry)
+    return builder.seal(ks, T0).encode(), ks.public_key(RECEIPT_SIGNING_LABEL), contract
+
+
+def test_receipts_are_verified_before_they_are_stored(privacy: PrivacyRecords, tmp_path: Path) -> None:
+    receipt, pub, contract = _receipt(tmp_path)
+    with pytest.raises(MalformedError):  # a receipt replayed under another device's name
+        privacy.receipts.store_receipt("d2", receipt, pub, T0, contract=contract)
+    with pytest.raises(IntegrityError):  # forged: one bit of the signature flipped
+        privacy.receipts.store_receipt("d1", receipt[:-1] + bytes([receipt[-1] ^ 1]), pub, T0)
+    claims = privacy.receipts.store_receipt("d1", receipt, pub, T0, contract=contract)
+    assert [r.encode() for r in privacy.receipts.receipts_of("d1")] == [receipt]
+    assert privacy.receipts.spent_units("d1", claims["period"]) > 0
+    assert privacy.receipts.receipt_models() == ["thermo-1"]
+    assert privacy.receipts.delete_receipts_before("thermo-1", T0 + timedelta(seconds=1)) == 1
+    assert privacy.receipts.receipts_of("d1") == []
+
+
+def test_erasure_shreds_the_subject_key(privacy: PrivacyRecords) -> None:
+    subjects = privacy.subjects
+    sealed = subjects.seal_for_subject("alice", b"exported copy", T0)
+    assert subjects.open_for_subject("alice", sealed) == b"exported copy"
+    with pytest.raises(IntegrityError):
+        subjects.open_for_subject("alice", sealed[:-1] + bytes([sealed[-1] ^ 1]))
+    subjects.record_contribution("alice", "dp-query-1", "mean temperature", T0)
+    with privacy.conn() as c:
+        assert subjects.forget_subject_data(c, "alice") == (("dp-query-1",), True)
+        subjects.record_erasure(c, "alice", T0, "dpo", '{"readings_deleted": 3}')
+    with pytest.raises(KeyStoreError):  # every copy sealed under the key is now unreadable
+        subjects.open_for_subject("alice", sealed)
+    assert subjects.erasures_of("alice") == [{"readings_deleted": 3}]

@@ -4,6 +4,9 @@ from iotguard.hub.stores.consent import ConsentStore, SqlConsentStore
 from iotguard.hub.stores.consent_memory import MemoryConsentStore
 from iotguard.hub.stores.devices import DecommissionResult, DeviceRecord, DeviceStore, EpochKey, SqlDeviceStore
 from iotguard.hub.stores.devices_memory import MemoryDeviceStore
+from iotguard.hub.stores.privacy_memory import MemoryReceiptStore, MemorySubjectStore
+from iotguard.hub.stores.receipts import ReceiptStore, SqlLedgerStore, SqlReceiptStore
+from iotguard.hub.stores.subjects import SqlSubjectStore, SubjectStore
 from iotguard.hub.stores.telemetry import (
     MemoryTelemetryStore,
     SqlTelemetryStore,
@@ -30,13 +33,20 @@ __all__ = [
     "MemoryConsentStore",
     "MemoryDeviceStore",
     "MemoryOperatorTokenStore",
+    "MemoryReceiptStore",
+    "MemorySubjectStore",
     "MemoryTelemetryStore",
     "OperatorTokenStore",
+    "ReceiptStore",
     "SqlConsentStore",
     "SqlDeviceStore",
+    "SqlLedgerStore",
     "SqlOperatorTokenStore",
+    "SqlReceiptStore",
+    "SqlSubjectStore",
     "SqlTelemetryStore",
     "StoredReading",
+    "SubjectStore",
     "TelemetryStore",
     "forget_replay_state",
 ]

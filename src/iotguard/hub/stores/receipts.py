@@ -7,9 +7,9 @@ signed receipts as received) and ``privacy_budget_ledger`` (a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     BigInteger,
@@ -39,7 +39,8 @@ from iotguard.privacy.contract import DataContract
 from iotguard.privacy.ledger import EPSILON_RESOLUTION
 from iotguard.privacy.receipt import PrivacyReceipt, decode_receipt, verify_receipt
 
-__all__ = ["SqlLedgerStore", "SqlReceiptStore", "budget_ledger", "receipts"]
+__all__ = ["ReceiptStore", "SqlLedgerStore", "SqlReceiptStore", "budget_event", "budget_ledger", "receipts",
+           "verified_claims"]
 
 receipts = Table(
     "privacy_receipts",
@@ -106,6 +107,58 @@ class SqlLedgerStore:
 
 
 
+def verified_claims(device_id: str, receipt: PrivacyReceipt | bytes, public_key: bytes,
+                    contract: DataContract | None) -> tuple[PrivacyReceipt, dict[str, Any]]:
+    """Decode and verify a device's receipt; returns it and its claims.
+
+    Raises:
+        IntegrityError: the signature does not verify.
+        MalformedError: malformed, or about another device, model or contract version.
+        BudgetExhausted: the receipt admits a period total above the contract's budget.
+    """
+    r = decode_receipt(receipt) if isinstance(receipt, bytes) else receipt
+    claims = verify_receipt(r, public_key)
+    if claims["device"] != device_id:
+        raise MalformedError("privacy receipt names another device")
+    if contract is not None:
+        if (
+            claims["model"] != contract.model
+            or claims["contract_version"] != contract.version
+            or claims["contract_sha256"] != contract.digest()
+        ):
+            raise MalformedError("privacy receipt is for another data contract (model or version)")
+        if claims["epsilon_period_total"] > contract.budget_epsilon * (1 + 1e-9):
+            raise BudgetExhausted(
+                f"device {device_id} reports privacy loss {claims['epsilon_period_total']:g} "
+                f"over its budget {contract.budget_epsilon:g}"
+            )
+    return r, claims
+
+
+def budget_event(device_id: str, claims: Mapping[str, Any], received_at: datetime) -> AuditEvent:
+    """The ``privacy.budget_spent`` audit event of a stored receipt."""
+    return AuditEvent(EventType.PRIVACY_BUDGET_SPENT.value, _utc(received_at), device_id, device_id,
+                      {"receipt_readings": claims["count"], "epsilon_spent": float(claims["epsilon_spent"]),
+                       "epsilon_period_total": float(claims["epsilon_period_total"]), "period": claims["period"],
+                       "config_sha256": claims["config_sha256"]})
+
+
+class ReceiptStore(Protocol):
+    """Verified privacy receipts and the hub's copy of each device's privacy-loss ledger."""
+
+    def store_receipt(self, device_id: str, receipt: PrivacyReceipt | bytes, public_key: bytes,
+                      received_at: datetime, *, contract: DataContract | None = None) -> dict[str, Any]:
+        """Verify (see :func:`verified_claims`), store, and raise the ledger copy to the receipt's total."""
+        ...
+
+    def receipts_of(self, device_id: str) -> list[PrivacyReceipt]: ...
+
+    def spent_units(self, device_id: str, period: int) -> int: ...
+
+    def receipt_models(self) -> list[str]: ...
+
+    def delete_receipts_before(self, model: str, before: datetime) -> int: ...
+
 
 class SqlReceiptStore(AuditedSqlStore):
     """Receipts and ledger copies on SQLite or PostgreSQL."""
@@ -137,22 +190,7 @@ class SqlReceiptStore(AuditedSqlStore):
             MalformedError: malformed, or about another device, model or contract version.
             BudgetExhausted: the receipt admits a period total above the contract's budget.
         """
-        r = decode_receipt(receipt) if isinstance(receipt, bytes) else receipt
-        claims = verify_receipt(r, public_key)
-        if claims["device"] != device_id:
-            raise MalformedError("privacy receipt names another device")
-        if contract is not None:
-            if (
-                claims["model"] != contract.model
-                or claims["contract_version"] != contract.version
-                or claims["contract_sha256"] != contract.digest()
-            ):
-                raise MalformedError("privacy receipt is for another data contract (model or version)")
-            if claims["epsilon_period_total"] > contract.budget_epsilon * (1 + 1e-9):
-                raise BudgetExhausted(
-                    f"device {device_id} reports privacy loss {claims['epsilon_period_total']:g} "
-                    f"over its budget {contract.budget_epsilon:g}"
-                )
+        r, claims = verified_claims(device_id, receipt, public_key, contract)
         units = round(claims["epsilon_period_total"] / EPSILON_RESOLUTION)
         with self._engine.begin() as c:
             c.execute(
@@ -178,21 +216,7 @@ class SqlReceiptStore(AuditedSqlStore):
             ).scalar()
             if units > int(current or 0):
                 spent._add(c, device_id, claims["period"], units - int(current or 0), received_at)
-        self._record(
-            AuditEvent(
-                EventType.PRIVACY_BUDGET_SPENT.value,
-                _utc(received_at),
-                device_id,
-                device_id,
-                {
-                    "receipt_readings": claims["count"],
-                    "epsilon_spent": float(claims["epsilon_spent"]),
-                    "epsilon_period_total": float(claims["epsilon_period_total"]),
-                    "period": claims["period"],
-                    "config_sha256": claims["config_sha256"],
-                },
-            )
-        )
+        self._record(budget_event(device_id, claims, received_at))
         return claims
 
     def receipts_of(self, device_id: str) -> list[PrivacyReceipt]:
@@ -204,6 +228,10 @@ class SqlReceiptStore(AuditedSqlStore):
                 .order_by(receipts.c.id)
             )
             return [PrivacyReceipt(bytes(b), bytes(s)) for b, s in rows]
+
+    def spent_units(self, device_id: str, period: int) -> int:
+        """The hub's copy of a device's privacy loss in ``period`` (ledger units)."""
+        return SqlLedgerStore(self._engine).spent_units(device_id, period)
 
     def receipt_models(self) -> list[str]:
         """Device models that have stored receipts."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -39,7 +39,16 @@ from iotguard.hub.stores._sql import AuditedSqlStore
 from iotguard.hub.stores._sql import utc as _utc
 from iotguard.keys.keystore import KeyKind, KeyStore
 
-__all__ = ["SUBJECT_KEK_LABEL", "SqlSubjectStore", "contributions", "erasures", "subject_keys"]
+__all__ = [
+    "SUBJECT_KEK_LABEL",
+    "SqlSubjectStore",
+    "SubjectStore",
+    "contributions",
+    "erasures",
+    "open_with_subject_key",
+    "seal_with_subject_key",
+    "subject_keys",
+]
 
 #: Hub key-store label of the AES key that wraps per-subject data keys.
 SUBJECT_KEK_LABEL = "privacy-subject-kek"
@@ -72,6 +81,48 @@ erasures = Table(
     Column("summary", Text, nullable=False),  # JSON: counts, devices, aggregates
 )
 
+
+
+def seal_with_subject_key(key: bytes, subject_id: str, plaintext: bytes) -> bytes:
+    """AES-256-GCM under a subject's key, bound to the subject id: nonce || ciphertext."""
+    nonce = secrets.token_bytes(12)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, subject_id.encode())
+
+
+def open_with_subject_key(key: bytes, subject_id: str, sealed: bytes) -> bytes:
+    """Inverse of :func:`seal_with_subject_key`.
+
+    Raises:
+        IntegrityError: truncated or altered.
+    """
+    if len(sealed) < 28:
+        raise IntegrityError("sealed subject data is truncated")
+    try:
+        return AESGCM(key).decrypt(sealed[:12], sealed[12:], subject_id.encode())
+    except InvalidTag:
+        raise IntegrityError("sealed subject data failed authentication") from None
+
+
+class SubjectStore(Protocol):
+    """Per-subject data keys, contributions to aggregates, and erasure records."""
+
+    def record_contribution(self, subject_id: str, aggregate_id: str, description: str, at: datetime) -> None: ...
+
+    def seal_for_subject(self, subject_id: str, plaintext: bytes, at: datetime) -> bytes:
+        """Encrypt under the subject's own key (created on first use)."""
+        ...
+
+    def open_for_subject(self, subject_id: str, sealed: bytes) -> bytes:
+        """Raises KeyStoreError once the key is shredded, IntegrityError when altered."""
+        ...
+
+    def erasures_of(self, subject_id: str) -> list[dict[str, Any]]: ...
+
+    def forget_subject_data(self, conn: Any, subject_id: str) -> tuple[tuple[str, ...], bool]:
+        """Erasure: delete contributions, shred the key; returns (aggregates, shredded)."""
+        ...
+
+    def record_erasure(self, conn: Any, subject_id: str, at: datetime, actor: str, summary: str) -> None: ...
 
 
 class SqlSubjectStore(AuditedSqlStore):
@@ -130,8 +181,7 @@ class SqlSubjectStore(AuditedSqlStore):
                 )
             else:
                 key = ks.unseal(SUBJECT_KEK_LABEL, bytes(wrapped), ad)
-        nonce = secrets.token_bytes(12)
-        return nonce + AESGCM(key).encrypt(nonce, plaintext, subject_id.encode())
+        return seal_with_subject_key(key, subject_id, plaintext)
 
     def open_for_subject(self, subject_id: str, sealed: bytes) -> bytes:
         """Decrypt :meth:`seal_for_subject` output.
@@ -148,12 +198,7 @@ class SqlSubjectStore(AuditedSqlStore):
         if wrapped is None:
             raise KeyStoreError("no key for this subject (erased?)")
         key = ks.unseal(SUBJECT_KEK_LABEL, bytes(wrapped), b"iotguard subject key|" + subject_id.encode())
-        if len(sealed) < 28:
-            raise IntegrityError("sealed subject data is truncated")
-        try:
-            return AESGCM(key).decrypt(sealed[:12], sealed[12:], subject_id.encode())
-        except InvalidTag:
-            raise IntegrityError("sealed subject data failed authentication") from None
+        return open_with_subject_key(key, subject_id, sealed)
 
     def erasures_of(self, subject_id: str) -> list[dict[str, Any]]:
         """Erasure records for a subject."""
