@@ -24,7 +24,6 @@ from iotguard.config import HubConfig
 from iotguard.hub.audit_store import FileAnchor, open_audit_log
 from iotguard.hub.ingest import IngestProcessor
 from iotguard.hub.outbox import OutboxDrainer, OutboxHandler, SqlOutboxStore
-from iotguard.hub.policy_store import SqlPolicyRepository, load_posture
 from iotguard.hub.privacy_store import PrivacyStore
 from iotguard.hub.ratelimit import AttemptLimiter
 from iotguard.hub.services.audit import AUDIT_ORIGIN, AuditService, OutboxAuditSink
@@ -32,12 +31,10 @@ from iotguard.hub.services.broker_access import BrokerAccess
 from iotguard.hub.services.consent import CommandChannel, ConsentPush, ConsentService
 from iotguard.hub.services.lifecycle import DeviceLifecycle, open_hub_keys
 from iotguard.hub.services.operators import ADDRESS_LIMITS, OperatorService
-from iotguard.hub.services.posture import OutboxPolicyAudit, PostureService
+from iotguard.hub.services.posture import PostureService, open_policy
 from iotguard.hub.services.telemetry import TelemetryService
 from iotguard.hub.store import HubStore
 from iotguard.keys import KeyStore
-from iotguard.policy import PolicyAdministration, PolicyEngine
-from iotguard.policy.policyset import default_policy_set
 
 __all__ = ["HubServices", "Maintenance", "build_hub_services"]
 
@@ -75,19 +72,6 @@ class HubServices:
         return OutboxDrainer(self.outbox, handlers, worker=worker, clock=self.clock)
 
 
-def _policy(store: HubStore, outbox: SqlOutboxStore, clock: Clock) -> tuple[PolicyEngine, PolicyAdministration]:
-    posture = load_posture(store.engine)
-    engine = PolicyEngine(None, posture=posture)
-    admin = PolicyAdministration(SqlPolicyRepository(store.engine), audit=OutboxPolicyAudit(outbox, clock))
-    if admin.load_active(engine) == 0:
-        if admin.repository.versions():
-            log.error("the active policy does not load: every request is denied until a valid one is activated")
-        else:
-            admin.propose_and_activate(default_policy_set(), author="iotguard-hub",
-                                       comment="shipped default policies", engine=engine)
-    return engine, admin
-
-
 def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                        database_url: str | None = None) -> HubServices:
     """Open the database and key store and build a hub's services."""
@@ -102,7 +86,7 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     anchors_dir.mkdir(exist_ok=True)
     audit = AuditService(log_, CheckpointSchedule(log_, timedelta(seconds=cfg.checkpoint_interval_s),
                                                   [FileAnchor(anchors_dir / "checkpoints.log")]))
-    engine, admin = _policy(store, outbox, clock)
+    engine, admin = open_policy(store, outbox, clock)
     posture = PostureService(store, engine, admin, engine.posture, clock, broker_managed=bool(cfg.mosquitto_dir))
     lifecycle = DeviceLifecycle(store, keystore, cfg, clock, outbox=outbox, posture=posture)
     commands = CommandChannel()

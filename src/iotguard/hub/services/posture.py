@@ -12,6 +12,7 @@ a broker access row to the outbox in the same transaction.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,23 +22,33 @@ from iotguard.audit import AuditEvent
 from iotguard.clock import Clock
 from iotguard.errors import IotGuardError, PolicyDenied
 from iotguard.hub.outbox import OutboxMessage, OutboxStore
-from iotguard.hub.policy_store import device_posture, load_posture, save_posture
+from iotguard.hub.policy_store import SqlPolicyRepository, device_posture, load_posture, save_posture
 from iotguard.hub.schema import devices
 from iotguard.hub.services.audit import audit_message
 from iotguard.hub.services.broker_access import broker_access_message
 from iotguard.hub.store import DeviceRecord, HubStore
 from iotguard.policy import AccessRequest, PolicyAdministration, PolicyEngine, PostureStore
 from iotguard.policy.acl import render_mosquitto_acl
+from iotguard.policy.policyset import default_policy_set
 from iotguard.policy.posture import Posture
 from iotguard.privacy import load_contract
 from iotguard.privacy.contract import DataContract, check_reading
 from iotguard.wire import Reading
 
-__all__ = ["HUB_MQTT_GRANTS", "HUB_MQTT_IDENTITY", "OutboxPolicyAudit", "PostureService", "contract_for"]
+__all__ = [
+    "HUB_MQTT_GRANTS",
+    "HUB_MQTT_IDENTITY",
+    "OutboxPolicyAudit",
+    "PostureService",
+    "contract_for",
+    "open_policy",
+]
 
 #: The hub's own MQTT identity (its client certificate CN) and what it may do on the broker.
 HUB_MQTT_IDENTITY = "iotguard-hub"
 HUB_MQTT_GRANTS = [("read", "iotguard/+/+/telemetry"), ("write", "iotguard/+/+/ack"), ("write", "iotguard/+/+/cmd")]
+
+log = logging.getLogger(__name__)
 
 # Policy-administration event names -> audit event types.
 _POLICY_EVENTS = {
@@ -75,6 +86,23 @@ class OutboxPolicyAudit:
         clean = {k: v for k, v in details.items() if isinstance(v, str | int | float | bool | bytes | list | dict)}
         now = self.clock.now()
         self.outbox.enqueue([audit_message(AuditEvent(kind, now, actor, subject, clean))], now)
+
+
+def open_policy(store: HubStore, outbox: OutboxStore, clock: Clock) -> tuple[PolicyEngine, PolicyAdministration]:
+    """The Cedar engine with the active stored policy and posture; the shipped defaults are activated at first start.
+
+    A stored policy that no longer validates leaves the engine denying everything (fail closed).
+    """
+    posture = load_posture(store.engine)
+    engine = PolicyEngine(None, posture=posture)
+    admin = PolicyAdministration(SqlPolicyRepository(store.engine), audit=OutboxPolicyAudit(outbox, clock))
+    if admin.load_active(engine) == 0:
+        if admin.repository.versions():
+            log.error("the active policy does not load: every request is denied until a valid one is activated")
+        else:
+            admin.propose_and_activate(default_policy_set(), author="iotguard-hub",
+                                       comment="shipped default policies", engine=engine)
+    return engine, admin
 
 
 class PostureService:
