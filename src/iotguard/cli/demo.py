@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         delivery = reconcile(fleet.sent_readings, stored_identities(hub.store))
         stored = delivery.stored
         rejected = hub.store.rejection_totals()
-        receipts_stored = sum(len(hub.core.privacy.receipts_of(d.agent.device_id)) for d in fleet.devices)
+        receipts_stored = sum(len(hub.services.consent.privacy.receipts_of(d.agent.device_id)) for d in fleet.devices)
         summary: dict[str, Any] = {
             "devices": args.devices,
             "seconds": round(elapsed, 2),
