@@ -162,3 +162,12 @@ def test_two_drainers_on_postgres_deliver_each_row_once(postgres_url: str) -> No
     seen = recorders[0].seen + recorders[1].seen
     assert len(seen) == 300 and len(set(seen)) == 300
     assert store.pending() == 0
+
+
+def test_delivered_rows_are_purged_after_their_retention(outbox_store: OutboxStore) -> None:
+    ids = outbox_store.enqueue(_msgs(b"a", b"b"), T0)
+    outbox_store.claim(["test.kind"], "w", T0, limit=1, lease=LEASE)
+    outbox_store.confirm(ids[:1], T0)
+    assert outbox_store.purge_delivered(T0) == 0  # delivered at T0, not before
+    assert outbox_store.purge_delivered(T0 + timedelta(days=8)) == 1
+    assert outbox_store.pending() == 1  # undelivered rows are never purged

@@ -23,7 +23,7 @@ from iotguard.clock import Clock, SystemClock
 from iotguard.config import HubConfig
 from iotguard.hub.audit_store import FileAnchor, open_audit_log
 from iotguard.hub.ingest import IngestProcessor
-from iotguard.hub.outbox import OutboxDrainer, OutboxHandler, SqlOutboxStore
+from iotguard.hub.outbox import DELIVERED_RETENTION, OutboxDrainer, OutboxHandler, SqlOutboxStore
 from iotguard.hub.privacy_store import PrivacyStore
 from iotguard.hub.ratelimit import AttemptLimiter
 from iotguard.hub.services.audit import AUDIT_ORIGIN, AuditService, OutboxAuditSink
@@ -134,6 +134,7 @@ class Maintenance:
         if now - self._last_hourly >= 3600:
             self._last_hourly = now
             s.consent.enforce_retention()
+            s.outbox.purge_delivered(s.clock.now() - DELIVERED_RETENTION)
         s.consent.repush_unacknowledged()
         self.drainer.drain()  # last: what this tick queued (retention's audit event) goes out with the rest
 

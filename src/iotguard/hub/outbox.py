@@ -38,6 +38,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    delete,
     func,
     or_,
     select,
@@ -50,6 +51,7 @@ from iotguard.errors import IotGuardError, MalformedError, StorageError
 from iotguard.hub.db import metadata
 
 __all__ = [
+    "DELIVERED_RETENTION",
     "MAX_PAYLOAD_BYTES",
     "MemoryOutboxStore",
     "OutboxDrainer",
@@ -71,6 +73,8 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 DEFAULT_LEASE = timedelta(seconds=60)
 #: Longest wait before a failed delivery is tried again.
 MAX_RETRY_DELAY = timedelta(minutes=5)
+#: How long delivered rows are kept (the record of what was delivered and when).
+DELIVERED_RETENTION = timedelta(days=7)
 
 outbox = Table(
     "outbox",
@@ -148,6 +152,10 @@ class OutboxStore(Protocol):
 
     def pending(self, kinds: Iterable[str] | None = None) -> int:
         """Undelivered rows (of ``kinds``)."""
+        ...
+
+    def purge_delivered(self, before: datetime) -> int:
+        """Delete rows delivered before ``before``; returns how many."""
         ...
 
 
@@ -239,6 +247,11 @@ class SqlOutboxStore:
         with self.engine.connect() as c:
             return int(c.execute(q).scalar_one())
 
+    def purge_delivered(self, before: datetime) -> int:
+        with self.engine.begin() as c:
+            return int(c.execute(delete(outbox).where(and_(outbox.c.delivered_at.is_not(None),
+                                                           outbox.c.delivered_at < before))).rowcount or 0)
+
 
 @dataclass
 class _MemoryRow:
@@ -305,6 +318,13 @@ class MemoryOutboxStore:
         with self._lock:
             return sum(1 for r in self._rows.values()
                        if r.delivered_at is None and (wanted is None or r.kind in wanted))
+
+    def purge_delivered(self, before: datetime) -> int:
+        with self._lock:
+            gone = [i for i, r in self._rows.items() if r.delivered_at is not None and r.delivered_at < before]
+            for i in gone:
+                del self._rows[i]
+            return len(gone)
 
 
 class OutboxHandler(Protocol):
