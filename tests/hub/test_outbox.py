@@ -147,12 +147,15 @@ def test_failing_handler_does_not_lose_the_row(outbox_store: OutboxStore) -> Non
     assert drainer.drain() == 1 and recorder.seen == [b"a"] and outbox_store.pending() == 0
 
 
-def test_two_drainers_on_postgres_deliver_each_row_once(postgres_url: str) -> None:
-    """N hub processes drain one outbox concurrently (FOR UPDATE SKIP LOCKED): no row twice, none lost."""
-    store = _sql_store(postgres_url)
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_two_drainers_deliver_each_row_once(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """N hub processes drain one outbox concurrently (PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite: one
+    claiming UPDATE under the write lock): no row twice, none lost."""
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else f"sqlite:///{tmp_path / 'hub.db'}"
+    store = _sql_store(url)
     store.enqueue([OutboxMessage("test.kind", str(i).encode()) for i in range(300)], T0)
     recorders = [_Recorder(), _Recorder()]
-    drainers = [OutboxDrainer(_sql_store(postgres_url), [rec], worker=f"hub-{i}", batch=7)
+    drainers = [OutboxDrainer(_sql_store(url), [rec], worker=f"hub-{i}", batch=7)
                 for i, rec in enumerate(recorders)]
     threads = [threading.Thread(target=d.drain) for d in drainers]
     for t in threads:

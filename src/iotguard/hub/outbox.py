@@ -10,7 +10,7 @@ the CLI, the API and every hub process behave the same.
 
 Claiming is safe with several processes: on PostgreSQL the candidate rows are
 selected ``FOR UPDATE SKIP LOCKED``; on SQLite (one writer at a time) the
-claim is an ``UPDATE`` whose conditions are re-checked under the write lock.
+claim is a single ``UPDATE`` that selects its candidates under the write lock.
 A claim is a lease: rows claimed by a process that died are claimed again
 once the lease expires. Delivery is therefore at least once, and handlers are
 idempotent: each confirms its rows through the ``confirm`` callback, which
@@ -206,18 +206,20 @@ class SqlOutboxStore:
         claimable = and_(outbox.c.delivered_at.is_(None), outbox.c.kind.in_(kinds),
                          or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now))
         token = _claim_token(worker)
+        claim = {"claimed_by": token, "claimed_until": now + lease, "attempts": outbox.c.attempts + 1}
         with self.engine.begin() as c:
             candidates = select(outbox.c.id).where(claimable).order_by(outbox.c.id).limit(limit)
             if self._postgres:
                 # Rows another drainer is claiming right now are skipped, not waited for.
-                candidates = candidates.with_for_update(skip_locked=True)
-            ids = [int(r[0]) for r in c.execute(candidates)]
-            if not ids:
-                return []
-            # The claim conditions are checked again under the write lock: on SQLite
-            # another process may have claimed the same candidates between the two statements.
-            c.execute(update(outbox).where(and_(outbox.c.id.in_(ids), claimable))
-                      .values(claimed_by=token, claimed_until=now + lease, attempts=outbox.c.attempts + 1))
+                ids = [int(r[0]) for r in c.execute(candidates.with_for_update(skip_locked=True))]
+                if not ids:
+                    return []
+                c.execute(update(outbox).where(outbox.c.id.in_(ids)).values(**claim))
+            else:
+                # SQLite: one statement, so the write lock is taken before the candidates are
+                # read (a read-then-write transaction could not upgrade a stale snapshot).
+                c.execute(update(outbox).where(and_(outbox.c.id.in_(candidates.scalar_subquery()), claimable))
+                          .values(**claim))
             rows = c.execute(select(outbox.c.id, outbox.c.kind, outbox.c.payload, outbox.c.created_at,
                                     outbox.c.attempts)
                              .where(outbox.c.claimed_by == token).order_by(outbox.c.id)).all()
