@@ -417,3 +417,11 @@ def test_erasure_shreds_the_subject_key(privacy: PrivacyRecords) -> None:
     with pytest.raises(KeyStoreError):  # every copy sealed under the key is now unreadable
         subjects.open_for_subject("alice", sealed)
     assert subjects.erasures_of("alice") == [{"readings_deleted": 3}]
+
+
+def test_routers_only_translate_http_to_service_calls() -> None:
+    """No router reaches a database: no SQLAlchemy, no tables, no engine, no store of its own."""
+    for path in sorted((SRC / "hub" / "routers").glob("*.py")):
+        text = path.read_text()
+        for forbidden in ("sqlalchemy", "hub.schema", "hub.db", ".engine", "hub.stores.", "Sql"):
+            assert forbidden not in text, (path.name, forbidden)

@@ -35,13 +35,12 @@ def devices_router(lifecycle: DeviceLifecycle, posture: PostureService, telemetr
                    operators: OperatorService, operator: OperatorAuth) -> APIRouter:
     """Routes under ``/v1/devices``."""
     router = APIRouter(tags=["devices"])
-    store = lifecycle.store
 
     @router.get("/v1/devices")
     def list_devices(status: str | None = None, limit: int = 100, offset: int = 0,
                      _t: ApiToken = Depends(operator("view_devices"))) -> list[dict[str, Any]]:  # noqa: B008
         """List registered devices."""
-        return [d.to_dict() for d in store.list_devices(status=status, limit=min(limit, 1000), offset=offset)]
+        return [d.to_dict() for d in lifecycle.devices(status=status, limit=limit, offset=offset)]
 
     @router.post("/v1/devices", status_code=201)
     def add_device(body: DeviceCreate,
@@ -57,7 +56,7 @@ def devices_router(lifecycle: DeviceLifecycle, posture: PostureService, telemetr
                     _t: ApiToken = Depends(operator("view_devices", "Device", "device_id"))  # noqa: B008
                     ) -> dict[str, Any]:
         """One device, with its certificate."""
-        d = store.get_device(device_id)
+        d = lifecycle.device(device_id)
         return {**d.to_dict(), "certificate_pem": d.cert_pem, "readings": telemetry.reading_count(device_id)}
 
     @router.post("/v1/devices/{device_id}/revoke")

@@ -156,6 +156,18 @@ class DeviceLifecycle:
         )
         return EnrollmentCode(device_id, secret, self.ca.fingerprint)
 
+    def device(self, device_id: str) -> DeviceRecord:
+        """One registered device.
+
+        Raises:
+            UnknownDeviceError: no such device.
+        """
+        return self.store.get_device(device_id)
+
+    def devices(self, *, status: str | None = None, limit: int = 100, offset: int = 0) -> list[DeviceRecord]:
+        """Registered devices by id (``limit`` at most 1000)."""
+        return self.store.list_devices(status=status, limit=max(1, min(limit, 1000)), offset=max(0, offset))
+
     def revoke(self, device_id: str, *, actor: str = "operator", reason: str = "") -> None:
         """Revoke a device; ingest refuses its data within ``device_cache_ttl_s``."""
         now = self.clock.now()
