@@ -64,6 +64,7 @@ def test_operator_adds_device_and_reads_telemetry(hub: HubParts) -> None:
     assert hub.client.get("/v1/devices/dev-9", headers=op).json()["readings"] == 1
     metrics = hub.client.get("/metrics", headers=op).text
     assert "iotguard_readings_stored_total 1.0" in metrics
+    assert "iotguard_outbox_pending 0.0" in metrics
 
 
 def test_errors_do_not_leak_internals(hub: HubParts) -> None:

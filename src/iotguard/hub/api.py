@@ -113,7 +113,7 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
                     log.warning("outbox delivery after %s deferred: %s", request.url.path, type(exc).__name__)
             return response
 
-    app.include_router(health_router(services.processor.stats, metrics_registry, operator))
+    app.include_router(health_router(services.processor.stats, services.outbox.pending, metrics_registry, operator))
     app.include_router(device_requests_router(services.lifecycle, services.operators))
     app.include_router(operators_router(services.operators))
     app.include_router(devices_router(services.lifecycle, services.posture, services.telemetry,

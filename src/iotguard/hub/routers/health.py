@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -18,8 +19,9 @@ __all__ = ["health_router"]
 
 
 class _StatsCollector:
-    def __init__(self, stats: IngestStats) -> None:
+    def __init__(self, stats: IngestStats, outbox_pending: Callable[[], int]) -> None:
         self.stats = stats
+        self.outbox_pending = outbox_pending
 
     def collect(self) -> Any:
         snap = self.stats.snapshot()
@@ -38,11 +40,15 @@ class _StatsCollector:
         for q, v in self.stats.latency_percentiles().items():
             lat.add_metric([q], v)
         yield lat
+        pending = GaugeMetricFamily("iotguard_outbox_pending", "Side effects not delivered yet (all processes)")
+        pending.add_metric([], self.outbox_pending())
+        yield pending
 
 
-def health_router(stats: IngestStats, metrics_registry: CollectorRegistry, operator: OperatorAuth) -> APIRouter:
+def health_router(stats: IngestStats, outbox_pending: Callable[[], int], metrics_registry: CollectorRegistry,
+                  operator: OperatorAuth) -> APIRouter:
     """``/health`` (anonymous) and ``/metrics`` (Prometheus, with ``view_alerts``)."""
-    metrics_registry.register(_StatsCollector(stats))
+    metrics_registry.register(_StatsCollector(stats, outbox_pending))
     router = APIRouter(tags=["health"])
 
     @router.get("/health")
