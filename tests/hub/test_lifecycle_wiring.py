@@ -23,6 +23,7 @@ def test_certificate_is_renewed_automatically_before_expiry(hub: HubParts) -> No
     a.clock = clock
     clock.advance(timedelta(days=hub.cfg.cert_validity_days * 0.8).total_seconds())
     hub.registry.clock = FixedClock(clock.now())  # the hub's clock agrees with the device's
+    hub.core.app.state.device_plane.clock = hub.registry.clock
     assert a.maybe_renew() is True
     renewed = hub.store.get_device("dev-1")
     assert renewed.cert_serial != first.cert_serial

@@ -45,8 +45,8 @@ from typing import Protocol, TypeVar
 
 from iotguard.errors import AuthenticationError, ConfigError
 
-__all__ = ["AttemptLimiter", "AttemptLimits", "AttemptState", "AttemptStore", "InMemoryAttemptStore", "LockedOut",
-           "attempt_key"]
+__all__ = ["Attempt", "AttemptLimiter", "AttemptLimits", "AttemptState", "AttemptStore", "InMemoryAttemptStore",
+           "LockedOut", "attempt_key"]
 
 _T = TypeVar("_T")
 
@@ -299,3 +299,51 @@ class AttemptLimiter:
         """End of the key's current or last lockout (None if never locked or unknown)."""
         state = self.store.get(attempt_key(key))
         return None if state is None else state.locked_until
+
+
+class Attempt:
+    """One authentication attempt checked against a client address and, once known, a credential key.
+
+    The address key's bucket is consumed up front (flood control). Lockouts
+    do not refuse the attempt outright: the credential is verified anyway,
+    and only a failure is answered with :class:`LockedOut`. So a locked-out
+    address (a NAT, a gateway) still lets a valid credential through while
+    every guess from it keeps failing. Credential keys (a device id, a token
+    id) consume no bucket before the credential verifies, so nobody can
+    exhaust another device's attempts by sending forgeries in its name.
+    """
+
+    def __init__(self, addresses: AttemptLimiter, credentials: AttemptLimiter, address_key: Hashable,
+                 now: datetime) -> None:
+        self._addresses = addresses
+        self._credentials = credentials
+        self._address_key = address_key
+        self._credential_key: Hashable | None = None
+        self.now = now
+        self.locked = addresses.admit(address_key, now)
+
+    def credential(self, key: Hashable) -> None:
+        """Name the credential the attempt presents (a device id, an API token id)."""
+        self._credential_key = key
+        if self._credentials.is_locked(key, self.now):
+            self.locked = True
+
+    def failed(self) -> None:
+        """Record the failure on every key.
+
+        Raises:
+            LockedOut: the address or the credential is locked out.
+        """
+        self._addresses.record_failure(self._address_key, self.now)
+        if self._credential_key is not None:
+            self._credentials.record_failure(self._credential_key, self.now)
+        if self.locked:
+            retry = max(self._addresses.retry_after(self._address_key, self.now),
+                        self._credentials.retry_after(self._credential_key, self.now)
+                        if self._credential_key is not None else 0.0)
+            raise LockedOut("locked out after repeated failures", retry_after=max(retry, 1.0))
+
+    def succeeded(self) -> None:
+        """The credential verified: its own failure count restarts (the address's does not)."""
+        if self._credential_key is not None:
+            self._credentials.record_success(self._credential_key, self.now)
