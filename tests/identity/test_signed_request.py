@@ -173,3 +173,22 @@ def test_limits_are_bounded() -> None:
         SignedRequestLimits(max_clock_skew_s=0)
     with pytest.raises(ValueError):
         SignedRequestLimits(max_request_bytes=10**9)
+
+
+def test_documented_example() -> None:
+    """The byte-by-byte example of docs/wire.md §10, for firmware implementers."""
+    key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    out = sign_device_request("tamper_report", "dev-1", {"reason": "lid"}, now=datetime.fromtimestamp(1767225600, UTC),
+                              sign=key.sign, nonce=bytes(range(16)))
+    raw = base64.urlsafe_b64decode(out.wire["request"] + "=" * (-len(out.wire["request"]) % 4))
+    assert raw.hex() == (
+        "a66176016274731a6955b90064626f6479a166726561736f6e636c6964656e6f6e636550000102030405060708090a0b0c0d"
+        "0e0f66616374696f6e6d74616d7065725f7265706f7274696465766963655f6964656465762d31")
+    assert out.transcript == b"iotguard-device-request-v1:tamper_report\x00" + raw
+    sig = base64.urlsafe_b64decode(out.wire["signature"] + "==")
+    assert sig.hex() == ("d8189cc6174f9203300f98c4d79a99201e51b21c3a874a079193681af74de3bc"
+                         "344583e91726631d90e0954921de12ce0806c58f3b6533a357ba7f6c85bb5f00")
+    view = DeviceView("dev-1", "active", key.public_key().public_bytes_raw(), None)
+    verified = verify_signed_request(parse_signed_request(**out.wire), view,
+                                     datetime.fromtimestamp(1767225600, UTC), nonces=InMemorySeenNonces())
+    assert verified.body == {"reason": "lid"}

@@ -443,7 +443,7 @@ class Agent:
         """
         if self.privacy is None:
             return False
-        receipt = self.privacy.seal_receipt(self.clock.now())
+        receipt = self.privacy.seal_receipt(self.privacy.clock.now())  # the time of the readings it covers
         if receipt is not None:
             self.outbox.add_receipt(receipt)
         for receipt_id, blob in self.outbox.receipts():

@@ -288,6 +288,10 @@ class AttemptLimiter:
 
     def record_success(self, key: Hashable, now: datetime) -> None:
         """A successful attempt: clears the failure count and the lockout growth."""
+        known = self.store.get(attempt_key(key))
+        if known is None or (known.failures == 0 and known.lockouts == 0 and known.locked_until is None
+                             and known.last_failure is None):
+            return  # nothing to clear: no write (a shared store is not written on every success)
 
         def change(old: AttemptState | None) -> tuple[AttemptState, None]:
             state = self._fresh(old, now)
