@@ -182,3 +182,22 @@ def test_refusals_are_audited_with_action_and_reason(hub: HubParts) -> None:
     events = [AuditEvent.from_cbor(e) for e in log.entries(0, log.size())]
     failures = [(e.details.get("what"), e.details.get("reason")) for e in events if e.type == EventType.AUTH_FAILED]
     assert ("renew", "stale") in failures and ("rekey", "policy_denied") in failures
+
+
+def test_enrollment_guessing_behind_a_gateway_does_not_block_real_enrollments(hub: HubParts) -> None:
+    """Check for default-credential guessing from a shared address: the guesser locks out, the
+    devices enrolling through the same gateway with real codes do not."""
+    from iotguard.identity import b64e, parse_enrollment_code
+
+    real = parse_enrollment_code(str(hub.registry.add_device("dev-1", "thermo-1")))
+    statuses = []
+    for i in range(12):
+        guess = b64e(bytes([i]) * 32)
+        forged = f"iotguard-enroll:v1:dev-1:{guess}:{real.ca_fingerprint}"
+        try:
+            hub.agent("dev-1", enroll=False).enroll(forged)
+        except EnrollmentError as exc:
+            statuses.append(str(exc).split("HTTP ")[1])
+    assert statuses[0] == "403 enrollment_failed" and statuses[-1] == "429 locked_out"
+    hub.agent("dev-2")  # a real code through the same (locked-out) address
+    assert hub.store.get_device("dev-2").status == "active"
