@@ -201,3 +201,17 @@ def test_enrollment_guessing_behind_a_gateway_does_not_block_real_enrollments(hu
     assert statuses[0] == "403 enrollment_failed" and statuses[-1] == "429 locked_out"
     hub.agent("dev-2")  # a real code through the same (locked-out) address
     assert hub.store.get_device("dev-2").status == "active"
+
+
+def test_lockout_holds_across_hub_processes(hub: HubParts) -> None:
+    """Check for lockout evasion: guesses spread over two hub processes sharing one database."""
+    from iotguard.hub.core import build_hub_core
+
+    other = TestClient(build_hub_core(hub.cfg).app)
+    clients = [hub.client, other]
+    for i in range(10):
+        clients[i % 2].get("/v1/devices", headers={"Authorization": f"Bearer igt_g{i}_g{i}"})
+    for client in clients:
+        r = client.get("/v1/devices", headers={"Authorization": "Bearer igt_next_guess"})
+        assert (r.status_code, r.json()["error"]) == (429, "locked_out")
+        assert client.get("/v1/devices", headers=hub.operator_token("viewer")).status_code == 200
