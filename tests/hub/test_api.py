@@ -21,6 +21,8 @@ def test_api_docs_setting_turns_them_on(tmp_path) -> None:
     schema = parts.client.get("/openapi.json").json()
     assert "/v1/rekey" in schema["paths"]
     assert schema["paths"]["/v1/rekey"]["post"]["x-iotguard-device-action"] == "rekey"
+    enroll = schema["paths"]["/v1/enroll"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"token", "signature", "identity_public_key"} <= set(enroll["properties"])
     assert parts.client.get("/docs").status_code == 200 and parts.client.get("/redoc").status_code == 200
     parts.store.engine.dispose()
 

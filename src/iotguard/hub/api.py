@@ -35,6 +35,7 @@ from iotguard.hub.audit_api import make_audit_router
 from iotguard.hub.credentials import record_use, redeem_bootstrap
 from iotguard.hub.device_plane import (
     DevicePlane,
+    body_openapi,
     client_address,
     credential_body,
     device_request,
@@ -225,14 +226,14 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
         return PlainTextResponse(generate_latest(metrics_registry).decode(),
                                  media_type="text/plain; version=0.0.4")
 
-    @app.post("/v1/enroll", tags=["devices"])
+    @app.post("/v1/enroll", tags=["devices"], openapi_extra=body_openapi(EnrollRequest))
     def enroll(request: Request,
                body: dict[str, Any] = Depends(credential_body(EnrollRequest, ("token", "signature")))  # noqa: B008
                ) -> dict[str, Any]:
         """Device enrollment: one-time token and proof of possession, then Cedar ``complete_enrollment``."""
         return plane.enroll(registry, body, client_address(request))
 
-    @app.post("/v1/bootstrap", tags=["operators"])
+    @app.post("/v1/bootstrap", tags=["operators"], openapi_extra=body_openapi(BootstrapRedeem))
     def bootstrap(request: Request,
                   body: dict[str, Any] = Depends(credential_body(BootstrapRedeem, ("bootstrap_token",)))  # noqa: B008
                   ) -> dict[str, Any]:

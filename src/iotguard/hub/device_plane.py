@@ -55,6 +55,8 @@ __all__ = [
     "CREDENTIAL_LIMITS",
     "DEVICE_ACTION_EXTENSION",
     "DevicePlane",
+    "body_openapi",
+    "client_address",
     "credential_body",
     "device_request",
     "signed_request_openapi",
@@ -247,6 +249,12 @@ def credential_body(model: type[BaseModel], credential_fields: tuple[str, ...]
             raise MalformedError(f"request body does not fit {model.__name__}") from None
 
     return dependency
+
+
+def body_openapi(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI request body of a :func:`credential_body` route (the dependency reads the body itself)."""
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
 def signed_request_openapi(action: str) -> dict[str, Any]:
