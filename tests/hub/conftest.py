@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from iotguard.agent import Agent
@@ -30,6 +31,7 @@ class HubParts:
     tmp: Path
     services: HubServices
     drainer: OutboxDrainer
+    app: FastAPI
 
     def deliver(self) -> int:
         """Deliver pending outbox rows, as the hub's API and maintenance tick do."""
@@ -53,8 +55,9 @@ def make_hub(tmp_path: Path, url: str | None = None, **overrides: object) -> Hub
     cfg = HubConfig(data_dir=str(tmp_path / "hub"), **overrides)  # type: ignore[arg-type]
     services = build_hub_services(cfg, database_url=url)
     drainer = services.drainer("test-hub")
-    client = TestClient(create_app(services, drain=drainer.drain))
-    return HubParts(cfg, services.store, services.lifecycle, services.processor, client, tmp_path, services, drainer)
+    app = create_app(services, drain=drainer.drain)
+    return HubParts(cfg, services.store, services.lifecycle, services.processor, TestClient(app), tmp_path,
+                    services, drainer, app)
 
 
 @pytest.fixture

@@ -1,10 +1,11 @@
-"""REST API (FastAPI, OpenAPI at ``/openapi.json``), assembled from one router per capability.
+"""REST API (FastAPI; OpenAPI at ``/openapi.json`` only when ``hub.api_docs`` is on), one router per capability.
 
-Every route but ``/health`` is authenticated: operators with a bearer token
-created by ``iotguard tokens create``; devices by their enrollment token and
-proof of possession (``/v1/enroll``) or an identity-key signature
-(``/v1/rekey``). Errors are mapped from reason codes to HTTP status and a
-public message through :data:`HTTP_STATUS`; internals never reach clients.
+Every route but ``/health`` is authenticated and decided by Cedar: operators
+with a bearer token created by ``iotguard tokens create``; devices through
+the one device plane (:mod:`iotguard.hub.device_plane`): their enrollment
+token and proof of possession (``/v1/enroll``) or a signed device request.
+Errors are mapped from reason codes to HTTP status and a public message
+through :data:`HTTP_STATUS`; internals never reach clients.
 The routers live in :mod:`iotguard.hub.routers`; they only translate HTTP to
 service calls.
 """
@@ -46,8 +47,10 @@ HTTP_STATUS: dict[str, int] = {
     "malformed": 400,
     "forged": 401,
     "replay": 409,
+    "stale": 409,
     "unknown_device": 404,
     "revoked": 403,
+    "expired": 403,
     "enrollment_failed": 403,
     "unauthenticated": 401,
     "locked_out": 429,
@@ -78,8 +81,14 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
             refused request so its side effects (audit entries, broker
             access, consent pushes) happen before the response.
     """
+    api_docs = services.cfg.api_docs
     app = FastAPI(title="iotguard hub", version=__version__,
-                  description="Device registry, enrollment, telemetry and operations API.")
+                  description="Device registry, enrollment, telemetry and operations API.",
+                  openapi_url="/openapi.json" if api_docs else None,
+                  docs_url="/docs" if api_docs else None, redoc_url="/redoc" if api_docs else None)
+    if api_docs:
+        log.warning("hub.api_docs is on: /docs, /redoc and /openapi.json answer without authentication")
+    app.state.device_plane = services.plane
     metrics_registry = CollectorRegistry()
     api_requests = Counter("iotguard_api_requests", "API requests", ["route", "status"],
                            registry=metrics_registry)
@@ -114,11 +123,11 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
             return response
 
     app.include_router(health_router(services.processor.stats, services.outbox.pending, metrics_registry, operator))
-    app.include_router(device_requests_router(services.lifecycle, services.operators))
+    app.include_router(device_requests_router(services.lifecycle, services.plane))
     app.include_router(operators_router(services.operators))
     app.include_router(devices_router(services.lifecycle, services.posture, services.telemetry,
                                       services.operators, operator))
-    app.include_router(privacy_router(services.consent, operator))
+    app.include_router(privacy_router(services.consent, services.plane, operator))
     app.include_router(telemetry_router(services.telemetry, services.operators, operator))
     app.include_router(make_audit_router(services.audit.log, operator("view_audit")))
     return app

@@ -22,15 +22,15 @@ from iotguard.audit.anchor import CheckpointSchedule
 from iotguard.clock import Clock, SystemClock
 from iotguard.config import HubConfig
 from iotguard.hub.audit_store import FileAnchor, open_audit_log
+from iotguard.hub.device_plane import DevicePlane
 from iotguard.hub.ingest import IngestProcessor
 from iotguard.hub.outbox import DELIVERED_RETENTION, OutboxDrainer, OutboxHandler, SqlOutboxStore
 from iotguard.hub.privacy_store import PrivacyStore
-from iotguard.hub.ratelimit import AttemptLimiter
 from iotguard.hub.services.audit import AUDIT_ORIGIN, AuditService, OutboxAuditSink
 from iotguard.hub.services.broker_access import BrokerAccess
 from iotguard.hub.services.consent import CommandChannel, ConsentPush, ConsentService
 from iotguard.hub.services.lifecycle import DeviceLifecycle, open_hub_keys
-from iotguard.hub.services.operators import ADDRESS_LIMITS, OperatorService
+from iotguard.hub.services.operators import OperatorService
 from iotguard.hub.services.posture import PostureService, open_policy
 from iotguard.hub.services.telemetry import TelemetryService
 from iotguard.hub.store import HubStore
@@ -59,6 +59,7 @@ class HubServices:
     processor: IngestProcessor
     commands: CommandChannel
     broker: BrokerAccess | None
+    plane: DevicePlane
 
     def drainer(self, worker: str = "hub") -> OutboxDrainer:
         """An outbox drainer with every handler this process has.
@@ -92,7 +93,8 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     commands = CommandChannel()
     consent = ConsentService(PrivacyStore(store.engine, audit=audit_sink, keystore=keystore), store, lifecycle,
                              commands, clock)
-    operators = OperatorService(store, engine, audit_sink, clock, AttemptLimiter(), AttemptLimiter(ADDRESS_LIMITS))
+    plane = DevicePlane(store, store.engine, engine, audit_sink, clock)
+    operators = OperatorService(store, engine, audit_sink, clock, plane)
     processor = IngestProcessor(store, lifecycle, cfg, clock=clock, audit=log_,
                                 authorizer=posture.authorize_reading)
     broker = None
@@ -100,7 +102,7 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
         broker = BrokerAccess(cfg.mosquitto_dir, cfg.mosquitto_pid_file, lifecycle.ca, store, posture.broker_acl,
                               clock)
     return HubServices(cfg, clock, store, keystore, outbox, audit, posture, lifecycle, consent, operators,
-                       TelemetryService(store, processor.stats), processor, commands, broker)
+                       TelemetryService(store, processor.stats), processor, commands, broker, plane)
 
 
 class Maintenance:

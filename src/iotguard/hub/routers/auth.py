@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from iotguard.errors import AuthenticationError
+from iotguard.hub.device_plane import client_address
 from iotguard.hub.services.operators import OperatorService
 from iotguard.hub.store import ApiToken
 
@@ -18,7 +19,7 @@ _bearer = HTTPBearer(auto_error=False)
 
 def client_addr(request: Request) -> str:
     """The peer address of a request ("unknown" when the transport has none)."""
-    return request.client.host if request.client else "unknown"
+    return client_address(request)
 
 
 class OperatorAuth:

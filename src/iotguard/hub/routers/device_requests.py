@@ -1,17 +1,29 @@
-"""Device-originated requests: enrollment, re-key, certificate renewal, tamper report."""
+"""Device-originated requests: enrollment, re-key, certificate renewal, tamper report.
+
+Each goes through the one device plane (:mod:`iotguard.hub.device_plane`):
+enrollment by its one-time token and proof of possession, the others as
+signed device requests; then one Cedar decision with the device's posture.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from iotguard.hub.routers.auth import client_addr
+from iotguard.hub.device_plane import (
+    DevicePlane,
+    body_openapi,
+    client_address,
+    credential_body,
+    device_request,
+    signed_request_openapi,
+)
 from iotguard.hub.services.lifecycle import DeviceLifecycle
-from iotguard.hub.services.operators import OperatorService
+from iotguard.identity import VerifiedRequest
 
-__all__ = ["EnrollRequest", "RekeyRequest", "RenewRequest", "TamperReport", "device_requests_router"]
+__all__ = ["EnrollRequest", "device_requests_router"]
 
 
 class EnrollRequest(BaseModel):
@@ -23,52 +35,32 @@ class EnrollRequest(BaseModel):
     signature: str = Field(max_length=128)
 
 
-class TamperReport(BaseModel):
-    device_id: str = Field(max_length=64)
-    reason: str = Field(max_length=128)
-    ts: int
-    signature: str = Field(max_length=128)
-
-
-class RenewRequest(BaseModel):
-    device_id: str = Field(max_length=64)
-    ts: int
-    signature: str = Field(max_length=128)
-
-
-class RekeyRequest(BaseModel):
-    device_id: str = Field(max_length=64)
-    epoch: int = Field(ge=2, le=2**32 - 1)
-    kex_public_key: str = Field(max_length=64)
-    suites: list[str] = Field(max_length=8)
-    ts: int
-    signature: str = Field(max_length=128)
-
-
-def device_requests_router(lifecycle: DeviceLifecycle, operators: OperatorService) -> APIRouter:
-    """Routes devices call, authenticated by their enrollment token or identity-key signature."""
+def device_requests_router(lifecycle: DeviceLifecycle, plane: DevicePlane) -> APIRouter:
+    """Routes devices call about their own lifecycle."""
     router = APIRouter(tags=["devices"])
 
-    @router.post("/v1/enroll")
-    def enroll(req: EnrollRequest, request: Request) -> dict[str, Any]:
-        """Device enrollment with a one-time token and proof of possession (rate-limited, with lockout)."""
-        keys = [("enroll-addr", client_addr(request)), ("enroll-dev", req.device_id)]
-        return operators.attempt(keys, lambda: lifecycle.enroll(req.model_dump()))
+    @router.post("/v1/enroll", openapi_extra=body_openapi(EnrollRequest))
+    def enroll(request: Request,
+               body: dict[str, Any] = Depends(credential_body(EnrollRequest, ("token", "signature")))  # noqa: B008
+               ) -> dict[str, Any]:
+        """Device enrollment: one-time token and proof of possession, then Cedar ``complete_enrollment``."""
+        return plane.enroll(lifecycle, body, client_address(request))
 
-    @router.post("/v1/rekey")
-    def rekey(req: RekeyRequest) -> dict[str, Any]:
-        """Move a device to its next key epoch (signed by its identity key)."""
-        return lifecycle.rekey(req.model_dump())
+    @router.post("/v1/rekey", openapi_extra=signed_request_openapi("rekey"))
+    def rekey(req: VerifiedRequest = Depends(device_request(plane, "rekey"))) -> dict[str, Any]:  # noqa: B008
+        """Move a device to its next key epoch (signed device request)."""
+        return lifecycle.rekey(req)
 
-    @router.post("/v1/tamper")
-    def tamper(req: TamperReport) -> dict[str, Any]:
+    @router.post("/v1/tamper", openapi_extra=signed_request_openapi("tamper_report"))
+    def tamper(req: VerifiedRequest = Depends(device_request(plane, "tamper_report"))  # noqa: B008
+               ) -> dict[str, Any]:
         """A device reports tampering: its trust tier drops to ``failed`` and every enforcement point refuses it."""
-        device_id = lifecycle.tamper_report(req.model_dump())
+        device_id = lifecycle.tamper_report(req)
         return {"device_id": device_id, "trust_tier": "failed"}
 
-    @router.post("/v1/renew")
-    def renew(req: RenewRequest) -> dict[str, Any]:
-        """A device renews its operational certificate before expiry (signed by its identity key)."""
-        return lifecycle.renew(req.model_dump())
+    @router.post("/v1/renew", openapi_extra=signed_request_openapi("renew"))
+    def renew(req: VerifiedRequest = Depends(device_request(plane, "renew"))) -> dict[str, Any]:  # noqa: B008
+        """A device renews its operational certificate before expiry (signed device request)."""
+        return lifecycle.renew(req)
 
     return router

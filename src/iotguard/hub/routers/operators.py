@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from iotguard.hub.routers.auth import client_addr
+from iotguard.hub.device_plane import body_openapi, client_address, credential_body
 from iotguard.hub.services.operators import OperatorService
 
 __all__ = ["BootstrapRedeem", "operators_router"]
@@ -22,10 +22,12 @@ def operators_router(operators: OperatorService) -> APIRouter:
     """``/v1/bootstrap``."""
     router = APIRouter(tags=["operators"])
 
-    @router.post("/v1/bootstrap")
-    def bootstrap(body: BootstrapRedeem, request: Request) -> dict[str, Any]:
+    @router.post("/v1/bootstrap", openapi_extra=body_openapi(BootstrapRedeem))
+    def bootstrap(request: Request,
+                  body: dict[str, Any] = Depends(credential_body(BootstrapRedeem, ("bootstrap_token",)))  # noqa: B008
+                  ) -> dict[str, Any]:
         """Trade the one-time bootstrap token printed at first start for the first security-admin token."""
-        token = operators.bootstrap(body.bootstrap_token, body.name, client_addr(request))
+        token = operators.bootstrap(str(body["bootstrap_token"]), str(body["name"]), client_address(request))
         return {"token": token, "role": "security-admin"}
 
     return router

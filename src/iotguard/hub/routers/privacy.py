@@ -7,16 +7,13 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
+from iotguard.hub.device_plane import DevicePlane, device_request, signed_request_openapi
 from iotguard.hub.routers.auth import OperatorAuth
 from iotguard.hub.services.consent import ConsentService
 from iotguard.hub.store import ApiToken
+from iotguard.identity import VerifiedRequest
 
-__all__ = ["ConsentAckUpload", "ConsentChange", "ReceiptUpload", "SubjectLink", "privacy_router"]
-
-
-class ReceiptUpload(BaseModel):
-    device_id: str = Field(max_length=64)
-    receipt: str = Field(max_length=65536)
+__all__ = ["ConsentChange", "SubjectLink", "privacy_router"]
 
 
 class ConsentChange(BaseModel):
@@ -27,25 +24,20 @@ class ConsentChange(BaseModel):
     granted: bool
 
 
-class ConsentAckUpload(BaseModel):
-    device_id: str = Field(max_length=64)
-    ack: str = Field(max_length=4096)
-    signature: str = Field(max_length=128)
-
-
 class SubjectLink(BaseModel):
     subject_id: str = Field(min_length=1, max_length=128)
     device_id: str = Field(max_length=64)
 
 
-def privacy_router(consent: ConsentService, operator: OperatorAuth) -> APIRouter:
+def privacy_router(consent: ConsentService, plane: DevicePlane, operator: OperatorAuth) -> APIRouter:
     """Routes of consent and privacy."""
     router = APIRouter(tags=["privacy"])
 
-    @router.post("/v1/receipts")
-    def upload_receipt(body: ReceiptUpload) -> dict[str, Any]:
-        """A device's signed privacy receipt (authenticated by its identity-key signature)."""
-        claims = consent.store_receipt(body.device_id, body.receipt)
+    @router.post("/v1/receipts", openapi_extra=signed_request_openapi("upload_receipt"))
+    def upload_receipt(req: VerifiedRequest = Depends(device_request(plane, "upload_receipt"))  # noqa: B008
+                       ) -> dict[str, Any]:
+        """A device's signed privacy receipt (carried in a signed device request)."""
+        claims = consent.store_receipt(req)
         return {"stored": True, "readings": len(claims.get("entries", []))}
 
     @router.post("/v1/subjects/link")
@@ -63,10 +55,11 @@ def privacy_router(consent: ConsentService, operator: OperatorAuth) -> APIRouter
         return {"subject_id": body.subject_id, "version": state.version,
                 "purposes": {p: d.granted for p, d in state.decisions.items()}}
 
-    @router.post("/v1/consent/ack")
-    def consent_ack(body: ConsentAckUpload) -> dict[str, Any]:
-        """A device confirms it applied a pushed consent configuration (signed by its identity key)."""
-        ack = consent.acknowledge(body.device_id, body.ack, body.signature)
+    @router.post("/v1/consent/ack", openapi_extra=signed_request_openapi("consent_ack"))
+    def consent_ack(req: VerifiedRequest = Depends(device_request(plane, "consent_ack"))  # noqa: B008
+                    ) -> dict[str, Any]:
+        """A device confirms it applied a pushed consent configuration (signed device request)."""
+        ack = consent.acknowledge(req)
         return {"device_id": ack.device_id, "version": ack.version, "acknowledged": True}
 
     @router.post("/v1/subjects/{subject_id}/erase")

@@ -8,7 +8,6 @@ CLI and a hub that is not connected yet leave them for one that is.
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -17,15 +16,15 @@ from typing import Any
 
 import cbor2
 
-from iotguard.channel import CONSENT_ACK_DOMAIN, command_topic, encode_command
+from iotguard.channel import command_topic, encode_command
 from iotguard.clock import Clock
-from iotguard.errors import IotGuardError, MalformedError, RevokedError
+from iotguard.errors import AuthenticationError, IotGuardError, MalformedError
 from iotguard.hub.outbox import OutboxMessage, OutboxRow
 from iotguard.hub.privacy_store import ErasureRecord, PrivacyStore, RetentionReport, enforce_retention
 from iotguard.hub.services.lifecycle import DeviceLifecycle
 from iotguard.hub.services.posture import contract_for
 from iotguard.hub.store import HubStore
-from iotguard.identity import b64d, verify_signature
+from iotguard.identity import VerifiedRequest
 from iotguard.privacy import ConsentAck, ConsentState, load_contract
 
 __all__ = ["CONSENT_PUSH_KIND", "CommandChannel", "ConsentPush", "ConsentService", "consent_push_message"]
@@ -146,37 +145,33 @@ class ConsentService:
         for subject in sorted(subjects):
             self.push(subject)
 
-    def acknowledge(self, device_id: str, ack_b64: str, signature_b64: str) -> ConsentAck:
-        """A device confirms it applied a pushed consent configuration (signed by its identity key).
+    def acknowledge(self, request: VerifiedRequest) -> ConsentAck:
+        """A device confirms it applied a pushed consent configuration (a signed device request,
+        already verified and authorized by the device plane).
 
         Raises:
-            RevokedError, IntegrityError, MalformedError, ConsentError.
+            MalformedError, ConsentError.
         """
-        device = self.store.get_device(device_id)
-        if device.status != "active" or device.identity_public_key is None:
-            raise RevokedError(f"device {device_id!r} is {device.status}")
-        raw = b64d(ack_b64, what="ack", max_length=4096)
-        verify_signature(device.identity_public_key, b64d(signature_b64, what="signature", length=64),
-                         CONSENT_ACK_DOMAIN + raw)
-        ack = ConsentAck.decode(raw)
-        if ack.device_id != device.device_id:
+        ack = ConsentAck.decode(bytes(request.body["ack"]))
+        if ack.device_id != request.device_id:
             raise MalformedError("acknowledgement is for another device")
         self.privacy.record_consent_ack(ack, self.clock.now())
         return ack
 
     # -- receipts, access, erasure, retention ------------------------------
 
-    def store_receipt(self, device_id: str, receipt_b64: str) -> dict[str, Any]:
-        """A device's signed privacy receipt: verified against its identity key and stored.
+    def store_receipt(self, request: VerifiedRequest) -> dict[str, Any]:
+        """A device's privacy receipt, carried in a signed device request: verified against its identity key
+        and the device model's contract, and stored.
 
         Raises:
-            RevokedError, IntegrityError, MalformedError, BudgetExhausted.
+            AuthenticationError, IntegrityError, MalformedError, BudgetExhausted.
         """
-        device = self.store.get_device(device_id)
-        if device.status != "active" or device.identity_public_key is None:
-            raise RevokedError(f"device {device_id!r} is {device.status}")
-        raw = base64.urlsafe_b64decode(receipt_b64 + "=" * (-len(receipt_b64) % 4))
-        return self.privacy.store_receipt(device.device_id, raw, device.identity_public_key, self.clock.now(),
+        device = self.store.get_device(request.device_id)
+        if device.identity_public_key is None:
+            raise AuthenticationError("device has no identity key")
+        return self.privacy.store_receipt(device.device_id, bytes(request.body["receipt"]),
+                                          device.identity_public_key, self.clock.now(),
                                           contract=load_contract(device.model))
 
     def export(self, subject_id: str) -> dict[str, Any]:
