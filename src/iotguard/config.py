@@ -61,6 +61,9 @@ class HubConfig:
     mosquitto_pid_file: str = ""
     #: Seconds between signed audit-log checkpoints (each is also anchored).
     checkpoint_interval_s: float = 60.0
+    #: Serve the OpenAPI schema and its pages (/openapi.json, /docs, /redoc).
+    #: They answer without authentication, so they are off unless turned on.
+    api_docs: bool = False
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite in the data directory."""

@@ -16,6 +16,7 @@ __all__ = [
     "ConfigError",
     "ConsentError",
     "EnrollmentError",
+    "ExpiredError",
     "IntegrityError",
     "IotGuardError",
     "KeyStoreError",
@@ -26,6 +27,7 @@ __all__ = [
     "ReplayError",
     "RevokedError",
     "RollbackError",
+    "StaleError",
     "StorageError",
     "TamperError",
     "UnknownDeviceError",
@@ -74,6 +76,12 @@ class ReplayError(IotGuardError):
     code = "replay"
 
 
+class StaleError(ReplayError):
+    """A signed request's timestamp lies outside the allowed window (too old or from the future)."""
+
+    code = "stale"
+
+
 class UnknownDeviceError(IotGuardError):
     """The device id (or its key epoch) is not registered."""
 
@@ -84,6 +92,12 @@ class RevokedError(IotGuardError):
     """The device or credential was revoked or decommissioned."""
 
     code = "revoked"
+
+
+class ExpiredError(IotGuardError):
+    """The credential (a device's operational certificate) has expired."""
+
+    code = "expired"
 
 
 class EnrollmentError(IotGuardError):
@@ -166,8 +180,10 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "malformed": "malformed message",
     "forged": "message failed authentication",
     "replay": "message already received",
+    "stale": "request timestamp outside the allowed window",
     "unknown_device": "unknown device",
     "revoked": "credential revoked",
+    "expired": "credential expired",
     "enrollment_failed": "enrollment failed",
     "unauthenticated": "authentication required",
     "locked_out": "too many attempts; try again later",

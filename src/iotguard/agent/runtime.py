@@ -26,7 +26,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 from iotguard.agent.outbox import Outbox
 from iotguard.agent.privacy import DevicePrivacy
 from iotguard.channel import (
-    CONSENT_ACK_DOMAIN,
     SequenceAllocator,
     SessionKeys,
     UplinkSealer,
@@ -56,6 +55,7 @@ from iotguard.identity import (
     parse_enrollment_code,
     request_transcript,
     session_salt,
+    sign_device_request,
     token_hash,
     verify_signature,
 )
@@ -153,6 +153,12 @@ class Agent:
 
     # -- enrollment ------------------------------------------------------
 
+    def _signed(self, action: str, body: dict[str, Any]) -> tuple[dict[str, str], bytes]:
+        """A signed device request (wire body, transcript) for ``action``, signed inside the key store."""
+        out = sign_device_request(action, self.device_id, body, now=self.clock.now(),
+                                  sign=lambda message: self.keystore.sign(_IDENTITY, message))
+        return out.wire, out.transcript
+
     def _client_http(self) -> httpx.Client:
         if self._http is None:
             self._http = httpx.Client(base_url=self.cfg.hub_url, timeout=15.0)
@@ -246,12 +252,8 @@ class Agent:
         if self.keystore.has_key(kex_label):
             self.keystore.delete(kex_label)
         kex_pk = self.keystore.generate(kex_label, KeyKind.X25519)
-        ts = int(self.clock.now().timestamp())
-        transcript = request_transcript("rekey", {
-            "device_id": self.device_id, "epoch": epoch, "kex_public_key": kex_pk, "suites": offered, "ts": ts})
-        resp = self._post("/v1/rekey", {
-            "device_id": self.device_id, "epoch": epoch, "kex_public_key": b64e(kex_pk), "suites": offered,
-            "ts": ts, "signature": b64e(self.keystore.sign(_IDENTITY, transcript))})
+        wire, transcript = self._signed("rekey", {"epoch": epoch, "kex_public_key": kex_pk, "suites": offered})
+        resp = self._post("/v1/rekey", wire)
         self._finish_exchange(transcript, kex_label, resp, None, epoch)
 
     def renew_certificate(self) -> None:
@@ -260,10 +262,8 @@ class Agent:
         Raises:
             EnrollmentError: the hub refused or its answer did not verify.
         """
-        ts = int(self.clock.now().timestamp())
-        transcript = request_transcript("renew", {"device_id": self.device_id, "ts": ts})
-        resp = self._post("/v1/renew", {"device_id": self.device_id, "ts": ts,
-                                        "signature": b64e(self.keystore.sign(_IDENTITY, transcript))})
+        wire, transcript = self._signed("renew", {})
+        resp = self._post("/v1/renew", wire)
         ca = x509.load_pem_x509_certificate((self.dir / "ca.pem").read_bytes()).public_key()
         if not isinstance(ca, Ed25519PublicKey):
             raise EnrollmentError("fleet CA key is not Ed25519")
@@ -299,10 +299,8 @@ class Agent:
         """
         reported = False
         try:
-            ts = int(self.clock.now().timestamp())
-            body = {"device_id": self.device_id, "reason": reason[:128], "ts": ts}
-            signature = self.keystore.sign(_IDENTITY, request_transcript("tamper", body))
-            self._post("/v1/tamper", {**body, "signature": b64e(signature)})
+            wire, _transcript = self._signed("tamper_report", {"reason": reason[:128]})
+            self._post("/v1/tamper", wire)
             reported = True
         except (httpx.HTTPError, IotGuardError) as exc:
             log.error("%s: tamper report not delivered (%s); zeroizing anyway", self.device_id, exc)
@@ -419,8 +417,7 @@ class Agent:
 
     def _send_consent_ack(self, ack: bytes) -> None:
         try:
-            self._post("/v1/consent/ack", {"device_id": self.device_id, "ack": b64e(ack),
-                                           "signature": b64e(self.keystore.sign(_IDENTITY, CONSENT_ACK_DOMAIN + ack))})
+            self._post("/v1/consent/ack", self._signed("consent_ack", {"ack": ack})[0])
         except (httpx.HTTPError, IotGuardError) as exc:
             log.warning("%s: consent acknowledgement not delivered: %s", self.device_id, exc)
 
@@ -452,12 +449,12 @@ class Agent:
         """
         if self.privacy is None:
             return False
-        receipt = self.privacy.seal_receipt(self.clock.now())
+        receipt = self.privacy.seal_receipt(self.privacy.clock.now())  # the time of the readings it covers
         if receipt is not None:
             self.outbox.add_receipt(receipt)
         for receipt_id, blob in self.outbox.receipts():
             try:
-                self._post("/v1/receipts", {"device_id": self.device_id, "receipt": b64e(blob)})
+                self._post("/v1/receipts", self._signed("upload_receipt", {"receipt": blob})[0])
             except httpx.HTTPError:
                 break  # hub unreachable: keep it for the next attempt
             except EnrollmentError as exc:

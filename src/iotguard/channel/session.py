@@ -24,7 +24,6 @@ from iotguard.keys import KeyStore
 from iotguard.wire import associated_data, encode_envelope, encode_header
 
 __all__ = [
-    "CONSENT_ACK_DOMAIN",
     "TELEMETRY_FILTER",
     "AckMessage",
     "ReplayWindow",
@@ -279,8 +278,6 @@ def decode_ack(device_id: str, data: bytes, mac_key: bytes) -> AckMessage:
 
 
 _MAX_COMMAND_BYTES = 65536
-#: Domain separation for a device's identity-key signature on a consent acknowledgement.
-CONSENT_ACK_DOMAIN = b"iotguard-consent-ack-v1\x00"
 
 
 def _command_mac(key: bytes, device_id: str, body: bytes) -> bytes:

@@ -155,4 +155,5 @@ register(Migration("0002_revoked_certificates", "serials kept on the CRL across 
 import iotguard.hub.audit_store  # noqa: E402
 import iotguard.hub.credentials  # noqa: E402
 import iotguard.hub.policy_store  # noqa: E402
-import iotguard.hub.privacy_store  # noqa: E402,F401
+import iotguard.hub.privacy_store  # noqa: E402
+import iotguard.hub.ratelimit_store  # noqa: E402,F401

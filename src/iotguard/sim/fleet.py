@@ -118,7 +118,8 @@ class Fleet:
             suite = self.suites[i % len(self.suites)]
             cfg = AgentConfig(data_dir=str(self.dir / device_id), hub_url=self.hub_url,
                               broker_url=self.broker_url, suites=[suite], ack_timeout_s=self.ack_timeout_s)
-            agent = Agent(cfg, device_id, clock=self.clock)
+            # Requests to the hub carry real time (they must be fresh); sensor time is simulated.
+            agent = Agent(cfg, device_id)
             agent.enroll(self.provision(device_id, model))
             consent = self._consent(model, i)
             if self.consent_recorder is not None:
