@@ -61,7 +61,8 @@ def test_proof_of_possession_is_required(hub: HubParts) -> None:
 
     code = parse_enrollment_code(str(hub.registry.add_device("dev-1", "thermo-1")))
     body = {"device_id": "dev-1", "token": b64e(code.secret), "identity_public_key": b64e(b"\x01" * 32),
-            "kex_public_key": b64e(b"\x02" * 32), "suites": ["chacha20-poly1305"], "signature": b64e(b"\x00" * 64)}
+            "kex_public_key": b64e(b"\x02" * 32), "transport_public_key": b64e(b"\x03" * 32),
+            "suites": ["chacha20-poly1305"], "signature": b64e(b"\x00" * 64)}
     r = hub.client.post("/v1/enroll", json=body)
     assert r.status_code == 403 and r.json()["error"] == "enrollment_failed"
     # the token was not consumed by the failed attempt

@@ -89,6 +89,8 @@ class EnrollRequest(BaseModel):
     token: str = Field(max_length=64)
     identity_public_key: str = Field(max_length=64)
     kex_public_key: str = Field(max_length=64)
+    #: Ed25519 public key of the device's TLS transport key (ADR 0600).
+    transport_public_key: str = Field(max_length=64)
     suites: list[str] = Field(max_length=8)
     signature: str = Field(max_length=128)
 
@@ -136,6 +138,8 @@ class TamperReport(BaseModel):
 class RenewRequest(BaseModel):
     device_id: str = Field(max_length=64)
     ts: int
+    #: A fresh transport key: the transport certificate is renewed with the operational one.
+    transport_public_key: str = Field(max_length=64)
     signature: str = Field(max_length=128)
 
 
