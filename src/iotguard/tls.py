@@ -65,14 +65,14 @@ def client_context(cafile: str | Path, *, certfile: str | Path | None = None) ->
 
 
 def server_context(certfile: str | Path, *, client_cafile: str | Path | None = None,
-                   crl_pem: bytes | None = None) -> ssl.SSLContext:
+                   crlfile: str | Path | None = None) -> ssl.SSLContext:
     """A TLS 1.3 server context; with ``client_cafile`` it requires a client certificate from that CA.
 
     Args:
         certfile: PEM file with the server certificate (then the CA
             certificate, so pinning clients can read the chain) and the key.
         client_cafile: CA that must have issued every client certificate.
-        crl_pem: A CRL of that CA; revoked client certificates fail the handshake.
+        crlfile: PEM file with a CRL of that CA; revoked client certificates fail the handshake.
 
     Raises:
         ConfigError: unreadable credentials or CRL.
@@ -84,10 +84,10 @@ def server_context(certfile: str | Path, *, client_cafile: str | Path | None = N
         if client_cafile is not None:
             ctx.verify_mode = ssl.CERT_REQUIRED
             ctx.load_verify_locations(cafile=str(client_cafile))
-            if crl_pem is not None:
-                ctx.load_verify_locations(cadata=crl_pem.decode("ascii"))
+            if crlfile is not None:
+                ctx.load_verify_locations(cafile=str(crlfile))  # OpenSSL reads CRLs from a PEM file too
                 ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
-    except (OSError, ssl.SSLError, UnicodeDecodeError) as exc:
+    except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot load TLS server credentials: {exc}") from None
     return ctx
 

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 _STORAGE_KEY = "storage-wrap"
 _CA_META = "fleet_ca_pem"
+#: Identities a device may never hold: its transport certificate would make it the hub on the broker.
+_RESERVED_IDS = frozenset({"iotguard-hub"})
 _DEVICE_ID_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -124,6 +126,8 @@ class FleetRegistry:
         if not device_id or len(device_id) > 64 or not set(device_id) <= _DEVICE_ID_OK \
                 or not device_id[0].isalnum():
             raise MalformedError("device id must be 1-64 of [A-Za-z0-9._-], starting alphanumeric")
+        if device_id in _RESERVED_IDS:
+            raise MalformedError(f"device id {device_id!r} is reserved (the hub's own MQTT identity)")
         if not model or len(model) > 64:
             raise MalformedError("model must be 1-64 characters")
         if not segment or len(segment) > 64 or not set(segment) <= _DEVICE_ID_OK or not segment[0].isalnum():
