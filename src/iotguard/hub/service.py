@@ -26,7 +26,7 @@ from iotguard.errors import ConfigError
 from iotguard.hub.broker import BrokerAddress, EmbeddedBroker, parse_broker_url, wait_for_port
 from iotguard.hub.broker_front import BrokerAccess
 from iotguard.hub.core import HUB_MQTT_GRANTS, HubCore, Maintenance, build_hub_core
-from iotguard.hub.mosquitto import revoked_serials
+from iotguard.hub.mosquitto import reload, revoked_serials, update_access_files
 from iotguard.hub.mqtt_frames import AccessList
 from iotguard.hub.mqtt_ingest import MqttIngest
 from iotguard.hub.tls import HUB_MQTT_IDENTITY, HubTls
@@ -184,8 +184,19 @@ class Hub:
                 if self.embedded_broker is not None and (key != seen or mono - last_full >= 60):
                     self.embedded_broker.refresh()
                     seen, last_full = key, mono
+                elif self.cfg.mosquitto_dir and (key != seen or mono - last_full >= 3600):
+                    # Changes made by other processes (the CLI, other hubs) reach this one's
+                    # posture through maintenance; Mosquitto's CRL and ACL follow them here.
+                    self._update_mosquitto()
+                    seen, last_full = key, mono
             except Exception:
                 log.exception("TLS upkeep failed; retrying")
+
+    def _update_mosquitto(self) -> None:
+        update_access_files(self.cfg.mosquitto_dir, self.registry.ca, self.store, self.core.clock.now(),
+                            acl_renderer=self.core.broker_acl)
+        if self.cfg.mosquitto_pid_file:
+            reload(self.cfg.mosquitto_pid_file)
 
     def _reload_api_certificate(self) -> None:
         # New handshakes use the renewed certificate; open connections keep theirs.
