@@ -76,6 +76,12 @@ class Hub:
         self._api_thread: threading.Thread | None = None
         self._upkeep_stop = threading.Event()
         self._upkeep_thread: threading.Thread | None = None
+        # The embedded broker's device grants, recomputed per device as postures change.
+        self._acl_lock = threading.Lock()
+        self._acl_dirty: set[str] = set()
+        self._acl_full = True
+        self._device_grants: dict[str, list[tuple[str, str]]] | None = None
+        self.core.posture.add_listener(self._posture_changed)
 
     @property
     def broker_address(self) -> BrokerAddress:
@@ -114,11 +120,28 @@ class Hub:
         revoked = revoked_serials(self.store)
         context = server_context(self.tls.broker_file, client_cafile=self.tls.ca_file,
                                  crlfile=self.tls.write_crl(revoked, now))
-        grants: dict[str, list[tuple[str, str]]] = dict(derive_device_acl(self.core.policy, now=now))
+        with self._acl_lock:
+            dirty, self._acl_dirty = self._acl_dirty, set()
+            full, self._acl_full = self._acl_full or self._device_grants is None, False
+        policy = self.core.policy
+        if full:
+            grants = dict(derive_device_acl(policy, now=now))
+        else:
+            # Only the devices whose posture changed: an enrollment costs one device's decisions.
+            grants = dict(self._device_grants or {})
+            fresh = derive_device_acl(policy, now=now, device_ids=dirty)
+            for device_id in dirty:
+                grants.pop(device_id, None)
+            grants.update(fresh)
+        self._device_grants = grants
         if HUB_MQTT_IDENTITY in grants:
             raise ConfigError(f"a device is named {HUB_MQTT_IDENTITY!r}, the hub's MQTT identity")
-        grants[HUB_MQTT_IDENTITY] = list(HUB_MQTT_GRANTS)
-        return BrokerAccess(context, AccessList(grants), frozenset(serial for serial, _ in revoked))
+        return BrokerAccess(context, AccessList({**grants, HUB_MQTT_IDENTITY: list(HUB_MQTT_GRANTS)}),
+                            frozenset(serial for serial, _ in revoked))
+
+    def _posture_changed(self, device_id: str) -> None:
+        with self._acl_lock:
+            self._acl_dirty.add(device_id)
 
     def start(self, *, api: bool = True) -> None:
         """Start the embedded broker (if no broker URL is set), ingest, maintenance and the API."""
@@ -182,8 +205,13 @@ class Hub:
                         seen = None
                 key = (self.core.policy.policy_version, self.core.posture.version)
                 if self.embedded_broker is not None and (key != seen or mono - last_full >= 60):
+                    if seen is None or key[0] != seen[0] or mono - last_full >= 60:
+                        # A policy change can move any grant; re-derive everything (and renew the CRL).
+                        with self._acl_lock:
+                            self._acl_full = True
+                        last_full = mono
                     self.embedded_broker.refresh()
-                    seen, last_full = key, mono
+                    seen = key
                 elif self.cfg.mosquitto_dir and (key != seen or mono - last_full >= 3600):
                     # Changes made by other processes (the CLI, other hubs) reach this one's
                     # posture through maintenance; Mosquitto's CRL and ACL follow them here.
