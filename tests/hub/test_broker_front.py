@@ -292,3 +292,21 @@ def test_agent_without_pinned_ca_refuses_https(tmp_path: Path, hub: Hub) -> None
     agent.keystore.generate("identity", KeyKind.ED25519)
     with pytest.raises(EnrollmentError, match="no pinned fleet CA"):
         agent.renew_certificate()
+
+
+def test_agent_keeps_publishing_after_renewal_revokes_its_old_transport_certificate(hub: Hub) -> None:
+    a = _agent(hub, "renew-a")
+    a.connect()
+    assert a.connected
+    old_serial = hub.store.get_device("renew-a").transport_cert_serial
+    a.renew_certificate()  # the old transport certificate is revoked; the front drops the connection
+    assert hub.store.get_device("renew-a").transport_cert_serial != old_serial
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        if a.connected:
+            a.publish_raw(a.sealer.topic, b"\x86after-renewal")
+            if _wait_seen(hub, a.sealer.topic, timeout=0.5):
+                break
+    assert a.sealer.topic in hub.seen.topics  # type: ignore[attr-defined]
+    a.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -112,6 +113,7 @@ class Agent:
         self._sealer: UplinkSealer | None = None
         self._keys: SessionKeys | None = None
         self._client: mqtt.Client | None = None
+        self._tls: ssl.SSLContext | None = None
         self._connected = threading.Event()
         self._lock = threading.Lock()
         self.acked = 0
@@ -257,6 +259,9 @@ class Agent:
         key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
         atomic_write(self.dir / TRANSPORT_FILE, cert_pem.rstrip(b"\n") + b"\n" + key_pem, mode=0o600)
+        if self._tls is not None:
+            # The superseded certificate is revoked at once: reconnects must present the new one.
+            self._tls.load_cert_chain(str(self.dir / TRANSPORT_FILE))
 
     def enroll(self, enrollment_code: str) -> None:
         """Enroll with the hub using the operator's one-time code.
@@ -390,7 +395,8 @@ class Agent:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         if addr.tls:
-            client.tls_set_context(client_context(self.dir / CA_FILE, certfile=self.dir / TRANSPORT_FILE))
+            self._tls = client_context(self.dir / CA_FILE, certfile=self.dir / TRANSPORT_FILE)
+            client.tls_set_context(self._tls)
         else:
             log.warning("UNSAFE: %s publishes to %s without TLS (agent.unsafe_plaintext_broker)",
                         self.device_id, addr.url)
