@@ -310,3 +310,16 @@ def test_agent_keeps_publishing_after_renewal_revokes_its_old_transport_certific
                 break
     assert a.sealer.topic in hub.seen.topics  # type: ignore[attr-defined]
     a.close()
+
+
+def test_oversized_packet_closes_the_connection_before_the_broker(hub: Hub) -> None:
+    a = _agent(hub, "big-a")
+    client = _Client(hub, "big-a", certfile=a.dir / "transport.pem")
+    assert client.connect()
+    before = hub.embedded_broker.front.refused["malformed"]  # type: ignore[union-attr]
+    client.c.publish(a.sealer.topic, b"\x00" * 200_000, qos=0)
+    assert client.closed.wait(5), "the front kept a connection that sent an oversized packet"
+    assert hub.embedded_broker.front.refused["malformed"] == before + 1  # type: ignore[union-attr]
+    assert not _wait_seen(hub, a.sealer.topic, timeout=0.5)
+    client.close()
+    a.close()

@@ -145,6 +145,9 @@ class BrokerFront:
             await self._serve(reader, writer)
         except (TimeoutError, OSError, ssl.SSLError, asyncio.IncompleteReadError, EOFError):
             pass
+        except MalformedError as exc:  # e.g. an oversized first packet
+            self.refused["malformed"] += 1
+            log.info("broker front: closing a connection: %s", exc)
         except Exception:
             log.exception("broker front: connection failed")
         finally:
