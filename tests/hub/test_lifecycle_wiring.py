@@ -85,8 +85,9 @@ def test_tamper_event_zeroizes_the_device_and_the_hub_stops_trusting_it(hub: Hub
     assert hub.core.posture.require("dev-1").trust_tier == "failed"
     out = hub.processor.process([Incoming(topic, stolen)])
     assert out.stored == 0 and out.rejected["policy_denied"] == 1
-    assert "device.tampered" in [__import__("iotguard.audit.events", fromlist=["AuditEvent"]).AuditEvent.from_cbor(e).type
-                                 for e in hub.core.audit.entries(0, hub.core.audit.size())]
+    from iotguard.audit.events import AuditEvent
+
+    assert "device.tampered" in [AuditEvent.from_cbor(e).type for e in hub.core.audit.entries(0, hub.core.audit.size())]
 
 
 def test_forged_tamper_report_is_refused(hub: HubParts) -> None:
