@@ -30,7 +30,8 @@ import socket  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 
 PG_BIN = Path(os.environ.get("IOTGUARD_PG_BIN", "/usr/lib/postgresql/15/bin"))
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -102,25 +103,72 @@ def postgres_url(postgres_server: str) -> str:
     return f"{postgres_server}/{name}"
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[str]:
-    """A real Mosquitto broker on a free loopback port; yields its mqtt:// URL."""
+@dataclass
+class MosquittoTls:
+    """A Mosquitto running exactly the configuration ``iotguard broker config`` wrote."""
+
+    url: str
+    port: int
+    conf_dir: Path
+    pid_file: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def start_mosquitto_tls(env: dict[str, str], base: Path | None = None) -> MosquittoTls:
+    """Run ``iotguard broker config`` for the hub configured by ``env``, then Mosquitto on its output.
+
+    The hub's data directory must exist (the CLI builds the hub core there,
+    creating the fleet CA on first use).
+    """
+    import sys
+    import tempfile
+
     if not Path(MOSQUITTO).exists():
         _missing("mosquitto")
+    if base is None:
+        # Not under pytest's tmp dir: it is private to root, and Mosquitto drops to its own user.
+        base = Path(tempfile.mkdtemp(prefix="iotguard-mosq-"))
+        base.chmod(0o711)
     port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        "persistence false\n"
-        "max_queued_messages 1000000\n"
-        "max_inflight_messages 0\n"
-        "message_size_limit 1048576\n"
-    )
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    conf_dir = base / "broker"
+    subprocess.run([sys.executable, "-m", "iotguard", "broker", "config", "--out", str(conf_dir),
+                    "--hostname", "127.0.0.1", "--port", str(port), "--bind", "127.0.0.1"],
+                   env=env, check=True, capture_output=True, timeout=120)
+    log = base / "mosquitto.log"
+    with log.open("wb") as log_f:
+        proc = subprocess.Popen([MOSQUITTO, "-c", str(conf_dir / "mosquitto.conf")], stdout=log_f,
+                                stderr=subprocess.STDOUT)
+    pid_file = conf_dir / "mosquitto.pid"
     try:
         wait_port(port)
-        yield f"mqtt://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    except TimeoutError:
+        proc.kill()
+        raise RuntimeError("mosquitto did not start: " + log.read_text()) from None
+    if not pid_file.exists():  # Mosquitto writes its pid file only when it daemonizes
+        pid_file.write_text(str(proc.pid))
+    return MosquittoTls(f"mqtts://127.0.0.1:{port}", port, conf_dir, pid_file, proc, log)
+
+
+@pytest.fixture
+def mosquitto_tls() -> Iterator[Callable[..., MosquittoTls]]:
+    """Factory: Mosquitto with the production mTLS configuration for a hub (see :func:`start_mosquitto_tls`)."""
+    started: list[MosquittoTls] = []
+
+    def start(env: dict[str, str]) -> MosquittoTls:
+        broker = start_mosquitto_tls(env)
+        started.append(broker)
+        return broker
+
+    yield start
+    for broker in started:
+        broker.stop()
+        shutil.rmtree(broker.conf_dir.parent, ignore_errors=True)

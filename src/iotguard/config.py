@@ -29,9 +29,18 @@ class HubConfig:
     #: Empty means SQLite at ``<data_dir>/hub.db``.
     database_url: str = ""
     #: Empty means: start the embedded broker in-process on ``embedded_broker_bind``.
+    #: ``mqtts://`` connects with the hub's client certificate (mTLS, TLS 1.3).
     broker_url: str = ""
-    embedded_broker_bind: str = "127.0.0.1:1883"
+    #: The embedded broker's mTLS listener (device certificates from the fleet CA).
+    embedded_broker_bind: str = "127.0.0.1:8883"
+    #: UNSAFE: the embedded broker listens in plain TCP without device
+    #: authentication, and ``mqtt://`` broker URLs are accepted. Logged loudly.
+    unsafe_plaintext_broker: bool = False
     api_bind: str = "127.0.0.1:8080"
+    #: Host names and addresses in the API's HTTPS certificate besides the host of ``api_bind``.
+    api_hostnames: list[str] = field(default_factory=lambda: ["localhost", "127.0.0.1"])
+    #: UNSAFE: serve the REST API over plain HTTP. Logged loudly.
+    unsafe_plain_http: bool = False
     #: Use an MQTT shared subscription so N hubs split the load (external brokers).
     shared_subscription: bool = True
     mqtt_client_id: str = "iotguard-hub"
@@ -77,8 +86,14 @@ class AgentConfig:
     """Settings of a device agent."""
 
     data_dir: str = "iotguard-agent"
-    hub_url: str = "http://127.0.0.1:8080"
-    broker_url: str = "mqtt://127.0.0.1:1883"
+    #: ``https://`` (the fleet CA is pinned from the enrollment code); ``http://`` needs ``unsafe_plain_http``.
+    hub_url: str = "https://127.0.0.1:8080"
+    #: ``mqtts://`` (mTLS with the transport certificate); ``mqtt://`` needs ``unsafe_plaintext_broker``.
+    broker_url: str = "mqtts://127.0.0.1:8883"
+    #: UNSAFE: allow ``mqtt://`` (no TLS, no broker authentication). Logged loudly.
+    unsafe_plaintext_broker: bool = False
+    #: UNSAFE: allow an ``http://`` hub URL. Logged loudly.
+    unsafe_plain_http: bool = False
     suites: list[str] = field(default_factory=lambda: ["ascon-aead128", "chacha20-poly1305"])
     interval_s: float = 5.0
     #: Seconds without an end-to-end acknowledgement before a reading is resent.
@@ -194,6 +209,16 @@ def _validate(cfg: Config) -> None:
     for path, url in (("hub.broker_url", cfg.hub.broker_url), ("agent.broker_url", cfg.agent.broker_url)):
         if url and not url.startswith(("mqtt://", "mqtts://")):
             raise ConfigError(f"{path}: expected mqtt://host:port or mqtts://host:port, got {url!r}")
+    for name, broker_url, unsafe in (("hub", cfg.hub.broker_url, cfg.hub.unsafe_plaintext_broker),
+                                     ("agent", cfg.agent.broker_url, cfg.agent.unsafe_plaintext_broker)):
+        if broker_url.startswith("mqtt://") and not unsafe:
+            raise ConfigError(f"{name}.broker_url: plain mqtt:// has no TLS; use mqtts:// "
+                              f"(or set {name}.unsafe_plaintext_broker = true on a closed test network)")
+    if not cfg.agent.hub_url.startswith(("https://", "http://")):
+        raise ConfigError(f"agent.hub_url: expected an https:// URL, got {cfg.agent.hub_url!r}")
+    if cfg.agent.hub_url.startswith("http://") and not cfg.agent.unsafe_plain_http:
+        raise ConfigError("agent.hub_url: plain http:// is not authenticated; use https:// "
+                          "(or set agent.unsafe_plain_http = true)")
 
 
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:

@@ -76,7 +76,10 @@ def test_undeclared_and_unconsented_fields_never_on_the_wire(hub: Hub, tmp_path:
         admin = hub.store.create_api_token("dpo", "privacy-officer", now=SystemClock().now())
         import httpx
 
-        api = httpx.Client(base_url=hub.api_url, headers={"Authorization": f"Bearer {admin}"})
+        from iotguard.tls import client_context
+
+        api = httpx.Client(base_url=hub.api_url, headers={"Authorization": f"Bearer {admin}"},
+                           verify=client_context(hub.ca_file))
         r = api.post("/v1/consent", json={"subject_id": subject, "purpose": "research", "granted": False})
         assert r.status_code == 200, r.text
         deadline = time.monotonic() + 10

@@ -53,7 +53,8 @@ def test_default_credential_guessing_fails(hub: HubParts) -> None:
     """No default or guessable enrollment secret exists: a guessed token is refused."""
     real = parse_enrollment_code(str(hub.registry.add_device("dev-1", "thermo-1")))
     for guess in (b"\x00" * 32, b"admin".ljust(32, b"\x00"), bytes(range(32))):
-        forged = f"iotguard-enroll:v1:dev-1:{__import__('base64').urlsafe_b64encode(guess).rstrip(b'=').decode()}:{real.ca_fingerprint}"
+        secret = __import__("base64").urlsafe_b64encode(guess).rstrip(b"=").decode()
+        forged = f"iotguard-enroll:v1:dev-1:{secret}:{real.ca_fingerprint}"
         with pytest.raises(EnrollmentError):
             hub.agent("dev-1", enroll=False).enroll(forged)
 
@@ -64,7 +65,8 @@ def test_proof_of_possession_is_required(hub: HubParts) -> None:
 
     code = parse_enrollment_code(str(hub.registry.add_device("dev-1", "thermo-1")))
     body = {"device_id": "dev-1", "token": b64e(code.secret), "identity_public_key": b64e(b"\x01" * 32),
-            "kex_public_key": b64e(b"\x02" * 32), "suites": ["chacha20-poly1305"], "signature": b64e(b"\x00" * 64)}
+            "kex_public_key": b64e(b"\x02" * 32), "transport_public_key": b64e(b"\x03" * 32),
+            "suites": ["chacha20-poly1305"], "signature": b64e(b"\x00" * 64)}
     r = hub.client.post("/v1/enroll", json=body)
     assert r.status_code == 403 and r.json()["error"] == "enrollment_failed"
     # the token was not consumed by the failed attempt

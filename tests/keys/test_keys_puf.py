@@ -6,8 +6,8 @@ import math
 import shutil
 from dataclasses import fields, replace
 from datetime import UTC, datetime
-from statistics import NormalDist
 from pathlib import Path
+from statistics import NormalDist
 
 import cbor2
 import numpy as np
@@ -399,7 +399,7 @@ def test_biased_puf_refused_at_enrollment(tmp_path: Path, uniformity: float, acc
         store.generate("id", KeyKind.ED25519)
         enroll_puf(puf, "dev-1")
         return
-    with pytest.raises(PufQualityError, match="uniformity 0.7") as info:
+    with pytest.raises(PufQualityError, match=r"uniformity 0\.7") as info:
         PufKeyStore(puf, tmp_path / "puf")
     assert info.value.code == "puf_quality"
     assert not (tmp_path / "puf" / "puf-store.cbor").exists()  # no helper data was published

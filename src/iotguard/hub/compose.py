@@ -27,7 +27,7 @@ from iotguard.hub.ingest import IngestProcessor
 from iotguard.hub.outbox import DELIVERED_RETENTION, OutboxDrainer, OutboxHandler, SqlOutboxStore
 from iotguard.hub.privacy_store import PrivacyStore
 from iotguard.hub.services.audit import AUDIT_ORIGIN, AuditService, OutboxAuditSink
-from iotguard.hub.services.broker_access import BrokerAccess
+from iotguard.hub.services.broker_access import BrokerAccess, EmbeddedBrokerLink
 from iotguard.hub.services.consent import CommandChannel, ConsentPush, ConsentService
 from iotguard.hub.services.lifecycle import DeviceLifecycle, open_hub_keys
 from iotguard.hub.services.operators import OperatorService
@@ -60,6 +60,7 @@ class HubServices:
     commands: CommandChannel
     broker: BrokerAccess | None
     plane: DevicePlane
+    broker_link: EmbeddedBrokerLink
 
     def drainer(self, worker: str = "hub") -> OutboxDrainer:
         """An outbox drainer with every handler this process has.
@@ -89,7 +90,8 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                                                   [FileAnchor(anchors_dir / "checkpoints.log")]))
     engine, admin = open_policy(store, outbox, clock)
     posture = PostureService(store, engine, admin, engine.posture, clock, broker_managed=bool(cfg.mosquitto_dir))
-    lifecycle = DeviceLifecycle(store, keystore, cfg, clock, outbox=outbox, posture=posture)
+    broker_link = EmbeddedBrokerLink()
+    lifecycle = DeviceLifecycle(store, keystore, cfg, clock, outbox=outbox, posture=posture, broker_link=broker_link)
     commands = CommandChannel()
     consent = ConsentService(PrivacyStore(store.engine, audit=audit_sink, keystore=keystore), store, lifecycle,
                              commands, clock)
@@ -102,7 +104,7 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
         broker = BrokerAccess(cfg.mosquitto_dir, cfg.mosquitto_pid_file, lifecycle.ca, store, posture.broker_acl,
                               clock)
     return HubServices(cfg, clock, store, keystore, outbox, audit, posture, lifecycle, consent, operators,
-                       TelemetryService(store, processor.stats), processor, commands, broker, plane)
+                       TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link)
 
 
 class Maintenance:

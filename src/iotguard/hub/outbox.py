@@ -94,7 +94,7 @@ Index("ix_outbox_pending", outbox.c.delivered_at, outbox.c.kind, outbox.c.id)
 
 
 def create_outbox_table(conn: Connection) -> None:
-    """Migration ``0003_outbox``."""
+    """Migration ``0004_outbox``."""
     outbox.create(conn, checkfirst=True)
     for index in outbox.indexes:
         index.create(conn, checkfirst=True)

@@ -14,12 +14,15 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import Connection
 
 from iotguard.hub.db import metadata
 
 __all__ = [
+    "add_transport_cert_serial",
     "api_tokens",
     "create_core_tables",
     "create_revoked_certificates",
@@ -46,6 +49,8 @@ devices = Table(
     Column("cert_pem", Text, nullable=True),
     Column("cert_serial", String(64), nullable=True),
     Column("cert_not_after", DateTime(timezone=True), nullable=True),
+    # Serial of the TLS client certificate for the device's transport key (ADR 0600).
+    Column("transport_cert_serial", String(64), nullable=True),
     Column("current_epoch", Integer, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("enrolled_at", DateTime(timezone=True), nullable=True),
@@ -153,3 +158,10 @@ def create_core_tables(conn: Connection) -> None:
 def create_revoked_certificates(conn: Connection) -> None:
     """Migration ``0002_revoked_certificates``."""
     revoked_certificates.create(conn, checkfirst=True)
+
+
+def add_transport_cert_serial(conn: Connection) -> None:
+    """Migration ``0003_transport_cert_serial``: the serial of each device's TLS transport certificate (ADR 0600)."""
+    # A database made by 0001 after this column was added already has it.
+    if "transport_cert_serial" not in {c["name"] for c in inspect(conn).get_columns("devices")}:
+        conn.execute(text("ALTER TABLE devices ADD COLUMN transport_cert_serial VARCHAR(64)"))

@@ -112,7 +112,8 @@ DEVICE_REQUEST_ACTIONS: Final[Mapping[str, RequestSpec]] = {
         "kex_public_key": FieldSpec("bytes", exact_length=32, max_length=32),
         "suites": FieldSpec("text_list", max_length=8),
     }),
-    "renew": RequestSpec({}),
+    # A fresh transport key: the transport certificate is renewed with the operational one (ADR 0600).
+    "renew": RequestSpec({"transport_public_key": FieldSpec("bytes", exact_length=32, max_length=32)}),
     "tamper_report": RequestSpec({"reason": FieldSpec("text", max_length=128)}, requires_valid_certificate=False),
     "upload_receipt": RequestSpec({"receipt": FieldSpec("bytes", max_length=65536)}),
     "consent_ack": RequestSpec({"ack": FieldSpec("bytes", max_length=4096)}),

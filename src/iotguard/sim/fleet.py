@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from iotguard.agent import Agent
-from iotguard.channel import telemetry_topic
 from iotguard.clock import FixedClock
 from iotguard.config import AgentConfig
 from iotguard.crypto import get_suite
@@ -63,8 +62,8 @@ class Fleet:
 
     Args:
         provision: Registers a device id and model, returns the enrollment code.
-        hub_url: Hub API base URL (devices enroll over HTTP).
-        broker_url: ``mqtt://host:port``.
+        hub_url: Hub API base URL (devices enroll over HTTPS, pinning the CA from their code).
+        broker_url: ``mqtts://host:port`` (mTLS with each device's transport certificate).
         data_dir: Parent directory of every device's state.
         suites: Cipher suites to spread over the fleet (round robin).
         seed: Makes sensor values reproducible.
@@ -239,12 +238,16 @@ class Fleet:
         elif attack == "malformed":
             agent.publish_raw(topic, b"\x86\x01\xff" + os.urandom(rng.randrange(1, 40)))
         elif attack == "oversized":
-            agent.publish_raw(topic, encode_envelope(1, agent.device_id, 1, 1, os.urandom(200_000)))
+            # Above the hub's envelope limit (16 KiB) but below the broker's packet limit (64 KiB),
+            # so it is the hub's parser that must refuse it.
+            agent.publish_raw(topic, encode_envelope(1, agent.device_id, 1, 1, os.urandom(32_000)))
         elif attack == "unknown_device":
+            # Under mTLS the broker lets a device publish only on its own topic (another
+            # device's topic is refused there: tests/hub/test_broker_front.py), so the ghost
+            # envelope travels on the sender's own topic and the hub must refuse the claimed id.
             ghost = f"ghost-{rng.randrange(10**6)}"
             suite = get_suite("chacha20-poly1305")
-            agent.publish_raw(telemetry_topic(agent.sealer.segment, ghost),
-                              encode_envelope(suite.suite_id, ghost, 1, 1, os.urandom(48)))
+            agent.publish_raw(topic, encode_envelope(suite.suite_id, ghost, 1, 1, os.urandom(48)))
         self.attacks[ATTACKS[attack]] += 1
 
     def close(self) -> None:

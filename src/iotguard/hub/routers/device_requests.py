@@ -31,6 +31,8 @@ class EnrollRequest(BaseModel):
     token: str = Field(max_length=64)
     identity_public_key: str = Field(max_length=64)
     kex_public_key: str = Field(max_length=64)
+    #: Ed25519 public key of the device's TLS transport key (ADR 0600).
+    transport_public_key: str = Field(max_length=64)
     suites: list[str] = Field(max_length=8)
     signature: str = Field(max_length=128)
 

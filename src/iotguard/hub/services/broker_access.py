@@ -23,7 +23,7 @@ from iotguard.hub.outbox import OutboxMessage, OutboxRow
 from iotguard.hub.store import HubStore
 from iotguard.identity import FleetCA
 
-__all__ = ["BROKER_ACCESS_KIND", "BrokerAccess", "broker_access_message"]
+__all__ = ["BROKER_ACCESS_KIND", "BrokerAccess", "EmbeddedBrokerLink", "broker_access_message"]
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +70,31 @@ class BrokerAccess:
         self.rewrite()
         log.info("broker access rewritten for %d change(s)", len(rows))
         confirm(None)
+
+
+class EmbeddedBrokerLink:
+    """This process's embedded broker, once started: its access (CRL, ACL) follows each change at once.
+
+    The embedded broker lives in one hub process and reads the registry and
+    the posture itself; the lifecycle and posture services tell it when they
+    changed something, before the request returns. Until a broker is
+    attached (the CLI, other processes) this does nothing: that hub's upkeep
+    notices changes made elsewhere through the posture it refreshes.
+    """
+
+    def __init__(self) -> None:
+        self._refresh: Callable[[], None] | None = None
+
+    def attach(self, refresh: Callable[[], None]) -> None:
+        """Connect the running embedded broker's access refresh."""
+        self._refresh = refresh
+
+    def changed(self) -> None:
+        """Refresh now; a failure is logged and left to the broker's upkeep, never failing the committed change."""
+        refresh = self._refresh
+        if refresh is None:
+            return
+        try:
+            refresh()
+        except Exception as exc:  # the change is committed; the upkeep thread retries within a second
+            log.error("embedded broker access refresh failed (%s); the upkeep retries", type(exc).__name__)

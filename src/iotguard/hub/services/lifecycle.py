@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from iotguard.errors import (
 )
 from iotguard.hub.outbox import OutboxMessage, OutboxStore
 from iotguard.hub.services.audit import audit_message
-from iotguard.hub.services.broker_access import broker_access_message
+from iotguard.hub.services.broker_access import EmbeddedBrokerLink, broker_access_message
 from iotguard.hub.services.posture import PostureService
 from iotguard.hub.stores.devices import DecommissionResult, DeviceRecord, DeviceStore
 from iotguard.identity import (
@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 _STORAGE_KEY = "storage-wrap"
 _CA_META = "fleet_ca_pem"
+#: Identities a device may never hold: its transport certificate would make it the hub on the broker.
+_RESERVED_IDS = frozenset({"iotguard-hub"})
 _DEVICE_ID_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -88,16 +90,19 @@ class DeviceLifecycle:
         outbox: Where audit events and broker access rewrites are queued
             (standalone events; changes write theirs through ``store``).
         posture: Kept in step after every change (None: no posture, e.g. ingest-only tools).
+        broker_link: This process's embedded broker, told after every change.
     """
 
     def __init__(self, store: DeviceStore, keystore: KeyStore, cfg: HubConfig, clock: Clock | None = None,
-                 *, outbox: OutboxStore, posture: PostureService | None = None) -> None:
+                 *, outbox: OutboxStore, posture: PostureService | None = None,
+                 broker_link: EmbeddedBrokerLink | None = None) -> None:
         self.store = store
         self.keystore = keystore
         self.cfg = cfg
         self.clock = clock or SystemClock()
         self.outbox = outbox
         self.posture = posture
+        self.broker_link = broker_link
         self.broker_managed = bool(cfg.mosquitto_dir)
         if not keystore.has_key(_STORAGE_KEY):
             keystore.generate(_STORAGE_KEY, KeyKind.AES256)
@@ -130,6 +135,8 @@ class DeviceLifecycle:
             self._cache.pop(device_id, None)
         if self.posture is not None:
             self.posture.sync(device_id)
+        if self.broker_link is not None:
+            self.broker_link.changed()
 
     # -- operator actions ------------------------------------------------
 
@@ -144,6 +151,8 @@ class DeviceLifecycle:
         if not device_id or len(device_id) > 64 or not set(device_id) <= _DEVICE_ID_OK \
                 or not device_id[0].isalnum():
             raise MalformedError("device id must be 1-64 of [A-Za-z0-9._-], starting alphanumeric")
+        if device_id in _RESERVED_IDS:
+            raise MalformedError(f"device id {device_id!r} is reserved (the hub's own MQTT identity)")
         if CONTRACT_NAME_RE.fullmatch(model) is None:
             raise MalformedError("model must be 1-64 of [a-z0-9._-], starting alphanumeric")
         if not segment or len(segment) > 64 or not set(segment) <= _DEVICE_ID_OK or not segment[0].isalnum():
@@ -213,6 +222,7 @@ class DeviceLifecycle:
         """
         device_id = request.device_id
         transcript = request.transcript
+        transport_pk = bytes(request.body["transport_public_key"])
         device = self.store.get_device(device_id)
         if device.status != "active" or device.identity_public_key is None:
             raise RevokedError(f"device {device_id!r} is {device.status}")
@@ -222,14 +232,19 @@ class DeviceLifecycle:
                                                 segment=device.segment)
         cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
         serial = format(cert.serial_number, "x")
+        transport_pem, transport_serial = self._issue_transport(device_id, transport_pk, device.segment, now)
         self.store.renew_certificate(device_id, cert_pem=cert_pem, cert_serial=serial,
-                                     cert_not_after=cert.not_valid_after_utc, now=now, effects=self._effects(
+                                     cert_not_after=cert.not_valid_after_utc,
+                                     transport_cert_serial=transport_serial, now=now, effects=self._effects(
                                          AuditEvent(EventType.CERT_RENEWED, now, device_id, device_id,
                                                     {"cert_serial": serial,
                                                      "previous_serial": device.cert_serial or "",
-                                                     "not_after": cert.not_valid_after_utc.isoformat()})))
+                                                     "transport_cert_serial": transport_serial,
+                                                     "previous_transport_serial": device.transport_cert_serial or "",
+                                                     "not_after": cert.not_valid_after_utc.isoformat()}),
+                                         broker="renewed", device_id=device_id))
         self._changed(device_id)
-        fields = {"device_id": device_id, "certificate_pem": cert_pem}
+        fields = {"device_id": device_id, "certificate_pem": cert_pem, "transport_certificate_pem": transport_pem}
         return {**fields, "signature": b64e(self.ca.sign(hub_response_message(transcript, fields)))}
 
     def tamper_report(self, request: VerifiedRequest) -> str:
@@ -292,6 +307,7 @@ class DeviceLifecycle:
             secret = b64d(req["token"], what="token", length=32)
             identity_pk = b64d(req["identity_public_key"], what="identity key", length=32)
             kex_pk = b64d(req["kex_public_key"], what="kex key", length=32)
+            transport_pk = b64d(req["transport_public_key"], what="transport key", length=32)
             suites = [str(s) for s in req["suites"]][:8]
             signature = b64d(req["signature"], what="signature", length=64)
         except (KeyError, TypeError) as exc:
@@ -299,7 +315,7 @@ class DeviceLifecycle:
         th = token_hash(secret)
         transcript = request_transcript("enroll", {
             "device_id": device_id, "token_hash": th, "identity_public_key": identity_pk,
-            "kex_public_key": kex_pk, "suites": suites,
+            "kex_public_key": kex_pk, "transport_public_key": transport_pk, "suites": suites,
         })
         try:
             verify_signature(identity_pk, signature, transcript)
@@ -317,6 +333,7 @@ class DeviceLifecycle:
         hub_pub, keys = derive_hub_session(device_id, 1, suite, kex_pk, transcript)
         cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
         serial = format(cert.serial_number, "x")
+        transport_pem, transport_serial = self._issue_transport(device_id, transport_pk, device.segment, now)
         effects = self._effects(
             manufacturing_record(device_id, model=device.model, serial=device.serial or "",
                                  firmware="unknown", public_key=identity_pk, made_at=now, maker="hub.enrollment"),
@@ -325,17 +342,20 @@ class DeviceLifecycle:
                         "identity_key_sha256": hashlib.sha256(identity_pk).digest()}),
             AuditEvent(EventType.CERT_ISSUED, now, "hub.ca", device_id,
                        {"cert_serial": serial, "not_after": cert.not_valid_after_utc.isoformat()}),
+            AuditEvent(EventType.CERT_ISSUED, now, "hub.ca", device_id,
+                       {"cert_serial": transport_serial, "usage": "transport"}),
             broker="enrolled", device_id=device_id)
         try:
             self.store.enroll(
                 device_id, th, now=now, identity_public_key=identity_pk, cert_pem=cert_pem,
                 cert_serial=serial, cert_not_after=cert.not_valid_after_utc,
-                suite=suite, wrapped_key=self._wrap(device_id, 1, keys), effects=effects)
+                suite=suite, wrapped_key=self._wrap(device_id, 1, keys), transport_cert_serial=transport_serial,
+                effects=effects)
         except EnrollmentError:
             self._auth_failed(device_id, "bad_token")
             raise
         self._changed(device_id)
-        return self._signed_response(transcript, device, 1, suite, hub_pub, cert_pem)
+        return self._signed_response(transcript, device, 1, suite, hub_pub, cert_pem, transport_pem)
 
     def rekey(self, request: VerifiedRequest) -> dict[str, Any]:
         """Move a device to its next key epoch, optionally with another suite.
@@ -363,6 +383,22 @@ class DeviceLifecycle:
         self._changed(device_id)
         return self._signed_response(transcript, device, epoch, suite, hub_pub, device.cert_pem or "")
 
+    def _issue_transport(self, device_id: str, transport_pk: bytes, segment: str, now: datetime) -> tuple[str, str]:
+        """The TLS client certificate for a device's transport key (ADR 0600): (PEM, serial hex).
+
+        Same profile as the operational certificate (CN = device id,
+        ``clientAuth`` only, same validity), so a broker's username is the
+        device id.
+        """
+        if transport_pk == b"\x00" * 32:
+            raise MalformedError("transport key is not a valid Ed25519 public key")
+        try:
+            cert = self.ca.issue_device_certificate(device_id, transport_pk, now=now, segment=segment,
+                                                    validity=timedelta(days=self.cfg.cert_validity_days))
+        except ValueError:
+            raise MalformedError("transport key is not a valid Ed25519 public key") from None
+        return cert.public_bytes(serialization.Encoding.PEM).decode(), format(cert.serial_number, "x")
+
     def _auth_failed(self, device_id: str, reason: str) -> None:
         who = device_id if device_id and len(device_id) <= 64 else "unknown"
         now = self.clock.now()
@@ -370,14 +406,16 @@ class DeviceLifecycle:
                                                      {"what": "enrollment", "reason": reason})), now)
 
     def _signed_response(self, transcript: bytes, device: DeviceRecord, epoch: int, suite: str,
-                         hub_pub: bytes, cert_pem: str) -> dict[str, Any]:
+                         hub_pub: bytes, cert_pem: str, transport_pem: str = "") -> dict[str, Any]:
         device_id = device.device_id
         fields = {"device_id": device_id, "epoch": epoch, "suite": suite, "segment": device.segment,
-                  "hub_kex_public_key": hub_pub, "certificate_pem": cert_pem}
+                  "hub_kex_public_key": hub_pub, "certificate_pem": cert_pem,
+                  "transport_certificate_pem": transport_pem}
         sig = self.ca.sign(hub_response_message(transcript, fields))
         return {"device_id": device_id, "epoch": epoch, "suite": suite, "segment": device.segment,
                 "hub_kex_public_key": b64e(hub_pub),
-                "certificate_pem": cert_pem, "ca_certificate_pem": self.ca.certificate_pem.decode(),
+                "certificate_pem": cert_pem, "transport_certificate_pem": transport_pem,
+                "ca_certificate_pem": self.ca.certificate_pem.decode(),
                 "signature": b64e(sig)}
 
     # -- ingest lookups --------------------------------------------------

@@ -27,6 +27,7 @@ from iotguard.hub.schema import devices
 from iotguard.hub.services.audit import audit_message
 from iotguard.hub.services.broker_access import broker_access_message
 from iotguard.hub.store import DeviceRecord, HubStore
+from iotguard.hub.tls import HUB_MQTT_IDENTITY
 from iotguard.policy import AccessRequest, PolicyAdministration, PolicyEngine, PostureStore
 from iotguard.policy.acl import render_mosquitto_acl
 from iotguard.policy.policyset import default_policy_set
@@ -44,8 +45,7 @@ __all__ = [
     "open_policy",
 ]
 
-#: The hub's own MQTT identity (its client certificate CN) and what it may do on the broker.
-HUB_MQTT_IDENTITY = "iotguard-hub"
+#: What the hub's own MQTT identity (:data:`~iotguard.hub.tls.HUB_MQTT_IDENTITY`) may do on the broker.
 HUB_MQTT_GRANTS = [("read", "iotguard/+/+/telemetry"), ("write", "iotguard/+/+/ack"), ("write", "iotguard/+/+/cmd")]
 
 log = logging.getLogger(__name__)

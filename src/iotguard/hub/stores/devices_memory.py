@@ -77,7 +77,7 @@ class MemoryDeviceStore:
 
     def enroll(self, device_id: str, token_hash: bytes, *, now: datetime, identity_public_key: bytes,
                cert_pem: str, cert_serial: str, cert_not_after: datetime, suite: str, wrapped_key: bytes,
-               effects: Sequence[OutboxMessage] = ()) -> None:
+               transport_cert_serial: str | None = None, effects: Sequence[OutboxMessage] = ()) -> None:
         with self._lock:
             token = self._tokens.get(token_hash)
             if token is None or token.device_id != device_id or token.used_at is not None or \
@@ -89,7 +89,8 @@ class MemoryDeviceStore:
             token.used_at = now
             self._devices[device_id] = replace(device, status="active", identity_public_key=identity_public_key,
                                                cert_pem=cert_pem, cert_serial=cert_serial,
-                                               cert_not_after=cert_not_after, current_epoch=1, enrolled_at=now)
+                                               cert_not_after=cert_not_after, current_epoch=1, enrolled_at=now,
+                                               transport_cert_serial=transport_cert_serial)
             self._epochs[(device_id, 1)] = (EpochKey(device_id, 1, suite, wrapped_key), None)
             self.outbox.enqueue(effects, now)
 
@@ -107,13 +108,19 @@ class MemoryDeviceStore:
             self.outbox.enqueue(effects, now)
 
     def renew_certificate(self, device_id: str, *, cert_pem: str, cert_serial: str, cert_not_after: datetime,
-                          now: datetime | None = None, effects: Sequence[OutboxMessage] = ()) -> None:
+                          transport_cert_serial: str | None = None, now: datetime | None = None,
+                          effects: Sequence[OutboxMessage] = ()) -> None:
         with self._lock:
             device = self._devices.get(device_id)
             if device is None or device.status != "active":
                 raise RevokedError(f"device {device_id!r} is not active")
+            transport = device.transport_cert_serial
+            if transport_cert_serial is not None:
+                if transport:
+                    self._revoked.setdefault(transport, (device_id, now or cert_not_after))
+                transport = transport_cert_serial
             self._devices[device_id] = replace(device, cert_pem=cert_pem, cert_serial=cert_serial,
-                                               cert_not_after=cert_not_after)
+                                               cert_not_after=cert_not_after, transport_cert_serial=transport)
             self.outbox.enqueue(effects, now or cert_not_after)
 
     def reprovision(self, device_id: str, *, token_hash: bytes, token_expires_at: datetime, now: datetime,
@@ -122,12 +129,13 @@ class MemoryDeviceStore:
             device = self.get_device(device_id)
             if device.status == "decommissioned":
                 raise EnrollmentError("a decommissioned device cannot be re-provisioned")
-            if device.cert_serial:
-                self._revoked.setdefault(device.cert_serial, (device_id, now))
+            for serial in (device.cert_serial, device.transport_cert_serial):
+                if serial:
+                    self._revoked.setdefault(serial, (device_id, now))
             self._forget_keys(device_id)
             self._devices[device_id] = replace(device, status="pending", identity_public_key=None, cert_pem=None,
                                                cert_serial=None, cert_not_after=None, current_epoch=None,
-                                               enrolled_at=None, revoked_at=None)
+                                               enrolled_at=None, revoked_at=None, transport_cert_serial=None)
             self._tokens[token_hash] = _Token(device_id, token_expires_at)
             self.outbox.enqueue(effects, now)
 
