@@ -148,7 +148,9 @@ class Hub:
         tune_gc_for_ingest()
         self._ensure_tls()
         address = self.broker_address
-        if address.tls is False:
+        if not address.tls and not self.cfg.unsafe_plaintext_broker:
+            raise ConfigError(f"broker URL {address.url} is not mqtts:// (hub.unsafe_plaintext_broker is off)")
+        if not address.tls:
             log.warning("UNSAFE: the hub connects to the MQTT broker %s WITHOUT TLS (unsafe_plaintext_broker)",
                         address.url)
         if not self.cfg.broker_url:
