@@ -8,26 +8,19 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _vectors_dir() -> Path:
-    env = os.environ.get("IOTGUARD_VECTORS")
-    if env:
-        return Path(env)
-    return REPO_ROOT.parent / "shared" / "vectors"
+VECTORS_DIR = REPO_ROOT / "tests" / "vectors"
 
 
 @pytest.fixture(scope="session")
 def vectors_dir() -> Path:
-    """Directory of the official known-answer vectors (``../shared/vectors``).
+    """Directory of the official known-answer vectors, kept in the repository (``tests/vectors``).
 
     Missing vectors fail the test rather than skip it: a crypto suite that
     silently runs no known-answer test is not tested.
     """
-    path = _vectors_dir()
-    if not path.is_dir():
-        pytest.fail(f"known-answer vectors not found at {path}; set IOTGUARD_VECTORS")
-    return path
+    if not VECTORS_DIR.is_dir():
+        pytest.fail(f"known-answer vectors not found at {VECTORS_DIR}")
+    return VECTORS_DIR
 
 
 # -- real components -------------------------------------------------------

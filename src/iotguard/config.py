@@ -70,6 +70,9 @@ class HubConfig:
     mosquitto_pid_file: str = ""
     #: Seconds between signed audit-log checkpoints (each is also anchored).
     checkpoint_interval_s: float = 60.0
+    #: Serve the OpenAPI schema and its pages (/openapi.json, /docs, /redoc).
+    #: They answer without authentication, so they are off unless turned on.
+    api_docs: bool = False
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite in the data directory."""
@@ -104,6 +107,9 @@ class AgentConfig:
     pkcs11_module: str = ""
     pkcs11_token: str = ""
     pkcs11_pin_env: str = "IOTGUARD_PKCS11_PIN"
+    #: ``puf-sim`` only: the simulated silicon's seed; -1 makes one at the
+    #: first start and keeps it in ``<data_dir>/keys/puf-sim-silicon.cbor``.
+    puf_seed: int = -1
 
 
 @dataclass
@@ -129,6 +135,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "agent.max_buffered_readings": (1, 100_000_000),
     "agent.reconnect_min_s": (0.01, 60),
     "agent.reconnect_max_s": (0.1, 3600),
+    "agent.puf_seed": (-1, 2**63 - 1),
 }
 
 

@@ -16,15 +16,18 @@ __all__ = [
     "ConfigError",
     "ConsentError",
     "EnrollmentError",
+    "ExpiredError",
     "IntegrityError",
     "IotGuardError",
     "KeyStoreError",
     "MalformedError",
     "PolicyDenied",
     "ProofError",
+    "PufQualityError",
     "ReplayError",
     "RevokedError",
     "RollbackError",
+    "StaleError",
     "StorageError",
     "TamperError",
     "UnknownDeviceError",
@@ -73,6 +76,12 @@ class ReplayError(IotGuardError):
     code = "replay"
 
 
+class StaleError(ReplayError):
+    """A signed request's timestamp lies outside the allowed window (too old or from the future)."""
+
+    code = "stale"
+
+
 class UnknownDeviceError(IotGuardError):
     """The device id (or its key epoch) is not registered."""
 
@@ -83,6 +92,12 @@ class RevokedError(IotGuardError):
     """The device or credential was revoked or decommissioned."""
 
     code = "revoked"
+
+
+class ExpiredError(IotGuardError):
+    """The credential (a device's operational certificate) has expired."""
+
+    code = "expired"
 
 
 class EnrollmentError(IotGuardError):
@@ -113,6 +128,12 @@ class TamperError(KeyStoreError):
     """The key store detected tampering and zeroized its keys."""
 
     code = "tampered"
+
+
+class PufQualityError(KeyStoreError):
+    """A PUF failed its enrollment checks (biased, correlated or too noisy); no key is made from it."""
+
+    code = "puf_quality"
 
 
 class UsageLimitError(IotGuardError):
@@ -159,14 +180,17 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "malformed": "malformed message",
     "forged": "message failed authentication",
     "replay": "message already received",
+    "stale": "request timestamp outside the allowed window",
     "unknown_device": "unknown device",
     "revoked": "credential revoked",
+    "expired": "credential expired",
     "enrollment_failed": "enrollment failed",
     "unauthenticated": "authentication required",
     "locked_out": "too many attempts; try again later",
     "policy_denied": "not allowed",
     "keystore_error": "key store unavailable",
     "tampered": "key store unavailable",
+    "puf_quality": "key store unavailable",
     "usage_limit": "key must be renewed",
     "rollback": "version rollback refused",
     "no_consent": "no consent for this purpose",

@@ -28,7 +28,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 from iotguard.agent.outbox import Outbox
 from iotguard.agent.privacy import DevicePrivacy
 from iotguard.channel import (
-    CONSENT_ACK_DOMAIN,
     SequenceAllocator,
     SessionKeys,
     UplinkSealer,
@@ -59,6 +58,7 @@ from iotguard.identity import (
     parse_enrollment_code,
     request_transcript,
     session_salt,
+    sign_device_request,
     token_hash,
     verify_signature,
 )
@@ -106,7 +106,8 @@ class Agent:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.keystore = keystore or open_key_store(
             KeyStoreConfig(backend=cfg.keystore_backend, pkcs11_module=cfg.pkcs11_module,
-                           pkcs11_token=cfg.pkcs11_token, pkcs11_pin_env=cfg.pkcs11_pin_env),
+                           pkcs11_token=cfg.pkcs11_token, pkcs11_pin_env=cfg.pkcs11_pin_env,
+                           puf_seed=cfg.puf_seed),
             default_directory=self.dir / "keys")
         self.clock = clock or SystemClock()
         self._http = http
@@ -121,6 +122,8 @@ class Agent:
         self.privacy: DevicePrivacy | None = None
         self.last_envelope = b""
         self.on_ack: Callable[[int, list[int]], None] | None = None
+        #: Called with (epoch, seq, reading body) once a reading is in the outbox (simulator bookkeeping).
+        self.on_submit: Callable[[int, int, bytes], None] | None = None
         self._load_session()
 
     def __repr__(self) -> str:
@@ -161,6 +164,12 @@ class Agent:
         atomic_write(self.dir / _SESSION_FILE, self.keystore.seal(_STATE_KEY, blob, self.device_id.encode()))
 
     # -- enrollment ------------------------------------------------------
+
+    def _signed(self, action: str, body: dict[str, Any]) -> tuple[dict[str, str], bytes]:
+        """A signed device request (wire body, transcript) for ``action``, signed inside the key store."""
+        out = sign_device_request(action, self.device_id, body, now=self.clock.now(),
+                                  sign=lambda message: self.keystore.sign(_IDENTITY, message))
+        return out.wire, out.transcript
 
     def _client_http(self, ca_fingerprint: str | None = None) -> httpx.Client:
         """HTTP client for the hub API, verified against the pinned fleet CA.
@@ -309,12 +318,8 @@ class Agent:
         if self.keystore.has_key(kex_label):
             self.keystore.delete(kex_label)
         kex_pk = self.keystore.generate(kex_label, KeyKind.X25519)
-        ts = int(self.clock.now().timestamp())
-        transcript = request_transcript("rekey", {
-            "device_id": self.device_id, "epoch": epoch, "kex_public_key": kex_pk, "suites": offered, "ts": ts})
-        resp = self._post("/v1/rekey", {
-            "device_id": self.device_id, "epoch": epoch, "kex_public_key": b64e(kex_pk), "suites": offered,
-            "ts": ts, "signature": b64e(self.keystore.sign(_IDENTITY, transcript))})
+        wire, transcript = self._signed("rekey", {"epoch": epoch, "kex_public_key": kex_pk, "suites": offered})
+        resp = self._post("/v1/rekey", wire)
         self._finish_exchange(transcript, kex_label, resp, None, epoch)
 
     def renew_certificate(self) -> None:
@@ -323,13 +328,9 @@ class Agent:
         Raises:
             EnrollmentError: the hub refused or its answer did not verify.
         """
-        ts = int(self.clock.now().timestamp())
         transport_key, transport_pk = _new_transport_key()
-        transcript = request_transcript("renew", {"device_id": self.device_id, "ts": ts,
-                                                  "transport_public_key": transport_pk})
-        resp = self._post("/v1/renew", {"device_id": self.device_id, "ts": ts,
-                                        "transport_public_key": b64e(transport_pk),
-                                        "signature": b64e(self.keystore.sign(_IDENTITY, transcript))})
+        wire, transcript = self._signed("renew", {"transport_public_key": transport_pk})
+        resp = self._post("/v1/renew", wire)
         ca = x509.load_pem_x509_certificate((self.dir / CA_FILE).read_bytes()).public_key()
         if not isinstance(ca, Ed25519PublicKey):
             raise EnrollmentError("fleet CA key is not Ed25519")
@@ -368,10 +369,8 @@ class Agent:
         """
         reported = False
         try:
-            ts = int(self.clock.now().timestamp())
-            body = {"device_id": self.device_id, "reason": reason[:128], "ts": ts}
-            signature = self.keystore.sign(_IDENTITY, request_transcript("tamper", body))
-            self._post("/v1/tamper", {**body, "signature": b64e(signature)})
+            wire, _transcript = self._signed("tamper_report", {"reason": reason[:128]})
+            self._post("/v1/tamper", wire)
             reported = True
         except (httpx.HTTPError, IotGuardError) as exc:
             log.error("%s: tamper report not delivered (%s); zeroizing anyway", self.device_id, exc)
@@ -465,8 +464,11 @@ class Agent:
         if sealer.needs_rekey():
             self.rekey()
             sealer = self.sealer
-        seq, envelope = sealer.seal(encode_reading(reading))
+        body = encode_reading(reading)
+        seq, envelope = sealer.seal(body)
         self.outbox.add(sealer.epoch, seq, envelope)
+        if self.on_submit is not None:
+            self.on_submit(sealer.epoch, seq, body)
         self.last_envelope = envelope
         self.publish_raw(sealer.topic, envelope)
         self.outbox.mark_sent([(sealer.epoch, seq)], time.time())
@@ -493,8 +495,7 @@ class Agent:
 
     def _send_consent_ack(self, ack: bytes) -> None:
         try:
-            self._post("/v1/consent/ack", {"device_id": self.device_id, "ack": b64e(ack),
-                                           "signature": b64e(self.keystore.sign(_IDENTITY, CONSENT_ACK_DOMAIN + ack))})
+            self._post("/v1/consent/ack", self._signed("consent_ack", {"ack": ack})[0])
         except (httpx.HTTPError, IotGuardError) as exc:
             log.warning("%s: consent acknowledgement not delivered: %s", self.device_id, exc)
 
@@ -526,12 +527,12 @@ class Agent:
         """
         if self.privacy is None:
             return False
-        receipt = self.privacy.seal_receipt(self.clock.now())
+        receipt = self.privacy.seal_receipt(self.privacy.clock.now())  # the time of the readings it covers
         if receipt is not None:
             self.outbox.add_receipt(receipt)
         for receipt_id, blob in self.outbox.receipts():
             try:
-                self._post("/v1/receipts", {"device_id": self.device_id, "receipt": b64e(blob)})
+                self._post("/v1/receipts", self._signed("upload_receipt", {"receipt": blob})[0])
             except httpx.HTTPError:
                 break  # hub unreachable: keep it for the next attempt
             except EnrollmentError as exc:

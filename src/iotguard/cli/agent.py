@@ -8,6 +8,7 @@ import threading
 import time
 
 from iotguard.cli._common import add_config_argument, config_from_args
+from iotguard.errors import IotGuardError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -67,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
         samples += 1
         if samples % 10 == 0:
             agent.send_receipt()
-            agent.maybe_renew()
+            try:
+                agent.maybe_renew()
+            except IotGuardError as exc:  # refused (quarantined, expired...): keep running, say why
+                print(f"certificate renewal refused: {exc}", flush=True)
         agent.resend_due()
         stop.wait(cfg.interval_s)
     agent.send_receipt()

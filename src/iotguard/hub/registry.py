@@ -35,6 +35,7 @@ from iotguard.hub.store import DeviceRecord, HubStore
 from iotguard.identity import (
     EnrollmentCode,
     FleetCA,
+    VerifiedRequest,
     b64d,
     b64e,
     derive_hub_session,
@@ -46,6 +47,7 @@ from iotguard.identity import (
     verify_signature,
 )
 from iotguard.keys import KeyKind, KeyStore, KeyStoreConfig, open_key_store
+from iotguard.privacy import CONTRACT_NAME_RE
 
 __all__ = ["FleetRegistry", "open_hub_keys"]
 
@@ -128,8 +130,8 @@ class FleetRegistry:
             raise MalformedError("device id must be 1-64 of [A-Za-z0-9._-], starting alphanumeric")
         if device_id in _RESERVED_IDS:
             raise MalformedError(f"device id {device_id!r} is reserved (the hub's own MQTT identity)")
-        if not model or len(model) > 64:
-            raise MalformedError("model must be 1-64 characters")
+        if CONTRACT_NAME_RE.fullmatch(model) is None:
+            raise MalformedError("model must be 1-64 of [a-z0-9._-], starting alphanumeric")
         if not segment or len(segment) > 64 or not set(segment) <= _DEVICE_ID_OK or not segment[0].isalnum():
             raise MalformedError("segment must be 1-64 of [A-Za-z0-9._-], starting alphanumeric")
         secret = new_enrollment_secret()
@@ -171,32 +173,22 @@ class FleetRegistry:
         self._changed(device_id)
         return EnrollmentCode(device_id, secret, self.ca.fingerprint)
 
-    def renew(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Issue a fresh operational certificate for the same identity key (before expiry).
+    def renew(self, request: VerifiedRequest) -> dict[str, Any]:
+        """Issue a fresh operational certificate for the same identity key.
+
+        ``request`` passed the device plane (signature, freshness, status,
+        unexpired certificate, Cedar ``renew`` with the device's posture).
 
         Raises:
-            MalformedError, EnrollmentError, RevokedError, UnknownDeviceError.
+            RevokedError, UnknownDeviceError: the device changed meanwhile.
         """
-        try:
-            device_id = str(req["device_id"])
-            ts = int(req["ts"])
-            transport_pk = b64d(req["transport_public_key"], what="transport key", length=32)
-            signature = b64d(req["signature"], what="signature", length=64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MalformedError(f"renewal request: missing or bad field {exc}") from None
+        device_id = request.device_id
+        transcript = request.transcript
+        transport_pk = bytes(request.body["transport_public_key"])
         device = self.store.get_device(device_id)
         if device.status != "active" or device.identity_public_key is None:
             raise RevokedError(f"device {device_id!r} is {device.status}")
         now = self.clock.now()
-        if abs(now.timestamp() - ts) > 300:
-            raise EnrollmentError("renewal request timestamp outside the allowed clock skew")
-        transcript = request_transcript("renew", {"device_id": device_id, "ts": ts,
-                                                  "transport_public_key": transport_pk})
-        try:
-            verify_signature(device.identity_public_key, signature, transcript)
-        except IntegrityError:
-            self._auth_failed(device_id, "bad_renewal_signature")
-            raise
         cert = self.ca.issue_device_certificate(device_id, device.identity_public_key, now=now,
                                                 validity=timedelta(days=self.cfg.cert_validity_days),
                                                 segment=device.segment)
@@ -215,27 +207,15 @@ class FleetRegistry:
         fields = {"device_id": device_id, "certificate_pem": cert_pem, "transport_certificate_pem": transport_pem}
         return {**fields, "signature": b64e(self.ca.sign(hub_response_message(transcript, fields)))}
 
-    def tamper_report(self, req: dict[str, Any]) -> str:
-        """A device reports tampering (signed by its identity key before it zeroizes); returns the device id.
+    def tamper_report(self, request: VerifiedRequest) -> str:
+        """Record a device's tamper report (verified by the device plane); returns the device id.
 
         The caller lowers the device's trust tier so every enforcement point refuses it.
-
-        Raises:
-            MalformedError, IntegrityError, RevokedError, UnknownDeviceError.
         """
-        try:
-            device_id = str(req["device_id"])
-            body: dict[str, Any] = {"device_id": device_id, "reason": str(req["reason"])[:128], "ts": int(req["ts"])}
-            signature = b64d(req["signature"], what="signature", length=64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MalformedError(f"tamper report: missing or bad field {exc}") from None
-        device = self.store.get_device(device_id)
-        if device.identity_public_key is None:
-            raise RevokedError(f"device {device.device_id!r} is {device.status}")
-        verify_signature(device.identity_public_key, signature, request_transcript("tamper", body))
-        self._record(AuditEvent("device.tampered", self.clock.now(), device.device_id, device.device_id,
-                                {"reason": body["reason"], "reported_ts": body["ts"]}))
-        return device.device_id
+        reason = str(request.body["reason"])[:128]
+        self._record(AuditEvent("device.tampered", self.clock.now(), request.device_id, request.device_id,
+                                {"reason": reason, "reported_ts": int(request.issued_at.timestamp())}))
+        return request.device_id
 
     def decommission(self, device_id: str, *, actor: str = "operator") -> DecommissionResult:
         """Retire a device: status ``decommissioned`` and its session keys crypto-erased.
@@ -262,12 +242,18 @@ class FleetRegistry:
         raw = self.keystore.unseal(_STORAGE_KEY, wrapped, f"{device_id}/{epoch}".encode())
         return split_session_keys(raw, get_suite(suite).key_size)
 
-    def enroll(self, req: dict[str, Any]) -> dict[str, Any]:
+    def enroll(self, req: dict[str, Any], *,
+               authorize: Callable[[DeviceRecord], None] | None = None) -> dict[str, Any]:
         """Handle an enrollment request (JSON body from the device).
+
+        ``authorize`` is called with the device's record once the proof of
+        possession verified and before anything is issued (the device
+        plane's Cedar decision); it refuses by raising.
 
         Raises:
             MalformedError: the request does not have the expected shape.
             EnrollmentError: bad token or proof of possession.
+            PolicyDenied: ``authorize`` refused.
         """
         try:
             device_id = str(req["device_id"])
@@ -291,6 +277,8 @@ class FleetRegistry:
             raise EnrollmentError("proof of possession failed") from None
         suite = negotiate_suite(suites, self.cfg.allowed_suites)
         device = self.store.get_device(device_id)
+        if authorize is not None:
+            authorize(device)
         now = self.clock.now()
         cert = self.ca.issue_device_certificate(
             device_id, identity_pk, now=now, validity=timedelta(days=self.cfg.cert_validity_days),
@@ -321,30 +309,24 @@ class FleetRegistry:
         self._changed(device_id)
         return self._signed_response(transcript, device, 1, suite, hub_pub, cert_pem, transport_pem)
 
-    def rekey(self, req: dict[str, Any]) -> dict[str, Any]:
+    def rekey(self, request: VerifiedRequest) -> dict[str, Any]:
         """Move a device to its next key epoch, optionally with another suite.
 
+        ``request`` passed the device plane (signature, freshness, status,
+        certificate, Cedar ``rekey`` with the device's posture).
+
         Raises:
-            MalformedError, EnrollmentError, RevokedError, UnknownDeviceError.
+            EnrollmentError, RevokedError, UnknownDeviceError.
         """
-        try:
-            device_id = str(req["device_id"])
-            epoch = int(req["epoch"])
-            kex_pk = b64d(req["kex_public_key"], what="kex key", length=32)
-            suites = [str(s) for s in req["suites"]][:8]
-            ts = int(req["ts"])
-            signature = b64d(req["signature"], what="signature", length=64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MalformedError(f"re-key request: missing or bad field {exc}") from None
+        device_id = request.device_id
+        epoch = int(request.body["epoch"])
+        kex_pk = bytes(request.body["kex_public_key"])
+        suites = [str(s) for s in request.body["suites"]]
+        transcript = request.transcript
         device = self.store.get_device(device_id)
         if device.status != "active" or device.identity_public_key is None:
             raise RevokedError(f"device {device_id!r} is {device.status}")
         now = self.clock.now()
-        if abs(now.timestamp() - ts) > 300:
-            raise EnrollmentError("re-key request timestamp outside the allowed clock skew")
-        transcript = request_transcript("rekey", {
-            "device_id": device_id, "epoch": epoch, "kex_public_key": kex_pk, "suites": suites, "ts": ts})
-        verify_signature(device.identity_public_key, signature, transcript)
         suite = negotiate_suite(suites, self.cfg.allowed_suites)
         hub_pub, keys = derive_hub_session(device_id, epoch, suite, kex_pk, transcript)
         self.store.add_epoch(device_id, epoch, suite, self._wrap(device_id, epoch, keys), now=now)

@@ -169,4 +169,5 @@ register(Migration("0003_transport_cert_serial", "serial of each device's TLS tr
 import iotguard.hub.audit_store  # noqa: E402
 import iotguard.hub.credentials  # noqa: E402
 import iotguard.hub.policy_store  # noqa: E402
-import iotguard.hub.privacy_store  # noqa: E402,F401
+import iotguard.hub.privacy_store  # noqa: E402
+import iotguard.hub.ratelimit_store  # noqa: E402,F401

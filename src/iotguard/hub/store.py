@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
 from iotguard.errors import AuthenticationError, EnrollmentError, RevokedError, StorageError, UnknownDeviceError
-from iotguard.hub.db import make_engine
+from iotguard.hub.db import driver_error_summary, make_engine
 from iotguard.hub.migrations import migrate
 from iotguard.hub.schema import (
     api_tokens,
@@ -431,7 +431,7 @@ class HubStore:
         except _SomeAlreadyStored:
             raise
         except Exception as exc:  # the driver's errors vary; the batch is retried whole
-            raise StorageError(f"batch not stored: {type(exc).__name__}: {exc}") from exc
+            raise StorageError(f"batch not stored: {driver_error_summary(exc)}") from None
         return inserted
 
     def _fast_insert(self, rows: Sequence[dict[str, Any]], now: datetime) -> tuple[str, Any]:

@@ -38,6 +38,7 @@ from iotguard.clock import Clock, SystemClock
 from iotguard.errors import PolicyDenied
 from iotguard.policy.model import (
     DEVICE_ACTIONS,
+    DEVICE_SELF_ACTIONS,
     OPERATOR_ACTIONS,
     QUARANTINE_SEGMENT,
     AccessRequest,
@@ -317,6 +318,17 @@ class PolicyEngine:
             raise PolicyDenied(f"{request.describe()}: {decision.summary()}")
         return decision
 
+    def decide_provisional(self, request: AccessRequest, posture: Posture, *,
+                           now: datetime | None = None) -> Decision:
+        """Decide a device request with a posture the store does not hold yet (enrollment); never cached."""
+        loaded = self._loaded
+        if loaded is None:
+            return Decision(False, DecisionCode.ENGINE_NOT_LOADED, errors=(self.load_error,))
+        if request.principal_type != "Device" or posture.device_id != request.principal_id:
+            return self._invalid("a provisional posture must be the requesting device's")
+        prepared = self._prepare_device(request, now or self._clock.now(), posture)
+        return prepared if isinstance(prepared, Decision) else self._run(loaded, prepared)
+
     def decide_uncached(self, request: AccessRequest, *, now: datetime | None = None) -> Decision:
         """Decide without reading or writing the cache (benchmarks, audits)."""
         return self._evaluate(request, now or self._clock.now(), store=False)
@@ -410,21 +422,25 @@ class PolicyEngine:
             False, DecisionCode.INVALID_REQUEST, errors=(why,), policy_version=self.policy_version
         )
 
-    def _prepare_device(self, request: AccessRequest, now: datetime) -> _Prepared | Decision:
-        if request.action not in DEVICE_ACTIONS or request.resource_type != "Topic":
-            return self._invalid(f"devices may only publish/subscribe on topics, not {request.action!r}")
+    def _prepare_device(self, request: AccessRequest, now: datetime,
+                        provisional: Posture | None = None) -> _Prepared | Decision:
+        on_device = request.action in DEVICE_SELF_ACTIONS and request.resource_type == "Device"
+        if not on_device and (request.action not in DEVICE_ACTIONS or request.resource_type != "Topic"):
+            return self._invalid(f"no device action {request.action!r} on {request.resource_type}")
         device_id = request.principal_id
-        posture = self.posture.get(device_id)
+        posture = provisional or self.posture.get(device_id)
         if posture is None:
             return Decision(False, DecisionCode.UNKNOWN_PRINCIPAL, policy_version=self.policy_version)
-        state = self._devices.get(device_id)
+        state = None if provisional else self._devices.get(device_id)
         if state is None or state.posture is not posture:
-            state = self._build_device_state(posture)
+            state = self._build_device_state(posture, keep=provisional is None)
         ts = now.timestamp()
         if state.context is None or not state.context_valid_from <= ts < state.context_valid_until:
             ctx, until = self._device_context(posture, now)
             state.context, state.context_json = ctx, json.dumps(ctx)
             state.context_valid_from, state.context_valid_until = ts, until
+        if on_device:
+            return self._prepared_on_device(request, state)
         topic = request.resource_id
         if topic not in state.loaded_topics:
             extra = self._topic_entity(self.topics.parse(topic))
@@ -454,6 +470,26 @@ class PolicyEngine:
             state.context_valid_until,
             device_id,
         )
+
+    def _prepared_on_device(self, request: AccessRequest, state: _DeviceState) -> _Prepared:
+        entities, entity_list = state.handle, state.entities
+        target = request.resource_id
+        if target != request.principal_id:
+            other = self.posture.get(target)
+            segment = other.effective_segment if other else "unassigned"
+            extra = [self._device_entity(target, segment, other.model if other else ""),
+                     self._segment_entity(segment)]
+            entities = state.handle.with_added_json_str(json.dumps(extra))
+            entity_list = [*state.entities, *extra]
+        cedar_request = {
+            "principal": _uid("Device", request.principal_id),
+            "action": _action(request.action),
+            "resource": _uid("Device", target),
+            "context": state.context_json,
+        }
+        assert state.context is not None
+        return _Prepared(cedar_request, entities, entity_list, state.context, state.context_valid_from,
+                         state.context_valid_until, request.principal_id)
 
     def _prepare_operator(self, request: AccessRequest, now: datetime) -> _Prepared | Decision:
         accepted = OPERATOR_ACTIONS.get(request.action)
@@ -565,7 +601,7 @@ class PolicyEngine:
             attrs["device"] = _ref("Device", info.device)
         return {"uid": _uid("Topic", info.topic), "attrs": attrs, "parents": []}
 
-    def _build_device_state(self, posture: Posture) -> _DeviceState:
+    def _build_device_state(self, posture: Posture, *, keep: bool = True) -> _DeviceState:
         segment = posture.effective_segment
         own = self.topics.device_topics(posture.segment, posture.device_id)
         telemetry = own[0]
@@ -576,7 +612,8 @@ class PolicyEngine:
         ]
         handle = cedarpy.Entities.from_json_str(json.dumps(entities))
         state = _DeviceState(posture, entities, handle, frozenset(own), {telemetry})
-        self._devices[posture.device_id] = state
+        if keep:
+            self._devices[posture.device_id] = state
         return state
 
     def _role_entities(self) -> list[dict[str, Any]]:

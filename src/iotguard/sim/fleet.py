@@ -24,6 +24,7 @@ from iotguard.clock import FixedClock
 from iotguard.config import AgentConfig
 from iotguard.crypto import get_suite
 from iotguard.privacy import ConsentState, load_contract
+from iotguard.sim.delivery import reading_identity
 from iotguard.sim.sensors import MODELS, SensorModel, make_sensor
 from iotguard.wire import Reading, encode_envelope
 
@@ -100,6 +101,8 @@ class Fleet:
         self.sent = 0
         #: (device_id, epoch, seq) of every genuine reading submitted.
         self.submitted: list[tuple[str, int, int]] = []
+        #: Identity (device, body digest) of every genuine reading submitted; see :mod:`iotguard.sim.delivery`.
+        self.sent_readings: set[tuple[str, bytes]] = set()
         self._lock = threading.Lock()
 
     # -- setup -----------------------------------------------------------
@@ -114,7 +117,8 @@ class Fleet:
             suite = self.suites[i % len(self.suites)]
             cfg = AgentConfig(data_dir=str(self.dir / device_id), hub_url=self.hub_url,
                               broker_url=self.broker_url, suites=[suite], ack_timeout_s=self.ack_timeout_s)
-            agent = Agent(cfg, device_id, clock=self.clock)
+            # Requests to the hub carry real time (they must be fresh); sensor time is simulated.
+            agent = Agent(cfg, device_id)
             agent.enroll(self.provision(device_id, model))
             consent = self._consent(model, i)
             if self.consent_recorder is not None:
@@ -124,6 +128,7 @@ class Fleet:
             agent.attach_privacy(model, consent, self.clock, rng=random.Random(self.seed * 7919 + i))
             dev = VirtualDevice(agent, model, make_sensor(model, self.seed * 100_003 + i))
             agent.on_ack = self._acked(dev)
+            agent.on_submit = self._recorded(device_id)
             self.devices.append(dev)
         for dev in self.devices[start:]:
             dev.agent.connect()
@@ -138,6 +143,13 @@ class Fleet:
                         self.latencies_ms.append((now - t0) * 1000.0)
 
         return on_ack
+
+    def _recorded(self, device_id: str) -> Callable[[int, int, bytes], None]:
+        def on_submit(_epoch: int, _seq: int, body: bytes) -> None:
+            with self._lock:
+                self.sent_readings.add(reading_identity(device_id, body))
+
+        return on_submit
 
     # -- traffic ---------------------------------------------------------
 
