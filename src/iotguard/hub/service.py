@@ -148,7 +148,9 @@ class Hub:
         tune_gc_for_ingest()
         self._ensure_tls()
         address = self.broker_address
-        if address.tls is False:
+        if not address.tls and not self.cfg.unsafe_plaintext_broker:
+            raise ConfigError(f"broker URL {address.url} is not mqtts:// (hub.unsafe_plaintext_broker is off)")
+        if not address.tls:
             log.warning("UNSAFE: the hub connects to the MQTT broker %s WITHOUT TLS (unsafe_plaintext_broker)",
                         address.url)
         if not self.cfg.broker_url:
@@ -188,8 +190,15 @@ class Hub:
             wait_for_port(host, int(port), timeout=15)
 
     def _registry_changed(self, _device_id: str) -> None:
-        if self.embedded_broker is not None:
+        if self.embedded_broker is None:
+            return
+        try:
             self.embedded_broker.refresh()
+        except Exception:
+            # The change itself is committed; the upkeep thread retries the broker's access.
+            log.exception("embedded broker access not refreshed after a registry change; retrying")
+            with self._acl_lock:
+                self._acl_full = True
 
     def _upkeep(self) -> None:
         """Keep the embedded broker's access (CRL, ACL) in step with the registry and policy; renew TLS files."""
