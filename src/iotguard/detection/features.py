@@ -335,7 +335,10 @@ class FeatureExtractor:
             s = _damped(g, ts, x, float(rate), self._sums[host, j], self._t_sums[host])
             w = s[:, 0]
             mean = s[:, 1] / w
-            std = np.sqrt(np.maximum(s[:, 2] / w - mean * mean, 0.0))
+            second = s[:, 2] / w
+            var = second - mean * mean
+            # Below this the variance is rounding noise of the difference of two sums.
+            std = np.sqrt(np.where(var > 1e-9 * second, var, 0.0))
             block = np.stack([np.log1p(w), mean, std, np.log1p(s[:, 3]), s[:, 4] / w, np.log1p(s[:, 4]),
                               np.log1p(s[:, 5]), s[:, 6] / w], axis=1)
             out[order, j * len(_HOST_FEATURES):(j + 1) * len(_HOST_FEATURES)] = block

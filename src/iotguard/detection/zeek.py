@@ -26,10 +26,10 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
-from iotguard.detection.flows import FlowBatch, proto_code, state_code
+from iotguard.detection.flows import Flow, FlowBatch, proto_code, state_code
 from iotguard.errors import MalformedError
 
-__all__ = ["ConnLog", "ZeekLimits", "parse_conn_log"]
+__all__ = ["ConnLog", "ZeekLimits", "format_conn_log", "parse_conn_log"]
 
 _REQUIRED = ("ts", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto")
 _COUNTS = ("orig_bytes", "resp_bytes", "orig_pkts", "resp_pkts")
@@ -300,3 +300,28 @@ def parse_conn_log(data: bytes, *, label_column: str | None = None, limits: Zeek
 def _chain(first: tuple[int, str], rest: Iterable[tuple[int, str]]) -> Iterable[tuple[int, str]]:
     yield first
     yield from rest
+
+
+_TSV_FIELDS = ("ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "service", "duration",
+               "orig_bytes", "resp_bytes", "conn_state", "orig_pkts", "resp_pkts")
+_TSV_TYPES = ("time", "string", "addr", "port", "addr", "port", "enum", "string", "interval", "count", "count",
+              "string", "count", "count")
+
+
+def format_conn_log(flows: Iterable[Flow], labels: Iterable[str] | None = None) -> bytes:
+    """Write flows as a Zeek TSV ``conn.log`` (with a ``label`` column if ``labels`` is given)."""
+    fields, types = list(_TSV_FIELDS), list(_TSV_TYPES)
+    if labels is not None:
+        fields.append("label")
+        types.append("string")
+    lines = ["#separator \\x09", "#set_separator\t,", "#empty_field\t(empty)", "#unset_field\t-", "#path\tconn",
+             "#fields\t" + "\t".join(fields), "#types\t" + "\t".join(types)]
+    label_iter = iter(labels) if labels is not None else None
+    for i, f in enumerate(flows):
+        row = [f"{f.ts:.6f}", f"C{i:017d}", f.orig_h, str(f.orig_p), f.resp_h, str(f.resp_p), f.proto,
+               f.service or "-", f"{f.duration:.6f}", str(f.orig_bytes), str(f.resp_bytes), f.conn_state,
+               str(f.orig_pkts), str(f.resp_pkts)]
+        if label_iter is not None:
+            row.append(next(label_iter))
+        lines.append("\t".join(row))
+    return ("\n".join(lines) + "\n").encode()
