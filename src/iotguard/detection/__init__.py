@@ -14,7 +14,14 @@ from iotguard.detection.feed import ThreatFeed, parse_feed
 from iotguard.detection.flows import CONN_STATES, PROTOCOLS, Flow, FlowBatch
 from iotguard.detection.pcap import PcapLimits, PcapResult, flows_from_pcap
 from iotguard.detection.pipeline import DetectorConfig, FlowDetector
-from iotguard.detection.playbook import ActionKind, GuardRails, Playbook, PlaybookRule, parse_playbook
+from iotguard.detection.playbook import (
+    ActionKind,
+    GuardRails,
+    Playbook,
+    PlaybookRule,
+    default_playbook,
+    parse_playbook,
+)
 from iotguard.detection.response import Action, ActionStatus, DeviceView, FleetView, ResponseState, approve, plan
 from iotguard.detection.rules import BeaconRule, KnownBadRule, NewPortRule, ScanFanOutRule
 from iotguard.detection.scorer import BaselineScorer, ScorerConfig
@@ -60,6 +67,7 @@ __all__ = [
     "ThreatFeed",
     "ZeekLimits",
     "approve",
+    "default_playbook",
     "evaluate_flows",
     "feature_names",
     "flows_from_pcap",

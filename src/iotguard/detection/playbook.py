@@ -35,6 +35,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from enum import StrEnum
+from importlib import resources
 from typing import Any
 
 from iotguard.detection.alert import Alert, Severity
@@ -49,6 +50,7 @@ __all__ = [
     "GuardRails",
     "Playbook",
     "PlaybookRule",
+    "default_playbook",
     "parse_playbook",
 ]
 
@@ -253,3 +255,8 @@ def parse_playbook(data: bytes) -> Playbook:
     if webhook is None and any(ActionKind.NOTIFY in r.actions for r in rules):
         raise _err("[notify]", "a rule notifies but no webhook is configured")
     return Playbook(name, revision, rules, rails, webhook)
+
+
+def default_playbook() -> Playbook:
+    """The playbook shipped with iotguard (``default_playbook.toml``)."""
+    return parse_playbook(resources.files("iotguard.detection").joinpath("default_playbook.toml").read_bytes())
