@@ -9,7 +9,7 @@ the training range and outputs are sigmoids, so behaviour outside what was
 seen in training cannot be reconstructed and scores high.
 
 All subsets are padded to one width and trained and scored together with
-batched matrix products (``numpy.einsum``), so scoring a batch of flows is
+batched matrix products (``numpy.matmul``), so scoring a batch of flows is
 a few array operations whatever the number of subsets.
 """
 
@@ -104,8 +104,8 @@ class _Layer:
 
     def rmse(self, x: FloatArray, mask: FloatArray) -> FloatArray:
         """Reconstruction RMSE, shape ``(k, n)``, of inputs ``x`` ``(k, n, m)``."""
-        hidden = _sigmoid(np.einsum("knm,kmh->knh", x, self.w1) + self.b1)
-        y = _sigmoid(np.einsum("knh,khm->knm", hidden, self.w2) + self.b2)
+        hidden = _sigmoid(np.matmul(x, self.w1) + self.b1)
+        y = _sigmoid(np.matmul(hidden, self.w2) + self.b2)
         err = ((y - x) ** 2 * mask).sum(axis=2) / mask.sum(axis=2)
         out: FloatArray = np.sqrt(err)
         return out
@@ -121,8 +121,8 @@ class _Layer:
             perm = rng.permutation(n)
             for start in range(0, n, cfg.batch_size):
                 xb = x[:, perm[start:start + cfg.batch_size]]
-                hidden = _sigmoid(np.einsum("knm,kmh->knh", xb, self.w1) + self.b1)
-                y = _sigmoid(np.einsum("knh,khm->knm", hidden, self.w2) + self.b2)
+                hidden = _sigmoid(np.matmul(xb, self.w1) + self.b1)
+                y = _sigmoid(np.matmul(hidden, self.w2) + self.b2)
                 dz2 = (y - xb) * mask * y * (1.0 - y) / xb.shape[1]
                 dh = np.einsum("knm,khm->knh", dz2, self.w2)
                 dz1 = dh * hidden * (1.0 - hidden)

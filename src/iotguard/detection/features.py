@@ -181,18 +181,22 @@ class FeatureExtractor:
     # -------------------------------------------------------------- host ids
 
     def _host_ids(self, hosts: npt.NDArray[np.str_], times: FloatArray) -> IntArray:
-        now = float(times.min())
-        uniq, inverse = np.unique(hosts, return_inverse=True)
-        names = uniq.tolist()
-        new = [h for h in names if h not in self._ids]
+        names = hosts.tolist()
+        get = self._ids.get
+        found = [get(h, -1) for h in names]
+        if -1 not in found:
+            return np.array(found, dtype=np.int64)
+        new = list(dict.fromkeys(h for h, i in zip(names, found, strict=True) if i < 0))
         if len(new) > self.config.max_hosts:
             raise MalformedError("batch names more hosts than max_hosts", code="flow_batch_too_many_hosts")
         if len(new) > len(self._free) + self.config.max_hosts - len(self._names):
-            self._evict(len(new), keep={self._ids[h] for h in names if h in self._ids})
+            self._evict(len(new), keep={i for i in found if i >= 0})
+        now = float(times.min())
         for h in new:
             self._ids[h] = self._allocate(h, now)
-        ids = np.array([self._ids[h] for h in names], dtype=np.int64)[inverse]
-        np.minimum.at(self._first, ids, times)
+        ids = np.array([self._ids[h] for h in names], dtype=np.int64)
+        fresh = np.array(found) < 0
+        np.minimum.at(self._first, ids[fresh], times[fresh])
         return ids
 
     def _allocate(self, host: str, now: float) -> int:
@@ -286,8 +290,9 @@ class FeatureExtractor:
         if self._inserted_since_trim > max(4096, len(self._channels) // 4):
             self._trim()
             self._inserted_since_trim = 0
-        np.maximum.at(self._last, src, t)
-        np.maximum.at(self._last, dst, t)
+        # Rows are in time order, so the last write per host is its latest time.
+        self._last[src] = t
+        self._last[dst] = t
         age = np.log1p(np.clip(t - self._first[src], 0.0, self.config.max_age_s))
         values = np.concatenate([flow, host_values, age[:, None], channel_values], axis=1)
         return FeatureMatrix(values, batch.orig_h, new_dst.astype(np.int64), new_port.astype(np.int64))

@@ -72,6 +72,7 @@ class BaselineScorer:
         self.config = config or ScorerConfig()
         self._devices: dict[str, _Calibrated] = {}
         self._models: dict[str, _Calibrated] = {}
+        self._device_names = np.array([], dtype=np.str_)
 
     @property
     def device_models(self) -> int:
@@ -118,6 +119,7 @@ class BaselineScorer:
         for i in busiest.tolist():
             if counts[i] >= self.config.min_device_rows:
                 self._devices[str(names[i])] = self._calibrated(x[device == names[i]])
+        self._device_names = np.array(sorted(self._devices), dtype=np.str_)
 
     def score(self, x: FloatArray, device: npt.NDArray[np.str_],
               model: npt.NDArray[np.str_] | None = None) -> FloatArray:
@@ -131,12 +133,14 @@ class BaselineScorer:
         out = np.empty(x.shape[0])
         done = np.zeros(x.shape[0], dtype=bool)
         if self._devices:
-            for name in np.unique(device).tolist():
-                calibrated = self._devices.get(name)
-                if calibrated is not None:
-                    rows = device == name
+            own = np.flatnonzero(np.isin(device, self._device_names))
+            if own.size:
+                names, inverse = np.unique(device[own], return_inverse=True)
+                for j, name in enumerate(names.tolist()):
+                    rows = own[inverse == j]
+                    calibrated = self._devices[name]
                     out[rows] = calibrated.ensemble.score(x[rows]) / calibrated.threshold
-                    done |= rows
+                    done[rows] = True
         rest = ~done
         if model is not None and len(self._models) > 1:
             for name in np.unique(model[rest]).tolist():
