@@ -138,8 +138,8 @@ class BaselineScorer:
                 names, inverse = np.unique(device[own], return_inverse=True)
                 for j, name in enumerate(names.tolist()):
                     rows = own[inverse == j]
-                    calibrated = self._devices[name]
-                    out[rows] = calibrated.ensemble.score(x[rows]) / calibrated.threshold
+                    own_model = self._devices[name]
+                    out[rows] = own_model.ensemble.score(x[rows]) / own_model.threshold
                     done[rows] = True
         rest = ~done
         if model is not None and len(self._models) > 1:
