@@ -119,14 +119,16 @@ def _groups(keys: IntArray, t: FloatArray) -> tuple[npt.NDArray[np.intp], IntArr
     return order, g.astype(np.int64), np.flatnonzero(start)
 
 
-def _damped(g: IntArray, t: FloatArray, x: FloatArray, rate: float, s0: FloatArray, t0: FloatArray) -> FloatArray:
+def _damped(g: IntArray, t: FloatArray, x: FloatArray, rates: FloatArray, s0: FloatArray,
+            t0: FloatArray) -> FloatArray:
     """Damped running sums per group, rows sorted by (group, time).
 
-    Row ``k`` of group ``j`` gets ``s0[j] * exp(-rate (t_k - t0[j])) +
-    sum over rows i <= k of group j of x_i * exp(-rate (t_k - t_i))`` for
-    every column of ``x`` (non-negative). Computed as one cumulative
-    log-sum-exp; adding ``offset * j`` to group ``j`` makes every earlier
-    group underflow to zero (``offset`` exceeds the log-range of a group by 800).
+    Row ``k`` of group ``j`` gets, in column ``c``, ``s0[j, c] * exp(-rates[c]
+    (t_k - t0[j])) + sum over rows i <= k of group j of x[i, c] *
+    exp(-rates[c] (t_k - t_i))`` (``x`` non-negative). Computed as one
+    cumulative log-sum-exp over all columns; adding ``offset * j`` to group
+    ``j`` makes every earlier group underflow to zero (``offset`` exceeds the
+    log-range of a group by 800), so groups never leak into each other.
     """
     if x.shape[0] == 0:
         return np.zeros_like(x)
@@ -135,12 +137,11 @@ def _damped(g: IntArray, t: FloatArray, x: FloatArray, rate: float, s0: FloatArr
         logx = np.log(x)
     finite = logx[np.isfinite(logx)]
     top = float(finite.max()) if finite.size else 0.0
-    offset = rate * float(tb.max()) + max(top, 0.0) + 800.0
-    a = logx + (rate * tb + offset * g)[:, None]
-    acc = np.logaddexp.accumulate(a, axis=0)
-    out: FloatArray = np.exp(acc - (rate * tb + offset * g)[:, None])
-    decay = np.exp(-rate * np.maximum(t - t0[g], 0.0))
-    out += s0[g] * decay[:, None]
+    offset = rates * float(tb.max()) + max(top, 0.0) + 800.0
+    shift = tb[:, None] * rates[None, :] + g[:, None] * offset[None, :]
+    acc = np.logaddexp.accumulate(logx + shift, axis=0)
+    out: FloatArray = np.exp(acc - shift)
+    out += s0[g] * np.exp(-np.maximum(t - t0[g], 0.0)[:, None] * rates[None, :])
     return out
 
 
@@ -335,9 +336,13 @@ class FeatureExtractor:
                       new_port[order].astype(np.float64), flow[order, 6]], axis=1)
         host = src[order][starts]
         ends = np.append(starts[1:], ts.shape[0]) - 1
-        out = np.empty((t.shape[0], len(self._rates) * len(_HOST_FEATURES)))
-        for j, rate in enumerate(self._rates):
-            s = _damped(g, ts, x, float(rate), self._sums[host, j], self._t_sums[host])
+        n_rates = len(self._rates)
+        # One pass for every half-life: columns are (half-life, sum) rate-major.
+        sums = _damped(g, ts, np.tile(x, (1, n_rates)), np.repeat(self._rates, _HOST_SUMS),
+                       self._sums[host].reshape(host.shape[0], -1), self._t_sums[host])
+        out = np.empty((t.shape[0], n_rates * len(_HOST_FEATURES)))
+        for j in range(n_rates):
+            s = sums[:, j * _HOST_SUMS:(j + 1) * _HOST_SUMS]
             w = s[:, 0]
             mean = s[:, 1] / w
             second = s[:, 2] / w
@@ -347,7 +352,7 @@ class FeatureExtractor:
             block = np.stack([np.log1p(w), mean, std, np.log1p(s[:, 3]), s[:, 4] / w, np.log1p(s[:, 4]),
                               np.log1p(s[:, 5]), s[:, 6] / w], axis=1)
             out[order, j * len(_HOST_FEATURES):(j + 1) * len(_HOST_FEATURES)] = block
-            self._sums[host, j] = s[ends]
+        self._sums[host] = sums[ends].reshape(host.shape[0], n_rates, _HOST_SUMS)
         self._t_sums[host] = ts[ends]
         return out
 
@@ -365,7 +370,7 @@ class FeatureExtractor:
         iat = np.where(has, np.maximum(iat, 0.0), 0.0)
         x = np.stack([np.ones_like(ts), has.astype(np.float64), iat, iat * iat], axis=1)
         t0 = np.where(known, state[:, 5], ts[starts])
-        s = _damped(g, ts, x, self._channel_rate, state[:, 1:5], t0)
+        s = _damped(g, ts, x, np.full(4, self._channel_rate), state[:, 1:5], t0)
         n_iat = s[:, 1]
         mean = np.where(n_iat > 0, s[:, 2] / np.maximum(n_iat, 1e-12), 0.0)
         var = np.where(n_iat > 0, s[:, 3] / np.maximum(n_iat, 1e-12) - mean * mean, 0.0)
