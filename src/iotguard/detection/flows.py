@@ -148,7 +148,11 @@ class FlowBatch:
         return np.argsort(self.ts, kind="stable")
 
     def flow(self, i: int) -> Flow:
-        """Row ``i`` as a :class:`Flow` (for evidence and tests)."""
+        """Row ``i`` as a :class:`Flow` (for evidence and tests).
+
+        A batch keeps only whether a service was identified, so ``service``
+        is ``"?"`` where one was and empty where none was.
+        """
         return Flow(
             ts=float(self.ts[i]), orig_h=str(self.orig_h[i]), orig_p=int(self.orig_p[i]),
             resp_h=str(self.resp_h[i]), resp_p=int(self.resp_p[i]), proto=PROTOCOLS[int(self.proto[i])],
