@@ -59,3 +59,13 @@ def test_playbooks_validate(tmp_path, capsys) -> None:
     bad.write_text(good.read_text().replace('"quarantine"', '"wipe"'))
     assert main(["playbooks", "validate", str(bad)]) == 1
     assert "playbook_invalid" in capsys.readouterr().err
+
+
+def test_flows_from_pcap(tmp_path, capsys) -> None:
+    from .test_pcap import DEV, OTHER, S, _capture, _tcp
+
+    path = tmp_path / "scan.pcap"
+    path.write_bytes(_capture([(float(i), _tcp(DEV, 40000 + i, OTHER, 23, S)) for i in range(3)]))
+    assert main(["detect", "flows", "--pcap", str(path)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(f["resp_p"], f["conn_state"]) for f in lines] == [(23, "S0")] * 3
