@@ -17,9 +17,9 @@ the extractor updates the state of its originating host and of its channel
   variation (near 0 for a timer-driven beacon).
 
 A batch is processed without a Python loop per flow: flows are grouped by
-host (or channel) with one sort, and the damped sums of every group are a
-cumulative log-sum-exp over the batch (``numpy.logaddexp.accumulate``) with
-a per-group offset that keeps groups from leaking into each other.
+host (or channel) with one sort, and the damped sums of every group and
+half-life are one parallel prefix scan of the linear recurrence
+``S_k = decay_k * S_(k-1) + x_k`` over the whole batch.
 
 State is bounded: at most ``max_hosts`` hosts (the least recently seen are
 evicted) and ``max_pairs_per_host`` channel and port entries per host.
@@ -125,22 +125,32 @@ def _damped(g: IntArray, t: FloatArray, x: FloatArray, rates: FloatArray, s0: Fl
 
     Row ``k`` of group ``j`` gets, in column ``c``, ``s0[j, c] * exp(-rates[c]
     (t_k - t0[j])) + sum over rows i <= k of group j of x[i, c] *
-    exp(-rates[c] (t_k - t_i))`` (``x`` non-negative). Computed as one
-    cumulative log-sum-exp over all columns; adding ``offset * j`` to group
-    ``j`` makes every earlier group underflow to zero (``offset`` exceeds the
-    log-range of a group by 800), so groups never leak into each other.
+    exp(-rates[c] (t_k - t_i))`` (``x`` non-negative).
+
+    This is the linear recurrence ``S_k = a_k S_(k-1) + x_k`` with
+    ``a_k = exp(-rate (t_k - t_(k-1)))`` and ``a = 0`` at the first row of a
+    group, solved for all rows at once by a parallel prefix scan
+    (Hillis-Steele: ``log2`` of the longest group steps of whole-array
+    operations). Every factor is at most 1, so nothing can overflow and
+    groups cannot leak into each other.
     """
-    if x.shape[0] == 0:
+    n = x.shape[0]
+    if n == 0:
         return np.zeros_like(x)
-    tb = t - t.min()
-    with np.errstate(divide="ignore"):
-        logx = np.log(x)
-    finite = logx[np.isfinite(logx)]
-    top = float(finite.max()) if finite.size else 0.0
-    offset = rates * float(tb.max()) + max(top, 0.0) + 800.0
-    shift = tb[:, None] * rates[None, :] + g[:, None] * offset[None, :]
-    acc = np.logaddexp.accumulate(logx + shift, axis=0)
-    out: FloatArray = np.exp(acc - shift)
+    first = np.ones(n, dtype=bool)
+    first[1:] = g[1:] != g[:-1]
+    gap = np.zeros(n)
+    gap[1:] = np.maximum(t[1:] - t[:-1], 0.0)
+    a = np.exp(-gap[:, None] * rates[None, :])
+    a[first] = 0.0
+    out = x.copy()
+    starts = np.flatnonzero(first)
+    longest = int(np.diff(np.append(starts, n)).max())
+    step = 1
+    while step < longest:
+        out[step:] += a[step:] * out[:-step]
+        a[step:] *= a[:-step]
+        step *= 2
     out += s0[g] * np.exp(-np.maximum(t - t0[g], 0.0)[:, None] * rates[None, :])
     return out
 
