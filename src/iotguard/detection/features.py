@@ -202,28 +202,30 @@ class FeatureExtractor:
             raise MalformedError("batch names more hosts than max_hosts", code="flow_batch_too_many_hosts")
         if len(new) > len(self._free) + self.config.max_hosts - len(self._names):
             self._evict(len(new), keep={i for i in found if i >= 0})
-        now = float(times.min())
-        for h in new:
-            self._ids[h] = self._allocate(h, now)
+        self._allocate(new, float(times.min()))
         ids = np.array([self._ids[h] for h in names], dtype=np.int64)
         fresh = np.array(found) < 0
         np.minimum.at(self._first, ids[fresh], times[fresh])
         return ids
 
-    def _allocate(self, host: str, now: float) -> int:
-        if self._free:
-            i = self._free.pop()
+    def _allocate(self, hosts: list[str], now: float) -> IntArray:
+        """Ids for ``hosts`` (not yet known), from the free list first; fresh state."""
+        reused = [self._free.pop() for _ in range(min(len(hosts), len(self._free)))]
+        start = len(self._names)
+        extra = len(hosts) - len(reused)
+        if start + extra > self._first.shape[0]:
+            self._grow(min(max(2 * self._first.shape[0], start + extra), self.config.max_hosts))
+        self._names.extend([""] * extra)
+        ids = reused + list(range(start, start + extra))
+        for host, i in zip(hosts, ids, strict=True):
+            self._ids[host] = i
             self._names[i] = host
-        else:
-            i = len(self._names)
-            self._names.append(host)
-            if i >= self._first.shape[0]:
-                self._grow(min(2 * self._first.shape[0], self.config.max_hosts))
-        self._sums[i] = 0.0
-        self._t_sums[i] = now
-        self._first[i] = np.inf
-        self._last[i] = now
-        return i
+        index = np.array(ids, dtype=np.int64)
+        self._sums[index] = 0.0
+        self._t_sums[index] = now
+        self._first[index] = np.inf
+        self._last[index] = now
+        return index
 
     def _grow(self, cap: int) -> None:
         n = self._first.shape[0]
