@@ -115,3 +115,12 @@ def test_default_credential_guessing_is_detected() -> None:
     # an operator mistyping a password a few times is not an attack
     slow = [f for f in traffic.credential_guessing("10.0.0.5", 0.0, attempts=9).auth_failures]
     assert CredentialGuessingRule().observe(slow) == []
+
+
+def test_simulated_fleet_addresses_are_valid_and_unique() -> None:
+    import ipaddress
+
+    fleet = traffic.make_fleet(per_model=300, segments=4)
+    addresses = [ipaddress.ip_address(d.address) for d in fleet]
+    assert len(set(addresses)) == len(fleet) == 1500
+    assert {d.segment for d in fleet} == {"seg-0", "seg-1", "seg-2", "seg-3"}

@@ -117,12 +117,15 @@ class Scenario:
 
 
 def make_fleet(per_model: int = 4, segments: int = 2, models: tuple[str, ...] | None = None) -> list[SimDevice]:
-    """Devices ``sim-<model>-<n>`` spread over segments ``seg-<k>`` with addresses 10.20.k.n."""
+    """Devices ``sim-<model>-<n>`` spread round robin over segments ``seg-<k>``, addresses in 10.(20+k).0.0/16."""
     out: list[SimDevice] = []
     for m, model in enumerate(models or tuple(PROFILES)):
         for i in range(per_model):
-            seg = (m * per_model + i) % segments
-            out.append(SimDevice(f"sim-{model}-{i}", model, f"10.20.{seg}.{10 + m * 50 + i}", f"seg-{seg}"))
+            index = m * per_model + i
+            seg = index % segments
+            host = 10 + index // segments
+            out.append(SimDevice(f"sim-{model}-{i}", model, f"10.{20 + seg}.{host // 250}.{host % 250 + 1}",
+                                 f"seg-{seg}"))
     return out
 
 
