@@ -58,6 +58,8 @@ def test_mirai_telnet_scan_is_detected(fresh: Trained) -> None:
     victim = fresh.fleet[0]
     alerts = _run(fresh, traffic.mirai_scan(victim, fresh.start + 60, 30), seed=11)
     assert {"scan_fanout", "autoencoder"} <= _by(alerts, victim.device_id)
+    learned = next(a for a in alerts if a.detector == "autoencoder")
+    assert dict(learned.evidence)["features"]  # which features are furthest from the device's normal
     scan = next(a for a in alerts if a.detector == "scan_fanout")
     assert scan.severity is Severity.HIGH and dict(scan.evidence)["destinations"] > 100
     assert not [a for a in alerts if a.device != victim.device_id and a.detector in QUARANTINE_GRADE]

@@ -191,6 +191,20 @@ class AutoencoderEnsemble:
         out: FloatArray = ((errors - self._err_lo) / self._err_span)[None, :, :]
         return out
 
+    def worst_subset(self, x: FloatArray) -> list[int]:
+        """Feature columns of the subset whose reconstruction failed most, for the first row of ``x``.
+
+        Errors are compared after scaling by each subset's training range, so
+        the answer says which group of features is furthest from normal.
+
+        Raises:
+            ConfigError: ``detection_not_fitted`` before :meth:`fit`.
+        """
+        if not self._fitted:
+            raise ConfigError("autoencoder ensemble used before fit", code="detection_not_fitted")
+        errors = self._ensemble.rmse(self._pack(x[:1]), self._mask).T
+        return list(self.subsets[int(np.argmax(self._errors_in(errors)[0, 0]))])
+
     def score(self, x: FloatArray) -> FloatArray:
         """Anomaly score of each row (higher is more anomalous).
 

@@ -122,12 +122,12 @@ class FlowDetector:
     def process(self, batch: FlowBatch) -> list[Alert]:
         """Alerts for the next batch (flows in time order)."""
         features, scores = self.score(batch)
-        alerts = self._anomaly_alerts(batch, scores)
+        alerts = self._anomaly_alerts(batch, scores, features.values)
         for rule in self.rules:
             alerts.extend(rule.evaluate(batch, features))
         return alerts
 
-    def _anomaly_alerts(self, batch: FlowBatch, scores: FloatArray) -> list[Alert]:
+    def _anomaly_alerts(self, batch: FlowBatch, scores: FloatArray, values: FloatArray) -> list[Alert]:
         above = scores > 1.0
         out: list[Alert] = []
         if not above.any():
@@ -142,9 +142,13 @@ class FlowDetector:
             if not self._throttle.allow(device, "autoencoder", float(ts.max())):
                 continue
             severity = Severity.HIGH if top >= self.config.strong_score else Severity.MEDIUM
+            model = self.models.get(device, "*")
+            worst = int(np.flatnonzero(rows)[np.argmax(scores[rows])])
+            columns = self.scorer.explain(values[worst], device, model)
             out.append(Alert.create(device, "autoencoder", top, severity, (float(ts.min()), float(ts.max())), {
                 "address": host, "flows_above": int(rows.sum()),
                 "flows": int((batch.orig_h == host).sum()),
                 "destinations": int(np.unique(batch.resp_h[rows]).shape[0]),
-                "model": self.models.get(device, "*")}))
+                "model": model,
+                "features": ",".join(self.extractor.names[c] for c in sorted(columns))[:120]}))
         return out

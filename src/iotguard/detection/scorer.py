@@ -121,6 +121,17 @@ class BaselineScorer:
                 self._devices[str(names[i])] = self._calibrated(x[device == names[i]])
         self._device_names = np.array(sorted(self._devices), dtype=np.str_)
 
+    def explain(self, row: FloatArray, device: str, model: str | None = None) -> list[int]:
+        """Feature columns that make ``row`` (one row, of ``device``) anomalous for the model that scores it.
+
+        Raises:
+            ConfigError: ``detection_not_fitted`` before :meth:`fit`.
+        """
+        if not self._models:
+            raise ConfigError("baseline scorer used before fit", code="detection_not_fitted")
+        chosen = self._devices.get(device) or (self._models.get(model) if model is not None else None)
+        return (chosen or self._models[ALL_MODELS]).ensemble.worst_subset(row.reshape(1, -1))
+
     def score(self, x: FloatArray, device: npt.NDArray[np.str_],
               model: npt.NDArray[np.str_] | None = None) -> FloatArray:
         """Normalised anomaly score of each row (above 1 means above its model's threshold).
