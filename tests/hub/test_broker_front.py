@@ -323,3 +323,24 @@ def test_oversized_packet_closes_the_connection_before_the_broker(hub: Hub) -> N
     assert not _wait_seen(hub, a.sealer.topic, timeout=0.5)
     client.close()
     a.close()
+
+
+def test_plaintext_urls_refused_without_unsafe_options(tmp_path: Path) -> None:
+    from iotguard.config import load_config
+
+    for env in ({"IOTGUARD_HUB__BROKER_URL": "mqtt://127.0.0.1:1883"},
+                {"IOTGUARD_AGENT__BROKER_URL": "mqtt://127.0.0.1:1883"},
+                {"IOTGUARD_AGENT__HUB_URL": "http://127.0.0.1:8080"}):
+        with pytest.raises(ConfigError):
+            load_config(None, env={**env, "IOTGUARD_CONFIG": "/nonexistent"})
+    cfg = load_config(None, env={"IOTGUARD_CONFIG": "/nonexistent", "IOTGUARD_AGENT__BROKER_URL": "mqtt://h:1",
+                                 "IOTGUARD_AGENT__UNSAFE_PLAINTEXT_BROKER": "true"})
+    assert cfg.agent.unsafe_plaintext_broker
+    agent = Agent(AgentConfig(data_dir=str(tmp_path / "plain"), hub_url="http://127.0.0.1:9",
+                              broker_url="mqtt://127.0.0.1:9"), "plain")
+    with pytest.raises(ConfigError):
+        agent.connect(timeout=0.1)
+    hub = Hub(HubConfig(data_dir=str(tmp_path / "hub"), broker_url="mqtt://127.0.0.1:9"))
+    with pytest.raises(ConfigError):
+        hub.start(api=False)
+    hub.store.engine.dispose()

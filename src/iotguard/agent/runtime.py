@@ -42,6 +42,7 @@ from iotguard.clock import Clock, SystemClock
 from iotguard.config import AgentConfig
 from iotguard.crypto import get_suite
 from iotguard.errors import (
+    ConfigError,
     EnrollmentError,
     IntegrityError,
     IotGuardError,
@@ -185,6 +186,8 @@ class Agent:
             return self._http
         url = httpx.URL(self.cfg.hub_url)
         if url.scheme != "https":
+            if not self.cfg.unsafe_plain_http:
+                raise ConfigError(f"hub URL {self.cfg.hub_url!r} is not https:// (agent.unsafe_plain_http is off)")
             log.warning("UNSAFE: %s talks to the hub over plain HTTP (agent.unsafe_plain_http)", self.device_id)
             self._http = httpx.Client(base_url=self.cfg.hub_url, timeout=15.0)
             return self._http
@@ -396,6 +399,8 @@ class Agent:
         if addr.tls:
             self._tls = client_context(self.dir / CA_FILE, certfile=self.dir / TRANSPORT_FILE)
             client.tls_set_context(self._tls)
+        elif not self.cfg.unsafe_plaintext_broker:
+            raise ConfigError(f"broker URL {addr.url} is not mqtts:// (agent.unsafe_plaintext_broker is off)")
         else:
             log.warning("UNSAFE: %s publishes to %s without TLS (agent.unsafe_plaintext_broker)",
                         self.device_id, addr.url)

@@ -116,6 +116,7 @@ class EmbeddedBroker:
             log.warning("UNSAFE: embedded MQTT broker listening on non-loopback address %s", bind)
         self.address = BrokerAddress(host, int(port), tls=not unsafe_plaintext)
         self._access = access
+        self._refresh_lock = threading.Lock()
         self.front: BrokerFront | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -137,14 +138,17 @@ class EmbeddedBroker:
         """Recompute access (CRL, grants) and apply it to the front; new handshakes use the new CRL."""
         if self._access is None or self.front is None or self._loop is None or self._loop.is_closed():
             return
-        access = self._access()
-        front = self.front
+        front, loop = self.front, self._loop
+        # One refresh at a time (API threads and the upkeep thread), so a newer access is
+        # never overwritten by an older one computed concurrently.
+        with self._refresh_lock:
+            access = self._access()
 
-        async def apply() -> None:
-            front.apply(access)
+            async def apply() -> None:
+                front.apply(access)
 
-        # Wait until applied, so a device enrolled just now finds its grants when it connects.
-        asyncio.run_coroutine_threadsafe(apply(), self._loop).result(timeout=10)
+            # Wait until applied, so a device enrolled just now finds its grants when it connects.
+            asyncio.run_coroutine_threadsafe(apply(), loop).result(timeout=10)
 
     def _run(self, initial: BrokerAccess | None) -> None:
         from amqtt.broker import Broker

@@ -151,7 +151,9 @@ class Hub:
         tune_gc_for_ingest()
         self._ensure_tls()
         address = self.broker_address
-        if address.tls is False:
+        if not address.tls and not self.cfg.unsafe_plaintext_broker:
+            raise ConfigError(f"broker URL {address.url} is not mqtts:// (hub.unsafe_plaintext_broker is off)")
+        if not address.tls:
             log.warning("UNSAFE: the hub connects to the MQTT broker %s WITHOUT TLS (unsafe_plaintext_broker)",
                         address.url)
         if not self.cfg.broker_url:
@@ -160,7 +162,7 @@ class Hub:
                 access=None if self.cfg.unsafe_plaintext_broker else self.broker_access)
             self.embedded_broker.start()
             # Enrollment, revocation, renewal: the broker's access follows before the request returns.
-            self.services.broker_link.attach(self.embedded_broker.refresh)
+            self.services.broker_link.attach(self._registry_changed)
             log.info("embedded MQTT broker on %s", self.embedded_broker.address.url)
         tls = client_context(self.tls.ca_file, certfile=self.tls.hub_mqtt_file) if address.tls else None
         # The embedded broker does not support shared subscriptions; one hub uses it.
@@ -189,6 +191,17 @@ class Hub:
             self._api_thread = threading.Thread(target=self._api_server.run, name="iotguard-api", daemon=True)
             self._api_thread.start()
             wait_for_port(host, int(port), timeout=15)
+
+    def _registry_changed(self) -> None:
+        if self.embedded_broker is None:
+            return
+        try:
+            self.embedded_broker.refresh()
+        except Exception:
+            # The change itself is committed; the upkeep thread retries the broker's access.
+            log.exception("embedded broker access not refreshed after a registry change; retrying")
+            with self._acl_lock:
+                self._acl_full = True
 
     def _upkeep(self) -> None:
         """Keep the embedded broker's access (CRL, ACL) in step with the registry and policy; renew TLS files."""
