@@ -80,7 +80,8 @@ def _device_action(route: Any) -> str | None:
 def _signed_body(agent: Agent, action: str) -> dict[str, str]:
     bodies: dict[str, dict[str, Any]] = {
         "rekey": {"epoch": agent.sealer.epoch + 1, "kex_public_key": b"\x09" * 32, "suites": ["chacha20-poly1305"]},
-        "renew": {}, "tamper_report": {"reason": "coverage"}, "upload_receipt": {"receipt": b"r"},
+        "renew": {"transport_public_key": b"\x0a" * 32}, "tamper_report": {"reason": "coverage"},
+        "upload_receipt": {"receipt": b"r"},
         "consent_ack": {"ack": b"a"},
     }
     return agent._signed(action, bodies[action])[0]
