@@ -89,14 +89,13 @@ def test_signed_consent_ack_with_overflowing_timestamp_is_400_not_500(hub: HubPa
     """Fuzz finding (issue 18): a device-signed ack whose applied_at overflows datetime."""
     import cbor2
 
-    from iotguard.channel import CONSENT_ACK_DOMAIN
-    from iotguard.identity.enrollment import b64e
+    from iotguard.identity import sign_device_request
 
     agent = hub.agent("dev-1")
     raw = cbor2.dumps({"v": 1, "type": "consent-ack", "device": "dev-1", "version": 1,
                        "config_sha256": bytes(32), "applied_at": 2**53 - 1}, canonical=True)
-    r = hub.client.post("/v1/consent/ack", json={
-        "device_id": "dev-1", "ack": b64e(raw),
-        "signature": b64e(agent.keystore.sign("identity", CONSENT_ACK_DOMAIN + raw))})
+    signed = sign_device_request("consent_ack", "dev-1", {"ack": raw}, now=hub.core.clock.now(),
+                                 sign=lambda m: agent.keystore.sign("identity", m))
+    r = hub.client.post("/v1/consent/ack", json=signed.wire)
     assert r.status_code == 400, r.text
     assert r.json()["error"] == "malformed"
