@@ -23,7 +23,7 @@ from iotguard.policy import (
     decision_cache,
     default_policy_set,
 )
-from iotguard.policy.decision_cache import classes_shareable, literal_types
+from iotguard.policy.decision_cache import classes_shareable, context_attributes, literal_types
 from tests.policy.conftest import NOW, fleet
 
 A1_OWN = "iotguard/plant-a/dev-a1/telemetry"
@@ -68,7 +68,34 @@ def test_default_policies_name_no_device_or_topic() -> None:
     assert literal_types(default_policy_set().policies) <= {"Action", "Role"}
 
 
-def test_shared_decisions_agree_with_cedar_on_a_changing_fleet() -> None:
+SHORT_CERT = (
+    '\n@id("renew-first")\nforbid (principal is Device, action, resource is Topic)'
+    ' when { context.cert_days_left < 5 } unless { resource.kind == "enroll" };\n'
+)
+
+
+def test_context_attribute_a_policy_reads_is_part_of_the_class() -> None:
+    """Check for a decision leak: a neighbour with a long certificate answers for one about to expire."""
+    assert "cert_days_left" not in (context_attributes(default_policy_set().policies) or ())
+    policy = PolicySet(default_policy_set().text + SHORT_CERT)
+    assert "cert_days_left" in (context_attributes(policy.policies) or ())
+    store = fleet()
+    store.update("dev-a2", cert_not_after=NOW + timedelta(days=3))
+    engine = PolicyEngine(policy, posture=store, clock=FixedClock(NOW))
+    assert engine.decide(AccessRequest.device("dev-a1", "publish", A1_OWN)).allowed
+    assert engine.decide(AccessRequest.device("dev-a2", "publish", A2_OWN)).reasons == ("renew-first",)
+
+
+def test_context_used_whole_keeps_every_attribute() -> None:
+    body = {"==": {"left": {"Var": "context"}, "right": {"Record": {}}}}
+    whole = {"p": {"conditions": [{"kind": "when", "body": body}]}}
+    assert context_attributes(whole) is None
+    read = {"p": {"conditions": [{"kind": "when", "body": {".": {"left": {"Var": "context"}, "attr": "risk_score"}}}]}}
+    assert context_attributes(read) == ("risk_score",)
+
+
+@pytest.mark.parametrize("extra", ["", SHORT_CERT])
+def test_shared_decisions_agree_with_cedar_on_a_changing_fleet(extra: str) -> None:
     """Every decision (exact cache, class, or fresh) equals an uncached Cedar evaluation."""
     rng = random.Random(5)
     clock = FixedClock(NOW)
@@ -80,14 +107,14 @@ def test_shared_decisions_agree_with_cedar_on_a_changing_fleet() -> None:
             model=rng.choice(["thermo-1", "cam-2"]),
             trust_tier=rng.choice(["verified", "verified", "degraded", "unverified"]),
             risk_score=rng.choice([0, 10, 45, 80]),
-            cert_not_after=NOW + timedelta(hours=rng.choice([-1, 20, 30, 500])),
+            cert_not_after=NOW + timedelta(hours=rng.choice([-1, 20, 30, 100, 500])),
             attested_at=NOW - timedelta(seconds=rng.choice([10, 200, 900])),
             declared_location=rng.choice(["", "site-1", "site-9"]),
         )
         for i in range(30)
     )
     engine = PolicyEngine(
-        default_policy_set(),
+        PolicySet(default_policy_set().text + extra),
         posture=store,
         segments={"plant-c": SegmentSpec(sites=frozenset({"site-1"}))},
         clock=clock,

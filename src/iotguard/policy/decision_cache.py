@@ -13,8 +13,8 @@ with the same trust tier, risk score, hour and certificate days left. For a
 device request the class is everything Cedar can observe of the request:
 the action, the device's model and effective segment (whose attributes are
 the segment's), the topic's kind, direction and segment, whether the topic
-belongs to the principal, another device or none, and the serialised
-context. Cedar compares entities only by identity and never exposes an
+belongs to the principal, another device or none, and the context
+attributes the policies read. Cedar compares entities only by identity and never exposes an
 entity id as a value, so renaming the principal, the topic and the topic's
 owner consistently cannot change a decision unless a policy names one of
 them literally. Classes are therefore shared only while no policy holds an
@@ -22,27 +22,40 @@ entity literal outside :data:`CLASS_SAFE_LITERAL_TYPES` (checked on the
 parsed policies at load; any ``Device`` or ``Topic`` literal disables
 sharing), only for topics the layout recognises (their ids are made of
 checked identifiers, so Cedar accepts every one alike), and never for a
-decision that carries an evaluation error. A class decision needs no
-expiry of its own: the facts that change over time are part of the key.
+decision that carries an evaluation error. Context attributes no policy
+reads (``cert_days_left`` in the default set) are left out of the key: a
+policy sees the context only through ``context.attr`` and ``context has
+attr``; if any policy uses ``context`` in another way, the whole context is
+part of the key. A class decision needs no expiry of its own: the facts
+that change over time are part of the key.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from typing import Any, Final
 
 from iotguard.policy.facts import TopicShape
 from iotguard.policy.model import AccessRequest, Decision
 
-__all__ = ["CLASS_SAFE_LITERAL_TYPES", "DecisionCache", "DecisionClass", "classes_shareable", "literal_types"]
+__all__ = [
+    "CLASS_SAFE_LITERAL_TYPES",
+    "DecisionCache",
+    "DecisionClass",
+    "classes_shareable",
+    "context_attributes",
+    "literal_types",
+]
 
 #: Entity types a policy may name literally without disabling decision
 #: classes: none of them is renamed between requests of one class.
 CLASS_SAFE_LITERAL_TYPES: Final = frozenset({"Action", "Segment", "Role", "Operator", "Dataset", "Firmware", "Hub"})
 
-#: ``(action, model, effective segment, topic shape, context JSON)``.
-DecisionClass = tuple[str, str, str, TopicShape, str]
+#: ``(action, model, effective segment, topic shape, context key)``.
+DecisionClass = tuple[str, str, str, TopicShape, Hashable]
+
+_CONTEXT: Final = {"Var": "context"}
 
 
 def _walk(node: Any) -> Iterator[str]:
@@ -64,6 +77,30 @@ def literal_types(policies: Mapping[str, Mapping[str, Any]]) -> frozenset[str]:
     scopes, conditions and annotations alike.
     """
     return frozenset(_walk(list(policies.values())))
+
+
+def _reads_context_whole(node: Any, found: set[str]) -> bool:
+    """Collect ``context.attr`` / ``context has attr`` names; True if ``context`` is used otherwise."""
+    if isinstance(node, Mapping):
+        for op in (".", "has"):
+            inner = node.get(op)
+            if isinstance(inner, Mapping) and inner.get("left") == _CONTEXT and isinstance(inner.get("attr"), str):
+                found.add(inner["attr"])
+                return any(_reads_context_whole(v, found) for k, v in node.items() if k != op)
+        if node.get("Var") == "context":
+            return True
+        return any(_reads_context_whole(v, found) for v in node.values())
+    if isinstance(node, list):
+        return any(_reads_context_whole(v, found) for v in node)
+    return False
+
+
+def context_attributes(policies: Mapping[str, Mapping[str, Any]]) -> tuple[str, ...] | None:
+    """The context attributes parsed (Cedar JSON) policies read, sorted; ``None`` if they may read all."""
+    found: set[str] = set()
+    if _reads_context_whole(list(policies.values()), found):
+        return None
+    return tuple(sorted(found))
 
 
 def classes_shareable(policies: Mapping[str, Mapping[str, Any]]) -> bool:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -30,7 +30,7 @@ import cedarpy
 
 from iotguard.clock import Clock, SystemClock
 from iotguard.errors import PolicyDenied
-from iotguard.policy.decision_cache import DecisionCache, DecisionClass, classes_shareable
+from iotguard.policy.decision_cache import DecisionCache, DecisionClass, classes_shareable, context_attributes
 from iotguard.policy.facts import (
     HOUR,
     DeviceFacts,
@@ -69,6 +69,7 @@ _log = logging.getLogger(__name__)
 #: when everything may have changed (policy, roles or segments).
 ChangeListener = Callable[[str | None], None]
 
+_ABSENT: Final = ("absent",)
 _NO_TARGET: Final = {"target_trust_tier": "none", "target_risk_score": 0, "target_fresh_attestation": False}
 
 
@@ -105,6 +106,7 @@ class _Loaded:
     permits: cedarpy.PolicySet | None
     forbids: cedarpy.PolicySet | None
     shareable: bool
+    context_attributes: tuple[str, ...] | None
 
 
 @dataclass
@@ -209,8 +211,9 @@ class PolicyEngine:
         except ValueError as exc:
             raise PolicyValidationError("policy set does not load", [str(exc)]) from exc
         shareable = classes_shareable(policy_set.policies)
+        attributes = context_attributes(policy_set.policies)
         with self._lock:
-            self._loaded = _Loaded(policy_set, version, handle, permits, forbids, shareable)
+            self._loaded = _Loaded(policy_set, version, handle, permits, forbids, shareable, attributes)
             self.load_error = ""
             self._invalidate_all()
 
@@ -365,7 +368,10 @@ class PolicyEngine:
             shape = facts.shape(request.resource_id, self.topics)
             if shape[0] != "unknown":
                 posture = facts.posture
-                key = (request.action, posture.model, posture.effective_segment, shape, facts.context_json)
+                context_key = facts.context_key
+                if context_key is None:
+                    context_key = facts.context_key = self._context_key(loaded, facts.context, facts.context_json)
+                key = (request.action, posture.model, posture.effective_segment, shape, context_key)
                 decision = cache.shared(key)
                 if decision is not None:
                     cache.put(request, decision, facts.valid_from, facts.valid_until, device_id, generation)
@@ -380,6 +386,13 @@ class PolicyEngine:
             if key is not None:
                 cache.put_shared(key, decision, epoch)
         return decision
+
+    @staticmethod
+    def _context_key(loaded: _Loaded, context: Mapping[str, Any], context_json: str) -> Hashable:
+        if loaded.context_attributes is None:
+            return context_json
+        # A marker no JSON value equals stands for an attribute the context lacks.
+        return tuple(context.get(name, _ABSENT) for name in loaded.context_attributes)
 
     @staticmethod
     def _run(loaded: _Loaded, prepared: _Prepared) -> Decision:

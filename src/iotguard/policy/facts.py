@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -150,7 +150,9 @@ class DeviceFacts:
         own_topics: Every topic the layout gives the device.
         shapes: Topic shapes of the own topics seen so far.
         context: Context record valid in ``[valid_from, valid_until)``.
-        context_json: ``context`` serialised (also a decision-class key part).
+        context_json: ``context`` serialised.
+        context_key: The part of ``context`` that goes into a decision-class
+            key (set by the engine, reset when the context is rebuilt).
     """
 
     posture: Posture
@@ -159,6 +161,7 @@ class DeviceFacts:
     shapes: dict[str, TopicShape] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
     context_json: str = ""
+    context_key: Hashable | None = None
     valid_from: float = 0.0
     valid_until: float = 0.0
     _handle: cedarpy.Entities | None = None
@@ -180,6 +183,7 @@ class DeviceFacts:
         if not self.valid_from <= ts < self.valid_until:
             context, until = device_context(self.posture, now, freshness_s)
             self.context, self.context_json = context, json.dumps(context)
+            self.context_key = None
             self.valid_from, self.valid_until = ts, until
 
     def shape(self, topic: str, layout: TopicLayout) -> TopicShape:
