@@ -1,0 +1,312 @@
+"""Ascon-AEAD128 batches compiled with Numba: an optional accelerator for the hub.
+
+The same algorithm as the scalar :mod:`.aead`, one message after another in
+machine code: each message keeps its five state words in registers, so a
+1 KiB message costs its 68 permutations and nothing else (no bitslicing, no
+transposes). The bitsliced NumPy form (:mod:`.batch`) stays the reference
+batch implementation and is used unless this one is asked for; both pass
+the official known-answer vectors (tests/crypto).
+
+This module imports Numba (BSD licence, ``pip install iotguard[accel]``)
+and so is imported only on request: :class:`.suite.AsconAead128Suite` with
+``compiled=True``. Functions compile on their first call (a few seconds,
+once per process); nothing is written to disk.
+
+The tag comparison ORs the differences of both tag words before testing
+them, so its time does not depend on where a forged tag differs; a message
+whose tag fails has its plaintext zeroed before any bytes are sliced out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+from iotguard.crypto.ascon._parameters import AEAD128_IV, KEY_SIZE, NONCE_SIZE, TAG_SIZE
+from iotguard.crypto.ascon._permutation import ROUND_CONSTANTS
+from iotguard.errors import IntegrityError
+
+__all__ = ["aead_decrypt_batch", "aead_encrypt_batch"]
+
+_ROUND_CONSTANTS = np.array(ROUND_CONSTANTS, dtype=np.uint64)
+_IV = np.uint64(AEAD128_IV)
+_DSEP = np.uint64(1 << 63)
+_ONE = np.uint64(1)
+_BYTE = np.uint64(0xFF)
+_ZERO = np.uint64(0)
+_ALL = np.uint64((1 << 64) - 1)
+
+
+@numba.njit(cache=False, nogil=True)
+def _rotr(x: np.uint64, n: int) -> np.uint64:  # pragma: no cover - compiled
+    return (x >> np.uint64(n)) | (x << np.uint64(64 - n))
+
+
+@numba.njit(cache=False, nogil=True)
+def _permute(
+    x0: np.uint64, x1: np.uint64, x2: np.uint64, x3: np.uint64, x4: np.uint64, first: int
+) -> tuple[np.uint64, np.uint64, np.uint64, np.uint64, np.uint64]:  # pragma: no cover - compiled
+    for r in range(first, 12):
+        x2 ^= _ROUND_CONSTANTS[r]
+        x0 ^= x4
+        x4 ^= x3
+        x2 ^= x1
+        t0 = ~x0 & x1
+        t1 = ~x1 & x2
+        t2 = ~x2 & x3
+        t3 = ~x3 & x4
+        t4 = ~x4 & x0
+        x0 ^= t1
+        x1 ^= t2
+        x2 ^= t3
+        x3 ^= t4
+        x4 ^= t0
+        x1 ^= x0
+        x0 ^= x4
+        x3 ^= x2
+        x2 = ~x2
+        x0 ^= _rotr(x0, 19) ^ _rotr(x0, 28)
+        x1 ^= _rotr(x1, 61) ^ _rotr(x1, 39)
+        x2 ^= _rotr(x2, 1) ^ _rotr(x2, 6)
+        x3 ^= _rotr(x3, 10) ^ _rotr(x3, 17)
+        x4 ^= _rotr(x4, 7) ^ _rotr(x4, 41)
+    return x0, x1, x2, x3, x4
+
+
+@numba.njit(cache=False, nogil=True)
+def _load(buf: npt.NDArray[np.uint8], pos: int, count: int) -> np.uint64:  # pragma: no cover - compiled
+    """Little-endian word of ``count`` (0..8) bytes at ``pos``, zero-filled."""
+    v = _ZERO
+    for b in range(count):
+        v |= np.uint64(buf[pos + b]) << np.uint64(8 * b)
+    return v
+
+
+@numba.njit(cache=False, nogil=True)
+def _word(buf: npt.NDArray[np.uint64], pos: int) -> np.uint64:  # pragma: no cover - compiled
+    """The word at byte ``pos`` (a multiple of 8) of a buffer viewed as words."""
+    return np.uint64(buf[pos >> 3])
+
+
+@numba.njit(cache=False, nogil=True)
+def _store(buf: npt.NDArray[np.uint8], pos: int, count: int, v: np.uint64) -> None:  # pragma: no cover - compiled
+    for b in range(count):
+        buf[pos + b] = np.uint8((v >> np.uint64(8 * b)) & _BYTE)
+
+
+@numba.njit(cache=False, nogil=True)
+def _mask(count: int) -> np.uint64:  # pragma: no cover - compiled
+    """Mask of the first ``count`` (0..8) bytes of a word."""
+    if count >= 8:
+        return _ALL
+    return (_ONE << np.uint64(8 * count)) - _ONE
+
+
+@numba.njit(cache=False, nogil=True)
+def _pad(count: int) -> np.uint64:  # pragma: no cover - compiled
+    """The 0x01 padding byte at byte ``count`` (0..7) of a word."""
+    return _ONE << np.uint64(8 * count)
+
+
+@numba.njit(cache=False, nogil=True)
+def _kernel(
+    keys: npt.NDArray[np.uint64],
+    nonces: npt.NDArray[np.uint64],
+    ad: npt.NDArray[np.uint8],
+    ad_words: npt.NDArray[np.uint64],
+    ad_off: npt.NDArray[np.int64],
+    ad_len: npt.NDArray[np.int64],
+    body: npt.NDArray[np.uint8],
+    body_words: npt.NDArray[np.uint64],
+    body_off: npt.NDArray[np.int64],
+    body_len: npt.NDArray[np.int64],
+    out: npt.NDArray[np.uint8],
+    out_words: npt.NDArray[np.uint64],
+    out_off: npt.NDArray[np.int64],
+    ok: npt.NDArray[np.bool_],
+    decrypt: bool,
+) -> None:  # pragma: no cover - compiled
+    # Every message starts at a multiple of 8 bytes, so whole blocks are read
+    # and written as words; partial blocks and the tag go byte by byte.
+    for i in range(keys.shape[0]):
+        k0 = keys[i, 0]
+        k1 = keys[i, 1]
+        x0, x1, x2, x3, x4 = _permute(_IV, k0, k1, nonces[i, 0], nonces[i, 1], 0)
+        x3 ^= k0
+        x4 ^= k1
+        pos = ad_off[i]
+        end = pos + ad_len[i]
+        if end > pos:
+            while end - pos >= 16:
+                x0 ^= _word(ad_words, pos)
+                x1 ^= _word(ad_words, pos + 8)
+                x0, x1, x2, x3, x4 = _permute(x0, x1, x2, x3, x4, 4)
+                pos += 16
+            rest = end - pos
+            if rest >= 8:
+                x0 ^= _load(ad, pos, 8)
+                x1 ^= _load(ad, pos + 8, rest - 8) ^ _pad(rest - 8)
+            else:
+                x0 ^= _load(ad, pos, rest) ^ _pad(rest)
+            x0, x1, x2, x3, x4 = _permute(x0, x1, x2, x3, x4, 4)
+        x4 ^= _DSEP
+        pos = body_off[i]
+        end = pos + body_len[i] - (TAG_SIZE if decrypt else 0)
+        o = out_off[i]
+        while end - pos >= 16:
+            c0 = _word(body_words, pos)
+            c1 = _word(body_words, pos + 8)
+            if decrypt:
+                out_words[o >> 3] = x0 ^ c0
+                out_words[(o >> 3) + 1] = x1 ^ c1
+                x0 = c0
+                x1 = c1
+            else:
+                x0 ^= c0
+                x1 ^= c1
+                out_words[o >> 3] = x0
+                out_words[(o >> 3) + 1] = x1
+            x0, x1, x2, x3, x4 = _permute(x0, x1, x2, x3, x4, 4)
+            pos += 16
+            o += 16
+        rest = end - pos
+        n0 = min(rest, 8)
+        n1 = max(rest - 8, 0)
+        c0 = _load(body, pos, n0)
+        c1 = _load(body, pos + 8, n1)
+        if decrypt:
+            m0 = (x0 ^ c0) & _mask(n0)
+            m1 = (x1 ^ c1) & _mask(n1)
+            x0 ^= m0
+            x1 ^= m1
+        else:
+            x0 ^= c0
+            x1 ^= c1
+            m0 = x0
+            m1 = x1
+        _store(out, o, n0, m0)
+        _store(out, o + 8, n1, m1)
+        o += rest
+        if rest < 8:
+            x0 ^= _pad(rest)
+        else:
+            x1 ^= _pad(rest - 8)
+        x0, x1, x2, x3, x4 = _permute(x0, x1, x2 ^ k0, x3 ^ k1, x4, 0)
+        t0 = x3 ^ k0
+        t1 = x4 ^ k1
+        if decrypt:
+            diff = (t0 ^ _load(body, end, 8)) | (t1 ^ _load(body, end + 8, 8))
+            ok[i] = diff == _ZERO
+            if not ok[i]:
+                for b in range(out_off[i], out_off[i + 1]):
+                    out[b] = 0
+        else:
+            _store(out, o, 8, t0)
+            _store(out, o + 8, 8, t1)
+            ok[i] = True
+
+
+_ZEROS = tuple(bytes(k) for k in range(8))
+
+
+def _aligned(items: Sequence[bytes]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """``items`` joined with each one starting at a multiple of 8 bytes; start offsets; lengths."""
+    size = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
+    padded = (size + 7) & ~7
+    offsets = np.zeros(len(items) + 1, dtype=np.int64)
+    np.cumsum(padded, out=offsets[1:])
+    aligned = bool((size == padded).all())
+    data = b"".join(items) if aligned else b"".join([x + _ZEROS[-len(x) % 8] for x in items])
+    return np.frombuffer(data, dtype=np.uint8), offsets, size
+
+
+def _words(items: Sequence[bytes]) -> npt.NDArray[np.uint64]:
+    return np.frombuffer(b"".join(items), dtype="<u8").astype(np.uint64, copy=False).reshape(len(items), 2)
+
+
+def _run(
+    keys: Sequence[bytes], nonces: Sequence[bytes], ads: Sequence[bytes], bodies: Sequence[bytes], decrypt: bool
+) -> list[bytes | IntegrityError]:
+    n = len(bodies)
+    if not len(keys) == len(nonces) == len(ads) == n:
+        raise IntegrityError("ascon-aead128: batch inputs differ in length")
+    results: list[bytes | IntegrityError] = [b""] * n
+    valid = [
+        i
+        for i in range(n)
+        if len(keys[i]) == KEY_SIZE and len(nonces[i]) == NONCE_SIZE and (not decrypt or len(bodies[i]) >= TAG_SIZE)
+    ]
+    if len(valid) != n:
+        for i in sorted(set(range(n)) - set(valid)):
+            results[i] = IntegrityError("ascon-aead128: bad key, nonce or ciphertext length")
+        keys, nonces, ads, bodies = ([seq[i] for i in valid] for seq in (keys, nonces, ads, bodies))
+    if not valid:
+        return results
+    ad, ad_off, ad_len = _aligned(ads)
+    body, body_off, body_len = _aligned(bodies)
+    out_len = body_len + (-TAG_SIZE if decrypt else TAG_SIZE)
+    out_off = np.zeros(len(valid) + 1, dtype=np.int64)
+    np.cumsum((out_len + 7) & ~7, out=out_off[1:])
+    out = np.zeros(int(out_off[-1]), dtype=np.uint8)
+    ok = np.zeros(len(valid), dtype=np.bool_)
+    _kernel(
+        _words(keys),
+        _words(nonces),
+        ad,
+        ad.view("<u8"),
+        ad_off,
+        ad_len,
+        body,
+        body.view("<u8"),
+        body_off,
+        body_len,
+        out,
+        out.view("<u8"),
+        out_off,
+        ok,
+        decrypt,
+    )
+    data = out.tobytes()
+    starts = out_off.tolist()
+    sizes = out_len.tolist()
+    passed = ok.tolist()
+    for k, i in enumerate(valid):
+        if passed[k]:
+            results[i] = data[starts[k] : starts[k] + sizes[k]]
+        else:
+            results[i] = IntegrityError("ascon-aead128: tag mismatch")
+    return results
+
+
+def aead_encrypt_batch(
+    keys: Sequence[bytes], nonces: Sequence[bytes], associated_data: Sequence[bytes], plaintexts: Sequence[bytes]
+) -> list[bytes]:
+    """Seal many messages; item ``i`` equals ``aead_encrypt(keys[i], nonces[i], ...)``.
+
+    Raises:
+        IntegrityError: the sequences differ in length, or a key or nonce
+            has the wrong length.
+    """
+    sealed: list[bytes] = []
+    for item in _run(keys, nonces, associated_data, plaintexts, decrypt=False):
+        if isinstance(item, IntegrityError):
+            raise item
+        sealed.append(item)
+    return sealed
+
+
+def aead_decrypt_batch(
+    keys: Sequence[bytes], nonces: Sequence[bytes], associated_data: Sequence[bytes], ciphertexts: Sequence[bytes]
+) -> list[bytes | IntegrityError]:
+    """Open many ciphertexts; each item is the plaintext or an :class:`IntegrityError`.
+
+    One forgery never affects other items, and no plaintext of a failed item
+    is returned.
+
+    Raises:
+        IntegrityError: the four sequences differ in length.
+    """
+    return _run(keys, nonces, associated_data, ciphertexts, decrypt=True)
