@@ -1,9 +1,10 @@
 """Ascon-AEAD128 batches compiled with Numba: an optional accelerator for the hub.
 
-The same algorithm as the scalar :mod:`.aead`, one message after another in
-machine code: each message keeps its five state words in registers, so a
-1 KiB message costs its 68 permutations and nothing else (no bitslicing, no
-transposes). The bitsliced NumPy form (:mod:`.batch`) stays the reference
+The same algorithm as the scalar :mod:`.aead` in machine code, sixteen
+messages of one shape at a time: every step of the permutation is one loop
+over the sixteen states, which the compiler runs on vector registers, so a
+1 KiB message costs its share of 70 vectorised permutations and nothing
+else (no bitslicing, no transposes). The bitsliced NumPy form (:mod:`.batch`) stays the reference
 batch implementation and is used unless this one is asked for; both pass
 the official known-answer vectors (tests/crypto).
 
@@ -38,6 +39,9 @@ _ONE = np.uint64(1)
 _BYTE = np.uint64(0xFF)
 _ZERO = np.uint64(0)
 _ALL = np.uint64((1 << 64) - 1)
+#: Messages advanced together by one vector instruction (16 measured about
+#: 3.5x faster per message than one at a time on AVX-512; 8 is not vectorised).
+_LANES = 16
 
 
 @numba.njit(cache=False, nogil=True)
@@ -47,33 +51,49 @@ def _rotr(x: np.uint64, n: int) -> np.uint64:  # pragma: no cover - compiled
 
 @numba.njit(cache=False, nogil=True)
 def _permute(
-    x0: np.uint64, x1: np.uint64, x2: np.uint64, x3: np.uint64, x4: np.uint64, first: int
-) -> tuple[np.uint64, np.uint64, np.uint64, np.uint64, np.uint64]:  # pragma: no cover - compiled
+    x0: npt.NDArray[np.uint64],
+    x1: npt.NDArray[np.uint64],
+    x2: npt.NDArray[np.uint64],
+    x3: npt.NDArray[np.uint64],
+    x4: npt.NDArray[np.uint64],
+    first: int,
+) -> None:  # pragma: no cover - compiled
+    """Ascon-p[12 - first] on the states of ``_LANES`` messages, in place.
+
+    The lane loop has a fixed trip count, so the compiler runs it on vector
+    registers: one instruction advances many messages (the rotations become
+    single vector rotates where the CPU has them).
+    """
     for r in range(first, 12):
-        x2 ^= _ROUND_CONSTANTS[r]
-        x0 ^= x4
-        x4 ^= x3
-        x2 ^= x1
-        t0 = ~x0 & x1
-        t1 = ~x1 & x2
-        t2 = ~x2 & x3
-        t3 = ~x3 & x4
-        t4 = ~x4 & x0
-        x0 ^= t1
-        x1 ^= t2
-        x2 ^= t3
-        x3 ^= t4
-        x4 ^= t0
-        x1 ^= x0
-        x0 ^= x4
-        x3 ^= x2
-        x2 = ~x2
-        x0 ^= _rotr(x0, 19) ^ _rotr(x0, 28)
-        x1 ^= _rotr(x1, 61) ^ _rotr(x1, 39)
-        x2 ^= _rotr(x2, 1) ^ _rotr(x2, 6)
-        x3 ^= _rotr(x3, 10) ^ _rotr(x3, 17)
-        x4 ^= _rotr(x4, 7) ^ _rotr(x4, 41)
-    return x0, x1, x2, x3, x4
+        c = _ROUND_CONSTANTS[r]
+        for lane in range(_LANES):
+            a0 = x0[lane]
+            a1 = x1[lane]
+            a2 = x2[lane] ^ c
+            a3 = x3[lane]
+            a4 = x4[lane]
+            a0 ^= a4
+            a4 ^= a3
+            a2 ^= a1
+            t0 = ~a0 & a1
+            t1 = ~a1 & a2
+            t2 = ~a2 & a3
+            t3 = ~a3 & a4
+            t4 = ~a4 & a0
+            a0 ^= t1
+            a1 ^= t2
+            a2 ^= t3
+            a3 ^= t4
+            a4 ^= t0
+            a1 ^= a0
+            a0 ^= a4
+            a3 ^= a2
+            a2 = ~a2
+            x0[lane] = a0 ^ _rotr(a0, 19) ^ _rotr(a0, 28)
+            x1[lane] = a1 ^ _rotr(a1, 61) ^ _rotr(a1, 39)
+            x2[lane] = a2 ^ _rotr(a2, 1) ^ _rotr(a2, 6)
+            x3[lane] = a3 ^ _rotr(a3, 10) ^ _rotr(a3, 17)
+            x4[lane] = a4 ^ _rotr(a4, 7) ^ _rotr(a4, 41)
 
 
 @numba.njit(cache=False, nogil=True)
@@ -112,7 +132,77 @@ def _pad(count: int) -> np.uint64:  # pragma: no cover - compiled
 
 
 @numba.njit(cache=False, nogil=True)
+def _last_block(buf: npt.NDArray[np.uint8], pos: int, rest: int) -> tuple[np.uint64, np.uint64]:  # pragma: no cover
+    """The final (partial, 0..15 bytes) associated-data block with its 0x01 padding, as two words."""
+    if rest >= 8:
+        return _load(buf, pos, 8), _load(buf, pos + 8, rest - 8) ^ _pad(rest - 8)
+    return _load(buf, pos, rest) ^ _pad(rest), _ZERO
+
+
+@numba.njit(cache=False, nogil=True)
+def _final_block(
+    x0: np.uint64,
+    x1: np.uint64,
+    body: npt.NDArray[np.uint8],
+    pos: int,
+    rest: int,
+    out: npt.NDArray[np.uint8],
+    o: int,
+    decrypt: bool,
+) -> tuple[np.uint64, np.uint64]:  # pragma: no cover - compiled
+    """Process the final (partial, 0..15 bytes) data block of one message and pad; returns the new rate words."""
+    n0 = min(rest, 8)
+    n1 = max(rest - 8, 0)
+    c0 = _load(body, pos, n0)
+    c1 = _load(body, pos + 8, n1)
+    if decrypt:
+        m0 = (x0 ^ c0) & _mask(n0)
+        m1 = (x1 ^ c1) & _mask(n1)
+        x0 ^= m0
+        x1 ^= m1
+    else:
+        x0 ^= c0
+        x1 ^= c1
+        m0 = x0
+        m1 = x1
+    _store(out, o, n0, m0)
+    _store(out, o + 8, n1, m1)
+    if rest < 8:
+        x0 ^= _pad(rest)
+    else:
+        x1 ^= _pad(rest - 8)
+    return x0, x1
+
+
+@numba.njit(cache=False, nogil=True)
+def _finish(
+    i: int,
+    t0: np.uint64,
+    t1: np.uint64,
+    body: npt.NDArray[np.uint8],
+    tag_pos: int,
+    out: npt.NDArray[np.uint8],
+    o: int,
+    out_off: npt.NDArray[np.int64],
+    ok: npt.NDArray[np.bool_],
+    decrypt: bool,
+) -> None:  # pragma: no cover - compiled
+    """Check (decrypt) or append (encrypt) message ``i``'s tag; zero the plaintext of a failed check."""
+    if decrypt:
+        diff = (t0 ^ _load(body, tag_pos, 8)) | (t1 ^ _load(body, tag_pos + 8, 8))
+        ok[i] = diff == _ZERO
+        if not ok[i]:
+            for b in range(out_off[i], out_off[i + 1]):
+                out[b] = 0
+    else:
+        _store(out, o, 8, t0)
+        _store(out, o + 8, 8, t1)
+        ok[i] = True
+
+
+@numba.njit(cache=False, nogil=True)
 def _kernel(
+    groups: npt.NDArray[np.int64],
     keys: npt.NDArray[np.uint64],
     nonces: npt.NDArray[np.uint64],
     ad: npt.NDArray[np.uint8],
@@ -129,84 +219,106 @@ def _kernel(
     ok: npt.NDArray[np.bool_],
     decrypt: bool,
 ) -> None:  # pragma: no cover - compiled
-    # Every message starts at a multiple of 8 bytes, so whole blocks are read
-    # and written as words; partial blocks and the tag go byte by byte.
-    for i in range(keys.shape[0]):
-        k0 = keys[i, 0]
-        k1 = keys[i, 1]
-        x0, x1, x2, x3, x4 = _permute(_IV, k0, k1, nonces[i, 0], nonces[i, 1], 0)
-        x3 ^= k0
-        x4 ^= k1
-        pos = ad_off[i]
-        end = pos + ad_len[i]
-        if end > pos:
-            while end - pos >= 16:
-                x0 ^= _word(ad_words, pos)
-                x1 ^= _word(ad_words, pos + 8)
-                x0, x1, x2, x3, x4 = _permute(x0, x1, x2, x3, x4, 4)
-                pos += 16
-            rest = end - pos
-            if rest >= 8:
-                x0 ^= _load(ad, pos, 8)
-                x1 ^= _load(ad, pos + 8, rest - 8) ^ _pad(rest - 8)
-            else:
-                x0 ^= _load(ad, pos, rest) ^ _pad(rest)
-            x0, x1, x2, x3, x4 = _permute(x0, x1, x2, x3, x4, 4)
-        x4 ^= _DSEP
-        pos = body_off[i]
-        end = pos + body_len[i] - (TAG_SIZE if decrypt else 0)
-        o = out_off[i]
-        while end - pos >= 16:
-            c0 = _word(body_words, pos)
-            c1 = _word(body_words, pos + 8)
-            if decrypt:
-                out_words[o >> 3] = x0 ^ c0
-                out_words[(o >> 3) + 1] = x1 ^ c1
-                x0 = c0
-                x1 = c1
-            else:
-                x0 ^= c0
-                x1 ^= c1
-                out_words[o >> 3] = x0
-                out_words[(o >> 3) + 1] = x1
-            x0, x1, x2, x3, x4 = _permute(x0, x1, x2, x3, x4, 4)
-            pos += 16
-            o += 16
-        rest = end - pos
-        n0 = min(rest, 8)
-        n1 = max(rest - 8, 0)
-        c0 = _load(body, pos, n0)
-        c1 = _load(body, pos + 8, n1)
-        if decrypt:
-            m0 = (x0 ^ c0) & _mask(n0)
-            m1 = (x1 ^ c1) & _mask(n1)
-            x0 ^= m0
-            x1 ^= m1
-        else:
-            x0 ^= c0
-            x1 ^= c1
-            m0 = x0
-            m1 = x1
-        _store(out, o, n0, m0)
-        _store(out, o + 8, n1, m1)
-        o += rest
-        if rest < 8:
-            x0 ^= _pad(rest)
-        else:
-            x1 ^= _pad(rest - 8)
-        x0, x1, x2, x3, x4 = _permute(x0, x1, x2 ^ k0, x3 ^ k1, x4, 0)
-        t0 = x3 ^ k0
-        t1 = x4 ^ k1
-        if decrypt:
-            diff = (t0 ^ _load(body, end, 8)) | (t1 ^ _load(body, end + 8, 8))
-            ok[i] = diff == _ZERO
-            if not ok[i]:
-                for b in range(out_off[i], out_off[i + 1]):
-                    out[b] = 0
-        else:
-            _store(out, o, 8, t0)
-            _store(out, o + 8, 8, t1)
-            ok[i] = True
+    # Each row of ``groups`` holds ``_LANES`` messages of one shape (a short
+    # group repeats its last message; the copies compute and write the same
+    # bytes). Every message starts at a multiple of 8 bytes, so whole blocks
+    # are read and written as words; partial blocks and tags go byte by byte.
+    x0 = np.empty(_LANES, dtype=np.uint64)
+    x1 = np.empty(_LANES, dtype=np.uint64)
+    x2 = np.empty(_LANES, dtype=np.uint64)
+    x3 = np.empty(_LANES, dtype=np.uint64)
+    x4 = np.empty(_LANES, dtype=np.uint64)
+    k0 = np.empty(_LANES, dtype=np.uint64)
+    k1 = np.empty(_LANES, dtype=np.uint64)
+    tag = TAG_SIZE if decrypt else 0
+    for g in range(groups.shape[0]):
+        lanes = groups[g]
+        for lane in range(_LANES):
+            i = lanes[lane]
+            k0[lane] = keys[i, 0]
+            k1[lane] = keys[i, 1]
+            x0[lane] = _IV
+            x1[lane] = keys[i, 0]
+            x2[lane] = keys[i, 1]
+            x3[lane] = nonces[i, 0]
+            x4[lane] = nonces[i, 1]
+        _permute(x0, x1, x2, x3, x4, 0)
+        for lane in range(_LANES):
+            x3[lane] ^= k0[lane]
+            x4[lane] ^= k1[lane]
+        length = ad_len[lanes[0]]
+        if length > 0:
+            full = length // 16
+            for q in range(full):
+                for lane in range(_LANES):
+                    p = ad_off[lanes[lane]] + 16 * q
+                    x0[lane] ^= _word(ad_words, p)
+                    x1[lane] ^= _word(ad_words, p + 8)
+                _permute(x0, x1, x2, x3, x4, 4)
+            for lane in range(_LANES):
+                w0, w1 = _last_block(ad, ad_off[lanes[lane]] + 16 * full, length % 16)
+                x0[lane] ^= w0
+                x1[lane] ^= w1
+            _permute(x0, x1, x2, x3, x4, 4)
+        for lane in range(_LANES):
+            x4[lane] ^= _DSEP
+        length = body_len[lanes[0]] - tag
+        full = length // 16
+        for q in range(full):
+            for lane in range(_LANES):
+                i = lanes[lane]
+                p = body_off[i] + 16 * q
+                o = (out_off[i] + 16 * q) >> 3
+                c0 = _word(body_words, p)
+                c1 = _word(body_words, p + 8)
+                if decrypt:
+                    out_words[o] = x0[lane] ^ c0
+                    out_words[o + 1] = x1[lane] ^ c1
+                    x0[lane] = c0
+                    x1[lane] = c1
+                else:
+                    x0[lane] ^= c0
+                    x1[lane] ^= c1
+                    out_words[o] = x0[lane]
+                    out_words[o + 1] = x1[lane]
+            _permute(x0, x1, x2, x3, x4, 4)
+        rest = length % 16
+        for lane in range(_LANES):
+            i = lanes[lane]
+            x0[lane], x1[lane] = _final_block(
+                x0[lane], x1[lane], body, body_off[i] + 16 * full, rest, out, out_off[i] + 16 * full, decrypt
+            )
+            x2[lane] ^= k0[lane]
+            x3[lane] ^= k1[lane]
+        _permute(x0, x1, x2, x3, x4, 0)
+        for lane in range(_LANES):
+            i = lanes[lane]
+            _finish(
+                i,
+                x3[lane] ^ k0[lane],
+                x4[lane] ^ k1[lane],
+                body,
+                body_off[i] + length,
+                out,
+                out_off[i] + length,
+                out_off,
+                ok,
+                decrypt,
+            )
+
+
+def _groups(ad_len: npt.NDArray[np.int64], body_len: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Messages in rows of ``_LANES`` of one shape (sorted by shape); a short row repeats its last message."""
+    order = np.lexsort((body_len, ad_len))
+    shape = np.stack([ad_len[order], body_len[order]], axis=1)
+    starts = np.flatnonzero(np.any(shape[1:] != shape[:-1], axis=1)) + 1
+    rows: list[npt.NDArray[np.int64]] = []
+    for run in np.split(order, starts):
+        short = -len(run) % _LANES
+        if short:
+            run = np.concatenate([run, np.full(short, run[-1], dtype=np.int64)])
+        rows.append(run.reshape(-1, _LANES))
+    return np.concatenate(rows).astype(np.int64, copy=False)
 
 
 _ZEROS = tuple(bytes(k) for k in range(8))
@@ -253,6 +365,7 @@ def _run(
     out = np.zeros(int(out_off[-1]), dtype=np.uint8)
     ok = np.zeros(len(valid), dtype=np.bool_)
     _kernel(
+        _groups(ad_len, body_len),
         _words(keys),
         _words(nonces),
         ad,
