@@ -36,6 +36,7 @@ Usage: python bench/policy.py [--quick]
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -451,7 +452,7 @@ def main() -> int:
         "python": sys.version.split()[0],
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),
-        "cedarpy": getattr(cedarpy, "__version__", "4.x"),
+        "cedarpy": importlib.metadata.version("cedarpy"),
         "workload": {
             "devices": devices,
             "segments": len(SEGMENTS),
