@@ -52,8 +52,9 @@ __all__ = [
 #: classes: none of them is renamed between requests of one class.
 CLASS_SAFE_LITERAL_TYPES: Final = frozenset({"Action", "Segment", "Role", "Operator", "Dataset", "Firmware", "Hub"})
 
-#: ``(action, model, effective segment, topic shape, context key)``.
-DecisionClass = tuple[str, str, str, TopicShape, Hashable]
+#: ``(epoch, action, model, effective segment, topic shape, context key)``;
+#: the epoch keeps a key computed under a replaced policy set from matching.
+DecisionClass = tuple[int, str, str, str, TopicShape, Hashable]
 
 _CONTEXT: Final = {"Var": "context"}
 

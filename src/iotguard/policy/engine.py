@@ -371,7 +371,7 @@ class PolicyEngine:
                 context_key = facts.context_key
                 if context_key is None:
                     context_key = facts.context_key = self._context_key(loaded, facts.context, facts.context_json)
-                key = (request.action, posture.model, posture.effective_segment, shape, context_key)
+                key = (epoch, request.action, posture.model, posture.effective_segment, shape, context_key)
                 decision = cache.shared(key)
                 if decision is not None:
                     cache.put(request, decision, facts.valid_from, facts.valid_until, device_id, generation)
