@@ -219,9 +219,11 @@ def _kernel(
     ok: npt.NDArray[np.bool_],
     decrypt: bool,
 ) -> None:  # pragma: no cover - compiled
-    # Each row of ``groups`` holds ``_LANES`` messages of one shape (a short
-    # group repeats its last message; the copies compute and write the same
-    # bytes). Every message starts at a multiple of 8 bytes, so whole blocks
+    # Each row of ``groups`` holds ``_LANES`` messages with the same number
+    # of whole associated-data and data blocks (whether there is associated
+    # data at all included); their final partial blocks differ lane by lane.
+    # A short row repeats its last message; the copies compute and write the
+    # same bytes. Every message starts at a multiple of 8 bytes, so whole blocks
     # are read and written as words; partial blocks and tags go byte by byte.
     x0 = np.empty(_LANES, dtype=np.uint64)
     x1 = np.empty(_LANES, dtype=np.uint64)
@@ -246,9 +248,8 @@ def _kernel(
         for lane in range(_LANES):
             x3[lane] ^= k0[lane]
             x4[lane] ^= k1[lane]
-        length = ad_len[lanes[0]]
-        if length > 0:
-            full = length // 16
+        if ad_len[lanes[0]] > 0:
+            full = ad_len[lanes[0]] // 16
             for q in range(full):
                 for lane in range(_LANES):
                     p = ad_off[lanes[lane]] + 16 * q
@@ -256,14 +257,14 @@ def _kernel(
                     x1[lane] ^= _word(ad_words, p + 8)
                 _permute(x0, x1, x2, x3, x4, 4)
             for lane in range(_LANES):
-                w0, w1 = _last_block(ad, ad_off[lanes[lane]] + 16 * full, length % 16)
+                i = lanes[lane]
+                w0, w1 = _last_block(ad, ad_off[i] + 16 * full, ad_len[i] - 16 * full)
                 x0[lane] ^= w0
                 x1[lane] ^= w1
             _permute(x0, x1, x2, x3, x4, 4)
         for lane in range(_LANES):
             x4[lane] ^= _DSEP
-        length = body_len[lanes[0]] - tag
-        full = length // 16
+        full = (body_len[lanes[0]] - tag) // 16
         for q in range(full):
             for lane in range(_LANES):
                 i = lanes[lane]
@@ -282,9 +283,9 @@ def _kernel(
                     out_words[o] = x0[lane]
                     out_words[o + 1] = x1[lane]
             _permute(x0, x1, x2, x3, x4, 4)
-        rest = length % 16
         for lane in range(_LANES):
             i = lanes[lane]
+            rest = body_len[i] - tag - 16 * full
             x0[lane], x1[lane] = _final_block(
                 x0[lane], x1[lane], body, body_off[i] + 16 * full, rest, out, out_off[i] + 16 * full, decrypt
             )
@@ -293,6 +294,7 @@ def _kernel(
         _permute(x0, x1, x2, x3, x4, 0)
         for lane in range(_LANES):
             i = lanes[lane]
+            length = body_len[i] - tag
             _finish(
                 i,
                 x3[lane] ^ k0[lane],
@@ -307,10 +309,17 @@ def _kernel(
             )
 
 
-def _groups(ad_len: npt.NDArray[np.int64], body_len: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """Messages in rows of ``_LANES`` of one shape (sorted by shape); a short row repeats its last message."""
-    order = np.lexsort((body_len, ad_len))
-    shape = np.stack([ad_len[order], body_len[order]], axis=1)
+def _groups(ad_len: npt.NDArray[np.int64], data_len: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Messages in rows of ``_LANES`` that take the same permutations; a short row repeats its last message.
+
+    Lanes of a row share the count of whole data blocks and of associated-data
+    blocks (zero when there is none, else whole blocks plus the padded last),
+    so readings whose lengths differ by a few bytes still share rows.
+    """
+    ad_blocks = np.where(ad_len > 0, ad_len // 16 + 1, 0)
+    data_blocks = data_len // 16
+    order = np.lexsort((data_blocks, ad_blocks))
+    shape = np.stack([ad_blocks[order], data_blocks[order]], axis=1)
     starts = np.flatnonzero(np.any(shape[1:] != shape[:-1], axis=1)) + 1
     rows: list[npt.NDArray[np.int64]] = []
     for run in np.split(order, starts):
@@ -339,58 +348,69 @@ def _words(items: Sequence[bytes]) -> npt.NDArray[np.uint64]:
     return np.frombuffer(b"".join(items), dtype="<u8").astype(np.uint64, copy=False).reshape(len(items), 2)
 
 
+def _lengths(items: Sequence[bytes]) -> npt.NDArray[np.int64]:
+    return np.fromiter(map(len, items), dtype=np.int64, count=len(items))
+
+
+def _outputs(out: npt.NDArray[np.uint8], out_off: npt.NDArray[np.int64], out_len: npt.NDArray[np.int64]) -> list[bytes]:
+    """Each message's output bytes, cut in C when every message has the same length."""
+    count = len(out_len)
+    size = int(out_len[0])
+    if size and (out_len == size).all():
+        rows = out.reshape(count, -1)[:, :size]
+        return np.ascontiguousarray(rows).view(f"V{size}").reshape(-1).tolist()
+    data = out.tobytes()
+    return [data[s : s + k] for s, k in zip(out_off.tolist(), out_len.tolist(), strict=False)]
+
+
 def _run(
     keys: Sequence[bytes], nonces: Sequence[bytes], ads: Sequence[bytes], bodies: Sequence[bytes], decrypt: bool
 ) -> list[bytes | IntegrityError]:
     n = len(bodies)
     if not len(keys) == len(nonces) == len(ads) == n:
         raise IntegrityError("ascon-aead128: batch inputs differ in length")
-    results: list[bytes | IntegrityError] = [b""] * n
-    valid = [
-        i
-        for i in range(n)
-        if len(keys[i]) == KEY_SIZE and len(nonces[i]) == NONCE_SIZE and (not decrypt or len(bodies[i]) >= TAG_SIZE)
+    tag = TAG_SIZE if decrypt else 0
+    valid = (_lengths(keys) == KEY_SIZE) & (_lengths(nonces) == NONCE_SIZE) & (_lengths(bodies) >= tag)
+    chosen = np.flatnonzero(valid).tolist()
+    if len(chosen) != n:
+        keys, nonces, ads, bodies = ([seq[i] for i in chosen] for seq in (keys, nonces, ads, bodies))
+    outputs: list[bytes | IntegrityError] = []
+    if chosen:
+        ad, ad_off, ad_len = _aligned(ads)
+        body, body_off, body_len = _aligned(bodies)
+        out_len = body_len + (-TAG_SIZE if decrypt else TAG_SIZE)
+        out_off = np.zeros(len(chosen) + 1, dtype=np.int64)
+        np.cumsum((out_len + 7) & ~7, out=out_off[1:])
+        out = np.zeros(int(out_off[-1]), dtype=np.uint8)
+        ok = np.zeros(len(chosen), dtype=np.bool_)
+        _kernel(
+            _groups(ad_len, body_len - tag),
+            _words(keys),
+            _words(nonces),
+            ad,
+            ad.view("<u8"),
+            ad_off,
+            ad_len,
+            body,
+            body.view("<u8"),
+            body_off,
+            body_len,
+            out,
+            out.view("<u8"),
+            out_off,
+            ok,
+            decrypt,
+        )
+        outputs.extend(_outputs(out, out_off, out_len))
+        for k in np.flatnonzero(~ok).tolist():
+            outputs[k] = IntegrityError("ascon-aead128: tag mismatch")
+    if len(chosen) == n:
+        return outputs
+    results: list[bytes | IntegrityError] = [
+        IntegrityError("ascon-aead128: bad key, nonce or ciphertext length") for _ in range(n)
     ]
-    if len(valid) != n:
-        for i in sorted(set(range(n)) - set(valid)):
-            results[i] = IntegrityError("ascon-aead128: bad key, nonce or ciphertext length")
-        keys, nonces, ads, bodies = ([seq[i] for i in valid] for seq in (keys, nonces, ads, bodies))
-    if not valid:
-        return results
-    ad, ad_off, ad_len = _aligned(ads)
-    body, body_off, body_len = _aligned(bodies)
-    out_len = body_len + (-TAG_SIZE if decrypt else TAG_SIZE)
-    out_off = np.zeros(len(valid) + 1, dtype=np.int64)
-    np.cumsum((out_len + 7) & ~7, out=out_off[1:])
-    out = np.zeros(int(out_off[-1]), dtype=np.uint8)
-    ok = np.zeros(len(valid), dtype=np.bool_)
-    _kernel(
-        _groups(ad_len, body_len),
-        _words(keys),
-        _words(nonces),
-        ad,
-        ad.view("<u8"),
-        ad_off,
-        ad_len,
-        body,
-        body.view("<u8"),
-        body_off,
-        body_len,
-        out,
-        out.view("<u8"),
-        out_off,
-        ok,
-        decrypt,
-    )
-    data = out.tobytes()
-    starts = out_off.tolist()
-    sizes = out_len.tolist()
-    passed = ok.tolist()
-    for k, i in enumerate(valid):
-        if passed[k]:
-            results[i] = data[starts[k] : starts[k] + sizes[k]]
-        else:
-            results[i] = IntegrityError("ascon-aead128: tag mismatch")
+    for i, value in zip(chosen, outputs, strict=True):
+        results[i] = value
     return results
 
 
