@@ -17,6 +17,8 @@ docs/wire.md; ``--ad-size`` changes it):
   ``decrypt`` one message at a time with the cipher object already built
   (the fastest way to call it), and also with the object built per message.
 
+Rates are messages per second of process CPU time (see ``best_time``).
+
 Headline: batched (NumPy) Ascon opens/s / ChaCha20-Poly1305 opens/s for
 64-byte messages with 48 B of associated data at the best batch size (goal
 >= 1). Also recorded: the same for 1 KiB messages (goal >= 0.5), both for
@@ -127,11 +129,18 @@ def plain_decrypt(key: bytes, nonce: bytes, ad: bytes, ciphertext: bytes) -> byt
 
 
 def best_time(run: Callable[[], object], repeats: int) -> float:
+    """Fastest of ``repeats`` runs, in process CPU seconds.
+
+    CPU time, not wall time: on cores shared with other jobs the fastest
+    wall-clock run of a short job (a batch of a few milliseconds) often fits
+    between preemptions while a long one (100,000 ChaCha20 calls) never
+    does, which flattered the batched forms by up to 2x.
+    """
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         run()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.process_time() - start)
     return best
 
 
@@ -317,6 +326,7 @@ def main() -> None:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "load_average": os.getloadavg(),
+        "clock": "process CPU time, fastest of the repeats",
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
