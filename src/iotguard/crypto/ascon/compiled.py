@@ -1,12 +1,13 @@
 """Ascon-AEAD128 batches compiled with Numba: an optional accelerator for the hub.
 
 The same algorithm as the scalar :mod:`.aead` in machine code, sixteen
-messages of one shape at a time: every step of the permutation is one loop
-over the sixteen states, which the compiler runs on vector registers, so a
-1 KiB message costs its share of 70 vectorised permutations and nothing
-else (no bitslicing, no transposes). The bitsliced NumPy form (:mod:`.batch`) stays the reference
-batch implementation and is used unless this one is asked for; both pass
-the official known-answer vectors (tests/crypto).
+messages with the same block counts at a time: every step of the
+permutation is one loop over the sixteen states, which the compiler runs on
+vector registers, so a 1 KiB message costs its share of 70 vectorised
+permutations (no bitslicing, no transposes). The bitsliced NumPy form
+(:mod:`.batch`) stays the reference batch implementation and is used unless
+this one is asked for; both pass the official known-answer vectors
+(tests/crypto).
 
 This module imports Numba (BSD licence, ``pip install iotguard[accel]``)
 and so is imported only on request: :class:`.suite.AsconAead128Suite` with
