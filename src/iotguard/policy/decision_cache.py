@@ -11,11 +11,11 @@ Per decision class. Most devices of a fleet look alike to the policies: the
 same model in the same segment, publishing to their own telemetry topic,
 with the same trust tier, risk score, hour and certificate days left. For a
 device request the class is everything Cedar can observe of the request:
-the action, the device's model and effective segment (whose attributes are
-the segment's), the topic's kind, direction and segment, whether the topic
-belongs to the principal, another device or none, and the context
-attributes the policies read. Cedar compares entities only by identity and never exposes an
-entity id as a value, so renaming the principal, the topic and the topic's
+the action, the attributes and parents of the device and of its effective
+segment, the topic's attributes with its owner reduced to the principal or
+another device, and the context attributes the policies read. Cedar
+compares entities only by identity and never exposes an entity id as a
+value, so renaming the principal, the topic and the topic's
 owner consistently cannot change a decision unless a policy names one of
 them literally. Classes are therefore shared only while no policy holds an
 entity literal outside :data:`CLASS_SAFE_LITERAL_TYPES` (checked on the
@@ -52,9 +52,10 @@ __all__ = [
 #: classes: none of them is renamed between requests of one class.
 CLASS_SAFE_LITERAL_TYPES: Final = frozenset({"Action", "Segment", "Role", "Operator", "Dataset", "Firmware", "Hub"})
 
-#: ``(epoch, action, model, effective segment, topic shape, context key)``;
-#: the epoch keeps a key computed under a replaced policy set from matching.
-DecisionClass = tuple[int, str, str, str, TopicShape, Hashable]
+#: ``(epoch, action, device and segment attributes, topic shape, context
+#: key)``; the epoch keeps a key computed under a replaced policy set from
+#: matching.
+DecisionClass = tuple[int, str, str, TopicShape, Hashable]
 
 _CONTEXT: Final = {"Var": "context"}
 

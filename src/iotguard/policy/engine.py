@@ -366,12 +366,11 @@ class PolicyEngine:
         key: DecisionClass | None = None
         if store and loaded.shareable:
             shape = facts.shape(request.resource_id, self.topics)
-            if shape[0] != "unknown":
-                posture = facts.posture
+            if shape is not None:
                 context_key = facts.context_key
                 if context_key is None:
                     context_key = facts.context_key = self._context_key(loaded, facts.context, facts.context_json)
-                key = (epoch, request.action, posture.model, posture.effective_segment, shape, context_key)
+                key = (epoch, request.action, facts.class_key, shape, context_key)
                 decision = cache.shared(key)
                 if decision is not None:
                     cache.put(request, decision, facts.valid_from, facts.valid_until, device_id, generation)

@@ -43,10 +43,9 @@ __all__ = [
 HOUR: Final = 3600.0
 DAY: Final = 86400.0
 
-#: What a decision may depend on about a topic, with the owning device
-#: reduced to ``self`` (the principal), ``other`` or ``None``:
-#: ``(kind, direction, owner, segment)``.
-TopicShape = tuple[str, str, str | None, str | None]
+#: What a decision may depend on about a topic: its Cedar attributes as JSON,
+#: with the owning device reduced to ``"self"`` (the principal) or ``"other"``.
+TopicShape = str
 
 
 def uid(kind: str, ident: str) -> dict[str, str]:
@@ -88,10 +87,18 @@ def topic_entity(info: TopicInfo) -> dict[str, Any]:
     return {"uid": uid("Topic", info.topic), "attrs": attrs, "parents": []}
 
 
-def topic_shape(info: TopicInfo, principal: str) -> TopicShape:
-    """``info`` with the owning device replaced by its relation to ``principal``."""
-    owner = None if info.device is None else ("self" if info.device == principal else "other")
-    return info.kind, info.direction, owner, info.segment
+def topic_shape(info: TopicInfo, principal: str) -> TopicShape | None:
+    """The topic entity's attributes with the owner replaced by its relation to ``principal``.
+
+    ``None`` for a topic the layout does not recognise: its id may be
+    anything, so its decisions are never shared.
+    """
+    if info.kind == "unknown":
+        return None
+    attrs = topic_entity(info)["attrs"]
+    if info.device is not None:
+        attrs["device"] = "self" if info.device == principal else "other"
+    return json.dumps(attrs, sort_keys=True)
 
 
 def role_entities(roles: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
@@ -148,6 +155,9 @@ class DeviceFacts:
             a new posture object means new facts).
         entities: Device, segment and the own topics used so far.
         own_topics: Every topic the layout gives the device.
+        class_key: The Cedar attributes and parents of the device and of its
+            segment as JSON (a decision-class key part: whatever attribute
+            the entities gain is in the key too).
         shapes: Topic shapes of the own topics seen so far.
         context: Context record valid in ``[valid_from, valid_until)``.
         context_json: ``context`` serialised.
@@ -158,7 +168,8 @@ class DeviceFacts:
     posture: Posture
     entities: list[dict[str, Any]]
     own_topics: frozenset[str]
-    shapes: dict[str, TopicShape] = field(default_factory=dict)
+    class_key: str
+    shapes: dict[str, TopicShape | None] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
     context_json: str = ""
     context_key: Hashable | None = None
@@ -176,7 +187,9 @@ class DeviceFacts:
             segment_entity(name, segment),
         ]
         own = frozenset(layout.device_topics(posture.segment, posture.device_id))
-        return cls(posture, entities, own)
+        device, zone = entities
+        class_key = json.dumps([device["attrs"], device["parents"], zone], sort_keys=True)
+        return cls(posture, entities, own, class_key)
 
     def refresh_context(self, now: datetime, ts: float, freshness_s: float) -> None:
         """Rebuild the context unless the one held is valid at ``ts``."""
@@ -186,11 +199,10 @@ class DeviceFacts:
             self.context_key = None
             self.valid_from, self.valid_until = ts, until
 
-    def shape(self, topic: str, layout: TopicLayout) -> TopicShape:
+    def shape(self, topic: str, layout: TopicLayout) -> TopicShape | None:
         """The shape of ``topic`` (remembered for own topics, whose shape never changes)."""
-        known = self.shapes.get(topic)
-        if known is not None:
-            return known
+        if topic in self.shapes:
+            return self.shapes[topic]
         shape = topic_shape(layout.parse(topic), self.posture.device_id)
         if topic in self.own_topics:
             self.shapes[topic] = shape
