@@ -20,6 +20,13 @@ from iotguard.wire import Reading, encode_reading
 from tests.hub.conftest import HubParts
 
 
+def _transport_pk() -> bytes:
+    """A fresh transport public key (renewals carry one, ADR 0600)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+
+
 def _quarantine(hub: HubParts, device_id: str = "dev-1") -> None:
     r = hub.client.post(f"/v1/devices/{device_id}/quarantine", json={"reason": "scan"},
                         headers=hub.operator_token("operator"))
@@ -107,7 +114,7 @@ def test_stale_signed_request_refused(hub: HubParts) -> None:
 
 def test_replayed_signed_request_refused(hub: HubParts) -> None:
     a = hub.agent("dev-1")
-    wire = a._signed("renew", {})[0]
+    wire = a._signed("renew", {"transport_public_key": _transport_pk()})[0]
     assert hub.client.post("/v1/renew", json=wire).status_code == 200
     r = hub.client.post("/v1/renew", json=wire)
     assert (r.status_code, r.json()["error"]) == (409, "replay")
@@ -129,7 +136,7 @@ def test_request_signed_by_another_device_is_forged(hub: HubParts) -> None:
     hub.agent("dev-1")
     intruder = hub.agent("dev-2")
     intruder.device_id = "dev-1"  # claims dev-1, signs with dev-2's key
-    r = hub.client.post("/v1/renew", json=intruder._signed("renew", {})[0])
+    r = hub.client.post("/v1/renew", json=intruder._signed("renew", {"transport_public_key": _transport_pk()})[0])
     assert (r.status_code, r.json()["error"]) == (401, "forged")
 
 
@@ -139,10 +146,13 @@ def test_forgeries_in_a_devices_name_do_not_lock_the_device_out(hub: HubParts) -
     a = hub.agent("dev-1")
     intruder = hub.agent("dev-2")
     intruder.device_id = "dev-1"
-    statuses = [hub.client.post("/v1/renew", json=intruder._signed("renew", {})[0]).status_code for _ in range(12)]
+    def forged() -> dict[str, str]:
+        return intruder._signed("renew", {"transport_public_key": _transport_pk()})[0]
+
+    statuses = [hub.client.post("/v1/renew", json=forged()).status_code for _ in range(12)]
     assert statuses[0] == 401 and statuses[-1] == 429
     a.renew_certificate()
-    assert hub.client.post("/v1/renew", json=intruder._signed("renew", {})[0]).status_code == 429
+    assert hub.client.post("/v1/renew", json=forged()).status_code == 429
 
 
 def test_enrollment_asks_the_policy_engine(hub: HubParts) -> None:
@@ -171,7 +181,7 @@ def test_bootstrap_asks_the_policy_engine(hub: HubParts) -> None:
 def test_refusals_are_audited_with_action_and_reason(hub: HubParts) -> None:
     a = hub.agent("dev-1")
     a.clock = FixedClock(datetime.now(UTC) - timedelta(minutes=10))
-    hub.client.post("/v1/renew", json=a._signed("renew", {})[0])
+    hub.client.post("/v1/renew", json=a._signed("renew", {"transport_public_key": _transport_pk()})[0])
     a.clock = FixedClock(datetime.now(UTC))
     _quarantine(hub)
     hub.client.post("/v1/rekey", json=a._signed("rekey", {"epoch": 2, "kex_public_key": b"k" * 32,

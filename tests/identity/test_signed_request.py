@@ -39,7 +39,9 @@ def _view(status: str = "active", cert_days: float | None = 30.0, pub: bytes | N
 
 def _signed(action: str = "renew", body: dict | None = None, *, now: datetime = NOW, key=KEY,
             device_id: str = "dev-1", nonce: bytes | None = None) -> dict[str, str]:
-    return sign_device_request(action, device_id, body or {}, now=now, sign=key.sign, nonce=nonce).wire
+    if body is None:
+        body = {"transport_public_key": b"t" * 32} if action == "renew" else {}
+    return sign_device_request(action, device_id, body, now=now, sign=key.sign, nonce=nonce).wire
 
 
 def _verify(wire: dict[str, str], view: DeviceView | None = None, *, now: datetime = NOW,
@@ -131,7 +133,8 @@ def _raw_wire(obj: object) -> dict[str, str]:
     return {"request": base64.urlsafe_b64encode(raw).decode(), "signature": base64.urlsafe_b64encode(sig).decode()}
 
 
-GOOD = {"v": 1, "action": "renew", "device_id": "dev-1", "ts": int(NOW.timestamp()), "nonce": b"n" * 16, "body": {}}
+GOOD = {"v": 1, "action": "renew", "device_id": "dev-1", "ts": int(NOW.timestamp()), "nonce": b"n" * 16,
+        "body": {"transport_public_key": b"t" * 32}}
 
 
 @pytest.mark.parametrize("bad", [
