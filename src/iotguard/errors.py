@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "PUBLIC_MESSAGES",
+    "AttestationError",
     "AuthenticationError",
     "BudgetExhausted",
     "ConfigError",
@@ -26,6 +27,8 @@ __all__ = [
     "ReplayError",
     "RevokedError",
     "RollbackError",
+    "RootOfTrustUnsupported",
+    "SecureBootError",
     "StorageError",
     "TamperError",
     "UnknownDeviceError",
@@ -122,6 +125,24 @@ class PufQualityError(KeyStoreError):
     code = "puf_quality"
 
 
+class RootOfTrustUnsupported(KeyStoreError):
+    """The key store is no root of trust: it has no measurement registers, attestation key or quote."""
+
+    code = "rot_unsupported"
+
+
+class SecureBootError(IotGuardError):
+    """Secure boot refused a stage: its image or signature did not verify against the boot anchor."""
+
+    code = "secure_boot_refused"
+
+
+class AttestationError(IotGuardError):
+    """Evidence could not be produced, or an appraisal could not start (no policy for the model...)."""
+
+    code = "attestation_failed"
+
+
 class UsageLimitError(IotGuardError):
     """A key reached its usage limit (messages per key) and must be re-keyed."""
 
@@ -175,6 +196,9 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "keystore_error": "key store unavailable",
     "tampered": "key store unavailable",
     "puf_quality": "key store unavailable",
+    "rot_unsupported": "key store cannot attest",
+    "secure_boot_refused": "boot image refused",
+    "attestation_failed": "attestation failed",
     "usage_limit": "key must be renewed",
     "rollback": "version rollback refused",
     "no_consent": "no consent for this purpose",
