@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from iotguard.errors import ConfigError, KeyStoreError
 from iotguard.fileio import atomic_write
@@ -53,7 +53,8 @@ _AK_PRIVATE = "ak.priv"
 _SEQUENCE_CHUNK = 1024
 _PCRS_PER_READ = 8
 _TPM_RC_NV_UNINITIALIZED = 0x14A
-_TPM_RC_NV_DEFINED = 0x14C
+_TPM_RC_REFERENCE_H0 = 0x910  # a handle names a transient object that is not loaded (after a TPM reset)
+_T = TypeVar("_T")
 
 
 def _selection_text(indices: Iterable[int]) -> str:
@@ -98,12 +99,36 @@ class TpmRootOfTrust:
 
     def close(self) -> None:
         """Flush loaded objects and close the TPM connection."""
-        for handle in (self._ak, self._srk):
-            if handle is not None:
-                self._esapi.flush_context(handle)
-        self._ak = self._srk = None
+        self._forget_keys(flush=True)
         self._esapi.close()
         self._tcti.close()
+
+    def _forget_keys(self, *, flush: bool) -> None:
+        from tpm2_pytss import TSS2_Exception
+
+        for handle in (self._ak, self._srk):
+            if handle is None:
+                continue
+            try:
+                if flush:
+                    self._esapi.flush_context(handle)
+                else:
+                    self._esapi.tr_close(handle)
+            except TSS2_Exception:
+                self._esapi.tr_close(handle)
+        self._ak = self._srk = None
+
+    def _with_ak(self, operation: Callable[[Any], _T]) -> _T:
+        """Run ``operation(ak)``, reloading the AK once if a TPM reset unloaded it."""
+        from tpm2_pytss import TSS2_Exception
+
+        try:
+            return operation(self._load_keys())
+        except TSS2_Exception as exc:
+            if (int(exc.rc) & 0xF3F) != _TPM_RC_REFERENCE_H0:
+                raise
+        self._forget_keys(flush=False)
+        return operation(self._load_keys())
 
     # -- PCRs ----------------------------------------------------------------
 
@@ -154,9 +179,7 @@ class TpmRootOfTrust:
             srk_template = TPM2B_PUBLIC.parse(
                 "ecc256:aes128cfb", objectAttributes=TPMA_OBJECT.DEFAULT_TPM2_TOOLS_CREATEPRIMARY_ATTRS
             )
-            self._srk, _, _, _, _ = self._esapi.create_primary(
-                TPM2B_SENSITIVE_CREATE(), srk_template, ESYS_TR.OWNER
-            )
+            self._srk, _, _, _, _ = self._esapi.create_primary(TPM2B_SENSITIVE_CREATE(), srk_template, ESYS_TR.OWNER)
         public_path, private_path = self._dir / _AK_PUBLIC, self._dir / _AK_PRIVATE
         if public_path.exists() and private_path.exists():
             public, _ = TPM2B_PUBLIC.unmarshal(public_path.read_bytes())
@@ -213,9 +236,10 @@ class TpmRootOfTrust:
 
         check_nonce(nonce, TPM_MAX_NONCE_BYTES)
         indices = check_pcr_selection(pcr_selection)
-        ak = self._load_keys()
-        attest, signature = self._esapi.quote(
-            ak, TPML_PCR_SELECTION.parse(_selection_text(indices)), nonce, self._ecdsa_scheme()
+        attest, signature = self._with_ak(
+            lambda ak: self._esapi.quote(
+                ak, TPML_PCR_SELECTION.parse(_selection_text(indices)), nonce, self._ecdsa_scheme()
+            )
         )
         return Quote(QuoteFormat.TPM2, bytes(attest), self._raw_signature(signature), indices)
 
@@ -223,12 +247,11 @@ class TpmRootOfTrust:
         """ES256 signature (``r || s``) of the AK over ``to_be_signed``, hashed inside the TPM."""
         from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
 
-        ak = self._load_keys()
         sequence = self._esapi.hash_sequence_start(b"", TPM2_ALG.SHA256)
         for start in range(0, len(to_be_signed), _SEQUENCE_CHUNK):
             self._esapi.sequence_update(sequence, to_be_signed[start : start + _SEQUENCE_CHUNK])
         digest, ticket = self._esapi.sequence_complete(sequence, b"", ESYS_TR.OWNER)
-        signature = self._esapi.sign(ak, digest, self._ecdsa_scheme(), ticket)
+        signature = self._with_ak(lambda ak: self._esapi.sign(ak, digest, self._ecdsa_scheme(), ticket))
         return self._raw_signature(signature)
 
     # -- counters ----------------------------------------------------------------
@@ -247,9 +270,9 @@ class TpmRootOfTrust:
         except TSS2_Exception:
             if not create:
                 return None
-        attributes = (
-            TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.AUTHREAD | TPMA_NV.AUTHWRITE | TPMA_NV.NO_DA
-        ) | (TPM2_NT.COUNTER << TPMA_NV.TPM2_NT_SHIFT)
+        attributes = (TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.AUTHREAD | TPMA_NV.AUTHWRITE | TPMA_NV.NO_DA) | (
+            TPM2_NT.COUNTER << TPMA_NV.TPM2_NT_SHIFT
+        )
         public = TPM2B_NV_PUBLIC(
             nvPublic=TPMS_NV_PUBLIC(nvIndex=index, nameAlg=TPM2_ALG.SHA256, attributes=attributes, dataSize=8)
         )
