@@ -44,11 +44,16 @@ class Tier(StrEnum):
     @property
     def value_code(self) -> int:
         """The AR4SI value of the tier's generic code (0, 2, 32, 96)."""
-        return {"none": 0, "affirming": 2, "warning": 32, "contraindicated": 96}[self.value]
+        return _AR4SI_VALUE[self]
 
     @property
     def rank(self) -> int:
-        return {"affirming": 0, "none": 1, "warning": 2, "contraindicated": 3}[self.value]
+        """Order for combining tiers: affirming < none < warning < contraindicated."""
+        return _RANK[self]
+
+
+_AR4SI_VALUE = {Tier.NONE: 0, Tier.AFFIRMING: 2, Tier.WARNING: 32, Tier.CONTRAINDICATED: 96}
+_RANK = {Tier.AFFIRMING: 0, Tier.NONE: 1, Tier.WARNING: 2, Tier.CONTRAINDICATED: 3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,7 @@ class AttestationResult:
     firmware_version: str = ""
     keystore_kind: str = ""
     policy: Mapping[str, str] = field(default_factory=dict)
+    """The claim weights of the appraisal policy that applied."""
 
     @property
     def affirming(self) -> bool:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 from iotguard.attestation.policy import AppraisalPolicy, ClaimWeight, ModelPolicy
 from iotguard.attestation.quote import QuoteInfo, parse_quote, verify_signature
@@ -42,6 +43,8 @@ from iotguard.wire.eat import Evidence, decode_evidence, event_log_digest, ueid_
 __all__ = ["Verifier"]
 
 _ZERO = bytes(PCR_DIGEST_SIZE)
+_ueid = lru_cache(maxsize=4096)(ueid_of)
+_RANK = {Tier.AFFIRMING: 0, Tier.NONE: 1, Tier.WARNING: 2, Tier.CONTRAINDICATED: 3}
 
 
 class _Refused(Exception):
@@ -124,7 +127,7 @@ class Verifier:
         self, evidence: Evidence, ak: AttestationKey, nonce: bytes, policy: ModelPolicy, now: datetime
     ) -> QuoteInfo:
         claims = evidence.claims
-        if claims.ueid != ueid_of(ak.public_key):
+        if claims.ueid != _ueid(ak.public_key):
             raise _Refused("instance-identity", "ueid_mismatch")
         if not hmac.compare_digest(claims.nonce, nonce):
             raise _Refused("instance-identity", "nonce_mismatch")
@@ -220,7 +223,7 @@ class Verifier:
             if weight is ClaimWeight.REQUIRED and tier is Tier.NONE:
                 tier = Tier.WARNING
                 reasons.append(f"{claim}_not_appraised")
-            if tier.rank > status.rank:
+            if _RANK[tier] > _RANK[status]:
                 status = tier
         return status, tuple(reasons)
 
@@ -243,5 +246,5 @@ class Verifier:
             evidence_issued_at=utc(claims.issued_at) if claims is not None else None,
             firmware_version=claims.firmware_version if claims is not None else "",
             keystore_kind=claims.keystore_kind if claims is not None else "",
-            policy={k: v.value for k, v in policy.claims.items()},
+            policy=policy.claims,
         )

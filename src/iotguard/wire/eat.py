@@ -224,7 +224,7 @@ def _fail(reason: str) -> MalformedError:
 
 
 def _bytes(value: object, what: str, *, size: int | None = None, minimum: int = 0, maximum: int = 64) -> bytes:
-    if not isinstance(value, bytes):
+    if type(value) is not bytes:
         raise _fail(f"{what} must be a byte string")
     if (size is not None and len(value) != size) or not minimum <= len(value) <= maximum:
         raise _fail(f"{what} has the wrong length")
@@ -232,13 +232,13 @@ def _bytes(value: object, what: str, *, size: int | None = None, minimum: int = 
 
 
 def _uint(value: object, what: str, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+    if type(value) is not int or not 0 <= value <= maximum:
         raise _fail(f"{what} must be an integer 0..{maximum}")
     return value
 
 
 def _name(value: object, what: str, *, empty: bool = False) -> str:
-    if not isinstance(value, str) or not ((empty and value == "") or _NAME.fullmatch(value)):
+    if type(value) is not str or not ((empty and value == "") or _NAME.fullmatch(value)):
         raise _fail(f"{what} must be a short name")
     return value
 
@@ -248,7 +248,7 @@ def _claims(payload: bytes) -> EvidenceClaims:
         raw = cbor2.loads(payload)
     except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError):
         raise _fail("claims are not CBOR") from None
-    if not isinstance(raw, Mapping) or set(raw) != _KEYS:
+    if type(raw) is not dict or raw.keys() != _KEYS:
         raise _fail("claims map does not have exactly the claims of the profile")
     if cbor2.dumps(raw, canonical=True) != payload:
         raise _fail("claims are not deterministically encoded")
@@ -299,6 +299,19 @@ def _claims(payload: bytes) -> EvidenceClaims:
     )
 
 
+def _bstr_head(length: int) -> bytes:
+    if length < 24:
+        return bytes((0x40 | length,))
+    if length < 0x100:
+        return bytes((0x58, length))
+    return b"\x59" + length.to_bytes(2, "big")  # MAX_EVIDENCE_BYTES < 65536
+
+
+# Sig_structure = ["Signature1", protected, external_aad = b"", payload] (RFC 9052, 4.4):
+# everything before the payload is fixed once the protected header is.
+_SIG1_PREFIX = {p: b"\x84" + cbor2.dumps(Sign1Message.context) + cbor2.dumps(p) + b"\x40" for p in _PROTECTED}
+
+
 def decode_evidence(token: bytes) -> Evidence:
     """Parse a token strictly (signature **not** checked).
 
@@ -328,6 +341,6 @@ def decode_evidence(token: bytes) -> Evidence:
     return Evidence(
         claims=_claims(payload),
         algorithm=alg,
-        to_be_signed=cbor2.dumps([Sign1Message.context, protected, b"", payload]),
+        to_be_signed=_SIG1_PREFIX[protected] + _bstr_head(len(payload)) + payload,
         signature=_bytes(signature, "signature", size=64),
     )
