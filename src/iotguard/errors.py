@@ -126,21 +126,23 @@ class PufQualityError(KeyStoreError):
 
 
 class RootOfTrustUnsupported(KeyStoreError):
-    """The key store is no root of trust: it has no measurement registers, attestation key or quote."""
+    """The key store is no root of trust: it has no measurement registers, attestation key or quote.
 
-    code = "rot_unsupported"
-
-
-class SecureBootError(IotGuardError):
-    """Secure boot refused a stage: its image or signature did not verify against the boot anchor."""
-
-    code = "secure_boot_refused"
+    Raised with code ``rot_unsupported`` (the class keeps its parent's code,
+    which the hub's status table already maps).
+    """
 
 
-class AttestationError(IotGuardError):
-    """Evidence could not be produced, or an appraisal could not start (no policy for the model...)."""
+class SecureBootError(IntegrityError):
+    """Secure boot refused a stage: its image or signature did not verify against the boot anchor.
 
-    code = "attestation_failed"
+    Raised with a ``boot_*`` reason code (``boot_signature_invalid``,
+    ``boot_image_mismatch``, ...; see ``docs/attestation.md``).
+    """
+
+
+class AttestationError(ConfigError):
+    """An appraisal could not start: no appraisal policy for the device's model (code ``no_appraisal_policy``)."""
 
 
 class UsageLimitError(IotGuardError):
@@ -197,8 +199,7 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "tampered": "key store unavailable",
     "puf_quality": "key store unavailable",
     "rot_unsupported": "key store cannot attest",
-    "secure_boot_refused": "boot image refused",
-    "attestation_failed": "attestation failed",
+    "no_appraisal_policy": "attestation not configured for this device model",
     "usage_limit": "key must be renewed",
     "rollback": "version rollback refused",
     "no_consent": "no consent for this purpose",

@@ -193,5 +193,6 @@ def root_of_trust_of(store: object) -> RootOfTrust:
     name = type(store).__name__
     raise RootOfTrustUnsupported(
         f"{name} is not a root of trust: it has no PCRs, attestation key or quote "
-        "(use the TPM 2.0 backend or the software key store for measured boot and attestation)"
+        "(use the TPM 2.0 backend or the software key store for measured boot and attestation)",
+        code="rot_unsupported",
     )
