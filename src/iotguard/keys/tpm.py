@@ -41,7 +41,7 @@ from iotguard.keys.rot import (
 )
 from iotguard.keys.software_rot import check_nonce
 
-__all__ = ["MAX_COUNTER_STEP", "TPM_MAX_NONCE_BYTES", "TpmRootOfTrust"]
+__all__ = ["MAX_COUNTER_STEP", "TPM_MAX_NONCE_BYTES", "TpmRootOfTrust", "attestation_key_of", "make_ak_credential"]
 
 #: Largest nonce a TPM2_Quote takes as qualifying data here (a SHA-256 size).
 TPM_MAX_NONCE_BYTES = 32
@@ -254,6 +254,70 @@ class TpmRootOfTrust:
         signature = self._with_ak(lambda ak: self._esapi.sign(ak, digest, self._ecdsa_scheme(), ticket))
         return self._raw_signature(signature)
 
+    # -- AK certification (TPM2_MakeCredential / TPM2_ActivateCredential) --------
+
+    def endorsement_key(self) -> bytes:
+        """Marshalled ``TPM2B_PUBLIC`` of the endorsement key (TCG EK template L-2, ECC P-256).
+
+        At manufacture this public key (or the EK certificate) is recorded as
+        the device's TPM identity; :func:`make_ak_credential` encrypts to it.
+        """
+        ek = self._create_ek()
+        try:
+            public, _, _ = self._esapi.read_public(ek)
+            return bytes(public.marshal())
+        finally:
+            self._esapi.flush_context(ek)
+
+    def attestation_key_public_area(self) -> bytes:
+        """Marshalled ``TPM2B_PUBLIC`` of the AK (its attributes show it is restricted and fixed to the TPM)."""
+        public, _, _ = self._with_ak(lambda ak: self._esapi.read_public(ak))
+        return bytes(public.marshal())
+
+    def activate_credential(self, credential_blob: bytes, encrypted_secret: bytes) -> bytes:
+        """``TPM2_ActivateCredential``: recover the secret a verifier bound to this EK and this AK.
+
+        Raises:
+            KeyStoreError: the credential was not made for this TPM's EK and AK.
+        """
+        from tpm2_pytss import TSS2_Exception
+        from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE
+        from tpm2_pytss.types import TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT, TPMT_SYM_DEF
+
+        blob, _ = TPM2B_ID_OBJECT.unmarshal(credential_blob)
+        secret, _ = TPM2B_ENCRYPTED_SECRET.unmarshal(encrypted_secret)
+        ak = self._load_keys()
+        ek = self._create_ek()
+        session = None
+        try:
+            session = self._esapi.start_auth_session(
+                ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL), TPM2_ALG.SHA256
+            )
+            # The EK's policy: PolicySecret(TPM_RH_ENDORSEMENT).
+            self._esapi.policy_secret(ESYS_TR.ENDORSEMENT, session, b"", b"", b"", 0)
+            recovered = self._esapi.activate_credential(
+                ak, ek, blob, secret, session1=ESYS_TR.PASSWORD, session2=session
+            )
+            return bytes(recovered)
+        except TSS2_Exception as exc:
+            raise KeyStoreError(f"credential activation failed: {exc}") from None
+        finally:
+            if session is not None:
+                self._esapi.flush_context(session)
+            self._esapi.flush_context(ek)
+
+    def _create_ek(self) -> Any:
+        from tpm2_pytss.constants import ESYS_TR
+        from tpm2_pytss.types import TPM2B_SENSITIVE_CREATE
+        from tpm2_pytss.utils import NoSuchIndex, create_ek_template
+
+        def no_template_in_nv(index: int) -> bytes:
+            raise NoSuchIndex(index)
+
+        _, template = create_ek_template("EK-ECC256", no_template_in_nv)
+        ek, _, _, _, _ = self._esapi.create_primary(TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.ENDORSEMENT)
+        return ek
+
     # -- counters ----------------------------------------------------------------
 
     def _nv_index(self, name: str) -> int:
@@ -308,3 +372,63 @@ class TpmRootOfTrust:
             self._esapi.nv_increment(handle, handle)
             current = self.counter(name)
         return current
+
+
+_AK_REQUIRED_ATTRIBUTES = ("RESTRICTED", "SIGN_ENCRYPT", "FIXEDTPM", "FIXEDPARENT", "SENSITIVEDATAORIGIN")
+
+
+def attestation_key_of(ak_public_area: bytes) -> AttestationKey:
+    """The :class:`AttestationKey` of a TPM AK public area, after checking it is a proper AK.
+
+    Raises:
+        KeyStoreError: not an ECC P-256 signing key that is restricted, fixed
+            to its TPM and generated inside it.
+    """
+    from tpm2_pytss.constants import TPM2_ALG, TPM2_ECC, TPMA_OBJECT
+    from tpm2_pytss.types import TPM2B_PUBLIC
+
+    try:
+        public, used = TPM2B_PUBLIC.unmarshal(ak_public_area)
+    except Exception:
+        raise KeyStoreError("AK public area does not parse") from None
+    area = public.publicArea
+    attributes = area.objectAttributes
+    if (
+        used != len(ak_public_area)
+        or area.type != TPM2_ALG.ECC
+        or area.parameters.eccDetail.curveID != TPM2_ECC.NIST_P256
+    ):
+        raise KeyStoreError("AK must be one ECC P-256 public area")
+    missing = [name for name in _AK_REQUIRED_ATTRIBUTES if not attributes & getattr(TPMA_OBJECT, name)]
+    if missing or attributes & TPMA_OBJECT.DECRYPT:
+        raise KeyStoreError(f"AK lacks attributes {missing} or can decrypt")
+    return AttestationKey(AttestationKeyAlgorithm.ES256, bytes(public.to_der()))
+
+
+def make_ak_credential(ek_public: bytes, ak_public_area: bytes, secret: bytes) -> tuple[bytes, bytes]:
+    """``TPM2_MakeCredential`` in software: bind ``secret`` to an EK and an AK name.
+
+    Only the TPM that holds the EK, *and* has the AK with exactly this public
+    area loaded, recovers ``secret`` (:meth:`TpmRootOfTrust.activate_credential`).
+    The enrolling side records :func:`attestation_key_of` the AK once the
+    device has proved it.
+
+    Returns:
+        ``(credential_blob, encrypted_secret)``, both marshalled.
+
+    Raises:
+        KeyStoreError: the AK is not a proper AK, or the EK does not parse.
+    """
+    from tpm2_pytss.types import TPM2B_PUBLIC
+    from tpm2_pytss.utils import make_credential
+
+    attestation_key_of(ak_public_area)
+    if not 16 <= len(secret) <= 32:
+        raise KeyStoreError("credential secret must be 16 to 32 bytes")
+    try:
+        ek, _ = TPM2B_PUBLIC.unmarshal(ek_public)
+        ak, _ = TPM2B_PUBLIC.unmarshal(ak_public_area)
+    except Exception:
+        raise KeyStoreError("EK or AK public area does not parse") from None
+    blob, encrypted = make_credential(ek, secret, ak.get_name())
+    return bytes(blob.marshal()), bytes(encrypted.marshal())
