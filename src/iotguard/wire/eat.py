@@ -250,7 +250,11 @@ def _claims(payload: bytes) -> EvidenceClaims:
         raise _fail("claims are not CBOR") from None
     if type(raw) is not dict or raw.keys() != _KEYS:
         raise _fail("claims map does not have exactly the claims of the profile")
-    if cbor2.dumps(raw, canonical=True) != payload:
+    try:
+        canonical = cbor2.dumps(raw, canonical=True)
+    except (cbor2.CBOREncodeError, ValueError, TypeError, RecursionError):
+        raise _fail("claims cannot be re-encoded") from None
+    if canonical != payload:
         raise _fail("claims are not deterministically encoded")
     if raw[_PROFILE] != EAT_PROFILE:
         raise _fail("unknown EAT profile")
