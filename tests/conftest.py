@@ -172,3 +172,87 @@ def mosquitto_tls() -> Iterator[Callable[..., MosquittoTls]]:
     for broker in started:
         broker.stop()
         shutil.rmtree(broker.conf_dir.parent, ignore_errors=True)
+
+
+SWTPM = shutil.which("swtpm") or "/usr/bin/swtpm"
+_SWTPM_CMD_INIT = 2  # swtpm control channel: power on / _TPM_Init
+
+
+@dataclass
+class Swtpm:
+    """A throwaway ``swtpm`` TPM 2.0 on loopback: the TCTI string and its power button."""
+
+    tcti: str
+    ctrl_port: int
+
+    def startup(self) -> None:
+        """Send TPM2_Startup(CLEAR), as firmware does after power-on."""
+        from tpm2_pytss import ESAPI, TCTILdr
+        from tpm2_pytss.constants import TPM2_SU
+
+        name, _, conf = self.tcti.partition(":")
+        tcti = TCTILdr(name, conf)
+        esapi = ESAPI(tcti)
+        try:
+            esapi.startup(TPM2_SU.CLEAR)
+        finally:
+            esapi.close()
+            tcti.close()
+
+    def power_cycle(self) -> None:
+        """Platform reset: _TPM_Init over the control channel, then TPM2_Startup(CLEAR) (PCRs back to zero)."""
+        with socket.create_connection(("127.0.0.1", self.ctrl_port), timeout=5) as s:
+            s.sendall(_SWTPM_CMD_INIT.to_bytes(4, "big") + (0).to_bytes(4, "big"))
+            answer = s.recv(4)
+        if answer != bytes(4):
+            raise RuntimeError(f"swtpm CMD_INIT failed: {answer.hex()}")
+        self.startup()
+
+
+def _free_port_pair() -> tuple[int, int]:
+    for _ in range(50):
+        port = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port, port + 1
+    raise RuntimeError("no two adjacent free loopback ports")
+
+
+@pytest.fixture
+def swtpm(tmp_path: Path) -> Iterator[Swtpm]:
+    """A fresh ``swtpm`` (TPM 2.0, socket mode, free loopback ports), started up.
+
+    Skips on a developer machine without swtpm or tpm2-pytss; fails under CI.
+    """
+    try:
+        import tpm2_pytss  # noqa: F401
+    except ImportError:
+        _missing("tpm2-pytss (pip, built against libtss2-dev)")
+    if not Path(SWTPM).exists():
+        _missing("swtpm")
+    state = tmp_path / "swtpm-state"
+    state.mkdir()
+    # The swtpm TCTI finds the control channel at the server port + 1.
+    server, ctrl = _free_port_pair()
+    proc = subprocess.Popen(
+        [
+            SWTPM, "socket", "--tpm2",
+            "--server", f"type=tcp,port={server},bindaddr=127.0.0.1",
+            "--ctrl", f"type=tcp,port={ctrl},bindaddr=127.0.0.1",
+            "--tpmstate", f"dir={state}",
+            "--flags", "not-need-init",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_port(server)
+        tpm = Swtpm(f"swtpm:host=127.0.0.1,port={server}", ctrl)
+        tpm.startup()
+        yield tpm
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

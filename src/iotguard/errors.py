@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "PUBLIC_MESSAGES",
+    "AttestationError",
     "AuthenticationError",
     "BudgetExhausted",
     "ConfigError",
@@ -27,6 +28,8 @@ __all__ = [
     "ReplayError",
     "RevokedError",
     "RollbackError",
+    "RootOfTrustUnsupported",
+    "SecureBootError",
     "StaleError",
     "StorageError",
     "TamperError",
@@ -136,6 +139,26 @@ class PufQualityError(KeyStoreError):
     code = "puf_quality"
 
 
+class RootOfTrustUnsupported(KeyStoreError):
+    """The key store is no root of trust: it has no measurement registers, attestation key or quote.
+
+    Raised with code ``rot_unsupported`` (the class keeps its parent's code,
+    which the hub's status table already maps).
+    """
+
+
+class SecureBootError(IntegrityError):
+    """Secure boot refused a stage: its image or signature did not verify against the boot anchor.
+
+    Raised with a ``boot_*`` reason code (``boot_signature_invalid``,
+    ``boot_image_mismatch``, ...; see ``docs/attestation.md``).
+    """
+
+
+class AttestationError(ConfigError):
+    """An appraisal could not start: no appraisal policy for the device's model (code ``no_appraisal_policy``)."""
+
+
 class UsageLimitError(IotGuardError):
     """A key reached its usage limit (messages per key) and must be re-keyed."""
 
@@ -191,6 +214,8 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "keystore_error": "key store unavailable",
     "tampered": "key store unavailable",
     "puf_quality": "key store unavailable",
+    "rot_unsupported": "key store cannot attest",
+    "no_appraisal_policy": "attestation not configured for this device model",
     "usage_limit": "key must be renewed",
     "rollback": "version rollback refused",
     "no_consent": "no consent for this purpose",

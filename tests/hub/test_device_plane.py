@@ -20,11 +20,8 @@ from iotguard.wire import Reading, encode_reading
 from tests.hub.conftest import HubParts
 
 
-def _renew_wire(agent: Agent) -> dict[str, str]:
-    return agent._signed("renew", {"transport_public_key": _transport_pk()})[0]
-
-
 def _transport_pk() -> bytes:
+    """A fresh transport public key (renewals carry one, ADR 0600)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     return Ed25519PrivateKey.generate().public_key().public_bytes_raw()
@@ -117,10 +114,7 @@ def test_stale_signed_request_refused(hub: HubParts) -> None:
 
 def test_replayed_signed_request_refused(hub: HubParts) -> None:
     a = hub.agent("dev-1")
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    transport_pk = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
-    wire = a._signed("renew", {"transport_public_key": transport_pk})[0]
+    wire = a._signed("renew", {"transport_public_key": _transport_pk()})[0]
     assert hub.client.post("/v1/renew", json=wire).status_code == 200
     r = hub.client.post("/v1/renew", json=wire)
     assert (r.status_code, r.json()["error"]) == (409, "replay")
@@ -153,10 +147,13 @@ def test_forgeries_in_a_devices_name_do_not_lock_the_device_out(hub: HubParts) -
     a = hub.agent("dev-1")
     intruder = hub.agent("dev-2")
     intruder.device_id = "dev-1"
-    statuses = [hub.client.post("/v1/renew", json=_renew_wire(intruder)).status_code for _ in range(12)]
+    def forged() -> dict[str, str]:
+        return intruder._signed("renew", {"transport_public_key": _transport_pk()})[0]
+
+    statuses = [hub.client.post("/v1/renew", json=forged()).status_code for _ in range(12)]
     assert statuses[0] == 401 and statuses[-1] == 429
     a.renew_certificate()
-    assert hub.client.post("/v1/renew", json=_renew_wire(intruder)).status_code == 429
+    assert hub.client.post("/v1/renew", json=forged()).status_code == 429
 
 
 def test_enrollment_asks_the_policy_engine(hub: HubParts) -> None:

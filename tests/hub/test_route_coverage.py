@@ -23,6 +23,13 @@ from iotguard.hub.store import ROLES
 from iotguard.policy import PolicySet, default_policy_set
 from tests.hub.conftest import HubParts, make_hub
 
+
+def _transport_pk() -> bytes:
+    """A fresh transport public key (renewals carry one, ADR 0600)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+
 ANONYMOUS = {("GET", "/health")}
 DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 QUERY = {"index": 0, "tree_size": 1, "old_size": 0, "new_size": 1, "start": 0, "end": 1}
@@ -80,7 +87,7 @@ def _device_action(route: Any) -> str | None:
 def _signed_body(agent: Agent, action: str) -> dict[str, str]:
     bodies: dict[str, dict[str, Any]] = {
         "rekey": {"epoch": agent.sealer.epoch + 1, "kex_public_key": b"\x09" * 32, "suites": ["chacha20-poly1305"]},
-        "renew": {"transport_public_key": b"\x0a" * 32}, "tamper_report": {"reason": "coverage"},
+        "renew": {"transport_public_key": _transport_pk()}, "tamper_report": {"reason": "coverage"},
         "upload_receipt": {"receipt": b"r"},
         "consent_ack": {"ack": b"a"},
     }

@@ -39,7 +39,7 @@ def _view(status: str = "active", cert_days: float | None = 30.0, pub: bytes | N
 
 def _signed(action: str = "renew", body: dict | None = None, *, now: datetime = NOW, key=KEY,
             device_id: str = "dev-1", nonce: bytes | None = None) -> dict[str, str]:
-    if body is None:  # renew carries the device's new transport public key (ADR 0600)
+    if body is None:
         body = {"transport_public_key": b"t" * 32} if action == "renew" else {}
     return sign_device_request(action, device_id, body, now=now, sign=key.sign, nonce=nonce).wire
 
