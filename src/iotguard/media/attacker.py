@@ -28,12 +28,14 @@ Pure computation over arrays: no files are read here.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -116,7 +118,10 @@ class SpeakerVerifier:
         x = np.vstack([utterance_features(a) for a in utterances])
         ubm = GaussianMixture(self.components, covariance_type="diag", max_iter=50, reg_covar=1e-3,
                               random_state=self.seed)
-        ubm.fit(x)
+        with warnings.catch_warnings():
+            # Fifty EM steps are enough for a background model; not converging further is not a failure.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            ubm.fit(x)
         self._ubm = ubm
 
     def enrol(self, speaker: str, utterances: Sequence[Audio]) -> None:

@@ -143,8 +143,8 @@ class FaceDetector:
 
     cascades: tuple[str, ...] = ("frontalface_default", "frontalface_alt", "profileface")
     mirror_profiles: bool = True
-    scale_factor: float = 1.2
-    min_neighbors: int = 2
+    scale_factor: float = 1.1
+    min_neighbors: int = 1
     min_size: int = 20
     detect_width: int = 320
     _models: list[tuple[str, Any]] = field(default_factory=list, repr=False)
