@@ -18,7 +18,22 @@ from iotguard.media.attacker import (
     split_utterances,
 )
 from iotguard.media.audio import MAX_AUDIO_BYTES, Audio, decode_wav, encode_wav, mfcc
-from iotguard.media.evaluation import VoiceEvaluation, anonymise_all, evaluate_voice
+from iotguard.media.evaluation import (
+    ImageEvaluation,
+    VoiceEvaluation,
+    anonymise_all,
+    evaluate_images,
+    evaluate_voice,
+)
+from iotguard.media.image import (
+    FaceDetector,
+    FaceRedactor,
+    PeopleCounter,
+    decode_image,
+    encode_image,
+    independent_face_detector,
+)
+from iotguard.media.sensing import AudioModels, ImageModels, voice_activity
 from iotguard.media.voice import (
     DEFAULT_VOICE_METHOD,
     VOICE_METHODS,
@@ -34,9 +49,15 @@ __all__ = [
     "MAX_AUDIO_BYTES",
     "VOICE_METHODS",
     "Audio",
+    "AudioModels",
     "DigitRecogniser",
     "EmbeddingVerifier",
+    "FaceDetector",
+    "FaceRedactor",
+    "ImageEvaluation",
+    "ImageModels",
     "McAdams",
+    "PeopleCounter",
     "RandomisedVocoder",
     "SpeakerVerifier",
     "Utterance",
@@ -44,11 +65,16 @@ __all__ = [
     "VoiceStream",
     "VoiceTransform",
     "anonymise_all",
+    "decode_image",
     "decode_wav",
+    "encode_image",
     "encode_wav",
     "equal_error_rate",
+    "evaluate_images",
     "evaluate_voice",
+    "independent_face_detector",
     "mfcc",
     "split_utterances",
+    "voice_activity",
     "voice_transform",
 ]
