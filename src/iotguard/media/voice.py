@@ -9,15 +9,17 @@ most one frame (20 ms) after it entered:
   McAdams coefficient ``alpha`` (0.8), which moves the formants; the LPC
   residual (the speaker's own excitation: pitch, voice quality) is kept.
 * ``randomised-vocoder`` — iotguard's transform (ADR 0700). Per utterance it
-  draws, from the OS CSPRNG, a McAdams coefficient and a target pitch; per
-  frame it warps the pole angles with that coefficient, **discards the
-  residual** and re-synthesises with a new excitation: a pulse train at the
-  target pitch (following the speaker's intonation only relatively, so
-  absolute pitch never survives) or noise for unvoiced frames, scaled to the
-  residual's energy. What identifies a speaker beyond the spectral envelope
-  — glottal pulse shape, jitter, absolute pitch — is not in the output, and
-  because the draw changes per utterance, an attacker who enrols on
-  anonymised speech learns a different voice each time.
+  draws, from the OS CSPRNG, a McAdams coefficient, a target pitch, a
+  pseudo-speaker timbre and an output level; per frame it warps the pole
+  angles, **discards the residual** and re-synthesises with a new
+  excitation (a pulse train at the target pitch, following the speaker's
+  intonation only relatively, or noise for unvoiced frames), through an
+  envelope whose long-term average (the speaker's timbre, estimated as a
+  running mean over the utterance) is replaced by the drawn one, at the
+  drawn level. Glottal pulse shape, absolute pitch, timbre and recording
+  level do not survive, and because the draws change per utterance an
+  attacker who enrols on anonymised speech learns a different voice each
+  time.
 
 A transform is described for receipts by :meth:`VoiceTransform.params`
 (method, version and parameter ranges); per-utterance draws are never
@@ -262,7 +264,7 @@ def _pitch(frames: Frames, rate: int) -> Samples:
 
 @dataclass(frozen=True)
 class RandomisedVocoder:
-    """iotguard's voice transform: per-utterance random formant warp and a synthetic excitation.
+    """iotguard's voice transform: random formant warp, synthetic excitation, speaker-normalised envelope.
 
     Args:
         alpha_range: Range of the per-utterance McAdams coefficient.
@@ -298,7 +300,8 @@ class RandomisedVocoder:
         return {"method": self.name, "version": 1, "alpha_range": list(self.alpha_range),
                 "f0_range_hz": list(self.f0_range), "intonation": self.intonation,
                 "quefrency": self.quefrency, "timbre_spread": self.timbre_spread,
-                "excitation": "synthetic", "envelope": "speaker-normalised", "draws": "per-utterance",
+                "excitation": "synthetic", "envelope": "speaker-normalised", "level_range_rms": [0.05, 0.2],
+                "draws": "per-utterance",
                 "frame_ms": 20, "hop_ms": 10}
 
     def _rng(self) -> np.random.Generator:
