@@ -8,7 +8,7 @@ most one frame (20 ms) after it entered:
   Interspeech 2021): the angles of the complex LPC poles are raised to the
   McAdams coefficient ``alpha`` (0.8), which moves the formants; the LPC
   residual (the speaker's own excitation: pitch, voice quality) is kept.
-* ``randomised-vocoder`` — iotguard's transform (ADR 0700). Per utterance it
+* ``randomised-vocoder`` — iotguard's transform (ADR 0900). Per utterance it
   draws, from the OS CSPRNG, a McAdams coefficient, a target pitch, a
   pseudo-speaker timbre and an output level; per frame it warps the pole
   angles, **discards the residual** and re-synthesises with a new
