@@ -1,8 +1,8 @@
 """Media privacy benchmark: voice anonymisation attacked on FSDD, face redaction at 640x480.
 
 Voice (Free Spoken Digit Dataset, 6 speakers x 500 recordings at 8 kHz, CC BY-SA 4.0,
-https://github.com/Jakobovski/free-spoken-digit-dataset; path --fsdd, default
-../shared/data/fsdd): for the original audio, the McAdams transform (VoicePrivacy
+https://github.com/Jakobovski/free-spoken-digit-dataset; its folder is given
+with --fsdd: the dataset is not part of this repository): for the original audio, the McAdams transform (VoicePrivacy
 B2 baseline) and iotguard's randomised vocoder, all in one run and on one split,
 the built-in attacker's speaker-verification EER (ignorant and semi-informed; the
 lower of the LDA-embedding and GMM-UBM back ends), spoken-digit accuracy, and the
@@ -18,7 +18,7 @@ counted, and redaction frames per second on one core.
 Headline: semi-informed EER of iotguard's transform vs McAdams (ratio = ours /
 McAdams, higher is better); the issue's goals are reported with each figure.
 
-    python bench/media.py [--quick] [--fsdd DIR] [--out bench/results/media.json]
+    python bench/media.py --fsdd DIR [--quick] [--out bench/results/media.json]
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def face_frames(count: int, seed: int = 0) -> tuple[list[np.ndarray], list[list[
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="600 recordings, 40 frames (about a minute or two)")
-    ap.add_argument("--fsdd", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fsdd"))
+    ap.add_argument("--fsdd", required=True, help="folder of the Free Spoken Digit Dataset (holds recordings/)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "media.json"))
     args = ap.parse_args()
     cv2.setNumThreads(1)
