@@ -233,6 +233,25 @@ class ReplayWindow:
         """Serialised bitmap (for persistence)."""
         return self._bits.to_bytes((self.size + 7) // 8, "big")
 
+    def merge(self, top: int, bitmap: bytes) -> None:
+        """Add what another holder of this window accepted (another hub process).
+
+        The result refuses every sequence either window refuses: the union of
+        both bitmaps, aligned at the higher ``top``. Merging is commutative and
+        idempotent, so processes that merge each other's saved windows in any
+        order converge and none of them forgets an accepted sequence.
+        """
+        other = ReplayWindow(self.size, top, bitmap)
+        if other.top < 0:
+            return
+        if self.top < 0:
+            self.top, self._bits = other.top, other._bits
+            return
+        high, low = (self, other) if self.top >= other.top else (other, self)
+        shift = high.top - low.top
+        low_bits = (low._bits << shift) & self._mask if shift < self.size else 0
+        self._bits, self.top = high._bits | low_bits, high.top
+
 
 @dataclass(frozen=True)
 class AckMessage:
