@@ -190,3 +190,41 @@ def test_ack_round_trip_and_forgery() -> None:
         decode_ack("dev-1", forged, key)
     with pytest.raises(IntegrityError):
         decode_ack("dev-2", data, key)  # an ack for one device is useless for another
+
+
+def _accepted(window: ReplayWindow, seqs: list[int]) -> set[int]:
+    got = set()
+    for s in seqs:
+        try:
+            window.accept(s)
+        except ReplayError:
+            continue
+        got.add(s)
+    return got
+
+
+@settings(max_examples=300, deadline=None)
+@given(size=st.sampled_from([1, 8, 64]), a=st.lists(st.integers(0, 300), max_size=40),
+       b=st.lists(st.integers(0, 300), max_size=40))
+def test_merged_windows_refuse_what_either_accepted(size: int, a: list[int], b: list[int]) -> None:
+    """Two hub processes accept sequences of one device; after they merge each other's saved windows,
+    neither accepts again a sequence the other accepted (replay across processes)."""
+    wa, wb = ReplayWindow(size), ReplayWindow(size)
+    seen = _accepted(wa, a) | _accepted(wb, b)
+    merged = ReplayWindow(size, wa.top, wa.bitmap())
+    merged.merge(wb.top, wb.bitmap())
+    other_way = ReplayWindow(size, wb.top, wb.bitmap())
+    other_way.merge(wa.top, wa.bitmap())
+    assert (merged.top, merged.bitmap()) == (other_way.top, other_way.bitmap())
+    top = max(wa.top, wb.top)
+    for seq in range(0, 302):
+        refused = seq <= top and (seq in seen or seq <= top - size)
+        try:
+            merged.check(seq)
+        except ReplayError:
+            assert refused, seq
+        else:
+            assert not refused, seq
+    again = ReplayWindow(size, merged.top, merged.bitmap())
+    again.merge(wb.top, wb.bitmap())  # idempotent
+    assert (again.top, again.bitmap()) == (merged.top, merged.bitmap())

@@ -12,9 +12,10 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iotguard.clock import Clock
+from iotguard.errors import PolicyDenied
 from iotguard.keys import KeyStore
 from iotguard.privacy import (
     ConsentState,
@@ -25,7 +26,13 @@ from iotguard.privacy import (
     keyring_from_keystore,
     load_contract,
 )
-from iotguard.wire import Reading
+from iotguard.wire import MediaObject, Reading
+
+if TYPE_CHECKING:
+    from iotguard.media.audio import Audio
+    from iotguard.media.image import Frame
+    from iotguard.media.sensing import AudioModels, ImageModels
+    from iotguard.privacy.media_pipeline import MediaOutput, MediaPipeline
 
 __all__ = ["RECEIPT_KEY_LABEL", "DevicePrivacy"]
 
@@ -47,15 +54,24 @@ class DevicePrivacy:
     """
 
     def __init__(self, keystore: KeyStore, device_id: str, model: str, consent: ConsentState, clock: Clock,
-                 *, rng: random.Random | None = None) -> None:
+                 *, rng: random.Random | None = None, audio_models: AudioModels | None = None,
+                 image_models: ImageModels | None = None, media_seed: int | None = None) -> None:
         self.contract = load_contract(model)
         self.keystore = keystore
         self.clock = clock
+        ledger = PrivacyLossLedger(KeyStoreLedgerStore(keystore), self.contract.budget_epsilon,
+                                   self.contract.budget_period)
         self.pipeline = PrivacyPipeline(
             self.contract, consent, keyring_from_keystore(keystore, self.contract.pseudonym_rotation),
-            PrivacyLossLedger(KeyStoreLedgerStore(keystore), self.contract.budget_epsilon,
-                              self.contract.budget_period),
-            clock, device_id=device_id, rng=rng)
+            ledger, clock, device_id=device_id, rng=rng)
+        #: The media pipeline, for models whose contract declares microphone or camera streams.
+        self.media: MediaPipeline | None = None
+        if self.contract.media:
+            # Imported here so devices without media never load the signal-processing stack.
+            from iotguard.privacy.media_pipeline import MediaPipeline
+
+            self.media = MediaPipeline(self.contract, self.pipeline, ledger, clock, audio_models=audio_models,
+                                       image_models=image_models, seed=media_seed)
         self.receipts = ReceiptBuilder(device_id, self.contract, self.pipeline.config_sha256)
         #: Purpose -> reason code of the last refusal (consent, frequency, budget).
         self.refused: dict[str, str] = {}
@@ -73,6 +89,31 @@ class DevicePrivacy:
             readings.append(Reading(r.ts_ms, dict(r.fields), r.purpose))
             self.receipts.add(r.receipt_entry)
         return readings
+
+    def process_media(self, stream: str, media: Audio | Frame, ts_ms: int | None = None,
+                      ) -> tuple[list[Reading], list[MediaObject]]:
+        """Labels and media objects that may leave the device for one clip or frame.
+
+        Labels are readings like any other; media objects go out on the
+        device's media topic. Both are covered by the next receipt.
+
+        Raises:
+            PolicyDenied: the model's contract declares no such media stream.
+        """
+        if self.media is None:
+            raise PolicyDenied(f"the {self.contract.model} contract declares no media streams")
+        from iotguard.media.audio import Audio
+
+        out: MediaOutput = (self.media.process_audio(stream, media, ts_ms=ts_ms) if isinstance(media, Audio)
+                            else self.media.process_image(stream, media, ts_ms=ts_ms))
+        self.refused = dict(out.refused)
+        readings = []
+        for r in out.readings:
+            readings.append(Reading(r.ts_ms, dict(r.fields), r.purpose))
+            self.receipts.add(r.receipt_entry)
+        for m in out.media:
+            self.receipts.add(m.receipt_entry)
+        return readings, [m.media for m in out.media]
 
     def seal_receipt(self, now: datetime) -> bytes | None:
         """Sign the receipt for the readings released since the last one (None if none were)."""

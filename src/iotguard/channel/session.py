@@ -37,6 +37,7 @@ __all__ = [
     "encode_ack",
     "encode_command",
     "make_nonce",
+    "media_topic",
     "session_info",
     "split_session_keys",
     "telemetry_topic",
@@ -56,6 +57,11 @@ def telemetry_topic(segment: str, device_id: str) -> str:
     segments (micro-segmentation); see ``iotguard.policy.topics``.
     """
     return f"{TOPIC_PREFIX}/{segment}/{device_id}/telemetry"
+
+
+def media_topic(segment: str, device_id: str) -> str:
+    """MQTT topic a device publishes sealed media objects to (see ``iotguard.wire.media``)."""
+    return f"{TOPIC_PREFIX}/{segment}/{device_id}/media"
 
 
 def ack_topic(segment: str, device_id: str) -> str:
@@ -152,8 +158,12 @@ class UplinkSealer:
         """True once the key has sealed ``margin`` of the suite's usage limit."""
         return self._seq.used >= int(self.suite.max_messages * margin)
 
-    def seal(self, plaintext: bytes) -> tuple[int, bytes]:
+    def seal(self, plaintext: bytes, *, topic: str | None = None) -> tuple[int, bytes]:
         """Seal one payload; returns ``(seq, envelope_bytes)``.
+
+        ``topic`` (default: the telemetry topic) is bound into the associated
+        data, so an envelope sealed for one topic does not open on another.
+        Every topic shares the one sequence, so no nonce repeats under the key.
 
         Raises:
             UsageLimitError: the key reached the suite's usage limit.
@@ -163,7 +173,7 @@ class UplinkSealer:
             raise UsageLimitError(f"{self.suite.name} key for epoch {self.epoch} is used up; re-key")
         header = encode_header(self.suite.suite_id, self.device_id, self.epoch, seq)
         nonce = make_nonce(self.epoch, seq, self.suite.nonce_size)
-        ct = self.suite.seal(self._key, nonce, associated_data(header, self._topic), plaintext)
+        ct = self.suite.seal(self._key, nonce, associated_data(header, topic or self._topic), plaintext)
         return seq, encode_envelope(self.suite.suite_id, self.device_id, self.epoch, seq, ct)
 
 
@@ -222,6 +232,25 @@ class ReplayWindow:
     def bitmap(self) -> bytes:
         """Serialised bitmap (for persistence)."""
         return self._bits.to_bytes((self.size + 7) // 8, "big")
+
+    def merge(self, top: int, bitmap: bytes) -> None:
+        """Add what another holder of this window accepted (another hub process).
+
+        The result refuses every sequence either window refuses: the union of
+        both bitmaps, aligned at the higher ``top``. Merging is commutative and
+        idempotent, so processes that merge each other's saved windows in any
+        order converge and none of them forgets an accepted sequence.
+        """
+        other = ReplayWindow(self.size, top, bitmap)
+        if other.top < 0:
+            return
+        if self.top < 0:
+            self.top, self._bits = other.top, other._bits
+            return
+        high, low = (self, other) if self.top >= other.top else (other, self)
+        shift = high.top - low.top
+        low_bits = (low._bits << shift) & self._mask if shift < self.size else 0
+        self._bits, self.top = high._bits | low_bits, high.top
 
 
 @dataclass(frozen=True)

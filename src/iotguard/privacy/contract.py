@@ -29,6 +29,13 @@ from typing import Any
 import cbor2
 
 from iotguard.errors import ConfigError, PolicyDenied
+from iotguard.privacy.media_contract import (
+    MediaRelease,
+    MediaStreamSpec,
+    media_to_dict,
+    parse_media_streams,
+    parse_purpose_media,
+)
 
 __all__ = [
     "CONTRACT_FORMAT",
@@ -160,6 +167,7 @@ class PurposeSpec:
     min_interval: timedelta
     time_resolution: timedelta | None
     fields: Mapping[str, tuple[TransformSpec, ...]]
+    media: Mapping[str, MediaRelease] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def epsilon_per_reading(self) -> float:
@@ -189,6 +197,7 @@ class DataContract:
     pseudonym_rotation: timedelta
     fields: Mapping[str, FieldSpec]
     purposes: Mapping[str, PurposeSpec]
+    media: Mapping[str, MediaStreamSpec] = field(default_factory=lambda: MappingProxyType({}))
 
     def purpose(self, name: str) -> PurposeSpec:
         """The declared purpose ``name``.
@@ -214,8 +223,8 @@ class DataContract:
         return frozenset(out)
 
     def to_dict(self) -> dict[str, Any]:
-        """Normalised plain form (the basis of :meth:`digest`)."""
-        return {
+        """Normalised plain form (the basis of :meth:`digest`); media keys only when declared."""
+        out: dict[str, Any] = {
             "format": CONTRACT_FORMAT,
             "model": self.model,
             "version": self.version,
@@ -244,10 +253,14 @@ class DataContract:
                     "min_interval": _fmt_duration(p.min_interval),
                     "time_resolution": _fmt_duration(p.time_resolution) if p.time_resolution else None,
                     "fields": {n: [t.to_dict() for t in chain] for n, chain in p.fields.items()},
+                    **({"media": {m: r.to_dict() for m, r in p.media.items()}} if p.media else {}),
                 }
                 for p in self.purposes.values()
             },
         }
+        if self.media:
+            out["media"] = media_to_dict(self.media)
+        return out
 
     def digest(self) -> bytes:
         """SHA-256 of the canonical CBOR of :meth:`to_dict`."""
@@ -366,14 +379,15 @@ def _parse_transform(raw: Any, fspec: FieldSpec, where: str) -> TransformSpec:
     return TransformSpec(kind, MappingProxyType(out))
 
 
-def _parse_purpose(name: str, t: Any, fields: Mapping[str, FieldSpec]) -> PurposeSpec:
+def _parse_purpose(name: str, t: Any, fields: Mapping[str, FieldSpec],
+                   media: Mapping[str, MediaStreamSpec]) -> PurposeSpec:
     where = f"purposes.{name}"
     if not isinstance(t, dict):
         raise ConfigError(f"{where}: expected a table")
     _take(
         t,
-        {"description", "legal_basis", "retention", "min_interval", "time_resolution", "fields"},
-        {"description", "legal_basis", "retention", "min_interval", "fields"},
+        {"description", "legal_basis", "retention", "min_interval", "time_resolution", "fields", "media"},
+        {"description", "legal_basis", "retention", "min_interval"},
         where,
     )
     try:
@@ -382,9 +396,9 @@ def _parse_purpose(name: str, t: Any, fields: Mapping[str, FieldSpec]) -> Purpos
         raise ConfigError(
             f"{where}.legal_basis: {t['legal_basis']!r} is not one of {[b.value for b in LegalBasis]}"
         ) from None
-    raw_fields = t["fields"]
-    if not isinstance(raw_fields, dict) or not raw_fields:
-        raise ConfigError(f"{where}.fields: a purpose must declare at least one field")
+    raw_fields = t.get("fields", {})
+    if not isinstance(raw_fields, dict) or not (raw_fields or t.get("media")):
+        raise ConfigError(f"{where}.fields: a purpose must declare at least one field or media stream")
     chains: dict[str, tuple[TransformSpec, ...]] = {}
     for fname, ft in raw_fields.items():
         fwhere = f"{where}.fields.{fname}"
@@ -420,6 +434,9 @@ def _parse_purpose(name: str, t: Any, fields: Mapping[str, FieldSpec]) -> Purpos
         min_interval=parse_duration(t["min_interval"], where=f"{where}.min_interval"),
         time_resolution=tres,
         fields=MappingProxyType(chains),
+        media=MappingProxyType(parse_purpose_media(
+            name, t.get("media"), media, {f: fields[f].type.value for f in chains},
+            consent_basis=basis is LegalBasis.CONSENT)),
     )
 
 
@@ -438,7 +455,7 @@ def parse_contract(text: str, *, source: str = "<contract>") -> DataContract:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     _take(
         doc,
-        {"contract", "budget", "fields", "purposes"},
+        {"contract", "budget", "fields", "purposes", "media"},
         {"contract", "budget", "fields", "purposes"},
         source,
     )
@@ -472,7 +489,8 @@ def parse_contract(text: str, *, source: str = "<contract>") -> DataContract:
     if not isinstance(raw_purposes, dict) or not raw_purposes:
         raise ConfigError("purposes: declare at least one purpose")
     fields = {_name(n, f"fields.{n}"): _parse_field(n, t) for n, t in raw_fields.items()}
-    purposes = {_name(n, f"purposes.{n}"): _parse_purpose(n, t, fields) for n, t in raw_purposes.items()}
+    media = {_name(n, f"media.{n}"): s for n, s in parse_media_streams(doc.get("media")).items()}
+    purposes = {_name(n, f"purposes.{n}"): _parse_purpose(n, t, fields, media) for n, t in raw_purposes.items()}
     for p in purposes.values():
         if p.epsilon_per_reading > eps:
             raise ConfigError(
@@ -493,6 +511,7 @@ def parse_contract(text: str, *, source: str = "<contract>") -> DataContract:
         ),
         fields=MappingProxyType(fields),
         purposes=MappingProxyType(purposes),
+        media=MappingProxyType(media),
     )
 
 

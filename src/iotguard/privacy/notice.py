@@ -95,6 +95,12 @@ def render_notice(contract: DataContract) -> str:
         for fname, chain in p.fields.items():
             f = contract.fields[fname]
             lines.append(f"  - {f.description}, {_detail(f, chain)}")
+        for mname, release in p.media.items():
+            what = {"none": "kept on the device", "inference": "kept on the device; only the "
+                    "result of a model on the device leaves, as listed above",
+                    "anonymised": f"leave the device only after anonymisation on it ({release.method})",
+                    "raw": "leave the device as captured, only because you said yes"}[release.release.value]
+            lines.append(f"  - {contract.media[mname].description}: {what}")
         often = _duration(p.min_interval)
         lines.append(f"  At most once every {often}. Kept for {_duration(p.retention)}, then deleted.")
         if p.time_resolution is not None:
