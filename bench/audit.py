@@ -36,7 +36,7 @@ from sqlalchemy import Column, Index, Integer, LargeBinary, MetaData, String, Ta
 
 from iotguard.audit import AuditEvent, EventType, TransparencyLog, merkle
 from iotguard.audit.log import LeafRecord
-from iotguard.hub.audit_store import SqlLogStore, _apply, _BulkInsert
+from iotguard.hub.audit_store import SqlLogStore, _BulkInsert, create_audit_tables
 from iotguard.hub.db import make_engine
 
 GOAL_RATIO = 0.5
@@ -70,7 +70,7 @@ def fresh_engine(directory: Path, name: str):  # type: ignore[no-untyped-def]
 def bench_log_appends(directory: Path, events: list[AuditEvent]) -> float:
     engine = fresh_engine(directory, "log")
     with engine.begin() as conn:
-        _apply(conn)
+        create_audit_tables(conn)
     log = TransparencyLog(SqlLogStore(engine))
     start = time.perf_counter()
     for i in range(0, len(events), BATCH):
@@ -120,7 +120,7 @@ def bench_hashing(events: list[AuditEvent]) -> float:
 def build_store(directory: Path, size: int) -> TransparencyLog:
     engine = fresh_engine(directory, f"tree{size}")
     with engine.begin() as conn:
-        _apply(conn)
+        create_audit_tables(conn)
     log = TransparencyLog(SqlLogStore(engine))
     chunk = 50_000
     for i in range(0, size, chunk):

@@ -50,7 +50,7 @@ from iotguard.channel import TELEMETRY_FILTER, SequenceAllocator, UplinkSealer  
 from iotguard.config import HubConfig  # noqa: E402
 from iotguard.crypto import get_suite  # noqa: E402
 from iotguard.hub.broker import BrokerAddress, EmbeddedBroker  # noqa: E402
-from iotguard.hub.core import HubCore, build_hub_core  # noqa: E402
+from iotguard.hub.compose import HubServices, build_hub_services  # noqa: E402
 from iotguard.hub.ingest import IngestProcessor  # noqa: E402
 from iotguard.hub.mosquitto import BrokerLimits, write_broker_config  # noqa: E402
 from iotguard.hub.mqtt_ingest import MqttIngest  # noqa: E402
@@ -81,12 +81,12 @@ class Tls:
 PUBLISHER = "bench-publisher"
 
 
-def tls_files(core: HubCore, tmp: Path) -> Tls:
+def tls_files(core: HubServices, tmp: Path) -> Tls:
     now = core.clock.now()
-    hub_tls = HubTls(Path(core.cfg.data_dir), core.registry.ca)
+    hub_tls = HubTls(Path(core.cfg.data_dir), core.lifecycle.ca)
     hub_tls.ensure(now)
     key = Ed25519PrivateKey.generate()
-    cert = core.registry.ca.issue_device_certificate(PUBLISHER, key.public_key().public_bytes_raw(), now=now,
+    cert = core.lifecycle.ca.issue_device_certificate(PUBLISHER, key.public_key().public_bytes_raw(), now=now,
                                                      validity=timedelta(days=1), segment="bench")
     pem = tmp / "publisher.pem"
     pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
@@ -95,7 +95,7 @@ def tls_files(core: HubCore, tmp: Path) -> Tls:
     return Tls(str(hub_tls.ca_file), str(hub_tls.hub_mqtt_file), str(pem))
 
 
-def start_mosquitto(tmp: Path, core: HubCore) -> tuple[subprocess.Popen[bytes], BrokerAddress] | None:
+def start_mosquitto(tmp: Path, core: HubServices) -> tuple[subprocess.Popen[bytes], BrokerAddress] | None:
     """Mosquitto with the production configuration (mTLS, CRL, Cedar-derived ACL) plus the publisher's grant."""
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(exe).exists():
@@ -103,11 +103,11 @@ def start_mosquitto(tmp: Path, core: HubCore) -> tuple[subprocess.Popen[bytes], 
     port = free_port()
 
     def acl() -> str:
-        return core.broker_acl() + f"\nuser {PUBLISHER}\ntopic write iotguard/+/+/telemetry\n"
+        return core.posture.broker_acl() + f"\nuser {PUBLISHER}\ntopic write iotguard/+/+/telemetry\n"
 
     # The hub's own client sets 1000 in flight; Mosquitto's default of 20 would cap its batches.
     limits = BrokerLimits(max_queued_messages=2_000_000, max_inflight_messages=1000)
-    files = write_broker_config(tmp / "mosquitto", core.registry.ca, core.store, "127.0.0.1", port,
+    files = write_broker_config(tmp / "mosquitto", core.lifecycle.ca, core.store, "127.0.0.1", port,
                                 core.clock.now(), bind_address="127.0.0.1", limits=limits, acl_renderer=acl)
     proc = subprocess.Popen([exe, "-c", str(files.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
@@ -127,10 +127,10 @@ def _client(client_id: str, certfile: str, tls: Tls | None, *, clean_session: bo
     return c
 
 
-def enroll_devices(core: HubCore, tmp: Path, n: int, suite_name: str, prefix: str) -> list[UplinkSealer]:
+def enroll_devices(core: HubServices, tmp: Path, n: int, suite_name: str, prefix: str) -> list[UplinkSealer]:
     """Register devices and install session keys directly (the enrollment protocol itself is
     not what this benchmark measures); posture and policy are the hub's real ones."""
-    registry = core.registry
+    registry = core.lifecycle
     sealers = []
     suite = get_suite(suite_name)
     store = registry.store
@@ -145,7 +145,7 @@ def enroll_devices(core: HubCore, tmp: Path, n: int, suite_name: str, prefix: st
         store.enroll(device_id, token_hash(code.secret), now=now, identity_public_key=os.urandom(32),
                      cert_pem="", cert_serial=b64e(os.urandom(4)), cert_not_after=now + timedelta(days=30),
                      suite=suite_name, wrapped_key=registry._wrap(device_id, 1, keys))
-        core.sync_posture(device_id)
+        core.posture.sync(device_id)
         ks = SoftwareKeyStore(tmp / "devkeys" / device_id, device_binding=b"bench-device-binding")
         sealers.append(UplinkSealer(suite, device_id, 1, keys.uplink, SequenceAllocator(ks, "seq/1",
                                                                                         reserve=1 << 20)))
@@ -236,9 +236,9 @@ def run_raw(addr: BrokerAddress, messages: list[tuple[str, bytes]], queued: bool
     return n / ((last or time.perf_counter()) - (first if queued else start))
 
 
-def run_secured(addr: BrokerAddress, core: HubCore, cfg: HubConfig, messages: list[tuple[str, bytes]],
+def run_secured(addr: BrokerAddress, core: HubServices, cfg: HubConfig, messages: list[tuple[str, bytes]],
                 queued: bool, tls: Tls | None) -> tuple[float, dict[str, object]]:
-    registry = core.registry
+    registry = core.lifecycle
     n = len(messages)
     cid = f"hub-{os.getpid()}-{time.time_ns()}"
     if queued:
@@ -246,7 +246,8 @@ def run_secured(addr: BrokerAddress, core: HubCore, cfg: HubConfig, messages: li
         publish_all(addr, messages, wait=True, tls=tls)
     # Every check on: strict parse, device/epoch, batched open, replay window,
     # Cedar publish decision, data-contract check, durable commit, audit of rejections.
-    proc = IngestProcessor(registry.store, registry, cfg, authorizer=core.authorize_reading, audit=core.audit)
+    proc = IngestProcessor(registry.store, registry, cfg, authorizer=core.posture.authorize_reading,
+                           audit=core.audit.log)
     for s in {t for t, _ in messages}:
         registry.session(s.split("/")[2], 1)  # warm the device cache as a running hub would have it
     ingest = MqttIngest(proc, addr, cfg, shared=False, client_id=cid,
@@ -283,7 +284,7 @@ def main() -> int:
     os.environ.setdefault("IOTGUARD_DEVICE_SECRET", str(tmp / "device.secret"))
     cfg = HubConfig(data_dir=str(tmp / "hub"), batch_max_messages=2000, batch_max_wait_ms=20)
     Path(cfg.data_dir).mkdir(parents=True)
-    core = build_hub_core(cfg)
+    core = build_hub_services(cfg)
     mosq = start_mosquitto(tmp, core)
     embedded = None
     tls: Tls | None = None

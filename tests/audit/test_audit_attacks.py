@@ -24,7 +24,7 @@ from iotguard.audit import (
 )
 from iotguard.audit.note import SIG_COSIGNATURE_V1
 from iotguard.errors import ProofError, RollbackError
-from iotguard.hub.audit_store import FileWitnessState, _apply, open_audit_log
+from iotguard.hub.audit_store import FileWitnessState, create_audit_tables, open_audit_log
 from iotguard.hub.db import make_engine
 from iotguard.keys.keystore import KeyKind
 from iotguard.keys.software import SoftwareKeyStore
@@ -54,7 +54,7 @@ def memory_log(keys: SoftwareKeyStore, n: int) -> TransparencyLog:
 def sqlite_log(keys: SoftwareKeyStore, tmp_path: Path, n: int) -> TransparencyLog:
     engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
     with engine.begin() as conn:
-        _apply(conn)
+        create_audit_tables(conn)
     log = open_audit_log(engine, keys, ORIGIN, create_key=False)
     log.append([ev(i) for i in range(n)])
     return log

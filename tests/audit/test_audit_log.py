@@ -19,7 +19,7 @@ from iotguard.audit import (
     open_checkpoint,
 )
 from iotguard.audit.note import NoteSigner
-from iotguard.hub.audit_store import _apply, open_audit_log
+from iotguard.hub.audit_store import create_audit_tables, open_audit_log
 from iotguard.hub.db import make_engine
 from iotguard.keys.keystore import KeyKind
 from iotguard.keys.software import SoftwareKeyStore
@@ -41,7 +41,7 @@ def _sql_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
 def _migrated(url: str):  # type: ignore[no-untyped-def]
     engine = make_engine(url)
     with engine.begin() as conn:
-        _apply(conn)
+        create_audit_tables(conn)
     return engine
 
 

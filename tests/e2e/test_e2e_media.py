@@ -71,14 +71,14 @@ class Sniffer:
 
 def _device(hub: Hub, tmp_path: Path, device_id: str, model: str, granted: tuple[str, ...],
             **media: object) -> Agent:
-    code = str(hub.registry.add_device(device_id, model))
+    code = str(hub.lifecycle.add_device(device_id, model))
     agent = Agent(AgentConfig(data_dir=str(tmp_path / device_id), hub_url=hub.api_url,
                               broker_url=hub.broker_address.url, unsafe_plaintext_broker=True), device_id)
     agent.enroll(code)
     consent = ConsentState(f"subject-{device_id}")
     for purpose in load_contract(model).purposes:
         consent = consent.grant(purpose, agent.clock.now()) if purpose in granted else consent
-    hub.core.record_initial_consent(consent.subject_id, device_id,
+    hub.services.consent.record_initial_consent(consent.subject_id, device_id,
                                     {p: d.granted for p, d in sorted(consent.decisions.items())})
     # The device's privacy pipeline, with its on-device models (the digit recogniser).
     agent.privacy = DevicePrivacy(agent.keystore, device_id, model, consent, agent.clock, **media)  # type: ignore[arg-type]

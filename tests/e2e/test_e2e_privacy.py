@@ -61,9 +61,9 @@ class Sniffer:
 
 
 def test_undeclared_and_unconsented_fields_never_on_the_wire(hub: Hub, tmp_path: Path) -> None:
-    fleet = Fleet(lambda d, m: str(hub.registry.add_device(d, m)), hub_url=hub.api_url,
+    fleet = Fleet(lambda d, m: str(hub.lifecycle.add_device(d, m)), hub_url=hub.api_url,
                   broker_url=hub.broker_address.url, data_dir=tmp_path / "fleet", research_consent=0.5, seed=3,
-                  consent_recorder=hub.core.record_initial_consent)
+                  consent_recorder=hub.services.consent.record_initial_consent)
     sniffer = Sniffer(hub)
     try:
         fleet.add_devices(10)
@@ -95,9 +95,9 @@ def test_undeclared_and_unconsented_fields_never_on_the_wire(hub: Hub, tmp_path:
         assert "research" not in _granted(target), "device did not apply the pushed withdrawal"
         withdrawn_at = time.monotonic()
         deadline = time.monotonic() + 10
-        while hub.core.privacy.unacknowledged_consent() and time.monotonic() < deadline:
+        while hub.services.consent.privacy.unacknowledged_consent() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not hub.core.privacy.unacknowledged_consent(), "hub never got the device's acknowledgement"
+        assert not hub.services.consent.privacy.unacknowledged_consent(), "hub never got the device's acknowledgement"
         for _ in range(80):  # 80 simulated minutes: research (hourly) would be due again
             fleet.send_round()
         deadline = time.monotonic() + 20

@@ -7,14 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from iotguard.agent import Agent
 from iotguard.clock import SystemClock
 from iotguard.config import AgentConfig, HubConfig
-from iotguard.hub.core import HubCore, build_hub_core
+from iotguard.hub.api import create_app
+from iotguard.hub.compose import HubServices, build_hub_services
 from iotguard.hub.ingest import IngestProcessor
-from iotguard.hub.registry import FleetRegistry
+from iotguard.hub.outbox import OutboxDrainer
+from iotguard.hub.services import DeviceLifecycle
 from iotguard.hub.store import HubStore
 
 
@@ -22,11 +25,17 @@ from iotguard.hub.store import HubStore
 class HubParts:
     cfg: HubConfig
     store: HubStore
-    registry: FleetRegistry
+    registry: DeviceLifecycle
     processor: IngestProcessor
     client: TestClient
     tmp: Path
-    core: HubCore
+    services: HubServices
+    drainer: OutboxDrainer
+    app: FastAPI
+
+    def deliver(self) -> int:
+        """Deliver pending outbox rows, as the hub's API and maintenance tick do."""
+        return self.drainer.drain()
 
     def agent(self, device_id: str, model: str = "thermo-1", suites: list[str] | None = None,
               enroll: bool = True) -> Agent:
@@ -44,9 +53,11 @@ class HubParts:
 
 def make_hub(tmp_path: Path, url: str | None = None, **overrides: object) -> HubParts:
     cfg = HubConfig(data_dir=str(tmp_path / "hub"), **overrides)  # type: ignore[arg-type]
-    core = build_hub_core(cfg, database_url=url)
-    client = TestClient(core.app)
-    return HubParts(cfg, core.store, core.registry, core.processor, client, tmp_path, core)
+    services = build_hub_services(cfg, database_url=url)
+    drainer = services.drainer("test-hub")
+    app = create_app(services, drain=drainer.drain)
+    return HubParts(cfg, services.store, services.lifecycle, services.processor, TestClient(app), tmp_path,
+                    services, drainer, app)
 
 
 @pytest.fixture

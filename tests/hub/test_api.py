@@ -94,7 +94,7 @@ def test_signed_consent_ack_with_overflowing_timestamp_is_400_not_500(hub: HubPa
     agent = hub.agent("dev-1")
     raw = cbor2.dumps({"v": 1, "type": "consent-ack", "device": "dev-1", "version": 1,
                        "config_sha256": bytes(32), "applied_at": 2**53 - 1}, canonical=True)
-    signed = sign_device_request("consent_ack", "dev-1", {"ack": raw}, now=hub.core.clock.now(),
+    signed = sign_device_request("consent_ack", "dev-1", {"ack": raw}, now=hub.services.clock.now(),
                                  sign=lambda m: agent.keystore.sign("identity", m))
     r = hub.client.post("/v1/consent/ack", json=signed.wire)
     assert r.status_code == 400, r.text

@@ -60,7 +60,7 @@ def _agent(hub: Hub, device_id: str) -> Agent:
     cfg = AgentConfig(data_dir=str(Path(hub.cfg.data_dir).parent / "agents" / device_id), hub_url=hub.api_url,
                       broker_url=hub.broker_address.url, suites=["chacha20-poly1305"])
     agent = Agent(cfg, device_id)
-    agent.enroll(str(hub.registry.add_device(device_id, "thermo-1")))
+    agent.enroll(str(hub.lifecycle.add_device(device_id, "thermo-1")))
     return agent
 
 
@@ -213,14 +213,14 @@ def test_device_cannot_enroll_as_the_hub_identity(hub: Hub) -> None:
     from iotguard.errors import MalformedError
 
     with pytest.raises(MalformedError):
-        hub.registry.add_device("iotguard-hub", "thermo-1")
+        hub.lifecycle.add_device("iotguard-hub", "thermo-1")
 
 
 def test_revoked_certificate_refused_by_broker(hub: Hub) -> None:
     a = _agent(hub, "rev-a")
     live = _Client(hub, "rev-a", certfile=a.dir / "transport.pem")
     assert live.connect()
-    hub.registry.revoke("rev-a", reason="test")
+    hub.lifecycle.revoke("rev-a", reason="test")
     assert live.closed.wait(5), "the revoked device's open connection was not closed"
     again = _Client(hub, "rev-a-2", certfile=a.dir / "transport.pem")
     assert not again.connect()
@@ -234,8 +234,8 @@ def test_quarantined_device_cannot_publish_at_the_broker(hub: Hub) -> None:
     a = _agent(hub, "quar-a")
     from iotguard.hub.policy_store import save_posture
 
-    hub.core.posture.update("quar-a", trust_tier="failed")  # as a tamper report does
-    save_posture(hub.store.engine, [hub.core.posture.require("quar-a")], now=hub.core.clock.now())
+    hub.services.posture.posture.update("quar-a", trust_tier="failed")  # as a tamper report does
+    save_posture(hub.store.engine, [hub.services.posture.posture.require("quar-a")], now=hub.services.clock.now())
     time.sleep(1.0)  # the hub refreshes the front's access when the posture version changes
     client = _Client(hub, "quar-a", certfile=a.dir / "transport.pem")
     if client.connect():
@@ -247,7 +247,7 @@ def test_quarantined_device_cannot_publish_at_the_broker(hub: Hub) -> None:
 
 def test_agent_pins_the_ca_from_its_enrollment_code(hub: Hub, tmp_path: Path) -> None:
     """A hub whose TLS chain does not hold the CA named in the code gets no token."""
-    code = str(hub.registry.add_device("pin-a", "thermo-1"))
+    code = str(hub.lifecycle.add_device("pin-a", "thermo-1"))
     wrong = code[:-64] + "0" * 64
     agent = Agent(AgentConfig(data_dir=str(tmp_path / "pin"), hub_url=hub.api_url,
                               broker_url=hub.broker_address.url), "pin-a")

@@ -46,7 +46,7 @@ def _epochs(hub: HubParts, device_id: str = "dev-1") -> list[int]:
 
 def _forbid(hub: HubParts, action: str) -> None:
     rule = f'\n@id("test-forbid")\nforbid (principal, action == Action::"{action}", resource);\n'
-    hub.core.policy.load(PolicySet(default_policy_set().text + rule))
+    hub.services.posture.engine.load(PolicySet(default_policy_set().text + rule))
 
 
 def test_quarantined_device_cannot_rekey(hub: HubParts) -> None:
@@ -77,12 +77,12 @@ def test_quarantined_device_can_still_report_tampering(hub: HubParts) -> None:
     a = hub.agent("dev-1")
     _quarantine(hub)
     assert a.respond_to_tamper("enclosure opened") is True
-    assert hub.core.posture.require("dev-1").trust_tier == "failed"
+    assert hub.services.posture.posture.require("dev-1").trust_tier == "failed"
 
 
 def test_failed_tier_device_cannot_rekey_or_renew(hub: HubParts) -> None:
     a = hub.agent("dev-1")
-    hub.core.posture.update("dev-1", trust_tier="failed")
+    hub.services.posture.posture.update("dev-1", trust_tier="failed")
     assert _refusal(a, a.rekey) == "403 policy_denied"
     assert _refusal(a, a.renew_certificate) == "403 policy_denied"
 
@@ -99,7 +99,7 @@ def test_expired_certificate_cannot_renew(hub: HubParts) -> None:
     expired = datetime.now(UTC) - timedelta(minutes=1)
     with hub.store.engine.begin() as c:
         c.execute(update(devices).where(devices.c.device_id == "dev-1").values(cert_not_after=expired))
-    hub.core.sync_posture("dev-1")
+    hub.services.posture.sync("dev-1")
     assert _refusal(a, a.renew_certificate) == "403 expired"
     assert hub.store.get_device("dev-1").cert_not_after == expired
 
@@ -122,10 +122,11 @@ def test_replayed_signed_request_refused(hub: HubParts) -> None:
 
 def test_replay_to_another_hub_process_refused(hub: HubParts) -> None:
     """Nonces live in the database: a request captured at hub A is refused by hub B."""
-    from iotguard.hub.core import build_hub_core
+    from iotguard.hub.api import create_app
+    from iotguard.hub.compose import build_hub_services
 
     a = hub.agent("dev-1")
-    other = TestClient(build_hub_core(hub.cfg).app)
+    other = TestClient(create_app(build_hub_services(hub.cfg)))
     wire = a._signed("tamper_report", {"reason": "probe"})[0]
     assert hub.client.post("/v1/tamper", json=wire).status_code == 200
     r = other.post("/v1/tamper", json=wire)
@@ -163,7 +164,7 @@ def test_enrollment_asks_the_policy_engine(hub: HubParts) -> None:
     assert hub.store.get_device("dev-1").status == "pending"
     with hub.store.engine.connect() as c:
         assert c.execute(select(enrollment_tokens.c.used_at)).scalar_one() is None  # the code is not burnt
-    hub.core.policy.load(default_policy_set())
+    hub.services.posture.engine.load(default_policy_set())
     agent.enroll(code)
     assert hub.store.get_device("dev-1").status == "active"
 
@@ -173,7 +174,7 @@ def test_bootstrap_asks_the_policy_engine(hub: HubParts) -> None:
     _forbid(hub, "bootstrap")
     r = hub.client.post("/v1/bootstrap", json={"bootstrap_token": secret, "name": "first-admin"})
     assert (r.status_code, r.json()["error"]) == (403, "policy_denied")
-    hub.core.policy.load(default_policy_set())
+    hub.services.posture.engine.load(default_policy_set())
     r = hub.client.post("/v1/bootstrap", json={"bootstrap_token": secret, "name": "first-admin"})
     assert r.status_code == 200
 
@@ -188,7 +189,7 @@ def test_refusals_are_audited_with_action_and_reason(hub: HubParts) -> None:
                                                           "suites": ["chacha20-poly1305"]})[0])
     from iotguard.audit.events import AuditEvent
 
-    log = hub.core.audit
+    log = hub.services.audit.log
     events = [AuditEvent.from_cbor(e) for e in log.entries(0, log.size())]
     failures = [(e.details.get("what"), e.details.get("reason")) for e in events if e.type == EventType.AUTH_FAILED]
     assert ("renew", "stale") in failures and ("rekey", "policy_denied") in failures
@@ -215,9 +216,10 @@ def test_enrollment_guessing_behind_a_gateway_does_not_block_real_enrollments(hu
 
 def test_lockout_holds_across_hub_processes(hub: HubParts) -> None:
     """Check for lockout evasion: guesses spread over two hub processes sharing one database."""
-    from iotguard.hub.core import build_hub_core
+    from iotguard.hub.api import create_app
+    from iotguard.hub.compose import build_hub_services
 
-    other = TestClient(build_hub_core(hub.cfg).app)
+    other = TestClient(create_app(build_hub_services(hub.cfg)))
     clients = [hub.client, other]
     for i in range(10):
         clients[i % 2].get("/v1/devices", headers={"Authorization": f"Bearer igt_g{i}_g{i}"})

@@ -26,7 +26,7 @@ def _seal(agent, fields=None, purpose="heating_control"):  # type: ignore[no-unt
 def _audit_types(hub: HubParts) -> list[str]:
     from iotguard.audit.events import AuditEvent
 
-    log = hub.core.audit
+    log = hub.services.audit.log
     return [AuditEvent.from_cbor(e).type for e in log.entries(0, log.size())]
 
 
@@ -74,8 +74,8 @@ def test_audit_log_records_enrollment_and_rejections_with_provenance(hub: HubPar
     for t in ("device.registered", "device.manufactured", "device.enrolled", "cert.issued",
               "envelopes.rejected", "policy.changed"):
         assert t in types, (t, types)
-    chain = provenance(hub.core.audit, "dev-1")
-    events = verify_chain_of_custody(chain, hub.core.audit.verifier)
+    chain = provenance(hub.services.audit.log, "dev-1")
+    events = verify_chain_of_custody(chain, hub.services.audit.log.verifier)
     assert [e.type for e in events][:2] == ["device.registered", "device.manufactured"]
 
 
@@ -162,7 +162,7 @@ def test_only_security_admin_revokes(hub: HubParts, role: str, status: int) -> N
 
 def test_inclusion_helpers_are_rfc9162(hub: HubParts) -> None:
     # A smoke check that the hub's log uses the audit package's RFC 9162 hashing.
-    log = hub.core.audit
+    log = hub.services.audit.log
     hub.agent("dev-1")
     entries = log.entries(0, log.size())
     note = log.publish_checkpoint(datetime.now(UTC))
@@ -173,14 +173,14 @@ def test_inclusion_helpers_are_rfc9162(hub: HubParts) -> None:
 
 def test_quarantine_made_by_another_hub_process_reaches_this_one(hub: HubParts, tmp_path) -> None:
     """Two hubs share one database: a quarantine through hub A is enforced by hub B after one maintenance tick."""
-    from iotguard.hub.core import Maintenance, build_hub_core
+    from iotguard.hub.compose import Maintenance, build_hub_services
 
     a = hub.agent("dev-1")
-    other = build_hub_core(hub.cfg)  # hub B: its own process state, same database and keys
+    other = build_hub_services(hub.cfg)  # hub B: its own process state, same database and keys
     maintenance = Maintenance(other)
     maintenance.tick()
     assert other.processor.process([_seal(a)]).stored == 1
     hub.client.post("/v1/devices/dev-1/quarantine", headers=hub.operator_token("operator"))
     maintenance.tick()
-    assert other.posture.require("dev-1").quarantined
+    assert other.posture.posture.require("dev-1").quarantined
     assert other.processor.process([_seal(a)]).rejected["policy_denied"] == 1

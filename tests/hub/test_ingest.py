@@ -129,13 +129,13 @@ def test_revoked_device_still_publishing_is_rejected(hub: HubParts) -> None:
 def test_revocation_by_another_hub_process_takes_effect_within_the_cache_ttl(tmp_path) -> None:
     from iotguard.clock import FixedClock
     from iotguard.hub.ingest import IngestProcessor
-    from iotguard.hub.registry import FleetRegistry, open_hub_keys
+    from iotguard.hub.services import DeviceLifecycle, open_hub_keys
     from tests.hub.conftest import make_hub
 
     parts = make_hub(tmp_path, device_cache_ttl_s=1.0)
     a = parts.agent("dev-1")
     clock = FixedClock()
-    reg = FleetRegistry(parts.store, open_hub_keys(parts.cfg), parts.cfg, clock)
+    reg = DeviceLifecycle(parts.store, open_hub_keys(parts.cfg), parts.cfg, clock, outbox=parts.services.outbox)
     proc = IngestProcessor(parts.store, reg, parts.cfg, clock=clock)
     assert proc.process([_seal(a, 1)]).stored == 1
     parts.store.revoke_device("dev-1", now=clock.now())  # another process revokes
@@ -204,7 +204,7 @@ def test_two_hubs_never_store_a_reading_twice(hub: HubParts) -> None:
     from iotguard.hub.ingest import IngestProcessor
 
     a = hub.agent("dev-1")
-    other = IngestProcessor(hub.store, hub.registry, hub.cfg, authorizer=hub.core.authorize_reading)
+    other = IngestProcessor(hub.store, hub.registry, hub.cfg, authorizer=hub.services.posture.authorize_reading)
     first, m = _seal(a, 0), _seal(a, 1)
     assert other.process([first]).stored == 1  # hub B now holds a window without m
     assert hub.processor.process([m]).stored == 1  # hub A stores m

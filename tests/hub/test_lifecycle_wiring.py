@@ -23,7 +23,7 @@ def test_certificate_is_renewed_automatically_before_expiry(hub: HubParts) -> No
     a.clock = clock
     clock.advance(timedelta(days=hub.cfg.cert_validity_days * 0.8).total_seconds())
     hub.registry.clock = FixedClock(clock.now())  # the hub's clock agrees with the device's
-    hub.core.app.state.device_plane.clock = hub.registry.clock
+    hub.app.state.device_plane.clock = hub.registry.clock
     assert a.maybe_renew() is True
     renewed = hub.store.get_device("dev-1")
     assert renewed.cert_serial != first.cert_serial
@@ -31,7 +31,7 @@ def test_certificate_is_renewed_automatically_before_expiry(hub: HubParts) -> No
     assert renewed.cert_not_after > first.cert_not_after
     cert = x509.load_pem_x509_certificate((a.dir / "device.pem").read_bytes())
     assert format(cert.serial_number, "x") == renewed.cert_serial
-    assert hub.core.posture.require("dev-1").cert_not_after == renewed.cert_not_after
+    assert hub.services.posture.posture.require("dev-1").cert_not_after == renewed.cert_not_after
 
 
 def test_renewal_needs_the_identity_key(hub: HubParts) -> None:
@@ -82,12 +82,13 @@ def test_tamper_event_zeroizes_the_device_and_the_hub_stops_trusting_it(hub: Hub
     assert a.respond_to_tamper("enclosure opened") is True
     with pytest.raises(TamperError):
         a.keystore.sign("identity", b"x")
-    assert hub.core.posture.require("dev-1").trust_tier == "failed"
+    assert hub.services.posture.posture.require("dev-1").trust_tier == "failed"
     out = hub.processor.process([Incoming(topic, stolen)])
     assert out.stored == 0 and out.rejected["policy_denied"] == 1
     from iotguard.audit.events import AuditEvent
 
-    assert "device.tampered" in [AuditEvent.from_cbor(e).type for e in hub.core.audit.entries(0, hub.core.audit.size())]
+    log = hub.services.audit.log
+    assert "device.tampered" in [AuditEvent.from_cbor(e).type for e in log.entries(0, log.size())]
 
 
 def test_forged_tamper_report_is_refused(hub: HubParts) -> None:
@@ -99,4 +100,4 @@ def test_forged_tamper_report_is_refused(hub: HubParts) -> None:
     assert (r.status_code, r.json()["error"]) == (401, "forged")
     r = hub.client.post("/v1/tamper", json={"device_id": "dev-1", "reason": "x", "ts": 1, "signature": "AA"})
     assert (r.status_code, r.json()["error"]) == (401, "unauthenticated")
-    assert hub.core.posture.require("dev-1").trust_tier != "failed"
+    assert hub.services.posture.posture.require("dev-1").trust_tier != "failed"

@@ -36,7 +36,14 @@ QUERY = {"index": 0, "tree_size": 1, "old_size": 0, "new_size": 1, "start": 0, "
 
 
 def _routes(app: Any) -> Iterator[tuple[str, str, Any]]:
-    for route in app.routes:
+    """Every route the app serves, including those of the routers it includes (one per capability)."""
+    pending = list(app.routes)
+    while pending:
+        route = pending.pop(0)
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            pending.extend(included.routes)
+            continue
         for method in sorted(getattr(route, "methods", None) or ()):
             if method not in ("HEAD", "OPTIONS"):
                 yield method, route.path, route
@@ -94,15 +101,15 @@ def fleet(hub: HubParts) -> HubParts:
 
 
 def test_the_app_serves_the_routes_this_test_expects_to_cover(fleet: HubParts) -> None:
-    routes = {(m, p) for m, p, _r in _routes(fleet.core.app)}
+    routes = {(m, p) for m, p, _r in _routes(fleet.app)}
     assert ("POST", "/v1/rekey") in routes and ("GET", "/v1/devices") in routes and len(routes) > 20
-    devices = {p for _m, p, r in _routes(fleet.core.app) if _device_action(r)}
+    devices = {p for _m, p, r in _routes(fleet.app) if _device_action(r)}
     assert devices == {"/v1/rekey", "/v1/renew", "/v1/tamper", "/v1/receipts", "/v1/consent/ack"}
 
 
 def _anonymous_violations(hub: HubParts) -> list[tuple[str, str, int]]:
     found = []
-    for method, path, route in _routes(hub.core.app):
+    for method, path, route in _routes(hub.app):
         if (method, path) in ANONYMOUS:
             assert hub.client.request(method, path).status_code == 200
             continue
@@ -115,7 +122,7 @@ def _anonymous_violations(hub: HubParts) -> list[tuple[str, str, int]]:
 def _policy_violations(hub: HubParts) -> list[tuple[str, str, dict[str, Any]]]:
     tokens = {role: hub.operator_token(role) for role in ROLES}
     found = []
-    for method, path, route in _routes(hub.core.app):
+    for method, path, route in _routes(hub.app):
         if (method, path) in ANONYMOUS or _device_action(route):
             continue
         outcomes = {}
@@ -137,7 +144,7 @@ def test_no_route_answers_an_anonymous_caller(fleet: HubParts) -> None:
 def test_an_added_anonymous_route_is_caught(fleet: HubParts) -> None:
     """The check itself: a route someone adds without authentication makes it fail."""
 
-    @fleet.core.app.get("/v1/leak")
+    @fleet.app.get("/v1/leak")
     def leak() -> dict[str, str]:
         return {"secret": "everything"}
 
@@ -147,7 +154,7 @@ def test_an_added_anonymous_route_is_caught(fleet: HubParts) -> None:
 def test_only_health_and_docs_are_anonymous_when_docs_are_on(tmp_path: Path) -> None:
     parts = make_hub(tmp_path, api_docs=True)
     try:
-        for method, path, route in _routes(parts.core.app):
+        for method, path, route in _routes(parts.app):
             r = parts.client.request(method, _path(path, "dev-1"), json=_body(route, "dev-1"), params=QUERY)
             if (method, path) in ANONYMOUS or path in DOCS:
                 assert r.status_code == 200, (method, path)
@@ -169,7 +176,7 @@ def test_an_added_route_without_a_policy_decision_is_caught(fleet: HubParts) -> 
     def any_token(request: Request) -> None:
         fleet.store.authenticate_api_token(request.headers.get("authorization", "").removeprefix("Bearer "))
 
-    @fleet.core.app.get("/v1/everyone", dependencies=[Depends(any_token)])
+    @fleet.app.get("/v1/everyone", dependencies=[Depends(any_token)])
     def everyone() -> dict[str, str]:
         return {"all": "yours"}
 
@@ -181,7 +188,7 @@ def test_every_device_route_refuses_operators_and_other_principals(fleet: HubPar
     admin = fleet.operator_token("security-admin")
     fleet.registry.revoke("dev-2")
     good = fleet.agent("dev-3")
-    for method, path, route in _routes(fleet.core.app):
+    for method, path, route in _routes(fleet.app):
         action = _device_action(route)
         if action is None:
             continue
@@ -197,12 +204,12 @@ def test_every_device_route_refuses_operators_and_other_principals(fleet: HubPar
 def test_every_device_route_asks_the_policy_engine(fleet: HubParts) -> None:
     """A policy that forbids a device action refuses it on its route: the route takes the Cedar decision."""
     agent = fleet.agent("dev-2")
-    routes = [(m, p, _device_action(r)) for m, p, r in _routes(fleet.core.app) if _device_action(r)]
+    routes = [(m, p, _device_action(r)) for m, p, r in _routes(fleet.app) if _device_action(r)]
     for method, path, action in routes:
         assert action is not None
         text = default_policy_set().text + f'\n@id("test-forbid")\nforbid (principal, action == Action::"{action}", ' \
                                            f'resource);\n'
-        fleet.core.policy.load(PolicySet(text))
+        fleet.services.posture.engine.load(PolicySet(text))
         r = fleet.client.request(method, path, json=_signed_body(agent, action))
         assert (r.status_code, r.json()["error"]) == (403, "policy_denied"), (path, r.text)
-    fleet.core.policy.load(default_policy_set())
+    fleet.services.posture.engine.load(default_policy_set())

@@ -96,7 +96,7 @@ def test_device_refuses_a_transport_certificate_for_another_key(hub: HubParts) -
     cert, pub = _transport(agent.dir)
     ca = hub.registry.ca.certificate
     pem = (agent.dir / "transport.pem").read_bytes()
-    now = hub.core.clock.now()
+    now = hub.services.clock.now()
     check_transport_certificate(pem, device_id="dev-1", transport_public_key=pub, ca_certificate=ca, now=now)
     with pytest.raises(IntegrityError):
         check_transport_certificate(pem, device_id="dev-1", transport_public_key=b"\x01" * 32, ca_certificate=ca,

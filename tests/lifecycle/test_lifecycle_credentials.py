@@ -14,7 +14,6 @@ from iotguard.hub.credentials import (
     bootstrap_tokens,
     certificates_due_for_renewal,
     credential_audit,
-    decommission,
     ensure_bootstrap,
     record_use,
     redeem_bootstrap,
@@ -179,7 +178,7 @@ def test_end_of_support_warnings(store: HubStore, ca: FleetCA) -> None:
     register_device(store, ca, "old-2", model="thermo-1")
     register_device(store, ca, "new-1", model="thermo-2")
     register_device(store, ca, "gone", model="cam-0")
-    decommission(store, "gone", NOW)
+    store.decommission("gone", now=NOW)
     set_end_of_support(store, "thermo-1", NOW + timedelta(days=20))
     set_end_of_support(store, "thermo-2", NOW + timedelta(days=400))
     set_end_of_support(store, "cam-0", NOW - timedelta(days=1))
@@ -199,7 +198,7 @@ def test_decommission_crypto_erases_session_keys(store: HubStore, ca: FleetCA) -
     store.add_epoch("dev-1", 2, "chacha20-poly1305", b"\x02" * 48, now=NOW)
     store.new_enrollment_token("dev-1", hashlib.sha256(b"spare").digest(), NOW + timedelta(days=1))
     register_device(store, ca, "dev-2")
-    result = decommission(store, "dev-1", NOW)
+    result = store.decommission("dev-1", now=NOW)
     assert result.erased_epochs == (1, 2)
     assert store.epoch_key("dev-1", 1) is None and store.epoch_key("dev-1", 2) is None
     assert store.epoch_key("dev-2", 1) is not None
@@ -217,7 +216,7 @@ def test_decommissioned_wrapped_key_is_gone_from_the_database_file(tmp_path, ca:
     register_device(store, ca, "dev-1")
     marker = b"WRAPPED-KEY-MARKER-" * 3
     store.add_epoch("dev-1", 2, "chacha20-poly1305", marker, now=NOW)
-    decommission(store, "dev-1", NOW)
+    store.decommission("dev-1", now=NOW)
     store.engine.dispose()
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("erase.db*"))
     assert marker not in raw
@@ -225,4 +224,4 @@ def test_decommissioned_wrapped_key_is_gone_from_the_database_file(tmp_path, ca:
 
 def test_decommission_unknown_device(store: HubStore) -> None:
     with pytest.raises(UnknownDeviceError):
-        decommission(store, "nope", NOW)
+        store.decommission("nope", now=NOW)

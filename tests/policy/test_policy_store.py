@@ -27,12 +27,13 @@ from iotguard.policy import (
 from tests.policy.conftest import NOW, fleet
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def repository(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PolicyRepository]:
     if request.param == "memory":
         yield InMemoryPolicyRepository()
         return
-    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    url = f"sqlite:///{tmp_path / 'hub.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = make_engine(url)
     migrate(engine)
     yield SqlPolicyRepository(engine)
     engine.dispose()

@@ -84,7 +84,7 @@ def _open_log(args: argparse.Namespace, *, signer: bool) -> TransparencyLog:
         if args.keys:
             keystore = SoftwareKeyStore(args.keys)
         else:
-            from iotguard.hub.registry import open_hub_keys
+            from iotguard.hub.services.lifecycle import open_hub_keys
 
             keystore = open_hub_keys(cfg.hub)
     return open_audit_log(engine, keystore, args.origin, key_label=args.key_label)

@@ -41,18 +41,17 @@ def broker_config(args: argparse.Namespace) -> int:
     cfg = config_from_args(args).hub
     if not Path(cfg.data_dir).is_dir():
         raise ConfigError(f"hub data directory {cfg.data_dir!r} does not exist; start the hub once first")
-    from iotguard.hub.core import build_hub_core
+    from iotguard.hub.compose import build_hub_services
 
-    core = build_hub_core(cfg)  # the ACL comes from the active Cedar policies and the posture
-    store, registry = core.store, core.registry
+    services = build_hub_services(cfg)  # the ACL comes from the active Cedar policies and the posture
+    store, ca, acl = services.store, services.lifecycle.ca, services.posture.broker_acl
     now = datetime.now(tz=UTC)
     if args.access_only:
-        files = update_access_files(args.out, registry.ca, store, now, run_as_user=args.user,
-                                    acl_renderer=core.broker_acl)
+        files = update_access_files(args.out, ca, store, now, run_as_user=args.user, acl_renderer=acl)
         print(f"rewrote {files.crlfile} and {files.acl}")
     else:
-        files = write_broker_config(args.out, registry.ca, store, args.hostname, args.port, now,
-                                    bind_address=args.bind, run_as_user=args.user, acl_renderer=core.broker_acl)
+        files = write_broker_config(args.out, ca, store, args.hostname, args.port, now,
+                                    bind_address=args.bind, run_as_user=args.user, acl_renderer=acl)
         print(f"wrote {files.conf}")
         print(f"run: mosquitto -c {files.conf}")
         print(f"hub client certificate: {files.hub_certfile} (key {files.hub_keyfile}, mode 0600)")

@@ -62,12 +62,12 @@ def run(args: argparse.Namespace) -> int:
     hub = Hub(cfg)
     hub.start()
     say(f"hub up: API {hub.api_url}, embedded broker {hub.broker_address.url}, "
-        f"fleet CA {hub.registry.ca.fingerprint[:16]}")
-    fleet = Fleet(lambda device_id, model: str(hub.registry.add_device(device_id, model)),
+        f"fleet CA {hub.lifecycle.ca.fingerprint[:16]}")
+    fleet = Fleet(lambda device_id, model: str(hub.lifecycle.add_device(device_id, model)),
                   hub_url=hub.api_url, broker_url=hub.broker_address.url, data_dir=root / "devices",
                   suites=[s.strip() for s in args.suites.split(",") if s.strip()], seed=args.seed,
                   device_seconds_per_round=args.device_seconds,
-                  consent_recorder=hub.core.record_initial_consent)
+                  consent_recorder=hub.services.consent.record_initial_consent)
     try:
         t0 = time.monotonic()
         fleet.add_devices(args.devices)
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         delivery = reconcile(fleet.sent_readings, stored_identities(hub.store))
         stored = delivery.stored
         rejected = hub.store.rejection_totals()
-        receipts_stored = sum(len(hub.core.privacy.receipts_of(d.agent.device_id)) for d in fleet.devices)
+        receipts_stored = sum(len(hub.services.consent.privacy.receipts_of(d.agent.device_id)) for d in fleet.devices)
         summary: dict[str, Any] = {
             "devices": args.devices,
             "seconds": round(elapsed, 2),

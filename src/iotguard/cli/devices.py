@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from iotguard.cli._common import add_config_argument, config_from_args, print_json
-from iotguard.hub.registry import FleetRegistry, open_hub_keys
-from iotguard.hub.store import HubStore
+from iotguard.cli._common import add_config_argument, config_from_args, deliver_effects, open_hub_services, print_json
+
+if TYPE_CHECKING:
+    from iotguard.hub.compose import HubServices
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,24 +45,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pv.set_defaults(func=provenance)
 
 
-def _open(args: argparse.Namespace) -> tuple[HubStore, FleetRegistry]:
-    cfg = config_from_args(args).hub
-    Path(cfg.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    store = HubStore.open(cfg.resolved_database_url())
-    return store, FleetRegistry(store, open_hub_keys(cfg), cfg)
+def _open(args: argparse.Namespace) -> HubServices:
+    return open_hub_services(config_from_args(args).hub)
 
 
 def add(args: argparse.Namespace) -> int:
-    _store, registry = _open(args)
-    code = registry.add_device(args.device_id, args.model, segment=args.segment, serial=args.serial)
+    services = _open(args)
+    code = services.lifecycle.add_device(args.device_id, args.model, segment=args.segment, serial=args.serial,
+                                         actor="cli")
+    deliver_effects(services)
     print(f"device {args.device_id} registered; enrollment code (shown once, valid "
-          f"{registry.cfg.enrollment_token_ttl_s // 3600} h):")
+          f"{services.cfg.enrollment_token_ttl_s // 3600} h):")
     print(code)
     return 0
 
 
 def list_devices(args: argparse.Namespace) -> int:
-    store, _ = _open(args)
+    store = _open(args).store
     devices = store.list_devices(status=args.status)
     if args.json:
         print_json([d.to_dict() for d in devices])
@@ -73,39 +73,34 @@ def list_devices(args: argparse.Namespace) -> int:
 
 
 def show(args: argparse.Namespace) -> int:
-    store, _ = _open(args)
-    d = store.get_device(args.device_id)
-    print_json({**d.to_dict(), "readings": store.reading_count(d.device_id), "certificate_pem": d.cert_pem})
+    services = _open(args)
+    d = services.store.get_device(args.device_id)
+    print_json({**d.to_dict(), "readings": services.telemetry.reading_count(d.device_id),
+                "certificate_pem": d.cert_pem})
     return 0
 
 
-def _audited(args: argparse.Namespace) -> tuple[HubStore, FleetRegistry]:
-    from iotguard.hub.audit_store import open_audit_log
-    from iotguard.hub.core import AUDIT_ORIGIN
-
-    store, registry = _open(args)
-    registry.audit = open_audit_log(store.engine, registry.keystore, AUDIT_ORIGIN)
-    return store, registry
-
-
 def revoke(args: argparse.Namespace) -> int:
-    _, registry = _audited(args)
-    registry.revoke(args.device_id, actor="cli", reason=args.reason)
+    services = _open(args)
+    services.lifecycle.revoke(args.device_id, actor="cli", reason=args.reason)
+    deliver_effects(services)
     print(f"device {args.device_id} revoked")
     return 0
 
 
 def reprovision(args: argparse.Namespace) -> int:
-    _, registry = _audited(args)
-    code = registry.reprovision(args.device_id, actor="cli")
+    services = _open(args)
+    code = services.lifecycle.reprovision(args.device_id, actor="cli")
+    deliver_effects(services)
     print(f"device {args.device_id} reset for enrollment; new one-time code:")
     print(code)
     return 0
 
 
 def decommission_device(args: argparse.Namespace) -> int:
-    _, registry = _audited(args)
-    result = registry.decommission(args.device_id, actor="cli")
+    services = _open(args)
+    result = services.lifecycle.decommission(args.device_id, actor="cli")
+    deliver_effects(services)
     print(f"device {args.device_id} decommissioned; session keys of epochs {list(result.erased_epochs)} erased")
     return 0
 
@@ -113,11 +108,7 @@ def decommission_device(args: argparse.Namespace) -> int:
 def provenance(args: argparse.Namespace) -> int:
     from iotguard.audit.provenance import provenance as chain_of_custody
     from iotguard.audit.provenance import verify_chain_of_custody
-    from iotguard.hub.audit_store import open_audit_log
-    from iotguard.hub.core import AUDIT_ORIGIN
-
-    store, registry = _open(args)
-    log = open_audit_log(store.engine, registry.keystore, AUDIT_ORIGIN)
+    log = _open(args).audit.log
     chain = chain_of_custody(log, args.device_id)
     verify_chain_of_custody(chain, log.verifier)
     rows = [{"index": link.index, "type": link.event.type, "time": link.event.time.isoformat(),

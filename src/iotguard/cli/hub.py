@@ -36,10 +36,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     hub.start()
     print(f"iotguard hub: API {hub.api_url}  broker {hub.broker_address.url}"
-          f"{' (embedded)' if hub.embedded_broker else ''}  CA {hub.registry.ca.fingerprint[:16]}", flush=True)
+          f"{' (embedded)' if hub.embedded_broker else ''}  CA {hub.lifecycle.ca.fingerprint[:16]}", flush=True)
     from iotguard.hub.credentials import ensure_bootstrap
 
-    secret = ensure_bootstrap(hub.store, hub.core.clock.now())
+    secret = ensure_bootstrap(hub.store, hub.services.clock.now())
     if secret is not None:
         # Printed once, to the operator's terminal only; only its hash is stored.
         print("no operator exists yet. One-time bootstrap token (valid 24 h), redeem it with\n"

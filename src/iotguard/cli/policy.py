@@ -119,13 +119,33 @@ def _database_url(args: argparse.Namespace) -> str:
 
 
 def _admin(args: argparse.Namespace, schema: PolicySchema | None = None) -> PolicyAdministration:
+    from iotguard.clock import SystemClock
     from iotguard.hub.db import make_engine
     from iotguard.hub.migrations import migrate
+    from iotguard.hub.outbox import SqlOutboxStore
     from iotguard.hub.policy_store import SqlPolicyRepository
+    from iotguard.hub.services.posture import OutboxPolicyAudit
 
     engine = make_engine(_database_url(args))
     migrate(engine)
-    return PolicyAdministration(SqlPolicyRepository(engine), schema=schema)
+    # Proposals and activations are audit events, queued like the hub's and appended by _deliver.
+    return PolicyAdministration(SqlPolicyRepository(engine), schema=schema,
+                                audit=OutboxPolicyAudit(SqlOutboxStore(engine), SystemClock()))
+
+
+def _deliver(admin: PolicyAdministration) -> None:
+    """Append the audit events the command queued (the hub signs the next checkpoint over them)."""
+    from iotguard.audit import TransparencyLog
+    from iotguard.hub.audit_store import SqlLogStore
+    from iotguard.hub.outbox import OutboxDrainer, SqlOutboxStore
+    from iotguard.hub.policy_store import SqlPolicyRepository
+    from iotguard.hub.services.audit import AuditDelivery
+
+    repo = admin.repository
+    if isinstance(repo, SqlPolicyRepository):
+        engine = repo.engine
+        OutboxDrainer(SqlOutboxStore(engine), [AuditDelivery(TransparencyLog(SqlLogStore(engine)))],
+                      worker="cli").drain()
 
 
 def _posture(args: argparse.Namespace, now: datetime) -> PostureStore:
@@ -224,6 +244,7 @@ def cmd_activate(args: argparse.Namespace) -> int:
         if previous is not None:
             print(diff_policy_sets(previous.policy_set, policy_set).render())
         act = admin.propose_and_activate(policy_set, author=args.actor, comment=args.comment)
+    _deliver(admin)
     print(f"policy version {act.version} active (previous: {act.previous or '-'})")
     return 0
 

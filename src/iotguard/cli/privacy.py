@@ -46,13 +46,27 @@ def _engine(args: argparse.Namespace) -> Any:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from iotguard.audit import TransparencyLog
-    from iotguard.hub.audit_store import SqlLogStore
+    from iotguard.clock import SystemClock
+    from iotguard.hub.outbox import SqlOutboxStore
     from iotguard.hub.privacy_store import PrivacyStore
+    from iotguard.hub.services.audit import OutboxAuditSink
 
     engine = _engine(args)
-    # Events are appended as log leaves; the hub signs the next checkpoint over them.
-    return PrivacyStore(engine, audit=TransparencyLog(SqlLogStore(engine)))
+    # Audit events go through the outbox like the hub's; _deliver appends them.
+    return PrivacyStore(engine, audit=OutboxAuditSink(SqlOutboxStore(engine), SystemClock()))
+
+
+def _deliver(engine: Any) -> None:
+    """Append the audit events this command queued (the hub signs the next checkpoint over them).
+
+    Consent pushes stay queued: a hub process connected to the broker sends them.
+    """
+    from iotguard.audit import TransparencyLog
+    from iotguard.hub.audit_store import SqlLogStore
+    from iotguard.hub.outbox import OutboxDrainer, SqlOutboxStore
+    from iotguard.hub.services.audit import AuditDelivery
+
+    OutboxDrainer(SqlOutboxStore(engine), [AuditDelivery(TransparencyLog(SqlLogStore(engine)))], worker="cli").drain()
 
 
 def _contract_for_device(engine: Any, device_id: str) -> Any:
@@ -120,12 +134,15 @@ def _consent_change(args: argparse.Namespace, granted: bool) -> int:
         raise ConfigError(
             f"no device of {args.subject!r} declares purpose {args.purpose!r} (use --force to record anyway)"
         )
-    state = store.set_consent(args.subject, args.purpose, granted, _now(), actor=args.actor)
-    configs = store.consent_configs(args.subject, _now())
+    from iotguard.hub.services.consent import consent_push_message
+
+    state = store.set_consent(args.subject, args.purpose, granted, _now(), actor=args.actor,
+                              effects=[consent_push_message(args.subject)])
+    _deliver(store.engine)
     verb = "granted" if granted else "withdrawn"
     print(
-        f"consent for {args.purpose!r} {verb} (version {state.version}); "
-        f"configuration queued for {len(configs)} device(s)"
+        f"consent for {args.purpose!r} {verb} (version {state.version}); configuration queued for "
+        f"{len(store.devices_of(args.subject))} device(s) (a running hub pushes it)"
     )
     return 0
 
@@ -167,18 +184,19 @@ def _access(args: argparse.Namespace) -> int:
 def _erase(args: argparse.Namespace) -> int:
     if not args.yes:
         raise ConfigError("erasure cannot be undone; repeat with --yes")
-    record = _store(args).erase_subject(args.subject, _now(), actor=args.actor)
+    store = _store(args)
+    record = store.erase_subject(args.subject, _now(), actor=args.actor)
+    _deliver(store.engine)
     print_json(record.to_dict())
     return 0
 
 
 def _retention(args: argparse.Namespace) -> int:
-    from iotguard.audit import TransparencyLog
-    from iotguard.hub.audit_store import SqlLogStore
     from iotguard.hub.privacy_store import enforce_retention
 
-    engine = _engine(args)
-    report = enforce_retention(engine, _now(), audit=TransparencyLog(SqlLogStore(engine)))
+    store = _store(args)
+    report = enforce_retention(store.engine, _now(), audit=store.audit)
+    _deliver(store.engine)
     print_json(
         {
             "deleted": dict(report.deleted),

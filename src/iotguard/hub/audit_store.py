@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,6 @@ from iotguard.audit.witness import TreeHead
 from iotguard.errors import MalformedError, ProofError, StorageError
 from iotguard.fileio import atomic_write
 from iotguard.hub.db import metadata
-from iotguard.hub.migrations import Migration, register
 from iotguard.keys.keystore import KeyKind, KeyStore
 
 __all__ = [
@@ -65,6 +64,7 @@ __all__ = [
     "audit_entries",
     "audit_log_state",
     "audit_nodes",
+    "create_audit_tables",
     "open_audit_log",
 ]
 
@@ -113,7 +113,8 @@ audit_checkpoints = Table(
 _TABLES = [audit_entries, audit_nodes, audit_log_state, audit_checkpoints]
 
 
-def _apply(conn: Connection) -> None:
+def create_audit_tables(conn: Connection) -> None:
+    """Migration ``0100_audit_log``."""
     for table in _TABLES:
         table.create(conn, checkfirst=True)
     for index in audit_entries.indexes:
@@ -127,9 +128,6 @@ def _apply(conn: Connection) -> None:
         )
 
 
-register(
-    Migration("0100_audit_log", "audit log entries, subtree hashes, sequencer state, checkpoints", _apply)
-)
 
 
 def _node_id(key: NodeKey) -> int:
@@ -170,6 +168,10 @@ class _BulkInsert:
         conn.exec_driver_sql(self.sql, params)
 
 
+class _Fenced(Exception):
+    """Internal: the append's fence refused (already delivered elsewhere); the transaction rolls back."""
+
+
 class SqlLogStore:
     """:class:`~iotguard.audit.log.LogStore` on the hub database (SQLite or PostgreSQL).
 
@@ -186,8 +188,15 @@ class SqlLogStore:
         )
         self._insert_nodes = _BulkInsert(engine, audit_nodes, ["node_id", "hash"])
 
-    def append(self, leaves: Sequence[LeafRecord]) -> int:
+    def append(self, leaves: Sequence[LeafRecord], *, fence: Callable[[Connection], bool] | None = None) -> int:
         """Sequence leaves in one durable transaction; return the first index.
+
+        Args:
+            leaves: The entries.
+            fence: Called inside the transaction, under the sequencer lock,
+                before anything is written; when it returns False nothing is
+                appended and -1 is returned. The outbox confirms delivery
+                through it, so a redelivered event is not appended twice.
 
         Raises:
             StorageError: the database failed; nothing was appended.
@@ -204,6 +213,8 @@ class SqlLogStore:
                     .where(audit_log_state.c.id == _STATE_ID)
                     .values(tree_size=audit_log_state.c.tree_size)
                 )
+                if fence is not None and not fence(conn):
+                    raise _Fenced  # rolls back whatever the fence wrote
                 compact = self._read_head(conn)
                 new, nodes = integrate(compact, [leaf.leaf_hash for leaf in leaves])
                 first = compact.size
@@ -222,6 +233,8 @@ class SqlLogStore:
                     .values(tree_size=new.size, compact=new.encode(), updated_at=self._now())
                 )
             return first
+        except _Fenced:
+            return -1
         except sa_exc.SQLAlchemyError as exc:
             raise StorageError(f"audit append failed: {type(exc).__name__}") from exc
 

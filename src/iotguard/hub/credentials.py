@@ -10,36 +10,31 @@
   weak, expired or unused, as :class:`CredentialFinding` data.
 - **Renewal and end of support.** :func:`certificates_due_for_renewal`,
   :func:`set_end_of_support`, :func:`support_warnings`.
-- **Decommissioning.** :func:`decommission` retires a device for good and
-  crypto-erases its session keys.
 
-Tables come from migration ``0400_credentials``; every function here also
-applies pending migrations once per engine, so it works even before the
-module is imported by ``hub.schema``.
+Tables come from migration ``0400_credentials`` (listed in
+:mod:`iotguard.hub.migrations`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
-from sqlalchemy import Column, DateTime, Integer, LargeBinary, String, Table, and_, delete, func, select, update
+from sqlalchemy import Column, DateTime, Integer, LargeBinary, String, Table, and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
-from iotguard.errors import AuthenticationError, ConfigError, UnknownDeviceError
+from iotguard.errors import AuthenticationError, ConfigError
 from iotguard.hub.db import metadata
-from iotguard.hub.migrations import Migration, migrate, register
-from iotguard.hub.schema import api_tokens, devices, enrollment_tokens, key_epochs, replay_windows
+from iotguard.hub.schema import api_tokens, devices, enrollment_tokens
 
-if TYPE_CHECKING:  # hub.store imports hub.schema, which imports this module's migration
+if TYPE_CHECKING:  # hub.store opens the database through hub.migrations, which lists this module's tables
     from iotguard.hub.store import DeviceRecord, HubStore
 
 __all__ = [
@@ -47,13 +42,11 @@ __all__ = [
     "BOOTSTRAP_TTL",
     "CredentialFinding",
     "CredentialPolicy",
-    "DecommissionResult",
     "SupportWarning",
     "bootstrap_tokens",
     "certificates_due_for_renewal",
     "credential_audit",
     "credential_usage",
-    "decommission",
     "ensure_bootstrap",
     "model_support",
     "record_use",
@@ -100,24 +93,11 @@ model_support = Table(
 )
 
 
-def _apply(conn: Connection) -> None:
+def create_credential_tables(conn: Connection) -> None:
+    """Migration ``0400_credentials``."""
     for table in (bootstrap_tokens, credential_usage, model_support):
         table.create(conn, checkfirst=True)
 
-
-register(Migration("0400_credentials", "bootstrap token, API token usage, model end of support", _apply))
-
-_migrated: set[int] = set()
-_migrate_lock = threading.Lock()
-
-
-def _ready(store: HubStore) -> Engine:
-    engine = store.engine
-    if id(engine) not in _migrated:
-        with _migrate_lock:
-            migrate(engine)
-            _migrated.add(id(engine))
-    return engine
 
 
 def _aware(dt: datetime) -> datetime:
@@ -162,7 +142,7 @@ def ensure_bootstrap(store: HubStore, now: datetime, *, ttl: timedelta = BOOTSTR
     _require_aware("now", now)
     if not timedelta(0) < ttl <= timedelta(days=7):
         raise ConfigError("bootstrap ttl must be in (0, 7 days]")
-    engine = _ready(store)
+    engine = store.engine
     secret = f"igb_{secrets.token_urlsafe(32)}"
     values = {"token_hash": _bootstrap_digest(secret), "issued_at": now, "expires_at": now + ttl,
               "redeemed_at": None, "redeemed_token_id": None}
@@ -206,7 +186,7 @@ def redeem_bootstrap(store: HubStore, secret: str, name: str, now: datetime) -> 
         raise ConfigError("token name must be 1-128 printable characters")
     if not secret.startswith("igb_") or len(secret) > 128:
         raise AuthenticationError("malformed bootstrap token")
-    engine = _ready(store)
+    engine = store.engine
     with engine.begin() as c:
         consumed = c.execute(update(bootstrap_tokens).where(and_(
             bootstrap_tokens.c.slot == _BOOTSTRAP_SLOT,
@@ -235,7 +215,7 @@ def record_use(store: HubStore, token_id: str, now: datetime, *, min_interval: t
     Writes at most once per ``min_interval`` per token, so calling it on
     every request costs one cheap conditional upsert.
     """
-    engine = _ready(store)
+    engine = store.engine
     ins = _upsert(engine, credential_usage).values(token_id=token_id, first_used_at=now, last_used_at=now)
     stmt = ins.on_conflict_do_update(
         index_elements=["token_id"], set_={"last_used_at": ins.excluded.last_used_at},
@@ -414,7 +394,7 @@ def credential_audit(
     if unused_after <= timedelta(0):
         raise ConfigError("unused_after must be positive")
     policy = weak_check or CredentialPolicy()
-    engine = _ready(store)
+    engine = store.engine
     findings = _device_findings(store, now, policy) + _token_findings(engine, now, unused_after, policy)
     rank = {"high": 0, "medium": 1, "low": 2}
     return sorted(findings, key=lambda f: (rank[f.severity], f.kind, f.credential, f.reason))
@@ -455,7 +435,7 @@ def set_end_of_support(store: HubStore, model: str, end_of_support: datetime) ->
     if not 1 <= len(model) <= 64:
         raise ConfigError("model must be 1-64 characters")
     _require_aware("end_of_support", end_of_support)
-    engine = _ready(store)
+    engine = store.engine
     ins = _upsert(engine, model_support).values(model=model, end_of_support=end_of_support)
     with engine.begin() as c:
         c.execute(ins.on_conflict_do_update(index_elements=["model"],
@@ -488,7 +468,7 @@ def support_warnings(store: HubStore, now: datetime, warn_before: timedelta) -> 
     _require_aware("now", now)
     if warn_before < timedelta(0):
         raise ConfigError("warn_before must not be negative")
-    engine = _ready(store)
+    engine = store.engine
     with engine.connect() as c:
         models = {r.model: _aware(r.end_of_support) for r in c.execute(
             select(model_support).where(model_support.c.end_of_support <= now + warn_before))}
@@ -502,63 +482,3 @@ def support_warnings(store: HubStore, now: datetime, warn_before: timedelta) -> 
             live[r.model].append(r.device_id)
     return sorted((SupportWarning(m, eos, eos <= now, tuple(live[m])) for m, eos in models.items() if live[m]),
                   key=lambda w: (w.end_of_support, w.model))
-
-
-# -- decommissioning ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DecommissionResult:
-    """What :func:`decommission` erased.
-
-    Attributes:
-        device_id: The device.
-        erased_epochs: Session-key epochs whose wrapped keys were deleted.
-        cert_serial: The certificate serial to list in the CRL (hex), if any.
-    """
-
-    device_id: str
-    erased_epochs: tuple[int, ...]
-    cert_serial: str | None
-
-
-def decommission(store: HubStore, device_id: str, now: datetime) -> DecommissionResult:
-    """Retire a device for good and crypto-erase its session keys.
-
-    In one transaction: the device becomes ``decommissioned`` (its
-    certificate serial then goes into the CRL, see
-    :func:`iotguard.hub.mosquitto.revoked_serials`), every wrapped session
-    key and replay window of it is deleted, and its unused enrollment
-    tokens are burnt. On SQLite ``secure_delete`` overwrites the freed
-    pages and the WAL is checkpointed, so the wrapped keys do not linger in
-    the file; on PostgreSQL the dead tuples remain until ``VACUUM``.
-    Readings already stored stay (they are governed by retention and
-    erasure, not by the device's lifecycle).
-
-    Raises:
-        UnknownDeviceError: no such device.
-        ConfigError: naive ``now``.
-    """
-    _require_aware("now", now)
-    engine = _ready(store)
-    sqlite_db = engine.dialect.name == "sqlite"
-    with engine.begin() as c:
-        if sqlite_db:
-            c.exec_driver_sql("PRAGMA secure_delete = ON")
-        row = c.execute(select(devices.c.cert_serial, devices.c.revoked_at)
-                        .where(devices.c.device_id == device_id)).first()
-        if row is None:
-            raise UnknownDeviceError(f"unknown device {device_id!r}")
-        c.execute(update(devices).where(devices.c.device_id == device_id).values(
-            status="decommissioned", revoked_at=row.revoked_at or now, current_epoch=None))
-        epochs = tuple(sorted(r[0] for r in c.execute(
-            select(key_epochs.c.epoch).where(key_epochs.c.device_id == device_id))))
-        c.execute(delete(key_epochs).where(key_epochs.c.device_id == device_id))
-        c.execute(delete(replay_windows).where(replay_windows.c.device_id == device_id))
-        c.execute(update(enrollment_tokens).where(and_(enrollment_tokens.c.device_id == device_id,
-                                                       enrollment_tokens.c.used_at.is_(None)))
-                  .values(used_at=now))
-    if sqlite_db:
-        with engine.connect() as c:
-            c.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    return DecommissionResult(device_id, epochs, row.cert_serial)

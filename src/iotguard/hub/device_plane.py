@@ -9,7 +9,7 @@ of every refusal (``auth.failed`` with the action and the reason code).
 
 Enrollment is the one device request without a device key yet: it is
 authenticated by the one-time token and proof of possession
-(:meth:`FleetRegistry.enroll`), then decided by Cedar as the device's
+(:meth:`~iotguard.hub.services.lifecycle.DeviceLifecycle.enroll`), then decided by Cedar as the device's
 ``complete_enrollment`` with the posture it enrolls with. Routes call
 :func:`device_request` / :meth:`DevicePlane.enroll` and nothing else.
 """
@@ -20,10 +20,11 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from iotguard.audit import AuditEvent, AuditSink, EventType
@@ -38,8 +39,7 @@ from iotguard.errors import (
 from iotguard.hub.policy_store import enrollment_posture
 from iotguard.hub.ratelimit import Attempt, AttemptLimiter, AttemptLimits, AttemptStore
 from iotguard.hub.ratelimit_store import SqlAttemptStore, SqlSeenNonces
-from iotguard.hub.registry import FleetRegistry
-from iotguard.hub.store import DeviceRecord, HubStore
+from iotguard.hub.stores.devices import DeviceRecord, DeviceStore
 from iotguard.identity import (
     DeviceView,
     SeenNonces,
@@ -49,6 +49,9 @@ from iotguard.identity import (
     verify_signed_request,
 )
 from iotguard.policy import AccessRequest, PolicyEngine, Posture
+
+if TYPE_CHECKING:  # the lifecycle service is passed in; importing it here would be a cycle
+    from iotguard.hub.services.lifecycle import DeviceLifecycle
 
 __all__ = [
     "ADDRESS_LIMITS",
@@ -78,7 +81,8 @@ class DevicePlane:
     """The device requests' authenticator and policy enforcement point.
 
     Args:
-        store: The hub store (device registry).
+        store: The device registry.
+        engine: The hub database (posture, shared attempt limits and nonces).
         policy: The Cedar decision point (reads device posture).
         audit: Where refusals are recorded.
         clock: Time source.
@@ -87,15 +91,16 @@ class DevicePlane:
         limits: Signed-request bounds.
     """
 
-    def __init__(self, store: HubStore, policy: PolicyEngine, audit: AuditSink, clock: Clock, *,
+    def __init__(self, store: DeviceStore, engine: Engine, policy: PolicyEngine, audit: AuditSink, clock: Clock, *,
                  nonces: SeenNonces | None = None, attempts: AttemptStore | None = None,
                  limits: SignedRequestLimits | None = None) -> None:
         self.store = store
+        self.engine = engine
         self.policy = policy
         self.audit = audit
         self.clock = clock
-        self.nonces: SeenNonces = nonces if nonces is not None else SqlSeenNonces(store.engine)
-        state: AttemptStore = attempts if attempts is not None else SqlAttemptStore(store.engine)
+        self.nonces: SeenNonces = nonces if nonces is not None else SqlSeenNonces(engine)
+        state: AttemptStore = attempts if attempts is not None else SqlAttemptStore(engine)
         self.addresses = AttemptLimiter(ADDRESS_LIMITS, state)
         self.credentials = AttemptLimiter(CREDENTIAL_LIMITS, state)
         self.limits = limits or SignedRequestLimits()
@@ -150,7 +155,7 @@ class DevicePlane:
                           decision=decision.code)
             raise PolicyDenied(f"{request.describe()}: {decision.summary()}")
 
-    def enroll(self, registry: FleetRegistry, body: Mapping[str, Any], client: str) -> dict[str, Any]:
+    def enroll(self, registry: DeviceLifecycle, body: Mapping[str, Any], client: str) -> dict[str, Any]:
         """Enrollment: one-time token and proof of possession, then Cedar ``complete_enrollment``.
 
         Raises:
@@ -162,7 +167,7 @@ class DevicePlane:
         attempt.credential(("enroll", str(body.get("device_id", ""))[:64]))
 
         def decide(record: DeviceRecord) -> None:
-            posture = enrollment_posture(self.store.engine, record.device_id, segment=record.segment,
+            posture = enrollment_posture(self.engine, record.device_id, segment=record.segment,
                                          model=record.model)
             self.authorize(record.device_id, "complete_enrollment", now=attempt.now, provisional=posture)
 

@@ -15,7 +15,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from iotguard.audit import AuditSink, rejected_envelopes
 from iotguard.channel import ReplayWindow, SessionKeys, ack_topic, encode_ack, make_nonce, telemetry_topic
@@ -28,11 +28,10 @@ from iotguard.errors import (
     ReplayError,
     StorageError,
 )
-from iotguard.hub.registry import FleetRegistry
 from iotguard.hub.store import DeviceRecord, HubStore
 from iotguard.wire import Envelope, Reading, associated_data, decode_envelope, decode_reading
 
-__all__ = ["REASON_CODES", "BatchOutcome", "Incoming", "IngestProcessor", "IngestStats"]
+__all__ = ["REASON_CODES", "BatchOutcome", "Incoming", "IngestProcessor", "IngestStats", "SessionLookup"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +39,14 @@ log = logging.getLogger(__name__)
 REASON_CODES = (
     "malformed", "topic_mismatch", "unknown_device", "revoked", "forged", "replay", "policy_denied",
 )
+
+class SessionLookup(Protocol):
+    """Where ingest finds a device's record and session keys (the device lifecycle service)."""
+
+    def session(self, device_id: str, epoch: int) -> tuple[DeviceRecord, str, SessionKeys]:
+        """Raises UnknownDeviceError or RevokedError."""
+        ...
+
 
 #: Called for each authentic reading before it is stored; raises PolicyDenied to refuse it.
 Authorizer = Callable[[DeviceRecord, str, Reading], None]
@@ -116,7 +123,7 @@ class IngestProcessor:
     """Turns batches of raw messages into durably stored readings."""
 
     def __init__(
-        self, store: HubStore, registry: FleetRegistry, cfg: HubConfig, *,
+        self, store: HubStore, registry: SessionLookup, cfg: HubConfig, *,
         clock: Clock | None = None, authorizer: Authorizer | None = None, audit: AuditSink | None = None,
     ) -> None:
         self.store = store

@@ -1,21 +1,31 @@
-"""Versioned schema migrations.
+"""Versioned schema migrations, listed explicitly.
 
 Each migration has a sortable id (``"0001_core"``, ``"0100_audit_log"``...) and
 a function that applies it inside one transaction. ``migrate`` applies, in id
 order, every migration the database has not recorded in
-``iotguard_schema_migrations``. Components own id ranges so they can add
-migrations independently: 0001-0099 core, 0100-0199 audit, 0200-0299 policy,
-0300-0399 privacy, 0400-0499 keys and credentials, 0500-0599 device plane.
+``iotguard_schema_migrations``. Components own id ranges (ADR 0004): 0001-0099
+core, 0100-0199 audit, 0200-0299 policy, 0300-0399 privacy, 0400-0499 keys and
+credentials, 0500-0599 device plane. Each component module defines its table-creating functions; this
+module imports them and lists them in :data:`MIGRATIONS` (no registration by
+import side effect).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Column, DateTime, MetaData, String, Table, select
 from sqlalchemy.engine import Connection, Engine
+
+from iotguard.hub.audit_store import create_audit_tables
+from iotguard.hub.credentials import create_credential_tables
+from iotguard.hub.outbox import create_outbox_table
+from iotguard.hub.policy_store import create_policy_tables
+from iotguard.hub.privacy_store import create_privacy_tables
+from iotguard.hub.ratelimit_store import create_device_plane_tables
+from iotguard.hub.schema import add_transport_cert_serial, create_core_tables, create_revoked_certificates
 
 __all__ = ["MIGRATIONS", "Migration", "applied_migrations", "migrate"]
 
@@ -37,15 +47,24 @@ class Migration:
     apply: Callable[[Connection], None]
 
 
-MIGRATIONS: list[Migration] = []
-
-
-def register(migration: Migration) -> Migration:
-    """Add a migration to :data:`MIGRATIONS` (ids must be unique)."""
-    if any(m.id == migration.id for m in MIGRATIONS):
-        raise ValueError(f"duplicate migration id {migration.id}")
-    MIGRATIONS.append(migration)
-    return migration
+#: Every migration, in the order it is applied (ids sort the same way).
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration("0001_core", "devices, tokens, key epochs, replay windows, readings", create_core_tables),
+    Migration("0002_revoked_certificates", "serials kept on the CRL across re-provisioning",
+              create_revoked_certificates),
+    Migration("0003_transport_cert_serial", "serial of each device's TLS transport certificate (ADR 0600)",
+              add_transport_cert_serial),
+    Migration("0004_outbox", "transactional outbox of side effects", create_outbox_table),
+    Migration("0100_audit_log", "audit log entries, subtree hashes, sequencer state, checkpoints",
+              create_audit_tables),
+    Migration("0200_policy", "policy versions, activations, device posture", create_policy_tables),
+    Migration("0300_privacy", "consent, receipts, budget ledger, subject keys, erasure records",
+              create_privacy_tables),
+    Migration("0400_credentials", "bootstrap token, API token usage, model end of support",
+              create_credential_tables),
+    Migration("0500_device_plane", "attempt limits and signed-request nonces shared by hub processes",
+              create_device_plane_tables),
+)
 
 
 def applied_migrations(engine: Engine) -> list[str]:
@@ -55,14 +74,18 @@ def applied_migrations(engine: Engine) -> list[str]:
         return [r[0] for r in conn.execute(select(_versions.c.id).order_by(_versions.c.id))]
 
 
-def migrate(engine: Engine) -> list[str]:
-    """Apply every pending migration; returns the ids applied now."""
-    # Importing the modules that own tables registers their migrations.
-    from iotguard.hub import schema  # noqa: F401
+def migrate(engine: Engine, migrations: Sequence[Migration] = MIGRATIONS) -> list[str]:
+    """Apply every pending migration; returns the ids applied now.
 
+    Raises:
+        ValueError: two migrations share an id.
+    """
+    ids = [m.id for m in migrations]
+    if len(set(ids)) != len(ids):
+        raise ValueError("duplicate migration id")
     done = set(applied_migrations(engine))
     applied: list[str] = []
-    for m in sorted(MIGRATIONS, key=lambda m: m.id):
+    for m in sorted(migrations, key=lambda m: m.id):
         if m.id in done:
             continue
         with engine.begin() as conn:

@@ -8,7 +8,7 @@ additional hub process decides with the same state.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -28,11 +28,12 @@ from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from iotguard.errors import ConfigError
 from iotguard.hub.db import metadata
-from iotguard.hub.migrations import Migration, register
+from iotguard.hub.outbox import OutboxMessage, write_outbox
 from iotguard.policy import PolicyActivation, PolicyVersion, Posture, PostureStore
 
 __all__ = [
     "SqlPolicyRepository",
+    "create_policy_tables",
     "device_posture",
     "enrollment_posture",
     "load_posture",
@@ -80,12 +81,10 @@ device_posture = Table(
 _TABLES = [policy_versions, policy_activations, device_posture]
 
 
-def _apply(conn: Connection) -> None:
+def create_policy_tables(conn: Connection) -> None:
+    """Migration ``0200_policy``."""
     for table in _TABLES:
         table.create(conn, checkfirst=True)
-
-
-register(Migration("0200_policy", "policy versions, activations, device posture", _apply))
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -112,6 +111,7 @@ class SqlPolicyRepository:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self.engine = engine
 
     def add_version(self, text: str, digest: str, author: str, comment: str, at: datetime) -> PolicyVersion:
         with self._engine.begin() as conn:
@@ -166,8 +166,9 @@ class SqlPolicyRepository:
         return None if current is None else self.get_version(int(current))
 
 
-def save_posture(engine: Engine, postures: Iterable[Posture], *, now: datetime) -> None:
-    """Upsert device posture rows (portable: delete then insert, one transaction)."""
+def save_posture(engine: Engine, postures: Iterable[Posture], *, now: datetime,
+                 effects: Sequence[OutboxMessage] = ()) -> None:
+    """Upsert device posture rows (portable: delete then insert, one transaction, with its outbox ``effects``)."""
     rows = [
         {
             "device_id": p.device_id,
@@ -190,6 +191,7 @@ def save_posture(engine: Engine, postures: Iterable[Posture], *, now: datetime) 
             device_posture.delete().where(device_posture.c.device_id.in_([r["device_id"] for r in rows]))
         )
         conn.execute(insert(device_posture), rows)
+        write_outbox(conn, effects, now)
 
 
 def load_posture(engine: Engine, store: PostureStore | None = None) -> PostureStore:

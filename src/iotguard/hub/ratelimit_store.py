@@ -49,7 +49,6 @@ from sqlalchemy.exc import OperationalError
 
 from iotguard.errors import StorageError
 from iotguard.hub.db import is_sqlite, metadata
-from iotguard.hub.migrations import Migration, register
 from iotguard.hub.ratelimit import AttemptState
 
 __all__ = ["SqlAttemptStore", "SqlSeenNonces", "attempt_limits", "device_request_nonces"]
@@ -86,14 +85,14 @@ device_request_nonces = Table(
 )
 
 
-def _apply(conn: Connection) -> None:
+def create_device_plane_tables(conn: Connection) -> None:
+    """Migration ``0500_device_plane``."""
     attempt_limits.create(conn, checkfirst=True)
     device_request_nonces.create(conn, checkfirst=True)
     for index in device_request_nonces.indexes:
         index.create(conn, checkfirst=True)
 
 
-register(Migration("0500_device_plane", "attempt limits and signed-request nonces shared by hub processes", _apply))
 
 
 class _LostRace(Exception):

@@ -1,5 +1,4 @@
-"""Core hub tables (migration ``0001_core``) and the import point of every
-component's tables, so ``migrate`` sees all migrations."""
+"""Core hub tables (migrations ``0001_core`` and ``0002_revoked_certificates``)."""
 
 from __future__ import annotations
 
@@ -21,10 +20,12 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from iotguard.hub.db import metadata
-from iotguard.hub.migrations import Migration, register
 
 __all__ = [
+    "add_transport_cert_serial",
     "api_tokens",
+    "create_core_tables",
+    "create_revoked_certificates",
     "devices",
     "enrollment_tokens",
     "hub_meta",
@@ -146,28 +147,21 @@ revoked_certificates = Table(
 _CORE = [hub_meta, devices, enrollment_tokens, key_epochs, replay_windows, readings, rejections, api_tokens]
 
 
-def _apply_core(conn: Connection) -> None:
+def create_core_tables(conn: Connection) -> None:
+    """Migration ``0001_core``."""
     for table in _CORE:
         table.create(conn, checkfirst=True)
     for index in readings.indexes:
         index.create(conn, checkfirst=True)
 
 
-register(Migration("0001_core", "devices, tokens, key epochs, replay windows, readings", _apply_core))
-register(Migration("0002_revoked_certificates", "serials kept on the CRL across re-provisioning",
-                   lambda conn: revoked_certificates.create(conn, checkfirst=True)))
+def create_revoked_certificates(conn: Connection) -> None:
+    """Migration ``0002_revoked_certificates``."""
+    revoked_certificates.create(conn, checkfirst=True)
 
 
-def _add_transport_cert_serial(conn: Connection) -> None:
+def add_transport_cert_serial(conn: Connection) -> None:
+    """Migration ``0003_transport_cert_serial``: the serial of each device's TLS transport certificate (ADR 0600)."""
     # A database made by 0001 after this column was added already has it.
     if "transport_cert_serial" not in {c["name"] for c in inspect(conn).get_columns("devices")}:
         conn.execute(text("ALTER TABLE devices ADD COLUMN transport_cert_serial VARCHAR(64)"))
-
-
-register(Migration("0003_transport_cert_serial", "serial of each device's TLS transport certificate (ADR 0600)",
-                   _add_transport_cert_serial))
-import iotguard.hub.audit_store  # noqa: E402
-import iotguard.hub.credentials  # noqa: E402
-import iotguard.hub.policy_store  # noqa: E402
-import iotguard.hub.privacy_store  # noqa: E402
-import iotguard.hub.ratelimit_store  # noqa: E402,F401

@@ -1,4 +1,4 @@
-"""The hub process: the wired core plus its threads (broker, ingest, API, maintenance, TLS upkeep).
+"""The hub process: its services plus their threads (broker, ingest, API, maintenance, TLS upkeep).
 
 Every hop is mutual TLS 1.3 by default: the embedded broker's front requires
 fleet-CA client certificates, the hub's MQTT client presents its own
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import ssl
 import threading
 import time
@@ -23,12 +24,14 @@ import uvicorn
 from iotguard.clock import Clock
 from iotguard.config import HubConfig
 from iotguard.errors import ConfigError
+from iotguard.hub.api import create_app
 from iotguard.hub.broker import BrokerAddress, EmbeddedBroker, parse_broker_url, wait_for_port
 from iotguard.hub.broker_front import BrokerAccess
-from iotguard.hub.core import HUB_MQTT_GRANTS, HubCore, Maintenance, build_hub_core
+from iotguard.hub.compose import HubServices, Maintenance, build_hub_services
 from iotguard.hub.mosquitto import reload, revoked_serials, update_access_files
 from iotguard.hub.mqtt_frames import AccessList
 from iotguard.hub.mqtt_ingest import MqttIngest
+from iotguard.hub.services.posture import HUB_MQTT_GRANTS
 from iotguard.hub.tls import HUB_MQTT_IDENTITY, HubTls
 from iotguard.policy.acl import derive_device_acl
 from iotguard.tls import client_context, server_context
@@ -62,15 +65,15 @@ class Hub:
 
     def __init__(self, cfg: HubConfig, *, clock: Clock | None = None) -> None:
         self.cfg = cfg
-        self.core: HubCore = build_hub_core(cfg, clock=clock)
-        self.store = self.core.store
-        self.registry = self.core.registry
-        self.processor = self.core.processor
-        self.app = self.core.app
+        self.services: HubServices = build_hub_services(cfg, clock=clock)
+        self.store = self.services.store
+        self.lifecycle = self.services.lifecycle
+        self.processor = self.services.processor
         self.embedded_broker: EmbeddedBroker | None = None
         self.ingest: MqttIngest | None = None
-        self.maintenance = Maintenance(self.core)
-        self.tls = HubTls(Path(cfg.data_dir), self.registry.ca,
+        self.maintenance = Maintenance(self.services, worker=f"hub-{os.getpid()}")
+        self.app = create_app(self.services, drain=self.maintenance.drainer.drain)
+        self.tls = HubTls(Path(cfg.data_dir), self.lifecycle.ca,
                           client_validity=timedelta(days=cfg.cert_validity_days))
         self._api_server: uvicorn.Server | None = None
         self._api_thread: threading.Thread | None = None
@@ -81,7 +84,7 @@ class Hub:
         self._acl_dirty: set[str] = set()
         self._acl_full = True
         self._device_grants: dict[str, list[tuple[str, str]]] | None = None
-        self.core.posture.add_listener(self._posture_changed)
+        self.services.posture.posture.add_listener(self._posture_changed)
 
     @property
     def broker_address(self) -> BrokerAddress:
@@ -104,7 +107,7 @@ class Hub:
         return list(dict.fromkeys([host, *extra]))
 
     def _ensure_tls(self) -> bool:
-        now = self.core.clock.now()
+        now = self.services.clock.now()
         api = [] if self.cfg.unsafe_plain_http else self._names(self.cfg.api_bind, self.cfg.api_hostnames)
         broker = [] if self.cfg.broker_url or self.cfg.unsafe_plaintext_broker else \
             self._names(self.cfg.embedded_broker_bind, ["localhost", "127.0.0.1"])
@@ -116,14 +119,14 @@ class Hub:
         Raises:
             ConfigError: a device id collides with the hub's MQTT identity.
         """
-        now = self.core.clock.now()
+        now = self.services.clock.now()
         revoked = revoked_serials(self.store)
         context = server_context(self.tls.broker_file, client_cafile=self.tls.ca_file,
                                  crlfile=self.tls.write_crl(revoked, now))
         with self._acl_lock:
             dirty, self._acl_dirty = self._acl_dirty, set()
             full, self._acl_full = self._acl_full or self._device_grants is None, False
-        policy = self.core.policy
+        policy = self.services.posture.engine
         if full:
             grants = dict(derive_device_acl(policy, now=now))
         else:
@@ -159,14 +162,14 @@ class Hub:
                 access=None if self.cfg.unsafe_plaintext_broker else self.broker_access)
             self.embedded_broker.start()
             # Enrollment, revocation, renewal: the broker's access follows before the request returns.
-            self.registry.listeners.append(self._registry_changed)
+            self.services.broker_link.attach(self._registry_changed)
             log.info("embedded MQTT broker on %s", self.embedded_broker.address.url)
         tls = client_context(self.tls.ca_file, certfile=self.tls.hub_mqtt_file) if address.tls else None
         # The embedded broker does not support shared subscriptions; one hub uses it.
         self.ingest = MqttIngest(self.processor, address, self.cfg, tls=tls,
                                  shared=self.cfg.shared_subscription and bool(self.cfg.broker_url))
         self.ingest.start()
-        self.core.publisher = self.ingest.publish
+        self.services.commands.attach(self.ingest.publish)
         self.maintenance.tick()
         self.maintenance.start()
         self._upkeep_thread = threading.Thread(target=self._upkeep, name="iotguard-tls-upkeep", daemon=True)
@@ -189,7 +192,7 @@ class Hub:
             self._api_thread.start()
             wait_for_port(host, int(port), timeout=15)
 
-    def _registry_changed(self, _device_id: str) -> None:
+    def _registry_changed(self) -> None:
         if self.embedded_broker is None:
             return
         try:
@@ -212,7 +215,7 @@ class Hub:
                     if self._ensure_tls():
                         self._reload_api_certificate()
                         seen = None
-                key = (self.core.policy.policy_version, self.core.posture.version)
+                key = (self.services.posture.engine.policy_version, self.services.posture.posture.version)
                 if self.embedded_broker is not None and (key != seen or mono - last_full >= 60):
                     if seen is None or key[0] != seen[0] or mono - last_full >= 60:
                         # A policy change can move any grant; re-derive everything (and renew the CRL).
@@ -230,8 +233,8 @@ class Hub:
                 log.exception("TLS upkeep failed; retrying")
 
     def _update_mosquitto(self) -> None:
-        update_access_files(self.cfg.mosquitto_dir, self.registry.ca, self.store, self.core.clock.now(),
-                            acl_renderer=self.core.broker_acl)
+        update_access_files(self.cfg.mosquitto_dir, self.lifecycle.ca, self.store, self.services.clock.now(),
+                            acl_renderer=self.services.posture.broker_acl)
         if self.cfg.mosquitto_pid_file:
             reload(self.cfg.mosquitto_pid_file)
 

@@ -1,7 +1,9 @@
-"""Hub-side identity operations: add, enroll, re-key, revoke devices.
+"""Device lifecycle on the hub: add, enroll, re-key, renew, revoke, re-provision, decommission.
 
 Sits at the edge: combines the pure protocol in :mod:`iotguard.identity`
-with the store, the hub's key store and the fleet CA.
+with the store, the hub's key store and the fleet CA. Every change writes its
+audit events (and, when the hub manages a Mosquitto broker, a broker access
+rewrite) to the outbox in the change's own transaction.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from iotguard.audit import AuditEvent, AuditSink, EventType
+from iotguard.audit import AuditEvent, EventType
 from iotguard.audit.provenance import manufacturing_record
 from iotguard.channel import SessionKeys, split_session_keys
 from iotguard.clock import Clock, SystemClock
@@ -30,8 +32,11 @@ from iotguard.errors import (
     RevokedError,
     UnknownDeviceError,
 )
-from iotguard.hub.credentials import DecommissionResult, decommission
-from iotguard.hub.store import DeviceRecord, HubStore
+from iotguard.hub.outbox import OutboxMessage, OutboxStore
+from iotguard.hub.services.audit import audit_message
+from iotguard.hub.services.broker_access import EmbeddedBrokerLink, broker_access_message
+from iotguard.hub.services.posture import PostureService
+from iotguard.hub.stores.devices import DecommissionResult, DeviceRecord, DeviceStore
 from iotguard.identity import (
     EnrollmentCode,
     FleetCA,
@@ -49,7 +54,7 @@ from iotguard.identity import (
 from iotguard.keys import KeyKind, KeyStore, KeyStoreConfig, open_key_store
 from iotguard.privacy import CONTRACT_NAME_RE
 
-__all__ = ["FleetRegistry", "open_hub_keys"]
+__all__ = ["DeviceLifecycle", "open_hub_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +79,31 @@ class _CachedDevice:
     keys: dict[int, tuple[str, SessionKeys]]
 
 
-class FleetRegistry:
-    """Device lifecycle on the hub, plus the cache ingest reads devices through."""
+class DeviceLifecycle:
+    """Device lifecycle on the hub, plus the cache ingest reads devices through.
 
-    def __init__(self, store: HubStore, keystore: KeyStore, cfg: HubConfig, clock: Clock | None = None,
-                 *, audit: AuditSink | None = None) -> None:
+    Args:
+        store: The device registry tables.
+        keystore: The hub key store (CA key, session-key wrapping key).
+        cfg: Hub settings.
+        clock: Time source.
+        outbox: Where audit events and broker access rewrites are queued
+            (standalone events; changes write theirs through ``store``).
+        posture: Kept in step after every change (None: no posture, e.g. ingest-only tools).
+        broker_link: This process's embedded broker, told after every change.
+    """
+
+    def __init__(self, store: DeviceStore, keystore: KeyStore, cfg: HubConfig, clock: Clock | None = None,
+                 *, outbox: OutboxStore, posture: PostureService | None = None,
+                 broker_link: EmbeddedBrokerLink | None = None) -> None:
         self.store = store
         self.keystore = keystore
         self.cfg = cfg
         self.clock = clock or SystemClock()
-        self.audit = audit
-        #: Called with a device id after its registry state changed (posture sync).
-        self.listeners: list[Callable[[str], None]] = []
+        self.outbox = outbox
+        self.posture = posture
+        self.broker_link = broker_link
+        self.broker_managed = bool(cfg.mosquitto_dir)
         if not keystore.has_key(_STORAGE_KEY):
             keystore.generate(_STORAGE_KEY, KeyKind.AES256)
         self.ca = self._load_or_create_ca()
@@ -105,15 +123,20 @@ class FleetRegistry:
             return ca
         return FleetCA(self.keystore, pem.encode())
 
-    def _record(self, *events: AuditEvent) -> None:
-        if self.audit is not None:
-            self.audit.record_many(list(events))
+    def _effects(self, *events: AuditEvent, broker: str | None = None,
+                 device_id: str = "") -> list[OutboxMessage]:
+        out = [audit_message(e) for e in events]
+        if broker is not None and self.broker_managed:
+            out.append(broker_access_message(device_id, broker))
+        return out
 
     def _changed(self, device_id: str) -> None:
         with self._lock:
             self._cache.pop(device_id, None)
-        for listener in self.listeners:
-            listener(device_id)
+        if self.posture is not None:
+            self.posture.sync(device_id)
+        if self.broker_link is not None:
+            self.broker_link.changed()
 
     # -- operator actions ------------------------------------------------
 
@@ -139,18 +162,31 @@ class FleetRegistry:
         self.store.create_device(
             device_id, model, segment, serial=serial, now=now, token_hash=token_hash(secret),
             token_expires_at=now + timedelta(seconds=self.cfg.enrollment_token_ttl_s),
+            effects=self._effects(AuditEvent("device.registered", now, actor, device_id,
+                                             {"model": model, "segment": segment, "serial": serial or ""})),
         )
-        self._record(AuditEvent("device.registered", now, actor, device_id,
-                                {"model": model, "segment": segment, "serial": serial or ""}))
         return EnrollmentCode(device_id, secret, self.ca.fingerprint)
+
+    def device(self, device_id: str) -> DeviceRecord:
+        """One registered device.
+
+        Raises:
+            UnknownDeviceError: no such device.
+        """
+        return self.store.get_device(device_id)
+
+    def devices(self, *, status: str | None = None, limit: int = 100, offset: int = 0) -> list[DeviceRecord]:
+        """Registered devices by id (``limit`` at most 1000)."""
+        return self.store.list_devices(status=status, limit=max(1, min(limit, 1000)), offset=max(0, offset))
 
     def revoke(self, device_id: str, *, actor: str = "operator", reason: str = "") -> None:
         """Revoke a device; ingest refuses its data within ``device_cache_ttl_s``."""
         now = self.clock.now()
         device = self.store.get_device(device_id)
-        self.store.revoke_device(device_id, now=now)
-        self._record(AuditEvent(EventType.CERT_REVOKED, now, actor, device_id,
-                                {"cert_serial": device.cert_serial or "", "reason": reason}))
+        self.store.revoke_device(device_id, now=now, effects=self._effects(
+            AuditEvent(EventType.CERT_REVOKED, now, actor, device_id,
+                       {"cert_serial": device.cert_serial or "", "reason": reason}),
+            broker="revoked", device_id=device_id))
         self._changed(device_id)
 
     def reprovision(self, device_id: str, *, actor: str = "operator") -> EnrollmentCode:
@@ -167,9 +203,11 @@ class FleetRegistry:
         old = self.store.get_device(device_id)
         secret = new_enrollment_secret()
         self.store.reprovision(device_id, token_hash=token_hash(secret), now=now,
-                               token_expires_at=now + timedelta(seconds=self.cfg.enrollment_token_ttl_s))
-        self._record(AuditEvent("device.reprovisioned", now, actor, device_id,
-                                {"old_cert_serial": old.cert_serial or "", "old_status": old.status}))
+                               token_expires_at=now + timedelta(seconds=self.cfg.enrollment_token_ttl_s),
+                               effects=self._effects(
+                                   AuditEvent("device.reprovisioned", now, actor, device_id,
+                                              {"old_cert_serial": old.cert_serial or "", "old_status": old.status}),
+                                   broker="reprovisioned", device_id=device_id))
         self._changed(device_id)
         return EnrollmentCode(device_id, secret, self.ca.fingerprint)
 
@@ -197,12 +235,14 @@ class FleetRegistry:
         transport_pem, transport_serial = self._issue_transport(device_id, transport_pk, device.segment, now)
         self.store.renew_certificate(device_id, cert_pem=cert_pem, cert_serial=serial,
                                      cert_not_after=cert.not_valid_after_utc,
-                                     transport_cert_serial=transport_serial, now=now)
-        self._record(AuditEvent(EventType.CERT_RENEWED, now, device_id, device_id,
-                                {"cert_serial": serial, "previous_serial": device.cert_serial or "",
-                                 "transport_cert_serial": transport_serial,
-                                 "previous_transport_serial": device.transport_cert_serial or "",
-                                 "not_after": cert.not_valid_after_utc.isoformat()}))
+                                     transport_cert_serial=transport_serial, now=now, effects=self._effects(
+                                         AuditEvent(EventType.CERT_RENEWED, now, device_id, device_id,
+                                                    {"cert_serial": serial,
+                                                     "previous_serial": device.cert_serial or "",
+                                                     "transport_cert_serial": transport_serial,
+                                                     "previous_transport_serial": device.transport_cert_serial or "",
+                                                     "not_after": cert.not_valid_after_utc.isoformat()}),
+                                         broker="renewed", device_id=device_id))
         self._changed(device_id)
         fields = {"device_id": device_id, "certificate_pem": cert_pem, "transport_certificate_pem": transport_pem}
         return {**fields, "signature": b64e(self.ca.sign(hub_response_message(transcript, fields)))}
@@ -210,11 +250,15 @@ class FleetRegistry:
     def tamper_report(self, request: VerifiedRequest) -> str:
         """Record a device's tamper report (verified by the device plane); returns the device id.
 
-        The caller lowers the device's trust tier so every enforcement point refuses it.
+        Its trust tier drops to ``failed`` so every enforcement point refuses it.
         """
         reason = str(request.body["reason"])[:128]
-        self._record(AuditEvent("device.tampered", self.clock.now(), request.device_id, request.device_id,
-                                {"reason": reason, "reported_ts": int(request.issued_at.timestamp())}))
+        now = self.clock.now()
+        self.outbox.enqueue(self._effects(AuditEvent("device.tampered", now, request.device_id, request.device_id,
+                                                     {"reason": reason,
+                                                      "reported_ts": int(request.issued_at.timestamp())})), now)
+        if self.posture is not None:
+            self.posture.mark_tampered(request.device_id)
         return request.device_id
 
     def decommission(self, device_id: str, *, actor: str = "operator") -> DecommissionResult:
@@ -224,12 +268,15 @@ class FleetRegistry:
             UnknownDeviceError: no such device.
         """
         now = self.clock.now()
-        result = decommission(self.store, device_id, now)
-        self._record(AuditEvent("device.decommissioned", now, actor, device_id,
-                                {"erased_epochs": list(result.erased_epochs),
-                                 "cert_serial": result.cert_serial or ""}),
-                     AuditEvent(EventType.CERT_REVOKED, now, actor, device_id,
-                                {"cert_serial": result.cert_serial or "", "reason": "decommissioned"}))
+
+        def effects(epochs: tuple[int, ...], cert_serial: str | None) -> list[OutboxMessage]:
+            return self._effects(AuditEvent("device.decommissioned", now, actor, device_id,
+                                            {"erased_epochs": list(epochs), "cert_serial": cert_serial or ""}),
+                                 AuditEvent(EventType.CERT_REVOKED, now, actor, device_id,
+                                            {"cert_serial": cert_serial or "", "reason": "decommissioned"}),
+                                 broker="decommissioned", device_id=device_id)
+
+        result = self.store.decommission(device_id, now=now, effects=effects)
         self._changed(device_id)
         return result
 
@@ -287,15 +334,7 @@ class FleetRegistry:
         cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
         serial = format(cert.serial_number, "x")
         transport_pem, transport_serial = self._issue_transport(device_id, transport_pk, device.segment, now)
-        try:
-            self.store.enroll(
-                device_id, th, now=now, identity_public_key=identity_pk, cert_pem=cert_pem,
-                cert_serial=serial, cert_not_after=cert.not_valid_after_utc,
-                suite=suite, wrapped_key=self._wrap(device_id, 1, keys), transport_cert_serial=transport_serial)
-        except EnrollmentError:
-            self._auth_failed(device_id, "bad_token")
-            raise
-        self._record(
+        effects = self._effects(
             manufacturing_record(device_id, model=device.model, serial=device.serial or "",
                                  firmware="unknown", public_key=identity_pk, made_at=now, maker="hub.enrollment"),
             AuditEvent(EventType.DEVICE_ENROLLED, now, device_id, device_id,
@@ -305,7 +344,16 @@ class FleetRegistry:
                        {"cert_serial": serial, "not_after": cert.not_valid_after_utc.isoformat()}),
             AuditEvent(EventType.CERT_ISSUED, now, "hub.ca", device_id,
                        {"cert_serial": transport_serial, "usage": "transport"}),
-        )
+            broker="enrolled", device_id=device_id)
+        try:
+            self.store.enroll(
+                device_id, th, now=now, identity_public_key=identity_pk, cert_pem=cert_pem,
+                cert_serial=serial, cert_not_after=cert.not_valid_after_utc,
+                suite=suite, wrapped_key=self._wrap(device_id, 1, keys), transport_cert_serial=transport_serial,
+                effects=effects)
+        except EnrollmentError:
+            self._auth_failed(device_id, "bad_token")
+            raise
         self._changed(device_id)
         return self._signed_response(transcript, device, 1, suite, hub_pub, cert_pem, transport_pem)
 
@@ -329,8 +377,9 @@ class FleetRegistry:
         now = self.clock.now()
         suite = negotiate_suite(suites, self.cfg.allowed_suites)
         hub_pub, keys = derive_hub_session(device_id, epoch, suite, kex_pk, transcript)
-        self.store.add_epoch(device_id, epoch, suite, self._wrap(device_id, epoch, keys), now=now)
-        self._record(AuditEvent("key.rotated", now, device_id, device_id, {"epoch": epoch, "suite": suite}))
+        self.store.add_epoch(device_id, epoch, suite, self._wrap(device_id, epoch, keys), now=now,
+                             effects=self._effects(AuditEvent("key.rotated", now, device_id, device_id,
+                                                              {"epoch": epoch, "suite": suite})))
         self._changed(device_id)
         return self._signed_response(transcript, device, epoch, suite, hub_pub, device.cert_pem or "")
 
@@ -352,8 +401,9 @@ class FleetRegistry:
 
     def _auth_failed(self, device_id: str, reason: str) -> None:
         who = device_id if device_id and len(device_id) <= 64 else "unknown"
-        self._record(AuditEvent(EventType.AUTH_FAILED, self.clock.now(), who, who,
-                                {"what": "enrollment", "reason": reason}))
+        now = self.clock.now()
+        self.outbox.enqueue(self._effects(AuditEvent(EventType.AUTH_FAILED, now, who, who,
+                                                     {"what": "enrollment", "reason": reason})), now)
 
     def _signed_response(self, transcript: bytes, device: DeviceRecord, epoch: int, suite: str,
                          hub_pub: bytes, cert_pem: str, transport_pem: str = "") -> dict[str, Any]:

@@ -1,0 +1,150 @@
+"""Build one hub's services from configuration.
+
+Both the hub process (:mod:`iotguard.hub.service`), the CLI and the tests
+build the hub through :func:`build_hub_services`, so what is tested is what
+runs. The function only constructs: each service receives its stores, the
+clock, the outbox and the services it uses in its constructor. Side effects
+another process must see travel through the outbox; :meth:`HubServices.drainer`
+delivers them with the handlers this process can run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from iotguard.audit.anchor import CheckpointSchedule
+from iotguard.clock import Clock, SystemClock
+from iotguard.config import HubConfig
+from iotguard.hub.audit_store import FileAnchor, open_audit_log
+from iotguard.hub.device_plane import DevicePlane
+from iotguard.hub.ingest import IngestProcessor
+from iotguard.hub.outbox import DELIVERED_RETENTION, OutboxDrainer, OutboxHandler, SqlOutboxStore
+from iotguard.hub.privacy_store import PrivacyStore
+from iotguard.hub.services.audit import AUDIT_ORIGIN, AuditService, OutboxAuditSink
+from iotguard.hub.services.broker_access import BrokerAccess, EmbeddedBrokerLink
+from iotguard.hub.services.consent import CommandChannel, ConsentPush, ConsentService
+from iotguard.hub.services.lifecycle import DeviceLifecycle, open_hub_keys
+from iotguard.hub.services.operators import OperatorService
+from iotguard.hub.services.posture import PostureService, open_policy
+from iotguard.hub.services.telemetry import TelemetryService
+from iotguard.hub.store import HubStore
+from iotguard.keys import KeyStore
+
+__all__ = ["HubServices", "Maintenance", "build_hub_services"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HubServices:
+    """The services of one hub process (a plain container: the logic lives in each service)."""
+
+    cfg: HubConfig
+    clock: Clock
+    store: HubStore
+    keystore: KeyStore
+    outbox: SqlOutboxStore
+    audit: AuditService
+    posture: PostureService
+    lifecycle: DeviceLifecycle
+    consent: ConsentService
+    operators: OperatorService
+    telemetry: TelemetryService
+    processor: IngestProcessor
+    commands: CommandChannel
+    broker: BrokerAccess | None
+    plane: DevicePlane
+    broker_link: EmbeddedBrokerLink
+
+    def drainer(self, worker: str = "hub") -> OutboxDrainer:
+        """An outbox drainer with every handler this process has.
+
+        Audit and broker access are delivered by any process (hub or CLI);
+        consent pushes only while :attr:`commands` is connected to the broker.
+        """
+        handlers: list[OutboxHandler] = [self.audit.delivery(), ConsentPush(self.consent)]
+        if self.broker is not None:
+            handlers.append(self.broker)
+        return OutboxDrainer(self.outbox, handlers, worker=worker, clock=self.clock)
+
+
+def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
+                       database_url: str | None = None) -> HubServices:
+    """Open the database and key store and build a hub's services."""
+    clock = clock or SystemClock()
+    Path(cfg.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = HubStore.open(database_url or cfg.resolved_database_url())
+    keystore = open_hub_keys(cfg)
+    outbox = SqlOutboxStore(store.engine)
+    audit_sink = OutboxAuditSink(outbox, clock)
+    log_ = open_audit_log(store.engine, keystore, AUDIT_ORIGIN)
+    anchors_dir = Path(cfg.data_dir) / "anchors"
+    anchors_dir.mkdir(exist_ok=True)
+    audit = AuditService(log_, CheckpointSchedule(log_, timedelta(seconds=cfg.checkpoint_interval_s),
+                                                  [FileAnchor(anchors_dir / "checkpoints.log")]))
+    engine, admin = open_policy(store, outbox, clock)
+    posture = PostureService(store, engine, admin, engine.posture, clock, broker_managed=bool(cfg.mosquitto_dir))
+    broker_link = EmbeddedBrokerLink()
+    lifecycle = DeviceLifecycle(store, keystore, cfg, clock, outbox=outbox, posture=posture, broker_link=broker_link)
+    commands = CommandChannel()
+    consent = ConsentService(PrivacyStore(store.engine, audit=audit_sink, keystore=keystore), store, lifecycle,
+                             commands, clock)
+    plane = DevicePlane(store, store.engine, engine, audit_sink, clock)
+    operators = OperatorService(store, engine, audit_sink, clock, plane)
+    processor = IngestProcessor(store, lifecycle, cfg, clock=clock, audit=log_,
+                                authorizer=posture.authorize_reading)
+    broker = None
+    if cfg.mosquitto_dir:
+        broker = BrokerAccess(cfg.mosquitto_dir, cfg.mosquitto_pid_file, lifecycle.ca, store, posture.broker_acl,
+                              clock)
+    return HubServices(cfg, clock, store, keystore, outbox, audit, posture, lifecycle, consent, operators,
+                       TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link)
+
+
+class Maintenance:
+    """Background duties of a hub process: outbox delivery, cross-process refresh, checkpoints."""
+
+    def __init__(self, services: HubServices, interval_s: float = 2.0, *, worker: str = "hub") -> None:
+        self.services = services
+        self.drainer = services.drainer(worker)
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="iotguard-maintenance", daemon=True)
+        self._fingerprint: tuple[Any, ...] | None = None
+        self._last_hourly = -3600.0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def tick(self) -> None:
+        s = self.services
+        s.posture.reload_policy_if_changed()
+        fp = s.posture.fingerprint()
+        if fp != self._fingerprint:
+            s.posture.refresh()
+            self._fingerprint = fp
+        s.audit.checkpoints.tick(s.clock.now())
+        now = time.monotonic()
+        if now - self._last_hourly >= 3600:
+            self._last_hourly = now
+            s.consent.enforce_retention()
+            s.outbox.purge_delivered(s.clock.now() - DELIVERED_RETENTION)
+        s.consent.repush_unacknowledged()
+        self.drainer.drain()  # last: what this tick queued (retention's audit event) goes out with the rest
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.tick()
+            except Exception:
+                log.exception("hub maintenance failed; retrying")

@@ -1,0 +1,262 @@
+"""Privacy receipts and the hub's copy of each device's privacy-loss ledger.
+
+Tables (part of migration ``0300_privacy``): ``privacy_receipts`` (verified,
+signed receipts as received) and ``privacy_budget_ledger`` (a
+:class:`~iotguard.privacy.LedgerStore` per device and period).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    delete,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
+
+from iotguard.audit import AuditEvent, EventType
+from iotguard.errors import (
+    BudgetExhausted,
+    MalformedError,
+)
+from iotguard.hub.db import metadata
+from iotguard.hub.stores._sql import AuditedSqlStore
+from iotguard.hub.stores._sql import utc as _utc
+from iotguard.privacy.contract import DataContract
+from iotguard.privacy.ledger import EPSILON_RESOLUTION
+from iotguard.privacy.receipt import PrivacyReceipt, decode_receipt, verify_receipt
+
+__all__ = ["ReceiptStore", "SqlLedgerStore", "SqlReceiptStore", "budget_event", "budget_ledger", "receipts",
+           "verified_claims"]
+
+receipts = Table(
+    "privacy_receipts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("device_id", String(64), nullable=False, index=True),
+    Column("model", String(64), nullable=False),
+    Column("contract_version", Integer, nullable=False),
+    Column("config_sha256", LargeBinary(32), nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("epsilon_spent", Float, nullable=False),
+    Column("period", BigInteger, nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("body", LargeBinary, nullable=False),
+    Column("signature", LargeBinary(64), nullable=False),
+)
+
+budget_ledger = Table(
+    "privacy_budget_ledger",
+    metadata,
+    Column("device_id", String(64), nullable=False),
+    Column("period", BigInteger, nullable=False),
+    Column("spent_units", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("device_id", "period"),
+)
+
+
+class SqlLedgerStore:
+    """The hub's :class:`~iotguard.privacy.LedgerStore` in ``privacy_budget_ledger``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def spent_units(self, device_id: str, period: int) -> int:
+        with self._engine.connect() as c:
+            v = c.execute(
+                select(budget_ledger.c.spent_units).where(
+                    budget_ledger.c.device_id == device_id, budget_ledger.c.period == period
+                )
+            ).scalar()
+        return int(v or 0)
+
+    def add_units(self, device_id: str, period: int, units: int, purpose: str, at: datetime) -> int:
+        with self._engine.begin() as c:
+            return self._add(c, device_id, period, units, at)
+
+    @staticmethod
+    def _add(c: Connection, device_id: str, period: int, units: int, at: datetime) -> int:
+        cond = (budget_ledger.c.device_id == device_id, budget_ledger.c.period == period)
+        res = c.execute(
+            update(budget_ledger)
+            .where(*cond)
+            .values(spent_units=budget_ledger.c.spent_units + units, updated_at=_utc(at))
+        )
+        if res.rowcount == 0:
+            c.execute(
+                budget_ledger.insert().values(
+                    device_id=device_id, period=period, spent_units=units, updated_at=_utc(at)
+                )
+            )
+        return int(c.execute(select(budget_ledger.c.spent_units).where(*cond)).scalar_one())
+
+
+
+def verified_claims(device_id: str, receipt: PrivacyReceipt | bytes, public_key: bytes,
+                    contract: DataContract | None) -> tuple[PrivacyReceipt, dict[str, Any]]:
+    """Decode and verify a device's receipt; returns it and its claims.
+
+    Raises:
+        IntegrityError: the signature does not verify.
+        MalformedError: malformed, or about another device, model or contract version.
+        BudgetExhausted: the receipt admits a period total above the contract's budget.
+    """
+    r = decode_receipt(receipt) if isinstance(receipt, bytes) else receipt
+    claims = verify_receipt(r, public_key)
+    if claims["device"] != device_id:
+        raise MalformedError("privacy receipt names another device")
+    if contract is not None:
+        if (
+            claims["model"] != contract.model
+            or claims["contract_version"] != contract.version
+            or claims["contract_sha256"] != contract.digest()
+        ):
+            raise MalformedError("privacy receipt is for another data contract (model or version)")
+        if claims["epsilon_period_total"] > contract.budget_epsilon * (1 + 1e-9):
+            raise BudgetExhausted(
+                f"device {device_id} reports privacy loss {claims['epsilon_period_total']:g} "
+                f"over its budget {contract.budget_epsilon:g}"
+            )
+    return r, claims
+
+
+def budget_event(device_id: str, claims: Mapping[str, Any], received_at: datetime) -> AuditEvent:
+    """The ``privacy.budget_spent`` audit event of a stored receipt."""
+    return AuditEvent(EventType.PRIVACY_BUDGET_SPENT.value, _utc(received_at), device_id, device_id,
+                      {"receipt_readings": claims["count"], "epsilon_spent": float(claims["epsilon_spent"]),
+                       "epsilon_period_total": float(claims["epsilon_period_total"]), "period": claims["period"],
+                       "config_sha256": claims["config_sha256"]})
+
+
+class ReceiptStore(Protocol):
+    """Verified privacy receipts and the hub's copy of each device's privacy-loss ledger."""
+
+    def store_receipt(self, device_id: str, receipt: PrivacyReceipt | bytes, public_key: bytes,
+                      received_at: datetime, *, contract: DataContract | None = None) -> dict[str, Any]:
+        """Verify (see :func:`verified_claims`), store, and raise the ledger copy to the receipt's total."""
+        ...
+
+    def receipts_of(self, device_id: str) -> list[PrivacyReceipt]: ...
+
+    def spent_units(self, device_id: str, period: int) -> int: ...
+
+    def receipt_models(self) -> list[str]: ...
+
+    def delete_receipts_before(self, model: str, before: datetime) -> int: ...
+
+
+class SqlReceiptStore(AuditedSqlStore):
+    """Receipts and ledger copies on SQLite or PostgreSQL."""
+
+    def store_receipt(
+        self,
+        device_id: str,
+        receipt: PrivacyReceipt | bytes,
+        public_key: bytes,
+        received_at: datetime,
+        *,
+        contract: DataContract | None = None,
+    ) -> dict[str, Any]:
+        """Verify a device's privacy receipt, store it and update the hub's ledger copy.
+
+        Args:
+            device_id: The authenticated sender (from the channel, not the receipt).
+            receipt: The receipt or its wire bytes.
+            public_key: The device's receipt-signing Ed25519 public key.
+            received_at: When it arrived.
+            contract: The device model's contract; when given, the receipt must
+                name its model and version and stay within its budget.
+
+        Returns:
+            The verified claims.
+
+        Raises:
+            IntegrityError: the signature does not verify.
+            MalformedError: malformed, or about another device, model or contract version.
+            BudgetExhausted: the receipt admits a period total above the contract's budget.
+        """
+        r, claims = verified_claims(device_id, receipt, public_key, contract)
+        units = round(claims["epsilon_period_total"] / EPSILON_RESOLUTION)
+        with self._engine.begin() as c:
+            c.execute(
+                receipts.insert().values(
+                    device_id=device_id,
+                    model=claims["model"],
+                    contract_version=claims["contract_version"],
+                    config_sha256=claims["config_sha256"],
+                    count=claims["count"],
+                    epsilon_spent=float(claims["epsilon_spent"]),
+                    period=claims["period"],
+                    issued_at=datetime.fromtimestamp(claims["issued_at"], tz=UTC),
+                    received_at=_utc(received_at),
+                    body=r.body,
+                    signature=r.signature,
+                )
+            )
+            spent = SqlLedgerStore(self._engine)
+            current = c.execute(
+                select(budget_ledger.c.spent_units).where(
+                    budget_ledger.c.device_id == device_id, budget_ledger.c.period == claims["period"]
+                )
+            ).scalar()
+            if units > int(current or 0):
+                spent._add(c, device_id, claims["period"], units - int(current or 0), received_at)
+        self._record(budget_event(device_id, claims, received_at))
+        return claims
+
+    def receipts_of(self, device_id: str) -> list[PrivacyReceipt]:
+        """Stored receipts of a device, oldest first (for an auditor to re-verify)."""
+        with self._engine.connect() as c:
+            rows = c.execute(
+                select(receipts.c.body, receipts.c.signature)
+                .where(receipts.c.device_id == device_id)
+                .order_by(receipts.c.id)
+            )
+            return [PrivacyReceipt(bytes(b), bytes(s)) for b, s in rows]
+
+    def spent_units(self, device_id: str, period: int) -> int:
+        """The hub's copy of a device's privacy loss in ``period`` (ledger units)."""
+        return SqlLedgerStore(self._engine).spent_units(device_id, period)
+
+    def receipt_models(self) -> list[str]:
+        """Device models that have stored receipts."""
+        with self._engine.connect() as c:
+            return sorted({r[0] for r in c.execute(select(receipts.c.model).distinct())})
+
+    def delete_receipts_before(self, model: str, before: datetime) -> int:
+        """Retention: delete a model's receipts received before ``before``; returns how many."""
+        with self._engine.begin() as c:
+            res = c.execute(delete(receipts).where(receipts.c.model == model, receipts.c.received_at < before))
+            return int(res.rowcount or 0)
+
+    def forget_devices(self, conn: Connection, device_ids: Sequence[str]) -> int:
+        """Erasure: delete the devices' receipts and ledger rows in ``conn``'s transaction; returns receipts deleted."""
+        n = conn.execute(delete(receipts).where(receipts.c.device_id.in_(list(device_ids)))).rowcount or 0
+        conn.execute(delete(budget_ledger).where(budget_ledger.c.device_id.in_(list(device_ids))))
+        return int(n)
+
+    def receipts_for_export(self, device_ids: Sequence[str]) -> tuple[list[Any], list[Any]]:
+        """(receipt rows, ledger rows) of the devices, for an access request."""
+        with self._engine.connect() as c:
+            receipt_rows = c.execute(
+                select(receipts.c.device_id, receipts.c.received_at, receipts.c.body)
+                .where(receipts.c.device_id.in_(list(device_ids)))
+                .order_by(receipts.c.id)
+            ).all()
+            ledger = c.execute(select(budget_ledger).where(budget_ledger.c.device_id.in_(list(device_ids))))
+            return list(receipt_rows), list(ledger.mappings().all())

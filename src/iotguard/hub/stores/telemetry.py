@@ -1,0 +1,342 @@
+"""Telemetry's tables: readings, rejection counts, replay windows (ingest state).
+
+Only this module writes them: erasure, retention and re-provisioning ask the
+telemetry store. :class:`TelemetryStore` is the interface; the SQL store
+serves SQLite and PostgreSQL and :class:`MemoryTelemetryStore` unit tests;
+both pass ``tests/hub/test_stores.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy import and_, delete, func, select
+from sqlalchemy.engine import Connection, Engine
+
+from iotguard.errors import StorageError
+from iotguard.hub.db import driver_error_summary
+from iotguard.hub.schema import readings, rejections, replay_windows
+from iotguard.hub.stores._sql import SqlStoreBase
+from iotguard.hub.stores._sql import aware as _aware
+
+__all__ = ["MemoryTelemetryStore", "SqlTelemetryStore", "StoredReading", "TelemetryStore", "forget_replay_state"]
+
+_READING_COLUMNS = ("device_id", "epoch", "seq", "topic", "received_at", "body")
+_DELETE_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class StoredReading:
+    """One stored reading."""
+
+    id: int
+    device_id: str
+    epoch: int
+    seq: int
+    topic: str
+    received_at: datetime
+    body: bytes
+
+
+class _SomeAlreadyStored(Exception):
+    """Internal: a fast-path insert found rows that already exist (the transaction is rolled back)."""
+
+
+def forget_replay_state(conn: Connection, device_id: str) -> None:
+    """Delete a device's replay windows inside the caller's transaction (re-provisioning, decommissioning)."""
+    conn.execute(delete(replay_windows).where(replay_windows.c.device_id == device_id))
+
+
+class TelemetryStore(Protocol):
+    """Stored readings, rejection counts and replay windows."""
+
+    def store_batch(self, rows: Sequence[dict[str, Any]], windows: Iterable[tuple[str, int, int, bytes]],
+                    rejected: dict[tuple[str, str], int], *, now: datetime) -> set[tuple[str, int, int]]:
+        """Store readings, replay windows and rejection counts atomically; returns the keys inserted."""
+        ...
+
+    def replay_window(self, device_id: str, epoch: int) -> tuple[int, bytes] | None: ...
+
+    def count_rejections(self, rejected: dict[tuple[str, str], int], *, now: datetime) -> None: ...
+
+    def rejection_totals(self) -> dict[str, int]: ...
+
+    def reading_count(self, device_id: str | None = None) -> int: ...
+
+    def readings_after(self, after_id: int = 0, *, device_id: str | None = None,
+                       limit: int = 1000) -> list[StoredReading]: ...
+
+    def last_reading_id(self) -> int: ...
+
+    def readings_of(self, device_ids: Sequence[str]) -> list[StoredReading]:
+        """Every reading of the given devices, oldest first (a data subject's access request)."""
+        ...
+
+    def readings_received_before(self, horizon: datetime) -> list[StoredReading]:
+        """Readings received before ``horizon`` (retention candidates)."""
+        ...
+
+    def delete_readings(self, ids: Sequence[int]) -> int:
+        """Delete readings by id (retention); returns how many."""
+        ...
+
+    def delete_readings_of(self, device_ids: Sequence[str], *, conn: Any = None) -> int:
+        """Delete every reading of the given devices (erasure), in ``conn``'s transaction when given."""
+        ...
+
+
+class SqlTelemetryStore(SqlStoreBase):
+    """Telemetry on SQLite or PostgreSQL."""
+
+    _insert_sql: tuple[str, list[str] | None] | None = None
+
+    def __init__(self, engine: Engine) -> None:
+        self._bind(engine)
+
+    def replay_window(self, device_id: str, epoch: int) -> tuple[int, bytes] | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(replay_windows.c.top, replay_windows.c.bitmap).where(and_(
+                replay_windows.c.device_id == device_id, replay_windows.c.epoch == epoch))).first()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    # -- ingest ----------------------------------------------------------
+
+    def store_batch(
+        self,
+        rows: Sequence[dict[str, Any]],
+        windows: Iterable[tuple[str, int, int, bytes]],
+        rejected: dict[tuple[str, str], int],
+        *,
+        now: datetime,
+    ) -> set[tuple[str, int, int]]:
+        """Durably store a batch in one transaction.
+
+        Args:
+            rows: Readings (``device_id, epoch, seq, topic, received_at, body``).
+            windows: Replay windows to persist: (device_id, epoch, top, bitmap).
+            rejected: Rejection counts per (device_id, reason).
+
+        Returns:
+            The (device_id, epoch, seq) keys actually inserted; a key missing
+            from it was already stored (by a concurrent hub) and is a replay.
+
+        Raises:
+            StorageError: the transaction failed; nothing was stored.
+        """
+        windows = list(windows)
+        try:
+            return self._store_batch(rows, windows, rejected, now=now, returning=False)
+        except _SomeAlreadyStored:
+            # Another hub stored some of these meanwhile (the replay window
+            # normally prevents this): redo the batch learning exactly which.
+            return self._store_batch(rows, windows, rejected, now=now, returning=True)
+
+    def _store_batch(
+        self,
+        rows: Sequence[dict[str, Any]],
+        windows: Iterable[tuple[str, int, int, bytes]],
+        rejected: dict[tuple[str, str], int],
+        *,
+        now: datetime,
+        returning: bool,
+    ) -> set[tuple[str, int, int]]:
+        inserted: set[tuple[str, int, int]] = set()
+        try:
+            with self.engine.begin() as c:
+                if rows:
+                    stmt = self._upsert(readings).on_conflict_do_nothing(index_elements=["device_id", "epoch", "seq"])
+                    if returning:
+                        stmt = stmt.returning(readings.c.device_id, readings.c.epoch, readings.c.seq)
+                        for r in c.execute(stmt, list(rows)):
+                            inserted.add((r[0], r[1], r[2]))
+                    else:
+                        # Fast path: the statement is compiled by SQLAlchemy for this
+                        # dialect once; the driver's executemany then binds plain
+                        # values (the batch shares one timestamp, converted once).
+                        # If every row went in, we know which.
+                        if c.exec_driver_sql(*self._fast_insert(rows, now)).rowcount != len(rows):
+                            raise _SomeAlreadyStored
+                        inserted = {(r["device_id"], r["epoch"], r["seq"]) for r in rows}
+                win_rows = [{"device_id": d, "epoch": e, "top": t, "bitmap": b} for d, e, t, b in windows]
+                if win_rows:
+                    ins = self._upsert(replay_windows)
+                    c.execute(ins.on_conflict_do_update(
+                        index_elements=["device_id", "epoch"],
+                        set_={"top": ins.excluded.top, "bitmap": ins.excluded.bitmap}), win_rows)
+                if rejected:
+                    self._count_rejections(c, rejected, now)
+        except _SomeAlreadyStored:
+            raise
+        except Exception as exc:  # the driver's errors vary; the batch is retried whole
+            raise StorageError(f"batch not stored: {driver_error_summary(exc)}") from None
+        return inserted
+
+    def _fast_insert(self, rows: Sequence[dict[str, Any]], now: datetime) -> tuple[str, Any]:
+        if self._insert_sql is None:
+            stmt = self._upsert(readings).on_conflict_do_nothing(index_elements=["device_id", "epoch", "seq"])
+            compiled = stmt.compile(dialect=self.engine.dialect, column_keys=list(_READING_COLUMNS))
+            order = list(compiled.positiontup or []) if compiled.positional else None
+            self._insert_sql = (str(compiled), order)
+        sql, order = self._insert_sql
+        ts_proc = readings.c.received_at.type.dialect_impl(self.engine.dialect).bind_processor(self.engine.dialect)
+        received = ts_proc(now) if ts_proc else now
+        prepared = [{"device_id": r["device_id"], "epoch": r["epoch"], "seq": r["seq"], "topic": r["topic"],
+                     "received_at": received, "body": r["body"]} for r in rows]
+        if order is None:
+            return sql, prepared
+        return sql, [tuple(p[k] for k in order) for p in prepared]
+
+    def _count_rejections(self, c: Connection, rejected: dict[tuple[str, str], int], now: datetime) -> None:
+        ins = self._upsert(rejections)
+        c.execute(ins.on_conflict_do_update(
+            index_elements=["device_id", "reason"],
+            set_={"count": rejections.c.count + ins.excluded.count, "last_at": ins.excluded.last_at}),
+            [{"device_id": d, "reason": r, "count": n, "first_at": now, "last_at": now}
+             for (d, r), n in rejected.items()])
+
+    def count_rejections(self, rejected: dict[tuple[str, str], int], *, now: datetime) -> None:
+        """Add rejection counts outside a batch (e.g. from the API)."""
+        if rejected:
+            with self.engine.begin() as c:
+                self._count_rejections(c, rejected, now)
+
+    def rejection_totals(self) -> dict[str, int]:
+        """Rejections per reason code over all devices."""
+        with self.engine.connect() as c:
+            rows = c.execute(select(rejections.c.reason, func.sum(rejections.c.count))
+                             .group_by(rejections.c.reason))
+            return {r[0]: int(r[1]) for r in rows}
+
+    def reading_count(self, device_id: str | None = None) -> int:
+        q = select(func.count()).select_from(readings)
+        if device_id:
+            q = q.where(readings.c.device_id == device_id)
+        with self.engine.connect() as c:
+            return int(c.execute(q).scalar_one())
+
+    def readings_after(self, after_id: int = 0, *, device_id: str | None = None,
+                       limit: int = 1000) -> list[StoredReading]:
+        """Readings with id greater than ``after_id``, oldest first."""
+        q = select(readings).where(readings.c.id > after_id).order_by(readings.c.id).limit(limit)
+        if device_id:
+            q = q.where(readings.c.device_id == device_id)
+        with self.engine.connect() as c:
+            return [_reading(r) for r in c.execute(q)]
+
+    def last_reading_id(self) -> int:
+        with self.engine.connect() as c:
+            return int(c.execute(select(func.coalesce(func.max(readings.c.id), 0))).scalar_one())
+
+
+    def readings_of(self, device_ids: Sequence[str]) -> list[StoredReading]:
+        q = select(readings).where(readings.c.device_id.in_(list(device_ids))).order_by(readings.c.id)
+        with self.engine.connect() as c:
+            return [_reading(r) for r in c.execute(q)]
+
+    def readings_received_before(self, horizon: datetime) -> list[StoredReading]:
+        q = select(readings).where(readings.c.received_at < horizon).order_by(readings.c.id)
+        with self.engine.connect() as c:
+            return [_reading(r) for r in c.execute(q)]
+
+    def delete_readings(self, ids: Sequence[int]) -> int:
+        deleted = 0
+        ids = list(ids)
+        for i in range(0, len(ids), _DELETE_CHUNK):  # each chunk one transaction: a rerun finishes the job
+            with self.engine.begin() as c:
+                chunk = ids[i : i + _DELETE_CHUNK]
+                deleted += c.execute(delete(readings).where(readings.c.id.in_(chunk))).rowcount or 0
+        return deleted
+
+    def delete_readings_of(self, device_ids: Sequence[str], *, conn: Connection | None = None) -> int:
+        stmt = delete(readings).where(readings.c.device_id.in_(list(device_ids)))
+        if conn is not None:
+            return int(conn.execute(stmt).rowcount or 0)
+        with self.engine.begin() as c:
+            return int(c.execute(stmt).rowcount or 0)
+
+
+def _reading(r: Any) -> StoredReading:
+    return StoredReading(r.id, r.device_id, r.epoch, r.seq, r.topic, _aware(r.received_at) or r.received_at,
+                         bytes(r.body))
+
+
+class MemoryTelemetryStore:
+    """Telemetry in memory (unit tests); ``conn`` arguments are ignored."""
+
+    def __init__(self) -> None:
+        self._readings: dict[int, StoredReading] = {}
+        self._keys: set[tuple[str, int, int]] = set()
+        self._windows: dict[tuple[str, int], tuple[int, bytes]] = {}
+        self._rejections: dict[tuple[str, str], int] = {}
+        self._next = 1
+        self._lock = threading.Lock()
+
+    def store_batch(self, rows: Sequence[dict[str, Any]], windows: Iterable[tuple[str, int, int, bytes]],
+                    rejected: dict[tuple[str, str], int], *, now: datetime) -> set[tuple[str, int, int]]:
+        inserted: set[tuple[str, int, int]] = set()
+        with self._lock:
+            for r in rows:
+                key = (r["device_id"], r["epoch"], r["seq"])
+                if key in self._keys:
+                    continue
+                self._keys.add(key)
+                self._readings[self._next] = StoredReading(self._next, r["device_id"], r["epoch"], r["seq"],
+                                                           r["topic"], now, bytes(r["body"]))
+                self._next += 1
+                inserted.add(key)
+            for d, e, top, bitmap in windows:
+                self._windows[(d, e)] = (top, bitmap)
+            for k, n in rejected.items():
+                self._rejections[k] = self._rejections.get(k, 0) + n
+        return inserted
+
+    def replay_window(self, device_id: str, epoch: int) -> tuple[int, bytes] | None:
+        return self._windows.get((device_id, epoch))
+
+    def forget_replay_state(self, device_id: str) -> None:
+        with self._lock:
+            for key in [k for k in self._windows if k[0] == device_id]:
+                del self._windows[key]
+
+    def count_rejections(self, rejected: dict[tuple[str, str], int], *, now: datetime) -> None:
+        self.store_batch([], [], rejected, now=now)
+
+    def rejection_totals(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for (_d, reason), n in self._rejections.items():
+            out[reason] = out.get(reason, 0) + n
+        return out
+
+    def reading_count(self, device_id: str | None = None) -> int:
+        return sum(1 for r in self._readings.values() if device_id is None or r.device_id == device_id)
+
+    def readings_after(self, after_id: int = 0, *, device_id: str | None = None,
+                       limit: int = 1000) -> list[StoredReading]:
+        out = [r for i, r in sorted(self._readings.items())
+               if i > after_id and (device_id is None or r.device_id == device_id)]
+        return out[:limit]
+
+    def last_reading_id(self) -> int:
+        return max(self._readings, default=0)
+
+    def readings_of(self, device_ids: Sequence[str]) -> list[StoredReading]:
+        wanted = set(device_ids)
+        return [r for _i, r in sorted(self._readings.items()) if r.device_id in wanted]
+
+    def readings_received_before(self, horizon: datetime) -> list[StoredReading]:
+        return [r for _i, r in sorted(self._readings.items()) if r.received_at < horizon]
+
+    def delete_readings(self, ids: Sequence[int]) -> int:
+        with self._lock:
+            gone = [self._readings.pop(i) for i in ids if i in self._readings]
+            for r in gone:
+                self._keys.discard((r.device_id, r.epoch, r.seq))
+        return len(gone)
+
+    def delete_readings_of(self, device_ids: Sequence[str], *, conn: Any = None) -> int:
+        wanted = set(device_ids)
+        return self.delete_readings([i for i, r in self._readings.items() if r.device_id in wanted])
