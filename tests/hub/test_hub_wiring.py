@@ -184,3 +184,40 @@ def test_quarantine_made_by_another_hub_process_reaches_this_one(hub: HubParts, 
     maintenance.tick()
     assert other.posture.posture.require("dev-1").quarantined
     assert other.processor.process([_seal(a)]).rejected["policy_denied"] == 1
+
+
+def test_device_enrolled_through_another_hub_process_is_not_denied_on_stale_posture(hub: HubParts) -> None:
+    """Hub B started before the device enrolled at hub A. Without a maintenance tick B's memory
+    has no posture for it; a denial is checked against the database before it stands, so B
+    stores the reading instead of denying (and acknowledging, i.e. dropping) it."""
+    from iotguard.hub.compose import build_hub_services
+
+    other = build_hub_services(hub.cfg)  # hub B: its own process state, same database and keys
+    a = hub.agent("dev-1")
+    assert other.posture.posture.get("dev-1") is None
+    out = other.processor.process([_seal(a)])
+    assert out.stored == 1 and not out.rejected
+    # ... and the device plane at hub B decides on the fresh posture too.
+    other.plane.authorize("dev-1", "renew", now=other.clock.now())
+
+
+def test_stale_posture_reread_is_rate_limited_and_a_real_denial_stands(hub: HubParts, monkeypatch) -> None:
+    """A quarantined device's flood is still denied, and re-reads the database at most twice a second."""
+    import iotguard.hub.services.posture as posture_module
+    from iotguard.hub.compose import build_hub_services
+
+    a = hub.agent("dev-1")
+    hub.client.post("/v1/devices/dev-1/quarantine", headers=hub.operator_token("operator"))
+    other = build_hub_services(hub.cfg)
+    reads: list[str] = []
+    original = posture_module.load_device_posture
+
+    def counted(engine, device_id):  # type: ignore[no-untyped-def]
+        reads.append(device_id)
+        return original(engine, device_id)
+
+    monkeypatch.setattr(posture_module, "load_device_posture", counted)
+    out = other.processor.process([_seal(a, {"temperature": 20.0 + i}) for i in range(50)])
+    assert out.stored == 0 and out.rejected["policy_denied"] == 50
+    assert reads == ["dev-1"]  # one database read for the whole flood (rate-limited)
+    assert other.posture.posture.require("dev-1").quarantined

@@ -95,7 +95,7 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     commands = CommandChannel()
     consent = ConsentService(PrivacyStore(store.engine, audit=audit_sink, keystore=keystore), store, lifecycle,
                              commands, clock)
-    plane = DevicePlane(store, store.engine, engine, audit_sink, clock)
+    plane = DevicePlane(store, store.engine, engine, audit_sink, clock, reread_posture=posture.reread)
     operators = OperatorService(store, engine, audit_sink, clock, plane)
     processor = IngestProcessor(store, lifecycle, cfg, clock=clock, audit=log_,
                                 authorizer=posture.authorize_reading)

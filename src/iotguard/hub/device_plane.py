@@ -93,7 +93,8 @@ class DevicePlane:
 
     def __init__(self, store: DeviceStore, engine: Engine, policy: PolicyEngine, audit: AuditSink, clock: Clock, *,
                  nonces: SeenNonces | None = None, attempts: AttemptStore | None = None,
-                 limits: SignedRequestLimits | None = None) -> None:
+                 limits: SignedRequestLimits | None = None,
+                 reread_posture: Callable[[str], bool] | None = None) -> None:
         self.store = store
         self.engine = engine
         self.policy = policy
@@ -104,6 +105,8 @@ class DevicePlane:
         self.addresses = AttemptLimiter(ADDRESS_LIMITS, state)
         self.credentials = AttemptLimiter(CREDENTIAL_LIMITS, state)
         self.limits = limits or SignedRequestLimits()
+        #: Re-reads one device's posture from the database (another hub process may have changed it).
+        self.reread_posture = reread_posture
 
     def attempt(self, scope: str, client: str) -> Attempt:
         """Start an authentication attempt from ``client`` (an address) for ``scope``.
@@ -150,6 +153,8 @@ class DevicePlane:
             decision = self.policy.decide_provisional(request, provisional, now=now)
         else:
             decision = self.policy.decide(request, now=now)
+            if not decision.allowed and self.reread_posture is not None and self.reread_posture(device_id):
+                decision = self.policy.decide(request, now=now)
         if not decision.allowed:
             self._refused(device_id, action, "policy_denied", now, policies=list(decision.reasons),
                           decision=decision.code)

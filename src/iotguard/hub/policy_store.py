@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -194,6 +195,31 @@ def save_posture(engine: Engine, postures: Iterable[Posture], *, now: datetime,
         write_outbox(conn, effects, now)
 
 
+def _registry_posture(reg: RowMapping, row: RowMapping | None) -> Posture:
+    """An active device's posture: its stored row where there is one, else from the registry."""
+    if row is None:
+        return Posture(device_id=reg["device_id"], segment=reg["segment"], model=reg["model"],
+                       cert_not_after=_aware(reg["cert_not_after"]))
+    return Posture(
+        device_id=row["device_id"],
+        segment=reg["segment"],
+        model=row["model"],
+        trust_tier=row["trust_tier"],
+        risk_score=row["risk_score"],
+        cert_not_after=_aware(reg["cert_not_after"]) or _aware(row["cert_not_after"]),
+        attested_at=_aware(row["attested_at"]),
+        declared_location=row["declared_location"],
+        quarantined=bool(row["quarantined"]),
+    )
+
+
+def _active_devices() -> Any:
+    from iotguard.hub.schema import devices
+
+    return select(devices.c.device_id, devices.c.model, devices.c.segment, devices.c.cert_not_after).where(
+        devices.c.status == "active")
+
+
 def load_posture(engine: Engine, store: PostureStore | None = None) -> PostureStore:
     """Fill a posture store from the database.
 
@@ -202,39 +228,24 @@ def load_posture(engine: Engine, store: PostureStore | None = None) -> PostureSt
     model and certificate expiry with tier ``unverified``. Devices that are
     not active (pending, revoked, decommissioned) get none and are denied.
     """
-    from iotguard.hub.schema import devices
-
     store = store if store is not None else PostureStore()
     with engine.connect() as conn:
         stored = {r["device_id"]: r for r in conn.execute(select(device_posture)).mappings()}
-        registry = conn.execute(
-            select(devices.c.device_id, devices.c.model, devices.c.segment, devices.c.cert_not_after).where(
-                devices.c.status == "active"
-            )
-        ).mappings()
-        for reg in registry:
-            row = stored.get(reg["device_id"])
-            if row is not None:
-                posture = Posture(
-                    device_id=row["device_id"],
-                    segment=reg["segment"],
-                    model=row["model"],
-                    trust_tier=row["trust_tier"],
-                    risk_score=row["risk_score"],
-                    cert_not_after=_aware(reg["cert_not_after"]) or _aware(row["cert_not_after"]),
-                    attested_at=_aware(row["attested_at"]),
-                    declared_location=row["declared_location"],
-                    quarantined=bool(row["quarantined"]),
-                )
-            else:
-                posture = Posture(
-                    device_id=reg["device_id"],
-                    segment=reg["segment"],
-                    model=reg["model"],
-                    cert_not_after=_aware(reg["cert_not_after"]),
-                )
-            store.put(posture)
+        for reg in conn.execute(_active_devices()).mappings():
+            store.put(_registry_posture(reg, stored.get(reg["device_id"])))
     return store
+
+
+def load_device_posture(engine: Engine, device_id: str) -> Posture | None:
+    """One device's posture as :func:`load_posture` would build it; ``None`` unless it is active."""
+    from iotguard.hub.schema import devices
+
+    with engine.connect() as conn:
+        reg = conn.execute(_active_devices().where(devices.c.device_id == device_id)).mappings().first()
+        if reg is None:
+            return None
+        row = conn.execute(select(device_posture).where(device_posture.c.device_id == device_id)).mappings().first()
+    return _registry_posture(reg, row)
 
 
 def enrollment_posture(engine: Engine, device_id: str, *, segment: str, model: str) -> Posture:

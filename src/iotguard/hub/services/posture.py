@@ -22,7 +22,13 @@ from iotguard.audit import AuditEvent
 from iotguard.clock import Clock
 from iotguard.errors import IotGuardError, PolicyDenied
 from iotguard.hub.outbox import OutboxMessage, OutboxStore
-from iotguard.hub.policy_store import SqlPolicyRepository, device_posture, load_posture, save_posture
+from iotguard.hub.policy_store import (
+    SqlPolicyRepository,
+    device_posture,
+    load_device_posture,
+    load_posture,
+    save_posture,
+)
 from iotguard.hub.schema import devices
 from iotguard.hub.services.audit import audit_message
 from iotguard.hub.services.broker_access import broker_access_message
@@ -105,6 +111,10 @@ def open_policy(store: HubStore, outbox: OutboxStore, clock: Clock) -> tuple[Pol
     return engine, admin
 
 
+#: Shortest interval between two database re-reads of one device's posture after denials.
+REREAD_INTERVAL_S = 0.5
+
+
 class PostureService:
     """Quarantine, release, trust tier, and the posture every Cedar decision reads.
 
@@ -126,6 +136,7 @@ class PostureService:
         self.posture = posture
         self.clock = clock
         self.broker_managed = broker_managed
+        self._reread: dict[str, float] = {}
 
     def _broker(self, device_id: str, reason: str) -> list[OutboxMessage]:
         return [broker_access_message(device_id, reason)] if self.broker_managed else []
@@ -183,7 +194,11 @@ class PostureService:
         Raises:
             PolicyDenied: the policy or the device model's data contract refuses it.
         """
-        self.engine.authorize(AccessRequest.device(record.device_id, "publish", topic))
+        request = AccessRequest.device(record.device_id, "publish", topic)
+        if not self.engine.decide(request).allowed:
+            # Decided again on the posture in the database (it may have changed in another process).
+            self.reread(record.device_id)
+            self.engine.authorize(request)
         try:
             contract = contract_for(record.model)
         except IotGuardError:
@@ -211,6 +226,33 @@ class PostureService:
         active = self.admin.repository.active_version()
         if active is not None and active.version != self.engine.policy_version:
             self.admin.load_active(self.engine)
+
+    def reread(self, device_id: str) -> bool:
+        """Re-read one device's posture from the database after a denial; True if it had changed.
+
+        Posture changes made by another hub process (an enrollment, a release,
+        a new attestation) reach this process's memory on the next maintenance
+        tick; until then a decision could deny on stale facts, and a denied
+        reading is acknowledged and dropped by the device. So a denial is
+        checked against the database first, at most every
+        :data:`REREAD_INTERVAL_S` per device (a denied device cannot turn its
+        flood into database load).
+        """
+        now = self.clock.monotonic()
+        if now - self._reread.get(device_id, -REREAD_INTERVAL_S) < REREAD_INTERVAL_S:
+            return False
+        if len(self._reread) > 100_000:
+            self._reread.clear()
+        self._reread[device_id] = now
+        fresh = load_device_posture(self.store.engine, device_id)
+        current = self.posture.get(device_id)
+        if fresh == current:
+            return False
+        if fresh is None:
+            self.posture.remove(device_id)
+        else:
+            self.posture.put(fresh)  # a change bumps the posture version: cached decisions drop
+        return True
 
     def refresh(self) -> None:
         """Bring the in-memory posture in line with the database (changes made by other processes)."""
