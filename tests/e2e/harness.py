@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -25,8 +26,9 @@ class HubProcess:
     mTLS front or a Mosquitto started with :meth:`use_mosquitto`.
     """
 
-    def __init__(self, tmp: Path, *, database_url: str = "") -> None:
+    def __init__(self, tmp: Path, *, database_url: str = "", name: str = "hub") -> None:
         self.tmp = tmp
+        self.name = name
         self.api_port = free_port()
         self.broker_port = free_port()
         self.env = {
@@ -54,19 +56,36 @@ class HubProcess:
         self.broker_url = broker.url
         return broker
 
+    def peer(self, name: str) -> HubProcess:
+        """Another hub process of the same deployment: same database, broker and hub key store
+        (one data directory here; an HSM in production), its own API port and MQTT client id
+        in the shared subscription group."""
+        other = HubProcess(self.tmp, name=name)
+        other.env = {**self.env, "IOTGUARD_HUB__API_BIND": f"127.0.0.1:{other.api_port}",
+                     "IOTGUARD_HUB__MQTT_CLIENT_ID": f"iotguard-hub-{name}"}
+        other.broker_url = self.broker_url
+        return other
+
+    def stats(self, token: str) -> dict[str, Any]:
+        """This hub process's ``/v1/stats``."""
+        r = httpx.get(f"{self.api_url}/v1/stats", headers={"Authorization": f"Bearer {token}"}, timeout=10,
+                      verify=self.verify())
+        r.raise_for_status()
+        return dict(r.json())
+
     def verify(self) -> ssl.SSLContext:
         """TLS context that trusts the fleet CA (the hub writes it at start)."""
         return client_context(self.ca_file)
 
     def start(self) -> None:
         self.starts += 1
-        log = open(self.tmp / f"hub-{self.starts}.log", "wb")  # noqa: SIM115 - the child process owns it
+        log = open(self.tmp / f"{self.name}-{self.starts}.log", "wb")  # noqa: SIM115 - the child process owns it
         self.proc = subprocess.Popen([sys.executable, "-m", "iotguard", "hub"], env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"hub exited: {(self.tmp / f'hub-{self.starts}.log').read_text()}")
+                raise RuntimeError(f"hub exited: {(self.tmp / f'{self.name}-{self.starts}.log').read_text()}")
             try:
                 if self.ca_file.exists() and \
                         httpx.get(f"{self.api_url}/health", timeout=0.5, verify=self.verify()).status_code == 200:
