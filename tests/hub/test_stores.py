@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from iotguard.channel import ReplayWindow
 from iotguard.clock import FixedClock
 from iotguard.errors import (
     AuthenticationError,
@@ -21,6 +22,7 @@ from iotguard.errors import (
     IntegrityError,
     KeyStoreError,
     MalformedError,
+    ReplayError,
     RevokedError,
     RollbackError,
     UnknownDeviceError,
@@ -35,7 +37,7 @@ from iotguard.hub.stores.devices_memory import MemoryDeviceStore
 from iotguard.hub.stores.privacy_memory import MemoryReceiptStore, MemorySubjectStore
 from iotguard.hub.stores.receipts import ReceiptStore, SqlReceiptStore
 from iotguard.hub.stores.subjects import SqlSubjectStore, SubjectStore
-from iotguard.hub.stores.telemetry import MemoryTelemetryStore, SqlTelemetryStore, TelemetryStore
+from iotguard.hub.stores.telemetry import MemoryTelemetryStore, SqlTelemetryStore, TelemetryStore, WindowWrite
 from iotguard.hub.stores.tokens import MemoryOperatorTokenStore, OperatorTokenStore, SqlOperatorTokenStore
 from iotguard.keys import SoftwareKeyStore
 from iotguard.privacy import (
@@ -74,12 +76,42 @@ def _row(device: str, seq: int, epoch: int = 1) -> dict[str, object]:
 # -- telemetry contract ------------------------------------------------------
 
 
+def _window(device: str, seqs: list[int], version: int | None = None, size: int = 8) -> WindowWrite:
+    window = ReplayWindow(size)
+    for seq in seqs:
+        window.accept(seq)
+    return WindowWrite(device, 1, window, version)
+
+
+def test_replay_windows_are_saved_compare_and_swap_and_merged(telemetry: TelemetryStore) -> None:
+    """Two hub processes save one device's window from stale copies: the second does not overwrite
+    the first (last writer wins would forget what hub A accepted); the saved window is the union."""
+    a = _window("d1", [1, 2])
+    telemetry.store_batch([], [a], {}, now=T0)
+    assert a.version == 1
+    b = _window("d1", [3], version=None)  # hub B never saw A's row
+    telemetry.store_batch([], [b], {}, now=T0)
+    top, bitmap, version = telemetry.replay_window("d1", 1) or (0, b"", 0)
+    assert version == 2 and b.version == 2
+    saved = ReplayWindow(8, top, bitmap)
+    for seq in (1, 2, 3):
+        with pytest.raises(ReplayError):
+            saved.check(seq)
+    a.window.accept(4)  # hub A goes on from its version 1, now stale
+    telemetry.store_batch([], [a], {}, now=T0)
+    assert a.version == 3
+    for seq in (1, 2, 3, 4):
+        with pytest.raises(ReplayError):
+            a.window.check(seq)  # hub A's own window learnt hub B's sequence too
+    assert telemetry.replay_window("d1", 1) == (a.window.top, a.window.bitmap(), 3)
+
+
 def test_batch_stores_readings_windows_and_rejections(telemetry: TelemetryStore) -> None:
-    inserted = telemetry.store_batch([_row("d1", 1), _row("d1", 2)], [("d1", 1, 2, b"\x03")],
+    inserted = telemetry.store_batch([_row("d1", 1), _row("d1", 2)], [_window("d1", [1, 2])],
                                      {("d1", "forged"): 2}, now=T0)
     assert inserted == {("d1", 1, 1), ("d1", 1, 2)}
     assert telemetry.reading_count() == 2 and telemetry.reading_count("d1") == 2
-    assert telemetry.replay_window("d1", 1) == (2, b"\x03")
+    assert telemetry.replay_window("d1", 1) == (2, b"\x03", 1)
     assert telemetry.rejection_totals() == {"forged": 2}
 
 
@@ -269,7 +301,7 @@ def test_revoked_device_cannot_renew(registry: Registry) -> None:
 def test_reprovision_keeps_the_old_serial_revoked_and_resets_replay_state(registry: Registry) -> None:
     _register(registry)
     _enroll(registry)
-    registry.telemetry.store_batch([], [("d1", 1, 5, b"\x1f")], {}, now=T0)
+    registry.telemetry.store_batch([], [_window("d1", [1, 2, 3, 4, 5])], {}, now=T0)
     registry.devices.reprovision("d1", token_hash=b"\x04" * 32, token_expires_at=T0 + timedelta(days=1), now=T0)
     d = registry.devices.get_device("d1")
     assert (d.status, d.current_epoch, d.identity_public_key) == ("pending", None, None)

@@ -29,6 +29,7 @@ from iotguard.errors import (
     StorageError,
 )
 from iotguard.hub.store import DeviceRecord, HubStore
+from iotguard.hub.stores import WindowWrite
 from iotguard.wire import Envelope, Reading, associated_data, decode_envelope, decode_reading
 
 __all__ = ["REASON_CODES", "BatchOutcome", "Incoming", "IngestProcessor", "IngestStats", "SessionLookup"]
@@ -133,16 +134,20 @@ class IngestProcessor:
         self.authorizer = authorizer
         self.audit = audit
         self.stats = IngestStats()
-        self._windows: dict[tuple[str, int], ReplayWindow] = {}
+        #: Replay windows this process holds, with the version it last read or saved.
+        self._windows: dict[tuple[str, int], WindowWrite] = {}
 
     def _window(self, device_id: str, epoch: int) -> ReplayWindow:
         key = (device_id, epoch)
         w = self._windows.get(key)
         if w is None:
             saved = self.store.replay_window(device_id, epoch)
-            w = ReplayWindow(self.cfg.replay_window, *saved) if saved else ReplayWindow(self.cfg.replay_window)
+            if saved is None:
+                w = WindowWrite(device_id, epoch, ReplayWindow(self.cfg.replay_window), None)
+            else:
+                w = WindowWrite(device_id, epoch, ReplayWindow(self.cfg.replay_window, saved[0], saved[1]), saved[2])
             self._windows[key] = w
-        return w
+        return w.window
 
     def _session(self, device_id: str, epoch: int) -> _Session | str:
         """Everything ingest needs about (device, epoch), or the reason code it is refused with."""
@@ -235,7 +240,7 @@ class IngestProcessor:
                 rows.append({"device_id": d, "epoch": e, "seq": seq, "topic": msg.topic,
                              "received_at": now, "body": res})
 
-        windows = [(d, e, self._windows[(d, e)].top, self._windows[(d, e)].bitmap()) for d, e in touched]
+        windows = [self._windows[key] for key in sorted(touched)]
         try:
             inserted = self.store.store_batch(rows, windows, dict(rejected), now=now)
         except StorageError:

@@ -25,7 +25,12 @@ from iotguard.hub.outbox import create_outbox_table
 from iotguard.hub.policy_store import create_policy_tables
 from iotguard.hub.privacy_store import create_privacy_tables
 from iotguard.hub.ratelimit_store import create_device_plane_tables
-from iotguard.hub.schema import add_transport_cert_serial, create_core_tables, create_revoked_certificates
+from iotguard.hub.schema import (
+    add_replay_window_version,
+    add_transport_cert_serial,
+    create_core_tables,
+    create_revoked_certificates,
+)
 
 __all__ = ["MIGRATIONS", "Migration", "applied_migrations", "migrate"]
 
@@ -55,6 +60,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0003_transport_cert_serial", "serial of each device's TLS transport certificate (ADR 0600)",
               add_transport_cert_serial),
     Migration("0004_outbox", "transactional outbox of side effects", create_outbox_table),
+    Migration("0005_replay_window_version", "replay windows saved compare-and-swap by hub processes",
+              add_replay_window_version),
     Migration("0100_audit_log", "audit log entries, subtree hashes, sequencer state, checkpoints",
               create_audit_tables),
     Migration("0200_policy", "policy versions, activations, device posture", create_policy_tables),

@@ -87,6 +87,8 @@ replay_windows = Table(
     Column("epoch", Integer, nullable=False),
     Column("top", BigInteger, nullable=False),
     Column("bitmap", LargeBinary, nullable=False),
+    #: Bumped by every save: hub processes compare-and-swap on it (migration 0005).
+    Column("version", BigInteger, nullable=False, server_default="0"),
     PrimaryKeyConstraint("device_id", "epoch"),
 )
 
@@ -165,3 +167,10 @@ def add_transport_cert_serial(conn: Connection) -> None:
     # A database made by 0001 after this column was added already has it.
     if "transport_cert_serial" not in {c["name"] for c in inspect(conn).get_columns("devices")}:
         conn.execute(text("ALTER TABLE devices ADD COLUMN transport_cert_serial VARCHAR(64)"))
+
+
+def add_replay_window_version(conn: Connection) -> None:
+    """Migration ``0005_replay_window_version``: replay windows are saved compare-and-swap on a version."""
+    # A database made by 0001 after this column was added already has it.
+    if "version" not in {c["name"] for c in inspect(conn).get_columns("replay_windows")}:
+        conn.execute(text("ALTER TABLE replay_windows ADD COLUMN version BIGINT NOT NULL DEFAULT 0"))

@@ -12,6 +12,7 @@ from iotguard.hub.stores.telemetry import (
     SqlTelemetryStore,
     StoredReading,
     TelemetryStore,
+    WindowWrite,
     forget_replay_state,
 )
 from iotguard.hub.stores.tokens import (
@@ -48,5 +49,6 @@ __all__ = [
     "StoredReading",
     "SubjectStore",
     "TelemetryStore",
+    "WindowWrite",
     "forget_replay_state",
 ]

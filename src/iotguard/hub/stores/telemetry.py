@@ -9,14 +9,15 @@ both pass ``tests/hub/test_stores.py``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import and_, delete, func, select
+from sqlalchemy import and_, bindparam, delete, func, select
 from sqlalchemy.engine import Connection, Engine
 
+from iotguard.channel import ReplayWindow
 from iotguard.errors import StorageError
 from iotguard.hub.db import driver_error_summary
 from iotguard.hub.schema import readings, rejections, replay_windows
@@ -42,6 +43,23 @@ class StoredReading:
     body: bytes
 
 
+@dataclass
+class WindowWrite:
+    """One replay window to save with a batch, compare-and-swap on its version.
+
+    ``version`` is the version this process last read or wrote (``None``: no
+    row known). When another hub process saved the window meanwhile, the store
+    merges the saved window into :attr:`window` (the union refuses whatever
+    either process accepted) and saves that; either way :attr:`version` is set
+    to the saved row's new version. Both fields are updated in place.
+    """
+
+    device_id: str
+    epoch: int
+    window: ReplayWindow
+    version: int | None
+
+
 class _SomeAlreadyStored(Exception):
     """Internal: a fast-path insert found rows that already exist (the transaction is rolled back)."""
 
@@ -54,12 +72,15 @@ def forget_replay_state(conn: Connection, device_id: str) -> None:
 class TelemetryStore(Protocol):
     """Stored readings, rejection counts and replay windows."""
 
-    def store_batch(self, rows: Sequence[dict[str, Any]], windows: Iterable[tuple[str, int, int, bytes]],
+    def store_batch(self, rows: Sequence[dict[str, Any]], windows: Sequence[WindowWrite],
                     rejected: dict[tuple[str, str], int], *, now: datetime) -> set[tuple[str, int, int]]:
-        """Store readings, replay windows and rejection counts atomically; returns the keys inserted."""
+        """Store readings, replay windows (compare-and-swap, merged on conflict) and rejection counts
+        atomically; returns the keys inserted."""
         ...
 
-    def replay_window(self, device_id: str, epoch: int) -> tuple[int, bytes] | None: ...
+    def replay_window(self, device_id: str, epoch: int) -> tuple[int, bytes, int] | None:
+        """The saved window of (device, epoch): top, bitmap and version."""
+        ...
 
     def count_rejections(self, rejected: dict[tuple[str, str], int], *, now: datetime) -> None: ...
 
@@ -97,18 +118,18 @@ class SqlTelemetryStore(SqlStoreBase):
     def __init__(self, engine: Engine) -> None:
         self._bind(engine)
 
-    def replay_window(self, device_id: str, epoch: int) -> tuple[int, bytes] | None:
+    def replay_window(self, device_id: str, epoch: int) -> tuple[int, bytes, int] | None:
         with self.engine.connect() as c:
-            row = c.execute(select(replay_windows.c.top, replay_windows.c.bitmap).where(and_(
-                replay_windows.c.device_id == device_id, replay_windows.c.epoch == epoch))).first()
-        return None if row is None else (int(row[0]), bytes(row[1]))
+            row = c.execute(select(replay_windows.c.top, replay_windows.c.bitmap, replay_windows.c.version).where(
+                and_(replay_windows.c.device_id == device_id, replay_windows.c.epoch == epoch))).first()
+        return None if row is None else (int(row[0]), bytes(row[1]), int(row[2]))
 
     # -- ingest ----------------------------------------------------------
 
     def store_batch(
         self,
         rows: Sequence[dict[str, Any]],
-        windows: Iterable[tuple[str, int, int, bytes]],
+        windows: Sequence[WindowWrite],
         rejected: dict[tuple[str, str], int],
         *,
         now: datetime,
@@ -117,7 +138,8 @@ class SqlTelemetryStore(SqlStoreBase):
 
         Args:
             rows: Readings (``device_id, epoch, seq, topic, received_at, body``).
-            windows: Replay windows to persist: (device_id, epoch, top, bitmap).
+            windows: Replay windows to persist, compare-and-swap on their version
+                (see :class:`WindowWrite`; updated in place once committed).
             rejected: Rejection counts per (device_id, reason).
 
         Returns:
@@ -127,7 +149,6 @@ class SqlTelemetryStore(SqlStoreBase):
         Raises:
             StorageError: the transaction failed; nothing was stored.
         """
-        windows = list(windows)
         try:
             return self._store_batch(rows, windows, rejected, now=now, returning=False)
         except _SomeAlreadyStored:
@@ -138,13 +159,14 @@ class SqlTelemetryStore(SqlStoreBase):
     def _store_batch(
         self,
         rows: Sequence[dict[str, Any]],
-        windows: Iterable[tuple[str, int, int, bytes]],
+        windows: Sequence[WindowWrite],
         rejected: dict[tuple[str, str], int],
         *,
         now: datetime,
         returning: bool,
     ) -> set[tuple[str, int, int]]:
         inserted: set[tuple[str, int, int]] = set()
+        saved: list[tuple[WindowWrite, ReplayWindow, int]] = []
         try:
             with self.engine.begin() as c:
                 if rows:
@@ -161,19 +183,69 @@ class SqlTelemetryStore(SqlStoreBase):
                         if c.exec_driver_sql(*self._fast_insert(rows, now)).rowcount != len(rows):
                             raise _SomeAlreadyStored
                         inserted = {(r["device_id"], r["epoch"], r["seq"]) for r in rows}
-                win_rows = [{"device_id": d, "epoch": e, "top": t, "bitmap": b} for d, e, t, b in windows]
-                if win_rows:
-                    ins = self._upsert(replay_windows)
-                    c.execute(ins.on_conflict_do_update(
-                        index_elements=["device_id", "epoch"],
-                        set_={"top": ins.excluded.top, "bitmap": ins.excluded.bitmap}), win_rows)
+                if windows:
+                    saved = self._save_windows(c, windows)
                 if rejected:
                     self._count_rejections(c, rejected, now)
         except _SomeAlreadyStored:
             raise
         except Exception as exc:  # the driver's errors vary; the batch is retried whole
             raise StorageError(f"batch not stored: {driver_error_summary(exc)}") from None
+        for write, merged, version in saved:  # committed: the caller's windows become what is stored
+            write.window, write.version = merged, version
         return inserted
+
+    def _save_windows(self, c: Connection, windows: Sequence[WindowWrite]) -> list[tuple[WindowWrite, ReplayWindow,
+                                                                                         int]]:
+        """Compare-and-swap each window on its version; on a conflict merge the saved one and retry.
+
+        The common case (no other process touched these windows) is one
+        executemany per kind of write; only a conflicting window costs a read.
+        """
+        t = replay_windows
+        updates = [w for w in windows if w.version is not None]
+        inserts = [w for w in windows if w.version is None]
+        conflicted: list[WindowWrite] = []
+        if updates:
+            stmt = t.update().where(and_(t.c.device_id == bindparam("d"), t.c.epoch == bindparam("e"),
+                                         t.c.version == bindparam("v"))).values(
+                top=bindparam("t"), bitmap=bindparam("b"), version=bindparam("v") + 1)
+            params = [{"d": w.device_id, "e": w.epoch, "v": w.version, "t": w.window.top, "b": w.window.bitmap()}
+                      for w in updates]
+            if len(params) == 1:
+                if c.execute(stmt.returning(t.c.version), params[0]).first() is None:
+                    conflicted = updates
+            elif c.execute(stmt, params).rowcount != len(params):
+                # Which ones lost the race is unknown (or the driver reports no count):
+                # redo each under a row lock; merging a window with itself changes nothing.
+                conflicted = list(updates)
+        if inserts:
+            ins = self._upsert(t).on_conflict_do_nothing(index_elements=["device_id", "epoch"]).returning(t.c.version)
+            for w in inserts:
+                if c.execute(ins, {"device_id": w.device_id, "epoch": w.epoch, "top": w.window.top,
+                                   "bitmap": w.window.bitmap(), "version": 1}).first() is None:
+                    conflicted.append(w)
+        out = [(w, w.window, (w.version or 0) + 1) for w in windows if w not in conflicted]
+        for w in sorted(conflicted, key=lambda w: (w.device_id, w.epoch)):
+            out.append((w, *self._merge_window(c, w)))
+        return out
+
+    def _merge_window(self, c: Connection, w: WindowWrite) -> tuple[ReplayWindow, int]:
+        t = replay_windows
+        key = and_(t.c.device_id == w.device_id, t.c.epoch == w.epoch)
+        query = select(t.c.top, t.c.bitmap, t.c.version).where(key)
+        if self.engine.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = c.execute(query).first()
+        merged = ReplayWindow(w.window.size, w.window.top, w.window.bitmap())
+        if row is None:  # forgotten meanwhile (re-provisioned): start the row again
+            c.execute(t.insert().values(device_id=w.device_id, epoch=w.epoch, top=merged.top,
+                                        bitmap=merged.bitmap(), version=1))
+            return merged, 1
+        merged.merge(int(row[0]), bytes(row[1]))
+        version = int(row[2]) + 1
+        c.execute(t.update().where(key).values(top=merged.top, bitmap=merged.bitmap(), version=version))
+        return merged, version
 
     def _fast_insert(self, rows: Sequence[dict[str, Any]], now: datetime) -> tuple[str, Any]:
         if self._insert_sql is None:
@@ -270,12 +342,12 @@ class MemoryTelemetryStore:
     def __init__(self) -> None:
         self._readings: dict[int, StoredReading] = {}
         self._keys: set[tuple[str, int, int]] = set()
-        self._windows: dict[tuple[str, int], tuple[int, bytes]] = {}
+        self._windows: dict[tuple[str, int], tuple[int, bytes, int]] = {}
         self._rejections: dict[tuple[str, str], int] = {}
         self._next = 1
         self._lock = threading.Lock()
 
-    def store_batch(self, rows: Sequence[dict[str, Any]], windows: Iterable[tuple[str, int, int, bytes]],
+    def store_batch(self, rows: Sequence[dict[str, Any]], windows: Sequence[WindowWrite],
                     rejected: dict[tuple[str, str], int], *, now: datetime) -> set[tuple[str, int, int]]:
         inserted: set[tuple[str, int, int]] = set()
         with self._lock:
@@ -288,13 +360,19 @@ class MemoryTelemetryStore:
                                                            r["topic"], now, bytes(r["body"]))
                 self._next += 1
                 inserted.add(key)
-            for d, e, top, bitmap in windows:
-                self._windows[(d, e)] = (top, bitmap)
+            for w in windows:
+                saved = self._windows.get((w.device_id, w.epoch))
+                if saved is not None and saved[2] != w.version:
+                    merged = ReplayWindow(w.window.size, w.window.top, w.window.bitmap())
+                    merged.merge(saved[0], saved[1])
+                    w.window = merged
+                w.version = (saved[2] if saved is not None else 0) + 1
+                self._windows[(w.device_id, w.epoch)] = (w.window.top, w.window.bitmap(), w.version)
             for k, n in rejected.items():
                 self._rejections[k] = self._rejections.get(k, 0) + n
         return inserted
 
-    def replay_window(self, device_id: str, epoch: int) -> tuple[int, bytes] | None:
+    def replay_window(self, device_id: str, epoch: int) -> tuple[int, bytes, int] | None:
         return self._windows.get((device_id, epoch))
 
     def forget_replay_state(self, device_id: str) -> None:
