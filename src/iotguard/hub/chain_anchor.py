@@ -1,0 +1,341 @@
+"""The chain anchor: checkpoints committed to the ``CheckpointAnchor`` contract over JSON-RPC.
+
+:class:`ChainAnchor` implements the :class:`~iotguard.audit.anchor.Anchor`
+Protocol with web3.py against any EVM endpoint (a public chain, a consortium
+chain, a local development chain). Anchoring is batched: checkpoints queue
+until ``batch_size`` of them are waiting or the oldest has waited
+``max_delay``, then go out in one ``anchorBatch`` transaction. Losing the
+queue (a crash) loses nothing that matters: a later anchored checkpoint
+commits to every earlier entry through the log's consistency proofs. A
+retried batch drops the sizes the contract already holds, so a checkpoint is
+never anchored twice.
+
+:func:`export_anchor_proof` builds the self-contained
+:class:`~iotguard.audit.chain.AnchorProof` (block header, receipt and its
+Merkle-Patricia proof) an auditor verifies offline.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from importlib import resources
+from typing import Any
+
+import rlp  # type: ignore[import-untyped]
+from eth_bloom.bloom import BloomFilter
+from hexbytes import HexBytes
+from trie.hexary import HexaryTrie
+from web3 import Web3
+from web3.exceptions import ContractLogicError, Web3Exception
+
+from iotguard.audit.anchor import AnchorReceipt
+from iotguard.audit.chain import EVENT_TOPIC, AnchorProof, keccak256, log_id
+from iotguard.audit.note import Checkpoint, parse_note
+from iotguard.errors import ConfigError, ProofError, StorageError
+
+__all__ = [
+    "AnchorBatch",
+    "ChainAnchor",
+    "anchor_contract_artifact",
+    "deploy_checkpoint_anchor",
+    "export_anchor_proof",
+]
+
+#: Most checkpoints in one ``anchorBatch`` transaction.
+MAX_BATCH = 512
+#: Header fields in consensus order; the optional tail is present from the fork that added it.
+_HEADER_FIELDS = (
+    "parentHash", "sha3Uncles", "miner", "stateRoot", "transactionsRoot", "receiptsRoot", "logsBloom",
+    "difficulty", "number", "gasLimit", "gasUsed", "timestamp", "extraData", "mixHash", "nonce",
+)
+_HEADER_OPTIONAL = (
+    "baseFeePerGas", "withdrawalsRoot", "blobGasUsed", "excessBlobGas", "parentBeaconBlockRoot", "requestsHash",
+)
+
+_QUANTITIES = frozenset(
+    {"difficulty", "number", "gasLimit", "gasUsed", "timestamp", "baseFeePerGas", "blobGasUsed", "excessBlobGas"}
+)
+
+
+def anchor_contract_artifact() -> dict[str, Any]:
+    """The compiled contract (ABI and bytecode) shipped with iotguard."""
+    text = (resources.files("iotguard.hub") / "contracts" / "CheckpointAnchor.json").read_text()
+    artifact: dict[str, Any] = json.loads(text)
+    return artifact
+
+
+def deploy_checkpoint_anchor(web3: Web3, sender: str) -> str:
+    """Deploy the contract from ``sender`` (a node-managed account); return its address.
+
+    Raises:
+        StorageError: the deployment failed.
+    """
+    art = anchor_contract_artifact()
+    factory = web3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
+    try:
+        tx = factory.constructor().transact({"from": Web3.to_checksum_address(sender)})
+        receipt = web3.eth.wait_for_transaction_receipt(tx)
+    except (Web3Exception, OSError) as exc:
+        raise StorageError(f"contract deployment failed: {type(exc).__name__}") from None
+    address = receipt["contractAddress"]
+    if receipt["status"] != 1 or address is None:
+        raise StorageError("contract deployment reverted")
+    return str(address)
+
+
+def _checkpoint(note: str) -> Checkpoint:
+    return Checkpoint.from_body(parse_note(note).text)
+
+
+@dataclass(frozen=True)
+class AnchorBatch:
+    """One anchoring transaction."""
+
+    tx_hash: bytes
+    block_number: int
+    gas_used: int
+    sizes: tuple[int, ...]
+
+
+@dataclass
+class _Pending:
+    origin: str
+    since: datetime
+    heads: list[tuple[int, bytes]] = field(default_factory=list)
+
+
+class ChainAnchor:
+    """Anchors checkpoints in the ``CheckpointAnchor`` contract.
+
+    Args:
+        web3: A connected client (``Web3(Web3.HTTPProvider(url))`` for any endpoint).
+        contract: Address of the deployed contract.
+        sender: The account the node signs with; it must be the contract's submitter.
+        batch_size: Checkpoints per transaction (1 = one transaction each).
+        max_delay: Longest a checkpoint waits for its batch to fill.
+
+    Raises:
+        ConfigError: a limit is out of range or the address is malformed.
+    """
+
+    def __init__(
+        self,
+        web3: Web3,
+        contract: str,
+        sender: str,
+        *,
+        batch_size: int = 128,
+        max_delay: timedelta = timedelta(minutes=10),
+    ) -> None:
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise ConfigError(f"chain batch size must be 1..{MAX_BATCH}")
+        if max_delay < timedelta(0):
+            raise ConfigError("chain anchoring delay must not be negative")
+        if not Web3.is_address(contract) or not Web3.is_address(sender):
+            raise ConfigError("chain contract and sender must be addresses")
+        self._web3 = web3
+        self._address = Web3.to_checksum_address(contract)
+        self._sender = Web3.to_checksum_address(sender)
+        self._contract = web3.eth.contract(address=self._address, abi=anchor_contract_artifact()["abi"])
+        self._batch_size = batch_size
+        self._max_delay = max_delay
+        self._pending: _Pending | None = None
+        self._chain_id: int | None = None
+        self.batches: list[AnchorBatch] = []
+
+    @property
+    def name(self) -> str:
+        return f"evm:{self.chain_id}:{self._address}"
+
+    @property
+    def chain_id(self) -> int:
+        """The chain's id (asked once)."""
+        if self._chain_id is None:
+            self._chain_id = int(self._web3.eth.chain_id)
+        return self._chain_id
+
+    @property
+    def pending(self) -> int:
+        """Checkpoints queued for the next transaction."""
+        return len(self._pending.heads) if self._pending else 0
+
+    def anchor(self, checkpoint: str, now: datetime) -> AnchorReceipt:
+        """Queue a checkpoint; send the batch when it is full or old enough.
+
+        Returns:
+            A receipt whose reference is the transaction hash, or ``pending``.
+
+        Raises:
+            StorageError: the batch transaction failed (it stays queued).
+        """
+        cp = _checkpoint(checkpoint)
+        if self._pending is not None and self._pending.origin != cp.origin:
+            self.flush()
+        if self._pending is None:
+            self._pending = _Pending(cp.origin, now)
+        heads = self._pending.heads
+        if not heads or cp.size > heads[-1][0]:
+            heads.append((cp.size, cp.root))
+        reference = "pending"
+        if len(heads) >= self._batch_size or now - self._pending.since >= self._max_delay:
+            batch = self.flush()
+            if batch is not None:
+                reference = "0x" + batch.tx_hash.hex()
+        return AnchorReceipt(self.name, cp.origin, cp.size, cp.root, reference)
+
+    def flush(self) -> AnchorBatch | None:
+        """Send every queued checkpoint now, in one transaction.
+
+        Raises:
+            StorageError: the transaction failed or reverted (the queue is kept).
+        """
+        pending = self._pending
+        if pending is None:
+            return None
+        lid = log_id(pending.origin)
+        try:
+            last = int(self._contract.functions.latestHead(lid).call()[0])
+            heads = [h for h in pending.heads if h[0] > last]
+            if not heads:
+                self._pending = None
+                return None
+            if len(heads) == 1:
+                call = self._contract.functions.anchor(lid, heads[0][0], heads[0][1])
+            else:
+                call = self._contract.functions.anchorBatch(lid, [h[0] for h in heads], [h[1] for h in heads])
+            tx = call.transact({"from": self._sender})
+            receipt = self._web3.eth.wait_for_transaction_receipt(tx)
+        except ContractLogicError as exc:
+            raise StorageError(f"anchor contract refused the batch: {exc.message}") from None
+        except (Web3Exception, OSError) as exc:
+            raise StorageError(f"chain anchoring failed: {type(exc).__name__}") from None
+        if receipt["status"] != 1:
+            raise StorageError("anchoring transaction reverted")
+        self._pending = None
+        batch = AnchorBatch(bytes(receipt["transactionHash"]), int(receipt["blockNumber"]),
+                            int(receipt["gasUsed"]), tuple(h[0] for h in heads))
+        self.batches.append(batch)
+        return batch
+
+    def anchored_root(self, origin: str, size: int) -> tuple[bytes, dict[str, Any]] | None:
+        """The root the chain holds for ``(origin, size)`` and its event, if anchored."""
+        topics: list[Any] = [
+            "0x" + EVENT_TOPIC.hex(), "0x" + log_id(origin).hex(), "0x" + size.to_bytes(32, "big").hex(),
+        ]
+        try:
+            found = self._web3.eth.get_logs(
+                {"address": self._address, "fromBlock": 0, "toBlock": "latest", "topics": topics}
+            )
+        except (Web3Exception, OSError) as exc:
+            raise StorageError(f"chain query failed: {type(exc).__name__}") from None
+        if not found:
+            return None
+        event: dict[str, Any] = dict(found[0])
+        return bytes(event["data"]), event
+
+    def verify(self, receipt: AnchorReceipt, checkpoint: str) -> None:
+        """Check the chain holds exactly this checkpoint's root for its size.
+
+        Raises:
+            ProofError: not anchored, or the chain holds another root (the
+                log was rewritten after anchoring).
+        """
+        cp = _checkpoint(checkpoint)
+        if (receipt.origin, receipt.size, receipt.root) != (cp.origin, cp.size, cp.root):
+            raise ProofError("receipt is for another checkpoint")
+        found = self.anchored_root(cp.origin, cp.size)
+        if found is None:
+            raise ProofError("checkpoint is not anchored on chain")
+        if found[0] != cp.root:
+            raise ProofError("log rewritten: the chain holds another root for this size")
+
+    def latest_head(self, origin: str) -> tuple[int, bytes, int]:
+        """The newest head anchored for a log: size, root, block number."""
+        size, root, block = self._contract.functions.latestHead(log_id(origin)).call()
+        return int(size), bytes(root), int(block)
+
+
+def _receipt_bytes(receipt: Any) -> bytes:
+    bloom = BloomFilter()
+    logs: list[list[Any]] = []
+    for e in receipt["logs"]:
+        address = bytes.fromhex(str(e["address"])[2:])
+        topics = [bytes(t) for t in e["topics"]]
+        bloom.add(address)
+        for t in topics:
+            bloom.add(t)
+        logs.append([address, topics, bytes(e["data"])])
+    status = int(receipt["status"])
+    body: bytes = rlp.encode([status, int(receipt["cumulativeGasUsed"]), int(bloom).to_bytes(256, "big"), logs])
+    kind = int(receipt.get("type", 0) or 0)
+    return bytes([kind]) + body if kind else body
+
+
+def _header_rlp(block: Any) -> bytes:
+    def field_value(name: str) -> Any:
+        value = block[name]
+        if name in _QUANTITIES:
+            return int(value, 16) if isinstance(value, str) else int(value)
+        if isinstance(value, int):
+            return value.to_bytes(256 if name == "logsBloom" else 32, "big")
+        if isinstance(value, str):
+            digits = value[2:]
+            raw = bytes.fromhex(digits.rjust(len(digits) + len(digits) % 2, "0"))
+        else:
+            raw = bytes(value)
+        return raw.rjust(256, b"\0") if name == "logsBloom" else raw
+
+    fields = [field_value(n) for n in _HEADER_FIELDS]
+    for name in _HEADER_OPTIONAL:
+        if name not in block or block[name] is None:
+            break
+        fields.append(field_value(name))
+    return bytes(rlp.encode(fields))
+
+
+def export_anchor_proof(web3: Web3, contract: str, checkpoint: str) -> AnchorProof:
+    """Build the offline proof that ``checkpoint`` is anchored.
+
+    Raises:
+        ProofError: the checkpoint is not anchored, or the endpoint's block and
+            receipts do not reproduce the block hash / receipts root.
+        StorageError: the endpoint could not be queried.
+    """
+    cp = _checkpoint(checkpoint)
+    anchor = ChainAnchor(web3, contract, contract)
+    found = anchor.anchored_root(cp.origin, cp.size)
+    if found is None:
+        raise ProofError("checkpoint is not anchored on chain")
+    if found[0] != cp.root:
+        raise ProofError("log rewritten: the chain holds another root for this size")
+    event = found[1]
+    try:
+        block = web3.eth.get_block(event["blockNumber"], full_transactions=False)
+        hashes: list[Any] = list(block["transactions"])
+        receipts = [web3.eth.get_transaction_receipt(HexBytes(h)) for h in hashes]
+    except (Web3Exception, OSError) as exc:
+        raise StorageError(f"chain query failed: {type(exc).__name__}") from None
+    header = _header_rlp(block)
+    if keccak256(header) != bytes(block["hash"]):
+        raise ProofError("endpoint's block header does not hash to its block hash")
+    receipt_trie = HexaryTrie(db={})
+    for i, r in enumerate(receipts):
+        receipt_trie[rlp.encode(i)] = _receipt_bytes(r)
+    if receipt_trie.root_hash != bytes(block["receiptsRoot"]):
+        raise ProofError("endpoint's receipts do not match the block's receipts root")
+    index = int(event["transactionIndex"])
+    nodes = tuple(rlp.encode(n) for n in receipt_trie.get_proof(rlp.encode(index)))  # type: ignore[no-untyped-call]
+    return AnchorProof(
+        checkpoint=checkpoint,
+        chain_id=anchor.chain_id,
+        contract=Web3.to_checksum_address(contract),
+        tx_hash=bytes(event["transactionHash"]),
+        tx_index=index,
+        block_number=int(block["number"]),
+        block_hash=bytes(block["hash"]),
+        header_rlp=header,
+        receipt=_receipt_bytes(receipts[index]),
+        receipt_proof=nodes,
+    )
