@@ -61,6 +61,15 @@ class HubConfig:
     mosquitto_pid_file: str = ""
     #: Seconds between signed audit-log checkpoints (each is also anchored).
     checkpoint_interval_s: float = 60.0
+    #: EVM JSON-RPC endpoint where checkpoints are also anchored (empty: no chain
+    #: anchoring); ``chain_contract`` is the deployed ``CheckpointAnchor`` and
+    #: ``chain_sender`` the account the node signs with (the contract's submitter).
+    chain_rpc_url: str = ""
+    chain_contract: str = ""
+    chain_sender: str = ""
+    #: Checkpoints per anchoring transaction, and the longest one waits for its batch.
+    chain_batch_size: int = 128
+    chain_max_delay_s: float = 600.0
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite in the data directory."""
@@ -109,6 +118,8 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "hub.cert_validity_days": (1, 397),
     "hub.device_cache_ttl_s": (0, 60),
     "hub.checkpoint_interval_s": (1, 86400),
+    "hub.chain_batch_size": (1, 512),
+    "hub.chain_max_delay_s": (0, 7 * 86400),
     "agent.interval_s": (0.001, 86400),
     "agent.ack_timeout_s": (0.1, 3600),
     "agent.max_buffered_readings": (1, 100_000_000),

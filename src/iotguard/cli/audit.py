@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from iotguard.audit.chain import ANCHOR_PROOF_FORMAT
 from iotguard.audit.log import TransparencyLog
 from iotguard.audit.monitor import LocalLogSource, LogSource, Monitor
 from iotguard.audit.note import SIG_COSIGNATURE_V1, NoteSigner, NoteVerifier
@@ -31,6 +32,7 @@ from iotguard.audit.verify import (
     verify_inclusion_bundle,
 )
 from iotguard.audit.witness import Witness
+from iotguard.cli.audit_chain import add_verify_options, register_chain, verify_anchor_proof_file
 from iotguard.errors import ConfigError, MalformedError, ProofError
 from iotguard.keys.keystore import KeyKind, KeyStore
 from iotguard.keys.software import SoftwareKeyStore
@@ -148,6 +150,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             for i, event in enumerate(seg.events):
                 print(json.dumps({"index": seg.start + i, **_event_json(event)}, default=str))
         return 0
+    if fmt == ANCHOR_PROOF_FORMAT:
+        return verify_anchor_proof_file(args, raw, key)
     if fmt == INCLUSION_FORMAT:
         event = verify_inclusion_bundle(InclusionBundle.from_dict(json.loads(raw)), key)
         print("OK: entry included in the signed checkpoint")
@@ -307,12 +311,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--output", help="write to this file")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("verify", help="verify an export or inclusion proof offline with only the log key")
-    p.add_argument("file", help="export (audit export) or inclusion proof (audit proof inclusion)")
+    p = sub.add_parser(
+        "verify", help="verify an export, inclusion proof or anchor proof offline with only the log key"
+    )
+    p.add_argument("file", help="export (audit export), inclusion proof (audit proof inclusion) or anchor-proof")
     p.add_argument("--key", required=True, help="the log's verifier key, or @FILE")
     p.add_argument("--trusted", metavar="CHECKPOINT", help="a checkpoint seen earlier; refuse rollback/fork")
     p.add_argument("--show", action="store_true", help="print the verified events")
+    add_verify_options(p)
     p.set_defaults(func=_cmd_verify)
+
+    register_chain(sub, _add_log_options, _open_log)
 
     p = sub.add_parser("monitor", help="follow a live log and alert on any inconsistency")
     _add_log_options(p)

@@ -33,12 +33,14 @@ from web3.exceptions import ContractLogicError, Web3Exception
 from iotguard.audit.anchor import AnchorReceipt
 from iotguard.audit.chain import EVENT_TOPIC, AnchorProof, keccak256, log_id
 from iotguard.audit.note import Checkpoint, parse_note
+from iotguard.config import HubConfig
 from iotguard.errors import ConfigError, ProofError, StorageError
 
 __all__ = [
     "AnchorBatch",
     "ChainAnchor",
     "anchor_contract_artifact",
+    "chain_anchor_from_config",
     "deploy_checkpoint_anchor",
     "export_anchor_proof",
 ]
@@ -338,4 +340,23 @@ def export_anchor_proof(web3: Web3, contract: str, checkpoint: str) -> AnchorPro
         header_rlp=header,
         receipt=_receipt_bytes(receipts[index]),
         receipt_proof=nodes,
+    )
+
+
+def chain_anchor_from_config(hub: HubConfig, web3: Web3 | None = None) -> ChainAnchor | None:
+    """The configured chain anchor, or ``None`` when ``chain_rpc_url`` is empty.
+
+    Raises:
+        ConfigError: an endpoint is set without a contract and sender.
+    """
+    if not hub.chain_rpc_url:
+        return None
+    if not hub.chain_contract or not hub.chain_sender:
+        raise ConfigError("chain anchoring needs hub.chain_contract and hub.chain_sender")
+    return ChainAnchor(
+        web3 or Web3(Web3.HTTPProvider(hub.chain_rpc_url)),
+        hub.chain_contract,
+        hub.chain_sender,
+        batch_size=hub.chain_batch_size,
+        max_delay=timedelta(seconds=hub.chain_max_delay_s),
     )
