@@ -33,6 +33,7 @@ from iotguard.audit.verify import (
 )
 from iotguard.audit.witness import Witness
 from iotguard.cli.audit_chain import add_verify_options, register_chain, verify_anchor_proof_file
+from iotguard.cli.audit_witness import add_listen_options, register_cosign, serve_witness
 from iotguard.errors import ConfigError, MalformedError, ProofError
 from iotguard.keys.keystore import KeyKind, KeyStore
 from iotguard.keys.software import SoftwareKeyStore
@@ -255,6 +256,10 @@ def _cmd_witness_run(args: argparse.Namespace) -> int:
     from iotguard.hub.audit_api import HttpLogSource
 
     witness = _witness(args)
+    if args.listen:
+        return serve_witness(args, witness, [NoteVerifier.from_vkey(_read_arg(k)) for k in args.log_key])
+    if not args.url:
+        raise ConfigError("witness run needs --listen (serve tlog-witness) or --url (poll a hub)")
     source = HttpLogSource(args.url, args.token)
     while True:
         status = 0
@@ -322,6 +327,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_cmd_verify)
 
     register_chain(sub, _add_log_options, _open_log)
+    register_cosign(sub, _add_log_options, _open_log)
 
     p = sub.add_parser("monitor", help="follow a live log and alert on any inconsistency")
     _add_log_options(p)
@@ -340,7 +346,7 @@ def register(subparsers: Any) -> None:
     for name, func, text in (
         ("init", _cmd_witness_init, "create the witness key and print its verifier key"),
         ("cosign", _cmd_witness_cosign, "verify and cosign one checkpoint file"),
-        ("run", _cmd_witness_run, "poll a hub's log and cosign each consistent checkpoint"),
+        ("run", _cmd_witness_run, "serve tlog-witness over HTTPS (--listen), or poll a hub's log (--url)"),
     ):
         p = wsub.add_parser(name, help=text)
         p.add_argument("--state", required=True, metavar="DIR", help="witness state directory (key, heads)")
@@ -353,7 +359,8 @@ def register(subparsers: Any) -> None:
             p.add_argument("--checkpoint", required=True, metavar="FILE")
             p.add_argument("--proof", metavar="FILE", help="consistency proof JSON (audit proof consistency)")
         if name == "run":
-            p.add_argument("--url", required=True)
+            add_listen_options(p)
+            p.add_argument("--url", help="poll this hub's log instead of serving")
             p.add_argument("--token")
             p.add_argument("--interval", type=float, default=30.0)
             p.add_argument("--once", action="store_true")
