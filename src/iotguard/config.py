@@ -70,6 +70,11 @@ class HubConfig:
     #: Checkpoints per anchoring transaction, and the longest one waits for its batch.
     chain_batch_size: int = 128
     chain_max_delay_s: float = 600.0
+    #: Refuse enrollment unless the device's chain of custody (manufacturer,
+    #: distributor, installer, operator, each signing) is logged and verifies
+    #: against the parties in ``custody_parties_file`` (JSON).
+    custody_required: bool = False
+    custody_parties_file: str = ""
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite in the data directory."""

@@ -32,6 +32,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotguard.cli.privacy",
     "iotguard.cli.puf",
     "iotguard.cli.audit",
+    "iotguard.cli.custody",
 )
 
 

@@ -18,12 +18,14 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from iotguard.audit import AuditEvent, AuditSink, EventType
+from iotguard.audit.custody import CustodyCheck
 from iotguard.audit.provenance import manufacturing_record
 from iotguard.channel import SessionKeys, split_session_keys
 from iotguard.clock import Clock, SystemClock
 from iotguard.config import HubConfig
 from iotguard.crypto import get_suite
 from iotguard.errors import (
+    CustodyError,
     EnrollmentError,
     IntegrityError,
     MalformedError,
@@ -74,8 +76,10 @@ class FleetRegistry:
     """Device lifecycle on the hub, plus the cache ingest reads devices through."""
 
     def __init__(self, store: HubStore, keystore: KeyStore, cfg: HubConfig, clock: Clock | None = None,
-                 *, audit: AuditSink | None = None) -> None:
+                 *, audit: AuditSink | None = None, custody: CustodyCheck | None = None) -> None:
         self.store = store
+        #: Verifies the device's chain of custody at enrollment (``hub.custody_required``).
+        self.custody = custody
         self.keystore = keystore
         self.cfg = cfg
         self.clock = clock or SystemClock()
@@ -278,6 +282,12 @@ class FleetRegistry:
         except IntegrityError:
             self._auth_failed(device_id, "bad_proof")
             raise EnrollmentError("proof of possession failed") from None
+        if self.custody is not None:
+            try:
+                self.custody.check(device_id, identity_pk)
+            except CustodyError as exc:
+                self._auth_failed(device_id, exc.reason)
+                raise
         suite = negotiate_suite(suites, self.cfg.allowed_suites)
         device = self.store.get_device(device_id)
         now = self.clock.now()
