@@ -244,7 +244,9 @@ def build_hub_core(cfg: HubConfig, *, clock: Clock | None = None, database_url: 
         else:
             admin.propose_and_activate(default_policy_set(), author="iotguard-hub",
                                        comment="shipped default policies", engine=policy)
-    registry = FleetRegistry(store, keystore, cfg, clock, audit=audit)
+    from iotguard.hub.custody_gate import custody_gate_from_config
+
+    registry = FleetRegistry(store, keystore, cfg, clock, audit=audit, custody=custody_gate_from_config(cfg, audit))
     processor = IngestProcessor(store, registry, cfg, clock=clock, audit=audit)
     privacy = PrivacyStore(store.engine, audit=audit, keystore=keystore)
     consent_pushers: list[Callable[[str], int]] = []
@@ -265,9 +267,11 @@ def build_hub_core(cfg: HubConfig, *, clock: Clock | None = None, database_url: 
     anchors_dir = Path(cfg.data_dir) / "anchors"
     anchors_dir.mkdir(exist_ok=True)
     from iotguard.hub.audit_store import FileAnchor
+    from iotguard.hub.chain_anchor import chain_anchor_from_config
 
+    chain = chain_anchor_from_config(cfg)
     schedule = CheckpointSchedule(audit, timedelta(seconds=cfg.checkpoint_interval_s),
-                                  [FileAnchor(anchors_dir / "checkpoints.log")])
+                                  [FileAnchor(anchors_dir / "checkpoints.log"), *([chain] if chain else [])])
     core = HubCore(cfg, clock, store, keystore, audit, posture, policy, admin, registry, processor, app, schedule,
                    privacy)
     consent_pushers.append(core.push_consent)
