@@ -70,6 +70,8 @@ class HubConfig:
     #: Checkpoints per anchoring transaction, and the longest one waits for its batch.
     chain_batch_size: int = 128
     chain_max_delay_s: float = 600.0
+    #: Block the contract was deployed in (event lookups start there).
+    chain_from_block: int = 0
     #: Refuse enrollment unless the device's chain of custody (manufacturer,
     #: distributor, installer, operator, each signing) is logged and verifies
     #: against the parties in ``custody_parties_file`` (JSON).
@@ -125,6 +127,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "hub.checkpoint_interval_s": (1, 86400),
     "hub.chain_batch_size": (1, 512),
     "hub.chain_max_delay_s": (0, 7 * 86400),
+    "hub.chain_from_block": (0, 1 << 62),
     "agent.interval_s": (0.001, 86400),
     "agent.ack_timeout_s": (0.1, 3600),
     "agent.max_buffered_readings": (1, 100_000_000),

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from eth_tester import EthereumTester
 from eth_tester.exceptions import TransactionFailed
 from web3 import EthereumTesterProvider, Web3
 
@@ -66,6 +67,13 @@ def _wire(value: Any) -> Any:
 @contextmanager
 def evm_rpc() -> Iterator[str]:
     """Start a fresh chain; yield its JSON-RPC URL."""
+    with evm_chain() as (url, _):
+        yield url
+
+
+@contextmanager
+def evm_chain() -> Iterator[tuple[str, EthereumTester]]:
+    """Start a fresh chain; yield its JSON-RPC URL and the tester (to stop and start mining)."""
     w3 = Web3(EthereumTesterProvider())
     call = w3.provider.request_func(w3, w3.middleware_onion)
     chain = w3.provider.ethereum_tester.backend.chain
@@ -83,7 +91,7 @@ def evm_rpc() -> Iterator[str]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://127.0.0.1:{server.server_address[1]}", w3.provider.ethereum_tester
     finally:
         server.shutdown()
         server.server_close()

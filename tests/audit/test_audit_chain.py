@@ -33,7 +33,7 @@ from iotguard.hub.chain_anchor import (
 )
 from iotguard.keys.keystore import KeyKind
 from iotguard.keys.software import SoftwareKeyStore
-from tests.audit.evm_rpc import evm_rpc
+from tests.audit.evm_rpc import evm_chain, evm_rpc
 
 T0 = datetime(2026, 7, 1, tzinfo=UTC)
 REPO = Path(__file__).resolve().parents[2]
@@ -256,3 +256,24 @@ def test_schedule_anchors_on_chain(tmp_path: Path, chain: tuple[Web3, str, str])
         result = schedule.tick(T0 + timedelta(minutes=i))
         assert result.checkpoint is not None and not result.failures
     assert [b.sizes for b in anchor.batches] == [(1, 2), (3, 4)]
+
+
+def test_slow_chain_does_not_block_anchoring(tmp_path: Path) -> None:
+    """A transaction not yet mined leaves the hub's loop free; later calls pick the receipt up."""
+    with evm_chain() as (url, tester):
+        web3 = Web3(Web3.HTTPProvider(url))
+        sender = web3.eth.accounts[0]
+        contract = deploy_checkpoint_anchor(web3, sender)
+        tester.disable_auto_mine_transactions()
+        log = make_log(tmp_path)
+        anchor = ChainAnchor(web3, contract, sender, batch_size=1)
+        first = anchor.anchor(grow(log, 2), T0)
+        assert first.reference.startswith("sent:0x") and anchor.in_flight == 1 and anchor.batches == []
+        # While it is in flight, newer checkpoints queue instead of racing it with a second transaction.
+        assert anchor.anchor(grow(log, 1, "q"), T0).reference == "pending" and anchor.pending == 1
+        tester.mine_blocks(1)
+        anchor.anchor(grow(log, 1, "r"), T0)  # picks up the receipt, sends sizes 3 and 4 together
+        assert anchor.batches[0].sizes == (2,) and anchor.in_flight == 2
+        tester.mine_blocks(1)
+        assert anchor.flush() is not None and anchor.batches[1].sizes == (3, 4)
+        anchor.verify(first, log.checkpoint_at(2) or "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,9 @@ def _cmd_submit(args: argparse.Namespace, open_log: Callable[..., Any]) -> int:
     note = log.publish_checkpoint(datetime.now(tz=UTC))
     anchor = ChainAnchor(_web3(rpc), contract, sender, batch_size=1)
     receipt = anchor.anchor(note, datetime.now(tz=UTC))
+    if anchor.in_flight:
+        anchor.flush(wait=args.wait)
+        receipt = replace(receipt, reference="0x" + anchor.batches[-1].tx_hash.hex()) if anchor.batches else receipt
     if args.output:
         Path(args.output).write_text(note)
     gas = anchor.batches[-1].gas_used if anchor.batches else 0
@@ -72,7 +76,7 @@ def _cmd_proof(args: argparse.Namespace) -> int:
     rpc, contract, _ = _chain_settings(args)
     if not contract:
         raise ConfigError("no contract: pass --contract or set hub.chain_contract")
-    proof = export_anchor_proof(_web3(rpc), contract, Path(args.checkpoint).read_text())
+    proof = export_anchor_proof(_web3(rpc), contract, Path(args.checkpoint).read_text(), from_block=args.from_block)
     text = proof.to_json()
     if args.output:
         Path(args.output).write_text(text)
@@ -142,6 +146,7 @@ def register_chain(sub: Any, add_log_options: Callable[[argparse.ArgumentParser]
     p.add_argument("--rpc")
     p.add_argument("--contract")
     p.add_argument("--sender")
+    p.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the transaction to be mined")
     p.add_argument("-o", "--output", help="write the anchored checkpoint to this file")
     p.set_defaults(func=lambda a: _cmd_submit(a, open_log))
 
@@ -150,5 +155,6 @@ def register_chain(sub: Any, add_log_options: Callable[[argparse.ArgumentParser]
     p.add_argument("--config", metavar="PATH")
     p.add_argument("--rpc")
     p.add_argument("--contract")
+    p.add_argument("--from-block", type=int, default=0, help="the contract's deployment block")
     p.add_argument("-o", "--output", help="write to this file")
     p.set_defaults(func=_cmd_proof)

@@ -28,7 +28,7 @@ from eth_bloom.bloom import BloomFilter
 from hexbytes import HexBytes
 from trie.hexary import HexaryTrie
 from web3 import Web3
-from web3.exceptions import ContractLogicError, Web3Exception
+from web3.exceptions import ContractLogicError, TransactionNotFound, Web3Exception
 
 from iotguard.audit.anchor import AnchorReceipt
 from iotguard.audit.chain import EVENT_TOPIC, AnchorProof, keccak256, log_id
@@ -108,6 +108,18 @@ class _Pending:
     heads: list[tuple[int, bytes]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _InFlight:
+    tx_hash: bytes
+    origin: str
+    since: datetime
+    heads: list[tuple[int, bytes]]
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(h[0] for h in self.heads)
+
+
 class ChainAnchor:
     """Anchors checkpoints in the ``CheckpointAnchor`` contract.
 
@@ -117,6 +129,8 @@ class ChainAnchor:
         sender: The account the node signs with; it must be the contract's submitter.
         batch_size: Checkpoints per transaction (1 = one transaction each).
         max_delay: Longest a checkpoint waits for its batch to fill.
+        from_block: Where event lookups start (the deployment block; public
+            endpoints limit the block range of a log query).
 
     Raises:
         ConfigError: a limit is out of range or the address is malformed.
@@ -130,6 +144,7 @@ class ChainAnchor:
         *,
         batch_size: int = 128,
         max_delay: timedelta = timedelta(minutes=10),
+        from_block: int = 0,
     ) -> None:
         if not 1 <= batch_size <= MAX_BATCH:
             raise ConfigError(f"chain batch size must be 1..{MAX_BATCH}")
@@ -143,7 +158,9 @@ class ChainAnchor:
         self._contract = web3.eth.contract(address=self._address, abi=anchor_contract_artifact()["abi"])
         self._batch_size = batch_size
         self._max_delay = max_delay
+        self._from_block = from_block
         self._pending: _Pending | None = None
+        self._inflight: _InFlight | None = None
         self._chain_id: int | None = None
         self.batches: list[AnchorBatch] = []
 
@@ -163,16 +180,28 @@ class ChainAnchor:
         """Checkpoints queued for the next transaction."""
         return len(self._pending.heads) if self._pending else 0
 
+    @property
+    def in_flight(self) -> int:
+        """Checkpoints in a sent transaction that is not mined yet."""
+        return len(self._inflight.heads) if self._inflight else 0
+
     def anchor(self, checkpoint: str, now: datetime) -> AnchorReceipt:
         """Queue a checkpoint; send the batch when it is full or old enough.
 
+        Never waits for a block: a sent transaction is checked (without
+        blocking) on later calls, so a slow chain does not stall the hub's
+        maintenance loop.
+
         Returns:
-            A receipt whose reference is the transaction hash, or ``pending``.
+            A receipt whose reference is the mined transaction's hash,
+            ``sent:<hash>`` while it is not mined yet, or ``pending``.
 
         Raises:
-            StorageError: the batch transaction failed (it stays queued).
+            StorageError: a transaction could not be sent, or reverted (its
+                checkpoints are queued again).
         """
         cp = _checkpoint(checkpoint)
+        self._poll()
         if self._pending is not None and self._pending.origin != cp.origin:
             self.flush()
         if self._pending is None:
@@ -183,59 +212,79 @@ class ChainAnchor:
         reference = "pending"
         if len(heads) >= self._batch_size or now - self._pending.since >= self._max_delay:
             batch = self.flush()
-            if batch is not None:
+            if batch is not None and cp.size in batch.sizes:
                 reference = "0x" + batch.tx_hash.hex()
+            elif self._inflight is not None and cp.size in self._inflight.sizes:
+                reference = "sent:0x" + self._inflight.tx_hash.hex()
         return AnchorReceipt(self.name, cp.origin, cp.size, cp.root, reference)
 
-    def flush(self) -> AnchorBatch | None:
-        """Send every queued checkpoint now, in one transaction.
+    def _poll(self) -> AnchorBatch | None:
+        inflight = self._inflight
+        if inflight is None:
+            return None
+        try:
+            receipt = self._web3.eth.get_transaction_receipt(HexBytes(inflight.tx_hash))
+        except TransactionNotFound:
+            return None
+        except (Web3Exception, OSError) as exc:
+            raise StorageError(f"chain query failed: {type(exc).__name__}") from None
+        self._inflight = None
+        if receipt["status"] != 1:
+            queued = self._pending.heads if self._pending is not None else []
+            heads = [*inflight.heads, *(h for h in queued if h[0] > inflight.heads[-1][0])]
+            self._pending = _Pending(inflight.origin, inflight.since, heads)
+            raise StorageError("anchoring transaction reverted; its checkpoints are queued again")
+        batch = AnchorBatch(inflight.tx_hash, int(receipt["blockNumber"]), int(receipt["gasUsed"]), inflight.sizes)
+        self.batches.append(batch)
+        return batch
+
+    def flush(self, *, wait: float = 0.0) -> AnchorBatch | None:
+        """Send every queued checkpoint in one transaction (unless one is still in flight).
+
+        Args:
+            wait: Seconds to wait for the transaction to be mined (0: do not wait).
+
+        Returns:
+            The batch that was confirmed during this call, if any.
 
         Raises:
-            StorageError: the transaction failed or reverted (the queue is kept).
+            StorageError: the transaction could not be sent or reverted.
         """
-        pending = self._pending
-        if pending is None:
-            return None
+        batch = self._poll()
+        if self._inflight is None and self._pending is not None:
+            self._send(self._pending)
+            batch = self._poll() or batch
+        if self._inflight is not None and wait > 0:
+            try:
+                self._web3.eth.wait_for_transaction_receipt(HexBytes(self._inflight.tx_hash), timeout=wait)
+            except (Web3Exception, OSError) as exc:
+                raise StorageError(f"anchoring transaction not mined: {type(exc).__name__}") from None
+            batch = self._poll() or batch
+        return batch
+
+    def _send(self, pending: _Pending) -> None:
         lid = log_id(pending.origin)
         try:
             last = int(self._contract.functions.latestHead(lid).call()[0])
             heads = [h for h in pending.heads if h[0] > last]
             if not heads:
                 self._pending = None
-                return None
+                return
             if len(heads) == 1:
                 call = self._contract.functions.anchor(lid, heads[0][0], heads[0][1])
             else:
                 call = self._contract.functions.anchorBatch(lid, [h[0] for h in heads], [h[1] for h in heads])
             tx = call.transact({"from": self._sender})
-            receipt = self._web3.eth.wait_for_transaction_receipt(tx)
         except ContractLogicError as exc:
             raise StorageError(f"anchor contract refused the batch: {exc.message}") from None
         except (Web3Exception, OSError) as exc:
             raise StorageError(f"chain anchoring failed: {type(exc).__name__}") from None
-        if receipt["status"] != 1:
-            raise StorageError("anchoring transaction reverted")
+        self._inflight = _InFlight(bytes(tx), pending.origin, pending.since, heads)
         self._pending = None
-        batch = AnchorBatch(bytes(receipt["transactionHash"]), int(receipt["blockNumber"]),
-                            int(receipt["gasUsed"]), tuple(h[0] for h in heads))
-        self.batches.append(batch)
-        return batch
 
     def anchored_root(self, origin: str, size: int) -> tuple[bytes, dict[str, Any]] | None:
         """The root the chain holds for ``(origin, size)`` and its event, if anchored."""
-        topics: list[Any] = [
-            "0x" + EVENT_TOPIC.hex(), "0x" + log_id(origin).hex(), "0x" + size.to_bytes(32, "big").hex(),
-        ]
-        try:
-            found = self._web3.eth.get_logs(
-                {"address": self._address, "fromBlock": 0, "toBlock": "latest", "topics": topics}
-            )
-        except (Web3Exception, OSError) as exc:
-            raise StorageError(f"chain query failed: {type(exc).__name__}") from None
-        if not found:
-            return None
-        event: dict[str, Any] = dict(found[0])
-        return bytes(event["data"]), event
+        return _find_event(self._web3, self._address, origin, size, self._from_block)
 
     def verify(self, receipt: AnchorReceipt, checkpoint: str) -> None:
         """Check the chain holds exactly this checkpoint's root for its size.
@@ -257,6 +306,25 @@ class ChainAnchor:
         """The newest head anchored for a log: size, root, block number."""
         size, root, block = self._contract.functions.latestHead(log_id(origin)).call()
         return int(size), bytes(root), int(block)
+
+
+def _find_event(
+    web3: Web3, address: str, origin: str, size: int, from_block: int
+) -> tuple[bytes, dict[str, Any]] | None:
+    topics: list[Any] = [
+        "0x" + EVENT_TOPIC.hex(), "0x" + log_id(origin).hex(), "0x" + size.to_bytes(32, "big").hex(),
+    ]
+    try:
+        found = web3.eth.get_logs(
+            {"address": Web3.to_checksum_address(address), "fromBlock": from_block, "toBlock": "latest",
+             "topics": topics}
+        )
+    except (Web3Exception, OSError) as exc:
+        raise StorageError(f"chain query failed: {type(exc).__name__}") from None
+    if not found:
+        return None
+    event: dict[str, Any] = dict(found[0])
+    return bytes(event["data"]), event
 
 
 def _receipt_bytes(receipt: Any) -> bytes:
@@ -297,7 +365,7 @@ def _header_rlp(block: Any) -> bytes:
     return bytes(rlp.encode(fields))
 
 
-def export_anchor_proof(web3: Web3, contract: str, checkpoint: str) -> AnchorProof:
+def export_anchor_proof(web3: Web3, contract: str, checkpoint: str, *, from_block: int = 0) -> AnchorProof:
     """Build the offline proof that ``checkpoint`` is anchored.
 
     Raises:
@@ -306,8 +374,9 @@ def export_anchor_proof(web3: Web3, contract: str, checkpoint: str) -> AnchorPro
         StorageError: the endpoint could not be queried.
     """
     cp = _checkpoint(checkpoint)
-    anchor = ChainAnchor(web3, contract, contract)
-    found = anchor.anchored_root(cp.origin, cp.size)
+    if not Web3.is_address(contract):
+        raise ConfigError("chain contract must be an address")
+    found = _find_event(web3, contract, cp.origin, cp.size, from_block)
     if found is None:
         raise ProofError("checkpoint is not anchored on chain")
     if found[0] != cp.root:
@@ -331,7 +400,7 @@ def export_anchor_proof(web3: Web3, contract: str, checkpoint: str) -> AnchorPro
     nodes = tuple(rlp.encode(n) for n in receipt_trie.get_proof(rlp.encode(index)))  # type: ignore[no-untyped-call]
     return AnchorProof(
         checkpoint=checkpoint,
-        chain_id=anchor.chain_id,
+        chain_id=int(web3.eth.chain_id),
         contract=Web3.to_checksum_address(contract),
         tx_hash=bytes(event["transactionHash"]),
         tx_index=index,
@@ -359,4 +428,5 @@ def chain_anchor_from_config(hub: HubConfig, web3: Web3 | None = None) -> ChainA
         hub.chain_sender,
         batch_size=hub.chain_batch_size,
         max_delay=timedelta(seconds=hub.chain_max_delay_s),
+        from_block=hub.chain_from_block,
     )
