@@ -72,8 +72,14 @@ def evm_rpc() -> Iterator[str]:
 
 
 @contextmanager
-def evm_chain() -> Iterator[tuple[str, EthereumTester]]:
-    """Start a fresh chain; yield its JSON-RPC URL and the tester (to stop and start mining)."""
+def evm_chain(block_time: float | None = None) -> Iterator[tuple[str, EthereumTester]]:
+    """Start a fresh chain; yield its JSON-RPC URL and the tester (to stop and start mining).
+
+    Args:
+        block_time: Mine a block every this many seconds, like a real chain
+            (transactions wait in the pool); ``None`` mines each transaction
+            as it is sent.
+    """
     w3 = Web3(EthereumTesterProvider())
     call = w3.provider.request_func(w3, w3.middleware_onion)
     chain = w3.provider.ethereum_tester.backend.chain
@@ -82,16 +88,29 @@ def evm_chain() -> Iterator[tuple[str, EthereumTester]]:
         # eth-tester reports 32 zero bytes where py-evm's header holds none; a node reports the header.
         return bytes(chain.get_canonical_block_header_by_number(int(number, 16)).extra_data).hex()
 
+    lock = threading.Lock()
     handler = type(
         "Handler",
         (_Handler,),
-        {"call": staticmethod(call), "extra_data": staticmethod(extra_data), "lock": threading.Lock()},
+        {"call": staticmethod(call), "extra_data": staticmethod(extra_data), "lock": lock},
     )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    stop = threading.Event()
+    if block_time is not None:
+        tester = w3.provider.ethereum_tester
+        tester.disable_auto_mine_transactions()
+
+        def mine() -> None:
+            while not stop.wait(block_time):
+                with lock:
+                    tester.mine_blocks(1)
+
+        threading.Thread(target=mine, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", w3.provider.ethereum_tester
     finally:
+        stop.set()
         server.shutdown()
         server.server_close()

@@ -158,3 +158,24 @@ def test_split_view_with_two_witnesses_is_caught(keys: SoftwareKeyStore, tmp_pat
     assert [(o.ok, o.reason) for o in one.outcomes] == [(True, "cosigned"), (False, AlertKind.SPLIT_VIEW)]
     assert one.split_view
     assert detect_split_view([seen_a.note, seen_a.note], honest.verifier) == []
+
+
+def test_witness_app_limits_bodies_keeps_notes_and_records_alerts(keys: SoftwareKeyStore, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from iotguard.hub.witness_server import latest_cosigned, make_witness_app
+
+    honest, fork = new_log(keys), new_log(keys)
+    w = make_witness(keys, tmp_path, "w1", honest.verifier)
+    state = tmp_path / "w1-state"
+    state.mkdir()
+    client = TestClient(make_witness_app(w, [honest.verifier], state, clock=lambda: T0))
+    assert client.post("/add-checkpoint", content=b"x" * (MAX_REQUEST_BYTES + 1)).status_code == 413
+    note = grow(honest, 3, "a")
+    ok = client.post("/add-checkpoint", content=encode_add_checkpoint(0, [], note))
+    assert ok.status_code == 200
+    assert latest_cosigned(state, honest.verifier) == note + ok.text
+    split = client.post("/add-checkpoint", content=encode_add_checkpoint(3, [], grow(fork, 3, "b")))
+    assert split.status_code == 409 and split.text == "3\n"
+    assert split.headers["content-type"].startswith("text/x.tlog.size")
+    assert '"split_view"' in (state / "alerts.jsonl").read_text()
