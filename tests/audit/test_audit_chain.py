@@ -272,8 +272,9 @@ def test_slow_chain_does_not_block_anchoring(tmp_path: Path) -> None:
         # While it is in flight, newer checkpoints queue instead of racing it with a second transaction.
         assert anchor.anchor(grow(log, 1, "q"), T0).reference == "pending" and anchor.pending == 1
         tester.mine_blocks(1)
-        anchor.anchor(grow(log, 1, "r"), T0)  # picks up the receipt, sends sizes 3 and 4 together
-        assert anchor.batches[0].sizes == (2,) and anchor.in_flight == 2
+        assert anchor.anchor(grow(log, 1, "r"), T0).reference == "pending"  # polls at most once a second
+        anchor.anchor(grow(log, 1, "s"), T0 + timedelta(seconds=2))  # picks up the receipt, sends 3..5 together
+        assert anchor.batches[0].sizes == (2,) and anchor.in_flight == 3
         tester.mine_blocks(1)
-        assert anchor.flush() is not None and anchor.batches[1].sizes == (3, 4)
+        assert anchor.flush() is not None and anchor.batches[1].sizes == (3, 4, 5)
         anchor.verify(first, log.checkpoint_at(2) or "")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 
@@ -114,6 +114,7 @@ class _InFlight:
     origin: str
     since: datetime
     heads: list[tuple[int, bytes]]
+    sent_at: datetime
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -131,6 +132,8 @@ class ChainAnchor:
         max_delay: Longest a checkpoint waits for its batch to fill.
         from_block: Where event lookups start (the deployment block; public
             endpoints limit the block range of a log query).
+        poll_interval: How often :meth:`anchor` asks whether a sent
+            transaction was mined.
 
     Raises:
         ConfigError: a limit is out of range or the address is malformed.
@@ -145,6 +148,7 @@ class ChainAnchor:
         batch_size: int = 128,
         max_delay: timedelta = timedelta(minutes=10),
         from_block: int = 0,
+        poll_interval: timedelta = timedelta(seconds=1),
     ) -> None:
         if not 1 <= batch_size <= MAX_BATCH:
             raise ConfigError(f"chain batch size must be 1..{MAX_BATCH}")
@@ -161,6 +165,9 @@ class ChainAnchor:
         self._from_block = from_block
         self._pending: _Pending | None = None
         self._inflight: _InFlight | None = None
+        #: Last size known anchored per origin (from the chain once, then from our own receipts).
+        self._anchored: dict[str, int] = {}
+        self._poll_interval = poll_interval
         self._chain_id: int | None = None
         self.batches: list[AnchorBatch] = []
 
@@ -201,9 +208,9 @@ class ChainAnchor:
                 checkpoints are queued again).
         """
         cp = _checkpoint(checkpoint)
-        self._poll()
+        self._poll(now)
         if self._pending is not None and self._pending.origin != cp.origin:
-            self.flush()
+            self.flush(now=now)
         if self._pending is None:
             self._pending = _Pending(cp.origin, now)
         heads = self._pending.heads
@@ -211,16 +218,17 @@ class ChainAnchor:
             heads.append((cp.size, cp.root))
         reference = "pending"
         if len(heads) >= self._batch_size or now - self._pending.since >= self._max_delay:
-            batch = self.flush()
+            batch = self.flush(now=now)
             if batch is not None and cp.size in batch.sizes:
                 reference = "0x" + batch.tx_hash.hex()
             elif self._inflight is not None and cp.size in self._inflight.sizes:
                 reference = "sent:0x" + self._inflight.tx_hash.hex()
         return AnchorReceipt(self.name, cp.origin, cp.size, cp.root, reference)
 
-    def _poll(self) -> AnchorBatch | None:
+    def _poll(self, now: datetime | None = None) -> AnchorBatch | None:
+        """Check the transaction in flight (at most once per ``poll_interval`` when ``now`` is given)."""
         inflight = self._inflight
-        if inflight is None:
+        if inflight is None or (now is not None and now - inflight.sent_at < self._poll_interval):
             return None
         try:
             receipt = self._web3.eth.get_transaction_receipt(HexBytes(inflight.tx_hash))
@@ -230,19 +238,22 @@ class ChainAnchor:
             raise StorageError(f"chain query failed: {type(exc).__name__}") from None
         self._inflight = None
         if receipt["status"] != 1:
+            self._anchored.pop(inflight.origin, None)
             queued = self._pending.heads if self._pending is not None else []
             heads = [*inflight.heads, *(h for h in queued if h[0] > inflight.heads[-1][0])]
             self._pending = _Pending(inflight.origin, inflight.since, heads)
             raise StorageError("anchoring transaction reverted; its checkpoints are queued again")
         batch = AnchorBatch(inflight.tx_hash, int(receipt["blockNumber"]), int(receipt["gasUsed"]), inflight.sizes)
+        self._anchored[inflight.origin] = inflight.heads[-1][0]
         self.batches.append(batch)
         return batch
 
-    def flush(self, *, wait: float = 0.0) -> AnchorBatch | None:
+    def flush(self, *, wait: float = 0.0, now: datetime | None = None) -> AnchorBatch | None:
         """Send every queued checkpoint in one transaction (unless one is still in flight).
 
         Args:
             wait: Seconds to wait for the transaction to be mined (0: do not wait).
+            now: Sending time (default: the system clock).
 
         Returns:
             The batch that was confirmed during this call, if any.
@@ -250,9 +261,9 @@ class ChainAnchor:
         Raises:
             StorageError: the transaction could not be sent or reverted.
         """
-        batch = self._poll()
+        batch = self._poll(now)
         if self._inflight is None and self._pending is not None:
-            self._send(self._pending)
+            self._send(self._pending, now or datetime.now(tz=UTC))
             batch = self._poll() or batch
         if self._inflight is not None and wait > 0:
             try:
@@ -262,10 +273,13 @@ class ChainAnchor:
             batch = self._poll() or batch
         return batch
 
-    def _send(self, pending: _Pending) -> None:
+    def _send(self, pending: _Pending, now: datetime) -> None:
         lid = log_id(pending.origin)
         try:
-            last = int(self._contract.functions.latestHead(lid).call()[0])
+            last = self._anchored.get(pending.origin)
+            if last is None:  # first send, or after a failure: ask the chain (a restarted hub re-queues)
+                last = int(self._contract.functions.latestHead(lid).call()[0])
+                self._anchored[pending.origin] = last
             heads = [h for h in pending.heads if h[0] > last]
             if not heads:
                 self._pending = None
@@ -276,10 +290,12 @@ class ChainAnchor:
                 call = self._contract.functions.anchorBatch(lid, [h[0] for h in heads], [h[1] for h in heads])
             tx = call.transact({"from": self._sender})
         except ContractLogicError as exc:
+            self._anchored.pop(pending.origin, None)
             raise StorageError(f"anchor contract refused the batch: {exc.message}") from None
         except (Web3Exception, OSError) as exc:
+            self._anchored.pop(pending.origin, None)
             raise StorageError(f"chain anchoring failed: {type(exc).__name__}") from None
-        self._inflight = _InFlight(bytes(tx), pending.origin, pending.since, heads)
+        self._inflight = _InFlight(bytes(tx), pending.origin, pending.since, heads, now)
         self._pending = None
 
     def anchored_root(self, origin: str, size: int) -> tuple[bytes, dict[str, Any]] | None:
