@@ -115,8 +115,13 @@ def test_two_witnesses_cosign_over_https_and_catch_a_split_view(
     # Split view: the operator forks the log (same key, same size 20, another history) and shows
     # the fork to witness 2 only. The witness refuses it, raises an alert, and no quorum forms.
     forked = hub_log(tmp_path, "forked", 20)
+    capsys.readouterr()
     with pytest.raises(ProofError, match="not final"):
         run("audit", "cosign", *forked, *cosign_args(witnesses[1:]), "--quorum", "1")
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["alert"] == AlertKind.SPLIT_VIEW
+    forked_log = open_audit_log(make_engine(forked[1]), SoftwareKeyStore(tmp_path / "hub-keys"), ORIGIN)
+    reported = [AuditEvent.from_cbor(e) for e in forked_log.entries(20, forked_log.size())]
+    assert [e.type for e in reported] == ["log.split_view_reported"]
     alerts = [json.loads(line) for line in (witnesses[1][2] / "alerts.jsonl").read_text().splitlines()]
     assert alerts and alerts[0]["alert"] == AlertKind.SPLIT_VIEW
     # Had witness 2 seen the fork first, comparing what the two witnesses cosigned exposes it.

@@ -22,6 +22,7 @@ from iotguard.audit import (
 from iotguard.audit.monitor import AlertKind
 from iotguard.audit.witness_protocol import (
     MAX_REQUEST_BYTES,
+    QuorumNotMet,
     collect_cosignatures,
     detect_split_view,
     encode_add_checkpoint,
@@ -152,8 +153,9 @@ def test_split_view_with_two_witnesses_is_caught(keys: SoftwareKeyStore, tmp_pat
     answer = handle_add_checkpoint(w2, [honest.verifier], encode_add_checkpoint(10, [], note_a), T0)
     assert answer.status == 409 and answer.alert is not None and answer.alert.kind == AlertKind.SPLIT_VIEW
     both = [LocalEndpoint(w1, honest), LocalEndpoint(w2, honest)]
-    with pytest.raises(ProofError, match="not final"):
+    with pytest.raises(QuorumNotMet, match="not final") as exc:
         collect_cosignatures(note_a, honest.verifier, both, 2, {})
+    assert exc.value.split_view
     one = collect_cosignatures(note_a, honest.verifier, both, 1, {})
     assert [(o.ok, o.reason) for o in one.outcomes] == [(True, "cosigned"), (False, AlertKind.SPLIT_VIEW)]
     assert one.split_view

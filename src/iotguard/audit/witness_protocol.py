@@ -57,6 +57,7 @@ __all__ = [
     "AddCheckpointRequest",
     "CosignOutcome",
     "CosignedCheckpoint",
+    "QuorumNotMet",
     "WitnessEndpoint",
     "WitnessResponse",
     "collect_cosignatures",
@@ -221,6 +222,19 @@ class CosignedCheckpoint:
         return any(o.reason == AlertKind.SPLIT_VIEW for o in self.outcomes)
 
 
+class QuorumNotMet(ProofError):
+    """Too few witnesses cosigned; ``outcomes`` says why each one did not (e.g. ``split_view``)."""
+
+    def __init__(self, message: str, outcomes: tuple[CosignOutcome, ...]) -> None:
+        super().__init__(message)
+        self.outcomes = outcomes
+
+    @property
+    def split_view(self) -> bool:
+        """A witness refused because it cosigned another root for this size."""
+        return any(o.reason == AlertKind.SPLIT_VIEW for o in self.outcomes)
+
+
 def _parse_cosignature(body: str, text: str, witness: NoteVerifier) -> NoteSignature:
     note = parse_note(text + "\n" + body)
     for sig in note.signatures:
@@ -251,7 +265,8 @@ def collect_cosignatures(
         The note with every verified cosignature added.
 
     Raises:
-        ProofError: fewer than ``quorum`` witnesses cosigned: not final.
+        QuorumNotMet: fewer than ``quorum`` witnesses cosigned: not final.
+        ProofError: the checkpoint itself does not verify, or a bad quorum.
     """
     if not 1 <= quorum <= len(witnesses):
         raise ProofError("quorum must be between 1 and the number of witnesses")
@@ -282,7 +297,9 @@ def collect_cosignatures(
         except IotGuardError as exc:
             outcomes.append(CosignOutcome(name, False, exc.code))
     if len(names) < quorum:
-        raise ProofError(f"only {len(names)} of {quorum} required witnesses cosigned; checkpoint is not final")
+        raise QuorumNotMet(
+            f"only {len(names)} of {quorum} required witnesses cosigned; checkpoint is not final", tuple(outcomes)
+        )
     return CosignedCheckpoint(add_signatures(checkpoint, sigs), tuple(names), tuple(outcomes))
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from iotguard.audit.events import AuditEvent
+from iotguard.audit.monitor import AlertKind
 from iotguard.audit.note import NoteVerifier
 from iotguard.audit.witness import Witness
-from iotguard.audit.witness_protocol import collect_cosignatures
+from iotguard.audit.witness_protocol import CosignOutcome, QuorumNotMet, collect_cosignatures
 from iotguard.errors import ConfigError
 
 __all__ = ["add_listen_options", "register_cosign", "serve_witness"]
@@ -75,14 +78,30 @@ def _cmd_cosign(args: argparse.Namespace, open_log: Callable[..., Any]) -> int:
     sizes: dict[str, int] = json.loads(sizes_path.read_text()) if sizes_path and sizes_path.exists() else {}
     try:
         result = collect_cosignatures(note, log.verifier, witnesses, args.quorum, sizes)
+    except QuorumNotMet as exc:
+        _report(log, note, exc.outcomes)
+        raise
     finally:
         if sizes_path:
             sizes_path.write_text(json.dumps(sizes))
+    _report(log, note, result.outcomes)
     if args.output:
         Path(args.output).write_text(result.note)
     else:
         print(result.note, end="")
     return 0
+
+
+def _report(log: Any, note: str, outcomes: tuple[CosignOutcome, ...]) -> None:
+    """Print each witness's outcome; a reported split view becomes an audit event and an alert."""
+    for o in outcomes:
+        print(json.dumps({"witness": o.witness, "ok": o.ok, "reason": o.reason}), file=sys.stderr, flush=True)
+    reporters = [o.witness for o in outcomes if o.reason == AlertKind.SPLIT_VIEW]
+    if reporters:
+        size = int(note.split("\n", 2)[1])
+        log.record(AuditEvent("log.split_view_reported", datetime.now(tz=UTC), "audit.cosign", log.origin,
+                              {"size": size, "witnesses": reporters, "checkpoint": note}))
+        print(json.dumps({"alert": AlertKind.SPLIT_VIEW, "witnesses": reporters, "size": size}), flush=True)
 
 
 def register_cosign(sub: Any, add_log_options: Callable[[argparse.ArgumentParser], None],
