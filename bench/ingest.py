@@ -1,16 +1,21 @@
-"""Secured end-to-end ingest vs the raw rate of the same broker.
+"""Secured end-to-end ingest vs the raw rate of the same broker, with TLS on both sides.
 
-Both runs drain the same sealed envelopes from the same broker:
+Both runs drain the same sealed envelopes from the same broker, and both
+connect with mutual TLS 1.3 using the hub's ``iotguard-hub`` client
+certificate (Mosquitto runs the configuration ``iotguard broker config``
+writes: client certificates from the fleet CA, CRL, ACL):
 
-* baseline: a plain paho-mqtt subscriber (QoS 1) that only counts messages;
+* baseline: a plain paho-mqtt subscriber (QoS 1, same TLS) that only counts messages;
 * iotguard: the hub's MQTT ingest with every check on (strict parse, device
   and epoch lookup, batched AEAD open, replay window, durable SQLite commit,
   PUBACK after commit, authenticated end-to-end acks to devices).
 
 With Mosquitto installed the envelopes are queued first for the (offline,
 persistent-session) subscriber and the drain is timed, so neither run is
-limited by the publisher. Without it the embedded broker is used with live
-publishing (it has no offline queue) and the table says so.
+limited by the publisher (which holds its own fleet-CA certificate and an
+ACL grant to publish every device's telemetry). Without Mosquitto the
+embedded broker is used with live publishing and WITHOUT TLS (it has no
+offline queue), and the table says so.
 
 Usage: python bench/ingest.py [--quick]
 """
@@ -29,10 +34,13 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,10 +52,13 @@ from iotguard.crypto import get_suite  # noqa: E402
 from iotguard.hub.broker import BrokerAddress, EmbeddedBroker  # noqa: E402
 from iotguard.hub.core import HubCore, build_hub_core  # noqa: E402
 from iotguard.hub.ingest import IngestProcessor  # noqa: E402
+from iotguard.hub.mosquitto import BrokerLimits, write_broker_config  # noqa: E402
 from iotguard.hub.mqtt_ingest import MqttIngest  # noqa: E402
 from iotguard.hub.service import tune_gc_for_ingest  # noqa: E402
+from iotguard.hub.tls import HubTls  # noqa: E402
 from iotguard.identity import b64e, derive_hub_session, request_transcript  # noqa: E402
 from iotguard.keys import SoftwareKeyStore  # noqa: E402
+from iotguard.tls import client_context  # noqa: E402
 from iotguard.wire import Reading, encode_reading  # noqa: E402
 
 
@@ -57,25 +68,66 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_mosquitto(tmp: Path) -> tuple[subprocess.Popen[bytes], BrokerAddress] | None:
+@dataclass(frozen=True)
+class Tls:
+    """Credential files: the fleet CA, the hub's client certificate, the publisher's."""
+
+    ca: str
+    hub: str
+    publisher: str
+
+
+#: The benchmark's publisher: one client publishing every simulated device's telemetry.
+PUBLISHER = "bench-publisher"
+
+
+def tls_files(core: HubCore, tmp: Path) -> Tls:
+    now = core.clock.now()
+    hub_tls = HubTls(Path(core.cfg.data_dir), core.registry.ca)
+    hub_tls.ensure(now)
+    key = Ed25519PrivateKey.generate()
+    cert = core.registry.ca.issue_device_certificate(PUBLISHER, key.public_key().public_bytes_raw(), now=now,
+                                                     validity=timedelta(days=1), segment="bench")
+    pem = tmp / "publisher.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    pem.chmod(0o600)
+    return Tls(str(hub_tls.ca_file), str(hub_tls.hub_mqtt_file), str(pem))
+
+
+def start_mosquitto(tmp: Path, core: HubCore) -> tuple[subprocess.Popen[bytes], BrokerAddress] | None:
+    """Mosquitto with the production configuration (mTLS, CRL, Cedar-derived ACL) plus the publisher's grant."""
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(exe).exists():
         return None
     port = free_port()
-    conf = tmp / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "max_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 0\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def acl() -> str:
+        return core.broker_acl() + f"\nuser {PUBLISHER}\ntopic write iotguard/+/+/telemetry\n"
+
+    # The hub's own client sets 1000 in flight; Mosquitto's default of 20 would cap its batches.
+    limits = BrokerLimits(max_queued_messages=2_000_000, max_inflight_messages=1000)
+    files = write_broker_config(tmp / "mosquitto", core.registry.ca, core.store, "127.0.0.1", port,
+                                core.clock.now(), bind_address="127.0.0.1", limits=limits, acl_renderer=acl)
+    proc = subprocess.Popen([exe, "-c", str(files.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             break
         except OSError:
             time.sleep(0.05)
-    return proc, BrokerAddress("127.0.0.1", port)
+    return proc, BrokerAddress("127.0.0.1", port, tls=True)
 
 
-def enroll_devices(core: HubCore, tmp: Path, n: int, suite_name: str) -> list[UplinkSealer]:
+def _client(client_id: str, certfile: str, tls: Tls | None, *, clean_session: bool = True) -> mqtt.Client:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session,
+                    protocol=mqtt.MQTTv311)
+    if tls is not None:
+        c.tls_set_context(client_context(tls.ca, certfile=certfile))
+    return c
+
+
+def enroll_devices(core: HubCore, tmp: Path, n: int, suite_name: str, prefix: str) -> list[UplinkSealer]:
     """Register devices and install session keys directly (the enrollment protocol itself is
     not what this benchmark measures); posture and policy are the hub's real ones."""
     registry = core.registry
@@ -83,7 +135,7 @@ def enroll_devices(core: HubCore, tmp: Path, n: int, suite_name: str) -> list[Up
     suite = get_suite(suite_name)
     store = registry.store
     for i in range(n):
-        device_id = f"bench-{i:05d}"
+        device_id = f"{prefix}-{i:05d}"
         code = registry.add_device(device_id, "thermo-1")
         from iotguard.identity import token_hash
 
@@ -111,8 +163,9 @@ def make_envelopes(sealers: list[UplinkSealer], per_device: int) -> list[tuple[s
     return out
 
 
-def publish(addr: tuple[str, int], messages: list[tuple[str, bytes]], done: mp.Event) -> None:  # type: ignore[valid-type]
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{os.getpid()}", protocol=mqtt.MQTTv311)
+def publish(addr: tuple[str, int], messages: list[tuple[str, bytes]], done: mp.Event,  # type: ignore[valid-type]
+            tls: Tls | None) -> None:
+    c = _client(f"bench-pub-{os.getpid()}", tls.publisher if tls else "", tls)
     c.max_inflight_messages_set(10_000)
     c.max_queued_messages_set(0)
     c.connect(addr[0], addr[1])
@@ -127,18 +180,18 @@ def publish(addr: tuple[str, int], messages: list[tuple[str, bytes]], done: mp.E
     done.set()  # type: ignore[attr-defined]
 
 
-def publish_all(addr: BrokerAddress, messages: list[tuple[str, bytes]], wait: bool) -> mp.Process:
+def publish_all(addr: BrokerAddress, messages: list[tuple[str, bytes]], wait: bool, tls: Tls | None) -> mp.Process:
     done = mp.Event()
-    p = mp.Process(target=publish, args=((addr.host, addr.port), messages, done))
+    p = mp.Process(target=publish, args=((addr.host, addr.port), messages, done, tls))
     p.start()
     if wait:
         p.join()
     return p
 
 
-def prime_session(addr: BrokerAddress, client_id: str, topic: str) -> None:
+def prime_session(addr: BrokerAddress, client_id: str, topic: str, tls: Tls | None) -> None:
     """Create a persistent session with a subscription, then go offline so the broker queues."""
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311)
+    c = _client(client_id, tls.hub if tls else "", tls, clean_session=False)
     ev = threading.Event()
     c.on_subscribe = lambda *a: ev.set()
     c.connect(addr.host, addr.port)
@@ -149,12 +202,12 @@ def prime_session(addr: BrokerAddress, client_id: str, topic: str) -> None:
     c.loop_stop()
 
 
-def run_raw(addr: BrokerAddress, messages: list[tuple[str, bytes]], queued: bool) -> float:
+def run_raw(addr: BrokerAddress, messages: list[tuple[str, bytes]], queued: bool, tls: Tls | None) -> float:
     n = len(messages)
     cid = f"raw-{os.getpid()}-{time.time_ns()}"
     if queued:
-        prime_session(addr, cid, TELEMETRY_FILTER)
-        publish_all(addr, messages, wait=True)
+        prime_session(addr, cid, TELEMETRY_FILTER, tls)
+        publish_all(addr, messages, wait=True, tls=tls)
     got = 0
     first = last = 0.0
     finished = threading.Event()
@@ -168,7 +221,7 @@ def run_raw(addr: BrokerAddress, messages: list[tuple[str, bytes]], queued: bool
             last = time.perf_counter()
             finished.set()
 
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False, protocol=mqtt.MQTTv311)
+    c = _client(cid, tls.hub if tls else "", tls, clean_session=False)
     c.max_inflight_messages_set(1000)
     c.on_message = on_message
     start = time.perf_counter()
@@ -176,7 +229,7 @@ def run_raw(addr: BrokerAddress, messages: list[tuple[str, bytes]], queued: bool
     c.subscribe(TELEMETRY_FILTER, qos=1)
     c.loop_start()
     if not queued:
-        publish_all(addr, messages, wait=False)
+        publish_all(addr, messages, wait=False, tls=tls)
     finished.wait(600)
     c.disconnect()
     c.loop_stop()
@@ -184,24 +237,25 @@ def run_raw(addr: BrokerAddress, messages: list[tuple[str, bytes]], queued: bool
 
 
 def run_secured(addr: BrokerAddress, core: HubCore, cfg: HubConfig, messages: list[tuple[str, bytes]],
-                queued: bool) -> tuple[float, dict[str, object]]:
+                queued: bool, tls: Tls | None) -> tuple[float, dict[str, object]]:
     registry = core.registry
     n = len(messages)
     cid = f"hub-{os.getpid()}-{time.time_ns()}"
     if queued:
-        prime_session(addr, cid, TELEMETRY_FILTER)
-        publish_all(addr, messages, wait=True)
+        prime_session(addr, cid, TELEMETRY_FILTER, tls)
+        publish_all(addr, messages, wait=True, tls=tls)
     # Every check on: strict parse, device/epoch, batched open, replay window,
     # Cedar publish decision, data-contract check, durable commit, audit of rejections.
     proc = IngestProcessor(registry.store, registry, cfg, authorizer=core.authorize_reading, audit=core.audit)
     for s in {t for t, _ in messages}:
         registry.session(s.split("/")[2], 1)  # warm the device cache as a running hub would have it
-    ingest = MqttIngest(proc, addr, cfg, shared=False, client_id=cid)
+    ingest = MqttIngest(proc, addr, cfg, shared=False, client_id=cid,
+                        tls=client_context(tls.ca, certfile=tls.hub) if tls else None)
     start = time.perf_counter()
     ingest.start()
     deadline = time.monotonic() + 600
     first = None
-    pub = None if queued else publish_all(addr, messages, wait=False)
+    pub = None if queued else publish_all(addr, messages, wait=False, tls=tls)
     while proc.stats.stored < n and time.monotonic() < deadline:
         if first is None and proc.stats.stored:
             first = time.perf_counter()
@@ -225,30 +279,31 @@ def main() -> int:
     # same here so both the raw subscriber and the secured ingest run with it.
     tune_gc_for_ingest()
     tmp = Path(tempfile.mkdtemp(prefix="iotguard-bench-ingest-"))
+    tmp.chmod(0o711)  # Mosquitto started as root reads its files as its own user
     os.environ.setdefault("IOTGUARD_DEVICE_SECRET", str(tmp / "device.secret"))
-    mosq = start_mosquitto(tmp)
+    cfg = HubConfig(data_dir=str(tmp / "hub"), batch_max_messages=2000, batch_max_wait_ms=20)
+    Path(cfg.data_dir).mkdir(parents=True)
+    core = build_hub_core(cfg)
+    mosq = start_mosquitto(tmp, core)
     embedded = None
+    tls: Tls | None = None
     if mosq is not None:
-        broker_name, addr, queued = "mosquitto", mosq[1], True
+        broker_name, addr, queued = "mosquitto (mTLS, TLS 1.3)", mosq[1], True
+        tls = tls_files(core, tmp)
     else:
-        embedded = EmbeddedBroker(f"127.0.0.1:{free_port()}")
+        embedded = EmbeddedBroker(f"127.0.0.1:{free_port()}", unsafe_plaintext=True)
         embedded.start()
-        broker_name, addr, queued = "embedded (amqtt)", embedded.address, False
+        broker_name, addr, queued = "embedded (amqtt, NO TLS: mosquitto not installed)", embedded.address, False
     results: dict[str, object] = {}
     try:
         rows = []
-        for suite_name in dict.fromkeys([args.suite, "ascon-aead128"]):
-            cfg = HubConfig(data_dir=str(tmp / f"hub-{suite_name}"), batch_max_messages=2000, batch_max_wait_ms=20)
-            Path(cfg.data_dir).mkdir(parents=True)
-            core = build_hub_core(cfg)
-            store = core.store
-            sealers = enroll_devices(core, tmp / suite_name, devices, suite_name)
+        for j, suite_name in enumerate(dict.fromkeys([args.suite, "ascon-aead128"])):
+            sealers = enroll_devices(core, tmp / suite_name, devices, suite_name, prefix=f"bench{j}")
             messages = make_envelopes(sealers, per_device)
-            raw = run_raw(addr, messages, queued)
-            secured, detail = run_secured(addr, core, cfg, messages, queued)
+            raw = run_raw(addr, messages, queued, tls)
+            secured, detail = run_secured(addr, core, cfg, messages, queued, tls)
             assert detail["stored"] == len(messages) and not detail["rejected"], detail
             rows.append((suite_name, raw, secured, detail))
-            store.engine.dispose()
         print(f"\nbench/ingest.py  broker: {broker_name}  messages: {devices} devices x {per_device}"
               f"  ({'queued drain' if queued else 'live publish'})")
         print(f"{'suite':<20} {'raw subscriber/s':>18} {'iotguard secured/s':>20} {'ratio':>7}")
@@ -270,7 +325,8 @@ def main() -> int:
                         "durable commit, e2e acks)",
                 "unit": "readings/s",
                 "value": round(secured),
-                "baseline_name": f"plain paho subscriber draining the same {broker_name} broker",
+                "baseline_name": f"plain paho subscriber (same TLS client certificate) draining the same "
+                                 f"{broker_name} broker",
                 "baseline_value": round(raw),
                 "ratio": round(secured / raw, 3),
                 "goal": ">= 0.5",
@@ -285,6 +341,7 @@ def main() -> int:
             mosq[0].terminate()
         if embedded is not None:
             embedded.stop()
+        core.store.engine.dispose()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -8,26 +8,19 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _vectors_dir() -> Path:
-    env = os.environ.get("IOTGUARD_VECTORS")
-    if env:
-        return Path(env)
-    return REPO_ROOT.parent / "shared" / "vectors"
+VECTORS_DIR = REPO_ROOT / "tests" / "vectors"
 
 
 @pytest.fixture(scope="session")
 def vectors_dir() -> Path:
-    """Directory of the official known-answer vectors (``../shared/vectors``).
+    """Directory of the official known-answer vectors, kept in the repository (``tests/vectors``).
 
     Missing vectors fail the test rather than skip it: a crypto suite that
     silently runs no known-answer test is not tested.
     """
-    path = _vectors_dir()
-    if not path.is_dir():
-        pytest.fail(f"known-answer vectors not found at {path}; set IOTGUARD_VECTORS")
-    return path
+    if not VECTORS_DIR.is_dir():
+        pytest.fail(f"known-answer vectors not found at {VECTORS_DIR}")
+    return VECTORS_DIR
 
 
 # -- real components -------------------------------------------------------
@@ -37,7 +30,8 @@ import socket  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 
 PG_BIN = Path(os.environ.get("IOTGUARD_PG_BIN", "/usr/lib/postgresql/15/bin"))
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -109,25 +103,156 @@ def postgres_url(postgres_server: str) -> str:
     return f"{postgres_server}/{name}"
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[str]:
-    """A real Mosquitto broker on a free loopback port; yields its mqtt:// URL."""
+@dataclass
+class MosquittoTls:
+    """A Mosquitto running exactly the configuration ``iotguard broker config`` wrote."""
+
+    url: str
+    port: int
+    conf_dir: Path
+    pid_file: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def start_mosquitto_tls(env: dict[str, str], base: Path | None = None) -> MosquittoTls:
+    """Run ``iotguard broker config`` for the hub configured by ``env``, then Mosquitto on its output.
+
+    The hub's data directory must exist (the CLI builds the hub core there,
+    creating the fleet CA on first use).
+    """
+    import sys
+    import tempfile
+
     if not Path(MOSQUITTO).exists():
         _missing("mosquitto")
+    if base is None:
+        # Not under pytest's tmp dir: it is private to root, and Mosquitto drops to its own user.
+        base = Path(tempfile.mkdtemp(prefix="iotguard-mosq-"))
+        base.chmod(0o711)
     port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        "persistence false\n"
-        "max_queued_messages 1000000\n"
-        "max_inflight_messages 0\n"
-        "message_size_limit 1048576\n"
-    )
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    conf_dir = base / "broker"
+    subprocess.run([sys.executable, "-m", "iotguard", "broker", "config", "--out", str(conf_dir),
+                    "--hostname", "127.0.0.1", "--port", str(port), "--bind", "127.0.0.1"],
+                   env=env, check=True, capture_output=True, timeout=120)
+    log = base / "mosquitto.log"
+    with log.open("wb") as log_f:
+        proc = subprocess.Popen([MOSQUITTO, "-c", str(conf_dir / "mosquitto.conf")], stdout=log_f,
+                                stderr=subprocess.STDOUT)
+    pid_file = conf_dir / "mosquitto.pid"
     try:
         wait_port(port)
-        yield f"mqtt://127.0.0.1:{port}"
+    except TimeoutError:
+        proc.kill()
+        raise RuntimeError("mosquitto did not start: " + log.read_text()) from None
+    if not pid_file.exists():  # Mosquitto writes its pid file only when it daemonizes
+        pid_file.write_text(str(proc.pid))
+    return MosquittoTls(f"mqtts://127.0.0.1:{port}", port, conf_dir, pid_file, proc, log)
+
+
+@pytest.fixture
+def mosquitto_tls() -> Iterator[Callable[..., MosquittoTls]]:
+    """Factory: Mosquitto with the production mTLS configuration for a hub (see :func:`start_mosquitto_tls`)."""
+    started: list[MosquittoTls] = []
+
+    def start(env: dict[str, str]) -> MosquittoTls:
+        broker = start_mosquitto_tls(env)
+        started.append(broker)
+        return broker
+
+    yield start
+    for broker in started:
+        broker.stop()
+        shutil.rmtree(broker.conf_dir.parent, ignore_errors=True)
+
+
+SWTPM = shutil.which("swtpm") or "/usr/bin/swtpm"
+_SWTPM_CMD_INIT = 2  # swtpm control channel: power on / _TPM_Init
+
+
+@dataclass
+class Swtpm:
+    """A throwaway ``swtpm`` TPM 2.0 on loopback: the TCTI string and its power button."""
+
+    tcti: str
+    ctrl_port: int
+
+    def startup(self) -> None:
+        """Send TPM2_Startup(CLEAR), as firmware does after power-on."""
+        from tpm2_pytss import ESAPI, TCTILdr
+        from tpm2_pytss.constants import TPM2_SU
+
+        name, _, conf = self.tcti.partition(":")
+        tcti = TCTILdr(name, conf)
+        esapi = ESAPI(tcti)
+        try:
+            esapi.startup(TPM2_SU.CLEAR)
+        finally:
+            esapi.close()
+            tcti.close()
+
+    def power_cycle(self) -> None:
+        """Platform reset: _TPM_Init over the control channel, then TPM2_Startup(CLEAR) (PCRs back to zero)."""
+        with socket.create_connection(("127.0.0.1", self.ctrl_port), timeout=5) as s:
+            s.sendall(_SWTPM_CMD_INIT.to_bytes(4, "big") + (0).to_bytes(4, "big"))
+            answer = s.recv(4)
+        if answer != bytes(4):
+            raise RuntimeError(f"swtpm CMD_INIT failed: {answer.hex()}")
+        self.startup()
+
+
+def _free_port_pair() -> tuple[int, int]:
+    for _ in range(50):
+        port = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port, port + 1
+    raise RuntimeError("no two adjacent free loopback ports")
+
+
+@pytest.fixture
+def swtpm(tmp_path: Path) -> Iterator[Swtpm]:
+    """A fresh ``swtpm`` (TPM 2.0, socket mode, free loopback ports), started up.
+
+    Skips on a developer machine without swtpm or tpm2-pytss; fails under CI.
+    """
+    try:
+        import tpm2_pytss  # noqa: F401
+    except ImportError:
+        _missing("tpm2-pytss (pip, built against libtss2-dev)")
+    if not Path(SWTPM).exists():
+        _missing("swtpm")
+    state = tmp_path / "swtpm-state"
+    state.mkdir()
+    # The swtpm TCTI finds the control channel at the server port + 1.
+    server, ctrl = _free_port_pair()
+    proc = subprocess.Popen(
+        [
+            SWTPM, "socket", "--tpm2",
+            "--server", f"type=tcp,port={server},bindaddr=127.0.0.1",
+            "--ctrl", f"type=tcp,port={ctrl},bindaddr=127.0.0.1",
+            "--tpmstate", f"dir={state}",
+            "--flags", "not-need-init",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_port(server)
+        tpm = Swtpm(f"swtpm:host=127.0.0.1,port={server}", ctrl)
+        tpm.startup()
+        yield tpm
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -27,3 +27,21 @@ def test_ruff_clean() -> None:
 def test_mypy_strict_clean() -> None:
     out = subprocess.run([*_tool("mypy"), "--no-error-summary"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr
+
+
+def test_suite_is_self_contained() -> None:
+    """A clone anywhere passes: no test or bench reads files beside the repository (issue 10)."""
+    from tests.conftest import VECTORS_DIR
+
+    assert VECTORS_DIR.is_relative_to(REPO_ROOT)
+    # Spelled in pieces so that this file does not match itself.
+    outside = ("/".join(("..", "shared")), "_".join(("IOTGUARD", "VECTORS")))
+    offenders = [
+        str(path.relative_to(REPO_ROOT))
+        for folder in ("tests", "bench")
+        for path in (REPO_ROOT / folder).rglob("*.py")
+        if any(word in path.read_text(encoding="utf-8") for word in outside)
+    ]
+    assert offenders == []
+    for name in ("README.md", "ascon/LICENSE", "merkle/LICENSE"):
+        assert (VECTORS_DIR / name).is_file(), name

@@ -7,12 +7,30 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-__all__ = ["Clock", "FixedClock", "SystemClock", "utc"]
+from iotguard.errors import MalformedError
+
+__all__ = ["MAX_WIRE_TIMESTAMP", "Clock", "FixedClock", "SystemClock", "utc", "utc_from_wire"]
 
 
 def utc(ts: float) -> datetime:
     """Convert a POSIX timestamp to an aware UTC datetime."""
     return datetime.fromtimestamp(ts, tz=UTC)
+
+
+#: Largest POSIX timestamp a message may carry: 9999-12-31T23:59:59Z, the last
+#: second a ``datetime`` can hold. Larger values would overflow on conversion.
+MAX_WIRE_TIMESTAMP = 253_402_300_799
+
+
+def utc_from_wire(value: object, what: str) -> datetime:
+    """Convert an untrusted integer timestamp (seconds) to an aware UTC datetime.
+
+    Raises:
+        MalformedError: not an integer in ``0..MAX_WIRE_TIMESTAMP``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WIRE_TIMESTAMP:
+        raise MalformedError(f"{what} must be a timestamp between 1970 and 9999")
+    return datetime.fromtimestamp(value, tz=UTC)
 
 
 class Clock(Protocol):

@@ -29,9 +29,18 @@ class HubConfig:
     #: Empty means SQLite at ``<data_dir>/hub.db``.
     database_url: str = ""
     #: Empty means: start the embedded broker in-process on ``embedded_broker_bind``.
+    #: ``mqtts://`` connects with the hub's client certificate (mTLS, TLS 1.3).
     broker_url: str = ""
-    embedded_broker_bind: str = "127.0.0.1:1883"
+    #: The embedded broker's mTLS listener (device certificates from the fleet CA).
+    embedded_broker_bind: str = "127.0.0.1:8883"
+    #: UNSAFE: the embedded broker listens in plain TCP without device
+    #: authentication, and ``mqtt://`` broker URLs are accepted. Logged loudly.
+    unsafe_plaintext_broker: bool = False
     api_bind: str = "127.0.0.1:8080"
+    #: Host names and addresses in the API's HTTPS certificate besides the host of ``api_bind``.
+    api_hostnames: list[str] = field(default_factory=lambda: ["localhost", "127.0.0.1"])
+    #: UNSAFE: serve the REST API over plain HTTP. Logged loudly.
+    unsafe_plain_http: bool = False
     #: Use an MQTT shared subscription so N hubs split the load (external brokers).
     shared_subscription: bool = True
     mqtt_client_id: str = "iotguard-hub"
@@ -77,6 +86,9 @@ class HubConfig:
     #: against the parties in ``custody_parties_file`` (JSON).
     custody_required: bool = False
     custody_parties_file: str = ""
+    #: Serve the OpenAPI schema and its pages (/openapi.json, /docs, /redoc).
+    #: They answer without authentication, so they are off unless turned on.
+    api_docs: bool = False
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite in the data directory."""
@@ -90,8 +102,14 @@ class AgentConfig:
     """Settings of a device agent."""
 
     data_dir: str = "iotguard-agent"
-    hub_url: str = "http://127.0.0.1:8080"
-    broker_url: str = "mqtt://127.0.0.1:1883"
+    #: ``https://`` (the fleet CA is pinned from the enrollment code); ``http://`` needs ``unsafe_plain_http``.
+    hub_url: str = "https://127.0.0.1:8080"
+    #: ``mqtts://`` (mTLS with the transport certificate); ``mqtt://`` needs ``unsafe_plaintext_broker``.
+    broker_url: str = "mqtts://127.0.0.1:8883"
+    #: UNSAFE: allow ``mqtt://`` (no TLS, no broker authentication). Logged loudly.
+    unsafe_plaintext_broker: bool = False
+    #: UNSAFE: allow an ``http://`` hub URL. Logged loudly.
+    unsafe_plain_http: bool = False
     suites: list[str] = field(default_factory=lambda: ["ascon-aead128", "chacha20-poly1305"])
     interval_s: float = 5.0
     #: Seconds without an end-to-end acknowledgement before a reading is resent.
@@ -105,6 +123,9 @@ class AgentConfig:
     pkcs11_module: str = ""
     pkcs11_token: str = ""
     pkcs11_pin_env: str = "IOTGUARD_PKCS11_PIN"
+    #: ``puf-sim`` only: the simulated silicon's seed; -1 makes one at the
+    #: first start and keeps it in ``<data_dir>/keys/puf-sim-silicon.cbor``.
+    puf_seed: int = -1
 
 
 @dataclass
@@ -133,6 +154,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "agent.max_buffered_readings": (1, 100_000_000),
     "agent.reconnect_min_s": (0.01, 60),
     "agent.reconnect_max_s": (0.1, 3600),
+    "agent.puf_seed": (-1, 2**63 - 1),
 }
 
 
@@ -206,6 +228,16 @@ def _validate(cfg: Config) -> None:
     for path, url in (("hub.broker_url", cfg.hub.broker_url), ("agent.broker_url", cfg.agent.broker_url)):
         if url and not url.startswith(("mqtt://", "mqtts://")):
             raise ConfigError(f"{path}: expected mqtt://host:port or mqtts://host:port, got {url!r}")
+    for name, broker_url, unsafe in (("hub", cfg.hub.broker_url, cfg.hub.unsafe_plaintext_broker),
+                                     ("agent", cfg.agent.broker_url, cfg.agent.unsafe_plaintext_broker)):
+        if broker_url.startswith("mqtt://") and not unsafe:
+            raise ConfigError(f"{name}.broker_url: plain mqtt:// has no TLS; use mqtts:// "
+                              f"(or set {name}.unsafe_plaintext_broker = true on a closed test network)")
+    if not cfg.agent.hub_url.startswith(("https://", "http://")):
+        raise ConfigError(f"agent.hub_url: expected an https:// URL, got {cfg.agent.hub_url!r}")
+    if cfg.agent.hub_url.startswith("http://") and not cfg.agent.unsafe_plain_http:
+        raise ConfigError("agent.hub_url: plain http:// is not authenticated; use https:// "
+                          "(or set agent.unsafe_plain_http = true)")
 
 
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:

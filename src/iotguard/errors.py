@@ -11,21 +11,27 @@ from __future__ import annotations
 
 __all__ = [
     "PUBLIC_MESSAGES",
+    "AttestationError",
     "AuthenticationError",
     "BudgetExhausted",
     "ConfigError",
     "ConsentError",
     "CustodyError",
     "EnrollmentError",
+    "ExpiredError",
     "IntegrityError",
     "IotGuardError",
     "KeyStoreError",
     "MalformedError",
     "PolicyDenied",
     "ProofError",
+    "PufQualityError",
     "ReplayError",
     "RevokedError",
     "RollbackError",
+    "RootOfTrustUnsupported",
+    "SecureBootError",
+    "StaleError",
     "StorageError",
     "TamperError",
     "UnknownDeviceError",
@@ -74,6 +80,12 @@ class ReplayError(IotGuardError):
     code = "replay"
 
 
+class StaleError(ReplayError):
+    """A signed request's timestamp lies outside the allowed window (too old or from the future)."""
+
+    code = "stale"
+
+
 class UnknownDeviceError(IotGuardError):
     """The device id (or its key epoch) is not registered."""
 
@@ -84,6 +96,12 @@ class RevokedError(IotGuardError):
     """The device or credential was revoked or decommissioned."""
 
     code = "revoked"
+
+
+class ExpiredError(IotGuardError):
+    """The credential (a device's operational certificate) has expired."""
+
+    code = "expired"
 
 
 class EnrollmentError(IotGuardError):
@@ -127,6 +145,32 @@ class TamperError(KeyStoreError):
     """The key store detected tampering and zeroized its keys."""
 
     code = "tampered"
+
+
+class PufQualityError(KeyStoreError):
+    """A PUF failed its enrollment checks (biased, correlated or too noisy); no key is made from it."""
+
+    code = "puf_quality"
+
+
+class RootOfTrustUnsupported(KeyStoreError):
+    """The key store is no root of trust: it has no measurement registers, attestation key or quote.
+
+    Raised with code ``rot_unsupported`` (the class keeps its parent's code,
+    which the hub's status table already maps).
+    """
+
+
+class SecureBootError(IntegrityError):
+    """Secure boot refused a stage: its image or signature did not verify against the boot anchor.
+
+    Raised with a ``boot_*`` reason code (``boot_signature_invalid``,
+    ``boot_image_mismatch``, ...; see ``docs/attestation.md``).
+    """
+
+
+class AttestationError(ConfigError):
+    """An appraisal could not start: no appraisal policy for the device's model (code ``no_appraisal_policy``)."""
 
 
 class UsageLimitError(IotGuardError):
@@ -173,14 +217,19 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "malformed": "malformed message",
     "forged": "message failed authentication",
     "replay": "message already received",
+    "stale": "request timestamp outside the allowed window",
     "unknown_device": "unknown device",
     "revoked": "credential revoked",
+    "expired": "credential expired",
     "enrollment_failed": "enrollment failed",
     "unauthenticated": "authentication required",
     "locked_out": "too many attempts; try again later",
     "policy_denied": "not allowed",
     "keystore_error": "key store unavailable",
     "tampered": "key store unavailable",
+    "puf_quality": "key store unavailable",
+    "rot_unsupported": "key store cannot attest",
+    "no_appraisal_policy": "attestation not configured for this device model",
     "usage_limit": "key must be renewed",
     "rollback": "version rollback refused",
     "no_consent": "no consent for this purpose",

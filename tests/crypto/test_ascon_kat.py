@@ -1,6 +1,6 @@
 """Ascon (NIST SP 800-232) against the official known-answer files.
 
-Every entry of the four KAT files in ``../shared/vectors/ascon/`` is checked
+Every entry of the four KAT files in ``tests/vectors/ascon/`` is checked
 with the scalar functions and, as one batch per file, with the batched ones.
 """
 

@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import free_port, wait_port
+from iotguard.tls import client_context
+from tests.conftest import MosquittoTls, free_port, wait_port
 
 
 class HubProcess:
-    """``python -m iotguard hub`` in a subprocess, configured through the environment."""
+    """``python -m iotguard hub`` in a subprocess, configured through the environment.
 
-    def __init__(self, tmp: Path, *, database_url: str = "", broker_url: str = "") -> None:
+    Everything is mutual TLS as a user runs it: the API is HTTPS (verified
+    against ``<data_dir>/fleet-ca.pem``), the broker is the embedded one's
+    mTLS front or a Mosquitto started with :meth:`use_mosquitto`.
+    """
+
+    def __init__(self, tmp: Path, *, database_url: str = "") -> None:
         self.tmp = tmp
         self.api_port = free_port()
         self.broker_port = free_port()
@@ -27,17 +35,32 @@ class HubProcess:
             "IOTGUARD_HUB__API_BIND": f"127.0.0.1:{self.api_port}",
             "IOTGUARD_HUB__EMBEDDED_BROKER_BIND": f"127.0.0.1:{self.broker_port}",
             "IOTGUARD_HUB__DATABASE_URL": database_url,
-            "IOTGUARD_HUB__BROKER_URL": broker_url,
+            "IOTGUARD_HUB__BROKER_URL": "",
             "IOTGUARD_CONFIG": str(tmp / "no-config.toml"),
         }
-        self.broker_url = broker_url or f"mqtt://127.0.0.1:{self.broker_port}"
-        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.broker_url = f"mqtts://127.0.0.1:{self.broker_port}"
+        self.api_url = f"https://127.0.0.1:{self.api_port}"
+        self.ca_file = tmp / "hub" / "fleet-ca.pem"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
+    def use_mosquitto(self, start_broker: Callable[[dict[str, str]], MosquittoTls]) -> MosquittoTls:
+        """Configure Mosquitto with ``iotguard broker config`` and point the hub at it (mqtts, CRL/ACL updates)."""
+        (self.tmp / "hub").mkdir(parents=True, exist_ok=True, mode=0o700)
+        broker = start_broker(self.env)
+        self.env.update({"IOTGUARD_HUB__BROKER_URL": broker.url,
+                         "IOTGUARD_HUB__MOSQUITTO_DIR": str(broker.conf_dir),
+                         "IOTGUARD_HUB__MOSQUITTO_PID_FILE": str(broker.pid_file)})
+        self.broker_url = broker.url
+        return broker
+
+    def verify(self) -> ssl.SSLContext:
+        """TLS context that trusts the fleet CA (the hub writes it at start)."""
+        return client_context(self.ca_file)
+
     def start(self) -> None:
         self.starts += 1
-        log = open(self.tmp / f"hub-{self.starts}.log", "wb")
+        log = open(self.tmp / f"hub-{self.starts}.log", "wb")  # noqa: SIM115 - the child process owns it
         self.proc = subprocess.Popen([sys.executable, "-m", "iotguard", "hub"], env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
@@ -45,9 +68,12 @@ class HubProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"hub exited: {(self.tmp / f'hub-{self.starts}.log').read_text()}")
             try:
-                if httpx.get(f"{self.api_url}/health", timeout=0.5).status_code == 200:
+                if self.ca_file.exists() and \
+                        httpx.get(f"{self.api_url}/health", timeout=0.5, verify=self.verify()).status_code == 200:
                     return
             except httpx.HTTPError:
+                time.sleep(0.1)
+            else:
                 time.sleep(0.1)
         raise TimeoutError("hub did not come up")
 
@@ -74,7 +100,8 @@ class HubProcess:
         return self.cli("tokens", "create", "--name", "e2e", "--role", "security-admin").strip().splitlines()[-1]
 
     def provisioner(self, token: str):  # type: ignore[no-untyped-def]
-        client = httpx.Client(base_url=self.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        client = httpx.Client(base_url=self.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30,
+                              verify=self.verify())
 
         def provision(device_id: str, model: str) -> str:
             r = client.post("/v1/devices", json={"device_id": device_id, "model": model})

@@ -31,9 +31,10 @@ DEPLOYMENTS = [
 @pytest.fixture(params=DEPLOYMENTS)
 def hub_process(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HubProcess]:
     broker, db = request.param.split("+")
-    broker_url = request.getfixturevalue("mosquitto") if broker == "mosquitto" else ""
     db_url = request.getfixturevalue("postgres_url") if db == "postgres" else ""
-    hub = HubProcess(tmp_path, database_url=db_url, broker_url=broker_url)
+    hub = HubProcess(tmp_path, database_url=db_url)
+    if broker == "mosquitto":
+        hub.use_mosquitto(request.getfixturevalue("mosquitto_tls"))
     hub.start()
     yield hub
     hub.stop()
@@ -78,7 +79,8 @@ def test_fleet_readings_stored_exactly_once_and_attacks_rejected(hub_process: Hu
         stored = _stored_keys(hub_process)
         assert sorted(stored) == sorted(fleet.submitted)  # every reading, exactly once
         token = hub_process.operator_token()
-        stats = httpx.get(f"{hub_process.api_url}/v1/stats", headers={"Authorization": f"Bearer {token}"}).json()
+        stats = httpx.get(f"{hub_process.api_url}/v1/stats", headers={"Authorization": f"Bearer {token}"},
+                          verify=hub_process.verify()).json()
         totals = stats["rejected_total"]
         for code, n in fleet.attacks.items():
             assert totals.get(code, 0) >= n, (code, totals)

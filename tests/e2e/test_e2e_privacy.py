@@ -39,10 +39,17 @@ def hub(tmp_path: Path) -> Iterator[Hub]:
 
 
 class Sniffer:
-    def __init__(self, url: str) -> None:
-        host, port = url.removeprefix("mqtt://").split(":")
+    """Sees every telemetry payload the broker carries (it holds the hub's broker identity:
+    under mTLS nothing else may read other devices' topics)."""
+
+    def __init__(self, hub: Hub) -> None:
+        from iotguard.tls import client_context
+
+        addr = hub.broker_address
+        host, port = addr.host, addr.port
         self.payloads: list[tuple[float, str, bytes]] = []
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="sniffer")
+        self.client.tls_set_context(client_context(hub.ca_file, certfile=hub.tls.hub_mqtt_file))
         self.client.on_message = lambda _c, _u, m: self.payloads.append((time.monotonic(), m.topic, bytes(m.payload)))
         self.client.connect(host, int(port))
         self.client.subscribe(TELEMETRY_FILTER, qos=0)
@@ -57,7 +64,7 @@ def test_undeclared_and_unconsented_fields_never_on_the_wire(hub: Hub, tmp_path:
     fleet = Fleet(lambda d, m: str(hub.registry.add_device(d, m)), hub_url=hub.api_url,
                   broker_url=hub.broker_address.url, data_dir=tmp_path / "fleet", research_consent=0.5, seed=3,
                   consent_recorder=hub.core.record_initial_consent)
-    sniffer = Sniffer(hub.broker_address.url)
+    sniffer = Sniffer(hub)
     try:
         fleet.add_devices(10)
         for dev in fleet.devices:  # sensors that over-collect
@@ -76,7 +83,10 @@ def test_undeclared_and_unconsented_fields_never_on_the_wire(hub: Hub, tmp_path:
         admin = hub.store.create_api_token("dpo", "privacy-officer", now=SystemClock().now())
         import httpx
 
-        api = httpx.Client(base_url=hub.api_url, headers={"Authorization": f"Bearer {admin}"})
+        from iotguard.tls import client_context
+
+        api = httpx.Client(base_url=hub.api_url, headers={"Authorization": f"Bearer {admin}"},
+                           verify=client_context(hub.ca_file))
         r = api.post("/v1/consent", json={"subject_id": subject, "purpose": "research", "granted": False})
         assert r.status_code == 200, r.text
         deadline = time.monotonic() + 10

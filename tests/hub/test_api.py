@@ -7,18 +7,24 @@ import pytest
 from tests.hub.conftest import HubParts
 
 
-def test_health_is_the_only_anonymous_route(hub: HubParts) -> None:
+def test_api_docs_are_off_by_default(hub: HubParts) -> None:
+    """The OpenAPI schema and its pages would answer anonymously: off unless an operator turns them on."""
     assert hub.client.get("/health").json()["status"] == "ok"
-    schema = hub.client.get("/openapi.json").json()
-    for path, ops in schema["paths"].items():
-        for method in ops:
-            if path in ("/health", "/v1/enroll", "/v1/rekey", "/v1/renew", "/v1/tamper", "/v1/receipts", "/v1/consent/ack",
-                        "/v1/bootstrap"):
-                continue  # devices sign their requests; bootstrap carries its one-time secret
-            r = hub.client.request(method.upper(), path.replace("{device_id}", "dev-1").replace("{subject_id}", "s1"),
-                                   json={}, params={"index": 0, "tree_size": 1, "old_size": 0, "new_size": 1})
-            assert r.status_code == 401, (method, path, r.status_code)
-            assert r.json()["error"] == "unauthenticated"
+    for path in ("/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert hub.client.get(path).status_code == 404, path
+
+
+def test_api_docs_setting_turns_them_on(tmp_path) -> None:
+    from tests.hub.conftest import make_hub
+
+    parts = make_hub(tmp_path, api_docs=True)
+    schema = parts.client.get("/openapi.json").json()
+    assert "/v1/rekey" in schema["paths"]
+    assert schema["paths"]["/v1/rekey"]["post"]["x-iotguard-device-action"] == "rekey"
+    enroll = schema["paths"]["/v1/enroll"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"token", "signature", "identity_public_key"} <= set(enroll["properties"])
+    assert parts.client.get("/docs").status_code == 200 and parts.client.get("/redoc").status_code == 200
+    parts.store.engine.dispose()
 
 
 def test_bad_and_revoked_tokens_are_refused(hub: HubParts) -> None:
@@ -77,3 +83,19 @@ def test_errors_do_not_leak_internals(hub: HubParts) -> None:
 def test_invalid_request_bodies_are_rejected(hub: HubParts, body: dict) -> None:
     r = hub.client.post("/v1/devices", json=body, headers=hub.operator_token())
     assert r.status_code == 422
+
+
+def test_signed_consent_ack_with_overflowing_timestamp_is_400_not_500(hub: HubParts) -> None:
+    """Fuzz finding (issue 18): a device-signed ack whose applied_at overflows datetime."""
+    import cbor2
+
+    from iotguard.identity import sign_device_request
+
+    agent = hub.agent("dev-1")
+    raw = cbor2.dumps({"v": 1, "type": "consent-ack", "device": "dev-1", "version": 1,
+                       "config_sha256": bytes(32), "applied_at": 2**53 - 1}, canonical=True)
+    signed = sign_device_request("consent_ack", "dev-1", {"ack": raw}, now=hub.core.clock.now(),
+                                 sign=lambda m: agent.keystore.sign("identity", m))
+    r = hub.client.post("/v1/consent/ack", json=signed.wire)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "malformed"

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iotguard.channel import (
     ReplayWindow,
@@ -101,6 +104,79 @@ def test_replay_window_first_sequence_zero() -> None:
     w.accept(0)
     with pytest.raises(ReplayError):
         w.accept(0)
+
+
+def test_huge_sequence_jump_does_not_grow_replay_window() -> None:
+    """One authenticated envelope with a huge sequence jump costs microseconds, not gigabytes (issue 10)."""
+    w = ReplayWindow(1024)
+    w.accept(7)
+    started = time.perf_counter()
+    for seq in (2**33, 2**36, 2**63, 2**64 - 2):
+        w.accept(seq)
+        assert len(w.bitmap()) == 128
+        assert int.from_bytes(w.bitmap(), "big") == 1  # only the new top is inside the window
+    assert time.perf_counter() - started < 0.05
+    with pytest.raises(ReplayError, match="already"):
+        w.accept(2**64 - 2)
+    with pytest.raises(ReplayError, match="older"):
+        w.accept(2**63)
+    w.accept(2**64 - 3)
+    w.accept(2**64 - 1)
+    restored = ReplayWindow(1024, w.top, w.bitmap())
+    for seq in (2**64 - 1, 2**64 - 2, 2**64 - 3):
+        with pytest.raises(ReplayError):
+            restored.accept(seq)
+
+
+def test_jump_of_exactly_one_window_keeps_semantics() -> None:
+    w = ReplayWindow(64)
+    w.accept(10)
+    w.accept(74)  # shift == size: 10 falls out of the window
+    with pytest.raises(ReplayError, match="older"):
+        w.accept(10)
+    w.accept(11)  # offset 63, inside the window and unseen
+    with pytest.raises(ReplayError, match="already"):
+        w.accept(11)
+
+
+def test_restored_bitmap_wider_than_window_is_masked() -> None:
+    w = ReplayWindow(8, 100, b"\xff\xff")
+    assert w.bitmap() == b"\xff"
+
+
+_SEQS = st.one_of(
+    st.integers(min_value=0, max_value=300),
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.sampled_from([2**33, 2**36, 2**63, 2**64 - 1]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(size=st.sampled_from([1, 8, 64, 1024]), ops=st.lists(st.tuples(_SEQS, st.booleans()), max_size=60))
+def test_replay_window_matches_set_model(size: int, ops: list[tuple[int, bool]]) -> None:
+    """The bitmap window decides exactly as a set of every accepted sequence would.
+
+    Model: a sequence is accepted iff it was never accepted before and lies
+    within ``size`` of the highest accepted one. The flag restores the window
+    from its persisted form before the step, as a hub restart would.
+    """
+    w = ReplayWindow(size)
+    seen: set[int] = set()
+    for seq, restart in ops:
+        if restart:
+            w = ReplayWindow(size, w.top, w.bitmap())
+        top = max(seen, default=-1)
+        expect_ok = seq not in seen and top - seq < size
+        try:
+            w.accept(seq)
+            accepted = True
+        except ReplayError:
+            accepted = False
+        assert accepted == expect_ok, (seq, top)
+        if accepted:
+            seen.add(seq)
+        assert w.top == max(seen, default=-1)
+        assert len(w.bitmap()) == (size + 7) // 8
 
 
 def test_ack_round_trip_and_forgery() -> None:

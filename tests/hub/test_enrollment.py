@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -11,8 +12,10 @@ from sqlalchemy import update
 from iotguard.agent import Agent
 from iotguard.config import AgentConfig
 from iotguard.errors import EnrollmentError, MalformedError
+from iotguard.hub.ingest import Incoming
 from iotguard.hub.schema import enrollment_tokens
 from iotguard.identity import parse_enrollment_code
+from iotguard.wire import Reading, encode_reading
 from tests.hub.conftest import HubParts
 
 
@@ -50,7 +53,8 @@ def test_default_credential_guessing_fails(hub: HubParts) -> None:
     """No default or guessable enrollment secret exists: a guessed token is refused."""
     real = parse_enrollment_code(str(hub.registry.add_device("dev-1", "thermo-1")))
     for guess in (b"\x00" * 32, b"admin".ljust(32, b"\x00"), bytes(range(32))):
-        forged = f"iotguard-enroll:v1:dev-1:{__import__('base64').urlsafe_b64encode(guess).rstrip(b'=').decode()}:{real.ca_fingerprint}"
+        secret = __import__("base64").urlsafe_b64encode(guess).rstrip(b"=").decode()
+        forged = f"iotguard-enroll:v1:dev-1:{secret}:{real.ca_fingerprint}"
         with pytest.raises(EnrollmentError):
             hub.agent("dev-1", enroll=False).enroll(forged)
 
@@ -61,7 +65,8 @@ def test_proof_of_possession_is_required(hub: HubParts) -> None:
 
     code = parse_enrollment_code(str(hub.registry.add_device("dev-1", "thermo-1")))
     body = {"device_id": "dev-1", "token": b64e(code.secret), "identity_public_key": b64e(b"\x01" * 32),
-            "kex_public_key": b64e(b"\x02" * 32), "suites": ["chacha20-poly1305"], "signature": b64e(b"\x00" * 64)}
+            "kex_public_key": b64e(b"\x02" * 32), "transport_public_key": b64e(b"\x03" * 32),
+            "suites": ["chacha20-poly1305"], "signature": b64e(b"\x00" * 64)}
     r = hub.client.post("/v1/enroll", json=body)
     assert r.status_code == 403 and r.json()["error"] == "enrollment_failed"
     # the token was not consumed by the failed attempt
@@ -127,3 +132,39 @@ def test_usage_limit_triggers_rekey_before_it_is_reached(hub: HubParts, monkeypa
     assert agent.sealer.epoch == 2  # re-keyed once, at 90% of the limit
     assert hub.store.get_device("dev-1").current_epoch == 2
     assert hub.store.reading_count("dev-1") == 30  # both epochs' readings were accepted
+
+
+@pytest.mark.parametrize("model", ["../../etc/passwd", "/etc/passwd", "..", "thermo-1\x00", "Thermo 1", ""])
+def test_device_model_that_is_not_a_contract_name_is_refused(hub: HubParts, model: str) -> None:
+    """The model later selects a data contract by name; a path never gets stored (issue 10)."""
+    with pytest.raises(MalformedError, match="model"):
+        hub.registry.add_device("dev-1", model)
+
+
+def test_agent_with_puf_sim_from_config_enrolls_signs_and_reopens(
+        hub: HubParts, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``agent.keystore_backend = "puf-sim"`` in the config file is all it takes (issue 10)."""
+    from iotguard.config import load_config
+    from iotguard.keys.puf import PufKeyStore
+
+    data_dir = tmp_path / "puf-agent"
+    conf = tmp_path / "iotguard.toml"
+    conf.write_text(f'[agent]\ndata_dir = "{data_dir}"\nhub_url = "http://testserver"\n'
+                    'suites = ["chacha20-poly1305"]\nkeystore_backend = "puf-sim"\n')
+    cfg = load_config(conf, env={}).agent
+    agent = Agent(cfg, "dev-puf", http=hub.client)
+    assert isinstance(agent.keystore, PufKeyStore)
+    assert agent.keystore.enrollment is not None and agent.keystore.enrollment.key_entropy_bits >= 128
+    assert "UNSAFE" in caplog.text and "puf-sim" in caplog.text
+    agent.enroll(str(hub.registry.add_device("dev-puf", "thermo-1")))
+    assert hub.store.get_device("dev-puf").status == "active"
+    keys = sorted(p.name for p in (data_dir / "keys").iterdir())
+    assert keys == ["puf-sim-silicon.cbor", "puf-store.cbor"]  # seed of the simulated chip + helper data
+    agent.renew_certificate()  # a request signed with the PUF-derived identity key, verified by the hub
+    _seq, env = agent.sealer.seal(encode_reading(Reading(1_700_000_000_000, {"temperature": 21.0},
+                                                         "heating_control")))
+    assert hub.processor.process([Incoming(agent.sealer.topic, env)]).stored == 1
+
+    again = Agent(cfg, "dev-puf", http=hub.client)  # a restart: same silicon, same keys
+    assert again.keystore.public_key("identity") == agent.keystore.public_key("identity")
+    again.renew_certificate()

@@ -99,13 +99,19 @@ def test_privacy_receipt_is_verified_and_stored(hub: HubParts) -> None:
         _s, env = a.sealer.seal(encode_reading(r))
         assert hub.processor.process([Incoming(a.sealer.topic, env)]).stored == 1
     receipt = a.privacy.seal_receipt(SystemClock().now())  # type: ignore[union-attr]
-    from iotguard.identity import b64e
-
-    r = hub.client.post("/v1/receipts", json={"device_id": "dev-1", "receipt": b64e(receipt)})
+    r = hub.client.post("/v1/receipts", json=a._signed("upload_receipt", {"receipt": receipt})[0])
     assert r.status_code == 200, r.text
     tampered = receipt[:-1] + bytes((receipt[-1] ^ 1,))
-    r = hub.client.post("/v1/receipts", json={"device_id": "dev-1", "receipt": b64e(tampered)})
+    r = hub.client.post("/v1/receipts", json=a._signed("upload_receipt", {"receipt": tampered})[0])
     assert r.status_code in (400, 401), r.text
+
+
+def test_receipt_with_bad_base64_is_malformed_not_a_server_error(hub: HubParts) -> None:
+    a = hub.agent("dev-1")
+    wire = a._signed("upload_receipt", {"receipt": b"x"})[0]
+    for bad in ("%%%not base64%%%", "A", "ü" * 10):
+        r = hub.client.post("/v1/receipts", json={**wire, "request": bad})
+        assert r.status_code == 400 and r.json()["error"] == "malformed", (bad, r.text)
 
 
 def test_bootstrap_token_is_one_time(hub: HubParts) -> None:
@@ -126,8 +132,16 @@ def test_default_credential_guessing_locks_out(hub: HubParts) -> None:
                 for guess in ("admin", "password", "iotguard", "changeme", "12345", "root", "default", "test",
                               "guest", "operator", "secret", "letmein")]
     assert set(statuses) <= {401, 429} and statuses[-1] == 429
-    # even a valid token is refused while the address is locked out
-    assert hub.client.get("/v1/devices", headers=hub.operator_token("viewer")).status_code == 429
+
+
+def test_address_lockout_does_not_lock_out_valid_tokens_behind_the_same_nat(hub: HubParts) -> None:
+    """Check for lockout as denial of service: a guesser behind a NAT cannot lock its neighbours out."""
+    valid = hub.operator_token("viewer")
+    for guess in range(15):
+        hub.client.get("/v1/devices", headers={"Authorization": f"Bearer igt_{guess}_{guess}"})
+    assert hub.client.get("/v1/devices", headers={"Authorization": "Bearer igt_x_y"}).status_code == 429
+    assert hub.client.get("/v1/devices", headers=valid).status_code == 200
+    assert hub.client.get("/v1/devices", headers={"Authorization": "Bearer igt_z_z"}).status_code == 429
 
 
 def test_decommission_crypto_erases_session_keys(hub: HubParts) -> None:

@@ -211,3 +211,23 @@ def test_two_hubs_never_store_a_reading_twice(hub: HubParts) -> None:
     out = other.process([m])  # B's window is stale; the database decides
     assert out.stored == 0 and out.rejected["replay"] == 1
     assert hub.store.reading_count() == 2
+
+
+def test_authenticated_sequence_beyond_the_database_range_does_not_stall_ingest(hub: HubParts) -> None:
+    """One authenticated envelope with seq 2^63 used to fail the whole batch's storage, retried forever."""
+    from iotguard.channel import make_nonce
+    from iotguard.crypto import get_suite
+    from iotguard.wire import associated_data
+
+    a = hub.agent("dev-1")
+    sealer = a.sealer
+    suite = get_suite("chacha20-poly1305")
+    seq = 2**63
+    header = (bytes.fromhex("860101") + bytes([0x60 + 5]) + b"dev-1" + bytes([sealer.epoch])
+              + b"\x1b" + seq.to_bytes(8, "big"))
+    ct = suite.seal(a._keys.uplink, make_nonce(sealer.epoch, seq, suite.nonce_size),  # type: ignore[union-attr]
+                    associated_data(header, sealer.topic), encode_reading(_reading(1)))
+    huge = Incoming(sealer.topic, header + bytes([0x58, len(ct)]) + ct)
+    out = hub.processor.process([_seal(a, 0), huge])
+    assert out.stored == 1 and out.rejected == {"malformed": 1}
+    assert hub.store.reading_count("dev-1") == 1

@@ -23,6 +23,7 @@ def test_certificate_is_renewed_automatically_before_expiry(hub: HubParts) -> No
     a.clock = clock
     clock.advance(timedelta(days=hub.cfg.cert_validity_days * 0.8).total_seconds())
     hub.registry.clock = FixedClock(clock.now())  # the hub's clock agrees with the device's
+    hub.core.app.state.device_plane.clock = hub.registry.clock
     assert a.maybe_renew() is True
     renewed = hub.store.get_device("dev-1")
     assert renewed.cert_serial != first.cert_serial
@@ -84,16 +85,18 @@ def test_tamper_event_zeroizes_the_device_and_the_hub_stops_trusting_it(hub: Hub
     assert hub.core.posture.require("dev-1").trust_tier == "failed"
     out = hub.processor.process([Incoming(topic, stolen)])
     assert out.stored == 0 and out.rejected["policy_denied"] == 1
-    assert "device.tampered" in [__import__("iotguard.audit.events", fromlist=["AuditEvent"]).AuditEvent.from_cbor(e).type
-                                 for e in hub.core.audit.entries(0, hub.core.audit.size())]
+    from iotguard.audit.events import AuditEvent
+
+    assert "device.tampered" in [AuditEvent.from_cbor(e).type for e in hub.core.audit.entries(0, hub.core.audit.size())]
 
 
 def test_forged_tamper_report_is_refused(hub: HubParts) -> None:
     """Nobody but the device can mark it tampered (that would be a denial of service)."""
-    from iotguard.identity import b64e
-
     hub.agent("dev-1")
-    r = hub.client.post("/v1/tamper", json={"device_id": "dev-1", "reason": "x", "ts": 1,
-                                             "signature": b64e(b"\x00" * 64)})
-    assert r.status_code == 401
+    intruder = hub.agent("dev-2")
+    intruder.device_id = "dev-1"  # claims dev-1, signs with dev-2's key
+    r = hub.client.post("/v1/tamper", json=intruder._signed("tamper_report", {"reason": "x"})[0])
+    assert (r.status_code, r.json()["error"]) == (401, "forged")
+    r = hub.client.post("/v1/tamper", json={"device_id": "dev-1", "reason": "x", "ts": 1, "signature": "AA"})
+    assert (r.status_code, r.json()["error"]) == (401, "unauthenticated")
     assert hub.core.posture.require("dev-1").trust_tier != "failed"

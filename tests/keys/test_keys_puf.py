@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import shutil
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from statistics import NormalDist
 
+import cbor2
 import numpy as np
 import pytest
 
@@ -16,6 +18,7 @@ from iotguard.errors import (
     AuthenticationError,
     KeyStoreError,
     MalformedError,
+    PufQualityError,
     ReplayError,
     UnknownDeviceError,
 )
@@ -32,12 +35,17 @@ from iotguard.keys.puf import (
     PufKeyStore,
     PufVerifier,
     SramPuf,
+    SramPufParameters,
     SramPufPopulation,
     XorArbiterPuf,
     answer_challenge,
+    checked_enrollment_reference,
     enroll_puf,
+    helper_data_only_attack,
+    key_entropy_bound,
     key_failure_probability,
     logistic_regression_attack,
+    majority_reference,
     quality,
     random_challenges,
 )
@@ -136,6 +144,62 @@ def test_helper_data_round_trips_and_is_parsed_strictly() -> None:
     for bad in (b"", b"\xa0", helper.to_bytes()[:-3], b"\x00" * 70_000):
         with pytest.raises(MalformedError):
             HelperData.from_bytes(bad)
+
+
+def _helper_with(**changes: object) -> bytes:
+    fe = FuzzyExtractor()
+    _, helper = fe.generate(np.zeros(4096, dtype=np.uint8))
+    obj = cbor2.loads(helper.to_bytes())
+    obj.update(changes)
+    return cbor2.dumps(obj, canonical=True)
+
+
+@pytest.mark.parametrize("changes", [
+    {"m": 100}, {"m": 2**70}, {"t": 2**70}, {"t": 0}, {"m": 16}, {"m": 4}, {"t": 200}, {"r": 8},
+    {"r": 2**40}, {"b": 10**6}, {"d": -1}, {"m": True}, {"m": 8.0}, {"x": 1},
+])
+def test_helper_data_bchlib_cannot_handle_is_malformed(changes: dict[str, object]) -> None:
+    """Fuzz finding (issue 18): parameters bchlib refuses raised RuntimeError/OverflowError, not MalformedError."""
+    with pytest.raises(MalformedError):
+        HelperData.from_bytes(_helper_with(**changes))
+
+
+def test_helper_data_with_unexpected_parameters_is_refused_before_bchlib() -> None:
+    with pytest.raises(MalformedError, match="other code parameters"):
+        HelperData.from_bytes(_helper_with(t=15), expected=FuzzyExtractor().params)
+
+
+def _rewrite_store(path: Path, **helper_changes: object) -> None:
+    outer = cbor2.loads(path.read_bytes())
+    state = cbor2.loads(outer["body"])
+    obj = cbor2.loads(state["helper"])
+    obj.update(helper_changes)
+    state["helper"] = cbor2.dumps(obj, canonical=True)
+    outer["body"] = cbor2.dumps(state, canonical=True)
+    path.write_bytes(cbor2.dumps(outer, canonical=True))
+
+
+@pytest.mark.parametrize("changes", [{"m": 100}, {"t": 2**70}, {"r": 9}, {"o": b"\x00" * 3}])
+def test_attack_forged_helper_data_in_puf_store_is_a_keystore_error(tmp_path: Path, changes: dict[str, object]) -> None:
+    """An attacker who can write the store file gets a KeyStoreError, never a crash inside bchlib."""
+    puf = SramPuf.manufacture(seed=21)
+    PufKeyStore(puf, tmp_path / "puf").generate("id", KeyKind.ED25519)
+    _rewrite_store(tmp_path / "puf" / "puf-store.cbor", **changes)
+    with pytest.raises(KeyStoreError):
+        PufKeyStore(puf, tmp_path / "puf")
+
+
+def test_attack_altered_puf_store_keys_fail_the_mac_before_use(tmp_path: Path) -> None:
+    puf = SramPuf.manufacture(seed=22)
+    PufKeyStore(puf, tmp_path / "puf").generate("id", KeyKind.ED25519)
+    path = tmp_path / "puf" / "puf-store.cbor"
+    outer = cbor2.loads(path.read_bytes())
+    state = cbor2.loads(outer["body"])
+    state["keys"] = {"id": "not a list"}
+    outer["body"] = cbor2.dumps(state, canonical=True)
+    path.write_bytes(cbor2.dumps(outer, canonical=True))
+    with pytest.raises(KeyStoreError, match="integrity"):
+        PufKeyStore(puf, tmp_path / "puf")
 
 
 def test_measured_inner_code_error_rate_matches_the_analysis() -> None:
@@ -299,3 +363,127 @@ def test_attack_puf_modelling_plain_lr_does_not_learn_xor_arbiter() -> None:
     model = logistic_regression_attack(train, puf.evaluate(train))
     test = random_challenges(10_000, 64, rng)
     assert model.accuracy(test, puf.evaluate(test, noisy=False)) < 0.7
+
+
+# -- enrollment checks: a biased PUF would give its key away (issue 10) ---------------
+
+
+def _biased_puf(uniformity: float, seed: int) -> SramPuf:
+    params = SramPufParameters()
+    bias = NormalDist().inv_cdf(uniformity) * math.sqrt(1 + params.layout_sigma**2)
+    return SramPuf.manufacture(replace(params, bias=bias), seed=seed)
+
+
+class _FixedPuf:
+    """A PUF source replaying given bits (with optional fresh noise)."""
+
+    def __init__(self, bits: np.ndarray, noise: float = 0.0, seed: int = 0) -> None:
+        self.bits = bits.astype(np.uint8)
+        self.noise = noise
+        self.rng = np.random.default_rng(seed)
+
+    def read(self) -> np.ndarray:
+        flips = (self.rng.random(self.bits.shape) < self.noise).astype(np.uint8)
+        return self.bits ^ flips
+
+
+@pytest.mark.parametrize(("uniformity", "accepted"), [(0.75, False), (0.5, True)])
+def test_biased_puf_refused_at_enrollment(tmp_path: Path, uniformity: float, accepted: bool) -> None:
+    """At uniformity 0.75 the helper data alone yields the key: enrollment measures and refuses."""
+    puf = _biased_puf(uniformity, seed=31)
+    if accepted:
+        store = PufKeyStore(puf, tmp_path / "puf")
+        assert store.enrollment is not None
+        assert abs(store.enrollment.uniformity - uniformity) < 0.03
+        assert store.enrollment.key_entropy_bits >= 128
+        store.generate("id", KeyKind.ED25519)
+        enroll_puf(puf, "dev-1")
+        return
+    with pytest.raises(PufQualityError, match=r"uniformity 0\.7") as info:
+        PufKeyStore(puf, tmp_path / "puf")
+    assert info.value.code == "puf_quality"
+    assert not (tmp_path / "puf" / "puf-store.cbor").exists()  # no helper data was published
+    with pytest.raises(PufQualityError):
+        enroll_puf(puf, "dev-1")
+
+
+def test_key_not_derivable_from_helper_data_alone_at_accepted_bias() -> None:
+    """The helper-data-only attack recovers keys of biased PUFs, and none the checks accept.
+
+    The attack feeds the extractor's own decoder a constant response (the
+    majority value); at uniformity 0.75 that recovers about one key in
+    seven. Every PUF the enrollment checks accept, here up to the edge of
+    the accepted range, keeps its key, and the entropy bound for it stays at
+    or above 128 bits.
+    """
+    fe = FuzzyExtractor()
+
+    def enroll_unchecked(puf: SramPuf) -> tuple[bytes, HelperData]:
+        return fe.generate(majority_reference(puf, 9), context=b"t")
+
+    recovered_biased = 0
+    for seed in range(40):
+        key, helper = enroll_unchecked(_biased_puf(0.75, seed=100 + seed))
+        found = helper_data_only_attack(helper, context=b"t")
+        assert found is None or found == key
+        recovered_biased += found is not None
+    assert recovered_biased >= 2  # the attack is real: the refusal is what stops it
+
+    accepted = 0
+    for uniformity in (0.5, 0.53):
+        for seed in range(40):
+            puf = _biased_puf(uniformity, seed=200 + seed)
+            reads = np.stack([puf.read() for _ in range(9)])
+            try:
+                reference, assessment = checked_enrollment_reference(reads, fe.params)
+            except PufQualityError:
+                continue
+            accepted += 1
+            assert assessment.key_entropy_bits >= 128
+            key, helper = fe.generate(reference, context=b"t")
+            assert helper_data_only_attack(helper, context=b"t") is None
+    assert accepted >= 60
+    assert key_entropy_bound(0.5) == 256
+    assert key_entropy_bound(0.75) < 0 < key_entropy_bound(0.54)
+
+
+def test_correlated_puf_refused_at_enrollment() -> None:
+    """Unbiased but with neighbouring cells copied: the independence the bound needs is missing."""
+    rng = np.random.default_rng(41)
+    half = rng.integers(0, 2, 2048, dtype=np.uint8)
+    puf = _FixedPuf(np.repeat(half, 2), noise=0.02, seed=1)
+    with pytest.raises(PufQualityError, match="neighbouring cells"):
+        checked_enrollment_reference(np.stack([puf.read() for _ in range(9)]))
+
+
+def test_noisy_puf_refused_at_enrollment() -> None:
+    rng = np.random.default_rng(42)
+    puf = _FixedPuf(rng.integers(0, 2, 4096, dtype=np.uint8), noise=0.2, seed=2)
+    with pytest.raises(PufQualityError, match="bit-error rate"):
+        checked_enrollment_reference(np.stack([puf.read() for _ in range(9)]))
+
+
+def test_default_simulated_population_passes_enrollment() -> None:
+    fe = FuzzyExtractor()
+    population = SramPufPopulation(50, seed=43)
+    refused = 0
+    for i in range(50):
+        puf = population.device(i)
+        try:
+            checked_enrollment_reference(np.stack([puf.read() for _ in range(9)]), fe.params)
+        except PufQualityError:
+            refused += 1
+    assert refused == 0
+
+
+def test_puf_sim_backend_keeps_its_simulated_silicon_and_refuses_a_malformed_one(tmp_path: Path) -> None:
+    from iotguard.keys import KeyStoreConfig, open_key_store
+    from iotguard.keys.config import PUF_SIM_SILICON_FILE
+
+    first = open_key_store(KeyStoreConfig(backend="puf-sim"), default_directory=tmp_path / "keys")
+    public = first.generate("id", KeyKind.ED25519)
+    reopened = open_key_store(KeyStoreConfig(backend="puf-sim"), default_directory=tmp_path / "keys")
+    assert reopened.public_key("id") == public
+    (tmp_path / "keys" / PUF_SIM_SILICON_FILE).write_bytes(cbor2.dumps({"v": 1, "seed": -5}))
+    with pytest.raises(KeyStoreError, match="malformed"):
+        open_key_store(KeyStoreConfig(backend="puf-sim"), default_directory=tmp_path / "keys")

@@ -1,7 +1,9 @@
 """Micro-segmentation at a real Mosquitto broker, with ACLs derived from the policies.
 
-Starts /usr/sbin/mosquitto on a free localhost port with a password file and
-the ``acl_file`` rendered by :func:`render_mosquitto_acl`, then shows that a
+Starts /usr/sbin/mosquitto with the production configuration
+(:func:`iotguard.hub.mosquitto.write_broker_config`: TLS 1.3, client
+certificates from the fleet CA, certificate CN as the username, CRL) and the
+``acl_file`` rendered by :func:`render_mosquitto_acl`, then shows that a
 device's lateral publish never reaches a subscriber, and that quarantine
 (posture change -> regenerated ACL -> SIGHUP) cuts its telemetry while its
 attestation channel stays open.
@@ -12,82 +14,75 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
+import ssl
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from iotguard.clock import FixedClock
+from iotguard.hub.mosquitto import update_access_files, write_broker_config
+from iotguard.hub.store import HubStore
+from iotguard.identity.ca import FleetCA
 from iotguard.policy import PolicyEngine, default_policy_set, render_mosquitto_acl
+from iotguard.tls import client_context
+from tests.conftest import free_port, wait_port
+from tests.lifecycle.conftest import make_ca
 from tests.policy.conftest import NOW, fleet
 
 MOSQUITTO = os.environ.get("IOTGUARD_MOSQUITTO", "/usr/sbin/mosquitto")
-PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
 pytestmark = pytest.mark.mosquitto
 
 
 def _require_binaries() -> None:
-    missing = [b for b in (MOSQUITTO, PASSWD) if not os.access(b, os.X_OK)]
-    if missing:
+    if not os.access(MOSQUITTO, os.X_OK):
         if os.environ.get("CI"):
-            pytest.fail(f"mosquitto binaries missing in CI: {missing}")
-        pytest.skip(f"mosquitto binaries missing: {missing}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+            pytest.fail(f"mosquitto binary missing in CI: {MOSQUITTO}")
+        pytest.skip(f"mosquitto binary missing: {MOSQUITTO}")
 
 
 class _Broker:
     def __init__(self, root: Path, engine: PolicyEngine) -> None:
         self.root = root
         self.engine = engine
-        self.port = _free_port()
-        self.acl = root / "acl"
-        self.passwords = root / "passwd"
-        self.passwords.touch(mode=0o600)
+        self.port = free_port()
+        now = datetime.now(tz=UTC)
+        self.store = HubStore.open(f"sqlite:///{root / 'hub.db'}")
+        self.ca: FleetCA = make_ca(root / "ca-keys", now=now)
+        self.clients = root / "clients"
+        self.clients.mkdir()
         for user in ["hub", *(p.device_id for p in engine.posture)]:
-            subprocess.run([PASSWD, "-b", str(self.passwords), user, f"pw-{user}"], check=True)
-        self.write_acl()
-        conf = root / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous false\n"
-            f"password_file {self.passwords}\n"
-            f"acl_file {self.acl}\n"
-            "persistence false\n"
-            "user root\n"
-            "log_dest stderr\n"
-        )
+            key = Ed25519PrivateKey.generate()
+            cert = self.ca.issue_device_certificate(user, key.public_key().public_bytes_raw(), now=now,
+                                                    validity=timedelta(days=1))
+            key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+            (self.clients / f"{user}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key_pem)
+        self.files = write_broker_config(root / "broker", self.ca, self.store, "127.0.0.1", self.port, now,
+                                         bind_address="127.0.0.1", acl_renderer=self.render_acl)
         self.log = (root / "mosquitto.log").open("wb")
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("mosquitto did not start: " + (root / "mosquitto.log").read_text())
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.files.conf)], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        try:
+            wait_port(self.port, timeout=10)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError("mosquitto did not start: " + (root / "mosquitto.log").read_text()) from None
 
-    def write_acl(self) -> None:
-        text = render_mosquitto_acl(
-            self.engine, service_accounts={"hub": [("readwrite", "iotguard/#")]}, now=NOW
-        )
-        self.acl.write_text(text)
-        self.acl.chmod(0o600)
+    def render_acl(self) -> str:
+        return render_mosquitto_acl(self.engine, service_accounts={"hub": [("readwrite", "iotguard/#")]}, now=NOW)
 
     def reload(self) -> None:
-        self.write_acl()
+        update_access_files(self.files.root, self.ca, self.store, datetime.now(tz=UTC), acl_renderer=self.render_acl)
         self.proc.send_signal(signal.SIGHUP)
         time.sleep(0.5)
 
@@ -99,11 +94,12 @@ class _Broker:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+        self.store.engine.dispose()
 
 
 def _client(broker: _Broker, user: str) -> mqtt.Client:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user, protocol=mqtt.MQTTv311)
-    client.username_pw_set(user, f"pw-{user}")
+    client.tls_set_context(client_context(broker.files.cafile, certfile=broker.clients / f"{user}.pem"))
     connected = threading.Event()
     client.on_connect = lambda c, u, f, rc, p: connected.set()
     client.connect("127.0.0.1", broker.port)
@@ -113,12 +109,34 @@ def _client(broker: _Broker, user: str) -> mqtt.Client:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[_Broker]:
+def broker() -> Iterator[_Broker]:
     _require_binaries()
+    # Not under pytest's tmp dir: it is private to root, and Mosquitto drops to its own user.
+    root = Path(tempfile.mkdtemp(prefix="iotguard-policy-mqtt-"))
+    root.chmod(0o711)
     engine = PolicyEngine(default_policy_set(), posture=fleet(), clock=FixedClock(NOW))
-    b = _Broker(tmp_path, engine)
+    b = _Broker(root, engine)
     yield b
     b.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_device_without_certificate_cannot_connect(broker: _Broker) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dev-a1", protocol=mqtt.MQTTv311)
+    client.tls_set_context(client_context(broker.files.cafile))
+    client.username_pw_set("dev-a1", "guess")
+    connected = threading.Event()
+    client.on_connect = lambda c, u, f, rc, p: None if rc.is_failure else connected.set()
+    try:
+        client.connect("127.0.0.1", broker.port)
+    except (ssl.SSLError, OSError):
+        return  # refused in the handshake
+    client.loop_start()
+    try:
+        assert not connected.wait(3), "a client without a certificate was accepted"
+    finally:
+        client.loop_stop()
+        client.disconnect()
 
 
 def test_lateral_publish_not_delivered_and_quarantine_cuts_telemetry(broker: _Broker) -> None:

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
+import iotguard.privacy
 from iotguard.errors import ConfigError, PolicyDenied
-from iotguard.privacy import available_models, check_reading, load_contract, parse_contract, render_notice
+from iotguard.privacy import (
+    ContractRegistry,
+    available_models,
+    check_reading,
+    load_contract,
+    parse_contract,
+    render_notice,
+)
+
+_SHIPPED_DIR = Path(iotguard.privacy.__file__).parent / "contracts"
 
 BASE = """
 [contract]
@@ -128,3 +141,49 @@ def test_hub_rejects_undeclared_fields_and_purposes() -> None:
         check_reading(c, None, {"temperature": 21.5})
     with pytest.raises(PolicyDenied, match="float"):
         check_reading(c, "heating_control", {"temperature": "hot"})
+
+
+def _valid_contract_file(tmp_path: Path) -> Path:
+    path = tmp_path / "thermo-1.toml"
+    path.write_text((_SHIPPED_DIR / "thermo-1.toml").read_text())
+    return path
+
+
+@pytest.mark.parametrize("kind", ["relative", "absolute", "dotdot", "nul", "passwd", "newline", "upper", "slash"])
+def test_contract_name_path_traversal_refused(tmp_path: Path, kind: str) -> None:
+    """A model string is a name in the registry, never a path (issue 10).
+
+    The file named by the path is a valid contract, so a loader that read
+    paths would succeed instead of refusing.
+    """
+    target = _valid_contract_file(tmp_path)
+    name = {
+        "relative": os.path.relpath(target, Path.cwd()),
+        "absolute": str(target),
+        "dotdot": "..",
+        "nul": "thermo-1\x00../../etc/passwd",
+        "passwd": "../../etc/passwd",
+        "newline": "thermo-1\n",
+        "upper": "Thermo-1",
+        "slash": "contracts/thermo-1",
+    }[kind]
+    with pytest.raises(ConfigError, match="not a contract name"):
+        load_contract(name)
+    with pytest.raises(ConfigError, match="not a contract name"):
+        ContractRegistry().load(name)
+
+
+def test_operator_contracts_resolve_by_name_only() -> None:
+    text = (_SHIPPED_DIR / "thermo-1.toml").read_bytes().replace(b'model = "thermo-1"', b'model = "site.thermo-9"')
+    registry = ContractRegistry({"site.thermo-9": text})
+    assert registry.load("site.thermo-9").model == "site.thermo-9"
+    assert "site.thermo-9" in registry.names() and "thermo-1" in registry.names()
+    with pytest.raises(ConfigError, match="no data contract"):
+        load_contract("site.thermo-9")  # the shipped registry does not see it
+    with pytest.raises(ConfigError, match="not a contract name"):
+        ContractRegistry({"../x": text})
+    with pytest.raises(ConfigError, match="shipped"):
+        ContractRegistry({"thermo-1": text})
+    mislabelled = ContractRegistry({"other-1": text})
+    with pytest.raises(ConfigError, match="declares model"):
+        mislabelled.load("other-1")

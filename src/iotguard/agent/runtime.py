@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -20,13 +21,13 @@ import cbor2
 import httpx
 import paho.mqtt.client as mqtt
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from iotguard.agent.outbox import Outbox
 from iotguard.agent.privacy import DevicePrivacy
 from iotguard.channel import (
-    CONSENT_ACK_DOMAIN,
     SequenceAllocator,
     SessionKeys,
     UplinkSealer,
@@ -41,6 +42,7 @@ from iotguard.clock import Clock, SystemClock
 from iotguard.config import AgentConfig
 from iotguard.crypto import get_suite
 from iotguard.errors import (
+    ConfigError,
     EnrollmentError,
     IntegrityError,
     IotGuardError,
@@ -56,11 +58,14 @@ from iotguard.identity import (
     parse_enrollment_code,
     request_transcript,
     session_salt,
+    sign_device_request,
     token_hash,
     verify_signature,
 )
+from iotguard.identity.transport import check_transport_certificate
 from iotguard.keys import KeyKind, KeyStore, KeyStoreConfig, TamperResponsive, open_key_store
 from iotguard.privacy import ConsentConfig, ConsentState
+from iotguard.tls import client_context, fetch_pinned_ca
 from iotguard.wire import Reading, encode_reading
 
 __all__ = ["Agent"]
@@ -70,9 +75,15 @@ log = logging.getLogger(__name__)
 _IDENTITY = "identity"
 _STATE_KEY = "state-wrap"
 _SESSION_FILE = "session.sealed"
+#: The TLS client certificate and, after it, the transport key (ADR 0600); one file so both change atomically.
+TRANSPORT_FILE = "transport.pem"
+#: The fleet CA certificate pinned at enrollment.
+CA_FILE = "ca.pem"
 
 
-
+def _new_transport_key() -> tuple[Ed25519PrivateKey, bytes]:
+    key = Ed25519PrivateKey.generate()
+    return key, key.public_key().public_bytes_raw()
 
 
 class Agent:
@@ -95,7 +106,8 @@ class Agent:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.keystore = keystore or open_key_store(
             KeyStoreConfig(backend=cfg.keystore_backend, pkcs11_module=cfg.pkcs11_module,
-                           pkcs11_token=cfg.pkcs11_token, pkcs11_pin_env=cfg.pkcs11_pin_env),
+                           pkcs11_token=cfg.pkcs11_token, pkcs11_pin_env=cfg.pkcs11_pin_env,
+                           puf_seed=cfg.puf_seed),
             default_directory=self.dir / "keys")
         self.clock = clock or SystemClock()
         self._http = http
@@ -103,12 +115,15 @@ class Agent:
         self._sealer: UplinkSealer | None = None
         self._keys: SessionKeys | None = None
         self._client: mqtt.Client | None = None
+        self._tls: ssl.SSLContext | None = None
         self._connected = threading.Event()
         self._lock = threading.Lock()
         self.acked = 0
         self.privacy: DevicePrivacy | None = None
         self.last_envelope = b""
         self.on_ack: Callable[[int, list[int]], None] | None = None
+        #: Called with (epoch, seq, reading body) once a reading is in the outbox (simulator bookkeeping).
+        self.on_submit: Callable[[int, int, bytes], None] | None = None
         self._load_session()
 
     def __repr__(self) -> str:
@@ -150,9 +165,42 @@ class Agent:
 
     # -- enrollment ------------------------------------------------------
 
-    def _client_http(self) -> httpx.Client:
-        if self._http is None:
+    def _signed(self, action: str, body: dict[str, Any]) -> tuple[dict[str, str], bytes]:
+        """A signed device request (wire body, transcript) for ``action``, signed inside the key store."""
+        out = sign_device_request(action, self.device_id, body, now=self.clock.now(),
+                                  sign=lambda message: self.keystore.sign(_IDENTITY, message))
+        return out.wire, out.transcript
+
+    def _client_http(self, ca_fingerprint: str | None = None) -> httpx.Client:
+        """HTTP client for the hub API, verified against the pinned fleet CA.
+
+        Before enrollment the CA certificate is fetched from the hub's TLS
+        chain and accepted only if it matches ``ca_fingerprint`` (from the
+        enrollment code); afterwards the stored ``ca.pem`` is used.
+
+        Raises:
+            EnrollmentError: no pinned CA yet and no fingerprint to pin one.
+            IntegrityError: the hub's chain does not match the fingerprint.
+        """
+        if self._http is not None:
+            return self._http
+        url = httpx.URL(self.cfg.hub_url)
+        if url.scheme != "https":
+            if not self.cfg.unsafe_plain_http:
+                raise ConfigError(f"hub URL {self.cfg.hub_url!r} is not https:// (agent.unsafe_plain_http is off)")
+            log.warning("UNSAFE: %s talks to the hub over plain HTTP (agent.unsafe_plain_http)", self.device_id)
             self._http = httpx.Client(base_url=self.cfg.hub_url, timeout=15.0)
+            return self._http
+        ca_path = self.dir / CA_FILE
+        if not ca_path.exists():
+            if ca_fingerprint is None:
+                raise EnrollmentError("no pinned fleet CA: enroll with an enrollment code first")
+            try:
+                ca_pem = fetch_pinned_ca(url.host, url.port or 443, ca_fingerprint)
+            except OSError as exc:
+                raise EnrollmentError(f"hub unreachable for CA pinning: {exc}") from None
+            atomic_write(ca_path, ca_pem, mode=0o644)
+        self._http = httpx.Client(base_url=self.cfg.hub_url, timeout=15.0, verify=client_context(ca_path))
         return self._http
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -167,14 +215,15 @@ class Agent:
         return data
 
     def _finish_exchange(self, transcript: bytes, kex_label: str, resp: dict[str, Any],
-                         ca_fingerprint: str | None, epoch: int) -> None:
+                         ca_fingerprint: str | None, epoch: int,
+                         transport_key: Ed25519PrivateKey | None = None) -> None:
         ca_pem = str(resp["ca_certificate_pem"]).encode()
         if ca_fingerprint is not None:
             if certificate_fingerprint(ca_pem) != ca_fingerprint:
                 raise EnrollmentError("hub presented a CA that does not match the enrollment code")
-            atomic_write(self.dir / "ca.pem", ca_pem)
+            atomic_write(self.dir / CA_FILE, ca_pem, mode=0o644)
         else:
-            pinned = (self.dir / "ca.pem").read_bytes()
+            pinned = (self.dir / CA_FILE).read_bytes()
             if certificate_fingerprint(pinned) != certificate_fingerprint(ca_pem):
                 raise EnrollmentError("hub presented a different CA than the one pinned at enrollment")
         ca_key = x509.load_pem_x509_certificate(ca_pem).public_key()
@@ -185,13 +234,17 @@ class Agent:
         if int(resp["epoch"]) != epoch or resp["device_id"] != self.device_id:
             raise EnrollmentError("hub response is for another device or epoch")
         segment = str(resp["segment"])
+        transport_pem = str(resp.get("transport_certificate_pem", ""))
         fields = {"device_id": self.device_id, "epoch": epoch, "suite": suite_name, "segment": segment,
-                  "hub_kex_public_key": hub_pub, "certificate_pem": resp["certificate_pem"]}
+                  "hub_kex_public_key": hub_pub, "certificate_pem": resp["certificate_pem"],
+                  "transport_certificate_pem": transport_pem}
         try:
             verify_signature(ca_key.public_bytes_raw(), b64d(str(resp["signature"]), what="signature"),
                              hub_response_message(transcript, fields))
         except IntegrityError:
             raise EnrollmentError("hub response signature does not verify") from None
+        if transport_key is not None:
+            self._install_transport(transport_key, transport_pem.encode())
         suite = get_suite(suite_name)
         material = self.keystore.derive(kex_label, hub_pub, salt=session_salt(transcript, hub_pub),
                                         info=session_info(self.device_id, epoch, suite_name),
@@ -202,6 +255,25 @@ class Agent:
         self._save_session(epoch, suite_name, keys, segment)
         self.keystore.delete(kex_label)
         self._install(epoch, suite_name, keys, segment)
+
+    def _install_transport(self, key: Ed25519PrivateKey, cert_pem: bytes) -> None:
+        """Check the transport certificate and store it with its key (0600, one atomic file).
+
+        Raises:
+            EnrollmentError: the certificate is not the fleet CA's client certificate for this key.
+        """
+        ca = x509.load_pem_x509_certificate((self.dir / CA_FILE).read_bytes())
+        try:
+            check_transport_certificate(cert_pem, device_id=self.device_id, ca_certificate=ca, now=self.clock.now(),
+                                        transport_public_key=key.public_key().public_bytes_raw())
+        except IntegrityError as exc:
+            raise EnrollmentError(f"hub returned an unusable transport certificate: {exc}") from None
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        atomic_write(self.dir / TRANSPORT_FILE, cert_pem.rstrip(b"\n") + b"\n" + key_pem, mode=0o600)
+        if self._tls is not None:
+            # The superseded certificate is revoked at once: reconnects must present the new one.
+            self._tls.load_cert_chain(str(self.dir / TRANSPORT_FILE))
 
     def enroll(self, enrollment_code: str) -> None:
         """Enroll with the hub using the operator's one-time code.
@@ -222,14 +294,17 @@ class Agent:
         if self.keystore.has_key(kex_label):
             self.keystore.delete(kex_label)
         kex_pk = self.keystore.generate(kex_label, KeyKind.X25519)
+        transport_key, transport_pk = _new_transport_key()
         transcript = request_transcript("enroll", {
             "device_id": self.device_id, "token_hash": token_hash(code.secret),
-            "identity_public_key": identity_pk, "kex_public_key": kex_pk, "suites": list(self.cfg.suites)})
+            "identity_public_key": identity_pk, "kex_public_key": kex_pk, "transport_public_key": transport_pk,
+            "suites": list(self.cfg.suites)})
+        self._client_http(code.ca_fingerprint)  # pin the fleet CA before the token leaves the device
         resp = self._post("/v1/enroll", {
             "device_id": self.device_id, "token": b64e(code.secret), "identity_public_key": b64e(identity_pk),
-            "kex_public_key": b64e(kex_pk), "suites": list(self.cfg.suites),
-            "signature": b64e(self.keystore.sign(_IDENTITY, transcript))})
-        self._finish_exchange(transcript, kex_label, resp, code.ca_fingerprint, 1)
+            "kex_public_key": b64e(kex_pk), "transport_public_key": b64e(transport_pk),
+            "suites": list(self.cfg.suites), "signature": b64e(self.keystore.sign(_IDENTITY, transcript))})
+        self._finish_exchange(transcript, kex_label, resp, code.ca_fingerprint, 1, transport_key)
 
     def rekey(self, suites: list[str] | None = None) -> None:
         """Move to the next key epoch (and optionally another cipher suite).
@@ -243,12 +318,8 @@ class Agent:
         if self.keystore.has_key(kex_label):
             self.keystore.delete(kex_label)
         kex_pk = self.keystore.generate(kex_label, KeyKind.X25519)
-        ts = int(self.clock.now().timestamp())
-        transcript = request_transcript("rekey", {
-            "device_id": self.device_id, "epoch": epoch, "kex_public_key": kex_pk, "suites": offered, "ts": ts})
-        resp = self._post("/v1/rekey", {
-            "device_id": self.device_id, "epoch": epoch, "kex_public_key": b64e(kex_pk), "suites": offered,
-            "ts": ts, "signature": b64e(self.keystore.sign(_IDENTITY, transcript))})
+        wire, transcript = self._signed("rekey", {"epoch": epoch, "kex_public_key": kex_pk, "suites": offered})
+        resp = self._post("/v1/rekey", wire)
         self._finish_exchange(transcript, kex_label, resp, None, epoch)
 
     def renew_certificate(self) -> None:
@@ -257,14 +328,15 @@ class Agent:
         Raises:
             EnrollmentError: the hub refused or its answer did not verify.
         """
-        ts = int(self.clock.now().timestamp())
-        transcript = request_transcript("renew", {"device_id": self.device_id, "ts": ts})
-        resp = self._post("/v1/renew", {"device_id": self.device_id, "ts": ts,
-                                        "signature": b64e(self.keystore.sign(_IDENTITY, transcript))})
-        ca = x509.load_pem_x509_certificate((self.dir / "ca.pem").read_bytes()).public_key()
+        transport_key, transport_pk = _new_transport_key()
+        wire, transcript = self._signed("renew", {"transport_public_key": transport_pk})
+        resp = self._post("/v1/renew", wire)
+        ca = x509.load_pem_x509_certificate((self.dir / CA_FILE).read_bytes()).public_key()
         if not isinstance(ca, Ed25519PublicKey):
             raise EnrollmentError("fleet CA key is not Ed25519")
-        fields = {"device_id": self.device_id, "certificate_pem": resp["certificate_pem"]}
+        transport_pem = str(resp.get("transport_certificate_pem", ""))
+        fields = {"device_id": self.device_id, "certificate_pem": resp["certificate_pem"],
+                  "transport_certificate_pem": transport_pem}
         try:
             verify_signature(ca.public_bytes_raw(), b64d(str(resp["signature"]), what="signature"),
                              hub_response_message(transcript, fields))
@@ -273,6 +345,7 @@ class Agent:
         cert = x509.load_pem_x509_certificate(str(resp["certificate_pem"]).encode())
         if cert.public_key().public_bytes_raw() != self.keystore.public_key(_IDENTITY):  # type: ignore[union-attr]
             raise EnrollmentError("renewed certificate is not for this device's key")
+        self._install_transport(transport_key, transport_pem.encode())
         atomic_write(self.dir / "device.pem", str(resp["certificate_pem"]).encode())
 
     def maybe_renew(self, *, before_fraction: float = 1 / 3) -> bool:
@@ -296,10 +369,8 @@ class Agent:
         """
         reported = False
         try:
-            ts = int(self.clock.now().timestamp())
-            body = {"device_id": self.device_id, "reason": reason[:128], "ts": ts}
-            signature = self.keystore.sign(_IDENTITY, request_transcript("tamper", body))
-            self._post("/v1/tamper", {**body, "signature": b64e(signature)})
+            wire, _transcript = self._signed("tamper_report", {"reason": reason[:128]})
+            self._post("/v1/tamper", wire)
             reported = True
         except (httpx.HTTPError, IotGuardError) as exc:
             log.error("%s: tamper report not delivered (%s); zeroizing anyway", self.device_id, exc)
@@ -325,6 +396,14 @@ class Agent:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        if addr.tls:
+            self._tls = client_context(self.dir / CA_FILE, certfile=self.dir / TRANSPORT_FILE)
+            client.tls_set_context(self._tls)
+        elif not self.cfg.unsafe_plaintext_broker:
+            raise ConfigError(f"broker URL {addr.url} is not mqtts:// (agent.unsafe_plaintext_broker is off)")
+        else:
+            log.warning("UNSAFE: %s publishes to %s without TLS (agent.unsafe_plaintext_broker)",
+                        self.device_id, addr.url)
         self._client = client
         client.connect_async(addr.host, addr.port, keepalive=30)
         client.loop_start()
@@ -385,8 +464,11 @@ class Agent:
         if sealer.needs_rekey():
             self.rekey()
             sealer = self.sealer
-        seq, envelope = sealer.seal(encode_reading(reading))
+        body = encode_reading(reading)
+        seq, envelope = sealer.seal(body)
         self.outbox.add(sealer.epoch, seq, envelope)
+        if self.on_submit is not None:
+            self.on_submit(sealer.epoch, seq, body)
         self.last_envelope = envelope
         self.publish_raw(sealer.topic, envelope)
         self.outbox.mark_sent([(sealer.epoch, seq)], time.time())
@@ -413,8 +495,7 @@ class Agent:
 
     def _send_consent_ack(self, ack: bytes) -> None:
         try:
-            self._post("/v1/consent/ack", {"device_id": self.device_id, "ack": b64e(ack),
-                                           "signature": b64e(self.keystore.sign(_IDENTITY, CONSENT_ACK_DOMAIN + ack))})
+            self._post("/v1/consent/ack", self._signed("consent_ack", {"ack": ack})[0])
         except (httpx.HTTPError, IotGuardError) as exc:
             log.warning("%s: consent acknowledgement not delivered: %s", self.device_id, exc)
 
@@ -446,12 +527,12 @@ class Agent:
         """
         if self.privacy is None:
             return False
-        receipt = self.privacy.seal_receipt(self.clock.now())
+        receipt = self.privacy.seal_receipt(self.privacy.clock.now())  # the time of the readings it covers
         if receipt is not None:
             self.outbox.add_receipt(receipt)
         for receipt_id, blob in self.outbox.receipts():
             try:
-                self._post("/v1/receipts", {"device_id": self.device_id, "receipt": b64e(blob)})
+                self._post("/v1/receipts", self._signed("upload_receipt", {"receipt": blob})[0])
             except httpx.HTTPError:
                 break  # hub unreachable: keep it for the next attempt
             except EnrollmentError as exc:

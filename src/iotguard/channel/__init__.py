@@ -1,7 +1,6 @@
 """Sealed telemetry channel: nonces, session keys, replay window, acknowledgements."""
 
 from iotguard.channel.session import (
-    CONSENT_ACK_DOMAIN,
     TELEMETRY_FILTER,
     AckMessage,
     ReplayWindow,
@@ -21,7 +20,6 @@ from iotguard.channel.session import (
 )
 
 __all__ = [
-    "CONSENT_ACK_DOMAIN",
     "TELEMETRY_FILTER",
     "AckMessage",
     "ReplayWindow",

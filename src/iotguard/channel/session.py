@@ -24,7 +24,6 @@ from iotguard.keys import KeyStore
 from iotguard.wire import associated_data, encode_envelope, encode_header
 
 __all__ = [
-    "CONSENT_ACK_DOMAIN",
     "TELEMETRY_FILTER",
     "AckMessage",
     "ReplayWindow",
@@ -175,12 +174,15 @@ class ReplayWindow:
     last ``size`` sequences. Anything at or below ``top - size`` is refused.
     """
 
-    __slots__ = ("_bits", "size", "top")
+    __slots__ = ("_bits", "_mask", "size", "top")
 
     def __init__(self, size: int = 1024, top: int = -1, bitmap: bytes = b"") -> None:
+        if size <= 0:
+            raise ValueError("replay window size must be positive")
         self.size = size
         self.top = top
-        self._bits = int.from_bytes(bitmap, "big") if bitmap else 0
+        self._mask = (1 << size) - 1
+        self._bits = (int.from_bytes(bitmap, "big") & self._mask) if bitmap else 0
 
     def check(self, seq: int) -> None:
         """Raise if ``seq`` was seen or is too old; does not record it.
@@ -204,8 +206,15 @@ class ReplayWindow:
         """
         self.check(seq)
         if seq > self.top:
-            shift = seq - self.top if self.top >= 0 else self.size
-            self._bits = ((self._bits << shift) | 1) & ((1 << self.size) - 1)
+            # A jump of a whole window or more (or the first sequence) leaves
+            # nothing of the old bitmap inside the window: start afresh rather
+            # than shift, so an authenticated envelope with a huge sequence
+            # cannot make the integer grow by its jump (issue 10).
+            shift = seq - self.top
+            if self.top < 0 or shift >= self.size:
+                self._bits = 1
+            else:
+                self._bits = ((self._bits << shift) | 1) & self._mask
             self.top = seq
         else:
             self._bits |= 1 << (self.top - seq)
@@ -269,8 +278,6 @@ def decode_ack(device_id: str, data: bytes, mac_key: bytes) -> AckMessage:
 
 
 _MAX_COMMAND_BYTES = 65536
-#: Domain separation for a device's identity-key signature on a consent acknowledgement.
-CONSENT_ACK_DOMAIN = b"iotguard-consent-ack-v1\x00"
 
 
 def _command_mac(key: bytes, device_id: str, body: bytes) -> bytes:

@@ -8,6 +8,7 @@ import threading
 import time
 
 from iotguard.cli._common import add_config_argument, config_from_args
+from iotguard.errors import IotGuardError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--model", default="thermo-1", choices=sorted(MODELS), help="simulated sensor model")
     p.add_argument("--data-dir", help="agent state directory (overrides agent.data_dir)")
     p.add_argument("--hub-url", help="hub API URL (overrides agent.hub_url)")
-    p.add_argument("--broker-url", help="mqtt://host:port (overrides agent.broker_url)")
+    p.add_argument("--broker-url", help="mqtts://host:port (overrides agent.broker_url)")
     p.add_argument("--interval", type=float, help="seconds between readings (overrides agent.interval_s)")
     p.add_argument("--count", type=int, default=0, help="stop after this many samples (0: run until stopped)")
     p.add_argument("--subject", default="owner", help="data subject the readings are about (default: owner)")
@@ -67,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
         samples += 1
         if samples % 10 == 0:
             agent.send_receipt()
-            agent.maybe_renew()
+            try:
+                agent.maybe_renew()
+            except IotGuardError as exc:  # refused (quarantined, expired...): keep running, say why
+                print(f"certificate renewal refused: {exc}", flush=True)
         agent.resend_due()
         stop.wait(cfg.interval_s)
     agent.send_receipt()

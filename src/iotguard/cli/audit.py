@@ -185,7 +185,7 @@ def _source(args: argparse.Namespace) -> LogSource:
     if args.url:
         from iotguard.hub.audit_api import HttpLogSource
 
-        return HttpLogSource(args.url, args.token)
+        return HttpLogSource(args.url, args.token, cafile=args.ca)
     return LocalLogSource(_open_log(args, signer=False))
 
 
@@ -260,7 +260,7 @@ def _cmd_witness_run(args: argparse.Namespace) -> int:
         return serve_witness(args, witness, [NoteVerifier.from_vkey(_read_arg(k)) for k in args.log_key])
     if not args.url:
         raise ConfigError("witness run needs --listen (serve tlog-witness) or --url (poll a hub)")
-    source = HttpLogSource(args.url, args.token)
+    source = HttpLogSource(args.url, args.token, cafile=args.ca)
     while True:
         status = 0
         try:
@@ -333,6 +333,7 @@ def register(subparsers: Any) -> None:
     _add_log_options(p)
     p.add_argument("--url", help="hub API URL (otherwise read the database)")
     p.add_argument("--token", help="operator API token for --url")
+    p.add_argument("--ca", metavar="FILE", help="CA certificate of the hub's HTTPS (its <data_dir>/fleet-ca.pem)")
     p.add_argument("--key", required=True, help="the log's verifier key, or @FILE")
     p.add_argument(
         "--state", required=True, metavar="FILE", help="where the last verified checkpoint is kept"
@@ -362,6 +363,8 @@ def register(subparsers: Any) -> None:
             add_listen_options(p)
             p.add_argument("--url", help="poll this hub's log instead of serving")
             p.add_argument("--token")
+            p.add_argument("--ca", metavar="FILE",
+                           help="CA certificate of the hub's HTTPS (its <data_dir>/fleet-ca.pem)")
             p.add_argument("--interval", type=float, default=30.0)
             p.add_argument("--once", action="store_true")
         p.set_defaults(func=func)

@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
-
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run broker, hub and a simulated fleet with injected attacks",
@@ -45,20 +43,10 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
     return {"p50": round(s[int(0.5 * (len(s) - 1))], 2), "p99": round(s[int(0.99 * (len(s) - 1))], 2)}
 
 
-def _duplicates(store: Any) -> int:
-    from iotguard.hub.schema import readings
-
-    groups = (select(readings.c.device_id, readings.c.epoch, readings.c.seq)
-              .group_by(readings.c.device_id, readings.c.epoch, readings.c.seq)
-              .having(func.count() > 1).subquery())
-    with store.engine.connect() as c:
-        return int(c.execute(select(func.count()).select_from(groups)).scalar_one())
-
-
 def run(args: argparse.Namespace) -> int:
     from iotguard.config import HubConfig
     from iotguard.hub.service import Hub
-    from iotguard.sim import Fleet
+    from iotguard.sim import Fleet, reconcile, stored_identities
 
     if args.devices < 1 or args.seconds <= 0 or args.interval <= 0:
         print("iotguard demo: --devices, --seconds and --interval must be positive")
@@ -113,15 +101,19 @@ def run(args: argparse.Namespace) -> int:
             fleet.resend_due()
             time.sleep(0.2)
         time.sleep(0.5)
-        stored = hub.store.reading_count()
+        delivery = reconcile(fleet.sent_readings, stored_identities(hub.store))
+        stored = delivery.stored
         rejected = hub.store.rejection_totals()
+        receipts_stored = sum(len(hub.core.privacy.receipts_of(d.agent.device_id)) for d in fleet.devices)
         summary: dict[str, Any] = {
             "devices": args.devices,
             "seconds": round(elapsed, 2),
-            "sent": fleet.sent,
+            # Sets by reading identity (device + SHA-256 of the body): see iotguard.sim.delivery.
+            "sent": delivery.sent,
             "stored": stored,
-            "duplicates": _duplicates(hub.store),
-            "lost": max(0, fleet.sent - stored),
+            "lost": delivery.lost,
+            "duplicated": delivery.duplicated,
+            "unexpected": delivery.unexpected,
             "unacknowledged": fleet.pending(),
             "rejected": dict(sorted(rejected.items())),
             "attacks_injected": dict(sorted(fleet.attacks.items())),
@@ -129,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
             "latency_ms": _percentiles(fleet.latencies_ms),
             "hub_ingest_latency_ms": hub.processor.stats.latency_percentiles(),
             "withheld_on_device": dict(sorted(fleet.withheld.items())),
-            "privacy_receipts": fleet.receipts_sent,
+            "privacy_receipts_signed": fleet.receipts_sent,
+            "privacy_receipts_stored": receipts_stored,
             "device_time_s": round(fleet.rounds * fleet.device_seconds_per_round),
             "suites": fleet.suites,
         }
@@ -140,18 +133,21 @@ def run(args: argparse.Namespace) -> int:
             tmp.cleanup()
     if not args.json:
         print("\nsummary")
-        print(f"  readings sent      {summary['sent']}")
-        print(f"  readings stored    {summary['stored']}  (duplicates {summary['duplicates']}, "
-              f"lost {summary['lost']})")
+        print(f"  readings sent      {summary['sent']}  (distinct readings the devices sealed)")
+        print(f"  readings stored    {summary['stored']}  (rows in the hub database)")
+        print(f"  compared as sets   lost {summary['lost']}, duplicated {summary['duplicated']}, "
+              f"stored but never sent {summary['unexpected']}")
         print(f"  rejected           {', '.join(f'{k}={v}' for k, v in summary['rejected'].items()) or 'none'}")
         print(f"  attacks injected   {', '.join(f'{k}={v}' for k, v in summary['attacks_injected'].items())}")
         print(f"  throughput         {summary['throughput_per_s']} readings/s")
         print(f"  withheld on device {', '.join(f'{k}={v}' for k, v in summary['withheld_on_device'].items())}"
               f"  (privacy pipeline: consent, frequency, budget)")
-        print(f"  privacy receipts   {summary['privacy_receipts']} signed batches stored by the hub")
+        print(f"  privacy receipts   {summary['privacy_receipts_stored']} stored by the hub "
+              f"({summary['privacy_receipts_signed']} signed by devices)")
         print(f"  end-to-end latency p50 {summary['latency_ms']['p50']} ms, p99 {summary['latency_ms']['p99']} ms "
               f"(sealed on the device -> durably stored -> acknowledged back)")
     print(json.dumps(summary) if args.json else "")
-    ok = summary["lost"] == 0 and summary["duplicates"] == 0 and all(
-        summary["rejected"].get(code, 0) >= n for code, n in summary["attacks_injected"].items())
+    ok = (summary["lost"] == 0 and summary["duplicated"] == 0 and summary["unexpected"] == 0
+          and summary["privacy_receipts_stored"] == summary["privacy_receipts_signed"]
+          and all(summary["rejected"].get(code, 0) >= n for code, n in summary["attacks_injected"].items()))
     return 0 if ok else 1

@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_config_argument(p)
     p.add_argument("--api-bind", help="host:port of the REST API (overrides hub.api_bind)")
     p.add_argument("--database-url", help="SQLAlchemy URL (overrides hub.database_url)")
-    p.add_argument("--broker-url", help="mqtt://host:port of an external broker (overrides hub.broker_url)")
+    p.add_argument("--broker-url", help="mqtts://host:port of an external broker, mTLS with the hub's client "
+                   "certificate (overrides hub.broker_url)")
     p.add_argument("--data-dir", help="hub data directory (overrides hub.data_dir)")
     p.set_defaults(func=run)
 
@@ -42,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     if secret is not None:
         # Printed once, to the operator's terminal only; only its hash is stored.
         print("no operator exists yet. One-time bootstrap token (valid 24 h), redeem it with\n"
-              f"  curl -X POST {hub.api_url}/v1/bootstrap -H 'content-type: application/json' "
+              f"  curl --cacert {hub.ca_file} -X POST {hub.api_url}/v1/bootstrap "
+              "-H 'content-type: application/json' "
               f"-d '{{\"bootstrap_token\": \"{secret}\", \"name\": \"YOUR NAME\"}}'\n"
               f"or create tokens on this host with 'iotguard tokens create'.", flush=True)
     stop.wait()

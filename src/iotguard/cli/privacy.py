@@ -70,9 +70,21 @@ def _contract_for_device(engine: Any, device_id: str) -> Any:
 
 
 def _notice(args: argparse.Namespace) -> int:
-    from iotguard.privacy import load_contract, render_notice
+    from iotguard.privacy import load_contract, parse_contract, render_notice
 
-    contract = load_contract(args.model)
+    if args.file:
+        # An operator previewing a contract they are writing: a file they name
+        # on their own command line, never a name that arrived over the API.
+        path = Path(args.file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read contract file {str(path)!r}: {exc}") from None
+        contract = parse_contract(text, source=str(path))
+    elif args.model:
+        contract = load_contract(args.model)
+    else:
+        raise ConfigError("give a device model or --file PATH")
     if args.json:
         print_json(contract.to_dict())
     else:
@@ -301,7 +313,8 @@ def register(sub: Any) -> None:
     ps = p.add_subparsers(dest="privacy_command", metavar="ACTION", required=True)
 
     n = ps.add_parser("notice", help="plain-language notice of what a device model collects")
-    n.add_argument("model", help="device model (e.g. thermo-1) or a contract .toml file")
+    n.add_argument("model", nargs="?", help="device model with a known contract (e.g. thermo-1)")
+    n.add_argument("--file", metavar="PATH", help="preview a contract .toml file instead")
     n.add_argument("--json", action="store_true", help="print the normalised contract instead")
     n.set_defaults(func=_notice)
 

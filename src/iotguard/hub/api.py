@@ -1,10 +1,11 @@
-"""REST API (FastAPI, OpenAPI at ``/openapi.json``).
+"""REST API (FastAPI; OpenAPI at ``/openapi.json`` only when ``hub.api_docs`` is on).
 
-Every route but ``/health`` is authenticated: operators with a bearer token
-created by ``iotguard tokens create``; devices by their enrollment token and
-proof of possession (``/v1/enroll``) or an identity-key signature
-(``/v1/rekey``). Errors are mapped from reason codes to HTTP status and a
-public message through :data:`HTTP_STATUS`; internals never reach clients.
+Every route but ``/health`` is authenticated and decided by Cedar: operators
+with a bearer token created by ``iotguard tokens create``; devices through
+the one device plane (:mod:`iotguard.hub.device_plane`): their enrollment
+token and proof of possession (``/v1/enroll``) or a signed device request.
+Errors are mapped from reason codes to HTTP status and a public message
+through :data:`HTTP_STATUS`; internals never reach clients.
 """
 
 from __future__ import annotations
@@ -23,24 +24,30 @@ from pydantic import BaseModel, Field
 
 from iotguard import __version__
 from iotguard.audit import AuditEvent, EventType, TransparencyLog
-from iotguard.channel import CONSENT_ACK_DOMAIN
 from iotguard.clock import Clock
 from iotguard.errors import (
     AuthenticationError,
     IotGuardError,
     MalformedError,
-    RevokedError,
     public_message,
 )
 from iotguard.hub.audit_api import make_audit_router
 from iotguard.hub.credentials import record_use, redeem_bootstrap
+from iotguard.hub.device_plane import (
+    DevicePlane,
+    body_openapi,
+    client_address,
+    credential_body,
+    device_request,
+    signed_request_openapi,
+)
 from iotguard.hub.ingest import IngestStats
 from iotguard.hub.policy_store import save_posture
 from iotguard.hub.privacy_store import PrivacyStore
-from iotguard.hub.ratelimit import AttemptLimiter, AttemptLimits, LockedOut
+from iotguard.hub.ratelimit import LockedOut
 from iotguard.hub.registry import FleetRegistry
 from iotguard.hub.store import ApiToken, HubStore
-from iotguard.identity import b64d, verify_signature
+from iotguard.identity import VerifiedRequest
 from iotguard.policy import PolicyAdministration, PolicyEngine, PostureStore, authorize_operator
 from iotguard.privacy import ConsentAck, load_contract
 from iotguard.wire import decode_reading
@@ -49,9 +56,6 @@ __all__ = ["HTTP_STATUS", "create_app"]
 
 log = logging.getLogger(__name__)
 
-#: Per client address: a gateway may enroll many devices, a guesser still locks out after 10 failures.
-ADDRESS_LIMITS = AttemptLimits(rate_per_s=50.0, burst=500, max_failures=10)
-
 #: HTTP status per reason code; ``tests/hub/test_hub_api.py`` checks every code has one.
 HTTP_STATUS: dict[str, int] = {
     "error": 500,
@@ -59,14 +63,17 @@ HTTP_STATUS: dict[str, int] = {
     "malformed": 400,
     "forged": 401,
     "replay": 409,
+    "stale": 409,
     "unknown_device": 404,
     "revoked": 403,
+    "expired": 403,
     "enrollment_failed": 403,
     "unauthenticated": 401,
     "locked_out": 429,
     "policy_denied": 403,
     "keystore_error": 503,
     "tampered": 503,
+    "puf_quality": 503,
     "usage_limit": 409,
     "rollback": 409,
     "no_consent": 403,
@@ -89,13 +96,10 @@ class EnrollRequest(BaseModel):
     token: str = Field(max_length=64)
     identity_public_key: str = Field(max_length=64)
     kex_public_key: str = Field(max_length=64)
+    #: Ed25519 public key of the device's TLS transport key (ADR 0600).
+    transport_public_key: str = Field(max_length=64)
     suites: list[str] = Field(max_length=8)
     signature: str = Field(max_length=128)
-
-
-class ReceiptUpload(BaseModel):
-    device_id: str = Field(max_length=64)
-    receipt: str = Field(max_length=65536)
 
 
 class ConsentChange(BaseModel):
@@ -104,12 +108,6 @@ class ConsentChange(BaseModel):
     subject_id: str = Field(min_length=1, max_length=128)
     purpose: str = Field(min_length=1, max_length=32)
     granted: bool
-
-
-class ConsentAckUpload(BaseModel):
-    device_id: str = Field(max_length=64)
-    ack: str = Field(max_length=4096)
-    signature: str = Field(max_length=128)
 
 
 class SubjectLink(BaseModel):
@@ -124,28 +122,6 @@ class BootstrapRedeem(BaseModel):
 
 class ReasonBody(BaseModel):
     reason: str = Field(default="", max_length=256)
-
-
-class TamperReport(BaseModel):
-    device_id: str = Field(max_length=64)
-    reason: str = Field(max_length=128)
-    ts: int
-    signature: str = Field(max_length=128)
-
-
-class RenewRequest(BaseModel):
-    device_id: str = Field(max_length=64)
-    ts: int
-    signature: str = Field(max_length=128)
-
-
-class RekeyRequest(BaseModel):
-    device_id: str = Field(max_length=64)
-    epoch: int = Field(ge=2, le=2**32 - 1)
-    kex_public_key: str = Field(max_length=64)
-    suites: list[str] = Field(max_length=8)
-    ts: int
-    signature: str = Field(max_length=128)
 
 
 class _StatsCollector:
@@ -173,16 +149,24 @@ class _StatsCollector:
 
 def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, policy: PolicyEngine,
                posture: PostureStore, policy_admin: PolicyAdministration, audit: TransparencyLog,
-               clock: Clock, privacy: PrivacyStore | None = None, limiter: AttemptLimiter | None = None,
+               clock: Clock, privacy: PrivacyStore | None = None, device_plane: DevicePlane | None = None,
+               api_docs: bool = False,
                on_consent_change: Callable[[str], None] | None = None,
                on_posture_change: Callable[[str], None] | None = None) -> FastAPI:
     """Build the hub's FastAPI application.
 
     Every operator request is decided by ``policy`` (Cedar): the token's role
     is the principal's role, the route names the action and the resource.
+    Every device request goes through ``device_plane``. The OpenAPI schema
+    and its pages (``/docs``, ``/redoc``) are served, anonymously, only when
+    ``api_docs`` is on.
     """
     app = FastAPI(title="iotguard hub", version=__version__,
-                  description="Device registry, enrollment, telemetry and operations API.")
+                  description="Device registry, enrollment, telemetry and operations API.",
+                  openapi_url="/openapi.json" if api_docs else None,
+                  docs_url="/docs" if api_docs else None, redoc_url="/redoc" if api_docs else None)
+    if api_docs:
+        log.warning("hub.api_docs is on: /docs, /redoc and /openapi.json answer without authentication")
     bearer = HTTPBearer(auto_error=False)
     metrics_registry = CollectorRegistry()
     metrics_registry.register(_StatsCollector(stats))
@@ -191,16 +175,8 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
     Gauge("iotguard_info", "Hub version", ["version"], registry=metrics_registry).labels(__version__).set(1)
 
     privacy_store = privacy or PrivacyStore(store.engine, audit=audit, keystore=registry.keystore)
-    attempts = limiter or AttemptLimiter()
-    # A client address may be a gateway or NAT enrolling a whole fleet: it gets a
-    # larger bucket than one device or token, but still locks out on failures.
-    address_attempts = AttemptLimiter(ADDRESS_LIMITS)
-
-    def limiter_for(key: tuple[str, str]) -> AttemptLimiter:
-        return address_attempts if key[0].endswith("-addr") else attempts
-
-    def client_addr(request: Request) -> str:
-        return request.client.host if request.client else "unknown"
+    plane = device_plane or DevicePlane(store, policy, audit, clock)
+    app.state.device_plane = plane
 
     def operator(action: str | None, resource_type: str = "Hub",
                  path_param: str | None = None) -> Callable[..., ApiToken]:
@@ -210,22 +186,18 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
                 creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> ApiToken:  # noqa: B008
             if creds is None or creds.scheme.lower() != "bearer":
                 raise AuthenticationError("bearer token required")
-            now = clock.now()
-            keys = [("api-addr", client_addr(request)), ("api-token", creds.credentials.split("_")[1][:32]
-                                                          if creds.credentials.count("_") >= 2 else "-")]
-            for key in keys:
-                limiter_for(key).check(key, now)
+            attempt = plane.attempt("api", client_address(request))
+            token_id = creds.credentials.split("_")[1][:32] if creds.credentials.count("_") >= 2 else "-"
+            attempt.credential(("api-token", token_id))
             try:
                 token = store.authenticate_api_token(creds.credentials)
             except AuthenticationError:
-                for key in keys:
-                    limiter_for(key).record_failure(key, now)
-                audit.record(AuditEvent(EventType.AUTH_FAILED, now, "api", "api",
+                audit.record(AuditEvent(EventType.AUTH_FAILED, attempt.now, "api", "api",
                                         {"what": "api_token", "path": request.url.path[:128]}))
+                attempt.failed()
                 raise
-            for key in keys:
-                limiter_for(key).record_success(key, now)
-            record_use(store, token.token_id, now)
+            attempt.succeeded()
+            record_use(store, token.token_id, attempt.now)
             if action is not None:
                 resource_id = str(request.path_params[path_param]) if path_param else "hub"
                 authorize_operator(policy, token.name, token.role, action, resource_type, resource_id)
@@ -257,47 +229,40 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
         return PlainTextResponse(generate_latest(metrics_registry).decode(),
                                  media_type="text/plain; version=0.0.4")
 
-    @app.post("/v1/enroll", tags=["devices"])
-    def enroll(req: EnrollRequest, request: Request) -> dict[str, Any]:
-        """Device enrollment with a one-time token and proof of possession (rate-limited, with lockout)."""
-        now = clock.now()
-        keys = [("enroll-addr", client_addr(request)), ("enroll-dev", req.device_id)]
-        for key in keys:
-            limiter_for(key).check(key, now)
-        try:
-            response = registry.enroll(req.model_dump())
-        except IotGuardError:
-            for key in keys:
-                limiter_for(key).record_failure(key, now)
-            raise
-        for key in keys:
-            limiter_for(key).record_success(key, now)
-        return response
+    @app.post("/v1/enroll", tags=["devices"], openapi_extra=body_openapi(EnrollRequest))
+    def enroll(request: Request,
+               body: dict[str, Any] = Depends(credential_body(EnrollRequest, ("token", "signature")))  # noqa: B008
+               ) -> dict[str, Any]:
+        """Device enrollment: one-time token and proof of possession, then Cedar ``complete_enrollment``."""
+        return plane.enroll(registry, body, client_address(request))
 
-    @app.post("/v1/bootstrap", tags=["operators"])
-    def bootstrap(body: BootstrapRedeem, request: Request) -> dict[str, Any]:
+    @app.post("/v1/bootstrap", tags=["operators"], openapi_extra=body_openapi(BootstrapRedeem))
+    def bootstrap(request: Request,
+                  body: dict[str, Any] = Depends(credential_body(BootstrapRedeem, ("bootstrap_token",)))  # noqa: B008
+                  ) -> dict[str, Any]:
         """Trade the one-time bootstrap token printed at first start for the first security-admin token."""
-        now = clock.now()
-        key = ("bootstrap-addr", client_addr(request))
-        limiter_for(key).check(key, now)
+        attempt = plane.attempt("bootstrap", client_address(request))
+        name = str(body["name"])
+        authorize_operator(policy, name, "bootstrap", "bootstrap", "Hub", "hub", now=attempt.now)
         try:
-            token = redeem_bootstrap(store, body.bootstrap_token, body.name, now)
+            token = redeem_bootstrap(store, str(body["bootstrap_token"]), name, attempt.now)
         except IotGuardError:
-            limiter_for(key).record_failure(key, now)
-            audit.record(AuditEvent(EventType.AUTH_FAILED, now, "api", "api", {"what": "bootstrap"}))
+            audit.record(AuditEvent(EventType.AUTH_FAILED, attempt.now, "api", "api", {"what": "bootstrap"}))
+            attempt.failed()
             raise
-        audit.record(AuditEvent("operator.bootstrapped", now, body.name, "api", {"role": "security-admin"}))
+        audit.record(AuditEvent("operator.bootstrapped", attempt.now, name, "api", {"role": "security-admin"}))
         return {"token": token, "role": "security-admin"}
 
-    @app.post("/v1/rekey", tags=["devices"])
-    def rekey(req: RekeyRequest) -> dict[str, Any]:
-        """Move a device to its next key epoch (signed by its identity key)."""
-        return registry.rekey(req.model_dump())
+    @app.post("/v1/rekey", tags=["devices"], openapi_extra=signed_request_openapi("rekey"))
+    def rekey(req: VerifiedRequest = Depends(device_request(plane, "rekey"))) -> dict[str, Any]:  # noqa: B008
+        """Move a device to its next key epoch (signed device request)."""
+        return registry.rekey(req)
 
-    @app.post("/v1/tamper", tags=["devices"])
-    def tamper(req: TamperReport) -> dict[str, Any]:
+    @app.post("/v1/tamper", tags=["devices"], openapi_extra=signed_request_openapi("tamper_report"))
+    def tamper(req: VerifiedRequest = Depends(device_request(plane, "tamper_report"))  # noqa: B008
+               ) -> dict[str, Any]:
         """A device reports tampering: its trust tier drops to ``failed`` and every enforcement point refuses it."""
-        device_id = registry.tamper_report(req.model_dump())
+        device_id = registry.tamper_report(req)
         if posture.get(device_id) is not None:
             posture.update(device_id, trust_tier="failed")
             save_posture(store.engine, [posture.require(device_id)], now=clock.now())
@@ -305,10 +270,10 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
                 on_posture_change(device_id)
         return {"device_id": device_id, "trust_tier": "failed"}
 
-    @app.post("/v1/renew", tags=["devices"])
-    def renew(req: RenewRequest) -> dict[str, Any]:
-        """A device renews its operational certificate before expiry (signed by its identity key)."""
-        return registry.renew(req.model_dump())
+    @app.post("/v1/renew", tags=["devices"], openapi_extra=signed_request_openapi("renew"))
+    def renew(req: VerifiedRequest = Depends(device_request(plane, "renew"))) -> dict[str, Any]:  # noqa: B008
+        """A device renews its operational certificate before expiry (signed device request)."""
+        return registry.renew(req)
 
     @app.get("/v1/devices", tags=["devices"])
     def list_devices(status: str | None = None, limit: int = 100, offset: int = 0,
@@ -380,14 +345,15 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
             on_posture_change(device_id)
         return {"device_id": device_id, "quarantined": False}
 
-    @app.post("/v1/receipts", tags=["privacy"])
-    def upload_receipt(body: ReceiptUpload) -> dict[str, Any]:
-        """A device's signed privacy receipt (authenticated by its identity-key signature)."""
-        device = store.get_device(body.device_id)
-        if device.status != "active" or device.identity_public_key is None:
-            raise RevokedError(f"device {body.device_id!r} is {device.status}")
-        raw = base64.urlsafe_b64decode(body.receipt + "=" * (-len(body.receipt) % 4))
-        claims = privacy_store.store_receipt(device.device_id, raw, device.identity_public_key, clock.now(),
+    @app.post("/v1/receipts", tags=["privacy"], openapi_extra=signed_request_openapi("upload_receipt"))
+    def upload_receipt(req: VerifiedRequest = Depends(device_request(plane, "upload_receipt"))  # noqa: B008
+                       ) -> dict[str, Any]:
+        """A device's signed privacy receipt (carried in a signed device request)."""
+        device = store.get_device(req.device_id)
+        if device.identity_public_key is None:
+            raise AuthenticationError("device has no identity key")
+        claims = privacy_store.store_receipt(device.device_id, bytes(req.body["receipt"]),
+                                             device.identity_public_key, clock.now(),
                                              contract=load_contract(device.model))
         return {"stored": True, "readings": len(claims.get("entries", []))}
 
@@ -409,17 +375,12 @@ def create_app(store: HubStore, registry: FleetRegistry, stats: IngestStats, *, 
         return {"subject_id": body.subject_id, "version": state.version,
                 "purposes": {p: d.granted for p, d in state.decisions.items()}}
 
-    @app.post("/v1/consent/ack", tags=["privacy"])
-    def consent_ack(body: ConsentAckUpload) -> dict[str, Any]:
-        """A device confirms it applied a pushed consent configuration (signed by its identity key)."""
-        device = store.get_device(body.device_id)
-        if device.status != "active" or device.identity_public_key is None:
-            raise RevokedError(f"device {body.device_id!r} is {device.status}")
-        raw = b64d(body.ack, what="ack", max_length=4096)
-        verify_signature(device.identity_public_key, b64d(body.signature, what="signature", length=64),
-                         CONSENT_ACK_DOMAIN + raw)
-        ack = ConsentAck.decode(raw)
-        if ack.device_id != device.device_id:
+    @app.post("/v1/consent/ack", tags=["privacy"], openapi_extra=signed_request_openapi("consent_ack"))
+    def consent_ack(req: VerifiedRequest = Depends(device_request(plane, "consent_ack"))  # noqa: B008
+                    ) -> dict[str, Any]:
+        """A device confirms it applied a pushed consent configuration (signed device request)."""
+        ack = ConsentAck.decode(bytes(req.body["ack"]))
+        if ack.device_id != req.device_id:
             raise MalformedError("acknowledgement is for another device")
         privacy_store.record_consent_ack(ack, clock.now())
         return {"device_id": ack.device_id, "version": ack.version, "acknowledged": True}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -128,10 +129,12 @@ class HttpLogSource:
     """A monitor's / witness's view of a log served by :func:`make_audit_router`.
 
     Args:
-        base_url: The hub API URL (``http://host:8080``).
+        base_url: The hub API URL (``https://host:8080``).
         token: Operator API token, sent as ``Authorization: Bearer``.
         client: An ``httpx.Client`` to use (tests pass FastAPI's TestClient).
         timeout: Request timeout in seconds.
+        cafile: CA certificate to verify the hub's HTTPS certificate against
+            (the hub's ``<data_dir>/fleet-ca.pem``); the system store when None.
     """
 
     def __init__(
@@ -140,9 +143,15 @@ class HttpLogSource:
         token: str | None = None,
         client: httpx.Client | None = None,
         timeout: float = 10.0,
+        cafile: str | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = client or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
+        if client is None:
+            from iotguard.tls import client_context
+
+            verify: ssl.SSLContext | bool = client_context(cafile) if cafile else True
+            client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, verify=verify)
+        self._client = client
         self._headers = headers
 
     def _get(self, path: str, params: dict[str, int]) -> httpx.Response:

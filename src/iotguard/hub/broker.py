@@ -1,24 +1,35 @@
 """MQTT plumbing for the hub: broker URLs and the embedded broker.
 
 The embedded broker is amqtt (pure Python, from PyPI) running on its own
-event loop in a background thread. It is for one-command use: it listens on
-loopback only unless ``unsafe_public=True`` is given, because it has no
-device authentication of its own (envelopes are still sealed and
-authenticated end to end). Production uses Mosquitto with device mTLS.
+event loop in a background thread, behind a TLS-terminating front in the
+same loop (:mod:`iotguard.hub.broker_front`): devices and the hub connect
+with mutual TLS 1.3 using certificates from the fleet CA, the identity is
+the certificate's CN, and the Cedar-derived topic ACL is enforced, as on
+Mosquitto. amqtt itself listens on a loopback port that only accepts the
+front. It still binds to loopback only unless ``unsafe_public=True``.
+
+``unsafe_plaintext=True`` instead exposes amqtt directly, without TLS and
+without any device authentication (envelopes are still sealed end to end);
+it is logged loudly and meant for closed test networks only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from iotguard.errors import ConfigError
+
+if TYPE_CHECKING:  # the front imports amqtt; the agent imports this module for URLs only
+    from iotguard.hub.broker_front import BrokerAccess, BrokerFront
 
 __all__ = ["BrokerAddress", "EmbeddedBroker", "parse_broker_url", "wait_for_port"]
 
@@ -72,28 +83,41 @@ _LOOPBACK = ("127.", "::1", "localhost")
 
 
 class EmbeddedBroker:
-    """amqtt broker in a background thread.
+    """amqtt broker in a background thread, behind the mTLS front.
 
     Args:
-        bind: ``host:port`` to listen on.
-        unsafe_public: Allow a non-loopback address. The embedded broker has
-            no device authentication; only use this on a closed network.
+        bind: ``host:port`` devices connect to.
+        access: Returns the front's access (TLS context with the CRL, topic
+            grants, revoked serials); called at start and by :meth:`refresh`.
+            Required unless ``unsafe_plaintext``.
+        unsafe_public: Allow a non-loopback address.
+        unsafe_plaintext: Serve plain MQTT without device authentication.
 
     Raises:
-        ConfigError: a public bind address without ``unsafe_public``.
+        ConfigError: a public bind address without ``unsafe_public``, or no
+            ``access`` without ``unsafe_plaintext``.
     """
 
-    def __init__(self, bind: str, *, unsafe_public: bool = False) -> None:
+    def __init__(self, bind: str, *, access: Callable[[], BrokerAccess] | None = None,
+                 unsafe_public: bool = False, unsafe_plaintext: bool = False) -> None:
         host, _, port = bind.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"embedded broker bind must be host:port, got {bind!r}")
         if not host.startswith(_LOOPBACK) and not unsafe_public:
             raise ConfigError(
-                "the embedded broker has no device authentication and only binds to loopback; "
-                "use Mosquitto for a networked fleet (or set unsafe_public, loudly)")
+                "the embedded broker binds to loopback only; use Mosquitto for a networked fleet "
+                "(or set unsafe_public, loudly)")
+        if access is None and not unsafe_plaintext:
+            raise ConfigError("the embedded broker needs device TLS access (or unsafe_plaintext, loudly)")
+        if unsafe_plaintext:
+            log.warning("UNSAFE: embedded MQTT broker on %s speaks plain MQTT WITHOUT TLS and WITHOUT device "
+                        "authentication (unsafe_plaintext_broker); anyone who reaches the port can publish", bind)
         if unsafe_public:
-            log.warning("UNSAFE: embedded MQTT broker listening on %s without device authentication", bind)
-        self.address = BrokerAddress(host, int(port))
+            log.warning("UNSAFE: embedded MQTT broker listening on non-loopback address %s", bind)
+        self.address = BrokerAddress(host, int(port), tls=not unsafe_plaintext)
+        self._access = access
+        self._refresh_lock = threading.Lock()
+        self.front: BrokerFront | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -102,32 +126,64 @@ class EmbeddedBroker:
 
     def start(self, timeout: float = 15.0) -> None:
         """Start listening; returns once the port accepts connections."""
-        self._thread = threading.Thread(target=self._run, name="iotguard-broker", daemon=True)
+        initial = self._access() if self._access is not None else None
+        self._thread = threading.Thread(target=self._run, args=(initial,), name="iotguard-broker", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
             raise TimeoutError("embedded broker did not start")
         if self._error is not None:
             raise ConfigError(f"embedded broker failed to start: {self._error}")
 
-    def _run(self) -> None:
+    def refresh(self) -> None:
+        """Recompute access (CRL, grants) and apply it to the front; new handshakes use the new CRL."""
+        if self._access is None or self.front is None or self._loop is None or self._loop.is_closed():
+            return
+        front, loop = self.front, self._loop
+        # One refresh at a time (API threads and the upkeep thread), so a newer access is
+        # never overwritten by an older one computed concurrently.
+        with self._refresh_lock:
+            access = self._access()
+
+            async def apply() -> None:
+                front.apply(access)
+
+            # Wait until applied, so a device enrolled just now finds its grants when it connects.
+            asyncio.run_coroutine_threadsafe(apply(), loop).result(timeout=10)
+
+    def _run(self, initial: BrokerAccess | None) -> None:
         from amqtt.broker import Broker
 
+        from iotguard.hub.broker_front import BrokerFront
+
         async def main() -> None:
+            if initial is not None:
+                backend_port = _free_loopback_port()
+                secret = secrets.token_urlsafe(32)
+                listen = f"127.0.0.1:{backend_port}"
+                plugins: dict[str, Any] = {"iotguard.hub.broker_front.FrontSecretAuth": {"secret": secret}}
+            else:
+                listen = f"{self.address.host}:{self.address.port}"
+                plugins = {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
             config: dict[str, Any] = {
-                "listeners": {"default": {"type": "tcp", "bind": f"{self.address.host}:{self.address.port}",
-                                          "max_connections": 10000}},
-                "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+                "listeners": {"default": {"type": "tcp", "bind": listen, "max_connections": 10000}},
+                "plugins": plugins,
             }
             self._stop = asyncio.Event()
             broker = Broker(config)
             try:
                 await broker.start()
+                if initial is not None:
+                    self.front = BrokerFront(self.address.host, self.address.port, ("127.0.0.1", backend_port),
+                                             secret, initial)
+                    await self.front.start()
             except BaseException as exc:
                 self._error = exc
                 self._ready.set()
                 return
             self._ready.set()
             await self._stop.wait()
+            if self.front is not None:
+                await self.front.close()
             await broker.shutdown()
 
         self._loop = asyncio.new_event_loop()
@@ -144,3 +200,9 @@ class EmbeddedBroker:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -262,7 +262,8 @@ def build_hub_core(cfg: HubConfig, *, clock: Clock | None = None, database_url: 
             listener(device_id)
 
     app = create_app(store, registry, processor.stats, policy=policy, posture=posture, policy_admin=admin,
-                     audit=audit, clock=clock, privacy=privacy, on_consent_change=consent_changed,
+                     audit=audit, clock=clock, privacy=privacy, api_docs=cfg.api_docs,
+                     on_consent_change=consent_changed,
                      on_posture_change=posture_changed)
     anchors_dir = Path(cfg.data_dir) / "anchors"
     anchors_dir.mkdir(exist_ok=True)

@@ -5,7 +5,7 @@ a function that applies it inside one transaction. ``migrate`` applies, in id
 order, every migration the database has not recorded in
 ``iotguard_schema_migrations``. Components own id ranges so they can add
 migrations independently: 0001-0099 core, 0100-0199 audit, 0200-0299 policy,
-0300-0399 privacy, 0400-0499 keys and credentials.
+0300-0399 privacy, 0400-0499 keys and credentials, 0500-0599 device plane.
 """
 
 from __future__ import annotations

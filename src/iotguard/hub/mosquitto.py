@@ -280,7 +280,7 @@ def render_mosquitto_conf(
 
 
 def revoked_serials(store: HubStore) -> list[tuple[int, datetime]]:
-    """``(serial, revoked_at)`` of every revoked or decommissioned device certificate.
+    """``(serial, revoked_at)`` of every revoked or decommissioned device certificate (operational and transport).
 
     Raises:
         ConfigError: a stored serial is not hexadecimal.
@@ -291,13 +291,15 @@ def revoked_serials(store: HubStore) -> list[tuple[int, datetime]]:
         while True:
             page = store.list_devices(status=status, limit=1000, offset=offset)
             for d in page:
-                if d.cert_serial is None:
-                    continue
-                try:
-                    serial = int(d.cert_serial, 16)
-                except ValueError:
-                    raise ConfigError(f"device {d.device_id!r} has a malformed certificate serial") from None
-                out.append((serial, d.revoked_at or d.enrolled_at or d.created_at))
+                # Both certificates of a device: operational and transport (ADR 0600).
+                for serial_hex in (d.cert_serial, d.transport_cert_serial):
+                    if serial_hex is None:
+                        continue
+                    try:
+                        serial = int(serial_hex, 16)
+                    except ValueError:
+                        raise ConfigError(f"device {d.device_id!r} has a malformed certificate serial") from None
+                    out.append((serial, d.revoked_at or d.enrolled_at or d.created_at))
             if len(page) < 1000:
                 break
             offset += 1000

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import ssl
 import threading
 import time
 from typing import Any, cast
@@ -21,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from iotguard.channel import TELEMETRY_FILTER
 from iotguard.config import HubConfig
-from iotguard.errors import StorageError
+from iotguard.errors import ConfigError, StorageError
 from iotguard.hub.broker import BrokerAddress
 from iotguard.hub.ingest import Incoming, IngestProcessor
 
@@ -37,7 +38,8 @@ class MqttIngest:
     """Runs ingest against a broker until stopped."""
 
     def __init__(self, processor: IngestProcessor, broker: BrokerAddress, cfg: HubConfig, *,
-                 shared: bool | None = None, client_id: str | None = None) -> None:
+                 shared: bool | None = None, client_id: str | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.processor = processor
         self.cfg = cfg
         self.broker = broker
@@ -58,6 +60,10 @@ class MqttIngest:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        if broker.tls:
+            if tls is None:
+                raise ConfigError(f"{broker.url} needs the hub's TLS client context")
+            self._client.tls_set_context(tls)
         self._worker = threading.Thread(target=self._run, name="iotguard-ingest", daemon=True)
 
     @property

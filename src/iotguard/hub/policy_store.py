@@ -34,6 +34,7 @@ from iotguard.policy import PolicyActivation, PolicyVersion, Posture, PostureSto
 __all__ = [
     "SqlPolicyRepository",
     "device_posture",
+    "enrollment_posture",
     "load_posture",
     "policy_activations",
     "policy_versions",
@@ -232,3 +233,15 @@ def load_posture(engine: Engine, store: PostureStore | None = None) -> PostureSt
                 )
             store.put(posture)
     return store
+
+
+def enrollment_posture(engine: Engine, device_id: str, *, segment: str, model: str) -> Posture:
+    """The posture a device enrolls with: its stored trust tier, risk and quarantine (kept across
+    re-provisioning), its registry segment and model, and no certificate yet."""
+    with engine.connect() as conn:
+        row = conn.execute(select(device_posture).where(device_posture.c.device_id == device_id)).mappings().first()
+    if row is None:
+        return Posture(device_id=device_id, segment=segment, model=model)
+    return Posture(device_id=device_id, segment=segment, model=model, trust_tier=row["trust_tier"],
+                   risk_score=row["risk_score"], attested_at=_aware(row["attested_at"]),
+                   declared_location=row["declared_location"], quarantined=bool(row["quarantined"]))

@@ -64,8 +64,8 @@ from iotguard.hub.db import metadata
 from iotguard.hub.migrations import Migration, register
 from iotguard.hub.schema import devices, readings
 from iotguard.keys.keystore import KeyKind, KeyStore
+from iotguard.privacy import DataContract, load_contract
 from iotguard.privacy.consent import ConsentAck, ConsentConfig, ConsentDecision, ConsentState
-from iotguard.privacy.contract import DataContract, load_contract
 from iotguard.privacy.ledger import EPSILON_RESOLUTION
 from iotguard.privacy.receipt import PrivacyReceipt, decode_receipt, verify_receipt
 

@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from iotguard.hub.store import DeviceRecord, HubStore
 from iotguard.identity import (
     EnrollmentCode,
     FleetCA,
+    VerifiedRequest,
     b64d,
     b64e,
     derive_hub_session,
@@ -48,6 +49,7 @@ from iotguard.identity import (
     verify_signature,
 )
 from iotguard.keys import KeyKind, KeyStore, KeyStoreConfig, open_key_store
+from iotguard.privacy import CONTRACT_NAME_RE
 
 __all__ = ["FleetRegistry", "open_hub_keys"]
 
@@ -55,6 +57,8 @@ log = logging.getLogger(__name__)
 
 _STORAGE_KEY = "storage-wrap"
 _CA_META = "fleet_ca_pem"
+#: Identities a device may never hold: its transport certificate would make it the hub on the broker.
+_RESERVED_IDS = frozenset({"iotguard-hub"})
 _DEVICE_ID_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -128,8 +132,10 @@ class FleetRegistry:
         if not device_id or len(device_id) > 64 or not set(device_id) <= _DEVICE_ID_OK \
                 or not device_id[0].isalnum():
             raise MalformedError("device id must be 1-64 of [A-Za-z0-9._-], starting alphanumeric")
-        if not model or len(model) > 64:
-            raise MalformedError("model must be 1-64 characters")
+        if device_id in _RESERVED_IDS:
+            raise MalformedError(f"device id {device_id!r} is reserved (the hub's own MQTT identity)")
+        if CONTRACT_NAME_RE.fullmatch(model) is None:
+            raise MalformedError("model must be 1-64 of [a-z0-9._-], starting alphanumeric")
         if not segment or len(segment) > 64 or not set(segment) <= _DEVICE_ID_OK or not segment[0].isalnum():
             raise MalformedError("segment must be 1-64 of [A-Za-z0-9._-], starting alphanumeric")
         secret = new_enrollment_secret()
@@ -171,65 +177,49 @@ class FleetRegistry:
         self._changed(device_id)
         return EnrollmentCode(device_id, secret, self.ca.fingerprint)
 
-    def renew(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Issue a fresh operational certificate for the same identity key (before expiry).
+    def renew(self, request: VerifiedRequest) -> dict[str, Any]:
+        """Issue a fresh operational certificate for the same identity key.
+
+        ``request`` passed the device plane (signature, freshness, status,
+        unexpired certificate, Cedar ``renew`` with the device's posture).
 
         Raises:
-            MalformedError, EnrollmentError, RevokedError, UnknownDeviceError.
+            RevokedError, UnknownDeviceError: the device changed meanwhile.
         """
-        try:
-            device_id = str(req["device_id"])
-            ts = int(req["ts"])
-            signature = b64d(req["signature"], what="signature", length=64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MalformedError(f"renewal request: missing or bad field {exc}") from None
+        device_id = request.device_id
+        transcript = request.transcript
+        transport_pk = bytes(request.body["transport_public_key"])
         device = self.store.get_device(device_id)
         if device.status != "active" or device.identity_public_key is None:
             raise RevokedError(f"device {device_id!r} is {device.status}")
         now = self.clock.now()
-        if abs(now.timestamp() - ts) > 300:
-            raise EnrollmentError("renewal request timestamp outside the allowed clock skew")
-        transcript = request_transcript("renew", {"device_id": device_id, "ts": ts})
-        try:
-            verify_signature(device.identity_public_key, signature, transcript)
-        except IntegrityError:
-            self._auth_failed(device_id, "bad_renewal_signature")
-            raise
         cert = self.ca.issue_device_certificate(device_id, device.identity_public_key, now=now,
                                                 validity=timedelta(days=self.cfg.cert_validity_days),
                                                 segment=device.segment)
         cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
         serial = format(cert.serial_number, "x")
+        transport_pem, transport_serial = self._issue_transport(device_id, transport_pk, device.segment, now)
         self.store.renew_certificate(device_id, cert_pem=cert_pem, cert_serial=serial,
-                                     cert_not_after=cert.not_valid_after_utc)
+                                     cert_not_after=cert.not_valid_after_utc,
+                                     transport_cert_serial=transport_serial, now=now)
         self._record(AuditEvent(EventType.CERT_RENEWED, now, device_id, device_id,
                                 {"cert_serial": serial, "previous_serial": device.cert_serial or "",
+                                 "transport_cert_serial": transport_serial,
+                                 "previous_transport_serial": device.transport_cert_serial or "",
                                  "not_after": cert.not_valid_after_utc.isoformat()}))
         self._changed(device_id)
-        fields = {"device_id": device_id, "certificate_pem": cert_pem}
+        fields = {"device_id": device_id, "certificate_pem": cert_pem, "transport_certificate_pem": transport_pem}
         return {**fields, "signature": b64e(self.ca.sign(hub_response_message(transcript, fields)))}
 
-    def tamper_report(self, req: dict[str, Any]) -> str:
-        """A device reports tampering (signed by its identity key before it zeroizes); returns the device id.
+    def tamper_report(self, request: VerifiedRequest) -> str:
+        """Record a device's tamper report (verified by the device plane); returns the device id.
 
         The caller lowers the device's trust tier so every enforcement point refuses it.
-
-        Raises:
-            MalformedError, IntegrityError, RevokedError, UnknownDeviceError.
         """
-        try:
-            device_id = str(req["device_id"])
-            body: dict[str, Any] = {"device_id": device_id, "reason": str(req["reason"])[:128], "ts": int(req["ts"])}
-            signature = b64d(req["signature"], what="signature", length=64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MalformedError(f"tamper report: missing or bad field {exc}") from None
-        device = self.store.get_device(device_id)
-        if device.identity_public_key is None:
-            raise RevokedError(f"device {device.device_id!r} is {device.status}")
-        verify_signature(device.identity_public_key, signature, request_transcript("tamper", body))
-        self._record(AuditEvent("device.tampered", self.clock.now(), device.device_id, device.device_id,
-                                {"reason": body["reason"], "reported_ts": body["ts"]}))
-        return device.device_id
+        reason = str(request.body["reason"])[:128]
+        self._record(AuditEvent("device.tampered", self.clock.now(), request.device_id, request.device_id,
+                                {"reason": reason, "reported_ts": int(request.issued_at.timestamp())}))
+        return request.device_id
 
     def decommission(self, device_id: str, *, actor: str = "operator") -> DecommissionResult:
         """Retire a device: status ``decommissioned`` and its session keys crypto-erased.
@@ -256,18 +246,25 @@ class FleetRegistry:
         raw = self.keystore.unseal(_STORAGE_KEY, wrapped, f"{device_id}/{epoch}".encode())
         return split_session_keys(raw, get_suite(suite).key_size)
 
-    def enroll(self, req: dict[str, Any]) -> dict[str, Any]:
+    def enroll(self, req: dict[str, Any], *,
+               authorize: Callable[[DeviceRecord], None] | None = None) -> dict[str, Any]:
         """Handle an enrollment request (JSON body from the device).
+
+        ``authorize`` is called with the device's record once the proof of
+        possession verified and before anything is issued (the device
+        plane's Cedar decision); it refuses by raising.
 
         Raises:
             MalformedError: the request does not have the expected shape.
             EnrollmentError: bad token or proof of possession.
+            PolicyDenied: ``authorize`` refused.
         """
         try:
             device_id = str(req["device_id"])
             secret = b64d(req["token"], what="token", length=32)
             identity_pk = b64d(req["identity_public_key"], what="identity key", length=32)
             kex_pk = b64d(req["kex_public_key"], what="kex key", length=32)
+            transport_pk = b64d(req["transport_public_key"], what="transport key", length=32)
             suites = [str(s) for s in req["suites"]][:8]
             signature = b64d(req["signature"], what="signature", length=64)
         except (KeyError, TypeError) as exc:
@@ -275,7 +272,7 @@ class FleetRegistry:
         th = token_hash(secret)
         transcript = request_transcript("enroll", {
             "device_id": device_id, "token_hash": th, "identity_public_key": identity_pk,
-            "kex_public_key": kex_pk, "suites": suites,
+            "kex_public_key": kex_pk, "transport_public_key": transport_pk, "suites": suites,
         })
         try:
             verify_signature(identity_pk, signature, transcript)
@@ -290,6 +287,8 @@ class FleetRegistry:
                 raise
         suite = negotiate_suite(suites, self.cfg.allowed_suites)
         device = self.store.get_device(device_id)
+        if authorize is not None:
+            authorize(device)
         now = self.clock.now()
         cert = self.ca.issue_device_certificate(
             device_id, identity_pk, now=now, validity=timedelta(days=self.cfg.cert_validity_days),
@@ -297,11 +296,12 @@ class FleetRegistry:
         hub_pub, keys = derive_hub_session(device_id, 1, suite, kex_pk, transcript)
         cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
         serial = format(cert.serial_number, "x")
+        transport_pem, transport_serial = self._issue_transport(device_id, transport_pk, device.segment, now)
         try:
             self.store.enroll(
                 device_id, th, now=now, identity_public_key=identity_pk, cert_pem=cert_pem,
                 cert_serial=serial, cert_not_after=cert.not_valid_after_utc,
-                suite=suite, wrapped_key=self._wrap(device_id, 1, keys))
+                suite=suite, wrapped_key=self._wrap(device_id, 1, keys), transport_cert_serial=transport_serial)
         except EnrollmentError:
             self._auth_failed(device_id, "bad_token")
             raise
@@ -313,34 +313,30 @@ class FleetRegistry:
                         "identity_key_sha256": hashlib.sha256(identity_pk).digest()}),
             AuditEvent(EventType.CERT_ISSUED, now, "hub.ca", device_id,
                        {"cert_serial": serial, "not_after": cert.not_valid_after_utc.isoformat()}),
+            AuditEvent(EventType.CERT_ISSUED, now, "hub.ca", device_id,
+                       {"cert_serial": transport_serial, "usage": "transport"}),
         )
         self._changed(device_id)
-        return self._signed_response(transcript, device, 1, suite, hub_pub, cert_pem)
+        return self._signed_response(transcript, device, 1, suite, hub_pub, cert_pem, transport_pem)
 
-    def rekey(self, req: dict[str, Any]) -> dict[str, Any]:
+    def rekey(self, request: VerifiedRequest) -> dict[str, Any]:
         """Move a device to its next key epoch, optionally with another suite.
 
+        ``request`` passed the device plane (signature, freshness, status,
+        certificate, Cedar ``rekey`` with the device's posture).
+
         Raises:
-            MalformedError, EnrollmentError, RevokedError, UnknownDeviceError.
+            EnrollmentError, RevokedError, UnknownDeviceError.
         """
-        try:
-            device_id = str(req["device_id"])
-            epoch = int(req["epoch"])
-            kex_pk = b64d(req["kex_public_key"], what="kex key", length=32)
-            suites = [str(s) for s in req["suites"]][:8]
-            ts = int(req["ts"])
-            signature = b64d(req["signature"], what="signature", length=64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MalformedError(f"re-key request: missing or bad field {exc}") from None
+        device_id = request.device_id
+        epoch = int(request.body["epoch"])
+        kex_pk = bytes(request.body["kex_public_key"])
+        suites = [str(s) for s in request.body["suites"]]
+        transcript = request.transcript
         device = self.store.get_device(device_id)
         if device.status != "active" or device.identity_public_key is None:
             raise RevokedError(f"device {device_id!r} is {device.status}")
         now = self.clock.now()
-        if abs(now.timestamp() - ts) > 300:
-            raise EnrollmentError("re-key request timestamp outside the allowed clock skew")
-        transcript = request_transcript("rekey", {
-            "device_id": device_id, "epoch": epoch, "kex_public_key": kex_pk, "suites": suites, "ts": ts})
-        verify_signature(device.identity_public_key, signature, transcript)
         suite = negotiate_suite(suites, self.cfg.allowed_suites)
         hub_pub, keys = derive_hub_session(device_id, epoch, suite, kex_pk, transcript)
         self.store.add_epoch(device_id, epoch, suite, self._wrap(device_id, epoch, keys), now=now)
@@ -348,20 +344,38 @@ class FleetRegistry:
         self._changed(device_id)
         return self._signed_response(transcript, device, epoch, suite, hub_pub, device.cert_pem or "")
 
+    def _issue_transport(self, device_id: str, transport_pk: bytes, segment: str, now: datetime) -> tuple[str, str]:
+        """The TLS client certificate for a device's transport key (ADR 0600): (PEM, serial hex).
+
+        Same profile as the operational certificate (CN = device id,
+        ``clientAuth`` only, same validity), so a broker's username is the
+        device id.
+        """
+        if transport_pk == b"\x00" * 32:
+            raise MalformedError("transport key is not a valid Ed25519 public key")
+        try:
+            cert = self.ca.issue_device_certificate(device_id, transport_pk, now=now, segment=segment,
+                                                    validity=timedelta(days=self.cfg.cert_validity_days))
+        except ValueError:
+            raise MalformedError("transport key is not a valid Ed25519 public key") from None
+        return cert.public_bytes(serialization.Encoding.PEM).decode(), format(cert.serial_number, "x")
+
     def _auth_failed(self, device_id: str, reason: str) -> None:
         who = device_id if device_id and len(device_id) <= 64 else "unknown"
         self._record(AuditEvent(EventType.AUTH_FAILED, self.clock.now(), who, who,
                                 {"what": "enrollment", "reason": reason}))
 
     def _signed_response(self, transcript: bytes, device: DeviceRecord, epoch: int, suite: str,
-                         hub_pub: bytes, cert_pem: str) -> dict[str, Any]:
+                         hub_pub: bytes, cert_pem: str, transport_pem: str = "") -> dict[str, Any]:
         device_id = device.device_id
         fields = {"device_id": device_id, "epoch": epoch, "suite": suite, "segment": device.segment,
-                  "hub_kex_public_key": hub_pub, "certificate_pem": cert_pem}
+                  "hub_kex_public_key": hub_pub, "certificate_pem": cert_pem,
+                  "transport_certificate_pem": transport_pem}
         sig = self.ca.sign(hub_response_message(transcript, fields))
         return {"device_id": device_id, "epoch": epoch, "suite": suite, "segment": device.segment,
                 "hub_kex_public_key": b64e(hub_pub),
-                "certificate_pem": cert_pem, "ca_certificate_pem": self.ca.certificate_pem.decode(),
+                "certificate_pem": cert_pem, "transport_certificate_pem": transport_pem,
+                "ca_certificate_pem": self.ca.certificate_pem.decode(),
                 "signature": b64e(sig)}
 
     # -- ingest lookups --------------------------------------------------

@@ -15,6 +15,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import Connection
 
@@ -46,6 +48,8 @@ devices = Table(
     Column("cert_pem", Text, nullable=True),
     Column("cert_serial", String(64), nullable=True),
     Column("cert_not_after", DateTime(timezone=True), nullable=True),
+    # Serial of the TLS client certificate for the device's transport key (ADR 0600).
+    Column("transport_cert_serial", String(64), nullable=True),
     Column("current_epoch", Integer, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("enrolled_at", DateTime(timezone=True), nullable=True),
@@ -152,7 +156,18 @@ def _apply_core(conn: Connection) -> None:
 register(Migration("0001_core", "devices, tokens, key epochs, replay windows, readings", _apply_core))
 register(Migration("0002_revoked_certificates", "serials kept on the CRL across re-provisioning",
                    lambda conn: revoked_certificates.create(conn, checkfirst=True)))
+
+
+def _add_transport_cert_serial(conn: Connection) -> None:
+    # A database made by 0001 after this column was added already has it.
+    if "transport_cert_serial" not in {c["name"] for c in inspect(conn).get_columns("devices")}:
+        conn.execute(text("ALTER TABLE devices ADD COLUMN transport_cert_serial VARCHAR(64)"))
+
+
+register(Migration("0003_transport_cert_serial", "serial of each device's TLS transport certificate (ADR 0600)",
+                   _add_transport_cert_serial))
 import iotguard.hub.audit_store  # noqa: E402
 import iotguard.hub.credentials  # noqa: E402
 import iotguard.hub.policy_store  # noqa: E402
-import iotguard.hub.privacy_store  # noqa: E402,F401
+import iotguard.hub.privacy_store  # noqa: E402
+import iotguard.hub.ratelimit_store  # noqa: E402,F401

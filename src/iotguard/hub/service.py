@@ -1,18 +1,37 @@
-"""The hub process: the wired core plus its threads (broker, ingest, API, maintenance)."""
+"""The hub process: the wired core plus its threads (broker, ingest, API, maintenance, TLS upkeep).
+
+Every hop is mutual TLS 1.3 by default: the embedded broker's front requires
+fleet-CA client certificates, the hub's MQTT client presents its own
+(``iotguard-hub``) and verifies the broker, and the API serves HTTPS with a
+certificate from the fleet CA. ``hub.unsafe_plaintext_broker`` and
+``hub.unsafe_plain_http`` turn these off, loudly.
+"""
 
 from __future__ import annotations
 
 import gc
 import logging
+import ssl
 import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from iotguard.clock import Clock
 from iotguard.config import HubConfig
+from iotguard.errors import ConfigError
 from iotguard.hub.broker import BrokerAddress, EmbeddedBroker, parse_broker_url, wait_for_port
-from iotguard.hub.core import HubCore, Maintenance, build_hub_core
+from iotguard.hub.broker_front import BrokerAccess
+from iotguard.hub.core import HUB_MQTT_GRANTS, HubCore, Maintenance, build_hub_core
+from iotguard.hub.mosquitto import reload, revoked_serials, update_access_files
+from iotguard.hub.mqtt_frames import AccessList
 from iotguard.hub.mqtt_ingest import MqttIngest
+from iotguard.hub.tls import HUB_MQTT_IDENTITY, HubTls
+from iotguard.policy.acl import derive_device_acl
+from iotguard.tls import client_context, server_context
 
 __all__ = ["Hub", "tune_gc_for_ingest"]
 
@@ -51,42 +70,175 @@ class Hub:
         self.embedded_broker: EmbeddedBroker | None = None
         self.ingest: MqttIngest | None = None
         self.maintenance = Maintenance(self.core)
+        self.tls = HubTls(Path(cfg.data_dir), self.registry.ca,
+                          client_validity=timedelta(days=cfg.cert_validity_days))
         self._api_server: uvicorn.Server | None = None
         self._api_thread: threading.Thread | None = None
+        self._upkeep_stop = threading.Event()
+        self._upkeep_thread: threading.Thread | None = None
+        # The embedded broker's device grants, recomputed per device as postures change.
+        self._acl_lock = threading.Lock()
+        self._acl_dirty: set[str] = set()
+        self._acl_full = True
+        self._device_grants: dict[str, list[tuple[str, str]]] | None = None
+        self.core.posture.add_listener(self._posture_changed)
 
     @property
     def broker_address(self) -> BrokerAddress:
         if self.cfg.broker_url:
             return parse_broker_url(self.cfg.broker_url)
         host, _, port = self.cfg.embedded_broker_bind.rpartition(":")
-        return BrokerAddress(host, int(port))
+        return BrokerAddress(host, int(port), tls=not self.cfg.unsafe_plaintext_broker)
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.cfg.api_bind}"
+        return f"{'http' if self.cfg.unsafe_plain_http else 'https'}://{self.cfg.api_bind}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The fleet CA certificate clients verify the API and the broker against."""
+        return self.tls.ca_file
+
+    def _names(self, bind: str, extra: list[str]) -> list[str]:
+        host = bind.rpartition(":")[0].strip("[]")
+        return list(dict.fromkeys([host, *extra]))
+
+    def _ensure_tls(self) -> bool:
+        now = self.core.clock.now()
+        api = [] if self.cfg.unsafe_plain_http else self._names(self.cfg.api_bind, self.cfg.api_hostnames)
+        broker = [] if self.cfg.broker_url or self.cfg.unsafe_plaintext_broker else \
+            self._names(self.cfg.embedded_broker_bind, ["localhost", "127.0.0.1"])
+        return self.tls.ensure(now, api_names=api, broker_names=broker)
+
+    def broker_access(self) -> BrokerAccess:
+        """What the embedded broker's front enforces now: CRL, Cedar-derived grants, revoked serials.
+
+        Raises:
+            ConfigError: a device id collides with the hub's MQTT identity.
+        """
+        now = self.core.clock.now()
+        revoked = revoked_serials(self.store)
+        context = server_context(self.tls.broker_file, client_cafile=self.tls.ca_file,
+                                 crlfile=self.tls.write_crl(revoked, now))
+        with self._acl_lock:
+            dirty, self._acl_dirty = self._acl_dirty, set()
+            full, self._acl_full = self._acl_full or self._device_grants is None, False
+        policy = self.core.policy
+        if full:
+            grants = dict(derive_device_acl(policy, now=now))
+        else:
+            # Only the devices whose posture changed: an enrollment costs one device's decisions.
+            grants = dict(self._device_grants or {})
+            fresh = derive_device_acl(policy, now=now, device_ids=dirty)
+            for device_id in dirty:
+                grants.pop(device_id, None)
+            grants.update(fresh)
+        self._device_grants = grants
+        if HUB_MQTT_IDENTITY in grants:
+            raise ConfigError(f"a device is named {HUB_MQTT_IDENTITY!r}, the hub's MQTT identity")
+        return BrokerAccess(context, AccessList({**grants, HUB_MQTT_IDENTITY: list(HUB_MQTT_GRANTS)}),
+                            frozenset(serial for serial, _ in revoked))
+
+    def _posture_changed(self, device_id: str) -> None:
+        with self._acl_lock:
+            self._acl_dirty.add(device_id)
 
     def start(self, *, api: bool = True) -> None:
         """Start the embedded broker (if no broker URL is set), ingest, maintenance and the API."""
         tune_gc_for_ingest()
+        self._ensure_tls()
+        address = self.broker_address
+        if not address.tls and not self.cfg.unsafe_plaintext_broker:
+            raise ConfigError(f"broker URL {address.url} is not mqtts:// (hub.unsafe_plaintext_broker is off)")
+        if not address.tls:
+            log.warning("UNSAFE: the hub connects to the MQTT broker %s WITHOUT TLS (unsafe_plaintext_broker)",
+                        address.url)
         if not self.cfg.broker_url:
-            self.embedded_broker = EmbeddedBroker(self.cfg.embedded_broker_bind)
+            self.embedded_broker = EmbeddedBroker(
+                self.cfg.embedded_broker_bind, unsafe_plaintext=self.cfg.unsafe_plaintext_broker,
+                access=None if self.cfg.unsafe_plaintext_broker else self.broker_access)
             self.embedded_broker.start()
+            # Enrollment, revocation, renewal: the broker's access follows before the request returns.
+            self.registry.listeners.append(self._registry_changed)
             log.info("embedded MQTT broker on %s", self.embedded_broker.address.url)
+        tls = client_context(self.tls.ca_file, certfile=self.tls.hub_mqtt_file) if address.tls else None
         # The embedded broker does not support shared subscriptions; one hub uses it.
-        self.ingest = MqttIngest(self.processor, self.broker_address, self.cfg,
+        self.ingest = MqttIngest(self.processor, address, self.cfg, tls=tls,
                                  shared=self.cfg.shared_subscription and bool(self.cfg.broker_url))
         self.ingest.start()
         self.core.publisher = self.ingest.publish
         self.maintenance.tick()
         self.maintenance.start()
+        self._upkeep_thread = threading.Thread(target=self._upkeep, name="iotguard-tls-upkeep", daemon=True)
+        self._upkeep_thread.start()
         if api:
             host, _, port = self.cfg.api_bind.rpartition(":")
+            tls_args: dict[str, Any] = {}
+            if self.cfg.unsafe_plain_http:
+                log.warning("UNSAFE: the REST API on %s serves plain HTTP (unsafe_plain_http): tokens and "
+                            "enrollment secrets cross the network in clear", self.cfg.api_bind)
+            else:
+                tls_args = {"ssl_certfile": str(self.tls.api_file)}
             config = uvicorn.Config(self.app, host=host, port=int(port), log_level="warning",
-                                    access_log=False, lifespan="off")
+                                    access_log=False, lifespan="off", **tls_args)
+            config.load()
+            if isinstance(config.ssl, ssl.SSLContext):
+                config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
             self._api_server = uvicorn.Server(config)
             self._api_thread = threading.Thread(target=self._api_server.run, name="iotguard-api", daemon=True)
             self._api_thread.start()
             wait_for_port(host, int(port), timeout=15)
+
+    def _registry_changed(self, _device_id: str) -> None:
+        if self.embedded_broker is None:
+            return
+        try:
+            self.embedded_broker.refresh()
+        except Exception:
+            # The change itself is committed; the upkeep thread retries the broker's access.
+            log.exception("embedded broker access not refreshed after a registry change; retrying")
+            with self._acl_lock:
+                self._acl_full = True
+
+    def _upkeep(self) -> None:
+        """Keep the embedded broker's access (CRL, ACL) in step with the registry and policy; renew TLS files."""
+        seen: tuple[int, int] | None = None
+        last_full = last_files = time.monotonic()
+        while not self._upkeep_stop.wait(0.25):
+            try:
+                mono = time.monotonic()
+                if mono - last_files >= 3600:
+                    last_files = mono
+                    if self._ensure_tls():
+                        self._reload_api_certificate()
+                        seen = None
+                key = (self.core.policy.policy_version, self.core.posture.version)
+                if self.embedded_broker is not None and (key != seen or mono - last_full >= 60):
+                    if seen is None or key[0] != seen[0] or mono - last_full >= 60:
+                        # A policy change can move any grant; re-derive everything (and renew the CRL).
+                        with self._acl_lock:
+                            self._acl_full = True
+                        last_full = mono
+                    self.embedded_broker.refresh()
+                    seen = key
+                elif self.cfg.mosquitto_dir and (key != seen or mono - last_full >= 3600):
+                    # Changes made by other processes (the CLI, other hubs) reach this one's
+                    # posture through maintenance; Mosquitto's CRL and ACL follow them here.
+                    self._update_mosquitto()
+                    seen, last_full = key, mono
+            except Exception:
+                log.exception("TLS upkeep failed; retrying")
+
+    def _update_mosquitto(self) -> None:
+        update_access_files(self.cfg.mosquitto_dir, self.registry.ca, self.store, self.core.clock.now(),
+                            acl_renderer=self.core.broker_acl)
+        if self.cfg.mosquitto_pid_file:
+            reload(self.cfg.mosquitto_pid_file)
+
+    def _reload_api_certificate(self) -> None:
+        # New handshakes use the renewed certificate; open connections keep theirs.
+        if self._api_server is not None and isinstance(self._api_server.config.ssl, ssl.SSLContext):
+            self._api_server.config.ssl.load_cert_chain(str(self.tls.api_file))
 
     def stop(self) -> None:
         """Stop accepting, finish the batch in progress, shut everything down."""
@@ -94,6 +246,9 @@ class Hub:
             self._api_server.should_exit = True
             if self._api_thread is not None:
                 self._api_thread.join(timeout=10)
+        self._upkeep_stop.set()
+        if self._upkeep_thread is not None:
+            self._upkeep_thread.join(timeout=10)
         self.maintenance.stop()
         if self.ingest is not None:
             self.ingest.stop()

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
 from iotguard.errors import AuthenticationError, EnrollmentError, RevokedError, StorageError, UnknownDeviceError
-from iotguard.hub.db import make_engine
+from iotguard.hub.db import driver_error_summary, make_engine
 from iotguard.hub.migrations import migrate
 from iotguard.hub.schema import (
     api_tokens,
@@ -58,6 +58,8 @@ class DeviceRecord:
     created_at: datetime
     enrolled_at: datetime | None
     revoked_at: datetime | None
+    #: Serial of the TLS client certificate of the device's transport key (ADR 0600).
+    transport_cert_serial: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly view (no secrets exist in a device record)."""
@@ -68,6 +70,7 @@ class DeviceRecord:
             "segment": self.segment,
             "status": self.status,
             "cert_serial": self.cert_serial,
+            "transport_cert_serial": self.transport_cert_serial,
             "cert_not_after": self.cert_not_after.isoformat() if self.cert_not_after else None,
             "current_epoch": self.current_epoch,
             "created_at": self.created_at.isoformat(),
@@ -132,6 +135,7 @@ def _device(row: Any) -> DeviceRecord:
         cert_serial=m["cert_serial"], cert_not_after=_aware(m["cert_not_after"]),
         current_epoch=m["current_epoch"], created_at=_aware(m["created_at"]) or m["created_at"],
         enrolled_at=_aware(m["enrolled_at"]), revoked_at=_aware(m["revoked_at"]),
+        transport_cert_serial=m["transport_cert_serial"],
     )
 
 
@@ -218,6 +222,7 @@ class HubStore:
     def enroll(
         self, device_id: str, token_hash: bytes, *, now: datetime, identity_public_key: bytes,
         cert_pem: str, cert_serial: str, cert_not_after: datetime, suite: str, wrapped_key: bytes,
+        transport_cert_serial: str | None = None,
     ) -> None:
         """Consume the token and activate the device, atomically.
 
@@ -243,7 +248,7 @@ class HubStore:
                 .where(and_(devices.c.device_id == device_id, devices.c.status == "pending"))
                 .values(status="active", identity_public_key=identity_public_key, cert_pem=cert_pem,
                         cert_serial=cert_serial, cert_not_after=cert_not_after, current_epoch=1,
-                        enrolled_at=now)
+                        enrolled_at=now, transport_cert_serial=transport_cert_serial)
             ).rowcount
             if activated != 1:
                 raise EnrollmentError("device is not awaiting enrollment")
@@ -271,15 +276,28 @@ class HubStore:
             c.execute(key_epochs.insert().values(
                 device_id=device_id, epoch=epoch, suite=suite, wrapped_key=wrapped_key, created_at=now))
 
-    def renew_certificate(self, device_id: str, *, cert_pem: str, cert_serial: str, cert_not_after: datetime) -> None:
+    def renew_certificate(self, device_id: str, *, cert_pem: str, cert_serial: str, cert_not_after: datetime,
+                          transport_cert_serial: str | None = None, now: datetime | None = None) -> None:
         """Replace an active device's operational certificate (same key, new validity).
+
+        With ``transport_cert_serial`` the transport certificate is replaced
+        too, and the one it supersedes goes on the CRL (its key may be gone
+        with an old file; it must not stay usable at the broker).
 
         Raises:
             RevokedError: the device is not active.
         """
+        values: dict[str, Any] = {"cert_pem": cert_pem, "cert_serial": cert_serial, "cert_not_after": cert_not_after}
+        if transport_cert_serial is not None:
+            values["transport_cert_serial"] = transport_cert_serial
         with self.engine.begin() as c:
+            old = c.execute(select(devices.c.transport_cert_serial).where(devices.c.device_id == device_id)).first()
             n = c.execute(update(devices).where(and_(devices.c.device_id == device_id, devices.c.status == "active"))
-                          .values(cert_pem=cert_pem, cert_serial=cert_serial, cert_not_after=cert_not_after)).rowcount
+                          .values(**values)).rowcount
+            if n == 1 and transport_cert_serial is not None and old is not None and old.transport_cert_serial:
+                c.execute(self._upsert(revoked_certificates).values(
+                    serial=old.transport_cert_serial, device_id=device_id,
+                    revoked_at=now or cert_not_after).on_conflict_do_nothing())
         if n != 1:
             raise RevokedError(f"device {device_id!r} is not active")
 
@@ -293,20 +311,21 @@ class HubStore:
             EnrollmentError: the device was decommissioned (that is final).
         """
         with self.engine.begin() as c:
-            row = c.execute(select(devices.c.status, devices.c.cert_serial)
+            row = c.execute(select(devices.c.status, devices.c.cert_serial, devices.c.transport_cert_serial)
                             .where(devices.c.device_id == device_id)).first()
             if row is None:
                 raise UnknownDeviceError(f"unknown device {device_id!r}")
             if row.status == "decommissioned":
                 raise EnrollmentError("a decommissioned device cannot be re-provisioned")
-            if row.cert_serial:
-                c.execute(self._upsert(revoked_certificates).values(
-                    serial=row.cert_serial, device_id=device_id, revoked_at=now).on_conflict_do_nothing())
+            for serial in (row.cert_serial, row.transport_cert_serial):
+                if serial:
+                    c.execute(self._upsert(revoked_certificates).values(
+                        serial=serial, device_id=device_id, revoked_at=now).on_conflict_do_nothing())
             c.execute(delete(key_epochs).where(key_epochs.c.device_id == device_id))
             c.execute(delete(replay_windows).where(replay_windows.c.device_id == device_id))
             c.execute(update(devices).where(devices.c.device_id == device_id).values(
                 status="pending", identity_public_key=None, cert_pem=None, cert_serial=None, cert_not_after=None,
-                current_epoch=None, enrolled_at=None, revoked_at=None))
+                transport_cert_serial=None, current_epoch=None, enrolled_at=None, revoked_at=None))
             c.execute(enrollment_tokens.insert().values(
                 token_hash=token_hash, device_id=device_id, expires_at=token_expires_at))
 
@@ -412,7 +431,7 @@ class HubStore:
         except _SomeAlreadyStored:
             raise
         except Exception as exc:  # the driver's errors vary; the batch is retried whole
-            raise StorageError(f"batch not stored: {type(exc).__name__}: {exc}") from exc
+            raise StorageError(f"batch not stored: {driver_error_summary(exc)}") from None
         return inserted
 
     def _fast_insert(self, rows: Sequence[dict[str, Any]], now: datetime) -> tuple[str, Any]:

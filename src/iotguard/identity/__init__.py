@@ -1,4 +1,4 @@
-"""Device identity: fleet CA, enrollment and re-keying protocol."""
+"""Device identity: fleet CA, enrollment and re-keying protocol, signed device requests."""
 
 from iotguard.identity.ca import FleetCA, certificate_fingerprint
 from iotguard.identity.enrollment import (
@@ -15,10 +15,31 @@ from iotguard.identity.enrollment import (
     token_hash,
     verify_signature,
 )
+from iotguard.identity.signed_request import (
+    DEVICE_REQUEST_ACTIONS,
+    DeviceView,
+    InMemorySeenNonces,
+    OutgoingRequest,
+    SeenNonces,
+    SignedRequest,
+    SignedRequestLimits,
+    VerifiedRequest,
+    parse_signed_request,
+    sign_device_request,
+    verify_signed_request,
+)
 
 __all__ = [
+    "DEVICE_REQUEST_ACTIONS",
+    "DeviceView",
     "EnrollmentCode",
     "FleetCA",
+    "InMemorySeenNonces",
+    "OutgoingRequest",
+    "SeenNonces",
+    "SignedRequest",
+    "SignedRequestLimits",
+    "VerifiedRequest",
     "b64d",
     "b64e",
     "certificate_fingerprint",
@@ -27,8 +48,11 @@ __all__ = [
     "negotiate_suite",
     "new_enrollment_secret",
     "parse_enrollment_code",
+    "parse_signed_request",
     "request_transcript",
     "session_salt",
+    "sign_device_request",
     "token_hash",
     "verify_signature",
+    "verify_signed_request",
 ]

@@ -191,6 +191,7 @@ class SoftwareKeyStore:
         self._lock = threading.RLock()
         self._keys: dict[str, _Entry] = {}
         self._counters: dict[str, int] = {}
+        self._pcrs: dict[int, bytes] = {}
         self._tamper: TamperRecord | None = None
         if device_binding is None:
             path = (
@@ -256,6 +257,7 @@ class SoftwareKeyStore:
         self._tamper = record
         self._keys.clear()
         self._counters.clear()
+        self._pcrs.clear()
         self._kek = b""
         root = self._dir / _ROOT_FILE
         if root.exists():
@@ -313,12 +315,14 @@ class SoftwareKeyStore:
         self._kek = kek
         self._keys = {str(k): _load_entry(KeyKind(v[0]), bytes(v[1])) for k, v in state["keys"].items()}
         self._counters = {str(k): int(v) for k, v in state["counters"].items()}
+        self._pcrs = {int(k): bytes(v) for k, v in state.get("pcrs", {}).items()}
 
     def _save(self) -> None:
         state = {
             "v": _FORMAT,
             "keys": {k: [e.kind.value, e.secret_bytes()] for k, e in self._keys.items()},
             "counters": self._counters,
+            "pcrs": self._pcrs,
         }
         nonce = secrets.token_bytes(12)
         sealed = nonce + AESGCM(self._kek).encrypt(nonce, cbor2.dumps(state, canonical=True), _AD)
@@ -493,6 +497,25 @@ class SoftwareKeyStore:
             self._check()
             self._keys.clear()
             self._save()
+
+
+    def _read_registers(self) -> dict[int, bytes]:
+        """PCR bank of the emulated root of trust (see ``software_rot``); unset PCRs are absent."""
+        with self._lock:
+            self._check()
+            return dict(self._pcrs)
+
+    def _write_registers(self, pcrs: dict[int, bytes]) -> None:
+        """Persist the emulated PCR bank in the sealed store."""
+        with self._lock:
+            self._check()
+            previous = self._pcrs
+            self._pcrs = dict(pcrs)
+            try:
+                self._save()
+            except BaseException:
+                self._pcrs = previous
+                raise
 
 
 def _read_tamper_record(path: Path) -> TamperRecord:

@@ -39,7 +39,8 @@ def _candidates(engine: PolicyEngine, device_id: str, segments: Iterable[str]) -
 
 
 def derive_device_acl(
-    engine: PolicyEngine, *, segments: Iterable[str] = (), now: datetime | None = None
+    engine: PolicyEngine, *, segments: Iterable[str] = (), now: datetime | None = None,
+    device_ids: Iterable[str] | None = None,
 ) -> dict[str, list[AclGrant]]:
     """Evaluate the policies for every device against its candidate topics.
 
@@ -48,12 +49,17 @@ def derive_device_acl(
         segments: Extra segment names to probe besides every device's home
             segment and the quarantine segment.
         now: Decision time (default: the engine's clock).
+        device_ids: Only these devices (an incremental update after their
+            posture changed); devices without posture are left out.
 
     Returns:
         Allowed grants per device id, in a stable order.
     """
     postures = sorted(engine.posture, key=lambda p: p.device_id)
     all_segments = sorted({*segments, QUARANTINE_SEGMENT, *(p.segment for p in postures)})
+    if device_ids is not None:
+        wanted = set(device_ids)
+        postures = [p for p in postures if p.device_id in wanted]
     out: dict[str, list[AclGrant]] = {}
     for posture in postures:
         grants: list[AclGrant] = []

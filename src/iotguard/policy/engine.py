@@ -6,14 +6,9 @@ attributes and the topic layout, and a context built from posture at the
 decision time. Risk rules live in the Cedar policies; Python only supplies
 facts.
 
-Caching. A decision is cached under its request (principal, action,
-resource, role) until the earliest of: a posture change of the principal
-device (or of the device an operator request targets), any policy, role or
-segment change, and the next instant at which a time-derived context value
-changes (hour boundary, certificate expiry or day boundary of its remaining
-days, end of attestation freshness). Posture and policy changes invalidate
-synchronously, before the call that made them returns; a decision that was
-being evaluated while an invalidation happened is not cached.
+Caching. Decisions are cached per request and per decision class (see
+:mod:`iotguard.policy.decision_cache`); posture and policy changes
+invalidate synchronously, before the call that made them returns.
 
 Fail closed. An engine constructed with a policy set that does not load
 denies every request with ``engine_not_loaded``; any Cedar evaluation error
@@ -25,9 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -36,8 +30,20 @@ import cedarpy
 
 from iotguard.clock import Clock, SystemClock
 from iotguard.errors import PolicyDenied
+from iotguard.policy.decision_cache import DecisionCache, DecisionClass, classes_shareable, context_attributes
+from iotguard.policy.facts import (
+    HOUR,
+    DeviceFacts,
+    action_uid,
+    attestation_fresh,
+    device_entity,
+    role_entities,
+    segment_entity,
+    uid,
+)
 from iotguard.policy.model import (
     DEVICE_ACTIONS,
+    DEVICE_SELF_ACTIONS,
     OPERATOR_ACTIONS,
     QUARANTINE_SEGMENT,
     AccessRequest,
@@ -54,7 +60,7 @@ from iotguard.policy.policyset import (
     validate,
 )
 from iotguard.policy.posture import Posture, PostureStore, SegmentSpec
-from iotguard.policy.topics import TopicInfo, TopicLayout
+from iotguard.policy.topics import TopicLayout
 
 __all__ = ["ChangeListener", "EngineLimits", "PolicyEngine"]
 
@@ -64,8 +70,7 @@ _log = logging.getLogger(__name__)
 #: when everything may have changed (policy, roles or segments).
 ChangeListener = Callable[[str | None], None]
 
-_HOUR: Final = 3600.0
-_DAY: Final = 86400.0
+_ABSENT: Final = ("absent",)
 _NO_TARGET: Final = {"target_trust_tier": "none", "target_risk_score": 0, "target_fresh_attestation": False}
 
 
@@ -101,21 +106,8 @@ class _Loaded:
     handle: cedarpy.PolicySet
     permits: cedarpy.PolicySet | None
     forbids: cedarpy.PolicySet | None
-
-
-@dataclass
-class _DeviceState:
-    """Entities prebuilt for one device at one posture (reused across requests)."""
-
-    posture: Posture
-    entities: list[dict[str, Any]]
-    handle: cedarpy.Entities
-    own_topics: frozenset[str]
-    loaded_topics: set[str]
-    context_json: str = ""
-    context: dict[str, Any] | None = None
-    context_valid_from: float = 0.0
-    context_valid_until: float = 0.0
+    shareable: bool
+    context_attributes: tuple[str, ...] | None
 
 
 @dataclass
@@ -127,18 +119,6 @@ class _Prepared:
     valid_from: float
     valid_until: float
     depends_on: str | None
-
-
-def _uid(kind: str, ident: str) -> dict[str, str]:
-    return {"type": kind, "id": ident}
-
-
-def _ref(kind: str, ident: str) -> dict[str, dict[str, str]]:
-    return {"__entity": {"type": kind, "id": ident}}
-
-
-def _action(name: str) -> dict[str, str]:
-    return {"type": "Action", "id": name}
 
 
 class PolicyEngine:
@@ -185,11 +165,8 @@ class PolicyEngine:
         self._clock: Clock = clock or SystemClock()
         self.limits = limits or EngineLimits()
         self._lock = threading.RLock()
-        # request -> (decision, valid from, valid until) as POSIX timestamps.
-        self._cache: dict[AccessRequest, tuple[Decision, float, float]] = {}
-        self._cache_index: dict[str, list[AccessRequest]] = {}
-        self._generation = 0
-        self._devices: dict[str, _DeviceState] = {}
+        self._cache = DecisionCache(self.limits.max_cache_entries)
+        self._devices: dict[str, DeviceFacts] = {}
         self._listeners: list[ChangeListener] = []
         self._loaded: _Loaded | None = None
         self.load_error: str = "no policy set loaded"
@@ -234,8 +211,10 @@ class PolicyEngine:
             forbids = self._subset(policy_set, "forbid")
         except ValueError as exc:
             raise PolicyValidationError("policy set does not load", [str(exc)]) from exc
+        shareable = classes_shareable(policy_set.policies)
+        attributes = context_attributes(policy_set.policies)
         with self._lock:
-            self._loaded = _Loaded(policy_set, version, handle, permits, forbids)
+            self._loaded = _Loaded(policy_set, version, handle, permits, forbids, shareable, attributes)
             self.load_error = ""
             self._invalidate_all()
 
@@ -277,7 +256,7 @@ class PolicyEngine:
         :meth:`authorize`.
         """
         when = now or self._clock.now()
-        hit = self._cache.get(request)
+        hit = self._cache.entries.get(request)
         if hit is not None and hit[1] <= when.timestamp() < hit[2]:
             return hit[0]
         return self._evaluate(request, when)
@@ -295,7 +274,7 @@ class PolicyEngine:
             raise ValueError(f"batch of {len(batch)} exceeds max_batch {self.limits.max_batch}")
         when = now or self._clock.now()
         ts = when.timestamp()
-        cache = self._cache
+        cache = self._cache.entries
         out: list[Decision] = []
         for request in batch:
             hit = cache.get(request)
@@ -316,6 +295,22 @@ class PolicyEngine:
         if not decision.allowed:
             raise PolicyDenied(f"{request.describe()}: {decision.summary()}")
         return decision
+
+    def decide_provisional(self, request: AccessRequest, posture: Posture, *,
+                           now: datetime | None = None) -> Decision:
+        """Decide a device request with a posture the store does not hold yet (enrollment); never cached."""
+        loaded = self._loaded
+        if loaded is None:
+            return Decision(False, DecisionCode.ENGINE_NOT_LOADED, errors=(self.load_error,))
+        if request.principal_type != "Device" or posture.device_id != request.principal_id:
+            return self._invalid("a provisional posture must be the requesting device's")
+        if request.action not in DEVICE_SELF_ACTIONS or request.resource_type != "Device":
+            return self._invalid(f"no device action {request.action!r} on {request.resource_type}")
+        when = now or self._clock.now()
+        facts = DeviceFacts.build(posture, self._segment_spec(posture.effective_segment), self.topics)
+        facts.refresh_context(when, when.timestamp(), self.limits.attestation_freshness_s)
+        prepared = self._prepare_on_device(request, facts)
+        return prepared if isinstance(prepared, Decision) else self._run(loaded, prepared)
 
     def decide_uncached(self, request: AccessRequest, *, now: datetime | None = None) -> Decision:
         """Decide without reading or writing the cache (benchmarks, audits)."""
@@ -362,28 +357,71 @@ class PolicyEngine:
         loaded = self._loaded
         if loaded is None:
             return Decision(False, DecisionCode.ENGINE_NOT_LOADED, errors=(self.load_error,))
-        generation = self._generation
+        cache = self._cache
+        generation, epoch = cache.generation, cache.epoch
+        if request.principal_type == "Device":
+            return self._evaluate_device(loaded, request, now, generation, epoch, store)
         prepared = self._prepare(request, now)
         if isinstance(prepared, Decision):
             return prepared
         decision = self._run(loaded, prepared)
         if store:
-            with self._lock:
-                if generation == self._generation and self._loaded is loaded:
-                    if len(self._cache) >= self.limits.max_cache_entries:
-                        self._cache.clear()
-                        self._cache_index.clear()
-                    self._cache[request] = (decision, prepared.valid_from, prepared.valid_until)
-                    if prepared.depends_on is not None:
-                        self._cache_index.setdefault(prepared.depends_on, []).append(request)
+            cache.put(request, decision, prepared.valid_from, prepared.valid_until, prepared.depends_on, generation)
         return decision
+
+    def _evaluate_device(
+        self, loaded: _Loaded, request: AccessRequest, now: datetime, generation: int, epoch: int, store: bool
+    ) -> Decision:
+        if request.resource_type == "Device":
+            # Requests a device makes about itself (renew, re-key, receipts, ...) are
+            # rare and may name another device: decided per request, never shared.
+            prepared = self._prepare(request, now)
+            return prepared if isinstance(prepared, Decision) else self._run(loaded, prepared)
+        if request.action not in DEVICE_ACTIONS or request.resource_type != "Topic":
+            return self._invalid(f"devices may only publish/subscribe on topics, not {request.action!r}")
+        device_id = request.principal_id
+        facts = self._device_facts(device_id)
+        if facts is None:
+            return Decision(False, DecisionCode.UNKNOWN_PRINCIPAL, policy_version=self.policy_version)
+        facts.refresh_context(now, now.timestamp(), self.limits.attestation_freshness_s)
+        cache = self._cache
+        key: DecisionClass | None = None
+        if store and loaded.shareable:
+            shape = facts.shape(request.resource_id, self.topics)
+            if shape is not None:
+                context_key = facts.context_key
+                if context_key is None:
+                    context_key = facts.context_key = self._context_key(loaded, facts.context, facts.context_json)
+                key = (epoch, request.action, facts.class_key, shape, context_key)
+                decision = cache.shared(key)
+                if decision is not None:
+                    cache.put(request, decision, facts.valid_from, facts.valid_until, device_id, generation)
+                    return decision
+        prepared = self._prepare_device(request, facts)
+        if isinstance(prepared, Decision):
+            return prepared
+        decision = self._run(loaded, prepared)
+        cache.evaluations += 1
+        if store:
+            cache.put(request, decision, facts.valid_from, facts.valid_until, device_id, generation)
+            if key is not None:
+                cache.put_shared(key, decision, epoch)
+        return decision
+
+    @staticmethod
+    def _context_key(loaded: _Loaded, context: Mapping[str, Any], context_json: str) -> Hashable:
+        if loaded.context_attributes is None:
+            return context_json
+        # A marker no JSON value equals stands for an attribute the context lacks.
+        return tuple(context.get(name, _ABSENT) for name in loaded.context_attributes)
 
     @staticmethod
     def _run(loaded: _Loaded, prepared: _Prepared) -> Decision:
         res = cedarpy.is_authorized(prepared.request, loaded.handle, prepared.entities)
         diag = res.diagnostics
         ann = diag.id_annotations_by_reason
-        reasons = tuple(ann.get(r, r) for r in diag.reasons)
+        # Cedar reports reasons as an unordered set; sorted, equal decisions compare equal.
+        reasons = tuple(sorted(ann.get(r, r) for r in diag.reasons))
         errors = tuple(str(e) for e in diag.errors)
         if errors:
             return Decision(False, DecisionCode.EVALUATION_ERROR, reasons, errors, loaded.version)
@@ -393,16 +431,22 @@ class PolicyEngine:
         return Decision(False, code, reasons, (), loaded.version)
 
     def _prepare(self, request: AccessRequest, now: datetime) -> _Prepared | Decision:
-        try:
-            if request.principal_type == "Device":
-                return self._prepare_device(request, now)
-            if request.principal_type == "Operator":
+        if request.principal_type == "Device":
+            on_device = request.action in DEVICE_SELF_ACTIONS and request.resource_type == "Device"
+            if not on_device and (request.action not in DEVICE_ACTIONS or request.resource_type != "Topic"):
+                return self._invalid(f"no device action {request.action!r} on {request.resource_type}")
+            facts = self._device_facts(request.principal_id)
+            if facts is None:
+                return Decision(False, DecisionCode.UNKNOWN_PRINCIPAL, policy_version=self.policy_version)
+            facts.refresh_context(now, now.timestamp(), self.limits.attestation_freshness_s)
+            if on_device:
+                return self._prepare_on_device(request, facts)
+            return self._prepare_device(request, facts)
+        if request.principal_type == "Operator":
+            try:
                 return self._prepare_operator(request, now)
-        except ValueError as exc:
-            # Entities Cedar refuses to parse (odd ids): deny, never guess.
-            return Decision(
-                False, DecisionCode.EVALUATION_ERROR, errors=(str(exc),), policy_version=self.policy_version
-            )
+            except ValueError as exc:
+                return self._cedar_refused(exc)
         return self._invalid(f"unknown principal type {request.principal_type!r}")
 
     def _invalid(self, why: str) -> Decision:
@@ -410,50 +454,62 @@ class PolicyEngine:
             False, DecisionCode.INVALID_REQUEST, errors=(why,), policy_version=self.policy_version
         )
 
-    def _prepare_device(self, request: AccessRequest, now: datetime) -> _Prepared | Decision:
-        if request.action not in DEVICE_ACTIONS or request.resource_type != "Topic":
-            return self._invalid(f"devices may only publish/subscribe on topics, not {request.action!r}")
-        device_id = request.principal_id
+    def _cedar_refused(self, exc: ValueError) -> Decision:
+        # Entities Cedar refuses to parse (odd ids): deny, never guess.
+        return Decision(False, DecisionCode.EVALUATION_ERROR, errors=(str(exc),), policy_version=self.policy_version)
+
+    def _device_facts(self, device_id: str) -> DeviceFacts | None:
         posture = self.posture.get(device_id)
         if posture is None:
-            return Decision(False, DecisionCode.UNKNOWN_PRINCIPAL, policy_version=self.policy_version)
-        state = self._devices.get(device_id)
-        if state is None or state.posture is not posture:
-            state = self._build_device_state(posture)
-        ts = now.timestamp()
-        if state.context is None or not state.context_valid_from <= ts < state.context_valid_until:
-            ctx, until = self._device_context(posture, now)
-            state.context, state.context_json = ctx, json.dumps(ctx)
-            state.context_valid_from, state.context_valid_until = ts, until
+            return None
+        facts = self._devices.get(device_id)
+        if facts is None or facts.posture is not posture:
+            facts = DeviceFacts.build(posture, self._segment_spec(posture.effective_segment), self.topics)
+            self._devices[device_id] = facts
+        return facts
+
+    def _prepare_device(self, request: AccessRequest, facts: DeviceFacts) -> _Prepared | Decision:
         topic = request.resource_id
-        if topic not in state.loaded_topics:
-            extra = self._topic_entity(self.topics.parse(topic))
-            added = state.handle.with_added_json_str(json.dumps([extra]))
-            if topic in state.own_topics:
-                # The device's own topics join its prebuilt entities on first use;
-                # anything else (lateral attempts) is added for this request only.
-                state.handle, state.entities = added, [*state.entities, extra]
-                state.loaded_topics.add(topic)
-                entities, entity_list = added, state.entities
-            else:
-                entities, entity_list = added, [*state.entities, extra]
-        else:
-            entities, entity_list = state.handle, state.entities
+        try:
+            entities, entity_list = facts.entities_for(self.topics.parse(topic))
+        except ValueError as exc:
+            return self._cedar_refused(exc)
         cedar_request = {
-            "principal": _uid("Device", device_id),
-            "action": _action(request.action),
-            "resource": _uid("Topic", topic),
-            "context": state.context_json,
+            "principal": uid("Device", request.principal_id),
+            "action": action_uid(request.action),
+            "resource": uid("Topic", topic),
+            "context": facts.context_json,
         }
         return _Prepared(
             cedar_request,
             entities,
             entity_list,
-            state.context,
-            state.context_valid_from,
-            state.context_valid_until,
-            device_id,
+            facts.context,
+            facts.valid_from,
+            facts.valid_until,
+            request.principal_id,
         )
+
+    def _prepare_on_device(self, request: AccessRequest, facts: DeviceFacts) -> _Prepared | Decision:
+        target = request.resource_id
+        extra: list[dict[str, Any]] = []
+        if target != request.principal_id:
+            other = self.posture.get(target)
+            segment = other.effective_segment if other else "unassigned"
+            extra = [device_entity(target, segment, other.model if other else ""),
+                     segment_entity(segment, self._segment_spec(segment))]
+        try:
+            entities, entity_list = facts.entities_with(extra)
+        except ValueError as exc:
+            return self._cedar_refused(exc)
+        cedar_request = {
+            "principal": uid("Device", request.principal_id),
+            "action": action_uid(request.action),
+            "resource": uid("Device", target),
+            "context": facts.context_json,
+        }
+        return _Prepared(cedar_request, entities, entity_list, facts.context, facts.valid_from, facts.valid_until,
+                         request.principal_id)
 
     def _prepare_operator(self, request: AccessRequest, now: datetime) -> _Prepared | Decision:
         accepted = OPERATOR_ACTIONS.get(request.action)
@@ -464,11 +520,11 @@ class PolicyEngine:
         if request.role not in self._roles:
             return self._invalid(f"unknown role {request.role!r}")
         ts = now.timestamp()
-        valid_until = ts - ts % _HOUR + _HOUR
+        valid_until = ts - ts % HOUR + HOUR
         operator = {
-            "uid": _uid("Operator", request.principal_id),
+            "uid": uid("Operator", request.principal_id),
             "attrs": {},
-            "parents": [_uid("Role", request.role)],
+            "parents": [uid("Role", request.role)],
         }
         delta: list[dict[str, Any]] = [operator]
         context: dict[str, Any] = {"hour_utc": now.astimezone(UTC).hour, **_NO_TARGET}
@@ -478,10 +534,10 @@ class PolicyEngine:
             depends_on = rid
             posture = self.posture.get(rid)
             segment = posture.effective_segment if posture else "unassigned"
-            delta.append(self._device_entity(rid, segment, posture.model if posture else ""))
-            delta.append(self._segment_entity(segment))
+            delta.append(device_entity(rid, segment, posture.model if posture else ""))
+            delta.append(segment_entity(segment, self._segment_spec(segment)))
             if posture is not None:
-                fresh, fresh_until = self._fresh(posture, ts)
+                fresh, fresh_until = attestation_fresh(posture, ts, self.limits.attestation_freshness_s)
                 valid_until = min(valid_until, fresh_until)
                 context.update(
                     target_trust_tier=posture.trust_tier,
@@ -489,55 +545,21 @@ class PolicyEngine:
                     target_fresh_attestation=fresh,
                 )
         elif kind == "Segment":
-            delta.append(self._segment_entity(rid))
+            delta.append(segment_entity(rid, self._segment_spec(rid)))
         elif kind == "Dataset":
             anonymised = self._datasets.get(rid, False)
-            delta.append({"uid": _uid("Dataset", rid), "attrs": {"anonymised": anonymised}, "parents": []})
+            delta.append({"uid": uid("Dataset", rid), "attrs": {"anonymised": anonymised}, "parents": []})
         else:
-            delta.append({"uid": _uid(kind, rid), "attrs": {}, "parents": []})
+            delta.append({"uid": uid(kind, rid), "attrs": {}, "parents": []})
         entities = self._roles_handle.with_added_json_str(json.dumps(delta))
         cedar_request = {
-            "principal": _uid("Operator", request.principal_id),
-            "action": _action(request.action),
-            "resource": _uid(kind, rid),
+            "principal": uid("Operator", request.principal_id),
+            "action": action_uid(request.action),
+            "resource": uid(kind, rid),
             "context": json.dumps(context),
         }
-        entity_list = [*self._role_entities(), *delta]
+        entity_list = [*role_entities(self._roles), *delta]
         return _Prepared(cedar_request, entities, entity_list, context, ts, valid_until, depends_on)
-
-    def _fresh(self, posture: Posture, ts: float) -> tuple[bool, float]:
-        """Whether a verified attestation is fresh at ``ts``, and until when that holds."""
-        if posture.trust_tier != "verified" or posture.attested_at is None:
-            return False, float("inf")
-        at = posture.attested_at.timestamp()
-        end = at + self.limits.attestation_freshness_s
-        if at <= ts < end:
-            return True, end
-        return False, (at if ts < at else float("inf"))
-
-    def _device_context(self, posture: Posture, now: datetime) -> tuple[dict[str, Any], float]:
-        ts = now.timestamp()
-        valid_until = ts - ts % _HOUR + _HOUR
-        cert_valid = False
-        days_left = 0
-        if posture.cert_not_after is not None:
-            remaining = posture.cert_not_after.timestamp() - ts
-            if remaining > 0:
-                cert_valid = True
-                days_left = math.ceil(remaining / _DAY)
-                # days_left drops by one when the remaining time reaches (days_left - 1) days.
-                valid_until = min(valid_until, ts + remaining - (days_left - 1) * _DAY)
-        fresh, fresh_until = self._fresh(posture, ts)
-        context = {
-            "trust_tier": posture.trust_tier,
-            "risk_score": posture.risk_score,
-            "cert_valid": cert_valid,
-            "cert_days_left": days_left,
-            "fresh_attestation": fresh,
-            "hour_utc": now.astimezone(UTC).hour,
-            "declared_location": posture.declared_location,
-        }
-        return context, min(valid_until, fresh_until)
 
     def _segment_spec(self, name: str) -> SegmentSpec:
         spec = self._segments.get(name, SegmentSpec())
@@ -545,69 +567,29 @@ class PolicyEngine:
             spec = SegmentSpec(True, spec.sites, spec.update_window_start, spec.update_window_end)
         return spec
 
-    def _segment_entity(self, name: str) -> dict[str, Any]:
-        return {"uid": _uid("Segment", name), "attrs": self._segment_spec(name).cedar_attrs(), "parents": []}
-
-    @staticmethod
-    def _device_entity(device_id: str, segment: str, model: str) -> dict[str, Any]:
-        return {
-            "uid": _uid("Device", device_id),
-            "attrs": {"segment": _ref("Segment", segment), "model": model},
-            "parents": [_uid("Segment", segment)],
-        }
-
-    @staticmethod
-    def _topic_entity(info: TopicInfo) -> dict[str, Any]:
-        attrs: dict[str, Any] = {"kind": info.kind, "direction": info.direction}
-        if info.segment is not None:
-            attrs["segment"] = _ref("Segment", info.segment)
-        if info.device is not None:
-            attrs["device"] = _ref("Device", info.device)
-        return {"uid": _uid("Topic", info.topic), "attrs": attrs, "parents": []}
-
-    def _build_device_state(self, posture: Posture) -> _DeviceState:
-        segment = posture.effective_segment
-        own = self.topics.device_topics(posture.segment, posture.device_id)
-        telemetry = own[0]
-        entities = [
-            self._device_entity(posture.device_id, segment, posture.model),
-            self._segment_entity(segment),
-            self._topic_entity(self.topics.parse(telemetry)),
-        ]
-        handle = cedarpy.Entities.from_json_str(json.dumps(entities))
-        state = _DeviceState(posture, entities, handle, frozenset(own), {telemetry})
-        self._devices[posture.device_id] = state
-        return state
-
-    def _role_entities(self) -> list[dict[str, Any]]:
-        return [
-            {"uid": _uid("Role", role), "attrs": {}, "parents": [_uid("Role", p) for p in parents]}
-            for role, parents in sorted(self._roles.items())
-        ]
-
     def _build_roles_handle(self) -> cedarpy.Entities:
-        return cedarpy.Entities.from_json_str(json.dumps(self._role_entities()))
+        return cedarpy.Entities.from_json_str(json.dumps(role_entities(self._roles)))
 
     # --------------------------------------------------------- invalidation
 
     def _on_posture_change(self, device_id: str) -> None:
         with self._lock:
-            self._generation += 1
+            self._cache.invalidate_device(device_id)
             self._devices.pop(device_id, None)
-            for key in self._cache_index.pop(device_id, ()):
-                self._cache.pop(key, None)
         for listener in list(self._listeners):
             listener(device_id)
 
     def _invalidate_all(self) -> None:
         with self._lock:
-            self._generation += 1
-            self._cache.clear()
-            self._cache_index.clear()
+            self._cache.invalidate_all()
             self._devices.clear()
         for listener in list(self._listeners):
             listener(None)
 
     def cache_size(self) -> int:
-        """Number of cached decisions."""
+        """Number of decisions cached per request."""
         return len(self._cache)
+
+    def cache_stats(self) -> dict[str, int]:
+        """Cache counters: ``entries``, ``classes``, ``evaluations`` (Cedar runs), ``class_hits``."""
+        return self._cache.stats()

@@ -7,6 +7,7 @@ from typing import Any, Final, NamedTuple
 
 __all__ = [
     "DEVICE_ACTIONS",
+    "DEVICE_SELF_ACTIONS",
     "OPERATOR_ACTIONS",
     "QUARANTINE_SEGMENT",
     "TRUST_TIERS",
@@ -18,6 +19,13 @@ __all__ = [
 
 #: Actions a device performs on MQTT topics.
 DEVICE_ACTIONS: Final = frozenset({"publish", "subscribe"})
+
+#: Actions a device asks for in signed REST requests; the resource is a
+#: ``Device`` (itself, under the default policies).
+DEVICE_SELF_ACTIONS: Final = frozenset({
+    "complete_enrollment", "rekey", "renew", "tamper_report", "upload_receipt", "consent_ack", "attest",
+    "update_check",
+})
 
 #: Actions an operator performs through the REST API or the CLI, with the
 #: resource entity types each accepts (mirrors ``iotguard.cedarschema``).
@@ -37,6 +45,7 @@ OPERATOR_ACTIONS: Final[dict[str, frozenset[str]]] = {
     "manage_consent": frozenset({"Hub"}),
     "view_audit": frozenset({"Hub"}),
     "manage_policy": frozenset({"Hub"}),
+    "bootstrap": frozenset({"Hub"}),
 }
 
 #: Attestation trust tiers, best first. ``failed`` blocks all but
@@ -74,6 +83,11 @@ class AccessRequest(NamedTuple):
     def device(cls, device_id: str, action: str, topic: str) -> AccessRequest:
         """A device's MQTT ``publish`` or ``subscribe`` on ``topic``."""
         return cls("Device", device_id, action, "Topic", topic)
+
+    @classmethod
+    def device_request(cls, device_id: str, action: str, target: str | None = None) -> AccessRequest:
+        """A device's signed REST request (``rekey``, ``renew``...) about ``target`` (itself by default)."""
+        return cls("Device", device_id, action, "Device", device_id if target is None else target)
 
     @classmethod
     def operator(

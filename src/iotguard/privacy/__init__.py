@@ -22,9 +22,7 @@ from iotguard.privacy.contract import (
     LegalBasis,
     PurposeSpec,
     TransformSpec,
-    available_models,
     check_reading,
-    load_contract,
     parse_contract,
     parse_duration,
 )
@@ -68,6 +66,13 @@ from iotguard.privacy.receipt import (
     verify_receipt,
     verify_receipt_covers,
 )
+from iotguard.privacy.registry import (
+    CONTRACT_NAME_RE,
+    ContractRegistry,
+    available_models,
+    load_contract,
+    validate_contract_name,
+)
 from iotguard.privacy.sharing import (
     AnonymisedTable,
     EquivalenceClass,
@@ -82,12 +87,14 @@ from iotguard.privacy.sharing import (
 
 __all__ = [
     "CONSENT_MESSAGE_VERSION",
+    "CONTRACT_NAME_RE",
     "AnonymisedTable",
     "BoundedNumeric",
     "ConsentAck",
     "ConsentConfig",
     "ConsentDecision",
     "ConsentState",
+    "ContractRegistry",
     "DataContract",
     "DuchiMechanism",
     "EquivalenceClass",
@@ -140,6 +147,7 @@ __all__ = [
     "round_location",
     "round_value",
     "top_bottom_code",
+    "validate_contract_name",
     "verify_receipt",
     "verify_receipt_covers",
 ]

@@ -25,6 +25,7 @@ from typing import Any
 
 import cbor2
 
+from iotguard.clock import utc_from_wire
 from iotguard.errors import ConfigError, ConsentError, MalformedError, RollbackError
 from iotguard.privacy.contract import DataContract, LegalBasis
 
@@ -190,7 +191,6 @@ class ConsentConfig:
         ):
             raise MalformedError("consent config device/subject must be short text")
         _uint(version, "version")
-        _uint(issued, "issued_at")
         purposes = obj["purposes"]
         if not isinstance(purposes, dict) or len(purposes) > _MAX_PURPOSES:
             raise MalformedError("consent config purposes must be a bounded map")
@@ -200,10 +200,9 @@ class ConsentConfig:
                 raise MalformedError("purpose names must be short text")
             if not isinstance(d, dict) or set(d) != {"granted", "at"} or not isinstance(d["granted"], bool):
                 raise MalformedError(f"consent decision for {name!r} is malformed")
-            _uint(d["at"], "at")
-            decisions[name] = ConsentDecision(d["granted"], datetime.fromtimestamp(d["at"], tz=UTC))
+            decisions[name] = ConsentDecision(d["granted"], utc_from_wire(d["at"], "at"))
         state = ConsentState(subject, version, MappingProxyType(decisions))
-        return cls(device, state, datetime.fromtimestamp(issued, tz=UTC))
+        return cls(device, state, utc_from_wire(issued, "issued_at"))
 
     def apply_to(self, current: ConsentState | None, device_id: str) -> ConsentState:
         """Device side: the state to enforce after receiving this message.
@@ -277,12 +276,11 @@ class ConsentAck:
         ):
             raise MalformedError("consent ack device or digest malformed")
         _uint(obj["version"], "version")
-        _uint(obj["applied_at"], "applied_at")
         return cls(
             obj["device"],
             obj["version"],
             obj["config_sha256"],
-            datetime.fromtimestamp(obj["applied_at"], tz=UTC),
+            utc_from_wire(obj["applied_at"], "applied_at"),
         )
 
     def verify_for(self, config: ConsentConfig) -> None:

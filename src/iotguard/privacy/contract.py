@@ -23,8 +23,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
-from importlib import resources
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -41,9 +39,7 @@ __all__ = [
     "LegalBasis",
     "PurposeSpec",
     "TransformSpec",
-    "available_models",
     "check_reading",
-    "load_contract",
     "parse_contract",
     "parse_duration",
 ]
@@ -498,48 +494,6 @@ def parse_contract(text: str, *, source: str = "<contract>") -> DataContract:
         fields=MappingProxyType(fields),
         purposes=MappingProxyType(purposes),
     )
-
-
-def available_models() -> list[str]:
-    """Device models with a contract shipped inside the package."""
-    root = resources.files("iotguard.privacy").joinpath("contracts")
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
-
-
-def load_contract(path_or_model: str | Path) -> DataContract:
-    """Load a contract from a file path or, by model name, from the shipped contracts.
-
-    Raises:
-        ConfigError: no such file or model, or the contract is invalid.
-    """
-    p = Path(path_or_model)
-    if p.suffix == ".toml" or p.exists():
-        try:
-            data = p.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read contract {str(p)!r}: {exc.strerror}") from None
-        source = str(p)
-    else:
-        model = str(path_or_model)
-        if not _NAME_RE.match(model):
-            raise ConfigError(f"{model!r} is neither a contract file nor a model name")
-        res = resources.files("iotguard.privacy").joinpath("contracts", f"{model}.toml")
-        if not res.is_file():
-            raise ConfigError(
-                f"no data contract for model {model!r} (known: {', '.join(available_models())})"
-            )
-        data = res.read_bytes()
-        source = f"{model}.toml"
-    if len(data) > MAX_CONTRACT_BYTES:
-        raise ConfigError(f"{source}: contract exceeds {MAX_CONTRACT_BYTES} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{source}: contract is not UTF-8") from None
-    contract = parse_contract(text, source=source)
-    if p.suffix != ".toml" and not p.exists() and contract.model != str(path_or_model):
-        raise ConfigError(f"{source}: declares model {contract.model!r}")
-    return contract
 
 
 def _type_ok(ftype: FieldType, value: Any) -> bool:

@@ -26,6 +26,7 @@ import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from iotguard.clock import MAX_WIRE_TIMESTAMP, utc_from_wire
 from iotguard.errors import ConfigError, IntegrityError, MalformedError
 from iotguard.keys.keystore import KeyKind, KeyStore
 from iotguard.privacy.contract import DataContract
@@ -222,9 +223,13 @@ def _parse_body(body: bytes) -> dict[str, Any]:
     for k in ("device", "model"):
         if not isinstance(obj[k], str):
             raise MalformedError(f"receipt {k} must be text")
-    for k in ("contract_version", "issued_at", "first_ts", "last_ts", "count", "period"):
-        if isinstance(obj[k], bool) or not isinstance(obj[k], int) or obj[k] < 0:
+    for k in ("contract_version", "count", "period"):
+        if isinstance(obj[k], bool) or not isinstance(obj[k], int) or not 0 <= obj[k] < 2**53:
             raise MalformedError(f"receipt {k} must be a non-negative integer")
+    utc_from_wire(obj["issued_at"], "receipt issued_at")
+    for k in ("first_ts", "last_ts"):  # milliseconds
+        if isinstance(obj[k], bool) or not isinstance(obj[k], int) or not 0 <= obj[k] < 1000 * (MAX_WIRE_TIMESTAMP + 1):
+            raise MalformedError(f"receipt {k} must be a timestamp in milliseconds between 1970 and 9999")
     for k in ("epsilon_spent", "epsilon_period_total", "budget_epsilon"):
         v = obj[k]
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:

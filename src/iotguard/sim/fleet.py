@@ -20,11 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from iotguard.agent import Agent
-from iotguard.channel import telemetry_topic
 from iotguard.clock import FixedClock
 from iotguard.config import AgentConfig
 from iotguard.crypto import get_suite
 from iotguard.privacy import ConsentState, load_contract
+from iotguard.sim.delivery import reading_identity
 from iotguard.sim.sensors import MODELS, SensorModel, make_sensor
 from iotguard.wire import Reading, encode_envelope
 
@@ -62,8 +62,8 @@ class Fleet:
 
     Args:
         provision: Registers a device id and model, returns the enrollment code.
-        hub_url: Hub API base URL (devices enroll over HTTP).
-        broker_url: ``mqtt://host:port``.
+        hub_url: Hub API base URL (devices enroll over HTTPS, pinning the CA from their code).
+        broker_url: ``mqtts://host:port`` (mTLS with each device's transport certificate).
         data_dir: Parent directory of every device's state.
         suites: Cipher suites to spread over the fleet (round robin).
         seed: Makes sensor values reproducible.
@@ -101,6 +101,8 @@ class Fleet:
         self.sent = 0
         #: (device_id, epoch, seq) of every genuine reading submitted.
         self.submitted: list[tuple[str, int, int]] = []
+        #: Identity (device, body digest) of every genuine reading submitted; see :mod:`iotguard.sim.delivery`.
+        self.sent_readings: set[tuple[str, bytes]] = set()
         self._lock = threading.Lock()
 
     # -- setup -----------------------------------------------------------
@@ -115,7 +117,8 @@ class Fleet:
             suite = self.suites[i % len(self.suites)]
             cfg = AgentConfig(data_dir=str(self.dir / device_id), hub_url=self.hub_url,
                               broker_url=self.broker_url, suites=[suite], ack_timeout_s=self.ack_timeout_s)
-            agent = Agent(cfg, device_id, clock=self.clock)
+            # Requests to the hub carry real time (they must be fresh); sensor time is simulated.
+            agent = Agent(cfg, device_id)
             agent.enroll(self.provision(device_id, model))
             consent = self._consent(model, i)
             if self.consent_recorder is not None:
@@ -125,6 +128,7 @@ class Fleet:
             agent.attach_privacy(model, consent, self.clock, rng=random.Random(self.seed * 7919 + i))
             dev = VirtualDevice(agent, model, make_sensor(model, self.seed * 100_003 + i))
             agent.on_ack = self._acked(dev)
+            agent.on_submit = self._recorded(device_id)
             self.devices.append(dev)
         for dev in self.devices[start:]:
             dev.agent.connect()
@@ -139,6 +143,13 @@ class Fleet:
                         self.latencies_ms.append((now - t0) * 1000.0)
 
         return on_ack
+
+    def _recorded(self, device_id: str) -> Callable[[int, int, bytes], None]:
+        def on_submit(_epoch: int, _seq: int, body: bytes) -> None:
+            with self._lock:
+                self.sent_readings.add(reading_identity(device_id, body))
+
+        return on_submit
 
     # -- traffic ---------------------------------------------------------
 
@@ -227,12 +238,16 @@ class Fleet:
         elif attack == "malformed":
             agent.publish_raw(topic, b"\x86\x01\xff" + os.urandom(rng.randrange(1, 40)))
         elif attack == "oversized":
-            agent.publish_raw(topic, encode_envelope(1, agent.device_id, 1, 1, os.urandom(200_000)))
+            # Above the hub's envelope limit (16 KiB) but below the broker's packet limit (64 KiB),
+            # so it is the hub's parser that must refuse it.
+            agent.publish_raw(topic, encode_envelope(1, agent.device_id, 1, 1, os.urandom(32_000)))
         elif attack == "unknown_device":
+            # Under mTLS the broker lets a device publish only on its own topic (another
+            # device's topic is refused there: tests/hub/test_broker_front.py), so the ghost
+            # envelope travels on the sender's own topic and the hub must refuse the claimed id.
             ghost = f"ghost-{rng.randrange(10**6)}"
             suite = get_suite("chacha20-poly1305")
-            agent.publish_raw(telemetry_topic(agent.sealer.segment, ghost),
-                              encode_envelope(suite.suite_id, ghost, 1, 1, os.urandom(48)))
+            agent.publish_raw(topic, encode_envelope(suite.suite_id, ghost, 1, 1, os.urandom(48)))
         self.attacks[ATTACKS[attack]] += 1
 
     def close(self) -> None:

@@ -32,7 +32,10 @@ ENVELOPE_VERSION = 1
 MAX_DEVICE_ID_LENGTH = 64
 _DEVICE_ID = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MAX_EPOCH = 2**32 - 1
-_MAX_SEQ = 2**64 - 1
+#: Sequence numbers fit a signed 64-bit database column (readings.seq,
+#: replay_windows.top); a larger one would fail at storage and stall the batch
+#: it arrived in, so it is refused here, before any decryption.
+_MAX_SEQ = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,8 @@ def decode_envelope(data: bytes, *, max_size: int = 16384, tag_size: int = 16) -
     if epoch > _MAX_EPOCH:
         raise MalformedError("epoch out of range")
     seq, pos = _uint(buf, pos, 0, "sequence")
+    if seq > _MAX_SEQ:
+        raise MalformedError("sequence out of range")
     header = buf[:pos]
     ct_len, pos = _uint(buf, pos, 2, "ciphertext")
     if ct_len < tag_size:

@@ -13,6 +13,14 @@ from iotguard.keys.puf.auth import (
     answer_challenge,
     enroll_puf,
 )
+from iotguard.keys.puf.enrollment import (
+    PufEnrollmentAssessment,
+    PufEnrollmentLimits,
+    assess_enrollment,
+    checked_enrollment_reference,
+    helper_data_only_attack,
+    key_entropy_bound,
+)
 from iotguard.keys.puf.fuzzy import (
     FuzzyExtractor,
     FuzzyExtractorParameters,
@@ -45,6 +53,8 @@ __all__ = [
     "PufAuthResponse",
     "PufChallenge",
     "PufEnrollment",
+    "PufEnrollmentAssessment",
+    "PufEnrollmentLimits",
     "PufKeyStore",
     "PufQuality",
     "PufRegistry",
@@ -55,8 +65,12 @@ __all__ = [
     "SramPufPopulation",
     "XorArbiterPuf",
     "answer_challenge",
+    "assess_enrollment",
+    "checked_enrollment_reference",
     "enroll_puf",
     "failure_rate_evidence",
+    "helper_data_only_attack",
+    "key_entropy_bound",
     "key_failure_probability",
     "logistic_regression_attack",
     "majority_reference",

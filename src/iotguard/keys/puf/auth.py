@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -42,8 +43,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from iotguard.clock import Clock, SystemClock
 from iotguard.errors import AuthenticationError, KeyStoreError, ReplayError, UnknownDeviceError
+from iotguard.keys.puf.enrollment import PufEnrollmentLimits, checked_enrollment_reference
 from iotguard.keys.puf.fuzzy import FuzzyExtractor, HelperData
-from iotguard.keys.puf.keystore import PufSource, majority_reference
+from iotguard.keys.puf.keystore import PufSource
 
 __all__ = [
     "MemoryPufRegistry",
@@ -110,11 +112,21 @@ def _signing_key(key: bytes) -> Ed25519PrivateKey:
 
 
 def enroll_puf(
-    puf: PufSource, device_id: str, *, extractor: FuzzyExtractor | None = None, reads: int = 9
+    puf: PufSource, device_id: str, *, extractor: FuzzyExtractor | None = None, reads: int = 9,
+    limits: PufEnrollmentLimits | None = None,
 ) -> PufEnrollment:
-    """Enroll a device (runs on the device in the factory); returns only public values."""
+    """Enroll a device (runs on the device in the factory); returns only public values.
+
+    Raises:
+        PufQualityError: the PUF is biased enough that the helper data would
+            expose the key, correlated, or too noisy (see
+            :mod:`iotguard.keys.puf.enrollment`).
+    """
     fe = extractor or FuzzyExtractor()
-    key, helper = fe.generate(majority_reference(puf, reads), context=_CONTEXT + device_id.encode())
+    if reads < 1 or reads % 2 == 0:
+        raise ValueError("enrollment needs an odd number of reads")
+    reference, _ = checked_enrollment_reference(np.stack([puf.read() for _ in range(reads)]), fe.params, limits)
+    key, helper = fe.generate(reference, context=_CONTEXT + device_id.encode())
     public = _signing_key(key).public_key().public_bytes_raw()
     return PufEnrollment(device_id, helper.to_bytes(), public)
 

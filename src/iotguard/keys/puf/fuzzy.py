@@ -52,8 +52,13 @@ Bits = npt.NDArray[np.uint8]
 _KEY_INFO = b"iotguard puf fuzzy extractor key v1\0"
 _CHECK_INFO = b"iotguard puf key check v1"
 _CHECK_BYTES = 16
+_HELPER_KEYS = frozenset({"v", "r", "m", "t", "d", "b", "o", "c"})
 #: Largest serialized helper data accepted (bytes).
 MAX_HELPER_BYTES = 64 * 1024
+_MAX_REPETITION = 63
+_MAX_BLOCKS = 64
+#: Galois field orders bchlib supports.
+_BCH_M_RANGE = (5, 15)
 
 
 @dataclass(frozen=True)
@@ -75,11 +80,19 @@ class FuzzyExtractorParameters:
     blocks: int = 2
 
     def __post_init__(self) -> None:
-        if self.repetition < 1 or self.repetition % 2 == 0:
-            raise ValueError("the repetition length must be odd and positive")
-        if self.blocks < 1 or self.bch_data_bytes < 1 or self.bch_t < 1:
-            raise ValueError("blocks, data bytes and t must be positive")
-        if 8 * self.bch_data_bytes + self.ecc_bits > (1 << self.bch_m) - 1:
+        # Bounds first, in Python: bchlib raises RuntimeError or OverflowError
+        # on parameters it cannot handle, and helper data arrives as bytes.
+        if not 1 <= self.repetition <= _MAX_REPETITION or self.repetition % 2 == 0:
+            raise ValueError(f"the repetition length must be odd and in 1..{_MAX_REPETITION}")
+        if not _BCH_M_RANGE[0] <= self.bch_m <= _BCH_M_RANGE[1]:
+            raise ValueError(f"the BCH field order must be in {_BCH_M_RANGE[0]}..{_BCH_M_RANGE[1]}")
+        if not 1 <= self.blocks <= _MAX_BLOCKS or self.bch_data_bytes < 1 or self.bch_t < 1:
+            raise ValueError("blocks, data bytes and t must be positive and bounded")
+        try:
+            ecc_bits = self.ecc_bits
+        except (RuntimeError, OverflowError) as exc:
+            raise ValueError(f"BCH parameters refused: {exc}") from None
+        if 8 * self.bch_data_bytes + ecc_bits > (1 << self.bch_m) - 1:
             raise ValueError("BCH block does not fit the field order")
 
     @cached_property
@@ -165,8 +178,14 @@ class HelperData:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> HelperData:
+    def from_bytes(cls, data: bytes, *, expected: FuzzyExtractorParameters | None = None) -> HelperData:
         """Parse helper data strictly.
+
+        Args:
+            data: The serialized helper data.
+            expected: When given, the code parameters the caller uses; helper
+                data stating others is refused before any of its parameters
+                reach the BCH library.
 
         Raises:
             MalformedError: wrong size, schema or parameters.
@@ -175,19 +194,22 @@ class HelperData:
             raise MalformedError("helper data too large")
         try:
             obj = cbor2.loads(data)
-            if not isinstance(obj, dict) or obj.get("v") != 1:
-                raise ValueError("unknown helper data version")
-            params = FuzzyExtractorParameters(
-                repetition=int(obj["r"]),
-                bch_m=int(obj["m"]),
-                bch_t=int(obj["t"]),
-                bch_data_bytes=int(obj["d"]),
-                blocks=int(obj["b"]),
-            )
+            if not isinstance(obj, dict) or obj.get("v") != 1 or set(obj) != _HELPER_KEYS:
+                raise ValueError("unknown helper data version or keys")
+            stated = tuple(obj[k] for k in ("r", "m", "t", "d", "b"))
+            if any(isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 2**16 for v in stated):
+                raise ValueError("code parameters must be small positive integers")
+            if expected is not None:
+                if stated != (expected.repetition, expected.bch_m, expected.bch_t, expected.bch_data_bytes,
+                              expected.blocks):
+                    raise ValueError("helper data was made with other code parameters")
+                params = expected
+            else:
+                params = FuzzyExtractorParameters(*stated)
             offset, check = obj["o"], obj["c"]
             if not isinstance(offset, bytes) or not isinstance(check, bytes):
                 raise ValueError("offset and check must be bytes")
-        except (ValueError, KeyError, TypeError, cbor2.CBORDecodeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError, cbor2.CBORDecodeError) as exc:
             raise MalformedError(f"bad helper data: {exc}") from None
         if len(offset) != (params.response_bits + 7) // 8 or len(check) != _CHECK_BYTES:
             raise MalformedError("helper data has the wrong length")

@@ -21,7 +21,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import NoReturn, Protocol
 
 import cbor2
 import numpy as np
@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from iotguard.errors import IntegrityError, KeyStoreError, MalformedError
 from iotguard.fileio import atomic_write
 from iotguard.keys.keystore import KeyKind
+from iotguard.keys.puf.enrollment import PufEnrollmentAssessment, PufEnrollmentLimits, checked_enrollment_reference
 from iotguard.keys.puf.fuzzy import FuzzyExtractor, HelperData
 
 __all__ = ["PufKeyStore", "PufSource", "majority_reference"]
@@ -80,8 +81,12 @@ class PufKeyStore:
         enrollment_reads: Power-up reads majority-voted at enrollment.
         max_attempts: Fresh reads tried before a reconstruction is declared
             failed (each attempt fails with probability < 1e-6).
+        limits: What the PUF must show at enrollment (bias, independence,
+            noise); see :mod:`iotguard.keys.puf.enrollment`.
 
     Raises:
+        PufQualityError: at enrollment, the PUF is biased enough that the
+            helper data would expose the key, correlated, or too noisy.
         KeyStoreError: the store file does not authenticate with this PUF
             (altered, or copied from another device) or the key cannot be
             reconstructed.
@@ -95,6 +100,7 @@ class PufKeyStore:
         extractor: FuzzyExtractor | None = None,
         enrollment_reads: int = 9,
         max_attempts: int = 3,
+        limits: PufEnrollmentLimits | None = None,
     ) -> None:
         self._puf = puf
         self._fe = extractor or FuzzyExtractor()
@@ -104,11 +110,17 @@ class PufKeyStore:
         self._lock = threading.RLock()
         self._keys: dict[str, _Entry] = {}
         self._counters: dict[str, int] = {}
+        #: Measurements of this store's enrollment (``None`` when it was opened, not enrolled).
+        self.enrollment: PufEnrollmentAssessment | None = None
         path = self._dir / _FILE
         if path.exists():
             self._helper = self._load(path)
         else:
-            _, self._helper = self._fe.generate(majority_reference(puf, enrollment_reads), context=_CONTEXT)
+            if enrollment_reads < 1 or enrollment_reads % 2 == 0:
+                raise ValueError("enrollment needs an odd number of reads")
+            reads = np.stack([puf.read() for _ in range(enrollment_reads)])
+            reference, self.enrollment = checked_enrollment_reference(reads, self._fe.params, limits)
+            _, self._helper = self._fe.generate(reference, context=_CONTEXT)
             self._save()
 
     def __repr__(self) -> str:
@@ -160,24 +172,37 @@ class PufKeyStore:
         atomic_write(self._dir / _FILE, cbor2.dumps({"body": body, "tag": tag}, canonical=True))
 
     def _load(self, path: Path) -> HelperData:
+        # The MAC key comes from the root, and the root needs the helper offset,
+        # so exactly one thing is read before the MAC is checked: the helper
+        # data's fixed-length offset and check value, under this store's own
+        # code parameters (helper data stating others is refused before any of
+        # its numbers reach the BCH library). Everything else in the file is
+        # parsed only after the MAC over the whole body has verified.
         raw = path.read_bytes()
         if len(raw) > MAX_STORE_BYTES:
             raise KeyStoreError("PUF store file too large")
         try:
             outer = cbor2.loads(raw)
-            body, tag = bytes(outer["body"]), bytes(outer["tag"])
-            state: dict[str, Any] = cbor2.loads(body)
-            if state.get("v") != 1:
+            if not isinstance(outer, dict) or set(outer) != {"body", "tag"}:
+                raise ValueError("not a PUF store file")
+            body, tag = outer["body"], outer["tag"]
+            if not isinstance(body, bytes) or not isinstance(tag, bytes) or len(tag) != 32:
+                raise ValueError("PUF store body and tag must be bytes")
+            state = cbor2.loads(body)
+            if not isinstance(state, dict) or state.get("v") != 1 or not isinstance(state.get("helper"), bytes):
                 raise ValueError("unsupported PUF store format")
-            self._helper = HelperData.from_bytes(bytes(state["helper"]))
-        except (ValueError, KeyError, TypeError, MalformedError, cbor2.CBORDecodeError) as exc:
+            self._helper = HelperData.from_bytes(state["helper"], expected=self._fe.params)
+        except (ValueError, KeyError, TypeError, RecursionError, MalformedError, cbor2.CBORDecodeError) as exc:
             raise KeyStoreError(f"PUF store file is malformed: {exc}") from None
         if not hmac.compare_digest(self._mac(self._root(), body), tag):
             raise KeyStoreError("PUF store file failed its integrity check")
-        self._keys = {
-            str(k): _Entry(KeyKind(v[0]), bytes(v[1]), bytes(v[2])) for k, v in state["keys"].items()
-        }
-        self._counters = {str(k): int(v) for k, v in state["counters"].items()}
+        try:
+            self._keys = {
+                str(k): _Entry(KeyKind(v[0]), bytes(v[1]), bytes(v[2])) for k, v in state["keys"].items()
+            }
+            self._counters = {str(k): int(v) for k, v in state["counters"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise KeyStoreError(f"PUF store file is malformed: {exc}") from None
         return self._helper
 
     def _entry(self, label: str, kind: KeyKind) -> _Entry:

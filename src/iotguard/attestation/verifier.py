@@ -1,0 +1,250 @@
+"""The verifier: appraises boot evidence and returns an attestation result.
+
+Given the token bytes, the attestation key bound to the device (from its
+enrollment), the nonce the caller issued, the device model and the time,
+:meth:`Verifier.appraise`:
+
+1. parses the token strictly (:func:`~iotguard.wire.eat.decode_evidence`);
+2. checks its signature with the device's AK and that the UEID names that AK
+   (``instance-identity``);
+3. checks freshness: the nonce is the one issued, the evidence is younger than
+   the model's maximum age and not from the future;
+4. checks the quote: a TPM quote's own signature by the AK, its nonce and its
+   PCR selection (the policy's stages' PCRs);
+5. replays the event log from zeroed PCRs and compares the result with the
+   quoted PCR digest, and the log with its digest claim;
+6. compares each stage's measurement with the **reference values** of the
+   claimed firmware version (``executables``, ``configuration``);
+7. rates the root of trust (``hardware``);
+8. weighs the claims with the model's **appraisal policy** into an overall tier.
+
+A token that fails 1-5 gets no further: the claims it makes cannot be
+believed, so the result is contraindicated with the claims left unappraised.
+Findings are returned, never raised; only a missing policy for the model
+raises (there is nothing to appraise against).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from functools import lru_cache
+
+from iotguard.attestation.policy import AppraisalPolicy, ClaimWeight, ModelPolicy
+from iotguard.attestation.quote import QuoteInfo, parse_quote, verify_signature
+from iotguard.attestation.reference import ReferenceValues
+from iotguard.attestation.result import AR4SI_CLAIMS, AttestationResult, ClaimAppraisal, Tier
+from iotguard.clock import utc
+from iotguard.errors import AttestationError, IntegrityError, MalformedError
+from iotguard.keys.rot import PCR_DIGEST_SIZE, AttestationKey, QuoteFormat, extend_pcr, pcr_composite_digest
+from iotguard.wire.eat import Evidence, decode_evidence, event_log_digest, ueid_of
+
+__all__ = ["Verifier"]
+
+_ZERO = bytes(PCR_DIGEST_SIZE)
+_ueid = lru_cache(maxsize=4096)(ueid_of)
+_RANK = {Tier.AFFIRMING: 0, Tier.NONE: 1, Tier.WARNING: 2, Tier.CONTRAINDICATED: 3}
+
+
+class _Refused(Exception):
+    """Internal: the evidence cannot be believed; ``claim`` is where it failed."""
+
+    def __init__(self, claim: str, reason: str) -> None:
+        super().__init__(reason)
+        self.claim, self.reason = claim, reason
+
+
+class Verifier:
+    """Appraises boot evidence against reference values and an appraisal policy.
+
+    Args:
+        reference_values: The allowed firmware releases.
+        policy: Appraisal policies by device model.
+    """
+
+    def __init__(self, reference_values: ReferenceValues, policy: AppraisalPolicy) -> None:
+        self._references = reference_values
+        self._policy = policy
+
+    def appraise(
+        self,
+        token: bytes,
+        *,
+        attestation_key: AttestationKey,
+        expected_nonce: bytes,
+        model: str,
+        now: datetime,
+    ) -> AttestationResult:
+        """Appraise one token.
+
+        Args:
+            token: The evidence bytes as received (untrusted).
+            attestation_key: The AK bound to the device at enrollment.
+            expected_nonce: The nonce the caller issued for this appraisal
+                (the caller makes sure each nonce is used once).
+            model: The device's model (from the registry, not from the evidence).
+            now: Appraisal time (aware UTC).
+
+        Raises:
+            AttestationError: (code ``no_appraisal_policy``) no policy for ``model``.
+        """
+        policy = self._policy.for_model(model)
+        if policy is None:
+            raise AttestationError(f"no appraisal policy for model {model!r}", code="no_appraisal_policy")
+        vector: dict[str, ClaimAppraisal] = {claim: ClaimAppraisal() for claim in AR4SI_CLAIMS}
+        evidence: Evidence | None = None
+        try:
+            decoded = decode_evidence(token)
+            try:
+                verify_signature(attestation_key, decoded.algorithm, decoded.to_be_signed, decoded.signature)
+            except IntegrityError as exc:
+                raise _Refused("instance-identity", exc.code) from None
+            # From here on the claims are the device's own: the result may quote them.
+            evidence = decoded
+            quote = self._authenticate(evidence, attestation_key, expected_nonce, policy, now)
+            measured = self._replay(evidence, quote, policy)
+        except _Refused as refused:
+            vector[refused.claim] = ClaimAppraisal(Tier.CONTRAINDICATED, (refused.reason,))
+            return self._result(policy, vector, Tier.CONTRAINDICATED, (refused.reason,), evidence, now)
+        except MalformedError as exc:
+            vector["instance-identity"] = ClaimAppraisal(Tier.CONTRAINDICATED, (exc.code,))
+            return self._result(policy, vector, Tier.CONTRAINDICATED, (exc.code,), None, now)
+        vector["instance-identity"] = ClaimAppraisal(Tier.AFFIRMING)
+        vector["executables"] = self._compare(evidence, measured, policy.executables, policy, "executable")
+        vector["configuration"] = self._compare(evidence, measured, policy.configuration, policy, "configuration")
+        if vector["configuration"].tier is Tier.AFFIRMING and policy.configuration:
+            config_stage = policy.configuration[-1]
+            if not hmac.compare_digest(measured[config_stage], evidence.claims.privacy_config_hash):
+                vector["configuration"] = ClaimAppraisal(Tier.CONTRAINDICATED, ("privacy_config_hash_mismatch",))
+        vector["hardware"] = self._hardware(evidence, policy)
+        status, reasons = self._weigh(policy, vector)
+        return self._result(policy, vector, status, reasons, evidence, now)
+
+    # -- steps -----------------------------------------------------------------
+
+    def _authenticate(
+        self, evidence: Evidence, ak: AttestationKey, nonce: bytes, policy: ModelPolicy, now: datetime
+    ) -> QuoteInfo:
+        claims = evidence.claims
+        if claims.ueid != _ueid(ak.public_key):
+            raise _Refused("instance-identity", "ueid_mismatch")
+        if not hmac.compare_digest(claims.nonce, nonce):
+            raise _Refused("instance-identity", "nonce_mismatch")
+        issued = utc(claims.issued_at)
+        if issued > now + timedelta(seconds=policy.max_clock_skew_seconds):
+            raise _Refused("instance-identity", "issued_in_future")
+        if now - issued > timedelta(seconds=policy.max_age_seconds):
+            raise _Refused("instance-identity", "stale")
+        expected_format = QuoteFormat.TPM2.value if claims.keystore_kind == "tpm2" else QuoteFormat.SOFTWARE.value
+        if claims.quote_format != expected_format:
+            raise _Refused("hardware", "quote_format_mismatch")
+        try:
+            quote = parse_quote(claims.quote_format, claims.quote_attest)
+        except MalformedError as exc:
+            raise _Refused("hardware", exc.code) from None
+        if claims.quote_format == QuoteFormat.TPM2.value:
+            # Only the TPM's own signature shows the PCR values came from the TPM.
+            try:
+                verify_signature(ak, evidence.algorithm, claims.quote_attest, claims.quote_signature)
+            except IntegrityError:
+                raise _Refused("hardware", "quote_signature_invalid") from None
+        elif claims.quote_signature:
+            raise _Refused("hardware", "quote_signature_unexpected")
+        if not hmac.compare_digest(quote.nonce, nonce):
+            raise _Refused("instance-identity", "quote_nonce_mismatch")
+        if quote.pcr_selection != claims.pcr_selection or quote.pcr_selection != policy.pcr_selection:
+            raise _Refused("executables", "pcr_selection_mismatch")
+        return quote
+
+    def _replay(self, evidence: Evidence, quote: QuoteInfo, policy: ModelPolicy) -> dict[str, bytes]:
+        claims = evidence.claims
+        if event_log_digest(claims.event_log) != claims.event_log_digest:
+            raise _Refused("executables", "event_log_digest_mismatch")
+        pcrs = dict.fromkeys(quote.pcr_selection, _ZERO)
+        measured: dict[str, bytes] = {}
+        for event in claims.event_log:
+            if event.pcr not in pcrs:
+                raise _Refused("executables", "event_outside_quote")
+            pcrs[event.pcr] = extend_pcr(pcrs[event.pcr], event.digest)
+            if event.stage in measured or policy.stages.get(event.stage) != event.pcr:
+                raise _Refused("executables", "unexpected_event")
+            measured[event.stage] = event.digest
+        if not hmac.compare_digest(pcr_composite_digest(pcrs, quote.pcr_selection), quote.pcr_digest):
+            raise _Refused("executables", "event_log_replay_mismatch")
+        missing = set(policy.stages) - set(measured)
+        if missing:
+            raise _Refused("executables", "stage_not_measured")
+        return measured
+
+    def _compare(
+        self,
+        evidence: Evidence,
+        measured: Mapping[str, bytes],
+        stages: tuple[str, ...],
+        policy: ModelPolicy,
+        what: str,
+    ) -> ClaimAppraisal:
+        if not stages:
+            return ClaimAppraisal()
+        release = self._references.lookup(policy.model, evidence.claims.firmware_version)
+        if release is None:
+            return ClaimAppraisal(Tier.CONTRAINDICATED, ("unknown_firmware_version",))
+        reasons = tuple(
+            f"{what}_mismatch:{stage}"
+            for stage in stages
+            if not hmac.compare_digest(release.measurements.get(stage, b""), measured[stage])
+        )
+        return ClaimAppraisal(Tier.CONTRAINDICATED, reasons) if reasons else ClaimAppraisal(Tier.AFFIRMING)
+
+    @staticmethod
+    def _hardware(evidence: Evidence, policy: ModelPolicy) -> ClaimAppraisal:
+        claims = evidence.claims
+        if claims.keystore_tamper:
+            return ClaimAppraisal(Tier.CONTRAINDICATED, ("keystore_tampered",))
+        if claims.keystore_kind in policy.hardware_affirming:
+            return ClaimAppraisal(Tier.AFFIRMING)
+        if claims.keystore_kind in policy.hardware_warning:
+            return ClaimAppraisal(Tier.WARNING, (f"keystore_{claims.keystore_kind}",))
+        return ClaimAppraisal(Tier.CONTRAINDICATED, ("keystore_not_allowed",))
+
+    @staticmethod
+    def _weigh(policy: ModelPolicy, vector: Mapping[str, ClaimAppraisal]) -> tuple[Tier, tuple[str, ...]]:
+        status = Tier.AFFIRMING
+        reasons: list[str] = []
+        for claim, weight in policy.claims.items():
+            appraisal = vector[claim]
+            if weight is ClaimWeight.IGNORED:
+                continue
+            reasons.extend(appraisal.reasons)
+            tier = appraisal.tier
+            if weight is ClaimWeight.ADVISORY and tier is Tier.CONTRAINDICATED:
+                tier = Tier.WARNING
+            if weight is ClaimWeight.REQUIRED and tier is Tier.NONE:
+                tier = Tier.WARNING
+                reasons.append(f"{claim}_not_appraised")
+            if _RANK[tier] > _RANK[status]:
+                status = tier
+        return status, tuple(reasons)
+
+    @staticmethod
+    def _result(
+        policy: ModelPolicy,
+        vector: Mapping[str, ClaimAppraisal],
+        status: Tier,
+        reasons: tuple[str, ...],
+        evidence: Evidence | None,
+        now: datetime,
+    ) -> AttestationResult:
+        claims = evidence.claims if evidence is not None else None
+        return AttestationResult(
+            status=status,
+            trustworthiness_vector=vector,
+            reasons=reasons,
+            model=policy.model,
+            appraised_at=now,
+            evidence_issued_at=utc(claims.issued_at) if claims is not None else None,
+            firmware_version=claims.firmware_version if claims is not None else "",
+            keystore_kind=claims.keystore_kind if claims is not None else "",
+            policy=policy.claims,
+        )

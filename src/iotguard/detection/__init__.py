@@ -1,0 +1,81 @@
+"""Detection: flow inputs, features, learned baselines, rules, alerts and playbooks.
+
+A domain package: no sockets, files or global state. Flows come in as bytes
+(Zeek ``conn.log``, pcap) or records; alerts and planned response actions
+come out as data for the hub to store, audit and execute.
+"""
+
+from iotguard.detection.alert import Alert, Severity
+from iotguard.detection.autoencoder import AutoencoderConfig, AutoencoderEnsemble
+from iotguard.detection.behaviour import AuthFailure, CloneRule, CredentialGuessingRule, SessionSeen
+from iotguard.detection.evaluate import EvaluationReport, evaluate_flows, is_malicious, roc_auc, tpr_at_fpr
+from iotguard.detection.features import FeatureConfig, FeatureExtractor, FeatureMatrix, feature_names
+from iotguard.detection.feed import ThreatFeed, parse_feed
+from iotguard.detection.flows import CONN_STATES, PROTOCOLS, Flow, FlowBatch
+from iotguard.detection.pcap import PcapLimits, PcapResult, flows_from_pcap
+from iotguard.detection.pipeline import DetectorConfig, FlowDetector
+from iotguard.detection.playbook import (
+    ActionKind,
+    GuardRails,
+    Playbook,
+    PlaybookRule,
+    default_playbook,
+    parse_playbook,
+)
+from iotguard.detection.response import Action, ActionStatus, DeviceView, FleetView, ResponseState, approve, plan
+from iotguard.detection.rules import BeaconRule, KnownBadRule, NewPortRule, ScanFanOutRule
+from iotguard.detection.scorer import BaselineScorer, ScorerConfig
+from iotguard.detection.zeek import ConnLog, ZeekLimits, parse_conn_log
+
+__all__ = [
+    "CONN_STATES",
+    "PROTOCOLS",
+    "Action",
+    "ActionKind",
+    "ActionStatus",
+    "Alert",
+    "AuthFailure",
+    "AutoencoderConfig",
+    "AutoencoderEnsemble",
+    "BaselineScorer",
+    "BeaconRule",
+    "CloneRule",
+    "ConnLog",
+    "CredentialGuessingRule",
+    "DetectorConfig",
+    "DeviceView",
+    "EvaluationReport",
+    "FeatureConfig",
+    "FeatureExtractor",
+    "FeatureMatrix",
+    "FleetView",
+    "Flow",
+    "FlowBatch",
+    "FlowDetector",
+    "GuardRails",
+    "KnownBadRule",
+    "NewPortRule",
+    "PcapLimits",
+    "PcapResult",
+    "Playbook",
+    "PlaybookRule",
+    "ResponseState",
+    "ScanFanOutRule",
+    "ScorerConfig",
+    "SessionSeen",
+    "Severity",
+    "ThreatFeed",
+    "ZeekLimits",
+    "approve",
+    "default_playbook",
+    "evaluate_flows",
+    "feature_names",
+    "flows_from_pcap",
+    "is_malicious",
+    "parse_conn_log",
+    "parse_feed",
+    "parse_playbook",
+    "plan",
+    "roc_auc",
+    "tpr_at_fpr",
+]

@@ -1,0 +1,220 @@
+"""An ensemble of small autoencoders over feature subsets (KitNET, as in Kitsune).
+
+Features are grouped by correlation into subsets of at most ``max_subset``
+columns; one small autoencoder per subset learns to reconstruct benign
+behaviour, and an output autoencoder learns the normal pattern of the
+ensemble's reconstruction errors. The anomaly score of a flow is the output
+autoencoder's reconstruction error (RMSE). Inputs are min-max scaled with
+the training range and outputs are sigmoids, so behaviour outside what was
+seen in training cannot be reconstructed and scores high.
+
+All subsets are padded to one width and trained and scored together with
+batched matrix products (``numpy.matmul``), so scoring a batch of flows is
+a few array operations whatever the number of subsets.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from iotguard.errors import ConfigError
+
+__all__ = ["AutoencoderConfig", "AutoencoderEnsemble", "feature_subsets"]
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """Training settings.
+
+    Attributes:
+        max_subset: Largest feature subset per autoencoder.
+        hidden_ratio: Hidden units per input unit.
+        epochs: Passes over the training rows.
+        batch_size: Rows per gradient step.
+        learning_rate: Adam step size.
+        max_rows: Training rows used at most (a uniform sample beyond it).
+        seed: Initialisation and shuffling seed.
+    """
+
+    max_subset: int = 8
+    hidden_ratio: float = 0.75
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 0.01
+    max_rows: int = 4000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.max_subset <= 64 or not 0 < self.hidden_ratio <= 1:
+            raise ConfigError("max_subset or hidden_ratio out of range", code="detection_config_invalid")
+        if not 1 <= self.epochs <= 1000 or not 1 <= self.batch_size <= 65536 or self.learning_rate <= 0:
+            raise ConfigError("epochs, batch_size or learning_rate out of range", code="detection_config_invalid")
+
+
+def feature_subsets(x: FloatArray, max_subset: int) -> list[list[int]]:
+    """Group columns by correlation (average linkage on ``1 - |corr|``), each group at most ``max_subset``.
+
+    Columns constant in ``x`` have no correlation and are grouped among themselves.
+    """
+    n_features = x.shape[1]
+    std = x.std(axis=0)
+    varying = std > 1e-12
+    dist = np.ones((n_features, n_features))
+    if varying.sum() > 1:
+        corr = np.corrcoef(x[:, varying], rowvar=False)
+        idx = np.flatnonzero(varying)
+        dist[np.ix_(idx, idx)] = 1.0 - np.abs(np.nan_to_num(corr))
+    clusters: list[list[int]] = [[i] for i in range(n_features)]
+    while True:
+        best: tuple[float, int, int] | None = None
+        for a in range(len(clusters)):
+            for b in range(a + 1, len(clusters)):
+                if len(clusters[a]) + len(clusters[b]) > max_subset:
+                    continue
+                d = float(dist[np.ix_(clusters[a], clusters[b])].mean())
+                if best is None or d < best[0]:
+                    best = (d, a, b)
+        if best is None:
+            return clusters
+        _, a, b = best
+        clusters[a] = clusters[a] + clusters[b]
+        del clusters[b]
+
+
+def _sigmoid(z: FloatArray) -> FloatArray:
+    out: FloatArray = 0.5 * (1.0 + np.tanh(0.5 * z))
+    return out
+
+
+class _Layer:
+    """``k`` autoencoders of width ``m`` with ``h`` hidden units, trained together."""
+
+    def __init__(self, k: int, m: int, h: int, rng: np.random.Generator) -> None:
+        bound = 1.0 / math.sqrt(m)
+        self.w1 = rng.uniform(-bound, bound, (k, m, h))
+        self.b1 = np.zeros((k, 1, h))
+        self.w2 = rng.uniform(-bound, bound, (k, h, m))
+        self.b2 = np.zeros((k, 1, m))
+
+    def rmse(self, x: FloatArray, mask: FloatArray) -> FloatArray:
+        """Reconstruction RMSE, shape ``(k, n)``, of inputs ``x`` ``(k, n, m)``."""
+        hidden = _sigmoid(np.matmul(x, self.w1) + self.b1)
+        y = _sigmoid(np.matmul(hidden, self.w2) + self.b2)
+        err = ((y - x) ** 2 * mask).sum(axis=2) / mask.sum(axis=2)
+        out: FloatArray = np.sqrt(err)
+        return out
+
+    def fit(self, x: FloatArray, mask: FloatArray, cfg: AutoencoderConfig, rng: np.random.Generator) -> None:
+        params = [self.w1, self.b1, self.w2, self.b2]
+        m1 = [np.zeros_like(p) for p in params]
+        m2 = [np.zeros_like(p) for p in params]
+        beta1, beta2, eps = 0.9, 0.999, 1e-8
+        n = x.shape[1]
+        step = 0
+        for _ in range(cfg.epochs):
+            perm = rng.permutation(n)
+            for start in range(0, n, cfg.batch_size):
+                xb = x[:, perm[start:start + cfg.batch_size]]
+                hidden = _sigmoid(np.matmul(xb, self.w1) + self.b1)
+                y = _sigmoid(np.matmul(hidden, self.w2) + self.b2)
+                dz2 = (y - xb) * mask * y * (1.0 - y) / xb.shape[1]
+                dh = np.einsum("knm,khm->knh", dz2, self.w2)
+                dz1 = dh * hidden * (1.0 - hidden)
+                grads = [np.einsum("knm,knh->kmh", xb, dz1), dz1.sum(axis=1, keepdims=True),
+                         np.einsum("knh,knm->khm", hidden, dz2), dz2.sum(axis=1, keepdims=True)]
+                step += 1
+                for p, g, a, b in zip(params, grads, m1, m2, strict=True):
+                    a *= beta1
+                    a += (1 - beta1) * g
+                    b *= beta2
+                    b += (1 - beta2) * g * g
+                    p -= cfg.learning_rate * (a / (1 - beta1**step)) / (np.sqrt(b / (1 - beta2**step)) + eps)
+
+
+class AutoencoderEnsemble:
+    """KitNET-style anomaly scorer: fit on benign rows, then score any rows.
+
+    Args:
+        config: Training settings.
+    """
+
+    def __init__(self, config: AutoencoderConfig | None = None) -> None:
+        self.config = config or AutoencoderConfig()
+        self.subsets: list[list[int]] = []
+        self._fitted = False
+
+    def _pack(self, x: FloatArray) -> FloatArray:
+        scaled = (x - self._lo) / self._span
+        out: FloatArray = scaled[:, self._index].transpose(1, 0, 2) * self._mask
+        return out
+
+    def fit(self, x: FloatArray) -> AutoencoderEnsemble:
+        """Learn the benign behaviour of the rows of ``x`` ``(n, features)``.
+
+        Raises:
+            ConfigError: ``detection_too_few_rows`` with fewer than 8 rows.
+        """
+        if x.ndim != 2 or x.shape[0] < 8 or not np.isfinite(x).all():
+            raise ConfigError("need at least 8 finite training rows", code="detection_too_few_rows")
+        cfg = self.config
+        rng = np.random.default_rng(cfg.seed)
+        if x.shape[0] > cfg.max_rows:
+            x = x[np.sort(rng.choice(x.shape[0], cfg.max_rows, replace=False))]
+        self._lo = x.min(axis=0)
+        span = x.max(axis=0) - self._lo
+        self._span = np.where(span > 0, span, 1.0)
+        self.subsets = feature_subsets((x - self._lo) / self._span, cfg.max_subset)
+        m = max(len(s) for s in self.subsets)
+        self._index = np.array([s + [s[0]] * (m - len(s)) for s in self.subsets])
+        self._mask = np.array([[1.0] * len(s) + [0.0] * (m - len(s)) for s in self.subsets])[:, None, :]
+        k = len(self.subsets)
+        self._ensemble = _Layer(k, m, max(1, math.ceil(cfg.hidden_ratio * m)), rng)
+        packed = self._pack(x)
+        self._ensemble.fit(packed, self._mask, cfg, rng)
+        errors = self._ensemble.rmse(packed, self._mask).T
+        self._err_lo = errors.min(axis=0)
+        err_span = errors.max(axis=0) - self._err_lo
+        self._err_span = np.where(err_span > 0, err_span, 1.0)
+        self._out_mask = np.ones((1, 1, k))
+        self._output = _Layer(1, k, max(1, math.ceil(cfg.hidden_ratio * k)), rng)
+        self._output.fit(self._errors_in(errors), self._out_mask, cfg, rng)
+        self._fitted = True
+        return self
+
+    def _errors_in(self, errors: FloatArray) -> FloatArray:
+        out: FloatArray = ((errors - self._err_lo) / self._err_span)[None, :, :]
+        return out
+
+    def worst_subset(self, x: FloatArray) -> list[int]:
+        """Feature columns of the subset whose reconstruction failed most, for the first row of ``x``.
+
+        Errors are compared after scaling by each subset's training range, so
+        the answer says which group of features is furthest from normal.
+
+        Raises:
+            ConfigError: ``detection_not_fitted`` before :meth:`fit`.
+        """
+        if not self._fitted:
+            raise ConfigError("autoencoder ensemble used before fit", code="detection_not_fitted")
+        errors = self._ensemble.rmse(self._pack(x[:1]), self._mask).T
+        return list(self.subsets[int(np.argmax(self._errors_in(errors)[0, 0]))])
+
+    def score(self, x: FloatArray) -> FloatArray:
+        """Anomaly score of each row (higher is more anomalous).
+
+        Raises:
+            ConfigError: ``detection_not_fitted`` before :meth:`fit`.
+        """
+        if not self._fitted:
+            raise ConfigError("autoencoder ensemble used before fit", code="detection_not_fitted")
+        if x.shape[0] == 0:
+            return np.zeros(0)
+        errors = self._ensemble.rmse(self._pack(x), self._mask).T
+        out: FloatArray = self._output.rmse(self._errors_in(errors), self._out_mask)[0]
+        return out

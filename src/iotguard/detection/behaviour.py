@@ -1,0 +1,149 @@
+"""Rules over what the hub sees of devices: authentication failures and sessions.
+
+* :class:`CredentialGuessingRule` — many authentication failures from one
+  source address within a window (default-credential guessing against the
+  API or the broker).
+* :class:`CloneRule` — one device identity active from two source addresses
+  at overlapping times (a cloned device publishing from a second location).
+
+Both keep bounded state: the last ``threshold`` failure times per source,
+and a few recent addresses per device, for at most ``max_keys`` keys.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from iotguard.detection.alert import Alert, Severity
+from iotguard.detection.rules import Throttle
+from iotguard.errors import ConfigError
+
+__all__ = ["AuthFailure", "CloneRule", "CredentialGuessingRule", "SessionSeen"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailure:
+    """A failed authentication seen by the hub or broker.
+
+    Attributes:
+        ts: POSIX seconds.
+        source: Source address of the attempt.
+        principal: The identity that was tried (user name, device id, token prefix).
+        reason: The rejection's reason code.
+    """
+
+    ts: float
+    source: str
+    principal: str
+    reason: str = "unauthenticated"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSeen:
+    """A device seen active (connected or publishing) from an address at a time."""
+
+    ts: float
+    device: str
+    address: str
+
+
+class _Bounded(OrderedDict[str, object]):
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+
+    def touch(self, key: str) -> None:
+        self.move_to_end(key)
+        while len(self) > self.capacity:
+            self.popitem(last=False)
+
+
+class CredentialGuessingRule:
+    """``threshold`` or more authentication failures from one source within ``window_s``.
+
+    Args:
+        devices: Address -> device id, to name a fleet device that is guessing.
+        threshold: Failures that make an alert.
+        window_s: Sliding window.
+        realert_s: Quiet time per source after an alert.
+        max_keys: Sources remembered at most.
+    """
+
+    name = "credential_guessing"
+
+    def __init__(self, devices: Mapping[str, str] | None = None, threshold: int = 10, window_s: float = 60.0,
+                 realert_s: float = 300.0, max_keys: int = 100_000) -> None:
+        if threshold < 2 or window_s <= 0:
+            raise ConfigError("threshold below 2 or window not positive", code="detection_config_invalid")
+        self.devices = dict(devices or {})
+        self.threshold = threshold
+        self.window_s = window_s
+        self.throttle = Throttle(realert_s, max_keys)
+        self._times = _Bounded(max_keys)
+        self._principals = _Bounded(max_keys)
+
+    def observe(self, events: Iterable[AuthFailure]) -> list[Alert]:
+        """Feed failures (in time order); alerts for sources over the threshold."""
+        out: list[Alert] = []
+        for ev in events:
+            times = self._times.get(ev.source)
+            if not isinstance(times, deque):
+                times = deque(maxlen=self.threshold)
+                self._times[ev.source] = times
+            self._times.touch(ev.source)
+            times.append(ev.ts)
+            principals = self._principals.get(ev.source)
+            if not isinstance(principals, set):
+                principals = set()
+                self._principals[ev.source] = principals
+            self._principals.touch(ev.source)
+            if len(principals) < 64:
+                principals.add(ev.principal)
+            if len(times) == self.threshold and ev.ts - times[0] <= self.window_s:
+                device = self.devices.get(ev.source, ev.source)
+                if self.throttle.allow(device, self.name, ev.ts):
+                    rate = self.threshold / max(ev.ts - times[0], 1e-3)
+                    out.append(Alert.create(device, self.name, rate, Severity.HIGH, (times[0], ev.ts), {
+                        "address": ev.source, "failures": self.threshold, "principals": len(principals),
+                        "window_s": self.window_s, "reason": ev.reason}))
+        return out
+
+
+class CloneRule:
+    """One device identity active from two addresses within ``window_s``.
+
+    Args:
+        window_s: Two addresses seen within this time are concurrent.
+        realert_s: Quiet time per device after an alert.
+        max_keys: Devices remembered at most.
+    """
+
+    name = "cloned_device"
+
+    def __init__(self, window_s: float = 120.0, realert_s: float = 300.0, max_keys: int = 100_000) -> None:
+        self.window_s = window_s
+        self.throttle = Throttle(realert_s, max_keys)
+        self._seen = _Bounded(max_keys)
+
+    def observe(self, events: Iterable[SessionSeen]) -> list[Alert]:
+        """Feed session sightings (in time order); alerts for devices seen from two places."""
+        out: list[Alert] = []
+        for ev in events:
+            seen = self._seen.get(ev.device)
+            if not isinstance(seen, dict):
+                seen = {}
+                self._seen[ev.device] = seen
+            self._seen.touch(ev.device)
+            seen[ev.address] = ev.ts
+            for address in [a for a, t in seen.items() if ev.ts - t > self.window_s]:
+                del seen[address]
+            while len(seen) > 4:
+                del seen[min(seen, key=seen.__getitem__)]
+            if len(seen) >= 2 and self.throttle.allow(ev.device, self.name, ev.ts):
+                addresses = sorted(seen)
+                out.append(Alert.create(ev.device, self.name, float(len(seen)), Severity.CRITICAL,
+                                        (min(seen.values()), ev.ts),
+                                        {"addresses": ",".join(addresses)[:120], "window_s": self.window_s}))
+        return out

@@ -1,0 +1,394 @@
+"""Incremental per-host and per-channel flow features, vectorised over batches.
+
+In the spirit of Kitsune's AfterImage, every statistic is a *damped* sum:
+a flow at time ``t_i`` contributes ``x_i * 2 ** (-(t - t_i) / half_life)``
+at a later time ``t``, so the state of a host is a handful of numbers per
+half-life and old behaviour fades instead of being stored. For each flow
+the extractor updates the state of its originating host and of its channel
+(originator, responder) and emits the statistics *including* that flow:
+
+* the flow itself: duration, bytes and packets each way, byte ratio,
+  no-reply / rejected / established, transport, service known, low port;
+* per originating host, at each half-life (10 s, 1 min, 10 min by default):
+  flow rate, mean and spread of bytes sent, bytes sent, the share and
+  number of flows to destinations and to ports the host had not used
+  before (fan-out), the share of unanswered flows; and the host's age (saturating at an hour);
+* per channel: flow rate, mean inter-arrival time and its coefficient of
+  variation (near 0 for a timer-driven beacon).
+
+A batch is processed without a Python loop per flow: flows are grouped by
+host (or channel) with one sort, and the damped sums of every group and
+half-life are one parallel prefix scan of the linear recurrence
+``S_k = decay_k * S_(k-1) + x_k`` over the whole batch.
+
+State is bounded: at most ``max_hosts`` hosts (the least recently seen are
+evicted) and ``max_pairs_per_host`` channel and port entries per host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from iotguard.detection._tables import KeyTable
+from iotguard.detection.flows import CONN_STATES, ESTABLISHED_STATES, PROTOCOLS, REJECTED_STATES, FlowBatch
+from iotguard.errors import ConfigError, MalformedError
+
+__all__ = ["FeatureConfig", "FeatureExtractor", "FeatureMatrix", "feature_names"]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+_FLOW_FEATURES = (
+    "log_duration", "log_orig_bytes", "log_resp_bytes", "log_orig_pkts", "log_resp_pkts", "byte_ratio",
+    "no_reply", "rejected", "established", "tcp", "udp", "icmp", "service_known", "low_port",
+)
+_HOST_FEATURES = (
+    "rate", "bytes_mean", "bytes_std", "bytes_sum", "new_dst_share", "new_dst", "new_port", "no_reply_share",
+)
+_CHANNEL_FEATURES = ("channel_rate", "channel_iat_mean", "channel_iat_cv")
+# Damped sums kept per host and half-life: count, log-bytes, log-bytes squared,
+# bytes, new destinations, new ports, unanswered flows.
+_HOST_SUMS = 7
+# Per channel: last time, count, inter-arrival count, sum and sum of squares, time of the sums.
+_CHANNEL_WIDTH = 6
+_NO_REPLY_STATES = np.array([s in ("S0", "SH", "OTH", "RSTOS0") for s in CONN_STATES])
+_REJECTED = np.array([s in REJECTED_STATES for s in CONN_STATES])
+_ESTABLISHED = np.array([s in ESTABLISHED_STATES for s in CONN_STATES])
+_LN2 = float(np.log(2.0))
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Feature extraction settings.
+
+    Attributes:
+        half_lives_s: Damping half-lives of the per-host statistics.
+        channel_half_life_s: Damping half-life of the per-channel statistics.
+        max_hosts: Hosts with state; the least recently seen are evicted beyond it.
+        max_pairs_per_host: Channels and ports remembered per host.
+        max_age_s: Host age saturates here (older hosts all look established).
+    """
+
+    half_lives_s: tuple[float, ...] = (10.0, 60.0, 600.0)
+    channel_half_life_s: float = 600.0
+    max_age_s: float = 3600.0
+    max_hosts: int = 100_000
+    max_pairs_per_host: int = 512
+
+    def __post_init__(self) -> None:
+        if not self.half_lives_s or min(self.half_lives_s) <= 0 or self.channel_half_life_s <= 0:
+            raise ConfigError("half-lives must be positive", code="detection_config_invalid")
+        if not 16 <= self.max_hosts <= 10_000_000 or not 8 <= self.max_pairs_per_host <= 1_000_000:
+            raise ConfigError("max_hosts or max_pairs_per_host out of range", code="detection_config_invalid")
+
+
+def feature_names(config: FeatureConfig | None = None) -> tuple[str, ...]:
+    """Names of the feature columns, in order."""
+    config = config or FeatureConfig()
+    host = tuple(f"{name}@{h:g}s" for h in config.half_lives_s for name in _HOST_FEATURES)
+    return (*_FLOW_FEATURES, *host, "host_age", *_CHANNEL_FEATURES)
+
+
+@dataclass(frozen=True)
+class FeatureMatrix:
+    """Features of a batch of flows.
+
+    Attributes:
+        values: ``(flows, features)`` matrix, columns named by :func:`feature_names`.
+        host: Originating host of each row (the entity the row describes).
+        new_dst: 1 where the flow went to a destination its host had not used before.
+        new_port: 1 where the flow used a (protocol, port) its host had not used before.
+    """
+
+    values: FloatArray
+    host: npt.NDArray[np.str_]
+    new_dst: IntArray
+    new_port: IntArray
+
+
+def _groups(keys: IntArray, t: FloatArray) -> tuple[npt.NDArray[np.intp], IntArray, npt.NDArray[np.intp]]:
+    """Order by (key, time), group number of each sorted row, first row of each group."""
+    order = np.lexsort((t, keys))
+    ks = keys[order]
+    start = np.ones(ks.shape[0], dtype=bool)
+    start[1:] = ks[1:] != ks[:-1]
+    g = np.cumsum(start) - 1
+    return order, g.astype(np.int64), np.flatnonzero(start)
+
+
+def _damped(g: IntArray, t: FloatArray, x: FloatArray, rates: FloatArray, s0: FloatArray,
+            t0: FloatArray) -> FloatArray:
+    """Damped running sums per group, rows sorted by (group, time).
+
+    Row ``k`` of group ``j`` gets, in column ``c``, ``s0[j, c] * exp(-rates[c]
+    (t_k - t0[j])) + sum over rows i <= k of group j of x[i, c] *
+    exp(-rates[c] (t_k - t_i))`` (``x`` non-negative).
+
+    This is the linear recurrence ``S_k = a_k S_(k-1) + x_k`` with
+    ``a_k = exp(-rate (t_k - t_(k-1)))`` and ``a = 0`` at the first row of a
+    group, solved for all rows at once by a parallel prefix scan
+    (Hillis-Steele: ``log2`` of the longest group steps of whole-array
+    operations). Every factor is at most 1, so nothing can overflow and
+    groups cannot leak into each other.
+    """
+    n = x.shape[0]
+    if n == 0:
+        return np.zeros_like(x)
+    first = np.ones(n, dtype=bool)
+    first[1:] = g[1:] != g[:-1]
+    gap = np.zeros(n)
+    gap[1:] = np.maximum(t[1:] - t[:-1], 0.0)
+    a = np.exp(-gap[:, None] * rates[None, :])
+    a[first] = 0.0
+    out = x.copy()
+    starts = np.flatnonzero(first)
+    longest = int(np.diff(np.append(starts, n)).max())
+    step = 1
+    while step < longest:
+        out[step:] += a[step:] * out[:-step]
+        a[step:] *= a[:-step]
+        step *= 2
+    out += s0[g] * np.exp(-np.maximum(t - t0[g], 0.0)[:, None] * rates[None, :])
+    return out
+
+
+class FeatureExtractor:
+    """Streaming feature extractor; call :meth:`transform` on consecutive batches.
+
+    Args:
+        config: Half-lives and state bounds.
+    """
+
+    def __init__(self, config: FeatureConfig | None = None) -> None:
+        self.config = config or FeatureConfig()
+        self.names = feature_names(self.config)
+        self._rates = np.array([_LN2 / h for h in self.config.half_lives_s])
+        self._channel_rate = _LN2 / self.config.channel_half_life_s
+        self._ids: dict[str, int] = {}
+        self._names: list[str] = []
+        self._free: list[int] = []
+        cap = 1024
+        self._sums = np.zeros((cap, len(self._rates), _HOST_SUMS))
+        self._t_sums = np.zeros(cap)
+        self._first = np.zeros(cap)
+        self._last = np.full(cap, -np.inf)
+        self._channels = KeyTable(_CHANNEL_WIDTH)
+        self._ports = KeyTable(1)
+        self._inserted_since_trim = 0
+
+    @property
+    def hosts(self) -> int:
+        """Hosts with state."""
+        return len(self._ids)
+
+    @property
+    def channel_entries(self) -> int:
+        """Channel and port entries held."""
+        return len(self._channels) + len(self._ports)
+
+    # -------------------------------------------------------------- host ids
+
+    def _host_ids(self, hosts: npt.NDArray[np.str_], times: FloatArray) -> IntArray:
+        names = hosts.tolist()
+        get = self._ids.get
+        found = [get(h, -1) for h in names]
+        if -1 not in found:
+            return np.array(found, dtype=np.int64)
+        new = list(dict.fromkeys(h for h, i in zip(names, found, strict=True) if i < 0))
+        if len(new) > self.config.max_hosts:
+            raise MalformedError("batch names more hosts than max_hosts", code="flow_batch_too_many_hosts")
+        if len(new) > len(self._free) + self.config.max_hosts - len(self._names):
+            self._evict(len(new), keep={i for i in found if i >= 0})
+        self._allocate(new, float(times.min()))
+        ids = np.array([self._ids[h] for h in names], dtype=np.int64)
+        fresh = np.array(found) < 0
+        np.minimum.at(self._first, ids[fresh], times[fresh])
+        return ids
+
+    def _allocate(self, hosts: list[str], now: float) -> IntArray:
+        """Ids for ``hosts`` (not yet known), from the free list first; fresh state."""
+        reused = [self._free.pop() for _ in range(min(len(hosts), len(self._free)))]
+        start = len(self._names)
+        extra = len(hosts) - len(reused)
+        if start + extra > self._first.shape[0]:
+            self._grow(min(max(2 * self._first.shape[0], start + extra), self.config.max_hosts))
+        self._names.extend([""] * extra)
+        ids = reused + list(range(start, start + extra))
+        for host, i in zip(hosts, ids, strict=True):
+            self._ids[host] = i
+            self._names[i] = host
+        index = np.array(ids, dtype=np.int64)
+        self._sums[index] = 0.0
+        self._t_sums[index] = now
+        self._first[index] = np.inf
+        self._last[index] = now
+        return index
+
+    def _grow(self, cap: int) -> None:
+        n = self._first.shape[0]
+        self._sums = np.concatenate([self._sums, np.zeros((cap - n, *self._sums.shape[1:]))])
+        self._t_sums = np.concatenate([self._t_sums, np.zeros(cap - n)])
+        self._first = np.concatenate([self._first, np.zeros(cap - n)])
+        self._last = np.concatenate([self._last, np.full(cap - n, -np.inf)])
+
+    def _evict(self, wanted: int, keep: set[int]) -> None:
+        """Free the least recently seen hosts (never those in ``keep``)."""
+        used = np.array(sorted(self._ids.values()), dtype=np.int64)
+        candidates = used[~np.isin(used, np.array(sorted(keep), dtype=np.int64))]
+        count = min(candidates.shape[0], wanted + self.config.max_hosts // 10)
+        victims = candidates[np.argsort(self._last[candidates], kind="stable")[:count]]
+        for i in victims.tolist():
+            del self._ids[self._names[i]]
+            self._names[i] = ""
+            self._free.append(i)
+            self._last[i] = -np.inf
+        self._drop_hosts(victims)
+
+    def _drop_hosts(self, victims: IntArray) -> None:
+        keys, _ = self._channels.items()
+        self._channels.keep(~(np.isin(keys >> 32, victims) | np.isin(keys & 0xFFFFFFFF, victims)))
+        keys, _ = self._ports.items()
+        self._ports.keep(~np.isin(keys >> 18, victims))
+
+    def _trim(self) -> None:
+        """Keep the ``max_pairs_per_host`` most recent channel and port entries of each host."""
+        cap = self.config.max_pairs_per_host
+        for table, shift, col in ((self._channels, 32, 0), (self._ports, 18, 0)):
+            keys, values = table.items()
+            host = keys >> shift
+            if keys.shape[0] == 0 or np.bincount(host).max() <= cap:
+                continue
+            order = np.lexsort((-values[:, col], host))
+            hs = host[order]
+            start = np.ones(hs.shape[0], dtype=bool)
+            start[1:] = hs[1:] != hs[:-1]
+            first = np.maximum.accumulate(np.where(start, np.arange(hs.shape[0]), 0))
+            rank = np.arange(hs.shape[0]) - first
+            mask = np.zeros(keys.shape[0], dtype=bool)
+            mask[order[rank < cap]] = True
+            table.keep(mask)
+
+    # -------------------------------------------------------------- features
+
+    def transform(self, batch: FlowBatch) -> FeatureMatrix:
+        """Update the state with ``batch`` (in time order) and return its features.
+
+        Raises:
+            MalformedError: ``flow_batch_too_many_hosts`` if one batch names more
+                hosts than ``max_hosts``.
+        """
+        n = len(batch)
+        if n == 0:
+            return FeatureMatrix(np.zeros((0, len(self.names))), batch.orig_h, np.zeros(0, np.int64),
+                                 np.zeros(0, np.int64))
+        t = batch.ts
+        ids = self._host_ids(np.concatenate([batch.orig_h, batch.resp_h]), np.concatenate([t, t]))
+        src, dst = ids[:n], ids[n:]
+        flow = self._flow_features(batch)
+
+        # Novelty: a destination (port) is new for a host if it is not in the
+        # host's table and this is its first use in the batch.
+        pair = (src << 32) | dst
+        port = (src << 18) | (batch.proto << 16) | batch.resp_p
+        new_dst = self._novel(pair, self._channels, t)
+        new_port = self._novel(port, self._ports, t)
+
+        host_values = self._host_features(src, t, batch.orig_bytes, flow, new_dst, new_port)
+        channel_values = self._channel_features(pair, t)
+        self._ports.put(*self._last_use(port, t))
+        self._inserted_since_trim += int(new_dst.sum() + new_port.sum())
+        if self._inserted_since_trim > max(4096, len(self._channels) // 4):
+            self._trim()
+            self._inserted_since_trim = 0
+        # Rows are in time order, so the last write per host is its latest time.
+        self._last[src] = t
+        self._last[dst] = t
+        age = np.log1p(np.clip(t - self._first[src], 0.0, self.config.max_age_s))
+        values = np.concatenate([flow, host_values, age[:, None], channel_values], axis=1)
+        return FeatureMatrix(values, batch.orig_h, new_dst.astype(np.int64), new_port.astype(np.int64))
+
+    @staticmethod
+    def _last_use(keys: IntArray, t: FloatArray) -> tuple[IntArray, FloatArray]:
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        last = np.full(uniq.shape[0], -np.inf)
+        np.maximum.at(last, inverse, t)
+        return uniq, last[:, None]
+
+    @staticmethod
+    def _novel(keys: IntArray, table: KeyTable, t: FloatArray) -> npt.NDArray[np.bool_]:
+        _, first = np.unique(keys, return_index=True)
+        is_first = np.zeros(keys.shape[0], dtype=bool)
+        is_first[first] = True
+        known, _ = table.get(keys)
+        return is_first & ~known
+
+    @staticmethod
+    def _flow_features(b: FlowBatch) -> FloatArray:
+        lob, lrb = np.log1p(b.orig_bytes), np.log1p(b.resp_bytes)
+        cols = [
+            np.log1p(b.duration), lob, lrb, np.log1p(b.orig_pkts), np.log1p(b.resp_pkts), lob - lrb,
+            (_NO_REPLY_STATES[b.state] & (b.resp_pkts == 0)).astype(np.float64),
+            _REJECTED[b.state].astype(np.float64), _ESTABLISHED[b.state].astype(np.float64),
+            (b.proto == PROTOCOLS.index("tcp")).astype(np.float64),
+            (b.proto == PROTOCOLS.index("udp")).astype(np.float64),
+            (b.proto == PROTOCOLS.index("icmp")).astype(np.float64),
+            b.service_known.astype(np.float64), (b.resp_p < 1024).astype(np.float64),
+        ]
+        return np.stack(cols, axis=1)
+
+    def _host_features(self, src: IntArray, t: FloatArray, orig_bytes: FloatArray, flow: FloatArray,
+                       new_dst: npt.NDArray[np.bool_], new_port: npt.NDArray[np.bool_]) -> FloatArray:
+        order, g, starts = _groups(src, t)
+        ts = t[order]
+        lob = flow[order, 1]
+        x = np.stack([np.ones_like(lob), lob, lob * lob, orig_bytes[order], new_dst[order].astype(np.float64),
+                      new_port[order].astype(np.float64), flow[order, 6]], axis=1)
+        host = src[order][starts]
+        ends = np.append(starts[1:], ts.shape[0]) - 1
+        n_rates = len(self._rates)
+        # One pass for every half-life: columns are (half-life, sum) rate-major.
+        sums = _damped(g, ts, np.tile(x, (1, n_rates)), np.repeat(self._rates, _HOST_SUMS),
+                       self._sums[host].reshape(host.shape[0], -1), self._t_sums[host])
+        out = np.empty((t.shape[0], n_rates * len(_HOST_FEATURES)))
+        for j in range(n_rates):
+            s = sums[:, j * _HOST_SUMS:(j + 1) * _HOST_SUMS]
+            w = s[:, 0]
+            mean = s[:, 1] / w
+            second = s[:, 2] / w
+            var = second - mean * mean
+            # Below this the variance is rounding noise of the difference of two sums.
+            std = np.sqrt(np.where(var > 1e-9 * second, var, 0.0))
+            block = np.stack([np.log1p(w), mean, std, np.log1p(s[:, 3]), s[:, 4] / w, np.log1p(s[:, 4]),
+                              np.log1p(s[:, 5]), s[:, 6] / w], axis=1)
+            out[order, j * len(_HOST_FEATURES):(j + 1) * len(_HOST_FEATURES)] = block
+        self._sums[host] = sums[ends].reshape(host.shape[0], n_rates, _HOST_SUMS)
+        self._t_sums[host] = ts[ends]
+        return out
+
+    def _channel_features(self, pair: IntArray, t: FloatArray) -> FloatArray:
+        order, g, starts = _groups(pair, t)
+        ts = t[order]
+        keys = pair[order][starts]
+        known, state = self._channels.get(keys, default=0.0)
+        # state columns: last time, count, iat count, iat sum, iat sum of squares, time of the sums
+        prev = np.empty_like(ts)
+        prev[1:] = ts[:-1]
+        prev[starts] = np.where(known, state[:, 0], np.nan)
+        iat = ts - prev
+        has = np.isfinite(iat)
+        iat = np.where(has, np.maximum(iat, 0.0), 0.0)
+        x = np.stack([np.ones_like(ts), has.astype(np.float64), iat, iat * iat], axis=1)
+        t0 = np.where(known, state[:, 5], ts[starts])
+        s = _damped(g, ts, x, np.full(4, self._channel_rate), state[:, 1:5], t0)
+        n_iat = s[:, 1]
+        mean = np.where(n_iat > 0, s[:, 2] / np.maximum(n_iat, 1e-12), 0.0)
+        var = np.where(n_iat > 0, s[:, 3] / np.maximum(n_iat, 1e-12) - mean * mean, 0.0)
+        cv = np.where((n_iat >= 1.5) & (mean > 0), np.sqrt(np.maximum(var, 0.0)) / np.maximum(mean, 1e-12), 1.0)
+        out = np.empty((t.shape[0], len(_CHANNEL_FEATURES)))
+        out[order] = np.stack([np.log1p(s[:, 0]), np.log1p(mean), np.minimum(cv, 5.0)], axis=1)
+        ends = np.append(starts[1:], ts.shape[0]) - 1
+        self._channels.put(keys, np.concatenate([ts[ends][:, None], s[ends], ts[ends][:, None]], axis=1))
+        return out

@@ -1,0 +1,154 @@
+"""The flow detector: features, the learned baselines and the rules, over batches.
+
+:meth:`FlowDetector.fit` learns from benign traffic (feature state, the
+per-device and per-model baselines and their thresholds, the rules'
+destination and port baselines); :meth:`FlowDetector.process` turns each
+later batch into alerts. It holds no I/O: flows come in, alerts go out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from iotguard.detection.alert import Alert, Severity
+from iotguard.detection.features import FeatureConfig, FeatureExtractor, FeatureMatrix
+from iotguard.detection.feed import ThreatFeed
+from iotguard.detection.flows import FlowBatch
+from iotguard.detection.rules import BeaconRule, FlowRule, KnownBadRule, NewPortRule, ScanFanOutRule, Throttle
+from iotguard.detection.scorer import BaselineScorer, ScorerConfig
+from iotguard.errors import ConfigError
+
+__all__ = ["DetectorConfig", "FlowDetector"]
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Settings of the whole flow detector.
+
+    Attributes:
+        features: Feature extraction.
+        scorer: Learned baselines and calibration.
+        min_anomalous_flows: Flows of one host above threshold in one batch
+            that make an ``autoencoder`` alert ...
+        strong_score: ... or one flow with a normalised score at least this.
+        scan_min_new: New destinations or ports within ~15 s that make a scan alert.
+        beacon_max_cv: Largest inter-arrival variation of a beacon.
+        realert_s: Quiet time per device and detector after an alert.
+    """
+
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    min_anomalous_flows: int = 3
+    strong_score: float = 3.0
+    scan_min_new: float = 20.0
+    beacon_max_cv: float = 0.1
+    realert_s: float = 300.0
+
+
+class FlowDetector:
+    """Learned baselines plus rules over a stream of flow batches.
+
+    Args:
+        config: Settings.
+        devices: Address -> device id of fleet devices (others are named by address).
+        models: Device id -> device model, for the per-model fallback baselines.
+        feed: Known-bad addresses (no feed: no ``known_bad_address`` rule).
+    """
+
+    def __init__(self, config: DetectorConfig | None = None, *, devices: Mapping[str, str] | None = None,
+                 models: Mapping[str, str] | None = None, feed: ThreatFeed | None = None) -> None:
+        self.config = config or DetectorConfig()
+        self.devices = dict(devices or {})
+        self.models = dict(models or {})
+        self.extractor = FeatureExtractor(self.config.features)
+        self.scorer = BaselineScorer(self.config.scorer)
+        names = self.extractor.names
+        quiet = self.config.realert_s
+        self.rules: list[FlowRule] = [
+            ScanFanOutRule(names, min_new=self.config.scan_min_new, devices=self.devices, realert_s=quiet),
+            NewPortRule(devices=self.devices, realert_s=quiet),
+            BeaconRule(names, max_cv=self.config.beacon_max_cv, devices=self.devices, realert_s=quiet),
+        ]
+        if feed is not None:
+            self.rules.append(KnownBadRule(feed, devices=self.devices, realert_s=quiet))
+        self._throttle = Throttle(self.config.realert_s)
+        self._fitted = False
+
+    def _device(self, hosts: npt.NDArray[np.str_]) -> tuple[npt.NDArray[np.str_], npt.NDArray[np.str_]]:
+        if not self.devices:
+            return hosts, np.full(hosts.shape[0], "*")
+        device = np.array([self.devices.get(h, h) for h in hosts.tolist()], dtype=np.str_)
+        model = np.array([self.models.get(d, "*") for d in device.tolist()], dtype=np.str_)
+        return device, model
+
+    def fit(self, batches: Iterable[FlowBatch]) -> None:
+        """Learn from benign batches, in time order.
+
+        Raises:
+            ConfigError: ``detection_too_few_rows`` if there is too little traffic.
+        """
+        rows: list[FloatArray] = []
+        hosts: list[npt.NDArray[np.str_]] = []
+        for batch in batches:
+            features = self.extractor.transform(batch)
+            for rule in self.rules:
+                rule.learn(batch, features)
+            rows.append(features.values)
+            hosts.append(batch.orig_h)
+        if not rows:
+            raise ConfigError("no training traffic", code="detection_too_few_rows")
+        device, model = self._device(np.concatenate(hosts))
+        self.scorer.fit(np.concatenate(rows), device, model)
+        self._fitted = True
+
+    def score(self, batch: FlowBatch) -> tuple[FeatureMatrix, FloatArray]:
+        """Features and normalised scores of a batch (updates the feature state).
+
+        Raises:
+            ConfigError: ``detection_not_fitted`` before :meth:`fit`.
+        """
+        if not self._fitted:
+            raise ConfigError("flow detector used before fit", code="detection_not_fitted")
+        features = self.extractor.transform(batch)
+        device, model = self._device(batch.orig_h)
+        return features, self.scorer.score(features.values, device, model)
+
+    def process(self, batch: FlowBatch) -> list[Alert]:
+        """Alerts for the next batch (flows in time order)."""
+        features, scores = self.score(batch)
+        alerts = self._anomaly_alerts(batch, scores, features.values)
+        for rule in self.rules:
+            alerts.extend(rule.evaluate(batch, features))
+        return alerts
+
+    def _anomaly_alerts(self, batch: FlowBatch, scores: FloatArray, values: FloatArray) -> list[Alert]:
+        above = scores > 1.0
+        out: list[Alert] = []
+        if not above.any():
+            return out
+        for host in np.unique(batch.orig_h[above]).tolist():
+            rows = above & (batch.orig_h == host)
+            top = float(scores[rows].max())
+            if int(rows.sum()) < self.config.min_anomalous_flows and top < self.config.strong_score:
+                continue
+            device = self.devices.get(host, host)
+            ts = batch.ts[rows]
+            if not self._throttle.allow(device, "autoencoder", float(ts.max())):
+                continue
+            severity = Severity.HIGH if top >= self.config.strong_score else Severity.MEDIUM
+            model = self.models.get(device, "*")
+            worst = int(np.flatnonzero(rows)[np.argmax(scores[rows])])
+            columns = self.scorer.explain(values[worst], device, model)
+            out.append(Alert.create(device, "autoencoder", top, severity, (float(ts.min()), float(ts.max())), {
+                "address": host, "flows_above": int(rows.sum()),
+                "flows": int((batch.orig_h == host).sum()),
+                "destinations": int(np.unique(batch.resp_h[rows]).shape[0]),
+                "model": model,
+                "features": ",".join(self.extractor.names[c] for c in sorted(columns))[:120]}))
+        return out

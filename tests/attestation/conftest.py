@@ -1,0 +1,151 @@
+"""A simulated device (software or TPM root of trust), signed image sets, reference values, a verifier."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from iotguard.agent.boot import BootRecord, MeasuredBoot, provision_boot_anchor
+from iotguard.agent.evidence import produce_evidence
+from iotguard.agent.images import build_image_set
+from iotguard.attestation import (
+    AppraisalPolicy,
+    AttestationResult,
+    ReferenceValues,
+    Verifier,
+    load_appraisal_policy,
+    reference_release,
+)
+from iotguard.keys import SoftwareKeyStore
+from iotguard.keys.rot import RootOfTrust
+from iotguard.keys.software_rot import SoftwareRootOfTrust
+
+NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
+MODEL = "sensor-v1"
+BINDING = b"attestation test binding: fuse 7"
+
+POLICY = """
+[models.sensor-v1]
+max_age_seconds = 300
+max_clock_skew_seconds = 30
+stages = { bootloader = 0, kernel = 4, application = 10, privacy-configuration = 11 }
+executables = ["bootloader", "kernel", "application"]
+configuration = ["privacy-configuration"]
+hardware_affirming = ["tpm2", "software"]
+
+[models.sensor-v1.claims]
+instance-identity = "required"
+executables = "required"
+configuration = "required"
+hardware = "required"
+
+[models.gateway-v1]
+stages = { bootloader = 0, kernel = 4, application = 10, privacy-configuration = 11 }
+executables = ["bootloader", "kernel", "application"]
+configuration = ["privacy-configuration"]
+hardware_affirming = ["tpm2"]
+hardware_warning = ["software"]
+
+[models.gateway-v1.claims]
+instance-identity = "required"
+executables = "required"
+configuration = "required"
+hardware = "required"
+"""
+
+
+@dataclass
+class Firmware:
+    """The vendor's signing key and two signed releases (a staged rollout: both allowed)."""
+
+    key: Ed25519PrivateKey
+    releases: dict[str, Path]
+    references: ReferenceValues
+    policy: AppraisalPolicy = field(default_factory=lambda: load_appraisal_policy(POLICY))
+
+    def verifier(self) -> Verifier:
+        return Verifier(self.references, self.policy)
+
+
+@dataclass
+class Device:
+    """One simulated device: key store, root of trust, boot anchor, power button."""
+
+    name: str
+    store: SoftwareKeyStore
+    root: RootOfTrust
+    anchor: bytes
+    power_cycle: Callable[[], None]
+    firmware: Firmware
+
+    def boot(self, images: Path | None = None, *, unsafe_allow_unverified: bool = False) -> BootRecord:
+        self.power_cycle()
+        chain = MeasuredBoot(self.store, self.root, self.anchor, unsafe_allow_unverified=unsafe_allow_unverified)
+        return chain.boot(images or self.firmware.releases["1.0.0"])
+
+    def evidence(self, record: BootRecord, nonce: bytes, now: datetime = NOW) -> bytes:
+        return produce_evidence(self.root, record, nonce, now=now, uptime=42)
+
+    def appraise(self, token: bytes, nonce: bytes, now: datetime = NOW, model: str = MODEL) -> AttestationResult:
+        ak = self.root.attestation_key()
+        return self.firmware.verifier().appraise(token, attestation_key=ak, expected_nonce=nonce, model=model, now=now)
+
+
+@pytest.fixture
+def firmware(tmp_path_factory: pytest.TempPathFactory) -> Firmware:
+    key = Ed25519PrivateKey.generate()
+    releases: dict[str, Path] = {}
+    references = ReferenceValues()
+    for version in ("1.0.0", "1.1.0"):
+        directory = tmp_path_factory.mktemp(f"release-{version}")
+        digests = build_image_set(directory, key.sign, version)
+        releases[version] = directory
+        references.add(reference_release(MODEL, version, digests))
+        references.add(reference_release("gateway-v1", version, digests))
+    return Firmware(key, releases, references)
+
+
+def copy_release(firmware: Firmware, version: str, target: Path) -> Path:
+    """A device's own copy of a release's image set (to tamper with)."""
+    shutil.copytree(firmware.releases[version], target)
+    return target
+
+
+def _make_device(
+    kind: str, request: pytest.FixtureRequest, directory: Path, firmware: Firmware, name: str
+) -> tuple[Device, Callable[[], None]]:
+    store = SoftwareKeyStore(directory / "keystore", device_binding=BINDING + name.encode())
+    anchor = provision_boot_anchor(store, firmware.key.public_key().public_bytes_raw())
+    if kind == "software":
+        soft = SoftwareRootOfTrust(store)
+        return Device(name, store, soft, anchor, soft.power_cycle, firmware), lambda: None
+    from iotguard.keys.tpm import TpmRootOfTrust
+
+    tpm = request.getfixturevalue("swtpm")
+    root = TpmRootOfTrust(directory / "tpm", tcti=tpm.tcti)
+    return Device(name, store, root, anchor, tpm.power_cycle, firmware), root.close
+
+
+@pytest.fixture(params=["software", pytest.param("tpm2", marks=pytest.mark.swtpm)])
+def device(request: pytest.FixtureRequest, tmp_path: Path, firmware: Firmware) -> Iterator[Device]:
+    """A device on each root of trust; evidence tests run on both."""
+    made, close = _make_device(request.param, request, tmp_path / "device-a", firmware, "device-a")
+    yield made
+    close()
+
+
+@pytest.fixture
+def other_device(
+    request: pytest.FixtureRequest, tmp_path: Path, firmware: Firmware, device: Device
+) -> Iterator[Device]:
+    """A second device of the same kind (on a TPM: another AK in the same swtpm)."""
+    made, close = _make_device(device.root.kind, request, tmp_path / "device-b", firmware, "device-b")
+    made.power_cycle = lambda: None
+    yield made
+    close()

@@ -1,0 +1,113 @@
+"""The evidence token's strict decoder (EAT claims in a COSE_Sign1)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cbor2
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pycose.headers import Algorithm
+from pycose.keys import OKPKey
+from pycose.messages.sign1message import Sign1Message
+
+from iotguard.errors import MalformedError
+from iotguard.wire.eat import (
+    MAX_EVIDENCE_BYTES,
+    BootEvent,
+    EvidenceClaims,
+    decode_evidence,
+    encode_evidence,
+    event_log_digest,
+)
+
+KEY = Ed25519PrivateKey.generate()
+EVENTS = (BootEvent(0, b"\x11" * 32, "bootloader", "1.0.0"), BootEvent(4, b"\x22" * 32, "kernel", ""))
+CLAIMS = EvidenceClaims(
+    nonce=b"n" * 32,
+    issued_at=1_800_000_000,
+    ueid=b"\x01" + b"u" * 32,
+    uptime=7,
+    firmware_version="1.0.0",
+    event_log=EVENTS,
+    event_log_digest=event_log_digest(EVENTS),
+    pcr_selection=(0, 4),
+    quote_format="iotguard-sw-quote/1",
+    quote_attest=b"attest",
+    quote_signature=b"",
+    privacy_config_hash=b"\x33" * 32,
+    keystore_kind="software",
+    keystore_tamper="",
+)
+
+
+def _token(claims: EvidenceClaims = CLAIMS) -> bytes:
+    return encode_evidence(claims, "EdDSA", KEY.sign)
+
+
+def test_round_trip_and_signature_covers_the_sig_structure() -> None:
+    evidence = decode_evidence(_token())
+    assert evidence.claims == CLAIMS
+    assert evidence.algorithm == "EdDSA"
+    KEY.public_key().verify(evidence.signature, evidence.to_be_signed)
+
+
+def test_token_verifies_with_pycose_as_an_independent_cose_implementation() -> None:
+    """pycose checks our Sig_structure: a token we decode verifies with its own COSE code."""
+    raw = KEY.public_key().public_bytes_raw()
+    outer = cbor2.loads(_token())
+    message = Sign1Message(phdr={Algorithm: -8}, payload=outer.value[2])
+    message._signature = outer.value[3]
+    message.key = OKPKey(crv="Ed25519", x=raw)
+    assert message.verify_signature()
+
+
+def _replace_payload(token: bytes, payload: bytes) -> bytes:
+    outer = cbor2.loads(token)
+    return cbor2.dumps(cbor2.CBORTag(18, [outer.value[0], {}, payload, outer.value[3]]))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda t: t[:-1],
+        # The mutations rebuild the COSE array around the token's parts.
+        lambda t: cbor2.dumps(cbor2.loads(t).value),  # untagged
+        lambda t: cbor2.dumps(cbor2.CBORTag(18, [b"\xa1\x01\x26\x00", *cbor2.loads(t).value[1:]])),
+        lambda t: cbor2.dumps(cbor2.CBORTag(18, [b"\xa1\x01\x22", *cbor2.loads(t).value[1:]])),  # ES512
+        lambda t: cbor2.dumps(cbor2.CBORTag(18, [cbor2.loads(t).value[0], {4: b"kid"}, *cbor2.loads(t).value[2:]])),
+        lambda t: _replace_payload(
+            t, cbor2.dumps({**{k: v for k, v in CLAIMS.to_cbor().items()}, 999: 1}, canonical=True)
+        ),
+        lambda t: _replace_payload(t, cbor2.dumps(CLAIMS.to_cbor(), canonical=False)[:-1] + b"\x00"),
+        lambda t: _replace_payload(t, b"\xbf" + cbor2.dumps(CLAIMS.to_cbor(), canonical=True)[1:] + b"\xff"),
+        lambda t: b"\x00" * (MAX_EVIDENCE_BYTES + 1),
+    ],
+)
+def test_strict_decoder_refuses(mutate: object) -> None:
+    with pytest.raises(MalformedError) as info:
+        decode_evidence(mutate(_token()))  # type: ignore[operator]
+    assert info.value.code == "malformed_evidence"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"nonce": b""},
+        {"nonce": b"n" * 65},
+        {"event_log": ()},
+        {"event_log": tuple(EVENTS[0] for _ in range(65))},
+        {"event_log": (BootEvent(24, b"\x11" * 32, "bootloader", ""),)},
+        {"event_log": (BootEvent(0, b"\x11" * 31, "bootloader", ""),)},
+        {"event_log": (BootEvent(0, b"\x11" * 32, "boot loader", ""),)},
+        {"pcr_selection": (4, 0)},
+        {"pcr_selection": ()},
+        {"firmware_version": ""},
+        {"privacy_config_hash": b"\x00"},
+        {"ueid": b"\x01"},
+        {"issued_at": -1},
+    ],
+)
+def test_claims_outside_the_profile_are_refused(change: dict[str, object]) -> None:
+    with pytest.raises(MalformedError):
+        decode_evidence(_token(dataclasses.replace(CLAIMS, **change)))  # type: ignore[arg-type]
