@@ -149,7 +149,9 @@ def test_agent_with_puf_sim_from_config_enrolls_signs_and_reopens(
 
     data_dir = tmp_path / "puf-agent"
     conf = tmp_path / "iotguard.toml"
+    # The in-process test client speaks http://testserver, so plain HTTP is acknowledged as unsafe here.
     conf.write_text(f'[agent]\ndata_dir = "{data_dir}"\nhub_url = "http://testserver"\n'
+                    'unsafe_plain_http = true\n'
                     'suites = ["chacha20-poly1305"]\nkeystore_backend = "puf-sim"\n')
     cfg = load_config(conf, env={}).agent
     agent = Agent(cfg, "dev-puf", http=hub.client)
