@@ -70,6 +70,22 @@ class HubConfig:
     mosquitto_pid_file: str = ""
     #: Seconds between signed audit-log checkpoints (each is also anchored).
     checkpoint_interval_s: float = 60.0
+    #: EVM JSON-RPC endpoint where checkpoints are also anchored (empty: no chain
+    #: anchoring); ``chain_contract`` is the deployed ``CheckpointAnchor`` and
+    #: ``chain_sender`` the account the node signs with (the contract's submitter).
+    chain_rpc_url: str = ""
+    chain_contract: str = ""
+    chain_sender: str = ""
+    #: Checkpoints per anchoring transaction, and the longest one waits for its batch.
+    chain_batch_size: int = 128
+    chain_max_delay_s: float = 600.0
+    #: Block the contract was deployed in (event lookups start there).
+    chain_from_block: int = 0
+    #: Refuse enrollment unless the device's chain of custody (manufacturer,
+    #: distributor, installer, operator, each signing) is logged and verifies
+    #: against the parties in ``custody_parties_file`` (JSON).
+    custody_required: bool = False
+    custody_parties_file: str = ""
     #: Serve the OpenAPI schema and its pages (/openapi.json, /docs, /redoc).
     #: They answer without authentication, so they are off unless turned on.
     api_docs: bool = False
@@ -130,6 +146,9 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "hub.cert_validity_days": (1, 397),
     "hub.device_cache_ttl_s": (0, 60),
     "hub.checkpoint_interval_s": (1, 86400),
+    "hub.chain_batch_size": (1, 512),
+    "hub.chain_max_delay_s": (0, 7 * 86400),
+    "hub.chain_from_block": (0, 1 << 62),
     "agent.interval_s": (0.001, 86400),
     "agent.ack_timeout_s": (0.1, 3600),
     "agent.max_buffered_readings": (1, 100_000_000),

@@ -16,6 +16,7 @@ __all__ = [
     "BudgetExhausted",
     "ConfigError",
     "ConsentError",
+    "CustodyError",
     "EnrollmentError",
     "ExpiredError",
     "IntegrityError",
@@ -107,6 +108,19 @@ class EnrollmentError(IotGuardError):
     """Enrollment failed: bad, expired or reused token, or bad proof of possession."""
 
     code = "enrollment_failed"
+
+
+class CustodyError(EnrollmentError):
+    """A device's chain of custody is incomplete, forged, diverted or broken.
+
+    Devices see an ordinary enrollment failure (``code``); operators and the
+    audit log see ``reason``: ``custody_incomplete``, ``custody_forged``,
+    ``custody_diverted`` or ``custody_broken``.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class AuthenticationError(IotGuardError):

@@ -5,10 +5,26 @@ Components record :class:`AuditEvent` objects through an :class:`AuditSink`
 The log publishes C2SP signed checkpoints, serves inclusion and consistency
 proofs from stored subtree hashes, and can be verified offline
 (:func:`verify_export`), monitored (:class:`Monitor`), witnessed
-(:class:`Witness`) and anchored (:class:`Anchor`).
+(:class:`Witness`, over the C2SP tlog-witness protocol with k-of-n
+cosigning) and anchored (:class:`Anchor`, including an EVM chain with
+offline :class:`AnchorProof`); device custody is signed by each party
+(:class:`CustodyStatement`).
 """
 
 from iotguard.audit.anchor import Anchor, AnchorReceipt, CheckpointSchedule, LogAnchor, ScheduleResult
+from iotguard.audit.chain import (
+    AnchoredCheckpoint,
+    AnchorProof,
+    verify_anchor_proof,
+    verify_consistent_with_anchor,
+)
+from iotguard.audit.custody import (
+    CustodyRole,
+    CustodyStatement,
+    Party,
+    sign_custody_statement,
+    verify_custody_chain,
+)
 from iotguard.audit.events import AuditEvent, EventType, rejected_envelopes
 from iotguard.audit.log import (
     AuditSink,
@@ -57,6 +73,13 @@ from iotguard.audit.verify import (
     verify_inclusion_bundle,
 )
 from iotguard.audit.witness import TreeHead, Witness, WitnessStateStore, verify_cosigned
+from iotguard.audit.witness_protocol import (
+    CosignedCheckpoint,
+    WitnessEndpoint,
+    collect_cosignatures,
+    detect_split_view,
+    handle_add_checkpoint,
+)
 
 __all__ = [
     "SIG_COSIGNATURE_V1",
@@ -64,14 +87,19 @@ __all__ = [
     "Alert",
     "AlertKind",
     "Anchor",
+    "AnchorProof",
     "AnchorReceipt",
+    "AnchoredCheckpoint",
     "AuditEvent",
     "AuditSink",
     "ChainOfCustody",
     "Checkpoint",
     "CheckpointSchedule",
     "CompactRange",
+    "CosignedCheckpoint",
     "CustodyLink",
+    "CustodyRole",
+    "CustodyStatement",
     "EventType",
     "ExportBundle",
     "HashReader",
@@ -89,6 +117,7 @@ __all__ = [
     "NoteSignature",
     "NoteSigner",
     "NoteVerifier",
+    "Party",
     "PollResult",
     "ScheduleResult",
     "StoredTree",
@@ -96,8 +125,12 @@ __all__ = [
     "TreeHead",
     "VerifiedSegment",
     "Witness",
+    "WitnessEndpoint",
     "WitnessStateStore",
+    "collect_cosignatures",
+    "detect_split_view",
     "export_segment",
+    "handle_add_checkpoint",
     "inclusion_bundle",
     "manufacturing_record",
     "open_checkpoint",
@@ -105,8 +138,12 @@ __all__ = [
     "provenance",
     "rejected_envelopes",
     "sign_checkpoint",
+    "sign_custody_statement",
+    "verify_anchor_proof",
     "verify_chain_of_custody",
+    "verify_consistent_with_anchor",
     "verify_cosigned",
+    "verify_custody_chain",
     "verify_export",
     "verify_inclusion_bundle",
 ]

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from iotguard.audit.chain import ANCHOR_PROOF_FORMAT
 from iotguard.audit.log import TransparencyLog
 from iotguard.audit.monitor import LocalLogSource, LogSource, Monitor
 from iotguard.audit.note import SIG_COSIGNATURE_V1, NoteSigner, NoteVerifier
@@ -31,6 +32,8 @@ from iotguard.audit.verify import (
     verify_inclusion_bundle,
 )
 from iotguard.audit.witness import Witness
+from iotguard.cli.audit_chain import add_verify_options, register_chain, verify_anchor_proof_file
+from iotguard.cli.audit_witness import add_listen_options, register_cosign, serve_witness
 from iotguard.errors import ConfigError, MalformedError, ProofError
 from iotguard.keys.keystore import KeyKind, KeyStore
 from iotguard.keys.software import SoftwareKeyStore
@@ -148,6 +151,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             for i, event in enumerate(seg.events):
                 print(json.dumps({"index": seg.start + i, **_event_json(event)}, default=str))
         return 0
+    if fmt == ANCHOR_PROOF_FORMAT:
+        return verify_anchor_proof_file(args, raw, key)
     if fmt == INCLUSION_FORMAT:
         event = verify_inclusion_bundle(InclusionBundle.from_dict(json.loads(raw)), key)
         print("OK: entry included in the signed checkpoint")
@@ -251,6 +256,10 @@ def _cmd_witness_run(args: argparse.Namespace) -> int:
     from iotguard.hub.audit_api import HttpLogSource
 
     witness = _witness(args)
+    if args.listen:
+        return serve_witness(args, witness, [NoteVerifier.from_vkey(_read_arg(k)) for k in args.log_key])
+    if not args.url:
+        raise ConfigError("witness run needs --listen (serve tlog-witness) or --url (poll a hub)")
     source = HttpLogSource(args.url, args.token, cafile=args.ca)
     while True:
         status = 0
@@ -307,12 +316,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--output", help="write to this file")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("verify", help="verify an export or inclusion proof offline with only the log key")
-    p.add_argument("file", help="export (audit export) or inclusion proof (audit proof inclusion)")
+    p = sub.add_parser(
+        "verify", help="verify an export, inclusion proof or anchor proof offline with only the log key"
+    )
+    p.add_argument("file", help="export (audit export), inclusion proof (audit proof inclusion) or anchor-proof")
     p.add_argument("--key", required=True, help="the log's verifier key, or @FILE")
     p.add_argument("--trusted", metavar="CHECKPOINT", help="a checkpoint seen earlier; refuse rollback/fork")
     p.add_argument("--show", action="store_true", help="print the verified events")
+    add_verify_options(p)
     p.set_defaults(func=_cmd_verify)
+
+    register_chain(sub, _add_log_options, _open_log)
+    register_cosign(sub, _add_log_options, _open_log)
 
     p = sub.add_parser("monitor", help="follow a live log and alert on any inconsistency")
     _add_log_options(p)
@@ -332,7 +347,7 @@ def register(subparsers: Any) -> None:
     for name, func, text in (
         ("init", _cmd_witness_init, "create the witness key and print its verifier key"),
         ("cosign", _cmd_witness_cosign, "verify and cosign one checkpoint file"),
-        ("run", _cmd_witness_run, "poll a hub's log and cosign each consistent checkpoint"),
+        ("run", _cmd_witness_run, "serve tlog-witness over HTTPS (--listen), or poll a hub's log (--url)"),
     ):
         p = wsub.add_parser(name, help=text)
         p.add_argument("--state", required=True, metavar="DIR", help="witness state directory (key, heads)")
@@ -345,7 +360,8 @@ def register(subparsers: Any) -> None:
             p.add_argument("--checkpoint", required=True, metavar="FILE")
             p.add_argument("--proof", metavar="FILE", help="consistency proof JSON (audit proof consistency)")
         if name == "run":
-            p.add_argument("--url", required=True)
+            add_listen_options(p)
+            p.add_argument("--url", help="poll this hub's log instead of serving")
             p.add_argument("--token")
             p.add_argument("--ca", metavar="FILE",
                            help="CA certificate of the hub's HTTPS (its <data_dir>/fleet-ca.pem)")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from iotguard.cli._common import add_config_argument, config_from_args, deliver_effects, open_hub_services, print_json
+from iotguard.errors import EnrollmentError
 
 if TYPE_CHECKING:
     from iotguard.hub.compose import HubServices
@@ -42,6 +43,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pv = s.add_parser("provenance", help="a device's chain of custody from the audit log, with inclusion proofs")
     pv.add_argument("device_id")
     pv.add_argument("--json", action="store_true", help="JSON output")
+    pv.add_argument("--parties", metavar="FILE",
+                    help="also verify the party-signed custody chain (default hub.custody_parties_file)")
     pv.set_defaults(func=provenance)
 
 
@@ -108,18 +111,43 @@ def decommission_device(args: argparse.Namespace) -> int:
 def provenance(args: argparse.Namespace) -> int:
     from iotguard.audit.provenance import provenance as chain_of_custody
     from iotguard.audit.provenance import verify_chain_of_custody
-    log = _open(args).audit.log
+
+    services = _open(args)
+    log = services.audit.log
     chain = chain_of_custody(log, args.device_id)
-    verify_chain_of_custody(chain, log.verifier)
+    events = verify_chain_of_custody(chain, log.verifier)
     rows = [{"index": link.index, "type": link.event.type, "time": link.event.time.isoformat(),
              "actor": link.event.actor, "inclusion_proof_hashes": len(link.bundle.proof)}
             for link in chain.links]
+    custody = _signed_custody(args, services, events)
     if args.json:
         print_json({"device_id": args.device_id, "checkpoint": chain.checkpoint, "events": rows,
-                    "log_key": log.verifier.vkey(), "verified": True})
+                    "log_key": log.verifier.vkey(), "verified": True, "custody": custody})
         return 0
     print(f"chain of custody of {args.device_id} ({len(rows)} events, every inclusion proof verified "
           f"against the signed checkpoint):")
     for r in rows:
         print(f"  #{r['index']:<8} {r['time']}  {r['type']:<22} by {r['actor']}")
+    if custody is not None:
+        print("signed custody (every COSE signature verified against the trusted parties, linked in order):")
+        for c in custody:
+            print(f"  {c['role']:<13} {c['party']} -> {c['next'] or '(fleet)'}")
     return 0
+
+
+def _signed_custody(args: argparse.Namespace, services: HubServices,
+                    events: list[Any]) -> list[dict[str, Any]] | None:
+    """Verify the party-signed custody statements when trusted parties are configured."""
+    from iotguard.audit.custody import statements_from_events, verify_custody_chain
+    from iotguard.hub.custody_gate import load_custody_parties
+
+    parties = getattr(args, "parties", None) or config_from_args(args).hub.custody_parties_file
+    if not parties:
+        return None
+    identity = services.store.get_device(args.device_id).identity_public_key
+    if identity is None:
+        raise EnrollmentError("device has not enrolled: no identity key to check its custody against")
+    chain = verify_custody_chain(statements_from_events(events), args.device_id, identity,
+                                 load_custody_parties(parties))
+    return [{"party": s.party, "role": s.role.value, "next": s.next_party, "time": s.time.isoformat()}
+            for s in chain]

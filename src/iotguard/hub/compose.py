@@ -22,6 +22,8 @@ from iotguard.audit.anchor import CheckpointSchedule
 from iotguard.clock import Clock, SystemClock
 from iotguard.config import HubConfig
 from iotguard.hub.audit_store import FileAnchor, open_audit_log
+from iotguard.hub.chain_anchor import chain_anchor_from_config
+from iotguard.hub.custody_gate import custody_gate_from_config
 from iotguard.hub.device_plane import DevicePlane
 from iotguard.hub.ingest import IngestProcessor
 from iotguard.hub.outbox import DELIVERED_RETENTION, OutboxDrainer, OutboxHandler, SqlOutboxStore
@@ -86,12 +88,15 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     log_ = open_audit_log(store.engine, keystore, AUDIT_ORIGIN)
     anchors_dir = Path(cfg.data_dir) / "anchors"
     anchors_dir.mkdir(exist_ok=True)
+    chain = chain_anchor_from_config(cfg)
     audit = AuditService(log_, CheckpointSchedule(log_, timedelta(seconds=cfg.checkpoint_interval_s),
-                                                  [FileAnchor(anchors_dir / "checkpoints.log")]))
+                                                  [FileAnchor(anchors_dir / "checkpoints.log"),
+                                                   *([chain] if chain else [])]))
     engine, admin = open_policy(store, outbox, clock)
     posture = PostureService(store, engine, admin, engine.posture, clock, broker_managed=bool(cfg.mosquitto_dir))
     broker_link = EmbeddedBrokerLink()
-    lifecycle = DeviceLifecycle(store, keystore, cfg, clock, outbox=outbox, posture=posture, broker_link=broker_link)
+    lifecycle = DeviceLifecycle(store, keystore, cfg, clock, outbox=outbox, posture=posture, broker_link=broker_link,
+                                custody=custody_gate_from_config(cfg, log_))
     commands = CommandChannel()
     consent = ConsentService(PrivacyStore(store.engine, audit=audit_sink, keystore=keystore), store, lifecycle,
                              commands, clock)

@@ -20,12 +20,14 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from iotguard.audit import AuditEvent, EventType
+from iotguard.audit.custody import CustodyCheck
 from iotguard.audit.provenance import manufacturing_record
 from iotguard.channel import SessionKeys, split_session_keys
 from iotguard.clock import Clock, SystemClock
 from iotguard.config import HubConfig
 from iotguard.crypto import get_suite
 from iotguard.errors import (
+    CustodyError,
     EnrollmentError,
     IntegrityError,
     MalformedError,
@@ -91,12 +93,16 @@ class DeviceLifecycle:
             (standalone events; changes write theirs through ``store``).
         posture: Kept in step after every change (None: no posture, e.g. ingest-only tools).
         broker_link: This process's embedded broker, told after every change.
+        custody: Verifies the device's party-signed chain of custody at enrollment
+            (``hub.custody_required``).
     """
 
     def __init__(self, store: DeviceStore, keystore: KeyStore, cfg: HubConfig, clock: Clock | None = None,
                  *, outbox: OutboxStore, posture: PostureService | None = None,
-                 broker_link: EmbeddedBrokerLink | None = None) -> None:
+                 broker_link: EmbeddedBrokerLink | None = None, custody: CustodyCheck | None = None) -> None:
         self.store = store
+        #: Verifies the device's chain of custody at enrollment (``hub.custody_required``).
+        self.custody = custody
         self.keystore = keystore
         self.cfg = cfg
         self.clock = clock or SystemClock()
@@ -322,6 +328,12 @@ class DeviceLifecycle:
         except IntegrityError:
             self._auth_failed(device_id, "bad_proof")
             raise EnrollmentError("proof of possession failed") from None
+        if self.custody is not None:
+            try:
+                self.custody.check(device_id, identity_pk)
+            except CustodyError as exc:
+                self._auth_failed(device_id, exc.reason)
+                raise
         suite = negotiate_suite(suites, self.cfg.allowed_suites)
         device = self.store.get_device(device_id)
         if authorize is not None:
