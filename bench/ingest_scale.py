@@ -275,7 +275,7 @@ def run_scale_out(quick: bool, tls_files: Any, start_mosquitto: Any, enroll_devi
             "mode": "queued drain: hubs up and subscribed, paused (SIGSTOP) while N envelopes are queued, "
                     "resumed together (SIGCONT); first to last stored reading",
             "broker": "mosquitto (mTLS, TLS 1.3)", "database": "PostgreSQL 15 (fsync on, same machine)",
-            "suite": suite, "devices": devices, "messages_per_k": devices * per_device,
+            "quick": quick, "suite": suite, "devices": devices, "messages_per_k": devices * per_device,
             "runs": runs,
             "readings_table": {"rows": n, "total_bytes": size, "heap_bytes": heap,
                                "bytes_per_row_total": round(size / n, 1), "bytes_per_row_heap": round(heap / n, 1)},
