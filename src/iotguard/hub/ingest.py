@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,6 +46,10 @@ class SessionLookup(Protocol):
 
     def session(self, device_id: str, epoch: int) -> tuple[DeviceRecord, str, SessionKeys]:
         """Raises UnknownDeviceError or RevokedError."""
+        ...
+
+    def prefetch(self, device_ids: Iterable[str]) -> None:
+        """Refresh the records of these devices in one round trip (before a batch's lookups)."""
         ...
 
 
@@ -172,12 +176,14 @@ class IngestProcessor:
         sessions: dict[tuple[str, int], _Session | str] = {}
         acked: dict[tuple[str, int], set[int]] = defaultdict(set)
         by_suite: dict[int, list[tuple[Incoming, Envelope, _Session]]] = defaultdict(list)
+        decoded: list[tuple[Incoming, Envelope]] = []
         for msg in batch:
             try:
-                env = decode_envelope(msg.payload, max_size=max_size)
+                decoded.append((msg, decode_envelope(msg.payload, max_size=max_size)))
             except MalformedError:
                 rejected[("", "malformed")] += 1
-                continue
+        self.registry.prefetch({env.device_id for _m, env in decoded})
+        for msg, env in decoded:
             d = env.device_id
             key = (d, env.epoch)
             sess = sessions.get(key)

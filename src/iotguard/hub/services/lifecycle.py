@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -431,6 +431,25 @@ class DeviceLifecycle:
                 "signature": b64e(sig)}
 
     # -- ingest lookups --------------------------------------------------
+
+    def prefetch(self, device_ids: Iterable[str]) -> None:
+        """Refresh, in one query, the cached records of those devices whose entry is missing or expired.
+
+        Ingest calls it once per batch, so a hub does not re-read each device on
+        its own round trip as the cache entries expire (``device_cache_ttl_s``).
+        """
+        mono = self.clock.monotonic()
+        ttl = self.cfg.device_cache_ttl_s
+        with self._lock:
+            stale = [d for d in set(device_ids)
+                     if (e := self._cache.get(d)) is None or mono - e.loaded_at > ttl]
+        if len(stale) < 2:
+            return  # session() reads a single one itself
+        fresh = self.store.get_devices(sorted(stale))
+        with self._lock:
+            for device_id, record in fresh.items():
+                old = self._cache.get(device_id)
+                self._cache[device_id] = _CachedDevice(record, mono, old.keys if old else {})
 
     def session(self, device_id: str, epoch: int) -> tuple[DeviceRecord, str, SessionKeys]:
         """Device record and unwrapped keys for (device, epoch), cached briefly.

@@ -123,6 +123,10 @@ class DeviceStore(Protocol):
 
     def get_device(self, device_id: str) -> DeviceRecord: ...
 
+    def get_devices(self, device_ids: Sequence[str]) -> dict[str, DeviceRecord]:
+        """The records of those of ``device_ids`` that exist, in one round trip."""
+        ...
+
     def device_models(self) -> dict[str, str]: ...
 
     def list_devices(self, *, status: str | None = None, limit: int = 1000,
@@ -210,6 +214,13 @@ class SqlDeviceStore(SqlStoreBase):
         if row is None:
             raise UnknownDeviceError(f"unknown device {device_id!r}")
         return _device(row)
+
+    def get_devices(self, device_ids: Sequence[str]) -> dict[str, DeviceRecord]:
+        if not device_ids:
+            return {}
+        with self.engine.connect() as c:
+            rows = c.execute(select(devices).where(devices.c.device_id.in_(list(device_ids)))).all()
+        return {row.device_id: _device(row) for row in rows}
 
     def device_models(self) -> dict[str, str]:
         """Every registered device's model (retention looks up each reading's contract)."""

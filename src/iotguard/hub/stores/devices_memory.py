@@ -68,6 +68,9 @@ class MemoryDeviceStore:
         except KeyError:
             raise UnknownDeviceError(f"unknown device {device_id!r}") from None
 
+    def get_devices(self, device_ids: Sequence[str]) -> dict[str, DeviceRecord]:
+        return {d: self._devices[d] for d in device_ids if d in self._devices}
+
     def device_models(self) -> dict[str, str]:
         return {d.device_id: d.model for d in self._devices.values()}
 
