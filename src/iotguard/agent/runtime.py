@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
+from iotguard.agent.attester import Attester
 from iotguard.agent.outbox import Outbox
 from iotguard.agent.privacy import DevicePrivacy
 from iotguard.channel import (
@@ -381,6 +382,21 @@ class Agent:
         self._keys = None
         self._sealer = None
         return reported
+
+    # -- attestation -----------------------------------------------------
+
+    def attest(self, attester: Attester, nonce: bytes | None = None) -> dict[str, Any]:
+        """Attest to the hub: ask for a nonce (or answer a challenge's ``nonce``), post the evidence.
+
+        Returns the hub's appraisal (``status``, ``trust_tier``, ``reasons``).
+
+        Raises:
+            EnrollmentError: the hub refused a request.
+        """
+        if nonce is None:
+            asked = self._post("/v1/attest", self._signed("attest", attester.nonce_request())[0])
+            nonce = bytes.fromhex(str(asked["nonce"]))
+        return self._post("/v1/attest", self._signed("attest", attester.evidence_body(nonce))[0])
 
     # -- telemetry -------------------------------------------------------
 

@@ -1,0 +1,195 @@
+"""Attestation through the hub: device plane, appraisal, posture, ingest, broker ACL, audit, quarantine release.
+
+Each test runs on the software root of trust and on the TPM backend (swtpm).
+The agent's identity key signs the ``attest`` requests; the simulated device's
+root of trust boots the image set and produces the evidence.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iotguard.agent import Agent
+from iotguard.agent.attester import Attester
+from iotguard.attestation import reference_release
+from iotguard.audit import AuditEvent, EventType
+from iotguard.hub.ingest import Incoming
+from iotguard.hub.policy_store import load_posture
+from iotguard.hub.stores.attestation import policies
+from iotguard.wire import Reading, encode_reading
+from tests.attestation.conftest import MODEL, POLICY, Device, Firmware
+from tests.hub.conftest import HubParts, make_hub
+
+HUB_MODEL = "thermo-1"
+
+
+@pytest.fixture
+def hub(tmp_path: Path, firmware: Firmware) -> Iterator[HubParts]:
+    """A hub that allows both firmware releases of ``thermo-1`` and appraises it with the test policy."""
+    parts = make_hub(tmp_path / "hubside")
+    service = parts.services.attestation
+    service.set_policy(HUB_MODEL, POLICY.split("[models.gateway-v1]")[0].replace(MODEL, HUB_MODEL))
+    for version in ("1.0.0", "1.1.0"):
+        release = firmware.references.lookup(MODEL, version)
+        assert release is not None
+        service.add_reference(reference_release(HUB_MODEL, version, release.measurements))
+    yield parts
+    parts.store.engine.dispose()
+
+
+def _attest(hub: HubParts, agent: Agent, body: dict[str, Any]) -> Any:
+    wire, _ = agent._signed("attest", body)
+    return hub.client.post("/v1/attest", json=wire)
+
+
+def _nonce(hub: HubParts, agent: Agent) -> bytes:
+    r = _attest(hub, agent, {"nonce": b"", "evidence": b"", "attestation_key": b"", "algorithm": ""})
+    assert r.status_code == 200, r.text
+    return bytes.fromhex(r.json()["nonce"])
+
+
+def _evidence(hub: HubParts, agent: Agent, device: Device, nonce: bytes, token: bytes) -> Any:
+    ak = device.root.attestation_key()
+    return _attest(hub, agent, {"nonce": nonce, "evidence": token, "attestation_key": ak.public_key,
+                                "algorithm": ak.algorithm.value})
+
+
+def _attest_boot(hub: HubParts, agent: Agent, device: Device, images: Path | None = None, *,
+                 unsafe: bool = False) -> Any:
+    record = device.boot(images, unsafe_allow_unverified=unsafe)
+    nonce = _nonce(hub, agent)
+    return _evidence(hub, agent, device, nonce, device.evidence(record, nonce, now=datetime.now(UTC)))
+
+
+def _tampered(firmware: Firmware, tmp_path: Path, stage: str) -> Path:
+    target = shutil.copytree(firmware.releases["1.0.0"], tmp_path / f"tampered-{stage}")
+    image = target / f"{stage}.img"
+    image.write_bytes(image.read_bytes() + b"\x00implant")
+    return target
+
+
+def _publish(hub: HubParts, agent: Agent) -> int:
+    _s, env = agent.sealer.seal(encode_reading(Reading(1_700_000_000_000, {"temperature": 21.0}, "heating_control")))
+    return hub.processor.process([Incoming(agent.sealer.topic, env)]).stored
+
+
+def _results(hub: HubParts) -> list[dict[str, Any]]:
+    hub.deliver()
+    log = hub.services.audit.log
+    events = [AuditEvent.from_cbor(e) for e in log.entries(0, log.size())]
+    return [dict(e.details) for e in events if e.type == EventType.ATTESTATION_RESULT]
+
+
+def test_affirming_evidence_verifies_the_device_everywhere(hub: HubParts, device: Device) -> None:
+    a = hub.agent("dev-1")
+    r = _attest_boot(hub, a, device)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "affirming" and r.json()["trust_tier"] == "verified"
+    posture = hub.services.posture.posture.require("dev-1")
+    assert posture.trust_tier == "verified" and posture.attested_at is not None
+    saved = load_posture(hub.store.engine).require("dev-1")  # other hub processes see it
+    assert saved.trust_tier == "verified" and saved.attested_at == posture.attested_at
+    assert _results(hub)[-1]["status"] == "affirming"
+    assert hub.services.attestation.history("dev-1")[0].keystore_kind == device.root.kind
+    assert _publish(hub, a) == 1
+
+
+@pytest.mark.parametrize("stage", ["bootloader", "kernel", "privacy-configuration"])
+def test_tampered_stage_is_contraindicated_then_refused_at_ingest_and_broker(
+        hub: HubParts, device: Device, firmware: Firmware, tmp_path: Path, stage: str) -> None:
+    a = hub.agent("dev-1")
+    assert _publish(hub, a) == 1
+    assert re.search(r"iotguard/[^\n]*/dev-1/telemetry", hub.services.posture.broker_acl())
+    # Secure boot bypassed (unsafe): the tampered stage runs, measured boot records it.
+    r = _attest_boot(hub, a, device, _tampered(firmware, tmp_path, stage), unsafe=True)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "contraindicated" and r.json()["trust_tier"] == "failed"
+    assert any(stage in reason for reason in r.json()["reasons"]), r.json()
+    assert load_posture(hub.store.engine).require("dev-1").trust_tier == "failed"
+    assert _publish(hub, a) == 0  # ingest refuses
+    assert "dev-1/telemetry" not in hub.services.posture.broker_acl()  # the broker ACL cuts it off
+    assert _results(hub)[-1]["status"] == "contraindicated"
+
+
+def test_replayed_evidence_nonce_reused_is_refused(hub: HubParts, device: Device) -> None:
+    a = hub.agent("dev-1")
+    record = device.boot()
+    nonce = _nonce(hub, a)
+    token = device.evidence(record, nonce, now=datetime.now(UTC))
+    assert _evidence(hub, a, device, nonce, token).json()["status"] == "affirming"
+    r = _evidence(hub, a, device, nonce, token)
+    assert (r.status_code, r.json()["error"]) == (409, "replay")
+    assert len(hub.services.attestation.history("dev-1")) == 1
+    last = _results(hub)[-1]
+    assert (last["status"], last["reasons"]) == ("refused", ["nonce_unknown"])
+
+
+def test_nonce_issued_to_another_device_is_refused(hub: HubParts, device: Device) -> None:
+    a, b = hub.agent("dev-1"), hub.agent("dev-2")
+    record = device.boot()
+    nonce = _nonce(hub, b)
+    r = _evidence(hub, a, device, nonce, device.evidence(record, nonce, now=datetime.now(UTC)))
+    assert (r.status_code, r.json()["error"]) == (409, "replay")
+    assert hub.services.posture.posture.require("dev-1").trust_tier == "unverified"
+
+
+def test_evidence_signed_by_another_devices_key_is_refused(
+        hub: HubParts, device: Device, other_device: Device) -> None:
+    a = hub.agent("dev-1")
+    assert _attest_boot(hub, a, device).json()["status"] == "affirming"  # dev-1's AK is now bound
+    # A clone or relay presents another device's evidence, naming that device's key: refused.
+    r = _attest_boot(hub, a, other_device)
+    assert (r.status_code, r.json()["error"]) == (401, "attestation_key_mismatch")
+    # Naming dev-1's key with the other device's evidence: its signature does not verify.
+    record = other_device.boot()
+    nonce = _nonce(hub, a)
+    token = other_device.evidence(record, nonce, now=datetime.now(UTC))
+    r = _evidence(hub, a, device, nonce, token)
+    assert r.json()["status"] == "contraindicated" and "bad_signature" in r.json()["reasons"]
+    assert hub.services.posture.posture.require("dev-1").trust_tier == "failed"
+
+
+def test_quarantined_device_released_by_fresh_affirming_evidence_and_not_otherwise(
+        hub: HubParts, device: Device, firmware: Firmware, tmp_path: Path) -> None:
+    a = hub.agent("dev-1")
+    admin = hub.operator_token("security-admin")
+
+    def release() -> int:
+        return int(hub.client.post("/v1/devices/dev-1/release", json={"reason": "r"}, headers=admin).status_code)
+
+    assert hub.client.post("/v1/devices/dev-1/quarantine", json={"reason": "scan"}, headers=admin).status_code == 200
+    assert release() == 403  # no attestation yet
+    r = _attest_boot(hub, a, device, _tampered(firmware, tmp_path, "kernel"), unsafe=True)
+    assert r.json()["status"] == "contraindicated"  # a quarantined device may attest ...
+    assert release() == 403
+    assert hub.services.posture.posture.require("dev-1").quarantined
+    assert _attest_boot(hub, a, device).json()["status"] == "affirming"  # ... and fresh good evidence releases it
+    assert release() == 200
+    assert not hub.services.posture.posture.require("dev-1").quarantined
+    assert _publish(hub, a) == 1
+
+
+def test_model_without_appraisal_policy_is_refused_not_500(hub: HubParts, device: Device) -> None:
+    a = hub.agent("dev-9")
+    with hub.store.engine.begin() as c:
+        c.execute(policies.delete())
+    r = _attest_boot(hub, a, device)
+    assert (r.status_code, r.json()["error"]) == (409, "no_appraisal_policy")
+    assert hub.services.posture.posture.require("dev-9").trust_tier == "unverified"
+
+
+def test_agent_attests_by_itself_and_answers_a_hub_challenge(hub: HubParts, device: Device) -> None:
+    """The agent's runtime: device-initiated attestation, then an answer to a nonce the hub issued."""
+    a = hub.agent("dev-1")
+    attester = Attester(device.root, device.boot())
+    assert a.attest(attester)["status"] == "affirming"
+    nonce = hub.services.attestation.challenge("dev-1")
+    assert a.attest(attester, nonce)["trust_tier"] == "verified"
+    assert [h.status for h in hub.services.attestation.history("dev-1")] == ["affirming", "affirming"]
