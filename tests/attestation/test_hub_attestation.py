@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -193,3 +194,19 @@ def test_agent_attests_by_itself_and_answers_a_hub_challenge(hub: HubParts, devi
     nonce = hub.services.attestation.challenge("dev-1")
     assert a.attest(attester, nonce)["trust_tier"] == "verified"
     assert [h.status for h in hub.services.attestation.history("dev-1")] == ["affirming", "affirming"]
+
+
+def test_hub_challenge_goes_out_on_cmd_and_the_agent_answers_it(hub: HubParts, device: Device) -> None:
+    a = hub.agent("dev-1")
+    a.attester = Attester(device.root, device.boot())
+    sent: list[tuple[str, bytes]] = []
+    hub.services.commands.attach(lambda topic, payload: sent.append((topic, payload)))
+    hub.services.attestation.queue_challenge("dev-1")
+    hub.deliver()
+    assert len(sent) == 1 and sent[0][0].endswith("/dev-1/cmd")
+    a._on_command(sent[0][1])  # as the MQTT client would (authenticated command)
+    deadline = time.monotonic() + 20
+    while not hub.services.attestation.history("dev-1") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hub.services.attestation.history("dev-1")[0].status == "affirming"
+    assert hub.services.posture.posture.require("dev-1").trust_tier == "verified"

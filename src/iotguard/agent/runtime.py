@@ -121,6 +121,8 @@ class Agent:
         self._lock = threading.Lock()
         self.acked = 0
         self.privacy: DevicePrivacy | None = None
+        #: Answers the hub's attestation challenges (``cmd`` topic) once set.
+        self.attester: Attester | None = None
         self.last_envelope = b""
         self.on_ack: Callable[[int, list[int]], None] | None = None
         #: Called with (epoch, seq, reading body) once a reading is in the outbox (simulator bookkeeping).
@@ -506,8 +508,16 @@ class Agent:
             # Collection already follows the new consent; the acknowledgement
             # goes to the hub off the MQTT network thread.
             threading.Thread(target=self._send_consent_ack, args=(ack.encode(),), daemon=True).start()
+        elif kind == "attest-challenge" and self.attester is not None:
+            threading.Thread(target=self._answer_challenge, args=(self.attester, payload), daemon=True).start()
         else:
             log.warning("%s: unknown command %r ignored", self.device_id, kind)
+
+    def _answer_challenge(self, attester: Attester, nonce: bytes) -> None:
+        try:
+            self.attest(attester, nonce)
+        except (httpx.HTTPError, IotGuardError) as exc:
+            log.warning("%s: attestation challenge not answered: %s", self.device_id, exc)
 
     def _send_consent_ack(self, ack: bytes) -> None:
         try:

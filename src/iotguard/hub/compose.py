@@ -26,7 +26,7 @@ from iotguard.hub.device_plane import DevicePlane
 from iotguard.hub.ingest import IngestProcessor
 from iotguard.hub.outbox import DELIVERED_RETENTION, OutboxDrainer, OutboxHandler, SqlOutboxStore
 from iotguard.hub.privacy_store import PrivacyStore
-from iotguard.hub.services.attestation import AttestationService
+from iotguard.hub.services.attestation import AttestationService, ChallengePush
 from iotguard.hub.services.audit import AUDIT_ORIGIN, AuditService, OutboxAuditSink
 from iotguard.hub.services.broker_access import BrokerAccess, EmbeddedBrokerLink
 from iotguard.hub.services.consent import CommandChannel, ConsentPush, ConsentService
@@ -69,9 +69,10 @@ class HubServices:
         """An outbox drainer with every handler this process has.
 
         Audit and broker access are delivered by any process (hub or CLI);
-        consent pushes only while :attr:`commands` is connected to the broker.
+        consent pushes and attestation challenges only while :attr:`commands` is connected to the broker.
         """
-        handlers: list[OutboxHandler] = [self.audit.delivery(), ConsentPush(self.consent)]
+        handlers: list[OutboxHandler] = [self.audit.delivery(), ConsentPush(self.consent),
+                                         ChallengePush(self.lifecycle, self.commands)]
         if self.broker is not None:
             handlers.append(self.broker)
         return OutboxDrainer(self.outbox, handlers, worker=worker, clock=self.clock)

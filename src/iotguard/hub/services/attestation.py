@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
+import cbor2
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_der_public_key
@@ -43,29 +45,35 @@ from iotguard.attestation import (
     load_appraisal_policy,
 )
 from iotguard.audit import AuditEvent, EventType
+from iotguard.channel.session import command_topic, encode_command
 from iotguard.clock import Clock
 from iotguard.errors import (
     AttestationError,
     ConfigError,
     IntegrityError,
+    IotGuardError,
     MalformedError,
     ReplayError,
     UnknownDeviceError,
 )
-from iotguard.hub.outbox import OutboxStore
+from iotguard.hub.outbox import OutboxMessage, OutboxRow, OutboxStore
 from iotguard.hub.services.audit import audit_message
+from iotguard.hub.services.consent import CommandChannel
+from iotguard.hub.services.lifecycle import DeviceLifecycle
 from iotguard.hub.services.posture import PostureService
 from iotguard.hub.stores.attestation import AttestationStore, StoredAppraisal
 from iotguard.hub.stores.devices import DeviceStore
 from iotguard.identity import VerifiedRequest
 from iotguard.keys.rot import AttestationKey, AttestationKeyAlgorithm
 
-__all__ = ["NONCE_BYTES", "NONCE_TTL", "TRUST_TIER_OF", "AttestationService"]
+__all__ = ["CHALLENGE_KIND", "NONCE_BYTES", "NONCE_TTL", "TRUST_TIER_OF", "AttestationService", "ChallengePush"]
 
 log = logging.getLogger(__name__)
 
 #: Size of an attestation nonce (a TPM quote's ``extraData`` holds at most 32 bytes).
 NONCE_BYTES = 32
+#: Outbox kind of a hub-initiated challenge waiting to go out on the device's ``cmd`` topic.
+CHALLENGE_KIND = "attest.challenge"
 #: How long an issued nonce may be answered.
 NONCE_TTL = timedelta(minutes=5)
 #: The posture's trust tier for each overall appraisal tier.
@@ -157,6 +165,17 @@ class AttestationService:
         self.store.issue_nonce(device_id, nonce, now + self.nonce_ttl)
         return nonce
 
+    def queue_challenge(self, device_id: str) -> bytes:
+        """Issue a nonce and queue it for the device's ``cmd`` topic (sent by a hub connected to the broker).
+
+        Raises:
+            UnknownDeviceError: no such device, or it is not active.
+        """
+        nonce = self.challenge(device_id)
+        payload = cbor2.dumps({"device_id": device_id, "nonce": nonce})
+        self.outbox.enqueue([OutboxMessage(CHALLENGE_KIND, payload)], self.clock.now())
+        return nonce
+
     def handle(self, request: VerifiedRequest) -> dict[str, Any]:
         """A verified ``attest`` device request: a nonce for empty evidence, else the appraisal."""
         body = request.body
@@ -215,3 +234,36 @@ class AttestationService:
         event = AuditEvent(EventType.ATTESTATION_RESULT, now, "hub.attestation", device_id,
                            {"status": "refused", "reasons": [reason]})
         self.outbox.enqueue([audit_message(event)], now)
+
+
+class ChallengePush:
+    """Outbox handler sending queued challenges as authenticated commands; claims rows only while connected.
+
+    Args:
+        lifecycle: Session keys of each device (the command's MAC key).
+        channel: The command path to devices.
+    """
+
+    def __init__(self, lifecycle: DeviceLifecycle, channel: CommandChannel) -> None:
+        self.lifecycle = lifecycle
+        self.channel = channel
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return (CHALLENGE_KIND,) if self.channel.connected else ()
+
+    def deliver(self, rows: Sequence[OutboxRow], confirm: Callable[[Any], bool]) -> None:
+        for r in rows:
+            try:
+                row = cbor2.loads(r.payload)
+                device_id, nonce = str(row["device_id"]), bytes(row["nonce"])
+                record = self.lifecycle.store.get_device(device_id)
+                if record.current_epoch is None:
+                    continue
+                _r, _s, keys = self.lifecycle.session(device_id, record.current_epoch)
+            except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError, IotGuardError) as exc:
+                log.warning("attestation challenge dropped: %s", type(exc).__name__)
+                continue
+            self.channel.publish(command_topic(record.segment, device_id),
+                                 encode_command(device_id, "attest-challenge", nonce, keys.downlink))
+        confirm(None)  # a lost challenge expires; the operator or the schedule asks again
