@@ -7,6 +7,7 @@ root of trust boots the image set and produces the evidence.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -21,8 +22,10 @@ from iotguard.agent import Agent
 from iotguard.agent.attester import Attester
 from iotguard.attestation import reference_release
 from iotguard.audit import AuditEvent, EventType
+from iotguard.cli.main import main
 from iotguard.hub.ingest import Incoming
 from iotguard.hub.policy_store import load_posture
+from iotguard.hub.services.attestation import CHALLENGE_KIND
 from iotguard.hub.stores.attestation import policies
 from iotguard.wire import Reading, encode_reading
 from tests.attestation.conftest import MODEL, POLICY, Device, Firmware
@@ -210,3 +213,30 @@ def test_hub_challenge_goes_out_on_cmd_and_the_agent_answers_it(hub: HubParts, d
         time.sleep(0.05)
     assert hub.services.attestation.history("dev-1")[0].status == "affirming"
     assert hub.services.posture.posture.require("dev-1").trust_tier == "verified"
+
+
+def test_cli_reference_values_policy_posture_and_challenge(
+        hub: HubParts, device: Device, firmware: Firmware, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "iotguard.toml"
+    conf.write_text(f'[hub]\ndata_dir = "{hub.cfg.data_dir}"\n')
+    c = ["--config", str(conf)]
+    assert main(["reference-values", *c, "add", "thermo-2", "1.0.0", "--images", str(firmware.releases["1.0.0"])]) == 0
+    capsys.readouterr()
+    assert main(["reference-values", *c, "ls", "--json"]) == 0
+    listed = {(r["model"], r["version"]): r["measurements"] for r in json.loads(capsys.readouterr().out)}
+    expected = firmware.references.lookup(MODEL, "1.0.0")
+    assert expected is not None
+    assert listed[("thermo-2", "1.0.0")] == {k: v.hex() for k, v in expected.measurements.items()}
+    assert set(listed) == {("thermo-1", "1.0.0"), ("thermo-1", "1.1.0"), ("thermo-2", "1.0.0")}
+    policy = tmp_path / "thermo-2.toml"
+    policy.write_text(POLICY.split("[models.gateway-v1]")[0].replace(MODEL, "thermo-2"))
+    assert main(["attestation-policy", *c, "set", "thermo-2", str(policy)]) == 0
+    assert main(["attestation-policy", *c, "set", "thermo-3", str(policy)]) == 1  # names another model
+    a = hub.agent("dev-1", model="thermo-2")
+    assert a.attest(Attester(device.root, device.boot()))["status"] == "affirming"
+    capsys.readouterr()
+    assert main(["devices", *c, "posture", "dev-1", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["trust_tier"], row["last_appraisal"]) == ("verified", "affirming") and row["attested_at"]
+    assert main(["attest", *c, "dev-1"]) == 0
+    assert hub.services.outbox.pending([CHALLENGE_KIND]) == 1
