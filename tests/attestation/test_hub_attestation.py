@@ -7,6 +7,7 @@ root of trust boots the image set and produces the evidence.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -17,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from iotguard.agent import Agent
-from iotguard.agent.attester import Attester
+from iotguard.agent.attester import Attester, boot_from_config
 from iotguard.attestation import reference_release
 from iotguard.audit import AuditEvent, EventType
 from iotguard.cli.main import main
+from iotguard.errors import SecureBootError
 from iotguard.hub.ingest import Incoming
 from iotguard.hub.policy_store import load_posture
 from iotguard.hub.services.attestation import CHALLENGE_KIND
@@ -240,3 +243,25 @@ def test_cli_reference_values_policy_posture_and_challenge(
     assert (row["trust_tier"], row["last_appraisal"]) == ("verified", "affirming") and row["attested_at"]
     assert main(["attest", *c, "dev-1"]) == 0
     assert hub.services.outbox.pending([CHALLENGE_KIND]) == 1
+
+
+def test_agent_boots_from_its_configuration_and_attests(hub: HubParts, firmware: Firmware) -> None:
+    """``iotguard agent`` with ``agent.boot_images_dir``: anchor sealed once, measured boot, affirming attestation."""
+    a = hub.agent("dev-1")
+    key = firmware.key.public_key().public_bytes_raw().hex()
+    cfg = dataclasses.replace(a.cfg, boot_images_dir=str(firmware.releases["1.1.0"]), firmware_public_key=key)
+    assert a.attest(boot_from_config(cfg, a.keystore))["status"] == "affirming"
+    # A later start with another key configured keeps the sealed anchor, and boots again from reset.
+    again = dataclasses.replace(cfg, firmware_public_key=Ed25519PrivateKey.generate().public_key()
+                                .public_bytes_raw().hex())
+    assert a.attest(boot_from_config(again, a.keystore))["status"] == "affirming"
+    assert hub.services.attestation.history("dev-1")[0].firmware_version == "1.1.0"
+
+
+def test_agent_secure_boot_refuses_a_tampered_stage_from_its_configuration(
+        hub: HubParts, firmware: Firmware, tmp_path: Path) -> None:
+    a = hub.agent("dev-1")
+    cfg = dataclasses.replace(a.cfg, boot_images_dir=str(_tampered(firmware, tmp_path, "kernel")),
+                              firmware_public_key=firmware.key.public_key().public_bytes_raw().hex())
+    with pytest.raises(SecureBootError):
+        boot_from_config(cfg, a.keystore)

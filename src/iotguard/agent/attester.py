@@ -11,14 +11,23 @@ device requests (action ``attest``), so attestation works from behind NAT.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
-from iotguard.agent.boot import BootRecord
+from iotguard.agent.boot import BootRecord, MeasuredBoot, provision_boot_anchor
 from iotguard.agent.evidence import produce_evidence
 from iotguard.clock import Clock, SystemClock
-from iotguard.keys.rot import RootOfTrust
+from iotguard.config import AgentConfig
+from iotguard.errors import ConfigError
+from iotguard.fileio import atomic_write
+from iotguard.keys import KeyStore
+from iotguard.keys.rot import RootOfTrust, root_of_trust_of
+from iotguard.keys.software_rot import SoftwareRootOfTrust
 
-__all__ = ["Attester"]
+__all__ = ["ANCHOR_FILE", "Attester", "boot_from_config"]
+
+#: The sealed boot anchor, in the agent's data directory.
+ANCHOR_FILE = "boot-anchor.sealed"
 
 
 class Attester:
@@ -47,3 +56,42 @@ class Attester:
                                  uptime=int(time.monotonic() - self._started))
         ak = self.root.attestation_key()
         return {"nonce": nonce, "evidence": token, "attestation_key": ak.public_key, "algorithm": ak.algorithm.value}
+
+
+def boot_from_config(cfg: AgentConfig, keystore: KeyStore) -> Attester:
+    """Measured (and secure) boot of ``cfg.boot_images_dir`` on the configured root of trust.
+
+    The root is the key store's (software) unless ``cfg.tpm_tcti`` names a TPM.
+    The boot anchor is sealed from ``cfg.firmware_public_key`` at the first
+    start and kept in ``<data_dir>/boot-anchor.sealed``; later starts use the
+    sealed one (changing the configured key does not change the anchor).
+
+    Raises:
+        ConfigError: no images directory, or no anchor and no firmware key.
+        SecureBootError: a stage failed verification (it did not run).
+        RootOfTrustUnsupported: the key store cannot attest and no TPM is configured.
+    """
+    if not cfg.boot_images_dir:
+        raise ConfigError("agent.boot_images_dir is not set")
+    anchor_path = Path(cfg.data_dir) / ANCHOR_FILE
+    if anchor_path.exists():
+        anchor = anchor_path.read_bytes()
+    else:
+        try:
+            key = bytes.fromhex(cfg.firmware_public_key)
+        except ValueError:
+            raise ConfigError("agent.firmware_public_key must be hex") from None
+        if not key:
+            raise ConfigError("agent.firmware_public_key is needed at the first start (boot anchor)")
+        anchor = provision_boot_anchor(keystore, key)
+        atomic_write(anchor_path, anchor)
+    if cfg.tpm_tcti:
+        from iotguard.keys.tpm import TpmRootOfTrust
+
+        root: RootOfTrust = TpmRootOfTrust(Path(cfg.data_dir) / "tpm", tcti=cfg.tpm_tcti)
+    else:
+        root = root_of_trust_of(keystore)
+        if isinstance(root, SoftwareRootOfTrust):
+            root.power_cycle()  # the agent's start is the emulated platform's reset
+    record = MeasuredBoot(keystore, root, anchor).boot(cfg.boot_images_dir)
+    return Attester(root, record)
