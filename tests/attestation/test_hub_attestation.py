@@ -25,7 +25,7 @@ from iotguard.agent.attester import Attester, boot_from_config
 from iotguard.attestation import reference_release
 from iotguard.audit import AuditEvent, EventType
 from iotguard.cli.main import main
-from iotguard.errors import SecureBootError
+from iotguard.errors import EnrollmentError, SecureBootError
 from iotguard.hub.ingest import Incoming
 from iotguard.hub.policy_store import load_posture
 from iotguard.hub.services.attestation import CHALLENGE_KIND
@@ -121,6 +121,8 @@ def test_tampered_stage_is_contraindicated_then_refused_at_ingest_and_broker(
     assert any(stage in reason for reason in r.json()["reasons"]), r.json()
     assert load_posture(hub.store.engine).require("dev-1").trust_tier == "failed"
     assert _publish(hub, a) == 0  # ingest refuses
+    with pytest.raises(EnrollmentError, match="403 policy_denied"):
+        a.renew_certificate()  # the API refuses its device requests (but attestation)
     assert "dev-1/telemetry" not in hub.services.posture.broker_acl()  # the broker ACL cuts it off
     assert _results(hub)[-1]["status"] == "contraindicated"
 
