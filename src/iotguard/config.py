@@ -126,6 +126,17 @@ class AgentConfig:
     #: ``puf-sim`` only: the simulated silicon's seed; -1 makes one at the
     #: first start and keeps it in ``<data_dir>/keys/puf-sim-silicon.cbor``.
     puf_seed: int = -1
+    #: Measured boot and attestation: the directory of the signed boot image set
+    #: (``<stage>.img`` + ``<stage>.manifest``); empty: the agent does not attest.
+    boot_images_dir: str = ""
+    #: Hex Ed25519 public key of the firmware signing key, sealed as the boot
+    #: anchor at the first start (manufacture) and never replaced afterwards.
+    firmware_public_key: str = ""
+    #: Seconds between re-attestations (the agent also attests at start and answers challenges).
+    attest_interval_s: float = 3600.0
+    #: Root of trust: empty for the software key store's; a TCTI (``device:/dev/tpmrm0``,
+    #: ``swtpm:host=127.0.0.1,port=2321``) for a TPM 2.0.
+    tpm_tcti: str = ""
 
 
 @dataclass
@@ -155,6 +166,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "agent.reconnect_min_s": (0.01, 60),
     "agent.reconnect_max_s": (0.1, 3600),
     "agent.puf_seed": (-1, 2**63 - 1),
+    "agent.attest_interval_s": (10, 30 * 86400),
 }
 
 

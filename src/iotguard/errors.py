@@ -230,6 +230,7 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "puf_quality": "key store unavailable",
     "rot_unsupported": "key store cannot attest",
     "no_appraisal_policy": "attestation not configured for this device model",
+    "attestation_key_mismatch": "evidence not signed by the device's attestation key",
     "usage_limit": "key must be renewed",
     "rollback": "version rollback refused",
     "no_consent": "no consent for this purpose",

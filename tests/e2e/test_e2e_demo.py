@@ -25,4 +25,11 @@ def test_demo_json_summary() -> None:
     for code in ("replay", "forged", "malformed", "unknown_device"):
         assert summary["rejected"].get(code, 0) >= summary["attacks_injected"][code], (code, summary)
     assert summary["throughput_per_s"] > 0
+    # Every genuine device attests affirming (verified); the injected tampered device is contraindicated and cut off.
+    assert summary["attestation_fleet"] == {"affirming": summary["devices"]}
+    assert summary["trust_tiers"] == {"failed": 1, "verified": summary["devices"]}
+    tampered = summary["tampered_device"]
+    assert tampered["status"] == "contraindicated" and tampered["trust_tier"] == "failed"
+    assert any(r.startswith("executable_mismatch") for r in tampered["reasons"])
+    assert tampered["ingest_refused"] is True and tampered["broker_acl_dropped"] is True
     assert summary["latency_ms"]["p99"] >= summary["latency_ms"]["p50"] > 0

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from iotguard.agent import Agent
 from iotguard.hub.device_plane import DEVICE_ACTION_EXTENSION
+from iotguard.hub.ratelimit_store import attempt_limits
 from iotguard.hub.store import ROLES
 from iotguard.policy import PolicySet, default_policy_set
 from tests.hub.conftest import HubParts, make_hub
@@ -90,6 +91,7 @@ def _signed_body(agent: Agent, action: str) -> dict[str, str]:
         "renew": {"transport_public_key": _transport_pk()}, "tamper_report": {"reason": "coverage"},
         "upload_receipt": {"receipt": b"r"},
         "consent_ack": {"ack": b"a"},
+        "attest": {"nonce": b"", "evidence": b"", "attestation_key": b"", "algorithm": ""},
     }
     return agent._signed(action, bodies[action])[0]
 
@@ -104,7 +106,8 @@ def test_the_app_serves_the_routes_this_test_expects_to_cover(fleet: HubParts) -
     routes = {(m, p) for m, p, _r in _routes(fleet.app)}
     assert ("POST", "/v1/rekey") in routes and ("GET", "/v1/devices") in routes and len(routes) > 20
     devices = {p for _m, p, r in _routes(fleet.app) if _device_action(r)}
-    assert devices == {"/v1/rekey", "/v1/renew", "/v1/tamper", "/v1/receipts", "/v1/consent/ack"}
+    assert devices == {"/v1/rekey", "/v1/renew", "/v1/tamper", "/v1/receipts", "/v1/consent/ack",
+                       "/v1/attest"}
 
 
 def _anonymous_violations(hub: HubParts) -> list[tuple[str, str, int]]:
@@ -192,6 +195,8 @@ def test_every_device_route_refuses_operators_and_other_principals(fleet: HubPar
         action = _device_action(route)
         if action is None:
             continue
+        with fleet.store.engine.begin() as c:  # each route starts below the per-address failure lockout
+            c.execute(attempt_limits.delete())
         r = fleet.client.request(method, path, json={}, headers=admin)
         assert r.status_code == 401, (path, "operator token on a device route", r.text)
         r = fleet.client.request(method, path, json=_signed_body(agent, action))

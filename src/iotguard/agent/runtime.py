@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from paho.mqtt.enums import CallbackAPIVersion
 
+from iotguard.agent.attester import Attester
 from iotguard.agent.outbox import Outbox
 from iotguard.agent.privacy import DevicePrivacy
 from iotguard.channel import (
@@ -120,6 +121,8 @@ class Agent:
         self._lock = threading.Lock()
         self.acked = 0
         self.privacy: DevicePrivacy | None = None
+        #: Answers the hub's attestation challenges (``cmd`` topic) once set.
+        self.attester: Attester | None = None
         self.last_envelope = b""
         self.on_ack: Callable[[int, list[int]], None] | None = None
         #: Called with (epoch, seq, reading body) once a reading is in the outbox (simulator bookkeeping).
@@ -382,6 +385,21 @@ class Agent:
         self._sealer = None
         return reported
 
+    # -- attestation -----------------------------------------------------
+
+    def attest(self, attester: Attester, nonce: bytes | None = None) -> dict[str, Any]:
+        """Attest to the hub: ask for a nonce (or answer a challenge's ``nonce``), post the evidence.
+
+        Returns the hub's appraisal (``status``, ``trust_tier``, ``reasons``).
+
+        Raises:
+            EnrollmentError: the hub refused a request.
+        """
+        if nonce is None:
+            asked = self._post("/v1/attest", self._signed("attest", attester.nonce_request())[0])
+            nonce = bytes.fromhex(str(asked["nonce"]))
+        return self._post("/v1/attest", self._signed("attest", attester.evidence_body(nonce))[0])
+
     # -- telemetry -------------------------------------------------------
 
     def connect(self, timeout: float = 10.0) -> None:
@@ -490,8 +508,16 @@ class Agent:
             # Collection already follows the new consent; the acknowledgement
             # goes to the hub off the MQTT network thread.
             threading.Thread(target=self._send_consent_ack, args=(ack.encode(),), daemon=True).start()
+        elif kind == "attest-challenge" and self.attester is not None:
+            threading.Thread(target=self._answer_challenge, args=(self.attester, payload), daemon=True).start()
         else:
             log.warning("%s: unknown command %r ignored", self.device_id, kind)
+
+    def _answer_challenge(self, attester: Attester, nonce: bytes) -> None:
+        try:
+            self.attest(attester, nonce)
+        except (httpx.HTTPError, IotGuardError) as exc:
+            log.warning("%s: attestation challenge not answered: %s", self.device_id, exc)
 
     def _send_consent_ack(self, ack: bytes) -> None:
         try:

@@ -60,9 +60,22 @@ def run(args: argparse.Namespace) -> int:
         consent = consent.grant(purpose, agent.clock.now())
     agent.attach_privacy(args.model, consent)
     agent.connect()
+    attester = None
+    if cfg.boot_images_dir:  # measured boot, then attest at start, on a schedule, and when challenged
+        from iotguard.agent.attester import boot_from_config
+
+        attester = agent.attester = boot_from_config(cfg, agent.keystore)
+    next_attest = time.monotonic()
     sensor = make_sensor(args.model, hash(args.device_id) & 0xFFFF)
     samples = sent = 0
     while not stop.is_set() and (args.count == 0 or samples < args.count):
+        if attester is not None and time.monotonic() >= next_attest:
+            next_attest = time.monotonic() + cfg.attest_interval_s
+            try:
+                result = agent.attest(attester)
+                print(f"attestation: {result['status']} (trust tier {result['trust_tier']})", flush=True)
+            except IotGuardError as exc:
+                print(f"attestation refused: {exc}", flush=True)
         t = time.time()
         sent += len(agent.collect(sensor.sample(t), int(t * 1000)))
         samples += 1

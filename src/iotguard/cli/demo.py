@@ -8,8 +8,14 @@ import random
 import socket
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from iotguard.hub.service import Hub
+    from iotguard.sim import Fleet
+    from iotguard.sim.attestation import FleetFirmware
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,10 +49,37 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
     return {"p50": round(s[int(0.5 * (len(s) - 1))], 2), "p99": round(s[int(0.99 * (len(s) - 1))], 2)}
 
 
+def _tampered_device(hub: Hub, fleet: Fleet, firmware: FleetFirmware, root: Path) -> dict[str, Any]:
+    """Enroll one more device whose secure boot is bypassed and whose kernel carries an implant; attest it,
+    then check it is cut off: its next reading is refused at ingest and the broker ACL has no grant for it."""
+    from iotguard.agent import Agent
+    from iotguard.config import AgentConfig
+    from iotguard.hub.ingest import Incoming
+    from iotguard.sim.attestation import boot_and_attest
+    from iotguard.wire import Reading, encode_reading
+
+    device_id = f"{fleet.id_prefix}-tampered-00000"
+    agent = Agent(AgentConfig(data_dir=str(root / "devices" / device_id), hub_url=fleet.hub_url,
+                              broker_url=fleet.broker_url, suites=[fleet.suites[0]]), device_id)
+    try:
+        agent.enroll(str(hub.lifecycle.add_device(device_id, fleet.devices[0].model)))
+        result = boot_and_attest(agent, firmware.tampered(root / "tampered-release"), firmware.public_key,
+                                 unsafe_allow_unverified=True)
+        _s, env = agent.sealer.seal(encode_reading(Reading(int(time.time() * 1000), {"value": 1.0}, "telemetry")))
+        ingest = hub.processor.process([Incoming(agent.sealer.topic, env)])
+    finally:
+        agent.close()
+    return {"device": device_id, "status": result["status"], "trust_tier": result["trust_tier"],
+            "reasons": result["reasons"],
+            "ingest_refused": ingest.stored == 0 and ingest.rejected.get("policy_denied", 0) == 1,
+            "broker_acl_dropped": f"/{device_id}/telemetry" not in hub.services.posture.broker_acl()}
+
+
 def run(args: argparse.Namespace) -> int:
     from iotguard.config import HubConfig
     from iotguard.hub.service import Hub
     from iotguard.sim import Fleet, reconcile, stored_identities
+    from iotguard.sim.attestation import FleetFirmware, boot_and_attest
 
     if args.devices < 1 or args.seconds <= 0 or args.interval <= 0:
         print("iotguard demo: --devices, --seconds and --interval must be positive")
@@ -73,6 +106,12 @@ def run(args: argparse.Namespace) -> int:
         fleet.add_devices(args.devices)
         say(f"{args.devices} devices enrolled in {time.monotonic() - t0:.1f}s "
             f"(suites: {', '.join(fleet.suites)})")
+        firmware = FleetFirmware(root / "firmware")
+        firmware.register(hub.services.attestation, {d.model for d in fleet.devices})
+        appraised = Counter(boot_and_attest(d.agent, firmware.images, firmware.public_key)["status"]
+                            for d in fleet.devices)
+        say(f"measured boot + attestation (software root of trust): {dict(appraised)}")
+        tampered: dict[str, Any] = {}
         rng = random.Random(args.seed)
         start = time.monotonic()
         next_round = start
@@ -87,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
                     fleet.inject(attack, rng)
                 attacked = True
                 say("injected: replay, forged tag, malformed, unknown device, oversized")
+                tampered = _tampered_device(hub, fleet, firmware, root)
+                say(f"injected: tampered kernel on {tampered['device']} -> {tampered['status']} "
+                    f"({', '.join(tampered['reasons'])}); ingest refused: {tampered['ingest_refused']}, "
+                    f"telemetry dropped from broker ACL: {tampered['broker_acl_dropped']}")
             if now >= next_report:
                 fleet.resend_due()
                 snap = hub.processor.stats.snapshot()
@@ -125,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
             "privacy_receipts_stored": receipts_stored,
             "device_time_s": round(fleet.rounds * fleet.device_seconds_per_round),
             "suites": fleet.suites,
+            "trust_tiers": dict(sorted(Counter(p.trust_tier for p in hub.services.posture.posture).items())),
+            "attestation_fleet": dict(sorted(appraised.items())),
+            "tampered_device": tampered,
         }
     finally:
         fleet.close()
@@ -139,6 +185,11 @@ def run(args: argparse.Namespace) -> int:
               f"stored but never sent {summary['unexpected']}")
         print(f"  rejected           {', '.join(f'{k}={v}' for k, v in summary['rejected'].items()) or 'none'}")
         print(f"  attacks injected   {', '.join(f'{k}={v}' for k, v in summary['attacks_injected'].items())}")
+        print(f"  trust tiers        {', '.join(f'{k}={v}' for k, v in summary['trust_tiers'].items())}")
+        if tampered:
+            print(f"  tampered device    {tampered['device']}: {tampered['status']}, tier {tampered['trust_tier']}, "
+                  f"ingest refused {tampered['ingest_refused']}, "
+                  f"telemetry dropped from broker ACL {tampered['broker_acl_dropped']}")
         print(f"  throughput         {summary['throughput_per_s']} readings/s")
         print(f"  withheld on device {', '.join(f'{k}={v}' for k, v in summary['withheld_on_device'].items())}"
               f"  (privacy pipeline: consent, frequency, budget)")
@@ -149,5 +200,8 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(summary) if args.json else "")
     ok = (summary["lost"] == 0 and summary["duplicated"] == 0 and summary["unexpected"] == 0
           and summary["privacy_receipts_stored"] == summary["privacy_receipts_signed"]
-          and all(summary["rejected"].get(code, 0) >= n for code, n in summary["attacks_injected"].items()))
+          and all(summary["rejected"].get(code, 0) >= n for code, n in summary["attacks_injected"].items())
+          and summary["attestation_fleet"] == {"affirming": args.devices}
+          and tampered.get("status") == "contraindicated" and bool(tampered.get("ingest_refused"))
+          and bool(tampered.get("broker_acl_dropped")))
     return 0 if ok else 1

@@ -40,6 +40,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dc = s.add_parser("decommission", help="retire a device: revoke it and crypto-erase its session keys")
     dc.add_argument("device_id")
     dc.set_defaults(func=decommission_device)
+    po = s.add_parser("posture", help="trust tier, attestation time and quarantine of one device or all")
+    po.add_argument("device_id", nargs="?")
+    po.add_argument("--json", action="store_true", help="JSON output")
+    po.set_defaults(func=posture)
     pv = s.add_parser("provenance", help="a device's chain of custody from the audit log, with inclusion proofs")
     pv.add_argument("device_id")
     pv.add_argument("--json", action="store_true", help="JSON output")
@@ -151,3 +155,30 @@ def _signed_custody(args: argparse.Namespace, services: HubServices,
                                  load_custody_parties(parties))
     return [{"party": s.party, "role": s.role.value, "next": s.next_party, "time": s.time.isoformat()}
             for s in chain]
+
+
+def posture(args: argparse.Namespace) -> int:
+    from iotguard.hub.policy_store import load_posture
+
+    services = _open(args)
+    found = [p for p in load_posture(services.store.engine)
+             if args.device_id is None or p.device_id == args.device_id]
+    if args.device_id is not None and not found:
+        print(f"no posture for {args.device_id} (not an active device)")
+        return 1
+    rows = []
+    for p in sorted(found, key=lambda p: p.device_id):
+        last = services.attestation.history(p.device_id, limit=1)
+        rows.append({"device_id": p.device_id, "model": p.model, "segment": p.effective_segment,
+                     "trust_tier": p.trust_tier, "quarantined": p.quarantined,
+                     "attested_at": p.attested_at.isoformat() if p.attested_at else None,
+                     "last_appraisal": last[0].status if last else None,
+                     "reasons": list(last[0].reasons) if last else []})
+    if args.json:
+        print_json(rows)
+        return 0
+    print(f"{'DEVICE':<24} {'TIER':<11} {'SEGMENT':<12} {'LAST APPRAISAL':<16} ATTESTED AT")
+    for r in rows:
+        print(f"{r['device_id']:<24} {r['trust_tier']:<11} {r['segment']:<12} {r['last_appraisal'] or '-':<16} "
+              f"{r['attested_at'] or '-'}")
+    return 0

@@ -24,6 +24,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotguard.cli.hub",
     "iotguard.cli.agent",
     "iotguard.cli.devices",
+    "iotguard.cli.attest",
     "iotguard.cli.telemetry",
     "iotguard.cli.tokens",
     "iotguard.cli.credentials",

@@ -25,6 +25,7 @@ from iotguard import __version__
 from iotguard.errors import IotGuardError, public_message
 from iotguard.hub.audit_api import make_audit_router
 from iotguard.hub.ratelimit import LockedOut
+from iotguard.hub.routers.attestation import attestation_router
 from iotguard.hub.routers.auth import OperatorAuth
 from iotguard.hub.routers.device_requests import device_requests_router
 from iotguard.hub.routers.devices import devices_router
@@ -64,6 +65,8 @@ HTTP_STATUS: dict[str, int] = {
     "budget_exhausted": 429,
     "bad_proof": 422,
     "storage_error": 503,
+    "attestation_key_mismatch": 401,
+    "no_appraisal_policy": 409,
 }
 
 
@@ -127,6 +130,7 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
     app.include_router(operators_router(services.operators))
     app.include_router(devices_router(services.lifecycle, services.posture, services.telemetry,
                                       services.operators, operator))
+    app.include_router(attestation_router(services.attestation, services.plane, operator))
     app.include_router(privacy_router(services.consent, services.plane, operator))
     app.include_router(telemetry_router(services.telemetry, services.operators, operator))
     app.include_router(make_audit_router(services.audit.log, operator("view_audit")))

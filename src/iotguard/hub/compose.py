@@ -28,6 +28,7 @@ from iotguard.hub.device_plane import DevicePlane
 from iotguard.hub.ingest import IngestProcessor
 from iotguard.hub.outbox import DELIVERED_RETENTION, OutboxDrainer, OutboxHandler, SqlOutboxStore
 from iotguard.hub.privacy_store import PrivacyStore
+from iotguard.hub.services.attestation import AttestationService, ChallengePush
 from iotguard.hub.services.audit import AUDIT_ORIGIN, AuditService, OutboxAuditSink
 from iotguard.hub.services.broker_access import BrokerAccess, EmbeddedBrokerLink
 from iotguard.hub.services.consent import CommandChannel, ConsentPush, ConsentService
@@ -36,6 +37,7 @@ from iotguard.hub.services.operators import OperatorService
 from iotguard.hub.services.posture import PostureService, open_policy
 from iotguard.hub.services.telemetry import TelemetryService
 from iotguard.hub.store import HubStore
+from iotguard.hub.stores.attestation import SqlAttestationStore
 from iotguard.keys import KeyStore
 
 __all__ = ["HubServices", "Maintenance", "build_hub_services"]
@@ -63,14 +65,16 @@ class HubServices:
     broker: BrokerAccess | None
     plane: DevicePlane
     broker_link: EmbeddedBrokerLink
+    attestation: AttestationService
 
     def drainer(self, worker: str = "hub") -> OutboxDrainer:
         """An outbox drainer with every handler this process has.
 
         Audit and broker access are delivered by any process (hub or CLI);
-        consent pushes only while :attr:`commands` is connected to the broker.
+        consent pushes and attestation challenges only while :attr:`commands` is connected to the broker.
         """
-        handlers: list[OutboxHandler] = [self.audit.delivery(), ConsentPush(self.consent)]
+        handlers: list[OutboxHandler] = [self.audit.delivery(), ConsentPush(self.consent),
+                                         ChallengePush(self.lifecycle, self.commands)]
         if self.broker is not None:
             handlers.append(self.broker)
         return OutboxDrainer(self.outbox, handlers, worker=worker, clock=self.clock)
@@ -108,8 +112,10 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     if cfg.mosquitto_dir:
         broker = BrokerAccess(cfg.mosquitto_dir, cfg.mosquitto_pid_file, lifecycle.ca, store, posture.broker_acl,
                               clock)
+    attestation = AttestationService(SqlAttestationStore(store.engine), store, posture, outbox, clock)
     return HubServices(cfg, clock, store, keystore, outbox, audit, posture, lifecycle, consent, operators,
-                       TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link)
+                       TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link,
+                       attestation)
 
 
 class Maintenance:

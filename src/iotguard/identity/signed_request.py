@@ -117,6 +117,14 @@ DEVICE_REQUEST_ACTIONS: Final[Mapping[str, RequestSpec]] = {
     "tamper_report": RequestSpec({"reason": FieldSpec("text", max_length=128)}, requires_valid_certificate=False),
     "upload_receipt": RequestSpec({"receipt": FieldSpec("bytes", max_length=65536)}),
     "consent_ack": RequestSpec({"ack": FieldSpec("bytes", max_length=4096)}),
+    # Remote attestation (docs/attestation.md): empty evidence asks for a nonce; otherwise the
+    # evidence answers ``nonce`` and names its attestation key (bound to the device on first use).
+    "attest": RequestSpec({
+        "nonce": FieldSpec("bytes", max_length=32),
+        "evidence": FieldSpec("bytes", max_length=16 * 1024),
+        "attestation_key": FieldSpec("bytes", max_length=256),
+        "algorithm": FieldSpec("text", max_length=16),
+    }),
 }
 
 

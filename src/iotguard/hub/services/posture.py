@@ -21,7 +21,7 @@ from sqlalchemy import case, func, select
 from iotguard.audit import AuditEvent
 from iotguard.clock import Clock
 from iotguard.errors import IotGuardError, PolicyDenied
-from iotguard.hub.outbox import OutboxMessage, OutboxStore
+from iotguard.hub.outbox import OutboxMessage, OutboxStore, write_outbox
 from iotguard.hub.policy_store import (
     SqlPolicyRepository,
     device_posture,
@@ -187,6 +187,27 @@ class PostureService:
         self.posture.update(device_id, trust_tier="failed")
         save_posture(self.store.engine, [self.posture.require(device_id)], now=self.clock.now(),
                      effects=self._broker(device_id, "tampered"))
+
+    def apply_attestation(self, device_id: str, trust_tier: str, *, attested: bool, audit: OutboxMessage) -> None:
+        """An appraisal's result: the trust tier (and, when affirming, the attestation time) every decision reads.
+
+        Saved with ``audit`` (the appraisal's audit entry) and, when the tier
+        changed, the broker access rewrite, in one transaction.
+        """
+        now = self.clock.now()
+        current = self.posture.get(device_id)
+        if current is None:  # not active: no posture to set; the appraisal is still audited
+            with self.store.engine.begin() as conn:
+                write_outbox(conn, [audit], now)
+            return
+        changes: dict[str, Any] = {"trust_tier": trust_tier}
+        if attested:
+            changes["attested_at"] = now
+        updated = self.posture.update(device_id, **changes)
+        effects = [audit]
+        if current.trust_tier != trust_tier:
+            effects += self._broker(device_id, f"attestation_{trust_tier}")
+        save_posture(self.store.engine, [updated], now=now, effects=effects)
 
     def authorize_reading(self, record: DeviceRecord, topic: str, reading: Reading) -> None:
         """Ingest's decision for one authentic reading: Cedar publish policy, then the data contract.

@@ -1,0 +1,269 @@
+"""Remote attestation at the hub: nonces, appraisal, and the posture every decision reads.
+
+A device attests through the device plane (signed ``attest`` requests, so it
+works from behind NAT): a request with empty evidence gets a fresh nonce; a
+request carrying evidence answers one nonce the hub issued to that device
+(single use, expiring). The hub may also issue a nonce itself
+(:meth:`AttestationService.challenge`, ``iotguard attest DEVICE``); the
+device answers it the same way.
+
+The verifier (:mod:`iotguard.attestation`) appraises the evidence against
+the attestation key bound to the device, the reference values and the
+appraisal policy of the device's model, all kept in the
+:class:`~iotguard.hub.stores.attestation.AttestationStore`. The result sets
+the device's trust tier (affirming -> ``verified``, warning -> ``degraded``,
+contraindicated -> ``failed``) and, when affirming, its attestation time;
+the posture is saved with the audit entry (``attestation.result``) and the
+broker access rewrite in one transaction through the outbox, so other hub
+processes, the audit log and the broker follow.
+
+The attestation key is bound on first use: the first evidence of a device
+names its key in a request signed by the device's identity key, and every
+later evidence must be signed by that key (trust on first use; ADR 0801).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import cbor2
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+from iotguard.attestation import (
+    AppraisalPolicy,
+    AttestationResult,
+    ReferenceRelease,
+    ReferenceValues,
+    Tier,
+    Verifier,
+    load_appraisal_policy,
+)
+from iotguard.audit import AuditEvent, EventType
+from iotguard.channel.session import command_topic, encode_command
+from iotguard.clock import Clock
+from iotguard.errors import (
+    AttestationError,
+    ConfigError,
+    IntegrityError,
+    IotGuardError,
+    MalformedError,
+    ReplayError,
+    UnknownDeviceError,
+)
+from iotguard.hub.outbox import OutboxMessage, OutboxRow, OutboxStore
+from iotguard.hub.services.audit import audit_message
+from iotguard.hub.services.consent import CommandChannel
+from iotguard.hub.services.lifecycle import DeviceLifecycle
+from iotguard.hub.services.posture import PostureService
+from iotguard.hub.stores.attestation import AttestationStore, StoredAppraisal
+from iotguard.hub.stores.devices import DeviceStore
+from iotguard.identity import VerifiedRequest
+from iotguard.keys.rot import AttestationKey, AttestationKeyAlgorithm
+
+__all__ = ["CHALLENGE_KIND", "NONCE_BYTES", "NONCE_TTL", "TRUST_TIER_OF", "AttestationService", "ChallengePush"]
+
+log = logging.getLogger(__name__)
+
+#: Size of an attestation nonce (a TPM quote's ``extraData`` holds at most 32 bytes).
+NONCE_BYTES = 32
+#: Outbox kind of a hub-initiated challenge waiting to go out on the device's ``cmd`` topic.
+CHALLENGE_KIND = "attest.challenge"
+#: How long an issued nonce may be answered.
+NONCE_TTL = timedelta(minutes=5)
+#: The posture's trust tier for each overall appraisal tier.
+TRUST_TIER_OF = {
+    Tier.AFFIRMING: "verified",
+    Tier.WARNING: "degraded",
+    Tier.CONTRAINDICATED: "failed",
+    Tier.NONE: "unverified",
+}
+
+
+def _attestation_key(algorithm: str, public_key: bytes) -> AttestationKey:
+    """An attestation key from a request, checked to be a key of its algorithm.
+
+    Raises:
+        MalformedError: unknown algorithm, or a public key that is not one of it.
+    """
+    try:
+        alg = AttestationKeyAlgorithm(algorithm)
+        public = load_der_public_key(public_key)
+    except ValueError:
+        raise MalformedError("attestation key is not a DER public key of a known algorithm") from None
+    if alg is AttestationKeyAlgorithm.EDDSA and not isinstance(public, Ed25519PublicKey):
+        raise MalformedError("EdDSA attestation key is not Ed25519")
+    if alg is AttestationKeyAlgorithm.ES256 and not (
+            isinstance(public, ec.EllipticCurvePublicKey) and isinstance(public.curve, ec.SECP256R1)):
+        raise MalformedError("ES256 attestation key is not P-256")
+    return AttestationKey(alg, public_key)
+
+
+class AttestationService:
+    """Issues nonces, appraises evidence, and applies the result to the device's posture.
+
+    Args:
+        store: Nonces, attestation keys, results, reference values, appraisal policies.
+        devices: The device registry (model, status).
+        posture: The posture service (trust tier, attestation time, broker access).
+        outbox: Where refusals' audit entries go.
+        clock: Time source.
+        nonce_ttl: How long an issued nonce may be answered.
+    """
+
+    def __init__(self, store: AttestationStore, devices: DeviceStore, posture: PostureService, outbox: OutboxStore,
+                 clock: Clock, *, nonce_ttl: timedelta = NONCE_TTL) -> None:
+        self.store = store
+        self.devices = devices
+        self.posture = posture
+        self.outbox = outbox
+        self.clock = clock
+        self.nonce_ttl = nonce_ttl
+
+    # -- reference values and appraisal policies -------------------------
+
+    def add_reference(self, release: ReferenceRelease) -> None:
+        """Allow a firmware release of a model (several versions may be allowed at once)."""
+        self.store.add_reference(release, self.clock.now())
+
+    def set_policy(self, model: str, text: str) -> None:
+        """Store the appraisal policy of ``model``: a TOML document with exactly one ``[models.<model>]`` table.
+
+        Raises:
+            ConfigError: the text does not parse or does not define exactly ``model``.
+        """
+        parsed = load_appraisal_policy(text)
+        if set(parsed.models) != {model}:
+            raise ConfigError(f"an appraisal policy text must define exactly [models.{model}]")
+        self.store.set_policy(model, text, self.clock.now())
+
+    def verifier(self) -> Verifier:
+        """A verifier over the stored reference values and policies (read afresh: other processes add them)."""
+        models: dict[str, Any] = {}
+        for text in self.store.policies().values():
+            models.update(load_appraisal_policy(text).models)
+        return Verifier(ReferenceValues(self.store.references()), AppraisalPolicy(models))
+
+    # -- challenges and evidence -------------------------------------------
+
+    def challenge(self, device_id: str) -> bytes:
+        """Issue a fresh single-use nonce to an active device.
+
+        Raises:
+            UnknownDeviceError: no such device, or it is not active.
+        """
+        if self.devices.get_device(device_id).status != "active":
+            raise UnknownDeviceError(f"device {device_id!r} is not active")
+        now = self.clock.now()
+        self.store.purge_nonces(now)
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        self.store.issue_nonce(device_id, nonce, now + self.nonce_ttl)
+        return nonce
+
+    def queue_challenge(self, device_id: str) -> bytes:
+        """Issue a nonce and queue it for the device's ``cmd`` topic (sent by a hub connected to the broker).
+
+        Raises:
+            UnknownDeviceError: no such device, or it is not active.
+        """
+        nonce = self.challenge(device_id)
+        payload = cbor2.dumps({"device_id": device_id, "nonce": nonce})
+        self.outbox.enqueue([OutboxMessage(CHALLENGE_KIND, payload)], self.clock.now())
+        return nonce
+
+    def handle(self, request: VerifiedRequest) -> dict[str, Any]:
+        """A verified ``attest`` device request: a nonce for empty evidence, else the appraisal."""
+        body = request.body
+        evidence = body["evidence"]
+        if not evidence:
+            if body["nonce"] or body["attestation_key"] or body["algorithm"]:
+                raise MalformedError("a nonce request carries no nonce, key or algorithm")
+            return {"nonce": self.challenge(request.device_id).hex(), "expires_in": int(self.nonce_ttl.total_seconds())}
+        key = _attestation_key(body["algorithm"], body["attestation_key"])
+        result = self.appraise(request.device_id, body["nonce"], evidence, key)
+        return {"device_id": request.device_id, "status": result.status.value,
+                "trust_tier": TRUST_TIER_OF[result.status], "reasons": list(result.reasons)}
+
+    def appraise(self, device_id: str, nonce: bytes, evidence: bytes, key: AttestationKey) -> AttestationResult:
+        """Appraise evidence answering ``nonce`` and apply the result to the device's posture.
+
+        Raises:
+            ReplayError: ``nonce`` was not issued to this device, was answered already, or expired.
+            IntegrityError: (code ``attestation_key_mismatch``) the named key is not the device's bound key.
+            AttestationError: no appraisal policy for the device's model (fail closed; posture unchanged).
+        """
+        now = self.clock.now()
+        record = self.devices.get_device(device_id)
+        if not self.store.take_nonce(device_id, nonce, now):
+            self._audit_refusal(device_id, "nonce_unknown")
+            raise ReplayError("attestation nonce unknown, used or expired")
+        bound = self.store.bind_key(device_id, key, now)
+        if bound != key:
+            self._audit_refusal(device_id, "attestation_key_mismatch")
+            raise IntegrityError("evidence names another attestation key than the device's",
+                                 code="attestation_key_mismatch")
+        try:
+            result = self.verifier().appraise(evidence, attestation_key=bound, expected_nonce=nonce,
+                                              model=record.model, now=now)
+        except AttestationError:
+            self._audit_refusal(device_id, "no_appraisal_policy")
+            raise
+        self.store.record(StoredAppraisal(device_id, now, result.status.value, result.reasons,
+                                          result.firmware_version, result.keystore_kind))
+        tier = TRUST_TIER_OF[result.status]
+        event = AuditEvent(EventType.ATTESTATION_RESULT, now, "hub.attestation", device_id,
+                           {"status": result.status.value, "trust_tier": tier, "reasons": list(result.reasons),
+                            "model": record.model, "firmware_version": result.firmware_version,
+                            "keystore_kind": result.keystore_kind})
+        self.posture.apply_attestation(device_id, tier, attested=result.affirming, audit=audit_message(event))
+        if not result.affirming:
+            log.warning("attestation of %s: %s (%s)", device_id, result.status.value, ",".join(result.reasons))
+        return result
+
+    def history(self, device_id: str, limit: int = 20) -> list[StoredAppraisal]:
+        """The device's latest appraisals, newest first."""
+        return self.store.history(device_id, limit)
+
+    def _audit_refusal(self, device_id: str, reason: str) -> None:
+        now = self.clock.now()
+        event = AuditEvent(EventType.ATTESTATION_RESULT, now, "hub.attestation", device_id,
+                           {"status": "refused", "reasons": [reason]})
+        self.outbox.enqueue([audit_message(event)], now)
+
+
+class ChallengePush:
+    """Outbox handler sending queued challenges as authenticated commands; claims rows only while connected.
+
+    Args:
+        lifecycle: Session keys of each device (the command's MAC key).
+        channel: The command path to devices.
+    """
+
+    def __init__(self, lifecycle: DeviceLifecycle, channel: CommandChannel) -> None:
+        self.lifecycle = lifecycle
+        self.channel = channel
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return (CHALLENGE_KIND,) if self.channel.connected else ()
+
+    def deliver(self, rows: Sequence[OutboxRow], confirm: Callable[[Any], bool]) -> None:
+        for r in rows:
+            try:
+                row = cbor2.loads(r.payload)
+                device_id, nonce = str(row["device_id"]), bytes(row["nonce"])
+                record = self.lifecycle.store.get_device(device_id)
+                if record.current_epoch is None:
+                    continue
+                _r, _s, keys = self.lifecycle.session(device_id, record.current_epoch)
+            except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError, IotGuardError) as exc:
+                log.warning("attestation challenge dropped: %s", type(exc).__name__)
+                continue
+            self.channel.publish(command_topic(record.segment, device_id),
+                                 encode_command(device_id, "attest-challenge", nonce, keys.downlink))
+        confirm(None)  # a lost challenge expires; the operator or the schedule asks again

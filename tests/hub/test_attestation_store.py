@@ -1,0 +1,89 @@
+"""One contract for the attestation store: in memory, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from iotguard.attestation import reference_release
+from iotguard.hub.db import make_engine
+from iotguard.hub.migrations import migrate
+from iotguard.hub.stores.attestation import AttestationStore, SqlAttestationStore, StoredAppraisal
+from iotguard.hub.stores.attestation_memory import MemoryAttestationStore
+from iotguard.keys.rot import AttestationKey, AttestationKeyAlgorithm
+
+T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+KEY_A = AttestationKey(AttestationKeyAlgorithm.EDDSA, b"\x30" + b"a" * 43)
+KEY_B = AttestationKey(AttestationKeyAlgorithm.ES256, b"\x30" + b"b" * 90)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AttestationStore]:
+    if request.param == "memory":
+        yield MemoryAttestationStore()
+        return
+    url = f"sqlite:///{tmp_path / 'hub.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = make_engine(url)
+    migrate(engine)
+    yield SqlAttestationStore(engine)
+    engine.dispose()
+
+
+def test_a_nonce_is_taken_once_by_its_device_before_expiry(store: AttestationStore) -> None:
+    store.issue_nonce("dev-1", b"n" * 32, T0 + timedelta(minutes=5))
+    assert store.take_nonce("dev-2", b"n" * 32, T0) is False  # another device's nonce
+    assert store.take_nonce("dev-1", b"n" * 32, T0) is True
+    assert store.take_nonce("dev-1", b"n" * 32, T0) is False  # single use
+
+
+def test_an_expired_nonce_is_refused_and_purged(store: AttestationStore) -> None:
+    store.issue_nonce("dev-1", b"e" * 32, T0)
+    store.issue_nonce("dev-1", b"f" * 32, T0 + timedelta(minutes=5))
+    assert store.take_nonce("dev-1", b"e" * 32, T0 + timedelta(seconds=1)) is False
+    store.issue_nonce("dev-1", b"g" * 32, T0)
+    assert store.purge_nonces(T0 + timedelta(seconds=1)) == 1
+    assert store.take_nonce("dev-1", b"f" * 32, T0 + timedelta(seconds=1)) is True
+
+
+def test_the_first_key_bound_stays_bound(store: AttestationStore) -> None:
+    assert store.key_of("dev-1") is None
+    assert store.bind_key("dev-1", KEY_A, T0) == KEY_A
+    assert store.bind_key("dev-1", KEY_B, T0) == KEY_A
+    assert store.key_of("dev-1") == KEY_A
+    assert store.bind_key("dev-2", KEY_B, T0) == KEY_B
+
+
+def test_history_is_newest_first_per_device(store: AttestationStore) -> None:
+    for i, status in enumerate(["affirming", "contraindicated", "warning"]):
+        store.record(StoredAppraisal("dev-1", T0 + timedelta(seconds=i), status, (f"r{i}",), "1.0.0", "software"))
+    store.record(StoredAppraisal("dev-2", T0, "affirming", (), "1.1.0", "tpm2"))
+    got = store.history("dev-1")
+    assert [a.status for a in got] == ["warning", "contraindicated", "affirming"]
+    assert got[0].reasons == ("r2",) and got[0].appraised_at == T0 + timedelta(seconds=2)
+    assert store.history("dev-1", limit=1)[0].status == "warning"
+    assert store.history("dev-2")[0].keystore_kind == "tpm2"
+
+
+def test_several_reference_releases_per_model(store: AttestationStore) -> None:
+    digests = {"kernel": hashlib.sha256(b"k").digest(), "bootloader": hashlib.sha256(b"b").digest()}
+    store.add_reference(reference_release("m", "1.0.0", digests), T0)
+    store.add_reference(reference_release("m", "1.1.0", digests), T0)
+    newer = {**digests, "kernel": hashlib.sha256(b"k2").digest()}
+    store.add_reference(reference_release("m", "1.1.0", newer), T0)  # replaces
+    got = store.references()
+    assert [(r.model, r.version) for r in got] == [("m", "1.0.0"), ("m", "1.1.0")]
+    assert dict(got[1].measurements) == newer
+    assert store.remove_reference("m", "1.0.0") is True
+    assert store.remove_reference("m", "1.0.0") is False
+    assert [r.version for r in store.references()] == ["1.1.0"]
+
+
+def test_policies_per_model(store: AttestationStore) -> None:
+    store.set_policy("m", "[models.m]\n", T0)
+    store.set_policy("m", "[models.m]\nmax_age_seconds = 60\n", T0)
+    store.set_policy("n", "[models.n]\n", T0)
+    assert store.policies() == {"m": "[models.m]\nmax_age_seconds = 60\n", "n": "[models.n]\n"}
