@@ -9,7 +9,8 @@ import pytest
 
 from iotguard.agent.firmware import InstallStep, anti_rollback_counter
 from iotguard.agent.slots import BootedSlot
-from iotguard.errors import SecureBootError
+from iotguard.errors import MalformedError, SecureBootError
+from iotguard.updates import FirmwareRepository
 from tests.updates.conftest import MODEL, Fleet, image
 
 
@@ -103,3 +104,18 @@ def test_corrupted_committed_slot_refuses_to_boot(fleet: Fleet, tmp_path: Path) 
     (tmp_path / "dev" / "firmware" / "slot-a.img").write_bytes(b"evil")
     with pytest.raises(SecureBootError):
         device.slots.boot()
+
+
+def test_repository_rebuilt_from_its_files_keeps_publishing(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.publish(MODEL, 2)
+    device = fleet.device(tmp_path / "dev")
+    assert device.install(2).version == 2
+    fleet.repo = FirmwareRepository.from_files(fleet.repo.files())  # e.g. after a hub restart
+    assert [r.version for r in fleet.repo.releases(MODEL)] == [2]
+    fleet.publish(MODEL, 3)
+    assert device.install(3).version == 3
+
+
+def test_repository_files_without_root_are_malformed() -> None:
+    with pytest.raises(MalformedError):
+        FirmwareRepository.from_files({"metadata/timestamp.json": b"{}"})

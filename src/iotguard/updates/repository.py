@@ -38,6 +38,7 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
+from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
 from iotguard.errors import ConfigError, MalformedError, RollbackError
@@ -126,6 +127,44 @@ class FirmwareRepository:
         _sign(targets_md, [targets_signer])
         repo = cls(root_md, targets_md, expiry)
         repo.refresh_online(online_signer, now)
+        return repo
+
+    @classmethod
+    def from_files(cls, files: Mapping[str, bytes], expiry: ExpiryPolicy | None = None) -> FirmwareRepository:
+        """Rebuild a repository from the file map :meth:`files` returned (the hub's stored state).
+
+        Every role's newest version is taken; older versions stay served.
+
+        Raises:
+            MalformedError: the map lacks a role or a role does not parse.
+        """
+        def newest(role: str) -> bytes:
+            versions = [int(n.split("/")[1].split(".", 1)[0]) for n in files
+                        if n.startswith("metadata/") and n.endswith(f".{role}.json")
+                        and n.split("/")[1].split(".", 1)[0].isdigit()]
+            if not versions:
+                raise MalformedError(f"repository has no {role} metadata")
+            return files[f"metadata/{max(versions)}.{role}.json"]
+
+        try:
+            root_versions = sorted(
+                int(n.split("/")[1].split(".", 1)[0]) for n in files
+                if n.startswith("metadata/") and n.endswith(".root.json")
+            )
+            roots = [Metadata[Root].from_bytes(files[f"metadata/{v}.root.json"]) for v in root_versions]
+            if not roots:
+                raise MalformedError("repository has no root metadata")
+            targets = Metadata[Targets].from_bytes(newest(Targets.type))
+            repo = cls(roots[0], targets, expiry or ExpiryPolicy())
+            repo._roots = roots
+            delegations = targets.signed.delegations
+            for model in (delegations.roles or {}) if delegations is not None else {}:
+                repo._models[model] = Metadata[Targets].from_bytes(newest(model))
+            repo._snapshot = Metadata[Snapshot].from_bytes(newest(Snapshot.type))
+            repo._timestamp = Metadata[Timestamp].from_bytes(files["metadata/timestamp.json"])
+        except (KeyError, ValueError, DeserializationError) as exc:
+            raise MalformedError(f"repository files do not parse: {exc}") from exc
+        repo._files = dict(files)
         return repo
 
     @property
