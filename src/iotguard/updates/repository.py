@@ -172,6 +172,12 @@ class FirmwareRepository:
         """The newest root."""
         return self._roots[-1].signed
 
+    @property
+    def online_expires(self) -> datetime:
+        """When the first of snapshot and timestamp expires."""
+        assert self._snapshot is not None and self._timestamp is not None
+        return min(self._snapshot.signed.expires, self._timestamp.signed.expires)
+
     def files(self) -> Mapping[str, bytes]:
         """Every file a client may fetch, by URL path relative to the repository.
 
