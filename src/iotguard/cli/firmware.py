@@ -1,15 +1,31 @@
-"""``iotguard firmware``: offline TUF keys for firmware releases."""
+"""``iotguard firmware``: offline TUF keys and the hub's firmware repository."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import os
+from datetime import date
 from pathlib import Path
 
-from iotguard.cli._common import print_json
-from iotguard.cli.firmware_keys import init_offline_keys
-from iotguard.errors import ConfigError
+from iotguard.cli._common import (
+    add_config_argument,
+    config_from_args,
+    deliver_effects,
+    open_hub_services,
+    print_json,
+)
+from iotguard.cli.firmware_keys import (
+    create_model_key,
+    init_offline_keys,
+    load_model_signer,
+    load_offline_signers,
+)
+from iotguard.errors import ConfigError, MalformedError
+from iotguard.updates import FirmwareRelease
+
+#: Largest image ``firmware publish`` reads.
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
 
 __all__ = ["PASSPHRASE_ENV", "register"]
 
@@ -33,6 +49,37 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     init.add_argument("--threshold", type=int, default=2, help="root signatures required (default 2)")
     init.set_defaults(func=_keys_init)
 
+    def hub_command(name: str, help_: str, *, keys: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        add_config_argument(p)
+        if keys:
+            p.add_argument("--keys", type=Path, required=True, metavar="DIR", help="offline key directory")
+        return p
+
+    repo_init = hub_command("init", "create the hub's TUF repository from the offline root and targets keys")
+    repo_init.add_argument("--root-out", type=Path, required=True, metavar="FILE",
+                           help="write the initial root (devices trust it at enrolment) here")
+    repo_init.set_defaults(func=_repo_init)
+    model = hub_command("model", "delegate a device model to a new offline release key (created in DIR)")
+    model.add_argument("model")
+    model.set_defaults(func=_model_add)
+    publish = hub_command("publish", "sign and publish a release with the model's offline release key")
+    publish.add_argument("model")
+    publish.add_argument("version", type=int)
+    publish.add_argument("image", type=Path)
+    publish.add_argument("--end-of-support", required=True, type=date.fromisoformat, metavar="YYYY-MM-DD")
+    publish.add_argument("--contact", required=True, help="vulnerability disclosure contact")
+    publish.add_argument("--measurement", action="append", default=[], metavar="STAGE=SHA256",
+                         help="reference value of a boot stage (repeatable)")
+    publish.set_defaults(func=_publish)
+    ls = hub_command("ls", "list the published releases of a model", keys=False)
+    ls.add_argument("model")
+    ls.set_defaults(func=_ls)
+    revoke = hub_command("revoke", "withdraw a release (signed with the model's release key)")
+    revoke.add_argument("model")
+    revoke.add_argument("version", type=int)
+    revoke.set_defaults(func=_revoke)
+
 
 def _passphrase() -> bytes:
     value = os.environ.get(PASSPHRASE_ENV)
@@ -48,4 +95,67 @@ def _keys_init(args: argparse.Namespace) -> int:
         args.directory, root_keys=args.root_keys, threshold=args.threshold, passphrase=_passphrase(),
     )
     print_json({"directory": str(args.directory), **description})
+    return 0
+
+
+def _repo_init(args: argparse.Namespace) -> int:
+    offline = load_offline_signers(args.keys, _passphrase())
+    services = open_hub_services(config_from_args(args).hub)
+    root = services.firmware.initialise(root_signers=offline.root, root_threshold=offline.root_threshold,
+                                        targets_signer=offline.targets, actor="cli")
+    args.root_out.write_bytes(root)
+    deliver_effects(services)
+    print_json({"root": str(args.root_out)})
+    return 0
+
+
+def _model_add(args: argparse.Namespace) -> int:
+    passphrase = _passphrase()
+    offline = load_offline_signers(args.keys, passphrase)
+    services = open_hub_services(config_from_args(args).hub)
+    signer = create_model_key(args.keys, args.model, passphrase)
+    services.firmware.add_model(args.model, model_signer=signer, targets_signer=offline.targets, actor="cli")
+    deliver_effects(services)
+    print_json({"model": args.model, "keyid": signer.public_key.keyid})
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    if args.image.stat().st_size > MAX_IMAGE_BYTES:
+        raise MalformedError(f"image larger than {MAX_IMAGE_BYTES} bytes")
+    measurements = {}
+    for item in args.measurement:
+        stage, sep, digest = item.partition("=")
+        if not sep:
+            raise MalformedError("--measurement takes STAGE=SHA256")
+        measurements[stage] = digest.lower()
+    image = args.image.read_bytes()
+    release = FirmwareRelease.for_image(args.model, args.version, image, end_of_support=args.end_of_support,
+                                        disclosure_contact=args.contact, measurements=measurements)
+    signer = load_model_signer(args.keys, args.model, _passphrase())
+    services = open_hub_services(config_from_args(args).hub)
+    services.firmware.publish(release, image, model_signer=signer, actor="cli")
+    deliver_effects(services)
+    print_json({"model": release.model, "version": release.version, "sha256": release.image_sha256,
+                "length": release.image_length})
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    services = open_hub_services(config_from_args(args).hub)
+    print_json([
+        {"model": r.model, "version": r.version, "sha256": r.image_sha256, "length": r.image_length,
+         "end_of_support": r.end_of_support.isoformat(), "disclosure_contact": r.disclosure_contact,
+         "measurements": dict(r.measurements)}
+        for r in services.firmware.releases(args.model)
+    ])
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    signer = load_model_signer(args.keys, args.model, _passphrase())
+    services = open_hub_services(config_from_args(args).hub)
+    services.firmware.revoke(args.model, args.version, model_signer=signer, actor="cli")
+    deliver_effects(services)
+    print_json({"model": args.model, "revoked": args.version})
     return 0

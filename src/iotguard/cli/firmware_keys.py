@@ -22,8 +22,16 @@ from securesystemslib.signer import CryptoSigner
 
 from iotguard.errors import ConfigError
 from iotguard.fileio import atomic_write, create_exclusive
+from iotguard.updates.release import MODEL_PATTERN
 
-__all__ = ["MIN_PASSPHRASE", "OfflineKeys", "init_offline_keys", "load_offline_signers"]
+__all__ = [
+    "MIN_PASSPHRASE",
+    "OfflineKeys",
+    "create_model_key",
+    "init_offline_keys",
+    "load_model_signer",
+    "load_offline_signers",
+]
 
 #: Shortest passphrase accepted for offline keys.
 MIN_PASSPHRASE = 12
@@ -103,3 +111,27 @@ def load_offline_signers(directory: Path, passphrase: bytes) -> OfflineKeys:
     if [s.public_key.keyid for s in root] != description["root"] or targets.public_key.keyid != description["targets"]:
         raise ConfigError("offline keys do not match keys.json")
     return OfflineKeys(root=root, root_threshold=int(description["root_threshold"]), targets=targets)
+
+
+def create_model_key(directory: Path, model: str, passphrase: bytes) -> CryptoSigner:
+    """Create ``model``'s offline release key (``model-<model>.pem``) and return its signer.
+
+    Raises:
+        ConfigError: weak passphrase, bad model name, or the key exists already.
+    """
+    _check_passphrase(passphrase)
+    if not MODEL_PATTERN.fullmatch(model):
+        raise ConfigError(f"bad model name {model!r}")
+    _write_key(directory / f"model-{model}.pem", passphrase)
+    return _read_key(directory / f"model-{model}.pem", passphrase)
+
+
+def load_model_signer(directory: Path, model: str, passphrase: bytes) -> CryptoSigner:
+    """Read ``model``'s offline release key.
+
+    Raises:
+        ConfigError: bad model name, missing file or wrong passphrase.
+    """
+    if not MODEL_PATTERN.fullmatch(model):
+        raise ConfigError(f"bad model name {model!r}")
+    return _read_key(directory / f"model-{model}.pem", passphrase)
