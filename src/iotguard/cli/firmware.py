@@ -35,7 +35,7 @@ PASSPHRASE_ENV = "IOTGUARD_FIRMWARE_KEY_PASSPHRASE"  # noqa: S105 - a variable n
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``iotguard firmware`` and its subcommands."""
-    parser = subparsers.add_parser("firmware", help="secure firmware updates (TUF): offline keys")
+    parser = subparsers.add_parser("firmware", help="secure firmware updates (TUF): keys and releases")
     sub = parser.add_subparsers(dest="firmware_command", metavar="SUBCOMMAND", required=True)
     keys = sub.add_parser("keys", help="offline root and targets keys (kept outside the hub)")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="SUBCOMMAND", required=True)
