@@ -29,6 +29,7 @@ def test_cli_publishes_a_release_a_device_installs(
     assert main(["firmware", "init", *cfg, "--keys", str(keys), "--root-out", str(root)]) == 0
     assert main(["firmware", "model", *cfg, "--keys", str(keys), MODEL]) == 0
     (tmp_path / "fw.img").write_bytes(image(MODEL, 2))
+    (tmp_path / "fw3.img").write_bytes(image(MODEL, 3))
     digest = hashlib.sha256(b"app stage").hexdigest()
     assert main(["firmware", "publish", *cfg, "--keys", str(keys), MODEL, "2", str(tmp_path / "fw.img"),
                  "--end-of-support", "2031-12-31", "--contact", "security@example.org",
@@ -47,12 +48,21 @@ def test_cli_publishes_a_release_a_device_installs(
     )
     client.slots.provision(image(MODEL, 1), 1)
     assert client.install(2).version == 2
+
+    # Root rotation to new offline keys: the device walks the chain and keeps updating.
+    new_keys = tmp_path / "offline-2"
+    assert main(["firmware", "keys", "init", str(new_keys), "--root-keys", "2", "--threshold", "2"]) == 0
+    assert main(["firmware", "keys", "rotate", *cfg, str(keys), str(new_keys)]) == 0
+    assert main(["firmware", "publish", *cfg, "--keys", str(keys), MODEL, "3", str(tmp_path / "fw3.img"),
+                 "--end-of-support", "2031-12-31", "--contact", "security@example.org"]) == 0
+    assert client.install(3).version == 3
+    assert (tmp_path / "dev" / "firmware" / "metadata" / "root_history" / "2.root.json").exists()
     services.store.engine.dispose()
 
-    assert main(["firmware", "revoke", *cfg, "--keys", str(keys), MODEL, "2"]) == 0
+    assert main(["firmware", "revoke", *cfg, "--keys", str(keys), MODEL, "3"]) == 0
     capsys.readouterr()
     assert main(["firmware", "ls", *cfg, MODEL]) == 0
-    assert json.loads(capsys.readouterr().out) == []
+    assert [r["version"] for r in json.loads(capsys.readouterr().out)] == [2]
     # The hub alone cannot publish: without the model's offline key the command fails.
     monkeypatch.setenv(PASSPHRASE_ENV, "not the right passphrase")
     assert main(["firmware", "publish", *cfg, "--keys", str(keys), MODEL, "3", str(tmp_path / "fw.img"),

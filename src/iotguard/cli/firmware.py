@@ -48,6 +48,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     init.add_argument("--root-keys", type=int, default=3, help="number of root keys (default 3)")
     init.add_argument("--threshold", type=int, default=2, help="root signatures required (default 2)")
     init.set_defaults(func=_keys_init)
+    rotate = keys_sub.add_parser(
+        "rotate", help="sign the hub repository's next root with the current root keys (DIR) for the new ones "
+        "(NEW_DIR, made by keys init); both passphrases are the same",
+    )
+    add_config_argument(rotate)
+    rotate.add_argument("directory", type=Path, metavar="DIR")
+    rotate.add_argument("new_directory", type=Path, metavar="NEW_DIR")
+    rotate.set_defaults(func=_keys_rotate)
 
     def hub_command(name: str, help_: str, *, keys: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
@@ -95,6 +103,18 @@ def _keys_init(args: argparse.Namespace) -> int:
         args.directory, root_keys=args.root_keys, threshold=args.threshold, passphrase=_passphrase(),
     )
     print_json({"directory": str(args.directory), **description})
+    return 0
+
+
+def _keys_rotate(args: argparse.Namespace) -> int:
+    passphrase = _passphrase()
+    old = load_offline_signers(args.directory, passphrase)
+    new = load_offline_signers(args.new_directory, passphrase)
+    services = open_hub_services(config_from_args(args).hub)
+    version = services.firmware.rotate_root(old_signers=old.root, new_signers=new.root,
+                                            new_threshold=new.root_threshold, actor="cli")
+    deliver_effects(services)
+    print_json({"root_version": version, "threshold": new.root_threshold})
     return 0
 
 

@@ -94,6 +94,22 @@ class FirmwareService:
         self._files.save(repo.files())
         self._audit.record(AuditEvent("firmware.revoked", now, actor, model, {"version": version}))
 
+    def rotate_root(self, *, old_signers: Sequence[Signer], new_signers: Sequence[Signer], new_threshold: int,
+                    actor: str) -> int:
+        """Publish the next root with new offline root keys; returns its version.
+
+        Raises:
+            ConfigError: fewer than the current threshold of old keys, or a bad new threshold.
+        """
+        now = self._clock.now()
+        repo = self._repository()
+        repo.rotate_root(old_signers=old_signers, new_signers=new_signers, new_threshold=new_threshold, now=now)
+        self._files.save(repo.files())
+        version = int(repo.root.version)
+        self._audit.record(AuditEvent("firmware.root_rotated", now, actor, "firmware",
+                                      {"version": version, "threshold": new_threshold}))
+        return version
+
     def releases(self, model: str) -> list[FirmwareRelease]:
         """Published releases of ``model``, oldest first."""
         return self._repository().releases(model)
