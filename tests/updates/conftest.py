@@ -76,7 +76,7 @@ class Fleet:
         on_step: Callable[[InstallStep], None] | None = None,
     ) -> FirmwareUpdateClient:
         return FirmwareUpdateClient(
-            data_dir, model=model, keystore=self.device_keystore, fetcher=TransportFetcher(self.transport),
+            data_dir, model=model, counters=self.device_keystore, fetcher=TransportFetcher(self.transport),
             base_url=BASE_URL, self_test=self_test or (lambda _slot, _image: None), on_step=on_step,
         )
 

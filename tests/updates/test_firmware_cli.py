@@ -43,7 +43,7 @@ def test_cli_publishes_a_release_a_device_installs(
     device_keys = SoftwareKeyStore(tmp_path / "dev-keys", device_binding=b"device key store binding 001")
     FirmwareUpdateClient.trust(tmp_path / "dev", root.read_bytes())
     client = FirmwareUpdateClient(
-        tmp_path / "dev", model=MODEL, keystore=device_keys, base_url=BASE_URL, self_test=lambda _s, _i: None,
+        tmp_path / "dev", model=MODEL, counters=device_keys, base_url=BASE_URL, self_test=lambda _s, _i: None,
         fetcher=TransportFetcher(lambda url: services.firmware.file(url[len(BASE_URL) + 1:])),
     )
     client.slots.provision(image(MODEL, 1), 1)

@@ -48,7 +48,7 @@ def test_publish_through_the_service_reaches_a_device(tmp_path: Path) -> None:
     device_keys = SoftwareKeyStore(tmp_path / "dev-keys", device_binding=b"device key store binding 001")
     FirmwareUpdateClient.trust(tmp_path / "dev", root)
     client = FirmwareUpdateClient(
-        tmp_path / "dev", model=MODEL, keystore=device_keys, base_url=BASE_URL, self_test=lambda _s, _i: None,
+        tmp_path / "dev", model=MODEL, counters=device_keys, base_url=BASE_URL, self_test=lambda _s, _i: None,
         fetcher=TransportFetcher(lambda url: service.file(url[len(BASE_URL) + 1:])),
     )
     client.slots.provision(image(MODEL, 1), 1)

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from iotguard.agent.firmware import InstallStep, anti_rollback_counter
+from iotguard.agent.firmware import FirmwareUpdateClient, InstallStep, TransportFetcher, anti_rollback_counter
 from iotguard.agent.slots import BootedSlot
-from iotguard.errors import MalformedError, SecureBootError
+from iotguard.errors import MalformedError, RollbackError, SecureBootError
+from iotguard.keys.software_rot import SoftwareRootOfTrust
 from iotguard.updates import FirmwareRepository
-from tests.updates.conftest import MODEL, Fleet, image
+from tests.updates.conftest import BASE_URL, MODEL, Fleet, image
 
 
 def test_published_release_installs_and_commits(fleet: Fleet, tmp_path: Path) -> None:
@@ -119,3 +120,18 @@ def test_repository_rebuilt_from_its_files_keeps_publishing(fleet: Fleet, tmp_pa
 def test_repository_files_without_root_are_malformed() -> None:
     with pytest.raises(MalformedError):
         FirmwareRepository.from_files({"metadata/timestamp.json": b"{}"})
+
+
+def test_anti_rollback_counter_in_a_root_of_trust(fleet: Fleet, tmp_path: Path) -> None:
+    """The counter may live in the device's root of trust (TPM NV counters on the TPM backend)."""
+    fleet.publish(MODEL, 2)
+    fleet.publish(MODEL, 3)
+    rot = SoftwareRootOfTrust(fleet.device_keystore)
+    FirmwareUpdateClient.trust(tmp_path / "dev", fleet.repo.files()["metadata/1.root.json"])
+    client = FirmwareUpdateClient(tmp_path / "dev", model=MODEL, counters=rot, base_url=BASE_URL,
+                                  fetcher=TransportFetcher(fleet.transport), self_test=lambda _s, _i: None)
+    client.slots.provision(image(MODEL, 1), 1)
+    assert client.install(3).version == 3
+    assert rot.counter(anti_rollback_counter(MODEL)) == 3
+    with pytest.raises(RollbackError):
+        client.install(2)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 from tuf.api.exceptions import DownloadError, DownloadHTTPError, RepositoryError
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
@@ -29,7 +30,6 @@ from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 from iotguard.agent.slots import BootedSlot, FirmwareSlots, SlotImage
 from iotguard.errors import MalformedError, RollbackError, UpdateRefused
 from iotguard.fileio import atomic_write
-from iotguard.keys.keystore import KeyStore
 from iotguard.updates.release import FirmwareRelease, target_path
 
 __all__ = [
@@ -50,6 +50,19 @@ DEFAULT_CONFIG = UpdaterConfig(
     targets_max_length=1024 * 1024,
 )
 _CHUNK = 64 * 1024
+
+
+class MonotonicCounters(Protocol):
+    """Where the anti-rollback counter lives: a :class:`~iotguard.keys.KeyStore`
+    or a :class:`~iotguard.keys.rot.RootOfTrust` (TPM NV counters on the TPM backend)."""
+
+    def counter(self, name: str) -> int:
+        """Current value (0 if never used)."""
+        ...
+
+    def advance_counter(self, name: str, to_at_least: int) -> int:
+        """Raise the counter durably; it never goes down."""
+        ...
 
 
 class InstallStep(StrEnum):
@@ -99,7 +112,8 @@ class FirmwareUpdateClient:
     Args:
         data_dir: The agent's data directory (TUF metadata cache, slots, staging).
         model: This device's model.
-        keystore: Holds the anti-rollback counter.
+        counters: Holds the anti-rollback counter (key store, or the TPM's NV
+            counters through its root of trust).
         fetcher: How metadata and images are fetched.
         base_url: Repository URL (``metadata/`` and ``targets/`` under it).
         self_test: Runs on the trial boot; returns normally if the new
@@ -113,7 +127,7 @@ class FirmwareUpdateClient:
         data_dir: str | Path,
         *,
         model: str,
-        keystore: KeyStore,
+        counters: MonotonicCounters,
         fetcher: FetcherInterface,
         base_url: str,
         self_test: Callable[[BootedSlot, bytes], None],
@@ -123,7 +137,7 @@ class FirmwareUpdateClient:
     ) -> None:
         self._dir = Path(data_dir) / "firmware"
         self._model = model
-        self._keystore = keystore
+        self._counters = counters
         self._fetcher = fetcher
         self._base_url = base_url.rstrip("/")
         self._self_test = self_test
@@ -149,7 +163,7 @@ class FirmwareUpdateClient:
 
     def minimum_version(self) -> int:
         """The anti-rollback counter: no release below it is installed."""
-        return self._keystore.counter(anti_rollback_counter(self._model))
+        return self._counters.counter(anti_rollback_counter(self._model))
 
     def fetch_release(self, version: int) -> tuple[FirmwareRelease, bytes]:
         """Refresh TUF metadata, then download and verify release ``version``.
@@ -219,7 +233,7 @@ class FirmwareUpdateClient:
         return InstallOutcome(committed.version, rolled_back=False)
 
     def _advance(self, image: SlotImage) -> None:
-        self._keystore.advance_counter(anti_rollback_counter(self._model), image.version)
+        self._counters.advance_counter(anti_rollback_counter(self._model), image.version)
 
     def _check_version(self, version: int) -> None:
         if version < self.minimum_version():
