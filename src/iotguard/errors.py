@@ -35,6 +35,7 @@ __all__ = [
     "StorageError",
     "TamperError",
     "UnknownDeviceError",
+    "UpdateRefused",
     "UsageLimitError",
     "public_message",
 ]
@@ -209,6 +210,12 @@ class StorageError(IotGuardError):
     code = "storage_error"
 
 
+class UpdateRefused(IotGuardError):
+    """A firmware update was refused: TUF verification, missing release, or wrong model."""
+
+    code = "update_refused"
+
+
 #: Public messages per reason code. Devices and API clients see only these;
 #: operators see the code. ``tests/test_errors.py`` checks every code has one.
 PUBLIC_MESSAGES: dict[str, str] = {
@@ -237,6 +244,9 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "budget_exhausted": "privacy budget exhausted",
     "bad_proof": "proof did not verify",
     "storage_error": "temporarily unavailable",
+    "update_refused": "firmware update refused",
+    "update_not_found": "firmware release not found",
+    "update_wrong_model": "firmware release is for another device model",
 }
 
 

@@ -172,6 +172,7 @@ OWNERS = {
     "subject_keys": "hub/stores/subjects.py",
     "contributions": "hub/stores/subjects.py",
     "erasures": "hub/stores/subjects.py",
+    "firmware_files": "hub/stores/firmware.py",
 }
 
 

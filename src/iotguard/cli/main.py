@@ -33,6 +33,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotguard.cli.privacy",
     "iotguard.cli.media",
     "iotguard.cli.puf",
+    "iotguard.cli.firmware",
     "iotguard.cli.audit",
     "iotguard.cli.custody",
     "iotguard.cli.detect",

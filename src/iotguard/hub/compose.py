@@ -32,12 +32,14 @@ from iotguard.hub.services.attestation import AttestationService, ChallengePush
 from iotguard.hub.services.audit import AUDIT_ORIGIN, AuditService, OutboxAuditSink
 from iotguard.hub.services.broker_access import BrokerAccess, EmbeddedBrokerLink
 from iotguard.hub.services.consent import CommandChannel, ConsentPush, ConsentService
+from iotguard.hub.services.firmware import FirmwareService
 from iotguard.hub.services.lifecycle import DeviceLifecycle, open_hub_keys
 from iotguard.hub.services.operators import OperatorService
 from iotguard.hub.services.posture import PostureService, open_policy
 from iotguard.hub.services.telemetry import TelemetryService
 from iotguard.hub.store import HubStore
 from iotguard.hub.stores.attestation import SqlAttestationStore
+from iotguard.hub.stores.firmware import SqlFirmwareFileStore
 from iotguard.keys import KeyStore
 
 __all__ = ["HubServices", "Maintenance", "build_hub_services"]
@@ -66,6 +68,7 @@ class HubServices:
     plane: DevicePlane
     broker_link: EmbeddedBrokerLink
     attestation: AttestationService
+    firmware: FirmwareService
 
     def drainer(self, worker: str = "hub") -> OutboxDrainer:
         """An outbox drainer with every handler this process has.
@@ -115,7 +118,8 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     attestation = AttestationService(SqlAttestationStore(store.engine), store, posture, outbox, clock)
     return HubServices(cfg, clock, store, keystore, outbox, audit, posture, lifecycle, consent, operators,
                        TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link,
-                       attestation)
+                       attestation,
+                       FirmwareService(SqlFirmwareFileStore(store.engine), keystore, audit_sink, clock))
 
 
 class Maintenance:
@@ -149,6 +153,7 @@ class Maintenance:
         if now - self._last_hourly >= 3600:
             self._last_hourly = now
             s.consent.enforce_retention()
+            s.firmware.refresh_timestamp()
             s.outbox.purge_delivered(s.clock.now() - DELIVERED_RETENTION)
         s.consent.repush_unacknowledged()
         self.drainer.drain()  # last: what this tick queued (retention's audit event) goes out with the rest

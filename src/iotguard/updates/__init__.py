@@ -1,0 +1,20 @@
+"""Secure firmware updates with TUF (python-tuf): repository tooling and releases.
+
+Domain package: no I/O. :class:`FirmwareRepository` builds and signs the
+metadata; the hub serves :meth:`FirmwareRepository.files`; the agent's
+update client (``iotguard.agent.firmware``) verifies with ``tuf.ngclient``.
+"""
+
+from iotguard.updates.release import MODEL_PATTERN, FirmwareRelease, target_path
+from iotguard.updates.repository import ExpiryPolicy, FirmwareRepository
+from iotguard.updates.signer import KeyStoreSigner, ed25519_key
+
+__all__ = [
+    "MODEL_PATTERN",
+    "ExpiryPolicy",
+    "FirmwareRelease",
+    "FirmwareRepository",
+    "KeyStoreSigner",
+    "ed25519_key",
+    "target_path",
+]
