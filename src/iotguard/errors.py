@@ -33,6 +33,7 @@ __all__ = [
     "StaleError",
     "StorageError",
     "TamperError",
+    "UnknownAlertError",
     "UnknownDeviceError",
     "UsageLimitError",
     "public_message",
@@ -189,6 +190,12 @@ class ProofError(IotGuardError):
     code = "bad_proof"
 
 
+class UnknownAlertError(IotGuardError):
+    """No alert with that id is stored."""
+
+    code = "unknown_alert"
+
+
 class StorageError(IotGuardError):
     """The store could not complete a durable operation."""
 
@@ -222,6 +229,7 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "budget_exhausted": "privacy budget exhausted",
     "bad_proof": "proof did not verify",
     "storage_error": "temporarily unavailable",
+    "unknown_alert": "unknown alert",
 }
 
 

@@ -34,6 +34,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotguard.cli.puf",
     "iotguard.cli.audit",
     "iotguard.cli.detect",
+    "iotguard.cli.alerts",
 )
 
 

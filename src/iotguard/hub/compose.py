@@ -29,11 +29,13 @@ from iotguard.hub.privacy_store import PrivacyStore
 from iotguard.hub.services.audit import AUDIT_ORIGIN, AuditService, OutboxAuditSink
 from iotguard.hub.services.broker_access import BrokerAccess, EmbeddedBrokerLink
 from iotguard.hub.services.consent import CommandChannel, ConsentPush, ConsentService
+from iotguard.hub.services.detection import ActivePlaybook, DetectionService, WebhookNotifier
 from iotguard.hub.services.lifecycle import DeviceLifecycle, open_hub_keys
 from iotguard.hub.services.operators import OperatorService
 from iotguard.hub.services.posture import PostureService, open_policy
 from iotguard.hub.services.telemetry import TelemetryService
 from iotguard.hub.store import HubStore
+from iotguard.hub.stores.alerts import SqlAlertStore
 from iotguard.keys import KeyStore
 
 __all__ = ["HubServices", "Maintenance", "build_hub_services"]
@@ -61,6 +63,7 @@ class HubServices:
     broker: BrokerAccess | None
     plane: DevicePlane
     broker_link: EmbeddedBrokerLink
+    detection: DetectionService
 
     def drainer(self, worker: str = "hub") -> OutboxDrainer:
         """An outbox drainer with every handler this process has.
@@ -103,8 +106,12 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     if cfg.mosquitto_dir:
         broker = BrokerAccess(cfg.mosquitto_dir, cfg.mosquitto_pid_file, lifecycle.ca, store, posture.broker_acl,
                               clock)
+    playbook = ActivePlaybook(Path(cfg.data_dir))
+    detection = DetectionService(SqlAlertStore(store.engine), posture, lifecycle.revoke, playbook, clock,
+                                 notifier=WebhookNotifier(playbook))
     return HubServices(cfg, clock, store, keystore, outbox, audit, posture, lifecycle, consent, operators,
-                       TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link)
+                       TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link,
+                       detection)
 
 
 class Maintenance:

@@ -5,8 +5,8 @@ a function that applies it inside one transaction. ``migrate`` applies, in id
 order, every migration the database has not recorded in
 ``iotguard_schema_migrations``. Components own id ranges (ADR 0004): 0001-0099
 core, 0100-0199 audit, 0200-0299 policy, 0300-0399 privacy, 0400-0499 keys and
-credentials, 0500-0599 device plane. Each component module defines its table-creating functions; this
-module imports them and lists them in :data:`MIGRATIONS` (no registration by
+credentials, 0500-0599 device plane, 0700-0799 detection. Each component module
+defines its table-creating functions; this module imports them and lists them in :data:`MIGRATIONS` (no registration by
 import side effect).
 """
 
@@ -26,6 +26,7 @@ from iotguard.hub.policy_store import create_policy_tables
 from iotguard.hub.privacy_store import create_privacy_tables
 from iotguard.hub.ratelimit_store import create_device_plane_tables
 from iotguard.hub.schema import add_transport_cert_serial, create_core_tables, create_revoked_certificates
+from iotguard.hub.stores.alerts import create_detection_tables
 
 __all__ = ["MIGRATIONS", "Migration", "applied_migrations", "migrate"]
 
@@ -64,6 +65,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               create_credential_tables),
     Migration("0500_device_plane", "attempt limits and signed-request nonces shared by hub processes",
               create_device_plane_tables),
+    Migration("0700_detection", "detection alerts and the response actions taken for them",
+              create_detection_tables),
 )
 
 
