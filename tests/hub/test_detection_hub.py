@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,27 @@ def test_blast_radius_limits_automatic_quarantine_in_a_fleet_wide_change(hub: Hu
     assert sum(a.outcome == "done" for a in quarantines) == 1
     assert sum(a.reason == "blast_radius" and a.outcome == "awaiting_approval" for a in quarantines) == 9
     assert sum(not _may_publish(hub, d) for d in ids) == 1
+
+
+def test_alerts_raise_risk_that_the_default_policy_enforces_and_that_decays(hub: HubParts) -> None:
+    """One strong anomaly leaves the device working; a second one within the hour pushes its risk past the
+    default policy's very-high-risk containment (90); as the device behaves the risk decays and it works again."""
+    _fleet(hub, 2)
+    detection = hub.services.detection
+    first = detection.raise_alerts([_scan("dev-0", detector="autoencoder")])
+    assert [a.kind for a in first] == ["reattest"]  # the shipped playbook only asks to verify
+    assert hub.services.posture.posture.require("dev-0").risk_score == 45
+    assert _may_publish(hub, "dev-0")
+    detection.raise_alerts([_scan("dev-0", T1 + 60, detector="autoencoder")])
+    assert hub.services.posture.posture.require("dev-0").risk_score == 90
+    assert not _may_publish(hub, "dev-0")
+    assert _may_publish(hub, "dev-1")
+    later = hub.services.clock.now() + timedelta(hours=2)
+    assert detection.refresh_risk(later) == ["dev-0"]
+    assert hub.services.posture.posture.require("dev-0").risk_score == 22
+    assert _may_publish(hub, "dev-0")
+    detection.refresh_risk(later + timedelta(hours=8))
+    assert hub.services.posture.posture.require("dev-0").risk_score == 0
 
 
 def test_alert_routes_metrics_ack_and_approval_are_decided_by_cedar(hub: HubParts) -> None:

@@ -140,6 +140,7 @@ class Maintenance:
         if fp != self._fingerprint:
             s.posture.refresh()
             self._fingerprint = fp
+        s.detection.refresh_risk()  # alerts' risk decays as devices behave
         s.audit.checkpoints.tick(s.clock.now())
         now = time.monotonic()
         if now - self._last_hourly >= 3600:

@@ -37,7 +37,7 @@ import httpx
 
 from iotguard.audit import AuditEvent, AuditSink
 from iotguard.clock import Clock
-from iotguard.detection import Action, ActionKind, ActionStatus, Alert, DeviceView, FleetView, Playbook
+from iotguard.detection import Action, ActionKind, ActionStatus, Alert, DeviceView, FleetView, Playbook, Severity
 from iotguard.detection.playbook import MAX_PLAYBOOK_BYTES, default_playbook, parse_playbook
 from iotguard.detection.response import ResponseState, plan
 from iotguard.errors import IotGuardError, UnknownAlertError
@@ -49,6 +49,8 @@ from iotguard.hub.stores.alerts import AlertStore, StoredAction, StoredAlert
 __all__ = [
     "DETECTION_ACTOR",
     "PLAYBOOK_FILE",
+    "RISK_HALF_LIFE_S",
+    "RISK_WEIGHT",
     "ActivePlaybook",
     "DetectionService",
     "Notifier",
@@ -65,6 +67,13 @@ DETECTION_ACTOR = "hub.detection"
 Notifier = Callable[[Alert, Action], None]
 
 _NOT_AVAILABLE = frozenset({ActionKind.REATTEST, ActionKind.ROLLBACK})
+
+#: Risk each alert adds to its device, by severity (the sum decays with :data:`RISK_HALF_LIFE_S`, capped at 100).
+RISK_WEIGHT = {Severity.LOW: 5.0, Severity.MEDIUM: 20.0, Severity.HIGH: 45.0, Severity.CRITICAL: 80.0}
+#: Half-life of an alert's contribution to its device's risk: a device that behaves sheds risk.
+RISK_HALF_LIFE_S = 3600.0
+#: Alerts older than this many half-lives no longer count (their contribution is below 1 %).
+_RISK_HORIZON = 7
 
 #: The active playbook's file name in the hub's data directory (absent: the shipped default).
 PLAYBOOK_FILE = "playbook.toml"
@@ -197,6 +206,30 @@ class DetectionService:
     def counts(self) -> dict[tuple[str, int], int]:
         return self.store.counts()
 
+    def risk_scores(self, now: datetime | None = None) -> dict[str, int]:
+        """Each device's risk from its recent alerts: the sum of :data:`RISK_WEIGHT` halved every
+        :data:`RISK_HALF_LIFE_S` since the alert was raised, capped at 100 (a pure function of the stored
+        alerts, so every hub process computes the same value)."""
+        now = now or self.clock.now()
+        horizon = RISK_HALF_LIFE_S * _RISK_HORIZON
+        risk: dict[str, float] = {}
+        for a in self.store.alerts(limit=100_000):
+            age = (now - a.raised_at).total_seconds()
+            if age > horizon:
+                break  # newest first: the rest are older
+            risk[a.alert.device] = risk.get(a.alert.device, 0.0) + RISK_WEIGHT[a.alert.severity] * 0.5 ** (
+                max(0.0, age) / RISK_HALF_LIFE_S)
+        return {d: min(100, round(r)) for d, r in risk.items()}
+
+    def refresh_risk(self, now: datetime | None = None) -> list[str]:
+        """Bring the posture's risk scores in line with the alerts (rising at once, decaying as devices behave);
+        the default policy's risk rules read them. Returns the devices whose score changed."""
+        scores = self.risk_scores(now)
+        for p in self.posture.posture:
+            if p.risk_score and p.device_id not in scores:
+                scores[p.device_id] = 0
+        return self.posture.set_risk(scores)
+
     # -- changes ---------------------------------------------------------
 
     def raise_alerts(self, alerts: Sequence[Alert]) -> list[StoredAction]:
@@ -216,6 +249,7 @@ class DetectionService:
                 fresh.append(alert)
         if not fresh:
             return []
+        self.refresh_risk()
         by_id = {a.alert_id: a for a in fresh}
         planned = plan(fresh, self._playbook(), self.fleet(), self.state(), now)
         return [self._carry_out(action, by_id.get(action.alert_id), DETECTION_ACTOR) for action in planned]
