@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from iotguard.audit.provenance import provenance, verify_chain_of_custody
-from iotguard.detection import Alert, Severity
+from iotguard.detection import Alert, Severity, parse_playbook
 from iotguard.errors import PolicyDenied, UnknownAlertError
 from iotguard.hub.db import make_engine
 from iotguard.hub.migrations import migrate
@@ -187,3 +189,75 @@ def test_activated_playbook_replaces_the_default(hub: HubParts, tmp_path: Path) 
     actions = hub.services.detection.raise_alerts([_scan("dev-1")])
     assert [(a.kind, a.outcome, a.playbook) for a in actions] == [("notify", "failed:notify_failed", "watch-only@2")]
     assert _may_publish(hub, "dev-1")
+
+
+def _loopback_https(tmp_path: Path) -> tuple[Any, str, list[dict[str, Any]]]:
+    """A real HTTPS server on 127.0.0.1 with a throwaway self-signed certificate; returns (server, CA path, bodies)."""
+    import datetime as dt
+    import ipaddress
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "hook.pem", tmp_path / "hook.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    bodies: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_path, key_path)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, str(cert_path), bodies
+
+
+def test_notify_posts_the_alert_to_the_playbook_webhook(hub: HubParts, tmp_path: Path) -> None:
+    from iotguard.hub.services.detection import DetectionService, WebhookNotifier
+    from iotguard.hub.stores.alerts import MemoryAlertStore
+
+    server, ca, bodies = _loopback_https(tmp_path)
+    try:
+        _fleet(hub, 1)
+        book = parse_playbook(
+            f'format = "iotguard-playbook/1"\nname = "tell"\nrevision = 1\n'
+            f'[notify]\nwebhook = "https://127.0.0.1:{server.server_address[1]}/hook"\n'
+            f'[[rules]]\nname = "tell"\ndetectors = ["scan_fanout"]\nactions = ["notify"]\n'.encode())
+        detection = DetectionService(MemoryAlertStore(), hub.services.posture, hub.registry.revoke, lambda: book,
+                                     hub.services.clock, notifier=WebhookNotifier(lambda: book, verify=ca))
+        alert = _scan("dev-0")
+        assert [(a.kind, a.outcome) for a in detection.raise_alerts([alert])] == [("notify", "done")]
+        assert len(bodies) == 1
+        assert bodies[0]["alert_id"] == alert.alert_id and bodies[0]["alert"] == json.loads(alert.to_json())
+        assert (bodies[0]["action"], bodies[0]["device"], bodies[0]["playbook"]) == ("notify", "dev-0", "tell@1")
+        # A webhook whose certificate the hub does not trust is not sent anything.
+        untrusted = DetectionService(MemoryAlertStore(), hub.services.posture, hub.registry.revoke, lambda: book,
+                                     hub.services.clock, notifier=WebhookNotifier(lambda: book))
+        assert [a.outcome for a in untrusted.raise_alerts([_scan("dev-0", T1 + 900)])] == ["failed:notify_failed"]
+        assert len(bodies) == 1
+    finally:
+        server.shutdown()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -130,7 +131,8 @@ class WebhookNotifier:
     def __init__(self, playbook: Callable[[], Playbook], *, verify: str | bool = True,
                  timeout_s: float = 2.0) -> None:
         self._playbook = playbook
-        self.verify = verify
+        self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=verify) if isinstance(verify, str) \
+            else verify
         self.timeout_s = timeout_s
 
     def __call__(self, alert: Alert, action: Action) -> None:
