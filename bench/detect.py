@@ -20,7 +20,16 @@ flows/s divided by the faster baseline's. Quality: ROC AUC and TPR at 1 % FPR of
 each detector per file. Goal: ratio >= 10 with a mean AUC at least the best
 baseline's. Fitting time is reported, not part of the ratio.
 
-Usage: python bench/detect.py [--quick] [--data DIR]
+Containment latency (issue 13 part 2): a hub built by ``build_hub_services`` on
+SQLite with a broker directory, enrolled devices (one per segment, so the blast
+radius allows each quarantine); per device, the time from ``raise_alerts`` with a
+``scan_fanout`` alert until the Cedar engine denies its publish and the broker
+ACL file (rewritten by the outbox) no longer grants it telemetry; p50 / p99.
+The Mosquitto reload (SIGHUP) is not included. Baseline in the same run: an
+operator's manual quarantine of another device through the same path
+(``PostureService.quarantine`` + outbox delivery); ratio = playbook / manual.
+
+Usage: python bench/detect.py [--quick] [--data DIR] [--containment-only]
 """
 
 from __future__ import annotations
@@ -149,11 +158,92 @@ def run_file(path: Path, root: Path, repeats: int, hst_limit: int | None) -> dic
     return out
 
 
+def containment_latency(devices: int) -> dict[str, Any]:
+    """Alert raised -> Cedar denies and the broker ACL drops the device (see the module docstring)."""
+    import tempfile
+
+    from fastapi.testclient import TestClient
+
+    from iotguard.agent import Agent
+    from iotguard.config import AgentConfig, HubConfig
+    from iotguard.detection import Alert, Severity
+    from iotguard.errors import PolicyDenied
+    from iotguard.hub.api import create_app
+    from iotguard.hub.compose import build_hub_services
+    from iotguard.policy import AccessRequest
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "broker").mkdir()
+        services = build_hub_services(HubConfig(data_dir=str(root / "hub"), mosquitto_dir=str(root / "broker")))
+        client = TestClient(create_app(services, drain=services.drainer().drain))
+        ids = [f"dev-{i}" for i in range(2 * devices)]
+        for i, d in enumerate(ids):
+            code = services.lifecycle.add_device(d, "thermo-1", segment=f"seg-{i}")
+            Agent(AgentConfig(data_dir=str(root / d), hub_url="http://testserver", suites=["chacha20-poly1305"]),
+                  d, http=client).enroll(str(code))
+        drainer = services.drainer()
+        drainer.drain()
+        acl = root / "broker" / "acl"
+
+        def denied(i: int, d: str) -> bool:
+            try:
+                services.posture.engine.authorize(AccessRequest.device(d, "publish", f"iotguard/seg-{i}/{d}/telemetry"))
+                return False
+            except PolicyDenied:
+                return True
+
+        playbook, manual, cedar = [], [], []
+        t_alert = time.time()
+        for i, d in enumerate(ids):
+            t0 = time.perf_counter()
+            if i % 2 == 0:
+                alert = Alert.create(d, "scan_fanout", 40.0, Severity.HIGH, (t_alert + i, t_alert + i + 15), {})
+                services.detection.raise_alerts([alert])
+                if not denied(i, d):
+                    raise SystemExit(f"{d} was not denied")
+                cedar.append(time.perf_counter() - t0)
+            else:
+                services.posture.quarantine(d, actor="bench", reason="manual baseline")
+            drainer.drain()
+            if not denied(i, d) or f"topic write iotguard/seg-{i}/{d}/telemetry" in acl.read_text():
+                raise SystemExit(f"{d} was not contained")
+            (playbook if i % 2 == 0 else manual).append(time.perf_counter() - t0)
+        services.store.engine.dispose()
+
+    def pct(xs: list[float], q: float) -> float:
+        return float(np.percentile(np.array(xs) * 1000.0, q))
+
+    return {"devices": devices, "cedar_deny_ms": {"p50": round(pct(cedar, 50), 2), "p99": round(pct(cedar, 99), 2)},
+            "playbook_ms": {"p50": round(pct(playbook, 50), 2), "p99": round(pct(playbook, 99), 2)},
+            "manual_ms": {"p50": round(pct(manual, 50), 2), "p99": round(pct(manual, 99), 2)},
+            "ratio_p50_playbook_over_manual": round(pct(playbook, 50) / pct(manual, 50), 2),
+            "goal_p99_lt_1000ms": pct(playbook, 99) < 1000.0}
+
+
+def print_containment(c: dict[str, Any]) -> None:
+    print(f"containment (alert raised -> Cedar denies + broker ACL rewritten, {c['devices']} devices): "
+          f"p50 {c['playbook_ms']['p50']:.1f} ms, p99 {c['playbook_ms']['p99']:.1f} ms (goal p99 < 1000 ms); "
+          f"Cedar deny alone p50 {c['cedar_deny_ms']['p50']:.1f} ms, p99 {c['cedar_deny_ms']['p99']:.1f} ms; "
+          f"manual quarantine p50 {c['manual_ms']['p50']:.1f} ms, ratio {c['ratio_p50_playbook_over_manual']:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one timing repeat, HalfSpaceTrees timed on 2,000 flows")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"labeled Zeek logs (default {DEFAULT_DATA})")
+    ap.add_argument("--containment-only", action="store_true", help="only the containment-latency measurement")
     args = ap.parse_args()
+    containment = containment_latency(10 if args.quick else 50)
+    print_containment(containment)
+    if args.containment_only:
+        out = RESULTS.with_name("detect_containment.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"benchmark": "detect_containment", "quick": args.quick,
+                                   "platform": platform.platform(), "cpu_count": os.cpu_count(),
+                                   "load_average": os.getloadavg(), "containment": containment}, indent=2) + "\n")
+        print(f"wrote {out}")
+        return
     repeats = 1 if args.quick else 5
     files = [run_file(p, args.data, repeats, 2000 if args.quick else None) for p in find_logs(args.data)]
 
@@ -199,7 +289,9 @@ def main() -> None:
         "pipeline_flows_per_s": {m: round(v) for m, v in pipeline.items()},
         "scoring_flows_per_s": {m: round(v) for m, v in scoring.items()},
         "mean_auc": {m: round(v, 4) for m, v in mean_auc.items()},
-        "goals": {"ratio_ge_10": ratio >= 10, "auc_ge_best_baseline": mean_auc["iotguard"] >= best_baseline_auc},
+        "goals": {"ratio_ge_10": ratio >= 10, "auc_ge_best_baseline": mean_auc["iotguard"] >= best_baseline_auc,
+                  "containment_p99_lt_1s": containment["goal_p99_lt_1000ms"]},
+        "containment": containment,
         "headline": {
             "name": "flows/s through feature extraction + scoring, iotguard vs the faster baseline",
             "unit": "flows/s",

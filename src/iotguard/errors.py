@@ -34,6 +34,7 @@ __all__ = [
     "StaleError",
     "StorageError",
     "TamperError",
+    "UnknownAlertError",
     "UnknownDeviceError",
     "UpdateRefused",
     "UsageLimitError",
@@ -204,6 +205,12 @@ class ProofError(IotGuardError):
     code = "bad_proof"
 
 
+class UnknownAlertError(IotGuardError):
+    """No alert with that id is stored."""
+
+    code = "unknown_alert"
+
+
 class StorageError(IotGuardError):
     """The store could not complete a durable operation."""
 
@@ -247,6 +254,7 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "update_refused": "firmware update refused",
     "update_not_found": "firmware release not found",
     "update_wrong_model": "firmware release is for another device model",
+    "unknown_alert": "unknown alert",
 }
 
 

@@ -159,7 +159,7 @@ def test_posture_change_invalidates_cached_allow(engine: PolicyEngine) -> None:
     assert engine.decide(request).allowed
     assert engine.decide(request).allowed  # now served from the cache
     assert engine.cache_size() >= 1
-    engine.posture.update("dev-a1", risk_score=95, attested_at=None)
+    engine.posture.update("dev-a1", risk_score=85, attested_at=None)
     decision = engine.decide(request)
     assert not decision.allowed
     assert decision.reasons == ("high-risk-step-up",)
@@ -193,7 +193,7 @@ def test_policy_change_invalidates_cache(engine: PolicyEngine) -> None:
 
 def test_cached_decision_expires_with_time(clock: FixedClock) -> None:
     engine = _engine(default_policy_set(), clock)
-    engine.posture.update("dev-a1", risk_score=90)  # allowed only while attestation is fresh
+    engine.posture.update("dev-a1", risk_score=85)  # allowed only while attestation is fresh
     request = AccessRequest.device("dev-a1", "publish", A1_OWN)
     assert engine.decide(request).allowed
     clock.advance(engine.limits.attestation_freshness_s)

@@ -8,6 +8,7 @@ import logging
 import math
 from pathlib import Path
 
+from iotguard.cli._common import add_config_argument, config_from_args, deliver_effects, open_hub_services
 from iotguard.detection import (
     EvaluationReport,
     ScorerConfig,
@@ -43,13 +44,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     source.add_argument("--pcap", metavar="FILE", help="pcap or pcapng capture")
     source.add_argument("--zeek", metavar="FILE", help="Zeek conn.log")
     flows.set_defaults(func=_flows)
+    status = sub.add_parser("status", help="the hub's detection: active playbook, alerts, actions waiting for approval")
+    add_config_argument(status)
+    status.add_argument("--json", action="store_true", help="JSON output")
+    status.set_defaults(func=_status)
 
-    playbooks = subparsers.add_parser("playbooks", help="response playbooks: validate")
+    playbooks = subparsers.add_parser("playbooks", help="response playbooks: validate, activate, ls")
     psub = playbooks.add_subparsers(dest="playbooks_command", metavar="SUBCOMMAND", required=True)
     validate = psub.add_parser("validate", help="check a playbook file; print its rules and guard rails")
     validate.add_argument("file", metavar="FILE")
     validate.add_argument("--json", action="store_true", help="print JSON")
     validate.set_defaults(func=_validate)
+    activate = psub.add_parser("activate", help="validate a playbook and make it the hub's active one (audited)")
+    activate.add_argument("file", metavar="FILE")
+    activate.add_argument("--actor", default="cli", help="who activates (recorded in the audit log)")
+    add_config_argument(activate)
+    activate.set_defaults(func=_activate)
+    pls = psub.add_parser("ls", help="the hub's active playbook (the shipped default until one is activated)")
+    add_config_argument(pls)
+    pls.set_defaults(func=_ls_playbooks)
 
 
 def _read(path: str, limit: int) -> bytes:
@@ -143,4 +156,48 @@ def _validate(args: argparse.Namespace) -> int:
               f"{r.min_severity.name.lower()}+ -> {', '.join(a.value for a in r.actions)}")
     for option in pb.unsafe:
         print(f"  WARNING: {option} is on")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    services = open_hub_services(config_from_args(args).hub)
+    d = services.detection
+    book = d.playbook
+    counts = d.counts()
+    waiting = [a.to_dict() for a in d.awaiting_approval()]
+    quarantined = sorted(p.device_id for p in services.posture.posture if p.quarantined)
+    report: dict[str, object] = {"playbook": f"{book.name}@{book.revision}", "alerts": sum(counts.values()),
+              "unacknowledged": len(d.alerts(unacked=True, limit=100000)),
+              "by_detector": {f"{det}/{sev}": n for (det, sev), n in sorted(counts.items())},
+              "awaiting_approval": waiting,
+              "quarantined": quarantined}
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return 0
+    print(f"playbook {report['playbook']}; {report['alerts']} alerts ({report['unacknowledged']} unacknowledged); "
+          f"quarantined: {', '.join(quarantined) or 'none'}")
+    for a in waiting:
+        print(f"  waiting for approval: action {a['id']} {a['kind']} on {a['device_id']} "
+              f"(alert {a['alert_id'][:16]}, {a['reason']})")
+    return 0
+
+
+def _activate(args: argparse.Namespace) -> int:
+    from iotguard.hub.services.audit import OutboxAuditSink
+    from iotguard.hub.services.detection import activate_playbook
+
+    services = open_hub_services(config_from_args(args).hub)
+    book = activate_playbook(Path(services.cfg.data_dir), _read(args.file, 256 * 1024), actor=args.actor,
+                             audit=OutboxAuditSink(services.outbox, services.clock), now=services.clock.now())
+    deliver_effects(services)
+    for option in book.unsafe:
+        log.warning("playbook %s turns on %s: destructive actions run without approval", book.name, option)
+    print(f"playbook {book.name} revision {book.revision} is active")
+    return 0
+
+
+def _ls_playbooks(args: argparse.Namespace) -> int:
+    services = open_hub_services(config_from_args(args).hub)
+    book = services.detection.playbook
+    print(f"active: {book.name} revision {book.revision} ({len(book.rules)} rules)")
     return 0

@@ -37,6 +37,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotguard.cli.audit",
     "iotguard.cli.custody",
     "iotguard.cli.detect",
+    "iotguard.cli.alerts",
 )
 
 

@@ -25,6 +25,7 @@ from iotguard import __version__
 from iotguard.errors import IotGuardError, public_message
 from iotguard.hub.audit_api import make_audit_router
 from iotguard.hub.ratelimit import LockedOut
+from iotguard.hub.routers.alerts import alerts_router
 from iotguard.hub.routers.attestation import attestation_router
 from iotguard.hub.routers.auth import OperatorAuth
 from iotguard.hub.routers.device_requests import device_requests_router
@@ -70,6 +71,7 @@ HTTP_STATUS: dict[str, int] = {
     "storage_error": 503,
     "attestation_key_mismatch": 401,
     "no_appraisal_policy": 409,
+    "unknown_alert": 404,
 }
 
 
@@ -137,4 +139,5 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
     app.include_router(privacy_router(services.consent, services.plane, operator))
     app.include_router(telemetry_router(services.telemetry, services.operators, operator))
     app.include_router(make_audit_router(services.audit.log, operator("view_audit")))
+    app.include_router(alerts_router(services.detection, services.operators, operator, metrics_registry))
     return app

@@ -32,12 +32,14 @@ from iotguard.hub.services.attestation import AttestationService, ChallengePush
 from iotguard.hub.services.audit import AUDIT_ORIGIN, AuditService, OutboxAuditSink
 from iotguard.hub.services.broker_access import BrokerAccess, EmbeddedBrokerLink
 from iotguard.hub.services.consent import CommandChannel, ConsentPush, ConsentService
+from iotguard.hub.services.detection import ActivePlaybook, DetectionService, WebhookNotifier
 from iotguard.hub.services.firmware import FirmwareService
 from iotguard.hub.services.lifecycle import DeviceLifecycle, open_hub_keys
 from iotguard.hub.services.operators import OperatorService
 from iotguard.hub.services.posture import PostureService, open_policy
 from iotguard.hub.services.telemetry import TelemetryService
 from iotguard.hub.store import HubStore
+from iotguard.hub.stores.alerts import SqlAlertStore
 from iotguard.hub.stores.attestation import SqlAttestationStore
 from iotguard.hub.stores.firmware import SqlFirmwareFileStore
 from iotguard.keys import KeyStore
@@ -69,6 +71,7 @@ class HubServices:
     broker_link: EmbeddedBrokerLink
     attestation: AttestationService
     firmware: FirmwareService
+    detection: DetectionService
 
     def drainer(self, worker: str = "hub") -> OutboxDrainer:
         """An outbox drainer with every handler this process has.
@@ -116,10 +119,14 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
         broker = BrokerAccess(cfg.mosquitto_dir, cfg.mosquitto_pid_file, lifecycle.ca, store, posture.broker_acl,
                               clock)
     attestation = AttestationService(SqlAttestationStore(store.engine), store, posture, outbox, clock)
+    playbook = ActivePlaybook(Path(cfg.data_dir))
+    detection = DetectionService(SqlAlertStore(store.engine), posture, lifecycle.revoke, playbook, clock,
+                                 notifier=WebhookNotifier(playbook))
     return HubServices(cfg, clock, store, keystore, outbox, audit, posture, lifecycle, consent, operators,
                        TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link,
                        attestation,
-                       FirmwareService(SqlFirmwareFileStore(store.engine), keystore, audit_sink, clock))
+                       FirmwareService(SqlFirmwareFileStore(store.engine), keystore, audit_sink, clock),
+                       detection)
 
 
 class Maintenance:
@@ -148,6 +155,7 @@ class Maintenance:
         if fp != self._fingerprint:
             s.posture.refresh()
             self._fingerprint = fp
+        s.detection.refresh_risk()  # alerts' risk decays as devices behave
         s.audit.checkpoints.tick(s.clock.now())
         now = time.monotonic()
         if now - self._last_hourly >= 3600:

@@ -5,9 +5,9 @@ a function that applies it inside one transaction. ``migrate`` applies, in id
 order, every migration the database has not recorded in
 ``iotguard_schema_migrations``. Components own id ranges (ADR 0004): 0001-0099
 core, 0100-0199 audit, 0200-0299 policy, 0300-0399 privacy, 0400-0499 keys and
-credentials, 0500-0599 device plane, 0800-0899 attestation, 1200-1299 firmware updates
-(ADR 1200). Each component module defines its table-creating functions; this module
-imports them and lists them in :data:`MIGRATIONS` (no registration by
+credentials, 0500-0599 device plane, 0700-0799 detection, 0800-0899 attestation,
+1200-1299 firmware updates (ADR 1200). Each component module defines its table-creating
+functions; this module imports them and lists them in :data:`MIGRATIONS` (no registration by
 import side effect).
 """
 
@@ -32,6 +32,7 @@ from iotguard.hub.schema import (
     create_core_tables,
     create_revoked_certificates,
 )
+from iotguard.hub.stores.alerts import create_detection_tables
 from iotguard.hub.stores.attestation import create_attestation_tables
 from iotguard.hub.stores.firmware import create_firmware_tables
 
@@ -74,6 +75,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               create_credential_tables),
     Migration("0500_device_plane", "attempt limits and signed-request nonces shared by hub processes",
               create_device_plane_tables),
+    Migration("0700_detection", "detection alerts and the response actions taken for them",
+              create_detection_tables),
     Migration("0800_attestation", "attestation nonces, keys, appraisal results, reference values, policies",
               create_attestation_tables),
     Migration("1200_firmware", "firmware TUF repository files (ADR 1200)", create_firmware_tables),

@@ -33,6 +33,7 @@ OPERATOR_ACTIONS: Final[dict[str, frozenset[str]]] = {
     "read_telemetry": frozenset({"Device", "Segment", "Hub"}),
     "view_devices": frozenset({"Device", "Segment", "Hub"}),
     "view_alerts": frozenset({"Segment", "Hub"}),
+    "ack_alerts": frozenset({"Segment", "Hub"}),
     "enroll": frozenset({"Device"}),
     "manage_devices": frozenset({"Device"}),
     "quarantine": frozenset({"Device"}),

@@ -209,6 +209,23 @@ class PostureService:
             effects += self._broker(device_id, f"attestation_{trust_tier}")
         save_posture(self.store.engine, [updated], now=now, effects=effects)
 
+    def set_risk(self, scores: Mapping[str, int]) -> list[str]:
+        """Set devices' risk scores (0-100, the Cedar context's ``risk_score``); returns the devices changed.
+
+        Devices without posture are skipped; a change that alters broker access queues an ACL rewrite.
+        """
+        changed = []
+        for device_id, score in sorted(scores.items()):
+            current = self.posture.get(device_id)
+            value = max(0, min(100, int(score)))
+            if current is not None and current.risk_score != value:
+                self.posture.update(device_id, risk_score=value)
+                changed.append(device_id)
+        if changed:
+            save_posture(self.store.engine, [self.posture.require(d) for d in changed], now=self.clock.now(),
+                         effects=self._broker(changed[0], "risk"))
+        return changed
+
     def authorize_reading(self, record: DeviceRecord, topic: str, reading: Reading) -> None:
         """Ingest's decision for one authentic reading: Cedar publish policy, then the data contract.
 
