@@ -53,6 +53,17 @@ class LedgerStore(Protocol):
         """Durably add ``units``; returns the new total."""
         ...
 
+    def spend_within(self, device_id: str, period: int, units: int, limit: int, purpose: str,
+                     at: datetime) -> int | None:
+        """Atomically add ``units`` only if the total stays ``<= limit``.
+
+        The check and the spend are one step *in the store*, so any number of
+        ledger instances (threads, processes, hubs) over one store cannot
+        overspend. Returns the new total, or ``None`` (nothing spent) when the
+        spend would pass ``limit``.
+        """
+        ...
+
 
 class InMemoryLedgerStore:
     """A :class:`LedgerStore` in a dict, for tests and simulations."""
@@ -68,6 +79,15 @@ class InMemoryLedgerStore:
     def add_units(self, device_id: str, period: int, units: int, purpose: str, at: datetime) -> int:
         with self._lock:
             total = self._spent.get((device_id, period), 0) + units
+            self._spent[(device_id, period)] = total
+            return total
+
+    def spend_within(self, device_id: str, period: int, units: int, limit: int, purpose: str,
+                     at: datetime) -> int | None:
+        with self._lock:
+            total = self._spent.get((device_id, period), 0) + units
+            if total > limit:
+                return None
             self._spent[(device_id, period)] = total
             return total
 
@@ -90,6 +110,17 @@ class KeyStoreLedgerStore:
         with self._lock:
             name = self._name(device_id, period)
             return self._ks.advance_counter(name, self._ks.counter(name) + units)
+
+    def spend_within(self, device_id: str, period: int, units: int, limit: int, purpose: str,
+                     at: datetime) -> int | None:
+        # A device's key store has one owner process (the agent); this lock makes
+        # check-then-advance one step for every ledger in that process.
+        with self._lock:
+            name = self._name(device_id, period)
+            current = self._ks.counter(name)
+            if current + units > limit:
+                return None
+            return self._ks.advance_counter(name, current + units)
 
 
 @dataclass(frozen=True)
@@ -124,7 +155,6 @@ class PrivacyLossLedger:
         self.budget_epsilon = budget_epsilon
         self.period = period
         self._budget_units = math.floor(budget_epsilon / EPSILON_RESOLUTION + 1e-9)
-        self._lock = threading.Lock()
 
     def period_of(self, at: datetime) -> int:
         """Budget period number holding ``at``."""
@@ -152,12 +182,13 @@ class PrivacyLossLedger:
             raise ConfigError("privacy loss must be a non-negative number")
         period = self.period_of(at)
         units = _units(epsilon)
-        with self._lock:
+        # Check and spend are one atomic step in the store (not a lock in this
+        # instance): two ledgers over one store cannot both pass the check.
+        total = self._store.spend_within(device_id, period, units, self._budget_units, purpose, at)
+        if total is None:
             spent = self._store.spent_units(device_id, period)
-            if spent + units > self._budget_units:
-                raise BudgetExhausted(
-                    f"release of epsilon {epsilon:g} for {purpose!r} would exceed the budget "
-                    f"{self.budget_epsilon:g} (spent {spent * EPSILON_RESOLUTION:g} this period)"
-                )
-            total = self._store.add_units(device_id, period, units, purpose, at) if units else spent
+            raise BudgetExhausted(
+                f"release of epsilon {epsilon:g} for {purpose!r} would exceed the budget "
+                f"{self.budget_epsilon:g} (spent {spent * EPSILON_RESOLUTION:g} this period)"
+            )
         return Spend(device_id, period, epsilon, total * EPSILON_RESOLUTION, self.budget_epsilon)

@@ -26,11 +26,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
 from iotguard.audit import AuditEvent, EventType
 from iotguard.errors import (
     BudgetExhausted,
     MalformedError,
+    StorageError,
 )
 from iotguard.hub.db import metadata
 from iotguard.hub.stores._sql import AuditedSqlStore
@@ -88,6 +90,38 @@ class SqlLedgerStore:
     def add_units(self, device_id: str, period: int, units: int, purpose: str, at: datetime) -> int:
         with self._engine.begin() as c:
             return self._add(c, device_id, period, units, at)
+
+    def spend_within(self, device_id: str, period: int, units: int, limit: int, purpose: str,
+                     at: datetime) -> int | None:
+        """Compare-and-add in one statement: ``UPDATE ... WHERE spent_units + units <= limit``.
+
+        The row lock the UPDATE takes (PostgreSQL re-evaluates the condition on
+        the row it waited for; SQLite serialises writers) makes check-then-spend
+        atomic across processes. A missing row is inserted; losing an insert
+        race to another ledger retries the conditional update.
+        """
+        if units > limit:
+            return None
+        cond = (budget_ledger.c.device_id == device_id, budget_ledger.c.period == period)
+        for _ in range(2):
+            try:
+                with self._engine.begin() as c:
+                    res = c.execute(
+                        update(budget_ledger)
+                        .where(*cond, budget_ledger.c.spent_units + units <= limit)
+                        .values(spent_units=budget_ledger.c.spent_units + units, updated_at=_utc(at))
+                        .returning(budget_ledger.c.spent_units)
+                    ).scalar()
+                    if res is not None:
+                        return int(res)
+                    if c.execute(select(budget_ledger.c.spent_units).where(*cond)).scalar() is not None:
+                        return None
+                    c.execute(budget_ledger.insert().values(
+                        device_id=device_id, period=period, spent_units=units, updated_at=_utc(at)))
+                    return units
+            except SqlIntegrityError:
+                continue  # another ledger inserted the row first: retry the conditional update
+        raise StorageError("privacy ledger row could not be created or updated")
 
     @staticmethod
     def _add(c: Connection, device_id: str, period: int, units: int, at: datetime) -> int:
