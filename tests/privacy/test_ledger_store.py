@@ -7,6 +7,7 @@ ledger instance, not in the store.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -85,3 +86,31 @@ def test_ledger_does_not_trust_a_read_before_its_spend() -> None:
     with pytest.raises(BudgetExhausted):
         b.charge("d1", 0.8, "p", T0)
     assert InMemoryLedgerStore.spent_units(store, "d1", a.period_of(T0)) == 800_000
+
+
+def test_spend_all_within_is_all_or_nothing(store: LedgerStore) -> None:
+    assert store.spend_all_within(["a", "b"], 7, 600, 1000, "p", T0)
+    assert store.spend_within("c", 7, 900, 1000, "p", T0) == 900
+    assert not store.spend_all_within(["a", "b", "c", "d"], 7, 300, 1000, "p", T0)
+    assert [store.spent_units(x, 7) for x in "abcd"] == [600, 600, 900, 0]
+    assert store.spend_all_within(["a", "d"], 7, 400, 1000, "p", T0)
+    assert [store.spent_units(x, 7) for x in "abcd"] == [1000, 600, 900, 400]
+
+
+def test_concurrent_central_queries_cannot_overspend(store: LedgerStore) -> None:
+    ledgers = [PrivacyLossLedger(store, 1.0, DAY) for _ in range(4)]
+    barrier = threading.Barrier(len(ledgers))
+    won: list[int] = []
+
+    def spend(ledger: PrivacyLossLedger) -> None:
+        barrier.wait()
+        with contextlib.suppress(BudgetExhausted):
+            won.append(ledger.charge_all(["x", "y", "z"], 0.6, "research", T0))
+
+    threads = [threading.Thread(target=spend, args=(ledger,)) for ledger in ledgers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert won == [3]
+    assert all(ledgers[0].spent(s, T0) == pytest.approx(0.6) for s in "xyz")

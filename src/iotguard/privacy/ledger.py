@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -64,6 +65,14 @@ class LedgerStore(Protocol):
         """
         ...
 
+    def spend_all_within(self, device_ids: Sequence[str], period: int, units: int, limit: int, purpose: str,
+                         at: datetime) -> bool:
+        """Atomically add ``units`` to every id, or to none if any would pass ``limit``.
+
+        A central query charges every subject it reads; refused, it spends nothing.
+        """
+        ...
+
 
 class InMemoryLedgerStore:
     """A :class:`LedgerStore` in a dict, for tests and simulations."""
@@ -81,6 +90,16 @@ class InMemoryLedgerStore:
             total = self._spent.get((device_id, period), 0) + units
             self._spent[(device_id, period)] = total
             return total
+
+    def spend_all_within(self, device_ids: Sequence[str], period: int, units: int, limit: int, purpose: str,
+                         at: datetime) -> bool:
+        ids = sorted(set(device_ids))
+        with self._lock:
+            if any(self._spent.get((d, period), 0) + units > limit for d in ids):
+                return False
+            for d in ids:
+                self._spent[(d, period)] = self._spent.get((d, period), 0) + units
+            return True
 
     def spend_within(self, device_id: str, period: int, units: int, limit: int, purpose: str,
                      at: datetime) -> int | None:
@@ -121,6 +140,17 @@ class KeyStoreLedgerStore:
             if current + units > limit:
                 return None
             return self._ks.advance_counter(name, current + units)
+
+    def spend_all_within(self, device_ids: Sequence[str], period: int, units: int, limit: int, purpose: str,
+                         at: datetime) -> bool:
+        ids = sorted(set(device_ids))
+        with self._lock:
+            names = [self._name(d, period) for d in ids]
+            if any(self._ks.counter(n) + units > limit for n in names):
+                return False
+            for n in names:
+                self._ks.advance_counter(n, self._ks.counter(n) + units)
+            return True
 
 
 @dataclass(frozen=True)
@@ -192,3 +222,22 @@ class PrivacyLossLedger:
                 f"{self.budget_epsilon:g} (spent {spent * EPSILON_RESOLUTION:g} this period)"
             )
         return Spend(device_id, period, epsilon, total * EPSILON_RESOLUTION, self.budget_epsilon)
+
+    def charge_all(self, subjects: Sequence[str], epsilon: float, purpose: str, at: datetime) -> int:
+        """Charge ``epsilon`` to every subject a release reads, all or none; returns how many.
+
+        Raises:
+            BudgetExhausted: some subject's period total would pass the budget
+                (nothing is spent for anyone).
+            ConfigError: ``epsilon`` is negative or not finite.
+        """
+        if not math.isfinite(epsilon) or epsilon < 0:
+            raise ConfigError("privacy loss must be a non-negative number")
+        ids = sorted(set(subjects))
+        if not self._store.spend_all_within(ids, self.period_of(at), _units(epsilon), self._budget_units,
+                                            purpose, at):
+            raise BudgetExhausted(
+                f"release of epsilon {epsilon:g} for {purpose!r} would exceed the budget "
+                f"{self.budget_epsilon:g} of at least one of its {len(ids)} subjects; nothing was spent"
+            )
+        return len(ids)

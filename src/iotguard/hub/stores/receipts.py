@@ -72,6 +72,10 @@ budget_ledger = Table(
 )
 
 
+class _Refused(Exception):
+    """Rolls back an all-or-nothing charge (internal)."""
+
+
 class SqlLedgerStore:
     """The hub's :class:`~iotguard.privacy.LedgerStore` in ``privacy_budget_ledger``."""
 
@@ -122,6 +126,41 @@ class SqlLedgerStore:
             except SqlIntegrityError:
                 continue  # another ledger inserted the row first: retry the conditional update
         raise StorageError("privacy ledger row could not be created or updated")
+
+    def spend_all_within(self, device_ids: Sequence[str], period: int, units: int, limit: int, purpose: str,
+                         at: datetime) -> bool:
+        """All-or-nothing :meth:`spend_within` over many ids in one transaction.
+
+        Rows are updated in sorted order (no lock-order deadlock between two
+        queries); a refused id raises inside the transaction, rolling back the
+        others.
+        """
+        if units > limit:
+            return False
+        ids = sorted(set(device_ids))
+        for _ in range(3):
+            try:
+                with self._engine.begin() as c:
+                    for d in ids:
+                        cond = (budget_ledger.c.device_id == d, budget_ledger.c.period == period)
+                        res = c.execute(
+                            update(budget_ledger)
+                            .where(*cond, budget_ledger.c.spent_units + units <= limit)
+                            .values(spent_units=budget_ledger.c.spent_units + units, updated_at=_utc(at))
+                            .returning(budget_ledger.c.spent_units)
+                        ).scalar()
+                        if res is not None:
+                            continue
+                        if c.execute(select(budget_ledger.c.spent_units).where(*cond)).scalar() is not None:
+                            raise _Refused
+                        c.execute(budget_ledger.insert().values(
+                            device_id=d, period=period, spent_units=units, updated_at=_utc(at)))
+                return True
+            except _Refused:
+                return False
+            except SqlIntegrityError:
+                continue  # another ledger inserted a row first: retry the whole charge
+        raise StorageError("privacy ledger rows could not be created or updated")
 
     @staticmethod
     def _add(c: Connection, device_id: str, period: int, units: int, at: datetime) -> int:
