@@ -77,6 +77,8 @@ def test_export_from_records_file(tmp_path: Path, capsys: pytest.CaptureFixture[
                 str(src),
                 "--qi",
                 "age,zip",
+                "--subject",
+                "name",
                 "--sensitive",
                 "diag",
                 "--l",
@@ -153,3 +155,28 @@ def test_export_from_hub_database(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert doc["k"] == 10 and len(doc["records"]) == 120
     assert all("device_id" not in r for r in doc["records"])
     assert "smallest class (k)" in captured.err
+
+
+def test_export_counts_people_and_drops_direct_identifiers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 14: without --qi, device_id and owner became quasi-identifiers and were published."""
+    rng = random.Random(5)
+    people = [(f"dev-{d:03d}", f"owner-{d:03d}", rng.randint(20, 80), rng.choice("abc")) for d in range(30)]
+    rows = [{"device_id": d, "owner": o, "age": a, "zip": z, "steps": rng.randint(0, 9)}
+            for _ in range(8) for d, o, a, z in people]
+    src = tmp_path / "fleet.json"
+    src.write_text(json.dumps(rows))
+    rep = tmp_path / "risk.json"
+    assert main(["export", "--k", "5", "--records", str(src), "--keep", "steps", "--report", str(rep)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("age,zip,steps")
+    assert "dev-" not in captured.out and "owner-" not in captured.out
+    assert "direct identifiers dropped: device_id, owner" in captured.err
+    risk = json.loads(rep.read_text())
+    assert risk["subjects"] == 30 and risk["records"] == 240 and risk["smallest_class"] >= 5
+
+
+def test_export_without_a_subject_column_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "rows.json"
+    src.write_text(json.dumps([{"age": i % 50, "zip": "a", "v": 1} for i in range(100)]))
+    assert main(["export", "--k", "5", "--records", str(src), "--qi", "age"]) == 1
+    assert "--subject" in capsys.readouterr().err

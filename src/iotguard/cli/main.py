@@ -31,6 +31,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotguard.cli.broker",
     "iotguard.cli.policy",
     "iotguard.cli.privacy",
+    "iotguard.cli.analytics",
     "iotguard.cli.media",
     "iotguard.cli.puf",
     "iotguard.cli.firmware",

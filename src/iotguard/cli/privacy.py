@@ -239,7 +239,8 @@ def _maybe_number(v: str) -> Any:
 
 
 def _hub_records(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One row per stored reading: model, purpose, hour of day, fields (locations split in lat/lon)."""
+    """One row per stored reading: device (the data subject, never published), model, purpose,
+    hour of day, fields (locations split in lat/lon); in arrival order."""
     import cbor2
     from sqlalchemy import select
 
@@ -247,12 +248,12 @@ def _hub_records(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     engine = _engine(args)
     out: list[dict[str, Any]] = []
-    q = select(readings.c.received_at, readings.c.body, devices.c.model).select_from(
+    q = select(readings.c.device_id, readings.c.received_at, readings.c.body, devices.c.model).select_from(
         readings.outerjoin(devices, devices.c.device_id == readings.c.device_id)
     )
     q = q.order_by(readings.c.id)
     with engine.connect() as c:
-        for received, body, model in c.execute(q):
+        for device_id, received, body, model in c.execute(q):
             try:
                 obj = cbor2.loads(body)
             except (cbor2.CBORDecodeError, ValueError):
@@ -261,7 +262,8 @@ def _hub_records(args: argparse.Namespace) -> list[dict[str, Any]]:
                 continue
             if args.purpose and obj.get("p") != args.purpose:
                 continue
-            row: dict[str, Any] = {"model": model or "", "purpose": obj.get("p") or "", "hour": received.hour}
+            row: dict[str, Any] = {"device_id": device_id, "model": model or "", "purpose": obj.get("p") or "",
+                                   "hour": received.hour}
             for k, v in obj["f"].items():
                 if isinstance(v, str) and v.count(",") == 1:
                     lat, _, lon = v.partition(",")
@@ -275,22 +277,31 @@ def _hub_records(args: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
+#: Columns taken as the data subject when ``--subject`` is not given (first present wins).
+SUBJECT_COLUMNS = ("subject", "subject_id", "owner", "owner_id", "person", "device_id")
+
+
 def _export(args: argparse.Namespace) -> int:
-    from iotguard.privacy import check_l_diversity, mondrian, risk_report
+    from iotguard.privacy import DIRECT_IDENTIFIERS, check_l_diversity, mondrian, risk_report
 
     records = _read_records(Path(args.records)) if args.records else _hub_records(args)
     if not records:
         raise ConfigError("no records to export")
-    if args.qi:
-        qis = [q.strip() for q in args.qi.split(",") if q.strip()]
-    else:
-        skip = {args.sensitive, *([k.strip() for k in args.keep.split(",")] if args.keep else [])}
-        qis = [k for k in records[0] if k not in skip]
+    subject = args.subject or next((c for c in SUBJECT_COLUMNS if c in records[0]), None)
+    if subject is None:
+        raise ConfigError("name the data-subject column with --subject (k and l count people, not rows)")
+    direct = DIRECT_IDENTIFIERS | {subject}
     keep = [k.strip() for k in args.keep.split(",") if k.strip()] if args.keep else []
     if args.sensitive and args.sensitive not in keep:
         keep.append(args.sensitive)
-    usable = [r for r in records if all(r.get(c) not in (None, "") for c in (*qis, *keep))]
-    table = mondrian(usable, qis, args.k, keep=keep, sensitive=args.sensitive, l=args.l)
+    if args.qi:
+        qis = [q.strip() for q in args.qi.split(",") if q.strip()]
+    else:
+        qis = [k for k in records[0] if k not in {*keep, *direct}]
+        dropped = [k for k in records[0] if k in direct]
+        print(f"direct identifiers dropped: {', '.join(dropped)}", file=sys.stderr)
+    usable = [r for r in records if all(r.get(c) not in (None, "") for c in (*qis, *keep, subject))]
+    table = mondrian(usable, qis, args.k, keep=keep, sensitive=args.sensitive, l=args.l, subject=subject)
     if args.sensitive and args.l > 1:
         check_l_diversity(table, usable, args.sensitive, args.l)
     report = risk_report(table, usable, sensitive=args.sensitive)
@@ -310,13 +321,17 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _register_export(sub: Any) -> None:
-    p = sub.add_parser("export", help="k-anonymous (Mondrian) extract with l-diversity check and risk report")
+    p = sub.add_parser("export", help="k-anonymous (Mondrian) extract, k and l over data subjects, shuffled, "
+                       "with risk report")
     _db_args(p)
     p.add_argument("--k", type=int, default=10, help="minimum equivalence class size (default 10)")
     p.add_argument("--l", type=int, default=1, help="minimum distinct sensitive values per class")
     p.add_argument("--records", metavar="FILE", help="CSV or JSON records instead of the hub database")
     p.add_argument("--purpose", help="only readings collected for this purpose (hub database)")
-    p.add_argument("--qi", help="comma-separated quasi-identifiers (default: every unpublished column)")
+    p.add_argument("--qi", help="comma-separated quasi-identifiers (default: every column not published and "
+                   "not a direct identifier)")
+    p.add_argument("--subject", help="column naming each record's data subject; k and l count subjects "
+                   f"(default: first of {', '.join(SUBJECT_COLUMNS)}; the hub's is device_id)")
     p.add_argument("--sensitive", help="sensitive column (published, checked for l-diversity)")
     p.add_argument("--keep", help="other columns to publish unchanged")
     p.add_argument("--format", choices=("csv", "json"), default="csv")

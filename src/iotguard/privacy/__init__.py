@@ -74,6 +74,7 @@ from iotguard.privacy.registry import (
     validate_contract_name,
 )
 from iotguard.privacy.sharing import (
+    DIRECT_IDENTIFIERS,
     AnonymisedTable,
     EquivalenceClass,
     LinkageResult,
@@ -88,6 +89,7 @@ from iotguard.privacy.sharing import (
 __all__ = [
     "CONSENT_MESSAGE_VERSION",
     "CONTRACT_NAME_RE",
+    "DIRECT_IDENTIFIERS",
     "AnonymisedTable",
     "BoundedNumeric",
     "ConsentAck",

@@ -14,15 +14,17 @@ post-processing-free pre-processing: the mechanism's guarantee holds for
 every input in the domain). Every numeric report is an *unbiased* estimate
 of the true value, so the fleet mean is the plain average of reports.
 
-Randomness: each mechanism draws from a :class:`UniformSource` (anything
-with ``random() -> float`` in ``[0, 1)``). On devices the pipeline uses
+Randomness: each mechanism draws from a :class:`UniformSource` (``random()``
+and ``randrange(n)``, e.g. :class:`secrets.SystemRandom`). On devices the pipeline uses
 :class:`secrets.SystemRandom` (the OS CSPRNG), because an observer who could
 predict a non-cryptographic generator could subtract the noise. The
 vectorised ``*_many`` methods take a seeded ``numpy.random.Generator`` and
-exist for simulation, tests and benchmarks only. Floating-point sampling can
-leak a little in the low-order bits (Mironov 2012); where exactness matters
-the OpenDP mechanisms (:class:`OpenDPLaplace`, :class:`OpenDPRandomizedResponse`),
-which sample exactly, are available behind the same interface.
+exist for simulation, tests and benchmarks only. Continuous samplers over
+floats leak through their low-order bits (Mironov 2012), so the numeric
+mechanisms (Duchi, piecewise, hybrid) are discretised with exact integer
+coins (:mod:`iotguard.privacy.ldp_exact` gives the construction and the
+proof); :class:`OpenDPLaplace` and :class:`OpenDPRandomizedResponse` use
+OpenDP's exact samplers.
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ import numpy as np
 import numpy.typing as npt
 
 from iotguard.errors import ConfigError
+from iotguard.privacy.ldp_exact import (
+    HYBRID_THRESHOLD,
+    DuchiMechanism,
+    HybridMechanism,
+    PiecewiseMechanism,
+    UniformSource,
+    check_epsilon,
+)
 
 __all__ = [
     "HYBRID_THRESHOLD",
@@ -57,17 +67,6 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-#: Below this epsilon the hybrid mechanism is pure Duchi (Wang et al. 2019, eps* ~= 0.61).
-HYBRID_THRESHOLD = 0.61
-
-
-class UniformSource(Protocol):
-    """A source of uniform floats in ``[0, 1)``."""
-
-    def random(self) -> float:
-        """One uniform draw."""
-        ...
-
 
 def _privacy_map(measurement: Any, d_in: float) -> float:
     """The epsilon OpenDP's privacy map assigns to input distance ``d_in``."""
@@ -75,10 +74,7 @@ def _privacy_map(measurement: Any, d_in: float) -> float:
     return float(result)
 
 
-def _check_epsilon(epsilon: float) -> float:
-    if not (isinstance(epsilon, int | float) and math.isfinite(epsilon) and epsilon > 0):
-        raise ConfigError(f"epsilon must be a positive finite number, got {epsilon!r}")
-    return float(epsilon)
+_check_epsilon = check_epsilon
 
 
 class NumericMechanism(Protocol):
@@ -98,136 +94,6 @@ class NumericMechanism(Protocol):
     def variance(self, t: float) -> float:
         """Variance of one report given the true ``t``."""
         ...
-
-
-class DuchiMechanism:
-    """Duchi, Jordan and Wainwright's one-dimensional mechanism (2018).
-
-    Output is ``+C`` with probability ``p(t) = 1/2 + t (e^eps - 1) / (2 (e^eps + 1))``
-    and ``-C`` otherwise, where ``C = (e^eps + 1) / (e^eps - 1)``.
-
-    Privacy: for any ``t`` in ``[-1, 1]``, ``p(t)`` lies in
-    ``[1/(e^eps + 1), e^eps/(e^eps + 1)]``, and so does ``1 - p(t)``. Hence for
-    any two inputs and either output the probability ratio is at most
-    ``(e^eps/(e^eps+1)) / (1/(e^eps+1)) = e^eps``: the mechanism is eps-LDP.
-
-    Unbiasedness: ``E[y] = C (2 p(t) - 1) = C t (e^eps - 1)/(e^eps + 1) = t``;
-    ``Var[y] = C^2 - t^2``.
-    """
-
-    name = "duchi"
-
-    def __init__(self, epsilon: float) -> None:
-        self.epsilon = _check_epsilon(epsilon)
-        e = math.exp(self.epsilon)
-        self._c = (e + 1) / (e - 1)
-        self._slope = (e - 1) / (2 * (e + 1))
-
-    def privatise(self, t: float, rng: UniformSource) -> float:
-        t = min(1.0, max(-1.0, t))
-        return self._c if rng.random() < 0.5 + self._slope * t else -self._c
-
-    def privatise_many(self, t: FloatArray, rng: np.random.Generator) -> FloatArray:
-        t = np.clip(t, -1.0, 1.0)
-        up = rng.random(t.shape) < 0.5 + self._slope * t
-        return np.where(up, self._c, -self._c)
-
-    def variance(self, t: float) -> float:
-        return self._c**2 - t**2
-
-
-class PiecewiseMechanism:
-    """The piecewise mechanism of Wang et al., "Collecting and analyzing
-    multidimensional data with local differential privacy" (ICDE 2019).
-
-    With ``s = e^(eps/2)`` and ``C = (s + 1)/(s - 1)``, input ``t`` defines the
-    interval ``[l(t), r(t)]`` with ``l(t) = (C + 1)/2 * t - (C - 1)/2`` and
-    ``r(t) = l(t) + C - 1``, always inside ``[-C, C]``. The output is uniform on
-    ``[l, r]`` with probability ``s/(s + 1)``, otherwise uniform on the rest of
-    ``[-C, C]``.
-
-    Privacy: the density on ``[l, r]`` is ``p = (s/(s+1)) / (C-1) =
-    s (s-1) / (2 (s+1))`` and elsewhere ``(1/(s+1)) / (C+1) = (s-1) / (2 s (s+1))
-    = p / s^2``. Any output ``y`` has density ``p`` or ``p / e^eps`` under any
-    input, so the ratio for two inputs is at most ``e^eps``: eps-LDP.
-
-    Unbiasedness (Wang et al. Lemma 1): ``E[y] = t``, and
-    ``Var[y] = t^2/(s - 1) + (s + 3)/(3 (s - 1)^2)``.
-    """
-
-    name = "piecewise"
-
-    def __init__(self, epsilon: float) -> None:
-        self.epsilon = _check_epsilon(epsilon)
-        self._s = math.exp(self.epsilon / 2)
-        self._c = (self._s + 1) / (self._s - 1)
-        self._p_in = self._s / (self._s + 1)
-
-    def privatise(self, t: float, rng: UniformSource) -> float:
-        t = min(1.0, max(-1.0, t))
-        c = self._c
-        left = (c + 1) / 2 * t - (c - 1) / 2
-        right = left + c - 1
-        if rng.random() < self._p_in:
-            return left + (right - left) * rng.random()
-        # Uniform on [-C, left) U (right, C]: draw a point on a line of the
-        # combined length and map the part past the first piece to the second.
-        u = rng.random() * ((left + c) + (c - right))
-        return -c + u if u < left + c else right + (u - (left + c))
-
-    def privatise_many(self, t: FloatArray, rng: np.random.Generator) -> FloatArray:
-        t = np.clip(t, -1.0, 1.0)
-        c = self._c
-        left = (c + 1) / 2 * t - (c - 1) / 2
-        right = left + c - 1
-        inside = rng.random(t.shape) < self._p_in
-        u = rng.random(t.shape)
-        y_in = left + (right - left) * u
-        w = u * ((left + c) + (c - right))
-        y_out = np.where(w < left + c, -c + w, right + (w - (left + c)))
-        return np.where(inside, y_in, y_out)
-
-    def variance(self, t: float) -> float:
-        s = self._s
-        return t**2 / (s - 1) + (s + 3) / (3 * (s - 1) ** 2)
-
-
-class HybridMechanism:
-    """Wang et al.'s hybrid mechanism: piecewise with probability ``a``, else Duchi.
-
-    ``a = 1 - e^(-eps/2)`` for ``eps > 0.61`` and ``a = 0`` below (where Duchi
-    alone has the lower worst-case variance).
-
-    Privacy: the output distribution is the mixture ``a f_PM(y|t) + (1-a)
-    f_D(y|t)`` with a mixing weight that does not depend on ``t``. The two
-    components have disjoint supports almost surely (Duchi outputs exactly
-    ``+-C_D``, a null set for the continuous piecewise output) and each
-    satisfies the eps-LDP ratio bound, so each point's density or mass ratio
-    between two inputs is that of its component, at most ``e^eps``: eps-LDP.
-
-    Unbiasedness: both components are unbiased, so the mixture is; its
-    variance is ``a Var_PM(t) + (1 - a) Var_D(t)``.
-    """
-
-    name = "hybrid"
-
-    def __init__(self, epsilon: float) -> None:
-        self.epsilon = _check_epsilon(epsilon)
-        self._alpha = 1 - math.exp(-self.epsilon / 2) if self.epsilon > HYBRID_THRESHOLD else 0.0
-        self._pm = PiecewiseMechanism(self.epsilon)
-        self._duchi = DuchiMechanism(self.epsilon)
-
-    def privatise(self, t: float, rng: UniformSource) -> float:
-        if rng.random() < self._alpha:
-            return self._pm.privatise(t, rng)
-        return self._duchi.privatise(t, rng)
-
-    def privatise_many(self, t: FloatArray, rng: np.random.Generator) -> FloatArray:
-        use_pm = rng.random(t.shape) < self._alpha
-        return np.where(use_pm, self._pm.privatise_many(t, rng), self._duchi.privatise_many(t, rng))
-
-    def variance(self, t: float) -> float:
-        return self._alpha * self._pm.variance(t) + (1 - self._alpha) * self._duchi.variance(t)
 
 
 class OpenDPLaplace:
@@ -274,11 +140,10 @@ class OpenDPLaplace:
         return 2 * self._scale**2
 
 
-def _average_variance(mechanism: DuchiMechanism | PiecewiseMechanism) -> float:
-    """Variance of one report averaged over inputs uniform on [-1, 1] (E[t^2] = 1/3)."""
-    if isinstance(mechanism, DuchiMechanism):
-        return mechanism.variance(0.0) - 1 / 3
-    return mechanism.variance(0.0) + (mechanism.variance(1.0) - mechanism.variance(0.0)) / 3
+def _average_variance(mechanism: NumericMechanism) -> float:
+    """Variance of one report averaged over inputs uniform on [-1, 1]."""
+    ts = np.linspace(-1.0, 1.0, 101)
+    return float(np.mean([mechanism.variance(float(t)) for t in ts]))
 
 
 def choose_numeric(epsilon: float, mechanism: str = "auto") -> NumericMechanism:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -53,6 +54,25 @@ class LedgerStore(Protocol):
         """Durably add ``units``; returns the new total."""
         ...
 
+    def spend_within(self, device_id: str, period: int, units: int, limit: int, purpose: str,
+                     at: datetime) -> int | None:
+        """Atomically add ``units`` only if the total stays ``<= limit``.
+
+        The check and the spend are one step *in the store*, so any number of
+        ledger instances (threads, processes, hubs) over one store cannot
+        overspend. Returns the new total, or ``None`` (nothing spent) when the
+        spend would pass ``limit``.
+        """
+        ...
+
+    def spend_all_within(self, device_ids: Sequence[str], period: int, units: int, limit: int, purpose: str,
+                         at: datetime) -> bool:
+        """Atomically add ``units`` to every id, or to none if any would pass ``limit``.
+
+        A central query charges every subject it reads; refused, it spends nothing.
+        """
+        ...
+
 
 class InMemoryLedgerStore:
     """A :class:`LedgerStore` in a dict, for tests and simulations."""
@@ -68,6 +88,25 @@ class InMemoryLedgerStore:
     def add_units(self, device_id: str, period: int, units: int, purpose: str, at: datetime) -> int:
         with self._lock:
             total = self._spent.get((device_id, period), 0) + units
+            self._spent[(device_id, period)] = total
+            return total
+
+    def spend_all_within(self, device_ids: Sequence[str], period: int, units: int, limit: int, purpose: str,
+                         at: datetime) -> bool:
+        ids = sorted(set(device_ids))
+        with self._lock:
+            if any(self._spent.get((d, period), 0) + units > limit for d in ids):
+                return False
+            for d in ids:
+                self._spent[(d, period)] = self._spent.get((d, period), 0) + units
+            return True
+
+    def spend_within(self, device_id: str, period: int, units: int, limit: int, purpose: str,
+                     at: datetime) -> int | None:
+        with self._lock:
+            total = self._spent.get((device_id, period), 0) + units
+            if total > limit:
+                return None
             self._spent[(device_id, period)] = total
             return total
 
@@ -90,6 +129,28 @@ class KeyStoreLedgerStore:
         with self._lock:
             name = self._name(device_id, period)
             return self._ks.advance_counter(name, self._ks.counter(name) + units)
+
+    def spend_within(self, device_id: str, period: int, units: int, limit: int, purpose: str,
+                     at: datetime) -> int | None:
+        # A device's key store has one owner process (the agent); this lock makes
+        # check-then-advance one step for every ledger in that process.
+        with self._lock:
+            name = self._name(device_id, period)
+            current = self._ks.counter(name)
+            if current + units > limit:
+                return None
+            return self._ks.advance_counter(name, current + units)
+
+    def spend_all_within(self, device_ids: Sequence[str], period: int, units: int, limit: int, purpose: str,
+                         at: datetime) -> bool:
+        ids = sorted(set(device_ids))
+        with self._lock:
+            names = [self._name(d, period) for d in ids]
+            if any(self._ks.counter(n) + units > limit for n in names):
+                return False
+            for n in names:
+                self._ks.advance_counter(n, self._ks.counter(n) + units)
+            return True
 
 
 @dataclass(frozen=True)
@@ -124,7 +185,6 @@ class PrivacyLossLedger:
         self.budget_epsilon = budget_epsilon
         self.period = period
         self._budget_units = math.floor(budget_epsilon / EPSILON_RESOLUTION + 1e-9)
-        self._lock = threading.Lock()
 
     def period_of(self, at: datetime) -> int:
         """Budget period number holding ``at``."""
@@ -152,12 +212,32 @@ class PrivacyLossLedger:
             raise ConfigError("privacy loss must be a non-negative number")
         period = self.period_of(at)
         units = _units(epsilon)
-        with self._lock:
+        # Check and spend are one atomic step in the store (not a lock in this
+        # instance): two ledgers over one store cannot both pass the check.
+        total = self._store.spend_within(device_id, period, units, self._budget_units, purpose, at)
+        if total is None:
             spent = self._store.spent_units(device_id, period)
-            if spent + units > self._budget_units:
-                raise BudgetExhausted(
-                    f"release of epsilon {epsilon:g} for {purpose!r} would exceed the budget "
-                    f"{self.budget_epsilon:g} (spent {spent * EPSILON_RESOLUTION:g} this period)"
-                )
-            total = self._store.add_units(device_id, period, units, purpose, at) if units else spent
+            raise BudgetExhausted(
+                f"release of epsilon {epsilon:g} for {purpose!r} would exceed the budget "
+                f"{self.budget_epsilon:g} (spent {spent * EPSILON_RESOLUTION:g} this period)"
+            )
         return Spend(device_id, period, epsilon, total * EPSILON_RESOLUTION, self.budget_epsilon)
+
+    def charge_all(self, subjects: Sequence[str], epsilon: float, purpose: str, at: datetime) -> int:
+        """Charge ``epsilon`` to every subject a release reads, all or none; returns how many.
+
+        Raises:
+            BudgetExhausted: some subject's period total would pass the budget
+                (nothing is spent for anyone).
+            ConfigError: ``epsilon`` is negative or not finite.
+        """
+        if not math.isfinite(epsilon) or epsilon < 0:
+            raise ConfigError("privacy loss must be a non-negative number")
+        ids = sorted(set(subjects))
+        if not self._store.spend_all_within(ids, self.period_of(at), _units(epsilon), self._budget_units,
+                                            purpose, at):
+            raise BudgetExhausted(
+                f"release of epsilon {epsilon:g} for {purpose!r} would exceed the budget "
+                f"{self.budget_epsilon:g} of at least one of its {len(ids)} subjects; nothing was spent"
+            )
+        return len(ids)

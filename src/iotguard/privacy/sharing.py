@@ -10,6 +10,15 @@ equivalence class whose quasi-identifiers are published as a range
 columns named in ``keep`` are published: every other column, in particular
 direct identifiers, is left out (fail closed).
 
+People, not rows: a data subject (a device's owner) contributes many
+readings, so ``k`` and ``l`` are counted over distinct *subjects*
+(``subject=`` names the column; one person's many readings are one
+individual). Direct identifiers (:data:`DIRECT_IDENTIFIERS` and the subject
+column) can never be quasi-identifiers or published columns. Published rows
+are shuffled inside each class and the classes themselves are shuffled, so
+an attacker who knows when each reading arrived learns nothing from the
+row order (:func:`risk_report` measures exactly that attacker).
+
 k-anonymity bounds what a linking attacker gets, not what they infer about
 a homogeneous class; :func:`check_l_diversity` checks the latter, and
 :func:`risk_report` / :func:`linkage_attack` measure the risk of the extract
@@ -30,6 +39,7 @@ from typing import Any
 from iotguard.errors import ConfigError, MalformedError, PolicyDenied
 
 __all__ = [
+    "DIRECT_IDENTIFIERS",
     "AnonymisedTable",
     "EquivalenceClass",
     "LinkageResult",
@@ -42,6 +52,12 @@ __all__ = [
 ]
 
 Box = tuple[float, float] | frozenset[str]
+
+#: Column names that identify a person directly: never quasi-identifiers, never published.
+DIRECT_IDENTIFIERS = frozenset({
+    "device_id", "owner", "owner_id", "subject", "subject_id", "person", "person_id", "name",
+    "email", "phone", "serial", "user", "user_id", "username", "ip", "ip_address", "mac",
+})
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,10 @@ class AnonymisedTable:
             grouped by class.
         classes: The equivalence classes; ``classes[i].members`` index the
             input records (kept for risk measurement, never published).
+        sources: Input index of each published row (risk measurement only,
+            never published).
+        subjects: Data subject of each input record (risk measurement only,
+            never published; the record index itself when no subject column).
     """
 
     quasi_identifiers: tuple[str, ...]
@@ -90,6 +110,12 @@ class AnonymisedTable:
     k: int
     records: tuple[Mapping[str, Any], ...]
     classes: tuple[EquivalenceClass, ...]
+    sources: tuple[int, ...] = ()
+    subjects: tuple[str, ...] = ()
+
+    def subjects_in(self, c: EquivalenceClass) -> int:
+        """Distinct data subjects in class ``c``."""
+        return len({self.subjects[i] for i in c.members})
 
     def to_json(self) -> str:
         """The extract as a JSON document."""
@@ -118,6 +144,29 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _matched_values(pairs: Sequence[tuple[str, str]]) -> int:
+    """Distinct values held by distinct subjects: a maximum matching of values to subjects.
+
+    ``pairs`` are (subject, value). One subject holding five values counts once.
+    """
+    holders: dict[str, set[str]] = {}
+    for subj, v in pairs:
+        holders.setdefault(v, set()).add(subj)
+    taken: dict[str, str] = {}  # subject -> value matched to it
+
+    def augment(v: str, seen: set[str]) -> bool:
+        for subj in holders[v]:
+            if subj in seen:
+                continue
+            seen.add(subj)
+            if subj not in taken or augment(taken[subj], seen):
+                taken[subj] = v
+                return True
+        return False
+
+    return sum(1 for v in holders if augment(v, set()))
+
+
 def mondrian(
     records: Sequence[Mapping[str, Any]],
     quasi_identifiers: Sequence[str],
@@ -126,8 +175,10 @@ def mondrian(
     keep: Sequence[str] = (),
     sensitive: str | None = None,
     l: int = 1,  # noqa: E741 - the standard name of the parameter
+    subject: str | None = None,
+    rng: random.Random | None = None,
 ) -> AnonymisedTable:
-    """Partition ``records`` into equivalence classes of at least ``k``.
+    """Partition ``records`` into equivalence classes of at least ``k`` data subjects.
 
     Args:
         records: Input rows.
@@ -137,11 +188,18 @@ def mondrian(
         k: Minimum class size.
         keep: Extra columns to publish unchanged (e.g. the sensitive one).
         sensitive: Sensitive column for the l-diversity split rule.
-        l: Each class must hold at least ``l`` distinct ``sensitive`` values.
+        l: Each class must hold at least ``l`` distinct ``sensitive`` values,
+            held by distinct subjects.
+        subject: Column naming each record's data subject; ``k`` and ``l``
+            count subjects, not rows. ``None`` only when every record is a
+            different person. The column is never published.
+        rng: Shuffles rows and classes (default: the OS's CSPRNG).
 
     Raises:
-        ConfigError: ``k < 2``, no quasi-identifiers, or ``l > 1`` without ``sensitive``.
-        MalformedError: a record lacks a quasi-identifier or a kept column.
+        ConfigError: ``k < 2``, no quasi-identifiers, ``l > 1`` without
+            ``sensitive``, or a direct identifier named as a quasi-identifier
+            or published column.
+        MalformedError: a record lacks a quasi-identifier, kept or subject column.
         PolicyDenied: the records cannot form even one class of ``k``
             (or of ``l`` distinct sensitive values).
     """
@@ -152,8 +210,12 @@ def mondrian(
     if l > 1 and sensitive is None:
         raise ConfigError("l-diversity needs a sensitive column")
     qis = tuple(quasi_identifiers)
+    direct = DIRECT_IDENTIFIERS | ({subject} if subject else set())
+    named = sorted(c for c in {*qis, *keep, *((sensitive,) if sensitive else ())} if c in direct)
+    if named:
+        raise ConfigError(f"direct identifiers cannot be quasi-identifiers or published: {', '.join(named)}")
     for i, r in enumerate(records):
-        for c in (*qis, *keep, *((sensitive,) if sensitive else ())):
+        for c in (*qis, *keep, *((sensitive,) if sensitive else ()), *((subject,) if subject else ())):
             if c not in r or r[c] is None:
                 raise MalformedError(f"record {i} has no value for {c!r}")
     numeric = {q: all(_is_number(r[q]) for r in records) for q in qis}
@@ -165,12 +227,19 @@ def mondrian(
     def key(i: int, q: str) -> float:
         return float(records[i][q]) if numeric[q] else float(codes[q][str(records[i][q])])
 
+    subj = tuple(str(r[subject]) for r in records) if subject else tuple(str(i) for i in range(len(records)))
+
+    def big(part: Sequence[int]) -> bool:
+        return len({subj[i] for i in part}) >= k
+
     def diverse(part: Sequence[int]) -> bool:
-        return sensitive is None or len({str(records[i][sensitive]) for i in part}) >= l
+        if sensitive is None or l <= 1:
+            return True
+        return _matched_values([(subj[i], str(records[i][sensitive])) for i in part]) >= l
 
     all_idx = list(range(len(records)))
-    if len(records) < k or not diverse(all_idx):
-        raise PolicyDenied(f"{len(records)} records cannot form a class of k={k} (l={l})")
+    if not big(all_idx) or not diverse(all_idx):
+        raise PolicyDenied(f"{len(set(subj))} data subjects cannot form a class of k={k} (l={l})")
     spans = {q: (max(key(i, q) for i in all_idx) - min(key(i, q) for i in all_idx)) or 1.0 for q in qis}
     finished: list[list[int]] = []
     stack = [all_idx]
@@ -186,14 +255,17 @@ def mondrian(
             median = vals[(len(vals) - 1) // 2]
             left = [i for i in part if key(i, q) <= median]
             right = [i for i in part if key(i, q) > median]
-            if len(left) >= k and len(right) >= k and diverse(left) and diverse(right):
+            if big(left) and big(right) and diverse(left) and diverse(right):
                 stack.extend((left, right))
                 break
         else:
             finished.append(part)
+    shuffler = rng or random.SystemRandom()
+    shuffler.shuffle(finished)
     classes: list[EquivalenceClass] = []
     out: list[dict[str, Any]] = []
-    for part in sorted(finished, key=lambda p: min(p)):
+    sources: list[int] = []
+    for part in finished:
         box: dict[str, Box] = {}
         for q in qis:
             if numeric[q]:
@@ -204,14 +276,20 @@ def mondrian(
         ec = EquivalenceClass(box, tuple(sorted(part)))
         classes.append(ec)
         gen = ec.generalised()
-        for i in ec.members:
+        rows = list(ec.members)
+        shuffler.shuffle(rows)  # arrival order must not survive into the extract
+        for i in rows:
             out.append({**gen, **{c: records[i][c] for c in keep}})
-    return AnonymisedTable(qis, tuple(keep), k, tuple(out), tuple(classes))
+            sources.append(i)
+    return AnonymisedTable(qis, tuple(keep), k, tuple(out), tuple(classes), tuple(sources), subj)
 
 
 def l_diversity(table: AnonymisedTable, records: Sequence[Mapping[str, Any]], sensitive: str) -> int:
-    """Smallest number of distinct ``sensitive`` values in any class (distinct l-diversity)."""
-    return min(len({str(records[i][sensitive]) for i in c.members}) for c in table.classes)
+    """Smallest number, over classes, of distinct ``sensitive`` values held by distinct subjects."""
+    return min(
+        _matched_values([(table.subjects[i], str(records[i][sensitive])) for i in c.members])
+        for c in table.classes
+    )
 
 
 def check_l_diversity(
@@ -233,15 +311,29 @@ def check_l_diversity(
 
 @dataclass(frozen=True)
 class RiskReport:
-    """Measured re-identification risk of an extract (prosecutor model)."""
+    """Measured re-identification risk of an extract, per data subject.
+
+    The attacker knows a target subject's exact quasi-identifiers and the
+    arrival time of each of their readings (prosecutor model). Locating the
+    target's classes by quasi-identifier, they pick one of the class's
+    subjects: risk ``1 / subjects in the class``; a subject's risk is the
+    largest over the classes their readings fall in. Knowing arrival times,
+    they also link the ``j``-th published row of a class to the ``j``-th
+    arrived reading: ``arrival_attack_success`` is how often that names the
+    right subject, next to ``arrival_attack_baseline``, what guessing a row
+    of the class at random achieves (equal when the row order carries nothing).
+    """
 
     records: int
+    subjects: int
     classes: int
-    smallest_class: int
+    smallest_class: int  # fewest distinct subjects in a class (the k achieved)
     max_risk: float  # 1 / smallest class
-    average_risk: float  # mean over records of 1 / |class|
-    records_above_threshold: int  # records whose risk exceeds ``threshold``
+    average_risk: float  # mean over subjects of their risk
+    subjects_above_threshold: int  # subjects whose risk exceeds ``threshold``
     threshold: float
+    arrival_attack_success: float
+    arrival_attack_baseline: float
     l_diversity: int | None
 
     def to_dict(self) -> dict[str, Any]:
@@ -252,15 +344,38 @@ class RiskReport:
         """A short human-readable report."""
         lines = [
             f"records              {self.records}",
+            f"data subjects        {self.subjects}",
             f"equivalence classes  {self.classes}",
-            f"smallest class (k)   {self.smallest_class}",
+            f"smallest class (k)   {self.smallest_class} subjects",
             f"max risk             {self.max_risk:.4f}",
             f"average risk         {self.average_risk:.4f}",
-            f"records above {self.threshold:.3f} {self.records_above_threshold}",
+            f"subjects above {self.threshold:.3f} {self.subjects_above_threshold}",
+            f"arrival-order attack {self.arrival_attack_success:.4f} (random guess {self.arrival_attack_baseline:.4f})",
         ]
         if self.l_diversity is not None:
             lines.append(f"l-diversity          {self.l_diversity}")
         return "\n".join(lines)
+
+
+def _arrival_attack(table: AnonymisedTable) -> tuple[float, float]:
+    """(success, random-guess baseline) of linking rows by arrival order within classes."""
+    hits = base = 0.0
+    pos = 0
+    owner = {m: c for c in table.classes for m in c.members}
+    n = len(table.sources)
+    while pos < n:
+        c = owner[table.sources[pos]]
+        size = len(c.members)
+        by_arrival = sorted(c.members)  # input order is arrival order
+        counts: dict[str, int] = {}
+        for m in c.members:
+            counts[table.subjects[m]] = counts.get(table.subjects[m], 0) + 1
+        for j in range(size):
+            truth = table.subjects[table.sources[pos + j]]
+            hits += table.subjects[by_arrival[j]] == truth
+            base += counts[truth] / size
+        pos += size
+    return hits / max(1, n), base / max(1, n)
 
 
 def risk_report(
@@ -270,22 +385,30 @@ def risk_report(
     sensitive: str | None = None,
     threshold: float | None = None,
 ) -> RiskReport:
-    """Measure the re-identification risk of ``table``.
+    """Measure the re-identification risk of ``table`` per data subject.
 
     ``threshold`` defaults to ``1/k``. l-diversity is measured when both
     ``records`` and ``sensitive`` are given.
     """
-    sizes = [len(c.members) for c in table.classes]
-    n = sum(sizes)
+    per_class = [table.subjects_in(c) for c in table.classes]
+    risk: dict[str, float] = {}
+    for c, n_subj in zip(table.classes, per_class, strict=True):
+        for m in c.members:
+            s = table.subjects[m]
+            risk[s] = max(risk.get(s, 0.0), 1 / n_subj)
     thr = 1 / table.k if threshold is None else threshold
+    success, baseline = _arrival_attack(table)
     return RiskReport(
-        records=n,
-        classes=len(sizes),
-        smallest_class=min(sizes),
-        max_risk=1 / min(sizes),
-        average_risk=len(sizes) / n,
-        records_above_threshold=sum(s for s in sizes if 1 / s > thr + 1e-12),
+        records=sum(len(c.members) for c in table.classes),
+        subjects=len(risk),
+        classes=len(per_class),
+        smallest_class=min(per_class),
+        max_risk=1 / min(per_class),
+        average_risk=sum(risk.values()) / len(risk),
+        subjects_above_threshold=sum(1 for r in risk.values() if r > thr + 1e-12),
         threshold=thr,
+        arrival_attack_success=success,
+        arrival_attack_baseline=baseline,
         l_diversity=l_diversity(table, records, sensitive) if records is not None and sensitive else None,
     )
 

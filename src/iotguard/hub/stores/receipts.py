@@ -26,11 +26,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
 from iotguard.audit import AuditEvent, EventType
 from iotguard.errors import (
     BudgetExhausted,
     MalformedError,
+    StorageError,
 )
 from iotguard.hub.db import metadata
 from iotguard.hub.stores._sql import AuditedSqlStore
@@ -70,6 +72,10 @@ budget_ledger = Table(
 )
 
 
+class _Refused(Exception):
+    """Rolls back an all-or-nothing charge (internal)."""
+
+
 class SqlLedgerStore:
     """The hub's :class:`~iotguard.privacy.LedgerStore` in ``privacy_budget_ledger``."""
 
@@ -88,6 +94,73 @@ class SqlLedgerStore:
     def add_units(self, device_id: str, period: int, units: int, purpose: str, at: datetime) -> int:
         with self._engine.begin() as c:
             return self._add(c, device_id, period, units, at)
+
+    def spend_within(self, device_id: str, period: int, units: int, limit: int, purpose: str,
+                     at: datetime) -> int | None:
+        """Compare-and-add in one statement: ``UPDATE ... WHERE spent_units + units <= limit``.
+
+        The row lock the UPDATE takes (PostgreSQL re-evaluates the condition on
+        the row it waited for; SQLite serialises writers) makes check-then-spend
+        atomic across processes. A missing row is inserted; losing an insert
+        race to another ledger retries the conditional update.
+        """
+        if units > limit:
+            return None
+        cond = (budget_ledger.c.device_id == device_id, budget_ledger.c.period == period)
+        for _ in range(2):
+            try:
+                with self._engine.begin() as c:
+                    res = c.execute(
+                        update(budget_ledger)
+                        .where(*cond, budget_ledger.c.spent_units + units <= limit)
+                        .values(spent_units=budget_ledger.c.spent_units + units, updated_at=_utc(at))
+                        .returning(budget_ledger.c.spent_units)
+                    ).scalar()
+                    if res is not None:
+                        return int(res)
+                    if c.execute(select(budget_ledger.c.spent_units).where(*cond)).scalar() is not None:
+                        return None
+                    c.execute(budget_ledger.insert().values(
+                        device_id=device_id, period=period, spent_units=units, updated_at=_utc(at)))
+                    return units
+            except SqlIntegrityError:
+                continue  # another ledger inserted the row first: retry the conditional update
+        raise StorageError("privacy ledger row could not be created or updated")
+
+    def spend_all_within(self, device_ids: Sequence[str], period: int, units: int, limit: int, purpose: str,
+                         at: datetime) -> bool:
+        """All-or-nothing :meth:`spend_within` over many ids in one transaction.
+
+        Rows are updated in sorted order (no lock-order deadlock between two
+        queries); a refused id raises inside the transaction, rolling back the
+        others.
+        """
+        if units > limit:
+            return False
+        ids = sorted(set(device_ids))
+        for _ in range(3):
+            try:
+                with self._engine.begin() as c:
+                    for d in ids:
+                        cond = (budget_ledger.c.device_id == d, budget_ledger.c.period == period)
+                        res = c.execute(
+                            update(budget_ledger)
+                            .where(*cond, budget_ledger.c.spent_units + units <= limit)
+                            .values(spent_units=budget_ledger.c.spent_units + units, updated_at=_utc(at))
+                            .returning(budget_ledger.c.spent_units)
+                        ).scalar()
+                        if res is not None:
+                            continue
+                        if c.execute(select(budget_ledger.c.spent_units).where(*cond)).scalar() is not None:
+                            raise _Refused
+                        c.execute(budget_ledger.insert().values(
+                            device_id=d, period=period, spent_units=units, updated_at=_utc(at)))
+                return True
+            except _Refused:
+                return False
+            except SqlIntegrityError:
+                continue  # another ledger inserted a row first: retry the whole charge
+        raise StorageError("privacy ledger rows could not be created or updated")
 
     @staticmethod
     def _add(c: Connection, device_id: str, period: int, units: int, at: datetime) -> int:

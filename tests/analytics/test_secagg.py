@@ -1,0 +1,115 @@
+"""Secure aggregation: the aggregator only ever holds masked vectors, and the sum is exact with a third dropped."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pytest
+
+from iotguard.analytics.secagg import PRIME, AggregationError, Aggregator, Device, Share, combine, split
+
+N, T, DIMS = 30, 16, 64
+
+
+def _round(seed: int = 0) -> tuple[list[Device], Aggregator, list[np.ndarray], list[Any]]:
+    rng = np.random.default_rng(seed)
+    values = [rng.integers(0, 1 << 20, DIMS, dtype=np.uint32) for _ in range(N)]
+    devices = [Device(i, v) for i, v in enumerate(values)]
+    agg = Aggregator(N, T, DIMS)
+    received: list[Any] = []
+    for name in ("add_public_key", "add_masked", "unmask"):  # instrument everything the hub is given
+        original = getattr(agg, name)
+
+        def spy(*args: Any, _original: Any = original) -> Any:
+            received.append(args)
+            return _original(*args)
+
+        setattr(agg, name, spy)
+    for d in devices:
+        agg.add_public_key(d.index, d.public_key)
+    for d in devices:  # round 1: device-to-device shares (over the channel; the hub relays them encrypted)
+        for s in d.shares_for_peers(N, T):
+            devices[s.holder].receive_share(s)
+    return devices, agg, values, received
+
+
+def test_sum_is_exact_with_a_third_dropped_and_the_hub_never_holds_a_value() -> None:
+    devices, agg, values, received = _round()
+    dropped = set(range(0, N, 3))  # 10 of 30 drop after sharing, before sending their masked vector
+    survivors = [d for d in devices if d.index not in dropped]
+    keys = dict(agg.public_keys)
+    for d in survivors:
+        agg.add_masked(d.index, d.masked_input(keys))
+    shares = [s for d in survivors for s in d.unmask_shares([x.index for x in survivors], sorted(dropped))]
+    total = agg.unmask(shares)
+    expected = np.zeros(DIMS, dtype=np.uint64)
+    for d in survivors:
+        expected += values[d.index]
+    assert np.array_equal(total, (expected % (1 << 32)).astype(np.uint32))
+    # instrumented: nothing the hub received equals or contains a device's value
+    arrays = [a for args in received for a in args if isinstance(a, np.ndarray)]
+    assert len(arrays) == len(survivors)
+    for a in arrays:
+        assert not any(np.array_equal(a, v) for v in values)
+        assert np.count_nonzero(a >= (1 << 20)) > DIMS // 2  # masked: spread over 2^32, not < 2^20
+    # the hub never got both secrets of one device
+    kinds: dict[int, set[str]] = {}
+    for s in shares:
+        kinds.setdefault(s.owner, set()).add(s.kind)
+    assert all(len(k) == 1 for k in kinds.values())
+
+
+def test_a_device_refuses_to_reveal_both_secrets_of_one_peer() -> None:
+    devices, _agg, _values, _ = _round()
+    d = devices[1]
+    d.unmask_shares([0, 2], [3])
+    with pytest.raises(AggregationError) as e:
+        d.unmask_shares([3], [])
+    assert e.value.reason == "unmask_request_inconsistent"
+
+
+def test_tampered_and_malformed_shares_are_rejected_with_a_reason() -> None:
+    devices, agg, _values, _ = _round()
+    dropped = {0, 1}
+    survivors = [d for d in devices if d.index not in dropped]
+    for d in survivors:
+        agg.add_masked(d.index, d.masked_input(dict(agg.public_keys)))
+    shares = [s for d in survivors for s in d.unmask_shares([x.index for x in survivors], sorted(dropped))]
+    bad = [dataclasses.replace(s, y=(s.y + 1) % PRIME) if s.owner == 0 and s.holder == 29 else s for s in shares]
+    with pytest.raises(AggregationError) as e:
+        agg.unmask(bad)
+    assert e.value.reason == "share_inconsistent"
+    foreign = [*shares, Share(0, 0, "key", 5)]  # from a device that dropped
+    with pytest.raises(AggregationError) as e:
+        agg.unmask(foreign)
+    assert e.value.reason == "share_malformed"
+    dup = [*shares, dataclasses.replace(next(s for s in shares if s.owner == 0), y=7)]
+    with pytest.raises(AggregationError) as e:
+        agg.unmask(dup)
+    assert e.value.reason == "share_duplicate"
+    with pytest.raises(AggregationError) as e:
+        agg.add_masked(2, np.zeros(DIMS + 1, dtype=np.uint32))
+    assert e.value.reason == "masked_input_unexpected"  # device 2 already sent one
+    with pytest.raises(AggregationError) as e:
+        devices[3].receive_share(Share(0, 4, "key", 1))
+    assert e.value.reason == "share_malformed"
+
+
+def test_too_many_dropouts_cannot_unmask() -> None:
+    devices, agg, _values, _ = _round()
+    for d in devices[:T - 1]:
+        agg.add_masked(d.index, d.masked_input(dict(agg.public_keys)))
+    with pytest.raises(AggregationError) as e:
+        agg.unmask([])
+    assert e.value.reason == "too_few_survivors"
+
+
+def test_shamir_threshold() -> None:
+    secret = bytes(range(32))
+    ys = split(secret, 5, 3)
+    pts = [(i + 1, y) for i, y in enumerate(ys)]
+    assert combine(pts[:3], 3) == secret and combine(pts[2:], 3) == secret
+    with pytest.raises(AggregationError):
+        combine(pts[:2], 3)
