@@ -8,7 +8,8 @@
 # Crashes, hangs (> 10 s per input) and out-of-memory inputs (> 2 GiB RSS) are
 # saved as CRASH_DIR/TARGET-crash-* (default: fuzz-crashes/). Executions per
 # target and in total, and the crash count, are written to
-# bench/results/fuzz.json (headline value = total executions).
+# bench/results/fuzz.json (headline value = total executions). FUZZ_JOBS=N runs
+# N targets at a time (default 1).
 # Replay a saved input: .venv/bin/python -m tests.fuzz.run_atheris TARGET FILE
 set -eu
 cd "$(dirname "$0")/.."
@@ -22,7 +23,8 @@ targets=$*
 mkdir -p "$crashes"
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 stats="$work/stats.tsv"; : > "$stats"
-for t in $targets; do
+fuzz_one() {
+  t=$1
   mkdir -p "$work/corpus/$t"
   cp tests/fuzz/corpus/"$t"/* "$work/corpus/$t/" 2>/dev/null || true
   log="$work/$t.log"
@@ -36,7 +38,14 @@ for t in $targets; do
   printf '%s\t%s\t%s\t%s\n' "$t" "${runs:-0}" "$rc" "$found" >> "$stats"
   echo "fuzz.sh: $t: ${runs:-0} inputs, exit $rc, $found saved crash inputs" >&2
   [ "$rc" -eq 0 ] || tail -25 "$log" >&2
+}
+jobs=${FUZZ_JOBS:-1}; n=0
+for t in $targets; do
+  fuzz_one "$t" &
+  n=$((n + 1))
+  [ $((n % jobs)) -ne 0 ] || wait
 done
+wait
 "$PY" - "$stats" "$secs" <<'EOF'
 import json, sys
 rows = [line.split("\t") for line in open(sys.argv[1]).read().splitlines()]
