@@ -74,7 +74,7 @@ def test_the_api_has_body_routes_to_fuzz(api: tuple[HubParts, list[tuple[str, st
     assert {"/v1/enroll", "/v1/rekey", "/v1/consent/ack"} <= paths, paths
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(data=st.data())
 def test_random_bodies_never_get_a_server_error(api: tuple[HubParts, list[tuple[str, str, Any]]],

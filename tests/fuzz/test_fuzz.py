@@ -2,7 +2,7 @@
 
 The long campaign is ``bench/fuzz.sh``; this file keeps the harness honest
 (every target reachable, real seeds, a foreign exception is a crash) and runs
-atheris for about 30 s over all targets at once.
+atheris for 20 s over all targets at once.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .targets import TARGETS, run_one
 
 ROOT = Path(__file__).parents[2]
 CORPUS = Path(__file__).parent / "corpus"
-SHORT_RUN_SECONDS = 30
+SHORT_RUN_SECONDS = 20
 
 
 def _seeds(name: str) -> list[Path]:
