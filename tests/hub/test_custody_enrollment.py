@@ -60,7 +60,7 @@ def test_enrollment_requires_a_complete_signed_custody_chain(
     hub: HubParts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     parties = setup_parties(tmp_path, capsys)
-    hub.registry.custody = CustodyGate(hub.core.audit, load_custody_parties(parties))
+    hub.registry.custody = CustodyGate(hub.services.audit.log, load_custody_parties(parties))
     config = tmp_path / "iotguard.toml"
     config.write_text(f'[hub]\ndata_dir = "{hub.cfg.data_dir}"\ncustody_parties_file = "{parties}"\n')
 
@@ -83,7 +83,7 @@ def test_diverted_device_is_refused_at_enrollment(
 ) -> None:
     """Check for a diverted device: it leaves the distributor for one installer and turns up via another."""
     parties = setup_parties(tmp_path, capsys)
-    hub.registry.custody = CustodyGate(hub.core.audit, load_custody_parties(parties))
+    hub.registry.custody = CustodyGate(hub.services.audit.log, load_custody_parties(parties))
     config = tmp_path / "iotguard.toml"
     config.write_text(f'[hub]\ndata_dir = "{hub.cfg.data_dir}"\n')
 
@@ -99,8 +99,8 @@ def test_diverted_device_is_refused_at_enrollment(
     with pytest.raises(EnrollmentError):
         diverted.enroll(code)
     assert hub.store.get_device("dev-2").status != "active"
-    failures = [AuditEvent.from_cbor(e) for i in hub.core.audit.find_subject("dev-2")
-                for e in hub.core.audit.entries(i, i + 1)]
+    failures = [AuditEvent.from_cbor(e) for i in hub.services.audit.log.find_subject("dev-2")
+                for e in hub.services.audit.log.entries(i, i + 1)]
     assert any(e.type == EventType.AUTH_FAILED and e.details.get("reason") == "custody_diverted" for e in failures)
 
 
@@ -109,7 +109,7 @@ def test_device_that_skipped_a_party_or_has_a_forged_statement_is_refused(
 ) -> None:
     """Check for a skipped party and for a statement signed with the wrong key."""
     parties = setup_parties(tmp_path, capsys)
-    gate = CustodyGate(hub.core.audit, load_custody_parties(parties))
+    gate = CustodyGate(hub.services.audit.log, load_custody_parties(parties))
     hub.registry.custody = gate
 
     skipper = hub.agent("dev-3", enroll=False)

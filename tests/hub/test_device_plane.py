@@ -81,8 +81,11 @@ def test_quarantined_device_can_still_report_tampering(hub: HubParts) -> None:
 
 
 def test_failed_tier_device_cannot_rekey_or_renew(hub: HubParts) -> None:
+    from iotguard.hub.policy_store import save_posture
+
     a = hub.agent("dev-1")
-    hub.services.posture.posture.update("dev-1", trust_tier="failed")
+    failed = hub.services.posture.posture.update("dev-1", trust_tier="failed")
+    save_posture(hub.store.engine, [failed], now=hub.services.clock.now())  # stored, as every tier change is
     assert _refusal(a, a.rekey) == "403 policy_denied"
     assert _refusal(a, a.renew_certificate) == "403 policy_denied"
 

@@ -28,11 +28,11 @@ def test_config_turns_on_chain_anchoring_and_required_custody(tmp_path: Path) ->
         try:
             with pytest.raises(EnrollmentError):  # no chain of custody for this device
                 hub.agent("dev-1")
-            hub.core.audit.record(AuditEvent(EventType.POLICY_CHANGED, datetime.now(UTC), "op", "hub"))
-            result = hub.core.checkpoints.publish_now(datetime.now(UTC))
+            hub.services.audit.log.record(AuditEvent(EventType.POLICY_CHANGED, datetime.now(UTC), "op", "hub"))
+            result = hub.services.audit.checkpoints.publish_now(datetime.now(UTC))
             assert not result.failures and any(r.anchor.startswith("evm:") for r in result.receipts)
-            size = hub.core.audit.size()
-            assert ChainAnchor(web3, contract, sender).latest_head(hub.core.audit.origin)[0] == size
+            size = hub.services.audit.log.size()
+            assert ChainAnchor(web3, contract, sender).latest_head(hub.services.audit.log.origin)[0] == size
         finally:
             hub.store.engine.dispose()
 
