@@ -30,7 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
-from iotguard.errors import AuthenticationError, ConfigError
+from iotguard.errors import AuthenticationError, ConfigError, MalformedError
 from iotguard.hub.db import metadata
 from iotguard.hub.schema import api_tokens, devices, enrollment_tokens
 
@@ -179,11 +179,12 @@ def redeem_bootstrap(store: HubStore, secret: str, name: str, now: datetime) -> 
     Raises:
         AuthenticationError: unknown, malformed, expired or already redeemed
             secret, or the hub already has API tokens (the secret is then burnt).
-        ConfigError: bad name or naive ``now``.
+        MalformedError: the name (from the API caller) is not 1-128 printable characters.
+        ConfigError: naive ``now``.
     """
     _require_aware("now", now)
     if not 1 <= len(name) <= 128 or not name.isprintable():
-        raise ConfigError("token name must be 1-128 printable characters")
+        raise MalformedError("token name must be 1-128 printable characters")
     if not secret.startswith("igb_") or len(secret) > 128:
         raise AuthenticationError("malformed bootstrap token")
     engine = store.engine
