@@ -11,8 +11,9 @@
 - **Renewal and end of support.** :func:`certificates_due_for_renewal`,
   :func:`set_end_of_support`, :func:`support_warnings`.
 
-Tables come from migration ``0400_credentials`` (listed in
-:mod:`iotguard.hub.migrations`).
+The records live behind :class:`~iotguard.hub.stores.credentials.CredentialStore`
+(SQL tables from migration ``0400_credentials``, or in memory); every function
+takes the hub store, or a :class:`CredentialStores` of the three stores it reads.
 """
 
 from __future__ import annotations
@@ -21,30 +22,32 @@ import hashlib
 import secrets
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import Protocol
 
 from cryptography import x509
-from sqlalchemy import Column, DateTime, Integer, LargeBinary, String, Table, and_, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
 from iotguard.errors import AuthenticationError, ConfigError, MalformedError
-from iotguard.hub.db import metadata
-from iotguard.hub.schema import api_tokens, devices, enrollment_tokens
-
-if TYPE_CHECKING:  # hub.store opens the database through hub.migrations, which lists this module's tables
-    from iotguard.hub.store import DeviceRecord, HubStore
+from iotguard.hub.stores.credentials import (
+    CredentialStore,
+    bootstrap_tokens,
+    create_credential_tables,
+    credential_usage,
+    model_support,
+)
+from iotguard.hub.stores.devices import DeviceRecord, DeviceStore
+from iotguard.hub.stores.tokens import OperatorTokenStore
 
 __all__ = [
     "BOOTSTRAP_ROLE",
     "BOOTSTRAP_TTL",
     "CredentialFinding",
     "CredentialPolicy",
+    "CredentialStores",
     "SupportWarning",
     "bootstrap_tokens",
     "certificates_due_for_renewal",
+    "create_credential_tables",
     "credential_audit",
     "credential_usage",
     "ensure_bootstrap",
@@ -62,55 +65,28 @@ BOOTSTRAP_TTL = timedelta(hours=24)
 #: ``record_use`` writes at most once per token per this interval.
 USE_RECORD_INTERVAL = timedelta(minutes=1)
 _PAGE = 1000
-_BOOTSTRAP_SLOT = 1
-
-bootstrap_tokens = Table(
-    "bootstrap_tokens",
-    metadata,
-    # One row ever (slot 1): the primary key makes two hub processes starting
-    # at once issue one secret, not two.
-    Column("slot", Integer, primary_key=True, autoincrement=False),
-    Column("token_hash", LargeBinary(32), nullable=False),
-    Column("issued_at", DateTime(timezone=True), nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=False),
-    Column("redeemed_at", DateTime(timezone=True), nullable=True),
-    Column("redeemed_token_id", String(32), nullable=True),
-)
-
-credential_usage = Table(
-    "credential_usage",
-    metadata,
-    Column("token_id", String(32), primary_key=True),
-    Column("first_used_at", DateTime(timezone=True), nullable=False),
-    Column("last_used_at", DateTime(timezone=True), nullable=False),
-)
-
-model_support = Table(
-    "model_support",
-    metadata,
-    Column("model", String(64), primary_key=True),
-    Column("end_of_support", DateTime(timezone=True), nullable=False),
-)
 
 
-def create_credential_tables(conn: Connection) -> None:
-    """Migration ``0400_credentials``."""
-    for table in (bootstrap_tokens, credential_usage, model_support):
-        table.create(conn, checkfirst=True)
+@dataclass(frozen=True)
+class CredentialStores:
+    """The three stores credential checks read: devices, operator tokens, credential records."""
+
+    devices: DeviceStore
+    tokens: OperatorTokenStore
+    records: CredentialStore
 
 
+class _HubLike(DeviceStore, OperatorTokenStore, CredentialStore, Protocol):
+    """What :class:`iotguard.hub.store.HubStore` is: all three on one engine (typing only)."""
 
-def _aware(dt: datetime) -> datetime:
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+def _stores(store: _HubLike | CredentialStores) -> CredentialStores:
+    return store if isinstance(store, CredentialStores) else CredentialStores(store, store, store)
 
 
 def _require_aware(name: str, value: datetime) -> None:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ConfigError(f"{name} must be a timezone-aware UTC datetime")
-
-
-def _upsert(engine: Engine, table: Table) -> Any:
-    return postgresql.insert(table) if engine.dialect.name == "postgresql" else sqlite.insert(table)
 
 
 def _bootstrap_digest(secret: str) -> bytes:
@@ -120,7 +96,8 @@ def _bootstrap_digest(secret: str) -> bytes:
 # -- bootstrap ---------------------------------------------------------------
 
 
-def ensure_bootstrap(store: HubStore, now: datetime, *, ttl: timedelta = BOOTSTRAP_TTL) -> str | None:
+def ensure_bootstrap(store: _HubLike | CredentialStores, now: datetime, *,
+                     ttl: timedelta = BOOTSTRAP_TTL) -> str | None:
     """Issue the one-time bootstrap secret if the hub has no operator yet.
 
     Returns a fresh secret only when no API token exists (revoked ones
@@ -129,7 +106,7 @@ def ensure_bootstrap(store: HubStore, now: datetime, *, ttl: timedelta = BOOTSTR
     only its hash is stored.
 
     Args:
-        store: The hub store.
+        store: The hub store (or its :class:`CredentialStores`).
         now: Issue time.
         ttl: How long the secret can be redeemed (at most 7 days).
 
@@ -142,33 +119,18 @@ def ensure_bootstrap(store: HubStore, now: datetime, *, ttl: timedelta = BOOTSTR
     _require_aware("now", now)
     if not timedelta(0) < ttl <= timedelta(days=7):
         raise ConfigError("bootstrap ttl must be in (0, 7 days]")
-    engine = store.engine
+    s = _stores(store)
+    if s.tokens.list_api_tokens():
+        return None
     secret = f"igb_{secrets.token_urlsafe(32)}"
-    values = {"token_hash": _bootstrap_digest(secret), "issued_at": now, "expires_at": now + ttl,
-              "redeemed_at": None, "redeemed_token_id": None}
-    try:
-        with engine.begin() as c:
-            if c.execute(select(func.count()).select_from(api_tokens)).scalar_one():
-                return None
-            row = c.execute(select(bootstrap_tokens).where(bootstrap_tokens.c.slot == _BOOTSTRAP_SLOT)).first()
-            if row is None:
-                c.execute(bootstrap_tokens.insert().values(slot=_BOOTSTRAP_SLOT, **values))
-                return secret
-            if row.redeemed_at is not None or _aware(row.expires_at) > now:
-                return None
-            n = c.execute(update(bootstrap_tokens).where(and_(
-                bootstrap_tokens.c.slot == _BOOTSTRAP_SLOT, bootstrap_tokens.c.redeemed_at.is_(None),
-                bootstrap_tokens.c.token_hash == row.token_hash)).values(**values)).rowcount
-            return secret if n == 1 else None
-    except SqlIntegrityError:
-        return None  # another hub process issued it first
+    return secret if s.records.issue_bootstrap(_bootstrap_digest(secret), now, now + ttl) else None
 
 
-def redeem_bootstrap(store: HubStore, secret: str, name: str, now: datetime) -> str:
+def redeem_bootstrap(store: _HubLike | CredentialStores, secret: str, name: str, now: datetime) -> str:
     """Exchange the bootstrap secret, once, for the first ``security-admin`` API token.
 
     Args:
-        store: The hub store.
+        store: The hub store (or its :class:`CredentialStores`).
         secret: The secret :func:`ensure_bootstrap` returned.
         name: Name of the new operator token (1-128 characters).
         now: Redemption time.
@@ -187,43 +149,27 @@ def redeem_bootstrap(store: HubStore, secret: str, name: str, now: datetime) -> 
         raise MalformedError("token name must be 1-128 printable characters")
     if not secret.startswith("igb_") or len(secret) > 128:
         raise AuthenticationError("malformed bootstrap token")
-    engine = store.engine
-    with engine.begin() as c:
-        consumed = c.execute(update(bootstrap_tokens).where(and_(
-            bootstrap_tokens.c.slot == _BOOTSTRAP_SLOT,
-            bootstrap_tokens.c.token_hash == _bootstrap_digest(secret),
-            bootstrap_tokens.c.redeemed_at.is_(None),
-            bootstrap_tokens.c.expires_at > now,
-        )).values(redeemed_at=now)).rowcount
-        if consumed != 1:
-            raise AuthenticationError("invalid, expired or used bootstrap token")
-        existing = c.execute(select(func.count()).select_from(api_tokens)).scalar_one()
-    if existing:
+    s = _stores(store)
+    if not s.records.consume_bootstrap(_bootstrap_digest(secret), now):
+        raise AuthenticationError("invalid, expired or used bootstrap token")
+    if s.tokens.list_api_tokens():
         raise AuthenticationError("the hub already has operators; bootstrap token burnt")
-    token = store.create_api_token(name, BOOTSTRAP_ROLE, now=now)
-    with engine.begin() as c:
-        c.execute(update(bootstrap_tokens).where(bootstrap_tokens.c.slot == _BOOTSTRAP_SLOT)
-                  .values(redeemed_token_id=token.split("_", 2)[1]))
+    token = s.tokens.create_api_token(name, BOOTSTRAP_ROLE, now=now)
+    s.records.bind_bootstrap(token.split("_", 2)[1])
     return token
 
 
 # -- usage -------------------------------------------------------------------
 
 
-def record_use(store: HubStore, token_id: str, now: datetime, *, min_interval: timedelta = USE_RECORD_INTERVAL) -> None:
+def record_use(store: _HubLike | CredentialStores, token_id: str, now: datetime, *,
+               min_interval: timedelta = USE_RECORD_INTERVAL) -> None:
     """Record that API token ``token_id`` authenticated a request at ``now``.
 
     Writes at most once per ``min_interval`` per token, so calling it on
     every request costs one cheap conditional upsert.
     """
-    engine = store.engine
-    ins = _upsert(engine, credential_usage).values(token_id=token_id, first_used_at=now, last_used_at=now)
-    stmt = ins.on_conflict_do_update(
-        index_elements=["token_id"], set_={"last_used_at": ins.excluded.last_used_at},
-        where=credential_usage.c.last_used_at <= now - min_interval,
-    )
-    with engine.begin() as c:
-        c.execute(stmt)
+    _stores(store).records.record_use(token_id, now, min_interval)
 
 
 # -- audit -------------------------------------------------------------------
@@ -269,10 +215,10 @@ class CredentialFinding:
                 "reason": self.reason, "severity": self.severity, "detail": self.detail}
 
 
-def _all_devices(store: HubStore) -> list[DeviceRecord]:
+def _all_devices(devices: DeviceStore, status: str | None = None) -> list[DeviceRecord]:
     out: list[DeviceRecord] = []
     while True:
-        page = store.list_devices(limit=_PAGE, offset=len(out))
+        page = devices.list_devices(status=status, limit=_PAGE, offset=len(out))
         out += page
         if len(page) < _PAGE:
             return out
@@ -290,9 +236,9 @@ def _certificate_validity(d: DeviceRecord) -> timedelta | None:
     return None
 
 
-def _device_findings(store: HubStore, now: datetime, policy: CredentialPolicy) -> list[CredentialFinding]:
+def _device_findings(devices: DeviceStore, now: datetime, policy: CredentialPolicy) -> list[CredentialFinding]:
     out: list[CredentialFinding] = []
-    live = [d for d in _all_devices(store) if d.status in ("pending", "active")]
+    live = [d for d in _all_devices(devices) if d.status in ("pending", "active")]
     by_key: dict[bytes, list[str]] = defaultdict(list)
     by_serial: dict[str, list[str]] = defaultdict(list)
     for d in live:
@@ -321,48 +267,43 @@ def _device_findings(store: HubStore, now: datetime, policy: CredentialPolicy) -
     return out
 
 
-def _token_findings(engine: Engine, now: datetime, unused_after: timedelta,
+def _token_findings(s: CredentialStores, now: datetime, unused_after: timedelta,
                     policy: CredentialPolicy) -> list[CredentialFinding]:
     out: list[CredentialFinding] = []
-    q = (select(api_tokens.c.token_id, api_tokens.c.name, api_tokens.c.created_at, credential_usage.c.last_used_at)
-         .select_from(api_tokens.outerjoin(credential_usage, credential_usage.c.token_id == api_tokens.c.token_id))
-         .where(api_tokens.c.revoked_at.is_(None)).order_by(api_tokens.c.token_id))
-    with engine.connect() as c:
-        rows = list(c.execute(q))
+    uses = s.records.last_uses()
+    live = sorted((t for t in s.tokens.list_api_tokens() if not t["revoked"]), key=lambda t: str(t["token_id"]))
     by_name: dict[str, list[str]] = defaultdict(list)
-    for r in rows:
-        by_name[r.name].append(r.token_id)
-        created = _aware(r.created_at)
+    for t in live:
+        token_id = str(t["token_id"])
+        by_name[str(t["name"])].append(token_id)
+        created = datetime.fromisoformat(str(t["created_at"]))
         if now - created > policy.max_token_age:
-            out.append(CredentialFinding("api_token", r.token_id, "weak", "not_rotated", "medium",
+            out.append(CredentialFinding("api_token", token_id, "weak", "not_rotated", "medium",
                                          f"created {created.date().isoformat()}, never rotated"))
-        if r.last_used_at is None:
+        last = uses.get(token_id)
+        if last is None:
             if now - created > unused_after:
-                out.append(CredentialFinding("api_token", r.token_id, "unused", "never_used", "medium",
+                out.append(CredentialFinding("api_token", token_id, "unused", "never_used", "medium",
                                              f"never used since {created.date().isoformat()}"))
-        elif now - _aware(r.last_used_at) > unused_after:
-            out.append(CredentialFinding("api_token", r.token_id, "unused", "unused", "low",
-                                         f"last used {_aware(r.last_used_at).date().isoformat()}"))
+        elif now - last > unused_after:
+            out.append(CredentialFinding("api_token", token_id, "unused", "unused", "low",
+                                         f"last used {last.date().isoformat()}"))
     for name, ids in by_name.items():
         if len(ids) > 1:
             out += [CredentialFinding("api_token", i, "shared", "shared_token_name", "medium",
                                       f"{len(ids)} live tokens named {name!r}") for i in ids]
-    with engine.connect() as c:
-        for t in c.execute(select(enrollment_tokens.c.token_hash, enrollment_tokens.c.device_id)
-                           .where(and_(enrollment_tokens.c.used_at.is_(None), enrollment_tokens.c.expires_at <= now))):
-            out.append(CredentialFinding("enrollment_token", bytes(t.token_hash)[:6].hex(), "expired",
-                                         "enrollment_token_expired", "low",
-                                         f"unused enrollment token for {t.device_id} expired"))
-        boot = c.execute(select(bootstrap_tokens).where(and_(
-            bootstrap_tokens.c.redeemed_at.is_(None), bootstrap_tokens.c.expires_at <= now))).first()
-    if boot is not None:
+    for token_hash, device_id in s.devices.expired_enrollment_tokens(now):
+        out.append(CredentialFinding("enrollment_token", token_hash[:6].hex(), "expired",
+                                     "enrollment_token_expired", "low",
+                                     f"unused enrollment token for {device_id} expired"))
+    if s.records.bootstrap_expired_unredeemed(now):
         out.append(CredentialFinding("bootstrap_token", "bootstrap", "expired", "bootstrap_token_expired", "low",
                                      "the bootstrap token expired unredeemed"))
     return out
 
 
 def credential_audit(
-    store: HubStore,
+    store: _HubLike | CredentialStores,
     now: datetime,
     *,
     unused_after: timedelta = timedelta(days=30),
@@ -380,7 +321,7 @@ def credential_audit(
     - unused: live API tokens not used for ``unused_after`` (or never).
 
     Args:
-        store: The hub store.
+        store: The hub store (or its :class:`CredentialStores`).
         now: Audit time.
         unused_after: Idle period after which a token is reported unused.
         weak_check: Thresholds for weak credentials (default :class:`CredentialPolicy`).
@@ -395,8 +336,8 @@ def credential_audit(
     if unused_after <= timedelta(0):
         raise ConfigError("unused_after must be positive")
     policy = weak_check or CredentialPolicy()
-    engine = store.engine
-    findings = _device_findings(store, now, policy) + _token_findings(engine, now, unused_after, policy)
+    s = _stores(store)
+    findings = _device_findings(s.devices, now, policy) + _token_findings(s, now, unused_after, policy)
     rank = {"high": 0, "medium": 1, "low": 2}
     return sorted(findings, key=lambda f: (rank[f.severity], f.kind, f.credential, f.reason))
 
@@ -404,7 +345,8 @@ def credential_audit(
 # -- renewal and end of support ----------------------------------------------
 
 
-def certificates_due_for_renewal(store: HubStore, now: datetime, before: timedelta) -> list[DeviceRecord]:
+def certificates_due_for_renewal(store: _HubLike | CredentialStores, now: datetime,
+                                 before: timedelta) -> list[DeviceRecord]:
     """Active devices whose certificate expires within ``before`` (or already has), soonest first.
 
     Raises:
@@ -413,21 +355,12 @@ def certificates_due_for_renewal(store: HubStore, now: datetime, before: timedel
     _require_aware("now", now)
     if before < timedelta(0):
         raise ConfigError("before must not be negative")
-    due = [d for d in _active_devices(store)
+    due = [d for d in _all_devices(_stores(store).devices, "active")
            if d.cert_not_after is not None and d.cert_not_after <= now + before]
     return sorted(due, key=lambda d: (d.cert_not_after or now, d.device_id))
 
 
-def _active_devices(store: HubStore) -> list[DeviceRecord]:
-    out: list[DeviceRecord] = []
-    while True:
-        page = store.list_devices(status="active", limit=_PAGE, offset=len(out))
-        out += page
-        if len(page) < _PAGE:
-            return out
-
-
-def set_end_of_support(store: HubStore, model: str, end_of_support: datetime) -> None:
+def set_end_of_support(store: _HubLike | CredentialStores, model: str, end_of_support: datetime) -> None:
     """Set (or move) the end-of-support date of a device model.
 
     Raises:
@@ -436,11 +369,7 @@ def set_end_of_support(store: HubStore, model: str, end_of_support: datetime) ->
     if not 1 <= len(model) <= 64:
         raise ConfigError("model must be 1-64 characters")
     _require_aware("end_of_support", end_of_support)
-    engine = store.engine
-    ins = _upsert(engine, model_support).values(model=model, end_of_support=end_of_support)
-    with engine.begin() as c:
-        c.execute(ins.on_conflict_do_update(index_elements=["model"],
-                                            set_={"end_of_support": ins.excluded.end_of_support}))
+    _stores(store).records.set_end_of_support(model, end_of_support)
 
 
 @dataclass(frozen=True)
@@ -460,7 +389,8 @@ class SupportWarning:
     devices: tuple[str, ...]
 
 
-def support_warnings(store: HubStore, now: datetime, warn_before: timedelta) -> list[SupportWarning]:
+def support_warnings(store: _HubLike | CredentialStores, now: datetime,
+                     warn_before: timedelta) -> list[SupportWarning]:
     """Models with live devices whose end of support is past or within ``warn_before``.
 
     Raises:
@@ -469,17 +399,13 @@ def support_warnings(store: HubStore, now: datetime, warn_before: timedelta) -> 
     _require_aware("now", now)
     if warn_before < timedelta(0):
         raise ConfigError("warn_before must not be negative")
-    engine = store.engine
-    with engine.connect() as c:
-        models = {r.model: _aware(r.end_of_support) for r in c.execute(
-            select(model_support).where(model_support.c.end_of_support <= now + warn_before))}
-        if not models:
-            return []
-        rows = c.execute(select(devices.c.model, devices.c.device_id).where(and_(
-            devices.c.model.in_(list(models)), devices.c.status.in_(["pending", "active"])))
-            .order_by(devices.c.device_id))
-        live: dict[str, list[str]] = defaultdict(list)
-        for r in rows:
-            live[r.model].append(r.device_id)
-    return sorted((SupportWarning(m, eos, eos <= now, tuple(live[m])) for m, eos in models.items() if live[m]),
-                  key=lambda w: (w.end_of_support, w.model))
+    s = _stores(store)
+    models = s.records.end_of_support(until=now + warn_before)
+    if not models:
+        return []
+    live: dict[str, list[str]] = defaultdict(list)
+    for d in _all_devices(s.devices):
+        if d.model in models and d.status in ("pending", "active"):
+            live[d.model].append(d.device_id)
+    return sorted((SupportWarning(m, eos, eos <= now, tuple(sorted(live[m]))) for m, eos in models.items()
+                   if live[m]), key=lambda w: (w.end_of_support, w.model))

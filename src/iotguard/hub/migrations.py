@@ -21,7 +21,6 @@ from sqlalchemy import Column, DateTime, MetaData, String, Table, select
 from sqlalchemy.engine import Connection, Engine
 
 from iotguard.hub.audit_store import create_audit_tables
-from iotguard.hub.credentials import create_credential_tables
 from iotguard.hub.outbox import create_outbox_table
 from iotguard.hub.policy_store import create_policy_tables
 from iotguard.hub.privacy_store import create_privacy_tables
@@ -34,6 +33,7 @@ from iotguard.hub.schema import (
 )
 from iotguard.hub.stores.alerts import create_detection_tables
 from iotguard.hub.stores.attestation import create_attestation_tables
+from iotguard.hub.stores.credentials import create_credential_tables
 from iotguard.hub.stores.firmware import create_firmware_tables
 
 __all__ = ["MIGRATIONS", "Migration", "applied_migrations", "migrate"]

@@ -2,7 +2,7 @@
 
 Each domain's tables are reached through its own store
 (:mod:`iotguard.hub.stores`): the device registry, telemetry, operator
-tokens. :class:`HubStore` is those three on one engine, which is what the
+tokens, credential records. :class:`HubStore` is those four on one engine, which is what the
 composition root opens and migrates.
 """
 
@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 
 from iotguard.hub.db import make_engine
 from iotguard.hub.migrations import migrate
+from iotguard.hub.stores.credentials import SqlCredentialStore
 from iotguard.hub.stores.devices import DecommissionResult, DeviceRecord, EpochKey, SqlDeviceStore
 from iotguard.hub.stores.telemetry import SqlTelemetryStore, StoredReading
 from iotguard.hub.stores.tokens import ROLES, ApiToken, SqlOperatorTokenStore
@@ -19,8 +20,8 @@ from iotguard.hub.stores.tokens import ROLES, ApiToken, SqlOperatorTokenStore
 __all__ = ["ROLES", "ApiToken", "DecommissionResult", "DeviceRecord", "EpochKey", "HubStore", "StoredReading"]
 
 
-class HubStore(SqlDeviceStore, SqlTelemetryStore, SqlOperatorTokenStore):
-    """Device registry, telemetry and operator tokens on one engine."""
+class HubStore(SqlDeviceStore, SqlTelemetryStore, SqlOperatorTokenStore, SqlCredentialStore):
+    """Device registry, telemetry, operator tokens and credential records on one engine."""
 
     def __init__(self, engine: Engine) -> None:
         self._bind(engine)

@@ -129,6 +129,10 @@ class DeviceStore(Protocol):
 
     def device_models(self) -> dict[str, str]: ...
 
+    def expired_enrollment_tokens(self, now: datetime) -> list[tuple[bytes, str]]:
+        """``(token hash, device id)`` of unused enrollment tokens expired by ``now``."""
+        ...
+
     def list_devices(self, *, status: str | None = None, limit: int = 1000,
                      offset: int = 0) -> list[DeviceRecord]: ...
 
@@ -226,6 +230,13 @@ class SqlDeviceStore(SqlStoreBase):
         """Every registered device's model (retention looks up each reading's contract)."""
         with self.engine.connect() as c:
             return {r[0]: r[1] for r in c.execute(select(devices.c.device_id, devices.c.model))}
+
+    def expired_enrollment_tokens(self, now: datetime) -> list[tuple[bytes, str]]:
+        with self.engine.connect() as c:
+            return [(bytes(r.token_hash), r.device_id) for r in c.execute(
+                select(enrollment_tokens.c.token_hash, enrollment_tokens.c.device_id)
+                .where(and_(enrollment_tokens.c.used_at.is_(None), enrollment_tokens.c.expires_at <= now))
+                .order_by(enrollment_tokens.c.device_id))]
 
     def list_devices(self, *, status: str | None = None, limit: int = 1000, offset: int = 0) -> list[DeviceRecord]:
         q = select(devices).order_by(devices.c.device_id).limit(limit).offset(offset)

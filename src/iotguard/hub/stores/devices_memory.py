@@ -74,6 +74,11 @@ class MemoryDeviceStore:
     def device_models(self) -> dict[str, str]:
         return {d.device_id: d.model for d in self._devices.values()}
 
+    def expired_enrollment_tokens(self, now: datetime) -> list[tuple[bytes, str]]:
+        with self._lock:
+            return sorted(((h, t.device_id) for h, t in self._tokens.items()
+                           if t.used_at is None and t.expires_at <= now), key=lambda x: (x[1], x[0]))
+
     def list_devices(self, *, status: str | None = None, limit: int = 1000, offset: int = 0) -> list[DeviceRecord]:
         rows = [d for _k, d in sorted(self._devices.items()) if not status or d.status == status]
         return rows[offset:offset + limit]
