@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "ConsentError",
     "CustodyError",
+    "DuplicateError",
     "EnrollmentError",
     "ExpiredError",
     "IntegrityError",
@@ -80,6 +81,10 @@ class ReplayError(IotGuardError):
     """A message was already seen or is older than the replay window."""
 
     code = "replay"
+
+
+class DuplicateError(ReplayError):
+    """A message inside the replay window that was already received (as opposed to one too old to tell)."""
 
 
 class StaleError(ReplayError):

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from iotguard.crypto import AeadSuite
-from iotguard.errors import IntegrityError, MalformedError, ReplayError, UsageLimitError
+from iotguard.errors import DuplicateError, IntegrityError, MalformedError, ReplayError, UsageLimitError
 from iotguard.keys import KeyStore
 from iotguard.wire import associated_data, encode_envelope, encode_header
 
@@ -198,7 +198,8 @@ class ReplayWindow:
         """Raise if ``seq`` was seen or is too old; does not record it.
 
         Raises:
-            ReplayError: a replay or a sequence older than the window.
+            DuplicateError: ``seq`` was already received (a :class:`ReplayError`).
+            ReplayError: a sequence older than the window.
         """
         if seq > self.top:
             return
@@ -206,7 +207,7 @@ class ReplayWindow:
         if offset >= self.size:
             raise ReplayError(f"sequence {seq} is older than the replay window")
         if (self._bits >> offset) & 1:
-            raise ReplayError(f"sequence {seq} was already received")
+            raise DuplicateError(f"sequence {seq} was already received")
 
     def accept(self, seq: int) -> None:
         """Check and record ``seq``.

@@ -23,6 +23,7 @@ from iotguard.clock import Clock, SystemClock
 from iotguard.config import HubConfig
 from iotguard.crypto import AeadSuite, OpenRequest, get_suite
 from iotguard.errors import (
+    DuplicateError,
     IotGuardError,
     MalformedError,
     ReplayError,
@@ -202,10 +203,12 @@ class IngestProcessor:
                 continue
             try:
                 sess.window.check(env.seq)
-            except ReplayError as exc:
+            except DuplicateError:
                 rejected[(d, "replay")] += 1
-                if "already" in str(exc):
-                    acked[key].add(env.seq)  # stored before: acknowledge again so the device stops resending
+                acked[key].add(env.seq)  # stored before: acknowledge again so the device stops resending
+                continue
+            except ReplayError:
+                rejected[(d, "replay")] += 1
                 continue
             by_suite[sess.suite.suite_id].append((msg, env, sess))
 
