@@ -54,6 +54,10 @@ class HubConfig:
     allowed_suites: list[str] = field(
         default_factory=lambda: ["ascon-aead128", "chacha20-poly1305", "aes-128-gcm", "aes-256-gcm"]
     )
+    #: Open Ascon-AEAD128 batches at ingest with the Numba-compiled form (ADR 0101;
+    #: the ``accel`` extra): about 4x the NumPy form on 1 KiB readings. Each hub
+    #: process compiles it once at start (a few seconds).
+    ascon_compiled: bool = False
     #: How long a cached device record may be used before it is re-read
     #: (bounds how fast a revocation made by another hub process takes effect).
     device_cache_ttl_s: float = 1.0

@@ -262,3 +262,21 @@ def test_expired_device_records_are_refreshed_in_one_query_per_batch(tmp_path, m
     clock.advance(1.5)
     out = proc.process([_seal(a, 3) for a in agents])
     assert out.stored == 4 and out.rejected["revoked"] == 1
+
+
+def test_compiled_ascon_is_selected_by_configuration(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``hub.ascon_compiled`` makes ingest open Ascon batches with the compiled form (ADR 0101), same results."""
+    from tests.hub.conftest import make_hub
+
+    parts = make_hub(tmp_path, ascon_compiled=True)
+    a = parts.agent("dev-1", suites=["ascon-aead128"])
+    batch = [_seal(a, i) for i in range(5)]
+    forged = decode_envelope(batch[4].payload)
+    bad = bytearray(forged.ciphertext)
+    bad[0] ^= 1
+    batch[4] = Incoming(batch[4].topic, batch[4].payload.replace(bytes(forged.ciphertext), bytes(bad)))
+    out = parts.processor.process(batch)
+    assert out.stored == 4 and out.rejected["forged"] == 1
+    session = parts.processor._session("dev-1", 1)
+    assert not isinstance(session, str) and getattr(session.suite, "compiled", False) is True
+    parts.store.engine.dispose()

@@ -22,6 +22,7 @@ from iotguard.channel import ReplayWindow, SessionKeys, ack_topic, encode_ack, m
 from iotguard.clock import Clock, SystemClock
 from iotguard.config import HubConfig
 from iotguard.crypto import AeadSuite, OpenRequest, get_suite
+from iotguard.crypto.ascon import AsconAead128Suite
 from iotguard.errors import (
     DuplicateError,
     IotGuardError,
@@ -141,6 +142,11 @@ class IngestProcessor:
         self.stats = IngestStats()
         #: Replay windows this process holds, with the version it last read or saved.
         self._windows: dict[tuple[str, int], WindowWrite] = {}
+        #: Suites this processor opens with instead of the registry's (same ids and wire format).
+        self._suites: dict[str, AeadSuite] = {}
+        if cfg.ascon_compiled:
+            compiled = AsconAead128Suite(compiled=True)
+            self._suites[compiled.name] = compiled
 
     def _window(self, device_id: str, epoch: int) -> ReplayWindow:
         key = (device_id, epoch)
@@ -158,7 +164,8 @@ class IngestProcessor:
         """Everything ingest needs about (device, epoch), or the reason code it is refused with."""
         try:
             record, suite_name, keys = self.registry.session(device_id, epoch)
-            return _Session(record, get_suite(suite_name), keys, self._window(device_id, epoch),
+            suite = self._suites.get(suite_name) or get_suite(suite_name)
+            return _Session(record, suite, keys, self._window(device_id, epoch),
                             telemetry_topic(record.segment, device_id), ack_topic(record.segment, device_id))
         except IotGuardError as exc:
             return exc.code
