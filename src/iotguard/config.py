@@ -90,6 +90,11 @@ class HubConfig:
     #: against the parties in ``custody_parties_file`` (JSON).
     custody_required: bool = False
     custody_parties_file: str = ""
+    #: Witnesses that must cosign a checkpoint before it is final and anchored
+    #: (JSON list of ``{url, key, ca}``; see ``iotguard.hub.witnessing``), and how
+    #: many of them (0: all).
+    witnesses_file: str = ""
+    witness_quorum: int = 0
     #: Serve the OpenAPI schema and its pages (/openapi.json, /docs, /redoc).
     #: They answer without authentication, so they are off unless turned on.
     api_docs: bool = False
@@ -153,6 +158,7 @@ class Config:
 
 _BOUNDS: dict[str, tuple[float, float]] = {
     "hub.batch_max_messages": (1, 100_000),
+    "hub.witness_quorum": (0, 100),
     "hub.batch_max_wait_ms": (0, 10_000),
     "hub.max_envelope_bytes": (64, 1_048_576),
     "hub.max_reading_fields": (1, 4096),

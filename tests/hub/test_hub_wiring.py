@@ -87,6 +87,16 @@ def test_audit_entries_prove_inclusion_via_the_api(hub: HubParts) -> None:
     assert hub.client.get("/audit/checkpoint", headers=hub.operator_token("viewer")).status_code == 403
 
 
+def test_final_checkpoint_is_served_only_once_witnesses_made_it_final(hub: HubParts) -> None:
+    admin = hub.operator_token("security-admin")
+    missing = hub.client.get("/audit/checkpoint/final", headers=admin)
+    assert missing.status_code == 404 and missing.json()["detail"]["code"] == "no_final_checkpoint"
+    note = hub.client.post("/audit/checkpoint", headers=admin).text
+    hub.services.audit.log.save_final_checkpoint(note)  # what CheckpointFinality does after the quorum
+    assert hub.client.get("/audit/checkpoint/final", headers=admin).text == note
+    assert hub.client.get("/audit/checkpoint/final", headers=hub.operator_token("viewer")).status_code == 403
+
+
 def test_privacy_receipt_is_verified_and_stored(hub: HubParts) -> None:
     from iotguard.clock import SystemClock
     from iotguard.privacy import ConsentState

@@ -12,7 +12,7 @@ library starts no threads.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -121,23 +121,34 @@ class ScheduleResult:
     checkpoint: str | None
     receipts: list[AnchorReceipt] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: The checkpoint with the witness cosignatures that made it final (when witnesses are configured).
+    final: str | None = None
 
 
 class CheckpointSchedule:
     """Publishes a checkpoint every ``interval`` and anchors each new one.
 
+    With ``finalize`` (the hub's witnesses), a new checkpoint is anchored
+    only once it is final: ``finalize`` returns it with the k-of-n witness
+    cosignatures, or None when the quorum was not met (reported in
+    ``failures`` as ``("witnesses", "not_final")`` and tried again at the
+    next tick).
+
     Args:
         log: The log to checkpoint.
         interval: Time between checkpoints.
         anchors: Where each new checkpoint is anchored.
+        finalize: Makes a checkpoint final, or says it is not.
     """
 
-    def __init__(self, log: TransparencyLog, interval: timedelta, anchors: Sequence[Anchor] = ()) -> None:
+    def __init__(self, log: TransparencyLog, interval: timedelta, anchors: Sequence[Anchor] = (),
+                 finalize: Callable[[str], str | None] | None = None) -> None:
         if interval <= timedelta(0):
             raise ValueError("checkpoint interval must be positive")
         self._log = log
         self._interval = interval
         self._anchors = list(anchors)
+        self._finalize = finalize
         self._last_time: datetime | None = None
         self._last_anchored = -1
 
@@ -158,12 +169,17 @@ class CheckpointSchedule:
         size = _body(note).size
         receipts: list[AnchorReceipt] = []
         failures: list[tuple[str, str]] = []
+        final: str | None = None
         if size > self._last_anchored:
+            if self._finalize is not None:
+                final = self._finalize(note)
+                if final is None:
+                    return ScheduleResult(note, [], [("witnesses", "not_final")])
             for anchor in self._anchors:
                 try:
-                    receipts.append(anchor.anchor(note, now))
+                    receipts.append(anchor.anchor(final or note, now))
                 except IotGuardError as exc:
                     failures.append((anchor.name, exc.code))
             if not failures:
                 self._last_anchored = size
-        return ScheduleResult(note, receipts, failures)
+        return ScheduleResult(note, receipts, failures, final)

@@ -129,6 +129,14 @@ class LogStore(Protocol):
         """The checkpoint published for ``size`` (latest when None), if any."""
         ...
 
+    def save_final(self, size: int, note: str) -> None:
+        """Keep a checkpoint made final by its witnesses' cosignatures (one per size; first save wins)."""
+        ...
+
+    def final(self, size: int | None = None) -> str | None:
+        """The final (witness-cosigned) checkpoint for ``size`` (latest when None), if any."""
+        ...
+
 
 class MemoryLogStore:
     """A :class:`LogStore` in memory, for tests; sequenced by a lock."""
@@ -141,6 +149,7 @@ class MemoryLogStore:
         self._subjects: list[str] = []
         self._nodes: dict[NodeKey, bytes] = {}
         self._checkpoints: dict[int, str] = {}
+        self._finals: dict[int, str] = {}
 
     def append(self, leaves: Sequence[LeafRecord]) -> int:
         with self._lock:
@@ -185,6 +194,16 @@ class MemoryLogStore:
             if size is None:
                 return self._checkpoints[max(self._checkpoints)] if self._checkpoints else None
             return self._checkpoints.get(size)
+
+    def save_final(self, size: int, note: str) -> None:
+        with self._lock:
+            self._finals.setdefault(size, note)
+
+    def final(self, size: int | None = None) -> str | None:
+        with self._lock:
+            if size is None:
+                return self._finals[max(self._finals)] if self._finals else None
+            return self._finals.get(size)
 
     def tamper_leaf(self, index: int, data: bytes) -> None:
         """Test hook: overwrite an entry's stored bytes (not its hash)."""
@@ -358,6 +377,22 @@ class TransparencyLog(AuditSink):
     def latest_checkpoint(self) -> str | None:
         """The most recent published checkpoint note, if any."""
         return self.store.checkpoint()
+
+    def save_final_checkpoint(self, note: str) -> None:
+        """Keep ``note`` (this log's checkpoint with its witnesses' cosignatures) as final.
+
+        The caller has checked the cosignatures against its witness policy;
+        here the log's own signature and tree are checked.
+
+        Raises:
+            ProofError: not this log's checkpoint, or not of its tree.
+        """
+        checkpoint = self.verify_checkpoint(note)
+        self.store.save_final(checkpoint.size, note)
+
+    def latest_final_checkpoint(self) -> str | None:
+        """The most recent checkpoint made final by witness cosignatures, if any."""
+        return self.store.final()
 
     def checkpoint_at(self, size: int) -> str | None:
         """The checkpoint published for ``size``, if any."""

@@ -3,6 +3,8 @@
 ``make_audit_router(log, require_operator)`` returns an ``APIRouter`` with:
 
 * ``GET  /audit/checkpoint`` -- latest signed checkpoint (``text/plain`` note)
+* ``GET  /audit/checkpoint/final`` -- latest checkpoint with the k-of-n witness
+  cosignatures that made it final (``hub.witnesses_file``; 404 ``no_final_checkpoint``)
 * ``POST /audit/checkpoint`` -- publish a checkpoint of the current tree now
 * ``GET  /audit/proof/inclusion?index=I&tree_size=N`` -- inclusion proof
 * ``GET  /audit/proof/consistency?old_size=M&new_size=N`` -- consistency proof
@@ -65,6 +67,16 @@ def make_audit_router(log: TransparencyLog, require_operator: Callable[..., Any]
         if note is None:
             raise HTTPException(
                 404, detail={"code": "no_checkpoint", "message": "no checkpoint published yet"}
+            )
+        return PlainTextResponse(note)
+
+    @router.get("/checkpoint/final", response_class=PlainTextResponse)
+    def latest_final_checkpoint() -> Response:
+        note = log.latest_final_checkpoint()
+        if note is None:
+            raise HTTPException(
+                404, detail={"code": "no_final_checkpoint",
+                             "message": "no checkpoint has the witness cosignatures that make it final"}
             )
         return PlainTextResponse(note)
 

@@ -13,6 +13,8 @@ Tables (migration ``0100_audit_log``):
   appenders across processes (a row lock on PostgreSQL, the write lock on
   SQLite) so the log has exactly one order.
 * ``audit_checkpoints`` -- published signed checkpoints, one per size.
+* ``audit_final_checkpoints`` -- checkpoints with the k-of-n witness
+  cosignatures that made them final (migration ``0110_final_checkpoints``).
 """
 
 from __future__ import annotations
@@ -62,9 +64,11 @@ __all__ = [
     "SqlLogStore",
     "audit_checkpoints",
     "audit_entries",
+    "audit_final_checkpoints",
     "audit_log_state",
     "audit_nodes",
     "create_audit_tables",
+    "create_final_checkpoint_table",
     "open_audit_log",
 ]
 
@@ -110,7 +114,20 @@ audit_checkpoints = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+audit_final_checkpoints = Table(
+    "audit_final_checkpoints",
+    metadata,
+    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
+    Column("note", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 _TABLES = [audit_entries, audit_nodes, audit_log_state, audit_checkpoints]
+
+
+def create_final_checkpoint_table(conn: Connection) -> None:
+    """Migration ``0110_final_checkpoints``."""
+    audit_final_checkpoints.create(conn, checkfirst=True)
 
 
 def create_audit_tables(conn: Connection) -> None:
@@ -295,11 +312,26 @@ class SqlLogStore:
             return  # another hub process published this size first; keep theirs
 
     def checkpoint(self, size: int | None = None) -> str | None:
-        query = select(audit_checkpoints.c.note)
+        return self._note(audit_checkpoints, size)
+
+    def save_final(self, size: int, note: str) -> None:
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    insert(audit_final_checkpoints).values(tree_size=size, note=note, created_at=self._now())
+                )
+        except sa_exc.IntegrityError:
+            return  # another hub process made this size final first; keep theirs
+
+    def final(self, size: int | None = None) -> str | None:
+        return self._note(audit_final_checkpoints, size)
+
+    def _note(self, table: Table, size: int | None) -> str | None:
+        query = select(table.c.note)
         if size is None:
-            query = query.order_by(audit_checkpoints.c.tree_size.desc()).limit(1)
+            query = query.order_by(table.c.tree_size.desc()).limit(1)
         else:
-            query = query.where(audit_checkpoints.c.tree_size == size)
+            query = query.where(table.c.tree_size == size)
         with self._engine.connect() as conn:
             row = conn.execute(query).one_or_none()
         return None if row is None else str(row[0])

@@ -42,6 +42,7 @@ from iotguard.hub.store import HubStore
 from iotguard.hub.stores.alerts import SqlAlertStore
 from iotguard.hub.stores.attestation import SqlAttestationStore
 from iotguard.hub.stores.firmware import SqlFirmwareFileStore
+from iotguard.hub.witnessing import finality_from_config
 from iotguard.keys import KeyStore
 
 __all__ = ["HubServices", "Maintenance", "build_hub_services"]
@@ -101,7 +102,8 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     chain = chain_anchor_from_config(cfg)
     audit = AuditService(log_, CheckpointSchedule(log_, timedelta(seconds=cfg.checkpoint_interval_s),
                                                   [FileAnchor(anchors_dir / "checkpoints.log"),
-                                                   *([chain] if chain else [])]))
+                                                   *([chain] if chain else [])],
+                                                  finalize=finality_from_config(cfg, log_, clock)))
     engine, admin = open_policy(store, outbox, clock)
     posture = PostureService(store, engine, admin, engine.posture, clock, broker_managed=bool(cfg.mosquitto_dir))
     broker_link = EmbeddedBrokerLink()

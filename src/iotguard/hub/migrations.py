@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Column, DateTime, MetaData, String, Table, select
 from sqlalchemy.engine import Connection, Engine
 
-from iotguard.hub.audit_store import create_audit_tables
+from iotguard.hub.audit_store import create_audit_tables, create_final_checkpoint_table
 from iotguard.hub.outbox import create_outbox_table
 from iotguard.hub.policy_store import create_policy_tables
 from iotguard.hub.privacy_store import create_privacy_tables
@@ -68,6 +68,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               add_replay_window_version),
     Migration("0100_audit_log", "audit log entries, subtree hashes, sequencer state, checkpoints",
               create_audit_tables),
+    Migration("0110_final_checkpoints", "checkpoints made final by k-of-n witness cosignatures",
+              create_final_checkpoint_table),
     Migration("0200_policy", "policy versions, activations, device posture", create_policy_tables),
     Migration("0300_privacy", "consent, receipts, budget ledger, subject keys, erasure records",
               create_privacy_tables),
