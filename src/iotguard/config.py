@@ -47,6 +47,8 @@ class HubConfig:
     batch_max_messages: int = 2000
     batch_max_wait_ms: int = 25
     max_envelope_bytes: int = 16384
+    #: Largest envelope on a device's ``media`` topic (anonymised clips and frames).
+    max_media_envelope_bytes: int = 262_144
     max_reading_fields: int = 64
     replay_window: int = 1024
     enrollment_token_ttl_s: int = 86400
@@ -159,6 +161,7 @@ class Config:
 _BOUNDS: dict[str, tuple[float, float]] = {
     "hub.batch_max_messages": (1, 100_000),
     "hub.witness_quorum": (0, 100),
+    "hub.max_media_envelope_bytes": (1024, 262_144),
     "hub.batch_max_wait_ms": (0, 10_000),
     "hub.max_envelope_bytes": (64, 1_048_576),
     "hub.max_reading_fields": (1, 4096),

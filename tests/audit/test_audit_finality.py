@@ -107,7 +107,7 @@ def test_witnesses_file_is_parsed_strictly(tmp_path: Path, keys: SoftwareKeyStor
         path.write_text(text)
         with pytest.raises(ConfigError):
             load_witnesses(str(path))
-    with pytest.raises(ConfigError, match="needs hub.witnesses_file"):
+    with pytest.raises(ConfigError, match=r"needs hub\.witnesses_file"):
         finality_from_config(HubConfig(data_dir=str(tmp_path / "h2"), witness_quorum=1), log, FixedClock(T0))
     assert finality_from_config(HubConfig(data_dir=str(tmp_path / "h3")), log, FixedClock(T0)) is None
     path.write_text(json.dumps([{"url": "https://w1.test", "key": vkey}]))

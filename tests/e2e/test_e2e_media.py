@@ -5,12 +5,10 @@ real hub and publish through the real broker under contracts that allow
 only inferences and anonymised media. A sniffer on the broker decrypts every
 envelope with the devices' own session keys (what the hub could see) and
 finds labels and anonymised media only: no raw frame, no raw audio, and no
-face that a face detector can find in any image sent.
-
-The broker runs without TLS here: the devices' ``media`` topic is not yet in
-the Cedar-derived broker ACL (docs/media.md, "Limits"), and what this test
-checks is what the devices put on the wire, which the sniffer decrypts with
-the devices' own session keys either way.
+face that a face detector can find in any image sent. Everything runs under
+mutual TLS (the embedded broker's front): the ``media`` topic is granted by
+the Cedar-derived ACL like telemetry, and the hub stores and acknowledges
+each media object after checking it against the device's data contract.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from iotguard.agent import Agent
 from iotguard.agent.media import send_media
 from iotguard.agent.privacy import DevicePrivacy
-from iotguard.channel import make_nonce
+from iotguard.channel import MEDIA_FILTER, TELEMETRY_FILTER, make_nonce
 from iotguard.config import AgentConfig, HubConfig
 from iotguard.crypto import get_suite
 from iotguard.hub.service import Hub
@@ -47,7 +45,7 @@ FACE = Path(__file__).parents[1] / "media" / "data" / "astronaut.jpg"
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[Hub]:
     cfg = HubConfig(data_dir=str(tmp_path / "hub"), embedded_broker_bind=f"127.0.0.1:{free_port()}",
-                    api_bind=f"127.0.0.1:{free_port()}", unsafe_plaintext_broker=True)
+                    api_bind=f"127.0.0.1:{free_port()}")
     h = Hub(cfg)
     h.start()
     yield h
@@ -55,13 +53,19 @@ def hub(tmp_path: Path) -> Iterator[Hub]:
 
 
 class Sniffer:
-    def __init__(self, url: str) -> None:
-        host, port = url.removeprefix("mqtt://").split(":")
+    """Sees every telemetry and media payload (it holds the hub's broker identity:
+    under mTLS nothing else may read other devices' topics)."""
+
+    def __init__(self, hub: Hub) -> None:
+        from iotguard.tls import client_context
+
+        addr = hub.broker_address
         self.payloads: list[tuple[str, bytes]] = []
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="media-sniffer")
+        self.client.tls_set_context(client_context(hub.ca_file, certfile=hub.tls.hub_mqtt_file))
         self.client.on_message = lambda _c, _u, m: self.payloads.append((m.topic, bytes(m.payload)))
-        self.client.connect(host, int(port))
-        self.client.subscribe("iotguard/#", qos=0)
+        self.client.connect(addr.host, int(addr.port))
+        self.client.subscribe([(TELEMETRY_FILTER, 0), (MEDIA_FILTER, 0)])
         self.client.loop_start()
 
     def close(self) -> None:
@@ -73,7 +77,7 @@ def _device(hub: Hub, tmp_path: Path, device_id: str, model: str, granted: tuple
             **media: object) -> Agent:
     code = str(hub.lifecycle.add_device(device_id, model))
     agent = Agent(AgentConfig(data_dir=str(tmp_path / device_id), hub_url=hub.api_url,
-                              broker_url=hub.broker_address.url, unsafe_plaintext_broker=True), device_id)
+                              broker_url=hub.broker_address.url), device_id)
     agent.enroll(code)
     consent = ConsentState(f"subject-{device_id}")
     for purpose in load_contract(model).purposes:
@@ -84,6 +88,12 @@ def _device(hub: Hub, tmp_path: Path, device_id: str, model: str, granted: tuple
     agent.privacy = DevicePrivacy(agent.keystore, device_id, model, consent, agent.clock, **media)  # type: ignore[arg-type]
     agent.connect()
     return agent
+
+
+def _stored_media(hub: Hub) -> list[tuple[str, object]]:
+    """Media objects the hub stored: (device, decoded object)."""
+    rows = hub.services.store.readings_after(0, limit=1000)
+    return [(r.device_id, decode_media_object(r.body)) for r in rows if r.topic.endswith("/media")]
 
 
 def _frame(face: np.ndarray, x: int) -> np.ndarray:
@@ -98,7 +108,7 @@ def test_camera_and_microphone_send_only_labels_and_anonymised_media(hub: Hub, t
     corpus = synthetic_corpus(speakers=3, per_digit=4, seed=9)
     recogniser = DigitRecogniser()
     recogniser.fit(corpus)
-    sniffer = Sniffer(hub.broker_address.url)
+    sniffer = Sniffer(hub)
     raw_clips, raw_frames = [], []
     try:
         mic = _device(hub, tmp_path, "mic-0001", "mic-1", ("voice_messages",),
@@ -126,6 +136,9 @@ def test_camera_and_microphone_send_only_labels_and_anonymised_media(hub: Hub, t
         while (mic.pending() or cam.pending()) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert mic.pending() == 0 and cam.pending() == 0, "the hub did not store the labels"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(_stored_media(hub)) < 6:
+            time.sleep(0.1)
         time.sleep(0.5)
         agents = {"mic-0001": mic, "cam-0001": cam}
         labels: dict[str, list[dict[str, object]]] = {"mic-0001": [], "cam-0001": []}
@@ -179,3 +192,10 @@ def test_camera_and_microphone_send_only_labels_and_anonymised_media(hub: Hub, t
         assert detector.detect(raw_frame), "the simulated camera must capture a detectable face"
         assert detector.detect(sent_frame) == [], "a face left the device"
         assert not np.array_equal(sent_frame, raw_frame)
+
+    # The hub stored each media object once (checked against the contract: anonymised, declared method).
+    stored = _stored_media(hub)
+    assert sorted(d for d, _o in stored) == ["cam-0001"] * 3 + ["mic-0001"] * 3
+    assert {(o.stream, o.release, o.method) for _d, o in stored} == {  # type: ignore[attr-defined]
+        ("voice", "anonymised", "randomised-vocoder"), ("camera", "anonymised", "face-redact")}
+    assert hub.services.store.rejection_totals().get("policy_denied", 0) == 0

@@ -317,7 +317,7 @@ def test_oversized_packet_closes_the_connection_before_the_broker(hub: Hub) -> N
     client = _Client(hub, "big-a", certfile=a.dir / "transport.pem")
     assert client.connect()
     before = hub.embedded_broker.front.refused["malformed"]  # type: ignore[union-attr]
-    client.c.publish(a.sealer.topic, b"\x00" * 200_000, qos=0)
+    client.c.publish(a.sealer.topic, b"\x00" * 300_000, qos=0)  # over the 256 KiB + 1 KiB packet limit
     assert client.closed.wait(5), "the front kept a connection that sent an oversized packet"
     assert hub.embedded_broker.front.refused["malformed"] == before + 1  # type: ignore[union-attr]
     assert not _wait_seen(hub, a.sealer.topic, timeout=0.5)

@@ -83,9 +83,10 @@ def test_registry_acl_grants_only_own_topics_to_active_devices(store: HubStore, 
     store.create_device("dev-p", "m", "plant1", serial=None, now=NOW, token_hash=b"p" * 32,
                         token_expires_at=NOW + timedelta(hours=1))
     acl = render_registry_acl(store.list_devices())
-    assert "user dev-a\ntopic write iotguard/plant1/dev-a/telemetry\ntopic read iotguard/plant1/dev-a/ack\n" \
-           "topic read iotguard/plant1/dev-a/cmd\n" in acl
-    assert "user iotguard-hub\ntopic read iotguard/+/+/telemetry\ntopic write iotguard/+/+/ack\n" in acl
+    assert "user dev-a\ntopic write iotguard/plant1/dev-a/telemetry\ntopic write iotguard/plant1/dev-a/media\n" \
+           "topic read iotguard/plant1/dev-a/ack\ntopic read iotguard/plant1/dev-a/cmd\n" in acl
+    assert "user iotguard-hub\ntopic read iotguard/+/+/telemetry\ntopic read iotguard/+/+/media\n" \
+           "topic write iotguard/+/+/ack\n" in acl
     assert "dev-r" not in acl and "dev-p" not in acl
 
 

@@ -1,6 +1,7 @@
 """Sealed telemetry channel: nonces, session keys, replay window, acknowledgements."""
 
 from iotguard.channel.session import (
+    MEDIA_FILTER,
     TELEMETRY_FILTER,
     AckMessage,
     ReplayWindow,
@@ -21,6 +22,7 @@ from iotguard.channel.session import (
 )
 
 __all__ = [
+    "MEDIA_FILTER",
     "TELEMETRY_FILTER",
     "AckMessage",
     "ReplayWindow",

@@ -24,6 +24,7 @@ from iotguard.keys import KeyStore
 from iotguard.wire import associated_data, encode_envelope, encode_header
 
 __all__ = [
+    "MEDIA_FILTER",
     "TELEMETRY_FILTER",
     "AckMessage",
     "ReplayWindow",
@@ -46,6 +47,8 @@ __all__ = [
 TOPIC_PREFIX = "iotguard"
 #: What the hub subscribes to: every segment's device telemetry.
 TELEMETRY_FILTER = f"{TOPIC_PREFIX}/+/+/telemetry"
+#: And every segment's device media objects (``iotguard.wire.media``).
+MEDIA_FILTER = f"{TOPIC_PREFIX}/+/+/media"
 _ACK_MAC_LEN = 16
 _MAX_ACK_RANGES = 4096
 

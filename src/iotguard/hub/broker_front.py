@@ -98,7 +98,7 @@ class BrokerFront:
     """
 
     def __init__(self, host: str, port: int, backend: tuple[str, int], secret: str, access: BrokerAccess,
-                 *, max_packet_bytes: int = 65_536 + 1_024) -> None:
+                 *, max_packet_bytes: int = 262_144 + 1_024) -> None:
         self.host = host
         self.port = port
         self.backend = backend

@@ -115,7 +115,7 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     plane = DevicePlane(store, store.engine, engine, audit_sink, clock, reread_posture=posture.reread)
     operators = OperatorService(store, engine, audit_sink, clock, plane)
     processor = IngestProcessor(store, lifecycle, cfg, clock=clock, audit=log_,
-                                authorizer=posture.authorize_reading)
+                                authorizer=posture.authorize_reading, media_authorizer=posture.authorize_media)
     broker = None
     if cfg.mosquitto_dir:
         broker = BrokerAccess(cfg.mosquitto_dir, cfg.mosquitto_pid_file, lifecycle.ca, store, posture.broker_acl,

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from iotguard.audit import AuditSink, rejected_envelopes
-from iotguard.channel import ReplayWindow, SessionKeys, ack_topic, encode_ack, make_nonce, telemetry_topic
+from iotguard.channel import (
+    ReplayWindow,
+    SessionKeys,
+    ack_topic,
+    encode_ack,
+    make_nonce,
+    media_topic,
+    telemetry_topic,
+)
 from iotguard.clock import Clock, SystemClock
 from iotguard.config import HubConfig
 from iotguard.crypto import AeadSuite, OpenRequest, get_suite
@@ -27,12 +35,23 @@ from iotguard.errors import (
     DuplicateError,
     IotGuardError,
     MalformedError,
+    PolicyDenied,
     ReplayError,
     StorageError,
 )
 from iotguard.hub.store import DeviceRecord, HubStore
 from iotguard.hub.stores import WindowWrite
-from iotguard.wire import Envelope, Reading, associated_data, decode_envelope, decode_reading
+from iotguard.wire import (
+    Envelope,
+    MediaObject,
+    Reading,
+    associated_data,
+    decode_envelope,
+    decode_media_object,
+    decode_reading,
+)
+
+_MEDIA_SUFFIX = "/media"
 
 __all__ = ["REASON_CODES", "BatchOutcome", "Incoming", "IngestProcessor", "IngestStats", "SessionLookup"]
 
@@ -57,6 +76,8 @@ class SessionLookup(Protocol):
 
 #: Called for each authentic reading before it is stored; raises PolicyDenied to refuse it.
 Authorizer = Callable[[DeviceRecord, str, Reading], None]
+#: Decides one authentic media object (``PostureService.authorize_media``); raises to refuse.
+MediaAuthorizer = Callable[[DeviceRecord, str, MediaObject], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +145,7 @@ class _Session:
     window: ReplayWindow
     topic: str
     ack_topic: str
+    media_topic: str
 
 
 class IngestProcessor:
@@ -132,12 +154,14 @@ class IngestProcessor:
     def __init__(
         self, store: HubStore, registry: SessionLookup, cfg: HubConfig, *,
         clock: Clock | None = None, authorizer: Authorizer | None = None, audit: AuditSink | None = None,
+        media_authorizer: MediaAuthorizer | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.cfg = cfg
         self.clock = clock or SystemClock()
         self.authorizer = authorizer
+        self.media_authorizer = media_authorizer
         self.audit = audit
         self.stats = IngestStats()
         #: Replay windows this process holds, with the version it last read or saved.
@@ -166,7 +190,8 @@ class IngestProcessor:
             record, suite_name, keys = self.registry.session(device_id, epoch)
             suite = self._suites.get(suite_name) or get_suite(suite_name)
             return _Session(record, suite, keys, self._window(device_id, epoch),
-                            telemetry_topic(record.segment, device_id), ack_topic(record.segment, device_id))
+                            telemetry_topic(record.segment, device_id), ack_topic(record.segment, device_id),
+                            media_topic(record.segment, device_id))
         except IotGuardError as exc:
             return exc.code
 
@@ -179,6 +204,7 @@ class IngestProcessor:
         now = self.clock.now()
         out = BatchOutcome()
         max_size = self.cfg.max_envelope_bytes
+        max_media = self.cfg.max_media_envelope_bytes
         rejected: Counter[tuple[str, str]] = Counter()
         # Looked up once per (device, epoch) and batch, not per message.
         sessions: dict[tuple[str, int], _Session | str] = {}
@@ -187,7 +213,8 @@ class IngestProcessor:
         decoded: list[tuple[Incoming, Envelope]] = []
         for msg in batch:
             try:
-                decoded.append((msg, decode_envelope(msg.payload, max_size=max_size)))
+                limit = max_media if msg.topic.endswith(_MEDIA_SUFFIX) else max_size
+                decoded.append((msg, decode_envelope(msg.payload, max_size=limit)))
             except MalformedError:
                 rejected[("", "malformed")] += 1
         self.registry.prefetch({env.device_id for _m, env in decoded})
@@ -202,7 +229,7 @@ class IngestProcessor:
                 # cannot bloat the rejection table.
                 rejected[("" if sess == "unknown_device" else d, sess)] += 1
                 continue
-            if msg.topic != sess.topic:
+            if msg.topic != sess.topic and msg.topic != sess.media_topic:
                 rejected[(d, "topic_mismatch")] += 1
                 continue
             if env.suite_id != sess.suite.suite_id:
@@ -246,9 +273,15 @@ class IngestProcessor:
                 touched.add((d, e))
                 acked[(d, e)].add(seq)
                 try:
-                    reading = decode_reading(res, max_size=max_size, max_fields=max_fields)
-                    if authorize is not None:
-                        authorize(sess.record, msg.topic, reading)
+                    if msg.topic == sess.media_topic:
+                        media = decode_media_object(res, max_size=max_media)
+                        if self.media_authorizer is None:
+                            raise PolicyDenied("this hub does not accept media objects")
+                        self.media_authorizer(sess.record, msg.topic, media)
+                    else:
+                        reading = decode_reading(res, max_size=max_size, max_fields=max_fields)
+                        if authorize is not None:
+                            authorize(sess.record, msg.topic, reading)
                 except IotGuardError as exc:
                     rejected[(d, exc.code)] += 1
                     continue

@@ -64,9 +64,10 @@ __all__ = [
 
 #: The hub's MQTT identity (CN of its client certificate, hence its username).
 HUB_USERNAME = "iotguard-hub"
-#: The hub reads every device's telemetry and writes acks and commands.
+#: The hub reads every device's telemetry and media and writes acks and commands.
 HUB_GRANTS: tuple[tuple[str, str], ...] = (
     ("read", "iotguard/+/+/telemetry"),
+    ("read", "iotguard/+/+/media"),
     ("write", "iotguard/+/+/ack"),
     ("write", "iotguard/+/+/cmd"),
 )
@@ -132,7 +133,7 @@ class BrokerLimits:
     max_queued_messages: int = 100_000
     max_queued_bytes: int = 0
     max_inflight_messages: int = 20
-    message_size_limit: int = 65_536
+    message_size_limit: int = 262_144 + 1_024
     persistent_client_expiration: str = "7d"
     max_connections: int = -1
     autosave_interval_s: int = 60
@@ -194,7 +195,7 @@ def render_registry_acl(
     """Render the ``acl_file`` from device registry rows.
 
     Each **active** device may write only ``iotguard/<segment>/<id>/telemetry``
-    and read its ``ack`` and ``cmd`` topics; pending, revoked and
+    and ``.../media`` and read its ``ack`` and ``cmd`` topics; pending, revoked and
     decommissioned devices get no lines, so Mosquitto denies them everything.
 
     Args:
@@ -222,7 +223,8 @@ def render_registry_acl(
         if d.device_id == hub_username:
             raise ConfigError(f"device id {d.device_id!r} collides with the hub's MQTT identity")
         base = f"iotguard/{d.segment}/{d.device_id}"
-        lines += [f"user {d.device_id}", f"topic write {base}/telemetry", f"topic read {base}/ack",
+        lines += [f"user {d.device_id}", f"topic write {base}/telemetry", f"topic write {base}/media",
+                  f"topic read {base}/ack",
                   f"topic read {base}/cmd", ""]
     return "\n".join(lines)
 

@@ -20,7 +20,7 @@ from typing import Any, cast
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from iotguard.channel import TELEMETRY_FILTER
+from iotguard.channel import MEDIA_FILTER, TELEMETRY_FILTER
 from iotguard.config import HubConfig
 from iotguard.errors import ConfigError, StorageError
 from iotguard.hub.broker import BrokerAddress
@@ -70,6 +70,10 @@ class MqttIngest:
     def topic_filter(self) -> str:
         return f"$share/{_SHARE_GROUP}/{TELEMETRY_FILTER}" if self.shared else TELEMETRY_FILTER
 
+    @property
+    def media_filter(self) -> str:
+        return f"$share/{_SHARE_GROUP}/{MEDIA_FILTER}" if self.shared else MEDIA_FILTER
+
     def start(self, timeout: float = 15.0) -> None:
         """Connect, subscribe and start the batch worker."""
         self._client.connect_async(self.broker.host, self.broker.port, keepalive=30)
@@ -95,7 +99,7 @@ class MqttIngest:
         if reason.is_failure:
             log.error("broker refused the hub: %s", reason)
             return
-        client.subscribe(self.topic_filter, qos=1)
+        client.subscribe([(self.topic_filter, 1), (self.media_filter, 1)])
         self._connected.set()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:

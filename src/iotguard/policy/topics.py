@@ -70,6 +70,14 @@ class TopicLayout:
         """Topic a device publishes sealed telemetry to."""
         return f"{self.prefix}/{segment}/{device}/telemetry"
 
+    def media(self, segment: str, device: str) -> str:
+        """Topic a device publishes sealed media objects to.
+
+        Sensor data like telemetry (kind ``telemetry``, direction up): the
+        same policies grant and quarantine it.
+        """
+        return f"{self.prefix}/{segment}/{device}/media"
+
     def command(self, segment: str, device: str) -> str:
         """Topic a device receives hub commands on."""
         return f"{self.prefix}/{segment}/{device}/cmd"
@@ -94,6 +102,7 @@ class TopicLayout:
         """Every topic the templates give ``device`` when it sits in ``segment``."""
         return [
             self.telemetry(segment, device),
+            self.media(segment, device),
             self.command(segment, device),
             self.ack(segment, device),
             *self.attestation(device),
@@ -116,8 +125,8 @@ class TopicLayout:
             return self._owned(topic, "attestation", rest[1], None, rest[2] == "evidence")
         if len(rest) == 3 and rest[0] == "enroll" and rest[2] in ("request", "reply"):
             return self._owned(topic, "enroll", rest[1], None, rest[2] == "request")
-        if len(rest) == 3 and rest[2] in ("telemetry", "cmd", "ack"):
-            up = rest[2] == "telemetry"
+        if len(rest) == 3 and rest[2] in ("telemetry", "media", "cmd", "ack"):
+            up = rest[2] in ("telemetry", "media")
             return self._owned(topic, "telemetry" if up else "command", rest[1], rest[0], up)
         if len(rest) == 2 and rest[1] == "broadcast" and _IDENTIFIER.fullmatch(rest[0]):
             return TopicInfo(topic, "broadcast", None, rest[0])

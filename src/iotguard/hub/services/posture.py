@@ -40,7 +40,8 @@ from iotguard.policy.policyset import default_policy_set
 from iotguard.policy.posture import Posture
 from iotguard.privacy import load_contract
 from iotguard.privacy.contract import DataContract, check_reading
-from iotguard.wire import Reading
+from iotguard.privacy.media_contract import check_media
+from iotguard.wire import MediaObject, Reading
 
 __all__ = [
     "HUB_MQTT_GRANTS",
@@ -52,7 +53,8 @@ __all__ = [
 ]
 
 #: What the hub's own MQTT identity (:data:`~iotguard.hub.tls.HUB_MQTT_IDENTITY`) may do on the broker.
-HUB_MQTT_GRANTS = [("read", "iotguard/+/+/telemetry"), ("write", "iotguard/+/+/ack"), ("write", "iotguard/+/+/cmd")]
+HUB_MQTT_GRANTS = [("read", "iotguard/+/+/telemetry"), ("read", "iotguard/+/+/media"),
+                   ("write", "iotguard/+/+/ack"), ("write", "iotguard/+/+/cmd")]
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +244,27 @@ class PostureService:
         except IotGuardError:
             raise PolicyDenied(f"no data contract for model {record.model!r}") from None
         check_reading(contract, reading.purpose, reading.fields)
+
+    def authorize_media(self, record: DeviceRecord, topic: str, media: MediaObject) -> None:
+        """Ingest's decision for one authentic media object: Cedar publish policy, then the data contract.
+
+        The contract must declare the object's purpose and stream and release
+        exactly this (anonymised with the declared method, or raw) for that
+        purpose; inferences travel as readings, never as media.
+
+        Raises:
+            PolicyDenied: the policy or the device model's data contract refuses it.
+        """
+        request = AccessRequest.device(record.device_id, "publish", topic)
+        if not self.engine.decide(request).allowed:
+            self.reread(record.device_id)
+            self.engine.authorize(request)
+        try:
+            contract = contract_for(record.model)
+        except IotGuardError:
+            raise PolicyDenied(f"no data contract for model {record.model!r}") from None
+        purpose = contract.purpose(media.purpose)
+        check_media(contract.media, purpose.media, media.purpose, media.stream, media.release, media.method)
 
     def broker_acl(self) -> str:
         """The Mosquitto ACL derived from the active Cedar policies and posture (micro-segmentation)."""
