@@ -80,3 +80,11 @@ def test_media_envelopes_have_their_own_size_limit(tmp_path: Path) -> None:
     out = parts.processor.process([_seal(cam, big), _seal(cam, _media())])  # the second fits
     assert out.stored == 1 and out.rejected["malformed"] == 1
     parts.store.engine.dispose()
+
+
+def test_the_telemetry_api_lists_media_objects_by_their_metadata(hub: HubParts) -> None:
+    cam = hub.agent("cam-0001", model="cam-1")
+    assert hub.processor.process([_seal(cam, _media())]).stored == 1
+    items = hub.client.get("/v1/telemetry", headers=hub.operator_token("viewer")).json()["items"]
+    assert [i["media"] for i in items] == [{"purpose": "snapshots", "stream": "camera", "release": "anonymised",
+                                            "method": "face-redact", "codec": "jpeg", "bytes": 18}]

@@ -9,7 +9,7 @@ from typing import Any
 from iotguard.errors import IotGuardError
 from iotguard.hub.ingest import IngestStats
 from iotguard.hub.store import HubStore
-from iotguard.wire import decode_reading
+from iotguard.wire import decode_media_object, decode_reading
 
 __all__ = ["TelemetryService"]
 
@@ -27,7 +27,13 @@ class TelemetryService:
         items = []
         for r in rows:
             try:
-                reading: dict[str, Any] = decode_reading(r.body).to_dict()
+                if r.topic.endswith("/media"):
+                    m = decode_media_object(r.body)
+                    reading: dict[str, Any] = {"media": {"purpose": m.purpose, "stream": m.stream,
+                                                         "release": m.release, "method": m.method,
+                                                         "codec": m.codec, "bytes": len(m.data)}}
+                else:
+                    reading = decode_reading(r.body).to_dict()
             except IotGuardError:
                 reading = {"raw": base64.b64encode(r.body).decode()}
             items.append({"id": r.id, "device_id": r.device_id, "epoch": r.epoch, "seq": r.seq,
