@@ -5,7 +5,7 @@ Vectors are integers modulo ``2^32`` (callers quantise). Each device ``u``:
 * has an X25519 mask key pair and a random 32-byte self-mask seed ``b_u``;
 * Shamir-shares its X25519 private key and ``b_u`` (threshold ``t``) among
   the round's devices (:func:`split` / :func:`combine` over the prime field
-  ``2^521 - 1``);
+  ``2^256 + 297``);
 * sends ``y_u = x_u + PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)``
   where ``s_uv`` is the X25519 agreement of ``u`` and ``v`` (HKDF-SHA256) and
   PRG is ChaCha20 keystream.
@@ -66,12 +66,12 @@ from iotguard.errors import ConfigError, MalformedError
 __all__ = ["PRIME", "AggregationError", "Aggregator", "Device", "Share", "combine", "harary_neighbours",
            "prg", "reconstruct_all", "split"]
 
-#: Field of the Shamir shares (a Mersenne prime above every 32-byte secret).
-PRIME = (1 << 521) - 1
+#: Field of the Shamir shares: the smallest prime above every 32-byte secret (2^256 + 297).
+PRIME = (1 << 256) + 297
 MAX_DIMS = 1 << 24
 MAX_DEVICES = 1 << 16
-#: Bytes of one Shamir share on the wire (a field element below 2^521).
-SHARE_BYTES = 66
+#: Bytes of one Shamir share on the wire (a field element below 2^257).
+SHARE_BYTES = 33
 _BOX_PLAIN = 8 + 2 * SHARE_BYTES
 Vector = npt.NDArray[np.uint32]
 
@@ -94,13 +94,13 @@ class Share:
     y: int
 
 
-def split(secret: bytes, n: int, t: int) -> list[int]:
-    """Shamir shares ``f(1), ..., f(n)`` of ``secret`` with threshold ``t``."""
+def split(secret: bytes, n: int, t: int, xs: Sequence[int] | None = None) -> list[int]:
+    """Shamir shares ``f(1), ..., f(n)`` (or ``f(x)`` for each of ``xs``) of ``secret`` with threshold ``t``."""
     if not 1 <= t <= n:
         raise ConfigError("threshold must be 1..n")
     coeffs = [int.from_bytes(secret, "big")] + [secrets.randbelow(PRIME) for _ in range(t - 1)]
     out = []
-    for x in range(1, n + 1):
+    for x in xs if xs is not None else range(1, n + 1):
         acc = 0
         for c in reversed(coeffs):
             acc = (acc * x + c) % PRIME
@@ -284,9 +284,10 @@ class Device:
         if not 1 <= t <= len(holders):
             raise ConfigError("threshold must be 1..number of holders")
         sk = self._sk.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        top = max(holders) + 1
-        keys, seeds = split(sk, top, t), split(self._seed, top, t)
-        return [Share(self.index, h, kind, ys[h]) for h in holders for kind, ys in (("key", keys), ("seed", seeds))]
+        xs = [h + 1 for h in holders]
+        keys, seeds = split(sk, len(xs), t, xs), split(self._seed, len(xs), t, xs)
+        return [Share(self.index, h, kind, ys[i]) for i, h in enumerate(holders)
+                for kind, ys in (("key", keys), ("seed", seeds))]
 
     def seal_shares(self, shares: Sequence[Share], encryption_keys: Mapping[int, bytes],
                     round_id: bytes) -> dict[int, bytes]:

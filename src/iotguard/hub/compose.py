@@ -30,6 +30,7 @@ from iotguard.hub.device_plane import DevicePlane
 from iotguard.hub.ingest import IngestProcessor
 from iotguard.hub.outbox import DELIVERED_RETENTION, OutboxDrainer, OutboxHandler, SqlOutboxStore
 from iotguard.hub.privacy_store import PrivacyStore
+from iotguard.hub.services.aggregation import SecureAggregationService
 from iotguard.hub.services.analytics import AnalyticsService
 from iotguard.hub.services.attestation import AttestationService, ChallengePush
 from iotguard.hub.services.audit import AUDIT_ORIGIN, AuditService, OutboxAuditSink
@@ -78,6 +79,7 @@ class HubServices:
     firmware: FirmwareService
     detection: DetectionService
     analytics: AnalyticsService | None = None
+    aggregation: SecureAggregationService | None = None
 
     def drainer(self, worker: str = "hub") -> OutboxDrainer:
         """An outbox drainer with every handler this process has.
@@ -134,6 +136,7 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                            FirmwareService(SqlFirmwareFileStore(store.engine), keystore, audit_sink, clock),
                            detection)
     services.analytics = build_analytics(cfg, store, audit_sink, clock)
+    services.aggregation = SecureAggregationService(audit_sink, clock)
     return services
 
 
