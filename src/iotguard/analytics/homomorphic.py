@@ -108,13 +108,17 @@ class PaillierPublicKey:
         return [self.encrypt(m) for m in self.pack(values)]
 
     def check_ciphertext(self, c: int) -> None:
-        """Raises :class:`MalformedError` unless ``c`` is a unit of ``Z_{n^2}``."""
-        if isinstance(c, bool) or not isinstance(c, int) or not 0 < c < self.n2 or math.gcd(c, self.n) != 1:
-            raise MalformedError("ciphertext is not an element of Z*_{n^2}")
+        """Raises :class:`MalformedError` unless ``0 < c < n^2`` (unit-ness is checked on the sum, once)."""
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 < c < self.n2:
+            raise MalformedError("ciphertext is not an element of Z_{n^2}")
 
 
 def add_ciphertexts(pk: PaillierPublicKey, vectors: Sequence[Sequence[int]]) -> list[int]:
     """The encrypted sum of encrypted vectors (the hub's work; it never decrypts).
+
+    Each ciphertext must lie in ``(0, n^2)``; the sum must be a unit of
+    ``Z_{n^2}``, which holds exactly when every summand is one (one gcd per
+    sum instead of one per ciphertext).
 
     Raises:
         MalformedError: vectors of different lengths, a malformed ciphertext, or more than
@@ -130,6 +134,9 @@ def add_ciphertexts(pk: PaillierPublicKey, vectors: Sequence[Sequence[int]]) -> 
         for i, c in enumerate(vec):
             pk.check_ciphertext(c)
             total[i] = total[i] * c % n2
+    for c in total:
+        if math.gcd(c, pk.n) != 1:
+            raise MalformedError("a summand is not a unit of Z*_{n^2}")
     return total
 
 

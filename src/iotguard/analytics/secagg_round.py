@@ -28,6 +28,7 @@ unmasking share is the authenticated sender), once per phase.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -406,28 +407,42 @@ def new_round_id() -> bytes:
 
 def run_locally(values: Sequence[Vector], spec_degree: int, drop: set[int], now: datetime) -> dict[str, Any]:
     """Run one round in process (``iotguard aggregate run --secure`` and the benchmark); ``drop``: devices
-    that vanish after sharing. Returns the coordinator's result and the bytes each step carried."""
+    that vanish after sharing. Returns the coordinator's result, the bytes each step carried (``bytes``: sent
+    by devices; ``received``: poll replies) and the seconds the hub and the devices computed."""
     dims = len(values[0])
     ids = tuple(f"sim-{i:05d}" for i in range(len(values)))
     rid = new_round_id()
-    coord = RoundCoordinator(rid, RoundSpec(ids, dims, degree=spec_degree), now)
-    parts = {d: Participant(rid, v) for d, v in zip(ids, values, strict=True)}
+    clock = {"hub": 0.0, "devices": 0.0}
+
+    def timed(who: str, f: Any, *args: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return f(*args)
+        finally:
+            clock[who] += time.perf_counter() - t0
+
+    coord = timed("hub", RoundCoordinator, rid, RoundSpec(ids, dims, degree=spec_degree), now)
+    parts = {d: timed("devices", Participant, rid, v) for d, v in zip(ids, values, strict=True)}
     sent: dict[str, int] = {"advertise": 0, "shares": 0, "masked": 0, "unmask": 0}
+    received = 0
     for d in ids:
-        msg = parts[d].advertise()
+        msg = timed("devices", parts[d].advertise)
         sent["advertise"] += len(msg)
-        coord.advertise(d, msg, now)
+        timed("hub", coord.advertise, d, msg, now)
     steps = {"shares": coord.submit_boxes, "masked": coord.submit_masked, "unmask": coord.submit_unmask}
     at = now
     for phase in ("share", "masked", "unmask"):
         for i, d in enumerate(ids):
             if phase != "share" and i in drop:
                 continue
-            out = parts[d].answer(coord.poll(d, at))
+            poll = timed("hub", coord.poll, d, at)
+            received += len(encode_message(poll))
+            out = timed("devices", parts[d].answer, poll)
             if out is not None:
                 sent[out[0]] += len(out[1])
-                steps[out[0]](d, out[1], at)
+                timed("hub", steps[out[0]], d, out[1], at)
         if coord.phase == phase:  # the dropped never answer: the deadline closes the phase
             at += coord.spec.phase_timeout
-            coord.tick(at)
-    return {**coord.result(), "bytes": sent}
+            timed("hub", coord.tick, at)
+    return {**coord.result(), "bytes": sent, "received": received, "hub_s": clock["hub"],
+            "devices_s": clock["devices"]}
