@@ -22,6 +22,8 @@ import threading
 from datetime import timedelta
 from typing import Any
 
+from iotguard.analytics.he_round import HeRound, HeRoundSpec
+from iotguard.analytics.homomorphic import KeyShare, PaillierPublicKey
 from iotguard.analytics.secagg import AggregationError
 from iotguard.analytics.secagg_round import RoundCoordinator, RoundSpec, encode_message, new_round_id
 from iotguard.audit import AuditEvent, AuditSink
@@ -47,7 +49,7 @@ class SecureAggregationService:
     def __init__(self, audit: AuditSink, clock: Clock) -> None:
         self.audit = audit
         self.clock = clock
-        self._rounds: dict[str, RoundCoordinator] = {}
+        self._rounds: dict[str, RoundCoordinator | HeRound] = {}
         self._lock = threading.Lock()
 
     def start(self, devices: list[str], dims: int, *, degree: int = 0, threshold: int = 0,
@@ -65,19 +67,46 @@ class SecureAggregationService:
         except ConfigError as exc:
             raise MalformedError(f"round refused: {exc}") from None
         now = self.clock.now()
+        rid = self._add(lambda rid: RoundCoordinator(rid, spec, now))
+        self.audit.record(AuditEvent("aggregate.round_started", now, actor, "aggregate",
+                                     {"round": rid, "kind": "secure", "devices": len(devices), "dims": dims,
+                                      "degree": degree}))
+        return rid
+
+    def start_he(self, devices: list[str], dims: int, *, n: int, value_bits: int, max_summands: int,
+                 hub_share: int, timeout_s: float = 300.0, actor: str) -> str:
+        """Start a homomorphic-sum round under a dealer's public key; the hub keeps its key share only.
+
+        Raises:
+            MalformedError: bad parameters or key, or too many rounds running.
+        """
+        pk = PaillierPublicKey(n, value_bits, max_summands)
+        spec = HeRoundSpec(tuple(sorted(devices)), dims, pk, KeyShare("hub", n, hub_share),
+                           timedelta(seconds=timeout_s))
+        try:
+            spec.validate()
+            if not 1 <= timeout_s <= 86400:
+                raise ConfigError("timeout must be 1 s .. 1 day")
+        except ConfigError as exc:
+            raise MalformedError(f"round refused: {exc}") from None
+        now = self.clock.now()
+        rid = self._add(lambda _rid: HeRound(spec, now))
+        self.audit.record(AuditEvent("aggregate.round_started", now, actor, "aggregate",
+                                     {"round": rid, "kind": "he", "devices": len(devices), "dims": dims}))
+        return rid
+
+    def _add(self, make: Any) -> str:
         rid = new_round_id()
         with self._lock:
             running = [k for k, r in self._rounds.items() if r.phase not in ("done", "failed")]
             if len(running) >= MAX_ROUNDS:
-                raise MalformedError("too many secure-aggregation rounds running")
+                raise MalformedError("too many aggregation rounds running")
             for k in [k for k in self._rounds if k not in running][: max(0, len(self._rounds) + 1 - MAX_ROUNDS)]:
                 del self._rounds[k]
-            self._rounds[rid.hex()] = RoundCoordinator(rid, spec, now)
-        self.audit.record(AuditEvent("aggregate.round_started", now, actor, "aggregate",
-                                     {"round": rid.hex(), "devices": len(devices), "dims": dims, "degree": degree}))
+            self._rounds[rid.hex()] = make(rid)
         return rid.hex()
 
-    def _round(self, round_id: str) -> RoundCoordinator:
+    def _round(self, round_id: str) -> RoundCoordinator | HeRound:
         r = self._rounds.get(round_id) if _ROUND_ID.fullmatch(round_id) else None
         if r is None:
             raise AggregationError("round_unknown", round_id[:32])
@@ -97,6 +126,8 @@ class SecureAggregationService:
         try:
             with self._lock:
                 r = self._round(str(body["round"]))
+                if isinstance(r, HeRound):
+                    return self._he_step(r, req.device_id, step, message, now)
                 if step == "poll":
                     if message:
                         raise AggregationError("message_malformed", "a poll carries no message")
@@ -112,6 +143,16 @@ class SecureAggregationService:
         except AggregationError as exc:
             self._refused(req.device_id, str(body["round"])[:32], step[:16], exc)
             raise
+
+    @staticmethod
+    def _he_step(r: HeRound, device_id: str, step: str, message: bytes, now: Any) -> dict[str, Any]:
+        if step == "he_poll" and not message:
+            reply = r.poll(device_id, now)
+            return {"phase": reply["phase"], "message": base64.urlsafe_b64encode(encode_message(reply)).decode()}
+        if step == "he_submit":
+            r.submit(device_id, message, now)
+            return {"phase": r.phase, "accepted": True}
+        raise AggregationError("message_malformed", f"step {step[:16]!r} is not one of an HE round")
 
     def _refused(self, device_id: str, round_id: str, step: str, exc: AggregationError) -> None:
         # The refusal stands even when its audit record cannot be written.
