@@ -145,3 +145,12 @@ def test_poll_reply_is_parsed_strictly() -> None:
     with pytest.raises(AggregationError) as e:
         c.step()
     assert e.value.reason == "message_malformed"
+
+
+def test_a_round_too_wide_for_one_message_is_refused(hub: HubParts) -> None:
+    token = hub.operator_token("analyst")
+    devices = [f"d{i}" for i in range(700)]
+    r = hub.client.post("/v1/aggregate/rounds", headers=token, json={"devices": devices, "dims": 8})
+    assert r.status_code == 400  # everyone-with-everyone at 700: share boxes would not fit a request
+    r = hub.client.post("/v1/aggregate/rounds", headers=token, json={"devices": devices, "dims": 8, "degree": 100})
+    assert r.status_code == 200

@@ -176,3 +176,15 @@ def test_only_central_and_federated_are_charged_and_zcdp_converts() -> None:
     assert zcdp_epsilon(0.01, 1e-5) == pytest.approx(0.01 + 2 * (0.01 * 11.512925)**0.5, rel=1e-6)
     with pytest.raises(ConfigError):
         zcdp_epsilon(0.0, 1e-5)
+
+
+def test_erasure_forgets_the_subjects_ledger_rows(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    migrate(engine)
+    store = SqlSubjectLedgerStore(engine)
+    ledger = SubjectLedger(store, 1.0, DAY)
+    ledger.charge_all(["alice", "bob"], 0.3, "central", "research", T0)
+    with engine.begin() as c:
+        assert store.forget_subject(c, "alice") == 1
+    assert ledger.statement("alice") == [] and ledger.statement("bob")[0].central == pytest.approx(0.3)
+    engine.dispose()

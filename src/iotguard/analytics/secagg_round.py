@@ -55,6 +55,8 @@ __all__ = ["PHASES", "Participant", "RoundCoordinator", "RoundSpec", "decode_mes
 PHASES = ("advertise", "share", "masked", "unmask", "done", "failed")
 #: Largest message a device sends or receives in a round.
 MAX_MESSAGE_BYTES = 65_000
+#: Most neighbours a device may have: its share boxes must fit one message (use SecAgg+ beyond).
+MAX_DEGREE = 600
 _BOX_BYTES = 8 + 2 * SHARE_BYTES + 16
 
 
@@ -107,6 +109,9 @@ class RoundSpec:
             raise ConfigError(f"dims must be 1..{(MAX_MESSAGE_BYTES - 64) // 4} over the device channel")
         if self.degree < 0 or self.degree % 2 or self.threshold < 0:
             raise ConfigError("degree must be even (0: everyone) and threshold >= 0")
+        n = len(self.devices)
+        if (self.degree if 0 < self.degree < n - 1 else n - 1) > MAX_DEGREE:
+            raise ConfigError(f"at most {MAX_DEGREE} neighbours per device: give a SecAgg+ degree for this fleet")
 
 
 @dataclass

@@ -118,6 +118,12 @@ class SqlSubjectLedgerStore:
         if res.rowcount != 1:
             raise _Refused
 
+    @staticmethod
+    def forget_subject(conn: Connection, subject_id: str) -> int:
+        """Erasure: delete the subject's central and federated rows in ``conn``'s transaction; returns how many."""
+        return int(conn.execute(subject_ledger.delete().where(subject_ledger.c.subject_id == subject_id)).rowcount
+                   or 0)
+
     def lines(self, subject_id: str) -> list[tuple[int, int, int, int]]:
         with self._engine.connect() as c:
             charged = {int(p): (int(ce), int(fe)) for p, ce, fe in c.execute(
