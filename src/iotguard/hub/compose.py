@@ -47,7 +47,6 @@ from iotguard.hub.stores.alerts import SqlAlertStore
 from iotguard.hub.stores.attestation import SqlAttestationStore
 from iotguard.hub.stores.consent import SqlConsentStore
 from iotguard.hub.stores.firmware import SqlFirmwareFileStore
-from iotguard.hub.stores.subject_ledger import SqlSubjectLedgerStore
 from iotguard.keys import KeyStore
 
 __all__ = ["HubServices", "Maintenance", "build_analytics", "build_hub_services"]
@@ -142,6 +141,8 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
 
 def build_analytics(cfg: HubConfig, store: HubStore, audit: AuditSink, clock: Clock) -> AnalyticsService:
     """The central-DP service over the hub's readings and its per-subject ledger (also used by the CLI)."""
+    from iotguard.hub.stores.subject_ledger import SqlSubjectLedgerStore  # beside the other stores' imports
+
     ledger = SubjectLedger(SqlSubjectLedgerStore(store.engine), cfg.analytics_budget_epsilon,
                            timedelta(seconds=cfg.analytics_budget_period_s))
     return AnalyticsService(store, SqlConsentStore(store.engine), ledger, audit, clock)
