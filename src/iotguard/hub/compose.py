@@ -141,7 +141,7 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
 
 def build_analytics(cfg: HubConfig, store: HubStore, audit: AuditSink, clock: Clock) -> AnalyticsService:
     """The central-DP service over the hub's readings and its per-subject ledger (also used by the CLI)."""
-    from iotguard.hub.stores.subject_ledger import SqlSubjectLedgerStore  # beside the other stores' imports
+    from iotguard.hub.stores.subject_ledger import SqlSubjectLedgerStore
 
     ledger = SubjectLedger(SqlSubjectLedgerStore(store.engine), cfg.analytics_budget_epsilon,
                            timedelta(seconds=cfg.analytics_budget_period_s))
