@@ -100,6 +100,11 @@ class HubConfig:
     #: Serve the OpenAPI schema and its pages (/openapi.json, /docs, /redoc).
     #: They answer without authentication, so they are off unless turned on.
     api_docs: bool = False
+    #: Privacy-loss budget of each data subject per period, across local DP,
+    #: central queries and federated learning (docs/analytics.md).
+    analytics_budget_epsilon: float = 1.0
+    #: Length of a subject's budget period; device contracts' periods should match.
+    analytics_budget_period_s: int = 86400
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite in the data directory."""
@@ -173,6 +178,8 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "hub.chain_batch_size": (1, 512),
     "hub.chain_max_delay_s": (0, 7 * 86400),
     "hub.chain_from_block": (0, 1 << 62),
+    "hub.analytics_budget_epsilon": (0, 100),
+    "hub.analytics_budget_period_s": (3600, 366 * 86400),
     "agent.interval_s": (0.001, 86400),
     "agent.ack_timeout_s": (0.1, 3600),
     "agent.max_buffered_readings": (1, 100_000_000),

@@ -113,3 +113,48 @@ def test_shamir_threshold() -> None:
     assert combine(pts[:3], 3) == secret and combine(pts[2:], 3) == secret
     with pytest.raises(AggregationError):
         combine(pts[:2], 3)
+
+
+def test_batched_reconstruction_names_the_inconsistent_secret() -> None:
+    from iotguard.analytics.secagg import reconstruct_all
+
+    secrets_ = {f"s{i}": bytes([i]) * 32 for i in range(40)}
+    holders = [x for x in range(1, 31) if x % 7]  # 26 holders, threshold 12: 14 extra points per secret
+    points = {}
+    for k, s in secrets_.items():
+        ys = split(s, 31, 12)
+        points[k] = [(x, ys[x - 1]) for x in holders]
+    odd = split(b"\x01" * 32, 31, 12)  # another holder set: its own coefficients
+    points["odd"] = [(x, odd[x - 1]) for x in (1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13)]
+    assert reconstruct_all(points, 12) == {**secrets_, "odd": b"\x01" * 32}
+    x, y = points["s17"][20]
+    points["s17"][20] = (x, (y + 1) % PRIME)
+    with pytest.raises(AggregationError) as e:
+        reconstruct_all(points, 12)
+    assert e.value.reason == "share_inconsistent" and "s17" in str(e.value)
+
+
+def test_secagg_plus_graph_is_symmetric_regular_and_sums_exactly() -> None:
+    from iotguard.analytics.secagg import harary_neighbours
+
+    g = harary_neighbours(40, 8, b"round-1")
+    assert all(len(v) == 8 and u not in v for u, v in g.items())
+    assert all(u in g[v] for u, vs in g.items() for v in vs)
+    assert g != harary_neighbours(40, 8, b"round-2")  # the labels follow the round's seed
+    rng = np.random.default_rng(9)
+    values = [rng.integers(0, 1 << 20, DIMS, dtype=np.uint32) for _ in range(40)]
+    devices = [Device(i, v) for i, v in enumerate(values)]
+    agg = Aggregator(40, 5, DIMS, g)
+    for d in devices:
+        agg.add_public_key(d.index, d.public_key)
+        for s in d.shares_for_peers(g[d.index], 5):
+            devices[s.holder].receive_share(s)
+    dropped = {3, 17, 30}
+    for d in devices:
+        if d.index not in dropped:
+            agg.add_masked(d.index, d.masked_input({v: agg.public_keys[v] for v in g[d.index]}))
+    shares = [s for d in devices if d.index not in dropped
+              for s in d.unmask_shares([v for v in (*g[d.index], d.index) if v not in dropped],
+                                       [v for v in g[d.index] if v in dropped])]
+    expected = sum((values[i].astype(np.uint64) for i in range(40) if i not in dropped), np.zeros(DIMS, np.uint64))
+    assert np.array_equal(agg.unmask(shares), (expected % (1 << 32)).astype(np.uint32))

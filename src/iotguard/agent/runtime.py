@@ -174,6 +174,10 @@ class Agent:
                                   sign=lambda message: self.keystore.sign(_IDENTITY, message))
         return out.wire, out.transcript
 
+    def request(self, action: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Send a signed device request for ``action`` to ``path``; returns the hub's JSON reply."""
+        return self._post(path, self._signed(action, body)[0])
+
     def _client_http(self, ca_fingerprint: str | None = None) -> httpx.Client:
         """HTTP client for the hub API, verified against the pinned fleet CA.
 

@@ -1,7 +1,7 @@
 """Central differential privacy on the hub, built on OpenDP measurements.
 
 A :class:`CentralQuery` names a statistic (``count``, ``sum``, ``mean``,
-``histogram``), a privacy loss ``epsilon`` and the per-subject contribution
+``histogram``, ``quantile``), a privacy loss ``epsilon`` and the per-subject contribution
 bound ``max_per_subject``. :func:`release`:
 
 1. bounds contributions: each data subject keeps at most ``max_per_subject``
@@ -16,6 +16,17 @@ bound ``max_per_subject``. :func:`release`:
    :meth:`~iotguard.privacy.PrivacyLossLedger.charge_all` (a refused query
    spends nothing and draws no noise);
 4. runs the measurement.
+
+``quantile`` is OpenDP's quantile scoring of ``candidates`` evenly spaced
+candidates over ``[lo, hi]`` (Smith 2011) followed by its exact noisy-max
+selection: the answer is a candidate, ``ci95`` is ``None``.
+:func:`release_grouped` answers one statistic per group of a declared,
+public list of groups (groups are never discovered from the data): a
+``count`` is one count-by-category measurement over the groups at the full
+``epsilon`` (a subject's bounded rows change the group counts by at most
+``max_per_subject`` in total); any other statistic runs once per group at
+``epsilon / len(groups)`` (basic composition). Contributions are bounded per
+subject across all groups together.
 
 Composition is basic (sequential): a subject's loss over a period is the sum
 of the epsilons of the releases that read them, the same pure-DP unit the
@@ -32,14 +43,24 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from iotguard.errors import ConfigError
-from iotguard.privacy.ledger import PrivacyLossLedger
 
-__all__ = ["STATISTICS", "CentralQuery", "Release", "bound_contributions", "release"]
+__all__ = ["STATISTICS", "CentralQuery", "Charger", "Release", "bound_contributions", "release", "release_grouped"]
 
-STATISTICS = ("count", "sum", "mean", "histogram")
+STATISTICS = ("count", "sum", "mean", "histogram", "quantile")
+#: Most candidates a quantile scores; most groups of a grouped release.
+MAX_CANDIDATES = 1001
+MAX_GROUPS = 256
+
+
+class Charger(Protocol):
+    """What a release charges before it draws noise (a subject ledger bound to ``central``)."""
+
+    def charge_all(self, subjects: Sequence[str], epsilon: float, purpose: str, at: datetime) -> int:
+        """Charge every subject or none. Raises BudgetExhausted when refused."""
+        ...
 #: Largest per-subject contribution bound a query may ask for.
 MAX_PER_SUBJECT = 1000
 #: Most categories a histogram may name.
@@ -56,6 +77,8 @@ class CentralQuery:
         lo, hi: Clamping bounds of the value (``sum`` and ``mean``).
         categories: The histogram's categories (values outside count as ``"other"``).
         max_per_subject: Rows kept per subject (contribution bound).
+        alpha: The quantile (``0.5``: median).
+        candidates: How many evenly spaced candidates over ``[lo, hi]`` a quantile scores.
     """
 
     statistic: str
@@ -64,6 +87,8 @@ class CentralQuery:
     hi: float = 0.0
     categories: tuple[str, ...] = ()
     max_per_subject: int = 1
+    alpha: float = 0.5
+    candidates: int = 101
 
     def validate(self) -> None:
         """Raises :class:`ConfigError` with the reason when the query is malformed."""
@@ -73,10 +98,14 @@ class CentralQuery:
             raise ConfigError("epsilon must be in (0, 10]")
         if not (isinstance(self.max_per_subject, int) and 1 <= self.max_per_subject <= MAX_PER_SUBJECT):
             raise ConfigError(f"max_per_subject must be 1..{MAX_PER_SUBJECT}")
-        if self.statistic in ("sum", "mean") and not (
+        if self.statistic in ("sum", "mean", "quantile") and not (
             math.isfinite(self.lo) and math.isfinite(self.hi) and self.lo < self.hi
         ):
-            raise ConfigError("sum and mean need finite bounds lo < hi")
+            raise ConfigError("sum, mean and quantile need finite bounds lo < hi")
+        if self.statistic == "quantile" and not (
+            0 <= self.alpha <= 1 and isinstance(self.candidates, int) and 2 <= self.candidates <= MAX_CANDIDATES
+        ):
+            raise ConfigError(f"quantile needs 0 <= alpha <= 1 and 2..{MAX_CANDIDATES} candidates")
         if self.statistic == "histogram":
             if not 1 <= len(self.categories) <= MAX_CATEGORIES or len(set(self.categories)) != len(self.categories):
                 raise ConfigError(f"histogram needs 1..{MAX_CATEGORIES} distinct categories")
@@ -144,6 +173,13 @@ def _plan(q: CentralQuery, epsilon: float) -> tuple[Callable[[list[Any]], Any], 
         m, scale = _calibrated(
             lambda s: floats >> dp.t.then_clamp((q.lo, q.hi)) >> then_sum() >> dp.m.then_laplace(s), d_in, epsilon)
         return (lambda vs: float(m([float(v) for v in vs]))), scale
+    if q.statistic == "quantile":
+        step = (q.hi - q.lo) / (q.candidates - 1)
+        cands = [q.lo + i * step for i in range(q.candidates - 1)] + [q.hi]
+        m, scale = _calibrated(
+            lambda s: floats >> dp.t.then_quantile_score_candidates(cands, q.alpha)
+            >> dp.m.then_noisy_max(dp.max_divergence(), s, negate=True), d_in, epsilon)
+        return (lambda vs: cands[int(m([float(v) for v in vs]))]), scale
     cats = list(q.categories)
     m, scale = _calibrated(
         lambda s: strings >> dp.t.then_count_by_categories(categories=cats) >> dp.m.then_laplace(s),
@@ -165,7 +201,7 @@ def _numeric(values: Sequence[Any]) -> list[float]:
     return out
 
 
-def release(query: CentralQuery, rows: Sequence[tuple[str, Any]], ledger: PrivacyLossLedger,
+def release(query: CentralQuery, rows: Sequence[tuple[str, Any]], ledger: Charger,
             purpose: str, at: datetime) -> Release:
     """Answer ``query`` over ``(subject, value)`` rows, charging every subject first.
 
@@ -176,7 +212,7 @@ def release(query: CentralQuery, rows: Sequence[tuple[str, Any]], ledger: Privac
     """
     query.validate()
     subjects, values = bound_contributions(rows, query.max_per_subject)
-    if query.statistic in ("sum", "mean"):
+    if query.statistic in ("sum", "mean", "quantile"):
         values = _numeric(values)
     if query.statistic == "mean":
         total, s_scale = _plan(CentralQuery("sum", query.epsilon / 2, query.lo, query.hi,
@@ -189,4 +225,52 @@ def release(query: CentralQuery, rows: Sequence[tuple[str, Any]], ledger: Privac
         return Release("mean", mean, query.epsilon, s_scale, None)
     run, scale = _plan(query, query.epsilon)
     ledger.charge_all(subjects, query.epsilon, purpose, at)
-    return Release(query.statistic, run(values), query.epsilon, scale, scale * math.log(20))
+    ci = None if query.statistic == "quantile" else scale * math.log(20)
+    return Release(query.statistic, run(values), query.epsilon, scale, ci)
+
+
+def release_grouped(query: CentralQuery, groups: Sequence[str], rows: Sequence[tuple[str, str, Any]],
+                    ledger: Charger, purpose: str, at: datetime) -> dict[str, Release]:
+    """Answer ``query`` per group over ``(subject, group, value)`` rows; rows of other groups are ignored.
+
+    Raises:
+        ConfigError: malformed query or groups, or non-numeric values.
+        BudgetExhausted: some subject's budget would be exceeded (nothing spent).
+    """
+    query.validate()
+    names = [str(g) for g in groups]
+    if not 1 <= len(names) <= MAX_GROUPS or len(set(names)) != len(names):
+        raise ConfigError(f"group by needs 1..{MAX_GROUPS} distinct groups")
+    wanted = set(names)
+    kept = [(s, (g, v)) for s, g, v in rows if g in wanted]
+    subjects, pairs = bound_contributions(kept, query.max_per_subject)
+    if query.statistic == "count":
+        hist = CentralQuery("histogram", query.epsilon, categories=tuple(names),
+                            max_per_subject=query.max_per_subject)
+        run, scale = _plan(hist, query.epsilon)
+        ledger.charge_all(subjects, query.epsilon, purpose, at)
+        counts = run([g for g, _ in pairs])
+        return {g: Release("count", counts[g], query.epsilon, scale, scale * math.log(20)) for g in names}
+    share = query.epsilon / len(names)
+    per_group = {g: [("", v) for gg, v in pairs if gg == g] for g in names}
+    for vs in per_group.values():
+        if query.statistic in ("sum", "mean", "quantile"):
+            _numeric([v for _, v in vs])
+    sub = CentralQuery(query.statistic, share, query.lo, query.hi, query.categories, query.max_per_subject,
+                       query.alpha, query.candidates)
+    sub.validate()
+    ledger.charge_all(subjects, query.epsilon, purpose, at)
+    spent = _Spent()
+    return {g: release(sub, _distinct(vs), spent, purpose, at) for g, vs in per_group.items()}
+
+
+class _Spent:
+    """The grouped release charged the whole epsilon up front; its per-group releases charge nothing more."""
+
+    def charge_all(self, subjects: Sequence[str], epsilon: float, purpose: str, at: datetime) -> int:
+        return len(set(subjects))
+
+
+def _distinct(values: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    # Rows are already bounded per subject; give each its own key so they are not bounded again.
+    return [(str(i), v) for i, (_, v) in enumerate(values)]

@@ -5,7 +5,7 @@ Vectors are integers modulo ``2^32`` (callers quantise). Each device ``u``:
 * has an X25519 mask key pair and a random 32-byte self-mask seed ``b_u``;
 * Shamir-shares its X25519 private key and ``b_u`` (threshold ``t``) among
   the round's devices (:func:`split` / :func:`combine` over the prime field
-  ``2^521 - 1``);
+  ``2^256 + 297``);
 * sends ``y_u = x_u + PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)``
   where ``s_uv`` is the X25519 agreement of ``u`` and ``v`` (HKDF-SHA256) and
   PRG is ChaCha20 keystream.
@@ -19,8 +19,29 @@ dropped peer, seed of a surviving one), so the aggregator never holds both
 secrets of one device. Shares are checked strictly: wrong owner, holder,
 index or range, duplicates and shares inconsistent with the others (more
 than ``t`` given and not on one polynomial) are rejected with a reason.
+
+**SecAgg+** (Bell et al., CCS 2020): with ``neighbours`` (a symmetric graph,
+:func:`harary_neighbours`: the Harary graph ``H(k, n)`` on labels permuted by
+a public round seed) a device masks and shares only with its ``k``
+neighbours and the threshold ``t`` counts among them, so each device's work
+and traffic grow with ``k ~ log n`` rather than ``n``. Without a graph every
+device is every other's neighbour (the original protocol).
+
+**Reconstruction** is batched: the shares of every secret held by one set of
+holders are combined with Lagrange coefficients computed once for that set
+(``O(t^2)`` per holder set, ``O(t)`` per secret), and the points beyond ``t``
+are checked for all secrets at once with a random linear combination tested
+against the parity checks of the Reed-Solomon code (a wrong share is missed
+with probability about ``1/p``); when the batch fails, each secret is checked
+to name the inconsistent one.
+
+Shares between devices travel through the hub sealed in a **share box**
+(:meth:`Device.seal_shares`): ChaCha20-Poly1305 under a key from an X25519
+agreement of the devices' *encryption* keys (a second key pair, never
+secret-shared, so reconstructing a dropped device's mask key opens none of
+the boxes it received), bound to the round, the sender and the recipient.
 This module does no I/O; the messages travel over the authenticated device
-channel.
+channel (:mod:`iotguard.analytics.secagg_round`).
 """
 
 from __future__ import annotations
@@ -28,22 +49,30 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from iotguard.errors import ConfigError, MalformedError
 
-__all__ = ["PRIME", "AggregationError", "Aggregator", "Device", "Share", "combine", "prg", "split"]
+__all__ = ["PRIME", "AggregationError", "Aggregator", "Device", "Share", "combine", "harary_neighbours",
+           "prg", "reconstruct_all", "split"]
 
-#: Field of the Shamir shares (a Mersenne prime above every 32-byte secret).
-PRIME = (1 << 521) - 1
+#: Field of the Shamir shares: the smallest prime above every 32-byte secret (2^256 + 297).
+PRIME = (1 << 256) + 297
 MAX_DIMS = 1 << 24
+MAX_DEVICES = 1 << 16
+#: Bytes of one Shamir share on the wire (a field element below 2^257).
+SHARE_BYTES = 33
+_BOX_PLAIN = 8 + 2 * SHARE_BYTES
 Vector = npt.NDArray[np.uint32]
 
 
@@ -65,13 +94,13 @@ class Share:
     y: int
 
 
-def split(secret: bytes, n: int, t: int) -> list[int]:
-    """Shamir shares ``f(1), ..., f(n)`` of ``secret`` with threshold ``t``."""
+def split(secret: bytes, n: int, t: int, xs: Sequence[int] | None = None) -> list[int]:
+    """Shamir shares ``f(1), ..., f(n)`` (or ``f(x)`` for each of ``xs``) of ``secret`` with threshold ``t``."""
     if not 1 <= t <= n:
         raise ConfigError("threshold must be 1..n")
     coeffs = [int.from_bytes(secret, "big")] + [secrets.randbelow(PRIME) for _ in range(t - 1)]
     out = []
-    for x in range(1, n + 1):
+    for x in xs if xs is not None else range(1, n + 1):
         acc = 0
         for c in reversed(coeffs):
             acc = (acc * x + c) % PRIME
@@ -79,16 +108,93 @@ def split(secret: bytes, n: int, t: int) -> list[int]:
     return out
 
 
-def _interpolate(points: Sequence[tuple[int, int]], at: int) -> int:
-    total = 0
-    for i, (xi, yi) in enumerate(points):
-        num = den = 1
-        for j, (xj, _) in enumerate(points):
+def _inverses(values: Sequence[int]) -> list[int]:
+    """Modular inverses of many non-zero field elements with one exponentiation (Montgomery's trick)."""
+    prefix = [1]
+    for v in values:
+        prefix.append(prefix[-1] * v % PRIME)
+    inv = pow(prefix[-1], -1, PRIME)
+    out = [0] * len(values)
+    for i in range(len(values) - 1, -1, -1):
+        out[i] = prefix[i] * inv % PRIME
+        inv = inv * values[i] % PRIME
+    return out
+
+
+def _weights(xs: Sequence[int]) -> list[int]:
+    """Barycentric weights ``1 / prod_{j != i} (x_i - x_j)``; O(len(xs)^2) multiplications."""
+    dens = []
+    for i, xi in enumerate(xs):
+        d = 1
+        for j, xj in enumerate(xs):
             if i != j:
-                num = num * (at - xj) % PRIME
-                den = den * (xi - xj) % PRIME
-        total = (total + yi * num * pow(den, -1, PRIME)) % PRIME
-    return total
+                d = d * (xi - xj) % PRIME
+        dens.append(d)
+    return _inverses(dens)
+
+
+class _HolderSet:
+    """What reconstruction needs for one set of x-coordinates: coefficients at 0 and parity checks."""
+
+    def __init__(self, xs: Sequence[int], t: int) -> None:
+        self.xs = list(xs)
+        base = self.xs[:t]
+        w = _weights(base)
+        prod = 1
+        for x in base:
+            prod = prod * (-x) % PRIME
+        inv_neg = _inverses([(-x) % PRIME for x in base])
+        # L_i(0) = prod_j (0 - x_j) * w_i / (0 - x_i)
+        self.at_zero = [prod * wi % PRIME * ni % PRIME for wi, ni in zip(w, inv_neg, strict=True)]
+        # Points beyond t lie on the polynomial iff sum_i v_i x_i^k y_i = 0 for k < m - t
+        # (v: barycentric weights of all m points; the dual of a Reed-Solomon code).
+        self.checks = len(self.xs) - t
+        self.v = _weights(self.xs) if self.checks else []
+
+    def secret(self, ys: Sequence[int]) -> int:
+        return sum(c * y for c, y in zip(self.at_zero, ys, strict=False)) % PRIME
+
+    def consistent(self, ys: Sequence[int]) -> bool:
+        if not self.checks:
+            return True
+        z = [vi * yi % PRIME for vi, yi in zip(self.v, ys, strict=True)]
+        for _ in range(self.checks):
+            if sum(z) % PRIME:
+                return False
+            z = [zi * xi % PRIME for zi, xi in zip(z, self.xs, strict=True)]
+        return True
+
+
+def reconstruct_all(points: Mapping[Any, Sequence[tuple[int, int]]], t: int, size: int = 32) -> dict[Any, bytes]:
+    """Reconstruct many secrets, each from its ``(x, y)`` points (sorted by x); every point beyond ``t`` must agree.
+
+    Secrets shared among the same holders reuse one set of coefficients.
+
+    Raises:
+        AggregationError: ``too_few_shares``, ``share_inconsistent`` (naming the secret), ``share_out_of_range``.
+    """
+    groups: dict[tuple[int, ...], list[Any]] = {}
+    for key, pts in points.items():
+        if len(pts) < t:
+            raise AggregationError("too_few_shares", f"{key}: {len(pts)} of {t}")
+        groups.setdefault(tuple(x for x, _ in pts), []).append(key)
+    out: dict[Any, bytes] = {}
+    for xs, keys in groups.items():
+        hs = _HolderSet(xs, t)
+        if hs.checks:
+            coeffs = [secrets.randbelow(PRIME) for _ in keys]
+            mixed = [sum(c * points[k][i][1] for c, k in zip(coeffs, keys, strict=True)) % PRIME
+                     for i in range(len(xs))]
+            if not hs.consistent(mixed):
+                for k in keys:
+                    if not hs.consistent([y for _, y in points[k]]):
+                        raise AggregationError("share_inconsistent", f"shares of {k} are not on one polynomial")
+        for k in keys:
+            secret = hs.secret([y for _, y in points[k][:t]])
+            if secret >= 1 << (8 * size):
+                raise AggregationError("share_out_of_range", f"reconstructed secret of {k} is too large")
+            out[k] = secret.to_bytes(size, "big")
+    return out
 
 
 def combine(points: Sequence[tuple[int, int]], t: int, size: int = 32) -> bytes:
@@ -97,22 +203,35 @@ def combine(points: Sequence[tuple[int, int]], t: int, size: int = 32) -> bytes:
     Raises:
         AggregationError: ``too_few_shares``, ``share_inconsistent``, ``share_out_of_range``.
     """
-    if len(points) < t:
-        raise AggregationError("too_few_shares", f"{len(points)} of {t}")
-    base = list(points[:t])
-    for x, y in points[t:]:
-        if _interpolate(base, x) != y:
-            raise AggregationError("share_inconsistent", f"share at x={x} is not on the polynomial")
-    secret = _interpolate(base, 0)
-    if secret >= 1 << (8 * size):
-        raise AggregationError("share_out_of_range", "reconstructed secret is too large")
-    return secret.to_bytes(size, "big")
+    return reconstruct_all({"secret": sorted(points)}, t, size)["secret"]
+
+
+def harary_neighbours(n: int, k: int, seed: bytes) -> dict[int, tuple[int, ...]]:
+    """SecAgg+'s graph: the Harary graph ``H(k, n)`` over a permutation of ``0..n-1`` drawn from ``seed``.
+
+    Each device gets ``k`` neighbours (``k`` even, ``2 <= k < n``; ``k >= n - 1``: everyone).
+
+    Raises:
+        ConfigError: bad ``n`` or ``k``.
+    """
+    if not 2 <= n <= MAX_DEVICES or k < 2:
+        raise ConfigError("a graph needs 2..65536 devices and degree >= 2")
+    if k >= n - 1:
+        return {u: tuple(v for v in range(n) if v != u) for u in range(n)}
+    if k % 2:
+        raise ConfigError("the Harary graph degree must be even")
+    words = prg(HKDF(hashes.SHA256(), 32, None, b"iotguard-secagg-graph").derive(seed), n)
+    order = sorted(range(n), key=lambda i: (int(words[i]), i))
+    pos = {d: i for i, d in enumerate(order)}
+    half = k // 2
+    return {u: tuple(sorted(order[(pos[u] + j) % n] for j in range(-half, half + 1) if j))
+            for u in range(n)}
 
 
 def prg(seed: bytes, dims: int) -> Vector:
     """``dims`` uniform words modulo ``2^32`` from ChaCha20 keyed by ``seed``."""
     enc = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
-    return np.frombuffer(enc.update(b"\0" * (4 * dims)), dtype="<u4").astype(np.uint32)
+    return np.frombuffer(enc.update(bytes(4 * dims)), dtype="<u4").astype(np.uint32)
 
 
 def _agree(sk: X25519PrivateKey, pk: bytes, lo: int, hi: int) -> bytes:
@@ -121,29 +240,88 @@ def _agree(sk: X25519PrivateKey, pk: bytes, lo: int, hi: int) -> bytes:
     return HKDF(hashes.SHA256(), 32, None, info).derive(shared)
 
 
-def _pair_mask(u: int, v: int, seed: bytes, dims: int) -> Vector:
-    """``+PRG`` for the lower index, ``-PRG`` for the higher."""
-    m = prg(seed, dims)
-    return m if u < v else (np.uint32(0) - m).astype(np.uint32)
+def _add_pair_mask(acc: Vector, u: int, v: int, seed: bytes) -> None:
+    """Add (``u < v``) or subtract (``u > v``) the pair's mask into ``acc`` in place (wrapping mod 2^32)."""
+    m = prg(seed, len(acc))
+    if u < v:
+        np.add(acc, m, out=acc)
+    else:
+        np.subtract(acc, m, out=acc)
+
+
+def _box_key(sk: X25519PrivateKey, pk: bytes, round_id: bytes, sender: int, recipient: int) -> ChaCha20Poly1305:
+    try:
+        shared = sk.exchange(X25519PublicKey.from_public_bytes(pk))
+    except ValueError:
+        raise AggregationError("public_key_malformed", "encryption key") from None
+    info = b"iotguard-secagg-box|" + round_id + sender.to_bytes(4, "big") + recipient.to_bytes(4, "big")
+    return ChaCha20Poly1305(HKDF(hashes.SHA256(), 32, None, info).derive(shared))
 
 
 class Device:
-    """One participant: its value, its keys, its shares of the others' secrets."""
+    """One participant: its value, its keys, its shares of the others' secrets.
+
+    Args:
+        index: The device's index in the round.
+        value: Its vector (integers modulo 2^32).
+    """
 
     def __init__(self, index: int, value: Vector) -> None:
         self.index = index
         self._value = np.asarray(value, dtype=np.uint32)
         self._sk = X25519PrivateKey.generate()
         self.public_key = self._sk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self._ck = X25519PrivateKey.generate()
+        #: Key of the share boxes (never secret-shared).
+        self.encryption_key = self._ck.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self._seed = secrets.token_bytes(32)
         self._held: dict[tuple[int, str], int] = {}
         self._revealed: dict[int, str] = {}
 
-    def shares_for_peers(self, n: int, t: int) -> list[Share]:
-        """Round 1: shares of this device's key and seed, one of each per device (to send over the channel)."""
+    def shares_for_peers(self, peers: int | Sequence[int], t: int) -> list[Share]:
+        """Round 1: shares of this device's key and seed, one of each per peer (``int``: devices ``0..n-1``)."""
+        holders = list(range(peers)) if isinstance(peers, int) else sorted({*peers, self.index})
+        if not 1 <= t <= len(holders):
+            raise ConfigError("threshold must be 1..number of holders")
         sk = self._sk.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        keys, seeds = split(sk, n, t), split(self._seed, n, t)
-        return [Share(self.index, h, kind, ys[h]) for h in range(n) for kind, ys in (("key", keys), ("seed", seeds))]
+        xs = [h + 1 for h in holders]
+        keys, seeds = split(sk, len(xs), t, xs), split(self._seed, len(xs), t, xs)
+        return [Share(self.index, h, kind, ys[i]) for i, h in enumerate(holders)
+                for kind, ys in (("key", keys), ("seed", seeds))]
+
+    def seal_shares(self, shares: Sequence[Share], encryption_keys: Mapping[int, bytes],
+                    round_id: bytes) -> dict[int, bytes]:
+        """Round 1 over the hub: each peer's key and seed shares in a box only that peer opens."""
+        by_holder: dict[int, dict[str, int]] = {}
+        for s in shares:
+            by_holder.setdefault(s.holder, {})[s.kind] = s.y
+        boxes = {}
+        for h, ys in by_holder.items():
+            if h == self.index:
+                continue
+            plain = (self.index.to_bytes(4, "big") + h.to_bytes(4, "big") + ys["key"].to_bytes(SHARE_BYTES, "big")
+                     + ys["seed"].to_bytes(SHARE_BYTES, "big"))
+            boxes[h] = _box_key(self._ck, encryption_keys[h], round_id, self.index, h).encrypt(b"\0" * 12, plain,
+                                                                                               round_id)
+        return boxes
+
+    def open_shares(self, sender: int, box: bytes, sender_encryption_key: bytes, round_id: bytes) -> None:
+        """Open and keep a peer's share box addressed to this device.
+
+        Raises:
+            AggregationError: ``share_forged`` (does not open: tampered, replayed from another round or
+                pair), ``share_malformed`` (wrong owner, holder or range).
+        """
+        try:
+            plain = _box_key(self._ck, sender_encryption_key, round_id, sender, self.index).decrypt(
+                b"\0" * 12, bytes(box), round_id)
+        except InvalidTag:
+            raise AggregationError("share_forged", f"box from device {sender} does not open") from None
+        if len(plain) != _BOX_PLAIN or int.from_bytes(plain[:4], "big") != sender \
+                or int.from_bytes(plain[4:8], "big") != self.index:
+            raise AggregationError("share_malformed", f"box from device {sender}")
+        self.receive_share(Share(sender, self.index, "key", int.from_bytes(plain[8:8 + SHARE_BYTES], "big")))
+        self.receive_share(Share(sender, self.index, "seed", int.from_bytes(plain[8 + SHARE_BYTES:], "big")))
 
     def receive_share(self, share: Share) -> None:
         """Keep a peer's share addressed to this device."""
@@ -152,13 +330,14 @@ class Device:
         self._held[(share.owner, share.kind)] = share.y
 
     def masked_input(self, public_keys: Mapping[int, bytes]) -> Vector:
-        """Round 2: the masked vector (the only form of the value that leaves the device)."""
-        dims = len(self._value)
-        y = (self._value + prg(self._seed, dims)).astype(np.uint32)
+        """Round 2: the masked vector (the only form of the value that leaves the device).
+
+        ``public_keys``: mask keys of this device's neighbours (every device without a graph).
+        """
+        y = self._value + prg(self._seed, len(self._value))
         for v, pk in public_keys.items():
             if v != self.index:
-                seed = _agree(self._sk, pk, min(v, self.index), max(v, self.index))
-                y = (y + _pair_mask(self.index, v, seed, dims)).astype(np.uint32)
+                _add_pair_mask(y, self.index, v, _agree(self._sk, pk, min(v, self.index), max(v, self.index)))
         return y
 
     def unmask_shares(self, survivors: Sequence[int], dropped: Sequence[int]) -> list[Share]:
@@ -175,14 +354,34 @@ class Device:
 
 
 class Aggregator:
-    """The hub's side: holds public keys, masked vectors and unmasking shares, never a device's value."""
+    """The hub's side: holds public keys, masked vectors and unmasking shares, never a device's value.
 
-    def __init__(self, n: int, t: int, dims: int) -> None:
-        if not (n >= 2 and n // 2 < t <= n and 1 <= dims <= MAX_DIMS):
-            raise ConfigError("need n >= 2, n/2 < t <= n and 1 <= dims <= 2^24")
+    Args:
+        n: Devices in the round.
+        t: Shares needed to reconstruct a secret (among a device's neighbours).
+        dims: Vector length.
+        neighbours: The round's graph (:func:`harary_neighbours`); None: everyone.
+
+    Raises:
+        ConfigError: ``t`` not above half the (smallest) neighbourhood, or bad sizes.
+    """
+
+    def __init__(self, n: int, t: int, dims: int, neighbours: Mapping[int, Sequence[int]] | None = None) -> None:
+        if not (2 <= n <= MAX_DEVICES and 1 <= dims <= MAX_DIMS):
+            raise ConfigError("need 2 <= n <= 65536 and 1 <= dims <= 2^24")
+        self.neighbours = {u: tuple(neighbours[u]) for u in range(n)} if neighbours is not None else None
+        holders = min(len(v) + 1 for v in self.neighbours.values()) if self.neighbours else n
+        if not holders // 2 < t <= holders:
+            raise ConfigError("need holders/2 < t <= holders (holders: a device and its neighbours)")
         self.n, self.t, self.dims = n, t, dims
         self.public_keys: dict[int, bytes] = {}
         self.masked: dict[int, Vector] = {}
+
+    def peers(self, u: int) -> tuple[int, ...]:
+        """The devices ``u`` masks with and shares to."""
+        if self.neighbours is None:
+            return tuple(v for v in range(self.n) if v != u)
+        return self.neighbours[u]
 
     def add_public_key(self, index: int, key: bytes) -> None:
         if not 0 <= index < self.n or len(key) != 32 or index in self.public_keys:
@@ -196,17 +395,17 @@ class Aggregator:
             raise AggregationError("masked_input_malformed", f"device {index}")
         self.masked[index] = vector.copy()
 
-    def _points(self, shares: Sequence[Share], owner: int, kind: str, survivors: set[int]) -> list[tuple[int, int]]:
-        seen: dict[int, int] = {}
+    def _points(self, shares: Sequence[Share], survivors: set[int]) -> dict[tuple[int, str], list[tuple[int, int]]]:
+        seen: dict[tuple[int, str], dict[int, int]] = {}
         for s in shares:
-            if s.owner != owner or s.kind != kind:
-                continue
-            if s.holder not in survivors or not 0 <= s.y < PRIME:
-                raise AggregationError("share_malformed", f"share of {owner} from {s.holder}")
-            if s.holder in seen and seen[s.holder] != s.y:
-                raise AggregationError("share_duplicate", f"two shares of {owner} from {s.holder}")
-            seen[s.holder] = s.y
-        return [(h + 1, y) for h, y in sorted(seen.items())]
+            allowed = s.holder == s.owner or s.holder in self.peers(s.owner) if 0 <= s.owner < self.n else False
+            if s.holder not in survivors or not allowed or s.kind not in ("key", "seed") or not 0 <= s.y < PRIME:
+                raise AggregationError("share_malformed", f"share of {s.owner} from {s.holder}")
+            got = seen.setdefault((s.owner, s.kind), {})
+            if s.holder in got and got[s.holder] != s.y:
+                raise AggregationError("share_duplicate", f"two shares of {s.owner} from {s.holder}")
+            got[s.holder] = s.y
+        return {k: [(h + 1, y) for h, y in sorted(v.items())] for k, v in seen.items()}
 
     def unmask(self, shares: Sequence[Share]) -> Vector:
         """The exact sum of the survivors' values, from their masked vectors and the unmasking shares.
@@ -218,16 +417,25 @@ class Aggregator:
         dropped = sorted(set(self.public_keys) - survivors)
         if len(survivors) < self.t:
             raise AggregationError("too_few_survivors", f"{len(survivors)} of threshold {self.t}")
+        points = self._points(shares, survivors)
+        wanted = [(u, "seed") for u in sorted(survivors)] + [(v, "key") for v in dropped
+                                                            if survivors & set(self.peers(v))]
+        secrets_ = reconstruct_all({k: points.get(k, []) for k in wanted}, self.t)
         total = np.zeros(self.dims, dtype=np.uint32)
         for y in self.masked.values():
-            total = (total + y).astype(np.uint32)
+            np.add(total, y, out=total)
         for u in sorted(survivors):
-            seed = combine(self._points(shares, u, "seed", survivors), self.t)
-            total = (total - prg(seed, self.dims)).astype(np.uint32)
+            np.subtract(total, prg(secrets_[(u, "seed")], self.dims), out=total)
         for v in dropped:
-            sk = X25519PrivateKey.from_private_bytes(combine(self._points(shares, v, "key", survivors), self.t))
-            for u in sorted(survivors):
+            if (v, "key") not in secrets_:
+                continue
+            sk = X25519PrivateKey.from_private_bytes(secrets_[(v, "key")])
+            for u in sorted(survivors & set(self.peers(v))):
+                # u added its pair mask with v; remove it
                 seed = _agree(sk, self.public_keys[u], min(u, v), max(u, v))
-                # u added _pair_mask(u, v); remove it
-                total = (total - _pair_mask(u, v, seed, self.dims)).astype(np.uint32)
+                mask = prg(seed, self.dims)
+                if u < v:
+                    np.subtract(total, mask, out=total)
+                else:
+                    np.add(total, mask, out=total)
         return total

@@ -32,6 +32,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotguard.cli.policy",
     "iotguard.cli.privacy",
     "iotguard.cli.analytics",
+    "iotguard.cli.aggregate",
     "iotguard.cli.media",
     "iotguard.cli.puf",
     "iotguard.cli.firmware",

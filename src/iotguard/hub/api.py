@@ -25,7 +25,9 @@ from iotguard import __version__
 from iotguard.errors import IotGuardError, public_message
 from iotguard.hub.audit_api import make_audit_router
 from iotguard.hub.ratelimit import LockedOut
+from iotguard.hub.routers.aggregation import aggregation_router
 from iotguard.hub.routers.alerts import alerts_router
+from iotguard.hub.routers.analytics import analytics_router
 from iotguard.hub.routers.attestation import attestation_router
 from iotguard.hub.routers.auth import OperatorAuth
 from iotguard.hub.routers.device_requests import device_requests_router
@@ -140,4 +142,8 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
     app.include_router(telemetry_router(services.telemetry, services.operators, operator))
     app.include_router(make_audit_router(services.audit.log, operator("view_audit")))
     app.include_router(alerts_router(services.detection, services.operators, operator, metrics_registry))
+    if services.analytics is not None:
+        app.include_router(analytics_router(services.analytics, operator))
+    if services.aggregation is not None:
+        app.include_router(aggregation_router(services.aggregation, services.plane, operator))
     return app

@@ -18,6 +18,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from iotguard.analytics.ledger import SubjectLedger
+from iotguard.audit import AuditSink
 from iotguard.audit.anchor import CheckpointSchedule
 from iotguard.clock import Clock, SystemClock
 from iotguard.config import HubConfig
@@ -28,6 +30,8 @@ from iotguard.hub.device_plane import DevicePlane
 from iotguard.hub.ingest import IngestProcessor
 from iotguard.hub.outbox import DELIVERED_RETENTION, OutboxDrainer, OutboxHandler, SqlOutboxStore
 from iotguard.hub.privacy_store import PrivacyStore
+from iotguard.hub.services.aggregation import SecureAggregationService
+from iotguard.hub.services.analytics import AnalyticsService
 from iotguard.hub.services.attestation import AttestationService, ChallengePush
 from iotguard.hub.services.audit import AUDIT_ORIGIN, AuditService, OutboxAuditSink
 from iotguard.hub.services.broker_access import BrokerAccess, EmbeddedBrokerLink
@@ -41,11 +45,12 @@ from iotguard.hub.services.telemetry import TelemetryService
 from iotguard.hub.store import HubStore
 from iotguard.hub.stores.alerts import SqlAlertStore
 from iotguard.hub.stores.attestation import SqlAttestationStore
+from iotguard.hub.stores.consent import SqlConsentStore
 from iotguard.hub.stores.firmware import SqlFirmwareFileStore
 from iotguard.hub.witnessing import finality_from_config
 from iotguard.keys import KeyStore
 
-__all__ = ["HubServices", "Maintenance", "build_hub_services"]
+__all__ = ["HubServices", "Maintenance", "build_analytics", "build_hub_services"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,8 @@ class HubServices:
     attestation: AttestationService
     firmware: FirmwareService
     detection: DetectionService
+    analytics: AnalyticsService | None = None
+    aggregation: SecureAggregationService | None = None
 
     def drainer(self, worker: str = "hub") -> OutboxDrainer:
         """An outbox drainer with every handler this process has.
@@ -124,11 +131,23 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     playbook = ActivePlaybook(Path(cfg.data_dir))
     detection = DetectionService(SqlAlertStore(store.engine), posture, lifecycle.revoke, playbook, clock,
                                  notifier=WebhookNotifier(playbook))
-    return HubServices(cfg, clock, store, keystore, outbox, audit, posture, lifecycle, consent, operators,
-                       TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link,
-                       attestation,
-                       FirmwareService(SqlFirmwareFileStore(store.engine), keystore, audit_sink, clock),
-                       detection)
+    services = HubServices(cfg, clock, store, keystore, outbox, audit, posture, lifecycle, consent, operators,
+                           TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link,
+                           attestation,
+                           FirmwareService(SqlFirmwareFileStore(store.engine), keystore, audit_sink, clock),
+                           detection)
+    services.analytics = build_analytics(cfg, store, audit_sink, clock)
+    services.aggregation = SecureAggregationService(audit_sink, clock)
+    return services
+
+
+def build_analytics(cfg: HubConfig, store: HubStore, audit: AuditSink, clock: Clock) -> AnalyticsService:
+    """The central-DP service over the hub's readings and its per-subject ledger (also used by the CLI)."""
+    from iotguard.hub.stores.subject_ledger import SqlSubjectLedgerStore
+
+    ledger = SubjectLedger(SqlSubjectLedgerStore(store.engine), cfg.analytics_budget_epsilon,
+                           timedelta(seconds=cfg.analytics_budget_period_s))
+    return AnalyticsService(store, SqlConsentStore(store.engine), ledger, audit, clock)
 
 
 class Maintenance:

@@ -35,6 +35,7 @@ from iotguard.hub.stores.alerts import create_detection_tables
 from iotguard.hub.stores.attestation import create_attestation_tables
 from iotguard.hub.stores.credentials import create_credential_tables
 from iotguard.hub.stores.firmware import create_firmware_tables
+from iotguard.hub.stores.subject_ledger import create_subject_ledger_tables
 
 __all__ = ["MIGRATIONS", "Migration", "applied_migrations", "migrate"]
 
@@ -73,6 +74,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0200_policy", "policy versions, activations, device posture", create_policy_tables),
     Migration("0300_privacy", "consent, receipts, budget ledger, subject keys, erasure records",
               create_privacy_tables),
+    Migration("0340_subject_ledger", "per-subject privacy-loss ledger: central and federated spends (ADR 0410)",
+              create_subject_ledger_tables),
     Migration("0400_credentials", "bootstrap token, API token usage, model end of support",
               create_credential_tables),
     Migration("0500_device_plane", "attempt limits and signed-request nonces shared by hub processes",

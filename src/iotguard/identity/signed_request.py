@@ -125,6 +125,13 @@ DEVICE_REQUEST_ACTIONS: Final[Mapping[str, RequestSpec]] = {
         "attestation_key": FieldSpec("bytes", max_length=256),
         "algorithm": FieldSpec("text", max_length=16),
     }),
+    # A secure-aggregation round (docs/analytics.md): ``step`` is advertise, poll, shares, masked or
+    # unmask; ``message`` the step's canonical CBOR (empty for a poll).
+    "aggregate": RequestSpec({
+        "round": FieldSpec("text", max_length=32),
+        "step": FieldSpec("text", max_length=16),
+        "message": FieldSpec("bytes", max_length=65_000),
+    }),
 }
 
 
