@@ -1,0 +1,38 @@
+"""Federated learning: train where the data is, share only protected updates.
+
+Domain package, no I/O. :mod:`~iotguard.learn.model` (NumPy models),
+:mod:`~iotguard.learn.client` (Flower-style ``NumPyClient`` and the device's
+update pipeline), :mod:`~iotguard.learn.strategy` (FedAvg, FedBuff),
+:mod:`~iotguard.learn.robust` (norm checks, median, trimmed mean),
+:mod:`~iotguard.learn.compress` (top-k with error feedback, 8-bit),
+:mod:`~iotguard.learn.dp` (DP-FedAvg, Rényi accountant, ledger charges),
+:mod:`~iotguard.learn.secure` (updates through secure aggregation),
+:mod:`~iotguard.learn.simulation` (simulated clock), :mod:`~iotguard.learn.data`.
+"""
+
+from iotguard.learn.client import LocalTrainingClient, NumPyClient, Participant, RoundConfig, Update
+from iotguard.learn.compress import Compression, UpdateEncoder, decode_update
+from iotguard.learn.dp import DpConfig, PrivacyCharge, RdpAccountant
+from iotguard.learn.model import Model, NDArrays
+from iotguard.learn.strategy import FedAvg, FedAvgConfig, FedBuff, FedBuffConfig, RoundOutcome
+
+__all__ = [
+    "Compression",
+    "DpConfig",
+    "FedAvg",
+    "FedAvgConfig",
+    "FedBuff",
+    "FedBuffConfig",
+    "LocalTrainingClient",
+    "Model",
+    "NDArrays",
+    "NumPyClient",
+    "Participant",
+    "PrivacyCharge",
+    "RdpAccountant",
+    "RoundConfig",
+    "RoundOutcome",
+    "Update",
+    "UpdateEncoder",
+    "decode_update",
+]
