@@ -7,9 +7,11 @@ update pipeline), :mod:`~iotguard.learn.strategy` (FedAvg, FedBuff),
 :mod:`~iotguard.learn.compress` (top-k with error feedback, 8-bit),
 :mod:`~iotguard.learn.dp` (DP-FedAvg, Rényi accountant, ledger charges),
 :mod:`~iotguard.learn.secure` (updates through secure aggregation),
-:mod:`~iotguard.learn.simulation` (simulated clock), :mod:`~iotguard.learn.data`.
+:mod:`~iotguard.learn.simulation` (simulated clock), :mod:`~iotguard.learn.data`,
+:mod:`~iotguard.learn.artifact` (signed model artifacts a device verifies and runs).
 """
 
+from iotguard.learn.artifact import ModelArtifact, sign_artifact, verify_artifact
 from iotguard.learn.client import LocalTrainingClient, NumPyClient, Participant, RoundConfig, Update
 from iotguard.learn.compress import Compression, UpdateEncoder, decode_update
 from iotguard.learn.dp import DpConfig, PrivacyCharge, RdpAccountant
@@ -25,6 +27,7 @@ __all__ = [
     "FedBuffConfig",
     "LocalTrainingClient",
     "Model",
+    "ModelArtifact",
     "NDArrays",
     "NumPyClient",
     "Participant",
@@ -35,4 +38,6 @@ __all__ = [
     "Update",
     "UpdateEncoder",
     "decode_update",
+    "sign_artifact",
+    "verify_artifact",
 ]
