@@ -35,6 +35,7 @@ from iotguard.hub.services.consent import CommandChannel, ConsentPush, ConsentSe
 from iotguard.hub.services.detection import ActivePlaybook, DetectionService, WebhookNotifier
 from iotguard.hub.services.firmware import FirmwareService
 from iotguard.hub.services.lifecycle import DeviceLifecycle, open_hub_keys
+from iotguard.hub.services.models import ModelService
 from iotguard.hub.services.operators import OperatorService
 from iotguard.hub.services.posture import PostureService, open_policy
 from iotguard.hub.services.telemetry import TelemetryService
@@ -42,6 +43,7 @@ from iotguard.hub.store import HubStore
 from iotguard.hub.stores.alerts import SqlAlertStore
 from iotguard.hub.stores.attestation import SqlAttestationStore
 from iotguard.hub.stores.firmware import SqlFirmwareFileStore
+from iotguard.hub.stores.models import SqlModelStore
 from iotguard.keys import KeyStore
 
 __all__ = ["HubServices", "Maintenance", "build_hub_services"]
@@ -72,6 +74,7 @@ class HubServices:
     attestation: AttestationService
     firmware: FirmwareService
     detection: DetectionService
+    models: ModelService
 
     def drainer(self, worker: str = "hub") -> OutboxDrainer:
         """An outbox drainer with every handler this process has.
@@ -126,7 +129,8 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                        TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link,
                        attestation,
                        FirmwareService(SqlFirmwareFileStore(store.engine), keystore, audit_sink, clock),
-                       detection)
+                       detection,
+                       models=ModelService(SqlModelStore(store.engine), keystore, audit_sink, clock))
 
 
 class Maintenance:
