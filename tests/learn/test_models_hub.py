@@ -111,3 +111,18 @@ def test_cli_publishes_lists_shows_and_exports(tmp_path: Path, capsys: pytest.Ca
     assert main(["models", "publish", *cfg, "digits", str(tmp_path / "bad.npz"), "--features", "8",
                  "--classes", "10"]) == 1
     assert "malformed" in capsys.readouterr().err
+
+
+def test_learn_cli_refuses_a_run_without_eligible_devices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "iotguard.toml"
+    conf.write_text(f'[hub]\ndata_dir = "{tmp_path / "hub"}"\n')
+    cfg = ["--config", str(conf)]
+    # An unknown device has no affirming posture: it is not enrolled, so the run cannot start.
+    assert main(["learn", "start", *cfg, "run-1", "--model", "digits", "--features", "8", "--classes", "10",
+                 "--device", "ghost-1", "--device", "ghost-2"]) == 1
+    assert "0 eligible devices" in capsys.readouterr().err
+    assert main(["learn", "ls", *cfg]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["learn", "status", *cfg, "run-1"]) == 1
+    assert "unknown_run" in capsys.readouterr().err
+    assert main(["learn", "stop", *cfg, "run-1"]) == 1

@@ -34,6 +34,7 @@ from iotguard.hub.services.broker_access import BrokerAccess, EmbeddedBrokerLink
 from iotguard.hub.services.consent import CommandChannel, ConsentPush, ConsentService
 from iotguard.hub.services.detection import ActivePlaybook, DetectionService, WebhookNotifier
 from iotguard.hub.services.firmware import FirmwareService
+from iotguard.hub.services.learning import LearningService, affirming_posture
 from iotguard.hub.services.lifecycle import DeviceLifecycle, open_hub_keys
 from iotguard.hub.services.models import ModelService
 from iotguard.hub.services.operators import OperatorService
@@ -43,6 +44,7 @@ from iotguard.hub.store import HubStore
 from iotguard.hub.stores.alerts import SqlAlertStore
 from iotguard.hub.stores.attestation import SqlAttestationStore
 from iotguard.hub.stores.firmware import SqlFirmwareFileStore
+from iotguard.hub.stores.learning import SqlLearningRunStore
 from iotguard.hub.stores.models import SqlModelStore
 from iotguard.keys import KeyStore
 
@@ -75,6 +77,7 @@ class HubServices:
     firmware: FirmwareService
     detection: DetectionService
     models: ModelService
+    learning: LearningService
 
     def drainer(self, worker: str = "hub") -> OutboxDrainer:
         """An outbox drainer with every handler this process has.
@@ -130,7 +133,9 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                        attestation,
                        FirmwareService(SqlFirmwareFileStore(store.engine), keystore, audit_sink, clock),
                        detection,
-                       models=ModelService(SqlModelStore(store.engine), keystore, audit_sink, clock))
+                       models=(models := ModelService(SqlModelStore(store.engine), keystore, audit_sink, clock)),
+                       learning=LearningService(SqlLearningRunStore(store.engine), models, audit_sink, clock,
+                                                eligible=affirming_posture(engine.posture)))
 
 
 class Maintenance:
