@@ -385,6 +385,10 @@ class Agent:
         self._sealer = None
         return reported
 
+    def request(self, path: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Send one signed device request (``action`` with ``body``) to ``path``; the hub's JSON answer."""
+        return self._post(path, self._signed(action, body)[0])
+
     # -- attestation -----------------------------------------------------
 
     def attest(self, attester: Attester, nonce: bytes | None = None) -> dict[str, Any]:

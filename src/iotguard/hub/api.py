@@ -31,6 +31,7 @@ from iotguard.hub.routers.auth import OperatorAuth
 from iotguard.hub.routers.device_requests import device_requests_router
 from iotguard.hub.routers.devices import devices_router
 from iotguard.hub.routers.health import health_router
+from iotguard.hub.routers.learning import learning_router
 from iotguard.hub.routers.operators import operators_router
 from iotguard.hub.routers.privacy import privacy_router
 from iotguard.hub.routers.telemetry import telemetry_router
@@ -72,6 +73,20 @@ HTTP_STATUS: dict[str, int] = {
     "attestation_key_mismatch": 401,
     "no_appraisal_policy": 409,
     "unknown_alert": 404,
+    # federated learning (docs/learning.md)
+    "update_malformed": 400,
+    "update_dims": 400,
+    "update_not_finite": 400,
+    "update_norm_exceeded": 422,
+    "update_stale": 409,
+    "update_duplicate": 409,
+    "parameters_shape": 400,
+    "parameters_not_finite": 400,
+    "not_eligible": 403,
+    "run_not_running": 409,
+    "unknown_run": 404,
+    "unknown_model": 404,
+    "artifact_malformed": 400,
 }
 
 
@@ -140,4 +155,5 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
     app.include_router(telemetry_router(services.telemetry, services.operators, operator))
     app.include_router(make_audit_router(services.audit.log, operator("view_audit")))
     app.include_router(alerts_router(services.detection, services.operators, operator, metrics_registry))
+    app.include_router(learning_router(services.learning, services.plane))
     return app

@@ -125,6 +125,14 @@ DEVICE_REQUEST_ACTIONS: Final[Mapping[str, RequestSpec]] = {
         "attestation_key": FieldSpec("bytes", max_length=256),
         "algorithm": FieldSpec("text", max_length=16),
     }),
+    # Federated learning (docs/learning.md): the current task of a training run, and an encoded model update.
+    "learn_task": RequestSpec({"run_id": FieldSpec("text", max_length=64)}),
+    "learn_update": RequestSpec({
+        "run_id": FieldSpec("text", max_length=64),
+        "base_version": FieldSpec("uint", max_value=2**31 - 1),
+        "num_examples": FieldSpec("uint", min_value=1, max_value=10_000_000),
+        "update": FieldSpec("bytes", max_length=65536),
+    }),
 }
 
 

@@ -289,6 +289,10 @@ class LearningService:
                 "accepted_updates": run.accepted, "rejected_updates": run.rejected,
                 "round_started_at": run.round_started_at.isoformat(), "started_by": run.started_by}
 
+    def model_of(self, run_id: str) -> Model:
+        """The architecture a run trains."""
+        return self._run(run_id)[1].model()
+
     def runs(self) -> list[RunRecord]:
         """Every run."""
         return self._store.runs()

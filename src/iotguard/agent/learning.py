@@ -1,0 +1,73 @@
+"""The agent's side of federated learning: pull the task, train on local data, send the encoded update.
+
+Both requests are signed device requests (``learn_task``, ``learn_update``)
+through the hub's device plane and Cedar; only the encoded update leaves the
+device. The hub's answer is parsed strictly (architecture bounds, exact
+parameter count, finite values, known compression) before anything trains
+on it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from iotguard.agent.runtime import Agent
+from iotguard.errors import ConfigError, MalformedError
+from iotguard.learn.client import NumPyClient, Participant, RoundConfig
+from iotguard.learn.compress import Compression
+from iotguard.learn.model import Model, NDArrays, unflatten
+
+__all__ = ["LearningParticipant"]
+
+
+def _task(answer: Mapping[str, Any]) -> tuple[int, Model, NDArrays, RoundConfig]:
+    try:
+        arch = answer["model"]
+        model = Model(int(arch["features"]), int(arch["classes"]), int(arch["hidden"]))
+        version = int(answer["version"])
+        raw = base64.b64decode(str(answer["parameters"]), validate=True)
+        fit = {k: float(answer["fit"][k]) for k in ("epochs", "batch_size", "lr")}
+        clip = answer["clip_norm"]
+        compression = Compression(str(answer["compression"]), float(answer["topk_fraction"]))
+    except (KeyError, TypeError, ValueError, binascii.Error, ConfigError) as exc:
+        raise MalformedError("hub's learning task is malformed", code="malformed") from exc
+    if len(raw) != 8 * model.size() or version < 0:
+        raise MalformedError("hub's learning task has the wrong parameter count", code="malformed")
+    params = unflatten(np.frombuffer(raw, dtype="<f8").astype(np.float64), model.initial(0))
+    model.check(params)
+    config = RoundConfig(version, {"epochs": int(fit["epochs"]), "batch_size": int(fit["batch_size"]),
+                                   "lr": fit["lr"]},
+                         clip_norm=None if clip is None else float(clip), compression=compression)
+    return version, model, params, config
+
+
+class LearningParticipant:
+    """Takes part in a hub training run with a local :class:`~iotguard.learn.client.NumPyClient`.
+
+    Args:
+        agent: The enrolled agent (signs the requests with its identity key).
+        client: Trains on data that stays on the device.
+    """
+
+    def __init__(self, agent: Agent, client: NumPyClient) -> None:
+        self._agent = agent
+        self._participant = Participant(agent.device_id, agent.device_id, client)
+
+    def train_round(self, run_id: str) -> dict[str, Any]:
+        """Pull the run's current model, train, send the update; the hub's answer (``version``, ``status``).
+
+        Raises:
+            MalformedError: the hub's task is malformed.
+            EnrollmentError: the hub refused a request (its reason code is in the message).
+        """
+        answer = self._agent.request("/v1/learn/task", "learn_task", {"run_id": run_id})
+        version, _model, params, config = _task(answer)
+        update = self._participant.train(params, version, config)
+        return self._agent.request("/v1/learn/update", "learn_update", {
+            "run_id": run_id, "base_version": update.base_version, "num_examples": update.num_examples,
+            "update": update.payload})
