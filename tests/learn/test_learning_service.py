@@ -80,6 +80,9 @@ def test_fedavg_run_trains_and_publishes_a_signed_model(tmp_path: Path) -> None:
     assert accuracy(artifact.model, artifact.parameters, fleet.test.x, fleet.test.y) > 0.8
     assert model.source == "learn:run-1"
     assert [e.type for e in fleet.events.events] == ["learning.started", "model.published", "learning.completed"]
+    assert fleet.service.contributions(["dev-2", "dev-99"]) == [
+        {"run_id": "run-1", "status": "completed", "devices": ["dev-2"], "model": "digits", "model_versions": [1]}]
+    assert fleet.service.contributions(["dev-99"]) == []
     with pytest.raises(PolicyDenied) as e:
         fleet.service.task("run-1", "dev-0")
     assert e.value.code == "run_not_running"

@@ -126,3 +126,6 @@ def test_learn_cli_refuses_a_run_without_eligible_devices(tmp_path: Path, capsys
     assert main(["learn", "status", *cfg, "run-1"]) == 1
     assert "unknown_run" in capsys.readouterr().err
     assert main(["learn", "stop", *cfg, "run-1"]) == 1
+    capsys.readouterr()
+    assert main(["learn", "contributions", *cfg, "--device", "ghost-1"]) == 0
+    assert json.loads(capsys.readouterr().out) == []

@@ -62,6 +62,15 @@ def _ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _contributions(args: argparse.Namespace) -> int:
+    services = open_hub_services(config_from_args(args).hub)
+    try:
+        print_json(services.learning.contributions(args.device))
+    finally:
+        services.store.engine.dispose()
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add ``learn`` to the ``iotguard`` parser."""
     p = sub.add_parser("learn", help="federated training runs: start, status, stop, ls")
@@ -101,3 +110,8 @@ def register(sub: Any) -> None:
     ls = lsub.add_parser("ls", help="every run")
     add_config_argument(ls)
     ls.set_defaults(func=_ls)
+    contrib = lsub.add_parser("contributions", help="runs a device was enrolled in and the models they published "
+                              "(what an erasure of its subject must retrain)")
+    add_config_argument(contrib)
+    contrib.add_argument("--device", action="append", required=True, metavar="ID")
+    contrib.set_defaults(func=_contributions)

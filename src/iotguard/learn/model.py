@@ -113,6 +113,13 @@ class Model:
         out: Labels = np.argmax(logits, axis=1).astype(np.int64)
         return out
 
+    def probabilities(self, params: NDArrays, x: Array) -> Array:
+        """Class probabilities (softmax) of each row of ``x``."""
+        logits, _ = self._logits(params, x)
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        out: Array = e / e.sum(axis=1, keepdims=True)
+        return out
+
     def loss_and_grad(self, params: NDArrays, x: Array, y: Labels) -> tuple[float, NDArrays]:
         """Mean cross-entropy (plus L2) over the batch and its gradient."""
         n = len(y)

@@ -289,6 +289,21 @@ class LearningService:
                 "accepted_updates": run.accepted, "rejected_updates": run.rejected,
                 "round_started_at": run.round_started_at.isoformat(), "started_by": run.started_by}
 
+    def contributions(self, device_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Runs that enrolled any of ``device_ids`` and the model versions they published (erasure reports)."""
+        wanted = set(device_ids)
+        published: dict[str, list[int]] = {}
+        for record in self._models.list():
+            published.setdefault(record.source, []).append(record.version)
+        out = []
+        for run in self._store.runs():
+            hit = sorted(wanted & set(run.devices))
+            if hit:
+                name = str(run.config["model_name"])
+                out.append({"run_id": run.run_id, "status": run.status, "devices": hit, "model": name,
+                            "model_versions": published.get(f"learn:{run.run_id}", [])})
+        return out
+
     def model_of(self, run_id: str) -> Model:
         """The architecture a run trains."""
         return self._run(run_id)[1].model()
