@@ -11,7 +11,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from iotguard.errors import IntegrityError, MalformedError
-from iotguard.learn.artifact import ModelArtifact, sign_artifact, verify_artifact
+from iotguard.learn.artifact import (
+    ModelArtifact,
+    endorsement_message,
+    sign_artifact,
+    verify_artifact,
+    verify_endorsed_artifact,
+)
 from iotguard.learn.data import synthetic_digits
 from iotguard.learn.model import Model, sgd
 
@@ -81,3 +87,17 @@ def test_short_or_huge_input_rejected_before_verification() -> None:
         verify_artifact(b"IGM1", HUB_PUBLIC)
     with pytest.raises(MalformedError):
         verify_artifact(b"\0" * (5 * 1024 * 1024), HUB_PUBLIC)
+
+
+def test_endorsed_artifact_needs_the_fleet_cas_signature_over_the_model_key() -> None:
+    artifact, _ = _trained()
+    blob = sign_artifact(artifact, HUB_KEY.sign)
+    ca = Ed25519PrivateKey.generate()
+    ca_public = ca.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    endorsement = ca.sign(endorsement_message(HUB_PUBLIC))
+    assert verify_endorsed_artifact(blob, HUB_PUBLIC, endorsement, ca_public).version == 3
+    with pytest.raises(IntegrityError):  # endorsed by another CA
+        verify_endorsed_artifact(blob, HUB_PUBLIC, Ed25519PrivateKey.generate().sign(endorsement_message(HUB_PUBLIC)),
+                                 ca_public)
+    with pytest.raises(IntegrityError):  # a CA signature over the bare key, without the endorsement domain
+        verify_endorsed_artifact(blob, HUB_PUBLIC, ca.sign(HUB_PUBLIC), ca_public)

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from iotguard.agent.learning import LearningParticipant
-from iotguard.errors import EnrollmentError
+from iotguard.errors import EnrollmentError, IntegrityError
 from iotguard.hub.policy_store import save_posture
 from iotguard.hub.services.learning import RunSettings
 from iotguard.learn import LocalTrainingClient, Model, verify_artifact
@@ -55,6 +58,27 @@ def test_three_agents_train_a_model_through_the_hub_and_an_unverified_one_is_ref
     stranger = LearningParticipant(agents[3], LocalTrainingClient(model, parts[0].x, parts[0].y))
     with pytest.raises(EnrollmentError, match="403 policy_denied"):
         stranger.train_round("run-1")
+    # Every device may fetch the published model; it verifies it against its pinned fleet CA and runs it.
+    on_device = stranger.fetch_model("digits")
+    assert on_device.version == published.version
+    assert np.array_equal(on_device.predict(test.x), artifact.predict(test.x))
+
+
+def test_agent_refuses_a_model_whose_key_the_fleet_ca_did_not_endorse(hub: HubParts,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = hub.agent("dev-0")
+    model = Model(FEATURES, 10)
+    hub.services.models.publish("digits", model, model.initial(0), metrics={}, source="file", actor="alice")
+    learner = LearningParticipant(agent, LocalTrainingClient(model, np.zeros((1, FEATURES)), np.zeros(1, np.int64)))
+    assert learner.fetch_model("digits").version == 1
+    # A hub (or anyone on its database) substituting its own model key: the endorsement no longer matches.
+    rogue = Ed25519PrivateKey.generate()
+    rogue_key = rogue.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    monkeypatch.setattr(hub.services.models, "signing_key", lambda: rogue_key)
+    with pytest.raises(IntegrityError):
+        learner.fetch_model("digits")
+    with pytest.raises(EnrollmentError, match="404 unknown_model"):
+        learner.fetch_model("nothing")
 
 
 def test_replayed_update_request_and_duplicate_update_are_refused(hub: HubParts) -> None:

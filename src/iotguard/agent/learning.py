@@ -1,4 +1,4 @@
-"""The agent's side of federated learning: pull the task, train on local data, send the encoded update.
+"""The agent's side of federated learning: train for a hub run, and fetch a published model to run locally.
 
 Both requests are signed device requests (``learn_task``, ``learn_update``)
 through the hub's device plane and Cedar; only the encoded update leaves the
@@ -15,9 +15,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from iotguard.agent.runtime import Agent
+from iotguard.agent.runtime import CA_FILE, Agent
 from iotguard.errors import ConfigError, MalformedError
+from iotguard.learn.artifact import ModelArtifact, verify_endorsed_artifact
 from iotguard.learn.client import NumPyClient, Participant, RoundConfig
 from iotguard.learn.compress import Compression
 from iotguard.learn.model import Model, NDArrays, unflatten
@@ -57,6 +60,27 @@ class LearningParticipant:
     def __init__(self, agent: Agent, client: NumPyClient) -> None:
         self._agent = agent
         self._participant = Participant(agent.device_id, agent.device_id, client)
+
+    def fetch_model(self, name: str, version: int = 0) -> ModelArtifact:
+        """Fetch a published model (``version`` 0: the latest) and verify it before it can run.
+
+        The artifact must be signed by the hub's model key, and that key
+        endorsed by the fleet CA this agent pinned at enrollment.
+
+        Raises:
+            IntegrityError: endorsement or signature does not verify.
+            MalformedError: the answer or the artifact is malformed.
+        """
+        answer = self._agent.request("/v1/learn/model", "learn_model", {"name": name, "version": version})
+        try:
+            artifact, key, endorsement = (base64.b64decode(str(answer[k]), validate=True)
+                                          for k in ("artifact", "signing_key", "endorsement"))
+        except (KeyError, ValueError, binascii.Error) as exc:
+            raise MalformedError("hub's model answer is malformed", code="malformed") from exc
+        ca = x509.load_pem_x509_certificate((self._agent.dir / CA_FILE).read_bytes()).public_key()
+        if not isinstance(ca, Ed25519PublicKey):
+            raise MalformedError("fleet CA key is not Ed25519", code="malformed")
+        return verify_endorsed_artifact(artifact, key, endorsement, ca.public_bytes_raw())
 
     def train_round(self, run_id: str) -> dict[str, Any]:
         """Pull the run's current model, train, send the update; the hub's answer (``version``, ``status``).

@@ -133,7 +133,8 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                        attestation,
                        FirmwareService(SqlFirmwareFileStore(store.engine), keystore, audit_sink, clock),
                        detection,
-                       models=(models := ModelService(SqlModelStore(store.engine), keystore, audit_sink, clock)),
+                       models=(models := ModelService(SqlModelStore(store.engine), keystore, audit_sink, clock,
+                                                     endorse=lifecycle.ca.sign)),
                        learning=LearningService(SqlLearningRunStore(store.engine), models, audit_sink, clock,
                                                 eligible=affirming_posture(engine.posture)))
 

@@ -127,6 +127,7 @@ DEVICE_REQUEST_ACTIONS: Final[Mapping[str, RequestSpec]] = {
     }),
     # Federated learning (docs/learning.md): the current task of a training run, and an encoded model update.
     "learn_task": RequestSpec({"run_id": FieldSpec("text", max_length=64)}),
+    "learn_model": RequestSpec({"name": FieldSpec("text", max_length=64), "version": FieldSpec("uint")}),
     "learn_update": RequestSpec({
         "run_id": FieldSpec("text", max_length=64),
         "base_version": FieldSpec("uint", max_value=2**31 - 1),

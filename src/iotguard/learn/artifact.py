@@ -31,9 +31,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from iotguard.errors import ConfigError, IntegrityError, MalformedError
 from iotguard.learn.model import Model, NDArrays, flatten, unflatten
 
-__all__ = ["MAX_ARTIFACT_BYTES", "ModelArtifact", "sign_artifact", "verify_artifact"]
+__all__ = ["MAX_ARTIFACT_BYTES", "ModelArtifact", "endorsement_message", "sign_artifact", "verify_artifact",
+           "verify_endorsed_artifact"]
 
 MAGIC = b"IGM1"
+#: Domain of the fleet CA's endorsement of the hub's model-signing key.
+ENDORSEMENT_DOMAIN = b"iotguard-model-signing-key-v1\x00"
 SIGNATURE_BYTES = 64
 #: Largest artifact a device accepts.
 MAX_ARTIFACT_BYTES = 4 * 1024 * 1024 + 4096
@@ -129,3 +132,22 @@ def verify_artifact(data: bytes, public_key: bytes) -> ModelArtifact:
     params = unflatten(np.frombuffer(raw, dtype="<f4").astype(np.float64), model.initial(0))
     model.check(params)
     return ModelArtifact(name, version, model, params, metrics)
+
+
+def endorsement_message(model_key: bytes) -> bytes:
+    """What the fleet CA signs to endorse ``model_key`` as the hub's model-signing key."""
+    return ENDORSEMENT_DOMAIN + model_key
+
+
+def verify_endorsed_artifact(data: bytes, model_key: bytes, endorsement: bytes, ca_public_key: bytes) -> ModelArtifact:
+    """:func:`verify_artifact` with a model key the device accepts only if its pinned fleet CA endorsed it.
+
+    Raises:
+        IntegrityError: the endorsement or the artifact signature does not verify.
+        MalformedError: as :func:`verify_artifact`.
+    """
+    try:
+        Ed25519PublicKey.from_public_bytes(ca_public_key).verify(endorsement, endorsement_message(model_key))
+    except (InvalidSignature, ValueError) as exc:
+        raise IntegrityError("model-signing key is not endorsed by the fleet CA") from exc
+    return verify_artifact(data, model_key)

@@ -9,13 +9,14 @@ from fastapi import APIRouter, Depends
 
 from iotguard.hub.device_plane import DevicePlane, device_request, signed_request_openapi
 from iotguard.hub.services.learning import LearningService
+from iotguard.hub.services.models import ModelService
 from iotguard.identity import VerifiedRequest
 from iotguard.learn.model import flatten
 
 __all__ = ["learning_router"]
 
 
-def learning_router(learning: LearningService, plane: DevicePlane) -> APIRouter:
+def learning_router(learning: LearningService, models: ModelService, plane: DevicePlane) -> APIRouter:
     """Routes a device uses to take part in a training run."""
     router = APIRouter(tags=["learning"])
 
@@ -38,5 +39,15 @@ def learning_router(learning: LearningService, plane: DevicePlane) -> APIRouter:
         run = learning.submit(str(b["run_id"]), req.device_id, int(b["base_version"]), bytes(b["update"]),
                               int(b["num_examples"]))
         return {"run_id": run.run_id, "version": run.version, "status": run.status}
+
+    @router.post("/v1/learn/model", openapi_extra=signed_request_openapi("learn_model"))
+    def model(req: VerifiedRequest = Depends(device_request(plane, "learn_model"))) -> dict[str, Any]:  # noqa: B008
+        """A published model's signed artifact, the hub's model key and the fleet CA's endorsement of it."""
+        version = int(req.body["version"])
+        record = models.get(str(req.body["name"]), version or None)
+        return {"name": record.name, "version": record.version,
+                "artifact": base64.b64encode(record.artifact).decode(),
+                "signing_key": base64.b64encode(models.signing_key()).decode(),
+                "endorsement": base64.b64encode(models.endorsement()).decode()}
 
     return router

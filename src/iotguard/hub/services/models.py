@@ -9,14 +9,14 @@ private key never leaves it) and verifies each artifact with
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from iotguard.audit import AuditEvent, AuditSink
 from iotguard.clock import Clock
 from iotguard.errors import ConfigError, IntegrityError
 from iotguard.hub.stores.models import ModelRecord, ModelStore
 from iotguard.keys.keystore import KeyKind, KeyStore
-from iotguard.learn.artifact import ModelArtifact, sign_artifact
+from iotguard.learn.artifact import ModelArtifact, endorsement_message, sign_artifact
 from iotguard.learn.model import Model, NDArrays
 
 __all__ = ["MODEL_KEY_LABEL", "ModelService"]
@@ -29,14 +29,26 @@ _PUBLISH_ATTEMPTS = 3
 class ModelService:
     """Publishes signed model versions and lists them."""
 
-    def __init__(self, store: ModelStore, keystore: KeyStore, audit: AuditSink, clock: Clock) -> None:
+    def __init__(self, store: ModelStore, keystore: KeyStore, audit: AuditSink, clock: Clock, *,
+                 endorse: Callable[[bytes], bytes] | None = None) -> None:
         self._store, self._keystore, self._audit, self._clock = store, keystore, audit, clock
+        self._endorse = endorse
 
     def signing_key(self) -> bytes:
         """Raw Ed25519 public key devices verify model artifacts with."""
         if not self._keystore.has_key(MODEL_KEY_LABEL):
             self._keystore.generate(MODEL_KEY_LABEL, KeyKind.ED25519)
         return self._keystore.public_key(MODEL_KEY_LABEL)
+
+    def endorsement(self) -> bytes:
+        """The fleet CA's signature over the model-signing key (devices pin the CA, not this key).
+
+        Raises:
+            ConfigError: this service was built without the CA.
+        """
+        if self._endorse is None:
+            raise ConfigError("model registry has no fleet CA to endorse its key")
+        return self._endorse(endorsement_message(self.signing_key()))
 
     def publish(self, name: str, model: Model, parameters: NDArrays, *, metrics: Mapping[str, float], source: str,
                 actor: str) -> ModelRecord:
