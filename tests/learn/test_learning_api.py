@@ -96,7 +96,9 @@ def test_replayed_update_request_and_duplicate_update_are_refused(hub: HubParts)
     assert first.status_code == 400 and first.json()["error"] == "update_malformed"
     replayed = hub.client.post("/v1/learn/update", json=wire)
     assert replayed.status_code == 409 and replayed.json()["error"] == "replay"
+    assert learner.train_round("run-1")["status"] == "waiting"  # sent already: nothing trained or sent
+    again = LearningParticipant(agents[0], LocalTrainingClient(Model(FEATURES, 10), train.x, train.y))
     with pytest.raises(EnrollmentError, match="409 update_duplicate"):
-        learner.train_round("run-1")
+        again.train_round("run-1")
     unknown = hub.client.post("/v1/learn/task", json=agents[1]._signed("learn_task", {"run_id": "nope"})[0])
     assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_run"

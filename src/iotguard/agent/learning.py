@@ -60,6 +60,7 @@ class LearningParticipant:
     def __init__(self, agent: Agent, client: NumPyClient) -> None:
         self._agent = agent
         self._participant = Participant(agent.device_id, agent.device_id, client)
+        self._sent: dict[str, int] = {}
 
     def fetch_model(self, name: str, version: int = 0) -> ModelArtifact:
         """Fetch a published model (``version`` 0: the latest) and verify it before it can run.
@@ -85,13 +86,21 @@ class LearningParticipant:
     def train_round(self, run_id: str) -> dict[str, Any]:
         """Pull the run's current model, train, send the update; the hub's answer (``version``, ``status``).
 
+        If this device already sent its update for the run's current version
+        (a FedAvg round still waiting for others), nothing is trained or sent
+        and the answer's status is ``waiting``.
+
         Raises:
             MalformedError: the hub's task is malformed.
             EnrollmentError: the hub refused a request (its reason code is in the message).
         """
         answer = self._agent.request("/v1/learn/task", "learn_task", {"run_id": run_id})
         version, _model, params, config = _task(answer)
+        if self._sent.get(run_id, -1) >= version:
+            return {"run_id": run_id, "version": version, "status": "waiting"}
         update = self._participant.train(params, version, config)
-        return self._agent.request("/v1/learn/update", "learn_update", {
+        result = self._agent.request("/v1/learn/update", "learn_update", {
             "run_id": run_id, "base_version": update.base_version, "num_examples": update.num_examples,
             "update": update.payload})
+        self._sent[run_id] = version
+        return result

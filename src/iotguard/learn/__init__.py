@@ -17,6 +17,7 @@ from iotguard.learn.compress import Compression, UpdateEncoder, decode_update
 from iotguard.learn.dp import DpConfig, PrivacyCharge, RdpAccountant
 from iotguard.learn.model import Model, NDArrays
 from iotguard.learn.strategy import FedAvg, FedAvgConfig, FedBuff, FedBuffConfig, RoundOutcome
+from iotguard.learn.unlearning import ShardChange, SisaEnsemble
 
 __all__ = [
     "Compression",
@@ -35,6 +36,8 @@ __all__ = [
     "RdpAccountant",
     "RoundConfig",
     "RoundOutcome",
+    "ShardChange",
+    "SisaEnsemble",
     "Update",
     "UpdateEncoder",
     "decode_update",

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from iotguard.errors import ConfigError
-from iotguard.media.audio import Audio, mfcc
+
+if TYPE_CHECKING:
+    from iotguard.media.audio import Audio
 
 __all__ = ["DIGIT_FEATURES", "Dataset", "digit_features", "partition", "pooled", "split_train_test", "standardise",
            "synthetic_digits", "synthetic_recording"]
@@ -49,6 +52,8 @@ class Dataset:
 
 def digit_features(audio: Audio) -> Array:
     """Fixed-length MFCC summary of one recording (:data:`DIGIT_FEATURES` values)."""
+    from iotguard.media.audio import mfcc  # the media stack (SciPy, OpenCV) only where audio is featurised
+
     c = mfcc(audio, coefficients=20, deltas=True)
     parts = np.array_split(c, _SEGMENTS, axis=0) if len(c) >= _SEGMENTS else [c] * _SEGMENTS
     return np.concatenate([np.concatenate([p.mean(axis=0), p.std(axis=0)]) for p in parts])
@@ -62,6 +67,8 @@ def standardise(train: Array, *others: Array) -> tuple[Array, ...]:
 
 def synthetic_recording(digit: int, speaker: int, rng: np.random.Generator, rate: int = 8000) -> Audio:
     """A half-second two-tone recording whose pitch pattern depends on ``digit`` (and a little on ``speaker``)."""
+    from iotguard.media.audio import Audio
+
     t = np.arange(int(0.5 * rate)) / rate
     f1, f2 = 300.0 + 120.0 * digit + 15.0 * speaker, 900.0 + 90.0 * ((digit * 7) % 10)
     half = len(t) // 2
