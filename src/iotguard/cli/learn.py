@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from iotguard.cli._common import add_config_argument, config_from_args, deliver_effects, open_hub_services, print_json
+from iotguard.cli._common import add_config_argument, deliver_effects, hub_services_for, print_json
 
 __all__ = ["register"]
 
@@ -19,55 +19,40 @@ def _start(args: argparse.Namespace) -> int:
         deadline_s=args.deadline_s, buffer_size=args.buffer_size, aggregator=args.aggregator,
         max_update_norm=args.max_update_norm, clip_norm=args.clip_norm, compression=args.compression,
         topk_fraction=args.topk_fraction, fit={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr})
-    services = open_hub_services(config_from_args(args).hub)
-    try:
+    with hub_services_for(args) as services:
         devices = list(args.device)
         if args.all_active:
             devices += [d.device_id for d in services.store.list_devices(status="active", limit=10_000)]
         run = services.learning.start(args.run_id, settings, devices, actor=args.actor)
         deliver_effects(services)
         print_json(services.learning.status(run.run_id) | {"enrolled": list(run.devices)})
-    finally:
-        services.store.engine.dispose()
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    services = open_hub_services(config_from_args(args).hub)
-    try:
+    with hub_services_for(args) as services:
         services.learning.tick(args.run_id)  # close a FedAvg round whose deadline passed
         print_json(services.learning.status(args.run_id))
-    finally:
-        services.store.engine.dispose()
     return 0
 
 
 def _stop(args: argparse.Namespace) -> int:
-    services = open_hub_services(config_from_args(args).hub)
-    try:
+    with hub_services_for(args) as services:
         services.learning.stop(args.run_id, actor=args.actor)
         deliver_effects(services)
         print_json(services.learning.status(args.run_id))
-    finally:
-        services.store.engine.dispose()
     return 0
 
 
 def _ls(args: argparse.Namespace) -> int:
-    services = open_hub_services(config_from_args(args).hub)
-    try:
+    with hub_services_for(args) as services:
         print_json([services.learning.status(r.run_id) for r in services.learning.runs()])
-    finally:
-        services.store.engine.dispose()
     return 0
 
 
 def _contributions(args: argparse.Namespace) -> int:
-    services = open_hub_services(config_from_args(args).hub)
-    try:
+    with hub_services_for(args) as services:
         print_json(services.learning.contributions(args.device))
-    finally:
-        services.store.engine.dispose()
     return 0
 
 

@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from iotguard.cli._common import add_config_argument, config_from_args, deliver_effects, open_hub_services, print_json
+from iotguard.cli._common import add_config_argument, deliver_effects, hub_services_for, print_json
 from iotguard.errors import ConfigError, MalformedError
 
 __all__ = ["MAX_PARAMETER_FILE_BYTES", "register"]
@@ -54,23 +54,17 @@ def _publish(args: argparse.Namespace) -> int:
             raise ConfigError(f"--metric wants NAME=NUMBER, got {item!r}")
     model = Model(features=args.features, classes=args.classes, hidden=args.hidden)
     params = _load_parameters(args.parameters)
-    services = open_hub_services(config_from_args(args).hub)
-    try:
+    with hub_services_for(args) as services:
         record = services.models.publish(args.name, model, params, metrics=metrics,
                                          source=args.source or args.parameters.name, actor=args.actor)
         deliver_effects(services)
-    finally:
-        services.store.engine.dispose()
     print_json(_summary(record))
     return 0
 
 
 def _ls(args: argparse.Namespace) -> int:
-    services = open_hub_services(config_from_args(args).hub)
-    try:
+    with hub_services_for(args) as services:
         records = services.models.list()
-    finally:
-        services.store.engine.dispose()
     if args.json:
         print_json([_summary(r) for r in records])
         return 0
@@ -85,22 +79,16 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    services = open_hub_services(config_from_args(args).hub)
-    try:
+    with hub_services_for(args) as services:
         record = services.models.get(args.name, args.version)
         key = services.models.signing_key()
-    finally:
-        services.store.engine.dispose()
     print_json({**_summary(record), "signing_key": base64.b64encode(key).decode()})
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    services = open_hub_services(config_from_args(args).hub)
-    try:
+    with hub_services_for(args) as services:
         record = services.models.get(args.name, args.version)
-    finally:
-        services.store.engine.dispose()
     args.output.write_bytes(record.artifact)
     print(f"wrote {args.output} ({len(record.artifact)} bytes, {record.name} v{record.version}, "
           f"sha256 {record.sha256})")
