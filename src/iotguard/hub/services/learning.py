@@ -53,6 +53,10 @@ _COMMIT_ATTEMPTS = 5
 MAX_DEVICES = 10_000
 
 
+def _parameters(run: RunRecord, model: Model) -> NDArrays:
+    return unflatten(np.frombuffer(run.parameters, dtype="<f8").astype(np.float64), model.initial(0))
+
+
 def affirming_posture(postures: PostureStore) -> Callable[[str], bool]:
     """Participation gate: the device's posture is known, ``verified`` and not quarantined."""
     def gate(device_id: str) -> bool:
@@ -173,9 +177,7 @@ class LearningService:
         """
         run, settings = self._run(run_id)
         self._check_device(run, device_id)
-        model = settings.model()
-        params = unflatten(np.frombuffer(run.parameters, dtype="<f8").astype(np.float64), model.initial(0))
-        return Task(run_id, run.version, params, settings.round_config(run.version))
+        return Task(run_id, run.version, _parameters(run, settings.model()), settings.round_config(run.version))
 
     def submit(self, run_id: str, device_id: str, base_version: int, payload: bytes, num_examples: int) -> RunRecord:
         """Take one encoded update and advance the run if a round or buffer is complete.
@@ -219,7 +221,7 @@ class LearningService:
             return None
         pending = self._store.pending(run.run_id)
         model = settings.model()
-        params = unflatten(np.frombuffer(run.parameters, dtype="<f8").astype(np.float64), model.initial(0))
+        params = _parameters(run, model)
         empty = np.zeros(0)
         if settings.strategy == "fedavg":
             current = [p for p in pending if p.base_version == run.version]
@@ -257,8 +259,7 @@ class LearningService:
 
     def _complete(self, run: RunRecord, settings: RunSettings) -> None:
         model = settings.model()
-        params = unflatten(np.frombuffer(run.parameters, dtype="<f8").astype(np.float64), model.initial(0))
-        record = self._models.publish(settings.model_name, model, params,
+        record = self._models.publish(settings.model_name, model, _parameters(run, model),
                                       metrics={"versions": run.version, "accepted_updates": run.accepted},
                                       source=f"learn:{run.run_id}", actor=run.started_by)
         self._audit.record(AuditEvent("learning.completed", self._clock.now(), run.started_by, run.run_id,
