@@ -208,7 +208,11 @@ class DpConfig:
         return run_epsilon(self.sampling_rate, self.noise_multiplier, rounds, self.delta)
 
     def noise(self, dims: int, rng: np.random.Generator) -> Array:
-        """The noise added to one round's sum of clipped updates."""
+        """The noise added to one round's sum of clipped updates.
+
+        Drawn in floating point from ``rng`` (NumPy), not by an exact sampler:
+        seed it from OS entropy outside simulations (ADR 1300).
+        """
         out: Array = rng.normal(0.0, self.noise_multiplier * self.clip_norm, dims)
         return out
 
