@@ -18,8 +18,10 @@ from iotguard.hub.stores.learning import MemoryLearningRunStore
 from iotguard.hub.stores.models import MemoryModelStore
 from iotguard.keys.software import SoftwareKeyStore
 from iotguard.learn import Compression, LocalTrainingClient, Model, Participant, UpdateEncoder, verify_artifact
+from iotguard.learn.compress import decode_update
 from iotguard.learn.data import partition, split_train_test, synthetic_digits
-from iotguard.learn.model import accuracy
+from iotguard.learn.model import accuracy, flatten
+from iotguard.learn.robust import coordinate_median, honest_envelope_bound
 
 T0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
 FEATURES = 24
@@ -156,3 +158,22 @@ def test_stopped_run_takes_nothing_and_publishes_nothing(tmp_path: Path) -> None
     assert fleet.models.list() == [] and fleet.service.status("run-1")["status"] == "stopped"
     with pytest.raises(ConfigError):
         fleet.service.stop("run-1", actor="alice")
+
+
+def test_poisoning_device_cannot_move_the_hubs_median_round_beyond_the_honest_envelope(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path)
+    fleet.service.start("run-1", _settings(aggregator="median", max_update_norm=10.0), DEVICES, actor="alice")
+    start = flatten(fleet.service.task("run-1", "dev-0").parameters)
+    honest = []
+    for d in DEVICES[:5]:
+        task = fleet.service.task("run-1", d)
+        update = fleet.devices[d].train(task.parameters, task.version, task.round_config)
+        honest.append(decode_update(update.payload, start.size))
+        fleet.service.submit("run-1", d, 0, update.payload, update.num_examples)
+    # The attacker scales the honest direction, reversed, to just under the hub's norm limit.
+    evil = -honest[0] / np.linalg.norm(honest[0]) * 9.99
+    fleet.service.submit("run-1", "dev-5", 0, UpdateEncoder(start.size).encode(evil, Compression()), 10)
+    moved = flatten(fleet.service.task("run-1", "dev-0").parameters) - start
+    clean = coordinate_median(honest)
+    assert np.linalg.norm(moved - clean) <= honest_envelope_bound(honest, clean) + 1e-6
+    assert np.linalg.norm(moved - clean) < 0.5 * np.linalg.norm(evil / 6)  # a mean would move by evil / 6
