@@ -260,6 +260,20 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "update_not_found": "firmware release not found",
     "update_wrong_model": "firmware release is for another device model",
     "unknown_alert": "unknown alert",
+    # federated learning (docs/learning.md)
+    "update_malformed": "model update is malformed",
+    "update_dims": "model update does not fit the model",
+    "update_not_finite": "model update is malformed",
+    "update_norm_exceeded": "model update is too large",
+    "update_stale": "model update is for an old model version",
+    "update_duplicate": "model update already received",
+    "parameters_shape": "model parameters do not fit the model",
+    "parameters_not_finite": "model parameters are malformed",
+    "not_eligible": "device does not take part in this training run",
+    "run_not_running": "training run is not running",
+    "unknown_run": "unknown training run",
+    "unknown_model": "unknown model",
+    "artifact_malformed": "model artifact is malformed",
 }
 
 

@@ -389,6 +389,7 @@ class Agent:
         self._sealer = None
         return reported
 
+
     # -- attestation -----------------------------------------------------
 
     def attest(self, attester: Attester, nonce: bytes | None = None) -> dict[str, Any]:

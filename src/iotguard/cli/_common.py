@@ -6,6 +6,8 @@ import argparse
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from iotguard.config import Config, HubConfig, load_config
@@ -13,7 +15,8 @@ from iotguard.config import Config, HubConfig, load_config
 if TYPE_CHECKING:
     from iotguard.hub.compose import HubServices
 
-__all__ = ["add_config_argument", "config_from_args", "deliver_effects", "open_hub_services", "print_json"]
+__all__ = ["add_config_argument", "config_from_args", "deliver_effects", "hub_services_for", "open_hub_services",
+           "print_json"]
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +53,13 @@ def deliver_effects(services: HubServices) -> int:
     if left:
         log.warning("%d side effect(s) not delivered yet; a running hub delivers them", left)
     return delivered
+
+
+@contextmanager
+def hub_services_for(args: argparse.Namespace) -> Iterator[HubServices]:
+    """The hub's services for one command (``--config``), the database released afterwards."""
+    services = open_hub_services(config_from_args(args).hub)
+    try:
+        yield services
+    finally:
+        services.store.engine.dispose()

@@ -40,6 +40,8 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotguard.cli.custody",
     "iotguard.cli.detect",
     "iotguard.cli.alerts",
+    "iotguard.cli.models",
+    "iotguard.cli.learn",
 )
 
 

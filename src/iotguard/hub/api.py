@@ -33,6 +33,7 @@ from iotguard.hub.routers.auth import OperatorAuth
 from iotguard.hub.routers.device_requests import device_requests_router
 from iotguard.hub.routers.devices import devices_router
 from iotguard.hub.routers.health import health_router
+from iotguard.hub.routers.learning import learning_router
 from iotguard.hub.routers.operators import operators_router
 from iotguard.hub.routers.privacy import privacy_router
 from iotguard.hub.routers.telemetry import telemetry_router
@@ -74,6 +75,20 @@ HTTP_STATUS: dict[str, int] = {
     "attestation_key_mismatch": 401,
     "no_appraisal_policy": 409,
     "unknown_alert": 404,
+    # federated learning (docs/learning.md)
+    "update_malformed": 400,
+    "update_dims": 400,
+    "update_not_finite": 400,
+    "update_norm_exceeded": 422,
+    "update_stale": 409,
+    "update_duplicate": 409,
+    "parameters_shape": 400,
+    "parameters_not_finite": 400,
+    "not_eligible": 403,
+    "run_not_running": 409,
+    "unknown_run": 404,
+    "unknown_model": 404,
+    "artifact_malformed": 400,
 }
 
 
@@ -146,4 +161,5 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
         app.include_router(analytics_router(services.analytics, operator))
     if services.aggregation is not None:
         app.include_router(aggregation_router(services.aggregation, services.plane, operator))
+    app.include_router(learning_router(services.learning, services.models, services.plane))
     return app

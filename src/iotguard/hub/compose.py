@@ -38,7 +38,9 @@ from iotguard.hub.services.broker_access import BrokerAccess, EmbeddedBrokerLink
 from iotguard.hub.services.consent import CommandChannel, ConsentPush, ConsentService
 from iotguard.hub.services.detection import ActivePlaybook, DetectionService, WebhookNotifier
 from iotguard.hub.services.firmware import FirmwareService
+from iotguard.hub.services.learning import LearningService, affirming_posture
 from iotguard.hub.services.lifecycle import DeviceLifecycle, open_hub_keys
+from iotguard.hub.services.models import ModelService
 from iotguard.hub.services.operators import OperatorService
 from iotguard.hub.services.posture import PostureService, open_policy
 from iotguard.hub.services.telemetry import TelemetryService
@@ -47,6 +49,8 @@ from iotguard.hub.stores.alerts import SqlAlertStore
 from iotguard.hub.stores.attestation import SqlAttestationStore
 from iotguard.hub.stores.consent import SqlConsentStore
 from iotguard.hub.stores.firmware import SqlFirmwareFileStore
+from iotguard.hub.stores.learning import SqlLearningRunStore
+from iotguard.hub.stores.models import SqlModelStore
 from iotguard.hub.witnessing import finality_from_config
 from iotguard.keys import KeyStore
 
@@ -78,6 +82,8 @@ class HubServices:
     attestation: AttestationService
     firmware: FirmwareService
     detection: DetectionService
+    models: ModelService
+    learning: LearningService
     analytics: AnalyticsService | None = None
     aggregation: SecureAggregationService | None = None
 
@@ -131,11 +137,14 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     playbook = ActivePlaybook(Path(cfg.data_dir))
     detection = DetectionService(SqlAlertStore(store.engine), posture, lifecycle.revoke, playbook, clock,
                                  notifier=WebhookNotifier(playbook))
+    models = ModelService(SqlModelStore(store.engine), keystore, audit_sink, clock, endorse=lifecycle.ca.sign)
     services = HubServices(cfg, clock, store, keystore, outbox, audit, posture, lifecycle, consent, operators,
                            TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link,
                            attestation,
                            FirmwareService(SqlFirmwareFileStore(store.engine), keystore, audit_sink, clock),
-                           detection)
+                           detection, models,
+                           LearningService(SqlLearningRunStore(store.engine), models, audit_sink, clock,
+                                           eligible=affirming_posture(engine.posture)))
     services.analytics = build_analytics(cfg, store, audit_sink, clock)
     services.aggregation = SecureAggregationService(audit_sink, clock)
     return services

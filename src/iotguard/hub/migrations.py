@@ -35,6 +35,8 @@ from iotguard.hub.stores.alerts import create_detection_tables
 from iotguard.hub.stores.attestation import create_attestation_tables
 from iotguard.hub.stores.credentials import create_credential_tables
 from iotguard.hub.stores.firmware import create_firmware_tables
+from iotguard.hub.stores.learning import create_learning_tables
+from iotguard.hub.stores.models import create_model_tables
 from iotguard.hub.stores.subject_ledger import create_subject_ledger_tables
 
 __all__ = ["MIGRATIONS", "Migration", "applied_migrations", "migrate"]
@@ -85,6 +87,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0800_attestation", "attestation nonces, keys, appraisal results, reference values, policies",
               create_attestation_tables),
     Migration("1200_firmware", "firmware TUF repository files (ADR 1200)", create_firmware_tables),
+    Migration("1300_learned_models", "signed model artifacts published by the hub (ADR 1300)", create_model_tables),
+    Migration("1301_learning_runs", "federated training runs and their pending updates (ADR 1300)",
+              create_learning_tables),
 )
 
 

@@ -132,6 +132,15 @@ DEVICE_REQUEST_ACTIONS: Final[Mapping[str, RequestSpec]] = {
         "step": FieldSpec("text", max_length=16),
         "message": FieldSpec("bytes", max_length=65_000),
     }),
+    # Federated learning (docs/learning.md): the current task of a training run, and an encoded model update.
+    "learn_task": RequestSpec({"run_id": FieldSpec("text", max_length=64)}),
+    "learn_model": RequestSpec({"name": FieldSpec("text", max_length=64), "version": FieldSpec("uint")}),
+    "learn_update": RequestSpec({
+        "run_id": FieldSpec("text", max_length=64),
+        "base_version": FieldSpec("uint", max_value=2**31 - 1),
+        "num_examples": FieldSpec("uint", min_value=1, max_value=10_000_000),
+        "update": FieldSpec("bytes", max_length=65536),
+    }),
 }
 
 

@@ -26,6 +26,7 @@ DEVICE_SELF_ACTIONS: Final = frozenset({
     "complete_enrollment", "rekey", "renew", "tamper_report", "upload_receipt", "consent_ack", "attest",
     "update_check",
     "aggregate",
+    "learn_task", "learn_update", "learn_model",
 })
 
 #: Actions an operator performs through the REST API or the CLI, with the

@@ -1,0 +1,106 @@
+"""The agent's side of federated learning: train for a hub run, and fetch a published model to run locally.
+
+Both requests are signed device requests (``learn_task``, ``learn_update``)
+through the hub's device plane and Cedar; only the encoded update leaves the
+device. The hub's answer is parsed strictly (architecture bounds, exact
+parameter count, finite values, known compression) before anything trains
+on it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from iotguard.agent.runtime import CA_FILE, Agent
+from iotguard.errors import ConfigError, MalformedError
+from iotguard.learn.artifact import ModelArtifact, verify_endorsed_artifact
+from iotguard.learn.client import NumPyClient, Participant, RoundConfig
+from iotguard.learn.compress import Compression
+from iotguard.learn.model import Model, NDArrays, unflatten
+
+__all__ = ["LearningParticipant"]
+
+
+def _task(answer: Mapping[str, Any]) -> tuple[int, Model, NDArrays, RoundConfig]:
+    try:
+        arch = answer["model"]
+        model = Model(int(arch["features"]), int(arch["classes"]), int(arch["hidden"]))
+        version = int(answer["version"])
+        raw = base64.b64decode(str(answer["parameters"]), validate=True)
+        fit = {k: float(answer["fit"][k]) for k in ("epochs", "batch_size", "lr")}
+        clip = answer["clip_norm"]
+        compression = Compression(str(answer["compression"]), float(answer["topk_fraction"]))
+    except (KeyError, TypeError, ValueError, binascii.Error, ConfigError) as exc:
+        raise MalformedError("hub's learning task is malformed", code="malformed") from exc
+    if len(raw) != 8 * model.size() or version < 0:
+        raise MalformedError("hub's learning task has the wrong parameter count", code="malformed")
+    params = unflatten(np.frombuffer(raw, dtype="<f8").astype(np.float64), model.initial(0))
+    model.check(params)
+    config = RoundConfig(version, {"epochs": int(fit["epochs"]), "batch_size": int(fit["batch_size"]),
+                                   "lr": fit["lr"]},
+                         clip_norm=None if clip is None else float(clip), compression=compression)
+    return version, model, params, config
+
+
+class LearningParticipant:
+    """Takes part in a hub training run with a local :class:`~iotguard.learn.client.NumPyClient`.
+
+    Args:
+        agent: The enrolled agent (signs the requests with its identity key).
+        client: Trains on data that stays on the device.
+    """
+
+    def __init__(self, agent: Agent, client: NumPyClient) -> None:
+        self._agent = agent
+        self._participant = Participant(agent.device_id, agent.device_id, client)
+        self._sent: dict[str, int] = {}
+
+    def fetch_model(self, name: str, version: int = 0) -> ModelArtifact:
+        """Fetch a published model (``version`` 0: the latest) and verify it before it can run.
+
+        The artifact must be signed by the hub's model key, and that key
+        endorsed by the fleet CA this agent pinned at enrollment.
+
+        Raises:
+            IntegrityError: endorsement or signature does not verify.
+            MalformedError: the answer or the artifact is malformed.
+        """
+        answer = self._agent.request("learn_model", "/v1/learn/model", {"name": name, "version": version})
+        try:
+            artifact, key, endorsement = (base64.b64decode(str(answer[k]), validate=True)
+                                          for k in ("artifact", "signing_key", "endorsement"))
+        except (KeyError, ValueError, binascii.Error) as exc:
+            raise MalformedError("hub's model answer is malformed", code="malformed") from exc
+        ca = x509.load_pem_x509_certificate((self._agent.dir / CA_FILE).read_bytes()).public_key()
+        if not isinstance(ca, Ed25519PublicKey):
+            raise MalformedError("fleet CA key is not Ed25519", code="malformed")
+        return verify_endorsed_artifact(artifact, key, endorsement, ca.public_bytes_raw())
+
+    def train_round(self, run_id: str) -> dict[str, Any]:
+        """Pull the run's current model, train, send the update; the hub's answer (``version``, ``status``).
+
+        If this device already sent its update for the run's current version
+        (a FedAvg round still waiting for others), nothing is trained or sent
+        and the answer's status is ``waiting``.
+
+        Raises:
+            MalformedError: the hub's task is malformed.
+            EnrollmentError: the hub refused a request (its reason code is in the message).
+        """
+        answer = self._agent.request("learn_task", "/v1/learn/task", {"run_id": run_id})
+        version, _model, params, config = _task(answer)
+        if self._sent.get(run_id, -1) >= version:
+            return {"run_id": run_id, "version": version, "status": "waiting"}
+        update = self._participant.train(params, version, config)
+        result = self._agent.request("learn_update", "/v1/learn/update", {
+            "run_id": run_id, "base_version": update.base_version, "num_examples": update.num_examples,
+            "update": update.payload})
+        self._sent[run_id] = version
+        return result

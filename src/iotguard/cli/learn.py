@@ -1,0 +1,102 @@
+"""``iotguard learn``: federated training runs on the hub (start, status, stop, ls)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from iotguard.cli._common import add_config_argument, deliver_effects, hub_services_for, print_json
+
+__all__ = ["register"]
+
+
+def _start(args: argparse.Namespace) -> int:
+    from iotguard.hub.services.learning import RunSettings
+
+    settings = RunSettings(
+        model_name=args.model, features=args.features, classes=args.classes, hidden=args.hidden,
+        strategy=args.strategy, rounds=args.rounds, min_participants=args.min_participants,
+        deadline_s=args.deadline_s, buffer_size=args.buffer_size, aggregator=args.aggregator,
+        max_update_norm=args.max_update_norm, clip_norm=args.clip_norm, compression=args.compression,
+        topk_fraction=args.topk_fraction, fit={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr})
+    with hub_services_for(args) as services:
+        devices = list(args.device)
+        if args.all_active:
+            devices += [d.device_id for d in services.store.list_devices(status="active", limit=10_000)]
+        run = services.learning.start(args.run_id, settings, devices, actor=args.actor)
+        deliver_effects(services)
+        print_json(services.learning.status(run.run_id) | {"enrolled": list(run.devices)})
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    with hub_services_for(args) as services:
+        services.learning.tick(args.run_id)  # close a FedAvg round whose deadline passed
+        print_json(services.learning.status(args.run_id))
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    with hub_services_for(args) as services:
+        services.learning.stop(args.run_id, actor=args.actor)
+        deliver_effects(services)
+        print_json(services.learning.status(args.run_id))
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    with hub_services_for(args) as services:
+        print_json([services.learning.status(r.run_id) for r in services.learning.runs()])
+    return 0
+
+
+def _contributions(args: argparse.Namespace) -> int:
+    with hub_services_for(args) as services:
+        print_json(services.learning.contributions(args.device))
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``learn`` to the ``iotguard`` parser."""
+    p = sub.add_parser("learn", help="federated training runs: start, status, stop, ls")
+    lsub = p.add_subparsers(dest="learn_command", metavar="SUBCOMMAND", required=True)
+    start = lsub.add_parser("start", help="enrol devices whose posture is affirming and start a run")
+    add_config_argument(start)
+    start.add_argument("run_id")
+    start.add_argument("--model", required=True, help="name the trained model is published under")
+    start.add_argument("--features", type=int, required=True)
+    start.add_argument("--classes", type=int, required=True)
+    start.add_argument("--hidden", type=int, default=0)
+    start.add_argument("--strategy", choices=("fedavg", "fedbuff"), default="fedavg")
+    start.add_argument("--rounds", type=int, default=10, help="model versions to reach, then publish")
+    start.add_argument("--min-participants", type=int, default=2)
+    start.add_argument("--deadline-s", type=float, default=300.0, help="FedAvg round deadline")
+    start.add_argument("--buffer-size", type=int, default=10, help="FedBuff updates per step")
+    start.add_argument("--aggregator", choices=("mean", "median", "trimmed_mean"), default="mean")
+    start.add_argument("--max-update-norm", type=float, default=10.0)
+    start.add_argument("--clip-norm", type=float, default=None, help="devices clip their update to this L2 norm")
+    start.add_argument("--compression", choices=("none", "q8", "topk", "topk+q8"), default="none")
+    start.add_argument("--topk-fraction", type=float, default=0.01)
+    start.add_argument("--epochs", type=int, default=1)
+    start.add_argument("--batch-size", type=int, default=32)
+    start.add_argument("--lr", type=float, default=0.1)
+    start.add_argument("--device", action="append", default=[], metavar="ID", help="enrol this device (repeat)")
+    start.add_argument("--all-active", action="store_true", help="enrol every active device")
+    start.add_argument("--actor", default="operator")
+    start.set_defaults(func=_start)
+    for name, func, help_ in (("status", _status, "a run's progress (closes a FedAvg round past its deadline)"),
+                              ("stop", _stop, "stop a run (nothing is published)")):
+        c = lsub.add_parser(name, help=help_)
+        add_config_argument(c)
+        c.add_argument("run_id")
+        if name == "stop":
+            c.add_argument("--actor", default="operator")
+        c.set_defaults(func=func)
+    ls = lsub.add_parser("ls", help="every run")
+    add_config_argument(ls)
+    ls.set_defaults(func=_ls)
+    contrib = lsub.add_parser("contributions", help="runs a device was enrolled in and the models they published "
+                              "(what an erasure of its subject must retrain)")
+    add_config_argument(contrib)
+    contrib.add_argument("--device", action="append", required=True, metavar="ID")
+    contrib.set_defaults(func=_contributions)

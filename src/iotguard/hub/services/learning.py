@@ -1,0 +1,314 @@
+"""The hub's federated training runs: enrol devices, hand out tasks, take updates, step the model.
+
+A run holds its global model in the :class:`~iotguard.hub.stores.learning.LearningRunStore`.
+A device asks for its :meth:`LearningService.task` (the current model and the
+round's settings), trains locally (:class:`iotguard.learn.Participant`) and
+:meth:`LearningService.submit`\\ s the encoded update. The strategies of
+:mod:`iotguard.learn.strategy` move the model: FedAvg closes a round when
+every enrolled device answered, or at the deadline with at least
+``min_participants`` (:meth:`LearningService.tick`); FedBuff steps every
+``buffer_size`` updates, weighting stale ones down. Each step is one
+compare-and-swap in the store, so hub processes sharing a database never
+apply a round twice. When the run reaches its planned versions it completes
+and the model is published, signed, through
+:class:`~iotguard.hub.services.models.ModelService`.
+
+Only devices whose posture is affirming (trust tier ``verified``, not
+quarantined) are enrolled, get tasks or have updates accepted
+(``not_eligible``). Updates are decoded and norm-checked on arrival
+(``update_malformed``, ``update_dims``, ``update_norm_exceeded``); a second
+update from one device for one version is refused (``update_duplicate``).
+
+Not here yet: the device-plane route and Cedar actions that carry ``task``
+and ``submit`` from agents, secure aggregation over the device channel and
+DP noise (the domain has both; see docs/learning.md).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+
+from iotguard.audit import AuditEvent, AuditSink
+from iotguard.clock import Clock
+from iotguard.errors import ConfigError, IntegrityError, MalformedError, PolicyDenied
+from iotguard.hub.services.models import ModelService
+from iotguard.hub.stores.learning import LearningRunStore, PendingUpdate, RunRecord, next_row
+from iotguard.learn.client import RoundConfig, Update
+from iotguard.learn.compress import Compression, decode_update
+from iotguard.learn.model import Model, NDArrays, flatten, unflatten
+from iotguard.learn.robust import check_norm
+from iotguard.learn.strategy import FedAvg, FedAvgConfig, FedBuff, FedBuffConfig
+from iotguard.policy.posture import PostureStore
+
+__all__ = ["LearningService", "RunSettings", "Task", "affirming_posture"]
+
+_RUN_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_COMMIT_ATTEMPTS = 5
+MAX_DEVICES = 10_000
+
+
+def _parameters(run: RunRecord, model: Model) -> NDArrays:
+    return unflatten(np.frombuffer(run.parameters, dtype="<f8").astype(np.float64), model.initial(0))
+
+
+def affirming_posture(postures: PostureStore) -> Callable[[str], bool]:
+    """Participation gate: the device's posture is known, ``verified`` and not quarantined."""
+    def gate(device_id: str) -> bool:
+        p = postures.get(device_id)
+        return p is not None and p.trust_tier == "verified" and not p.quarantined
+    return gate
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What an operator chooses for a run (stored as the run's JSON config)."""
+
+    model_name: str
+    features: int
+    classes: int
+    hidden: int = 0
+    strategy: str = "fedavg"
+    rounds: int = 10
+    min_participants: int = 2
+    deadline_s: float = 300.0
+    buffer_size: int = 10
+    server_lr: float = 1.0
+    aggregator: str = "mean"
+    max_update_norm: float = 10.0
+    clip_norm: float | None = None
+    compression: str = "none"
+    topk_fraction: float = 0.01
+    fit: Mapping[str, float] = field(default_factory=lambda: {"epochs": 1, "batch_size": 32, "lr": 0.1})
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("fedavg", "fedbuff") or not 1 <= self.rounds <= 100_000:
+            raise ConfigError("strategy must be fedavg or fedbuff, rounds 1..100000")
+        if not 0 < self.deadline_s <= 86_400 or not self.max_update_norm > 0:
+            raise ConfigError("deadline must be in (0, 86400] s and max_update_norm positive")
+        self.model()
+        self.fedavg()
+        self.fedbuff()
+        Compression(self.compression, self.topk_fraction)
+
+    def model(self) -> Model:
+        return Model(self.features, self.classes, self.hidden)
+
+    def fedavg(self) -> FedAvgConfig:
+        return FedAvgConfig(min_participants=self.min_participants, deadline_s=self.deadline_s,
+                            aggregator=self.aggregator, max_update_norm=self.max_update_norm,
+                            server_lr=self.server_lr)
+
+    def fedbuff(self) -> FedBuffConfig:
+        return FedBuffConfig(buffer_size=self.buffer_size, server_lr=self.server_lr, aggregator=self.aggregator,
+                             max_update_norm=self.max_update_norm)
+
+    def round_config(self, version: int) -> RoundConfig:
+        return RoundConfig(version, dict(self.fit), clip_norm=self.clip_norm,
+                           compression=Compression(self.compression, self.topk_fraction))
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> RunSettings:
+        return cls(**doc)
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a device trains next: the model version and the round's settings."""
+
+    run_id: str
+    version: int
+    parameters: NDArrays
+    round_config: RoundConfig
+
+
+class LearningService:
+    """Starts, advances, stops and reports federated training runs."""
+
+    def __init__(self, store: LearningRunStore, models: ModelService, audit: AuditSink, clock: Clock, *,
+                 eligible: Callable[[str], bool]) -> None:
+        self._store, self._models, self._audit, self._clock = store, models, audit, clock
+        self._eligible = eligible
+
+    def _run(self, run_id: str) -> tuple[RunRecord, RunSettings]:
+        run = self._store.get(run_id)
+        if run is None:
+            raise ConfigError(f"no training run {run_id}", code="unknown_run")
+        return run, RunSettings.from_json(run.config)
+
+    def start(self, run_id: str, settings: RunSettings, devices: Sequence[str], *, actor: str) -> RunRecord:
+        """Enrol the eligible ``devices`` and publish version 0 of the model to them.
+
+        Raises:
+            ConfigError: bad id, or fewer eligible devices than ``min_participants``.
+            IntegrityError: the run id exists.
+        """
+        if not _RUN_ID.fullmatch(run_id) or len(devices) > MAX_DEVICES:
+            raise ConfigError("run id must match [a-z0-9][a-z0-9._-]{0,63}; at most 10000 devices")
+        enrolled = tuple(sorted(d for d in set(devices) if self._eligible(d)))
+        if len(enrolled) < settings.min_participants:
+            raise ConfigError(f"{len(enrolled)} eligible devices, the run needs {settings.min_participants}")
+        now = self._clock.now()
+        model = settings.model()
+        run = RunRecord(run_id, asdict(settings) | {"fit": dict(settings.fit)}, enrolled, "running", 0,
+                        flatten(model.initial(0)).astype("<f8").tobytes(), now, actor)
+        self._store.create(run)
+        self._audit.record(AuditEvent("learning.started", now, actor, run_id,
+                                      {"model": settings.model_name, "strategy": settings.strategy,
+                                       "devices": len(enrolled), "skipped": len(set(devices)) - len(enrolled)}))
+        return run
+
+    def _check_device(self, run: RunRecord, device_id: str) -> None:
+        if run.status != "running":
+            raise PolicyDenied(f"run {run.run_id} is {run.status}", code="run_not_running")
+        if device_id not in run.devices or not self._eligible(device_id):
+            raise PolicyDenied(f"device {device_id} does not take part in {run.run_id}", code="not_eligible")
+
+    def task(self, run_id: str, device_id: str) -> Task:
+        """The current model and round settings for ``device_id``.
+
+        Raises:
+            PolicyDenied: ``run_not_running`` or ``not_eligible``.
+        """
+        run, settings = self._run(run_id)
+        self._check_device(run, device_id)
+        return Task(run_id, run.version, _parameters(run, settings.model()), settings.round_config(run.version))
+
+    def submit(self, run_id: str, device_id: str, base_version: int, payload: bytes, num_examples: int) -> RunRecord:
+        """Take one encoded update and advance the run if a round or buffer is complete.
+
+        Raises:
+            PolicyDenied: ``run_not_running`` or ``not_eligible``.
+            MalformedError: ``update_malformed``, ``update_dims``, ``update_norm_exceeded``,
+                ``update_stale``, ``update_duplicate``.
+        """
+        run, settings = self._run(run_id)
+        self._check_device(run, device_id)
+        if not 1 <= num_examples <= 10_000_000:
+            raise MalformedError("num_examples out of range", code="update_malformed")
+        stale = (base_version != run.version if settings.strategy == "fedavg"
+                 else not 0 <= run.version - base_version <= settings.fedbuff().max_staleness)
+        if stale:
+            raise MalformedError(f"update for version {base_version}, run is at {run.version}", code="update_stale")
+        check_norm(decode_update(payload, settings.model().size()), settings.max_update_norm)
+        if not self._store.add_update(run_id, PendingUpdate(device_id, base_version, num_examples, payload,
+                                                            self._clock.now())):
+            raise MalformedError("this device already sent an update for this version", code="update_duplicate")
+        return self.tick(run_id)
+
+    def tick(self, run_id: str) -> RunRecord:
+        """Apply every round or buffer that is complete now (FedAvg deadlines included); returns the run."""
+        for _ in range(_COMMIT_ATTEMPTS):
+            run, settings = self._run(run_id)
+            step = self._step(run, settings)
+            if step is None:
+                return run
+            new_run, consumed = step
+            if self._store.commit_step(new_run, consumed):
+                if new_run.status == "completed":
+                    self._complete(new_run, settings)
+                if new_run.status != "running":
+                    return new_run
+        return self._run(run_id)[0]
+
+    def _step(self, run: RunRecord, settings: RunSettings) -> tuple[RunRecord, list[tuple[str, int]]] | None:
+        if run.status != "running":
+            return None
+        pending = self._store.pending(run.run_id)
+        model = settings.model()
+        params = _parameters(run, model)
+        empty = np.zeros(0)
+        if settings.strategy == "fedavg":
+            current = [p for p in pending if p.base_version == run.version]
+            deadline = run.round_started_at + timedelta(seconds=settings.deadline_s)
+            if len(current) < len(run.devices) and not (self._clock.now() >= deadline
+                                                         and len(current) >= settings.min_participants):
+                return None
+            fedavg = FedAvg(model, params, settings.fedavg())
+            fedavg.version = run.version
+            outcome = fedavg.apply_round([Update(p.device_id, p.device_id, p.base_version, p.payload, empty,
+                                                 p.num_examples) for p in current])
+            new_params, applied = fedavg.parameters, outcome.applied
+            consumed = [(p.device_id, p.base_version) for p in pending if p.base_version <= run.version]
+            counts = (len(outcome.accepted), len(outcome.rejected))
+        else:
+            if len(pending) < settings.buffer_size:
+                return None
+            batch = pending[:settings.buffer_size]
+            buff = FedBuff(model, params, settings.fedbuff())
+            buff.version = run.version
+            accepted = rejected = 0
+            applied = False
+            for p in batch:
+                outcome = buff.receive(Update(p.device_id, p.device_id, p.base_version, p.payload, empty,
+                                              p.num_examples))
+                accepted, rejected = accepted + len(outcome.accepted), rejected + len(outcome.rejected)
+                applied = applied or outcome.applied
+            new_params, consumed, counts = buff.parameters, [(p.device_id, p.base_version) for p in batch], \
+                (accepted, rejected)
+        version = run.version + (1 if applied else 0)
+        status = "completed" if version >= settings.rounds else "running"
+        return next_row(run, version=version, parameters=flatten(new_params).astype("<f8").tobytes(),
+                        round_started_at=self._clock.now() if applied else run.round_started_at, status=status,
+                        accepted=run.accepted + counts[0], rejected=run.rejected + counts[1]), consumed
+
+    def _complete(self, run: RunRecord, settings: RunSettings) -> None:
+        model = settings.model()
+        record = self._models.publish(settings.model_name, model, _parameters(run, model),
+                                      metrics={"versions": run.version, "accepted_updates": run.accepted},
+                                      source=f"learn:{run.run_id}", actor=run.started_by)
+        self._audit.record(AuditEvent("learning.completed", self._clock.now(), run.started_by, run.run_id,
+                                      {"model": settings.model_name, "model_version": record.version}))
+
+    def stop(self, run_id: str, *, actor: str) -> RunRecord:
+        """Stop a running run (its updates are no longer taken; nothing is published).
+
+        Raises:
+            ConfigError: ``unknown_run``, or the run is not running.
+        """
+        for _ in range(_COMMIT_ATTEMPTS):
+            run, _ = self._run(run_id)
+            if run.status != "running":
+                raise ConfigError(f"run {run_id} is {run.status}", code="run_not_running")
+            if self._store.commit_step(next_row(run, status="stopped"), []):
+                self._audit.record(AuditEvent("learning.stopped", self._clock.now(), actor, run_id,
+                                              {"version": run.version}))
+                return self._run(run_id)[0]
+        raise IntegrityError(f"run {run_id} kept changing while stopping")
+
+    def status(self, run_id: str) -> dict[str, Any]:
+        """A run's progress (no parameters)."""
+        run, settings = self._run(run_id)
+        return {"run_id": run.run_id, "status": run.status, "model": settings.model_name,
+                "strategy": settings.strategy, "version": run.version, "rounds": settings.rounds,
+                "devices": len(run.devices), "pending_updates": len(self._store.pending(run_id)),
+                "accepted_updates": run.accepted, "rejected_updates": run.rejected,
+                "round_started_at": run.round_started_at.isoformat(), "started_by": run.started_by}
+
+    def contributions(self, device_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Runs that enrolled any of ``device_ids`` and the model versions they published (erasure reports)."""
+        wanted = set(device_ids)
+        published: dict[str, list[int]] = {}
+        for record in self._models.list():
+            published.setdefault(record.source, []).append(record.version)
+        out = []
+        for run in self._store.runs():
+            hit = sorted(wanted & set(run.devices))
+            if hit:
+                name = str(run.config["model_name"])
+                out.append({"run_id": run.run_id, "status": run.status, "devices": hit, "model": name,
+                            "model_versions": published.get(f"learn:{run.run_id}", [])})
+        return out
+
+    def model_of(self, run_id: str) -> Model:
+        """The architecture a run trains."""
+        return self._run(run_id)[1].model()
+
+    def runs(self) -> list[RunRecord]:
+        """Every run."""
+        return self._store.runs()

@@ -1,0 +1,79 @@
+"""Contract of the training-run store (memory, SQLite, PostgreSQL): one update per device and version, CAS steps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from iotguard.errors import IntegrityError
+from iotguard.hub.db import make_engine
+from iotguard.hub.migrations import migrate
+from iotguard.hub.stores.learning import (
+    LearningRunStore,
+    MemoryLearningRunStore,
+    PendingUpdate,
+    RunRecord,
+    SqlLearningRunStore,
+    next_row,
+)
+
+T0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LearningRunStore]:
+    if request.param == "memory":
+        yield MemoryLearningRunStore()
+        return
+    url = f"sqlite:///{tmp_path / 'hub.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = make_engine(url)
+    migrate(engine)
+    yield SqlLearningRunStore(engine)
+    engine.dispose()
+
+
+def _run(run_id: str = "run-1") -> RunRecord:
+    return RunRecord(run_id, {"model_name": "m", "rounds": 3}, ("d1", "d2"), "running", 0, b"\0" * 16, T0, "alice")
+
+
+def _update(device: str, version: int, at: int = 0) -> PendingUpdate:
+    return PendingUpdate(device, version, 5, b"payload-" + device.encode(), T0 + timedelta(seconds=at))
+
+
+def test_runs_round_trip(store: LearningRunStore) -> None:
+    store.create(_run("b"))
+    store.create(_run("a"))
+    assert store.get("a") == _run("a")
+    assert [r.run_id for r in store.runs()] == ["a", "b"]
+    assert store.get("zzz") is None
+    with pytest.raises(IntegrityError):
+        store.create(_run("a"))
+
+
+def test_replayed_update_for_one_version_is_stored_once(store: LearningRunStore) -> None:
+    store.create(_run())
+    assert store.add_update("run-1", _update("d1", 0, 1))
+    assert not store.add_update("run-1", PendingUpdate("d1", 0, 9, b"other", T0))
+    assert store.add_update("run-1", _update("d2", 0, 2))
+    assert store.add_update("run-1", _update("d1", 1, 3))  # the next version is a new update
+    assert [(u.device_id, u.base_version, u.payload) for u in store.pending("run-1")] == [
+        ("d1", 0, b"payload-d1"), ("d2", 0, b"payload-d2"), ("d1", 1, b"payload-d1")]
+
+
+def test_step_is_compare_and_swap_and_consumes_its_updates_atomically(store: LearningRunStore) -> None:
+    run = _run()
+    store.create(run)
+    store.add_update("run-1", _update("d1", 0, 1))
+    store.add_update("run-1", _update("d2", 0, 2))
+    stepped = next_row(run, version=1, parameters=b"\1" * 16)
+    assert store.commit_step(stepped, [("d1", 0), ("d2", 0)])
+    assert store.get("run-1") == stepped and store.pending("run-1") == []
+    # A second hub process that read the old row cannot apply the same round again.
+    store.add_update("run-1", _update("d1", 1, 3))
+    assert not store.commit_step(next_row(run, version=1, parameters=b"\2" * 16), [("d1", 1)])
+    got = store.get("run-1")
+    assert got is not None and got.parameters == b"\1" * 16
+    assert [u.device_id for u in store.pending("run-1")] == ["d1"]
