@@ -41,11 +41,13 @@ def stocked(hub: HubParts) -> HubParts:
 def test_query_route_answers_and_charges_every_subject_and_refuses_past_the_budget(stocked: HubParts) -> None:
     analyst = stocked.operator_token("analyst")
     officer = stocked.operator_token("privacy-officer")
-    q = {"statistic": "mean", "field": "temp", "epsilon": 0.6, "lo": 0, "hi": 40, "max_per_subject": 5,
+    q = {"statistic": "sum", "field": "temp", "epsilon": 0.6, "lo": 0, "hi": 40, "max_per_subject": 5,
          "purpose": "research"}
     r = stocked.client.post("/v1/analytics/query", json=q, headers=analyst)
     assert r.status_code == 200, r.text
-    assert 15 < r.json()["value"] < 30 and "subjects" not in r.json()
+    # d1..d39 sum to 4,300; alice (d0 at 20, a2 at 30) keeps 5 of her 10 rows: 100..150. Laplace noise
+    # exceeds 4 x its 95 % half-width with probability e^-12.
+    assert abs(r.json()["value"] - 4425.0) <= 25 + 4 * r.json()["ci95"] and "subjects" not in r.json()
     grouped = stocked.client.post("/v1/analytics/query", headers=analyst, json={
         "statistic": "count", "field": "temp", "epsilon": 0.3, "max_per_subject": 5, "purpose": "research",
         "group_by": "room", "groups": ["kitchen", "hall"]})
