@@ -30,6 +30,7 @@ from iotguard.hub.routers.attestation import attestation_router
 from iotguard.hub.routers.auth import OperatorAuth
 from iotguard.hub.routers.device_requests import device_requests_router
 from iotguard.hub.routers.devices import devices_router
+from iotguard.hub.routers.firmware import firmware_router
 from iotguard.hub.routers.health import health_router
 from iotguard.hub.routers.operators import operators_router
 from iotguard.hub.routers.privacy import privacy_router
@@ -72,6 +73,8 @@ HTTP_STATUS: dict[str, int] = {
     "attestation_key_mismatch": 401,
     "no_appraisal_policy": 409,
     "unknown_alert": 404,
+    "unknown_rollout": 404,
+    "rollout_state": 409,
 }
 
 
@@ -140,4 +143,5 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
     app.include_router(telemetry_router(services.telemetry, services.operators, operator))
     app.include_router(make_audit_router(services.audit.log, operator("view_audit")))
     app.include_router(alerts_router(services.detection, services.operators, operator, metrics_registry))
+    app.include_router(firmware_router(services.firmware, services.rollouts, services.plane, operator))
     return app

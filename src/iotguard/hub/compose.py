@@ -37,11 +37,14 @@ from iotguard.hub.services.firmware import FirmwareService
 from iotguard.hub.services.lifecycle import DeviceLifecycle, open_hub_keys
 from iotguard.hub.services.operators import OperatorService
 from iotguard.hub.services.posture import PostureService, open_policy
+from iotguard.hub.services.rollout_signals import HubCohortSignals
+from iotguard.hub.services.rollouts import RolloutService
 from iotguard.hub.services.telemetry import TelemetryService
 from iotguard.hub.store import HubStore
 from iotguard.hub.stores.alerts import SqlAlertStore
 from iotguard.hub.stores.attestation import SqlAttestationStore
 from iotguard.hub.stores.firmware import SqlFirmwareFileStore
+from iotguard.hub.stores.rollouts import SqlRolloutStore
 from iotguard.hub.witnessing import finality_from_config
 from iotguard.keys import KeyStore
 
@@ -73,6 +76,7 @@ class HubServices:
     attestation: AttestationService
     firmware: FirmwareService
     detection: DetectionService
+    rollouts: RolloutService
 
     def drainer(self, worker: str = "hub") -> OutboxDrainer:
         """An outbox drainer with every handler this process has.
@@ -124,11 +128,15 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     playbook = ActivePlaybook(Path(cfg.data_dir))
     detection = DetectionService(SqlAlertStore(store.engine), posture, lifecycle.revoke, playbook, clock,
                                  notifier=WebhookNotifier(playbook))
+    firmware = FirmwareService(SqlFirmwareFileStore(store.engine), keystore, audit_sink, clock,
+                               reference_values=attestation)
+    rollouts = RolloutService(SqlRolloutStore(store.engine), store, firmware,
+                              HubCohortSignals(store.engine, attestation.store), audit_sink, clock)
     return HubServices(cfg, clock, store, keystore, outbox, audit, posture, lifecycle, consent, operators,
                        TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link,
                        attestation,
-                       FirmwareService(SqlFirmwareFileStore(store.engine), keystore, audit_sink, clock),
-                       detection)
+                       firmware,
+                       detection, rollouts)
 
 
 class Maintenance:
@@ -166,6 +174,7 @@ class Maintenance:
             s.firmware.refresh_timestamp()
             s.outbox.purge_delivered(s.clock.now() - DELIVERED_RETENTION)
         s.consent.repush_unacknowledged()
+        s.rollouts.tick()  # health gates of running rollouts: advance, pause or abort them
         self.drainer.drain()  # last: what this tick queued (retention's audit event) goes out with the rest
 
     def _run(self) -> None:

@@ -35,6 +35,7 @@ from iotguard.hub.stores.alerts import create_detection_tables
 from iotguard.hub.stores.attestation import create_attestation_tables
 from iotguard.hub.stores.credentials import create_credential_tables
 from iotguard.hub.stores.firmware import create_firmware_tables
+from iotguard.hub.stores.rollouts import create_rollout_tables
 
 __all__ = ["MIGRATIONS", "Migration", "applied_migrations", "migrate"]
 
@@ -82,6 +83,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0800_attestation", "attestation nonces, keys, appraisal results, reference values, policies",
               create_attestation_tables),
     Migration("1200_firmware", "firmware TUF repository files (ADR 1200)", create_firmware_tables),
+    Migration("1210_rollouts", "firmware rollout campaigns and device install reports (ADR 1210)",
+              create_rollout_tables),
 )
 
 
