@@ -23,6 +23,7 @@ from iotguard.clock import Clock, SystemClock
 from iotguard.config import HubConfig
 from iotguard.hub.audit_store import FileAnchor, open_audit_log
 from iotguard.hub.chain_anchor import chain_anchor_from_config
+from iotguard.hub.credentials import set_end_of_support
 from iotguard.hub.custody_gate import custody_gate_from_config
 from iotguard.hub.device_plane import DevicePlane
 from iotguard.hub.ingest import IngestProcessor
@@ -129,7 +130,8 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     detection = DetectionService(SqlAlertStore(store.engine), posture, lifecycle.revoke, playbook, clock,
                                  notifier=WebhookNotifier(playbook))
     firmware = FirmwareService(SqlFirmwareFileStore(store.engine), keystore, audit_sink, clock,
-                               reference_values=attestation)
+                               reference_values=attestation,
+                               support_dates=lambda model, when: set_end_of_support(store, model, when))
     rollouts = RolloutService(SqlRolloutStore(store.engine), store, firmware,
                               HubCohortSignals(store.engine, attestation.store), audit_sink, clock)
     return HubServices(cfg, clock, store, keystore, outbox, audit, posture, lifecycle, consent, operators,

@@ -10,7 +10,8 @@ repository: the loser's save is refused (immutable consistent-snapshot files).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, time
 from typing import Protocol
 
 from securesystemslib.signer import Signer
@@ -66,16 +67,20 @@ class FirmwareService:
 
     A published release's measurements become the attestation verifier's
     reference values (``reference_values``); a revoked one's are withdrawn.
+    Its end-of-support date becomes the model's (``support_dates``, read by
+    ``iotguard credentials eos warnings``).
     """
 
     def __init__(self, files: FirmwareFileStore, keystore: KeyStore, audit: AuditSink, clock: Clock,
-                 expiry: ExpiryPolicy | None = None, *, reference_values: ReferenceValueSink | None = None) -> None:
+                 expiry: ExpiryPolicy | None = None, *, reference_values: ReferenceValueSink | None = None,
+                 support_dates: Callable[[str, datetime], None] | None = None) -> None:
         self._files = files
         self._keystore = keystore
         self._audit = audit
         self._clock = clock
         self._expiry = expiry or ExpiryPolicy()
         self._references = reference_values
+        self._support_dates = support_dates
 
     def _online_labels(self) -> list[str]:
         """Key-store labels of every online key generation (``tuf-online``, ``tuf-online-2``, ...)."""
@@ -148,6 +153,8 @@ class FirmwareService:
         reference = reference_values_of(release)
         if reference is not None and self._references is not None:
             self._references.add_reference(reference)
+        if self._support_dates is not None:
+            self._support_dates(release.model, datetime.combine(release.end_of_support, time.max, tzinfo=UTC))
 
     def revoke(self, model: str, version: int, *, model_signer: Signer, actor: str) -> None:
         """Withdraw release ``version`` of ``model``."""
@@ -202,6 +209,14 @@ class FirmwareService:
     def releases(self, model: str) -> list[FirmwareRelease]:
         """Published releases of ``model``, oldest first."""
         return self._repository().releases(model)
+
+    def lifecycle_facts(self) -> list[FirmwareRelease]:
+        """The newest published release of every model (its end of support and disclosure contact)."""
+        if self._files.get("metadata/1.root.json") is None:
+            return []
+        repo = self._repository()
+        newest = [releases[-1] for releases in (repo.releases(m) for m in repo.models()) if releases]
+        return sorted(newest, key=lambda r: r.model)
 
     def refresh_timestamp(self) -> bool:
         """Re-sign snapshot and timestamp once half the timestamp's lifetime is left (maintenance duty).
