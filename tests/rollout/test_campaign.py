@@ -75,26 +75,31 @@ def test_state_moves() -> None:
 
 def test_rollbacks_abort_before_anything_else() -> None:
     c = RolloutCampaign.start("r1", "thermo-1", 2, now=NOW)
-    health = CohortHealth(cohort_size=10, committed=9, rolled_back=1, attested=9, attestation_failed=9)
+    health = CohortHealth(cohort_size=10, checked_in=10, committed=9, rolled_back=1, attested=9, attestation_failed=9)
     assert evaluate(c, health, NOW).verdict is Verdict.ABORT
     tolerant = RolloutCampaign.start("r2", "thermo-1", 2, now=NOW, gates=HealthGates(max_rollback_rate=0.2))
-    assert evaluate(tolerant, CohortHealth(10, committed=9, rolled_back=1), NOW).verdict is Verdict.ADVANCE
+    healthy_enough = CohortHealth(10, checked_in=10, committed=9, rolled_back=1)
+    assert evaluate(tolerant, healthy_enough, NOW).verdict is Verdict.ADVANCE
 
 
 def test_attestation_failures_and_rejections_pause() -> None:
     c = RolloutCampaign.start("r1", "thermo-1", 2, now=NOW)
-    assert evaluate(c, CohortHealth(10, committed=10, attested=10, attestation_failed=1), NOW).reason == \
-        "attestation_failures"
-    v = evaluate(c, CohortHealth(10, committed=10, readings=90, rejections=10), NOW)
+    failed = CohortHealth(10, checked_in=10, committed=10, attested=10, attestation_failed=1)
+    assert evaluate(c, failed, NOW).reason == "attestation_failures"
+    v = evaluate(c, CohortHealth(10, checked_in=10, committed=10, readings=90, rejections=10), NOW)
     assert (v.verdict, v.reason) == (Verdict.PAUSE, "telemetry_rejections")
-    assert evaluate(c, CohortHealth(10, committed=10, readings=99, rejections=1), NOW).verdict is Verdict.ADVANCE
+    few = CohortHealth(10, checked_in=10, committed=10, readings=99, rejections=1)
+    assert evaluate(c, few, NOW).verdict is Verdict.ADVANCE
 
 
 def test_a_stage_waits_for_reports_and_its_soak_time() -> None:
     c = RolloutCampaign.start("r1", "thermo-1", 2, now=NOW, gates=HealthGates(soak=timedelta(minutes=10)))
-    assert evaluate(c, CohortHealth(10, committed=5), NOW).reason == "waiting_for_reports"
-    assert evaluate(c, CohortHealth(10, committed=10), NOW).reason == "soaking"
-    assert evaluate(c, CohortHealth(10, committed=10), NOW + timedelta(minutes=10)).verdict is Verdict.ADVANCE
+    assert evaluate(c, CohortHealth(10, checked_in=10, committed=5), NOW).reason == "waiting_for_reports"
+    assert evaluate(c, CohortHealth(10, checked_in=10, committed=10), NOW).reason == "soaking"
+    later = NOW + timedelta(minutes=10)
+    assert evaluate(c, CohortHealth(10, checked_in=10, committed=10), later).verdict is Verdict.ADVANCE
     last = RolloutCampaign.start("r2", "thermo-1", 2, now=NOW, stages=(100,))
-    assert evaluate(last, CohortHealth(3, committed=3), NOW).verdict is Verdict.COMPLETE
-    assert evaluate(c.paused("x"), CohortHealth(10, committed=10), NOW).verdict is Verdict.HOLD
+    assert evaluate(last, CohortHealth(3, checked_in=3, committed=3), NOW).verdict is Verdict.COMPLETE
+    # Devices that never check in do not hold a stage: only those offered the release count.
+    assert evaluate(last, CohortHealth(3, checked_in=1, committed=1), NOW).verdict is Verdict.COMPLETE
+    assert evaluate(c.paused("x"), CohortHealth(10, checked_in=10, committed=10), NOW).verdict is Verdict.HOLD

@@ -139,3 +139,27 @@ def test_rollout_routes_are_decided_by_cedar(repo: HubFirmware) -> None:
     assert hub.client.post(f"/v1/rollouts/{HUB_MODEL}-2/abort", json={}, headers=admin).json()["state"] == "aborted"
     assert hub.client.get("/v1/rollouts/nope", headers=viewer).status_code == 404
     assert [c["rollout_id"] for c in hub.client.get("/v1/rollouts", headers=viewer).json()] == [f"{HUB_MODEL}-2"]
+
+
+def test_a_device_that_rolled_back_is_not_offered_the_release_again(repo: HubFirmware) -> None:
+    from iotguard.rollout import HealthGates
+
+    devices = {d: repo.device(d) for d in FLEET}
+    repo.publish(2)
+    repo.broken.add(2)
+    rollouts = repo.hub.services.rollouts
+    rollouts.start(HUB_MODEL, 2, actor="alice", stages=(100.0,), gates=HealthGates(max_rollback_rate=1.0))
+    first = {d: update_round(c, ci) for d, (_a, c, ci) in devices.items()}
+    assert all(r.outcome == "rolled_back" for r in first.values())
+    assert rollouts.status(f"{HUB_MODEL}-2").campaign.state is RolloutState.RUNNING  # tolerated by its gates
+    assert all(update_round(c, ci).offered == 0 for _a, c, ci in devices.values())
+
+
+def test_two_hub_processes_moving_one_campaign_do_not_fail(repo: HubFirmware) -> None:
+    """Maintenance ticks of two hub processes (or a tick and a device's rollback report) race: one move wins,
+    the other reads it back instead of failing."""
+    repo.publish(2)
+    rollouts = repo.hub.services.rollouts
+    campaign = rollouts.start(HUB_MODEL, 2, actor="alice", stages=STAGES)
+    rollouts.pause(campaign.rollout_id, actor="bob")  # the other process moved it after we read it
+    assert rollouts._apply(campaign).state is RolloutState.PAUSED

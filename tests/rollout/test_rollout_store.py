@@ -77,3 +77,12 @@ def test_reports_are_kept_per_device_and_replaced(store: RolloutStore) -> None:
         ("dev-1", "rolled_back", 1), ("dev-2", "committed", 3)]
     assert reports[0].reported_at == NOW + timedelta(seconds=5)
     assert store.reports("other") == []
+
+
+def test_one_devices_report_is_read_back(store: RolloutStore) -> None:
+    store.create(RolloutCampaign.start("a", "thermo-1", 2, now=NOW))
+    assert store.report_of("a", "dev-1") is None
+    store.record_report(DeviceReport("a", "dev-1", "offered", NOW, 0, 1.5))
+    store.record_report(DeviceReport("a", "dev-1", "committed", NOW + timedelta(seconds=1), 2, 1.5))
+    report = store.report_of("a", "dev-1")
+    assert report is not None and (report.outcome, report.baseline_rejections) == ("committed", 2)

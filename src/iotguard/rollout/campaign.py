@@ -67,8 +67,8 @@ class HealthGates:
             the campaign pauses.
         max_rejection_rate: Largest share of the updated cohort's telemetry
             since the update that ingest rejected; above it the campaign pauses.
-        min_reported: Share of the stage's cohort that must have reported a
-            committed install before the next stage starts.
+        min_reported: Share of the stage's checked-in cohort that must have
+            reported a committed install before the next stage starts.
         soak: Time a stage runs at least before the next one starts.
     """
 
@@ -95,6 +95,9 @@ class CohortHealth:
 
     Attributes:
         cohort_size: Devices of the model inside the stage's percentage.
+        checked_in: Of those, devices that checked in during the campaign (a
+            device that never checks in does not hold a stage up; one that
+            checked in before its stage came is waited for).
         committed: Devices that reported a committed install of the release.
         rolled_back: Devices that reported a rollback after the self-test.
         attested: Updated devices appraised since their update.
@@ -104,6 +107,7 @@ class CohortHealth:
     """
 
     cohort_size: int
+    checked_in: int = 0
     committed: int = 0
     rolled_back: int = 0
     attested: int = 0
@@ -287,7 +291,7 @@ def evaluate(campaign: RolloutCampaign, health: CohortHealth, now: datetime) -> 
     sent = health.readings + health.rejections
     if sent and health.rejections / sent > gates.max_rejection_rate:
         return GateVerdict(Verdict.PAUSE, "telemetry_rejections")
-    if health.cohort_size and health.committed < gates.min_reported * health.cohort_size:
+    if health.committed < gates.min_reported * health.checked_in:
         return GateVerdict(Verdict.HOLD, "waiting_for_reports")
     if now - campaign.stage_started_at < gates.soak:
         return GateVerdict(Verdict.HOLD, "soaking")

@@ -17,11 +17,11 @@ from typing import Any
 
 from iotguard.audit import AuditEvent, AuditSink
 from iotguard.clock import Clock
-from iotguard.errors import MalformedError, UpdateRefused
+from iotguard.errors import MalformedError, RolloutStateError, UpdateRefused
 from iotguard.hub.services.firmware import FirmwareService
 from iotguard.hub.services.rollout_signals import CohortSignals
 from iotguard.hub.stores.devices import DeviceStore
-from iotguard.hub.stores.rollouts import REPORT_OUTCOMES, DeviceReport, RolloutStore
+from iotguard.hub.stores.rollouts import OFFERED, REPORT_OUTCOMES, SEEN, DeviceReport, RolloutStore
 from iotguard.rollout import (
     DEFAULT_STAGES,
     CohortHealth,
@@ -56,7 +56,8 @@ class RolloutStatus:
             "rollout_id": c.rollout_id, "model": c.model, "version": c.version, "state": str(c.state),
             "reason": c.reason, "stage": c.stage + 1, "stages": list(c.stages), "percent": c.percent,
             "stage_started_at": c.stage_started_at.isoformat(),
-            "cohort": {"size": h.cohort_size, "committed": h.committed, "rolled_back": h.rolled_back,
+            "cohort": {"size": h.cohort_size, "checked_in": h.checked_in, "committed": h.committed,
+                       "rolled_back": h.rolled_back,
                        "attested": h.attested, "attestation_failed": h.attestation_failed,
                        "readings": h.readings, "rejections": h.rejections},
             "verdict": str(self.verdict.verdict), "verdict_reason": self.verdict.reason,
@@ -160,20 +161,25 @@ class RolloutService:
         campaign = self.store.active(model)
         if campaign is None:
             return {"install": 0, "rollout": ""}
-        rolled_back = False
+        position = cohort_position(model, campaign.version, device_id)
         if outcome in REPORT_OUTCOMES and attempted == campaign.version:
-            now = self.clock.now()
             baseline = self.signals.rejection_totals([device_id]).get(device_id, 0)
-            self.store.record_report(DeviceReport(campaign.rollout_id, device_id, outcome, now, baseline,
-                                                  cohort_position(model, campaign.version, device_id)))
-            rolled_back = outcome == "rolled_back"
-            if rolled_back:
+            self.store.record_report(DeviceReport(campaign.rollout_id, device_id, outcome, self.clock.now(),
+                                                  baseline, position))
+            if outcome == "rolled_back":
                 campaign = self._apply(campaign)
-        elif outcome == "rolled_back":
-            rolled_back = True
-        install = campaign.version if (campaign.targets(device_id) and version < campaign.version
-                                       and not rolled_back) else 0
-        return {"install": install, "rollout": campaign.rollout_id}
+        previous = self.store.report_of(campaign.rollout_id, device_id)
+        # A device that rolled back this release is never offered it again.
+        if (not campaign.targets(device_id) or version >= campaign.version
+                or (previous is not None and previous.outcome == "rolled_back") or outcome == "rolled_back"):
+            if previous is None:  # reachable: once its stage comes, the gates wait for it
+                self.store.record_report(DeviceReport(campaign.rollout_id, device_id, SEEN, self.clock.now(), 0,
+                                                      position))
+            return {"install": 0, "rollout": campaign.rollout_id}
+        if previous is None or previous.outcome == SEEN:
+            self.store.record_report(DeviceReport(campaign.rollout_id, device_id, OFFERED, self.clock.now(), 0,
+                                                  position))
+        return {"install": campaign.version, "rollout": campaign.rollout_id}
 
     # -- gates -----------------------------------------------------------
 
@@ -192,13 +198,14 @@ class RolloutService:
         """The current stage's cohort and what its updated devices report."""
         cohort = self._cohort(campaign)
         reports = {r.device_id: r for r in self.store.reports(campaign.rollout_id)}
-        committed = {d: reports[d] for d in cohort if d in reports and reports[d].outcome == "committed"}
-        rolled_back = sum(1 for d in cohort if d in reports and reports[d].outcome == "rolled_back")
+        checked_in = [d for d in cohort if d in reports]
+        committed = {d: reports[d] for d in checked_in if reports[d].outcome == "committed"}
+        rolled_back = sum(1 for d in checked_in if reports[d].outcome == "rolled_back")
         since = {d: r.reported_at for d, r in committed.items()}
         attested, failed = self.signals.appraisals_since(since)
         now_totals = self.signals.rejection_totals(list(committed))
         rejected = sum(max(0, now_totals.get(d, 0) - r.baseline_rejections) for d, r in committed.items())
-        return CohortHealth(len(cohort), len(committed), rolled_back, attested, failed,
+        return CohortHealth(len(cohort), len(checked_in), len(committed), rolled_back, attested, failed,
                             self.signals.readings_since(since), rejected)
 
     def tick(self) -> list[RolloutCampaign]:
@@ -216,6 +223,13 @@ class RolloutService:
         return moved
 
     def _apply(self, campaign: RolloutCampaign) -> RolloutCampaign:
+        """Apply the gates' verdict; if another hub process moved the campaign meanwhile, its move stands."""
+        try:
+            return self._gate(campaign)
+        except RolloutStateError:
+            return self.store.get(campaign.rollout_id)
+
+    def _gate(self, campaign: RolloutCampaign) -> RolloutCampaign:
         verdict = evaluate(campaign, self.health(campaign), self.clock.now())
         if verdict.verdict is Verdict.ABORT:
             return self._move(campaign.aborted(verdict.reason), "rollout.aborted", "rollout.gates")

@@ -36,7 +36,9 @@ from iotguard.hub.stores._sql import SqlStoreBase, aware_utc, utc
 from iotguard.rollout import HealthGates, RolloutCampaign, RolloutState
 
 __all__ = [
+    "OFFERED",
     "REPORT_OUTCOMES",
+    "SEEN",
     "DeviceReport",
     "MemoryRolloutStore",
     "RolloutStore",
@@ -46,6 +48,10 @@ __all__ = [
 
 #: Outcomes a device reports for an install attempt.
 REPORT_OUTCOMES = frozenset({"committed", "rolled_back"})
+#: What the hub records when it offers a device the release.
+OFFERED = "offered"
+#: What the hub records when a device of the model checks in outside the current cohort.
+SEEN = "seen"
 
 _meta = MetaData()
 rollouts = Table(
@@ -87,7 +93,8 @@ class DeviceReport:
     Attributes:
         rollout_id: The campaign.
         device_id: The device.
-        outcome: ``committed`` or ``rolled_back``.
+        outcome: ``seen`` (checked in outside the cohort), ``offered`` (the hub
+            named the release), ``committed`` or ``rolled_back``.
         reported_at: When the hub received the report.
         baseline_rejections: The device's telemetry rejection total when it reported.
         position: The device's cohort position (0..100).
@@ -143,6 +150,10 @@ class RolloutStore(Protocol):
 
     def reports(self, rollout_id: str) -> list[DeviceReport]:
         """Every report of a campaign, by device id."""
+        ...
+
+    def report_of(self, rollout_id: str, device_id: str) -> DeviceReport | None:
+        """One device's report for a campaign, if any."""
         ...
 
 
@@ -204,6 +215,9 @@ class MemoryRolloutStore:
 
     def reports(self, rollout_id: str) -> list[DeviceReport]:
         return [r for (rid, _d), r in sorted(self._reports.items()) if rid == rollout_id]
+
+    def report_of(self, rollout_id: str, device_id: str) -> DeviceReport | None:
+        return self._reports.get((rollout_id, device_id))
 
 
 class SqlRolloutStore(SqlStoreBase):
@@ -268,5 +282,15 @@ class SqlRolloutStore(SqlStoreBase):
         with self.engine.connect() as conn:
             rows = conn.execute(select(reports).where(reports.c.rollout_id == rollout_id)
                                 .order_by(reports.c.device_id))
-            return [DeviceReport(r.rollout_id, r.device_id, r.outcome, aware_utc(r.reported_at),
-                                 int(r.baseline_rejections), float(r.position)) for r in rows]
+            return [_report(r) for r in rows]
+
+    def report_of(self, rollout_id: str, device_id: str) -> DeviceReport | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(reports).where(reports.c.rollout_id == rollout_id,
+                                                     reports.c.device_id == device_id)).first()
+        return None if row is None else _report(row)
+
+
+def _report(r: Any) -> DeviceReport:
+    return DeviceReport(r.rollout_id, r.device_id, r.outcome, aware_utc(r.reported_at), int(r.baseline_rejections),
+                        float(r.position))
