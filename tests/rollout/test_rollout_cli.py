@@ -34,7 +34,8 @@ def test_rollout_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert main(["rollout", *cfg, "start", MODEL, "3"]) == 1  # not published
     assert main(["rollout", *cfg, "start", MODEL, "2", "--stages", "50,10,100"]) == 1  # not increasing
     capsys.readouterr()
-    assert main(["rollout", *cfg, "start", MODEL, "2", "--stages", "5,50,100", "--actor", "alice"]) == 0
+    assert main(["rollout", *cfg, "start", MODEL, "2", "--stages", "5,50,100", "--actor", "alice",
+                 "--soak-s", "60"]) == 0
     started = json.loads(capsys.readouterr().out)
     assert (started["rollout_id"], started["state"], started["percent"], started["stages"]) == (
         f"{MODEL}-2", "running", 5.0, [5.0, 50.0, 100.0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from iotguard.cli._common import add_config_argument, config_from_args, deliver_effects, open_hub_services, print_json
@@ -40,6 +41,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        help="share of updated devices' telemetry ingest may reject before it pauses (default 0.05)")
     start.add_argument("--min-reported", type=float, default=0.9,
                        help="share of a stage's cohort that must report a committed install to advance (default 0.9)")
+    start.add_argument("--soak-s", type=float, default=0.0,
+                       help="seconds each stage runs at least before the next one starts (default 0)")
     start.add_argument("--actor", default="cli", help="who starts it (recorded in the audit log)")
     start.set_defaults(func=_start)
     status = s.add_parser("status", help="one campaign (or all) with its cohort's health")
@@ -62,7 +65,8 @@ def _open(args: argparse.Namespace) -> HubServices:
 def _start(args: argparse.Namespace) -> int:
     gates = HealthGates(max_rollback_rate=args.max_rollback_rate,
                         max_attestation_failure_rate=args.max_attestation_failure_rate,
-                        max_rejection_rate=args.max_rejection_rate, min_reported=args.min_reported)
+                        max_rejection_rate=args.max_rejection_rate, min_reported=args.min_reported,
+                        soak=timedelta(seconds=args.soak_s))
     services = _open(args)
     campaign = services.rollouts.start(args.model, args.version, actor=args.actor, stages=args.stages, gates=gates,
                                        rollout_id=args.rollout_id)

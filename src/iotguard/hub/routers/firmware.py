@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Response
@@ -27,6 +28,7 @@ class RolloutRequest(BaseModel):
     max_attestation_failure_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     max_rejection_rate: float = Field(default=0.05, ge=0.0, le=1.0)
     min_reported: float = Field(default=0.9, gt=0.0, le=1.0)
+    soak_s: float = Field(default=0.0, ge=0.0, le=30 * 86400)
 
 
 class RolloutMove(BaseModel):
@@ -73,7 +75,8 @@ def firmware_router(firmware: FirmwareService, rollouts: RolloutService, plane: 
         """Start a staged rollout of a published release."""
         gates = HealthGates(max_rollback_rate=body.max_rollback_rate,
                             max_attestation_failure_rate=body.max_attestation_failure_rate,
-                            max_rejection_rate=body.max_rejection_rate, min_reported=body.min_reported)
+                            max_rejection_rate=body.max_rejection_rate, min_reported=body.min_reported,
+                            soak=timedelta(seconds=body.soak_s))
         campaign = rollouts.start(body.model, body.version, actor=token.name, stages=body.stages, gates=gates,
                                   rollout_id=body.rollout_id)
         return rollouts.status(campaign.rollout_id).to_dict()
