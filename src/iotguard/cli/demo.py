@@ -101,10 +101,12 @@ def _update_step(hub: Hub, fleet: Fleet, say: Callable[[str], None]) -> dict[str
             say(f"published {model} release {version}{' (its self-test fails on the device)' if broken else ''}; "
                 f"rolling out in stages 1/10/50/100 %")
             states.append(update.roll_out(model, version, on_round=progress))
-        worst = next((c for c in states if c.state.value != "completed"), states[0])
-        out[label] = {**update.summary(worst), "release": version}
-        say(f"release {version}: {worst.state.value}"
-            f"{' (' + worst.reason + ')' if worst.reason else ''}; fleet versions {update.versions()}")
+        out[label] = {"release": version, "states": {c.model: c.state.value for c in states},
+                      "reasons": {c.model: c.reason for c in states},
+                      "stopped_at_percent": {c.model: c.percent for c in states},
+                      "versions": {str(v): n for v, n in update.versions().items()}}
+        say(f"release {version}: {', '.join(f'{c.model} {c.state.value}' for c in states)}; "
+            f"fleet versions {update.versions()}")
     return out
 
 
@@ -240,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
           and summary["attestation_fleet"] == {"affirming": args.devices}
           and tampered.get("status") == "contraindicated" and bool(tampered.get("ingest_refused"))
           and bool(tampered.get("broker_acl_dropped"))
-          and (not args.update or (update["broken"]["state"] == "aborted" and update["good"]["state"] == "completed"
-                                   and update["good"]["versions"] == {3: args.devices})))
+          and (not args.update or (set(update["broken"]["states"].values()) == {"aborted"}
+                                   and set(update["good"]["states"].values()) == {"completed"}
+                                   and update["good"]["versions"] == {"3": args.devices})))
     return 0 if ok else 1

@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from securesystemslib.signer import CryptoSigner
 
@@ -131,8 +131,3 @@ class FleetUpdate:
             v = client.slots.active().version
             out[v] = out.get(v, 0) + 1
         return dict(sorted(out.items()))
-
-    def summary(self, campaign: RolloutCampaign) -> dict[str, Any]:
-        """JSON view of a finished campaign."""
-        return {"rollout": campaign.rollout_id, "state": str(campaign.state), "reason": campaign.reason,
-                "stage": campaign.stage + 1, "percent": campaign.percent, "versions": self.versions()}
