@@ -8,24 +8,18 @@ from pathlib import Path
 import pytest
 
 from iotguard.audit.events import AuditEvent
-from iotguard.cli.firmware import PASSPHRASE_ENV
 from iotguard.cli.main import main
 from iotguard.config import load_config
 from iotguard.hub.compose import build_hub_services
-from tests.updates.conftest import image
+from tests.updates.conftest import cli_repository, image
 
 MODEL = "thermo-1"
 
 
 def test_rollout_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                           capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv(PASSPHRASE_ENV, "correct horse battery staple")
-    conf = tmp_path / "iotguard.toml"
-    conf.write_text(f'[hub]\ndata_dir = "{tmp_path / "hub"}"\n')
-    keys, cfg = tmp_path / "offline", ["--config", str(conf)]
-    assert main(["firmware", "keys", "init", str(keys)]) == 0
-    assert main(["firmware", "init", *cfg, "--keys", str(keys), "--root-out", str(tmp_path / "root.json")]) == 0
-    assert main(["firmware", "model", *cfg, "--keys", str(keys), MODEL]) == 0
+    cfg, keys, _root = cli_repository(tmp_path, monkeypatch, MODEL)
+    conf = cfg[1]
     (tmp_path / "fw.img").write_bytes(image(MODEL, 2))
     assert main(["firmware", "publish", *cfg, "--keys", str(keys), MODEL, "2", str(tmp_path / "fw.img"),
                  "--end-of-support", "2031-12-31", "--contact", "security@example.org"]) == 0

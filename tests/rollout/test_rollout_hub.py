@@ -14,23 +14,16 @@ from iotguard.audit.events import AuditEvent
 from iotguard.errors import RolloutStateError, UpdateRefused
 from iotguard.hub.stores.attestation import StoredAppraisal
 from iotguard.rollout import RolloutState, in_cohort
-from tests.hub.conftest import HubParts, make_hub
-from tests.updates.hubside import HUB_MODEL, HubFirmware, hub_firmware
+from tests.hub.conftest import HubParts
+from tests.updates.hubside import HUB_MODEL, HubFirmware, firmware_hub
 
 FLEET = [f"dev-{i:02d}" for i in range(12)]
 STAGES = (20.0, 50.0, 100.0)
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[HubParts]:
-    parts = make_hub(tmp_path)
-    yield parts
-    parts.store.engine.dispose()
-
-
-@pytest.fixture
-def repo(hub: HubParts) -> HubFirmware:
-    return hub_firmware(hub)
+def repo(tmp_path: Path) -> Iterator[HubFirmware]:
+    yield from firmware_hub(tmp_path)
 
 
 def _rollout_events(hub: HubParts) -> list[tuple[str, dict[str, object]]]:

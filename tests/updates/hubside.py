@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 
 from securesystemslib.signer import CryptoSigner
 
@@ -14,7 +15,7 @@ from iotguard.agent.firmware import FirmwareUpdateClient
 from iotguard.agent.slots import BootedSlot
 from iotguard.agent.update_channel import REPOSITORY_URL, UpdateCheckIn, device_update_channel
 from iotguard.updates import FirmwareRelease
-from tests.hub.conftest import HubParts
+from tests.hub.conftest import HubParts, make_hub
 from tests.updates.conftest import image
 
 HUB_MODEL = "thermo-1"
@@ -67,3 +68,12 @@ def hub_firmware(hub: HubParts) -> HubFirmware:
     root = firmware.initialise(root_signers=roots, root_threshold=2, targets_signer=targets, actor="test")
     firmware.add_model(HUB_MODEL, model_signer=model_key, targets_signer=targets, actor="test")
     return HubFirmware(hub, roots, targets, model_key, root)
+
+
+def firmware_hub(tmp_path: Path) -> Iterator[HubFirmware]:
+    """Body of a fixture: an in-process hub with a firmware repository, disposed afterwards."""
+    parts = make_hub(tmp_path)
+    try:
+        yield hub_firmware(parts)
+    finally:
+        parts.store.engine.dispose()

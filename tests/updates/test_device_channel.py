@@ -12,20 +12,13 @@ from sqlalchemy import update
 from iotguard.agent.firmware import anti_rollback_counter
 from iotguard.errors import UpdateRefused
 from iotguard.hub.stores.firmware import firmware_files
-from tests.hub.conftest import HubParts, make_hub
-from tests.updates.hubside import HUB_MODEL, HubFirmware, hub_firmware
+from tests.hub.conftest import HubParts
+from tests.updates.hubside import HUB_MODEL, HubFirmware, firmware_hub
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[HubParts]:
-    parts = make_hub(tmp_path)
-    yield parts
-    parts.store.engine.dispose()
-
-
-@pytest.fixture
-def repo(hub: HubParts) -> HubFirmware:
-    return hub_firmware(hub)
+def repo(tmp_path: Path) -> Iterator[HubFirmware]:
+    yield from firmware_hub(tmp_path)
 
 
 def _set_file(hub: HubParts, path: str, body: bytes) -> None:

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from iotguard.cli.firmware import PASSPHRASE_ENV
 from iotguard.cli.main import main
 from iotguard.config import load_config
 from iotguard.hub.compose import build_hub_services
-from tests.updates.conftest import image
+from tests.updates.conftest import cli_repository, image
 
 MODEL = "thermo-1"
 
@@ -19,15 +18,8 @@ MODEL = "thermo-1"
 def test_release_lifecycle_facts_in_credentials_eos_and_the_privacy_notice(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv(PASSPHRASE_ENV, "correct horse battery staple")
-    conf = tmp_path / "iotguard.toml"
-    conf.write_text(f'[hub]\ndata_dir = "{tmp_path / "hub"}"\n')
-    keys, cfg = tmp_path / "offline", ["--config", str(conf)]
-    assert main(["firmware", "keys", "init", str(keys)]) == 0
-    assert main(["firmware", "init", *cfg, "--keys", str(keys), "--root-out", str(tmp_path / "root.json")]) == 0
-    assert main(["credentials", *cfg, "eos", "show"]) == 0
-    assert "no firmware release published yet" in capsys.readouterr().out
-    assert main(["firmware", "model", *cfg, "--keys", str(keys), MODEL]) == 0
+    cfg, keys, _root = cli_repository(tmp_path, monkeypatch, MODEL)
+    conf = cfg[1]
     for version, eos in ((2, "2030-06-30"), (3, "2031-12-31")):
         (tmp_path / "fw.img").write_bytes(image(MODEL, version))
         assert main(["firmware", "publish", *cfg, "--keys", str(keys), MODEL, str(version), str(tmp_path / "fw.img"),

@@ -9,27 +9,21 @@ from pathlib import Path
 import pytest
 
 from iotguard.agent.firmware import FirmwareUpdateClient, TransportFetcher
-from iotguard.cli.firmware import PASSPHRASE_ENV
+from iotguard.audit.events import AuditEvent
 from iotguard.cli.main import main
 from iotguard.config import load_config
 from iotguard.errors import UpdateRefused
-from iotguard.hub.compose import build_hub_services
+from iotguard.hub.compose import HubServices, build_hub_services
 from iotguard.hub.services.firmware import ONLINE_KEY_LABEL
 from iotguard.keys.software import SoftwareKeyStore
 from iotguard.updates import FirmwareRepository, KeyStoreSigner
-from tests.updates.conftest import BASE_URL, MODEL, image
+from tests.updates.conftest import BASE_URL, MODEL, cli_repository, image
 
 
 def test_online_key_rotation_from_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv(PASSPHRASE_ENV, "correct horse battery staple")
-    conf = tmp_path / "iotguard.toml"
-    conf.write_text(f'[hub]\ndata_dir = "{tmp_path / "hub"}"\n')
-    keys, root = tmp_path / "offline", tmp_path / "root.json"
-    cfg = ["--config", str(conf)]
-    assert main(["firmware", "keys", "init", str(keys)]) == 0
-    assert main(["firmware", "init", *cfg, "--keys", str(keys), "--root-out", str(root)]) == 0
-    assert main(["firmware", "model", *cfg, "--keys", str(keys), MODEL]) == 0
+    cfg, keys, root = cli_repository(tmp_path, monkeypatch, MODEL)
+    conf = cfg[1]
     for v in (2, 3):
         (tmp_path / f"fw{v}.img").write_bytes(image(MODEL, v))
 
@@ -74,8 +68,6 @@ def test_online_key_rotation_from_the_cli(tmp_path: Path, monkeypatch: pytest.Mo
     services.store.engine.dispose()
 
 
-def _audit(services: object) -> list[object]:
-    from iotguard.audit.events import AuditEvent
-
-    log = services.audit.log  # type: ignore[attr-defined]
+def _audit(services: HubServices) -> list[AuditEvent]:
+    log = services.audit.log
     return [AuditEvent.from_cbor(e) for e in log.entries(0, log.size())]
