@@ -258,7 +258,7 @@ def main() -> int:
     from iotguard.agent import Agent
     from iotguard.config import AgentConfig
 
-    seconds, rounds, threads = (4.0, 2, 4) if args.quick else (10.0, 3, 8)
+    seconds, rounds, threads = (4.0, 1, 4) if args.quick else (10.0, 3, 8)
     devices = 100 if args.quick else 1000
     tmp = Path(tempfile.mkdtemp(prefix="iotguard-bench-update-"))
     try:
