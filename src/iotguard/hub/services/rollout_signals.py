@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Engine
 
 from iotguard.hub.schema import readings, rejections
@@ -23,6 +23,7 @@ __all__ = ["CONTRAINDICATED", "CohortSignals", "HubCohortSignals"]
 #: The appraisal status that counts as a failed attestation.
 CONTRAINDICATED = "contraindicated"
 _CHUNK = 500
+_OR_CHUNK = 100
 
 
 class CohortSignals(Protocol):
@@ -60,18 +61,13 @@ class HubCohortSignals:
         return totals
 
     def readings_since(self, since: Mapping[str, datetime]) -> int:
-        if not since:
-            return 0
-        earliest = min(since.values())
-        ids = list(since)
+        items = list(since.items())
         total = 0
         with self._engine.connect() as conn:
-            for i in range(0, len(ids), _CHUNK):
-                q = (select(readings.c.device_id, readings.c.received_at)
-                     .where(readings.c.device_id.in_(ids[i:i + _CHUNK]), readings.c.received_at >= earliest))
-                for device_id, received in conn.execute(q):
-                    at = received if received.tzinfo is not None else received.replace(tzinfo=earliest.tzinfo)
-                    total += at >= since[device_id]
+            for i in range(0, len(items), _OR_CHUNK):  # one counting query per chunk of devices
+                window = or_(*(and_(readings.c.device_id == d, readings.c.received_at >= at)
+                               for d, at in items[i:i + _OR_CHUNK]))
+                total += int(conn.execute(select(func.count()).select_from(readings).where(window)).scalar_one())
         return total
 
     def appraisals_since(self, since: Mapping[str, datetime]) -> tuple[int, int]:
