@@ -41,6 +41,7 @@ __all__ = [
     "UsageLimitError",
     "public_message",
 ]
+__all__ += ["RolloutStateError", "UnknownRolloutError"]
 
 
 class IotGuardError(Exception):
@@ -228,6 +229,18 @@ class UpdateRefused(IotGuardError):
     code = "update_refused"
 
 
+class UnknownRolloutError(IotGuardError):
+    """No rollout campaign by that id."""
+
+    code = "unknown_rollout"
+
+
+class RolloutStateError(IotGuardError):
+    """A rollout campaign cannot make that move from its state (or another one runs for the model)."""
+
+    code = "rollout_state"
+
+
 #: Public messages per reason code. Devices and API clients see only these;
 #: operators see the code. ``tests/test_errors.py`` checks every code has one.
 PUBLIC_MESSAGES: dict[str, str] = {
@@ -274,6 +287,8 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "unknown_run": "unknown training run",
     "unknown_model": "unknown model",
     "artifact_malformed": "model artifact is malformed",
+    "unknown_rollout": "unknown rollout",
+    "rollout_state": "rollout cannot do that in its current state",
 }
 
 

@@ -33,3 +33,14 @@ def test_demo_json_summary() -> None:
     assert any(r.startswith("executable_mismatch") for r in tampered["reasons"])
     assert tampered["ingest_refused"] is True and tampered["broker_acl_dropped"] is True
     assert summary["latency_ms"]["p99"] >= summary["latency_ms"]["p50"] > 0
+
+
+def test_demo_update_rolls_out_a_good_release_and_stops_a_broken_one() -> None:
+    out = subprocess.run([sys.executable, "-m", "iotguard", "demo", "--devices", "10", "--seconds", "2", "--update",
+                          "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    update = json.loads(out.stdout.strip().splitlines()[-1])["update"]
+    assert set(update["broken"]["states"].values()) == {"aborted"}
+    assert set(update["broken"]["reasons"].values()) == {"rollback_rate"}
+    assert set(update["good"]["states"].values()) == {"completed"}
+    assert update["good"]["versions"] == {"3": 10}

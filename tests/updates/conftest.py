@@ -110,3 +110,19 @@ def build_fleet(tmp_path: Path, now: datetime | None = None) -> Fleet:
 @pytest.fixture
 def fleet(tmp_path: Path) -> Fleet:
     return build_fleet(tmp_path)
+
+
+def cli_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str) -> tuple[list[str], Path, Path]:
+    """``firmware keys init``, ``firmware init`` and ``firmware model`` through the CLI against a hub in
+    ``tmp_path``; returns the ``--config`` arguments, the offline key directory and the initial root file."""
+    from iotguard.cli.firmware import PASSPHRASE_ENV
+    from iotguard.cli.main import main
+
+    monkeypatch.setenv(PASSPHRASE_ENV, "correct horse battery staple")
+    conf = tmp_path / "iotguard.toml"
+    conf.write_text(f'[hub]\ndata_dir = "{tmp_path / "hub"}"\n')
+    keys, root, cfg = tmp_path / "offline", tmp_path / "root.json", ["--config", str(conf)]
+    assert main(["firmware", "keys", "init", str(keys)]) == 0
+    assert main(["firmware", "init", *cfg, "--keys", str(keys), "--root-out", str(root)]) == 0
+    assert main(["firmware", "model", *cfg, "--keys", str(keys), model]) == 0
+    return cfg, keys, root

@@ -60,7 +60,7 @@ def test_publish_through_the_service_reaches_a_device(tmp_path: Path) -> None:
     assert service.releases(MODEL) == []
     other = MemoryFirmwareFileStore()
     other.save(stale)
-    other_service, _ = _service(tmp_path / "other", other, clock)
+    other_service, _ = _service(tmp_path, other, clock)  # the same hub key store, another process
     other_service.publish(FirmwareRelease.for_image(
         MODEL, 3, image(MODEL, 3), end_of_support=release.end_of_support, disclosure_contact="x@example.org",
     ), image(MODEL, 3), model_signer=model_key, actor="bob")

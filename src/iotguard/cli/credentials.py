@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     w = es.add_parser("warnings", help="models whose support ended or ends within --days, with their devices")
     w.add_argument("--days", type=int, default=90)
     w.set_defaults(func=eos_warnings)
+    sh = es.add_parser("show", help="each model's end of support and disclosure contact from its newest signed "
+                       "firmware release")
+    sh.add_argument("--json", action="store_true")
+    sh.set_defaults(func=eos_show)
 
 
 def _store(args: argparse.Namespace) -> HubStore:
@@ -80,4 +84,21 @@ def eos_warnings(args: argparse.Namespace) -> int:
               f"{', '.join(w.devices[:10])}{' ...' if len(w.devices) > 10 else ''}")
     if not warnings:
         print("no model reaches end of support in that window")
+    return 0
+
+
+def eos_show(args: argparse.Namespace) -> int:
+    from iotguard.cli._common import open_hub_services
+
+    facts = open_hub_services(config_from_args(args).hub).firmware.lifecycle_facts()
+    rows = [{"model": r.model, "release": r.version, "end_of_support": r.end_of_support.isoformat(),
+             "disclosure_contact": r.disclosure_contact} for r in facts]
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print("no firmware release published yet")
+    for row in rows:
+        print(f"{row['model']:<16} release {row['release']:<6} end of support {row['end_of_support']}  "
+              f"vulnerabilities: {row['disclosure_contact']}")
     return 0

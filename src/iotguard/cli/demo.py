@@ -9,6 +9,7 @@ import socket
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--data-dir", help="keep hub and device state here (default: a temporary directory)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--update", action="store_true",
+                   help="then publish firmware releases (TUF) and roll them out in stages over the device channel: "
+                   "a broken one stops by itself at its first cohort, a good one reaches the whole fleet")
     p.set_defaults(func=run)
 
 
@@ -73,6 +77,37 @@ def _tampered_device(hub: Hub, fleet: Fleet, firmware: FleetFirmware, root: Path
             "reasons": result["reasons"],
             "ingest_refused": ingest.stored == 0 and ingest.rejected.get("policy_denied", 0) == 1,
             "broker_acl_dropped": f"/{device_id}/telemetry" not in hub.services.posture.broker_acl()}
+
+
+def _update_step(hub: Hub, fleet: Fleet, say: Callable[[str], None]) -> dict[str, Any]:
+    """Publish a broken release 2 and a good release 3 of every model and roll each out in stages."""
+    from iotguard.sim.updates import FleetUpdate, RolloutProgress
+
+    models = sorted({d.model for d in fleet.devices})
+    update = FleetUpdate.create(hub.services, models)
+    for d in fleet.devices:
+        update.attach(d.agent, d.model)
+    say(f"firmware: TUF repository with offline 2-of-3 root keys, {len(models)} model(s) delegated")
+
+    def progress(p: RolloutProgress) -> None:
+        say(f"  round {p.round}: stage {p.stage}/{p.stages} ({p.percent:g}%) {p.state}"
+            f"{' (' + p.reason + ')' if p.reason else ''}; committed {p.updated}, rolled back {p.rolled_back}")
+
+    out: dict[str, Any] = {}
+    for label, version, broken in (("broken", 2, True), ("good", 3, False)):
+        states = []
+        for model in models:
+            update.publish(model, version, size=64 * 1024, broken=broken)
+            say(f"published {model} release {version}{' (its self-test fails on the device)' if broken else ''}; "
+                f"rolling out in stages 1/10/50/100 %")
+            states.append(update.roll_out(model, version, on_round=progress))
+        out[label] = {"release": version, "states": {c.model: c.state.value for c in states},
+                      "reasons": {c.model: c.reason for c in states},
+                      "stopped_at_percent": {c.model: c.percent for c in states},
+                      "versions": {str(v): n for v, n in update.versions().items()}}
+        say(f"release {version}: {', '.join(f'{c.model} {c.state.value}' for c in states)}; "
+            f"fleet versions {update.versions()}")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -138,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
                 next_report += 1.0
             time.sleep(max(0.0, min(next_round, next_report) - time.monotonic()))
         elapsed = time.monotonic() - start
+        update = _update_step(hub, fleet, say) if args.update else {}
         fleet.flush_receipts()
         drain_deadline = time.monotonic() + 20
         while fleet.pending() and time.monotonic() < drain_deadline:
@@ -172,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
             "attestation_fleet": dict(sorted(appraised.items())),
             "tampered_device": tampered,
         }
+        if update:
+            summary["update"] = update
     finally:
         fleet.close()
         hub.stop()
@@ -203,5 +241,8 @@ def run(args: argparse.Namespace) -> int:
           and all(summary["rejected"].get(code, 0) >= n for code, n in summary["attacks_injected"].items())
           and summary["attestation_fleet"] == {"affirming": args.devices}
           and tampered.get("status") == "contraindicated" and bool(tampered.get("ingest_refused"))
-          and bool(tampered.get("broker_acl_dropped")))
+          and bool(tampered.get("broker_acl_dropped"))
+          and (not args.update or (set(update["broken"]["states"].values()) == {"aborted"}
+                                   and set(update["good"]["states"].values()) == {"completed"}
+                                   and update["good"]["versions"] == {"3": args.devices})))
     return 0 if ok else 1

@@ -50,11 +50,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     init.set_defaults(func=_keys_init)
     rotate = keys_sub.add_parser(
         "rotate", help="sign the hub repository's next root with the current root keys (DIR) for the new ones "
-        "(NEW_DIR, made by keys init); both passphrases are the same",
+        "(NEW_DIR, made by keys init; both passphrases are the same), and/or (--online) for a new online "
+        "snapshot/timestamp key created in the hub's key store",
     )
     add_config_argument(rotate)
     rotate.add_argument("directory", type=Path, metavar="DIR")
-    rotate.add_argument("new_directory", type=Path, metavar="NEW_DIR")
+    rotate.add_argument("new_directory", type=Path, metavar="NEW_DIR", nargs="?")
+    rotate.add_argument("--online", action="store_true",
+                        help="replace the online key (the root keys stay those of DIR unless NEW_DIR is given)")
     rotate.set_defaults(func=_keys_rotate)
 
     def hub_command(name: str, help_: str, *, keys: bool = True) -> argparse.ArgumentParser:
@@ -107,14 +110,23 @@ def _keys_init(args: argparse.Namespace) -> int:
 
 
 def _keys_rotate(args: argparse.Namespace) -> int:
+    if args.new_directory is None and not args.online:
+        raise ConfigError("name the new root keys (NEW_DIR), --online, or both")
     passphrase = _passphrase()
     old = load_offline_signers(args.directory, passphrase)
-    new = load_offline_signers(args.new_directory, passphrase)
     services = open_hub_services(config_from_args(args).hub)
-    version = services.firmware.rotate_root(old_signers=old.root, new_signers=new.root,
-                                            new_threshold=new.root_threshold, actor="cli")
+    out: dict[str, object] = {}
+    current = old
+    if args.new_directory is not None:
+        current = load_offline_signers(args.new_directory, passphrase)
+        out["root_version"] = services.firmware.rotate_root(old_signers=old.root, new_signers=current.root,
+                                                            new_threshold=current.root_threshold, actor="cli")
+        out["threshold"] = current.root_threshold
+    if args.online:
+        out["online_keyid"] = services.firmware.rotate_online_key(
+            root_signers=current.root, root_threshold=current.root_threshold, actor="cli")
     deliver_effects(services)
-    print_json({"root_version": version, "threshold": new.root_threshold})
+    print_json(out)
     return 0
 
 

@@ -42,6 +42,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotguard.cli.alerts",
     "iotguard.cli.models",
     "iotguard.cli.learn",
+    "iotguard.cli.rollout",
 )
 
 

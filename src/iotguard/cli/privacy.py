@@ -99,11 +99,24 @@ def _notice(args: argparse.Namespace) -> int:
         contract = load_contract(args.model)
     else:
         raise ConfigError("give a device model or --file PATH")
+    support = _device_support(args, contract.model) if getattr(args, "with_support", False) else None
     if args.json:
         print_json(contract.to_dict())
     else:
-        print(render_notice(contract))
+        print(render_notice(contract, support))
     return 0
+
+
+def _device_support(args: argparse.Namespace, model: str) -> Any:
+    """End of support and disclosure contact of ``model``'s newest release in the hub's firmware repository."""
+    from iotguard.cli._common import config_from_args, open_hub_services
+    from iotguard.privacy.notice import DeviceSupport
+
+    services = open_hub_services(config_from_args(args).hub)
+    newest = [r for r in services.firmware.lifecycle_facts() if r.model == model]
+    if not newest:
+        raise ConfigError(f"the hub has published no firmware release of {model}")
+    return DeviceSupport(newest[0].end_of_support, newest[0].disclosure_contact, newest[0].version)
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -349,6 +362,10 @@ def register(sub: Any) -> None:
     n.add_argument("model", nargs="?", help="device model with a known contract (e.g. thermo-1)")
     n.add_argument("--file", metavar="PATH", help="preview a contract .toml file instead")
     n.add_argument("--json", action="store_true", help="print the normalised contract instead")
+    n.add_argument("--with-support", action="store_true",
+                   help="add the end-of-support date and disclosure contact from the model's newest signed "
+                   "firmware release in the hub (--config)")
+    add_config_argument(n)
     n.set_defaults(func=_notice)
 
     m = ps.add_parser("models", help="device models with a shipped data contract")

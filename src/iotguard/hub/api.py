@@ -32,6 +32,7 @@ from iotguard.hub.routers.attestation import attestation_router
 from iotguard.hub.routers.auth import OperatorAuth
 from iotguard.hub.routers.device_requests import device_requests_router
 from iotguard.hub.routers.devices import devices_router
+from iotguard.hub.routers.firmware import firmware_router
 from iotguard.hub.routers.health import health_router
 from iotguard.hub.routers.learning import learning_router
 from iotguard.hub.routers.operators import operators_router
@@ -89,6 +90,8 @@ HTTP_STATUS: dict[str, int] = {
     "unknown_run": 404,
     "unknown_model": 404,
     "artifact_malformed": 400,
+    "unknown_rollout": 404,
+    "rollout_state": 409,
 }
 
 
@@ -162,4 +165,5 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
     if services.aggregation is not None:
         app.include_router(aggregation_router(services.aggregation, services.plane, operator))
     app.include_router(learning_router(services.learning, services.models, services.plane))
+    app.include_router(firmware_router(services.firmware, services.rollouts, services.plane, operator))
     return app

@@ -25,6 +25,7 @@ from iotguard.clock import Clock, SystemClock
 from iotguard.config import HubConfig
 from iotguard.hub.audit_store import FileAnchor, open_audit_log
 from iotguard.hub.chain_anchor import chain_anchor_from_config
+from iotguard.hub.credentials import set_end_of_support
 from iotguard.hub.custody_gate import custody_gate_from_config
 from iotguard.hub.device_plane import DevicePlane
 from iotguard.hub.ingest import IngestProcessor
@@ -43,6 +44,8 @@ from iotguard.hub.services.lifecycle import DeviceLifecycle, open_hub_keys
 from iotguard.hub.services.models import ModelService
 from iotguard.hub.services.operators import OperatorService
 from iotguard.hub.services.posture import PostureService, open_policy
+from iotguard.hub.services.rollout_signals import HubCohortSignals
+from iotguard.hub.services.rollouts import RolloutService
 from iotguard.hub.services.telemetry import TelemetryService
 from iotguard.hub.store import HubStore
 from iotguard.hub.stores.alerts import SqlAlertStore
@@ -51,6 +54,7 @@ from iotguard.hub.stores.consent import SqlConsentStore
 from iotguard.hub.stores.firmware import SqlFirmwareFileStore
 from iotguard.hub.stores.learning import SqlLearningRunStore
 from iotguard.hub.stores.models import SqlModelStore
+from iotguard.hub.stores.rollouts import SqlRolloutStore
 from iotguard.hub.witnessing import finality_from_config
 from iotguard.keys import KeyStore
 
@@ -82,6 +86,7 @@ class HubServices:
     attestation: AttestationService
     firmware: FirmwareService
     detection: DetectionService
+    rollouts: RolloutService
     models: ModelService
     learning: LearningService
     analytics: AnalyticsService | None = None
@@ -137,12 +142,15 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     playbook = ActivePlaybook(Path(cfg.data_dir))
     detection = DetectionService(SqlAlertStore(store.engine), posture, lifecycle.revoke, playbook, clock,
                                  notifier=WebhookNotifier(playbook))
+    firmware = FirmwareService(SqlFirmwareFileStore(store.engine), keystore, audit_sink, clock,
+                               reference_values=attestation,
+                               support_dates=lambda model, when: set_end_of_support(store, model, when))
+    rollouts = RolloutService(SqlRolloutStore(store.engine), store, firmware,
+                              HubCohortSignals(store.engine, attestation.store), audit_sink, clock)
     models = ModelService(SqlModelStore(store.engine), keystore, audit_sink, clock, endorse=lifecycle.ca.sign)
     services = HubServices(cfg, clock, store, keystore, outbox, audit, posture, lifecycle, consent, operators,
                            TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link,
-                           attestation,
-                           FirmwareService(SqlFirmwareFileStore(store.engine), keystore, audit_sink, clock),
-                           detection, models,
+                           attestation, firmware, detection, rollouts, models,
                            LearningService(SqlLearningRunStore(store.engine), models, audit_sink, clock,
                                            eligible=affirming_posture(engine.posture)))
     services.analytics = build_analytics(cfg, store, audit_sink, clock)
@@ -194,6 +202,7 @@ class Maintenance:
             s.firmware.refresh_timestamp()
             s.outbox.purge_delivered(s.clock.now() - DELIVERED_RETENTION)
         s.consent.repush_unacknowledged()
+        s.rollouts.tick()  # health gates of running rollouts: advance, pause or abort them
         self.drainer.drain()  # last: what this tick queued (retention's audit event) goes out with the rest
 
     def _run(self) -> None:

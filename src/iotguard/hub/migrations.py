@@ -37,6 +37,7 @@ from iotguard.hub.stores.credentials import create_credential_tables
 from iotguard.hub.stores.firmware import create_firmware_tables
 from iotguard.hub.stores.learning import create_learning_tables
 from iotguard.hub.stores.models import create_model_tables
+from iotguard.hub.stores.rollouts import create_rollout_tables
 from iotguard.hub.stores.subject_ledger import create_subject_ledger_tables
 
 __all__ = ["MIGRATIONS", "Migration", "applied_migrations", "migrate"]
@@ -87,6 +88,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0800_attestation", "attestation nonces, keys, appraisal results, reference values, policies",
               create_attestation_tables),
     Migration("1200_firmware", "firmware TUF repository files (ADR 1200)", create_firmware_tables),
+    Migration("1210_rollouts", "firmware rollout campaigns and device install reports (ADR 1210)",
+              create_rollout_tables),
     Migration("1300_learned_models", "signed model artifacts published by the hub (ADR 1300)", create_model_tables),
     Migration("1301_learning_runs", "federated training runs and their pending updates (ADR 1300)",
               create_learning_tables),

@@ -141,6 +141,15 @@ DEVICE_REQUEST_ACTIONS: Final[Mapping[str, RequestSpec]] = {
         "num_examples": FieldSpec("uint", min_value=1, max_value=10_000_000),
         "update": FieldSpec("bytes", max_length=65536),
     }),
+    # Firmware updates (docs/updates.md): one TUF repository file (metadata or image) by path.
+    "update_fetch": RequestSpec({"path": FieldSpec("text", max_length=256)}),
+    # A device's update check-in: the version it runs, its last attempt and how it ended;
+    # the answer names the release its rollout cohort should install.
+    "update_check": RequestSpec({
+        "version": FieldSpec("uint", max_value=2**31 - 1),
+        "attempted": FieldSpec("uint", max_value=2**31 - 1),
+        "outcome": FieldSpec("text", max_length=16),
+    }),
 }
 
 

@@ -6,11 +6,12 @@ much detail, for how long, whether they can say no, and how to withdraw.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import date, timedelta
 
 from iotguard.privacy.contract import DataContract, FieldSpec, LegalBasis, TransformSpec
 
-__all__ = ["render_notice"]
+__all__ = ["DeviceSupport", "render_notice"]
 
 _BASIS = {
     LegalBasis.CONSENT: "only if you say yes. You can say no, or change your mind at any time.",
@@ -77,8 +78,23 @@ def _detail(f: FieldSpec, chain: tuple[TransformSpec, ...]) -> str:
     return ", ".join(parts)
 
 
-def render_notice(contract: DataContract) -> str:
-    """Render the plain-language notice for a device model's contract."""
+@dataclass(frozen=True)
+class DeviceSupport:
+    """Lifecycle facts a signed firmware release states for its device model.
+
+    Attributes:
+        end_of_support: Last day the model receives security updates.
+        disclosure_contact: Where to report a vulnerability.
+        version: The firmware release stating them.
+    """
+
+    end_of_support: date
+    disclosure_contact: str
+    version: int
+
+
+def render_notice(contract: DataContract, support: DeviceSupport | None = None) -> str:
+    """Render the plain-language notice for a device model's contract (with its support facts when known)."""
     heading = f"What your {contract.title} shares, and why"
     lines = [
         heading,
@@ -120,4 +136,12 @@ def render_notice(contract: DataContract) -> str:
         "- You can ask for a copy of everything held about you, or for it to be erased.",
         f"- This notice describes data contract version {contract.version} of {contract.model}.",
     ]
+    if support is not None:
+        lines += [
+            "",
+            "Security updates",
+            f"- This device model receives security updates until {support.end_of_support.isoformat()} "
+            f"(stated in its signed firmware release {support.version}).",
+            f"- To report a security vulnerability: {support.disclosure_contact}.",
+        ]
     return "\n".join(lines)

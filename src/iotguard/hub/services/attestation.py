@@ -131,6 +131,10 @@ class AttestationService:
         """Allow a firmware release of a model (several versions may be allowed at once)."""
         self.store.add_reference(release, self.clock.now())
 
+    def remove_reference(self, model: str, version: str) -> None:
+        """Stop allowing a firmware release of a model (revoked)."""
+        self.store.remove_reference(model, version)
+
     def set_policy(self, model: str, text: str) -> None:
         """Store the appraisal policy of ``model``: a TOML document with exactly one ``[models.<model>]`` table.
 

@@ -9,38 +9,103 @@ repository: the loser's save is refused (immutable consistent-snapshot files).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, time
+from typing import Protocol
 
 from securesystemslib.signer import Signer
+from tuf.api.metadata import Timestamp
 
+from iotguard.attestation import ReferenceRelease, reference_release
 from iotguard.audit import AuditEvent, AuditSink
 from iotguard.clock import Clock
-from iotguard.errors import ConfigError
+from iotguard.errors import ConfigError, MalformedError, UpdateRefused
 from iotguard.hub.stores.firmware import FirmwareFileStore
 from iotguard.keys.keystore import KeyKind, KeyStore
 from iotguard.updates import ExpiryPolicy, FirmwareRelease, FirmwareRepository, KeyStoreSigner
 
-__all__ = ["ONLINE_KEY_LABEL", "FirmwareService"]
+__all__ = ["DEVICE_FILE_PATH", "ONLINE_KEY_LABEL", "FirmwareService", "ReferenceValueSink", "reference_values_of"]
 
 #: Key-store label of the online snapshot/timestamp key.
 ONLINE_KEY_LABEL = "tuf-online"
+#: The repository files a device may ask for: the top-level roles by version
+#: (consistent snapshots), the timestamp, a model's role, a model's image by hash.
+DEVICE_FILE_PATH = re.compile(
+    r"metadata/timestamp\.json"
+    r"|metadata/[1-9][0-9]{0,9}\.(?:root|snapshot|targets)\.json"
+    r"|metadata/[1-9][0-9]{0,9}\.(?P<role>[a-z0-9][a-z0-9-]{0,62})\.json"
+    r"|targets/(?P<model>[a-z0-9][a-z0-9-]{0,62})/[0-9a-f]{64}\.(?P=model)-[1-9][0-9]{0,9}\.img"
+)
+
+
+class ReferenceValueSink(Protocol):
+    """Where published releases' measurements go: the attestation verifier's reference values."""
+
+    def add_reference(self, release: ReferenceRelease) -> None:
+        """Allow a release's measurements."""
+        ...
+
+    def remove_reference(self, model: str, version: str) -> None:
+        """Stop allowing a release's measurements."""
+        ...
+
+
+def reference_values_of(release: FirmwareRelease) -> ReferenceRelease | None:
+    """The reference values a release publishes (``None`` when it measured no stage).
+
+    The version is the release number in decimal, as the device's evidence claims it.
+    """
+    if not release.measurements:
+        return None
+    return reference_release(release.model, str(release.version),
+                             {stage: bytes.fromhex(digest) for stage, digest in release.measurements.items()})
 
 
 class FirmwareService:
-    """Publishes, lists and revokes firmware releases in the hub's TUF repository."""
+    """Publishes, lists and revokes firmware releases in the hub's TUF repository.
+
+    A published release's measurements become the attestation verifier's
+    reference values (``reference_values``); a revoked one's are withdrawn.
+    Its end-of-support date becomes the model's (``support_dates``, read by
+    ``iotguard credentials eos warnings``).
+    """
 
     def __init__(self, files: FirmwareFileStore, keystore: KeyStore, audit: AuditSink, clock: Clock,
-                 expiry: ExpiryPolicy | None = None) -> None:
+                 expiry: ExpiryPolicy | None = None, *, reference_values: ReferenceValueSink | None = None,
+                 support_dates: Callable[[str, datetime], None] | None = None) -> None:
         self._files = files
         self._keystore = keystore
         self._audit = audit
         self._clock = clock
         self._expiry = expiry or ExpiryPolicy()
+        self._references = reference_values
+        self._support_dates = support_dates
 
-    def _online(self) -> KeyStoreSigner:
-        if not self._keystore.has_key(ONLINE_KEY_LABEL):
-            self._keystore.generate(ONLINE_KEY_LABEL, KeyKind.ED25519)
-        return KeyStoreSigner(self._keystore, ONLINE_KEY_LABEL)
+    def _online_labels(self) -> list[str]:
+        """Key-store labels of every online key generation (``tuf-online``, ``tuf-online-2``, ...)."""
+        labels = [ONLINE_KEY_LABEL]
+        while self._keystore.has_key(f"{ONLINE_KEY_LABEL}-{len(labels) + 1}"):
+            labels.append(f"{ONLINE_KEY_LABEL}-{len(labels) + 1}")
+        return labels
+
+    def _online(self, repo: FirmwareRepository | None = None) -> KeyStoreSigner:
+        """The online key the repository's root names (the first one when there is no repository yet).
+
+        Raises:
+            ConfigError: the key store holds no key the root names.
+        """
+        if repo is None:
+            if not self._keystore.has_key(ONLINE_KEY_LABEL):
+                self._keystore.generate(ONLINE_KEY_LABEL, KeyKind.ED25519)
+            return KeyStoreSigner(self._keystore, ONLINE_KEY_LABEL)
+        named = set(repo.root.roles[Timestamp.type].keyids)
+        for label in reversed(self._online_labels()):
+            if self._keystore.has_key(label):
+                signer = KeyStoreSigner(self._keystore, label)
+                if signer.public_key.keyid in named:
+                    return signer
+        raise ConfigError("the hub's key store holds no online key the repository's root names")
 
     def _repository(self) -> FirmwareRepository:
         files = self._files.load()
@@ -70,8 +135,8 @@ class FirmwareService:
         """Delegate ``model``'s releases to ``model_signer``'s key."""
         now = self._clock.now()
         repo = self._repository()
-        repo.add_model(model, model_signer=model_signer, targets_signer=targets_signer, online_signer=self._online(),
-                       now=now)
+        repo.add_model(model, model_signer=model_signer, targets_signer=targets_signer,
+                       online_signer=self._online(repo), now=now)
         self._files.save(repo.files())
         self._audit.record(AuditEvent("firmware.model_delegated", now, actor, model,
                                       {"keyid": model_signer.public_key.keyid}))
@@ -80,19 +145,26 @@ class FirmwareService:
         """Publish ``image`` as ``release`` (signed by the model's release key)."""
         now = self._clock.now()
         repo = self._repository()
-        repo.publish(release, image, model_signer=model_signer, online_signer=self._online(), now=now)
+        repo.publish(release, image, model_signer=model_signer, online_signer=self._online(repo), now=now)
         self._files.save(repo.files())
         self._audit.record(AuditEvent("firmware.published", now, actor, release.model,
                                       {"version": release.version, "sha256": release.image_sha256,
                                        "length": release.image_length}))
+        reference = reference_values_of(release)
+        if reference is not None and self._references is not None:
+            self._references.add_reference(reference)
+        if self._support_dates is not None:
+            self._support_dates(release.model, datetime.combine(release.end_of_support, time.max, tzinfo=UTC))
 
     def revoke(self, model: str, version: int, *, model_signer: Signer, actor: str) -> None:
         """Withdraw release ``version`` of ``model``."""
         now = self._clock.now()
         repo = self._repository()
-        repo.revoke(model, version, model_signer=model_signer, online_signer=self._online(), now=now)
+        repo.revoke(model, version, model_signer=model_signer, online_signer=self._online(repo), now=now)
         self._files.save(repo.files())
         self._audit.record(AuditEvent("firmware.revoked", now, actor, model, {"version": version}))
+        if self._references is not None:
+            self._references.remove_reference(model, str(version))
 
     def rotate_root(self, *, old_signers: Sequence[Signer], new_signers: Sequence[Signer], new_threshold: int,
                     actor: str) -> int:
@@ -110,9 +182,41 @@ class FirmwareService:
                                       {"version": version, "threshold": new_threshold}))
         return version
 
+    def rotate_online_key(self, *, root_signers: Sequence[Signer], root_threshold: int, actor: str) -> str:
+        """Replace the online snapshot/timestamp key: a new key in the hub's key store, named by a new root.
+
+        The root keys stay the same (all of them must be given, since the new
+        root lists exactly these); devices follow the root chain to the new
+        key, and whatever the old key signs afterwards is refused. Returns the
+        new key's id.
+
+        Raises:
+            ConfigError: fewer than the current threshold of root keys, or a bad threshold.
+        """
+        now = self._clock.now()
+        repo = self._repository()
+        label = f"{ONLINE_KEY_LABEL}-{len(self._online_labels()) + 1}"
+        self._keystore.generate(label, KeyKind.ED25519)
+        online = KeyStoreSigner(self._keystore, label)
+        repo.rotate_root(old_signers=root_signers, new_signers=root_signers, new_threshold=root_threshold, now=now,
+                         online_signer=online)
+        self._files.save(repo.files())
+        keyid = str(online.public_key.keyid)
+        self._audit.record(AuditEvent("firmware.online_key_rotated", now, actor, "firmware",
+                                      {"root_version": int(repo.root.version), "keyid": keyid}))
+        return keyid
+
     def releases(self, model: str) -> list[FirmwareRelease]:
         """Published releases of ``model``, oldest first."""
         return self._repository().releases(model)
+
+    def lifecycle_facts(self) -> list[FirmwareRelease]:
+        """The newest published release of every model (its end of support and disclosure contact)."""
+        if self._files.get("metadata/1.root.json") is None:
+            return []
+        repo = self._repository()
+        newest = [releases[-1] for releases in (repo.releases(m) for m in repo.models()) if releases]
+        return sorted(newest, key=lambda r: r.model)
 
     def refresh_timestamp(self) -> bool:
         """Re-sign snapshot and timestamp once half the timestamp's lifetime is left (maintenance duty).
@@ -126,10 +230,32 @@ class FirmwareService:
         now = self._clock.now()
         if repo.online_expires - now > self._expiry.timestamp / 2:
             return False
-        repo.refresh_online(self._online(), now)
+        repo.refresh_online(self._online(repo), now)
         self._files.save(repo.files())
         return True
 
     def file(self, path: str) -> bytes | None:
         """One repository file for a device, or ``None``."""
         return self._files.get(path)
+
+    def device_file(self, model: str, path: str) -> bytes:
+        """The repository file ``path`` for a device of ``model`` (the ``update_fetch`` request).
+
+        A device reads the top-level metadata and its own model's role and
+        images only: another model's releases are none of its business.
+
+        Raises:
+            MalformedError: ``path`` is not a repository file name.
+            UpdateRefused: ``update_wrong_model`` for another model's role or
+                image; ``update_not_found`` when the file does not exist.
+        """
+        match = DEVICE_FILE_PATH.fullmatch(path)
+        if match is None:
+            raise MalformedError("not a firmware repository path")
+        owner = match.group("role") or match.group("model")
+        if owner is not None and owner != model:
+            raise UpdateRefused("another model's firmware", code="update_wrong_model")
+        body = self._files.get(path)
+        if body is None:
+            raise UpdateRefused("no such repository file", code="update_not_found")
+        return body
