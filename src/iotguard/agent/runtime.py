@@ -174,6 +174,10 @@ class Agent:
                                   sign=lambda message: self.keystore.sign(_IDENTITY, message))
         return out.wire, out.transcript
 
+    def signed_request(self, action: str, path: str, body: dict[str, Any]) -> httpx.Response:
+        """POST a signed device request for ``action`` to ``path``; the hub's answer as it came (sensors, health)."""
+        return self._client_http().post(path, json=self._signed(action, body)[0])
+
     def _client_http(self, ca_fingerprint: str | None = None) -> httpx.Client:
         """HTTP client for the hub API, verified against the pinned fleet CA.
 

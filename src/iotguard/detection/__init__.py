@@ -11,7 +11,9 @@ from iotguard.detection.behaviour import AuthFailure, CloneRule, CredentialGuess
 from iotguard.detection.evaluate import EvaluationReport, evaluate_flows, is_malicious, roc_auc, tpr_at_fpr
 from iotguard.detection.features import FeatureConfig, FeatureExtractor, FeatureMatrix, feature_names
 from iotguard.detection.feed import ThreatFeed, parse_feed
+from iotguard.detection.flow_report import FlowReportLimits, decode_flow_report, encode_flow_report, split_for_reports
 from iotguard.detection.flows import CONN_STATES, PROTOCOLS, Flow, FlowBatch
+from iotguard.detection.monitor import FlowMonitor, MonitorConfig, parse_address_inventory
 from iotguard.detection.pcap import PcapLimits, PcapResult, flows_from_pcap
 from iotguard.detection.pipeline import DetectorConfig, FlowDetector
 from iotguard.detection.playbook import (
@@ -52,8 +54,11 @@ __all__ = [
     "Flow",
     "FlowBatch",
     "FlowDetector",
+    "FlowMonitor",
+    "FlowReportLimits",
     "GuardRails",
     "KnownBadRule",
+    "MonitorConfig",
     "NewPortRule",
     "PcapLimits",
     "PcapResult",
@@ -67,15 +72,19 @@ __all__ = [
     "ThreatFeed",
     "ZeekLimits",
     "approve",
+    "decode_flow_report",
     "default_playbook",
+    "encode_flow_report",
     "evaluate_flows",
     "feature_names",
     "flows_from_pcap",
     "is_malicious",
+    "parse_address_inventory",
     "parse_conn_log",
     "parse_feed",
     "parse_playbook",
     "plan",
     "roc_auc",
+    "split_for_reports",
     "tpr_at_fpr",
 ]

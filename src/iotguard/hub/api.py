@@ -33,6 +33,7 @@ from iotguard.hub.routers.devices import devices_router
 from iotguard.hub.routers.health import health_router
 from iotguard.hub.routers.operators import operators_router
 from iotguard.hub.routers.privacy import privacy_router
+from iotguard.hub.routers.sensing import sensing_router
 from iotguard.hub.routers.telemetry import telemetry_router
 
 if TYPE_CHECKING:  # the composition root imports this module's callers, not the other way round
@@ -140,4 +141,5 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
     app.include_router(telemetry_router(services.telemetry, services.operators, operator))
     app.include_router(make_audit_router(services.audit.log, operator("view_audit")))
     app.include_router(alerts_router(services.detection, services.operators, operator, metrics_registry))
+    app.include_router(sensing_router(services.flows, services.plane))
     return app

@@ -37,6 +37,7 @@ from iotguard.hub.services.firmware import FirmwareService
 from iotguard.hub.services.lifecycle import DeviceLifecycle, open_hub_keys
 from iotguard.hub.services.operators import OperatorService
 from iotguard.hub.services.posture import PostureService, open_policy
+from iotguard.hub.services.sensing import FlowIngestService
 from iotguard.hub.services.telemetry import TelemetryService
 from iotguard.hub.store import HubStore
 from iotguard.hub.stores.alerts import SqlAlertStore
@@ -72,6 +73,7 @@ class HubServices:
     attestation: AttestationService
     firmware: FirmwareService
     detection: DetectionService
+    flows: FlowIngestService
 
     def drainer(self, worker: str = "hub") -> OutboxDrainer:
         """An outbox drainer with every handler this process has.
@@ -126,7 +128,9 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                        TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link,
                        attestation,
                        FirmwareService(SqlFirmwareFileStore(store.engine), keystore, audit_sink, clock),
-                       detection)
+                       detection,
+                       flows=FlowIngestService(detection, Path(cfg.data_dir),
+                                               lambda: {p.device_id: p.model for p in posture.posture}))
 
 
 class Maintenance:

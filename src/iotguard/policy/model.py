@@ -25,6 +25,7 @@ DEVICE_ACTIONS: Final = frozenset({"publish", "subscribe"})
 DEVICE_SELF_ACTIONS: Final = frozenset({
     "complete_enrollment", "rekey", "renew", "tamper_report", "upload_receipt", "consent_ack", "attest",
     "update_check",
+    "report_flows", "report_health",
 })
 
 #: Actions an operator performs through the REST API or the CLI, with the

@@ -1,0 +1,123 @@
+"""The hub's flow input: sensors' flow reports into the streaming monitor, its alerts into the response.
+
+A sensor is a device enrolled with the model :data:`SENSOR_MODEL`; it sends
+``report_flows`` signed requests through the device plane (Cedar lets only
+sensors do so). :meth:`FlowIngestService.report` decodes the report
+strictly, runs it through this process's
+:class:`~iotguard.detection.FlowMonitor` (learn from the first flows, then
+score) and hands the alerts to
+:meth:`~iotguard.hub.services.detection.DetectionService.raise_alerts`
+(stored, audited, the playbook's response carried out).
+
+The device behind a flow's originator address is named by the operator's
+address inventory, ``<data_dir>/device_addresses`` (``<address>
+<device_id>`` lines; re-read when it changes, which restarts the monitor's
+learning). Flows from addresses that are not in it are still detected on,
+named by address; the planner suppresses actions on them (``not_a_device``).
+
+The monitor's state lives in this process: a deployment with several hub
+processes sends each sensor's reports to one of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from iotguard.detection import FlowMonitor, FlowReportLimits, MonitorConfig, decode_flow_report
+from iotguard.detection.monitor import MAX_INVENTORY_BYTES, parse_address_inventory
+from iotguard.errors import ConfigError, MalformedError
+from iotguard.hub.services.detection import DetectionService
+from iotguard.identity import VerifiedRequest
+
+__all__ = ["ADDRESS_INVENTORY_FILE", "SENSOR_MODEL", "FlowIngestService"]
+
+log = logging.getLogger(__name__)
+
+#: Device model of a sensor (the default policy lets only devices of this model report flows).
+SENSOR_MODEL = "iotguard-sensor"
+#: The address inventory's file name in the hub's data directory.
+ADDRESS_INVENTORY_FILE = "device_addresses"
+
+
+class FlowIngestService:
+    """Sensors' flows in, alerts out.
+
+    Args:
+        detection: Stores alerts and carries out the response.
+        data_dir: The hub's data directory (the address inventory).
+        models: Device id -> device model (per-model baselines).
+        config: The monitor's settings.
+        limits: Flow report bounds.
+    """
+
+    def __init__(self, detection: DetectionService, data_dir: Path, models: Callable[[], Mapping[str, str]], *,
+                 config: MonitorConfig | None = None, limits: FlowReportLimits | None = None) -> None:
+        self.detection = detection
+        self.inventory_path = data_dir / ADDRESS_INVENTORY_FILE
+        self._models = models
+        self.config = config or MonitorConfig()
+        self.limits = limits or FlowReportLimits()
+        self._lock = threading.Lock()
+        self._monitor: FlowMonitor | None = None
+        self._inventory_key: tuple[int, int] | None = None
+        self._inventory: dict[str, str] = {}
+        #: Flows accepted, and reports refused by reason code.
+        self.flows_accepted = 0
+        self.refused: Counter[str] = Counter()
+
+    def inventory(self) -> dict[str, str]:
+        """The address inventory (address -> device id) as last loaded."""
+        with self._lock:
+            self._current()
+            return dict(self._inventory)
+
+    def _load_inventory(self) -> tuple[int, int] | None:
+        try:
+            st = self.inventory_path.stat()
+        except FileNotFoundError:
+            if self._inventory_key is not None:
+                self._inventory = {}
+            return None
+        key = (st.st_mtime_ns, st.st_size)
+        if key != self._inventory_key:
+            try:
+                self._inventory = parse_address_inventory(self.inventory_path.read_bytes()[:MAX_INVENTORY_BYTES + 1])
+            except ConfigError as exc:  # keep the last good inventory: a typo must not blind the detector
+                log.error("address inventory %s not loaded (%s); keeping the previous one", self.inventory_path,
+                          exc)
+        return key
+
+    def _current(self) -> FlowMonitor:
+        key = self._load_inventory()
+        if self._monitor is None or key != self._inventory_key:
+            if self._monitor is not None:
+                log.info("address inventory changed: the flow monitor learns again")
+            self._inventory_key = key
+            self._monitor = FlowMonitor(self.config, devices=self._inventory, models=self._models())
+        return self._monitor
+
+    def report(self, req: VerifiedRequest) -> dict[str, Any]:
+        """One sensor's flow report (a verified, authorized ``report_flows`` request).
+
+        Raises:
+            MalformedError: the report does not decode (the ``flow_report_*``
+                reason is logged and counted in :attr:`refused`).
+        """
+        try:
+            batch = decode_flow_report(req.body["flows"], self.limits)
+        except MalformedError as exc:
+            self.refused[exc.code] += 1
+            log.warning("flow report from %s refused: %s", req.device_id, exc.code)
+            raise MalformedError(f"flow report refused ({exc.code})") from None
+        with self._lock:
+            monitor = self._current()
+            alerts = monitor.observe(batch)
+            self.flows_accepted += len(batch)
+            learning = monitor.learning
+        actions = self.detection.raise_alerts(alerts) if alerts else []
+        return {"accepted": len(batch), "alerts": len(alerts), "actions": len(actions), "learning": learning}

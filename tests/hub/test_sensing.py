@@ -1,0 +1,106 @@
+"""A sensor's flows through the device plane into the hub's detection and response."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cbor2
+
+from iotguard.agent import Agent
+from iotguard.detection import FlowBatch, encode_flow_report, split_for_reports
+from iotguard.hub.services.sensing import ADDRESS_INVENTORY_FILE, SENSOR_MODEL
+from iotguard.policy import AccessRequest
+from iotguard.sim import traffic
+from tests.hub.conftest import HubParts
+
+T0 = 1_767_225_600.0
+
+
+def _may_publish(hub: HubParts, device: str) -> bool:
+    return hub.services.posture.engine.decide(
+        AccessRequest.device(device, "publish", f"iotguard/default/{device}/telemetry")).allowed
+
+
+def _report(agent: Agent, batch: FlowBatch) -> list[dict[str, object]]:
+    answers = []
+    for report in split_for_reports(batch):
+        r = agent.signed_request("report_flows", "/v1/flows", {"flows": report})
+        assert r.status_code == 200, r.text
+        answers.append(r.json())
+    return answers
+
+
+def _fleet(hub: HubParts) -> list[traffic.SimDevice]:
+    sims = traffic.make_fleet(per_model=1, segments=1)[:3]
+    for d in sims:
+        hub.agent(d.device_id, model=d.model)
+    inventory = "".join(f"{d.address} {d.device_id}\n" for d in sims)
+    (Path(hub.cfg.data_dir) / ADDRESS_INVENTORY_FILE).write_text("# test fleet\n" + inventory)
+    return sims
+
+
+def test_sensor_reports_a_scanning_device_which_the_playbook_quarantines(hub: HubParts) -> None:
+    sims = _fleet(hub)
+    sensor = hub.agent("sensor-1", model=SENSOR_MODEL)
+    benign = FlowBatch.from_flows(traffic.benign_traffic(sims, T0, 900.0).flows)
+    answers = _report(sensor, benign)
+    assert sum(int(a["accepted"]) for a in answers) == len(benign)  # type: ignore[call-overload]
+    assert sum(int(a["alerts"]) for a in answers) == 0  # type: ignore[call-overload]
+    assert hub.services.detection.alerts() == []
+    scan = FlowBatch.from_flows(traffic.mirai_scan(sims[0], T0 + 950.0, 60.0).flows)
+    _report(sensor, scan)
+    alerts = hub.services.detection.alerts()
+    assert {(a.alert.device, a.alert.detector) for a in alerts} == {(sims[0].device_id, "scan_fanout")}
+    assert not _may_publish(hub, sims[0].device_id)
+    assert all(_may_publish(hub, d.device_id) for d in sims[1:])  # the others keep flowing
+    assert hub.services.flows.flows_accepted == len(benign) + len(scan)
+
+
+def test_forged_flows_an_ordinary_device_cannot_report_flows(hub: HubParts) -> None:
+    """A compromised thermostat must not feed the detectors flows that would quarantine its neighbours."""
+    sims = _fleet(hub)
+    thermo = hub.agent("thermo-x", model="thermo")
+    scan = FlowBatch.from_flows(traffic.mirai_scan(sims[1], T0, 60.0).flows[:200])
+    r = thermo.signed_request("report_flows", "/v1/flows", {"flows": encode_flow_report(scan)})
+    assert r.status_code == 403 and r.json()["error"] == "policy_denied"
+    assert hub.services.detection.alerts() == []
+    assert _may_publish(hub, sims[1].device_id)
+
+
+def test_quarantined_sensor_cannot_report_flows(hub: HubParts) -> None:
+    sims = _fleet(hub)
+    sensor = hub.agent("sensor-1", model=SENSOR_MODEL)
+    hub.services.posture.quarantine("sensor-1", actor="olga", reason="test")
+    flows = FlowBatch.from_flows(traffic.benign_traffic(sims, T0, 60.0).flows)
+    r = sensor.signed_request("report_flows", "/v1/flows", {"flows": encode_flow_report(flows)})
+    assert r.status_code == 403
+
+
+def test_malformed_flow_report_refused_with_its_reason(hub: HubParts) -> None:
+    _fleet(hub)
+    sensor = hub.agent("sensor-1", model=SENSOR_MODEL)
+    r = sensor.signed_request("report_flows", "/v1/flows", {"flows": bytes(cbor2.dumps({"v": 1}))})
+    assert r.status_code == 400 and r.json()["error"] == "malformed"
+    assert hub.services.flows.refused == {"flow_report_bad_keys": 1}
+
+
+def test_replayed_flow_report_refused(hub: HubParts) -> None:
+    sims = _fleet(hub)
+    sensor = hub.agent("sensor-1", model=SENSOR_MODEL)
+    flows = FlowBatch.from_flows(traffic.benign_traffic(sims, T0, 60.0).flows)
+    wire = sensor._signed("report_flows", {"flows": encode_flow_report(flows)})[0]
+    assert hub.client.post("/v1/flows", json=wire).status_code == 200
+    assert hub.client.post("/v1/flows", json=wire).status_code == 409
+    assert hub.services.flows.flows_accepted == len(flows)
+
+
+def test_flows_from_addresses_outside_the_inventory_alert_but_quarantine_nobody(hub: HubParts) -> None:
+    sims = _fleet(hub)
+    sensor = hub.agent("sensor-1", model=SENSOR_MODEL)
+    stranger = traffic.SimDevice("not-enrolled", "thermo", "10.99.0.7", "seg-0")
+    _report(sensor, FlowBatch.from_flows(traffic.mirai_scan(stranger, T0, 60.0).flows))
+    [alert] = hub.services.detection.alerts()
+    assert alert.alert.device == "10.99.0.7"
+    actions = hub.services.detection.alert(alert.alert_id)[1]
+    assert {a.reason for a in actions if a.kind == "quarantine"} == {"not_a_device"}
+    assert all(_may_publish(hub, d.device_id) for d in sims)
