@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import case, func, select
@@ -35,7 +36,7 @@ from iotguard.hub.services.broker_access import broker_access_message
 from iotguard.hub.store import DeviceRecord, HubStore
 from iotguard.hub.tls import HUB_MQTT_IDENTITY
 from iotguard.policy import AccessRequest, PolicyAdministration, PolicyEngine, PostureStore
-from iotguard.policy.acl import render_mosquitto_acl
+from iotguard.policy.acl import IncrementalAcl
 from iotguard.policy.policyset import default_policy_set
 from iotguard.policy.posture import Posture
 from iotguard.privacy import load_contract
@@ -137,6 +138,8 @@ class PostureService:
         self.clock = clock
         self.broker_managed = broker_managed
         self._reread: dict[str, float] = {}
+        self._acl = IncrementalAcl(engine, {HUB_MQTT_IDENTITY: HUB_MQTT_GRANTS})
+        self._acl_lock = threading.Lock()
 
     def _broker(self, device_id: str, reason: str) -> list[OutboxMessage]:
         return [broker_access_message(device_id, reason)] if self.broker_managed else []
@@ -243,9 +246,14 @@ class PostureService:
             raise PolicyDenied(f"no data contract for model {record.model!r}") from None
         check_reading(contract, reading.purpose, reading.fields)
 
-    def broker_acl(self) -> str:
-        """The Mosquitto ACL derived from the active Cedar policies and posture (micro-segmentation)."""
-        return render_mosquitto_acl(self.engine, service_accounts={HUB_MQTT_IDENTITY: HUB_MQTT_GRANTS})
+    def broker_acl(self, changed: Iterable[str] | None = None) -> str:
+        """The Mosquitto ACL derived from the active Cedar policies and posture (micro-segmentation).
+
+        ``changed`` names the devices whose posture changed since the last
+        call: only their grants are derived again (:class:`~iotguard.policy.acl.IncrementalAcl`).
+        """
+        with self._acl_lock:
+            return self._acl.render(changed)
 
     # -- changes made by other processes ----------------------------------
 
