@@ -109,7 +109,7 @@ def test_the_app_serves_the_routes_this_test_expects_to_cover(fleet: HubParts) -
     assert ("POST", "/v1/rekey") in routes and ("GET", "/v1/devices") in routes and len(routes) > 20
     devices = {p for _m, p, r in _routes(fleet.app) if _device_action(r)}
     assert devices == {"/v1/rekey", "/v1/renew", "/v1/tamper", "/v1/receipts", "/v1/consent/ack",
-                       "/v1/attest", "/v1/flows"}
+                       "/v1/attest", "/v1/flows", "/v1/device-health"}
 
 
 def _anonymous_violations(hub: HubParts) -> list[tuple[str, str, int]]:

@@ -104,3 +104,45 @@ def test_flows_from_addresses_outside_the_inventory_alert_but_quarantine_nobody(
     actions = hub.services.detection.alert(alert.alert_id)[1]
     assert {a.reason for a in actions if a.kind == "quarantine"} == {"not_a_device"}
     assert all(_may_publish(hub, d.device_id) for d in sims)
+
+
+def test_device_health_reports_build_a_baseline_and_a_dropped_backdoor_raises_risk(hub: HubParts) -> None:
+    import hashlib
+    from dataclasses import replace
+
+    from iotguard.detection import HealthReport, encode_health_report
+
+    agent = hub.agent("dev-h", model="thermo")
+    normal = HealthReport(int(T0), 40, 5200, hashlib.sha256(b"agent").digest(), (8883,),
+                          (("10.0.0.1:8883", 5000),), 12, 0)
+    for i in range(10):
+        r = agent.signed_request("report_health", "/v1/device-health",
+                                 {"metrics": encode_health_report(replace(normal, ts=int(T0) + 60 * i))})
+        assert r.status_code == 200 and r.json()["alerts"] == 0
+    infected = replace(normal, ts=int(T0) + 660, process_digest=hashlib.sha256(b"mirai").digest(),
+                       listening=(23, 8883))
+    r = agent.signed_request("report_health", "/v1/device-health", {"metrics": encode_health_report(infected)})
+    assert r.status_code == 200 and r.json()["alerts"] == 2
+    assert {a.alert.detector for a in hub.services.detection.alerts(device_id="dev-h")} == {
+        "process_change", "new_listening_port"}
+    assert hub.services.posture.posture.require("dev-h").risk_score == 90  # two high alerts: contained by policy
+    assert not _may_publish(hub, "dev-h")
+
+
+def test_lateral_health_report_about_another_device_is_refused(hub: HubParts) -> None:
+    """A device signs a report naming another device id: the signature is checked against the claimed device."""
+    a = hub.agent("dev-a", model="thermo")
+    hub.agent("dev-b", model="thermo")
+    from iotguard.identity import sign_device_request
+
+    forged = sign_device_request("report_health", "dev-b", {"metrics": b"\xa0"}, now=hub.services.clock.now(),
+                                 sign=lambda m: a.keystore.sign("identity", m))
+    r = hub.client.post("/v1/device-health", json=forged.wire)
+    assert r.status_code == 401 and r.json()["error"] == "forged"
+
+
+def test_malformed_health_report_refused_with_its_reason(hub: HubParts) -> None:
+    agent = hub.agent("dev-h", model="thermo")
+    r = agent.signed_request("report_health", "/v1/device-health", {"metrics": b"\xa1\x61v\x02"})
+    assert r.status_code == 400 and r.json()["error"] == "malformed"
+    assert hub.services.health.refused == {"health_bad_keys": 1}

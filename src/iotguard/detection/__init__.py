@@ -13,6 +13,13 @@ from iotguard.detection.features import FeatureConfig, FeatureExtractor, Feature
 from iotguard.detection.feed import ThreatFeed, parse_feed
 from iotguard.detection.flow_report import FlowReportLimits, decode_flow_report, encode_flow_report, split_for_reports
 from iotguard.detection.flows import CONN_STATES, PROTOCOLS, Flow, FlowBatch
+from iotguard.detection.health import (
+    HealthConfig,
+    HealthDetector,
+    HealthReport,
+    decode_health_report,
+    encode_health_report,
+)
 from iotguard.detection.monitor import FlowMonitor, MonitorConfig, parse_address_inventory
 from iotguard.detection.pcap import PcapLimits, PcapResult, flows_from_pcap
 from iotguard.detection.pipeline import DetectorConfig, FlowDetector
@@ -57,6 +64,9 @@ __all__ = [
     "FlowMonitor",
     "FlowReportLimits",
     "GuardRails",
+    "HealthConfig",
+    "HealthDetector",
+    "HealthReport",
     "KnownBadRule",
     "MonitorConfig",
     "NewPortRule",
@@ -73,8 +83,10 @@ __all__ = [
     "ZeekLimits",
     "approve",
     "decode_flow_report",
+    "decode_health_report",
     "default_playbook",
     "encode_flow_report",
+    "encode_health_report",
     "evaluate_flows",
     "feature_names",
     "flows_from_pcap",

@@ -141,5 +141,5 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
     app.include_router(telemetry_router(services.telemetry, services.operators, operator))
     app.include_router(make_audit_router(services.audit.log, operator("view_audit")))
     app.include_router(alerts_router(services.detection, services.operators, operator, metrics_registry))
-    app.include_router(sensing_router(services.flows, services.plane))
+    app.include_router(sensing_router(services.flows, services.health, services.plane))
     return app

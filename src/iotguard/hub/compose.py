@@ -37,7 +37,7 @@ from iotguard.hub.services.firmware import FirmwareService
 from iotguard.hub.services.lifecycle import DeviceLifecycle, open_hub_keys
 from iotguard.hub.services.operators import OperatorService
 from iotguard.hub.services.posture import PostureService, open_policy
-from iotguard.hub.services.sensing import FlowIngestService
+from iotguard.hub.services.sensing import DeviceHealthService, FlowIngestService
 from iotguard.hub.services.telemetry import TelemetryService
 from iotguard.hub.store import HubStore
 from iotguard.hub.stores.alerts import SqlAlertStore
@@ -74,6 +74,7 @@ class HubServices:
     firmware: FirmwareService
     detection: DetectionService
     flows: FlowIngestService
+    health: DeviceHealthService
 
     def drainer(self, worker: str = "hub") -> OutboxDrainer:
         """An outbox drainer with every handler this process has.
@@ -130,7 +131,8 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                        FirmwareService(SqlFirmwareFileStore(store.engine), keystore, audit_sink, clock),
                        detection,
                        flows=FlowIngestService(detection, Path(cfg.data_dir),
-                                               lambda: {p.device_id: p.model for p in posture.posture}))
+                                               lambda: {p.device_id: p.model for p in posture.posture}),
+                       health=DeviceHealthService(detection))
 
 
 class Maintenance:

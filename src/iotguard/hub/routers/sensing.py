@@ -7,13 +7,13 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from iotguard.hub.device_plane import DevicePlane, device_request, signed_request_openapi
-from iotguard.hub.services.sensing import FlowIngestService
+from iotguard.hub.services.sensing import DeviceHealthService, FlowIngestService
 from iotguard.identity import VerifiedRequest
 
 __all__ = ["sensing_router"]
 
 
-def sensing_router(flows: FlowIngestService, plane: DevicePlane) -> APIRouter:
+def sensing_router(flows: FlowIngestService, health: DeviceHealthService, plane: DevicePlane) -> APIRouter:
     """Routes of the detection inputs."""
     router = APIRouter(tags=["detection"])
 
@@ -22,5 +22,11 @@ def sensing_router(flows: FlowIngestService, plane: DevicePlane) -> APIRouter:
                      ) -> dict[str, Any]:
         """A sensor reports the flows it saw (signed device request; only sensors may)."""
         return flows.report(req)
+
+    @router.post("/v1/device-health", openapi_extra=signed_request_openapi("report_health"))
+    def report_health(req: VerifiedRequest = Depends(device_request(plane, "report_health"))  # noqa: B008
+                      ) -> dict[str, Any]:
+        """A device reports its own health metrics (signed device request)."""
+        return health.report(req)
 
     return router

@@ -6,7 +6,7 @@ release writes a :func:`broker_access_message` row in its transaction.
 the database (idempotent: a redelivery rewrites the same files) and sending
 SIGHUP to Mosquitto. Rows queued together are delivered by one rewrite.
 Rows that only change devices' posture (:data:`POSTURE_REASONS`: quarantine,
-release, tamper, attestation results) rewrite only the ACL, with only those
+release, tamper, risk, attestation results) rewrite only the ACL, with only those
 devices' grants derived again; anything else re-issues the CRL and derives
 the whole ACL. The CLI delivers them too, so ``iotguard devices revoke`` reaches
 the broker without a running hub.
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 #: Outbox kind of a broker access rewrite.
 BROKER_ACCESS_KIND = "broker.access"
 #: Reasons that change one device's posture only (no certificate revoked, no device added or removed).
-POSTURE_REASONS = frozenset({"quarantined", "released", "tampered"})
+POSTURE_REASONS = frozenset({"quarantined", "released", "tampered", "risk"})
 
 
 def broker_access_message(device_id: str, reason: str) -> OutboxMessage:

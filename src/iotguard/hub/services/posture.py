@@ -226,7 +226,7 @@ class PostureService:
                 changed.append(device_id)
         if changed:
             save_posture(self.store.engine, [self.posture.require(d) for d in changed], now=self.clock.now(),
-                         effects=self._broker(changed[0], "risk"))
+                         effects=[m for d in changed for m in self._broker(d, "risk")])
         return changed
 
     def authorize_reading(self, record: DeviceRecord, topic: str, reading: Reading) -> None:

@@ -1,4 +1,4 @@
-"""The hub's flow input: sensors' flow reports into the streaming monitor, its alerts into the response.
+"""The hub's detection inputs: sensors' flow reports and devices' health reports, their alerts into the response.
 
 A sensor is a device enrolled with the model :data:`SENSOR_MODEL`; it sends
 ``report_flows`` signed requests through the device plane (Cedar lets only
@@ -15,8 +15,14 @@ address inventory, ``<data_dir>/device_addresses`` (``<address>
 learning). Flows from addresses that are not in it are still detected on,
 named by address; the planner suppresses actions on them (``not_a_device``).
 
-The monitor's state lives in this process: a deployment with several hub
-processes sends each sensor's reports to one of them.
+:class:`DeviceHealthService` takes each device's own signed
+``report_health`` requests into a per-device
+:class:`~iotguard.detection.HealthDetector` (process set, listening ports,
+destinations, resource and message rates against the device's baseline).
+
+The monitors' state lives in this process: a deployment with several hub
+processes sends each sensor's (and device's) reports to one of them, or
+accepts that each process learns its own baselines.
 """
 
 from __future__ import annotations
@@ -28,13 +34,21 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from iotguard.detection import FlowMonitor, FlowReportLimits, MonitorConfig, decode_flow_report
+from iotguard.detection import (
+    FlowMonitor,
+    FlowReportLimits,
+    HealthConfig,
+    HealthDetector,
+    MonitorConfig,
+    decode_flow_report,
+    decode_health_report,
+)
 from iotguard.detection.monitor import MAX_INVENTORY_BYTES, parse_address_inventory
 from iotguard.errors import ConfigError, MalformedError
 from iotguard.hub.services.detection import DetectionService
 from iotguard.identity import VerifiedRequest
 
-__all__ = ["ADDRESS_INVENTORY_FILE", "SENSOR_MODEL", "FlowIngestService"]
+__all__ = ["ADDRESS_INVENTORY_FILE", "SENSOR_MODEL", "DeviceHealthService", "FlowIngestService"]
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +135,39 @@ class FlowIngestService:
             learning = monitor.learning
         actions = self.detection.raise_alerts(alerts) if alerts else []
         return {"accepted": len(batch), "alerts": len(alerts), "actions": len(actions), "learning": learning}
+
+
+class DeviceHealthService:
+    """Devices' own health reports in, alerts out.
+
+    Args:
+        detection: Stores alerts and carries out the response.
+        config: The health detector's settings.
+    """
+
+    def __init__(self, detection: DetectionService, config: HealthConfig | None = None) -> None:
+        self.detection = detection
+        self.detector = HealthDetector(config)
+        self._lock = threading.Lock()
+        #: Reports accepted, and refused by reason code.
+        self.reports_accepted = 0
+        self.refused: Counter[str] = Counter()
+
+    def report(self, req: VerifiedRequest) -> dict[str, Any]:
+        """One device's health report (a verified, authorized ``report_health`` request about itself).
+
+        Raises:
+            MalformedError: the report does not decode (the ``health_*`` reason is logged and counted).
+        """
+        try:
+            report = decode_health_report(req.body["metrics"])
+        except MalformedError as exc:
+            self.refused[exc.code] += 1
+            log.warning("health report from %s refused: %s", req.device_id, exc.code)
+            raise MalformedError(f"health report refused ({exc.code})") from None
+        with self._lock:
+            alerts = self.detector.observe(req.device_id, report)
+            learning = self.detector.learning(req.device_id)
+            self.reports_accepted += 1
+        actions = self.detection.raise_alerts(alerts) if alerts else []
+        return {"alerts": len(alerts), "actions": len(actions), "learning": learning}
