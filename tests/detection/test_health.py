@@ -104,3 +104,27 @@ def test_each_device_has_its_own_baseline() -> None:
     other = replace(_normal(0, rng), process_digest=hashlib.sha256(b"camera firmware").digest())
     assert detector.observe("dev-2", other) == []  # dev-2 is still learning its own normal
     assert detector.learning("dev-2") and not detector.learning("dev-1")
+
+
+# -- the hub's own signals ----------------------------------------------------------
+
+
+def test_refusal_rule_alerts_on_a_device_the_policy_keeps_denying() -> None:
+    from iotguard.detection import Refusal, RefusalRule
+
+    rule = RefusalRule()
+    alerts = rule.observe([Refusal(T0 + i, "dev-1", "policy_denied", "rekey") for i in range(5)])
+    assert [(a.device, a.detector) for a in alerts] == [("dev-1", "policy_denials")]
+    assert rule.observe([Refusal(T0 + 10 + i, "dev-1", "policy_denied", "rekey") for i in range(5)]) == []  # quiet
+    spread = [Refusal(T0 + 1000 + 30 * i, "dev-2", "policy_denied") for i in range(5)]  # 5 in 120 s: not 5 in 60 s
+    assert rule.observe(spread) == []
+
+
+def test_forged_requests_under_a_device_id_do_not_count_against_that_device() -> None:
+    """Anyone who knows a device id can send forged or replayed requests naming it; they must not raise its
+    risk (that would let an attacker contain any device by name)."""
+    from iotguard.detection import Refusal, RefusalRule
+
+    rule = RefusalRule()
+    events = [Refusal(T0 + i, "victim", reason) for i in range(30) for reason in ("forged", "replay", "stale")]
+    assert rule.observe(events) == []

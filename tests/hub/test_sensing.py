@@ -146,3 +146,25 @@ def test_malformed_health_report_refused_with_its_reason(hub: HubParts) -> None:
     r = agent.signed_request("report_health", "/v1/device-health", {"metrics": b"\xa1\x61v\x02"})
     assert r.status_code == 400 and r.json()["error"] == "malformed"
     assert hub.services.health.refused == {"health_bad_keys": 1}
+
+
+def test_device_the_policy_keeps_denying_raises_a_policy_denials_alert(hub: HubParts) -> None:
+    agent = hub.agent("dev-p", model="thermo")
+    hub.services.posture.quarantine("dev-p", actor="olga", reason="test")
+    for _ in range(5):  # a quarantined device keeps asking for new keys
+        r = agent.signed_request("renew", "/v1/renew", {"transport_public_key": bytes(range(32))})
+        assert r.status_code == 403
+    assert [a.alert.detector for a in hub.services.detection.alerts(device_id="dev-p")] == ["policy_denials"]
+
+
+def test_forged_requests_naming_a_device_do_not_raise_its_risk(hub: HubParts) -> None:
+    hub.agent("victim", model="thermo")
+    attacker = hub.agent("attacker", model="thermo")
+    from iotguard.identity import sign_device_request
+
+    for _ in range(10):
+        forged = sign_device_request("renew", "victim", {"transport_public_key": bytes(range(32))},
+                                     now=hub.services.clock.now(), sign=lambda m: attacker.keystore.sign("identity", m))
+        assert hub.client.post("/v1/renew", json=forged.wire).status_code in (401, 429)
+    assert hub.services.detection.alerts(device_id="victim") == []
+    assert hub.services.posture.posture.require("victim").risk_score == 0

@@ -7,7 +7,14 @@ come out as data for the hub to store, audit and execute.
 
 from iotguard.detection.alert import Alert, Severity
 from iotguard.detection.autoencoder import AutoencoderConfig, AutoencoderEnsemble
-from iotguard.detection.behaviour import AuthFailure, CloneRule, CredentialGuessingRule, SessionSeen
+from iotguard.detection.behaviour import (
+    AuthFailure,
+    CloneRule,
+    CredentialGuessingRule,
+    Refusal,
+    RefusalRule,
+    SessionSeen,
+)
 from iotguard.detection.evaluate import EvaluationReport, evaluate_flows, is_malicious, roc_auc, tpr_at_fpr
 from iotguard.detection.features import FeatureConfig, FeatureExtractor, FeatureMatrix, feature_names
 from iotguard.detection.feed import ThreatFeed, parse_feed
@@ -74,6 +81,8 @@ __all__ = [
     "PcapResult",
     "Playbook",
     "PlaybookRule",
+    "Refusal",
+    "RefusalRule",
     "ResponseState",
     "ScanFanOutRule",
     "ScorerConfig",

@@ -37,7 +37,7 @@ from iotguard.hub.services.firmware import FirmwareService
 from iotguard.hub.services.lifecycle import DeviceLifecycle, open_hub_keys
 from iotguard.hub.services.operators import OperatorService
 from iotguard.hub.services.posture import PostureService, open_policy
-from iotguard.hub.services.sensing import DeviceHealthService, FlowIngestService
+from iotguard.hub.services.sensing import DeviceHealthService, FlowIngestService, HubSignalsService
 from iotguard.hub.services.telemetry import TelemetryService
 from iotguard.hub.store import HubStore
 from iotguard.hub.stores.alerts import SqlAlertStore
@@ -75,6 +75,7 @@ class HubServices:
     detection: DetectionService
     flows: FlowIngestService
     health: DeviceHealthService
+    signals: HubSignalsService
 
     def drainer(self, worker: str = "hub") -> OutboxDrainer:
         """An outbox drainer with every handler this process has.
@@ -113,7 +114,12 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     commands = CommandChannel()
     consent = ConsentService(PrivacyStore(store.engine, audit=audit_sink, keystore=keystore), store, lifecycle,
                              commands, clock)
-    plane = DevicePlane(store, store.engine, engine, audit_sink, clock, reread_posture=posture.reread)
+    playbook = ActivePlaybook(Path(cfg.data_dir))
+    detection = DetectionService(SqlAlertStore(store.engine), posture, lifecycle.revoke, playbook, clock,
+                                 notifier=WebhookNotifier(playbook))
+    signals = HubSignalsService(detection)
+    plane = DevicePlane(store, store.engine, engine, audit_sink, clock, reread_posture=posture.reread,
+                        on_refusal=signals.refused)
     operators = OperatorService(store, engine, audit_sink, clock, plane)
     processor = IngestProcessor(store, lifecycle, cfg, clock=clock, audit=log_,
                                 authorizer=posture.authorize_reading)
@@ -122,9 +128,6 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
         broker = BrokerAccess(cfg.mosquitto_dir, cfg.mosquitto_pid_file, lifecycle.ca, store, posture.broker_acl,
                               clock)
     attestation = AttestationService(SqlAttestationStore(store.engine), store, posture, outbox, clock)
-    playbook = ActivePlaybook(Path(cfg.data_dir))
-    detection = DetectionService(SqlAlertStore(store.engine), posture, lifecycle.revoke, playbook, clock,
-                                 notifier=WebhookNotifier(playbook))
     return HubServices(cfg, clock, store, keystore, outbox, audit, posture, lifecycle, consent, operators,
                        TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link,
                        attestation,
@@ -132,7 +135,7 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                        detection,
                        flows=FlowIngestService(detection, Path(cfg.data_dir),
                                                lambda: {p.device_id: p.model for p in posture.posture}),
-                       health=DeviceHealthService(detection))
+                       health=DeviceHealthService(detection), signals=signals)
 
 
 class Maintenance:

@@ -20,6 +20,10 @@ named by address; the planner suppresses actions on them (``not_a_device``).
 :class:`~iotguard.detection.HealthDetector` (process set, listening ports,
 destinations, resource and message rates against the device's baseline).
 
+:class:`HubSignalsService` turns what the hub itself sees into alerts: the
+device plane's refusals feed a :class:`~iotguard.detection.RefusalRule`
+(an authenticated device the policy keeps denying).
+
 The monitors' state lives in this process: a deployment with several hub
 processes sends each sensor's (and device's) reports to one of them, or
 accepts that each process learns its own baselines.
@@ -31,6 +35,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +45,17 @@ from iotguard.detection import (
     HealthConfig,
     HealthDetector,
     MonitorConfig,
+    Refusal,
+    RefusalRule,
     decode_flow_report,
     decode_health_report,
 )
 from iotguard.detection.monitor import MAX_INVENTORY_BYTES, parse_address_inventory
-from iotguard.errors import ConfigError, MalformedError
+from iotguard.errors import ConfigError, IotGuardError, MalformedError
 from iotguard.hub.services.detection import DetectionService
 from iotguard.identity import VerifiedRequest
 
-__all__ = ["ADDRESS_INVENTORY_FILE", "SENSOR_MODEL", "DeviceHealthService", "FlowIngestService"]
+__all__ = ["ADDRESS_INVENTORY_FILE", "SENSOR_MODEL", "DeviceHealthService", "FlowIngestService", "HubSignalsService"]
 
 log = logging.getLogger(__name__)
 
@@ -171,3 +178,31 @@ class DeviceHealthService:
             self.reports_accepted += 1
         actions = self.detection.raise_alerts(alerts) if alerts else []
         return {"alerts": len(alerts), "actions": len(actions), "learning": learning}
+
+
+class HubSignalsService:
+    """The hub's own observations of devices (refused requests) into the behaviour rules.
+
+    Args:
+        detection: Stores alerts and carries out the response.
+        rule: The refusal rule (default thresholds when None).
+    """
+
+    def __init__(self, detection: DetectionService, rule: RefusalRule | None = None) -> None:
+        self.detection = detection
+        self.rule = rule or RefusalRule()
+        self._lock = threading.Lock()
+
+    def refused(self, device_id: str, action: str, reason: str, now: datetime) -> None:
+        """A device request was refused (called by the device plane after auditing the refusal).
+
+        Never raises: the refusal stands whatever happens to the alert (a failure is logged).
+        """
+        with self._lock:
+            alerts = self.rule.observe([Refusal(now.timestamp(), device_id, reason, action)])
+        if not alerts:
+            return
+        try:
+            self.detection.raise_alerts(alerts)
+        except IotGuardError as exc:
+            log.error("alert on refusals of %s not raised: %s", device_id, exc.code)
