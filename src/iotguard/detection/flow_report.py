@@ -29,6 +29,7 @@ import cbor2
 import numpy as np
 import numpy.typing as npt
 
+from iotguard.detection._cbor import decode_canonical_map
 from iotguard.detection.flows import CONN_STATES, PROTOCOLS, FlowBatch
 from iotguard.errors import MalformedError
 
@@ -126,22 +127,8 @@ def decode_flow_report(data: bytes, limits: FlowReportLimits | None = None) -> F
             ``flow_report_bad_value``.
     """
     limits = limits or FlowReportLimits()
-    if len(data) > limits.max_bytes:
-        raise _fail("too_large", f"{len(data)} bytes, limit {limits.max_bytes}")
-    try:
-        body = cbor2.loads(data)
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError, MemoryError):
-        raise _fail("not_cbor", "not valid CBOR") from None
-    if not isinstance(body, dict) or set(body) != _KEYS:
-        raise _fail("bad_keys", "not a map with exactly the report's keys")
-    try:
-        canonical = cbor2.dumps(body, canonical=True)
-    except (cbor2.CBOREncodeError, ValueError, TypeError):
-        raise _fail("not_canonical", "not canonical CBOR") from None
-    if canonical != data:
-        raise _fail("not_canonical", "not canonical CBOR")
-    if type(body["v"]) is not int or body["v"] != VERSION:
-        raise _fail("version", "unsupported version")
+    body = decode_canonical_map(data, max_bytes=limits.max_bytes, keys=_KEYS, version=VERSION,
+                                prefix="flow_report", what="flow report")
     n = body["n"]
     if type(n) is not int or not 1 <= n <= limits.max_flows:
         raise _fail("too_many", f"flow count must lie in 1..{limits.max_flows}")

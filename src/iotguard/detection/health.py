@@ -37,6 +37,7 @@ from typing import Any, Final
 
 import cbor2
 
+from iotguard.detection._cbor import decode_canonical_map
 from iotguard.detection.alert import Alert, Severity
 from iotguard.detection.rules import Throttle
 from iotguard.errors import ConfigError, MalformedError
@@ -111,21 +112,8 @@ def decode_health_report(data: bytes) -> HealthReport:
             ``health_not_canonical``, ``health_bad_keys``, ``health_version``,
             ``health_bad_value``, ``health_bad_ports`` or ``health_bad_outbound``.
     """
-    if len(data) > MAX_REPORT_BYTES:
-        raise _fail("too_large", f"{len(data)} bytes, limit {MAX_REPORT_BYTES}")
-    try:
-        body = cbor2.loads(data)
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError, MemoryError):
-        raise _fail("not_cbor", "not valid CBOR") from None
-    if not isinstance(body, dict) or set(body) != _KEYS:
-        raise _fail("bad_keys", "not a map with exactly the report's keys")
-    try:
-        if cbor2.dumps(body, canonical=True) != data:
-            raise _fail("not_canonical", "not canonical CBOR")
-    except (cbor2.CBOREncodeError, ValueError, TypeError):
-        raise _fail("not_canonical", "not canonical CBOR") from None
-    if type(body["v"]) is not int or body["v"] != VERSION:
-        raise _fail("version", "unsupported version")
+    body = decode_canonical_map(data, max_bytes=MAX_REPORT_BYTES, keys=_KEYS, version=VERSION, prefix="health",
+                                what="health report")
     digest = body["process_digest"]
     if not isinstance(digest, bytes) or len(digest) != 32:
         raise _fail("bad_value", "process_digest must be 32 bytes")
