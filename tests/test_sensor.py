@@ -168,3 +168,21 @@ def test_report_refused_as_malformed_is_dropped_not_retried_forever() -> None:
     with pytest.raises(IotGuardError) as info:
         FlowSender(_Hub(status=503)).send(FlowBatch.from_flows(_flows(5)))
     assert info.value.code == "sensor_unavailable"
+
+
+def test_rotation_to_a_log_with_other_fields_parses_each_file_with_its_own_header(tmp_path: Path) -> None:
+    """The new file may declare other columns (a Zeek upgrade): the old file's last lines keep the old header."""
+    flows = _flows(8)
+    header, lines = _data_lines(flows[:4])
+    log = tmp_path / "conn.log"
+    log.write_bytes(header + b"".join(lines[:2]))
+    tail = ZeekTail(tmp_path)
+    got = [tail.poll()]
+    with log.open("ab") as f:
+        f.write(b"".join(lines[2:]))
+    log.rename(tmp_path / "conn.old.log")
+    records = [{"ts": round(f.ts, 6), "id.orig_h": f.orig_h, "id.orig_p": f.orig_p, "id.resp_h": f.resp_h,
+                "id.resp_p": f.resp_p, "proto": f.proto, "conn_state": f.conn_state} for f in flows[4:]]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))  # now JSON lines
+    got.append(tail.poll())
+    assert _ts(got) == _want(flows)

@@ -156,13 +156,22 @@ class ZeekTail:
         if self._fh is None and not self._open():
             return None
         lines = self._read()
+        parts = []
         if self._rotated():
             lines += self._read()  # the rest of the old file, through the descriptor still open on it
+            parts.append(self._parse(lines))  # with the old file's header
             self._open()
-            lines += self._read()
-        return self._parse(lines) if lines else None
+            lines = self._read()
+        parts.append(self._parse(lines))
+        found = [p for p in parts if p is not None]
+        if len(found) <= 1:
+            return found[0] if found else None
+        return FlowBatch(**{name: np.concatenate([getattr(p, name) for p in found])
+                            for name in FlowBatch.__dataclass_fields__})
 
     def _parse(self, lines: list[bytes]) -> FlowBatch | None:
+        if not lines:
+            return None
         header = b"" if lines[0].lstrip().startswith(b"{") else b"".join(self._header)
         try:
             return parse_conn_log(header + b"".join(lines), limits=self.limits).flows
