@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import cbor2
+import pytest
 
 from iotguard.agent import Agent
 from iotguard.detection import FlowBatch, encode_flow_report, split_for_reports
@@ -168,3 +169,22 @@ def test_forged_requests_naming_a_device_do_not_raise_its_risk(hub: HubParts) ->
         assert hub.client.post("/v1/renew", json=forged.wire).status_code in (401, 429)
     assert hub.services.detection.alerts(device_id="victim") == []
     assert hub.services.posture.posture.require("victim").risk_score == 0
+
+
+def test_sensor_cli_sends_a_captures_flows_and_the_scan_in_it_is_caught(
+        hub: HubParts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``iotguard sensor --pcap``: a capture of a telnet SYN scan from a fleet device becomes a scan alert."""
+    from iotguard.cli.main import main
+    from tests.detection.test_pcap import S, _capture, _tcp
+
+    sims = _fleet(hub)
+    sensor = hub.agent("sensor-1", model=SENSOR_MODEL)
+    monkeypatch.setattr("iotguard.agent.Agent", lambda _cfg, _device_id: sensor)
+    packets = [(T0 + 0.05 * i, _tcp(sims[0].address, 40000 + i, f"198.18.{i // 250}.{i % 250 + 1}", 23, S))
+               for i in range(300)]
+    capture = tmp_path / "scan.pcap"
+    capture.write_bytes(_capture(packets))
+    assert main(["sensor", "--device-id", "sensor-1", "--pcap", str(capture)]) == 0
+    assert "sent 300 flows from 300 packets" in capsys.readouterr().out
+    assert {(a.alert.device, a.alert.detector) for a in hub.services.detection.alerts()} == {
+        (sims[0].device_id, "scan_fanout")}
