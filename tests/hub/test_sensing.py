@@ -188,3 +188,29 @@ def test_sensor_cli_sends_a_captures_flows_and_the_scan_in_it_is_caught(
     assert "sent 300 flows from 300 packets" in capsys.readouterr().out
     assert {(a.alert.device, a.alert.detector) for a in hub.services.detection.alerts()} == {
         (sims[0].device_id, "scan_fanout")}
+
+
+def test_fleet_wide_firmware_change_seen_by_the_sensor_quarantines_no_more_than_the_blast_radius(
+        hub: HubParts) -> None:
+    """Every thermostat updates and changes behaviour together. Even under a playbook that quarantines on any
+    anomaly, the hub contains at most the blast radius (10 % of the segment, at least 1) automatically."""
+    from iotguard.hub.services.audit import OutboxAuditSink
+    from iotguard.hub.services.detection import activate_playbook
+    from tests.detection.test_false_positive_guard import AGGRESSIVE
+
+    sims = traffic.make_fleet(per_model=10, segments=1, models=("thermo", "meter"))
+    for d in sims:
+        hub.agent(d.device_id, model=d.model)
+    (Path(hub.cfg.data_dir) / ADDRESS_INVENTORY_FILE).write_text("".join(f"{d.address} {d.device_id}\n" for d in sims))
+    activate_playbook(Path(hub.cfg.data_dir), AGGRESSIVE, actor="olga",
+                      audit=OutboxAuditSink(hub.services.outbox, hub.services.clock), now=hub.services.clock.now())
+    sensor = hub.agent("sensor-1", model=SENSOR_MODEL)
+    _report(sensor, FlowBatch.from_flows(traffic.benign_traffic(sims, T0, 2 * 3600.0).flows))
+    assert not hub.services.flows._current().learning
+    _report(sensor, FlowBatch.from_flows(traffic.firmware_change(sims, "thermo", T0 + 2 * 3600.0, 1800.0).flows))
+    alerted = {a.alert.device for a in hub.services.detection.alerts()}
+    quarantined = [d.device_id for d in sims if hub.services.posture.posture.require(d.device_id).quarantined]
+    assert len(alerted) >= 5  # the change is seen ...
+    assert 1 <= len(quarantined) <= 2  # ... but 20 devices x 10 % = 2 at most are contained automatically
+    waiting = [a for a in hub.services.detection.awaiting_approval() if a.reason == "blast_radius"]
+    assert {a.device_id for a in waiting} >= alerted - set(quarantined)  # the rest wait for an operator
