@@ -8,6 +8,7 @@ come out as data for the hub to store, audit and execute.
 from iotguard.detection.alert import Alert, Severity
 from iotguard.detection.autoencoder import AutoencoderConfig, AutoencoderEnsemble
 from iotguard.detection.behaviour import (
+    AppraisalRule,
     AuthFailure,
     CloneRule,
     CredentialGuessingRule,
@@ -50,6 +51,7 @@ __all__ = [
     "ActionKind",
     "ActionStatus",
     "Alert",
+    "AppraisalRule",
     "AuthFailure",
     "AutoencoderConfig",
     "AutoencoderEnsemble",

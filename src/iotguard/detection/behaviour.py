@@ -12,6 +12,9 @@
   against that device: anyone who knows a device id can send them, and
   alerts raise the named device's risk, so counting them would let an
   attacker contain any device by name.
+* :class:`AppraisalRule` — a remote attestation appraised the device's
+  evidence as ``contraindicated`` (``attestation_failed``, critical) or
+  ``warning`` (``attestation_degraded``, medium).
 
 All keep bounded state: the last ``threshold`` failure times per key, and a
 few recent addresses per device, for at most ``max_keys`` keys.
@@ -27,7 +30,15 @@ from iotguard.detection.alert import Alert, Severity
 from iotguard.detection.rules import Throttle
 from iotguard.errors import ConfigError
 
-__all__ = ["AuthFailure", "CloneRule", "CredentialGuessingRule", "Refusal", "RefusalRule", "SessionSeen"]
+__all__ = [
+    "AppraisalRule",
+    "AuthFailure",
+    "CloneRule",
+    "CredentialGuessingRule",
+    "Refusal",
+    "RefusalRule",
+    "SessionSeen",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,3 +232,30 @@ class RefusalRule:
                     "refusals": threshold, "reason": ev.reason, "action": ev.action[:32],
                     "window_s": self.window_s}))
         return out
+
+
+class AppraisalRule:
+    """Attestation appraisals that did not affirm the device become alerts (one per device and tier per
+    ``realert_s``: a device re-attesting in a loop is one alert, not a flood).
+
+    Args:
+        realert_s: Quiet time per device and detector after an alert.
+    """
+
+    #: Appraisal tier -> (detector, severity).
+    TIERS: dict[str, tuple[str, Severity]] = {
+        "contraindicated": ("attestation_failed", Severity.CRITICAL),
+        "warning": ("attestation_degraded", Severity.MEDIUM),
+    }
+
+    def __init__(self, realert_s: float = 300.0) -> None:
+        self.throttle = Throttle(realert_s)
+
+    def observe(self, device: str, tier: str, reasons: Iterable[str], ts: float) -> list[Alert]:
+        """An appraisal of ``device`` with its overall ``tier`` and reason codes."""
+        found = self.TIERS.get(tier)
+        if found is None or not self.throttle.allow(device, found[0], ts):
+            return []
+        detector, severity = found
+        return [Alert.create(device, detector, 1.0, severity, (ts, ts),
+                             {"tier": tier, "reasons": ",".join(sorted(reasons))[:120]})]

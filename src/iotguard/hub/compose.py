@@ -127,7 +127,8 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     if cfg.mosquitto_dir:
         broker = BrokerAccess(cfg.mosquitto_dir, cfg.mosquitto_pid_file, lifecycle.ca, store, posture.broker_acl,
                               clock)
-    attestation = AttestationService(SqlAttestationStore(store.engine), store, posture, outbox, clock)
+    attestation = AttestationService(SqlAttestationStore(store.engine), store, posture, outbox, clock,
+                                     on_appraisal=signals.appraised)
     return HubServices(cfg, clock, store, keystore, outbox, audit, posture, lifecycle, consent, operators,
                        TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link,
                        attestation,

@@ -22,7 +22,9 @@ destinations, resource and message rates against the device's baseline).
 
 :class:`HubSignalsService` turns what the hub itself sees into alerts: the
 device plane's refusals feed a :class:`~iotguard.detection.RefusalRule`
-(an authenticated device the policy keeps denying).
+(an authenticated device the policy keeps denying), and attestation
+appraisals an :class:`~iotguard.detection.AppraisalRule` (evidence
+appraised contraindicated or warning).
 
 The monitors' state lives in this process: a deployment with several hub
 processes sends each sensor's (and device's) reports to one of them, or
@@ -34,12 +36,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from iotguard.detection import (
+    Alert,
+    AppraisalRule,
     FlowMonitor,
     FlowReportLimits,
     HealthConfig,
@@ -191,6 +195,7 @@ class HubSignalsService:
     def __init__(self, detection: DetectionService, rule: RefusalRule | None = None) -> None:
         self.detection = detection
         self.rule = rule or RefusalRule()
+        self.appraisals = AppraisalRule()
         self._lock = threading.Lock()
 
     def refused(self, device_id: str, action: str, reason: str, now: datetime) -> None:
@@ -200,9 +205,21 @@ class HubSignalsService:
         """
         with self._lock:
             alerts = self.rule.observe([Refusal(now.timestamp(), device_id, reason, action)])
+        self._raise(device_id, alerts)
+
+    def appraised(self, device_id: str, tier: str, reasons: Sequence[str], now: datetime) -> None:
+        """An attestation appraisal of the device (called by the attestation service once it is applied).
+
+        Never raises (a failure is logged).
+        """
+        with self._lock:
+            alerts = self.appraisals.observe(device_id, tier, reasons, now.timestamp())
+        self._raise(device_id, alerts)
+
+    def _raise(self, device_id: str, alerts: list[Alert]) -> None:
         if not alerts:
             return
         try:
             self.detection.raise_alerts(alerts)
         except IotGuardError as exc:
-            log.error("alert on refusals of %s not raised: %s", device_id, exc.code)
+            log.error("alert on %s not raised: %s", device_id, exc.code)
