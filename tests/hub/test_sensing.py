@@ -150,12 +150,23 @@ def test_malformed_health_report_refused_with_its_reason(hub: HubParts) -> None:
 
 
 def test_device_the_policy_keeps_denying_raises_a_policy_denials_alert(hub: HubParts) -> None:
+    """A thermostat in good standing keeps trying what no thermostat may (reporting flows): an alert."""
     agent = hub.agent("dev-p", model="thermo")
-    hub.services.posture.quarantine("dev-p", actor="olga", reason="test")
-    for _ in range(5):  # a quarantined device keeps asking for new keys
-        r = agent.signed_request("renew", "/v1/renew", {"transport_public_key": bytes(range(32))})
+    for _ in range(5):
+        r = agent.signed_request("report_flows", "/v1/flows", {"flows": b"\xa0"})
         assert r.status_code == 403
     assert [a.alert.detector for a in hub.services.detection.alerts(device_id="dev-p")] == ["policy_denials"]
+
+
+def test_denials_of_a_quarantined_device_are_not_counted_against_it(hub: HubParts) -> None:
+    """A quarantined device keeps asking for new keys: containment working, not new behaviour (counting it
+    would push its risk to containment again after an operator releases it)."""
+    agent = hub.agent("dev-q", model="thermo")
+    hub.services.posture.quarantine("dev-q", actor="olga", reason="test")
+    for _ in range(10):
+        r = agent.signed_request("renew", "/v1/renew", {"transport_public_key": bytes(range(32))})
+        assert r.status_code == 403
+    assert hub.services.detection.alerts(device_id="dev-q") == []
 
 
 def test_forged_requests_naming_a_device_do_not_raise_its_risk(hub: HubParts) -> None:

@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 SENSOR_MODEL = "iotguard-sensor"
 #: The address inventory's file name in the hub's data directory.
 ADDRESS_INVENTORY_FILE = "device_addresses"
+#: Risk at which the default policy already refuses a device's requests without fresh attestation.
+STEP_UP_RISK = 70
 
 
 class FlowIngestService:
@@ -201,8 +203,16 @@ class HubSignalsService:
     def refused(self, device_id: str, action: str, reason: str, now: datetime) -> None:
         """A device request was refused (called by the device plane after auditing the refusal).
 
+        Refusals of a device its posture already explains (quarantined,
+        failed attestation, risk at the step-up level or above) are not
+        counted: they are containment working, and counting them would feed
+        its risk back into more containment after an operator released it.
         Never raises: the refusal stands whatever happens to the alert (a failure is logged).
         """
+        posture = self.detection.posture.posture.get(device_id)
+        if posture is None or posture.quarantined or posture.trust_tier == "failed" or \
+                posture.risk_score >= STEP_UP_RISK:
+            return
         with self._lock:
             alerts = self.rule.observe([Refusal(now.timestamp(), device_id, reason, action)])
         self._raise(device_id, alerts)
