@@ -225,3 +225,16 @@ def test_fleet_wide_firmware_change_seen_by_the_sensor_quarantines_no_more_than_
     assert 1 <= len(quarantined) <= 2  # ... but 20 devices x 10 % = 2 at most are contained automatically
     waiting = [a for a in hub.services.detection.awaiting_approval() if a.reason == "blast_radius"]
     assert {a.device_id for a in waiting} >= alerted - set(quarantined)  # the rest wait for an operator
+
+
+def test_device_whose_readings_the_policy_keeps_refusing_raises_a_policy_denials_alert(hub: HubParts) -> None:
+    """Ingest's rejections are detection input too: a device of a model without a data contract publishes
+    readings the hub must refuse; after five refusals within a minute it is alerted on."""
+    from iotguard.hub.ingest import Incoming
+    from iotguard.wire import Reading, encode_reading
+
+    agent = hub.agent("dev-r", model="no-contract-model")
+    for i in range(5):
+        _s, env = agent.sealer.seal(encode_reading(Reading(1_700_000_000_000 + i, {"x": 1.0}, "research")))
+        assert hub.processor.process([Incoming(agent.sealer.topic, env)]).rejected == {"policy_denied": 1}
+    assert [a.alert.detector for a in hub.services.detection.alerts(device_id="dev-r")] == ["policy_denials"]

@@ -122,7 +122,7 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                         on_refusal=signals.refused)
     operators = OperatorService(store, engine, audit_sink, clock, plane)
     processor = IngestProcessor(store, lifecycle, cfg, clock=clock, audit=log_,
-                                authorizer=posture.authorize_reading)
+                                authorizer=posture.authorize_reading, on_rejected=signals.rejected)
     broker = None
     if cfg.mosquitto_dir:
         broker = BrokerAccess(cfg.mosquitto_dir, cfg.mosquitto_pid_file, lifecycle.ca, store, posture.broker_acl,

@@ -21,7 +21,7 @@ named by address; the planner suppresses actions on them (``not_a_device``).
 destinations, resource and message rates against the device's baseline).
 
 :class:`HubSignalsService` turns what the hub itself sees into alerts: the
-device plane's refusals feed a :class:`~iotguard.detection.RefusalRule`
+device plane's refusals and ingest's rejections of readings feed a :class:`~iotguard.detection.RefusalRule`
 (an authenticated device the policy keeps denying), and attestation
 appraisals an :class:`~iotguard.detection.AppraisalRule` (evidence
 appraised contraindicated or warning).
@@ -216,6 +216,12 @@ class HubSignalsService:
         with self._lock:
             alerts = self.rule.observe([Refusal(now.timestamp(), device_id, reason, action)])
         self._raise(device_id, alerts)
+
+    def rejected(self, device_id: str, reason: str, count: int, now: datetime) -> None:
+        """Ingest refused ``count`` of the device's readings in one batch for ``reason`` (counted as refusals of
+        ``publish``, at most 10 per batch; never raises)."""
+        for _ in range(min(count, 10)):
+            self.refused(device_id, "publish", reason, now)
 
     def appraised(self, device_id: str, tier: str, reasons: Sequence[str], now: datetime) -> None:
         """An attestation appraisal of the device (called by the attestation service once it is applied).
