@@ -233,8 +233,7 @@ class PolicyEngine:
 
     def segment_specs(self) -> dict[str, SegmentSpec]:
         """The segments' attributes as set (a copy; segments never set have the defaults)."""
-        with self._lock:
-            return dict(self._segments)
+        return dict(self._segments)  # one C-level copy: atomic under the GIL
 
     def set_segment(self, name: str, spec: SegmentSpec) -> None:
         """Set a segment's attributes (sites, update window, quarantine flag)."""
