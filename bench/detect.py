@@ -24,12 +24,13 @@ Containment latency (issue 13 part 2): a hub built by ``build_hub_services`` on
 SQLite with a broker directory, enrolled devices (one per segment, so the blast
 radius allows each quarantine); per device, the time from ``raise_alerts`` with a
 ``scan_fanout`` alert until the Cedar engine denies its publish and the broker
-ACL file (rewritten by the outbox) no longer grants it telemetry; p50 / p99.
-The Mosquitto reload (SIGHUP) is not included. Baseline in the same run: an
+ACL file (rewritten by the outbox: since part 3 only the ACL, derived again
+only for the devices whose posture changed) no longer grants it telemetry;
+p50 / p99. The Mosquitto reload (SIGHUP) is not included. Baseline in the same run: an
 operator's manual quarantine of another device through the same path
 (``PostureService.quarantine`` + outbox delivery); ratio = playbook / manual.
 
-Usage: python bench/detect.py [--quick] [--data DIR] [--containment-only]
+Usage: python bench/detect.py [--quick] [--data DIR] [--containment-only [--devices N]]
 """
 
 from __future__ import annotations
@@ -233,8 +234,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one timing repeat, HalfSpaceTrees timed on 2,000 flows")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"labeled Zeek logs (default {DEFAULT_DATA})")
     ap.add_argument("--containment-only", action="store_true", help="only the containment-latency measurement")
+    ap.add_argument("--devices", type=int, default=0,
+                    help="containment: devices quarantined by the playbook (and as many by hand); default 10, "
+                    "50 without --quick")
     args = ap.parse_args()
-    containment = containment_latency(10 if args.quick else 50)
+    containment = containment_latency(args.devices or (10 if args.quick else 50))
     print_containment(containment)
     if args.containment_only:
         out = RESULTS.with_name("detect_containment.json")

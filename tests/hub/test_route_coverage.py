@@ -98,6 +98,8 @@ def _signed_body(agent: Agent, action: str) -> dict[str, str]:
         "learn_model": {"name": "digits", "version": 0},
         "update_fetch": {"path": "metadata/1.root.json"},
         "update_check": {"version": 1, "attempted": 0, "outcome": "none"},
+        "report_flows": {"flows": b"\xa0"},
+        "report_health": {"metrics": b"\xa0"},
     }
     return agent._signed(action, bodies[action])[0]
 
@@ -115,7 +117,8 @@ def test_the_app_serves_the_routes_this_test_expects_to_cover(fleet: HubParts) -
     assert devices == {"/v1/rekey", "/v1/renew", "/v1/tamper", "/v1/receipts", "/v1/consent/ack",
                        "/v1/attest", "/v1/aggregate",
                        "/v1/learn/task", "/v1/learn/update", "/v1/learn/model",
-                       "/v1/firmware/fetch", "/v1/firmware/check"}
+                       "/v1/firmware/fetch", "/v1/firmware/check",
+                       "/v1/flows", "/v1/device-health"}
 
 
 def _anonymous_violations(hub: HubParts) -> list[tuple[str, str, int]]:

@@ -177,6 +177,9 @@ class Agent:
     def request(self, action: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """Send a signed device request for ``action`` to ``path``; returns the hub's JSON reply."""
         return self._post(path, self._signed(action, body)[0])
+    def signed_request(self, action: str, path: str, body: dict[str, Any]) -> httpx.Response:
+        """POST a signed device request for ``action`` to ``path``; the hub's answer as it came (sensors, health)."""
+        return self._client_http().post(path, json=self._signed(action, body)[0])
 
     def _client_http(self, ca_fingerprint: str | None = None) -> httpx.Client:
         """HTTP client for the hub API, verified against the pinned fleet CA.

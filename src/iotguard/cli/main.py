@@ -43,6 +43,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotguard.cli.models",
     "iotguard.cli.learn",
     "iotguard.cli.rollout",
+    "iotguard.cli.sensor",
 )
 
 

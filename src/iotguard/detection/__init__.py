@@ -7,11 +7,28 @@ come out as data for the hub to store, audit and execute.
 
 from iotguard.detection.alert import Alert, Severity
 from iotguard.detection.autoencoder import AutoencoderConfig, AutoencoderEnsemble
-from iotguard.detection.behaviour import AuthFailure, CloneRule, CredentialGuessingRule, SessionSeen
+from iotguard.detection.behaviour import (
+    AppraisalRule,
+    AuthFailure,
+    CloneRule,
+    CredentialGuessingRule,
+    Refusal,
+    RefusalRule,
+    SessionSeen,
+)
 from iotguard.detection.evaluate import EvaluationReport, evaluate_flows, is_malicious, roc_auc, tpr_at_fpr
 from iotguard.detection.features import FeatureConfig, FeatureExtractor, FeatureMatrix, feature_names
 from iotguard.detection.feed import ThreatFeed, parse_feed
+from iotguard.detection.flow_report import FlowReportLimits, decode_flow_report, encode_flow_report, split_for_reports
 from iotguard.detection.flows import CONN_STATES, PROTOCOLS, Flow, FlowBatch
+from iotguard.detection.health import (
+    HealthConfig,
+    HealthDetector,
+    HealthReport,
+    decode_health_report,
+    encode_health_report,
+)
+from iotguard.detection.monitor import FlowMonitor, MonitorConfig, parse_address_inventory
 from iotguard.detection.pcap import PcapLimits, PcapResult, flows_from_pcap
 from iotguard.detection.pipeline import DetectorConfig, FlowDetector
 from iotguard.detection.playbook import (
@@ -34,6 +51,7 @@ __all__ = [
     "ActionKind",
     "ActionStatus",
     "Alert",
+    "AppraisalRule",
     "AuthFailure",
     "AutoencoderConfig",
     "AutoencoderEnsemble",
@@ -52,13 +70,21 @@ __all__ = [
     "Flow",
     "FlowBatch",
     "FlowDetector",
+    "FlowMonitor",
+    "FlowReportLimits",
     "GuardRails",
+    "HealthConfig",
+    "HealthDetector",
+    "HealthReport",
     "KnownBadRule",
+    "MonitorConfig",
     "NewPortRule",
     "PcapLimits",
     "PcapResult",
     "Playbook",
     "PlaybookRule",
+    "Refusal",
+    "RefusalRule",
     "ResponseState",
     "ScanFanOutRule",
     "ScorerConfig",
@@ -67,15 +93,21 @@ __all__ = [
     "ThreatFeed",
     "ZeekLimits",
     "approve",
+    "decode_flow_report",
+    "decode_health_report",
     "default_playbook",
+    "encode_flow_report",
+    "encode_health_report",
     "evaluate_flows",
     "feature_names",
     "flows_from_pcap",
     "is_malicious",
+    "parse_address_inventory",
     "parse_conn_log",
     "parse_feed",
     "parse_playbook",
     "plan",
     "roc_auc",
+    "split_for_reports",
     "tpr_at_fpr",
 ]

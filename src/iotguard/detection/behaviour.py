@@ -6,8 +6,18 @@
 * :class:`CloneRule` — one device identity active from two source addresses
   at overlapping times (a cloned device publishing from a second location).
 
-Both keep bounded state: the last ``threshold`` failure times per source,
-and a few recent addresses per device, for at most ``max_keys`` keys.
+* :class:`RefusalRule` — an authenticated device the policy keeps denying
+  (``policy_denials``: probing for what it may do, lateral movement).
+  Forged, replayed or stale requests under a device's id are *not* counted
+  against that device: anyone who knows a device id can send them, and
+  alerts raise the named device's risk, so counting them would let an
+  attacker contain any device by name.
+* :class:`AppraisalRule` — a remote attestation appraised the device's
+  evidence as ``contraindicated`` (``attestation_failed``, critical) or
+  ``warning`` (``attestation_degraded``, medium).
+
+All keep bounded state: the last ``threshold`` failure times per key, and a
+few recent addresses per device, for at most ``max_keys`` keys.
 """
 
 from __future__ import annotations
@@ -20,7 +30,15 @@ from iotguard.detection.alert import Alert, Severity
 from iotguard.detection.rules import Throttle
 from iotguard.errors import ConfigError
 
-__all__ = ["AuthFailure", "CloneRule", "CredentialGuessingRule", "SessionSeen"]
+__all__ = [
+    "AppraisalRule",
+    "AuthFailure",
+    "CloneRule",
+    "CredentialGuessingRule",
+    "Refusal",
+    "RefusalRule",
+    "SessionSeen",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +65,23 @@ class SessionSeen:
     ts: float
     device: str
     address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A device request the hub refused (a signed request, a reading).
+
+    Attributes:
+        ts: POSIX seconds.
+        device: The device id the request claimed.
+        reason: The refusal's reason code (``forged``, ``replay``, ``policy_denied``, ...).
+        action: What was asked (``rekey``, ``publish``, ...).
+    """
+
+    ts: float
+    device: str
+    reason: str
+    action: str = ""
 
 
 class _Bounded(OrderedDict[str, object]):
@@ -147,3 +182,80 @@ class CloneRule:
                                         (min(seen.values()), ev.ts),
                                         {"addresses": ",".join(addresses)[:120], "window_s": self.window_s}))
         return out
+
+
+#: Refusal reason -> (detector, threshold, severity): what repeated refusals of one device mean. Only
+#: refusals that prove the device itself asked (its signature verified) belong here.
+REFUSAL_CLASSES: dict[str, tuple[str, int, Severity]] = {
+    "policy_denied": ("policy_denials", 5, Severity.MEDIUM),
+}
+
+
+class RefusalRule:
+    """Repeated refusals of one device within ``window_s`` (classes in :data:`REFUSAL_CLASSES`).
+
+    Other reasons (forged, replay, stale, unknown device, malformed,
+    revoked, expired, locked out) do not prove the named device asked, or are
+    its ordinary end of life, and are not counted.
+
+    Args:
+        window_s: Sliding window.
+        realert_s: Quiet time per device and detector after an alert.
+        max_keys: (device, detector) pairs remembered at most.
+    """
+
+    def __init__(self, window_s: float = 60.0, realert_s: float = 300.0, max_keys: int = 100_000) -> None:
+        if window_s <= 0:
+            raise ConfigError("window not positive", code="detection_config_invalid")
+        self.window_s = window_s
+        self.throttle = Throttle(realert_s, max_keys)
+        self._times = _Bounded(max_keys)
+
+    def observe(self, events: Iterable[Refusal]) -> list[Alert]:
+        """Feed refusals (in time order); alerts for devices over their class's threshold."""
+        out: list[Alert] = []
+        for ev in events:
+            klass = REFUSAL_CLASSES.get(ev.reason)
+            if klass is None:
+                continue
+            detector, threshold, severity = klass
+            key = f"{detector}\x00{ev.device}"
+            times = self._times.get(key)
+            if not isinstance(times, deque):
+                times = deque(maxlen=threshold)
+                self._times[key] = times
+            self._times.touch(key)
+            times.append(ev.ts)
+            if len(times) == threshold and ev.ts - times[0] <= self.window_s and \
+                    self.throttle.allow(ev.device, detector, ev.ts):
+                out.append(Alert.create(ev.device, detector, float(threshold), severity, (times[0], ev.ts), {
+                    "refusals": threshold, "reason": ev.reason, "action": ev.action[:32],
+                    "window_s": self.window_s}))
+        return out
+
+
+class AppraisalRule:
+    """Attestation appraisals that did not affirm the device become alerts (one per device and tier per
+    ``realert_s``: a device re-attesting in a loop is one alert, not a flood).
+
+    Args:
+        realert_s: Quiet time per device and detector after an alert.
+    """
+
+    #: Appraisal tier -> (detector, severity).
+    TIERS: dict[str, tuple[str, Severity]] = {
+        "contraindicated": ("attestation_failed", Severity.CRITICAL),
+        "warning": ("attestation_degraded", Severity.MEDIUM),
+    }
+
+    def __init__(self, realert_s: float = 300.0) -> None:
+        self.throttle = Throttle(realert_s)
+
+    def observe(self, device: str, tier: str, reasons: Iterable[str], ts: float) -> list[Alert]:
+        """An appraisal of ``device`` with its overall ``tier`` and reason codes."""
+        found = self.TIERS.get(tier)
+        if found is None or not self.throttle.allow(device, found[0], ts):
+            return []
+        detector, severity = found
+        return [Alert.create(device, detector, 1.0, severity, (ts, ts),
+                             {"tier": tier, "reasons": ",".join(sorted(reasons))[:120]})]

@@ -79,6 +79,10 @@ class FlowDetector:
             self.rules.append(KnownBadRule(feed, devices=self.devices, realert_s=quiet))
         self._throttle = Throttle(self.config.realert_s)
         self._fitted = False
+        self._rows: list[FloatArray] = []
+        self._hosts: list[npt.NDArray[np.str_]] = []
+        #: Rows taken by :meth:`learn` so far.
+        self.learned_rows = 0
 
     def _device(self, hosts: npt.NDArray[np.str_]) -> tuple[npt.NDArray[np.str_], npt.NDArray[np.str_]]:
         if not self.devices:
@@ -93,19 +97,49 @@ class FlowDetector:
         Raises:
             ConfigError: ``detection_too_few_rows`` if there is too little traffic.
         """
-        rows: list[FloatArray] = []
-        hosts: list[npt.NDArray[np.str_]] = []
         for batch in batches:
-            features = self.extractor.transform(batch)
-            for rule in self.rules:
-                rule.learn(batch, features)
-            rows.append(features.values)
-            hosts.append(batch.orig_h)
-        if not rows:
+            self.learn(batch)
+        self.finish_learning()
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the learned baselines score (after :meth:`fit` or :meth:`finish_learning`)."""
+        return self._fitted
+
+    def learn(self, batch: FlowBatch) -> FeatureMatrix:
+        """Take one benign batch (in time order) into the baselines being learned; returns its features.
+
+        The rows are kept until :meth:`finish_learning`; the rules' baselines
+        (destinations, ports) learn at once.
+        """
+        features = self.extractor.transform(batch)
+        for rule in self.rules:
+            rule.learn(batch, features)
+        self._rows.append(features.values)
+        self._hosts.append(batch.orig_h)
+        self.learned_rows += len(batch)
+        return features
+
+    def finish_learning(self) -> None:
+        """Fit the learned baselines on the rows taken by :meth:`learn` (then released).
+
+        Raises:
+            ConfigError: ``detection_too_few_rows`` if there is too little traffic.
+        """
+        if not self._rows:
             raise ConfigError("no training traffic", code="detection_too_few_rows")
-        device, model = self._device(np.concatenate(hosts))
-        self.scorer.fit(np.concatenate(rows), device, model)
+        device, model = self._device(np.concatenate(self._hosts))
+        self.scorer.fit(np.concatenate(self._rows), device, model)
+        self._rows, self._hosts = [], []
         self._fitted = True
+
+    def learning_alerts(self, batch: FlowBatch, features: FeatureMatrix) -> list[Alert]:
+        """Alerts of the rules that need no baseline (scan fan-out, known-bad addresses) while learning."""
+        alerts: list[Alert] = []
+        for rule in self.rules:
+            if isinstance(rule, ScanFanOutRule | KnownBadRule):
+                alerts.extend(rule.evaluate(batch, features))
+        return alerts
 
     def score(self, batch: FlowBatch) -> tuple[FeatureMatrix, FloatArray]:
         """Features and normalised scores of a batch (updates the feature state).

@@ -37,6 +37,7 @@ from iotguard.hub.routers.health import health_router
 from iotguard.hub.routers.learning import learning_router
 from iotguard.hub.routers.operators import operators_router
 from iotguard.hub.routers.privacy import privacy_router
+from iotguard.hub.routers.sensing import sensing_router
 from iotguard.hub.routers.telemetry import telemetry_router
 
 if TYPE_CHECKING:  # the composition root imports this module's callers, not the other way round
@@ -166,4 +167,5 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
         app.include_router(aggregation_router(services.aggregation, services.plane, operator))
     app.include_router(learning_router(services.learning, services.models, services.plane))
     app.include_router(firmware_router(services.firmware, services.rollouts, services.plane, operator))
+    app.include_router(sensing_router(services.flows, services.health, services.plane))
     return app

@@ -46,6 +46,7 @@ from iotguard.hub.services.operators import OperatorService
 from iotguard.hub.services.posture import PostureService, open_policy
 from iotguard.hub.services.rollout_signals import HubCohortSignals
 from iotguard.hub.services.rollouts import RolloutService
+from iotguard.hub.services.sensing import DeviceHealthService, FlowIngestService, HubSignalsService
 from iotguard.hub.services.telemetry import TelemetryService
 from iotguard.hub.store import HubStore
 from iotguard.hub.stores.alerts import SqlAlertStore
@@ -86,6 +87,9 @@ class HubServices:
     attestation: AttestationService
     firmware: FirmwareService
     detection: DetectionService
+    flows: FlowIngestService
+    health: DeviceHealthService
+    signals: HubSignalsService
     rollouts: RolloutService
     models: ModelService
     learning: LearningService
@@ -130,18 +134,22 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     commands = CommandChannel()
     consent = ConsentService(PrivacyStore(store.engine, audit=audit_sink, keystore=keystore), store, lifecycle,
                              commands, clock)
-    plane = DevicePlane(store, store.engine, engine, audit_sink, clock, reread_posture=posture.reread)
+    playbook = ActivePlaybook(Path(cfg.data_dir))
+    detection = DetectionService(SqlAlertStore(store.engine), posture, lifecycle.revoke, playbook, clock,
+                                 notifier=WebhookNotifier(playbook))
+    signals = HubSignalsService(detection)
+    plane = DevicePlane(store, store.engine, engine, audit_sink, clock, reread_posture=posture.reread,
+                        on_refusal=signals.refused)
     operators = OperatorService(store, engine, audit_sink, clock, plane)
     processor = IngestProcessor(store, lifecycle, cfg, clock=clock, audit=log_,
-                                authorizer=posture.authorize_reading, media_authorizer=posture.authorize_media)
+                                authorizer=posture.authorize_reading, media_authorizer=posture.authorize_media,
+                                on_rejected=signals.rejected)
     broker = None
     if cfg.mosquitto_dir:
         broker = BrokerAccess(cfg.mosquitto_dir, cfg.mosquitto_pid_file, lifecycle.ca, store, posture.broker_acl,
                               clock)
-    attestation = AttestationService(SqlAttestationStore(store.engine), store, posture, outbox, clock)
-    playbook = ActivePlaybook(Path(cfg.data_dir))
-    detection = DetectionService(SqlAlertStore(store.engine), posture, lifecycle.revoke, playbook, clock,
-                                 notifier=WebhookNotifier(playbook))
+    attestation = AttestationService(SqlAttestationStore(store.engine), store, posture, outbox, clock,
+                                     on_appraisal=signals.appraised)
     firmware = FirmwareService(SqlFirmwareFileStore(store.engine), keystore, audit_sink, clock,
                                reference_values=attestation,
                                support_dates=lambda model, when: set_end_of_support(store, model, when))
@@ -150,7 +158,10 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     models = ModelService(SqlModelStore(store.engine), keystore, audit_sink, clock, endorse=lifecycle.ca.sign)
     services = HubServices(cfg, clock, store, keystore, outbox, audit, posture, lifecycle, consent, operators,
                            TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link,
-                           attestation, firmware, detection, rollouts, models,
+                           attestation, firmware, detection,
+                           FlowIngestService(detection, Path(cfg.data_dir),
+                                             lambda: {p.device_id: p.model for p in posture.posture}),
+                           DeviceHealthService(detection), signals, rollouts, models,
                            LearningService(SqlLearningRunStore(store.engine), models, audit_sink, clock,
                                            eligible=affirming_posture(engine.posture)))
     services.analytics = build_analytics(cfg, store, audit_sink, clock)

@@ -89,12 +89,15 @@ class DevicePlane:
         nonces: Seen-nonce store; the hub database when None.
         attempts: Attempt-limit state; the hub database when None.
         limits: Signed-request bounds.
+        reread_posture: Re-reads one device's posture from the database.
+        on_refusal: Told of every refusal of a named device (device, action, reason, time).
     """
 
     def __init__(self, store: DeviceStore, engine: Engine, policy: PolicyEngine, audit: AuditSink, clock: Clock, *,
                  nonces: SeenNonces | None = None, attempts: AttemptStore | None = None,
                  limits: SignedRequestLimits | None = None,
-                 reread_posture: Callable[[str], bool] | None = None) -> None:
+                 reread_posture: Callable[[str], bool] | None = None,
+                 on_refusal: Callable[[str, str, str, datetime], None] | None = None) -> None:
         self.store = store
         self.engine = engine
         self.policy = policy
@@ -107,6 +110,8 @@ class DevicePlane:
         self.limits = limits or SignedRequestLimits()
         #: Re-reads one device's posture from the database (another hub process may have changed it).
         self.reread_posture = reread_posture
+        #: Told of every refusal (device, action, reason, time): the hub's signals for detection.
+        self.on_refusal = on_refusal
 
     def attempt(self, scope: str, client: str) -> Attempt:
         """Start an authentication attempt from ``client`` (an address) for ``scope``.
@@ -200,6 +205,8 @@ class DevicePlane:
                                          {"what": action, "reason": reason, **details}))
         except IotGuardError as exc:
             log.error("could not audit a refused %s request: %s", action, exc.code)
+        if self.on_refusal is not None and device_id:
+            self.on_refusal(device_id, action, reason, now)
 
 
 def client_address(request: Request) -> str:

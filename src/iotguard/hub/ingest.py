@@ -15,6 +15,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from iotguard.audit import AuditSink, rejected_envelopes
@@ -155,6 +156,7 @@ class IngestProcessor:
         self, store: HubStore, registry: SessionLookup, cfg: HubConfig, *,
         clock: Clock | None = None, authorizer: Authorizer | None = None, audit: AuditSink | None = None,
         media_authorizer: MediaAuthorizer | None = None,
+        on_rejected: Callable[[str, str, int, datetime], None] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -163,6 +165,8 @@ class IngestProcessor:
         self.authorizer = authorizer
         self.media_authorizer = media_authorizer
         self.audit = audit
+        #: Told of each batch's rejections of a named device (device, reason, count, time): detection's input.
+        self.on_rejected = on_rejected
         self.stats = IngestStats()
         #: Replay windows this process holds, with the version it last read or saved.
         self._windows: dict[tuple[str, int], WindowWrite] = {}
@@ -321,5 +325,9 @@ class IngestProcessor:
                                         for (d, reason), n in sorted(rejected.items())])
             except IotGuardError as exc:
                 log.error("could not audit %d rejections: %s", sum(rejected.values()), exc.code)
+        if self.on_rejected is not None:
+            for (d, reason), n in sorted(rejected.items()):
+                if d:
+                    self.on_rejected(d, reason, n, now)
         self.stats.add(out)
         return out

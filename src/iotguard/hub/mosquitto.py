@@ -59,6 +59,7 @@ __all__ = [
     "render_registry_acl",
     "revoked_serials",
     "update_access_files",
+    "update_acl_file",
     "write_broker_config",
 ]
 
@@ -371,6 +372,20 @@ def update_access_files(
     crl = issue_crl(ca, revoked_serials(store), now=now, next_update=now + crl_validity)
     atomic_write(files.crlfile, crl, mode=0o644, owner=owner)
     atomic_write(files.acl, acl_text.encode(), mode=0o644, owner=owner)
+    return files
+
+
+def update_acl_file(out_dir: str | os.PathLike[str], acl_text: str, *,
+                    run_as_user: str | None = DEFAULT_BROKER_USER) -> BrokerFiles:
+    """Rewrite only the ACL (a posture change: quarantine, release; the CRL is unchanged). Call :func:`reload`.
+
+    Raises:
+        ConfigError: the ACL text contains NUL.
+    """
+    files = BrokerFiles(Path(out_dir))
+    if "\x00" in acl_text:
+        raise ConfigError("ACL text contains NUL")
+    atomic_write(files.acl, acl_text.encode(), mode=0o644, owner=_owner(run_as_user))
     return files
 
 

@@ -150,6 +150,10 @@ DEVICE_REQUEST_ACTIONS: Final[Mapping[str, RequestSpec]] = {
         "attempted": FieldSpec("uint", max_value=2**31 - 1),
         "outcome": FieldSpec("text", max_length=16),
     }),
+    # A sensor's flows (docs/detection.md): a flow report, strictly decoded by the detection domain.
+    "report_flows": RequestSpec({"flows": FieldSpec("bytes", max_length=60_000)}),
+    # A device's own health metrics (docs/detection.md): CBOR, strictly decoded by the detection domain.
+    "report_health": RequestSpec({"metrics": FieldSpec("bytes", max_length=8192)}),
 }
 
 

@@ -8,7 +8,7 @@ Decisions are cached per request and invalidated the moment posture or
 policy changes; an engine without a valid policy set denies everything.
 """
 
-from iotguard.policy.acl import AclGrant, derive_device_acl, render_mosquitto_acl
+from iotguard.policy.acl import AclGrant, IncrementalAcl, derive_device_acl, render_mosquitto_acl
 from iotguard.policy.admin import (
     InMemoryPolicyRepository,
     LoggingAuditSink,
@@ -68,6 +68,7 @@ __all__ = [
     "EngineLimits",
     "Explanation",
     "InMemoryPolicyRepository",
+    "IncrementalAcl",
     "IngestVerdict",
     "LoggingAuditSink",
     "PolicyActivation",

@@ -231,6 +231,10 @@ class PolicyEngine:
             self.load_error = reason
             self._invalidate_all()
 
+    def segment_specs(self) -> dict[str, SegmentSpec]:
+        """The segments' attributes as set (a copy; segments never set have the defaults)."""
+        return dict(self._segments)  # one C-level copy: atomic under the GIL
+
     def set_segment(self, name: str, spec: SegmentSpec) -> None:
         """Set a segment's attributes (sites, update window, quarantine flag)."""
         with self._lock:

@@ -28,6 +28,7 @@ DEVICE_SELF_ACTIONS: Final = frozenset({
     "aggregate",
     "learn_task", "learn_update", "learn_model",
     "update_fetch",
+    "report_flows", "report_health",
 })
 
 #: Actions an operator performs through the REST API or the CLI, with the

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import cbor2
@@ -114,16 +114,19 @@ class AttestationService:
         outbox: Where refusals' audit entries go.
         clock: Time source.
         nonce_ttl: How long an issued nonce may be answered.
+        on_appraisal: Told of each applied appraisal (device, tier, reasons, time): detection's input.
     """
 
     def __init__(self, store: AttestationStore, devices: DeviceStore, posture: PostureService, outbox: OutboxStore,
-                 clock: Clock, *, nonce_ttl: timedelta = NONCE_TTL) -> None:
+                 clock: Clock, *, nonce_ttl: timedelta = NONCE_TTL,
+                 on_appraisal: Callable[[str, str, Sequence[str], datetime], None] | None = None) -> None:
         self.store = store
         self.devices = devices
         self.posture = posture
         self.outbox = outbox
         self.clock = clock
         self.nonce_ttl = nonce_ttl
+        self.on_appraisal = on_appraisal
 
     # -- reference values and appraisal policies -------------------------
 
@@ -225,6 +228,8 @@ class AttestationService:
                             "model": record.model, "firmware_version": result.firmware_version,
                             "keystore_kind": result.keystore_kind})
         self.posture.apply_attestation(device_id, tier, attested=result.affirming, audit=audit_message(event))
+        if self.on_appraisal is not None:
+            self.on_appraisal(device_id, result.status.value, result.reasons, now)
         if not result.affirming:
             log.warning("attestation of %s: %s (%s)", device_id, result.status.value, ",".join(result.reasons))
         return result

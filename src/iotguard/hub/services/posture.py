@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import case, func, select
@@ -35,7 +36,7 @@ from iotguard.hub.services.broker_access import broker_access_message
 from iotguard.hub.store import DeviceRecord, HubStore
 from iotguard.hub.tls import HUB_MQTT_IDENTITY
 from iotguard.policy import AccessRequest, PolicyAdministration, PolicyEngine, PostureStore
-from iotguard.policy.acl import render_mosquitto_acl
+from iotguard.policy.acl import IncrementalAcl
 from iotguard.policy.policyset import default_policy_set
 from iotguard.policy.posture import Posture
 from iotguard.privacy import load_contract
@@ -139,6 +140,8 @@ class PostureService:
         self.clock = clock
         self.broker_managed = broker_managed
         self._reread: dict[str, float] = {}
+        self._acl = IncrementalAcl(engine, {HUB_MQTT_IDENTITY: HUB_MQTT_GRANTS})
+        self._acl_lock = threading.Lock()
 
     def _broker(self, device_id: str, reason: str) -> list[OutboxMessage]:
         return [broker_access_message(device_id, reason)] if self.broker_managed else []
@@ -225,7 +228,7 @@ class PostureService:
                 changed.append(device_id)
         if changed:
             save_posture(self.store.engine, [self.posture.require(d) for d in changed], now=self.clock.now(),
-                         effects=self._broker(changed[0], "risk"))
+                         effects=[m for d in changed for m in self._broker(d, "risk")])
         return changed
 
     def authorize_reading(self, record: DeviceRecord, topic: str, reading: Reading) -> None:
@@ -234,16 +237,21 @@ class PostureService:
         Raises:
             PolicyDenied: the policy or the device model's data contract refuses it.
         """
+        contract = self._publish_contract(record, topic)
+        check_reading(contract, reading.purpose, reading.fields)
+
+    def _publish_contract(self, record: DeviceRecord, topic: str) -> DataContract:
+        """Cedar's publish decision for ``topic`` (re-read from the database before a denial stands),
+        then the device model's data contract."""
         request = AccessRequest.device(record.device_id, "publish", topic)
         if not self.engine.decide(request).allowed:
             # Decided again on the posture in the database (it may have changed in another process).
             self.reread(record.device_id)
             self.engine.authorize(request)
         try:
-            contract = contract_for(record.model)
+            return contract_for(record.model)
         except IotGuardError:
             raise PolicyDenied(f"no data contract for model {record.model!r}") from None
-        check_reading(contract, reading.purpose, reading.fields)
 
     def authorize_media(self, record: DeviceRecord, topic: str, media: MediaObject) -> None:
         """Ingest's decision for one authentic media object: Cedar publish policy, then the data contract.
@@ -255,20 +263,18 @@ class PostureService:
         Raises:
             PolicyDenied: the policy or the device model's data contract refuses it.
         """
-        request = AccessRequest.device(record.device_id, "publish", topic)
-        if not self.engine.decide(request).allowed:
-            self.reread(record.device_id)
-            self.engine.authorize(request)
-        try:
-            contract = contract_for(record.model)
-        except IotGuardError:
-            raise PolicyDenied(f"no data contract for model {record.model!r}") from None
+        contract = self._publish_contract(record, topic)
         purpose = contract.purpose(media.purpose)
         check_media(contract.media, purpose.media, media.purpose, media.stream, media.release, media.method)
 
-    def broker_acl(self) -> str:
-        """The Mosquitto ACL derived from the active Cedar policies and posture (micro-segmentation)."""
-        return render_mosquitto_acl(self.engine, service_accounts={HUB_MQTT_IDENTITY: HUB_MQTT_GRANTS})
+    def broker_acl(self, changed: Iterable[str] | None = None) -> str:
+        """The Mosquitto ACL derived from the active Cedar policies and posture (micro-segmentation).
+
+        ``changed`` names the devices whose posture changed since the last
+        call: only their grants are derived again (:class:`~iotguard.policy.acl.IncrementalAcl`).
+        """
+        with self._acl_lock:
+            return self._acl.render(changed)
 
     # -- changes made by other processes ----------------------------------
 

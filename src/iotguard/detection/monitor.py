@@ -1,0 +1,123 @@
+"""Streaming flow monitoring: learn from the first traffic, then score; and the address inventory.
+
+:class:`FlowMonitor` is what the hub runs over the flows sensors report: the
+first ``learn_flows`` flows (in arrival order) train the learned baselines
+(while the rules that need no baseline, scan fan-out and known-bad
+addresses, already alert), every later batch is scored by the whole
+:class:`~iotguard.detection.pipeline.FlowDetector`. Flows within a report
+are put in time order; a report older than what was seen still updates the
+damped statistics correctly (a negative gap counts as zero).
+
+:func:`parse_address_inventory` reads the operator's map from network
+address to device id (``<address> <device_id>`` per line, ``#`` comments),
+which names the device behind a flow's originator.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from iotguard.detection.alert import Alert
+from iotguard.detection.feed import ThreatFeed
+from iotguard.detection.flows import FlowBatch
+from iotguard.detection.pipeline import DetectorConfig, FlowDetector
+from iotguard.errors import ConfigError
+
+__all__ = ["FlowMonitor", "MonitorConfig", "parse_address_inventory"]
+
+_DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: Largest address inventory file (about 100,000 lines).
+MAX_INVENTORY_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Settings of the streaming monitor.
+
+    Attributes:
+        detector: The flow detector's settings.
+        learn_flows: Flows learned from before the learned baselines score
+            (at least the scorer's ``min_model_rows``).
+    """
+
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    learn_flows: int = 2000
+
+    def __post_init__(self) -> None:
+        if not self.detector.scorer.min_model_rows <= self.learn_flows <= 5_000_000:
+            raise ConfigError("learn_flows below the scorer's min_model_rows or above 5 million",
+                              code="detection_config_invalid")
+
+
+class FlowMonitor:
+    """Learn-then-score over a stream of flow batches (not thread-safe: the caller serialises).
+
+    Args:
+        config: Settings.
+        devices: Address -> device id (from the address inventory).
+        models: Device id -> device model.
+        feed: Known-bad addresses.
+    """
+
+    def __init__(self, config: MonitorConfig | None = None, *, devices: Mapping[str, str] | None = None,
+                 models: Mapping[str, str] | None = None, feed: ThreatFeed | None = None) -> None:
+        self.config = config or MonitorConfig()
+        self.detector = FlowDetector(self.config.detector, devices=devices, models=models, feed=feed)
+        self.flows_seen = 0
+
+    @property
+    def learning(self) -> bool:
+        """Whether the learned baselines are still being learned."""
+        return not self.detector.fitted
+
+    def observe(self, batch: FlowBatch) -> list[Alert]:
+        """Alerts for the next batch of flows."""
+        if len(batch) == 0:
+            return []
+        batch = batch.take(batch.time_order())
+        self.flows_seen += len(batch)
+        if self.detector.fitted:
+            return self.detector.process(batch)
+        features = self.detector.learn(batch)
+        alerts = self.detector.learning_alerts(batch, features)
+        if self.detector.learned_rows >= self.config.learn_flows:
+            self.detector.finish_learning()
+        return alerts
+
+
+def parse_address_inventory(data: bytes) -> dict[str, str]:
+    """Parse an address inventory: ``<address> <device_id>`` per line, blank lines and ``#`` comments.
+
+    Every line is checked (an IP address, a device id, an address named
+    once), so an inventory never half-loads.
+
+    Raises:
+        ConfigError: ``inventory_invalid`` naming the line.
+    """
+    if len(data) > MAX_INVENTORY_BYTES:
+        raise ConfigError("address inventory too large", code="inventory_invalid")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("address inventory is not UTF-8", code="inventory_invalid") from None
+    out: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not _DEVICE_ID.fullmatch(parts[1]):
+            raise ConfigError(f"address inventory line {number}: expected '<address> <device_id>'",
+                              code="inventory_invalid")
+        try:
+            address = str(ipaddress.ip_address(parts[0]))
+        except ValueError:
+            raise ConfigError(f"address inventory line {number}: not an IP address", code="inventory_invalid") \
+                from None
+        if address in out:
+            raise ConfigError(f"address inventory line {number}: {address} named twice", code="inventory_invalid")
+        out[address] = parts[1]
+    return out

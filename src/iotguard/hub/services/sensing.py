@@ -1,0 +1,241 @@
+"""The hub's detection inputs: sensors' flow reports and devices' health reports, their alerts into the response.
+
+A sensor is a device enrolled with the model :data:`SENSOR_MODEL`; it sends
+``report_flows`` signed requests through the device plane (Cedar lets only
+sensors do so). :meth:`FlowIngestService.report` decodes the report
+strictly, runs it through this process's
+:class:`~iotguard.detection.FlowMonitor` (learn from the first flows, then
+score) and hands the alerts to
+:meth:`~iotguard.hub.services.detection.DetectionService.raise_alerts`
+(stored, audited, the playbook's response carried out).
+
+The device behind a flow's originator address is named by the operator's
+address inventory, ``<data_dir>/device_addresses`` (``<address>
+<device_id>`` lines; re-read when it changes, which restarts the monitor's
+learning). Flows from addresses that are not in it are still detected on,
+named by address; the planner suppresses actions on them (``not_a_device``).
+
+:class:`DeviceHealthService` takes each device's own signed
+``report_health`` requests into a per-device
+:class:`~iotguard.detection.HealthDetector` (process set, listening ports,
+destinations, resource and message rates against the device's baseline).
+
+:class:`HubSignalsService` turns what the hub itself sees into alerts: the
+device plane's refusals and ingest's rejections of readings feed a :class:`~iotguard.detection.RefusalRule`
+(an authenticated device the policy keeps denying), and attestation
+appraisals an :class:`~iotguard.detection.AppraisalRule` (evidence
+appraised contraindicated or warning).
+
+The monitors' state lives in this process: a deployment with several hub
+processes sends each sensor's (and device's) reports to one of them, or
+accepts that each process learns its own baselines.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from iotguard.detection import (
+    Alert,
+    AppraisalRule,
+    FlowMonitor,
+    FlowReportLimits,
+    HealthConfig,
+    HealthDetector,
+    MonitorConfig,
+    Refusal,
+    RefusalRule,
+    decode_flow_report,
+    decode_health_report,
+)
+from iotguard.detection.monitor import MAX_INVENTORY_BYTES, parse_address_inventory
+from iotguard.errors import ConfigError, IotGuardError, MalformedError
+from iotguard.hub.services.detection import DetectionService
+from iotguard.identity import VerifiedRequest
+
+__all__ = ["ADDRESS_INVENTORY_FILE", "SENSOR_MODEL", "DeviceHealthService", "FlowIngestService", "HubSignalsService"]
+
+log = logging.getLogger(__name__)
+
+#: Device model of a sensor (the default policy lets only devices of this model report flows).
+SENSOR_MODEL = "iotguard-sensor"
+#: The address inventory's file name in the hub's data directory.
+ADDRESS_INVENTORY_FILE = "device_addresses"
+#: Risk at which the default policy already refuses a device's requests without fresh attestation.
+STEP_UP_RISK = 70
+
+
+class FlowIngestService:
+    """Sensors' flows in, alerts out.
+
+    Args:
+        detection: Stores alerts and carries out the response.
+        data_dir: The hub's data directory (the address inventory).
+        models: Device id -> device model (per-model baselines).
+        config: The monitor's settings.
+        limits: Flow report bounds.
+    """
+
+    def __init__(self, detection: DetectionService, data_dir: Path, models: Callable[[], Mapping[str, str]], *,
+                 config: MonitorConfig | None = None, limits: FlowReportLimits | None = None) -> None:
+        self.detection = detection
+        self.inventory_path = data_dir / ADDRESS_INVENTORY_FILE
+        self._models = models
+        self.config = config or MonitorConfig()
+        self.limits = limits or FlowReportLimits()
+        self._lock = threading.Lock()
+        self._monitor: FlowMonitor | None = None
+        self._inventory_key: tuple[int, int] | None = None
+        self._inventory: dict[str, str] = {}
+        #: Flows accepted, and reports refused by reason code.
+        self.flows_accepted = 0
+        self.refused: Counter[str] = Counter()
+
+    def inventory(self) -> dict[str, str]:
+        """The address inventory (address -> device id) as last loaded."""
+        with self._lock:
+            self._current()
+            return dict(self._inventory)
+
+    def _load_inventory(self) -> tuple[int, int] | None:
+        try:
+            st = self.inventory_path.stat()
+        except FileNotFoundError:
+            if self._inventory_key is not None:
+                self._inventory = {}
+            return None
+        key = (st.st_mtime_ns, st.st_size)
+        if key != self._inventory_key:
+            try:
+                self._inventory = parse_address_inventory(self.inventory_path.read_bytes()[:MAX_INVENTORY_BYTES + 1])
+            except ConfigError as exc:  # keep the last good inventory: a typo must not blind the detector
+                log.error("address inventory %s not loaded (%s); keeping the previous one", self.inventory_path,
+                          exc)
+        return key
+
+    def _current(self) -> FlowMonitor:
+        key = self._load_inventory()
+        if self._monitor is None or key != self._inventory_key:
+            if self._monitor is not None:
+                log.info("address inventory changed: the flow monitor learns again")
+            self._inventory_key = key
+            self._monitor = FlowMonitor(self.config, devices=self._inventory, models=self._models())
+        return self._monitor
+
+    def report(self, req: VerifiedRequest) -> dict[str, Any]:
+        """One sensor's flow report (a verified, authorized ``report_flows`` request).
+
+        Raises:
+            MalformedError: the report does not decode (the ``flow_report_*``
+                reason is logged and counted in :attr:`refused`).
+        """
+        try:
+            batch = decode_flow_report(req.body["flows"], self.limits)
+        except MalformedError as exc:
+            self.refused[exc.code] += 1
+            log.warning("flow report from %s refused: %s", req.device_id, exc.code)
+            raise MalformedError(f"flow report refused ({exc.code})") from None
+        with self._lock:
+            monitor = self._current()
+            alerts = monitor.observe(batch)
+            self.flows_accepted += len(batch)
+            learning = monitor.learning
+        actions = self.detection.raise_alerts(alerts) if alerts else []
+        return {"accepted": len(batch), "alerts": len(alerts), "actions": len(actions), "learning": learning}
+
+
+class DeviceHealthService:
+    """Devices' own health reports in, alerts out.
+
+    Args:
+        detection: Stores alerts and carries out the response.
+        config: The health detector's settings.
+    """
+
+    def __init__(self, detection: DetectionService, config: HealthConfig | None = None) -> None:
+        self.detection = detection
+        self.detector = HealthDetector(config)
+        self._lock = threading.Lock()
+        #: Reports accepted, and refused by reason code.
+        self.reports_accepted = 0
+        self.refused: Counter[str] = Counter()
+
+    def report(self, req: VerifiedRequest) -> dict[str, Any]:
+        """One device's health report (a verified, authorized ``report_health`` request about itself).
+
+        Raises:
+            MalformedError: the report does not decode (the ``health_*`` reason is logged and counted).
+        """
+        try:
+            report = decode_health_report(req.body["metrics"])
+        except MalformedError as exc:
+            self.refused[exc.code] += 1
+            log.warning("health report from %s refused: %s", req.device_id, exc.code)
+            raise MalformedError(f"health report refused ({exc.code})") from None
+        with self._lock:
+            alerts = self.detector.observe(req.device_id, report)
+            learning = self.detector.learning(req.device_id)
+            self.reports_accepted += 1
+        actions = self.detection.raise_alerts(alerts) if alerts else []
+        return {"alerts": len(alerts), "actions": len(actions), "learning": learning}
+
+
+class HubSignalsService:
+    """The hub's own observations of devices (refused requests) into the behaviour rules.
+
+    Args:
+        detection: Stores alerts and carries out the response.
+        rule: The refusal rule (default thresholds when None).
+    """
+
+    def __init__(self, detection: DetectionService, rule: RefusalRule | None = None) -> None:
+        self.detection = detection
+        self.rule = rule or RefusalRule()
+        self.appraisals = AppraisalRule()
+        self._lock = threading.Lock()
+
+    def refused(self, device_id: str, action: str, reason: str, now: datetime) -> None:
+        """A device request was refused (called by the device plane after auditing the refusal).
+
+        Refusals of a device its posture already explains (quarantined,
+        failed attestation, risk at the step-up level or above) are not
+        counted: they are containment working, and counting them would feed
+        its risk back into more containment after an operator released it.
+        Never raises: the refusal stands whatever happens to the alert (a failure is logged).
+        """
+        posture = self.detection.posture.posture.get(device_id)
+        if posture is None or posture.quarantined or posture.trust_tier == "failed" or \
+                posture.risk_score >= STEP_UP_RISK:
+            return
+        with self._lock:
+            alerts = self.rule.observe([Refusal(now.timestamp(), device_id, reason, action)])
+        self._raise(device_id, alerts)
+
+    def rejected(self, device_id: str, reason: str, count: int, now: datetime) -> None:
+        """Ingest refused ``count`` of the device's readings in one batch for ``reason`` (counted as refusals of
+        ``publish``, at most 10 per batch; never raises)."""
+        for _ in range(min(count, 10)):
+            self.refused(device_id, "publish", reason, now)
+
+    def appraised(self, device_id: str, tier: str, reasons: Sequence[str], now: datetime) -> None:
+        """An attestation appraisal of the device (called by the attestation service once it is applied).
+
+        Never raises (a failure is logged).
+        """
+        with self._lock:
+            alerts = self.appraisals.observe(device_id, tier, reasons, now.timestamp())
+        self._raise(device_id, alerts)
+
+    def _raise(self, device_id: str, alerts: list[Alert]) -> None:
+        if not alerts:
+            return
+        try:
+            self.detection.raise_alerts(alerts)
+        except IotGuardError as exc:
+            log.error("alert on %s not raised: %s", device_id, exc.code)
