@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from iotguard import __version__
 from iotguard.errors import IotGuardError, public_message
 from iotguard.hub.audit_api import make_audit_router
+from iotguard.hub.console import CONSOLE_PREFIX, create_console_app
 from iotguard.hub.ratelimit import LockedOut
 from iotguard.hub.routers.alerts import alerts_router
 from iotguard.hub.routers.attestation import attestation_router
@@ -140,4 +141,5 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
     app.include_router(telemetry_router(services.telemetry, services.operators, operator))
     app.include_router(make_audit_router(services.audit.log, operator("view_audit")))
     app.include_router(alerts_router(services.detection, services.operators, operator, metrics_registry))
+    app.mount(CONSOLE_PREFIX, create_console_app(services, http_status=HTTP_STATUS, drain=drain))
     return app

@@ -8,6 +8,10 @@
 ``<data_dir>/tls/api.pem`` (0600)
     The REST API's server certificate, the CA certificate (so a device
     pinning the CA fingerprint can read it from the chain), and the key.
+``<data_dir>/tls/console.pem`` (0600)
+    A second API server certificate with an ECDSA P-256 key, for web
+    browsers (they do not accept Ed25519 certificates); the API listener
+    loads both and each client gets the one its handshake offers (ADR 1402).
 ``<data_dir>/tls/broker.pem`` (0600)
     The embedded broker's server certificate, the CA certificate, the key.
 
@@ -27,6 +31,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from iotguard.fileio import atomic_write
@@ -45,7 +50,8 @@ SERVER_CERT_VALIDITY = timedelta(days=90)
 FRONT_CRL_VALIDITY = timedelta(days=2)
 
 
-def _pem_bundle(cert: x509.Certificate, key: Ed25519PrivateKey, *, chain: bytes = b"") -> bytes:
+def _pem_bundle(cert: x509.Certificate, key: Ed25519PrivateKey | ec.EllipticCurvePrivateKey, *,
+                chain: bytes = b"") -> bytes:
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     return cert.public_bytes(serialization.Encoding.PEM) + chain + key_pem
@@ -111,6 +117,13 @@ class HubTls:
                 atomic_write(path, _pem_bundle(cert, key, chain=self.ca.certificate_pem), mode=0o600)
                 log.info("issued TLS server certificate %s for %s", path.name, ", ".join(names))
                 changed = True
+        if api_names and self._due(self.console_file, now, api_names):
+            console_key = ec.generate_private_key(ec.SECP256R1())
+            cert = issue_server_certificate(self.ca, api_names[0], console_key.public_key(), now,
+                                            SERVER_CERT_VALIDITY, extra_names=list(dict.fromkeys(api_names[1:])))
+            atomic_write(self.console_file, _pem_bundle(cert, console_key, chain=self.ca.certificate_pem), mode=0o600)
+            log.info("issued the console's ECDSA P-256 TLS certificate for %s", ", ".join(api_names))
+            changed = True
         return changed
 
     def _due(self, path: Path, now: datetime, names: Sequence[str]) -> bool:
@@ -134,6 +147,11 @@ class HubTls:
                 set(san.get_values_for_type(x509.DNSName))
             return present != set(names)
         return False
+
+    @property
+    def console_file(self) -> Path:
+        """The API's second (ECDSA P-256) server certificate, chain and key, for web browsers."""
+        return self.data_dir / "tls" / "console.pem"
 
     @property
     def broker_crl_file(self) -> Path:

@@ -1,0 +1,227 @@
+"""What each console page shows, read from the hub's services (the routers only render it).
+
+Every method here reads or acts through an existing service: the registry
+(:class:`DeviceLifecycle`), posture, attestation, detection, consent and the
+audit log. Nothing here writes a table of its own except through those
+services, so a change made from the console is the same change, with the
+same audit entries and outbox effects, as one made through the API or CLI.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from iotguard.audit import AuditEvent
+from iotguard.audit.verify import export_segment, inclusion_bundle, verify_export, verify_inclusion_bundle
+from iotguard.errors import ConfigError, IotGuardError, ProofError
+from iotguard.hub.compose import HubServices
+from iotguard.hub.console.fleet_view import FleetFilter, FleetPage, SqlFleetView
+from iotguard.privacy import LegalBasis, load_contract
+
+__all__ = ["AuditVerification", "ConsoleViews", "TrailEntry"]
+
+#: Audit entries listed on the audit page and a device's trail.
+TRAIL_LENGTH = 25
+
+
+@dataclass(frozen=True)
+class TrailEntry:
+    """An audit entry with the outcome of checking its inclusion proof against the latest checkpoint."""
+
+    index: int
+    event: AuditEvent | None
+    leaf_hash: str
+    proof_length: int
+    proven: bool
+
+
+@dataclass(frozen=True)
+class AuditVerification:
+    """The outcome of the audit page's verify button."""
+
+    ok: bool
+    checkpoint_size: int
+    root: str
+    entries_checked: int
+    message: str
+    origin: str = ""
+    problems: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _event(entry: bytes) -> AuditEvent | None:
+    """An entry's event, or None when the stored bytes do not parse (the verify button says why)."""
+    try:
+        return AuditEvent.from_cbor(entry)
+    except IotGuardError:
+        return None
+
+
+def _certificate(pem: str | None) -> dict[str, Any] | None:
+    if not pem:
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        return {"error": "unreadable certificate"}
+    return {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
+            "serial": format(cert.serial_number, "x"), "not_before": cert.not_valid_before_utc,
+            "not_after": cert.not_valid_after_utc,
+            "sha256": cert.fingerprint(hashes.SHA256()).hex(":")}
+
+
+class ConsoleViews:
+    """The console's pages over the hub's services.
+
+    Args:
+        services: The hub's services.
+        fleet: The fleet overview's read model (default: on the hub's database).
+    """
+
+    def __init__(self, services: HubServices, fleet: SqlFleetView | None = None) -> None:
+        self.s = services
+        self.fleet_view = fleet or SqlFleetView(services.store.engine)
+
+    # -- fleet and devices ---------------------------------------------------------
+
+    def fleet(self, f: FleetFilter) -> tuple[FleetPage, dict[str, int]]:
+        """A page of the filtered fleet and the fleet's counts."""
+        return self.fleet_view.page(f), self.fleet_view.counts()
+
+    def device(self, device_id: str) -> dict[str, Any]:
+        """Everything the device page shows.
+
+        Raises:
+            UnknownDeviceError: no such device.
+        """
+        record = self.s.lifecycle.device(device_id)
+        posture = self.s.posture.posture.get(device_id)
+        return {
+            "record": record,
+            "certificate": _certificate(record.cert_pem),
+            "posture": posture,
+            "appraisals": self.s.attestation.history(device_id, limit=10),
+            "alerts": self.s.detection.alerts(device_id=device_id, limit=20),
+            "readings": self.s.telemetry.reading_count(device_id),
+            "subject": self.s.consent.privacy.subject_of(device_id),
+            "trail": self.trail(device_id),
+        }
+
+    def trail(self, subject: str) -> list[TrailEntry]:
+        """The newest audit entries about ``subject``, each with its inclusion proof checked
+        against the latest signed checkpoint (entries newer than it show as not yet proven)."""
+        log = self.s.audit.log
+        indexes = sorted(log.find_subject(subject, 1000))[-TRAIL_LENGTH:]
+        checkpoint = log.latest_checkpoint()
+        out = []
+        for index in reversed(indexes):
+            entry = log.entries(index, index + 1)[0]
+            event = _event(entry)
+            proof_length, proven = 0, False
+            if checkpoint is not None:
+                try:
+                    bundle = inclusion_bundle(log, index, checkpoint)
+                    verify_inclusion_bundle(bundle, log.verifier)
+                    proof_length, proven = len(bundle.proof), True
+                except ProofError:
+                    proven = False
+            out.append(TrailEntry(index, event, base64.b64encode(log.leaf_hash(index)).decode(), proof_length,
+                                  proven))
+        return out
+
+    def quarantine(self, device_id: str, *, actor: str, reason: str) -> None:
+        """Quarantine through the posture service (audited, broker access rewritten)."""
+        self.s.posture.quarantine(device_id, actor=actor, reason=reason)
+
+    def release(self, device_id: str, *, actor: str, reason: str) -> None:
+        """Release through the posture service (the policy requires a fresh verified attestation)."""
+        self.s.posture.release(device_id, actor=actor, reason=reason)
+
+    # -- alerts ------------------------------------------------------------------------
+
+    def alerts(self) -> dict[str, Any]:
+        """Recent alerts and the response actions waiting for approval."""
+        return {"alerts": self.s.detection.alerts(limit=100), "waiting": self.s.detection.awaiting_approval()}
+
+    # -- audit -------------------------------------------------------------------------
+
+    def audit(self) -> dict[str, Any]:
+        """The log's size, latest checkpoint and newest entries."""
+        log = self.s.audit.log
+        size = log.size()
+        start = max(0, size - TRAIL_LENGTH)
+        entries = [(start + i, _event(e)) for i, e in enumerate(log.entries(start, size))]
+        checkpoint = log.latest_checkpoint()
+        return {"size": size, "checkpoint": checkpoint, "entries": list(reversed(entries)),
+                "origin": log.origin}
+
+    def verify_audit(self) -> AuditVerification:
+        """Sign a checkpoint of the current tree, then verify the whole log against it the way an
+        offline auditor does: every entry re-hashed, the root recomputed, the signature checked."""
+        log = self.s.audit.log
+        try:
+            note = log.publish_checkpoint(self.s.clock.now())
+            bundle = export_segment(log, 0, log.verify_checkpoint(note).size, note)
+            verified = verify_export(bundle, log.verifier)
+        except IotGuardError as exc:
+            return AuditVerification(False, 0, "", 0, f"verification failed: {exc.code}", log.origin,
+                                     (str(exc.code),))
+        cp = verified.checkpoint
+        return AuditVerification(True, cp.size, base64.b64encode(cp.root).decode(), len(verified.events),
+                                 f"all {len(verified.events)} entries verify against the signed checkpoint",
+                                 cp.origin)
+
+    # -- privacy and live rates ----------------------------------------------------------
+
+    def subject(self, subject_id: str) -> dict[str, Any]:
+        """A data subject's devices, consent state and erasure records (the privacy page)."""
+        privacy = self.s.consent.privacy
+        return {"subject_id": subject_id, "devices": privacy.devices_of(subject_id),
+                "consent": privacy.consent_state(subject_id), "erasures": privacy.erasures_of(subject_id)}
+
+    def rates(self) -> dict[str, Any]:
+        """Ingest counters of this hub process and rejections per reason."""
+        summary = self.s.telemetry.summary()
+        rejected = summary.get("rejected") or {}
+        return {"at": datetime.now(tz=UTC).isoformat(), **summary,
+                "rejected_count": sum(int(n) for n in rejected.values())}
+
+    # -- the device owner's portal -------------------------------------------------------
+
+    def owner(self, subject_id: str) -> dict[str, Any]:
+        """What the owner's devices collect, why and for how long, and their consent per purpose."""
+        privacy = self.s.consent.privacy
+        consent = privacy.consent_state(subject_id)
+        devices = []
+        for device_id in privacy.devices_of(subject_id):
+            try:
+                record = self.s.lifecycle.device(device_id)
+                contract = load_contract(record.model)
+            except (IotGuardError, ConfigError):
+                continue
+            purposes = []
+            for name, p in contract.purposes.items():
+                decision = consent.decisions.get(name)
+                purposes.append({
+                    "name": name, "description": p.description, "legal_basis": p.legal_basis.value,
+                    "consent_based": p.legal_basis is LegalBasis.CONSENT,
+                    "retention_days": round(p.retention.total_seconds() / 86400, 1),
+                    "fields": [{"name": f, "description": contract.fields[f].description,
+                                "unit": contract.fields[f].unit} for f in p.fields if f in contract.fields],
+                    "granted": decision.granted if decision else None,
+                    "decided_at": decision.at if decision else None,
+                })
+            devices.append({"device_id": device_id, "model": record.model, "title": contract.title,
+                            "controller": contract.controller, "contact": contract.contact,
+                            "purposes": purposes})
+        return {"subject_id": subject_id, "devices": devices, "consent_version": consent.version}
+
+    def owner_purposes(self, subject_id: str) -> set[str]:
+        """Consent-based purposes declared by the contracts of the owner's devices (the only ones the portal
+        changes: processing on another legal basis does not start or stop with consent)."""
+        return {p["name"] for d in self.owner(subject_id)["devices"] for p in d["purposes"] if p["consent_based"]}
