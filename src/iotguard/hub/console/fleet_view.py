@@ -126,23 +126,46 @@ class SqlFleetView:
 
     def page(self, f: FleetFilter) -> FleetPage:
         """One page of devices matching ``f``, ordered by device id, with the filter's total."""
-        joined = devices.outerjoin(device_posture, device_posture.c.device_id == devices.c.device_id)
-        where = and_(True, *self._conditions(f))
+        return self.overview(f)[0]
+
+    def overview(self, f: FleetFilter) -> tuple[FleetPage, dict[str, int]]:
+        """One page of devices matching ``f`` and the fleet's counts (:meth:`counts`), in one connection.
+
+        Without a posture filter the page and its total are cut from ``devices`` alone and the
+        posture of the page's devices is read after (no join over the whole fleet).
+        """
+        with self.engine.connect() as c:
+            counts = self._counts(c)
+            if f.trust_tier or f.quarantined is not None:
+                joined = devices.outerjoin(device_posture, device_posture.c.device_id == devices.c.device_id)
+                where = and_(True, *self._conditions(f))
+                ids = [r[0] for r in c.execute(select(devices.c.device_id).select_from(joined).where(where)
+                                               .order_by(devices.c.device_id).limit(f.page_size)
+                                               .offset((f.page - 1) * f.page_size))]
+                total = int(c.execute(select(func.count()).select_from(joined).where(where)).scalar_one())
+            else:
+                where = and_(True, *self._conditions(f))
+                ids = [r[0] for r in c.execute(select(devices.c.device_id).where(where).order_by(devices.c.device_id)
+                                               .limit(f.page_size).offset((f.page - 1) * f.page_size))]
+                if f.query:
+                    total = int(c.execute(select(func.count()).select_from(devices).where(where)).scalar_one())
+                else:
+                    total = counts[f.status] if f.status else sum(counts[s] for s in DEVICE_STATUSES)
+            rows = self._rows(c, ids)
+        return FleetPage(rows, total, f.page, f.page_size), counts
+
+    def _rows(self, c: Any, ids: Sequence[str]) -> tuple[FleetRow, ...]:
+        if not ids:
+            return ()
         q = (select(devices.c.device_id, devices.c.model, devices.c.segment, devices.c.status,
                     device_posture.c.trust_tier, device_posture.c.quarantined, device_posture.c.risk_score)
-             .select_from(joined).where(where).order_by(devices.c.device_id)
-             .limit(f.page_size).offset((f.page - 1) * f.page_size))
-        count = select(func.count()).select_from(joined).where(where)
-        with self.engine.connect() as c:
-            rows = c.execute(q).all()
-            total = int(c.execute(count).scalar_one())
-            ids = [r.device_id for r in rows]
-            seen = self._last_seen(c, ids)
-            firmware = self._firmware(c, ids)
-        return FleetPage(tuple(FleetRow(r.device_id, r.model, r.segment, r.status, r.trust_tier or "unverified",
-                                        bool(r.quarantined), int(r.risk_score or 0), firmware.get(r.device_id),
-                                        seen.get(r.device_id)) for r in rows),
-                         total, f.page, f.page_size)
+             .select_from(devices.outerjoin(device_posture, device_posture.c.device_id == devices.c.device_id))
+             .where(devices.c.device_id.in_(ids)).order_by(devices.c.device_id))
+        found = c.execute(q).all()
+        seen, firmware = self._last_seen(c, ids), self._firmware(c, ids)
+        return tuple(FleetRow(r.device_id, r.model, r.segment, r.status, r.trust_tier or "unverified",
+                              bool(r.quarantined), int(r.risk_score or 0), firmware.get(r.device_id),
+                              seen.get(r.device_id)) for r in found)
 
     @staticmethod
     def _last_seen(c: Any, ids: Sequence[str]) -> dict[str, datetime | None]:
@@ -163,10 +186,14 @@ class SqlFleetView:
         return {r[0]: r[1] for r in c.execute(q)}
 
     def counts(self) -> dict[str, int]:
-        """Devices per status and quarantined/failed counts (the overview's header)."""
+        """Devices per status and how many are quarantined (the overview's header)."""
         with self.engine.connect() as c:
-            by_status = {r[0]: int(r[1]) for r in c.execute(
-                select(devices.c.status, func.count()).group_by(devices.c.status))}
-            quarantined = int(c.execute(select(func.count()).select_from(device_posture)
-                                        .where(device_posture.c.quarantined.is_(True))).scalar_one())
+            return self._counts(c)
+
+    @staticmethod
+    def _counts(c: Any) -> dict[str, int]:
+        by_status = {r[0]: int(r[1]) for r in c.execute(select(devices.c.status, func.count())
+                                                        .group_by(devices.c.status))}
+        quarantined = int(c.execute(select(func.count()).select_from(device_posture)
+                                    .where(device_posture.c.quarantined.is_(True))).scalar_one())
         return {**{s: by_status.get(s, 0) for s in DEVICE_STATUSES}, "quarantined": quarantined}

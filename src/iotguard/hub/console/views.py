@@ -91,7 +91,7 @@ class ConsoleViews:
 
     def fleet(self, f: FleetFilter) -> tuple[FleetPage, dict[str, int]]:
         """A page of the filtered fleet and the fleet's counts."""
-        return self.fleet_view.page(f), self.fleet_view.counts()
+        return self.fleet_view.overview(f)
 
     def device(self, device_id: str) -> dict[str, Any]:
         """Everything the device page shows.
