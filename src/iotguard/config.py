@@ -89,6 +89,9 @@ class HubConfig:
     #: Serve the OpenAPI schema and its pages (/openapi.json, /docs, /redoc).
     #: They answer without authentication, so they are off unless turned on.
     api_docs: bool = False
+    #: Where vulnerability reports go (a security.txt URL or a mailbox); the compliance report
+    #: checks that one is published (ETSI EN 303 645 provision 5.2).
+    security_contact: str = ""
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite in the data directory."""
