@@ -74,19 +74,39 @@ def gather_facts(services: HubServices) -> FleetFacts:
             devices.c.status == "active", devices.c.cert_pem.is_(None))).scalar_one()
         models = sorted({r[0] for r in c.execute(select(devices.c.model).where(
             devices.c.status.in_(("active", "pending"))).distinct())})
-        supported = {r[0] for r in c.execute(select(model_support.c.model))}
+        support = {r[0]: r[1] for r in c.execute(select(model_support.c.model, model_support.c.end_of_support))}
+    supported = set(support)
     tiers: dict[str, int] = {}
     for posture in services.posture.posture:
         tiers[posture.trust_tier] = tiers.get(posture.trust_tier, 0) + 1
-    without_contract = []
+    without_contract, contracts = [], []
     for model in models:
         try:
-            load_contract(model)
+            contract = load_contract(model)
+            contracts.append(Evidence("state", f"contract:{model}", f"data contract {model} v{contract.version}, "
+                                      f"SHA-256 {contract.digest().hex()[:16]}..., purposes "
+                                      + ", ".join(f"{n} ({p.legal_basis.value}, {p.retention.days} days)"
+                                                  for n, p in contract.purposes.items())))
         except ConfigError:
             without_contract.append(model)
+    pending = services.outbox.pending()
+    rejected = services.store.rejection_totals()
+    state: dict[str, list[Evidence]] = {
+        "C-SUPPORT-PERIOD": [Evidence("state", "model_support", f"{m}: supported until {support[m]:%Y-%m-%d}")
+                             for m in models if m in support],
+        "C-ATTESTATION": [Evidence("state", "device_posture", "active devices by trust tier: "
+                                   + (", ".join(f"{t} {n}" for t, n in sorted(tiers.items())) or "none"))],
+        "C-TELEMETRY-MINIMISATION": contracts, "C-CONSENT": contracts,
+        "C-RESILIENCE": [Evidence("state", "outbox", f"{pending} side effects waiting for delivery")],
+        "C-INPUT-VALIDATION": [Evidence("state", "rejections", "rejections by reason: "
+                                        + (", ".join(f"{r} {n}" for r, n in sorted(rejected.items())) or "none"))],
+        "C-UPDATE-MECHANISM": [Evidence("state", "firmware_files", "TUF root metadata "
+                                        + ("present" if services.firmware.file("metadata/1.root.json") else
+                                           "absent"))],
+    }
     evidence = {}
     for check in CHECKS:
-        evidence[check.id] = (*(_setting(services, s) for s in check.settings),
+        evidence[check.id] = (*(_setting(services, s) for s in check.settings), *state.get(check.id, ()),
                               *_audit_evidence(services, check.audit_events, checkpoint))
     return FleetFacts(
         generated_at=services.clock.now(), devices_by_status=by_status, shared_identity_keys=int(shared),
@@ -98,8 +118,8 @@ def gather_facts(services: HubServices) -> FleetFacts:
         models_without_support_date=tuple(m for m in models if m not in supported),
         firmware_repository=services.firmware.file("metadata/1.root.json") is not None,
         policy_active=services.posture.engine.loaded,
-        outbox_pending=services.outbox.pending(), audit_size=log.size(), checkpoint_verified=verified,
-        rejected_total=services.store.rejection_totals(), evidence=evidence)
+        outbox_pending=pending, audit_size=log.size(), checkpoint_verified=verified,
+        rejected_total=rejected, evidence=evidence)
 
 
 def report(services: HubServices) -> dict[str, Any]:

@@ -273,3 +273,27 @@ def test_oversized_form_is_refused(console: ConsoleHub) -> None:
     r = client.post("/console/logout", content=b"csrf=" + b"a" * 20000,
                     headers={"content-type": "application/x-www-form-urlencoded"})
     assert r.status_code == 400
+
+
+def test_owner_erases_their_data_and_their_access_code_stops_working(console: ConsoleHub) -> None:
+    console.hub.agent("dev-1")
+    console.hub.services.consent.record_initial_consent("bob", "dev-1", {"research": True})
+    officer = console.login("privacy-officer")
+    csrf = console.csrf(officer, "/console/privacy?subject=bob")
+    r = officer.post("/console/privacy/owner-token", data={"csrf": csrf, "subject": "bob"})
+    code = re.search(r'id="owner-code">([^<]+)<', r.text).group(1)  # type: ignore[union-attr]
+    owner = console.browser()
+    form = owner.get("/console/owner/login")
+    login = {"token": code, "login_csrf": LOGIN_CSRF.search(form.text).group(1)}  # type: ignore[union-attr]
+    assert owner.post("/console/owner/login", data=login).status_code == 303
+    csrf = console.csrf(owner, "/console/owner")
+    assert owner.post("/console/owner/erase", data={"csrf": csrf}).status_code == 400  # not confirmed
+    r = owner.post("/console/owner/erase", data={"csrf": csrf, "confirm": "yes"})
+    assert r.status_code == 200 and "Your data was erased" in r.text
+    assert "data.erased" in _audit_types(console)
+    assert console.hub.services.consent.privacy.erasures_of("bob")
+    assert owner.get("/console/owner").status_code == 401  # the session ended with the erasure
+    again = console.browser()
+    form = again.get("/console/owner/login")
+    login["login_csrf"] = LOGIN_CSRF.search(form.text).group(1)  # type: ignore[union-attr]
+    assert again.post("/console/owner/login", data=login).status_code == 401  # the code was revoked

@@ -65,6 +65,7 @@ class ConsoleAuth:
 
     def _open(self, principal: str, role: str, *, token_id: str | None, subject_id: str | None) -> SessionGrant:
         now = self.clock.now()
+        self.sessions.purge_expired(now)  # each login sweeps the ended sessions (any hub process)
         cookie = new_secret("igs")
         session = ConsoleSession(principal, role, token_id, subject_id, secrets.token_urlsafe(32), now,
                                  now + SESSION_TTL)
