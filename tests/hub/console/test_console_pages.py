@@ -297,3 +297,26 @@ def test_owner_erases_their_data_and_their_access_code_stops_working(console: Co
     form = again.get("/console/owner/login")
     login["login_csrf"] = LOGIN_CSRF.search(form.text).group(1)  # type: ignore[union-attr]
     assert again.post("/console/owner/login", data=login).status_code == 401  # the code was revoked
+
+
+def test_policy_page_shows_the_active_policy_diffs_versions_and_explains(console: ConsoleHub) -> None:
+    from iotguard.policy import PolicySet, default_policy_set
+
+    console.hub.agent("dev-1")
+    admin = console.hub.services.posture.admin
+    first = admin.repository.active_version()
+    assert first is not None
+    text = default_policy_set().text + '\n@id("no-viewer-telemetry")\nforbid (principal in Role::"viewer", ' \
+                                       'action == Action::"read_telemetry", resource);\n'
+    engine = console.hub.services.posture.engine
+    admin.propose_and_activate(PolicySet(text), author="sam", comment="tighten", engine=engine)
+    client = console.login("security-admin")
+    page = client.get("/console/policy", params={"old": first.version, "new": first.version + 1})
+    assert page.status_code == 200 and "no-viewer-telemetry" in page.text
+    assert f'id="active-version">{first.version + 1}<' in page.text
+    r = client.get("/console/policy/explain", params={
+        "principal_type": "Operator", "principal_id": "vera", "role": "viewer", "action": "read_telemetry",
+        "resource_type": "Device", "resource_id": "dev-1"})
+    assert r.status_code == 200 and "DENY (forbidden)" in r.text and "no-viewer-telemetry" in r.text
+    assert client.get("/console/policy", params={"old": 1, "new": 99}).status_code == 400
+    assert console.login("operator").get("/console/policy").status_code == 403

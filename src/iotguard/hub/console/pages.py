@@ -125,6 +125,25 @@ def operator_routes(console: Console) -> APIRouter:
         return console.render("audit.html", request, session=session, a=views.audit(), verification=result,
                               status=200 if result.ok else 409)
 
+    @router.get("/policy")
+    def policy(request: Request) -> HTMLResponse:
+        session = console.session(request, "manage_policy")
+        params = request.query_params
+        old, new = params.get("old"), params.get("new")
+        diff = (_int(old, 0), _int(new, 0)) if old and new else (None, None)
+        return console.render("policy.html", request, session=session, p=views.policy(*diff), explanation=None,
+                              q=params)
+
+    @router.get("/policy/explain")
+    def explain(request: Request) -> HTMLResponse:
+        session = console.session(request, "manage_policy")
+        q = request.query_params
+        explanation = views.explain(q.get("principal_type", ""), q.get("principal_id", "").strip(),
+                                    q.get("role", "").strip(), q.get("action", "").strip(),
+                                    q.get("resource_type", "").strip(), q.get("resource_id", "").strip())
+        return console.render("policy.html", request, session=session, p=views.policy(), explanation=explanation,
+                              q=q)
+
     @router.get("/privacy")
     def privacy(request: Request) -> HTMLResponse:
         session = console.session(request, "manage_consent")

@@ -19,9 +19,11 @@ from cryptography.hazmat.primitives import hashes
 
 from iotguard.audit import AuditEvent
 from iotguard.audit.verify import export_segment, inclusion_bundle, verify_export, verify_inclusion_bundle
-from iotguard.errors import ConfigError, IotGuardError, ProofError
+from iotguard.errors import ConfigError, IotGuardError, MalformedError, ProofError
 from iotguard.hub.compose import HubServices
 from iotguard.hub.console.fleet_view import FleetFilter, FleetPage, SqlFleetView
+from iotguard.policy import AccessRequest
+from iotguard.policy.model import Explanation
 from iotguard.privacy import LegalBasis, load_contract
 
 __all__ = ["AuditVerification", "ConsoleViews", "TrailEntry"]
@@ -175,6 +177,40 @@ class ConsoleViews:
         return AuditVerification(True, cp.size, base64.b64encode(cp.root).decode(), len(verified.events),
                                  f"all {len(verified.events)} entries verify against the signed checkpoint",
                                  cp.origin)
+
+    # -- policy ----------------------------------------------------------------------------
+
+    def policy(self, old: int | None = None, new: int | None = None) -> dict[str, Any]:
+        """The active policy, its versions and activations, and (when asked) a diff of two versions.
+
+        Raises:
+            MalformedError: an unknown version.
+        """
+        admin = self.s.posture.admin
+        versions = admin.repository.versions()
+        active = admin.repository.active_version()
+        try:
+            diff = admin.diff(old, new) if old is not None and new is not None else None
+        except ConfigError:
+            raise MalformedError("unknown policy version") from None
+        return {"active": active, "versions": list(reversed(versions)),
+                "activations": list(reversed(admin.repository.activations()))[:20], "diff": diff,
+                "old": old, "new": new}
+
+    def explain(self, principal_type: str, principal_id: str, role: str, action: str, resource_type: str,
+                resource_id: str) -> Explanation:
+        """Why the active policy allows or denies a request (what ``iotguard policy explain`` prints).
+
+        Raises:
+            MalformedError: a field outside its allowed set or length.
+        """
+        fields = (principal_id, role, action, resource_type, resource_id)
+        if principal_type not in ("Operator", "Device") or any(len(f) > 256 for f in fields) or not all(
+                (principal_id, action, resource_type, resource_id)):
+            raise MalformedError("explain needs a principal, an action and a resource")
+        request = AccessRequest(principal_type, principal_id, action, resource_type, resource_id,
+                                role if principal_type == "Operator" else "")
+        return self.s.posture.engine.explain(request)
 
     # -- privacy and live rates ----------------------------------------------------------
 
