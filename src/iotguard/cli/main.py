@@ -40,6 +40,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotguard.cli.detect",
     "iotguard.cli.alerts",
     "iotguard.cli.compliance",
+    "iotguard.cli.console",
 )
 
 

@@ -320,3 +320,25 @@ def test_policy_page_shows_the_active_policy_diffs_versions_and_explains(console
     assert r.status_code == 200 and "DENY (forbidden)" in r.text and "no-viewer-telemetry" in r.text
     assert client.get("/console/policy", params={"old": 1, "new": 99}).status_code == 400
     assert console.login("operator").get("/console/policy").status_code == 403
+
+
+def test_cli_issues_an_owner_code_that_logs_in_and_revokes_it(console: ConsoleHub, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from iotguard.cli.main import main
+
+    console.hub.agent("dev-1")
+    console.hub.services.consent.record_initial_consent("carol", "dev-1", {"research": True})
+    conf = tmp_path / "iotguard.toml"
+    conf.write_text(f'[hub]\ndata_dir = "{console.hub.cfg.data_dir}"\n')
+    capsys.readouterr()
+    assert main(["console", "--config", str(conf), "owner-code", "carol", "--actor", "pia"]) == 0
+    code = capsys.readouterr().out.strip()
+    assert code.startswith("igo_")
+    owner = console.browser()
+    form = owner.get("/console/owner/login")
+    login = {"token": code, "login_csrf": LOGIN_CSRF.search(form.text).group(1)}  # type: ignore[union-attr]
+    assert owner.post("/console/owner/login", data=login).status_code == 303
+    assert "Withdraw consent for research" in owner.get("/console/owner").text
+    assert "console.owner_token_issued" in _audit_types(console)
+    assert main(["console", "--config", str(conf), "owner-revoke", "carol"]) == 0
+    assert owner.get("/console/owner").status_code == 401
