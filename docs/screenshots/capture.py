@@ -28,7 +28,7 @@ from iotguard.detection import Alert, Severity
 from iotguard.hub.api import create_app
 from iotguard.hub.broker import wait_for_port
 from iotguard.hub.compose import build_hub_services
-from iotguard.hub.tls import HubTls
+from iotguard.hub.tls import HubTls, add_browser_certificate
 
 OUT = Path(__file__).resolve().parent
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -68,7 +68,7 @@ def serve(services: Any, app: Any) -> tuple[str, uvicorn.Server]:
     config.load()
     assert isinstance(config.ssl, ssl.SSLContext)
     config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
-    config.ssl.load_cert_chain(str(tls.console_file))
+    add_browser_certificate(config.ssl, tls)
     server = uvicorn.Server(config)
     threading.Thread(target=server.run, daemon=True).start()
     wait_for_port("127.0.0.1", port, timeout=15)

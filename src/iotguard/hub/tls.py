@@ -24,6 +24,7 @@ left; the hub calls it at start and on a schedule.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,11 +35,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from iotguard.errors import ConfigError
 from iotguard.fileio import atomic_write
 from iotguard.identity.ca import FleetCA
 from iotguard.identity.crl import issue_crl, issue_server_certificate
 
-__all__ = ["HUB_MQTT_IDENTITY", "SERVER_CERT_VALIDITY", "HubTls"]
+__all__ = ["HUB_MQTT_IDENTITY", "SERVER_CERT_VALIDITY", "HubTls", "add_browser_certificate"]
 
 log = logging.getLogger(__name__)
 
@@ -166,3 +168,23 @@ class HubTls:
         crl = issue_crl(self.ca, revoked, now=now, next_update=now + FRONT_CRL_VALIDITY)
         atomic_write(self.broker_crl_file, crl, mode=0o644)
         return self.broker_crl_file
+
+
+def add_browser_certificate(context: ssl.SSLContext, tls: HubTls, console_tls_file: str = "") -> Path:
+    """Load the API's browser certificate beside its Ed25519 one (ADR 1402); returns the file loaded.
+
+    Args:
+        context: The API listener's server context (already holding the Ed25519 certificate).
+        tls: The hub's TLS files (``console.pem``, issued by the fleet CA, is the default).
+        console_tls_file: An operator's PEM file (certificate chain, then the ECDSA or RSA key) from a CA
+            browsers trust; used instead of ``console.pem`` when set.
+
+    Raises:
+        ConfigError: the configured file cannot be read or its key does not match its certificate.
+    """
+    path = Path(console_tls_file) if console_tls_file else tls.console_file
+    try:
+        context.load_cert_chain(str(path))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"console TLS certificate {path} cannot be loaded: {type(exc).__name__}") from None
+    return path

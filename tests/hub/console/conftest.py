@@ -20,7 +20,7 @@ from iotguard.agent.boot import MeasuredBoot, provision_boot_anchor
 from iotguard.attestation import reference_release
 from iotguard.clock import SystemClock
 from iotguard.hub.broker import wait_for_port
-from iotguard.hub.tls import HubTls
+from iotguard.hub.tls import HubTls, add_browser_certificate
 from iotguard.keys import SoftwareKeyStore
 from iotguard.keys.software_rot import SoftwareRootOfTrust
 from tests.attestation.conftest import BINDING, MODEL, POLICY, Firmware, firmware  # noqa: F401 (a fixture)
@@ -104,7 +104,7 @@ def serve_https(hub: HubParts) -> HttpsHub:
     config.load()
     if isinstance(config.ssl, ssl.SSLContext):
         config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
-        config.ssl.load_cert_chain(str(tls.console_file))  # as the hub does: browsers get ECDSA P-256
+        add_browser_certificate(config.ssl, tls, hub.cfg.console_tls_file)  # as the hub does
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="console-test-https", daemon=True)
     thread.start()
