@@ -342,3 +342,23 @@ def test_cli_issues_an_owner_code_that_logs_in_and_revokes_it(console: ConsoleHu
     assert "console.owner_token_issued" in _audit_types(console)
     assert main(["console", "--config", str(conf), "owner-revoke", "carol"]) == 0
     assert owner.get("/console/owner").status_code == 401
+
+
+def test_device_page_shows_readings_only_to_roles_cedar_lets_read_telemetry(console: ConsoleHub) -> None:
+    from iotguard.hub.ingest import Incoming
+    from iotguard.policy import PolicySet, default_policy_set
+    from iotguard.wire import Reading, encode_reading
+
+    agent = console.hub.agent("dev-1")
+    _s, envelope = agent.sealer.seal(encode_reading(Reading(1_700_000_000_000, {"temperature": 21.5},
+                                                            "heating_control")))
+    assert console.hub.processor.process([Incoming(agent.sealer.topic, envelope)]).stored == 1
+    viewer = console.login("viewer")
+    page = viewer.get("/console/devices/dev-1").text
+    assert 'id="readings"' in page and "21.5" in page and "heating_control" in page
+    text = default_policy_set().text + '\n@id("no-viewer-telemetry")\nforbid (principal in Role::"viewer", ' \
+                                       'action == Action::"read_telemetry", resource);\n'
+    console.hub.services.posture.engine.load(PolicySet(text))
+    page = viewer.get("/console/devices/dev-1").text
+    assert 'id="readings-withheld"' in page and "21.5" not in page
+    console.hub.services.posture.engine.load(default_policy_set())

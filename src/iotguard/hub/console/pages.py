@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from iotguard.errors import MalformedError
+from iotguard.errors import MalformedError, PolicyDenied
 from iotguard.hub.console.fleet_view import DEVICE_STATUSES, FleetFilter
 from iotguard.hub.console.web import CONSOLE_PREFIX, COOKIE, Console, safe_next
 from iotguard.hub.routers.alerts import APPROVAL_ACTIONS
@@ -84,7 +84,13 @@ def operator_routes(console: Console) -> APIRouter:
     @router.get("/devices/{device_id}")
     def device(request: Request, device_id: str) -> HTMLResponse:
         session = console.session(request, "view_devices", "Device", device_id)
-        return console.render("device.html", request, session=session, d=views.device(device_id),
+        try:
+            console.auth.authorize(session, "read_telemetry", "Device", device_id)
+            may_read = True
+        except PolicyDenied:
+            may_read = False
+        return console.render("device.html", request, session=session,
+                              d=views.device(device_id, may_read_telemetry=may_read),
                               notice=request.query_params.get("done", ""))
 
     @router.post("/devices/{device_id}/quarantine")

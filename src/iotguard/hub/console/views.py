@@ -95,8 +95,9 @@ class ConsoleViews:
         """A page of the filtered fleet and the fleet's counts."""
         return self.fleet_view.overview(f)
 
-    def device(self, device_id: str) -> dict[str, Any]:
-        """Everything the device page shows.
+    def device(self, device_id: str, *, may_read_telemetry: bool = False) -> dict[str, Any]:
+        """Everything the device page shows; its newest readings only when ``may_read_telemetry``
+        (the viewer's Cedar ``read_telemetry`` decision on the device).
 
         Raises:
             UnknownDeviceError: no such device.
@@ -110,6 +111,7 @@ class ConsoleViews:
             "appraisals": self.s.attestation.history(device_id, limit=10),
             "alerts": self.s.detection.alerts(device_id=device_id, limit=20),
             "readings": self.s.telemetry.reading_count(device_id),
+            "latest": self.fleet_view.latest_readings(device_id) if may_read_telemetry else None,
             "subject": self.s.consent.privacy.subject_of(device_id),
             "trail": self.trail(device_id),
         }
