@@ -362,3 +362,24 @@ def test_device_page_shows_readings_only_to_roles_cedar_lets_read_telemetry(cons
     page = viewer.get("/console/devices/dev-1").text
     assert 'id="readings-withheld"' in page and "21.5" not in page
     console.hub.services.posture.engine.load(default_policy_set())
+
+
+def test_privacy_page_shows_receipts_and_privacy_loss_of_a_subject(console: ConsoleHub) -> None:
+    from iotguard.hub.ingest import Incoming
+    from iotguard.privacy import ConsentState
+    from iotguard.wire import encode_reading
+
+    agent = console.hub.agent("dev-1")
+    now = console.hub.services.clock.now()
+    agent.attach_privacy("thermo-1", ConsentState("alice").grant("research", now))
+    console.hub.services.consent.record_initial_consent("alice", "dev-1", {"research": True})
+    for reading in agent.privacy.process({"temperature": 21.5, "humidity": 40.0}):  # type: ignore[union-attr]
+        _s, envelope = agent.sealer.seal(encode_reading(reading))
+        console.hub.processor.process([Incoming(agent.sealer.topic, envelope)])
+    receipt = agent.privacy.seal_receipt(now)  # type: ignore[union-attr]
+    assert console.hub.client.post("/v1/receipts", json=agent._signed("upload_receipt",
+                                                                      {"receipt": receipt})[0]).status_code == 200
+    page = console.login("privacy-officer").get("/console/privacy", params={"subject": "alice"}).text
+    assert "1 signed receipt from" in page
+    ledger = page.split('id="privacy-loss"')[1].split("</table>")[0]
+    assert "dev-1" in ledger  # the receipt's privacy loss was charged to the device's budget period

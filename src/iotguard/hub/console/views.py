@@ -25,6 +25,7 @@ from iotguard.hub.console.fleet_view import FleetFilter, FleetPage, SqlFleetView
 from iotguard.policy import AccessRequest
 from iotguard.policy.model import Explanation
 from iotguard.privacy import LegalBasis, load_contract
+from iotguard.privacy.ledger import EPSILON_RESOLUTION
 
 __all__ = ["AuditVerification", "ConsoleViews", "TrailEntry"]
 
@@ -217,10 +218,17 @@ class ConsoleViews:
     # -- privacy and live rates ----------------------------------------------------------
 
     def subject(self, subject_id: str) -> dict[str, Any]:
-        """A data subject's devices, consent state and erasure records (the privacy page)."""
+        """A data subject's devices, consent state, privacy receipts, privacy loss per budget period and
+        erasure records (the privacy page)."""
         privacy = self.s.consent.privacy
-        return {"subject_id": subject_id, "devices": privacy.devices_of(subject_id),
-                "consent": privacy.consent_state(subject_id), "erasures": privacy.erasures_of(subject_id)}
+        devices = privacy.devices_of(subject_id)
+        receipts, ledger = privacy.receipts_for_export(devices)
+        return {"subject_id": subject_id, "devices": devices, "consent": privacy.consent_state(subject_id),
+                "erasures": privacy.erasures_of(subject_id),
+                "receipts": [{"device_id": r.device_id, "received_at": r.received_at} for r in receipts[-20:]],
+                "receipt_count": len(receipts),
+                "privacy_loss": [{"device_id": r["device_id"], "period": r["period"],
+                                  "epsilon": r["spent_units"] * EPSILON_RESOLUTION} for r in ledger]}
 
     def rates(self) -> dict[str, Any]:
         """Ingest counters of this hub process and rejections per reason."""
