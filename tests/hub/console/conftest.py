@@ -50,6 +50,24 @@ class ConsoleHub:
         assert r.status_code == 303, r.text
         return client
 
+    def owner_code(self, subject_id: str) -> str:
+        """An owner access code issued the way a privacy officer does it, on the Privacy page."""
+        officer = self.login("privacy-officer")
+        csrf = self.csrf(officer, f"/console/privacy?subject={subject_id}")
+        r = officer.post("/console/privacy/owner-token", data={"csrf": csrf, "subject": subject_id})
+        match = re.search(r'id="owner-code">([^<]+)<', r.text)
+        assert match, r.text
+        return match.group(1)
+
+    def owner_login(self, code: str) -> tuple[TestClient, int]:
+        """A browser that posted ``code`` to the owner login form, and the status it got."""
+        client = self.browser()
+        form = client.get("/console/owner/login")
+        token = LOGIN_CSRF.search(form.text)
+        assert token
+        return client, client.post("/console/owner/login",
+                                   data={"token": code, "login_csrf": token.group(1)}).status_code
+
     @staticmethod
     def csrf(client: TestClient, page: str) -> str:
         r = client.get(page)

@@ -229,14 +229,8 @@ def test_audit_verify_reports_a_tampered_log(console: ConsoleHub) -> None:
 def test_owner_portal_withdraws_consent_downloads_and_cannot_reach_operator_pages(console: ConsoleHub) -> None:
     console.hub.agent("dev-1")
     console.hub.services.consent.record_initial_consent("alice", "dev-1", {"research": True})
-    officer = console.login("privacy-officer")
-    csrf = console.csrf(officer, "/console/privacy?subject=alice")
-    r = officer.post("/console/privacy/owner-token", data={"csrf": csrf, "subject": "alice"})
-    code = re.search(r'id="owner-code">([^<]+)<', r.text).group(1)  # type: ignore[union-attr]
-    owner = console.browser()
-    form = owner.get("/console/owner/login")
-    r = owner.post("/console/owner/login", data={"token": code, "login_csrf": LOGIN_CSRF.search(form.text).group(1)})  # type: ignore[union-attr]
-    assert r.status_code == 303
+    owner, status = console.owner_login(console.owner_code("alice"))
+    assert status == 303
     home = owner.get("/console/owner").text
     assert "Withdraw consent for research" in home and "How long:" in home
     csrf = console.csrf(owner, "/console/owner")
@@ -263,7 +257,8 @@ def test_operator_session_cannot_use_the_owner_portal(console: ConsoleHub) -> No
 def test_unknown_or_oversized_owner_codes_are_refused(console: ConsoleHub, secret: str) -> None:
     owner = console.browser()
     form = owner.get("/console/owner/login")
-    r = owner.post("/console/owner/login", data={"token": secret, "login_csrf": LOGIN_CSRF.search(form.text).group(1)})  # type: ignore[union-attr]
+    login_csrf = LOGIN_CSRF.search(form.text).group(1)  # type: ignore[union-attr]
+    r = owner.post("/console/owner/login", data={"token": secret, "login_csrf": login_csrf})
     cookies = [c for c in r.headers.get_list("set-cookie") if c.startswith("iotguard_console=")]
     assert r.status_code == 401 and all("Max-Age=0" in c or 'iotguard_console=""' in c for c in cookies)
 
@@ -278,14 +273,9 @@ def test_oversized_form_is_refused(console: ConsoleHub) -> None:
 def test_owner_erases_their_data_and_their_access_code_stops_working(console: ConsoleHub) -> None:
     console.hub.agent("dev-1")
     console.hub.services.consent.record_initial_consent("bob", "dev-1", {"research": True})
-    officer = console.login("privacy-officer")
-    csrf = console.csrf(officer, "/console/privacy?subject=bob")
-    r = officer.post("/console/privacy/owner-token", data={"csrf": csrf, "subject": "bob"})
-    code = re.search(r'id="owner-code">([^<]+)<', r.text).group(1)  # type: ignore[union-attr]
-    owner = console.browser()
-    form = owner.get("/console/owner/login")
-    login = {"token": code, "login_csrf": LOGIN_CSRF.search(form.text).group(1)}  # type: ignore[union-attr]
-    assert owner.post("/console/owner/login", data=login).status_code == 303
+    code = console.owner_code("bob")
+    owner, status = console.owner_login(code)
+    assert status == 303
     csrf = console.csrf(owner, "/console/owner")
     assert owner.post("/console/owner/erase", data={"csrf": csrf}).status_code == 400  # not confirmed
     r = owner.post("/console/owner/erase", data={"csrf": csrf, "confirm": "yes"})
@@ -293,10 +283,7 @@ def test_owner_erases_their_data_and_their_access_code_stops_working(console: Co
     assert "data.erased" in _audit_types(console)
     assert console.hub.services.consent.privacy.erasures_of("bob")
     assert owner.get("/console/owner").status_code == 401  # the session ended with the erasure
-    again = console.browser()
-    form = again.get("/console/owner/login")
-    login["login_csrf"] = LOGIN_CSRF.search(form.text).group(1)  # type: ignore[union-attr]
-    assert again.post("/console/owner/login", data=login).status_code == 401  # the code was revoked
+    assert console.owner_login(code)[1] == 401  # the code was revoked
 
 
 def test_policy_page_shows_the_active_policy_diffs_versions_and_explains(console: ConsoleHub) -> None:
@@ -334,10 +321,8 @@ def test_cli_issues_an_owner_code_that_logs_in_and_revokes_it(console: ConsoleHu
     assert main(["console", "--config", str(conf), "owner-code", "carol", "--actor", "pia"]) == 0
     code = capsys.readouterr().out.strip()
     assert code.startswith("igo_")
-    owner = console.browser()
-    form = owner.get("/console/owner/login")
-    login = {"token": code, "login_csrf": LOGIN_CSRF.search(form.text).group(1)}  # type: ignore[union-attr]
-    assert owner.post("/console/owner/login", data=login).status_code == 303
+    owner, status = console.owner_login(code)
+    assert status == 303
     assert "Withdraw consent for research" in owner.get("/console/owner").text
     assert "console.owner_token_issued" in _audit_types(console)
     assert main(["console", "--config", str(conf), "owner-revoke", "carol"]) == 0

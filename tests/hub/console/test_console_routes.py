@@ -6,12 +6,11 @@ A route added later is covered by the same checks without editing this file.
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.routing import Mount
 
 from iotguard.hub.store import ROLES
 from tests.hub.console.conftest import ConsoleHub
+from tests.hub.test_route_coverage import _routes
 
 #: Routes that are the way in or out, reachable without a session (they show no data).
 OPEN = {("GET", "/login"), ("POST", "/login"), ("GET", "/owner/login"), ("POST", "/owner/login"), ("GET", "/")}
@@ -19,19 +18,7 @@ OPEN = {("GET", "/login"), ("POST", "/login"), ("GET", "/owner/login"), ("POST",
 
 def _console_routes(console: ConsoleHub) -> list[tuple[str, str]]:
     mount = next(r for r in console.hub.app.routes if isinstance(r, Mount) and r.path == "/console")
-    app: Any = mount.app
-    found = []
-    pending = list(app.routes)
-    while pending:
-        route = pending.pop(0)
-        included = getattr(route, "original_router", None)
-        if included is not None:
-            pending.extend(included.routes)
-            continue
-        for method in sorted(getattr(route, "methods", None) or ()):
-            if method not in ("HEAD", "OPTIONS"):
-                found.append((method, route.path))
-    return found
+    return [(method, path) for method, path, _route in _routes(mount.app)]
 
 
 def _url(path: str) -> str:
