@@ -141,5 +141,6 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
     app.include_router(telemetry_router(services.telemetry, services.operators, operator))
     app.include_router(make_audit_router(services.audit.log, operator("view_audit")))
     app.include_router(alerts_router(services.detection, services.operators, operator, metrics_registry))
-    app.mount(CONSOLE_PREFIX, create_console_app(services, http_status=HTTP_STATUS, drain=drain))
+    # The console's changes are delivered by this app's outbox middleware, which wraps the mount too.
+    app.mount(CONSOLE_PREFIX, create_console_app(services, http_status=HTTP_STATUS))
     return app

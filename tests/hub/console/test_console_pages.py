@@ -161,6 +161,7 @@ def test_quarantine_and_release_from_the_device_page(console: ConsoleHub, tmp_pa
                       data={"csrf": console.csrf(operator, "/console/devices/dev-1"), "reason": "scan"})
     assert r.status_code == 303
     assert console.hub.services.posture.posture.require("dev-1").quarantined is True
+    assert console.hub.services.outbox.pending() == 0  # delivered before the response, as the API does
     page = operator.get(r.headers["location"]).text
     assert 'id="quarantined">yes<' in page and "Release from quarantine" in page
     r = operator.post("/console/devices/dev-1/release", data={"csrf": console.csrf(operator, "/console/devices/dev-1")})

@@ -186,7 +186,8 @@ def create_console_app(services: HubServices, *, http_status: Mapping[str, int],
     Args:
         services: The hub's services (the console adds none of its own logic).
         http_status: The API's reason-code-to-status table.
-        drain: Delivers outbox rows after each state-changing request, as the API does.
+        drain: Delivers outbox rows after each state-changing request, as the API does (None when the app
+            the console is mounted on already does it, as :func:`~iotguard.hub.api.create_app` does).
     """
     from iotguard.hub.console.owner import owner_routes
     from iotguard.hub.console.pages import operator_routes
