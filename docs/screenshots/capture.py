@@ -92,7 +92,8 @@ def main() -> None:
 
             admin = login("security-admin")
             for name, path in (("fleet", "/console/fleet"), ("device", "/console/devices/thermo-003"),
-                               ("alerts", "/console/alerts"), ("live", "/console/live")):
+                               ("alerts", "/console/alerts"), ("live", "/console/live"),
+                               ("policy", "/console/policy")):
                 admin.goto(url + path)
                 admin.wait_for_load_state("networkidle")
                 admin.screenshot(path=str(OUT / f"{name}.png"))
