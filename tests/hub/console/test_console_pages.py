@@ -367,5 +367,6 @@ def test_privacy_page_shows_receipts_and_privacy_loss_of_a_subject(console: Cons
                                                                       {"receipt": receipt})[0]).status_code == 200
     page = console.login("privacy-officer").get("/console/privacy", params={"subject": "alice"}).text
     assert "1 signed receipt from" in page
+    assert 'id="contract-thermo-1"' in page and "research (consent, kept 365 days)" in page
     ledger = page.split('id="privacy-loss"')[1].split("</table>")[0]
     assert "dev-1" in ledger  # the receipt's privacy loss was charged to the device's budget period

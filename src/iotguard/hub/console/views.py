@@ -223,7 +223,20 @@ class ConsoleViews:
         privacy = self.s.consent.privacy
         devices = privacy.devices_of(subject_id)
         receipts, ledger = privacy.receipts_for_export(devices)
-        return {"subject_id": subject_id, "devices": devices, "consent": privacy.consent_state(subject_id),
+        models = set()
+        for device_id in devices:
+            try:
+                models.add(self.s.lifecycle.device(device_id).model)
+            except IotGuardError:
+                continue
+        contracts = []
+        for model in sorted(models):
+            try:
+                contracts.append(load_contract(model))
+            except ConfigError:
+                continue
+        return {"subject_id": subject_id, "devices": devices, "contracts": contracts,
+                "consent": privacy.consent_state(subject_id),
                 "erasures": privacy.erasures_of(subject_id),
                 "receipts": [{"device_id": r.device_id, "received_at": r.received_at} for r in receipts[-20:]],
                 "receipt_count": len(receipts),
