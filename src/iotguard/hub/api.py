@@ -26,6 +26,7 @@ from iotguard.errors import IotGuardError, public_message
 from iotguard.hub.audit_api import make_audit_router
 from iotguard.hub.console import CONSOLE_PREFIX, create_console_app
 from iotguard.hub.ratelimit import LockedOut
+from iotguard.hub.request_log import request_id_middleware
 from iotguard.hub.routers.alerts import alerts_router
 from iotguard.hub.routers.attestation import attestation_router
 from iotguard.hub.routers.auth import OperatorAuth
@@ -143,4 +144,5 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
     app.include_router(alerts_router(services.detection, services.operators, operator, metrics_registry))
     # The console's changes are delivered by this app's outbox middleware, which wraps the mount too.
     app.mount(CONSOLE_PREFIX, create_console_app(services, http_status=HTTP_STATUS))
+    app.middleware("http")(request_id_middleware)  # added last: the outermost, so it times everything
     return app
