@@ -105,6 +105,13 @@ class HubConfig:
     analytics_budget_epsilon: float = 1.0
     #: Length of a subject's budget period; device contracts' periods should match.
     analytics_budget_period_s: int = 86400
+    #: Where vulnerability reports go (a security.txt URL or a mailbox); the compliance report
+    #: checks that one is published (ETSI EN 303 645 provision 5.2).
+    security_contact: str = ""
+    #: PEM file (certificate chain, then its ECDSA or RSA key) the API listener presents to web
+    #: browsers, from a CA they trust; empty: the fleet CA's ECDSA certificate ``tls/console.pem``
+    #: (browsers warn: they cannot check the Ed25519 fleet CA's signature; ADR 1402).
+    console_tls_file: str = ""
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite in the data directory."""

@@ -44,6 +44,8 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotguard.cli.learn",
     "iotguard.cli.rollout",
     "iotguard.cli.sensor",
+    "iotguard.cli.compliance",
+    "iotguard.cli.console",
 )
 
 
@@ -55,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"iotguard {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="json: one JSON object per log line, with the request id of hub API requests")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -67,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_format == "json":
+        from iotguard.hub.request_log import configure_json_logging
+
+        configure_json_logging(level)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

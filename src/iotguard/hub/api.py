@@ -24,7 +24,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from iotguard import __version__
 from iotguard.errors import IotGuardError, public_message
 from iotguard.hub.audit_api import make_audit_router
+from iotguard.hub.console import CONSOLE_PREFIX, create_console_app
 from iotguard.hub.ratelimit import LockedOut
+from iotguard.hub.request_log import request_id_middleware
 from iotguard.hub.routers.aggregation import aggregation_router
 from iotguard.hub.routers.alerts import alerts_router
 from iotguard.hub.routers.analytics import analytics_router
@@ -168,4 +170,7 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
     app.include_router(learning_router(services.learning, services.models, services.plane))
     app.include_router(firmware_router(services.firmware, services.rollouts, services.plane, operator))
     app.include_router(sensing_router(services.flows, services.health, services.plane))
+    # The console's changes are delivered by this app's outbox middleware, which wraps the mount too.
+    app.mount(CONSOLE_PREFIX, create_console_app(services, http_status=HTTP_STATUS))
+    app.middleware("http")(request_id_middleware)  # added last: the outermost, so it times everything
     return app

@@ -6,7 +6,7 @@ order, every migration the database has not recorded in
 ``iotguard_schema_migrations``. Components own id ranges (ADR 0004): 0001-0099
 core, 0100-0199 audit, 0200-0299 policy, 0300-0399 privacy, 0400-0499 keys and
 credentials, 0500-0599 device plane, 0700-0799 detection, 0800-0899 attestation,
-1200-1299 firmware updates (ADR 1200). Each component module defines its table-creating
+1200-1299 firmware updates (ADR 1200), 1400-1499 console (ADR 1400). Each component module defines its table-creating
 functions; this module imports them and lists them in :data:`MIGRATIONS` (no registration by
 import side effect).
 """
@@ -33,6 +33,7 @@ from iotguard.hub.schema import (
 )
 from iotguard.hub.stores.alerts import create_detection_tables
 from iotguard.hub.stores.attestation import create_attestation_tables
+from iotguard.hub.stores.console import create_console_tables
 from iotguard.hub.stores.credentials import create_credential_tables
 from iotguard.hub.stores.firmware import create_firmware_tables
 from iotguard.hub.stores.learning import create_learning_tables
@@ -93,6 +94,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("1300_learned_models", "signed model artifacts published by the hub (ADR 1300)", create_model_tables),
     Migration("1301_learning_runs", "federated training runs and their pending updates (ADR 1300)",
               create_learning_tables),
+    Migration("1400_console", "console sessions and device-owner access tokens (ADR 1400)", create_console_tables),
 )
 
 

@@ -32,7 +32,7 @@ from iotguard.hub.mosquitto import reload, revoked_serials, update_access_files
 from iotguard.hub.mqtt_frames import AccessList
 from iotguard.hub.mqtt_ingest import MqttIngest
 from iotguard.hub.services.posture import HUB_MQTT_GRANTS
-from iotguard.hub.tls import HUB_MQTT_IDENTITY, HubTls
+from iotguard.hub.tls import HUB_MQTT_IDENTITY, HubTls, add_browser_certificate
 from iotguard.policy.acl import derive_device_acl
 from iotguard.tls import client_context, server_context
 
@@ -187,6 +187,8 @@ class Hub:
             config.load()
             if isinstance(config.ssl, ssl.SSLContext):
                 config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
+                # Browsers refuse Ed25519 certificates: the console's ECDSA one sits beside it (ADR 1402).
+                add_browser_certificate(config.ssl, self.tls, self.cfg.console_tls_file)
             self._api_server = uvicorn.Server(config)
             self._api_thread = threading.Thread(target=self._api_server.run, name="iotguard-api", daemon=True)
             self._api_thread.start()
@@ -242,6 +244,7 @@ class Hub:
         # New handshakes use the renewed certificate; open connections keep theirs.
         if self._api_server is not None and isinstance(self._api_server.config.ssl, ssl.SSLContext):
             self._api_server.config.ssl.load_cert_chain(str(self.tls.api_file))
+            add_browser_certificate(self._api_server.config.ssl, self.tls, self.cfg.console_tls_file)
 
     def stop(self) -> None:
         """Stop accepting, finish the batch in progress, shut everything down."""

@@ -8,6 +8,10 @@
 ``<data_dir>/tls/api.pem`` (0600)
     The REST API's server certificate, the CA certificate (so a device
     pinning the CA fingerprint can read it from the chain), and the key.
+``<data_dir>/tls/console.pem`` (0600)
+    A second API server certificate with an ECDSA P-256 key, for web
+    browsers (they do not accept Ed25519 certificates); the API listener
+    loads both and each client gets the one its handshake offers (ADR 1402).
 ``<data_dir>/tls/broker.pem`` (0600)
     The embedded broker's server certificate, the CA certificate, the key.
 
@@ -20,6 +24,7 @@ left; the hub calls it at start and on a schedule.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,13 +32,15 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from iotguard.errors import ConfigError
 from iotguard.fileio import atomic_write
 from iotguard.identity.ca import FleetCA
 from iotguard.identity.crl import issue_crl, issue_server_certificate
 
-__all__ = ["HUB_MQTT_IDENTITY", "SERVER_CERT_VALIDITY", "HubTls"]
+__all__ = ["HUB_MQTT_IDENTITY", "SERVER_CERT_VALIDITY", "HubTls", "add_browser_certificate"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,8 @@ SERVER_CERT_VALIDITY = timedelta(days=90)
 FRONT_CRL_VALIDITY = timedelta(days=2)
 
 
-def _pem_bundle(cert: x509.Certificate, key: Ed25519PrivateKey, *, chain: bytes = b"") -> bytes:
+def _pem_bundle(cert: x509.Certificate, key: Ed25519PrivateKey | ec.EllipticCurvePrivateKey, *,
+                chain: bytes = b"") -> bytes:
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     return cert.public_bytes(serialization.Encoding.PEM) + chain + key_pem
@@ -111,6 +119,13 @@ class HubTls:
                 atomic_write(path, _pem_bundle(cert, key, chain=self.ca.certificate_pem), mode=0o600)
                 log.info("issued TLS server certificate %s for %s", path.name, ", ".join(names))
                 changed = True
+        if api_names and self._due(self.console_file, now, api_names):
+            console_key = ec.generate_private_key(ec.SECP256R1())
+            cert = issue_server_certificate(self.ca, api_names[0], console_key.public_key(), now,
+                                            SERVER_CERT_VALIDITY, extra_names=list(dict.fromkeys(api_names[1:])))
+            atomic_write(self.console_file, _pem_bundle(cert, console_key, chain=self.ca.certificate_pem), mode=0o600)
+            log.info("issued the console's ECDSA P-256 TLS certificate for %s", ", ".join(api_names))
+            changed = True
         return changed
 
     def _due(self, path: Path, now: datetime, names: Sequence[str]) -> bool:
@@ -136,6 +151,11 @@ class HubTls:
         return False
 
     @property
+    def console_file(self) -> Path:
+        """The API's second (ECDSA P-256) server certificate, chain and key, for web browsers."""
+        return self.data_dir / "tls" / "console.pem"
+
+    @property
     def broker_crl_file(self) -> Path:
         return self.data_dir / "tls" / "broker-crl.pem"
 
@@ -148,3 +168,23 @@ class HubTls:
         crl = issue_crl(self.ca, revoked, now=now, next_update=now + FRONT_CRL_VALIDITY)
         atomic_write(self.broker_crl_file, crl, mode=0o644)
         return self.broker_crl_file
+
+
+def add_browser_certificate(context: ssl.SSLContext, tls: HubTls, console_tls_file: str = "") -> Path:
+    """Load the API's browser certificate beside its Ed25519 one (ADR 1402); returns the file loaded.
+
+    Args:
+        context: The API listener's server context (already holding the Ed25519 certificate).
+        tls: The hub's TLS files (``console.pem``, issued by the fleet CA, is the default).
+        console_tls_file: An operator's PEM file (certificate chain, then the ECDSA or RSA key) from a CA
+            browsers trust; used instead of ``console.pem`` when set.
+
+    Raises:
+        ConfigError: the configured file cannot be read or its key does not match its certificate.
+    """
+    path = Path(console_tls_file) if console_tls_file else tls.console_file
+    try:
+        context.load_cert_chain(str(path))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"console TLS certificate {path} cannot be loaded: {type(exc).__name__}") from None
+    return path

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -136,19 +137,20 @@ def issue_crl(
 def issue_server_certificate(
     ca: FleetCA,
     hostname: str,
-    public_key: Ed25519PublicKey,
+    public_key: Ed25519PublicKey | EllipticCurvePublicKey,
     now: datetime,
     validity: timedelta,
     *,
     extra_names: Sequence[str] = (),
 ) -> x509.Certificate:
-    """Issue a TLS server certificate for the MQTT broker.
+    """Issue a TLS server certificate for the MQTT broker, the API or (ECDSA P-256, which browsers
+    accept where they refuse Ed25519) the web console.
 
     Args:
         ca: The fleet CA; signs through its key store.
         hostname: The name devices connect to; an IP address literal becomes
             an ``iPAddress`` SAN, anything else a ``dNSName`` SAN.
-        public_key: The broker's Ed25519 TLS key.
+        public_key: The server's Ed25519 TLS key (ECDSA P-256 for the console's browser certificate).
         now: Start of validity (backdated five minutes for clock skew).
         validity: At most :data:`MAX_SERVER_CERT_VALIDITY`.
         extra_names: More host names or addresses for the SAN.

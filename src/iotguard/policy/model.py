@@ -51,6 +51,7 @@ OPERATOR_ACTIONS: Final[dict[str, frozenset[str]]] = {
     "view_audit": frozenset({"Hub"}),
     "manage_policy": frozenset({"Hub"}),
     "bootstrap": frozenset({"Hub"}),
+    "own_data": frozenset({"Hub"}),
 }
 
 #: Attestation trust tiers, best first. ``failed`` blocks all but

@@ -67,6 +67,10 @@ class OperatorTokenStore(Protocol):
         """Raises AuthenticationError for an unknown, malformed or revoked token."""
         ...
 
+    def active_api_token(self, token_id: str) -> ApiToken | None:
+        """The token with this id unless it is unknown or revoked (console sessions re-check it per request)."""
+        ...
+
 
 class SqlOperatorTokenStore(SqlStoreBase):
     """Operator API tokens on SQLite or PostgreSQL."""
@@ -112,6 +116,13 @@ class SqlOperatorTokenStore(SqlStoreBase):
             raise AuthenticationError("invalid API token")
         return ApiToken(row.token_id, row.name, row.role)
 
+    def active_api_token(self, token_id: str) -> ApiToken | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(api_tokens).where(api_tokens.c.token_id == token_id)).first()
+        if row is None or row.revoked_at is not None:
+            return None
+        return ApiToken(row.token_id, row.name, row.role)
+
 
 @dataclass
 class _MemoryToken:
@@ -147,4 +158,10 @@ class MemoryOperatorTokenStore:
         t = self._tokens.get(_token_id_of(secret))
         if t is None or t.revoked_at is not None or not hmac.compare_digest(t.digest, _token_digest(secret)):
             raise AuthenticationError("invalid API token")
+        return ApiToken(t.token_id, t.name, t.role)
+
+    def active_api_token(self, token_id: str) -> ApiToken | None:
+        t = self._tokens.get(token_id)
+        if t is None or t.revoked_at is not None:
+            return None
         return ApiToken(t.token_id, t.name, t.role)

@@ -1,0 +1,215 @@
+"""The fleet overview's read model: one filtered, paged SQL query over the registry and the posture.
+
+Filtering, counting and paging happen in the database (``WHERE``, ``COUNT``,
+``LIMIT``/``OFFSET`` on the ``devices`` primary key), so a page of a
+10,000-device fleet reads one page of rows. Last-seen times and firmware
+versions are then read for that page's devices only. The view only reads:
+the registry, posture, readings and attestation tables stay their owners'
+(ADR 1401).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.sql.elements import ColumnElement
+
+from iotguard.errors import IotGuardError, MalformedError
+from iotguard.hub.policy_store import device_posture
+from iotguard.hub.schema import devices, readings
+from iotguard.hub.stores._sql import aware
+from iotguard.hub.stores.attestation import results as attestation_results
+from iotguard.policy.model import TRUST_TIERS
+from iotguard.wire import decode_reading
+
+__all__ = ["DEVICE_STATUSES", "MAX_PAGE_SIZE", "FleetFilter", "FleetPage", "FleetRow", "SqlFleetView"]
+
+#: Largest page the overview serves.
+MAX_PAGE_SIZE = 200
+#: Registry statuses a filter may name.
+DEVICE_STATUSES = ("pending", "active", "revoked", "decommissioned")
+_MAX_QUERY = 64
+
+
+@dataclass(frozen=True)
+class FleetFilter:
+    """What the operator filters the fleet by (every field optional).
+
+    Raises:
+        MalformedError: a value outside its allowed set or length.
+    """
+
+    query: str = ""
+    status: str = ""
+    trust_tier: str = ""
+    quarantined: bool | None = None
+    page: int = 1
+    page_size: int = 50
+
+    def __post_init__(self) -> None:
+        if len(self.query) > _MAX_QUERY:
+            raise MalformedError("search text too long")
+        if self.status and self.status not in DEVICE_STATUSES:
+            raise MalformedError("unknown device status")
+        if self.trust_tier and self.trust_tier not in TRUST_TIERS:
+            raise MalformedError("unknown trust tier")
+        if not 1 <= self.page <= 1_000_000 or not 1 <= self.page_size <= MAX_PAGE_SIZE:
+            raise MalformedError("page out of range")
+
+
+@dataclass(frozen=True)
+class FleetRow:
+    """One device as the overview shows it."""
+
+    device_id: str
+    model: str
+    segment: str
+    status: str
+    trust_tier: str
+    quarantined: bool
+    risk_score: int
+    firmware: str | None
+    last_seen: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device_id": self.device_id, "model": self.model, "segment": self.segment, "status": self.status,
+                "trust_tier": self.trust_tier, "quarantined": self.quarantined, "risk_score": self.risk_score,
+                "firmware": self.firmware, "last_seen": self.last_seen.isoformat() if self.last_seen else None}
+
+
+@dataclass(frozen=True)
+class FleetPage:
+    """A page of the filtered fleet and the filter's total."""
+
+    rows: tuple[FleetRow, ...]
+    total: int
+    page: int
+    page_size: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.page_size))
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class SqlFleetView:
+    """The overview query on the hub's database (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @staticmethod
+    def _conditions(f: FleetFilter) -> list[ColumnElement[bool]]:
+        tier = func.coalesce(device_posture.c.trust_tier, "unverified")
+        quarantined = func.coalesce(device_posture.c.quarantined, False)
+        where: list[ColumnElement[bool]] = []
+        if f.query:
+            pattern = _like(f.query)
+            where.append(or_(devices.c.device_id.like(pattern, escape="\\"),
+                             devices.c.model.like(pattern, escape="\\"),
+                             devices.c.segment.like(pattern, escape="\\")))
+        if f.status:
+            where.append(devices.c.status == f.status)
+        if f.trust_tier:
+            where.append(tier == f.trust_tier)
+        if f.quarantined is not None:
+            where.append(quarantined.is_(True) if f.quarantined else quarantined.is_(False))
+        return where
+
+    def page(self, f: FleetFilter) -> FleetPage:
+        """One page of devices matching ``f``, ordered by device id, with the filter's total."""
+        return self.overview(f)[0]
+
+    def overview(self, f: FleetFilter) -> tuple[FleetPage, dict[str, int]]:
+        """One page of devices matching ``f`` and the fleet's counts (:meth:`counts`), in one connection.
+
+        Without a posture filter the page and its total are cut from ``devices`` alone and the
+        posture of the page's devices is read after (no join over the whole fleet).
+        """
+        with self.engine.connect() as c:
+            counts = self._counts(c)
+            if f.trust_tier or f.quarantined is not None:
+                joined = devices.outerjoin(device_posture, device_posture.c.device_id == devices.c.device_id)
+                where = and_(True, *self._conditions(f))
+                ids = [r[0] for r in c.execute(select(devices.c.device_id).select_from(joined).where(where)
+                                               .order_by(devices.c.device_id).limit(f.page_size)
+                                               .offset((f.page - 1) * f.page_size))]
+                total = int(c.execute(select(func.count()).select_from(joined).where(where)).scalar_one())
+            else:
+                where = and_(True, *self._conditions(f))
+                ids = [r[0] for r in c.execute(select(devices.c.device_id).where(where).order_by(devices.c.device_id)
+                                               .limit(f.page_size).offset((f.page - 1) * f.page_size))]
+                if f.query:
+                    total = int(c.execute(select(func.count()).select_from(devices).where(where)).scalar_one())
+                else:
+                    total = counts[f.status] if f.status else sum(counts[s] for s in DEVICE_STATUSES)
+            rows = self._rows(c, ids)
+        return FleetPage(rows, total, f.page, f.page_size), counts
+
+    def _rows(self, c: Any, ids: Sequence[str]) -> tuple[FleetRow, ...]:
+        if not ids:
+            return ()
+        q = (select(devices.c.device_id, devices.c.model, devices.c.segment, devices.c.status,
+                    device_posture.c.trust_tier, device_posture.c.quarantined, device_posture.c.risk_score)
+             .select_from(devices.outerjoin(device_posture, device_posture.c.device_id == devices.c.device_id))
+             .where(devices.c.device_id.in_(ids)).order_by(devices.c.device_id))
+        found = c.execute(q).all()
+        seen, firmware = self._last_seen(c, ids), self._firmware(c, ids)
+        return tuple(FleetRow(r.device_id, r.model, r.segment, r.status, r.trust_tier or "unverified",
+                              bool(r.quarantined), int(r.risk_score or 0), firmware.get(r.device_id),
+                              seen.get(r.device_id)) for r in found)
+
+    @staticmethod
+    def _last_seen(c: Any, ids: Sequence[str]) -> dict[str, datetime | None]:
+        if not ids:
+            return {}
+        q = (select(readings.c.device_id, func.max(readings.c.received_at))
+             .where(readings.c.device_id.in_(ids)).group_by(readings.c.device_id))
+        return {r[0]: aware(r[1]) for r in c.execute(q)}
+
+    @staticmethod
+    def _firmware(c: Any, ids: Sequence[str]) -> dict[str, str]:
+        if not ids:
+            return {}
+        latest = (select(func.max(attestation_results.c.id)).where(attestation_results.c.device_id.in_(ids))
+                  .group_by(attestation_results.c.device_id))
+        q = select(attestation_results.c.device_id, attestation_results.c.firmware_version).where(
+            attestation_results.c.id.in_(latest))
+        return {r[0]: r[1] for r in c.execute(q)}
+
+    def latest_readings(self, device_id: str, limit: int = 10) -> list[dict[str, Any]]:
+        """The device's newest stored readings, decoded (a body that does not decode shows as such)."""
+        q = (select(readings.c.id, readings.c.received_at, readings.c.topic, readings.c.body)
+             .where(readings.c.device_id == device_id).order_by(readings.c.id.desc()).limit(max(1, min(limit, 100))))
+        with self.engine.connect() as c:
+            rows = c.execute(q).all()
+        out = []
+        for r in rows:
+            try:
+                fields: dict[str, Any] = decode_reading(bytes(r.body)).to_dict()
+            except IotGuardError:
+                fields = {"error": "undecodable reading"}
+            out.append({"id": r.id, "received_at": aware(r.received_at), "topic": r.topic, "reading": fields})
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Devices per status and how many are quarantined (the overview's header)."""
+        with self.engine.connect() as c:
+            return self._counts(c)
+
+    @staticmethod
+    def _counts(c: Any) -> dict[str, int]:
+        by_status = {r[0]: int(r[1]) for r in c.execute(select(devices.c.status, func.count())
+                                                        .group_by(devices.c.status))}
+        quarantined = int(c.execute(select(func.count()).select_from(device_posture)
+                                    .where(device_posture.c.quarantined.is_(True))).scalar_one())
+        return {**{s: by_status.get(s, 0) for s in DEVICE_STATUSES}, "quarantined": quarantined}

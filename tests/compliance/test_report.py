@@ -1,0 +1,118 @@
+"""The compliance report: catalogue coverage, verdicts from live hub state, evidence that verifies offline."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from iotguard.audit.verify import InclusionBundle, verify_inclusion_bundle
+from iotguard.cli.main import main
+from iotguard.compliance import CHECKS, STANDARDS, FleetFacts, Status, evaluate
+from iotguard.hub.compliance import render_html, report
+from iotguard.hub.schema import devices
+from tests.hub.conftest import HubParts, make_hub
+
+FACTS = FleetFacts(
+    generated_at=datetime(2026, 11, 30, tzinfo=UTC), devices_by_status={"active": 2}, shared_identity_keys=0,
+    active_without_certificate=0, active_trust_tiers={"verified": 2}, security_contact="security@example.org",
+    unsafe_plain_http=False, unsafe_plaintext_broker=False, api_docs=False, keystore_backend="pkcs11",
+    allowed_suites=("ascon-aead128",), cert_validity_days=30, enrollment_token_ttl_s=86400, models=("thermo-1",),
+    models_without_contract=(), models_without_support_date=(), firmware_repository=True, policy_active=True,
+    outbox_pending=0, audit_size=10, checkpoint_verified=True, rejected_total={})
+
+
+def _checks(doc: dict[str, object]) -> dict[str, dict[str, object]]:
+    return {c["id"]: c for c in doc["checks"]}  # type: ignore[attr-defined, index]
+
+
+def test_catalogue_covers_the_three_standards_and_names_only_known_checks() -> None:
+    known = {c.id for c in CHECKS}
+    etsi = [r.id for r in STANDARDS["ETSI EN 303 645 V2.1.1"]]
+    assert etsi == [f"5.{i}" for i in range(1, 14)] + ["6"]
+    assert [r.id for r in STANDARDS["OWASP IoT Top 10 (2018)"]] == [f"I{i}" for i in range(1, 11)]
+    assert len(STANDARDS["NIST IR 8259A"]) == 6
+    assert all(set(r.checks) <= known for reqs in STANDARDS.values() for r in reqs)
+    assert all(c.remediation or c.id in ("C-DELETION", "C-INPUT-VALIDATION") for c in CHECKS)
+
+
+def test_a_healthy_fleet_passes_and_each_failure_rolls_up_to_its_provisions() -> None:
+    doc = evaluate(FACTS)
+    assert doc["summary"] == {"pass": len(CHECKS), "fail": 0, "not_applicable": 0}
+    cloned = evaluate(replace(FACTS, shared_identity_keys=1))
+    assert _checks(cloned)["C-NO-DEFAULT-CREDS"]["status"] == "fail"
+    assert _checks(cloned)["C-NO-DEFAULT-CREDS"]["remediation"]
+    etsi = {r["id"]: r["status"] for r in cloned["standards"]["ETSI EN 303 645 V2.1.1"]}
+    owasp = {r["id"]: r["status"] for r in cloned["standards"]["OWASP IoT Top 10 (2018)"]}
+    assert etsi["5.1"] == etsi["5.12"] == "fail" and etsi["5.2"] == "pass"
+    assert owasp["I1"] == owasp["I9"] == "fail"
+    empty = evaluate(replace(FACTS, devices_by_status={}, models=(), active_trust_tiers={}))
+    assert _checks(empty)["C-ATTESTATION"]["status"] == Status.NOT_APPLICABLE.value
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> HubParts:
+    hub = make_hub(tmp_path)
+    hub.agent("dev-1")
+    hub.agent("dev-2")
+    hub.services.posture.quarantine("dev-2", actor="olga", reason="test")
+    hub.deliver()
+    return hub
+
+
+def test_report_judges_the_live_hub_and_its_evidence_verifies_offline(fleet: HubParts) -> None:
+    doc = report(fleet.services)
+    checks = _checks(doc)
+    assert checks["C-NO-DEFAULT-CREDS"]["status"] == "pass"
+    assert checks["C-VULN-DISCLOSURE"]["status"] == "fail"  # hub.security_contact is empty by default
+    assert checks["C-KEY-STORAGE"]["status"] == "fail"  # the software key store
+    assert checks["C-ATTESTATION"]["status"] == "fail"  # nobody attested yet
+    assert checks["C-ENCRYPTED-COMMS"]["status"] == "pass"
+    cited = [e for e in checks["C-NO-DEFAULT-CREDS"]["evidence"] if e["kind"] == "audit"]  # type: ignore[union-attr]
+    assert len(cited) == 2
+    for e in cited:
+        event = verify_inclusion_bundle(InclusionBundle.from_dict(e["proof"]), fleet.services.audit.log.verifier)
+        assert event.type == "device.enrolled" and event.subject in ("dev-1", "dev-2")
+    quarantine = [e for e in checks["C-AUDIT-LOG"]["evidence"] if e["kind"] == "audit"]  # type: ignore[union-attr]
+    assert any("device.quarantined" in e["summary"] for e in quarantine)
+    assert doc["checkpoint"] and doc["fleet"]["devices"] == {"active": 2}
+
+
+def test_cloned_identity_key_fails_the_default_credentials_check(fleet: HubParts) -> None:
+    """Check for a cloned device: two registry entries holding one identity key fail ETSI 5.1 / OWASP I1."""
+    key = fleet.registry.device("dev-1").identity_public_key
+    with fleet.store.engine.begin() as c:
+        c.execute(update(devices).where(devices.c.device_id == "dev-2").values(identity_public_key=key))
+    doc = report(fleet.services)
+    assert _checks(doc)["C-NO-DEFAULT-CREDS"]["status"] == "fail"
+    assert {r["id"]: r["status"] for r in doc["standards"]["ETSI EN 303 645 V2.1.1"]}["5.1"] == "fail"
+
+
+def test_settings_change_the_verdicts(tmp_path: Path) -> None:
+    hub = make_hub(tmp_path, api_docs=True, security_contact="https://example.org/.well-known/security.txt")
+    doc = report(hub.services)
+    assert _checks(doc)["C-MINIMAL-SURFACE"]["status"] == "fail"
+    assert _checks(doc)["C-VULN-DISCLOSURE"]["status"] == "pass"
+    hub.store.engine.dispose()
+
+
+def test_html_report_links_every_check_to_its_evidence(fleet: HubParts) -> None:
+    html = render_html(report(fleet.services))
+    for check in CHECKS:
+        assert f'id="{check.id}"' in html and f'href="#{check.id}"' in html
+    assert 'href="#entry-' in html and "<script" not in html
+
+
+def test_cli_writes_json_and_html(fleet: HubParts, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "iotguard.toml"
+    conf.write_text(f'[hub]\ndata_dir = "{fleet.cfg.data_dir}"\n')
+    assert main(["compliance", "--config", str(conf), "report", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["format"] == "iotguard-compliance-report/v1" and doc["fleet"]["devices"]["active"] == 2
+    out = tmp_path / "report.html"
+    assert main(["compliance", "--config", str(conf), "report", "--format", "html", "-o", str(out)]) == 0
+    assert "<h2>ETSI EN 303 645 V2.1.1</h2>" in out.read_text()
