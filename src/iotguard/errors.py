@@ -274,6 +274,10 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "unknown_run": "unknown training run",
     "unknown_model": "unknown model",
     "artifact_malformed": "model artifact is malformed",
+    "attestation_key_not_certified": "attestation key not certified against the device's TPM",
+    "ak_certification_failed": "attestation key certification failed",
+    "no_endorsement_key": "no TPM endorsement key recorded for this device",
+    "tpm_unsupported": "TPM support not available",
 }
 
 

@@ -89,6 +89,10 @@ HTTP_STATUS: dict[str, int] = {
     "unknown_run": 404,
     "unknown_model": 404,
     "artifact_malformed": 400,
+    "attestation_key_not_certified": 403,
+    "ak_certification_failed": 401,
+    "no_endorsement_key": 409,
+    "tpm_unsupported": 501,
 }
 
 

@@ -125,7 +125,9 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     commands = CommandChannel()
     consent = ConsentService(PrivacyStore(store.engine, audit=audit_sink, keystore=keystore), store, lifecycle,
                              commands, clock)
-    plane = DevicePlane(store, store.engine, engine, audit_sink, clock, reread_posture=posture.reread)
+    attestation = AttestationService(SqlAttestationStore(store.engine), store, posture, outbox, clock)
+    plane = DevicePlane(store, store.engine, engine, audit_sink, clock, reread_posture=posture.reread,
+                        step_up=attestation.step_up)
     operators = OperatorService(store, engine, audit_sink, clock, plane)
     processor = IngestProcessor(store, lifecycle, cfg, clock=clock, audit=log_,
                                 authorizer=posture.authorize_reading, media_authorizer=posture.authorize_media)
@@ -133,7 +135,6 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     if cfg.mosquitto_dir:
         broker = BrokerAccess(cfg.mosquitto_dir, cfg.mosquitto_pid_file, lifecycle.ca, store, posture.broker_acl,
                               clock)
-    attestation = AttestationService(SqlAttestationStore(store.engine), store, posture, outbox, clock)
     playbook = ActivePlaybook(Path(cfg.data_dir))
     detection = DetectionService(SqlAlertStore(store.engine), posture, lifecycle.revoke, playbook, clock,
                                  notifier=WebhookNotifier(playbook))

@@ -89,12 +89,15 @@ class DevicePlane:
         nonces: Seen-nonce store; the hub database when None.
         attempts: Attempt-limit state; the hub database when None.
         limits: Signed-request bounds.
+        reread_posture: Re-reads one device's posture from the database.
+        step_up: Sends a device an attestation challenge (policies asking for fresh evidence).
     """
 
     def __init__(self, store: DeviceStore, engine: Engine, policy: PolicyEngine, audit: AuditSink, clock: Clock, *,
                  nonces: SeenNonces | None = None, attempts: AttemptStore | None = None,
                  limits: SignedRequestLimits | None = None,
-                 reread_posture: Callable[[str], bool] | None = None) -> None:
+                 reread_posture: Callable[[str], bool] | None = None,
+                 step_up: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.engine = engine
         self.policy = policy
@@ -107,6 +110,9 @@ class DevicePlane:
         self.limits = limits or SignedRequestLimits()
         #: Re-reads one device's posture from the database (another hub process may have changed it).
         self.reread_posture = reread_posture
+        #: Asks a device for fresh evidence (an attestation challenge) when a policy annotated
+        #: ``@step_up("attest")`` denied it.
+        self.step_up = step_up
 
     def attempt(self, scope: str, client: str) -> Attempt:
         """Start an authentication attempt from ``client`` (an address) for ``scope``.
@@ -158,6 +164,10 @@ class DevicePlane:
         if not decision.allowed:
             self._refused(device_id, action, "policy_denied", now, policies=list(decision.reasons),
                           decision=decision.code)
+            policy_set = self.policy.policy_set
+            if (self.step_up is not None and policy_set is not None
+                    and policy_set.ids_annotated("step_up", "attest").intersection(decision.reasons)):
+                self.step_up(device_id)
             raise PolicyDenied(f"{request.describe()}: {decision.summary()}")
 
     def enroll(self, registry: DeviceLifecycle, body: Mapping[str, Any], client: str) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from iotguard.hub.schema import (
     create_revoked_certificates,
 )
 from iotguard.hub.stores.alerts import create_detection_tables
-from iotguard.hub.stores.attestation import create_attestation_tables
+from iotguard.hub.stores.attestation import create_attestation_tables, create_endorsement_table
 from iotguard.hub.stores.credentials import create_credential_tables
 from iotguard.hub.stores.firmware import create_firmware_tables
 from iotguard.hub.stores.learning import create_learning_tables
@@ -86,6 +86,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               create_detection_tables),
     Migration("0800_attestation", "attestation nonces, keys, appraisal results, reference values, policies",
               create_attestation_tables),
+    Migration("0810_attestation_endorsements", "TPM endorsement keys and the attestation keys certified against them",
+              create_endorsement_table),
     Migration("1200_firmware", "firmware TUF repository files (ADR 1200)", create_firmware_tables),
     Migration("1300_learned_models", "signed model artifacts published by the hub (ADR 1300)", create_model_tables),
     Migration("1301_learning_runs", "federated training runs and their pending updates (ADR 1300)",

@@ -141,6 +141,13 @@ DEVICE_REQUEST_ACTIONS: Final[Mapping[str, RequestSpec]] = {
         "num_examples": FieldSpec("uint", min_value=1, max_value=10_000_000),
         "update": FieldSpec("bytes", max_length=65536),
     }),
+    # Certifying a TPM attestation key against the device's endorsement key (ADR 0810): an empty
+    # secret asks for a credential (TPM2_MakeCredential) for the AK; the secret the TPM recovered
+    # (TPM2_ActivateCredential) answers it.
+    "certify_ak": RequestSpec({
+        "ak_public_area": FieldSpec("bytes", max_length=1024),
+        "secret": FieldSpec("bytes", max_length=32),
+    }),
 }
 
 

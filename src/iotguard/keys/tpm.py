@@ -41,10 +41,20 @@ from iotguard.keys.rot import (
 )
 from iotguard.keys.software_rot import check_nonce
 
-__all__ = ["MAX_COUNTER_STEP", "TPM_MAX_NONCE_BYTES", "TpmRootOfTrust", "attestation_key_of", "make_ak_credential"]
+__all__ = [
+    "MAX_COUNTER_STEP",
+    "MAX_PUBLIC_AREA_BYTES",
+    "TPM_MAX_NONCE_BYTES",
+    "TpmRootOfTrust",
+    "attestation_key_of",
+    "check_endorsement_key",
+    "make_ak_credential",
+]
 
 #: Largest nonce a TPM2_Quote takes as qualifying data here (a SHA-256 size).
 TPM_MAX_NONCE_BYTES = 32
+#: Largest marshalled ``TPM2B_PUBLIC`` (EK or AK) accepted from outside (an RSA-4096 area is about 620 bytes).
+MAX_PUBLIC_AREA_BYTES = 1024
 #: A TPM NV counter moves one step per increment; larger jumps are refused.
 MAX_COUNTER_STEP = 4096
 _NV_BASE = 0x01490000
@@ -387,6 +397,8 @@ def attestation_key_of(ak_public_area: bytes) -> AttestationKey:
     from tpm2_pytss.constants import TPM2_ALG, TPM2_ECC, TPMA_OBJECT
     from tpm2_pytss.types import TPM2B_PUBLIC
 
+    if not isinstance(ak_public_area, bytes) or not 0 < len(ak_public_area) <= MAX_PUBLIC_AREA_BYTES:
+        raise KeyStoreError("AK public area missing or too large")
     try:
         public, used = TPM2B_PUBLIC.unmarshal(ak_public_area)
     except Exception:
@@ -403,6 +415,37 @@ def attestation_key_of(ak_public_area: bytes) -> AttestationKey:
     if missing or attributes & TPMA_OBJECT.DECRYPT:
         raise KeyStoreError(f"AK lacks attributes {missing} or can decrypt")
     return AttestationKey(AttestationKeyAlgorithm.ES256, bytes(public.to_der()))
+
+
+_EK_REQUIRED_ATTRIBUTES = ("RESTRICTED", "DECRYPT", "FIXEDTPM", "FIXEDPARENT", "SENSITIVEDATAORIGIN")
+
+
+def check_endorsement_key(ek_public: bytes) -> bytes:
+    """Check that ``ek_public`` is the marshalled public area of an endorsement key; return it.
+
+    An EK is a restricted decryption key fixed to its TPM (TCG EK templates);
+    :func:`make_ak_credential` encrypts the credential's seed to it.
+
+    Raises:
+        KeyStoreError: too large, does not parse (or has trailing bytes), not
+            an ECC or RSA key, or lacks an EK's attributes.
+    """
+    from tpm2_pytss.constants import TPM2_ALG, TPMA_OBJECT
+    from tpm2_pytss.types import TPM2B_PUBLIC
+
+    if not isinstance(ek_public, bytes) or not 0 < len(ek_public) <= MAX_PUBLIC_AREA_BYTES:
+        raise KeyStoreError("EK public area missing or too large")
+    try:
+        public, used = TPM2B_PUBLIC.unmarshal(ek_public)
+    except Exception:
+        raise KeyStoreError("EK public area does not parse") from None
+    area = public.publicArea
+    if used != len(ek_public) or area.type not in (TPM2_ALG.ECC, TPM2_ALG.RSA):
+        raise KeyStoreError("EK must be one ECC or RSA public area")
+    missing = [name for name in _EK_REQUIRED_ATTRIBUTES if not area.objectAttributes & getattr(TPMA_OBJECT, name)]
+    if missing or area.objectAttributes & TPMA_OBJECT.SIGN_ENCRYPT:
+        raise KeyStoreError(f"EK lacks attributes {missing} or can sign")
+    return ek_public
 
 
 def make_ak_credential(ek_public: bytes, ak_public_area: bytes, secret: bytes) -> tuple[bytes, bytes]:
@@ -423,6 +466,7 @@ def make_ak_credential(ek_public: bytes, ak_public_area: bytes, secret: bytes) -
     from tpm2_pytss.utils import make_credential
 
     attestation_key_of(ak_public_area)
+    check_endorsement_key(ek_public)
     if not 16 <= len(secret) <= 32:
         raise KeyStoreError("credential secret must be 16 to 32 bytes")
     try:

@@ -27,6 +27,7 @@ DEVICE_SELF_ACTIONS: Final = frozenset({
     "update_check",
     "aggregate",
     "learn_task", "learn_update", "learn_model",
+    "certify_ak",
 })
 
 #: Actions an operator performs through the REST API or the CLI, with the
