@@ -96,6 +96,8 @@ def boot_from_config(cfg: AgentConfig, keystore: KeyStore) -> Attester:
     """Measured (and secure) boot of ``cfg.boot_images_dir`` on the configured root of trust.
 
     The root is the key store's (software) unless ``cfg.tpm_tcti`` names a TPM.
+    ``cfg.unsafe_allow_unverified_boot`` runs stages that fail verification
+    (measured all the same; :class:`MeasuredBoot` logs the bypass loudly).
     The boot anchor is sealed from ``cfg.firmware_public_key`` at the first
     start and kept in ``<data_dir>/boot-anchor.sealed``; later starts use the
     sealed one (changing the configured key does not change the anchor).
@@ -127,5 +129,6 @@ def boot_from_config(cfg: AgentConfig, keystore: KeyStore) -> Attester:
         root = root_of_trust_of(keystore)
         if isinstance(root, SoftwareRootOfTrust):
             root.power_cycle()  # the agent's start is the emulated platform's reset
-    record = MeasuredBoot(keystore, root, anchor).boot(cfg.boot_images_dir)
+    record = MeasuredBoot(keystore, root, anchor,
+                          unsafe_allow_unverified=cfg.unsafe_allow_unverified_boot).boot(cfg.boot_images_dir)
     return Attester(root, record)
