@@ -387,6 +387,30 @@ class TpmRootOfTrust:
 _AK_REQUIRED_ATTRIBUTES = ("RESTRICTED", "SIGN_ENCRYPT", "FIXEDTPM", "FIXEDPARENT", "SENSITIVEDATAORIGIN")
 
 
+def _public_area(data: bytes, what: str, required: tuple[str, ...], forbidden: str) -> Any:
+    """Parse one marshalled ``TPM2B_PUBLIC`` (nothing after it) with ``required`` attributes and not ``forbidden``.
+
+    Raises:
+        KeyStoreError: too large, does not parse, trailing bytes, or the attributes are wrong.
+    """
+    from tpm2_pytss.constants import TPMA_OBJECT
+    from tpm2_pytss.types import TPM2B_PUBLIC
+
+    if not isinstance(data, bytes) or not 0 < len(data) <= MAX_PUBLIC_AREA_BYTES:
+        raise KeyStoreError(f"{what} public area missing or too large")
+    try:
+        public, used = TPM2B_PUBLIC.unmarshal(data)
+    except Exception:
+        raise KeyStoreError(f"{what} public area does not parse") from None
+    if used != len(data):
+        raise KeyStoreError(f"{what} public area has trailing bytes")
+    attributes = public.publicArea.objectAttributes
+    missing = [name for name in required if not attributes & getattr(TPMA_OBJECT, name)]
+    if missing or attributes & getattr(TPMA_OBJECT, forbidden):
+        raise KeyStoreError(f"{what} lacks attributes {missing} or has {forbidden}")
+    return public
+
+
 def attestation_key_of(ak_public_area: bytes) -> AttestationKey:
     """The :class:`AttestationKey` of a TPM AK public area, after checking it is a proper AK.
 
@@ -394,26 +418,12 @@ def attestation_key_of(ak_public_area: bytes) -> AttestationKey:
         KeyStoreError: not an ECC P-256 signing key that is restricted, fixed
             to its TPM and generated inside it.
     """
-    from tpm2_pytss.constants import TPM2_ALG, TPM2_ECC, TPMA_OBJECT
-    from tpm2_pytss.types import TPM2B_PUBLIC
+    from tpm2_pytss.constants import TPM2_ALG, TPM2_ECC
 
-    if not isinstance(ak_public_area, bytes) or not 0 < len(ak_public_area) <= MAX_PUBLIC_AREA_BYTES:
-        raise KeyStoreError("AK public area missing or too large")
-    try:
-        public, used = TPM2B_PUBLIC.unmarshal(ak_public_area)
-    except Exception:
-        raise KeyStoreError("AK public area does not parse") from None
+    public = _public_area(ak_public_area, "AK", _AK_REQUIRED_ATTRIBUTES, "DECRYPT")
     area = public.publicArea
-    attributes = area.objectAttributes
-    if (
-        used != len(ak_public_area)
-        or area.type != TPM2_ALG.ECC
-        or area.parameters.eccDetail.curveID != TPM2_ECC.NIST_P256
-    ):
-        raise KeyStoreError("AK must be one ECC P-256 public area")
-    missing = [name for name in _AK_REQUIRED_ATTRIBUTES if not attributes & getattr(TPMA_OBJECT, name)]
-    if missing or attributes & TPMA_OBJECT.DECRYPT:
-        raise KeyStoreError(f"AK lacks attributes {missing} or can decrypt")
+    if area.type != TPM2_ALG.ECC or area.parameters.eccDetail.curveID != TPM2_ECC.NIST_P256:
+        raise KeyStoreError("AK must be an ECC P-256 key")
     return AttestationKey(AttestationKeyAlgorithm.ES256, bytes(public.to_der()))
 
 
@@ -430,21 +440,11 @@ def check_endorsement_key(ek_public: bytes) -> bytes:
         KeyStoreError: too large, does not parse (or has trailing bytes), not
             an ECC or RSA key, or lacks an EK's attributes.
     """
-    from tpm2_pytss.constants import TPM2_ALG, TPMA_OBJECT
-    from tpm2_pytss.types import TPM2B_PUBLIC
+    from tpm2_pytss.constants import TPM2_ALG
 
-    if not isinstance(ek_public, bytes) or not 0 < len(ek_public) <= MAX_PUBLIC_AREA_BYTES:
-        raise KeyStoreError("EK public area missing or too large")
-    try:
-        public, used = TPM2B_PUBLIC.unmarshal(ek_public)
-    except Exception:
-        raise KeyStoreError("EK public area does not parse") from None
-    area = public.publicArea
-    if used != len(ek_public) or area.type not in (TPM2_ALG.ECC, TPM2_ALG.RSA):
-        raise KeyStoreError("EK must be one ECC or RSA public area")
-    missing = [name for name in _EK_REQUIRED_ATTRIBUTES if not area.objectAttributes & getattr(TPMA_OBJECT, name)]
-    if missing or area.objectAttributes & TPMA_OBJECT.SIGN_ENCRYPT:
-        raise KeyStoreError(f"EK lacks attributes {missing} or can sign")
+    public = _public_area(ek_public, "EK", _EK_REQUIRED_ATTRIBUTES, "SIGN_ENCRYPT")
+    if public.publicArea.type not in (TPM2_ALG.ECC, TPM2_ALG.RSA):
+        raise KeyStoreError("EK must be an ECC or RSA key")
     return ek_public
 
 

@@ -26,6 +26,7 @@ signed by that key (ADR 0801).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import secrets
@@ -89,6 +90,11 @@ TRUST_TIER_OF = {
     Tier.CONTRAINDICATED: "failed",
     Tier.NONE: "unverified",
 }
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_policy(text: str) -> AppraisalPolicy:
+    return load_appraisal_policy(text)
 
 
 def _attestation_key(algorithm: str, public_key: bytes) -> AttestationKey:
@@ -155,10 +161,14 @@ class AttestationService:
         self.store.set_policy(model, text, self.clock.now())
 
     def verifier(self) -> Verifier:
-        """A verifier over the stored reference values and policies (read afresh: other processes add them)."""
+        """A verifier over the stored reference values and policies (read afresh: other processes add them).
+
+        Policy texts are parsed once per distinct text (an appraisal policy is
+        an immutable value), so a re-read costs two queries, not a TOML parse.
+        """
         models: dict[str, Any] = {}
         for text in self.store.policies().values():
-            models.update(load_appraisal_policy(text).models)
+            models.update(_parsed_policy(text).models)
         return Verifier(ReferenceValues(self.store.references()), AppraisalPolicy(models))
 
     # -- challenges and evidence -------------------------------------------

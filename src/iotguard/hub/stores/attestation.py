@@ -15,6 +15,7 @@ them in the hub database (SQLite or PostgreSQL, shared by hub processes);
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -228,8 +229,13 @@ def encode_measurements(measurements: Mapping[str, bytes]) -> str:
     return json.dumps({k: v.hex() for k, v in sorted(measurements.items())})
 
 
+@functools.lru_cache(maxsize=1024)
 def decode_release(model: str, version: str, text: str) -> ReferenceRelease:
-    """A stored release back (validated again: a corrupted row raises ``ConfigError``)."""
+    """A stored release back (validated again: a corrupted row raises ``ConfigError``).
+
+    Decoded once per distinct row (releases are immutable values): every
+    appraisal reads the rows afresh, but does not parse them again.
+    """
     raw = json.loads(text)
     return reference_release(model, version, {str(k): bytes.fromhex(str(v)) for k, v in raw.items()})
 
@@ -255,6 +261,9 @@ class SqlAttestationStore(SqlStoreBase):
             return int(c.execute(delete(nonces).where(nonces.c.expires_at <= utc(now))).rowcount or 0)
 
     def bind_key(self, device_id: str, key: AttestationKey, now: datetime) -> AttestationKey:
+        bound = self.key_of(device_id)  # bound already (every appraisal but the first): no write
+        if bound is not None:
+            return bound
         with self.engine.begin() as c:
             c.execute(self._upsert(keys).values(device_id=device_id, algorithm=key.algorithm.value,
                                                 public_key=key.public_key, bound_at=utc(now))
