@@ -187,3 +187,22 @@ def test_agent_certifies_its_tpm_ak_by_itself_before_attesting(hub: HubParts, tp
     assert attester.needs_certification
     assert a.attest(attester)["status"] == "affirming"
     assert not attester.needs_certification
+
+
+def test_cli_reads_a_tpm_ek_and_records_it(hub: HubParts, tpm_device: Device, swtpm: Any, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """``iotguard tpm-ek`` at manufacture, ``iotguard endorsement-key`` at enrollment; then the agent certifies."""
+    from iotguard.cli.main import main
+
+    a = hub.agent("dev-1")
+    conf = tmp_path / "iotguard.toml"
+    conf.write_text(f'[hub]\ndata_dir = "{hub.cfg.data_dir}"\n')
+    ek_file = tmp_path / "dev-1.ek"
+    assert main(["tpm-ek", "--tcti", swtpm.tcti, "--out", str(ek_file)]) == 0
+    assert ek_file.read_bytes() == tpm_device.root.endorsement_key()  # type: ignore[attr-defined]
+    assert main(["endorsement-key", "--config", str(conf), "dev-1", str(ek_file)]) == 0
+    assert "recorded" in capsys.readouterr().out
+    assert a.attest(Attester(tpm_device.root, tpm_device.boot()))["status"] == "affirming"
+    garbage = tmp_path / "garbage.ek"
+    garbage.write_bytes(b"\x00\x02no")
+    assert main(["endorsement-key", "--config", str(conf), "dev-1", str(garbage)]) != 0

@@ -26,6 +26,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument("file", type=Path, help="the EK's marshalled TPM2B_PUBLIC (TpmRootOfTrust.endorsement_key())")
     e.set_defaults(func=record_endorsement_key)
 
+    t = sub.add_parser("tpm-ek", help="read a TPM's endorsement key into a file (at manufacture; for endorsement-key)")
+    t.add_argument("--tcti", required=True, help="the TPM, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321")
+    t.add_argument("--out", type=Path, required=True, help="file to write the EK's marshalled TPM2B_PUBLIC to")
+    t.set_defaults(func=export_endorsement_key)
+
     r = sub.add_parser("reference-values", help="firmware releases attestation accepts, per device model")
     add_config_argument(r)
     s = r.add_subparsers(dest="reference_command", metavar="ACTION", required=True)
@@ -73,6 +78,23 @@ def record_endorsement_key(args: argparse.Namespace) -> int:
     services.attestation.certification.record_endorsement_key(args.device_id, path.read_bytes())
     deliver_effects(services)
     print(f"endorsement key of {args.device_id} recorded; its TPM attestation key must be certified against it")
+    return 0
+
+
+def export_endorsement_key(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from iotguard.fileio import atomic_write
+    from iotguard.keys.tpm import TpmRootOfTrust
+
+    with tempfile.TemporaryDirectory(prefix="iotguard-tpm-ek-") as scratch:
+        root = TpmRootOfTrust(scratch, tcti=args.tcti)
+        try:
+            ek = root.endorsement_key()
+        finally:
+            root.close()
+    atomic_write(args.out, ek)
+    print(f"endorsement key written to {args.out} (SHA-256 {hashlib.sha256(ek).hexdigest()[:16]}...)")
     return 0
 
 
