@@ -19,11 +19,10 @@ import pytest
 
 from iotguard.agent import Agent
 from iotguard.agent.attester import Attester
-from iotguard.agent.boot import BootRecord
 from iotguard.audit import AuditEvent, EventType
 from iotguard.errors import KeyStoreError
 from tests.attestation.conftest import Device, Firmware, _make_device
-from tests.attestation.test_hub_attestation import _attest, _nonce
+from tests.attestation.test_hub_attestation import _attest, _certify_ak, _nonce
 from tests.hub.conftest import HubParts
 
 pytestmark = pytest.mark.swtpm
@@ -61,15 +60,6 @@ def _certify_request(hub: HubParts, agent: Agent, area: bytes, secret: bytes = b
                                                                              "secret": secret})[0])
 
 
-def _certify(hub: HubParts, agent: Agent, device: Device) -> None:
-    def post(body: dict[str, Any]) -> Any:
-        r = hub.client.post("/v1/attest/ak", json=agent._signed("certify_ak", body)[0])
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    Attester(device.root, BootRecord((), "", b"", ())).certify(post)
-
-
 def _evidence(hub: HubParts, agent: Agent, device: Device) -> Any:
     record = device.boot()
     nonce = _nonce(hub, agent)
@@ -89,7 +79,7 @@ def _key_events(hub: HubParts) -> list[dict[str, Any]]:
 def test_certified_ak_attests_affirming(hub: HubParts, tpm_device: Device) -> None:
     a = hub.agent("dev-1")
     hub.services.attestation.certification.record_endorsement_key("dev-1", tpm_device.root.endorsement_key())  # type: ignore[attr-defined]
-    _certify(hub, a, tpm_device)
+    _certify_ak(hub, a, tpm_device)
     endorsement = hub.services.attestation.store.endorsement("dev-1")
     assert endorsement is not None and endorsement.certified_key == tpm_device.root.attestation_key()
     r = _evidence(hub, a, tpm_device)
@@ -160,7 +150,7 @@ def test_a_new_ek_requires_a_new_certification(hub: HubParts, tpm_device: Device
     a = hub.agent("dev-1")
     certification = hub.services.attestation.certification
     certification.record_endorsement_key("dev-1", tpm_device.root.endorsement_key())  # type: ignore[attr-defined]
-    _certify(hub, a, tpm_device)
+    _certify_ak(hub, a, tpm_device)
     assert _evidence(hub, a, tpm_device).json()["status"] == "affirming"
     certification.record_endorsement_key("dev-1", tpm_device.root.endorsement_key())  # type: ignore[attr-defined]
     r = _evidence(hub, a, tpm_device)
