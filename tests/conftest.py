@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -221,9 +222,9 @@ def _free_port_pair() -> tuple[int, int]:
     raise RuntimeError("no two adjacent free loopback ports")
 
 
-@pytest.fixture
-def swtpm(tmp_path: Path) -> Iterator[Swtpm]:
-    """A fresh ``swtpm`` (TPM 2.0, socket mode, free loopback ports), started up.
+@contextlib.contextmanager
+def running_swtpm(state: Path) -> Iterator[Swtpm]:
+    """Start an ``swtpm`` with its state in ``state`` (free loopback ports), started up; stop it after.
 
     Skips on a developer machine without swtpm or tpm2-pytss; fails under CI.
     """
@@ -233,7 +234,6 @@ def swtpm(tmp_path: Path) -> Iterator[Swtpm]:
         _missing("tpm2-pytss (pip, built against libtss2-dev)")
     if not Path(SWTPM).exists():
         _missing("swtpm")
-    state = tmp_path / "swtpm-state"
     state.mkdir()
     # The swtpm TCTI finds the control channel at the server port + 1.
     server, ctrl = _free_port_pair()
@@ -256,3 +256,20 @@ def swtpm(tmp_path: Path) -> Iterator[Swtpm]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def swtpm(tmp_path: Path) -> Iterator[Swtpm]:
+    """A fresh ``swtpm`` (TPM 2.0, socket mode, free loopback ports), started up.
+
+    Skips on a developer machine without swtpm or tpm2-pytss; fails under CI.
+    """
+    with running_swtpm(tmp_path / "swtpm-state") as tpm:
+        yield tpm
+
+
+@pytest.fixture
+def other_swtpm(tmp_path: Path) -> Iterator[Swtpm]:
+    """A second, independent ``swtpm`` (another TPM: its own EK and storage hierarchy)."""
+    with running_swtpm(tmp_path / "swtpm-state-other") as tpm:
+        yield tpm

@@ -160,6 +160,9 @@ class AgentConfig:
     #: Root of trust: empty for the software key store's; a TCTI (``device:/dev/tpmrm0``,
     #: ``swtpm:host=127.0.0.1,port=2321``) for a TPM 2.0.
     tpm_tcti: str = ""
+    #: UNSAFE: secure boot off: stages that fail verification run anyway (still measured,
+    #: so attestation catches them). Models a bypassed secure boot in tests and demos. Logged loudly.
+    unsafe_allow_unverified_boot: bool = False
 
 
 @dataclass

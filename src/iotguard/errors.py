@@ -289,6 +289,10 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "artifact_malformed": "model artifact is malformed",
     "unknown_rollout": "unknown rollout",
     "rollout_state": "rollout cannot do that in its current state",
+    "attestation_key_not_certified": "attestation key not certified against the device's TPM",
+    "ak_certification_failed": "attestation key certification failed",
+    "no_endorsement_key": "no TPM endorsement key recorded for this device",
+    "tpm_unsupported": "TPM support not available",
 }
 
 

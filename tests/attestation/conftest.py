@@ -25,6 +25,7 @@ from iotguard.attestation import (
 from iotguard.keys import SoftwareKeyStore
 from iotguard.keys.rot import RootOfTrust
 from iotguard.keys.software_rot import SoftwareRootOfTrust
+from tests.hub.conftest import HubParts, make_hub
 
 NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
 MODEL = "sensor-v1"
@@ -149,3 +150,21 @@ def other_device(
     made.power_cycle = lambda: None
     yield made
     close()
+
+
+#: The device model the hub fixture attests (the test policy's sensor-v1 under the hub's model name).
+HUB_MODEL = "thermo-1"
+
+
+@pytest.fixture
+def hub(tmp_path: Path, firmware: Firmware) -> Iterator[HubParts]:
+    """A hub that allows both firmware releases of ``thermo-1`` and appraises it with the test policy."""
+    parts = make_hub(tmp_path / "hubside")
+    service = parts.services.attestation
+    service.set_policy(HUB_MODEL, POLICY.split("[models.gateway-v1]")[0].replace(MODEL, HUB_MODEL))
+    for version in ("1.0.0", "1.1.0"):
+        release = firmware.references.lookup(MODEL, version)
+        assert release is not None
+        service.add_reference(reference_release(HUB_MODEL, version, release.measurements))
+    yield parts
+    parts.store.engine.dispose()

@@ -12,7 +12,6 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from iotguard.agent import Agent
 from iotguard.agent.attester import Attester, boot_from_config
-from iotguard.attestation import reference_release
+from iotguard.agent.boot import BootRecord
 from iotguard.audit import AuditEvent, EventType
 from iotguard.cli.main import main
 from iotguard.errors import EnrollmentError, SecureBootError
@@ -32,23 +31,7 @@ from iotguard.hub.services.attestation import CHALLENGE_KIND
 from iotguard.hub.stores.attestation import policies
 from iotguard.wire import Reading, encode_reading
 from tests.attestation.conftest import MODEL, POLICY, Device, Firmware
-from tests.hub.conftest import HubParts, make_hub
-
-HUB_MODEL = "thermo-1"
-
-
-@pytest.fixture
-def hub(tmp_path: Path, firmware: Firmware) -> Iterator[HubParts]:
-    """A hub that allows both firmware releases of ``thermo-1`` and appraises it with the test policy."""
-    parts = make_hub(tmp_path / "hubside")
-    service = parts.services.attestation
-    service.set_policy(HUB_MODEL, POLICY.split("[models.gateway-v1]")[0].replace(MODEL, HUB_MODEL))
-    for version in ("1.0.0", "1.1.0"):
-        release = firmware.references.lookup(MODEL, version)
-        assert release is not None
-        service.add_reference(reference_release(HUB_MODEL, version, release.measurements))
-    yield parts
-    parts.store.engine.dispose()
+from tests.hub.conftest import HubParts
 
 
 def _attest(hub: HubParts, agent: Agent, body: dict[str, Any]) -> Any:
@@ -62,7 +45,34 @@ def _nonce(hub: HubParts, agent: Agent) -> bytes:
     return bytes.fromhex(r.json()["nonce"])
 
 
+def _certify_ak(hub: HubParts, agent: Agent, device: Device) -> None:
+    """A TPM device: record its EK (as at enrollment) and certify its AK, unless one is certified already."""
+    if device.root.kind != "tpm2":
+        return
+    certification = hub.services.attestation.certification
+    endorsement = certification.store.endorsement(agent.device_id)
+    if endorsement is None:
+        certification.record_endorsement_key(agent.device_id, device.root.endorsement_key())  # type: ignore[attr-defined]
+    elif endorsement.certified_key is not None:
+        return
+
+    def post(body: dict[str, Any]) -> Any:
+        r = hub.client.post("/v1/attest/ak", json=agent._signed("certify_ak", body)[0])
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    Attester(device.root, BootRecord((), "", b"", ())).certify(post)
+
+
+def _endorse(hub: HubParts, device_id: str, device: Device) -> None:
+    """Record a TPM device's EK at the hub, as enrollment does (the agent then certifies its AK by itself)."""
+    if device.root.kind == "tpm2":
+        hub.services.attestation.certification.record_endorsement_key(
+            device_id, device.root.endorsement_key())  # type: ignore[attr-defined]
+
+
 def _evidence(hub: HubParts, agent: Agent, device: Device, nonce: bytes, token: bytes) -> Any:
+    _certify_ak(hub, agent, device)
     ak = device.root.attestation_key()
     return _attest(hub, agent, {"nonce": nonce, "evidence": token, "attestation_key": ak.public_key,
                                 "algorithm": ak.algorithm.value})
@@ -197,6 +207,7 @@ def test_model_without_appraisal_policy_is_refused_not_500(hub: HubParts, device
 def test_agent_attests_by_itself_and_answers_a_hub_challenge(hub: HubParts, device: Device) -> None:
     """The agent's runtime: device-initiated attestation, then an answer to a nonce the hub issued."""
     a = hub.agent("dev-1")
+    _endorse(hub, "dev-1", device)
     attester = Attester(device.root, device.boot())
     assert a.attest(attester)["status"] == "affirming"
     nonce = hub.services.attestation.challenge("dev-1")
@@ -206,6 +217,7 @@ def test_agent_attests_by_itself_and_answers_a_hub_challenge(hub: HubParts, devi
 
 def test_hub_challenge_goes_out_on_cmd_and_the_agent_answers_it(hub: HubParts, device: Device) -> None:
     a = hub.agent("dev-1")
+    _certify_ak(hub, a, device)
     a.attester = Attester(device.root, device.boot())
     sent: list[tuple[str, bytes]] = []
     hub.services.commands.attach(lambda topic, payload: sent.append((topic, payload)))
@@ -238,6 +250,7 @@ def test_cli_reference_values_policy_posture_and_challenge(
     assert main(["attestation-policy", *c, "set", "thermo-2", str(policy)]) == 0
     assert main(["attestation-policy", *c, "set", "thermo-3", str(policy)]) == 1  # names another model
     a = hub.agent("dev-1", model="thermo-2")
+    _endorse(hub, "dev-1", device)
     assert a.attest(Attester(device.root, device.boot()))["status"] == "affirming"
     capsys.readouterr()
     assert main(["devices", *c, "posture", "dev-1", "--json"]) == 0

@@ -28,6 +28,9 @@ def test_demo_json_summary() -> None:
     # Every genuine device attests affirming (verified); the injected tampered device is contraindicated and cut off.
     assert summary["attestation_fleet"] == {"affirming": summary["devices"]}
     assert summary["trust_tiers"] == {"failed": 1, "verified": summary["devices"]}
+    tiers = summary["device_trust_tiers"]
+    assert len(tiers) == summary["devices"] + 1 and tiers[summary["tampered_device"]["device"]] == "failed"
+    assert sorted(set(tiers.values())) == ["failed", "verified"]
     tampered = summary["tampered_device"]
     assert tampered["status"] == "contraindicated" and tampered["trust_tier"] == "failed"
     assert any(r.startswith("executable_mismatch") for r in tampered["reasons"])

@@ -87,3 +87,24 @@ def test_policies_per_model(store: AttestationStore) -> None:
     store.set_policy("m", "[models.m]\nmax_age_seconds = 60\n", T0)
     store.set_policy("n", "[models.n]\n", T0)
     assert store.policies() == {"m": "[models.m]\nmax_age_seconds = 60\n", "n": "[models.n]\n"}
+
+
+def test_an_ak_is_certified_only_against_the_recorded_ek(store: AttestationStore) -> None:
+    assert store.endorsement("dev-1") is None
+    assert store.certify_key("dev-1", b"ek-1", KEY_B, T0) is False  # no EK recorded
+    store.set_endorsement_key("dev-1", b"ek-1", T0)
+    recorded = store.endorsement("dev-1")
+    assert recorded is not None and recorded.ek_public == b"ek-1" and recorded.certified_key is None
+    assert store.certify_key("dev-1", b"ek-other", KEY_B, T0) is False  # the EK changed meanwhile
+    assert store.certify_key("dev-1", b"ek-1", KEY_B, T0) is True
+    certified = store.endorsement("dev-1")
+    assert certified is not None and certified.certified_key == KEY_B
+    assert store.endorsement("dev-2") is None
+
+
+def test_a_new_ek_forgets_the_ak_certified_against_the_old_one(store: AttestationStore) -> None:
+    store.set_endorsement_key("dev-1", b"ek-1", T0)
+    assert store.certify_key("dev-1", b"ek-1", KEY_B, T0)
+    store.set_endorsement_key("dev-1", b"ek-2", T0)
+    replaced = store.endorsement("dev-1")
+    assert replaced is not None and replaced.ek_public == b"ek-2" and replaced.certified_key is None

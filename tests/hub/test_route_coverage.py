@@ -100,6 +100,7 @@ def _signed_body(agent: Agent, action: str) -> dict[str, str]:
         "update_check": {"version": 1, "attempted": 0, "outcome": "none"},
         "report_flows": {"flows": b"\xa0"},
         "report_health": {"metrics": b"\xa0"},
+        "certify_ak": {"ak_public_area": b"", "secret": b""},
     }
     return agent._signed(action, bodies[action])[0]
 
@@ -115,7 +116,7 @@ def test_the_app_serves_the_routes_this_test_expects_to_cover(fleet: HubParts) -
     assert ("POST", "/v1/rekey") in routes and ("GET", "/v1/devices") in routes and len(routes) > 20
     devices = {p for _m, p, r in _routes(fleet.app) if _device_action(r)}
     assert devices == {"/v1/rekey", "/v1/renew", "/v1/tamper", "/v1/receipts", "/v1/consent/ack",
-                       "/v1/attest", "/v1/aggregate",
+                       "/v1/attest", "/v1/attest/ak", "/v1/aggregate",
                        "/v1/learn/task", "/v1/learn/update", "/v1/learn/model",
                        "/v1/firmware/fetch", "/v1/firmware/check",
                        "/v1/flows", "/v1/device-health"}

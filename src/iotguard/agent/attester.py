@@ -1,7 +1,9 @@
 """The agent's side of remote attestation: signed ``attest`` request bodies from a measured boot.
 
 An :class:`Attester` holds the root of trust that measured the boot and the
-:class:`~iotguard.agent.boot.BootRecord` of that boot. The agent asks the hub
+:class:`~iotguard.agent.boot.BootRecord` of that boot. A TPM's attestation key
+is first certified against the TPM's endorsement key (:meth:`Attester.certify`,
+credential activation). The agent asks the hub
 for a nonce (:meth:`Attester.nonce_request`), or receives one in a challenge,
 and answers with :meth:`Attester.evidence_body`: the EAT evidence for that
 nonce and the attestation key that signed it. Both bodies travel as signed
@@ -11,6 +13,7 @@ device requests (action ``attest``), so attestation works from behind NAT.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +21,10 @@ from iotguard.agent.boot import BootRecord, MeasuredBoot, provision_boot_anchor
 from iotguard.agent.evidence import produce_evidence
 from iotguard.clock import Clock, SystemClock
 from iotguard.config import AgentConfig
-from iotguard.errors import ConfigError
+from iotguard.errors import ConfigError, MalformedError, RootOfTrustUnsupported
 from iotguard.fileio import atomic_write
 from iotguard.keys import KeyStore
-from iotguard.keys.rot import RootOfTrust, root_of_trust_of
+from iotguard.keys.rot import EndorsedRootOfTrust, RootOfTrust, root_of_trust_of
 from iotguard.keys.software_rot import SoftwareRootOfTrust
 
 __all__ = ["ANCHOR_FILE", "Attester", "boot_from_config"]
@@ -44,6 +47,37 @@ class Attester:
         self.record = record
         self.clock = clock or SystemClock()
         self._started = time.monotonic()
+        #: The TPM's AK has been certified with the hub in this run (software roots need none).
+        self.certified = False
+
+    @property
+    def needs_certification(self) -> bool:
+        """True until a TPM's attestation key has been certified against its EK in this run."""
+        return isinstance(self.root, EndorsedRootOfTrust) and not self.certified
+
+    def certify(self, post: Callable[[dict[str, Any]], Mapping[str, Any]]) -> None:
+        """Certify the TPM's AK with the hub: ask for a credential, activate it in the TPM, answer with the secret.
+
+        Args:
+            post: Sends one ``certify_ak`` request body (signed) and returns the hub's reply.
+
+        Raises:
+            RootOfTrustUnsupported: the root of trust has no endorsement key.
+            KeyStoreError: the TPM could not activate the credential (not made for its EK and AK).
+            MalformedError: the hub's reply is not a credential.
+        """
+        root = self.root
+        if not isinstance(root, EndorsedRootOfTrust):
+            raise RootOfTrustUnsupported(f"{root.kind} root of trust has no endorsement key")
+        area = root.attestation_key_public_area()
+        reply = post({"ak_public_area": area, "secret": b""})
+        try:
+            blob = bytes.fromhex(str(reply["credential_blob"]))
+            encrypted = bytes.fromhex(str(reply["encrypted_secret"]))
+        except (KeyError, ValueError):
+            raise MalformedError("the hub's answer is not a credential") from None
+        post({"ak_public_area": area, "secret": root.activate_credential(blob, encrypted)})
+        self.certified = True
 
     @staticmethod
     def nonce_request() -> dict[str, Any]:
@@ -62,6 +96,8 @@ def boot_from_config(cfg: AgentConfig, keystore: KeyStore) -> Attester:
     """Measured (and secure) boot of ``cfg.boot_images_dir`` on the configured root of trust.
 
     The root is the key store's (software) unless ``cfg.tpm_tcti`` names a TPM.
+    ``cfg.unsafe_allow_unverified_boot`` runs stages that fail verification
+    (measured all the same; :class:`MeasuredBoot` logs the bypass loudly).
     The boot anchor is sealed from ``cfg.firmware_public_key`` at the first
     start and kept in ``<data_dir>/boot-anchor.sealed``; later starts use the
     sealed one (changing the configured key does not change the anchor).
@@ -93,5 +129,6 @@ def boot_from_config(cfg: AgentConfig, keystore: KeyStore) -> Attester:
         root = root_of_trust_of(keystore)
         if isinstance(root, SoftwareRootOfTrust):
             root.power_cycle()  # the agent's start is the emulated platform's reset
-    record = MeasuredBoot(keystore, root, anchor).boot(cfg.boot_images_dir)
+    record = MeasuredBoot(keystore, root, anchor,
+                          unsafe_allow_unverified=cfg.unsafe_allow_unverified_boot).boot(cfg.boot_images_dir)
     return Attester(root, record)

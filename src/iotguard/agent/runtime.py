@@ -403,6 +403,8 @@ class Agent:
         Raises:
             EnrollmentError: the hub refused a request.
         """
+        if attester.needs_certification:  # a TPM AK: credential activation against the EK first (ADR 0810)
+            attester.certify(lambda body: self.request("certify_ak", "/v1/attest/ak", body))
         if nonce is None:
             asked = self._post("/v1/attest", self._signed("attest", attester.nonce_request())[0])
             nonce = bytes.fromhex(str(asked["nonce"]))

@@ -68,6 +68,7 @@ class EventType(StrEnum):
     FIRMWARE_RELEASED = "firmware.released"
     FIRMWARE_INSTALLED = "firmware.installed"
     ATTESTATION_RESULT = "attestation.result"
+    ATTESTATION_KEY_CERTIFIED = "attestation.key_certified"
     CONSENT_CHANGED = "consent.changed"
     DATA_ERASED = "data.erased"
     PRIVACY_BUDGET_SPENT = "privacy_budget.spent"

@@ -1,4 +1,4 @@
-"""``iotguard attest``, ``iotguard reference-values`` and ``iotguard attestation-policy`` (on the hub host)."""
+"""``iotguard attest``, ``endorsement-key``, ``reference-values`` and ``attestation-policy`` (on the hub host)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_config_argument(a)
     a.add_argument("device_id")
     a.set_defaults(func=attest)
+
+    e = sub.add_parser("endorsement-key",
+                       help="record a TPM device's endorsement key (its AK must then be certified against it)")
+    add_config_argument(e)
+    e.add_argument("device_id")
+    e.add_argument("file", type=Path, help="the EK's marshalled TPM2B_PUBLIC (TpmRootOfTrust.endorsement_key())")
+    e.set_defaults(func=record_endorsement_key)
+
+    t = sub.add_parser("tpm-ek", help="read a TPM's endorsement key into a file (at manufacture; for endorsement-key)")
+    t.add_argument("--tcti", required=True, help="the TPM, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321")
+    t.add_argument("--out", type=Path, required=True, help="file to write the EK's marshalled TPM2B_PUBLIC to")
+    t.set_defaults(func=export_endorsement_key)
 
     r = sub.add_parser("reference-values", help="firmware releases attestation accepts, per device model")
     add_config_argument(r)
@@ -53,6 +65,36 @@ def attest(args: argparse.Namespace) -> int:
     services.attestation.queue_challenge(args.device_id)
     print(f"attestation challenge queued for {args.device_id}; a hub connected to the broker sends it "
           "(result: iotguard devices posture)")
+    return 0
+
+
+def record_endorsement_key(args: argparse.Namespace) -> int:
+    from iotguard.keys.tpm import MAX_PUBLIC_AREA_BYTES
+
+    path: Path = args.file
+    if not path.is_file() or path.stat().st_size > MAX_PUBLIC_AREA_BYTES:
+        raise ConfigError(f"{path}: missing or larger than {MAX_PUBLIC_AREA_BYTES} bytes")
+    services = open_hub_services(config_from_args(args).hub)
+    services.attestation.certification.record_endorsement_key(args.device_id, path.read_bytes())
+    deliver_effects(services)
+    print(f"endorsement key of {args.device_id} recorded; its TPM attestation key must be certified against it")
+    return 0
+
+
+def export_endorsement_key(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from iotguard.fileio import atomic_write
+    from iotguard.keys.tpm import TpmRootOfTrust
+
+    with tempfile.TemporaryDirectory(prefix="iotguard-tpm-ek-") as scratch:
+        root = TpmRootOfTrust(scratch, tcti=args.tcti)
+        try:
+            ek = root.endorsement_key()
+        finally:
+            root.close()
+    atomic_write(args.out, ek)
+    print(f"endorsement key written to {args.out} (SHA-256 {hashlib.sha256(ek).hexdigest()[:16]}...)")
     return 0
 
 

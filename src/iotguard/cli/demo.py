@@ -53,6 +53,12 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
     return {"p50": round(s[int(0.5 * (len(s) - 1))], 2), "p99": round(s[int(0.99 * (len(s) - 1))], 2)}
 
 
+def _tier_table(tiers: dict[str, str], per_line: int = 3) -> list[str]:
+    """``device  tier`` cells, a few per line."""
+    cells = [f"{device:<28} {tier:<10}" for device, tier in tiers.items()]
+    return ["  ".join(cells[i:i + per_line]).rstrip() for i in range(0, len(cells), per_line)]
+
+
 def _tampered_device(hub: Hub, fleet: Fleet, firmware: FleetFirmware, root: Path) -> dict[str, Any]:
     """Enroll one more device whose secure boot is bypassed and whose kernel carries an implant; attest it,
     then check it is cut off: its next reading is refused at ingest and the broker ACL has no grant for it."""
@@ -205,6 +211,8 @@ def run(args: argparse.Namespace) -> int:
             "device_time_s": round(fleet.rounds * fleet.device_seconds_per_round),
             "suites": fleet.suites,
             "trust_tiers": dict(sorted(Counter(p.trust_tier for p in hub.services.posture.posture).items())),
+            "device_trust_tiers": {p.device_id: p.trust_tier
+                                   for p in sorted(hub.services.posture.posture, key=lambda p: p.device_id)},
             "attestation_fleet": dict(sorted(appraised.items())),
             "tampered_device": tampered,
         }
@@ -224,6 +232,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  rejected           {', '.join(f'{k}={v}' for k, v in summary['rejected'].items()) or 'none'}")
         print(f"  attacks injected   {', '.join(f'{k}={v}' for k, v in summary['attacks_injected'].items())}")
         print(f"  trust tiers        {', '.join(f'{k}={v}' for k, v in summary['trust_tiers'].items())}")
+        print("  trust tier of each device (attestation posture every decision reads)")
+        for line in _tier_table(summary["device_trust_tiers"]):
+            print(f"    {line}")
         if tampered:
             print(f"  tampered device    {tampered['device']}: {tampered['status']}, tier {tampered['trust_tier']}, "
                   f"ingest refused {tampered['ingest_refused']}, "

@@ -95,6 +95,10 @@ HTTP_STATUS: dict[str, int] = {
     "artifact_malformed": 400,
     "unknown_rollout": 404,
     "rollout_state": 409,
+    "attestation_key_not_certified": 403,
+    "ak_certification_failed": 401,
+    "no_endorsement_key": 409,
+    "tpm_unsupported": 501,
 }
 
 

@@ -138,8 +138,10 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     detection = DetectionService(SqlAlertStore(store.engine), posture, lifecycle.revoke, playbook, clock,
                                  notifier=WebhookNotifier(playbook))
     signals = HubSignalsService(detection)
+    attestation = AttestationService(SqlAttestationStore(store.engine), store, posture, outbox, clock,
+                                     on_appraisal=signals.appraised)
     plane = DevicePlane(store, store.engine, engine, audit_sink, clock, reread_posture=posture.reread,
-                        on_refusal=signals.refused)
+                        on_refusal=signals.refused, step_up=attestation.step_up)
     operators = OperatorService(store, engine, audit_sink, clock, plane)
     processor = IngestProcessor(store, lifecycle, cfg, clock=clock, audit=log_,
                                 authorizer=posture.authorize_reading, media_authorizer=posture.authorize_media,
@@ -148,8 +150,6 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     if cfg.mosquitto_dir:
         broker = BrokerAccess(cfg.mosquitto_dir, cfg.mosquitto_pid_file, lifecycle.ca, store, posture.broker_acl,
                               clock)
-    attestation = AttestationService(SqlAttestationStore(store.engine), store, posture, outbox, clock,
-                                     on_appraisal=signals.appraised)
     firmware = FirmwareService(SqlFirmwareFileStore(store.engine), keystore, audit_sink, clock,
                                reference_values=attestation,
                                support_dates=lambda model, when: set_end_of_support(store, model, when))

@@ -91,6 +91,7 @@ class DevicePlane:
         limits: Signed-request bounds.
         reread_posture: Re-reads one device's posture from the database.
         on_refusal: Told of every refusal of a named device (device, action, reason, time).
+        step_up: Sends a device an attestation challenge (policies asking for fresh evidence).
     """
 
     def __init__(self, store: DeviceStore, engine: Engine, policy: PolicyEngine, audit: AuditSink, clock: Clock, *,
@@ -98,6 +99,7 @@ class DevicePlane:
                  limits: SignedRequestLimits | None = None,
                  reread_posture: Callable[[str], bool] | None = None,
                  on_refusal: Callable[[str, str, str, datetime], None] | None = None) -> None:
+                 step_up: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.engine = engine
         self.policy = policy
@@ -112,6 +114,9 @@ class DevicePlane:
         self.reread_posture = reread_posture
         #: Told of every refusal (device, action, reason, time): the hub's signals for detection.
         self.on_refusal = on_refusal
+        #: Asks a device for fresh evidence (an attestation challenge) when a policy annotated
+        #: ``@step_up("attest")`` denied it.
+        self.step_up = step_up
 
     def attempt(self, scope: str, client: str) -> Attempt:
         """Start an authentication attempt from ``client`` (an address) for ``scope``.
@@ -163,6 +168,10 @@ class DevicePlane:
         if not decision.allowed:
             self._refused(device_id, action, "policy_denied", now, policies=list(decision.reasons),
                           decision=decision.code)
+            policy_set = self.policy.policy_set
+            if (self.step_up is not None and policy_set is not None
+                    and policy_set.ids_annotated("step_up", "attest").intersection(decision.reasons)):
+                self.step_up(device_id)
             raise PolicyDenied(f"{request.describe()}: {decision.summary()}")
 
     def enroll(self, registry: DeviceLifecycle, body: Mapping[str, Any], client: str) -> dict[str, Any]:

@@ -154,6 +154,13 @@ DEVICE_REQUEST_ACTIONS: Final[Mapping[str, RequestSpec]] = {
     "report_flows": RequestSpec({"flows": FieldSpec("bytes", max_length=60_000)}),
     # A device's own health metrics (docs/detection.md): CBOR, strictly decoded by the detection domain.
     "report_health": RequestSpec({"metrics": FieldSpec("bytes", max_length=8192)}),
+    # Certifying a TPM attestation key against the device's endorsement key (ADR 0810): an empty
+    # secret asks for a credential (TPM2_MakeCredential) for the AK; the secret the TPM recovered
+    # (TPM2_ActivateCredential) answers it.
+    "certify_ak": RequestSpec({
+        "ak_public_area": FieldSpec("bytes", max_length=1024),
+        "secret": FieldSpec("bytes", max_length=32),
+    }),
 }
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "PCR_DIGEST_SIZE",
     "AttestationKey",
     "AttestationKeyAlgorithm",
+    "EndorsedRootOfTrust",
     "Quote",
     "QuoteFormat",
     "RootOfTrust",
@@ -196,3 +197,20 @@ def root_of_trust_of(store: object) -> RootOfTrust:
         "(use the TPM 2.0 backend or the software key store for measured boot and attestation)",
         code="rot_unsupported",
     )
+
+
+@runtime_checkable
+class EndorsedRootOfTrust(Protocol):
+    """A root of trust with an endorsement key (a TPM): its AK is certified by credential activation (ADR 0810)."""
+
+    def endorsement_key(self) -> bytes:
+        """Marshalled public area of the endorsement key."""
+        ...
+
+    def attestation_key_public_area(self) -> bytes:
+        """Marshalled public area of the attestation key."""
+        ...
+
+    def activate_credential(self, credential_blob: bytes, encrypted_secret: bytes) -> bytes:
+        """Recover a credential's secret (only where both the EK and the AK it names are resident)."""
+        ...

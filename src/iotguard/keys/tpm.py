@@ -41,10 +41,20 @@ from iotguard.keys.rot import (
 )
 from iotguard.keys.software_rot import check_nonce
 
-__all__ = ["MAX_COUNTER_STEP", "TPM_MAX_NONCE_BYTES", "TpmRootOfTrust", "attestation_key_of", "make_ak_credential"]
+__all__ = [
+    "MAX_COUNTER_STEP",
+    "MAX_PUBLIC_AREA_BYTES",
+    "TPM_MAX_NONCE_BYTES",
+    "TpmRootOfTrust",
+    "attestation_key_of",
+    "check_endorsement_key",
+    "make_ak_credential",
+]
 
 #: Largest nonce a TPM2_Quote takes as qualifying data here (a SHA-256 size).
 TPM_MAX_NONCE_BYTES = 32
+#: Largest marshalled ``TPM2B_PUBLIC`` (EK or AK) accepted from outside (an RSA-4096 area is about 620 bytes).
+MAX_PUBLIC_AREA_BYTES = 1024
 #: A TPM NV counter moves one step per increment; larger jumps are refused.
 MAX_COUNTER_STEP = 4096
 _NV_BASE = 0x01490000
@@ -377,6 +387,30 @@ class TpmRootOfTrust:
 _AK_REQUIRED_ATTRIBUTES = ("RESTRICTED", "SIGN_ENCRYPT", "FIXEDTPM", "FIXEDPARENT", "SENSITIVEDATAORIGIN")
 
 
+def _public_area(data: bytes, what: str, required: tuple[str, ...], forbidden: str) -> Any:
+    """Parse one marshalled ``TPM2B_PUBLIC`` (nothing after it) with ``required`` attributes and not ``forbidden``.
+
+    Raises:
+        KeyStoreError: too large, does not parse, trailing bytes, or the attributes are wrong.
+    """
+    from tpm2_pytss.constants import TPMA_OBJECT
+    from tpm2_pytss.types import TPM2B_PUBLIC
+
+    if not isinstance(data, bytes) or not 0 < len(data) <= MAX_PUBLIC_AREA_BYTES:
+        raise KeyStoreError(f"{what} public area missing or too large")
+    try:
+        public, used = TPM2B_PUBLIC.unmarshal(data)
+    except Exception:
+        raise KeyStoreError(f"{what} public area does not parse") from None
+    if used != len(data):
+        raise KeyStoreError(f"{what} public area has trailing bytes")
+    attributes = public.publicArea.objectAttributes
+    missing = [name for name in required if not attributes & getattr(TPMA_OBJECT, name)]
+    if missing or attributes & getattr(TPMA_OBJECT, forbidden):
+        raise KeyStoreError(f"{what} lacks attributes {missing} or has {forbidden}")
+    return public
+
+
 def attestation_key_of(ak_public_area: bytes) -> AttestationKey:
     """The :class:`AttestationKey` of a TPM AK public area, after checking it is a proper AK.
 
@@ -384,25 +418,34 @@ def attestation_key_of(ak_public_area: bytes) -> AttestationKey:
         KeyStoreError: not an ECC P-256 signing key that is restricted, fixed
             to its TPM and generated inside it.
     """
-    from tpm2_pytss.constants import TPM2_ALG, TPM2_ECC, TPMA_OBJECT
-    from tpm2_pytss.types import TPM2B_PUBLIC
+    from tpm2_pytss.constants import TPM2_ALG, TPM2_ECC
 
-    try:
-        public, used = TPM2B_PUBLIC.unmarshal(ak_public_area)
-    except Exception:
-        raise KeyStoreError("AK public area does not parse") from None
+    public = _public_area(ak_public_area, "AK", _AK_REQUIRED_ATTRIBUTES, "DECRYPT")
     area = public.publicArea
-    attributes = area.objectAttributes
-    if (
-        used != len(ak_public_area)
-        or area.type != TPM2_ALG.ECC
-        or area.parameters.eccDetail.curveID != TPM2_ECC.NIST_P256
-    ):
-        raise KeyStoreError("AK must be one ECC P-256 public area")
-    missing = [name for name in _AK_REQUIRED_ATTRIBUTES if not attributes & getattr(TPMA_OBJECT, name)]
-    if missing or attributes & TPMA_OBJECT.DECRYPT:
-        raise KeyStoreError(f"AK lacks attributes {missing} or can decrypt")
+    if area.type != TPM2_ALG.ECC or area.parameters.eccDetail.curveID != TPM2_ECC.NIST_P256:
+        raise KeyStoreError("AK must be an ECC P-256 key")
     return AttestationKey(AttestationKeyAlgorithm.ES256, bytes(public.to_der()))
+
+
+_EK_REQUIRED_ATTRIBUTES = ("RESTRICTED", "DECRYPT", "FIXEDTPM", "FIXEDPARENT", "SENSITIVEDATAORIGIN")
+
+
+def check_endorsement_key(ek_public: bytes) -> bytes:
+    """Check that ``ek_public`` is the marshalled public area of an endorsement key; return it.
+
+    An EK is a restricted decryption key fixed to its TPM (TCG EK templates);
+    :func:`make_ak_credential` encrypts the credential's seed to it.
+
+    Raises:
+        KeyStoreError: too large, does not parse (or has trailing bytes), not
+            an ECC or RSA key, or lacks an EK's attributes.
+    """
+    from tpm2_pytss.constants import TPM2_ALG
+
+    public = _public_area(ek_public, "EK", _EK_REQUIRED_ATTRIBUTES, "SIGN_ENCRYPT")
+    if public.publicArea.type not in (TPM2_ALG.ECC, TPM2_ALG.RSA):
+        raise KeyStoreError("EK must be an ECC or RSA key")
+    return ek_public
 
 
 def make_ak_credential(ek_public: bytes, ak_public_area: bytes, secret: bytes) -> tuple[bytes, bytes]:
@@ -423,6 +466,7 @@ def make_ak_credential(ek_public: bytes, ak_public_area: bytes, secret: bytes) -
     from tpm2_pytss.utils import make_credential
 
     attestation_key_of(ak_public_area)
+    check_endorsement_key(ek_public)
     if not 16 <= len(secret) <= 32:
         raise KeyStoreError("credential secret must be 16 to 32 bytes")
     try:

@@ -26,9 +26,12 @@ from iotguard.policy.posture import Posture, SegmentSpec
 from iotguard.policy.topics import TopicInfo, TopicLayout
 
 __all__ = [
+    "ATTESTATION_AGE_STEP_S",
+    "NO_ATTESTATION_AGE_S",
     "DeviceFacts",
     "TopicShape",
     "action_uid",
+    "attestation_age",
     "attestation_fresh",
     "device_context",
     "device_entity",
@@ -42,6 +45,12 @@ __all__ = [
 
 HOUR: Final = 3600.0
 DAY: Final = 86400.0
+#: ``attestation_age_s`` is the age rounded *up* to a multiple of this: a
+#: threshold that is a multiple of it (``> 300``, ``> 900``) compares exactly,
+#: and the context (and cached decisions) change once per step, not per second.
+ATTESTATION_AGE_STEP_S: Final = 60
+#: ``attestation_age_s`` of a device with no verified attestation (about 68 years).
+NO_ATTESTATION_AGE_S: Final = 2**31 - 1
 
 #: What a decision may depend on about a topic: its Cedar attributes as JSON,
 #: with the owning device reduced to ``"self"`` (the principal) or ``"other"``.
@@ -120,6 +129,22 @@ def attestation_fresh(posture: Posture, ts: float, freshness_s: float) -> tuple[
     return False, (at if ts < at else float("inf"))
 
 
+def attestation_age(posture: Posture, ts: float) -> tuple[int, float]:
+    """Seconds since the last verified attestation at ``ts``, rounded up to a step, and until when that holds.
+
+    A device never verified (or whose attestation time lies in the future
+    beyond the clock) reports :data:`NO_ATTESTATION_AGE_S` and ``0``.
+    """
+    if posture.attested_at is None:
+        return NO_ATTESTATION_AGE_S, float("inf")
+    at = posture.attested_at.timestamp()
+    if ts < at:
+        return 0, at
+    steps = math.ceil((ts - at) / ATTESTATION_AGE_STEP_S)
+    age = min(steps * ATTESTATION_AGE_STEP_S, NO_ATTESTATION_AGE_S)
+    return age, at + age
+
+
 def device_context(posture: Posture, now: datetime, freshness_s: float) -> tuple[dict[str, Any], float]:
     """The context record of a device request at ``now``, and until when it holds."""
     ts = now.timestamp()
@@ -134,16 +159,18 @@ def device_context(posture: Posture, now: datetime, freshness_s: float) -> tuple
             # days_left drops by one when the remaining time reaches (days_left - 1) days.
             valid_until = min(valid_until, ts + remaining - (days_left - 1) * DAY)
     fresh, fresh_until = attestation_fresh(posture, ts, freshness_s)
+    age, age_until = attestation_age(posture, ts)
     context = {
         "trust_tier": posture.trust_tier,
         "risk_score": posture.risk_score,
         "cert_valid": cert_valid,
         "cert_days_left": days_left,
         "fresh_attestation": fresh,
+        "attestation_age_s": age,
         "hour_utc": now.astimezone(UTC).hour,
         "declared_location": posture.declared_location,
     }
-    return context, min(valid_until, fresh_until)
+    return context, min(valid_until, fresh_until, age_until)
 
 
 @dataclass

@@ -29,6 +29,7 @@ DEVICE_SELF_ACTIONS: Final = frozenset({
     "learn_task", "learn_update", "learn_model",
     "update_fetch",
     "report_flows", "report_health",
+    "certify_ak",
 })
 
 #: Actions an operator performs through the REST API or the CLI, with the

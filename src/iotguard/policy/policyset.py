@@ -115,6 +115,11 @@ class PolicySet:
         """``@id`` of every policy with ``effect`` (``permit``/``forbid``)."""
         return [pid for pid, body in self.policies.items() if body["effect"] == effect]
 
+    def ids_annotated(self, name: str, value: str) -> frozenset[str]:
+        """``@id`` of every policy carrying the annotation ``@name("value")`` (e.g. ``@step_up("attest")``)."""
+        return frozenset(pid for pid, body in self.policies.items()
+                         if body.get("annotations", {}).get(name) == value)
+
     def subset_json(self, effect: str) -> str:
         """Cedar JSON policy set of only the ``effect`` policies."""
         static = {

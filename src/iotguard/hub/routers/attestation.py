@@ -24,6 +24,11 @@ def attestation_router(attestation: AttestationService, plane: DevicePlane, oper
         """A device asks for a nonce (empty evidence) or posts evidence answering one (signed device request)."""
         return attestation.handle(req)
 
+    @router.post("/v1/attest/ak", openapi_extra=signed_request_openapi("certify_ak"))
+    def certify_ak(req: VerifiedRequest = Depends(device_request(plane, "certify_ak"))) -> dict[str, Any]:  # noqa: B008
+        """A device certifies its TPM attestation key against its endorsement key (two signed requests)."""
+        return attestation.certification.handle(req)
+
     @router.get("/v1/devices/{device_id}/attestations")
     def attestations(device_id: str,
                      _t: ApiToken = Depends(operator("view_devices", "Device", "device_id"))  # noqa: B008

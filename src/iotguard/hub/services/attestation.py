@@ -17,15 +17,21 @@ the posture is saved with the audit entry (``attestation.result``) and the
 broker access rewrite in one transaction through the outbox, so other hub
 processes, the audit log and the broker follow.
 
-The attestation key is bound on first use: the first evidence of a device
-names its key in a request signed by the device's identity key, and every
-later evidence must be signed by that key (trust on first use; ADR 0801).
+A TPM's attestation key must have been certified against the device's
+endorsement key (:mod:`~iotguard.hub.services.ak_certification`, ADR 0810);
+a software root's key is bound on first use: the first evidence names it in a
+request signed by the device's identity key, and every later evidence must be
+signed by that key (ADR 0801).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import secrets
+import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -57,6 +63,7 @@ from iotguard.errors import (
     UnknownDeviceError,
 )
 from iotguard.hub.outbox import OutboxMessage, OutboxRow, OutboxStore
+from iotguard.hub.services.ak_certification import AkCertificationService
 from iotguard.hub.services.audit import audit_message
 from iotguard.hub.services.consent import CommandChannel
 from iotguard.hub.services.lifecycle import DeviceLifecycle
@@ -83,6 +90,11 @@ TRUST_TIER_OF = {
     Tier.CONTRAINDICATED: "failed",
     Tier.NONE: "unverified",
 }
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_policy(text: str) -> AppraisalPolicy:
+    return load_appraisal_policy(text)
 
 
 def _attestation_key(algorithm: str, public_key: bytes) -> AttestationKey:
@@ -115,11 +127,13 @@ class AttestationService:
         clock: Time source.
         nonce_ttl: How long an issued nonce may be answered.
         on_appraisal: Told of each applied appraisal (device, tier, reasons, time): detection's input.
+        certification: AK certification against endorsement keys; built on ``store`` when None.
     """
 
     def __init__(self, store: AttestationStore, devices: DeviceStore, posture: PostureService, outbox: OutboxStore,
                  clock: Clock, *, nonce_ttl: timedelta = NONCE_TTL,
                  on_appraisal: Callable[[str, str, Sequence[str], datetime], None] | None = None) -> None:
+                 certification: AkCertificationService | None = None) -> None:
         self.store = store
         self.devices = devices
         self.posture = posture
@@ -127,6 +141,10 @@ class AttestationService:
         self.clock = clock
         self.nonce_ttl = nonce_ttl
         self.on_appraisal = on_appraisal
+        #: Endorsement keys and TPM attestation-key certification (same store).
+        self.certification = certification or AkCertificationService(store, devices, outbox, clock)
+        self._stepped_up: dict[str, float] = {}
+        self._stepped_up_lock = threading.Lock()
 
     # -- reference values and appraisal policies -------------------------
 
@@ -150,10 +168,14 @@ class AttestationService:
         self.store.set_policy(model, text, self.clock.now())
 
     def verifier(self) -> Verifier:
-        """A verifier over the stored reference values and policies (read afresh: other processes add them)."""
+        """A verifier over the stored reference values and policies (read afresh: other processes add them).
+
+        Policy texts are parsed once per distinct text (an appraisal policy is
+        an immutable value), so a re-read costs two queries, not a TOML parse.
+        """
         models: dict[str, Any] = {}
         for text in self.store.policies().values():
-            models.update(load_appraisal_policy(text).models)
+            models.update(_parsed_policy(text).models)
         return Verifier(ReferenceValues(self.store.references()), AppraisalPolicy(models))
 
     # -- challenges and evidence -------------------------------------------
@@ -183,6 +205,23 @@ class AttestationService:
         self.outbox.enqueue([OutboxMessage(CHALLENGE_KIND, payload)], self.clock.now())
         return nonce
 
+    def step_up(self, device_id: str) -> None:
+        """A policy asked for fresh evidence from ``device_id``: queue a challenge, at most one per nonce lifetime.
+
+        Called by the device plane when a policy annotated ``@step_up("attest")``
+        denied the device; a device that is not active is left alone.
+        """
+        now = time.monotonic()
+        with self._stepped_up_lock:
+            if now - self._stepped_up.get(device_id, -math.inf) < self.nonce_ttl.total_seconds():
+                return
+            self._stepped_up[device_id] = now
+        try:
+            self.queue_challenge(device_id)
+        except UnknownDeviceError:
+            return
+        log.info("step-up: attestation challenge queued for %s", device_id)
+
     def handle(self, request: VerifiedRequest) -> dict[str, Any]:
         """A verified ``attest`` device request: a nonce for empty evidence, else the appraisal."""
         body = request.body
@@ -209,11 +248,7 @@ class AttestationService:
         if not self.store.take_nonce(device_id, nonce, now):
             self._audit_refusal(device_id, "nonce_unknown")
             raise ReplayError("attestation nonce unknown, used or expired")
-        bound = self.store.bind_key(device_id, key, now)
-        if bound != key:
-            self._audit_refusal(device_id, "attestation_key_mismatch")
-            raise IntegrityError("evidence names another attestation key than the device's",
-                                 code="attestation_key_mismatch")
+        bound = self._device_key(device_id, key, now)
         try:
             result = self.verifier().appraise(evidence, attestation_key=bound, expected_nonce=nonce,
                                               model=record.model, now=now)
@@ -233,6 +268,33 @@ class AttestationService:
         if not result.affirming:
             log.warning("attestation of %s: %s (%s)", device_id, result.status.value, ",".join(result.reasons))
         return result
+
+    def _device_key(self, device_id: str, key: AttestationKey, now: datetime) -> AttestationKey:
+        """The device's attestation key, if ``key`` is it.
+
+        A device with a recorded endorsement key, and any TPM (ES256) key,
+        must have been certified by credential activation
+        (:mod:`~iotguard.hub.services.ak_certification`); a software root's
+        EdDSA key is bound on first use to the enrolled identity (ADR 0801).
+
+        Raises:
+            IntegrityError: ``attestation_key_not_certified`` or ``attestation_key_mismatch``.
+        """
+        endorsement = self.store.endorsement(device_id)
+        if endorsement is not None or key.algorithm is not AttestationKeyAlgorithm.EDDSA:
+            certified = None if endorsement is None else endorsement.certified_key
+            if certified is None:
+                self._audit_refusal(device_id, "attestation_key_not_certified")
+                raise IntegrityError("the device's TPM attestation key has not been certified against its EK",
+                                     code="attestation_key_not_certified")
+            bound = certified
+        else:
+            bound = self.store.bind_key(device_id, key, now)
+        if bound != key:
+            self._audit_refusal(device_id, "attestation_key_mismatch")
+            raise IntegrityError("evidence names another attestation key than the device's",
+                                 code="attestation_key_mismatch")
+        return bound
 
     def history(self, device_id: str, limit: int = 20) -> list[StoredAppraisal]:
         """The device's latest appraisals, newest first."""

@@ -5,13 +5,17 @@ the hub issued, single use, with its expiry), ``attestation_keys`` (the
 attestation key bound to each device), ``attestation_results`` (every
 appraisal, newest last), ``attestation_references`` (allowed firmware
 releases per model: several versions at once) and ``attestation_policies``
-(the appraisal policy text per model). :class:`SqlAttestationStore` keeps
+(the appraisal policy text per model); migration ``0810_attestation_endorsements``
+adds ``attestation_endorsements`` (each TPM device's endorsement key, recorded
+at enrollment, and the attestation key certified against it by credential
+activation). :class:`SqlAttestationStore` keeps
 them in the hub database (SQLite or PostgreSQL, shared by hub processes);
 :class:`MemoryAttestationStore` (in ``attestation_memory``) in a process.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,9 +44,11 @@ from iotguard.keys.rot import AttestationKey, AttestationKeyAlgorithm
 
 __all__ = [
     "AttestationStore",
+    "Endorsement",
     "SqlAttestationStore",
     "StoredAppraisal",
     "create_attestation_tables",
+    "create_endorsement_table",
 ]
 
 nonces = Table(
@@ -92,6 +98,17 @@ policies = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+endorsements = Table(
+    "attestation_endorsements",
+    metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("ek_public", LargeBinary(1024), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("certified_algorithm", String(16), nullable=True),
+    Column("certified_public_key", LargeBinary(256), nullable=True),
+    Column("certified_at", DateTime(timezone=True), nullable=True),
+)
+
 _TABLES = (nonces, keys, results, references, policies)
 
 
@@ -99,6 +116,27 @@ def create_attestation_tables(conn: Connection) -> None:
     """Migration ``0800_attestation``."""
     for table in _TABLES:
         table.create(conn, checkfirst=True)
+
+
+def create_endorsement_table(conn: Connection) -> None:
+    """Migration ``0810_attestation_endorsements``."""
+    endorsements.create(conn, checkfirst=True)
+
+
+@dataclass(frozen=True)
+class Endorsement:
+    """A TPM device's endorsement key and the attestation key certified against it.
+
+    Attributes:
+        device_id: The device.
+        ek_public: Marshalled ``TPM2B_PUBLIC`` of its TPM's endorsement key (recorded at enrollment).
+        certified_key: The AK that proved, by credential activation, to be
+            resident in the TPM holding that EK; ``None`` until one has.
+    """
+
+    device_id: str
+    ek_public: bytes
+    certified_key: AttestationKey | None
 
 
 @dataclass(frozen=True)
@@ -173,14 +211,31 @@ class AttestationStore(Protocol):
         """Appraisal policy texts by model."""
         ...
 
+    def set_endorsement_key(self, device_id: str, ek_public: bytes, now: datetime) -> None:
+        """Record the device's EK (replacing one recorded before, and forgetting the AK certified against it)."""
+        ...
+
+    def endorsement(self, device_id: str) -> Endorsement | None:
+        """The device's EK and certified AK, if an EK was recorded."""
+        ...
+
+    def certify_key(self, device_id: str, ek_public: bytes, key: AttestationKey, now: datetime) -> bool:
+        """Record ``key`` as certified against ``ek_public``; False if that is no longer the device's EK."""
+        ...
+
 
 def encode_measurements(measurements: Mapping[str, bytes]) -> str:
     """Reference measurements as stored: JSON ``{stage: hex digest}``."""
     return json.dumps({k: v.hex() for k, v in sorted(measurements.items())})
 
 
+@functools.lru_cache(maxsize=1024)
 def decode_release(model: str, version: str, text: str) -> ReferenceRelease:
-    """A stored release back (validated again: a corrupted row raises ``ConfigError``)."""
+    """A stored release back (validated again: a corrupted row raises ``ConfigError``).
+
+    Decoded once per distinct row (releases are immutable values): every
+    appraisal reads the rows afresh, but does not parse them again.
+    """
     raw = json.loads(text)
     return reference_release(model, version, {str(k): bytes.fromhex(str(v)) for k, v in raw.items()})
 
@@ -206,6 +261,9 @@ class SqlAttestationStore(SqlStoreBase):
             return int(c.execute(delete(nonces).where(nonces.c.expires_at <= utc(now))).rowcount or 0)
 
     def bind_key(self, device_id: str, key: AttestationKey, now: datetime) -> AttestationKey:
+        bound = self.key_of(device_id)  # bound already (every appraisal but the first): no write
+        if bound is not None:
+            return bound
         with self.engine.begin() as c:
             c.execute(self._upsert(keys).values(device_id=device_id, algorithm=key.algorithm.value,
                                                 public_key=key.public_key, bound_at=utc(now))
@@ -262,3 +320,28 @@ class SqlAttestationStore(SqlStoreBase):
     def policies(self) -> dict[str, str]:
         with self.engine.connect() as c:
             return {m: t for m, t in c.execute(select(policies.c.model, policies.c.text))}
+
+    def set_endorsement_key(self, device_id: str, ek_public: bytes, now: datetime) -> None:
+        values = {"ek_public": ek_public, "recorded_at": utc(now), "certified_algorithm": None,
+                  "certified_public_key": None, "certified_at": None}
+        with self.engine.begin() as c:
+            c.execute(self._upsert(endorsements).values(device_id=device_id, **values)
+                      .on_conflict_do_update(index_elements=[endorsements.c.device_id], set_=values))
+
+    def endorsement(self, device_id: str) -> Endorsement | None:
+        e = endorsements.c
+        with self.engine.connect() as c:
+            row = c.execute(select(e.ek_public, e.certified_algorithm, e.certified_public_key)
+                            .where(e.device_id == device_id)).first()
+        if row is None:
+            return None
+        key = None if row[1] is None else AttestationKey(AttestationKeyAlgorithm(row[1]), bytes(row[2]))
+        return Endorsement(device_id, bytes(row[0]), key)
+
+    def certify_key(self, device_id: str, ek_public: bytes, key: AttestationKey, now: datetime) -> bool:
+        e = endorsements.c
+        with self.engine.begin() as c:
+            done = c.execute(endorsements.update().where(e.device_id == device_id, e.ek_public == ek_public)
+                             .values(certified_algorithm=key.algorithm.value, certified_public_key=key.public_key,
+                                     certified_at=utc(now))).rowcount
+        return bool(done)

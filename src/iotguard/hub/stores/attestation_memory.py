@@ -7,7 +7,7 @@ from datetime import datetime
 
 from iotguard.attestation import ReferenceRelease
 from iotguard.hub.stores._sql import utc
-from iotguard.hub.stores.attestation import StoredAppraisal
+from iotguard.hub.stores.attestation import Endorsement, StoredAppraisal
 from iotguard.keys.rot import AttestationKey
 
 __all__ = ["MemoryAttestationStore"]
@@ -23,6 +23,7 @@ class MemoryAttestationStore:
         self._results: list[StoredAppraisal] = []
         self._references: dict[tuple[str, str], ReferenceRelease] = {}
         self._policies: dict[str, str] = {}
+        self._endorsements: dict[str, Endorsement] = {}
 
     def issue_nonce(self, device_id: str, nonce: bytes, expires_at: datetime) -> None:
         with self._lock:
@@ -81,3 +82,19 @@ class MemoryAttestationStore:
     def policies(self) -> dict[str, str]:
         with self._lock:
             return dict(self._policies)
+
+    def set_endorsement_key(self, device_id: str, ek_public: bytes, now: datetime) -> None:
+        with self._lock:
+            self._endorsements[device_id] = Endorsement(device_id, ek_public, None)
+
+    def endorsement(self, device_id: str) -> Endorsement | None:
+        with self._lock:
+            return self._endorsements.get(device_id)
+
+    def certify_key(self, device_id: str, ek_public: bytes, key: AttestationKey, now: datetime) -> bool:
+        with self._lock:
+            current = self._endorsements.get(device_id)
+            if current is None or current.ek_public != ek_public:
+                return False
+            self._endorsements[device_id] = Endorsement(device_id, ek_public, key)
+            return True

@@ -1,0 +1,152 @@
+"""Certifying a TPM's attestation key against its endorsement key (credential activation).
+
+At enrollment the operator records the device's **endorsement key** (EK):
+the public key of its TPM, known from manufacture
+(:meth:`AkCertificationService.record_endorsement_key`, ``iotguard
+endorsement-key DEVICE FILE``). Before its first TPM evidence the device
+certifies its **attestation key** (AK) in two signed ``certify_ak`` device
+requests:
+
+1. It sends the AK's public area (``secret`` empty). The hub checks it is a
+   proper AK (restricted ECDSA P-256 signing key, fixed to its TPM, generated
+   inside it), draws a 32-byte secret and answers ``TPM2_MakeCredential``
+   (done in software) of that secret to the recorded EK and the AK's name.
+2. Its TPM recovers the secret with ``TPM2_ActivateCredential``, which works
+   only on the TPM that holds that EK *and* has exactly that AK loaded. The
+   device sends the secret back; the hub records the AK as certified.
+
+Only a certified AK is accepted for evidence from a device with a recorded
+EK, and TPM (ES256) evidence is never bound on first use (ADR 0810). The
+pending credential is a single-use, expiring entry in the attestation nonce
+table: ``SHA-256("iotguard-ak-credential/1" || AK DER || secret)``, so the
+hub keeps no secret and the answer is tied to the AK it was made for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from iotguard.audit import AuditEvent, EventType
+from iotguard.clock import Clock
+from iotguard.errors import AttestationError, ConfigError, IntegrityError, KeyStoreError, MalformedError
+from iotguard.hub.outbox import OutboxStore
+from iotguard.hub.services.audit import audit_message
+from iotguard.hub.stores.attestation import AttestationStore
+from iotguard.hub.stores.devices import DeviceStore
+from iotguard.identity import VerifiedRequest
+from iotguard.keys.rot import AttestationKey
+
+__all__ = ["CREDENTIAL_SECRET_BYTES", "CREDENTIAL_TTL", "AkCertificationService"]
+
+log = logging.getLogger(__name__)
+
+#: Size of the secret a credential carries (a TPM2B_DIGEST of SHA-256 size).
+CREDENTIAL_SECRET_BYTES = 32
+#: How long a credential may be answered.
+CREDENTIAL_TTL = timedelta(minutes=5)
+_PENDING_DOMAIN = b"iotguard-ak-credential/1"
+
+
+def _pending_entry(key: AttestationKey, secret: bytes) -> bytes:
+    return hashlib.sha256(_PENDING_DOMAIN + key.public_key + secret).digest()
+
+
+def _tpm() -> Any:
+    """``iotguard.keys.tpm``, once ``tpm2-pytss`` (MakeCredential, public-area parsing) is known to import."""
+    try:
+        import tpm2_pytss  # noqa: F401
+    except ImportError:
+        raise ConfigError("TPM support (tpm2-pytss) is not installed on this hub", code="tpm_unsupported") from None
+    from iotguard.keys import tpm
+
+    return tpm
+
+
+class AkCertificationService:
+    """Records endorsement keys and certifies attestation keys against them.
+
+    Args:
+        store: The attestation store (endorsement keys, pending credentials).
+        devices: The device registry.
+        outbox: Where audit entries go.
+        clock: Time source.
+        credential_ttl: How long a credential may be answered.
+    """
+
+    def __init__(self, store: AttestationStore, devices: DeviceStore, outbox: OutboxStore, clock: Clock, *,
+                 credential_ttl: timedelta = CREDENTIAL_TTL) -> None:
+        self.store = store
+        self.devices = devices
+        self.outbox = outbox
+        self.clock = clock
+        self.credential_ttl = credential_ttl
+
+    def record_endorsement_key(self, device_id: str, ek_public: bytes) -> None:
+        """Record the device's TPM endorsement key (marshalled ``TPM2B_PUBLIC``), at enrollment.
+
+        A device with a recorded EK attests only with an AK certified
+        against it; recording a new EK forgets the AK certified before.
+
+        Raises:
+            UnknownDeviceError: no such device.
+            KeyStoreError: not an EK public area.
+            ConfigError: (code ``tpm_unsupported``) the hub lacks TPM support.
+        """
+        self.devices.get_device(device_id)
+        _tpm().check_endorsement_key(ek_public)
+        now = self.clock.now()
+        self.store.set_endorsement_key(device_id, ek_public, now)
+        self._audit(device_id, {"status": "ek_recorded", "ek_sha256": hashlib.sha256(ek_public).hexdigest()})
+
+    def handle(self, request: VerifiedRequest) -> dict[str, Any]:
+        """A verified ``certify_ak`` device request: a credential for an empty secret, else its answer.
+
+        Raises:
+            AttestationError: (code ``no_endorsement_key``) no EK recorded for the device.
+            MalformedError: the AK public area is not a proper AK.
+            IntegrityError: (code ``ak_certification_failed``) the secret is not the credential's.
+        """
+        device_id = request.device_id
+        area, secret = request.body["ak_public_area"], request.body["secret"]
+        endorsement = self.store.endorsement(device_id)
+        if endorsement is None:
+            self._refuse(device_id, "no_endorsement_key")
+            raise AttestationError("no endorsement key recorded for this device", code="no_endorsement_key")
+        tpm = _tpm()
+        try:
+            key = tpm.attestation_key_of(area)
+        except KeyStoreError:
+            self._refuse(device_id, "not_an_attestation_key")
+            raise MalformedError("not a restricted TPM attestation key") from None
+        now = self.clock.now()
+        if not secret:
+            secret = secrets.token_bytes(CREDENTIAL_SECRET_BYTES)
+            blob, encrypted = tpm.make_ak_credential(endorsement.ek_public, area, secret)
+            self.store.purge_nonces(now)
+            self.store.issue_nonce(device_id, _pending_entry(key, secret), now + self.credential_ttl)
+            return {"credential_blob": blob.hex(), "encrypted_secret": encrypted.hex(),
+                    "expires_in": int(self.credential_ttl.total_seconds())}
+        if not self.store.take_nonce(device_id, _pending_entry(key, secret), now):
+            self._refuse(device_id, "ak_certification_failed")
+            raise IntegrityError("credential not activated by the TPM holding the device's EK and this AK",
+                                 code="ak_certification_failed")
+        if not self.store.certify_key(device_id, endorsement.ek_public, key, now):
+            self._refuse(device_id, "ak_certification_failed")
+            raise IntegrityError("the device's endorsement key changed during certification",
+                                 code="ak_certification_failed")
+        self._audit(device_id, {"status": "certified", "algorithm": key.algorithm.value,
+                                "ak_sha256": hashlib.sha256(key.public_key).hexdigest()})
+        return {"device_id": device_id, "certified": True}
+
+    def _refuse(self, device_id: str, reason: str) -> None:
+        log.warning("AK certification of %s refused: %s", device_id, reason)
+        self._audit(device_id, {"status": "refused", "reasons": [reason]})
+
+    def _audit(self, device_id: str, details: dict[str, Any]) -> None:
+        now = self.clock.now()
+        event = AuditEvent(EventType.ATTESTATION_KEY_CERTIFIED, now, "hub.attestation", device_id, details)
+        self.outbox.enqueue([audit_message(event)], now)
