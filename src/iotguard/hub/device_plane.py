@@ -98,7 +98,7 @@ class DevicePlane:
                  nonces: SeenNonces | None = None, attempts: AttemptStore | None = None,
                  limits: SignedRequestLimits | None = None,
                  reread_posture: Callable[[str], bool] | None = None,
-                 on_refusal: Callable[[str, str, str, datetime], None] | None = None) -> None:
+                 on_refusal: Callable[[str, str, str, datetime], None] | None = None,
                  step_up: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.engine = engine

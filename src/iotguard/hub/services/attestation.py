@@ -132,7 +132,7 @@ class AttestationService:
 
     def __init__(self, store: AttestationStore, devices: DeviceStore, posture: PostureService, outbox: OutboxStore,
                  clock: Clock, *, nonce_ttl: timedelta = NONCE_TTL,
-                 on_appraisal: Callable[[str, str, Sequence[str], datetime], None] | None = None) -> None:
+                 on_appraisal: Callable[[str, str, Sequence[str], datetime], None] | None = None,
                  certification: AkCertificationService | None = None) -> None:
         self.store = store
         self.devices = devices
