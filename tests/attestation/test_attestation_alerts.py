@@ -7,7 +7,6 @@ from pathlib import Path
 from iotguard.detection import AppraisalRule
 from tests.attestation.conftest import Device, Firmware
 from tests.attestation.test_hub_attestation import _attest_boot, _tampered
-from tests.attestation.test_hub_attestation import hub as hub  # the fixture with the appraisal policy installed
 from tests.hub.conftest import HubParts
 
 
