@@ -259,3 +259,22 @@ def test_expired_device_records_are_refreshed_in_one_query_per_batch(tmp_path, m
     clock.advance(1.5)
     out = proc.process([_seal(a, 3) for a in agents])
     assert out.stored == 4 and out.rejected["revoked"] == 1
+
+
+def test_device_flooding_over_its_quota_is_refused_by_reason_and_not_acknowledged(tmp_path) -> None:
+    """Check for a one-device flood at 100x its quota: its excess is refused before the AEAD
+    open, counted as ``device_over_quota`` (metrics, rejection table), never acknowledged (the
+    device keeps it and resends), and a neighbour in the same segment is still admitted."""
+    from tests.hub.conftest import make_hub
+
+    parts = make_hub(tmp_path, quota_device_rate=1.0, quota_device_burst=5.0)
+    flooder, neighbour = parts.agent("dev-flood"), parts.agent("dev-calm")
+    out = parts.processor.process([_seal(flooder, i) for i in range(500)] + [_seal(neighbour, 0)])
+    assert out.stored == 6
+    assert out.rejected == {"device_over_quota": 495}
+    assert parts.store.reading_count("dev-calm") == 1 and parts.store.reading_count("dev-flood") == 5
+    acked = decode_ack("dev-flood", out.acks[("iotguard/default/dev-flood/ack", 1)],
+                       flooder._keys.downlink)  # type: ignore[union-attr]
+    assert len(list(acked.sequences())) == 5
+    assert parts.store.rejection_totals()["device_over_quota"] == 495
+    assert parts.processor.stats.snapshot()["rejected"]["device_over_quota"] == 495

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from iotguard.admission import DEVICE_OVER_QUOTA, SEGMENT_OVER_QUOTA, Admission, QuotaLimits
 from iotguard.audit import AuditSink, rejected_envelopes
 from iotguard.channel import ReplayWindow, SessionKeys, ack_topic, encode_ack, make_nonce, telemetry_topic
 from iotguard.clock import Clock, SystemClock
@@ -32,14 +33,23 @@ from iotguard.hub.store import DeviceRecord, HubStore
 from iotguard.hub.stores import WindowWrite
 from iotguard.wire import Envelope, Reading, associated_data, decode_envelope, decode_reading
 
-__all__ = ["REASON_CODES", "BatchOutcome", "Incoming", "IngestProcessor", "IngestStats", "SessionLookup"]
+__all__ = ["REASON_CODES", "BatchOutcome", "Incoming", "IngestProcessor", "IngestStats", "SessionLookup",
+           "admission_from_config"]
 
 log = logging.getLogger(__name__)
 
 #: Every reason code ingest can reject a message with.
 REASON_CODES = (
     "malformed", "topic_mismatch", "unknown_device", "revoked", "forged", "replay", "policy_denied",
+    DEVICE_OVER_QUOTA, SEGMENT_OVER_QUOTA,
 )
+
+
+def admission_from_config(cfg: HubConfig) -> Admission:
+    """The ingest quotas of ``cfg`` (this process's share of them, ADR 1500)."""
+    return Admission(QuotaLimits(cfg.quota_device_rate, cfg.quota_device_burst, cfg.quota_share),
+                     QuotaLimits(cfg.quota_segment_rate, cfg.quota_segment_burst, cfg.quota_share))
+
 
 class SessionLookup(Protocol):
     """Where ingest finds a device's record and session keys (the device lifecycle service)."""
@@ -130,6 +140,7 @@ class IngestProcessor:
     def __init__(
         self, store: HubStore, registry: SessionLookup, cfg: HubConfig, *,
         clock: Clock | None = None, authorizer: Authorizer | None = None, audit: AuditSink | None = None,
+        admission: Admission | None = None, monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -138,6 +149,9 @@ class IngestProcessor:
         self.authorizer = authorizer
         self.audit = audit
         self.stats = IngestStats()
+        #: Per-device and per-segment quotas, checked before a message costs an AEAD open or a row.
+        self.admission = admission if admission is not None else admission_from_config(cfg)
+        self._monotonic = monotonic
         #: Replay windows this process holds, with the version it last read or saved.
         self._windows: dict[tuple[str, int], WindowWrite] = {}
 
@@ -177,6 +191,8 @@ class IngestProcessor:
         acked: dict[tuple[str, int], set[int]] = defaultdict(set)
         by_suite: dict[int, list[tuple[Incoming, Envelope, _Session]]] = defaultdict(list)
         decoded: list[tuple[Incoming, Envelope]] = []
+        admit = self.admission.admit
+        tick = self._monotonic()
         for msg in batch:
             try:
                 decoded.append((msg, decode_envelope(msg.payload, max_size=max_size)))
@@ -206,6 +222,13 @@ class IngestProcessor:
                 rejected[(d, "replay")] += 1
                 if "already" in str(exc):
                     acked[key].add(env.seq)  # stored before: acknowledge again so the device stops resending
+                continue
+            # The topic is the device's own, which the broker grants only to its
+            # certificate: the quota charged is the sender's, not a forger's victim's.
+            # Refused messages are not acknowledged, so a device keeps them and resends.
+            over = admit(d, sess.record.segment, tick)
+            if over is not None:
+                rejected[(d, over)] += 1
                 continue
             by_suite[sess.suite.suite_id].append((msg, env, sess))
 
