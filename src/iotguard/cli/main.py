@@ -39,6 +39,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotguard.cli.custody",
     "iotguard.cli.detect",
     "iotguard.cli.alerts",
+    "iotguard.cli.backup",
 )
 
 
