@@ -77,12 +77,12 @@ class HubProcess:
         """TLS context that trusts the fleet CA (the hub writes it at start)."""
         return client_context(self.ca_file)
 
-    def start(self) -> None:
+    def start(self, timeout: float = 30.0) -> None:
         self.starts += 1
         log = open(self.tmp / f"{self.name}-{self.starts}.log", "wb")  # noqa: SIM115 - the child process owns it
         self.proc = subprocess.Popen([sys.executable, "-m", "iotguard", "hub"], env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"hub exited: {(self.tmp / f'{self.name}-{self.starts}.log').read_text()}")
