@@ -15,6 +15,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from iotguard.admission import DEVICE_OVER_QUOTA, SEGMENT_OVER_QUOTA, Admission, QuotaLimits
@@ -43,6 +44,12 @@ REASON_CODES = (
     "malformed", "topic_mismatch", "unknown_device", "revoked", "forged", "replay", "policy_denied",
     DEVICE_OVER_QUOTA, SEGMENT_OVER_QUOTA,
 )
+
+
+#: Quota refusals are audited at most this often (seconds), aggregated per device and reason:
+#: a flood refused message by message must not become an audit append per batch.
+QUOTA_AUDIT_INTERVAL_S = 5.0
+_QUOTA_REASONS = frozenset({DEVICE_OVER_QUOTA, SEGMENT_OVER_QUOTA})
 
 
 def admission_from_config(cfg: HubConfig) -> Admission:
@@ -152,6 +159,10 @@ class IngestProcessor:
         #: Per-device and per-segment quotas, checked before a message costs an AEAD open or a row.
         self.admission = admission if admission is not None else admission_from_config(cfg)
         self._monotonic = monotonic
+        #: Quota refusals not audited yet: (device, reason) -> (count, first seen).
+        self._quota_pending: Counter[tuple[str, str]] = Counter()
+        self._quota_first: datetime | None = None
+        self._quota_audited_at = monotonic()
         #: Replay windows this process holds, with the version it last read or saved.
         self._windows: dict[tuple[str, int], WindowWrite] = {}
 
@@ -293,13 +304,34 @@ class IngestProcessor:
                 out.acks[(sess.ack_topic, key[1])] = encode_ack(key[0], key[1], seqs, sess.keys.downlink)
         for (_d, reason), n in rejected.items():
             out.rejected[reason] += n
-        if rejected and self.audit is not None:
-            # One aggregated entry per (device, reason) and batch; the data is
-            # already committed, so a failing audit write is logged, not fatal.
-            try:
-                self.audit.record_many([rejected_envelopes(d or "unattributed", reason, n, now, now)
-                                        for (d, reason), n in sorted(rejected.items())])
-            except IotGuardError as exc:
-                log.error("could not audit %d rejections: %s", sum(rejected.values()), exc.code)
+        if (rejected or self._quota_pending) and self.audit is not None:
+            self._audit_rejections(rejected, now, tick)
         self.stats.add(out)
         return out
+
+    def _audit_rejections(self, rejected: Counter[tuple[str, str]], now: datetime, tick: float) -> None:
+        """One aggregated entry per (device, reason): per batch, but quota refusals per
+        :data:`QUOTA_AUDIT_INTERVAL_S` at most. The data is already committed, so a failing
+        audit write is logged, not fatal."""
+        if self.audit is None:
+            return
+        entries = []
+        for (d, reason), n in sorted(rejected.items()):
+            if reason in _QUOTA_REASONS:
+                self._quota_pending[(d, reason)] += n
+                self._quota_first = self._quota_first or now
+            else:
+                entries.append(rejected_envelopes(d or "unattributed", reason, n, now, now))
+        if self._quota_pending and tick - self._quota_audited_at >= QUOTA_AUDIT_INTERVAL_S:
+            first = self._quota_first or now
+            entries += [rejected_envelopes(d, reason, n, first, now)
+                        for (d, reason), n in sorted(self._quota_pending.items())]
+            self._quota_pending.clear()
+            self._quota_first = None
+            self._quota_audited_at = tick
+        if not entries:
+            return
+        try:
+            self.audit.record_many(entries)
+        except IotGuardError as exc:
+            log.error("could not audit %d rejection entries: %s", len(entries), exc.code)
