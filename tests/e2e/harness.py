@@ -8,6 +8,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -130,4 +131,21 @@ class HubProcess:
         return provision
 
 
-__all__ = ["HubProcess", "free_port", "wait_port"]
+def wait_acknowledged(fleet: Any, what: str, timeout: float = 120.0) -> None:
+    """Let the fleet's agents resend what their outboxes hold until the hub acknowledged it all."""
+    deadline = time.monotonic() + timeout
+    while fleet.pending() and time.monotonic() < deadline:
+        fleet.resend_due()
+        time.sleep(0.2)
+    assert fleet.pending() == 0, f"{what}: the hub did not acknowledge every reading"
+
+
+def assert_exactly_once(sent: set[tuple[str, int, int]], stored: Counter[tuple[str, int, int]], what: str) -> None:
+    """Every reading sent is stored, once, and nothing else is (sets of (device, epoch, seq))."""
+    assert [k for k, n in stored.items() if n > 1] == [], f"{what}: a reading was stored twice"
+    lost = sent - set(stored)
+    assert lost == set(), f"{what}: {len(lost)} readings lost"
+    assert set(stored) - sent == set(), f"{what}: stored readings no device sent"
+
+
+__all__ = ["HubProcess", "assert_exactly_once", "free_port", "wait_acknowledged", "wait_port"]

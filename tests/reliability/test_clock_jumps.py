@@ -35,7 +35,7 @@ def test_hub_clock_jumps_lose_and_duplicate_nothing(tmp_path: Path) -> None:
     from iotguard.agent import Agent
 
     clock = _JumpingClock()
-    services = build_hub_services(HubConfig(data_dir=str(tmp_path / "hub")), clock=clock)  # type: ignore[arg-type]
+    services = build_hub_services(HubConfig(data_dir=str(tmp_path / "hub")), clock=clock)
     client = TestClient(create_app(services, drain=services.drainer("t").drain))
     agent = Agent(AgentConfig(data_dir=str(tmp_path / "agent"), hub_url="http://testserver",
                               suites=["chacha20-poly1305"]), "jump-1", http=client)

@@ -30,7 +30,7 @@ from sqlalchemy import create_engine, func, select
 from iotguard.hub.schema import readings
 from iotguard.sim import Fleet
 from tests.conftest import MOSQUITTO, PG_BIN, MosquittoTls, _missing, free_port, wait_port
-from tests.e2e.harness import HubProcess
+from tests.e2e.harness import HubProcess, assert_exactly_once, wait_acknowledged
 
 #: Each test starts PostgreSQL, Mosquitto and a hub (up to three times) on a loaded machine.
 pytestmark = [pytest.mark.slow, pytest.mark.mosquitto, pytest.mark.timeout(900)]
@@ -180,17 +180,10 @@ def _run_fault(dep: _Deployment, tmp_path: Path, name: str, fault: Callable[[], 
         stop.set()
         sender.join()
     try:
-        deadline = time.monotonic() + 120
-        while fleet.pending() and time.monotonic() < deadline:
-            fleet.resend_due()
-            time.sleep(0.2)
-        assert fleet.pending() == 0, f"{name}: the hub did not acknowledge every reading"
+        wait_acknowledged(fleet, name)
         time.sleep(0.5)
-        stored = dep.stored()
         sent = set(fleet.submitted)
-        assert [k for k, n in stored.items() if n > 1] == [], f"{name}: a reading was stored twice"
-        assert sent - set(stored) == set(), f"{name}: {len(sent - set(stored))} readings lost"
-        assert set(stored) - sent == set(), f"{name}: stored readings no device sent"
+        assert_exactly_once(sent, dep.stored(), name)
         assert len(sent) > 100
     finally:
         fleet.close()
