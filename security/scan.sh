@@ -5,6 +5,8 @@
 #   bandit     static analysis of src/; fails on any finding not in security/bandit-baseline.json
 #   detect-secrets  secret scan of every tracked file; fails on any not in security/secrets.baseline
 # Every finding in the two baselines is justified in security/justifications.md.
+# `security/scan.sh --update-baselines` rewrites both baselines from the current tree (then
+# justify each new finding in security/justifications.md, or fix it).
 # The tools are pinned in security/requirements-tools.lock and live in their own
 # venv (.venv-security), apart from the project's locked environment.
 set -eu
@@ -14,6 +16,18 @@ if [ ! -x "$V/bin/bandit" ] || [ security/requirements-tools.lock -nt "$V/.locke
   python3 -m venv "$V"
   "$V/bin/python" -m pip install -q --disable-pip-version-check -r security/requirements-tools.lock
   touch "$V/.locked"
+fi
+if [ "${1:-}" = "--update-baselines" ]; then
+  "$V/bin/bandit" -r src -q -f json -o "$V/bandit.json" || true
+  "$V/bin/python" - "$V/bandit.json" security/bandit-baseline.json <<'PY'
+import json, sys
+json.dump({"errors": [], "results": json.load(open(sys.argv[1]))["results"]}, open(sys.argv[2], "w"),
+          indent=1, sort_keys=True)
+PY
+  git ls-files -z | xargs -0 "$V/bin/detect-secrets" scan --exclude-files '^security/|(^|/)(tests/vectors|tests/fuzz/corpus)/' \
+    > security/secrets.baseline
+  echo "security: baselines rewritten; justify the new findings in security/justifications.md" >&2
+  exit 0
 fi
 echo "security: pip-audit on requirements.lock" >&2
 audit="$V/pip-audit.json"
@@ -39,5 +53,5 @@ echo "security: bandit on src/ (against security/bandit-baseline.json)" >&2
 echo "security: detect-secrets on tracked files (against security/secrets.baseline)" >&2
 cp security/secrets.baseline "$V/secrets.baseline"  # the hook rewrites its baseline; keep ours unchanged
 git ls-files -z | xargs -0 "$V/bin/detect-secrets-hook" --baseline "$V/secrets.baseline" \
-  --exclude-files '(^|/)(tests/vectors|tests/fuzz/corpus)/'
+  --exclude-files '^security/|(^|/)(tests/vectors|tests/fuzz/corpus)/'
 echo "security: clean" >&2
