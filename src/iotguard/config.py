@@ -112,6 +112,18 @@ class HubConfig:
     #: browsers, from a CA they trust; empty: the fleet CA's ECDSA certificate ``tls/console.pem``
     #: (browsers warn: they cannot check the Ed25519 fleet CA's signature; ADR 1402).
     console_tls_file: str = ""
+    #: Ingest quotas (ADR 1500): readings a second and burst per device and per
+    #: segment, fleet-wide; 0 turns a rate off. ``quota_share`` is the number of
+    #: hub processes splitting the load on one shared subscription (each owns 1/N).
+    quota_device_rate: float = 200.0
+    quota_device_burst: float = 2000.0
+    quota_segment_rate: float = 20000.0
+    quota_segment_burst: float = 100000.0
+    quota_share: int = 1
+    #: Publishes a second and burst per device certificate at the embedded
+    #: broker's front; a connection over it is slowed down (back-pressure), not dropped.
+    broker_publish_rate: float = 200.0
+    broker_publish_burst: float = 2000.0
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite in the data directory."""
@@ -190,6 +202,13 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "hub.chain_from_block": (0, 1 << 62),
     "hub.analytics_budget_epsilon": (0, 100),
     "hub.analytics_budget_period_s": (3600, 366 * 86400),
+    "hub.quota_device_rate": (0, 10_000_000),
+    "hub.quota_device_burst": (1, 100_000_000),
+    "hub.quota_segment_rate": (0, 10_000_000),
+    "hub.quota_segment_burst": (1, 100_000_000),
+    "hub.quota_share": (1, 1024),
+    "hub.broker_publish_rate": (0, 10_000_000),
+    "hub.broker_publish_burst": (1, 100_000_000),
     "agent.interval_s": (0.001, 86400),
     "agent.ack_timeout_s": (0.1, 3600),
     "agent.max_buffered_readings": (1, 100_000_000),

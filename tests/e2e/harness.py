@@ -8,6 +8,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,12 +78,12 @@ class HubProcess:
         """TLS context that trusts the fleet CA (the hub writes it at start)."""
         return client_context(self.ca_file)
 
-    def start(self) -> None:
+    def start(self, timeout: float = 30.0) -> None:
         self.starts += 1
         log = open(self.tmp / f"{self.name}-{self.starts}.log", "wb")  # noqa: SIM115 - the child process owns it
         self.proc = subprocess.Popen([sys.executable, "-m", "iotguard", "hub"], env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"hub exited: {(self.tmp / f'{self.name}-{self.starts}.log').read_text()}")
@@ -130,4 +131,21 @@ class HubProcess:
         return provision
 
 
-__all__ = ["HubProcess", "free_port", "wait_port"]
+def wait_acknowledged(fleet: Any, what: str, timeout: float = 120.0) -> None:
+    """Let the fleet's agents resend what their outboxes hold until the hub acknowledged it all."""
+    deadline = time.monotonic() + timeout
+    while fleet.pending() and time.monotonic() < deadline:
+        fleet.resend_due()
+        time.sleep(0.2)
+    assert fleet.pending() == 0, f"{what}: the hub did not acknowledge every reading"
+
+
+def assert_exactly_once(sent: set[tuple[str, int, int]], stored: Counter[tuple[str, int, int]], what: str) -> None:
+    """Every reading sent is stored, once, and nothing else is (sets of (device, epoch, seq))."""
+    assert [k for k, n in stored.items() if n > 1] == [], f"{what}: a reading was stored twice"
+    lost = sent - set(stored)
+    assert lost == set(), f"{what}: {len(lost)} readings lost"
+    assert set(stored) - sent == set(), f"{what}: stored readings no device sent"
+
+
+__all__ = ["HubProcess", "assert_exactly_once", "free_port", "wait_acknowledged", "wait_port"]

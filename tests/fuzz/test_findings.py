@@ -34,3 +34,20 @@ def test_truncated_png_does_not_cost_gigabytes() -> None:
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert int(out.stdout.split()[-1]) < 1024 * 1024  # KiB: under 1 GiB (it was 4 GiB)
+
+
+#: atheris, 2026-11-30 (in-suite short run, target ``pcap``; the old "fuzz target exited"
+#: finding): a raw-IP capture of one IPv6 packet whose fragment header is followed by an AH
+#: header. dpkt's ``IP6.unpack`` then raises ``AttributeError`` ('IP6AHHeader' has no
+#: 'frag_off'). atheris prints such a traceback on stdout and libFuzzer reports only "fuzz
+#: target exited" on stderr, which is why the finding looked like a process exit.
+IPV6_FRAGMENT_THEN_AH_PCAP = base64.b64decode(
+    "1MOyoQIABAAAAAAAAAAAAP//AABlAAAAAQAAAAAAAAA8AAAAPAAAAGAAAAAAFCxAAAAAAAAAAAAAAAAAAAAAAQAAAA"
+    "AAAAAAAAAAAAAAAAIzAAAAAAAABzsBAAAAAAABAAAAAQ==")
+
+
+def test_ipv6_fragment_followed_by_ah_is_a_bad_packet_not_a_crash() -> None:
+    from iotguard.detection.pcap import flows_from_pcap
+
+    result = flows_from_pcap(IPV6_FRAGMENT_THEN_AH_PCAP)
+    assert result.packets == 1 and result.skipped == {"pcap_bad_packet": 1} and not result.flows

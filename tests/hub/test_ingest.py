@@ -280,3 +280,44 @@ def test_compiled_ascon_is_selected_by_configuration(tmp_path) -> None:  # type:
     session = parts.processor._session("dev-1", 1)
     assert not isinstance(session, str) and getattr(session.suite, "compiled", False) is True
     parts.store.engine.dispose()
+
+
+def test_device_flooding_over_its_quota_is_refused_by_reason_and_not_acknowledged(tmp_path) -> None:
+    """Check for a one-device flood at 100x its quota: its excess is refused before the AEAD
+    open, counted as ``device_over_quota`` (metrics, rejection table), never acknowledged (the
+    device keeps it and resends), and a neighbour in the same segment is still admitted."""
+    from tests.hub.conftest import make_hub
+
+    parts = make_hub(tmp_path, quota_device_rate=1.0, quota_device_burst=5.0)
+    flooder, neighbour = parts.agent("dev-flood"), parts.agent("dev-calm")
+    out = parts.processor.process([_seal(flooder, i) for i in range(500)] + [_seal(neighbour, 0)])
+    assert out.stored == 6
+    assert out.rejected == {"device_over_quota": 495}
+    assert parts.store.reading_count("dev-calm") == 1 and parts.store.reading_count("dev-flood") == 5
+    acked = decode_ack("dev-flood", out.acks[("iotguard/default/dev-flood/ack", 1)],
+                       flooder._keys.downlink)  # type: ignore[union-attr]
+    assert len(list(acked.sequences())) == 5
+    assert parts.store.rejection_totals()["device_over_quota"] == 495
+    assert parts.processor.stats.snapshot()["rejected"]["device_over_quota"] == 495
+
+
+def test_quota_refusals_are_audited_aggregated_not_per_batch(tmp_path) -> None:
+    """A flood refused batch after batch costs one audit entry per device and reason per
+    QUOTA_AUDIT_INTERVAL_S, not an audit append per batch (which would be the flood's lever)."""
+    from iotguard.audit import MemoryAuditSink
+    from iotguard.hub.ingest import QUOTA_AUDIT_INTERVAL_S, IngestProcessor, admission_from_config
+    from tests.hub.conftest import make_hub
+
+    parts = make_hub(tmp_path, quota_device_rate=1.0, quota_device_burst=1.0)
+    flooder = parts.agent("dev-flood")
+    sink, t = MemoryAuditSink(), [0.0]
+    proc = IngestProcessor(parts.store, parts.registry, parts.cfg, audit=sink, monotonic=lambda: t[0],
+                           admission=admission_from_config(parts.cfg))
+    for _ in range(10):  # ten batches within one interval: refused, counted, not yet audited
+        proc.process([_seal(flooder, i) for i in range(20)])
+    assert sink.events == []
+    assert parts.store.rejection_totals()["device_over_quota"] == 10 * 20 - 1
+    t[0] += QUOTA_AUDIT_INTERVAL_S
+    assert proc.process([_seal(flooder, 0)]).stored == 1  # refilled; the pending refusals go out now
+    assert [(e.subject, e.details["reason"], e.details["count"]) for e in sink.events] == [
+        ("dev-flood", "device_over_quota", 10 * 20 - 1)]

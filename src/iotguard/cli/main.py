@@ -46,6 +46,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotguard.cli.sensor",
     "iotguard.cli.compliance",
     "iotguard.cli.console",
+    "iotguard.cli.backup",
 )
 
 

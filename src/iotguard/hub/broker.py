@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from iotguard.admission import QuotaLimits
 from iotguard.errors import ConfigError
 
 if TYPE_CHECKING:  # the front imports amqtt; the agent imports this module for URLs only
@@ -92,6 +93,7 @@ class EmbeddedBroker:
             Required unless ``unsafe_plaintext``.
         unsafe_public: Allow a non-loopback address.
         unsafe_plaintext: Serve plain MQTT without device authentication.
+        publish_quota: Publishes a second and burst per device certificate at the front.
 
     Raises:
         ConfigError: a public bind address without ``unsafe_public``, or no
@@ -99,7 +101,8 @@ class EmbeddedBroker:
     """
 
     def __init__(self, bind: str, *, access: Callable[[], BrokerAccess] | None = None,
-                 unsafe_public: bool = False, unsafe_plaintext: bool = False) -> None:
+                 unsafe_public: bool = False, unsafe_plaintext: bool = False,
+                 publish_quota: QuotaLimits | None = None) -> None:
         host, _, port = bind.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"embedded broker bind must be host:port, got {bind!r}")
@@ -116,6 +119,7 @@ class EmbeddedBroker:
             log.warning("UNSAFE: embedded MQTT broker listening on non-loopback address %s", bind)
         self.address = BrokerAddress(host, int(port), tls=not unsafe_plaintext)
         self._access = access
+        self._publish_quota = publish_quota
         self._refresh_lock = threading.Lock()
         self.front: BrokerFront | None = None
         self._thread: threading.Thread | None = None
@@ -174,7 +178,7 @@ class EmbeddedBroker:
                 await broker.start()
                 if initial is not None:
                     self.front = BrokerFront(self.address.host, self.address.port, ("127.0.0.1", backend_port),
-                                             secret, initial)
+                                             secret, initial, publish_quota=self._publish_quota)
                     await self.front.start()
             except BaseException as exc:
                 self._error = exc

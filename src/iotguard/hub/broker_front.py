@@ -19,7 +19,12 @@ front faces the devices:
   Mosquitto does for MQTT 3.1.1), a refused filter gets SUBACK failure
   ``0x80``, a refused will topic gets CONNACK "not authorized";
 - connections whose certificate becomes revoked, or whose identity loses
-  every grant, are closed at the next access refresh.
+  every grant, are closed at the next access refresh;
+- each device certificate has a publish quota (a token bucket, ADR 1500):
+  over it, the front stops reading that connection until a token is due,
+  so a flooding device is slowed down by TCP back-pressure, nothing is
+  dropped and other connections are served as before (counted in
+  ``throttled``). The hub's own identity has no quota.
 """
 
 from __future__ import annotations
@@ -37,8 +42,10 @@ from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 from cryptography import x509
 
+from iotguard.admission import QuotaLimits, QuotaTable
 from iotguard.errors import IntegrityError, MalformedError
 from iotguard.hub import mqtt_frames as mf
+from iotguard.hub.tls import HUB_MQTT_IDENTITY
 from iotguard.identity.transport import check_client_certificate
 
 __all__ = ["BrokerAccess", "BrokerFront", "FrontSecretAuth"]
@@ -95,10 +102,12 @@ class BrokerFront:
         secret: The secret :class:`FrontSecretAuth` expects.
         access: Initial access (context, grants, revoked serials).
         max_packet_bytes: Largest MQTT packet accepted from a client.
+        publish_quota: Publishes a second and burst per device certificate (rate 0: none).
     """
 
     def __init__(self, host: str, port: int, backend: tuple[str, int], secret: str, access: BrokerAccess,
-                 *, max_packet_bytes: int = 262_144 + 1_024) -> None:
+                 *, max_packet_bytes: int = 262_144 + 1_024,
+                 publish_quota: QuotaLimits | None = None) -> None:
         self.host = host
         self.port = port
         self.backend = backend
@@ -106,6 +115,9 @@ class BrokerFront:
         self.access = access
         self.max_packet_bytes = max_packet_bytes
         self.refused: collections.Counter[str] = collections.Counter()
+        #: Publishes delayed because their device was over its quota.
+        self.throttled = 0
+        self._quota = QuotaTable(publish_quota) if publish_quota is not None and publish_quota.enabled else None
         self._conns: set[_Conn] = set()
         self._server: asyncio.Server | None = None
 
@@ -241,6 +253,7 @@ class BrokerFront:
                         if qos == 1 and packet_id is not None:
                             conn.writer.write(mf.encode_puback(packet_id))
                         continue
+                    await self._charge(conn.identity)
                 elif kind == mf.SUBSCRIBE:
                     packet_id, filters = mf.parse_subscribe(first & 0x0F, body)
                     allowed = [self.access.acl.may_subscribe(conn.identity, f) for f, _q in filters]
@@ -264,6 +277,17 @@ class BrokerFront:
             self.refused["malformed"] += 1
             log.info("broker front: closing %s: %s", conn.identity, exc)
 
+    async def _charge(self, identity: str) -> None:
+        """Take a publish token for ``identity``, waiting (not reading its socket) until one is due."""
+        if self._quota is None or identity == HUB_MQTT_IDENTITY:
+            return
+        loop = asyncio.get_running_loop()
+        bucket = self._quota.bucket(identity, loop.time())
+        if not bucket.take(loop.time()):
+            self.throttled += 1
+            while not bucket.take(loop.time()):
+                await asyncio.sleep((1.0 - bucket.level(loop.time())) / bucket.rate)
+
     async def _broker_to_client(self, conn: _Conn, reader: asyncio.StreamReader,
                                 client: asyncio.StreamWriter) -> None:
         # The broker is trusted, but its packets are framed the same way.
@@ -281,4 +305,4 @@ class BrokerFront:
 
     def stats(self) -> dict[str, Any]:
         """Connections open and refusals by reason."""
-        return {"connections": len(self._conns), "refused": dict(self.refused)}
+        return {"connections": len(self._conns), "refused": dict(self.refused), "throttled": self.throttled}

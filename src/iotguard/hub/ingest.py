@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from iotguard.admission import DEVICE_OVER_QUOTA, SEGMENT_OVER_QUOTA, Admission, QuotaLimits
 from iotguard.audit import AuditSink, rejected_envelopes
 from iotguard.channel import (
     ReplayWindow,
@@ -54,14 +55,29 @@ from iotguard.wire import (
 
 _MEDIA_SUFFIX = "/media"
 
-__all__ = ["REASON_CODES", "BatchOutcome", "Incoming", "IngestProcessor", "IngestStats", "SessionLookup"]
+__all__ = ["REASON_CODES", "BatchOutcome", "Incoming", "IngestProcessor", "IngestStats", "SessionLookup",
+           "admission_from_config"]
 
 log = logging.getLogger(__name__)
 
 #: Every reason code ingest can reject a message with.
 REASON_CODES = (
     "malformed", "topic_mismatch", "unknown_device", "revoked", "forged", "replay", "policy_denied",
+    DEVICE_OVER_QUOTA, SEGMENT_OVER_QUOTA,
 )
+
+
+#: Quota refusals are audited at most this often (seconds), aggregated per device and reason:
+#: a flood refused message by message must not become an audit append per batch.
+QUOTA_AUDIT_INTERVAL_S = 5.0
+_QUOTA_REASONS = frozenset({DEVICE_OVER_QUOTA, SEGMENT_OVER_QUOTA})
+
+
+def admission_from_config(cfg: HubConfig) -> Admission:
+    """The ingest quotas of ``cfg`` (this process's share of them, ADR 1500)."""
+    return Admission(QuotaLimits(cfg.quota_device_rate, cfg.quota_device_burst, cfg.quota_share),
+                     QuotaLimits(cfg.quota_segment_rate, cfg.quota_segment_burst, cfg.quota_share))
+
 
 class SessionLookup(Protocol):
     """Where ingest finds a device's record and session keys (the device lifecycle service)."""
@@ -157,6 +173,7 @@ class IngestProcessor:
         clock: Clock | None = None, authorizer: Authorizer | None = None, audit: AuditSink | None = None,
         media_authorizer: MediaAuthorizer | None = None,
         on_rejected: Callable[[str, str, int, datetime], None] | None = None,
+        admission: Admission | None = None, monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -168,6 +185,13 @@ class IngestProcessor:
         #: Told of each batch's rejections of a named device (device, reason, count, time): detection's input.
         self.on_rejected = on_rejected
         self.stats = IngestStats()
+        #: Per-device and per-segment quotas, checked before a message costs an AEAD open or a row.
+        self.admission = admission if admission is not None else admission_from_config(cfg)
+        self._monotonic = monotonic
+        #: Quota refusals not audited yet: (device, reason) -> (count, first seen).
+        self._quota_pending: Counter[tuple[str, str]] = Counter()
+        self._quota_first: datetime | None = None
+        self._quota_audited_at = monotonic()
         #: Replay windows this process holds, with the version it last read or saved.
         self._windows: dict[tuple[str, int], WindowWrite] = {}
         #: Suites this processor opens with instead of the registry's (same ids and wire format).
@@ -215,6 +239,8 @@ class IngestProcessor:
         acked: dict[tuple[str, int], set[int]] = defaultdict(set)
         by_suite: dict[int, list[tuple[Incoming, Envelope, _Session]]] = defaultdict(list)
         decoded: list[tuple[Incoming, Envelope]] = []
+        admit = self.admission.admit
+        tick = self._monotonic()
         for msg in batch:
             try:
                 limit = max_media if msg.topic.endswith(_MEDIA_SUFFIX) else max_size
@@ -247,6 +273,13 @@ class IngestProcessor:
                 continue
             except ReplayError:
                 rejected[(d, "replay")] += 1
+                continue
+            # The topic is the device's own, which the broker grants only to its
+            # certificate: the quota charged is the sender's, not a forger's victim's.
+            # Refused messages are not acknowledged, so a device keeps them and resends.
+            over = admit(d, sess.record.segment, tick)
+            if over is not None:
+                rejected[(d, over)] += 1
                 continue
             by_suite[sess.suite.suite_id].append((msg, env, sess))
 
@@ -317,17 +350,38 @@ class IngestProcessor:
                 out.acks[(sess.ack_topic, key[1])] = encode_ack(key[0], key[1], seqs, sess.keys.downlink)
         for (_d, reason), n in rejected.items():
             out.rejected[reason] += n
-        if rejected and self.audit is not None:
-            # One aggregated entry per (device, reason) and batch; the data is
-            # already committed, so a failing audit write is logged, not fatal.
-            try:
-                self.audit.record_many([rejected_envelopes(d or "unattributed", reason, n, now, now)
-                                        for (d, reason), n in sorted(rejected.items())])
-            except IotGuardError as exc:
-                log.error("could not audit %d rejections: %s", sum(rejected.values()), exc.code)
+        if (rejected or self._quota_pending) and self.audit is not None:
+            self._audit_rejections(rejected, now, tick)
         if self.on_rejected is not None:
             for (d, reason), n in sorted(rejected.items()):
                 if d:
                     self.on_rejected(d, reason, n, now)
         self.stats.add(out)
         return out
+
+    def _audit_rejections(self, rejected: Counter[tuple[str, str]], now: datetime, tick: float) -> None:
+        """One aggregated entry per (device, reason): per batch, but quota refusals per
+        :data:`QUOTA_AUDIT_INTERVAL_S` at most. The data is already committed, so a failing
+        audit write is logged, not fatal."""
+        if self.audit is None:
+            return
+        entries = []
+        for (d, reason), n in sorted(rejected.items()):
+            if reason in _QUOTA_REASONS:
+                self._quota_pending[(d, reason)] += n
+                self._quota_first = self._quota_first or now
+            else:
+                entries.append(rejected_envelopes(d or "unattributed", reason, n, now, now))
+        if self._quota_pending and tick - self._quota_audited_at >= QUOTA_AUDIT_INTERVAL_S:
+            first = self._quota_first or now
+            entries += [rejected_envelopes(d, reason, n, first, now)
+                        for (d, reason), n in sorted(self._quota_pending.items())]
+            self._quota_pending.clear()
+            self._quota_first = None
+            self._quota_audited_at = tick
+        if not entries:
+            return
+        try:
+            self.audit.record_many(entries)
+        except IotGuardError as exc:
+            log.error("could not audit %d rejection entries: %s", len(entries), exc.code)

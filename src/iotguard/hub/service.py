@@ -21,6 +21,7 @@ from typing import Any
 
 import uvicorn
 
+from iotguard.admission import QuotaLimits
 from iotguard.clock import Clock
 from iotguard.config import HubConfig
 from iotguard.errors import ConfigError
@@ -159,7 +160,8 @@ class Hub:
         if not self.cfg.broker_url:
             self.embedded_broker = EmbeddedBroker(
                 self.cfg.embedded_broker_bind, unsafe_plaintext=self.cfg.unsafe_plaintext_broker,
-                access=None if self.cfg.unsafe_plaintext_broker else self.broker_access)
+                access=None if self.cfg.unsafe_plaintext_broker else self.broker_access,
+                publish_quota=QuotaLimits(self.cfg.broker_publish_rate, self.cfg.broker_publish_burst))
             self.embedded_broker.start()
             # Enrollment, revocation, renewal: the broker's access follows before the request returns.
             self.services.broker_link.attach(self._registry_changed)
