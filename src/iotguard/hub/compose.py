@@ -36,18 +36,20 @@ from iotguard.hub.services.attestation import AttestationService, ChallengePush
 from iotguard.hub.services.audit import AUDIT_ORIGIN, AuditService, OutboxAuditSink
 from iotguard.hub.services.broker_access import BrokerAccess, EmbeddedBrokerLink
 from iotguard.hub.services.consent import CommandChannel, ConsentPush, ConsentService
+from iotguard.hub.services.data_access import K_ANONYMOUS_DATASET, DataAccessService
 from iotguard.hub.services.detection import ActivePlaybook, DetectionService, WebhookNotifier
 from iotguard.hub.services.firmware import FirmwareService
 from iotguard.hub.services.learning import LearningService, affirming_posture
 from iotguard.hub.services.lifecycle import DeviceLifecycle, open_hub_keys
 from iotguard.hub.services.models import ModelService
 from iotguard.hub.services.operators import OperatorService
-from iotguard.hub.services.posture import PostureService, open_policy
+from iotguard.hub.services.posture import PostureService, contract_for, open_policy
 from iotguard.hub.services.telemetry import TelemetryService
 from iotguard.hub.store import HubStore
 from iotguard.hub.stores.alerts import SqlAlertStore
 from iotguard.hub.stores.attestation import SqlAttestationStore
 from iotguard.hub.stores.consent import SqlConsentStore
+from iotguard.hub.stores.data_keys import SubjectKeyring
 from iotguard.hub.stores.firmware import SqlFirmwareFileStore
 from iotguard.hub.stores.learning import SqlLearningRunStore
 from iotguard.hub.stores.models import SqlModelStore
@@ -84,6 +86,7 @@ class HubServices:
     detection: DetectionService
     models: ModelService
     learning: LearningService
+    data_access: DataAccessService
     analytics: AnalyticsService | None = None
     aggregation: SecureAggregationService | None = None
 
@@ -105,8 +108,9 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     """Open the database and key store and build a hub's services."""
     clock = clock or SystemClock()
     Path(cfg.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    store = HubStore.open(database_url or cfg.resolved_database_url())
     keystore = open_hub_keys(cfg)
+    keyring = SubjectKeyring(HubStore.open(database_url or cfg.resolved_database_url()).engine, keystore)
+    store = HubStore(keyring.engine, cipher=keyring)  # reading bodies sealed per subject (ADR 0405)
     outbox = SqlOutboxStore(store.engine)
     audit_sink = OutboxAuditSink(outbox, clock)
     log_ = open_audit_log(store.engine, keystore, AUDIT_ORIGIN)
@@ -118,13 +122,14 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                                                    *([chain] if chain else [])],
                                                   finalize=finality_from_config(cfg, log_, clock)))
     engine, admin = open_policy(store, outbox, clock)
+    engine.set_dataset(K_ANONYMOUS_DATASET, anonymised=True)  # what `iotguard export` releases (ADR 0405)
     posture = PostureService(store, engine, admin, engine.posture, clock, broker_managed=bool(cfg.mosquitto_dir))
     broker_link = EmbeddedBrokerLink()
     lifecycle = DeviceLifecycle(store, keystore, cfg, clock, outbox=outbox, posture=posture, broker_link=broker_link,
                                 custody=custody_gate_from_config(cfg, log_))
     commands = CommandChannel()
-    consent = ConsentService(PrivacyStore(store.engine, audit=audit_sink, keystore=keystore), store, lifecycle,
-                             commands, clock)
+    consent = ConsentService(PrivacyStore(store.engine, audit=audit_sink, keystore=keystore, telemetry=store,
+                                          keyring=keyring), store, lifecycle, commands, clock)
     plane = DevicePlane(store, store.engine, engine, audit_sink, clock, reread_posture=posture.reread)
     operators = OperatorService(store, engine, audit_sink, clock, plane)
     processor = IngestProcessor(store, lifecycle, cfg, clock=clock, audit=log_,
@@ -144,7 +149,8 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                            FirmwareService(SqlFirmwareFileStore(store.engine), keystore, audit_sink, clock),
                            detection, models,
                            LearningService(SqlLearningRunStore(store.engine), models, audit_sink, clock,
-                                           eligible=affirming_posture(engine.posture)))
+                                           eligible=affirming_posture(engine.posture)),
+                           DataAccessService(store, consent.privacy, store, engine, audit_sink, clock, contract_for))
     services.analytics = build_analytics(cfg, store, audit_sink, clock)
     services.aggregation = SecureAggregationService(audit_sink, clock)
     return services
@@ -194,6 +200,7 @@ class Maintenance:
             s.firmware.refresh_timestamp()
             s.outbox.purge_delivered(s.clock.now() - DELIVERED_RETENTION)
         s.consent.repush_unacknowledged()
+        s.consent.seal_clear_readings()  # migration 0311's data half, one chunk a tick until none is left
         self.drainer.drain()  # last: what this tick queued (retention's audit event) goes out with the rest
 
     def _run(self) -> None:
