@@ -271,6 +271,7 @@ class SoftwareKeyStore:
             atomic_write(root, bytes(32))
             root.unlink()
         (self._dir / _STORE_FILE).unlink(missing_ok=True)
+        (self._dir / _LOCK_FILE).unlink(missing_ok=True)
         return record
 
     def _check(self) -> None:
@@ -363,6 +364,7 @@ class SoftwareKeyStore:
     def _exclusive(self) -> Iterator[None]:
         """This process's lock, then the store directory's lock across processes, on the latest state."""
         with self._lock:
+            self._check()
             fd = os.open(self._dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
