@@ -204,12 +204,18 @@ def test_erasure_leaves_nothing_that_links_to_the_subject(hub: HubParts, tmp_pat
         restored.dispose()
 
 
-def test_erasure_reports_shredded_only_when_the_wrapping_key_is_gone(hub: HubParts) -> None:
-    """Check the report is truthful: a subject with no data key reports ``shredded`` only for what existed."""
+def test_erasure_destroys_the_wrapping_key_in_the_key_store(hub: HubParts) -> None:
+    """Crypto-shredding: deleting the wrapped key's row is not enough (a backup keeps it); the key
+    that unwraps it must be gone from the key store, and only then does the report say ``shredded``."""
     _fleet(hub)
+    keyring = hub.services.consent.privacy.subject_keyring()
+    alice = keyring.existing_key(subject_owner("alice"))
+    w1_before_link = None if alice is None else alice.key_id
     record = hub.services.consent.erase("alice", actor="dpo")
-    assert record.key_shredded
-    assert hub.services.consent.privacy.subject_keyring().existing_key(subject_owner("alice")) is None
+    assert record.key_shredded and w1_before_link is not None
+    assert keyring.destroyed(w1_before_link)
+    assert keyring.existing_key(subject_owner("alice")) is None
+    assert keyring.existing_key(subject_owner("bob")) is not None  # nobody else's key is touched
 
 
 def test_erasure_keeps_only_a_pseudonymous_proof(hub: HubParts) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "SqlLedgerStore",
     "create_privacy_tables",
     "enforce_retention",
+    "purpose_of",
 ]
 
 #: Retention for readings whose model or purpose has no contract entry.
@@ -168,7 +169,7 @@ def enforce_retention(
     counts: dict[str, int] = {}
     unclassified = 0
     for r in telemetry.readings_received_before(now - min(shortest)):
-        purpose = _purpose_of(r.body)
+        purpose = purpose_of(r.body)
         model = model_of.get(r.device_id)
         contract = _contract_or_none(model, cache, contracts) if model else None
         spec = contract.purposes.get(purpose) if contract is not None and purpose else None
@@ -196,7 +197,8 @@ def enforce_retention(
     return report
 
 
-def _purpose_of(body: bytes) -> str | None:
+def purpose_of(body: bytes) -> str | None:
+    """The purpose a reading body says it was collected for (its ``"p"``), or None."""
     try:
         obj = cbor2.loads(body)
     except (cbor2.CBORDecodeError, ValueError, RecursionError, MemoryError):

@@ -20,12 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import cbor2
-
 from iotguard.audit import AuditEvent, AuditSink
 from iotguard.clock import Clock
 from iotguard.errors import ConfigError, IotGuardError, PolicyDenied, UnknownDeviceError
-from iotguard.hub.privacy_store import PrivacyStore
+from iotguard.hub.privacy_store import PrivacyStore, purpose_of
 from iotguard.hub.stores.devices import SqlDeviceStore
 from iotguard.hub.stores.telemetry import StoredReading, TelemetryStore
 from iotguard.policy import PolicyEngine, authorize_operator
@@ -195,17 +193,8 @@ class DataAccessService:
 
 
 def _release(rows: list[StoredReading], allowed: set[str], purpose: str) -> tuple[list[StoredReading], int]:
-    out = [r for r in rows if r.device_id in allowed and not r.sealed and _collected_for(r.body) == purpose]
+    out = [r for r in rows if r.device_id in allowed and not r.sealed and purpose_of(r.body) == purpose]
     return out, len(rows) - len(out)
-
-
-def _collected_for(body: bytes) -> str | None:
-    try:
-        obj = cbor2.loads(body)
-    except (cbor2.CBORDecodeError, ValueError, RecursionError, MemoryError):
-        return None
-    p = obj.get("p") if isinstance(obj, dict) else None
-    return p if isinstance(p, str) else None
 
 
 def _item(r: StoredReading) -> dict[str, Any]:
