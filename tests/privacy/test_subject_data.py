@@ -304,3 +304,29 @@ def test_export_refuses_a_role_cedar_does_not_allow(hub: HubParts) -> None:
         hub.services.data_access.readings_for_export(Reader("vera", "viewer", "cli"), "research")
     rows = hub.services.data_access.readings_for_export(Reader("pia", "privacy-officer", "cli"), "research")
     assert {r.device_id for r in rows} == {"w1", "w2"}
+
+
+def test_an_erasure_in_one_hub_process_holds_in_another(hub: HubParts, tmp_path: Path) -> None:
+    """Two hub processes on one database and key store: keys cached by the second process must not
+    keep the erased subject readable there, nor be used to seal the device's next readings."""
+    _fleet(hub)
+    url = hub.store.engine.url.render_as_string(hide_password=False)
+    other = make_hub(tmp_path, url)  # a second process: its own caches, its own key-store instance
+    try:
+        privacy_b = other.services.consent.privacy
+        export = privacy_b.seal_for_subject("alice", b"alice export", other.services.clock.now())
+        alice_key = privacy_b.subject_keyring().existing_key(subject_owner("alice"))
+        assert alice_key is not None
+        assert {i["device_id"] for i in other.services.data_access.read_readings(OPERATOR, "research")["items"]} \
+            == {"w1", "w2"}  # the second process has alice's key cached now
+        hub.services.consent.erase("alice", actor="dpo")
+        with pytest.raises(KeyStoreError):
+            privacy_b.open_for_subject("alice", export)
+        _store(other, "w1", 3, _body("research", 90, ALICE_LOCATION))  # the device keeps sending
+        with other.store.engine.connect() as c:
+            key_id = c.execute(select(readings.c.key_id).where(readings.c.seq == 3)).scalar_one()
+        assert key_id != alice_key.key_id
+        assert {i["device_id"] for i in other.services.data_access.read_readings(OPERATOR, "research")["items"]} \
+            == {"w2"}  # w1 has no subject and no consent now
+    finally:
+        other.store.engine.dispose()

@@ -169,20 +169,27 @@ class SubjectKeyring:
             return None
         return self._unwrap(bytes(r.key_id), r.owner, bytes(r.wrapped_key))
 
-    def key_by_id(self, key_id: bytes) -> SubjectDataKey:
+    def key_by_id(self, key_id: bytes, *, fresh: bool = False) -> SubjectDataKey:
         """The data key ``key_id`` (to open what was sealed under it).
+
+        Args:
+            fresh: Check the database even when this process has the key cached: for copies that
+                outlive the rows sealed under the key (exports), which another process may have
+                shredded meanwhile. Rows in the database go with their key, so reading them needs no check.
 
         Raises:
             KeyStoreError: the key was shredded (or never existed here), or
-                its key-encryption key is gone from the key store.
+                its wrapping key is gone from the key store.
             IntegrityError: the wrapped key was altered.
         """
-        cached = self._cached(key_id)
+        cached = None if fresh else self._cached(key_id)
         if cached is not None:
             return cached
         with self._engine.connect() as c:
             r = c.execute(select(data_keys).where(data_keys.c.key_id == key_id)).first()
         if r is None:
+            with self._lock:
+                self._cache.pop(key_id, None)
             raise KeyStoreError("data key shredded or unknown")
         return self._unwrap(key_id, r.owner, bytes(r.wrapped_key))
 

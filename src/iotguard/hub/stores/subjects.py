@@ -219,7 +219,7 @@ class SqlSubjectStore(AuditedSqlStore):
         """
         if len(sealed) <= KEY_ID_BYTES:
             raise IntegrityError("sealed subject data is truncated")
-        key = self.subject_keyring().key_by_id(sealed[:KEY_ID_BYTES])
+        key = self.subject_keyring().key_by_id(sealed[:KEY_ID_BYTES], fresh=True)
         if key.owner != subject_owner(subject_id):
             raise IntegrityError("sealed for another subject")
         return key.open_document(kind, sealed[KEY_ID_BYTES:])
