@@ -330,3 +330,26 @@ def test_an_erasure_in_one_hub_process_holds_in_another(hub: HubParts, tmp_path:
             == {"w2"}  # w1 has no subject and no consent now
     finally:
         other.store.engine.dispose()
+
+
+def test_receipts_are_sealed_and_unreadable_in_a_copy_after_erasure(hub: HubParts, tmp_path: Path) -> None:
+    from iotguard.hub.stores.data_keys import SEALED_DOCUMENT_MAGIC
+    from iotguard.hub.stores.receipts import receipts
+    from tests.hub.test_stores import _receipt
+
+    receipt, public_key, contract = _receipt(tmp_path)  # device d1, thermo-1
+    hub.registry.add_device("d1", "thermo-1")
+    hub.services.consent.link("dora", "d1")
+    privacy = hub.services.consent.privacy
+    privacy.store_receipt("d1", receipt, public_key, hub.services.clock.now(), contract=contract)
+    with hub.store.engine.connect() as c:
+        stored = bytes(c.execute(select(receipts.c.body)).scalar_one())
+    assert stored.startswith(SEALED_DOCUMENT_MAGIC) and b"thermo-1" not in stored
+    assert [r.encode() for r in privacy.receipts_of("d1")] == [receipt]  # opened, still verifiable
+    backup = _dump(hub.store.engine)
+    assert hub.services.consent.erase("dora", actor="dpo").receipts_deleted == 1
+    restored = _restore(backup, hub, tmp_path)
+    try:
+        assert PrivacyStore(restored, keystore=hub.services.keystore).receipts_of("d1") == []
+    finally:
+        restored.dispose()
