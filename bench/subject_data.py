@@ -33,7 +33,6 @@ import cbor2
 from iotguard.hub.db import make_engine
 from iotguard.hub.migrations import migrate
 from iotguard.hub.privacy_store import PrivacyStore
-from iotguard.hub.stores.data_keys import SubjectKeyring
 from iotguard.hub.stores.telemetry import SqlTelemetryStore
 from iotguard.keys import SoftwareKeyStore
 
