@@ -346,6 +346,13 @@ def test_receipts_are_sealed_and_unreadable_in_a_copy_after_erasure(hub: HubPart
         stored = bytes(c.execute(select(receipts.c.body)).scalar_one())
     assert stored.startswith(SEALED_DOCUMENT_MAGIC) and b"thermo-1" not in stored
     assert [r.encode() for r in privacy.receipts_of("d1")] == [receipt]  # opened, still verifiable
+    with hub.store.engine.begin() as c:  # as stored before ADR 0405: the maintenance tick seals it in place
+        c.execute(receipts.update().values(body=cbor2.loads(receipt)[0]))
+    assert hub.services.consent.seal_clear_readings() == 1 and privacy.seal_clear_receipts(
+        hub.services.clock.now()) == 0
+    with hub.store.engine.connect() as c:
+        assert bytes(c.execute(select(receipts.c.body)).scalar_one()).startswith(SEALED_DOCUMENT_MAGIC)
+    assert [r.encode() for r in privacy.receipts_of("d1")] == [receipt]
     backup = _dump(hub.store.engine)
     assert hub.services.consent.erase("dora", actor="dpo").receipts_deleted == 1
     restored = _restore(backup, hub, tmp_path)

@@ -236,9 +236,10 @@ def _erase(args: argparse.Namespace) -> int:
 def _seal_readings(args: argparse.Namespace) -> int:
     services = _services(args)
     total = 0
-    while n := services.store.seal_clear_readings(_now()):
+    while n := services.store.seal_clear_readings(_now()) + services.consent.privacy.seal_clear_receipts(_now()):
         total += n
-    print(f"sealed {total} readings; on PostgreSQL run VACUUM on table readings to drop the clear row versions")
+    print(f"sealed {total} readings and receipts; on PostgreSQL run VACUUM on tables readings and "
+          "privacy_receipts to drop the clear row versions")
     return 0
 
 

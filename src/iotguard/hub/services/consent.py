@@ -184,11 +184,12 @@ class ConsentService:
         return self.privacy.erase_subject(subject_id, self.clock.now(), actor=actor)
 
     def seal_clear_readings(self) -> int:
-        """Encrypt one chunk of readings stored clear before migration 0311; returns how many (0 once none is
-        left; this process then stops looking)."""
+        """Encrypt one chunk of readings (and receipts) stored clear before migration 0311; returns how many
+        (0 once none is left; this process then stops looking)."""
         if self._all_sealed:
             return 0
         sealed = self.store.seal_clear_readings(self.clock.now())
+        sealed += self.privacy.seal_clear_receipts(self.clock.now())
         self._all_sealed = sealed == 0
         if sealed:
             log.info("sealed %d readings stored clear before migration 0311", sealed)

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     delete,
+    func,
     select,
     update,
 )
@@ -311,6 +312,24 @@ class SqlReceiptStore(AuditedSqlStore):
                 spent._add(c, device_id, claims["period"], units - int(current or 0), received_at)
         self._record(budget_event(device_id, claims, received_at))
         return claims
+
+    def seal_clear_receipts(self, at: datetime, *, limit: int = 500) -> int:
+        """Seal up to ``limit`` receipt bodies stored clear before ADR 0405, in place; returns how many.
+
+        Raises:
+            StorageError: no receipt cipher.
+        """
+        if self.receipt_cipher is None:
+            raise StorageError("sealing receipts needs the hub key store")
+        magic = SEALED_DOCUMENT_MAGIC
+        with self._engine.begin() as c:
+            rows = c.execute(select(receipts.c.id, receipts.c.device_id, receipts.c.body)
+                             .where(func.substr(receipts.c.body, 1, len(magic)) != magic)
+                             .order_by(receipts.c.id).limit(limit)).all()
+            for rid, device_id, body in rows:
+                c.execute(update(receipts).where(receipts.c.id == rid).values(
+                    body=self.receipt_cipher.seal_device_document(c, device_id, "receipt", bytes(body), at)))
+        return len(rows)
 
     def receipts_of(self, device_id: str) -> list[PrivacyReceipt]:
         """Stored receipts of a device, oldest first (for an auditor to re-verify)."""
