@@ -290,11 +290,12 @@ def test_withdrawn_consent_hides_readings_at_once(hub: HubParts) -> None:
 def test_every_data_access_is_audit_logged(hub: HubParts) -> None:
     _fleet(hub)
     hub.client.get("/v1/telemetry", params={"purpose": "research"}, headers=hub.operator_token("operator"))
+    hub.client.get("/v1/telemetry", params={"purpose": "research"}, headers=hub.operator_token("viewer"))
     hub.services.data_access.readings_for_export(Reader("pia", "privacy-officer", "cli"), "research")
     hub.deliver()
     log = hub.services.audit.log
     accesses = [cbor2.loads(e) for e in log.entries(0, log.size()) if DATA_ACCESSED.encode() in e]
-    assert len(accesses) == 2
+    assert len(accesses) == 3 and sum(b"refused" in repr(a).encode() for a in accesses) == 1
     assert all(b"52.52" not in repr(a).encode() for a in accesses)  # counts, never bodies
 
 

@@ -23,6 +23,7 @@ from iotguard.audit import AuditSink
 from iotguard.audit.anchor import CheckpointSchedule
 from iotguard.clock import Clock, SystemClock
 from iotguard.config import HubConfig
+from iotguard.errors import IotGuardError
 from iotguard.hub.audit_store import FileAnchor, open_audit_log
 from iotguard.hub.chain_anchor import chain_anchor_from_config
 from iotguard.hub.custody_gate import custody_gate_from_config
@@ -200,7 +201,10 @@ class Maintenance:
             s.firmware.refresh_timestamp()
             s.outbox.purge_delivered(s.clock.now() - DELIVERED_RETENTION)
         s.consent.repush_unacknowledged()
-        s.consent.seal_clear_readings()  # migration 0311's data half, one chunk a tick until none is left
+        try:
+            s.consent.seal_clear_readings()  # migration 0311's data half, one chunk a tick until none is left
+        except IotGuardError as exc:  # never at the cost of the rest of the tick (outbox delivery)
+            log.warning("sealing readings stored clear failed: %s", exc.code)
         self.drainer.drain()  # last: what this tick queued (retention's audit event) goes out with the rest
 
     def _run(self) -> None:

@@ -133,11 +133,16 @@ class DataAccessService:
             PolicyDenied: no purpose, or Cedar refuses the read (of the fleet, or of ``device_id``).
         """
         at = self.clock.now()
-        self._check_purpose(reader, purpose, "Device" if device_id else "Hub", device_id or "hub", at)
+        try:
+            self._check_purpose(reader, purpose, "Device" if device_id else "Hub", device_id or "hub", at)
+        except PolicyDenied:
+            self._log(reader, at, device_id or "telemetry", purpose[:MAX_PURPOSE_LENGTH], refused=1)
+            raise
         rows = self.telemetry.readings_after(after, device_id=device_id, limit=max(1, min(limit, _PAGE_MAX)))
         released, withheld = self.purpose_bound(reader, purpose, rows, at)
-        self._log(reader, at, device_id or "telemetry", purpose, readings=len(released), withheld=withheld,
-                  devices=len({r.device_id for r in released}))
+        if rows:  # a poll that finds nothing new reads nothing (``telemetry tail --follow``)
+            self._log(reader, at, device_id or "telemetry", purpose, readings=len(released), withheld=withheld,
+                      devices=len({r.device_id for r in released}))
         return {"items": [_item(r) for r in released], "withheld": withheld,
                 "next": rows[-1].id if rows else after}
 
