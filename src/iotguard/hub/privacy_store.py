@@ -26,7 +26,13 @@ from iotguard.audit import AuditEvent, AuditSink, EventType
 from iotguard.errors import ConfigError, IotGuardError
 from iotguard.hub.stores._sql import aware_utc as _aware
 from iotguard.hub.stores._sql import utc as _utc
-from iotguard.hub.stores.consent import SqlConsentStore, consent_events, consent_pushes, subject_devices
+from iotguard.hub.stores.consent import (
+    UNNAMED_SUBJECT,
+    SqlConsentStore,
+    consent_events,
+    consent_pushes,
+    subject_devices,
+)
 from iotguard.hub.stores.data_keys import SubjectKeyring
 from iotguard.hub.stores.devices import SqlDeviceStore
 from iotguard.hub.stores.receipts import SqlLedgerStore, SqlReceiptStore, budget_ledger, receipts
@@ -34,6 +40,7 @@ from iotguard.hub.stores.subjects import SUBJECT_KEK_LABEL, SqlSubjectStore, con
 from iotguard.hub.stores.telemetry import SqlTelemetryStore, TelemetryStore
 from iotguard.keys.keystore import KeyStore
 from iotguard.privacy import DataContract, load_contract
+from iotguard.privacy.at_rest import subject_owner
 from iotguard.privacy.ledger import EPSILON_RESOLUTION
 
 __all__ = [
@@ -265,7 +272,7 @@ class PrivacyStore(SqlConsentStore, SqlReceiptStore, SqlSubjectStore):
         doc = {
             "format": "iotguard-subject-export/1",
             "subject": subject_id,
-            "audit_pseudonym": self._audit_subject(subject_id, at),
+            "audit_pseudonym": self._existing_pseudonym(subject_id),
             "exported_at": _utc(at).isoformat(),
             "devices": dev_rows,
             "consent": {
@@ -285,6 +292,13 @@ class PrivacyStore(SqlConsentStore, SqlReceiptStore, SqlSubjectStore):
             "erasures": [{"at": r["erased_at"], "summary": json.loads(r["summary"])} for r in erased],
         }
         return _jsonable(doc)  # type: ignore[no-any-return]
+
+    def _existing_pseudonym(self, subject_id: str) -> str:
+        """The subject's audit pseudonym if it has a data key (an access request creates none)."""
+        if self._keystore is None and self._keyring is None:
+            return UNNAMED_SUBJECT
+        key = self.subject_keyring().existing_key(subject_owner(subject_id))
+        return key.pseudonym() if key is not None else UNNAMED_SUBJECT
 
     def erase_subject(self, subject_id: str, at: datetime, *, actor: str) -> ErasureRecord:
         """Erase everything held about a subject; logs a ``data.erased`` event under its pseudonym.
