@@ -22,6 +22,7 @@ from iotguard.hub.privacy_store import PrivacyStore
 from iotguard.hub.schema import readings
 from iotguard.hub.services.data_access import DATA_ACCESSED, Reader
 from iotguard.hub.stores.data_keys import SubjectKeyring, data_keys
+from iotguard.hub.stores.subject_ledger import SqlSubjectLedgerStore, subject_ledger
 from iotguard.hub.stores.telemetry import SqlTelemetryStore
 from iotguard.privacy.at_rest import kek_label, subject_owner
 from tests.hub.conftest import HubParts, make_hub
@@ -150,6 +151,8 @@ def test_erasure_leaves_nothing_that_links_to_the_subject(hub: HubParts, tmp_pat
     privacy = services.consent.privacy
     privacy.record_contribution("alice", "dp-mean-hr-17", "mean heart rate, Berlin", services.clock.now())
     privacy.record_contribution("alice", "fl-model-3", "fall-detection model", services.clock.now(), kind="model")
+    ledger = SqlSubjectLedgerStore(hub.store.engine)
+    assert ledger.spend_all_within(["alice", "bob"], 1, "central", 5, 1000, "research", services.clock.now())
     sealed_export = privacy.seal_for_subject("alice", b'{"readings": "alice export"}', services.clock.now())
     alice_key = privacy.subject_keyring().existing_key(subject_owner("alice"))
     assert alice_key is not None
@@ -165,6 +168,8 @@ def test_erasure_leaves_nothing_that_links_to_the_subject(hub: HubParts, tmp_pat
     assert set(record.aggregates) == {"aggregate:dp-mean-hr-17", "model:fl-model-3"}
     assert record.pseudonym == alice_key.pseudonym()
     assert not services.keystore.has_key(kek_label(alice_key.key_id))  # destroyed in the key store
+    with hub.store.engine.connect() as c:  # the subject's central/federated privacy loss is gone too
+        assert {r[0] for r in c.execute(select(subject_ledger.c.subject_id))} == {"bob"}
 
     # No query: raw reads, the subject export, the k-anonymous export path.
     page = services.data_access.read_readings(OPERATOR, "research")

@@ -36,6 +36,7 @@ from iotguard.hub.stores.consent import (
 from iotguard.hub.stores.data_keys import SubjectKeyring
 from iotguard.hub.stores.devices import SqlDeviceStore
 from iotguard.hub.stores.receipts import SqlLedgerStore, SqlReceiptStore, budget_ledger, receipts
+from iotguard.hub.stores.subject_ledger import SqlSubjectLedgerStore
 from iotguard.hub.stores.subjects import SUBJECT_KEK_LABEL, SqlSubjectStore, contributions, erasures, subject_keys
 from iotguard.hub.stores.telemetry import SqlTelemetryStore, TelemetryStore
 from iotguard.keys.keystore import KeyStore
@@ -323,6 +324,7 @@ class PrivacyStore(SqlConsentStore, SqlReceiptStore, SqlSubjectStore):
             n_read = self.telemetry.delete_readings_of(devs, conn=c)
             n_rec = self.forget_devices(c, devs)
             n_consent = self.forget_consent_of(c, subject_id, devs)
+            SqlSubjectLedgerStore.forget_subject(c, subject_id)  # central and federated privacy loss
             record = ErasureRecord(subject_id, at, tuple(devs), n_read, n_rec, n_consent, shredded, aggs, name)
             self.record_erasure(c, name, at, actor, json.dumps(record.kept_summary(), sort_keys=True))
         self._record(AuditEvent(EventType.DATA_ERASED.value, at, actor, name, record.kept_summary()))
