@@ -20,10 +20,12 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _store_readings(hub: HubParts, rows: list[tuple[str, dict[str, Any]]]) -> None:
-    with hub.store.engine.begin() as c:
-        for seq, (device, fields) in enumerate(rows):
-            c.execute(readings.insert().values(device_id=device, epoch=1, seq=seq, topic=f"t/{device}",
-                                               received_at=T0, body=encode_reading(Reading(seq, fields))))
+    """As ingest stores them: sealed under each owner's data key (ADR 0405)."""
+    hub.store.store_batch([{"device_id": device, "epoch": 1, "seq": seq, "topic": f"t/{device}", "received_at": T0,
+                            "body": encode_reading(Reading(seq, fields))} for seq, (device, fields) in enumerate(rows)],
+                          [], {}, now=T0)
+    with hub.store.engine.connect() as c:
+        assert c.execute(readings.select().where(readings.c.key_id.is_(None))).first() is None
 
 
 @pytest.fixture
@@ -75,7 +77,9 @@ def test_query_route_is_a_cedar_decision_and_parses_strictly(stocked: HubParts) 
     assert b["periods"] == []  # nothing refused or malformed was charged
 
 
-def test_cli_query_and_budget(stocked: HubParts, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_query_and_budget(stocked: HubParts, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IOTGUARD_HUB__DATA_DIR", str(tmp_path / "hub"))  # the hub's key store opens its readings
     db = ["--database-url", str(stocked.store.engine.url)]
     assert main(["analytics", "query", "quantile", "temp", "--epsilon", "0.5", "--lo", "0", "--hi", "40",
                  "--per-subject", "5", "--purpose", "research", "--json", *db]) == 0

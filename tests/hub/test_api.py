@@ -64,8 +64,13 @@ def test_operator_adds_device_and_reads_telemetry(hub: HubParts) -> None:
                   http=hub.client)
     agent.enroll(code)
     _s, env = agent.sealer.seal(encode_reading(Reading(123, {"temperature": 21.0}, "heating_control")))
+    dpo = hub.operator_token("privacy-officer")
+    assert hub.client.post("/v1/subjects/link", json={"subject_id": "owner-9", "device_id": "dev-9"},
+                           headers=dpo).status_code == 200
+    assert hub.client.post("/v1/consent", json={"subject_id": "owner-9", "purpose": "heating_control",
+                                                "granted": True}, headers=dpo).status_code == 200
     hub.processor.process([Incoming(agent.sealer.topic, env)])
-    items = hub.client.get("/v1/telemetry", headers=op).json()["items"]
+    items = hub.client.get("/v1/telemetry", params={"purpose": "heating_control"}, headers=op).json()["items"]
     assert items[0]["fields"] == {"temperature": 21.0} and items[0]["device_id"] == "dev-9"
     assert hub.client.get("/v1/devices/dev-9", headers=op).json()["readings"] == 1
     metrics = hub.client.get("/metrics", headers=op).text

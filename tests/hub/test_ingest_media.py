@@ -84,7 +84,12 @@ def test_media_envelopes_have_their_own_size_limit(tmp_path: Path) -> None:
 
 def test_the_telemetry_api_lists_media_objects_by_their_metadata(hub: HubParts) -> None:
     cam = hub.agent("cam-0001", model="cam-1")
+    hub.services.consent.link("owner-1", "cam-0001")  # raw access is purpose-bound (ADR 0405)
+    hub.services.consent.change("owner-1", "snapshots", True, actor="owner")
     assert hub.processor.process([_seal(cam, _media())]).stored == 1
-    items = hub.client.get("/v1/telemetry", headers=hub.operator_token("viewer")).json()["items"]
+    assert hub.client.get("/v1/telemetry", params={"purpose": "snapshots"},
+                          headers=hub.operator_token("viewer")).status_code == 403  # viewers: aggregates only
+    items = hub.client.get("/v1/telemetry", params={"purpose": "snapshots"},
+                           headers=hub.operator_token("operator")).json()["items"]
     assert [i["media"] for i in items] == [{"purpose": "snapshots", "stream": "camera", "release": "anonymised",
                                             "method": "face-redact", "codec": "jpeg", "bytes": 18}]

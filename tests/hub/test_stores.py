@@ -445,7 +445,7 @@ def test_erasure_shreds_the_subject_key(privacy: PrivacyRecords) -> None:
         subjects.open_for_subject("alice", sealed[:-1] + bytes([sealed[-1] ^ 1]))
     subjects.record_contribution("alice", "dp-query-1", "mean temperature", T0)
     with privacy.conn() as c:
-        assert subjects.forget_subject_data(c, "alice") == (("dp-query-1",), True)
+        assert subjects.forget_subject_data(c, "alice") == (("aggregate:dp-query-1",), True)
         subjects.record_erasure(c, "alice", T0, "dpo", '{"readings_deleted": 3}')
     with pytest.raises(KeyStoreError):  # every copy sealed under the key is now unreadable
         subjects.open_for_subject("alice", sealed)

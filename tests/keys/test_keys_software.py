@@ -214,3 +214,21 @@ def test_unwritable_device_secret_location_is_a_config_error(tmp_path: Path) -> 
     blocker.write_bytes(b"")
     with pytest.raises(ConfigError):
         platform_device_binding(blocker / "sub" / "device.secret")
+
+
+def test_processes_sharing_a_store_lose_no_keys(tmp_path: Path) -> None:
+    """Hub processes share one data directory: neither overwrites the other's keys (lost update), and a
+    key one destroys (crypto-shredding a data subject, ADR 0405) is gone for the other at once."""
+    a = SoftwareKeyStore(tmp_path / "ks", device_binding=BINDING)
+    b = SoftwareKeyStore(tmp_path / "ks", device_binding=BINDING)
+    a.generate("k-a", KeyKind.AES256)
+    b.generate("k-b", KeyKind.AES256)  # b re-reads the file first: k-a survives b's write
+    sealed = a.seal("k-b", b"reading key")  # a finds b's key on disk
+    assert b.unseal("k-b", sealed) == b"reading key"
+    b.delete("k-a")
+    assert not a.has_key("k-a")
+    with pytest.raises(KeyStoreError):
+        a.seal("k-a", b"x")
+    a.advance_counter("c", 3)  # a's write must not bring k-a back
+    reopened = SoftwareKeyStore(tmp_path / "ks", device_binding=BINDING)
+    assert reopened.has_key("k-b") and not reopened.has_key("k-a") and reopened.counter("c") == 3

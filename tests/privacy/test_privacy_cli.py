@@ -13,6 +13,7 @@ import pytest
 from iotguard.cli.main import main
 from iotguard.hub.db import make_engine
 from iotguard.hub.migrations import migrate
+from iotguard.hub.privacy_store import PrivacyStore
 from iotguard.hub.schema import devices, readings
 
 
@@ -24,7 +25,9 @@ def test_notice_is_plain_language(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["privacy", "notice", "toaster-9"]) == 1
 
 
-def test_consent_grant_withdraw_ls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_consent_grant_withdraw_ls(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the hub's key store (./iotguard-data/keys) seals subject data
     db = ["--database-url", f"sqlite:///{tmp_path / 'hub.db'}"]
     engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
     migrate(engine)
@@ -48,9 +51,13 @@ def test_consent_grant_withdraw_ls(tmp_path: Path, capsys: pytest.CaptureFixture
     assert doc["version"] == 2 and doc["purposes"]["research"]["granted"] is False
     out = tmp_path / "alice.json"
     assert main(["privacy", "access", "--subject", "alice", "--out", str(out), *db]) == 0
-    assert json.loads(out.read_text())["subject"] == "alice"
+    assert b"alice" not in out.read_bytes()  # sealed under alice's data key
+    capsys.readouterr()
+    assert main(["privacy", "open-export", str(out), "--subject", "alice", *db]) == 0
+    assert json.loads(capsys.readouterr().out)["subject"] == "alice"
     assert main(["privacy", "erase", "--subject", "alice", *db]) == 1  # needs --yes
     assert main(["privacy", "erase", "--subject", "alice", "--yes", *db]) == 0
+    assert main(["privacy", "open-export", str(out), "--subject", "alice", *db]) == 1  # shredded
 
 
 def test_export_from_records_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -98,10 +105,13 @@ def test_export_from_records_file(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "max risk" in capsys.readouterr().err
 
 
-def test_export_from_hub_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_from_hub_database(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'hub.db'}"
     engine = make_engine(url)
     migrate(engine)
+    subjects = PrivacyStore(engine)
     rng = random.Random(3)
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     with engine.begin() as c:
@@ -111,6 +121,13 @@ def test_export_from_hub_database(tmp_path: Path, capsys: pytest.CaptureFixture[
                     device_id=f"w{d}", model="wear-1", segment="home", status="active", created_at=t0
                 )
             )
+    for d in range(40):  # w40 below never consented: its readings stay out of the extract
+        subjects.link_device(f"s{d}", f"w{d}", t0)
+        subjects.set_consent(f"s{d}", "safety", True, t0, actor="test")
+    with engine.begin() as c:
+        c.execute(devices.insert().values(device_id="w40", model="wear-1", segment="home", status="active",
+                                          created_at=t0))
+        for d in range(41):
             for s in range(3):
                 body = {
                     "ts": 0,

@@ -171,11 +171,12 @@ def test_access_export_then_erasure_with_crypto_shredding(engine: Engine, tmp_pa
     assert store.open_for_subject("alice", backup) == b"alice's exported copy"
 
     record = store.erase_subject("alice", T0 + timedelta(days=1), actor="dpo")
-    assert record.readings_deleted == 1 and record.key_shredded and record.aggregates == ("dp-query-17",)
+    assert record.readings_deleted == 1 and record.key_shredded and record.aggregates == ("aggregate:dp-query-17",)
     assert store.reading_count(["w1"]) == 0 and store.reading_count(["w2"]) == 1
     assert store.devices_of("alice") == [] and store.consent_state("alice").decisions == {}
     with pytest.raises(KeyStoreError):
         store.open_for_subject("alice", backup)  # the unreachable copy is now unreadable
-    assert store.erasures_of("alice")[0]["aggregates"] == ["dp-query-17"]
+    assert store.erasures_of("alice") == []  # the proof is kept under the pseudonym only
+    assert store.erasures_of(record.pseudonym)[0]["aggregates"] == ["aggregate:dp-query-17"]
     assert audit.events[-1].type == "data.erased"
     assert store.export_subject("alice", T0)["readings"] == []

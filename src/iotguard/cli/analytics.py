@@ -21,12 +21,15 @@ def _service(args: argparse.Namespace) -> Any:
     from iotguard.hub.compose import build_analytics
     from iotguard.hub.outbox import SqlOutboxStore
     from iotguard.hub.services.audit import OutboxAuditSink
+    from iotguard.hub.services.lifecycle import open_hub_keys
     from iotguard.hub.store import HubStore
+    from iotguard.hub.stores.data_keys import SubjectKeyring
 
+    cfg = config_from_args(args).hub
     engine = _engine(args)
     clock = SystemClock()
-    return engine, build_analytics(config_from_args(args).hub, HubStore(engine),
-                                   OutboxAuditSink(SqlOutboxStore(engine), clock), clock)
+    store = HubStore(engine, cipher=SubjectKeyring(engine, open_hub_keys(cfg)))  # readings are sealed (ADR 0405)
+    return engine, build_analytics(cfg, store, OutboxAuditSink(SqlOutboxStore(engine), clock), clock)
 
 
 def _budget(args: argparse.Namespace) -> int:

@@ -45,15 +45,30 @@ def _engine(args: argparse.Namespace) -> Any:
     return engine
 
 
-def _store(args: argparse.Namespace) -> Any:
-    from iotguard.clock import SystemClock
-    from iotguard.hub.outbox import SqlOutboxStore
-    from iotguard.hub.privacy_store import PrivacyStore
-    from iotguard.hub.services.audit import OutboxAuditSink
+def _services(args: argparse.Namespace) -> Any:
+    """The hub's services (its key store seals and opens subject data, ADR 0405), on ``--database-url``."""
+    from iotguard.config import load_config
+    from iotguard.hub.compose import build_hub_services
 
-    engine = _engine(args)
+    return build_hub_services(load_config(args.config).hub, database_url=getattr(args, "database_url", None))
+
+
+def _store(args: argparse.Namespace) -> Any:
     # Audit events go through the outbox like the hub's; _deliver appends them.
-    return PrivacyStore(engine, audit=OutboxAuditSink(SqlOutboxStore(engine), SystemClock()))
+    return _services(args).consent.privacy
+
+
+def _reader(args: argparse.Namespace) -> Any:
+    """The CLI's operator, as Cedar sees it: ``cli:<login>`` holding ``--role``."""
+    import getpass
+
+    from iotguard.hub.services.data_access import Reader
+
+    return Reader(f"cli:{getpass.getuser()}", args.role, "cli")
+
+
+#: Format of an access export written to a file: sealed under the subject's data key.
+SEALED_EXPORT_FORMAT = "iotguard-sealed-subject-export/1"
 
 
 def _deliver(engine: Any) -> None:
@@ -184,13 +199,40 @@ def _consent_ls(args: argparse.Namespace) -> int:
 
 
 def _access(args: argparse.Namespace) -> int:
-    doc = _store(args).export_subject(args.subject, _now())
+    import base64
+
+    services = _services(args)
+    doc = services.data_access.export_subject(_reader(args), args.subject)
+    _deliver(services.store.engine)
     text = json.dumps(doc, indent=1, sort_keys=True)
     if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-        print(f"wrote {args.out}: {len(doc['readings'])} readings, {len(doc['privacy_receipts'])} receipts")
+        # A copy the hub cannot reach later: sealed under the subject's data key, unreadable once erased.
+        sealed = services.consent.privacy.seal_for_subject(args.subject, text.encode(), _now())
+        Path(args.out).write_text(json.dumps({"format": SEALED_EXPORT_FORMAT,
+                                              "sealed": base64.b64encode(sealed).decode()}) + "\n",
+                                  encoding="utf-8")
+        print(f"wrote {args.out} (sealed for the subject; open it with `iotguard privacy open-export`): "
+              f"{len(doc['readings'])} readings, {len(doc['privacy_receipts'])} receipts")
     else:
         print(text)
+    return 0
+
+
+def _open_export(args: argparse.Namespace) -> int:
+    import base64
+    import binascii
+
+    path = Path(args.file)
+    if path.stat().st_size > MAX_RECORDS_BYTES:
+        raise ConfigError(f"{path} is larger than {MAX_RECORDS_BYTES} bytes")
+    try:
+        envelope = json.loads(path.read_text(encoding="utf-8"))
+        if envelope.get("format") != SEALED_EXPORT_FORMAT:
+            raise MalformedError(f"{path} is not a sealed subject export")
+        sealed = base64.b64decode(envelope["sealed"], validate=True)
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+        raise MalformedError(f"{path} is not a sealed subject export") from None
+    print(_store(args).open_for_subject(args.subject, sealed).decode())
     return 0
 
 
@@ -204,11 +246,21 @@ def _erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seal_readings(args: argparse.Namespace) -> int:
+    services = _services(args)
+    total = 0
+    while n := services.store.seal_clear_readings(_now()) + services.consent.privacy.seal_clear_receipts(_now()):
+        total += n
+    print(f"sealed {total} readings and receipts; on PostgreSQL run VACUUM on tables readings and "
+          "privacy_receipts to drop the clear row versions")
+    return 0
+
+
 def _retention(args: argparse.Namespace) -> int:
     from iotguard.hub.privacy_store import enforce_retention
 
     store = _store(args)
-    report = enforce_retention(store.engine, _now(), audit=store.audit)
+    report = enforce_retention(store.engine, _now(), audit=store.audit, telemetry=store.telemetry)
     _deliver(store.engine)
     print_json(
         {
@@ -252,41 +304,37 @@ def _maybe_number(v: str) -> Any:
 
 
 def _hub_records(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One row per stored reading: device (the data subject, never published), model, purpose,
-    hour of day, fields (locations split in lat/lon); in arrival order."""
+    """One row per stored reading the purpose allows (ADR 0405): device (the data subject, never
+    published), model, purpose, hour of day, fields (locations split in lat/lon); in arrival order."""
     import cbor2
-    from sqlalchemy import select
 
-    from iotguard.hub.schema import devices, readings
-
-    engine = _engine(args)
+    if not args.purpose:
+        raise ConfigError("an export from the hub database states its --purpose")
+    services = _services(args)
+    released = services.data_access.readings_for_export(_reader(args), args.purpose)
+    _deliver(services.store.engine)
+    models = services.store.device_models()
     out: list[dict[str, Any]] = []
-    q = select(readings.c.device_id, readings.c.received_at, readings.c.body, devices.c.model).select_from(
-        readings.outerjoin(devices, devices.c.device_id == readings.c.device_id)
-    )
-    q = q.order_by(readings.c.id)
-    with engine.connect() as c:
-        for device_id, received, body, model in c.execute(q):
-            try:
-                obj = cbor2.loads(body)
-            except (cbor2.CBORDecodeError, ValueError):
-                continue
-            if not isinstance(obj, dict) or not isinstance(obj.get("f"), dict):
-                continue
-            if args.purpose and obj.get("p") != args.purpose:
-                continue
-            row: dict[str, Any] = {"device_id": device_id, "model": model or "", "purpose": obj.get("p") or "",
-                                   "hour": received.hour}
-            for k, v in obj["f"].items():
-                if isinstance(v, str) and v.count(",") == 1:
-                    lat, _, lon = v.partition(",")
-                    try:
-                        row[f"{k}_lat"], row[f"{k}_lon"] = float(lat), float(lon)
-                        continue
-                    except ValueError:
-                        pass
-                row[k] = v
-            out.append(row)
+    for r in released:
+        device_id, received, body, model = r.device_id, r.received_at, r.body, models.get(r.device_id)
+        try:
+            obj = cbor2.loads(body)
+        except (cbor2.CBORDecodeError, ValueError):
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("f"), dict):
+            continue
+        row: dict[str, Any] = {"device_id": device_id, "model": model or "", "purpose": obj.get("p") or "",
+                               "hour": received.hour}
+        for k, v in obj["f"].items():
+            if isinstance(v, str) and v.count(",") == 1:
+                lat, _, lon = v.partition(",")
+                try:
+                    row[f"{k}_lat"], row[f"{k}_lon"] = float(lat), float(lon)
+                    continue
+                except ValueError:
+                    pass
+            row[k] = v
+        out.append(row)
     return out
 
 
@@ -340,7 +388,10 @@ def _register_export(sub: Any) -> None:
     p.add_argument("--k", type=int, default=10, help="minimum equivalence class size (default 10)")
     p.add_argument("--l", type=int, default=1, help="minimum distinct sensitive values per class")
     p.add_argument("--records", metavar="FILE", help="CSV or JSON records instead of the hub database")
-    p.add_argument("--purpose", help="only readings collected for this purpose (hub database)")
+    p.add_argument("--purpose", help="why: only readings collected for this purpose, of devices whose "
+                   "contract declares it and whose subject consented (required with the hub database)")
+    p.add_argument("--role", default="privacy-officer", help="the operator role Cedar decides for "
+                   "(default privacy-officer)")
     p.add_argument("--qi", help="comma-separated quasi-identifiers (default: every column not published and "
                    "not a direct identifier)")
     p.add_argument("--subject", help="column naming each record's data subject; k and l count subjects "
@@ -396,8 +447,20 @@ def register(sub: Any) -> None:
     a = ps.add_parser("access", help="export everything held about a subject (JSON)")
     _db_args(a)
     a.add_argument("--subject", required=True)
-    a.add_argument("--out", metavar="FILE")
+    a.add_argument("--out", metavar="FILE", help="write it sealed under the subject's data key")
+    a.add_argument("--role", default="privacy-officer", help="the operator role Cedar decides for")
     a.set_defaults(func=_access)
+
+    o = ps.add_parser("open-export", help="decrypt an access export written with --out (until the subject "
+                      "is erased)")
+    _db_args(o)
+    o.add_argument("file")
+    o.add_argument("--subject", required=True)
+    o.set_defaults(func=_open_export)
+
+    sr = ps.add_parser("seal-readings", help="encrypt readings stored clear before migration 0311 now")
+    _db_args(sr)
+    sr.set_defaults(func=_seal_readings)
 
     e = ps.add_parser("erase", help="erase everything held about a subject")
     _db_args(e)

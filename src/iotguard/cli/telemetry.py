@@ -1,22 +1,25 @@
-"""``iotguard telemetry``: read stored readings."""
+"""``iotguard telemetry``: read stored readings, bound to a purpose (ADR 0405)."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import time
 
-from iotguard.cli._common import add_config_argument, config_from_args
-from iotguard.errors import IotGuardError
-from iotguard.hub.store import HubStore
-from iotguard.wire import decode_reading
+from iotguard.cli._common import add_config_argument, config_from_args, deliver_effects, open_hub_services
+from iotguard.hub.services.data_access import Reader
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("telemetry", help="read stored telemetry")
     add_config_argument(p)
     s = p.add_subparsers(dest="telemetry_command", metavar="ACTION", required=True)
-    t = s.add_parser("tail", help="print the latest readings (JSON lines); --follow keeps printing")
+    t = s.add_parser("tail", help="print the latest readings the purpose allows (JSON lines); --follow keeps "
+                     "printing")
+    t.add_argument("--purpose", required=True, help="why: only readings collected for this purpose, of devices "
+                   "whose contract declares it and whose subject consented (a Cedar decision, audit-logged)")
+    t.add_argument("--role", default="operator", help="the operator role Cedar decides for (default operator)")
     t.add_argument("--device", help="only this device")
     t.add_argument("-n", "--lines", type=int, default=10, help="how many recent readings first (default 10)")
     t.add_argument("-f", "--follow", action="store_true", help="keep printing new readings")
@@ -25,19 +28,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def tail(args: argparse.Namespace) -> int:
-    store = HubStore.open(config_from_args(args).hub.resolved_database_url())
-    after = max(0, store.last_reading_id() - max(0, args.lines) * (1 if not args.device else 1000))
-    rows = store.readings_after(after, device_id=args.device, limit=100_000)[-args.lines:] if args.lines else []
+    services = open_hub_services(config_from_args(args).hub)
+    reader = Reader(f"cli:{getpass.getuser()}", args.role, "cli")
+    window = max(0, args.lines) * (1 if not args.device else 1000)
+    after = max(0, services.store.last_reading_id() - window)
     while True:
-        for r in rows:
-            try:
-                body = decode_reading(r.body).to_dict()
-            except IotGuardError:
-                body = {"undecodable": True}
-            print(json.dumps({"id": r.id, "device_id": r.device_id, "seq": r.seq,
-                              "received_at": r.received_at.isoformat(), **body}), flush=True)
-            after = r.id
+        page = services.data_access.read_readings(reader, args.purpose, after=after, device_id=args.device,
+                                                  limit=1000)
+        deliver_effects(services)  # the access is in the audit log
+        items = page["items"]
+        if not args.follow and args.lines:
+            items = items[-args.lines:]
+        for item in items if (args.follow or args.lines) else []:
+            print(json.dumps(item), flush=True)
         if not args.follow:
             return 0
-        time.sleep(args.interval)
-        rows = store.readings_after(after, device_id=args.device, limit=1000)
+        if page["next"] == after:
+            time.sleep(args.interval)
+        after = page["next"]

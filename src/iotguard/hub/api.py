@@ -163,8 +163,8 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
     app.include_router(devices_router(services.lifecycle, services.posture, services.telemetry,
                                       services.operators, operator))
     app.include_router(attestation_router(services.attestation, services.plane, operator))
-    app.include_router(privacy_router(services.consent, services.plane, operator))
-    app.include_router(telemetry_router(services.telemetry, services.operators, operator))
+    app.include_router(privacy_router(services.consent, services.plane, operator, services.data_access))
+    app.include_router(telemetry_router(services.telemetry, services.data_access, operator))
     app.include_router(make_audit_router(services.audit.log, operator("view_audit")))
     app.include_router(alerts_router(services.detection, services.operators, operator, metrics_registry))
     if services.analytics is not None:

@@ -23,6 +23,7 @@ from iotguard.audit import AuditSink
 from iotguard.audit.anchor import CheckpointSchedule
 from iotguard.clock import Clock, SystemClock
 from iotguard.config import HubConfig
+from iotguard.errors import IotGuardError
 from iotguard.hub.audit_store import FileAnchor, open_audit_log
 from iotguard.hub.chain_anchor import chain_anchor_from_config
 from iotguard.hub.credentials import set_end_of_support
@@ -37,13 +38,14 @@ from iotguard.hub.services.attestation import AttestationService, ChallengePush
 from iotguard.hub.services.audit import AUDIT_ORIGIN, AuditService, OutboxAuditSink
 from iotguard.hub.services.broker_access import BrokerAccess, EmbeddedBrokerLink
 from iotguard.hub.services.consent import CommandChannel, ConsentPush, ConsentService
+from iotguard.hub.services.data_access import K_ANONYMOUS_DATASET, DataAccessService
 from iotguard.hub.services.detection import ActivePlaybook, DetectionService, WebhookNotifier
 from iotguard.hub.services.firmware import FirmwareService
 from iotguard.hub.services.learning import LearningService, affirming_posture
 from iotguard.hub.services.lifecycle import DeviceLifecycle, open_hub_keys
 from iotguard.hub.services.models import ModelService
 from iotguard.hub.services.operators import OperatorService
-from iotguard.hub.services.posture import PostureService, open_policy
+from iotguard.hub.services.posture import PostureService, contract_for, open_policy
 from iotguard.hub.services.rollout_signals import HubCohortSignals
 from iotguard.hub.services.rollouts import RolloutService
 from iotguard.hub.services.sensing import DeviceHealthService, FlowIngestService, HubSignalsService
@@ -52,6 +54,7 @@ from iotguard.hub.store import HubStore
 from iotguard.hub.stores.alerts import SqlAlertStore
 from iotguard.hub.stores.attestation import SqlAttestationStore
 from iotguard.hub.stores.consent import SqlConsentStore
+from iotguard.hub.stores.data_keys import SubjectKeyring
 from iotguard.hub.stores.firmware import SqlFirmwareFileStore
 from iotguard.hub.stores.learning import SqlLearningRunStore
 from iotguard.hub.stores.models import SqlModelStore
@@ -93,6 +96,7 @@ class HubServices:
     rollouts: RolloutService
     models: ModelService
     learning: LearningService
+    data_access: DataAccessService
     analytics: AnalyticsService | None = None
     aggregation: SecureAggregationService | None = None
 
@@ -114,8 +118,9 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     """Open the database and key store and build a hub's services."""
     clock = clock or SystemClock()
     Path(cfg.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    store = HubStore.open(database_url or cfg.resolved_database_url())
     keystore = open_hub_keys(cfg)
+    keyring = SubjectKeyring(HubStore.open(database_url or cfg.resolved_database_url()).engine, keystore)
+    store = HubStore(keyring.engine, cipher=keyring)  # reading bodies sealed per subject (ADR 0405)
     outbox = SqlOutboxStore(store.engine)
     audit_sink = OutboxAuditSink(outbox, clock)
     log_ = open_audit_log(store.engine, keystore, AUDIT_ORIGIN)
@@ -127,13 +132,14 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                                                    *([chain] if chain else [])],
                                                   finalize=finality_from_config(cfg, log_, clock)))
     engine, admin = open_policy(store, outbox, clock)
+    engine.set_dataset(K_ANONYMOUS_DATASET, anonymised=True)  # what `iotguard export` releases (ADR 0405)
     posture = PostureService(store, engine, admin, engine.posture, clock, broker_managed=bool(cfg.mosquitto_dir))
     broker_link = EmbeddedBrokerLink()
     lifecycle = DeviceLifecycle(store, keystore, cfg, clock, outbox=outbox, posture=posture, broker_link=broker_link,
                                 custody=custody_gate_from_config(cfg, log_))
     commands = CommandChannel()
-    consent = ConsentService(PrivacyStore(store.engine, audit=audit_sink, keystore=keystore), store, lifecycle,
-                             commands, clock)
+    consent = ConsentService(PrivacyStore(store.engine, audit=audit_sink, keystore=keystore, telemetry=store,
+                                          keyring=keyring), store, lifecycle, commands, clock)
     playbook = ActivePlaybook(Path(cfg.data_dir))
     detection = DetectionService(SqlAlertStore(store.engine), posture, lifecycle.revoke, playbook, clock,
                                  notifier=WebhookNotifier(playbook))
@@ -163,7 +169,8 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                                              lambda: {p.device_id: p.model for p in posture.posture}),
                            DeviceHealthService(detection), signals, rollouts, models,
                            LearningService(SqlLearningRunStore(store.engine), models, audit_sink, clock,
-                                           eligible=affirming_posture(engine.posture)))
+                                           eligible=affirming_posture(engine.posture)),
+                           DataAccessService(store, consent.privacy, store, engine, audit_sink, clock, contract_for))
     services.analytics = build_analytics(cfg, store, audit_sink, clock)
     services.aggregation = SecureAggregationService(audit_sink, clock)
     return services
@@ -214,6 +221,10 @@ class Maintenance:
             s.outbox.purge_delivered(s.clock.now() - DELIVERED_RETENTION)
         s.consent.repush_unacknowledged()
         s.rollouts.tick()  # health gates of running rollouts: advance, pause or abort them
+        try:
+            s.consent.seal_clear_readings()  # migration 0311's data half, one chunk a tick until none is left
+        except IotGuardError as exc:  # never at the cost of the rest of the tick (outbox delivery)
+            log.warning("sealing readings stored clear failed: %s", exc.code)
         self.drainer.drain()  # last: what this tick queued (retention's audit event) goes out with the rest
 
     def _run(self) -> None:

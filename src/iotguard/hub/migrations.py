@@ -26,6 +26,7 @@ from iotguard.hub.policy_store import create_policy_tables
 from iotguard.hub.privacy_store import create_privacy_tables
 from iotguard.hub.ratelimit_store import create_device_plane_tables
 from iotguard.hub.schema import (
+    add_reading_key_id,
     add_replay_window_version,
     add_transport_cert_serial,
     create_core_tables,
@@ -35,11 +36,13 @@ from iotguard.hub.stores.alerts import create_detection_tables
 from iotguard.hub.stores.attestation import create_attestation_tables, create_endorsement_table
 from iotguard.hub.stores.console import create_console_tables
 from iotguard.hub.stores.credentials import create_credential_tables
+from iotguard.hub.stores.data_keys import create_data_key_tables
 from iotguard.hub.stores.firmware import create_firmware_tables
 from iotguard.hub.stores.learning import create_learning_tables
 from iotguard.hub.stores.models import create_model_tables
 from iotguard.hub.stores.rollouts import create_rollout_tables
 from iotguard.hub.stores.subject_ledger import create_subject_ledger_tables
+from iotguard.hub.stores.subjects import add_contribution_kind
 
 __all__ = ["MIGRATIONS", "Migration", "applied_migrations", "migrate"]
 
@@ -78,6 +81,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0200_policy", "policy versions, activations, device posture", create_policy_tables),
     Migration("0300_privacy", "consent, receipts, budget ledger, subject keys, erasure records",
               create_privacy_tables),
+    Migration("0310_subject_data_keys", "per-subject data keys, each wrapped under its own key-store key (ADR 0405)",
+              create_data_key_tables),
+    Migration("0311_reading_key_id", "readings name the subject data key sealing their body (ADR 0405)",
+              add_reading_key_id),
+    Migration("0312_contribution_kind", "contributions name an aggregate, a model or an export (ADR 0405)",
+              add_contribution_kind),
     Migration("0340_subject_ledger", "per-subject privacy-loss ledger: central and federated spends (ADR 0410)",
               create_subject_ledger_tables),
     Migration("0400_credentials", "bootstrap token, API token usage, model end of support",

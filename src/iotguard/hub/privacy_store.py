@@ -26,13 +26,22 @@ from iotguard.audit import AuditEvent, AuditSink, EventType
 from iotguard.errors import ConfigError, IotGuardError
 from iotguard.hub.stores._sql import aware_utc as _aware
 from iotguard.hub.stores._sql import utc as _utc
-from iotguard.hub.stores.consent import SqlConsentStore, consent_events, consent_pushes, subject_devices
+from iotguard.hub.stores.consent import (
+    UNNAMED_SUBJECT,
+    SqlConsentStore,
+    consent_events,
+    consent_pushes,
+    subject_devices,
+)
+from iotguard.hub.stores.data_keys import SubjectKeyring
 from iotguard.hub.stores.devices import SqlDeviceStore
 from iotguard.hub.stores.receipts import SqlLedgerStore, SqlReceiptStore, budget_ledger, receipts
+from iotguard.hub.stores.subject_ledger import SqlSubjectLedgerStore
 from iotguard.hub.stores.subjects import SUBJECT_KEK_LABEL, SqlSubjectStore, contributions, erasures, subject_keys
 from iotguard.hub.stores.telemetry import SqlTelemetryStore, TelemetryStore
 from iotguard.keys.keystore import KeyStore
 from iotguard.privacy import DataContract, load_contract
+from iotguard.privacy.at_rest import subject_owner
 from iotguard.privacy.ledger import EPSILON_RESOLUTION
 
 __all__ = [
@@ -44,6 +53,7 @@ __all__ = [
     "SqlLedgerStore",
     "create_privacy_tables",
     "enforce_retention",
+    "purpose_of",
 ]
 
 #: Retention for readings whose model or purpose has no contract entry.
@@ -88,7 +98,16 @@ class RetentionReport:
 
 @dataclass(frozen=True)
 class ErasureRecord:
-    """What one erasure request deleted, and where the subject's data had gone."""
+    """What one erasure request deleted, and where the subject's data had gone.
+
+    ``key_shredded`` is true only when the subject's data keys were deleted
+    *and* the keys wrapping them (in every earlier database copy too) are
+    destroyed in the key store. ``aggregates`` lists
+    ``kind:id`` of every aggregate, model or export the subject contributed
+    to (they cannot be un-computed; their owners act on them).
+    ``pseudonym`` is how the audit log named the subject: the erasure's proof,
+    handed to the requester; the hub keeps no link from it to the subject.
+    """
 
     subject_id: str
     erased_at: datetime
@@ -98,10 +117,17 @@ class ErasureRecord:
     consent_events_deleted: int
     key_shredded: bool
     aggregates: tuple[str, ...]
+    pseudonym: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain form."""
         return _jsonable(dict(self.__dict__))  # type: ignore[no-any-return]
+
+    def kept_summary(self) -> dict[str, Any]:
+        """What the hub keeps (erasure table, audit log): counts and contributions, no subject or device id."""
+        return {"readings_deleted": self.readings_deleted, "receipts_deleted": self.receipts_deleted,
+                "consent_events_deleted": self.consent_events_deleted, "devices": len(self.devices),
+                "key_shredded": self.key_shredded, "aggregates": list(self.aggregates)}
 
 
 def _contract_or_none(
@@ -151,7 +177,7 @@ def enforce_retention(
     counts: dict[str, int] = {}
     unclassified = 0
     for r in telemetry.readings_received_before(now - min(shortest)):
-        purpose = _purpose_of(r.body)
+        purpose = purpose_of(r.body)
         model = model_of.get(r.device_id)
         contract = _contract_or_none(model, cache, contracts) if model else None
         spec = contract.purposes.get(purpose) if contract is not None and purpose else None
@@ -179,7 +205,8 @@ def enforce_retention(
     return report
 
 
-def _purpose_of(body: bytes) -> str | None:
+def purpose_of(body: bytes) -> str | None:
+    """The purpose a reading body says it was collected for (its ``"p"``), or None."""
     try:
         obj = cbor2.loads(body)
     except (cbor2.CBORDecodeError, ValueError, RecursionError, MemoryError):
@@ -209,14 +236,19 @@ class PrivacyStore(SqlConsentStore, SqlReceiptStore, SqlSubjectStore):
     """
 
     def __init__(self, engine: Engine, *, audit: AuditSink | None = None, keystore: KeyStore | None = None,
-                 telemetry: TelemetryStore | None = None) -> None:
+                 telemetry: TelemetryStore | None = None, keyring: SubjectKeyring | None = None) -> None:
         self._engine = engine
         self.engine = engine
         self._audit = audit
         self.audit = audit
         self._keystore = keystore
+        self._keyring = keyring
+        if keystore is not None or keyring is not None:
+            self.subject_names = self.audit_name
+            self.receipt_cipher = self.subject_keyring()
         self.ledger = SqlLedgerStore(engine)
-        self.telemetry: TelemetryStore = telemetry if telemetry is not None else SqlTelemetryStore(engine)
+        self.telemetry: TelemetryStore = telemetry if telemetry is not None else SqlTelemetryStore(
+            engine, cipher=self.subject_keyring() if keystore is not None or keyring is not None else None)
         self._devices = SqlDeviceStore(engine)
 
     # -- access and erasure ------------------------------------------------------
@@ -241,6 +273,7 @@ class PrivacyStore(SqlConsentStore, SqlReceiptStore, SqlSubjectStore):
         doc = {
             "format": "iotguard-subject-export/1",
             "subject": subject_id,
+            "audit_pseudonym": self._existing_pseudonym(subject_id),
             "exported_at": _utc(at).isoformat(),
             "devices": dev_rows,
             "consent": {
@@ -250,41 +283,51 @@ class PrivacyStore(SqlConsentStore, SqlReceiptStore, SqlSubjectStore):
                             for e in events],
             },
             "readings": [{"device": r.device_id, "topic": r.topic, "received_at": r.received_at,
-                          "reading": _decode_body(r.body)} for r in self.telemetry.readings_of(devs)],
+                          "reading": _decode_body(r.body)} for r in self.telemetry.readings_of(devs) if not r.sealed],
             "privacy_receipts": [{"device": d, "received_at": ra, "claims": _decode_body(bytes(b))}
                                  for d, ra, b in receipt_rows],
             "privacy_loss": [{"device": r["device_id"], "period": r["period"],
                               "epsilon": r["spent_units"] * EPSILON_RESOLUTION} for r in ledger],
-            "aggregates": [{"aggregate": r["aggregate_id"], "description": r["description"],
+            "aggregates": [{"aggregate": r["aggregate_id"], "kind": r["kind"], "description": r["description"],
                             "at": r["contributed_at"]} for r in contrib],
             "erasures": [{"at": r["erased_at"], "summary": json.loads(r["summary"])} for r in erased],
         }
         return _jsonable(doc)  # type: ignore[no-any-return]
 
-    def erase_subject(self, subject_id: str, at: datetime, *, actor: str) -> ErasureRecord:
-        """Erase everything held about a subject; logs a ``data.erased`` event.
+    def _existing_pseudonym(self, subject_id: str) -> str:
+        """The subject's audit pseudonym if it has a data key (an access request creates none)."""
+        if self._keystore is None and self._keyring is None:
+            return UNNAMED_SUBJECT
+        key = self.subject_keyring().existing_key(subject_owner(subject_id))
+        return key.pseudonym() if key is not None else UNNAMED_SUBJECT
 
-        In one transaction: the telemetry store deletes the subject's
-        readings; the subject's receipts, budget accounting, consent history,
-        device links and contribution records are deleted, and the subject's
-        data key is shredded so copies sealed under it (exports, backups)
-        become unreadable. Aggregates the subject had contributed to cannot
-        be un-computed; they are listed in the erasure record (and the audit
-        event) so their owners can act on them. The erasure record itself is
-        kept as proof of erasure.
+    def erase_subject(self, subject_id: str, at: datetime, *, actor: str) -> ErasureRecord:
+        """Erase everything held about a subject; logs a ``data.erased`` event under its pseudonym.
+
+        In one transaction: the subject's data keys (its own and those of its
+        devices' readings from before they were linked) are shredded, their
+        wrapping keys destroyed in the key store, so copies sealed under them
+        (exports, backups, PostgreSQL rows awaiting VACUUM) are unreadable;
+        the telemetry store deletes the subject's readings; the subject's
+        receipts, budget accounting, consent history, device links and
+        contribution records are deleted. Aggregates and models the subject contributed
+        to cannot be un-computed; they are listed in the record so their
+        owners can act on them. The erasure record is kept as proof, under
+        the subject's pseudonym only.
         """
         at = _utc(at)
         devs = self.devices_of(subject_id)
+        name = self._audit_subject(subject_id, at)
         with self._engine.begin() as c:
+            # Keys first: on PostgreSQL this waits for ingest transactions still sealing under them.
+            aggs, shredded = self.forget_subject_data(c, subject_id, device_ids=devs, at=at)
             n_read = self.telemetry.delete_readings_of(devs, conn=c)
             n_rec = self.forget_devices(c, devs)
             n_consent = self.forget_consent_of(c, subject_id, devs)
-            aggs, shredded = self.forget_subject_data(c, subject_id)
-            record = ErasureRecord(subject_id, at, tuple(devs), n_read, n_rec, n_consent, shredded, aggs)
-            summary = record.to_dict()
-            self.record_erasure(c, subject_id, at, actor, json.dumps(summary, sort_keys=True))
-        self._record(AuditEvent(EventType.DATA_ERASED.value, at, actor, subject_id,
-                                {k: v for k, v in summary.items() if k not in ("subject_id", "erased_at")}))
+            SqlSubjectLedgerStore.forget_subject(c, subject_id)  # central and federated privacy loss
+            record = ErasureRecord(subject_id, at, tuple(devs), n_read, n_rec, n_consent, shredded, aggs, name)
+            self.record_erasure(c, name, at, actor, json.dumps(record.kept_summary(), sort_keys=True))
+        self._record(AuditEvent(EventType.DATA_ERASED.value, at, actor, name, record.kept_summary()))
         return record
 
     def reading_count(self, device_ids: list[str]) -> int:

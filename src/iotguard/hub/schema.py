@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from iotguard.hub.db import metadata
 
 __all__ = [
+    "add_reading_key_id",
     "add_transport_cert_serial",
     "api_tokens",
     "create_core_tables",
@@ -102,6 +103,8 @@ readings = Table(
     Column("topic", String(256), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("body", LargeBinary, nullable=False),
+    # Id of the subject data key sealing ``body`` (ADR 0405); NULL: a clear body from before migration 0311.
+    Column("key_id", LargeBinary(16), nullable=True),
     UniqueConstraint("device_id", "epoch", "seq", name="uq_readings_device_epoch_seq"),
 )
 Index("ix_readings_received", readings.c.received_at)
@@ -174,3 +177,14 @@ def add_replay_window_version(conn: Connection) -> None:
     # A database made by 0001 after this column was added already has it.
     if "version" not in {c["name"] for c in inspect(conn).get_columns("replay_windows")}:
         conn.execute(text("ALTER TABLE replay_windows ADD COLUMN version BIGINT NOT NULL DEFAULT 0"))
+
+
+def add_reading_key_id(conn: Connection) -> None:
+    """Migration ``0311_reading_key_id``: readings name the subject data key sealing their body (ADR 0405).
+
+    Existing bodies stay clear (``key_id`` NULL) until the hub's maintenance
+    tick, or ``iotguard privacy seal-readings``, encrypts them in place.
+    """
+    if "key_id" not in {c["name"] for c in inspect(conn).get_columns("readings")}:
+        conn.execute(text("ALTER TABLE readings ADD COLUMN key_id " + ("BYTEA" if conn.dialect.name == "postgresql"
+                                                                       else "BLOB")))

@@ -23,15 +23,20 @@ calls :meth:`SoftwareKeyStore.tamper_event` for the same response.
 
 Every change is written atomically (temporary file, fsync, rename), so a
 crash leaves either the old or the new state. Loaded key objects are cached
-in memory so signing costs what a bare signature costs.
+in memory so signing costs what a bare signature costs. Processes sharing a
+store change it under a lock on ``keystore.lock`` after re-reading the sealed
+file, and look a missing key up again on disk: none loses another's keys.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import secrets
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +67,7 @@ _FORMAT = 2
 _STORE_FILE = "keystore.sealed"
 _ROOT_FILE = "root.secret"
 _TAMPER_FILE = "tamper.cbor"
+_LOCK_FILE = "keystore.lock"
 _AD = b"iotguard-software-keystore-v2"
 _MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
 
@@ -193,6 +199,7 @@ class SoftwareKeyStore:
         self._counters: dict[str, int] = {}
         self._pcrs: dict[int, bytes] = {}
         self._tamper: TamperRecord | None = None
+        self._loaded: tuple[int, int, int] | None = None
         if device_binding is None:
             path = (
                 Path(device_secret_path) if device_secret_path is not None else default_device_secret_path()
@@ -264,6 +271,7 @@ class SoftwareKeyStore:
             atomic_write(root, bytes(32))
             root.unlink()
         (self._dir / _STORE_FILE).unlink(missing_ok=True)
+        (self._dir / _LOCK_FILE).unlink(missing_ok=True)
         return record
 
     def _check(self) -> None:
@@ -309,13 +317,61 @@ class SoftwareKeyStore:
                 "sealed store did not authenticate (altered, or copied from another device)",
             )
             return
+        self._kek = kek
+        self._load_state(raw)
+
+    def _load_state(self, raw: bytes) -> None:
         state: dict[str, Any] = cbor2.loads(raw)
         if state.get("v") != _FORMAT:
             raise KeyStoreError("unsupported key store format")
-        self._kek = kek
         self._keys = {str(k): _load_entry(KeyKind(v[0]), bytes(v[1])) for k, v in state["keys"].items()}
         self._counters = {str(k): int(v) for k, v in state["counters"].items()}
         self._pcrs = {int(k): bytes(v) for k, v in state.get("pcrs", {}).items()}
+        self._loaded = self._file_signature()
+
+    def _file_signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = (self._dir / _STORE_FILE).stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _refresh(self) -> None:
+        """Re-read the sealed file if another process (or instance) changed it since this one last did."""
+        if self._tamper is not None or not self._kek or self._file_signature() == self._loaded:
+            return
+        tamper_path = self._dir / _TAMPER_FILE
+        if tamper_path.exists():  # another process responded to tampering
+            self._tamper, self._kek = _read_tamper_record(tamper_path), b""
+            self._keys, self._counters, self._pcrs = {}, {}, {}
+            return
+        try:
+            blob = (self._dir / _STORE_FILE).read_bytes()
+        except FileNotFoundError:
+            self._respond("sealed_store_missing", "sealed store removed while in use")
+            return
+        if not 28 <= len(blob) <= MAX_STORE_BYTES:
+            self._respond("integrity_check_failed", "sealed store has the wrong size")
+            return
+        try:
+            raw = AESGCM(self._kek).decrypt(blob[:12], blob[12:], _AD)
+        except InvalidTag:
+            self._respond("integrity_check_failed", "sealed store did not authenticate (altered)")
+            return
+        self._load_state(raw)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """This process's lock, then the store directory's lock across processes, on the latest state."""
+        with self._lock:
+            self._check()
+            fd = os.open(self._dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._refresh()
+                yield
+            finally:
+                os.close(fd)
 
     def _save(self) -> None:
         state = {
@@ -327,9 +383,12 @@ class SoftwareKeyStore:
         nonce = secrets.token_bytes(12)
         sealed = nonce + AESGCM(self._kek).encrypt(nonce, cbor2.dumps(state, canonical=True), _AD)
         atomic_write(self._dir / _STORE_FILE, sealed)
+        self._loaded = self._file_signature()
 
     def _get(self, label: str, kind: KeyKind) -> _Entry:
         with self._lock:
+            self._check()
+            self._refresh()  # another process may have created or destroyed it
             self._check()
             entry = self._keys.get(label)
         if entry is None:
@@ -348,7 +407,7 @@ class SoftwareKeyStore:
             TamperError: the store was tampered with.
         """
         kind = KeyKind(kind)
-        with self._lock:
+        with self._exclusive():
             self._check()
             if label in self._keys:
                 raise KeyStoreError(f"key {label!r} exists")
@@ -373,6 +432,8 @@ class SoftwareKeyStore:
             TamperError: the store was tampered with.
         """
         with self._lock:
+            self._check()
+            self._refresh()
             self._check()
             return label in self._keys
 
@@ -463,7 +524,7 @@ class SoftwareKeyStore:
         Raises:
             TamperError: the store was tampered with.
         """
-        with self._lock:
+        with self._exclusive():
             self._check()
             current = self._counters.get(name, 0)
             if to_at_least <= current:
@@ -482,7 +543,7 @@ class SoftwareKeyStore:
         Raises:
             TamperError: the store was tampered with.
         """
-        with self._lock:
+        with self._exclusive():
             self._check()
             if self._keys.pop(label, None) is not None:
                 self._save()
@@ -493,7 +554,7 @@ class SoftwareKeyStore:
         Raises:
             TamperError: the store was tampered with (its keys are already gone).
         """
-        with self._lock:
+        with self._exclusive():
             self._check()
             self._keys.clear()
             self._save()
@@ -507,7 +568,7 @@ class SoftwareKeyStore:
 
     def _write_registers(self, pcrs: dict[int, bytes]) -> None:
         """Persist the emulated PCR bank in the sealed store."""
-        with self._lock:
+        with self._exclusive():
             self._check()
             previous = self._pcrs
             self._pcrs = dict(pcrs)

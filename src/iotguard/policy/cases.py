@@ -19,7 +19,7 @@ from typing import Any
 
 from iotguard.errors import ConfigError
 from iotguard.policy.engine import PolicyEngine
-from iotguard.policy.model import AccessRequest, Decision
+from iotguard.policy.model import AccessRequest, Decision, PurposeFacts
 from iotguard.policy.policyset import PolicySchema, PolicySet
 from iotguard.policy.posture import Posture, PostureStore, SegmentSpec
 
@@ -134,7 +134,10 @@ def run_case_file(path: Path, policy_set: PolicySet, schema: PolicySchema | None
         engine = PolicyEngine(policy_set, schema, posture=store, segments=segments, datasets=datasets)
         p_kind, p_id = _entity(str(case["principal"]))
         r_kind, r_id = _entity(str(case["resource"]))
-        request = AccessRequest(p_kind, p_id, str(case["action"]), r_kind, r_id, str(case.get("role", "")))
+        facts = case.get("purpose")
+        purpose = (PurposeFacts(str(facts["purpose"]), facts.get("declared"), facts.get("consented"))
+                   if isinstance(facts, dict) else None)
+        request = AccessRequest(p_kind, p_id, str(case["action"]), r_kind, r_id, str(case.get("role", "")), purpose)
         decision = engine.decide(request, now=now)
         problems = []
         expect = case.get("expect")

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from iotguard.errors import PolicyDenied
 from iotguard.policy.engine import PolicyEngine
-from iotguard.policy.model import OPERATOR_ACTIONS, AccessRequest, Decision
+from iotguard.policy.model import OPERATOR_ACTIONS, AccessRequest, Decision, PurposeFacts
 
 __all__ = ["IngestVerdict", "authorize_ingest", "authorize_operator", "operator_request"]
 
@@ -57,7 +57,8 @@ def authorize_ingest(
 
 
 def operator_request(
-    operator_id: str, role: str, action: str, resource_type: str = "Hub", resource_id: str = "hub"
+    operator_id: str, role: str, action: str, resource_type: str = "Hub", resource_id: str = "hub",
+    purpose: PurposeFacts | None = None,
 ) -> AccessRequest:
     """Map an operator API call to a request.
 
@@ -68,7 +69,7 @@ def operator_request(
     accepted = OPERATOR_ACTIONS.get(action)
     if accepted is None or resource_type not in accepted:
         raise PolicyDenied(f"no operator action {action!r} on {resource_type}")
-    return AccessRequest.operator(operator_id, role, action, resource_type, resource_id)
+    return AccessRequest.operator(operator_id, role, action, resource_type, resource_id, purpose)
 
 
 def authorize_operator(
@@ -80,8 +81,9 @@ def authorize_operator(
     resource_id: str = "hub",
     *,
     now: datetime | None = None,
+    purpose: PurposeFacts | None = None,
 ) -> Decision:
-    """The REST API's check: raises unless the operator may do ``action``.
+    """The REST API's check: raises unless the operator may do ``action`` (for ``purpose``).
 
     A FastAPI dependency calls this with the token's name and role and the
     route's action, and maps :class:`~iotguard.errors.PolicyDenied` to 403.
@@ -89,4 +91,5 @@ def authorize_operator(
     Raises:
         PolicyDenied: The request is unmapped or denied.
     """
-    return engine.authorize(operator_request(operator_id, role, action, resource_type, resource_id), now=now)
+    return engine.authorize(operator_request(operator_id, role, action, resource_type, resource_id, purpose),
+                            now=now)

@@ -532,6 +532,8 @@ class PolicyEngine:
         }
         delta: list[dict[str, Any]] = [operator]
         context: dict[str, Any] = {"hour_utc": now.astimezone(UTC).hour, **_NO_TARGET}
+        if request.purpose is not None:
+            context.update(request.purpose.context())
         depends_on: str | None = None
         kind, rid = request.resource_type, request.resource_id
         if kind == "Device":

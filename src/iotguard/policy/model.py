@@ -15,6 +15,7 @@ __all__ = [
     "Decision",
     "DecisionCode",
     "Explanation",
+    "PurposeFacts",
 ]
 
 #: Actions a device performs on MQTT topics.
@@ -63,11 +64,34 @@ TRUST_TIERS: Final = ("verified", "unverified", "degraded", "failed")
 QUARANTINE_SEGMENT: Final = "quarantine"
 
 
+class PurposeFacts(NamedTuple):
+    """Why an operator reads personal data, and what the hub knows about it (ADR 0405).
+
+    The caller states ``purpose``; the hub, never the caller, fills in
+    whether the data contract of the device read declares it and whether its
+    data subject consented to it (``None``: not about one device).
+    """
+
+    purpose: str
+    declared: bool | None = None
+    consented: bool | None = None
+
+    def context(self) -> dict[str, Any]:
+        """The Cedar context attributes (``purpose``, ``purpose_declared``, ``purpose_consented``)."""
+        out: dict[str, Any] = {"purpose": self.purpose}
+        if self.declared is not None:
+            out["purpose_declared"] = self.declared
+        if self.consented is not None:
+            out["purpose_consented"] = self.consented
+        return out
+
+
 class AccessRequest(NamedTuple):
     """Who asks to do what on which resource.
 
     A plain tuple so that it hashes in C: it is the decision-cache key. The
-    context is never part of a request; the engine builds it from posture.
+    context is never part of a request; the engine builds it from posture,
+    except the hub-established :class:`PurposeFacts` of a data access.
 
     Attributes:
         principal_type: ``"Device"`` or ``"Operator"``.
@@ -77,6 +101,7 @@ class AccessRequest(NamedTuple):
             ``Firmware`` or ``Hub``.
         resource_id: Topic string, device id, segment name...
         role: The operator's role (empty for devices).
+        purpose: Why an operator reads personal data (``None`` otherwise).
     """
 
     principal_type: str
@@ -85,6 +110,7 @@ class AccessRequest(NamedTuple):
     resource_type: str
     resource_id: str
     role: str = ""
+    purpose: PurposeFacts | None = None
 
     @classmethod
     def device(cls, device_id: str, action: str, topic: str) -> AccessRequest:
@@ -98,10 +124,11 @@ class AccessRequest(NamedTuple):
 
     @classmethod
     def operator(
-        cls, operator_id: str, role: str, action: str, resource_type: str = "Hub", resource_id: str = "hub"
+        cls, operator_id: str, role: str, action: str, resource_type: str = "Hub", resource_id: str = "hub",
+        purpose: PurposeFacts | None = None,
     ) -> AccessRequest:
-        """An operator (holding ``role``) performing ``action`` on a resource."""
-        return cls("Operator", operator_id, action, resource_type, resource_id, role)
+        """An operator (holding ``role``) performing ``action`` on a resource (for ``purpose``)."""
+        return cls("Operator", operator_id, action, resource_type, resource_id, role, purpose)
 
     def describe(self) -> str:
         """Human-readable one-liner (for logs and ``explain``)."""

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from iotguard.hub.device_plane import DevicePlane, device_request, signed_request_openapi
 from iotguard.hub.routers.auth import OperatorAuth
 from iotguard.hub.services.consent import ConsentService
+from iotguard.hub.services.data_access import DataAccessService, Reader
 from iotguard.hub.store import ApiToken
 from iotguard.identity import VerifiedRequest
 
@@ -29,7 +30,8 @@ class SubjectLink(BaseModel):
     device_id: str = Field(max_length=64)
 
 
-def privacy_router(consent: ConsentService, plane: DevicePlane, operator: OperatorAuth) -> APIRouter:
+def privacy_router(consent: ConsentService, plane: DevicePlane, operator: OperatorAuth,
+                   access: DataAccessService) -> APIRouter:
     """Routes of consent and privacy."""
     router = APIRouter(tags=["privacy"])
 
@@ -70,8 +72,9 @@ def privacy_router(consent: ConsentService, plane: DevicePlane, operator: Operat
 
     @router.get("/v1/subjects/{subject_id}/export")
     def subject_export(subject_id: str,
-                       _t: ApiToken = Depends(operator("manage_consent"))) -> dict[str, Any]:  # noqa: B008
-        """Everything held about a data subject (access request), machine-readable."""
-        return consent.export(subject_id)
+                       t: ApiToken = Depends(operator(None))) -> dict[str, Any]:  # noqa: B008
+        """Everything held about a data subject (access request), machine-readable; a Cedar
+        ``manage_consent`` decision with purpose ``subject_access``, audit-logged."""
+        return access.export_subject(Reader(t.name, t.role, "api"), subject_id)
 
     return router

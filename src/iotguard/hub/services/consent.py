@@ -88,6 +88,7 @@ class ConsentService:
         self.lifecycle = lifecycle
         self.channel = channel
         self.clock = clock
+        self._all_sealed = False
 
     # -- subjects and consent --------------------------------------------
 
@@ -182,10 +183,22 @@ class ConsentService:
         """Erase everything held about a data subject (crypto-shredding their key)."""
         return self.privacy.erase_subject(subject_id, self.clock.now(), actor=actor)
 
+    def seal_clear_readings(self) -> int:
+        """Encrypt one chunk of readings (and receipts) stored clear before migration 0311; returns how many
+        (0 once none is left; this process then stops looking)."""
+        if self._all_sealed:
+            return 0
+        sealed = self.store.seal_clear_readings(self.clock.now())
+        sealed += self.privacy.seal_clear_receipts(self.clock.now())
+        self._all_sealed = sealed == 0
+        if sealed:
+            log.info("sealed %d readings stored clear before migration 0311", sealed)
+        return sealed
+
     def enforce_retention(self) -> RetentionReport:
         """Delete readings past their purpose's retention (logged)."""
         report = enforce_retention(self.store.engine, self.clock.now(), contracts=contract_for,
-                                   audit=self.privacy.audit)
+                                   audit=self.privacy.audit, telemetry=self.privacy.telemetry)
         if report.total:
             log.info("retention deleted %d readings", report.total)
         return report

@@ -8,7 +8,7 @@ Tables (part of migration ``0300_privacy``): ``privacy_subject_devices``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import MappingProxyType
 from typing import Protocol
@@ -41,7 +41,11 @@ from iotguard.hub.stores._sql import utc as _utc
 from iotguard.privacy.consent import ConsentAck, ConsentConfig, ConsentDecision, ConsentState
 from iotguard.privacy.contract import DataContract
 
-__all__ = ["ConsentStore", "SqlConsentStore", "consent_events", "consent_pushes", "subject_devices"]
+__all__ = ["UNNAMED_SUBJECT", "ConsentStore", "SqlConsentStore", "consent_events", "consent_pushes",
+           "subject_devices"]
+
+#: The audit log's name for a subject when the store has no pseudonyms (unit tests): never the subject id.
+UNNAMED_SUBJECT = "subject"
 
 subject_devices = Table(
     "privacy_subject_devices",
@@ -107,7 +111,16 @@ class ConsentStore(Protocol):
 
 
 class SqlConsentStore(AuditedSqlStore):
-    """Subjects, consent events and consent pushes on SQLite or PostgreSQL."""
+    """Subjects, consent events and consent pushes on SQLite or PostgreSQL.
+
+    The audit log names a subject only by the pseudonym ``subject_names``
+    gives (ADR 0405); without one it names no subject at all.
+    """
+
+    subject_names: Callable[[str, datetime], str] | None = None
+
+    def _audit_subject(self, subject_id: str, at: datetime) -> str:
+        return self.subject_names(subject_id, at) if self.subject_names is not None else UNNAMED_SUBJECT
 
     def link_device(self, subject_id: str, device_id: str, at: datetime) -> None:
         """Record that ``subject_id`` owns ``device_id`` (a device has one owner)."""
@@ -187,12 +200,12 @@ class SqlConsentStore(AuditedSqlStore):
                 EventType.CONSENT_CHANGED.value,
                 at,
                 actor,
-                subject_id,
+                self._audit_subject(subject_id, at),
                 {
                     "purpose": purpose,
                     "granted": granted,
                     "version": after.version,
-                    "devices": self.devices_of(subject_id),
+                    "devices": len(self.devices_of(subject_id)),
                 },
             )
         )

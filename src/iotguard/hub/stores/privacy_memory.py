@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from iotguard.audit import AuditSink
-from iotguard.errors import KeyStoreError
+from iotguard.errors import KeyStoreError, MalformedError
 from iotguard.hub.stores.receipts import budget_event, verified_claims
-from iotguard.hub.stores.subjects import open_with_subject_key, seal_with_subject_key
+from iotguard.hub.stores.subjects import CONTRIBUTION_KINDS, open_with_subject_key, seal_with_subject_key
 from iotguard.privacy.contract import DataContract
 from iotguard.privacy.ledger import EPSILON_RESOLUTION
 from iotguard.privacy.receipt import PrivacyReceipt
@@ -67,8 +67,11 @@ class MemorySubjectStore:
         self._contributions: dict[str, dict[str, str]] = {}
         self._erasures: dict[str, list[Mapping[str, Any]]] = {}
 
-    def record_contribution(self, subject_id: str, aggregate_id: str, description: str, at: datetime) -> None:
-        self._contributions.setdefault(subject_id, {})[aggregate_id] = description
+    def record_contribution(self, subject_id: str, aggregate_id: str, description: str, at: datetime, *,
+                            kind: str = "aggregate") -> None:
+        if kind not in CONTRIBUTION_KINDS:
+            raise MalformedError(f"unknown contribution kind {kind!r}")
+        self._contributions.setdefault(subject_id, {})[f"{kind}:{aggregate_id}"] = description
 
     def seal_for_subject(self, subject_id: str, plaintext: bytes, at: datetime) -> bytes:
         key = self._keys.setdefault(subject_id, AESGCM.generate_key(bit_length=256))
@@ -83,7 +86,8 @@ class MemorySubjectStore:
     def erasures_of(self, subject_id: str) -> list[dict[str, Any]]:
         return [dict(e) for e in self._erasures.get(subject_id, [])]
 
-    def forget_subject_data(self, conn: Any, subject_id: str) -> tuple[tuple[str, ...], bool]:
+    def forget_subject_data(self, conn: Any, subject_id: str, *, device_ids: Sequence[str] = (),
+                            at: datetime | None = None) -> tuple[tuple[str, ...], bool]:
         aggs = tuple(sorted(self._contributions.pop(subject_id, {})))
         return aggs, self._keys.pop(subject_id, None) is not None
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     delete,
+    func,
     select,
     update,
 )
@@ -31,12 +32,15 @@ from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from iotguard.audit import AuditEvent, EventType
 from iotguard.errors import (
     BudgetExhausted,
+    IntegrityError,
+    KeyStoreError,
     MalformedError,
     StorageError,
 )
 from iotguard.hub.db import metadata
 from iotguard.hub.stores._sql import AuditedSqlStore
 from iotguard.hub.stores._sql import utc as _utc
+from iotguard.hub.stores.data_keys import SEALED_DOCUMENT_MAGIC, SubjectKeyring
 from iotguard.privacy.contract import DataContract
 from iotguard.privacy.ledger import EPSILON_RESOLUTION
 from iotguard.privacy.receipt import PrivacyReceipt, decode_receipt, verify_receipt
@@ -234,7 +238,22 @@ class ReceiptStore(Protocol):
 
 
 class SqlReceiptStore(AuditedSqlStore):
-    """Receipts and ledger copies on SQLite or PostgreSQL."""
+    """Receipts and ledger copies on SQLite or PostgreSQL.
+
+    With a ``receipt_cipher`` (the hub's subject keyring, ADR 0405) each
+    receipt body is stored sealed under its device owner's data key; the
+    columns the ledger and retention need stay clear.
+    """
+
+    receipt_cipher: SubjectKeyring | None = None
+
+    def _open_receipt(self, stored: bytes) -> bytes | None:
+        if self.receipt_cipher is None:
+            return None if stored.startswith(SEALED_DOCUMENT_MAGIC) else stored
+        try:
+            return self.receipt_cipher.open_device_document("receipt", stored)
+        except (KeyStoreError, IntegrityError):
+            return None  # shredded with its subject
 
     def store_receipt(
         self,
@@ -266,6 +285,8 @@ class SqlReceiptStore(AuditedSqlStore):
         r, claims = verified_claims(device_id, receipt, public_key, contract)
         units = round(claims["epsilon_period_total"] / EPSILON_RESOLUTION)
         with self._engine.begin() as c:
+            body = r.body if self.receipt_cipher is None else self.receipt_cipher.seal_device_document(
+                c, device_id, "receipt", r.body, received_at)
             c.execute(
                 receipts.insert().values(
                     device_id=device_id,
@@ -277,7 +298,7 @@ class SqlReceiptStore(AuditedSqlStore):
                     period=claims["period"],
                     issued_at=datetime.fromtimestamp(claims["issued_at"], tz=UTC),
                     received_at=_utc(received_at),
-                    body=r.body,
+                    body=body,
                     signature=r.signature,
                 )
             )
@@ -292,6 +313,24 @@ class SqlReceiptStore(AuditedSqlStore):
         self._record(budget_event(device_id, claims, received_at))
         return claims
 
+    def seal_clear_receipts(self, at: datetime, *, limit: int = 500) -> int:
+        """Seal up to ``limit`` receipt bodies stored clear before ADR 0405, in place; returns how many.
+
+        Raises:
+            StorageError: no receipt cipher.
+        """
+        if self.receipt_cipher is None:
+            raise StorageError("sealing receipts needs the hub key store")
+        magic = SEALED_DOCUMENT_MAGIC
+        with self._engine.begin() as c:
+            rows = c.execute(select(receipts.c.id, receipts.c.device_id, receipts.c.body)
+                             .where(func.substr(receipts.c.body, 1, len(magic)) != magic)
+                             .order_by(receipts.c.id).limit(limit)).all()
+            for rid, device_id, body in rows:
+                c.execute(update(receipts).where(receipts.c.id == rid).values(
+                    body=self.receipt_cipher.seal_device_document(c, device_id, "receipt", bytes(body), at)))
+        return len(rows)
+
     def receipts_of(self, device_id: str) -> list[PrivacyReceipt]:
         """Stored receipts of a device, oldest first (for an auditor to re-verify)."""
         with self._engine.connect() as c:
@@ -300,7 +339,8 @@ class SqlReceiptStore(AuditedSqlStore):
                 .where(receipts.c.device_id == device_id)
                 .order_by(receipts.c.id)
             )
-            return [PrivacyReceipt(bytes(b), bytes(s)) for b, s in rows]
+            opened = [(self._open_receipt(bytes(b)), bytes(s)) for b, s in rows]
+        return [PrivacyReceipt(b, s) for b, s in opened if b is not None]
 
     def spent_units(self, device_id: str, period: int) -> int:
         """The hub's copy of a device's privacy loss in ``period`` (ledger units)."""
@@ -332,4 +372,6 @@ class SqlReceiptStore(AuditedSqlStore):
                 .order_by(receipts.c.id)
             ).all()
             ledger = c.execute(select(budget_ledger).where(budget_ledger.c.device_id.in_(list(device_ids))))
-            return list(receipt_rows), list(ledger.mappings().all())
+            ledger_rows = list(ledger.mappings().all())
+        opened = [(d, ra, self._open_receipt(bytes(b))) for d, ra, b in receipt_rows]
+        return [row for row in opened if row[2] is not None], ledger_rows

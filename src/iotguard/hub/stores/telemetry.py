@@ -8,31 +8,36 @@ both pass ``tests/hub/test_stores.py``.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import and_, bindparam, delete, func, select
+from sqlalchemy import and_, bindparam, delete, func, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from iotguard.channel import ReplayWindow
-from iotguard.errors import StorageError
+from iotguard.errors import IntegrityError, KeyStoreError, StorageError
 from iotguard.hub.db import driver_error_summary
 from iotguard.hub.schema import readings, rejections, replay_windows
 from iotguard.hub.stores._sql import SqlStoreBase
 from iotguard.hub.stores._sql import aware as _aware
 
-__all__ = ["MemoryTelemetryStore", "SqlTelemetryStore", "StoredReading", "TelemetryStore", "forget_replay_state"]
+__all__ = ["MemoryTelemetryStore", "ReadingCipher", "SqlTelemetryStore", "StoredReading", "TelemetryStore",
+           "forget_replay_state"]
 
-_READING_COLUMNS = ("device_id", "epoch", "seq", "topic", "received_at", "body")
+log = logging.getLogger(__name__)
+
+_READING_COLUMNS = ("device_id", "epoch", "seq", "topic", "received_at", "body", "key_id")
 _DELETE_CHUNK = 500
 
 
 @dataclass(frozen=True)
 class StoredReading:
-    """One stored reading."""
+    """One stored reading; ``body`` is the clear body, or ``b""`` when ``sealed`` (its data key is
+    shredded or this store has no cipher to open it)."""
 
     id: int
     device_id: str
@@ -41,6 +46,19 @@ class StoredReading:
     topic: str
     received_at: datetime
     body: bytes
+    sealed: bool = False
+
+
+class ReadingCipher(Protocol):
+    """Envelope encryption of reading bodies under their owner's data key (ADR 0405)."""
+
+    def seal_readings(self, conn: Connection, rows: Sequence[dict[str, Any]], at: datetime) -> list[dict[str, Any]]:
+        """The rows with ``body`` sealed and ``key_id`` set, inside the storing transaction."""
+        ...
+
+    def open_reading(self, key_id: bytes, device_id: str, epoch: int, seq: int, sealed: bytes) -> bytes:
+        """Raises KeyStoreError (key shredded) or IntegrityError (altered, moved)."""
+        ...
 
 
 @dataclass
@@ -114,9 +132,13 @@ class SqlTelemetryStore(SqlStoreBase):
     """Telemetry on SQLite or PostgreSQL."""
 
     _insert_sql: tuple[str, list[str] | None] | None = None
+    #: Seals bodies at rest; ``None`` stores them clear (unit tests and tools without the hub key store only:
+    #: :func:`iotguard.hub.compose.build_hub_services` always sets it).
+    cipher: ReadingCipher | None = None
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, cipher: ReadingCipher | None = None) -> None:
         self._bind(engine)
+        self.cipher = cipher
 
     def replay_window(self, device_id: str, epoch: int) -> tuple[int, bytes, int] | None:
         with self.engine.connect() as c:
@@ -169,6 +191,8 @@ class SqlTelemetryStore(SqlStoreBase):
         saved: list[tuple[WindowWrite, ReplayWindow, int]] = []
         try:
             with self.engine.begin() as c:
+                if rows and self.cipher is not None:
+                    rows = self.cipher.seal_readings(c, rows, now)
                 if rows:
                     stmt = self._upsert(readings).on_conflict_do_nothing(index_elements=["device_id", "epoch", "seq"])
                     if returning:
@@ -257,7 +281,7 @@ class SqlTelemetryStore(SqlStoreBase):
         ts_proc = readings.c.received_at.type.dialect_impl(self.engine.dialect).bind_processor(self.engine.dialect)
         received = ts_proc(now) if ts_proc else now
         prepared = [{"device_id": r["device_id"], "epoch": r["epoch"], "seq": r["seq"], "topic": r["topic"],
-                     "received_at": received, "body": r["body"]} for r in rows]
+                     "received_at": received, "body": r["body"], "key_id": r.get("key_id")} for r in rows]
         if order is None:
             return sql, prepared
         return sql, [tuple(p[k] for k in order) for p in prepared]
@@ -297,7 +321,7 @@ class SqlTelemetryStore(SqlStoreBase):
         if device_id:
             q = q.where(readings.c.device_id == device_id)
         with self.engine.connect() as c:
-            return [_reading(r) for r in c.execute(q)]
+            return [self._reading(r) for r in c.execute(q)]
 
     def last_reading_id(self) -> int:
         with self.engine.connect() as c:
@@ -307,12 +331,12 @@ class SqlTelemetryStore(SqlStoreBase):
     def readings_of(self, device_ids: Sequence[str]) -> list[StoredReading]:
         q = select(readings).where(readings.c.device_id.in_(list(device_ids))).order_by(readings.c.id)
         with self.engine.connect() as c:
-            return [_reading(r) for r in c.execute(q)]
+            return [self._reading(r) for r in c.execute(q)]
 
     def readings_received_before(self, horizon: datetime) -> list[StoredReading]:
         q = select(readings).where(readings.c.received_at < horizon).order_by(readings.c.id)
         with self.engine.connect() as c:
-            return [_reading(r) for r in c.execute(q)]
+            return [self._reading(r) for r in c.execute(q)]
 
     def delete_readings(self, ids: Sequence[int]) -> int:
         deleted = 0
@@ -330,10 +354,48 @@ class SqlTelemetryStore(SqlStoreBase):
         with self.engine.begin() as c:
             return int(c.execute(stmt).rowcount or 0)
 
+    def _reading(self, r: Any) -> StoredReading:
+        received = _aware(r.received_at) or r.received_at
+        if r.key_id is None:
+            return StoredReading(r.id, r.device_id, r.epoch, r.seq, r.topic, received, bytes(r.body))
+        if self.cipher is None:
+            return StoredReading(r.id, r.device_id, r.epoch, r.seq, r.topic, received, b"", sealed=True)
+        try:
+            body = self.cipher.open_reading(bytes(r.key_id), r.device_id, r.epoch, r.seq, bytes(r.body))
+        except (KeyStoreError, IntegrityError) as exc:
+            log.warning("reading %d of %s not opened: %s", r.id, r.device_id, exc.code)
+            return StoredReading(r.id, r.device_id, r.epoch, r.seq, r.topic, received, b"", sealed=True)
+        return StoredReading(r.id, r.device_id, r.epoch, r.seq, r.topic, received, body)
 
-def _reading(r: Any) -> StoredReading:
-    return StoredReading(r.id, r.device_id, r.epoch, r.seq, r.topic, _aware(r.received_at) or r.received_at,
-                         bytes(r.body))
+    def clear_reading_count(self) -> int:
+        """Readings whose body is still clear (stored before migration 0311)."""
+        with self.engine.connect() as c:
+            return int(c.execute(select(func.count()).select_from(readings)
+                                 .where(readings.c.key_id.is_(None))).scalar_one())
+
+    def seal_clear_readings(self, at: datetime, *, limit: int = _DELETE_CHUNK) -> int:
+        """Encrypt up to ``limit`` clear bodies in place (the data half of migration 0311); returns how many.
+
+        Each chunk is one transaction; run it until it returns 0. On
+        PostgreSQL the old clear row versions stay in the table file until
+        ``VACUUM`` reclaims them (docs/privacy.md).
+
+        Raises:
+            StorageError: no cipher.
+        """
+        if self.cipher is None:
+            raise StorageError("sealing readings needs the hub key store")
+        with self.engine.begin() as c:
+            q = select(readings).where(readings.c.key_id.is_(None)).order_by(readings.c.id).limit(limit)
+            if self._dialect == "postgresql":
+                q = q.with_for_update(skip_locked=True)
+            rows = [dict(r._mapping) for r in c.execute(q)]
+            if not rows:
+                return 0
+            for r in self.cipher.seal_readings(c, rows, at):
+                c.execute(update(readings).where(readings.c.id == r["id"], readings.c.key_id.is_(None))
+                          .values(body=r["body"], key_id=r["key_id"]))
+        return len(rows)
 
 
 class MemoryTelemetryStore:
