@@ -167,17 +167,17 @@ def operator_routes(console: Console) -> APIRouter:
 
     @router.get("/live")
     def live(request: Request) -> HTMLResponse:
-        session = console.session(request, "read_telemetry")
+        session = console.session(request, "view_alerts")  # as GET /v1/stats: rates, never readings
         return console.render("live.html", request, session=session, rates=views.rates())
 
     @router.get("/live/table")
     def live_table(request: Request) -> HTMLResponse:
-        session = console.session(request, "read_telemetry")
+        session = console.session(request, "view_alerts")  # as GET /v1/stats: rates, never readings
         return console.render("_rates_table.html", request, session=session, rates=views.rates())
 
     @router.get("/live/rates")
     def live_rates(request: Request) -> JSONResponse:
-        console.session(request, "read_telemetry")
+        console.session(request, "view_alerts")  # as GET /v1/stats: rates, never readings
         return JSONResponse(views.rates())
 
     return router

@@ -238,7 +238,8 @@ class ConsoleViews:
         return {"subject_id": subject_id, "devices": devices, "contracts": contracts,
                 "consent": privacy.consent_state(subject_id),
                 "erasures": privacy.erasures_of(subject_id),
-                "receipts": [{"device_id": r.device_id, "received_at": r.received_at} for r in receipts[-20:]],
+                "receipts": [{"device_id": device_id, "received_at": received_at}
+                             for device_id, received_at, _body in receipts[-20:]],
                 "receipt_count": len(receipts),
                 "privacy_loss": [{"device_id": r["device_id"], "period": r["period"],
                                   "epsilon": r["spent_units"] * EPSILON_RESOLUTION} for r in ledger]}
