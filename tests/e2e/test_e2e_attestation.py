@@ -85,10 +85,11 @@ def _posture(hub: HubProcess) -> dict[str, dict[str, Any]]:
 
 
 def _readings(hub: HubProcess, token: str, device_id: str) -> int:
-    r = httpx.get(f"{hub.api_url}/v1/telemetry", params={"device_id": device_id, "limit": 1000},
+    """How many of the device's readings the hub stored (a count: raw reads are purpose-bound)."""
+    r = httpx.get(f"{hub.api_url}/v1/devices/{device_id}",
                   headers={"Authorization": f"Bearer {token}"}, verify=hub.verify(), timeout=10)
     r.raise_for_status()
-    return len(r.json()["items"])
+    return int(r.json()["readings"])
 
 
 def _acl(broker: MosquittoTls) -> str:
