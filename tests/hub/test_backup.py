@@ -10,13 +10,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from iotguard.config import HubConfig
 from iotguard.errors import IntegrityError, KeyStoreError
 from iotguard.hub.backup import create_backup, restore_backup
 from iotguard.hub.compose import build_hub_services
-from iotguard.hub.stores.subjects import SUBJECT_KEK_LABEL, subject_keys
+from iotguard.privacy.at_rest import subject_owner
 from tests.hub.conftest import HubParts, make_hub
 from tests.hub.test_ingest import _seal
 
@@ -34,11 +33,9 @@ def _fill(parts: HubParts) -> bytes:
     privacy.seal_for_subject("alice", b"export for alice", _now())
     privacy.seal_for_subject("bob", b"export for bob", _now())
     parts.deliver()
-    with parts.store.engine.connect() as c:
-        wrapped = c.execute(select(subject_keys.c.wrapped_key).where(subject_keys.c.subject_id == "alice")).scalar()
-    clear: bytes = parts.services.keystore.unseal(SUBJECT_KEK_LABEL, bytes(wrapped),
-                                                  b"iotguard subject key|alice")
-    return clear
+    key = privacy.subject_keyring().existing_key(subject_owner("alice"))
+    assert key is not None
+    return bytes(key.secret)
 
 
 def _fresh_hub_with_same_keys(parts: HubParts, tmp: Path) -> HubConfig:
@@ -55,7 +52,7 @@ def test_backup_and_restore_bring_back_readings_and_a_verified_audit_log(tmp_pat
     manifest = create_backup(parts.cfg, tmp_path / "backup", now=_now())
     files = sorted(p.name for p in (tmp_path / "backup").iterdir())
     assert files == sorted([*manifest.files, "manifest.json"]) and "keys" not in files
-    assert SUBJECT_KEK_LABEL in manifest.keystore["labels"]
+    assert {"fleet-ca", "audit-log"} <= set(manifest.keystore["labels"])
     # Crypto-shredding: the subject's data key is nowhere in the backup in clear.
     for f in (tmp_path / "backup").iterdir():
         assert clear_key not in f.read_bytes()
@@ -113,7 +110,9 @@ def test_restoring_an_older_backup_does_not_bring_back_an_erased_subject(tmp_pat
     parts.services.consent.erase("alice", actor="test")
     parts.store.engine.dispose()
     report = restore_backup(parts.cfg, tmp_path / "backup", now=_now(), replace=True)
-    assert report.re_erased == ["alice"]
+    # Erasure records name subjects by pseudonym only (ADR 0405); alice's key was destroyed in the
+    # key store at erasure, which the restored database cannot undo.
+    assert len(report.re_erased) == 1 and report.re_erased[0].startswith("subj-")
     restored = build_hub_services(parts.cfg)
     with pytest.raises(KeyStoreError):
         restored.consent.privacy.open_for_subject("alice", sealed)
