@@ -35,8 +35,8 @@ from iotguard.policy.facts import (
     HOUR,
     DeviceFacts,
     action_uid,
-    attestation_fresh,
     device_entity,
+    operator_target,
     role_entities,
     segment_entity,
     uid,
@@ -71,7 +71,6 @@ _log = logging.getLogger(__name__)
 ChangeListener = Callable[[str | None], None]
 
 _ABSENT: Final = ("absent",)
-_NO_TARGET: Final = {"target_trust_tier": "none", "target_risk_score": 0, "target_fresh_attestation": False}
 
 
 @dataclass(frozen=True)
@@ -531,32 +530,16 @@ class PolicyEngine:
             "parents": [uid("Role", request.role)],
         }
         delta: list[dict[str, Any]] = [operator]
-        context: dict[str, Any] = {"hour_utc": now.astimezone(UTC).hour, **_NO_TARGET}
+        context: dict[str, Any] = {"hour_utc": now.astimezone(UTC).hour}
         if request.purpose is not None:
             context.update(request.purpose.context())
-        depends_on: str | None = None
         kind, rid = request.resource_type, request.resource_id
-        if kind == "Device":
-            depends_on = rid
-            posture = self.posture.get(rid)
-            segment = posture.effective_segment if posture else "unassigned"
-            delta.append(device_entity(rid, segment, posture.model if posture else ""))
-            delta.append(segment_entity(segment, self._segment_spec(segment)))
-            if posture is not None:
-                fresh, fresh_until = attestation_fresh(posture, ts, self.limits.attestation_freshness_s)
-                valid_until = min(valid_until, fresh_until)
-                context.update(
-                    target_trust_tier=posture.trust_tier,
-                    target_risk_score=posture.risk_score,
-                    target_fresh_attestation=fresh,
-                )
-        elif kind == "Segment":
-            delta.append(segment_entity(rid, self._segment_spec(rid)))
-        elif kind == "Dataset":
-            anonymised = self._datasets.get(rid, False)
-            delta.append({"uid": uid("Dataset", rid), "attrs": {"anonymised": anonymised}, "parents": []})
-        else:
-            delta.append({"uid": uid(kind, rid), "attrs": {}, "parents": []})
+        target = operator_target(kind, rid, self.posture.get(rid) if kind == "Device" else None,
+                                 self._segment_spec, self._datasets, ts, self.limits.attestation_freshness_s)
+        delta += target.entities
+        context.update(target.context)
+        valid_until = min(valid_until, target.valid_until)
+        depends_on = rid if kind == "Device" else None
         entities = self._roles_handle.with_added_json_str(json.dumps(delta))
         cedar_request = {
             "principal": uid("Operator", request.principal_id),

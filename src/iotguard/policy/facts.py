@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -36,6 +36,7 @@ __all__ = [
     "device_context",
     "device_entity",
     "entity_ref",
+    "operator_target",
     "role_entities",
     "segment_entity",
     "topic_entity",
@@ -127,6 +128,38 @@ def attestation_fresh(posture: Posture, ts: float, freshness_s: float) -> tuple[
     if at <= ts < end:
         return True, end
     return False, (at if ts < at else float("inf"))
+
+
+@dataclass(frozen=True)
+class OperatorTarget:
+    """What an operator request's resource adds: its entities, the ``target_*`` context, and
+    until when that context holds (an attestation that goes stale changes it)."""
+
+    entities: list[dict[str, Any]]
+    context: dict[str, Any]
+    valid_until: float = float("inf")
+
+
+def operator_target(kind: str, rid: str, posture: Posture | None, segment_spec: Callable[[str], SegmentSpec],
+                    datasets: Mapping[str, bool], ts: float, freshness_s: float) -> OperatorTarget:
+    """The resource side of an operator request: a device (with its segment and, when its posture
+    is known, its trust tier, risk and attestation freshness), a segment, a dataset, or another entity."""
+    context: dict[str, Any] = {"target_trust_tier": "none", "target_risk_score": 0,
+                               "target_fresh_attestation": False}
+    if kind == "Device":
+        segment = posture.effective_segment if posture else "unassigned"
+        entities = [device_entity(rid, segment, posture.model if posture else ""),
+                    segment_entity(segment, segment_spec(segment))]
+        if posture is None:
+            return OperatorTarget(entities, context)
+        fresh, fresh_until = attestation_fresh(posture, ts, freshness_s)
+        context.update(target_trust_tier=posture.trust_tier, target_risk_score=posture.risk_score,
+                       target_fresh_attestation=fresh)
+        return OperatorTarget(entities, context, fresh_until)
+    if kind == "Segment":
+        return OperatorTarget([segment_entity(rid, segment_spec(rid))], context)
+    attrs = {"anonymised": datasets.get(rid, False)} if kind == "Dataset" else {}
+    return OperatorTarget([{"uid": uid(kind, rid), "attrs": attrs, "parents": []}], context)
 
 
 def attestation_age(posture: Posture, ts: float) -> tuple[int, float]:
