@@ -303,25 +303,20 @@ class SqlLogStore:
             return [int(r[0]) for r in rows]
 
     def save_checkpoint(self, size: int, note: str) -> None:
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(
-                    insert(audit_checkpoints).values(tree_size=size, note=note, created_at=self._now())
-                )
-        except sa_exc.IntegrityError:
-            return  # another hub process published this size first; keep theirs
+        self._save_note(audit_checkpoints, size, note)
 
     def checkpoint(self, size: int | None = None) -> str | None:
         return self._note(audit_checkpoints, size)
 
     def save_final(self, size: int, note: str) -> None:
+        self._save_note(audit_final_checkpoints, size, note)
+
+    def _save_note(self, table: Table, size: int, note: str) -> None:
         try:
             with self._engine.begin() as conn:
-                conn.execute(
-                    insert(audit_final_checkpoints).values(tree_size=size, note=note, created_at=self._now())
-                )
+                conn.execute(insert(table).values(tree_size=size, note=note, created_at=self._now()))
         except sa_exc.IntegrityError:
-            return  # another hub process made this size final first; keep theirs
+            return  # another hub process saved this size first; keep theirs
 
     def final(self, size: int | None = None) -> str | None:
         return self._note(audit_final_checkpoints, size)
