@@ -18,7 +18,8 @@ import numpy as np
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from iotguard.agent.runtime import CA_FILE, Agent
+from iotguard.agent.exchange import CA_FILE
+from iotguard.agent.runtime import Agent
 from iotguard.errors import ConfigError, MalformedError
 from iotguard.learn.artifact import ModelArtifact, verify_endorsed_artifact
 from iotguard.learn.client import NumPyClient, Participant, RoundConfig

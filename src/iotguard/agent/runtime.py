@@ -21,11 +21,12 @@ import cbor2
 import httpx
 import paho.mqtt.client as mqtt
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
+from iotguard.agent import exchange
 from iotguard.agent.attester import Attester
+from iotguard.agent.exchange import CA_FILE, IDENTITY_KEY, TRANSPORT_FILE, new_transport_key
 from iotguard.agent.outbox import Outbox
 from iotguard.agent.privacy import DevicePrivacy
 from iotguard.channel import (
@@ -36,7 +37,6 @@ from iotguard.channel import (
     command_topic,
     decode_ack,
     decode_command,
-    session_info,
     split_session_keys,
 )
 from iotguard.clock import Clock, SystemClock
@@ -52,19 +52,13 @@ from iotguard.errors import (
 from iotguard.fileio import atomic_write
 from iotguard.hub.broker import parse_broker_url
 from iotguard.identity import (
-    b64d,
     b64e,
-    certificate_fingerprint,
-    hub_response_message,
     parse_enrollment_code,
     request_transcript,
-    session_salt,
     sign_device_request,
     token_hash,
-    verify_signature,
 )
-from iotguard.identity.transport import check_transport_certificate
-from iotguard.keys import KeyKind, KeyStore, KeyStoreConfig, TamperResponsive, open_key_store
+from iotguard.keys import KeyKind, KeyStore, KeyStoreConfig, open_key_store
 from iotguard.privacy import ConsentConfig, ConsentState
 from iotguard.tls import client_context, fetch_pinned_ca
 from iotguard.wire import Reading, encode_reading
@@ -73,18 +67,8 @@ __all__ = ["Agent"]
 
 log = logging.getLogger(__name__)
 
-_IDENTITY = "identity"
 _STATE_KEY = "state-wrap"
 _SESSION_FILE = "session.sealed"
-#: The TLS client certificate and, after it, the transport key (ADR 0600); one file so both change atomically.
-TRANSPORT_FILE = "transport.pem"
-#: The fleet CA certificate pinned at enrollment.
-CA_FILE = "ca.pem"
-
-
-def _new_transport_key() -> tuple[Ed25519PrivateKey, bytes]:
-    key = Ed25519PrivateKey.generate()
-    return key, key.public_key().public_bytes_raw()
 
 
 class Agent:
@@ -171,7 +155,7 @@ class Agent:
     def _signed(self, action: str, body: dict[str, Any]) -> tuple[dict[str, str], bytes]:
         """A signed device request (wire body, transcript) for ``action``, signed inside the key store."""
         out = sign_device_request(action, self.device_id, body, now=self.clock.now(),
-                                  sign=lambda message: self.keystore.sign(_IDENTITY, message))
+                                  sign=lambda message: self.keystore.sign(IDENTITY_KEY, message))
         return out.wire, out.transcript
 
     def request(self, action: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -227,63 +211,7 @@ class Agent:
     def _finish_exchange(self, transcript: bytes, kex_label: str, resp: dict[str, Any],
                          ca_fingerprint: str | None, epoch: int,
                          transport_key: Ed25519PrivateKey | None = None) -> None:
-        ca_pem = str(resp["ca_certificate_pem"]).encode()
-        if ca_fingerprint is not None:
-            if certificate_fingerprint(ca_pem) != ca_fingerprint:
-                raise EnrollmentError("hub presented a CA that does not match the enrollment code")
-            atomic_write(self.dir / CA_FILE, ca_pem, mode=0o644)
-        else:
-            pinned = (self.dir / CA_FILE).read_bytes()
-            if certificate_fingerprint(pinned) != certificate_fingerprint(ca_pem):
-                raise EnrollmentError("hub presented a different CA than the one pinned at enrollment")
-        ca_key = x509.load_pem_x509_certificate(ca_pem).public_key()
-        if not isinstance(ca_key, Ed25519PublicKey):
-            raise EnrollmentError("fleet CA key is not Ed25519")
-        hub_pub = b64d(str(resp["hub_kex_public_key"]), what="hub key", length=32)
-        suite_name = str(resp["suite"])
-        if int(resp["epoch"]) != epoch or resp["device_id"] != self.device_id:
-            raise EnrollmentError("hub response is for another device or epoch")
-        segment = str(resp["segment"])
-        transport_pem = str(resp.get("transport_certificate_pem", ""))
-        fields = {"device_id": self.device_id, "epoch": epoch, "suite": suite_name, "segment": segment,
-                  "hub_kex_public_key": hub_pub, "certificate_pem": resp["certificate_pem"],
-                  "transport_certificate_pem": transport_pem}
-        try:
-            verify_signature(ca_key.public_bytes_raw(), b64d(str(resp["signature"]), what="signature"),
-                             hub_response_message(transcript, fields))
-        except IntegrityError:
-            raise EnrollmentError("hub response signature does not verify") from None
-        if transport_key is not None:
-            self._install_transport(transport_key, transport_pem.encode())
-        suite = get_suite(suite_name)
-        material = self.keystore.derive(kex_label, hub_pub, salt=session_salt(transcript, hub_pub),
-                                        info=session_info(self.device_id, epoch, suite_name),
-                                        length=suite.key_size + 32)
-        keys = split_session_keys(material, suite.key_size)
-        if resp.get("certificate_pem"):
-            atomic_write(self.dir / "device.pem", str(resp["certificate_pem"]).encode())
-        self._save_session(epoch, suite_name, keys, segment)
-        self.keystore.delete(kex_label)
-        self._install(epoch, suite_name, keys, segment)
-
-    def _install_transport(self, key: Ed25519PrivateKey, cert_pem: bytes) -> None:
-        """Check the transport certificate and store it with its key (0600, one atomic file).
-
-        Raises:
-            EnrollmentError: the certificate is not the fleet CA's client certificate for this key.
-        """
-        ca = x509.load_pem_x509_certificate((self.dir / CA_FILE).read_bytes())
-        try:
-            check_transport_certificate(cert_pem, device_id=self.device_id, ca_certificate=ca, now=self.clock.now(),
-                                        transport_public_key=key.public_key().public_bytes_raw())
-        except IntegrityError as exc:
-            raise EnrollmentError(f"hub returned an unusable transport certificate: {exc}") from None
-        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-        atomic_write(self.dir / TRANSPORT_FILE, cert_pem.rstrip(b"\n") + b"\n" + key_pem, mode=0o600)
-        if self._tls is not None:
-            # The superseded certificate is revoked at once: reconnects must present the new one.
-            self._tls.load_cert_chain(str(self.dir / TRANSPORT_FILE))
+        exchange.finish_exchange(self, transcript, kex_label, resp, ca_fingerprint, epoch, transport_key)
 
     def enroll(self, enrollment_code: str) -> None:
         """Enroll with the hub using the operator's one-time code.
@@ -297,14 +225,14 @@ class Agent:
             raise MalformedError("enrollment code is for another device")
         if self.enrolled:
             raise EnrollmentError("device is already enrolled")
-        if not self.keystore.has_key(_IDENTITY):
-            self.keystore.generate(_IDENTITY, KeyKind.ED25519)
-        identity_pk = self.keystore.public_key(_IDENTITY)
+        if not self.keystore.has_key(IDENTITY_KEY):
+            self.keystore.generate(IDENTITY_KEY, KeyKind.ED25519)
+        identity_pk = self.keystore.public_key(IDENTITY_KEY)
         kex_label = "kex/1"
         if self.keystore.has_key(kex_label):
             self.keystore.delete(kex_label)
         kex_pk = self.keystore.generate(kex_label, KeyKind.X25519)
-        transport_key, transport_pk = _new_transport_key()
+        transport_key, transport_pk = new_transport_key()
         transcript = request_transcript("enroll", {
             "device_id": self.device_id, "token_hash": token_hash(code.secret),
             "identity_public_key": identity_pk, "kex_public_key": kex_pk, "transport_public_key": transport_pk,
@@ -313,7 +241,7 @@ class Agent:
         resp = self._post("/v1/enroll", {
             "device_id": self.device_id, "token": b64e(code.secret), "identity_public_key": b64e(identity_pk),
             "kex_public_key": b64e(kex_pk), "transport_public_key": b64e(transport_pk),
-            "suites": list(self.cfg.suites), "signature": b64e(self.keystore.sign(_IDENTITY, transcript))})
+            "suites": list(self.cfg.suites), "signature": b64e(self.keystore.sign(IDENTITY_KEY, transcript))})
         self._finish_exchange(transcript, kex_label, resp, code.ca_fingerprint, 1, transport_key)
 
     def rekey(self, suites: list[str] | None = None) -> None:
@@ -338,25 +266,7 @@ class Agent:
         Raises:
             EnrollmentError: the hub refused or its answer did not verify.
         """
-        transport_key, transport_pk = _new_transport_key()
-        wire, transcript = self._signed("renew", {"transport_public_key": transport_pk})
-        resp = self._post("/v1/renew", wire)
-        ca = x509.load_pem_x509_certificate((self.dir / CA_FILE).read_bytes()).public_key()
-        if not isinstance(ca, Ed25519PublicKey):
-            raise EnrollmentError("fleet CA key is not Ed25519")
-        transport_pem = str(resp.get("transport_certificate_pem", ""))
-        fields = {"device_id": self.device_id, "certificate_pem": resp["certificate_pem"],
-                  "transport_certificate_pem": transport_pem}
-        try:
-            verify_signature(ca.public_bytes_raw(), b64d(str(resp["signature"]), what="signature"),
-                             hub_response_message(transcript, fields))
-        except IntegrityError:
-            raise EnrollmentError("renewal response signature does not verify") from None
-        cert = x509.load_pem_x509_certificate(str(resp["certificate_pem"]).encode())
-        if cert.public_key().public_bytes_raw() != self.keystore.public_key(_IDENTITY):  # type: ignore[union-attr]
-            raise EnrollmentError("renewed certificate is not for this device's key")
-        self._install_transport(transport_key, transport_pem.encode())
-        atomic_write(self.dir / "device.pem", str(resp["certificate_pem"]).encode())
+        exchange.renew_certificate(self)
 
     def maybe_renew(self, *, before_fraction: float = 1 / 3) -> bool:
         """Renew automatically once less than ``before_fraction`` of the validity remains; True if renewed."""
@@ -377,21 +287,7 @@ class Agent:
         store is zeroized whether or not the hub could be told; the session
         keys held in memory are dropped. Returns whether the hub acknowledged.
         """
-        reported = False
-        try:
-            wire, _transcript = self._signed("tamper_report", {"reason": reason[:128]})
-            self._post("/v1/tamper", wire)
-            reported = True
-        except (httpx.HTTPError, IotGuardError) as exc:
-            log.error("%s: tamper report not delivered (%s); zeroizing anyway", self.device_id, exc)
-        if isinstance(self.keystore, TamperResponsive):
-            self.keystore.tamper_event(reason)
-        else:
-            self.keystore.zeroize()
-        self._keys = None
-        self._sealer = None
-        return reported
-
+        return exchange.respond_to_tamper(self, reason)
 
     # -- attestation -----------------------------------------------------
 
