@@ -92,3 +92,22 @@ def test_cli_runs_both_kinds_of_round(capsys: pytest.CaptureFixture[str]) -> Non
     assert "exact=True" in capsys.readouterr().out
     assert main(["aggregate", "run", "--he", "--devices", "3", "--dims", "10"]) == 0
     assert "exact=True" in capsys.readouterr().out
+
+
+def test_pooled_randomness_is_used_once_and_decrypts(key: tuple[PaillierPublicKey, KeyShare, KeyShare]) -> None:
+    """Randomizers precomputed off the hot path: each encryption takes a different one, the sum still opens."""
+    from iotguard.analytics.homomorphic import RandomnessPool
+
+    pk, hub, decryptor = key
+    pool = RandomnessPool(pk)
+    pool.refill(4)
+    assert len(pool) == 4
+    a = pk.encrypt_vector([7] * 10, pool)
+    b = pk.encrypt_vector([7] * 10, pool)
+    assert len(pool) == 2 and a != b  # same values, fresh randomness: different ciphertexts
+    total = add_ciphertexts(pk, [a, b])
+    opened = combine_partials(pk, hub.partial_decrypt(total), decryptor.partial_decrypt(total))
+    assert pk.unpack(opened, 10) == [14] * 10
+    other, _h, _d = generate_split_key(2048, value_bits=8, max_summands=4)
+    with pytest.raises(ConfigError):
+        other.encrypt_vector([1], pool)

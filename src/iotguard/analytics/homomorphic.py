@@ -19,8 +19,18 @@ hub and an independent decryptor apply their key shares
 * **Packing**: a plaintext holds ``slots`` values of ``slot_bits`` bits
   (``value_bits`` plus headroom for ``max_summands`` additions), so one
   ciphertext multiplication adds ``slots`` values at once.
+* **Arithmetic** on GMP through ``gmpy2`` (LGPL-3.0-or-later, used as a
+  dynamically linked library; ADR 0412): the hub's ciphertext products and
+  every modular exponentiation. Ciphertexts cross this module's API as Python
+  ``int``.
+* **Fast encryption**: ``g = n + 1`` makes ``g^m = 1 + m n`` (one
+  multiplication); the one exponentiation, ``r^n mod n^2``, does not depend
+  on the value, so a device may precompute it off the hot path
+  (:class:`RandomnessPool`: each ``r^n`` from a fresh CSPRNG ``r``, used once,
+  never stored outside the device's memory). Decryption cannot use CRT: no
+  party holds ``p`` and ``q``.
 
-No I/O. Integers are Python's (``gmpy2`` is not used: it is LGPL).
+No I/O.
 """
 
 from __future__ import annotations
@@ -30,11 +40,13 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import gmpy2
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from iotguard.errors import ConfigError, MalformedError
 
-__all__ = ["KeyShare", "PaillierPublicKey", "add_ciphertexts", "combine_partials", "generate_split_key"]
+__all__ = ["KeyShare", "PaillierPublicKey", "RandomnessPool", "add_ciphertexts", "combine_partials",
+           "generate_split_key"]
 
 #: Modulus sizes accepted (bits).
 KEY_BITS = (2048, 3072)
@@ -74,15 +86,24 @@ class PaillierPublicKey:
                 or not 2 <= self.max_summands <= 1 << 32):
             raise ConfigError("Paillier key must be 2048 or 3072 bits, value_bits 1..64, max_summands 2..2^32")
 
-    def encrypt(self, m: int) -> int:
-        """``E(m)`` for ``0 <= m < n``."""
-        if not 0 <= m < self.n:
-            raise ConfigError("plaintext out of range")
+    def randomizer(self) -> int:
+        """A fresh ``r^n mod n^2`` (``r`` a uniform unit of ``Z_n`` from the CSPRNG): one encryption's randomness."""
         while True:
             r = secrets.randbelow(self.n)
             if r > 1 and math.gcd(r, self.n) == 1:
-                break
-        return (1 + m * self.n) * pow(r, self.n, self.n2) % self.n2
+                return int(gmpy2.powmod(r, self.n, self.n2))
+
+    def encrypt(self, m: int, randomizer: int | None = None) -> int:
+        """``E(m) = (1 + m n) r^n mod n^2`` for ``0 <= m < n``; ``randomizer``: a fresh ``r^n`` used for nothing else.
+
+        Raises:
+            ConfigError: ``m`` out of range.
+        """
+        if not 0 <= m < self.n:
+            raise ConfigError("plaintext out of range")
+        rn = self.randomizer() if randomizer is None else randomizer
+        n2 = gmpy2.mpz(self.n2)
+        return int((1 + m * self.n) * gmpy2.mpz(rn) % n2)
 
     def pack(self, values: Sequence[int]) -> list[int]:
         """Plaintexts holding ``values`` (each in ``[0, 2^value_bits)``), ``slots`` per plaintext."""
@@ -103,14 +124,43 @@ class PaillierPublicKey:
         out = [(m >> (j * self.slot_bits)) & mask for m in plaintexts for j in range(self.slots)]
         return out[:length]
 
-    def encrypt_vector(self, values: Sequence[int]) -> list[int]:
-        """A device's packed, encrypted vector."""
-        return [self.encrypt(m) for m in self.pack(values)]
+    def encrypt_vector(self, values: Sequence[int], pool: RandomnessPool | None = None) -> list[int]:
+        """A device's packed, encrypted vector (randomness from ``pool`` when given, else computed now)."""
+        if pool is not None and pool.n != self.n:
+            raise ConfigError("randomness pool is for another key")
+        return [self.encrypt(m, pool.take() if pool is not None else None) for m in self.pack(values)]
 
     def check_ciphertext(self, c: int) -> None:
         """Raises :class:`MalformedError` unless ``0 < c < n^2`` (unit-ness is checked on the sum, once)."""
         if isinstance(c, bool) or not isinstance(c, int) or not 0 < c < self.n2:
             raise MalformedError("ciphertext is not an element of Z_{n^2}")
+
+
+class RandomnessPool:
+    """Encryption randomness ``r^n mod n^2`` computed ahead of time (the device's idle time), each used once.
+
+    Security: a pooled ``r^n`` is exactly the value :meth:`PaillierPublicKey.encrypt`
+    would compute at once from a fresh CSPRNG ``r``, and :meth:`take` removes it,
+    so ciphertexts are distributed as in textbook Paillier. The pool is as
+    secret as the values it will encrypt (``c / r^n = 1 + m n``): it lives only
+    in the device's memory and is never serialised.
+    """
+
+    def __init__(self, pk: PaillierPublicKey) -> None:
+        self.n = pk.n
+        self._pk = pk
+        self._values: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def refill(self, count: int) -> None:
+        """Precompute ``count`` more randomizers (the expensive part of encryption)."""
+        self._values.extend(self._pk.randomizer() for _ in range(count))
+
+    def take(self) -> int:
+        """One randomizer, removed from the pool (computed now when the pool is empty)."""
+        return self._values.pop() if self._values else self._pk.randomizer()
 
 
 def add_ciphertexts(pk: PaillierPublicKey, vectors: Sequence[Sequence[int]]) -> list[int]:
@@ -126,18 +176,21 @@ def add_ciphertexts(pk: PaillierPublicKey, vectors: Sequence[Sequence[int]]) -> 
     """
     if not vectors or len(vectors) > pk.max_summands or len({len(v) for v in vectors}) != 1:
         raise MalformedError("encrypted vectors must be 1..max_summands of one length")
-    n2 = pk.n2
-    total = list(vectors[0])
-    for c in total:
+    n2, mpz = pk.n2, gmpy2.mpz
+    m2 = mpz(n2)
+    for c in vectors[0]:
         pk.check_ciphertext(c)
+    total = [mpz(c) for c in vectors[0]]
     for vec in vectors[1:]:
-        for i, c in enumerate(vec):
-            pk.check_ciphertext(c)
-            total[i] = total[i] * c % n2
+        # exactly int (bool and int subclasses are refused), each in (0, n^2): checked in C for the whole vector
+        if set(map(type, vec)) != {int} or min(vec) <= 0 or max(vec) >= n2:
+            raise MalformedError("ciphertext is not an element of Z_{n^2}")
+        total = [t * mpz(c) % m2 for t, c in zip(total, vec, strict=True)]
+    n = gmpy2.mpz(pk.n)
     for c in total:
-        if math.gcd(c, pk.n) != 1:
+        if gmpy2.gcd(c, n) != 1:
             raise MalformedError("a summand is not a unit of Z*_{n^2}")
-    return total
+    return [int(c) for c in total]
 
 
 @dataclass(frozen=True)
@@ -150,8 +203,8 @@ class KeyShare:
 
     def partial_decrypt(self, ciphertexts: Sequence[int]) -> list[int]:
         """``c^{d_i} mod n^2`` for each ciphertext (reveals nothing without the other share)."""
-        n2 = self.n * self.n
-        return [pow(c, self.d, n2) for c in ciphertexts]
+        n2 = gmpy2.mpz(self.n) ** 2
+        return [int(gmpy2.powmod(c, self.d, n2)) for c in ciphertexts]
 
 
 def combine_partials(pk: PaillierPublicKey, hub: Sequence[int], decryptor: Sequence[int]) -> list[int]:
@@ -160,10 +213,10 @@ def combine_partials(pk: PaillierPublicKey, hub: Sequence[int], decryptor: Seque
     Raises:
         MalformedError: the partials do not combine to a valid plaintext (a wrong or tampered share).
     """
-    n, n2 = pk.n, pk.n2
+    n, n2 = pk.n, gmpy2.mpz(pk.n2)
     out = []
     for a, b in zip(hub, decryptor, strict=True):
-        u = a * b % n2
+        u = int(gmpy2.mpz(a) * b % n2)
         if (u - 1) % n:
             raise MalformedError("partial decryptions do not combine (wrong key share or tampered partial)")
         out.append((u - 1) // n)
