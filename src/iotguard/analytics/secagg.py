@@ -46,6 +46,7 @@ channel (:mod:`iotguard.analytics.secagg_round`).
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -122,14 +123,13 @@ def _inverses(values: Sequence[int]) -> list[int]:
 
 
 def _weights(xs: Sequence[int]) -> list[int]:
-    """Barycentric weights ``1 / prod_{j != i} (x_i - x_j)``; O(len(xs)^2) multiplications."""
-    dens = []
-    for i, xi in enumerate(xs):
-        d = 1
-        for j, xj in enumerate(xs):
-            if i != j:
-                d = d * (xi - xj) % PRIME
-        dens.append(d)
+    """Barycentric weights ``1 / prod_{j != i} (x_i - x_j)`` for distinct x-coordinates.
+
+    The x-coordinates are small integers (device index + 1), so each product is
+    taken over the integers in C (``math.prod``) and reduced once: O(len(xs)^2)
+    small multiplications, no field reductions in the inner loop.
+    """
+    dens = [math.prod([xi - xj for xj in xs if xj != xi]) % PRIME for xi in xs]
     return _inverses(dens)
 
 
@@ -374,6 +374,7 @@ class Aggregator:
         if not holders // 2 < t <= holders:
             raise ConfigError("need holders/2 < t <= holders (holders: a device and its neighbours)")
         self.n, self.t, self.dims = n, t, dims
+        self._peer_sets = {u: frozenset(v) for u, v in self.neighbours.items()} if self.neighbours else None
         self.public_keys: dict[int, bytes] = {}
         self.masked: dict[int, Vector] = {}
 
@@ -395,10 +396,13 @@ class Aggregator:
             raise AggregationError("masked_input_malformed", f"device {index}")
         self.masked[index] = vector.copy()
 
+    def _is_peer(self, u: int, v: int) -> bool:
+        return u != v if self._peer_sets is None else v in self._peer_sets[u]
+
     def _points(self, shares: Sequence[Share], survivors: set[int]) -> dict[tuple[int, str], list[tuple[int, int]]]:
         seen: dict[tuple[int, str], dict[int, int]] = {}
         for s in shares:
-            allowed = s.holder == s.owner or s.holder in self.peers(s.owner) if 0 <= s.owner < self.n else False
+            allowed = s.holder == s.owner or self._is_peer(s.owner, s.holder) if 0 <= s.owner < self.n else False
             if s.holder not in survivors or not allowed or s.kind not in ("key", "seed") or not 0 <= s.y < PRIME:
                 raise AggregationError("share_malformed", f"share of {s.owner} from {s.holder}")
             got = seen.setdefault((s.owner, s.kind), {})

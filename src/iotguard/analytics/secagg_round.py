@@ -413,18 +413,18 @@ def new_round_id() -> bytes:
 def run_locally(values: Sequence[Vector], spec_degree: int, drop: set[int], now: datetime) -> dict[str, Any]:
     """Run one round in process (``iotguard aggregate run --secure`` and the benchmark); ``drop``: devices
     that vanish after sharing. Returns the coordinator's result, the bytes each step carried (``bytes``: sent
-    by devices; ``received``: poll replies) and the seconds the hub and the devices computed."""
+    by devices; ``received``: poll replies) and the CPU seconds the hub and the devices computed."""
     dims = len(values[0])
     ids = tuple(f"sim-{i:05d}" for i in range(len(values)))
     rid = new_round_id()
     clock = {"hub": 0.0, "devices": 0.0}
 
     def timed(who: str, f: Any, *args: Any) -> Any:
-        t0 = time.perf_counter()
+        t0 = time.process_time()  # CPU seconds: the cost, not the shared machine's load
         try:
             return f(*args)
         finally:
-            clock[who] += time.perf_counter() - t0
+            clock[who] += time.process_time() - t0
 
     coord = timed("hub", RoundCoordinator, rid, RoundSpec(ids, dims, degree=spec_degree), now)
     parts = {d: timed("devices", Participant, rid, v) for d, v in zip(ids, values, strict=True)}
