@@ -110,9 +110,10 @@ def test_restoring_an_older_backup_does_not_bring_back_an_erased_subject(tmp_pat
     parts.services.consent.erase("alice", actor="test")
     parts.store.engine.dispose()
     report = restore_backup(parts.cfg, tmp_path / "backup", now=_now(), replace=True)
-    # Erasure records name subjects by pseudonym only (ADR 0405); alice's key was destroyed in the
-    # key store at erasure, which the restored database cannot undo.
-    assert len(report.re_erased) == 1 and report.re_erased[0].startswith("subj-")
+    # Erasure records name subjects by pseudonym only (ADR 0405); the erasure's tombstone (ADR 0413) finds
+    # alice's restored rows; her key was destroyed in the key store at erasure, which no restore undoes.
+    assert len(report.re_erased) == 1 and report.re_erased[0].startswith("tomb-")
+    assert report.unmatched_erasures == []
     restored = build_hub_services(parts.cfg)
     with pytest.raises(KeyStoreError):
         restored.consent.privacy.open_for_subject("alice", sealed)
@@ -133,3 +134,55 @@ def test_backup_and_restore_on_postgresql(tmp_path: Path, postgres_url: str) -> 
     assert report.audit_size >= 1
     restored = build_hub_services(parts.cfg, database_url=url)
     assert restored.store.reading_count("bk-1") == 5
+
+
+def _dump(db: Path) -> str:
+    con = sqlite3.connect(db)
+    try:
+        return "\n".join(con.iterdump())
+    finally:
+        con.close()
+
+
+def test_after_restoring_a_pre_erasure_backup_nothing_links_to_the_erased_subject(tmp_path: Path) -> None:
+    """Erase, restore a backup from before the erasure: the subject's device links, consent, data-key owner,
+    contributions and readings found again by their tombstone are erased again; no row of the restored database
+    names the subject, no query or export finds anything, and the audit log still verifies."""
+    from iotguard.hub.backup import verify_audit_log
+    from iotguard.hub.services.lifecycle import open_hub_keys
+
+    subject = "alice-7f3e-e2e"
+    parts = make_hub(tmp_path)
+    _fill(parts)
+    privacy = parts.services.consent.privacy
+    privacy.link_device(subject, "bk-1", _now())
+    privacy.set_consent(subject, "research", True, _now(), actor="test")
+    privacy.record_contribution(subject, "agg-1", "fleet mean", _now())
+    sealed = privacy.seal_for_subject(subject, b"alice's export", _now())
+    parts.deliver()
+    db = Path(parts.cfg.data_dir) / "hub.db"
+    assert subject in _dump(db)
+    create_backup(parts.cfg, tmp_path / "backup", now=_now())
+    assert subject in (tmp_path / "backup" / "hub.db").read_bytes().decode("latin-1")  # the older copy names them
+    record = parts.services.consent.erase(subject, actor="test")
+    assert subject not in _dump(db)
+    parts.store.engine.dispose()
+
+    report = restore_backup(parts.cfg, tmp_path / "backup", now=_now(), replace=True)
+    assert len(report.re_erased) == 1 and report.re_erased[0].startswith("tomb-")
+    assert report.re_erased[0] != record.pseudonym  # the tombstone does not keep the subject's old pseudonym
+    assert subject not in _dump(db)  # no link, consent, key owner, contribution, ledger or audit row
+    restored = build_hub_services(parts.cfg)
+    p = restored.consent.privacy
+    assert p.devices_of(subject) == [] and restored.store.reading_count("bk-1") == 0
+    assert restored.store.reading_count("bk-2") == 5  # everyone else's data came back
+    assert not p.export_subject(subject, _now())["devices"]
+    with pytest.raises(KeyStoreError):
+        p.open_for_subject(subject, sealed)
+    # the audit log, with the restore's erasure appended, still verifies against a fresh checkpoint
+    again = create_backup(parts.cfg, tmp_path / "backup2", now=_now())
+    restored.store.engine.dispose()
+    assert verify_audit_log(f"sqlite:///{db}", open_hub_keys(parts.cfg), again.audit["checkpoint"]) >= 1
+    # a second restore of the same old backup finds the same subject again by the carried-over tombstone
+    report2 = restore_backup(parts.cfg, tmp_path / "backup", now=_now(), replace=True)
+    assert report2.re_erased == report.re_erased and subject not in _dump(db)

@@ -47,7 +47,15 @@ from iotguard.hub.db import make_engine
 from iotguard.hub.services.audit import AUDIT_ORIGIN
 from iotguard.hub.services.lifecycle import open_hub_keys
 from iotguard.hub.store import HubStore
+from iotguard.hub.stores._sql import aware_utc
 from iotguard.hub.stores.subjects import SUBJECT_KEK_LABEL, erasures
+from iotguard.hub.stores.tombstones import (
+    TOMBSTONE_KEY_LABEL,
+    Tombstone,
+    erased_subjects_in,
+    read_tombstones,
+    write_tombstones,
+)
 from iotguard.keys.keystore import KeyStore
 
 __all__ = ["BACKUP_FORMAT", "BackupManifest", "RestoreReport", "create_backup", "restore_backup",
@@ -59,7 +67,8 @@ _SQLITE_FILE = "hub.db"
 _PG_FILE = "hub.pgdump"
 _ANCHORS = "checkpoints.log"
 #: Keys the database depends on (wrapped secrets, certificates, checkpoints), when present.
-_KEY_LABELS = ("fleet-ca", "storage-wrap", DEFAULT_LOG_KEY_LABEL, SUBJECT_KEK_LABEL, "tuf-online")
+_KEY_LABELS = ("fleet-ca", "storage-wrap", DEFAULT_LOG_KEY_LABEL, SUBJECT_KEK_LABEL, "tuf-online",
+               TOMBSTONE_KEY_LABEL)
 _ENTRY_CHUNK = 10_000
 
 
@@ -95,7 +104,10 @@ class RestoreReport:
 
     database: str
     audit_size: int
+    #: Pseudonyms of the erased subjects whose restored rows were erased again (tombstones, ADR 0413).
     re_erased: list[str]
+    #: Pseudonyms erased after the backup that no tombstone names (erased before migration 0410).
+    unmatched_erasures: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -212,22 +224,56 @@ def verify_audit_log(url: str, keystore: KeyStore, checkpoint: str) -> int:
         engine.dispose()
 
 
-def _erased_after(url: str, since: datetime) -> list[str]:
-    """Subjects the database at ``url`` (if any) erased after ``since``."""
+def _erased_after(url: str, since: datetime) -> tuple[list[tuple[str, datetime]], bytes | None, list[Tombstone]]:
+    """Pseudonyms of the subjects the database at ``url`` (if any) erased after ``since``, and its tombstones
+    (ADR 0413: by which the restored rows of every subject it ever erased are recognised)."""
     if url.startswith("sqlite") and not _sqlite_path(url).exists():
-        return []
+        return [], None, []
     engine = make_engine(url)
     try:
         with engine.connect() as c:
             rows = c.execute(select(erasures.c.subject_id, erasures.c.erased_at))
-            return sorted({sid for sid, at in rows
-                           if (at if at.tzinfo else at.replace(tzinfo=since.tzinfo)) > since})
+            names = sorted({(sid, aware_utc(at)) for sid, at in rows if aware_utc(at) > since})
+        try:
+            with engine.connect() as c:
+                sealed, tombs = read_tombstones(c)
+        except IotGuardError:
+            raise
+        except Exception:  # a database from before migration 0410: no tombstones
+            sealed, tombs = None, []
+        return names, sealed, tombs
     except IotGuardError:
         raise
     except Exception:  # no privacy tables yet: nothing was erased
-        return []
+        return [], None, []
     finally:
         engine.dispose()
+
+
+def _erase_again(cfg: HubConfig, url: str, keystore: KeyStore, sealed: bytes | None,
+                 tombs: list[Tombstone]) -> list[str]:
+    """Carry the replaced database's tombstones into the restored one and erase again every subject they name
+    whose rows came back; returns the pseudonyms erased again."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as c:
+            write_tombstones(c, sealed, tombs)
+            doomed = erased_subjects_in(c, keystore)
+    finally:
+        engine.dispose()
+    if not doomed:
+        return []
+    from iotguard.hub.compose import build_hub_services
+
+    services = build_hub_services(cfg, database_url=url)
+    try:
+        for subject, pseudonym in sorted(doomed.items()):
+            services.consent.privacy.erase_subject(subject, services.clock.now(), actor="restore",
+                                                   pseudonym=pseudonym)
+        services.drainer("restore").drain()
+    finally:
+        services.store.engine.dispose()
+    return sorted(doomed.values())
 
 
 def restore_backup(cfg: HubConfig, src: Path, *, now: datetime, database_url: str | None = None,
@@ -252,7 +298,7 @@ def restore_backup(cfg: HubConfig, src: Path, *, now: datetime, database_url: st
                           code="backup_keys_missing")
     NoteVerifier.from_vkey(manifest.audit["verifier"])  # well-formed; the signature is checked below
     url = database_url or cfg.resolved_database_url()
-    re_erase = _erased_after(url, datetime.fromisoformat(manifest.created_at))
+    erased_since, sealed_tomb_key, tombs = _erased_after(url, datetime.fromisoformat(manifest.created_at))
     if manifest.database == "sqlite":
         target = _sqlite_path(url)
         if target.exists() and not replace:
@@ -273,12 +319,9 @@ def restore_backup(cfg: HubConfig, src: Path, *, now: datetime, database_url: st
         shutil.copyfile(src / _ANCHORS, anchors / _ANCHORS)
     HubStore.open(url).engine.dispose()  # migrations of a backup from an older version
     size = verify_audit_log(url, keystore, manifest.audit["checkpoint"])
-    if re_erase:
-        from iotguard.hub.compose import build_hub_services
-
-        services = build_hub_services(cfg, database_url=url)
-        for subject in re_erase:
-            services.consent.erase(subject, actor="restore")
-        services.drainer("restore").drain()
-        services.store.engine.dispose()
-    return RestoreReport(manifest.database, size, re_erase)
+    re_erased = _erase_again(cfg, url, keystore, sealed_tomb_key, tombs)
+    # Erasures after the backup whose subject no tombstone names (made before migration 0410): their keys are
+    # destroyed in the key store, so their restored data stays unreadable, but their rows cannot be found.
+    tomb_times = {t.erased_at for t in tombs}
+    unmatched = sorted(name for name, at in erased_since if at not in tomb_times)
+    return RestoreReport(manifest.database, size, re_erased, unmatched)

@@ -43,6 +43,7 @@ from iotguard.hub.stores.models import create_model_tables
 from iotguard.hub.stores.rollouts import create_rollout_tables
 from iotguard.hub.stores.subject_ledger import create_subject_ledger_tables
 from iotguard.hub.stores.subjects import add_contribution_kind
+from iotguard.hub.stores.tombstones import create_tombstone_tables
 
 __all__ = ["MIGRATIONS", "Migration", "applied_migrations", "migrate"]
 
@@ -106,6 +107,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("1301_learning_runs", "federated training runs and their pending updates (ADR 1300)",
               create_learning_tables),
     Migration("1400_console", "console sessions and device-owner access tokens (ADR 1400)", create_console_tables),
+    Migration("0410_erasure_tombstones", "erased subjects named by a keyed hash a restore can recompute (ADR 0413)",
+              create_tombstone_tables),
 )
 
 

@@ -39,6 +39,7 @@ from iotguard.hub.stores.receipts import SqlLedgerStore, SqlReceiptStore, budget
 from iotguard.hub.stores.subject_ledger import SqlSubjectLedgerStore
 from iotguard.hub.stores.subjects import SUBJECT_KEK_LABEL, SqlSubjectStore, contributions, erasures, subject_keys
 from iotguard.hub.stores.telemetry import SqlTelemetryStore, TelemetryStore
+from iotguard.hub.stores.tombstones import add_tombstone, ensure_tombstone_key
 from iotguard.keys.keystore import KeyStore
 from iotguard.privacy import DataContract, load_contract
 from iotguard.privacy.at_rest import subject_owner
@@ -301,7 +302,8 @@ class PrivacyStore(SqlConsentStore, SqlReceiptStore, SqlSubjectStore):
         key = self.subject_keyring().existing_key(subject_owner(subject_id))
         return key.pseudonym() if key is not None else UNNAMED_SUBJECT
 
-    def erase_subject(self, subject_id: str, at: datetime, *, actor: str) -> ErasureRecord:
+    def erase_subject(self, subject_id: str, at: datetime, *, actor: str,
+                      pseudonym: str | None = None) -> ErasureRecord:
         """Erase everything held about a subject; logs a ``data.erased`` event under its pseudonym.
 
         In one transaction: the subject's data keys (its own and those of its
@@ -313,12 +315,20 @@ class PrivacyStore(SqlConsentStore, SqlReceiptStore, SqlSubjectStore):
         contribution records are deleted. Aggregates and models the subject contributed
         to cannot be un-computed; they are listed in the record so their
         owners can act on them. The erasure record is kept as proof, under
-        the subject's pseudonym only.
+        the subject's pseudonym only, with a tombstone (ADR 0413) by which a
+        restore of an older copy recognises the subject's rows.
+
+        Args:
+            pseudonym: The name to log instead of the subject's pseudonym (a restore erasing again, whose
+                subject's data key, which derives the pseudonym, is already destroyed: ADR 0413).
         """
         at = _utc(at)
         devs = self.devices_of(subject_id)
-        name = self._audit_subject(subject_id, at)
+        name = pseudonym or self._audit_subject(subject_id, at)
+        tomb_key = ensure_tombstone_key(self._engine, self._keystore) if self._keystore is not None else None
         with self._engine.begin() as c:
+            if tomb_key is not None:
+                add_tombstone(c, tomb_key, subject_id, at)
             # Keys first: on PostgreSQL this waits for ingest transactions still sealing under them.
             aggs, shredded = self.forget_subject_data(c, subject_id, device_ids=devs, at=at)
             n_read = self.telemetry.delete_readings_of(devs, conn=c)
