@@ -92,6 +92,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               create_subject_ledger_tables),
     Migration("0400_credentials", "bootstrap token, API token usage, model end of support",
               create_credential_tables),
+    Migration("0410_erasure_tombstones", "erased subjects named by a keyed hash a restore can recompute (ADR 0413)",
+              create_tombstone_tables),
     Migration("0500_device_plane", "attempt limits and signed-request nonces shared by hub processes",
               create_device_plane_tables),
     Migration("0700_detection", "detection alerts and the response actions taken for them",
@@ -107,8 +109,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("1301_learning_runs", "federated training runs and their pending updates (ADR 1300)",
               create_learning_tables),
     Migration("1400_console", "console sessions and device-owner access tokens (ADR 1400)", create_console_tables),
-    Migration("0410_erasure_tombstones", "erased subjects named by a keyed hash a restore can recompute (ADR 0413)",
-              create_tombstone_tables),
 )
 
 

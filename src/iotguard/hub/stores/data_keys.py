@@ -12,6 +12,12 @@ erasure (a backup, rows awaiting VACUUM) holds the wrapped data key, but the
 key that unwraps it no longer exists anywhere, while every other subject's
 data in that copy stays readable.
 
+The rows sit behind the :class:`DataKeyStore` Protocol (SQL here, memory in
+:mod:`iotguard.hub.stores.data_keys_memory`, one contract suite): every
+method that writes takes the caller's transaction (``tx``), so sealing
+readings and erasure stay atomic with the rows they touch; the memory store
+holds its lock for a transaction and applies its writes on commit.
+
 Unwrapped data keys are cached per process by key id. The cache never
 decides anything another process could have changed: sealing looks up the
 owner's key row inside the writing transaction (``FOR SHARE`` on
@@ -24,8 +30,10 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     Column,
@@ -42,6 +50,7 @@ from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
 from iotguard.errors import KeyStoreError, StorageError
 from iotguard.hub.db import metadata
+from iotguard.hub.stores._sql import aware_utc
 from iotguard.hub.stores._sql import utc as _utc
 from iotguard.hub.stores.consent import subject_devices
 from iotguard.keys.keystore import KeyKind, KeyStore
@@ -54,7 +63,8 @@ from iotguard.privacy.at_rest import (
     wrap_associated_data,
 )
 
-__all__ = ["SEALED_DOCUMENT_MAGIC", "SubjectKeyring", "create_data_key_tables", "data_keys"]
+__all__ = ["SEALED_DOCUMENT_MAGIC", "DataKeyConflict", "DataKeyRow", "DataKeyStore", "SqlDataKeyStore",
+           "SubjectKeyring", "create_data_key_tables", "data_keys"]
 
 #: Prefix of a document sealed by :meth:`SubjectKeyring.seal_device_document` (a CBOR document never
 #: starts with 0x00 followed by these letters).
@@ -75,23 +85,133 @@ def create_data_key_tables(conn: Connection) -> None:
     data_keys.create(conn, checkfirst=True)
 
 
+class DataKeyConflict(StorageError):
+    """A data key for this owner (or with this key id) already exists: another process created it first."""
+
+    code = "data_key_conflict"
+
+
+@dataclass(frozen=True)
+class DataKeyRow:
+    """One wrapped data key as stored."""
+
+    key_id: bytes
+    owner: str
+    wrapped_key: bytes
+    created_at: datetime
+
+
+class DataKeyStore(Protocol):
+    """The rows of wrapped data keys (one per owner). ``tx`` is the caller's transaction: a SQL
+    connection for :class:`SqlDataKeyStore` (so sealing and erasure stay atomic with the rows they
+    write), ignored by :class:`~iotguard.hub.stores.data_keys_memory.MemoryDataKeyStore`."""
+
+    def rows_for(self, tx: Any, owners: Sequence[str]) -> list[DataKeyRow]:
+        """The rows of these owners, locked against a concurrent shred (``FOR SHARE``) until ``tx`` ends."""
+        ...
+
+    def insert(self, tx: Any, row: DataKeyRow) -> None:
+        """Add a row. Raises :class:`DataKeyConflict` when the owner or key id has one (``tx`` is then lost)."""
+        ...
+
+    def lock_owners(self, tx: Any, owners: Sequence[str]) -> list[bytes]:
+        """Key ids of these owners, locked for deletion (``FOR UPDATE``) until ``tx`` ends."""
+        ...
+
+    def delete_owners(self, tx: Any, owners: Sequence[str]) -> int:
+        """Delete the owners' rows; returns how many."""
+        ...
+
+    def row_by_id(self, key_id: bytes) -> DataKeyRow | None: ...
+
+    def row_by_owner(self, owner: str) -> DataKeyRow | None: ...
+
+    def count(self) -> int: ...
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        """A transaction to pass as ``tx`` (commits on success, rolls back on error)."""
+        ...
+
+
+def _row(r: Any) -> DataKeyRow:
+    return DataKeyRow(bytes(r.key_id), r.owner, bytes(r.wrapped_key), aware_utc(r.created_at))
+
+
+class SqlDataKeyStore:
+    """:class:`DataKeyStore` on SQLite or PostgreSQL (``tx``: a connection in a transaction)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._pg = engine.dialect.name == "postgresql"
+
+    def transaction(self) -> AbstractContextManager[Connection]:
+        return self.engine.begin()
+
+    def rows_for(self, tx: Connection, owners: Sequence[str]) -> list[DataKeyRow]:
+        q = select(data_keys).where(data_keys.c.owner.in_(sorted(set(owners))))
+        if self._pg:
+            q = q.with_for_update(read=True)
+        return [_row(r) for r in tx.execute(q)]
+
+    def insert(self, tx: Connection, row: DataKeyRow) -> None:
+        try:
+            tx.execute(data_keys.insert().values(key_id=row.key_id, owner=row.owner, wrapped_key=row.wrapped_key,
+                                                 created_at=_utc(row.created_at)))
+        except SqlIntegrityError:  # the transaction is lost: the caller retries in a new one
+            raise DataKeyConflict("a data key for this owner or key id exists") from None
+
+    def lock_owners(self, tx: Connection, owners: Sequence[str]) -> list[bytes]:
+        q = select(data_keys.c.key_id).where(data_keys.c.owner.in_(sorted(set(owners))))
+        return [bytes(r[0]) for r in tx.execute(q.with_for_update() if self._pg else q)]
+
+    def delete_owners(self, tx: Connection, owners: Sequence[str]) -> int:
+        return int(tx.execute(delete(data_keys).where(data_keys.c.owner.in_(sorted(set(owners))))).rowcount or 0)
+
+    def row_by_id(self, key_id: bytes) -> DataKeyRow | None:
+        with self.engine.connect() as c:
+            r = c.execute(select(data_keys).where(data_keys.c.key_id == key_id)).first()
+        return None if r is None else _row(r)
+
+    def row_by_owner(self, owner: str) -> DataKeyRow | None:
+        with self.engine.connect() as c:
+            r = c.execute(select(data_keys).where(data_keys.c.owner == owner)).first()
+        return None if r is None else _row(r)
+
+    def count(self) -> int:
+        with self.engine.connect() as c:
+            return int(c.execute(select(func.count()).select_from(data_keys)).scalar_one())
+
+
 class SubjectKeyring:
     """Per-owner data keys for readings, documents and audit pseudonyms.
 
     Args:
-        engine: The hub database (migrated).
+        engine: The hub database (migrated), or a :class:`DataKeyStore` (e.g. the memory twin);
+            sealing readings and device documents needs the SQL database (they read device links).
         keystore: The hub key store or HSM holding one wrapping key per data key.
         cache_size: Unwrapped data keys kept in this process.
     """
 
-    def __init__(self, engine: Engine, keystore: KeyStore, *, cache_size: int = 4096) -> None:
-        self._engine = engine
-        self.engine = engine
+    def __init__(self, engine: Engine | DataKeyStore, keystore: KeyStore, *, cache_size: int = 4096) -> None:
+        self.rows: DataKeyStore = SqlDataKeyStore(engine) if isinstance(engine, Engine) else engine
+        sql_engine = engine if isinstance(engine, Engine) else getattr(engine, "engine", None)
+        self._engine: Engine | None = sql_engine if isinstance(sql_engine, Engine) else None
         self._keystore = keystore
-        self._pg = engine.dialect.name == "postgresql"
+        self._pg = self._engine is not None and self._engine.dialect.name == "postgresql"
         self._cache: OrderedDict[bytes, SubjectDataKey] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        """The SQL database of this keyring's rows.
+
+        Raises:
+            StorageError: the rows live in memory (no SQL database).
+        """
+        if self._engine is None:
+            raise StorageError("this keyring's data keys are not in a SQL database")
+        return self._engine
 
     # -- data keys -------------------------------------------------------------
 
@@ -129,18 +249,14 @@ class SubjectKeyring:
         wanted = sorted(set(owners))
         if not wanted:
             return {}
-        q = select(data_keys).where(data_keys.c.owner.in_(wanted))
-        if self._pg:
-            q = q.with_for_update(read=True)
-        out = {r.owner: self._unwrap(bytes(r.key_id), r.owner, bytes(r.wrapped_key)) for r in conn.execute(q)}
+        out = {r.owner: self._unwrap(r.key_id, r.owner, r.wrapped_key) for r in self.rows.rows_for(conn, wanted)}
         for owner in (o for o in wanted if o not in out):
             key = SubjectDataKey.generate(owner)
             label = kek_label(key.key_id)
             self._keystore.generate(label, KeyKind.AES256)
             try:
                 wrapped = self._keystore.seal(label, key.secret, wrap_associated_data(key.key_id, owner))
-                conn.execute(data_keys.insert().values(key_id=key.key_id, owner=owner, wrapped_key=wrapped,
-                                                       created_at=_utc(at)))
+                self.rows.insert(conn, DataKeyRow(key.key_id, owner, wrapped, at))
             except Exception:
                 self._keystore.delete(label)  # nothing refers to it
                 raise
@@ -155,19 +271,16 @@ class SubjectKeyring:
         """
         for _ in range(2):
             try:
-                with self._engine.begin() as c:
+                with self.rows.transaction() as c:
                     return self.keys_for(c, [owner], at)[owner]
-            except SqlIntegrityError:
+            except DataKeyConflict:
                 continue  # another process created it first
         raise StorageError("data key could not be created")
 
     def existing_key(self, owner: str) -> SubjectDataKey | None:
         """The owner's data key if it exists (never creates one)."""
-        with self._engine.connect() as c:
-            r = c.execute(select(data_keys).where(data_keys.c.owner == owner)).first()
-        if r is None:
-            return None
-        return self._unwrap(bytes(r.key_id), r.owner, bytes(r.wrapped_key))
+        r = self.rows.row_by_owner(owner)
+        return None if r is None else self._unwrap(r.key_id, r.owner, r.wrapped_key)
 
     def key_by_id(self, key_id: bytes, *, fresh: bool = False) -> SubjectDataKey:
         """The data key ``key_id`` (to open what was sealed under it).
@@ -185,13 +298,12 @@ class SubjectKeyring:
         cached = None if fresh else self._cached(key_id)
         if cached is not None:
             return cached
-        with self._engine.connect() as c:
-            r = c.execute(select(data_keys).where(data_keys.c.key_id == key_id)).first()
+        r = self.rows.row_by_id(key_id)
         if r is None:
             with self._lock:
                 self._cache.pop(key_id, None)
             raise KeyStoreError("data key shredded or unknown")
-        return self._unwrap(key_id, r.owner, bytes(r.wrapped_key))
+        return self._unwrap(key_id, r.owner, r.wrapped_key)
 
     def pseudonym(self, subject_id: str, at: datetime) -> str:
         """The audit log's name for a data subject (its data key is created on first use)."""
@@ -269,16 +381,14 @@ class SubjectKeyring:
         doomed = sorted(set(owners))
         if not doomed:
             return 0
-        subjects = [o.removeprefix("subject:") for o in doomed if o.startswith("subject:")]
-        links = select(subject_devices.c.device_id).where(subject_devices.c.subject_id.in_(subjects))
-        rows = select(data_keys.c.key_id).where(data_keys.c.owner.in_(doomed))
-        if self._pg:
-            conn.execute(links.with_for_update()).all()
-            rows = rows.with_for_update()
-        key_ids = [bytes(r[0]) for r in conn.execute(rows)]
+        if self._pg:  # the subject links first: the order an ingest transaction locks them in
+            subjects = [o.removeprefix("subject:") for o in doomed if o.startswith("subject:")]
+            conn.execute(select(subject_devices.c.device_id).where(subject_devices.c.subject_id.in_(subjects))
+                         .with_for_update()).all()
+        key_ids = self.rows.lock_owners(conn, doomed)
         for key_id in key_ids:
             self._keystore.delete(kek_label(key_id))
-        conn.execute(delete(data_keys).where(data_keys.c.owner.in_(doomed)))
+        self.rows.delete_owners(conn, doomed)
         with self._lock:
             for key_id in key_ids:
                 self._cache.pop(key_id, None)
@@ -286,11 +396,8 @@ class SubjectKeyring:
 
     def destroyed(self, key_id: bytes) -> bool:
         """Whether a data key is gone: no row, and no wrapping key in the key store."""
-        with self._engine.connect() as c:
-            row = c.execute(select(data_keys.c.key_id).where(data_keys.c.key_id == key_id)).first()
-        return row is None and not self._keystore.has_key(kek_label(key_id))
+        return self.rows.row_by_id(key_id) is None and not self._keystore.has_key(kek_label(key_id))
 
     def key_count(self) -> int:
         """Data keys held."""
-        with self._engine.connect() as c:
-            return int(c.execute(select(func.count()).select_from(data_keys)).scalar_one())
+        return self.rows.count()
