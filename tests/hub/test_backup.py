@@ -134,6 +134,24 @@ def test_backup_and_restore_on_postgresql(tmp_path: Path, postgres_url: str) -> 
     assert report.audit_size >= 1
     restored = build_hub_services(parts.cfg, database_url=url)
     assert restored.store.reading_count("bk-1") == 5
+    # erase a subject after a backup, restore it: the tombstone carried over finds and erases their rows again
+    subject = "carol-pg-e2e"
+    restored.consent.privacy.link_device(subject, "bk-2", _now())
+    restored.consent.privacy.set_consent(subject, "research", True, _now(), actor="test")
+    create_backup(parts.cfg, tmp_path / "backup-pg2", now=_now(), database_url=url)
+    restored.consent.erase(subject, actor="test")
+    restored.store.engine.dispose()
+    report = restore_backup(parts.cfg, tmp_path / "backup-pg2", now=_now(), database_url=url, replace=True)
+    assert len(report.re_erased) == 1 and report.unmatched_erasures == []
+    again = build_hub_services(parts.cfg, database_url=url)
+    with again.store.engine.connect() as c:
+        for table, column in (("privacy_subject_devices", "subject_id"), ("privacy_consent_events", "subject_id"),
+                              ("privacy_data_keys", "owner")):
+            n = c.exec_driver_sql(f"SELECT count(*) FROM {table} WHERE {column} LIKE %s",
+                                  ("%" + subject + "%",)).scalar()
+            assert n == 0, table
+    assert again.store.reading_count("bk-2") == 0 and again.store.reading_count("bk-1") == 5
+    again.store.engine.dispose()
 
 
 def _dump(db: Path) -> str:
