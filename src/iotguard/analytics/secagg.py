@@ -138,21 +138,21 @@ class _HolderSet:
 
     def __init__(self, xs: Sequence[int], t: int) -> None:
         self.xs = list(xs)
-        base = self.xs[:t]
-        w = _weights(base)
-        prod = 1
-        for x in base:
-            prod = prod * (-x) % PRIME
-        inv_neg = _inverses([(-x) % PRIME for x in base])
-        # L_i(0) = prod_j (0 - x_j) * w_i / (0 - x_i)
-        self.at_zero = [prod * wi % PRIME * ni % PRIME for wi, ni in zip(w, inv_neg, strict=True)]
-        # Points beyond t lie on the polynomial iff sum_i v_i x_i^k y_i = 0 for k < m - t
-        # (v: barycentric weights of all m points; the dual of a Reed-Solomon code).
+        # v: barycentric weights of all m points, computed once. Points beyond t lie on a polynomial of
+        # degree < t iff sum_i v_i x_i^k y_i = 0 for k < m - t (the dual of a Reed-Solomon code); once they
+        # do, interpolating through all m points gives that polynomial, so the secret uses every point:
+        # L_i(0) = prod_j (0 - x_j) * v_i / (0 - x_i).
         self.checks = len(self.xs) - t
-        self.v = _weights(self.xs) if self.checks else []
+        self.v = _weights(self.xs)
+        prod = 1
+        for x in self.xs:
+            prod = prod * (-x) % PRIME
+        inv_neg = _inverses([(-x) % PRIME for x in self.xs])
+        self.at_zero = [prod * vi % PRIME * ni % PRIME for vi, ni in zip(self.v, inv_neg, strict=True)]
 
     def secret(self, ys: Sequence[int]) -> int:
-        return sum(c * y for c, y in zip(self.at_zero, ys, strict=False)) % PRIME
+        """``f(0)`` from the values at every x-coordinate (check :meth:`consistent` first)."""
+        return sum(c * y for c, y in zip(self.at_zero, ys, strict=True)) % PRIME
 
     def consistent(self, ys: Sequence[int]) -> bool:
         if not self.checks:
@@ -190,7 +190,7 @@ def reconstruct_all(points: Mapping[Any, Sequence[tuple[int, int]]], t: int, siz
                     if not hs.consistent([y for _, y in points[k]]):
                         raise AggregationError("share_inconsistent", f"shares of {k} are not on one polynomial")
         for k in keys:
-            secret = hs.secret([y for _, y in points[k][:t]])
+            secret = hs.secret([y for _, y in points[k]])  # all points: consistent (checked above)
             if secret >= 1 << (8 * size):
                 raise AggregationError("share_out_of_range", f"reconstructed secret of {k} is too large")
             out[k] = secret.to_bytes(size, "big")
