@@ -86,9 +86,8 @@ def create_data_key_tables(conn: Connection) -> None:
 
 
 class DataKeyConflict(StorageError):
-    """A data key for this owner (or with this key id) already exists: another process created it first."""
-
-    code = "data_key_conflict"
+    """A data key for this owner (or with this key id) already exists: another process created it first
+    (code ``storage_error``: the caller retries in a new transaction)."""
 
 
 @dataclass(frozen=True)
