@@ -1,9 +1,11 @@
 """One learning device as its own process (used by ``test_e2e_learning``).
 
-``python -m tests.e2e.learn_device DATA_DIR HUB_URL DEVICE_ID ENROLLMENT_CODE INDEX``: enrolls, waits for
-``DATA_DIR/run`` to name a training run, takes part in every round with data that never leaves this process,
+``python -m tests.e2e.learn_device DATA_DIR HUB_URL DEVICE_ID ENROLLMENT_CODE INDEX IMAGES_DIR FIRMWARE_KEY [unsafe]``:
+enrolls, boots its image set (measured, and secure unless ``unsafe``) and attests to the hub (the hub's appraisal
+sets its posture), writes the verdict to ``DATA_DIR/attested``, waits for ``DATA_DIR/run`` to name a training run,
+takes part in every round with data that never leaves this process (a secure run: only masked, noised vectors),
 then fetches the published model, verifies it against the pinned fleet CA and writes its test accuracy to
-``DATA_DIR/result``.
+``DATA_DIR/result``. A device the hub refuses writes ``refused <reason>`` there instead.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 from iotguard.agent import Agent
+from iotguard.agent.attester import boot_from_config
 from iotguard.agent.learning import LearningParticipant
 from iotguard.config import AgentConfig
 from iotguard.errors import EnrollmentError
@@ -25,14 +28,18 @@ FEATURES = 24
 
 def main(argv: list[str]) -> int:
     data_dir, hub_url, device_id, code, index = Path(argv[0]), argv[1], argv[2], argv[3], int(argv[4])
-    agent = Agent(AgentConfig(data_dir=str(data_dir), hub_url=hub_url, suites=["chacha20-poly1305"]), device_id)
+    cfg = AgentConfig(data_dir=str(data_dir), hub_url=hub_url, suites=["chacha20-poly1305"],
+                      boot_images_dir=argv[5], firmware_public_key=argv[6],
+                      unsafe_allow_unverified_boot=argv[7:] == ["unsafe"])
+    agent = Agent(cfg, device_id)
     agent.enroll(code)
-    (data_dir / "enrolled").write_text("ok")
+    verdict = agent.attest(boot_from_config(cfg, agent.keystore))
+    (data_dir / "attested").write_text(str(verdict["trust_tier"]))
     train, test = split_train_test(synthetic_digits(speakers=5, per_class=24, features=FEATURES, seed=7), 0.25, 7)
-    mine = partition(train, 2, seed=7)[index]  # this device's rows only
+    mine = partition(train, 2, seed=7)[index % 10]  # this device's rows only
     model = Model(FEATURES, 10)
     learner = LearningParticipant(agent, LocalTrainingClient(model, mine.x, mine.y, seed=index))
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 400
     while not (data_dir / "run").exists():
         if time.monotonic() > deadline:
             return 2
@@ -41,16 +48,17 @@ def main(argv: list[str]) -> int:
     while time.monotonic() < deadline:
         try:
             answer = learner.train_round(run_id)
-        except EnrollmentError as exc:  # the round closed while this device trained, or the run finished
-            if "run_not_running" in str(exc):
+        except EnrollmentError as exc:
+            if "run_not_running" in str(exc):  # the run completed
                 break
-            if "update_stale" not in str(exc):
-                raise
+            if "403" in str(exc) and "not_selected" not in str(exc):  # refused: posture, not enrolled
+                (data_dir / "result").write_text(f"refused {exc}")
+                return 0
+            time.sleep(0.3)
             continue
         if answer["status"] == "completed":
             break
-        if answer["status"] == "waiting":
-            time.sleep(0.3)
+        time.sleep(0.3 if answer["status"] == "waiting" else 0.1)
     else:
         return 3
     artifact = learner.fetch_model("digits")
