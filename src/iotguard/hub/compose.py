@@ -175,6 +175,7 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     services.aggregation = SecureAggregationService(audit_sink, clock)
     services.learning.attach_privacy(services.aggregation, services.analytics.ledger,
                                      services.analytics.subjects.subject_of)
+    services.consent.erasure_hooks.append(lambda devices, actor: services.learning.unlearn(devices, actor=actor))
     return services
 
 

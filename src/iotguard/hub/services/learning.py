@@ -458,6 +458,40 @@ class LearningService:
                             "model_versions": published.get(f"learn:{run.run_id}", [])})
         return out
 
+    def unlearn(self, device_ids: Sequence[str], *, actor: str) -> list[dict[str, Any]]:
+        """Retrain every run that enrolled any of ``device_ids`` without them (the erasure hook).
+
+        Each run is one SISA shard: its model depends only on its enrolled
+        devices, so unlearning a subject retrains only the runs (shards) they
+        were in, from the initial model, among the remaining devices, under
+        the same settings, as a new run ``<run>.u1`` that publishes the
+        model's next version. A running run is stopped first. Returns, per
+        affected run, the model, the versions that held the subject and the
+        retraining run (or why there is none: too few devices left).
+        """
+        out = []
+        ids = [r.run_id for r in self._store.runs()]
+        for item in self.contributions(device_ids):
+            if any(i.startswith(f"{item['run_id']}.u") for i in ids):
+                continue  # superseded by its retraining run (listed on its own if it holds the devices)
+            run, settings = self._run(item["run_id"])
+            if run.status == "running":
+                self.stop(run.run_id, actor=actor)
+            remaining = [d for d in run.devices if d not in set(device_ids)]
+            retrain_id = f"{run.run_id}.u1"[:64]
+            entry = {"model": item["model"], "versions": item["model_versions"], "run_id": run.run_id,
+                     "retrain_run": None, "reason": ""}
+            try:
+                self.start(retrain_id, settings, remaining, actor=actor)
+                entry["retrain_run"] = retrain_id
+            except (ConfigError, IntegrityError) as exc:
+                entry["reason"] = str(exc)
+            self._audit.record(AuditEvent("learning.unlearn", self._clock.now(), actor, run.run_id,
+                                          {"model": item["model"], "versions": item["model_versions"],
+                                           "retrain_run": entry["retrain_run"] or "", "devices": len(remaining)}))
+            out.append(entry)
+        return out
+
     def model_of(self, run_id: str) -> Model:
         """The architecture a run trains."""
         return self._run(run_id)[1].model()
