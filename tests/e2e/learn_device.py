@@ -1,11 +1,12 @@
 """One learning device as its own process (used by ``test_e2e_learning``).
 
-``python -m tests.e2e.learn_device DATA_DIR HUB_URL DEVICE_ID ENROLLMENT_CODE INDEX IMAGES_DIR FIRMWARE_KEY [unsafe]``:
+``python -m tests.e2e.learn_device DATA_DIR HUB_URL BROKER_URL DEVICE_ID CODE INDEX IMAGES_DIR FIRMWARE_KEY [unsafe]``:
 enrolls, boots its image set (measured, and secure unless ``unsafe``) and attests to the hub (the hub's appraisal
 sets its posture), writes the verdict to ``DATA_DIR/attested``, waits for ``DATA_DIR/run`` to name a training run,
 takes part in every round with data that never leaves this process (a secure run: only masked, noised vectors),
-then fetches the published model, verifies it against the pinned fleet CA and writes its test accuracy to
-``DATA_DIR/result``. A device the hub refuses writes ``refused <reason>`` there instead.
+then fetches the published model, verifies it against the pinned fleet CA, writes its test accuracy to
+``DATA_DIR/result`` and runs it on its own samples, reporting only the recognised digits through its data contract
+(``mic-1``'s ``digit``) over the broker. A device the hub refuses writes ``refused <reason>`` there instead.
 """
 
 from __future__ import annotations
@@ -16,21 +17,24 @@ from pathlib import Path
 
 from iotguard.agent import Agent
 from iotguard.agent.attester import boot_from_config
+from iotguard.agent.inference import OnDeviceInference
 from iotguard.agent.learning import LearningParticipant
 from iotguard.config import AgentConfig
 from iotguard.errors import EnrollmentError
 from iotguard.learn import LocalTrainingClient, Model
 from iotguard.learn.data import partition, split_train_test, synthetic_digits
 from iotguard.learn.model import accuracy
+from iotguard.privacy import ConsentState
 
 FEATURES = 24
 
 
 def main(argv: list[str]) -> int:
-    data_dir, hub_url, device_id, code, index = Path(argv[0]), argv[1], argv[2], argv[3], int(argv[4])
-    cfg = AgentConfig(data_dir=str(data_dir), hub_url=hub_url, suites=["chacha20-poly1305"],
-                      boot_images_dir=argv[5], firmware_public_key=argv[6],
-                      unsafe_allow_unverified_boot=argv[7:] == ["unsafe"])
+    data_dir, hub_url, broker_url, device_id, code = Path(argv[0]), argv[1], argv[2], argv[3], argv[4]
+    index = int(argv[5])
+    cfg = AgentConfig(data_dir=str(data_dir), hub_url=hub_url, broker_url=broker_url, suites=["chacha20-poly1305"],
+                      boot_images_dir=argv[6], firmware_public_key=argv[7],
+                      unsafe_allow_unverified_boot=argv[8:] == ["unsafe"])
     agent = Agent(cfg, device_id)
     agent.enroll(code)
     verdict = agent.attest(boot_from_config(cfg, agent.keystore))
@@ -64,6 +68,19 @@ def main(argv: list[str]) -> int:
     artifact = learner.fetch_model("digits")
     score = accuracy(artifact.model, artifact.parameters, test.x, test.y)
     (data_dir / "result").write_text(f"{artifact.version} {score}")
+    agent.attach_privacy("mic-1", ConsentState(device_id))
+    agent.connect()
+    local = OnDeviceInference(agent, artifact, "digit")
+    reported = 0
+    for i in range(3):  # one recognised digit a second (the contract's keypad rate)
+        reported += len(local.report(test.x[i:i + 1]))
+        time.sleep(1.1)
+    deadline = time.monotonic() + 30
+    while agent.pending() and time.monotonic() < deadline:
+        agent.resend_due(force=True)
+        time.sleep(0.5)
+    (data_dir / "inferred").write_text(str(reported))
+    agent.close()
     return 0
 
 

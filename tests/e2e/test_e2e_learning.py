@@ -2,7 +2,8 @@
 aggregation and DP on (signed ``learn_task`` and ``aggregate`` requests over HTTPS, Cedar), each device's posture set
 by the hub's appraisal of its attestation (an eleventh, tampered device is appraised ``failed`` and takes no part),
 the operator drives the run with ``iotguard learn``, the ledger shows each subject's spend, and every device fetches
-the signed result, verifies it against its pinned CA and reaches the stated accuracy.
+the signed result, verifies it against its pinned CA, reaches the stated accuracy, runs it on its own samples
+and reports only the outputs (a recognised digit, under its ``mic-1`` data contract) through the broker to the hub.
 
 The hub's recorded traffic holding no update in clear is instrumented in-process in
 ``tests/learn/test_secure_learning.py`` (the same code path; a spy cannot sit inside this hub process)."""
@@ -16,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -25,7 +27,7 @@ from tests.e2e.harness import HubProcess
 
 pytestmark = pytest.mark.slow
 DEVICES = 10
-MODEL = "thermo-1"
+MODEL = "mic-1"  # its data contract carries a recognised digit (keypad purpose), never the input
 #: The run's epsilon: user-level DP with ten users costs accuracy (non-private: 94 % on this task; at epsilon 20
 #: 80-86 % in five simulated runs of the same encoding, tests/learn/test_secure_learning.py documents the path).
 EPSILON = 20.0
@@ -51,7 +53,8 @@ def test_ten_agent_processes_train_a_model_through_a_hub_process(tmp_path: Path)
     key_hex = firmware_key.public_key().public_bytes_raw().hex()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        provision = hub.provisioner(hub.operator_token())
+        token = hub.operator_token()
+        provision = hub.provisioner(token)
         names = [f"learner-{i}" for i in range(DEVICES)] + ["learner-bad"]
         dirs = [tmp_path / "agents" / n for n in names]
         for i, (name, d) in enumerate(zip(names, dirs, strict=True)):
@@ -60,7 +63,8 @@ def test_ten_agent_processes_train_a_model_through_a_hub_process(tmp_path: Path)
             bad = name == "learner-bad"
             log = open(d.parent / f"{name}.log", "wb")  # noqa: SIM115 - the child process owns it
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "tests.e2e.learn_device", str(d), hub.api_url, name, code, str(i),
+                [sys.executable, "-m", "tests.e2e.learn_device", str(d), hub.api_url, hub.broker_url, name, code,
+                 str(i),
                  str(tampered if bad else release), key_hex, *(["unsafe"] if bad else [])],
                 stdout=log, stderr=subprocess.STDOUT, env=hub.env | {"IOTGUARD_CONFIG": str(tmp_path / "none.toml")}))
         deadline = time.monotonic() + 240
@@ -93,6 +97,11 @@ def test_ten_agent_processes_train_a_model_through_a_hub_process(tmp_path: Path)
             assert spent == pytest.approx(status["epsilon_spent"], abs=1e-3)
             version, acc = (d / "result").read_text().split()
             assert version == "1" and float(acc) > ACCURACY
+            # the device ran the model on its own samples and reported only the outputs, which the hub stored
+            reported = int((d / "inferred").read_text())
+            r = httpx.get(f"{hub.api_url}/v1/devices/{name}", headers={"Authorization": f"Bearer {token}"},
+                          verify=hub.verify(), timeout=10)
+            assert reported >= 1 and int(r.json()["readings"]) == reported, (reported, r.text)
     finally:
         for p in procs:
             if p.poll() is None:
