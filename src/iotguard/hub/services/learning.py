@@ -140,8 +140,13 @@ class RunSettings:
                            compression=Compression(self.compression, self.topk_fraction))
 
     def dp(self) -> DpConfig:
-        """The run's DP parameters (every selected device in every round: sampling rate 1)."""
-        assert self.clip_norm is not None
+        """The run's DP parameters (every selected device in every round: sampling rate 1).
+
+        Raises:
+            ConfigError: no clip norm (a DP run needs one).
+        """
+        if self.clip_norm is None:
+            raise ConfigError("a DP run needs a clip norm")
         return DpConfig(self.clip_norm, self.noise_multiplier, 1.0, self.rounds, self.delta)
 
     def calibrated(self) -> RunSettings:
@@ -268,7 +273,9 @@ class LearningService:
 
     def _secure_round(self, run: RunRecord, settings: RunSettings) -> _SecureRound:
         """The secure round of the run's current version, started (and charged) if there is none."""
-        assert self._aggregation is not None and settings.clip_norm is not None
+        aggregation, ledger, clip_norm = self._aggregation, self._ledger, settings.clip_norm
+        if aggregation is None or clip_norm is None or (settings.epsilon > 0 and ledger is None):
+            raise ConfigError("a secure run needs the aggregation service, a clip norm and (with DP) the ledger")
         with self._lock:
             sr = self._secure.get(run.run_id)
             if sr is not None and sr.version == run.version:
@@ -276,9 +283,8 @@ class LearningService:
             now = self._clock.now()
             members = self._one_per_subject([d for d in run.devices if self._eligible(d)], run.version)
             increment = 0.0
-            if settings.epsilon > 0:
-                assert self._ledger is not None
-                dp, ledger = settings.dp(), self._ledger
+            if settings.epsilon > 0 and ledger is not None:
+                dp = settings.dp()
                 increment = dp.epsilon_after(run.version + 1) - dp.epsilon_after(run.version)
                 members = [d for d in members if ledger.remaining(self.subject(d), now) >= increment]
             if len(members) < settings.min_participants:
@@ -286,15 +292,14 @@ class LearningService:
                                    f"{settings.min_participants}", code="too_few_participants")
             threshold = min(len(members), max(settings.min_participants, len(members) // 2 + 1))
             dims = settings.model().size()
-            plan = plan_round(dims, settings.clip_norm, settings.noise_multiplier, len(members), threshold)
-            if increment > 0:
-                assert self._ledger is not None
+            plan = plan_round(dims, clip_norm, settings.noise_multiplier, len(members), threshold)
+            if increment > 0 and ledger is not None:
                 try:
-                    self._ledger.charge_all([self.subject(d) for d in members], increment, "federated",
-                                            f"learn:{run.run_id}", now)
+                    ledger.charge_all([self.subject(d) for d in members], increment, "federated",
+                                      f"learn:{run.run_id}", now)
                 except BudgetExhausted as exc:
                     raise PolicyDenied(str(exc), code="budget_exhausted") from exc
-            rid = self._aggregation.start(members, dims, threshold=threshold, phase_timeout_s=settings.deadline_s,
+            rid = aggregation.start(members, dims, threshold=threshold, phase_timeout_s=settings.deadline_s,
                                           actor=run.started_by)
             self._audit.record(AuditEvent("learning.secure_round", now, run.started_by, run.run_id,
                                           {"version": run.version, "round": rid, "devices": len(members),
