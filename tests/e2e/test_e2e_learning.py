@@ -5,8 +5,8 @@ the operator drives the run with ``iotguard learn``, the ledger shows each subje
 the signed result, verifies it against its pinned CA, reaches the stated accuracy, runs it on its own samples
 and reports only the outputs (a recognised digit, under its ``mic-1`` data contract) through the broker to the hub.
 
-The hub's recorded traffic holding no update in clear is instrumented in-process in
-``tests/learn/test_secure_learning.py`` (the same code path; a spy cannot sit inside this hub process)."""
+The hub process is ``tests.e2e.recording_hub``: ``iotguard hub`` recording every device request it verified; no
+recorded request holds any device's update, nor its fixed-point or noised integer form."""
 
 from __future__ import annotations
 
@@ -15,9 +15,13 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import cbor2
 import httpx
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -39,7 +43,9 @@ ACCURACY = 0.7
 @pytest.mark.timeout(900)
 def test_ten_agent_processes_train_a_model_through_a_hub_process(tmp_path: Path) -> None:
     hub = HubProcess(tmp_path)
-    hub.env["IOTGUARD_HUB__ANALYTICS_BUDGET_EPSILON"] = "25"
+    hub.module = "tests.e2e.recording_hub"
+    record = tmp_path / "hub-traffic.cbor"
+    hub.env |= {"IOTGUARD_HUB__ANALYTICS_BUDGET_EPSILON": "25", "IOTGUARD_TEST_RECORD": str(record)}
     hub.start()
     firmware_key = Ed25519PrivateKey.generate()
     release = tmp_path / "release-1.0.0"
@@ -102,8 +108,49 @@ def test_ten_agent_processes_train_a_model_through_a_hub_process(tmp_path: Path)
             r = httpx.get(f"{hub.api_url}/v1/devices/{name}", headers={"Authorization": f"Bearer {token}"},
                           verify=hub.verify(), timeout=10)
             assert reported >= 1 and int(r.json()["readings"]) == reported, (reported, r.text)
+        _no_update_in_clear(record, dirs[:DEVICES])
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
         hub.stop()
+
+
+def _blobs(value: Any) -> Iterator[bytes]:
+    """Every byte string in a request body, CBOR messages opened."""
+    if isinstance(value, bytes | bytearray):
+        yield bytes(value)
+        try:
+            inner = cbor2.loads(bytes(value))
+        except (cbor2.CBORDecodeError, ValueError, RecursionError):
+            inner = None
+        yield from _blobs(inner)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _blobs(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _blobs(v)
+
+
+def _no_update_in_clear(record: Path, dirs: list[Path]) -> None:
+    traffic: list[tuple[str, dict[str, Any]]] = []
+    with record.open("rb") as f:
+        decoder = cbor2.CBORDecoder(f)
+        while f.peek(1):
+            action, body = decoder.decode()
+            traffic.append((action, body))
+    actions = {a for a, _ in traffic}
+    assert "aggregate" in actions and "learn_update" not in actions, actions
+    blobs = [b for _, body in traffic for b in _blobs(body)]
+    masked = [np.frombuffer(cbor2.loads(body["message"])["vector"], "<u4")
+              for a, body in traffic if a == "aggregate" and body["step"] == "masked"]
+    assert len(masked) == 4 * DEVICES
+    for d in dirs:
+        clear = np.load(d / "clear.npz")
+        assert len(clear["updates"]) == 4
+        needles = [u.astype(dt).tobytes()[:64] for u in clear["updates"] for dt in ("<f8", "<f4")]
+        needles += [(c % (1 << 32)).astype(dt).tobytes()[:64] for c in clear["ints"] for dt in ("<u4", ">u4")]
+        assert not any(n in b for n in needles for b in blobs), d.name
+        noised = [(c % (1 << 32)).astype(np.uint32) for c in clear["ints"]]
+        assert not any(np.array_equal(m, c) for m in masked for c in noised)
