@@ -46,6 +46,8 @@ class HubProcess:
         self.ca_file = tmp / "hub" / "fleet-ca.pem"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        #: ``python -m MODULE hub`` (a test may run an instrumented entry point, e.g. ``tests.e2e.recording_hub``).
+        self.module = "iotguard"
 
     def use_mosquitto(self, start_broker: Callable[[dict[str, str]], MosquittoTls]) -> MosquittoTls:
         """Configure Mosquitto with ``iotguard broker config`` and point the hub at it (mqtts, CRL/ACL updates)."""
@@ -81,7 +83,7 @@ class HubProcess:
     def start(self, timeout: float = 30.0) -> None:
         self.starts += 1
         log = open(self.tmp / f"{self.name}-{self.starts}.log", "wb")  # noqa: SIM115 - the child process owns it
-        self.proc = subprocess.Popen([sys.executable, "-m", "iotguard", "hub"], env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module, "hub"], env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

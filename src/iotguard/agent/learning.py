@@ -4,13 +4,17 @@ Both requests are signed device requests (``learn_task``, ``learn_update``)
 through the hub's device plane and Cedar; only the encoded update leaves the
 device. The hub's answer is parsed strictly (architecture bounds, exact
 parameter count, finite values, known compression) before anything trains
-on it.
+on it. In a secure run the update never leaves the device even encoded: it
+is clipped, rounded and noised in integers (:mod:`iotguard.learn.distributed`)
+and enters the hub's secure-aggregation round (signed ``aggregate``
+requests, :class:`~iotguard.agent.secagg.RoundClient`) only masked.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,13 +24,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from iotguard.agent.exchange import CA_FILE
 from iotguard.agent.runtime import Agent
-from iotguard.errors import ConfigError, MalformedError
+from iotguard.agent.secagg import AGGREGATE_PATH, RoundClient
+from iotguard.analytics.secagg import AggregationError
+from iotguard.errors import ConfigError, EnrollmentError, MalformedError
 from iotguard.learn.artifact import ModelArtifact, verify_endorsed_artifact
 from iotguard.learn.client import NumPyClient, Participant, RoundConfig
 from iotguard.learn.compress import Compression
+from iotguard.learn.distributed import SecureRoundPlan, discrete_gaussian
 from iotguard.learn.model import Model, NDArrays, unflatten
 
 __all__ = ["LearningParticipant"]
+
+_ROUND_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def _task(answer: Mapping[str, Any]) -> tuple[int, Model, NDArrays, RoundConfig]:
@@ -50,6 +59,20 @@ def _task(answer: Mapping[str, Any]) -> tuple[int, Model, NDArrays, RoundConfig]
     return version, model, params, config
 
 
+def _secure(raw: Any, dims: int) -> tuple[str, SecureRoundPlan] | None:
+    if raw is None:
+        return None
+    try:
+        round_id = str(raw["round"])
+        plan = SecureRoundPlan(int(raw["dims"]), float(raw["clip_norm"]), float(raw["scale"]),
+                               float(raw["noise_std"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MalformedError("hub's secure round is malformed", code="malformed") from exc
+    if not _ROUND_ID.fullmatch(round_id) or plan.dims != dims:
+        raise MalformedError("hub's secure round does not match the model", code="malformed")
+    return round_id, plan
+
+
 class LearningParticipant:
     """Takes part in a hub training run with a local :class:`~iotguard.learn.client.NumPyClient`.
 
@@ -62,6 +85,7 @@ class LearningParticipant:
         self._agent = agent
         self._participant = Participant(agent.device_id, agent.device_id, client)
         self._sent: dict[str, int] = {}
+        self._rounds: dict[str, RoundClient] = {}
 
     def fetch_model(self, name: str, version: int = 0) -> ModelArtifact:
         """Fetch a published model (``version`` 0: the latest) and verify it before it can run.
@@ -89,19 +113,46 @@ class LearningParticipant:
 
         If this device already sent its update for the run's current version
         (a FedAvg round still waiting for others), nothing is trained or sent
-        and the answer's status is ``waiting``.
+        and the answer's status is ``waiting``. In a secure run the update
+        goes into the round's secure aggregation: this call and the next ones
+        each take one step of that round (status ``aggregating`` and the
+        round's ``phase``) until it is done; a failed round is trained again.
 
         Raises:
             MalformedError: the hub's task is malformed.
             EnrollmentError: the hub refused a request (its reason code is in the message).
+            AggregationError: the secure round's messages are malformed or forged.
         """
+        active = self._rounds.get(run_id)
+        if active is not None:
+            return self._aggregate(run_id, active)
         answer = self._agent.request("learn_task", "/v1/learn/task", {"run_id": run_id})
-        version, _model, params, config = _task(answer)
+        version, model, params, config = _task(answer)
         if self._sent.get(run_id, -1) >= version:
             return {"run_id": run_id, "version": version, "status": "waiting"}
+        secure = _secure(answer.get("secure"), model.size())
         update = self._participant.train(params, version, config)
+        if secure is not None:
+            round_id, plan = secure
+            value = plan.encode(update.vector, discrete_gaussian)  # clipped, rounded, noised: never sent as is
+            client = RoundClient(lambda body: self._agent.request("aggregate", AGGREGATE_PATH, body), round_id, value)
+            self._rounds[run_id], self._sent[run_id] = client, version
+            return self._aggregate(run_id, client) | {"version": version}
         result = self._agent.request("learn_update", "/v1/learn/update", {
             "run_id": run_id, "base_version": update.base_version, "num_examples": update.num_examples,
             "update": update.payload})
         self._sent[run_id] = version
         return result
+
+    def _aggregate(self, run_id: str, client: RoundClient) -> dict[str, Any]:
+        try:
+            phase = client.step()
+        except (AggregationError, EnrollmentError):
+            self._rounds.pop(run_id, None)
+            self._sent.pop(run_id, None)  # the hub starts the version's round again
+            raise
+        if phase in ("done", "failed"):
+            self._rounds.pop(run_id, None)
+            if phase == "failed":
+                self._sent.pop(run_id, None)
+        return {"run_id": run_id, "status": "aggregating", "phase": phase}

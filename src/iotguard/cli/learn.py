@@ -18,7 +18,8 @@ def _start(args: argparse.Namespace) -> int:
         strategy=args.strategy, rounds=args.rounds, min_participants=args.min_participants,
         deadline_s=args.deadline_s, buffer_size=args.buffer_size, aggregator=args.aggregator,
         max_update_norm=args.max_update_norm, clip_norm=args.clip_norm, compression=args.compression,
-        topk_fraction=args.topk_fraction, fit={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr})
+        topk_fraction=args.topk_fraction, fit={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr},
+        secure=args.secure, epsilon=args.epsilon, delta=args.delta)
     with hub_services_for(args) as services:
         devices = list(args.device)
         if args.all_active:
@@ -77,6 +78,12 @@ def register(sub: Any) -> None:
     start.add_argument("--clip-norm", type=float, default=None, help="devices clip their update to this L2 norm")
     start.add_argument("--compression", choices=("none", "q8", "topk", "topk+q8"), default="none")
     start.add_argument("--topk-fraction", type=float, default=0.01)
+    start.add_argument("--secure", action="store_true",
+                       help="updates only through secure aggregation (FedAvg, mean, needs --clip-norm)")
+    start.add_argument("--epsilon", type=float, default=0.0,
+                       help="DP-FedAvg: the whole run's epsilon, noise added on the devices, charged per subject "
+                            "in the privacy ledger (needs --secure; 0: no DP)")
+    start.add_argument("--delta", type=float, default=1e-5, help="the run's delta (with --epsilon)")
     start.add_argument("--epochs", type=int, default=1)
     start.add_argument("--batch-size", type=int, default=32)
     start.add_argument("--lr", type=float, default=0.1)

@@ -173,6 +173,9 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                            DataAccessService(store, consent.privacy, store, engine, audit_sink, clock, contract_for))
     services.analytics = build_analytics(cfg, store, audit_sink, clock)
     services.aggregation = SecureAggregationService(audit_sink, clock)
+    services.learning.attach_privacy(services.aggregation, services.analytics.ledger,
+                                     services.analytics.subjects.subject_of)
+    services.consent.erasure_hooks.append(lambda devices, actor: services.learning.unlearn(devices, actor=actor))
     return services
 
 

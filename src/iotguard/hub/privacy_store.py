@@ -119,6 +119,9 @@ class ErasureRecord:
     key_shredded: bool
     aggregates: tuple[str, ...]
     pseudonym: str = ""
+    #: Models the subject contributed to: per model, the versions that held them and the run retraining it
+    #: without them (filled by the erasure hooks of :class:`~iotguard.hub.services.consent.ConsentService`).
+    models: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain form."""

@@ -211,7 +211,9 @@ class DpConfig:
         """The noise added to one round's sum of clipped updates.
 
         Drawn in floating point from ``rng`` (NumPy), not by an exact sampler:
-        seed it from OS entropy outside simulations (ADR 1300).
+        for the simulation and the benchmark only. The hub's secure runs draw
+        integer discrete-Gaussian noise on the devices with OpenDP's exact
+        sampler (:mod:`iotguard.learn.distributed`, ADR 1301).
         """
         out: Array = rng.normal(0.0, self.noise_multiplier * self.clip_norm, dims)
         return out

@@ -30,7 +30,8 @@ def learning_router(learning: LearningService, models: ModelService, plane: Devi
                 "model": {"features": model.features, "classes": model.classes, "hidden": model.hidden},
                 "parameters": base64.b64encode(flatten(t.parameters).astype("<f8").tobytes()).decode(),
                 "fit": dict(rc.fit), "clip_norm": rc.clip_norm, "compression": rc.compression.scheme,
-                "topk_fraction": rc.compression.topk_fraction}
+                "topk_fraction": rc.compression.topk_fraction,
+                "secure": None if t.plan is None else {"round": t.secure_round, **t.plan.to_dict()}}
 
     @router.post("/v1/learn/update", openapi_extra=signed_request_openapi("learn_update"))
     def update(req: VerifiedRequest = Depends(device_request(plane, "learn_update"))) -> dict[str, Any]:  # noqa: B008

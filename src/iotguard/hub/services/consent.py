@@ -8,6 +8,7 @@ CLI and a hub that is not connected yet leave them for one that is.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -89,6 +90,8 @@ class ConsentService:
         self.channel = channel
         self.clock = clock
         self._all_sealed = False
+        #: Called after an erasure with the subject's devices (``LearningService.unlearn``).
+        self.erasure_hooks: list[Callable[[Sequence[str], str], list[dict[str, Any]]]] = []
 
     # -- subjects and consent --------------------------------------------
 
@@ -180,8 +183,11 @@ class ConsentService:
         return self.privacy.export_subject(subject_id, self.clock.now())
 
     def erase(self, subject_id: str, *, actor: str) -> ErasureRecord:
-        """Erase everything held about a data subject (crypto-shredding their key)."""
-        return self.privacy.erase_subject(subject_id, self.clock.now(), actor=actor)
+        """Erase everything held about a data subject (crypto-shredding their key), then run the erasure hooks
+        (models retrained without the subject's devices; what they report goes into the record's ``models``)."""
+        record = self.privacy.erase_subject(subject_id, self.clock.now(), actor=actor)
+        models = [m for hook in self.erasure_hooks for m in hook(record.devices, actor)]
+        return dataclasses.replace(record, models=tuple(models)) if models else record
 
     def seal_clear_readings(self) -> int:
         """Encrypt one chunk of readings (and receipts) stored clear before migration 0311; returns how many

@@ -19,28 +19,43 @@ quarantined) are enrolled, get tasks or have updates accepted
 (``update_malformed``, ``update_dims``, ``update_norm_exceeded``); a second
 update from one device for one version is refused (``update_duplicate``).
 
-Not here yet: the device-plane route and Cedar actions that carry ``task``
-and ``submit`` from agents, secure aggregation over the device channel and
-DP noise (the domain has both; see docs/learning.md).
+A ``secure`` run (FedAvg, mean) takes no plaintext updates: each round is a
+secure-aggregation round among the selected devices
+(:class:`~iotguard.hub.services.aggregation.SecureAggregationService`, over
+signed ``aggregate`` requests), each device clips, rounds and, with DP
+(``epsilon`` > 0), noises its update in integers on the device
+(:mod:`iotguard.learn.distributed`), and the hub learns only the noised sum.
+Before a round starts, the round's share of the run's epsilon is charged to
+the data subject of every selected device in the one per-subject ledger
+(``federated`` column, all or nothing); a device whose subject's budget
+cannot take it is not selected, and one that cannot cover the whole run is
+not enrolled. Secure rounds live in the memory of the hub process that
+devices reach (as the aggregation service's rounds do); a round that fails
+is started again, charged again.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
 import numpy as np
 
+from iotguard.analytics.ledger import SubjectLedger
 from iotguard.audit import AuditEvent, AuditSink
 from iotguard.clock import Clock
-from iotguard.errors import ConfigError, IntegrityError, MalformedError, PolicyDenied
+from iotguard.errors import BudgetExhausted, ConfigError, IntegrityError, MalformedError, PolicyDenied
+from iotguard.hub.services.aggregation import SecureAggregationService
 from iotguard.hub.services.models import ModelService
 from iotguard.hub.stores.learning import LearningRunStore, PendingUpdate, RunRecord, next_row
 from iotguard.learn.client import RoundConfig, Update
 from iotguard.learn.compress import Compression, decode_update
+from iotguard.learn.distributed import SecureRoundPlan, plan_round
+from iotguard.learn.dp import DpConfig, calibrate_noise
 from iotguard.learn.model import Model, NDArrays, flatten, unflatten
 from iotguard.learn.robust import check_norm
 from iotguard.learn.strategy import FedAvg, FedAvgConfig, FedBuff, FedBuffConfig
@@ -85,12 +100,24 @@ class RunSettings:
     compression: str = "none"
     topk_fraction: float = 0.01
     fit: Mapping[str, float] = field(default_factory=lambda: {"epochs": 1, "batch_size": 32, "lr": 0.1})
+    secure: bool = False
+    epsilon: float = 0.0
+    delta: float = 1e-5
+    noise_multiplier: float = 0.0
 
     def __post_init__(self) -> None:
         if self.strategy not in ("fedavg", "fedbuff") or not 1 <= self.rounds <= 100_000:
             raise ConfigError("strategy must be fedavg or fedbuff, rounds 1..100000")
         if not 0 < self.deadline_s <= 86_400 or not self.max_update_norm > 0:
             raise ConfigError("deadline must be in (0, 86400] s and max_update_norm positive")
+        if self.secure and (self.strategy != "fedavg" or self.aggregator != "mean" or self.clip_norm is None
+                            or self.compression != "none" or self.min_participants < 3):
+            raise ConfigError("a secure run is FedAvg with the mean, a clip norm, no compression and at least "
+                              "3 participants (robust rules and FedBuff need plaintext updates)")
+        if not (0 <= self.epsilon <= 100 and 0 < self.delta < 1 and 0 <= self.noise_multiplier <= 1000):
+            raise ConfigError("epsilon must be in [0, 100], delta in (0, 1)")
+        if self.epsilon > 0 and not self.secure:
+            raise ConfigError("DP (epsilon > 0) needs a secure run: the noise is added on the devices")
         self.model()
         self.fedavg()
         self.fedbuff()
@@ -112,6 +139,22 @@ class RunSettings:
         return RoundConfig(version, dict(self.fit), clip_norm=self.clip_norm,
                            compression=Compression(self.compression, self.topk_fraction))
 
+    def dp(self) -> DpConfig:
+        """The run's DP parameters (every selected device in every round: sampling rate 1).
+
+        Raises:
+            ConfigError: no clip norm (a DP run needs one).
+        """
+        if self.clip_norm is None:
+            raise ConfigError("a DP run needs a clip norm")
+        return DpConfig(self.clip_norm, self.noise_multiplier, 1.0, self.rounds, self.delta)
+
+    def calibrated(self) -> RunSettings:
+        """These settings with the noise multiplier whose whole run is ``(epsilon, delta)``-DP."""
+        if self.epsilon <= 0 or self.noise_multiplier > 0:
+            return self
+        return replace(self, noise_multiplier=calibrate_noise(self.epsilon, 1.0, self.rounds, self.delta))
+
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> RunSettings:
         return cls(**doc)
@@ -125,6 +168,16 @@ class Task:
     version: int
     parameters: NDArrays
     round_config: RoundConfig
+    secure_round: str = ""
+    plan: SecureRoundPlan | None = None
+
+
+@dataclass(frozen=True)
+class _SecureRound:
+    version: int
+    round_id: str
+    members: tuple[str, ...]
+    plan: SecureRoundPlan
 
 
 class LearningService:
@@ -134,6 +187,20 @@ class LearningService:
                  eligible: Callable[[str], bool]) -> None:
         self._store, self._models, self._audit, self._clock = store, models, audit, clock
         self._eligible = eligible
+        self._aggregation: SecureAggregationService | None = None
+        self._ledger: SubjectLedger | None = None
+        self._subject_of: Callable[[str], str | None] = lambda _d: None
+        self._secure: dict[str, _SecureRound] = {}
+        self._lock = threading.Lock()
+
+    def attach_privacy(self, aggregation: SecureAggregationService | None, ledger: SubjectLedger | None,
+                       subject_of: Callable[[str], str | None]) -> None:
+        """Give secure runs their aggregation rounds and DP runs the per-subject ledger (``build_hub_services``)."""
+        self._aggregation, self._ledger, self._subject_of = aggregation, ledger, subject_of
+
+    def subject(self, device_id: str) -> str:
+        """The data subject charged for a device (the device itself when no subject is linked)."""
+        return self._subject_of(device_id) or device_id
 
     def _run(self, run_id: str) -> tuple[RunRecord, RunSettings]:
         run = self._store.get(run_id)
@@ -150,17 +217,27 @@ class LearningService:
         """
         if not _RUN_ID.fullmatch(run_id) or len(devices) > MAX_DEVICES:
             raise ConfigError("run id must match [a-z0-9][a-z0-9._-]{0,63}; at most 10000 devices")
+        now = self._clock.now()
+        settings = settings.calibrated()
         enrolled = tuple(sorted(d for d in set(devices) if self._eligible(d)))
+        if settings.secure and self._aggregation is None:
+            raise ConfigError("this hub has no secure aggregation service")
+        if settings.epsilon > 0:
+            if self._ledger is None:
+                raise ConfigError("this hub has no privacy ledger")
+            total, ledger = settings.dp().epsilon_after(settings.rounds), self._ledger
+            enrolled = tuple(d for d in enrolled if ledger.remaining(self.subject(d), now) >= total)
         if len(enrolled) < settings.min_participants:
             raise ConfigError(f"{len(enrolled)} eligible devices, the run needs {settings.min_participants}")
-        now = self._clock.now()
         model = settings.model()
         run = RunRecord(run_id, asdict(settings) | {"fit": dict(settings.fit)}, enrolled, "running", 0,
                         flatten(model.initial(0)).astype("<f8").tobytes(), now, actor)
         self._store.create(run)
         self._audit.record(AuditEvent("learning.started", now, actor, run_id,
                                       {"model": settings.model_name, "strategy": settings.strategy,
-                                       "devices": len(enrolled), "skipped": len(set(devices)) - len(enrolled)}))
+                                       "devices": len(enrolled), "skipped": len(set(devices)) - len(enrolled),
+                                       "secure": settings.secure, "epsilon": settings.epsilon,
+                                       "noise_multiplier": settings.noise_multiplier}))
         return run
 
     def _check_device(self, run: RunRecord, device_id: str) -> None:
@@ -177,7 +254,59 @@ class LearningService:
         """
         run, settings = self._run(run_id)
         self._check_device(run, device_id)
-        return Task(run_id, run.version, _parameters(run, settings.model()), settings.round_config(run.version))
+        if not settings.secure:
+            return Task(run_id, run.version, _parameters(run, settings.model()), settings.round_config(run.version))
+        run = self.tick(run_id)  # apply a finished secure round first
+        self._check_device(run, device_id)
+        sr = self._secure_round(run, settings)
+        if device_id not in sr.members:
+            raise PolicyDenied(f"device {device_id} is not selected for this round", code="not_selected")
+        return Task(run_id, run.version, _parameters(run, settings.model()), settings.round_config(run.version),
+                    sr.round_id, sr.plan)
+
+    def _one_per_subject(self, devices: Sequence[str], version: int) -> list[str]:
+        """One device per data subject (taking turns by version), so one subject moves the sum by at most ``C``."""
+        by_subject: dict[str, list[str]] = {}
+        for d in sorted(devices):
+            by_subject.setdefault(self.subject(d), []).append(d)
+        return sorted(ds[version % len(ds)] for ds in by_subject.values())
+
+    def _secure_round(self, run: RunRecord, settings: RunSettings) -> _SecureRound:
+        """The secure round of the run's current version, started (and charged) if there is none."""
+        aggregation, ledger, clip_norm = self._aggregation, self._ledger, settings.clip_norm
+        if aggregation is None or clip_norm is None or (settings.epsilon > 0 and ledger is None):
+            raise ConfigError("a secure run needs the aggregation service, a clip norm and (with DP) the ledger")
+        with self._lock:
+            sr = self._secure.get(run.run_id)
+            if sr is not None and sr.version == run.version:
+                return sr
+            now = self._clock.now()
+            members = self._one_per_subject([d for d in run.devices if self._eligible(d)], run.version)
+            increment = 0.0
+            if settings.epsilon > 0 and ledger is not None:
+                dp = settings.dp()
+                increment = dp.epsilon_after(run.version + 1) - dp.epsilon_after(run.version)
+                members = [d for d in members if ledger.remaining(self.subject(d), now) >= increment]
+            if len(members) < settings.min_participants:
+                raise PolicyDenied(f"{len(members)} devices can take part, the round needs "
+                                   f"{settings.min_participants}", code="too_few_participants")
+            threshold = min(len(members), max(settings.min_participants, len(members) // 2 + 1))
+            dims = settings.model().size()
+            plan = plan_round(dims, clip_norm, settings.noise_multiplier, len(members), threshold)
+            if increment > 0 and ledger is not None:
+                try:
+                    ledger.charge_all([self.subject(d) for d in members], increment, "federated",
+                                      f"learn:{run.run_id}", now)
+                except BudgetExhausted as exc:
+                    raise PolicyDenied(str(exc), code="budget_exhausted") from exc
+            rid = aggregation.start(members, dims, threshold=threshold, phase_timeout_s=settings.deadline_s,
+                                          actor=run.started_by)
+            self._audit.record(AuditEvent("learning.secure_round", now, run.started_by, run.run_id,
+                                          {"version": run.version, "round": rid, "devices": len(members),
+                                           "threshold": threshold, "epsilon_charged": increment}))
+            sr = _SecureRound(run.version, rid, tuple(members), plan)
+            self._secure[run.run_id] = sr
+            return sr
 
     def submit(self, run_id: str, device_id: str, base_version: int, payload: bytes, num_examples: int) -> RunRecord:
         """Take one encoded update and advance the run if a round or buffer is complete.
@@ -189,6 +318,8 @@ class LearningService:
         """
         run, settings = self._run(run_id)
         self._check_device(run, device_id)
+        if settings.secure:
+            raise PolicyDenied(f"run {run_id} takes updates only through secure aggregation", code="secure_only")
         if not 1 <= num_examples <= 10_000_000:
             raise MalformedError("num_examples out of range", code="update_malformed")
         stale = (base_version != run.version if settings.strategy == "fedavg"
@@ -219,6 +350,8 @@ class LearningService:
     def _step(self, run: RunRecord, settings: RunSettings) -> tuple[RunRecord, list[tuple[str, int]]] | None:
         if run.status != "running":
             return None
+        if settings.secure:
+            return self._secure_step(run, settings)
         pending = self._store.pending(run.run_id)
         model = settings.model()
         params = _parameters(run, model)
@@ -257,6 +390,28 @@ class LearningService:
                         round_started_at=self._clock.now() if applied else run.round_started_at, status=status,
                         accepted=run.accepted + counts[0], rejected=run.rejected + counts[1]), consumed
 
+    def _secure_step(self, run: RunRecord, settings: RunSettings) -> tuple[RunRecord, list[tuple[str, int]]] | None:
+        """Apply the current version's secure round if its sum is out (only in the process that holds it)."""
+        with self._lock:
+            sr = self._secure.get(run.run_id)
+            if sr is None or sr.version != run.version or self._aggregation is None:
+                return None
+            out = self._aggregation.status(sr.round_id, actor=run.started_by)
+            if out["phase"] == "failed":
+                del self._secure[run.run_id]  # the next task starts (and charges) a new round
+                return None
+            if out["phase"] != "done":
+                return None
+        mean = sr.plan.decode_sum(out["sum"]) / len(sr.members)  # fixed denominator (DP-FedAvg)
+        params = flatten(_parameters(run, settings.model())) + settings.server_lr * mean
+        survivors = int(out["survivors"])
+        version = run.version + 1
+        return next_row(run, version=version, parameters=params.astype("<f8").tobytes(),
+                        round_started_at=self._clock.now(),
+                        status="completed" if version >= settings.rounds else "running",
+                        accepted=run.accepted + survivors,
+                        rejected=run.rejected + len(sr.members) - survivors), []
+
     def _complete(self, run: RunRecord, settings: RunSettings) -> None:
         model = settings.model()
         record = self._models.publish(settings.model_name, model, _parameters(run, model),
@@ -287,6 +442,9 @@ class LearningService:
         return {"run_id": run.run_id, "status": run.status, "model": settings.model_name,
                 "strategy": settings.strategy, "version": run.version, "rounds": settings.rounds,
                 "devices": len(run.devices), "pending_updates": len(self._store.pending(run_id)),
+                "secure": settings.secure, "epsilon": settings.epsilon, "delta": settings.delta,
+                "noise_multiplier": round(settings.noise_multiplier, 4),
+                "epsilon_spent": round(settings.dp().epsilon_after(run.version), 4) if settings.epsilon > 0 else 0.0,
                 "accepted_updates": run.accepted, "rejected_updates": run.rejected,
                 "round_started_at": run.round_started_at.isoformat(), "started_by": run.started_by}
 
@@ -303,6 +461,40 @@ class LearningService:
                 name = str(run.config["model_name"])
                 out.append({"run_id": run.run_id, "status": run.status, "devices": hit, "model": name,
                             "model_versions": published.get(f"learn:{run.run_id}", [])})
+        return out
+
+    def unlearn(self, device_ids: Sequence[str], *, actor: str) -> list[dict[str, Any]]:
+        """Retrain every run that enrolled any of ``device_ids`` without them (the erasure hook).
+
+        Each run is one SISA shard: its model depends only on its enrolled
+        devices, so unlearning a subject retrains only the runs (shards) they
+        were in, from the initial model, among the remaining devices, under
+        the same settings, as a new run ``<run>.u1`` that publishes the
+        model's next version. A running run is stopped first. Returns, per
+        affected run, the model, the versions that held the subject and the
+        retraining run (or why there is none: too few devices left).
+        """
+        out = []
+        ids = [r.run_id for r in self._store.runs()]
+        for item in self.contributions(device_ids):
+            if any(i.startswith(f"{item['run_id']}.u") for i in ids):
+                continue  # superseded by its retraining run (listed on its own if it holds the devices)
+            run, settings = self._run(item["run_id"])
+            if run.status == "running":
+                self.stop(run.run_id, actor=actor)
+            remaining = [d for d in run.devices if d not in set(device_ids)]
+            retrain_id = f"{run.run_id}.u1"[:64]
+            entry = {"model": item["model"], "versions": item["model_versions"], "run_id": run.run_id,
+                     "retrain_run": None, "reason": ""}
+            try:
+                self.start(retrain_id, settings, remaining, actor=actor)
+                entry["retrain_run"] = retrain_id
+            except (ConfigError, IntegrityError) as exc:
+                entry["reason"] = str(exc)
+            self._audit.record(AuditEvent("learning.unlearn", self._clock.now(), actor, run.run_id,
+                                          {"model": item["model"], "versions": item["model_versions"],
+                                           "retrain_run": entry["retrain_run"] or "", "devices": len(remaining)}))
+            out.append(entry)
         return out
 
     def model_of(self, run_id: str) -> Model:
