@@ -84,7 +84,8 @@ class FlowMonitor:
         if self.detector.fitted:
             return self.detector.process(batch)
         alerts = self.detector.learn_watching(batch)
-        if self.detector.learned_rows >= self.config.learn_flows:
+        # A window that only saw flagged traffic keeps learning until enough clean rows came in.
+        if self.detector.ready_to_finish(self.config.learn_flows):
             self.detector.finish_learning()
         return alerts
 

@@ -150,6 +150,14 @@ class FlowDetector:
         self.learned_rows += len(batch)
         return alerts
 
+    def ready_to_finish(self, learn_flows: int) -> bool:
+        """Whether ``learn_flows`` flows were seen and enough rows outside flagged addresses were kept to fit."""
+        if self.learned_rows < learn_flows:
+            return False
+        excluded = sorted(self.excluded)
+        clean = sum(int((~np.isin(h, excluded)).sum()) if excluded else h.shape[0] for h in self._hosts)
+        return clean >= self.config.scorer.min_model_rows
+
     def finish_learning(self) -> None:
         """Fit the learned baselines on the rows taken by :meth:`learn` (then released).
 
@@ -171,6 +179,8 @@ class FlowDetector:
             x, hosts = x[keep], hosts[keep]
             for rule in self.rules:
                 rule.forget(self.excluded)
+        if x.shape[0] < self.config.scorer.min_model_rows:
+            raise ConfigError(f"{x.shape[0]} training rows outside flagged addresses", code="detection_too_few_rows")
         device, model = self._device(hosts)
         self.scorer.fit(x, device, model)
         calm = self.scorer.score(x, device, model) < self.config.strong_score
