@@ -35,7 +35,10 @@ class AutoencoderConfig:
     Attributes:
         max_subset: Largest feature subset per autoencoder.
         hidden_ratio: Hidden units per input unit.
-        epochs: Passes over the training rows.
+        epochs: Passes over the training rows (at least; see ``min_steps``).
+        min_steps: Gradient steps at least: a small training set is passed over
+            more often, so a device with a few hundred rows (or a model with a
+            few dozen) gets a trained ensemble, not ten steps from its random start.
         batch_size: Rows per gradient step.
         learning_rate: Adam step size.
         max_rows: Training rows used at most (a uniform sample beyond it).
@@ -45,6 +48,7 @@ class AutoencoderConfig:
     max_subset: int = 8
     hidden_ratio: float = 0.75
     epochs: int = 10
+    min_steps: int = 300
     batch_size: int = 32
     learning_rate: float = 0.01
     max_rows: int = 4000
@@ -53,6 +57,8 @@ class AutoencoderConfig:
     def __post_init__(self) -> None:
         if not 2 <= self.max_subset <= 64 or not 0 < self.hidden_ratio <= 1:
             raise ConfigError("max_subset or hidden_ratio out of range", code="detection_config_invalid")
+        if not 0 <= self.min_steps <= 100_000:
+            raise ConfigError("min_steps out of range", code="detection_config_invalid")
         if not 1 <= self.epochs <= 1000 or not 1 <= self.batch_size <= 65536 or self.learning_rate <= 0:
             raise ConfigError("epochs, batch_size or learning_rate out of range", code="detection_config_invalid")
 
@@ -117,7 +123,8 @@ class _Layer:
         beta1, beta2, eps = 0.9, 0.999, 1e-8
         n = x.shape[1]
         step = 0
-        for _ in range(cfg.epochs):
+        epochs = max(cfg.epochs, math.ceil(cfg.min_steps / math.ceil(n / cfg.batch_size)))
+        for _ in range(epochs):
             perm = rng.permutation(n)
             for start in range(0, n, cfg.batch_size):
                 xb = x[:, perm[start:start + cfg.batch_size]]

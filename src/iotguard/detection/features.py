@@ -28,6 +28,7 @@ evicted) and ``max_pairs_per_host`` channel and port entries per host.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import compress, repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +50,7 @@ _HOST_FEATURES = (
     "rate", "bytes_mean", "bytes_std", "bytes_sum", "new_dst_share", "new_dst", "new_port", "no_reply_share",
 )
 _CHANNEL_FEATURES = ("channel_rate", "channel_iat_mean", "channel_iat_cv")
+_INBOUND_FEATURES = ("in_rate", "in_new_src_share", "in_no_reply_share")
 # Damped sums kept per host and half-life: count, log-bytes, log-bytes squared,
 # bytes, new destinations, new ports, unanswered flows.
 _HOST_SUMS = 7
@@ -89,7 +91,8 @@ def feature_names(config: FeatureConfig | None = None) -> tuple[str, ...]:
     """Names of the feature columns, in order."""
     config = config or FeatureConfig()
     host = tuple(f"{name}@{h:g}s" for h in config.half_lives_s for name in _HOST_FEATURES)
-    return (*_FLOW_FEATURES, *host, "host_age", *_CHANNEL_FEATURES)
+    inbound = tuple(f"{name}@{h:g}s" for h in config.half_lives_s for name in _INBOUND_FEATURES)
+    return (*_FLOW_FEATURES, *host, "host_age", *_CHANNEL_FEATURES, *inbound)
 
 
 @dataclass(frozen=True)
@@ -123,35 +126,38 @@ def _damped(g: IntArray, t: FloatArray, x: FloatArray, rates: FloatArray, s0: Fl
             t0: FloatArray) -> FloatArray:
     """Damped running sums per group, rows sorted by (group, time).
 
-    Row ``k`` of group ``j`` gets, in column ``c``, ``s0[j, c] * exp(-rates[c]
-    (t_k - t0[j])) + sum over rows i <= k of group j of x[i, c] *
-    exp(-rates[c] (t_k - t_i))`` (``x`` non-negative).
+    ``x`` is ``(n, C)``, ``rates`` ``(R,)``, ``s0`` ``(groups, R, C)``; the
+    result ``(n, R, C)`` has, for row ``k`` of group ``j``, rate ``r`` and
+    column ``c``, ``s0[j, r, c] * exp(-rates[r] (t_k - t0[j])) + sum over rows
+    i <= k of group j of x[i, c] * exp(-rates[r] (t_k - t_i))`` (``x``
+    non-negative).
 
     This is the linear recurrence ``S_k = a_k S_(k-1) + x_k`` with
     ``a_k = exp(-rate (t_k - t_(k-1)))`` and ``a = 0`` at the first row of a
     group, solved for all rows at once by a parallel prefix scan
     (Hillis-Steele: ``log2`` of the longest group steps of whole-array
-    operations). Every factor is at most 1, so nothing can overflow and
-    groups cannot leak into each other.
+    operations). The decay factors depend only on the rate, so they are
+    computed and combined once per rate, not once per column. Every factor
+    is at most 1, so nothing can overflow and groups cannot leak into each other.
     """
     n = x.shape[0]
+    out = np.repeat(x[:, None, :], rates.shape[0], axis=1)
     if n == 0:
-        return np.zeros_like(x)
+        return out
     first = np.ones(n, dtype=bool)
     first[1:] = g[1:] != g[:-1]
     gap = np.zeros(n)
     gap[1:] = np.maximum(t[1:] - t[:-1], 0.0)
     a = np.exp(-gap[:, None] * rates[None, :])
     a[first] = 0.0
-    out = x.copy()
     starts = np.flatnonzero(first)
     longest = int(np.diff(np.append(starts, n)).max())
     step = 1
     while step < longest:
-        out[step:] += a[step:] * out[:-step]
+        out[step:] += a[step:, :, None] * out[:-step]
         a[step:] *= a[:-step]
         step *= 2
-    out += s0[g] * np.exp(-np.maximum(t - t0[g], 0.0)[:, None] * rates[None, :])
+    out += s0[g] * np.exp(-np.maximum(t - t0[g], 0.0)[:, None] * rates[None, :])[:, :, None]
     return out
 
 
@@ -173,6 +179,8 @@ class FeatureExtractor:
         cap = 1024
         self._sums = np.zeros((cap, len(self._rates), _HOST_SUMS))
         self._t_sums = np.zeros(cap)
+        self._in_sums = np.zeros((cap, len(self._rates), len(_INBOUND_FEATURES)))
+        self._t_in = np.zeros(cap)
         self._first = np.zeros(cap)
         self._last = np.full(cap, -np.inf)
         self._channels = KeyTable(_CHANNEL_WIDTH)
@@ -193,20 +201,21 @@ class FeatureExtractor:
 
     def _host_ids(self, hosts: npt.NDArray[np.str_], times: FloatArray) -> IntArray:
         names = hosts.tolist()
-        get = self._ids.get
-        found = [get(h, -1) for h in names]
-        if -1 not in found:
-            return np.array(found, dtype=np.int64)
-        new = list(dict.fromkeys(h for h, i in zip(names, found, strict=True) if i < 0))
+        found = np.fromiter(map(self._ids.get, names, repeat(-1)), dtype=np.int64, count=len(names))
+        fresh = found < 0
+        if not fresh.any():
+            return found
+        new = list(dict.fromkeys(compress(names, fresh.tolist())))
         if len(new) > self.config.max_hosts:
             raise MalformedError("batch names more hosts than max_hosts", code="flow_batch_too_many_hosts")
         if len(new) > len(self._free) + self.config.max_hosts - len(self._names):
-            self._evict(len(new), keep={i for i in found if i >= 0})
+            self._evict(len(new), keep=set(found[~fresh].tolist()))
         self._allocate(new, float(times.min()))
-        ids = np.array([self._ids[h] for h in names], dtype=np.int64)
-        fresh = np.array(found) < 0
-        np.minimum.at(self._first, ids[fresh], times[fresh])
-        return ids
+        get = self._ids.__getitem__
+        found[fresh] = np.fromiter(map(get, compress(names, fresh.tolist())), dtype=np.int64,
+                                   count=int(fresh.sum()))
+        np.minimum.at(self._first, found[fresh], times[fresh])
+        return found
 
     def _allocate(self, hosts: list[str], now: float) -> IntArray:
         """Ids for ``hosts`` (not yet known), from the free list first; fresh state."""
@@ -223,6 +232,8 @@ class FeatureExtractor:
         index = np.array(ids, dtype=np.int64)
         self._sums[index] = 0.0
         self._t_sums[index] = now
+        self._in_sums[index] = 0.0
+        self._t_in[index] = now
         self._first[index] = np.inf
         self._last[index] = now
         return index
@@ -231,6 +242,8 @@ class FeatureExtractor:
         n = self._first.shape[0]
         self._sums = np.concatenate([self._sums, np.zeros((cap - n, *self._sums.shape[1:]))])
         self._t_sums = np.concatenate([self._t_sums, np.zeros(cap - n)])
+        self._in_sums = np.concatenate([self._in_sums, np.zeros((cap - n, *self._in_sums.shape[1:]))])
+        self._t_in = np.concatenate([self._t_in, np.zeros(cap - n)])
         self._first = np.concatenate([self._first, np.zeros(cap - n)])
         self._last = np.concatenate([self._last, np.full(cap - n, -np.inf)])
 
@@ -307,7 +320,8 @@ class FeatureExtractor:
         self._last[src] = t
         self._last[dst] = t
         age = np.log1p(np.clip(t - self._first[src], 0.0, self.config.max_age_s))
-        values = np.concatenate([flow, host_values, age[:, None], channel_values], axis=1)
+        inbound = self._inbound_features(dst, t, new_dst, flow[:, 6])
+        values = np.concatenate([flow, host_values, age[:, None], channel_values, inbound], axis=1)
         return FeatureMatrix(values, batch.orig_h, new_dst.astype(np.int64), new_port.astype(np.int64))
 
     @staticmethod
@@ -349,23 +363,37 @@ class FeatureExtractor:
         host = src[order][starts]
         ends = np.append(starts[1:], ts.shape[0]) - 1
         n_rates = len(self._rates)
-        # One pass for every half-life: columns are (half-life, sum) rate-major.
-        sums = _damped(g, ts, np.tile(x, (1, n_rates)), np.repeat(self._rates, _HOST_SUMS),
-                       self._sums[host].reshape(host.shape[0], -1), self._t_sums[host])
+        # One pass for every half-life: sums are (row, half-life, sum).
+        s = _damped(g, ts, x, self._rates, self._sums[host], self._t_sums[host])
+        w = s[:, :, 0]
+        mean = s[:, :, 1] / w
+        second = s[:, :, 2] / w
+        var = second - mean * mean
+        # Below this the variance is rounding noise of the difference of two sums.
+        std = np.sqrt(np.where(var > 1e-9 * second, var, 0.0))
+        block = np.stack([np.log1p(w), mean, std, np.log1p(s[:, :, 3]), s[:, :, 4] / w, np.log1p(s[:, :, 4]),
+                          np.log1p(s[:, :, 5]), s[:, :, 6] / w], axis=2)
         out = np.empty((t.shape[0], n_rates * len(_HOST_FEATURES)))
-        for j in range(n_rates):
-            s = sums[:, j * _HOST_SUMS:(j + 1) * _HOST_SUMS]
-            w = s[:, 0]
-            mean = s[:, 1] / w
-            second = s[:, 2] / w
-            var = second - mean * mean
-            # Below this the variance is rounding noise of the difference of two sums.
-            std = np.sqrt(np.where(var > 1e-9 * second, var, 0.0))
-            block = np.stack([np.log1p(w), mean, std, np.log1p(s[:, 3]), s[:, 4] / w, np.log1p(s[:, 4]),
-                              np.log1p(s[:, 5]), s[:, 6] / w], axis=1)
-            out[order, j * len(_HOST_FEATURES):(j + 1) * len(_HOST_FEATURES)] = block
-        self._sums[host] = sums[ends].reshape(host.shape[0], n_rates, _HOST_SUMS)
+        out[order] = block.reshape(t.shape[0], -1)
+        self._sums[host] = s[ends]
         self._t_sums[host] = ts[ends]
+        return out
+
+    def _inbound_features(self, dst: IntArray, t: FloatArray, new_pair: npt.NDArray[np.bool_],
+                          no_reply: FloatArray) -> FloatArray:
+        """Per responding host: damped inbound flow rate, share from new sources, share unanswered."""
+        order, g, starts = _groups(dst, t)
+        ts = t[order]
+        x = np.stack([np.ones_like(ts), new_pair[order].astype(np.float64), no_reply[order]], axis=1)
+        host = dst[order][starts]
+        s = _damped(g, ts, x, self._rates, self._in_sums[host], self._t_in[host])
+        w = s[:, :, 0]
+        block = np.stack([np.log1p(w), s[:, :, 1] / w, s[:, :, 2] / w], axis=2)
+        out = np.empty((t.shape[0], len(self._rates) * len(_INBOUND_FEATURES)))
+        out[order] = block.reshape(t.shape[0], -1)
+        ends = np.append(starts[1:], ts.shape[0]) - 1
+        self._in_sums[host] = s[ends]
+        self._t_in[host] = ts[ends]
         return out
 
     def _channel_features(self, pair: IntArray, t: FloatArray) -> FloatArray:
@@ -382,7 +410,7 @@ class FeatureExtractor:
         iat = np.where(has, np.maximum(iat, 0.0), 0.0)
         x = np.stack([np.ones_like(ts), has.astype(np.float64), iat, iat * iat], axis=1)
         t0 = np.where(known, state[:, 5], ts[starts])
-        s = _damped(g, ts, x, np.full(4, self._channel_rate), state[:, 1:5], t0)
+        s = _damped(g, ts, x, np.array([self._channel_rate]), state[:, None, 1:5], t0)[:, 0, :]
         n_iat = s[:, 1]
         mean = np.where(n_iat > 0, s[:, 2] / np.maximum(n_iat, 1e-12), 0.0)
         var = np.where(n_iat > 0, s[:, 3] / np.maximum(n_iat, 1e-12) - mean * mean, 0.0)

@@ -3,7 +3,9 @@
 :class:`FlowMonitor` is what the hub runs over the flows sensors report: the
 first ``learn_flows`` flows (in arrival order) train the learned baselines
 (while the rules that need no baseline, scan fan-out and known-bad
-addresses, already alert), every later batch is scored by the whole
+addresses, already alert, and an address they flag is never learned as
+normal: :meth:`~iotguard.detection.pipeline.FlowDetector.learn_watching`),
+every later batch is scored by the whole
 :class:`~iotguard.detection.pipeline.FlowDetector`. Flows within a report
 are put in time order; a report older than what was seen still updates the
 damped statistics correctly (a negative gap counts as zero).
@@ -81,9 +83,9 @@ class FlowMonitor:
         self.flows_seen += len(batch)
         if self.detector.fitted:
             return self.detector.process(batch)
-        features = self.detector.learn(batch)
-        alerts = self.detector.learning_alerts(batch, features)
-        if self.detector.learned_rows >= self.config.learn_flows:
+        alerts = self.detector.learn_watching(batch)
+        # A window that only saw flagged traffic keeps learning until enough clean rows came in.
+        if self.detector.ready_to_finish(self.config.learn_flows):
             self.detector.finish_learning()
         return alerts
 

@@ -81,6 +81,8 @@ class FlowDetector:
         self._fitted = False
         self._rows: list[FloatArray] = []
         self._hosts: list[npt.NDArray[np.str_]] = []
+        #: Addresses a rule flagged while learning: never learned as normal (see :meth:`learn_watching`).
+        self.excluded: set[str] = set()
         #: Rows taken by :meth:`learn` so far.
         self.learned_rows = 0
 
@@ -120,17 +122,70 @@ class FlowDetector:
         self.learned_rows += len(batch)
         return features
 
+    def learn_watching(self, batch: FlowBatch) -> list[Alert]:
+        """Learn from a batch of live traffic (in time order) while watching it; returns the rules' alerts.
+
+        Live traffic is not known to be benign, so the learning window guards
+        itself: the rules that need no baseline (scan fan-out, known-bad
+        addresses) run on every batch, and an address they flag is *excluded*:
+        none of its flows in this batch or later ones are learned, rows it
+        contributed earlier in the window are dropped at
+        :meth:`finish_learning`, and the rules' destination and port baselines
+        forget it. Its flows still update the feature state (other hosts'
+        fan-out and inbound statistics include them).
+        """
+        features = self.extractor.transform(batch)
+        alerts = self.learning_alerts(batch, features)
+        for alert in alerts:
+            self.excluded.add(str(dict(alert.evidence).get("address", alert.device)))
+        keep = ~np.isin(batch.orig_h, sorted(self.excluded)) if self.excluded else np.ones(len(batch), dtype=bool)
+        if keep.any():
+            kept = FeatureMatrix(features.values[keep], features.host[keep], features.new_dst[keep],
+                                 features.new_port[keep])
+            part = batch.take(np.flatnonzero(keep))
+            for rule in self.rules:
+                rule.learn(part, kept)
+            self._rows.append(kept.values)
+            self._hosts.append(part.orig_h)
+        self.learned_rows += len(batch)
+        return alerts
+
+    def ready_to_finish(self, learn_flows: int) -> bool:
+        """Whether ``learn_flows`` flows were seen and enough rows outside flagged addresses were kept to fit."""
+        if self.learned_rows < learn_flows:
+            return False
+        excluded = sorted(self.excluded)
+        clean = sum(int((~np.isin(h, excluded)).sum()) if excluded else h.shape[0] for h in self._hosts)
+        return clean >= self.config.scorer.min_model_rows
+
     def finish_learning(self) -> None:
         """Fit the learned baselines on the rows taken by :meth:`learn` (then released).
+
+        Rows of addresses in :attr:`excluded` are dropped first. Then the
+        baselines are fitted, the training rows scored, and the rows at or
+        above ``strong_score`` (far above their own calibrated threshold:
+        an outburst inside the window) dropped and the baselines fitted once
+        more without them, if enough rows remain.
 
         Raises:
             ConfigError: ``detection_too_few_rows`` if there is too little traffic.
         """
         if not self._rows:
             raise ConfigError("no training traffic", code="detection_too_few_rows")
-        device, model = self._device(np.concatenate(self._hosts))
-        self.scorer.fit(np.concatenate(self._rows), device, model)
+        x, hosts = np.concatenate(self._rows), np.concatenate(self._hosts)
         self._rows, self._hosts = [], []
+        if self.excluded:
+            keep = ~np.isin(hosts, sorted(self.excluded))
+            x, hosts = x[keep], hosts[keep]
+            for rule in self.rules:
+                rule.forget(self.excluded)
+        if x.shape[0] < self.config.scorer.min_model_rows:
+            raise ConfigError(f"{x.shape[0]} training rows outside flagged addresses", code="detection_too_few_rows")
+        device, model = self._device(hosts)
+        self.scorer.fit(x, device, model)
+        calm = self.scorer.score(x, device, model) < self.config.strong_score
+        if not calm.all() and calm.sum() >= self.config.scorer.min_model_rows:
+            self.scorer.fit(x[calm], device[calm], model[calm])
         self._fitted = True
 
     def learning_alerts(self, batch: FlowBatch, features: FeatureMatrix) -> list[Alert]:

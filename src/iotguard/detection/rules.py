@@ -67,6 +67,9 @@ class FlowRule:
     def learn(self, batch: FlowBatch, features: FeatureMatrix) -> None:
         """Learn the benign baseline (rules without one ignore this)."""
 
+    def forget(self, hosts: set[str]) -> None:
+        """Drop what was learned about ``hosts`` (flagged while learning; rules without a baseline ignore this)."""
+
     def evaluate(self, batch: FlowBatch, features: FeatureMatrix) -> list[Alert]:
         """Alerts for this batch."""
         raise TypeError(f"{type(self).__name__} must define evaluate()")
@@ -146,6 +149,11 @@ class _Baseline(FlowRule):
             known = self.known.setdefault(host, set())
             if len(known) < self.max_keys_per_host:
                 known.add(self._keys(batch, i))
+
+    def forget(self, hosts: set[str]) -> None:
+        for host in hosts:
+            self.known.pop(host, None)
+            self.flows.pop(host, None)
 
     def _unknown(self, batch: FlowBatch) -> BoolArray:
         out = np.zeros(len(batch), dtype=bool)

@@ -196,6 +196,7 @@ class Maintenance:
         self.drainer = services.drainer(worker)
         self.interval_s = interval_s
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="iotguard-maintenance", daemon=True)
         self._fingerprint: tuple[Any, ...] | None = None
         self._last_hourly = -3600.0
@@ -205,7 +206,12 @@ class Maintenance:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=10)
+
+    def wake(self) -> None:
+        """Deliver the outbox now instead of at the next tick (a containment decided outside a request)."""
+        self._wake.set()
 
     def tick(self) -> None:
         s = self.services
@@ -231,8 +237,17 @@ class Maintenance:
         self.drainer.drain()  # last: what this tick queued (retention's audit event) goes out with the rest
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        next_tick = time.monotonic() + self.interval_s
+        while not self._stop.is_set():
+            woken = self._wake.wait(max(0.0, next_tick - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
+                if woken and time.monotonic() < next_tick:
+                    self.drainer.drain()  # woken: only the outbox, the rest keeps its rhythm
+                    continue
                 self.tick()
             except Exception:
                 log.exception("hub maintenance failed; retrying")
+            next_tick = time.monotonic() + self.interval_s

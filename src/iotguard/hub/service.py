@@ -73,6 +73,7 @@ class Hub:
         self.embedded_broker: EmbeddedBroker | None = None
         self.ingest: MqttIngest | None = None
         self.maintenance = Maintenance(self.services, worker=f"hub-{os.getpid()}")
+        self.services.detection.after_containment = self.maintenance.wake
         self.app = create_app(self.services, drain=self.maintenance.drainer.drain)
         self.tls = HubTls(Path(cfg.data_dir), self.lifecycle.ca,
                           client_validity=timedelta(days=cfg.cert_validity_days))

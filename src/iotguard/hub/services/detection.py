@@ -150,6 +150,10 @@ class WebhookNotifier:
             raise IotGuardError(f"webhook answered {r.status_code}", code="notify_failed")
 
 
+#: Response actions that change what a device may do at the broker.
+_ACCESS_CHANGES = frozenset({ActionKind.QUARANTINE.value, ActionKind.RELEASE.value, ActionKind.REVOKE.value})
+
+
 class DetectionService:
     """Stores alerts and executes the playbook's response with its guard rails.
 
@@ -170,6 +174,9 @@ class DetectionService:
         self._playbook = playbook
         self.clock = clock
         self.notifier = notifier
+        #: Called after a response changed a device's access (quarantine, release, revocation), so the
+        #: process delivers the outbox (broker ACL) now rather than at its next maintenance tick.
+        self.after_containment: Callable[[], None] | None = None
 
     @property
     def playbook(self) -> Playbook:
@@ -254,7 +261,11 @@ class DetectionService:
         self.refresh_risk()
         by_id = {a.alert_id: a for a in fresh}
         planned = plan(fresh, self._playbook(), self.fleet(), self.state(), now)
-        return [self._carry_out(action, by_id.get(action.alert_id), DETECTION_ACTOR) for action in planned]
+        done = [self._carry_out(action, by_id.get(action.alert_id), DETECTION_ACTOR) for action in planned]
+        if self.after_containment is not None and any(
+                a.outcome == "done" and a.kind in _ACCESS_CHANGES for a in done):
+            self.after_containment()
+        return done
 
     def awaiting_approval(self) -> list[StoredAction]:
         """Actions waiting for an operator (not approved yet), oldest first."""
