@@ -44,7 +44,7 @@ from iotguard.errors import KeyStoreError, StorageError
 from iotguard.hub.db import metadata
 from iotguard.hub.stores._sql import utc as _utc
 from iotguard.hub.stores.consent import subject_devices
-from iotguard.keys.keystore import KeyKind, KeyStore
+from iotguard.keys.keystore import BatchKeyGeneration, KeyKind, KeyStore
 from iotguard.privacy.at_rest import (
     KEY_ID_BYTES,
     SubjectDataKey,
@@ -133,18 +133,27 @@ class SubjectKeyring:
         if self._pg:
             q = q.with_for_update(read=True)
         out = {r.owner: self._unwrap(bytes(r.key_id), r.owner, bytes(r.wrapped_key)) for r in conn.execute(q)}
-        for owner in (o for o in wanted if o not in out):
-            key = SubjectDataKey.generate(owner)
-            label = kek_label(key.key_id)
-            self._keystore.generate(label, KeyKind.AES256)
-            try:
-                wrapped = self._keystore.seal(label, key.secret, wrap_associated_data(key.key_id, owner))
-                conn.execute(data_keys.insert().values(key_id=key.key_id, owner=owner, wrapped_key=wrapped,
-                                                       created_at=_utc(at)))
-            except Exception:
-                self._keystore.delete(label)  # nothing refers to it
-                raise
-            out[owner] = self._remember(key)
+        new = [SubjectDataKey.generate(owner) for owner in wanted if owner not in out]
+        if not new:
+            return out
+        labels = [kek_label(key.key_id) for key in new]
+        # Many new owners at once (a fleet's first readings): one key-store write for all of them where
+        # the store can (the software store rewrites its whole sealed file per write).
+        if isinstance(self._keystore, BatchKeyGeneration) and len(labels) > 1:
+            self._keystore.generate_many(labels, KeyKind.AES256)
+        else:
+            for label in labels:
+                self._keystore.generate(label, KeyKind.AES256)
+        try:
+            rows = [{"key_id": key.key_id, "owner": key.owner, "created_at": _utc(at),
+                     "wrapped_key": self._keystore.seal(label, key.secret, wrap_associated_data(key.key_id, key.owner))}
+                    for key, label in zip(new, labels, strict=True)]
+            conn.execute(data_keys.insert(), rows)
+        except Exception:
+            for label in labels:  # nothing refers to them
+                self._keystore.delete(label)
+            raise
+        out.update((key.owner, self._remember(key)) for key in new)
         return out
 
     def key_for(self, owner: str, at: datetime) -> SubjectDataKey:
