@@ -437,6 +437,15 @@ def test_receipts_are_verified_before_they_are_stored(privacy: PrivacyRecords, t
     assert privacy.receipts.receipts_of("d1") == []
 
 
+def test_a_resent_receipt_is_stored_once(privacy: PrivacyRecords, tmp_path: Path) -> None:
+    # The agent retries a receipt whose answer it did not get (ADR 1502): the hub must not count it twice.
+    receipt, pub, contract = _receipt(tmp_path)
+    first = privacy.receipts.store_receipt("d1", receipt, pub, T0, contract=contract)
+    again = privacy.receipts.store_receipt("d1", receipt, pub, T0 + timedelta(seconds=5), contract=contract)
+    assert again == first
+    assert [r.encode() for r in privacy.receipts.receipts_of("d1")] == [receipt]
+
+
 def test_erasure_shreds_the_subject_key(privacy: PrivacyRecords) -> None:
     subjects = privacy.subjects
     sealed = subjects.seal_for_subject("alice", b"exported copy", T0)
