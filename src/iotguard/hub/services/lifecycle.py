@@ -450,6 +450,14 @@ class DeviceLifecycle:
             for device_id, record in fresh.items():
                 old = self._cache.get(device_id)
                 self._cache[device_id] = _CachedDevice(record, mono, old.keys if old else {})
+            # Devices seen for the first time: their key epochs in the same kind of single round trip
+            # (one query each made the hub's first pass over a 10,000-device fleet take minutes).
+            keyless = [d for d in fresh if not self._cache[d].keys]
+        if len(keyless) > 1:
+            for ek in self.store.epoch_keys(keyless):
+                keys = self._cache[ek.device_id].keys
+                if ek.epoch not in keys:
+                    keys[ek.epoch] = (ek.suite, self._unwrap(ek.device_id, ek.epoch, ek.suite, ek.wrapped_key))
 
     def session(self, device_id: str, epoch: int) -> tuple[DeviceRecord, str, SessionKeys]:
         """Device record and unwrapped keys for (device, epoch), cached briefly.
