@@ -263,20 +263,22 @@ class SqlTelemetryStore(SqlStoreBase):
                 # redo each under a row lock; merging a window with itself changes nothing.
                 conflicted = list(updates)
         if len(inserts) > 1:
-            # A batch's devices seen for the first time: one executemany, not a round trip each. If any
-            # was inserted meanwhile by another process, which is unknown: merge each under a row lock.
-            ins = self._upsert(t).on_conflict_do_nothing(index_elements=["device_id", "epoch"])
+            # A batch's devices seen for the first time: one statement, not a round trip each; one
+            # another process inserted meanwhile is not returned, and is merged under a row lock.
+            ins = self._upsert(t).on_conflict_do_nothing(index_elements=["device_id", "epoch"]).returning(
+                t.c.device_id, t.c.epoch)
             params = [{"device_id": w.device_id, "epoch": w.epoch, "top": w.window.top, "bitmap": w.window.bitmap(),
                        "version": 1} for w in inserts]
-            if c.execute(ins, params).rowcount != len(params):
-                conflicted += inserts
+            done = {(str(d), int(e)) for d, e in c.execute(ins, params)}
+            conflicted += [w for w in inserts if (w.device_id, w.epoch) not in done]
         elif inserts:
             ins = self._upsert(t).on_conflict_do_nothing(index_elements=["device_id", "epoch"]).returning(t.c.version)
             for w in inserts:
                 if c.execute(ins, {"device_id": w.device_id, "epoch": w.epoch, "top": w.window.top,
                                    "bitmap": w.window.bitmap(), "version": 1}).first() is None:
                     conflicted.append(w)
-        out = [(w, w.window, (w.version or 0) + 1) for w in windows if w not in conflicted]
+        lost_race = {id(w) for w in conflicted}
+        out = [(w, w.window, (w.version or 0) + 1) for w in windows if id(w) not in lost_race]
         for w in sorted(conflicted, key=lambda w: (w.device_id, w.epoch)):
             out.append((w, *self._merge_window(c, w)))
         return out
