@@ -29,7 +29,7 @@ import os
 import platform
 import shutil
 import signal
-import subprocess  # nosec B404 - fixed argv for the throwaway servers it starts
+import subprocess  # nosec B404
 import tempfile
 import threading
 import time

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess  # nosec B404 - fixed argv for the throwaway servers it starts
+import subprocess  # nosec B404
 import sys
 import time
 from dataclasses import dataclass
