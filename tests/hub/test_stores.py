@@ -106,6 +106,22 @@ def test_replay_windows_are_saved_compare_and_swap_and_merged(telemetry: Telemet
     assert telemetry.replay_window("d1", 1) == (a.window.top, a.window.bitmap(), 3)
 
 
+def test_new_windows_saved_together_merge_one_another_process_saved_first(telemetry: TelemetryStore) -> None:
+    """A batch's first-seen devices are saved in one statement; if another hub saved one of them
+    meanwhile, nothing it accepted is forgotten and every window's version is the stored one."""
+    telemetry.store_batch([], [_window("d2", [5])], {}, now=T0)  # hub B got there first
+    fresh = [_window("d1", [1]), _window("d2", [1]), _window("d3", [2])]
+    telemetry.store_batch([], fresh, {}, now=T0)
+    assert telemetry.replay_windows([("d1", 1), ("d2", 1), ("d3", 1), ("d9", 1)]).keys() == {
+        ("d1", 1), ("d2", 1), ("d3", 1)}
+    for w in fresh:
+        assert telemetry.replay_window(w.device_id, 1) == (w.window.top, w.window.bitmap(), w.version)
+    d2 = ReplayWindow(8, *telemetry.replay_window("d2", 1)[:2])  # type: ignore[misc]
+    for seq in (1, 5):
+        with pytest.raises(ReplayError):
+            d2.check(seq)
+
+
 def test_batch_stores_readings_windows_and_rejections(telemetry: TelemetryStore) -> None:
     inserted = telemetry.store_batch([_row("d1", 1), _row("d1", 2)], [_window("d1", [1, 2])],
                                      {("d1", "forged"): 2}, now=T0)
@@ -435,6 +451,15 @@ def test_receipts_are_verified_before_they_are_stored(privacy: PrivacyRecords, t
     assert privacy.receipts.receipt_models() == ["thermo-1"]
     assert privacy.receipts.delete_receipts_before("thermo-1", T0 + timedelta(seconds=1)) == 1
     assert privacy.receipts.receipts_of("d1") == []
+
+
+def test_a_resent_receipt_is_stored_once(privacy: PrivacyRecords, tmp_path: Path) -> None:
+    # The agent retries a receipt whose answer it did not get (ADR 1502): the hub must not count it twice.
+    receipt, pub, contract = _receipt(tmp_path)
+    first = privacy.receipts.store_receipt("d1", receipt, pub, T0, contract=contract)
+    again = privacy.receipts.store_receipt("d1", receipt, pub, T0 + timedelta(seconds=5), contract=contract)
+    assert again == first
+    assert [r.encode() for r in privacy.receipts.receipts_of("d1")] == [receipt]
 
 
 def test_erasure_shreds_the_subject_key(privacy: PrivacyRecords) -> None:

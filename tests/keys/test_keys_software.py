@@ -232,3 +232,30 @@ def test_processes_sharing_a_store_lose_no_keys(tmp_path: Path) -> None:
     a.advance_counter("c", 3)  # a's write must not bring k-a back
     reopened = SoftwareKeyStore(tmp_path / "ks", device_binding=BINDING)
     assert reopened.has_key("k-b") and not reopened.has_key("k-a") and reopened.counter("c") == 3
+
+
+def test_generate_many_writes_the_sealed_file_once_for_all_keys(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fleet's first readings create one subject key each; one rewrite of the whole store per key
+    # made the hub fall behind in the 10,000-device soak (O(keys^2)).
+    store = SoftwareKeyStore(tmp_path / "ks", device_binding=BINDING)
+    saves = []
+    real_save = store._save
+    monkeypatch.setattr(store, "_save", lambda: (saves.append(1), real_save())[1])
+    labels = [f"k{i}" for i in range(50)]
+    assert store.generate_many(labels, KeyKind.AES256) == [b""] * 50
+    assert len(saves) == 1
+    reopened = SoftwareKeyStore(tmp_path / "ks", device_binding=BINDING)
+    assert all(reopened.has_key(label) for label in labels)
+    assert reopened.unseal("k7", store.seal("k7", b"secret")) == b"secret"
+
+
+def test_generate_many_is_all_or_none(tmp_path: Path) -> None:
+    store = SoftwareKeyStore(tmp_path / "ks", device_binding=BINDING)
+    store.generate("taken", KeyKind.AES256)
+    with pytest.raises(KeyStoreError):
+        store.generate_many(["a", "taken", "b"], KeyKind.AES256)
+    with pytest.raises(KeyStoreError):
+        store.generate_many(["c", "c"], KeyKind.AES256)
+    assert not any(store.has_key(label) for label in ("a", "b", "c"))
+    assert len(store.generate_many(["e1", "e2"], KeyKind.ED25519)[1]) == 32

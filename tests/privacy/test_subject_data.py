@@ -11,7 +11,7 @@ from typing import Any
 
 import cbor2
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import Engine
 
 from iotguard.audit.verify import export_segment, verify_export
@@ -366,3 +366,21 @@ def test_receipts_are_sealed_and_unreadable_in_a_copy_after_erasure(hub: HubPart
         assert PrivacyStore(restored, keystore=hub.services.keystore).receipts_of("d1") == []
     finally:
         restored.dispose()
+
+
+def test_a_batch_of_new_owners_gets_its_data_keys_in_one_key_store_write(hub: HubParts,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    keystore = hub.services.keystore
+    calls: list[int] = []
+    real = keystore.generate_many  # type: ignore[attr-defined]
+    monkeypatch.setattr(keystore, "generate_many", lambda labels, kind: (calls.append(len(labels)),
+                                                                        real(labels, kind))[1])
+    now = hub.services.clock.now()
+    rows = [{"device_id": f"fresh-{i}", "epoch": 1, "seq": 1, "topic": f"t/fresh-{i}", "received_at": now,
+             "body": _body("research", 60 + i, "0,0")} for i in range(20)]
+    hub.store.store_batch(rows, [], {}, now=now)
+    assert calls == [20]
+    with hub.store.engine.connect() as c:
+        assert c.execute(select(func.count()).select_from(data_keys)).scalar() == 20
+        stored = c.execute(select(readings.c.device_id, readings.c.body, readings.c.key_id)).all()
+    assert len(stored) == 20 and all(b"research" not in bytes(body) for _d, body, _k in stored)

@@ -29,6 +29,7 @@ from iotguard.agent.attester import Attester
 from iotguard.agent.exchange import CA_FILE, IDENTITY_KEY, TRANSPORT_FILE, new_transport_key
 from iotguard.agent.outbox import Outbox
 from iotguard.agent.privacy import DevicePrivacy
+from iotguard.agent.receipts import ReceiptSender, SendResult
 from iotguard.channel import (
     SequenceAllocator,
     SessionKeys,
@@ -97,6 +98,8 @@ class Agent:
         self.clock = clock or SystemClock()
         self._http = http
         self.outbox = Outbox(self.dir / "outbox.db", max_items=cfg.max_buffered_readings)
+        #: Privacy receipts leave the outbox only once the hub has them (or refused them for good).
+        self.receipts = ReceiptSender(self.outbox, self._send_receipt, self.device_id, self.clock.monotonic)
         self._sealer: UplinkSealer | None = None
         self._keys: SessionKeys | None = None
         self._client: mqtt.Client | None = None
@@ -450,27 +453,31 @@ class Agent:
         self.privacy = DevicePrivacy(self.keystore, self.device_id, model, consent, clock or self.clock, rng=rng)
         return self.privacy
 
-    def send_receipt(self) -> bool:
+    def send_receipt(self, *, force: bool = False) -> bool:
         """Sign the privacy receipt for readings released since the last one and send what is pending.
 
-        Receipts wait in the outbox while the hub is unreachable and go out
-        later; one the hub refuses is logged and dropped. Returns True when a
-        new receipt was signed.
+        Receipts are kept in the outbox until the hub has stored them; while the
+        hub is unreachable or failing they wait and are retried with back-off
+        (``force`` retries now), see :mod:`iotguard.agent.receipts`. Returns True
+        when a new receipt was signed.
         """
         if self.privacy is None:
             return False
         receipt = self.privacy.seal_receipt(self.privacy.clock.now())  # the time of the readings it covers
         if receipt is not None:
             self.outbox.add_receipt(receipt)
-        for receipt_id, blob in self.outbox.receipts():
-            try:
-                self._post("/v1/receipts", self._signed("upload_receipt", {"receipt": blob})[0])
-            except httpx.HTTPError:
-                break  # hub unreachable: keep it for the next attempt
-            except EnrollmentError as exc:
-                log.warning("%s: hub refused a privacy receipt (%s); dropping it", self.device_id, exc)
-            self.outbox.remove_receipt(receipt_id)
+        self.receipts.flush(force=force)
         return receipt is not None
+
+    def _send_receipt(self, blob: bytes) -> SendResult:
+        r = self._client_http().post("/v1/receipts", json=self._signed("upload_receipt", {"receipt": blob})[0])
+        if r.status_code == 200:
+            return SendResult(200)
+        try:
+            code = str(r.json().get("error", ""))
+        except ValueError:
+            code = ""
+        return SendResult(r.status_code, code)
 
     def publish_raw(self, topic: str, payload: bytes) -> None:
         """Publish bytes as they are (the simulator's attack hooks use this too)."""

@@ -47,6 +47,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "iotguard.cli.compliance",
     "iotguard.cli.console",
     "iotguard.cli.backup",
+    "iotguard.cli.sim",
 )
 
 

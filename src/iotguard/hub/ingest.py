@@ -194,6 +194,8 @@ class IngestProcessor:
         self._quota_audited_at = monotonic()
         #: Replay windows this process holds, with the version it last read or saved.
         self._windows: dict[tuple[str, int], WindowWrite] = {}
+        #: (device, epoch) of the current batch known to have no saved window yet.
+        self._no_saved_window: set[tuple[str, int]] = set()
         #: Suites this processor opens with instead of the registry's (same ids and wire format).
         self._suites: dict[str, AeadSuite] = {}
         if cfg.ascon_compiled:
@@ -204,13 +206,27 @@ class IngestProcessor:
         key = (device_id, epoch)
         w = self._windows.get(key)
         if w is None:
-            saved = self.store.replay_window(device_id, epoch)
+            saved = None if key in self._no_saved_window else self.store.replay_window(device_id, epoch)
             if saved is None:
                 w = WindowWrite(device_id, epoch, ReplayWindow(self.cfg.replay_window), None)
             else:
                 w = WindowWrite(device_id, epoch, ReplayWindow(self.cfg.replay_window, saved[0], saved[1]), saved[2])
             self._windows[key] = w
         return w.window
+
+    def _preload_windows(self, keys: set[tuple[str, int]]) -> None:
+        """Read the saved windows of the batch's (device, epoch) not held yet in one round trip, not one
+        each. Only saved windows are kept; the keys with none are remembered for this batch only (a
+        batch of unknown device ids must not grow :attr:`_windows`)."""
+        missing = sorted(k for k in keys if k not in self._windows)
+        self._no_saved_window = set()
+        if len(missing) < 2:
+            return
+        saved = self.store.replay_windows(missing)
+        for key, got in saved.items():
+            self._windows[key] = WindowWrite(key[0], key[1], ReplayWindow(self.cfg.replay_window, got[0], got[1]),
+                                             got[2])
+        self._no_saved_window = set(missing) - set(saved)
 
     def _session(self, device_id: str, epoch: int) -> _Session | str:
         """Everything ingest needs about (device, epoch), or the reason code it is refused with."""
@@ -248,6 +264,7 @@ class IngestProcessor:
             except MalformedError:
                 rejected[("", "malformed")] += 1
         self.registry.prefetch({env.device_id for _m, env in decoded})
+        self._preload_windows({(env.device_id, env.epoch) for _m, env in decoded})
         for msg, env in decoded:
             d = env.device_id
             key = (d, env.epoch)

@@ -15,12 +15,13 @@ device untrusted). :func:`tamper_record_of` reads that state from any store.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
-__all__ = ["KeyKind", "KeyStore", "TamperRecord", "TamperResponsive", "tamper_record_of"]
+__all__ = ["BatchKeyGeneration", "KeyKind", "KeyStore", "TamperRecord", "TamperResponsive", "tamper_record_of"]
 
 
 class KeyKind(StrEnum):
@@ -95,6 +96,16 @@ class KeyStore(Protocol):
 
     def zeroize(self) -> None:
         """Destroy every key in the store (tamper response, decommissioning)."""
+        ...
+
+
+@runtime_checkable
+class BatchKeyGeneration(Protocol):
+    """A store that creates many keys in one durable write (the software store, whose one sealed file
+    holds every key: a write per key costs O(keys), so O(keys^2) for a fleet's first readings)."""
+
+    def generate_many(self, labels: Sequence[str], kind: KeyKind) -> list[bytes]:
+        """Create a key under each label, all or none; their public keys (b"" for AES)."""
         ...
 
 

@@ -36,8 +36,7 @@ import hashlib
 import os
 import secrets
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -54,6 +53,7 @@ from iotguard.clock import Clock, SystemClock
 from iotguard.errors import ConfigError, IntegrityError, KeyStoreError, TamperError
 from iotguard.fileio import atomic_write, create_exclusive
 from iotguard.keys.keystore import KeyKind, TamperRecord
+from iotguard.keys.software_entries import _Entry, _load_entry, _new_secret
 
 __all__ = [
     "DEVICE_SECRET_ENV",
@@ -129,34 +129,6 @@ def platform_device_binding(device_secret_path: str | os.PathLike[str] | None = 
         if machine_id:
             break
     return hashlib.sha256(b"iotguard device binding v1\0" + machine_id + b"\0" + secret).digest()
-
-
-@dataclass(slots=True)
-class _Entry:
-    """One loaded key. ``repr`` never shows the key object."""
-
-    kind: KeyKind
-    key: Ed25519PrivateKey | X25519PrivateKey | AESGCM
-    public: bytes
-    aes_secret: bytes = b""
-
-    def __repr__(self) -> str:
-        return f"_Entry({self.kind.value})"
-
-    def secret_bytes(self) -> bytes:
-        if isinstance(self.key, Ed25519PrivateKey | X25519PrivateKey):
-            return self.key.private_bytes_raw()
-        return self.aes_secret
-
-
-def _load_entry(kind: KeyKind, secret: bytes) -> _Entry:
-    if kind is KeyKind.ED25519:
-        ed = Ed25519PrivateKey.from_private_bytes(secret)
-        return _Entry(kind, ed, ed.public_key().public_bytes_raw())
-    if kind is KeyKind.X25519:
-        x = X25519PrivateKey.from_private_bytes(secret)
-        return _Entry(kind, x, x.public_key().public_bytes_raw())
-    return _Entry(kind, AESGCM(secret), b"", secret)
 
 
 class SoftwareKeyStore:
@@ -400,30 +372,32 @@ class SoftwareKeyStore:
     # -- KeyStore ------------------------------------------------------------
 
     def generate(self, label: str, kind: KeyKind) -> bytes:
-        """Create a key under ``label`` and return its public key (b"" for AES).
+        """Create a key under ``label`` and return its public key (b"" for AES); raises as :meth:`generate_many`."""
+        return self.generate_many([label], kind)[0]
+
+    def generate_many(self, labels: Sequence[str], kind: KeyKind) -> list[bytes]:
+        """Create a key under each of ``labels``, all or none, in one write of the sealed file (the file
+        holds every key, so a write per key would cost O(keys) each); returns their public keys.
 
         Raises:
-            KeyStoreError: ``label`` exists already.
+            KeyStoreError: a label exists already or is repeated.
             TamperError: the store was tampered with.
         """
         kind = KeyKind(kind)
         with self._exclusive():
             self._check()
-            if label in self._keys:
-                raise KeyStoreError(f"key {label!r} exists")
-            if kind is KeyKind.ED25519:
-                entry = _load_entry(kind, Ed25519PrivateKey.generate().private_bytes_raw())
-            elif kind is KeyKind.X25519:
-                entry = _load_entry(kind, X25519PrivateKey.generate().private_bytes_raw())
-            else:
-                entry = _load_entry(kind, secrets.token_bytes(32))
-            self._keys[label] = entry
+            taken = [label for label in labels if label in self._keys]
+            if taken or len(set(labels)) != len(labels):
+                raise KeyStoreError(f"key {(taken or list(labels))[0]!r} exists or is repeated")
+            made = {label: _load_entry(kind, _new_secret(kind)) for label in labels}
+            self._keys.update(made)
             try:
                 self._save()
             except BaseException:
-                del self._keys[label]
+                for label in made:
+                    del self._keys[label]
                 raise
-            return entry.public
+            return [e.public for e in made.values()]
 
     def has_key(self, label: str) -> bool:
         """Whether a key named ``label`` exists.

@@ -194,9 +194,9 @@ class Fleet:
         return len(seqs)
 
     def flush_receipts(self) -> None:
-        """Send the receipts of every device's outstanding batch."""
+        """Send the receipts of every device's outstanding batch (and retry the kept ones now)."""
         for dev in self.devices:
-            if dev.agent.send_receipt():
+            if dev.agent.send_receipt(force=True):
                 self.receipts_sent += 1
 
     def resend_due(self) -> int:

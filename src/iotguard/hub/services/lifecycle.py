@@ -114,6 +114,8 @@ class DeviceLifecycle:
             keystore.generate(_STORAGE_KEY, KeyKind.AES256)
         self.ca = self._load_or_create_ca()
         self._cache: dict[str, _CachedDevice] = {}
+        #: When the last ingest batch's prefetch read its devices (see :meth:`session`).
+        self._last_prefetch = -1.0
         self._lock = threading.Lock()
 
     def _load_or_create_ca(self) -> FleetCA:
@@ -186,7 +188,7 @@ class DeviceLifecycle:
         return self.store.list_devices(status=status, limit=max(1, min(limit, 1000)), offset=max(0, offset))
 
     def revoke(self, device_id: str, *, actor: str = "operator", reason: str = "") -> None:
-        """Revoke a device; ingest refuses its data within ``device_cache_ttl_s``."""
+        """Revoke a device; ingest refuses its data within ``device_cache_ttl_s`` (plus the batch in progress)."""
         now = self.clock.now()
         device = self.store.get_device(device_id)
         self.store.revoke_device(device_id, now=now, effects=self._effects(
@@ -447,9 +449,18 @@ class DeviceLifecycle:
             return  # session() reads a single one itself
         fresh = self.store.get_devices(sorted(stale))
         with self._lock:
+            self._last_prefetch = mono
             for device_id, record in fresh.items():
                 old = self._cache.get(device_id)
                 self._cache[device_id] = _CachedDevice(record, mono, old.keys if old else {})
+            # Devices seen for the first time: their key epochs in the same kind of single round trip
+            # (one query each made the hub's first pass over a 10,000-device fleet take minutes).
+            keyless = [d for d in fresh if not self._cache[d].keys]
+        if len(keyless) > 1:
+            for ek in self.store.epoch_keys(keyless):
+                keys = self._cache[ek.device_id].keys
+                if ek.epoch not in keys:
+                    keys[ek.epoch] = (ek.suite, self._unwrap(ek.device_id, ek.epoch, ek.suite, ek.wrapped_key))
 
     def session(self, device_id: str, epoch: int) -> tuple[DeviceRecord, str, SessionKeys]:
         """Device record and unwrapped keys for (device, epoch), cached briefly.
@@ -461,7 +472,11 @@ class DeviceLifecycle:
         mono = self.clock.monotonic()
         with self._lock:
             entry = self._cache.get(device_id)
-        if entry is None or mono - entry.loaded_at > self.cfg.device_cache_ttl_s:
+        # An entry the current batch's prefetch read is used for the whole batch even if the batch
+        # outlasts the TTL on a loaded machine (re-reading each device singly then would make the
+        # batch slower still): a revocation is seen within the TTL plus one batch.
+        if entry is None or (mono - entry.loaded_at > self.cfg.device_cache_ttl_s
+                             and entry.loaded_at != self._last_prefetch):
             record = self.store.get_device(device_id)
             entry = _CachedDevice(record, mono, entry.keys if entry else {})
             with self._lock:

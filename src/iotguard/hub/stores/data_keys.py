@@ -53,7 +53,7 @@ from iotguard.hub.db import metadata
 from iotguard.hub.stores._sql import aware_utc
 from iotguard.hub.stores._sql import utc as _utc
 from iotguard.hub.stores.consent import subject_devices
-from iotguard.keys.keystore import KeyKind, KeyStore
+from iotguard.keys.keystore import BatchKeyGeneration, KeyKind, KeyStore
 from iotguard.privacy.at_rest import (
     KEY_ID_BYTES,
     SubjectDataKey,
@@ -249,17 +249,26 @@ class SubjectKeyring:
         if not wanted:
             return {}
         out = {r.owner: self._unwrap(r.key_id, r.owner, r.wrapped_key) for r in self.rows.rows_for(conn, wanted)}
-        for owner in (o for o in wanted if o not in out):
-            key = SubjectDataKey.generate(owner)
-            label = kek_label(key.key_id)
-            self._keystore.generate(label, KeyKind.AES256)
-            try:
-                wrapped = self._keystore.seal(label, key.secret, wrap_associated_data(key.key_id, owner))
-                self.rows.insert(conn, DataKeyRow(key.key_id, owner, wrapped, at))
-            except Exception:
-                self._keystore.delete(label)  # nothing refers to it
-                raise
-            out[owner] = self._remember(key)
+        new = [SubjectDataKey.generate(owner) for owner in wanted if owner not in out]
+        if not new:
+            return out
+        labels = [kek_label(key.key_id) for key in new]
+        # Many new owners at once (a fleet's first readings): one key-store write for all of them where
+        # the store can (the software store rewrites its whole sealed file per write).
+        if isinstance(self._keystore, BatchKeyGeneration) and len(labels) > 1:
+            self._keystore.generate_many(labels, KeyKind.AES256)
+        else:
+            for label in labels:
+                self._keystore.generate(label, KeyKind.AES256)
+        try:
+            for key, label in zip(new, labels, strict=True):
+                wrapped = self._keystore.seal(label, key.secret, wrap_associated_data(key.key_id, key.owner))
+                self.rows.insert(conn, DataKeyRow(key.key_id, key.owner, wrapped, at))
+        except Exception:
+            for label in labels:  # nothing refers to them
+                self._keystore.delete(label)
+            raise
+        out.update((key.owner, self._remember(key)) for key in new)
         return out
 
     def key_for(self, owner: str, at: datetime) -> SubjectDataKey:

@@ -162,6 +162,10 @@ class DeviceStore(Protocol):
 
     def epoch_key(self, device_id: str, epoch: int) -> EpochKey | None: ...
 
+    def epoch_keys(self, device_ids: Sequence[str]) -> list[EpochKey]:
+        """Every key epoch of these devices, in one round trip (ingest's first sight of many devices)."""
+        ...
+
 
 class SqlDeviceStore(SqlStoreBase):
     """Device registry on SQLite or PostgreSQL."""
@@ -436,4 +440,14 @@ class SqlDeviceStore(SqlStoreBase):
             return None
         m = row._mapping
         return EpochKey(m["device_id"], m["epoch"], m["suite"], m["wrapped_key"])
+
+    def epoch_keys(self, device_ids: Sequence[str]) -> list[EpochKey]:
+        ids = sorted(set(device_ids))
+        out: list[EpochKey] = []
+        with self.engine.connect() as c:
+            for i in range(0, len(ids), 1000):
+                for row in c.execute(select(key_epochs).where(key_epochs.c.device_id.in_(ids[i:i + 1000]))):
+                    m = row._mapping
+                    out.append(EpochKey(m["device_id"], m["epoch"], m["suite"], m["wrapped_key"]))
+        return out
 

@@ -178,6 +178,10 @@ class MemoryDeviceStore:
         got = self._epochs.get((device_id, epoch))
         return None if got is None else got[0]
 
+    def epoch_keys(self, device_ids: Sequence[str]) -> list[EpochKey]:
+        wanted = set(device_ids)
+        return [got[0] for (d, _e), got in sorted(self._epochs.items()) if d in wanted]
+
     def _forget_keys(self, device_id: str) -> None:
         for key in [k for k in self._epochs if k[0] == device_id]:
             del self._epochs[key]

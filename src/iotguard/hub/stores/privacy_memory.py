@@ -35,6 +35,8 @@ class MemoryReceiptStore:
         r, claims = verified_claims(device_id, receipt, public_key, contract)
         units = round(claims["epsilon_period_total"] / EPSILON_RESOLUTION)
         with self._lock:
+            if any(d == device_id and held.signature == r.signature for d, _m, _t, held in self._receipts):
+                return claims  # a resend of one already stored (the device's answer was lost): stored once
             self._receipts.append((device_id, claims["model"], received_at, r))
             key = (device_id, int(claims["period"]))
             self._ledger[key] = max(self._ledger.get(key, 0), units)

@@ -225,7 +225,8 @@ class ReceiptStore(Protocol):
 
     def store_receipt(self, device_id: str, receipt: PrivacyReceipt | bytes, public_key: bytes,
                       received_at: datetime, *, contract: DataContract | None = None) -> dict[str, Any]:
-        """Verify (see :func:`verified_claims`), store, and raise the ledger copy to the receipt's total."""
+        """Verify (see :func:`verified_claims`), store once (a resend of a receipt already held, same
+        device and signature, is not stored again), and raise the ledger copy to the receipt's total."""
         ...
 
     def receipts_of(self, device_id: str) -> list[PrivacyReceipt]: ...
@@ -285,6 +286,10 @@ class SqlReceiptStore(AuditedSqlStore):
         r, claims = verified_claims(device_id, receipt, public_key, contract)
         units = round(claims["epsilon_period_total"] / EPSILON_RESOLUTION)
         with self._engine.begin() as c:
+            held = c.execute(select(receipts.c.id).where(receipts.c.device_id == device_id,
+                                                         receipts.c.signature == r.signature).limit(1)).first()
+            if held is not None:
+                return claims  # a resend of one already stored (the device's answer was lost): stored once
             body = r.body if self.receipt_cipher is None else self.receipt_cipher.seal_device_document(
                 c, device_id, "receipt", r.body, received_at)
             c.execute(

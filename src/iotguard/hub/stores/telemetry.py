@@ -100,6 +100,11 @@ class TelemetryStore(Protocol):
         """The saved window of (device, epoch): top, bitmap and version."""
         ...
 
+    def replay_windows(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, bytes, int]]:
+        """The saved windows of many (device, epoch) at once (absent ones are left out): one round trip
+        for a batch's devices seen for the first time, instead of one each."""
+        ...
+
     def count_rejections(self, rejected: dict[tuple[str, str], int], *, now: datetime) -> None: ...
 
     def rejection_totals(self) -> dict[str, int]: ...
@@ -145,6 +150,20 @@ class SqlTelemetryStore(SqlStoreBase):
             row = c.execute(select(replay_windows.c.top, replay_windows.c.bitmap, replay_windows.c.version).where(
                 and_(replay_windows.c.device_id == device_id, replay_windows.c.epoch == epoch))).first()
         return None if row is None else (int(row[0]), bytes(row[1]), int(row[2]))
+
+    def replay_windows(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, bytes, int]]:
+        wanted = set(keys)
+        t = replay_windows
+        out: dict[tuple[str, int], tuple[int, bytes, int]] = {}
+        devices = sorted({d for d, _e in wanted})
+        with self.engine.connect() as c:
+            for i in range(0, len(devices), 1000):
+                rows = c.execute(select(t.c.device_id, t.c.epoch, t.c.top, t.c.bitmap, t.c.version)
+                                 .where(t.c.device_id.in_(devices[i:i + 1000]))).all()
+                for d, e, top, bitmap, version in rows:
+                    if (str(d), int(e)) in wanted:
+                        out[(str(d), int(e))] = (int(top), bytes(bitmap), int(version))
+        return out
 
     # -- ingest ----------------------------------------------------------
 
@@ -243,13 +262,23 @@ class SqlTelemetryStore(SqlStoreBase):
                 # Which ones lost the race is unknown (or the driver reports no count):
                 # redo each under a row lock; merging a window with itself changes nothing.
                 conflicted = list(updates)
-        if inserts:
+        if len(inserts) > 1:
+            # A batch's devices seen for the first time: one statement, not a round trip each; one
+            # another process inserted meanwhile is not returned, and is merged under a row lock.
+            ins = self._upsert(t).on_conflict_do_nothing(index_elements=["device_id", "epoch"]).returning(
+                t.c.device_id, t.c.epoch)
+            params = [{"device_id": w.device_id, "epoch": w.epoch, "top": w.window.top, "bitmap": w.window.bitmap(),
+                       "version": 1} for w in inserts]
+            done = {(str(d), int(e)) for d, e in c.execute(ins, params)}
+            conflicted += [w for w in inserts if (w.device_id, w.epoch) not in done]
+        elif inserts:
             ins = self._upsert(t).on_conflict_do_nothing(index_elements=["device_id", "epoch"]).returning(t.c.version)
             for w in inserts:
                 if c.execute(ins, {"device_id": w.device_id, "epoch": w.epoch, "top": w.window.top,
                                    "bitmap": w.window.bitmap(), "version": 1}).first() is None:
                     conflicted.append(w)
-        out = [(w, w.window, (w.version or 0) + 1) for w in windows if w not in conflicted]
+        lost_race = {id(w) for w in conflicted}
+        out = [(w, w.window, (w.version or 0) + 1) for w in windows if id(w) not in lost_race]
         for w in sorted(conflicted, key=lambda w: (w.device_id, w.epoch)):
             out.append((w, *self._merge_window(c, w)))
         return out
@@ -436,6 +465,9 @@ class MemoryTelemetryStore:
 
     def replay_window(self, device_id: str, epoch: int) -> tuple[int, bytes, int] | None:
         return self._windows.get((device_id, epoch))
+
+    def replay_windows(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, bytes, int]]:
+        return {k: w for k in keys if (w := self._windows.get(k)) is not None}
 
     def forget_replay_state(self, device_id: str) -> None:
         with self._lock:
