@@ -108,3 +108,38 @@ def test_a_new_ek_forgets_the_ak_certified_against_the_old_one(store: Attestatio
     store.set_endorsement_key("dev-1", b"ek-2", T0)
     replaced = store.endorsement("dev-1")
     assert replaced is not None and replaced.ek_public == b"ek-2" and replaced.certified_key is None
+
+
+def _in_transaction(store: AttestationStore, nonce: bytes, appraisal: StoredAppraisal) -> bool:
+    engine = getattr(store, "engine", None)
+    if engine is None:
+        return store.conclude(None, "dev-1", nonce, T0, appraisal)
+    with engine.begin() as tx:
+        return store.conclude(tx, "dev-1", nonce, T0, appraisal)
+
+
+def test_conclude_consumes_the_nonce_and_records_the_result_once(store: AttestationStore) -> None:
+    """Replay: one nonce answers one appraisal, whose record is written with its consumption."""
+    store.issue_nonce("dev-1", b"c" * 32, T0 + timedelta(minutes=5))
+    store.issue_nonce("dev-2", b"d" * 32, T0 + timedelta(minutes=5))
+    appraisal = StoredAppraisal("dev-1", T0, "affirming", (), "1.0.0", "software")
+    assert store.nonce_pending("dev-1", b"c" * 32, T0) is True
+    assert store.nonce_pending("dev-1", b"d" * 32, T0) is False  # another device's
+    assert store.nonce_pending("dev-1", b"c" * 32, T0 + timedelta(minutes=5)) is False  # expired by then
+    assert _in_transaction(store, b"c" * 32, appraisal) is True
+    assert store.nonce_pending("dev-1", b"c" * 32, T0) is False
+    assert _in_transaction(store, b"c" * 32, appraisal) is False  # single use
+    assert _in_transaction(store, b"d" * 32, appraisal) is False  # issued to dev-2
+    assert [a.status for a in store.history("dev-1")] == ["affirming"]
+
+
+def test_a_rolled_back_conclusion_leaves_neither_record_nor_consumed_nonce(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    migrate(engine)
+    store = SqlAttestationStore(engine)
+    store.issue_nonce("dev-1", b"r" * 32, T0 + timedelta(minutes=5))
+    with pytest.raises(RuntimeError), engine.begin() as tx:
+        assert store.conclude(tx, "dev-1", b"r" * 32, T0, StoredAppraisal("dev-1", T0, "affirming", (), "1", "x"))
+        raise RuntimeError("a later write in the same transaction failed")
+    assert store.history("dev-1") == [] and store.nonce_pending("dev-1", b"r" * 32, T0)
+    engine.dispose()
