@@ -33,6 +33,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     delete,
     select,
 )
@@ -120,6 +121,23 @@ ek_certificates = Table(
 )
 
 _TABLES = (nonces, keys, results, references, policies)
+
+
+# The statements of every appraisal, built once (building a statement costs more CPU than running it).
+_NONCE_EXPIRY = select(nonces.c.expires_at).where(nonces.c.nonce == bindparam("nonce"),
+                                                  nonces.c.device_id == bindparam("device_id"))
+_TAKE_NONCE = (delete(nonces).where(nonces.c.nonce == bindparam("nonce"), nonces.c.device_id == bindparam("device_id"))
+               .returning(nonces.c.expires_at))
+_KEY_OF = select(keys.c.algorithm, keys.c.public_key).where(keys.c.device_id == bindparam("device_id"))
+_ENDORSEMENT = (select(endorsements.c.ek_public, endorsements.c.certified_algorithm,
+                       endorsements.c.certified_public_key, ek_certificates.c.certificate)
+                .select_from(endorsements.outerjoin(ek_certificates,
+                                                    ek_certificates.c.device_id == endorsements.c.device_id))
+                .where(endorsements.c.device_id == bindparam("device_id")))
+_REFERENCES = (select(references.c.model, references.c.version, references.c.measurements)
+               .order_by(references.c.model, references.c.version))
+_POLICIES = select(policies.c.model, policies.c.text)
+_RECORD = results.insert()
 
 
 def create_attestation_tables(conn: Connection) -> None:
@@ -299,17 +317,15 @@ class SqlAttestationStore(SqlStoreBase):
 
     def nonce_pending(self, device_id: str, nonce: bytes, now: datetime) -> bool:
         with self.engine.connect() as c:
-            row = c.execute(select(nonces.c.expires_at)
-                            .where(nonces.c.nonce == nonce, nonces.c.device_id == device_id)).first()
+            row = c.execute(_NONCE_EXPIRY, {"nonce": nonce, "device_id": device_id}).first()
         return row is not None and aware_utc(row[0]) > utc(now)
 
     def conclude(self, tx: Any, device_id: str, nonce: bytes, now: datetime, appraisal: StoredAppraisal) -> bool:
         conn: Connection = tx
-        row = conn.execute(delete(nonces).where(nonces.c.nonce == nonce, nonces.c.device_id == device_id)
-                           .returning(nonces.c.expires_at)).first()
+        row = conn.execute(_TAKE_NONCE, {"nonce": nonce, "device_id": device_id}).first()
         if row is None or aware_utc(row[0]) <= utc(now):
             return False
-        conn.execute(self._result_row(appraisal))
+        conn.execute(_RECORD, self._result_values(appraisal))
         return True
 
     def bind_key(self, device_id: str, key: AttestationKey, now: datetime) -> AttestationKey:
@@ -325,19 +341,18 @@ class SqlAttestationStore(SqlStoreBase):
 
     def key_of(self, device_id: str) -> AttestationKey | None:
         with self.engine.connect() as c:
-            row = c.execute(select(keys.c.algorithm, keys.c.public_key).where(keys.c.device_id == device_id)).first()
+            row = c.execute(_KEY_OF, {"device_id": device_id}).first()
         return None if row is None else AttestationKey(AttestationKeyAlgorithm(row[0]), bytes(row[1]))
 
     def record(self, appraisal: StoredAppraisal) -> None:
         with self.engine.begin() as c:
-            c.execute(self._result_row(appraisal))
+            c.execute(_RECORD, self._result_values(appraisal))
 
     @staticmethod
-    def _result_row(appraisal: StoredAppraisal) -> Any:
-        return results.insert().values(
-            device_id=appraisal.device_id, appraised_at=utc(appraisal.appraised_at), status=appraisal.status,
-            reasons=json.dumps(list(appraisal.reasons)), firmware_version=appraisal.firmware_version[:64],
-            keystore_kind=appraisal.keystore_kind[:32])
+    def _result_values(appraisal: StoredAppraisal) -> dict[str, Any]:
+        return {"device_id": appraisal.device_id, "appraised_at": utc(appraisal.appraised_at),
+                "status": appraisal.status, "reasons": json.dumps(list(appraisal.reasons)),
+                "firmware_version": appraisal.firmware_version[:64], "keystore_kind": appraisal.keystore_kind[:32]}
 
     def history(self, device_id: str, limit: int = 20) -> list[StoredAppraisal]:
         with self.engine.connect() as c:
@@ -363,8 +378,7 @@ class SqlAttestationStore(SqlStoreBase):
 
     def references(self) -> list[ReferenceRelease]:
         with self.engine.connect() as c:
-            rows = c.execute(select(references.c.model, references.c.version, references.c.measurements)
-                             .order_by(references.c.model, references.c.version)).all()
+            rows = c.execute(_REFERENCES).all()
         return [decode_release(m, v, t) for m, v, t in rows]
 
     def set_policy(self, model: str, text: str, now: datetime) -> None:
@@ -375,7 +389,7 @@ class SqlAttestationStore(SqlStoreBase):
 
     def policies(self) -> dict[str, str]:
         with self.engine.connect() as c:
-            return {m: t for m, t in c.execute(select(policies.c.model, policies.c.text))}
+            return {m: t for m, t in c.execute(_POLICIES)}
 
     def set_endorsement_key(self, device_id: str, ek_public: bytes, now: datetime,
                             ek_certificate: bytes = b"") -> None:
@@ -390,13 +404,8 @@ class SqlAttestationStore(SqlStoreBase):
                                                           recorded_at=utc(now)))
 
     def endorsement(self, device_id: str) -> Endorsement | None:
-        e = endorsements.c
         with self.engine.connect() as c:
-            row = c.execute(select(e.ek_public, e.certified_algorithm, e.certified_public_key,
-                                   ek_certificates.c.certificate)
-                            .select_from(endorsements.outerjoin(ek_certificates,
-                                                                ek_certificates.c.device_id == e.device_id))
-                            .where(e.device_id == device_id)).first()
+            row = c.execute(_ENDORSEMENT, {"device_id": device_id}).first()
         if row is None:
             return None
         key = None if row[1] is None else AttestationKey(AttestationKeyAlgorithm(row[1]), bytes(row[2]))
