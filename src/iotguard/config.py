@@ -124,6 +124,12 @@ class HubConfig:
     #: broker's front; a connection over it is slowed down (back-pressure), not dropped.
     broker_publish_rate: float = 200.0
     broker_publish_burst: float = 2000.0
+    #: PEM bundle of the TPM manufacturer root CAs that EK certificates must chain to before
+    #: an attestation key is certified against the EK (ADR 0812); empty: every EK is refused.
+    tpm_ek_roots: str = ""
+    #: UNSAFE: certify TPM attestation keys against EKs without a valid manufacturer
+    #: certificate chain (or with no roots configured). Logged loudly.
+    unsafe_accept_unendorsed_ek: bool = False
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite in the data directory."""

@@ -293,6 +293,9 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "ak_certification_failed": "attestation key certification failed",
     "no_endorsement_key": "no TPM endorsement key recorded for this device",
     "tpm_unsupported": "TPM support not available",
+    "ek_certificate_untrusted": "TPM endorsement key has no valid manufacturer certificate chain",
+    "ek_certificate_mismatch": "EK certificate does not certify this endorsement key",
+    "ek_roots_not_configured": "no TPM manufacturer roots configured",
 }
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,6 +27,7 @@ from iotguard.attestation import (
 from iotguard.keys import SoftwareKeyStore
 from iotguard.keys.rot import RootOfTrust
 from iotguard.keys.software_rot import SoftwareRootOfTrust
+from tests.conftest import _missing
 from tests.hub.conftest import HubParts, make_hub
 
 NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
@@ -156,10 +159,93 @@ def other_device(
 HUB_MODEL = "thermo-1"
 
 
+SWTPM_LOCALCA = shutil.which("swtpm_localca") or "/usr/bin/swtpm_localca"
+
+
+@dataclass
+class EkCa:
+    """A TPM manufacturer's CA: swtpm's local CA (a root and an intermediate), as ``swtpm_setup
+    --create-ek-cert`` uses it, in its own directory.
+
+    ``roots_file`` is the root certificate (``hub.tpm_ek_roots``); :meth:`certify`
+    issues a TCG EK certificate for an EK and returns the chain an operator records.
+    """
+
+    directory: Path
+
+    @property
+    def roots_file(self) -> Path:
+        return self.directory / "swtpm-localca-rootca-cert.pem"
+
+    def issue(self, key: Any) -> Path:
+        """Have swtpm_localca issue an EK certificate (DER) for an ECC P-256 public key; returns its file."""
+        numbers = key.public_numbers()
+        out = self.directory / f"ek-{numbers.x:064x}"
+        out.mkdir(exist_ok=True)
+        subprocess.run(
+            [SWTPM_LOCALCA, "--type", "ek", "--ek", f"x={numbers.x:064x},y={numbers.y:064x},id=secp256r1",
+             "--dir", str(out), "--tpm-spec-family", "2.0", "--tpm-spec-level", "0", "--tpm-spec-revision", "164",
+             "--tpm-manufacturer", "id:00001014", "--tpm-model", "swtpm", "--tpm-version", "id:20191023", "--tpm2",
+             "--configfile", str(self.directory / "localca.conf"), "--optsfile", str(self.directory / "localca.opts")],
+            check=True, capture_output=True, timeout=300,
+        )  # fmt: skip
+        return out / "ek.cert"
+
+    def certify(self, ek_public: bytes) -> bytes:
+        """The EK certificate (issued by the intermediate) and the intermediate, as a PEM bundle."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.serialization import Encoding, load_der_public_key
+
+        from iotguard.keys.tpm import endorsement_key_spki
+
+        key = load_der_public_key(endorsement_key_spki(ek_public))
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        out = self.issue(key)
+        leaf = x509.load_der_x509_certificate(out.read_bytes())
+        return leaf.public_bytes(Encoding.PEM) + (self.directory / "issuercert.pem").read_bytes()
+
+
+def make_ek_ca(directory: Path) -> EkCa:
+    """A fresh swtpm local CA in ``directory``: its root and intermediate (made with its first certificate)."""
+    if not Path(SWTPM_LOCALCA).exists():
+        _missing("swtpm_localca (Debian swtpm-tools)")
+    directory.mkdir(parents=True)
+    (directory / "localca.conf").write_text(
+        f"statedir = {directory}\nsigningkey = {directory}/signkey.pem\n"
+        f"issuercert = {directory}/issuercert.pem\ncertserial = {directory}/certserial\n")
+    (directory / "localca.opts").write_text("--platform-manufacturer iotguard-tests\n--platform-version 2.1\n"
+                                            "--platform-model swtpm\n")
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ca = EkCa(directory)
+    ca.issue(ec.generate_private_key(ec.SECP256R1()).public_key())  # makes the root and the intermediate
+    return ca
+
+
+@pytest.fixture(scope="session")
+def ek_ca(tmp_path_factory: pytest.TempPathFactory) -> EkCa:
+    """The TPM manufacturer CA the test hubs trust (one per test process: its RSA keys take seconds)."""
+    return make_ek_ca(tmp_path_factory.mktemp("ek-ca") / "ca")
+
+
+def endorse(hub: HubParts, device_id: str, root: RootOfTrust) -> None:
+    """Record a TPM device's EK with its manufacturer certificate chain, as enrollment does (ADR 0812)."""
+    ca = EkCa(Path(hub.cfg.tpm_ek_roots).parent)
+    ek = root.endorsement_key()  # type: ignore[attr-defined]
+    hub.services.attestation.certification.record_endorsement_key(device_id, ek, ca.certify(ek))
+
+
 @pytest.fixture
-def hub(tmp_path: Path, firmware: Firmware) -> Iterator[HubParts]:
-    """A hub that allows both firmware releases of ``thermo-1`` and appraises it with the test policy."""
-    parts = make_hub(tmp_path / "hubside")
+def hub(request: pytest.FixtureRequest, tmp_path: Path, firmware: Firmware) -> Iterator[HubParts]:
+    """A hub that allows both firmware releases of ``thermo-1`` and appraises it with the test policy.
+
+    It trusts the test TPM manufacturer CA (:func:`ek_ca`) for EK certificates where swtpm's local CA exists.
+    """
+    overrides = {}
+    if Path(SWTPM_LOCALCA).exists():
+        overrides["tpm_ek_roots"] = str(request.getfixturevalue("ek_ca").roots_file)
+    parts = make_hub(tmp_path / "hubside", **overrides)
     service = parts.services.attestation
     service.set_policy(HUB_MODEL, POLICY.split("[models.gateway-v1]")[0].replace(MODEL, HUB_MODEL))
     for version in ("1.0.0", "1.1.0"):

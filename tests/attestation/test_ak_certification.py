@@ -21,7 +21,7 @@ from iotguard.agent import Agent
 from iotguard.agent.attester import Attester
 from iotguard.audit import AuditEvent, EventType
 from iotguard.errors import KeyStoreError
-from tests.attestation.conftest import Device, Firmware, _make_device
+from tests.attestation.conftest import Device, EkCa, Firmware, _make_device, endorse
 from tests.attestation.test_hub_attestation import _attest, _certify_ak, _nonce
 from tests.hub.conftest import HubParts
 
@@ -78,7 +78,7 @@ def _key_events(hub: HubParts) -> list[dict[str, Any]]:
 
 def test_certified_ak_attests_affirming(hub: HubParts, tpm_device: Device) -> None:
     a = hub.agent("dev-1")
-    hub.services.attestation.certification.record_endorsement_key("dev-1", tpm_device.root.endorsement_key())  # type: ignore[attr-defined]
+    endorse(hub, "dev-1", tpm_device.root)
     _certify_ak(hub, a, tpm_device)
     endorsement = hub.services.attestation.store.endorsement("dev-1")
     assert endorsement is not None and endorsement.certified_key == tpm_device.root.attestation_key()
@@ -91,7 +91,7 @@ def test_ak_not_resident_in_the_tpm_of_the_enrolled_ek_is_refused(
         hub: HubParts, tpm_device: Device, foreign_tpm_device: Device) -> None:
     """Attack: a clone (or malware with a TPM of its own) presents an AK from another TPM than the enrolled EK's."""
     a = hub.agent("dev-1")
-    hub.services.attestation.certification.record_endorsement_key("dev-1", tpm_device.root.endorsement_key())  # type: ignore[attr-defined]
+    endorse(hub, "dev-1", tpm_device.root)
     foreign_area = foreign_tpm_device.root.attestation_key_public_area()  # type: ignore[attr-defined]
     r = _certify_request(hub, a, foreign_area)
     assert r.status_code == 200, r.text  # a credential for the enrolled EK and the foreign AK's name ...
@@ -117,7 +117,7 @@ def test_tpm_evidence_is_not_bound_on_first_use(hub: HubParts, tpm_device: Devic
     r = _evidence(hub, a, tpm_device)  # no EK recorded, no certification
     assert (r.status_code, r.json()["error"]) == (403, "attestation_key_not_certified")
     assert hub.services.attestation.store.key_of("dev-1") is None
-    hub.services.attestation.certification.record_endorsement_key("dev-1", tpm_device.root.endorsement_key())  # type: ignore[attr-defined]
+    endorse(hub, "dev-1", tpm_device.root)
     r = _evidence(hub, a, tpm_device)  # EK recorded, AK not yet certified
     assert (r.status_code, r.json()["error"]) == (403, "attestation_key_not_certified")
 
@@ -133,7 +133,7 @@ def test_credential_answer_is_single_use_and_bound_to_its_ak(
     """Attack: replaying a recorded credential answer, or answering for another AK than the credential's."""
     a = hub.agent("dev-1")
     root = tpm_device.root
-    hub.services.attestation.certification.record_endorsement_key("dev-1", root.endorsement_key())  # type: ignore[attr-defined]
+    endorse(hub, "dev-1", root)
     area = root.attestation_key_public_area()  # type: ignore[attr-defined]
     r = _certify_request(hub, a, area)
     secret = root.activate_credential(bytes.fromhex(r.json()["credential_blob"]),  # type: ignore[attr-defined]
@@ -148,11 +148,10 @@ def test_credential_answer_is_single_use_and_bound_to_its_ak(
 
 def test_a_new_ek_requires_a_new_certification(hub: HubParts, tpm_device: Device) -> None:
     a = hub.agent("dev-1")
-    certification = hub.services.attestation.certification
-    certification.record_endorsement_key("dev-1", tpm_device.root.endorsement_key())  # type: ignore[attr-defined]
+    endorse(hub, "dev-1", tpm_device.root)
     _certify_ak(hub, a, tpm_device)
     assert _evidence(hub, a, tpm_device).json()["status"] == "affirming"
-    certification.record_endorsement_key("dev-1", tpm_device.root.endorsement_key())  # type: ignore[attr-defined]
+    endorse(hub, "dev-1", tpm_device.root)
     r = _evidence(hub, a, tpm_device)
     assert (r.status_code, r.json()["error"]) == (403, "attestation_key_not_certified")
 
@@ -164,7 +163,7 @@ def test_a_malformed_ek_or_ak_is_refused_not_500(hub: HubParts, tpm_device: Devi
     with pytest.raises(KeyStoreError):  # an AK is not an EK
         hub.services.attestation.certification.record_endorsement_key(
             "dev-1", tpm_device.root.attestation_key_public_area())  # type: ignore[attr-defined]
-    hub.services.attestation.certification.record_endorsement_key("dev-1", tpm_device.root.endorsement_key())  # type: ignore[attr-defined]
+    endorse(hub, "dev-1", tpm_device.root)
     for area in (b"", b"\x00\x10garbage", tpm_device.root.endorsement_key(), b"\xff" * 1024):  # type: ignore[attr-defined]
         r = _certify_request(hub, a, area)
         assert (r.status_code, r.json()["error"]) == (400, "malformed"), area[:8]
@@ -172,7 +171,7 @@ def test_a_malformed_ek_or_ak_is_refused_not_500(hub: HubParts, tpm_device: Devi
 
 def test_agent_certifies_its_tpm_ak_by_itself_before_attesting(hub: HubParts, tpm_device: Device) -> None:
     a = hub.agent("dev-1")
-    hub.services.attestation.certification.record_endorsement_key("dev-1", tpm_device.root.endorsement_key())  # type: ignore[attr-defined]
+    endorse(hub, "dev-1", tpm_device.root)
     attester = Attester(tpm_device.root, tpm_device.boot())
     assert attester.needs_certification
     assert a.attest(attester)["status"] == "affirming"
@@ -180,7 +179,7 @@ def test_agent_certifies_its_tpm_ak_by_itself_before_attesting(hub: HubParts, tp
 
 
 def test_cli_reads_a_tpm_ek_and_records_it(hub: HubParts, tpm_device: Device, swtpm: Any, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+                                           capsys: pytest.CaptureFixture[str], ek_ca: EkCa) -> None:
     """``iotguard tpm-ek`` at manufacture, ``iotguard endorsement-key`` at enrollment; then the agent certifies."""
     from iotguard.cli.main import main
 
@@ -190,7 +189,9 @@ def test_cli_reads_a_tpm_ek_and_records_it(hub: HubParts, tpm_device: Device, sw
     ek_file = tmp_path / "dev-1.ek"
     assert main(["tpm-ek", "--tcti", swtpm.tcti, "--out", str(ek_file)]) == 0
     assert ek_file.read_bytes() == tpm_device.root.endorsement_key()  # type: ignore[attr-defined]
-    assert main(["endorsement-key", "--config", str(conf), "dev-1", str(ek_file)]) == 0
+    cert_file = tmp_path / "dev-1.ek.pem"
+    cert_file.write_bytes(ek_ca.certify(ek_file.read_bytes()))
+    assert main(["endorsement-key", "--config", str(conf), "dev-1", str(ek_file), "--certificate", str(cert_file)]) == 0
     assert "recorded" in capsys.readouterr().out
     assert a.attest(Attester(tpm_device.root, tpm_device.boot()))["status"] == "affirming"
     garbage = tmp_path / "garbage.ek"

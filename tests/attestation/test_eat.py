@@ -111,3 +111,27 @@ def test_strict_decoder_refuses(mutate: object) -> None:
 def test_claims_outside_the_profile_are_refused(change: dict[str, object]) -> None:
     with pytest.raises(MalformedError):
         decode_evidence(_token(dataclasses.replace(CLAIMS, **change)))  # type: ignore[arg-type]
+
+
+def _non_minimal_uint(value: int) -> bytes:
+    return b"\x1a" + value.to_bytes(4, "big")  # a 4-byte head where a shorter one fits
+
+
+@pytest.mark.parametrize("payload", [
+    # every claim, but the map in reverse (not deterministic) key order
+    lambda: cbor2.dumps(dict(reversed(list(CLAIMS.to_cbor().items())))),
+    # the uptime (7) with a non-shortest integer head: same value, other bytes
+    lambda: cbor2.dumps(CLAIMS.to_cbor(), canonical=True).replace(b"\x19\x01\x05\x07",
+                                                                  b"\x19\x01\x05" + _non_minimal_uint(7)),
+])
+def test_claims_not_in_deterministic_encoding_are_refused(payload: object) -> None:
+    """Only the deterministic encoding is accepted: the event-log digest is computed over the bytes received."""
+    encoded = payload()  # type: ignore[operator]
+    assert cbor2.loads(encoded) == cbor2.loads(cbor2.dumps(CLAIMS.to_cbor(), canonical=True))  # same claims
+    with pytest.raises(MalformedError) as info:
+        decode_evidence(_replace_payload(_token(), encoded))
+    assert info.value.code == "malformed_evidence"
+
+
+def test_event_log_sha256_is_the_digest_of_the_log_as_received() -> None:
+    assert decode_evidence(_token()).event_log_sha256 == event_log_digest(EVENTS)

@@ -30,7 +30,7 @@ from iotguard.hub.policy_store import load_posture
 from iotguard.hub.services.attestation import CHALLENGE_KIND
 from iotguard.hub.stores.attestation import policies
 from iotguard.wire import Reading, encode_reading
-from tests.attestation.conftest import MODEL, POLICY, Device, Firmware
+from tests.attestation.conftest import MODEL, POLICY, Device, Firmware, endorse
 from tests.hub.conftest import HubParts
 
 
@@ -52,7 +52,7 @@ def _certify_ak(hub: HubParts, agent: Agent, device: Device) -> None:
     certification = hub.services.attestation.certification
     endorsement = certification.store.endorsement(agent.device_id)
     if endorsement is None:
-        certification.record_endorsement_key(agent.device_id, device.root.endorsement_key())  # type: ignore[attr-defined]
+        endorse(hub, agent.device_id, device.root)
     elif endorsement.certified_key is not None:
         return
 
@@ -67,8 +67,7 @@ def _certify_ak(hub: HubParts, agent: Agent, device: Device) -> None:
 def _endorse(hub: HubParts, device_id: str, device: Device) -> None:
     """Record a TPM device's EK at the hub, as enrollment does (the agent then certifies its AK by itself)."""
     if device.root.kind == "tpm2":
-        hub.services.attestation.certification.record_endorsement_key(
-            device_id, device.root.endorsement_key())  # type: ignore[attr-defined]
+        endorse(hub, device_id, device.root)
 
 
 def _evidence(hub: HubParts, agent: Agent, device: Device, nonce: bytes, token: bytes) -> Any:

@@ -23,7 +23,7 @@ from iotguard.hub.policy_store import save_posture
 from iotguard.hub.services.attestation import CHALLENGE_KIND
 from iotguard.policy.facts import NO_ATTESTATION_AGE_S, attestation_age
 from iotguard.policy.posture import Posture
-from tests.attestation.conftest import Device, Firmware, _make_device
+from tests.attestation.conftest import Device, Firmware, _make_device, endorse
 from tests.hub.conftest import HubParts
 
 
@@ -53,7 +53,7 @@ def test_renewal_with_stale_attestation_is_refused_and_the_hub_challenges(hub: H
     """Attack: a device whose state is no longer vouched for by recent evidence tries to get a new certificate."""
     a = hub.agent("dev-1")
     if device.root.kind == "tpm2":
-        hub.services.attestation.certification.record_endorsement_key("dev-1", device.root.endorsement_key())  # type: ignore[attr-defined]
+        endorse(hub, "dev-1", device.root)
     a.attester = Attester(device.root, device.boot())
     assert a.attest(a.attester)["status"] == "affirming"
     a.renew_certificate()  # attested just now

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from iotguard.agent.images import build_image_set
 from iotguard.sim.attestation import DEMO_APPRAISAL_POLICY
+from tests.attestation.conftest import EkCa, make_ek_ca
 from tests.conftest import MosquittoTls
 from tests.e2e.harness import HubProcess
 
@@ -105,8 +106,11 @@ def tpms(request: pytest.FixtureRequest) -> list[Any]:
 
 
 @pytest.fixture
-def hub_on_mosquitto(tmp_path: Path, mosquitto_tls: object) -> Iterator[tuple[HubProcess, MosquittoTls]]:
+def hub_on_mosquitto(tmp_path: Path, mosquitto_tls: object,
+                     tpms: list[Any]) -> Iterator[tuple[HubProcess, MosquittoTls]]:
     hub = HubProcess(tmp_path)
+    if tpms[0] is not None:  # the hub trusts the TPM manufacturer (swtpm's local CA) for EK certificates
+        hub.env["IOTGUARD_HUB__TPM_EK_ROOTS"] = str(make_ek_ca(tmp_path / "ek-ca").roots_file)
     broker = hub.use_mosquitto(mosquitto_tls)  # type: ignore[arg-type]
     hub.start()
     yield hub, broker
@@ -150,7 +154,9 @@ def test_e2e_attestation_verifies_cuts_off_a_tampered_device_and_releases_it_on_
             ek = tmp_path / f"{device_id}.ek"
             ek.write_bytes(probe.endorsement_key())  # recorded at manufacture, handed over at enrollment
             probe.close()
-            hub.cli("endorsement-key", device_id, str(ek))
+            certificate = tmp_path / f"{device_id}.ek.pem"  # the manufacturer's EK certificate chain
+            certificate.write_bytes(EkCa(tmp_path / "ek-ca").certify(ek.read_bytes()))
+            hub.cli("endorsement-key", device_id, str(ek), "--certificate", str(certificate))
         agents[device_id] = AgentProcess(hub, tmp_path, device_id, env)
     try:
         for device_id, agent in agents.items():

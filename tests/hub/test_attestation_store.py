@@ -108,3 +108,75 @@ def test_a_new_ek_forgets_the_ak_certified_against_the_old_one(store: Attestatio
     store.set_endorsement_key("dev-1", b"ek-2", T0)
     replaced = store.endorsement("dev-1")
     assert replaced is not None and replaced.ek_public == b"ek-2" and replaced.certified_key is None
+
+
+def _in_transaction(store: AttestationStore, nonce: bytes, appraisal: StoredAppraisal) -> bool:
+    engine = getattr(store, "engine", None)
+    if engine is None:
+        return store.conclude(None, "dev-1", nonce, T0, appraisal)
+    with engine.begin() as tx:
+        return store.conclude(tx, "dev-1", nonce, T0, appraisal)
+
+
+def test_conclude_consumes_the_nonce_and_records_the_result_once(store: AttestationStore) -> None:
+    """Replay: one nonce answers one appraisal, whose record is written with its consumption."""
+    store.issue_nonce("dev-1", b"c" * 32, T0 + timedelta(minutes=5))
+    store.issue_nonce("dev-2", b"d" * 32, T0 + timedelta(minutes=5))
+    appraisal = StoredAppraisal("dev-1", T0, "affirming", (), "1.0.0", "software")
+    assert store.nonce_pending("dev-1", b"c" * 32, T0) is True
+    assert store.nonce_pending("dev-1", b"d" * 32, T0) is False  # another device's
+    assert store.nonce_pending("dev-1", b"c" * 32, T0 + timedelta(minutes=5)) is False  # expired by then
+    assert _in_transaction(store, b"c" * 32, appraisal) is True
+    assert store.nonce_pending("dev-1", b"c" * 32, T0) is False
+    assert _in_transaction(store, b"c" * 32, appraisal) is False  # single use
+    assert _in_transaction(store, b"d" * 32, appraisal) is False  # issued to dev-2
+    assert [a.status for a in store.history("dev-1")] == ["affirming"]
+
+
+def test_a_rolled_back_conclusion_leaves_neither_record_nor_consumed_nonce(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+    migrate(engine)
+    store = SqlAttestationStore(engine)
+    store.issue_nonce("dev-1", b"r" * 32, T0 + timedelta(minutes=5))
+    with pytest.raises(RuntimeError), engine.begin() as tx:
+        assert store.conclude(tx, "dev-1", b"r" * 32, T0, StoredAppraisal("dev-1", T0, "affirming", (), "1", "x"))
+        raise RuntimeError("a later write in the same transaction failed")
+    assert store.history("dev-1") == [] and store.nonce_pending("dev-1", b"r" * 32, T0)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_hub_processes_cannot_both_conclude_with_one_nonce(
+        backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Replay across hub processes: both saw the nonce pending; only the first transaction to commit keeps it."""
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'hub.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    engines = [make_engine(url), make_engine(url)]
+    migrate(engines[0])
+    first, second = (SqlAttestationStore(e) for e in engines)
+    first.issue_nonce("dev-1", b"p" * 32, T0 + timedelta(minutes=5))
+    assert first.nonce_pending("dev-1", b"p" * 32, T0) and second.nonce_pending("dev-1", b"p" * 32, T0)
+    appraisal = StoredAppraisal("dev-1", T0, "affirming", (), "1.0.0", "software")
+    outcome: list[bool] = []
+    with engines[0].begin() as tx:
+        outcome.append(first.conclude(tx, "dev-1", b"p" * 32, T0, appraisal))
+        # The other process tries while the first has not committed yet (it waits for the lock, or fails).
+        worker = threading.Thread(target=lambda: outcome.append(_conclude_in_own_transaction(second, appraisal)))
+        worker.start()
+        worker.join(timeout=0.5)
+    worker.join(timeout=30)
+    assert outcome == [True, False]
+    assert [a.status for a in first.history("dev-1")] == ["affirming"]
+    for engine in engines:
+        engine.dispose()
+
+
+def _conclude_in_own_transaction(store: SqlAttestationStore, appraisal: StoredAppraisal) -> bool:
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        with store.engine.begin() as tx:
+            return store.conclude(tx, "dev-1", b"p" * 32, T0, appraisal)
+    except OperationalError:  # SQLite: the database stayed locked by the first writer; nothing written
+        return False

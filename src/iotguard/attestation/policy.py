@@ -27,6 +27,7 @@ claim are errors (fail closed).
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -75,9 +76,9 @@ class ModelPolicy:
     hardware_warning: frozenset[str]
     claims: Mapping[str, ClaimWeight]
 
-    @property
+    @functools.cached_property
     def pcr_selection(self) -> tuple[int, ...]:
-        """The PCRs the evidence must quote: those of the policy's stages."""
+        """The PCRs the evidence must quote: those of the policy's stages (derived once per policy)."""
         return tuple(sorted(set(self.stages.values())))
 
 

@@ -10,6 +10,7 @@ quote strictly: a software quote (CBOR, ``docs/wire.md``) or a marshalled
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -30,6 +31,7 @@ _TPM_GENERATED_VALUE = 0xFF544347
 _TPM_ST_ATTEST_QUOTE = 0x8018
 _TPM_ALG_SHA256 = 0x000B
 _ECDSA = ec.ECDSA(hashes.SHA256())
+_TPM_QUOTE_HEAD = struct.pack(">IH", _TPM_GENERATED_VALUE, _TPM_ST_ATTEST_QUOTE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,11 +52,23 @@ class QuoteInfo:
 
 
 @lru_cache(maxsize=4096)
-def _public_key(der: bytes) -> Ed25519PublicKey | ec.EllipticCurvePublicKey:
-    key = load_der_public_key(der)
-    if not isinstance(key, Ed25519PublicKey | ec.EllipticCurvePublicKey):
-        raise MalformedError("attestation key must be Ed25519 or ECDSA P-256", code="malformed_evidence")
-    return key
+def _verifier(der: bytes, algorithm: AttestationKeyAlgorithm) -> Callable[[bytes, bytes], None]:
+    """The signature check of one attestation key: its DER parsed once per key, not per appraisal."""
+    try:
+        key = load_der_public_key(der)
+    except ValueError:
+        raise MalformedError("attestation key is not a DER public key", code="malformed_evidence") from None
+    if algorithm is AttestationKeyAlgorithm.EDDSA and isinstance(key, Ed25519PublicKey):
+        return key.verify
+    if algorithm is AttestationKeyAlgorithm.ES256 and isinstance(key, ec.EllipticCurvePublicKey):
+        ecdsa = key
+
+        def verify_es256(signature: bytes, data: bytes) -> None:
+            r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            ecdsa.verify(encode_dss_signature(r, s), data, _ECDSA)
+
+        return verify_es256
+    raise MalformedError("attestation key must be Ed25519 (EdDSA) or ECDSA P-256 (ES256)", code="malformed_evidence")
 
 
 def verify_signature(key: AttestationKey, algorithm: str, data: bytes, signature: bytes) -> None:
@@ -63,18 +77,12 @@ def verify_signature(key: AttestationKey, algorithm: str, data: bytes, signature
     Raises:
         IntegrityError: (code ``bad_signature``) the algorithm is not the
             key's, or the signature does not verify.
+        MalformedError: (code ``malformed_evidence``) the key is not a key of its algorithm.
     """
     if algorithm != key.algorithm.value or len(signature) != 64:
         raise IntegrityError("signature algorithm is not the attestation key's", code="bad_signature")
-    public = _public_key(key.public_key)
     try:
-        if key.algorithm is AttestationKeyAlgorithm.EDDSA and isinstance(public, Ed25519PublicKey):
-            public.verify(signature, data)
-        elif isinstance(public, ec.EllipticCurvePublicKey):
-            der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
-            public.verify(der, data, _ECDSA)
-        else:
-            raise InvalidSignature
+        _verifier(key.public_key, key.algorithm)(signature, data)
     except InvalidSignature:
         raise IntegrityError("attestation-key signature did not verify", code="bad_signature") from None
 
@@ -100,53 +108,49 @@ def _software(attest: bytes) -> QuoteInfo:
     return QuoteInfo(nonce, tuple(selection), digest, boot_count)
 
 
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.at = data, 0
-
-    def take(self, n: int) -> bytes:
-        if self.at + n > len(self.data):
-            raise _malformed("TPMS_ATTEST is truncated")
-        out = self.data[self.at : self.at + n]
-        self.at += n
-        return out
-
-    def u(self, fmt: str) -> int:
-        size = struct.calcsize(fmt)
-        (value,) = struct.unpack(fmt, self.take(size))
-        return int(value)
-
-    def sized(self, maximum: int) -> bytes:
-        size = self.u(">H")
-        if size > maximum:
-            raise _malformed("a sized field is too long")
-        return self.take(size)
+_U16 = struct.Struct(">H")
+# clockInfo (clock u64, resetCount u32, restartCount u32, safe u8), firmwareVersion u64,
+# TPML_PCR_SELECTION count u32, hash alg u16, sizeofSelect u8.
+_AFTER_EXTRA = struct.Struct(">QIIBQIHB")
 
 
 def _tpm(attest: bytes) -> QuoteInfo:
-    r = _Reader(attest)
-    if r.u(">I") != _TPM_GENERATED_VALUE or r.u(">H") != _TPM_ST_ATTEST_QUOTE:
+    # Fixed offsets where the structure allows, one unpack per run of fixed fields; every length is
+    # checked against what is left before it is used.
+    if len(attest) < 8 or attest[:6] != _TPM_QUOTE_HEAD:
         raise _malformed("not a TPM-generated quote (magic or type)")
-    r.sized(66)  # qualifiedSigner (TPM2B_NAME)
-    nonce = r.sized(64)  # extraData
-    r.u(">Q")  # clockInfo.clock
-    reset_count = r.u(">I")
-    r.u(">I")  # restartCount
-    if r.u(">B") not in (0, 1):  # safe
+    at = 6
+    (signer,) = _U16.unpack_from(attest, at)  # qualifiedSigner (TPM2B_NAME)
+    if signer > 66:
+        raise _malformed("a sized field is too long")
+    at += 2 + signer
+    if at + 2 > len(attest):
+        raise _malformed("TPMS_ATTEST is truncated")
+    (extra,) = _U16.unpack_from(attest, at)  # extraData
+    if extra > 64:
+        raise _malformed("a sized field is too long")
+    nonce = attest[at + 2 : at + 2 + extra]
+    at += 2 + extra
+    if at + _AFTER_EXTRA.size + 3 + 2 > len(attest):
+        raise _malformed("TPMS_ATTEST is truncated")
+    _clock, reset_count, _restarts, safe, _firmware, banks, bank, select_size = _AFTER_EXTRA.unpack_from(attest, at)
+    at += _AFTER_EXTRA.size
+    if safe not in (0, 1):
         raise _malformed("clockInfo.safe is not a boolean")
-    r.u(">Q")  # firmwareVersion
-    if r.u(">I") != 1:
+    if banks != 1:
         raise _malformed("quote must select exactly one PCR bank")
-    if r.u(">H") != _TPM_ALG_SHA256:
+    if bank != _TPM_ALG_SHA256:
         raise _malformed("quoted PCR bank is not SHA-256")
-    bitmap = r.take(r.u(">B"))
-    if len(bitmap) != 3:
+    if select_size != 3:
         raise _malformed("PCR bitmap must be 3 bytes")
-    selection = tuple(i for i in range(PCR_COUNT) if bitmap[i // 8] & (1 << (i % 8)))
-    digest = r.sized(64)
-    if len(digest) != 32 or r.at != len(attest):
+    bitmap = int.from_bytes(attest[at : at + 3], "little")
+    at += 3
+    (digest_size,) = _U16.unpack_from(attest, at)
+    at += 2
+    if digest_size != 32 or at + 32 != len(attest):
         raise _malformed("PCR digest length or trailing bytes")
-    return QuoteInfo(nonce, selection, digest, reset_count)
+    selection = tuple(i for i in range(PCR_COUNT) if bitmap >> i & 1)
+    return QuoteInfo(nonce, selection, attest[at:], reset_count)
 
 
 def parse_quote(quote_format: str, attest: bytes) -> QuoteInfo:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import lru_cache
 
 from iotguard.attestation.policy import AppraisalPolicy, ClaimWeight, ModelPolicy
@@ -38,13 +38,14 @@ from iotguard.attestation.result import AR4SI_CLAIMS, AttestationResult, ClaimAp
 from iotguard.clock import utc
 from iotguard.errors import AttestationError, IntegrityError, MalformedError
 from iotguard.keys.rot import PCR_DIGEST_SIZE, AttestationKey, QuoteFormat, extend_pcr, pcr_composite_digest
-from iotguard.wire.eat import Evidence, decode_evidence, event_log_digest, ueid_of
+from iotguard.wire.eat import Evidence, decode_evidence, ueid_of
 
 __all__ = ["Verifier"]
 
 _ZERO = bytes(PCR_DIGEST_SIZE)
 _ueid = lru_cache(maxsize=4096)(ueid_of)
 _RANK = {Tier.AFFIRMING: 0, Tier.NONE: 1, Tier.WARNING: 2, Tier.CONTRAINDICATED: 3}
+_NOT_APPRAISED = ClaimAppraisal()
 
 
 class _Refused(Exception):
@@ -92,7 +93,7 @@ class Verifier:
         policy = self._policy.for_model(model)
         if policy is None:
             raise AttestationError(f"no appraisal policy for model {model!r}", code="no_appraisal_policy")
-        vector: dict[str, ClaimAppraisal] = {claim: ClaimAppraisal() for claim in AR4SI_CLAIMS}
+        vector: dict[str, ClaimAppraisal] = dict.fromkeys(AR4SI_CLAIMS, _NOT_APPRAISED)
         evidence: Evidence | None = None
         try:
             decoded = decode_evidence(token)
@@ -131,10 +132,11 @@ class Verifier:
             raise _Refused("instance-identity", "ueid_mismatch")
         if not hmac.compare_digest(claims.nonce, nonce):
             raise _Refused("instance-identity", "nonce_mismatch")
-        issued = utc(claims.issued_at)
-        if issued > now + timedelta(seconds=policy.max_clock_skew_seconds):
+        # Whole seconds on the wire: compared as POSIX seconds, no datetime arithmetic per appraisal.
+        at = now.timestamp()
+        if claims.issued_at > at + policy.max_clock_skew_seconds:
             raise _Refused("instance-identity", "issued_in_future")
-        if now - issued > timedelta(seconds=policy.max_age_seconds):
+        if at - claims.issued_at > policy.max_age_seconds:
             raise _Refused("instance-identity", "stale")
         expected_format = QuoteFormat.TPM2.value if claims.keystore_kind == "tpm2" else QuoteFormat.SOFTWARE.value
         if claims.quote_format != expected_format:
@@ -159,7 +161,7 @@ class Verifier:
 
     def _replay(self, evidence: Evidence, quote: QuoteInfo, policy: ModelPolicy) -> dict[str, bytes]:
         claims = evidence.claims
-        if event_log_digest(claims.event_log) != claims.event_log_digest:
+        if not hmac.compare_digest(evidence.event_log_sha256, claims.event_log_digest):
             raise _Refused("executables", "event_log_digest_mismatch")
         pcrs = dict.fromkeys(quote.pcr_selection, _ZERO)
         measured: dict[str, bytes] = {}

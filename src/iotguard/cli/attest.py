@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_config_argument(e)
     e.add_argument("device_id")
     e.add_argument("file", type=Path, help="the EK's marshalled TPM2B_PUBLIC (TpmRootOfTrust.endorsement_key())")
+    e.add_argument("--certificate", type=Path, metavar="FILE",
+                   help="the EK's manufacturer certificate (DER, or PEM with its intermediates after it); "
+                        "checked against hub.tpm_ek_roots when the AK is certified")
     e.set_defaults(func=record_endorsement_key)
 
     t = sub.add_parser("tpm-ek", help="read a TPM's endorsement key into a file (at manufacture; for endorsement-key)")
@@ -74,8 +77,16 @@ def record_endorsement_key(args: argparse.Namespace) -> int:
     path: Path = args.file
     if not path.is_file() or path.stat().st_size > MAX_PUBLIC_AREA_BYTES:
         raise ConfigError(f"{path}: missing or larger than {MAX_PUBLIC_AREA_BYTES} bytes")
+    certificate = b""
+    if args.certificate is not None:
+        from iotguard.attestation.endorsement import MAX_EK_CHAIN_BYTES
+
+        cert_path: Path = args.certificate
+        if not cert_path.is_file() or cert_path.stat().st_size > MAX_EK_CHAIN_BYTES:
+            raise ConfigError(f"{cert_path}: missing or larger than {MAX_EK_CHAIN_BYTES} bytes")
+        certificate = cert_path.read_bytes()
     services = open_hub_services(config_from_args(args).hub)
-    services.attestation.certification.record_endorsement_key(args.device_id, path.read_bytes())
+    services.attestation.certification.record_endorsement_key(args.device_id, path.read_bytes(), certificate)
     deliver_effects(services)
     print(f"endorsement key of {args.device_id} recorded; its TPM attestation key must be certified against it")
     return 0

@@ -98,7 +98,10 @@ HTTP_STATUS: dict[str, int] = {
     "attestation_key_not_certified": 403,
     "ak_certification_failed": 401,
     "no_endorsement_key": 409,
-    "tpm_unsupported": 501,
+    "tpm_unsupported": 422,
+    "ek_certificate_untrusted": 403,
+    "ek_certificate_mismatch": 400,
+    "ek_roots_not_configured": 409,
 }
 
 

@@ -33,7 +33,11 @@ from iotguard.hub.schema import (
     create_revoked_certificates,
 )
 from iotguard.hub.stores.alerts import create_detection_tables
-from iotguard.hub.stores.attestation import create_attestation_tables, create_endorsement_table
+from iotguard.hub.stores.attestation import (
+    create_attestation_tables,
+    create_ek_certificate_table,
+    create_endorsement_table,
+)
 from iotguard.hub.stores.console import create_console_tables
 from iotguard.hub.stores.credentials import create_credential_tables
 from iotguard.hub.stores.data_keys import create_data_key_tables
@@ -102,6 +106,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               create_attestation_tables),
     Migration("0810_attestation_endorsements", "TPM endorsement keys and the attestation keys certified against them",
               create_endorsement_table),
+    Migration("0820_attestation_ek_certificates", "EK certificate chains recorded with TPM endorsement keys (ADR 0812)",
+              create_ek_certificate_table),
     Migration("1200_firmware", "firmware TUF repository files (ADR 1200)", create_firmware_tables),
     Migration("1210_rollouts", "firmware rollout campaigns and device install reports (ADR 1210)",
               create_rollout_tables),

@@ -41,6 +41,7 @@ __all__ = [
     "policy_activations",
     "policy_versions",
     "save_posture",
+    "write_posture",
 ]
 
 policy_versions = Table(
@@ -170,29 +171,27 @@ class SqlPolicyRepository:
 def save_posture(engine: Engine, postures: Iterable[Posture], *, now: datetime,
                  effects: Sequence[OutboxMessage] = ()) -> None:
     """Upsert device posture rows (portable: delete then insert, one transaction, with its outbox ``effects``)."""
+    postures = list(postures)
+    if not postures:
+        return
+    with engine.begin() as conn:
+        write_posture(conn, postures, now=now, effects=effects)
+
+
+def write_posture(conn: Connection, postures: Iterable[Posture], *, now: datetime,
+                  effects: Sequence[OutboxMessage] = ()) -> None:
+    """:func:`save_posture` inside the caller's open transaction ``conn`` (the caller commits)."""
     rows = [
-        {
-            "device_id": p.device_id,
-            "segment": p.segment,
-            "model": p.model,
-            "trust_tier": p.trust_tier,
-            "risk_score": p.risk_score,
-            "cert_not_after": p.cert_not_after,
-            "attested_at": p.attested_at,
-            "declared_location": p.declared_location,
-            "quarantined": p.quarantined,
-            "updated_at": now,
-        }
+        {"device_id": p.device_id, "segment": p.segment, "model": p.model, "trust_tier": p.trust_tier,
+         "risk_score": p.risk_score, "cert_not_after": p.cert_not_after, "attested_at": p.attested_at,
+         "declared_location": p.declared_location, "quarantined": p.quarantined, "updated_at": now}
         for p in postures
     ]
     if not rows:
         return
-    with engine.begin() as conn:
-        conn.execute(
-            device_posture.delete().where(device_posture.c.device_id.in_([r["device_id"] for r in rows]))
-        )
-        conn.execute(insert(device_posture), rows)
-        write_outbox(conn, effects, now)
+    conn.execute(device_posture.delete().where(device_posture.c.device_id.in_([r["device_id"] for r in rows])))
+    conn.execute(insert(device_posture), rows)
+    write_outbox(conn, effects, now)
 
 
 def _registry_posture(reg: RowMapping, row: RowMapping | None) -> Posture:

@@ -48,6 +48,7 @@ __all__ = [
     "TpmRootOfTrust",
     "attestation_key_of",
     "check_endorsement_key",
+    "endorsement_key_spki",
     "make_ak_credential",
 ]
 
@@ -446,6 +447,21 @@ def check_endorsement_key(ek_public: bytes) -> bytes:
     if public.publicArea.type not in (TPM2_ALG.ECC, TPM2_ALG.RSA):
         raise KeyStoreError("EK must be an ECC or RSA key")
     return ek_public
+
+
+def endorsement_key_spki(ek_public: bytes) -> bytes:
+    """The DER SubjectPublicKeyInfo of an endorsement key (what its EK certificate certifies).
+
+    Raises:
+        KeyStoreError: not an EK public area (:func:`check_endorsement_key`).
+    """
+    from tpm2_pytss.types import TPM2B_PUBLIC
+
+    check_endorsement_key(ek_public)
+    try:
+        return bytes(TPM2B_PUBLIC.unmarshal(ek_public)[0].to_der())
+    except Exception:
+        raise KeyStoreError("EK public key cannot be converted") from None
 
 
 def make_ak_credential(ek_public: bytes, ak_public_area: bytes, secret: bytes) -> tuple[bytes, bytes]:

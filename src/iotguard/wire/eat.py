@@ -93,6 +93,8 @@ _KEYS = frozenset(
     }
 )
 _MAX_TIMESTAMP = 253_402_300_799
+# The claim keys in deterministic order (cbor2's canonical order, as encode_evidence writes them).
+_KEY_ORDER = tuple(cbor2.loads(cbor2.dumps(dict.fromkeys(_KEYS, 0), canonical=True)))
 _ARRAY = (list, tuple)  # cbor2 decodes arrays inside tags and map keys as tuples
 _MAX_QUOTE_BYTES = 2048
 
@@ -191,12 +193,16 @@ class Evidence:
         algorithm: ``"EdDSA"`` or ``"ES256"`` (from the protected header).
         to_be_signed: The COSE ``Sig_structure`` bytes the signature is over.
         signature: The raw signature.
+        event_log_sha256: SHA-256 of the event log as encoded in the token
+            (deterministic CBOR, checked): what the event-log digest claim
+            must equal (:func:`event_log_digest` of ``claims.event_log``).
     """
 
     claims: EvidenceClaims
     algorithm: str
     to_be_signed: bytes
     signature: bytes
+    event_log_sha256: bytes = b""
 
 
 def encode_evidence(claims: EvidenceClaims, algorithm: str, sign: Callable[[bytes], bytes]) -> bytes:
@@ -243,18 +249,22 @@ def _name(value: object, what: str, *, empty: bool = False) -> str:
     return value
 
 
-def _claims(payload: bytes) -> EvidenceClaims:
+def _claims(payload: bytes) -> tuple[EvidenceClaims, bytes]:
     try:
         raw = cbor2.loads(payload)
     except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError):
         raise _fail("claims are not CBOR") from None
-    if type(raw) is not dict or raw.keys() != _KEYS:
-        raise _fail("claims map does not have exactly the claims of the profile")
+    if type(raw) is not dict or tuple(raw) != _KEY_ORDER:
+        raise _fail("claims map does not have exactly the claims of the profile, in deterministic order")
+    # With the keys in deterministic order, re-encoding the map as decoded (cbor2 always writes the
+    # shortest heads and definite lengths) gives the payload back exactly when the payload is the
+    # deterministic encoding: the schema below admits no maps, floats or tags inside.
     try:
-        canonical = cbor2.dumps(raw, canonical=True)
+        encoded_log = cbor2.dumps(raw[CLAIM_EVENT_LOG])
+        reencoded = cbor2.dumps(raw)
     except (cbor2.CBOREncodeError, ValueError, TypeError, RecursionError):
         raise _fail("claims cannot be re-encoded") from None
-    if canonical != payload:
+    if reencoded != payload:
         raise _fail("claims are not deterministically encoded")
     if raw[_PROFILE] != EAT_PROFILE:
         raise _fail("unknown EAT profile")
@@ -285,7 +295,7 @@ def _claims(payload: bytes) -> EvidenceClaims:
     quote = raw[CLAIM_QUOTE]
     if not isinstance(quote, _ARRAY) or len(quote) != 3:
         raise _fail("quote must be [format, attest, signature]")
-    return EvidenceClaims(
+    claims = EvidenceClaims(
         nonce=_bytes(raw[_NONCE], "nonce", minimum=8),  # RFC 9711: 8 to 64 bytes
         issued_at=_uint(raw[_IAT], "iat", _MAX_TIMESTAMP),
         ueid=_bytes(raw[_UEID], "ueid", size=33),
@@ -301,6 +311,7 @@ def _claims(payload: bytes) -> EvidenceClaims:
         keystore_kind=_name(raw[CLAIM_KEYSTORE_KIND], "key-store kind"),
         keystore_tamper=_name(raw[CLAIM_KEYSTORE_TAMPER], "key-store tamper state", empty=True),
     )
+    return claims, hashlib.sha256(encoded_log).digest()
 
 
 def _bstr_head(length: int) -> bytes:
@@ -342,9 +353,11 @@ def decode_evidence(token: bytes) -> Evidence:
     alg = _PROTECTED.get(protected)
     if alg is None:
         raise _fail("protected header must be exactly {1: -8} (EdDSA) or {1: -7} (ES256)")
+    claims, log_sha256 = _claims(payload)
     return Evidence(
-        claims=_claims(payload),
+        claims=claims,
         algorithm=alg,
         to_be_signed=_SIG1_PREFIX[protected] + _bstr_head(len(payload)) + payload,
         signature=_bytes(signature, "signature", size=64),
+        event_log_sha256=log_sha256,
     )

@@ -16,7 +16,14 @@ requests:
    device sends the secret back; the hub records the AK as certified.
 
 Only a certified AK is accepted for evidence from a device with a recorded
-EK, and TPM (ES256) evidence is never bound on first use (ADR 0810). The
+EK, and TPM (ES256) evidence is never bound on first use (ADR 0810).
+
+Before it makes a credential, the hub checks the EK certificate chain
+recorded with the EK against the TPM manufacturer roots it trusts
+(``hub.tpm_ek_roots``, ADR 0812): an EK without a valid chain is refused
+(``ek_certificate_untrusted``), and so is every EK when no roots are
+configured (``ek_roots_not_configured``) unless the operator turned on
+``hub.unsafe_accept_unendorsed_ek``, which is logged loudly. The
 pending credential is a single-use, expiring entry in the attestation nonce
 table: ``SHA-256("iotguard-ak-credential/1" || AK DER || secret)``, so the
 hub keeps no secret and the answer is tied to the AK it was made for.
@@ -27,20 +34,27 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from iotguard.attestation import load_ek_chain, load_ek_roots, verify_ek_certificate
 from iotguard.audit import AuditEvent, EventType
 from iotguard.clock import Clock
+from iotguard.config import HubConfig
 from iotguard.errors import AttestationError, ConfigError, IntegrityError, KeyStoreError, MalformedError
 from iotguard.hub.outbox import OutboxStore
 from iotguard.hub.services.audit import audit_message
-from iotguard.hub.stores.attestation import AttestationStore
+from iotguard.hub.stores.attestation import AttestationStore, Endorsement
 from iotguard.hub.stores.devices import DeviceStore
 from iotguard.identity import VerifiedRequest
 from iotguard.keys.rot import AttestationKey
 
-__all__ = ["CREDENTIAL_SECRET_BYTES", "CREDENTIAL_TTL", "AkCertificationService"]
+__all__ = ["CREDENTIAL_SECRET_BYTES", "CREDENTIAL_TTL", "AkCertificationService", "ek_roots_from_config"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +80,21 @@ def _tpm() -> Any:
     return tpm
 
 
+def ek_roots_from_config(cfg: HubConfig) -> tuple[x509.Certificate, ...]:
+    """The TPM manufacturer roots of ``hub.tpm_ek_roots`` (a PEM bundle); none when it is empty.
+
+    Raises:
+        ConfigError: the file cannot be read or is not a bundle of CA certificates.
+    """
+    if not cfg.tpm_ek_roots:
+        return ()
+    try:
+        data = Path(cfg.tpm_ek_roots).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"hub.tpm_ek_roots {cfg.tpm_ek_roots}: {exc.strerror}") from None
+    return load_ek_roots(data)
+
+
 class AkCertificationService:
     """Records endorsement keys and certifies attestation keys against them.
 
@@ -75,32 +104,79 @@ class AkCertificationService:
         outbox: Where audit entries go.
         clock: Time source.
         credential_ttl: How long a credential may be answered.
+        ek_roots: TPM manufacturer roots EK certificates must chain to
+            (:func:`ek_roots_from_config`); none: every EK is refused.
+        unsafe_accept_unendorsed_ek: UNSAFE: certify AKs against EKs without
+            a valid certificate chain (or with no roots configured). Logged loudly.
     """
 
     def __init__(self, store: AttestationStore, devices: DeviceStore, outbox: OutboxStore, clock: Clock, *,
-                 credential_ttl: timedelta = CREDENTIAL_TTL) -> None:
+                 credential_ttl: timedelta = CREDENTIAL_TTL, ek_roots: Sequence[x509.Certificate] = (),
+                 unsafe_accept_unendorsed_ek: bool = False) -> None:
         self.store = store
         self.devices = devices
         self.outbox = outbox
         self.clock = clock
         self.credential_ttl = credential_ttl
+        self.ek_roots = tuple(ek_roots)
+        self.unsafe_accept_unendorsed_ek = unsafe_accept_unendorsed_ek
+        if unsafe_accept_unendorsed_ek:
+            log.warning("UNSAFE: hub.unsafe_accept_unendorsed_ek is on: TPM attestation keys are certified "
+                        "against endorsement keys without a manufacturer certificate chain")
 
-    def record_endorsement_key(self, device_id: str, ek_public: bytes) -> None:
-        """Record the device's TPM endorsement key (marshalled ``TPM2B_PUBLIC``), at enrollment.
+    def record_endorsement_key(self, device_id: str, ek_public: bytes, ek_certificate: bytes = b"") -> None:
+        """Record the device's TPM endorsement key (marshalled ``TPM2B_PUBLIC``) and its certificate chain.
 
         A device with a recorded EK attests only with an AK certified
-        against it; recording a new EK forgets the AK certified before.
+        against it; recording a new EK forgets the AK certified before. The
+        chain (the EK certificate, DER, or a PEM bundle with the EK
+        certificate first and its intermediates) is checked against the
+        manufacturer roots when an AK is certified; here it must parse and
+        certify this EK.
 
         Raises:
             UnknownDeviceError: no such device.
             KeyStoreError: not an EK public area.
+            MalformedError: the chain does not parse (``malformed``) or
+                certifies another key (``ek_certificate_mismatch``).
             ConfigError: (code ``tpm_unsupported``) the hub lacks TPM support.
         """
         self.devices.get_device(device_id)
-        _tpm().check_endorsement_key(ek_public)
+        spki = _tpm().endorsement_key_spki(ek_public)
+        if ek_certificate:
+            leaf = load_ek_chain(ek_certificate)[0]
+            if leaf.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) != spki:
+                raise MalformedError("the EK certificate certifies another key", code="ek_certificate_mismatch")
         now = self.clock.now()
-        self.store.set_endorsement_key(device_id, ek_public, now)
-        self._audit(device_id, {"status": "ek_recorded", "ek_sha256": hashlib.sha256(ek_public).hexdigest()})
+        self.store.set_endorsement_key(device_id, ek_public, now, ek_certificate)
+        self._audit(device_id, {"status": "ek_recorded", "ek_sha256": hashlib.sha256(ek_public).hexdigest(),
+                                "ek_certificate": bool(ek_certificate)})
+
+    def _check_endorsed(self, device_id: str, endorsement: Endorsement) -> None:
+        """The EK's certificate chain ends at a configured manufacturer root (ADR 0812).
+
+        Raises:
+            AttestationError: (code ``ek_roots_not_configured``) no roots configured.
+            IntegrityError: (code ``ek_certificate_untrusted``) no valid chain.
+        """
+        try:
+            if not self.ek_roots:
+                raise AttestationError("no TPM manufacturer roots configured (hub.tpm_ek_roots)",
+                                       code="ek_roots_not_configured")
+            chain = load_ek_chain(endorsement.ek_certificate) if endorsement.ek_certificate else ()
+            verify_ek_certificate(chain, _tpm().endorsement_key_spki(endorsement.ek_public), self.ek_roots,
+                                  self.clock.now())
+        except (AttestationError, IntegrityError, MalformedError) as exc:
+            if self.unsafe_accept_unendorsed_ek:
+                log.warning("UNSAFE: EK of %s accepted without a valid manufacturer chain (%s: %s)",
+                            device_id, exc.code, exc)
+                return
+            code = exc.code if exc.code == "ek_roots_not_configured" else "ek_certificate_untrusted"
+            log.warning("AK certification of %s refused: %s (%s)", device_id, code, exc)
+            self._audit(device_id, {"status": "refused", "reasons": [code]})
+            if code == "ek_roots_not_configured":
+                raise
+            raise IntegrityError(str(exc), code="ek_certificate_untrusted") from None
 
     def handle(self, request: VerifiedRequest) -> dict[str, Any]:
         """A verified ``certify_ak`` device request: a credential for an empty secret, else its answer.
@@ -124,6 +200,7 @@ class AkCertificationService:
             raise MalformedError("not a restricted TPM attestation key") from None
         now = self.clock.now()
         if not secret:
+            self._check_endorsed(device_id, endorsement)
             secret = secrets.token_bytes(CREDENTIAL_SECRET_BYTES)
             blob, encrypted = tpm.make_ak_credential(endorsement.ek_public, area, secret)
             self.store.purge_nonces(now)

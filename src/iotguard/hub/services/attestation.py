@@ -245,24 +245,40 @@ class AttestationService:
         """
         now = self.clock.now()
         record = self.devices.get_device(device_id)
-        if not self.store.take_nonce(device_id, nonce, now):
+        if not self.store.nonce_pending(device_id, nonce, now):
             self._audit_refusal(device_id, "nonce_unknown")
             raise ReplayError("attestation nonce unknown, used or expired")
-        bound = self._device_key(device_id, key, now)
         try:
-            result = self.verifier().appraise(evidence, attestation_key=bound, expected_nonce=nonce,
-                                              model=record.model, now=now)
-        except AttestationError:
-            self._audit_refusal(device_id, "no_appraisal_policy")
+            bound = self._device_key(device_id, key, now)
+            try:
+                result = self.verifier().appraise(evidence, attestation_key=bound, expected_nonce=nonce,
+                                                  model=record.model, now=now)
+            except AttestationError:
+                self._audit_refusal(device_id, "no_appraisal_policy")
+                raise
+        except IotGuardError:
+            self.store.take_nonce(device_id, nonce, now)  # answered, if refused: single use either way
             raise
-        self.store.record(StoredAppraisal(device_id, now, result.status.value, result.reasons,
-                                          result.firmware_version, result.keystore_kind))
+        stored = StoredAppraisal(device_id, now, result.status.value, result.reasons, result.firmware_version,
+                                 result.keystore_kind)
+
+        def conclude(tx: Any) -> None:
+            # The nonce is consumed in the transaction that records the result and sets the posture: one
+            # commit, and of two processes answering with one nonce only one commits.
+            if not self.store.conclude(tx, device_id, nonce, now, stored):
+                raise ReplayError("attestation nonce unknown, used or expired")
+
         tier = TRUST_TIER_OF[result.status]
         event = AuditEvent(EventType.ATTESTATION_RESULT, now, "hub.attestation", device_id,
                            {"status": result.status.value, "trust_tier": tier, "reasons": list(result.reasons),
                             "model": record.model, "firmware_version": result.firmware_version,
                             "keystore_kind": result.keystore_kind})
-        self.posture.apply_attestation(device_id, tier, attested=result.affirming, audit=audit_message(event))
+        try:
+            self.posture.apply_attestation(device_id, tier, attested=result.affirming, audit=audit_message(event),
+                                           within=conclude)
+        except ReplayError:
+            self._audit_refusal(device_id, "nonce_unknown")
+            raise
         if self.on_appraisal is not None:
             self.on_appraisal(device_id, result.status.value, result.reasons, now)
         if not result.affirming:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import case, func, select
+from sqlalchemy.engine import Connection
 
 from iotguard.audit import AuditEvent
 from iotguard.clock import Clock
@@ -29,6 +31,7 @@ from iotguard.hub.policy_store import (
     load_device_posture,
     load_posture,
     save_posture,
+    write_posture,
 )
 from iotguard.hub.schema import devices
 from iotguard.hub.services.audit import audit_message
@@ -193,26 +196,33 @@ class PostureService:
         save_posture(self.store.engine, [self.posture.require(device_id)], now=self.clock.now(),
                      effects=self._broker(device_id, "tampered"))
 
-    def apply_attestation(self, device_id: str, trust_tier: str, *, attested: bool, audit: OutboxMessage) -> None:
+    def apply_attestation(self, device_id: str, trust_tier: str, *, attested: bool, audit: OutboxMessage,
+                          within: Callable[[Connection], None] | None = None) -> None:
         """An appraisal's result: the trust tier (and, when affirming, the attestation time) every decision reads.
 
-        Saved with ``audit`` (the appraisal's audit entry) and, when the tier
-        changed, the broker access rewrite, in one transaction.
+        Saved with ``audit`` (the appraisal's audit entry), when the tier
+        changed the broker access rewrite, and whatever ``within`` writes
+        (the appraisal's record, its nonce consumed), in one transaction: one
+        commit. ``within`` raising rolls everything back; the posture this
+        process reads changes only once the transaction committed.
         """
         now = self.clock.now()
         current = self.posture.get(device_id)
-        if current is None:  # not active: no posture to set; the appraisal is still audited
-            with self.store.engine.begin() as conn:
+        with self.store.engine.begin() as conn:
+            if within is not None:
+                within(conn)
+            if current is None:  # not active: no posture to set; the appraisal is still audited
                 write_outbox(conn, [audit], now)
-            return
-        changes: dict[str, Any] = {"trust_tier": trust_tier}
-        if attested:
-            changes["attested_at"] = now
-        updated = self.posture.update(device_id, **changes)
-        effects = [audit]
-        if current.trust_tier != trust_tier:
-            effects += self._broker(device_id, f"attestation_{trust_tier}")
-        save_posture(self.store.engine, [updated], now=now, effects=effects)
+                return
+            changes: dict[str, Any] = {"trust_tier": trust_tier}
+            if attested:
+                changes["attested_at"] = now
+            updated = replace(current, **changes)
+            effects = [audit]
+            if current.trust_tier != trust_tier:
+                effects += self._broker(device_id, f"attestation_{trust_tier}")
+            write_posture(conn, [updated], now=now, effects=effects)
+        self.posture.update(device_id, **changes)
 
     def set_risk(self, scores: Mapping[str, int]) -> list[str]:
         """Set devices' risk scores (0-100, the Cedar context's ``risk_score``); returns the devices changed.

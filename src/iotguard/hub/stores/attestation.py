@@ -8,7 +8,8 @@ releases per model: several versions at once) and ``attestation_policies``
 (the appraisal policy text per model); migration ``0810_attestation_endorsements``
 adds ``attestation_endorsements`` (each TPM device's endorsement key, recorded
 at enrollment, and the attestation key certified against it by credential
-activation). :class:`SqlAttestationStore` keeps
+activation); migration ``0820_attestation_ek_certificates`` adds
+``attestation_ek_certificates`` (the EK certificate chain recorded with it). :class:`SqlAttestationStore` keeps
 them in the hub database (SQLite or PostgreSQL, shared by hub processes);
 :class:`MemoryAttestationStore` (in ``attestation_memory``) in a process.
 """
@@ -20,7 +21,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import (
     BigInteger,
@@ -32,6 +33,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     delete,
     select,
 )
@@ -48,6 +50,7 @@ __all__ = [
     "SqlAttestationStore",
     "StoredAppraisal",
     "create_attestation_tables",
+    "create_ek_certificate_table",
     "create_endorsement_table",
 ]
 
@@ -109,7 +112,32 @@ endorsements = Table(
     Column("certified_at", DateTime(timezone=True), nullable=True),
 )
 
+ek_certificates = Table(
+    "attestation_ek_certificates",
+    metadata,
+    Column("device_id", String(64), primary_key=True),
+    Column("certificate", LargeBinary(16384), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+)
+
 _TABLES = (nonces, keys, results, references, policies)
+
+
+# The statements of every appraisal, built once (building a statement costs more CPU than running it).
+_NONCE_EXPIRY = select(nonces.c.expires_at).where(nonces.c.nonce == bindparam("nonce"),
+                                                  nonces.c.device_id == bindparam("device_id"))
+_TAKE_NONCE = (delete(nonces).where(nonces.c.nonce == bindparam("nonce"), nonces.c.device_id == bindparam("device_id"))
+               .returning(nonces.c.expires_at))
+_KEY_OF = select(keys.c.algorithm, keys.c.public_key).where(keys.c.device_id == bindparam("device_id"))
+_ENDORSEMENT = (select(endorsements.c.ek_public, endorsements.c.certified_algorithm,
+                       endorsements.c.certified_public_key, ek_certificates.c.certificate)
+                .select_from(endorsements.outerjoin(ek_certificates,
+                                                    ek_certificates.c.device_id == endorsements.c.device_id))
+                .where(endorsements.c.device_id == bindparam("device_id")))
+_REFERENCES = (select(references.c.model, references.c.version, references.c.measurements)
+               .order_by(references.c.model, references.c.version))
+_POLICIES = select(policies.c.model, policies.c.text)
+_RECORD = results.insert()
 
 
 def create_attestation_tables(conn: Connection) -> None:
@@ -123,6 +151,11 @@ def create_endorsement_table(conn: Connection) -> None:
     endorsements.create(conn, checkfirst=True)
 
 
+def create_ek_certificate_table(conn: Connection) -> None:
+    """Migration ``0820_attestation_ek_certificates``."""
+    ek_certificates.create(conn, checkfirst=True)
+
+
 @dataclass(frozen=True)
 class Endorsement:
     """A TPM device's endorsement key and the attestation key certified against it.
@@ -132,11 +165,15 @@ class Endorsement:
         ek_public: Marshalled ``TPM2B_PUBLIC`` of its TPM's endorsement key (recorded at enrollment).
         certified_key: The AK that proved, by credential activation, to be
             resident in the TPM holding that EK; ``None`` until one has.
+        ek_certificate: The EK certificate chain recorded with it (DER or PEM,
+            leaf first; ``b""`` if none): checked against the manufacturer
+            roots before an AK is certified (ADR 0812).
     """
 
     device_id: str
     ek_public: bytes
     certified_key: AttestationKey | None
+    ek_certificate: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -175,6 +212,22 @@ class AttestationStore(Protocol):
         """Forget expired nonces; returns how many."""
         ...
 
+    def nonce_pending(self, device_id: str, nonce: bytes, now: datetime) -> bool:
+        """Whether ``nonce`` was issued to ``device_id``, is unused and unexpired (a read: nothing consumed)."""
+        ...
+
+    def conclude(self, tx: Any, device_id: str, nonce: bytes, now: datetime, appraisal: StoredAppraisal) -> bool:
+        """Consume ``nonce`` and record ``appraisal`` inside the caller's transaction ``tx``.
+
+        ``tx`` is an open SQLAlchemy ``Connection`` in a transaction for the
+        SQL store (ignored in memory). Returns False, recording nothing, when
+        the nonce was not issued to the device, was used or has expired: the
+        caller then rolls the transaction back. Two hub processes answering
+        with one nonce cannot both see True: the nonce row is deleted in the
+        transaction that writes the result.
+        """
+        ...
+
     def bind_key(self, device_id: str, key: AttestationKey, now: datetime) -> AttestationKey:
         """Bind ``key`` to the device unless one is bound already; returns the bound key."""
         ...
@@ -211,8 +264,10 @@ class AttestationStore(Protocol):
         """Appraisal policy texts by model."""
         ...
 
-    def set_endorsement_key(self, device_id: str, ek_public: bytes, now: datetime) -> None:
-        """Record the device's EK (replacing one recorded before, and forgetting the AK certified against it)."""
+    def set_endorsement_key(self, device_id: str, ek_public: bytes, now: datetime,
+                            ek_certificate: bytes = b"") -> None:
+        """Record the device's EK and its certificate chain (replacing what was recorded, and forgetting
+        the AK certified against the old EK)."""
         ...
 
     def endorsement(self, device_id: str) -> Endorsement | None:
@@ -260,6 +315,19 @@ class SqlAttestationStore(SqlStoreBase):
         with self.engine.begin() as c:
             return int(c.execute(delete(nonces).where(nonces.c.expires_at <= utc(now))).rowcount or 0)
 
+    def nonce_pending(self, device_id: str, nonce: bytes, now: datetime) -> bool:
+        with self.engine.connect() as c:
+            row = c.execute(_NONCE_EXPIRY, {"nonce": nonce, "device_id": device_id}).first()
+        return row is not None and aware_utc(row[0]) > utc(now)
+
+    def conclude(self, tx: Any, device_id: str, nonce: bytes, now: datetime, appraisal: StoredAppraisal) -> bool:
+        conn: Connection = tx
+        row = conn.execute(_TAKE_NONCE, {"nonce": nonce, "device_id": device_id}).first()
+        if row is None or aware_utc(row[0]) <= utc(now):
+            return False
+        conn.execute(_RECORD, self._result_values(appraisal))
+        return True
+
     def bind_key(self, device_id: str, key: AttestationKey, now: datetime) -> AttestationKey:
         bound = self.key_of(device_id)  # bound already (every appraisal but the first): no write
         if bound is not None:
@@ -273,15 +341,18 @@ class SqlAttestationStore(SqlStoreBase):
 
     def key_of(self, device_id: str) -> AttestationKey | None:
         with self.engine.connect() as c:
-            row = c.execute(select(keys.c.algorithm, keys.c.public_key).where(keys.c.device_id == device_id)).first()
+            row = c.execute(_KEY_OF, {"device_id": device_id}).first()
         return None if row is None else AttestationKey(AttestationKeyAlgorithm(row[0]), bytes(row[1]))
 
     def record(self, appraisal: StoredAppraisal) -> None:
         with self.engine.begin() as c:
-            c.execute(results.insert().values(
-                device_id=appraisal.device_id, appraised_at=utc(appraisal.appraised_at), status=appraisal.status,
-                reasons=json.dumps(list(appraisal.reasons)), firmware_version=appraisal.firmware_version[:64],
-                keystore_kind=appraisal.keystore_kind[:32]))
+            c.execute(_RECORD, self._result_values(appraisal))
+
+    @staticmethod
+    def _result_values(appraisal: StoredAppraisal) -> dict[str, Any]:
+        return {"device_id": appraisal.device_id, "appraised_at": utc(appraisal.appraised_at),
+                "status": appraisal.status, "reasons": json.dumps(list(appraisal.reasons)),
+                "firmware_version": appraisal.firmware_version[:64], "keystore_kind": appraisal.keystore_kind[:32]}
 
     def history(self, device_id: str, limit: int = 20) -> list[StoredAppraisal]:
         with self.engine.connect() as c:
@@ -307,8 +378,7 @@ class SqlAttestationStore(SqlStoreBase):
 
     def references(self) -> list[ReferenceRelease]:
         with self.engine.connect() as c:
-            rows = c.execute(select(references.c.model, references.c.version, references.c.measurements)
-                             .order_by(references.c.model, references.c.version)).all()
+            rows = c.execute(_REFERENCES).all()
         return [decode_release(m, v, t) for m, v, t in rows]
 
     def set_policy(self, model: str, text: str, now: datetime) -> None:
@@ -319,24 +389,27 @@ class SqlAttestationStore(SqlStoreBase):
 
     def policies(self) -> dict[str, str]:
         with self.engine.connect() as c:
-            return {m: t for m, t in c.execute(select(policies.c.model, policies.c.text))}
+            return {m: t for m, t in c.execute(_POLICIES)}
 
-    def set_endorsement_key(self, device_id: str, ek_public: bytes, now: datetime) -> None:
+    def set_endorsement_key(self, device_id: str, ek_public: bytes, now: datetime,
+                            ek_certificate: bytes = b"") -> None:
         values = {"ek_public": ek_public, "recorded_at": utc(now), "certified_algorithm": None,
                   "certified_public_key": None, "certified_at": None}
         with self.engine.begin() as c:
             c.execute(self._upsert(endorsements).values(device_id=device_id, **values)
                       .on_conflict_do_update(index_elements=[endorsements.c.device_id], set_=values))
+            c.execute(delete(ek_certificates).where(ek_certificates.c.device_id == device_id))
+            if ek_certificate:
+                c.execute(ek_certificates.insert().values(device_id=device_id, certificate=ek_certificate,
+                                                          recorded_at=utc(now)))
 
     def endorsement(self, device_id: str) -> Endorsement | None:
-        e = endorsements.c
         with self.engine.connect() as c:
-            row = c.execute(select(e.ek_public, e.certified_algorithm, e.certified_public_key)
-                            .where(e.device_id == device_id)).first()
+            row = c.execute(_ENDORSEMENT, {"device_id": device_id}).first()
         if row is None:
             return None
         key = None if row[1] is None else AttestationKey(AttestationKeyAlgorithm(row[1]), bytes(row[2]))
-        return Endorsement(device_id, bytes(row[0]), key)
+        return Endorsement(device_id, bytes(row[0]), key, b"" if row[3] is None else bytes(row[3]))
 
     def certify_key(self, device_id: str, ek_public: bytes, key: AttestationKey, now: datetime) -> bool:
         e = endorsements.c

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime
+from typing import Any
 
 from iotguard.attestation import ReferenceRelease
 from iotguard.hub.stores._sql import utc
@@ -46,6 +47,17 @@ class MemoryAttestationStore:
                 del self._nonces[n]
             return len(gone)
 
+    def nonce_pending(self, device_id: str, nonce: bytes, now: datetime) -> bool:
+        with self._lock:
+            entry = self._nonces.get(nonce)
+        return entry is not None and entry[0] == device_id and entry[1] > utc(now)
+
+    def conclude(self, tx: Any, device_id: str, nonce: bytes, now: datetime, appraisal: StoredAppraisal) -> bool:
+        if not self.take_nonce(device_id, nonce, now):
+            return False
+        self.record(appraisal)
+        return True
+
     def bind_key(self, device_id: str, key: AttestationKey, now: datetime) -> AttestationKey:
         with self._lock:
             return self._keys.setdefault(device_id, key)
@@ -83,9 +95,10 @@ class MemoryAttestationStore:
         with self._lock:
             return dict(self._policies)
 
-    def set_endorsement_key(self, device_id: str, ek_public: bytes, now: datetime) -> None:
+    def set_endorsement_key(self, device_id: str, ek_public: bytes, now: datetime,
+                            ek_certificate: bytes = b"") -> None:
         with self._lock:
-            self._endorsements[device_id] = Endorsement(device_id, ek_public, None)
+            self._endorsements[device_id] = Endorsement(device_id, ek_public, None, ek_certificate)
 
     def endorsement(self, device_id: str) -> Endorsement | None:
         with self._lock:
@@ -96,5 +109,5 @@ class MemoryAttestationStore:
             current = self._endorsements.get(device_id)
             if current is None or current.ek_public != ek_public:
                 return False
-            self._endorsements[device_id] = Endorsement(device_id, ek_public, key)
+            self._endorsements[device_id] = Endorsement(device_id, ek_public, key, current.ek_certificate)
             return True
