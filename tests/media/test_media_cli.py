@@ -32,7 +32,7 @@ def test_transform_voice_directory_keeps_names(voice_dir: Path, tmp_path: Path, 
     assert sorted(p.name for p in out.iterdir()) == names
     src, dst = decode_wav((voice_dir / names[0]).read_bytes()), decode_wav((out / names[0]).read_bytes())
     assert len(src.samples) == len(dst.samples) and not np.allclose(src.samples, dst.samples, atol=1e-3)
-    assert "randomised-vocoder" in capsys.readouterr().out  # the default is the strongest method
+    assert "pseudo-speaker" in capsys.readouterr().out  # the default is the strongest method
 
 
 def test_transform_voice_file_with_mcadams(voice_dir: Path, tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_evaluate_voice_json_last_line(voice_dir: Path, capsys) -> None:  # type
     assert figures["kind"] == "voice"
     for key in ("eer_ignorant", "eer_semi_informed", "accuracy", "real_time_factor"):
         assert key in figures["anonymised"]
-    assert figures["anonymised"]["method"] == "randomised-vocoder"
+    assert figures["anonymised"]["method"] == "pseudo-speaker"
     assert figures["original"]["eer_ignorant"] < figures["anonymised"]["eer_ignorant"]
 
 

@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     t.add_argument("kind", choices=("voice", "image"))
     t.add_argument("input", metavar="IN")
     t.add_argument("output", metavar="OUT")
-    t.add_argument("--method", help="voice: randomised-vocoder (default) or mcadams; image: face-redact (default)")
+    t.add_argument("--method", help="voice: pseudo-speaker (default), randomised-vocoder or mcadams; "
+                                    "image: face-redact (default)")
     t.add_argument("--block", type=int, default=0,
                    help="image: also pixelate the whole frame in blocks of this many pixels (default off)")
     t.set_defaults(func=_transform)

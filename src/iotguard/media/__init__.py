@@ -33,6 +33,7 @@ from iotguard.media.image import (
     encode_image,
     independent_face_detector,
 )
+from iotguard.media.pseudo_speaker import PseudoSpeaker
 from iotguard.media.sensing import AudioModels, ImageModels, voice_activity
 from iotguard.media.voice import (
     DEFAULT_VOICE_METHOD,
@@ -58,6 +59,7 @@ __all__ = [
     "ImageModels",
     "McAdams",
     "PeopleCounter",
+    "PseudoSpeaker",
     "RandomisedVocoder",
     "SpeakerVerifier",
     "Utterance",

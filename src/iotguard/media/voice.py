@@ -393,12 +393,17 @@ class RandomisedVocoder:
         return _run(self.stream(audio.rate), audio)
 
 
+# The pseudo-speaker conversion builds on this module's stream and LPC analysis, so it is
+# imported once they are defined.
+from iotguard.media.pseudo_speaker import PseudoSpeaker  # noqa: E402
+
 #: Voice methods by name; the default is the strongest shipped.
 VOICE_METHODS: dict[str, Callable[..., VoiceTransform]] = {
     "mcadams": McAdams,
     "randomised-vocoder": RandomisedVocoder,
+    "pseudo-speaker": PseudoSpeaker,
 }
-DEFAULT_VOICE_METHOD = "randomised-vocoder"
+DEFAULT_VOICE_METHOD = "pseudo-speaker"
 
 
 def voice_transform(method: str = DEFAULT_VOICE_METHOD, **params: Any) -> VoiceTransform:

@@ -10,7 +10,7 @@ and, per purpose, what of each stream may leave the device::
 
     [purposes.assistant.media.voice]
     release = "anonymised"           # none | inference | anonymised | raw
-    method = "randomised-vocoder"    # anonymised: the transform (default: the strongest shipped)
+    method = "pseudo-speaker"        # anonymised: the transform (default: the strongest shipped)
 
     [purposes.occupancy.media.camera]
     release = "inference"
@@ -66,7 +66,7 @@ class Release(StrEnum):
 
 #: Anonymisation methods per media kind (the first is the default: the strongest shipped).
 ANONYMISERS: Mapping[MediaKind, tuple[str, ...]] = MappingProxyType({
-    MediaKind.AUDIO: ("randomised-vocoder", "mcadams"),
+    MediaKind.AUDIO: ("pseudo-speaker", "randomised-vocoder", "mcadams"),
     MediaKind.IMAGE: ("face-redact",),
 })
 #: Device-side inference models per media kind, with the field types their label fits.
