@@ -46,6 +46,7 @@ from iotguard.hub.services.lifecycle import DeviceLifecycle, open_hub_keys
 from iotguard.hub.services.models import ModelService
 from iotguard.hub.services.operators import OperatorService
 from iotguard.hub.services.posture import PostureService, contract_for, open_policy
+from iotguard.hub.services.repository_reads import RepositoryReads
 from iotguard.hub.services.rollout_signals import HubCohortSignals
 from iotguard.hub.services.rollouts import RolloutService
 from iotguard.hub.services.sensing import DeviceHealthService, FlowIngestService, HubSignalsService
@@ -99,6 +100,7 @@ class HubServices:
     data_access: DataAccessService
     analytics: AnalyticsService | None = None
     aggregation: SecureAggregationService | None = None
+    repository_reads: RepositoryReads | None = None
 
     def drainer(self, worker: str = "hub") -> OutboxDrainer:
         """An outbox drainer with every handler this process has.
@@ -173,6 +175,8 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                            DataAccessService(store, consent.privacy, store, engine, audit_sink, clock, contract_for))
     services.analytics = build_analytics(cfg, store, audit_sink, clock)
     services.aggregation = SecureAggregationService(audit_sink, clock)
+    services.repository_reads = RepositoryReads(firmware, store, plane, engine.posture, clock)
+    lifecycle.add_listener(services.repository_reads.forget_device)  # a renewal supersedes a certificate
     return services
 
 

@@ -29,6 +29,7 @@ from iotguard.hub.api import create_app
 from iotguard.hub.broker import BrokerAddress, EmbeddedBroker, parse_broker_url, wait_for_port
 from iotguard.hub.broker_front import BrokerAccess
 from iotguard.hub.compose import HubServices, Maintenance, build_hub_services
+from iotguard.hub.device_tls import accept_device_certificates
 from iotguard.hub.mosquitto import reload, revoked_serials, update_access_files
 from iotguard.hub.mqtt_frames import AccessList
 from iotguard.hub.mqtt_ingest import MqttIngest
@@ -191,6 +192,7 @@ class Hub:
                 config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
                 # Browsers refuse Ed25519 certificates: the console's ECDSA one sits beside it (ADR 1402).
                 add_browser_certificate(config.ssl, self.tls, self.cfg.console_tls_file)
+                accept_device_certificates(config, self.tls.ca_file)  # devices read firmware by mTLS (ADR 1220)
             self._api_server = uvicorn.Server(config)
             self._api_thread = threading.Thread(target=self._api_server.run, name="iotguard-api", daemon=True)
             self._api_thread.start()
