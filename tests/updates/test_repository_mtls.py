@@ -21,6 +21,7 @@ from iotguard.agent.firmware import FirmwareUpdateClient
 from iotguard.agent.update_channel import REPOSITORY_ROUTE, REPOSITORY_URL, RepositoryFetcher
 from iotguard.hub.broker import wait_for_port
 from iotguard.hub.device_tls import accept_device_certificates
+from iotguard.hub.repository_front import RepositoryFront
 from iotguard.hub.tls import HubTls
 from iotguard.tls import client_context
 from tests.conftest import free_port
@@ -59,7 +60,10 @@ def mtls(tmp_path: Path) -> Iterator[MtlsHub]:
     tls = HubTls(tmp_path / "tls", parts.services.lifecycle.ca)
     tls.ensure(parts.services.clock.now(), api_names=["127.0.0.1"])
     port = free_port()
-    config = uvicorn.Config(parts.app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+    reads = parts.services.repository_reads
+    assert reads is not None
+    front = RepositoryFront(parts.app, reads)
+    config = uvicorn.Config(front, host="127.0.0.1", port=port, log_level="warning", access_log=False,
                             lifespan="off", ssl_certfile=str(tls.api_file))
     config.load()
     accept_device_certificates(config, tls.ca_file)
@@ -124,6 +128,16 @@ def test_device_cannot_read_another_models_role_over_mtls(mtls: MtlsHub) -> None
     agent, _fetcher = mtls.device("dev-1")
     r = mtls.get("metadata/1.cam-2.json", agent.dir / TRANSPORT_FILE)
     assert (r.status_code, r.json()["error"]) == (422, "update_wrong_model")
+
+
+def test_front_passes_every_other_request_to_the_api(mtls: MtlsHub) -> None:
+    agent, _fetcher = mtls.device("dev-1")
+    with httpx.Client(base_url=mtls.url, verify=client_context(mtls.ca_file)) as http:
+        assert http.get("/health").status_code == 200
+        r = http.post(REPOSITORY_ROUTE + "/metadata/timestamp.json")  # only GET is a repository read
+        assert r.status_code in (404, 405)
+    r = mtls.get("metadata/" + "1" * 300 + ".root.json", agent.dir / TRANSPORT_FILE)
+    assert (r.status_code, r.json()["error"]) == (400, "malformed")
 
 
 def test_warm_repository_reads_touch_no_database(mtls: MtlsHub) -> None:

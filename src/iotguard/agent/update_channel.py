@@ -50,11 +50,14 @@ __all__ = [
 FETCH_ROUTE = "/v1/firmware/fetch"
 #: Hub route answering ``update_check`` requests.
 CHECK_ROUTE = "/v1/firmware/check"
-#: Hub route serving repository files to devices by their TLS client certificate (GET).
+#: Hub route serving repository files to devices by their TLS client certificate (GET;
+#: ``iotguard.hub.repository_front``).
 REPOSITORY_ROUTE = "/v1/firmware/repository"
 #: The repository's base URL as ngclient sees it (the fetcher maps it onto signed requests).
 REPOSITORY_URL = "iotguard-device://firmware"
 _CHUNK = 64 * 1024
+#: Longest refusal body the fetcher reads (to keep its connection); a longer one closes the connection.
+MAX_REFUSAL_BYTES = 4096
 
 #: Signs a device request: (action, body) -> wire ``{"request", "signature"}``.
 Sign = Callable[[str, dict[str, Any]], Mapping[str, str]]
@@ -94,7 +97,18 @@ class DeviceChannelFetcher(FetcherInterface):
 
 def _stream(response: httpx.Response, path: str) -> Iterator[bytes]:
     if response.status_code != 200:
-        response.close()
+        # Read a short refusal to its end, so its keep-alive connection goes back to the pool (a "nothing
+        # new" refresh ends with a 404 for the next root); a long one is cut and its connection closed.
+        size = 0
+        try:
+            for chunk in response.iter_bytes(_CHUNK):
+                size += len(chunk)
+                if size > MAX_REFUSAL_BYTES:
+                    break
+        except httpx.HTTPError:
+            pass
+        finally:
+            response.close()
         raise DownloadHTTPError(f"hub answered HTTP {response.status_code} for {path}", response.status_code)
     return DeviceChannelFetcher._chunks(response)
 

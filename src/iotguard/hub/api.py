@@ -34,7 +34,7 @@ from iotguard.hub.routers.attestation import attestation_router
 from iotguard.hub.routers.auth import OperatorAuth
 from iotguard.hub.routers.device_requests import device_requests_router
 from iotguard.hub.routers.devices import devices_router
-from iotguard.hub.routers.firmware import firmware_router, repository_router
+from iotguard.hub.routers.firmware import firmware_router
 from iotguard.hub.routers.health import health_router
 from iotguard.hub.routers.learning import learning_router
 from iotguard.hub.routers.operators import operators_router
@@ -150,10 +150,7 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
         async def _deliver_outbox(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
             response = await call_next(request)
             # A change, or a refusal (its audit event), queued side effects: deliver them before answering.
-            # A read that found nothing (a TUF client probing for the next root) changed and refused nothing.
-            read = request.method in ("GET", "HEAD", "OPTIONS")
-            refused = response.status_code >= 400 and not (read and response.status_code == 404)
-            if not read or refused:
+            if request.method not in ("GET", "HEAD", "OPTIONS") or response.status_code >= 400:
                 try:
                     await run_in_threadpool(deliver)
                 except Exception as exc:  # the change is committed; the maintenance tick delivers its effects
@@ -176,8 +173,6 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
         app.include_router(aggregation_router(services.aggregation, services.plane, operator))
     app.include_router(learning_router(services.learning, services.models, services.plane))
     app.include_router(firmware_router(services.firmware, services.rollouts, services.plane, operator))
-    if services.repository_reads is not None:
-        app.include_router(repository_router(services.repository_reads))
     app.include_router(sensing_router(services.flows, services.health, services.plane))
     # The console's changes are delivered by this app's outbox middleware, which wraps the mount too.
     app.mount(CONSOLE_PREFIX, create_console_app(services, http_status=HTTP_STATUS))

@@ -33,6 +33,7 @@ from iotguard.hub.device_tls import accept_device_certificates
 from iotguard.hub.mosquitto import reload, revoked_serials, update_access_files
 from iotguard.hub.mqtt_frames import AccessList
 from iotguard.hub.mqtt_ingest import MqttIngest
+from iotguard.hub.repository_front import RepositoryFront
 from iotguard.hub.services.posture import HUB_MQTT_GRANTS
 from iotguard.hub.tls import HUB_MQTT_IDENTITY, HubTls, add_browser_certificate
 from iotguard.policy.acl import derive_device_acl
@@ -75,6 +76,9 @@ class Hub:
         self.ingest: MqttIngest | None = None
         self.maintenance = Maintenance(self.services, worker=f"hub-{os.getpid()}")
         self.app = create_app(self.services, drain=self.maintenance.drainer.drain)
+        #: What the API listener serves: repository reads in front of the API application (ADR 1220).
+        self.asgi: Any = self.app if self.services.repository_reads is None else \
+            RepositoryFront(self.app, self.services.repository_reads)
         self.tls = HubTls(Path(cfg.data_dir), self.lifecycle.ca,
                           client_validity=timedelta(days=cfg.cert_validity_days))
         self._api_server: uvicorn.Server | None = None
@@ -185,7 +189,7 @@ class Hub:
                             "enrollment secrets cross the network in clear", self.cfg.api_bind)
             else:
                 tls_args = {"ssl_certfile": str(self.tls.api_file)}
-            config = uvicorn.Config(self.app, host=host, port=int(port), log_level="warning",
+            config = uvicorn.Config(self.asgi, host=host, port=int(port), log_level="warning",
                                     access_log=False, lifespan="off", **tls_args)
             config.load()
             if isinstance(config.ssl, ssl.SSLContext):

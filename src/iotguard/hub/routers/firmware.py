@@ -5,24 +5,18 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from iotguard.hub.device_plane import DevicePlane, device_request, signed_request_openapi
-from iotguard.hub.device_tls import peer_certificate
 from iotguard.hub.routers.auth import OperatorAuth
 from iotguard.hub.services.firmware import FirmwareService
-from iotguard.hub.services.repository_reads import RepositoryReads
 from iotguard.hub.services.rollouts import RolloutService
 from iotguard.hub.store import ApiToken
 from iotguard.identity import VerifiedRequest
 from iotguard.rollout import DEFAULT_STAGES, HealthGates
 
-__all__ = ["REPOSITORY_ROUTE", "RolloutRequest", "firmware_router", "repository_router"]
-
-#: Devices read repository files here (GET, authenticated by their TLS client certificate).
-REPOSITORY_ROUTE = "/v1/firmware/repository"
+__all__ = ["RolloutRequest", "firmware_router"]
 
 
 class RolloutRequest(BaseModel):
@@ -111,26 +105,4 @@ def firmware_router(firmware: FirmwareService, rollouts: RolloutService, plane: 
         rollouts.abort(rollout_id, actor=token.name, reason=body.reason)
         return rollouts.status(rollout_id).to_dict()
 
-    return router
-
-
-def repository_router(reads: RepositoryReads) -> APIRouter:
-    """``GET /v1/firmware/repository/{path}``: a repository file for the device of the TLS client certificate.
-
-    A plain Starlette route (no request body, no FastAPI dependencies): the
-    whole answer comes from memory when the device's grant and the file are
-    cached; otherwise the registry, Cedar and the store are consulted on a
-    worker thread. Refusals map through the API's error table.
-    """
-    router = APIRouter(tags=["firmware"])
-
-    async def read(request: Request) -> Response:
-        peer = peer_certificate(request.scope)
-        path = str(request.path_params["path"])
-        body = reads.cached(peer, path)
-        if body is None:
-            body = await run_in_threadpool(reads.read, peer, path)
-        return Response(body, media_type="application/octet-stream")
-
-    router.add_route(REPOSITORY_ROUTE + "/{path:path}", read, methods=["GET"], include_in_schema=False)
     return router
