@@ -74,11 +74,13 @@ def test_a_failed_round_is_retried_at_the_next_scheduled_time() -> None:
     assert updates.run_if_due() is None and updates.failures == 2
 
 
-def _updatable(repo: HubFirmware, device_id: str, schedule: UpdateSchedule) -> tuple[Agent, ScheduledUpdates]:
+def _updatable(repo: HubFirmware, device_id: str, schedule: UpdateSchedule, *,
+               default_self_test: bool = False) -> tuple[Agent, ScheduledUpdates]:
     agent = repo.hub.agent(device_id, model=HUB_MODEL)
     FirmwareUpdateClient.trust(agent.dir, repo.root)  # at manufacture: the initial root and factory firmware
     FirmwareSlots(agent.dir).provision(image(HUB_MODEL, 1), 1)
-    updates = agent_updates(agent, HUB_MODEL, schedule=schedule, self_test=repo.self_test)
+    updates = agent_updates(agent, HUB_MODEL, schedule=schedule,
+                            self_test=None if default_self_test else repo.self_test)
     assert updates is not None
     return agent, updates
 
@@ -97,7 +99,7 @@ def test_agent_installs_on_its_schedule(repo: HubFirmware) -> None:
 
 def test_agent_runs_a_round_after_the_hubs_update_command(repo: HubFirmware) -> None:
     schedule = UpdateSchedule(86400.0, time.monotonic(), command_spread_s=0.0, rng=random.Random(5))
-    agent, updates = _updatable(repo, "dev-1", schedule)
+    agent, updates = _updatable(repo, "dev-1", schedule, default_self_test=True)  # the new firmware re-reads TUF
     schedule.ran(time.monotonic())  # the next scheduled round is a day away
     repo.publish(2)
     repo.hub.services.rollouts.start(HUB_MODEL, 2, actor="test", stages=(100.0,))

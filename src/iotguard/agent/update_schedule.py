@@ -146,14 +146,14 @@ def agent_updates(agent: Agent, model: str, *, schedule: UpdateSchedule | None =
         log.info("%s: no trusted firmware root: firmware updates are off", agent.device_id)
         return None
     fetcher, check_in = device_update_channel(agent)
-    client: FirmwareUpdateClient | None = None
+    clients: list[FirmwareUpdateClient] = []  # the self-test needs the client it belongs to
 
     def reaches_repository(_slot: BootedSlot, _image: bytes) -> None:
-        assert client is not None
-        client.refresh()
+        clients[0].refresh()
 
     client = FirmwareUpdateClient(data_dir, model=model, counters=agent.keystore, fetcher=fetcher,
                                   base_url=REPOSITORY_URL, self_test=self_test or reaches_repository)
+    clients.append(client)
     if not client.slots.provisioned():
         log.info("%s: firmware slots not provisioned: firmware updates are off", agent.device_id)
         return None
