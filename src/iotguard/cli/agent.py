@@ -84,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
             except IotGuardError as exc:
                 print(f"attestation refused: {exc}", flush=True)
         if updates is not None:
-            result = updates.run_if_due()
-            if result is not None and result.outcome != "none":
-                print(f"firmware update: {result.outcome} {result.reason} (running {result.version})", flush=True)
+            update = updates.run_if_due()
+            if update is not None and update.outcome != "none":
+                print(f"firmware update: {update.outcome} {update.reason} (running {update.version})", flush=True)
         t = time.time()
         fresh = len(agent.collect(sensor.sample(t), int(t * 1000)))
         sent += fresh
