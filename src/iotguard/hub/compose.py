@@ -162,7 +162,8 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                                reference_values=attestation,
                                support_dates=lambda model, when: set_end_of_support(store, model, when))
     rollouts = RolloutService(SqlRolloutStore(store.engine), store, firmware,
-                              HubCohortSignals(store.engine, attestation.store), audit_sink, clock)
+                              HubCohortSignals(store.engine, attestation.store), audit_sink, clock,
+                              challenge=attestation.step_up)
     models = ModelService(SqlModelStore(store.engine), keystore, audit_sink, clock, endorse=lifecycle.ca.sign)
     services = HubServices(cfg, clock, store, keystore, outbox, audit, posture, lifecycle, consent, operators,
                            TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link,

@@ -10,7 +10,7 @@ every running campaign. Every move is one audit entry (``rollout.*``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -74,16 +74,20 @@ class RolloutService:
         signals: Appraisals and telemetry of updated devices.
         audit: Where every campaign move is recorded.
         clock: Time source.
+        challenge: Asks a device for fresh attestation evidence (the verifier's own view of the firmware it
+            runs); called when a device reports a committed install. ``None``: the gates use the appraisals
+            the hub gets anyway.
     """
 
     def __init__(self, store: RolloutStore, devices: DeviceStore, firmware: FirmwareService, signals: CohortSignals,
-                 audit: AuditSink, clock: Clock) -> None:
+                 audit: AuditSink, clock: Clock, *, challenge: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.devices = devices
         self.firmware = firmware
         self.signals = signals
         self.audit = audit
         self.clock = clock
+        self.challenge = challenge
 
     # -- operator moves --------------------------------------------------
 
@@ -168,6 +172,8 @@ class RolloutService:
                                                   baseline, position))
             if outcome == "rolled_back":
                 campaign = self._apply(campaign)
+            elif self.challenge is not None:
+                self.challenge(device_id)  # the device's word is not the evidence: the verifier's appraisal is
         previous = self.store.report_of(campaign.rollout_id, device_id)
         # A device that rolled back this release is never offered it again.
         if (not campaign.targets(device_id) or version >= campaign.version
@@ -202,7 +208,10 @@ class RolloutService:
         committed = {d: reports[d] for d in checked_in if reports[d].outcome == "committed"}
         rolled_back = sum(1 for d in checked_in if reports[d].outcome == "rolled_back")
         since = {d: r.reported_at for d, r in committed.items()}
-        attested, failed = self.signals.appraisals_since(since)
+        # The verifier's appraisals judge every device the hub offered the release to, from the offer on
+        # (or from its report): a device that reports nothing, or success, cannot hide a failed attestation.
+        judged = {d: r.reported_at for d, r in reports.items() if r.outcome in (OFFERED, "committed")}
+        attested, failed = self.signals.appraisals_since(judged)
         now_totals = self.signals.rejection_totals(list(committed))
         rejected = sum(max(0, now_totals.get(d, 0) - r.baseline_rejections) for d, r in committed.items())
         return CohortHealth(len(cohort), len(checked_in), len(committed), rolled_back, attested, failed,
