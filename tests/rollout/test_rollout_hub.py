@@ -194,3 +194,29 @@ def test_a_device_that_never_reports_is_still_judged_by_its_attestation(repo: Hu
         silent, datetime.now(UTC), "contraindicated", ("measurement_mismatch",), "2", "software"))
     (campaign,) = rollouts.tick()
     assert (campaign.state, campaign.reason) == (RolloutState.PAUSED, "attestation_failures")
+
+
+def test_a_stage_tells_its_devices_to_run_an_update_round_now(repo: HubFirmware) -> None:
+    """Start (and each advance) sends the stage's waiting devices the authenticated ``update-check`` command."""
+    import cbor2
+
+    from iotguard.agent.update_schedule import UPDATE_COMMAND
+    from iotguard.hub.outbox import outbox
+    from iotguard.hub.services.update_commands import UPDATE_CHECK_COMMAND, UPDATE_CHECK_KIND
+
+    assert UPDATE_CHECK_COMMAND == UPDATE_COMMAND
+    devices = {d: repo.device(d) for d in FLEET}
+    asked: list[str] = []
+    for device_id, (agent, _client, _check_in) in devices.items():
+        agent.on_update_command = lambda d=device_id: asked.append(d)  # type: ignore[misc]
+    repo.publish(2)
+    repo.hub.services.commands.attach(
+        lambda topic, payload: devices[topic.split("/")[-2]][0]._on_command(payload))
+    repo.hub.services.rollouts.start(HUB_MODEL, 2, actor="alice", stages=STAGES)
+    with repo.hub.store.engine.connect() as conn:
+        queued = [cbor2.loads(r.payload)["device_id"]
+                  for r in conn.execute(outbox.select().where(outbox.c.kind == UPDATE_CHECK_KIND))]
+    first = [d for d in FLEET if in_cohort(HUB_MODEL, 2, d, STAGES[0])]
+    assert sorted(queued) == sorted(first)
+    repo.hub.deliver()
+    assert sorted(asked) == sorted(first)

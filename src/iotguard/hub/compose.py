@@ -51,6 +51,7 @@ from iotguard.hub.services.rollout_signals import HubCohortSignals
 from iotguard.hub.services.rollouts import RolloutService
 from iotguard.hub.services.sensing import DeviceHealthService, FlowIngestService, HubSignalsService
 from iotguard.hub.services.telemetry import TelemetryService
+from iotguard.hub.services.update_commands import UpdateCheckPush, queue_update_checks
 from iotguard.hub.store import HubStore
 from iotguard.hub.stores.alerts import SqlAlertStore
 from iotguard.hub.stores.attestation import SqlAttestationStore
@@ -110,6 +111,7 @@ class HubServices:
         """
         handlers: list[OutboxHandler] = [self.audit.delivery(), ConsentPush(self.consent),
                                          ChallengePush(self.lifecycle, self.commands)]
+        handlers.append(UpdateCheckPush(self.lifecycle, self.commands))
         if self.broker is not None:
             handlers.append(self.broker)
         return OutboxDrainer(self.outbox, handlers, worker=worker, clock=self.clock)
@@ -163,7 +165,8 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                                support_dates=lambda model, when: set_end_of_support(store, model, when))
     rollouts = RolloutService(SqlRolloutStore(store.engine), store, firmware,
                               HubCohortSignals(store.engine, attestation.store), audit_sink, clock,
-                              challenge=attestation.step_up)
+                              challenge=attestation.step_up,
+                              announce=lambda ids: queue_update_checks(outbox, ids, clock.now()))
     models = ModelService(SqlModelStore(store.engine), keystore, audit_sink, clock, endorse=lifecycle.ca.sign)
     services = HubServices(cfg, clock, store, keystore, outbox, audit, posture, lifecycle, consent, operators,
                            TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link,

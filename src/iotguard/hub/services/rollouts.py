@@ -77,10 +77,13 @@ class RolloutService:
         challenge: Asks a device for fresh attestation evidence (the verifier's own view of the firmware it
             runs); called when a device reports a committed install. ``None``: the gates use the appraisals
             the hub gets anyway.
+        announce: Tells devices to run an update round now (the ``update-check`` command through the outbox);
+            called with the stage's devices that have not reported when a campaign starts, advances or resumes.
     """
 
     def __init__(self, store: RolloutStore, devices: DeviceStore, firmware: FirmwareService, signals: CohortSignals,
-                 audit: AuditSink, clock: Clock, *, challenge: Callable[[str], None] | None = None) -> None:
+                 audit: AuditSink, clock: Clock, *, challenge: Callable[[str], None] | None = None,
+                 announce: Callable[[Sequence[str]], None] | None = None) -> None:
         self.store = store
         self.devices = devices
         self.firmware = firmware
@@ -88,6 +91,7 @@ class RolloutService:
         self.audit = audit
         self.clock = clock
         self.challenge = challenge
+        self.announce = announce
 
     # -- operator moves --------------------------------------------------
 
@@ -107,6 +111,7 @@ class RolloutService:
                                          stages=stages, gates=gates)
         self.store.create(campaign)
         self._record("rollout.started", campaign, actor, stages=list(campaign.stages))
+        self._announce(campaign)
         return campaign
 
     def pause(self, rollout_id: str, *, actor: str, reason: str = "operator") -> RolloutCampaign:
@@ -253,7 +258,18 @@ class RolloutService:
     def _move(self, campaign: RolloutCampaign, event: str, actor: str) -> RolloutCampaign:
         self.store.save(campaign)
         self._record(event, campaign, actor)
+        if campaign.state is RolloutState.RUNNING:  # advanced or resumed: the stage's devices may go now
+            self._announce(campaign)
         return campaign
+
+    def _announce(self, campaign: RolloutCampaign) -> None:
+        """Tell the stage's devices that have not reported to run an update round now."""
+        if self.announce is None:
+            return
+        reported = {r.device_id for r in self.store.reports(campaign.rollout_id) if r.outcome != SEEN}
+        waiting = [d for d in self._cohort(campaign) if d not in reported]
+        if waiting:
+            self.announce(waiting)
 
     def _record(self, event: str, campaign: RolloutCampaign, actor: str, **extra: Any) -> None:
         now: datetime = self.clock.now()
