@@ -4,18 +4,20 @@ Three measurements, in one run:
 
 1. **Update checks served** (headline). A real hub (``iotguard.hub.service.Hub``:
    uvicorn, TLS 1.3, SQLite) answers the HTTP requests of a TUF "nothing new"
-   refresh -- the next root (404) and ``timestamp.json`` -- as signed
-   ``update_fetch`` device requests (signature, nonce, attempt limits, Cedar,
-   path check, outbox drain). In the same run, the same hub process serves the
-   same bytes as plain static files (Starlette ``StaticFiles`` mounted on the
-   same app and TLS listener, no authentication). A load client in a separate
-   process (threads, keep-alive HTTPS) runs both, interleaved. Headline ratio
-   = TUF refreshes/s / plain refreshes/s (goal >= 0.5; goal >= 2,000 update
-   checks/s from one hub process).
-2. **One agent's ngclient refresh** over the device channel to that hub: cold
-   (only the trusted root on disk: root, timestamp, snapshot, targets and the
-   model's role) and warm (nothing new: next root and timestamp), medians
-   (goal: warm <= 20 ms).
+   refresh -- the next root (404) and ``timestamp.json`` -- as GETs over mutual
+   TLS with the device's transport certificate (ADR 1220: certificate checked
+   against the registry, Cedar ``update_fetch`` cached per device, no database
+   write). In the same run, the same hub process serves the same bytes as plain
+   static files (Starlette ``StaticFiles``, placed where the repository front
+   sits, no authentication) over the same listener. Load-client processes
+   (threads, each a raw keep-alive HTTP/1.1 client over ``ssl``) run both,
+   interleaved; the hub's CPU per refresh comes from ``getrusage``. Headline
+   ratio = TUF refreshes/s / plain refreshes/s (goal >= 0.5; goal >= 2,000
+   update checks/s from one hub process).
+2. **One agent's ngclient refresh** over its pooled mTLS connection, in its own
+   process: cold (only the trusted root on disk: root, timestamp, snapshot,
+   targets and the model's role) and warm (nothing new: next root and
+   timestamp), medians (goal: warm <= 20 ms).
 3. **A staged rollout** of a 1 MiB release through three cohorts (10, 50,
    100 %) to 1,000 simulated devices (``--quick``: 100): each device is
    registered in the hub's database, checks in through ``RolloutService``,
@@ -24,7 +26,7 @@ Three measurements, in one run:
    and reports; the hub's gates advance the stages. Reported: wall time from
    start to completed.
 
-Usage: ``python bench/update.py [--quick]`` (writes bench/results/update.json).
+Usage: ``python bench/update.py [--quick] [--no-rollout]`` (writes bench/results/update.json).
 """
 
 from __future__ import annotations
