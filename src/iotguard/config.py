@@ -175,6 +175,9 @@ class AgentConfig:
     firmware_public_key: str = ""
     #: Seconds between re-attestations (the agent also attests at start and answers challenges).
     attest_interval_s: float = 3600.0
+    #: Mean seconds between firmware update rounds (each jittered by 20 %; the first falls at a random
+    #: point of the first interval; the hub's ``update-check`` command brings the next one forward).
+    update_interval_s: float = 21600.0
     #: Root of trust: empty for the software key store's; a TCTI (``device:/dev/tpmrm0``,
     #: ``swtpm:host=127.0.0.1,port=2321``) for a TPM 2.0.
     tpm_tcti: str = ""
@@ -222,6 +225,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "agent.reconnect_max_s": (0.1, 3600),
     "agent.puf_seed": (-1, 2**63 - 1),
     "agent.attest_interval_s": (10, 30 * 86400),
+    "agent.update_interval_s": (10, 30 * 86400),
 }
 
 

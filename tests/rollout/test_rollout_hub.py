@@ -156,3 +156,67 @@ def test_two_hub_processes_moving_one_campaign_do_not_fail(repo: HubFirmware) ->
     campaign = rollouts.start(HUB_MODEL, 2, actor="alice", stages=STAGES)
     rollouts.pause(campaign.rollout_id, actor="bob")  # the other process moved it after we read it
     assert rollouts._apply(campaign).state is RolloutState.PAUSED
+
+
+def test_device_reporting_success_but_failing_attestation_with_the_new_release_stops_the_rollout(
+        repo: HubFirmware) -> None:
+    """The gates read the verifier's appraisal, not the device's word: a committed report earns the device a
+    challenge, and the appraisal of its evidence (contraindicated, claiming release 2) stops the rollout."""
+    from iotguard.hub.outbox import outbox
+    from iotguard.hub.services.attestation import CHALLENGE_KIND
+
+    devices = {d: repo.device(d) for d in FLEET}
+    repo.publish(2)
+    rollouts = repo.hub.services.rollouts
+    rollouts.start(HUB_MODEL, 2, actor="alice", stages=STAGES)
+    rounds = {d: update_round(client, check_in) for d, (_a, client, check_in) in devices.items()}
+    liar = next(d for d, r in rounds.items() if r.outcome == "committed")
+    with repo.hub.store.engine.connect() as conn:  # the hub asked each reporting device for fresh evidence
+        challenged = conn.execute(outbox.select().where(outbox.c.kind == CHALLENGE_KIND)).all()
+    assert len(challenged) == sum(r.outcome == "committed" for r in rounds.values())
+    repo.hub.services.attestation.store.record(StoredAppraisal(
+        liar, datetime.now(UTC), "contraindicated", ("measurement_mismatch",), "2", "software"))
+    (campaign,) = rollouts.tick()
+    assert (campaign.state, campaign.reason) == (RolloutState.PAUSED, "attestation_failures")
+    assert all(update_round(c, ci).offered == 0 for d, (_a, c, ci) in devices.items() if rounds[d].offered == 0)
+
+
+def test_a_device_that_never_reports_is_still_judged_by_its_attestation(repo: HubFirmware) -> None:
+    """Silence is not health: a device offered the release that reports nothing is appraised from the offer on."""
+    devices = {d: repo.device(d) for d in FLEET}
+    repo.publish(2)
+    rollouts = repo.hub.services.rollouts
+    rollouts.start(HUB_MODEL, 2, actor="alice", stages=STAGES)
+    silent = next(d for d in FLEET if in_cohort(HUB_MODEL, 2, d, STAGES[0]))
+    _agent, client, check_in = devices[silent]
+    assert check_in(version=client.slots.active().version) == 2  # offered; it never reports back
+    repo.hub.services.attestation.store.record(StoredAppraisal(
+        silent, datetime.now(UTC), "contraindicated", ("measurement_mismatch",), "2", "software"))
+    (campaign,) = rollouts.tick()
+    assert (campaign.state, campaign.reason) == (RolloutState.PAUSED, "attestation_failures")
+
+
+def test_a_stage_tells_its_devices_to_run_an_update_round_now(repo: HubFirmware) -> None:
+    """Start (and each advance) sends the stage's waiting devices the authenticated ``update-check`` command."""
+    import cbor2
+
+    from iotguard.agent.update_schedule import UPDATE_COMMAND
+    from iotguard.hub.outbox import outbox
+    from iotguard.hub.services.update_commands import UPDATE_CHECK_COMMAND, UPDATE_CHECK_KIND
+
+    assert UPDATE_CHECK_COMMAND == UPDATE_COMMAND
+    devices = {d: repo.device(d) for d in FLEET}
+    asked: list[str] = []
+    for device_id, (agent, _client, _check_in) in devices.items():
+        agent.on_update_command = lambda d=device_id: asked.append(d)  # type: ignore[misc]
+    repo.publish(2)
+    repo.hub.services.commands.attach(
+        lambda topic, payload: devices[topic.split("/")[-2]][0]._on_command(payload))
+    repo.hub.services.rollouts.start(HUB_MODEL, 2, actor="alice", stages=STAGES)
+    with repo.hub.store.engine.connect() as conn:
+        queued = [cbor2.loads(r.payload)["device_id"]
+                  for r in conn.execute(outbox.select().where(outbox.c.kind == UPDATE_CHECK_KIND))]
+    first = [d for d in FLEET if in_cohort(HUB_MODEL, 2, d, STAGES[0])]
+    assert sorted(queued) == sorted(first)
+    repo.hub.deliver()
+    assert sorted(asked) == sorted(first)

@@ -161,6 +161,17 @@ class FirmwareUpdateClient:
             bootstrap=None,
         )
 
+    def refresh(self) -> None:
+        """Refresh the trusted TUF metadata (root chain, timestamp, snapshot, targets) and nothing else.
+
+        Raises:
+            UpdateRefused: TUF refused the metadata.
+        """
+        try:
+            self._updater().refresh()
+        except (RepositoryError, DownloadError) as exc:
+            raise UpdateRefused(f"TUF refused the update: {type(exc).__name__}") from exc
+
     def minimum_version(self) -> int:
         """The anti-rollback counter: no release below it is installed."""
         return self._counters.counter(anti_rollback_counter(self._model))

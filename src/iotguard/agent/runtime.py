@@ -30,6 +30,7 @@ from iotguard.agent.exchange import CA_FILE, IDENTITY_KEY, TRANSPORT_FILE, new_t
 from iotguard.agent.outbox import Outbox
 from iotguard.agent.privacy import DevicePrivacy
 from iotguard.agent.receipts import ReceiptSender, SendResult
+from iotguard.agent.update_schedule import UPDATE_COMMAND
 from iotguard.channel import (
     SequenceAllocator,
     SessionKeys,
@@ -112,6 +113,8 @@ class Agent:
         self.attester: Attester | None = None
         self.last_envelope = b""
         self.on_ack: Callable[[int, list[int]], None] | None = None
+        #: Runs the next firmware update round soon: the hub's ``update-check`` command (``agent_updates``).
+        self.on_update_command: Callable[[], None] | None = None
         #: Called with (epoch, seq, reading body) once a reading is in the outbox (simulator bookkeeping).
         self.on_submit: Callable[[int, int, bytes], None] | None = None
         self._load_session()
@@ -417,6 +420,8 @@ class Agent:
             # Collection already follows the new consent; the acknowledgement
             # goes to the hub off the MQTT network thread.
             threading.Thread(target=self._send_consent_ack, args=(ack.encode(),), daemon=True).start()
+        elif kind == UPDATE_COMMAND and self.on_update_command is not None:
+            self.on_update_command()
         elif kind == "attest-challenge" and self.attester is not None:
             threading.Thread(target=self._answer_challenge, args=(self.attester, payload), daemon=True).start()
         else:

@@ -69,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
 
         attester = agent.attester = boot_from_config(cfg, agent.keystore)
     next_attest = time.monotonic()
+    from iotguard.agent.update_schedule import agent_updates
+
+    updates = agent_updates(agent, args.model)  # None: no trusted firmware root or slots (not updatable)
     health = _HealthReporter(args.health_interval, cfg.broker_url)
     sensor = make_sensor(args.model, hash(args.device_id) & 0xFFFF)
     samples = sent = 0
@@ -80,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"attestation: {result['status']} (trust tier {result['trust_tier']})", flush=True)
             except IotGuardError as exc:
                 print(f"attestation refused: {exc}", flush=True)
+        if updates is not None:
+            update = updates.run_if_due()
+            if update is not None and update.outcome != "none":
+                print(f"firmware update: {update.outcome} {update.reason} (running {update.version})", flush=True)
         t = time.time()
         fresh = len(agent.collect(sensor.sample(t), int(t * 1000)))
         sent += fresh

@@ -47,10 +47,12 @@ from iotguard.hub.services.lifecycle import DeviceLifecycle, open_hub_keys
 from iotguard.hub.services.models import ModelService
 from iotguard.hub.services.operators import OperatorService
 from iotguard.hub.services.posture import PostureService, contract_for, open_policy
+from iotguard.hub.services.repository_reads import RepositoryReads
 from iotguard.hub.services.rollout_signals import HubCohortSignals
 from iotguard.hub.services.rollouts import RolloutService
 from iotguard.hub.services.sensing import DeviceHealthService, FlowIngestService, HubSignalsService
 from iotguard.hub.services.telemetry import TelemetryService
+from iotguard.hub.services.update_commands import UpdateCheckPush, queue_update_checks
 from iotguard.hub.store import HubStore
 from iotguard.hub.stores.alerts import SqlAlertStore
 from iotguard.hub.stores.attestation import SqlAttestationStore
@@ -100,6 +102,7 @@ class HubServices:
     data_access: DataAccessService
     analytics: AnalyticsService | None = None
     aggregation: SecureAggregationService | None = None
+    repository_reads: RepositoryReads | None = None
 
     def drainer(self, worker: str = "hub") -> OutboxDrainer:
         """An outbox drainer with every handler this process has.
@@ -109,6 +112,7 @@ class HubServices:
         """
         handlers: list[OutboxHandler] = [self.audit.delivery(), ConsentPush(self.consent),
                                          ChallengePush(self.lifecycle, self.commands)]
+        handlers.append(UpdateCheckPush(self.lifecycle, self.commands))
         if self.broker is not None:
             handlers.append(self.broker)
         return OutboxDrainer(self.outbox, handlers, worker=worker, clock=self.clock)
@@ -164,7 +168,9 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                                reference_values=attestation,
                                support_dates=lambda model, when: set_end_of_support(store, model, when))
     rollouts = RolloutService(SqlRolloutStore(store.engine), store, firmware,
-                              HubCohortSignals(store.engine, attestation.store), audit_sink, clock)
+                              HubCohortSignals(store.engine, attestation.store), audit_sink, clock,
+                              challenge=attestation.step_up,
+                              announce=lambda ids: queue_update_checks(outbox, ids, clock.now()))
     models = ModelService(SqlModelStore(store.engine), keystore, audit_sink, clock, endorse=lifecycle.ca.sign)
     services = HubServices(cfg, clock, store, keystore, outbox, audit, posture, lifecycle, consent, operators,
                            TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link,
@@ -180,6 +186,8 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     services.learning.attach_privacy(services.aggregation, services.analytics.ledger,
                                      services.analytics.subjects.subject_of)
     services.consent.erasure_hooks.append(lambda devices, actor: services.learning.unlearn(devices, actor=actor))
+    services.repository_reads = RepositoryReads(firmware, store, plane, engine.posture, clock)
+    lifecycle.add_listener(services.repository_reads.forget_device)  # a renewal supersedes a certificate
     return services
 
 

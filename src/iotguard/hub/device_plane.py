@@ -200,6 +200,10 @@ class DevicePlane:
         attempt.succeeded()
         return response
 
+    def refused(self, device_id: str, action: str, reason: str, now: datetime) -> None:
+        """Audit a refusal decided outside :meth:`verify` (a device read authenticated by its TLS certificate)."""
+        self._refused(device_id, action, reason, now)
+
     def _view(self, device_id: str) -> DeviceView | None:
         try:
             d = self.store.get_device(device_id)

@@ -29,9 +29,11 @@ from iotguard.hub.api import create_app
 from iotguard.hub.broker import BrokerAddress, EmbeddedBroker, parse_broker_url, wait_for_port
 from iotguard.hub.broker_front import BrokerAccess
 from iotguard.hub.compose import HubServices, Maintenance, build_hub_services
+from iotguard.hub.device_tls import accept_device_certificates
 from iotguard.hub.mosquitto import reload, revoked_serials, update_access_files
 from iotguard.hub.mqtt_frames import AccessList
 from iotguard.hub.mqtt_ingest import MqttIngest
+from iotguard.hub.repository_front import RepositoryFront
 from iotguard.hub.services.posture import HUB_MQTT_GRANTS
 from iotguard.hub.tls import HUB_MQTT_IDENTITY, HubTls, add_browser_certificate
 from iotguard.policy.acl import derive_device_acl
@@ -75,6 +77,9 @@ class Hub:
         self.maintenance = Maintenance(self.services, worker=f"hub-{os.getpid()}")
         self.services.detection.after_containment = self.maintenance.wake
         self.app = create_app(self.services, drain=self.maintenance.drainer.drain)
+        #: What the API listener serves: repository reads in front of the API application (ADR 1220).
+        self.asgi: Any = self.app if self.services.repository_reads is None else \
+            RepositoryFront(self.app, self.services.repository_reads)
         self.tls = HubTls(Path(cfg.data_dir), self.lifecycle.ca,
                           client_validity=timedelta(days=cfg.cert_validity_days))
         self._api_server: uvicorn.Server | None = None
@@ -185,13 +190,14 @@ class Hub:
                             "enrollment secrets cross the network in clear", self.cfg.api_bind)
             else:
                 tls_args = {"ssl_certfile": str(self.tls.api_file)}
-            config = uvicorn.Config(self.app, host=host, port=int(port), log_level="warning",
+            config = uvicorn.Config(self.asgi, host=host, port=int(port), log_level="warning",
                                     access_log=False, lifespan="off", **tls_args)
             config.load()
             if isinstance(config.ssl, ssl.SSLContext):
                 config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3
                 # Browsers refuse Ed25519 certificates: the console's ECDSA one sits beside it (ADR 1402).
                 add_browser_certificate(config.ssl, self.tls, self.cfg.console_tls_file)
+                accept_device_certificates(config, self.tls.ca_file)  # devices read firmware by mTLS (ADR 1220)
             self._api_server = uvicorn.Server(config)
             self._api_thread = threading.Thread(target=self._api_server.run, name="iotguard-api", daemon=True)
             self._api_thread.start()

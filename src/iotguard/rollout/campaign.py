@@ -100,7 +100,9 @@ class CohortHealth:
             checked in before its stage came is waited for).
         committed: Devices that reported a committed install of the release.
         rolled_back: Devices that reported a rollback after the self-test.
-        attested: Updated devices appraised since their update.
+        attested: Devices offered the release that the hub's verifier appraised since the offer (or since
+            their report of a committed install), by their latest appraisal; what a device reports about
+            itself does not enter this count.
         attestation_failed: Of those, appraised ``contraindicated``.
         readings: Telemetry the updated devices sent since their update (stored).
         rejections: Telemetry of the updated devices that ingest rejected since.

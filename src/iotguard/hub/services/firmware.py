@@ -10,7 +10,7 @@ repository: the loser's save is refused (immutable consistent-snapshot files).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, time
 from typing import Protocol
 
@@ -81,6 +81,16 @@ class FirmwareService:
         self._expiry = expiry or ExpiryPolicy()
         self._references = reference_values
         self._support_dates = support_dates
+        self._saved: list[Callable[[], None]] = []
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every change this process saves (caches of served files drop)."""
+        self._saved.append(listener)
+
+    def _save(self, files: Mapping[str, bytes]) -> None:
+        self._files.save(files)
+        for listener in self._saved:
+            listener()
 
     def _online_labels(self) -> list[str]:
         """Key-store labels of every online key generation (``tuf-online``, ``tuf-online-2``, ...)."""
@@ -126,7 +136,7 @@ class FirmwareService:
         repo = FirmwareRepository.create(root_signers=root_signers, root_threshold=root_threshold,
                                          targets_signer=targets_signer, online_signer=self._online(), now=now,
                                          expiry=self._expiry)
-        self._files.save(repo.files())
+        self._save(repo.files())
         self._audit.record(AuditEvent("firmware.repository_created", now, actor, "firmware",
                                       {"root_threshold": root_threshold}))
         return repo.files()["metadata/1.root.json"]
@@ -137,7 +147,7 @@ class FirmwareService:
         repo = self._repository()
         repo.add_model(model, model_signer=model_signer, targets_signer=targets_signer,
                        online_signer=self._online(repo), now=now)
-        self._files.save(repo.files())
+        self._save(repo.files())
         self._audit.record(AuditEvent("firmware.model_delegated", now, actor, model,
                                       {"keyid": model_signer.public_key.keyid}))
 
@@ -146,7 +156,7 @@ class FirmwareService:
         now = self._clock.now()
         repo = self._repository()
         repo.publish(release, image, model_signer=model_signer, online_signer=self._online(repo), now=now)
-        self._files.save(repo.files())
+        self._save(repo.files())
         self._audit.record(AuditEvent("firmware.published", now, actor, release.model,
                                       {"version": release.version, "sha256": release.image_sha256,
                                        "length": release.image_length}))
@@ -161,7 +171,7 @@ class FirmwareService:
         now = self._clock.now()
         repo = self._repository()
         repo.revoke(model, version, model_signer=model_signer, online_signer=self._online(repo), now=now)
-        self._files.save(repo.files())
+        self._save(repo.files())
         self._audit.record(AuditEvent("firmware.revoked", now, actor, model, {"version": version}))
         if self._references is not None:
             self._references.remove_reference(model, str(version))
@@ -176,7 +186,7 @@ class FirmwareService:
         now = self._clock.now()
         repo = self._repository()
         repo.rotate_root(old_signers=old_signers, new_signers=new_signers, new_threshold=new_threshold, now=now)
-        self._files.save(repo.files())
+        self._save(repo.files())
         version = int(repo.root.version)
         self._audit.record(AuditEvent("firmware.root_rotated", now, actor, "firmware",
                                       {"version": version, "threshold": new_threshold}))
@@ -200,7 +210,7 @@ class FirmwareService:
         online = KeyStoreSigner(self._keystore, label)
         repo.rotate_root(old_signers=root_signers, new_signers=root_signers, new_threshold=root_threshold, now=now,
                          online_signer=online)
-        self._files.save(repo.files())
+        self._save(repo.files())
         keyid = str(online.public_key.keyid)
         self._audit.record(AuditEvent("firmware.online_key_rotated", now, actor, "firmware",
                                       {"root_version": int(repo.root.version), "keyid": keyid}))
@@ -231,18 +241,19 @@ class FirmwareService:
         if repo.online_expires - now > self._expiry.timestamp / 2:
             return False
         repo.refresh_online(self._online(repo), now)
-        self._files.save(repo.files())
+        self._save(repo.files())
         return True
 
     def file(self, path: str) -> bytes | None:
         """One repository file for a device, or ``None``."""
         return self._files.get(path)
 
-    def device_file(self, model: str, path: str) -> bytes:
+    def device_file(self, model: str, path: str, *, read: Callable[[str], bytes | None] | None = None) -> bytes:
         """The repository file ``path`` for a device of ``model`` (the ``update_fetch`` request).
 
         A device reads the top-level metadata and its own model's role and
         images only: another model's releases are none of its business.
+        ``read`` fetches the file (default: the store; a caller may cache).
 
         Raises:
             MalformedError: ``path`` is not a repository file name.
@@ -255,7 +266,7 @@ class FirmwareService:
         owner = match.group("role") or match.group("model")
         if owner is not None and owner != model:
             raise UpdateRefused("another model's firmware", code="update_wrong_model")
-        body = self._files.get(path)
+        body = (read or self._files.get)(path)
         if body is None:
             raise UpdateRefused("no such repository file", code="update_not_found")
         return body

@@ -117,6 +117,11 @@ class DeviceLifecycle:
         #: When the last ingest batch's prefetch read its devices (see :meth:`session`).
         self._last_prefetch = -1.0
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[str], None]] = []
+
+    def add_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(device_id)`` after every registry change of a device (enrollment, renewal, revocation)."""
+        self._listeners.append(listener)
 
     def _load_or_create_ca(self) -> FleetCA:
         pem = self.store.get_meta(_CA_META)
@@ -141,6 +146,8 @@ class DeviceLifecycle:
     def _changed(self, device_id: str) -> None:
         with self._lock:
             self._cache.pop(device_id, None)
+        for listener in self._listeners:
+            listener(device_id)
         if self.posture is not None:
             self.posture.sync(device_id)
         if self.broker_link is not None:

@@ -10,7 +10,7 @@ every running campaign. Every move is one audit entry (``rollout.*``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -74,16 +74,24 @@ class RolloutService:
         signals: Appraisals and telemetry of updated devices.
         audit: Where every campaign move is recorded.
         clock: Time source.
+        challenge: Asks a device for fresh attestation evidence (the verifier's own view of the firmware it
+            runs); called when a device reports a committed install. ``None``: the gates use the appraisals
+            the hub gets anyway.
+        announce: Tells devices to run an update round now (the ``update-check`` command through the outbox);
+            called with the stage's devices that have not reported when a campaign starts, advances or resumes.
     """
 
     def __init__(self, store: RolloutStore, devices: DeviceStore, firmware: FirmwareService, signals: CohortSignals,
-                 audit: AuditSink, clock: Clock) -> None:
+                 audit: AuditSink, clock: Clock, *, challenge: Callable[[str], None] | None = None,
+                 announce: Callable[[Sequence[str]], None] | None = None) -> None:
         self.store = store
         self.devices = devices
         self.firmware = firmware
         self.signals = signals
         self.audit = audit
         self.clock = clock
+        self.challenge = challenge
+        self.announce = announce
 
     # -- operator moves --------------------------------------------------
 
@@ -103,6 +111,7 @@ class RolloutService:
                                          stages=stages, gates=gates)
         self.store.create(campaign)
         self._record("rollout.started", campaign, actor, stages=list(campaign.stages))
+        self._announce(campaign)
         return campaign
 
     def pause(self, rollout_id: str, *, actor: str, reason: str = "operator") -> RolloutCampaign:
@@ -168,6 +177,8 @@ class RolloutService:
                                                   baseline, position))
             if outcome == "rolled_back":
                 campaign = self._apply(campaign)
+            elif self.challenge is not None:
+                self.challenge(device_id)  # the device's word is not the evidence: the verifier's appraisal is
         previous = self.store.report_of(campaign.rollout_id, device_id)
         # A device that rolled back this release is never offered it again.
         if (not campaign.targets(device_id) or version >= campaign.version
@@ -202,7 +213,10 @@ class RolloutService:
         committed = {d: reports[d] for d in checked_in if reports[d].outcome == "committed"}
         rolled_back = sum(1 for d in checked_in if reports[d].outcome == "rolled_back")
         since = {d: r.reported_at for d, r in committed.items()}
-        attested, failed = self.signals.appraisals_since(since)
+        # The verifier's appraisals judge every device the hub offered the release to, from the offer on
+        # (or from its report): a device that reports nothing, or success, cannot hide a failed attestation.
+        judged = {d: r.reported_at for d, r in reports.items() if r.outcome in (OFFERED, "committed")}
+        attested, failed = self.signals.appraisals_since(judged)
         now_totals = self.signals.rejection_totals(list(committed))
         rejected = sum(max(0, now_totals.get(d, 0) - r.baseline_rejections) for d, r in committed.items())
         return CohortHealth(len(cohort), len(checked_in), len(committed), rolled_back, attested, failed,
@@ -244,7 +258,18 @@ class RolloutService:
     def _move(self, campaign: RolloutCampaign, event: str, actor: str) -> RolloutCampaign:
         self.store.save(campaign)
         self._record(event, campaign, actor)
+        if campaign.state is RolloutState.RUNNING:  # advanced or resumed: the stage's devices may go now
+            self._announce(campaign)
         return campaign
+
+    def _announce(self, campaign: RolloutCampaign) -> None:
+        """Tell the stage's devices that have not reported to run an update round now."""
+        if self.announce is None:
+            return
+        reported = {r.device_id for r in self.store.reports(campaign.rollout_id) if r.outcome != SEEN}
+        waiting = [d for d in self._cohort(campaign) if d not in reported]
+        if waiting:
+            self.announce(waiting)
 
     def _record(self, event: str, campaign: RolloutCampaign, actor: str, **extra: Any) -> None:
         now: datetime = self.clock.now()
