@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -116,3 +118,55 @@ def test_cli_writes_json_and_html(fleet: HubParts, tmp_path: Path, capsys: pytes
     out = tmp_path / "report.html"
     assert main(["compliance", "--config", str(conf), "report", "--format", "html", "-o", str(out)]) == 0
     assert "<h2>ETSI EN 303 645 V2.1.1</h2>" in out.read_text()
+
+
+def _pdf_links(reader: Any) -> tuple[set[str], set[str]]:
+    """The PDF's named destinations and the destinations its internal link annotations go to."""
+    from pypdf.generic import ArrayObject, NameObject, TextStringObject
+
+    destinations = set(reader.named_destinations)
+    targets: set[str] = set()
+    for page in reader.pages:
+        for ref in page.get("/Annots") or []:
+            annot = ref.get_object()
+            if annot.get("/Subtype") != "/Link":
+                continue
+            dest = annot.get("/Dest")
+            action = annot.get("/A")
+            if dest is None and action is not None and action.get("/S") == "/GoTo":
+                dest = action.get("/D")
+            if isinstance(dest, (TextStringObject, NameObject, str)):
+                targets.add(str(dest).lstrip("/"))
+            elif isinstance(dest, ArrayObject):
+                targets.add("<explicit>")
+    return destinations, targets
+
+
+def test_pdf_report_carries_every_check_and_links_each_to_its_evidence(fleet: HubParts) -> None:
+    from pypdf import PdfReader
+
+    from iotguard.hub.compliance import render_pdf
+
+    doc = report(fleet.services)
+    pdf = render_pdf(doc)
+    assert pdf.startswith(b"%PDF-")
+    reader = PdfReader(io.BytesIO(pdf))
+    text = " ".join((page.extract_text() or "") for page in reader.pages)
+    flat = " ".join(text.split())
+    destinations, targets = _pdf_links(reader)
+    for check in doc["checks"]:
+        assert check["id"] in flat, check["id"]
+        assert check["id"] in destinations and check["id"] in targets, check["id"]  # requirement -> check link
+        for e in check["evidence"]:
+            if e["kind"] == "audit":  # check -> the cited entry's inclusion proof, inside the PDF
+                assert f"entry-{e['ref']}" in destinations and f"entry-{e['ref']}" in targets, e["ref"]
+    cited = [e for c in doc["checks"] for e in c["evidence"] if e["kind"] == "audit"]
+    assert cited and all(e["proof"]["leaf_hash"][:16] in flat.replace(" ", "") for e in cited[:3])
+
+
+def test_cli_writes_pdf(fleet: HubParts, tmp_path: Path) -> None:
+    conf = tmp_path / "iotguard.toml"
+    conf.write_text(f'[hub]\ndata_dir = "{fleet.cfg.data_dir}"\n')
+    out = tmp_path / "report.pdf"
+    assert main(["compliance", "--config", str(conf), "report", "--format", "pdf", "-o", str(out)]) == 0
+    assert out.read_bytes().startswith(b"%PDF-") and out.stat().st_size > 10_000
