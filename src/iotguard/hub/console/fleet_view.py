@@ -19,13 +19,12 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from iotguard.errors import IotGuardError, MalformedError
+from iotguard.errors import MalformedError
 from iotguard.hub.policy_store import device_posture
 from iotguard.hub.schema import devices, readings
 from iotguard.hub.stores._sql import aware
 from iotguard.hub.stores.attestation import results as attestation_results
 from iotguard.policy.model import TRUST_TIERS
-from iotguard.wire import decode_reading
 
 __all__ = ["DEVICE_STATUSES", "MAX_PAGE_SIZE", "FleetFilter", "FleetPage", "FleetRow", "SqlFleetView"]
 
@@ -186,20 +185,15 @@ class SqlFleetView:
             attestation_results.c.id.in_(latest))
         return {r[0]: r[1] for r in c.execute(q)}
 
-    def latest_readings(self, device_id: str, limit: int = 10) -> list[dict[str, Any]]:
-        """The device's newest stored readings, decoded (a body that does not decode shows as such)."""
-        q = (select(readings.c.id, readings.c.received_at, readings.c.topic, readings.c.body)
-             .where(readings.c.device_id == device_id).order_by(readings.c.id.desc()).limit(max(1, min(limit, 100))))
+    def reading_floor(self, device_id: str, newest: int) -> int:
+        """The reading id just below the device's ``newest`` newest readings (0 when it has fewer): reading
+        after it returns exactly those. Only ids are read; bodies are read through the purpose-bound
+        :class:`~iotguard.hub.services.data_access.DataAccessService`."""
+        q = (select(readings.c.id).where(readings.c.device_id == device_id).order_by(readings.c.id.desc())
+             .offset(max(1, min(newest, 1000)) - 1).limit(1))
         with self.engine.connect() as c:
-            rows = c.execute(q).all()
-        out = []
-        for r in rows:
-            try:
-                fields: dict[str, Any] = decode_reading(bytes(r.body)).to_dict()
-            except IotGuardError:
-                fields = {"error": "undecodable reading"}
-            out.append({"id": r.id, "received_at": aware(r.received_at), "topic": r.topic, "reading": fields})
-        return out
+            floor = c.execute(q).scalar_one_or_none()
+        return int(floor) - 1 if floor is not None else 0
 
     def counts(self) -> dict[str, int]:
         """Devices per status and how many are quarantined (the overview's header)."""
