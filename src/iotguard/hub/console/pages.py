@@ -44,7 +44,8 @@ def _fleet_filter(params: Any) -> FleetFilter:
     return FleetFilter(query=params.get("q", "").strip(), status=params.get("status", ""),
                        trust_tier=params.get("tier", ""),
                        quarantined=None if not quarantined else quarantined == "yes",
-                       page=_int(params.get("page"), 1), page_size=_int(params.get("size"), 50))
+                       after=params.get("after", ""), before=params.get("before", ""),
+                       page_size=_int(params.get("size"), 50))
 
 
 def operator_routes(console: Console) -> APIRouter:
