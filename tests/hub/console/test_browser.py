@@ -72,7 +72,7 @@ def test_login_filter_open_device_quarantine_and_release(browser: Any, https_hub
     attest(hub, hub.agent("dev-9"), tmp_path, firmware)
     page = _login(browser, https_hub, "security-admin")
     assert page.url.endswith("/console/fleet")
-    assert page.locator("#result-count").inner_text().startswith("64 devices match; showing 1–50.")
+    assert page.locator("#result-count").inner_text().startswith("64 devices match; showing 1\u201350.")
     cookie = next(c for c in page.context.cookies() if c["name"] == "iotguard_console")
     assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
 
