@@ -170,3 +170,67 @@ def test_cli_writes_pdf(fleet: HubParts, tmp_path: Path) -> None:
     out = tmp_path / "report.pdf"
     assert main(["compliance", "--config", str(conf), "report", "--format", "pdf", "-o", str(out)]) == 0
     assert out.read_bytes().startswith(b"%PDF-") and out.stat().st_size > 10_000
+
+
+def _doc_with_evidence(summary: str) -> dict[str, Any]:
+    """A judged report (no hub) whose first check cites one setting and one audit entry with ``summary``."""
+    doc = evaluate(FACTS)
+    first = doc["checks"][0]
+    first["evidence"] = [
+        {"kind": "config", "ref": "hub.api_docs", "summary": "hub.api_docs = False"},
+        {"kind": "audit", "ref": "7", "summary": summary,
+         "proof": {"index": 7, "leaf_hash": "wbIrcUEwExri8FVRmbx8UWeMxYhH6bsXQbgV4dYxV/A=", "proof": []}},
+    ]
+    doc["checkpoint"], doc["log_origin"] = "iotguard.local/audit\n10\nroot\n", "iotguard.local/audit"
+    return doc
+
+
+def test_pdf_sections_carry_verdict_provisions_remediation_and_setting_links() -> None:
+    from pypdf import PdfReader
+
+    from iotguard.hub.compliance import render_pdf
+
+    doc = _doc_with_evidence("device.enrolled by dev-1 about dev-1")
+    failing = evaluate(replace(FACTS, shared_identity_keys=1))
+    doc["checks"][0].update(status="fail", remediation=_checks(failing)["C-NO-DEFAULT-CREDS"]["remediation"])
+    reader = PdfReader(io.BytesIO(render_pdf(doc)))
+    flat = " ".join(" ".join((p.extract_text() or "") for p in reader.pages).split())
+    assert f"{doc['checks'][0]['id']} — {doc['checks'][0]['title']}: fail" in flat
+    assert "Provisions: ETSI EN 303 645 V2.1.1 5.1, 5.12" in flat
+    assert "Remediation: " + " ".join(str(doc["checks"][0]["remediation"]).split()) in flat
+    destinations, targets = _pdf_links(reader)
+    assert "setting-hub.api_docs" in destinations and "setting-hub.api_docs" in targets
+    assert "<explicit>" not in targets  # every internal link names its target
+
+
+def test_pdf_of_one_document_is_byte_identical() -> None:
+    from iotguard.hub.compliance import render_pdf
+
+    doc = _doc_with_evidence("device.enrolled by dev-1 about dev-1")
+    assert render_pdf(doc) == render_pdf(doc)
+
+
+def test_markup_in_an_audit_summary_is_printed_not_followed() -> None:
+    """Check for markup injection: an actor or subject name holding ReportLab markup (a URI link, an image
+    read from disk) is printed as text; the PDF gains no URI action and reads no file."""
+    from pypdf import PdfReader
+
+    from iotguard.hub.compliance import render_pdf
+
+    hostile = 'dev-1 <a href="https://evil.example/">x</a> <img src="/etc/passwd"/> &amp;'
+    reader = PdfReader(io.BytesIO(render_pdf(_doc_with_evidence(f"device.enrolled by {hostile}"))))
+    text = " ".join((p.extract_text() or "") for p in reader.pages)
+    assert hostile in " ".join(text.split())
+    for page in reader.pages:
+        assert "/XObject" not in (page.get("/Resources") or {})
+        for ref in page.get("/Annots") or []:
+            assert "/A" not in ref.get_object()  # internal links carry /Dest only; no URI or launch action
+
+
+def test_a_link_to_a_check_that_is_not_in_the_report_is_an_error_not_a_dead_link() -> None:
+    from iotguard.hub.compliance import render_pdf
+
+    doc = _doc_with_evidence("device.enrolled by dev-1 about dev-1")
+    next(iter(doc["standards"].values()))[0]["checks"].append("C-NOT-IN-THIS-REPORT")
+    with pytest.raises(ValueError, match="C-NOT-IN-THIS-REPORT"):
+        render_pdf(doc)

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = p.add_subparsers(dest="compliance_command", metavar="ACTION", required=True)
     r = s.add_parser("report", help="check the live fleet state; each check cites its evidence")
     r.add_argument("--format", choices=("json", "html", "pdf"), default="json",
-                   help="output format (default json; pdf needs WeasyPrint's Pango libraries)")
+                   help="output format (default json)")
     r.add_argument("--output", "-o", help="write to this file instead of standard output")
     r.set_defaults(func=run_report)
 

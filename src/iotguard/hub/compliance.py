@@ -1,5 +1,5 @@
 """The compliance report built from the hub's live state: facts gathered here, judged by
-:mod:`iotguard.compliance`, rendered as JSON, HTML or PDF (the HTML laid out by WeasyPrint).
+:mod:`iotguard.compliance`, rendered as JSON, HTML or PDF (drawn by ReportLab from the same document).
 
 Evidence: each check cites its settings and the newest audit entries of the event types it
 names, each with an RFC 9162 inclusion proof against a checkpoint signed for the report, so an
@@ -138,29 +138,12 @@ def render_html(doc: dict[str, Any]) -> str:
     return env.get_template("compliance_report.html").render(r=doc)
 
 
-
 def render_pdf(doc: dict[str, Any]) -> bytes:
-    """The HTML report laid out as PDF by WeasyPrint: every check and evidence link becomes a PDF link.
+    """The report as PDF, drawn by ReportLab from ``doc`` itself: each check and cited entry a link target.
 
-    WeasyPrint (and the Pango it loads) is imported here, not at module import, so the hub runs on a
-    machine without Pango; only PDF output needs it. The report is self-contained: WeasyPrint's URL
-    fetcher is replaced by one that fetches nothing (no file, network or data URL is read).
-
-    Raises:
-        ConfigError: WeasyPrint or its system libraries (Pango) are not installed.
+    ReportLab is imported here, not at module import, so commands that never make a PDF do not load it.
+    See :mod:`iotguard.hub.compliance_pdf`.
     """
-    try:
-        from weasyprint import HTML
-        from weasyprint.urls import URLFetcher
-    except (ImportError, OSError) as exc:
-        raise ConfigError("PDF output needs WeasyPrint and Pango (Debian: libpango-1.0-0 libpangoft2-1.0-0): "
-                          f"{type(exc).__name__}") from None
+    from iotguard.hub.compliance_pdf import render_pdf as draw
 
-    class _FetchNothing(URLFetcher):  # type: ignore[misc]
-        def fetch(self, url: str, headers: Any = None) -> Any:
-            raise ValueError("the compliance report loads no external resource")
-
-    pdf = HTML(string=render_html(doc), url_fetcher=_FetchNothing()).write_pdf()
-    if not isinstance(pdf, bytes):
-        raise ConfigError("WeasyPrint returned no PDF")
-    return pdf
+    return draw(doc)
