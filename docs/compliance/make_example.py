@@ -1,4 +1,4 @@
-"""Regenerate ``example-report.json``, ``example-report.html`` and ``example-report.pdf`` from a demo fleet.
+"""Regenerate ``example-report.json``, ``example-report.html`` and ``example-report.pdf`` (ReportLab) from a demo fleet.
 
 The fleet: eight agents enrolled through the in-process API (real keys, certificates and audit
 entries), forty devices registered but not enrolled, one quarantined after an alert, one data

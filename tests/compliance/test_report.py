@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
 from dataclasses import replace
@@ -179,7 +181,8 @@ def _doc_with_evidence(summary: str) -> dict[str, Any]:
     first["evidence"] = [
         {"kind": "config", "ref": "hub.api_docs", "summary": "hub.api_docs = False"},
         {"kind": "audit", "ref": "7", "summary": summary,
-         "proof": {"index": 7, "leaf_hash": "wbIrcUEwExri8FVRmbx8UWeMxYhH6bsXQbgV4dYxV/A=", "proof": []}},
+         "proof": {"index": 7, "leaf_hash": base64.b64encode(hashlib.sha256(b"entry 7").digest()).decode(),
+                   "proof": []}},
     ]
     doc["checkpoint"], doc["log_origin"] = "iotguard.local/audit\n10\nroot\n", "iotguard.local/audit"
     return doc

@@ -11,16 +11,17 @@ Only the PDF base-14 fonts are used (Helvetica, Courier): no font file is read o
 nothing outside the document is loaded. Every string from the report is escaped before it
 reaches ReportLab's paragraph markup; long unbroken values (hashes, entries, signatures) are cut
 into fixed-width lines so they stay on the page. The same document gives the same bytes
-(ReportLab's invariant mode: no creation time or random file id).
+(ReportLab's invariant mode: no random file id; the creation date is the report's own time).
 """
 
 from __future__ import annotations
 
+import html
 import io
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
-from xml.sax.saxutils import escape
 
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
@@ -39,12 +40,14 @@ from reportlab.platypus import (
     TableStyle,
 )
 
+from iotguard.compliance import Status
+
 __all__ = ["PROOF_LINE_CHARS", "render_pdf"]
 
 #: Characters per line of a preformatted proof or checkpoint (Courier 7 pt on A4 with 18 mm margins).
 PROOF_LINE_CHARS = 96
 
-_STATUS_COLOUR = {"pass": "#1b6e20", "fail": "#a61b1b", "not_applicable": "#555555"}
+_STATUS_COLOUR = {Status.PASS.value: "#1b6e20", Status.FAIL.value: "#a61b1b", Status.NOT_APPLICABLE.value: "#555555"}
 _LINK = '<a href="#{dest}" color="#1a4f9c">{text}</a>'
 
 
@@ -66,7 +69,7 @@ class _Styles:
 
 def _t(value: object) -> str:
     """A report value as paragraph text: escaped, so no report string is read as markup."""
-    return escape(str(value), {'"': "&quot;"})
+    return html.escape(str(value), quote=True)
 
 
 def _code(value: object) -> str:
@@ -217,9 +220,11 @@ class _NamedDestinationCanvas(Canvas):  # type: ignore[misc]
     never placed is an error, not a dead link.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, pdf_date: str = "", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._linked: set[str] = set()
+        if pdf_date:  # the report's own time, not the invariant mode's fixed 2000-01-01
+            self.setDateFormatter(lambda *_: pdf_date)
 
     def linkRect(self, contents: str, destinationname: str, Rect: Any = None, addtopage: int = 1,
                  name: str | None = None, relative: int = 1, thickness: float = 0, color: Any = None,
@@ -239,6 +244,15 @@ class _NamedDestinationCanvas(Canvas):  # type: ignore[misc]
             names += [PDFString(n), placed[n]]
         self._doc.Catalog.Names = PDFDictionary({"Dests": PDFDictionary({"Names": PDFArray(names)})})
         super().save()
+
+
+def _pdf_date(generated_at: str) -> str:
+    """The report's generation time as a PDF date string (UTC), or "" when it does not parse."""
+    try:
+        at = datetime.fromisoformat(generated_at).astimezone(UTC)
+    except ValueError:
+        return ""
+    return at.strftime("D:%Y%m%d%H%M%S+00'00'")
 
 
 def _footer(generated_at: str) -> Any:
@@ -268,5 +282,10 @@ def render_pdf(doc: dict[str, Any]) -> bytes:
                             creator="iotguard", invariant=True)
     story = [*_summary(doc, s), *_standards(doc, s), Spacer(0, 4 * mm), *_checks(doc, s), *_appendix(doc, s)]
     footer = _footer(str(doc["generated_at"]))
-    pdf.build(story, onFirstPage=footer, onLaterPages=footer, canvasmaker=_NamedDestinationCanvas)
+    pdf_date = _pdf_date(str(doc["generated_at"]))
+
+    def canvas(*args: Any, **kwargs: Any) -> _NamedDestinationCanvas:
+        return _NamedDestinationCanvas(*args, pdf_date=pdf_date, **kwargs)
+
+    pdf.build(story, onFirstPage=footer, onLaterPages=footer, canvasmaker=canvas)
     return out.getvalue()
