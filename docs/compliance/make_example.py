@@ -1,4 +1,4 @@
-"""Regenerate ``example-report.json`` and ``example-report.html`` from a demo fleet.
+"""Regenerate ``example-report.json``, ``example-report.html`` and ``example-report.pdf`` (ReportLab) from a demo fleet.
 
 The fleet: eight agents enrolled through the in-process API (real keys, certificates and audit
 entries), forty devices registered but not enrolled, one quarantined after an alert, one data
@@ -21,7 +21,7 @@ from iotguard.agent import Agent
 from iotguard.config import AgentConfig, HubConfig
 from iotguard.detection import Alert, Severity
 from iotguard.hub.api import create_app
-from iotguard.hub.compliance import render_html, report
+from iotguard.hub.compliance import render_html, render_pdf, report
 from iotguard.hub.compose import build_hub_services
 from iotguard.hub.credentials import set_end_of_support
 
@@ -51,6 +51,7 @@ def main() -> None:
         services.store.engine.dispose()
     (OUT / "example-report.json").write_text(json.dumps(doc, indent=2) + "\n")
     (OUT / "example-report.html").write_text(render_html(doc))
+    (OUT / "example-report.pdf").write_bytes(render_pdf(doc))
     print("summary:", doc["summary"])
 
 

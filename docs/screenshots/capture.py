@@ -2,41 +2,80 @@
 
 Builds a hub in a temporary directory exactly as the hub process does (``build_hub_services``,
 ``create_app``), enrolls real agents through the in-process API, raises a detection alert,
-quarantines a device, links a data subject, serves the API over HTTPS (TLS 1.3, the hub's own
-certificates) and photographs each page with Debian's Chromium through Playwright.
+quarantines a device, links a data subject, starts a firmware rollout, has two witnesses cosign a
+checkpoint (final), serves the API over HTTPS (TLS 1.3, the hub's own certificates) and
+photographs each page with Debian's Chromium through Playwright.
 
 Usage: ``.venv/bin/python docs/screenshots/capture.py`` (needs ``apt-get install chromium``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import socket
 import ssl
 import tempfile
 import threading
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from fastapi.testclient import TestClient
 from playwright.sync_api import sync_playwright
+from securesystemslib.signer import CryptoSigner
 
 from iotguard.agent import Agent
+from iotguard.audit import SIG_COSIGNATURE_V1, NoteSigner, Witness
 from iotguard.config import AgentConfig, HubConfig
 from iotguard.detection import Alert, Severity
 from iotguard.hub.api import create_app
+from iotguard.hub.audit_store import FileWitnessState
 from iotguard.hub.broker import wait_for_port
 from iotguard.hub.compose import build_hub_services
 from iotguard.hub.tls import HubTls, add_browser_certificate
+from iotguard.keys import KeyKind, SoftwareKeyStore
+from iotguard.updates import FirmwareRelease
 
 OUT = Path(__file__).resolve().parent
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
 
 
+def _witnesses(tmp: Path) -> tuple[list[NoteSigner], Path]:
+    keys = SoftwareKeyStore(tmp / "witness-keys")
+    signers = []
+    for i in (1, 2):
+        keys.generate(f"w{i}", KeyKind.ED25519)
+        signers.append(NoteSigner(keys, f"w{i}", f"witness-{i}.example/witness", SIG_COSIGNATURE_V1))
+    path = tmp / "witnesses.json"
+    path.write_text(json.dumps([{"url": f"https://witness-{i}.example", "key": s.verifier.vkey()}
+                                for i, s in enumerate(signers, 1)]))
+    return signers, path
+
+
+def _rollout(services: Any) -> None:
+    """A published release 2 of thermo-1 rolling out in stages (offline keys generated here)."""
+    firmware = services.firmware
+    roots = [CryptoSigner.generate_ed25519() for _ in range(3)]
+    targets, model_key = CryptoSigner.generate_ed25519(), CryptoSigner.generate_ed25519()
+    firmware.initialise(root_signers=roots, root_threshold=2, targets_signer=targets, actor="demo")
+    firmware.add_model("thermo-1", model_signer=model_key, targets_signer=targets, actor="demo")
+    header = b"thermo-1 firmware 2\n"
+    data = header + hashlib.shake_256(header).digest(2048 - len(header))
+    release = FirmwareRelease.for_image("thermo-1", 2, data, end_of_support=date(2031, 12, 31),
+                                        disclosure_contact="https://example.org/security",
+                                        measurements={"app": hashlib.sha256(data).hexdigest()})
+    firmware.publish(release, data, model_signer=model_key, actor="demo")
+    services.rollouts.start("thermo-1", 2, actor="rita", stages=(25.0, 50.0, 100.0))
+
+
 def demo_fleet(tmp: Path) -> tuple[Any, Any]:
-    services = build_hub_services(HubConfig(data_dir=str(tmp / "hub")))
+    signers, witnesses_file = _witnesses(tmp)
+    services = build_hub_services(HubConfig(data_dir=str(tmp / "hub"), witnesses_file=str(witnesses_file),
+                                            witness_quorum=2))
     drainer = services.drainer("screenshots")
     app = create_app(services, drain=drainer.drain)
     client = TestClient(app)
@@ -52,8 +91,14 @@ def demo_fleet(tmp: Path) -> tuple[Any, Any]:
                          {"new_destinations": 42})
     services.detection.raise_alerts([alert])
     services.consent.record_initial_consent("alice", "thermo-001", {"research": True})
+    _rollout(services)
     drainer.drain()
-    services.audit.log.publish_checkpoint(services.clock.now())
+    log = services.audit.log
+    note = log.publish_checkpoint(services.clock.now())
+    for i, signer in enumerate(signers, 1):  # each witness cosigns (first contact: no consistency proof)
+        note = Witness(signer, [log.verifier], FileWitnessState(tmp / f"w{i}.json")).cosign(note, [],
+                                                                                            services.clock.now())
+    log.save_final_checkpoint(note)
     return services, app
 
 
@@ -93,7 +138,7 @@ def main() -> None:
             admin = login("security-admin")
             for name, path in (("fleet", "/console/fleet"), ("device", "/console/devices/thermo-003"),
                                ("alerts", "/console/alerts"), ("live", "/console/live"),
-                               ("policy", "/console/policy")):
+                               ("policy", "/console/policy"), ("rollouts", "/console/rollouts")):
                 admin.goto(url + path)
                 admin.wait_for_load_state("networkidle")
                 admin.screenshot(path=str(OUT / f"{name}.png"))

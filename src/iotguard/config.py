@@ -112,6 +112,9 @@ class HubConfig:
     #: browsers, from a CA they trust; empty: the fleet CA's ECDSA certificate ``tls/console.pem``
     #: (browsers warn: they cannot check the Ed25519 fleet CA's signature; ADR 1402).
     console_tls_file: str = ""
+    #: OpenTelemetry traces (off when empty): one server span per API and console request,
+    #: joined to the caller's W3C ``traceparent``, written as JSON lines to this file (ADR 1405).
+    otel_traces_file: str = ""
     #: Ingest quotas (ADR 1500): readings a second and burst per device and per
     #: segment, fleet-wide; 0 turns a rate off. ``quota_share`` is the number of
     #: hub processes splitting the load on one shared subscription (each owns 1/N).

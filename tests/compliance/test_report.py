@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -116,3 +120,120 @@ def test_cli_writes_json_and_html(fleet: HubParts, tmp_path: Path, capsys: pytes
     out = tmp_path / "report.html"
     assert main(["compliance", "--config", str(conf), "report", "--format", "html", "-o", str(out)]) == 0
     assert "<h2>ETSI EN 303 645 V2.1.1</h2>" in out.read_text()
+
+
+def _pdf_links(reader: Any) -> tuple[set[str], set[str]]:
+    """The PDF's named destinations and the destinations its internal link annotations go to."""
+    from pypdf.generic import ArrayObject, NameObject, TextStringObject
+
+    destinations = set(reader.named_destinations)
+    targets: set[str] = set()
+    for page in reader.pages:
+        for ref in page.get("/Annots") or []:
+            annot = ref.get_object()
+            if annot.get("/Subtype") != "/Link":
+                continue
+            dest = annot.get("/Dest")
+            action = annot.get("/A")
+            if dest is None and action is not None and action.get("/S") == "/GoTo":
+                dest = action.get("/D")
+            if isinstance(dest, (TextStringObject, NameObject, str)):
+                targets.add(str(dest).lstrip("/"))
+            elif isinstance(dest, ArrayObject):
+                targets.add("<explicit>")
+    return destinations, targets
+
+
+def test_pdf_report_carries_every_check_and_links_each_to_its_evidence(fleet: HubParts) -> None:
+    from pypdf import PdfReader
+
+    from iotguard.hub.compliance import render_pdf
+
+    doc = report(fleet.services)
+    pdf = render_pdf(doc)
+    assert pdf.startswith(b"%PDF-")
+    reader = PdfReader(io.BytesIO(pdf))
+    text = " ".join((page.extract_text() or "") for page in reader.pages)
+    flat = " ".join(text.split())
+    destinations, targets = _pdf_links(reader)
+    for check in doc["checks"]:
+        assert check["id"] in flat, check["id"]
+        assert check["id"] in destinations and check["id"] in targets, check["id"]  # requirement -> check link
+        for e in check["evidence"]:
+            if e["kind"] == "audit":  # check -> the cited entry's inclusion proof, inside the PDF
+                assert f"entry-{e['ref']}" in destinations and f"entry-{e['ref']}" in targets, e["ref"]
+    cited = [e for c in doc["checks"] for e in c["evidence"] if e["kind"] == "audit"]
+    assert cited and all(e["proof"]["leaf_hash"][:16] in flat.replace(" ", "") for e in cited[:3])
+
+
+def test_cli_writes_pdf(fleet: HubParts, tmp_path: Path) -> None:
+    conf = tmp_path / "iotguard.toml"
+    conf.write_text(f'[hub]\ndata_dir = "{fleet.cfg.data_dir}"\n')
+    out = tmp_path / "report.pdf"
+    assert main(["compliance", "--config", str(conf), "report", "--format", "pdf", "-o", str(out)]) == 0
+    assert out.read_bytes().startswith(b"%PDF-") and out.stat().st_size > 10_000
+
+
+def _doc_with_evidence(summary: str) -> dict[str, Any]:
+    """A judged report (no hub) whose first check cites one setting and one audit entry with ``summary``."""
+    doc = evaluate(FACTS)
+    first = doc["checks"][0]
+    first["evidence"] = [
+        {"kind": "config", "ref": "hub.api_docs", "summary": "hub.api_docs = False"},
+        {"kind": "audit", "ref": "7", "summary": summary,
+         "proof": {"index": 7, "leaf_hash": base64.b64encode(hashlib.sha256(b"entry 7").digest()).decode(),
+                   "proof": []}},
+    ]
+    doc["checkpoint"], doc["log_origin"] = "iotguard.local/audit\n10\nroot\n", "iotguard.local/audit"
+    return doc
+
+
+def test_pdf_sections_carry_verdict_provisions_remediation_and_setting_links() -> None:
+    from pypdf import PdfReader
+
+    from iotguard.hub.compliance import render_pdf
+
+    doc = _doc_with_evidence("device.enrolled by dev-1 about dev-1")
+    failing = evaluate(replace(FACTS, shared_identity_keys=1))
+    doc["checks"][0].update(status="fail", remediation=_checks(failing)["C-NO-DEFAULT-CREDS"]["remediation"])
+    reader = PdfReader(io.BytesIO(render_pdf(doc)))
+    flat = " ".join(" ".join((p.extract_text() or "") for p in reader.pages).split())
+    assert f"{doc['checks'][0]['id']} — {doc['checks'][0]['title']}: fail" in flat
+    assert "Provisions: ETSI EN 303 645 V2.1.1 5.1, 5.12" in flat
+    assert "Remediation: " + " ".join(str(doc["checks"][0]["remediation"]).split()) in flat
+    destinations, targets = _pdf_links(reader)
+    assert "setting-hub.api_docs" in destinations and "setting-hub.api_docs" in targets
+    assert "<explicit>" not in targets  # every internal link names its target
+
+
+def test_pdf_of_one_document_is_byte_identical() -> None:
+    from iotguard.hub.compliance import render_pdf
+
+    doc = _doc_with_evidence("device.enrolled by dev-1 about dev-1")
+    assert render_pdf(doc) == render_pdf(doc)
+
+
+def test_markup_in_an_audit_summary_is_printed_not_followed() -> None:
+    """Check for markup injection: an actor or subject name holding ReportLab markup (a URI link, an image
+    read from disk) is printed as text; the PDF gains no URI action and reads no file."""
+    from pypdf import PdfReader
+
+    from iotguard.hub.compliance import render_pdf
+
+    hostile = 'dev-1 <a href="https://evil.example/">x</a> <img src="/etc/passwd"/> &amp;'
+    reader = PdfReader(io.BytesIO(render_pdf(_doc_with_evidence(f"device.enrolled by {hostile}"))))
+    text = " ".join((p.extract_text() or "") for p in reader.pages)
+    assert hostile in " ".join(text.split())
+    for page in reader.pages:
+        assert "/XObject" not in (page.get("/Resources") or {})
+        for ref in page.get("/Annots") or []:
+            assert "/A" not in ref.get_object()  # internal links carry /Dest only; no URI or launch action
+
+
+def test_a_link_to_a_check_that_is_not_in_the_report_is_an_error_not_a_dead_link() -> None:
+    from iotguard.hub.compliance import render_pdf
+
+    doc = _doc_with_evidence("device.enrolled by dev-1 about dev-1")
+    next(iter(doc["standards"].values()))[0]["checks"].append("C-NOT-IN-THIS-REPORT")
+    with pytest.raises(ValueError, match="C-NOT-IN-THIS-REPORT"):
+        render_pdf(doc)

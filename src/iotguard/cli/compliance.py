@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from iotguard.cli._common import add_config_argument, config_from_args
-from iotguard.hub.compliance import render_html, report
+from iotguard.hub.compliance import render_html, render_pdf, report
 from iotguard.hub.compose import build_hub_services
 
 
@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_config_argument(p)
     s = p.add_subparsers(dest="compliance_command", metavar="ACTION", required=True)
     r = s.add_parser("report", help="check the live fleet state; each check cites its evidence")
-    r.add_argument("--format", choices=("json", "html"), default="json", help="output format (default json)")
+    r.add_argument("--format", choices=("json", "html", "pdf"), default="json",
+                   help="output format (default json)")
     r.add_argument("--output", "-o", help="write to this file instead of standard output")
     r.set_defaults(func=run_report)
 
@@ -28,6 +29,15 @@ def run_report(args: argparse.Namespace) -> int:
         doc = report(services)
     finally:
         services.store.engine.dispose()
+    if args.format == "pdf":
+        pdf = render_pdf(doc)
+        if args.output:
+            Path(args.output).write_bytes(pdf)
+        else:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(pdf)
+            sys.stdout.buffer.flush()
+        return 0
     text = render_html(doc) if args.format == "html" else json.dumps(doc, indent=2, sort_keys=False) + "\n"
     if args.output:
         Path(args.output).write_text(text)

@@ -41,6 +41,7 @@ from iotguard.hub.routers.operators import operators_router
 from iotguard.hub.routers.privacy import privacy_router
 from iotguard.hub.routers.sensing import sensing_router
 from iotguard.hub.routers.telemetry import telemetry_router
+from iotguard.hub.tracing import tracer_from_config
 
 if TYPE_CHECKING:  # the composition root imports this module's callers, not the other way round
     from iotguard.hub.compose import HubServices
@@ -179,5 +180,9 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
     app.include_router(sensing_router(services.flows, services.health, services.plane))
     # The console's changes are delivered by this app's outbox middleware, which wraps the mount too.
     app.mount(CONSOLE_PREFIX, create_console_app(services, http_status=HTTP_STATUS))
+    tracer = tracer_from_config(services.cfg.otel_traces_file)
+    if tracer is not None:  # inside the request-id middleware, so each span carries the request's id
+        app.state.tracer = tracer
+        app.middleware("http")(tracer.middleware)
     app.middleware("http")(request_id_middleware)  # added last: the outermost, so it times everything
     return app

@@ -1,5 +1,5 @@
 """The compliance report built from the hub's live state: facts gathered here, judged by
-:mod:`iotguard.compliance`, rendered as JSON or HTML (PDF is not produced: see docs/console.md).
+:mod:`iotguard.compliance`, rendered as JSON, HTML or PDF (drawn by ReportLab from the same document).
 
 Evidence: each check cites its settings and the newest audit entries of the event types it
 names, each with an RFC 9162 inclusion proof against a checkpoint signed for the report, so an
@@ -25,7 +25,7 @@ from iotguard.hub.credentials import model_support
 from iotguard.hub.schema import devices
 from iotguard.privacy import load_contract
 
-__all__ = ["EVIDENCE_PER_EVENT", "gather_facts", "render_html", "report"]
+__all__ = ["EVIDENCE_PER_EVENT", "gather_facts", "render_html", "render_pdf", "report"]
 
 #: Newest audit entries cited per event type.
 EVIDENCE_PER_EVENT = 2
@@ -137,3 +137,13 @@ def render_html(doc: dict[str, Any]) -> str:
     env = Environment(loader=FileSystemLoader(folder), autoescape=select_autoescape(default=True))
     return env.get_template("compliance_report.html").render(r=doc)
 
+
+def render_pdf(doc: dict[str, Any]) -> bytes:
+    """The report as PDF, drawn by ReportLab from ``doc`` itself: each check and cited entry a link target.
+
+    ReportLab is imported here, not at module import, so commands that never make a PDF do not load it.
+    See :mod:`iotguard.hub.compliance_pdf`.
+    """
+    from iotguard.hub.compliance_pdf import render_pdf as draw
+
+    return draw(doc)

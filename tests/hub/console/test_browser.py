@@ -72,7 +72,7 @@ def test_login_filter_open_device_quarantine_and_release(browser: Any, https_hub
     attest(hub, hub.agent("dev-9"), tmp_path, firmware)
     page = _login(browser, https_hub, "security-admin")
     assert page.url.endswith("/console/fleet")
-    assert page.locator("#result-count").inner_text().startswith("64 devices match; page 1 of 2.")
+    assert page.locator("#result-count").inner_text().startswith("64 devices match; showing 1\u201350.")
     cookie = next(c for c in page.context.cookies() if c["name"] == "iotguard_console")
     assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
 
@@ -212,3 +212,76 @@ def test_keyboard_no_javascript_and_no_csp_violation(browser: Any, https_hub: Ht
     assert re.match(r"\d+ devices? match", static.locator("#result-count").inner_text())
     assert static.locator("a[href='/console/devices/dev-1']").count() == 1
     static.context.close()
+
+
+def test_pause_resume_and_abort_a_rollout(browser: Any, https_hub: HttpsHub) -> None:
+    from iotguard.rollout import RolloutState
+    from tests.updates.hubside import HUB_MODEL, hub_firmware
+
+    hub = https_hub.hub
+    repo = hub_firmware(hub)
+    for i in range(4):
+        repo.device(f"dev-{i}")
+    repo.publish(2)
+    rollout = hub.services.rollouts.start(HUB_MODEL, 2, actor="alice", stages=(50.0, 100.0)).rollout_id
+    page = _login(browser, https_hub, "security-admin")
+    page.click("a[href='/console/rollouts']")
+    assert page.locator(f"#state-{rollout}").inner_text() == "running"
+    assert "in the cohort" in page.locator(f"#cohort-{rollout}").inner_text()
+    assert page.locator(f"#gates-{rollout} tbody tr").count() == 5
+    page.fill(f"form[action$='/{rollout}/pause'] input[name=reason]", "browser test")
+    page.click(f"#pause-{rollout}")
+    assert page.locator("#notice").inner_text() == f"Done: paused-{rollout}."
+    assert page.locator(f"#state-{rollout}").inner_text() == "paused"
+    assert hub.services.rollouts.store.get(rollout).state is RolloutState.PAUSED
+    page.click(f"#resume-{rollout}")
+    assert hub.services.rollouts.store.get(rollout).state is RolloutState.RUNNING
+    page.click(f"#abort-{rollout}")
+    assert page.locator(f"#state-{rollout}").inner_text() == "aborted"
+    assert hub.services.rollouts.store.get(rollout).state is RolloutState.ABORTED
+    assert page.locator(f"#pause-{rollout}, #resume-{rollout}, #abort-{rollout}").count() == 0
+    page.context.close()
+
+
+def test_audit_page_verifies_witness_cosignatures(browser: Any, https_hub: HttpsHub, tmp_path: Path) -> None:
+    from tests.hub.console.test_console_witnesses import make_final
+
+    hub = https_hub.hub
+    make_final(hub, tmp_path)
+    page = _login(browser, https_hub, "security-admin")
+    page.click("a[href='/console/audit']")
+    assert page.locator("#cosignatures tbody tr").count() == 2
+    assert page.locator("#cosignatures").inner_text().count("verified") == 2
+    page.click("#verify")
+    result = page.locator("#verify-result").inner_text()
+    assert result.startswith("Verified:") and "2 of the 2 required witness cosignatures" in result
+    final = hub.services.audit.log.latest_final_checkpoint()
+    assert final is not None and page.locator("#final-checkpoint").inner_text().strip() == final.strip()
+    page.context.close()
+
+
+def test_device_readings_for_a_consented_purpose_only(browser: Any, https_hub: HttpsHub) -> None:
+    from iotguard.audit import AuditEvent
+    from tests.hub.console.test_console_purpose_reads import seed_research_readings
+
+    hub = https_hub.hub
+    seed_research_readings(hub)
+    page = _login(browser, https_hub, "operator")
+    page.goto(https_hub.url + "/console/devices/dev-1")
+    assert page.locator("#purpose option").all_inner_texts() == ["research"]
+    assert page.locator("#readings").count() == 0
+    page.click("#read-readings")
+    assert page.locator("#shown-purpose").inner_text() == "research"
+    assert page.locator("#readings tbody tr").count() >= 1 and "19.25" not in page.content()
+    hub.deliver()
+    log = hub.services.audit.log
+    accessed = [e for e in (AuditEvent.from_cbor(b) for b in log.entries(0, log.size())) if e.type == "data.accessed"]
+    assert accessed[-1].details["purpose"] == "research" and accessed[-1].details["path"] == "console"
+    page.context.close()
+
+    viewer = _login(browser, https_hub, "viewer")
+    viewer.goto(https_hub.url + "/console/devices/dev-1")
+    assert viewer.locator("#readings-withheld").count() == 1 and viewer.locator("#purpose").count() == 0
+    response = viewer.goto(https_hub.url + "/console/devices/dev-1?purpose=research")
+    assert response.status == 403 and viewer.locator("#readings").count() == 0
+    viewer.context.close()

@@ -22,7 +22,8 @@ def _console_routes(console: ConsoleHub) -> list[tuple[str, str]]:
 
 
 def _url(path: str) -> str:
-    return "/console" + path.replace("{device_id}", "dev-1").replace("{action_id}", "1")
+    return "/console" + path.replace("{device_id}", "dev-1").replace("{action_id}", "1").replace(
+        "{rollout_id}", "thermo-1-2").replace("{move}", "pause")
 
 
 def test_the_console_serves_the_routes_this_test_covers(console: ConsoleHub) -> None:

@@ -43,12 +43,32 @@ def view(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlFleetVie
     engine.dispose()
 
 
-def test_pages_are_cut_in_sql_and_ordered_by_id(view: SqlFleetView) -> None:
-    page = view.page(FleetFilter(page=2, page_size=30))
-    assert page.total == 100 and page.pages == 4
-    assert [r.device_id for r in page.rows] == [f"dev-{i:03d}" for i in range(30, 60)]
-    assert view.page(FleetFilter(page=4, page_size=30)).rows[-1].device_id == "dev-099"
-    assert view.page(FleetFilter(page=5, page_size=30)).rows == ()
+def test_pages_are_cut_by_keyset_and_ordered_by_id(view: SqlFleetView) -> None:
+    first = view.page(FleetFilter(page_size=30))
+    assert first.total == 100 and first.offset == 0 and not first.has_previous and first.has_next
+    second = view.page(FleetFilter(after=first.rows[-1].device_id, page_size=30))
+    assert [r.device_id for r in second.rows] == [f"dev-{i:03d}" for i in range(30, 60)]
+    assert second.offset == 30 and second.has_previous and second.has_next
+    last = view.page(FleetFilter(after="dev-089", page_size=30))
+    assert [r.device_id for r in last.rows] == [f"dev-{i:03d}" for i in range(90, 100)] and not last.has_next
+    back = view.page(FleetFilter(before=second.rows[0].device_id, page_size=30))
+    assert back.rows == first.rows and not back.has_previous and back.has_next
+    assert view.page(FleetFilter(after="dev-099", page_size=30)).rows == ()
+    filtered = view.page(FleetFilter(trust_tier="failed", after="dev-030", page_size=3))  # 40, 50, 60
+    assert [r.device_id for r in filtered.rows] == ["dev-040", "dev-050", "dev-060"]
+    assert filtered.offset == 4 and filtered.has_previous and filtered.has_next
+
+
+def test_next_page_is_stable_under_inserts(view: SqlFleetView) -> None:
+    """Devices registered while an operator pages neither repeat a row nor hide one (OFFSET paging did both:
+    rows inserted before the page shift every later page)."""
+    first = view.page(FleetFilter(page_size=30))
+    with view.engine.begin() as c:
+        c.execute(insert(devices), [{"device_id": f"dev-000-{i}", "model": "thermo-1", "serial": None,
+                                     "segment": "plant-a", "status": "active", "created_at": T0} for i in range(5)])
+    second = view.page(FleetFilter(after=first.rows[-1].device_id, page_size=30))
+    assert [r.device_id for r in second.rows] == [f"dev-{i:03d}" for i in range(30, 60)]
+    assert second.total == 105 and second.offset == 35  # the new rows sort before this page
 
 
 def test_filters_combine(view: SqlFleetView) -> None:
@@ -78,8 +98,9 @@ def test_counts(view: SqlFleetView) -> None:
     assert view.counts() == {"pending": 10, "active": 90, "revoked": 0, "decommissioned": 0, "quarantined": 2}
 
 
-@pytest.mark.parametrize("bad", [{"status": "sleeping"}, {"trust_tier": "root"}, {"page": 0},
-                                 {"page_size": 1000}, {"query": "x" * 65}])
+@pytest.mark.parametrize("bad", [{"status": "sleeping"}, {"trust_tier": "root"}, {"page_size": 0},
+                                 {"page_size": 1000}, {"query": "x" * 65}, {"after": "x" * 129},
+                                 {"after": "dev-001", "before": "dev-009"}])
 def test_filter_values_are_checked(bad: dict[str, object]) -> None:
     with pytest.raises(MalformedError):
         FleetFilter(**bad)  # type: ignore[arg-type]

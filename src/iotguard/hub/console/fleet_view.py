@@ -1,11 +1,13 @@
 """The fleet overview's read model: one filtered, paged SQL query over the registry and the posture.
 
 Filtering, counting and paging happen in the database (``WHERE``, ``COUNT``,
-``LIMIT``/``OFFSET`` on the ``devices`` primary key), so a page of a
-10,000-device fleet reads one page of rows. Last-seen times and firmware
+keyset paging on the ``devices`` primary key: the rows after or before a
+device id, never an ``OFFSET``), so a page of a 10,000-device fleet reads one
+page of rows wherever it is, and a device added meanwhile neither repeats nor
+hides a row on the next page. Last-seen times and firmware
 versions are then read for that page's devices only. The view only reads:
 the registry, posture, readings and attestation tables stay their owners'
-(ADR 1401).
+(ADRs 1401, 1404).
 """
 
 from __future__ import annotations
@@ -19,13 +21,12 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
-from iotguard.errors import IotGuardError, MalformedError
+from iotguard.errors import MalformedError
 from iotguard.hub.policy_store import device_posture
 from iotguard.hub.schema import devices, readings
 from iotguard.hub.stores._sql import aware
 from iotguard.hub.stores.attestation import results as attestation_results
 from iotguard.policy.model import TRUST_TIERS
-from iotguard.wire import decode_reading
 
 __all__ = ["DEVICE_STATUSES", "MAX_PAGE_SIZE", "FleetFilter", "FleetPage", "FleetRow", "SqlFleetView"]
 
@@ -34,6 +35,8 @@ MAX_PAGE_SIZE = 200
 #: Registry statuses a filter may name.
 DEVICE_STATUSES = ("pending", "active", "revoked", "decommissioned")
 _MAX_QUERY = 64
+#: Longest device id a page cursor may name.
+_MAX_CURSOR = 128
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,8 @@ class FleetFilter:
     status: str = ""
     trust_tier: str = ""
     quarantined: bool | None = None
-    page: int = 1
+    after: str = ""
+    before: str = ""
     page_size: int = 50
 
     def __post_init__(self) -> None:
@@ -58,8 +62,10 @@ class FleetFilter:
             raise MalformedError("unknown device status")
         if self.trust_tier and self.trust_tier not in TRUST_TIERS:
             raise MalformedError("unknown trust tier")
-        if not 1 <= self.page <= 1_000_000 or not 1 <= self.page_size <= MAX_PAGE_SIZE:
-            raise MalformedError("page out of range")
+        if len(self.after) > _MAX_CURSOR or len(self.before) > _MAX_CURSOR or (self.after and self.before):
+            raise MalformedError("a page starts after one device id or ends before one, at most 128 characters")
+        if not 1 <= self.page_size <= MAX_PAGE_SIZE:
+            raise MalformedError("page size out of range")
 
 
 @dataclass(frozen=True)
@@ -84,16 +90,20 @@ class FleetRow:
 
 @dataclass(frozen=True)
 class FleetPage:
-    """A page of the filtered fleet and the filter's total."""
+    """A page of the filtered fleet, the filter's total, and where the page sits in it.
+
+    Attributes:
+        offset: How many matching devices come before the page's first row.
+        has_previous: Matching devices exist before the first row (link ``before`` its id).
+        has_next: Matching devices exist after the last row (link ``after`` its id).
+    """
 
     rows: tuple[FleetRow, ...]
     total: int
-    page: int
     page_size: int
-
-    @property
-    def pages(self) -> int:
-        return max(1, -(-self.total // self.page_size))
+    offset: int = 0
+    has_previous: bool = False
+    has_next: bool = False
 
 
 def _like(text: str) -> str:
@@ -132,28 +142,43 @@ class SqlFleetView:
     def overview(self, f: FleetFilter) -> tuple[FleetPage, dict[str, int]]:
         """One page of devices matching ``f`` and the fleet's counts (:meth:`counts`), in one connection.
 
-        Without a posture filter the page and its total are cut from ``devices`` alone and the
-        posture of the page's devices is read after (no join over the whole fleet).
+        Keyset paging: the page is the ``page_size`` matching ids after ``f.after`` (or before
+        ``f.before``) in id order, one index walk from the cursor. Without a posture filter the page and
+        its total are cut from ``devices`` alone and the posture of the page's devices is read after (no
+        join over the whole fleet).
         """
+        key = devices.c.device_id
         with self.engine.connect() as c:
             counts = self._counts(c)
-            if f.trust_tier or f.quarantined is not None:
-                joined = devices.outerjoin(device_posture, device_posture.c.device_id == devices.c.device_id)
-                where = and_(True, *self._conditions(f))
-                ids = [r[0] for r in c.execute(select(devices.c.device_id).select_from(joined).where(where)
-                                               .order_by(devices.c.device_id).limit(f.page_size)
-                                               .offset((f.page - 1) * f.page_size))]
-                total = int(c.execute(select(func.count()).select_from(joined).where(where)).scalar_one())
+            posture = bool(f.trust_tier or f.quarantined is not None)
+            source = (devices.outerjoin(device_posture, device_posture.c.device_id == key) if posture
+                      else devices)
+
+            def matching(*extra: ColumnElement[bool]) -> Any:
+                return select(key).select_from(source).where(and_(True, *self._conditions(f), *extra))
+
+            def exists(*extra: ColumnElement[bool]) -> bool:
+                return c.execute(matching(*extra).limit(1)).first() is not None
+
+            if f.before:
+                ids = [r[0] for r in c.execute(matching(key < f.before).order_by(key.desc())
+                                               .limit(f.page_size + 1))][::-1]
+                has_previous, ids = len(ids) > f.page_size, ids[-f.page_size:]
+                has_next = exists(key >= f.before)
             else:
-                where = and_(True, *self._conditions(f))
-                ids = [r[0] for r in c.execute(select(devices.c.device_id).where(where).order_by(devices.c.device_id)
-                                               .limit(f.page_size).offset((f.page - 1) * f.page_size))]
-                if f.query:
-                    total = int(c.execute(select(func.count()).select_from(devices).where(where)).scalar_one())
-                else:
-                    total = counts[f.status] if f.status else sum(counts[s] for s in DEVICE_STATUSES)
+                start = (key > f.after,) if f.after else ()
+                ids = [r[0] for r in c.execute(matching(*start).order_by(key).limit(f.page_size + 1))]
+                has_next, ids = len(ids) > f.page_size, ids[:f.page_size]
+                has_previous = bool(f.after) and exists(key <= f.after)
+            where = and_(True, *self._conditions(f))
+            if posture or f.query:
+                total = int(c.execute(select(func.count()).select_from(source).where(where)).scalar_one())
+            else:
+                total = counts[f.status] if f.status else sum(counts[s] for s in DEVICE_STATUSES)
+            offset = (int(c.execute(select(func.count()).select_from(source).where(where, key < ids[0]))
+                          .scalar_one()) if ids and has_previous else 0)
             rows = self._rows(c, ids)
-        return FleetPage(rows, total, f.page, f.page_size), counts
+        return FleetPage(rows, total, f.page_size, offset, has_previous, has_next), counts
 
     def _rows(self, c: Any, ids: Sequence[str]) -> tuple[FleetRow, ...]:
         if not ids:
@@ -186,20 +211,15 @@ class SqlFleetView:
             attestation_results.c.id.in_(latest))
         return {r[0]: r[1] for r in c.execute(q)}
 
-    def latest_readings(self, device_id: str, limit: int = 10) -> list[dict[str, Any]]:
-        """The device's newest stored readings, decoded (a body that does not decode shows as such)."""
-        q = (select(readings.c.id, readings.c.received_at, readings.c.topic, readings.c.body)
-             .where(readings.c.device_id == device_id).order_by(readings.c.id.desc()).limit(max(1, min(limit, 100))))
+    def reading_floor(self, device_id: str, newest: int) -> int:
+        """The reading id just below the device's ``newest`` newest readings (0 when it has fewer): reading
+        after it returns exactly those. Only ids are read; bodies are read through the purpose-bound
+        :class:`~iotguard.hub.services.data_access.DataAccessService`."""
+        q = (select(readings.c.id).where(readings.c.device_id == device_id).order_by(readings.c.id.desc())
+             .offset(max(1, min(newest, 1000)) - 1).limit(1))
         with self.engine.connect() as c:
-            rows = c.execute(q).all()
-        out = []
-        for r in rows:
-            try:
-                fields: dict[str, Any] = decode_reading(bytes(r.body)).to_dict()
-            except IotGuardError:
-                fields = {"error": "undecodable reading"}
-            out.append({"id": r.id, "received_at": aware(r.received_at), "topic": r.topic, "reading": fields})
-        return out
+            floor = c.execute(q).scalar_one_or_none()
+        return int(floor) - 1 if floor is not None else 0
 
     def counts(self) -> dict[str, int]:
         """Devices per status and how many are quarantined (the overview's header)."""

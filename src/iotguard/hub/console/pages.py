@@ -1,10 +1,11 @@
-"""Operator pages: login, fleet, device, quarantine/release, alerts and approvals, audit, privacy, live rates.
+"""Operator pages: login, fleet, device, quarantine/release, alerts and approvals, rollouts, audit, privacy,
+live rates.
 
 Routes only translate HTTP to :class:`~iotguard.hub.console.views.ConsoleViews`
 calls; each asks Cedar first with the same action the equivalent API route
 uses (``view_devices``, ``quarantine``, ``release``, ``view_alerts`` plus the
-approved action's own permission, ``view_audit``, ``manage_consent``,
-``read_telemetry``).
+approved action's own permission, ``publish_firmware`` for rollout moves,
+``view_audit``, ``manage_consent``, ``read_telemetry``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from iotguard.policy.model import TRUST_TIERS
 __all__ = ["operator_routes"]
 
 _MAX_REASON = 256
+#: Operator moves on a rollout campaign and the word the page confirms them with.
+_ROLLOUT_MOVES = {"pause": "paused", "resume": "resumed", "abort": "aborted"}
 
 
 def _int(value: str | None, default: int) -> int:
@@ -41,7 +44,8 @@ def _fleet_filter(params: Any) -> FleetFilter:
     return FleetFilter(query=params.get("q", "").strip(), status=params.get("status", ""),
                        trust_tier=params.get("tier", ""),
                        quarantined=None if not quarantined else quarantined == "yes",
-                       page=_int(params.get("page"), 1), page_size=_int(params.get("size"), 50))
+                       after=params.get("after", ""), before=params.get("before", ""),
+                       page_size=_int(params.get("size"), 50))
 
 
 def operator_routes(console: Console) -> APIRouter:
@@ -84,13 +88,13 @@ def operator_routes(console: Console) -> APIRouter:
     @router.get("/devices/{device_id}")
     def device(request: Request, device_id: str) -> HTMLResponse:
         session = console.session(request, "view_devices", "Device", device_id)
-        try:
-            console.auth.authorize(session, "read_telemetry", "Device", device_id)
-            may_read = True
-        except PolicyDenied:
-            may_read = False
-        return console.render("device.html", request, session=session,
-                              d=views.device(device_id, may_read_telemetry=may_read),
+        d = views.device(device_id)
+        purpose = request.query_params.get("purpose", "")
+        # Reading raw readings is purpose-bound: a Cedar read_telemetry decision with the purpose, audited;
+        # a refusal is a 403 page (PolicyDenied), never the data.
+        readings = views.readings(session.principal, session.role, device_id, purpose) if purpose else None
+        return console.render("device.html", request, session=session, d=d, purpose=purpose, shown=readings,
+                              purposes=views.readable_purposes(session.principal, session.role, device_id),
                               notice=request.query_params.get("done", ""))
 
     @router.post("/devices/{device_id}/quarantine")
@@ -118,6 +122,36 @@ def operator_routes(console: Console) -> APIRouter:
         console.auth.authorize(session, APPROVAL_ACTIONS[pending.kind], "Device", pending.device_id)
         console.views.s.detection.approve(action_id, session.principal)
         return RedirectResponse(f"{CONSOLE_PREFIX}/alerts?done=approved-{action_id}", status_code=303)
+
+    @router.get("/rollouts")
+    def rollouts(request: Request) -> HTMLResponse:
+        session = console.session(request, "view_devices")  # as GET /v1/rollouts
+        campaigns = views.rollouts()
+        movable = set()
+        for r in campaigns:  # the moves are offered only where Cedar would allow them
+            try:
+                console.auth.authorize(session, "publish_firmware", "Firmware", r["c"].rollout_id)
+            except PolicyDenied:
+                continue
+            movable.add(r["c"].rollout_id)
+        return console.render("rollouts.html", request, session=session, campaigns=campaigns, movable=movable,
+                              notice=request.query_params.get("done", ""))
+
+    @router.post("/rollouts/{rollout_id}/{move}")
+    async def rollout_move(request: Request, rollout_id: str, move: str) -> Response:
+        # As POST /v1/rollouts/{id}/pause|resume|abort: publish_firmware on the campaign.
+        session, form = await console.action(request, "publish_firmware", "Firmware", rollout_id)
+        if move not in _ROLLOUT_MOVES:
+            raise MalformedError("unknown rollout move")
+        reason = form.get("reason", "").strip()[:_MAX_REASON] or "operator"
+        if move == "pause":
+            views.s.rollouts.pause(rollout_id, actor=session.principal, reason=reason)
+        elif move == "resume":
+            views.s.rollouts.resume(rollout_id, actor=session.principal)
+        else:
+            views.s.rollouts.abort(rollout_id, actor=session.principal, reason=reason)
+        return RedirectResponse(f"{CONSOLE_PREFIX}/rollouts?done={_ROLLOUT_MOVES[move]}-{rollout_id}",
+                                status_code=303)
 
     @router.get("/audit")
     def audit(request: Request) -> HTMLResponse:

@@ -17,20 +17,26 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from iotguard.audit import AuditEvent
+from iotguard.audit import AuditEvent, NoteVerifier, verify_cosigned
+from iotguard.audit.merkle import verify_consistency
+from iotguard.audit.note import open_checkpoint
 from iotguard.audit.verify import export_segment, inclusion_bundle, verify_export, verify_inclusion_bundle
-from iotguard.errors import ConfigError, IotGuardError, MalformedError, ProofError
+from iotguard.errors import ConfigError, IotGuardError, MalformedError, PolicyDenied, ProofError
 from iotguard.hub.compose import HubServices
 from iotguard.hub.console.fleet_view import FleetFilter, FleetPage, SqlFleetView
-from iotguard.policy import AccessRequest
+from iotguard.hub.services.data_access import Reader
+from iotguard.hub.witnessing import load_witnesses
+from iotguard.policy import AccessRequest, authorize_operator
 from iotguard.policy.model import Explanation
 from iotguard.privacy import LegalBasis, load_contract
 from iotguard.privacy.ledger import EPSILON_RESOLUTION
 
-__all__ = ["AuditVerification", "ConsoleViews", "TrailEntry"]
+__all__ = ["AuditVerification", "ConsoleViews", "Cosignature", "FinalCheckpoint", "TrailEntry"]
 
 #: Audit entries listed on the audit page and a device's trail.
 TRAIL_LENGTH = 25
+#: Readings the device page reads (its newest stored ones) for a chosen purpose.
+READINGS_SHOWN = 20
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,34 @@ def _event(entry: bytes) -> AuditEvent | None:
         return None
 
 
+@dataclass(frozen=True)
+class Cosignature:
+    """A witness's cosignature line on a final checkpoint, as checked against the configured witnesses."""
+
+    witness: str
+    key_id: str
+    cosigned_at: datetime | None
+    state: str
+
+
+@dataclass(frozen=True)
+class FinalCheckpoint:
+    """The newest checkpoint that witness cosignatures made final."""
+
+    note: str
+    size: int
+    root: str
+    cosignatures: tuple[Cosignature, ...]
+    quorum: int
+
+
+def _gate(name: str, bad: int, of: int, limit: float, action: str) -> dict[str, Any]:
+    """One health gate: the share measured (None before anything was measured) against its limit."""
+    share = bad / of if of else None
+    return {"name": name, "bad": bad, "of": of, "share": share, "limit": limit, "action": action,
+            "ok": share is None or share <= limit}
+
+
 def _certificate(pem: str | None) -> dict[str, Any] | None:
     if not pem:
         return None
@@ -96,9 +130,9 @@ class ConsoleViews:
         """A page of the filtered fleet and the fleet's counts."""
         return self.fleet_view.overview(f)
 
-    def device(self, device_id: str, *, may_read_telemetry: bool = False) -> dict[str, Any]:
-        """Everything the device page shows; its newest readings only when ``may_read_telemetry``
-        (the viewer's Cedar ``read_telemetry`` decision on the device).
+    def device(self, device_id: str) -> dict[str, Any]:
+        """Everything the device page shows except readings: those need a stated purpose
+        (:meth:`readable_purposes`, :meth:`readings`).
 
         Raises:
             UnknownDeviceError: no such device.
@@ -112,10 +146,44 @@ class ConsoleViews:
             "appraisals": self.s.attestation.history(device_id, limit=10),
             "alerts": self.s.detection.alerts(device_id=device_id, limit=20),
             "readings": self.s.telemetry.reading_count(device_id),
-            "latest": self.fleet_view.latest_readings(device_id) if may_read_telemetry else None,
             "subject": self.s.consent.privacy.subject_of(device_id),
             "trail": self.trail(device_id),
         }
+
+    def readable_purposes(self, principal: str, role: str, device_id: str) -> list[str]:
+        """The purposes the viewer may choose to read ``device_id``'s readings for: declared by its model's
+        data contract, consented to by its data subject, and allowed by Cedar for this viewer with those
+        facts (the same decision :meth:`readings` makes, which also audits it)."""
+        access = self.s.data_access
+        now = self.s.clock.now()
+        try:
+            declared = sorted(load_contract(self.s.lifecycle.device(device_id).model).purposes)
+        except (ConfigError, IotGuardError):
+            return []
+        out = []
+        for purpose in declared:
+            facts = access.purpose_facts(device_id, purpose, now)
+            if not (facts.declared and facts.consented):
+                continue
+            try:
+                authorize_operator(access.policy, principal, role, "read_telemetry", "Device", device_id, now=now,
+                                   purpose=facts)
+            except PolicyDenied:
+                continue
+            out.append(purpose)
+        return out
+
+    def readings(self, principal: str, role: str, device_id: str, purpose: str) -> dict[str, Any]:
+        """The device's newest readings collected for ``purpose``, read through
+        :class:`~iotguard.hub.services.data_access.DataAccessService`: a Cedar ``read_telemetry`` decision
+        with the purpose facts, audited as ``data.accessed`` (or as refused).
+
+        Raises:
+            PolicyDenied: no purpose, or Cedar refuses the read.
+        """
+        after = self.fleet_view.reading_floor(device_id, READINGS_SHOWN)
+        return self.s.data_access.read_readings(Reader(principal, role, "console"), purpose, after=after,
+                                                device_id=device_id, limit=READINGS_SHOWN)
 
     def trail(self, subject: str) -> list[TrailEntry]:
         """The newest audit entries about ``subject``, each with its inclusion proof checked
@@ -156,18 +224,64 @@ class ConsoleViews:
     # -- audit -------------------------------------------------------------------------
 
     def audit(self) -> dict[str, Any]:
-        """The log's size, latest checkpoint and newest entries."""
+        """The log's size, latest checkpoint, latest final checkpoint with its witness cosignatures
+        (:meth:`final_checkpoint`) and newest entries."""
         log = self.s.audit.log
         size = log.size()
         start = max(0, size - TRAIL_LENGTH)
         entries = [(start + i, _event(e)) for i, e in enumerate(log.entries(start, size))]
         checkpoint = log.latest_checkpoint()
         return {"size": size, "checkpoint": checkpoint, "entries": list(reversed(entries)),
-                "origin": log.origin}
+                "origin": log.origin, "final": self.final_checkpoint()}
+
+    def witnesses(self) -> tuple[list[NoteVerifier], int]:
+        """The cosignature keys of the configured witnesses (``hub.witnesses_file``) and the quorum.
+
+        Raises:
+            ConfigError: the witnesses file does not read.
+        """
+        cfg = self.s.cfg
+        if not cfg.witnesses_file:
+            return [], 0
+        keys = [key for _url, key, _ca in load_witnesses(cfg.witnesses_file)]
+        return keys, cfg.witness_quorum or len(keys)
+
+    def final_checkpoint(self) -> FinalCheckpoint | None:
+        """The newest checkpoint made final by witness cosignatures, each cosignature checked against
+        the configured witness keys (None when no checkpoint is final yet)."""
+        log = self.s.audit.log
+        note = log.latest_final_checkpoint()
+        if note is None:
+            return None
+        try:
+            keys, quorum = self.witnesses()
+        except ConfigError:
+            keys, quorum = [], 0
+        checkpoint, parsed = open_checkpoint(note, log.verifier)
+        cosignatures = []
+        for sig in parsed.signatures:
+            if log.verifier.matches(sig):
+                continue
+            key = next((k for k in keys if k.matches(sig)), None)
+            at: datetime | None = None
+            if key is None:
+                state = "not a configured witness"
+            else:
+                try:
+                    stamp = key.verify(parsed.text, sig)
+                    at = datetime.fromtimestamp(stamp, tz=UTC) if stamp is not None else None
+                    state = "verified"
+                except ProofError:
+                    state = "does not verify"
+            cosignatures.append(Cosignature(sig.name, sig.key_id.hex(), at, state))
+        return FinalCheckpoint(note, checkpoint.size, base64.b64encode(checkpoint.root).decode(),
+                               tuple(cosignatures), quorum)
 
     def verify_audit(self) -> AuditVerification:
         """Sign a checkpoint of the current tree, then verify the whole log against it the way an
-        offline auditor does: every entry re-hashed, the root recomputed, the signature checked."""
+        offline auditor does: every entry re-hashed, the root recomputed, the signature checked.
+        When a checkpoint is final, also check its witness cosignatures against the configured
+        witness keys and quorum, and that the current tree extends it (a consistency proof)."""
         log = self.s.audit.log
         try:
             note = log.publish_checkpoint(self.s.clock.now())
@@ -177,9 +291,58 @@ class ConsoleViews:
             return AuditVerification(False, 0, "", 0, f"verification failed: {exc.code}", log.origin,
                                      (str(exc.code),))
         cp = verified.checkpoint
+        message = f"all {len(verified.events)} entries verify against the signed checkpoint"
+        witnessed = self._verify_final(cp.size, cp.root)
+        if witnessed is not None and not witnessed[0]:
+            return AuditVerification(False, cp.size, base64.b64encode(cp.root).decode(), len(verified.events),
+                                     f"{message}, but the final checkpoint does not: {witnessed[1]}", cp.origin,
+                                     (witnessed[1],))
+        if witnessed is not None:
+            message = f"{message}; {witnessed[1]}"
         return AuditVerification(True, cp.size, base64.b64encode(cp.root).decode(), len(verified.events),
-                                 f"all {len(verified.events)} entries verify against the signed checkpoint",
-                                 cp.origin)
+                                 message, cp.origin)
+
+    def _verify_final(self, size: int, root: bytes) -> tuple[bool, str] | None:
+        """(ok, what) for the latest final checkpoint against the witness policy and the tree
+        ``(size, root)`` just verified; None when no checkpoint is final."""
+        log = self.s.audit.log
+        note = log.latest_final_checkpoint()
+        if note is None:
+            return None
+        try:
+            keys, quorum = self.witnesses()
+            if not keys:
+                return False, "no witnesses are configured to check its cosignatures against"
+            names = verify_cosigned(note, log.verifier, keys, quorum)
+            final, _ = open_checkpoint(note, log.verifier)
+            verify_consistency(final.size, size, final.root, root, log.consistency_proof(final.size, size))
+        except IotGuardError as exc:
+            return False, str(exc.code)
+        return True, (f"final checkpoint of size {final.size} carries {len(names)} of the {quorum} required "
+                      f"witness cosignatures ({', '.join(names)}) and the current tree extends it")
+
+    # -- rollouts --------------------------------------------------------------------------
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        """Every campaign, newest first, with its current cohort's progress and each health gate's
+        measured value beside its limit (what :func:`iotguard.rollout.evaluate` compares)."""
+        out = []
+        for campaign in reversed(self.s.rollouts.campaigns()):
+            status = self.s.rollouts.status(campaign.rollout_id)
+            h, g = status.health, campaign.gates
+            sent = h.readings + h.rejections
+            gates = [
+                _gate("rollbacks of the devices that reported", h.rolled_back, h.reported, g.max_rollback_rate,
+                      "abort"),
+                _gate("failed attestations of the updated devices", h.attestation_failed, h.attested,
+                      g.max_attestation_failure_rate, "pause"),
+                _gate("rejected telemetry of the updated devices", h.rejections, sent, g.max_rejection_rate,
+                      "pause"),
+            ]
+            out.append({"c": campaign, "h": h, "verdict": status.verdict, "gates": gates,
+                        "min_reported": g.min_reported, "soak_s": int(g.soak.total_seconds()),
+                        "stages": [(i, p) for i, p in enumerate(campaign.stages)]})
+        return out
 
     # -- policy ----------------------------------------------------------------------------
 
