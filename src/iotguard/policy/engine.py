@@ -263,7 +263,7 @@ class PolicyEngine:
         when = now or self._clock.now()
         hit = self._cache.entries.get(request)
         decision = hit[0] if hit is not None and hit[1] <= when.timestamp() < hit[2] else self._evaluate(request, when)
-        self.decisions.add([(request, decision)])
+        self.decisions.add(request, decision)
         return decision
 
     def decide_batch(
@@ -287,7 +287,7 @@ class PolicyEngine:
                 out.append(hit[0])
             else:
                 out.append(self._evaluate(request, when))
-        self.decisions.add(zip(batch, out, strict=True))
+        self.decisions.add_many(zip(batch, out, strict=True))
         return out
 
     def authorize(self, request: AccessRequest, *, now: datetime | None = None) -> Decision:
@@ -317,7 +317,7 @@ class PolicyEngine:
         facts.refresh_context(when, when.timestamp(), self.limits.attestation_freshness_s)
         prepared = self._prepare_on_device(request, facts)
         decision = prepared if isinstance(prepared, Decision) else self._run(loaded, prepared)
-        self.decisions.add([(request, decision)])
+        self.decisions.add(request, decision)
         return decision
 
     def decide_uncached(self, request: AccessRequest, *, now: datetime | None = None) -> Decision:
