@@ -40,8 +40,8 @@ from iotguard.hub.routers.learning import learning_router
 from iotguard.hub.routers.operators import operators_router
 from iotguard.hub.routers.privacy import privacy_router
 from iotguard.hub.routers.sensing import sensing_router
-from iotguard.hub.routers.subsystem_metrics import register_subsystem_metrics
 from iotguard.hub.routers.telemetry import telemetry_router
+from iotguard.hub.subsystem_metrics import register_subsystem_metrics
 from iotguard.hub.tracing import tracer_from_config
 
 if TYPE_CHECKING:  # the composition root imports this module's callers, not the other way round
