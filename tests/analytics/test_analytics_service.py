@@ -15,6 +15,7 @@ from iotguard.hub.schema import readings
 from iotguard.hub.stores.consent import SqlConsentStore
 from iotguard.wire import Reading, encode_reading
 from tests.hub.conftest import HubParts
+from tests.hub.metrics_scrape import scrape, value
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -60,6 +61,18 @@ def test_query_route_answers_and_charges_every_subject_and_refuses_past_the_budg
     b = stocked.client.get("/v1/analytics/budget/alice", headers=officer).json()
     assert b["periods"][0]["central"] == pytest.approx(0.9) and b["remaining_now"] == pytest.approx(0.1)
     assert b["budget_epsilon"] == 1.0 and "basic" in b["composition"]
+
+
+def test_answered_and_refused_queries_are_counted(stocked: HubParts) -> None:
+    analyst = stocked.operator_token("analyst")
+    q = {"statistic": "count", "field": "temp", "epsilon": 0.6, "max_per_subject": 5, "purpose": "research"}
+    before = scrape(stocked)
+    assert stocked.client.post("/v1/analytics/query", json=q, headers=analyst).status_code == 200
+    assert stocked.client.post("/v1/analytics/query", json=q, headers=analyst).status_code == 429  # 1.2 > 1.0
+    after = scrape(stocked)
+    for outcome in ("answered", "refused"):
+        name = "iotguard_dp_queries_total"
+        assert value(after, name, outcome=outcome) == value(before, name, outcome=outcome) + 1, outcome
 
 
 def test_query_route_is_a_cedar_decision_and_parses_strictly(stocked: HubParts) -> None:

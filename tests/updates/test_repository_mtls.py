@@ -26,6 +26,7 @@ from iotguard.hub.tls import HubTls
 from iotguard.tls import client_context
 from tests.conftest import free_port
 from tests.hub.conftest import make_hub
+from tests.hub.metrics_scrape import scrape, value
 from tests.updates.conftest import image
 from tests.updates.hubside import HUB_MODEL, HubFirmware, hub_firmware
 
@@ -156,3 +157,22 @@ def test_warm_repository_reads_touch_no_database(mtls: MtlsHub) -> None:
         event.remove(engine, "before_cursor_execute", listener)
         fetcher.close()
     assert not [s for s in statements if s.split()[0].upper() in ("INSERT", "UPDATE", "DELETE", "REPLACE")], statements
+
+
+def test_repository_reads_are_counted_served_and_refused_by_reason(mtls: MtlsHub) -> None:
+    hub = mtls.repo.hub
+    agent, _fetcher = mtls.device("dev-1")
+    certificate = agent.dir / TRANSPORT_FILE
+    before = scrape(hub)
+    assert mtls.get("metadata/timestamp.json", certificate).status_code == 200
+    assert mtls.get("metadata/timestamp.json", certificate).status_code == 200  # the warm (cached) path too
+    hub.services.posture.quarantine("dev-1", actor="test", reason="suspicious")
+    assert mtls.get("metadata/timestamp.json", certificate).status_code == 403
+    after = scrape(hub)
+    name = "iotguard_repository_reads_total"
+    assert value(after, name, outcome="served", reason="") == value(before, name, outcome="served", reason="") + 2
+    denied = {"outcome": "refused", "reason": "policy_denied"}
+    assert value(after, name, **denied) == value(before, name, **denied) + 1
+    refused = {"action": "update_fetch", "reason": "policy_denied"}
+    name = "iotguard_device_requests_refused_total"
+    assert value(after, name, **refused) == value(before, name, **refused) + 1

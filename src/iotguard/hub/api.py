@@ -41,6 +41,7 @@ from iotguard.hub.routers.operators import operators_router
 from iotguard.hub.routers.privacy import privacy_router
 from iotguard.hub.routers.sensing import sensing_router
 from iotguard.hub.routers.telemetry import telemetry_router
+from iotguard.hub.subsystem_metrics import register_subsystem_metrics
 from iotguard.hub.tracing import tracer_from_config
 
 if TYPE_CHECKING:  # the composition root imports this module's callers, not the other way round
@@ -171,6 +172,7 @@ def create_app(services: HubServices, *, drain: Callable[[], int] | None = None)
     app.include_router(telemetry_router(services.telemetry, services.data_access, operator))
     app.include_router(make_audit_router(services.audit.log, operator("view_audit")))
     app.include_router(alerts_router(services.detection, services.operators, operator, metrics_registry))
+    register_subsystem_metrics(metrics_registry, services)
     if services.analytics is not None:
         app.include_router(analytics_router(services.analytics, operator))
     if services.aggregation is not None:

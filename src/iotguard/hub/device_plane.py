@@ -36,6 +36,7 @@ from iotguard.errors import (
     PolicyDenied,
     UnknownDeviceError,
 )
+from iotguard.hub.event_counts import EventCounts
 from iotguard.hub.policy_store import enrollment_posture
 from iotguard.hub.ratelimit import Attempt, AttemptLimiter, AttemptLimits, AttemptStore
 from iotguard.hub.ratelimit_store import SqlAttemptStore, SqlSeenNonces
@@ -117,6 +118,8 @@ class DevicePlane:
         #: Asks a device for fresh evidence (an attestation challenge) when a policy annotated
         #: ``@step_up("attest")`` denied it.
         self.step_up = step_up
+        #: Refusals by this process: (action, reason code) -> count (``/metrics``).
+        self.refusals = EventCounts()
 
     def attempt(self, scope: str, client: str) -> Attempt:
         """Start an authentication attempt from ``client`` (an address) for ``scope``.
@@ -212,6 +215,7 @@ class DevicePlane:
         return DeviceView(d.device_id, d.status, d.identity_public_key, d.cert_not_after)
 
     def _refused(self, device_id: str, action: str, reason: str, now: datetime, **details: Any) -> None:
+        self.refusals.add(action, reason)
         who = device_id or "unknown"
         try:
             self.audit.record(AuditEvent(EventType.AUTH_FAILED, now, who, who,

@@ -257,3 +257,15 @@ def enrollment_posture(engine: Engine, device_id: str, *, segment: str, model: s
     return Posture(device_id=device_id, segment=segment, model=model, trust_tier=row["trust_tier"],
                    risk_score=row["risk_score"], attested_at=_aware(row["attested_at"]),
                    declared_location=row["declared_location"], quarantined=bool(row["quarantined"]))
+
+
+def trust_tier_counts(engine: Engine) -> dict[str, int]:
+    """Active devices by trust tier (one grouped query; no stored posture counts as ``unverified``)."""
+    from iotguard.hub.schema import devices
+
+    tier = func.coalesce(device_posture.c.trust_tier, "unverified")
+    query = (select(tier, func.count()).select_from(
+        devices.outerjoin(device_posture, device_posture.c.device_id == devices.c.device_id))
+        .where(devices.c.status == "active").group_by(tier))
+    with engine.connect() as conn:
+        return {str(t): int(n) for t, n in conn.execute(query)}

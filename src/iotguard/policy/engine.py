@@ -31,6 +31,7 @@ import cedarpy
 from iotguard.clock import Clock, SystemClock
 from iotguard.errors import PolicyDenied
 from iotguard.policy.decision_cache import DecisionCache, DecisionClass, classes_shareable, context_attributes
+from iotguard.policy.decision_counts import DecisionCounts
 from iotguard.policy.facts import (
     HOUR,
     DeviceFacts,
@@ -165,6 +166,7 @@ class PolicyEngine:
         self.limits = limits or EngineLimits()
         self._lock = threading.RLock()
         self._cache = DecisionCache(self.limits.max_cache_entries)
+        self.decisions = DecisionCounts()  #: decisions of decide/decide_batch/decide_provisional (``/metrics``)
         self._devices: dict[str, DeviceFacts] = {}
         self._listeners: list[ChangeListener] = []
         self._loaded: _Loaded | None = None
@@ -260,9 +262,9 @@ class PolicyEngine:
         """
         when = now or self._clock.now()
         hit = self._cache.entries.get(request)
-        if hit is not None and hit[1] <= when.timestamp() < hit[2]:
-            return hit[0]
-        return self._evaluate(request, when)
+        decision = hit[0] if hit is not None and hit[1] <= when.timestamp() < hit[2] else self._evaluate(request, when)
+        self.decisions.add(request, decision)
+        return decision
 
     def decide_batch(
         self, requests: Iterable[AccessRequest], *, now: datetime | None = None
@@ -285,6 +287,7 @@ class PolicyEngine:
                 out.append(hit[0])
             else:
                 out.append(self._evaluate(request, when))
+        self.decisions.add_many(zip(batch, out, strict=True))
         return out
 
     def authorize(self, request: AccessRequest, *, now: datetime | None = None) -> Decision:
@@ -313,7 +316,9 @@ class PolicyEngine:
         facts = DeviceFacts.build(posture, self._segment_spec(posture.effective_segment), self.topics)
         facts.refresh_context(when, when.timestamp(), self.limits.attestation_freshness_s)
         prepared = self._prepare_on_device(request, facts)
-        return prepared if isinstance(prepared, Decision) else self._run(loaded, prepared)
+        decision = prepared if isinstance(prepared, Decision) else self._run(loaded, prepared)
+        self.decisions.add(request, decision)
+        return decision
 
     def decide_uncached(self, request: AccessRequest, *, now: datetime | None = None) -> Decision:
         """Decide without reading or writing the cache (benchmarks, audits)."""

@@ -19,6 +19,7 @@ import base64
 import contextlib
 import re
 import threading
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -105,6 +106,11 @@ class SecureAggregationService:
                 del self._rounds[k]
             self._rounds[rid.hex()] = make(rid)
         return rid.hex()
+
+    def phases(self) -> dict[str, int]:
+        """Rounds this process holds, by phase (``/metrics``)."""
+        with self._lock:
+            return dict(Counter(r.phase for r in self._rounds.values()))
 
     def _round(self, round_id: str) -> RoundCoordinator | HeRound:
         r = self._rounds.get(round_id) if _ROUND_ID.fullmatch(round_id) else None

@@ -22,6 +22,7 @@ from iotguard.analytics.query import StructuredQuery
 from iotguard.audit import AuditEvent, AuditSink, EventType
 from iotguard.clock import Clock
 from iotguard.errors import BudgetExhausted, IotGuardError, MalformedError
+from iotguard.hub.event_counts import EventCounts
 from iotguard.hub.stores.telemetry import StoredReading
 from iotguard.wire import decode_reading
 
@@ -61,6 +62,8 @@ class AnalyticsService:
         self.audit = audit
         self.clock = clock
         self.max_rows = max_rows
+        #: DP queries by this process: ("answered",) or ("refused",) (budget exhausted) -> count (``/metrics``).
+        self.queries = EventCounts()
 
     def _rows(self, sq: StructuredQuery) -> Iterator[tuple[str, str | None, Any]]:
         """``(subject, group value, field value)`` of every stored reading holding the field."""
@@ -116,9 +119,11 @@ class AnalyticsService:
         except BudgetExhausted:
             self.audit.record(AuditEvent(EventType.PRIVACY_BUDGET_SPENT.value, now, actor, "analytics",
                                          {**details, "refused": True}))
+            self.queries.add("refused")
             raise
         self.audit.record(AuditEvent(EventType.PRIVACY_BUDGET_SPENT.value, now, actor, "analytics",
                                      {**details, "refused": False}))
+        self.queries.add("answered")
         return {**answer, "purpose": sq.purpose, "field": sq.field}
 
     def budget(self, subject_id: str) -> dict[str, Any]:

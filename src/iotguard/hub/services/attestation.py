@@ -62,6 +62,7 @@ from iotguard.errors import (
     ReplayError,
     UnknownDeviceError,
 )
+from iotguard.hub.event_counts import EventCounts
 from iotguard.hub.outbox import OutboxMessage, OutboxRow, OutboxStore
 from iotguard.hub.services.ak_certification import AkCertificationService
 from iotguard.hub.services.audit import audit_message
@@ -145,6 +146,8 @@ class AttestationService:
         self.certification = certification or AkCertificationService(store, devices, outbox, clock)
         self._stepped_up: dict[str, float] = {}
         self._stepped_up_lock = threading.Lock()
+        #: Appraisals by this process: (status, refusal reason or "") -> count (``/metrics``).
+        self.appraisals = EventCounts()
 
     # -- reference values and appraisal policies -------------------------
 
@@ -279,6 +282,7 @@ class AttestationService:
         except ReplayError:
             self._audit_refusal(device_id, "nonce_unknown")
             raise
+        self.appraisals.add(result.status.value, "")
         if self.on_appraisal is not None:
             self.on_appraisal(device_id, result.status.value, result.reasons, now)
         if not result.affirming:
@@ -317,6 +321,7 @@ class AttestationService:
         return self.store.history(device_id, limit)
 
     def _audit_refusal(self, device_id: str, reason: str) -> None:
+        self.appraisals.add("refused", reason)
         now = self.clock.now()
         event = AuditEvent(EventType.ATTESTATION_RESULT, now, "hub.attestation", device_id,
                            {"status": "refused", "reasons": [reason]})

@@ -20,6 +20,7 @@ import cbor2
 from iotguard.channel import command_topic, encode_command
 from iotguard.clock import Clock
 from iotguard.errors import AuthenticationError, IotGuardError, MalformedError
+from iotguard.hub.event_counts import EventCounts
 from iotguard.hub.outbox import OutboxMessage, OutboxRow
 from iotguard.hub.privacy_store import ErasureRecord, PrivacyStore, RetentionReport, enforce_retention
 from iotguard.hub.services.lifecycle import DeviceLifecycle
@@ -92,6 +93,8 @@ class ConsentService:
         self._all_sealed = False
         #: Called after an erasure with the subject's devices (``LearningService.unlearn``).
         self.erasure_hooks: list[Callable[[Sequence[str], str], list[dict[str, Any]]]] = []
+        #: Consent changes and erasures by this process: (event,) -> count (``/metrics``).
+        self.events = EventCounts()
 
     # -- subjects and consent --------------------------------------------
 
@@ -113,8 +116,10 @@ class ConsentService:
 
     def change(self, subject_id: str, purpose: str, granted: bool, *, actor: str) -> ConsentState:
         """Grant or withdraw consent; the new configuration is pushed to the subject's devices."""
-        return self.privacy.set_consent(subject_id, purpose, granted, self.clock.now(), actor=actor,
-                                        effects=[consent_push_message(subject_id)])
+        state = self.privacy.set_consent(subject_id, purpose, granted, self.clock.now(), actor=actor,
+                                         effects=[consent_push_message(subject_id)])
+        self.events.add("consent_granted" if granted else "consent_withdrawn")
+        return state
 
     def push(self, subject_id: str) -> int:
         """Send the subject's current consent to each of their devices (authenticated command); returns how many.
@@ -186,6 +191,7 @@ class ConsentService:
         """Erase everything held about a data subject (crypto-shredding their key), then run the erasure hooks
         (models retrained without the subject's devices; what they report goes into the record's ``models``)."""
         record = self.privacy.erase_subject(subject_id, self.clock.now(), actor=actor)
+        self.events.add("erasure")
         models = [m for hook in self.erasure_hooks for m in hook(record.devices, actor)]
         return dataclasses.replace(record, models=tuple(models)) if models else record
 

@@ -28,12 +28,14 @@ write, reads do not.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from iotguard.clock import Clock
-from iotguard.errors import AuthenticationError, RevokedError, UnknownDeviceError
+from iotguard.errors import AuthenticationError, IotGuardError, RevokedError, UnknownDeviceError
 from iotguard.hub.device_plane import DevicePlane
 from iotguard.hub.device_tls import PeerCertificate
+from iotguard.hub.event_counts import EventCounts
 from iotguard.hub.services.firmware import FirmwareService
 from iotguard.hub.stores.devices import DeviceStore
 from iotguard.policy import PostureStore
@@ -82,6 +84,8 @@ class RepositoryReads:
         self._lock = threading.Lock()
         self._grants: dict[str, _Grant] = {}
         self._files: dict[str, tuple[bytes | None, float]] = {}
+        #: Reads by this process: ("served", "") or ("refused", reason code) -> count (``/metrics``).
+        self.outcomes = EventCounts()
         self._generation = 0  # moves with every forgotten grant: a decision racing a change is not kept
         posture.add_listener(self.forget_device)
         firmware.add_listener(self.forget_files)
@@ -112,7 +116,8 @@ class RepositoryReads:
         entry = self._files.get(path)
         if entry is None or entry[1] <= now:
             return None
-        return self._firmware.device_file(grant.model, path, read=lambda _p: entry[0])
+        model, body = grant.model, entry[0]
+        return self._counted(lambda: self._firmware.device_file(model, path, read=lambda _p: body))
 
     def read(self, peer: PeerCertificate | None, path: str) -> bytes:
         """One repository file for the device behind ``peer`` (may read the registry and the store).
@@ -123,10 +128,22 @@ class RepositoryReads:
             PolicyDenied: Cedar denied ``update_fetch`` (a quarantined device, for one).
             MalformedError, UpdateRefused: as :meth:`FirmwareService.device_file`.
         """
-        if peer is None:
-            raise AuthenticationError("a device client certificate is required")
-        grant = self._grant(peer)
-        return self._firmware.device_file(grant.model, path, read=self._file)
+        def serve() -> bytes:
+            if peer is None:
+                raise AuthenticationError("a device client certificate is required")
+            grant = self._grant(peer)
+            return self._firmware.device_file(grant.model, path, read=self._file)
+
+        return self._counted(serve)
+
+    def _counted(self, serve: Callable[[], bytes]) -> bytes:
+        try:
+            body = serve()
+        except IotGuardError as exc:
+            self.outcomes.add("refused", exc.code)
+            raise
+        self.outcomes.add("served", "")
+        return body
 
     def _grant(self, peer: PeerCertificate) -> _Grant:
         now = self._clock.monotonic()

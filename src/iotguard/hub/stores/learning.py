@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Column, DateTime, Integer, LargeBinary, MetaData, String, Table, Text, select
+from sqlalchemy import Column, DateTime, Integer, LargeBinary, MetaData, String, Table, Text, func, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
@@ -248,3 +248,10 @@ class SqlLearningRunStore(SqlStoreBase):
 def next_row(run: RunRecord, **changes: Any) -> RunRecord:
     """``run`` with ``changes`` and the next ``row_version`` (for :meth:`LearningRunStore.commit_step`)."""
     return replace(run, row_version=run.row_version + 1, **changes)
+
+
+def run_status_counts(engine: Engine) -> dict[str, int]:
+    """Training runs by status (one grouped query over ``learning_runs``)."""
+    query = select(learning_runs.c.status, func.count()).group_by(learning_runs.c.status)
+    with engine.connect() as conn:
+        return {str(status): int(n) for status, n in conn.execute(query)}
