@@ -176,6 +176,12 @@ def test_quarantine_and_release_from_the_device_page(console: ConsoleHub, tmp_pa
     assert console.hub.services.posture.posture.require("dev-1").quarantined is False
     types = _audit_types(console)
     assert "device.quarantined" in types and "device.released" in types
+    page = admin.get("/console/devices/dev-1").text
+    history = page[page.index('id="posture-history"'):page.index('id="h-attest"')]
+    changes = re.findall(r"<td>(device\.\w+|attestation\.result)</td>", history)
+    # newest first: the release, the quarantine, then the affirming appraisal that came before them
+    assert changes[:3] == ["device.released", "device.quarantined", "attestation.result"], changes
+    assert "trust_tier: verified" in history
 
 
 def test_release_without_fresh_attestation_is_denied_on_the_page(console: ConsoleHub) -> None:

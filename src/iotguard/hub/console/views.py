@@ -35,6 +35,11 @@ __all__ = ["AuditVerification", "ConsoleViews", "Cosignature", "FinalCheckpoint"
 
 #: Audit entries listed on the audit page and a device's trail.
 TRAIL_LENGTH = 25
+#: Audit event types that change (or record) a device's posture: its posture history on the device page.
+POSTURE_EVENTS = frozenset({"device.registered", "device.quarantined", "device.released", "device.tampered",
+                            "device.reprovisioned", "device.decommissioned", "attestation.result"})
+#: Posture changes listed on the device page (newest first).
+POSTURE_HISTORY_LENGTH = 20
 #: Readings the device page reads (its newest stored ones) for a chosen purpose.
 READINGS_SHOWN = 20
 
@@ -148,7 +153,21 @@ class ConsoleViews:
             "readings": self.s.telemetry.reading_count(device_id),
             "subject": self.s.consent.privacy.subject_of(device_id),
             "trail": self.trail(device_id),
+            "posture_history": self.posture_history(device_id),
         }
+
+    def posture_history(self, device_id: str) -> list[TrailEntry]:
+        """The device's newest posture events (registration, quarantine, release, tamper, appraisals), read
+        newest first from its audit entries; only their index and event (no proof: the trail proves entries)."""
+        log = self.s.audit.log
+        out: list[TrailEntry] = []
+        for index in sorted(log.find_subject(device_id, 1000), reverse=True):
+            event = _event(log.entries(index, index + 1)[0])
+            if event is not None and event.type in POSTURE_EVENTS:
+                out.append(TrailEntry(index, event, "", 0, False))
+                if len(out) == POSTURE_HISTORY_LENGTH:
+                    break
+        return out
 
     def readable_purposes(self, principal: str, role: str, device_id: str) -> list[str]:
         """The purposes the viewer may choose to read ``device_id``'s readings for: declared by its model's
