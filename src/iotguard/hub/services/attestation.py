@@ -51,7 +51,6 @@ from iotguard.attestation import (
     load_appraisal_policy,
 )
 from iotguard.audit import AuditEvent, EventType
-from iotguard.channel.session import command_topic, encode_command
 from iotguard.clock import Clock
 from iotguard.errors import (
     AttestationError,
@@ -63,10 +62,11 @@ from iotguard.errors import (
     UnknownDeviceError,
 )
 from iotguard.hub.event_counts import EventCounts
-from iotguard.hub.outbox import OutboxMessage, OutboxRow, OutboxStore
+from iotguard.hub.outbox import OutboxMessage, OutboxStore
 from iotguard.hub.services.ak_certification import AkCertificationService
 from iotguard.hub.services.audit import audit_message
 from iotguard.hub.services.consent import CommandChannel
+from iotguard.hub.services.device_commands import DeviceCommandPush
 from iotguard.hub.services.lifecycle import DeviceLifecycle
 from iotguard.hub.services.posture import PostureService
 from iotguard.hub.stores.attestation import AttestationStore, StoredAppraisal
@@ -328,34 +328,11 @@ class AttestationService:
         self.outbox.enqueue([audit_message(event)], now)
 
 
-class ChallengePush:
+class ChallengePush(DeviceCommandPush):
     """Outbox handler sending queued challenges as authenticated commands; claims rows only while connected.
 
-    Args:
-        lifecycle: Session keys of each device (the command's MAC key).
-        channel: The command path to devices.
+    A lost challenge expires; the operator or the schedule asks again.
     """
 
     def __init__(self, lifecycle: DeviceLifecycle, channel: CommandChannel) -> None:
-        self.lifecycle = lifecycle
-        self.channel = channel
-
-    @property
-    def kinds(self) -> tuple[str, ...]:
-        return (CHALLENGE_KIND,) if self.channel.connected else ()
-
-    def deliver(self, rows: Sequence[OutboxRow], confirm: Callable[[Any], bool]) -> None:
-        for r in rows:
-            try:
-                row = cbor2.loads(r.payload)
-                device_id, nonce = str(row["device_id"]), bytes(row["nonce"])
-                record = self.lifecycle.store.get_device(device_id)
-                if record.current_epoch is None:
-                    continue
-                _r, _s, keys = self.lifecycle.session(device_id, record.current_epoch)
-            except (cbor2.CBORDecodeError, KeyError, TypeError, ValueError, IotGuardError) as exc:
-                log.warning("attestation challenge dropped: %s", type(exc).__name__)
-                continue
-            self.channel.publish(command_topic(record.segment, device_id),
-                                 encode_command(device_id, "attest-challenge", nonce, keys.downlink))
-        confirm(None)  # a lost challenge expires; the operator or the schedule asks again
+        super().__init__(lifecycle, channel, kind=CHALLENGE_KIND, command="attest-challenge", argument="nonce")
