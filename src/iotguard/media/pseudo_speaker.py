@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import lfilter
 
 from iotguard.errors import ConfigError
 from iotguard.media.voice import (
@@ -77,13 +76,11 @@ class _Draws:
     timbre: Samples
     dynamics: float
     level: float
-    smoothing: float  # the articulation smoothing's time constant in seconds
     wander: Samples  # current Ornstein-Uhlenbeck offset: cepstrum then log level
     csum: Samples | None = None
     c2sum: Samples | None = None
     wsum: float = 0.0
     loud: float = 0.0
-    smoothed: Samples | None = None  # the smoothing filter's state
     warp_map: dict[int, tuple[npt.NDArray[np.int64], Samples]] = field(default_factory=dict)
 
 
@@ -96,9 +93,6 @@ class PseudoSpeaker(_RandomisedVoice):
             +-0.1 is about +-20 % vocal-tract length).
         dynamics_range: Range of the per-utterance factor on the envelope's
             movement around its mean.
-        smoothing_range: Range of the per-utterance time constant (seconds)
-            of the causal smoothing of the envelope's movement; ``(0, 0)``
-            turns it off.
         wander: Standard deviation of the timbre's drift inside the utterance.
         level_wander: Standard deviation of the output level's drift (natural log).
         wander_tau: Time constant of the drift in seconds.
@@ -108,7 +102,6 @@ class PseudoSpeaker(_RandomisedVoice):
     f0_range: tuple[float, float] = (90.0, 240.0)
     warp_range: tuple[float, float] = (0.0, 0.0)
     dynamics_range: tuple[float, float] = (0.8, 1.25)
-    smoothing_range: tuple[float, float] = (0.0, 0.0)
     wander: float = 0.3
     level_wander: float = 0.5
     wander_tau: float = 1.0
@@ -118,19 +111,16 @@ class PseudoSpeaker(_RandomisedVoice):
         super().__post_init__()
         wlo, whi = self.warp_range
         dlo, dhi = self.dynamics_range
-        slo, shi = self.smoothing_range
         if not -0.4 <= wlo <= whi <= 0.4 or not 0.5 <= dlo <= dhi <= 2.0:
             raise ConfigError("pseudo-speaker: warp in [-0.4, 0.4], dynamics in [0.5, 2]")
         if not 0.0 <= self.wander <= 1.0 or not 0.0 <= self.level_wander <= 1.0 or not 0.05 <= self.wander_tau <= 10.0:
             raise ConfigError("pseudo-speaker: wander and level_wander in [0, 1], wander_tau in [0.05, 10] s")
-        if not (slo == shi == 0.0 or 0.005 <= slo <= shi <= 0.2):
-            raise ConfigError("pseudo-speaker: smoothing in [0.005, 0.2] s, or (0, 0) for none")
 
     def params(self) -> dict[str, Any]:
-        return {**self._common_params(), "version": 2, "warp_range": list(self.warp_range),
-                "dynamics_range": list(self.dynamics_range), "smoothing_range_s": list(self.smoothing_range),
+        return {**self._common_params(), "version": 1, "warp_range": list(self.warp_range),
+                "dynamics_range": list(self.dynamics_range),
                 "wander": self.wander, "level_wander": self.level_wander, "wander_tau_s": self.wander_tau,
-                "envelope": "speaker-normalised (mean and spread), smoothed", "draws": "per-utterance, wandering"}
+                "envelope": "speaker-normalised (mean and spread)", "draws": "per-utterance, wandering"}
 
     def _draw(self, rate: int) -> _Draws:
         rng = self._rng()
@@ -140,9 +130,7 @@ class PseudoSpeaker(_RandomisedVoice):
         source = _Excitation(rng, rate, self._draw_f0(rng), self.intonation)
         dynamics = float(np.exp(rng.uniform(*np.log(self.dynamics_range))))
         level = self._draw_level(rng)
-        slo, shi = self.smoothing_range
-        smoothing = float(np.exp(rng.uniform(np.log(slo), np.log(shi)))) if shi > 0.0 else 0.0
-        return _Draws(source, wander_rng, warp, timbre, dynamics, level, smoothing, np.zeros(self.quefrency + 1))
+        return _Draws(source, wander_rng, warp, timbre, dynamics, level, np.zeros(self.quefrency + 1))
 
     def stream(self, rate: int) -> VoiceStream:
         """A fresh stream for one utterance (new draws)."""
@@ -161,19 +149,6 @@ class PseudoSpeaker(_RandomisedVoice):
                 st.wander = rho * st.wander + np.sqrt(1.0 - rho * rho) * step
                 out[i] = st.wander
             return out
-
-        def smooth(cep: Frames, hop: int) -> Frames:
-            # Causal one-pole smoothing of the envelope's trajectory: how fast and how
-            # sharply a speaker articulates is theirs; the slower course of the
-            # formants (what was said) passes. The time constant is a per-utterance draw.
-            if st.smoothing <= 0.0:
-                return cep
-            pole = float(np.exp(-hop / rate / st.smoothing))
-            if st.smoothed is None:
-                st.smoothed = pole * cep[:1]
-            out, st.smoothed = lfilter([1.0 - pole], [1.0, -pole], cep, axis=0, zi=st.smoothed)
-            smoothed: Frames = out
-            return smoothed
 
         def frame(x: Frames, starts: npt.NDArray[np.int64]) -> Frames:
             stream = streams[0]
@@ -201,7 +176,7 @@ class PseudoSpeaker(_RandomisedVoice):
             spread = np.sqrt(np.maximum(c2sum / np.maximum(wsum, 1e-12)[:, None] - mean * mean, 1e-8))
             gain = np.clip(generic_spread / spread, 0.5, 2.0)
             wandering = drift(len(x), hop)
-            cep = smooth(st.dynamics * (cep - mean) * gain, hop) + st.timbre + wandering[:, :q]
+            cep = st.dynamics * (cep - mean) * gain + st.timbre + wandering[:, :q]
             y = _cepstral_filter(cep, exc, stream.window, nfft)
             # Output level: the drawn level times the frame's loudness relative to the
             # running loudness (so the recording level does not survive), drifting.
