@@ -19,7 +19,11 @@ counted, and redaction frames per second on one core.
 Headline: semi-informed EER of iotguard's default transform (pseudo-speaker) vs McAdams (ratio = ours /
 McAdams, higher is better); the issue's goals are reported with each figure.
 
-    python bench/media.py --fsdd DIR [--quick] [--out bench/results/media.json]
+    python bench/media.py --fsdd DIR [--quick] [--voice-only] [--out bench/results/media.json]
+
+--voice-only runs the voice part alone and writes bench/results/media_voice.json; a full
+(not --quick) voice-only run also replaces the voice keys (headline, voice, the three voice
+goals) of media.json, keeping the image part's.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from iotguard.media import McAdams, PseudoSpeaker, RandomisedVocoder, Utterance,
 from iotguard.media.evaluation import evaluate_images
 from iotguard.media.image import FaceRedactor, cv2
 
+RESULTS = Path(__file__).parent / "results"
 GOALS = {"eer_semi_informed_min": 0.35, "accuracy_drop_max": 0.10, "voice_rtf_min": 50.0,
          "face_recall_after_max": 0.01, "people_recall_kept_min": 0.90, "fps_min": 15.0}
 
@@ -79,25 +84,19 @@ def face_frames(count: int, seed: int = 0) -> tuple[list[np.ndarray], list[list[
     return frames, truth
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="600 recordings, 40 frames (about a minute or two)")
-    ap.add_argument("--fsdd", required=True, help="folder of the Free Spoken Digit Dataset (holds recordings/)")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "media.json"))
-    args = ap.parse_args()
-    cv2.setNumThreads(1)
-    started = time.time()
-    with threadpool_limits(1):
-        utterances = load_fsdd(Path(args.fsdd), 600 if args.quick else 0)
-        seconds = sum(u.audio.seconds for u in utterances)
-        results = []
-        for transform in (None, McAdams(), RandomisedVocoder(), PseudoSpeaker()):
-            t0 = time.time()
-            e = evaluate_voice(utterances, transform)
-            results.append(e)
-            print(f"  {e.method:<20} done in {time.time() - t0:.0f} s", file=sys.stderr)
-        frames, truth = face_frames(40 if args.quick else 100)
-        images = evaluate_images(frames, FaceRedactor(), truth=truth)
+VOICE_KEYS = ("headline", "voice")  # media.json keys the voice part owns (with the voice goals)
+VOICE_GOALS = ("eer_semi_informed", "accuracy_drop", "voice_real_time_factor")
+
+
+def voice_part(utterances: list[Utterance]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the voice evaluation; returns (voice goals, the voice keys of media.json)."""
+    seconds = sum(u.audio.seconds for u in utterances)
+    results = []
+    for transform in (None, McAdams(), RandomisedVocoder(), PseudoSpeaker()):
+        t0 = time.time()
+        e = evaluate_voice(utterances, transform)
+        results.append(e)
+        print(f"  {e.method:<20} done in {time.time() - t0:.0f} s", file=sys.stderr)
     base, mcadams, _vocoder, ours = results
     print(f"voice: {len(utterances)} FSDD recordings ({seconds:.0f} s of audio), "
           f"{len({u.speaker for u in utterances})} speakers")
@@ -106,10 +105,6 @@ def main() -> None:
         rtf = f"{e.real_time_factor:.0f}x" if e.real_time_factor else "-"
         print(f"{e.method:<22}{100 * e.eer_ignorant:>13.1f}%{100 * e.eer_semi_informed:>14.1f}%"
               f"{100 * e.accuracy:>11.1f}%{100 * e.accuracy_original_model:>19.1f}%{rtf:>8}")
-    kept = images.people_recall_kept
-    print(f"images: {images.images} frames 640x480, {images.faces_before} faces found by the independent detector")
-    print(f"  faces found after redaction {100 * images.face_recall_after:.1f}%, people still counted "
-          f"{'-' if kept is None else f'{100 * kept:.1f}%'}, {images.frames_per_second:.1f} frames/s on one core")
     drop = base.accuracy - ours.accuracy
     goals = {
         "eer_semi_informed": {"value": ours.eer_semi_informed, "goal": ">= 0.35",
@@ -117,6 +112,92 @@ def main() -> None:
         "accuracy_drop": {"value": drop, "goal": "<= 0.10", "met": drop <= GOALS["accuracy_drop_max"]},
         "voice_real_time_factor": {"value": ours.real_time_factor, "goal": ">= 50",
                                    "met": (ours.real_time_factor or 0) >= GOALS["voice_rtf_min"]},
+    }
+    keys = {
+        "headline": {
+            "name": "semi-informed speaker-verification EER on FSDD after anonymisation",
+            "unit": "EER", "value": ours.eer_semi_informed,
+            "method": ours.method, "params": ours_params(),
+            "baseline_name": "McAdams transform (VoicePrivacy B2) on the same split",
+            "baseline_value": mcadams.eer_semi_informed,
+            "ratio": ours.eer_semi_informed / max(mcadams.eer_semi_informed, 1e-9), "goal": 0.35,
+        },
+        "voice": {"recordings": len(utterances), "audio_seconds": seconds,
+                  "results": [e.to_dict() for e in results]},
+    }
+    return goals, keys
+
+
+def ours_params() -> dict[str, Any]:
+    """The default transform's receipt parameters (what was measured)."""
+    return PseudoSpeaker().params()
+
+
+def print_goals(goals: dict[str, Any]) -> None:
+    for name, g in goals.items():
+        print(f"  goal {name:<30} {g['value'] if g['value'] is None else round(g['value'], 4)!s:>10}  "
+              f"{g['goal']:<8} {'met' if g['met'] else 'MISSED'}")
+
+
+def machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
+            "note": "one core (thread pools limited to 1)"}
+
+
+def merge_voice(path: Path, goals: dict[str, Any], keys: dict[str, Any]) -> None:
+    """Replace the voice keys and voice goals of an existing media.json, keeping the image part's."""
+    if not path.exists():
+        return
+    merged = json.loads(path.read_text())
+    merged.update(keys)
+    merged.setdefault("goals", {}).update(goals)
+    merged["voice_date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    path.write_text(json.dumps(merged, indent=1, default=float) + "\n")
+
+
+def main_voice_only(args: argparse.Namespace) -> None:
+    """``--voice-only``: the voice part alone, to media_voice.json, merged into media.json's voice keys."""
+    started = time.time()
+    with threadpool_limits(1):
+        utterances = load_fsdd(Path(args.fsdd), 600 if args.quick else 0)
+        goals, keys = voice_part(utterances)
+    print_goals(goals)
+    out = {"benchmark": "media-voice", **keys, "goals": goals, "quick": args.quick,
+           "seconds": time.time() - started, "machine": machine(),
+           "date": datetime.now(UTC).isoformat(timespec="seconds")}
+    voice_out = Path(args.out).with_name("media_voice.json") if args.out else RESULTS / "media_voice.json"
+    voice_out.parent.mkdir(parents=True, exist_ok=True)
+    voice_out.write_text(json.dumps(out, indent=1, default=float) + "\n")
+    print(f"results written to {voice_out}")
+    if not args.quick:
+        merge_voice(Path(args.out) if args.out else RESULTS / "media.json", goals, keys)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="600 recordings, 40 frames (about a minute or two)")
+    ap.add_argument("--fsdd", required=True, help="folder of the Free Spoken Digit Dataset (holds recordings/)")
+    ap.add_argument("--out", default=None, help="results file (default bench/results/media.json)")
+    ap.add_argument("--voice-only", action="store_true",
+                    help="only the voice part: writes media_voice.json next to --out and, unless --quick, "
+                         "replaces the voice keys of media.json (the image part's stay)")
+    args = ap.parse_args()
+    if args.voice_only:
+        main_voice_only(args)
+        return
+    cv2.setNumThreads(1)
+    started = time.time()
+    with threadpool_limits(1):
+        utterances = load_fsdd(Path(args.fsdd), 600 if args.quick else 0)
+        voice_goals, voice_keys = voice_part(utterances)
+        frames, truth = face_frames(40 if args.quick else 100)
+        images = evaluate_images(frames, FaceRedactor(), truth=truth)
+    kept = images.people_recall_kept
+    print(f"images: {images.images} frames 640x480, {images.faces_before} faces found by the independent detector")
+    print(f"  faces found after redaction {100 * images.face_recall_after:.1f}%, people still counted "
+          f"{'-' if kept is None else f'{100 * kept:.1f}%'}, {images.frames_per_second:.1f} frames/s on one core")
+    goals = {
+        **voice_goals,
         "face_recall_after_redaction": {"value": images.face_recall_after, "goal": "<= 0.01",
                                         "met": images.face_recall_after <= GOALS["face_recall_after_max"]},
         "people_recall_kept": {"value": kept, "goal": ">= 0.90",
@@ -124,32 +205,22 @@ def main() -> None:
         "frames_per_second_640x480": {"value": images.frames_per_second, "goal": ">= 15",
                                       "met": images.frames_per_second >= GOALS["fps_min"]},
     }
-    for name, g in goals.items():
-        print(f"  goal {name:<30} {g['value'] if g['value'] is None else round(g['value'], 4)!s:>10}  "
-              f"{g['goal']:<8} {'met' if g['met'] else 'MISSED'}")
+    print_goals(goals)
     out: dict[str, Any] = {
         "benchmark": "media",
-        "headline": {
-            "name": "semi-informed speaker-verification EER on FSDD after anonymisation",
-            "unit": "EER", "value": ours.eer_semi_informed,
-            "method": ours.method,
-            "baseline_name": "McAdams transform (VoicePrivacy B2) on the same split",
-            "baseline_value": mcadams.eer_semi_informed,
-            "ratio": ours.eer_semi_informed / max(mcadams.eer_semi_informed, 1e-9), "goal": 0.35,
-        },
+        "headline": voice_keys["headline"],
         "goals": goals,
-        "voice": {"recordings": len(utterances), "audio_seconds": seconds,
-                  "results": [e.to_dict() for e in results]},
+        "voice": voice_keys["voice"],
         "images": images.to_dict(),
         "quick": args.quick,
         "seconds": time.time() - started,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "load_avg_1m": os.getloadavg()[0], "note": "one core (thread pools limited to 1)"},
+        "machine": machine(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n")
-    print(f"results written to {args.out}")
+    path = Path(args.out) if args.out else RESULTS / "media.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1, default=float) + "\n")
+    print(f"results written to {path}")
 
 
 if __name__ == "__main__":

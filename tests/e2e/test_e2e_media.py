@@ -178,7 +178,7 @@ def test_camera_and_microphone_send_only_labels_and_anonymised_media(hub: Hub, t
     assert all(set(lbl) <= {"p", "voice_activity", "digit"} for lbl in labels["mic-0001"])
     assert len(media_seen["mic-0001"]) == 3
     for obj, raw in zip(media_seen["mic-0001"], raw_clips, strict=True):
-        assert obj.method == "randomised-vocoder"  # type: ignore[attr-defined]
+        assert obj.method == "pseudo-speaker"  # type: ignore[attr-defined]
         sent = decode_wav(obj.data)  # type: ignore[attr-defined]
         assert len(sent.samples) == len(raw.samples)
         assert abs(np.corrcoef(sent.samples, raw.samples)[0, 1]) < 0.5, "the clip was not transformed"
@@ -197,5 +197,5 @@ def test_camera_and_microphone_send_only_labels_and_anonymised_media(hub: Hub, t
     stored = _stored_media(hub)
     assert sorted(d for d, _o in stored) == ["cam-0001"] * 3 + ["mic-0001"] * 3
     assert {(o.stream, o.release, o.method) for _d, o in stored} == {  # type: ignore[attr-defined]
-        ("voice", "anonymised", "randomised-vocoder"), ("camera", "anonymised", "face-redact")}
+        ("voice", "anonymised", "pseudo-speaker"), ("camera", "anonymised", "face-redact")}
     assert hub.services.store.rejection_totals().get("policy_denied", 0) == 0

@@ -11,7 +11,7 @@ import pytest
 
 from iotguard.errors import ConfigError, MalformedError, PolicyDenied
 from iotguard.keys import KeyKind, SoftwareKeyStore
-from iotguard.media import decode_wav
+from iotguard.media import DEFAULT_VOICE_METHOD, decode_wav
 from iotguard.media.image import decode_image, independent_face_detector
 from iotguard.privacy import ConsentState, load_contract, parse_contract, verify_receipt
 from iotguard.privacy.media_contract import check_media
@@ -115,13 +115,23 @@ release = "raw"
 def test_hub_check_refuses_media_the_contract_does_not_release() -> None:
     c = load_contract("mic-1")
     voice = c.purposes["voice_messages"].media
-    check_media(c.media, voice, "voice_messages", "voice", "anonymised", "randomised-vocoder")
+    check_media(c.media, voice, "voice_messages", "voice", "anonymised", "pseudo-speaker")
     with pytest.raises(PolicyDenied):
         check_media(c.media, voice, "voice_messages", "voice", "raw", None)
+    with pytest.raises(PolicyDenied):  # the weaker transform the contract named before version 2
+        check_media(c.media, voice, "voice_messages", "voice", "anonymised", "randomised-vocoder")
     with pytest.raises(PolicyDenied):
         check_media(c.media, voice, "voice_messages", "voice", "anonymised", "mcadams")
     with pytest.raises(PolicyDenied):
         check_media(c.media, c.purposes["presence"].media, "presence", "voice", "anonymised", "mcadams")
+
+
+def test_mic_contract_names_the_default_voice_method() -> None:
+    # The shipped microphone contract releases voice only through the strongest transform.
+    c = load_contract("mic-1")
+    assert c.version >= 2
+    check_media(c.media, c.purposes["voice_messages"].media, "voice_messages", "voice", "anonymised",
+                DEFAULT_VOICE_METHOD)
 
 
 def test_media_object_round_trip_and_strict_decoding() -> None:
@@ -170,13 +180,13 @@ def test_microphone_sends_only_labels_and_anonymised_voice(keystore) -> None:  #
     assert readings[0].fields == {"voice_activity": True}
     assert "keypad" in dp.refused
     (obj,) = media
-    assert obj.purpose == "voice_messages" and obj.method == "randomised-vocoder" and obj.release == "anonymised"
+    assert obj.purpose == "voice_messages" and obj.method == "pseudo-speaker" and obj.release == "anonymised"
     sent = decode_wav(obj.data)
     assert len(sent.samples) == len(clip.samples)
     assert not np.allclose(sent.samples, clip.samples, atol=1e-3)  # not the raw clip
     receipt = verify_receipt(dp.seal_receipt(clock.now()), keystore.public_key("identity"))
     transforms = receipt["purposes"]["voice_messages"]["transforms"]["voice"]
-    assert transforms[0].startswith("anonymised:randomised-vocoder:")
+    assert transforms[0].startswith("anonymised:pseudo-speaker:")
     assert receipt["purposes"]["presence"]["transforms"]["voice_activity"][0] == "inference:voice-activity"
 
 

@@ -68,6 +68,43 @@ def test_draws_are_fresh_per_utterance_from_the_os_by_default() -> None:
     assert len(f0s) > 1, "the target pitch must change per utterance"
 
 
+def _long_term_db(audio: Audio) -> np.ndarray:  # type: ignore[type-arg]
+    f = audio.samples[: len(audio.samples) // 160 * 160].reshape(-1, 160) * np.hanning(160)
+    db = 10 * np.log10(np.mean(np.abs(np.fft.rfft(f, 256, axis=1)) ** 2, axis=0) + 1e-12)
+    return db - db.mean()
+
+
+def _timbre_distance(a: Audio, b: Audio) -> float:
+    """RMS difference in dB of two clips' long-term spectra (level removed)."""
+    return float(np.sqrt(np.mean((_long_term_db(a) - _long_term_db(b)) ** 2)))
+
+
+def test_two_utterances_of_one_speaker_become_two_pseudo_speakers() -> None:
+    # The same speaker saying the same thing twice: each utterance gets its own draws, so
+    # the two outputs sound like different people (several dB apart in long-term spectrum,
+    # different pitch). With the draws fixed they would differ only by excitation noise.
+    audio = _vowel()
+    fixed = PseudoSpeaker(seed=1, timbre_spread=0.0, wander=0.0, level_wander=0.0, f0_range=(120.0, 120.0),
+                          dynamics_range=(1.0, 1.0))
+    assert _timbre_distance(fixed.apply(audio), fixed.apply(audio)) < 1.2
+    for seed in range(4):
+        t = PseudoSpeaker(seed=seed)
+        outs = [t.apply(audio) for _ in range(3)]
+        assert min(_timbre_distance(outs[i], outs[j]) for i, j in ((0, 1), (0, 2), (1, 2))) > 1.5
+        assert len({round(_f0(o)) for o in outs}) > 1, "the target pitch must be drawn per utterance"
+
+
+def test_a_seed_repeats_the_same_sequence_of_pseudo_speakers() -> None:
+    # Determinism per seed (tests and benchmarks only): the n-th utterance of two transforms
+    # with one seed is converted identically; another seed gives other pseudo-speakers.
+    audio = _vowel()
+    a, b, c = PseudoSpeaker(seed=21), PseudoSpeaker(seed=21), PseudoSpeaker(seed=22)
+    for _ in range(2):
+        ya, yb, yc = a.apply(audio), b.apply(audio), c.apply(audio)
+        assert np.array_equal(ya.samples, yb.samples)
+        assert not np.allclose(ya.samples, yc.samples)
+
+
 def test_speakers_long_term_formant_does_not_survive() -> None:
     # Two speakers whose vowels differ by 400 Hz in formant, converted with the same draws:
     # the envelope's running mean is replaced by the pseudo-speaker's, so what came out is far

@@ -34,7 +34,6 @@ records the ranges.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,8 +41,15 @@ import numpy as np
 import numpy.typing as npt
 
 from iotguard.errors import ConfigError
-from iotguard.media.audio import Audio
-from iotguard.media.voice import VoiceStream, _energy_match, _fir, _lpc, _pitch, _run
+from iotguard.media.voice import (
+    VoiceStream,
+    _cepstral_filter,
+    _energy_match,
+    _Excitation,
+    _fir,
+    _lpc,
+    _RandomisedVoice,
+)
 
 __all__ = ["PseudoSpeaker"]
 
@@ -64,17 +70,13 @@ def _bilinear_map(bins: int, warp: float) -> tuple[npt.NDArray[np.int64], Sample
 class _Draws:
     """One utterance's random pseudo-speaker and the stream's running state."""
 
-    rng: np.random.Generator  # excitation noise and pulse jitter
+    source: _Excitation  # the synthetic excitation (its generator: noise and pulse jitter)
     wander_rng: np.random.Generator  # the drift: a separate stream, so batching does not change the output
     warp: float
-    target_f0: float
     timbre: Samples
     dynamics: float
     level: float
     wander: Samples  # current Ornstein-Uhlenbeck offset: cepstrum then log level
-    mean_log_f0: float | None = None
-    next_pulse: float = 0.0
-    block: Samples = field(default_factory=lambda: np.zeros(0))
     csum: Samples | None = None
     c2sum: Samples | None = None
     wsum: float = 0.0
@@ -83,116 +85,61 @@ class _Draws:
 
 
 @dataclass(frozen=True)
-class PseudoSpeaker:
+class PseudoSpeaker(_RandomisedVoice):
     """Voice conversion to a random, wandering pseudo-speaker (``pseudo-speaker``).
 
     Args:
         warp_range: Range of the per-utterance bilinear warp factor (0: none;
             +-0.1 is about +-20 % vocal-tract length).
-        f0_range: Range of the per-utterance target pitch in Hz.
-        intonation: How much of the speaker's relative pitch movement is kept.
-        quefrency: Cepstral coefficients of the envelope that are modelled
-            (the rest of the envelope is smoothed away).
-        timbre_spread: Standard deviation of the random pseudo-speaker timbre.
         dynamics_range: Range of the per-utterance factor on the envelope's
             movement around its mean.
         wander: Standard deviation of the timbre's drift inside the utterance.
         level_wander: Standard deviation of the output level's drift (natural log).
         wander_tau: Time constant of the drift in seconds.
-        seed: Only for tests and benchmarks: a fixed seed for the draws;
-            ``None`` (the default) draws from the OS CSPRNG.
+        (pitch, intonation, quefrency, timbre and seed: :class:`_RandomisedVoice`)
     """
 
-    warp_range: tuple[float, float] = (0.0, 0.0)
     f0_range: tuple[float, float] = (90.0, 240.0)
-    intonation: float = 0.5
-    quefrency: int = 30
-    timbre_spread: float = 0.15
+    warp_range: tuple[float, float] = (0.0, 0.0)
     dynamics_range: tuple[float, float] = (0.8, 1.25)
     wander: float = 0.3
     level_wander: float = 0.5
     wander_tau: float = 1.0
-    seed: int | None = None
     name: str = "pseudo-speaker"
-    _counter: list[int] = field(default_factory=lambda: [0], compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         wlo, whi = self.warp_range
-        flo, fhi = self.f0_range
         dlo, dhi = self.dynamics_range
-        if not -0.4 <= wlo <= whi <= 0.4 or not 60.0 <= flo <= fhi <= 400.0 or not 0.0 <= self.intonation <= 1.0:
-            raise ConfigError("pseudo-speaker: warp in [-0.4, 0.4], f0 in [60, 400] Hz, intonation in [0, 1]")
-        if not 4 <= self.quefrency <= 64 or not 0.0 <= self.timbre_spread <= 1.0 or not 0.5 <= dlo <= dhi <= 2.0:
-            raise ConfigError("pseudo-speaker: quefrency in [4, 64], timbre_spread in [0, 1], dynamics in [0.5, 2]")
+        if not -0.4 <= wlo <= whi <= 0.4 or not 0.5 <= dlo <= dhi <= 2.0:
+            raise ConfigError("pseudo-speaker: warp in [-0.4, 0.4], dynamics in [0.5, 2]")
         if not 0.0 <= self.wander <= 1.0 or not 0.0 <= self.level_wander <= 1.0 or not 0.05 <= self.wander_tau <= 10.0:
             raise ConfigError("pseudo-speaker: wander and level_wander in [0, 1], wander_tau in [0.05, 10] s")
 
     def params(self) -> dict[str, Any]:
-        """Method, version and parameter ranges as recorded in privacy receipts."""
-        return {"method": self.name, "version": 1, "warp_range": list(self.warp_range),
-                "f0_range_hz": list(self.f0_range), "intonation": self.intonation,
-                "quefrency": self.quefrency, "timbre_spread": self.timbre_spread,
-                "dynamics_range": list(self.dynamics_range), "wander": self.wander,
-                "level_wander": self.level_wander, "wander_tau_s": self.wander_tau,
-                "excitation": "synthetic", "envelope": "speaker-normalised (mean and spread)",
-                "level_range_rms": [0.05, 0.2], "draws": "per-utterance, wandering",
-                "frame_ms": 20, "hop_ms": 10}
+        return {**self._common_params(), "version": 1, "warp_range": list(self.warp_range),
+                "dynamics_range": list(self.dynamics_range),
+                "wander": self.wander, "level_wander": self.level_wander, "wander_tau_s": self.wander_tau,
+                "envelope": "speaker-normalised (mean and spread)", "draws": "per-utterance, wandering"}
 
-    def _rng(self) -> np.random.Generator:
-        if self.seed is None:
-            return np.random.default_rng(secrets.randbits(128))
-        self._counter[0] += 1
-        return np.random.default_rng([self.seed, self._counter[0]])
-
-    def _draw(self) -> _Draws:
+    def _draw(self, rate: int) -> _Draws:
         rng = self._rng()
-        q = self.quefrency
-        timbre = rng.normal(0.0, self.timbre_spread, q) / (1 + np.arange(q))
-        timbre[0] = 0.0
+        timbre = self._draw_timbre(rng)
         wander_rng = np.random.default_rng(int(rng.integers(2**63)))
-        return _Draws(rng, wander_rng, float(rng.uniform(*self.warp_range)),
-                      float(np.exp(rng.uniform(np.log(self.f0_range[0]), np.log(self.f0_range[1])))),
-                      timbre, float(np.exp(rng.uniform(*np.log(self.dynamics_range)))),
-                      float(np.exp(rng.uniform(np.log(0.05), np.log(0.2)))), np.zeros(q + 1))
+        warp = float(rng.uniform(*self.warp_range))
+        source = _Excitation(rng, rate, self._draw_f0(rng), self.intonation)
+        dynamics = float(np.exp(rng.uniform(*np.log(self.dynamics_range))))
+        level = self._draw_level(rng)
+        return _Draws(source, wander_rng, warp, timbre, dynamics, level, np.zeros(self.quefrency + 1))
 
     def stream(self, rate: int) -> VoiceStream:
         """A fresh stream for one utterance (new draws)."""
-        st = self._draw()
-        q, order, intonation = self.quefrency, 4 + rate // 1000, self.intonation
+        st = self._draw(rate)
+        q, order = self.quefrency, 4 + rate // 1000
         wander_scale = np.concatenate([self.wander / (1 + np.arange(q)), [self.level_wander]])
         wander_scale[0] = 0.0
         generic_spread = 0.5 / (1 + np.arange(q))  # the pseudo-speaker's articulation range
         streams: list[VoiceStream] = []  # the stream this frame function belongs to (set below)
-
-        def excitation_block(start: int, hop: int, f0: float | None) -> Samples:
-            if f0 is None:
-                st.next_pulse = float(start + hop)
-                return st.rng.standard_normal(hop)
-            block = np.zeros(hop)
-            st.next_pulse = max(st.next_pulse, float(start))
-            period = rate / f0
-            while st.next_pulse < start + hop:
-                block[int(st.next_pulse) - start] = 1.0
-                st.next_pulse += period * (1.0 + 0.01 * st.rng.standard_normal())
-            return block + 0.05 * st.rng.standard_normal(hop)
-
-        def excitation(residual: Frames, starts: npt.NDArray[np.int64], hop: int) -> Frames:
-            exc = np.empty_like(residual)
-            pitch = _pitch(residual, rate)
-            for i, pos in enumerate(starts):
-                f0 = float(pitch[i])
-                new_f0: float | None = None
-                if f0 > 0.0:
-                    lf = float(np.log(f0))
-                    st.mean_log_f0 = lf if st.mean_log_f0 is None else 0.9 * st.mean_log_f0 + 0.1 * lf
-                    new_f0 = st.target_f0 * float(np.exp(intonation * (lf - st.mean_log_f0)))
-                if len(st.block) != hop:
-                    st.block = excitation_block(int(pos), hop, new_f0)
-                fresh = excitation_block(int(pos) + hop, residual.shape[1] - hop, new_f0)
-                exc[i, :hop] = st.block
-                exc[i, hop:] = fresh
-                st.block = fresh
-            return exc
 
         def drift(n: int, hop: int) -> Frames:
             rho = float(np.exp(-hop / rate / self.wander_tau))
@@ -207,7 +154,7 @@ class PseudoSpeaker:
             stream = streams[0]
             hop, length = stream.hop, x.shape[1]
             a = _lpc(x, order)
-            exc = excitation(_fir(a, x), starts, hop)
+            exc = st.source.frames(_fir(a, x), starts, hop)
             nfft = 1 << (2 * length - 1).bit_length()
             bins = nfft // 2 + 1
             if bins not in st.warp_map:
@@ -230,12 +177,7 @@ class PseudoSpeaker:
             gain = np.clip(generic_spread / spread, 0.5, 2.0)
             wandering = drift(len(x), hop)
             cep = st.dynamics * (cep - mean) * gain + st.timbre + wandering[:, :q]
-            cep[:, 0] = 0.0
-            folded = np.zeros((len(x), nfft))
-            folded[:, :q] = cep
-            folded[:, 1:q] *= 2.0  # minimum-phase folding of the real cepstrum
-            response = np.exp(np.fft.rfft(folded, axis=1))
-            y = np.fft.irfft(np.fft.rfft(exc * stream.window, nfft, axis=1) * response, nfft, axis=1)[:, :length]
+            y = _cepstral_filter(cep, exc, stream.window, nfft)
             # Output level: the drawn level times the frame's loudness relative to the
             # running loudness (so the recording level does not survive), drifting.
             loud = np.cumsum(w * w) + st.loud
@@ -247,7 +189,3 @@ class PseudoSpeaker:
 
         streams.append(VoiceStream(rate, frame))
         return streams[0]
-
-    def apply(self, audio: Audio) -> Audio:
-        """Transform a whole clip (the same code as the stream; one utterance)."""
-        return _run(self.stream(audio.rate), audio)

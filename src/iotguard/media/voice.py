@@ -29,6 +29,7 @@ reported.
 from __future__ import annotations
 
 import secrets
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -234,23 +235,6 @@ class McAdams:
         return _run(self.stream(audio.rate), audio)
 
 
-@dataclass
-class _VocoderState:
-    rng: np.random.Generator
-    alpha: float
-    target_f0: float
-    order: int
-    rate: int
-    target_cepstrum: Samples
-    mean_log_f0: float | None = None
-    next_pulse: float = 0.0
-    block: Samples = field(default_factory=lambda: np.zeros(0))
-    cepstrum_sum: Samples | None = None
-    weight_sum: float = 0.0
-    level: float = 0.1
-    loud_sum: float = 0.0
-
-
 def _pitch(frames: Frames, rate: int) -> Samples:
     """F0 per row by normalised autocorrelation; 0.0 where the frame is unvoiced."""
     length = frames.shape[1]
@@ -262,135 +246,198 @@ def _pitch(frames: Frames, rate: int) -> Samples:
     return np.where(voiced, rate / lag, 0.0)
 
 
+@dataclass
+class _Excitation:
+    """One utterance's synthetic excitation, replacing the speaker's glottal source (the LPC residual).
+
+    Voiced frames get a pulse train at the drawn target pitch that follows
+    the speaker's intonation only relatively (``intonation`` of the log-F0
+    movement around its running mean); unvoiced frames get white noise.
+    Blocks are one hop long and carried across frames, so the excitation is
+    the same however the input is batched.
+    """
+
+    rng: np.random.Generator
+    rate: int
+    target_f0: float
+    intonation: float
+    mean_log_f0: float | None = None
+    next_pulse: float = 0.0
+    block: Samples = field(default_factory=lambda: np.zeros(0))
+
+    def _block(self, start: int, hop: int, f0: float | None) -> Samples:
+        if f0 is None:
+            self.next_pulse = float(start + hop)
+            return self.rng.standard_normal(hop)
+        block = np.zeros(hop)
+        self.next_pulse = max(self.next_pulse, float(start))
+        period = self.rate / f0
+        while self.next_pulse < start + hop:
+            block[int(self.next_pulse) - start] = 1.0
+            self.next_pulse += period * (1.0 + 0.01 * self.rng.standard_normal())
+        return block + 0.05 * self.rng.standard_normal(hop)
+
+    def frames(self, residual: Frames, starts: npt.NDArray[np.int64], hop: int) -> Frames:
+        """The excitation of each frame (rows of ``residual``, starting at ``starts``)."""
+        exc = np.empty_like(residual)
+        pitch = _pitch(residual, self.rate)
+        for i, pos in enumerate(starts):
+            f0 = float(pitch[i])
+            new_f0: float | None = None
+            if f0 > 0.0:
+                lf = float(np.log(f0))
+                self.mean_log_f0 = lf if self.mean_log_f0 is None else 0.9 * self.mean_log_f0 + 0.1 * lf
+                new_f0 = self.target_f0 * float(np.exp(self.intonation * (lf - self.mean_log_f0)))
+            if len(self.block) != hop:
+                self.block = self._block(int(pos), hop, new_f0)
+            fresh = self._block(int(pos) + hop, residual.shape[1] - hop, new_f0)
+            exc[i, :hop] = self.block
+            exc[i, hop:] = fresh
+            self.block = fresh
+        return exc
+
+
+def _cepstral_filter(cep: Frames, exc: Frames, window: Samples, nfft: int) -> Frames:
+    """Filter windowed excitation frames through the minimum-phase envelopes of real cepstra ``cep``."""
+    n, q = cep.shape
+    folded = np.zeros((n, nfft))
+    folded[:, :q] = cep
+    folded[:, 0] = 0.0
+    folded[:, 1:q] *= 2.0  # minimum-phase folding of the real cepstrum
+    response = np.exp(np.fft.rfft(folded, axis=1))
+    out: Frames = np.fft.irfft(np.fft.rfft(exc * window, nfft, axis=1) * response, nfft, axis=1)[:, : exc.shape[1]]
+    return out
+
+
 @dataclass(frozen=True)
-class RandomisedVocoder:
-    """iotguard's voice transform: random formant warp, synthetic excitation, speaker-normalised envelope.
+class _RandomisedVoice(ABC):
+    """Parameters, validation and per-utterance draws shared by iotguard's randomised transforms.
 
     Args:
-        alpha_range: Range of the per-utterance McAdams coefficient.
         f0_range: Range of the per-utterance target pitch in Hz.
         intonation: How much of the speaker's relative pitch movement is
             kept (0: monotone, 1: all of it).
-        quefrency: Cepstral coefficients of the envelope that are
-            speaker-normalised (the rest of the envelope is smoothed away).
+        quefrency: Cepstral coefficients of the envelope that are modelled
+            (the rest of the envelope is smoothed away).
         timbre_spread: Standard deviation of the per-utterance random
             pseudo-speaker timbre (a random long-term cepstrum).
         seed: Only for tests and benchmarks: a fixed seed for the draws;
             ``None`` (the default) draws from the OS CSPRNG.
     """
 
-    alpha_range: tuple[float, float] = (0.7, 0.9)
     f0_range: tuple[float, float] = (100.0, 220.0)
     intonation: float = 0.5
     quefrency: int = 30
     timbre_spread: float = 0.15
     seed: int | None = None
-    name: str = "randomised-vocoder"
+    name: str = ""
     _counter: list[int] = field(default_factory=lambda: [0], compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        lo, hi = self.alpha_range
         flo, fhi = self.f0_range
-        if not 0.5 <= lo <= hi <= 1.5 or not 60.0 <= flo <= fhi <= 400.0 or not 0.0 <= self.intonation <= 1.0:
-            raise ConfigError("randomised-vocoder: alpha in [0.5, 1.5], f0 in [60, 400] Hz, intonation in [0, 1]")
+        if not 60.0 <= flo <= fhi <= 400.0 or not 0.0 <= self.intonation <= 1.0:
+            raise ConfigError(f"{self.name}: f0 in [60, 400] Hz, intonation in [0, 1]")
         if not 4 <= self.quefrency <= 64 or not 0.0 <= self.timbre_spread <= 1.0:
-            raise ConfigError("randomised-vocoder: quefrency in [4, 64], timbre_spread in [0, 1]")
+            raise ConfigError(f"{self.name}: quefrency in [4, 64], timbre_spread in [0, 1]")
 
-    def params(self) -> dict[str, Any]:
-        return {"method": self.name, "version": 1, "alpha_range": list(self.alpha_range),
-                "f0_range_hz": list(self.f0_range), "intonation": self.intonation,
-                "quefrency": self.quefrency, "timbre_spread": self.timbre_spread,
-                "excitation": "synthetic", "envelope": "speaker-normalised", "level_range_rms": [0.05, 0.2],
-                "draws": "per-utterance",
-                "frame_ms": 20, "hop_ms": 10}
+    def _common_params(self) -> dict[str, Any]:
+        return {"method": self.name, "f0_range_hz": list(self.f0_range), "intonation": self.intonation,
+                "quefrency": self.quefrency, "timbre_spread": self.timbre_spread, "excitation": "synthetic",
+                "level_range_rms": [0.05, 0.2], "frame_ms": 20, "hop_ms": 10}
 
     def _rng(self) -> np.random.Generator:
+        """The generator of one utterance's draws: the OS CSPRNG, or the test seed and a counter."""
         if self.seed is None:
             return np.random.default_rng(secrets.randbits(128))
         self._counter[0] += 1
         return np.random.default_rng([self.seed, self._counter[0]])
 
+    def _draw_f0(self, rng: np.random.Generator) -> float:
+        return float(np.exp(rng.uniform(np.log(self.f0_range[0]), np.log(self.f0_range[1]))))
+
+    def _draw_timbre(self, rng: np.random.Generator) -> Samples:
+        timbre: Samples = rng.normal(0.0, self.timbre_spread, self.quefrency) / (1 + np.arange(self.quefrency))
+        timbre[0] = 0.0
+        return timbre
+
+    @staticmethod
+    def _draw_level(rng: np.random.Generator) -> float:
+        return float(np.exp(rng.uniform(np.log(0.05), np.log(0.2))))
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """Method, version and parameter ranges as recorded in privacy receipts."""
+
+    @abstractmethod
+    def stream(self, rate: int) -> VoiceStream:
+        """A fresh stream for one utterance (new draws)."""
+
+    def apply(self, audio: Audio) -> Audio:
+        """Transform a whole clip (the same code as the stream; one utterance)."""
+        return _run(self.stream(audio.rate), audio)
+
+
+@dataclass(frozen=True)
+class RandomisedVocoder(_RandomisedVoice):
+    """iotguard's first voice transform: random formant warp, synthetic excitation, speaker-normalised envelope.
+
+    Args:
+        alpha_range: Range of the per-utterance McAdams coefficient.
+        (the other parameters: :class:`_RandomisedVoice`)
+    """
+
+    alpha_range: tuple[float, float] = (0.7, 0.9)
+    name: str = "randomised-vocoder"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        lo, hi = self.alpha_range
+        if not 0.5 <= lo <= hi <= 1.5:
+            raise ConfigError("randomised-vocoder: alpha in [0.5, 1.5]")
+
+    def params(self) -> dict[str, Any]:
+        return {**self._common_params(), "version": 1, "alpha_range": list(self.alpha_range),
+                "envelope": "speaker-normalised", "draws": "per-utterance"}
+
     def stream(self, rate: int) -> VoiceStream:
         rng = self._rng()
-        st = _VocoderState(rng, float(rng.uniform(*self.alpha_range)),
-                           float(np.exp(rng.uniform(np.log(self.f0_range[0]), np.log(self.f0_range[1])))),
-                           4 + rate // 1000, rate,
-                           rng.normal(0.0, self.timbre_spread, self.quefrency) / (1 + np.arange(self.quefrency)))
-        st.target_cepstrum[0] = 0.0
-        st.level = float(np.exp(rng.uniform(np.log(0.05), np.log(0.2))))
-        intonation = self.intonation
-        q = self.quefrency
-        stream: VoiceStream | None = None
-
-        def excitation_block(start: int, hop: int, f0: float | None) -> Samples:
-            block = np.zeros(hop)
-            if f0 is None:
-                st.next_pulse = float(start + hop)
-                return st.rng.standard_normal(hop)
-            if st.next_pulse < start:
-                st.next_pulse = float(start)
-            period = rate / f0
-            while st.next_pulse < start + hop:
-                block[int(st.next_pulse) - start] = 1.0
-                st.next_pulse += period * (1.0 + 0.01 * st.rng.standard_normal())
-            block += 0.05 * st.rng.standard_normal(hop)
-            return block
+        alpha = float(rng.uniform(*self.alpha_range))
+        source = _Excitation(rng, rate, self._draw_f0(rng), self.intonation)
+        target_cepstrum = self._draw_timbre(rng)
+        level = self._draw_level(rng)
+        order, q = 4 + rate // 1000, self.quefrency
+        # Running sums of the envelope (energy-weighted), the weights and the loudness.
+        sums: dict[str, Any] = {"cep": None, "w": 0.0, "loud": 0.0}
+        streams: list[VoiceStream] = []
 
         def frame(x: Frames, starts: npt.NDArray[np.int64]) -> Frames:
-            assert stream is not None
-            hop = stream.hop
-            a = _lpc(x, st.order)
-            residual = _fir(a, x)
-            exc = np.empty_like(x)
-            pitch = _pitch(residual, rate)
-            for i, pos in enumerate(starts):
-                f0 = float(pitch[i])
-                new_f0: float | None = None
-                if f0 > 0.0:
-                    lf = float(np.log(f0))
-                    st.mean_log_f0 = lf if st.mean_log_f0 is None else 0.9 * st.mean_log_f0 + 0.1 * lf
-                    new_f0 = st.target_f0 * float(np.exp(intonation * (lf - st.mean_log_f0)))
-                if len(st.block) != hop:
-                    st.block = excitation_block(int(pos), hop, new_f0)
-                fresh = excitation_block(int(pos) + hop, x.shape[1] - hop, new_f0)
-                exc[i, :hop] = st.block
-                exc[i, hop:] = fresh
-                st.block = fresh
+            stream = streams[0]
+            a = _lpc(x, order)
+            exc = source.frames(_fir(a, x), starts, stream.hop)
             nfft = 1 << (2 * x.shape[1] - 1).bit_length()
-            envelope = -np.log(np.abs(np.fft.rfft(_warp_poles(a, np.full(len(x), st.alpha)), nfft, axis=1)) + 1e-9)
+            envelope = -np.log(np.abs(np.fft.rfft(_warp_poles(a, np.full(len(x), alpha)), nfft, axis=1)) + 1e-9)
             cep = np.fft.irfft(envelope, nfft, axis=1)[:, :q]
             # Speaker normalisation: remove the utterance's long-term envelope so far
             # (energy-weighted running mean) and impose the random pseudo-speaker's.
             w = np.sqrt((x * x).mean(axis=1))
             csum = np.cumsum(cep * w[:, None], axis=0)
-            wsum = np.cumsum(w)
-            if st.cepstrum_sum is not None:
-                csum += st.cepstrum_sum
-                wsum += st.weight_sum
-            st.cepstrum_sum, st.weight_sum = csum[-1].copy(), float(wsum[-1])
-            mean = csum / np.maximum(wsum, 1e-12)[:, None]
-            cep = cep - mean + st.target_cepstrum
-            cep[:, 0] = 0.0
-            folded = np.zeros((len(x), nfft))
-            folded[:, :q] = cep
-            folded[:, 1:q] *= 2.0  # minimum-phase folding of the real cepstrum
-            response = np.exp(np.fft.rfft(folded, axis=1))
-            y = np.fft.irfft(np.fft.rfft(exc * stream.window, nfft, axis=1) * response, nfft, axis=1)[:, : x.shape[1]]
+            wsum = np.cumsum(w) + sums["w"]
+            if sums["cep"] is not None:
+                csum += sums["cep"]
+            sums["cep"], sums["w"] = csum[-1].copy(), float(wsum[-1])
+            cep = cep - csum / np.maximum(wsum, 1e-12)[:, None] + target_cepstrum
+            y = _cepstral_filter(cep, exc, stream.window, nfft)
             # Level normalisation: the recording level identifies a speaker's
             # microphone and room, so the output level is the utterance's random
             # draw (running loudness estimate, weighted towards loud frames).
-            loud = np.cumsum(w * w) + st.loud_sum
-            running = loud / np.maximum(wsum, 1e-12)
-            st.loud_sum = float(loud[-1])
-            gain = st.level / np.maximum(running, 1e-6)
+            loud = np.cumsum(w * w) + sums["loud"]
+            sums["loud"] = float(loud[-1])
+            gain = level / np.maximum(loud / np.maximum(wsum, 1e-12), 1e-6)
             out: Frames = _energy_match(y, x) * gain[:, None]
             return out
 
-        stream = VoiceStream(rate, frame)
-        return stream
-
-    def apply(self, audio: Audio) -> Audio:
-        return _run(self.stream(audio.rate), audio)
+        streams.append(VoiceStream(rate, frame))
+        return streams[0]
 
 
 # The pseudo-speaker conversion builds on this module's stream and LPC analysis, so it is
