@@ -113,13 +113,28 @@ class FeatureMatrix:
 
 
 def _groups(keys: IntArray, t: FloatArray) -> tuple[npt.NDArray[np.intp], IntArray, npt.NDArray[np.intp]]:
-    """Order by (key, time), group number of each sorted row, first row of each group."""
-    order = np.lexsort((t, keys))
+    """Order by (key, time), group number of each sorted row, first row of each group.
+
+    Batches come in time order, so a stable sort by key alone (a radix sort
+    for integers) is the (key, time) order; an unordered batch is sorted by both.
+    """
+    in_order = t.shape[0] < 2 or bool((t[1:] >= t[:-1]).all())
+    if in_order and keys.shape[0] and keys.min() >= 0 and keys.max() < 1 << 16:
+        order = np.argsort(keys.astype(np.uint16), kind="stable")  # a radix sort
+    elif in_order:
+        order = np.argsort(keys, kind="stable")
+    else:
+        order = np.lexsort((t, keys))
     ks = keys[order]
     start = np.ones(ks.shape[0], dtype=bool)
     start[1:] = ks[1:] != ks[:-1]
     g = np.cumsum(start) - 1
     return order, g.astype(np.int64), np.flatnonzero(start)
+
+
+def _block(n: int) -> int:
+    """Rows per block of the blocked scan: about a quarter of the square root of the rows, 4 to 32."""
+    return int(min(32, max(4, 1 << max(0, n.bit_length() // 2 - 2))))
 
 
 def _damped(g: IntArray, t: FloatArray, x: FloatArray, rates: FloatArray, s0: FloatArray,
@@ -133,32 +148,55 @@ def _damped(g: IntArray, t: FloatArray, x: FloatArray, rates: FloatArray, s0: Fl
     non-negative).
 
     This is the linear recurrence ``S_k = a_k S_(k-1) + x_k`` with
-    ``a_k = exp(-rate (t_k - t_(k-1)))`` and ``a = 0`` at the first row of a
-    group, solved for all rows at once by a parallel prefix scan
-    (Hillis-Steele: ``log2`` of the longest group steps of whole-array
-    operations). The decay factors depend only on the rate, so they are
-    computed and combined once per rate, not once per column. Every factor
+    ``a_k = exp(-rate (t_k - t_(k-1)))``, ``a = 0`` at the first row of a
+    group and the group's saved state, decayed to its first row, added to
+    that row's ``x``. It is solved as a blocked scan: the rows are cut into
+    blocks of ``b`` (about the square root of ``n``); one pass of ``b``
+    steps runs the recurrence inside every block at once, a parallel prefix
+    scan (Hillis-Steele) over the block ends carries each block's final
+    value into the next, and one product adds the carried value to every
+    row. That is ``O(n)`` arithmetic in ``O(sqrt n)`` array operations, the
+    same products and sums as the recurrence in another order. Every factor
     is at most 1, so nothing can overflow and groups cannot leak into each other.
     """
     n = x.shape[0]
-    out = np.repeat(x[:, None, :], rates.shape[0], axis=1)
+    r = rates.shape[0]
     if n == 0:
-        return out
+        return np.zeros((0, r, x.shape[1]))
     first = np.ones(n, dtype=bool)
     first[1:] = g[1:] != g[:-1]
-    gap = np.zeros(n)
-    gap[1:] = np.maximum(t[1:] - t[:-1], 0.0)
-    a = np.exp(-gap[:, None] * rates[None, :])
-    a[first] = 0.0
     starts = np.flatnonzero(first)
-    longest = int(np.diff(np.append(starts, n)).max())
-    step = 1
-    while step < longest:
-        out[step:] += a[step:, :, None] * out[:-step]
-        a[step:] *= a[:-step]
-        step *= 2
-    out += s0[g] * np.exp(-np.maximum(t - t0[g], 0.0)[:, None] * rates[None, :])[:, :, None]
-    return out
+    b = _block(n)
+    nb = -(-n // b)
+    a = np.zeros((nb * b, r))
+    gap = np.maximum(t[1:] - t[:-1], 0.0)
+    np.exp(np.multiply.outer(-gap, rates), out=a[1:n])
+    a[starts] = 0.0
+    rows = np.zeros((nb * b, r, x.shape[1]))
+    rows[:n] = x[:, None, :]
+    gs = g[starts]
+    rows[starts] += s0[gs] * np.exp(np.multiply.outer(-np.maximum(t[starts] - t0[gs], 0.0), rates))[:, :, None]
+    # Position in the block first, so every step below works on contiguous (blocks, R, C) slices;
+    # the factors are spread over the columns once, so the steps need no broadcasting.
+    xs = np.ascontiguousarray(rows.reshape(nb, b, r, -1).transpose(1, 0, 2, 3))
+    ab = np.ascontiguousarray(np.broadcast_to(a.reshape(nb, b, r, 1).transpose(1, 0, 2, 3), xs.shape))
+    tmp = np.empty_like(xs[0])
+    for j in range(1, b):
+        np.multiply(ab[j], xs[j - 1], out=tmp)
+        xs[j] += tmp
+        ab[j] *= ab[j - 1]
+    if nb > 1:
+        ends = xs[b - 1].copy()
+        decay = ab[b - 1].copy()
+        step = 1
+        while step < nb:
+            ends[step:] += decay[step:] * ends[:-step]
+            decay[step:] *= decay[:-step]
+            step *= 2
+        ab[:, 1:] *= ends[None, :-1]
+        xs[:, 1:] += ab[:, 1:]
+    result: FloatArray = xs.transpose(1, 0, 2, 3).reshape(nb * b, r, -1)[:n]
+    return result
 
 
 class FeatureExtractor:
@@ -303,15 +341,25 @@ class FeatureExtractor:
         flow = self._flow_features(batch)
 
         # Novelty: a destination (port) is new for a host if it is not in the
-        # host's table and this is its first use in the batch.
+        # host's table and this is its first use in the batch (the first row of
+        # its group: groups are in time order).
         pair = (src << 32) | dst
+        channels = _groups(pair, t)
+        keys = pair[channels[0]][channels[2]]
+        known, state = self._channels.get(keys, default=0.0)
+        new_dst = np.zeros(n, dtype=bool)
+        new_dst[channels[0][channels[2][~known]]] = True
         port = (src << 18) | (batch.proto << 16) | batch.resp_p
-        new_dst = self._novel(pair, self._channels, t)
-        new_port = self._novel(port, self._ports, t)
+        p_order, _, p_starts = _groups(port, t)
+        p_keys = port[p_order][p_starts]
+        new_port = np.zeros(n, dtype=bool)
+        new_port[p_order[p_starts[~self._ports.get(p_keys)[0]]]] = True
 
         host_values = self._host_features(src, t, batch.orig_bytes, flow, new_dst, new_port)
-        channel_values = self._channel_features(pair, t)
-        self._ports.put(*self._last_use(port, t))
+        channel_values = self._channel_features(channels, keys, known, state, t)
+        # The last row of a port's group is its latest use.
+        p_ends = np.append(p_starts[1:], n) - 1
+        self._ports.put(p_keys, t[p_order][p_ends][:, None])
         self._inserted_since_trim += int(new_dst.sum() + new_port.sum())
         if self._inserted_since_trim > max(4096, len(self._channels) // 4):
             self._trim()
@@ -323,21 +371,6 @@ class FeatureExtractor:
         inbound = self._inbound_features(dst, t, new_dst, flow[:, 6])
         values = np.concatenate([flow, host_values, age[:, None], channel_values, inbound], axis=1)
         return FeatureMatrix(values, batch.orig_h, new_dst.astype(np.int64), new_port.astype(np.int64))
-
-    @staticmethod
-    def _last_use(keys: IntArray, t: FloatArray) -> tuple[IntArray, FloatArray]:
-        uniq, inverse = np.unique(keys, return_inverse=True)
-        last = np.full(uniq.shape[0], -np.inf)
-        np.maximum.at(last, inverse, t)
-        return uniq, last[:, None]
-
-    @staticmethod
-    def _novel(keys: IntArray, table: KeyTable, t: FloatArray) -> npt.NDArray[np.bool_]:
-        _, first = np.unique(keys, return_index=True)
-        is_first = np.zeros(keys.shape[0], dtype=bool)
-        is_first[first] = True
-        known, _ = table.get(keys)
-        return is_first & ~known
 
     @staticmethod
     def _flow_features(b: FlowBatch) -> FloatArray:
@@ -396,11 +429,11 @@ class FeatureExtractor:
         self._t_in[host] = ts[ends]
         return out
 
-    def _channel_features(self, pair: IntArray, t: FloatArray) -> FloatArray:
-        order, g, starts = _groups(pair, t)
+    def _channel_features(self, groups: tuple[npt.NDArray[np.intp], IntArray, npt.NDArray[np.intp]],
+                          keys: IntArray, known: npt.NDArray[np.bool_], state: FloatArray,
+                          t: FloatArray) -> FloatArray:
+        order, g, starts = groups
         ts = t[order]
-        keys = pair[order][starts]
-        known, state = self._channels.get(keys, default=0.0)
         # state columns: last time, count, iat count, iat sum, iat sum of squares, time of the sums
         prev = np.empty_like(ts)
         prev[1:] = ts[:-1]
