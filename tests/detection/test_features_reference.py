@@ -1,13 +1,15 @@
 """Every feature column against a straightforward per-flow loop over its definition (docs/detection.md).
 
 The reference keeps plain Python dictionaries per host, channel and port and
-updates them one flow at a time; the extractor works on whole batches
-(grouping, blocked scans). A wrong statistic, decay, novelty rule or column
-order fails here.
+updates them one flow at a time; the extractor works on whole batches, on
+both of its paths: the NumPy form (grouping, blocked scans) and the
+Numba-compiled kernel (one pass in time order). A wrong statistic, decay,
+novelty rule or column order fails here.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import random
 
@@ -18,6 +20,7 @@ from iotguard.detection import FeatureConfig, FeatureExtractor, Flow, FlowBatch,
 from iotguard.detection.flows import ESTABLISHED_STATES, REJECTED_STATES
 
 _NO_REPLY = {"S0", "SH", "OTH", "RSTOS0"}
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
 
 def _stream(n: int, seed: int) -> list[Flow]:
@@ -94,12 +97,18 @@ def _reference(flows: list[Flow], cfg: FeatureConfig) -> np.ndarray:
     return np.array(rows)
 
 
+# Both paths: the NumPy reference form and the Numba-compiled kernel (skipped where Numba is absent).
+_PATHS = [False, pytest.param(True, marks=pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed"))]
+
+
+@pytest.mark.parametrize("compiled", _PATHS)
 @pytest.mark.parametrize(("batch", "seed"), [(1, 1), (7, 2), (64, 3), (1000, 4), (3000, 5)])
-def test_every_feature_equals_the_per_flow_definition(batch: int, seed: int) -> None:
+def test_every_feature_equals_the_per_flow_definition(batch: int, seed: int, compiled: bool) -> None:
     cfg = FeatureConfig()
     flows = _stream(3000, seed)
     whole = FlowBatch.from_flows(flows)
-    fx = FeatureExtractor(cfg)
+    fx = FeatureExtractor(cfg, compiled=compiled)
+    assert fx.compiled is compiled
     got = np.concatenate([fx.transform(whole.take(slice(i, i + batch))).values for i in range(0, len(flows), batch)])
     want = _reference(flows, cfg)
     assert got.shape == want.shape == (len(flows), len(feature_names(cfg)))
@@ -110,10 +119,11 @@ def test_every_feature_equals_the_per_flow_definition(batch: int, seed: int) -> 
         np.testing.assert_allclose(got[:, j], want[:, j], rtol=1e-7, atol=atol, err_msg=name)
 
 
-def test_reference_would_catch_a_wrong_statistic() -> None:
+@pytest.mark.parametrize("compiled", _PATHS)
+def test_reference_would_catch_a_wrong_statistic(compiled: bool) -> None:
     """The comparison above is sharp: a slightly different half-life is caught in the columns it touches."""
     flows = _stream(500, 9)
-    got = FeatureExtractor(FeatureConfig(half_lives_s=(10.0, 61.0, 600.0))).transform(
+    got = FeatureExtractor(FeatureConfig(half_lives_s=(10.0, 61.0, 600.0)), compiled=compiled).transform(
         FlowBatch.from_flows(flows)).values
     want = _reference(flows, FeatureConfig())
     names = feature_names()

@@ -21,20 +21,28 @@ host (or channel) with one sort, and the damped sums of every group and
 half-life are one parallel prefix scan of the linear recurrence
 ``S_k = decay_k * S_(k-1) + x_k`` over the whole batch.
 
+With Numba installed (``pip install iotguard[accel]``) the same features
+are computed by a compiled kernel (:mod:`._compiled`) in one pass over the
+batch, each flow updating its hosts' and channel's sums in place; both
+paths keep the same state, and this NumPy form stays the reference.
+
 State is bounded: at most ``max_hosts`` hosts (the least recently seen are
 evicted) and ``max_pairs_per_host`` channel and port entries per host.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 from dataclasses import dataclass
 from itertools import compress, repeat
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
 
 from iotguard.detection._tables import KeyTable
-from iotguard.detection.flows import CONN_STATES, ESTABLISHED_STATES, PROTOCOLS, REJECTED_STATES, FlowBatch
+from iotguard.detection.flows import CONN_STATES, ESTABLISHED_STATES, PROTOCOLS, REJECTED_STATES, Flow, FlowBatch
 from iotguard.errors import ConfigError, MalformedError
 
 __all__ = ["FeatureConfig", "FeatureExtractor", "FeatureMatrix", "feature_names"]
@@ -72,6 +80,10 @@ class FeatureConfig:
         max_hosts: Hosts with state; the least recently seen are evicted beyond it.
         max_pairs_per_host: Channels and ports remembered per host.
         max_age_s: Host age saturates here (older hosts all look established).
+        compiled: Compute with the Numba-compiled kernel (ADR 0705): ``None``
+            when Numba imports, ``True`` always (an error without Numba),
+            ``False`` never (the NumPy reference path). The kernel compiles on
+            the first extractor of a process (a few CPU seconds).
     """
 
     half_lives_s: tuple[float, ...] = (10.0, 60.0, 600.0)
@@ -79,6 +91,7 @@ class FeatureConfig:
     max_age_s: float = 3600.0
     max_hosts: int = 100_000
     max_pairs_per_host: int = 512
+    compiled: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.half_lives_s or min(self.half_lives_s) <= 0 or self.channel_half_life_s <= 0:
@@ -199,15 +212,40 @@ def _damped(g: IntArray, t: FloatArray, x: FloatArray, rates: FloatArray, s0: Fl
     return result
 
 
+@functools.cache
+def _kernel() -> ModuleType | None:
+    """The compiled kernel module, compiled once per process; ``None`` without Numba."""
+    try:
+        module = importlib.import_module("iotguard.detection._compiled")
+    except ImportError:
+        return None
+    # Compile now (a few seconds, once), not inside the first batch: two flows through the kernel.
+    flows = [Flow(float(i), "192.0.2.1", 40000, "192.0.2.2", 443, "tcp", 0.1, 10, 10, "SF", 1, 1, "")
+             for i in range(2)]
+    FeatureExtractor(compiled=False)._transform(FlowBatch.from_flows(flows), module)
+    return module
+
+
 class FeatureExtractor:
     """Streaming feature extractor; call :meth:`transform` on consecutive batches.
 
     Args:
         config: Half-lives and state bounds.
+        compiled: Overrides ``config.compiled``: use the Numba-compiled kernel
+            (``None``: when Numba imports; ``False``: the NumPy reference path).
+
+    Raises:
+        ConfigError: ``compiled`` is true and Numba is not installed.
     """
 
-    def __init__(self, config: FeatureConfig | None = None) -> None:
+    def __init__(self, config: FeatureConfig | None = None, *, compiled: bool | None = None) -> None:
         self.config = config or FeatureConfig()
+        wanted = self.config.compiled if compiled is None else compiled
+        # A flag, not the module, so an extractor can be copied and pickled.
+        self._compiled = wanted is not False and _kernel() is not None
+        if wanted and not self._compiled:
+            raise ConfigError("the compiled feature kernel needs numba (pip install iotguard[accel])",
+                              code="detection_config_invalid")
         self.names = feature_names(self.config)
         self._rates = np.array([_LN2 / h for h in self.config.half_lives_s])
         self._channel_rate = _LN2 / self.config.channel_half_life_s
@@ -226,6 +264,11 @@ class FeatureExtractor:
         self._inserted_since_trim = 0
 
     @property
+    def compiled(self) -> bool:
+        """Whether batches go through the compiled kernel."""
+        return self._compiled
+
+    @property
     def hosts(self) -> int:
         """Hosts with state."""
         return len(self._ids)
@@ -237,18 +280,37 @@ class FeatureExtractor:
 
     # -------------------------------------------------------------- host ids
 
-    def _host_ids(self, hosts: npt.NDArray[np.str_], times: FloatArray) -> IntArray:
-        names = hosts.tolist()
+    def _host_ids(self, hosts: npt.NDArray[np.str_], times: FloatArray, kernel: ModuleType | None) -> IntArray:
+        if kernel is not None and hosts.dtype.kind == "U" and hosts.shape[0] and hosts.itemsize:
+            # The kernel numbers the distinct address strings of the batch; only those meet the dict.
+            codes = np.ascontiguousarray(hosts).view(np.uint32).reshape(hosts.shape[0], -1)
+            slot, first = kernel.number_rows(codes)
+            unique = self._host_ids_of(hosts[first].tolist(), times, distinct=True)
+            found: IntArray = unique[slot]
+            fresh_rows = self._first[found] == np.inf
+            if fresh_rows.any():
+                np.minimum.at(self._first, found[fresh_rows], times[fresh_rows])
+            return found
+        return self._host_ids_of(hosts.tolist(), times, distinct=False)
+
+    def _host_ids_of(self, names: list[str], times: FloatArray, *, distinct: bool) -> IntArray:
+        """Ids of ``names`` (a row each, or the ``distinct`` names of a batch), allocating new hosts."""
         found = np.fromiter(map(self._ids.get, names, repeat(-1)), dtype=np.int64, count=len(names))
         fresh = found < 0
         if not fresh.any():
             return found
-        new = list(dict.fromkeys(compress(names, fresh.tolist())))
+        new = list(compress(names, fresh.tolist()))
+        if not distinct:
+            new = list(dict.fromkeys(new))
         if len(new) > self.config.max_hosts:
             raise MalformedError("batch names more hosts than max_hosts", code="flow_batch_too_many_hosts")
         if len(new) > len(self._free) + self.config.max_hosts - len(self._names):
             self._evict(len(new), keep=set(found[~fresh].tolist()))
-        self._allocate(new, float(times.min()))
+        index = self._allocate(new, float(times.min()))
+        if distinct:
+            # The first time of each new host is set by the caller, over its rows.
+            found[fresh] = index
+            return found
         get = self._ids.__getitem__
         found[fresh] = np.fromiter(map(get, compress(names, fresh.tolist())), dtype=np.int64,
                                    count=int(fresh.sum()))
@@ -331,14 +393,19 @@ class FeatureExtractor:
             MalformedError: ``flow_batch_too_many_hosts`` if one batch names more
                 hosts than ``max_hosts``.
         """
+        return self._transform(batch, _kernel() if self._compiled else None)
+
+    def _transform(self, batch: FlowBatch, kernel: ModuleType | None) -> FeatureMatrix:
         n = len(batch)
         if n == 0:
             return FeatureMatrix(np.zeros((0, len(self.names))), batch.orig_h, np.zeros(0, np.int64),
                                  np.zeros(0, np.int64))
         t = batch.ts
-        ids = self._host_ids(np.concatenate([batch.orig_h, batch.resp_h]), np.concatenate([t, t]))
+        ids = self._host_ids(np.concatenate([batch.orig_h, batch.resp_h]), np.concatenate([t, t]), kernel)
         src, dst = ids[:n], ids[n:]
         flow = self._flow_features(batch)
+        if kernel is not None and (n < 2 or bool((t[1:] >= t[:-1]).all())):
+            return self._transform_compiled(kernel, batch, src, dst, flow)
 
         # Novelty: a destination (port) is new for a host if it is not in the
         # host's table and this is its first use in the batch (the first row of
@@ -370,6 +437,44 @@ class FeatureExtractor:
         age = np.log1p(np.clip(t - self._first[src], 0.0, self.config.max_age_s))
         inbound = self._inbound_features(dst, t, new_dst, flow[:, 6])
         values = np.concatenate([flow, host_values, age[:, None], channel_values, inbound], axis=1)
+        return FeatureMatrix(values, batch.orig_h, new_dst.astype(np.int64), new_port.astype(np.int64))
+
+    def _transform_compiled(self, kernel: ModuleType, batch: FlowBatch, src: IntArray, dst: IntArray,
+                            flow: FloatArray) -> FeatureMatrix:
+        """:meth:`transform` of a batch in time order by the compiled kernel (same state, same columns)."""
+        n, t = len(batch), batch.ts
+        pair = (src << 32) | dst
+        c_slot, c_first = kernel.number_keys(pair)
+        c_keys = pair[c_first]
+        known, state = self._channels.get(c_keys, default=0.0)
+        new_dst = np.zeros(n, dtype=bool)
+        new_dst[c_first[~known]] = True
+        # A new channel has no previous time (no inter-arrival yet) and its sums start at its first flow.
+        state[~known, 0] = np.nan
+        state[~known, 5] = t[c_first[~known]]
+        port = (src << 18) | (batch.proto << 16) | batch.resp_p
+        p_slot, p_first = kernel.number_keys(port)
+        p_keys = port[p_first]
+        new_port = np.zeros(n, dtype=bool)
+        new_port[p_first[~self._ports.get(p_keys)[0]]] = True
+        values = np.empty((n, len(self.names)))
+        values[:, : flow.shape[1]] = flow
+        kernel.extract(np.ascontiguousarray(t, dtype=np.float64), src, dst,
+                       np.ascontiguousarray(batch.orig_bytes, dtype=np.float64), np.ascontiguousarray(flow[:, 1]),
+                       np.ascontiguousarray(flow[:, 6]), new_dst, new_port, c_slot, state, self._rates,
+                       self._channel_rate, self._sums, self._t_sums, self._in_sums, self._t_in, self._first,
+                       self.config.max_age_s, values, flow.shape[1])
+        self._channels.put(c_keys, state)
+        # Rows are in time order, so the last write per port (and host) is its latest use.
+        p_last = np.empty(p_keys.shape[0])
+        p_last[p_slot] = t
+        self._ports.put(p_keys, p_last[:, None])
+        self._inserted_since_trim += int(new_dst.sum() + new_port.sum())
+        if self._inserted_since_trim > max(4096, len(self._channels) // 4):
+            self._trim()
+            self._inserted_since_trim = 0
+        self._last[src] = t
+        self._last[dst] = t
         return FeatureMatrix(values, batch.orig_h, new_dst.astype(np.int64), new_port.astype(np.int64))
 
     @staticmethod
