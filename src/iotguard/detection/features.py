@@ -21,20 +21,28 @@ host (or channel) with one sort, and the damped sums of every group and
 half-life are one parallel prefix scan of the linear recurrence
 ``S_k = decay_k * S_(k-1) + x_k`` over the whole batch.
 
+With Numba installed (``pip install iotguard[accel]``) the same features
+are computed by a compiled kernel (:mod:`._compiled`) in one pass over the
+batch, each flow updating its hosts' and channel's sums in place; both
+paths keep the same state, and this NumPy form stays the reference.
+
 State is bounded: at most ``max_hosts`` hosts (the least recently seen are
 evicted) and ``max_pairs_per_host`` channel and port entries per host.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 from dataclasses import dataclass
 from itertools import compress, repeat
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
 
 from iotguard.detection._tables import KeyTable
-from iotguard.detection.flows import CONN_STATES, ESTABLISHED_STATES, PROTOCOLS, REJECTED_STATES, FlowBatch
+from iotguard.detection.flows import CONN_STATES, ESTABLISHED_STATES, PROTOCOLS, REJECTED_STATES, Flow, FlowBatch
 from iotguard.errors import ConfigError, MalformedError
 
 __all__ = ["FeatureConfig", "FeatureExtractor", "FeatureMatrix", "feature_names"]
@@ -72,6 +80,10 @@ class FeatureConfig:
         max_hosts: Hosts with state; the least recently seen are evicted beyond it.
         max_pairs_per_host: Channels and ports remembered per host.
         max_age_s: Host age saturates here (older hosts all look established).
+        compiled: Compute with the Numba-compiled kernel (ADR 0705): ``None``
+            when Numba imports, ``True`` always (an error without Numba),
+            ``False`` never (the NumPy reference path). The kernel compiles on
+            the first extractor of a process (a few CPU seconds).
     """
 
     half_lives_s: tuple[float, ...] = (10.0, 60.0, 600.0)
@@ -79,6 +91,7 @@ class FeatureConfig:
     max_age_s: float = 3600.0
     max_hosts: int = 100_000
     max_pairs_per_host: int = 512
+    compiled: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.half_lives_s or min(self.half_lives_s) <= 0 or self.channel_half_life_s <= 0:
@@ -113,13 +126,28 @@ class FeatureMatrix:
 
 
 def _groups(keys: IntArray, t: FloatArray) -> tuple[npt.NDArray[np.intp], IntArray, npt.NDArray[np.intp]]:
-    """Order by (key, time), group number of each sorted row, first row of each group."""
-    order = np.lexsort((t, keys))
+    """Order by (key, time), group number of each sorted row, first row of each group.
+
+    Batches come in time order, so a stable sort by key alone (a radix sort
+    for integers) is the (key, time) order; an unordered batch is sorted by both.
+    """
+    in_order = t.shape[0] < 2 or bool((t[1:] >= t[:-1]).all())
+    if in_order and keys.shape[0] and keys.min() >= 0 and keys.max() < 1 << 16:
+        order = np.argsort(keys.astype(np.uint16), kind="stable")  # a radix sort
+    elif in_order:
+        order = np.argsort(keys, kind="stable")
+    else:
+        order = np.lexsort((t, keys))
     ks = keys[order]
     start = np.ones(ks.shape[0], dtype=bool)
     start[1:] = ks[1:] != ks[:-1]
     g = np.cumsum(start) - 1
     return order, g.astype(np.int64), np.flatnonzero(start)
+
+
+def _block(n: int) -> int:
+    """Rows per block of the blocked scan: about a quarter of the square root of the rows, 4 to 32."""
+    return int(min(32, max(4, 1 << max(0, n.bit_length() // 2 - 2))))
 
 
 def _damped(g: IntArray, t: FloatArray, x: FloatArray, rates: FloatArray, s0: FloatArray,
@@ -133,32 +161,69 @@ def _damped(g: IntArray, t: FloatArray, x: FloatArray, rates: FloatArray, s0: Fl
     non-negative).
 
     This is the linear recurrence ``S_k = a_k S_(k-1) + x_k`` with
-    ``a_k = exp(-rate (t_k - t_(k-1)))`` and ``a = 0`` at the first row of a
-    group, solved for all rows at once by a parallel prefix scan
-    (Hillis-Steele: ``log2`` of the longest group steps of whole-array
-    operations). The decay factors depend only on the rate, so they are
-    computed and combined once per rate, not once per column. Every factor
+    ``a_k = exp(-rate (t_k - t_(k-1)))``, ``a = 0`` at the first row of a
+    group and the group's saved state, decayed to its first row, added to
+    that row's ``x``. It is solved as a blocked scan: the rows are cut into
+    blocks of ``b`` (about the square root of ``n``); one pass of ``b``
+    steps runs the recurrence inside every block at once, a parallel prefix
+    scan (Hillis-Steele) over the block ends carries each block's final
+    value into the next, and one product adds the carried value to every
+    row. That is ``O(n)`` arithmetic in ``O(sqrt n)`` array operations, the
+    same products and sums as the recurrence in another order. Every factor
     is at most 1, so nothing can overflow and groups cannot leak into each other.
     """
     n = x.shape[0]
-    out = np.repeat(x[:, None, :], rates.shape[0], axis=1)
+    r = rates.shape[0]
     if n == 0:
-        return out
+        return np.zeros((0, r, x.shape[1]))
     first = np.ones(n, dtype=bool)
     first[1:] = g[1:] != g[:-1]
-    gap = np.zeros(n)
-    gap[1:] = np.maximum(t[1:] - t[:-1], 0.0)
-    a = np.exp(-gap[:, None] * rates[None, :])
-    a[first] = 0.0
     starts = np.flatnonzero(first)
-    longest = int(np.diff(np.append(starts, n)).max())
-    step = 1
-    while step < longest:
-        out[step:] += a[step:, :, None] * out[:-step]
-        a[step:] *= a[:-step]
-        step *= 2
-    out += s0[g] * np.exp(-np.maximum(t - t0[g], 0.0)[:, None] * rates[None, :])[:, :, None]
-    return out
+    b = _block(n)
+    nb = -(-n // b)
+    a = np.zeros((nb * b, r))
+    gap = np.maximum(t[1:] - t[:-1], 0.0)
+    np.exp(np.multiply.outer(-gap, rates), out=a[1:n])
+    a[starts] = 0.0
+    rows = np.zeros((nb * b, r, x.shape[1]))
+    rows[:n] = x[:, None, :]
+    gs = g[starts]
+    rows[starts] += s0[gs] * np.exp(np.multiply.outer(-np.maximum(t[starts] - t0[gs], 0.0), rates))[:, :, None]
+    # Position in the block first, so every step below works on contiguous (blocks, R, C) slices;
+    # the factors are spread over the columns once, so the steps need no broadcasting.
+    xs = np.ascontiguousarray(rows.reshape(nb, b, r, -1).transpose(1, 0, 2, 3))
+    ab = np.ascontiguousarray(np.broadcast_to(a.reshape(nb, b, r, 1).transpose(1, 0, 2, 3), xs.shape))
+    tmp = np.empty_like(xs[0])
+    for j in range(1, b):
+        np.multiply(ab[j], xs[j - 1], out=tmp)
+        xs[j] += tmp
+        ab[j] *= ab[j - 1]
+    if nb > 1:
+        ends = xs[b - 1].copy()
+        decay = ab[b - 1].copy()
+        step = 1
+        while step < nb:
+            ends[step:] += decay[step:] * ends[:-step]
+            decay[step:] *= decay[:-step]
+            step *= 2
+        ab[:, 1:] *= ends[None, :-1]
+        xs[:, 1:] += ab[:, 1:]
+    result: FloatArray = xs.transpose(1, 0, 2, 3).reshape(nb * b, r, -1)[:n]
+    return result
+
+
+@functools.cache
+def _kernel() -> ModuleType | None:
+    """The compiled kernel module, compiled once per process; ``None`` without Numba."""
+    try:
+        module = importlib.import_module("iotguard.detection._compiled")
+    except ImportError:
+        return None
+    # Compile now (a few seconds, once), not inside the first batch: two flows through the kernel.
+    flows = [Flow(float(i), "192.0.2.1", 40000, "192.0.2.2", 443, "tcp", 0.1, 10, 10, "SF", 1, 1, "")
+             for i in range(2)]
+    FeatureExtractor(compiled=False)._transform(FlowBatch.from_flows(flows), module)
+    return module
 
 
 class FeatureExtractor:
@@ -166,10 +231,21 @@ class FeatureExtractor:
 
     Args:
         config: Half-lives and state bounds.
+        compiled: Overrides ``config.compiled``: use the Numba-compiled kernel
+            (``None``: when Numba imports; ``False``: the NumPy reference path).
+
+    Raises:
+        ConfigError: ``compiled`` is true and Numba is not installed.
     """
 
-    def __init__(self, config: FeatureConfig | None = None) -> None:
+    def __init__(self, config: FeatureConfig | None = None, *, compiled: bool | None = None) -> None:
         self.config = config or FeatureConfig()
+        wanted = self.config.compiled if compiled is None else compiled
+        # A flag, not the module, so an extractor can be copied and pickled.
+        self._compiled = wanted is not False and _kernel() is not None
+        if wanted and not self._compiled:
+            raise ConfigError("the compiled feature kernel needs numba (pip install iotguard[accel])",
+                              code="detection_config_invalid")
         self.names = feature_names(self.config)
         self._rates = np.array([_LN2 / h for h in self.config.half_lives_s])
         self._channel_rate = _LN2 / self.config.channel_half_life_s
@@ -188,6 +264,11 @@ class FeatureExtractor:
         self._inserted_since_trim = 0
 
     @property
+    def compiled(self) -> bool:
+        """Whether batches go through the compiled kernel."""
+        return self._compiled
+
+    @property
     def hosts(self) -> int:
         """Hosts with state."""
         return len(self._ids)
@@ -199,18 +280,37 @@ class FeatureExtractor:
 
     # -------------------------------------------------------------- host ids
 
-    def _host_ids(self, hosts: npt.NDArray[np.str_], times: FloatArray) -> IntArray:
-        names = hosts.tolist()
+    def _host_ids(self, hosts: npt.NDArray[np.str_], times: FloatArray, kernel: ModuleType | None) -> IntArray:
+        if kernel is not None and hosts.dtype.kind == "U" and hosts.shape[0] and hosts.itemsize:
+            # The kernel numbers the distinct address strings of the batch; only those meet the dict.
+            codes = np.ascontiguousarray(hosts).view(np.uint32).reshape(hosts.shape[0], -1)
+            slot, first = kernel.number_rows(codes)
+            unique = self._host_ids_of(hosts[first].tolist(), times, distinct=True)
+            found: IntArray = unique[slot]
+            fresh_rows = self._first[found] == np.inf
+            if fresh_rows.any():
+                np.minimum.at(self._first, found[fresh_rows], times[fresh_rows])
+            return found
+        return self._host_ids_of(hosts.tolist(), times, distinct=False)
+
+    def _host_ids_of(self, names: list[str], times: FloatArray, *, distinct: bool) -> IntArray:
+        """Ids of ``names`` (a row each, or the ``distinct`` names of a batch), allocating new hosts."""
         found = np.fromiter(map(self._ids.get, names, repeat(-1)), dtype=np.int64, count=len(names))
         fresh = found < 0
         if not fresh.any():
             return found
-        new = list(dict.fromkeys(compress(names, fresh.tolist())))
+        new = list(compress(names, fresh.tolist()))
+        if not distinct:
+            new = list(dict.fromkeys(new))
         if len(new) > self.config.max_hosts:
             raise MalformedError("batch names more hosts than max_hosts", code="flow_batch_too_many_hosts")
         if len(new) > len(self._free) + self.config.max_hosts - len(self._names):
             self._evict(len(new), keep=set(found[~fresh].tolist()))
-        self._allocate(new, float(times.min()))
+        index = self._allocate(new, float(times.min()))
+        if distinct:
+            # The first time of each new host is set by the caller, over its rows.
+            found[fresh] = index
+            return found
         get = self._ids.__getitem__
         found[fresh] = np.fromiter(map(get, compress(names, fresh.tolist())), dtype=np.int64,
                                    count=int(fresh.sum()))
@@ -293,25 +393,40 @@ class FeatureExtractor:
             MalformedError: ``flow_batch_too_many_hosts`` if one batch names more
                 hosts than ``max_hosts``.
         """
+        return self._transform(batch, _kernel() if self._compiled else None)
+
+    def _transform(self, batch: FlowBatch, kernel: ModuleType | None) -> FeatureMatrix:
         n = len(batch)
         if n == 0:
             return FeatureMatrix(np.zeros((0, len(self.names))), batch.orig_h, np.zeros(0, np.int64),
                                  np.zeros(0, np.int64))
         t = batch.ts
-        ids = self._host_ids(np.concatenate([batch.orig_h, batch.resp_h]), np.concatenate([t, t]))
+        ids = self._host_ids(np.concatenate([batch.orig_h, batch.resp_h]), np.concatenate([t, t]), kernel)
         src, dst = ids[:n], ids[n:]
         flow = self._flow_features(batch)
+        if kernel is not None and (n < 2 or bool((t[1:] >= t[:-1]).all())):
+            return self._transform_compiled(kernel, batch, src, dst, flow)
 
         # Novelty: a destination (port) is new for a host if it is not in the
-        # host's table and this is its first use in the batch.
+        # host's table and this is its first use in the batch (the first row of
+        # its group: groups are in time order).
         pair = (src << 32) | dst
+        channels = _groups(pair, t)
+        keys = pair[channels[0]][channels[2]]
+        known, state = self._channels.get(keys, default=0.0)
+        new_dst = np.zeros(n, dtype=bool)
+        new_dst[channels[0][channels[2][~known]]] = True
         port = (src << 18) | (batch.proto << 16) | batch.resp_p
-        new_dst = self._novel(pair, self._channels, t)
-        new_port = self._novel(port, self._ports, t)
+        p_order, _, p_starts = _groups(port, t)
+        p_keys = port[p_order][p_starts]
+        new_port = np.zeros(n, dtype=bool)
+        new_port[p_order[p_starts[~self._ports.get(p_keys)[0]]]] = True
 
         host_values = self._host_features(src, t, batch.orig_bytes, flow, new_dst, new_port)
-        channel_values = self._channel_features(pair, t)
-        self._ports.put(*self._last_use(port, t))
+        channel_values = self._channel_features(channels, keys, known, state, t)
+        # The last row of a port's group is its latest use.
+        p_ends = np.append(p_starts[1:], n) - 1
+        self._ports.put(p_keys, t[p_order][p_ends][:, None])
         self._inserted_since_trim += int(new_dst.sum() + new_port.sum())
         if self._inserted_since_trim > max(4096, len(self._channels) // 4):
             self._trim()
@@ -324,20 +439,43 @@ class FeatureExtractor:
         values = np.concatenate([flow, host_values, age[:, None], channel_values, inbound], axis=1)
         return FeatureMatrix(values, batch.orig_h, new_dst.astype(np.int64), new_port.astype(np.int64))
 
-    @staticmethod
-    def _last_use(keys: IntArray, t: FloatArray) -> tuple[IntArray, FloatArray]:
-        uniq, inverse = np.unique(keys, return_inverse=True)
-        last = np.full(uniq.shape[0], -np.inf)
-        np.maximum.at(last, inverse, t)
-        return uniq, last[:, None]
-
-    @staticmethod
-    def _novel(keys: IntArray, table: KeyTable, t: FloatArray) -> npt.NDArray[np.bool_]:
-        _, first = np.unique(keys, return_index=True)
-        is_first = np.zeros(keys.shape[0], dtype=bool)
-        is_first[first] = True
-        known, _ = table.get(keys)
-        return is_first & ~known
+    def _transform_compiled(self, kernel: ModuleType, batch: FlowBatch, src: IntArray, dst: IntArray,
+                            flow: FloatArray) -> FeatureMatrix:
+        """:meth:`transform` of a batch in time order by the compiled kernel (same state, same columns)."""
+        n, t = len(batch), batch.ts
+        pair = (src << 32) | dst
+        c_slot, c_first = kernel.number_keys(pair)
+        c_keys = pair[c_first]
+        known, state = self._channels.get(c_keys, default=0.0)
+        new_dst = np.zeros(n, dtype=bool)
+        new_dst[c_first[~known]] = True
+        # A new channel has no previous time (no inter-arrival yet) and its sums start at its first flow.
+        state[~known, 0] = np.nan
+        state[~known, 5] = t[c_first[~known]]
+        port = (src << 18) | (batch.proto << 16) | batch.resp_p
+        p_slot, p_first = kernel.number_keys(port)
+        p_keys = port[p_first]
+        new_port = np.zeros(n, dtype=bool)
+        new_port[p_first[~self._ports.get(p_keys)[0]]] = True
+        values = np.empty((n, len(self.names)))
+        values[:, : flow.shape[1]] = flow
+        kernel.extract(np.ascontiguousarray(t, dtype=np.float64), src, dst,
+                       np.ascontiguousarray(batch.orig_bytes, dtype=np.float64), np.ascontiguousarray(flow[:, 1]),
+                       np.ascontiguousarray(flow[:, 6]), new_dst, new_port, c_slot, state, self._rates,
+                       self._channel_rate, self._sums, self._t_sums, self._in_sums, self._t_in, self._first,
+                       self.config.max_age_s, values, flow.shape[1])
+        self._channels.put(c_keys, state)
+        # Rows are in time order, so the last write per port (and host) is its latest use.
+        p_last = np.empty(p_keys.shape[0])
+        p_last[p_slot] = t
+        self._ports.put(p_keys, p_last[:, None])
+        self._inserted_since_trim += int(new_dst.sum() + new_port.sum())
+        if self._inserted_since_trim > max(4096, len(self._channels) // 4):
+            self._trim()
+            self._inserted_since_trim = 0
+        self._last[src] = t
+        self._last[dst] = t
+        return FeatureMatrix(values, batch.orig_h, new_dst.astype(np.int64), new_port.astype(np.int64))
 
     @staticmethod
     def _flow_features(b: FlowBatch) -> FloatArray:
@@ -396,11 +534,11 @@ class FeatureExtractor:
         self._t_in[host] = ts[ends]
         return out
 
-    def _channel_features(self, pair: IntArray, t: FloatArray) -> FloatArray:
-        order, g, starts = _groups(pair, t)
+    def _channel_features(self, groups: tuple[npt.NDArray[np.intp], IntArray, npt.NDArray[np.intp]],
+                          keys: IntArray, known: npt.NDArray[np.bool_], state: FloatArray,
+                          t: FloatArray) -> FloatArray:
+        order, g, starts = groups
         ts = t[order]
-        keys = pair[order][starts]
-        known, state = self._channels.get(keys, default=0.0)
         # state columns: last time, count, iat count, iat sum, iat sum of squares, time of the sums
         prev = np.empty_like(ts)
         prev[1:] = ts[:-1]

@@ -8,6 +8,16 @@ ensemble's threshold is the ``1 - target_fpr`` quantile of its scores on
 held-out benign rows (the chronologically last ``calibration_share`` of its
 training rows), and scores are reported divided by that threshold: a
 *normalised* score above 1 is an alert, whichever model produced it.
+
+Dividing by a threshold puts every model's alert line at 1 but not its
+tail on one scale: a model calibrated on six held-out rows and one
+calibrated on a thousand both say "2" for very different surprises. For
+ranking rows of many models together (pooled evaluation, fleet-wide
+triage), :meth:`BaselineScorer.surprise` reports ``-log10`` of each row's
+conformal tail probability among its model's held-out benign scores,
+``(1 + #{held-out >= s}) / (1 + held-out rows)``: a model can claim no more
+surprise than its calibration set supports, and for every model the same
+value means the same benign tail mass.
 """
 
 from __future__ import annotations
@@ -59,6 +69,21 @@ class _Calibrated:
     ensemble: AutoencoderEnsemble
     threshold: float
     rows: int
+    #: Normalised scores (score / threshold) of the held-out benign rows, sorted.
+    held_out: FloatArray
+
+    def surprise(self, normalised: FloatArray) -> FloatArray:
+        """``-log10`` of the conformal tail probability, ties within a level broken by the normalised score.
+
+        The tie-break adds less than half the smallest gap between two
+        levels, so the result is non-decreasing in ``normalised``.
+        """
+        n = self.held_out.shape[0]
+        above = n - np.searchsorted(self.held_out, normalised, side="left")
+        level = -np.log10((1.0 + above) / (1.0 + n))
+        tie = 0.5 * np.log10((n + 1.0) / max(n, 1)) * normalised / (1.0 + np.abs(normalised))
+        out: FloatArray = level + tie
+        return out
 
 
 class BaselineScorer:
@@ -89,8 +114,8 @@ class BaselineScorer:
         split = round(x.shape[0] * (1 - self.config.calibration_share))
         ensemble = AutoencoderEnsemble(self.config.autoencoder).fit(x[:split])
         held_out = ensemble.score(x[split:])
-        threshold = float(np.quantile(held_out, 1 - self.config.target_fpr, method="higher"))
-        return _Calibrated(ensemble, max(threshold, 1e-9), x.shape[0])
+        threshold = max(float(np.quantile(held_out, 1 - self.config.target_fpr, method="higher")), 1e-9)
+        return _Calibrated(ensemble, threshold, x.shape[0], np.sort(held_out / threshold))
 
     def fit(self, x: FloatArray, device: npt.NDArray[np.str_], model: npt.NDArray[np.str_] | None = None) -> None:
         """Learn baselines from benign rows in time order.
@@ -132,6 +157,34 @@ class BaselineScorer:
         chosen = self._devices.get(device) or (self._models.get(model) if model is not None else None)
         return (chosen or self._models[ALL_MODELS]).ensemble.worst_subset(row.reshape(1, -1))
 
+    def _routes(self, device: npt.NDArray[np.str_],
+                model: npt.NDArray[np.str_] | None) -> list[tuple[_Calibrated, npt.NDArray[np.intp]]]:
+        """The model that scores each row: the device's own, else its device model's, else the fallback."""
+        if not self._models:
+            raise ConfigError("baseline scorer used before fit", code="detection_not_fitted")
+        routes: list[tuple[_Calibrated, npt.NDArray[np.intp]]] = []
+        done = np.zeros(device.shape[0], dtype=bool)
+        if self._devices:
+            own = np.flatnonzero(np.isin(device, self._device_names))
+            if own.size:
+                names, inverse = np.unique(device[own], return_inverse=True)
+                for j, name in enumerate(names.tolist()):
+                    rows = own[inverse == j]
+                    routes.append((self._devices[name], rows))
+                    done[rows] = True
+        if model is not None and len(self._models) > 1:
+            rest = ~done
+            for name in np.unique(model[rest]).tolist():
+                calibrated = self._models.get(name)
+                if calibrated is not None and name != ALL_MODELS:
+                    rows_mask = rest & (model == name)
+                    routes.append((calibrated, np.flatnonzero(rows_mask)))
+                    done |= rows_mask
+        rest_rows = np.flatnonzero(~done)
+        if rest_rows.size:
+            routes.append((self._models[ALL_MODELS], rest_rows))
+        return routes
+
     def score(self, x: FloatArray, device: npt.NDArray[np.str_],
               model: npt.NDArray[np.str_] | None = None) -> FloatArray:
         """Normalised anomaly score of each row (above 1 means above its model's threshold).
@@ -139,29 +192,23 @@ class BaselineScorer:
         Raises:
             ConfigError: ``detection_not_fitted`` before :meth:`fit`.
         """
-        if not self._models:
-            raise ConfigError("baseline scorer used before fit", code="detection_not_fitted")
         out = np.empty(x.shape[0])
-        done = np.zeros(x.shape[0], dtype=bool)
-        if self._devices:
-            own = np.flatnonzero(np.isin(device, self._device_names))
-            if own.size:
-                names, inverse = np.unique(device[own], return_inverse=True)
-                for j, name in enumerate(names.tolist()):
-                    rows = own[inverse == j]
-                    own_model = self._devices[name]
-                    out[rows] = own_model.ensemble.score(x[rows]) / own_model.threshold
-                    done[rows] = True
-        rest = ~done
-        if model is not None and len(self._models) > 1:
-            for name in np.unique(model[rest]).tolist():
-                calibrated = self._models.get(name)
-                if calibrated is not None and name != ALL_MODELS:
-                    rows = rest & (model == name)
-                    out[rows] = calibrated.ensemble.score(x[rows]) / calibrated.threshold
-                    done |= rows
-            rest = ~done
-        if rest.any():
-            fallback = self._models[ALL_MODELS]
-            out[rest] = fallback.ensemble.score(x[rest]) / fallback.threshold
+        for calibrated, rows in self._routes(device, model):
+            out[rows] = calibrated.ensemble.score(x[rows]) / calibrated.threshold
+        return out
+
+    def surprise(self, x: FloatArray, device: npt.NDArray[np.str_],
+                 model: npt.NDArray[np.str_] | None = None) -> FloatArray:
+        """Each row's score on one scale for every model (see the module docstring); higher is more anomalous.
+
+        ``-log10`` of the row's conformal tail probability among its model's
+        held-out benign rows (2 means: 1 % of that model's benign rows score
+        as high). Within one model it orders rows as :meth:`score` does.
+
+        Raises:
+            ConfigError: ``detection_not_fitted`` before :meth:`fit`.
+        """
+        out = np.empty(x.shape[0])
+        for calibrated, rows in self._routes(device, model):
+            out[rows] = calibrated.surprise(calibrated.ensemble.score(x[rows]) / calibrated.threshold)
         return out

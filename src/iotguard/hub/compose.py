@@ -23,6 +23,7 @@ from iotguard.audit import AuditSink
 from iotguard.audit.anchor import CheckpointSchedule
 from iotguard.clock import Clock, SystemClock
 from iotguard.config import HubConfig
+from iotguard.detection import DetectorConfig, FeatureConfig, MonitorConfig
 from iotguard.errors import IotGuardError
 from iotguard.hub.audit_store import FileAnchor, open_audit_log
 from iotguard.hub.chain_anchor import chain_anchor_from_config
@@ -118,6 +119,11 @@ class HubServices:
         return OutboxDrainer(self.outbox, handlers, worker=worker, clock=self.clock)
 
 
+def _monitor_config(compiled: bool) -> MonitorConfig:
+    """The flow monitor's settings: features on the compiled kernel only when ``hub.detection_compiled``."""
+    return MonitorConfig(detector=DetectorConfig(features=FeatureConfig(compiled=compiled)))
+
+
 def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                        database_url: str | None = None) -> HubServices:
     """Open the database and key store and build a hub's services."""
@@ -176,7 +182,8 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                            TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link,
                            attestation, firmware, detection,
                            FlowIngestService(detection, Path(cfg.data_dir),
-                                             lambda: {p.device_id: p.model for p in posture.posture}),
+                                             lambda: {p.device_id: p.model for p in posture.posture},
+                                             config=_monitor_config(cfg.detection_compiled)),
                            DeviceHealthService(detection), signals, rollouts, models,
                            LearningService(SqlLearningRunStore(store.engine), models, audit_sink, clock,
                                            eligible=affirming_posture(engine.posture)),
