@@ -94,6 +94,7 @@ def test_a_secure_dp_run_sends_only_masked_updates_and_charges_each_subject_in_t
                 for i, (a, p) in enumerate(zip(agents, parts, strict=True))]
     updates: list[np.ndarray] = []
     for lp in learners:
+        assert lp._participant is not None
         train_once = lp._participant.train
 
         def capture(*args: Any, _train: Any = train_once) -> Any:
