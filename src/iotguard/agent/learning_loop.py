@@ -93,6 +93,8 @@ class LearningLoop:
         self._inference: OnDeviceInference | None = None
         self._next = 0.0
         self._row = 0
+        self._waiting = self._phase = ""
+        self._last: tuple[object, object] = ("", None)
 
     def _client(self, model: Model) -> LocalTrainingClient:
         if self.x.shape[1] != model.features or int(self.y.max()) >= model.classes:
@@ -131,6 +133,10 @@ class LearningLoop:
                 self._say(f"run {self.run_id} is over")
             elif any(code in text for code in _WAIT):
                 self._next = time.monotonic() + self.poll_s  # a normal answer: ask again later
+                reason = next(code for code in _WAIT if code in text)
+                if reason != self._waiting:  # one line per change of reason, not one a poll
+                    self._waiting = reason
+                    self._say(f"waiting: {reason}")
             elif " 403 " in text:
                 self.state = "refused"
                 self._say(f"refused by the hub: {text}")
@@ -138,6 +144,7 @@ class LearningLoop:
                 raise
             return
         status = answer.get("status")
+        self._waiting = ""
         if status == "completed":
             self.state = "fetching"
             self._say(f"run {self.run_id} completed")
@@ -145,7 +152,12 @@ class LearningLoop:
             self._next = time.monotonic() + self.poll_s / 4
         elif status == "aggregating":
             self._next = time.monotonic() + 0.05
-        if status != "aggregating":
+        if status == "aggregating":
+            if answer.get("phase") != self._phase:
+                self._phase = str(answer.get("phase"))
+                self._say(f"secure round: {self._phase}")
+        elif (status, answer.get("version")) != self._last:
+            self._last = (status, answer.get("version"))
             self._say(f"round: {status} at version {answer.get('version')}")
 
     def _fetch(self) -> None:
