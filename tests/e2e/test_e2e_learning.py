@@ -124,13 +124,18 @@ def test_ten_agent_processes_learn_by_themselves_through_a_hub_process(tmp_path:
         assert 0.99 * EPSILON <= status["epsilon_spent"] <= EPSILON
         api = httpx.Client(base_url=hub.api_url, headers={"Authorization": f"Bearer {token}"}, verify=hub.verify(),
                            timeout=30)
+        privacy_token = hub.cli("tokens", "create", "--name", "dpo", "--role", "privacy-officer").split()[-1]
+        privacy = httpx.Client(base_url=hub.api_url, headers={"Authorization": f"Bearer {privacy_token}"},
+                               verify=hub.verify(), timeout=30)
         shown = json.loads(hub.cli("models", "show", "digits"))
         hub.cli("models", "export", "digits", str(tmp_path / "digits.igm"))
         artifact = verify_artifact((tmp_path / "digits.igm").read_bytes(),
                                    __import__("base64").b64decode(shown["signing_key"]))
         assert artifact.version == 1 and accuracy(artifact.model, artifact.parameters, test.x, test.y) > ACCURACY
         for name, d in zip(names, dirs, strict=True):
-            ledger = api.get(f"/v1/analytics/budget/{name}").json()  # what `iotguard analytics budget` shows
+            r = privacy.get(f"/v1/analytics/budget/{name}")  # what `iotguard analytics budget` shows
+            assert r.status_code == 200, r.text
+            ledger = r.json()
             spent = sum(p["federated"] for p in ledger["periods"])
             if name == "learner-bad":
                 assert spent == 0
