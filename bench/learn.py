@@ -151,6 +151,7 @@ def main() -> None:
     ap.add_argument("--secure-devices", type=int, default=None)
     args = ap.parse_args()
     wall = time.perf_counter()
+    load0 = os.getloadavg()[0]
     train, test = load(args.data, args.quick)
     per = args.devices_per_speaker or (50 if args.quick else 90)
     rounds = 10 if args.quick else 15
@@ -215,6 +216,7 @@ def main() -> None:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
+        "load_avg_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],
         "numpy": np.__version__,
         "workload": {"data": "fsdd", "train_rows": len(train.y), "test_rows": len(test.y), "devices": n,
                      "devices_per_speaker": per, "model_parameters": model.size(), "target_accuracy": TARGET,

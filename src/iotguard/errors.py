@@ -296,6 +296,10 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "ek_certificate_untrusted": "TPM endorsement key has no valid manufacturer certificate chain",
     "ek_certificate_mismatch": "EK certificate does not certify this endorsement key",
     "ek_roots_not_configured": "no TPM manufacturer roots configured",
+    "not_selected": "device is not selected for this training round; ask again for the next one",
+    "too_few_participants": "too few devices can take part in this training round yet",
+    "secure_only": "this training run takes updates only through secure aggregation",
+    "compression_mismatch": "model update is not compressed the way this round asks",
 }
 
 

@@ -81,7 +81,8 @@ def test_fedavg_run_trains_and_publishes_a_signed_model(tmp_path: Path) -> None:
     artifact = verify_artifact(model.artifact, fleet.models.signing_key())
     assert accuracy(artifact.model, artifact.parameters, fleet.test.x, fleet.test.y) > 0.8
     assert model.source == "learn:run-1"
-    assert [e.type for e in fleet.events.events] == ["learning.started", "model.published", "learning.completed"]
+    assert [e.type for e in fleet.events.events] == ["learning.started", *["learning.round"] * 5, "model.published",
+                                                     "learning.completed"]
     assert fleet.service.contributions(["dev-2", "dev-99"]) == [
         {"run_id": "run-1", "status": "completed", "devices": ["dev-2"], "model": "digits", "model_versions": [1]}]
     assert fleet.service.contributions(["dev-99"]) == []
@@ -177,3 +178,39 @@ def test_poisoning_device_cannot_move_the_hubs_median_round_beyond_the_honest_en
     clean = coordinate_median(honest)
     assert np.linalg.norm(moved - clean) <= honest_envelope_bound(honest, clean) + 1e-6
     assert np.linalg.norm(moved - clean) < 0.5 * np.linalg.norm(evil / 6)  # a mean would move by evil / 6
+
+
+def test_compression_is_negotiated_per_round_and_a_mismatched_update_is_refused(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path)
+    fleet.service.start("run-c", _settings(compression="q8,topk+q8", topk_fraction=0.05, rounds=2), DEVICES,
+                        actor="alice")
+    dims = fleet.service_model().size()
+    first = fleet.service.task("run-c", "dev-0")
+    assert first.round_config.compression == Compression("q8", 0.05)
+    # A device that sends float32 (or top-k) when the round asked for 8-bit is refused with a reason.
+    delta = np.full(dims, 0.001)
+    for wrong in (Compression("none"), Compression("topk+q8", 0.05)):
+        with pytest.raises(MalformedError) as exc:
+            fleet.service.submit("run-c", "dev-0", 0, UpdateEncoder(dims).encode(delta, wrong), 10)
+        assert exc.value.code == "compression_mismatch"
+    for d in DEVICES:
+        fleet.train_and_submit("run-c", d)
+    second = fleet.service.task("run-c", "dev-0")
+    assert (second.version, second.round_config.compression) == (1, Compression("topk+q8", 0.05))
+    # Top-k keeping more coordinates than the round's k is a mismatch too.
+    with pytest.raises(MalformedError) as exc:
+        fleet.service.submit("run-c", "dev-0", 1, UpdateEncoder(dims).encode(delta, Compression("topk+q8", 0.5)), 10)
+    assert exc.value.code == "compression_mismatch"
+    for d in DEVICES:
+        fleet.train_and_submit("run-c", d)
+    # Each applied round records the bytes each device sent, under the compression it asked for.
+    rounds = [e for e in fleet.events.events if e.type == "learning.round"]
+    assert [(e.details["version"], e.details["compression"], e.details["updates"]) for e in rounds] == [
+        (1, "q8", 6), (2, "topk+q8", 6)]
+    q8_bytes, topk_bytes = (e.details["bytes_per_device"] for e in rounds)
+    assert q8_bytes == 17 + dims and topk_bytes == 17 + 5 * round(0.05 * dims)
+
+
+def test_a_secure_run_refuses_any_compression() -> None:
+    with pytest.raises(ConfigError):
+        _settings(secure=True, clip_norm=1.0, compression="none,q8")

@@ -129,3 +129,25 @@ def test_learn_cli_refuses_a_run_without_eligible_devices(tmp_path: Path, capsys
     capsys.readouterr()
     assert main(["learn", "contributions", *cfg, "--device", "ghost-1"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_learn_start_is_secure_by_default_and_plaintext_needs_the_loud_unsafe_flag(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "iotguard.toml"
+    conf.write_text(f'[hub]\ndata_dir = "{tmp_path / "hub"}"\n')
+    base = ["learn", "start", "--config", str(conf), "run-1", "--model", "digits", "--features", "8", "--classes",
+            "10", "--device", "ghost-1"]
+    # FedBuff needs plaintext updates: without the flag the run is refused before anything starts.
+    assert main([*base, "--strategy", "fedbuff"]) == 1
+    err = capsys.readouterr().err
+    assert "secure by default" in err and "--unsafe-plaintext" in err
+    assert main([*base, "--compression", "topk+q8"]) == 1
+    assert "--unsafe-plaintext" in capsys.readouterr().err
+    # With it, the run would take plaintext updates, and says so loudly (here it then finds no eligible device).
+    assert main([*base, "--strategy", "fedbuff", "--unsafe-plaintext"]) == 1
+    err = capsys.readouterr().err
+    assert "UNSAFE" in err and "plaintext" in err and "0 eligible devices" in err
+    # The default is a valid secure run (clip norm 1.0, 3 participants): it fails only for want of devices.
+    assert main(base) == 1
+    err = capsys.readouterr().err
+    assert "UNSAFE" not in err and "0 eligible devices" in err

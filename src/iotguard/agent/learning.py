@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -79,13 +79,25 @@ class LearningParticipant:
     Args:
         agent: The enrolled agent (signs the requests with its identity key).
         client: Trains on data that stays on the device.
+        client_for: Instead of ``client``: makes the client for the model the hub's task names (an agent that
+            does not know the architecture before its first task, :mod:`iotguard.agent.learning_loop`).
+
+    Raises:
+        ConfigError: neither or both of ``client`` and ``client_for``.
     """
 
-    def __init__(self, agent: Agent, client: NumPyClient) -> None:
+    def __init__(self, agent: Agent, client: NumPyClient | None = None, *,
+                 client_for: Callable[[Model], NumPyClient] | None = None) -> None:
+        if (client is None) == (client_for is None):
+            raise ConfigError("give a client or a client_for function")
         self._agent = agent
-        self._participant = Participant(agent.device_id, agent.device_id, client)
+        self._client_for = client_for
+        self._model: Model | None = None
+        self._participant = None if client is None else Participant(agent.device_id, agent.device_id, client)
         self._sent: dict[str, int] = {}
         self._rounds: dict[str, RoundClient] = {}
+        #: The name the run publishes its model under (from the hub's task), per run.
+        self.model_names: dict[str, str] = {}
 
     def fetch_model(self, name: str, version: int = 0) -> ModelArtifact:
         """Fetch a published model (``version`` 0: the latest) and verify it before it can run.
@@ -128,6 +140,14 @@ class LearningParticipant:
             return self._aggregate(run_id, active)
         answer = self._agent.request("learn_task", "/v1/learn/task", {"run_id": run_id})
         version, model, params, config = _task(answer)
+        name = answer.get("model_name")
+        if isinstance(name, str) and 0 < len(name) <= 128:
+            self.model_names[run_id] = name
+        if self._client_for is not None and self._model != model:
+            self._participant = Participant(self._agent.device_id, self._agent.device_id, self._client_for(model))
+            self._model = model
+        if self._participant is None:  # unreachable: the constructor or the line above made one
+            raise ConfigError("no client to train with")
         if self._sent.get(run_id, -1) >= version:
             return {"run_id": run_id, "version": version, "status": "waiting"}
         secure = _secure(answer.get("secure"), model.size())

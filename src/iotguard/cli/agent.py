@@ -20,7 +20,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_config_argument(p)
     p.add_argument("--device-id", required=True)
     p.add_argument("--enroll", metavar="CODE", help="one-time enrollment code (first run)")
-    p.add_argument("--model", default="thermo-1", choices=sorted(MODELS), help="simulated sensor model")
+    from iotguard.privacy.registry import available_models
+
+    p.add_argument("--model", default="thermo-1", choices=sorted(set(MODELS) | set(available_models())),
+                   help="device model: its data contract, and its simulated sensor if it has one")
     p.add_argument("--data-dir", help="agent state directory (overrides agent.data_dir)")
     p.add_argument("--hub-url", help="hub API URL (overrides agent.hub_url)")
     p.add_argument("--broker-url", help="mqtts://host:port (overrides agent.broker_url)")
@@ -33,6 +36,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--consent", default="", metavar="PURPOSES",
                    help="comma-separated purposes the owner consented to until the hub pushes consent "
                    "(purposes on another legal basis need none)")
+    p.add_argument("--learn", metavar="RUN_ID", help="take part in this federated training run: train on "
+                   "--learn-data (never sent), send protected updates, then fetch, verify and run the model")
+    p.add_argument("--learn-data", metavar="NPZ", help="this device's training data: .npz with arrays x, y")
+    p.add_argument("--infer-field", default="", metavar="FIELD",
+                   help="report the fetched model's outputs on the local data as this data-contract field")
     p.set_defaults(func=run)
 
 
@@ -73,7 +81,19 @@ def run(args: argparse.Namespace) -> int:
 
     updates = agent_updates(agent, args.model)  # None: no trusted firmware root or slots (not updatable)
     health = _HealthReporter(args.health_interval, cfg.broker_url)
-    sensor = make_sensor(args.model, hash(args.device_id) & 0xFFFF)
+    from iotguard.sim.sensors import MODELS
+
+    sensor = make_sensor(args.model, hash(args.device_id) & 0xFFFF) if args.model in MODELS else None
+    learning = None
+    if args.learn:
+        from pathlib import Path
+
+        from iotguard.agent.learning_loop import LearningLoop, load_local_data
+
+        if not args.learn_data:
+            print("iotguard agent: --learn needs --learn-data", flush=True)
+            return 2
+        learning = LearningLoop(agent, args.learn, load_local_data(Path(args.learn_data)), args.infer_field)
     samples = sent = 0
     while not stop.is_set() and (args.count == 0 or samples < args.count):
         if attester is not None and time.monotonic() >= next_attest:
@@ -87,8 +107,10 @@ def run(args: argparse.Namespace) -> int:
             update = updates.run_if_due()
             if update is not None and update.outcome != "none":
                 print(f"firmware update: {update.outcome} {update.reason} (running {update.version})", flush=True)
+        if learning is not None:
+            learning.step()
         t = time.time()
-        fresh = len(agent.collect(sensor.sample(t), int(t * 1000)))
+        fresh = len(agent.collect(sensor.sample(t), int(t * 1000))) if sensor is not None else 0
         sent += fresh
         health.count(fresh, len(agent.last_envelope))
         health.report_if_due(agent)

@@ -11,15 +11,29 @@ __all__ = ["register"]
 
 
 def _start(args: argparse.Namespace) -> int:
+    import logging
+    import sys
+
+    from iotguard.errors import ConfigError
     from iotguard.hub.services.learning import RunSettings
 
+    secure = not args.unsafe_plaintext
+    if args.unsafe_plaintext:
+        message = (f"UNSAFE: run {args.run_id} takes plaintext model updates (--unsafe-plaintext): the hub sees "
+                   "every device's update; secure aggregation is off")
+        logging.getLogger("iotguard.learn").warning(message)
+        print(message, file=sys.stderr, flush=True)
+    elif args.strategy != "fedavg" or args.aggregator != "mean" or set(args.compression.split(",")) != {"none"}:
+        raise ConfigError("a run is secure by default (secure aggregation: FedAvg, the mean, no compression); "
+                          "FedBuff, robust aggregators and compression need --unsafe-plaintext")
+    clip_norm = args.clip_norm if args.clip_norm is not None or not secure else 1.0
     settings = RunSettings(
         model_name=args.model, features=args.features, classes=args.classes, hidden=args.hidden,
         strategy=args.strategy, rounds=args.rounds, min_participants=args.min_participants,
         deadline_s=args.deadline_s, buffer_size=args.buffer_size, aggregator=args.aggregator,
-        max_update_norm=args.max_update_norm, clip_norm=args.clip_norm, compression=args.compression,
+        max_update_norm=args.max_update_norm, clip_norm=clip_norm, compression=args.compression,
         topk_fraction=args.topk_fraction, fit={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr},
-        secure=args.secure, epsilon=args.epsilon, delta=args.delta)
+        secure=secure, epsilon=args.epsilon, delta=args.delta)
     with hub_services_for(args) as services:
         devices = list(args.device)
         if args.all_active:
@@ -70,19 +84,27 @@ def register(sub: Any) -> None:
     start.add_argument("--hidden", type=int, default=0)
     start.add_argument("--strategy", choices=("fedavg", "fedbuff"), default="fedavg")
     start.add_argument("--rounds", type=int, default=10, help="model versions to reach, then publish")
-    start.add_argument("--min-participants", type=int, default=2)
+    start.add_argument("--min-participants", type=int, default=3, help="at least 3 in a secure run (default 3)")
     start.add_argument("--deadline-s", type=float, default=300.0, help="FedAvg round deadline")
     start.add_argument("--buffer-size", type=int, default=10, help="FedBuff updates per step")
     start.add_argument("--aggregator", choices=("mean", "median", "trimmed_mean"), default="mean")
     start.add_argument("--max-update-norm", type=float, default=10.0)
-    start.add_argument("--clip-norm", type=float, default=None, help="devices clip their update to this L2 norm")
-    start.add_argument("--compression", choices=("none", "q8", "topk", "topk+q8"), default="none")
+    start.add_argument("--clip-norm", type=float, default=None,
+                       help="devices clip their update to this L2 norm (default: 1.0 in a secure run, none otherwise)")
+    start.add_argument("--compression", default="none", metavar="SCHEME[,SCHEME...]",
+                       help="update compression each round asks for: none, q8, topk or topk+q8; a comma list is "
+                            "cycled by round (round v uses entry v mod n); the hub refuses updates that do not "
+                            "match (needs --unsafe-plaintext unless none)")
     start.add_argument("--topk-fraction", type=float, default=0.01)
     start.add_argument("--secure", action="store_true",
-                       help="updates only through secure aggregation (FedAvg, mean, needs --clip-norm)")
+                       help="updates only through secure aggregation (FedAvg, mean, clipped): the default; kept so "
+                            "older scripts still run")
+    start.add_argument("--unsafe-plaintext", action="store_true",
+                       help="UNSAFE: take plaintext updates (the hub sees each device's update); needed for FedBuff, "
+                            "robust aggregators and compression; logged loudly")
     start.add_argument("--epsilon", type=float, default=0.0,
                        help="DP-FedAvg: the whole run's epsilon, noise added on the devices, charged per subject "
-                            "in the privacy ledger (needs --secure; 0: no DP)")
+                            "in the privacy ledger (not with --unsafe-plaintext; 0: no DP)")
     start.add_argument("--delta", type=float, default=1e-5, help="the run's delta (with --epsilon)")
     start.add_argument("--epochs", type=int, default=1)
     start.add_argument("--batch-size", type=int, default=32)

@@ -104,6 +104,11 @@ HTTP_STATUS: dict[str, int] = {
     "ek_certificate_untrusted": 403,
     "ek_certificate_mismatch": 400,
     "ek_roots_not_configured": 409,
+    # federated learning, secure rounds: normal answers, not failures (docs/learning.md)
+    "not_selected": 409,
+    "too_few_participants": 409,
+    "secure_only": 409,
+    "compression_mismatch": 409,
 }
 
 

@@ -28,7 +28,8 @@ import numpy.typing as npt
 
 from iotguard.errors import ConfigError, MalformedError
 
-__all__ = ["MAX_UPDATE_DIMS", "SCHEMES", "Compression", "UpdateEncoder", "decode_update"]
+__all__ = ["MAX_UPDATE_DIMS", "SCHEMES", "Compression", "UpdateEncoder", "check_compression", "decode_update",
+           "parse_schedule"]
 
 Array = npt.NDArray[np.float64]
 
@@ -106,6 +107,35 @@ class UpdateEncoder:
         self._residual = v - sent_full
         header = _HEADER.pack(MAGIC, scheme, self.dims, len(idx), scale)
         return header + (idx.astype("<u4").tobytes() if scheme in (2, 3) else b"") + body
+
+
+def parse_schedule(text: str, topk_fraction: float) -> tuple[Compression, ...]:
+    """A run's compression schedule: ``"topk+q8"`` (every round) or ``"q8,topk+q8"`` (round ``v`` uses entry
+    ``v mod n``).
+
+    Raises:
+        ConfigError: an unknown scheme, an empty entry or more than 64 entries.
+    """
+    names = text.split(",")
+    if not 1 <= len(names) <= 64:
+        raise ConfigError("a compression schedule has 1 to 64 schemes")
+    return tuple(Compression(n.strip(), topk_fraction) for n in names)
+
+
+def check_compression(data: bytes, dims: int, expected: Compression) -> None:
+    """Refuse an update not encoded as the round asked: its scheme, and for top-k at most the round's k.
+
+    Call after :func:`decode_update` accepted ``data`` (the header is then known to be well formed).
+
+    Raises:
+        MalformedError: ``compression_mismatch``.
+    """
+    _magic, scheme, _n, count, _scale = _HEADER.unpack_from(data)
+    if scheme != SCHEMES[expected.scheme]:
+        raise MalformedError(f"update uses scheme {scheme}, the round asked for {expected.scheme}",
+                             code="compression_mismatch")
+    if scheme in (2, 3) and count > max(1, round(expected.topk_fraction * dims)):
+        raise MalformedError("update keeps more coordinates than the round's top-k", code="compression_mismatch")
 
 
 def decode_update(data: bytes, dims: int) -> Array:

@@ -26,7 +26,7 @@ def learning_router(learning: LearningService, models: ModelService, plane: Devi
         t = learning.task(str(req.body["run_id"]), req.device_id)
         rc = t.round_config
         model = learning.model_of(t.run_id)
-        return {"run_id": t.run_id, "version": t.version,
+        return {"run_id": t.run_id, "version": t.version, "model_name": learning.model_name_of(t.run_id),
                 "model": {"features": model.features, "classes": model.classes, "hidden": model.hidden},
                 "parameters": base64.b64encode(flatten(t.parameters).astype("<f8").tobytes()).decode(),
                 "fit": dict(rc.fit), "clip_norm": rc.clip_norm, "compression": rc.compression.scheme,

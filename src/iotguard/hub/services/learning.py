@@ -53,7 +53,7 @@ from iotguard.hub.services.aggregation import SecureAggregationService
 from iotguard.hub.services.models import ModelService
 from iotguard.hub.stores.learning import LearningRunStore, PendingUpdate, RunRecord, next_row
 from iotguard.learn.client import RoundConfig, Update
-from iotguard.learn.compress import Compression, decode_update
+from iotguard.learn.compress import check_compression, decode_update, parse_schedule
 from iotguard.learn.distributed import SecureRoundPlan, plan_round
 from iotguard.learn.dp import DpConfig, calibrate_noise
 from iotguard.learn.model import Model, NDArrays, flatten, unflatten
@@ -111,7 +111,7 @@ class RunSettings:
         if not 0 < self.deadline_s <= 86_400 or not self.max_update_norm > 0:
             raise ConfigError("deadline must be in (0, 86400] s and max_update_norm positive")
         if self.secure and (self.strategy != "fedavg" or self.aggregator != "mean" or self.clip_norm is None
-                            or self.compression != "none" or self.min_participants < 3):
+                            or set(self.compression.split(",")) != {"none"} or self.min_participants < 3):
             raise ConfigError("a secure run is FedAvg with the mean, a clip norm, no compression and at least "
                               "3 participants (robust rules and FedBuff need plaintext updates)")
         if not (0 <= self.epsilon <= 100 and 0 < self.delta < 1 and 0 <= self.noise_multiplier <= 1000):
@@ -121,7 +121,7 @@ class RunSettings:
         self.model()
         self.fedavg()
         self.fedbuff()
-        Compression(self.compression, self.topk_fraction)
+        parse_schedule(self.compression, self.topk_fraction)
 
     def model(self) -> Model:
         return Model(self.features, self.classes, self.hidden)
@@ -136,8 +136,11 @@ class RunSettings:
                              max_update_norm=self.max_update_norm)
 
     def round_config(self, version: int) -> RoundConfig:
+        """What the round of ``version`` asks: fit settings, clip norm and the compression it negotiates (the
+        run's schedule, entry ``version`` mod its length)."""
+        schedule = parse_schedule(self.compression, self.topk_fraction)
         return RoundConfig(version, dict(self.fit), clip_norm=self.clip_norm,
-                           compression=Compression(self.compression, self.topk_fraction))
+                           compression=schedule[version % len(schedule)])
 
     def dp(self) -> DpConfig:
         """The run's DP parameters (every selected device in every round: sampling rate 1).
@@ -326,7 +329,10 @@ class LearningService:
                  else not 0 <= run.version - base_version <= settings.fedbuff().max_staleness)
         if stale:
             raise MalformedError(f"update for version {base_version}, run is at {run.version}", code="update_stale")
-        check_norm(decode_update(payload, settings.model().size()), settings.max_update_norm)
+        dims = settings.model().size()
+        update = decode_update(payload, dims)
+        check_compression(payload, dims, settings.round_config(base_version).compression)  # as its round asked
+        check_norm(update, settings.max_update_norm)
         if not self._store.add_update(run_id, PendingUpdate(device_id, base_version, num_examples, payload,
                                                             self._clock.now())):
             raise MalformedError("this device already sent an update for this version", code="update_duplicate")
@@ -339,15 +345,19 @@ class LearningService:
             step = self._step(run, settings)
             if step is None:
                 return run
-            new_run, consumed = step
+            new_run, consumed, traffic = step
             if self._store.commit_step(new_run, consumed):
+                if new_run.version > run.version:  # one round applied: what it cost each device on the wire
+                    self._audit.record(AuditEvent("learning.round", self._clock.now(), run.started_by, run_id,
+                                                  {"version": new_run.version, **traffic}))
                 if new_run.status == "completed":
                     self._complete(new_run, settings)
                 if new_run.status != "running":
                     return new_run
         return self._run(run_id)[0]
 
-    def _step(self, run: RunRecord, settings: RunSettings) -> tuple[RunRecord, list[tuple[str, int]]] | None:
+    def _step(self, run: RunRecord, settings: RunSettings
+              ) -> tuple[RunRecord, list[tuple[str, int]], dict[str, Any]] | None:
         if run.status != "running":
             return None
         if settings.secure:
@@ -369,6 +379,7 @@ class LearningService:
             new_params, applied = fedavg.parameters, outcome.applied
             consumed = [(p.device_id, p.base_version) for p in pending if p.base_version <= run.version]
             counts = (len(outcome.accepted), len(outcome.rejected))
+            used = current
         else:
             if len(pending) < settings.buffer_size:
                 return None
@@ -384,13 +395,18 @@ class LearningService:
                 applied = applied or outcome.applied
             new_params, consumed, counts = buff.parameters, [(p.device_id, p.base_version) for p in batch], \
                 (accepted, rejected)
+            used = batch
         version = run.version + (1 if applied else 0)
         status = "completed" if version >= settings.rounds else "running"
+        sizes = [len(p.payload) for p in used]
+        traffic = {"updates": len(sizes), "bytes_per_device": round(sum(sizes) / max(1, len(sizes)), 1),
+                   "compression": settings.round_config(run.version).compression.scheme}
         return next_row(run, version=version, parameters=flatten(new_params).astype("<f8").tobytes(),
                         round_started_at=self._clock.now() if applied else run.round_started_at, status=status,
-                        accepted=run.accepted + counts[0], rejected=run.rejected + counts[1]), consumed
+                        accepted=run.accepted + counts[0], rejected=run.rejected + counts[1]), consumed, traffic
 
-    def _secure_step(self, run: RunRecord, settings: RunSettings) -> tuple[RunRecord, list[tuple[str, int]]] | None:
+    def _secure_step(self, run: RunRecord, settings: RunSettings
+                     ) -> tuple[RunRecord, list[tuple[str, int]], dict[str, Any]] | None:
         """Apply the current version's secure round if its sum is out (only in the process that holds it)."""
         with self._lock:
             sr = self._secure.get(run.run_id)
@@ -410,7 +426,9 @@ class LearningService:
                         round_started_at=self._clock.now(),
                         status="completed" if version >= settings.rounds else "running",
                         accepted=run.accepted + survivors,
-                        rejected=run.rejected + len(sr.members) - survivors), []
+                        rejected=run.rejected + len(sr.members) - survivors), [], \
+            {"updates": survivors, "bytes_per_device": 4 * sr.plan.dims, "compression": "none",
+             "note": "masked vector only (u32 a coordinate); secure aggregation's key and share messages are extra"}
 
     def _complete(self, run: RunRecord, settings: RunSettings) -> None:
         model = settings.model()
@@ -500,6 +518,10 @@ class LearningService:
     def model_of(self, run_id: str) -> Model:
         """The architecture a run trains."""
         return self._run(run_id)[1].model()
+
+    def model_name_of(self, run_id: str) -> str:
+        """The name a run publishes its model under."""
+        return self._run(run_id)[1].model_name
 
     def runs(self) -> list[RunRecord]:
         """Every run."""

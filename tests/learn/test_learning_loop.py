@@ -1,0 +1,113 @@
+"""The agent learning by itself (``iotguard agent --learn``): one ``LearningLoop`` step per agent loop turn polls
+the task, trains on local data, sends the update, fetches and verifies the model, and reports only outputs; a
+tampered model is refused and never run; local data files are parsed strictly (no pickles)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from iotguard.agent.learning_loop import LearningLoop, load_local_data
+from iotguard.errors import ConfigError
+from iotguard.hub.policy_store import save_posture
+from iotguard.hub.services.learning import RunSettings
+from iotguard.learn.data import partition, split_train_test, synthetic_digits
+from iotguard.privacy import ConsentState
+from tests.hub.conftest import HubParts, make_hub
+
+FEATURES = 24
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[HubParts]:
+    parts = make_hub(tmp_path)
+    yield parts
+    parts.store.engine.dispose()
+
+
+def _loops(hub: HubParts, n: int, run_id: str) -> list[LearningLoop]:
+    train, _ = split_train_test(synthetic_digits(speakers=3, per_class=20, features=FEATURES, seed=3), 0.25, 3)
+    loops = []
+    for i, p in enumerate(partition(train, 1, seed=3)[:n]):
+        agent = hub.agent(f"dev-{i}")
+        posture = hub.services.posture.posture.update(agent.device_id, trust_tier="verified")
+        save_posture(hub.store.engine, [posture], now=hub.services.clock.now())
+        loops.append(LearningLoop(agent, run_id, (p.x, p.y), poll_s=0.0))
+    return loops
+
+
+def _drive(loops: list[LearningLoop], turns: int = 200) -> None:
+    for _ in range(turns):
+        for loop in loops:
+            loop.step()
+        if all(loop.state in ("done", "refused", "inferring") for loop in loops):
+            return
+
+
+def test_agents_poll_train_fetch_verify_and_report_only_outputs(hub: HubParts,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    loops = _loops(hub, 3, "run-l")
+    for loop in loops:
+        loop.step()  # the run does not exist yet: a normal answer, the agent keeps polling
+    assert [loop.state for loop in loops] == ["training"] * 3
+    settings = RunSettings("digits", FEATURES, 10, rounds=3, min_participants=3,
+                           fit={"epochs": 2, "batch_size": 16, "lr": 0.05})
+    hub.services.learning.start("run-l", settings, [loop.agent.device_id for loop in loops], actor="alice")
+    loops[0].agent.attach_privacy("mic-1", ConsentState(loops[0].agent.device_id))
+    loops[0].output_field = "digit"
+    _drive(loops)
+    assert [loop.state for loop in loops] == ["inferring", "done", "done"]
+    assert hub.services.learning.status("run-l")["status"] == "completed"
+    assert all(loop.artifact is not None and loop.artifact.version == 1 for loop in loops)
+    before = loops[0].reported
+    loops[0].step()
+    # one recognised digit a step went through the data contract (its inputs never do)
+    assert loops[0].reported >= 1 and loops[0].reported - before <= 1
+    out = capsys.readouterr().out
+    assert "learning: model digits v1 verified" in out and "outputs (digit)" in out
+
+
+def test_tampered_model_artifact_is_refused_by_the_agent(hub: HubParts, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    loops = _loops(hub, 3, "run-t")
+    settings = RunSettings("digits", FEATURES, 10, rounds=1, min_participants=3)
+    hub.services.learning.start("run-t", settings, [loop.agent.device_id for loop in loops], actor="alice")
+    models = hub.services.models
+    real_get = models.get
+
+    def tampered(name: str, version: int | None = None):  # type: ignore[no-untyped-def]
+        record = real_get(name, version)
+        flipped = bytearray(record.artifact)
+        flipped[-3] ^= 0x01  # one bit of the parameters
+        return replace(record, artifact=bytes(flipped))
+
+    monkeypatch.setattr(models, "get", tampered)
+    _drive(loops)
+    assert [loop.state for loop in loops] == ["refused"] * 3
+    assert all(loop.artifact is None for loop in loops)  # nothing that failed verification can run
+    assert "learning: model digits refused" in capsys.readouterr().out
+
+
+def test_local_data_is_parsed_strictly(tmp_path: Path) -> None:
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.ones((4, 3)), y=np.array([0, 1, 2, 1]))
+    x, y = load_local_data(good)
+    assert x.shape == (4, 3) and y.dtype == np.int64
+    cases = {"pickle": {"x": np.array([object()], dtype=object), "y": np.zeros(1, np.int64)},
+             "extra": {"x": np.ones((2, 3)), "y": np.zeros(2, np.int64), "z": np.ones(1)},
+             "shape": {"x": np.ones(3), "y": np.zeros(3, np.int64)},
+             "rows": {"x": np.ones((2, 3)), "y": np.zeros(3, np.int64)},
+             "nan": {"x": np.full((2, 3), np.nan), "y": np.zeros(2, np.int64)},
+             "labels": {"x": np.ones((2, 3)), "y": np.array([0.5, 1.0])}}
+    for name, arrays in cases.items():
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, **arrays)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError):
+            load_local_data(path)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ConfigError):
+        load_local_data(tmp_path / "junk.npz")
