@@ -151,8 +151,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"{result.images} images, {result.faces_before} faces found by the independent detector")
             print(f"  faces still found after redaction  {100 * result.face_recall_after:.1f}%")
             if result.reid_top1_before is not None and result.reid_top1_after is not None:
-                print(f"  re-identified (top-1 of {result.reid_gallery})   before {100 * result.reid_top1_before:.1f}%, "
-                      f"after {100 * result.reid_top1_after:.1f}%")
+                before, after = 100 * result.reid_top1_before, 100 * result.reid_top1_after
+                print(f"  re-identified (top-1 of {result.reid_gallery})   before {before:.1f}%, after {after:.1f}%")
             print(f"  people still detected (bodies)     {kept} (of {result.people_before})")
             print(f"  redaction speed                    {result.frames_per_second:.1f} frames/s")
     if args.json:
