@@ -15,11 +15,16 @@ from iotguard.media import (
     FaceDetector,
     FaceRedactor,
     ImageModels,
+    PeopleCounter,
     decode_image,
     encode_image,
     independent_face_detector,
     voice_activity,
 )
+from iotguard.media.evaluation import evaluate_images
+from iotguard.media.image import cv2, scale_boxes
+from iotguard.media.reidentify import FaceMatcher, crop
+from iotguard.sim.camera import people_scene
 from iotguard.sim.media import synthetic_corpus
 
 DATA = Path(__file__).parent / "data"
@@ -109,3 +114,94 @@ def test_voice_activity_label() -> None:
     assert voice_activity(speech)
     quiet = Audio(0.001 * np.random.default_rng(0).standard_normal(8000), 8000)
     assert not voice_activity(quiet)
+
+
+def test_downscaled_boxes_map_back_to_the_full_frame() -> None:
+    # A box found on a frame scaled down by 2 covers twice the pixels; the far edge is rounded outwards.
+    assert scale_boxes([(10, 20, 30, 40)], 2.0, 640, 480) == [(20, 40, 60, 80)]
+    assert scale_boxes([(10, 10, 11, 11)], 1.5, 640, 480) == [(15, 15, 17, 17)]
+    # Boxes that reach past the frame are clipped to it, never dropped.
+    assert scale_boxes([(300, 220, 30, 30)], 2.0, 640, 480) == [(600, 440, 40, 40)]
+
+
+def test_detection_on_a_scaled_down_frame_matches_full_resolution(face: np.ndarray) -> None:
+    big = cv2.resize(face, (face.shape[1] * 2, face.shape[0] * 2))
+    full = FaceDetector(detect_width=0).detect(big)
+    small = FaceDetector(detect_width=big.shape[1] // 2).detect(big)
+    assert full and small
+    fx, fy, fw, fh = max(full, key=lambda b: b[2] * b[3])
+    sx, sy, sw, _sh = max(small, key=lambda b: b[2] * b[3])
+    assert abs(fx - sx) < fw * 0.2 and abs(fy - sy) < fh * 0.2 and abs(fw - sw) < fw * 0.25
+
+
+@pytest.mark.parametrize("corner", ["top_left", "bottom_right"])
+def test_face_near_the_frame_edge_is_covered(face: np.ndarray, corner: str) -> None:
+    """A face touching the edge of a 640x480 frame, found on the 320-pixel copy, is replaced in full."""
+    fx, fy, fw, fh = max(independent_face_detector().detect(face), key=lambda b: b[2] * b[3])
+    padded = cv2.copyMakeBorder(face, fh, fh, fw, fw, cv2.BORDER_CONSTANT, value=(60, 60, 60))
+    px, py, near = fx + fw, fy + fh, 0  # the face box in the padded image; it touches the frame's edge
+    if corner == "top_left":
+        head = padded[py - near : py + 2 * fh, px - near : px + 2 * fw]
+        top, left, truth = 0, 0, (near, near, fw, fh)
+    else:
+        head = padded[py - fh : py + fh + near, px - fw : px + fw + near]
+        top, left = 480 - head.shape[0], 640 - head.shape[1]
+        truth = (left + fw, top + fh, fw, fh)
+    frame = np.full((480, 640, 3), 60, np.uint8)
+    frame[top : top + head.shape[0], left : left + head.shape[1]] = head
+    redactor = FaceRedactor(seed=3)
+    out, n = redactor.apply(frame)
+    assert n >= 1
+    x, y, w, h = truth
+    assert np.all(np.abs(out[y : y + h, x : x + w].astype(int) - 128) <= redactor.noise), "face pixels survived"
+    for cascade in ("frontalface_alt2", "frontalface_default"):
+        assert independent_face_detector(cascade).detect(out) == []
+
+
+def test_people_are_still_detected_on_redacted_frames(face: np.ndarray) -> None:
+    """The body detector does not rely on faces: redacting the heads keeps the people it finds."""
+    rng = np.random.default_rng(3)
+    background = np.full((480, 640, 3), 170, np.uint8)
+    frame, _bodies, heads = people_scene(background, [face], rng, people=(2, 2), heights=(250, 330))
+    counter = PeopleCounter(faces=None)
+    found = counter.bodies(frame)
+    assert len(found) == 2
+    redacted = FaceRedactor(seed=1).redact(frame, heads)
+    assert len(counter.bodies(redacted)) == 2
+    # The default device counter (bodies plus faces outside bodies) counts each person once.
+    assert PeopleCounter().count(frame) == 2
+
+
+def test_reidentification_attacker_links_a_face_only_before_redaction(face: np.ndarray) -> None:
+    x, y, w, h = max(independent_face_detector().detect(face), key=lambda b: b[2] * b[3])
+    rng = np.random.default_rng(0)
+    others = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(3)]
+    others += [face[:h, :w], face[-h:, -w:], face[-h:, :w]]
+    matcher = FaceMatcher()
+    matcher.enrol([face[y : y + h, x : x + w], *others])
+    # The attacker sees the same face later: another scale, brighter, with sensor noise.
+    seen = cv2.resize(face, None, fx=1.6, fy=1.6).astype(float) * 1.1 + rng.normal(0, 4, (1,))
+    seen = np.clip(seen, 0, 255).astype(np.uint8)
+    box = (int(x * 1.6), int(y * 1.6), int(w * 1.6), int(h * 1.6))
+    assert matcher.identify(crop(seen, box)) == 0
+    redacted = FaceRedactor(seed=2).redact(seen, [box])
+    assert matcher.identify(crop(redacted, box)) != 0
+
+
+def test_image_evaluation_reports_faces_identities_and_people(face: np.ndarray) -> None:
+    fx, fy, fw, fh = max(independent_face_detector().detect(face), key=lambda b: b[2] * b[3])
+    # Two people: the astronaut and her mirror image (a different face to the attacker).
+    frames, truth, people = [], [], []
+    for i, image in enumerate((face, cv2.flip(face, 1))):
+        frame = np.full((240, 320, 3), 150, np.uint8)
+        frame[:, i * 40 : i * 40 + face.shape[1]] = image[:240]
+        frames.append(frame)
+        x = fx if i == 0 else face.shape[1] - fx - fw
+        truth.append([(x + i * 40, fy, fw, fh)])
+        people.append([(i * 40, 0, face.shape[1], 240)])
+    result = evaluate_images(frames, FaceRedactor(seed=4), truth=truth, people_truth=people)
+    assert result.faces_before == 2 and result.face_recall_after == 0.0
+    assert set(result.face_recall_by_detector) == {"frontalface_alt2", "frontalface_default"}
+    assert result.reid_gallery == 2 and result.reid_top1_before == 1.0
+    assert result.people_annotated == 2
+    assert result.frames_per_second > 0

@@ -4,8 +4,10 @@
 directory of files (names kept). ``evaluate voice DIR`` reads WAV files
 named ``LABEL_SPEAKER_*.wav`` (the Free Spoken Digit Dataset's naming) and
 reports speaker-verification EERs and spoken-content accuracy;
-``evaluate image DIR`` reads PNG/JPEG files and reports what an independent
-face detector and the people counter still find after redaction. With
+``evaluate image DIR`` reads PNG/JPEG files and reports what independent
+face detectors, a re-identification attacker (each image's own face,
+shifted, enrolled as its identity) and a body detector still find after
+redaction. With
 ``--json`` the last line is one JSON object of the figures.
 """
 
@@ -41,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="image: also pixelate the whole frame in blocks of this many pixels (default off)")
     t.set_defaults(func=_transform)
     e = sub.add_parser("evaluate", help="attack the transform: speaker-verification EER, content accuracy, "
-                                        "face detection after redaction")
+                                        "face detection, re-identification and people detection after redaction")
     e.add_argument("kind", choices=("voice", "image"))
     e.add_argument("directory", metavar="DIR")
     e.add_argument("--method", help="transform to evaluate (default: the strongest shipped)")
@@ -148,7 +150,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             kept = "-" if result.people_recall_kept is None else f"{100 * result.people_recall_kept:.1f}%"
             print(f"{result.images} images, {result.faces_before} faces found by the independent detector")
             print(f"  faces still found after redaction  {100 * result.face_recall_after:.1f}%")
-            print(f"  people still counted               {kept} (of {result.people_before})")
+            if result.reid_top1_before is not None and result.reid_top1_after is not None:
+                before, after = 100 * result.reid_top1_before, 100 * result.reid_top1_after
+                print(f"  re-identified (top-1 of {result.reid_gallery})   before {before:.1f}%, after {after:.1f}%")
+            print(f"  people still detected (bodies)     {kept} (of {result.people_before})")
             print(f"  redaction speed                    {result.frames_per_second:.1f} frames/s")
     if args.json:
         print(json.dumps(figures, sort_keys=True))

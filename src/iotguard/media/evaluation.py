@@ -2,7 +2,8 @@
 
 :func:`evaluate_voice` runs the built-in attacker (:mod:`iotguard.media.attacker`)
 against one voice transform on a labelled set of utterances; :func:`evaluate_images`
-checks face redaction with an independent detector. They return the figures
+checks face redaction with independent detectors, a re-identification attacker
+(:mod:`iotguard.media.reidentify`) and a body detector. They return the figures
 ``iotguard media evaluate`` and ``bench/media.py`` report.
 """
 
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from iotguard.errors import ConfigError
 from iotguard.media.attacker import (
     DigitRecogniser,
     EmbeddingVerifier,
@@ -22,6 +24,7 @@ from iotguard.media.attacker import (
 )
 from iotguard.media.audio import Audio
 from iotguard.media.image import Box, FaceRedactor, Frame, PeopleCounter, independent_face_detector
+from iotguard.media.reidentify import FaceMatcher, crop
 from iotguard.media.voice import VoiceTransform
 
 __all__ = ["ImageEvaluation", "VoiceEvaluation", "anonymise_all", "evaluate_images", "evaluate_voice"]
@@ -121,13 +124,23 @@ def evaluate_voice(utterances: Sequence[Utterance], transform: VoiceTransform | 
 
 @dataclass(frozen=True)
 class ImageEvaluation:
-    """What redaction leaves of faces and of people (rates in [0, 1]).
+    """What redaction leaves of faces, identities and people (rates in [0, 1]).
 
     Attributes:
-        faces_before: Faces the independent detector finds in the originals.
-        face_recall_after: Fraction of those faces it still finds after redaction.
-        people_before: People the device's people counter finds in the originals.
-        people_recall_kept: Fraction of them it still finds after redaction.
+        faces_before: Faces the independent detectors find in the originals (the larger count).
+        face_recall_after: Fraction of those faces still found after redaction (the worse detector).
+        face_recall_by_detector: The same per independent detector (``frontalface_alt2``, ``frontalface_default``).
+        people_before: People the body detector finds in the originals (with
+            annotations: annotated people it finds).
+        people_recall_kept: Its recall on redacted frames over its recall on the
+            originals (without annotations: the fraction of its original
+            detections it still makes).
+        people_annotated: Annotated people (``None`` without annotations).
+        people_recall_original: Body-detector recall on the originals against the annotations.
+        people_recall_redacted: The same on redacted frames.
+        reid_top1_before: Top-1 re-identification of the attacker on original faces.
+        reid_top1_after: The same on the redacted frames (chance is ``1 / reid_gallery``).
+        reid_gallery: Identities in the attacker's gallery.
         frames_per_second: Redaction speed (frames per second of one core's time).
     """
 
@@ -135,9 +148,17 @@ class ImageEvaluation:
     images: int
     faces_before: int
     face_recall_after: float
+    face_recall_by_detector: dict[str, float]
     people_before: int
     people_recall_kept: float | None
+    people_annotated: int | None
+    people_recall_original: float | None
+    people_recall_redacted: float | None
+    reid_top1_before: float | None
+    reid_top1_after: float | None
+    reid_gallery: int
     frames_per_second: float
+    block: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain form for JSON output."""
@@ -145,39 +166,124 @@ class ImageEvaluation:
 
 
 def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Whether the centre of ``a`` lies inside ``b``."""
     ax, ay = a[0] + a[2] / 2, a[1] + a[3] / 2
     return abs(ax - (b[0] + b[2] / 2)) < b[2] / 2 and abs(ay - (b[1] + b[3] / 2)) < b[3] / 2
 
 
+def _matches(a: Box, b: Box) -> bool:
+    return _overlaps(a, b) or _overlaps(b, a)
+
+
+_EVAL_CASCADES = ("frontalface_alt2", "frontalface_default")
+
+
+def _face_recall(frames: Sequence[Frame], redacted: Sequence[Frame],
+                 truth: Sequence[Sequence[Box]] | None) -> tuple[int, dict[str, float], list[Box | None]]:
+    counts: dict[str, float] = {}
+    before_max = 0
+    faces: list[Box | None] = [None] * len(frames)
+    for cascade in _EVAL_CASCADES:
+        detector = independent_face_detector(cascade)
+        total = found = 0
+        for i, (original, out) in enumerate(zip(frames, redacted, strict=True)):
+            before = detector.detect(original)
+            if truth is not None:
+                before = [t for t in truth[i] if any(_overlaps(b, t) for b in before)]
+            if before and faces[i] is None:
+                faces[i] = max(before, key=lambda b: b[2] * b[3])
+            after = detector.detect(out)
+            total += len(before)
+            found += sum(any(_overlaps(a, b) for a in after) for b in before)
+        counts[cascade] = found / total if total else 0.0
+        before_max = max(before_max, total)
+    return before_max, counts, faces
+
+
+def _reidentification(frames: Sequence[Frame], redacted: Sequence[Frame], faces: Sequence[Box | None],
+                      gallery: Sequence[Frame] | None,
+                      identities: Sequence[int] | None) -> tuple[float | None, float | None, int]:
+    """Top-1 of the attacker before and after redaction on the frames where a face is known."""
+    shown = [(i, f) for i, f in enumerate(faces) if f is not None]
+    if gallery is None:
+        # No enrolled photos: the gallery is each frame's own face, shifted by a tenth of its size, so that
+        # "before" is a near-copy match (an upper bound) and "after" asks whether redaction still links.
+        gallery = [crop(frames[i], (x + w // 10, y + h // 10, w, h)) for i, (x, y, w, h) in shown]
+        ids = list(range(len(shown)))
+    else:
+        if identities is None or len(identities) != len(frames):
+            raise ConfigError("re-identification needs one gallery identity per frame")
+        ids = [identities[i] for i, _ in shown]
+    if len(gallery) < 2 or not shown:
+        return None, None, len(gallery)
+    matcher = FaceMatcher()
+    matcher.enrol(gallery)
+    before = matcher.top1([crop(frames[i], box) for i, box in shown], ids)
+    after = matcher.top1([crop(redacted[i], box) for i, box in shown], ids)
+    return before, after, matcher.size
+
+
+def _people_recall(frames: Sequence[Frame], redacted: Sequence[Frame], people: PeopleCounter,
+                   truth: Sequence[Sequence[Box]] | None) -> tuple[int, float | None, float | None, float | None]:
+    """(people found before, kept, recall on originals, recall on redacted)."""
+    before = kept = annotated = found_original = found_redacted = 0
+    for i, (original, out) in enumerate(zip(frames, redacted, strict=True)):
+        a, b = people.boxes(original), people.boxes(out)
+        if truth is None:
+            before += len(a)
+            kept += sum(any(_matches(x, y) for y in b) for x in a)
+            continue
+        annotated += len(truth[i])
+        found_original += sum(any(_matches(x, t) for x in a) for t in truth[i])
+        found_redacted += sum(any(_matches(x, t) for x in b) for t in truth[i])
+    if truth is None:
+        return before, kept / before if before else None, None, None
+    if not annotated:
+        return 0, None, None, None
+    r0, r1 = found_original / annotated, found_redacted / annotated
+    return found_original, r1 / r0 if r0 else None, r0, r1
+
+
 def evaluate_images(frames: Sequence[Frame], redactor: FaceRedactor | None = None,
                     *, people: PeopleCounter | None = None,
-                    truth: Sequence[Sequence[Box]] | None = None) -> ImageEvaluation:
-    """Redact each frame and measure what an independent face detector and the people counter still find.
+                    truth: Sequence[Sequence[Box]] | None = None,
+                    people_truth: Sequence[Sequence[Box]] | None = None,
+                    gallery: Sequence[Frame] | None = None,
+                    identities: Sequence[int] | None = None) -> ImageEvaluation:
+    """Redact each frame and measure what independent face detectors, a re-identification attacker and a
+    body detector still find.
 
-    With ``truth`` (the known face boxes of each frame), only detections on
-    a true face count, so the detector's false alarms elsewhere in a frame
-    are not mistaken for faces that survived; without it, every face the
-    independent detector finds in the original counts.
+    Args:
+        frames: Original frames.
+        redactor: The transform under test (default: :class:`FaceRedactor`).
+        people: The people detector run on originals and redacted frames
+            (default: HOG bodies only, which does not depend on faces).
+        truth: Known face boxes of each frame; only detections on a true face
+            count, so a detector's false alarms are not mistaken for faces
+            that survived. Without it, every face a detector finds counts.
+        people_truth: Annotated person boxes of each frame (recall is then
+            measured against them).
+        gallery: The attacker's enrolled face photos, one per identity, and
+        identities: the gallery index of the person in each frame. Without a
+            gallery, each frame's own face (shifted) is enrolled.
+
+    Raises:
+        ConfigError: a gallery without one identity per frame.
     """
     redactor = redactor or FaceRedactor()
-    people = people or PeopleCounter()
-    detector = independent_face_detector()
+    people = people or PeopleCounter(faces=None)
     start = time.process_time()
     redacted = [redactor.apply(f)[0] for f in frames]
     fps = len(frames) / max(time.process_time() - start, 1e-9)
-    faces = found = persons = kept = 0
-    for i, (original, out) in enumerate(zip(frames, redacted, strict=True)):
-        before = detector.detect(original)
-        if truth is not None:
-            before = [t for t in truth[i] if any(_overlaps(b, t) for b in before)]
-        after = detector.detect(out)
-        faces += len(before)
-        found += sum(any(_overlaps(a, b) for a in after) for b in before)
-        n = people.count(original)
-        persons += n
-        kept += min(n, people.count(out))
+    faces, by_detector, face_boxes = _face_recall(frames, redacted, truth)
+    top1_before, top1_after, gallery_size = _reidentification(frames, redacted, face_boxes, gallery, identities)
+    persons, kept, recall_original, recall_redacted = _people_recall(frames, redacted, people, people_truth)
     return ImageEvaluation(
         method=redactor.name, images=len(frames), faces_before=faces,
-        face_recall_after=found / faces if faces else 0.0, people_before=persons,
-        people_recall_kept=kept / persons if persons else None, frames_per_second=fps,
+        face_recall_after=max(by_detector.values()), face_recall_by_detector=by_detector,
+        people_before=persons, people_recall_kept=kept,
+        people_annotated=None if people_truth is None else sum(len(t) for t in people_truth),
+        people_recall_original=recall_original, people_recall_redacted=recall_redacted,
+        reid_top1_before=top1_before, reid_top1_after=top1_after, reid_gallery=gallery_size,
+        frames_per_second=fps, block=redactor.block,
     )
