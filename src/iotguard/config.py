@@ -133,6 +133,10 @@ class HubConfig:
     #: UNSAFE: certify TPM attestation keys against EKs without a valid manufacturer
     #: certificate chain (or with no roots configured). Logged loudly.
     unsafe_accept_unendorsed_ek: bool = False
+    #: Certificate revocation lists (PEM or DER files) of TPM manufacturer CAs (ADR 0814): an EK
+    #: certificate or intermediate on its issuer's CRL is refused; a CRL that does not verify or is past
+    #: nextUpdate refuses certifications through its issuer. Read when the hub starts.
+    tpm_ek_crls: list[str] = field(default_factory=list)
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite in the data directory."""

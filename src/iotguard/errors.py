@@ -296,6 +296,9 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "ek_certificate_untrusted": "TPM endorsement key has no valid manufacturer certificate chain",
     "ek_certificate_mismatch": "EK certificate does not certify this endorsement key",
     "ek_roots_not_configured": "no TPM manufacturer roots configured",
+    "ek_certificate_revoked": "TPM endorsement key certificate is revoked",
+    "ek_crl_invalid": "a TPM manufacturer CRL does not verify",
+    "ek_crl_stale": "a TPM manufacturer CRL is out of date",
 }
 
 

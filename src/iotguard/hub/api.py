@@ -104,6 +104,9 @@ HTTP_STATUS: dict[str, int] = {
     "ek_certificate_untrusted": 403,
     "ek_certificate_mismatch": 400,
     "ek_roots_not_configured": 409,
+    "ek_certificate_revoked": 403,
+    "ek_crl_invalid": 409,
+    "ek_crl_stale": 409,
 }
 
 

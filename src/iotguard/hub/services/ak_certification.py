@@ -42,7 +42,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from iotguard.attestation import load_ek_chain, load_ek_roots, verify_ek_certificate
+from iotguard.attestation import load_ek_chain, load_ek_crl, load_ek_roots, verify_ek_certificate
 from iotguard.audit import AuditEvent, EventType
 from iotguard.clock import Clock
 from iotguard.config import HubConfig
@@ -54,7 +54,8 @@ from iotguard.hub.stores.devices import DeviceStore
 from iotguard.identity import VerifiedRequest
 from iotguard.keys.rot import AttestationKey
 
-__all__ = ["CREDENTIAL_SECRET_BYTES", "CREDENTIAL_TTL", "AkCertificationService", "ek_roots_from_config"]
+__all__ = ["CREDENTIAL_SECRET_BYTES", "CREDENTIAL_TTL", "AkCertificationService", "ek_crls_from_config",
+           "ek_roots_from_config"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ CREDENTIAL_SECRET_BYTES = 32
 #: How long a credential may be answered.
 CREDENTIAL_TTL = timedelta(minutes=5)
 _PENDING_DOMAIN = b"iotguard-ak-credential/1"
+# Refusals from revocation checks keep their code, and the unsafe option does not lift them.
+_REVOCATION_CODES = frozenset({"ek_certificate_revoked", "ek_crl_invalid", "ek_crl_stale"})
 
 
 def _pending_entry(key: AttestationKey, secret: bytes) -> bytes:
@@ -95,6 +98,25 @@ def ek_roots_from_config(cfg: HubConfig) -> tuple[x509.Certificate, ...]:
     return load_ek_roots(data)
 
 
+def ek_crls_from_config(cfg: HubConfig) -> tuple[x509.CertificateRevocationList, ...]:
+    """The TPM manufacturer CRLs of ``hub.tpm_ek_crls`` (PEM or DER files, ADR 0814).
+
+    Raises:
+        ConfigError: a file cannot be read or is not a CRL.
+    """
+    crls = []
+    for path in cfg.tpm_ek_crls:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"hub.tpm_ek_crls {path}: {exc.strerror}") from None
+        try:
+            crls.append(load_ek_crl(data))
+        except ConfigError as exc:
+            raise ConfigError(f"hub.tpm_ek_crls {path}: {exc}") from None
+    return tuple(crls)
+
+
 class AkCertificationService:
     """Records endorsement keys and certifies attestation keys against them.
 
@@ -108,11 +130,14 @@ class AkCertificationService:
             (:func:`ek_roots_from_config`); none: every EK is refused.
         unsafe_accept_unendorsed_ek: UNSAFE: certify AKs against EKs without
             a valid certificate chain (or with no roots configured). Logged loudly.
+            A revoked EK certificate is refused even then.
+        ek_crls: Revocation lists of the manufacturer CAs (:func:`ek_crls_from_config`).
     """
 
     def __init__(self, store: AttestationStore, devices: DeviceStore, outbox: OutboxStore, clock: Clock, *,
                  credential_ttl: timedelta = CREDENTIAL_TTL, ek_roots: Sequence[x509.Certificate] = (),
-                 unsafe_accept_unendorsed_ek: bool = False) -> None:
+                 unsafe_accept_unendorsed_ek: bool = False,
+                 ek_crls: Sequence[x509.CertificateRevocationList] = ()) -> None:
         self.store = store
         self.devices = devices
         self.outbox = outbox
@@ -120,6 +145,7 @@ class AkCertificationService:
         self.credential_ttl = credential_ttl
         self.ek_roots = tuple(ek_roots)
         self.unsafe_accept_unendorsed_ek = unsafe_accept_unendorsed_ek
+        self.ek_crls = tuple(ek_crls)
         if unsafe_accept_unendorsed_ek:
             log.warning("UNSAFE: hub.unsafe_accept_unendorsed_ek is on: TPM attestation keys are certified "
                         "against endorsement keys without a manufacturer certificate chain")
@@ -157,7 +183,10 @@ class AkCertificationService:
 
         Raises:
             AttestationError: (code ``ek_roots_not_configured``) no roots configured.
-            IntegrityError: (code ``ek_certificate_untrusted``) no valid chain.
+            IntegrityError: (code ``ek_certificate_untrusted``) no valid chain;
+                (``ek_certificate_revoked``) a certificate on the path is on its
+                issuer's CRL; (``ek_crl_invalid``, ``ek_crl_stale``) an issuer's
+                CRL does not verify or is out of date (ADR 0814).
         """
         try:
             if not self.ek_roots:
@@ -165,8 +194,12 @@ class AkCertificationService:
                                        code="ek_roots_not_configured")
             chain = load_ek_chain(endorsement.ek_certificate) if endorsement.ek_certificate else ()
             verify_ek_certificate(chain, _tpm().endorsement_key_spki(endorsement.ek_public), self.ek_roots,
-                                  self.clock.now())
+                                  self.clock.now(), self.ek_crls)
         except (AttestationError, IntegrityError, MalformedError) as exc:
+            if exc.code in _REVOCATION_CODES:
+                log.warning("AK certification of %s refused: %s (%s)", device_id, exc.code, exc)
+                self._audit(device_id, {"status": "refused", "reasons": [exc.code]})
+                raise
             if self.unsafe_accept_unendorsed_ek:
                 log.warning("UNSAFE: EK of %s accepted without a valid manufacturer chain (%s: %s)",
                             device_id, exc.code, exc)
