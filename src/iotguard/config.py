@@ -130,6 +130,9 @@ class HubConfig:
     #: PEM bundle of the TPM manufacturer root CAs that EK certificates must chain to before
     #: an attestation key is certified against the EK (ADR 0812); empty: every EK is refused.
     tpm_ek_roots: str = ""
+    #: PEM bundle of TPM manufacturer intermediate CAs, offered for building the path from an EK
+    #: certificate read from the TPM's NV (which holds only the EK certificate) to a root (ADR 0815).
+    tpm_ek_intermediates: str = ""
     #: UNSAFE: certify TPM attestation keys against EKs without a valid manufacturer
     #: certificate chain (or with no roots configured). Logged loudly.
     unsafe_accept_unendorsed_ek: bool = False

@@ -149,7 +149,7 @@ def tpm_device(request: pytest.FixtureRequest, tmp_path: Path, firmware: Firmwar
 
 def _certify_request(hub: HubParts, agent: Agent, area: bytes) -> Any:
     return hub.client.post("/v1/attest/ak", json=agent._signed("certify_ak", {"ak_public_area": area,
-                                                                             "secret": b""})[0])
+                                                                             "secret": b"", "ek_certificate": b""})[0])
 
 
 def _refusals(hub: HubParts) -> list[list[str]]:
@@ -349,4 +349,79 @@ def test_revoked_ek_certificate_is_refused_at_certification_even_when_unsafe(
             assert "credential_blob" not in r.json()
             assert _refusals(hub) == [["ek_certificate_revoked"]]
         finally:
+            hub.store.engine.dispose()
+
+
+# -- the EK certificate read from the TPM's NV (ADR 0815) ---------------------------------------------
+
+
+def _nv_hub(tmp_path: Path, ek_ca: EkCa, *, intermediates: bool = True) -> HubParts:
+    extra = {"tpm_ek_intermediates": str(ek_ca.directory / "issuercert.pem")} if intermediates else {}
+    return make_hub(tmp_path, tpm_ek_roots=str(ek_ca.roots_file), **extra)
+
+
+def _post(hub: HubParts, agent: Agent) -> Any:
+    def post(body: dict[str, Any]) -> Any:
+        r = hub.client.post("/v1/attest/ak", json=agent._signed("certify_ak", body)[0])
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    return post
+
+
+@pytest.mark.swtpm
+def test_ek_certificate_read_from_tpm_nv_certifies_the_ak_without_an_operator_certificate(
+        tmp_path: Path, ek_ca: EkCa, manufactured_swtpm: Any) -> None:
+    """swtpm_setup wrote the EK certificate into NV; the agent reads it and the hub checks its chain."""
+    from iotguard.agent.attester import Attester
+    from iotguard.agent.boot import BootRecord
+    from iotguard.keys.tpm import TpmRootOfTrust, endorsement_key_spki
+
+    root = TpmRootOfTrust(tmp_path / "tpm", tcti=manufactured_swtpm.tcti)
+    hub = _nv_hub(tmp_path / "hub", ek_ca)
+    try:
+        certificate = root.endorsement_certificate()
+        leaf = x509.load_der_x509_certificate(certificate)
+        spki = leaf.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        assert spki == endorsement_key_spki(root.endorsement_key())  # the EK used for activation is the certified one
+        agent = hub.agent("dev-1")
+        hub.services.attestation.certification.record_endorsement_key("dev-1", root.endorsement_key())  # no chain
+        Attester(root, BootRecord((), "", b"", ())).certify(_post(hub, agent))
+        endorsement = hub.services.attestation.store.endorsement("dev-1")
+        assert endorsement is not None and endorsement.certified_key == root.attestation_key()
+        assert _refusals(hub) == []
+    finally:
+        root.close()
+        hub.store.engine.dispose()
+
+
+@pytest.mark.swtpm
+def test_nv_certificate_of_another_tpm_or_without_a_path_to_a_root_is_refused(
+        tmp_path: Path, ek_ca: EkCa, manufactured_swtpm: Any, swtpm: Any) -> None:
+    """Attack: a device presents another (genuine) TPM's EK certificate; and a path the hub cannot complete."""
+    from iotguard.keys.tpm import TpmRootOfTrust
+
+    root = TpmRootOfTrust(tmp_path / "tpm", tcti=manufactured_swtpm.tcti)
+    plain = TpmRootOfTrust(tmp_path / "plain", tcti=swtpm.tcti)  # a TPM without certificates in NV
+    hubs = [_nv_hub(tmp_path / "hub", ek_ca), _nv_hub(tmp_path / "no-intermediates", ek_ca, intermediates=False)]
+    try:
+        assert plain.endorsement_certificate() == b""
+        area = plain.attestation_key_public_area()
+        genuine = root.endorsement_certificate()
+        hub = hubs[0]
+        agent = hub.agent("dev-1")
+        hub.services.attestation.certification.record_endorsement_key("dev-1", plain.endorsement_key())
+        body = {"ak_public_area": area, "secret": b"", "ek_certificate": genuine}
+        r = hub.client.post("/v1/attest/ak", json=agent._signed("certify_ak", body)[0])
+        assert (r.status_code, r.json()["error"]) == (403, "ek_certificate_untrusted"), r.text
+        hub = hubs[1]
+        agent = hub.agent("dev-1")
+        hub.services.attestation.certification.record_endorsement_key("dev-1", root.endorsement_key())
+        body = {"ak_public_area": root.attestation_key_public_area(), "secret": b"", "ek_certificate": genuine}
+        r = hub.client.post("/v1/attest/ak", json=agent._signed("certify_ak", body)[0])
+        assert (r.status_code, r.json()["error"]) == (403, "ek_certificate_untrusted"), r.text
+    finally:
+        root.close()
+        plain.close()
+        for hub in hubs:
             hub.store.engine.dispose()

@@ -55,7 +55,7 @@ from iotguard.identity import VerifiedRequest
 from iotguard.keys.rot import AttestationKey
 
 __all__ = ["CREDENTIAL_SECRET_BYTES", "CREDENTIAL_TTL", "AkCertificationService", "ek_crls_from_config",
-           "ek_roots_from_config"]
+           "ek_intermediates_from_config", "ek_roots_from_config"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,23 @@ def ek_roots_from_config(cfg: HubConfig) -> tuple[x509.Certificate, ...]:
     return load_ek_roots(data)
 
 
+def ek_intermediates_from_config(cfg: HubConfig) -> tuple[x509.Certificate, ...]:
+    """The TPM manufacturer intermediate CAs of ``hub.tpm_ek_intermediates`` (a PEM bundle); none when empty.
+
+    They are not trust anchors: only a path through them to a root in ``hub.tpm_ek_roots`` counts.
+
+    Raises:
+        ConfigError: the file cannot be read or is not a bundle of CA certificates.
+    """
+    if not cfg.tpm_ek_intermediates:
+        return ()
+    try:
+        data = Path(cfg.tpm_ek_intermediates).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"hub.tpm_ek_intermediates {cfg.tpm_ek_intermediates}: {exc.strerror}") from None
+    return load_ek_roots(data)
+
+
 def ek_crls_from_config(cfg: HubConfig) -> tuple[x509.CertificateRevocationList, ...]:
     """The TPM manufacturer CRLs of ``hub.tpm_ek_crls`` (PEM or DER files, ADR 0814).
 
@@ -132,12 +149,15 @@ class AkCertificationService:
             a valid certificate chain (or with no roots configured). Logged loudly.
             A revoked EK certificate is refused even then.
         ek_crls: Revocation lists of the manufacturer CAs (:func:`ek_crls_from_config`).
+        ek_intermediates: Manufacturer intermediate CAs for paths from an EK
+            certificate read from NV (:func:`ek_intermediates_from_config`).
     """
 
     def __init__(self, store: AttestationStore, devices: DeviceStore, outbox: OutboxStore, clock: Clock, *,
                  credential_ttl: timedelta = CREDENTIAL_TTL, ek_roots: Sequence[x509.Certificate] = (),
                  unsafe_accept_unendorsed_ek: bool = False,
-                 ek_crls: Sequence[x509.CertificateRevocationList] = ()) -> None:
+                 ek_crls: Sequence[x509.CertificateRevocationList] = (),
+                 ek_intermediates: Sequence[x509.Certificate] = ()) -> None:
         self.store = store
         self.devices = devices
         self.outbox = outbox
@@ -146,6 +166,7 @@ class AkCertificationService:
         self.ek_roots = tuple(ek_roots)
         self.unsafe_accept_unendorsed_ek = unsafe_accept_unendorsed_ek
         self.ek_crls = tuple(ek_crls)
+        self.ek_intermediates = tuple(ek_intermediates)
         if unsafe_accept_unendorsed_ek:
             log.warning("UNSAFE: hub.unsafe_accept_unendorsed_ek is on: TPM attestation keys are certified "
                         "against endorsement keys without a manufacturer certificate chain")
@@ -178,8 +199,13 @@ class AkCertificationService:
         self._audit(device_id, {"status": "ek_recorded", "ek_sha256": hashlib.sha256(ek_public).hexdigest(),
                                 "ek_certificate": bool(ek_certificate)})
 
-    def _check_endorsed(self, device_id: str, endorsement: Endorsement) -> None:
+    def _check_endorsed(self, device_id: str, endorsement: Endorsement, from_tpm: bytes = b"") -> None:
         """The EK's certificate chain ends at a configured manufacturer root (ADR 0812).
+
+        The EK certificate is the one the device read from its TPM's NV
+        (``from_tpm``, ADR 0815), else the chain the operator recorded
+        explicitly with the EK; intermediates come from that chain and from
+        ``hub.tpm_ek_intermediates``.
 
         Raises:
             AttestationError: (code ``ek_roots_not_configured``) no roots configured.
@@ -192,7 +218,9 @@ class AkCertificationService:
             if not self.ek_roots:
                 raise AttestationError("no TPM manufacturer roots configured (hub.tpm_ek_roots)",
                                        code="ek_roots_not_configured")
-            chain = load_ek_chain(endorsement.ek_certificate) if endorsement.ek_certificate else ()
+            recorded = load_ek_chain(endorsement.ek_certificate) if endorsement.ek_certificate else ()
+            leaf = load_ek_chain(from_tpm)[:1] if from_tpm else recorded[:1]
+            chain = (*leaf, *recorded[1:], *self.ek_intermediates) if leaf else ()
             verify_ek_certificate(chain, _tpm().endorsement_key_spki(endorsement.ek_public), self.ek_roots,
                                   self.clock.now(), self.ek_crls)
         except (AttestationError, IntegrityError, MalformedError) as exc:
@@ -221,6 +249,7 @@ class AkCertificationService:
         """
         device_id = request.device_id
         area, secret = request.body["ak_public_area"], request.body["secret"]
+        from_tpm = request.body["ek_certificate"]
         endorsement = self.store.endorsement(device_id)
         if endorsement is None:
             self._refuse(device_id, "no_endorsement_key")
@@ -233,7 +262,7 @@ class AkCertificationService:
             raise MalformedError("not a restricted TPM attestation key") from None
         now = self.clock.now()
         if not secret:
-            self._check_endorsed(device_id, endorsement)
+            self._check_endorsed(device_id, endorsement, from_tpm)
             secret = secrets.token_bytes(CREDENTIAL_SECRET_BYTES)
             blob, encrypted = tpm.make_ak_credential(endorsement.ek_public, area, secret)
             self.store.purge_nonces(now)
