@@ -332,10 +332,18 @@ class TpmRootOfTrust:
     def _endorsement(self) -> tuple[bytes, Any]:
         """The EK certificate in NV (``b""`` if none) and the EK template that matches it (read once)."""
         from tpm2_pytss import TSS2_Exception
-        from tpm2_pytss.utils import NVReadEK, create_ek_template
+        from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
 
         if self._ek_template is None:
-            reader = NVReadEK(self._esapi)
+            nv_read = NVReadEK(self._esapi)
+            defined = self._nv_indices()
+
+            def reader(index: int) -> bytes:
+                # Asking the TPM about an index it lacks makes libtss2 log errors; list them first.
+                if int(index) not in defined:
+                    raise NoSuchIndex(index)
+                return bytes(nv_read(index))
+
             found: tuple[bytes, Any] | None = None
             try:
                 for ek_type in _EK_TYPES:
@@ -351,6 +359,21 @@ class TpmRootOfTrust:
                 raise KeyStoreError("the EK certificate in TPM NV is too large")
             self._ek_template = found
         return self._ek_template
+
+    def _nv_indices(self) -> set[int]:
+        """The NV indices defined in the TPM (``TPM2_GetCapability(TPM_CAP_HANDLES)``)."""
+        from tpm2_pytss.constants import TPM2_CAP, TPM2_HC
+
+        defined: set[int] = set()
+        start = int(TPM2_HC.NV_INDEX_FIRST)
+        for _ in range(64):  # at most 64 pages
+            more, data = self._esapi.get_capability(TPM2_CAP.HANDLES, start, 64)
+            handles = [int(h) for h in data.data.handles]
+            defined.update(h for h in handles if h >> 24 == 0x01)
+            if not more or not handles:
+                break
+            start = handles[-1] + 1
+        return defined
 
     def endorsement_certificate(self) -> bytes:
         """The manufacturer's EK certificate (DER) from the TPM's NV, ``b""`` if the TPM has none.
