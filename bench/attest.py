@@ -1,8 +1,10 @@
 """Attestation benchmark: full appraisals per second against bare signature verification.
 
 A full appraisal is what the verifier does for every piece of evidence: strict
-EAT/COSE parse, attestation-key signature, UEID, nonce and age, quote check
-(for a TPM: the quote's own ES256 signature), event-log replay against the
+EAT/COSE parse, attestation-key signature (for a TPM: the token is
+quote-signed, ADR 0813 — one ES256 signature over the quote's TPMS_ATTEST,
+whose extraData must be SHA-256 of the token's Sig_structure), UEID, nonce and
+age, quote check, event-log replay against the
 quoted PCR digest, reference-value match (two allowed releases) and the
 appraisal policy. The baseline, measured in the same run and interleaved
 round by round, is one bare ``cryptography`` verification of the same
@@ -24,9 +26,9 @@ nonces the hub issued, interleaved with the baseline rounds. Its ratio to the
 bare verification is reported beside the verifier's.
 
 Headline: software-evidence appraisals/s / bare Ed25519 verifications/s
-(goal >= 0.5 and >= 2,000 appraisals/s). A TPM appraisal checks two ES256
-signatures (the evidence's and the quote's), so its ratio against one bare
-ES256 verification is at most 0.5 by construction; it is reported as is.
+(goal >= 0.5 and >= 2,000 appraisals/s); the TPM's ratio (appraisals / bare
+ES256 verifications of the same quote) is reported beside it against the same
+goal. Since ADR 0813 a TPM appraisal verifies one signature, not two.
 
     python bench/attest.py [--quick] [--out bench/results/attest.json]
 """
@@ -163,7 +165,8 @@ def prepare(root: RootOfTrust, store: SoftwareKeyStore, images: Path, anchor: by
 def bare_verifier(token: bytes, ak_der: bytes) -> Callable[[], object]:
     evidence = decode_evidence(token)
     key = load_der_public_key(ak_der)
-    data, signature = evidence.to_be_signed, evidence.signature
+    # A quote-signed (TPM) token's one signature is over its TPMS_ATTEST.
+    data, signature = evidence.signed_attest or evidence.to_be_signed, evidence.signature
     if isinstance(key, Ed25519PublicKey):
         return lambda: key.verify(signature, data)
     assert isinstance(key, ec.EllipticCurvePublicKey)
@@ -173,8 +176,8 @@ def bare_verifier(token: bytes, ak_der: bytes) -> Callable[[], object]:
 
 
 HUB_MODEL = "thermo-1"
-#: Signature verifications a full appraisal cannot avoid: the token's, and for a TPM the quote's own.
-SIGNATURES_PER_APPRAISAL = {"software": 1, "tpm2": 2}
+#: Signature verifications a full appraisal makes: one (a TPM's token is quote-signed, ADR 0813).
+SIGNATURES_PER_APPRAISAL = {"software": 1, "tpm2": 1}
 
 
 class HubPath:
@@ -387,9 +390,16 @@ def main() -> int:
             "goal": 0.5,
         },
         "goal_appraisals_per_second": 2000,
+        "tpm": {
+            "name": "full appraisals of quote-signed TPM evidence per CPU-second",
+            "value": round(medians["full appraisal (tpm2)"], 1) if "tpm2" in roots else None,
+            "baseline_name": "bare ES256 verifications of the same quote per CPU-second",
+            "baseline_value": round(medians["bare ES256 verify (tpm2)"], 1) if "tpm2" in roots else None,
+            "ratio": round(ratios["tpm2"], 3) if "tpm2" in roots else None,
+            "goal": 0.5,
+        },
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
-        # A TPM appraisal must verify two ES256 signatures (the token's and the quote's), so its ratio to one
-        # bare verification is at most 0.5; this is the ratio to that ceiling (1.0 = nothing but signatures).
+        # Signatures an appraisal verifies, and the ratio to that ceiling (1.0 = nothing but signatures).
         "signatures_per_appraisal": {k: SIGNATURES_PER_APPRAISAL[k] for k in ratios},
         "ratios_to_signature_ceiling": {k: round(v * SIGNATURES_PER_APPRAISAL[k], 3) for k, v in ratios.items()},
         # The hub's path: nonce from the database, key check, verifier from the stored reference values

@@ -234,7 +234,7 @@ def running_swtpm(state: Path) -> Iterator[Swtpm]:
         _missing("tpm2-pytss (pip, built against libtss2-dev)")
     if not Path(SWTPM).exists():
         _missing("swtpm")
-    state.mkdir()
+    state.mkdir(exist_ok=True)  # may hold a manufactured state (swtpm_setup)
     # The swtpm TCTI finds the control channel at the server port + 1.
     server, ctrl = _free_port_pair()
     proc = subprocess.Popen(

@@ -134,9 +134,16 @@ class HubConfig:
     #: PEM bundle of the TPM manufacturer root CAs that EK certificates must chain to before
     #: an attestation key is certified against the EK (ADR 0812); empty: every EK is refused.
     tpm_ek_roots: str = ""
+    #: PEM bundle of TPM manufacturer intermediate CAs, offered for building the path from an EK
+    #: certificate read from the TPM's NV (which holds only the EK certificate) to a root (ADR 0815).
+    tpm_ek_intermediates: str = ""
     #: UNSAFE: certify TPM attestation keys against EKs without a valid manufacturer
     #: certificate chain (or with no roots configured). Logged loudly.
     unsafe_accept_unendorsed_ek: bool = False
+    #: Certificate revocation lists (PEM or DER files) of TPM manufacturer CAs (ADR 0814): an EK
+    #: certificate or intermediate on its issuer's CRL is refused; a CRL that does not verify or is past
+    #: nextUpdate refuses certifications through its issuer. Read when the hub starts.
+    tpm_ek_crls: list[str] = field(default_factory=list)
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite in the data directory."""

@@ -206,6 +206,35 @@ class EkCa:
         return leaf.public_bytes(Encoding.PEM) + (self.directory / "issuercert.pem").read_bytes()
 
 
+SWTPM_SETUP = shutil.which("swtpm_setup") or "/usr/bin/swtpm_setup"
+
+
+def manufacture_tpm(state: Path, ca: EkCa) -> None:
+    """Manufacture a TPM state as a vendor does: ``swtpm_setup --create-ek-cert --create-platform-cert``
+    creates the EKs and writes their certificates, issued by ``ca`` (swtpm_localca), into NV
+    (swtpm_setup 0.7: RSA-2048 EK certificate at 0x01c00002, ECC P-384 at 0x01c00016, platform certificate)."""
+    if not Path(SWTPM_SETUP).exists():
+        _missing("swtpm_setup (Debian swtpm-tools)")
+    state.mkdir(parents=True)
+    config = state.parent / f"{state.name}-swtpm_setup.conf"
+    config.write_text(f"create_certs_tool = {SWTPM_LOCALCA}\n"
+                      f"create_certs_tool_config = {ca.directory / 'localca.conf'}\n"
+                      f"create_certs_tool_options = {ca.directory / 'localca.opts'}\n")
+    subprocess.run([SWTPM_SETUP, "--tpm2", "--tpmstate", str(state), "--create-ek-cert", "--create-platform-cert",
+                    "--config", str(config)], check=True, capture_output=True, timeout=300)
+
+
+@pytest.fixture
+def manufactured_swtpm(tmp_path: Path, ek_ca: EkCa) -> Iterator[Any]:
+    """An swtpm whose NV holds EK certificates from the test manufacturer (:func:`ek_ca`), as a real TPM does."""
+    from tests.conftest import running_swtpm
+
+    state = tmp_path / "swtpm-manufactured"
+    manufacture_tpm(state, ek_ca)
+    with running_swtpm(state) as tpm:
+        yield tpm
+
+
 def make_ek_ca(directory: Path) -> EkCa:
     """A fresh swtpm local CA in ``directory``: its root and intermediate (made with its first certificate)."""
     if not Path(SWTPM_LOCALCA).exists():

@@ -56,8 +56,8 @@ def second_ak_device(request: pytest.FixtureRequest, tmp_path: Path, firmware: F
 
 
 def _certify_request(hub: HubParts, agent: Agent, area: bytes, secret: bytes = b"") -> Any:
-    return hub.client.post("/v1/attest/ak", json=agent._signed("certify_ak", {"ak_public_area": area,
-                                                                             "secret": secret})[0])
+    body = {"ak_public_area": area, "secret": secret, "ek_certificate": b""}
+    return hub.client.post("/v1/attest/ak", json=agent._signed("certify_ak", body)[0])
 
 
 def _evidence(hub: HubParts, agent: Agent, device: Device) -> Any:

@@ -14,6 +14,7 @@ from pycose.messages.sign1message import Sign1Message
 from iotguard.errors import MalformedError
 from iotguard.wire.eat import (
     MAX_EVIDENCE_BYTES,
+    TPM_QUOTE_ALGORITHM,
     BootEvent,
     EvidenceClaims,
     decode_evidence,
@@ -135,3 +136,24 @@ def test_claims_not_in_deterministic_encoding_are_refused(payload: object) -> No
 
 def test_event_log_sha256_is_the_digest_of_the_log_as_received() -> None:
     assert decode_evidence(_token()).event_log_sha256 == event_log_digest(EVENTS)
+
+
+def test_quote_signed_token_splits_its_signature_into_r_s_and_the_tpms_attest() -> None:
+    """ADR 0813: protected header {1: -75100}; the signature field is r || s followed by the TPMS_ATTEST."""
+    attest = b"\xffTCG\x80\x18" + b"a" * 100
+    token = encode_evidence(CLAIMS, TPM_QUOTE_ALGORITHM, lambda tbs: b"s" * 64 + attest)
+    outer = cbor2.loads(token)
+    assert outer.value[0] == b"\xa1\x01\x3a\x00\x01\x25\x5b"
+    evidence = decode_evidence(token)
+    assert evidence.algorithm == TPM_QUOTE_ALGORITHM
+    assert (evidence.signature, evidence.signed_attest) == (b"s" * 64, attest)
+    assert evidence.to_be_signed.startswith(b"\x84\x6aSignature1\x47\xa1\x01\x3a\x00\x01\x25\x5b\x40")
+    assert decode_evidence(_token()).signed_attest == b""
+
+
+@pytest.mark.parametrize("signature", [b"s" * 64, b"s" * 63, b"s" * (64 + 2049)])
+def test_quote_signed_token_without_a_tpms_attest_or_too_long_is_malformed(signature: bytes) -> None:
+    token = encode_evidence(CLAIMS, TPM_QUOTE_ALGORITHM, lambda tbs: signature)
+    with pytest.raises(MalformedError) as info:
+        decode_evidence(token)
+    assert info.value.code == "malformed_evidence"

@@ -149,7 +149,7 @@ def tpm_device(request: pytest.FixtureRequest, tmp_path: Path, firmware: Firmwar
 
 def _certify_request(hub: HubParts, agent: Agent, area: bytes) -> Any:
     return hub.client.post("/v1/attest/ak", json=agent._signed("certify_ak", {"ak_public_area": area,
-                                                                             "secret": b""})[0])
+                                                                             "secret": b"", "ek_certificate": b""})[0])
 
 
 def _refusals(hub: HubParts) -> list[list[str]]:
@@ -244,3 +244,184 @@ def test_tpm_unsupported_is_a_client_error_not_a_server_error(hub: HubParts, mon
     monkeypatch.setitem(sys.modules, "tpm2_pytss", None)  # the import fails as if not installed
     r = _certify_request(hub, agent, b"\x00\x02ak")
     assert (r.status_code, r.json()["error"]) == (422, "tpm_unsupported"), r.text
+
+
+# -- revocation (ADR 0814) ---------------------------------------------------------------------------
+
+
+def _crl(issuer: str, key: Any, *serials: int, next_update: datetime = NOW + timedelta(days=7)
+         ) -> x509.CertificateRevocationList:
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(_name(issuer))
+               .last_update(NOW - timedelta(days=1)).next_update(next_update))
+    for serial in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(NOW - timedelta(hours=1)).build())
+    return builder.sign(key, hashes.SHA256())
+
+
+def test_ek_certificate_on_its_issuers_crl_is_revoked() -> None:
+    """Attack: a TPM whose EK the manufacturer revoked (extracted key, recalled part) still certifies an AK."""
+    pki = _Pki()
+    chain = (pki.ek, pki.inter)
+    current = _crl("manufacturer ek ca", pki.inter_key, pki.ek.serial_number + 1)  # lists another TPM only
+    verify_ek_certificate(chain, pki.ek_spki, (pki.root,), NOW, (current,))
+    revoked = _crl("manufacturer ek ca", pki.inter_key, pki.ek.serial_number)
+    with pytest.raises(IntegrityError) as e:
+        verify_ek_certificate(chain, pki.ek_spki, (pki.root,), NOW, (current, revoked))
+    assert e.value.code == "ek_certificate_revoked"
+
+
+def test_revoked_intermediate_is_refused() -> None:
+    pki = _Pki()
+    root_crl = _crl("manufacturer root", pki.root_key, pki.inter.serial_number)
+    with pytest.raises(IntegrityError) as e:
+        verify_ek_certificate((pki.ek, pki.inter), pki.ek_spki, (pki.root,), NOW, (root_crl,))
+    assert e.value.code == "ek_certificate_revoked"
+
+
+def test_crl_not_signed_by_the_issuer_is_refused() -> None:
+    """Attack: a CRL forged under the intermediate's name (to revoke, or to stand in for the real one)."""
+    pki = _Pki()
+    forged = _crl("manufacturer ek ca", ec.generate_private_key(ec.SECP256R1()))
+    with pytest.raises(IntegrityError) as e:
+        verify_ek_certificate((pki.ek, pki.inter), pki.ek_spki, (pki.root,), NOW, (forged,))
+    assert e.value.code == "ek_crl_invalid"
+
+
+def test_crl_past_next_update_is_refused() -> None:
+    """An out-of-date CRL could hide a later revocation: certification through its issuer stops (fail closed)."""
+    pki = _Pki()
+    old = _crl("manufacturer ek ca", pki.inter_key, next_update=NOW - timedelta(seconds=1))
+    with pytest.raises(IntegrityError) as e:
+        verify_ek_certificate((pki.ek, pki.inter), pki.ek_spki, (pki.root,), NOW, (old,))
+    assert e.value.code == "ek_crl_stale"
+    verify_ek_certificate((pki.ek, pki.inter), pki.ek_spki, (pki.root,), NOW - timedelta(seconds=2), (old,))
+
+
+def test_crls_are_parsed_strictly(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.serialization import Encoding as Enc
+
+    from iotguard.attestation import load_ek_crl
+    from iotguard.config import HubConfig
+    from iotguard.hub.services.ak_certification import ek_crls_from_config
+
+    crl = _crl("manufacturer ek ca", _Pki().inter_key, 7)
+    assert load_ek_crl(crl.public_bytes(Enc.PEM)) == crl
+    assert load_ek_crl(crl.public_bytes(Enc.DER)) == crl
+    for bad in (b"", b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n", b"\x30\x03\x02\x01\x01"):
+        with pytest.raises(ConfigError):
+            load_ek_crl(bad)
+    good, garbage = tmp_path / "good.crl", tmp_path / "garbage.crl"
+    good.write_bytes(crl.public_bytes(Enc.DER))
+    garbage.write_bytes(b"not a crl")
+    assert ek_crls_from_config(HubConfig(tpm_ek_crls=[str(good)])) == (crl,)
+    for paths in ([str(garbage)], [str(tmp_path / "missing.crl")]):
+        with pytest.raises(ConfigError):
+            ek_crls_from_config(HubConfig(tpm_ek_crls=paths))
+
+
+@pytest.mark.swtpm
+def test_revoked_ek_certificate_is_refused_at_certification_even_when_unsafe(
+        tmp_path: Path, tpm_device: Device, ek_ca: EkCa, caplog: pytest.LogCaptureFixture) -> None:
+    """The manufacturer (swtpm's local CA) revokes this TPM's EK certificate: no AK of it is certified."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    ek = tpm_device.root.endorsement_key()  # type: ignore[attr-defined]
+    area = tpm_device.root.attestation_key_public_area()  # type: ignore[attr-defined]
+    chain = ek_ca.certify(ek)
+    leaf, intermediate = load_ek_chain(chain)[:2]
+    signing_key = load_pem_private_key((ek_ca.directory / "signkey.pem").read_bytes(), None)
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(intermediate.subject)
+           .last_update(datetime.now(UTC) - timedelta(hours=1)).next_update(datetime.now(UTC) + timedelta(days=1))
+           .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(leaf.serial_number)
+                                    .revocation_date(datetime.now(UTC) - timedelta(minutes=5)).build())
+           .sign(signing_key, hashes.SHA256()))  # type: ignore[arg-type]
+    crl_file = tmp_path / "manufacturer.crl"
+    crl_file.write_bytes(crl.public_bytes(Encoding.PEM))
+    for name, unsafe in (("strict", False), ("unsafe", True)):
+        hub = make_hub(tmp_path / name, tpm_ek_roots=str(ek_ca.roots_file), tpm_ek_crls=[str(crl_file)],
+                       unsafe_accept_unendorsed_ek=unsafe)
+        try:
+            agent = hub.agent("dev-1")
+            hub.services.attestation.certification.record_endorsement_key("dev-1", ek, chain)
+            r = _certify_request(hub, agent, area)
+            assert (r.status_code, r.json()["error"]) == (403, "ek_certificate_revoked"), r.text
+            assert "credential_blob" not in r.json()
+            assert _refusals(hub) == [["ek_certificate_revoked"]]
+        finally:
+            hub.store.engine.dispose()
+
+
+# -- the EK certificate read from the TPM's NV (ADR 0815) ---------------------------------------------
+
+
+def _nv_hub(tmp_path: Path, ek_ca: EkCa, *, intermediates: bool = True) -> HubParts:
+    extra = {"tpm_ek_intermediates": str(ek_ca.directory / "issuercert.pem")} if intermediates else {}
+    return make_hub(tmp_path, tpm_ek_roots=str(ek_ca.roots_file), **extra)
+
+
+def _post(hub: HubParts, agent: Agent) -> Any:
+    def post(body: dict[str, Any]) -> Any:
+        r = hub.client.post("/v1/attest/ak", json=agent._signed("certify_ak", body)[0])
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    return post
+
+
+@pytest.mark.swtpm
+def test_ek_certificate_read_from_tpm_nv_certifies_the_ak_without_an_operator_certificate(
+        tmp_path: Path, ek_ca: EkCa, manufactured_swtpm: Any) -> None:
+    """swtpm_setup wrote the EK certificate into NV; the agent reads it and the hub checks its chain."""
+    from iotguard.agent.attester import Attester
+    from iotguard.agent.boot import BootRecord
+    from iotguard.keys.tpm import TpmRootOfTrust, endorsement_key_spki
+
+    root = TpmRootOfTrust(tmp_path / "tpm", tcti=manufactured_swtpm.tcti)
+    hub = _nv_hub(tmp_path / "hub", ek_ca)
+    try:
+        certificate = root.endorsement_certificate()
+        leaf = x509.load_der_x509_certificate(certificate)
+        spki = leaf.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        assert spki == endorsement_key_spki(root.endorsement_key())  # the EK used for activation is the certified one
+        agent = hub.agent("dev-1")
+        hub.services.attestation.certification.record_endorsement_key("dev-1", root.endorsement_key())  # no chain
+        Attester(root, BootRecord((), "", b"", ())).certify(_post(hub, agent))
+        endorsement = hub.services.attestation.store.endorsement("dev-1")
+        assert endorsement is not None and endorsement.certified_key == root.attestation_key()
+        assert _refusals(hub) == []
+    finally:
+        root.close()
+        hub.store.engine.dispose()
+
+
+@pytest.mark.swtpm
+def test_nv_certificate_of_another_tpm_or_without_a_path_to_a_root_is_refused(
+        tmp_path: Path, ek_ca: EkCa, manufactured_swtpm: Any, swtpm: Any) -> None:
+    """Attack: a device presents another (genuine) TPM's EK certificate; and a path the hub cannot complete."""
+    from iotguard.keys.tpm import TpmRootOfTrust
+
+    root = TpmRootOfTrust(tmp_path / "tpm", tcti=manufactured_swtpm.tcti)
+    plain = TpmRootOfTrust(tmp_path / "plain", tcti=swtpm.tcti)  # a TPM without certificates in NV
+    hubs = [_nv_hub(tmp_path / "hub", ek_ca), _nv_hub(tmp_path / "no-intermediates", ek_ca, intermediates=False)]
+    try:
+        assert plain.endorsement_certificate() == b""
+        area = plain.attestation_key_public_area()
+        genuine = root.endorsement_certificate()
+        hub = hubs[0]
+        agent = hub.agent("dev-1")
+        hub.services.attestation.certification.record_endorsement_key("dev-1", plain.endorsement_key())
+        body = {"ak_public_area": area, "secret": b"", "ek_certificate": genuine}
+        r = hub.client.post("/v1/attest/ak", json=agent._signed("certify_ak", body)[0])
+        assert (r.status_code, r.json()["error"]) == (403, "ek_certificate_untrusted"), r.text
+        hub = hubs[1]
+        agent = hub.agent("dev-1")
+        hub.services.attestation.certification.record_endorsement_key("dev-1", root.endorsement_key())
+        body = {"ak_public_area": root.attestation_key_public_area(), "secret": b"", "ek_certificate": genuine}
+        r = hub.client.post("/v1/attest/ak", json=agent._signed("certify_ak", body)[0])
+        assert (r.status_code, r.json()["error"]) == (403, "ek_certificate_untrusted"), r.text
+    finally:
+        root.close()
+        plain.close()
+        for hub in hubs:
+            hub.store.engine.dispose()

@@ -10,6 +10,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
+from iotguard.agent.evidence import sign_claims
 from iotguard.attestation import Tier
 from iotguard.errors import AttestationError
 from iotguard.wire.eat import BootEvent, EvidenceClaims, decode_evidence, encode_evidence, event_log_digest
@@ -122,17 +123,19 @@ def test_replayed_old_evidence_is_contraindicated(device: Device) -> None:
 
 def test_replayed_old_quote_in_fresh_evidence_is_contraindicated(device: Device) -> None:
     """Malware re-wraps a quote from a good boot into evidence for the new nonce."""
-    good_quote = device.root.quote(b"old nonce", (0, 4, 10, 11))
     token = device.evidence(device.boot(), NONCE)
-    claims = dataclasses.replace(
-        decode_evidence(token).claims,
-        quote_attest=good_quote.attest,
-        quote_signature=good_quote.signature if device.root.kind == "tpm2" else b"",
-    )
-    forged = encode_evidence(claims, device.root.attestation_key().algorithm.value, device.root.sign_evidence)
+    if device.root.kind == "tpm2":
+        # The quote is the token's signature: an old token's quote under the fresh token's claims.
+        old = decode_evidence(device.evidence(device.boot(), b"old challenge nonce 0123456789ab"))
+        forged = _with_signature(token, old.signature + old.signed_attest)
+        expected = "quote_not_bound_to_evidence"
+    else:
+        good_quote = device.root.quote(b"old nonce", (0, 4, 10, 11))
+        claims = dataclasses.replace(decode_evidence(token).claims, quote_attest=good_quote.attest)
+        forged, expected = sign_claims(device.root, claims), "quote_nonce_mismatch"
     result = device.appraise(forged, NONCE)
     assert result.status is Tier.CONTRAINDICATED
-    assert result.reasons == ("quote_nonce_mismatch",)
+    assert result.reasons == (expected,)
 
 
 def test_evidence_signed_by_another_devices_key_is_contraindicated(device: Device, other_device: Device) -> None:
@@ -158,7 +161,7 @@ def test_event_log_that_does_not_replay_to_the_quoted_pcrs_is_contraindicated(de
         for e in claims.event_log
     )
     lie = dataclasses.replace(claims, event_log=lying_log, event_log_digest=event_log_digest(lying_log))
-    forged = encode_evidence(lie, device.root.attestation_key().algorithm.value, device.root.sign_evidence)
+    forged = sign_claims(device.root, lie)
     result = device.appraise(forged, NONCE)
     assert result.status is Tier.CONTRAINDICATED
     assert result.reasons == ("event_log_replay_mismatch",)
@@ -167,7 +170,7 @@ def test_event_log_that_does_not_replay_to_the_quoted_pcrs_is_contraindicated(de
 def test_event_log_digest_claim_must_match_the_log(device: Device) -> None:
     claims = decode_evidence(device.evidence(device.boot(), NONCE)).claims
     lie = dataclasses.replace(claims, event_log_digest=hashlib.sha256(b"other").digest())
-    forged = encode_evidence(lie, device.root.attestation_key().algorithm.value, device.root.sign_evidence)
+    forged = sign_claims(device.root, lie)
     assert device.appraise(forged, NONCE).reasons == ("event_log_digest_mismatch",)
 
 
@@ -197,7 +200,7 @@ def test_software_evidence_claiming_to_be_a_tpm_is_refused(device: Device) -> No
     claims = decode_evidence(device.evidence(device.boot(), NONCE)).claims
     other_kind = "software" if device.root.kind == "tpm2" else "tpm2"
     lie = dataclasses.replace(claims, keystore_kind=other_kind)
-    forged = encode_evidence(lie, device.root.attestation_key().algorithm.value, device.root.sign_evidence)
+    forged = sign_claims(device.root, lie)
     assert device.appraise(forged, NONCE).reasons == ("quote_format_mismatch",)
 
 
@@ -248,14 +251,96 @@ def test_claims_round_trip_through_the_token(device: Device) -> None:
 
 def test_quote_with_a_forged_tpm_signature_is_contraindicated(device: Device) -> None:
     """Malware on the device fakes the TPM's quote of good PCRs (it can make the AK sign evidence, not quotes)."""
-    claims = decode_evidence(device.evidence(device.boot(), NONCE)).claims
+    token = device.evidence(device.boot(), NONCE)
     if device.root.kind == "tpm2":
-        forged_signature, expected = (
-            bytes([claims.quote_signature[0] ^ 1]) + claims.quote_signature[1:],
-            "quote_signature_invalid",
-        )
+        decoded = decode_evidence(token)
+        flipped = bytes([decoded.signature[0] ^ 1]) + decoded.signature[1:]
+        forged, expected = _with_signature(token, flipped + decoded.signed_attest), "bad_signature"
     else:
-        forged_signature, expected = b"\x00" * 64, "quote_signature_unexpected"
-    lie = dataclasses.replace(claims, quote_signature=forged_signature)
-    forged = encode_evidence(lie, device.root.attestation_key().algorithm.value, device.root.sign_evidence)
+        lie = dataclasses.replace(decode_evidence(token).claims, quote_signature=b"\x00" * 64)
+        forged, expected = sign_claims(device.root, lie), "quote_signature_unexpected"
     assert device.appraise(forged, NONCE).reasons == (expected,)
+
+
+def _with_signature(token: bytes, signature: bytes) -> bytes:
+    """The token with its COSE_Sign1 signature field replaced."""
+    protected, _, payload, _ = cbor2.loads(token).value
+    return cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload, signature]))
+
+
+def _quote_signed(device: Device) -> None:
+    if device.root.kind != "tpm2":
+        pytest.skip("quote-signed evidence is the TPM's (ADR 0813)")
+
+
+def test_tpm_ak_signature_that_is_not_a_quote_is_contraindicated(device: Device, tmp_path: Path) -> None:
+    """Malware on a tampered device has the AK TPM2_Sign a made-up TPMS_ATTEST of good PCRs bound to its token.
+
+    A restricted AK refuses to sign data that starts with TPM_GENERATED_VALUE, so the forgery cannot carry
+    the magic; the verifier refuses any signed structure without it.
+    """
+    _quote_signed(device)
+    from iotguard.keys.rot import pcr_composite_digest
+
+    good = decode_evidence(device.evidence(device.boot(), NONCE))
+    good_digest = good.signed_attest[-32:]
+    record = device.boot(_tamper(device, tmp_path, "kernel"), unsafe_allow_unverified=True)
+    token = device.evidence(record, NONCE)
+    decoded = decode_evidence(token)
+    lie = dataclasses.replace(
+        decoded.claims, event_log=good.claims.event_log, event_log_digest=good.claims.event_log_digest
+    )
+    honest = sign_claims(device.root, lie)
+    attest = decode_evidence(honest).signed_attest
+    assert attest[-32:] != good_digest  # the TPM quoted the tampered PCRs
+    assert pcr_composite_digest(device.root.pcr_read((0, 4, 10, 11)), (0, 4, 10, 11)) == attest[-32:]
+    fake = b"\x00" + attest[1:-32] + good_digest  # TPM_GENERATED_VALUE's first byte changed
+    result = device.appraise(_with_signature(honest, device.root.sign_evidence(fake) + fake), NONCE)
+    assert result.status is Tier.CONTRAINDICATED
+    assert result.reasons == ("malformed_quote",)
+    from tpm2_pytss import TSS2_Exception
+
+    with pytest.raises(TSS2_Exception):  # the TPM itself refuses to sign data imitating a quote
+        device.root.sign_evidence(attest[:-32] + good_digest)
+
+
+def test_tpm_ak_signing_software_style_evidence_is_refused(device: Device, tmp_path: Path) -> None:
+    """Malware on a tampered TPM device claims a software root of trust and makes up a software quote.
+
+    TPM2_Sign lets the AK sign it (it does not start with TPM_GENERATED_VALUE); an ES256 (TPM) AK's
+    evidence counts only when quote-signed.
+    """
+    _quote_signed(device)
+    from iotguard.keys.rot import extend_pcr, pcr_composite_digest
+
+    good = decode_evidence(device.evidence(device.boot(), NONCE)).claims
+    record = device.boot(_tamper(device, tmp_path, "kernel"), unsafe_allow_unverified=True)
+    claims = decode_evidence(device.evidence(record, NONCE)).claims
+    pcrs = dict.fromkeys(good.pcr_selection, bytes(32))
+    for event in good.event_log:
+        pcrs[event.pcr] = extend_pcr(pcrs[event.pcr], event.digest)
+    software_quote = cbor2.dumps(
+        ["iotguard-sw-quote/1", NONCE, list(good.pcr_selection), pcr_composite_digest(pcrs, good.pcr_selection), 1]
+    )
+    lie = dataclasses.replace(
+        claims,
+        event_log=good.event_log,
+        event_log_digest=good.event_log_digest,
+        quote_format="iotguard-sw-quote/1",
+        quote_attest=software_quote,
+        keystore_kind="software",
+    )
+    forged = encode_evidence(lie, "ES256", device.root.sign_evidence)
+    result = device.appraise(forged, NONCE)
+    assert result.status is Tier.CONTRAINDICATED
+    assert result.reasons == ("evidence_not_quote_signed",)
+
+
+def test_quote_signed_evidence_binds_every_claim(device: Device) -> None:
+    """Changing any claim after the TPM quoted the token breaks the quote's binding (extraData)."""
+    _quote_signed(device)
+    token = device.evidence(device.boot(), NONCE)
+    decoded = decode_evidence(token)
+    lie = dataclasses.replace(decoded.claims, firmware_version="1.1.0")
+    forged = _with_signature(sign_claims(device.root, lie), decoded.signature + decoded.signed_attest)
+    assert device.appraise(forged, NONCE).reasons == ("quote_not_bound_to_evidence",)

@@ -100,7 +100,7 @@ def _signed_body(agent: Agent, action: str) -> dict[str, str]:
         "update_check": {"version": 1, "attempted": 0, "outcome": "none"},
         "report_flows": {"flows": b"\xa0"},
         "report_health": {"metrics": b"\xa0"},
-        "certify_ak": {"ak_public_area": b"", "secret": b""},
+        "certify_ak": {"ak_public_area": b"", "secret": b"", "ek_certificate": b""},
     }
     return agent._signed(action, bodies[action])[0]
 

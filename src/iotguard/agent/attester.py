@@ -70,13 +70,14 @@ class Attester:
         if not isinstance(root, EndorsedRootOfTrust):
             raise RootOfTrustUnsupported(f"{root.kind} root of trust has no endorsement key")
         area = root.attestation_key_public_area()
-        reply = post({"ak_public_area": area, "secret": b""})
+        # The manufacturer's EK certificate as the TPM holds it in NV (ADR 0815); the hub checks its chain.
+        reply = post({"ak_public_area": area, "secret": b"", "ek_certificate": root.endorsement_certificate()})
         try:
             blob = bytes.fromhex(str(reply["credential_blob"]))
             encrypted = bytes.fromhex(str(reply["encrypted_secret"]))
         except (KeyError, ValueError):
             raise MalformedError("the hub's answer is not a credential") from None
-        post({"ak_public_area": area, "secret": root.activate_credential(blob, encrypted)})
+        post({"ak_public_area": area, "secret": root.activate_credential(blob, encrypted), "ek_certificate": b""})
         self.certified = True
 
     @staticmethod

@@ -5,7 +5,7 @@ device, the nonce the caller issued, the reference values and the appraisal
 policy, and a clock reading; it does no I/O.
 """
 
-from iotguard.attestation.endorsement import load_ek_chain, load_ek_roots, verify_ek_certificate
+from iotguard.attestation.endorsement import load_ek_chain, load_ek_crl, load_ek_roots, verify_ek_certificate
 from iotguard.attestation.policy import AppraisalPolicy, ClaimWeight, ModelPolicy, load_appraisal_policy
 from iotguard.attestation.quote import QuoteInfo, parse_quote, verify_signature
 from iotguard.attestation.reference import ReferenceRelease, ReferenceValues, reference_release
@@ -27,6 +27,7 @@ __all__ = [
     "Verifier",
     "load_appraisal_policy",
     "load_ek_chain",
+    "load_ek_crl",
     "load_ek_roots",
     "parse_quote",
     "reference_release",

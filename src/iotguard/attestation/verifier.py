@@ -6,11 +6,14 @@ enrollment), the nonce the caller issued, the device model and the time,
 
 1. parses the token strictly (:func:`~iotguard.wire.eat.decode_evidence`);
 2. checks its signature with the device's AK and that the UEID names that AK
-   (``instance-identity``);
+   (``instance-identity``). TPM evidence (an ES256 AK) must be quote-signed
+   (ADR 0813): its one signature is over a ``TPMS_ATTEST`` that starts with
+   ``TPM_GENERATED_VALUE``, is of type ``TPM_ST_ATTEST_QUOTE``, and whose
+   ``extraData`` is SHA-256 of the token's ``Sig_structure``;
 3. checks freshness: the nonce is the one issued, the evidence is younger than
    the model's maximum age and not from the future;
-4. checks the quote: a TPM quote's own signature by the AK, its nonce and its
-   PCR selection (the policy's stages' PCRs);
+4. checks the quote: its format fits the key-store kind, a software quote's
+   nonce, and the PCR selection (the policy's stages' PCRs);
 5. replays the event log from zeroed PCRs and compares the result with the
    quoted PCR digest, and the log with its digest claim;
 6. compares each stage's measurement with the **reference values** of the
@@ -26,6 +29,7 @@ raises (there is nothing to appraise against).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Mapping
 from datetime import datetime
@@ -37,8 +41,15 @@ from iotguard.attestation.reference import ReferenceValues
 from iotguard.attestation.result import AR4SI_CLAIMS, AttestationResult, ClaimAppraisal, Tier
 from iotguard.clock import utc
 from iotguard.errors import AttestationError, IntegrityError, MalformedError
-from iotguard.keys.rot import PCR_DIGEST_SIZE, AttestationKey, QuoteFormat, extend_pcr, pcr_composite_digest
-from iotguard.wire.eat import Evidence, decode_evidence, ueid_of
+from iotguard.keys.rot import (
+    PCR_DIGEST_SIZE,
+    AttestationKey,
+    AttestationKeyAlgorithm,
+    QuoteFormat,
+    extend_pcr,
+    pcr_composite_digest,
+)
+from iotguard.wire.eat import TPM_QUOTE_ALGORITHM, Evidence, decode_evidence, ueid_of
 
 __all__ = ["Verifier"]
 
@@ -97,13 +108,10 @@ class Verifier:
         evidence: Evidence | None = None
         try:
             decoded = decode_evidence(token)
-            try:
-                verify_signature(attestation_key, decoded.algorithm, decoded.to_be_signed, decoded.signature)
-            except IntegrityError as exc:
-                raise _Refused("instance-identity", exc.code) from None
+            signed_quote = self._check_signature(decoded, attestation_key)
             # From here on the claims are the device's own: the result may quote them.
             evidence = decoded
-            quote = self._authenticate(evidence, attestation_key, expected_nonce, policy, now)
+            quote = self._authenticate(evidence, signed_quote, attestation_key, expected_nonce, policy, now)
             measured = self._replay(evidence, quote, policy)
         except _Refused as refused:
             vector[refused.claim] = ClaimAppraisal(Tier.CONTRAINDICATED, (refused.reason,))
@@ -124,8 +132,40 @@ class Verifier:
 
     # -- steps -----------------------------------------------------------------
 
+    @staticmethod
+    def _check_signature(evidence: Evidence, ak: AttestationKey) -> QuoteInfo | None:
+        """The token's one signature; for quote-signed TPM evidence, the quote it is (ADR 0813)."""
+        if evidence.algorithm != TPM_QUOTE_ALGORITHM:
+            if ak.algorithm is AttestationKeyAlgorithm.ES256:
+                # A TPM AK signs anything not starting with TPM_GENERATED_VALUE through TPM2_Sign, so a
+                # token it signed that way (a software-style quote, say) proves nothing about the PCRs.
+                raise _Refused("instance-identity", "evidence_not_quote_signed")
+            try:
+                verify_signature(ak, evidence.algorithm, evidence.to_be_signed, evidence.signature)
+            except IntegrityError as exc:
+                raise _Refused("instance-identity", exc.code) from None
+            return None
+        try:
+            verify_signature(ak, AttestationKeyAlgorithm.ES256.value, evidence.signed_attest, evidence.signature)
+        except IntegrityError as exc:
+            raise _Refused("instance-identity", exc.code) from None
+        try:
+            # TPM_GENERATED_VALUE and TPM_ST_ATTEST_QUOTE: only the TPM's TPM2_Quote makes this structure.
+            quote = parse_quote(QuoteFormat.TPM2.value, evidence.signed_attest)
+        except MalformedError as exc:
+            raise _Refused("instance-identity", exc.code) from None
+        if not hmac.compare_digest(quote.nonce, hashlib.sha256(evidence.to_be_signed).digest()):
+            raise _Refused("instance-identity", "quote_not_bound_to_evidence")
+        return quote
+
     def _authenticate(
-        self, evidence: Evidence, ak: AttestationKey, nonce: bytes, policy: ModelPolicy, now: datetime
+        self,
+        evidence: Evidence,
+        signed_quote: QuoteInfo | None,
+        ak: AttestationKey,
+        nonce: bytes,
+        policy: ModelPolicy,
+        now: datetime,
     ) -> QuoteInfo:
         claims = evidence.claims
         if claims.ueid != _ueid(ak.public_key):
@@ -138,23 +178,25 @@ class Verifier:
             raise _Refused("instance-identity", "issued_in_future")
         if at - claims.issued_at > policy.max_age_seconds:
             raise _Refused("instance-identity", "stale")
-        expected_format = QuoteFormat.TPM2.value if claims.keystore_kind == "tpm2" else QuoteFormat.SOFTWARE.value
-        if claims.quote_format != expected_format:
+        tpm = claims.keystore_kind == "tpm2"
+        expected_format = QuoteFormat.TPM2.value if tpm else QuoteFormat.SOFTWARE.value
+        if claims.quote_format != expected_format or tpm != (signed_quote is not None):
             raise _Refused("hardware", "quote_format_mismatch")
-        try:
-            quote = parse_quote(claims.quote_format, claims.quote_attest)
-        except MalformedError as exc:
-            raise _Refused("hardware", exc.code) from None
-        if claims.quote_format == QuoteFormat.TPM2.value:
-            # Only the TPM's own signature shows the PCR values came from the TPM.
-            try:
-                verify_signature(ak, evidence.algorithm, claims.quote_attest, claims.quote_signature)
-            except IntegrityError:
-                raise _Refused("hardware", "quote_signature_invalid") from None
-        elif claims.quote_signature:
+        if claims.quote_signature:
             raise _Refused("hardware", "quote_signature_unexpected")
-        if not hmac.compare_digest(quote.nonce, nonce):
-            raise _Refused("instance-identity", "quote_nonce_mismatch")
+        if signed_quote is not None:
+            # The quote is the token's signature; its qualifying data binds the Sig_structure,
+            # whose nonce claim was checked above: that is the quote's freshness.
+            if claims.quote_attest:
+                raise _Refused("hardware", "quote_signature_unexpected")
+            quote = signed_quote
+        else:
+            try:
+                quote = parse_quote(claims.quote_format, claims.quote_attest)
+            except MalformedError as exc:
+                raise _Refused("hardware", exc.code) from None
+            if not hmac.compare_digest(quote.nonce, nonce):
+                raise _Refused("instance-identity", "quote_nonce_mismatch")
         if quote.pcr_selection != claims.pcr_selection or quote.pcr_selection != policy.pcr_selection:
             raise _Refused("executables", "pcr_selection_mismatch")
         return quote

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument("device_id")
     e.add_argument("file", type=Path, help="the EK's marshalled TPM2B_PUBLIC (TpmRootOfTrust.endorsement_key())")
     e.add_argument("--certificate", type=Path, metavar="FILE",
-                   help="the EK's manufacturer certificate (DER, or PEM with its intermediates after it); "
+                   help="explicit fallback for a TPM without an EK certificate in NV (the agent sends the one in NV): "
+                        "the EK's manufacturer certificate (DER, or PEM with its intermediates after it); "
                         "checked against hub.tpm_ek_roots when the AK is certified")
     e.set_defaults(func=record_endorsement_key)
 

@@ -109,6 +109,9 @@ HTTP_STATUS: dict[str, int] = {
     "too_few_participants": 409,
     "secure_only": 409,
     "compression_mismatch": 409,
+    "ek_certificate_revoked": 403,
+    "ek_crl_invalid": 409,
+    "ek_crl_stale": 409,
 }
 
 

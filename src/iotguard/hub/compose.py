@@ -34,7 +34,12 @@ from iotguard.hub.ingest import IngestProcessor
 from iotguard.hub.outbox import DELIVERED_RETENTION, OutboxDrainer, OutboxHandler, SqlOutboxStore
 from iotguard.hub.privacy_store import PrivacyStore
 from iotguard.hub.services.aggregation import SecureAggregationService
-from iotguard.hub.services.ak_certification import AkCertificationService, ek_roots_from_config
+from iotguard.hub.services.ak_certification import (
+    AkCertificationService,
+    ek_crls_from_config,
+    ek_intermediates_from_config,
+    ek_roots_from_config,
+)
 from iotguard.hub.services.analytics import AnalyticsService
 from iotguard.hub.services.attestation import AttestationService, ChallengePush
 from iotguard.hub.services.audit import AUDIT_ORIGIN, AuditService, OutboxAuditSink
@@ -157,7 +162,9 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     signals = HubSignalsService(detection)
     attestation_store = SqlAttestationStore(store.engine)
     certification = AkCertificationService(attestation_store, store, outbox, clock, ek_roots=ek_roots_from_config(cfg),
-                                           unsafe_accept_unendorsed_ek=cfg.unsafe_accept_unendorsed_ek)
+                                           unsafe_accept_unendorsed_ek=cfg.unsafe_accept_unendorsed_ek,
+                                           ek_crls=ek_crls_from_config(cfg),
+                                           ek_intermediates=ek_intermediates_from_config(cfg))
     attestation = AttestationService(attestation_store, store, posture, outbox, clock,
                                      on_appraisal=signals.appraised, certification=certification)
     plane = DevicePlane(store, store.engine, engine, audit_sink, clock, reread_posture=posture.reread,

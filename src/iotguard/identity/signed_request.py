@@ -160,6 +160,7 @@ DEVICE_REQUEST_ACTIONS: Final[Mapping[str, RequestSpec]] = {
     "certify_ak": RequestSpec({
         "ak_public_area": FieldSpec("bytes", max_length=1024),
         "secret": FieldSpec("bytes", max_length=32),
+        "ek_certificate": FieldSpec("bytes", max_length=4096),
     }),
 }
 

@@ -214,3 +214,7 @@ class EndorsedRootOfTrust(Protocol):
     def activate_credential(self, credential_blob: bytes, encrypted_secret: bytes) -> bytes:
         """Recover a credential's secret (only where both the EK and the AK it names are resident)."""
         ...
+
+    def endorsement_certificate(self) -> bytes:
+        """The manufacturer's EK certificate (DER) as stored in the TPM's NV; ``b""`` if there is none."""
+        ...

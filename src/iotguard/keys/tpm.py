@@ -14,6 +14,12 @@
   a TPM hash sequence: a restricted key refuses to sign a digest the TPM did
   not compute, and never one of data beginning with ``TPM_GENERATED_VALUE``,
   so evidence cannot impersonate a quote.
+* The **endorsement key** (EK) is the one whose manufacturer certificate is
+  in the TPM's NV (TCG EK Credential Profile 2.0): the ECC P-256 EK (template
+  L-2, certificate at ``0x01c0000a``) if that certificate is there, else the
+  RSA-2048 EK (L-1, ``0x01c00002``, which ``swtpm_setup --create-ek-cert``
+  writes), else the ECC P-256 EK without a certificate.
+  :meth:`TpmRootOfTrust.endorsement_certificate` reads it with ``TPM2_NV_Read``.
 * **Counters** are NV counter indices (``TPM2_NV_Increment``), one per name,
   in the owner range 0x01_49_0000 + 16 bits of the name's hash.
 
@@ -43,6 +49,7 @@ from iotguard.keys.software_rot import check_nonce
 
 __all__ = [
     "MAX_COUNTER_STEP",
+    "MAX_EK_CERTIFICATE_BYTES",
     "MAX_PUBLIC_AREA_BYTES",
     "TPM_MAX_NONCE_BYTES",
     "TpmRootOfTrust",
@@ -58,6 +65,10 @@ TPM_MAX_NONCE_BYTES = 32
 MAX_PUBLIC_AREA_BYTES = 1024
 #: A TPM NV counter moves one step per increment; larger jumps are refused.
 MAX_COUNTER_STEP = 4096
+#: Largest EK certificate read from NV (a TCG EK certificate index holds one DER certificate).
+MAX_EK_CERTIFICATE_BYTES = 4096
+# EK types in order of preference, each used when its certificate is in NV (TCG EK Credential Profile, 2.2.1.4).
+_EK_TYPES = ("EK-ECC256", "EK-RSA2048")
 _NV_BASE = 0x01490000
 _AK_PUBLIC = "ak.pub"
 _AK_PRIVATE = "ak.priv"
@@ -103,6 +114,7 @@ class TpmRootOfTrust:
             raise KeyStoreError(f"cannot open the TPM through TCTI {name!r}: {exc}") from None
         self._srk: Any = None
         self._ak: Any = None
+        self._ek_template: tuple[bytes, Any] | None = None
         self._ak_public: AttestationKey | None = None
 
     def __repr__(self) -> str:
@@ -268,7 +280,7 @@ class TpmRootOfTrust:
     # -- AK certification (TPM2_MakeCredential / TPM2_ActivateCredential) --------
 
     def endorsement_key(self) -> bytes:
-        """Marshalled ``TPM2B_PUBLIC`` of the endorsement key (TCG EK template L-2, ECC P-256).
+        """Marshalled ``TPM2B_PUBLIC`` of the endorsement key (TCG template L-2 ECC P-256, or L-1 RSA-2048).
 
         At manufacture this public key (or the EK certificate) is recorded as
         the device's TPM identity; :func:`make_ak_credential` encrypts to it.
@@ -317,15 +329,68 @@ class TpmRootOfTrust:
                 self._esapi.flush_context(session)
             self._esapi.flush_context(ek)
 
+    def _endorsement(self) -> tuple[bytes, Any]:
+        """The EK certificate in NV (``b""`` if none) and the EK template that matches it (read once)."""
+        from tpm2_pytss import TSS2_Exception
+        from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
+
+        if self._ek_template is None:
+            nv_read = NVReadEK(self._esapi)
+            defined = self._nv_indices()
+
+            def reader(index: int) -> bytes:
+                # Asking the TPM about an index it lacks makes libtss2 log errors; list them first.
+                if int(index) not in defined:
+                    raise NoSuchIndex(index)
+                return bytes(nv_read(index))
+
+            found: tuple[bytes, Any] | None = None
+            try:
+                for ek_type in _EK_TYPES:
+                    certificate, template = create_ek_template(ek_type, reader)  # reads the cert and template
+                    if certificate:
+                        found = (bytes(certificate), template)
+                        break
+                if found is None:
+                    found = (b"", create_ek_template(_EK_TYPES[0], reader)[1])
+            except TSS2_Exception as exc:
+                raise KeyStoreError(f"cannot read the EK certificate from TPM NV: {exc}") from None
+            if len(found[0]) > MAX_EK_CERTIFICATE_BYTES:
+                raise KeyStoreError("the EK certificate in TPM NV is too large")
+            self._ek_template = found
+        return self._ek_template
+
+    def _nv_indices(self) -> set[int]:
+        """The NV indices defined in the TPM (``TPM2_GetCapability(TPM_CAP_HANDLES)``)."""
+        from tpm2_pytss.constants import TPM2_CAP, TPM2_HC
+
+        defined: set[int] = set()
+        start = int(TPM2_HC.NV_INDEX_FIRST)
+        for _ in range(64):  # at most 64 pages
+            more, data = self._esapi.get_capability(TPM2_CAP.HANDLES, start, 64)
+            handles = [int(h) for h in data.data.handles]
+            defined.update(h for h in handles if h >> 24 == 0x01)
+            if not more or not handles:
+                break
+            start = handles[-1] + 1
+        return defined
+
+    def endorsement_certificate(self) -> bytes:
+        """The manufacturer's EK certificate (DER) from the TPM's NV, ``b""`` if the TPM has none.
+
+        It certifies :meth:`endorsement_key`; the hub checks its chain (ADR 0812).
+
+        Raises:
+            KeyStoreError: NV cannot be read, or the certificate is larger than
+                :data:`MAX_EK_CERTIFICATE_BYTES`.
+        """
+        return self._endorsement()[0]
+
     def _create_ek(self) -> Any:
         from tpm2_pytss.constants import ESYS_TR
         from tpm2_pytss.types import TPM2B_SENSITIVE_CREATE
-        from tpm2_pytss.utils import NoSuchIndex, create_ek_template
 
-        def no_template_in_nv(index: int) -> bytes:
-            raise NoSuchIndex(index)
-
-        _, template = create_ek_template("EK-ECC256", no_template_in_nv)
+        template = self._endorsement()[1]
         ek, _, _, _, _ = self._esapi.create_primary(TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.ENDORSEMENT)
         return ek
 

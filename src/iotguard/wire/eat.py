@@ -13,6 +13,13 @@ parses untrusted bytes strictly — size limits first, then one schema, one
 reason code per rejection — and returns the claims with the exact bytes the
 signature covers; it does **not** check the signature (the verifier does,
 against the key bound to the device).
+
+TPM evidence is **quote-signed** (ADR 0813): its protected header names the
+private-use algorithm :data:`TPM_QUOTE_ALGORITHM` (COSE alg -75100) and its
+signature field is ``r || s`` (64 bytes) followed by the marshalled
+``TPMS_ATTEST`` of a ``TPM2_Quote`` whose qualifying data is SHA-256 of the
+token's ``Sig_structure``: the TPM's one signature covers both the PCRs and
+the claims.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import cbor2
+from pycose.algorithms import CoseAlgorithm
 from pycose.headers import Algorithm
 from pycose.messages.sign1message import Sign1Message
 
@@ -39,6 +47,7 @@ __all__ = [
     "EAT_PROFILE",
     "MAX_EVENT_LOG_ENTRIES",
     "MAX_EVIDENCE_BYTES",
+    "TPM_QUOTE_ALGORITHM",
     "BootEvent",
     "Evidence",
     "EvidenceClaims",
@@ -71,9 +80,16 @@ CLAIM_PRIVACY_CONFIG_HASH = -75004
 CLAIM_KEYSTORE_KIND = -75005
 CLAIM_KEYSTORE_TAMPER = -75006
 
-# The only protected headers accepted, byte for byte: {1: -8} and {1: -7}.
-_PROTECTED = {b"\xa1\x01\x27": "EdDSA", b"\xa1\x01\x26": "ES256"}
-_COSE_ALG = {"EdDSA": -8, "ES256": -7}
+#: The private-use COSE algorithm of quote-signed TPM evidence (RFC 9053 private use: below -65536).
+TPM_QUOTE_ALGORITHM = "TPM2-Quote-ES256"
+_TPM_QUOTE_ALG_ID = -75100
+# The only protected headers accepted, byte for byte: {1: -8}, {1: -7} and {1: -75100}.
+_PROTECTED = {
+    b"\xa1\x01\x27": "EdDSA",
+    b"\xa1\x01\x26": "ES256",
+    b"\xa1\x01\x3a\x00\x01\x25\x5b": TPM_QUOTE_ALGORITHM,
+}
+_COSE_ALG = {"EdDSA": -8, "ES256": -7, TPM_QUOTE_ALGORITHM: _TPM_QUOTE_ALG_ID}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:/-]{0,63}")
 _KEYS = frozenset(
     {
@@ -97,6 +113,15 @@ _MAX_TIMESTAMP = 253_402_300_799
 _KEY_ORDER = tuple(cbor2.loads(cbor2.dumps(dict.fromkeys(_KEYS, 0), canonical=True)))
 _ARRAY = (list, tuple)  # cbor2 decodes arrays inside tags and map keys as tuples
 _MAX_QUOTE_BYTES = 2048
+_RAW_SIGNATURE_BYTES = 64
+_SIGNED_QUOTE_MAX = _RAW_SIGNATURE_BYTES + _MAX_QUOTE_BYTES
+
+
+class _TpmQuoteEs256(CoseAlgorithm):
+    """The private-use algorithm in the protected header (pycose only writes its identifier; never registered)."""
+
+    identifier = _TPM_QUOTE_ALG_ID
+    fullname = TPM_QUOTE_ALGORITHM
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +168,10 @@ class EvidenceClaims:
         event_log_digest: SHA-256 of the event log (:func:`event_log_digest`).
         pcr_selection: PCRs the quote covers, ascending.
         quote_format: Format of the quote (``iotguard-sw-quote/1`` or ``tpm2-quote``).
-        quote_attest: The quote's signed bytes.
-        quote_signature: The quote's own signature (TPM quotes), or ``b""``
-            when the token's signature covers the quote (software root of trust).
+        quote_attest: The quote's signed bytes (software root of trust), or
+            ``b""`` in quote-signed TPM evidence (the quote is the token's signature).
+        quote_signature: Always ``b""`` in evidence a verifier accepts: the
+            token's signature covers a software quote, and *is* a TPM quote.
         privacy_config_hash: SHA-256 of the privacy configuration in force.
         keystore_kind: Root-of-trust backend (``software``, ``tpm2``).
         keystore_tamper: The key store's tamper reason, ``""`` if none.
@@ -190,12 +216,16 @@ class Evidence:
 
     Attributes:
         claims: The claims set.
-        algorithm: ``"EdDSA"`` or ``"ES256"`` (from the protected header).
-        to_be_signed: The COSE ``Sig_structure`` bytes the signature is over.
-        signature: The raw signature.
+        algorithm: ``"EdDSA"``, ``"ES256"`` or :data:`TPM_QUOTE_ALGORITHM`
+            (from the protected header).
+        to_be_signed: The COSE ``Sig_structure`` bytes the signature is over
+            (for a quote-signed token: whose SHA-256 the quote must carry).
+        signature: The raw signature (``r || s`` for ES256 and quote-signed tokens).
         event_log_sha256: SHA-256 of the event log as encoded in the token
             (deterministic CBOR, checked): what the event-log digest claim
             must equal (:func:`event_log_digest` of ``claims.event_log``).
+        signed_attest: In a quote-signed token, the marshalled ``TPMS_ATTEST``
+            the signature is over; ``b""`` otherwise.
     """
 
     claims: EvidenceClaims
@@ -203,6 +233,7 @@ class Evidence:
     to_be_signed: bytes
     signature: bytes
     event_log_sha256: bytes = b""
+    signed_attest: bytes = b""
 
 
 def encode_evidence(claims: EvidenceClaims, algorithm: str, sign: Callable[[bytes], bytes]) -> bytes:
@@ -210,8 +241,10 @@ def encode_evidence(claims: EvidenceClaims, algorithm: str, sign: Callable[[byte
 
     Args:
         claims: The claims set.
-        algorithm: ``"EdDSA"`` or ``"ES256"``: the attestation key's algorithm.
-        sign: Signs the COSE ``Sig_structure``; returns the raw signature.
+        algorithm: ``"EdDSA"`` or ``"ES256"``: the attestation key's algorithm;
+            or :data:`TPM_QUOTE_ALGORITHM` for quote-signed TPM evidence.
+        sign: Signs the COSE ``Sig_structure``; returns the raw signature
+            (quote-signed: ``r || s`` of the quote followed by its ``TPMS_ATTEST``).
 
     Raises:
         MalformedError: an unknown algorithm.
@@ -219,7 +252,12 @@ def encode_evidence(claims: EvidenceClaims, algorithm: str, sign: Callable[[byte
     if algorithm not in _COSE_ALG:
         raise MalformedError(f"unsupported evidence algorithm {algorithm!r}")
     payload = cbor2.dumps(claims.to_cbor(), canonical=True)
-    message = Sign1Message(phdr={Algorithm: _COSE_ALG[algorithm]}, payload=payload)
+    if algorithm == TPM_QUOTE_ALGORITHM:
+        # pycose knows only registered algorithms; the header is set as pycose would store it.
+        message = Sign1Message(payload=payload)
+        message._phdr = {Algorithm: _TpmQuoteEs256}
+    else:
+        message = Sign1Message(phdr={Algorithm: _COSE_ALG[algorithm]}, payload=payload)
     message.signature = sign(message._create_sig_structure())
     encoded: bytes = message.encode(tag=True, sign=False)
     return encoded
@@ -352,12 +390,17 @@ def decode_evidence(token: bytes) -> Evidence:
         raise _fail("protected header and payload must be byte strings")
     alg = _PROTECTED.get(protected)
     if alg is None:
-        raise _fail("protected header must be exactly {1: -8} (EdDSA) or {1: -7} (ES256)")
+        raise _fail("protected header must be exactly {1: -8} (EdDSA), {1: -7} (ES256) or {1: -75100} (TPM quote)")
     claims, log_sha256 = _claims(payload)
+    attest = b""
+    if alg == TPM_QUOTE_ALGORITHM:
+        signature = _bytes(signature, "signature", minimum=_RAW_SIGNATURE_BYTES + 1, maximum=_SIGNED_QUOTE_MAX)
+        signature, attest = signature[:_RAW_SIGNATURE_BYTES], signature[_RAW_SIGNATURE_BYTES:]
     return Evidence(
         claims=claims,
         algorithm=alg,
         to_be_signed=_SIG1_PREFIX[protected] + _bstr_head(len(payload)) + payload,
-        signature=_bytes(signature, "signature", size=64),
+        signature=_bytes(signature, "signature", size=_RAW_SIGNATURE_BYTES),
         event_log_sha256=log_sha256,
+        signed_attest=attest,
     )

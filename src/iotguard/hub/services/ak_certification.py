@@ -42,7 +42,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from iotguard.attestation import load_ek_chain, load_ek_roots, verify_ek_certificate
+from iotguard.attestation import load_ek_chain, load_ek_crl, load_ek_roots, verify_ek_certificate
 from iotguard.audit import AuditEvent, EventType
 from iotguard.clock import Clock
 from iotguard.config import HubConfig
@@ -54,7 +54,8 @@ from iotguard.hub.stores.devices import DeviceStore
 from iotguard.identity import VerifiedRequest
 from iotguard.keys.rot import AttestationKey
 
-__all__ = ["CREDENTIAL_SECRET_BYTES", "CREDENTIAL_TTL", "AkCertificationService", "ek_roots_from_config"]
+__all__ = ["CREDENTIAL_SECRET_BYTES", "CREDENTIAL_TTL", "AkCertificationService", "ek_crls_from_config",
+           "ek_intermediates_from_config", "ek_roots_from_config"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ CREDENTIAL_SECRET_BYTES = 32
 #: How long a credential may be answered.
 CREDENTIAL_TTL = timedelta(minutes=5)
 _PENDING_DOMAIN = b"iotguard-ak-credential/1"
+# Refusals from revocation checks keep their code, and the unsafe option does not lift them.
+_REVOCATION_CODES = frozenset({"ek_certificate_revoked", "ek_crl_invalid", "ek_crl_stale"})
 
 
 def _pending_entry(key: AttestationKey, secret: bytes) -> bytes:
@@ -95,6 +98,42 @@ def ek_roots_from_config(cfg: HubConfig) -> tuple[x509.Certificate, ...]:
     return load_ek_roots(data)
 
 
+def ek_intermediates_from_config(cfg: HubConfig) -> tuple[x509.Certificate, ...]:
+    """The TPM manufacturer intermediate CAs of ``hub.tpm_ek_intermediates`` (a PEM bundle); none when empty.
+
+    They are not trust anchors: only a path through them to a root in ``hub.tpm_ek_roots`` counts.
+
+    Raises:
+        ConfigError: the file cannot be read or is not a bundle of CA certificates.
+    """
+    if not cfg.tpm_ek_intermediates:
+        return ()
+    try:
+        data = Path(cfg.tpm_ek_intermediates).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"hub.tpm_ek_intermediates {cfg.tpm_ek_intermediates}: {exc.strerror}") from None
+    return load_ek_roots(data)
+
+
+def ek_crls_from_config(cfg: HubConfig) -> tuple[x509.CertificateRevocationList, ...]:
+    """The TPM manufacturer CRLs of ``hub.tpm_ek_crls`` (PEM or DER files, ADR 0814).
+
+    Raises:
+        ConfigError: a file cannot be read or is not a CRL.
+    """
+    crls = []
+    for path in cfg.tpm_ek_crls:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"hub.tpm_ek_crls {path}: {exc.strerror}") from None
+        try:
+            crls.append(load_ek_crl(data))
+        except ConfigError as exc:
+            raise ConfigError(f"hub.tpm_ek_crls {path}: {exc}") from None
+    return tuple(crls)
+
+
 class AkCertificationService:
     """Records endorsement keys and certifies attestation keys against them.
 
@@ -108,11 +147,17 @@ class AkCertificationService:
             (:func:`ek_roots_from_config`); none: every EK is refused.
         unsafe_accept_unendorsed_ek: UNSAFE: certify AKs against EKs without
             a valid certificate chain (or with no roots configured). Logged loudly.
+            A revoked EK certificate is refused even then.
+        ek_crls: Revocation lists of the manufacturer CAs (:func:`ek_crls_from_config`).
+        ek_intermediates: Manufacturer intermediate CAs for paths from an EK
+            certificate read from NV (:func:`ek_intermediates_from_config`).
     """
 
     def __init__(self, store: AttestationStore, devices: DeviceStore, outbox: OutboxStore, clock: Clock, *,
                  credential_ttl: timedelta = CREDENTIAL_TTL, ek_roots: Sequence[x509.Certificate] = (),
-                 unsafe_accept_unendorsed_ek: bool = False) -> None:
+                 unsafe_accept_unendorsed_ek: bool = False,
+                 ek_crls: Sequence[x509.CertificateRevocationList] = (),
+                 ek_intermediates: Sequence[x509.Certificate] = ()) -> None:
         self.store = store
         self.devices = devices
         self.outbox = outbox
@@ -120,6 +165,8 @@ class AkCertificationService:
         self.credential_ttl = credential_ttl
         self.ek_roots = tuple(ek_roots)
         self.unsafe_accept_unendorsed_ek = unsafe_accept_unendorsed_ek
+        self.ek_crls = tuple(ek_crls)
+        self.ek_intermediates = tuple(ek_intermediates)
         if unsafe_accept_unendorsed_ek:
             log.warning("UNSAFE: hub.unsafe_accept_unendorsed_ek is on: TPM attestation keys are certified "
                         "against endorsement keys without a manufacturer certificate chain")
@@ -152,21 +199,35 @@ class AkCertificationService:
         self._audit(device_id, {"status": "ek_recorded", "ek_sha256": hashlib.sha256(ek_public).hexdigest(),
                                 "ek_certificate": bool(ek_certificate)})
 
-    def _check_endorsed(self, device_id: str, endorsement: Endorsement) -> None:
+    def _check_endorsed(self, device_id: str, endorsement: Endorsement, from_tpm: bytes = b"") -> None:
         """The EK's certificate chain ends at a configured manufacturer root (ADR 0812).
+
+        The EK certificate is the one the device read from its TPM's NV
+        (``from_tpm``, ADR 0815), else the chain the operator recorded
+        explicitly with the EK; intermediates come from that chain and from
+        ``hub.tpm_ek_intermediates``.
 
         Raises:
             AttestationError: (code ``ek_roots_not_configured``) no roots configured.
-            IntegrityError: (code ``ek_certificate_untrusted``) no valid chain.
+            IntegrityError: (code ``ek_certificate_untrusted``) no valid chain;
+                (``ek_certificate_revoked``) a certificate on the path is on its
+                issuer's CRL; (``ek_crl_invalid``, ``ek_crl_stale``) an issuer's
+                CRL does not verify or is out of date (ADR 0814).
         """
         try:
             if not self.ek_roots:
                 raise AttestationError("no TPM manufacturer roots configured (hub.tpm_ek_roots)",
                                        code="ek_roots_not_configured")
-            chain = load_ek_chain(endorsement.ek_certificate) if endorsement.ek_certificate else ()
+            recorded = load_ek_chain(endorsement.ek_certificate) if endorsement.ek_certificate else ()
+            leaf = load_ek_chain(from_tpm)[:1] if from_tpm else recorded[:1]
+            chain = (*leaf, *recorded[1:], *self.ek_intermediates) if leaf else ()
             verify_ek_certificate(chain, _tpm().endorsement_key_spki(endorsement.ek_public), self.ek_roots,
-                                  self.clock.now())
+                                  self.clock.now(), self.ek_crls)
         except (AttestationError, IntegrityError, MalformedError) as exc:
+            if exc.code in _REVOCATION_CODES:
+                log.warning("AK certification of %s refused: %s (%s)", device_id, exc.code, exc)
+                self._audit(device_id, {"status": "refused", "reasons": [exc.code]})
+                raise
             if self.unsafe_accept_unendorsed_ek:
                 log.warning("UNSAFE: EK of %s accepted without a valid manufacturer chain (%s: %s)",
                             device_id, exc.code, exc)
@@ -188,6 +249,7 @@ class AkCertificationService:
         """
         device_id = request.device_id
         area, secret = request.body["ak_public_area"], request.body["secret"]
+        from_tpm = request.body["ek_certificate"]
         endorsement = self.store.endorsement(device_id)
         if endorsement is None:
             self._refuse(device_id, "no_endorsement_key")
@@ -200,7 +262,7 @@ class AkCertificationService:
             raise MalformedError("not a restricted TPM attestation key") from None
         now = self.clock.now()
         if not secret:
-            self._check_endorsed(device_id, endorsement)
+            self._check_endorsed(device_id, endorsement, from_tpm)
             secret = secrets.token_bytes(CREDENTIAL_SECRET_BYTES)
             blob, encrypted = tpm.make_ak_credential(endorsement.ek_public, area, secret)
             self.store.purge_nonces(now)
