@@ -77,6 +77,21 @@ def test_alert_store_records_actions_in_order(alerts: AlertStore) -> None:
     assert alerts.actions(device_id="dev-2") == []
 
 
+def test_alert_store_batches_are_one_transaction_and_skip_stored_alerts(alerts: AlertStore) -> None:
+    a, b, c = _scan("dev-1"), _scan("dev-2"), _scan("dev-3")
+    assert alerts.add_alert(a, T0)
+    fresh = alerts.add_alerts([(a, [OutboxMessage("audit.event", b"a")]), (b, [OutboxMessage("audit.event", b"b")]),
+                               (b, []), (c, [])], T0)
+    assert fresh == [b, c]  # a was stored before, b is not stored twice within the batch
+    assert {s.alert_id for s in alerts.alerts()} == {a.alert_id, b.alert_id, c.alert_id}
+    rows = [StoredAction(0, b.alert_id, "dev-2", kind, "execute", "rule", "compromise", "default-response@2",
+                         "done", T0) for kind in ("quarantine", "reattest", "notify")]
+    stored = alerts.add_actions([(r, [OutboxMessage("audit.event", r.kind.encode())]) for r in rows])
+    assert [x.kind for x in stored] == ["quarantine", "reattest", "notify"]
+    assert stored[0].id < stored[1].id < stored[2].id
+    assert alerts.actions(alert_id=b.alert_id) == stored
+
+
 # -- the hub ---------------------------------------------------------------------
 
 
@@ -116,6 +131,27 @@ def test_scanner_alert_quarantines_by_playbook_and_audits_every_step(hub: HubPar
     assert ("detection.alert", None) in linked
     assert {a for t, a in linked if t == "detection.action"} == {"quarantine", "reattest", "revoke"}
     assert any(link.event.type == "device.quarantined" for link in chain.links)
+
+
+def test_containment_is_delivered_before_the_response_is_recorded(hub: HubParts) -> None:
+    """The outbox (broker ACL) is delivered as soon as the quarantine commits (the wake-up), not after the
+    bookkeeping: at that moment no action is recorded yet; afterwards all of them are, with the risk score."""
+    _fleet(hub, 3)
+    hub.deliver()
+    seen: list[tuple[bool, int, int]] = []
+    detection = hub.services.detection
+
+    def wake() -> None:
+        hub.deliver()
+        seen.append((_may_publish(hub, "dev-0"), len(detection.store.actions()),
+                     hub.services.posture.posture.require("dev-0").risk_score))
+
+    detection.after_containment = wake
+    alert = _scan("dev-0")
+    actions = detection.raise_alerts([alert])
+    assert seen == [(False, 0, 0)]
+    assert len(detection.store.actions()) == len(actions) == 3
+    assert hub.services.posture.posture.require("dev-0").risk_score == 45
 
 
 def test_blast_radius_limits_automatic_quarantine_in_a_fleet_wide_change(hub: HubParts) -> None:

@@ -248,23 +248,23 @@ class DetectionService:
         that re-sends a batch does not trigger the response twice.
         """
         now = self.clock.now()
-        fresh: list[Alert] = []
+        items = []
         for alert in alerts:
             event = AuditEvent("detection.alert", now, DETECTION_ACTOR, alert.device, {
                 "alert_id": alert.alert_id, "detector": alert.detector,
                 "severity": alert.severity.name.lower(), "score_milli": round(alert.score * 1000),
                 "window": [alert.window_start_us, alert.window_end_us]})
-            if self.store.add_alert(alert, now, effects=[audit_message(event)]):
-                fresh.append(alert)
+            items.append((alert, [audit_message(event)]))
+        # One transaction for the batch: a stored alert is never answered twice (two hub processes, a re-sent batch).
+        fresh = self.store.add_alerts(items, now)
         if not fresh:
             return []
-        self.refresh_risk()
         by_id = {a.alert_id: a for a in fresh}
         planned = plan(fresh, self._playbook(), self.fleet(), self.state(), now)
-        done = [self._carry_out(action, by_id.get(action.alert_id), DETECTION_ACTOR) for action in planned]
-        if self.after_containment is not None and any(
-                a.outcome == "done" and a.kind in _ACCESS_CHANGES for a in done):
-            self.after_containment()
+        # Containment first (its own commit, with its audit entry and the broker ACL message), then the delivery
+        # is woken, and only then the bookkeeping: every action's record in one transaction, the risk scores.
+        done = self._carry_out_all([(action, by_id.get(action.alert_id)) for action in planned], DETECTION_ACTOR)
+        self.refresh_risk()
         return done
 
     def awaiting_approval(self) -> list[StoredAction]:
@@ -302,7 +302,7 @@ class DetectionService:
             alert: Alert | None = self.store.get(p.alert_id).alert
         except IotGuardError:
             alert = None
-        return self._carry_out(action, alert, actor)
+        return self._carry_out_all([(action, alert)], actor)[0]
 
     def ack(self, alert_id: str, actor: str) -> StoredAlert:
         """Acknowledge an alert (audited; raises UnknownAlertError)."""
@@ -331,17 +331,29 @@ class DetectionService:
             return f"failed:{exc.code}"
         return "done"
 
-    def _carry_out(self, action: Action, alert: Alert | None, actor: str) -> StoredAction:
-        if action.status is ActionStatus.EXECUTE:
-            outcome = self._execute(action, alert)
-        elif action.status is ActionStatus.AWAIT_APPROVAL:
-            outcome = "awaiting_approval"
-        else:
-            outcome = "suppressed"
+    def _carry_out_all(self, actions: Sequence[tuple[Action, Alert | None]], actor: str) -> list[StoredAction]:
+        """Execute the actions marked ``execute`` (access changes first, so containment is not kept waiting by
+        the slower steps), wake the delivery of access changes, then record every action in one transaction."""
+        outcomes: dict[int, str] = {}
+        for access_change in (True, False):
+            for i, (action, alert) in enumerate(actions):
+                if (action.kind.value in _ACCESS_CHANGES) is not access_change:
+                    continue
+                if action.status is ActionStatus.EXECUTE:
+                    outcomes[i] = self._execute(action, alert)
+                elif action.status is ActionStatus.AWAIT_APPROVAL:
+                    outcomes[i] = "awaiting_approval"
+                else:
+                    outcomes[i] = "suppressed"
+            if access_change and self.after_containment is not None and "done" in outcomes.values():
+                self.after_containment()
         now = self.clock.now()
-        record = StoredAction(0, action.alert_id, action.device, action.kind.value, action.status.value,
-                              action.reason, action.rule, action.playbook, outcome, now)
-        event = AuditEvent("detection.action", now, actor, action.device, {
-            "alert_id": action.alert_id, "action": action.kind.value, "status": action.status.value,
-            "reason": action.reason, "rule": action.rule, "playbook": action.playbook, "outcome": outcome})
-        return self.store.add_action(record, effects=[audit_message(event)])
+        items = []
+        for i, (action, _) in enumerate(actions):
+            record = StoredAction(0, action.alert_id, action.device, action.kind.value, action.status.value,
+                                  action.reason, action.rule, action.playbook, outcomes[i], now)
+            event = AuditEvent("detection.action", now, actor, action.device, {
+                "alert_id": action.alert_id, "action": action.kind.value, "status": action.status.value,
+                "reason": action.reason, "rule": action.rule, "playbook": action.playbook, "outcome": outcomes[i]})
+            items.append((record, [audit_message(event)]))
+        return self.store.add_actions(items)

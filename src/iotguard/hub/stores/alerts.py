@@ -137,6 +137,10 @@ class AlertStore(Protocol):
         """Store an alert with its effects; False (and nothing written) when it is already stored."""
         ...
 
+    def add_alerts(self, items: Sequence[tuple[Alert, Sequence[OutboxMessage]]], at: datetime) -> list[Alert]:
+        """Store several alerts, each with its effects, in one transaction; returns those not stored before."""
+        ...
+
     def get(self, alert_id: str) -> StoredAlert:
         """Raises UnknownAlertError."""
         ...
@@ -151,6 +155,10 @@ class AlertStore(Protocol):
 
     def add_action(self, action: StoredAction, *, effects: Sequence[OutboxMessage] = ()) -> StoredAction:
         """Record an action (its ``id`` is assigned here)."""
+        ...
+
+    def add_actions(self, items: Sequence[tuple[StoredAction, Sequence[OutboxMessage]]]) -> list[StoredAction]:
+        """Record several actions, each with its effects, in one transaction (ids assigned here, in order)."""
         ...
 
     def actions(self, *, alert_id: str | None = None, device_id: str | None = None) -> list[StoredAction]:
@@ -178,16 +186,27 @@ class SqlAlertStore:
         self.engine = engine
 
     def add_alert(self, alert: Alert, at: datetime, *, effects: Sequence[OutboxMessage] = ()) -> bool:
-        aid = alert.alert_id
+        return bool(self.add_alerts([(alert, effects)], at))
+
+    def add_alerts(self, items: Sequence[tuple[Alert, Sequence[OutboxMessage]]], at: datetime) -> list[Alert]:
+        fresh: list[Alert] = []
         with self.engine.begin() as c:
-            if c.execute(select(detection_alerts.c.alert_id).where(detection_alerts.c.alert_id == aid)).first():
-                return False
-            c.execute(detection_alerts.insert().values(
-                alert_id=aid, device_id=alert.device, detector=alert.detector, severity=int(alert.severity),
-                score=alert.score, raised_at=utc(at), body=alert.to_json()))
+            ids = [a.alert_id for a, _ in items]
+            known = {r[0] for r in c.execute(select(detection_alerts.c.alert_id)
+                                             .where(detection_alerts.c.alert_id.in_(ids)))} if ids else set()
+            effects: list[OutboxMessage] = []
+            for alert, alert_effects in items:
+                if alert.alert_id in known:
+                    continue
+                known.add(alert.alert_id)
+                c.execute(detection_alerts.insert().values(
+                    alert_id=alert.alert_id, device_id=alert.device, detector=alert.detector,
+                    severity=int(alert.severity), score=alert.score, raised_at=utc(at), body=alert.to_json()))
+                effects.extend(alert_effects)
+                fresh.append(alert)
             if effects:
                 write_outbox(c, effects, at)
-        return True
+        return fresh
 
     def get(self, alert_id: str) -> StoredAlert:
         with self.engine.connect() as c:
@@ -216,14 +235,20 @@ class SqlAlertStore:
         return self.get(alert_id)
 
     def add_action(self, action: StoredAction, *, effects: Sequence[OutboxMessage] = ()) -> StoredAction:
-        values = {k: v for k, v in action.to_dict().items() if k != "id"}
-        values["at"] = utc(action.at)
+        return self.add_actions([(action, effects)])[0]
+
+    def add_actions(self, items: Sequence[tuple[StoredAction, Sequence[OutboxMessage]]]) -> list[StoredAction]:
+        out: list[StoredAction] = []
         with self.engine.begin() as c:
-            new_id = c.execute(detection_actions.insert().values(**values)
-                               .returning(detection_actions.c.id)).scalar_one()
-            if effects:
-                write_outbox(c, effects, action.at)
-        return replace(action, id=int(new_id))
+            for action, effects in items:
+                values = {k: v for k, v in action.to_dict().items() if k != "id"}
+                values["at"] = utc(action.at)
+                new_id = c.execute(detection_actions.insert().values(**values)
+                                   .returning(detection_actions.c.id)).scalar_one()
+                if effects:
+                    write_outbox(c, effects, action.at)
+                out.append(replace(action, id=int(new_id)))
+        return out
 
     def actions(self, *, alert_id: str | None = None, device_id: str | None = None) -> list[StoredAction]:
         q = select(detection_actions)
@@ -251,12 +276,18 @@ class MemoryAlertStore:
         self.effects: list[OutboxMessage] = []
 
     def add_alert(self, alert: Alert, at: datetime, *, effects: Sequence[OutboxMessage] = ()) -> bool:
+        return bool(self.add_alerts([(alert, effects)], at))
+
+    def add_alerts(self, items: Sequence[tuple[Alert, Sequence[OutboxMessage]]], at: datetime) -> list[Alert]:
+        fresh: list[Alert] = []
         with self._lock:
-            if alert.alert_id in self._alerts:
-                return False
-            self._alerts[alert.alert_id] = StoredAlert(alert, utc(at))
-            self.effects.extend(effects)
-            return True
+            for alert, effects in items:
+                if alert.alert_id in self._alerts:
+                    continue
+                self._alerts[alert.alert_id] = StoredAlert(alert, utc(at))
+                self.effects.extend(effects)
+                fresh.append(alert)
+        return fresh
 
     def get(self, alert_id: str) -> StoredAlert:
         with self._lock:
@@ -283,11 +314,17 @@ class MemoryAlertStore:
         return current
 
     def add_action(self, action: StoredAction, *, effects: Sequence[OutboxMessage] = ()) -> StoredAction:
+        return self.add_actions([(action, effects)])[0]
+
+    def add_actions(self, items: Sequence[tuple[StoredAction, Sequence[OutboxMessage]]]) -> list[StoredAction]:
+        out: list[StoredAction] = []
         with self._lock:
-            stored = replace(action, id=len(self._actions) + 1, at=utc(action.at))
-            self._actions.append(stored)
-            self.effects.extend(effects)
-        return stored
+            for action, effects in items:
+                stored = replace(action, id=len(self._actions) + 1, at=utc(action.at))
+                self._actions.append(stored)
+                self.effects.extend(effects)
+                out.append(stored)
+        return out
 
     def actions(self, *, alert_id: str | None = None, device_id: str | None = None) -> list[StoredAction]:
         with self._lock:
