@@ -117,7 +117,7 @@ def test_scanner_alert_quarantines_by_playbook_and_audits_every_step(hub: HubPar
     alert = _scan("dev-0")
     actions = hub.services.detection.raise_alerts([alert])
     outcome = {a.kind: (a.status, a.outcome) for a in actions}
-    assert outcome == {"quarantine": ("execute", "done"), "reattest": ("execute", "not_available"),
+    assert outcome == {"quarantine": ("execute", "done"), "reattest": ("execute", "done"),
                        "revoke": ("await_approval", "awaiting_approval")}
     assert not _may_publish(hub, "dev-0")
     assert _may_publish(hub, "dev-1") and _may_publish(hub, "dev-2")  # the others keep flowing

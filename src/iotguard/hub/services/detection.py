@@ -16,11 +16,19 @@ What each action does on the hub:
 * ``revoke`` -- :meth:`DeviceLifecycle.revoke` (waits for approval under the
   shipped playbook);
 * ``release`` -- :meth:`PostureService.release` (the policy may refuse it);
-* ``reattest`` -- recorded as ``not_available``: the hub has no attestation
-  challenge queue yet;
+* ``reattest`` -- the ``reattest`` callable (the hub's
+  :meth:`AttestationService.queue_challenge`: a nonce stored and the challenge
+  queued for the device's ``cmd`` topic; see
+  :mod:`iotguard.hub.services.detection_actions`);
 * ``notify`` -- the notifier given to the service (none configured: recorded
   as ``not_available``);
-* ``rollback`` -- recorded as ``not_available`` (no firmware-update service).
+* ``rollback`` -- the ``rollback`` callable (the hub's
+  :class:`~iotguard.hub.services.detection_actions.FirmwareRollback`: the
+  rollout that brought the device its release is aborted; waits for approval
+  under the shipped playbook).
+
+A service built without ``reattest`` or ``rollback`` records those steps as
+``not_available``.
 
 Actions waiting for approval are carried out by :meth:`approve`.
 """
@@ -66,8 +74,6 @@ DETECTION_ACTOR = "hub.detection"
 
 #: Sends one alert notification (a webhook); raises IotGuardError on failure.
 Notifier = Callable[[Alert, Action], None]
-
-_NOT_AVAILABLE = frozenset({ActionKind.REATTEST, ActionKind.ROLLBACK})
 
 #: Risk each alert adds to its device, by severity (the sum decays with :data:`RISK_HALF_LIFE_S`, capped at 100).
 RISK_WEIGHT = {Severity.LOW: 5.0, Severity.MEDIUM: 20.0, Severity.HIGH: 45.0, Severity.CRITICAL: 80.0}
@@ -164,16 +170,23 @@ class DetectionService:
         playbook: Returns the active playbook (read at each batch of alerts, so activation needs no restart).
         clock: Time source.
         notifier: Delivers ``notify`` actions (None: recorded as not available).
+        reattest: Issues an attestation challenge to a device (None: recorded as not available).
+        rollback: Stops the rollout of the release a device received, ``(device, actor=, reason=)``
+            (None: recorded as not available).
     """
 
     def __init__(self, alerts: AlertStore, posture: PostureService, revoke: Callable[..., None],
-                 playbook: Callable[[], Playbook], clock: Clock, *, notifier: Notifier | None = None) -> None:
+                 playbook: Callable[[], Playbook], clock: Clock, *, notifier: Notifier | None = None,
+                 reattest: Callable[[str], object] | None = None,
+                 rollback: Callable[..., object] | None = None) -> None:
         self.store = alerts
         self.posture = posture
         self._revoke = revoke
         self._playbook = playbook
         self.clock = clock
         self.notifier = notifier
+        self.reattest = reattest
+        self.rollback = rollback
         #: Called after a response changed a device's access (quarantine, release, revocation), so the
         #: process delivers the outbox (broker ACL) now rather than at its next maintenance tick.
         self.after_containment: Callable[[], None] | None = None
@@ -324,8 +337,14 @@ class DetectionService:
                 if self.notifier is None or alert is None:
                     return "not_available"
                 self.notifier(alert, action)
-            elif action.kind in _NOT_AVAILABLE:
-                return "not_available"
+            elif action.kind is ActionKind.REATTEST:
+                if self.reattest is None:
+                    return "not_available"
+                self.reattest(action.device)
+            elif action.kind is ActionKind.ROLLBACK:
+                if self.rollback is None:
+                    return "not_available"
+                self.rollback(action.device, actor=DETECTION_ACTOR, reason=reason)
         except IotGuardError as exc:
             log.warning("response %s on %s failed: %s", action.kind.value, action.device, exc.code)
             return f"failed:{exc.code}"

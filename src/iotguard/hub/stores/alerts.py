@@ -109,8 +109,8 @@ class StoredAction:
     """One response action and what became of it.
 
     Attributes:
-        outcome: ``done``, ``awaiting_approval``, ``suppressed``, ``not_available`` (re-attestation
-            without an attestation service, notify without a webhook) or ``failed:<code>``.
+        outcome: ``done``, ``awaiting_approval``, ``suppressed``, ``not_available`` (a service built
+            without an attestation or rollout collaborator, notify without a webhook) or ``failed:<code>``.
     """
 
     id: int
