@@ -39,7 +39,7 @@ import hashlib
 import logging
 import ssl
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -204,13 +204,19 @@ class DetectionService:
                                                   p.attested_at if p.trust_tier == "verified" else None)
                           for p in self.posture.posture})
 
-    def state(self) -> ResponseState:
-        """What earlier responses did, from the stored actions (cool-downs, the playbook's own quarantines)."""
+    def state(self, now: datetime | None = None, cooldown_s: float | None = None) -> ResponseState:
+        """What earlier responses did, from the stored actions (cool-downs, the playbook's own quarantines).
+
+        With ``now`` and ``cooldown_s`` only the actions that can still matter are read: those within the
+        cool-down, and quarantines and releases of any age."""
         last: dict[tuple[str, str], datetime] = {}
         quarantined: dict[str, datetime] = {}
-        for a in self.store.actions():
-            if a.outcome != "done":
-                continue
+        if now is not None and cooldown_s is not None:
+            done = self.store.done_actions(now - timedelta(seconds=cooldown_s),
+                                           (ActionKind.QUARANTINE.value, ActionKind.RELEASE.value))
+        else:
+            done = [a for a in self.store.actions() if a.outcome == "done"]
+        for a in done:
             last[(a.device_id, a.kind)] = a.at
             if a.kind == ActionKind.QUARANTINE.value:
                 quarantined[a.device_id] = a.at
@@ -273,7 +279,8 @@ class DetectionService:
         if not fresh:
             return []
         by_id = {a.alert_id: a for a in fresh}
-        planned = plan(fresh, self._playbook(), self.fleet(), self.state(), now)
+        book = self._playbook()
+        planned = plan(fresh, book, self.fleet(), self.state(now, book.guard_rails.cooldown_s), now)
         # Containment first (its own commit, with its audit entry and the broker ACL message), then the delivery
         # is woken, and only then the bookkeeping: every action's record in one transaction, the risk scores.
         done = self._carry_out_all([(action, by_id.get(action.alert_id)) for action in planned], DETECTION_ACTOR)

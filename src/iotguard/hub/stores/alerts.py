@@ -29,6 +29,7 @@ from sqlalchemy import (
     Table,
     Text,
     func,
+    or_,
     select,
     update,
 )
@@ -165,6 +166,11 @@ class AlertStore(Protocol):
         """Oldest first."""
         ...
 
+    def done_actions(self, since: datetime, kinds: Sequence[str]) -> list[StoredAction]:
+        """Actions carried out (outcome ``done``) at or after ``since``, and those of ``kinds`` at any time;
+        oldest first (what the planner's state needs, without reading the whole history)."""
+        ...
+
     def counts(self) -> dict[tuple[str, int], int]:
         """Stored alerts per (detector, severity)."""
         ...
@@ -259,6 +265,12 @@ class SqlAlertStore:
         with self.engine.connect() as c:
             return [_action(r) for r in c.execute(q.order_by(detection_actions.c.id))]
 
+    def done_actions(self, since: datetime, kinds: Sequence[str]) -> list[StoredAction]:
+        t = detection_actions
+        q = select(t).where(t.c.outcome == "done", or_(t.c.at >= utc(since), t.c.kind.in_(list(kinds))))
+        with self.engine.connect() as c:
+            return [_action(r) for r in c.execute(q.order_by(t.c.id))]
+
     def counts(self) -> dict[tuple[str, int], int]:
         q = select(detection_alerts.c.detector, detection_alerts.c.severity, func.count()).group_by(
             detection_alerts.c.detector, detection_alerts.c.severity)
@@ -330,6 +342,10 @@ class MemoryAlertStore:
         with self._lock:
             return [a for a in self._actions
                     if (alert_id is None or a.alert_id == alert_id) and (device_id is None or a.device_id == device_id)]
+
+    def done_actions(self, since: datetime, kinds: Sequence[str]) -> list[StoredAction]:
+        with self._lock:
+            return [a for a in self._actions if a.outcome == "done" and (a.at >= since or a.kind in kinds)]
 
     def counts(self) -> dict[tuple[str, int], int]:
         out: dict[tuple[str, int], int] = {}
