@@ -74,3 +74,13 @@ def test_fleet_wide_process_change_quarantines_no_more_than_the_blast_radius() -
     quarantined = [a for a in actions if a.kind is ActionKind.QUARANTINE and a.status is ActionStatus.EXECUTE]
     held = [a for a in actions if a.kind is ActionKind.QUARANTINE and a.status is not ActionStatus.EXECUTE]
     assert len(quarantined) == 2 and len(held) == 18
+
+
+def test_fuzz_seed_is_the_shipped_playbook_revision() -> None:
+    """The fuzzer's playbook seed starts from the playbook we ship, not from an older revision of it."""
+    from importlib import resources
+    from pathlib import Path
+
+    seed = Path(__file__).parents[1] / "fuzz" / "corpus" / "playbook" / "default"
+    shipped = resources.files("iotguard.detection").joinpath("default_playbook.toml").read_bytes()
+    assert seed.read_bytes() == shipped

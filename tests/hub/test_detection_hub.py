@@ -12,6 +12,7 @@ import pytest
 
 from iotguard.audit.provenance import provenance, verify_chain_of_custody
 from iotguard.detection import Alert, Severity, parse_playbook
+from iotguard.detection.response import plan
 from iotguard.errors import PolicyDenied, UnknownAlertError
 from iotguard.hub.db import make_engine
 from iotguard.hub.migrations import migrate
@@ -77,6 +78,37 @@ def test_alert_store_records_actions_in_order(alerts: AlertStore) -> None:
     assert alerts.actions(device_id="dev-2") == []
 
 
+def test_alert_store_batches_are_one_transaction_and_skip_stored_alerts(alerts: AlertStore) -> None:
+    a, b, c = _scan("dev-1"), _scan("dev-2"), _scan("dev-3")
+    assert alerts.add_alert(a, T0)
+    fresh = alerts.add_alerts([(a, [OutboxMessage("audit.event", b"a")]), (b, [OutboxMessage("audit.event", b"b")]),
+                               (b, []), (c, [])], T0)
+    assert fresh == [b, c]  # a was stored before, b is not stored twice within the batch
+    assert {s.alert_id for s in alerts.alerts()} == {a.alert_id, b.alert_id, c.alert_id}
+    rows = [StoredAction(0, b.alert_id, "dev-2", kind, "execute", "rule", "compromise", "default-response@2",
+                         "done", T0) for kind in ("quarantine", "reattest", "notify")]
+    stored = alerts.add_actions([(r, [OutboxMessage("audit.event", r.kind.encode())]) for r in rows])
+    assert [x.kind for x in stored] == ["quarantine", "reattest", "notify"]
+    assert stored[0].id < stored[1].id < stored[2].id
+    assert alerts.actions(alert_id=b.alert_id) == stored
+
+
+def test_alert_store_reads_only_the_actions_the_planner_needs(alerts: AlertStore) -> None:
+    a = _scan("dev-1")
+    alerts.add_alert(a, T0)
+
+    def act(kind: str, outcome: str, minutes: int) -> StoredAction:
+        return StoredAction(0, a.alert_id, "dev-1", kind, "execute", "rule", "r", "p@1", outcome,
+                            T0 + timedelta(minutes=minutes))
+
+    alerts.add_actions([(act("quarantine", "done", 0), []), (act("reattest", "done", 1), []),
+                        (act("notify", "failed:notify_failed", 50), []), (act("reattest", "done", 50), []),
+                        (act("release", "done", 55), [])])
+    got = alerts.done_actions(T0 + timedelta(minutes=40), ["quarantine", "release"])
+    assert [(x.kind, x.at) for x in got] == [("quarantine", T0), ("reattest", T0 + timedelta(minutes=50)),
+                                             ("release", T0 + timedelta(minutes=55))]
+
+
 # -- the hub ---------------------------------------------------------------------
 
 
@@ -102,7 +134,7 @@ def test_scanner_alert_quarantines_by_playbook_and_audits_every_step(hub: HubPar
     alert = _scan("dev-0")
     actions = hub.services.detection.raise_alerts([alert])
     outcome = {a.kind: (a.status, a.outcome) for a in actions}
-    assert outcome == {"quarantine": ("execute", "done"), "reattest": ("execute", "not_available"),
+    assert outcome == {"quarantine": ("execute", "done"), "reattest": ("execute", "done"),
                        "revoke": ("await_approval", "awaiting_approval")}
     assert not _may_publish(hub, "dev-0")
     assert _may_publish(hub, "dev-1") and _may_publish(hub, "dev-2")  # the others keep flowing
@@ -116,6 +148,42 @@ def test_scanner_alert_quarantines_by_playbook_and_audits_every_step(hub: HubPar
     assert ("detection.alert", None) in linked
     assert {a for t, a in linked if t == "detection.action"} == {"quarantine", "reattest", "revoke"}
     assert any(link.event.type == "device.quarantined" for link in chain.links)
+
+
+def test_containment_is_delivered_before_the_response_is_recorded(hub: HubParts) -> None:
+    """The outbox (broker ACL) is delivered as soon as the quarantine commits (the wake-up), not after the
+    bookkeeping: at that moment no action is recorded yet; afterwards all of them are, with the risk score."""
+    _fleet(hub, 3)
+    hub.deliver()
+    seen: list[tuple[bool, int, int]] = []
+    detection = hub.services.detection
+
+    def wake() -> None:
+        hub.deliver()
+        seen.append((_may_publish(hub, "dev-0"), len(detection.store.actions()),
+                     hub.services.posture.posture.require("dev-0").risk_score))
+
+    detection.after_containment = wake
+    alert = _scan("dev-0")
+    actions = detection.raise_alerts([alert])
+    assert seen == [(False, 0, 0)]
+    assert len(detection.store.actions()) == len(actions) == 3
+    assert hub.services.posture.posture.require("dev-0").risk_score == 45
+
+
+def test_planner_state_read_within_the_cooldown_plans_as_the_whole_history_does(hub: HubParts) -> None:
+    _fleet(hub, 4)
+    detection = hub.services.detection
+    detection.raise_alerts([_scan("dev-0"), _scan("dev-1", detector="autoencoder")])
+    later = hub.services.clock.now() + timedelta(hours=1)  # past the shipped 15 min cool-down
+    bounded = detection.state(later, detection.playbook.guard_rails.cooldown_s)
+    full = detection.state()
+    assert bounded.quarantined_at == full.quarantined_at == {"dev-0": full.quarantined_at["dev-0"]}
+    assert ("dev-1", "reattest") in full.last_action and ("dev-1", "reattest") not in bounded.last_action
+    alerts = [_scan(d, T1 + 7200) for d in ("dev-0", "dev-1", "dev-2")]
+    fleet = detection.fleet()
+    assert plan(alerts, detection.playbook, fleet, bounded, later) == plan(alerts, detection.playbook, fleet, full,
+                                                                           later)
 
 
 def test_blast_radius_limits_automatic_quarantine_in_a_fleet_wide_change(hub: HubParts) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +26,8 @@ from iotguard.detection.flows import PROTOCOLS, FlowBatch
 __all__ = ["BeaconRule", "FlowRule", "KnownBadRule", "NewPortRule", "ScanFanOutRule", "Throttle"]
 
 BoolArray = npt.NDArray[np.bool_]
+#: A baseline key: ``protocol << 16 | port`` (new ports) or a destination address (beaconing).
+Key = int | str
 
 
 class Throttle:
@@ -129,38 +132,76 @@ class ScanFanOutRule(FlowRule):
 
 
 class _Baseline(FlowRule):
-    """A per-host set of keys learned from benign traffic (bounded per host)."""
+    """A per-host set of keys learned from benign traffic (bounded per host).
+
+    Vectorised per batch: rows are grouped by host (``np.unique``), so the
+    Python work is per host in the batch, not per flow; a host's keys are
+    taken in order of first appearance, so the bounded set holds the same keys
+    a flow-by-flow pass would (tested against one).
+    """
 
     max_keys_per_host = 1024
     min_flows = 20
 
     def __init__(self, devices: Mapping[str, str] | None = None, realert_s: float = 300.0) -> None:
         super().__init__(devices, realert_s)
-        self.known: dict[str, set[tuple[int, ...] | str]] = {}
+        self.known: dict[str, set[Key]] = {}
         self.flows: dict[str, int] = {}
+        self._arrays: dict[str, npt.NDArray[Any]] = {}
 
-    def _keys(self, batch: FlowBatch, i: int) -> tuple[int, ...] | str:
+    def _keys(self, batch: FlowBatch) -> npt.NDArray[Any]:
+        """One key per flow (an integer or string array)."""
         raise TypeError(f"{type(self).__name__} must define _keys()")
 
     def learn(self, batch: FlowBatch, features: FeatureMatrix) -> None:
-        for i in range(len(batch)):
-            host = str(batch.orig_h[i])
-            self.flows[host] = self.flows.get(host, 0) + 1
+        if len(batch) == 0:
+            return
+        keys = self._keys(batch)
+        hosts, inverse = np.unique(batch.orig_h, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")  # rows grouped by host, in arrival order within a host
+        bounds = np.searchsorted(inverse[order], np.arange(len(hosts) + 1))
+        for j, host in enumerate(hosts.tolist()):
+            rows = order[bounds[j]:bounds[j + 1]]
+            self.flows[host] = self.flows.get(host, 0) + len(rows)
             known = self.known.setdefault(host, set())
-            if len(known) < self.max_keys_per_host:
-                known.add(self._keys(batch, i))
+            self._arrays.pop(host, None)
+            if len(known) >= self.max_keys_per_host:
+                continue
+            uniq, first = np.unique(keys[rows], return_index=True)
+            for key in uniq[np.argsort(first, kind="stable")].tolist():
+                if len(known) >= self.max_keys_per_host:
+                    break
+                known.add(key)
 
     def forget(self, hosts: set[str]) -> None:
         for host in hosts:
             self.known.pop(host, None)
             self.flows.pop(host, None)
+            self._arrays.pop(host, None)
+
+    def _known_array(self, host: str, like: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        arr = self._arrays.get(host)
+        if arr is None:
+            arr = self._arrays[host] = np.array(sorted(self.known.get(host, ())), dtype=like.dtype)
+        return arr
 
     def _unknown(self, batch: FlowBatch) -> BoolArray:
         out = np.zeros(len(batch), dtype=bool)
-        for i in range(len(batch)):
-            host = str(batch.orig_h[i])
+        if len(batch) == 0:
+            return out
+        keys = self._keys(batch)
+        hosts, inverse = np.unique(batch.orig_h, return_inverse=True)
+        for j, host in enumerate(hosts.tolist()):
             if self.flows.get(host, 0) >= self.min_flows:
-                out[i] = self._keys(batch, i) not in self.known[host]
+                rows = inverse == j
+                out[rows] = ~np.isin(keys[rows], self._known_array(host, keys))
+        return out
+
+    def _unlearned(self, batch: FlowBatch) -> BoolArray:
+        """Flows from hosts with fewer than ``min_flows`` learned flows (no baseline to judge them by)."""
+        hosts, inverse = np.unique(batch.orig_h, return_inverse=True)
+        few = np.array([self.flows.get(h, 0) < self.min_flows for h in hosts.tolist()], dtype=bool)
+        out: BoolArray = few[inverse] if len(batch) else np.zeros(0, dtype=bool)
         return out
 
 
@@ -170,8 +211,9 @@ class NewPortRule(_Baseline):
     name = "new_port"
     severity = Severity.LOW
 
-    def _keys(self, batch: FlowBatch, i: int) -> tuple[int, ...]:
-        return (int(batch.proto[i]), int(batch.resp_p[i]))
+    def _keys(self, batch: FlowBatch) -> npt.NDArray[Any]:
+        """``protocol << 16 | port``: one integer per (protocol, destination port)."""
+        return (batch.proto.astype(np.int64) << 16) | batch.resp_p.astype(np.int64)
 
     def evaluate(self, batch: FlowBatch, features: FeatureMatrix) -> list[Alert]:
         hit = self._unknown(batch)
@@ -200,15 +242,14 @@ class BeaconRule(_Baseline):
         self.max_cv = max_cv
         self.min_rate = float(np.log1p(min_flows_channel))
 
-    def _keys(self, batch: FlowBatch, i: int) -> str:
-        return str(batch.resp_h[i])
+    def _keys(self, batch: FlowBatch) -> npt.NDArray[Any]:
+        return batch.resp_h
 
     def evaluate(self, batch: FlowBatch, features: FeatureMatrix) -> list[Alert]:
         cv = _column(features, self.names, "channel_iat_cv")
         hit = (_column(features, self.names, "channel_rate") >= self.min_rate) & (cv <= self.max_cv)
         if hit.any():
-            hit &= self._unknown(batch) | np.array([self.flows.get(str(h), 0) < self.min_flows
-                                                     for h in batch.orig_h], dtype=bool)
+            hit &= self._unknown(batch) | self._unlearned(batch)
         period = np.expm1(_column(features, self.names, "channel_iat_mean"))
         alerts = self._alerts(batch, hit, 1.0 - cv)
         for k, alert in enumerate(alerts):

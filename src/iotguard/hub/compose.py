@@ -47,6 +47,7 @@ from iotguard.hub.services.broker_access import BrokerAccess, EmbeddedBrokerLink
 from iotguard.hub.services.consent import CommandChannel, ConsentPush, ConsentService
 from iotguard.hub.services.data_access import K_ANONYMOUS_DATASET, DataAccessService
 from iotguard.hub.services.detection import ActivePlaybook, DetectionService, WebhookNotifier
+from iotguard.hub.services.detection_actions import FirmwareRollback
 from iotguard.hub.services.firmware import FirmwareService
 from iotguard.hub.services.learning import LearningService, affirming_posture
 from iotguard.hub.services.lifecycle import DeviceLifecycle, open_hub_keys
@@ -184,6 +185,8 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                               HubCohortSignals(store.engine, attestation.store), audit_sink, clock,
                               challenge=attestation.step_up,
                               announce=lambda ids: queue_update_checks(outbox, ids, clock.now()))
+    detection.reattest = attestation.queue_challenge  # the playbook's response steps (issue 13)
+    detection.rollback = FirmwareRollback(rollouts, store)
     models = ModelService(SqlModelStore(store.engine), keystore, audit_sink, clock, endorse=lifecycle.ca.sign)
     services = HubServices(cfg, clock, store, keystore, outbox, audit, posture, lifecycle, consent, operators,
                            TelemetryService(store, processor.stats), processor, commands, broker, plane, broker_link,

@@ -64,9 +64,10 @@ def derive_device_acl(
     for posture in postures:
         grants: list[AclGrant] = []
         for topic in _candidates(engine, posture.device_id, all_segments):
-            write = engine.decide_uncached(AccessRequest.device(posture.device_id, "publish", topic), now=now)
+            write = engine.decide_uncached(AccessRequest.device(posture.device_id, "publish", topic), now=now,
+                                           shared=True)
             read = engine.decide_uncached(
-                AccessRequest.device(posture.device_id, "subscribe", topic), now=now
+                AccessRequest.device(posture.device_id, "subscribe", topic), now=now, shared=True
             )
             if write.allowed and read.allowed:
                 grants.append(("readwrite", topic))

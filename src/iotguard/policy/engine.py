@@ -320,9 +320,11 @@ class PolicyEngine:
         self.decisions.add(request, decision)
         return decision
 
-    def decide_uncached(self, request: AccessRequest, *, now: datetime | None = None) -> Decision:
-        """Decide without reading or writing the cache (benchmarks, audits)."""
-        return self._evaluate(request, now or self._clock.now(), store=False)
+    def decide_uncached(self, request: AccessRequest, *, now: datetime | None = None,
+                        shared: bool = False) -> Decision:
+        """Decide without the per-request cache (benchmarks, audits); ``shared``: do use the decision classes
+        (ACL derivation: a device in the same class as one derived before costs no Cedar evaluation)."""
+        return self._evaluate(request, now or self._clock.now(), store=False, shared=shared)
 
     def explain(self, request: AccessRequest, *, now: datetime | None = None) -> Explanation:
         """Evaluate ``request`` afresh and report which policies matched."""
@@ -361,14 +363,14 @@ class PolicyEngine:
 
     # ------------------------------------------------------------ internals
 
-    def _evaluate(self, request: AccessRequest, now: datetime, *, store: bool = True) -> Decision:
+    def _evaluate(self, request: AccessRequest, now: datetime, *, store: bool = True, shared: bool = False) -> Decision:
         loaded = self._loaded
         if loaded is None:
             return Decision(False, DecisionCode.ENGINE_NOT_LOADED, errors=(self.load_error,))
         cache = self._cache
         generation, epoch = cache.generation, cache.epoch
         if request.principal_type == "Device":
-            return self._evaluate_device(loaded, request, now, generation, epoch, store)
+            return self._evaluate_device(loaded, request, now, generation, epoch, store, shared or store)
         prepared = self._prepare(request, now)
         if isinstance(prepared, Decision):
             return prepared
@@ -378,7 +380,8 @@ class PolicyEngine:
         return decision
 
     def _evaluate_device(
-        self, loaded: _Loaded, request: AccessRequest, now: datetime, generation: int, epoch: int, store: bool
+        self, loaded: _Loaded, request: AccessRequest, now: datetime, generation: int, epoch: int, store: bool,
+        shared: bool,
     ) -> Decision:
         if request.resource_type == "Device":
             # Requests a device makes about itself (renew, re-key, receipts, ...) are
@@ -394,7 +397,7 @@ class PolicyEngine:
         facts.refresh_context(now, now.timestamp(), self.limits.attestation_freshness_s)
         cache = self._cache
         key: DecisionClass | None = None
-        if store and loaded.shareable:
+        if shared and loaded.shareable:
             shape = facts.shape(request.resource_id, self.topics)
             if shape is not None:
                 context_key = facts.context_key
@@ -403,7 +406,8 @@ class PolicyEngine:
                 key = (epoch, request.action, facts.class_key, shape, context_key)
                 decision = cache.shared(key)
                 if decision is not None:
-                    cache.put(request, decision, facts.valid_from, facts.valid_until, device_id, generation)
+                    if store:
+                        cache.put(request, decision, facts.valid_from, facts.valid_until, device_id, generation)
                     return decision
         prepared = self._prepare_device(request, facts)
         if isinstance(prepared, Decision):
@@ -412,8 +416,8 @@ class PolicyEngine:
         cache.evaluations += 1
         if store:
             cache.put(request, decision, facts.valid_from, facts.valid_until, device_id, generation)
-            if key is not None:
-                cache.put_shared(key, decision, epoch)
+        if key is not None:
+            cache.put_shared(key, decision, epoch)
         return decision
 
     @staticmethod

@@ -16,11 +16,19 @@ What each action does on the hub:
 * ``revoke`` -- :meth:`DeviceLifecycle.revoke` (waits for approval under the
   shipped playbook);
 * ``release`` -- :meth:`PostureService.release` (the policy may refuse it);
-* ``reattest`` -- recorded as ``not_available``: the hub has no attestation
-  challenge queue yet;
+* ``reattest`` -- the ``reattest`` callable (the hub's
+  :meth:`AttestationService.queue_challenge`: a nonce stored and the challenge
+  queued for the device's ``cmd`` topic; see
+  :mod:`iotguard.hub.services.detection_actions`);
 * ``notify`` -- the notifier given to the service (none configured: recorded
   as ``not_available``);
-* ``rollback`` -- recorded as ``not_available`` (no firmware-update service).
+* ``rollback`` -- the ``rollback`` callable (the hub's
+  :class:`~iotguard.hub.services.detection_actions.FirmwareRollback`: the
+  rollout that brought the device its release is aborted; waits for approval
+  under the shipped playbook).
+
+A service built without ``reattest`` or ``rollback`` records those steps as
+``not_available``.
 
 Actions waiting for approval are carried out by :meth:`approve`.
 """
@@ -31,7 +39,7 @@ import hashlib
 import logging
 import ssl
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -66,8 +74,6 @@ DETECTION_ACTOR = "hub.detection"
 
 #: Sends one alert notification (a webhook); raises IotGuardError on failure.
 Notifier = Callable[[Alert, Action], None]
-
-_NOT_AVAILABLE = frozenset({ActionKind.REATTEST, ActionKind.ROLLBACK})
 
 #: Risk each alert adds to its device, by severity (the sum decays with :data:`RISK_HALF_LIFE_S`, capped at 100).
 RISK_WEIGHT = {Severity.LOW: 5.0, Severity.MEDIUM: 20.0, Severity.HIGH: 45.0, Severity.CRITICAL: 80.0}
@@ -164,16 +170,23 @@ class DetectionService:
         playbook: Returns the active playbook (read at each batch of alerts, so activation needs no restart).
         clock: Time source.
         notifier: Delivers ``notify`` actions (None: recorded as not available).
+        reattest: Issues an attestation challenge to a device (None: recorded as not available).
+        rollback: Stops the rollout of the release a device received, ``(device, actor=, reason=)``
+            (None: recorded as not available).
     """
 
     def __init__(self, alerts: AlertStore, posture: PostureService, revoke: Callable[..., None],
-                 playbook: Callable[[], Playbook], clock: Clock, *, notifier: Notifier | None = None) -> None:
+                 playbook: Callable[[], Playbook], clock: Clock, *, notifier: Notifier | None = None,
+                 reattest: Callable[[str], object] | None = None,
+                 rollback: Callable[..., object] | None = None) -> None:
         self.store = alerts
         self.posture = posture
         self._revoke = revoke
         self._playbook = playbook
         self.clock = clock
         self.notifier = notifier
+        self.reattest = reattest
+        self.rollback = rollback
         #: Called after a response changed a device's access (quarantine, release, revocation), so the
         #: process delivers the outbox (broker ACL) now rather than at its next maintenance tick.
         self.after_containment: Callable[[], None] | None = None
@@ -191,13 +204,19 @@ class DetectionService:
                                                   p.attested_at if p.trust_tier == "verified" else None)
                           for p in self.posture.posture})
 
-    def state(self) -> ResponseState:
-        """What earlier responses did, from the stored actions (cool-downs, the playbook's own quarantines)."""
+    def state(self, now: datetime | None = None, cooldown_s: float | None = None) -> ResponseState:
+        """What earlier responses did, from the stored actions (cool-downs, the playbook's own quarantines).
+
+        With ``now`` and ``cooldown_s`` only the actions that can still matter are read: those within the
+        cool-down, and quarantines and releases of any age."""
         last: dict[tuple[str, str], datetime] = {}
         quarantined: dict[str, datetime] = {}
-        for a in self.store.actions():
-            if a.outcome != "done":
-                continue
+        if now is not None and cooldown_s is not None:
+            done = self.store.done_actions(now - timedelta(seconds=cooldown_s),
+                                           (ActionKind.QUARANTINE.value, ActionKind.RELEASE.value))
+        else:
+            done = [a for a in self.store.actions() if a.outcome == "done"]
+        for a in done:
             last[(a.device_id, a.kind)] = a.at
             if a.kind == ActionKind.QUARANTINE.value:
                 quarantined[a.device_id] = a.at
@@ -248,23 +267,24 @@ class DetectionService:
         that re-sends a batch does not trigger the response twice.
         """
         now = self.clock.now()
-        fresh: list[Alert] = []
+        items = []
         for alert in alerts:
             event = AuditEvent("detection.alert", now, DETECTION_ACTOR, alert.device, {
                 "alert_id": alert.alert_id, "detector": alert.detector,
                 "severity": alert.severity.name.lower(), "score_milli": round(alert.score * 1000),
                 "window": [alert.window_start_us, alert.window_end_us]})
-            if self.store.add_alert(alert, now, effects=[audit_message(event)]):
-                fresh.append(alert)
+            items.append((alert, [audit_message(event)]))
+        # One transaction for the batch: a stored alert is never answered twice (two hub processes, a re-sent batch).
+        fresh = self.store.add_alerts(items, now)
         if not fresh:
             return []
-        self.refresh_risk()
         by_id = {a.alert_id: a for a in fresh}
-        planned = plan(fresh, self._playbook(), self.fleet(), self.state(), now)
-        done = [self._carry_out(action, by_id.get(action.alert_id), DETECTION_ACTOR) for action in planned]
-        if self.after_containment is not None and any(
-                a.outcome == "done" and a.kind in _ACCESS_CHANGES for a in done):
-            self.after_containment()
+        book = self._playbook()
+        planned = plan(fresh, book, self.fleet(), self.state(now, book.guard_rails.cooldown_s), now)
+        # Containment first (its own commit, with its audit entry and the broker ACL message), then the delivery
+        # is woken, and only then the bookkeeping: every action's record in one transaction, the risk scores.
+        done = self._carry_out_all([(action, by_id.get(action.alert_id)) for action in planned], DETECTION_ACTOR)
+        self.refresh_risk()
         return done
 
     def awaiting_approval(self) -> list[StoredAction]:
@@ -302,7 +322,7 @@ class DetectionService:
             alert: Alert | None = self.store.get(p.alert_id).alert
         except IotGuardError:
             alert = None
-        return self._carry_out(action, alert, actor)
+        return self._carry_out_all([(action, alert)], actor)[0]
 
     def ack(self, alert_id: str, actor: str) -> StoredAlert:
         """Acknowledge an alert (audited; raises UnknownAlertError)."""
@@ -324,24 +344,42 @@ class DetectionService:
                 if self.notifier is None or alert is None:
                     return "not_available"
                 self.notifier(alert, action)
-            elif action.kind in _NOT_AVAILABLE:
-                return "not_available"
+            elif action.kind is ActionKind.REATTEST:
+                if self.reattest is None:
+                    return "not_available"
+                self.reattest(action.device)
+            elif action.kind is ActionKind.ROLLBACK:
+                if self.rollback is None:
+                    return "not_available"
+                self.rollback(action.device, actor=DETECTION_ACTOR, reason=reason)
         except IotGuardError as exc:
             log.warning("response %s on %s failed: %s", action.kind.value, action.device, exc.code)
             return f"failed:{exc.code}"
         return "done"
 
-    def _carry_out(self, action: Action, alert: Alert | None, actor: str) -> StoredAction:
-        if action.status is ActionStatus.EXECUTE:
-            outcome = self._execute(action, alert)
-        elif action.status is ActionStatus.AWAIT_APPROVAL:
-            outcome = "awaiting_approval"
-        else:
-            outcome = "suppressed"
+    def _carry_out_all(self, actions: Sequence[tuple[Action, Alert | None]], actor: str) -> list[StoredAction]:
+        """Execute the actions marked ``execute`` (access changes first, so containment is not kept waiting by
+        the slower steps), wake the delivery of access changes, then record every action in one transaction."""
+        outcomes: dict[int, str] = {}
+        for access_change in (True, False):
+            for i, (action, alert) in enumerate(actions):
+                if (action.kind.value in _ACCESS_CHANGES) is not access_change:
+                    continue
+                if action.status is ActionStatus.EXECUTE:
+                    outcomes[i] = self._execute(action, alert)
+                elif action.status is ActionStatus.AWAIT_APPROVAL:
+                    outcomes[i] = "awaiting_approval"
+                else:
+                    outcomes[i] = "suppressed"
+            if access_change and self.after_containment is not None and "done" in outcomes.values():
+                self.after_containment()
         now = self.clock.now()
-        record = StoredAction(0, action.alert_id, action.device, action.kind.value, action.status.value,
-                              action.reason, action.rule, action.playbook, outcome, now)
-        event = AuditEvent("detection.action", now, actor, action.device, {
-            "alert_id": action.alert_id, "action": action.kind.value, "status": action.status.value,
-            "reason": action.reason, "rule": action.rule, "playbook": action.playbook, "outcome": outcome})
-        return self.store.add_action(record, effects=[audit_message(event)])
+        items = []
+        for i, (action, _) in enumerate(actions):
+            record = StoredAction(0, action.alert_id, action.device, action.kind.value, action.status.value,
+                                  action.reason, action.rule, action.playbook, outcomes[i], now)
+            event = AuditEvent("detection.action", now, actor, action.device, {
+                "alert_id": action.alert_id, "action": action.kind.value, "status": action.status.value,
+                "reason": action.reason, "rule": action.rule, "playbook": action.playbook, "outcome": outcomes[i]})
+            items.append((record, [audit_message(event)]))
+        return self.store.add_actions(items)

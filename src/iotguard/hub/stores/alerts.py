@@ -29,6 +29,7 @@ from sqlalchemy import (
     Table,
     Text,
     func,
+    or_,
     select,
     update,
 )
@@ -109,8 +110,8 @@ class StoredAction:
     """One response action and what became of it.
 
     Attributes:
-        outcome: ``done``, ``awaiting_approval``, ``suppressed``, ``not_available`` (re-attestation
-            without an attestation service, notify without a webhook) or ``failed:<code>``.
+        outcome: ``done``, ``awaiting_approval``, ``suppressed``, ``not_available`` (a service built
+            without an attestation or rollout collaborator, notify without a webhook) or ``failed:<code>``.
     """
 
     id: int
@@ -137,6 +138,10 @@ class AlertStore(Protocol):
         """Store an alert with its effects; False (and nothing written) when it is already stored."""
         ...
 
+    def add_alerts(self, items: Sequence[tuple[Alert, Sequence[OutboxMessage]]], at: datetime) -> list[Alert]:
+        """Store several alerts, each with its effects, in one transaction; returns those not stored before."""
+        ...
+
     def get(self, alert_id: str) -> StoredAlert:
         """Raises UnknownAlertError."""
         ...
@@ -153,8 +158,17 @@ class AlertStore(Protocol):
         """Record an action (its ``id`` is assigned here)."""
         ...
 
+    def add_actions(self, items: Sequence[tuple[StoredAction, Sequence[OutboxMessage]]]) -> list[StoredAction]:
+        """Record several actions, each with its effects, in one transaction (ids assigned here, in order)."""
+        ...
+
     def actions(self, *, alert_id: str | None = None, device_id: str | None = None) -> list[StoredAction]:
         """Oldest first."""
+        ...
+
+    def done_actions(self, since: datetime, kinds: Sequence[str]) -> list[StoredAction]:
+        """Actions carried out (outcome ``done``) at or after ``since``, and those of ``kinds`` at any time;
+        oldest first (what the planner's state needs, without reading the whole history)."""
         ...
 
     def counts(self) -> dict[tuple[str, int], int]:
@@ -178,16 +192,27 @@ class SqlAlertStore:
         self.engine = engine
 
     def add_alert(self, alert: Alert, at: datetime, *, effects: Sequence[OutboxMessage] = ()) -> bool:
-        aid = alert.alert_id
+        return bool(self.add_alerts([(alert, effects)], at))
+
+    def add_alerts(self, items: Sequence[tuple[Alert, Sequence[OutboxMessage]]], at: datetime) -> list[Alert]:
+        fresh: list[Alert] = []
         with self.engine.begin() as c:
-            if c.execute(select(detection_alerts.c.alert_id).where(detection_alerts.c.alert_id == aid)).first():
-                return False
-            c.execute(detection_alerts.insert().values(
-                alert_id=aid, device_id=alert.device, detector=alert.detector, severity=int(alert.severity),
-                score=alert.score, raised_at=utc(at), body=alert.to_json()))
+            ids = [a.alert_id for a, _ in items]
+            known = {r[0] for r in c.execute(select(detection_alerts.c.alert_id)
+                                             .where(detection_alerts.c.alert_id.in_(ids)))} if ids else set()
+            effects: list[OutboxMessage] = []
+            for alert, alert_effects in items:
+                if alert.alert_id in known:
+                    continue
+                known.add(alert.alert_id)
+                c.execute(detection_alerts.insert().values(
+                    alert_id=alert.alert_id, device_id=alert.device, detector=alert.detector,
+                    severity=int(alert.severity), score=alert.score, raised_at=utc(at), body=alert.to_json()))
+                effects.extend(alert_effects)
+                fresh.append(alert)
             if effects:
                 write_outbox(c, effects, at)
-        return True
+        return fresh
 
     def get(self, alert_id: str) -> StoredAlert:
         with self.engine.connect() as c:
@@ -216,14 +241,20 @@ class SqlAlertStore:
         return self.get(alert_id)
 
     def add_action(self, action: StoredAction, *, effects: Sequence[OutboxMessage] = ()) -> StoredAction:
-        values = {k: v for k, v in action.to_dict().items() if k != "id"}
-        values["at"] = utc(action.at)
+        return self.add_actions([(action, effects)])[0]
+
+    def add_actions(self, items: Sequence[tuple[StoredAction, Sequence[OutboxMessage]]]) -> list[StoredAction]:
+        out: list[StoredAction] = []
         with self.engine.begin() as c:
-            new_id = c.execute(detection_actions.insert().values(**values)
-                               .returning(detection_actions.c.id)).scalar_one()
-            if effects:
-                write_outbox(c, effects, action.at)
-        return replace(action, id=int(new_id))
+            for action, effects in items:
+                values = {k: v for k, v in action.to_dict().items() if k != "id"}
+                values["at"] = utc(action.at)
+                new_id = c.execute(detection_actions.insert().values(**values)
+                                   .returning(detection_actions.c.id)).scalar_one()
+                if effects:
+                    write_outbox(c, effects, action.at)
+                out.append(replace(action, id=int(new_id)))
+        return out
 
     def actions(self, *, alert_id: str | None = None, device_id: str | None = None) -> list[StoredAction]:
         q = select(detection_actions)
@@ -233,6 +264,12 @@ class SqlAlertStore:
             q = q.where(detection_actions.c.device_id == device_id)
         with self.engine.connect() as c:
             return [_action(r) for r in c.execute(q.order_by(detection_actions.c.id))]
+
+    def done_actions(self, since: datetime, kinds: Sequence[str]) -> list[StoredAction]:
+        t = detection_actions
+        q = select(t).where(t.c.outcome == "done", or_(t.c.at >= utc(since), t.c.kind.in_(list(kinds))))
+        with self.engine.connect() as c:
+            return [_action(r) for r in c.execute(q.order_by(t.c.id))]
 
     def counts(self) -> dict[tuple[str, int], int]:
         q = select(detection_alerts.c.detector, detection_alerts.c.severity, func.count()).group_by(
@@ -251,12 +288,18 @@ class MemoryAlertStore:
         self.effects: list[OutboxMessage] = []
 
     def add_alert(self, alert: Alert, at: datetime, *, effects: Sequence[OutboxMessage] = ()) -> bool:
+        return bool(self.add_alerts([(alert, effects)], at))
+
+    def add_alerts(self, items: Sequence[tuple[Alert, Sequence[OutboxMessage]]], at: datetime) -> list[Alert]:
+        fresh: list[Alert] = []
         with self._lock:
-            if alert.alert_id in self._alerts:
-                return False
-            self._alerts[alert.alert_id] = StoredAlert(alert, utc(at))
-            self.effects.extend(effects)
-            return True
+            for alert, effects in items:
+                if alert.alert_id in self._alerts:
+                    continue
+                self._alerts[alert.alert_id] = StoredAlert(alert, utc(at))
+                self.effects.extend(effects)
+                fresh.append(alert)
+        return fresh
 
     def get(self, alert_id: str) -> StoredAlert:
         with self._lock:
@@ -283,16 +326,26 @@ class MemoryAlertStore:
         return current
 
     def add_action(self, action: StoredAction, *, effects: Sequence[OutboxMessage] = ()) -> StoredAction:
+        return self.add_actions([(action, effects)])[0]
+
+    def add_actions(self, items: Sequence[tuple[StoredAction, Sequence[OutboxMessage]]]) -> list[StoredAction]:
+        out: list[StoredAction] = []
         with self._lock:
-            stored = replace(action, id=len(self._actions) + 1, at=utc(action.at))
-            self._actions.append(stored)
-            self.effects.extend(effects)
-        return stored
+            for action, effects in items:
+                stored = replace(action, id=len(self._actions) + 1, at=utc(action.at))
+                self._actions.append(stored)
+                self.effects.extend(effects)
+                out.append(stored)
+        return out
 
     def actions(self, *, alert_id: str | None = None, device_id: str | None = None) -> list[StoredAction]:
         with self._lock:
             return [a for a in self._actions
                     if (alert_id is None or a.alert_id == alert_id) and (device_id is None or a.device_id == device_id)]
+
+    def done_actions(self, since: datetime, kinds: Sequence[str]) -> list[StoredAction]:
+        with self._lock:
+            return [a for a in self._actions if a.outcome == "done" and (a.at >= since or a.kind in kinds)]
 
     def counts(self) -> dict[tuple[str, int], int]:
         out: dict[tuple[str, int], int] = {}
