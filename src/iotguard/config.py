@@ -44,6 +44,9 @@ class HubConfig:
     #: Use an MQTT shared subscription so N hubs split the load (external brokers).
     shared_subscription: bool = True
     mqtt_client_id: str = "iotguard-hub"
+    #: MQTT keep-alive of the hub's broker connection: a link that silently drops packets is
+    #: noticed after 1-2x this many seconds (no answer to PINGREQ), then the hub reconnects.
+    broker_keepalive_s: int = 30
     batch_max_messages: int = 2000
     batch_max_wait_ms: int = 25
     max_envelope_bytes: int = 16384
@@ -202,6 +205,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "hub.witness_quorum": (0, 100),
     "hub.max_media_envelope_bytes": (1024, 262_144),
     "hub.batch_max_wait_ms": (0, 10_000),
+    "hub.broker_keepalive_s": (2, 3600),
     "hub.max_envelope_bytes": (64, 1_048_576),
     "hub.max_reading_fields": (1, 4096),
     "hub.replay_window": (64, 1 << 20),

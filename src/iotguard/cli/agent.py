@@ -8,7 +8,7 @@ import threading
 import time
 
 from iotguard.cli._common import add_config_argument, config_from_args
-from iotguard.errors import IotGuardError
+from iotguard.errors import IotGuardError, StorageError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     updates = agent_updates(agent, args.model)  # None: no trusted firmware root or slots (not updatable)
     health = _HealthReporter(args.health_interval, cfg.broker_url)
     sensor = make_sensor(args.model, hash(args.device_id) & 0xFFFF)
-    samples = sent = 0
+    samples = sent = refused = 0
     while not stop.is_set() and (args.count == 0 or samples < args.count):
         if attester is not None and time.monotonic() >= next_attest:
             next_attest = time.monotonic() + cfg.attest_interval_s
@@ -88,7 +88,12 @@ def run(args: argparse.Namespace) -> int:
             if update is not None and update.outcome != "none":
                 print(f"firmware update: {update.outcome} {update.reason} (running {update.version})", flush=True)
         t = time.time()
-        fresh = len(agent.collect(sensor.sample(t), int(t * 1000)))
+        try:
+            fresh = len(agent.collect(sensor.sample(t), int(t * 1000)))
+        except StorageError as exc:  # volume full: refused at capture, what is on disk is kept
+            refused += 1
+            fresh = 0
+            print(f"reading refused at capture: {exc.code}", flush=True)
         sent += fresh
         health.count(fresh, len(agent.last_envelope))
         health.report_if_due(agent)
@@ -106,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     while agent.pending() and time.monotonic() < deadline and not stop.is_set():
         agent.resend_due()
         time.sleep(0.1)
-    print(f"samples {samples}, readings sent {sent}, unacknowledged {agent.pending()} (kept on disk)", flush=True)
+    print(f"samples {samples}, readings sent {sent}, refused at capture {refused}, "
+          f"unacknowledged {agent.pending()} (kept on disk)", flush=True)
     agent.close()
     return 0
 

@@ -1,0 +1,110 @@
+"""Faults that need the real process to feel them: a full volume under a real ``iotguard agent``,
+a link that silently drops packets between a real hub and Mosquitto (a black hole, not a cut),
+clock jumps of the real hub and agent processes (libfaketime), and PostgreSQL failing over to
+a streaming replica under a real hub.
+
+Each prints ``RECOVERY <fault> <seconds>`` (and ``DETECTION`` where detecting the fault is the
+question) for docs/reliability.md, and checks that nothing accepted is lost or stored twice.
+"""
+
+from __future__ import annotations
+
+import re
+import resource
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.harness import AgentProcess, Deployment, deploy, run_fault, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.mosquitto, pytest.mark.timeout(600)]
+
+_SUMMARY = re.compile(r"samples (\d+), readings sent (\d+), refused at capture (\d+), unacknowledged (\d+)")
+
+
+@pytest.fixture
+def on_sqlite(tmp_path: Path) -> Iterator[Deployment]:
+    yield from deploy(tmp_path, "sqlite")
+
+
+@pytest.fixture
+def behind_relay_short_keepalive(tmp_path: Path) -> Iterator[Deployment]:
+    """PostgreSQL, the hub reaching Mosquitto through a relay, and a 5 s MQTT keep-alive."""
+    yield from deploy(tmp_path, "postgresql", proxied=True, env={"IOTGUARD_HUB__BROKER_KEEPALIVE_S": "5"})
+
+
+def _device_readings(dep: Deployment, device_id: str) -> Counter[tuple[str, int, int]]:
+    return Counter({k: n for k, n in dep.stored().items() if k[0] == device_id})
+
+
+def test_disk_full_on_an_agent_outbox_refuses_at_capture_and_loses_nothing_accepted(
+        on_sqlite: Deployment, tmp_path: Path) -> None:
+    """A real ``iotguard agent`` whose volume fills (``RLIMIT_FSIZE`` of the running process set to
+    0 with ``prlimit``: every write to any file fails, EFBIG, as on a full volume; no privilege or
+    mount needed) for 6 s, then has space again. While full, each reading is refused at capture
+    with a reason (``outbox_unwritable``) and the agent keeps running; every reading it accepted
+    (in its outbox) is stored once at the hub; it resumes by itself when space returns."""
+    dep = on_sqlite
+    code = dep.hub.provisioner(dep.hub.operator_token())("dev-full", "motion-1")
+    agent = AgentProcess(dep.hub, tmp_path, "dev-full", interval=0.2, model="motion-1")  # 1 reading/s
+    agent.start(code)
+    try:
+        try:
+            wait_for(lambda: len(_device_readings(dep, "dev-full")) >= 4, 90, "the agent's first readings")
+        except AssertionError:
+            raise AssertionError("no readings; agent said:\n" + agent.output()[-3000:]) from None
+        assert agent.proc is not None
+        pid = agent.proc.pid
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (0, hard))
+        full_at = time.monotonic()
+        time.sleep(6.0)
+        stored_while_full = len(_device_readings(dep, "dev-full"))
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))
+        over = time.monotonic()
+        recovery = wait_for(lambda: len(_device_readings(dep, "dev-full")) > stored_while_full, 60,
+                            "readings after the space came back")
+        refusals = [t for t, line in agent.lines if "reading refused at capture: outbox_unwritable" in line]
+        assert len(refusals) >= 3, agent.output()[-3000:]
+        assert all(full_at <= t <= over + 1.0 for t in refusals), "refused while the volume had space"
+        assert agent.proc.poll() is None, "the agent died of the full volume:\n" + agent.output()[-3000:]
+        time.sleep(3.0)
+    finally:
+        agent.stop()
+    summary = _SUMMARY.search(agent.output())
+    assert summary is not None, agent.output()[-3000:]
+    samples, sent, refused, unacknowledged = (int(x) for x in summary.groups())
+    assert refused == len(refusals) and samples > refused
+    stored = _device_readings(dep, "dev-full")
+    assert [k for k, n in stored.items() if n > 1] == [], "a reading was stored twice"
+    # Every reading the agent accepted is stored (those still unacknowledged at its stop stay on its disk).
+    assert unacknowledged == 0 and len(stored) == sent, f"accepted {sent}, stored {len(stored)}"
+    print(f"RECOVERY agent_outbox_full {recovery:.2f} (refused at capture {refused}, accepted and stored {sent})")
+
+
+def test_black_hole_between_hub_and_broker_is_detected_by_keepalive_and_loses_nothing(
+        behind_relay_short_keepalive: Deployment, tmp_path: Path) -> None:
+    """The hub-broker link silently stops forwarding (no connection closed or refused; bytes held,
+    new connections not answered) while the devices keep publishing. Only the MQTT keep-alive
+    (5 s here, ``hub.broker_keepalive_s``) can notice: the hub must give up the dead connection
+    and try a new one by itself. Then the link forwards again; nothing is lost or stored twice."""
+    dep = behind_relay_short_keepalive
+    proxy = dep.proxy
+    assert proxy is not None
+    detected: list[float] = []
+
+    def fault() -> None:
+        before = proxy.accepted
+        proxy.black_hole()
+        start = time.monotonic()
+        detected.append(wait_for(lambda: proxy.accepted > before, 60, "the hub to notice the black hole"))
+        time.sleep(max(0.0, 8.0 - (time.monotonic() - start)))
+        proxy.restore()
+
+    recovery = run_fault(dep, tmp_path, "black_hole", fault)
+    keepalive = 5.0
+    assert detected[0] <= 2 * keepalive + 5.0, f"detected after {detected[0]:.1f} s"
+    print(f"DETECTION black_hole {detected[0]:.2f} (keep-alive {keepalive:.0f} s); RECOVERY {recovery:.2f}")
