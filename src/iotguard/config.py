@@ -47,6 +47,9 @@ class HubConfig:
     #: MQTT keep-alive of the hub's broker connection: a link that silently drops packets is
     #: noticed after 1-2x this many seconds (no answer to PINGREQ), then the hub reconnects.
     broker_keepalive_s: int = 30
+    #: UNSAFE (fault injection): the hub's wall clock is the real one plus the seconds written in
+    #: this file (``iotguard.clock.OffsetFileClock``), to test clock jumps. Logged loudly.
+    unsafe_clock_offset_file: str = ""
     batch_max_messages: int = 2000
     batch_max_wait_ms: int = 25
     max_envelope_bytes: int = 16384
@@ -157,6 +160,9 @@ class AgentConfig:
     unsafe_plaintext_broker: bool = False
     #: UNSAFE: allow an ``http://`` hub URL. Logged loudly.
     unsafe_plain_http: bool = False
+    #: UNSAFE (fault injection): the agent's wall clock is the real one plus the seconds written
+    #: in this file (``iotguard.clock.OffsetFileClock``), to test clock jumps. Logged loudly.
+    unsafe_clock_offset_file: str = ""
     suites: list[str] = field(default_factory=lambda: ["ascon-aead128", "chacha20-poly1305"])
     interval_s: float = 5.0
     #: Seconds without an end-to-end acknowledgement before a reading is resent.

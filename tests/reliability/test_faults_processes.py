@@ -108,3 +108,63 @@ def test_black_hole_between_hub_and_broker_is_detected_by_keepalive_and_loses_no
     keepalive = 5.0
     assert detected[0] <= 2 * keepalive + 5.0, f"detected after {detected[0]:.1f} s"
     print(f"DETECTION black_hole {detected[0]:.2f} (keep-alive {keepalive:.0f} s); RECOVERY {recovery:.2f}")
+
+
+def test_clock_jumps_of_the_real_hub_and_agent_lose_nothing_and_collection_resumes(tmp_path: Path) -> None:
+    """The real hub's and the real agent's wall clocks jump (``unsafe_clock_offset_file``, an
+    ``OffsetFileClock``; libfaketime 0.9.10 breaks CPython 3.11's ``time.sleep`` with EINVAL, so
+    the process's own clock source is moved instead): the hub back 2 hours, forward 2 days, back
+    to now; then the agent forward 2 days, back 2 hours, back to now. Every reading the agent
+    accepted is stored once, it keeps collecting after each jump (a release interval is measured
+    on the monotonic clock), and no privacy receipt is stored twice."""
+    hub_offset, agent_offset = tmp_path / "hub-offset", tmp_path / "agent-offset"
+    hub_offset.write_text("0")
+    agent_offset.write_text("0")
+    env = {"IOTGUARD_HUB__UNSAFE_CLOCK_OFFSET_FILE": str(hub_offset)}
+    dep_iter = deploy(tmp_path, "sqlite", env=env)
+    dep = next(dep_iter)
+    try:
+        code = dep.hub.provisioner(dep.hub.operator_token())("dev-clock", "motion-1")
+        agent = AgentProcess(dep.hub, tmp_path, "dev-clock", interval=0.2, model="motion-1",
+                             env={"IOTGUARD_AGENT__UNSAFE_CLOCK_OFFSET_FILE": str(agent_offset)})
+        agent.start(code)
+        try:
+            wait_for(lambda: len(_device_readings(dep, "dev-clock")) >= 3, 90, "the agent's first readings")
+            recoveries: dict[str, float] = {}
+            for who, path, offsets in (("hub", hub_offset, (-7200, 2 * 86400, 0)),
+                                       ("agent", agent_offset, (2 * 86400, -7200, 0))):
+                for offset in offsets:
+                    path.write_text(str(offset))
+                    before = len(_device_readings(dep, "dev-clock"))
+                    name = f"{who}{offset:+d}s"
+                    recoveries[name] = wait_for(lambda b=before: len(_device_readings(dep, "dev-clock")) > b,  # type: ignore[misc]
+                                                60, f"readings stored after the {name} jump")
+                    time.sleep(2.0)
+            assert agent.proc is not None and agent.proc.poll() is None, agent.output()[-3000:]
+        finally:
+            agent.stop()
+        summary = _SUMMARY.search(agent.output())
+        assert summary is not None, agent.output()[-3000:]
+        _samples, sent, refused, unacknowledged = (int(x) for x in summary.groups())
+        stored = _device_readings(dep, "dev-clock")
+        assert [k for k, n in stored.items() if n > 1] == [], "a reading was stored twice"
+        assert refused == 0 and unacknowledged == 0 and len(stored) == sent, f"accepted {sent}, stored {len(stored)}"
+        signatures = _receipt_signatures(dep, "dev-clock")
+        assert signatures and len(signatures) == len(set(signatures)), "a receipt was lost or stored twice"
+        print("RECOVERY clock_jumps " + " ".join(f"{k}:{v:.2f}" for k, v in recoveries.items()))
+    finally:
+        dep_iter.close()
+
+
+def _receipt_signatures(dep: Deployment, device_id: str) -> list[bytes]:
+    from sqlalchemy import create_engine, select
+
+    from iotguard.hub.stores.receipts import receipts
+
+    engine = create_engine(dep.database_url)
+    try:
+        with engine.connect() as c:
+            return [bytes(s) for (s,) in c.execute(select(receipts.c.signature)
+                                                   .where(receipts.c.device_id == device_id)).all()]
+    finally:
+        engine.dispose()

@@ -47,7 +47,14 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value:
             setattr(cfg, attr, value)
-    agent = Agent(cfg, args.device_id)
+    clock = None
+    if cfg.unsafe_clock_offset_file:
+        from iotguard.clock import OffsetFileClock
+
+        print(f"UNSAFE: the agent's clock is moved by the offset in {cfg.unsafe_clock_offset_file} "
+              "(agent.unsafe_clock_offset_file, fault injection only)", flush=True)
+        clock = OffsetFileClock(cfg.unsafe_clock_offset_file)
+    agent = Agent(cfg, args.device_id, clock=clock)
     if not agent.enrolled:
         if not args.enroll:
             print("iotguard agent: device is not enrolled; pass --enroll CODE", flush=True)
@@ -87,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             update = updates.run_if_due()
             if update is not None and update.outcome != "none":
                 print(f"firmware update: {update.outcome} {update.reason} (running {update.version})", flush=True)
-        t = time.time()
+        t = agent.clock.now().timestamp()  # the device's wall clock, as its sensor stamps readings
         try:
             fresh = len(agent.collect(sensor.sample(t), int(t * 1000)))
         except StorageError as exc:  # volume full: refused at capture, what is on disk is kept
