@@ -32,7 +32,8 @@ START_S = 120.0
 class Postgres:
     """A PostgreSQL server of its own (the session one is shared by other tests), stoppable."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, replica_of: Postgres | None = None) -> None:
+        """A new server, or (``replica_of``) a streaming replica of one, cloned with ``pg_basebackup -R``."""
         if not (PG_BIN / "initdb").exists():
             _missing("PostgreSQL server binaries")
         self.base = Path(tempfile.mkdtemp(prefix="iotguard-pgf-"))
@@ -41,13 +42,34 @@ class Postgres:
         if os.geteuid() == 0:
             shutil.chown(self.base, "postgres")
             self.prefix = ["runuser", "-u", "postgres", "--"]
+        self.port = free_port()
+        if replica_of is not None:
+            subprocess.run([*self.prefix, str(PG_BIN / "pg_basebackup"), "-h", "127.0.0.1", "-p",
+                            str(replica_of.port), "-U", "postgres", "-D", str(self.data), "-R", "-X", "stream"],
+                           check=True, capture_output=True, timeout=120)
+            self.start()
+            self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/hub"
+            return
         subprocess.run([*self.prefix, str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
                         "--auth=trust", "-N"], check=True, capture_output=True)
-        self.port = free_port()
         self.start()
         subprocess.run([*self.prefix, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
                         "-U", "postgres", "hub"], check=True, capture_output=True)
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/hub"
+
+    def kill(self) -> None:
+        """The server dies (``pg_ctl stop -m immediate``: no shutdown checkpoint, clients cut)."""
+        self._ctl("-m", "immediate", "-w", "stop")
+
+    def promote(self) -> None:
+        self._ctl("-w", "promote")
+
+    def sql(self, statement: str) -> str:
+        out = subprocess.run([*self.prefix, str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U",
+                              "postgres", "-d", "hub", "-tAc", statement], check=True, capture_output=True,
+                             text=True, timeout=60)
+        return out.stdout.strip()
+
 
     def _ctl(self, *args: str) -> None:
         subprocess.run([*self.prefix, str(PG_BIN / "pg_ctl"), "-D", str(self.data), *args],
@@ -64,6 +86,30 @@ class Postgres:
         subprocess.run([*self.prefix, str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
                        capture_output=True)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+class PostgresPair:
+    """A primary and a synchronous streaming replica: a commit the primary acknowledges is on the
+    replica too (``synchronous_standby_names = '*'``), so promoting the replica loses nothing
+    acknowledged. ``url`` names both hosts with ``target_session_attrs=read-write`` (libpq
+    multi-host): a client connects to whichever one accepts writes."""
+
+    def __init__(self) -> None:
+        self.primary = Postgres()
+        self.replica = Postgres(replica_of=self.primary)
+        deadline = time.monotonic() + 60
+        while self.primary.sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") == "0":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica does not stream")
+            time.sleep(0.2)
+        self.primary.sql("ALTER SYSTEM SET synchronous_standby_names = '*'")
+        self.primary.sql("SELECT pg_reload_conf()")
+        self.url = (f"postgresql+psycopg://postgres@/hub?host=127.0.0.1:{self.primary.port}"
+                    f"&host=127.0.0.1:{self.replica.port}&target_session_attrs=read-write")
+
+    def close(self) -> None:
+        self.replica.close()
+        self.primary.close()
 
 
 class TcpProxy:
@@ -159,6 +205,7 @@ class Deployment:
     def __init__(self, hub: HubProcess, broker: MosquittoTls, database_url: str, pg: Postgres | None,
                  proxy: TcpProxy | None = None) -> None:
         self.hub, self.broker, self.database_url, self.pg, self.proxy = hub, broker, database_url, pg, proxy
+        self.pair: PostgresPair | None = None
 
     def restart_broker(self) -> None:
         self.broker.stop()
@@ -211,8 +258,10 @@ def deploy(tmp_path: Path, database: str, *, proxied: bool = False,
            env: dict[str, str] | None = None) -> Iterator[Deployment]:
     if not Path(MOSQUITTO).exists():
         _missing("mosquitto")
-    pg = Postgres() if database == "postgresql" else None
-    hub = HubProcess(tmp_path, database_url=pg.url if pg else "")
+    pair = PostgresPair() if database == "failover" else None
+    pg = pair.primary if pair else Postgres() if database == "postgresql" else None
+    db_url = pair.url if pair else pg.url if pg else ""
+    hub = HubProcess(tmp_path, database_url=db_url)
     hub.env.update(env or {})
     from tests.conftest import start_mosquitto_tls
 
@@ -221,17 +270,21 @@ def deploy(tmp_path: Path, database: str, *, proxied: bool = False,
     if proxied:  # only the hub reaches the broker through the relay; the devices connect directly
         proxy = TcpProxy(broker.port)
         hub.env["IOTGUARD_HUB__BROKER_URL"] = f"mqtts://127.0.0.1:{proxy.port}"
-    url = pg.url if pg else f"sqlite:///{tmp_path / 'hub' / 'hub.db'}"
+    url = db_url or f"sqlite:///{tmp_path / 'hub' / 'hub.db'}"
     try:
         hub.start(timeout=START_S)
-        yield Deployment(hub, broker, url, pg, proxy)
+        dep = Deployment(hub, broker, url, pg, proxy)
+        dep.pair = pair
+        yield dep
     finally:
         hub.stop()
         if proxy is not None:
             proxy.close()
         broker.stop()
         shutil.rmtree(broker.conf_dir.parent, ignore_errors=True)
-        if pg is not None:
+        if pair is not None:
+            pair.close()
+        elif pg is not None:
             pg.close()
 
 

@@ -110,50 +110,52 @@ def test_black_hole_between_hub_and_broker_is_detected_by_keepalive_and_loses_no
     print(f"DETECTION black_hole {detected[0]:.2f} (keep-alive {keepalive:.0f} s); RECOVERY {recovery:.2f}")
 
 
-def test_clock_jumps_of_the_real_hub_and_agent_lose_nothing_and_collection_resumes(tmp_path: Path) -> None:
+@pytest.fixture
+def hub_with_settable_clock(tmp_path: Path) -> Iterator[Deployment]:
+    """SQLite, and the hub's wall clock moved by the seconds in ``tmp_path / "hub-offset"``."""
+    (tmp_path / "hub-offset").write_text("0")
+    yield from deploy(tmp_path, "sqlite", env={"IOTGUARD_HUB__UNSAFE_CLOCK_OFFSET_FILE": str(tmp_path / "hub-offset")})
+
+
+def test_clock_jumps_of_the_real_hub_and_agent_lose_nothing_and_collection_resumes(
+        hub_with_settable_clock: Deployment, tmp_path: Path) -> None:
     """The real hub's and the real agent's wall clocks jump (``unsafe_clock_offset_file``, an
     ``OffsetFileClock``; libfaketime 0.9.10 breaks CPython 3.11's ``time.sleep`` with EINVAL, so
     the process's own clock source is moved instead): the hub back 2 hours, forward 2 days, back
     to now; then the agent forward 2 days, back 2 hours, back to now. Every reading the agent
     accepted is stored once, it keeps collecting after each jump (a release interval is measured
     on the monotonic clock), and no privacy receipt is stored twice."""
+    dep = hub_with_settable_clock
     hub_offset, agent_offset = tmp_path / "hub-offset", tmp_path / "agent-offset"
-    hub_offset.write_text("0")
     agent_offset.write_text("0")
-    env = {"IOTGUARD_HUB__UNSAFE_CLOCK_OFFSET_FILE": str(hub_offset)}
-    dep_iter = deploy(tmp_path, "sqlite", env=env)
-    dep = next(dep_iter)
+    code = dep.hub.provisioner(dep.hub.operator_token())("dev-clock", "motion-1")
+    agent = AgentProcess(dep.hub, tmp_path, "dev-clock", interval=0.2, model="motion-1",
+                         env={"IOTGUARD_AGENT__UNSAFE_CLOCK_OFFSET_FILE": str(agent_offset)})
+    agent.start(code)
     try:
-        code = dep.hub.provisioner(dep.hub.operator_token())("dev-clock", "motion-1")
-        agent = AgentProcess(dep.hub, tmp_path, "dev-clock", interval=0.2, model="motion-1",
-                             env={"IOTGUARD_AGENT__UNSAFE_CLOCK_OFFSET_FILE": str(agent_offset)})
-        agent.start(code)
-        try:
-            wait_for(lambda: len(_device_readings(dep, "dev-clock")) >= 3, 90, "the agent's first readings")
-            recoveries: dict[str, float] = {}
-            for who, path, offsets in (("hub", hub_offset, (-7200, 2 * 86400, 0)),
-                                       ("agent", agent_offset, (2 * 86400, -7200, 0))):
-                for offset in offsets:
-                    path.write_text(str(offset))
-                    before = len(_device_readings(dep, "dev-clock"))
-                    name = f"{who}{offset:+d}s"
-                    recoveries[name] = wait_for(lambda b=before: len(_device_readings(dep, "dev-clock")) > b,  # type: ignore[misc]
-                                                60, f"readings stored after the {name} jump")
-                    time.sleep(2.0)
-            assert agent.proc is not None and agent.proc.poll() is None, agent.output()[-3000:]
-        finally:
-            agent.stop()
-        summary = _SUMMARY.search(agent.output())
-        assert summary is not None, agent.output()[-3000:]
-        _samples, sent, refused, unacknowledged = (int(x) for x in summary.groups())
-        stored = _device_readings(dep, "dev-clock")
-        assert [k for k, n in stored.items() if n > 1] == [], "a reading was stored twice"
-        assert refused == 0 and unacknowledged == 0 and len(stored) == sent, f"accepted {sent}, stored {len(stored)}"
-        signatures = _receipt_signatures(dep, "dev-clock")
-        assert signatures and len(signatures) == len(set(signatures)), "a receipt was lost or stored twice"
-        print("RECOVERY clock_jumps " + " ".join(f"{k}:{v:.2f}" for k, v in recoveries.items()))
+        wait_for(lambda: len(_device_readings(dep, "dev-clock")) >= 3, 90, "the agent's first readings")
+        recoveries: dict[str, float] = {}
+        for who, path, offsets in (("hub", hub_offset, (-7200, 2 * 86400, 0)),
+                                   ("agent", agent_offset, (2 * 86400, -7200, 0))):
+            for offset in offsets:
+                path.write_text(str(offset))
+                before = len(_device_readings(dep, "dev-clock"))
+                name = f"{who}{offset:+d}s"
+                recoveries[name] = wait_for(lambda b=before: len(_device_readings(dep, "dev-clock")) > b,  # type: ignore[misc]
+                                            60, f"readings stored after the {name} jump")
+                time.sleep(2.0)
+        assert agent.proc is not None and agent.proc.poll() is None, agent.output()[-3000:]
     finally:
-        dep_iter.close()
+        agent.stop()
+    summary = _SUMMARY.search(agent.output())
+    assert summary is not None, agent.output()[-3000:]
+    _samples, sent, refused, unacknowledged = (int(x) for x in summary.groups())
+    stored = _device_readings(dep, "dev-clock")
+    assert [k for k, n in stored.items() if n > 1] == [], "a reading was stored twice"
+    assert refused == 0 and unacknowledged == 0 and len(stored) == sent, f"accepted {sent}, stored {len(stored)}"
+    signatures = _receipt_signatures(dep, "dev-clock")
+    assert signatures and len(signatures) == len(set(signatures)), "a receipt was stored twice"
+    print("RECOVERY clock_jumps " + " ".join(f"{k}:{v:.2f}" for k, v in recoveries.items()))
 
 
 def _receipt_signatures(dep: Deployment, device_id: str) -> list[bytes]:
@@ -168,3 +170,28 @@ def _receipt_signatures(dep: Deployment, device_id: str) -> list[bytes]:
                                                    .where(receipts.c.device_id == device_id)).all()]
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def on_failover_pair(tmp_path: Path) -> Iterator[Deployment]:
+    """A PostgreSQL primary and its synchronous streaming replica; the hub's URL names both."""
+    yield from deploy(tmp_path, "failover")
+
+
+def test_postgresql_failover_to_a_promoted_replica_loses_and_duplicates_nothing(
+        on_failover_pair: Deployment, tmp_path: Path) -> None:
+    """The primary dies (immediate stop) while the fleet sends; the replica is promoted. The hub's
+    URL names both hosts with ``target_session_attrs=read-write`` (libpq multi-host), so the hub
+    reconnects to the new primary by itself; the replication is synchronous, so every reading the
+    hub acknowledged is on the new primary. Nothing lost or stored twice."""
+    pair = on_failover_pair.pair
+    assert pair is not None
+
+    def fault() -> None:
+        pair.primary.kill()
+        time.sleep(1.0)
+        pair.replica.promote()
+
+    recovery = run_fault(on_failover_pair, tmp_path, "postgresql_failover", fault)
+    assert pair.replica.sql("SELECT pg_is_in_recovery()") == "f"
+    print(f"RECOVERY postgresql_failover {recovery:.2f}")

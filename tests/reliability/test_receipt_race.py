@@ -81,7 +81,7 @@ def test_two_hub_processes_racing_one_receipt_store_it_once(url: str, tmp_path: 
         except BaseException as exc:
             errors.append(exc)
 
-    SqlReceiptStore._store_once = store_once_after_all_looked  # type: ignore[method-assign]
+    SqlReceiptStore._store_once = store_once_after_all_looked  # type: ignore[method-assign,assignment]
     try:
         threads = [threading.Thread(target=store, args=(s,)) for s in stores]
         for t in threads:
