@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Protocol
 
 from iotguard.errors import MalformedError
 
-__all__ = ["MAX_WIRE_TIMESTAMP", "Clock", "FixedClock", "SystemClock", "utc", "utc_from_wire"]
+__all__ = ["MAX_WIRE_TIMESTAMP", "Clock", "FixedClock", "OffsetFileClock", "SystemClock", "utc", "utc_from_wire"]
 
 
 def utc(ts: float) -> datetime:
@@ -80,3 +81,38 @@ class FixedClock:
         with self._lock:
             self._now += timedelta(seconds=seconds)
             self._mono += seconds
+
+
+class OffsetFileClock:
+    """The real clock moved by the number of seconds written in a file, for fault injection on a
+    real process (``hub.unsafe_clock_offset_file``, ``agent.unsafe_clock_offset_file``): writing
+    ``-7200`` makes the wall clock jump back two hours, as a badly set system clock would.
+
+    Only the wall clock jumps; :meth:`monotonic` stays the real monotonic clock, as a jump of the
+    system clock leaves ``CLOCK_MONOTONIC`` alone. Libraries that read the system clock
+    themselves (OpenSSL's certificate checks) do not see the offset. The file is read again at
+    most every 0.1 s; a missing, empty or unparsable file means an offset of 0.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._offset = 0.0
+        self._read_at = -1.0
+        self._lock = threading.Lock()
+
+    def offset(self) -> float:
+        with self._lock:
+            mono = time.monotonic()
+            if self._read_at < 0 or mono - self._read_at >= 0.1:
+                self._read_at = mono
+                try:
+                    self._offset = float(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    self._offset = 0.0
+            return self._offset
+
+    def now(self) -> datetime:
+        return datetime.now(tz=UTC) + timedelta(seconds=self.offset())
+
+    def monotonic(self) -> float:
+        return time.monotonic()

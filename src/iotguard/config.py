@@ -44,6 +44,12 @@ class HubConfig:
     #: Use an MQTT shared subscription so N hubs split the load (external brokers).
     shared_subscription: bool = True
     mqtt_client_id: str = "iotguard-hub"
+    #: MQTT keep-alive of the hub's broker connection: a link that silently drops packets is
+    #: noticed after 1-2x this many seconds (no answer to PINGREQ), then the hub reconnects.
+    broker_keepalive_s: int = 30
+    #: UNSAFE (fault injection): the hub's wall clock is the real one plus the seconds written in
+    #: this file (``iotguard.clock.OffsetFileClock``), to test clock jumps. Logged loudly.
+    unsafe_clock_offset_file: str = ""
     batch_max_messages: int = 2000
     batch_max_wait_ms: int = 25
     max_envelope_bytes: int = 16384
@@ -165,6 +171,9 @@ class AgentConfig:
     unsafe_plaintext_broker: bool = False
     #: UNSAFE: allow an ``http://`` hub URL. Logged loudly.
     unsafe_plain_http: bool = False
+    #: UNSAFE (fault injection): the agent's wall clock is the real one plus the seconds written
+    #: in this file (``iotguard.clock.OffsetFileClock``), to test clock jumps. Logged loudly.
+    unsafe_clock_offset_file: str = ""
     suites: list[str] = field(default_factory=lambda: ["ascon-aead128", "chacha20-poly1305"])
     interval_s: float = 5.0
     #: Seconds without an end-to-end acknowledgement before a reading is resent.
@@ -213,6 +222,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "hub.witness_quorum": (0, 100),
     "hub.max_media_envelope_bytes": (1024, 262_144),
     "hub.batch_max_wait_ms": (0, 10_000),
+    "hub.broker_keepalive_s": (2, 3600),
     "hub.max_envelope_bytes": (64, 1_048_576),
     "hub.max_reading_fields": (1, 4096),
     "hub.replay_window": (64, 1 << 20),

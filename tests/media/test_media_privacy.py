@@ -154,6 +154,9 @@ class _Clock:
     def now(self) -> datetime:
         return self.t
 
+    def monotonic(self) -> float:  # the test moves real time: wall and monotonic together
+        return self.t.timestamp()
+
 
 @pytest.fixture
 def keystore(tmp_path: Path) -> SoftwareKeyStore:

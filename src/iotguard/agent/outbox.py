@@ -4,15 +4,27 @@ acknowledges them end to end.
 SQLite in WAL mode with ``synchronous=NORMAL``: a committed envelope
 survives a crash of the agent process (power loss may lose the last few,
 which the device never reported as sent).
+
+When the volume is full (or the file cannot be written at all) a new envelope
+or receipt is refused with :class:`StorageError` ``outbox_unwritable``: the
+caller refuses the reading at capture, and nothing already in the outbox is
+touched. Bookkeeping writes (sent times, removal after an acknowledgement)
+that fail are logged and skipped: the envelope stays and is sent again, and
+the hub stores a resent reading once.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from pathlib import Path
 
+from iotguard.errors import StorageError
+
 __all__ = ["Outbox"]
+
+log = logging.getLogger(__name__)
 
 
 class Outbox:
@@ -32,21 +44,36 @@ class Outbox:
         self.max_items = max_items
 
     def add(self, epoch: int, seq: int, envelope: bytes) -> None:
-        """Persist an envelope before it is published."""
+        """Persist an envelope before it is published.
+
+        Raises:
+            StorageError: ``outbox_unwritable`` (volume full, file not writable): not stored.
+        """
         with self._lock:
-            self._db.execute("INSERT OR IGNORE INTO outbox (epoch, seq, envelope) VALUES (?, ?, ?)",
-                             (epoch, seq, envelope))
+            try:
+                self._db.execute("INSERT OR IGNORE INTO outbox (epoch, seq, envelope) VALUES (?, ?, ?)",
+                                 (epoch, seq, envelope))
+            except sqlite3.Error as exc:
+                raise StorageError(f"outbox not writable (volume full?): {exc}", code="outbox_unwritable") from exc
 
     def mark_sent(self, keys: list[tuple[int, int]], at: float) -> None:
         with self._lock:
-            self._db.executemany("UPDATE outbox SET last_sent = ? WHERE epoch = ? AND seq = ?",
-                                 [(at, e, s) for e, s in keys])
+            try:
+                self._db.executemany("UPDATE outbox SET last_sent = ? WHERE epoch = ? AND seq = ?",
+                                     [(at, e, s) for e, s in keys])
+            except sqlite3.Error as exc:  # the envelopes stay due and are sent again
+                log.warning("outbox: send time not recorded: %s", exc)
 
     def remove(self, epoch: int, seqs: list[int]) -> int:
-        """Forget acknowledged envelopes; returns how many were removed."""
+        """Forget acknowledged envelopes; returns how many were removed (0 if the file cannot be written:
+        they are sent again and acknowledged again as replays)."""
         with self._lock:
-            cur = self._db.executemany("DELETE FROM outbox WHERE epoch = ? AND seq = ?",
-                                       [(epoch, s) for s in seqs])
+            try:
+                cur = self._db.executemany("DELETE FROM outbox WHERE epoch = ? AND seq = ?",
+                                           [(epoch, s) for s in seqs])
+            except sqlite3.Error as exc:
+                log.warning("outbox: acknowledged envelopes not removed yet: %s", exc)
+                return 0
             return cur.rowcount
 
     def due(self, older_than: float, limit: int = 500) -> list[tuple[int, int, bytes]]:
@@ -58,9 +85,16 @@ class Outbox:
         return [(int(e), int(s), bytes(b)) for e, s, b in rows]
 
     def add_receipt(self, receipt: bytes) -> None:
-        """Keep a signed privacy receipt until the hub has it."""
+        """Keep a signed privacy receipt until the hub has it.
+
+        Raises:
+            StorageError: ``outbox_unwritable``: not stored.
+        """
         with self._lock:
-            self._db.execute("INSERT INTO receipts (receipt) VALUES (?)", (receipt,))
+            try:
+                self._db.execute("INSERT INTO receipts (receipt) VALUES (?)", (receipt,))
+            except sqlite3.Error as exc:
+                raise StorageError(f"outbox not writable (volume full?): {exc}", code="outbox_unwritable") from exc
 
     def receipts(self, limit: int = 100) -> list[tuple[int, bytes]]:
         with self._lock:
@@ -69,7 +103,10 @@ class Outbox:
 
     def remove_receipt(self, receipt_id: int) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM receipts WHERE id = ?", (receipt_id,))
+            try:
+                self._db.execute("DELETE FROM receipts WHERE id = ?", (receipt_id,))
+            except sqlite3.Error as exc:  # sent again; the hub stores a resent receipt once
+                log.warning("outbox: delivered receipt not removed yet: %s", exc)
 
     def __len__(self) -> int:
         with self._lock:

@@ -50,6 +50,7 @@ from iotguard.errors import (
     IntegrityError,
     IotGuardError,
     MalformedError,
+    StorageError,
 )
 from iotguard.fileio import atomic_write
 from iotguard.hub.broker import parse_broker_url
@@ -112,6 +113,7 @@ class Agent:
         #: Answers the hub's attestation challenges (``cmd`` topic) once set.
         self.attester: Attester | None = None
         self.last_envelope = b""
+        self._unsaved_receipts: list[bytes] = []
         self.on_ack: Callable[[int, list[int]], None] | None = None
         #: Runs the next firmware update round soon: the hub's ``update-check`` command (``agent_updates``).
         self.on_update_command: Callable[[], None] | None = None
@@ -389,13 +391,20 @@ class Agent:
         Raises:
             EnrollmentError: not enrolled.
             UsageLimitError: the key must be renewed first (see :meth:`rekey`).
+            StorageError: ``outbox_unwritable`` or ``state_unwritable`` (volume full): refused at
+                capture, not sent; a sequence number it took is never used again (the hub's replay
+                window allows gaps).
         """
         sealer = self.sealer
         if sealer.needs_rekey():
             self.rekey()
             sealer = self.sealer
         body = encode_reading(reading)
-        seq, envelope = sealer.seal(body)
+        try:
+            seq, envelope = sealer.seal(body)
+        except OSError as exc:  # the next block of sequence numbers could not be reserved on disk
+            raise StorageError(f"sequence counter not writable (volume full?): {exc}",
+                               code="state_unwritable") from exc
         self.outbox.add(sealer.epoch, seq, envelope)
         if self.on_submit is not None:
             self.on_submit(sealer.epoch, seq, body)
@@ -470,7 +479,14 @@ class Agent:
             return False
         receipt = self.privacy.seal_receipt(self.privacy.clock.now())  # the time of the readings it covers
         if receipt is not None:
-            self.outbox.add_receipt(receipt)
+            self._unsaved_receipts.append(receipt)
+        while self._unsaved_receipts:  # signed but not yet on disk (outbox_unwritable): kept in memory
+            try:
+                self.outbox.add_receipt(self._unsaved_receipts[0])
+            except StorageError as exc:
+                log.warning("%s: receipt kept in memory until the outbox is writable: %s", self.device_id, exc.code)
+                break
+            self._unsaved_receipts.pop(0)
         self.receipts.flush(force=force)
         return receipt is not None
 

@@ -8,7 +8,7 @@ import threading
 import time
 
 from iotguard.cli._common import add_config_argument, config_from_args
-from iotguard.errors import IotGuardError
+from iotguard.errors import IotGuardError, StorageError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,7 +55,14 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value:
             setattr(cfg, attr, value)
-    agent = Agent(cfg, args.device_id)
+    clock = None
+    if cfg.unsafe_clock_offset_file:
+        from iotguard.clock import OffsetFileClock
+
+        print(f"UNSAFE: the agent's clock is moved by the offset in {cfg.unsafe_clock_offset_file} "
+              "(agent.unsafe_clock_offset_file, fault injection only)", flush=True)
+        clock = OffsetFileClock(cfg.unsafe_clock_offset_file)
+    agent = Agent(cfg, args.device_id, clock=clock)
     if not agent.enrolled:
         if not args.enroll:
             print("iotguard agent: device is not enrolled; pass --enroll CODE", flush=True)
@@ -94,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             print("iotguard agent: --learn needs --learn-data", flush=True)
             return 2
         learning = LearningLoop(agent, args.learn, load_local_data(Path(args.learn_data)), args.infer_field)
-    samples = sent = 0
+    samples = sent = refused = 0
     while not stop.is_set() and (args.count == 0 or samples < args.count):
         if attester is not None and time.monotonic() >= next_attest:
             next_attest = time.monotonic() + cfg.attest_interval_s
@@ -109,8 +116,13 @@ def run(args: argparse.Namespace) -> int:
                 print(f"firmware update: {update.outcome} {update.reason} (running {update.version})", flush=True)
         if learning is not None:
             learning.step()
-        t = time.time()
-        fresh = len(agent.collect(sensor.sample(t), int(t * 1000))) if sensor is not None else 0
+        t = agent.clock.now().timestamp()  # the device's wall clock, as its sensor stamps readings
+        try:
+            fresh = len(agent.collect(sensor.sample(t), int(t * 1000))) if sensor is not None else 0
+        except StorageError as exc:  # volume full: refused at capture, what is on disk is kept
+            refused += 1
+            fresh = 0
+            print(f"reading refused at capture: {exc.code}", flush=True)
         sent += fresh
         health.count(fresh, len(agent.last_envelope))
         health.report_if_due(agent)
@@ -128,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     while agent.pending() and time.monotonic() < deadline and not stop.is_set():
         agent.resend_due()
         time.sleep(0.1)
-    print(f"samples {samples}, readings sent {sent}, unacknowledged {agent.pending()} (kept on disk)", flush=True)
+    print(f"samples {samples}, readings sent {sent}, refused at capture {refused}, "
+          f"unacknowledged {agent.pending()} (kept on disk)", flush=True)
     agent.close()
     return 0
 

@@ -30,7 +30,14 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value:
             setattr(cfg, name, value)
-    hub = Hub(cfg)
+    clock = None
+    if cfg.unsafe_clock_offset_file:
+        from iotguard.clock import OffsetFileClock
+
+        print(f"UNSAFE: the hub's clock is moved by the offset in {cfg.unsafe_clock_offset_file} "
+              "(hub.unsafe_clock_offset_file, fault injection only)", flush=True)
+        clock = OffsetFileClock(cfg.unsafe_clock_offset_file)
+    hub = Hub(cfg, clock=clock)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

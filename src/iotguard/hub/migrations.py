@@ -44,6 +44,7 @@ from iotguard.hub.stores.data_keys import create_data_key_tables
 from iotguard.hub.stores.firmware import create_firmware_tables
 from iotguard.hub.stores.learning import create_learning_tables
 from iotguard.hub.stores.models import create_model_tables
+from iotguard.hub.stores.receipts import add_receipt_once_index
 from iotguard.hub.stores.rollouts import create_rollout_tables
 from iotguard.hub.stores.subject_ledger import create_subject_ledger_tables
 from iotguard.hub.stores.subjects import add_contribution_kind
@@ -115,6 +116,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("1301_learning_runs", "federated training runs and their pending updates (ADR 1300)",
               create_learning_tables),
     Migration("1400_console", "console sessions and device-owner access tokens (ADR 1400)", create_console_tables),
+    Migration("1510_receipt_once", "a privacy receipt is stored once per device and signature (unique index, ADR 1504)",
+              add_receipt_once_index),
 )
 
 

@@ -123,7 +123,12 @@ class BrokerLimits:
     Attributes:
         max_queued_messages: Per-client QoS 1/2 queue (see :func:`hub_queue_size`).
         max_queued_bytes: Per-client queue bytes (0 = no byte limit).
-        max_inflight_messages: Unacknowledged QoS 1/2 messages per client.
+        max_inflight_messages: Unacknowledged QoS 1/2 messages per client. The hub acknowledges a
+            message after its batch commits, so this caps the hub's batch: 2,000, the default
+            ``hub.batch_max_messages`` (ADR 1505; it was Mosquitto's 20, which made batches of 20).
+        max_inflight_bytes: Unacknowledged QoS 1/2 payload bytes per client (0 = no limit): bounds
+            what a hub process (or any client) holds in memory unacknowledged whatever the message
+            count: 8 MiB is 2,000 readings of up to 4 KiB, or 32 media objects of 256 KiB.
         message_size_limit: Largest accepted PUBLISH payload in bytes.
         persistent_client_expiration: Mosquitto duration after which an
             absent persistent session is dropped (e.g. ``"7d"``).
@@ -133,7 +138,8 @@ class BrokerLimits:
 
     max_queued_messages: int = 100_000
     max_queued_bytes: int = 0
-    max_inflight_messages: int = 20
+    max_inflight_messages: int = 2_000
+    max_inflight_bytes: int = 8 * 1024 * 1024
     message_size_limit: int = 262_144 + 1_024
     persistent_client_expiration: str = "7d"
     max_connections: int = -1
@@ -147,6 +153,8 @@ class BrokerLimits:
             raise ConfigError(f"max_queued_messages must be 1..{MAX_QUEUED_MESSAGES}")
         if self.max_queued_bytes < 0 or not 1 <= self.max_inflight_messages <= 65_535:
             raise ConfigError("max_queued_bytes must be >= 0 and max_inflight_messages 1..65535")
+        if self.max_inflight_bytes < 0:
+            raise ConfigError("max_inflight_bytes must be >= 0 (0: no byte limit)")
         if not 1 <= self.message_size_limit <= 268_435_455:
             raise ConfigError("message_size_limit must be 1..268435455 (the MQTT maximum)")
         exp = self.persistent_client_expiration
@@ -261,6 +269,7 @@ def render_mosquitto_conf(
         f"max_queued_messages {limits.max_queued_messages}",
         f"max_queued_bytes {limits.max_queued_bytes}",
         f"max_inflight_messages {limits.max_inflight_messages}",
+        f"max_inflight_bytes {limits.max_inflight_bytes}",
         f"message_size_limit {limits.message_size_limit}",
         "log_dest stderr",
         "log_type error",

@@ -76,7 +76,7 @@ class MqttIngest:
 
     def start(self, timeout: float = 15.0) -> None:
         """Connect, subscribe and start the batch worker."""
-        self._client.connect_async(self.broker.host, self.broker.port, keepalive=30)
+        self._client.connect_async(self.broker.host, self.broker.port, keepalive=self.cfg.broker_keepalive_s)
         self._client.loop_start()
         self._worker.start()
         if not self._connected.wait(timeout):

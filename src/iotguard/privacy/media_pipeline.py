@@ -28,7 +28,6 @@ import hashlib
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -91,7 +90,7 @@ class MediaPipeline:
         self._audio_models = audio_models or AudioModels()
         self._image_models = image_models or ImageModels()
         self._lock = threading.Lock()
-        self._last: dict[tuple[str, str], datetime] = {}
+        self._last: dict[tuple[str, str], float] = {}  # monotonic: a wall-clock jump moves no release
         self._voice: dict[tuple[str, str], VoiceTransform] = {}
         self._redactors: dict[tuple[str, str], FaceRedactor] = {}
         for pname, spec in contract.purposes.items():
@@ -173,9 +172,10 @@ class MediaPipeline:
             now = self._clock.now()
             self._pipeline.consent.require(self.contract, purpose, now)
             last = self._last.get((purpose, rel.stream))
-            if last is not None and now - last < spec.min_interval:
+            mono = self._clock.monotonic()
+            if last is not None and mono - last < spec.min_interval.total_seconds():
                 raise PolicyDenied(f"purpose {purpose!r} allows one {rel.stream} release per {spec.min_interval}")
-            self._last[(purpose, rel.stream)] = now
+            self._last[(purpose, rel.stream)] = mono
         if kind is MediaKind.AUDIO:
             if rel.release is Release.ANONYMISED:
                 media = self._voice[(purpose, rel.stream)].apply(media)

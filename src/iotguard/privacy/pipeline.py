@@ -158,7 +158,9 @@ class PrivacyPipeline:
         self.device_id = device_id
         self._rng: UniformSource = rng if rng is not None else secrets.SystemRandom()
         self._lock = threading.Lock()
-        self._last: dict[str, datetime] = {}
+        #: Monotonic time of each purpose's last release: a jump of the wall clock neither blocks
+        #: releases (forward, then corrected) nor allows extra ones (backwards).
+        self._last: dict[str, float] = {}
         self._compiled: dict[str, dict[str, _CompiledField]] = {}
         resolved: dict[str, dict[str, list[str]]] = {}
         for pname, pspec in contract.purposes.items():
@@ -329,7 +331,8 @@ class PrivacyPipeline:
             now = self._clock.now()
             self._consent.require(self.contract, purpose, now)
             last = self._last.get(purpose)
-            if last is not None and now - last < spec.min_interval:
+            mono = self._clock.monotonic()
+            if last is not None and mono - last < spec.min_interval.total_seconds():
                 raise PolicyDenied(f"purpose {purpose!r} allows one reading per {spec.min_interval}")
             present = [f for f in compiled if f in reading and reading[f] is not None]
             ctx = _Ctx(purpose, now, self._rng)
@@ -350,7 +353,7 @@ class PrivacyPipeline:
                 if c.ldp is not None:
                     value = c.ldp(value, ctx)
                 out[name] = c.output(value, ctx)
-            self._last[purpose] = now
+            self._last[purpose] = mono
         ts = int(now.timestamp() * 1000) if ts_ms is None else int(ts_ms)
         if spec.time_resolution is not None:
             res_ms = int(spec.time_resolution.total_seconds() * 1000)

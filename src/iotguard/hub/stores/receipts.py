@@ -24,6 +24,7 @@ from sqlalchemy import (
     delete,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -64,6 +65,21 @@ receipts = Table(
     Column("body", LargeBinary, nullable=False),
     Column("signature", LargeBinary(64), nullable=False),
 )
+
+#: Migration 1510 (ADR 1504): one row per (device, signature), so two hub processes storing the same
+#: receipt at once cannot both insert it. Not on the Table: created by the migration only.
+RECEIPT_ONCE_INDEX = "uq_privacy_receipts_device_signature"
+
+
+def add_receipt_once_index(conn: Connection) -> None:
+    """Migration ``1510_receipt_once``: drop duplicate receipts (keeping the first stored), then a
+    unique index on (device_id, signature)."""
+    first = select(func.min(receipts.c.id)).group_by(receipts.c.device_id, receipts.c.signature).scalar_subquery()
+    conn.execute(delete(receipts).where(receipts.c.id.not_in(first)))
+    # Plain DDL (SQLite and PostgreSQL): an ``Index`` object would attach itself to the shared Table.
+    conn.execute(text("CREATE UNIQUE INDEX IF NOT EXISTS uq_privacy_receipts_device_signature "
+                      "ON privacy_receipts (device_id, signature)"))
+
 
 budget_ledger = Table(
     "privacy_budget_ledger",
@@ -284,12 +300,24 @@ class SqlReceiptStore(AuditedSqlStore):
             BudgetExhausted: the receipt admits a period total above the contract's budget.
         """
         r, claims = verified_claims(device_id, receipt, public_key, contract)
+        for _ in range(3):
+            try:
+                if self._store_once(device_id, r, claims, received_at):
+                    self._record(budget_event(device_id, claims, received_at))
+                return claims
+            except SqlIntegrityError:
+                continue  # another hub process stored it (or its ledger row) first: look again
+        raise StorageError("privacy receipt could not be stored")
+
+    def _store_once(self, device_id: str, r: PrivacyReceipt, claims: dict[str, Any], received_at: datetime) -> bool:
+        """Insert the receipt and raise the ledger copy in one transaction; False if it is already held.
+        The unique index (migration 1510) makes a concurrent insert of the same receipt fail instead."""
         units = round(claims["epsilon_period_total"] / EPSILON_RESOLUTION)
         with self._engine.begin() as c:
             held = c.execute(select(receipts.c.id).where(receipts.c.device_id == device_id,
                                                          receipts.c.signature == r.signature).limit(1)).first()
             if held is not None:
-                return claims  # a resend of one already stored (the device's answer was lost): stored once
+                return False  # a resend of one already stored (the device's answer was lost): stored once
             body = r.body if self.receipt_cipher is None else self.receipt_cipher.seal_device_document(
                 c, device_id, "receipt", r.body, received_at)
             c.execute(
@@ -315,8 +343,7 @@ class SqlReceiptStore(AuditedSqlStore):
             ).scalar()
             if units > int(current or 0):
                 spent._add(c, device_id, claims["period"], units - int(current or 0), received_at)
-        self._record(budget_event(device_id, claims, received_at))
-        return claims
+        return True
 
     def seal_clear_receipts(self, at: datetime, *, limit: int = 500) -> int:
         """Seal up to ``limit`` receipt bodies stored clear before ADR 0405, in place; returns how many.
