@@ -81,7 +81,7 @@ def test_disk_full_on_an_agent_outbox_refuses_at_capture_and_loses_nothing_accep
     stored = _device_readings(dep, "dev-full")
     assert [k for k, n in stored.items() if n > 1] == [], "a reading was stored twice"
     # Every reading the agent accepted is stored (those still unacknowledged at its stop stay on its disk).
-    assert unacknowledged == 0 and len(stored) == sent, f"accepted {sent}, stored {len(stored)}"
+    assert len(stored) == sent, f"accepted {sent}, stored {len(stored)} ({unacknowledged} unacknowledged)"
     print(f"RECOVERY agent_outbox_full {recovery:.2f} (refused at capture {refused}, accepted and stored {sent})")
 
 
@@ -152,7 +152,8 @@ def test_clock_jumps_of_the_real_hub_and_agent_lose_nothing_and_collection_resum
     _samples, sent, refused, unacknowledged = (int(x) for x in summary.groups())
     stored = _device_readings(dep, "dev-clock")
     assert [k for k, n in stored.items() if n > 1] == [], "a reading was stored twice"
-    assert refused == 0 and unacknowledged == 0 and len(stored) == sent, f"accepted {sent}, stored {len(stored)}"
+    # A reading still unacknowledged when the agent stops is in flight, not lost: it must be stored too.
+    assert refused == 0 and len(stored) == sent, f"accepted {sent}, stored {len(stored)} ({unacknowledged} unacknowledged)"
     signatures = _receipt_signatures(dep, "dev-clock")
     assert signatures and len(signatures) == len(set(signatures)), "a receipt was stored twice"
     print("RECOVERY clock_jumps " + " ".join(f"{k}:{v:.2f}" for k, v in recoveries.items()))
