@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from iotguard.analytics.secagg import PRIME, AggregationError, Aggregator, Device, Share, combine, split
+from iotguard.analytics.secagg import PRIME, AggregationError, Aggregator, Device, Share, combine, prg, split
 
 N, T, DIMS = 30, 16, 64
 
@@ -158,3 +158,27 @@ def test_secagg_plus_graph_is_symmetric_regular_and_sums_exactly() -> None:
                                        [v for v in g[d.index] if v in dropped])]
     expected = sum((values[i].astype(np.uint64) for i in range(40) if i not in dropped), np.zeros(DIMS, np.uint64))
     assert np.array_equal(agg.unmask(shares), (expected % (1 << 32)).astype(np.uint32))
+
+
+def test_mask_prg_is_aes_256_ctr_against_the_nist_vector() -> None:
+    # NIST SP 800-38A F.5.5 CTR-AES256.Encrypt, block 1: keystream = ciphertext XOR plaintext
+    from iotguard.analytics.secagg import _keystream
+
+    key = bytes.fromhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
+    counter = bytes.fromhex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")
+    pt, ct = bytes.fromhex("6bc1bee22e409f96e93d7e117393172a"), bytes.fromhex("601ec313775789a5b7a7f504bbf3d228")
+    assert _keystream(key, counter, 4).tobytes() == bytes(a ^ b for a, b in zip(pt, ct, strict=True))
+    words = prg(b"\x07" * 32, 1001)
+    assert words.dtype == np.dtype("<u4") and words.shape == (1001,) and np.array_equal(words, prg(b"\x07" * 32, 1001))
+    assert words[:1000].tobytes() == prg(b"\x07" * 32, 1000).tobytes()  # one keystream, any length
+
+
+def test_secagg_plus_degree_keeps_a_third_dropped_round_unmaskable() -> None:
+    from iotguard.analytics.secagg import degree_failure_log2, secagg_plus_degree
+
+    k = secagg_plus_degree(1000, 1 / 3)
+    assert k == 296 and degree_failure_log2(1000, 333, k) <= -30 < degree_failure_log2(1000, 333, k - 2)
+    # the degree 160 used before fails about once in 700 rounds (union bound 2^-9.5)
+    assert -10 < degree_failure_log2(1000, 333, 160) < -9
+    assert secagg_plus_degree(1000, 0.05) < secagg_plus_degree(1000, 0.1) < k
+    assert secagg_plus_degree(10, 1 / 3) == 8 and secagg_plus_degree(10, 0.5) == 9  # no sparser graph: everyone

@@ -8,7 +8,7 @@ Vectors are integers modulo ``2^32`` (callers quantise). Each device ``u``:
   ``2^256 + 297``);
 * sends ``y_u = x_u + PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)``
   where ``s_uv`` is the X25519 agreement of ``u`` and ``v`` (HKDF-SHA256) and
-  PRG is ChaCha20 keystream.
+  PRG is the AES-256-CTR keystream (AES-NI where the CPU has it).
 
 The aggregator adds the masked vectors of the devices that sent one. For a
 device ``v`` that dropped out it collects ``t`` shares of ``v``'s private key
@@ -50,6 +50,7 @@ import math
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -57,15 +58,15 @@ import numpy.typing as npt
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from iotguard.errors import ConfigError, MalformedError
 
-__all__ = ["PRIME", "AggregationError", "Aggregator", "Device", "Share", "combine", "harary_neighbours",
-           "prg", "reconstruct_all", "split"]
+__all__ = ["PRIME", "AggregationError", "Aggregator", "Device", "Share", "combine", "degree_failure_log2",
+           "harary_neighbours", "prg", "reconstruct_all", "secagg_plus_degree", "split"]
 
 #: Field of the Shamir shares: the smallest prime above every 32-byte secret (2^256 + 297).
 PRIME = (1 << 256) + 297
@@ -228,14 +229,53 @@ def harary_neighbours(n: int, k: int, seed: bytes) -> dict[int, tuple[int, ...]]
             for u in range(n)}
 
 
+def degree_failure_log2(n: int, dropped: int, k: int) -> float:
+    """log2 of a union bound on the chance that some device has fewer than ``t = k // 2 + 1`` surviving
+    neighbours (the round then cannot unmask: ``too_few_shares``) when ``dropped`` of ``n`` devices, chosen
+    at random, drop after sharing; exact hypergeometric tail for a device's ``k`` neighbours."""
+    if not 0 <= dropped < n or not 2 <= k < n:
+        raise ConfigError("need 0 <= dropped < n and 2 <= k < n")
+    t = k // 2 + 1
+    alive = n - 1 - dropped  # the others a dropped device's neighbours are drawn from, minus the dropped
+    tail = sum(math.comb(alive, x) * math.comb(n - 1 - alive, k - x) for x in range(t))
+    p = n * tail / math.comb(n - 1, k)
+    return -math.inf if p == 0 else math.log2(p)
+
+
+def secagg_plus_degree(n: int, dropout: float, correctness_bits: int = 30) -> int:
+    """The smallest even SecAgg+ degree for which a round of ``n`` devices with a ``dropout`` fraction dropped
+    unmasks except with probability ``2^-correctness_bits`` (Bell et al. 2020's ``eta``; union bound over the
+    devices), at this module's threshold ``t = k // 2 + 1`` (above half the holders, which keeps a hub that
+    asks inconsistent questions from getting both secrets of a device). ``n - 1`` (everyone) when no smaller
+    degree suffices."""
+    dropped = math.floor(n * dropout)
+    for k in range(2, n - 1, 2):
+        if degree_failure_log2(n, dropped, k) <= -correctness_bits:
+            return k
+    return n - 1
+
+
 def prg(seed: bytes, dims: int) -> Vector:
-    """``dims`` uniform words modulo ``2^32`` from ChaCha20 keyed by ``seed``."""
-    enc = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
-    return np.frombuffer(enc.update(bytes(4 * dims)), dtype="<u4").astype(np.uint32)
+    """``dims`` uniform words modulo ``2^32``: the AES-256-CTR keystream keyed by ``seed`` (counter block 0),
+    little-endian, written by OpenSSL straight into the array (no intermediate bytes)."""
+    return _keystream(seed, bytes(16), dims)
 
 
-def _agree(sk: X25519PrivateKey, pk: bytes, lo: int, hi: int) -> bytes:
-    shared = sk.exchange(X25519PublicKey.from_public_bytes(pk))
+@lru_cache(maxsize=4)
+def _zeros(size: int) -> bytes:
+    return bytes(size)
+
+
+def _keystream(key: bytes, counter: bytes, dims: int) -> Vector:
+    out = np.empty(dims + 4, dtype="<u4")  # update_into wants a block's worth of spare room
+    enc = Cipher(algorithms.AES(key), modes.CTR(counter)).encryptor()
+    enc.update_into(_zeros(4 * dims), memoryview(out).cast("B"))
+    return out[:dims]
+
+
+def _agree(sk: X25519PrivateKey, pk: bytes | X25519PublicKey, lo: int, hi: int) -> bytes:
+    peer = pk if isinstance(pk, X25519PublicKey) else X25519PublicKey.from_public_bytes(pk)
+    shared = sk.exchange(peer)
     info = b"iotguard-secagg-pair|" + lo.to_bytes(4, "big") + hi.to_bytes(4, "big")
     return HKDF(hashes.SHA256(), 32, None, info).derive(shared)
 
@@ -430,13 +470,16 @@ class Aggregator:
             np.add(total, y, out=total)
         for u in sorted(survivors):
             np.subtract(total, prg(secrets_[(u, "seed")], self.dims), out=total)
+        keys: dict[int, X25519PublicKey] = {}  # each survivor's key object once, not once per dropped peer
         for v in dropped:
             if (v, "key") not in secrets_:
                 continue
             sk = X25519PrivateKey.from_private_bytes(secrets_[(v, "key")])
             for u in sorted(survivors & set(self.peers(v))):
                 # u added its pair mask with v; remove it
-                seed = _agree(sk, self.public_keys[u], min(u, v), max(u, v))
+                if u not in keys:
+                    keys[u] = X25519PublicKey.from_public_bytes(self.public_keys[u])
+                seed = _agree(sk, keys[u], min(u, v), max(u, v))
                 mask = prg(seed, self.dims)
                 if u < v:
                     np.subtract(total, mask, out=total)
