@@ -269,7 +269,7 @@ def _zeros(size: int) -> bytes:
 def _keystream(key: bytes, counter: bytes, dims: int) -> Vector:
     out = np.empty(dims + 4, dtype="<u4")  # update_into wants a block's worth of spare room
     enc = Cipher(algorithms.AES(key), modes.CTR(counter)).encryptor()
-    enc.update_into(_zeros(4 * dims), memoryview(out).cast("B"))
+    enc.update_into(_zeros(4 * dims), memoryview(out.data).cast("B"))
     return out[:dims]
 
 
