@@ -218,3 +218,17 @@ def test_an_he_round_spans_hub_processes_and_its_hub_key_share_is_stored_sealed(
     opened = combine_partials(pk, [int(x, 16) for x in out["hub_partial"]], decryptor.partial_decrypt(enc))
     assert pk.unpack(opened, 5) == [sum(col) for col in zip(*values.values(), strict=True)]
     engine.dispose()
+
+
+def test_an_he_round_packs_for_its_invited_devices_unless_told_otherwise() -> None:
+    import base64
+
+    import cbor2
+
+    pk, hub_share, _decryptor = generate_split_key(value_bits=16, max_summands=8)
+    service = SecureAggregationService(MemoryAuditSink(), FixedClock(T0))
+    devices = [f"he-{i}" for i in range(5)]
+    rid = service.start_he(devices, 5, n=pk.n, value_bits=16, hub_share=hub_share.d, actor="analyst")
+    reply = _send([service], "he-0")({"round": rid, "step": "he_poll", "message": b""})
+    poll = cbor2.loads(base64.urlsafe_b64decode(reply["message"]))
+    assert poll["max_summands"] == 5 and poll["value_bits"] == 16  # 16 + 3 bits per slot, not 16 + 16

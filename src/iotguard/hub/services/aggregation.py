@@ -110,13 +110,19 @@ class SecureAggregationService:
                                       "degree": degree}))
         return rid
 
-    def start_he(self, devices: list[str], dims: int, *, n: int, value_bits: int, max_summands: int,
+    def start_he(self, devices: list[str], dims: int, *, n: int, value_bits: int, max_summands: int | None = None,
                  hub_share: int, timeout_s: float = 300.0, actor: str) -> str:
         """Start a homomorphic-sum round under a dealer's public key; the hub keeps its key share only.
+
+        The packing fits the round: ``value_bits`` per value (devices refuse values outside
+        ``[0, 2^value_bits)``) plus ``log2(max_summands)`` bits of headroom, ``max_summands`` the invited
+        devices unless given.
 
         Raises:
             MalformedError: bad parameters or key, or too many rounds running.
         """
+        if max_summands is None:
+            max_summands = max(2, len(devices))
         pk = PaillierPublicKey(n, value_bits, max_summands)
         spec = HeRoundSpec(tuple(sorted(devices)), dims, pk, KeyShare("hub", n, hub_share),
                            timedelta(seconds=timeout_s))
