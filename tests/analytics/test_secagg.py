@@ -58,7 +58,7 @@ def test_sum_is_exact_with_a_third_dropped_and_the_hub_never_holds_a_value() -> 
     kinds: dict[int, set[str]] = {}
     for s in shares:
         kinds.setdefault(s.owner, set()).add(s.kind)
-    assert all(len(k) == 1 for k in kinds.values())
+    assert all(len(k - {"pair"}) == 1 for k in kinds.values())  # a pair seed s_uv is no secret of the device
 
 
 def test_a_device_refuses_to_reveal_both_secrets_of_one_peer() -> None:
@@ -182,3 +182,35 @@ def test_secagg_plus_degree_keeps_a_third_dropped_round_unmaskable() -> None:
     assert -10 < degree_failure_log2(1000, 333, 160) < -9
     assert secagg_plus_degree(1000, 0.05) < secagg_plus_degree(1000, 0.1) < k
     assert secagg_plus_degree(10, 1 / 3) == 8 and secagg_plus_degree(10, 0.5) == 9  # no sparser graph: everyone
+
+
+def test_pair_seeds_spare_the_hub_its_agreements_and_a_lying_holder_is_caught(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import iotguard.analytics.secagg as secagg
+
+    devices, agg, values, _ = _round()
+    dropped = {0, 1}
+    survivors = [d for d in devices if d.index not in dropped]
+    for d in survivors:
+        agg.add_masked(d.index, d.masked_input(dict(agg.public_keys)))
+    shares = [s for d in survivors for s in d.unmask_shares([x.index for x in survivors], sorted(dropped))]
+    assert sum(s.kind == "pair" for s in shares) == 2 * len(survivors)
+    calls = []
+    real = secagg._agree
+    monkeypatch.setattr(secagg, "_agree", lambda *a: calls.append(a) or real(*a))
+    total = agg.unmask(shares)
+    expected = sum((values[d.index].astype(np.uint64) for d in survivors), np.zeros(DIMS, np.uint64))
+    assert np.array_equal(total, (expected % (1 << 32)).astype(np.uint32))
+    assert len(calls) == len(survivors)  # one spot check per holder, not one agreement per (dropped, survivor)
+    # a holder that hands in wrong pair seeds (both of its own here, so the spot check cannot miss) is refused
+    bad = [dataclasses.replace(s, y=s.y ^ 1) if s.kind == "pair" and s.holder == 29 else s for s in shares]
+    agg2 = Aggregator(N, T, DIMS)
+    agg2.public_keys, agg2.masked = dict(agg.public_keys), dict(agg.masked)
+    with pytest.raises(AggregationError) as e:
+        agg2.unmask(bad)
+    assert e.value.reason == "share_inconsistent" and "from 29" in str(e.value)
+    # a pair seed for a survivor, or from a device that did not survive, is malformed
+    for forged in (Share(5, 29, "pair", 1), Share(0, 1, "pair", 1)):
+        with pytest.raises(AggregationError) as e:
+            agg2.unmask([*shares, forged])
+        assert e.value.reason == "share_malformed"

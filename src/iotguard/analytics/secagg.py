@@ -317,6 +317,7 @@ class Device:
         self._seed = secrets.token_bytes(32)
         self._held: dict[tuple[int, str], int] = {}
         self._revealed: dict[int, str] = {}
+        self._pair_seeds: dict[int, bytes] = {}  # s_uv of each peer masked with (kept for unmasking)
 
     def shares_for_peers(self, peers: int | Sequence[int], t: int) -> list[Share]:
         """Round 1: shares of this device's key and seed, one of each per peer (``int``: devices ``0..n-1``)."""
@@ -377,11 +378,18 @@ class Device:
         y = self._value + prg(self._seed, len(self._value))
         for v, pk in public_keys.items():
             if v != self.index:
-                _add_pair_mask(y, self.index, v, _agree(self._sk, pk, min(v, self.index), max(v, self.index)))
+                seed = _agree(self._sk, pk, min(v, self.index), max(v, self.index))
+                self._pair_seeds[v] = seed
+                _add_pair_mask(y, self.index, v, seed)
         return y
 
     def unmask_shares(self, survivors: Sequence[int], dropped: Sequence[int]) -> list[Share]:
-        """Round 3: seed shares of survivors, key shares of dropped devices; never both for one device."""
+        """Round 3: seed shares of survivors, key shares of dropped devices; never both for one device.
+
+        For a dropped device this one masked with, also the pair seed ``s_uv`` itself (kind ``pair``): the
+        hub may then remove that pair mask without an X25519 agreement. It learns nothing new: the key
+        shares already let it compute every ``s_uv`` of the dropped device (ADR 0415).
+        """
         if set(survivors) & set(dropped):
             raise AggregationError("unmask_request_inconsistent", "a device cannot be both survivor and dropped")
         out = []
@@ -390,6 +398,8 @@ class Device:
                 raise AggregationError("unmask_request_inconsistent", f"device {owner} asked as both")
             if (owner, kind) in self._held:
                 out.append(Share(owner, self.index, kind, self._held[(owner, kind)]))
+            if kind == "key" and owner in self._pair_seeds:
+                out.append(Share(owner, self.index, "pair", int.from_bytes(self._pair_seeds[owner], "big")))
         return out
 
 
@@ -451,6 +461,35 @@ class Aggregator:
             got[s.holder] = s.y
         return {k: [(h + 1, y) for h, y in sorted(v.items())] for k, v in seen.items()}
 
+    def _pair_seeds(self, shares: Sequence[Share], survivors: set[int], dropped: set[int]) -> dict[tuple[int, int],
+                                                                                                  bytes]:
+        """Pair seeds ``s_uv`` handed in by survivors ``u`` for dropped neighbours ``v``, by ``(v, u)``."""
+        out: dict[tuple[int, int], bytes] = {}
+        for s in shares:
+            if (s.owner not in dropped or s.holder not in survivors or not self._is_peer(s.owner, s.holder)
+                    or not 0 <= s.y < 1 << 256):
+                raise AggregationError("share_malformed", f"pair seed of {s.owner} from {s.holder}")
+            seed = s.y.to_bytes(32, "big")
+            if out.setdefault((s.owner, s.holder), seed) != seed:
+                raise AggregationError("share_duplicate", f"two pair seeds of {s.owner} from {s.holder}")
+        return out
+
+    def _spot_check(self, pairs: Mapping[tuple[int, int], bytes], secrets_: Mapping[tuple[int, str], bytes],
+                    keys: dict[int, X25519PublicKey]) -> None:
+        """Recompute one randomly chosen pair seed of each holder from the reconstructed key (a holder that
+        lies about a fraction f of its pair seeds is caught with probability f per round)."""
+        by_holder: dict[int, list[int]] = {}
+        for v, u in pairs:
+            if (v, "key") in secrets_:
+                by_holder.setdefault(u, []).append(v)
+        for u, owners in sorted(by_holder.items()):
+            v = owners[secrets.randbelow(len(owners))]
+            if u not in keys:
+                keys[u] = X25519PublicKey.from_public_bytes(self.public_keys[u])
+            sk = X25519PrivateKey.from_private_bytes(secrets_[(v, "key")])
+            if _agree(sk, keys[u], min(u, v), max(u, v)) != pairs[(v, u)]:
+                raise AggregationError("share_inconsistent", f"pair seed of {v} from {u}")
+
     def unmask(self, shares: Sequence[Share]) -> Vector:
         """The exact sum of the survivors' values, from their masked vectors and the unmasking shares.
 
@@ -461,7 +500,9 @@ class Aggregator:
         dropped = sorted(set(self.public_keys) - survivors)
         if len(survivors) < self.t:
             raise AggregationError("too_few_survivors", f"{len(survivors)} of threshold {self.t}")
-        points = self._points(shares, survivors)
+        pairs = self._pair_seeds([s for s in shares if s.kind == "pair"], survivors, set(dropped))
+        points = self._points([s for s in shares if s.kind != "pair"], survivors)
+        # every dropped key is still reconstructed (its shares consistency-checked, as before pair seeds)
         wanted = [(u, "seed") for u in sorted(survivors)] + [(v, "key") for v in dropped
                                                             if survivors & set(self.peers(v))]
         secrets_ = reconstruct_all({k: points.get(k, []) for k in wanted}, self.t)
@@ -471,15 +512,19 @@ class Aggregator:
         for u in sorted(survivors):
             np.subtract(total, prg(secrets_[(u, "seed")], self.dims), out=total)
         keys: dict[int, X25519PublicKey] = {}  # each survivor's key object once, not once per dropped peer
+        self._spot_check(pairs, secrets_, keys)
         for v in dropped:
-            if (v, "key") not in secrets_:
-                continue
-            sk = X25519PrivateKey.from_private_bytes(secrets_[(v, "key")])
+            sk = X25519PrivateKey.from_private_bytes(secrets_[(v, "key")]) if (v, "key") in secrets_ else None
             for u in sorted(survivors & set(self.peers(v))):
                 # u added its pair mask with v; remove it
-                if u not in keys:
-                    keys[u] = X25519PublicKey.from_public_bytes(self.public_keys[u])
-                seed = _agree(sk, keys[u], min(u, v), max(u, v))
+                if (v, u) in pairs:
+                    seed = pairs[(v, u)]
+                elif sk is not None:
+                    if u not in keys:
+                        keys[u] = X25519PublicKey.from_public_bytes(self.public_keys[u])
+                    seed = _agree(sk, keys[u], min(u, v), max(u, v))
+                else:
+                    continue
                 mask = prg(seed, self.dims)
                 if u < v:
                     np.subtract(total, mask, out=total)
