@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from iotguard.analytics.secagg import PRIME, AggregationError, Aggregator, Device, Share, combine, split
+from iotguard.analytics.secagg import PRIME, AggregationError, Aggregator, Device, Share, combine, prg, split
 
 N, T, DIMS = 30, 16, 64
 
@@ -58,7 +58,7 @@ def test_sum_is_exact_with_a_third_dropped_and_the_hub_never_holds_a_value() -> 
     kinds: dict[int, set[str]] = {}
     for s in shares:
         kinds.setdefault(s.owner, set()).add(s.kind)
-    assert all(len(k) == 1 for k in kinds.values())
+    assert all(len(k - {"pair"}) == 1 for k in kinds.values())  # a pair seed s_uv is no secret of the device
 
 
 def test_a_device_refuses_to_reveal_both_secrets_of_one_peer() -> None:
@@ -158,3 +158,59 @@ def test_secagg_plus_graph_is_symmetric_regular_and_sums_exactly() -> None:
                                        [v for v in g[d.index] if v in dropped])]
     expected = sum((values[i].astype(np.uint64) for i in range(40) if i not in dropped), np.zeros(DIMS, np.uint64))
     assert np.array_equal(agg.unmask(shares), (expected % (1 << 32)).astype(np.uint32))
+
+
+def test_mask_prg_is_aes_256_ctr_against_the_nist_vector() -> None:
+    # NIST SP 800-38A F.5.5 CTR-AES256.Encrypt, block 1: keystream = ciphertext XOR plaintext
+    from iotguard.analytics.secagg import _keystream
+
+    key = bytes.fromhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
+    counter = bytes.fromhex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")
+    pt, ct = bytes.fromhex("6bc1bee22e409f96e93d7e117393172a"), bytes.fromhex("601ec313775789a5b7a7f504bbf3d228")
+    assert _keystream(key, counter, 4).tobytes() == bytes(a ^ b for a, b in zip(pt, ct, strict=True))
+    words = prg(b"\x07" * 32, 1001)
+    assert words.dtype == np.dtype("<u4") and words.shape == (1001,) and np.array_equal(words, prg(b"\x07" * 32, 1001))
+    assert words[:1000].tobytes() == prg(b"\x07" * 32, 1000).tobytes()  # one keystream, any length
+
+
+def test_secagg_plus_degree_keeps_a_third_dropped_round_unmaskable() -> None:
+    from iotguard.analytics.secagg import degree_failure_log2, secagg_plus_degree
+
+    k = secagg_plus_degree(1000, 1 / 3)
+    assert k == 296 and degree_failure_log2(1000, 333, k) <= -30 < degree_failure_log2(1000, 333, k - 2)
+    # the degree 160 used before fails about once in 700 rounds (union bound 2^-9.5)
+    assert -10 < degree_failure_log2(1000, 333, 160) < -9
+    assert secagg_plus_degree(1000, 0.05) < secagg_plus_degree(1000, 0.1) < k
+    assert secagg_plus_degree(10, 1 / 3) == 8 and secagg_plus_degree(10, 0.5) == 9  # no sparser graph: everyone
+
+
+def test_pair_seeds_spare_the_hub_its_agreements_and_a_lying_holder_is_caught(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import iotguard.analytics.secagg as secagg
+
+    devices, agg, values, _ = _round()
+    dropped = {0, 1}
+    survivors = [d for d in devices if d.index not in dropped]
+    for d in survivors:
+        agg.add_masked(d.index, d.masked_input(dict(agg.public_keys)))
+    shares = [s for d in survivors for s in d.unmask_shares([x.index for x in survivors], sorted(dropped))]
+    assert sum(s.kind == "pair" for s in shares) == 2 * len(survivors)
+    calls = []
+    real = secagg._agree
+    monkeypatch.setattr(secagg, "_agree", lambda *a: calls.append(a) or real(*a))
+    total = agg.unmask(shares)
+    expected = sum((values[d.index].astype(np.uint64) for d in survivors), np.zeros(DIMS, np.uint64))
+    assert np.array_equal(total, (expected % (1 << 32)).astype(np.uint32))
+    assert len(calls) == len(survivors)  # one spot check per holder, not one agreement per (dropped, survivor)
+    # a holder that hands in wrong pair seeds (both of its own here, so the spot check cannot miss) is refused
+    bad = [dataclasses.replace(s, y=s.y ^ 1) if s.kind == "pair" and s.holder == 29 else s for s in shares]
+    agg2 = Aggregator(N, T, DIMS)
+    agg2.public_keys, agg2.masked = dict(agg.public_keys), dict(agg.masked)
+    with pytest.raises(AggregationError) as e:
+        agg2.unmask(bad)
+    assert e.value.reason == "share_inconsistent" and "from 29" in str(e.value)
+    # a pair seed for a survivor, or from a device that did not survive, is malformed
+    for forged in (Share(5, 29, "pair", 1), Share(0, 1, "pair", 1)):
+        with pytest.raises(AggregationError) as e:
+            agg2.unmask([*shares, forged])
+        assert e.value.reason == "share_malformed"

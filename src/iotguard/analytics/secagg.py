@@ -8,7 +8,7 @@ Vectors are integers modulo ``2^32`` (callers quantise). Each device ``u``:
   ``2^256 + 297``);
 * sends ``y_u = x_u + PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)``
   where ``s_uv`` is the X25519 agreement of ``u`` and ``v`` (HKDF-SHA256) and
-  PRG is ChaCha20 keystream.
+  PRG is the AES-256-CTR keystream (AES-NI where the CPU has it).
 
 The aggregator adds the masked vectors of the devices that sent one. For a
 device ``v`` that dropped out it collects ``t`` shares of ``v``'s private key
@@ -50,6 +50,7 @@ import math
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -57,15 +58,15 @@ import numpy.typing as npt
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from iotguard.errors import ConfigError, MalformedError
 
-__all__ = ["PRIME", "AggregationError", "Aggregator", "Device", "Share", "combine", "harary_neighbours",
-           "prg", "reconstruct_all", "split"]
+__all__ = ["PRIME", "AggregationError", "Aggregator", "Device", "Share", "combine", "degree_failure_log2",
+           "harary_neighbours", "prg", "reconstruct_all", "secagg_plus_degree", "split"]
 
 #: Field of the Shamir shares: the smallest prime above every 32-byte secret (2^256 + 297).
 PRIME = (1 << 256) + 297
@@ -228,14 +229,53 @@ def harary_neighbours(n: int, k: int, seed: bytes) -> dict[int, tuple[int, ...]]
             for u in range(n)}
 
 
+def degree_failure_log2(n: int, dropped: int, k: int) -> float:
+    """log2 of a union bound on the chance that some device has fewer than ``t = k // 2 + 1`` surviving
+    neighbours (the round then cannot unmask: ``too_few_shares``) when ``dropped`` of ``n`` devices, chosen
+    at random, drop after sharing; exact hypergeometric tail for a device's ``k`` neighbours."""
+    if not 0 <= dropped < n or not 2 <= k < n:
+        raise ConfigError("need 0 <= dropped < n and 2 <= k < n")
+    t = k // 2 + 1
+    alive = n - 1 - dropped  # the others a dropped device's neighbours are drawn from, minus the dropped
+    tail = sum(math.comb(alive, x) * math.comb(n - 1 - alive, k - x) for x in range(t))
+    p = n * tail / math.comb(n - 1, k)
+    return -math.inf if p == 0 else math.log2(p)
+
+
+def secagg_plus_degree(n: int, dropout: float, correctness_bits: int = 30) -> int:
+    """The smallest even SecAgg+ degree for which a round of ``n`` devices with a ``dropout`` fraction dropped
+    unmasks except with probability ``2^-correctness_bits`` (Bell et al. 2020's ``eta``; union bound over the
+    devices), at this module's threshold ``t = k // 2 + 1`` (above half the holders, which keeps a hub that
+    asks inconsistent questions from getting both secrets of a device). ``n - 1`` (everyone) when no smaller
+    degree suffices."""
+    dropped = math.floor(n * dropout)
+    for k in range(2, n - 1, 2):
+        if degree_failure_log2(n, dropped, k) <= -correctness_bits:
+            return k
+    return n - 1
+
+
 def prg(seed: bytes, dims: int) -> Vector:
-    """``dims`` uniform words modulo ``2^32`` from ChaCha20 keyed by ``seed``."""
-    enc = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
-    return np.frombuffer(enc.update(bytes(4 * dims)), dtype="<u4").astype(np.uint32)
+    """``dims`` uniform words modulo ``2^32``: the AES-256-CTR keystream keyed by ``seed`` (counter block 0),
+    little-endian, written by OpenSSL straight into the array (no intermediate bytes)."""
+    return _keystream(seed, bytes(16), dims)
 
 
-def _agree(sk: X25519PrivateKey, pk: bytes, lo: int, hi: int) -> bytes:
-    shared = sk.exchange(X25519PublicKey.from_public_bytes(pk))
+@lru_cache(maxsize=4)
+def _zeros(size: int) -> bytes:
+    return bytes(size)
+
+
+def _keystream(key: bytes, counter: bytes, dims: int) -> Vector:
+    out = np.empty(dims + 4, dtype="<u4")  # update_into wants a block's worth of spare room
+    enc = Cipher(algorithms.AES(key), modes.CTR(counter)).encryptor()
+    enc.update_into(_zeros(4 * dims), memoryview(out.data).cast("B"))
+    return out[:dims]
+
+
+def _agree(sk: X25519PrivateKey, pk: bytes | X25519PublicKey, lo: int, hi: int) -> bytes:
+    peer = pk if isinstance(pk, X25519PublicKey) else X25519PublicKey.from_public_bytes(pk)
+    shared = sk.exchange(peer)
     info = b"iotguard-secagg-pair|" + lo.to_bytes(4, "big") + hi.to_bytes(4, "big")
     return HKDF(hashes.SHA256(), 32, None, info).derive(shared)
 
@@ -277,6 +317,7 @@ class Device:
         self._seed = secrets.token_bytes(32)
         self._held: dict[tuple[int, str], int] = {}
         self._revealed: dict[int, str] = {}
+        self._pair_seeds: dict[int, bytes] = {}  # s_uv of each peer masked with (kept for unmasking)
 
     def shares_for_peers(self, peers: int | Sequence[int], t: int) -> list[Share]:
         """Round 1: shares of this device's key and seed, one of each per peer (``int``: devices ``0..n-1``)."""
@@ -337,11 +378,18 @@ class Device:
         y = self._value + prg(self._seed, len(self._value))
         for v, pk in public_keys.items():
             if v != self.index:
-                _add_pair_mask(y, self.index, v, _agree(self._sk, pk, min(v, self.index), max(v, self.index)))
+                seed = _agree(self._sk, pk, min(v, self.index), max(v, self.index))
+                self._pair_seeds[v] = seed
+                _add_pair_mask(y, self.index, v, seed)
         return y
 
     def unmask_shares(self, survivors: Sequence[int], dropped: Sequence[int]) -> list[Share]:
-        """Round 3: seed shares of survivors, key shares of dropped devices; never both for one device."""
+        """Round 3: seed shares of survivors, key shares of dropped devices; never both for one device.
+
+        For a dropped device this one masked with, also the pair seed ``s_uv`` itself (kind ``pair``): the
+        hub may then remove that pair mask without an X25519 agreement. It learns nothing new: the key
+        shares already let it compute every ``s_uv`` of the dropped device (ADR 0415).
+        """
         if set(survivors) & set(dropped):
             raise AggregationError("unmask_request_inconsistent", "a device cannot be both survivor and dropped")
         out = []
@@ -350,6 +398,8 @@ class Device:
                 raise AggregationError("unmask_request_inconsistent", f"device {owner} asked as both")
             if (owner, kind) in self._held:
                 out.append(Share(owner, self.index, kind, self._held[(owner, kind)]))
+            if kind == "key" and owner in self._pair_seeds:
+                out.append(Share(owner, self.index, "pair", int.from_bytes(self._pair_seeds[owner], "big")))
         return out
 
 
@@ -411,6 +461,35 @@ class Aggregator:
             got[s.holder] = s.y
         return {k: [(h + 1, y) for h, y in sorted(v.items())] for k, v in seen.items()}
 
+    def _pair_seeds(self, shares: Sequence[Share], survivors: set[int], dropped: set[int]) -> dict[tuple[int, int],
+                                                                                                  bytes]:
+        """Pair seeds ``s_uv`` handed in by survivors ``u`` for dropped neighbours ``v``, by ``(v, u)``."""
+        out: dict[tuple[int, int], bytes] = {}
+        for s in shares:
+            if (s.owner not in dropped or s.holder not in survivors or not self._is_peer(s.owner, s.holder)
+                    or not 0 <= s.y < 1 << 256):
+                raise AggregationError("share_malformed", f"pair seed of {s.owner} from {s.holder}")
+            seed = s.y.to_bytes(32, "big")
+            if out.setdefault((s.owner, s.holder), seed) != seed:
+                raise AggregationError("share_duplicate", f"two pair seeds of {s.owner} from {s.holder}")
+        return out
+
+    def _spot_check(self, pairs: Mapping[tuple[int, int], bytes], secrets_: Mapping[tuple[int, str], bytes],
+                    keys: dict[int, X25519PublicKey]) -> None:
+        """Recompute one randomly chosen pair seed of each holder from the reconstructed key (a holder that
+        lies about a fraction f of its pair seeds is caught with probability f per round)."""
+        by_holder: dict[int, list[int]] = {}
+        for v, u in pairs:
+            if (v, "key") in secrets_:
+                by_holder.setdefault(u, []).append(v)
+        for u, owners in sorted(by_holder.items()):
+            v = owners[secrets.randbelow(len(owners))]
+            if u not in keys:
+                keys[u] = X25519PublicKey.from_public_bytes(self.public_keys[u])
+            sk = X25519PrivateKey.from_private_bytes(secrets_[(v, "key")])
+            if _agree(sk, keys[u], min(u, v), max(u, v)) != pairs[(v, u)]:
+                raise AggregationError("share_inconsistent", f"pair seed of {v} from {u}")
+
     def unmask(self, shares: Sequence[Share]) -> Vector:
         """The exact sum of the survivors' values, from their masked vectors and the unmasking shares.
 
@@ -421,7 +500,9 @@ class Aggregator:
         dropped = sorted(set(self.public_keys) - survivors)
         if len(survivors) < self.t:
             raise AggregationError("too_few_survivors", f"{len(survivors)} of threshold {self.t}")
-        points = self._points(shares, survivors)
+        pairs = self._pair_seeds([s for s in shares if s.kind == "pair"], survivors, set(dropped))
+        points = self._points([s for s in shares if s.kind != "pair"], survivors)
+        # every dropped key is still reconstructed (its shares consistency-checked, as before pair seeds)
         wanted = [(u, "seed") for u in sorted(survivors)] + [(v, "key") for v in dropped
                                                             if survivors & set(self.peers(v))]
         secrets_ = reconstruct_all({k: points.get(k, []) for k in wanted}, self.t)
@@ -430,13 +511,20 @@ class Aggregator:
             np.add(total, y, out=total)
         for u in sorted(survivors):
             np.subtract(total, prg(secrets_[(u, "seed")], self.dims), out=total)
+        keys: dict[int, X25519PublicKey] = {}  # each survivor's key object once, not once per dropped peer
+        self._spot_check(pairs, secrets_, keys)
         for v in dropped:
-            if (v, "key") not in secrets_:
-                continue
-            sk = X25519PrivateKey.from_private_bytes(secrets_[(v, "key")])
+            sk = X25519PrivateKey.from_private_bytes(secrets_[(v, "key")]) if (v, "key") in secrets_ else None
             for u in sorted(survivors & set(self.peers(v))):
                 # u added its pair mask with v; remove it
-                seed = _agree(sk, self.public_keys[u], min(u, v), max(u, v))
+                if (v, u) in pairs:
+                    seed = pairs[(v, u)]
+                elif sk is not None:
+                    if u not in keys:
+                        keys[u] = X25519PublicKey.from_public_bytes(self.public_keys[u])
+                    seed = _agree(sk, keys[u], min(u, v), max(u, v))
+                else:
+                    continue
                 mask = prg(seed, self.dims)
                 if u < v:
                     np.subtract(total, mask, out=total)

@@ -290,14 +290,14 @@ class RoundCoordinator:
         if me in self.s.unmask_from:
             raise AggregationError("message_duplicate", "unmask shares already sent")
         items = decode_message(message, {"shares"})["shares"]
-        if not isinstance(items, list) or len(items) > len(self.agg.peers(me)) + 1:
+        if not isinstance(items, list) or len(items) > 2 * len(self.agg.peers(me)) + 1:
             raise AggregationError("share_malformed", "too many shares")
         shares = []
         for item in items:
             if (not isinstance(item, list) or len(item) != 3 or not isinstance(item[0], int)
-                    or item[1] not in ("key", "seed") or not isinstance(item[2], bytes)
+                    or item[1] not in ("key", "seed", "pair") or not isinstance(item[2], bytes)
                     or len(item[2]) != SHARE_BYTES):
-                raise AggregationError("share_malformed", "share is [owner, kind, 66 bytes]")
+                raise AggregationError("share_malformed", "share is [owner, key|seed|pair, 33 bytes]")
             y = int.from_bytes(item[2], "big")
             if y >= PRIME:
                 raise AggregationError("share_malformed", "share out of range")

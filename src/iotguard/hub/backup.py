@@ -44,6 +44,7 @@ from iotguard.errors import ConfigError, IntegrityError, IotGuardError, Malforme
 from iotguard.fileio import atomic_write
 from iotguard.hub.audit_store import DEFAULT_LOG_KEY_LABEL, open_audit_log
 from iotguard.hub.db import make_engine
+from iotguard.hub.services.aggregation import HE_SHARE_KEY_LABEL
 from iotguard.hub.services.audit import AUDIT_ORIGIN
 from iotguard.hub.services.lifecycle import open_hub_keys
 from iotguard.hub.store import HubStore
@@ -68,7 +69,7 @@ _PG_FILE = "hub.pgdump"
 _ANCHORS = "checkpoints.log"
 #: Keys the database depends on (wrapped secrets, certificates, checkpoints), when present.
 _KEY_LABELS = ("fleet-ca", "storage-wrap", DEFAULT_LOG_KEY_LABEL, SUBJECT_KEK_LABEL, "tuf-online",
-               TOMBSTONE_KEY_LABEL)
+               TOMBSTONE_KEY_LABEL, HE_SHARE_KEY_LABEL)
 _ENTRY_CHUNK = 10_000
 
 

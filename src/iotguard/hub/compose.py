@@ -61,6 +61,7 @@ from iotguard.hub.services.sensing import DeviceHealthService, FlowIngestService
 from iotguard.hub.services.telemetry import TelemetryService
 from iotguard.hub.services.update_commands import UpdateCheckPush, queue_update_checks
 from iotguard.hub.store import HubStore
+from iotguard.hub.stores.aggregation_rounds import SqlRoundStore
 from iotguard.hub.stores.alerts import SqlAlertStore
 from iotguard.hub.stores.attestation import SqlAttestationStore
 from iotguard.hub.stores.consent import SqlConsentStore
@@ -199,7 +200,7 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                                            eligible=affirming_posture(engine.posture)),
                            DataAccessService(store, consent.privacy, store, engine, audit_sink, clock, contract_for))
     services.analytics = build_analytics(cfg, store, audit_sink, clock)
-    services.aggregation = SecureAggregationService(audit_sink, clock)
+    services.aggregation = SecureAggregationService(audit_sink, clock, SqlRoundStore(store.engine), keystore)
     services.learning.attach_privacy(services.aggregation, services.analytics.ledger,
                                      services.analytics.subjects.subject_of)
     services.consent.erasure_hooks.append(lambda devices, actor: services.learning.unlearn(devices, actor=actor))

@@ -32,6 +32,7 @@ from iotguard.hub.schema import (
     create_core_tables,
     create_revoked_certificates,
 )
+from iotguard.hub.stores.aggregation_rounds import create_round_tables
 from iotguard.hub.stores.alerts import create_detection_tables
 from iotguard.hub.stores.attestation import (
     create_attestation_tables,
@@ -99,6 +100,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               create_credential_tables),
     Migration("0410_erasure_tombstones", "erased subjects named by a keyed hash a restore can recompute (ADR 0413)",
               create_tombstone_tables),
+    Migration("0420_aggregation_rounds", "aggregation rounds and their step logs shared by hub processes (ADR 0414)",
+              create_round_tables),
     Migration("0500_device_plane", "attempt limits and signed-request nonces shared by hub processes",
               create_device_plane_tables),
     Migration("0700_detection", "detection alerts and the response actions taken for them",

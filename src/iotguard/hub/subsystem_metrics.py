@@ -88,7 +88,7 @@ class _SubsystemCollector:
                 queries.add_metric([outcome], n)
         yield queries
         rounds = GaugeMetricFamily("iotguard_aggregation_rounds",
-                                   "Secure-aggregation rounds held by this process, by phase", labels=["phase"])
+                                   "Aggregation rounds in the shared round store, by phase", labels=["phase"])
         if s.aggregation is not None:
             for phase, n in sorted(s.aggregation.phases().items()):
                 rounds.add_metric([phase], n)

@@ -33,7 +33,7 @@ class HeRoundRequest(BaseModel):
     dims: int = Field(ge=1, le=16_000)
     n: str = Field(min_length=500, max_length=800, pattern="^[0-9a-f]+$")
     value_bits: int = Field(default=32, ge=1, le=64)
-    max_summands: int = Field(default=1 << 16, ge=2, le=1 << 32)
+    max_summands: int | None = Field(default=None, ge=2, le=1 << 32)  # None: the invited devices
     hub_share: str = Field(min_length=1, max_length=2000, pattern="^[0-9a-f]+$")
     timeout_s: float = Field(default=300.0, ge=1.0, le=86400.0)
 

@@ -8,9 +8,15 @@ coordinator (:class:`~iotguard.analytics.secagg_round.RoundCoordinator`)
 holds public keys, sealed share boxes, masked vectors and unmasking shares,
 never a device's value.
 
-Rounds live in this hub process's memory (they last minutes; a device that
-reaches another hub process gets ``round_unknown``). Every refused device
-message is an audit event with its reason code.
+Rounds live in a :class:`~iotguard.hub.stores.aggregation_rounds.RoundStore`
+(ADR 0414): the round's spec and the log of the steps it accepted. Each step
+replays what this process has not seen yet through the (deterministic)
+coordinator, applies the device's message, and logs it, all under the
+store's hold on the round; so two hub processes over one database run one
+round, and a restarted hub resumes a round mid-way. A process keeps its
+replayed coordinators as a cache only. The hub key share of an HE round is
+stored sealed under the key store's ``aggregation-he-share`` key. Every
+refused device message is an audit event with its reason code.
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ import base64
 import contextlib
 import re
 import threading
-from collections import Counter
-from datetime import timedelta
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import cbor2
 
 from iotguard.analytics.he_round import HeRound, HeRoundSpec
 from iotguard.analytics.homomorphic import KeyShare, PaillierPublicKey
@@ -30,13 +39,36 @@ from iotguard.analytics.secagg_round import RoundCoordinator, RoundSpec, encode_
 from iotguard.audit import AuditEvent, AuditSink
 from iotguard.clock import Clock
 from iotguard.errors import ConfigError, IotGuardError, MalformedError
+from iotguard.hub.stores.aggregation_rounds import RoundStore, RoundTx, StoredRound
+from iotguard.hub.stores.aggregation_rounds_memory import MemoryRoundStore
 from iotguard.identity import VerifiedRequest
+from iotguard.keys.keystore import KeyKind, KeyStore
 
-__all__ = ["MAX_ROUNDS", "SecureAggregationService"]
+__all__ = ["HE_SHARE_KEY_LABEL", "MAX_ROUNDS", "SecureAggregationService"]
 
-#: Rounds held at once (finished ones are forgotten oldest first).
+#: Rounds running at once (the store keeps this many finished ones too, newest first).
 MAX_ROUNDS = 32
+#: Key-store label of the key sealing HE rounds' hub key shares in the round store.
+HE_SHARE_KEY_LABEL = "aggregation-he-share"
 _ROUND_ID = re.compile(r"[0-9a-f]{32}")
+_DEVICE_STEPS = ("advertise", "shares", "masked", "unmask")
+_Round = RoundCoordinator | HeRound
+_T = TypeVar("_T")
+
+
+def _apply(r: _Round, kind: str, device_id: str, message: bytes, at: datetime) -> None:
+    """One logged step, live or replayed (the same calls in the same order give the same state)."""
+    if kind == "tick":
+        r.tick(at)
+    elif isinstance(r, HeRound):
+        if kind != "he_submit":
+            raise AggregationError("message_malformed", f"step {kind[:16]!r} is not one of an HE round")
+        r.submit(device_id, message, at)
+    elif kind in _DEVICE_STEPS:
+        {"advertise": r.advertise, "shares": r.submit_boxes, "masked": r.submit_masked,
+         "unmask": r.submit_unmask}[kind](device_id, message, at)
+    else:
+        raise AggregationError("message_malformed", f"unknown step {kind[:16]!r}")
 
 
 class SecureAggregationService:
@@ -47,10 +79,13 @@ class SecureAggregationService:
         clock: Time source (phase deadlines).
     """
 
-    def __init__(self, audit: AuditSink, clock: Clock) -> None:
+    def __init__(self, audit: AuditSink, clock: Clock, store: RoundStore | None = None,
+                 keystore: KeyStore | None = None) -> None:
         self.audit = audit
         self.clock = clock
-        self._rounds: dict[str, RoundCoordinator | HeRound] = {}
+        self.store: RoundStore = store if store is not None else MemoryRoundStore()
+        self.keystore = keystore
+        self._live: OrderedDict[str, tuple[int, _Round]] = OrderedDict()  # replayed rounds: a cache only
         self._lock = threading.Lock()
 
     def start(self, devices: list[str], dims: int, *, degree: int = 0, threshold: int = 0,
@@ -68,19 +103,26 @@ class SecureAggregationService:
         except ConfigError as exc:
             raise MalformedError(f"round refused: {exc}") from None
         now = self.clock.now()
-        rid = self._add(lambda rid: RoundCoordinator(rid, spec, now))
+        rid = self._add("secure", {"devices": list(spec.devices), "dims": dims, "degree": degree,
+                                   "threshold": threshold, "timeout_s": float(phase_timeout_s)}, now)
         self.audit.record(AuditEvent("aggregate.round_started", now, actor, "aggregate",
                                      {"round": rid, "kind": "secure", "devices": len(devices), "dims": dims,
                                       "degree": degree}))
         return rid
 
-    def start_he(self, devices: list[str], dims: int, *, n: int, value_bits: int, max_summands: int,
+    def start_he(self, devices: list[str], dims: int, *, n: int, value_bits: int, max_summands: int | None = None,
                  hub_share: int, timeout_s: float = 300.0, actor: str) -> str:
         """Start a homomorphic-sum round under a dealer's public key; the hub keeps its key share only.
+
+        The packing fits the round: ``value_bits`` per value (devices refuse values outside
+        ``[0, 2^value_bits)``) plus ``log2(max_summands)`` bits of headroom, ``max_summands`` the invited
+        devices unless given.
 
         Raises:
             MalformedError: bad parameters or key, or too many rounds running.
         """
+        if max_summands is None:
+            max_summands = max(2, len(devices))
         pk = PaillierPublicKey(n, value_bits, max_summands)
         spec = HeRoundSpec(tuple(sorted(devices)), dims, pk, KeyShare("hub", n, hub_share),
                            timedelta(seconds=timeout_s))
@@ -91,32 +133,90 @@ class SecureAggregationService:
         except ConfigError as exc:
             raise MalformedError(f"round refused: {exc}") from None
         now = self.clock.now()
-        rid = self._add(lambda _rid: HeRound(spec, now))
+        rid = self._add("he", {"devices": list(spec.devices), "dims": dims, "n": n.to_bytes((n.bit_length() + 7) // 8),
+                               "value_bits": value_bits, "max_summands": max_summands,
+                               "timeout_s": float(timeout_s)}, now, hub_share=hub_share)
         self.audit.record(AuditEvent("aggregate.round_started", now, actor, "aggregate",
                                      {"round": rid, "kind": "he", "devices": len(devices), "dims": dims}))
         return rid
 
-    def _add(self, make: Any) -> str:
-        rid = new_round_id()
-        with self._lock:
-            running = [k for k, r in self._rounds.items() if r.phase not in ("done", "failed")]
-            if len(running) >= MAX_ROUNDS:
-                raise MalformedError("too many aggregation rounds running")
-            for k in [k for k in self._rounds if k not in running][: max(0, len(self._rounds) + 1 - MAX_ROUNDS)]:
-                del self._rounds[k]
-            self._rounds[rid.hex()] = make(rid)
-        return rid.hex()
+    def _add(self, kind: str, spec: dict[str, Any], now: datetime, *, hub_share: int | None = None) -> str:
+        rid = new_round_id().hex()
+        if hub_share is not None:
+            raw = hub_share.to_bytes((hub_share.bit_length() + 7) // 8 or 1)
+            if self.keystore is not None:
+                if not self.keystore.has_key(HE_SHARE_KEY_LABEL):
+                    self.keystore.generate(HE_SHARE_KEY_LABEL, KeyKind.AES256)
+                raw = self.keystore.seal(HE_SHARE_KEY_LABEL, raw, _share_ad(rid))
+            spec = {**spec, "hub_share": raw, "sealed": self.keystore is not None}
+        self.store.create(StoredRound(rid, kind, cbor2.dumps(spec, canonical=True), now),
+                          "submit" if kind == "he" else "advertise", max_running=MAX_ROUNDS, keep_finished=MAX_ROUNDS)
+        return rid
 
     def phases(self) -> dict[str, int]:
-        """Rounds this process holds, by phase (``/metrics``)."""
-        with self._lock:
-            return dict(Counter(r.phase for r in self._rounds.values()))
+        """Rounds the store holds (every hub process's), by phase (``/metrics``)."""
+        return self.store.phases()
 
-    def _round(self, round_id: str) -> RoundCoordinator | HeRound:
-        r = self._rounds.get(round_id) if _ROUND_ID.fullmatch(round_id) else None
-        if r is None:
-            raise AggregationError("round_unknown", round_id[:32])
+    def _build(self, rnd: StoredRound) -> _Round:
+        spec = cbor2.loads(rnd.spec)
+        timeout = timedelta(seconds=float(spec["timeout_s"]))
+        devices = tuple(spec["devices"])
+        if rnd.kind == "secure":
+            return RoundCoordinator(bytes.fromhex(rnd.round_id),
+                                    RoundSpec(devices, spec["dims"], spec["degree"], spec["threshold"], timeout),
+                                    rnd.started_at)
+        raw = bytes(spec["hub_share"])
+        if spec["sealed"]:
+            if self.keystore is None:
+                raise ConfigError("an HE round's hub key share is sealed: this hub has no key store")
+            raw = self.keystore.unseal(HE_SHARE_KEY_LABEL, raw, _share_ad(rnd.round_id))
+        n = int.from_bytes(spec["n"], "big")
+        pk = PaillierPublicKey(n, spec["value_bits"], spec["max_summands"])
+        return HeRound(HeRoundSpec(devices, spec["dims"], pk, KeyShare("hub", n, int.from_bytes(raw, "big")), timeout),
+                       rnd.started_at)
+
+    def _open(self, tx: RoundTx) -> _Round:
+        """The round as the log has it: this process's cached replay brought up to date, or a fresh replay."""
+        rid = tx.round.round_id
+        cached = self._live.pop(rid, None)
+        seen, r = cached if cached is not None and cached[0] <= tx.version else (0, self._build(tx.round))
+        for e in tx.events_after(seen):
+            _apply(r, e.kind, e.device_id, e.message, e.at)
         return r
+
+    def _run(self, round_id: str, fn: Callable[[_Round, RoundTx, datetime], _T]) -> _T:
+        """``fn`` on the round, under the store's hold on it, after logging the phase closings now decides.
+
+        A refusal (:class:`AggregationError` from ``fn``) logs nothing of the step, but the closings stand.
+        """
+        now = self.clock.now()
+        refused: AggregationError | None = None
+        with self._lock:
+            try:
+                with self.store.step(round_id if _ROUND_ID.fullmatch(round_id) else "") as tx:
+                    if tx is None:
+                        raise AggregationError("round_unknown", round_id[:32])
+                    r = self._open(tx)
+                    for _ in range(8):  # each tick closes at most one phase
+                        before = r.phase
+                        r.tick(now)
+                        if r.phase == before:
+                            break
+                        tx.append("tick", "", b"", now, r.phase)
+                    try:
+                        out = fn(r, tx, now)
+                    except AggregationError as exc:
+                        refused = exc
+                    version = tx.version
+            except BaseException:
+                self._live.pop(round_id, None)
+                raise
+            self._live[round_id] = (version, r)
+            while len(self._live) > 2 * MAX_ROUNDS:
+                self._live.popitem(last=False)
+        if refused is not None:
+            raise refused
+        return out
 
     def device_step(self, req: VerifiedRequest) -> dict[str, Any]:
         """One step of a device in a round (the device plane has authenticated and authorized it).
@@ -126,39 +226,27 @@ class SecureAggregationService:
         Raises:
             AggregationError: the step is refused (``reason`` names why; audited).
         """
-        now = self.clock.now()
         body = req.body
         step, message = str(body["step"]), bytes(body["message"])
+
+        def one(r: _Round, tx: RoundTx, now: datetime) -> dict[str, Any]:
+            if step in ("poll", "he_poll") and step == ("he_poll" if isinstance(r, HeRound) else "poll"):
+                if message:
+                    raise AggregationError("message_malformed", "a poll carries no message")
+                reply = r.poll(req.device_id, now)
+                return {"phase": reply["phase"],
+                        "message": base64.urlsafe_b64encode(encode_message(reply)).decode()}
+            if step not in (("he_submit",) if isinstance(r, HeRound) else _DEVICE_STEPS):
+                raise AggregationError("message_malformed", f"step {step[:16]!r} is not one of this round")
+            _apply(r, step, req.device_id, message, now)
+            tx.append(step, req.device_id, message, now, r.phase)
+            return {"phase": r.phase, "accepted": True}
+
         try:
-            with self._lock:
-                r = self._round(str(body["round"]))
-                if isinstance(r, HeRound):
-                    return self._he_step(r, req.device_id, step, message, now)
-                if step == "poll":
-                    if message:
-                        raise AggregationError("message_malformed", "a poll carries no message")
-                    reply = r.poll(req.device_id, now)
-                    return {"phase": reply["phase"],
-                            "message": base64.urlsafe_b64encode(encode_message(reply)).decode()}
-                handlers = {"advertise": r.advertise, "shares": r.submit_boxes, "masked": r.submit_masked,
-                            "unmask": r.submit_unmask}
-                if step not in handlers:
-                    raise AggregationError("message_malformed", f"unknown step {step[:16]!r}")
-                handlers[step](req.device_id, message, now)
-                return {"phase": r.phase, "accepted": True}
+            return self._run(str(body["round"]), one)
         except AggregationError as exc:
             self._refused(req.device_id, str(body["round"])[:32], step[:16], exc)
             raise
-
-    @staticmethod
-    def _he_step(r: HeRound, device_id: str, step: str, message: bytes, now: Any) -> dict[str, Any]:
-        if step == "he_poll" and not message:
-            reply = r.poll(device_id, now)
-            return {"phase": reply["phase"], "message": base64.urlsafe_b64encode(encode_message(reply)).decode()}
-        if step == "he_submit":
-            r.submit(device_id, message, now)
-            return {"phase": r.phase, "accepted": True}
-        raise AggregationError("message_malformed", f"step {step[:16]!r} is not one of an HE round")
 
     def _refused(self, device_id: str, round_id: str, step: str, exc: AggregationError) -> None:
         # The refusal stands even when its audit record cannot be written.
@@ -172,12 +260,13 @@ class SecureAggregationService:
         Raises:
             AggregationError: ``round_unknown``.
         """
-        with self._lock:
-            r = self._round(round_id)
-            r.tick(self.clock.now())
-            out = r.result()
+        out = self._run(round_id, lambda r, _tx, _now: r.result())
         if out["phase"] in ("done", "failed"):
             self.audit.record(AuditEvent("aggregate.round_result", self.clock.now(), actor, "aggregate",
                                          {"round": round_id, "phase": out["phase"],
                                           "survivors": out.get("survivors", 0), "reason": out.get("reason", "")}))
         return {"round": round_id, **out}
+
+
+def _share_ad(round_id: str) -> bytes:
+    return b"iotguard-he-hub-share|" + round_id.encode()

@@ -1,0 +1,234 @@
+"""Aggregation rounds every hub process sees (ADR 0414): the round-store contract on memory, SQLite and
+PostgreSQL; two aggregation services over one database run one round (each device step to either); a
+service started mid-round (a restarted hub) resumes it; the stored log holds no device value and the
+HE hub key share only sealed."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from itertools import cycle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from iotguard.agent.secagg import HeClient, RoundClient
+from iotguard.analytics.homomorphic import combine_partials, generate_split_key
+from iotguard.analytics.secagg import AggregationError
+from iotguard.audit.log import MemoryAuditSink
+from iotguard.clock import FixedClock
+from iotguard.errors import MalformedError
+from iotguard.hub.db import make_engine
+from iotguard.hub.migrations import migrate
+from iotguard.hub.services.aggregation import SecureAggregationService
+from iotguard.hub.stores.aggregation_rounds import (
+    MAX_EVENT_BYTES,
+    MAX_SPEC_BYTES,
+    RoundStore,
+    SqlRoundStore,
+    StoredRound,
+    round_events,
+    rounds,
+)
+from iotguard.hub.stores.aggregation_rounds_memory import MemoryRoundStore
+from iotguard.identity import VerifiedRequest
+from iotguard.keys.software import SoftwareKeyStore
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def _engine(request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> Engine:
+    url = f"sqlite:///{tmp_path / 'hub.db'}" if kind == "sqlite" else request.getfixturevalue("postgres_url")
+    engine = make_engine(url)
+    migrate(engine)
+    return engine
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RoundStore]:
+    if request.param == "memory":
+        yield MemoryRoundStore()
+        return
+    engine = _engine(request, tmp_path, request.param)
+    yield SqlRoundStore(engine)
+    engine.dispose()
+
+
+def _rid() -> str:
+    return secrets.token_hex(16)
+
+
+def test_round_store_contract(store: RoundStore) -> None:
+    a = StoredRound(_rid(), "secure", b"spec-a", T0)
+    store.create(a, "advertise", max_running=2, keep_finished=2)
+    assert store.get(a.round_id) == a and store.get(_rid()) is None
+    with store.step(_rid()) as none:
+        assert none is None
+    with store.step(a.round_id) as tx:
+        assert tx is not None and tx.version == 0 and tx.round == a and tx.events_after(0) == []
+        tx.append("advertise", "d1", b"keys", T0, "advertise")
+        tx.append("tick", "", b"", T0 + timedelta(seconds=1), "share")
+        assert [e.seq for e in tx.events_after(0)] == [1, 2]
+    # a step that fails appends nothing
+    with pytest.raises(RuntimeError), store.step(a.round_id) as tx:
+        assert tx is not None
+        tx.append("shares", "d1", b"boxes", T0, "failed")
+        raise RuntimeError("refused")
+    with store.step(a.round_id) as tx:
+        assert tx is not None and tx.version == 2
+        events = tx.events_after(0)
+        assert [(e.seq, e.kind, e.device_id, e.message, e.at) for e in events] == [
+            (1, "advertise", "d1", b"keys", T0), (2, "tick", "", b"", T0 + timedelta(seconds=1))]
+        assert [e.seq for e in tx.events_after(1)] == [2] and tx.events_after(2) == []
+    assert store.phases() == {"share": 1}
+    # sizes and kinds are bounded
+    with pytest.raises(MalformedError), store.step(a.round_id) as tx:
+        assert tx is not None
+        tx.append("masked", "d1", b"x" * (MAX_EVENT_BYTES + 1), T0, "masked")
+    with pytest.raises(MalformedError), store.step(a.round_id) as tx:
+        assert tx is not None
+        tx.append("value", "d1", b"", T0, "masked")
+    with pytest.raises(MalformedError):
+        store.create(StoredRound(_rid(), "secure", b"x" * (MAX_SPEC_BYTES + 1), T0), "advertise", max_running=9,
+                     keep_finished=2)
+    # running rounds are limited; finished ones beyond the newest keep_finished are forgotten
+    b = StoredRound(_rid(), "he", b"spec-b", T0 + timedelta(minutes=1))
+    store.create(b, "submit", max_running=2, keep_finished=2)
+    with pytest.raises(MalformedError, match="too many"):
+        store.create(StoredRound(_rid(), "secure", b"c", T0), "advertise", max_running=2, keep_finished=2)
+    for r in (a, b):
+        with store.step(r.round_id) as tx:
+            assert tx is not None
+            tx.append("tick", "", b"", T0, "done")
+    c = StoredRound(_rid(), "secure", b"c", T0 + timedelta(minutes=2))
+    store.create(c, "advertise", max_running=2, keep_finished=2)
+    assert store.get(a.round_id) is None and store.get(b.round_id) == b  # the older finished one went
+    assert store.phases() == {"done": 1, "advertise": 1}
+
+
+def test_steps_on_one_round_from_two_stores_are_serialised(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    engine = _engine(request, tmp_path, "postgresql")
+    one, two = SqlRoundStore(engine), SqlRoundStore(make_engine(str(engine.url.render_as_string(False))))
+    rid = _rid()
+    one.create(StoredRound(rid, "secure", b"s", T0), "advertise", max_running=4, keep_finished=4)
+
+    def appender(s: SqlRoundStore, who: str) -> None:
+        for i in range(20):
+            with s.step(rid) as tx:
+                assert tx is not None
+                seen = len(tx.events_after(0))
+                assert seen == tx.version  # nobody appended between our read and our write
+                tx.append("advertise", f"{who}{i}", b"", T0, "advertise")
+
+    threads = [threading.Thread(target=appender, args=(s, w)) for s, w in ((one, "a"), (two, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with one.step(rid) as tx:
+        assert tx is not None and tx.version == 40 and [e.seq for e in tx.events_after(0)] == list(range(1, 41))
+    two.engine.dispose()
+    engine.dispose()
+
+
+def _send(services: list[SecureAggregationService], device: str) -> Any:
+    pick = cycle(services)
+
+    def send(body: dict[str, Any]) -> dict[str, Any]:
+        req = VerifiedRequest("aggregate", device, T0, secrets.token_bytes(16), body, b"")
+        return next(pick).device_step(req)
+
+    return send
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_two_hub_processes_run_one_round_and_a_restarted_hub_resumes_it(
+        request: pytest.FixtureRequest, tmp_path: Path, db: str) -> None:
+    engine = _engine(request, tmp_path, db)
+    clock = FixedClock(T0)
+    a, b = (SecureAggregationService(MemoryAuditSink(), clock, SqlRoundStore(engine)) for _ in range(2))
+    devices = [f"dev-{i}" for i in range(6)]
+    rid = a.start(devices, 16, phase_timeout_s=60, actor="analyst")
+    rng = np.random.default_rng(5)
+    values = {d: rng.integers(0, 1 << 16, 16, dtype=np.uint32) for d in devices}
+    # each device's consecutive requests alternate between the two processes; devices start on different ones
+    clients = {d: RoundClient(_send([a, b] if i % 2 else [b, a], d), rid, values[d]) for i, d in enumerate(devices)}
+    for c in clients.values():
+        c.step()  # advertise
+    assert b.status(rid, actor="analyst")["phase"] == "share"
+    for c in clients.values():
+        c.step()  # share boxes
+    # the hub restarts mid-round: a fresh process over the same database carries on, a third of devices drop
+    c_ = SecureAggregationService(MemoryAuditSink(), clock, SqlRoundStore(engine))
+    dropped = {"dev-1", "dev-4"}
+    for d, c in clients.items():
+        c._send = _send([c_, a], d)
+        if d not in dropped:
+            c.step()  # masked vector
+    clock.advance(61)  # the dropped never send: the deadline closes the phase
+    for d, c in clients.items():
+        if d not in dropped:
+            c.step()  # unmask shares
+    out = b.status(rid, actor="analyst")
+    assert out["phase"] == "done" and out["survivors"] == 4
+    expected = sum((values[d].astype(np.uint64) for d in devices if d not in dropped), np.zeros(16, np.uint64))
+    assert out["sum"] == [int(x) for x in expected % (1 << 32)]
+    assert a.status(rid, actor="analyst")["sum"] == out["sum"] == c_.status(rid, actor="analyst")["sum"]
+    # a step refused in one process is refused in the other: the round is one
+    with pytest.raises(AggregationError, match="wrong_phase"):
+        clients["dev-0"]._request("masked", b"")
+    # what the database holds is what the hub may hold: no device value in any logged message
+    with engine.connect() as conn:
+        logged = [bytes(m) for (m,) in conn.execute(select(round_events.c.message)
+                                                    .where(round_events.c.round_id == rid))]
+    assert len(logged) > 3 * len(devices)
+    for v in values.values():
+        for blob in logged:
+            assert v.astype("<u4").tobytes() not in blob and v.astype(">u4").tobytes() not in blob
+    assert a.phases() == b.phases() == {"done": 1}
+    engine.dispose()
+
+
+def test_an_he_round_spans_hub_processes_and_its_hub_key_share_is_stored_sealed(
+        request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    engine = _engine(request, tmp_path, "sqlite")
+    keystore = SoftwareKeyStore(tmp_path / "keys")
+    clock = FixedClock(T0)
+    a, b = (SecureAggregationService(MemoryAuditSink(), clock, SqlRoundStore(engine), keystore) for _ in range(2))
+    pk, hub_share, decryptor = generate_split_key(value_bits=16, max_summands=8)
+    devices = [f"he-{i}" for i in range(4)]
+    rid = a.start_he(devices, 5, n=pk.n, value_bits=16, max_summands=8, hub_share=hub_share.d, actor="analyst")
+    with engine.connect() as conn:
+        spec = bytes(conn.execute(select(rounds.c.spec).where(rounds.c.round_id == rid)).scalar_one())
+    share = hub_share.d.to_bytes((hub_share.d.bit_length() + 7) // 8, "big")
+    assert share[:32] not in spec  # sealed under the key store, not in clear in the database
+    values = {d: [i + 1, 2, 3, 4, 5 * i] for i, d in enumerate(devices)}
+    for i, d in enumerate(devices):
+        assert HeClient(_send([a, b] if i % 2 else [b, a], d), rid, values[d]).step() in ("submit", "done")
+    out = SecureAggregationService(MemoryAuditSink(), clock, SqlRoundStore(engine), keystore).status(
+        rid, actor="analyst")
+    assert out["phase"] == "done" and out["submitted"] == 4
+    enc = [int(x, 16) for x in out["encrypted_sum"]]
+    opened = combine_partials(pk, [int(x, 16) for x in out["hub_partial"]], decryptor.partial_decrypt(enc))
+    assert pk.unpack(opened, 5) == [sum(col) for col in zip(*values.values(), strict=True)]
+    engine.dispose()
+
+
+def test_an_he_round_packs_for_its_invited_devices_unless_told_otherwise() -> None:
+    import base64
+
+    import cbor2
+
+    pk, hub_share, _decryptor = generate_split_key(value_bits=16, max_summands=8)
+    service = SecureAggregationService(MemoryAuditSink(), FixedClock(T0))
+    devices = [f"he-{i}" for i in range(5)]
+    rid = service.start_he(devices, 5, n=pk.n, value_bits=16, hub_share=hub_share.d, actor="analyst")
+    reply = _send([service], "he-0")({"round": rid, "step": "he_poll", "message": b""})
+    poll = cbor2.loads(base64.urlsafe_b64decode(reply["message"]))
+    assert poll["max_summands"] == 5 and poll["value_bits"] == 16  # 16 + 3 bits per slot, not 16 + 16
