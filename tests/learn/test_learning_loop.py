@@ -36,7 +36,8 @@ def _loops(hub: HubParts, n: int, run_id: str) -> list[LearningLoop]:
         agent = hub.agent(f"dev-{i}")
         posture = hub.services.posture.posture.update(agent.device_id, trust_tier="verified")
         save_posture(hub.store.engine, [posture], now=hub.services.clock.now())
-        loops.append(LearningLoop(agent, run_id, (p.x, p.y), poll_s=0.0))
+        # knows its device model but holds no TUF root (the hub has no firmware repository): hub-key delivery
+        loops.append(LearningLoop(agent, run_id, (p.x, p.y), poll_s=0.0, device_model="thermo-1"))
     return loops
 
 
@@ -63,12 +64,13 @@ def test_agents_poll_train_fetch_verify_and_report_only_outputs(hub: HubParts,
     assert [loop.state for loop in loops] == ["inferring", "done", "done"]
     assert hub.services.learning.status("run-l")["status"] == "completed"
     assert all(loop.artifact is not None and loop.artifact.version == 1 for loop in loops)
+    assert all(loop.delivery == "hub-key" for loop in loops)
     before = loops[0].reported
     loops[0].step()
     # one recognised digit a step went through the data contract (its inputs never do)
     assert loops[0].reported >= 1 and loops[0].reported - before <= 1
     out = capsys.readouterr().out
-    assert "learning: model digits v1 verified" in out and "outputs (digit)" in out
+    assert "learning: model digits v1 verified via hub-key" in out and "outputs (digit)" in out
 
 
 def test_tampered_model_artifact_is_refused_by_the_agent(hub: HubParts, capsys: pytest.CaptureFixture[str],

@@ -176,3 +176,31 @@ def test_repository_reads_are_counted_served_and_refused_by_reason(mtls: MtlsHub
     refused = {"action": "update_fetch", "reason": "policy_denied"}
     name = "iotguard_device_requests_refused_total"
     assert value(after, name, **refused) == value(before, name, **refused) + 1
+
+
+def test_model_target_is_fetched_through_tuf_over_mutual_tls(mtls: MtlsHub) -> None:
+    """ADR 1303 over the mTLS repository front: a model target of the device's own model, verified by TUF and by
+    the artifact's endorsed signature."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from iotguard.agent.model_delivery import TufModelSource
+    from iotguard.learn.model import Model
+    from iotguard.updates import ModelTarget
+
+    services = mtls.repo.hub.services
+    model = Model(features=3, classes=2)
+    record = services.models.publish("digits", model, model.initial(1), metrics={}, source="test", actor="test")
+    target = ModelTarget.for_artifact(HUB_MODEL, "digits", record.version, record.artifact,
+                                      signing_key=services.models.signing_key(),
+                                      endorsement=services.models.endorsement())
+    services.firmware.publish_model(target, record.artifact, model_signer=mtls.repo.model_key, actor="test")
+    agent, fetcher = mtls.device("dev-m")
+    FirmwareUpdateClient.trust(agent.dir, mtls.repo.root)
+    ca = x509.load_pem_x509_certificate((agent.dir / CA_FILE).read_bytes()).public_key()
+    assert isinstance(ca, Ed25519PublicKey)
+    source = TufModelSource(agent.dir, device_model=HUB_MODEL, fetcher=fetcher, base_url=REPOSITORY_URL,
+                            ca_public_key=ca.public_bytes_raw())
+    artifact = source.fetch("digits")
+    assert artifact is not None and (artifact.name, artifact.version) == ("digits", record.version)
+    assert source.fetch("no-such-model") is None

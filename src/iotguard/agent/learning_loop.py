@@ -11,8 +11,15 @@
    is a normal answer (409 ``not_selected`` / ``too_few_participants``):
    the loop asks again later;
 2. when the run has completed it fetches the published model and verifies
-   it (hub signature, key endorsed by the pinned fleet CA) before anything
-   runs it; a model that does not verify is refused and never run;
+   it before anything runs it; a model that does not verify is refused and
+   never run. A device holding the fleet's trusted TUF root fetches it
+   through the firmware-update channel only
+   (:class:`~iotguard.agent.model_delivery.TufModelSource`: TUF, then the
+   artifact's own signature), waiting until the operator has published it
+   there (``iotguard models publish-tuf``); a device without one (the hub has
+   no firmware repository) uses the hub-signed ``learn_model`` answer (hub
+   signature, key endorsed by the pinned fleet CA). The output line names
+   the path (``via tuf`` / ``via hub-key``);
 3. with an output field it runs the model on its local samples, one a turn,
    and reports only the outputs through the data contract
    (:class:`~iotguard.agent.inference.OnDeviceInference`).
@@ -32,9 +39,10 @@ import numpy.typing as npt
 
 from iotguard.agent.inference import OnDeviceInference
 from iotguard.agent.learning import LearningParticipant
+from iotguard.agent.model_delivery import TufModelSource, has_trusted_root
 from iotguard.agent.runtime import Agent
 from iotguard.analytics.secagg import AggregationError
-from iotguard.errors import ConfigError, IntegrityError, IotGuardError, MalformedError
+from iotguard.errors import ConfigError, IntegrityError, IotGuardError, MalformedError, UpdateRefused
 from iotguard.learn.artifact import ModelArtifact
 from iotguard.learn.client import LocalTrainingClient
 from iotguard.learn.model import Model, accuracy
@@ -79,11 +87,16 @@ class LearningLoop:
         data: Local ``(x, y)`` (:func:`load_local_data`).
         output_field: The contract field carrying the model's output (``""``: fetch and verify, do not report).
         poll_s: Seconds between polls while waiting (not selected, run not started).
+        device_model: This device's model: with a trusted TUF root, models come through its TUF role.
+        model_source: Replaces the TUF model source built from the agent's update channel.
     """
 
     def __init__(self, agent: Agent, run_id: str, data: tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]],
-                 output_field: str = "", *, poll_s: float = 1.0) -> None:
+                 output_field: str = "", *, poll_s: float = 1.0, device_model: str = "",
+                 model_source: TufModelSource | None = None) -> None:
         self.agent, self.run_id, self.output_field, self.poll_s = agent, run_id, output_field, poll_s
+        self.device_model, self._source = device_model, model_source
+        self.delivery = ""  # "tuf" or "hub-key" once a model was fetched
         self.x, self.y = data
         self.state = "training"  # -> fetching -> inferring | done | refused
         self.artifact: ModelArtifact | None = None
@@ -166,6 +179,9 @@ class LearningLoop:
             self.state = "done"
             self._say(f"run {self.run_id} ended before this device got a task: no model to fetch")
             return
+        if self._source is not None or (self.device_model and has_trusted_root(self.agent.dir)):
+            self._fetch_tuf(name)
+            return
         try:
             artifact = self._learner.fetch_model(name)
         except IotGuardError as exc:
@@ -178,9 +194,47 @@ class LearningLoop:
                 self._say(f"model {name} refused: {exc}")
                 return
             raise
-        self.artifact = artifact
+        self._accept(artifact, "hub-key")
+
+    def _tuf_source(self) -> TufModelSource:
+        if self._source is None:
+            from cryptography import x509
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+            from iotguard.agent.exchange import CA_FILE
+            from iotguard.agent.update_channel import REPOSITORY_URL, device_update_channel
+
+            ca = x509.load_pem_x509_certificate((self.agent.dir / CA_FILE).read_bytes()).public_key()
+            if not isinstance(ca, Ed25519PublicKey):
+                raise MalformedError("fleet CA key is not Ed25519", code="malformed")
+            fetcher, _ = device_update_channel(self.agent)
+            self._source = TufModelSource(self.agent.dir, device_model=self.device_model, fetcher=fetcher,
+                                          base_url=REPOSITORY_URL, ca_public_key=ca.public_bytes_raw())
+        return self._source
+
+    def _fetch_tuf(self, name: str) -> None:
+        """Fetch ``name`` through TUF only: refused if TUF or the artifact signature refuses, wait if unlisted."""
+        try:
+            artifact = self._tuf_source().fetch(name)
+        except (UpdateRefused, IntegrityError, MalformedError) as exc:
+            if exc.code == "download_failed":
+                raise  # transient: step() retries after poll_s
+            self.state = "refused"
+            self._say(f"model {name} refused via tuf: {exc}")
+            return
+        if artifact is None:  # the operator has not published it as a TUF target (yet)
+            self._next = time.monotonic() + self.poll_s
+            if self._waiting != "model_not_in_tuf":
+                self._waiting = "model_not_in_tuf"
+                self._say(f"waiting: model {name} is not in the signed TUF metadata of {self.device_model}")
+            return
+        self._accept(artifact, "tuf")
+
+    def _accept(self, artifact: ModelArtifact, delivery: str) -> None:
+        name = artifact.name
+        self.artifact, self.delivery = artifact, delivery
         local = accuracy(artifact.model, artifact.parameters, self.x, self.y)
-        self._say(f"model {name} v{artifact.version} verified; accuracy on local data {local:.4f}")
+        self._say(f"model {name} v{artifact.version} verified via {delivery}; accuracy on local data {local:.4f}")
         if not self.output_field:
             self.state = "done"
             return

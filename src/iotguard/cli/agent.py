@@ -100,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.learn_data:
             print("iotguard agent: --learn needs --learn-data", flush=True)
             return 2
-        learning = LearningLoop(agent, args.learn, load_local_data(Path(args.learn_data)), args.infer_field)
+        learning = LearningLoop(agent, args.learn, load_local_data(Path(args.learn_data)), args.infer_field,
+                                device_model=args.model or "")
     samples = sent = refused = 0
     while not stop.is_set() and (args.count == 0 or samples < args.count):
         if attester is not None and time.monotonic() >= next_attest:

@@ -27,7 +27,7 @@ from iotguard.updates import FirmwareRelease
 #: Largest image ``firmware publish`` reads.
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 
-__all__ = ["PASSPHRASE_ENV", "register"]
+__all__ = ["PASSPHRASE_ENV", "offline_passphrase", "register"]
 
 #: Environment variable holding the offline keys' passphrase (else it is prompted for).
 PASSPHRASE_ENV = "IOTGUARD_FIRMWARE_KEY_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
@@ -92,7 +92,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     revoke.set_defaults(func=_revoke)
 
 
-def _passphrase() -> bytes:
+def offline_passphrase() -> bytes:
+    """The offline keys' passphrase (from the environment variable, else prompted twice)."""
     value = os.environ.get(PASSPHRASE_ENV)
     if value is None:
         value = getpass.getpass("offline key passphrase: ")
@@ -103,7 +104,7 @@ def _passphrase() -> bytes:
 
 def _keys_init(args: argparse.Namespace) -> int:
     description = init_offline_keys(
-        args.directory, root_keys=args.root_keys, threshold=args.threshold, passphrase=_passphrase(),
+        args.directory, root_keys=args.root_keys, threshold=args.threshold, passphrase=offline_passphrase(),
     )
     print_json({"directory": str(args.directory), **description})
     return 0
@@ -112,7 +113,7 @@ def _keys_init(args: argparse.Namespace) -> int:
 def _keys_rotate(args: argparse.Namespace) -> int:
     if args.new_directory is None and not args.online:
         raise ConfigError("name the new root keys (NEW_DIR), --online, or both")
-    passphrase = _passphrase()
+    passphrase = offline_passphrase()
     old = load_offline_signers(args.directory, passphrase)
     services = open_hub_services(config_from_args(args).hub)
     out: dict[str, object] = {}
@@ -131,7 +132,7 @@ def _keys_rotate(args: argparse.Namespace) -> int:
 
 
 def _repo_init(args: argparse.Namespace) -> int:
-    offline = load_offline_signers(args.keys, _passphrase())
+    offline = load_offline_signers(args.keys, offline_passphrase())
     services = open_hub_services(config_from_args(args).hub)
     root = services.firmware.initialise(root_signers=offline.root, root_threshold=offline.root_threshold,
                                         targets_signer=offline.targets, actor="cli")
@@ -142,7 +143,7 @@ def _repo_init(args: argparse.Namespace) -> int:
 
 
 def _model_add(args: argparse.Namespace) -> int:
-    passphrase = _passphrase()
+    passphrase = offline_passphrase()
     offline = load_offline_signers(args.keys, passphrase)
     services = open_hub_services(config_from_args(args).hub)
     signer = create_model_key(args.keys, args.model, passphrase)
@@ -164,7 +165,7 @@ def _publish(args: argparse.Namespace) -> int:
     image = args.image.read_bytes()
     release = FirmwareRelease.for_image(args.model, args.version, image, end_of_support=args.end_of_support,
                                         disclosure_contact=args.contact, measurements=measurements)
-    signer = load_model_signer(args.keys, args.model, _passphrase())
+    signer = load_model_signer(args.keys, args.model, offline_passphrase())
     services = open_hub_services(config_from_args(args).hub)
     services.firmware.publish(release, image, model_signer=signer, actor="cli")
     deliver_effects(services)
@@ -185,7 +186,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    signer = load_model_signer(args.keys, args.model, _passphrase())
+    signer = load_model_signer(args.keys, args.model, offline_passphrase())
     services = open_hub_services(config_from_args(args).hub)
     services.firmware.revoke(args.model, args.version, model_signer=signer, actor="cli")
     deliver_effects(services)

@@ -95,6 +95,24 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish_tuf(args: argparse.Namespace) -> int:
+    from iotguard.cli.firmware import offline_passphrase
+    from iotguard.cli.firmware_keys import load_model_signer
+    from iotguard.updates import ModelTarget
+
+    signer = load_model_signer(args.keys, args.device_model, offline_passphrase())
+    with hub_services_for(args) as services:
+        record = services.models.get(args.name, args.version)
+        target = ModelTarget.for_artifact(args.device_model, record.name, record.version, record.artifact,
+                                          signing_key=services.models.signing_key(),
+                                          endorsement=services.models.endorsement())
+        services.firmware.publish_model(target, record.artifact, model_signer=signer, actor=args.actor)
+        deliver_effects(services)
+    print_json({"device_model": target.device_model, "name": target.name, "version": target.version,
+                "target": target.path, "sha256": target.sha256, "length": target.length})
+    return 0
+
+
 def register(sub: Any) -> None:
     """Add ``models`` to the ``iotguard`` parser."""
     p = sub.add_parser("models", help="trained models: publish signed artifacts, list, show, export")
@@ -125,3 +143,13 @@ def register(sub: Any) -> None:
     exp.add_argument("output", type=Path, metavar="FILE")
     exp.add_argument("--version", type=int)
     exp.set_defaults(func=_export)
+    tuf = msub.add_parser("publish-tuf", help="publish a version (latest by default) as a TUF target of a device "
+                          "model's role in the firmware repository, signed with that model's offline release key "
+                          "(devices with a trusted firmware root fetch models only this way)")
+    add_config_argument(tuf)
+    tuf.add_argument("name")
+    tuf.add_argument("--device-model", required=True, help="the delegated device model whose devices run it")
+    tuf.add_argument("--version", type=int)
+    tuf.add_argument("--keys", type=Path, required=True, metavar="DIR", help="offline key directory")
+    tuf.add_argument("--actor", default="operator", help="who publishes (audit log)")
+    tuf.set_defaults(func=_publish_tuf)

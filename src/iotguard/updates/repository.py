@@ -42,6 +42,7 @@ from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import JSONSerializer
 
 from iotguard.errors import ConfigError, MalformedError, RollbackError
+from iotguard.updates.model_target import MODEL_TARGET_SUFFIX, ModelTarget, model_versions
 from iotguard.updates.release import MODEL_PATTERN, FirmwareRelease, target_path
 
 __all__ = ["ExpiryPolicy", "FirmwareRepository"]
@@ -196,9 +197,16 @@ class FirmwareRepository:
         md = self._model(model)
         out = [
             FirmwareRelease.from_target(t.path, t.length, t.hashes, t.unrecognized_fields.get("custom"))
-            for t in md.signed.targets.values()
+            for t in md.signed.targets.values() if not t.path.endswith(MODEL_TARGET_SUFFIX)
         ]
         return sorted(out, key=lambda r: r.version)
+
+    def model_targets(self, device_model: str) -> list[ModelTarget]:
+        """The trained models published for ``device_model`` (ADR 1303), by name then version."""
+        md = self._model(device_model)
+        out = [ModelTarget.from_target(t.path, t.length, t.hashes, t.unrecognized_fields.get("custom"))
+               for t in md.signed.targets.values() if t.path.endswith(MODEL_TARGET_SUFFIX)]
+        return sorted(out, key=lambda m: (m.name, m.version))
 
     def add_model(
         self, model: str, *, model_signer: Signer, targets_signer: Signer, online_signer: Signer, now: datetime,
@@ -251,6 +259,31 @@ class FirmwareRepository:
         self._bump(md, model_signer, now + self._expiry.model)
         directory, _, name = release.path.rpartition("/")
         self._files[f"targets/{directory}/{release.image_sha256}.{name}"] = image
+        self.refresh_online(online_signer, now)
+
+    def publish_model(
+        self, target: ModelTarget, artifact: bytes, *, model_signer: Signer, online_signer: Signer, now: datetime,
+    ) -> None:
+        """Publish a trained model's artifact in ``target.device_model``'s role (signed by its release key).
+
+        Raises:
+            MalformedError: the artifact does not match the target's hash or length.
+            RollbackError: the device model already has this or a newer version of the model.
+            ConfigError: the device model is not delegated.
+        """
+        if len(artifact) != target.length or hashlib.sha256(artifact).hexdigest() != target.sha256:
+            raise MalformedError("model artifact does not match the target's hash and length")
+        md = self._model(target.device_model)
+        published = model_versions(md.signed.targets, target.device_model, target.name)
+        if published and published[-1] >= target.version:
+            raise RollbackError(f"{target.device_model} already has {target.name} version {published[-1]}")
+        md.signed.targets[target.path] = TargetFile(
+            length=target.length, hashes={"sha256": target.sha256}, path=target.path,
+            unrecognized_fields={"custom": target.custom()},
+        )
+        self._bump(md, model_signer, now + self._expiry.model)
+        directory, _, name = target.path.rpartition("/")
+        self._files[f"targets/{directory}/{target.sha256}.{name}"] = artifact
         self.refresh_online(online_signer, now)
 
     def revoke(self, model: str, version: int, *, model_signer: Signer, online_signer: Signer, now: datetime) -> None:

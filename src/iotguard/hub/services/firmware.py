@@ -23,7 +23,7 @@ from iotguard.clock import Clock
 from iotguard.errors import ConfigError, MalformedError, UpdateRefused
 from iotguard.hub.stores.firmware import FirmwareFileStore
 from iotguard.keys.keystore import KeyKind, KeyStore
-from iotguard.updates import ExpiryPolicy, FirmwareRelease, FirmwareRepository, KeyStoreSigner
+from iotguard.updates import ExpiryPolicy, FirmwareRelease, FirmwareRepository, KeyStoreSigner, ModelTarget
 
 __all__ = ["DEVICE_FILE_PATH", "ONLINE_KEY_LABEL", "FirmwareService", "ReferenceValueSink", "reference_values_of"]
 
@@ -36,6 +36,7 @@ DEVICE_FILE_PATH = re.compile(
     r"|metadata/[1-9][0-9]{0,9}\.(?:root|snapshot|targets)\.json"
     r"|metadata/[1-9][0-9]{0,9}\.(?P<role>[a-z0-9][a-z0-9-]{0,62})\.json"
     r"|targets/(?P<model>[a-z0-9][a-z0-9-]{0,62})/[0-9a-f]{64}\.(?P=model)-[1-9][0-9]{0,9}\.img"
+    r"|targets/(?P<owner>[a-z0-9][a-z0-9-]{0,62})/[0-9a-f]{64}\.[a-z0-9][a-z0-9._-]{0,63}-[1-9][0-9]{0,9}\.igm"
 )
 
 
@@ -166,6 +167,29 @@ class FirmwareService:
         if self._support_dates is not None:
             self._support_dates(release.model, datetime.combine(release.end_of_support, time.max, tzinfo=UTC))
 
+    def has_repository(self) -> bool:
+        """Whether the firmware repository was initialised (models then travel through it, ADR 1303)."""
+        return self._files.get("metadata/1.root.json") is not None
+
+    def publish_model(self, target: ModelTarget, artifact: bytes, *, model_signer: Signer, actor: str) -> None:
+        """Publish a trained model's signed artifact as a target of ``target.device_model``'s role.
+
+        ``model_signer`` is that device model's offline release key: the hub's
+        online key cannot sign targets, so this is an operator step
+        (``iotguard models publish-tuf``).
+        """
+        now = self._clock.now()
+        repo = self._repository()
+        repo.publish_model(target, artifact, model_signer=model_signer, online_signer=self._online(repo), now=now)
+        self._save(repo.files())
+        self._audit.record(AuditEvent("firmware.model_published", now, actor, target.device_model,
+                                      {"name": target.name, "version": target.version, "sha256": target.sha256,
+                                       "length": target.length}))
+
+    def model_targets(self, device_model: str) -> list[ModelTarget]:
+        """Trained models published for ``device_model`` through the repository."""
+        return self._repository().model_targets(device_model)
+
     def revoke(self, model: str, version: int, *, model_signer: Signer, actor: str) -> None:
         """Withdraw release ``version`` of ``model``."""
         now = self._clock.now()
@@ -263,7 +287,7 @@ class FirmwareService:
         match = DEVICE_FILE_PATH.fullmatch(path)
         if match is None:
             raise MalformedError("not a firmware repository path")
-        owner = match.group("role") or match.group("model")
+        owner = match.group("role") or match.group("model") or match.group("owner")
         if owner is not None and owner != model:
             raise UpdateRefused("another model's firmware", code="update_wrong_model")
         body = (read or self._files.get)(path)
