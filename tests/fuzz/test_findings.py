@@ -68,7 +68,8 @@ def _release_with_custom(field: str, value: object) -> bytes:
 
 @pytest.mark.parametrize("model", [123, None, ["thermo"]])
 def test_release_with_a_non_string_model_is_refused_with_a_reason_not_a_type_error(model: object) -> None:
-    """Fuzzing finding (target ``tuf_metadata``, 2026-12-01): a correctly signed model role whose
+    """Finding while writing target ``tuf_metadata`` (2026-12-01; crafted through its re-signed mode, not
+    reached by the short atheris runs): a correctly signed model role whose
     release names a non-string ``custom.model`` made ``FirmwareRelease`` raise ``TypeError``
     (``re.fullmatch`` on an int), which escaped the agent's update client and its update round."""
     from iotguard.errors import UpdateRefused
