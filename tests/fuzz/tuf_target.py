@@ -24,6 +24,7 @@ the raw mode covers them.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import re
 import shutil
@@ -140,6 +141,7 @@ class _Device:
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="iotguard-fuzz-tuf-"))
+        atexit.register(shutil.rmtree, self.dir, True)
         self.served: dict[str, bytes] = {}
         self.counters: dict[str, int] = {}
 
