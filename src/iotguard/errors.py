@@ -272,6 +272,7 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "update_refused": "firmware update refused",
     "update_not_found": "firmware release not found",
     "update_wrong_model": "firmware release is for another device model",
+    "update_release_malformed": "firmware release metadata is malformed",
     "unknown_alert": "unknown alert",
     # federated learning (docs/learning.md)
     "update_malformed": "model update is malformed",

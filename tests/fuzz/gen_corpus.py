@@ -38,6 +38,7 @@ from iotguard.wire.envelope import encode_envelope
 from iotguard.wire.media import MediaObject, encode_media_object
 from iotguard.wire.reading import Reading, encode_reading
 
+from . import tuf_target
 from .targets import DEVICE_ID, MAC_KEY
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -169,6 +170,7 @@ def seeds() -> dict[str, dict[str, bytes]]:
         "feed": {"mixed": b"# botnet C2\n203.0.113.66\n198.51.100.0/24  # sinkhole\n\n2001:db8:bad::/48\n"},
         "alert": {"v1": alert.to_json().encode()},
         "alert_cbor": {"v1": alert.to_cbor()},
+        "tuf_metadata": tuf_target.seeds(),
     }
 
 

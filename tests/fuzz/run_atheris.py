@@ -6,8 +6,8 @@ Usage (repository root)::
 
 ``TARGET`` is a name from :data:`tests.fuzz.targets.TARGETS`, or ``all``:
 one process whose first input byte picks the target (the short run of the
-test suite uses it, to pay the import cost once). iotguard and dpkt are
-instrumented for coverage; an exception other than ``IotGuardError`` is a
+test suite uses it, to pay the import cost once). iotguard, dpkt and python-tuf
+(with securesystemslib) are instrumented for coverage; an exception other than ``IotGuardError`` is a
 crash, saved by libFuzzer under ``-artifact_prefix``.
 """
 
@@ -18,7 +18,7 @@ import sys
 
 import atheris
 
-with atheris.instrument_imports(include=["iotguard", "dpkt", "tests.fuzz"]):
+with atheris.instrument_imports(include=["iotguard", "dpkt", "tuf", "securesystemslib", "tests.fuzz"]):
     from tests.fuzz.targets import TARGETS, run_one
 
 #: ``all`` runs every target but those named in ``IOTGUARD_FUZZ_SKIP`` (comma-separated).

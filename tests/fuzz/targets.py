@@ -42,6 +42,8 @@ from iotguard.wire.envelope import decode_envelope
 from iotguard.wire.media import decode_media_object
 from iotguard.wire.reading import decode_reading
 
+from .tuf_target import tuf_metadata
+
 #: The MAC key the ack/command targets authenticate fuzzed bodies with, so
 #: the fuzzer reaches the parsing behind the MAC check.
 MAC_KEY = b"k" * 32
@@ -133,6 +135,7 @@ TARGETS: dict[str, Callable[[bytes], object]] = {
     "feed": parse_feed,
     "alert": _text_target(Alert.from_json),
     "alert_cbor": Alert.from_cbor,
+    "tuf_metadata": tuf_metadata,
 }
 
 

@@ -51,3 +51,43 @@ def test_ipv6_fragment_followed_by_ah_is_a_bad_packet_not_a_crash() -> None:
 
     result = flows_from_pcap(IPV6_FRAGMENT_THEN_AH_PCAP)
     assert result.packets == 1 and result.skipped == {"pcap_bad_packet": 1} and not result.flows
+
+
+def _release_with_custom(field: str, value: object) -> bytes:
+    """Target ``tuf_metadata`` input: the model role, re-signed, its release's ``custom.<field>`` replaced."""
+    import json
+
+    from .tuf_target import MODEL, ROLES, newest, repository_files
+
+    files = repository_files()
+    md = json.loads(files[newest(files, MODEL)])
+    (target,) = md["signed"]["targets"].values()
+    target["custom"][field] = value
+    return bytes((0x80 | ROLES.index(MODEL),)) + json.dumps(md).encode()
+
+
+@pytest.mark.parametrize("model", [123, None, ["thermo"]])
+def test_release_with_a_non_string_model_is_refused_with_a_reason_not_a_type_error(model: object) -> None:
+    """Finding while writing target ``tuf_metadata`` (2026-12-01; crafted through its re-signed mode, not
+    reached by the short atheris runs): a correctly signed model role whose
+    release names a non-string ``custom.model`` made ``FirmwareRelease`` raise ``TypeError``
+    (``re.fullmatch`` on an int), which escaped the agent's update client and its update round."""
+    from iotguard.errors import UpdateRefused
+
+    from .tuf_target import tuf_metadata
+
+    with pytest.raises(UpdateRefused) as exc:
+        tuf_metadata(_release_with_custom("model", model))
+    assert exc.value.code == "update_release_malformed"
+
+
+def test_release_fields_of_the_wrong_type_are_malformed() -> None:
+    from datetime import date
+
+    from iotguard.updates import FirmwareRelease
+
+    for fields in ({"model": 7}, {"image_sha256": None}, {"disclosure_contact": b"x"}):
+        kwargs: dict[str, object] = {"model": "thermo", "version": 2, "image_sha256": "0" * 64, "image_length": 1,
+                                     "end_of_support": date(2031, 1, 1), "disclosure_contact": "x", **fields}
+        with pytest.raises(MalformedError):
+            FirmwareRelease(**kwargs)  # type: ignore[arg-type]

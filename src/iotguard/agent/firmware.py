@@ -183,7 +183,8 @@ class FirmwareUpdateClient:
             RollbackError: ``version`` is below the anti-rollback counter, or
                 not newer than the running firmware.
             UpdateRefused: TUF refused metadata or image, the release does not
-                exist, or it is for another model.
+                exist, it is for another model, or its signed release fields are
+                malformed (``update_release_malformed``).
         """
         self._check_version(version)
         try:
@@ -200,7 +201,7 @@ class FirmwareUpdateClient:
         except (RepositoryError, DownloadError) as exc:
             raise UpdateRefused(f"TUF refused the update: {type(exc).__name__}") from exc
         except MalformedError as exc:
-            raise UpdateRefused(f"release metadata malformed: {exc}") from exc
+            raise UpdateRefused(f"release metadata malformed: {exc}", code="update_release_malformed") from exc
         self._check_version(release.version)
         return release, Path(staged).read_bytes()
 

@@ -23,6 +23,7 @@ from iotguard.privacy import (
     PrivacyLossLedger,
     PrivacyPipeline,
     ReceiptBuilder,
+    ReceiptEntry,
     keyring_from_keystore,
     load_contract,
 )
@@ -79,16 +80,31 @@ class DevicePrivacy:
     def process(self, sample: Mapping[str, Any], ts_ms: int | None = None) -> list[Reading]:
         """Readings that may leave the device for this sample, one per permitted purpose.
 
+        Every reading returned is counted in the next receipt; a caller that
+        may fail to keep a reading uses :meth:`release` and :meth:`record`.
+
+        Raises:
+            MalformedError: the sensor produced a value of the wrong kind.
+        """
+        released = self.release(sample, ts_ms)
+        for _reading, entry in released:
+            self.record(entry)
+        return [reading for reading, _entry in released]
+
+    def release(self, sample: Mapping[str, Any], ts_ms: int | None = None) -> list[tuple[Reading, ReceiptEntry]]:
+        """Like :meth:`process`, but nothing is counted in the receipt yet: each reading comes with its
+        receipt entry, to :meth:`record` once the reading is kept for sending (in the outbox).
+
         Raises:
             MalformedError: the sensor produced a value of the wrong kind.
         """
         out = self.pipeline.process_all(sample, ts_ms=ts_ms)
         self.refused = dict(out.refused)
-        readings = []
-        for r in out.readings:
-            readings.append(Reading(r.ts_ms, dict(r.fields), r.purpose))
-            self.receipts.add(r.receipt_entry)
-        return readings
+        return [(Reading(r.ts_ms, dict(r.fields), r.purpose), r.receipt_entry) for r in out.readings]
+
+    def record(self, entry: ReceiptEntry) -> None:
+        """Count a released reading in the next receipt (in the order readings are sent)."""
+        self.receipts.add(entry)
 
     def process_media(self, stream: str, media: Audio | Frame, ts_ms: int | None = None,
                       ) -> tuple[list[Reading], list[MediaObject]]:

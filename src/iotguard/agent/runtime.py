@@ -8,6 +8,7 @@ the sealed session file and the outbox.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import ssl
@@ -382,11 +383,12 @@ class Agent:
         if self.on_ack is not None:
             self.on_ack(ack.epoch, seqs)
 
-    def submit(self, reading: Reading) -> int:
+    def submit(self, reading: Reading, *, kept: Callable[[], None] | None = None) -> int:
         """Seal a reading, store it in the outbox, and publish it; returns its sequence.
 
         The reading is on disk before it is published, so nothing is lost if
-        the agent, broker or hub fail afterwards.
+        the agent, broker or hub fail afterwards. ``kept`` is called once the
+        outbox has it (the privacy receipt counts it then).
 
         Raises:
             EnrollmentError: not enrolled.
@@ -406,6 +408,8 @@ class Agent:
             raise StorageError(f"sequence counter not writable (volume full?): {exc}",
                                code="state_unwritable") from exc
         self.outbox.add(sealer.epoch, seq, envelope)
+        if kept is not None:
+            kept()
         if self.on_submit is not None:
             self.on_submit(sealer.epoch, seq, body)
         self.last_envelope = envelope
@@ -453,13 +457,19 @@ class Agent:
 
         Returns the sequence numbers of the readings submitted (one per
         permitted purpose; none when consent, frequency or budget refuse all).
+        A reading counts in the next privacy receipt only once the outbox has
+        it: one refused at capture (volume full) is not counted.
 
         Raises:
             EnrollmentError: privacy is not attached (see :meth:`attach_privacy`).
+            StorageError: a reading was refused at capture (see :meth:`submit`); the readings
+                of this sample submitted before it stand and are counted.
         """
         if self.privacy is None:
             raise EnrollmentError("no privacy pipeline attached; raw sensor data never leaves the device")
-        return [self.submit(r) for r in self.privacy.process(sample, ts_ms)]
+        privacy = self.privacy
+        return [self.submit(reading, kept=functools.partial(privacy.record, entry))
+                for reading, entry in privacy.release(sample, ts_ms)]
 
     def attach_privacy(self, model: str, consent: ConsentState, clock: Clock | None = None,
                        rng: random.Random | None = None) -> DevicePrivacy:

@@ -59,6 +59,9 @@ class FirmwareRelease:
     measurements: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Fields may come from a signed target's ``custom`` JSON: check types before matching patterns.
+        if not all(isinstance(v, str) for v in (self.model, self.image_sha256, self.disclosure_contact)):
+            raise MalformedError("release model, image hash and contact must be strings")
         if not MODEL_PATTERN.fullmatch(self.model):
             raise MalformedError(f"bad model name {self.model!r}")
         if isinstance(self.version, bool) or not isinstance(self.version, int) or not 0 < self.version <= _MAX_VERSION:
