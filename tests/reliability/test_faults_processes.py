@@ -153,7 +153,8 @@ def test_clock_jumps_of_the_real_hub_and_agent_lose_nothing_and_collection_resum
     stored = _device_readings(dep, "dev-clock")
     assert [k for k, n in stored.items() if n > 1] == [], "a reading was stored twice"
     # A reading still unacknowledged when the agent stops is in flight, not lost: it must be stored too.
-    assert refused == 0 and len(stored) == sent, f"accepted {sent}, stored {len(stored)} ({unacknowledged} unacknowledged)"
+    assert refused == 0 and len(stored) == sent, \
+        f"accepted {sent}, stored {len(stored)} ({unacknowledged} unacknowledged)"
     signatures = _receipt_signatures(dep, "dev-clock")
     assert signatures and len(signatures) == len(set(signatures)), "a receipt was stored twice"
     print("RECOVERY clock_jumps " + " ".join(f"{k}:{v:.2f}" for k, v in recoveries.items()))
