@@ -212,3 +212,23 @@ def test_unreadable_stored_state_is_relearned_not_a_failed_report() -> None:
     fresh = HealthDetector()
     fresh.import_state("dev-h", stored.body)
     assert fresh.learning("dev-h")
+
+
+class _AlwaysMoved(MemoryDetectorStateStore):
+    """Another process writes the device's state before every write of this one."""
+
+    def save(self, kind: str, device_id: str, body: bytes, expected: int | None, now: datetime) -> int:
+        current = self.load(kind, device_id)
+        super().save(kind, device_id, b"\xa0", current.version if current else None, now)
+        return super().save(kind, device_id, body, expected, now)
+
+
+def test_state_that_keeps_moving_fails_the_report_as_busy_not_as_a_server_error() -> None:
+    from iotguard.hub.api import HTTP_STATUS
+
+    sink = _Alerts()
+    service = _service(_AlwaysMoved(), sink)
+    with pytest.raises(StateConflict) as err:
+        service.report(_request("dev-h", _reports()[0]))
+    assert service.conflicts == 16 and sink.raised == [] and service.reports_accepted == 0
+    assert HTTP_STATUS[err.value.code] == 503
