@@ -128,3 +128,58 @@ def test_forged_requests_under_a_device_id_do_not_count_against_that_device() ->
     rule = RefusalRule()
     events = [Refusal(T0 + i, "victim", reason) for i in range(30) for reason in ("forged", "replay", "stale")]
     assert rule.observe(events) == []
+
+
+# -- one device's state as a strict, bounded blob (kept by the hub's detector-state store) ---------------
+
+
+def test_exported_state_continues_in_a_fresh_detector_exactly_as_in_the_original() -> None:
+    original, rng = _learned()
+    original.observe("dev-1", replace(_normal(20, rng), listening=(23, 8883)))  # throttle state travels too
+    copy = HealthDetector()
+    state = original.export_state("dev-1")
+    assert state is not None and original.export_state("dev-2") is None
+    copy.import_state("dev-1", state)
+    assert copy.export_state("dev-1") == state
+    for i in range(21, 30):
+        report = replace(_normal(i, rng), listening=(23, 8883), process_digest=hashlib.sha256(b"x").digest())
+        assert copy.observe("dev-1", report) == original.observe("dev-1", report)
+
+
+def _state(**change: Any) -> bytes:
+    detector, _ = _learned()
+    body = cbor2.loads(detector.export_state("dev-1"))
+    body.update(change)
+    return bytes(cbor2.dumps(body, canonical=True))
+
+
+@pytest.mark.parametrize(("data", "code"), [
+    (b"\x00" * (32 * 1024 + 1), "detector_state_too_large"),
+    (b"\xff\x00", "detector_state_not_cbor"),
+    (bytes(cbor2.dumps({"v": 1}, canonical=True)), "detector_state_bad_keys"),
+    (_state(v=2), "detector_state_version"),
+    (_state(reports=-1), "detector_state_bad_value"),
+    (_state(ports=[8883, 23]), "detector_state_bad_value"),
+    (_state(ports=list(range(1, 66))), "detector_state_bad_value"),
+    (_state(digests=[b"short"]), "detector_state_bad_value"),
+    (_state(destinations=["x" * 81]), "detector_state_bad_value"),
+    (_state(mean=[0.0, 1.0]), "detector_state_bad_value"),
+    (_state(m2=[-1.0, 0.0, 0.0, 0.0]), "detector_state_bad_value"),
+    (_state(mean=[float("nan"), 0.0, 0.0, 0.0]), "detector_state_bad_value"),
+    (_state(alerted={"rm -rf": 1.0}), "detector_state_bad_value"),
+    (_state(alerted={"process_change": "soon"}), "detector_state_bad_value"),
+])
+def test_forged_detector_state_is_refused_with_its_reason(data: bytes, code: str) -> None:
+    detector = HealthDetector()
+    with pytest.raises(MalformedError) as err:
+        detector.import_state("dev-1", data)
+    assert err.value.code == code
+    assert detector.learning("dev-1") and detector.export_state("dev-1") is None
+
+
+def test_detector_state_is_never_pickle() -> None:
+    import pickle
+
+    with pytest.raises(MalformedError) as err:
+        HealthDetector().import_state("dev-1", pickle.dumps({"v": 1}))
+    assert err.value.code in {"detector_state_not_cbor", "detector_state_bad_keys"}  # never unpickled

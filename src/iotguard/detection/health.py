@@ -26,6 +26,11 @@ memory, message and byte rates) and then alerts on what departs from it:
 
 State is bounded: at most ``max_devices`` devices (least recently reporting
 evicted) and, per device, 8 digests, 64 ports and 256 destinations.
+:meth:`HealthDetector.export_state` writes one device's state (baseline and
+when each detector last alerted on it) as canonical CBOR of at most
+:data:`MAX_STATE_BYTES`; :meth:`HealthDetector.import_state` reads it back
+strictly (``detector_state_*`` reason codes), so the hub can keep it in its
+database and every hub process continues the same baseline (ADR 0751).
 """
 
 from __future__ import annotations
@@ -42,7 +47,14 @@ from iotguard.detection.alert import Alert, Severity
 from iotguard.detection.rules import Throttle
 from iotguard.errors import ConfigError, MalformedError
 
-__all__ = ["HealthConfig", "HealthDetector", "HealthReport", "decode_health_report", "encode_health_report"]
+__all__ = [
+    "MAX_STATE_BYTES",
+    "HealthConfig",
+    "HealthDetector",
+    "HealthReport",
+    "decode_health_report",
+    "encode_health_report",
+]
 
 VERSION: Final = 1
 MAX_REPORT_BYTES: Final = 8192
@@ -51,6 +63,12 @@ _KEYS: Final = frozenset({"v", "ts", "cpu_permille", "mem_kib", "process_digest"
 _MAX_PORTS: Final = 64
 _MAX_DESTINATIONS: Final = 32
 _MAX_COUNT: Final = 2**40
+#: Largest serialised state of one device (256 destinations of 80 characters fit with room to spare).
+MAX_STATE_BYTES: Final = 32 * 1024
+STATE_VERSION: Final = 1
+_STATE_KEYS: Final = frozenset({"v", "reports", "digests", "ports", "destinations", "mean", "m2", "alerted"})
+_DETECTORS: Final = frozenset({"auth_failures", "process_change", "new_listening_port", "new_destination",
+                               "health_anomaly"})
 
 
 @dataclass(frozen=True)
@@ -193,6 +211,63 @@ class HealthDetector:
         self.config = config or HealthConfig()
         self._devices: OrderedDict[str, _Baseline] = OrderedDict()
         self._throttle = Throttle(self.config.realert_s)
+
+    def export_state(self, device: str) -> bytes | None:
+        """``device``'s state as canonical CBOR (None: nothing known of it)."""
+        base = self._devices.get(device)
+        if base is None:
+            return None
+        return bytes(cbor2.dumps({
+            "v": STATE_VERSION, "reports": base.reports, "digests": sorted(base.digests),
+            "ports": sorted(base.ports), "destinations": sorted(base.destinations),
+            "mean": [base.mean[m] for m in _METRICS], "m2": [base.m2[m] for m in _METRICS],
+            "alerted": self._throttle.last_of(device)}, canonical=True))
+
+    def import_state(self, device: str, data: bytes) -> None:
+        """Replace ``device``'s state by one :meth:`export_state` wrote.
+
+        Raises:
+            MalformedError: ``detector_state_too_large``, ``detector_state_not_cbor``,
+                ``detector_state_bad_keys``, ``detector_state_not_canonical``,
+                ``detector_state_version`` or ``detector_state_bad_value``.
+        """
+        body = decode_canonical_map(data, max_bytes=MAX_STATE_BYTES, keys=_STATE_KEYS, version=STATE_VERSION,
+                                    prefix="detector_state", what="health detector state")
+
+        def bad(what: str) -> MalformedError:
+            return MalformedError(f"health detector state: {what}", code="detector_state_bad_value")
+
+        def sorted_distinct(value: Any, limit: int, ok: Any) -> list[Any]:
+            if not isinstance(value, list) or len(value) > limit or not all(ok(v) for v in value) \
+                    or value != sorted(set(value)):
+                raise bad(f"a set of at most {limit} items expected")
+            return value
+
+        def floats(value: Any, low: float) -> list[float]:
+            if not isinstance(value, list) or len(value) != len(_METRICS) or not all(
+                    type(v) is float and math.isfinite(v) and v >= low for v in value):
+                raise bad("metric statistics must be finite numbers")
+            return value
+
+        reports = body["reports"]
+        if type(reports) is not int or not 0 <= reports <= _MAX_COUNT:
+            raise bad("reports out of range")
+        alerted = body["alerted"]
+        if not isinstance(alerted, dict) or not all(
+                k in _DETECTORS and type(t) is float and math.isfinite(t) for k, t in alerted.items()):
+            raise bad("alerted must map detectors to times")
+        base = _Baseline(reports,
+                         set(sorted_distinct(body["digests"], 8, lambda v: isinstance(v, bytes) and len(v) == 32)),
+                         set(sorted_distinct(body["ports"], 64, lambda v: type(v) is int and 0 < v <= 65535)),
+                         set(sorted_distinct(body["destinations"], 256, lambda v: isinstance(v, str)
+                                             and 0 < len(v) <= 80 and v.isprintable())),
+                         dict(zip(_METRICS, floats(body["mean"], -math.inf), strict=True)),
+                         dict(zip(_METRICS, floats(body["m2"], 0.0), strict=True)))
+        self._devices[device] = base
+        self._devices.move_to_end(device)
+        while len(self._devices) > self.config.max_devices:
+            self._devices.popitem(last=False)
+        self._throttle.restore(device, dict(alerted))
 
     def learning(self, device: str) -> bool:
         """Whether ``device``'s baseline is still being learned."""

@@ -50,6 +50,18 @@ class Throttle:
             self._last.popitem(last=False)
         return True
 
+    def last_of(self, device: str) -> dict[str, float]:
+        """When each detector last alerted on ``device`` (to persist one device's throttle)."""
+        return {detector: t for (d, detector), t in self._last.items() if d == device}
+
+    def restore(self, device: str, last: dict[str, float]) -> None:
+        """Put back what :meth:`last_of` returned for ``device``."""
+        for detector, t in last.items():
+            self._last[(device, detector)] = t
+            self._last.move_to_end((device, detector))
+        while len(self._last) > self.capacity:
+            self._last.popitem(last=False)
+
 
 class FlowRule:
     """Base of the flow rules: per-host grouping, device naming, throttling.

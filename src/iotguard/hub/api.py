@@ -78,6 +78,10 @@ HTTP_STATUS: dict[str, int] = {
     "budget_exhausted": 429,
     "bad_proof": 422,
     "storage_error": 503,
+    "detector_state_conflict": 503,  # other hub processes kept writing the device's state: retry (ADR 0751)
+    "detector_state_missing": 503,
+    "detector_state_too_large": 503,
+    "detector_state_bad_key": 503,
     "attestation_key_mismatch": 401,
     "no_appraisal_policy": 409,
     "unknown_alert": 404,

@@ -66,6 +66,7 @@ from iotguard.hub.stores.alerts import SqlAlertStore
 from iotguard.hub.stores.attestation import SqlAttestationStore
 from iotguard.hub.stores.consent import SqlConsentStore
 from iotguard.hub.stores.data_keys import SubjectKeyring
+from iotguard.hub.stores.detector_state import SqlDetectorStateStore
 from iotguard.hub.stores.firmware import SqlFirmwareFileStore
 from iotguard.hub.stores.learning import SqlLearningRunStore
 from iotguard.hub.stores.models import SqlModelStore
@@ -195,7 +196,8 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                            FlowIngestService(detection, Path(cfg.data_dir),
                                              lambda: {p.device_id: p.model for p in posture.posture},
                                              config=_monitor_config(cfg.detection_compiled)),
-                           DeviceHealthService(detection), signals, rollouts, models,
+                           DeviceHealthService(detection, states=SqlDetectorStateStore(store.engine)),
+                           signals, rollouts, models,
                            LearningService(SqlLearningRunStore(store.engine), models, audit_sink, clock,
                                            eligible=affirming_posture(engine.posture)),
                            DataAccessService(store, consent.privacy, store, engine, audit_sink, clock, contract_for))

@@ -42,6 +42,7 @@ from iotguard.hub.stores.attestation import (
 from iotguard.hub.stores.console import create_console_tables
 from iotguard.hub.stores.credentials import create_credential_tables
 from iotguard.hub.stores.data_keys import create_data_key_tables
+from iotguard.hub.stores.detector_state import create_detector_state_table
 from iotguard.hub.stores.firmware import create_firmware_tables
 from iotguard.hub.stores.learning import create_learning_tables
 from iotguard.hub.stores.models import create_model_tables
@@ -106,6 +107,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               create_device_plane_tables),
     Migration("0700_detection", "detection alerts and the response actions taken for them",
               create_detection_tables),
+    Migration("0710_detector_state", "each device's detector state, versioned, shared by hub processes (ADR 0751)",
+              create_detector_state_table),
     Migration("0800_attestation", "attestation nonces, keys, appraisal results, reference values, policies",
               create_attestation_tables),
     Migration("0810_attestation_endorsements", "TPM endorsement keys and the attestation keys certified against them",

@@ -18,7 +18,9 @@ named by address; the planner suppresses actions on them (``not_a_device``).
 :class:`DeviceHealthService` takes each device's own signed
 ``report_health`` requests into a per-device
 :class:`~iotguard.detection.HealthDetector` (process set, listening ports,
-destinations, resource and message rates against the device's baseline).
+destinations, resource and message rates against the device's baseline);
+each device's baseline lives in the hub's detector-state store, so every
+hub process and a restarted one continue it (ADR 0751).
 
 :class:`HubSignalsService` turns what the hub itself sees into alerts: the
 device plane's refusals and ingest's rejections of readings feed a :class:`~iotguard.detection.RefusalRule`
@@ -26,9 +28,10 @@ device plane's refusals and ingest's rejections of readings feed a :class:`~iotg
 appraisals an :class:`~iotguard.detection.AppraisalRule` (evidence
 appraised contraindicated or warning).
 
-The monitors' state lives in this process: a deployment with several hub
-processes sends each sensor's (and device's) reports to one of them, or
-accepts that each process learns its own baselines.
+The flow monitor's state lives in this process: a deployment with several
+hub processes sends each sensor's reports to one of them, or accepts that
+each process learns its own flow baselines (and a restart relearns them).
+The hub-signal rules' counters are per process too.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from iotguard.clock import Clock
 from iotguard.detection import (
     Alert,
     AppraisalRule,
@@ -48,6 +52,7 @@ from iotguard.detection import (
     FlowReportLimits,
     HealthConfig,
     HealthDetector,
+    HealthReport,
     MonitorConfig,
     Refusal,
     RefusalRule,
@@ -55,11 +60,20 @@ from iotguard.detection import (
     decode_health_report,
 )
 from iotguard.detection.monitor import MAX_INVENTORY_BYTES, parse_address_inventory
-from iotguard.errors import ConfigError, IotGuardError, MalformedError
+from iotguard.errors import ConfigError, IotGuardError, MalformedError, StorageError
 from iotguard.hub.services.detection import DetectionService
+from iotguard.hub.stores.detector_state import DetectorStateStore, MemoryDetectorStateStore, StateConflict
 from iotguard.identity import VerifiedRequest
 
-__all__ = ["ADDRESS_INVENTORY_FILE", "SENSOR_MODEL", "DeviceHealthService", "FlowIngestService", "HubSignalsService"]
+__all__ = [
+    "ADDRESS_INVENTORY_FILE",
+    "HEALTH_STATE_KIND",
+    "SENSOR_MODEL",
+    "STATE_ATTEMPTS",
+    "DeviceHealthService",
+    "FlowIngestService",
+    "HubSignalsService",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +81,10 @@ log = logging.getLogger(__name__)
 SENSOR_MODEL = "iotguard-sensor"
 #: The address inventory's file name in the hub's data directory.
 ADDRESS_INVENTORY_FILE = "device_addresses"
+#: Detector-state kind of the per-device health baselines.
+HEALTH_STATE_KIND = "health"
+#: Loads and writes a report is given before it fails because other processes keep writing the same device.
+STATE_ATTEMPTS = 16
 #: Risk at which the default policy already refuses a device's requests without fresh attestation.
 STEP_UP_RISK = 70
 
@@ -151,26 +169,42 @@ class FlowIngestService:
 
 
 class DeviceHealthService:
-    """Devices' own health reports in, alerts out.
+    """Devices' own health reports in, alerts out, each device's baseline in the shared detector-state store.
+
+    Every report loads the device's state (:class:`DetectorStateStore`, kind
+    :data:`HEALTH_STATE_KIND`), applies the report and writes the state back
+    at the version it loaded; when another hub process wrote it meanwhile the
+    write fails, and the report is applied again to the state as it is now.
+    So reports of one device handled by several processes (or after a
+    restart) continue one baseline, and alert as one process handling them
+    all would (ADR 0751). Only alerts of the attempt that was stored are raised.
 
     Args:
         detection: Stores alerts and carries out the response.
         config: The health detector's settings.
+        states: Where devices' detector state lives (None: in this process only).
+        clock: Time of the state writes (None: the detection service's clock).
     """
 
-    def __init__(self, detection: DetectionService, config: HealthConfig | None = None) -> None:
+    def __init__(self, detection: DetectionService, config: HealthConfig | None = None, *,
+                 states: DetectorStateStore | None = None, clock: Clock | None = None) -> None:
         self.detection = detection
-        self.detector = HealthDetector(config)
+        self.config = config or HealthConfig()
+        self.states: DetectorStateStore = states if states is not None else MemoryDetectorStateStore()
+        self.clock = clock or detection.clock
         self._lock = threading.Lock()
         #: Reports accepted, and refused by reason code.
         self.reports_accepted = 0
         self.refused: Counter[str] = Counter()
+        #: Writes that lost to another process's and were applied again.
+        self.conflicts = 0
 
     def report(self, req: VerifiedRequest) -> dict[str, Any]:
         """One device's health report (a verified, authorized ``report_health`` request about itself).
 
         Raises:
             MalformedError: the report does not decode (the ``health_*`` reason is logged and counted).
+            StorageError: ``detector_state_conflict`` after :data:`STATE_ATTEMPTS` lost writes in a row.
         """
         try:
             report = decode_health_report(req.body["metrics"])
@@ -178,12 +212,42 @@ class DeviceHealthService:
             self.refused[exc.code] += 1
             log.warning("health report from %s refused: %s", req.device_id, exc.code)
             raise MalformedError(f"health report refused ({exc.code})") from None
+        alerts, learning = self._apply(req.device_id, report)
         with self._lock:
-            alerts = self.detector.observe(req.device_id, report)
-            learning = self.detector.learning(req.device_id)
             self.reports_accepted += 1
         actions = self.detection.raise_alerts(alerts) if alerts else []
         return {"alerts": len(alerts), "actions": len(actions), "learning": learning}
+
+    def detector(self, device_id: str) -> HealthDetector:
+        """A detector holding ``device_id``'s stored state (empty if none, or if the stored state is unreadable)."""
+        return self._load(device_id)[0]
+
+    def _load(self, device_id: str) -> tuple[HealthDetector, int | None]:
+        detector = HealthDetector(self.config)
+        stored = self.states.load(HEALTH_STATE_KIND, device_id)
+        if stored is None:
+            return detector, None
+        try:
+            detector.import_state(device_id, stored.body)
+        except MalformedError as exc:  # relearn rather than fail every report of the device
+            log.error("health state of %s unreadable (%s): learning it again", device_id, exc.code)
+        return detector, stored.version
+
+    def _apply(self, device_id: str, report: HealthReport) -> tuple[list[Alert], bool]:
+        for _ in range(STATE_ATTEMPTS):
+            detector, version = self._load(device_id)
+            alerts = detector.observe(device_id, report)
+            body = detector.export_state(device_id)
+            if body is None:  # observe() keeps the device it was given; the check keeps mypy honest
+                raise StorageError(f"health state of {device_id} was not kept", code="detector_state_missing")
+            try:
+                self.states.save(HEALTH_STATE_KIND, device_id, body, version, self.clock.now())
+            except StateConflict:
+                with self._lock:
+                    self.conflicts += 1
+                continue
+            return alerts, detector.learning(device_id)
+        raise StateConflict(f"health state of {device_id} kept changing; report not applied")
 
 
 class HubSignalsService:
