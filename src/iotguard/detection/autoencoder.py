@@ -34,6 +34,7 @@ from iotguard.errors import ConfigError
 __all__ = ["AutoencoderConfig", "AutoencoderEnsemble", "feature_subsets", "one_blas_thread"]
 
 FloatArray = npt.NDArray[np.float64]
+F32Array = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,16 @@ def one_blas_thread() -> AbstractContextManager[object]:
 def _sigmoid(z: FloatArray) -> FloatArray:
     out: FloatArray = 0.5 * (1.0 + np.tanh(0.5 * z))
     return out
+
+
+def _squared_residual(x: F32Array, a1: F32Array, c1: F32Array, a2: F32Array, c2: F32Array) -> F32Array:
+    """(y - x)^2 of a folded two-layer sigmoid autoencoder, y = (1 + tanh(tanh(x a1 + c1) a2 + c2)) / 2."""
+    v: F32Array = np.tanh(np.tanh(x @ a1 + c1) @ a2 + c2)
+    v *= 0.5
+    v += 0.5
+    v -= x
+    v *= v
+    return v
 
 
 class _Layer:
@@ -293,22 +304,11 @@ class AutoencoderEnsemble:
         xs = x.astype(np.float32)
         xs *= self._f_inv
         xs += self._f_shift
-        u = np.tanh(xs @ self._f_a1 + self._f_c1)
-        # y = (1 + v) / 2; (y - xs)^2 summed per subset.
-        v = np.tanh(u @ self._f_a2 + self._f_c2)
-        v *= 0.5
-        v += 0.5
-        v -= xs
-        v *= v
-        e = np.sqrt(v @ self._f_members)
+        # (y - xs)^2 per input, summed per subset.
+        e = np.sqrt(_squared_residual(xs, self._f_a1, self._f_c1, self._f_a2, self._f_c2) @ self._f_members)
         e *= self._f_einv
         e += self._f_eshift
-        u = np.tanh(e @ self._f_o1 + self._f_oc1)
-        v = np.tanh(u @ self._f_o2 + self._f_oc2)
-        v *= 0.5
-        v += 0.5
-        v -= e
-        v *= v
+        v = _squared_residual(e, self._f_o1, self._f_oc1, self._f_o2, self._f_oc2)
         out: FloatArray = np.sqrt(v.mean(axis=1, dtype=np.float64))
         return out
 

@@ -89,13 +89,7 @@ def ek_roots_from_config(cfg: HubConfig) -> tuple[x509.Certificate, ...]:
     Raises:
         ConfigError: the file cannot be read or is not a bundle of CA certificates.
     """
-    if not cfg.tpm_ek_roots:
-        return ()
-    try:
-        data = Path(cfg.tpm_ek_roots).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"hub.tpm_ek_roots {cfg.tpm_ek_roots}: {exc.strerror}") from None
-    return load_ek_roots(data)
+    return _ca_bundle("hub.tpm_ek_roots", cfg.tpm_ek_roots)
 
 
 def ek_intermediates_from_config(cfg: HubConfig) -> tuple[x509.Certificate, ...]:
@@ -106,12 +100,17 @@ def ek_intermediates_from_config(cfg: HubConfig) -> tuple[x509.Certificate, ...]
     Raises:
         ConfigError: the file cannot be read or is not a bundle of CA certificates.
     """
-    if not cfg.tpm_ek_intermediates:
+    return _ca_bundle("hub.tpm_ek_intermediates", cfg.tpm_ek_intermediates)
+
+
+def _ca_bundle(setting: str, path: str) -> tuple[x509.Certificate, ...]:
+    """The CA certificates of the PEM bundle a setting names; none when the setting is empty."""
+    if not path:
         return ()
     try:
-        data = Path(cfg.tpm_ek_intermediates).read_bytes()
+        data = Path(path).read_bytes()
     except OSError as exc:
-        raise ConfigError(f"hub.tpm_ek_intermediates {cfg.tpm_ek_intermediates}: {exc.strerror}") from None
+        raise ConfigError(f"{setting} {path}: {exc.strerror}") from None
     return load_ek_roots(data)
 
 
