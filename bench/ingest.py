@@ -44,8 +44,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +61,7 @@ from iotguard.hub.service import tune_gc_for_ingest  # noqa: E402
 from iotguard.hub.tls import HubTls  # noqa: E402
 from iotguard.identity import b64e, derive_hub_session, request_transcript  # noqa: E402
 from iotguard.keys import SoftwareKeyStore  # noqa: E402
+from iotguard.sim.soak_env import publisher_tls  # noqa: E402
 from iotguard.tls import client_context  # noqa: E402
 from iotguard.wire import Reading, encode_reading  # noqa: E402
 
@@ -87,17 +86,8 @@ PUBLISHER = "bench-publisher"
 
 
 def tls_files(core: HubServices, tmp: Path) -> Tls:
-    now = core.clock.now()
-    hub_tls = HubTls(Path(core.cfg.data_dir), core.lifecycle.ca)
-    hub_tls.ensure(now)
-    key = Ed25519PrivateKey.generate()
-    cert = core.lifecycle.ca.issue_device_certificate(PUBLISHER, key.public_key().public_bytes_raw(), now=now,
-                                                     validity=timedelta(days=1), segment="bench")
-    pem = tmp / "publisher.pem"
-    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    pem.chmod(0o600)
-    return Tls(str(hub_tls.ca_file), str(hub_tls.hub_mqtt_file), str(pem))
+    pub = publisher_tls(core, tmp, name=PUBLISHER, segment="bench")
+    return Tls(pub.ca, str(HubTls(Path(core.cfg.data_dir), core.lifecycle.ca).hub_mqtt_file), pub.publisher)
 
 
 def start_mosquitto(tmp: Path, core: HubServices) -> tuple[subprocess.Popen[bytes], BrokerAddress] | None:

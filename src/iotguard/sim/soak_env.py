@@ -100,14 +100,15 @@ class PublisherTls:
     publisher: str
 
 
-def publisher_tls(core: HubServices, tmp: Path) -> PublisherTls:
-    """Issue the publisher's certificate from the hub's fleet CA (the hub's own TLS files too)."""
+def publisher_tls(core: HubServices, tmp: Path, *, name: str = PUBLISHER, segment: str = "soak") -> PublisherTls:
+    """Issue the publisher's certificate (``name``, in ``segment``) from the hub's fleet CA (the hub's own TLS
+    files too); ``bench/ingest.py`` uses it with its own publisher name."""
     now = core.clock.now()
     hub_tls = HubTls(Path(core.cfg.data_dir), core.lifecycle.ca)
     hub_tls.ensure(now)
     key = Ed25519PrivateKey.generate()
-    cert = core.lifecycle.ca.issue_device_certificate(PUBLISHER, key.public_key().public_bytes_raw(), now=now,
-                                                     validity=timedelta(days=1), segment="soak")
+    cert = core.lifecycle.ca.issue_device_certificate(name, key.public_key().public_bytes_raw(), now=now,
+                                                     validity=timedelta(days=1), segment=segment)
     pem = tmp / "publisher.pem"
     pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
