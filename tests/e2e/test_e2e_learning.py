@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,23 +156,6 @@ def test_ten_agent_processes_learn_by_themselves_through_a_hub_process(tmp_path:
             if p.poll() is None:
                 p.kill()
         hub.stop()
-
-
-def _blobs(value: Any) -> Iterator[bytes]:
-    """Every byte string in a request body, CBOR messages opened."""
-    if isinstance(value, bytes | bytearray):
-        yield bytes(value)
-        try:
-            inner = cbor2.loads(bytes(value))
-        except (cbor2.CBORDecodeError, ValueError, RecursionError):
-            inner = None
-        yield from _blobs(inner)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _blobs(v)
-    elif isinstance(value, list | tuple):
-        for v in value:
-            yield from _blobs(v)
 
 
 def _no_update_in_clear(record: Path) -> None:
