@@ -24,6 +24,7 @@ from iotguard.hub.witness_server import latest_cosigned
 from iotguard.keys.software import SoftwareKeyStore
 from tests.audit.test_audit_cli_api import run
 
+pytestmark = pytest.mark.slow  # real witness processes over HTTPS
 ORIGIN = "https.test/audit"
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 

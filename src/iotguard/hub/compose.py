@@ -26,7 +26,6 @@ from iotguard.config import HubConfig
 from iotguard.detection import DetectorConfig, FeatureConfig, MonitorConfig
 from iotguard.errors import IotGuardError
 from iotguard.hub.audit_store import FileAnchor, open_audit_log
-from iotguard.hub.chain_anchor import chain_anchor_from_config
 from iotguard.hub.credentials import set_end_of_support
 from iotguard.hub.custody_gate import custody_gate_from_config
 from iotguard.hub.device_plane import DevicePlane
@@ -145,7 +144,11 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     log_ = open_audit_log(store.engine, keystore, AUDIT_ORIGIN)
     anchors_dir = Path(cfg.data_dir) / "anchors"
     anchors_dir.mkdir(exist_ok=True)
-    chain = chain_anchor_from_config(cfg)
+    chain = None
+    if cfg.chain_rpc_url:  # web3 (about a second of imports) only in a hub that anchors to a chain
+        from iotguard.hub.chain_anchor import chain_anchor_from_config
+
+        chain = chain_anchor_from_config(cfg)
     audit = AuditService(log_, CheckpointSchedule(log_, timedelta(seconds=cfg.checkpoint_interval_s),
                                                   [FileAnchor(anchors_dir / "checkpoints.log"),
                                                    *([chain] if chain else [])],

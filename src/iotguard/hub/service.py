@@ -42,6 +42,9 @@ from iotguard.tls import client_context, server_context
 __all__ = ["Hub", "tune_gc_for_ingest"]
 
 log = logging.getLogger(__name__)
+#: How long a stopping hub lets requests in flight finish. Idle keep-alive TLS connections would otherwise hold
+#: the API listener open until its thread's join timed out (10 s); a cut request is retried by its device.
+_GRACEFUL_SHUTDOWN_S = 2
 
 
 def tune_gc_for_ingest() -> None:
@@ -191,7 +194,8 @@ class Hub:
             else:
                 tls_args = {"ssl_certfile": str(self.tls.api_file)}
             config = uvicorn.Config(self.asgi, host=host, port=int(port), log_level="warning",
-                                    access_log=False, lifespan="off", **tls_args)
+                                    access_log=False, lifespan="off",
+                                    timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S, **tls_args)
             config.load()
             if isinstance(config.ssl, ssl.SSLContext):
                 config.ssl.minimum_version = ssl.TLSVersion.TLSv1_3

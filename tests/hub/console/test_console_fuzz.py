@@ -12,7 +12,7 @@ from tests.hub.console.test_console_routes import _console_routes, _url
 _text = st.text(alphabet=st.characters(codec="utf-8"), max_size=64)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.binary(max_size=512), query=st.dictionaries(_text, _text, max_size=4), cookie=_text)
 def test_random_input_on_every_route_is_never_a_server_error(console: ConsoleHub, body: bytes,
                                                              query: dict[str, str], cookie: str) -> None:
