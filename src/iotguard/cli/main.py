@@ -2,7 +2,9 @@
 
 Each command group lives in its own module under ``iotguard.cli`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` (taking the
-parsed ``argparse.Namespace`` and returning an exit code).
+parsed ``argparse.Namespace`` and returning an exit code). A command line that
+names a command imports only that command's module (``_COMMANDS``): every agent,
+sensor and operator command starts without importing the whole hub.
 """
 
 from __future__ import annotations
@@ -51,8 +53,39 @@ _COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the full argument parser."""
+#: Which module registers each top-level command (tests/test_cli_main.py checks it against ``register``).
+_COMMANDS: dict[str, str] = {
+    "demo": "iotguard.cli.demo", "hub": "iotguard.cli.hub", "agent": "iotguard.cli.agent",
+    "devices": "iotguard.cli.devices", "attest": "iotguard.cli.attest", "endorsement-key": "iotguard.cli.attest",
+    "tpm-ek": "iotguard.cli.attest", "reference-values": "iotguard.cli.attest",
+    "attestation-policy": "iotguard.cli.attest", "telemetry": "iotguard.cli.telemetry",
+    "tokens": "iotguard.cli.tokens", "credentials": "iotguard.cli.credentials", "broker": "iotguard.cli.broker",
+    "policy": "iotguard.cli.policy", "privacy": "iotguard.cli.privacy", "export": "iotguard.cli.privacy",
+    "analytics": "iotguard.cli.analytics", "aggregate": "iotguard.cli.aggregate", "media": "iotguard.cli.media",
+    "puf": "iotguard.cli.puf", "firmware": "iotguard.cli.firmware", "audit": "iotguard.cli.audit",
+    "witness": "iotguard.cli.audit", "custody": "iotguard.cli.custody", "detect": "iotguard.cli.detect",
+    "playbooks": "iotguard.cli.detect", "alerts": "iotguard.cli.alerts", "models": "iotguard.cli.models",
+    "learn": "iotguard.cli.learn", "rollout": "iotguard.cli.rollout", "sensor": "iotguard.cli.sensor",
+    "compliance": "iotguard.cli.compliance", "console": "iotguard.cli.console", "backup": "iotguard.cli.backup",
+    "restore": "iotguard.cli.backup", "sim": "iotguard.cli.sim",
+}
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command an argument list names (its first positional argument), or ``None``."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--log-format":
+            next(args, None)
+        elif arg in ("-h", "--help"):
+            return None
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Build the argument parser: every command, or only ``command``'s module when it is a known command."""
     parser = argparse.ArgumentParser(
         prog="iotguard",
         description="IoT security and privacy platform: hub, device agent, fleet simulator and tools.",
@@ -62,14 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=("text", "json"), default="text",
                         help="json: one JSON object per log line, with the request id of hub API requests")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
+    modules = (_COMMANDS[command],) if command in _COMMANDS else _COMMAND_MODULES
+    for name in modules:
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``iotguard`` command."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
