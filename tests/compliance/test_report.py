@@ -104,6 +104,16 @@ def test_settings_change_the_verdicts(tmp_path: Path) -> None:
     hub.store.engine.dispose()
 
 
+def test_an_unsafe_setting_fails_its_check_and_names_the_setting(tmp_path: Path) -> None:
+    offset = tmp_path / "offset"
+    offset.write_text("0")
+    hub = make_hub(tmp_path, unsafe_clock_offset_file=str(offset))
+    check = _checks(report(hub.services))["C-NO-UNSAFE-OPTIONS"]
+    assert check["status"] == "fail" and "hub.unsafe_clock_offset_file" in check["reason"]
+    hub.store.engine.dispose()
+    assert _checks(evaluate(FACTS))["C-NO-UNSAFE-OPTIONS"]["status"] == "pass"
+
+
 def test_html_report_links_every_check_to_its_evidence(fleet: HubParts) -> None:
     html = render_html(report(fleet.services))
     for check in CHECKS:

@@ -72,6 +72,8 @@ class FleetFacts:
     checkpoint_verified: bool
     rejected_total: Mapping[str, int]
     evidence: Mapping[str, tuple[Evidence, ...]] = field(default_factory=dict)
+    #: Every ``hub.unsafe_*`` setting that is on (development and fault-injection switches).
+    unsafe_options: tuple[str, ...] = ()
 
     @property
     def active(self) -> int:
@@ -165,6 +167,11 @@ def _certs(f: FleetFacts) -> Verdict:
                f"{f.cert_validity_days} days")
 
 
+def _unsafe(f: FleetFacts) -> Verdict:
+    return _ok(not f.unsafe_options, "no hub.unsafe_* option is on",
+               "unsafe options are on: " + ", ".join(f.unsafe_options))
+
+
 def _surface(f: FleetFacts) -> Verdict:
     return _ok(not f.api_docs, "only /health answers without authentication; every other route is a Cedar "
                "decision", "hub.api_docs is on: the API description answers anonymous callers")
@@ -242,6 +249,8 @@ CHECKS: tuple[Check, ...] = (
           ("hub.cert_validity_days",)),
     Check("C-MINIMAL-SURFACE", "Minimised exposed surfaces", _surface, "Turn off hub.api_docs.", (),
           ("hub.api_docs",)),
+    Check("C-NO-UNSAFE-OPTIONS", "No unsafe setting on", _unsafe,
+          "Turn off every hub.unsafe_* setting: they exist for development and fault injection only.", (), ()),
     Check("C-ATTESTATION", "Software integrity attested", _attestation,
           "Quarantine and re-image devices whose attestation fails; attest the rest.", ("attestation.result",), ()),
     Check("C-RESILIENCE", "Resilience to outages", _resilience,
@@ -280,7 +289,7 @@ STANDARDS: Mapping[str, tuple[Requirement, ...]] = {
         ("5.3", "Keep software updated", ("C-UPDATE-MECHANISM", "C-SUPPORT-PERIOD")),
         ("5.4", "Securely store sensitive security parameters", ("C-KEY-STORAGE",)),
         ("5.5", "Communicate securely", ("C-ENCRYPTED-COMMS", "C-CERT-LIFETIME")),
-        ("5.6", "Minimize exposed attack surfaces", ("C-MINIMAL-SURFACE",)),
+        ("5.6", "Minimize exposed attack surfaces", ("C-MINIMAL-SURFACE", "C-NO-UNSAFE-OPTIONS")),
         ("5.7", "Ensure software integrity", ("C-ATTESTATION",)),
         ("5.8", "Ensure that personal data is secure", ("C-ENCRYPTED-COMMS", "C-TELEMETRY-MINIMISATION")),
         ("5.9", "Make systems resilient to outages", ("C-RESILIENCE",)),
@@ -293,7 +302,7 @@ STANDARDS: Mapping[str, tuple[Requirement, ...]] = {
     ]),
     "NIST IR 8259A": _req("NIST IR 8259A", [
         ("DI", "Device identification", ("C-NO-DEFAULT-CREDS", "C-CERT-LIFETIME")),
-        ("DC", "Device configuration", ("C-ACCESS-CONTROL",)),
+        ("DC", "Device configuration", ("C-ACCESS-CONTROL", "C-NO-UNSAFE-OPTIONS")),
         ("DP", "Data protection", ("C-KEY-STORAGE", "C-ENCRYPTED-COMMS")),
         ("LA", "Logical access to interfaces", ("C-MINIMAL-SURFACE", "C-ACCESS-CONTROL")),
         ("SU", "Software update", ("C-UPDATE-MECHANISM",)),
@@ -308,7 +317,7 @@ STANDARDS: Mapping[str, tuple[Requirement, ...]] = {
         ("I6", "Insufficient privacy protection", ("C-CONSENT", "C-TELEMETRY-MINIMISATION", "C-DELETION")),
         ("I7", "Insecure data transfer and storage", ("C-ENCRYPTED-COMMS", "C-KEY-STORAGE")),
         ("I8", "Lack of device management", ("C-ATTESTATION", "C-CERT-LIFETIME")),
-        ("I9", "Insecure default settings", ("C-MINIMAL-SURFACE", "C-NO-DEFAULT-CREDS")),
+        ("I9", "Insecure default settings", ("C-MINIMAL-SURFACE", "C-NO-DEFAULT-CREDS", "C-NO-UNSAFE-OPTIONS")),
         ("I10", "Lack of physical hardening", ("C-KEY-STORAGE",)),
     ]),
 }

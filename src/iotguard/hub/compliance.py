@@ -8,6 +8,7 @@ auditor verifies every cited entry offline with the log's public key.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -119,7 +120,9 @@ def gather_facts(services: HubServices) -> FleetFacts:
         firmware_repository=services.firmware.file("metadata/1.root.json") is not None,
         policy_active=services.posture.engine.loaded,
         outbox_pending=pending, audit_size=log.size(), checkpoint_verified=verified,
-        rejected_total=rejected, evidence=evidence)
+        rejected_total=rejected, evidence=evidence,
+        unsafe_options=tuple(f"hub.{f.name}" for f in dataclasses.fields(cfg)
+                             if f.name.startswith("unsafe_") and getattr(cfg, f.name)))
 
 
 def report(services: HubServices) -> dict[str, Any]:
