@@ -103,3 +103,12 @@ def test_a_stage_waits_for_reports_and_its_soak_time() -> None:
     # Devices that never check in do not hold a stage: only those offered the release count.
     assert evaluate(last, CohortHealth(3, checked_in=1, committed=1), NOW).verdict is Verdict.COMPLETE
     assert evaluate(c.paused("x"), CohortHealth(10, checked_in=10, committed=10), NOW).verdict is Verdict.HOLD
+
+
+def test_a_stage_with_devices_never_passes_on_no_evidence() -> None:
+    """A release nobody installed yet (the cohort did not check in) must not complete: one committed install at
+    least. Before this rule, a broken release completed in the demo when its devices were slow to check in."""
+    last = RolloutCampaign.start("r2", "thermo-1", 2, now=NOW, stages=(100,))
+    assert evaluate(last, CohortHealth(3), NOW).reason == "waiting_for_reports"
+    assert evaluate(last, CohortHealth(3, checked_in=2), NOW).reason == "waiting_for_reports"
+    assert evaluate(last, CohortHealth(0), NOW).verdict is Verdict.COMPLETE  # an empty stage has nothing to wait for

@@ -97,7 +97,9 @@ class CohortHealth:
         cohort_size: Devices of the model inside the stage's percentage.
         checked_in: Of those, devices that checked in during the campaign (a
             device that never checks in does not hold a stage up; one that
-            checked in before its stage came is waited for).
+            checked in before its stage came is waited for). A stage whose
+            cohort is not empty still needs one committed install: no stage
+            passes on no evidence at all.
         committed: Devices that reported a committed install of the release.
         rolled_back: Devices that reported a rollback after the self-test.
         attested: Devices offered the release that the hub's verifier appraised since the offer (or since
@@ -293,7 +295,7 @@ def evaluate(campaign: RolloutCampaign, health: CohortHealth, now: datetime) -> 
     sent = health.readings + health.rejections
     if sent and health.rejections / sent > gates.max_rejection_rate:
         return GateVerdict(Verdict.PAUSE, "telemetry_rejections")
-    if health.committed < gates.min_reported * health.checked_in:
+    if health.committed < gates.min_reported * health.checked_in or (health.cohort_size and not health.committed):
         return GateVerdict(Verdict.HOLD, "waiting_for_reports")
     if now - campaign.stage_started_at < gates.soak:
         return GateVerdict(Verdict.HOLD, "soaking")
