@@ -14,10 +14,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run the files holding slow (real-process) tests first.
 
-    pytest-xdist hands whole files to its workers in collection order (``--dist loadfile``); a
-    minutes-long file that starts last runs alone at the end while the other workers idle. Started
-    first, the long files overlap and the many short files fill the gaps (longest-first scheduling).
-    The order within a file is kept.
+    pytest-xdist hands whole files to its workers in collection order (``--dist loadfile`` with
+    ``--no-loadscope-reorder``; by default it would order files by their number of tests, which put
+    the end-to-end files, few tests of minutes each, last). A minutes-long file that starts last runs
+    alone at the end while the other workers idle. Started first, the long files overlap and the many
+    short files fill the gaps (longest-first scheduling). The order within a file is kept.
     """
     slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
