@@ -117,17 +117,28 @@ def test_malformed_shares_and_steps_are_refused_with_a_reason(hub: HubParts) -> 
     send = a._send
     with pytest.raises(EnrollmentError, match="400 malformed"):
         send({"round": rid, "step": "shares", "message": cbor2.dumps({"boxes": [[2, b"x" * 10]]})})
-    with pytest.raises(EnrollmentError, match="400 malformed"):
+    # Where the round is, not bad bytes: each has its own code, so a device knows the round moved on.
+    with pytest.raises(EnrollmentError, match="409 wrong_phase"):
         send({"round": rid, "step": "advertise", "message": b"again"})  # the round moved on
-    with pytest.raises(EnrollmentError, match="400 malformed"):
+    with pytest.raises(EnrollmentError, match="404 round_unknown"):
         send({"round": "ab" * 16, "step": "poll", "message": b""})
     a.step()  # its real boxes
-    with pytest.raises(EnrollmentError, match="400 malformed"):
+    with pytest.raises(EnrollmentError, match="409 message_duplicate"):
         send({"round": rid, "step": "shares", "message": cbor2.dumps({"boxes": []})})
-    with pytest.raises(EnrollmentError, match="400 malformed"):
+    with pytest.raises(EnrollmentError, match="409 wrong_phase"):
         send({"round": rid, "step": "masked", "message": b""})  # not the round's phase
     hub.deliver()
     assert {"share_malformed", "wrong_phase", "message_duplicate", "round_unknown"} <= _refusals(hub)
+
+
+def test_every_round_state_refusal_has_a_status_and_a_public_message() -> None:
+    from iotguard.analytics.secagg import ROUND_STATE_REASONS
+    from iotguard.errors import PUBLIC_MESSAGES
+    from iotguard.hub.api import HTTP_STATUS
+
+    assert set(HTTP_STATUS) >= ROUND_STATE_REASONS and set(PUBLIC_MESSAGES) >= ROUND_STATE_REASONS
+    assert all(AggregationError(r).code == r for r in ROUND_STATE_REASONS)
+    assert AggregationError("share_malformed").code == "malformed"  # bad bytes stay malformed (400)
 
 
 def _refusals(hub: HubParts) -> set[str]:
