@@ -4,6 +4,7 @@ tampered model is refused and never run; local data files are parsed strictly (n
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -104,7 +105,9 @@ def test_a_device_late_for_its_secure_round_is_told_why_and_joins_the_next_by_it
     out = capsys.readouterr().out
     assert "secure round: left (wrong_phase)" in out and "400 malformed" not in out
     assert advertised.count("dev-3") == 1  # it left the round; it did not rejoin it with fresh keys
-    _drive(loops)
+    deadline = time.monotonic() + 120  # the loop paces secure steps 50 ms apart: drive until done, not N turns
+    while not all(loop.state == "done" for loop in loops) and time.monotonic() < deadline:
+        _drive(loops, turns=1)
     status = hub.services.learning.status("run-late")
     assert (status["status"], status["accepted_updates"]) == ("completed", 3 + 4), status
     assert advertised.count("dev-3") == 2  # the next version's round, by itself
