@@ -308,6 +308,10 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "ek_certificate_revoked": "TPM endorsement key certificate is revoked",
     "ek_crl_invalid": "a TPM manufacturer CRL does not verify",
     "ek_crl_stale": "a TPM manufacturer CRL is out of date",
+    "wrong_phase": "the aggregation round is past this step",
+    "round_unknown": "unknown aggregation round",
+    "message_duplicate": "this step of the aggregation round was already received",
+    "not_in_round": "device does not take part in this aggregation round",
 }
 
 

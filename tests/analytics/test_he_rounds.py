@@ -48,7 +48,7 @@ def test_an_he_round_over_the_device_plane_opens_only_with_both_shares(hub: HubP
     for d, c in clients.items():
         if d not in absent:
             assert c.step() == "submit"
-    with pytest.raises(EnrollmentError, match="400 malformed"):  # one encrypted vector per device
+    with pytest.raises(EnrollmentError, match="409 message_duplicate"):  # one encrypted vector per device
         agents["he-0"].request("aggregate", AGGREGATE_PATH,
                                {"round": rid, "step": "he_submit", "message": cbor2.dumps({"ciphertexts": []})})
     with pytest.raises(EnrollmentError, match="400 malformed"):  # wrong count and size

@@ -5,7 +5,7 @@ forged shares are refused with a reason."""
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import cbor2
@@ -117,17 +117,28 @@ def test_malformed_shares_and_steps_are_refused_with_a_reason(hub: HubParts) -> 
     send = a._send
     with pytest.raises(EnrollmentError, match="400 malformed"):
         send({"round": rid, "step": "shares", "message": cbor2.dumps({"boxes": [[2, b"x" * 10]]})})
-    with pytest.raises(EnrollmentError, match="400 malformed"):
+    # Where the round is, not bad bytes: each has its own code, so a device knows the round moved on.
+    with pytest.raises(EnrollmentError, match="409 wrong_phase"):
         send({"round": rid, "step": "advertise", "message": b"again"})  # the round moved on
-    with pytest.raises(EnrollmentError, match="400 malformed"):
+    with pytest.raises(EnrollmentError, match="404 round_unknown"):
         send({"round": "ab" * 16, "step": "poll", "message": b""})
     a.step()  # its real boxes
-    with pytest.raises(EnrollmentError, match="400 malformed"):
+    with pytest.raises(EnrollmentError, match="409 message_duplicate"):
         send({"round": rid, "step": "shares", "message": cbor2.dumps({"boxes": []})})
-    with pytest.raises(EnrollmentError, match="400 malformed"):
+    with pytest.raises(EnrollmentError, match="409 wrong_phase"):
         send({"round": rid, "step": "masked", "message": b""})  # not the round's phase
     hub.deliver()
     assert {"share_malformed", "wrong_phase", "message_duplicate", "round_unknown"} <= _refusals(hub)
+
+
+def test_every_round_state_refusal_has_a_status_and_a_public_message() -> None:
+    from iotguard.analytics.secagg import ROUND_STATE_REASONS
+    from iotguard.errors import PUBLIC_MESSAGES
+    from iotguard.hub.api import HTTP_STATUS
+
+    assert set(HTTP_STATUS) >= ROUND_STATE_REASONS and set(PUBLIC_MESSAGES) >= ROUND_STATE_REASONS
+    assert all(AggregationError(r).code == r for r in ROUND_STATE_REASONS)
+    assert AggregationError("share_malformed").code == "malformed"  # bad bytes stay malformed (400)
 
 
 def _refusals(hub: HubParts) -> set[str]:
@@ -175,3 +186,39 @@ def test_a_round_too_wide_for_one_message_is_refused(hub: HubParts) -> None:
     assert r.status_code == 400  # everyone-with-everyone at 700: share boxes would not fit a request
     r = hub.client.post("/v1/aggregate/rounds", headers=token, json={"devices": devices, "dims": 8, "degree": 100})
     assert r.status_code == 200
+
+
+def test_a_device_will_not_unmask_a_sum_of_fewer_than_t_survivors() -> None:
+    """Bonawitz et al.'s check on the device: asked to unmask with fewer than ``t`` survivors (too few masked
+    vectors arrived), a device hands out no seed or key share, so a curious hub cannot remove the masks of a
+    sum of fewer than ``t`` devices (whose noise a DP training run counts on, ADR 1304)."""
+    import secrets
+
+    from iotguard.audit.log import MemoryAuditSink
+    from iotguard.clock import FixedClock
+    from iotguard.hub.services.aggregation import SecureAggregationService
+
+    clock = FixedClock(datetime(2026, 12, 1, tzinfo=UTC))
+    service = SecureAggregationService(MemoryAuditSink(), clock)
+    devices = [f"dev-{i}" for i in range(4)]
+    rid = service.start(devices, 8, threshold=4, phase_timeout_s=10, actor="analyst")
+
+    def send_for(device: str) -> Any:
+        return lambda body: service.device_step(
+            VerifiedRequest("aggregate", device, clock.now(), secrets.token_bytes(16), body, b""))
+
+    clients = {d: RoundClient(send_for(d), rid, np.arange(8, dtype=np.uint32)) for d in devices}
+    for _ in range(2):  # advertise, share
+        for c in clients.values():
+            c.step()
+    for d in devices[:3]:
+        assert clients[d].step() == "masked"  # dev-3 never sends its masked vector
+    clock.advance(11)
+    for d in devices[:3]:
+        with pytest.raises(AggregationError, match="too_few_survivors"):
+            clients[d].step()
+    clock.advance(11)
+    out = service.status(rid, actor="analyst")
+    assert out["phase"] == "failed" and "sum" not in out
+    with service.store.step(rid) as tx:
+        assert tx is not None and not [e for e in tx.events_after(0) if e.kind == "unmask"]

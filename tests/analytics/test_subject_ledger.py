@@ -64,6 +64,30 @@ def ledgers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledgers]
     engine.dispose()
 
 
+def test_a_retried_release_under_one_once_key_charges_each_subject_once(ledgers: Ledgers) -> None:
+    """A federated round that failed released nothing: its retry for the same model version is not charged
+    again (``once`` key), while a new subject in the retry is charged and a different key charges anew."""
+    ledger = SubjectLedger(ledgers.store, 1.0, DAY)
+    key = "learn:run-1:v0"
+    assert ledger.charge_all(["alice", "bob"], 0.4, "federated", "learn:run-1", T0, once=key) == 2
+    assert ledger.charge_all(["alice", "bob", "carol"], 0.4, "federated", "learn:run-1", T0, once=key) == 3
+    assert ledger.charge_all(["alice", "bob"], 0.4, "federated", "learn:run-1", T0, once=key) == 2
+    assert ledger.charged_once(key) == {"alice", "bob", "carol"} and ledger.charged_once("other") == set()
+    for s in ("alice", "bob", "carol"):
+        assert ledger.statement(s)[0].federated == pytest.approx(0.4), s
+    # a subject charged under the key is not held back by what is left of its budget
+    ledger.charge_all(["alice"], 0.5, "central", "a query", T0)  # alice: 0.9 of 1.0
+    assert ledger.charge_all(["alice", "bob"], 0.4, "federated", "learn:run-1", T0, once=key) == 2
+    # the next version is a new key; a refused keyed charge records no subject under it
+    with pytest.raises(BudgetExhausted):
+        ledger.charge_all(["alice", "bob"], 0.4, "federated", "learn:run-1", T0, once="learn:run-1:v1")
+    assert ledger.charged_once("learn:run-1:v1") == set()
+    ledger.charge_all(["bob"], 0.4, "federated", "learn:run-1", T0, once="learn:run-1:v1")
+    assert ledger.statement("bob")[0].federated == pytest.approx(0.8)
+    with pytest.raises(ConfigError):
+        ledger.charge_all(["bob"], 0.1, "federated", "p", T0, once="k" * 201)
+
+
 def test_the_ledger_refuses_the_release_past_the_budget_across_all_three_kinds(ledgers: Ledgers) -> None:
     ledger = SubjectLedger(ledgers.store, 1.0, DAY)
     assert ledger.period_of(T0) == PERIOD

@@ -39,7 +39,7 @@ from tests.e2e.harness import HubProcess
 pytestmark = pytest.mark.slow
 DEVICES = 10
 MODEL = "mic-1"  # its data contract carries a recognised digit (keypad purpose), never the input
-FEATURES, ROUNDS = 24, 4
+FEATURES, ROUNDS = 24, 3  # several rounds; three keep the test well under two minutes on a quiet machine
 #: The run's epsilon: user-level DP with ten users costs accuracy (non-private: 94 % on this task; at epsilon 20
 #: 80-86 % in five simulated runs of the same encoding, tests/learn/test_secure_learning.py documents the path).
 EPSILON = 20.0
@@ -48,6 +48,18 @@ ACCURACY = 0.7
 
 def _log(d: Path) -> str:
     return (d.parent / f"{d.name}.log").read_text(errors="replace")
+
+
+def _cli(hub: HubProcess, *commands: tuple[str, ...]) -> list[str]:
+    """Independent ``iotguard`` commands run side by side (each is a Python process start): their outputs."""
+    procs = [subprocess.Popen([sys.executable, "-m", "iotguard", *c], env=hub.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for c in commands]
+    outs = []
+    for c, p in zip(commands, procs, strict=True):
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, (c, err[-2000:])
+        outs.append(out)
+    return outs
 
 
 def _wait(check: Any, timeout: float, what: str, procs: list[subprocess.Popen[bytes]], dirs: list[Path]) -> None:
@@ -63,6 +75,7 @@ def _wait(check: Any, timeout: float, what: str, procs: list[subprocess.Popen[by
 # machine enrollment alone took 159 s, past the suite's default 300 s with training.
 @pytest.mark.timeout(900)
 def test_ten_agent_processes_learn_by_themselves_through_a_hub_process(tmp_path: Path) -> None:
+    start = time.monotonic()
     hub = HubProcess(tmp_path)
     hub.module = "tests.e2e.recording_hub"
     record = tmp_path / "hub-traffic.cbor"
@@ -73,15 +86,17 @@ def test_ten_agent_processes_learn_by_themselves_through_a_hub_process(tmp_path:
     build_image_set(release, firmware_key.sign, "1.0.0")
     tampered = shutil.copytree(release, tmp_path / "tampered")
     (tampered / "kernel.img").write_bytes((tampered / "kernel.img").read_bytes() + b"\x00implant")
-    hub.cli("reference-values", "add", MODEL, "1.0.0", "--images", str(release))
     policy = tmp_path / "policy.toml"
     policy.write_text(DEMO_APPRAISAL_POLICY.format(model=MODEL))
-    hub.cli("attestation-policy", "set", MODEL, str(policy))
+    *_, operator, dpo = _cli(hub, ("reference-values", "add", MODEL, "1.0.0", "--images", str(release)),
+                             ("attestation-policy", "set", MODEL, str(policy)),
+                             ("tokens", "create", "--name", "e2e", "--role", "security-admin"),
+                             ("tokens", "create", "--name", "dpo", "--role", "privacy-officer"))
     train, test = split_train_test(synthetic_digits(speakers=5, per_class=24, features=FEATURES, seed=7), 0.25, 7)
     shards = partition(train, 2, seed=7)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        token = hub.operator_token()
+        token, privacy_token = operator.strip().splitlines()[-1], dpo.split()[-1]
         provision = hub.provisioner(token)
         names = [f"learner-{i}" for i in range(DEVICES)] + ["learner-bad"]
         dirs = [tmp_path / "agents" / n for n in names]
@@ -98,39 +113,43 @@ def test_ten_agent_processes_learn_by_themselves_through_a_hub_process(tmp_path:
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "iotguard", "agent", "--device-id", name, "--enroll", provision(name, MODEL),
                  "--model", MODEL, "--data-dir", str(d), "--hub-url", hub.api_url, "--broker-url", hub.broker_url,
-                 "--interval", "0.1", "--health-interval", "0", "--learn", "run-1",
+                 "--interval", "0.25", "--health-interval", "0", "--learn", "run-1",
                  "--learn-data", str(d.parent / f"{name}-data.npz"), "--infer-field", "digit"],
                 stdout=log, stderr=subprocess.STDOUT, env=env))
         t0 = time.monotonic()
+        print(f"hub up and set up in {t0 - start:.0f} s")
         _wait(lambda: all("attestation: " in _log(d) for d in dirs), 420, "agents did not enroll and attest",
               procs, dirs)
         assert ["trust tier verified" in _log(d) for d in dirs] == [True] * DEVICES + [False]
         t1 = time.monotonic()
         started = json.loads(hub.cli("learn", "start", "run-1", "--model", "digits", "--features", str(FEATURES),
                                      "--classes", "10", "--rounds", str(ROUNDS), "--min-participants", "6",
-                                     "--deadline-s", "120", "--epsilon", str(EPSILON),
+                                     "--deadline-s", "60", "--epsilon", str(EPSILON),
                                      "--clip-norm", "0.5", "--epochs", "2", "--batch-size", "16", "--lr", "0.05",
                                      "--all-active"))
         assert sorted(started["enrolled"]) == sorted(names[:DEVICES])  # the failed device is not enrolled
         assert started["secure"] and started["noise_multiplier"] > 0  # secure aggregation is the default
         _wait(lambda: all("learning: reported" in _log(d) for d in dirs[:DEVICES])
               and "learning: refused" in _log(dirs[-1]), 300, "agents did not train, fetch and infer", procs, dirs)
-        print(f"attested in {t1 - t0:.0f} s, trained, fetched and inferred in {time.monotonic() - t1:.0f} s")
+        t2 = time.monotonic()
+        print(f"attested in {t1 - t0:.0f} s, trained, fetched and inferred in {t2 - t1:.0f} s")
         assert "HTTP 403" in _log(dirs[-1]) and "learning: round" not in _log(dirs[-1])  # Cedar: posture failed
-        status = json.loads(hub.cli("learn", "status", "run-1"))
+        status_out, shown_out, _ = _cli(hub, ("learn", "status", "run-1"), ("models", "show", "digits"),
+                                        ("models", "export", "digits", str(tmp_path / "digits.igm")))
+        status = json.loads(status_out)
         assert (status["status"], status["version"], status["accepted_updates"]) == ("completed", ROUNDS,
                                                                                       ROUNDS * DEVICES)
         assert 0.99 * EPSILON <= status["epsilon_spent"] <= EPSILON
         api = httpx.Client(base_url=hub.api_url, headers={"Authorization": f"Bearer {token}"}, verify=hub.verify(),
                            timeout=30)
-        privacy_token = hub.cli("tokens", "create", "--name", "dpo", "--role", "privacy-officer").split()[-1]
         privacy = httpx.Client(base_url=hub.api_url, headers={"Authorization": f"Bearer {privacy_token}"},
                                verify=hub.verify(), timeout=30)
-        shown = json.loads(hub.cli("models", "show", "digits"))
-        hub.cli("models", "export", "digits", str(tmp_path / "digits.igm"))
+        shown = json.loads(shown_out)
         artifact = verify_artifact((tmp_path / "digits.igm").read_bytes(),
                                    __import__("base64").b64decode(shown["signing_key"]))
-        assert artifact.version == 1 and accuracy(artifact.model, artifact.parameters, test.x, test.y) > ACCURACY
+        held_out = accuracy(artifact.model, artifact.parameters, test.x, test.y)
+        print(f"held-out accuracy {held_out:.3f}")
+        assert artifact.version == 1 and held_out > ACCURACY
         for name, d in zip(names, dirs, strict=True):
             r = privacy.get(f"/v1/analytics/budget/{name}")  # what `iotguard analytics budget` shows
             assert r.status_code == 200, r.text
@@ -141,6 +160,8 @@ def test_ten_agent_processes_learn_by_themselves_through_a_hub_process(tmp_path:
                 continue
             assert spent == pytest.approx(status["epsilon_spent"], abs=1e-3)
             assert "model digits v1 verified" in _log(d)
+        t3 = time.monotonic()
+        print(f"run, ledger and model checked in {t3 - t2:.0f} s")
         for p in procs:  # stop the agents: what they reported is flushed, then compared with what the hub holds
             p.terminate()
         for p in procs:
@@ -150,7 +171,10 @@ def test_ten_agent_processes_learn_by_themselves_through_a_hub_process(tmp_path:
             reported = max(int(line.split()[2]) for line in lines if line.startswith("learning: reported"))
             r = api.get(f"/v1/devices/{name}")
             assert reported >= 1 and int(r.json()["readings"]) >= reported, (reported, r.text)
+        t4 = time.monotonic()
         _no_update_in_clear(record)
+        print(f"agents stopped and readings checked in {t4 - t3:.0f} s, traffic checked in "
+              f"{time.monotonic() - t4:.0f} s; {time.monotonic() - start:.0f} s in all")
     finally:
         for p in procs:
             if p.poll() is None:
@@ -169,7 +193,7 @@ def _no_update_in_clear(record: Path) -> None:
     assert "aggregate" in actions and "learn_update" not in actions, actions
     masked = [np.frombuffer(cbor2.loads(body["message"])["vector"], "<u4")
               for a, body in traffic if a == "aggregate" and body["step"] == "masked"]
-    assert len(masked) == ROUNDS * DEVICES
+    assert len(masked) >= ROUNDS * DEVICES  # more only if a round failed under load and was run again
     bound = 1 << 29
     for m in masked:
         # Uniform words land within 2^29 of zero (mod 2^32) a quarter of the time; a device's clipped, noised

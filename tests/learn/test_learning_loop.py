@@ -4,6 +4,7 @@ tampered model is refused and never run; local data files are parsed strictly (n
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from iotguard.agent.learning_loop import LearningLoop, load_local_data
+from iotguard.clock import FixedClock
 from iotguard.errors import ConfigError
 from iotguard.hub.policy_store import save_posture
 from iotguard.hub.services.learning import RunSettings
@@ -30,7 +32,7 @@ def hub(tmp_path: Path) -> Iterator[HubParts]:
 
 
 def _loops(hub: HubParts, n: int, run_id: str) -> list[LearningLoop]:
-    train, _ = split_train_test(synthetic_digits(speakers=3, per_class=20, features=FEATURES, seed=3), 0.25, 3)
+    train, _ = split_train_test(synthetic_digits(speakers=max(3, n), per_class=20, features=FEATURES, seed=3), 0.25, 3)
     loops = []
     for i, p in enumerate(partition(train, 1, seed=3)[:n]):
         agent = hub.agent(f"dev-{i}")
@@ -71,6 +73,45 @@ def test_agents_poll_train_fetch_verify_and_report_only_outputs(hub: HubParts,
     assert loops[0].reported >= 1 and loops[0].reported - before <= 1
     out = capsys.readouterr().out
     assert "learning: model digits v1 verified via hub-key" in out and "outputs (digit)" in out
+
+
+def test_a_device_late_for_its_secure_round_is_told_why_and_joins_the_next_by_itself(
+        hub: HubParts, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The round's advertise phase closes without dev-3 (its deadline passed): dev-3's late step is refused
+    ``409 wrong_phase`` (not ``400 malformed``); its agent leaves that round instead of rejoining it with new
+    keys on every poll, and takes part in the next version's round; the run completes."""
+    loops = _loops(hub, 4, "run-late")
+    assert hub.services.aggregation is not None
+    clock = FixedClock(hub.services.clock.now())
+    monkeypatch.setattr(hub.services.aggregation, "clock", clock)  # the rounds' phase deadlines
+    settings = RunSettings("digits", FEATURES, 10, rounds=2, min_participants=3, clip_norm=0.5, deadline_s=30,
+                           secure=True, fit={"epochs": 1, "batch_size": 16, "lr": 0.05})
+    hub.services.learning.start("run-late", settings, [loop.agent.device_id for loop in loops], actor="alice")
+    advertised: list[str] = []
+    for loop in loops:
+        send = loop.agent.request
+
+        def spy(action: str, path: str, body: dict, _send=send, _d=loop.agent.device_id):  # type: ignore[no-untyped-def]
+            if action == "aggregate" and body.get("step") == "advertise":
+                advertised.append(_d)
+            return _send(action, path, body)
+
+        monkeypatch.setattr(loop.agent, "request", spy)
+    for loop in loops[:3]:
+        loop.step()  # task, train, advertise
+    clock.advance(31)  # dev-3 never came: the phase closes with three
+    for _ in range(3):
+        loops[3].step()
+    out = capsys.readouterr().out
+    assert "secure round: left (wrong_phase)" in out and "400 malformed" not in out
+    assert advertised.count("dev-3") == 1  # it left the round; it did not rejoin it with fresh keys
+    deadline = time.monotonic() + 120  # the loop paces secure steps 50 ms apart: drive until done, not N turns
+    while not all(loop.state == "done" for loop in loops) and time.monotonic() < deadline:
+        _drive(loops, turns=1)
+    status = hub.services.learning.status("run-late")
+    assert (status["status"], status["accepted_updates"]) == ("completed", 3 + 4), status
+    assert advertised.count("dev-3") == 2  # the next version's round, by itself
+    assert [loop.state for loop in loops] == ["done"] * 4
 
 
 def test_tampered_model_artifact_is_refused_by_the_agent(hub: HubParts, capsys: pytest.CaptureFixture[str],

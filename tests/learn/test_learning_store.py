@@ -16,6 +16,7 @@ from iotguard.hub.stores.learning import (
     MemoryLearningRunStore,
     PendingUpdate,
     RunRecord,
+    SecureRoundBinding,
     SqlLearningRunStore,
     next_row,
 )
@@ -77,3 +78,32 @@ def test_step_is_compare_and_swap_and_consumes_its_updates_atomically(store: Lea
     got = store.get("run-1")
     assert got is not None and got.parameters == b"\1" * 16
     assert [u.device_id for u in store.pending("run-1")] == ["d1"]
+
+
+def _bound(round_id: str, version: int = 0, attempt: int = 1) -> SecureRoundBinding:
+    return SecureRoundBinding("run-1", version, round_id, ("d1", "d2", "d3"), 2, attempt, f"learn:run-1:v{version}", T0)
+
+
+def test_a_versions_secure_round_is_bound_once_and_replaced_compare_and_swap(store: LearningRunStore) -> None:
+    """Hub processes sharing the store hand out one round per version: the first bind wins, a failed round
+    is replaced only by a writer that saw it, and nothing binds a version the run has left."""
+    run = _run()
+    assert not store.bind_secure_round(_bound("a" * 32))  # no such run
+    store.create(run)
+    assert store.secure_round("run-1", 0) is None
+    assert store.bind_secure_round(_bound("a" * 32))
+    assert not store.bind_secure_round(_bound("b" * 32))  # a second process's first round loses
+    assert store.secure_round("run-1", 0) == _bound("a" * 32)
+    assert not store.bind_secure_round(_bound("c" * 32, attempt=2), replaces="b" * 32)  # not the bound round
+    assert store.bind_secure_round(_bound("c" * 32, attempt=2), replaces="a" * 32)  # the failed one replaced
+    assert not store.bind_secure_round(_bound("d" * 32, attempt=2), replaces="a" * 32)  # only once
+    assert store.secure_round("run-1", 0) == _bound("c" * 32, attempt=2)
+    # a task that read the run before its round was applied binds nothing for the old version
+    assert store.commit_step(next_row(run, version=1), [])
+    assert not store.bind_secure_round(_bound("e" * 32, attempt=3), replaces="c" * 32)
+    assert not store.bind_secure_round(_bound("f" * 32, version=2))
+    assert store.bind_secure_round(_bound("f" * 32, version=1))
+    got = store.get("run-1")
+    assert got is not None and store.commit_step(next_row(got, status="stopped"), [])
+    assert not store.bind_secure_round(_bound("1" * 32, attempt=2, version=1), replaces="f" * 32)
+    assert store.secure_round("run-1", 0) == _bound("c" * 32, attempt=2)

@@ -36,6 +36,9 @@ from iotguard.learn.model import Model, NDArrays, unflatten
 __all__ = ["LearningParticipant"]
 
 _ROUND_ID = re.compile(r"[0-9a-f]{32}")
+#: The hub's answers that this device's round went on without it (a late or repeated step after the round
+#: moved on): it waits for the version's next round or the next version instead of rejoining with new keys.
+_LEFT_BEHIND = ("wrong_phase", "message_duplicate", "not_in_round")
 
 
 def _task(answer: Mapping[str, Any]) -> tuple[int, Model, NDArrays, RoundConfig]:
@@ -94,7 +97,7 @@ class LearningParticipant:
         self._client_for = client_for
         self._model: Model | None = None
         self._participant = None if client is None else Participant(agent.device_id, agent.device_id, client)
-        self._sent: dict[str, int] = {}
+        self._sent: dict[str, tuple[int, str]] = {}  # per run: the version and round (secure) sent into
         self._rounds: dict[str, RoundClient] = {}
         #: The name the run publishes its model under (from the hub's task), per run.
         self.model_names: dict[str, str] = {}
@@ -128,7 +131,13 @@ class LearningParticipant:
         and the answer's status is ``waiting``. In a secure run the update
         goes into the round's secure aggregation: this call and the next ones
         each take one step of that round (status ``aggregating`` and the
-        round's ``phase``) until it is done; a failed round is trained again.
+        round's ``phase``) until it is done; a failed round is trained again
+        for the round the hub binds in its place (a new round id for the same
+        version). A step the hub refuses because the round went on without
+        this device (``wrong_phase``, ``message_duplicate``,
+        ``not_in_round``) leaves that round: the answer is ``waiting`` with
+        that ``reason``, and the device takes part again in the version's
+        next round or the next version.
 
         Raises:
             MalformedError: the hub's task is malformed.
@@ -148,28 +157,33 @@ class LearningParticipant:
             self._model = model
         if self._participant is None:  # unreachable: the constructor or the line above made one
             raise ConfigError("no client to train with")
-        if self._sent.get(run_id, -1) >= version:
-            return {"run_id": run_id, "version": version, "status": "waiting"}
         secure = _secure(answer.get("secure"), model.size())
+        round_id = secure[0] if secure is not None else ""
+        sent_version, sent_round = self._sent.get(run_id, (-1, ""))
+        if sent_version > version or (sent_version, sent_round) == (version, round_id):
+            return {"run_id": run_id, "version": version, "status": "waiting"}  # a new round id: the last failed
         update = self._participant.train(params, version, config)
         if secure is not None:
-            round_id, plan = secure
+            plan = secure[1]
             value = plan.encode(update.vector, discrete_gaussian)  # clipped, rounded, noised: never sent as is
             client = RoundClient(lambda body: self._agent.request("aggregate", AGGREGATE_PATH, body), round_id, value)
-            self._rounds[run_id], self._sent[run_id] = client, version
+            self._rounds[run_id], self._sent[run_id] = client, (version, round_id)
             return self._aggregate(run_id, client) | {"version": version}
         result = self._agent.request("learn_update", "/v1/learn/update", {
             "run_id": run_id, "base_version": update.base_version, "num_examples": update.num_examples,
             "update": update.payload})
-        self._sent[run_id] = version
+        self._sent[run_id] = (version, "")
         return result
 
     def _aggregate(self, run_id: str, client: RoundClient) -> dict[str, Any]:
         try:
             phase = client.step()
-        except (AggregationError, EnrollmentError):
+        except (AggregationError, EnrollmentError) as exc:
             self._rounds.pop(run_id, None)
-            self._sent.pop(run_id, None)  # the hub starts the version's round again
+            left = next((code for code in _LEFT_BEHIND if f" {code}" in str(exc)), "")
+            if left:  # the round went on without this device: wait for the next round (or version)
+                return {"run_id": run_id, "status": "waiting", "reason": left}
+            self._sent.pop(run_id, None)  # round_unknown (still starting), refused or transient: train again
             raise
         if phase in ("done", "failed"):
             self._rounds.pop(run_id, None)

@@ -158,6 +158,8 @@ class LearningLoop:
             return
         status = answer.get("status")
         self._waiting = ""
+        if answer.get("reason"):  # its secure round went on without it: it joins the next one by itself
+            self._say(f"secure round: left ({answer['reason']}); waiting for the next round")
         if status == "completed":
             self.state = "fetching"
             self._say(f"run {self.run_id} completed")

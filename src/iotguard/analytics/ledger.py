@@ -22,7 +22,10 @@ A central or federated release is refused (:class:`~iotguard.errors.BudgetExhaus
 when it would take any subject it reads past the budget, counting all three
 columns; it is refused for everybody or spent for everybody, in one step of
 the store (:meth:`SubjectLedgerStore.spend_all_within`). A refused release
-spends nothing. Local releases are made on the device against the data
+spends nothing. A charge may name a ``once`` key (a federated run's model
+version): each subject is charged at most once under one key, in the same
+step of the store, so a release that is retried (a secure round that failed
+and released nothing) is not charged again. Local releases are made on the device against the data
 contract's budget before the hub hears of them, so the hub records them
 (it cannot refuse them); a subject's budget should leave room for the
 contracts' local budgets. No I/O here.
@@ -43,6 +46,7 @@ from iotguard.privacy.pseudonym import period_number
 
 __all__ = [
     "CHARGED_SOURCES",
+    "MAX_ONCE_KEY",
     "InMemorySubjectLedgerStore",
     "LedgerLine",
     "SourceCharges",
@@ -53,6 +57,8 @@ __all__ = [
 
 #: Kinds of spending the hub charges (local DP is recorded from receipts instead).
 CHARGED_SOURCES = ("central", "federated")
+#: Longest ``once`` key of a charge (:meth:`SubjectLedger.charge_all`).
+MAX_ONCE_KEY = 200
 
 
 def _units(epsilon: float) -> int:
@@ -92,14 +98,20 @@ class SubjectLedgerStore(Protocol):
     """Durable per-subject totals, in :data:`~iotguard.privacy.EPSILON_RESOLUTION` units."""
 
     def spend_all_within(self, subject_ids: Sequence[str], period: int, source: str, units: int, limit: int,
-                         purpose: str, at: datetime) -> bool:
+                         purpose: str, at: datetime, once: str = "") -> bool:
         """Atomically add ``units`` to ``source`` of every subject, or to none.
 
         Refused (nothing spent, ``False``) when for any subject
         ``local + central + federated + units > limit``. The check and the
         spend are one step in the store, so any number of ledgers over one
-        store cannot overspend.
+        store cannot overspend. With a ``once`` key, subjects already charged
+        under it are left out (neither checked nor charged again) and the
+        others are recorded under it in the same step.
         """
+        ...
+
+    def charged_once(self, once: str) -> set[str]:
+        """The subjects charged under the ``once`` key."""
         ...
 
     def lines(self, subject_id: str) -> list[tuple[int, int, int, int]]:
@@ -115,6 +127,7 @@ class InMemorySubjectLedgerStore:
         self._devices: dict[str, set[str]] = {}
         self._local: dict[tuple[str, int], int] = {}
         self._charged: dict[tuple[str, int, str], int] = {}
+        self._once: dict[str, set[str]] = {}
 
     def link(self, subject_id: str, device_id: str) -> None:
         """The subject's readings come from ``device_id``."""
@@ -136,15 +149,22 @@ class InMemorySubjectLedgerStore:
             self._charged.get((subject_id, period, s), 0) for s in CHARGED_SOURCES)
 
     def spend_all_within(self, subject_ids: Sequence[str], period: int, source: str, units: int, limit: int,
-                         purpose: str, at: datetime) -> bool:
-        ids = sorted(set(subject_ids))
+                         purpose: str, at: datetime, once: str = "") -> bool:
         with self._lock:
+            done = self._once.get(once, set()) if once else set()
+            ids = sorted(set(subject_ids) - done)
             if any(self._total(s, period) + units > limit for s in ids):
                 return False
             for s in ids:
                 key = (s, period, source)
                 self._charged[key] = self._charged.get(key, 0) + units
+            if once:
+                self._once.setdefault(once, set()).update(ids)
             return True
+
+    def charged_once(self, once: str) -> set[str]:
+        with self._lock:
+            return set(self._once.get(once, set()))
 
     def lines(self, subject_id: str) -> list[tuple[int, int, int, int]]:
         with self._lock:
@@ -204,10 +224,12 @@ class SubjectLedger:
             raise ConfigError(f"the hub charges only {', '.join(CHARGED_SOURCES)} releases")
         return SourceCharges(self, source)
 
-    def charge_all(self, subjects: Sequence[str], epsilon: float, source: str, purpose: str, at: datetime) -> int:
+    def charge_all(self, subjects: Sequence[str], epsilon: float, source: str, purpose: str, at: datetime, *,
+                   once: str = "") -> int:
         """Charge ``epsilon`` of ``source`` to every subject a release reads, all or none; returns how many.
 
-        Call before drawing any noise.
+        Call before drawing any noise. With ``once`` (at most 200 characters), a subject already charged
+        under that key is not charged again (a retried release of one model version); the count includes it.
 
         Raises:
             BudgetExhausted: some subject would pass the budget (nothing spent for anyone).
@@ -217,14 +239,20 @@ class SubjectLedger:
             raise ConfigError(f"the hub charges only {', '.join(CHARGED_SOURCES)} releases")
         if not math.isfinite(epsilon) or epsilon < 0:
             raise ConfigError("privacy loss must be a non-negative number")
+        if len(once) > MAX_ONCE_KEY:
+            raise ConfigError(f"a charge's once key is at most {MAX_ONCE_KEY} characters")
         ids = sorted(set(subjects))
         units = _units(epsilon)
         if units > self._limit or not self.store.spend_all_within(ids, self.period_of(at), source, units,
-                                                                  self._limit, purpose, at):
+                                                                  self._limit, purpose, at, once):
             raise BudgetExhausted(
                 f"{source} release of epsilon {epsilon:g} for {purpose!r} would exceed the budget "
                 f"{self.budget_epsilon:g} of at least one of its {len(ids)} subjects; nothing was spent")
         return len(ids)
+
+    def charged_once(self, once: str) -> set[str]:
+        """The subjects already charged under the ``once`` key (see :meth:`charge_all`)."""
+        return self.store.charged_once(once) if once else set()
 
     def statement(self, subject_id: str) -> list[LedgerLine]:
         """The subject's loss per period and kind, oldest period first."""

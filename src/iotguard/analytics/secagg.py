@@ -65,8 +65,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from iotguard.errors import ConfigError, MalformedError
 
-__all__ = ["PRIME", "AggregationError", "Aggregator", "Device", "Share", "combine", "degree_failure_log2",
-           "harary_neighbours", "prg", "reconstruct_all", "secagg_plus_degree", "split"]
+__all__ = ["PRIME", "ROUND_STATE_REASONS", "AggregationError", "Aggregator", "Device", "Share", "combine",
+           "degree_failure_log2", "harary_neighbours", "prg", "reconstruct_all", "secagg_plus_degree", "split"]
 
 #: Field of the Shamir shares: the smallest prime above every 32-byte secret (2^256 + 297).
 PRIME = (1 << 256) + 297
@@ -78,11 +78,18 @@ _BOX_PLAIN = 8 + 2 * SHARE_BYTES
 Vector = npt.NDArray[np.uint32]
 
 
+#: Refusals that say where the round is (it moved on, is unknown, already has this step, does not hold the
+#: device), not that the bytes are bad: their error ``code`` is the reason itself, so a device is answered
+#: with it (409/404/403, ``hub.api.HTTP_STATUS``) instead of a generic ``malformed``.
+ROUND_STATE_REASONS = frozenset({"wrong_phase", "round_unknown", "message_duplicate", "not_in_round"})
+
+
 class AggregationError(MalformedError):
-    """A share or message was rejected; ``reason`` is a stable code."""
+    """A share or message was rejected; ``reason`` is a stable code (also the ``code`` of a round-state one)."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+        super().__init__(f"{reason}: {detail}" if detail else reason,
+                         code=reason if reason in ROUND_STATE_REASONS else None)
         self.reason = reason
 
 

@@ -335,6 +335,7 @@ class Participant:
         self._device: Device | None = None
         self._keys = Device(0, self._value)  # keys are made now; the index is learnt in the share phase
         self._peers: dict[int, tuple[bytes, bytes]] = {}
+        self._t = 0  # the round's threshold, from the share poll
         self._sharers: list[int] = []
         self.done: set[str] = set()
 
@@ -364,6 +365,8 @@ class Participant:
         dropped = _index_list(poll.get("dropped"), 1 << 16)
         if len(survivors) + len(dropped) > n:
             raise AggregationError("message_malformed", "more peers than the round gave")
+        if len(survivors) < self._t:  # Bonawitz et al.: below t survivors the seeds would unmask a too-small sum
+            raise AggregationError("too_few_survivors", f"{len(survivors)} of threshold {self._t}")
         shares = d.unmask_shares(survivors, dropped)
         return "unmask", encode_message({"shares": [[s.owner, s.kind, s.y.to_bytes(SHARE_BYTES, "big")]
                                                     for s in shares]})
@@ -380,7 +383,7 @@ class Participant:
             self._peers[p[0]] = (p[1], p[2])
         d = self._keys
         d.index = me
-        self._device = d
+        self._device, self._t = d, t
         shares = d.shares_for_peers(sorted(self._peers), t)
         for s in shares:
             if s.holder == me:

@@ -116,6 +116,11 @@ HTTP_STATUS: dict[str, int] = {
     "ek_certificate_revoked": 403,
     "ek_crl_invalid": 409,
     "ek_crl_stale": 409,
+    # secure-aggregation refusals that say where the round is (analytics.secagg.ROUND_STATE_REASONS)
+    "wrong_phase": 409,
+    "round_unknown": 404,
+    "message_duplicate": 409,
+    "not_in_round": 403,
 }
 
 

@@ -44,11 +44,11 @@ from iotguard.hub.stores.credentials import create_credential_tables
 from iotguard.hub.stores.data_keys import create_data_key_tables
 from iotguard.hub.stores.detector_state import create_detector_state_table
 from iotguard.hub.stores.firmware import create_firmware_tables
-from iotguard.hub.stores.learning import create_learning_tables
+from iotguard.hub.stores.learning import create_learning_tables, create_secure_round_table
 from iotguard.hub.stores.models import create_model_tables
 from iotguard.hub.stores.receipts import add_receipt_once_index
 from iotguard.hub.stores.rollouts import create_rollout_tables
-from iotguard.hub.stores.subject_ledger import create_subject_ledger_tables
+from iotguard.hub.stores.subject_ledger import create_subject_charge_once_table, create_subject_ledger_tables
 from iotguard.hub.stores.subjects import add_contribution_kind
 from iotguard.hub.stores.tombstones import create_tombstone_tables
 
@@ -97,6 +97,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               add_contribution_kind),
     Migration("0340_subject_ledger", "per-subject privacy-loss ledger: central and federated spends (ADR 0410)",
               create_subject_ledger_tables),
+    Migration("0341_subject_ledger_charge_once", "a keyed charge charges each subject once (ADR 1304)",
+              create_subject_charge_once_table),
     Migration("0400_credentials", "bootstrap token, API token usage, model end of support",
               create_credential_tables),
     Migration("0410_erasure_tombstones", "erased subjects named by a keyed hash a restore can recompute (ADR 0413)",
@@ -121,6 +123,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("1300_learned_models", "signed model artifacts published by the hub (ADR 1300)", create_model_tables),
     Migration("1301_learning_runs", "federated training runs and their pending updates (ADR 1300)",
               create_learning_tables),
+    Migration("1302_learning_secure_rounds", "each secure run version's aggregation round, bound compare-and-swap "
+              "(ADR 1304)", create_secure_round_table),
     Migration("1400_console", "console sessions and device-owner access tokens (ADR 1400)", create_console_tables),
     Migration("1510_receipt_once", "a privacy receipt is stored once per device and signature (unique index, ADR 1504)",
               add_receipt_once_index),

@@ -89,8 +89,11 @@ class SecureAggregationService:
         self._lock = threading.Lock()
 
     def start(self, devices: list[str], dims: int, *, degree: int = 0, threshold: int = 0,
-              phase_timeout_s: float = 300.0, actor: str) -> str:
+              phase_timeout_s: float = 300.0, actor: str, round_id: str = "") -> str:
         """Start a round among ``devices``; returns its id.
+
+        ``round_id`` (32 hex, drawn at random by the caller) starts the round under an id the caller bound
+        beforehand (a learning run's version, ADR 1304); a round of that id that exists is left as it is.
 
         Raises:
             MalformedError: bad parameters, or too many rounds running.
@@ -102,9 +105,14 @@ class SecureAggregationService:
                 raise ConfigError("phase timeout must be 1 s .. 1 day")
         except ConfigError as exc:
             raise MalformedError(f"round refused: {exc}") from None
+        if round_id and not _ROUND_ID.fullmatch(round_id):
+            raise MalformedError("round refused: a round id is 32 hex digits")
+        if round_id and self.store.get(round_id) is not None:
+            return round_id
         now = self.clock.now()
         rid = self._add("secure", {"devices": list(spec.devices), "dims": dims, "degree": degree,
-                                   "threshold": threshold, "timeout_s": float(phase_timeout_s)}, now)
+                                   "threshold": threshold, "timeout_s": float(phase_timeout_s)}, now,
+                        round_id=round_id)
         self.audit.record(AuditEvent("aggregate.round_started", now, actor, "aggregate",
                                      {"round": rid, "kind": "secure", "devices": len(devices), "dims": dims,
                                       "degree": degree}))
@@ -140,8 +148,9 @@ class SecureAggregationService:
                                      {"round": rid, "kind": "he", "devices": len(devices), "dims": dims}))
         return rid
 
-    def _add(self, kind: str, spec: dict[str, Any], now: datetime, *, hub_share: int | None = None) -> str:
-        rid = new_round_id().hex()
+    def _add(self, kind: str, spec: dict[str, Any], now: datetime, *, hub_share: int | None = None,
+             round_id: str = "") -> str:
+        rid = round_id or new_round_id().hex()
         if hub_share is not None:
             raw = hub_share.to_bytes((hub_share.bit_length() + 7) // 8 or 1)
             if self.keystore is not None:

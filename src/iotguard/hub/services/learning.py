@@ -27,17 +27,20 @@ signed ``aggregate`` requests), each device clips, rounds and, with DP
 (:mod:`iotguard.learn.distributed`), and the hub learns only the noised sum.
 Before a round starts, the round's share of the run's epsilon is charged to
 the data subject of every selected device in the one per-subject ledger
-(``federated`` column, all or nothing); a device whose subject's budget
+(``federated`` column, all or nothing), at most once per subject and model
+version (the ledger's ``once`` key): a failed round released no sum, so its
+replacement is not charged again (ADR 1304). A device whose subject's budget
 cannot take it is not selected, and one that cannot cover the whole run is
-not enrolled. Secure rounds live in the memory of the hub process that
-devices reach (as the aggregation service's rounds do); a round that fails
-is started again, charged again.
+not enrolled. Which aggregation round carries a version is bound in the
+shared run store (:class:`~iotguard.hub.stores.learning.SecureRoundBinding`,
+compare-and-swap, checked against the run's version), so every hub process
+hands out the same round, a failed round is replaced once, and its sum is
+applied once (the run's own compare-and-swap).
 """
 
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
@@ -46,12 +49,14 @@ from typing import Any
 import numpy as np
 
 from iotguard.analytics.ledger import SubjectLedger
+from iotguard.analytics.secagg import AggregationError
+from iotguard.analytics.secagg_round import new_round_id
 from iotguard.audit import AuditEvent, AuditSink
 from iotguard.clock import Clock
 from iotguard.errors import BudgetExhausted, ConfigError, IntegrityError, MalformedError, PolicyDenied
 from iotguard.hub.services.aggregation import SecureAggregationService
 from iotguard.hub.services.models import ModelService
-from iotguard.hub.stores.learning import LearningRunStore, PendingUpdate, RunRecord, next_row
+from iotguard.hub.stores.learning import LearningRunStore, PendingUpdate, RunRecord, SecureRoundBinding, next_row
 from iotguard.learn.client import RoundConfig, Update
 from iotguard.learn.compress import check_compression, decode_update, parse_schedule
 from iotguard.learn.distributed import SecureRoundPlan, plan_round
@@ -66,10 +71,22 @@ __all__ = ["LearningService", "RunSettings", "Task", "affirming_posture"]
 _RUN_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _COMMIT_ATTEMPTS = 5
 MAX_DEVICES = 10_000
+#: Why a secure round fails before the hub could unmask any sum (no masked vectors yet, or a mask whose secret
+#: has fewer than ``t`` shares): its replacement for the same version is not charged again. Any other failure
+#: is counted as a release and the replacement is charged again (conservative; ADR 1304).
+NOTHING_RELEASED = frozenset({"too_few_devices", "threshold_invalid", "too_few_survivors", "too_few_shares"})
 
 
 def _parameters(run: RunRecord, model: Model) -> NDArrays:
     return unflatten(np.frombuffer(run.parameters, dtype="<f8").astype(np.float64), model.initial(0))
+
+
+def _plan(bound: SecureRoundBinding, settings: RunSettings) -> SecureRoundPlan:
+    """A bound round's encoding plan, recomputed from the run's settings, its member count and threshold."""
+    if settings.clip_norm is None:
+        raise ConfigError("a secure run needs a clip norm")
+    return plan_round(settings.model().size(), settings.clip_norm, settings.noise_multiplier, len(bound.members),
+                      bound.threshold)
 
 
 def affirming_posture(postures: PostureStore) -> Callable[[str], bool]:
@@ -175,14 +192,6 @@ class Task:
     plan: SecureRoundPlan | None = None
 
 
-@dataclass(frozen=True)
-class _SecureRound:
-    version: int
-    round_id: str
-    members: tuple[str, ...]
-    plan: SecureRoundPlan
-
-
 class LearningService:
     """Starts, advances, stops and reports federated training runs."""
 
@@ -193,8 +202,6 @@ class LearningService:
         self._aggregation: SecureAggregationService | None = None
         self._ledger: SubjectLedger | None = None
         self._subject_of: Callable[[str], str | None] = lambda _d: None
-        self._secure: dict[str, _SecureRound] = {}
-        self._lock = threading.Lock()
 
     def attach_privacy(self, aggregation: SecureAggregationService | None, ledger: SubjectLedger | None,
                        subject_of: Callable[[str], str | None]) -> None:
@@ -261,11 +268,11 @@ class LearningService:
             return Task(run_id, run.version, _parameters(run, settings.model()), settings.round_config(run.version))
         run = self.tick(run_id)  # apply a finished secure round first
         self._check_device(run, device_id)
-        sr = self._secure_round(run, settings)
-        if device_id not in sr.members:
+        bound = self._secure_round(run, settings)
+        if device_id not in bound.members:
             raise PolicyDenied(f"device {device_id} is not selected for this round", code="not_selected")
         return Task(run_id, run.version, _parameters(run, settings.model()), settings.round_config(run.version),
-                    sr.round_id, sr.plan)
+                    bound.round_id, _plan(bound, settings))
 
     def _one_per_subject(self, devices: Sequence[str], version: int) -> list[str]:
         """One device per data subject (taking turns by version), so one subject moves the sum by at most ``C``."""
@@ -274,42 +281,79 @@ class LearningService:
             by_subject.setdefault(self.subject(d), []).append(d)
         return sorted(ds[version % len(ds)] for ds in by_subject.values())
 
-    def _secure_round(self, run: RunRecord, settings: RunSettings) -> _SecureRound:
-        """The secure round of the run's current version, started (and charged) if there is none."""
+    def _secure_round(self, run: RunRecord, settings: RunSettings) -> SecureRoundBinding:
+        """The round bound to the run's current version; a new one (charged, bound) if none is, or it failed.
+
+        Raises:
+            PolicyDenied: ``too_few_participants``, ``budget_exhausted``, ``run_not_running``.
+        """
+        for _ in range(_COMMIT_ATTEMPTS):
+            bound = self._store.secure_round(run.run_id, run.version)
+            replaces, attempt, key = "", 1, f"learn:{run.run_id}:v{run.version}"
+            if bound is not None:
+                reason = self._failure(bound, settings)
+                if reason is None:
+                    return bound
+                replaces, attempt = bound.round_id, bound.attempt + 1
+                key = bound.charge_key if reason in NOTHING_RELEASED else f"{key}:a{attempt}"
+            started = self._start_round(run, settings, replaces, attempt, key)
+            if started is not None:
+                return started
+            run = self._run(run.run_id)[0]  # another process bound the version first, or the run moved on
+            if run.status != "running":
+                raise PolicyDenied(f"run {run.run_id} is {run.status}", code="run_not_running")
+        raise PolicyDenied(f"run {run.run_id}'s round kept changing", code="too_few_participants")
+
+    def _failure(self, bound: SecureRoundBinding, settings: RunSettings) -> str | None:
+        """Why the bound round failed, or None while it runs or is done (unknown and younger than a phase
+        deadline: its binder is still starting it)."""
+        if self._aggregation is None:
+            raise ConfigError("a secure run needs the aggregation service")
+        try:
+            out = self._aggregation.status(bound.round_id, actor="learning")
+        except AggregationError as exc:
+            if exc.reason != "round_unknown":
+                raise
+            young = self._clock.now() - bound.bound_at < timedelta(seconds=settings.deadline_s)
+            return None if young else "round_unknown"  # never started (its binder stopped), or forgotten
+        return str(out.get("reason") or "failed") if out["phase"] == "failed" else None
+
+    def _start_round(self, run: RunRecord, settings: RunSettings, replaces: str, attempt: int,
+                     key: str) -> SecureRoundBinding | None:
+        """Select, charge (once per subject under ``key``), bind and start a round; None if the bind lost."""
         aggregation, ledger, clip_norm = self._aggregation, self._ledger, settings.clip_norm
         if aggregation is None or clip_norm is None or (settings.epsilon > 0 and ledger is None):
             raise ConfigError("a secure run needs the aggregation service, a clip norm and (with DP) the ledger")
-        with self._lock:
-            sr = self._secure.get(run.run_id)
-            if sr is not None and sr.version == run.version:
-                return sr
-            now = self._clock.now()
-            members = self._one_per_subject([d for d in run.devices if self._eligible(d)], run.version)
-            increment = 0.0
-            if settings.epsilon > 0 and ledger is not None:
-                dp = settings.dp()
-                increment = dp.epsilon_after(run.version + 1) - dp.epsilon_after(run.version)
-                members = [d for d in members if ledger.remaining(self.subject(d), now) >= increment]
-            if len(members) < settings.min_participants:
-                raise PolicyDenied(f"{len(members)} devices can take part, the round needs "
-                                   f"{settings.min_participants}", code="too_few_participants")
-            threshold = min(len(members), max(settings.min_participants, len(members) // 2 + 1))
-            dims = settings.model().size()
-            plan = plan_round(dims, clip_norm, settings.noise_multiplier, len(members), threshold)
-            if increment > 0 and ledger is not None:
-                try:
-                    ledger.charge_all([self.subject(d) for d in members], increment, "federated",
-                                      f"learn:{run.run_id}", now)
-                except BudgetExhausted as exc:
-                    raise PolicyDenied(str(exc), code="budget_exhausted") from exc
-            rid = aggregation.start(members, dims, threshold=threshold, phase_timeout_s=settings.deadline_s,
-                                          actor=run.started_by)
-            self._audit.record(AuditEvent("learning.secure_round", now, run.started_by, run.run_id,
-                                          {"version": run.version, "round": rid, "devices": len(members),
-                                           "threshold": threshold, "epsilon_charged": increment}))
-            sr = _SecureRound(run.version, rid, tuple(members), plan)
-            self._secure[run.run_id] = sr
-            return sr
+        now = self._clock.now()
+        members = self._one_per_subject([d for d in run.devices if self._eligible(d)], run.version)
+        increment = 0.0
+        if settings.epsilon > 0 and ledger is not None:
+            dp = settings.dp()
+            increment = dp.epsilon_after(run.version + 1) - dp.epsilon_after(run.version)
+            paid = ledger.charged_once(key)  # already charged for this version: selectable whatever is left
+            members = [d for d in members
+                       if self.subject(d) in paid or ledger.remaining(self.subject(d), now) >= increment]
+        if len(members) < settings.min_participants:
+            raise PolicyDenied(f"{len(members)} devices can take part, the round needs "
+                               f"{settings.min_participants}", code="too_few_participants")
+        threshold = min(len(members), max(settings.min_participants, len(members) // 2 + 1))
+        if increment > 0 and ledger is not None:
+            try:
+                ledger.charge_all([self.subject(d) for d in members], increment, "federated",
+                                  f"learn:{run.run_id}", now, once=key)
+            except BudgetExhausted as exc:
+                raise PolicyDenied(str(exc), code="budget_exhausted") from exc
+        bound = SecureRoundBinding(run.run_id, run.version, new_round_id().hex(), tuple(sorted(members)), threshold,
+                                   attempt, key, now)
+        if not self._store.bind_secure_round(bound, replaces):
+            return None
+        aggregation.start(list(bound.members), settings.model().size(), threshold=threshold,
+                          phase_timeout_s=settings.deadline_s, actor=run.started_by, round_id=bound.round_id)
+        self._audit.record(AuditEvent("learning.secure_round", now, run.started_by, run.run_id,
+                                      {"version": run.version, "round": bound.round_id, "attempt": attempt,
+                                       "replaces": replaces, "devices": len(members), "threshold": threshold,
+                                       "epsilon_charged": increment, "charge_key": key}))
+        return bound
 
     def submit(self, run_id: str, device_id: str, base_version: int, payload: bytes, num_examples: int) -> RunRecord:
         """Take one encoded update and advance the run if a round or buffer is complete.
@@ -407,18 +451,20 @@ class LearningService:
 
     def _secure_step(self, run: RunRecord, settings: RunSettings
                      ) -> tuple[RunRecord, list[tuple[str, int]], dict[str, Any]] | None:
-        """Apply the current version's secure round if its sum is out (only in the process that holds it)."""
-        with self._lock:
-            sr = self._secure.get(run.run_id)
-            if sr is None or sr.version != run.version or self._aggregation is None:
-                return None
-            out = self._aggregation.status(sr.round_id, actor=run.started_by)
-            if out["phase"] == "failed":
-                del self._secure[run.run_id]  # the next task starts (and charges) a new round
-                return None
-            if out["phase"] != "done":
-                return None
-        mean = sr.plan.decode_sum(out["sum"]) / len(sr.members)  # fixed denominator (DP-FedAvg)
+        """Apply the current version's bound round if its sum is out (any process; the run's CAS applies it once)."""
+        bound = self._store.secure_round(run.run_id, run.version)
+        if bound is None or self._aggregation is None:
+            return None
+        try:
+            out = self._aggregation.status(bound.round_id, actor=run.started_by)
+        except AggregationError as exc:
+            if exc.reason == "round_unknown":
+                return None  # still being started, or replaced by the next task request
+            raise
+        if out["phase"] != "done":
+            return None
+        plan = _plan(bound, settings)
+        mean = plan.decode_sum(out["sum"]) / len(bound.members)  # fixed denominator (DP-FedAvg)
         params = flatten(_parameters(run, settings.model())) + settings.server_lr * mean
         survivors = int(out["survivors"])
         version = run.version + 1
@@ -426,8 +472,8 @@ class LearningService:
                         round_started_at=self._clock.now(),
                         status="completed" if version >= settings.rounds else "running",
                         accepted=run.accepted + survivors,
-                        rejected=run.rejected + len(sr.members) - survivors), [], \
-            {"updates": survivors, "bytes_per_device": 4 * sr.plan.dims, "compression": "none",
+                        rejected=run.rejected + len(bound.members) - survivors), [], \
+            {"updates": survivors, "bytes_per_device": 4 * plan.dims, "compression": "none", "round": bound.round_id,
              "note": "masked vector only (u32 a coordinate); secure aggregation's key and share messages are extra"}
 
     def _complete(self, run: RunRecord, settings: RunSettings) -> None:

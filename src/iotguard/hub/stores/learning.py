@@ -5,7 +5,12 @@ a compare-and-swap on the run's ``row_version`` that also deletes the
 updates the step consumed, in one transaction: two hub processes closing the
 same round cannot both apply it, and no update is applied twice. A device's
 update for one model version is stored once (a replayed or duplicated
-submission is refused). Memory and SQL implementations pass
+submission is refused). A secure run's model version is bound to its
+secure-aggregation round (:class:`SecureRoundBinding`, migration
+``1302_learning_secure_rounds``) by :meth:`LearningRunStore.bind_secure_round`,
+a compare-and-swap that also checks the run is still at that version: every
+hub process hands out the same round for a version, and a failed round is
+replaced once. Memory and SQL implementations pass
 ``tests/learn/test_learning_store.py``.
 """
 
@@ -25,8 +30,8 @@ from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from iotguard.errors import IntegrityError
 from iotguard.hub.stores._sql import SqlStoreBase, aware_utc, utc
 
-__all__ = ["LearningRunStore", "MemoryLearningRunStore", "PendingUpdate", "RunRecord", "SqlLearningRunStore",
-           "create_learning_tables"]
+__all__ = ["LearningRunStore", "MemoryLearningRunStore", "PendingUpdate", "RunRecord", "SecureRoundBinding",
+           "SqlLearningRunStore", "create_learning_tables", "create_secure_round_table"]
 
 _meta = MetaData()
 learning_runs = Table(
@@ -56,9 +61,29 @@ learning_updates = Table(
 )
 
 
+learning_secure_rounds = Table(
+    "learning_secure_rounds",
+    _meta,
+    Column("run_id", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("round_id", String(32), nullable=False),
+    Column("members", Text, nullable=False),
+    Column("threshold", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("charge_key", String(200), nullable=False),
+    Column("bound_at", DateTime(timezone=True), nullable=False),
+)
+
+
 def create_learning_tables(conn: Connection) -> None:
     """Migration ``1301_learning_runs``: training runs and their pending updates."""
-    _meta.create_all(conn)
+    learning_runs.create(conn, checkfirst=True)
+    learning_updates.create(conn, checkfirst=True)
+
+
+def create_secure_round_table(conn: Connection) -> None:
+    """Migration ``1302_learning_secure_rounds``: each secure run version's aggregation round."""
+    learning_secure_rounds.create(conn, checkfirst=True)
 
 
 @dataclass(frozen=True)
@@ -102,6 +127,31 @@ class PendingUpdate:
     received_at: datetime
 
 
+@dataclass(frozen=True)
+class SecureRoundBinding:
+    """Which secure-aggregation round carries a secure run's model version (the round's plan is recomputed
+    from the run's settings, the member count and the threshold).
+
+    Attributes:
+        run_id, version: The run and the model version the round's sum steps.
+        round_id: The aggregation round (32 hex).
+        members: The selected devices, sorted.
+        threshold: The round's threshold.
+        attempt: 1 for the version's first round, +1 for each replacement of a failed one.
+        charge_key: The ledger's ``once`` key the members' subjects were charged under.
+        bound_at: When this round was bound.
+    """
+
+    run_id: str
+    version: int
+    round_id: str
+    members: tuple[str, ...]
+    threshold: int
+    attempt: int
+    charge_key: str
+    bound_at: datetime
+
+
 class LearningRunStore(Protocol):
     """Runs and pending updates."""
 
@@ -130,6 +180,15 @@ class LearningRunStore(Protocol):
         ``(device_id, base_version)`` updates consumed, in one transaction; False if another writer won."""
         ...
 
+    def secure_round(self, run_id: str, version: int) -> SecureRoundBinding | None:
+        """The round bound to the run's ``version``, or None."""
+        ...
+
+    def bind_secure_round(self, binding: SecureRoundBinding, replaces: str = "") -> bool:
+        """Bind ``binding`` if the run is running at ``binding.version`` and the version's bound round is
+        ``replaces`` (``""``: none yet), in one transaction; False (nothing changed) otherwise."""
+        ...
+
 
 class MemoryLearningRunStore:
     """:class:`LearningRunStore` in memory (unit tests, single process)."""
@@ -137,6 +196,7 @@ class MemoryLearningRunStore:
     def __init__(self) -> None:
         self._runs: dict[str, RunRecord] = {}
         self._updates: dict[str, dict[tuple[str, int], PendingUpdate]] = {}
+        self._bound: dict[tuple[str, int], SecureRoundBinding] = {}
         self._lock = threading.Lock()
 
     def create(self, run: RunRecord) -> None:
@@ -175,6 +235,22 @@ class MemoryLearningRunStore:
             self._runs[run.run_id] = run
             for key in consumed:
                 self._updates[run.run_id].pop(key, None)
+            return True
+
+    def secure_round(self, run_id: str, version: int) -> SecureRoundBinding | None:
+        with self._lock:
+            return self._bound.get((run_id, version))
+
+    def bind_secure_round(self, binding: SecureRoundBinding, replaces: str = "") -> bool:
+        with self._lock:
+            run = self._runs.get(binding.run_id)
+            if run is None or run.status != "running" or run.version != binding.version:
+                return False
+            key = (binding.run_id, binding.version)
+            current = self._bound.get(key)
+            if (current.round_id if current is not None else "") != replaces:
+                return False
+            self._bound[key] = binding
             return True
 
 
@@ -243,6 +319,39 @@ class SqlLearningRunStore(SqlStoreBase):
                     learning_updates.c.run_id == run.run_id, learning_updates.c.device_id == device_id,
                     learning_updates.c.base_version == base_version))
             return True
+
+    def secure_round(self, run_id: str, version: int) -> SecureRoundBinding | None:
+        t = learning_secure_rounds
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t).where(t.c.run_id == run_id, t.c.version == version)).first()
+        return None if row is None else _binding(row)
+
+    def bind_secure_round(self, binding: SecureRoundBinding, replaces: str = "") -> bool:
+        t, b = learning_secure_rounds, binding
+        values = {"round_id": b.round_id, "members": json.dumps(list(b.members)), "threshold": b.threshold,
+                  "attempt": b.attempt, "charge_key": b.charge_key, "bound_at": utc(b.bound_at)}
+        try:
+            with self.engine.begin() as conn:
+                # Hold the run's row (a no-op update locks it; SQLite has one writer): the version cannot move
+                # on between this check and the binding, and commit_step waits for us.
+                held = conn.execute(learning_runs.update().where(
+                    learning_runs.c.run_id == b.run_id, learning_runs.c.status == "running",
+                    learning_runs.c.version == b.version).values(row_version=learning_runs.c.row_version)).rowcount
+                if not held:
+                    return False
+                if not replaces:
+                    conn.execute(t.insert().values(run_id=b.run_id, version=b.version, **values))
+                    return True
+                return bool(conn.execute(t.update().where(t.c.run_id == b.run_id, t.c.version == b.version,
+                                                          t.c.round_id == replaces).values(**values)).rowcount)
+        except SqlIntegrityError:
+            return False  # another process bound the version's first round
+
+
+def _binding(row: Any) -> SecureRoundBinding:
+    r = row._mapping
+    return SecureRoundBinding(r["run_id"], int(r["version"]), r["round_id"], tuple(json.loads(r["members"])),
+                              int(r["threshold"]), int(r["attempt"]), r["charge_key"], aware_utc(r["bound_at"]))
 
 
 def next_row(run: RunRecord, **changes: Any) -> RunRecord:

@@ -8,6 +8,13 @@ at charge time, from the devices' receipt totals in ``privacy_budget_ledger``
 Keeping the two apart is the fix for round two's masking defect, where a
 central spend raised the same row a later receipt's period total was
 compared with, hiding part of that receipt's increase.
+
+``privacy_subject_charges`` (migration ``0341_subject_ledger_charge_once``)
+names the subjects a keyed charge has charged (``once``: a federated run's
+model version), one row per key and subject under a primary key, written in
+the charge's own transaction: a retried release is charged to a subject at
+most once, even when two hub processes retry it at the same moment (the
+second insert conflicts and the whole charge is retried, seeing the first).
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ from iotguard.hub.stores._sql import utc
 from iotguard.hub.stores.consent import subject_devices
 from iotguard.hub.stores.receipts import budget_ledger
 
-__all__ = ["SqlSubjectLedgerStore", "create_subject_ledger_tables", "subject_ledger"]
+__all__ = ["SqlSubjectLedgerStore", "create_subject_charge_once_table", "create_subject_ledger_tables",
+           "subject_charges", "subject_ledger"]
 
 subject_ledger = Table(
     "privacy_subject_ledger",
@@ -53,9 +61,26 @@ subject_ledger = Table(
 )
 
 
+subject_charges = Table(
+    "privacy_subject_charges",
+    metadata,
+    Column("charge_key", String(200), nullable=False),
+    Column("subject_id", String(128), nullable=False),
+    Column("period", BigInteger, nullable=False),
+    Column("units", BigInteger, nullable=False),
+    Column("charged_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("charge_key", "subject_id"),
+)
+
+
 def create_subject_ledger_tables(conn: Connection) -> None:
     """Migration ``0340_subject_ledger``."""
     subject_ledger.create(conn, checkfirst=True)
+
+
+def create_subject_charge_once_table(conn: Connection) -> None:
+    """Migration ``0341_subject_ledger_charge_once``: which subjects a keyed charge has charged."""
+    subject_charges.create(conn, checkfirst=True)
 
 
 class _Refused(Exception):
@@ -78,7 +103,7 @@ class SqlSubjectLedgerStore:
         self._engine = engine
 
     def spend_all_within(self, subject_ids: Sequence[str], period: int, source: str, units: int, limit: int,
-                         purpose: str, at: datetime) -> bool:
+                         purpose: str, at: datetime, once: str = "") -> bool:
         """One transaction: per subject (sorted, so two charges cannot deadlock) a conditional UPDATE.
 
         ``UPDATE ... SET <source> = <source> + units WHERE central + federated
@@ -93,13 +118,20 @@ class SqlSubjectLedgerStore:
         for _ in range(3):
             try:
                 with self._engine.begin() as c:
-                    for s in ids:
+                    todo = ids
+                    if once:
+                        done = self._charged_once(c, once)
+                        todo = [s for s in ids if s not in done]
+                    for s in todo:
+                        if once:  # first: a concurrent charge under the same key waits here, then conflicts
+                            c.execute(subject_charges.insert().values(charge_key=once, subject_id=s, period=period,
+                                                                      units=units, charged_at=utc(at)))
                         self._charge_one(c, s, period, col, units, limit, at)
                 return True
             except _Refused:
                 return False
             except SqlIntegrityError:
-                continue  # another charge created a subject's row first: retry the whole charge
+                continue  # another charge created a subject's row (or once-row) first: retry the whole charge
         raise StorageError("privacy ledger rows could not be created or updated")
 
     @staticmethod
@@ -119,8 +151,18 @@ class SqlSubjectLedgerStore:
             raise _Refused
 
     @staticmethod
+    def _charged_once(c: Connection, once: str) -> set[str]:
+        return {str(s) for (s,) in c.execute(select(subject_charges.c.subject_id)
+                                             .where(subject_charges.c.charge_key == once))}
+
+    def charged_once(self, once: str) -> set[str]:
+        with self._engine.connect() as c:
+            return self._charged_once(c, once)
+
+    @staticmethod
     def forget_subject(conn: Connection, subject_id: str) -> int:
         """Erasure: delete the subject's central and federated rows in ``conn``'s transaction; returns how many."""
+        conn.execute(subject_charges.delete().where(subject_charges.c.subject_id == subject_id))
         return int(conn.execute(subject_ledger.delete().where(subject_ledger.c.subject_id == subject_id)).rowcount
                    or 0)
 
