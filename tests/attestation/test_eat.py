@@ -157,3 +157,58 @@ def test_quote_signed_token_without_a_tpms_attest_or_too_long_is_malformed(signa
     with pytest.raises(MalformedError) as info:
         decode_evidence(token)
     assert info.value.code == "malformed_evidence"
+
+
+def test_claims_map_with_a_duplicate_key_is_refused() -> None:
+    """A repeated claim (the last one would win in a decoder's dict) is not the deterministic encoding."""
+    canonical = cbor2.dumps(CLAIMS.to_cbor(), canonical=True)
+    assert canonical[0] == 0xAD  # a map of 13 claims
+    duplicated = b"\xae" + canonical[1:] + cbor2.dumps(-75006) + cbor2.dumps("tamper")  # 14 entries, one key twice
+    assert len(cbor2.loads(duplicated)) == 13
+    with pytest.raises(MalformedError) as info:
+        decode_evidence(_replace_payload(_token(), duplicated))
+    assert info.value.code == "malformed_evidence"
+
+
+def test_event_log_as_an_indefinite_length_array_is_refused() -> None:
+    canonical = cbor2.dumps(CLAIMS.to_cbor(), canonical=True)
+    log = cbor2.dumps([e.to_cbor() for e in EVENTS])
+    indefinite = b"\x9f" + log[1:] + b"\xff"
+    payload = canonical.replace(log, indefinite)
+    assert cbor2.loads(payload) == cbor2.loads(canonical)
+    with pytest.raises(MalformedError):
+        decode_evidence(_replace_payload(_token(), payload))
+
+
+@pytest.mark.parametrize("entry", [
+    [True, b"\x11" * 32, "bootloader", ""],  # a boolean is not a PCR index
+    ["0", b"\x11" * 32, "bootloader", ""],
+    [0, "11" * 32, "bootloader", ""],
+    [0, b"\x11" * 32, b"bootloader", ""],
+    [0, b"\x11" * 32, "bootloader", None],
+    [0, b"\x11" * 32, "bootloader", "1.0 beta"],
+    [0, b"\x11" * 32, "bootloader"],
+])
+def test_event_log_entries_outside_the_profile_are_refused_every_time(entry: list[object]) -> None:
+    """Entry checks come before the per-log cache, and a refused log is not remembered as accepted."""
+    claims = {**CLAIMS.to_cbor(), -75000: [entry]}
+    token = _replace_payload(_token(), cbor2.dumps(claims, canonical=True))
+    for _ in range(2):
+        with pytest.raises(MalformedError):
+            decode_evidence(token)
+
+
+@pytest.mark.parametrize("selection", [(0, 24), (0, 0, 4), (-1, 4)])
+def test_pcr_selection_outside_the_profile_is_refused(selection: tuple[int, ...]) -> None:
+    with pytest.raises(MalformedError):
+        decode_evidence(_token(dataclasses.replace(CLAIMS, pcr_selection=selection)))
+
+
+def test_each_event_log_gets_its_own_events_and_digest() -> None:
+    """The per-log cache is keyed by the whole log: another log decodes to its own events and digest."""
+    other = (BootEvent(0, b"\x11" * 32, "bootloader", "1.0.0"), BootEvent(4, b"\x23" * 32, "kernel", ""))
+    first = decode_evidence(_token())
+    second = decode_evidence(_token(dataclasses.replace(CLAIMS, event_log=other,
+                                                        event_log_digest=event_log_digest(other))))
+    assert (first.claims.event_log, first.event_log_sha256) == (EVENTS, event_log_digest(EVENTS))
+    assert (second.claims.event_log, second.event_log_sha256) == (other, event_log_digest(other))

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import event
 
 from iotguard.agent import Agent
 from iotguard.agent.attester import Attester, boot_from_config
@@ -28,7 +29,7 @@ from iotguard.errors import EnrollmentError, SecureBootError
 from iotguard.hub.ingest import Incoming
 from iotguard.hub.policy_store import load_posture
 from iotguard.hub.services.attestation import CHALLENGE_KIND
-from iotguard.hub.stores.attestation import policies
+from iotguard.hub.stores.attestation import policies, results
 from iotguard.wire import Reading, encode_reading
 from tests.attestation.conftest import MODEL, POLICY, Device, Firmware, endorse
 from tests.hub.conftest import HubParts
@@ -229,6 +230,54 @@ def test_hub_challenge_goes_out_on_cmd_and_the_agent_answers_it(hub: HubParts, d
         time.sleep(0.05)
     assert hub.services.attestation.history("dev-1")[0].status == "affirming"
     assert hub.services.posture.posture.require("dev-1").trust_tier == "verified"
+
+
+def test_an_affirming_record_is_never_visible_beside_the_old_trust_tier(hub: HubParts, device: Device) -> None:
+    """Posture first: when the appraisal's record commits, the posture every decision reads is already set."""
+    a = hub.agent("dev-1")
+    engine = hub.services.posture.store.engine
+    recording: set[object] = set()  # connections whose transaction records an appraisal
+    tiers_at_commit: list[str] = []
+
+    def on_execute(conn: object, statement: Any, *_args: Any) -> None:
+        if getattr(statement, "table", None) is results and statement.is_insert:
+            recording.add(conn)
+
+    def at_commit(conn: object) -> None:
+        if conn in recording:
+            recording.discard(conn)
+            tiers_at_commit.append(hub.services.posture.posture.require("dev-1").trust_tier)
+
+    event.listen(engine, "before_execute", on_execute)
+    event.listen(engine, "commit", at_commit)
+    try:
+        assert _attest_boot(hub, a, device).json()["status"] == "affirming"
+    finally:
+        event.remove(engine, "before_execute", on_execute)
+        event.remove(engine, "commit", at_commit)
+    assert tiers_at_commit == ["verified"]
+
+
+def test_a_failed_appraisal_commit_leaves_the_posture_as_it_was(hub: HubParts, device: Device) -> None:
+    a = hub.agent("dev-1")
+    _certify_ak(hub, a, device)
+    record = device.boot()
+    nonce = _nonce(hub, a)
+    token = device.evidence(record, nonce, now=datetime.now(UTC))
+    engine = hub.services.posture.store.engine
+
+    def refuse_commit(_conn: object) -> None:
+        raise RuntimeError("disk gone")
+
+    event.listen(engine, "commit", refuse_commit)
+    try:
+        with pytest.raises(RuntimeError, match="disk gone"):
+            hub.services.attestation.appraise("dev-1", nonce, token, device.root.attestation_key())
+    finally:
+        event.remove(engine, "commit", refuse_commit)
+    posture = hub.services.posture.posture.require("dev-1")
+    assert (posture.trust_tier, posture.attested_at) == ("unverified", None)
+    assert hub.services.attestation.history("dev-1") == []
 
 
 def test_cli_reference_values_policy_posture_and_challenge(

@@ -44,9 +44,11 @@ def _setup(tmp: Path) -> tuple[Verifier, bytes, object]:
 _STATE: dict[str, tuple[Verifier, bytes, object]] = {}
 
 
-def _state(tmp_path_factory_dir: Path) -> tuple[Verifier, bytes, object]:
+def _state(factory: pytest.TempPathFactory) -> tuple[Verifier, bytes, object]:
+    # One device and token per process; a directory is made only for it (not per example: mktemp scans
+    # the numbered directories made before it, so one per example made the fuzz tests quadratic).
     if "s" not in _STATE:
-        _STATE["s"] = _setup(tmp_path_factory_dir)
+        _STATE["s"] = _setup(factory.mktemp("fuzz"))
     return _STATE["s"]
 
 
@@ -56,7 +58,7 @@ def _appraise(state: tuple[Verifier, bytes, object], token: bytes) -> Attestatio
 
 
 def test_the_unaltered_token_is_affirming(tmp_path_factory: pytest.TempPathFactory) -> None:
-    state = _state(tmp_path_factory.mktemp("fuzz"))
+    state = _state(tmp_path_factory)
     assert _appraise(state, state[1]).status is Tier.AFFIRMING
 
 
@@ -65,7 +67,7 @@ def test_the_unaltered_token_is_affirming(tmp_path_factory: pytest.TempPathFacto
 def test_altered_tokens_are_refused_with_a_reason_never_a_crash(
     tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
 ) -> None:
-    state = _state(tmp_path_factory.mktemp("fuzz"))
+    state = _state(tmp_path_factory)
     token = bytearray(state[1])
     for _ in range(data.draw(st.integers(1, 4))):
         at = data.draw(st.integers(0, len(token) - 1))
@@ -89,7 +91,7 @@ def test_altered_tokens_are_refused_with_a_reason_never_a_crash(
 def test_arbitrary_cbor_claims_in_a_signed_envelope_are_refused(
     tmp_path_factory: pytest.TempPathFactory, payload: object
 ) -> None:
-    state = _state(tmp_path_factory.mktemp("fuzz"))
+    state = _state(tmp_path_factory)
     outer = cbor2.loads(state[1])
     token = cbor2.dumps(cbor2.CBORTag(18, [outer.value[0], {}, cbor2.dumps(payload), outer.value[3]]))
     assert _appraise(state, token).status is Tier.CONTRAINDICATED

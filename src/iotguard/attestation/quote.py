@@ -149,8 +149,13 @@ def _tpm(attest: bytes) -> QuoteInfo:
     at += 2
     if digest_size != 32 or at + 32 != len(attest):
         raise _malformed("PCR digest length or trailing bytes")
-    selection = tuple(i for i in range(PCR_COUNT) if bitmap >> i & 1)
-    return QuoteInfo(nonce, selection, attest[at:], reset_count)
+    return QuoteInfo(nonce, _selection(bitmap), attest[at:], reset_count)
+
+
+@lru_cache(maxsize=256)
+def _selection(bitmap: int) -> tuple[int, ...]:
+    """The PCR indexes a 3-byte selection bitmap names, ascending (a fleet quotes few distinct selections)."""
+    return tuple(i for i in range(PCR_COUNT) if bitmap >> i & 1)
 
 
 def parse_quote(quote_format: str, attest: bytes) -> QuoteInfo:

@@ -57,6 +57,12 @@ _ZERO = bytes(PCR_DIGEST_SIZE)
 _ueid = lru_cache(maxsize=4096)(ueid_of)
 _RANK = {Tier.AFFIRMING: 0, Tier.NONE: 1, Tier.WARNING: 2, Tier.CONTRAINDICATED: 3}
 _NOT_APPRAISED = ClaimAppraisal()
+_AFFIRMED = ClaimAppraisal(Tier.AFFIRMING)
+# Enum members read once: a member lookup on the class goes through a descriptor in Python 3.11.
+_AFFIRMING, _NONE, _WARNING, _CONTRAINDICATED = Tier.AFFIRMING, Tier.NONE, Tier.WARNING, Tier.CONTRAINDICATED
+_IGNORED, _ADVISORY, _REQUIRED = ClaimWeight.IGNORED, ClaimWeight.ADVISORY, ClaimWeight.REQUIRED
+_ES256, _ES256_NAME = AttestationKeyAlgorithm.ES256, AttestationKeyAlgorithm.ES256.value
+_TPM2_QUOTE, _SOFTWARE_QUOTE = QuoteFormat.TPM2.value, QuoteFormat.SOFTWARE.value
 
 
 class _Refused(Exception):
@@ -119,7 +125,7 @@ class Verifier:
         except MalformedError as exc:
             vector["instance-identity"] = ClaimAppraisal(Tier.CONTRAINDICATED, (exc.code,))
             return self._result(policy, vector, Tier.CONTRAINDICATED, (exc.code,), None, now)
-        vector["instance-identity"] = ClaimAppraisal(Tier.AFFIRMING)
+        vector["instance-identity"] = _AFFIRMED
         vector["executables"] = self._compare(evidence, measured, policy.executables, policy, "executable")
         vector["configuration"] = self._compare(evidence, measured, policy.configuration, policy, "configuration")
         if vector["configuration"].tier is Tier.AFFIRMING and policy.configuration:
@@ -136,7 +142,7 @@ class Verifier:
     def _check_signature(evidence: Evidence, ak: AttestationKey) -> QuoteInfo | None:
         """The token's one signature; for quote-signed TPM evidence, the quote it is (ADR 0813)."""
         if evidence.algorithm != TPM_QUOTE_ALGORITHM:
-            if ak.algorithm is AttestationKeyAlgorithm.ES256:
+            if ak.algorithm is _ES256:
                 # A TPM AK signs anything not starting with TPM_GENERATED_VALUE through TPM2_Sign, so a
                 # token it signed that way (a software-style quote, say) proves nothing about the PCRs.
                 raise _Refused("instance-identity", "evidence_not_quote_signed")
@@ -146,12 +152,12 @@ class Verifier:
                 raise _Refused("instance-identity", exc.code) from None
             return None
         try:
-            verify_signature(ak, AttestationKeyAlgorithm.ES256.value, evidence.signed_attest, evidence.signature)
+            verify_signature(ak, _ES256_NAME, evidence.signed_attest, evidence.signature)
         except IntegrityError as exc:
             raise _Refused("instance-identity", exc.code) from None
         try:
             # TPM_GENERATED_VALUE and TPM_ST_ATTEST_QUOTE: only the TPM's TPM2_Quote makes this structure.
-            quote = parse_quote(QuoteFormat.TPM2.value, evidence.signed_attest)
+            quote = parse_quote(_TPM2_QUOTE, evidence.signed_attest)
         except MalformedError as exc:
             raise _Refused("instance-identity", exc.code) from None
         if not hmac.compare_digest(quote.nonce, hashlib.sha256(evidence.to_be_signed).digest()):
@@ -179,7 +185,7 @@ class Verifier:
         if at - claims.issued_at > policy.max_age_seconds:
             raise _Refused("instance-identity", "stale")
         tpm = claims.keystore_kind == "tpm2"
-        expected_format = QuoteFormat.TPM2.value if tpm else QuoteFormat.SOFTWARE.value
+        expected_format = _TPM2_QUOTE if tpm else _SOFTWARE_QUOTE
         if claims.quote_format != expected_format or tpm != (signed_quote is not None):
             raise _Refused("hardware", "quote_format_mismatch")
         if claims.quote_signature:
@@ -206,14 +212,17 @@ class Verifier:
         if not hmac.compare_digest(evidence.event_log_sha256, claims.event_log_digest):
             raise _Refused("executables", "event_log_digest_mismatch")
         pcrs = dict.fromkeys(quote.pcr_selection, _ZERO)
+        stages = policy.stages
         measured: dict[str, bytes] = {}
         for event in claims.event_log:
-            if event.pcr not in pcrs:
+            pcr, stage = event.pcr, event.stage
+            old = pcrs.get(pcr)
+            if old is None:
                 raise _Refused("executables", "event_outside_quote")
-            pcrs[event.pcr] = extend_pcr(pcrs[event.pcr], event.digest)
-            if event.stage in measured or policy.stages.get(event.stage) != event.pcr:
+            pcrs[pcr] = extend_pcr(old, event.digest)
+            if stage in measured or stages.get(stage) != pcr:
                 raise _Refused("executables", "unexpected_event")
-            measured[event.stage] = event.digest
+            measured[stage] = event.digest
         if not hmac.compare_digest(pcr_composite_digest(pcrs, quote.pcr_selection), quote.pcr_digest):
             raise _Refused("executables", "event_log_replay_mismatch")
         missing = set(policy.stages) - set(measured)
@@ -239,7 +248,7 @@ class Verifier:
             for stage in stages
             if not hmac.compare_digest(release.measurements.get(stage, b""), measured[stage])
         )
-        return ClaimAppraisal(Tier.CONTRAINDICATED, reasons) if reasons else ClaimAppraisal(Tier.AFFIRMING)
+        return ClaimAppraisal(Tier.CONTRAINDICATED, reasons) if reasons else _AFFIRMED
 
     @staticmethod
     def _hardware(evidence: Evidence, policy: ModelPolicy) -> ClaimAppraisal:
@@ -247,25 +256,25 @@ class Verifier:
         if claims.keystore_tamper:
             return ClaimAppraisal(Tier.CONTRAINDICATED, ("keystore_tampered",))
         if claims.keystore_kind in policy.hardware_affirming:
-            return ClaimAppraisal(Tier.AFFIRMING)
+            return _AFFIRMED
         if claims.keystore_kind in policy.hardware_warning:
             return ClaimAppraisal(Tier.WARNING, (f"keystore_{claims.keystore_kind}",))
         return ClaimAppraisal(Tier.CONTRAINDICATED, ("keystore_not_allowed",))
 
     @staticmethod
     def _weigh(policy: ModelPolicy, vector: Mapping[str, ClaimAppraisal]) -> tuple[Tier, tuple[str, ...]]:
-        status = Tier.AFFIRMING
+        status = _AFFIRMING
         reasons: list[str] = []
         for claim, weight in policy.claims.items():
             appraisal = vector[claim]
-            if weight is ClaimWeight.IGNORED:
+            if weight is _IGNORED:
                 continue
             reasons.extend(appraisal.reasons)
             tier = appraisal.tier
-            if weight is ClaimWeight.ADVISORY and tier is Tier.CONTRAINDICATED:
-                tier = Tier.WARNING
-            if weight is ClaimWeight.REQUIRED and tier is Tier.NONE:
-                tier = Tier.WARNING
+            if weight is _ADVISORY and tier is _CONTRAINDICATED:
+                tier = _WARNING
+            if weight is _REQUIRED and tier is _NONE:
+                tier = _WARNING
                 reasons.append(f"{claim}_not_appraised")
             if _RANK[tier] > _RANK[status]:
                 status = tier

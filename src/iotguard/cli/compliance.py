@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 
 from iotguard.cli._common import add_config_argument, config_from_args
-from iotguard.hub.compliance import render_html, render_pdf, report
-from iotguard.hub.compose import build_hub_services
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,6 +22,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    # Imported here: every ``iotguard`` command (an agent too) builds this parser, and the hub is heavy.
+    from iotguard.hub.compliance import render_html, render_pdf, report
+    from iotguard.hub.compose import build_hub_services
+
     services = build_hub_services(config_from_args(args).hub)
     try:
         doc = report(services)

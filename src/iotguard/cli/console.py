@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from iotguard.cli._common import add_config_argument, config_from_args, deliver_effects, open_hub_services
-from iotguard.hub.compose import HubServices
-from iotguard.hub.console import ConsoleAuth, SqlConsoleSessionStore
+
+if TYPE_CHECKING:
+    from iotguard.hub.compose import HubServices
+    from iotguard.hub.console import ConsoleAuth
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,6 +27,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _auth(args: argparse.Namespace) -> tuple[ConsoleAuth, HubServices]:
+    # Imported here: every ``iotguard`` command (an agent too) builds this parser, and the hub is heavy.
+    from iotguard.hub.console import ConsoleAuth, SqlConsoleSessionStore
+
     services = open_hub_services(config_from_args(args).hub)
     auth = ConsoleAuth(SqlConsoleSessionStore(services.store.engine), services.operators, services.store,
                        services.plane, services.operators.audit, services.clock)

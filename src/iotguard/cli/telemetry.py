@@ -8,7 +8,6 @@ import json
 import time
 
 from iotguard.cli._common import add_config_argument, config_from_args, deliver_effects, open_hub_services
-from iotguard.hub.services.data_access import Reader
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,6 +28,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def tail(args: argparse.Namespace) -> int:
     services = open_hub_services(config_from_args(args).hub)
+    from iotguard.hub.services.data_access import Reader  # here: every command builds this parser
+
     reader = Reader(f"cli:{getpass.getuser()}", args.role, "cli")
     window = max(0, args.lines) * (1 if not args.device else 1000)
     after = max(0, services.store.last_reading_id() - window)

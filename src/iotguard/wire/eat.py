@@ -28,6 +28,7 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cbor2
 from pycose.algorithms import CoseAlgorithm
@@ -281,10 +282,47 @@ def _uint(value: object, what: str, maximum: int) -> int:
     return value
 
 
+@lru_cache(maxsize=1024)
+def _is_name(value: str) -> bool:
+    # Names repeat from token to token (stages, versions, formats): matched once per distinct string.
+    return _NAME.fullmatch(value) is not None
+
+
 def _name(value: object, what: str, *, empty: bool = False) -> str:
-    if type(value) is not str or not ((empty and value == "") or _NAME.fullmatch(value)):
+    if type(value) is not str or not (_is_name(value) or (empty and value == "")):
         raise _fail(f"{what} must be a short name")
     return value
+
+
+def _entry(entry: object) -> tuple[int, bytes, str, str]:
+    """One event-log entry's types checked (``[pcr, digest, stage, version]``), as a hashable tuple."""
+    if not isinstance(entry, _ARRAY) or len(entry) != 4:
+        raise _fail("event-log entry must be [pcr, digest, stage, version]")
+    pcr, digest, stage, version = entry
+    if type(pcr) is not int or type(digest) is not bytes or type(stage) is not str or type(version) is not str:
+        raise _fail("event-log entry must be [uint, bytes, text, text]")
+    return pcr, digest, stage, version
+
+
+@lru_cache(maxsize=256)
+def _event_log(entries: tuple[tuple[int, bytes, str, str], ...]) -> tuple[tuple[BootEvent, ...], bytes]:
+    """The events of a log whose entries' types are checked, and SHA-256 of the log's deterministic encoding.
+
+    A fleet boots few releases: the same event log arrives from every device
+    at every appraisal, so each distinct log is checked, built and hashed
+    once. Refusals are not cached (an exception is not a result); a
+    BootEvent is immutable. The digest is of the bytes as received: the
+    caller has checked that the claims map is the deterministic encoding of
+    what it decoded, and the log is one of its values.
+    """
+    events = []
+    for pcr, digest, stage, version in entries:
+        if not 0 <= pcr <= 23:
+            raise _fail("event pcr must be an integer 0..23")
+        if len(digest) != 32:
+            raise _fail("event digest has the wrong length")
+        events.append(BootEvent(pcr, digest, _name(stage, "event stage"), _name(version, "event version", empty=True)))
+    return tuple(events), hashlib.sha256(cbor2.dumps(entries)).digest()
 
 
 def _claims(payload: bytes) -> tuple[EvidenceClaims, bytes]:
@@ -296,9 +334,9 @@ def _claims(payload: bytes) -> tuple[EvidenceClaims, bytes]:
         raise _fail("claims map does not have exactly the claims of the profile, in deterministic order")
     # With the keys in deterministic order, re-encoding the map as decoded (cbor2 always writes the
     # shortest heads and definite lengths) gives the payload back exactly when the payload is the
-    # deterministic encoding: the schema below admits no maps, floats or tags inside.
+    # deterministic encoding: the schema below admits no maps, floats or tags inside. A duplicate key
+    # decodes to a map with fewer entries, which re-encodes shorter.
     try:
-        encoded_log = cbor2.dumps(raw[CLAIM_EVENT_LOG])
         reencoded = cbor2.dumps(raw)
     except (cbor2.CBOREncodeError, ValueError, TypeError, RecursionError):
         raise _fail("claims cannot be re-encoded") from None
@@ -312,24 +350,13 @@ def _claims(payload: bytes) -> tuple[EvidenceClaims, bytes]:
     log = raw[CLAIM_EVENT_LOG]
     if not isinstance(log, _ARRAY) or not 1 <= len(log) <= MAX_EVENT_LOG_ENTRIES:
         raise _fail(f"event log must have 1..{MAX_EVENT_LOG_ENTRIES} entries")
-    events = []
-    for entry in log:
-        if not isinstance(entry, _ARRAY) or len(entry) != 4:
-            raise _fail("event-log entry must be [pcr, digest, stage, version]")
-        events.append(
-            BootEvent(
-                _uint(entry[0], "event pcr", 23),
-                _bytes(entry[1], "event digest", size=32),
-                _name(entry[2], "event stage"),
-                _name(entry[3], "event version", empty=True),
-            )
-        )
+    events, log_sha256 = _event_log(tuple(map(_entry, log)))
     selection = raw[CLAIM_PCR_SELECTION]
     if not isinstance(selection, _ARRAY) or not 1 <= len(selection) <= 24:
         raise _fail("PCR selection must list 1..24 PCRs")
-    pcrs = tuple(_uint(i, "PCR index", 23) for i in selection)
-    if list(pcrs) != sorted(set(pcrs)):
-        raise _fail("PCR selection must be ascending without repeats")
+    pcrs = tuple(selection)
+    if not all(type(i) is int for i in pcrs) or list(pcrs) != sorted(set(pcrs)) or not 0 <= pcrs[0] <= pcrs[-1] <= 23:
+        raise _fail("PCR selection must be ascending PCR indexes 0..23 without repeats")
     quote = raw[CLAIM_QUOTE]
     if not isinstance(quote, _ARRAY) or len(quote) != 3:
         raise _fail("quote must be [format, attest, signature]")
@@ -339,7 +366,7 @@ def _claims(payload: bytes) -> tuple[EvidenceClaims, bytes]:
         ueid=_bytes(raw[_UEID], "ueid", size=33),
         uptime=_uint(raw[_UPTIME], "uptime", 2**32 - 1),
         firmware_version=_name(version[0], "firmware version"),
-        event_log=tuple(events),
+        event_log=events,
         event_log_digest=_bytes(raw[CLAIM_EVENT_LOG_DIGEST], "event-log digest", size=32),
         pcr_selection=pcrs,
         quote_format=_name(quote[0], "quote format"),
@@ -349,7 +376,7 @@ def _claims(payload: bytes) -> tuple[EvidenceClaims, bytes]:
         keystore_kind=_name(raw[CLAIM_KEYSTORE_KIND], "key-store kind"),
         keystore_tamper=_name(raw[CLAIM_KEYSTORE_TAMPER], "key-store tamper state", empty=True),
     )
-    return claims, hashlib.sha256(encoded_log).digest()
+    return claims, log_sha256
 
 
 def _bstr_head(length: int) -> bytes:

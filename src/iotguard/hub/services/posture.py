@@ -203,26 +203,40 @@ class PostureService:
         Saved with ``audit`` (the appraisal's audit entry), when the tier
         changed the broker access rewrite, and whatever ``within`` writes
         (the appraisal's record, its nonce consumed), in one transaction: one
-        commit. ``within`` raising rolls everything back; the posture this
-        process reads changes only once the transaction committed.
+        commit. ``within`` raising rolls everything back and leaves the
+        posture this process reads as it was.
+
+        Posture first (ADR 0812): this process's posture changes before the
+        transaction commits, so a reader who sees the appraisal's record sees
+        the posture it implies, never an affirming record beside the old tier.
+        A commit that fails puts back what this call changed.
         """
         now = self.clock.now()
         current = self.posture.get(device_id)
-        with self.store.engine.begin() as conn:
-            if within is not None:
-                within(conn)
-            if current is None:  # not active: no posture to set; the appraisal is still audited
+        if current is None:  # not active: no posture to set; the appraisal is still audited
+            with self.store.engine.begin() as conn:
+                if within is not None:
+                    within(conn)
                 write_outbox(conn, [audit], now)
-                return
-            changes: dict[str, Any] = {"trust_tier": trust_tier}
-            if attested:
-                changes["attested_at"] = now
-            updated = replace(current, **changes)
-            effects = [audit]
-            if current.trust_tier != trust_tier:
-                effects += self._broker(device_id, f"attestation_{trust_tier}")
-            write_posture(conn, [updated], now=now, effects=effects)
-        self.posture.update(device_id, **changes)
+            return
+        changes: dict[str, Any] = {"trust_tier": trust_tier}
+        if attested:
+            changes["attested_at"] = now
+        effects = [audit]
+        if current.trust_tier != trust_tier:
+            effects += self._broker(device_id, f"attestation_{trust_tier}")
+        applied: Posture | None = None
+        try:
+            with self.store.engine.begin() as conn:
+                if within is not None:
+                    within(conn)
+                write_posture(conn, [replace(current, **changes)], now=now, effects=effects)
+                applied = self.posture.update(device_id, **changes)
+        except BaseException:
+            if applied is not None and self.posture.get(device_id) == applied:
+                # The commit failed: the database still holds the old values of what this call changed.
+                self.posture.update(device_id, **{k: getattr(current, k) for k in changes})
+            raise
 
     def set_risk(self, scores: Mapping[str, int]) -> list[str]:
         """Set devices' risk scores (0-100, the Cedar context's ``risk_score``); returns the devices changed.
