@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import time
 import zlib
 from pathlib import Path
 
@@ -222,20 +221,23 @@ def test_large_faces_are_found_on_the_coarse_band(face: np.ndarray) -> None:
         FaceDetector(large_band=0.4)
 
 
-def test_two_band_search_costs_less_cpu_than_one_pass(face: np.ndarray) -> None:
-    """The coarse band replaces OpenCV's one-pixel steps for large faces: measured in CPU time, interleaved."""
+def test_two_band_search_finds_the_face_one_pass_finds(face: np.ndarray) -> None:
+    """The coarse band is a cheaper search for large faces (its CPU time is measured in bench/media.py, not here),
+    not a different answer: it finds the face a one-pass search finds, in about the same place."""
     frame = np.full((480, 640, 3), 90, np.uint8)
     frame[100 : 100 + face.shape[0], 200 : 200 + face.shape[1]] = face
-    two_bands, one_pass = FaceDetector(), FaceDetector(large_band=1.0)
-    for detector in (two_bands, one_pass):
-        detector.detect(frame)  # OpenCV sets up its buffers on the first call
-    spent = [0.0, 0.0]
-    for _ in range(4):
-        for i, detector in enumerate((two_bands, one_pass)):
-            start = time.process_time()
-            assert detector.detect(frame)
-            spent[i] += time.process_time() - start
-    assert spent[0] < 0.95 * spent[1], spent  # 0.83-0.88 measured on this frame under load
+    two_bands, one_pass = FaceDetector().detect(frame), FaceDetector(large_band=1.0).detect(frame)
+    assert FaceDetector().large_band < 1.0 and two_bands and one_pass
+    for box in one_pass:
+        assert any(_iou(box, other) > 0.5 for other in two_bands), (box, two_bands)
+
+
+def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    h = max(0, min(ay + ah, by + bh) - max(ay, by))
+    return w * h / float(aw * ah + bw * bh - w * h)
 
 
 def test_evaluation_detectors_are_independent_of_redaction() -> None:
