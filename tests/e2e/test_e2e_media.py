@@ -23,7 +23,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from iotguard.agent import Agent
-from iotguard.agent.media import send_media
+from iotguard.agent.media import collect_media
 from iotguard.agent.privacy import DevicePrivacy
 from iotguard.channel import MEDIA_FILTER, TELEMETRY_FILTER, make_nonce
 from iotguard.config import AgentConfig, HubConfig
@@ -119,18 +119,12 @@ def test_camera_and_microphone_send_only_labels_and_anonymised_media(hub: Hub, t
         for i in range(3):
             clip = corpus[i * 13].audio
             raw_clips.append(clip)
-            assert mic.privacy is not None
-            readings, media = mic.privacy.process_media("voice", clip)
-            for r in readings:
-                mic.submit(r)
-            send_media(mic, media)
+            labels, media = collect_media(mic, "voice", clip)
+            assert labels and media
             frame = _frame(face, 20 + 60 * i)
             raw_frames.append(frame)
-            assert cam.privacy is not None
-            readings, media = cam.privacy.process_media("camera", frame)
-            for r in readings:
-                cam.submit(r)
-            send_media(cam, media)
+            labels, media = collect_media(cam, "camera", frame)
+            assert labels and media
             time.sleep(1.05)  # the contracts' minimum interval between releases is one second
         deadline = time.monotonic() + 20
         while (mic.pending() or cam.pending()) and time.monotonic() < deadline:

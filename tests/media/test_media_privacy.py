@@ -193,6 +193,21 @@ def test_microphone_sends_only_labels_and_anonymised_voice(keystore) -> None:  #
     assert receipt["purposes"]["presence"]["transforms"]["voice_activity"][0] == "inference:voice-activity"
 
 
+def test_released_media_counts_in_the_receipt_only_once_recorded(keystore) -> None:  # type: ignore[no-untyped-def]
+    """``release_media`` counts nothing: a label or media object the device failed to keep or send (outbox full, no
+    broker connection: ``iotguard.agent.media.collect_media``) is never claimed as released by a receipt."""
+    clock = _Clock()
+    dp = _privacy(keystore, "mic-1", ("voice_messages",), clock)
+    clip = synthetic_corpus(speakers=1, per_digit=1, digits="7")[0].audio
+    labels, objects = dp.release_media("voice", clip)
+    assert labels and objects
+    assert dp.seal_receipt(clock.now()) is None  # nothing recorded: nothing claimed
+    (label, label_entry), (_obj, _media_entry) = labels[0], objects[0]
+    dp.record(label_entry)  # the label was kept; the media object never left
+    receipt = verify_receipt(dp.seal_receipt(clock.now()), keystore.public_key("identity"))
+    assert label.purpose in receipt["purposes"] and "voice_messages" not in receipt["purposes"]
+
+
 def test_withdrawn_consent_stops_anonymised_voice(keystore) -> None:  # type: ignore[no-untyped-def]
     clock = _Clock()
     dp = _privacy(keystore, "mic-1", (), clock)

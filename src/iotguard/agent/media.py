@@ -7,13 +7,20 @@ the associated data (so it does not open as telemetry).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from iotguard.agent.runtime import Agent
 from iotguard.channel import media_topic
+from iotguard.errors import EnrollmentError
 from iotguard.wire import MediaObject, encode_media_object
 
-__all__ = ["send_media"]
+if TYPE_CHECKING:
+    from iotguard.media.audio import Audio
+    from iotguard.media.image import Frame
+
+__all__ = ["collect_media", "send_media"]
 
 
 def send_media(agent: Agent, objects: Iterable[MediaObject]) -> list[int]:
@@ -28,6 +35,36 @@ def send_media(agent: Agent, objects: Iterable[MediaObject]) -> list[int]:
     seqs = []
     for obj in objects:
         seq, envelope = sealer.seal(encode_media_object(obj), topic=topic)
-        agent.publish_raw(topic, envelope)
-        seqs.append(seq)
+        if agent.publish_raw(topic, envelope):
+            seqs.append(seq)
     return seqs
+
+
+def collect_media(agent: Agent, stream: str, media: Audio | Frame, ts_ms: int | None = None,
+                  ) -> tuple[list[int], list[int]]:
+    """Run a clip or frame through the device's media pipeline and send what may leave.
+
+    Labels go through the outbox like readings (kept across restarts, resent
+    until acknowledged); media objects are sealed and published on the media
+    topic at most once. Each counts in the next privacy receipt only once it
+    is kept (a label in the outbox) or handed to the broker connection (a
+    media object): a receipt never claims a release that did not happen.
+    Returns the sequence numbers of the labels and of the media objects sent.
+
+    Raises:
+        EnrollmentError: privacy is not attached, or the agent is not enrolled.
+        PolicyDenied: the model's contract declares no such media stream.
+        StorageError: a label was refused at capture (see :meth:`Agent.submit`).
+    """
+    if agent.privacy is None:
+        raise EnrollmentError("no privacy pipeline attached; raw media never leaves the device")
+    privacy = agent.privacy
+    labels, objects = privacy.release_media(stream, media, ts_ms)
+    label_seqs = [agent.submit(reading, kept=functools.partial(privacy.record, entry)) for reading, entry in labels]
+    media_seqs = []
+    for obj, entry in objects:
+        sent = send_media(agent, [obj])
+        if sent:
+            privacy.record(entry)
+            media_seqs += sent
+    return label_seqs, media_seqs

@@ -111,7 +111,21 @@ class DevicePrivacy:
         """Labels and media objects that may leave the device for one clip or frame.
 
         Labels are readings like any other; media objects go out on the
-        device's media topic. Both are covered by the next receipt.
+        device's media topic. Both are covered by the next receipt; a caller
+        that may fail to send them uses :meth:`release_media` and :meth:`record`.
+
+        Raises:
+            PolicyDenied: the model's contract declares no such media stream.
+        """
+        labels, objects = self.release_media(stream, media, ts_ms)
+        for _item, entry in (*labels, *objects):
+            self.record(entry)
+        return [r for r, _e in labels], [m for m, _e in objects]
+
+    def release_media(self, stream: str, media: Audio | Frame, ts_ms: int | None = None,
+                      ) -> tuple[list[tuple[Reading, ReceiptEntry]], list[tuple[MediaObject, ReceiptEntry]]]:
+        """Like :meth:`process_media`, but nothing is counted in the receipt yet: each label and media object
+        comes with its receipt entry, to :meth:`record` once it is kept or sent.
 
         Raises:
             PolicyDenied: the model's contract declares no such media stream.
@@ -123,13 +137,8 @@ class DevicePrivacy:
         out: MediaOutput = (self.media.process_audio(stream, media, ts_ms=ts_ms) if isinstance(media, Audio)
                             else self.media.process_image(stream, media, ts_ms=ts_ms))
         self.refused = dict(out.refused)
-        readings = []
-        for r in out.readings:
-            readings.append(Reading(r.ts_ms, dict(r.fields), r.purpose))
-            self.receipts.add(r.receipt_entry)
-        for m in out.media:
-            self.receipts.add(m.receipt_entry)
-        return readings, [m.media for m in out.media]
+        return ([(Reading(r.ts_ms, dict(r.fields), r.purpose), r.receipt_entry) for r in out.readings],
+                [(m.media, m.receipt_entry) for m in out.media])
 
     def seal_receipt(self, now: datetime) -> bytes | None:
         """Sign the receipt for the readings released since the last one (None if none were)."""

@@ -510,10 +510,12 @@ class Agent:
             code = ""
         return SendResult(r.status_code, code)
 
-    def publish_raw(self, topic: str, payload: bytes) -> None:
-        """Publish bytes as they are (the simulator's attack hooks use this too)."""
+    def publish_raw(self, topic: str, payload: bytes) -> bool:
+        """Publish bytes as they are (the simulator's attack hooks use this too); False when not connected."""
         if self._client is not None and self._connected.is_set():
             self._client.publish(topic, payload, qos=1)
+            return True
+        return False
 
     def resend_due(self, *, force: bool = False) -> int:
         """Publish again what the hub has not acknowledged in time; returns how many."""
