@@ -20,40 +20,8 @@ from iotguard.errors import IotGuardError
 
 __all__ = ["build_parser", "main"]
 
-# Command modules, in the order ``iotguard --help`` lists them.
-_COMMAND_MODULES: tuple[str, ...] = (
-    "iotguard.cli.demo",
-    "iotguard.cli.hub",
-    "iotguard.cli.agent",
-    "iotguard.cli.devices",
-    "iotguard.cli.attest",
-    "iotguard.cli.telemetry",
-    "iotguard.cli.tokens",
-    "iotguard.cli.credentials",
-    "iotguard.cli.broker",
-    "iotguard.cli.policy",
-    "iotguard.cli.privacy",
-    "iotguard.cli.analytics",
-    "iotguard.cli.aggregate",
-    "iotguard.cli.media",
-    "iotguard.cli.puf",
-    "iotguard.cli.firmware",
-    "iotguard.cli.audit",
-    "iotguard.cli.custody",
-    "iotguard.cli.detect",
-    "iotguard.cli.alerts",
-    "iotguard.cli.models",
-    "iotguard.cli.learn",
-    "iotguard.cli.rollout",
-    "iotguard.cli.sensor",
-    "iotguard.cli.compliance",
-    "iotguard.cli.console",
-    "iotguard.cli.backup",
-    "iotguard.cli.sim",
-)
-
-
-#: Which module registers each top-level command (tests/test_cli_main.py checks it against ``register``).
+#: Which module registers each top-level command, in ``--help`` order (tests/test_cli_main.py checks it
+#: against what each module's ``register`` adds).
 _COMMANDS: dict[str, str] = {
     "demo": "iotguard.cli.demo", "hub": "iotguard.cli.hub", "agent": "iotguard.cli.agent",
     "devices": "iotguard.cli.devices", "attest": "iotguard.cli.attest", "endorsement-key": "iotguard.cli.attest",
@@ -69,6 +37,8 @@ _COMMANDS: dict[str, str] = {
     "compliance": "iotguard.cli.compliance", "console": "iotguard.cli.console", "backup": "iotguard.cli.backup",
     "restore": "iotguard.cli.backup", "sim": "iotguard.cli.sim",
 }
+#: Command modules, in the order ``iotguard --help`` lists them.
+_COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(_COMMANDS.values()))
 
 
 def _command_of(argv: Sequence[str]) -> str | None:
