@@ -259,3 +259,51 @@ def test_generate_many_is_all_or_none(tmp_path: Path) -> None:
         store.generate_many(["c", "c"], KeyKind.AES256)
     assert not any(store.has_key(label) for label in ("a", "b", "c"))
     assert len(store.generate_many(["e1", "e2"], KeyKind.ED25519)[1]) == 32
+
+
+def test_a_rewrite_between_reading_and_recording_the_file_is_not_missed(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lost-update race seen with three hub processes: a reader re-reads the sealed file, another
+    process rewrites it before the reader records which version it holds; the reader must not take
+    the new version for the one it read, or its next write drops the other's key (KeyStoreError for
+    every later batch sealed under it)."""
+    reader = SoftwareKeyStore(tmp_path / "ks", device_binding=BINDING)
+    writer = SoftwareKeyStore(tmp_path / "ks", device_binding=BINDING)
+    writer.generate("first", KeyKind.AES256)
+    real_load = reader._load_state
+    interleaved: list[int] = []
+
+    def load_then_other_process_writes(raw: bytes, signature: object) -> None:
+        if not interleaved:
+            interleaved.append(1)
+            writer.generate("other", KeyKind.AES256)  # lands after the read, before it is recorded
+        real_load(raw, signature)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reader, "_load_state", load_then_other_process_writes)
+    assert reader.has_key("first")  # refreshes: the interleaved write happens here
+    assert interleaved
+    reader.generate("mine", KeyKind.AES256)
+    reopened = SoftwareKeyStore(tmp_path / "ks", device_binding=BINDING)
+    assert reopened.has_key("other") and reopened.has_key("mine") and reopened.has_key("first")
+
+
+def test_a_rewrite_with_the_same_inode_size_and_mtime_is_seen(tmp_path: Path) -> None:
+    """A rewrite can reuse the freed inode, keep the size (one key added, one deleted) and land within
+    one mtime tick: the version check must still see it (the blob's random nonce differs)."""
+    import os
+
+    a = SoftwareKeyStore(tmp_path / "ks", device_binding=BINDING)
+    b = SoftwareKeyStore(tmp_path / "ks", device_binding=BINDING)
+    a.generate("x", KeyKind.AES256)
+    assert b.has_key("x")
+    path = tmp_path / "ks" / "keystore.sealed"
+    before = path.stat()
+    a.delete("x")
+    a.generate("y", KeyKind.AES256)  # same size as before: one AES key under a one-letter label
+    data = path.read_bytes()
+    path.write_bytes(data)  # keep the inode: rewrite in place, then restore the old mtime
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    if (after.st_ino, after.st_size) != (before.st_ino, before.st_size):
+        pytest.skip("the file system gave the rewrite another inode or size")
+    assert b.has_key("y") and not b.has_key("x")

@@ -171,7 +171,7 @@ class SoftwareKeyStore:
         self._counters: dict[str, int] = {}
         self._pcrs: dict[int, bytes] = {}
         self._tamper: TamperRecord | None = None
-        self._loaded: tuple[int, int, int] | None = None
+        self._loaded: _Signature | None = None
         if device_binding is None:
             path = (
                 Path(device_secret_path) if device_secret_path is not None else default_device_secret_path()
@@ -276,7 +276,7 @@ class SoftwareKeyStore:
             self._respond("sealed_store_missing", "root secret present without its sealed store")
             return
         root = root_path.read_bytes()
-        blob = store_path.read_bytes()
+        blob, signature = _read_store(store_path)
         if len(root) != 32 or not 28 <= len(blob) <= MAX_STORE_BYTES:
             self._respond("integrity_check_failed", "root secret or sealed store has the wrong size")
             return
@@ -290,23 +290,25 @@ class SoftwareKeyStore:
             )
             return
         self._kek = kek
-        self._load_state(raw)
+        self._load_state(raw, signature)
 
-    def _load_state(self, raw: bytes) -> None:
+    def _load_state(self, raw: bytes, signature: _Signature) -> None:
         state: dict[str, Any] = cbor2.loads(raw)
         if state.get("v") != _FORMAT:
             raise KeyStoreError("unsupported key store format")
         self._keys = {str(k): _load_entry(KeyKind(v[0]), bytes(v[1])) for k, v in state["keys"].items()}
         self._counters = {str(k): int(v) for k, v in state["counters"].items()}
         self._pcrs = {int(k): bytes(v) for k, v in state.get("pcrs", {}).items()}
-        self._loaded = self._file_signature()
+        # The signature of the bytes just read, not of whatever the path names now: a file
+        # another process wrote after the read must look changed at the next refresh.
+        self._loaded = signature
 
-    def _file_signature(self) -> tuple[int, int, int] | None:
+    def _file_signature(self) -> _Signature | None:
         try:
-            st = (self._dir / _STORE_FILE).stat()
+            with open(self._dir / _STORE_FILE, "rb") as f:
+                return _signature(os.fstat(f.fileno()), f.read(12))
         except FileNotFoundError:
             return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _refresh(self) -> None:
         """Re-read the sealed file if another process (or instance) changed it since this one last did."""
@@ -318,7 +320,7 @@ class SoftwareKeyStore:
             self._keys, self._counters, self._pcrs = {}, {}, {}
             return
         try:
-            blob = (self._dir / _STORE_FILE).read_bytes()
+            blob, signature = _read_store(self._dir / _STORE_FILE)
         except FileNotFoundError:
             self._respond("sealed_store_missing", "sealed store removed while in use")
             return
@@ -330,7 +332,7 @@ class SoftwareKeyStore:
         except InvalidTag:
             self._respond("integrity_check_failed", "sealed store did not authenticate (altered)")
             return
-        self._load_state(raw)
+        self._load_state(raw, signature)
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -551,6 +553,23 @@ class SoftwareKeyStore:
             except BaseException:
                 self._pcrs = previous
                 raise
+
+
+#: What identifies one version of the sealed file: inode, mtime, size and the blob's random nonce
+#: (a rewrite can reuse the inode, keep the size and land within one mtime tick; never the nonce).
+_Signature = tuple[int, int, int, bytes]
+
+
+def _signature(st: os.stat_result, head: bytes) -> _Signature:
+    return (st.st_ino, st.st_mtime_ns, st.st_size, head[:12])
+
+
+def _read_store(path: Path) -> tuple[bytes, _Signature]:
+    """The sealed file's bytes and their signature, from one open file (never two versions mixed)."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        blob = f.read(MAX_STORE_BYTES + 1)
+    return blob, _signature(st, blob)
 
 
 def _read_tamper_record(path: Path) -> TamperRecord:
