@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,27 @@ class HubProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
 
+    def diagnose(self) -> str:
+        """Every thread's stack (``kill -USR1``, see ``iotguard hub``) and the log's last lines, without
+        the embedded broker's repeated PUBACK-timeout records: what a failing test prints."""
+        if self.proc is None or self.proc.poll() is not None:
+            return "hub not running"
+        self.proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        lines = (self.tmp / f"{self.name}-{self.starts}.log").read_text(errors="replace").splitlines()
+        kept: list[str] = []
+        skipping = False
+        for ln in lines:  # drop amqtt's "Task failed ... Timeout waiting for PUBACK" tracebacks
+            if "Timeout waiting for PUBACK" in ln:
+                skipping = not ln.startswith("TimeoutError")
+                continue
+            if skipping:
+                skipping = not ln.startswith("TimeoutError")
+                continue
+            if "bootstrap_token" not in ln:  # the one-time operator secret stays out of test output
+                kept.append(ln)
+        return "\n".join(kept[-200:])
+
     def cli(self, *args: str) -> str:
         out = subprocess.run([sys.executable, "-m", "iotguard", *args], env=self.env, check=True,
                              capture_output=True, text=True, timeout=60)
@@ -133,13 +154,31 @@ class HubProcess:
         return provision
 
 
-def wait_acknowledged(fleet: Any, what: str, timeout: float = 120.0) -> None:
-    """Let the fleet's agents resend what their outboxes hold until the hub acknowledged it all."""
+def wait_acknowledged(fleet: Any, what: str, timeout: float = 120.0, hubs: Sequence[HubProcess] = ()) -> None:
+    """Let the fleet's agents resend what their outboxes hold until the hub acknowledged it all.
+    On failure the message says what each waiting device and each of ``hubs`` was doing."""
     deadline = time.monotonic() + timeout
     while fleet.pending() and time.monotonic() < deadline:
         fleet.resend_due()
         time.sleep(0.2)
-    assert fleet.pending() == 0, f"{what}: the hub did not acknowledge every reading"
+    if fleet.pending():
+        report = "\n".join(stuck_devices(fleet) + [f"--- {h.name}:\n{h.diagnose()}" for h in hubs])
+        raise AssertionError(f"{what}: the hub did not acknowledge every reading\n{report}")
+
+
+def stuck_devices(fleet: Any) -> list[str]:
+    """Each device still waiting for acknowledgements: its outbox and its MQTT client's state."""
+    out = []
+    for dev in fleet.devices:
+        a = dev.agent
+        if not a.pending():
+            continue
+        c = a._client
+        thread = getattr(c, "_thread", None)
+        out.append(f"{a.device_id}: pending={a.pending()} connected={a.connected} state={getattr(c, '_state', None)} "
+                   f"thread_alive={thread.is_alive() if thread is not None else None} "
+                   f"inflight={getattr(c, '_inflight_messages', None)} queued={len(getattr(c, '_out_messages', {}))}")
+    return out
 
 
 def assert_exactly_once(sent: set[tuple[str, int, int]], stored: Counter[tuple[str, int, int]], what: str) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from iotguard.hub.schema import readings
 from iotguard.hub.store import HubStore
 from iotguard.sim import ATTACKS, Fleet
-from tests.e2e.harness import HubProcess
+from tests.e2e.harness import HubProcess, wait_acknowledged
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +25,8 @@ def _fleet(hub: HubProcess, tmp: Path, n: int) -> Fleet:
     return fleet
 
 
-def _drain(fleet: Fleet, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while fleet.pending() and time.monotonic() < deadline:
-        fleet.resend_due()
-        time.sleep(0.2)
-    assert fleet.pending() == 0, "hub did not acknowledge every reading"
+def _drain(fleet: Fleet, timeout: float = 60.0, hub: HubProcess | None = None) -> None:
+    wait_acknowledged(fleet, "fleet", timeout, [hub] if hub is not None else [])
 
 
 def _stored_keys(hub: HubProcess) -> list[tuple[str, int, int]]:
@@ -52,7 +48,7 @@ def test_fleet_readings_stored_exactly_once_and_attacks_rejected(hub_process: Hu
                 for attack in ATTACKS:
                     fleet.inject(attack, rng)
             time.sleep(0.05)
-        _drain(fleet)
+        _drain(fleet, hub=hub_process)
         time.sleep(0.5)
         stored = _stored_keys(hub_process)
         assert sorted(stored) == sorted(fleet.submitted)  # every reading, exactly once

@@ -73,7 +73,7 @@ def test_three_hubs_share_the_load_and_a_killed_hub_loses_nothing(hubs: list[Hub
         stop.set()
         sender.join()
     try:
-        wait_acknowledged(fleet, "scale-out")
+        wait_acknowledged(fleet, "scale-out", hubs=hubs)
         time.sleep(0.5)
         sent = set(fleet.submitted)
         assert_exactly_once(sent, _stored(postgres_url), f"rejections {first.stats(token)['rejected_total']}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import signal
 import threading
 
@@ -41,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # ``kill -USR1 PID`` writes every thread's stack to stderr (code locations only, no data): how an
+    # operator, or a failing end-to-end test, sees where a hub that stopped making progress waits.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     hub.start()
     print(f"iotguard hub: API {hub.api_url}  broker {hub.broker_address.url}"
           f"{' (embedded)' if hub.embedded_broker else ''}  CA {hub.lifecycle.ca.fingerprint[:16]}", flush=True)
