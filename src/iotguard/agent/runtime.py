@@ -8,9 +8,11 @@ the sealed session file and the outbox.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
@@ -27,6 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from iotguard.agent import exchange
 from iotguard.agent.attester import Attester
+from iotguard.agent.broker_watch import PublishWatch
 from iotguard.agent.exchange import CA_FILE, IDENTITY_KEY, TRANSPORT_FILE, new_transport_key
 from iotguard.agent.outbox import Outbox
 from iotguard.agent.privacy import DevicePrivacy
@@ -108,6 +111,8 @@ class Agent:
         self._client: mqtt.Client | None = None
         self._tls: ssl.SSLContext | None = None
         self._connected = threading.Event()
+        #: Readings handed to the MQTT client that the broker has not taken yet (ADR 1506).
+        self.broker_watch = PublishWatch(max(2 * cfg.ack_timeout_s, 10.0))
         self._lock = threading.Lock()
         self.acked = 0
         self.privacy: DevicePrivacy | None = None
@@ -338,6 +343,7 @@ class Agent:
             log.warning("UNSAFE: %s publishes to %s without TLS (agent.unsafe_plaintext_broker)",
                         self.device_id, addr.url)
         self._client = client
+        self.broker_watch.clear()
         client.connect_async(addr.host, addr.port, keepalive=30)
         client.loop_start()
         self._connected.wait(timeout)
@@ -358,8 +364,10 @@ class Agent:
             return
         client.subscribe(ack_topic(self.sealer.segment, self.device_id), qos=1)
         client.subscribe(command_topic(self.sealer.segment, self.device_id), qos=1)
+        self.broker_watch.connected(time.time())
         self._connected.set()
-        # Everything unacknowledged is due again after a reconnect.
+        # Everything unacknowledged is due again after a reconnect (the client itself sends again
+        # what it still holds: those are skipped).
         self.resend_due(force=True)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, _r: Any, _p: Any) -> None:
@@ -413,7 +421,7 @@ class Agent:
         if self.on_submit is not None:
             self.on_submit(sealer.epoch, seq, body)
         self.last_envelope = envelope
-        self.publish_raw(sealer.topic, envelope)
+        self._publish(sealer.topic, envelope, (sealer.epoch, seq))
         self.outbox.mark_sent([(sealer.epoch, seq)], time.time())
         return seq
 
@@ -512,23 +520,50 @@ class Agent:
 
     def publish_raw(self, topic: str, payload: bytes) -> bool:
         """Publish bytes as they are (the simulator's attack hooks use this too); False when not connected."""
-        if self._client is not None and self._connected.is_set():
-            self._client.publish(topic, payload, qos=1)
-            return True
-        return False
+        return self._publish(topic, payload, None)
+
+    def _publish(self, topic: str, payload: bytes, key: tuple[int, int] | None) -> bool:
+        client = self._client
+        if client is None or not self._connected.is_set():
+            return False
+        info = client.publish(topic, payload, qos=1)
+        if key is not None:
+            self.broker_watch.record(key, info, time.time())
+        return True
 
     def resend_due(self, *, force: bool = False) -> int:
-        """Publish again what the hub has not acknowledged in time; returns how many."""
-        if self._client is None or not self._connected.is_set() or self._sealer is None:
+        """Publish again what the hub has not acknowledged in time; returns how many.
+
+        A reading whose last publish the broker has not taken yet is left to
+        the MQTT client; if the broker has taken nothing for the watch's
+        stall time, the connection is dropped to be made again (ADR 1506).
+        """
+        client = self._client
+        if client is None or not self._connected.is_set() or self._sealer is None:
             return 0
-        cutoff = time.time() + 1 if force else time.time() - self.cfg.ack_timeout_s
-        due = self.outbox.due(cutoff)
+        now = time.time()
+        if self.broker_watch.stalled(now):
+            self._drop_wedged_connection(client)
+            return 0
+        cutoff = now + 1 if force else now - self.cfg.ack_timeout_s
+        due = [d for d in self.outbox.due(cutoff) if not self.broker_watch.waiting((d[0], d[1]))]
         topic = self._sealer.topic
-        for _e, _s, env in due:
-            self._client.publish(topic, env, qos=1)
+        for e, s, env in due:
+            self.broker_watch.record((e, s), client.publish(topic, env, qos=1), now)
         if due:
-            self.outbox.mark_sent([(e, s) for e, s, _ in due], time.time())
+            self.outbox.mark_sent([(e, s) for e, s, _ in due], now)
         return len(due)
+
+    def _drop_wedged_connection(self, client: mqtt.Client) -> None:
+        """Shut the TCP connection under the client: its network thread sees the loss and reconnects with
+        the usual backoff (``disconnect()`` would end that thread instead)."""
+        log.warning("%s: the broker took no publish for %.0f s on a live connection; reconnecting",
+                    self.device_id, self.broker_watch.stall_s)
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            # The TCP socket, not the TLS layer's state; already gone means the client is reconnecting.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def pending(self) -> int:
         """Readings not yet acknowledged by the hub."""

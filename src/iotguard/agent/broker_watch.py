@@ -1,0 +1,98 @@
+"""The agent's view of its own publishes at the broker: which the broker has taken (PUBACK), which not.
+
+Two things follow from it (ADR 1506):
+
+- a reading whose last publish still waits in the MQTT client is not
+  published again when its end-to-end acknowledgement is due: a copy per
+  resend interval would only lengthen the client's queue;
+- a publish the broker has not taken for ``stall_s`` while the connection
+  looks up means the connection is wedged (a half-open socket, or packets
+  lost on the way, so the client's in-flight window stays full and every
+  later publish only queues). The agent then drops the connection; the
+  client reconnects with its usual backoff and sends everything it holds
+  again.
+
+The MQTT client does not time out a publish on a live connection by itself
+(paho-mqtt has no retry timer since 1.5), hence this watch.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+__all__ = ["PublishWatch"]
+
+
+class _Info(Protocol):
+    def is_published(self) -> bool: ...
+
+
+def _settled(info: _Info) -> bool:
+    """Taken by the broker, or never queued (the client refused it): nothing to wait for either way."""
+    try:
+        return info.is_published()
+    except (ValueError, RuntimeError):
+        return True
+
+
+class PublishWatch:
+    """Publishes not yet taken by the broker, oldest first (thread-safe).
+
+    Args:
+        stall_s: How long a publish may wait for the broker while connected.
+    """
+
+    def __init__(self, stall_s: float) -> None:
+        self.stall_s = stall_s
+        self._lock = threading.Lock()
+        self._waiting: dict[tuple[int, int], tuple[float, _Info]] = {}
+        self._connected_at = 0.0
+        #: Connections dropped because the broker stopped taking publishes.
+        self.stalls = 0
+
+    def record(self, key: tuple[int, int], info: _Info, now: float) -> None:
+        """A publish of ``key`` (epoch, sequence) was handed to the client at ``now``."""
+        with self._lock:
+            self._waiting.pop(key, None)  # re-inserted: the order stays oldest first
+            self._waiting[key] = (now, info)
+
+    def connected(self, now: float) -> None:
+        """A (re)connection: what waits has been sent again and gets ``stall_s`` from now."""
+        with self._lock:
+            self._connected_at = now
+
+    def waiting(self, key: tuple[int, int]) -> bool:
+        """Whether the last publish of ``key`` still waits for the broker."""
+        with self._lock:
+            entry = self._waiting.get(key)
+            if entry is None:
+                return False
+            if _settled(entry[1]):
+                del self._waiting[key]
+                return False
+            return True
+
+    def stalled(self, now: float) -> bool:
+        """Forget what the broker took; True if the oldest publish left has waited over ``stall_s``
+        since it was handed over or since the last connection, whichever is later."""
+        with self._lock:
+            for key in [k for k, (_t, info) in self._waiting.items() if _settled(info)]:
+                del self._waiting[key]
+            oldest = next(iter(self._waiting.values()), None)
+            if oldest is None or now - max(oldest[0], self._connected_at) <= self.stall_s:
+                return False
+            # Forget them all: after the reconnect the client sends again what it holds, and what it
+            # no longer holds is published again by the agent (one stall never repeats itself).
+            self._waiting.clear()
+            self.stalls += 1
+            return True
+
+    def clear(self) -> None:
+        """A new client: the old one's publishes are no longer anyone's to wait for."""
+        with self._lock:
+            self._waiting.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._waiting)
