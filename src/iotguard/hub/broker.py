@@ -32,7 +32,7 @@ from iotguard.errors import ConfigError
 if TYPE_CHECKING:  # the front imports amqtt; the agent imports this module for URLs only
     from iotguard.hub.broker_front import BrokerAccess, BrokerFront
 
-__all__ = ["BrokerAddress", "EmbeddedBroker", "parse_broker_url", "wait_for_port"]
+__all__ = ["BrokerAddress", "EmbeddedBroker", "PubackTimeoutDigest", "parse_broker_url", "wait_for_port"]
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,7 @@ class EmbeddedBroker:
         self._loop = asyncio.new_event_loop()
         for name in ("amqtt", "amqtt.broker", "amqtt.mqtt.protocol.handler", "transitions"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        _install_puback_digest()
         try:
             self._loop.run_until_complete(main())
         finally:
@@ -204,6 +205,48 @@ class EmbeddedBroker:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+class PubackTimeoutDigest(logging.Filter):
+    """Folds amqtt's record per unacknowledged QoS 1 delivery into one warning a minute with the count.
+
+    amqtt gives a client 5 s (hard-coded, Yakifo/amqtt#391) to acknowledge a QoS 1 delivery and logs
+    each miss as an ERROR with a traceback; a slow subscriber, or a device that never acknowledges its
+    commands, would otherwise write a traceback per message into the hub's log (and fill its disk).
+    The broker drops such a delivery either way; devices resend what the hub did not acknowledge.
+    """
+
+    def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._clock = clock
+        #: Every miss seen by this filter.
+        self.count = 0
+        self._unreported = 0
+        self._reported_at: float | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not (isinstance(exc, TimeoutError) and "PUBACK" in str(exc)):
+            return True
+        self.count += 1
+        self._unreported += 1
+        now = self._clock()
+        if self._reported_at is not None and now - self._reported_at < self.interval_s:
+            return False
+        record.msg = ("embedded broker: %d QoS 1 deliveries not acknowledged by their client within 5 s "
+                      "(dropped by the broker; devices resend what the hub did not acknowledge)")
+        record.args = (self._unreported,)
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        self._unreported, self._reported_at = 0, now
+        return True
+
+
+def _install_puback_digest() -> None:
+    logger = logging.getLogger("amqtt.broker")
+    if not any(isinstance(f, PubackTimeoutDigest) for f in logger.filters):
+        logger.addFilter(PubackTimeoutDigest())
 
 
 def _free_loopback_port() -> int:
