@@ -25,6 +25,7 @@ from iotguard.config import HubConfig
 from iotguard.errors import ConfigError, StorageError
 from iotguard.hub.broker import BrokerAddress
 from iotguard.hub.ingest import Incoming, IngestProcessor
+from iotguard.hub.stores.telemetry import SubjectKeyUnavailable
 
 __all__ = ["TELEMETRY_FILTER", "MqttIngest"]
 
@@ -145,6 +146,12 @@ class MqttIngest:
             try:
                 outcome = self.processor.process(incoming)
                 break
+            except SubjectKeyUnavailable as exc:
+                # Retrying cannot help and would stall every device of this process behind one data
+                # subject: store the others, refuse that subject's readings (the devices keep them).
+                log.error("a batch of %d was not stored (%s); storing its messages one by one", len(batch), exc)
+                self._handle_singly(batch)
+                return
             except StorageError as exc:
                 # Nothing was stored and nothing is acknowledged: retry the
                 # same batch until the database is back.
@@ -162,6 +169,11 @@ class MqttIngest:
         for m in batch:
             try:
                 outcome = self.processor.process([Incoming(m.topic, bytes(m.payload), m)])
+            except SubjectKeyUnavailable:
+                # Refused, not lost: no end-to-end acknowledgement, so the device keeps the reading and
+                # sends it again; the broker may forget this copy.
+                self.processor.stats.rejected["data_key_unavailable"] += 1
+                outcome = None
             except StorageError:
                 log.error("storage failed while isolating a bad message; it will be redelivered")
                 continue

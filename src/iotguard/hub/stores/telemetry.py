@@ -25,13 +25,19 @@ from iotguard.hub.schema import readings, rejections, replay_windows
 from iotguard.hub.stores._sql import SqlStoreBase
 from iotguard.hub.stores._sql import aware as _aware
 
-__all__ = ["MemoryTelemetryStore", "ReadingCipher", "SqlTelemetryStore", "StoredReading", "TelemetryStore",
-           "forget_replay_state"]
+__all__ = ["MemoryTelemetryStore", "ReadingCipher", "SqlTelemetryStore", "StoredReading", "SubjectKeyUnavailable",
+           "TelemetryStore", "forget_replay_state"]
 
 log = logging.getLogger(__name__)
 
 _READING_COLUMNS = ("device_id", "epoch", "seq", "topic", "received_at", "body", "key_id")
 _DELETE_CHUNK = 500
+
+
+class SubjectKeyUnavailable(StorageError):
+    """A batch was not stored because a data subject's key could not be used (its wrapping key is
+    missing from the key store, or the wrapped key was altered), not because of the database: retrying
+    the same batch cannot succeed, so ingest stores its messages one by one and refuses those."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +238,8 @@ class SqlTelemetryStore(SqlStoreBase):
                     self._count_rejections(c, rejected, now)
         except _SomeAlreadyStored:
             raise
+        except (KeyStoreError, IntegrityError) as exc:  # sealing under a subject's data key, not the database
+            raise SubjectKeyUnavailable(f"batch not stored: a data subject's key is unusable ({exc.code})") from None
         except Exception as exc:  # the driver's errors vary; the batch is retried whole
             raise StorageError(f"batch not stored: {driver_error_summary(exc)}") from None
         for write, merged, version in saved:  # committed: the caller's windows become what is stored
