@@ -93,3 +93,41 @@ def test_the_telemetry_api_lists_media_objects_by_their_metadata(hub: HubParts) 
                            headers=hub.operator_token("operator")).json()["items"]
     assert [i["media"] for i in items] == [{"purpose": "snapshots", "stream": "camera", "release": "anonymised",
                                             "method": "face-redact", "codec": "jpeg", "bytes": 18}]
+
+
+def test_a_media_object_lost_on_the_way_is_sent_again_from_the_outbox_and_stored_once(hub: HubParts,
+                                                                                      tmp_path: Path) -> None:
+    """Media objects used to be published at most once: one lost before the hub stored it was gone.
+    Now the agent keeps it in its outbox (with its media topic) until the hub's acknowledgement."""
+    from iotguard.agent.media import send_media
+    from iotguard.agent.outbox import Outbox
+
+    cam = hub.agent("cam-0001", model="cam-1")  # no broker connection: the first publish is lost
+    (seq,) = send_media(cam, [_media()])
+    (entry,) = cam.outbox.due_entries(float("inf"))
+    assert entry[1] == seq and entry[3] == media_topic(cam.sealer.segment, "cam-0001")
+    cam.outbox.close()  # a restart of the agent: the media object is still there
+    cam.outbox = Outbox(tmp_path / "agents" / "cam-0001" / "outbox.db")
+    (e, s, env, topic) = cam.outbox.due_entries(float("inf"))[0]
+    assert topic is not None
+    out = hub.processor.process([Incoming(topic, env), Incoming(topic, env)])  # sent again, and once more
+    assert out.stored == 1 and out.rejected["replay"] == 1
+    ((_ack_topic, epoch), body), = out.acks.items()
+    cam._on_message(None, None, type("M", (), {"topic": _ack_topic, "payload": body})())  # type: ignore[arg-type]
+    assert cam.pending() == 0 and epoch == e and s == seq
+
+
+def test_an_outbox_from_before_media_gains_its_topic_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    from iotguard.agent.outbox import Outbox
+
+    db = sqlite3.connect(tmp_path / "old.db")
+    db.execute("CREATE TABLE outbox (epoch INTEGER NOT NULL, seq INTEGER NOT NULL, envelope BLOB NOT NULL, "
+               "last_sent REAL NOT NULL DEFAULT 0, PRIMARY KEY (epoch, seq))")
+    db.execute("INSERT INTO outbox (epoch, seq, envelope) VALUES (1, 7, x'01')")
+    db.commit()
+    db.close()
+    box = Outbox(tmp_path / "old.db")
+    assert box.due_entries(1.0) == [(1, 7, b"\x01", None)]  # kept, on the telemetry topic
+    box.close()

@@ -24,47 +24,40 @@ __all__ = ["collect_media", "send_media"]
 
 
 def send_media(agent: Agent, objects: Iterable[MediaObject]) -> list[int]:
-    """Seal and publish media objects; returns their sequence numbers.
+    """Seal media objects, keep each in the outbox until the hub acknowledges it, and publish it on the
+    media topic; returns their sequence numbers.
 
     Raises:
         EnrollmentError: the agent is not enrolled.
         UsageLimitError: the session key is used up (re-key first).
+        StorageError: an object was refused at capture (outbox or sequence counter not writable).
     """
-    sealer = agent.sealer
-    topic = media_topic(sealer.segment, agent.device_id)
-    seqs = []
-    for obj in objects:
-        seq, envelope = sealer.seal(encode_media_object(obj), topic=topic)
-        if agent.publish_raw(topic, envelope):
-            seqs.append(seq)
-    return seqs
+    topic = media_topic(agent.sealer.segment, agent.device_id)
+    return [agent.keep_and_send(encode_media_object(obj), topic=topic) for obj in objects]
 
 
 def collect_media(agent: Agent, stream: str, media: Audio | Frame, ts_ms: int | None = None,
                   ) -> tuple[list[int], list[int]]:
     """Run a clip or frame through the device's media pipeline and send what may leave.
 
-    Labels go through the outbox like readings (kept across restarts, resent
-    until acknowledged); media objects are sealed and published on the media
-    topic at most once. Each counts in the next privacy receipt only once it
-    is kept (a label in the outbox) or handed to the broker connection (a
-    media object): a receipt never claims a release that did not happen.
-    Returns the sequence numbers of the labels and of the media objects sent.
+    Labels and media objects go through the outbox like readings (kept across
+    restarts, resent until acknowledged; media objects on the media topic).
+    Each counts in the next privacy receipt only once the outbox has it: a
+    receipt never claims a release that did not happen. Returns the sequence
+    numbers of the labels and of the media objects.
 
     Raises:
         EnrollmentError: privacy is not attached, or the agent is not enrolled.
         PolicyDenied: the model's contract declares no such media stream.
-        StorageError: a label was refused at capture (see :meth:`Agent.submit`).
+        StorageError: a label or media object was refused at capture (see :meth:`Agent.submit`).
     """
     if agent.privacy is None:
         raise EnrollmentError("no privacy pipeline attached; raw media never leaves the device")
     privacy = agent.privacy
     labels, objects = privacy.release_media(stream, media, ts_ms)
     label_seqs = [agent.submit(reading, kept=functools.partial(privacy.record, entry)) for reading, entry in labels]
-    media_seqs = []
-    for obj, entry in objects:
-        sent = send_media(agent, [obj])
-        if sent:
-            privacy.record(entry)
-            media_seqs += sent
+    topic = media_topic(agent.sealer.segment, agent.device_id)
+    media_seqs = [agent.keep_and_send(encode_media_object(obj), topic=topic,
+                                      kept=functools.partial(privacy.record, entry))
+                  for obj, entry in objects]
     return label_seqs, media_seqs

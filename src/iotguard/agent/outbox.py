@@ -38,21 +38,26 @@ class Outbox:
             "CREATE TABLE IF NOT EXISTS outbox (epoch INTEGER NOT NULL, seq INTEGER NOT NULL, "
             "envelope BLOB NOT NULL, last_sent REAL NOT NULL DEFAULT 0, PRIMARY KEY (epoch, seq))"
         )
+        if "topic" not in {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}:
+            # Media objects travel on their own topic (NULL: the device's telemetry topic); added to
+            # outboxes created before media went through the outbox.
+            self._db.execute("ALTER TABLE outbox ADD COLUMN topic TEXT")
         self._db.execute("CREATE TABLE IF NOT EXISTS receipts (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                          "receipt BLOB NOT NULL)")
         self._lock = threading.Lock()
         self.max_items = max_items
 
-    def add(self, epoch: int, seq: int, envelope: bytes) -> None:
-        """Persist an envelope before it is published.
+    def add(self, epoch: int, seq: int, envelope: bytes, topic: str | None = None) -> None:
+        """Persist an envelope before it is published (``topic``: where it goes, when not on the
+        device's telemetry topic, e.g. a media object).
 
         Raises:
             StorageError: ``outbox_unwritable`` (volume full, file not writable): not stored.
         """
         with self._lock:
             try:
-                self._db.execute("INSERT OR IGNORE INTO outbox (epoch, seq, envelope) VALUES (?, ?, ?)",
-                                 (epoch, seq, envelope))
+                self._db.execute("INSERT OR IGNORE INTO outbox (epoch, seq, envelope, topic) VALUES (?, ?, ?, ?)",
+                                 (epoch, seq, envelope, topic))
             except sqlite3.Error as exc:
                 raise StorageError(f"outbox not writable (volume full?): {exc}", code="outbox_unwritable") from exc
 
@@ -78,11 +83,15 @@ class Outbox:
 
     def due(self, older_than: float, limit: int = 500) -> list[tuple[int, int, bytes]]:
         """Envelopes last sent before ``older_than`` (0 = never sent), oldest first."""
+        return [(e, s, b) for e, s, b, _t in self.due_entries(older_than, limit)]
+
+    def due_entries(self, older_than: float, limit: int = 500) -> list[tuple[int, int, bytes, str | None]]:
+        """As :meth:`due`, with each envelope's topic (``None``: the device's telemetry topic)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT epoch, seq, envelope FROM outbox WHERE last_sent < ? ORDER BY epoch, seq LIMIT ?",
+                "SELECT epoch, seq, envelope, topic FROM outbox WHERE last_sent < ? ORDER BY epoch, seq LIMIT ?",
                 (older_than, limit)).fetchall()
-        return [(int(e), int(s), bytes(b)) for e, s, b in rows]
+        return [(int(e), int(s), bytes(b), None if t is None else str(t)) for e, s, b, t in rows]
 
     def add_receipt(self, receipt: bytes) -> None:
         """Keep a signed privacy receipt until the hub has it.

@@ -405,23 +405,31 @@ class Agent:
                 capture, not sent; a sequence number it took is never used again (the hub's replay
                 window allows gaps).
         """
+        return self.keep_and_send(encode_reading(reading), kept=kept)
+
+    def keep_and_send(self, body: bytes, *, topic: str | None = None, kept: Callable[[], None] | None = None) -> int:
+        """Seal ``body``, keep the envelope in the outbox until the hub acknowledges it, and publish it
+        on ``topic`` (the device's telemetry topic when ``None``); returns its sequence. See :meth:`submit`.
+
+        Raises:
+            EnrollmentError, UsageLimitError, StorageError: as :meth:`submit`.
+        """
         sealer = self.sealer
         if sealer.needs_rekey():
             self.rekey()
             sealer = self.sealer
-        body = encode_reading(reading)
         try:
-            seq, envelope = sealer.seal(body)
+            seq, envelope = sealer.seal(body, topic=topic)
         except OSError as exc:  # the next block of sequence numbers could not be reserved on disk
             raise StorageError(f"sequence counter not writable (volume full?): {exc}",
                                code="state_unwritable") from exc
-        self.outbox.add(sealer.epoch, seq, envelope)
+        self.outbox.add(sealer.epoch, seq, envelope, topic)
         if kept is not None:
             kept()
-        if self.on_submit is not None:
+        if self.on_submit is not None and topic is None:
             self.on_submit(sealer.epoch, seq, body)
         self.last_envelope = envelope
-        self._publish(sealer.topic, envelope, (sealer.epoch, seq))
+        self._publish(topic or sealer.topic, envelope, (sealer.epoch, seq))
         self.outbox.mark_sent([(sealer.epoch, seq)], time.time())
         return seq
 
@@ -546,12 +554,12 @@ class Agent:
             self._drop_wedged_connection(client)
             return 0
         cutoff = now + 1 if force else now - self.cfg.ack_timeout_s
-        due = [d for d in self.outbox.due(cutoff) if not self.broker_watch.waiting((d[0], d[1]))]
-        topic = self._sealer.topic
-        for e, s, env in due:
-            self.broker_watch.record((e, s), client.publish(topic, env, qos=1), now)
+        due = [d for d in self.outbox.due_entries(cutoff) if not self.broker_watch.waiting((d[0], d[1]))]
+        telemetry = self._sealer.topic
+        for e, s, env, topic in due:
+            self.broker_watch.record((e, s), client.publish(topic or telemetry, env, qos=1), now)
         if due:
-            self.outbox.mark_sent([(e, s) for e, s, _ in due], now)
+            self.outbox.mark_sent([(e, s) for e, s, _, _ in due], now)
         return len(due)
 
     def _drop_wedged_connection(self, client: mqtt.Client) -> None:
