@@ -194,8 +194,8 @@ def test_microphone_sends_only_labels_and_anonymised_voice(keystore) -> None:  #
 
 
 def test_released_media_counts_in_the_receipt_only_once_recorded(keystore) -> None:  # type: ignore[no-untyped-def]
-    """``release_media`` counts nothing: a label or media object the device failed to keep or send (outbox full, no
-    broker connection: ``iotguard.agent.media.collect_media``) is never claimed as released by a receipt."""
+    """``release_media`` counts nothing: a label or media object the device failed to keep (outbox full:
+    ``iotguard.agent.media.collect_media``) is never claimed as released by a receipt."""
     clock = _Clock()
     dp = _privacy(keystore, "mic-1", ("voice_messages",), clock)
     clip = synthetic_corpus(speakers=1, per_digit=1, digits="7")[0].audio
