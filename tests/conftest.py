@@ -46,6 +46,7 @@ import time  # noqa: E402
 import uuid  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
 
 PG_BIN = Path(os.environ.get("IOTGUARD_PG_BIN", "/usr/lib/postgresql/15/bin"))
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -56,6 +57,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def embedded_hub(tmp_path: Path) -> Iterator[Any]:
+    """A started in-process :class:`~iotguard.hub.service.Hub` on embedded defaults (embedded broker
+    with its mTLS front, HTTPS API) on free loopback ports."""
+    from iotguard.config import HubConfig
+    from iotguard.hub.service import Hub
+
+    hub = Hub(HubConfig(data_dir=str(tmp_path / "hub"), embedded_broker_bind=f"127.0.0.1:{free_port()}",
+                        api_bind=f"127.0.0.1:{free_port()}"))
+    hub.start()
+    yield hub
+    hub.stop()
 
 
 def wait_port(port: int, timeout: float = 15.0) -> None:

@@ -4,7 +4,6 @@ and reconnects, so what its MQTT client holds is sent again and nothing stays un
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +11,10 @@ import pytest
 
 from iotguard.agent import Agent
 from iotguard.agent.broker_watch import PublishWatch
-from iotguard.config import AgentConfig, HubConfig
+from iotguard.config import AgentConfig
 from iotguard.hub import mqtt_frames as mf
 from iotguard.hub.service import Hub
 from iotguard.wire import Reading
-from tests.conftest import free_port
 
 
 class _Info:
@@ -58,13 +56,8 @@ def test_a_publish_the_client_refused_is_not_waited_for() -> None:
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
-    cfg = HubConfig(data_dir=str(tmp_path / "hub"), embedded_broker_bind=f"127.0.0.1:{free_port()}",
-                    api_bind=f"127.0.0.1:{free_port()}")
-    h = Hub(cfg)
-    h.start()
-    yield h
-    h.stop()
+def hub(embedded_hub: Hub) -> Hub:
+    return embedded_hub
 
 
 @pytest.mark.slow
@@ -106,3 +99,17 @@ def test_a_connection_whose_pubacks_never_come_is_dropped_and_everything_arrives
         assert hub.store.reading_count("dev-wedged") == 260
     finally:
         agent.close()
+
+
+def test_what_the_broker_took_is_forgotten_without_a_resend() -> None:
+    """An agent that seldom resends still holds only what waits for the broker, not every publish."""
+    watch = PublishWatch(10.0)
+    infos = [_Info() for _ in range(1000)]
+    for i, info in enumerate(infos):
+        watch.record((1, i), info, 0.0)
+        info.published = i != 500  # every publish but one is taken right away
+    watch.record((1, 1000), _Info(published=True), 0.0)
+    assert len(watch) <= 501  # pruned up to the one the broker has not taken
+    infos[500].published = True
+    watch.record((1, 1001), _Info(published=True), 0.0)
+    assert len(watch) == 0

@@ -14,7 +14,6 @@ each media object after checking it against the device's data contract.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from iotguard.agent import Agent
 from iotguard.agent.media import collect_media
 from iotguard.agent.privacy import DevicePrivacy
 from iotguard.channel import MEDIA_FILTER, TELEMETRY_FILTER, make_nonce
-from iotguard.config import AgentConfig, HubConfig
+from iotguard.config import AgentConfig
 from iotguard.crypto import get_suite
 from iotguard.hub.service import Hub
 from iotguard.media import DigitRecogniser, decode_wav, encode_wav
@@ -35,7 +34,6 @@ from iotguard.media.sensing import AudioModels
 from iotguard.privacy import ConsentState, load_contract
 from iotguard.sim.media import synthetic_corpus
 from iotguard.wire import associated_data, decode_envelope, decode_media_object, decode_reading
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -43,13 +41,8 @@ FACE = Path(__file__).parents[1] / "media" / "data" / "astronaut.jpg"
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
-    cfg = HubConfig(data_dir=str(tmp_path / "hub"), embedded_broker_bind=f"127.0.0.1:{free_port()}",
-                    api_bind=f"127.0.0.1:{free_port()}")
-    h = Hub(cfg)
-    h.start()
-    yield h
-    h.stop()
+def hub(embedded_hub: Hub) -> Hub:
+    return embedded_hub
 
 
 class Sniffer:

@@ -6,7 +6,6 @@ the sensors produce more; a withdrawal pushed from the hub stops collection."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -15,13 +14,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from iotguard.channel import TELEMETRY_FILTER, make_nonce
 from iotguard.clock import SystemClock
-from iotguard.config import HubConfig
 from iotguard.crypto import get_suite
 from iotguard.hub.service import Hub
 from iotguard.privacy import load_contract
 from iotguard.sim import Fleet
 from iotguard.wire import associated_data, decode_envelope, decode_reading
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -29,13 +26,8 @@ SECRET_FIELDS = {"owner_name": "Alice Example", "wifi_ssid": "alice-home", "hear
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
-    cfg = HubConfig(data_dir=str(tmp_path / "hub"), embedded_broker_bind=f"127.0.0.1:{free_port()}",
-                    api_bind=f"127.0.0.1:{free_port()}")
-    h = Hub(cfg)
-    h.start()
-    yield h
-    h.stop()
+def hub(embedded_hub: Hub) -> Hub:
+    return embedded_hub
 
 
 class Sniffer:

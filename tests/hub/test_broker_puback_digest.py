@@ -45,10 +45,7 @@ def test_puback_timeouts_are_counted_and_reported_once_a_minute(caplog: pytest.L
     assert len(others) == 1 and others[0].exc_info is not None
 
 
-def test_the_embedded_broker_installs_the_digest_once() -> None:
-    from iotguard.hub.broker import _install_puback_digest
-
-    _install_puback_digest()
-    _install_puback_digest()  # a second broker in the same process
+def test_the_embedded_broker_installs_the_digest_once(embedded_hub: object) -> None:
+    """A started embedded broker has put the digest on amqtt's logger (once, however many start)."""
     logger = logging.getLogger("amqtt.broker")
     assert sum(isinstance(f, PubackTimeoutDigest) for f in logger.filters) == 1

@@ -56,6 +56,13 @@ class PublishWatch:
         with self._lock:
             self._waiting.pop(key, None)  # re-inserted: the order stays oldest first
             self._waiting[key] = (now, info)
+            # Forget the oldest the broker has taken (acknowledgements come mostly in order), so what is
+            # held stays about the client's in-flight window however seldom the agent resends.
+            while self._waiting:
+                first = next(iter(self._waiting))
+                if not _settled(self._waiting[first][1]):
+                    break
+                del self._waiting[first]
 
     def connected(self, now: float) -> None:
         """A (re)connection: what waits has been sent again and gets ``stall_s`` from now."""

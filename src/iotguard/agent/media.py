@@ -8,7 +8,7 @@ the associated data (so it does not open as telemetry).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from iotguard.agent.runtime import Agent
@@ -32,8 +32,12 @@ def send_media(agent: Agent, objects: Iterable[MediaObject]) -> list[int]:
         UsageLimitError: the session key is used up (re-key first).
         StorageError: an object was refused at capture (outbox or sequence counter not writable).
     """
-    topic = media_topic(agent.sealer.segment, agent.device_id)
-    return [agent.keep_and_send(encode_media_object(obj), topic=topic) for obj in objects]
+    return [_keep_and_send(agent, obj) for obj in objects]
+
+
+def _keep_and_send(agent: Agent, obj: MediaObject, kept: Callable[[], None] | None = None) -> int:
+    return agent.keep_and_send(encode_media_object(obj), topic=media_topic(agent.sealer.segment, agent.device_id),
+                               kept=kept)
 
 
 def collect_media(agent: Agent, stream: str, media: Audio | Frame, ts_ms: int | None = None,
@@ -56,8 +60,5 @@ def collect_media(agent: Agent, stream: str, media: Audio | Frame, ts_ms: int | 
     privacy = agent.privacy
     labels, objects = privacy.release_media(stream, media, ts_ms)
     label_seqs = [agent.submit(reading, kept=functools.partial(privacy.record, entry)) for reading, entry in labels]
-    topic = media_topic(agent.sealer.segment, agent.device_id)
-    media_seqs = [agent.keep_and_send(encode_media_object(obj), topic=topic,
-                                      kept=functools.partial(privacy.record, entry))
-                  for obj, entry in objects]
+    media_seqs = [_keep_and_send(agent, obj, functools.partial(privacy.record, entry)) for obj, entry in objects]
     return label_seqs, media_seqs
