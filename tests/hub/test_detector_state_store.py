@@ -29,6 +29,7 @@ from iotguard.hub.stores.detector_state import (
     MemoryDetectorStateStore,
     SqlDetectorStateStore,
     StateConflict,
+    StateWrite,
     VersionedState,
 )
 from iotguard.identity import VerifiedRequest
@@ -85,6 +86,25 @@ def test_oversized_state_and_bad_keys_are_refused(stores: tuple[DetectorStateSto
         one.save("health", "d" * 129, b"x", None, NOW)
     assert err.value.code == "detector_state_bad_key"
     assert one.load("health", "dev-1") is None
+
+
+def test_rows_of_one_batch_are_written_together_or_not_at_all(stores: tuple[DetectorStateStore, ...]) -> None:
+    one, two = stores
+    assert one.save_many("flow", [StateWrite("10.0.0.2", b"b", None), StateWrite("10.0.0.1", b"a", None)],
+                         NOW) == {"10.0.0.1": 1, "10.0.0.2": 1}
+    assert two.load_many("flow", ["10.0.0.1", "10.0.0.2", "10.0.0.3"]) == {
+        "10.0.0.1": VersionedState(b"a", 1), "10.0.0.2": VersionedState(b"b", 1)}
+    two.save("flow", "10.0.0.2", b"two's", 1, NOW)
+    for stale in ([StateWrite("10.0.0.1", b"a2", 1), StateWrite("10.0.0.2", b"b2", 1)],
+                  [StateWrite("10.0.0.1", b"a2", 1), StateWrite("10.0.0.3", b"c", None),
+                   StateWrite("10.0.0.2", b"b2", None)]):
+        with pytest.raises(StateConflict):
+            one.save_many("flow", stale, NOW)
+    assert one.load_many("flow", ["10.0.0.1", "10.0.0.2", "10.0.0.3"]) == {
+        "10.0.0.1": VersionedState(b"a", 1), "10.0.0.2": VersionedState(b"two's", 2)}  # nothing half-written
+    with pytest.raises(StorageError) as err:
+        one.save_many("flow", [StateWrite("10.0.0.1", b"x", 1), StateWrite("10.0.0.1", b"y", 1)], NOW)
+    assert err.value.code == "detector_state_bad_key"
 
 
 # -- the health service over the store: several processes, one baseline ----------------------------------

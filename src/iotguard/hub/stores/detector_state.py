@@ -7,7 +7,9 @@ version that every write increments. :meth:`DetectorStateStore.save` is a
 compare-and-set on that version: a writer that loaded version ``n`` succeeds
 only if the row is still at ``n`` (``None``: only if there is no row yet),
 otherwise it raises :class:`StateConflict` and the caller reloads and
-re-applies its input (ADR 0751). :class:`DetectorStateStore` is the
+re-applies its input (ADR 0751). :meth:`DetectorStateStore.save_many` does
+the same for several devices' rows of one kind in one transaction: all are
+written or none (a flow batch touches every host in it, ADR 0752). :class:`DetectorStateStore` is the
 interface; :class:`SqlDetectorStateStore` serves SQLite and PostgreSQL,
 :class:`MemoryDetectorStateStore` unit tests; both pass
 ``tests/hub/test_detector_state_store.py``.
@@ -16,6 +18,7 @@ interface; :class:`SqlDetectorStateStore` serves SQLite and PostgreSQL,
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -34,11 +37,14 @@ __all__ = [
     "MemoryDetectorStateStore",
     "SqlDetectorStateStore",
     "StateConflict",
+    "StateWrite",
     "VersionedState",
     "create_detector_state_table",
     "detector_state",
 ]
 
+#: Device ids per ``IN (...)`` of :meth:`SqlDetectorStateStore.load_many`.
+_IN_CHUNK = 500
 #: Largest blob the store accepts (every detector's own limit is at most this).
 MAX_BLOB_BYTES = 64 * 1024
 
@@ -72,6 +78,15 @@ class VersionedState:
     version: int
 
 
+@dataclass(frozen=True)
+class StateWrite:
+    """One row of :meth:`DetectorStateStore.save_many`: ``body`` for ``device_id`` if still at ``expected``."""
+
+    device_id: str
+    body: bytes
+    expected: int | None
+
+
 def _check(kind: str, device_id: str, body: bytes) -> None:
     if not 0 < len(kind) <= 32 or not 0 < len(device_id) <= 128:
         raise StorageError("detector state key out of range", code="detector_state_bad_key")
@@ -94,6 +109,28 @@ class DetectorStateStore(Protocol):
         """
         ...
 
+    def load_many(self, kind: str, device_ids: Iterable[str]) -> dict[str, VersionedState]:
+        """The stored states of ``device_ids`` (those never written are absent)."""
+        ...
+
+    def save_many(self, kind: str, writes: Sequence[StateWrite], now: datetime) -> dict[str, int]:
+        """Every write of ``writes`` (distinct devices) or none; returns each device's new version.
+
+        Raises:
+            StateConflict: one of the rows moved on (or appeared) since it was loaded; nothing was written.
+            StorageError: ``detector_state_too_large`` or ``detector_state_bad_key``.
+        """
+        ...
+
+
+def _distinct(kind: str, writes: Sequence[StateWrite]) -> list[StateWrite]:
+    for w in writes:
+        _check(kind, w.device_id, w.body)
+    if len({w.device_id for w in writes}) != len(writes):
+        raise StorageError("one device written twice in one call", code="detector_state_bad_key")
+    # One order for every writer, so two PostgreSQL transactions never wait on each other's rows in a cycle.
+    return sorted(writes, key=lambda w: w.device_id)
+
 
 class MemoryDetectorStateStore:
     """In one process (tests, a hub without a database)."""
@@ -107,15 +144,23 @@ class MemoryDetectorStateStore:
             return self._rows.get((kind, device_id))
 
     def save(self, kind: str, device_id: str, body: bytes, expected: int | None, now: datetime) -> int:
-        _check(kind, device_id, body)
+        return self.save_many(kind, [StateWrite(device_id, body, expected)], now)[device_id]
+
+    def load_many(self, kind: str, device_ids: Iterable[str]) -> dict[str, VersionedState]:
+        with self._lock:
+            return {d: row for d in device_ids if (row := self._rows.get((kind, d))) is not None}
+
+    def save_many(self, kind: str, writes: Sequence[StateWrite], now: datetime) -> dict[str, int]:
+        ordered = _distinct(kind, writes)
         utc(now)
         with self._lock:
-            current = self._rows.get((kind, device_id))
-            if (current.version if current is not None else None) != expected:
-                raise StateConflict(f"{kind} state of {device_id} changed since it was loaded")
-            version = (expected or 0) + 1
-            self._rows[(kind, device_id)] = VersionedState(bytes(body), version)
-            return version
+            for w in ordered:
+                current = self._rows.get((kind, w.device_id))
+                if (current.version if current is not None else None) != w.expected:
+                    raise StateConflict(f"{kind} state of {w.device_id} changed since it was loaded")
+            for w in ordered:
+                self._rows[(kind, w.device_id)] = VersionedState(bytes(w.body), (w.expected or 0) + 1)
+            return {w.device_id: (w.expected or 0) + 1 for w in ordered}
 
 
 class SqlDetectorStateStore:
@@ -132,21 +177,35 @@ class SqlDetectorStateStore:
         return None if row is None else VersionedState(bytes(row.body), int(row.version))
 
     def save(self, kind: str, device_id: str, body: bytes, expected: int | None, now: datetime) -> int:
-        _check(kind, device_id, body)
+        return self.save_many(kind, [StateWrite(device_id, body, expected)], now)[device_id]
+
+    def load_many(self, kind: str, device_ids: Iterable[str]) -> dict[str, VersionedState]:
+        t = detector_state
+        wanted = sorted(set(device_ids))
+        out: dict[str, VersionedState] = {}
+        with self.engine.begin() as conn:
+            for i in range(0, len(wanted), _IN_CHUNK):
+                rows = conn.execute(select(t.c.device_id, t.c.body, t.c.version).where(
+                    and_(t.c.kind == kind, t.c.device_id.in_(wanted[i:i + _IN_CHUNK]))))
+                out.update({r.device_id: VersionedState(bytes(r.body), int(r.version)) for r in rows})
+        return out
+
+    def save_many(self, kind: str, writes: Sequence[StateWrite], now: datetime) -> dict[str, int]:
+        ordered = _distinct(kind, writes)
         t = detector_state
         when = utc(now)
-        if expected is None:
-            try:
-                with self.engine.begin() as conn:
-                    conn.execute(t.insert().values(kind=kind, device_id=device_id, version=1, body=body,
-                                                   updated_at=when))
-            except SqlIntegrityError:
-                raise StateConflict(f"{kind} state of {device_id} was created meanwhile") from None
-            return 1
-        with self.engine.begin() as conn:
-            done = conn.execute(update(t).where(and_(t.c.kind == kind, t.c.device_id == device_id,
-                                                     t.c.version == expected))
-                                .values(version=expected + 1, body=body, updated_at=when))
-        if done.rowcount != 1:
-            raise StateConflict(f"{kind} state of {device_id} changed since it was loaded")
-        return expected + 1
+        try:
+            with self.engine.begin() as conn:  # a conflict raised inside rolls every row back
+                for w in ordered:
+                    if w.expected is None:
+                        conn.execute(t.insert().values(kind=kind, device_id=w.device_id, version=1, body=w.body,
+                                                       updated_at=when))
+                        continue
+                    done = conn.execute(update(t).where(and_(t.c.kind == kind, t.c.device_id == w.device_id,
+                                                             t.c.version == w.expected))
+                                        .values(version=w.expected + 1, body=w.body, updated_at=when))
+                    if done.rowcount != 1:
+                        raise StateConflict(f"{kind} state of {w.device_id} changed since it was loaded")
+        except SqlIntegrityError:
+            raise StateConflict(f"{kind} state of a device was created meanwhile") from None
+        return {w.device_id: (w.expected or 0) + 1 for w in ordered}
