@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from iotguard.analytics.secagg import PRIME, AggregationError, Aggregator, Device, Share, combine, prg, split
+from iotguard.errors import ConfigError
 
 N, T, DIMS = 30, 16, 64
 
@@ -107,26 +108,29 @@ def test_too_many_dropouts_cannot_unmask() -> None:
 
 
 def test_shamir_threshold() -> None:
-    secret = bytes(range(32))
+    secret = bytes(range(240, 256))  # 16 bytes, near the top of the range the field 2^128 + 51 must hold
     ys = split(secret, 5, 3)
     pts = [(i + 1, y) for i, y in enumerate(ys)]
     assert combine(pts[:3], 3) == secret and combine(pts[2:], 3) == secret
+    assert PRIME == (1 << 128) + 51 and all(0 <= y < PRIME for y in ys)
     with pytest.raises(AggregationError):
         combine(pts[:2], 3)
+    with pytest.raises(ConfigError):  # a secret beyond the field would come back reduced: refused
+        split(b"\xff" * 17, 5, 3)
 
 
 def test_batched_reconstruction_names_the_inconsistent_secret() -> None:
     from iotguard.analytics.secagg import reconstruct_all
 
-    secrets_ = {f"s{i}": bytes([i]) * 32 for i in range(40)}
+    secrets_ = {f"s{i}": bytes([i]) * 16 for i in range(40)}
     holders = [x for x in range(1, 31) if x % 7]  # 26 holders, threshold 12: 14 extra points per secret
     points = {}
     for k, s in secrets_.items():
         ys = split(s, 31, 12)
         points[k] = [(x, ys[x - 1]) for x in holders]
-    odd = split(b"\x01" * 32, 31, 12)  # another holder set: its own coefficients
+    odd = split(b"\x01" * 16, 31, 12)  # another holder set: its own coefficients
     points["odd"] = [(x, odd[x - 1]) for x in (1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13)]
-    assert reconstruct_all(points, 12) == {**secrets_, "odd": b"\x01" * 32}
+    assert reconstruct_all(points, 12) == {**secrets_, "odd": b"\x01" * 16}
     x, y = points["s17"][20]
     points["s17"][20] = (x, (y + 1) % PRIME)
     with pytest.raises(AggregationError) as e:
@@ -161,16 +165,38 @@ def test_secagg_plus_graph_is_symmetric_regular_and_sums_exactly() -> None:
 
 
 def test_mask_prg_is_aes_256_ctr_against_the_nist_vector() -> None:
-    # NIST SP 800-38A F.5.5 CTR-AES256.Encrypt, block 1: keystream = ciphertext XOR plaintext
+    # NIST SP 800-38A F.5.5 CTR-AES256.Encrypt, block 1: keystream = ciphertext XOR plaintext (the keystream
+    # function is the one the AES-128 PRG runs; this vector checks it at the other key size)
     from iotguard.analytics.secagg import _keystream
 
     key = bytes.fromhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
     counter = bytes.fromhex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")
     pt, ct = bytes.fromhex("6bc1bee22e409f96e93d7e117393172a"), bytes.fromhex("601ec313775789a5b7a7f504bbf3d228")
     assert _keystream(key, counter, 4).tobytes() == bytes(a ^ b for a, b in zip(pt, ct, strict=True))
-    words = prg(b"\x07" * 32, 1001)
-    assert words.dtype == np.dtype("<u4") and words.shape == (1001,) and np.array_equal(words, prg(b"\x07" * 32, 1001))
-    assert words[:1000].tobytes() == prg(b"\x07" * 32, 1000).tobytes()  # one keystream, any length
+    words = prg(b"\x07" * 16, 1001)
+    assert words.dtype == np.dtype("<u4") and words.shape == (1001,) and np.array_equal(words, prg(b"\x07" * 16, 1001))
+    assert words[:1000].tobytes() == prg(b"\x07" * 16, 1000).tobytes()  # one keystream, any length
+
+
+def test_mask_prg_is_aes_128_ctr_against_the_nist_vectors() -> None:
+    """The PRG keyed by a 16-byte seed is AES-128-CTR: NIST SP 800-38A F.5.1 CTR-AES128.Encrypt, all four
+    blocks (keystream = ciphertext XOR plaintext), and ``prg`` is that keystream from counter block 0."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from iotguard.analytics.secagg import _keystream
+
+    key = bytes.fromhex("2b7e151628aed2a6abf7158809cf4f3c")
+    counter = bytes.fromhex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")
+    pt = bytes.fromhex("6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51"
+                       "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710")
+    ct = bytes.fromhex("874d6191b620e3261bef6864990db6ce9806f66b7970fdff8617187bb9fffdff"
+                       "5ae4df3edbd5d35e5b4f09020db03eab1e031dda2fbe03d1792170a0f3009cee")
+    assert _keystream(key, counter, 16).tobytes() == bytes(a ^ b for a, b in zip(pt, ct, strict=True))
+    zero_ctr = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(40))
+    assert prg(key, 10).tobytes() == zero_ctr
+    for bad in (b"\x07" * 32, b"\x07" * 15):
+        with pytest.raises(ConfigError):
+            prg(bad, 4)
 
 
 def test_secagg_plus_degree_keeps_a_third_dropped_round_unmaskable() -> None:

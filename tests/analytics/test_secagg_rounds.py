@@ -45,8 +45,9 @@ def _round(hub: HubParts, *, degree: int = 0) -> tuple[str, dict[str, RoundClien
     original = service.device_step
 
     def spy(req: VerifiedRequest) -> dict[str, Any]:
-        seen.append(dict(req.body))
-        return original(req)
+        reply = original(req)
+        seen.append({**req.body, "device": req.device_id, "reply": reply})
+        return reply
 
     service.device_step = spy  # type: ignore[method-assign]
     token = hub.operator_token("analyst")
@@ -97,12 +98,21 @@ def test_a_round_over_the_device_plane_sums_exactly_with_a_third_dropped_and_the
         vec = np.frombuffer(raw, dtype="<u4")
         assert not any(np.array_equal(vec, v) for v in values.values())
         assert np.count_nonzero(vec >= (1 << 16)) > DIMS // 2  # spread over 2^32, not below 2^16
-    # no device handed over both secrets of one peer
+    # no device handed over both secrets of one peer: each unmask message holds exactly the records its poll
+    # named (seed shares of the survivors, key shares and pair seeds of the dropped), nothing else
     kinds: dict[int, set[str]] = {}
+    last_poll: dict[str, dict[str, Any]] = {}
     for b in seen:
+        if b["step"] == "poll":
+            last_poll[b["device"]] = cbor2.loads(base64.urlsafe_b64decode(b["reply"]["message"]))
         if b["step"] == "unmask":
-            for owner, kind, _y in cbor2.loads(bytes(b["message"]))["shares"]:
-                kinds.setdefault(owner, set()).add(kind)
+            asked, m = last_poll[b["device"]], cbor2.loads(bytes(b["message"]))
+            assert (len(m["seed_shares"]), len(m["key_shares"]), len(m["pair_seeds"])) == (
+                17 * len(asked["survivors"]), 17 * len(asked["dropped"]), 16 * len(asked["dropped"]))
+            for owner in asked["survivors"]:
+                kinds.setdefault(owner, set()).add("seed")
+            for owner in asked["dropped"]:
+                kinds.setdefault(owner, set()).update({"key", "pair"})
     # (a pair seed s_uv of a dropped peer is no secret of its own: the key shares give every s_uv)
     assert kinds and all(len(k - {"pair"}) == 1 for k in kinds.values())
     assert all("pair" not in k or k == {"key", "pair"} for k in kinds.values())

@@ -2,17 +2,21 @@
 
 Vectors are integers modulo ``2^32`` (callers quantise). Each device ``u``:
 
-* has an X25519 mask key pair and a random 32-byte self-mask seed ``b_u``;
-* Shamir-shares its X25519 private key and ``b_u`` (threshold ``t``) among
-  the round's devices (:func:`split` / :func:`combine` over the prime field
-  ``2^256 + 297``);
+* draws two 16-byte secrets: the mask-key secret ``m_u``, from which its
+  X25519 mask private key is derived (HKDF-SHA256), and the self-mask seed
+  ``b_u`` (ADR 0416: 128 bits, X25519's security level);
+* Shamir-shares ``m_u`` and ``b_u`` (threshold ``t``) among the round's
+  devices (:func:`split` / :func:`combine` over the prime field
+  ``2^128 + 51``, 17-byte shares);
 * sends ``y_u = x_u + PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)``
-  where ``s_uv`` is the X25519 agreement of ``u`` and ``v`` (HKDF-SHA256) and
-  PRG is the AES-256-CTR keystream (AES-NI where the CPU has it).
+  where ``s_uv`` is the 16-byte HKDF-SHA256 output of the X25519 agreement of
+  ``u`` and ``v`` and PRG is the AES-128-CTR keystream (AES-NI where the CPU
+  has it).
 
 The aggregator adds the masked vectors of the devices that sent one. For a
-device ``v`` that dropped out it collects ``t`` shares of ``v``'s private key
-from survivors and recomputes ``v``'s pairwise masks with every survivor;
+device ``v`` that dropped out it collects ``t`` shares of ``v``'s mask-key
+secret from survivors (the key derived from it must be the one ``v``
+advertised) and recomputes ``v``'s pairwise masks with every survivor;
 for every survivor it collects ``t`` shares of ``b_u`` and removes the self
 mask. A device answers for each peer with one kind of share only (key of a
 dropped peer, seed of a surviving one), so the aggregator never holds both
@@ -61,20 +65,25 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from iotguard.analytics.secagg_degree import degree_failure_log2, secagg_plus_degree
 from iotguard.errors import ConfigError, MalformedError
 
-__all__ = ["PRIME", "ROUND_STATE_REASONS", "AggregationError", "Aggregator", "Device", "Share", "combine",
-           "degree_failure_log2", "harary_neighbours", "prg", "reconstruct_all", "secagg_plus_degree", "split"]
+__all__ = ["BOX_BYTES", "PRIME", "ROUND_STATE_REASONS", "SECRET_BYTES", "SHARE_BYTES", "AggregationError",
+           "Aggregator", "Device", "Share", "combine", "degree_failure_log2", "harary_neighbours", "prg",
+           "reconstruct_all", "secagg_plus_degree", "split"]
 
-#: Field of the Shamir shares: the smallest prime above every 32-byte secret (2^256 + 297).
-PRIME = (1 << 256) + 297
+#: Bytes of every secret of a round (mask-key secret, self-mask seed, pair seed): 128 bits (ADR 0416).
+SECRET_BYTES = 16
+#: Field of the Shamir shares: the smallest prime above every 16-byte secret (2^128 + 51).
+PRIME = (1 << 128) + 51
 MAX_DIMS = 1 << 24
 MAX_DEVICES = 1 << 16
-#: Bytes of one Shamir share on the wire (a field element below 2^257).
-SHARE_BYTES = 33
-_BOX_PLAIN = 8 + 2 * SHARE_BYTES
+#: Bytes of one Shamir share on the wire (a field element below 2^129, big-endian).
+SHARE_BYTES = 17
+#: Bytes of a share box: the mask-key share and the seed share, sealed (ChaCha20-Poly1305, 16-byte tag).
+BOX_BYTES = 2 * SHARE_BYTES + 16
 Vector = npt.NDArray[np.uint32]
 
 
@@ -99,15 +108,22 @@ class Share:
 
     owner: int
     holder: int
-    kind: str  # "key" (X25519 private key) or "seed" (self-mask seed)
+    kind: str  # "key" (mask-key secret), "seed" (self-mask seed), or "pair" (a pair seed, unmasking only)
     y: int
 
 
 def split(secret: bytes, n: int, t: int, xs: Sequence[int] | None = None) -> list[int]:
-    """Shamir shares ``f(1), ..., f(n)`` (or ``f(x)`` for each of ``xs``) of ``secret`` with threshold ``t``."""
+    """Shamir shares ``f(1), ..., f(n)`` (or ``f(x)`` for each of ``xs``) of ``secret`` with threshold ``t``.
+
+    Raises:
+        ConfigError: a bad threshold, or a secret that is not below the field's prime.
+    """
     if not 1 <= t <= n:
         raise ConfigError("threshold must be 1..n")
-    coeffs = [int.from_bytes(secret, "big")] + [secrets.randbelow(PRIME) for _ in range(t - 1)]
+    value = int.from_bytes(secret, "big")
+    if value >= PRIME:
+        raise ConfigError("the secret does not fit the share field")
+    coeffs = [value] + [secrets.randbelow(PRIME) for _ in range(t - 1)]
     out = []
     for x in xs if xs is not None else range(1, n + 1):
         acc = 0
@@ -173,7 +189,8 @@ class _HolderSet:
         return True
 
 
-def reconstruct_all(points: Mapping[Any, Sequence[tuple[int, int]]], t: int, size: int = 32) -> dict[Any, bytes]:
+def reconstruct_all(points: Mapping[Any, Sequence[tuple[int, int]]], t: int,
+                    size: int = SECRET_BYTES) -> dict[Any, bytes]:
     """Reconstruct many secrets, each from its ``(x, y)`` points (sorted by x); every point beyond ``t`` must agree.
 
     Secrets shared among the same holders reuse one set of coefficients.
@@ -205,7 +222,7 @@ def reconstruct_all(points: Mapping[Any, Sequence[tuple[int, int]]], t: int, siz
     return out
 
 
-def combine(points: Sequence[tuple[int, int]], t: int, size: int = 32) -> bytes:
+def combine(points: Sequence[tuple[int, int]], t: int, size: int = SECRET_BYTES) -> bytes:
     """Reconstruct a secret from ``(x, y)`` points; every point beyond ``t`` must agree.
 
     Raises:
@@ -228,7 +245,7 @@ def harary_neighbours(n: int, k: int, seed: bytes) -> dict[int, tuple[int, ...]]
         return {u: tuple(v for v in range(n) if v != u) for u in range(n)}
     if k % 2:
         raise ConfigError("the Harary graph degree must be even")
-    words = prg(HKDF(hashes.SHA256(), 32, None, b"iotguard-secagg-graph").derive(seed), n)
+    words = prg(HKDF(hashes.SHA256(), SECRET_BYTES, None, b"iotguard-secagg-graph").derive(seed), n)
     order = sorted(range(n), key=lambda i: (int(words[i]), i))
     pos = {d: i for i, d in enumerate(order)}
     half = k // 2
@@ -236,35 +253,15 @@ def harary_neighbours(n: int, k: int, seed: bytes) -> dict[int, tuple[int, ...]]
             for u in range(n)}
 
 
-def degree_failure_log2(n: int, dropped: int, k: int) -> float:
-    """log2 of a union bound on the chance that some device has fewer than ``t = k // 2 + 1`` surviving
-    neighbours (the round then cannot unmask: ``too_few_shares``) when ``dropped`` of ``n`` devices, chosen
-    at random, drop after sharing; exact hypergeometric tail for a device's ``k`` neighbours."""
-    if not 0 <= dropped < n or not 2 <= k < n:
-        raise ConfigError("need 0 <= dropped < n and 2 <= k < n")
-    t = k // 2 + 1
-    alive = n - 1 - dropped  # the others a dropped device's neighbours are drawn from, minus the dropped
-    tail = sum(math.comb(alive, x) * math.comb(n - 1 - alive, k - x) for x in range(t))
-    p = n * tail / math.comb(n - 1, k)
-    return -math.inf if p == 0 else math.log2(p)
-
-
-def secagg_plus_degree(n: int, dropout: float, correctness_bits: int = 30) -> int:
-    """The smallest even SecAgg+ degree for which a round of ``n`` devices with a ``dropout`` fraction dropped
-    unmasks except with probability ``2^-correctness_bits`` (Bell et al. 2020's ``eta``; union bound over the
-    devices), at this module's threshold ``t = k // 2 + 1`` (above half the holders, which keeps a hub that
-    asks inconsistent questions from getting both secrets of a device). ``n - 1`` (everyone) when no smaller
-    degree suffices."""
-    dropped = math.floor(n * dropout)
-    for k in range(2, n - 1, 2):
-        if degree_failure_log2(n, dropped, k) <= -correctness_bits:
-            return k
-    return n - 1
-
-
 def prg(seed: bytes, dims: int) -> Vector:
-    """``dims`` uniform words modulo ``2^32``: the AES-256-CTR keystream keyed by ``seed`` (counter block 0),
-    little-endian, written by OpenSSL straight into the array (no intermediate bytes)."""
+    """``dims`` uniform words modulo ``2^32``: the AES-128-CTR keystream keyed by the 16-byte ``seed`` (counter
+    block 0), little-endian, written by OpenSSL straight into the array (no intermediate bytes).
+
+    Raises:
+        ConfigError: a seed that is not 16 bytes.
+    """
+    if len(seed) != SECRET_BYTES:
+        raise ConfigError("a mask seed is 16 bytes")
     return _keystream(seed, bytes(16), dims)
 
 
@@ -280,11 +277,18 @@ def _keystream(key: bytes, counter: bytes, dims: int) -> Vector:
     return out[:dims]
 
 
+def _mask_key(secret: bytes) -> X25519PrivateKey:
+    """The X25519 mask private key of a 16-byte mask-key secret (sharing the secret shares the key)."""
+    return X25519PrivateKey.from_private_bytes(HKDF(hashes.SHA256(), 32, None, b"iotguard-secagg-mask-key")
+                                               .derive(secret))
+
+
 def _agree(sk: X25519PrivateKey, pk: bytes | X25519PublicKey, lo: int, hi: int) -> bytes:
+    """The pair seed ``s_uv``: 16 bytes of HKDF-SHA256 over the X25519 agreement, bound to the pair."""
     peer = pk if isinstance(pk, X25519PublicKey) else X25519PublicKey.from_public_bytes(pk)
     shared = sk.exchange(peer)
     info = b"iotguard-secagg-pair|" + lo.to_bytes(4, "big") + hi.to_bytes(4, "big")
-    return HKDF(hashes.SHA256(), 32, None, info).derive(shared)
+    return HKDF(hashes.SHA256(), SECRET_BYTES, None, info).derive(shared)
 
 
 def _add_pair_mask(acc: Vector, u: int, v: int, seed: bytes) -> None:
@@ -297,6 +301,8 @@ def _add_pair_mask(acc: Vector, u: int, v: int, seed: bytes) -> None:
 
 
 def _box_key(sk: X25519PrivateKey, pk: bytes, round_id: bytes, sender: int, recipient: int) -> ChaCha20Poly1305:
+    """The key of the one box ``sender`` seals for ``recipient`` in the round: the box carries no indices, so a
+    box replayed to another recipient, or as another sender's, is opened under another key and fails."""
     try:
         shared = sk.exchange(X25519PublicKey.from_public_bytes(pk))
     except ValueError:
@@ -316,30 +322,32 @@ class Device:
     def __init__(self, index: int, value: Vector) -> None:
         self.index = index
         self._value = np.asarray(value, dtype=np.uint32)
-        self._sk = X25519PrivateKey.generate()
+        self._mask_secret = secrets.token_bytes(SECRET_BYTES)
+        self._sk = _mask_key(self._mask_secret)
         self.public_key = self._sk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self._ck = X25519PrivateKey.generate()
         #: Key of the share boxes (never secret-shared).
         self.encryption_key = self._ck.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        self._seed = secrets.token_bytes(32)
+        self._seed = secrets.token_bytes(SECRET_BYTES)
         self._held: dict[tuple[int, str], int] = {}
         self._revealed: dict[int, str] = {}
         self._pair_seeds: dict[int, bytes] = {}  # s_uv of each peer masked with (kept for unmasking)
 
     def shares_for_peers(self, peers: int | Sequence[int], t: int) -> list[Share]:
-        """Round 1: shares of this device's key and seed, one of each per peer (``int``: devices ``0..n-1``)."""
+        """Round 1: shares of this device's mask-key secret and seed, one of each per peer (``int``: devices
+        ``0..n-1``)."""
         holders = list(range(peers)) if isinstance(peers, int) else sorted({*peers, self.index})
         if not 1 <= t <= len(holders):
             raise ConfigError("threshold must be 1..number of holders")
-        sk = self._sk.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         xs = [h + 1 for h in holders]
-        keys, seeds = split(sk, len(xs), t, xs), split(self._seed, len(xs), t, xs)
+        keys, seeds = split(self._mask_secret, len(xs), t, xs), split(self._seed, len(xs), t, xs)
         return [Share(self.index, h, kind, ys[i]) for i, h in enumerate(holders)
                 for kind, ys in (("key", keys), ("seed", seeds))]
 
     def seal_shares(self, shares: Sequence[Share], encryption_keys: Mapping[int, bytes],
                     round_id: bytes) -> dict[int, bytes]:
-        """Round 1 over the hub: each peer's key and seed shares in a box only that peer opens."""
+        """Round 1 over the hub: each peer's key and seed shares in a box only that peer opens (``BOX_BYTES``:
+        the two 17-byte shares, sealed; who sent it to whom is bound by the box key, not written in it)."""
         by_holder: dict[int, dict[str, int]] = {}
         for s in shares:
             by_holder.setdefault(s.holder, {})[s.kind] = s.y
@@ -347,8 +355,7 @@ class Device:
         for h, ys in by_holder.items():
             if h == self.index:
                 continue
-            plain = (self.index.to_bytes(4, "big") + h.to_bytes(4, "big") + ys["key"].to_bytes(SHARE_BYTES, "big")
-                     + ys["seed"].to_bytes(SHARE_BYTES, "big"))
+            plain = ys["key"].to_bytes(SHARE_BYTES, "big") + ys["seed"].to_bytes(SHARE_BYTES, "big")
             boxes[h] = _box_key(self._ck, encryption_keys[h], round_id, self.index, h).encrypt(b"\0" * 12, plain,
                                                                                                round_id)
         return boxes
@@ -357,19 +364,18 @@ class Device:
         """Open and keep a peer's share box addressed to this device.
 
         Raises:
-            AggregationError: ``share_forged`` (does not open: tampered, replayed from another round or
-                pair), ``share_malformed`` (wrong owner, holder or range).
+            AggregationError: ``share_forged`` (does not open: tampered, replayed from another round, to
+                another recipient or as another sender's), ``share_malformed`` (wrong size or range).
         """
         try:
             plain = _box_key(self._ck, sender_encryption_key, round_id, sender, self.index).decrypt(
                 b"\0" * 12, bytes(box), round_id)
         except InvalidTag:
             raise AggregationError("share_forged", f"box from device {sender} does not open") from None
-        if len(plain) != _BOX_PLAIN or int.from_bytes(plain[:4], "big") != sender \
-                or int.from_bytes(plain[4:8], "big") != self.index:
+        if len(plain) != 2 * SHARE_BYTES:
             raise AggregationError("share_malformed", f"box from device {sender}")
-        self.receive_share(Share(sender, self.index, "key", int.from_bytes(plain[8:8 + SHARE_BYTES], "big")))
-        self.receive_share(Share(sender, self.index, "seed", int.from_bytes(plain[8 + SHARE_BYTES:], "big")))
+        self.receive_share(Share(sender, self.index, "key", int.from_bytes(plain[:SHARE_BYTES], "big")))
+        self.receive_share(Share(sender, self.index, "seed", int.from_bytes(plain[SHARE_BYTES:], "big")))
 
     def receive_share(self, share: Share) -> None:
         """Keep a peer's share addressed to this device."""
@@ -474,27 +480,42 @@ class Aggregator:
         out: dict[tuple[int, int], bytes] = {}
         for s in shares:
             if (s.owner not in dropped or s.holder not in survivors or not self._is_peer(s.owner, s.holder)
-                    or not 0 <= s.y < 1 << 256):
+                    or not 0 <= s.y < 1 << (8 * SECRET_BYTES)):
                 raise AggregationError("share_malformed", f"pair seed of {s.owner} from {s.holder}")
-            seed = s.y.to_bytes(32, "big")
+            seed = s.y.to_bytes(SECRET_BYTES, "big")
             if out.setdefault((s.owner, s.holder), seed) != seed:
                 raise AggregationError("share_duplicate", f"two pair seeds of {s.owner} from {s.holder}")
         return out
 
-    def _spot_check(self, pairs: Mapping[tuple[int, int], bytes], secrets_: Mapping[tuple[int, str], bytes],
+    def _dropped_keys(self, secrets_: Mapping[tuple[int, str], bytes]) -> dict[int, X25519PrivateKey]:
+        """The mask private keys of the dropped devices, from their reconstructed mask-key secrets; each must
+        give the public key the device advertised (else it dealt shares of another secret).
+
+        Raises:
+            AggregationError: ``share_inconsistent`` naming the dealer.
+        """
+        out = {}
+        for (v, kind), secret in secrets_.items():
+            if kind == "key":
+                sk = _mask_key(secret)
+                if sk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw) != self.public_keys[v]:
+                    raise AggregationError("share_inconsistent", f"shares of {v} do not give its mask key")
+                out[v] = sk
+        return out
+
+    def _spot_check(self, pairs: Mapping[tuple[int, int], bytes], dropped_keys: Mapping[int, X25519PrivateKey],
                     keys: dict[int, X25519PublicKey]) -> None:
         """Recompute one randomly chosen pair seed of each holder from the reconstructed key (a holder that
         lies about a fraction f of its pair seeds is caught with probability f per round)."""
         by_holder: dict[int, list[int]] = {}
         for v, u in pairs:
-            if (v, "key") in secrets_:
+            if v in dropped_keys:
                 by_holder.setdefault(u, []).append(v)
         for u, owners in sorted(by_holder.items()):
             v = owners[secrets.randbelow(len(owners))]
             if u not in keys:
                 keys[u] = X25519PublicKey.from_public_bytes(self.public_keys[u])
-            sk = X25519PrivateKey.from_private_bytes(secrets_[(v, "key")])
-            if _agree(sk, keys[u], min(u, v), max(u, v)) != pairs[(v, u)]:
+            if _agree(dropped_keys[v], keys[u], min(u, v), max(u, v)) != pairs[(v, u)]:
                 raise AggregationError("share_inconsistent", f"pair seed of {v} from {u}")
 
     def unmask(self, shares: Sequence[Share]) -> Vector:
@@ -519,9 +540,10 @@ class Aggregator:
         for u in sorted(survivors):
             np.subtract(total, prg(secrets_[(u, "seed")], self.dims), out=total)
         keys: dict[int, X25519PublicKey] = {}  # each survivor's key object once, not once per dropped peer
-        self._spot_check(pairs, secrets_, keys)
+        dropped_keys = self._dropped_keys(secrets_)
+        self._spot_check(pairs, dropped_keys, keys)
         for v in dropped:
-            sk = X25519PrivateKey.from_private_bytes(secrets_[(v, "key")]) if (v, "key") in secrets_ else None
+            sk = dropped_keys.get(v)
             for u in sorted(survivors & set(self.peers(v))):
                 # u added its pair mask with v; remove it
                 if (v, u) in pairs:

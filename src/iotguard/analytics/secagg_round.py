@@ -15,9 +15,14 @@ message canonical CBOR):
    (a box that does not open is refused with ``share_forged``), and sends
    its masked vector, masked only with peers in U2. U3 = the senders.
 4. ``unmask``: each device in U3 polls for which of its peers survived and
-   which dropped, and sends seed shares of survivors and key shares of the
-   dropped; the hub then unmasks the sum with
+   which dropped, and sends seed shares of survivors and key shares (and
+   pair seeds) of the dropped; the hub then unmasks the sum with
    :class:`~iotguard.analytics.secagg.Aggregator`.
+
+Per-neighbour data travels as **fixed-width records** in one byte string,
+in the order of an index list both sides know (ascending neighbour indices;
+the poll's ``survivors`` and ``dropped``): 50-byte boxes, 17-byte shares,
+16-byte pair seeds, with no per-record framing (docs/wire.md §10a).
 
 The hub holds public keys, sealed boxes, masked vectors and unmasking
 shares, never a device's value. Every message is parsed strictly (sizes,
@@ -27,6 +32,7 @@ unmasking share is the authenticated sender), once per phase.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -38,8 +44,10 @@ import cbor2
 import numpy as np
 
 from iotguard.analytics.secagg import (
+    BOX_BYTES,
     MAX_DEVICES,
     PRIME,
+    SECRET_BYTES,
     SHARE_BYTES,
     AggregationError,
     Aggregator,
@@ -57,7 +65,8 @@ PHASES = ("advertise", "share", "masked", "unmask", "done", "failed")
 MAX_MESSAGE_BYTES = 65_000
 #: Most neighbours a device may have: its share boxes must fit one message (use SecAgg+ beyond).
 MAX_DEGREE = 600
-_BOX_BYTES = 8 + 2 * SHARE_BYTES + 16
+#: Bytes of a mask public key and an encryption public key, side by side (one peer in a share poll).
+_PEER_KEYS = 64
 
 
 def encode_message(obj: Mapping[str, Any]) -> bytes:
@@ -82,9 +91,30 @@ def decode_message(data: bytes, keys: set[str]) -> dict[str, Any]:
 
 
 def _index_list(v: Any, n: int) -> list[int]:
-    if not isinstance(v, list) or len(v) > n or not all(isinstance(i, int) and 0 <= i < n for i in v):
+    """A strictly ascending list of indices below ``n`` (so each index appears once and the order is known)."""
+    if (not isinstance(v, list) or len(v) > n or not all(type(i) is int and 0 <= i < n for i in v)
+            or any(a >= b for a, b in itertools.pairwise(v))):
         raise AggregationError("message_malformed", "bad index list")
     return v
+
+
+def _records(raw: Any, count: int, width: int, reason: str) -> list[bytes]:
+    """``count`` fixed-width records from one byte string of exactly ``count * width`` bytes.
+
+    Raises:
+        AggregationError: ``reason`` when ``raw`` is not such a byte string.
+    """
+    if not isinstance(raw, bytes) or len(raw) != count * width:
+        raise AggregationError(reason, f"expected {count} records of {width} bytes")
+    return [raw[i:i + width] for i in range(0, len(raw), width)]
+
+
+def _field_elements(raw: Any, count: int, reason: str) -> list[int]:
+    """``count`` 17-byte big-endian shares, each below the field's prime."""
+    ys = [int.from_bytes(r, "big") for r in _records(raw, count, SHARE_BYTES, reason)]
+    if any(y >= PRIME for y in ys):
+        raise AggregationError(reason, "share out of range")
+    return ys
 
 
 @dataclass(frozen=True)
@@ -239,32 +269,30 @@ class RoundCoordinator:
         peers = self.agg.peers(me)
         if st.phase == "share":
             return {"phase": "share", "index": me, "n": len(self.members), "t": self.agg.t, "dims": self.spec.dims,
-                    "peers": [[p, *st.keys[self.members[p]]] for p in peers]}
+                    "peers": list(peers), "keys": b"".join(b"".join(st.keys[self.members[p]]) for p in peers)}
         if st.phase == "masked":
-            return {"phase": "masked", "boxes": [[s, b] for s, b in sorted(st.boxes.get(me, {}).items())
-                                                 if s in st.sharers]}
+            got = sorted((s, b) for s, b in st.boxes.get(me, {}).items() if s in st.sharers)
+            return {"phase": "masked", "senders": [s for s, _ in got], "boxes": b"".join(b for _, b in got)}
+        survivors, dropped = self._unmask_lists(me)
+        return {"phase": "unmask", "survivors": survivors, "dropped": dropped}
+
+    def _unmask_lists(self, me: int) -> tuple[list[int], list[int]]:
+        """Whose seed shares (surviving peers and ``me``) and whose key shares (dropped peers) ``me`` sends."""
+        assert self.agg is not None
         survivors = set(self.agg.masked)
-        return {"phase": "unmask",
-                "survivors": sorted(p for p in peers if p in survivors) + ([me] if me in survivors else []),
-                "dropped": sorted(p for p in peers if p in st.sharers and p not in survivors)}
+        peers = self.agg.peers(me)
+        return (sorted({p for p in peers if p in survivors} | ({me} & survivors)),
+                sorted(p for p in peers if p in self.s.sharers and p not in survivors))
 
     def submit_boxes(self, device_id: str, message: bytes, now: datetime) -> None:
-        """Phase 2: one sealed share box per neighbour."""
+        """Phase 2: one sealed share box per neighbour, ``BOX_BYTES`` each, in ascending neighbour order."""
         me = self._expect(device_id, "share")
         assert self.agg is not None
         if me in self.s.sharers:
             raise AggregationError("message_duplicate", "boxes already sent")
-        boxes = decode_message(message, {"boxes"})["boxes"]
-        peers = set(self.agg.peers(me))
-        if not isinstance(boxes, list) or len(boxes) != len(peers):
-            raise AggregationError("share_malformed", "one box per neighbour")
-        got: dict[int, bytes] = {}
-        for item in boxes:
-            if (not isinstance(item, list) or len(item) != 2 or item[0] not in peers or item[0] in got
-                    or not isinstance(item[1], bytes) or len(item[1]) != _BOX_BYTES):
-                raise AggregationError("share_malformed", "box for a non-neighbour, twice, or of the wrong size")
-            got[item[0]] = item[1]
-        for h, box in got.items():
+        peers = self.agg.peers(me)
+        boxes = _records(decode_message(message, {"boxes"})["boxes"], len(peers), BOX_BYTES, "share_malformed")
+        for h, box in zip(peers, boxes, strict=True):
             self.s.boxes.setdefault(h, {})[me] = box
         self.s.sharers.add(me)
         self.tick(now)
@@ -282,27 +310,23 @@ class RoundCoordinator:
         self.tick(now)
 
     def submit_unmask(self, device_id: str, message: bytes, now: datetime) -> None:
-        """Phase 4: the device's shares of its surviving peers' seeds and dropped peers' keys."""
+        """Phase 4: the device's shares of its surviving peers' seeds and dropped peers' keys, with the pair
+        seeds of the dropped, as records in the order of its unmask poll's ``survivors`` and ``dropped``."""
         me = self._expect(device_id, "unmask")
         assert self.agg is not None
         if me not in self.agg.masked:
             raise AggregationError("unmask_unexpected", "device did not send a masked vector")
         if me in self.s.unmask_from:
             raise AggregationError("message_duplicate", "unmask shares already sent")
-        items = decode_message(message, {"shares"})["shares"]
-        if not isinstance(items, list) or len(items) > 2 * len(self.agg.peers(me)) + 1:
-            raise AggregationError("share_malformed", "too many shares")
-        shares = []
-        for item in items:
-            if (not isinstance(item, list) or len(item) != 3 or not isinstance(item[0], int)
-                    or item[1] not in ("key", "seed", "pair") or not isinstance(item[2], bytes)
-                    or len(item[2]) != SHARE_BYTES):
-                raise AggregationError("share_malformed", "share is [owner, key|seed|pair, 33 bytes]")
-            y = int.from_bytes(item[2], "big")
-            if y >= PRIME:
-                raise AggregationError("share_malformed", "share out of range")
-            # the holder is the authenticated sender: a device cannot hand in shares as another
-            shares.append(Share(item[0], me, item[1], y))
+        m = decode_message(message, {"seed_shares", "key_shares", "pair_seeds"})
+        survivors, dropped = self._unmask_lists(me)
+        seeds = _field_elements(m["seed_shares"], len(survivors), "share_malformed")
+        keys = _field_elements(m["key_shares"], len(dropped), "share_malformed")
+        pairs = _records(m["pair_seeds"], len(dropped), SECRET_BYTES, "share_malformed")
+        # the holder is the authenticated sender: a device cannot hand in shares as another
+        shares = [*(Share(u, me, "seed", y) for u, y in zip(survivors, seeds, strict=True)),
+                  *(Share(v, me, "key", y) for v, y in zip(dropped, keys, strict=True)),
+                  *(Share(v, me, "pair", int.from_bytes(p, "big")) for v, p in zip(dropped, pairs, strict=True))]
         self.s.shares.extend(shares)
         self.s.unmask_from.add(me)
         self.tick(now)
@@ -367,42 +391,46 @@ class Participant:
             raise AggregationError("message_malformed", "more peers than the round gave")
         if len(survivors) < self._t:  # Bonawitz et al.: below t survivors the seeds would unmask a too-small sum
             raise AggregationError("too_few_survivors", f"{len(survivors)} of threshold {self._t}")
-        shares = d.unmask_shares(survivors, dropped)
-        return "unmask", encode_message({"shares": [[s.owner, s.kind, s.y.to_bytes(SHARE_BYTES, "big")]
-                                                    for s in shares]})
+        held = {(s.owner, s.kind): s.y for s in d.unmask_shares(survivors, dropped)}
+        wanted = [*((u, "seed") for u in survivors), *((v, "key") for v in dropped), *((v, "pair") for v in dropped)]
+        if any(w not in held for w in wanted):  # a peer this device holds nothing of, or did not mask with
+            raise AggregationError("unmask_request_inconsistent", "asked for a share this device does not hold")
+        out = {kind: b"".join(held[(o, k)].to_bytes(width, "big") for o, k in wanted if k == kind)
+               for kind, width in (("seed", SHARE_BYTES), ("key", SHARE_BYTES), ("pair", SECRET_BYTES))}
+        return "unmask", encode_message({"seed_shares": out["seed"], "key_shares": out["key"],
+                                         "pair_seeds": out["pair"]})
 
     def _shares(self, poll: Mapping[str, Any]) -> bytes:
-        me, t, peers = poll.get("index"), poll.get("t"), poll.get("peers")
-        if not (isinstance(me, int) and isinstance(t, int) and isinstance(peers, list) and poll.get("dims")
-                == len(self._value)):
+        me, n, t = poll.get("index"), poll.get("n"), poll.get("t")
+        if not (type(me) is int and type(n) is int and type(t) is int and 0 <= me < n <= MAX_DEVICES
+                and poll.get("dims") == len(self._value)):
             raise AggregationError("message_malformed", "share poll")
-        for p in peers:
-            if not (isinstance(p, list) and len(p) == 3 and isinstance(p[0], int) and p[0] != me
-                    and all(isinstance(k, bytes) and len(k) == 32 for k in p[1:])):
-                raise AggregationError("message_malformed", "peer entry")
-            self._peers[p[0]] = (p[1], p[2])
+        peers = _index_list(poll.get("peers"), n)
+        if me in peers or len(peers) > MAX_DEGREE:
+            raise AggregationError("message_malformed", "peer list")
+        keys = _records(poll.get("keys"), len(peers), _PEER_KEYS, "message_malformed")
+        self._peers = {p: (k[:32], k[32:]) for p, k in zip(peers, keys, strict=True)}
         d = self._keys
         d.index = me
         self._device, self._t = d, t
-        shares = d.shares_for_peers(sorted(self._peers), t)
+        shares = d.shares_for_peers(peers, t)
         for s in shares:
             if s.holder == me:
                 d.receive_share(s)
         boxes = d.seal_shares(shares, {p: k[1] for p, k in self._peers.items()}, self.round_id)
-        return encode_message({"boxes": [[h, b] for h, b in sorted(boxes.items())]})
+        return encode_message({"boxes": b"".join(boxes[h] for h in peers)})
 
     def _masked(self, poll: Mapping[str, Any]) -> bytes:
         d = self._device
-        boxes = poll.get("boxes")
-        if d is None or not isinstance(boxes, list):
-            raise AggregationError("message_malformed", "masked poll")
-        sharers = []
-        for item in boxes:
-            if not (isinstance(item, list) and len(item) == 2 and item[0] in self._peers
-                    and isinstance(item[1], bytes)):
-                raise AggregationError("message_malformed", "box entry")
-            d.open_shares(item[0], item[1], self._peers[item[0]][1], self.round_id)
-            sharers.append(item[0])
+        if d is None:
+            raise AggregationError("message_malformed", "masked poll before the share poll")
+        senders = _index_list(poll.get("senders"), MAX_DEVICES)
+        if not set(senders) <= set(self._peers):
+            raise AggregationError("message_malformed", "a box from a non-neighbour")
+        for s, box in zip(senders, _records(poll.get("boxes"), len(senders), BOX_BYTES, "message_malformed"),
+                          strict=True):
+            d.open_shares(s, box, self._peers[s][1], self.round_id)
+        sharers = senders
         self._sharers = sharers
         y = d.masked_input({p: self._peers[p][0] for p in sharers})
         return encode_message({"vector": y.astype("<u4").tobytes()})
