@@ -305,6 +305,7 @@ PUBLIC_MESSAGES: dict[str, str] = {
     "too_few_participants": "too few devices can take part in this training round yet",
     "secure_only": "this training run takes updates only through secure aggregation",
     "compression_mismatch": "model update is not compressed the way this round asks",
+    "compression_unsupported": "this training round offers no update compression the device can send",
     "ek_certificate_revoked": "TPM endorsement key certificate is revoked",
     "ek_crl_invalid": "a TPM manufacturer CRL does not verify",
     "ek_crl_stale": "a TPM manufacturer CRL is out of date",

@@ -195,3 +195,13 @@ def test_documented_example() -> None:
     verified = verify_signed_request(parse_signed_request(**out.wire), view,
                                      datetime.fromtimestamp(1767225600, UTC), nonces=InMemorySeenNonces())
     assert verified.body == {"reason": "lid"}
+
+
+def test_an_optional_field_may_be_left_out_but_required_unknown_and_bad_ones_are_refused() -> None:
+    assert _verify(_signed("learn_task", {"run_id": "run-1"})).body == {"run_id": "run-1"}  # an older agent
+    full = {"run_id": "run-1", "accepts": ["q8", "none"], "max_update_bytes": 4096}
+    assert _verify(_signed("learn_task", full)).body == full
+    for body in ({"accepts": ["q8"]}, {"run_id": "r", "extra": 1}, {"run_id": "r", "accepts": []},
+                 {"run_id": "r", "accepts": ["a", "b", "c", "d", "e"]}, {"run_id": "r", "max_update_bytes": -1}):
+        with pytest.raises(MalformedError):  # the encoder and the verifier run the same check
+            _verify(_signed("learn_task", body))

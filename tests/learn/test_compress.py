@@ -7,8 +7,17 @@ import struct
 import numpy as np
 import pytest
 
-from iotguard.errors import ConfigError, MalformedError
-from iotguard.learn.compress import Compression, UpdateEncoder, decode_update
+from iotguard.errors import ConfigError, MalformedError, PolicyDenied
+from iotguard.learn.compress import (
+    SCHEMES,
+    Compression,
+    UpdateEncoder,
+    check_compression,
+    decode_update,
+    encoded_size,
+    negotiate,
+    parse_schedule,
+)
 
 DIMS = 2000
 
@@ -84,3 +93,44 @@ def test_non_finite_float_values_rejected() -> None:
 def test_unknown_scheme_refused() -> None:
     with pytest.raises(ConfigError):
         Compression("zip")
+
+
+def test_a_schedule_entry_offers_alternatives_best_first_and_refuses_a_repeated_scheme() -> None:
+    schedule = parse_schedule("topk+q8|q8|none,q8", 0.05)
+    assert schedule == ((Compression("topk+q8", 0.05), Compression("q8", 0.05), Compression("none", 0.05)),
+                        (Compression("q8", 0.05),))
+    for bad in ("q8|q8", "topk+q8||none", "zip", ""):
+        with pytest.raises(ConfigError):
+            parse_schedule(bad, 0.05)
+
+
+def test_encoded_size_is_the_exact_wire_size_of_each_scheme() -> None:
+    v = np.random.default_rng(3).normal(0, 1, DIMS)
+    for scheme in SCHEMES:
+        c = Compression(scheme, 0.02)
+        assert len(UpdateEncoder(DIMS).encode(v, c)) == encoded_size(c, DIMS)
+
+
+def test_negotiation_picks_the_first_offered_scheme_the_device_accepts_and_can_send() -> None:
+    offer = parse_schedule("topk+q8|q8|none", 0.02)[0]
+    assert negotiate(offer, DIMS).scheme == "topk+q8"  # a device that says nothing takes the hub's first
+    assert negotiate(offer, DIMS, {"q8", "none"}).scheme == "q8"  # no top-k on this device
+    assert negotiate(offer, DIMS, {"none"}).scheme == "none"
+    # A narrow link: 8-bit dense does not fit in DIMS bytes (17-byte header), top-k 8-bit does.
+    assert negotiate(offer, DIMS, {"q8", "topk+q8"}, max_update_bytes=DIMS).scheme == "topk+q8"
+    assert negotiate(parse_schedule("none|q8", 0.02)[0], DIMS, None, max_update_bytes=DIMS + 17).scheme == "q8"
+    for accepts, limit in (({"topk"}, 0), ({"none"}, 4 * DIMS), (None, 16)):
+        with pytest.raises(PolicyDenied) as exc:
+            negotiate(offer, DIMS, accepts, limit)
+        assert exc.value.code == "compression_unsupported"
+
+
+def test_an_update_in_any_offered_scheme_is_accepted_and_one_outside_the_offer_is_refused() -> None:
+    offer = parse_schedule("topk+q8|q8", 0.02)[0]
+    v = np.random.default_rng(4).normal(0, 1, DIMS)
+    for c in offer:
+        check_compression(UpdateEncoder(DIMS).encode(v, c), DIMS, offer)
+    for wrong in (Compression("none"), Compression("topk", 0.02), Compression("topk+q8", 0.2)):
+        with pytest.raises(MalformedError) as exc:
+            check_compression(UpdateEncoder(DIMS).encode(v, wrong), DIMS, offer)
+        assert exc.value.code == "compression_mismatch"

@@ -11,10 +11,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from iotguard.agent.learning import LearningParticipant
-from iotguard.errors import EnrollmentError, IntegrityError
+from iotguard.errors import ConfigError, EnrollmentError, IntegrityError
 from iotguard.hub.policy_store import save_posture
 from iotguard.hub.services.learning import RunSettings
 from iotguard.learn import LocalTrainingClient, Model, verify_artifact
+from iotguard.learn.compress import SCHEMES
 from iotguard.learn.data import partition, split_train_test, synthetic_digits
 from iotguard.learn.model import accuracy
 from tests.hub.conftest import HubParts, make_hub
@@ -102,3 +103,30 @@ def test_replayed_update_request_and_duplicate_update_are_refused(hub: HubParts)
         again.train_round("run-1")
     unknown = hub.client.post("/v1/learn/task", json=agents[1]._signed("learn_task", {"run_id": "nope"})[0])
     assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_run"
+
+
+def test_agents_say_which_compressions_they_can_send_and_the_hub_negotiates_over_signed_requests(
+        hub: HubParts) -> None:
+    train, _ = split_train_test(synthetic_digits(speakers=3, per_class=20, features=FEATURES, seed=3), 0.25, 3)
+    parts = partition(train, 1, seed=3)
+    model = Model(FEATURES, 10)
+    agents = [hub.agent(f"dev-{i}") for i in range(4)]
+    for a in agents:
+        _verify(hub, a.device_id)
+    settings = RunSettings("digits", FEATURES, 10, rounds=2, min_participants=3, compression="topk+q8|q8|none",
+                           topk_fraction=0.1, fit={"epochs": 1, "batch_size": 16, "lr": 0.05})
+    hub.services.learning.start("run-n", settings, [a.device_id for a in agents], actor="alice")
+    can_send: list[list[str] | None] = [None, ["q8", "none"], ["none"]]
+    learners = [LearningParticipant(a, LocalTrainingClient(model, p.x, p.y, seed=i), accepts=can_send[i])
+                for i, (a, p) in enumerate(zip(agents[:3], parts, strict=True))]
+    for lp in learners:
+        lp.train_round("run-n")
+    sent = {u.device_id: u.payload[4] for u in hub.services.learning._store.pending("run-n")}
+    assert sent == {"dev-0": SCHEMES["topk+q8"], "dev-1": SCHEMES["q8"], "dev-2": SCHEMES["none"]}
+    # A device that can send only float32 over a link of 100 bytes finds nothing it can send in this round.
+    narrow = LearningParticipant(agents[3], LocalTrainingClient(model, parts[0].x, parts[0].y), accepts=["none"],
+                                 max_update_bytes=100)
+    with pytest.raises(EnrollmentError, match="409 compression_unsupported"):
+        narrow.train_round("run-n")
+    with pytest.raises(ConfigError):
+        LearningParticipant(agents[3], LocalTrainingClient(model, parts[0].x, parts[0].y), accepts=["zip"])

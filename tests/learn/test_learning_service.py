@@ -214,3 +214,35 @@ def test_compression_is_negotiated_per_round_and_a_mismatched_update_is_refused(
 def test_a_secure_run_refuses_any_compression() -> None:
     with pytest.raises(ConfigError):
         _settings(secure=True, clip_norm=1.0, compression="none,q8")
+
+
+def test_each_device_gets_the_first_offered_compression_it_can_send_and_the_round_counts_them(
+        tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path)
+    fleet.service.start("run-n", _settings(compression="topk+q8|q8|none", topk_fraction=0.05, rounds=1), DEVICES,
+                        actor="alice")
+    dims = fleet.service_model().size()
+    can_send = {"dev-0": None, "dev-1": {"q8", "none"}, "dev-2": {"none"}, "dev-3": {"q8", "none"},
+                "dev-4": None, "dev-5": {"q8", "topk+q8"}}
+    limit = {"dev-5": dims}  # a narrow link: 8-bit dense (17 + dims bytes) does not fit, top-k 8-bit does
+    expect = {"dev-0": "topk+q8", "dev-1": "q8", "dev-2": "none", "dev-3": "q8", "dev-4": "topk+q8",
+              "dev-5": "topk+q8"}
+    for d in DEVICES:
+        task = fleet.service.task("run-n", d, can_send[d], limit.get(d, 0))
+        assert task.round_config.compression.scheme == expect[d]
+        update = fleet.devices[d].train(task.parameters, task.version, task.round_config)
+        fleet.service.submit("run-n", d, update.base_version, update.payload, update.num_examples)
+    (applied,) = [e for e in fleet.events.events if e.type == "learning.round"]
+    assert applied.details["compression"] == "topk+q8|q8|none"
+    assert applied.details["by_scheme"] == {"none": 1, "q8": 2, "topk+q8": 3}
+
+
+def test_a_device_that_accepts_no_offered_compression_is_refused_with_a_reason(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path)
+    fleet.service.start("run-u", _settings(compression="topk+q8|q8"), DEVICES, actor="alice")
+    with pytest.raises(PolicyDenied) as exc:
+        fleet.service.task("run-u", "dev-0", {"none"})
+    assert exc.value.code == "compression_unsupported"
+    with pytest.raises(PolicyDenied) as exc:  # every offered update is larger than the device's limit
+        fleet.service.task("run-u", "dev-0", None, 20)
+    assert exc.value.code == "compression_unsupported"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,7 @@ from iotguard.analytics.secagg import AggregationError
 from iotguard.errors import ConfigError, EnrollmentError, MalformedError
 from iotguard.learn.artifact import ModelArtifact, verify_endorsed_artifact
 from iotguard.learn.client import NumPyClient, Participant, RoundConfig
-from iotguard.learn.compress import Compression
+from iotguard.learn.compress import SCHEMES, Compression
 from iotguard.learn.distributed import SecureRoundPlan, discrete_gaussian
 from iotguard.learn.model import Model, NDArrays, unflatten
 
@@ -84,15 +84,26 @@ class LearningParticipant:
         client: Trains on data that stays on the device.
         client_for: Instead of ``client``: makes the client for the model the hub's task names (an agent that
             does not know the architecture before its first task, :mod:`iotguard.agent.learning_loop`).
+        accepts: The update compressions this device can send (``None``: every scheme); the hub picks the
+            first its round offers that is here.
+        max_update_bytes: Most bytes one encoded update may take on this device's link (0: no limit).
 
     Raises:
-        ConfigError: neither or both of ``client`` and ``client_for``.
+        ConfigError: neither or both of ``client`` and ``client_for``; an unknown scheme in ``accepts``.
     """
 
     def __init__(self, agent: Agent, client: NumPyClient | None = None, *,
-                 client_for: Callable[[Model], NumPyClient] | None = None) -> None:
+                 client_for: Callable[[Model], NumPyClient] | None = None,
+                 accepts: Sequence[str] | None = None, max_update_bytes: int = 0) -> None:
         if (client is None) == (client_for is None):
             raise ConfigError("give a client or a client_for function")
+        if accepts is not None and (not 1 <= len(accepts) <= len(SCHEMES) or not set(accepts) <= set(SCHEMES)):
+            raise ConfigError(f"accepts must name 1 to {len(SCHEMES)} of {', '.join(SCHEMES)}")
+        if not 0 <= max_update_bytes < 2**31:
+            raise ConfigError("max_update_bytes must be 0 (no limit) or a positive size")
+        self._ask: dict[str, Any] = {} if accepts is None else {"accepts": list(dict.fromkeys(accepts))}
+        if max_update_bytes:
+            self._ask["max_update_bytes"] = max_update_bytes
         self._agent = agent
         self._client_for = client_for
         self._model: Model | None = None
@@ -147,8 +158,11 @@ class LearningParticipant:
         active = self._rounds.get(run_id)
         if active is not None:
             return self._aggregate(run_id, active)
-        answer = self._agent.request("learn_task", "/v1/learn/task", {"run_id": run_id})
+        answer = self._agent.request("learn_task", "/v1/learn/task", {"run_id": run_id, **self._ask})
         version, model, params, config = _task(answer)
+        if config.compression.scheme not in self._ask.get("accepts", SCHEMES):
+            raise MalformedError(f"hub asked for {config.compression.scheme}, which this device did not offer",
+                                 code="malformed")
         name = answer.get("model_name")
         if isinstance(name, str) and 0 < len(name) <= 128:
             self.model_names[run_id] = name

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import time
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -89,11 +90,14 @@ class LearningLoop:
         poll_s: Seconds between polls while waiting (not selected, run not started).
         device_model: This device's model: with a trusted TUF root, models come through its TUF role.
         model_source: Replaces the TUF model source built from the agent's update channel.
+        accepts: Update compressions this device can send (``None``: all); negotiated per round with the hub.
+        max_update_bytes: Most bytes one encoded update may take (0: no limit).
     """
 
     def __init__(self, agent: Agent, run_id: str, data: tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]],
                  output_field: str = "", *, poll_s: float = 1.0, device_model: str = "",
-                 model_source: TufModelSource | None = None) -> None:
+                 model_source: TufModelSource | None = None, accepts: Sequence[str] | None = None,
+                 max_update_bytes: int = 0) -> None:
         self.agent, self.run_id, self.output_field, self.poll_s = agent, run_id, output_field, poll_s
         self.device_model, self._source = device_model, model_source
         self.delivery = ""  # "tuf" or "hub-key" once a model was fetched
@@ -102,7 +106,8 @@ class LearningLoop:
         self.artifact: ModelArtifact | None = None
         self.reported = 0  # outputs released by the data contract
         self.readings = 0  # the readings that carried them
-        self._learner = LearningParticipant(agent, client_for=self._client)
+        self._learner = LearningParticipant(agent, client_for=self._client, accepts=accepts,
+                                            max_update_bytes=max_update_bytes)
         self._inference: OnDeviceInference | None = None
         self._next = 0.0
         self._row = 0

@@ -39,6 +39,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--learn", metavar="RUN_ID", help="take part in this federated training run: train on "
                    "--learn-data (never sent), send protected updates, then fetch, verify and run the model")
     p.add_argument("--learn-data", metavar="NPZ", help="this device's training data: .npz with arrays x, y")
+    p.add_argument("--learn-accepts", default="", metavar="SCHEME[,SCHEME...]",
+                   help="update compressions this device can send (none, q8, topk, topk+q8; default: all); "
+                   "the hub picks the first its round offers")
+    p.add_argument("--learn-max-update-bytes", type=int, default=0, metavar="N",
+                   help="most bytes one model update may take on this device's link (0: no limit); the hub "
+                   "picks a compression whose update fits")
     p.add_argument("--infer-field", default="", metavar="FIELD",
                    help="report the fetched model's outputs on the local data as this data-contract field")
     p.set_defaults(func=run)
@@ -101,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
             print("iotguard agent: --learn needs --learn-data", flush=True)
             return 2
         learning = LearningLoop(agent, args.learn, load_local_data(Path(args.learn_data)), args.infer_field,
-                                device_model=args.model or "")
+                                device_model=args.model or "",
+                                accepts=[a.strip() for a in args.learn_accepts.split(",")] if args.learn_accepts
+                                else None, max_update_bytes=args.learn_max_update_bytes)
     samples = sent = refused = 0
     while not stop.is_set() and (args.count == 0 or samples < args.count):
         if attester is not None and time.monotonic() >= next_attest:

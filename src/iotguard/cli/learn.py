@@ -12,6 +12,7 @@ __all__ = ["register"]
 
 def _start(args: argparse.Namespace) -> int:
     import logging
+    import re
     import sys
 
     from iotguard.errors import ConfigError
@@ -23,7 +24,7 @@ def _start(args: argparse.Namespace) -> int:
                    "every device's update; secure aggregation is off")
         logging.getLogger("iotguard.learn").warning(message)
         print(message, file=sys.stderr, flush=True)
-    elif args.strategy != "fedavg" or args.aggregator != "mean" or set(args.compression.split(",")) != {"none"}:
+    elif args.strategy != "fedavg" or args.aggregator != "mean" or set(re.split("[,|]", args.compression)) != {"none"}:
         raise ConfigError("a run is secure by default (secure aggregation: FedAvg, the mean, no compression); "
                           "FedBuff, robust aggregators and compression need --unsafe-plaintext")
     clip_norm = args.clip_norm if args.clip_norm is not None or not secure else 1.0
@@ -91,10 +92,11 @@ def register(sub: Any) -> None:
     start.add_argument("--max-update-norm", type=float, default=10.0)
     start.add_argument("--clip-norm", type=float, default=None,
                        help="devices clip their update to this L2 norm (default: 1.0 in a secure run, none otherwise)")
-    start.add_argument("--compression", default="none", metavar="SCHEME[,SCHEME...]",
-                       help="update compression each round asks for: none, q8, topk or topk+q8; a comma list is "
-                            "cycled by round (round v uses entry v mod n); the hub refuses updates that do not "
-                            "match (needs --unsafe-plaintext unless none)")
+    start.add_argument("--compression", default="none", metavar="OFFER[,OFFER...]",
+                       help="update compression each round offers: none, q8, topk or topk+q8, or alternatives "
+                            "best first (topk+q8|q8|none: each device gets the first it accepts and whose update "
+                            "fits its byte limit); a comma list is cycled by round (round v uses entry v mod n); "
+                            "the hub refuses updates outside the offer (needs --unsafe-plaintext unless none)")
     start.add_argument("--topk-fraction", type=float, default=0.01)
     start.add_argument("--secure", action="store_true",
                        help="updates only through secure aggregation (FedAvg, mean, clipped): the default; kept so "

@@ -113,6 +113,7 @@ HTTP_STATUS: dict[str, int] = {
     "too_few_participants": 409,
     "secure_only": 409,
     "compression_mismatch": 409,
+    "compression_unsupported": 409,
     "ek_certificate_revoked": 403,
     "ek_crl_invalid": 409,
     "ek_crl_stale": 409,

@@ -95,14 +95,17 @@ class RequestSpec:
     """What a device request of one action carries.
 
     Attributes:
-        fields: Body fields by name; a body has exactly these.
+        fields: Body fields by name; a body has exactly these, less any of ``optional``.
         requires_valid_certificate: Refuse (``expired``) unless the device's
             operational certificate is valid. Tamper reports do not: evidence
             of tampering from an authentic key matters even after expiry.
+        optional: Names of ``fields`` a body may leave out (fields added to an action later, so an
+            older agent's request still parses).
     """
 
     fields: Mapping[str, FieldSpec]
     requires_valid_certificate: bool = True
+    optional: frozenset[str] = frozenset()
 
 
 #: Device request actions and their bodies (also the Cedar action names).
@@ -133,7 +136,12 @@ DEVICE_REQUEST_ACTIONS: Final[Mapping[str, RequestSpec]] = {
         "message": FieldSpec("bytes", max_length=65_000),
     }),
     # Federated learning (docs/learning.md): the current task of a training run, and an encoded model update.
-    "learn_task": RequestSpec({"run_id": FieldSpec("text", max_length=64)}),
+    # ``accepts`` (optional): the update compressions the device can send, ``max_update_bytes`` (optional,
+    # 0: no limit) the most bytes it will send for one update; the hub picks the round's compression from them.
+    "learn_task": RequestSpec({"run_id": FieldSpec("text", max_length=64),
+                               "accepts": FieldSpec("text_list", max_length=4),
+                               "max_update_bytes": FieldSpec("uint", max_value=2**31 - 1)},
+                              optional=frozenset({"accepts", "max_update_bytes"})),
     "learn_model": RequestSpec({"name": FieldSpec("text", max_length=64), "version": FieldSpec("uint")}),
     "learn_update": RequestSpec({
         "run_id": FieldSpec("text", max_length=64),
@@ -366,10 +374,12 @@ def _check_request(request: Any) -> RequestSpec:
     if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
         raise MalformedError(f"signed request nonce must be {NONCE_BYTES} bytes")
     body = request["body"]
-    if not isinstance(body, dict) or set(body) != set(spec.fields):
-        raise MalformedError(f"{action} request body must have exactly: {', '.join(sorted(spec.fields)) or 'nothing'}")
+    if not isinstance(body, dict) or not set(spec.fields) - spec.optional <= set(body) <= set(spec.fields):
+        raise MalformedError(f"{action} request body must have exactly: {', '.join(sorted(spec.fields)) or 'nothing'}"
+                             + (f" (optional: {', '.join(sorted(spec.optional))})" if spec.optional else ""))
     for name, fspec in spec.fields.items():
-        _check_field(name, fspec, body[name])
+        if name in body:
+            _check_field(name, fspec, body[name])
     return spec
 
 

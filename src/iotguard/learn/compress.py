@@ -4,8 +4,12 @@ A device's model update is encoded by :class:`UpdateEncoder` (which keeps
 the error-feedback residual of Stich et al., "Sparsified SGD with Memory",
 NeurIPS 2018: what top-k and rounding left out is added to the next
 update) and decoded by the hub with :func:`decode_update`, which parses the
-untrusted bytes strictly. The scheme is negotiated per round
-(:class:`Compression`); the bytes counted are the encoded bytes.
+untrusted bytes strictly. The scheme is negotiated per round and device: the
+round offers schemes in the run's order of preference, the device says which
+it can send and how many bytes an update may take, and the hub picks the
+first offered scheme that fits (:func:`negotiate`); an update is accepted in
+any scheme the round offered (:func:`check_compression`), so the hub keeps no
+per-device state for it. The bytes counted are the encoded bytes.
 
 Wire form (little-endian)::
 
@@ -21,15 +25,16 @@ values are ``round(v / scale)`` in ``[-127, 127]`` with stochastic rounding
 from __future__ import annotations
 
 import struct
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from iotguard.errors import ConfigError, MalformedError
+from iotguard.errors import ConfigError, MalformedError, PolicyDenied
 
 __all__ = ["MAX_UPDATE_DIMS", "SCHEMES", "Compression", "UpdateEncoder", "check_compression", "decode_update",
-           "parse_schedule"]
+           "encoded_size", "negotiate", "parse_schedule"]
 
 Array = npt.NDArray[np.float64]
 
@@ -55,6 +60,16 @@ class Compression:
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES or not 0.0 < self.topk_fraction <= 1.0:
             raise ConfigError(f"compression scheme must be one of {sorted(SCHEMES)}, 0 < fraction <= 1")
+
+    def kept(self, dims: int) -> int:
+        """Coordinates an update of ``dims`` carries under this scheme (top-k: ``k``)."""
+        return dims if SCHEMES[self.scheme] in (0, 1) else max(1, round(self.topk_fraction * dims))
+
+
+def encoded_size(compression: Compression, dims: int) -> int:
+    """Bytes of an update of ``dims`` coordinates encoded under ``compression`` (the wire form is fixed-size)."""
+    scheme, k = SCHEMES[compression.scheme], compression.kept(dims)
+    return _HEADER.size + (4 * dims, dims, 8 * k, 5 * k)[scheme]
 
 
 def _quantise(values: Array, rng: np.random.Generator) -> tuple[npt.NDArray[np.int8], float]:
@@ -91,7 +106,7 @@ class UpdateEncoder:
             idx = np.arange(self.dims, dtype=np.uint32)
             kept = v
         else:
-            k = max(1, round(compression.topk_fraction * self.dims))
+            k = compression.kept(self.dims)
             idx = np.sort(np.argpartition(np.abs(v), self.dims - k)[self.dims - k:]).astype(np.uint32)
             kept = v[idx]
         if scheme in (1, 3):
@@ -109,21 +124,48 @@ class UpdateEncoder:
         return header + (idx.astype("<u4").tobytes() if scheme in (2, 3) else b"") + body
 
 
-def parse_schedule(text: str, topk_fraction: float) -> tuple[Compression, ...]:
-    """A run's compression schedule: ``"topk+q8"`` (every round) or ``"q8,topk+q8"`` (round ``v`` uses entry
-    ``v mod n``).
+def parse_schedule(text: str, topk_fraction: float) -> tuple[tuple[Compression, ...], ...]:
+    """A run's compression schedule: what each round offers, in order of preference.
+
+    ``"topk+q8"`` offers top-k 8-bit in every round; ``"q8,topk+q8"`` alternates (round ``v`` uses entry
+    ``v mod n``); ``"topk+q8|q8|none"`` offers top-k 8-bit to devices that can send it, 8-bit to those that
+    cannot, float32 to the rest.
 
     Raises:
-        ConfigError: an unknown scheme, an empty entry or more than 64 entries.
+        ConfigError: an unknown or repeated scheme, an empty entry, more than 64 entries.
     """
-    names = text.split(",")
-    if not 1 <= len(names) <= 64:
-        raise ConfigError("a compression schedule has 1 to 64 schemes")
-    return tuple(Compression(n.strip(), topk_fraction) for n in names)
+    entries = text.split(",")
+    if not 1 <= len(entries) <= 64:
+        raise ConfigError("a compression schedule has 1 to 64 entries")
+    schedule = []
+    for entry in entries:
+        names = [n.strip() for n in entry.split("|")]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"compression offer {entry!r} repeats a scheme")
+        schedule.append(tuple(Compression(n, topk_fraction) for n in names))
+    return tuple(schedule)
 
 
-def check_compression(data: bytes, dims: int, expected: Compression) -> None:
-    """Refuse an update not encoded as the round asked: its scheme, and for top-k at most the round's k.
+def negotiate(offer: Sequence[Compression], dims: int, accepts: Collection[str] | None = None,
+              max_update_bytes: int = 0) -> Compression:
+    """The compression a device sends this round: the first of ``offer`` it ``accepts`` (``None``: all) whose
+    update fits in ``max_update_bytes`` (0: any size).
+
+    Raises:
+        PolicyDenied: ``compression_unsupported``: no offered scheme suits the device.
+    """
+    for c in offer:
+        if (accepts is None or c.scheme in accepts) and (not max_update_bytes
+                                                         or encoded_size(c, dims) <= max_update_bytes):
+            return c
+    raise PolicyDenied(f"this round offers {'|'.join(c.scheme for c in offer)}; the device accepts "
+                       f"{'|'.join(sorted(accepts)) if accepts is not None else 'any'} up to "
+                       f"{max_update_bytes or 'any'} bytes", code="compression_unsupported")
+
+
+def check_compression(data: bytes, dims: int, offer: Sequence[Compression]) -> None:
+    """Refuse an update not encoded as its round offered: a scheme outside the offer, or top-k keeping more
+    than the offer's ``k``.
 
     Call after :func:`decode_update` accepted ``data`` (the header is then known to be well formed).
 
@@ -131,10 +173,11 @@ def check_compression(data: bytes, dims: int, expected: Compression) -> None:
         MalformedError: ``compression_mismatch``.
     """
     _magic, scheme, _n, count, _scale = _HEADER.unpack_from(data)
-    if scheme != SCHEMES[expected.scheme]:
-        raise MalformedError(f"update uses scheme {scheme}, the round asked for {expected.scheme}",
-                             code="compression_mismatch")
-    if scheme in (2, 3) and count > max(1, round(expected.topk_fraction * dims)):
+    match = [c for c in offer if SCHEMES[c.scheme] == scheme]
+    if not match:
+        raise MalformedError(f"update uses scheme {scheme}, the round offered "
+                             f"{'|'.join(c.scheme for c in offer)}", code="compression_mismatch")
+    if scheme in (2, 3) and count > match[0].kept(dims):
         raise MalformedError("update keeps more coordinates than the round's top-k", code="compression_mismatch")
 
 

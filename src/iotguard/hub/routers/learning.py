@@ -22,8 +22,10 @@ def learning_router(learning: LearningService, models: ModelService, plane: Devi
 
     @router.post("/v1/learn/task", openapi_extra=signed_request_openapi("learn_task"))
     def task(req: VerifiedRequest = Depends(device_request(plane, "learn_task"))) -> dict[str, Any]:  # noqa: B008
-        """The run's current model (float64, base64) and the round's settings."""
-        t = learning.task(str(req.body["run_id"]), req.device_id)
+        """The run's current model (float64, base64) and the round's settings (compression negotiated)."""
+        accepts = req.body.get("accepts")
+        t = learning.task(str(req.body["run_id"]), req.device_id, None if accepts is None else set(accepts),
+                          int(req.body.get("max_update_bytes", 0)))
         rc = t.round_config
         model = learning.model_of(t.run_id)
         return {"run_id": t.run_id, "version": t.version, "model_name": learning.model_name_of(t.run_id),

@@ -41,7 +41,8 @@ applied once (the run's own compare-and-swap).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -58,7 +59,7 @@ from iotguard.hub.services.aggregation import SecureAggregationService
 from iotguard.hub.services.models import ModelService
 from iotguard.hub.stores.learning import LearningRunStore, PendingUpdate, RunRecord, SecureRoundBinding, next_row
 from iotguard.learn.client import RoundConfig, Update
-from iotguard.learn.compress import check_compression, decode_update, parse_schedule
+from iotguard.learn.compress import SCHEMES, Compression, check_compression, decode_update, negotiate, parse_schedule
 from iotguard.learn.distributed import SecureRoundPlan, plan_round
 from iotguard.learn.dp import DpConfig, calibrate_noise
 from iotguard.learn.model import Model, NDArrays, flatten, unflatten
@@ -127,8 +128,10 @@ class RunSettings:
             raise ConfigError("strategy must be fedavg or fedbuff, rounds 1..100000")
         if not 0 < self.deadline_s <= 86_400 or not self.max_update_norm > 0:
             raise ConfigError("deadline must be in (0, 86400] s and max_update_norm positive")
+        schedule = parse_schedule(self.compression, self.topk_fraction)
         if self.secure and (self.strategy != "fedavg" or self.aggregator != "mean" or self.clip_norm is None
-                            or set(self.compression.split(",")) != {"none"} or self.min_participants < 3):
+                            or {c.scheme for offer in schedule for c in offer} != {"none"}
+                            or self.min_participants < 3):
             raise ConfigError("a secure run is FedAvg with the mean, a clip norm, no compression and at least "
                               "3 participants (robust rules and FedBuff need plaintext updates)")
         if not (0 <= self.epsilon <= 100 and 0 < self.delta < 1 and 0 <= self.noise_multiplier <= 1000):
@@ -138,7 +141,6 @@ class RunSettings:
         self.model()
         self.fedavg()
         self.fedbuff()
-        parse_schedule(self.compression, self.topk_fraction)
 
     def model(self) -> Model:
         return Model(self.features, self.classes, self.hidden)
@@ -152,12 +154,17 @@ class RunSettings:
         return FedBuffConfig(buffer_size=self.buffer_size, server_lr=self.server_lr, aggregator=self.aggregator,
                              max_update_norm=self.max_update_norm)
 
-    def round_config(self, version: int) -> RoundConfig:
-        """What the round of ``version`` asks: fit settings, clip norm and the compression it negotiates (the
-        run's schedule, entry ``version`` mod its length)."""
+    def offer(self, version: int) -> tuple[Compression, ...]:
+        """The compressions the round of ``version`` offers, best first (the run's schedule, entry ``version``
+        mod its length)."""
         schedule = parse_schedule(self.compression, self.topk_fraction)
+        return schedule[version % len(schedule)]
+
+    def round_config(self, version: int, compression: Compression | None = None) -> RoundConfig:
+        """What the round of ``version`` asks a device: fit settings, clip norm and the compression negotiated
+        with it (by default the offer's first)."""
         return RoundConfig(version, dict(self.fit), clip_norm=self.clip_norm,
-                           compression=schedule[version % len(schedule)])
+                           compression=compression or self.offer(version)[0])
 
     def dp(self) -> DpConfig:
         """The run's DP parameters (every selected device in every round: sampling rate 1).
@@ -256,16 +263,20 @@ class LearningService:
         if device_id not in run.devices or not self._eligible(device_id):
             raise PolicyDenied(f"device {device_id} does not take part in {run.run_id}", code="not_eligible")
 
-    def task(self, run_id: str, device_id: str) -> Task:
-        """The current model and round settings for ``device_id``.
+    def task(self, run_id: str, device_id: str, accepts: Collection[str] | None = None,
+             max_update_bytes: int = 0) -> Task:
+        """The current model and round settings for ``device_id``, with the compression negotiated from what it
+        ``accepts`` (``None``: every scheme) and its ``max_update_bytes`` (0: no limit; plaintext runs only).
 
         Raises:
-            PolicyDenied: ``run_not_running`` or ``not_eligible``.
+            PolicyDenied: ``run_not_running``, ``not_eligible`` or ``compression_unsupported``.
         """
         run, settings = self._run(run_id)
         self._check_device(run, device_id)
         if not settings.secure:
-            return Task(run_id, run.version, _parameters(run, settings.model()), settings.round_config(run.version))
+            chosen = negotiate(settings.offer(run.version), settings.model().size(), accepts, max_update_bytes)
+            return Task(run_id, run.version, _parameters(run, settings.model()),
+                        settings.round_config(run.version, chosen))
         run = self.tick(run_id)  # apply a finished secure round first
         self._check_device(run, device_id)
         bound = self._secure_round(run, settings)
@@ -375,7 +386,7 @@ class LearningService:
             raise MalformedError(f"update for version {base_version}, run is at {run.version}", code="update_stale")
         dims = settings.model().size()
         update = decode_update(payload, dims)
-        check_compression(payload, dims, settings.round_config(base_version).compression)  # as its round asked
+        check_compression(payload, dims, settings.offer(base_version))  # as its round offered
         check_norm(update, settings.max_update_norm)
         if not self._store.add_update(run_id, PendingUpdate(device_id, base_version, num_examples, payload,
                                                             self._clock.now())):
@@ -443,8 +454,10 @@ class LearningService:
         version = run.version + (1 if applied else 0)
         status = "completed" if version >= settings.rounds else "running"
         sizes = [len(p.payload) for p in used]
+        names = {v: k for k, v in SCHEMES.items()}
         traffic = {"updates": len(sizes), "bytes_per_device": round(sum(sizes) / max(1, len(sizes)), 1),
-                   "compression": settings.round_config(run.version).compression.scheme}
+                   "compression": "|".join(c.scheme for c in settings.offer(run.version)),
+                   "by_scheme": dict(sorted(Counter(names.get(p.payload[4], "?") for p in used).items()))}
         return next_row(run, version=version, parameters=flatten(new_params).astype("<f8").tobytes(),
                         round_started_at=self._clock.now() if applied else run.round_started_at, status=status,
                         accepted=run.accepted + counts[0], rejected=run.rejected + counts[1]), consumed, traffic
