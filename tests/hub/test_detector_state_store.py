@@ -9,7 +9,7 @@ version fails instead of overwriting the other process's.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -199,11 +199,11 @@ class _Interleaved(MemoryDetectorStateStore):
         super().__init__()
         self.peer, self.other = peer, other
 
-    def save(self, kind: str, device_id: str, body: bytes, expected: int | None, now: datetime) -> int:
+    def save_many(self, kind: str, writes: Sequence[StateWrite], now: datetime) -> dict[str, int]:
         if self.peer is not None and self.other is not None:
             other, self.other = self.other, None
-            self.peer.report(_request(device_id, other))
-        return super().save(kind, device_id, body, expected, now)
+            self.peer.report(_request(writes[0].device_id, other))
+        return super().save_many(kind, writes, now)
 
 
 def test_concurrent_write_is_detected_and_the_report_applied_again() -> None:
@@ -237,10 +237,11 @@ def test_unreadable_stored_state_is_relearned_not_a_failed_report() -> None:
 class _AlwaysMoved(MemoryDetectorStateStore):
     """Another process writes the device's state before every write of this one."""
 
-    def save(self, kind: str, device_id: str, body: bytes, expected: int | None, now: datetime) -> int:
-        current = self.load(kind, device_id)
-        super().save(kind, device_id, b"\xa0", current.version if current else None, now)
-        return super().save(kind, device_id, body, expected, now)
+    def save_many(self, kind: str, writes: Sequence[StateWrite], now: datetime) -> dict[str, int]:
+        current = self.load(kind, writes[0].device_id)
+        super().save_many(kind, [StateWrite(writes[0].device_id, b"\xa0", current.version if current else None)],
+                          now)
+        return super().save_many(kind, writes, now)
 
 
 def test_state_that_keeps_moving_fails_the_report_as_busy_not_as_a_server_error() -> None:

@@ -18,19 +18,31 @@
 
 All keep bounded state: the last ``threshold`` failure times per key, and a
 few recent addresses per device, for at most ``max_keys`` keys.
+
+:class:`RefusalRule` and :class:`AppraisalRule` export one device's state
+(its recent refusal times and when each detector last alerted on it) as
+strict canonical CBOR of at most :data:`MAX_SIGNAL_STATE_BYTES`
+(``export_state`` / ``import_state``), so the hub keeps it in the detector-state
+store shared by its processes (ADR 0752).
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, Final
 
+import cbor2
+
+from iotguard.detection._cbor import decode_canonical_map
 from iotguard.detection.alert import Alert, Severity
 from iotguard.detection.rules import Throttle
-from iotguard.errors import ConfigError
+from iotguard.errors import ConfigError, MalformedError
 
 __all__ = [
+    "MAX_SIGNAL_STATE_BYTES",
     "AppraisalRule",
     "AuthFailure",
     "CloneRule",
@@ -39,6 +51,40 @@ __all__ = [
     "RefusalRule",
     "SessionSeen",
 ]
+
+
+#: Largest stored state of one device in a hub-signal rule.
+MAX_SIGNAL_STATE_BYTES: Final = 4096
+_SIGNAL_STATE_VERSION: Final = 1
+
+
+def _encode_signal_state(times: dict[str, list[float]], alerted: dict[str, float]) -> bytes | None:
+    if not times and not alerted:
+        return None
+    return bytes(cbor2.dumps({"v": _SIGNAL_STATE_VERSION, "times": times, "alerted": alerted}, canonical=True))
+
+
+def _decode_signal_state(data: bytes, detectors: Mapping[str, int]) -> tuple[dict[str, list[float]],
+                                                                            dict[str, float]]:
+    """Times per detector (at most ``detectors[name]``, ascending) and last alert per detector, strictly.
+
+    Raises:
+        MalformedError: ``detector_state_*`` (too large, not CBOR, keys, not canonical, version, bad value).
+    """
+    body = decode_canonical_map(data, max_bytes=MAX_SIGNAL_STATE_BYTES, keys={"v", "times", "alerted"},
+                                version=_SIGNAL_STATE_VERSION, prefix="detector_state", what="hub-signal state")
+
+    def finite(v: Any) -> bool:
+        return type(v) is float and math.isfinite(v)
+
+    times, alerted = body["times"], body["alerted"]
+    if not isinstance(times, dict) or not all(
+            k in detectors and isinstance(v, list) and 0 < len(v) <= detectors[k] and all(map(finite, v))
+            and v == sorted(v) for k, v in times.items()):
+        raise MalformedError("hub-signal state: bad refusal times", code="detector_state_bad_value")
+    if not isinstance(alerted, dict) or not all(k in detectors and finite(t) for k, t in alerted.items()):
+        raise MalformedError("hub-signal state: alerted must map detectors to times", code="detector_state_bad_value")
+    return times, alerted
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +279,34 @@ class RefusalRule:
                     "window_s": self.window_s}))
         return out
 
+    def export_state(self, device: str) -> bytes | None:
+        """``device``'s refusal times and throttle as canonical CBOR (None: nothing known of it)."""
+        times: dict[str, list[float]] = {}
+        for detector, _, _ in REFUSAL_CLASSES.values():
+            kept = self._times.get(f"{detector}\x00{device}")
+            if isinstance(kept, deque) and kept:
+                times[detector] = list(kept)
+        return _encode_signal_state(times, self.throttle.last_of(device))
+
+    def import_state(self, device: str, data: bytes | None) -> None:
+        """Replace ``device``'s state by one :meth:`export_state` wrote (None: forget the device).
+
+        Raises:
+            MalformedError: ``detector_state_*``; the device's state is then forgotten.
+        """
+        limits = {detector: threshold for detector, threshold, _ in REFUSAL_CLASSES.values()}
+        for detector in limits:
+            self._times.pop(f"{detector}\x00{device}", None)
+        self.throttle.forget(device)
+        if data is None:
+            return
+        times, alerted = _decode_signal_state(data, limits)
+        for detector, kept in times.items():
+            key = f"{detector}\x00{device}"
+            self._times[key] = deque(kept, maxlen=limits[detector])
+            self._times.touch(key)
+        self.throttle.restore(device, alerted)
+
 
 class AppraisalRule:
     """Attestation appraisals that did not affirm the device become alerts (one per device and tier per
@@ -259,3 +333,17 @@ class AppraisalRule:
         detector, severity = found
         return [Alert.create(device, detector, 1.0, severity, (ts, ts),
                              {"tier": tier, "reasons": ",".join(sorted(reasons))[:120]})]
+
+    def export_state(self, device: str) -> bytes | None:
+        """When each detector last alerted on ``device``, as canonical CBOR (None: never)."""
+        return _encode_signal_state({}, self.throttle.last_of(device))
+
+    def import_state(self, device: str, data: bytes | None) -> None:
+        """Replace ``device``'s state by one :meth:`export_state` wrote (None: forget the device).
+
+        Raises:
+            MalformedError: ``detector_state_*``; the device's state is then forgotten.
+        """
+        self.throttle.forget(device)
+        if data is not None:
+            self.throttle.restore(device, _decode_signal_state(data, {d: 0 for d, _ in self.TIERS.values()})[1])

@@ -54,6 +54,11 @@ class Throttle:
         """When each detector last alerted on ``device`` (to persist one device's throttle)."""
         return {detector: t for (d, detector), t in self._last.items() if d == device}
 
+    def forget(self, device: str) -> None:
+        """Drop what is remembered of ``device``."""
+        for key in [k for k in self._last if k[0] == device]:
+            del self._last[key]
+
     def restore(self, device: str, last: dict[str, float]) -> None:
         """Put back what :meth:`last_of` returned for ``device``."""
         for detector, t in last.items():

@@ -165,7 +165,7 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
     playbook = ActivePlaybook(Path(cfg.data_dir))
     detection = DetectionService(SqlAlertStore(store.engine), posture, lifecycle.revoke, playbook, clock,
                                  notifier=WebhookNotifier(playbook))
-    signals = HubSignalsService(detection)
+    signals = HubSignalsService(detection, states=SqlDetectorStateStore(store.engine))
     attestation_store = SqlAttestationStore(store.engine)
     certification = AkCertificationService(attestation_store, store, outbox, clock, ek_roots=ek_roots_from_config(cfg),
                                            unsafe_accept_unendorsed_ek=cfg.unsafe_accept_unendorsed_ek,

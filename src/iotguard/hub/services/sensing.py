@@ -28,10 +28,8 @@ device plane's refusals and ingest's rejections of readings feed a :class:`~iotg
 appraisals an :class:`~iotguard.detection.AppraisalRule` (evidence
 appraised contraindicated or warning).
 
-The flow monitor's state lives in this process: a deployment with several
-hub processes sends each sensor's reports to one of them, or accepts that
-each process learns its own flow baselines (and a restart relearns them).
-The hub-signal rules' counters are per process too.
+The hub-signal rules' per-device counters and throttles live in the same
+store (ADR 0752).
 """
 
 from __future__ import annotations
@@ -62,12 +60,15 @@ from iotguard.detection import (
 from iotguard.detection.monitor import MAX_INVENTORY_BYTES, parse_address_inventory
 from iotguard.errors import ConfigError, IotGuardError, MalformedError, StorageError
 from iotguard.hub.services.detection import DetectionService
-from iotguard.hub.stores.detector_state import DetectorStateStore, MemoryDetectorStateStore, StateConflict
+from iotguard.hub.services.detection_state import STATE_ATTEMPTS, apply_shared
+from iotguard.hub.stores.detector_state import DetectorStateStore, MemoryDetectorStateStore, VersionedState
 from iotguard.identity import VerifiedRequest
 
 __all__ = [
     "ADDRESS_INVENTORY_FILE",
+    "APPRAISALS_STATE_KIND",
     "HEALTH_STATE_KIND",
+    "REFUSALS_STATE_KIND",
     "SENSOR_MODEL",
     "STATE_ATTEMPTS",
     "DeviceHealthService",
@@ -83,8 +84,9 @@ SENSOR_MODEL = "iotguard-sensor"
 ADDRESS_INVENTORY_FILE = "device_addresses"
 #: Detector-state kind of the per-device health baselines.
 HEALTH_STATE_KIND = "health"
-#: Loads and writes a report is given before it fails because other processes keep writing the same device.
-STATE_ATTEMPTS = 16
+#: Detector-state kinds of the hub-signal rules' per-device state.
+REFUSALS_STATE_KIND = "refusals"
+APPRAISALS_STATE_KIND = "appraisals"
 #: Risk at which the default policy already refuses a device's requests without fresh attestation.
 STEP_UP_RISK = 70
 
@@ -223,46 +225,81 @@ class DeviceHealthService:
         return self._load(device_id)[0]
 
     def _load(self, device_id: str) -> tuple[HealthDetector, int | None]:
-        detector = HealthDetector(self.config)
         stored = self.states.load(HEALTH_STATE_KIND, device_id)
+        return self._detector(device_id, stored), None if stored is None else stored.version
+
+    def _detector(self, device_id: str, stored: VersionedState | None) -> HealthDetector:
+        detector = HealthDetector(self.config)
         if stored is None:
-            return detector, None
+            return detector
         try:
             detector.import_state(device_id, stored.body)
         except MalformedError as exc:  # relearn rather than fail every report of the device
             log.error("health state of %s unreadable (%s): learning it again", device_id, exc.code)
-        return detector, stored.version
+        return detector
 
     def _apply(self, device_id: str, report: HealthReport) -> tuple[list[Alert], bool]:
-        for _ in range(STATE_ATTEMPTS):
-            detector, version = self._load(device_id)
+        def apply(stored: Mapping[str, VersionedState]) -> tuple[dict[str, bytes], tuple[list[Alert], bool]]:
+            detector = self._detector(device_id, stored.get(device_id))
             alerts = detector.observe(device_id, report)
             body = detector.export_state(device_id)
             if body is None:  # observe() keeps the device it was given; the check keeps mypy honest
                 raise StorageError(f"health state of {device_id} was not kept", code="detector_state_missing")
-            try:
-                self.states.save(HEALTH_STATE_KIND, device_id, body, version, self.clock.now())
-            except StateConflict:
-                with self._lock:
-                    self.conflicts += 1
-                continue
-            return alerts, detector.learning(device_id)
-        raise StateConflict(f"health state of {device_id} kept changing; report not applied")
+            return {device_id: body}, (alerts, detector.learning(device_id))
+
+        return apply_shared(self.states, HEALTH_STATE_KIND, [device_id], self.clock, apply,
+                            on_conflict=self._conflicted)
+
+    def _conflicted(self) -> None:
+        with self._lock:
+            self.conflicts += 1
 
 
 class HubSignalsService:
-    """The hub's own observations of devices (refused requests) into the behaviour rules.
+    """The hub's own observations of devices (refused requests, appraisals) into the behaviour rules.
+
+    Each device's refusal times and alert throttles live in the shared
+    detector-state store (kinds :data:`REFUSALS_STATE_KIND` and
+    :data:`APPRAISALS_STATE_KIND`), so refusals of one device seen by several
+    hub processes add up to one count, and a restart does not forget them
+    (ADR 0752).
 
     Args:
         detection: Stores alerts and carries out the response.
         rule: The refusal rule (default thresholds when None).
+        states: Where devices' rule state lives (None: in this process only).
+        clock: Time of the state writes (None: the detection service's clock).
     """
 
-    def __init__(self, detection: DetectionService, rule: RefusalRule | None = None) -> None:
+    def __init__(self, detection: DetectionService, rule: RefusalRule | None = None, *,
+                 states: DetectorStateStore | None = None, clock: Clock | None = None) -> None:
         self.detection = detection
         self.rule = rule or RefusalRule()
         self.appraisals = AppraisalRule()
+        self.states: DetectorStateStore = states if states is not None else MemoryDetectorStateStore()
+        self.clock = clock or detection.clock
         self._lock = threading.Lock()
+        #: Writes that lost to another process's and were applied again.
+        self.conflicts = 0
+
+    def _shared(self, kind: str, device_id: str, rule: RefusalRule | AppraisalRule,
+                observe: Callable[[], list[Alert]]) -> list[Alert]:
+        """``observe`` run on ``device_id``'s stored state of ``rule``, the new state stored (compare-and-set)."""
+        def apply(stored: Mapping[str, VersionedState]) -> tuple[dict[str, bytes], list[Alert]]:
+            row = stored.get(device_id)
+            try:
+                rule.import_state(device_id, None if row is None else row.body)
+            except MalformedError as exc:  # count afresh rather than drop every signal of the device
+                log.error("%s state of %s unreadable (%s): counting afresh", kind, device_id, exc.code)
+            alerts = observe()
+            body = rule.export_state(device_id)
+            return ({} if body is None else {device_id: body}), alerts
+
+        with self._lock:  # the rule objects are this process's scratch space, one input at a time
+            return apply_shared(self.states, kind, [device_id], self.clock, apply, on_conflict=self._conflicted)
+
+    def _conflicted(self) -> None:
+        self.conflicts += 1
 
     def refused(self, device_id: str, action: str, reason: str, now: datetime) -> None:
         """A device request was refused (called by the device plane after auditing the refusal).
@@ -277,8 +314,12 @@ class HubSignalsService:
         if posture is None or posture.quarantined or posture.trust_tier == "failed" or \
                 posture.risk_score >= STEP_UP_RISK:
             return
-        with self._lock:
-            alerts = self.rule.observe([Refusal(now.timestamp(), device_id, reason, action)])
+        refusal = Refusal(now.timestamp(), device_id, reason, action)
+        try:
+            alerts = self._shared(REFUSALS_STATE_KIND, device_id, self.rule, lambda: self.rule.observe([refusal]))
+        except IotGuardError as exc:
+            log.error("refusal of %s not counted: %s", device_id, exc.code)
+            return
         self._raise(device_id, alerts)
 
     def rejected(self, device_id: str, reason: str, count: int, now: datetime) -> None:
@@ -292,8 +333,12 @@ class HubSignalsService:
 
         Never raises (a failure is logged).
         """
-        with self._lock:
-            alerts = self.appraisals.observe(device_id, tier, reasons, now.timestamp())
+        try:
+            alerts = self._shared(APPRAISALS_STATE_KIND, device_id, self.appraisals,
+                                  lambda: self.appraisals.observe(device_id, tier, reasons, now.timestamp()))
+        except IotGuardError as exc:
+            log.error("appraisal of %s not counted: %s", device_id, exc.code)
+            return
         self._raise(device_id, alerts)
 
     def _raise(self, device_id: str, alerts: list[Alert]) -> None:
