@@ -81,6 +81,16 @@ class ModelPolicy:
         """The PCRs the evidence must quote: those of the policy's stages (derived once per policy)."""
         return tuple(sorted(set(self.stages.values())))
 
+    @functools.cached_property
+    def stage_pcrs(self) -> tuple[tuple[str, int], ...]:
+        """The stages and their PCRs as a hashable value (what an event-log replay depends on)."""
+        return tuple(self.stages.items())
+
+    @functools.cached_property
+    def weighed_claims(self) -> tuple[str, ...]:
+        """The claims that count (not ``ignored``), in the policy's order."""
+        return tuple(claim for claim, weight in self.claims.items() if weight is not ClaimWeight.IGNORED)
+
 
 @dataclass(frozen=True)
 class AppraisalPolicy:

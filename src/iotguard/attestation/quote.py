@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
@@ -32,11 +32,12 @@ _TPM_ST_ATTEST_QUOTE = 0x8018
 _TPM_ALG_SHA256 = 0x000B
 _ECDSA = ec.ECDSA(hashes.SHA256())
 _TPM_QUOTE_HEAD = struct.pack(">IH", _TPM_GENERATED_VALUE, _TPM_ST_ATTEST_QUOTE)
+# Enum values read once: a member's ``.value`` is a Python-level descriptor in Python 3.11.
+_SOFTWARE, _TPM2 = QuoteFormat.SOFTWARE.value, QuoteFormat.TPM2.value
 
 
-@dataclass(frozen=True, slots=True)
-class QuoteInfo:
-    """What a quote states.
+class QuoteInfo(NamedTuple):
+    """What a quote states (immutable; a named tuple is built per appraisal at a fraction of a frozen dataclass's cost).
 
     Attributes:
         nonce: The qualifying data (the verifier's nonce).
@@ -79,7 +80,8 @@ def verify_signature(key: AttestationKey, algorithm: str, data: bytes, signature
             key's, or the signature does not verify.
         MalformedError: (code ``malformed_evidence``) the key is not a key of its algorithm.
     """
-    if algorithm != key.algorithm.value or len(signature) != 64:
+    # The algorithm is a StrEnum: it compares as its value.
+    if algorithm != key.algorithm or len(signature) != 64:
         raise IntegrityError("signature algorithm is not the attestation key's", code="bad_signature")
     try:
         _verifier(key.public_key, key.algorithm)(signature, data)
@@ -96,7 +98,7 @@ def _software(attest: bytes) -> QuoteInfo:
         raw = cbor2.loads(attest)
     except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError):
         raise _malformed("not CBOR") from None
-    if not isinstance(raw, list) or len(raw) != 5 or raw[0] != QuoteFormat.SOFTWARE.value:
+    if not isinstance(raw, list) or len(raw) != 5 or raw[0] != _SOFTWARE:
         raise _malformed("not an iotguard-sw-quote/1 array")
     _, nonce, selection, digest, boot_count = raw
     if not isinstance(nonce, bytes) or not isinstance(digest, bytes) or len(digest) != 32:
@@ -109,32 +111,43 @@ def _software(attest: bytes) -> QuoteInfo:
 
 
 _U16 = struct.Struct(">H")
-# clockInfo (clock u64, resetCount u32, restartCount u32, safe u8), firmwareVersion u64,
-# TPML_PCR_SELECTION count u32, hash alg u16, sizeofSelect u8.
-_AFTER_EXTRA = struct.Struct(">QIIBQIHB")
+# After the magic and type: the qualifiedSigner (TPM2B_NAME) and extraData sizes.
+_SIGNER_AT, _HEAD_SIZE = 6, 8
+
+
+@lru_cache(maxsize=64)
+def _quote_layout(signer: int, extra: int) -> struct.Struct:
+    """The rest of a quote's ``TPMS_ATTEST`` after its qualifiedSigner size, given its two sized fields' lengths.
+
+    qualifiedSigner bytes (skipped), extraData size and bytes, clockInfo (clock
+    u64 skipped, resetCount u32, restartCount u32 skipped, safe u8),
+    firmwareVersion u64 (skipped), TPML_PCR_SELECTION with one bank (count
+    u32, hash u16, sizeofSelect u8, 3-byte bitmap) and the PCR digest (size
+    u16, 32 bytes). A fleet's TPMs produce few distinct (name, qualifying
+    data) lengths: one layout each.
+    """
+    return struct.Struct(f">{signer}xH{extra}s8xI4xB8xIHB3sH32s")
 
 
 def _tpm(attest: bytes) -> QuoteInfo:
-    # Fixed offsets where the structure allows, one unpack per run of fixed fields; every length is
-    # checked against what is left before it is used.
-    if len(attest) < 8 or attest[:6] != _TPM_QUOTE_HEAD:
+    # Both sized fields are bounded and checked against what is left before use; the structure is then
+    # one fixed layout whose size must be exactly the quote's, and each field is checked in it.
+    size = len(attest)
+    if size < _HEAD_SIZE or attest[:_SIGNER_AT] != _TPM_QUOTE_HEAD:
         raise _malformed("not a TPM-generated quote (magic or type)")
-    at = 6
-    (signer,) = _U16.unpack_from(attest, at)  # qualifiedSigner (TPM2B_NAME)
+    (signer,) = _U16.unpack_from(attest, _SIGNER_AT)
     if signer > 66:
         raise _malformed("a sized field is too long")
-    at += 2 + signer
-    if at + 2 > len(attest):
+    if _HEAD_SIZE + signer + 2 > size:
         raise _malformed("TPMS_ATTEST is truncated")
-    (extra,) = _U16.unpack_from(attest, at)  # extraData
+    (extra,) = _U16.unpack_from(attest, _HEAD_SIZE + signer)
     if extra > 64:
         raise _malformed("a sized field is too long")
-    nonce = attest[at + 2 : at + 2 + extra]
-    at += 2 + extra
-    if at + _AFTER_EXTRA.size + 3 + 2 > len(attest):
-        raise _malformed("TPMS_ATTEST is truncated")
-    _clock, reset_count, _restarts, safe, _firmware, banks, bank, select_size = _AFTER_EXTRA.unpack_from(attest, at)
-    at += _AFTER_EXTRA.size
+    layout = _quote_layout(signer, extra)
+    if _HEAD_SIZE + layout.size != size:
+        raise _malformed("TPMS_ATTEST is truncated, has trailing bytes, or is not one SHA-256 bank of 3-byte selection")
+    fields = layout.unpack_from(attest, _HEAD_SIZE)
+    _, nonce, reset_count, safe, banks, bank, select_size, bitmap, digest_size, digest = fields
     if safe not in (0, 1):
         raise _malformed("clockInfo.safe is not a boolean")
     if banks != 1:
@@ -143,13 +156,9 @@ def _tpm(attest: bytes) -> QuoteInfo:
         raise _malformed("quoted PCR bank is not SHA-256")
     if select_size != 3:
         raise _malformed("PCR bitmap must be 3 bytes")
-    bitmap = int.from_bytes(attest[at : at + 3], "little")
-    at += 3
-    (digest_size,) = _U16.unpack_from(attest, at)
-    at += 2
-    if digest_size != 32 or at + 32 != len(attest):
-        raise _malformed("PCR digest length or trailing bytes")
-    return QuoteInfo(nonce, _selection(bitmap), attest[at:], reset_count)
+    if digest_size != 32:
+        raise _malformed("PCR digest must be 32 bytes")
+    return QuoteInfo(nonce, _selection(int.from_bytes(bitmap, "little")), digest, reset_count)
 
 
 @lru_cache(maxsize=256)
@@ -164,8 +173,8 @@ def parse_quote(quote_format: str, attest: bytes) -> QuoteInfo:
     Raises:
         MalformedError: (code ``malformed_quote``) unknown format or bad structure.
     """
-    if quote_format == QuoteFormat.SOFTWARE.value:
+    if quote_format == _SOFTWARE:
         return _software(attest)
-    if quote_format == QuoteFormat.TPM2.value:
+    if quote_format == _TPM2:
         return _tpm(attest)
     raise _malformed(f"unknown quote format {quote_format!r}")

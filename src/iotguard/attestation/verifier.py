@@ -32,12 +32,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from types import MappingProxyType
 
 from iotguard.attestation.policy import AppraisalPolicy, ClaimWeight, ModelPolicy
 from iotguard.attestation.quote import QuoteInfo, parse_quote, verify_signature
-from iotguard.attestation.reference import ReferenceValues
+from iotguard.attestation.reference import ReferenceRelease, ReferenceValues
 from iotguard.attestation.result import AR4SI_CLAIMS, AttestationResult, ClaimAppraisal, Tier
 from iotguard.clock import utc
 from iotguard.errors import AttestationError, IntegrityError, MalformedError
@@ -49,7 +51,7 @@ from iotguard.keys.rot import (
     extend_pcr,
     pcr_composite_digest,
 )
-from iotguard.wire.eat import TPM_QUOTE_ALGORITHM, Evidence, decode_evidence, ueid_of
+from iotguard.wire.eat import TPM_QUOTE_ALGORITHM, BootEvent, Evidence, decode_evidence, ueid_of
 
 __all__ = ["Verifier"]
 
@@ -63,6 +65,67 @@ _AFFIRMING, _NONE, _WARNING, _CONTRAINDICATED = Tier.AFFIRMING, Tier.NONE, Tier.
 _IGNORED, _ADVISORY, _REQUIRED = ClaimWeight.IGNORED, ClaimWeight.ADVISORY, ClaimWeight.REQUIRED
 _ES256, _ES256_NAME = AttestationKeyAlgorithm.ES256, AttestationKeyAlgorithm.ES256.value
 _TPM2_QUOTE, _SOFTWARE_QUOTE = QuoteFormat.TPM2.value, QuoteFormat.SOFTWARE.value
+#: Most distinct (event log, stages) replays kept; a fleet boots few releases under few policies.
+_REPLAY_CACHE_SIZE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class _Replay:
+    """An event log replayed from zeroed PCRs under one policy's stages (a pure function of both).
+
+    Attributes:
+        events: The log replayed (a cache hit must be of an equal log).
+        refusal: ``event_outside_quote`` or ``unexpected_event`` if the log
+            cannot be replayed, else ``""``.
+        pcr_digest: The composite digest of the replayed PCRs (``b""`` if refused).
+        measured: Each stage's measurement.
+        complete: Every stage of the policy was measured.
+    """
+
+    events: tuple[BootEvent, ...]
+    refusal: str
+    pcr_digest: bytes
+    measured: Mapping[str, bytes]
+    complete: bool
+
+
+def _replay_log(events: tuple[BootEvent, ...], stages: Mapping[str, int], selection: tuple[int, ...]) -> _Replay:
+    pcrs = dict.fromkeys(selection, _ZERO)
+    measured: dict[str, bytes] = {}
+    for event in events:
+        pcr, stage = event.pcr, event.stage
+        old = pcrs.get(pcr)
+        if old is None:
+            return _Replay(events, "event_outside_quote", b"", MappingProxyType(measured), False)
+        pcrs[pcr] = extend_pcr(old, event.digest)
+        if stage in measured or stages.get(stage) != pcr:
+            return _Replay(events, "unexpected_event", b"", MappingProxyType(measured), False)
+        measured[stage] = event.digest
+    complete = not set(stages) - set(measured)
+    return _Replay(events, "", pcr_composite_digest(pcrs, selection), MappingProxyType(measured), complete)
+
+
+_replays: dict[tuple[bytes, tuple[tuple[str, int], ...]], _Replay] = {}
+
+
+def _replay_of(evidence: Evidence, policy: ModelPolicy) -> _Replay:
+    """The replay of the evidence's event log under the policy's stages, computed once per distinct pair.
+
+    Keyed by the SHA-256 of the log as received and the policy's stages
+    (which determine its PCR selection); a hit counts only if its log equals
+    this one, so the cache never stands on the hash alone. Only the replay is
+    cached: the comparison with this quote's PCR digest is made per appraisal.
+    """
+    events = evidence.claims.event_log
+    key = (evidence.event_log_sha256, policy.stage_pcrs)
+    cached = _replays.get(key)
+    if cached is not None and (cached.events is events or cached.events == events):
+        return cached
+    replay = _replay_log(events, policy.stages, policy.pcr_selection)
+    if len(_replays) >= _REPLAY_CACHE_SIZE:
+        _replays.clear()
+    _replays[key] = replay
+    return replay
 
 
 class _Refused(Exception):
@@ -126,12 +189,14 @@ class Verifier:
             vector["instance-identity"] = ClaimAppraisal(Tier.CONTRAINDICATED, (exc.code,))
             return self._result(policy, vector, Tier.CONTRAINDICATED, (exc.code,), None, now)
         vector["instance-identity"] = _AFFIRMED
-        vector["executables"] = self._compare(evidence, measured, policy.executables, policy, "executable")
-        vector["configuration"] = self._compare(evidence, measured, policy.configuration, policy, "configuration")
-        if vector["configuration"].tier is Tier.AFFIRMING and policy.configuration:
+        release = self._references.lookup(policy.model, evidence.claims.firmware_version)
+        vector["executables"] = self._compare(release, measured, policy.executables, "executable")
+        configuration = self._compare(release, measured, policy.configuration, "configuration")
+        if configuration is _AFFIRMED and policy.configuration:
             config_stage = policy.configuration[-1]
             if not hmac.compare_digest(measured[config_stage], evidence.claims.privacy_config_hash):
-                vector["configuration"] = ClaimAppraisal(Tier.CONTRAINDICATED, ("privacy_config_hash_mismatch",))
+                configuration = ClaimAppraisal(Tier.CONTRAINDICATED, ("privacy_config_hash_mismatch",))
+        vector["configuration"] = configuration
         vector["hardware"] = self._hardware(evidence, policy)
         status, reasons = self._weigh(policy, vector)
         return self._result(policy, vector, status, reasons, evidence, now)
@@ -207,48 +272,44 @@ class Verifier:
             raise _Refused("executables", "pcr_selection_mismatch")
         return quote
 
-    def _replay(self, evidence: Evidence, quote: QuoteInfo, policy: ModelPolicy) -> dict[str, bytes]:
-        claims = evidence.claims
-        if not hmac.compare_digest(evidence.event_log_sha256, claims.event_log_digest):
+    @staticmethod
+    def _replay(evidence: Evidence, quote: QuoteInfo, policy: ModelPolicy) -> Mapping[str, bytes]:
+        if not hmac.compare_digest(evidence.event_log_sha256, evidence.claims.event_log_digest):
             raise _Refused("executables", "event_log_digest_mismatch")
-        pcrs = dict.fromkeys(quote.pcr_selection, _ZERO)
-        stages = policy.stages
-        measured: dict[str, bytes] = {}
-        for event in claims.event_log:
-            pcr, stage = event.pcr, event.stage
-            old = pcrs.get(pcr)
-            if old is None:
-                raise _Refused("executables", "event_outside_quote")
-            pcrs[pcr] = extend_pcr(old, event.digest)
-            if stage in measured or stages.get(stage) != pcr:
-                raise _Refused("executables", "unexpected_event")
-            measured[stage] = event.digest
-        if not hmac.compare_digest(pcr_composite_digest(pcrs, quote.pcr_selection), quote.pcr_digest):
+        # The quote's selection is the policy's (checked in _authenticate): the replay depends on the log
+        # and the policy's stages only, and is computed once per distinct pair.
+        replay = _replay_of(evidence, policy)
+        if replay.refusal:
+            raise _Refused("executables", replay.refusal)
+        if not hmac.compare_digest(replay.pcr_digest, quote.pcr_digest):
             raise _Refused("executables", "event_log_replay_mismatch")
-        missing = set(policy.stages) - set(measured)
-        if missing:
+        if not replay.complete:
             raise _Refused("executables", "stage_not_measured")
-        return measured
+        return replay.measured
 
+    @staticmethod
     def _compare(
-        self,
-        evidence: Evidence,
+        release: ReferenceRelease | None,
         measured: Mapping[str, bytes],
         stages: tuple[str, ...],
-        policy: ModelPolicy,
         what: str,
     ) -> ClaimAppraisal:
         if not stages:
-            return ClaimAppraisal()
-        release = self._references.lookup(policy.model, evidence.claims.firmware_version)
+            return _NOT_APPRAISED
         if release is None:
             return ClaimAppraisal(Tier.CONTRAINDICATED, ("unknown_firmware_version",))
+        expected = release.measurements
+        for stage in stages:
+            if not hmac.compare_digest(expected.get(stage, b""), measured[stage]):
+                break
+        else:
+            return _AFFIRMED
         reasons = tuple(
             f"{what}_mismatch:{stage}"
             for stage in stages
-            if not hmac.compare_digest(release.measurements.get(stage, b""), measured[stage])
+            if not hmac.compare_digest(expected.get(stage, b""), measured[stage])
         )
-        return ClaimAppraisal(Tier.CONTRAINDICATED, reasons) if reasons else _AFFIRMED
+        return ClaimAppraisal(Tier.CONTRAINDICATED, reasons)
 
     @staticmethod
     def _hardware(evidence: Evidence, policy: ModelPolicy) -> ClaimAppraisal:
@@ -263,6 +324,12 @@ class Verifier:
 
     @staticmethod
     def _weigh(policy: ModelPolicy, vector: Mapping[str, ClaimAppraisal]) -> tuple[Tier, tuple[str, ...]]:
+        for claim in policy.weighed_claims:
+            if vector[claim] is not _AFFIRMED:
+                break
+        else:
+            # Every claim that counts is affirming without a reason: so is the whole.
+            return _AFFIRMING, ()
         status = _AFFIRMING
         reasons: list[str] = []
         for claim, weight in policy.claims.items():
