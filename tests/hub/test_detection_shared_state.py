@@ -18,16 +18,24 @@ from typing import Any
 import pytest
 
 from iotguard.clock import FixedClock
-from iotguard.detection import Alert
+from iotguard.detection import Alert, FlowBatch, FlowMonitor, MonitorConfig, encode_flow_report
+from iotguard.detection.model_state import export_scorer
 from iotguard.hub.db import make_engine
 from iotguard.hub.migrations import migrate
-from iotguard.hub.services.sensing import REFUSALS_STATE_KIND, HubSignalsService
+from iotguard.hub.services.sensing import (
+    ADDRESS_INVENTORY_FILE,
+    REFUSALS_STATE_KIND,
+    FlowIngestService,
+    HubSignalsService,
+)
 from iotguard.hub.stores.detector_state import (
     DetectorStateStore,
     MemoryDetectorStateStore,
     SqlDetectorStateStore,
     StateWrite,
 )
+from iotguard.identity import VerifiedRequest
+from iotguard.sim import traffic
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -124,3 +132,78 @@ def test_concurrent_refusals_on_two_processes_lose_neither_count() -> None:
     assert [a.detector for a in sink.raised] == ["policy_denials"]
     stored = store.load(REFUSALS_STATE_KIND, "dev-p")
     assert stored is not None and stored.version == 5
+
+
+# -- the flow monitor: per-host state and learned baselines shared ---------------------------------------
+
+T0 = 1_767_225_600.0
+
+
+def _flows(store: DetectorStateStore, sink: _Detection, data_dir: Path,
+           config: MonitorConfig | None = None) -> FlowIngestService:
+    return FlowIngestService(sink, data_dir, lambda: {}, config=config, states=store)  # type: ignore[arg-type]
+
+
+def _fleet(data_dir: Path) -> list[traffic.SimDevice]:
+    sims = traffic.make_fleet(per_model=1, segments=1)[:3]
+    (data_dir / ADDRESS_INVENTORY_FILE).write_text("".join(f"{d.address} {d.device_id}\n" for d in sims))
+    return sims
+
+
+def _send(service: FlowIngestService, batch: FlowBatch) -> dict[str, Any]:
+    body = {"flows": encode_flow_report(batch)}
+    return service.report(VerifiedRequest("report_flows", "sensor-1", NOW, b"n" * 16, body, b""))
+
+
+def _parts(batch: FlowBatch, size: int) -> list[FlowBatch]:
+    batch = batch.take(batch.time_order())
+    return [batch.take(slice(i, i + size)) for i in range(0, len(batch), size)]
+
+
+def test_scan_split_across_two_hub_processes_crosses_the_fanout_threshold(
+        two_processes: tuple[DetectorStateStore, ...], tmp_path: Path) -> None:
+    """30 telnet SYNs to new addresses within a second, reported in turns to two hub processes (a sensor
+    reconnecting, or a balancer): each process saw 15, under the 20 of ``scan_fanout``; together one alert."""
+    sims = _fleet(tmp_path)
+    sink = _Detection()
+    one, two = _flows(two_processes[0], sink, tmp_path), _flows(two_processes[1], sink, tmp_path)
+    scan = FlowBatch.from_flows(traffic.mirai_scan(sims[0], T0, 2.0).flows[:30])
+    for i, part in enumerate(_parts(scan, 5)):
+        _send(one if i % 2 == 0 else two, part)
+    assert [(a.device, a.detector) for a in sink.raised] == [(sims[0].device_id, "scan_fanout")]
+    assert one.flows_accepted == two.flows_accepted == 15
+
+
+def _reference(batches: list[FlowBatch], config: MonitorConfig, inventory: dict[str, str]) -> list[list[Alert]]:
+    """What one process seeing every batch alerts on, batch by batch."""
+    monitor = FlowMonitor(config, devices=inventory, models={})
+    return [monitor.observe(b) for b in batches]
+
+
+def test_flow_baseline_learned_by_one_process_is_used_by_a_restarted_one(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    engine = make_engine(url)
+    migrate(engine)
+    sims = _fleet(tmp_path)
+    config = MonitorConfig(learn_flows=300)
+    benign = _parts(FlowBatch.from_flows(traffic.benign_traffic(sims, T0, 2400.0).flows), 100)
+    later = _parts(FlowBatch.from_flows(traffic.benign_traffic(sims, T0 + 2400.0, 600.0, seed=5).flows), 100)
+    exfil = FlowBatch.from_flows(traffic.slow_exfiltration(sims[1], T0 + 3010.0, 600.0, period_s=20).flows)
+    first = _flows(SqlDetectorStateStore(engine), _Detection(), tmp_path, config)
+    answers = [_send(first, b) for b in benign]
+    assert answers[-1]["learning"] is False
+    learned = export_scorer(first._current().detector.scorer)
+    engine.dispose()
+
+    restarted_engine = make_engine(url)  # a new process: nothing in memory
+    sink = _Detection()
+    restarted = _flows(SqlDetectorStateStore(restarted_engine), sink, tmp_path, config)
+    expected = _reference([*benign, *later, exfil], config, {d.address: d.device_id for d in sims})
+    for batch, want in zip([*later, exfil], expected[len(benign):], strict=True):
+        answer = _send(restarted, batch)
+        assert answer["learning"] is False  # no relearning
+        assert sink.raised[-len(want):] == want if want else answer["alerts"] == 0
+    assert export_scorer(restarted._current().detector.scorer) == learned  # the same baseline, byte for byte
+    assert "autoencoder" in {a.detector for a in expected[-1]}  # the exfiltration is anomalous to the learned baseline
+    assert {(a.device, a.detector) for a in sink.raised[-len(expected[-1]):]} >= {(sims[1].device_id, "autoencoder")}
+    restarted_engine.dispose()

@@ -269,6 +269,43 @@ class AutoencoderEnsemble:
         self._f_o2 = (0.25 * o.w2[0]).astype(np.float32)
         self._f_oc2 = (0.25 * o.w2[0].sum(axis=0) + 0.5 * o.b2[0, 0]).astype(np.float32)
 
+    def arrays(self) -> dict[str, FloatArray]:
+        """The trained parameters (float64), for :meth:`from_arrays`: scaling, both layers, the error range.
+
+        Raises:
+            ConfigError: ``detection_not_fitted`` before :meth:`fit`.
+        """
+        if not self._fitted:
+            raise ConfigError("autoencoder ensemble used before fit", code="detection_not_fitted")
+        e, o = self._ensemble, self._output
+        return {"lo": self._lo, "span": self._span, "w1": e.w1, "b1": e.b1, "w2": e.w2, "b2": e.b2,
+                "err_lo": self._err_lo, "err_span": self._err_span, "ow1": o.w1, "ob1": o.b1, "ow2": o.w2,
+                "ob2": o.b2}
+
+    @classmethod
+    def from_arrays(cls, config: AutoencoderConfig, subsets: list[list[int]],
+                    arrays: dict[str, FloatArray]) -> AutoencoderEnsemble:
+        """An ensemble that scores as the one whose :meth:`arrays` these are.
+
+        The caller checks the shapes (:mod:`iotguard.detection.model_state` does).
+        """
+        out = cls(config)
+        out.subsets = [list(s) for s in subsets]
+        m = max(len(s) for s in subsets)
+        out._lo, out._span = arrays["lo"], arrays["span"]
+        out._index = np.array([s + [s[0]] * (m - len(s)) for s in out.subsets])
+        out._mask = np.array([[1.0] * len(s) + [0.0] * (m - len(s)) for s in out.subsets])[:, None, :]
+        out._ensemble, out._output = _Layer.__new__(_Layer), _Layer.__new__(_Layer)
+        out._ensemble.w1, out._ensemble.b1, out._ensemble.w2, out._ensemble.b2 = (
+            arrays["w1"], arrays["b1"], arrays["w2"], arrays["b2"])
+        out._output.w1, out._output.b1, out._output.w2, out._output.b2 = (
+            arrays["ow1"], arrays["ob1"], arrays["ow2"], arrays["ob2"])
+        out._err_lo, out._err_span = arrays["err_lo"], arrays["err_span"]
+        out._out_mask = np.ones((1, 1, len(subsets)))
+        out._fold(arrays["lo"].shape[0])
+        out._fitted = True
+        return out
+
     def _errors_in(self, errors: FloatArray) -> FloatArray:
         out: FloatArray = ((errors - self._err_lo) / self._err_span)[None, :, :]
         return out

@@ -22,7 +22,7 @@ from iotguard.detection.rules import BeaconRule, FlowRule, KnownBadRule, NewPort
 from iotguard.detection.scorer import BaselineScorer, ScorerConfig
 from iotguard.errors import ConfigError
 
-__all__ = ["DetectorConfig", "FlowDetector"]
+__all__ = ["DetectorConfig", "FlowDetector", "LearningWindow"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -51,6 +51,18 @@ class DetectorConfig:
     realert_s: float = 300.0
 
 
+@dataclass(frozen=True)
+class LearningWindow:
+    """What :meth:`FlowDetector.learn_watching` has gathered so far (this process's rows) and the fit state."""
+
+    rows: tuple[FloatArray, ...]
+    hosts: tuple[npt.NDArray[np.str_], ...]
+    learned_rows: int
+    excluded: frozenset[str]
+    fitted: bool
+    scorer: BaselineScorer
+
+
 class FlowDetector:
     """Learned baselines plus rules over a stream of flow batches.
 
@@ -66,18 +78,12 @@ class FlowDetector:
         self.config = config or DetectorConfig()
         self.devices = dict(devices or {})
         self.models = dict(models or {})
+        self.feed = feed
         self.extractor = FeatureExtractor(self.config.features)
         self.scorer = BaselineScorer(self.config.scorer)
-        names = self.extractor.names
-        quiet = self.config.realert_s
-        self.rules: list[FlowRule] = [
-            ScanFanOutRule(names, min_new=self.config.scan_min_new, devices=self.devices, realert_s=quiet),
-            NewPortRule(devices=self.devices, realert_s=quiet),
-            BeaconRule(names, max_cv=self.config.beacon_max_cv, devices=self.devices, realert_s=quiet),
-        ]
-        if feed is not None:
-            self.rules.append(KnownBadRule(feed, devices=self.devices, realert_s=quiet))
-        self._throttle = Throttle(self.config.realert_s)
+        self.rules = self._make_rules()
+        #: When the learned baselines last alerted on each device.
+        self.throttle = Throttle(self.config.realert_s)
         self._fitted = False
         self._rows: list[FloatArray] = []
         self._hosts: list[npt.NDArray[np.str_]] = []
@@ -85,6 +91,50 @@ class FlowDetector:
         self.excluded: set[str] = set()
         #: Rows taken by :meth:`learn` so far.
         self.learned_rows = 0
+
+    def _make_rules(self) -> list[FlowRule]:
+        names = self.extractor.names
+        quiet = self.config.realert_s
+        rules: list[FlowRule] = [
+            ScanFanOutRule(names, min_new=self.config.scan_min_new, devices=self.devices, realert_s=quiet),
+            NewPortRule(devices=self.devices, realert_s=quiet),
+            BeaconRule(names, max_cv=self.config.beacon_max_cv, devices=self.devices, realert_s=quiet),
+        ]
+        if self.feed is not None:
+            rules.append(KnownBadRule(self.feed, devices=self.devices, realert_s=quiet))
+        return rules
+
+    def reset_hosts(self) -> None:
+        """Forget every host's state: features, rule baselines, throttles, exclusions.
+
+        The learned baselines and the rows of the learning window stay. The
+        hub calls this before it puts back the stored state of a batch's hosts
+        (:class:`~iotguard.detection.flow_state.HostStates`, ADR 0752).
+        """
+        self.extractor = FeatureExtractor(self.config.features)
+        self.rules = self._make_rules()
+        self.throttle = Throttle(self.config.realert_s)
+
+    def window(self) -> LearningWindow:
+        """The learning window's state, for :meth:`restore_window`."""
+        return LearningWindow(tuple(self._rows), tuple(self._hosts), self.learned_rows, frozenset(self.excluded),
+                              self._fitted, self.scorer)
+
+    def restore_window(self, saved: LearningWindow) -> None:
+        """Put back what :meth:`window` returned: a batch whose result was not stored is undone (a fit too)."""
+        self._rows, self._hosts = list(saved.rows), list(saved.hosts)
+        self.learned_rows, self.excluded = saved.learned_rows, set(saved.excluded)
+        self._fitted = saved.fitted
+        self.scorer = saved.scorer if saved.fitted else BaselineScorer(self.config.scorer)
+
+    def adopt(self, scorer: BaselineScorer) -> None:
+        """Score with ``scorer`` (learned baselines fitted elsewhere, e.g. by another hub process) from now on.
+
+        The learning window's rows are dropped.
+        """
+        self.scorer = scorer
+        self._rows, self._hosts = [], []
+        self._fitted = True
 
     def _device(self, hosts: npt.NDArray[np.str_]) -> tuple[npt.NDArray[np.str_], npt.NDArray[np.str_]]:
         if not self.devices:
@@ -228,7 +278,7 @@ class FlowDetector:
                 continue
             device = self.devices.get(host, host)
             ts = batch.ts[rows]
-            if not self._throttle.allow(device, "autoencoder", float(ts.max())):
+            if not self.throttle.allow(device, "autoencoder", float(ts.max())):
                 continue
             severity = Severity.HIGH if top >= self.config.strong_score else Severity.MEDIUM
             model = self.models.get(device, "*")

@@ -34,6 +34,7 @@ store (ADR 0752).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import Counter
@@ -41,6 +42,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import cbor2
 
 from iotguard.clock import Clock
 from iotguard.detection import (
@@ -57,16 +60,26 @@ from iotguard.detection import (
     decode_flow_report,
     decode_health_report,
 )
+from iotguard.detection.flow_state import HostStates
+from iotguard.detection.model_state import INDEX_PART, export_scorer, import_scorer, model_parts
 from iotguard.detection.monitor import MAX_INVENTORY_BYTES, parse_address_inventory
 from iotguard.errors import ConfigError, IotGuardError, MalformedError, StorageError
 from iotguard.hub.services.detection import DetectionService
 from iotguard.hub.services.detection_state import STATE_ATTEMPTS, apply_shared
-from iotguard.hub.stores.detector_state import DetectorStateStore, MemoryDetectorStateStore, VersionedState
+from iotguard.hub.stores.detector_state import (
+    DetectorStateStore,
+    MemoryDetectorStateStore,
+    StateConflict,
+    StateWrite,
+    VersionedState,
+)
 from iotguard.identity import VerifiedRequest
 
 __all__ = [
     "ADDRESS_INVENTORY_FILE",
     "APPRAISALS_STATE_KIND",
+    "FLOW_MODEL_KIND",
+    "FLOW_STATE_KIND",
     "HEALTH_STATE_KIND",
     "REFUSALS_STATE_KIND",
     "SENSOR_MODEL",
@@ -84,6 +97,10 @@ SENSOR_MODEL = "iotguard-sensor"
 ADDRESS_INVENTORY_FILE = "device_addresses"
 #: Detector-state kind of the per-device health baselines.
 HEALTH_STATE_KIND = "health"
+#: Detector-state kind of the flow monitor's per-host state (row key: the host's address).
+FLOW_STATE_KIND = "flow"
+#: Detector-state kind of the learned flow baselines (row key: ``<generation>/<part digest>``).
+FLOW_MODEL_KIND = "flow_model"
 #: Detector-state kinds of the hub-signal rules' per-device state.
 REFUSALS_STATE_KIND = "refusals"
 APPRAISALS_STATE_KIND = "appraisals"
@@ -92,7 +109,18 @@ STEP_UP_RISK = 70
 
 
 class FlowIngestService:
-    """Sensors' flows in, alerts out.
+    """Sensors' flows in, alerts out; the flow monitor's state shared by every hub process (ADR 0752).
+
+    Each batch loads the stored state of every host it names (detector-state
+    kind :data:`FLOW_STATE_KIND`: damped feature sums, channels and ports,
+    new-port and beaconing baselines, alert throttles, learning exclusion),
+    runs through this process's :class:`~iotguard.detection.FlowMonitor`
+    with exactly that state, and writes every host back with compare-and-set
+    in one transaction; a batch that lost to another process's write is
+    applied again (its learning-window rows too). The learned baselines,
+    once fitted by any process, are stored (kind :data:`FLOW_MODEL_KIND`,
+    keyed by a digest of the address inventory, device models and settings)
+    and adopted by every process still learning and by a restarted one.
 
     Args:
         detection: Stores alerts and carries out the response.
@@ -100,22 +128,31 @@ class FlowIngestService:
         models: Device id -> device model (per-model baselines).
         config: The monitor's settings.
         limits: Flow report bounds.
+        states: Where the monitor's state lives (None: in this process only).
+        clock: Time of the state writes (None: the detection service's clock).
     """
 
     def __init__(self, detection: DetectionService, data_dir: Path, models: Callable[[], Mapping[str, str]], *,
-                 config: MonitorConfig | None = None, limits: FlowReportLimits | None = None) -> None:
+                 config: MonitorConfig | None = None, limits: FlowReportLimits | None = None,
+                 states: DetectorStateStore | None = None, clock: Clock | None = None) -> None:
         self.detection = detection
         self.inventory_path = data_dir / ADDRESS_INVENTORY_FILE
         self._models = models
         self.config = config or MonitorConfig()
         self.limits = limits or FlowReportLimits()
+        self.states: DetectorStateStore = states if states is not None else MemoryDetectorStateStore()
+        self.clock = clock or detection.clock
         self._lock = threading.Lock()
         self._monitor: FlowMonitor | None = None
+        self._generation = ""
+        self._model_shared = False
         self._inventory_key: tuple[int, int] | None = None
         self._inventory: dict[str, str] = {}
         #: Flows accepted, and reports refused by reason code.
         self.flows_accepted = 0
         self.refused: Counter[str] = Counter()
+        #: Batches whose write lost to another process's and were applied again.
+        self.conflicts = 0
 
     def inventory(self) -> dict[str, str]:
         """The address inventory (address -> device id) as last loaded."""
@@ -145,8 +182,42 @@ class FlowIngestService:
             if self._monitor is not None:
                 log.info("address inventory changed: the flow monitor learns again")
             self._inventory_key = key
-            self._monitor = FlowMonitor(self.config, devices=self._inventory, models=self._models())
+            models = dict(self._models())
+            self._monitor = FlowMonitor(self.config, devices=self._inventory, models=models)
+            # Processes with the same inventory, models and settings share one learned baseline.
+            basis = cbor2.dumps([sorted(self._inventory.items()), sorted(models.items()), repr(self.config)],
+                                canonical=True)
+            self._generation = hashlib.sha256(basis).hexdigest()[:16]
+            self._model_shared = False
         return self._monitor
+
+    def _model_key(self, part: str) -> str:
+        return f"{self._generation}/{hashlib.sha256(part.encode()).hexdigest()[:40]}"
+
+    def _adopt_model(self, monitor: FlowMonitor) -> None:
+        """Score with the learned baselines another process stored, if there are any."""
+        index = self.states.load(FLOW_MODEL_KIND, self._model_key(INDEX_PART))
+        if index is None:
+            return
+        try:
+            names = model_parts(index.body)
+            rows = self.states.load_many(FLOW_MODEL_KIND, [self._model_key(n) for n in names])
+            parts = {n: rows[self._model_key(n)].body for n in names if self._model_key(n) in rows}
+            monitor.detector.adopt(import_scorer(self.config.detector.scorer, {INDEX_PART: index.body, **parts}))
+        except MalformedError as exc:  # learn our own rather than score with a baseline that does not parse
+            log.error("stored flow baseline unreadable (%s): this process learns its own", exc.code)
+        self._model_shared = True
+
+    def _share_model(self, monitor: FlowMonitor) -> None:
+        """Store the baselines this process fitted; if another process stored its own first, use that one."""
+        writes = [StateWrite(self._model_key(n), b, None) for n, b in export_scorer(monitor.detector.scorer).items()]
+        try:
+            self.states.save_many(FLOW_MODEL_KIND, writes, self.clock.now())
+        except StateConflict:
+            self._adopt_model(monitor)
+        except StorageError as exc:  # too large to share: this process keeps scoring with its own
+            log.error("flow baseline not shared (%s)", exc.code)
+        self._model_shared = True
 
     def report(self, req: VerifiedRequest) -> dict[str, Any]:
         """One sensor's flow report (a verified, authorized ``report_flows`` request).
@@ -154,6 +225,7 @@ class FlowIngestService:
         Raises:
             MalformedError: the report does not decode (the ``flow_report_*``
                 reason is logged and counted in :attr:`refused`).
+            StorageError: ``detector_state_conflict`` after :data:`STATE_ATTEMPTS` lost writes in a row.
         """
         try:
             batch = decode_flow_report(req.body["flows"], self.limits)
@@ -161,13 +233,34 @@ class FlowIngestService:
             self.refused[exc.code] += 1
             log.warning("flow report from %s refused: %s", req.device_id, exc.code)
             raise MalformedError(f"flow report refused ({exc.code})") from None
-        with self._lock:
+        with self._lock:  # the monitor is this process's scratch space, one batch at a time
             monitor = self._current()
-            alerts = monitor.observe(batch)
+            if monitor.learning and not self._model_shared:
+                self._adopt_model(monitor)
+            window, seen = monitor.detector.window(), monitor.flows_seen
+
+            def apply(stored: Mapping[str, VersionedState]) -> tuple[dict[str, bytes], list[Alert]]:
+                monitor.detector.restore_window(window)
+                monitor.flows_seen = seen
+                monitor.detector.reset_hosts()
+                hosts = HostStates(monitor.detector, batch, {h: row.body for h, row in stored.items()})
+                for host, code in hosts.unreadable.items():
+                    log.error("flow state of %s unreadable (%s): starting it afresh", host, code)
+                alerts = monitor.observe(batch)
+                return hosts.export(), alerts
+
+            names = set(batch.orig_h.tolist()) | set(batch.resp_h.tolist())
+            alerts = apply_shared(self.states, FLOW_STATE_KIND, names, self.clock, apply,
+                                  on_conflict=self._conflicted)
+            if not monitor.learning and not self._model_shared:
+                self._share_model(monitor)
             self.flows_accepted += len(batch)
             learning = monitor.learning
         actions = self.detection.raise_alerts(alerts) if alerts else []
         return {"accepted": len(batch), "alerts": len(alerts), "actions": len(actions), "learning": learning}
+
+    def _conflicted(self) -> None:
+        self.conflicts += 1
 
 
 class DeviceHealthService:

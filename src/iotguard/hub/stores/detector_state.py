@@ -46,7 +46,7 @@ __all__ = [
 #: Device ids per ``IN (...)`` of :meth:`SqlDetectorStateStore.load_many`.
 _IN_CHUNK = 500
 #: Largest blob the store accepts (every detector's own limit is at most this).
-MAX_BLOB_BYTES = 64 * 1024
+MAX_BLOB_BYTES = 128 * 1024
 
 detector_state = Table(
     "detector_state",

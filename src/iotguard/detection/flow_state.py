@@ -1,0 +1,245 @@
+"""One host's flow-monitor state as strict canonical CBOR, to share it between hub processes (ADR 0752).
+
+A host's state is everything the flow detector keeps about one address:
+its damped per-host and inbound sums and times (the
+:class:`~iotguard.detection.features.FeatureExtractor` row), its channels
+(destination address, six numbers each) and ports, the new-port and
+beaconing baselines learned for it, when each detector last alerted on its
+device, and whether the learning window excluded it. :class:`HostStates`
+puts the stored rows of a batch's hosts into a detector whose per-host
+state was reset, and after the batch exports every one of them again: a
+batch then computes exactly what one detector holding every host's state
+would. Channels to destinations outside the batch are not touched by it and
+are carried through unchanged.
+
+Arrays travel as little-endian ``float64`` byte strings of an exact length,
+sets as sorted distinct lists, every count and size bounded (at most
+:data:`MAX_HOST_STATE_BYTES`); never pickle. A row that does not parse
+strictly is refused with a ``detector_state_*`` reason code and the host
+starts afresh.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import cbor2
+import numpy as np
+import numpy.typing as npt
+
+from iotguard.detection._cbor import decode_canonical_map
+from iotguard.detection.flows import FlowBatch
+from iotguard.detection.pipeline import FlowDetector
+from iotguard.detection.rules import BeaconRule, NewPortRule, Throttle
+from iotguard.errors import MalformedError
+
+__all__ = ["HOST_STATE_VERSION", "MAX_HOST_STATE_BYTES", "MAX_STORED_PAIRS", "HostStates"]
+
+#: Largest stored state of one host.
+MAX_HOST_STATE_BYTES: Final = 128 * 1024
+#: Channels and ports stored per host at most (the extractor's ``max_pairs_per_host`` if lower): with 64
+#: character addresses and full rule baselines a row stays under :data:`MAX_HOST_STATE_BYTES`.
+MAX_STORED_PAIRS: Final = 512
+HOST_STATE_VERSION: Final = 1
+_KEYS: Final = frozenset({"v", "sums", "in_sums", "times", "dsts", "channels", "ports", "port_times", "known_ports",
+                          "port_flows", "known_peers", "peer_flows", "alerted", "excluded"})
+_DETECTORS: Final = frozenset({"scan_fanout", "new_port", "beaconing", "known_bad_address", "autoencoder"})
+_HOST_SUMS, _IN_SUMS, _CHANNEL_WIDTH = 7, 3, 6
+_MAX_ADDRESS = 64
+_MAX_COUNT = 1 << 53
+
+
+@dataclass
+class _Row:
+    sums: npt.NDArray[np.float64]
+    in_sums: npt.NDArray[np.float64]
+    times: npt.NDArray[np.float64]  # time of the sums, of the inbound sums, first seen, last seen
+    dsts: list[str]
+    channels: npt.NDArray[np.float64]
+    ports: npt.NDArray[np.int64]
+    port_times: npt.NDArray[np.float64]
+    known_ports: list[int]
+    port_flows: int
+    known_peers: list[str]
+    peer_flows: int
+    alerted: dict[str, float]
+    excluded: bool
+
+
+def _f64(a: npt.NDArray[Any]) -> bytes:
+    return np.ascontiguousarray(a, dtype="<f8").tobytes()
+
+
+def _fail(what: str) -> MalformedError:
+    return MalformedError(f"flow host state: {what}", code="detector_state_bad_value")
+
+
+def _array(value: Any, shape: tuple[int, ...], what: str) -> npt.NDArray[np.float64]:
+    if not isinstance(value, bytes) or len(value) != 8 * math.prod(shape):
+        raise _fail(f"{what} must be {math.prod(shape)} little-endian float64")
+    out = np.frombuffer(value, dtype="<f8").astype(np.float64).reshape(shape)
+    if not np.isfinite(out).all():
+        raise _fail(f"{what} must be finite")
+    return out
+
+
+def _addresses(value: Any, limit: int, what: str, *, ordered: bool) -> list[str]:
+    if not isinstance(value, list) or len(value) > limit or not all(
+            isinstance(v, str) and 0 < len(v) <= _MAX_ADDRESS and v.isprintable() and " " not in v for v in value) \
+            or len(set(value)) != len(value) or (ordered and value != sorted(value)):
+        raise _fail(f"{what} must be at most {limit} distinct addresses")
+    return value
+
+
+def _count(value: Any, what: str) -> int:
+    if type(value) is not int or not 0 <= value < _MAX_COUNT:
+        raise _fail(f"{what} out of range")
+    return value
+
+
+def _decode(data: bytes, rates: int, max_pairs: int, max_keys: int) -> _Row:
+    body = decode_canonical_map(data, max_bytes=MAX_HOST_STATE_BYTES, keys=_KEYS, version=HOST_STATE_VERSION,
+                                prefix="detector_state", what="flow host state")
+    dsts = _addresses(body["dsts"], max_pairs, "channel destinations", ordered=False)
+    ports = body["ports"]
+    if not isinstance(ports, list) or len(ports) > max_pairs or len(set(ports)) != len(ports) or not all(
+            type(p) is int and 0 <= p < 1 << 18 for p in ports):
+        raise _fail("ports must be distinct (protocol, port) keys")
+    known = body["known_ports"]
+    if not isinstance(known, list) or len(known) > max_keys or known != sorted(set(known)) or not all(
+            type(p) is int and 0 <= p < 1 << 18 for p in known):
+        raise _fail("known ports must be sorted distinct (protocol, port) keys")
+    alerted = body["alerted"]
+    if not isinstance(alerted, dict) or not all(
+            k in _DETECTORS and type(t) is float and math.isfinite(t) for k, t in alerted.items()):
+        raise _fail("alerted must map detectors to times")
+    if type(body["excluded"]) is not bool:
+        raise _fail("excluded must be a boolean")
+    return _Row(_array(body["sums"], (rates, _HOST_SUMS), "sums"),
+                _array(body["in_sums"], (rates, _IN_SUMS), "in_sums"), _array(body["times"], (4,), "times"), dsts,
+                _array(body["channels"], (len(dsts), _CHANNEL_WIDTH), "channels"),
+                np.array(ports, dtype=np.int64), _array(body["port_times"], (len(ports),), "port_times"),
+                known, _count(body["port_flows"], "port flows"),
+                _addresses(body["known_peers"], max_keys, "known peers", ordered=True),
+                _count(body["peer_flows"], "peer flows"), dict(alerted), body["excluded"])
+
+
+def _pairs(detector: FlowDetector) -> int:
+    return min(detector.extractor.config.max_pairs_per_host, MAX_STORED_PAIRS)
+
+
+def _rules(detector: FlowDetector) -> tuple[NewPortRule, BeaconRule, list[Throttle]]:
+    ports = next(r for r in detector.rules if isinstance(r, NewPortRule))
+    peers = next(r for r in detector.rules if isinstance(r, BeaconRule))
+    return ports, peers, [r.throttle for r in detector.rules] + [detector.throttle]
+
+
+class HostStates:
+    """The stored state of a batch's hosts, put into a detector whose per-host state was just reset.
+
+    Args:
+        detector: After :meth:`~iotguard.detection.pipeline.FlowDetector.reset_hosts`.
+        batch: The batch about to be observed.
+        stored: Host address -> stored state, for the batch's hosts that have one.
+
+    Raises:
+        MalformedError: ``flow_batch_too_many_hosts`` (more hosts than the extractor holds).
+    """
+
+    def __init__(self, detector: FlowDetector, batch: FlowBatch, stored: Mapping[str, bytes]) -> None:
+        self.detector = detector
+        ex = detector.extractor
+        names = np.concatenate([batch.orig_h, batch.resp_h])
+        self.hosts: list[str] = sorted(set(names.tolist()))
+        if len(self.hosts) > ex.config.max_hosts:
+            raise MalformedError("batch names more hosts than max_hosts", code="flow_batch_too_many_hosts")
+        #: Hosts whose stored state did not parse (reason code), started afresh.
+        self.unreadable: dict[str, str] = {}
+        self._carried: dict[str, tuple[list[str], npt.NDArray[np.float64]]] = {}
+        rows: dict[str, _Row] = {}
+        rules = _rules(detector)
+        for host in self.hosts:
+            if host in stored:
+                try:
+                    rows[host] = _decode(stored[host], len(ex.config.half_lives_s), _pairs(detector),
+                                         rules[0].max_keys_per_host)
+                except MalformedError as exc:
+                    self.unreadable[host] = exc.code
+        # Stored hosts first (with their own first-seen times), then the batch's new hosts exactly as the
+        # extractor would allocate them itself.
+        for host, row in rows.items():
+            i = int(ex._allocate([host], float(row.times[3]))[0])
+            ex._sums[i], ex._in_sums[i] = row.sums, row.in_sums
+            ex._t_sums[i], ex._t_in[i], ex._first[i], ex._last[i] = row.times.tolist()
+        times = np.concatenate([batch.ts, batch.ts])
+        ex._host_ids_of(names.tolist(), times, distinct=False)
+        for host, row in rows.items():
+            self._load(host, row, rules)
+
+    def _load(self, host: str, row: _Row, rules: tuple[NewPortRule, BeaconRule, list[Throttle]]) -> None:
+        ex, detector = self.detector.extractor, self.detector
+        i = ex._ids[host]
+        here = np.array([d in ex._ids for d in row.dsts], dtype=bool)
+        if here.any():
+            dst = np.array([ex._ids[d] for d in _compress(row.dsts, here)], dtype=np.int64)
+            ex._channels.put((i << 32) | dst, row.channels[here])
+        if not here.all():
+            self._carried[host] = (_compress(row.dsts, ~here), row.channels[~here])
+        if row.ports.shape[0]:
+            ex._ports.put((i << 18) | row.ports, row.port_times[:, None])
+        ports, peers, throttles = rules
+        if row.port_flows or row.known_ports:
+            ports.known[host], ports.flows[host] = set(row.known_ports), row.port_flows
+        if row.peer_flows or row.known_peers:
+            peers.known[host], peers.flows[host] = set(row.known_peers), row.peer_flows
+        device = detector.devices.get(host, host)
+        for throttle in throttles:  # two addresses of one device: the later alert of each detector counts
+            now = throttle.last_of(device)
+            throttle.restore(device, {d: max(t, now.get(d, t)) for d, t in row.alerted.items()})
+        if row.excluded:
+            detector.excluded.add(host)
+
+    def export(self) -> dict[str, bytes]:
+        """Every host of the batch's state after the batch, as canonical CBOR."""
+        ex, detector = self.detector.extractor, self.detector
+        cap = _pairs(detector)
+        c_keys, c_values = ex._channels.items()
+        p_keys, p_values = ex._ports.items()
+        ports, peers, throttles = _rules(detector)
+        out: dict[str, bytes] = {}
+        for host in self.hosts:
+            i = ex._ids[host]
+            mine = (c_keys >> 32) == i
+            dsts = [ex._names[j] for j in (c_keys[mine] & 0xFFFFFFFF).tolist()]
+            values = c_values[mine]
+            carried = self._carried.get(host)
+            if carried is not None:
+                dsts, values = dsts + carried[0], np.concatenate([values, carried[1]])
+            if len(dsts) > cap:  # the most recently used, as the extractor's own trim keeps
+                keep = np.sort(np.argsort(-values[:, 0], kind="stable")[:cap])
+                dsts, values = [dsts[k] for k in keep.tolist()], values[keep]
+            p_mine = (p_keys >> 18) == i
+            p_low, p_last = p_keys[p_mine] & ((1 << 18) - 1), p_values[p_mine, 0]
+            if p_low.shape[0] > cap:
+                keep = np.sort(np.argsort(-p_last, kind="stable")[:cap])
+                p_low, p_last = p_low[keep], p_last[keep]
+            device = detector.devices.get(host, host)
+            alerted: dict[str, float] = {}
+            for throttle in throttles:
+                alerted.update(throttle.last_of(device))
+            out[host] = bytes(cbor2.dumps({
+                "v": HOST_STATE_VERSION, "sums": _f64(ex._sums[i]), "in_sums": _f64(ex._in_sums[i]),
+                "times": _f64(np.array([ex._t_sums[i], ex._t_in[i], ex._first[i], ex._last[i]])),
+                "dsts": dsts, "channels": _f64(values), "ports": p_low.tolist(), "port_times": _f64(p_last),
+                "known_ports": sorted(ports.known.get(host, ())), "port_flows": ports.flows.get(host, 0),
+                "known_peers": sorted(peers.known.get(host, ())), "peer_flows": peers.flows.get(host, 0),
+                "alerted": alerted, "excluded": host in detector.excluded}, canonical=True))
+        return out
+
+
+def _compress(items: Iterable[str], mask: npt.NDArray[np.bool_]) -> list[str]:
+    """The items where ``mask`` is true."""
+    return [item for item, keep in zip(items, mask.tolist(), strict=True) if keep]
