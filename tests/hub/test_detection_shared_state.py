@@ -24,6 +24,7 @@ from iotguard.hub.db import make_engine
 from iotguard.hub.migrations import migrate
 from iotguard.hub.services.sensing import (
     ADDRESS_INVENTORY_FILE,
+    FLOW_STATE_KIND,
     REFUSALS_STATE_KIND,
     FlowIngestService,
     HubSignalsService,
@@ -207,3 +208,36 @@ def test_flow_baseline_learned_by_one_process_is_used_by_a_restarted_one(tmp_pat
     assert "autoencoder" in {a.detector for a in expected[-1]}  # the exfiltration is anomalous to the learned baseline
     assert {(a.device, a.detector) for a in sink.raised[-len(expected[-1]):]} >= {(sims[1].device_id, "autoencoder")}
     restarted_engine.dispose()
+
+
+class _FlowInterleaved(MemoryDetectorStateStore):
+    """Between this process's load and its next write of host rows, the peer process reports ``pending``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peer: FlowIngestService | None = None
+        self.pending: list[FlowBatch] = []
+
+    def save_many(self, kind: str, writes: Sequence[StateWrite], now: datetime) -> dict[str, int]:
+        pending, self.pending = self.pending, []
+        for batch in pending if self.peer is not None else []:
+            _send(self.peer, batch)
+        return super().save_many(kind, writes, now)
+
+
+def test_concurrent_flow_batches_on_two_processes_lose_neither_count(tmp_path: Path) -> None:
+    """A batch whose write lost to the peer's is applied again to the peer's state: the scanner's new
+    destinations of both batches count, and the result is what one process taking them in that order gives."""
+    sims = _fleet(tmp_path)
+    store = _FlowInterleaved()
+    sink = _Detection()
+    peer, service = _flows(store, sink, tmp_path), _flows(store, sink, tmp_path)
+    scan = _parts(FlowBatch.from_flows(traffic.mirai_scan(sims[0], T0, 2.0).flows[:30]), 15)
+    store.peer, store.pending = peer, [scan[0]]  # the peer's half lands while this process handles its own
+    _send(service, scan[1])
+    assert service.conflicts == 1 and peer.conflicts == 0
+    assert [(a.device, a.detector) for a in sink.raised] == [(sims[0].device_id, "scan_fanout")]
+    assert sink.raised == [a for alerts in _reference(scan, MonitorConfig(), {d.address: d.device_id for d in sims})
+                           for a in alerts]
+    row = store.load(FLOW_STATE_KIND, sims[0].address)
+    assert row is not None and row.version == 2  # one write per batch, none lost
