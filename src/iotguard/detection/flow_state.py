@@ -228,8 +228,9 @@ class HostStates:
                 p_low, p_last = p_low[keep], p_last[keep]
             device = detector.devices.get(host, host)
             alerted: dict[str, float] = {}
-            for throttle in throttles:
-                alerted.update(throttle.last_of(device))
+            for throttle in throttles:  # each holds every detector's times; its own detector's are the newest
+                for d, t in throttle.last_of(device).items():
+                    alerted[d] = max(t, alerted.get(d, t))
             out[host] = bytes(cbor2.dumps({
                 "v": HOST_STATE_VERSION, "sums": _f64(ex._sums[i]), "in_sums": _f64(ex._in_sums[i]),
                 "times": _f64(np.array([ex._t_sums[i], ex._t_in[i], ex._first[i], ex._last[i]])),
