@@ -232,3 +232,29 @@ def test_an_he_round_packs_for_its_invited_devices_unless_told_otherwise() -> No
     reply = _send([service], "he-0")({"round": rid, "step": "he_poll", "message": b""})
     poll = cbor2.loads(base64.urlsafe_b64decode(reply["message"]))
     assert poll["max_summands"] == 5 and poll["value_bits"] == 16  # 16 + 3 bits per slot, not 16 + 16
+
+
+def test_a_round_whose_log_no_longer_replays_fails_instead_of_staying_running() -> None:
+    """A round logged by a former message format (ADR 0416: its ``shares`` messages no longer parse) cannot
+    go on: it is failed with a reason, the failure logged once, and the store stops counting it as running
+    (it would otherwise hold one of the ``MAX_ROUNDS`` places for ever)."""
+    clock = FixedClock(T0)
+    store = MemoryRoundStore()
+    service = SecureAggregationService(MemoryAuditSink(), clock, store=store)
+    devices = [f"dev-{i}" for i in range(3)]
+    rid = service.start(devices, 4, phase_timeout_s=10, actor="analyst")
+    clients = {d: RoundClient(_send([service], d), rid, np.arange(4, dtype=np.uint32)) for d in devices}
+    for c in clients.values():
+        c.step()  # advertise: the round moves to share
+    with store.step(rid) as tx:  # a shares message of the former format (a CBOR array per box)
+        assert tx is not None
+        tx.append("shares", "dev-0", b"\xa1\x65boxes\x80", T0, "share")
+    fresh = SecureAggregationService(MemoryAuditSink(), clock, store=store)  # another process: replays the log
+    out = fresh.status(rid, actor="analyst")
+    assert out["phase"] == "failed" and out["reason"] == "round_log_unreadable"
+    assert store.phases() == {"failed": 1}
+    assert fresh.status(rid, actor="analyst")["phase"] == "failed"  # replayed again: the same, logged once
+    with store.step(rid) as tx:
+        assert tx is not None and [e.kind for e in tx.events_after(0)][-2:] == ["shares", "tick"]
+    assert clients["dev-1"].step() == "failed"  # the first process, from its cache, sees the same
+    assert store.phases() == {"failed": 1}

@@ -207,6 +207,11 @@ class RoundCoordinator:
         self.s.reason = reason
         self._next(now, "failed")
 
+    def abandon(self, now: datetime, reason: str) -> None:
+        """End the round as ``failed`` with ``reason`` (the hub cannot go on with it, e.g. its log does not
+        replay)."""
+        self._fail(now, reason)
+
     def _start_share(self, now: datetime) -> None:
         self.members = sorted(self.s.keys)
         n = len(self.members)

@@ -189,8 +189,20 @@ class SecureAggregationService:
         rid = tx.round.round_id
         cached = self._live.pop(rid, None)
         seen, r = cached if cached is not None and cached[0] <= tx.version else (0, self._build(tx.round))
-        for e in tx.events_after(seen):
-            _apply(r, e.kind, e.device_id, e.message, e.at)
+        events = tx.events_after(seen)
+        for i, e in enumerate(events):
+            try:
+                _apply(r, e.kind, e.device_id, e.message, e.at)
+            except AggregationError:
+                if not isinstance(r, RoundCoordinator):
+                    raise
+                # A log this version cannot replay (a message of a former format, ADR 0416): the round cannot go
+                # on. It fails, and the failure is logged once (nothing follows the unreadable entry but this
+                # tick), so the store stops counting it as running.
+                r.abandon(e.at, "round_log_unreadable")
+                if i == len(events) - 1:
+                    tx.append("tick", "", b"", e.at, r.phase)
+                break
         return r
 
     def _run(self, round_id: str, fn: Callable[[_Round, RoundTx, datetime], _T]) -> _T:
