@@ -25,6 +25,12 @@ A token that fails 1-5 gets no further: the claims it makes cannot be
 believed, so the result is contraindicated with the claims left unappraised.
 Findings are returned, never raised; only a missing policy for the model
 raises (there is nothing to appraise against).
+
+Only pure functions of immutable inputs that repeat across a fleet are cached
+(ADR 0816): the replay of an event log under a policy's stages. Everything
+that depends on the token (signature, nonce, age, the comparison of the
+replay with this quote's PCR digest) or on changeable state (reference
+values) is checked per appraisal.
 """
 
 from __future__ import annotations
