@@ -3,13 +3,14 @@ the noise's scale, exact sums modulo 2^32, and plans that cannot fit 32 bits ref
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
 import pytest
 
 from iotguard.errors import ConfigError, MalformedError
-from iotguard.learn.distributed import SecureRoundPlan, discrete_gaussian, plan_round
+from iotguard.learn.distributed import SecureRoundPlan, discrete_gaussian, plan_round, round_coordinates
 
 
 def _no_noise(values: list[int], std: float) -> list[int]:
@@ -84,3 +85,37 @@ def test_plans_that_do_not_fit_32_bits_or_are_malformed_are_refused() -> None:
         plan.decode_sum([0, 1, 2, 1 << 32])
     with pytest.raises(ConfigError):
         plan.encode(np.array([0.0, 1.0, np.inf, 0.0]), _no_noise)
+
+
+def test_round_coordinates_are_the_same_everywhere_for_a_round_and_differ_between_rounds() -> None:
+    a = round_coordinates("a" * 32, 1000, 100)
+    assert np.array_equal(a, round_coordinates("a" * 32, 1000, 100))
+    assert a.shape == (100,) and np.all(np.diff(a) > 0) and a[0] >= 0 and a[-1] < 1000
+    b = round_coordinates("b" * 32, 1000, 100)
+    assert len(set(a.tolist()) & set(b.tolist())) < 40  # about 10 expected by chance
+    # A device and a hub on other platforms or NumPy versions must pick the same coordinates: the rule, in
+    # plain Python (SHAKE-256 of the round id, 64-bit little-endian ranks, the lowest kept, ties by index).
+    stream = hashlib.shake_256(b"iotguard-randk-v1|" + b"0" * 32).digest(8 * 16)
+    ranks = [(int.from_bytes(stream[8 * i:8 * i + 8], "little"), i) for i in range(16)]
+    assert round_coordinates("0" * 32, 16, 4).tolist() == sorted(i for _, i in sorted(ranks)[:4]) == [3, 11, 12, 15]
+    for bad in ((0, 10), (11, 10), (5, 1 << 21)):
+        with pytest.raises(ConfigError):
+            round_coordinates("a" * 32, bad[1], bad[0])
+
+
+def test_a_random_k_plan_sends_k_words_keeps_the_rest_as_residual_and_scatters_the_sum_back() -> None:
+    plan = plan_round(400, 1.0, 0.0, members=10, threshold=6, kept_fraction=0.1)
+    assert (plan.dims, plan.model_dims) == (40, 400)
+    assert plan.sensitivity == plan.scale * 1.0 + math.sqrt(40) / 2  # rounding error over the k sent words
+    update = np.random.default_rng(2).normal(0, 0.01, 400)
+    sent, residual = plan.sparsify(update, "c" * 32)
+    idx = round_coordinates("c" * 32, 400, 40)
+    assert np.array_equal(sent, update[idx]) and np.all(residual[idx] == 0)
+    assert np.allclose(plan.scatter(sent, "c" * 32) + residual, update)
+    vectors = [plan.encode(plan.sparsify(update, "c" * 32)[0], discrete_gaussian) for _ in range(3)]
+    assert all(v.shape == (40,) for v in vectors)
+    total = np.sum([v.astype(np.int64) for v in vectors], axis=0) % (1 << 32)
+    assert np.allclose(plan.scatter(plan.decode_sum(total.tolist()), "c" * 32), 3 * plan.scatter(sent, "c" * 32),
+                       atol=3 / plan.scale)
+    with pytest.raises(MalformedError):
+        SecureRoundPlan(50, 1.0, 10.0, 0.0, model_dims=40)  # more words sent than the model has

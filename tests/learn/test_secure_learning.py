@@ -19,9 +19,10 @@ from iotguard.errors import ConfigError, EnrollmentError
 from iotguard.hub.policy_store import save_posture
 from iotguard.hub.services.learning import RunSettings
 from iotguard.identity import VerifiedRequest
-from iotguard.learn import LocalTrainingClient, Model
+from iotguard.learn import LocalTrainingClient, Model, verify_artifact
 from iotguard.learn.data import partition, split_train_test, synthetic_digits
-from iotguard.learn.distributed import discrete_gaussian
+from iotguard.learn.distributed import discrete_gaussian, round_coordinates
+from iotguard.learn.model import accuracy, flatten
 from tests.hub.conftest import HubParts, make_hub
 
 FEATURES = 24
@@ -177,3 +178,67 @@ def test_settings_that_would_leak_updates_are_refused() -> None:
         RunSettings("m", 4, 2, secure=True, min_participants=3)  # no clip norm
     with pytest.raises(ConfigError):
         RunSettings("m", 4, 2, secure=True, clip_norm=1.0, min_participants=3, strategy="fedbuff")
+
+
+def test_a_random_k_secure_run_sends_only_the_rounds_coordinates_and_still_learns(
+        hub: HubParts, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = hub.services
+    train, test = split_train_test(synthetic_digits(speakers=4, per_class=20, features=FEATURES, seed=5), 0.25, 5)
+    parts = partition(train, 1, seed=5)
+    model = Model(FEATURES, 10)
+    agents = [hub.agent(f"dev-{i}") for i in range(4)]
+    save_posture(hub.store.engine, [services.posture.posture.update(a.device_id, trust_tier="verified")
+                                    for a in agents], now=services.clock.now())
+    seen: list[dict[str, Any]] = []
+    verify = services.plane.verify
+
+    def spy(action: str, wire: Any, client: str) -> VerifiedRequest:
+        req = verify(action, wire, client)
+        if action == "aggregate" and req.body["step"] == "masked":
+            seen.append(cbor2.loads(bytes(req.body["message"])))
+        return req
+
+    monkeypatch.setattr(services.plane, "verify", spy)
+    rounds = 8
+    settings = RunSettings("digits", FEATURES, 10, rounds=rounds, min_participants=3, clip_norm=2.0, secure=True,
+                           secure_fraction=0.25, deadline_s=60, fit={"epochs": 2, "batch_size": 16, "lr": 0.1})
+    services.learning.start("run-k", settings, [a.device_id for a in agents], actor="op")
+    learners = [LearningParticipant(a, LocalTrainingClient(model, p.x, p.y, seed=i))
+                for i, (a, p) in enumerate(zip(agents, parts, strict=True))]
+    start = flatten(model.initial(0))
+    versions: list[np.ndarray] = []
+    for _ in range(400):
+        status = services.learning.status("run-k")
+        if status["status"] != "running":
+            break
+        if status["version"] > len(versions):
+            versions.append(flatten(services.learning.task("run-k", "dev-0").parameters))
+        for lp in learners:
+            try:
+                lp.train_round("run-k")
+            except EnrollmentError as exc:
+                assert "run_not_running" in str(exc) or "not_selected" in str(exc), exc
+    assert services.learning.status("run-k")["status"] == "completed"
+    k = round(0.25 * model.size())
+    assert seen and all(len(m["vector"]) == 4 * k for m in seen)  # k words, not the model's d
+    # Each applied round moved only the coordinates its round id chose.
+    bindings = [services.learning._store.secure_round("run-k", v) for v in range(rounds)]
+    assert len(versions) == rounds - 1  # versions 1 .. rounds-1 seen while running (the last is published)
+    previous = start
+    for v, params in enumerate(versions):
+        bound = bindings[v]
+        assert bound is not None
+        moved = np.flatnonzero(params - previous)
+        assert set(moved) <= set(round_coordinates(bound.round_id, model.size(), k).tolist())
+        previous = params
+    published = services.models.get("digits")
+    artifact = verify_artifact(published.artifact, services.models.signing_key())
+    assert accuracy(artifact.model, artifact.parameters, test.x, test.y) > 0.7  # 0.885 here; 0.075 untrained
+
+
+def test_random_k_is_a_secure_run_setting_only() -> None:
+    with pytest.raises(ConfigError):
+        RunSettings("m", 4, 2, secure_fraction=0.5)  # plaintext runs compress with top-k and 8-bit
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError):
+            RunSettings("m", 4, 2, secure=True, clip_norm=1.0, min_participants=3, secure_fraction=bad)

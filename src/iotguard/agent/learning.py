@@ -68,10 +68,10 @@ def _secure(raw: Any, dims: int) -> tuple[str, SecureRoundPlan] | None:
     try:
         round_id = str(raw["round"])
         plan = SecureRoundPlan(int(raw["dims"]), float(raw["clip_norm"]), float(raw["scale"]),
-                               float(raw["noise_std"]))
+                               float(raw["noise_std"]), int(raw["model_dims"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise MalformedError("hub's secure round is malformed", code="malformed") from exc
-    if not _ROUND_ID.fullmatch(round_id) or plan.dims != dims:
+    if not _ROUND_ID.fullmatch(round_id) or plan.model_dims != dims:
         raise MalformedError("hub's secure round does not match the model", code="malformed")
     return round_id, plan
 
@@ -110,6 +110,10 @@ class LearningParticipant:
         self._participant = None if client is None else Participant(agent.device_id, agent.device_id, client)
         self._sent: dict[str, tuple[int, str]] = {}  # per run: the version and round (secure) sent into
         self._rounds: dict[str, RoundClient] = {}
+        #: Per run: the coordinates a random-k secure round did not send (error feedback), and the residual of
+        #: the round in flight (kept only if that round's sum comes out).
+        self._residual: dict[str, np.ndarray] = {}
+        self._next_residual: dict[str, np.ndarray] = {}
         #: The name the run publishes its model under (from the hub's task), per run.
         self.model_names: dict[str, str] = {}
 
@@ -179,7 +183,9 @@ class LearningParticipant:
         update = self._participant.train(params, version, config)
         if secure is not None:
             plan = secure[1]
-            value = plan.encode(update.vector, discrete_gaussian)  # clipped, rounded, noised: never sent as is
+            carried = update.vector + self._residual.get(run_id, 0.0)
+            sent, self._next_residual[run_id] = plan.sparsify(carried, round_id)
+            value = plan.encode(sent, discrete_gaussian)  # clipped, rounded, noised: never sent as is
             client = RoundClient(lambda body: self._agent.request("aggregate", AGGREGATE_PATH, body), round_id, value)
             self._rounds[run_id], self._sent[run_id] = client, (version, round_id)
             return self._aggregate(run_id, client) | {"version": version}
@@ -201,6 +207,9 @@ class LearningParticipant:
             raise
         if phase in ("done", "failed"):
             self._rounds.pop(run_id, None)
+            residual = self._next_residual.pop(run_id, None)
             if phase == "failed":
                 self._sent.pop(run_id, None)
+            elif residual is not None:
+                self._residual[run_id] = residual
         return {"run_id": run_id, "status": "aggregating", "phase": phase}

@@ -30,11 +30,23 @@ Modular wrap: ``s`` is chosen so the sum of ``n`` clipped vectors plus eight
 standard deviations of the noise stays inside ``(-2^31, 2^31)``; a wrap
 beyond that (probability below ``1e-15`` a coordinate) would cost accuracy,
 never privacy (the sum modulo ``2^32`` is a function of the noised sum).
-No I/O here.
+
+**Random-k under secure aggregation.** Top-k cannot pass through secure
+aggregation (each device would keep different coordinates, and the masked
+sums must line up). Instead a round may keep ``k < d`` coordinates chosen by
+the round itself (:func:`round_coordinates`: SHAKE-256 of the public round
+id ranks the coordinates, the ``k`` lowest are kept), the same for every
+device, so the masked vector has ``k`` words instead of ``d``. Each device
+keeps the coordinates it did not send as an error-feedback residual and adds
+them to its next update (random-k with memory, Stich, Cordonnier and Jaggi,
+NeurIPS 2018). The DP argument above is unchanged with ``d`` replaced by
+``k``: what a device sends in a round is the ``k``-vector clipped to ``C``,
+whatever its residual held. No I/O here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,7 +57,7 @@ import numpy.typing as npt
 from iotguard.errors import ConfigError, MalformedError
 from iotguard.learn.dp import clip
 
-__all__ = ["SecureRoundPlan", "discrete_gaussian", "plan_round"]
+__all__ = ["SecureRoundPlan", "discrete_gaussian", "plan_round", "round_coordinates"]
 
 Array = npt.NDArray[np.float64]
 _RANGE = (1 << 31) - 1
@@ -58,19 +70,24 @@ class SecureRoundPlan:
     """How the devices of one secure round encode their updates (sent to each device with its task).
 
     Attributes:
-        dims: Update length.
+        dims: Length of the vector each device sends (``k``).
         clip_norm: L2 bound ``C`` of each update.
         scale: Fixed-point units per 1.0.
         noise_std: Each device's discrete-Gaussian standard deviation in fixed-point units (0: no noise).
+        model_dims: The model's update length ``d`` (0: ``dims``, every coordinate sent); above ``dims``, the
+            round sends the ``dims`` coordinates of :func:`round_coordinates`.
     """
 
     dims: int
     clip_norm: float
     scale: float
     noise_std: float
+    model_dims: int = 0
 
     def __post_init__(self) -> None:
-        if not (1 <= self.dims <= 1 << 20 and math.isfinite(self.clip_norm) and self.clip_norm > 0
+        if self.model_dims == 0:
+            object.__setattr__(self, "model_dims", self.dims)
+        if not (1 <= self.dims <= self.model_dims <= 1 << 20 and math.isfinite(self.clip_norm) and self.clip_norm > 0
                 and math.isfinite(self.scale) and self.scale >= 1 and math.isfinite(self.noise_std)
                 and 0 <= self.noise_std <= _RANGE):
             raise MalformedError("secure round plan out of range", code="malformed")
@@ -110,27 +127,71 @@ class SecureRoundPlan:
         out: Array = raw.astype(np.float64) / self.scale
         return out
 
+    def sparsify(self, update: Array, round_id: str) -> tuple[Array, Array]:
+        """Split a dense update into what this round sends (the round's ``k`` coordinates) and the residual a
+        device keeps for its next round (every other coordinate; zeros where it sent).
+
+        Raises:
+            ConfigError: wrong length.
+        """
+        if update.shape != (self.model_dims,):
+            raise ConfigError("update does not match the model")
+        if self.dims == self.model_dims:
+            return update, np.zeros(self.model_dims)
+        idx = round_coordinates(round_id, self.model_dims, self.dims)
+        residual = update.copy()
+        residual[idx] = 0.0
+        return update[idx], residual
+
+    def scatter(self, values: Array, round_id: str) -> Array:
+        """A dense update of the model's length with ``values`` (this round's ``k`` coordinates) in place."""
+        if self.dims == self.model_dims:
+            return values
+        out = np.zeros(self.model_dims)
+        out[round_coordinates(round_id, self.model_dims, self.dims)] = values
+        return out
+
     def to_dict(self) -> dict[str, float | int]:
-        return {"dims": self.dims, "clip_norm": self.clip_norm, "scale": self.scale, "noise_std": self.noise_std}
+        return {"dims": self.dims, "clip_norm": self.clip_norm, "scale": self.scale, "noise_std": self.noise_std,
+                "model_dims": self.model_dims}
 
 
-def plan_round(dims: int, clip_norm: float, noise_multiplier: float, members: int, threshold: int) -> SecureRoundPlan:
+def round_coordinates(round_id: str, model_dims: int, kept: int) -> npt.NDArray[np.int64]:
+    """The ``kept`` coordinates (ascending) a random-k round sends: the lowest of ``model_dims`` 64-bit ranks from
+    SHAKE-256 over the public round id (ties broken by index), so devices and hub agree on any platform.
+
+    Raises:
+        ConfigError: ``kept`` not in ``1..model_dims`` or ``model_dims`` above 2^20.
+    """
+    if not 1 <= kept <= model_dims <= 1 << 20:
+        raise ConfigError("kept coordinates out of range")
+    ranks = np.frombuffer(hashlib.shake_256(b"iotguard-randk-v1|" + round_id.encode()).digest(8 * model_dims),
+                          dtype="<u8")
+    return np.sort(np.argsort(ranks, kind="stable")[:kept]).astype(np.int64)
+
+
+def plan_round(model_dims: int, clip_norm: float, noise_multiplier: float, members: int, threshold: int,
+               kept_fraction: float = 1.0) -> SecureRoundPlan:
     """The encoding of a round among ``members`` devices whose sum is revealed only with ``threshold`` of them.
 
-    ``noise_multiplier`` 0 means no noise (secure aggregation without DP).
+    ``noise_multiplier`` 0 means no noise (secure aggregation without DP); ``kept_fraction`` below 1 sends only
+    that fraction of the coordinates (random-k, the same for every device of the round).
 
     Raises:
         ConfigError: the parameters do not fit 32-bit secure aggregation.
     """
-    if not (1 <= threshold <= members and clip_norm > 0 and noise_multiplier >= 0 and dims >= 1):
-        raise ConfigError("need 1 <= threshold <= members, clip norm > 0, noise multiplier >= 0")
+    if not (1 <= threshold <= members and clip_norm > 0 and noise_multiplier >= 0 and model_dims >= 1
+            and 0 < kept_fraction <= 1):
+        raise ConfigError("need 1 <= threshold <= members, clip norm > 0, noise multiplier >= 0, "
+                          "0 < kept fraction <= 1")
+    dims = max(1, min(model_dims, round(kept_fraction * model_dims)))
     k = _TAIL * noise_multiplier * math.sqrt(members / threshold)
     scale = math.floor((_RANGE - k * math.sqrt(dims) / 2) / (clip_norm * (members + k)))
     if scale < 1:
         raise ConfigError("clip norm, noise and devices do not fit 32-bit secure aggregation")
-    plan = SecureRoundPlan(dims, clip_norm, float(scale), 0.0)
+    plan = SecureRoundPlan(dims, clip_norm, float(scale), 0.0, model_dims)
     std = noise_multiplier * plan.sensitivity / math.sqrt(threshold)
-    return SecureRoundPlan(dims, clip_norm, float(scale), std)
+    return SecureRoundPlan(dims, clip_norm, float(scale), std, model_dims)
 
 
 def discrete_gaussian(values: list[int], std: float) -> list[int]:

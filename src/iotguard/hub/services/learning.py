@@ -42,8 +42,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -56,15 +56,15 @@ from iotguard.audit import AuditEvent, AuditSink
 from iotguard.clock import Clock
 from iotguard.errors import BudgetExhausted, ConfigError, IntegrityError, MalformedError, PolicyDenied
 from iotguard.hub.services.aggregation import SecureAggregationService
+from iotguard.hub.services.learning_settings import RunSettings
 from iotguard.hub.services.models import ModelService
 from iotguard.hub.stores.learning import LearningRunStore, PendingUpdate, RunRecord, SecureRoundBinding, next_row
 from iotguard.learn.client import RoundConfig, Update
-from iotguard.learn.compress import SCHEMES, Compression, check_compression, decode_update, negotiate, parse_schedule
+from iotguard.learn.compress import SCHEMES, check_compression, decode_update, negotiate
 from iotguard.learn.distributed import SecureRoundPlan, plan_round
-from iotguard.learn.dp import DpConfig, calibrate_noise
 from iotguard.learn.model import Model, NDArrays, flatten, unflatten
 from iotguard.learn.robust import check_norm
-from iotguard.learn.strategy import FedAvg, FedAvgConfig, FedBuff, FedBuffConfig
+from iotguard.learn.strategy import FedAvg, FedBuff
 from iotguard.policy.posture import PostureStore
 
 __all__ = ["LearningService", "RunSettings", "Task", "affirming_posture"]
@@ -87,7 +87,7 @@ def _plan(bound: SecureRoundBinding, settings: RunSettings) -> SecureRoundPlan:
     if settings.clip_norm is None:
         raise ConfigError("a secure run needs a clip norm")
     return plan_round(settings.model().size(), settings.clip_norm, settings.noise_multiplier, len(bound.members),
-                      bound.threshold)
+                      bound.threshold, settings.secure_fraction)
 
 
 def affirming_posture(postures: PostureStore) -> Callable[[str], bool]:
@@ -96,95 +96,6 @@ def affirming_posture(postures: PostureStore) -> Callable[[str], bool]:
         p = postures.get(device_id)
         return p is not None and p.trust_tier == "verified" and not p.quarantined
     return gate
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """What an operator chooses for a run (stored as the run's JSON config)."""
-
-    model_name: str
-    features: int
-    classes: int
-    hidden: int = 0
-    strategy: str = "fedavg"
-    rounds: int = 10
-    min_participants: int = 2
-    deadline_s: float = 300.0
-    buffer_size: int = 10
-    server_lr: float = 1.0
-    aggregator: str = "mean"
-    max_update_norm: float = 10.0
-    clip_norm: float | None = None
-    compression: str = "none"
-    topk_fraction: float = 0.01
-    fit: Mapping[str, float] = field(default_factory=lambda: {"epochs": 1, "batch_size": 32, "lr": 0.1})
-    secure: bool = False
-    epsilon: float = 0.0
-    delta: float = 1e-5
-    noise_multiplier: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.strategy not in ("fedavg", "fedbuff") or not 1 <= self.rounds <= 100_000:
-            raise ConfigError("strategy must be fedavg or fedbuff, rounds 1..100000")
-        if not 0 < self.deadline_s <= 86_400 or not self.max_update_norm > 0:
-            raise ConfigError("deadline must be in (0, 86400] s and max_update_norm positive")
-        schedule = parse_schedule(self.compression, self.topk_fraction)
-        if self.secure and (self.strategy != "fedavg" or self.aggregator != "mean" or self.clip_norm is None
-                            or {c.scheme for offer in schedule for c in offer} != {"none"}
-                            or self.min_participants < 3):
-            raise ConfigError("a secure run is FedAvg with the mean, a clip norm, no compression and at least "
-                              "3 participants (robust rules and FedBuff need plaintext updates)")
-        if not (0 <= self.epsilon <= 100 and 0 < self.delta < 1 and 0 <= self.noise_multiplier <= 1000):
-            raise ConfigError("epsilon must be in [0, 100], delta in (0, 1)")
-        if self.epsilon > 0 and not self.secure:
-            raise ConfigError("DP (epsilon > 0) needs a secure run: the noise is added on the devices")
-        self.model()
-        self.fedavg()
-        self.fedbuff()
-
-    def model(self) -> Model:
-        return Model(self.features, self.classes, self.hidden)
-
-    def fedavg(self) -> FedAvgConfig:
-        return FedAvgConfig(min_participants=self.min_participants, deadline_s=self.deadline_s,
-                            aggregator=self.aggregator, max_update_norm=self.max_update_norm,
-                            server_lr=self.server_lr)
-
-    def fedbuff(self) -> FedBuffConfig:
-        return FedBuffConfig(buffer_size=self.buffer_size, server_lr=self.server_lr, aggregator=self.aggregator,
-                             max_update_norm=self.max_update_norm)
-
-    def offer(self, version: int) -> tuple[Compression, ...]:
-        """The compressions the round of ``version`` offers, best first (the run's schedule, entry ``version``
-        mod its length)."""
-        schedule = parse_schedule(self.compression, self.topk_fraction)
-        return schedule[version % len(schedule)]
-
-    def round_config(self, version: int, compression: Compression | None = None) -> RoundConfig:
-        """What the round of ``version`` asks a device: fit settings, clip norm and the compression negotiated
-        with it (by default the offer's first)."""
-        return RoundConfig(version, dict(self.fit), clip_norm=self.clip_norm,
-                           compression=compression or self.offer(version)[0])
-
-    def dp(self) -> DpConfig:
-        """The run's DP parameters (every selected device in every round: sampling rate 1).
-
-        Raises:
-            ConfigError: no clip norm (a DP run needs one).
-        """
-        if self.clip_norm is None:
-            raise ConfigError("a DP run needs a clip norm")
-        return DpConfig(self.clip_norm, self.noise_multiplier, 1.0, self.rounds, self.delta)
-
-    def calibrated(self) -> RunSettings:
-        """These settings with the noise multiplier whose whole run is ``(epsilon, delta)``-DP."""
-        if self.epsilon <= 0 or self.noise_multiplier > 0:
-            return self
-        return replace(self, noise_multiplier=calibrate_noise(self.epsilon, 1.0, self.rounds, self.delta))
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> RunSettings:
-        return cls(**doc)
 
 
 @dataclass(frozen=True)
@@ -358,7 +269,7 @@ class LearningService:
                                    attempt, key, now)
         if not self._store.bind_secure_round(bound, replaces):
             return None
-        aggregation.start(list(bound.members), settings.model().size(), threshold=threshold,
+        aggregation.start(list(bound.members), _plan(bound, settings).dims, threshold=threshold,
                           phase_timeout_s=settings.deadline_s, actor=run.started_by, round_id=bound.round_id)
         self._audit.record(AuditEvent("learning.secure_round", now, run.started_by, run.run_id,
                                       {"version": run.version, "round": bound.round_id, "attempt": attempt,
@@ -477,7 +388,7 @@ class LearningService:
         if out["phase"] != "done":
             return None
         plan = _plan(bound, settings)
-        mean = plan.decode_sum(out["sum"]) / len(bound.members)  # fixed denominator (DP-FedAvg)
+        mean = plan.scatter(plan.decode_sum(out["sum"]), bound.round_id) / len(bound.members)  # fixed denominator
         params = flatten(_parameters(run, settings.model())) + settings.server_lr * mean
         survivors = int(out["survivors"])
         version = run.version + 1
@@ -486,7 +397,8 @@ class LearningService:
                         status="completed" if version >= settings.rounds else "running",
                         accepted=run.accepted + survivors,
                         rejected=run.rejected + len(bound.members) - survivors), [], \
-            {"updates": survivors, "bytes_per_device": 4 * plan.dims, "compression": "none", "round": bound.round_id,
+            {"updates": survivors, "bytes_per_device": 4 * plan.dims, "round": bound.round_id,
+             "compression": "none" if plan.dims == plan.model_dims else f"randk {plan.dims}/{plan.model_dims}",
              "note": "masked vector only (u32 a coordinate); secure aggregation's key and share messages are extra"}
 
     def _complete(self, run: RunRecord, settings: RunSettings) -> None:
