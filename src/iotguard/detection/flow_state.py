@@ -176,20 +176,28 @@ class HostStates:
             ex._t_sums[i], ex._t_in[i], ex._first[i], ex._last[i] = row.times.tolist()
         times = np.concatenate([batch.ts, batch.ts])
         ex._host_ids_of(names.tolist(), times, distinct=False)
+        tables: tuple[list[npt.NDArray[Any]], ...] = ([], [], [], [])
         for host, row in rows.items():
-            self._load(host, row, rules)
+            self._load(host, row, rules, tables)
+        if tables[0]:  # one insert per table: the per-call cost of a table insert dominates small rows
+            ex._channels.put(np.concatenate(tables[0]), np.concatenate(tables[1]))
+        if tables[2]:
+            ex._ports.put(np.concatenate(tables[2]), np.concatenate(tables[3]))
 
-    def _load(self, host: str, row: _Row, rules: tuple[NewPortRule, BeaconRule, list[Throttle]]) -> None:
+    def _load(self, host: str, row: _Row, rules: tuple[NewPortRule, BeaconRule, list[Throttle]],
+              tables: tuple[list[npt.NDArray[Any]], ...]) -> None:
         ex, detector = self.detector.extractor, self.detector
         i = ex._ids[host]
         here = np.array([d in ex._ids for d in row.dsts], dtype=bool)
         if here.any():
             dst = np.array([ex._ids[d] for d in _compress(row.dsts, here)], dtype=np.int64)
-            ex._channels.put((i << 32) | dst, row.channels[here])
+            tables[0].append((i << 32) | dst)
+            tables[1].append(row.channels[here])
         if not here.all():
             self._carried[host] = (_compress(row.dsts, ~here), row.channels[~here])
         if row.ports.shape[0]:
-            ex._ports.put((i << 18) | row.ports, row.port_times[:, None])
+            tables[2].append((i << 18) | row.ports)
+            tables[3].append(row.port_times[:, None])
         ports, peers, throttles = rules
         if row.port_flows or row.known_ports:
             ports.known[host], ports.flows[host] = set(row.known_ports), row.port_flows

@@ -3,16 +3,17 @@
 A sensor is a device enrolled with the model :data:`SENSOR_MODEL`; it sends
 ``report_flows`` signed requests through the device plane (Cedar lets only
 sensors do so). :meth:`FlowIngestService.report` decodes the report
-strictly, runs it through this process's
-:class:`~iotguard.detection.FlowMonitor` (learn from the first flows, then
-score) and hands the alerts to
+strictly, runs it through a :class:`~iotguard.detection.FlowMonitor`
+(learn from the first flows, then score) holding exactly the stored state
+of the hosts the batch names, writes that state back to the detector-state
+store shared by every hub process (ADR 0752), and hands the alerts to
 :meth:`~iotguard.hub.services.detection.DetectionService.raise_alerts`
 (stored, audited, the playbook's response carried out).
 
 The device behind a flow's originator address is named by the operator's
 address inventory, ``<data_dir>/device_addresses`` (``<address>
 <device_id>`` lines; re-read when it changes, which restarts the monitor's
-learning). Flows from addresses that are not in it are still detected on,
+learning; the learned baselines are stored per inventory). Flows from addresses that are not in it are still detected on,
 named by address; the planner suppresses actions on them (``not_a_device``).
 
 :class:`DeviceHealthService` takes each device's own signed
