@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import secrets as secrets_
 from typing import Any
 
 import numpy as np
@@ -245,3 +246,20 @@ def test_pair_seeds_spare_the_hub_its_agreements_and_a_lying_holder_is_caught(
         with pytest.raises(AggregationError) as e:
             agg2.unmask([*shares, forged])
         assert e.value.reason == "share_malformed"
+
+
+def test_shares_on_a_polynomial_one_degree_too_high_are_inconsistent() -> None:
+    """A dealer whose shares lie on a polynomial of degree t (one too many) breaks only the last of the
+    ``m - t`` parity checks; the one-shot random combination of the checks must still catch it, whatever
+    subset of holders answered."""
+    from iotguard.analytics.secagg import _HolderSet, reconstruct_all
+
+    t = 12
+    for holders in ([x for x in range(1, 31) if x % 7], list(range(1, 14)), list(range(5, 400, 3))):
+        coeffs = [secrets_.randbelow(PRIME) for _ in range(t + 1)]  # degree t
+        ys = [sum(c * pow(x, k, PRIME) for k, c in enumerate(coeffs)) % PRIME for x in holders]
+        assert not _HolderSet(holders, t).consistent(ys)
+        assert _HolderSet(holders, t + 1).consistent(ys)  # at threshold t + 1 the same points are fine
+        with pytest.raises(AggregationError) as e:
+            reconstruct_all({"s": list(zip(holders, ys, strict=True))}, t)
+        assert e.value.reason == "share_inconsistent"
