@@ -13,8 +13,9 @@ store shared by every hub process (ADR 0752), and hands the alerts to
 The device behind a flow's originator address is named by the operator's
 address inventory, ``<data_dir>/device_addresses`` (``<address>
 <device_id>`` lines; re-read when it changes, which restarts the monitor's
-learning; the learned baselines are stored per inventory). Flows from addresses that are not in it are still detected on,
-named by address; the planner suppresses actions on them (``not_a_device``).
+learning; the learned baselines are stored per inventory). Flows from
+addresses that are not in it are still detected on, named by address; the
+planner suppresses actions on them (``not_a_device``).
 
 :class:`DeviceHealthService` takes each device's own signed
 ``report_health`` requests into a per-device
@@ -390,7 +391,10 @@ class HubSignalsService:
             return ({} if body is None else {device_id: body}), alerts
 
         with self._lock:  # the rule objects are this process's scratch space, one input at a time
-            return apply_shared(self.states, kind, [device_id], self.clock, apply, on_conflict=self._conflicted)
+            try:
+                return apply_shared(self.states, kind, [device_id], self.clock, apply, on_conflict=self._conflicted)
+            finally:  # held in the store, not here: the rule stays empty, so its look-ups stay one device long
+                rule.import_state(device_id, None)
 
     def _conflicted(self) -> None:
         self.conflicts += 1
