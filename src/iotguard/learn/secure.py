@@ -21,14 +21,16 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from iotguard.analytics.secagg import Aggregator, Device, Share
+from iotguard.analytics.secagg import SHARE_BYTES, Aggregator, Device, Share
 from iotguard.errors import ConfigError
 
 __all__ = ["SHARE_BYTES", "SecureRoundView", "secure_sum"]
 
 Array = npt.NDArray[np.float64]
-#: Wire size of one Shamir share (a 521-bit field element).
-SHARE_BYTES = 66
+#: Bytes a device advertises: its X25519 mask and share-box public keys.
+_KEY_BYTES = 2 * 32
+#: The sealing tag of a share box (one per peer; ChaCha20-Poly1305).
+_TAG_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -86,13 +88,14 @@ def secure_sum(vectors: Mapping[int, Array], bound: float, *, drop_after_sharing
         fixed = np.round(np.clip(v, -bound, bound) * scale).astype(np.int64)
         devices[i] = Device(i, (fixed % (1 << 32)).astype(np.uint32))
     agg = Aggregator(n, t, d)
-    sent = dict.fromkeys(devices, 32)
+    sent = dict.fromkeys(devices, _KEY_BYTES)
     for i, dev in devices.items():
         agg.add_public_key(i, dev.public_key)
     for dev in devices.values():
         for share in dev.shares_for_peers(n, t):
             devices[share.holder].receive_share(share)
             sent[dev.index] += SHARE_BYTES
+        sent[dev.index] += _TAG_BYTES * (n - 1)  # one sealed box per peer
     survivors = [i for i in devices if i not in set(drop_after_sharing)]
     for i in survivors:
         agg.add_masked(i, devices[i].masked_input(agg.public_keys))
