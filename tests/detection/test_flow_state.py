@@ -110,3 +110,21 @@ def test_learned_baseline_round_trips_exactly_and_refuses_tampering() -> None:
     with pytest.raises(MalformedError) as err:
         import_scorer(monitor.config.detector.scorer, {INDEX_PART: parts[INDEX_PART]})
     assert err.value.code == "detector_state_missing"
+
+
+def test_scanning_host_row_stays_bounded() -> None:
+    """A host scanning 1,200 addresses keeps its 512 most recently used channels and ports in its row."""
+    sims = traffic.make_fleet(per_model=1, segments=1)[:1]
+    scan = FlowBatch.from_flows(traffic.mirai_scan(sims[0], T0, 40.0, rate=30.0).flows)
+    monitor = FlowMonitor()
+    rows: dict[str, bytes] = {}
+    for part in [scan.take(slice(i, i + 400)) for i in range(0, len(scan), 400)]:
+        monitor.detector.reset_hosts()
+        hosts = HostStates(monitor.detector, part, rows)
+        monitor.observe(part)
+        rows.update(hosts.export())
+    body = cbor2.loads(rows[sims[0].address])
+    assert len(scan) > 1000 and len(body["dsts"]) == MAX_STORED_PAIRS
+    assert len(rows[sims[0].address]) <= MAX_HOST_STATE_BYTES
+    last_used = np.frombuffer(body["channels"], dtype="<f8").reshape(-1, 6)[:, 0]
+    assert last_used.min() >= np.sort(scan.ts)[-MAX_STORED_PAIRS]  # the newest destinations were kept
