@@ -241,3 +241,13 @@ def test_concurrent_flow_batches_on_two_processes_lose_neither_count(tmp_path: P
                            for a in alerts]
     row = store.load(FLOW_STATE_KIND, sims[0].address)
     assert row is not None and row.version == 2  # one write per batch, none lost
+
+
+def test_rejected_readings_of_one_batch_count_in_one_write(two_processes: tuple[DetectorStateStore, ...]) -> None:
+    sink = _Detection()
+    one, two = _signals(two_processes[0], sink), _signals(two_processes[1], sink)
+    one.rejected("dev-r", "policy_denied", 3, NOW)
+    two.rejected("dev-r", "policy_denied", 50, NOW + timedelta(seconds=1))  # at most 10 counted per batch
+    assert [a.detector for a in sink.raised] == ["policy_denials"]
+    stored = two_processes[0].load(REFUSALS_STATE_KIND, "dev-r")
+    assert stored is not None and stored.version == 2

@@ -408,23 +408,25 @@ class HubSignalsService:
         its risk back into more containment after an operator released it.
         Never raises: the refusal stands whatever happens to the alert (a failure is logged).
         """
+        self._count(device_id, action, reason, 1, now)
+
+    def rejected(self, device_id: str, reason: str, count: int, now: datetime) -> None:
+        """Ingest refused ``count`` of the device's readings in one batch for ``reason`` (counted as refusals of
+        ``publish``, at most 10 per batch, in one write of the device's state; never raises)."""
+        self._count(device_id, "publish", reason, min(count, 10), now)
+
+    def _count(self, device_id: str, action: str, reason: str, count: int, now: datetime) -> None:
         posture = self.detection.posture.posture.get(device_id)
-        if posture is None or posture.quarantined or posture.trust_tier == "failed" or \
+        if count < 1 or posture is None or posture.quarantined or posture.trust_tier == "failed" or \
                 posture.risk_score >= STEP_UP_RISK:
             return
-        refusal = Refusal(now.timestamp(), device_id, reason, action)
+        refusals = [Refusal(now.timestamp(), device_id, reason, action)] * count
         try:
-            alerts = self._shared(REFUSALS_STATE_KIND, device_id, self.rule, lambda: self.rule.observe([refusal]))
+            alerts = self._shared(REFUSALS_STATE_KIND, device_id, self.rule, lambda: self.rule.observe(refusals))
         except IotGuardError as exc:
             log.error("refusal of %s not counted: %s", device_id, exc.code)
             return
         self._raise(device_id, alerts)
-
-    def rejected(self, device_id: str, reason: str, count: int, now: datetime) -> None:
-        """Ingest refused ``count`` of the device's readings in one batch for ``reason`` (counted as refusals of
-        ``publish``, at most 10 per batch; never raises)."""
-        for _ in range(min(count, 10)):
-            self.refused(device_id, "publish", reason, now)
 
     def appraised(self, device_id: str, tier: str, reasons: Sequence[str], now: datetime) -> None:
         """An attestation appraisal of the device (called by the attestation service once it is applied).
