@@ -20,6 +20,7 @@ from iotguard.detection.evaluate import EvaluationReport, evaluate_flows, is_mal
 from iotguard.detection.features import FeatureConfig, FeatureExtractor, FeatureMatrix, feature_names
 from iotguard.detection.feed import ThreatFeed, parse_feed
 from iotguard.detection.flow_report import FlowReportLimits, decode_flow_report, encode_flow_report, split_for_reports
+from iotguard.detection.flow_state import HostStates
 from iotguard.detection.flows import CONN_STATES, PROTOCOLS, Flow, FlowBatch
 from iotguard.detection.health import (
     HealthConfig,
@@ -28,9 +29,10 @@ from iotguard.detection.health import (
     decode_health_report,
     encode_health_report,
 )
+from iotguard.detection.model_state import export_scorer, import_scorer
 from iotguard.detection.monitor import FlowMonitor, MonitorConfig, parse_address_inventory
 from iotguard.detection.pcap import PcapLimits, PcapResult, flows_from_pcap
-from iotguard.detection.pipeline import DetectorConfig, FlowDetector
+from iotguard.detection.pipeline import DetectorConfig, FlowDetector, LearningWindow
 from iotguard.detection.playbook import (
     ActionKind,
     GuardRails,
@@ -76,7 +78,9 @@ __all__ = [
     "HealthConfig",
     "HealthDetector",
     "HealthReport",
+    "HostStates",
     "KnownBadRule",
+    "LearningWindow",
     "MonitorConfig",
     "NewPortRule",
     "PcapLimits",
@@ -99,8 +103,10 @@ __all__ = [
     "encode_flow_report",
     "encode_health_report",
     "evaluate_flows",
+    "export_scorer",
     "feature_names",
     "flows_from_pcap",
+    "import_scorer",
     "is_malicious",
     "parse_address_inventory",
     "parse_conn_log",
