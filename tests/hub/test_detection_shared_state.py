@@ -103,6 +103,32 @@ def test_attestation_alert_throttle_is_shared_by_hub_processes(two_processes: tu
     assert [a.detector for a in sink.raised] == ["attestation_failed"]  # one alert per 300 s, whichever process
 
 
+class _Counting(MemoryDetectorStateStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def load_many(self, kind: str, device_ids: Any) -> Any:
+        self.calls += 1
+        return super().load_many(kind, device_ids)
+
+    def save_many(self, kind: str, writes: Sequence[StateWrite], now: datetime) -> dict[str, int]:
+        self.calls += 1
+        return super().save_many(kind, writes, now)
+
+
+def test_an_affirming_appraisal_costs_no_shared_state_access() -> None:
+    """Every appraisal is one transaction (ADR 0812); the appraisal rule keeps state only for warning and
+    contraindicated results, so an affirming one must not read or write the shared store."""
+    store, sink = _Counting(), _Detection()
+    signals = _signals(store, sink)
+    for i in range(3):
+        signals.appraised("dev-a", "affirming", [], NOW + timedelta(seconds=i))
+    assert store.calls == 0 and sink.raised == []
+    signals.appraised("dev-a", "contraindicated", ["pcr_mismatch"], NOW + timedelta(seconds=5))
+    assert store.calls == 2 and [a.detector for a in sink.raised] == ["attestation_failed"]
+
+
 class _Interleaved(MemoryDetectorStateStore):
     """Between this process's load and its next write, the peer process handles ``pending`` refusals."""
 

@@ -431,8 +431,11 @@ class HubSignalsService:
     def appraised(self, device_id: str, tier: str, reasons: Sequence[str], now: datetime) -> None:
         """An attestation appraisal of the device (called by the attestation service once it is applied).
 
-        Never raises (a failure is logged).
+        Never raises (a failure is logged). An appraisal the rule does not alert on (affirming) changes no state,
+        so it costs no read or write of the shared store (ADR 0812: one transaction per appraisal).
         """
+        if tier not in AppraisalRule.TIERS:
+            return
         try:
             alerts = self._shared(APPRAISALS_STATE_KIND, device_id, self.appraisals,
                                   lambda: self.appraisals.observe(device_id, tier, reasons, now.timestamp()))
