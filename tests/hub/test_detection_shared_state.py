@@ -22,6 +22,7 @@ from iotguard.detection import Alert, FlowBatch, FlowMonitor, MonitorConfig, enc
 from iotguard.detection.model_state import export_scorer
 from iotguard.hub.db import make_engine
 from iotguard.hub.migrations import migrate
+from iotguard.hub.services import sensing
 from iotguard.hub.services.sensing import (
     ADDRESS_INVENTORY_FILE,
     FLOW_STATE_KIND,
@@ -277,3 +278,24 @@ def test_rejected_readings_of_one_batch_count_in_one_write(two_processes: tuple[
     assert [a.detector for a in sink.raised] == ["policy_denials"]
     stored = two_processes[0].load(REFUSALS_STATE_KIND, "dev-r")
     assert stored is not None and stored.version == 2
+
+
+def test_host_rows_not_written_for_the_ttl_are_pruned_so_state_stays_bounded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One row per address ever seen would grow without bound (a scanner names thousands): rows older than the
+    TTL are deleted every PRUNE_EVERY batches, the way the in-process monitor forgot its least recent hosts."""
+    monkeypatch.setattr(sensing, "PRUNE_EVERY", 2)
+    sims = _fleet(tmp_path)
+    store, sink = MemoryDetectorStateStore(), _Detection()
+    service = _flows(store, sink, tmp_path)
+    scan = FlowBatch.from_flows(traffic.mirai_scan(sims[0], T0, 2.0).flows[:10])
+    _send(service, scan)
+    scanned = set(scan.resp_h.tolist())
+    assert scanned <= set(store.load_many(FLOW_STATE_KIND, scanned))
+    sink.clock.advance(8 * 86_400)
+    later = FlowBatch.from_flows(traffic.mirai_scan(sims[1], T0 + 8 * 86_400, 2.0, seed=9).flows[:10])
+    assert not scanned & set(later.resp_h.tolist())
+    _send(service, later)  # the second batch: a prune
+    assert service.pruned >= len(scanned)
+    assert store.load_many(FLOW_STATE_KIND, scanned) == {}
+    assert set(later.orig_h.tolist()) <= set(store.load_many(FLOW_STATE_KIND, set(later.orig_h.tolist())))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,20 @@ def test_rows_of_one_batch_are_written_together_or_not_at_all(stores: tuple[Dete
     with pytest.raises(StorageError) as err:
         one.save_many("flow", [StateWrite("10.0.0.1", b"x", 1), StateWrite("10.0.0.1", b"y", 1)], NOW)
     assert err.value.code == "detector_state_bad_key"
+
+
+def test_prune_deletes_only_the_kinds_rows_written_before_the_cutoff(stores: tuple[DetectorStateStore, ...]) -> None:
+    one, two = stores
+    old, recent = NOW - timedelta(days=8), NOW - timedelta(hours=1)
+    one.save("flow", "10.0.0.1", b"old", None, old)
+    one.save("flow", "10.0.0.2", b"recent", None, recent)
+    one.save("health", "dev-1", b"old health", None, old)
+    assert two.prune("flow", NOW - timedelta(days=7)) == 1
+    assert one.load_many("flow", ["10.0.0.1", "10.0.0.2"]) == {"10.0.0.2": VersionedState(b"recent", 1)}
+    assert one.load("health", "dev-1") is not None  # another kind is not touched
+    with pytest.raises(StateConflict):  # a process that loaded the pruned row loses its write and starts afresh
+        one.save("flow", "10.0.0.1", b"old, updated", 1, NOW)
+    assert one.save("flow", "10.0.0.1", b"afresh", None, NOW) == 1
 
 
 # -- the health service over the store: several processes, one baseline ----------------------------------

@@ -41,7 +41,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,11 @@ REFUSALS_STATE_KIND = "refusals"
 APPRAISALS_STATE_KIND = "appraisals"
 #: Risk at which the default policy already refuses a device's requests without fresh attestation.
 STEP_UP_RISK = 70
+#: A host's flow state not written for this long is deleted (the shared form of the in-process monitor
+#: forgetting its least recently seen hosts): one row per address ever seen would grow without bound.
+FLOW_STATE_TTL = timedelta(days=7)
+#: Batches a hub process handles between two prunes of stale host rows.
+PRUNE_EVERY = 256
 
 
 class FlowIngestService:
@@ -132,11 +137,14 @@ class FlowIngestService:
         limits: Flow report bounds.
         states: Where the monitor's state lives (None: in this process only).
         clock: Time of the state writes (None: the detection service's clock).
+        state_ttl: A host row not written for this long is deleted (every :data:`PRUNE_EVERY` batches); the host
+            then starts afresh, as one the in-process monitor had forgotten.
     """
 
     def __init__(self, detection: DetectionService, data_dir: Path, models: Callable[[], Mapping[str, str]], *,
                  config: MonitorConfig | None = None, limits: FlowReportLimits | None = None,
-                 states: DetectorStateStore | None = None, clock: Clock | None = None) -> None:
+                 states: DetectorStateStore | None = None, clock: Clock | None = None,
+                 state_ttl: timedelta = FLOW_STATE_TTL) -> None:
         self.detection = detection
         self.inventory_path = data_dir / ADDRESS_INVENTORY_FILE
         self._models = models
@@ -155,6 +163,10 @@ class FlowIngestService:
         self.refused: Counter[str] = Counter()
         #: Batches whose write lost to another process's and were applied again.
         self.conflicts = 0
+        self.state_ttl = state_ttl
+        self._batches = 0
+        #: Stale host rows this process deleted.
+        self.pruned = 0
 
     def inventory(self) -> dict[str, str]:
         """The address inventory (address -> device id) as last loaded."""
@@ -258,6 +270,9 @@ class FlowIngestService:
                 self._share_model(monitor)
             self.flows_accepted += len(batch)
             learning = monitor.learning
+            self._batches += 1
+            if self._batches % PRUNE_EVERY == 0:
+                self.pruned += self.states.prune(FLOW_STATE_KIND, self.clock.now() - self.state_ttl)
         actions = self.detection.raise_alerts(alerts) if alerts else []
         return {"accepted": len(batch), "alerts": len(alerts), "actions": len(actions), "learning": learning}
 

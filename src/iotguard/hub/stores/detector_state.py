@@ -122,6 +122,11 @@ class DetectorStateStore(Protocol):
         """
         ...
 
+    def prune(self, kind: str, before: datetime) -> int:
+        """Delete the ``kind`` rows last written before ``before``; returns how many. A process that loaded one
+        meanwhile loses its write (:class:`StateConflict`) and applies its input again to no state."""
+        ...
+
 
 def _distinct(kind: str, writes: Sequence[StateWrite]) -> list[StateWrite]:
     for w in writes:
@@ -137,6 +142,7 @@ class MemoryDetectorStateStore:
 
     def __init__(self) -> None:
         self._rows: dict[tuple[str, str], VersionedState] = {}
+        self._written: dict[tuple[str, str], datetime] = {}
         self._lock = threading.Lock()
 
     def load(self, kind: str, device_id: str) -> VersionedState | None:
@@ -160,7 +166,16 @@ class MemoryDetectorStateStore:
                     raise StateConflict(f"{kind} state of {w.device_id} changed since it was loaded")
             for w in ordered:
                 self._rows[(kind, w.device_id)] = VersionedState(bytes(w.body), (w.expected or 0) + 1)
+                self._written[(kind, w.device_id)] = utc(now)
             return {w.device_id: (w.expected or 0) + 1 for w in ordered}
+
+    def prune(self, kind: str, before: datetime) -> int:
+        cutoff = utc(before)
+        with self._lock:
+            old = [k for k, when in self._written.items() if k[0] == kind and when < cutoff]
+            for k in old:
+                del self._rows[k], self._written[k]
+            return len(old)
 
 
 class SqlDetectorStateStore:
@@ -209,3 +224,9 @@ class SqlDetectorStateStore:
         except SqlIntegrityError:
             raise StateConflict(f"{kind} state of a device was created meanwhile") from None
         return {w.device_id: (w.expected or 0) + 1 for w in ordered}
+
+    def prune(self, kind: str, before: datetime) -> int:
+        t = detector_state
+        with self.engine.begin() as conn:
+            done = conn.execute(t.delete().where(and_(t.c.kind == kind, t.c.updated_at < utc(before))))
+        return int(done.rowcount)
