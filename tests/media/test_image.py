@@ -204,6 +204,8 @@ def test_image_evaluation_reports_faces_identities_and_people(face: np.ndarray) 
     result = evaluate_images(frames, FaceRedactor(seed=4), truth=truth, people_truth=people)
     assert result.faces_before == 2 and result.face_recall_after == 0.0
     assert set(result.face_recall_by_detector) == {"frontalface_alt2", "frontalface_default"}
+    # The counts behind each rate, so a benchmark can give a confidence interval and not only a percentage.
+    assert all(c["found"] == 0 and c["total"] == 2 for c in result.faces_by_detector.values())
     assert result.reid_gallery == 2 and result.reid_top1_before == 1.0
     assert result.people_annotated == 2
     assert result.frames_per_second > 0

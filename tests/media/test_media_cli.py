@@ -68,5 +68,6 @@ def test_transform_and_evaluate_image(tmp_path: Path, capsys) -> None:  # type: 
     assert main(["media", "evaluate", "image", str(src), "--json"]) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["faces_before"] == 1 and figures["face_recall_after"] == 0.0
-    for key in ("face_recall_by_detector", "reid_top1_before", "reid_top1_after", "people_recall_kept"):
+    for key in ("face_recall_by_detector", "faces_by_detector", "reid_top1_before", "reid_top1_after",
+                "people_recall_kept"):
         assert key in figures

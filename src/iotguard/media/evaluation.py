@@ -130,6 +130,9 @@ class ImageEvaluation:
         faces_before: Faces the independent detectors find in the originals (the larger count).
         face_recall_after: Fraction of those faces still found after redaction (the worse detector).
         face_recall_by_detector: The same per independent detector (``frontalface_alt2``, ``frontalface_default``).
+        faces_by_detector: Per independent detector, the faces it finds in the
+            originals (``total``) and how many of them it still finds after
+            redaction (``found``), for confidence intervals.
         people_before: People the body detector finds in the originals (with
             annotations: annotated people it finds).
         people_recall_kept: Its recall on redacted frames over its recall on the
@@ -149,6 +152,7 @@ class ImageEvaluation:
     faces_before: int
     face_recall_after: float
     face_recall_by_detector: dict[str, float]
+    faces_by_detector: dict[str, dict[str, int]]
     people_before: int
     people_recall_kept: float | None
     people_annotated: int | None
@@ -179,9 +183,8 @@ _EVAL_CASCADES = ("frontalface_alt2", "frontalface_default")
 
 
 def _face_recall(frames: Sequence[Frame], redacted: Sequence[Frame],
-                 truth: Sequence[Sequence[Box]] | None) -> tuple[int, dict[str, float], list[Box | None]]:
-    counts: dict[str, float] = {}
-    before_max = 0
+                 truth: Sequence[Sequence[Box]] | None) -> tuple[dict[str, dict[str, int]], list[Box | None]]:
+    counts: dict[str, dict[str, int]] = {}
     faces: list[Box | None] = [None] * len(frames)
     for cascade in _EVAL_CASCADES:
         detector = independent_face_detector(cascade)
@@ -195,9 +198,8 @@ def _face_recall(frames: Sequence[Frame], redacted: Sequence[Frame],
             after = detector.detect(out)
             total += len(before)
             found += sum(any(_overlaps(a, b) for a in after) for b in before)
-        counts[cascade] = found / total if total else 0.0
-        before_max = max(before_max, total)
-    return before_max, counts, faces
+        counts[cascade] = {"found": found, "total": total}
+    return counts, faces
 
 
 def _reidentification(frames: Sequence[Frame], redacted: Sequence[Frame], faces: Sequence[Box | None],
@@ -275,12 +277,14 @@ def evaluate_images(frames: Sequence[Frame], redactor: FaceRedactor | None = Non
     start = time.process_time()
     redacted = [redactor.apply(f)[0] for f in frames]
     fps = len(frames) / max(time.process_time() - start, 1e-9)
-    faces, by_detector, face_boxes = _face_recall(frames, redacted, truth)
+    counts, face_boxes = _face_recall(frames, redacted, truth)
+    by_detector = {name: c["found"] / c["total"] if c["total"] else 0.0 for name, c in counts.items()}
     top1_before, top1_after, gallery_size = _reidentification(frames, redacted, face_boxes, gallery, identities)
     persons, kept, recall_original, recall_redacted = _people_recall(frames, redacted, people, people_truth)
     return ImageEvaluation(
-        method=redactor.name, images=len(frames), faces_before=faces,
+        method=redactor.name, images=len(frames), faces_before=max(c["total"] for c in counts.values()),
         face_recall_after=max(by_detector.values()), face_recall_by_detector=by_detector,
+        faces_by_detector=counts,
         people_before=persons, people_recall_kept=kept,
         people_annotated=None if people_truth is None else sum(len(t) for t in people_truth),
         people_recall_original=recall_original, people_recall_redacted=recall_redacted,

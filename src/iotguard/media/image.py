@@ -301,7 +301,7 @@ class FaceRedactor:
         seed: Only for tests: a fixed noise seed; ``None`` uses the OS CSPRNG.
     """
 
-    margin: float = 0.4
+    margin: float = 0.5
     noise: int = 48
     block: int = 0
     detector: FaceDetector | None = None
@@ -317,7 +317,7 @@ class FaceRedactor:
     def params(self) -> dict[str, Any]:
         """Method, version and parameters as recorded in privacy receipts."""
         assert self.detector is not None
-        return {"method": self.name, "version": 3, "detectors": list(self.detector.cascades),
+        return {"method": self.name, "version": 4, "detectors": list(self.detector.cascades),
                 "detect_width": self.detector.detect_width, "large_band": self.detector.large_band,
                 "margin": self.margin, "noise": self.noise, "block": self.block, "fill": "constant+noise"}
 
