@@ -20,12 +20,13 @@ Headline: semi-informed EER of iotguard's default transform (pseudo-speaker) vs 
 McAdams, higher is better); the issue's goals are reported with each figure.
 
     python bench/media.py --fsdd DIR [--quick] [--voice-only] [--out bench/results/media.json]
-    python bench/media.py --images-only [--quick] [--out bench/results/media_image.json]
+    python bench/media.py --images-only [--quick] [--out bench/results/media_image_full.json]
 
 --voice-only runs the voice part alone and writes bench/results/media_voice.json; a full
 (not --quick) voice-only run also replaces the voice keys (headline, voice, the three voice
 goals) of media.json, keeping the image part's. --images-only runs the image part alone
-(no FSDD needed) and writes bench/results/media_image.json.
+(no FSDD needed) and writes bench/results/media_image_full.json (300 face frames), or
+media_image.json with --quick (40).
 """
 
 from __future__ import annotations
@@ -307,14 +308,15 @@ def main_voice_only(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="600 recordings, 40 frames (about a minute or two)")
+    ap.add_argument("--quick", action="store_true", help="600 recordings, 40 face frames (about a minute or two)")
     ap.add_argument("--fsdd", help="folder of the Free Spoken Digit Dataset (holds recordings/)")
     ap.add_argument("--out", default=None, help="results file (default bench/results/media.json, or media_image.json)")
     ap.add_argument("--voice-only", action="store_true",
                     help="only the voice part: writes media_voice.json next to --out and, unless --quick, "
                          "replaces the voice keys of media.json (the image part's stay)")
     ap.add_argument("--images-only", action="store_true",
-                    help="only the image part; results in bench/results/media_image.json")
+                    help="only the image part; results in bench/results/media_image_full.json "
+                         "(--quick: media_image.json)")
     args = ap.parse_args()
     cv2.setNumThreads(1)
     if args.images_only:
