@@ -107,3 +107,14 @@ def test_a_versions_secure_round_is_bound_once_and_replaced_compare_and_swap(sto
     assert got is not None and store.commit_step(next_row(got, status="stopped"), [])
     assert not store.bind_secure_round(_bound("1" * 32, attempt=2, version=1), replaces="f" * 32)
     assert store.secure_round("run-1", 0) == _bound("c" * 32, attempt=2)
+    assert [b.round_id for b in store.secure_rounds("run-1")] == ["c" * 32, "f" * 32]  # each version's last
+
+
+def test_withdraw_deletes_only_that_devices_pending_rows(store: LearningRunStore) -> None:
+    store.create(_run())
+    store.add_update("run-1", _update("d1", 0, 1))
+    store.add_update("run-1", _update("d1", 1, 2))
+    store.add_update("run-1", _update("d2", 0, 3))
+    store.withdraw("run-1", "d1")
+    store.withdraw("run-1", "nobody")
+    assert [(u.device_id, u.base_version) for u in store.pending("run-1")] == [("d2", 0)]

@@ -137,12 +137,16 @@ def test_learn_start_is_secure_by_default_and_plaintext_needs_the_loud_unsafe_fl
     conf.write_text(f'[hub]\ndata_dir = "{tmp_path / "hub"}"\n')
     base = ["learn", "start", "--config", str(conf), "run-1", "--model", "digits", "--features", "8", "--classes",
             "10", "--device", "ghost-1"]
-    # FedBuff needs plaintext updates: without the flag the run is refused before anything starts.
-    assert main([*base, "--strategy", "fedbuff"]) == 1
+    # Robust aggregators and compression need plaintext updates: without the flag the run is refused before
+    # anything starts; FedBuff is secure too (ADR 1307): it fails only for want of devices (3 for its buffer).
+    assert main([*base, "--aggregator", "median"]) == 1
     err = capsys.readouterr().err
     assert "secure by default" in err and "--unsafe-plaintext" in err
     assert main([*base, "--compression", "topk+q8"]) == 1
     assert "--unsafe-plaintext" in capsys.readouterr().err
+    assert main([*base, "--strategy", "fedbuff", "--buffer-size", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "UNSAFE" not in err and "0 eligible devices, the run needs 3" in err
     # With it, the run would take plaintext updates, and says so loudly (here it then finds no eligible device).
     assert main([*base, "--strategy", "fedbuff", "--unsafe-plaintext"]) == 1
     err = capsys.readouterr().err

@@ -13,17 +13,16 @@ import cbor2
 import numpy as np
 import pytest
 
-from iotguard.agent import learning as agent_learning
 from iotguard.agent.learning import LearningParticipant
 from iotguard.errors import ConfigError, EnrollmentError
-from iotguard.hub.policy_store import save_posture
 from iotguard.hub.services.learning import RunSettings
 from iotguard.identity import VerifiedRequest
 from iotguard.learn import LocalTrainingClient, Model, verify_artifact
 from iotguard.learn.data import partition, split_train_test, synthetic_digits
-from iotguard.learn.distributed import discrete_gaussian, round_coordinates
+from iotguard.learn.distributed import round_coordinates
 from iotguard.learn.model import accuracy, flatten
 from tests.hub.conftest import HubParts, make_hub
+from tests.learn.secure_spy import instrument, verified_agents
 
 FEATURES = 24
 EPSILON, ROUNDS = 10.0, 3
@@ -36,32 +35,13 @@ def hub(tmp_path: Path) -> Iterator[HubParts]:
     parts.store.engine.dispose()
 
 
-def _blobs(value: Any) -> Iterator[bytes]:
-    """Every byte string in a request body, CBOR messages opened."""
-    if isinstance(value, bytes | bytearray):
-        yield bytes(value)
-        try:
-            inner = cbor2.loads(bytes(value))
-        except (cbor2.CBORDecodeError, ValueError, RecursionError):
-            inner = None
-        yield from _blobs(inner)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _blobs(v)
-    elif isinstance(value, list | tuple):
-        for v in value:
-            yield from _blobs(v)
-
-
 def test_a_secure_dp_run_sends_only_masked_updates_and_charges_each_subject_in_the_ledger(
         hub: HubParts, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     services = hub.services
     train, _test = split_train_test(synthetic_digits(speakers=3, per_class=20, features=FEATURES, seed=4), 0.25, 4)
     parts = partition(train, 2, seed=4)
     model = Model(FEATURES, 10)
-    agents = [hub.agent(f"dev-{i}") for i in range(6)]
-    save_posture(hub.store.engine, [services.posture.posture.update(a.device_id, trust_tier="verified")
-                                    for a in agents], now=services.clock.now())
+    agents = verified_agents(hub, 6)
     services.consent.link("alice", "dev-0")
     services.consent.link("alice", "dev-1")  # one subject, two devices
     assert services.analytics is not None
@@ -69,23 +49,8 @@ def test_a_secure_dp_run_sends_only_masked_updates_and_charges_each_subject_in_t
     ledger.charge_all(["dev-5"], 5.0, "central", "earlier query", services.clock.now())  # 7 left < 10
 
     # Instrument everything devices hand the hub, and everything that is a device's update in any form.
-    seen: list[tuple[str, dict[str, Any]]] = []
-    verify = services.plane.verify
-
-    def spy(action: str, wire: Any, client: str) -> VerifiedRequest:
-        req = verify(action, wire, client)
-        seen.append((action, dict(req.body)))
-        return req
-
-    monkeypatch.setattr(services.plane, "verify", spy)
-    clear: list[np.ndarray] = []
-
-    def recording_noise(values: list[int], std: float) -> list[int]:
-        noised = discrete_gaussian(values, std)
-        clear.extend([np.asarray(values, np.int64), np.asarray(noised, np.int64)])
-        return noised
-
-    monkeypatch.setattr(agent_learning, "discrete_gaussian", recording_noise)
+    spy = instrument(services, monkeypatch)
+    seen, clear, updates = spy.seen, spy.clear, spy.updates
 
     settings = RunSettings("digits", FEATURES, 10, rounds=ROUNDS, min_participants=3, clip_norm=0.5, secure=True,
                            epsilon=EPSILON, deadline_s=60, fit={"epochs": 2, "batch_size": 16, "lr": 0.05})
@@ -93,17 +58,7 @@ def test_a_secure_dp_run_sends_only_masked_updates_and_charges_each_subject_in_t
     assert "dev-5" not in run.devices  # its subject cannot cover the run's epsilon
     learners = [LearningParticipant(a, LocalTrainingClient(model, p.x, p.y, seed=i))
                 for i, (a, p) in enumerate(zip(agents, parts, strict=True))]
-    updates: list[np.ndarray] = []
-    for lp in learners:
-        assert lp._participant is not None
-        train_once = lp._participant.train
-
-        def capture(*args: Any, _train: Any = train_once) -> Any:
-            u = _train(*args)
-            updates.append(u.vector.copy())
-            return u
-
-        monkeypatch.setattr(lp._participant, "train", capture)
+    spy.capture(learners, monkeypatch)
 
     with pytest.raises(EnrollmentError, match="secure_only"):  # no plaintext update is taken
         agents[2].request("learn_update", "/v1/learn/update",
@@ -133,10 +88,7 @@ def test_a_secure_dp_run_sends_only_masked_updates_and_charges_each_subject_in_t
     # The hub never received an update in clear, nor its fixed-point or noised integer form.
     actions = {a for a, _ in seen}
     assert "aggregate" in actions and "learn_update" in actions  # the refused plaintext attempt above only
-    blobs = [b for _, body in seen for b in _blobs(body)]
-    needles = [u.astype(dt).tobytes()[:64] for u in updates for dt in ("<f8", "<f4")]
-    needles += [(c % (1 << 32)).astype(dt).tobytes()[:64] for c in clear for dt in ("<u4", ">u4")]
-    assert not any(n in b for n in needles for b in blobs)
+    assert not spy.leaked()
     masked = [np.frombuffer(cbor2.loads(bytes(body["message"]))["vector"], "<u4")
               for a, body in seen if a == "aggregate" and body["step"] == "masked"]
     assert len(masked) == 4 * ROUNDS
@@ -155,9 +107,7 @@ def test_a_secure_dp_run_sends_only_masked_updates_and_charges_each_subject_in_t
 
 def test_a_round_whose_subjects_budgets_are_spent_does_not_start(hub: HubParts) -> None:
     services = hub.services
-    agents = [hub.agent(f"dev-{i}") for i in range(3)]
-    save_posture(hub.store.engine, [services.posture.posture.update(a.device_id, trust_tier="verified")
-                                    for a in agents], now=services.clock.now())
+    agents = verified_agents(hub, 3)
     settings = RunSettings("digits", FEATURES, 10, rounds=2, min_participants=3, clip_norm=0.5, secure=True,
                            epsilon=EPSILON, fit={"epochs": 1, "batch_size": 16, "lr": 0.05})
     services.learning.start("run-b", settings, [a.device_id for a in agents], actor="op")
@@ -176,8 +126,6 @@ def test_settings_that_would_leak_updates_are_refused() -> None:
         RunSettings("m", 4, 2, secure=True, clip_norm=1.0, min_participants=3, aggregator="median")
     with pytest.raises(ConfigError):
         RunSettings("m", 4, 2, secure=True, min_participants=3)  # no clip norm
-    with pytest.raises(ConfigError):
-        RunSettings("m", 4, 2, secure=True, clip_norm=1.0, min_participants=3, strategy="fedbuff")
 
 
 def test_a_random_k_secure_run_sends_only_the_rounds_coordinates_and_still_learns(
@@ -186,9 +134,7 @@ def test_a_random_k_secure_run_sends_only_the_rounds_coordinates_and_still_learn
     train, test = split_train_test(synthetic_digits(speakers=4, per_class=20, features=FEATURES, seed=5), 0.25, 5)
     parts = partition(train, 1, seed=5)
     model = Model(FEATURES, 10)
-    agents = [hub.agent(f"dev-{i}") for i in range(4)]
-    save_posture(hub.store.engine, [services.posture.posture.update(a.device_id, trust_tier="verified")
-                                    for a in agents], now=services.clock.now())
+    agents = verified_agents(hub, 4)
     seen: list[dict[str, Any]] = []
     verify = services.plane.verify
 

@@ -169,3 +169,47 @@ def test_a_failed_round_is_replaced_once_and_its_retry_charges_no_subject_again(
     assert b.learning.tick("run-f").status == "completed"
     for d in DEVICES:
         assert sum(line.federated for line in a.ledger.statement(d)) == pytest.approx(one_round, abs=1e-6), d
+
+
+def test_ready_devices_reported_to_two_hub_processes_fill_one_buffer_bound_and_applied_once(
+        engine: Engine, tmp_path: Path) -> None:
+    """Secure FedBuff (ADR 1307): ready markers sent to either process fill one buffer in the shared store."""
+    clock = FixedClock(T0)
+    a, b = hubs = _hubs(engine, tmp_path, clock)
+    trainers = _trainers()
+    settings = RunSettings("digits", FEATURES, 10, strategy="fedbuff", buffer_size=3, rounds=2, min_participants=3,
+                           clip_norm=0.5, secure=True, epsilon=4.0, deadline_s=30,
+                           fit={"epochs": 1, "batch_size": 16, "lr": 0.05})
+    a.learning.start("run-q", settings, DEVICES, actor="op")
+    held = {}
+    for i, d in enumerate(DEVICES[:4]):
+        task = hubs[i % 2].learning.task("run-q", d)
+        assert (task.buffered, task.secure_round, task.version) == (True, "", 0)
+        held[d] = trainers[d].train(task.parameters, 0, task.round_config).vector
+    assert a.learning.task("run-q", "dev-0", ready=1).buffering  # to process a
+    assert b.learning.task("run-q", "dev-1", ready=1).buffering  # to process b: two of three
+    assert a.learning._store.secure_round("run-q", 0) is None
+    third = a.learning.task("run-q", "dev-2", ready=1)  # the buffer is full: a binds the round
+    assert third.secure_round and not third.buffering
+    fourth = b.learning.task("run-q", "dev-3", ready=1)  # one buffer too many: it waits for the next
+    assert fourth.buffering and not fourth.secure_round
+    tasks = {d: hubs[(i + 1) % 2].learning.task("run-q", d, ready=1) for i, d in enumerate(DEVICES[:3])}
+    assert {t.secure_round for t in tasks.values()} == {third.secure_round}  # one round, in both processes
+    assert {t.staleness_weight for t in tasks.values()} == {1.0}
+    clients = {}
+    for i, (d, t) in enumerate(tasks.items()):
+        assert t.plan is not None
+        clients[d] = RoundClient(_sender(hubs[i % 2:] + hubs[:i % 2], d), t.secure_round,
+                                 t.plan.encode(t.staleness_weight * held[d], discrete_gaussian))
+    for _ in range(6):
+        phases = {c.step() for c in clients.values()}
+    assert phases == {"done"}
+    assert a.learning.tick("run-q").version == b.learning.tick("run-q").version == 1
+    assert a.events.count("learning.secure_round") + b.events.count("learning.secure_round") == 1
+    assert a.events.count("learning.round") + b.events.count("learning.round") == 1  # applied once
+    # the members' ready markers were consumed with the step; dev-3's stays for the next buffer
+    assert [(p.device_id, p.base_version) for p in b.learning._store.pending("run-q")] == [("dev-3", 0)]
+    one_round = settings.calibrated().dp().epsilon_after(1)
+    for d in DEVICES:
+        expected = one_round if d in tasks else 0.0
+        assert sum(line.federated for line in b.ledger.statement(d)) == pytest.approx(expected, abs=1e-6), d

@@ -7,7 +7,10 @@ parameter count, finite values, known compression) before anything trains
 on it. In a secure run the update never leaves the device even encoded: it
 is clipped, rounded and noised in integers (:mod:`iotguard.learn.distributed`)
 and enters the hub's secure-aggregation round (signed ``aggregate``
-requests, :class:`~iotguard.agent.secagg.RoundClient`) only masked.
+requests, :class:`~iotguard.agent.secagg.RoundClient`) only masked. In a
+secure FedBuff run (ADR 1307) the device trains when it likes, holds its
+update, reports ``ready`` and enters the round the hub binds for a buffer of
+ready devices with its update scaled by the staleness weight the hub gives.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from iotguard.learn.artifact import ModelArtifact, verify_endorsed_artifact
 from iotguard.learn.client import NumPyClient, Participant, RoundConfig
 from iotguard.learn.compress import SCHEMES, Compression
 from iotguard.learn.distributed import SecureRoundPlan, discrete_gaussian
+from iotguard.learn.dp import clip
 from iotguard.learn.model import Model, NDArrays, unflatten
 
 __all__ = ["LearningParticipant"]
@@ -113,6 +117,9 @@ class LearningParticipant:
         #: Per run: the coordinates a random-k secure round did not send (error feedback), and the residual of
         #: the round in flight (kept only if that round's sum comes out).
         self._residual: dict[str, np.ndarray] = {}
+        #: Secure FedBuff, per run: the update this device trained and holds (its base version and vector) until a
+        #: round that took it in is done.
+        self._held: dict[str, tuple[int, np.ndarray]] = {}
         self._next_residual: dict[str, np.ndarray] = {}
         #: The name the run publishes its model under (from the hub's task), per run.
         self.model_names: dict[str, str] = {}
@@ -162,7 +169,14 @@ class LearningParticipant:
         active = self._rounds.get(run_id)
         if active is not None:
             return self._aggregate(run_id, active)
-        answer = self._agent.request("learn_task", "/v1/learn/task", {"run_id": run_id, **self._ask})
+        held = self._held.get(run_id)
+        try:
+            answer = self._agent.request("learn_task", "/v1/learn/task", {
+                "run_id": run_id, **self._ask, **({} if held is None else {"ready": held[0] + 1})})
+        except EnrollmentError as exc:
+            if "update_stale" in str(exc):  # the held update is too old for the run: train on the current model
+                self._held.pop(run_id, None)
+            raise
         version, model, params, config = _task(answer)
         if config.compression.scheme not in self._ask.get("accepts", SCHEMES):
             raise MalformedError(f"hub asked for {config.compression.scheme}, which this device did not offer",
@@ -176,6 +190,8 @@ class LearningParticipant:
         if self._participant is None:  # unreachable: the constructor or the line above made one
             raise ConfigError("no client to train with")
         secure = _secure(answer.get("secure"), model.size())
+        if answer.get("buffered") is True:
+            return self._buffered(run_id, version, params, config, secure, answer["secure"])
         round_id = secure[0] if secure is not None else ""
         sent_version, sent_round = self._sent.get(run_id, (-1, ""))
         if sent_version > version or (sent_version, sent_round) == (version, round_id):
@@ -195,6 +211,35 @@ class LearningParticipant:
         self._sent[run_id] = (version, "")
         return result
 
+    def _buffered(self, run_id: str, version: int, params: NDArrays, config: RoundConfig,
+                  secure: tuple[str, SecureRoundPlan] | None, raw: Any) -> dict[str, Any]:
+        """Secure FedBuff: train and hold an update (``trained``), wait for a buffer (``buffering``), or enter the
+        round the hub bound for this device's buffer with the update scaled by its staleness weight."""
+        held = self._held.get(run_id)
+        if secure is None:
+            if held is not None:
+                return {"run_id": run_id, "version": version, "status": "buffering"}
+            if self._participant is None:  # unreachable: train_round made one
+                raise ConfigError("no client to train with")
+            update = self._participant.train(params, version, config)
+            self._held[run_id] = (version, update.vector)
+            return {"run_id": run_id, "version": version, "status": "trained"}  # reported ready on the next call
+        if held is None:  # bound while this device held nothing (it restarted): the round goes on without it
+            return {"run_id": run_id, "version": version, "status": "waiting"}
+        try:
+            weight, base = float(raw["weight"]), int(raw["base_version"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MalformedError("hub's buffered round is malformed", code="malformed") from exc
+        if not 0 < weight <= 1 or base != held[0]:
+            raise MalformedError("hub's staleness weight or base version is not this device's", code="malformed")
+        round_id, plan = secure
+        sent, self._next_residual[run_id] = plan.sparsify(held[1] + self._residual.get(run_id, 0.0), round_id)
+        # Clipped first, then scaled by w <= 1: the vector's norm stays within C, the round's sensitivity.
+        value = plan.encode(weight * clip(sent, plan.clip_norm), discrete_gaussian)
+        client = RoundClient(lambda body: self._agent.request("aggregate", AGGREGATE_PATH, body), round_id, value)
+        self._rounds[run_id] = client
+        return self._aggregate(run_id, client) | {"version": version, "base_version": base, "weight": weight}
+
     def _aggregate(self, run_id: str, client: RoundClient) -> dict[str, Any]:
         try:
             phase = client.step()
@@ -202,6 +247,7 @@ class LearningParticipant:
             self._rounds.pop(run_id, None)
             left = next((code for code in _LEFT_BEHIND if f" {code}" in str(exc)), "")
             if left:  # the round went on without this device: wait for the next round (or version)
+                self._held.pop(run_id, None)
                 return {"run_id": run_id, "status": "waiting", "reason": left}
             self._sent.pop(run_id, None)  # round_unknown (still starting), refused or transient: train again
             raise
@@ -209,7 +255,9 @@ class LearningParticipant:
             self._rounds.pop(run_id, None)
             residual = self._next_residual.pop(run_id, None)
             if phase == "failed":
-                self._sent.pop(run_id, None)
-            elif residual is not None:
-                self._residual[run_id] = residual
+                self._sent.pop(run_id, None)  # a held FedBuff update stays ready for the round replacing it
+            else:
+                self._held.pop(run_id, None)
+                if residual is not None:
+                    self._residual[run_id] = residual
         return {"run_id": run_id, "status": "aggregating", "phase": phase}

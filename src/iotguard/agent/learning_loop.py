@@ -168,7 +168,7 @@ class LearningLoop:
         if status == "completed":
             self.state = "fetching"
             self._say(f"run {self.run_id} completed")
-        elif status in ("waiting", "running"):
+        elif status in ("waiting", "running", "buffering", "trained"):
             self._next = time.monotonic() + self.poll_s / 4
         elif status == "aggregating":
             self._next = time.monotonic() + 0.05

@@ -24,9 +24,9 @@ def _start(args: argparse.Namespace) -> int:
                    "every device's update; secure aggregation is off")
         logging.getLogger("iotguard.learn").warning(message)
         print(message, file=sys.stderr, flush=True)
-    elif args.strategy != "fedavg" or args.aggregator != "mean" or set(re.split("[,|]", args.compression)) != {"none"}:
-        raise ConfigError("a run is secure by default (secure aggregation: FedAvg, the mean, no compression); "
-                          "FedBuff, robust aggregators and compression need --unsafe-plaintext")
+    elif args.aggregator != "mean" or set(re.split("[,|]", args.compression)) != {"none"}:
+        raise ConfigError("a run is secure by default (secure aggregation: FedAvg or FedBuff, the mean, no "
+                          "compression); robust aggregators and compression need --unsafe-plaintext")
     clip_norm = args.clip_norm if args.clip_norm is not None or not secure else 1.0
     settings = RunSettings(
         model_name=args.model, features=args.features, classes=args.classes, hidden=args.hidden,
@@ -83,11 +83,14 @@ def register(sub: Any) -> None:
     start.add_argument("--features", type=int, required=True)
     start.add_argument("--classes", type=int, required=True)
     start.add_argument("--hidden", type=int, default=0)
-    start.add_argument("--strategy", choices=("fedavg", "fedbuff"), default="fedavg")
+    start.add_argument("--strategy", choices=("fedavg", "fedbuff"), default="fedavg",
+                       help="fedavg: synchronous rounds; fedbuff: a round per buffer of ready devices, stale updates "
+                            "weighted down (secure by default too: each buffer is a secure-aggregation round)")
     start.add_argument("--rounds", type=int, default=10, help="model versions to reach, then publish")
     start.add_argument("--min-participants", type=int, default=3, help="at least 3 in a secure run (default 3)")
     start.add_argument("--deadline-s", type=float, default=300.0, help="FedAvg round deadline")
-    start.add_argument("--buffer-size", type=int, default=10, help="FedBuff updates per step")
+    start.add_argument("--buffer-size", type=int, default=10,
+                       help="FedBuff updates per step (a secure run: at least 3 and --min-participants)")
     start.add_argument("--aggregator", choices=("mean", "median", "trimmed_mean"), default="mean")
     start.add_argument("--max-update-norm", type=float, default=10.0)
     start.add_argument("--clip-norm", type=float, default=None,
@@ -102,11 +105,11 @@ def register(sub: Any) -> None:
                        help="secure runs: each round sends this fraction of the coordinates through secure "
                             "aggregation (random-k chosen by the round, error feedback on the devices; default 1)")
     start.add_argument("--secure", action="store_true",
-                       help="updates only through secure aggregation (FedAvg, mean, clipped): the default; kept so "
-                            "older scripts still run")
+                       help="updates only through secure aggregation (FedAvg or FedBuff, mean, clipped): the "
+                            "default; kept so older scripts still run")
     start.add_argument("--unsafe-plaintext", action="store_true",
-                       help="UNSAFE: take plaintext updates (the hub sees each device's update); needed for FedBuff, "
-                            "robust aggregators and compression; logged loudly")
+                       help="UNSAFE: take plaintext updates (the hub sees each device's update); needed for robust "
+                            "aggregators and top-k / 8-bit compression; logged loudly")
     start.add_argument("--epsilon", type=float, default=0.0,
                        help="DP-FedAvg: the whole run's epsilon, noise added on the devices, charged per subject "
                             "in the privacy ledger (not with --unsafe-plaintext; 0: no DP)")

@@ -140,8 +140,10 @@ DEVICE_REQUEST_ACTIONS: Final[Mapping[str, RequestSpec]] = {
     # 0: no limit) the most bytes it will send for one update; the hub picks the round's compression from them.
     "learn_task": RequestSpec({"run_id": FieldSpec("text", max_length=64),
                                "accepts": FieldSpec("text_list", max_length=4),
-                               "max_update_bytes": FieldSpec("uint", max_value=2**31 - 1)},
-                              optional=frozenset({"accepts", "max_update_bytes"})),
+                               "max_update_bytes": FieldSpec("uint", max_value=2**31 - 1),
+                               # Secure FedBuff (ADR 1307): the device holds an update on base version ready - 1.
+                               "ready": FieldSpec("uint", max_value=2**31 - 1)},
+                              optional=frozenset({"accepts", "max_update_bytes", "ready"})),
     "learn_model": RequestSpec({"name": FieldSpec("text", max_length=64), "version": FieldSpec("uint")}),
     "learn_update": RequestSpec({
         "run_id": FieldSpec("text", max_length=64),

@@ -22,10 +22,12 @@ def learning_router(learning: LearningService, models: ModelService, plane: Devi
 
     @router.post("/v1/learn/task", openapi_extra=signed_request_openapi("learn_task"))
     def task(req: VerifiedRequest = Depends(device_request(plane, "learn_task"))) -> dict[str, Any]:  # noqa: B008
-        """The run's current model (float64, base64) and the round's settings (compression negotiated)."""
+        """The run's current model (float64, base64) and the round's settings (compression negotiated); in a secure
+        FedBuff run (``buffered``) whether the device's ready update waits for a buffer (``buffering``) or, for a
+        member of the bound round, its base version and staleness weight."""
         accepts = req.body.get("accepts")
         t = learning.task(str(req.body["run_id"]), req.device_id, None if accepts is None else set(accepts),
-                          int(req.body.get("max_update_bytes", 0)))
+                          int(req.body.get("max_update_bytes", 0)), int(req.body.get("ready", 0)))
         rc = t.round_config
         model = learning.model_of(t.run_id)
         return {"run_id": t.run_id, "version": t.version, "model_name": learning.model_name_of(t.run_id),
@@ -33,7 +35,9 @@ def learning_router(learning: LearningService, models: ModelService, plane: Devi
                 "parameters": base64.b64encode(flatten(t.parameters).astype("<f8").tobytes()).decode(),
                 "fit": dict(rc.fit), "clip_norm": rc.clip_norm, "compression": rc.compression.scheme,
                 "topk_fraction": rc.compression.topk_fraction,
-                "secure": None if t.plan is None else {"round": t.secure_round, **t.plan.to_dict()}}
+                "secure": None if t.plan is None else {"round": t.secure_round, **t.plan.to_dict()}
+                | ({"base_version": t.base_version, "weight": t.staleness_weight} if t.buffered else {}),
+                "buffered": t.buffered, "buffering": t.buffering}
 
     @router.post("/v1/learn/update", openapi_extra=signed_request_openapi("learn_update"))
     def update(req: VerifiedRequest = Depends(device_request(plane, "learn_update"))) -> dict[str, Any]:  # noqa: B008

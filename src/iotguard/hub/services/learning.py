@@ -19,7 +19,7 @@ quarantined) are enrolled, get tasks or have updates accepted
 (``update_malformed``, ``update_dims``, ``update_norm_exceeded``); a second
 update from one device for one version is refused (``update_duplicate``).
 
-A ``secure`` run (FedAvg, mean) takes no plaintext updates: each round is a
+A ``secure`` run (FedAvg or FedBuff, mean) takes no plaintext updates: each round is a
 secure-aggregation round among the selected devices
 (:class:`~iotguard.hub.services.aggregation.SecureAggregationService`, over
 signed ``aggregate`` requests), each device clips, rounds and, with DP
@@ -35,7 +35,11 @@ not enrolled. Which aggregation round carries a version is bound in the
 shared run store (:class:`~iotguard.hub.stores.learning.SecureRoundBinding`,
 compare-and-swap, checked against the run's version), so every hub process
 hands out the same round, a failed round is replaced once, and its sum is
-applied once (the run's own compare-and-swap).
+applied once (the run's own compare-and-swap). A secure FedBuff run binds a
+round only when ``buffer_size`` devices are ready (ADR 1307,
+:mod:`iotguard.hub.services.learning_buffer`): stale updates are scaled down
+on the devices by the weight the hub hands them, and a subject is charged
+for the rounds it took part in.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -56,6 +60,7 @@ from iotguard.audit import AuditEvent, AuditSink
 from iotguard.clock import Clock
 from iotguard.errors import BudgetExhausted, ConfigError, IntegrityError, MalformedError, PolicyDenied
 from iotguard.hub.services.aggregation import SecureAggregationService
+from iotguard.hub.services.learning_buffer import READY, buffer_members, participations, ready_markers, staleness_weight
 from iotguard.hub.services.learning_settings import RunSettings
 from iotguard.hub.services.models import ModelService
 from iotguard.hub.stores.learning import LearningRunStore, PendingUpdate, RunRecord, SecureRoundBinding, next_row
@@ -90,6 +95,11 @@ def _plan(bound: SecureRoundBinding, settings: RunSettings) -> SecureRoundPlan:
                       bound.threshold, settings.secure_fraction)
 
 
+def _buffered(settings: RunSettings) -> bool:
+    """A secure FedBuff run: devices report ready, rounds are bound per buffer of ready devices (ADR 1307)."""
+    return settings.secure and settings.strategy == "fedbuff"
+
+
 def affirming_posture(postures: PostureStore) -> Callable[[str], bool]:
     """Participation gate: the device's posture is known, ``verified`` and not quarantined."""
     def gate(device_id: str) -> bool:
@@ -108,6 +118,12 @@ class Task:
     round_config: RoundConfig
     secure_round: str = ""
     plan: SecureRoundPlan | None = None
+    #: Secure FedBuff: the device trains on ``version``, then reports ready; ``buffering``: its ready marker waits
+    #: for a buffer; a member of the bound round is told the base its marker names and the staleness weight.
+    buffered: bool = False
+    buffering: bool = False
+    base_version: int = -1
+    staleness_weight: float = 1.0
 
 
 class LearningService:
@@ -155,8 +171,9 @@ class LearningService:
                 raise ConfigError("this hub has no privacy ledger")
             total, ledger = settings.dp().epsilon_after(settings.rounds), self._ledger
             enrolled = tuple(d for d in enrolled if ledger.remaining(self.subject(d), now) >= total)
-        if len(enrolled) < settings.min_participants:
-            raise ConfigError(f"{len(enrolled)} eligible devices, the run needs {settings.min_participants}")
+        need = max(settings.min_participants, settings.buffer_size if _buffered(settings) else 0)
+        if len(enrolled) < need:
+            raise ConfigError(f"{len(enrolled)} eligible devices, the run needs {need}")
         model = settings.model()
         run = RunRecord(run_id, asdict(settings) | {"fit": dict(settings.fit)}, enrolled, "running", 0,
                         flatten(model.initial(0)).astype("<f8").tobytes(), now, actor)
@@ -175,26 +192,68 @@ class LearningService:
             raise PolicyDenied(f"device {device_id} does not take part in {run.run_id}", code="not_eligible")
 
     def task(self, run_id: str, device_id: str, accepts: Collection[str] | None = None,
-             max_update_bytes: int = 0) -> Task:
+             max_update_bytes: int = 0, ready: int = 0) -> Task:
         """The current model and round settings for ``device_id``, with the compression negotiated from what it
         ``accepts`` (``None``: every scheme) and its ``max_update_bytes`` (0: no limit; plaintext runs only).
+        In a secure FedBuff run ``ready`` (base version + 1; 0: none) says the device holds an update trained on
+        that base (ADR 1307).
 
         Raises:
             PolicyDenied: ``run_not_running``, ``not_eligible`` or ``compression_unsupported``.
+            MalformedError: ``update_stale`` (the ready update's base is too old: train again),
+                ``update_malformed`` (``ready`` outside a secure FedBuff run, or past the run's version).
         """
         run, settings = self._run(run_id)
         self._check_device(run, device_id)
+        if ready and not _buffered(settings):
+            raise MalformedError("ready is for secure FedBuff runs only", code="update_malformed")
         if not settings.secure:
             chosen = negotiate(settings.offer(run.version), settings.model().size(), accepts, max_update_bytes)
             return Task(run_id, run.version, _parameters(run, settings.model()),
                         settings.round_config(run.version, chosen))
         run = self.tick(run_id)  # apply a finished secure round first
         self._check_device(run, device_id)
+        if _buffered(settings):
+            return self._buffered_task(run, settings, device_id, ready)
         bound = self._secure_round(run, settings)
         if device_id not in bound.members:
             raise PolicyDenied(f"device {device_id} is not selected for this round", code="not_selected")
         return Task(run_id, run.version, _parameters(run, settings.model()), settings.round_config(run.version),
                     bound.round_id, _plan(bound, settings))
+
+    def _buffered_task(self, run: RunRecord, settings: RunSettings, device_id: str, ready: int) -> Task:
+        """A secure FedBuff device's task: the model to train; once it is ready, its marker is kept (shared
+        store) and it waits (``buffering``) until a round of ``buffer_size`` ready devices takes it in."""
+        task = Task(run.run_id, run.version, _parameters(run, settings.model()), settings.round_config(run.version),
+                    buffered=True)
+        bound = self._store.secure_round(run.run_id, run.version)
+        if bound is None or device_id not in bound.members or self._failure(bound, settings) is not None:
+            base = ready - 1
+            if ready and not 0 <= run.version - base <= settings.fedbuff().max_staleness:
+                self._store.withdraw(run.run_id, device_id)
+                raise MalformedError(f"update on version {base}, run is at {run.version}",
+                                     code="update_stale" if base <= run.version else "update_malformed")
+            mine = [p.base_version for p in self._store.pending(run.run_id) if p.device_id == device_id]
+            if mine != ([base] if ready else []):  # a new base, or the device holds no update any more
+                self._store.withdraw(run.run_id, device_id)
+                if ready:
+                    self._store.add_update(run.run_id, PendingUpdate(device_id, base, 1, READY, self._clock.now()))
+            if not ready:
+                return task
+            try:
+                bound = self._secure_round(run, settings)
+            except PolicyDenied as exc:
+                if exc.code not in ("too_few_participants", "budget_exhausted"):
+                    raise
+                return replace(task, buffering=True)  # fewer than buffer_size ready: wait, nobody is blocked
+            if device_id not in bound.members:
+                return replace(task, buffering=True)
+        marker = next((p for p in self._store.pending(run.run_id) if p.device_id == device_id), None)
+        if marker is None:
+            return task
+        weight = staleness_weight(bound.version, marker.base_version, settings.fedbuff().staleness_exponent)
+        return replace(task, secure_round=bound.round_id, plan=_plan(bound, settings),
+                       base_version=marker.base_version, staleness_weight=weight)
 
     def _one_per_subject(self, devices: Sequence[str], version: int) -> list[str]:
         """One device per data subject (taking turns by version), so one subject moves the sum by at most ``C``."""
@@ -247,24 +306,21 @@ class LearningService:
         if aggregation is None or clip_norm is None or (settings.epsilon > 0 and ledger is None):
             raise ConfigError("a secure run needs the aggregation service, a clip norm and (with DP) the ledger")
         now = self._clock.now()
-        members = self._one_per_subject([d for d in run.devices if self._eligible(d)], run.version)
-        increment = 0.0
-        if settings.epsilon > 0 and ledger is not None:
-            dp = settings.dp()
-            increment = dp.epsilon_after(run.version + 1) - dp.epsilon_after(run.version)
-            paid = ledger.charged_once(key)  # already charged for this version: selectable whatever is left
-            members = [d for d in members
-                       if self.subject(d) in paid or ledger.remaining(self.subject(d), now) >= increment]
-        if len(members) < settings.min_participants:
-            raise PolicyDenied(f"{len(members)} devices can take part, the round needs "
-                               f"{settings.min_participants}", code="too_few_participants")
+        members, increments = self._members(run, settings, key)
+        need = settings.buffer_size if _buffered(settings) else settings.min_participants
+        if len(members) < need:
+            raise PolicyDenied(f"{len(members)} devices can take part, the round needs {need}",
+                               code="too_few_participants")
         threshold = min(len(members), max(settings.min_participants, len(members) // 2 + 1))
-        if increment > 0 and ledger is not None:
-            try:
-                ledger.charge_all([self.subject(d) for d in members], increment, "federated",
+        for increment in sorted({i for i in increments.values() if i > 0}):
+            if ledger is None:  # unreachable: increments are positive only with DP, checked above to have a ledger
+                raise ConfigError("a DP run needs the ledger")
+            try:  # one charge per distinct increment (FedAvg: one for all; FedBuff: by participation count)
+                ledger.charge_all([s for s, i in increments.items() if i == increment], increment, "federated",
                                   f"learn:{run.run_id}", now, once=key)
             except BudgetExhausted as exc:
                 raise PolicyDenied(str(exc), code="budget_exhausted") from exc
+        increment = max(increments.values(), default=0.0)
         bound = SecureRoundBinding(run.run_id, run.version, new_round_id().hex(), tuple(sorted(members)), threshold,
                                    attempt, key, now)
         if not self._store.bind_secure_round(bound, replaces):
@@ -276,6 +332,39 @@ class LearningService:
                                        "replaces": replaces, "devices": len(members), "threshold": threshold,
                                        "epsilon_charged": increment, "charge_key": key}))
         return bound
+
+    def _members(self, run: RunRecord, settings: RunSettings, key: str) -> tuple[list[str], dict[str, float]]:
+        """A new round's members and what each member's subject is charged (DP; 0 without).
+
+        FedAvg: every eligible enrolled device, one a subject, charged the run's increment for this version.
+        Secure FedBuff: the first ``buffer_size`` ready devices (oldest marker first), one a subject, each subject
+        charged the increment of *its own* participation count: a subject in ``n`` of the run's rounds pays
+        ``epsilon_after(n)`` in all, never more than the run's total (ADR 1307).
+        """
+        now, ledger = self._clock.now(), self._ledger
+        dp = settings.dp() if settings.epsilon > 0 and ledger is not None else None
+        paid = ledger.charged_once(key) if dp is not None and ledger is not None else set()
+        counts: dict[str, int] = {}
+        if dp is not None and _buffered(settings):
+            counts = participations(self._store.secure_rounds(run.run_id), run.version, self.subject)
+
+        def increment(device_id: str) -> float:
+            n = counts.get(self.subject(device_id), 0) if _buffered(settings) else run.version
+            return 0.0 if dp is None else dp.epsilon_after(n + 1) - dp.epsilon_after(n)
+
+        def affordable(device_id: str) -> bool:  # already charged under this key: selectable whatever is left
+            s = self.subject(device_id)
+            return ledger is None or dp is None or s in paid or ledger.remaining(s, now) >= increment(device_id)
+
+        if _buffered(settings):
+            markers = buffer_members(ready_markers(self._store.pending(run.run_id)), run.version,
+                                     settings.fedbuff().max_staleness, settings.buffer_size, self.subject,
+                                     lambda d: d in run.devices and self._eligible(d) and affordable(d))
+            members = [m.device_id for m in markers]
+        else:
+            members = [d for d in self._one_per_subject([d for d in run.devices if self._eligible(d)], run.version)
+                       if affordable(d)]
+        return members, {self.subject(d): increment(d) for d in members}
 
     def submit(self, run_id: str, device_id: str, base_version: int, payload: bytes, num_examples: int) -> RunRecord:
         """Take one encoded update and advance the run if a round or buffer is complete.
@@ -392,11 +481,13 @@ class LearningService:
         params = flatten(_parameters(run, settings.model())) + settings.server_lr * mean
         survivors = int(out["survivors"])
         version = run.version + 1
+        consumed = [(p.device_id, p.base_version) for p in self._store.pending(run.run_id)
+                    if p.device_id in bound.members] if _buffered(settings) else []  # the members' ready markers
         return next_row(run, version=version, parameters=params.astype("<f8").tobytes(),
                         round_started_at=self._clock.now(),
                         status="completed" if version >= settings.rounds else "running",
                         accepted=run.accepted + survivors,
-                        rejected=run.rejected + len(bound.members) - survivors), [], \
+                        rejected=run.rejected + len(bound.members) - survivors), consumed, \
             {"updates": survivors, "bytes_per_device": 4 * plan.dims, "round": bound.round_id,
              "compression": "none" if plan.dims == plan.model_dims else f"randk {plan.dims}/{plan.model_dims}",
              "note": "masked vector only (u32 a coordinate); secure aggregation's key and share messages are extra"}

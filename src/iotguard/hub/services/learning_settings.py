@@ -50,11 +50,14 @@ class RunSettings:
         if not 0 < self.deadline_s <= 86_400 or not self.max_update_norm > 0:
             raise ConfigError("deadline must be in (0, 86400] s and max_update_norm positive")
         schedule = parse_schedule(self.compression, self.topk_fraction)
-        if self.secure and (self.strategy != "fedavg" or self.aggregator != "mean" or self.clip_norm is None
+        if self.secure and (self.aggregator != "mean" or self.clip_norm is None
                             or {c.scheme for offer in schedule for c in offer} != {"none"}
                             or self.min_participants < 3):
-            raise ConfigError("a secure run is FedAvg with the mean, a clip norm, no compression and at least "
-                              "3 participants (robust rules and FedBuff need plaintext updates)")
+            raise ConfigError("a secure run (FedAvg or FedBuff) takes the mean, a clip norm, no compression and at "
+                              "least 3 participants (robust rules and compression need plaintext updates)")
+        if self.secure and self.strategy == "fedbuff" and self.buffer_size < max(3, self.min_participants):
+            raise ConfigError("a secure FedBuff run's buffer_size (the devices of each secure round) must be at "
+                              "least 3 and at least min_participants")
         if not 0 < self.secure_fraction <= 1 or (self.secure_fraction < 1 and not self.secure):
             raise ConfigError("secure_fraction must be in (0, 1], below 1 only in a secure run (plaintext runs "
                               "compress with top-k and 8-bit instead)")

@@ -10,7 +10,9 @@ secure-aggregation round (:class:`SecureRoundBinding`, migration
 ``1302_learning_secure_rounds``) by :meth:`LearningRunStore.bind_secure_round`,
 a compare-and-swap that also checks the run is still at that version: every
 hub process hands out the same round for a version, and a failed round is
-replaced once. Memory and SQL implementations pass
+replaced once. A secure FedBuff run keeps its devices' *ready markers* (a
+:class:`PendingUpdate` with an empty payload: the device holds an update on
+that base version) in the pending updates (ADR 1307). Memory and SQL implementations pass
 ``tests/learn/test_learning_store.py``.
 """
 
@@ -189,6 +191,14 @@ class LearningRunStore(Protocol):
         ``replaces`` (``""``: none yet), in one transaction; False (nothing changed) otherwise."""
         ...
 
+    def secure_rounds(self, run_id: str) -> list[SecureRoundBinding]:
+        """Every version's bound round (the last bound for each version), by version."""
+        ...
+
+    def withdraw(self, run_id: str, device_id: str) -> None:
+        """Delete every pending update (or secure FedBuff ready marker) of ``device_id`` in the run."""
+        ...
+
 
 class MemoryLearningRunStore:
     """:class:`LearningRunStore` in memory (unit tests, single process)."""
@@ -252,6 +262,16 @@ class MemoryLearningRunStore:
                 return False
             self._bound[key] = binding
             return True
+
+    def secure_rounds(self, run_id: str) -> list[SecureRoundBinding]:
+        with self._lock:
+            return [b for (r, _), b in sorted(self._bound.items()) if r == run_id]
+
+    def withdraw(self, run_id: str, device_id: str) -> None:
+        with self._lock:
+            bucket = self._updates.get(run_id, {})
+            for key in [k for k in bucket if k[0] == device_id]:
+                del bucket[key]
 
 
 def _run(row: Any) -> RunRecord:
@@ -346,6 +366,16 @@ class SqlLearningRunStore(SqlStoreBase):
                                                           t.c.round_id == replaces).values(**values)).rowcount)
         except SqlIntegrityError:
             return False  # another process bound the version's first round
+
+    def secure_rounds(self, run_id: str) -> list[SecureRoundBinding]:
+        t = learning_secure_rounds
+        with self.engine.connect() as conn:
+            return [_binding(r) for r in conn.execute(select(t).where(t.c.run_id == run_id).order_by(t.c.version))]
+
+    def withdraw(self, run_id: str, device_id: str) -> None:
+        t = learning_updates
+        with self.engine.begin() as conn:
+            conn.execute(t.delete().where(t.c.run_id == run_id, t.c.device_id == device_id))
 
 
 def _binding(row: Any) -> SecureRoundBinding:
