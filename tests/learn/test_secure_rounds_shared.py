@@ -171,21 +171,33 @@ def test_a_failed_round_is_replaced_once_and_its_retry_charges_no_subject_again(
         assert sum(line.federated for line in a.ledger.statement(d)) == pytest.approx(one_round, abs=1e-6), d
 
 
+def _buffered_run(hubs: list[Hub], rounds: int) -> tuple[RunSettings, dict[str, Any]]:
+    """A secure FedBuff run (K = 3) started on the first process; dev-0 .. dev-3 pulled version 0 (from either
+    process) and trained: their held updates."""
+    settings = RunSettings("digits", FEATURES, 10, strategy="fedbuff", buffer_size=3, rounds=rounds,
+                           min_participants=3, clip_norm=0.5, secure=True, epsilon=4.0, deadline_s=30,
+                           fit={"epochs": 1, "batch_size": 16, "lr": 0.05})
+    hubs[0].learning.start("run-q", settings, DEVICES, actor="op")
+    trainers, held = _trainers(), {}
+    for i, d in enumerate(DEVICES[:4]):
+        task = hubs[i % 2].learning.task("run-q", d)
+        assert (task.buffered, task.secure_round, task.version) == (True, "", 0)
+        held[d] = trainers[d].train(task.parameters, 0, task.round_config).vector
+    return settings, held
+
+
+def _weighted_client(hubs: list[Hub], device: str, task: Task, update: Any) -> RoundClient:
+    assert task.plan is not None
+    return RoundClient(_sender(hubs, device), task.secure_round,
+                       task.plan.encode(task.staleness_weight * update, discrete_gaussian))
+
+
 def test_ready_devices_reported_to_two_hub_processes_fill_one_buffer_bound_and_applied_once(
         engine: Engine, tmp_path: Path) -> None:
     """Secure FedBuff (ADR 1307): ready markers sent to either process fill one buffer in the shared store."""
     clock = FixedClock(T0)
     a, b = hubs = _hubs(engine, tmp_path, clock)
-    trainers = _trainers()
-    settings = RunSettings("digits", FEATURES, 10, strategy="fedbuff", buffer_size=3, rounds=2, min_participants=3,
-                           clip_norm=0.5, secure=True, epsilon=4.0, deadline_s=30,
-                           fit={"epochs": 1, "batch_size": 16, "lr": 0.05})
-    a.learning.start("run-q", settings, DEVICES, actor="op")
-    held = {}
-    for i, d in enumerate(DEVICES[:4]):
-        task = hubs[i % 2].learning.task("run-q", d)
-        assert (task.buffered, task.secure_round, task.version) == (True, "", 0)
-        held[d] = trainers[d].train(task.parameters, 0, task.round_config).vector
+    settings, held = _buffered_run(hubs, rounds=2)
     assert a.learning.task("run-q", "dev-0", ready=1).buffering  # to process a
     assert b.learning.task("run-q", "dev-1", ready=1).buffering  # to process b: two of three
     assert a.learning._store.secure_round("run-q", 0) is None
@@ -196,11 +208,8 @@ def test_ready_devices_reported_to_two_hub_processes_fill_one_buffer_bound_and_a
     tasks = {d: hubs[(i + 1) % 2].learning.task("run-q", d, ready=1) for i, d in enumerate(DEVICES[:3])}
     assert {t.secure_round for t in tasks.values()} == {third.secure_round}  # one round, in both processes
     assert {t.staleness_weight for t in tasks.values()} == {1.0}
-    clients = {}
-    for i, (d, t) in enumerate(tasks.items()):
-        assert t.plan is not None
-        clients[d] = RoundClient(_sender(hubs[i % 2:] + hubs[:i % 2], d), t.secure_round,
-                                 t.plan.encode(t.staleness_weight * held[d], discrete_gaussian))
+    clients = {d: _weighted_client(hubs[i % 2:] + hubs[:i % 2], d, t, held[d])
+               for i, (d, t) in enumerate(tasks.items())}
     for _ in range(6):
         phases = {c.step() for c in clients.values()}
     assert phases == {"done"}
@@ -213,3 +222,27 @@ def test_ready_devices_reported_to_two_hub_processes_fill_one_buffer_bound_and_a
     for d in DEVICES:
         expected = one_round if d in tasks else 0.0
         assert sum(line.federated for line in b.ledger.statement(d)) == pytest.approx(expected, abs=1e-6), d
+
+
+def test_a_failed_buffered_round_leaves_its_members_ready_and_its_retry_charges_no_subject_again(
+        engine: Engine, tmp_path: Path) -> None:
+    clock = FixedClock(T0)
+    a, b = hubs = _hubs(engine, tmp_path, clock)
+    settings, held = _buffered_run(hubs, rounds=1)
+    for i, d in enumerate(DEVICES[:3]):
+        first = hubs[i % 2].learning.task("run-q", d, ready=1)
+    one_round = settings.calibrated().dp().epsilon_after(1)
+    _weighted_client(hubs, "dev-0", first, held["dev-0"]).step()  # one advertises, the others never come
+    clock.advance(31)
+    assert b.aggregation.status(first.secure_round, actor="op")["phase"] == "failed"
+    retry = {d: hubs[i % 2].learning.task("run-q", d, ready=1) for i, d in enumerate(DEVICES[:4])}
+    assert retry["dev-3"].buffering  # the failed round's members were still ready: they fill the new buffer
+    rounds = {t.secure_round for d, t in retry.items() if d != "dev-3"}
+    assert len(rounds) == 1 and first.secure_round not in rounds
+    for d in DEVICES:  # nothing was released: the replacement charged nobody again
+        expected = one_round if d in DEVICES[:3] else 0.0
+        assert sum(line.federated for line in a.ledger.statement(d)) == pytest.approx(expected, abs=1e-6), d
+    clients = [_weighted_client(hubs, d, retry[d], held[d]) for d in DEVICES[:3]]
+    for _ in range(6):
+        phases = {c.step() for c in clients}
+    assert phases == {"done"} and b.learning.tick("run-q").status == "completed"
