@@ -9,7 +9,9 @@
    round's secure aggregation (:class:`~iotguard.agent.learning.LearningParticipant`).
    A device not selected for a round, or a round still short of devices,
    is a normal answer (409 ``not_selected`` / ``too_few_participants``):
-   the loop asks again later;
+   the loop asks again later. In a secure FedBuff run it trains, holds the
+   update and polls with ``ready`` (``buffering``) until a buffer's round
+   takes it in (ADR 1307);
 2. when the run has completed it fetches the published model and verifies
    it before anything runs it; a model that does not verify is refused and
    never run. A device holding the fleet's trusted TUF root fetches it
