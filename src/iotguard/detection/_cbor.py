@@ -1,15 +1,33 @@
-"""Strict decoding of the canonical CBOR maps devices send (flow reports, health reports)."""
+"""Strict decoding of the canonical CBOR maps devices send (flow reports, health reports) and of the float
+arrays stored detector state carries."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Set
 from typing import Any
 
 import cbor2
+import numpy as np
+import numpy.typing as npt
 
 from iotguard.errors import MalformedError
 
-__all__ = ["decode_canonical_map"]
+__all__ = ["decode_canonical_map", "float64_array"]
+
+
+def float64_array(value: Any, shape: tuple[int, ...], what: str) -> npt.NDArray[np.float64]:
+    """``value`` as a finite float64 array of exactly ``shape`` (little-endian bytes of exactly that length).
+
+    Raises:
+        MalformedError: ``detector_state_bad_value`` (``what`` names the field).
+    """
+    if not isinstance(value, bytes) or len(value) != 8 * math.prod(shape):
+        raise MalformedError(f"{what} must be {shape} little-endian float64", code="detector_state_bad_value")
+    out = np.frombuffer(value, dtype="<f8").astype(np.float64).reshape(shape)
+    if not np.isfinite(out).all():
+        raise MalformedError(f"{what} must be finite", code="detector_state_bad_value")
+    return out
 
 
 def decode_canonical_map(data: bytes, *, max_bytes: int, keys: Set[str], version: int, prefix: str,

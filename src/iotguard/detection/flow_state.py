@@ -30,7 +30,7 @@ import cbor2
 import numpy as np
 import numpy.typing as npt
 
-from iotguard.detection._cbor import decode_canonical_map
+from iotguard.detection._cbor import decode_canonical_map, float64_array
 from iotguard.detection.flows import FlowBatch
 from iotguard.detection.pipeline import FlowDetector
 from iotguard.detection.rules import BeaconRule, NewPortRule, Throttle
@@ -78,12 +78,7 @@ def _fail(what: str) -> MalformedError:
 
 
 def _array(value: Any, shape: tuple[int, ...], what: str) -> npt.NDArray[np.float64]:
-    if not isinstance(value, bytes) or len(value) != 8 * math.prod(shape):
-        raise _fail(f"{what} must be {math.prod(shape)} little-endian float64")
-    out = np.frombuffer(value, dtype="<f8").astype(np.float64).reshape(shape)
-    if not np.isfinite(out).all():
-        raise _fail(f"{what} must be finite")
-    return out
+    return float64_array(value, shape, f"flow host state: {what}")
 
 
 def _addresses(value: Any, limit: int, what: str, *, ordered: bool) -> list[str]:

@@ -22,7 +22,7 @@ import cbor2
 import numpy as np
 import numpy.typing as npt
 
-from iotguard.detection._cbor import decode_canonical_map
+from iotguard.detection._cbor import decode_canonical_map, float64_array
 from iotguard.detection.autoencoder import AutoencoderEnsemble
 from iotguard.detection.scorer import ALL_MODELS, BaselineScorer, ScorerConfig, _Calibrated
 from iotguard.errors import MalformedError
@@ -98,13 +98,7 @@ def _index(data: bytes) -> tuple[int, list[tuple[str, str]]]:
 
 
 def _floats(body: dict[str, Any], key: str, shape: tuple[int, ...]) -> npt.NDArray[np.float64]:
-    value = body[key]
-    if not isinstance(value, bytes) or len(value) != 8 * math.prod(shape):
-        raise _fail(f"{key} must be {shape} little-endian float64")
-    out = np.frombuffer(value, dtype="<f8").astype(np.float64).reshape(shape)
-    if not np.isfinite(out).all():
-        raise _fail(f"{key} must be finite")
-    return out
+    return float64_array(body[key], shape, f"learned flow baseline: {key}")
 
 
 def _calibrated(data: bytes, features: int, config: ScorerConfig) -> _Calibrated:
