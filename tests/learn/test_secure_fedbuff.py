@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from iotguard.agent.learning import LearningParticipant
@@ -16,6 +17,8 @@ from iotguard.errors import ConfigError, EnrollmentError
 from iotguard.hub.services.learning import RunSettings
 from iotguard.learn import LocalTrainingClient, Model
 from iotguard.learn.data import partition, split_train_test, synthetic_digits
+from iotguard.learn.distributed import SecureRoundPlan
+from iotguard.learn.dp import clip
 from tests.hub.conftest import HubParts, make_hub
 from tests.learn.secure_spy import instrument, verified_agents
 
@@ -67,8 +70,17 @@ def test_a_secure_fedbuff_run_is_not_held_back_by_slow_devices_and_weights_their
     slow = {d: learners[d] for d in ("dev-4", "dev-5")}
     fast = {d: lp for d, lp in learners.items() if d not in slow}
     answers: dict[str, list[dict[str, Any]]] = {}
+    encoded: list[np.ndarray] = []
+    encode = SecureRoundPlan.encode
+
+    def recording_encode(plan: SecureRoundPlan, update: np.ndarray, noise: Any) -> Any:
+        encoded.append(update.copy())
+        return encode(plan, update, noise)
+
+    monkeypatch.setattr(SecureRoundPlan, "encode", recording_encode)
     for lp in slow.values():  # they pull version 0 and train (slowly): they report ready only much later
         assert lp.train_round("run-b")["status"] == "trained"
+    slow_updates = spy.updates[:2]
     for _ in range(200):  # the fast devices alone: buffers of 3 ready devices, one secure round each
         _step_all(fast, answers)
         if services.learning.status("run-b")["version"] >= 2:
@@ -88,6 +100,9 @@ def test_a_secure_fedbuff_run_is_not_held_back_by_slow_devices_and_weights_their
         joined = [a for a in answers[device] if "weight" in a]
         assert len(joined) == 1 and joined[0]["base_version"] == 0 and joined[0]["version"] >= 2, answers[device]
         assert joined[0]["weight"] == pytest.approx((1 + joined[0]["version"]) ** -0.5) and joined[0]["weight"] < 1
+    for device, update in zip(slow, slow_updates, strict=True):  # the device scaled its clipped update by it
+        weight = next(a["weight"] for a in answers[device] if "weight" in a)
+        assert sum(np.allclose(e, weight * clip(update, 0.5)) for e in encoded) == 1, device
     bindings = services.learning._store.secure_rounds("run-b")
     assert [b.version for b in bindings] == list(range(ROUNDS)) and all(len(b.members) == K for b in bindings)
     assert status["accepted_updates"] == K * ROUNDS
