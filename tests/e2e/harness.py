@@ -80,7 +80,7 @@ class HubProcess:
         """TLS context that trusts the fleet CA (the hub writes it at start)."""
         return client_context(self.ca_file)
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 90.0) -> None:
         self.starts += 1
         log = open(self.tmp / f"{self.name}-{self.starts}.log", "wb")  # noqa: SIM115 - the child process owns it
         self.proc = subprocess.Popen([sys.executable, "-m", self.module, "hub"], env=self.env,

@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 REASON_CODES = (
     "malformed", "topic_mismatch", "unknown_device", "revoked", "forged", "replay", "policy_denied",
     DEVICE_OVER_QUOTA, SEGMENT_OVER_QUOTA,
+    "data_key_unavailable", "internal_error",  # counted by the MQTT ingest loop (hub/mqtt_ingest.py)
 )
 
 

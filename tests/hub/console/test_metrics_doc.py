@@ -1,10 +1,12 @@
-"""The documented metric list and the example Grafana dashboard match what the hub exports."""
+"""The documented metric list, the example Grafana dashboard and the alerting rules match what the hub exports."""
 
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
+
+import yaml
 
 from tests.hub.console.conftest import ConsoleHub
 
@@ -37,3 +39,27 @@ def test_grafana_dashboard_queries_only_documented_metrics() -> None:
     names = {name for panel in dashboard["panels"] for target in panel["targets"]
              for name in re.findall(r"iotguard_[a-z_]+", target["expr"])}
     assert names == _documented()
+
+
+def test_alerting_rules_use_only_documented_metrics_and_label_values_the_hub_uses() -> None:
+    from iotguard.detection import Severity
+    from iotguard.hub.ingest import REASON_CODES
+
+    rules = yaml.safe_load((ROOT / "docs" / "grafana" / "iotguard-alerts.yml").read_text())["groups"][0]["rules"]
+    assert rules and len({r["alert"] for r in rules}) == len(rules)
+    for rule in rules:
+        assert rule["labels"]["severity"] in ("warning", "critical") and rule["annotations"]["summary"]
+        names = set(re.findall(r"iotguard_[a-z_]+", rule["expr"]))
+        assert names and names <= _documented(), (rule["alert"], names - _documented())
+        for value in re.findall(r'reason="([a-z_]+)"', rule["expr"]):
+            assert value in REASON_CODES, value  # a reason code ingest rejects with
+        for value in re.findall(r'severity=~"([a-z|]+)"', rule["expr"]):
+            assert set(value.split("|")) <= {s.name.lower() for s in Severity}, value
+
+
+def test_ingest_reason_codes_are_the_ones_the_wire_document_lists() -> None:
+    from iotguard.hub.ingest import REASON_CODES
+
+    text = (ROOT / "docs" / "wire.md").read_text()
+    section = text.split("## 8. Rejection reason codes", 1)[1].split("\n## ", 1)[0]
+    assert set(re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M)) == set(REASON_CODES)
