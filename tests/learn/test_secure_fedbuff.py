@@ -15,6 +15,7 @@ import pytest
 from iotguard.agent.learning import LearningParticipant
 from iotguard.errors import ConfigError, EnrollmentError
 from iotguard.hub.services.learning import RunSettings
+from iotguard.hub.stores.learning import next_row
 from iotguard.learn import LocalTrainingClient, Model
 from iotguard.learn.data import partition, split_train_test, synthetic_digits
 from iotguard.learn.distributed import SecureRoundPlan
@@ -131,6 +132,22 @@ def test_a_ready_update_beyond_max_staleness_is_refused_and_trained_again(hub: H
     with pytest.raises(EnrollmentError, match="update_malformed"):  # a base the run has not reached
         agents[1].request("learn_task", "/v1/learn/task", ask | {"ready": 2})
     assert [p.device_id for p in services.learning._store.pending("run-b")] == ["dev-0"]
+
+
+def test_a_ready_update_older_than_max_staleness_is_withdrawn_and_refused_as_stale(hub: HubParts) -> None:
+    services = hub.services
+    agents = verified_agents(hub, 3)
+    services.learning.start("run-s", _settings(epsilon=0.0, max_staleness=2), [a.device_id for a in agents],
+                            actor="op")
+    ask = {"run_id": "run-s"}
+    assert agents[0].request("learn_task", "/v1/learn/task", ask | {"ready": 1})["buffering"] is True
+    store = services.learning._store
+    run = store.get("run-s")
+    assert run is not None and store.commit_step(next_row(run, version=3), [])  # three rounds went by
+    with pytest.raises(EnrollmentError, match="update_stale"):  # trained on version 0, the run is at 3 > 0 + 2
+        agents[0].request("learn_task", "/v1/learn/task", ask | {"ready": 1})
+    assert store.pending("run-s") == []  # the marker is withdrawn: the device trains on the current model
+    assert agents[0].request("learn_task", "/v1/learn/task", ask | {"ready": 2})["buffering"] is True  # 3 - 1 <= 2
 
 
 def test_secure_fedbuff_settings() -> None:

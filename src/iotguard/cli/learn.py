@@ -34,7 +34,8 @@ def _start(args: argparse.Namespace) -> int:
         deadline_s=args.deadline_s, buffer_size=args.buffer_size, aggregator=args.aggregator,
         max_update_norm=args.max_update_norm, clip_norm=clip_norm, compression=args.compression,
         topk_fraction=args.topk_fraction, fit={"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr},
-        secure=secure, epsilon=args.epsilon, delta=args.delta, secure_fraction=args.secure_fraction)
+        secure=secure, epsilon=args.epsilon, delta=args.delta, secure_fraction=args.secure_fraction,
+        max_staleness=args.max_staleness)
     with hub_services_for(args) as services:
         devices = list(args.device)
         if args.all_active:
@@ -101,6 +102,9 @@ def register(sub: Any) -> None:
                             "fits its byte limit); a comma list is cycled by round (round v uses entry v mod n); "
                             "the hub refuses updates outside the offer (needs --unsafe-plaintext unless none)")
     start.add_argument("--topk-fraction", type=float, default=0.01)
+    start.add_argument("--max-staleness", type=int, default=100, metavar="N",
+                       help="fedbuff: refuse an update trained on a model more than N versions old (update_stale; "
+                            "the device trains on the current model; default 100)")
     start.add_argument("--secure-fraction", type=float, default=1.0, metavar="F",
                        help="secure runs: each round sends this fraction of the coordinates through secure "
                             "aggregation (random-k chosen by the round, error feedback on the devices; default 1)")

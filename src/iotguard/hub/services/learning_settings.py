@@ -43,6 +43,8 @@ class RunSettings:
     #: Secure runs: the fraction of coordinates each round sends through secure aggregation (random-k, the same
     #: coordinates for every device of the round, error feedback on the device; 1: every coordinate).
     secure_fraction: float = 1.0
+    #: FedBuff: an update trained on a version more than this many versions old is refused (``update_stale``).
+    max_staleness: int = 100
 
     def __post_init__(self) -> None:
         if self.strategy not in ("fedavg", "fedbuff") or not 1 <= self.rounds <= 100_000:
@@ -79,7 +81,7 @@ class RunSettings:
 
     def fedbuff(self) -> FedBuffConfig:
         return FedBuffConfig(buffer_size=self.buffer_size, server_lr=self.server_lr, aggregator=self.aggregator,
-                             max_update_norm=self.max_update_norm)
+                             max_update_norm=self.max_update_norm, max_staleness=self.max_staleness)
 
     def offer(self, version: int) -> tuple[Compression, ...]:
         """The compressions the round of ``version`` offers, best first (the run's schedule, entry ``version``
