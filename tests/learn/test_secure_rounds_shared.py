@@ -246,3 +246,61 @@ def test_a_failed_buffered_round_leaves_its_members_ready_and_its_retry_charges_
     for _ in range(6):
         phases = {c.step() for c in clients}
     assert phases == {"done"} and b.learning.tick("run-q").status == "completed"
+
+
+def test_a_process_that_loses_the_bind_with_another_member_set_charges_nobody(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes select different members for one version (b still sees dev-4 eligible, a no longer does);
+    a binds first. b, whose bind then loses, must not charge dev-4 for a round dev-4 is not in."""
+    clock = FixedClock(T0)
+    a, b = _hubs(engine, tmp_path, clock)
+    a.learning._eligible = lambda d: d != "dev-4"  # a's posture view: dev-4 is no longer affirming
+    b.learning.start("run-r", _settings(rounds=1), DEVICES, actor="op")
+    real_bind = b.learning._store.bind_secure_round
+    won: list[str] = []
+
+    def bind_after_a(binding: Any, replaces: str = "") -> bool:
+        if not won:  # between b's selection and b's bind, a binds the version's round with its own members
+            won.append(a.learning.task("run-r", "dev-0").secure_round)
+        return real_bind(binding, replaces)
+
+    monkeypatch.setattr(b.learning._store, "bind_secure_round", bind_after_a)
+    task = b.learning.task("run-r", "dev-1")
+    assert task.secure_round == won[0]  # b hands out a's round
+    bound = a.learning._store.secure_round("run-r", 0)
+    assert bound is not None and "dev-4" not in bound.members
+    one_round = _settings(rounds=1).calibrated().dp().epsilon_after(1)
+    for d in DEVICES:
+        expected = one_round if d in bound.members else 0.0
+        assert sum(line.federated for line in b.ledger.statement(d)) == pytest.approx(expected, abs=1e-6), d
+    assert a.events.count("learning.secure_round") + b.events.count("learning.secure_round") == 1
+
+
+def test_a_charge_refused_after_the_bind_replaces_the_round_at_once_without_that_subject(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between a's selection and its charge a central query spends dev-2's whole budget: the charge is refused
+    (nothing spent), and a binds a replacement without dev-2 under the same key before any round starts."""
+    clock = FixedClock(T0)
+    a, b = _hubs(engine, tmp_path, clock)
+    a.learning.start("run-c", _settings(rounds=1), DEVICES, actor="op")
+    real_bind = a.learning._store.bind_secure_round
+    binds: list[str] = []
+
+    def bind_then_spend(binding: Any, replaces: str = "") -> bool:
+        binds.append(binding.round_id)
+        if len(binds) == 1:  # a query on the other process spends dev-2's budget meanwhile
+            b.ledger.charge_all(["dev-2"], b.ledger.remaining("dev-2", T0), "central", "query", T0)
+        return real_bind(binding, replaces)
+
+    monkeypatch.setattr(a.learning._store, "bind_secure_round", bind_then_spend)
+    task = a.learning.task("run-c", "dev-0")
+    assert len(binds) == 2 and task.secure_round == binds[1]  # the refused round was replaced at once
+    bound = b.learning._store.secure_round("run-c", 0)
+    assert bound is not None and bound.round_id == binds[1] and bound.attempt == 2
+    assert bound.members == ("dev-0", "dev-1", "dev-3", "dev-4")
+    assert b.aggregation.status(task.secure_round, actor="op")["phase"] != "failed"
+    one_round = _settings(rounds=1).calibrated().dp().epsilon_after(1)
+    for d in DEVICES:
+        expected = one_round if d in bound.members else 0.0
+        assert sum(line.federated for line in b.ledger.statement(d)) == pytest.approx(expected, abs=1e-6), d
+    assert a.events.count("learning.secure_round") == 1

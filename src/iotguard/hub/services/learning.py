@@ -25,21 +25,16 @@ secure-aggregation round among the selected devices
 signed ``aggregate`` requests), each device clips, rounds and, with DP
 (``epsilon`` > 0), noises its update in integers on the device
 (:mod:`iotguard.learn.distributed`), and the hub learns only the noised sum.
-Before a round starts, the round's share of the run's epsilon is charged to
-the data subject of every selected device in the one per-subject ledger
-(``federated`` column, all or nothing), at most once per subject and model
-version (the ledger's ``once`` key): a failed round released no sum, so its
-replacement is not charged again (ADR 1304). A device whose subject's budget
-cannot take it is not selected, and one that cannot cover the whole run is
-not enrolled. Which aggregation round carries a version is bound in the
-shared run store (:class:`~iotguard.hub.stores.learning.SecureRoundBinding`,
-compare-and-swap, checked against the run's version), so every hub process
-hands out the same round, a failed round is replaced once, and its sum is
-applied once (the run's own compare-and-swap). A secure FedBuff run binds a
-round only when ``buffer_size`` devices are ready (ADR 1307,
-:mod:`iotguard.hub.services.learning_buffer`): stale updates are scaled down
-on the devices by the weight the hub hands them, and a subject is charged
-for the rounds it took part in.
+Which aggregation round carries a version is bound in the shared run store
+(:class:`~iotguard.hub.stores.learning.SecureRoundBinding`, compare-and-swap against the run's version), so
+every hub process hands out the same round, a failed round is replaced once and its sum is applied once. Only
+the process whose bind won then charges the round's share of the run's epsilon, before the round starts, to
+the data subject of every member in the one per-subject ledger (``federated``, all or nothing), at most once
+per subject under the version's ``once`` key: a failed round released no sum, so its replacement is not
+charged again (ADR 1304). A device whose subject cannot pay is not selected; one that cannot cover the whole
+run is not enrolled. A secure FedBuff run binds a round when ``buffer_size`` devices are ready (ADR 1307,
+:mod:`iotguard.hub.services.learning_buffer`): stale updates are scaled down on the devices by the weight the
+hub hands them, and a subject is charged for the rounds it took part in.
 """
 
 from __future__ import annotations
@@ -48,7 +43,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -301,37 +296,51 @@ class LearningService:
 
     def _start_round(self, run: RunRecord, settings: RunSettings, replaces: str, attempt: int,
                      key: str) -> SecureRoundBinding | None:
-        """Select, charge (once per subject under ``key``), bind and start a round; None if the bind lost."""
-        aggregation, ledger, clip_norm = self._aggregation, self._ledger, settings.clip_norm
-        if aggregation is None or clip_norm is None or (settings.epsilon > 0 and ledger is None):
+        """Select, bind, charge (once per subject under ``key``) and start a round; None if the bind lost.
+
+        Only the process whose bind won charges, so a process that raced with another member set charges no
+        subject for a round it did not bind. A charge refused after the bind (another release spent the budget
+        in between) replaces the never-started round at once under the same key: nothing was released.
+        """
+        aggregation, clip_norm = self._aggregation, settings.clip_norm
+        if aggregation is None or clip_norm is None or (settings.epsilon > 0 and self._ledger is None):
             raise ConfigError("a secure run needs the aggregation service, a clip norm and (with DP) the ledger")
-        now = self._clock.now()
-        members, increments = self._members(run, settings, key)
-        need = settings.buffer_size if _buffered(settings) else settings.min_participants
-        if len(members) < need:
-            raise PolicyDenied(f"{len(members)} devices can take part, the round needs {need}",
-                               code="too_few_participants")
-        threshold = min(len(members), max(settings.min_participants, len(members) // 2 + 1))
+        for _ in range(_COMMIT_ATTEMPTS):
+            now = self._clock.now()
+            members, increments = self._members(run, settings, key)
+            need = settings.buffer_size if _buffered(settings) else settings.min_participants
+            if len(members) < need:
+                raise PolicyDenied(f"{len(members)} devices can take part, the round needs {need}",
+                                   code="too_few_participants")
+            threshold = min(len(members), max(settings.min_participants, len(members) // 2 + 1))
+            bound = SecureRoundBinding(run.run_id, run.version, new_round_id().hex(), tuple(sorted(members)),
+                                       threshold, attempt, key, now)
+            if not self._store.bind_secure_round(bound, replaces):
+                return None
+            try:
+                self._charge(run, increments, key, now)
+            except BudgetExhausted:
+                replaces, attempt = bound.round_id, attempt + 1
+                continue
+            aggregation.start(list(bound.members), _plan(bound, settings).dims, threshold=threshold,
+                              phase_timeout_s=settings.deadline_s, actor=run.started_by, round_id=bound.round_id)
+            self._audit.record(AuditEvent("learning.secure_round", now, run.started_by, run.run_id,
+                                          {"version": run.version, "round": bound.round_id, "attempt": attempt,
+                                           "replaces": replaces, "devices": len(members), "threshold": threshold,
+                                           "epsilon_charged": max(increments.values(), default=0.0),
+                                           "charge_key": key}))
+            return bound
+        raise PolicyDenied(f"run {run.run_id}'s round members kept exhausting their budgets",
+                           code="budget_exhausted")
+
+    def _charge(self, run: RunRecord, increments: dict[str, float], key: str, now: datetime) -> None:
+        """Charge each member's subject its increment under ``key``, one all-or-none charge per distinct increment
+        (FedAvg: one for all; FedBuff: by participation count); raises BudgetExhausted if a subject cannot pay."""
         for increment in sorted({i for i in increments.values() if i > 0}):
-            if ledger is None:  # unreachable: increments are positive only with DP, checked above to have a ledger
+            if self._ledger is None:  # unreachable: increments are positive only with DP, which needs the ledger
                 raise ConfigError("a DP run needs the ledger")
-            try:  # one charge per distinct increment (FedAvg: one for all; FedBuff: by participation count)
-                ledger.charge_all([s for s, i in increments.items() if i == increment], increment, "federated",
-                                  f"learn:{run.run_id}", now, once=key)
-            except BudgetExhausted as exc:
-                raise PolicyDenied(str(exc), code="budget_exhausted") from exc
-        increment = max(increments.values(), default=0.0)
-        bound = SecureRoundBinding(run.run_id, run.version, new_round_id().hex(), tuple(sorted(members)), threshold,
-                                   attempt, key, now)
-        if not self._store.bind_secure_round(bound, replaces):
-            return None
-        aggregation.start(list(bound.members), _plan(bound, settings).dims, threshold=threshold,
-                          phase_timeout_s=settings.deadline_s, actor=run.started_by, round_id=bound.round_id)
-        self._audit.record(AuditEvent("learning.secure_round", now, run.started_by, run.run_id,
-                                      {"version": run.version, "round": bound.round_id, "attempt": attempt,
-                                       "replaces": replaces, "devices": len(members), "threshold": threshold,
-                                       "epsilon_charged": increment, "charge_key": key}))
-        return bound
+            self._ledger.charge_all([s for s, i in increments.items() if i == increment], increment, "federated",
+                                    f"learn:{run.run_id}", now, once=key)
 
     def _members(self, run: RunRecord, settings: RunSettings, key: str) -> tuple[list[str], dict[str, float]]:
         """A new round's members and what each member's subject is charged (DP; 0 without).
