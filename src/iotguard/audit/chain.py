@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import rlp  # type: ignore[import-untyped]
 from Crypto.Hash import keccak
 
 from iotguard.audit.merkle import verify_consistency
@@ -87,7 +86,16 @@ def _hex_prefix(encoded: bytes) -> tuple[list[int], bool]:
     return (nibbles[1:] if flag & 1 else nibbles[2:]), bool(flag & 2)
 
 
+def _rlp() -> Any:
+    """The ``rlp`` module, imported on first use: it pulls in eth_utils (about half a CPU-second), which every
+    hub, agent and CLI process would otherwise pay at start-up for a check only chain anchors need."""
+    import rlp  # type: ignore[import-untyped]
+
+    return rlp
+
+
 def _decode(raw: bytes, what: str) -> Any:
+    rlp = _rlp()
     try:
         return rlp.decode(raw, strict=True)
     except rlp.exceptions.DecodingError:
@@ -106,7 +114,7 @@ def verify_receipt_proof(receipts_root: bytes, tx_index: int, proof: Sequence[by
     if len(proof) > MAX_PROOF_NODES:
         raise ProofError("receipt proof is too long")
     nodes = {keccak256(n): n for n in proof}
-    path = _nibbles(rlp.encode(tx_index))
+    path = _nibbles(_rlp().encode(tx_index))
     ref: Any = receipts_root
     at = 0
     for _ in range(len(proof) + 1):
