@@ -68,6 +68,12 @@ def test_compiled_kernel_agrees_with_numpy_path_on_a_random_stream(seed: int) ->
     np.testing.assert_array_equal(got[2], want[2])
     np.testing.assert_allclose(got[0], want[0], rtol=1e-7, atol=1e-5)
     assert (fast.hosts, fast.channel_entries) == (ref.hosts, ref.channel_entries)
+    # The kernel's hashed channel and port tables hold the same entries as the NumPy path's sorted ones.
+    for mine, theirs in ((fast._channels, ref._channels), (fast._ports, ref._ports)):
+        keys, values = mine.items()
+        want_keys, want_values = theirs.items()
+        np.testing.assert_array_equal(keys, want_keys)
+        np.testing.assert_allclose(values, want_values, rtol=1e-12, equal_nan=True)
 
 
 def test_out_of_order_batch_and_state_handover_agree() -> None:
@@ -83,6 +89,11 @@ def test_out_of_order_batch_and_state_handover_agree() -> None:
     first = mixed.transform(whole.take(slice(0, 1000))).values
     mixed._compiled = True  # the same extractor (its state) continues on the compiled path
     rest = mixed.transform(whole.take(slice(1000, 1500))).values
+    np.testing.assert_allclose(np.concatenate([first, rest]), b[0], rtol=1e-7, atol=1e-5)
+    back = FeatureExtractor(compiled=True)
+    first = back.transform(whole.take(slice(0, 1000))).values
+    back._compiled = False  # and the NumPy path continues on the kernel's hashed tables
+    rest = back.transform(whole.take(slice(1000, 1500))).values
     np.testing.assert_allclose(np.concatenate([first, rest]), b[0], rtol=1e-7, atol=1e-5)
 
 

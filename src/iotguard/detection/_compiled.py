@@ -5,8 +5,11 @@ The same definitions as the NumPy path of :class:`.features.FeatureExtractor`
 order: each flow updates the damped sums of its originating host, its
 responding host and its channel in place, as the definition reads, instead
 of grouping rows with sorts and solving the recurrences as blocked scans.
-The channel and port keys of a batch are numbered by a small open-addressing
-hash table instead of a sort.
+The flow's own columns are computed in the same pass, and the persistent
+channel and port tables are open-addressing hash tables
+(:class:`._hashed.HashedKeyTable`) that the pass probes and extends in place
+(ADR 0706). The distinct host address strings of a batch are numbered by a
+per-batch hash table, so the host dict sees each once.
 
 This module imports Numba (BSD licence, ``pip install iotguard[accel]``) and
 so is imported only when the extractor selects it. Functions compile on their
@@ -21,7 +24,9 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["extract", "number_keys", "number_rows"]
+from iotguard.detection._hashed import HashedKeyTable, probe
+
+__all__ = ["HashedKeyTable", "extract_batch", "number_rows"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -37,39 +42,6 @@ def _table_bits(n: int) -> int:  # pragma: no cover - compiled
     while (1 << bits) < 2 * n:
         bits += 1
     return bits
-
-
-@numba.njit(cache=False, nogil=True)
-def number_keys(keys: IntArray) -> tuple[IntArray, IntArray]:  # pragma: no cover - compiled
-    """Slot of each row's key (numbered by first appearance) and the first row of each slot.
-
-    Open addressing with linear probing; the slot of a key is the top bits of
-    its Fibonacci hash, so every bit of the key (host ids sit in the high bits) counts.
-    """
-    n = keys.shape[0]
-    bits = _table_bits(n)
-    mask = (1 << bits) - 1
-    shift = np.uint64(64 - bits)
-    table_slot = np.full(1 << bits, -1, dtype=np.int64)
-    slot = np.empty(n, dtype=np.int64)
-    first = np.empty(n, dtype=np.int64)
-    count = 0
-    for i in range(n):
-        k = keys[i]
-        j = np.int64((np.uint64(k) * _GOLDEN) >> shift)
-        while True:
-            s = table_slot[j]
-            if s < 0:
-                table_slot[j] = count
-                first[count] = i
-                slot[i] = count
-                count += 1
-                break
-            if keys[first[s]] == k:
-                slot[i] = s
-                break
-            j = (j + 1) & mask
-    return slot, first[:count].copy()
 
 
 @numba.njit(cache=False, nogil=True)
@@ -117,17 +89,27 @@ def number_rows(codes: npt.NDArray[np.uint32]) -> tuple[IntArray, IntArray]:  # 
 
 
 @numba.njit(cache=False, nogil=True)
-def extract(
+def extract_batch(
     t: FloatArray,
     src: IntArray,
     dst: IntArray,
+    duration: FloatArray,
     orig_bytes: FloatArray,
-    log_orig_bytes: FloatArray,
-    no_reply: FloatArray,
-    new_dst: npt.NDArray[np.bool_],
-    new_port: npt.NDArray[np.bool_],
-    chan_slot: IntArray,
-    chan_state: FloatArray,
+    resp_bytes: FloatArray,
+    orig_pkts: FloatArray,
+    resp_pkts: FloatArray,
+    state: IntArray,
+    proto: IntArray,
+    resp_p: IntArray,
+    service_known: IntArray,
+    state_flags: npt.NDArray[np.bool_],
+    proto_codes: IntArray,
+    c_keys: IntArray,
+    c_values: FloatArray,
+    c_shift: np.uint64,
+    p_keys: IntArray,
+    p_values: FloatArray,
+    p_shift: np.uint64,
     rates: FloatArray,
     channel_rate: float,
     sums: FloatArray,
@@ -137,33 +119,83 @@ def extract(
     first_seen: FloatArray,
     max_age: float,
     out: FloatArray,
-    col: int,
-) -> None:  # pragma: no cover - compiled
-    """Host, age, channel and inbound columns of every row into ``out[:, col:]``; state updated in place.
+    new_dst: npt.NDArray[np.bool_],
+    new_port: npt.NDArray[np.bool_],
+) -> tuple[int, int]:  # pragma: no cover - compiled
+    """Every column of every row into ``out``; host, channel and port state updated in place.
 
-    ``sums`` (hosts, R, 7) / ``t_sums`` and ``in_sums`` (hosts, R, 3) /
-    ``t_in`` are the per-host damped sums and their times; ``chan_state``
-    (slots, 6) holds each channel slot's saved state (last time, count,
-    inter-arrival count, sum, sum of squares, time of the sums; zero counts
-    and the slot's first time for a new channel) and ends as the state after
-    the batch.
+    ``state_flags`` (connection states, 3) says per state code whether it is
+    a no-reply, rejected and established state; ``proto_codes`` holds the
+    codes of tcp, udp and icmp. ``sums`` (hosts, R, 7) / ``t_sums`` and
+    ``in_sums`` (hosts, R, 3) / ``t_in`` are the per-host damped sums and
+    their times. The channel and port tables are the arrays of a
+    :class:`._hashed.HashedKeyTable` with room for one new key per row. A
+    flow's channel (port) is new when its key is not in the table: it is
+    inserted (channel state: no previous time, zero counts, the sums' time
+    the flow's), so a later flow of the batch finds it, as the NumPy path's
+    first-use-in-the-batch rule reads. Returns the channel and port keys added.
     """
     n = t.shape[0]
     n_rates = rates.shape[0]
     decay = np.empty(n_rates)
+    added_c = 0
+    added_p = 0
     for i in range(n):
         ti = t[i]
+        # the flow itself
+        lob = math.log1p(orig_bytes[i])
+        lrb = math.log1p(resp_bytes[i])
+        s = state[i]
+        pr = proto[i]
+        nr = 1.0 if state_flags[s, 0] and resp_pkts[i] == 0 else 0.0
+        out[i, 0] = math.log1p(duration[i])
+        out[i, 1] = lob
+        out[i, 2] = lrb
+        out[i, 3] = math.log1p(orig_pkts[i])
+        out[i, 4] = math.log1p(resp_pkts[i])
+        out[i, 5] = lob - lrb
+        out[i, 6] = nr
+        out[i, 7] = 1.0 if state_flags[s, 1] else 0.0
+        out[i, 8] = 1.0 if state_flags[s, 2] else 0.0
+        out[i, 9] = 1.0 if pr == proto_codes[0] else 0.0
+        out[i, 10] = 1.0 if pr == proto_codes[1] else 0.0
+        out[i, 11] = 1.0 if pr == proto_codes[2] else 0.0
+        out[i, 12] = 1.0 if service_known[i] != 0 else 0.0
+        out[i, 13] = 1.0 if resp_p[i] < 1024 else 0.0
+        c = 14
+
+        # novelty: the channel and the (protocol, port) looked up, and inserted when new
         h = src[i]
+        key = (h << 32) | dst[i]
+        k = probe(c_keys, c_shift, key)
+        nd = 0.0
+        if c_keys[k] == -1:
+            c_keys[k] = key
+            c_values[k, 0] = math.nan
+            c_values[k, 1] = 0.0
+            c_values[k, 2] = 0.0
+            c_values[k, 3] = 0.0
+            c_values[k, 4] = 0.0
+            c_values[k, 5] = ti
+            added_c += 1
+            nd = 1.0
+            new_dst[i] = True
+        key = (h << 18) | (pr << 16) | resp_p[i]
+        kp = probe(p_keys, p_shift, key)
+        npo = 0.0
+        if p_keys[kp] == -1:
+            p_keys[kp] = key
+            added_p += 1
+            npo = 1.0
+            new_port[i] = True
+        p_values[kp, 0] = ti
+
+        # per originating host
         gap = ti - t_sums[h]
         if gap < 0.0:
             gap = 0.0
         for r in range(n_rates):
             decay[r] = math.exp(-rates[r] * gap)
-        lob = log_orig_bytes[i]
-        nd = 1.0 if new_dst[i] else 0.0
-        npo = 1.0 if new_port[i] else 0.0
-        nr = no_reply[i]
-        c = col
         for r in range(n_rates):
             d = decay[r]
             w = sums[h, r, 0] * d + 1.0
@@ -198,27 +230,26 @@ def extract(
         c += 1
 
         # channel: state columns last time, count, iat count, iat sum, iat sum of squares, time of the sums
-        k = chan_slot[i]
-        has = not math.isnan(chan_state[k, 0])
+        has = not math.isnan(c_values[k, 0])
         iat = 0.0
         if has:
-            iat = ti - chan_state[k, 0]
+            iat = ti - c_values[k, 0]
             if iat < 0.0:
                 iat = 0.0
-        cgap = ti - chan_state[k, 5]
+        cgap = ti - c_values[k, 5]
         if cgap < 0.0:
             cgap = 0.0
         d = math.exp(-channel_rate * cgap)
-        cnt = chan_state[k, 1] * d + 1.0
-        n_iat = chan_state[k, 2] * d + (1.0 if has else 0.0)
-        s_iat = chan_state[k, 3] * d + iat
-        s_iat2 = chan_state[k, 4] * d + iat * iat
-        chan_state[k, 0] = ti
-        chan_state[k, 1] = cnt
-        chan_state[k, 2] = n_iat
-        chan_state[k, 3] = s_iat
-        chan_state[k, 4] = s_iat2
-        chan_state[k, 5] = ti
+        cnt = c_values[k, 1] * d + 1.0
+        n_iat = c_values[k, 2] * d + (1.0 if has else 0.0)
+        s_iat = c_values[k, 3] * d + iat
+        s_iat2 = c_values[k, 4] * d + iat * iat
+        c_values[k, 0] = ti
+        c_values[k, 1] = cnt
+        c_values[k, 2] = n_iat
+        c_values[k, 3] = s_iat
+        c_values[k, 4] = s_iat2
+        c_values[k, 5] = ti
         mean = s_iat / max(n_iat, 1e-12) if n_iat > 0 else 0.0
         var = s_iat2 / max(n_iat, 1e-12) - mean * mean if n_iat > 0 else 0.0
         cv = math.sqrt(max(var, 0.0)) / max(mean, 1e-12) if n_iat >= 1.5 and mean > 0 else 1.0
@@ -245,3 +276,4 @@ def extract(
             out[i, c + 2] = s_nr / w
             c += 3
         t_in[g] = ti
+    return added_c, added_p

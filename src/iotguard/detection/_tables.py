@@ -8,11 +8,31 @@ insert costs amortised O(log n) rather than a copy of the whole table.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import numpy.typing as npt
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
+
+
+class StateTable(Protocol):
+    """What the extractor needs of a table: :class:`KeyTable` or the kernel's ``HashedKeyTable``."""
+
+    width: int
+
+    def __len__(self) -> int: ...
+
+    def get(self, query: IntArray, default: float = np.nan) -> tuple[npt.NDArray[np.bool_], FloatArray]: ...
+
+    def put(self, keys: IntArray, values: FloatArray) -> None: ...
+
+    def items(self) -> tuple[IntArray, FloatArray]: ...
+
+    def keys_any_order(self) -> IntArray: ...
+
+    def keep(self, mask: npt.NDArray[np.bool_]) -> None: ...
 
 
 class KeyTable:
@@ -73,6 +93,10 @@ class KeyTable:
         """All keys (sorted) and their values."""
         self._merge()
         return self._keys, self._values
+
+    def keys_any_order(self) -> IntArray:
+        """All keys, in no particular order (no merge)."""
+        return np.concatenate([self._keys, self._dkeys])
 
     def keep(self, mask: npt.NDArray[np.bool_]) -> None:
         """Keep only the entries where ``mask`` (aligned with :meth:`items`) is true."""

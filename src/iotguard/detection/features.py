@@ -37,11 +37,12 @@ import importlib
 from dataclasses import dataclass
 from itertools import compress, repeat
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from iotguard.detection._tables import KeyTable
+from iotguard.detection._tables import KeyTable, StateTable
 from iotguard.detection.flows import CONN_STATES, ESTABLISHED_STATES, PROTOCOLS, REJECTED_STATES, Flow, FlowBatch
 from iotguard.errors import ConfigError, MalformedError
 
@@ -68,6 +69,9 @@ _NO_REPLY_STATES = np.array([s in ("S0", "SH", "OTH", "RSTOS0") for s in CONN_ST
 _REJECTED = np.array([s in REJECTED_STATES for s in CONN_STATES])
 _ESTABLISHED = np.array([s in ESTABLISHED_STATES for s in CONN_STATES])
 _LN2 = float(np.log(2.0))
+# Per connection state: no-reply, rejected, established (the compiled kernel's lookup table).
+_STATE_FLAGS = np.ascontiguousarray(np.stack([_NO_REPLY_STATES, _REJECTED, _ESTABLISHED], axis=1))
+_PROTO_CODES = np.array([PROTOCOLS.index("tcp"), PROTOCOLS.index("udp"), PROTOCOLS.index("icmp")], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -223,6 +227,7 @@ def _kernel() -> ModuleType | None:
     flows = [Flow(float(i), "192.0.2.1", 40000, "192.0.2.2", 443, "tcp", 0.1, 10, 10, "SF", 1, 1, "")
              for i in range(2)]
     FeatureExtractor(compiled=False)._transform(FlowBatch.from_flows(flows), module)
+    module.HashedKeyTable(1).get(np.zeros(1, dtype=np.int64))
     return module
 
 
@@ -259,8 +264,11 @@ class FeatureExtractor:
         self._t_in = np.zeros(cap)
         self._first = np.zeros(cap)
         self._last = np.full(cap, -np.inf)
-        self._channels = KeyTable(_CHANNEL_WIDTH)
-        self._ports = KeyTable(1)
+        # The compiled kernel works on hashed tables in place; the NumPy path reads and writes either kind.
+        kernel = _kernel() if self._compiled else None
+        self._channels: StateTable = KeyTable(_CHANNEL_WIDTH) if kernel is None else kernel.HashedKeyTable(
+            _CHANNEL_WIDTH)
+        self._ports: StateTable = KeyTable(1) if kernel is None else kernel.HashedKeyTable(1)
         self._inserted_since_trim = 0
 
     @property
@@ -318,17 +326,19 @@ class FeatureExtractor:
         return found
 
     def _allocate(self, hosts: list[str], now: float) -> IntArray:
-        """Ids for ``hosts`` (not yet known), from the free list first; fresh state."""
-        reused = [self._free.pop() for _ in range(min(len(hosts), len(self._free)))]
+        """Ids for ``hosts`` (not yet known), from the free list first (last freed first); fresh state."""
+        k = min(len(hosts), len(self._free))
+        reused = self._free[len(self._free) - k:][::-1]
+        del self._free[len(self._free) - k:]
         start = len(self._names)
-        extra = len(hosts) - len(reused)
+        extra = len(hosts) - k
         if start + extra > self._first.shape[0]:
             self._grow(min(max(2 * self._first.shape[0], start + extra), self.config.max_hosts))
-        self._names.extend([""] * extra)
         ids = reused + list(range(start, start + extra))
-        for host, i in zip(hosts, ids, strict=True):
-            self._ids[host] = i
+        self._ids.update(zip(hosts, ids, strict=True))
+        for host, i in zip(hosts[:k], reused, strict=True):
             self._names[i] = host
+        self._names.extend(hosts[k:])
         index = np.array(ids, dtype=np.int64)
         self._sums[index] = 0.0
         self._t_sums[index] = now
@@ -370,10 +380,12 @@ class FeatureExtractor:
         """Keep the ``max_pairs_per_host`` most recent channel and port entries of each host."""
         cap = self.config.max_pairs_per_host
         for table, shift, col in ((self._channels, 32, 0), (self._ports, 18, 0)):
+            # Most checks find no host over the cap: count on the keys in table order before sorting anything.
+            unsorted = table.keys_any_order() >> shift
+            if unsorted.shape[0] == 0 or np.bincount(unsorted).max() <= cap:
+                continue
             keys, values = table.items()
             host = keys >> shift
-            if keys.shape[0] == 0 or np.bincount(host).max() <= cap:
-                continue
             order = np.lexsort((-values[:, col], host))
             hs = host[order]
             start = np.ones(hs.shape[0], dtype=bool)
@@ -403,9 +415,9 @@ class FeatureExtractor:
         t = batch.ts
         ids = self._host_ids(np.concatenate([batch.orig_h, batch.resp_h]), np.concatenate([t, t]), kernel)
         src, dst = ids[:n], ids[n:]
-        flow = self._flow_features(batch)
         if kernel is not None and (n < 2 or bool((t[1:] >= t[:-1]).all())):
-            return self._transform_compiled(kernel, batch, src, dst, flow)
+            return self._transform_compiled(kernel, batch, src, dst)
+        flow = self._flow_features(batch)
 
         # Novelty: a destination (port) is new for a host if it is not in the
         # host's table and this is its first use in the batch (the first row of
@@ -439,42 +451,43 @@ class FeatureExtractor:
         values = np.concatenate([flow, host_values, age[:, None], channel_values, inbound], axis=1)
         return FeatureMatrix(values, batch.orig_h, new_dst.astype(np.int64), new_port.astype(np.int64))
 
-    def _transform_compiled(self, kernel: ModuleType, batch: FlowBatch, src: IntArray, dst: IntArray,
-                            flow: FloatArray) -> FeatureMatrix:
+    def _hashed_tables(self, kernel: ModuleType) -> tuple[Any, Any]:
+        """The channel and port tables in the kernel's hashed form (converted once if the NumPy path built them)."""
+        if not isinstance(self._channels, kernel.HashedKeyTable):
+            self._channels = kernel.HashedKeyTable.from_items(_CHANNEL_WIDTH, *self._channels.items())
+            self._ports = kernel.HashedKeyTable.from_items(1, *self._ports.items())
+        return self._channels, self._ports
+
+    def _transform_compiled(self, kernel: ModuleType, batch: FlowBatch, src: IntArray,
+                            dst: IntArray) -> FeatureMatrix:
         """:meth:`transform` of a batch in time order by the compiled kernel (same state, same columns)."""
-        n, t = len(batch), batch.ts
-        pair = (src << 32) | dst
-        c_slot, c_first = kernel.number_keys(pair)
-        c_keys = pair[c_first]
-        known, state = self._channels.get(c_keys, default=0.0)
-        new_dst = np.zeros(n, dtype=bool)
-        new_dst[c_first[~known]] = True
-        # A new channel has no previous time (no inter-arrival yet) and its sums start at its first flow.
-        state[~known, 0] = np.nan
-        state[~known, 5] = t[c_first[~known]]
-        port = (src << 18) | (batch.proto << 16) | batch.resp_p
-        p_slot, p_first = kernel.number_keys(port)
-        p_keys = port[p_first]
-        new_port = np.zeros(n, dtype=bool)
-        new_port[p_first[~self._ports.get(p_keys)[0]]] = True
+        n = len(batch)
+        channels, ports = self._hashed_tables(kernel)
+        # Each row adds at most one channel and one port.
+        channels.reserve(n)
+        ports.reserve(n)
         values = np.empty((n, len(self.names)))
-        values[:, : flow.shape[1]] = flow
-        kernel.extract(np.ascontiguousarray(t, dtype=np.float64), src, dst,
-                       np.ascontiguousarray(batch.orig_bytes, dtype=np.float64), np.ascontiguousarray(flow[:, 1]),
-                       np.ascontiguousarray(flow[:, 6]), new_dst, new_port, c_slot, state, self._rates,
-                       self._channel_rate, self._sums, self._t_sums, self._in_sums, self._t_in, self._first,
-                       self.config.max_age_s, values, flow.shape[1])
-        self._channels.put(c_keys, state)
-        # Rows are in time order, so the last write per port (and host) is its latest use.
-        p_last = np.empty(p_keys.shape[0])
-        p_last[p_slot] = t
-        self._ports.put(p_keys, p_last[:, None])
-        self._inserted_since_trim += int(new_dst.sum() + new_port.sum())
+        new_dst = np.zeros(n, dtype=bool)
+        new_port = np.zeros(n, dtype=bool)
+        c = np.ascontiguousarray
+        added_c, added_p = kernel.extract_batch(
+            c(batch.ts, dtype=np.float64), src, dst, c(batch.duration, dtype=np.float64),
+            c(batch.orig_bytes, dtype=np.float64), c(batch.resp_bytes, dtype=np.float64),
+            c(batch.orig_pkts, dtype=np.float64), c(batch.resp_pkts, dtype=np.float64),
+            c(batch.state, dtype=np.int64), c(batch.proto, dtype=np.int64), c(batch.resp_p, dtype=np.int64),
+            c(batch.service_known, dtype=np.int64), _STATE_FLAGS, _PROTO_CODES,
+            channels.keys, channels.values, channels.shift, ports.keys, ports.values, ports.shift,
+            self._rates, self._channel_rate, self._sums, self._t_sums, self._in_sums, self._t_in, self._first,
+            self.config.max_age_s, values, new_dst, new_port)
+        channels.count += added_c
+        ports.count += added_p
+        self._inserted_since_trim += added_c + added_p
         if self._inserted_since_trim > max(4096, len(self._channels) // 4):
             self._trim()
             self._inserted_since_trim = 0
-        self._last[src] = t
-        self._last[dst] = t
+        # As on the NumPy path (a host's last write as a responder wins over its writes as an originator).
+        self._last[src] = batch.ts
+        self._last[dst] = batch.ts
         return FeatureMatrix(values, batch.orig_h, new_dst.astype(np.int64), new_port.astype(np.int64))
 
     @staticmethod
