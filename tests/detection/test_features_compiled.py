@@ -104,6 +104,9 @@ def test_selection_follows_the_setting() -> None:
     # The hub builds its flow monitor on the kernel only when hub.detection_compiled is set.
     assert _monitor_config(False).detector.features.compiled is False
     assert _monitor_config(True).detector.features.compiled is True
+    # ... and its scoring pass likewise (a compile would otherwise stall the first scored report).
+    assert _monitor_config(False).detector.scorer.autoencoder.compiled is False
+    assert _monitor_config(True).detector.scorer.autoencoder.compiled is True
 
 
 def test_compiled_without_numba_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:

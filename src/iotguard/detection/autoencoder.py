@@ -20,10 +20,12 @@ number of subsets, and equals the batched form to float32 precision.
 
 from __future__ import annotations
 
+import importlib
 import math
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cache
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
@@ -52,6 +54,10 @@ class AutoencoderConfig:
         learning_rate: Adam step size.
         max_rows: Training rows used at most (a uniform sample beyond it).
         seed: Initialisation and shuffling seed.
+        compiled: Score with the Numba-compiled pass (ADR 0706): ``None`` when
+            Numba imports, ``True`` always (an error without Numba), ``False``
+            never (the NumPy folded form). It compiles on first use (about a
+            CPU second). Training is the same either way.
     """
 
     max_subset: int = 8
@@ -62,6 +68,7 @@ class AutoencoderConfig:
     learning_rate: float = 0.01
     max_rows: int = 4000
     seed: int = 0
+    compiled: bool | None = None
 
     def __post_init__(self) -> None:
         if not 2 <= self.max_subset <= 64 or not 0 < self.hidden_ratio <= 1:
@@ -100,6 +107,15 @@ def feature_subsets(x: FloatArray, max_subset: int) -> list[list[int]]:
         _, a, b = best
         clusters[a] = clusters[a] + clusters[b]
         del clusters[b]
+
+
+@cache
+def _scoring_kernel() -> ModuleType | None:
+    """The compiled scoring module (compiled on first use); ``None`` without Numba."""
+    try:
+        return importlib.import_module("iotguard.detection._compiled_scoring")
+    except ImportError:
+        return None
 
 
 @cache
@@ -188,8 +204,18 @@ class AutoencoderEnsemble:
 
     def __init__(self, config: AutoencoderConfig | None = None) -> None:
         self.config = config or AutoencoderConfig()
+        # A flag, not the module, so an ensemble can be copied and pickled.
+        self._compiled = self.config.compiled is not False and _scoring_kernel() is not None
+        if self.config.compiled and not self._compiled:
+            raise ConfigError("the compiled scoring pass needs numba (pip install iotguard[accel])",
+                              code="detection_config_invalid")
         self.subsets: list[list[int]] = []
         self._fitted = False
+
+    @property
+    def compiled(self) -> bool:
+        """Whether :meth:`score` runs the compiled pass."""
+        return self._compiled
 
     def _pack(self, x: FloatArray) -> FloatArray:
         scaled = (x - self._lo) / self._span
@@ -268,6 +294,17 @@ class AutoencoderEnsemble:
         self._f_oc1 = (0.5 * o.b1[0, 0]).astype(np.float32)
         self._f_o2 = (0.25 * o.w2[0]).astype(np.float32)
         self._f_oc2 = (0.25 * o.w2[0].sum(axis=0) + 0.5 * o.b2[0, 0]).astype(np.float32)
+        # The compiled pass keeps the blocks apart: per feature, its weights to (and from) its subset's hidden units.
+        self._c_order = np.array([f for subset in self.subsets for f in subset], dtype=np.int64)
+        self._c_starts = np.cumsum([0] + [len(subset) for subset in self.subsets]).astype(np.int64)
+        block = np.empty(n_features, dtype=np.int64)
+        for j, subset in enumerate(self.subsets):
+            block[subset] = j
+        cols = block[:, None] * h + np.arange(h)
+        self._c_w1 = np.ascontiguousarray(np.take_along_axis(self._f_a1, cols, axis=1))
+        self._c_w2 = np.ascontiguousarray(np.take_along_axis(self._f_a2.T, cols, axis=1))
+        self._c_c1 = np.ascontiguousarray(self._f_c1.reshape(k, h))
+        self._c_inv_size = np.array([1.0 / len(subset) for subset in self.subsets], dtype=np.float32)
 
     def arrays(self) -> dict[str, FloatArray]:
         """The trained parameters (float64), for :meth:`from_arrays`: scaling, both layers, the error range.
@@ -334,6 +371,14 @@ class AutoencoderEnsemble:
             raise ConfigError("autoencoder ensemble used before fit", code="detection_not_fitted")
         if x.shape[0] == 0:
             return np.zeros(0)
+        kernel = _scoring_kernel() if self._compiled else None
+        if kernel is not None:
+            out = np.empty(x.shape[0])
+            kernel.score_folded(np.ascontiguousarray(x, dtype=np.float64), self._f_inv, self._f_shift,
+                                self._c_order, self._c_starts, self._c_w1, self._c_c1, self._c_w2, self._f_c2,
+                                self._c_inv_size, self._f_einv, self._f_eshift, self._f_o1, self._f_oc1,
+                                self._f_o2, self._f_oc2, out)
+            return out
         with one_blas_thread():
             return self._score(x)
 

@@ -23,7 +23,7 @@ from iotguard.audit import AuditSink
 from iotguard.audit.anchor import CheckpointSchedule
 from iotguard.clock import Clock, SystemClock
 from iotguard.config import HubConfig
-from iotguard.detection import DetectorConfig, FeatureConfig, MonitorConfig
+from iotguard.detection import AutoencoderConfig, DetectorConfig, FeatureConfig, MonitorConfig, ScorerConfig
 from iotguard.errors import IotGuardError
 from iotguard.hub.audit_store import FileAnchor, open_audit_log
 from iotguard.hub.credentials import set_end_of_support
@@ -127,8 +127,9 @@ class HubServices:
 
 
 def _monitor_config(compiled: bool) -> MonitorConfig:
-    """The flow monitor's settings: features on the compiled kernel only when ``hub.detection_compiled``."""
-    return MonitorConfig(detector=DetectorConfig(features=FeatureConfig(compiled=compiled)))
+    """The flow monitor's settings: features and scoring compiled only when ``hub.detection_compiled``."""
+    return MonitorConfig(detector=DetectorConfig(features=FeatureConfig(compiled=compiled),
+                                                 scorer=ScorerConfig(autoencoder=AutoencoderConfig(compiled=compiled))))
 
 
 def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
