@@ -219,6 +219,9 @@ def main() -> int:
     ap.add_argument("--degree", type=int, default=None,
                     help="SecAgg+ degree (default: secagg_plus_degree for a third dropped, 2^-30 failure)")
     ap.add_argument("--secagg-only", action="store_true", help="only part 1, secure aggregation (its own JSON)")
+    ap.add_argument("--dropout", type=float, default=1 / 3,
+                    help="share of devices that drop after sharing in the run (default a third; the degree is "
+                         "still chosen to tolerate a third)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "analytics.json"))
     args = ap.parse_args()
     q = args.quick
@@ -226,7 +229,9 @@ def main() -> int:
     load_before = os.getloadavg()
     n_sa = 100 if q else 1000
     degree = args.degree if args.degree is not None else secagg_plus_degree(n_sa, 1 / 3)
-    sa = secagg(n_sa, 1000 if q else 10_000, degree, 1 / 3)
+    if not 0 <= args.dropout <= 1 / 3:
+        ap.error("--dropout is between 0 and 1/3")
+    sa = secagg(n_sa, 1000 if q else 10_000, degree, args.dropout)
     print(f"secure aggregation: {sa['devices']} devices x {sa['dims']} dims, degree {sa['degree']}, "
           f"{sa['dropped']} dropped, exact={sa['exact']}")
     print(f"  communication x{sa['secagg_comm_expansion']:.2f} (x{sa['secagg_comm_expansion_with_downloads']:.2f} "
