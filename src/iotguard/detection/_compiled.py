@@ -88,7 +88,8 @@ def number_rows(codes: npt.NDArray[np.uint32]) -> tuple[IntArray, IntArray]:  # 
     return slot, first[:count].copy()
 
 
-@numba.njit(cache=False, nogil=True)
+# The NumPy error model: no ZeroDivisionError branch per division (every divisor here is at least 1 or guarded).
+@numba.njit(cache=False, nogil=True, error_model="numpy")
 def extract_batch(
     t: FloatArray,
     src: IntArray,

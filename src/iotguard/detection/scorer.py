@@ -158,11 +158,16 @@ class BaselineScorer:
         return (chosen or self._models[ALL_MODELS]).ensemble.worst_subset(row.reshape(1, -1))
 
     def _routes(self, device: npt.NDArray[np.str_],
-                model: npt.NDArray[np.str_] | None) -> list[tuple[_Calibrated, npt.NDArray[np.intp]]]:
-        """The model that scores each row: the device's own, else its device model's, else the fallback."""
+                model: npt.NDArray[np.str_] | None) -> list[tuple[_Calibrated, npt.NDArray[np.intp] | slice]]:
+        """The model that scores each row: the device's own, else its device model's, else the fallback.
+
+        When one model scores every row its rows are a slice, so scoring reads ``x`` without a copy.
+        """
         if not self._models:
             raise ConfigError("baseline scorer used before fit", code="detection_not_fitted")
-        routes: list[tuple[_Calibrated, npt.NDArray[np.intp]]] = []
+        if not self._devices and (model is None or len(self._models) == 1):
+            return [(self._models[ALL_MODELS], slice(None))]
+        routes: list[tuple[_Calibrated, npt.NDArray[np.intp] | slice]] = []
         done = np.zeros(device.shape[0], dtype=bool)
         if self._devices:
             own = np.flatnonzero(np.isin(device, self._device_names))
