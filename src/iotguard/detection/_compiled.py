@@ -88,6 +88,16 @@ def number_rows(codes: npt.NDArray[np.uint32]) -> tuple[IntArray, IntArray]:  # 
     return slot, first[:count].copy()
 
 
+@numba.njit(cache=False, nogil=True, inline="always")
+def _log1p(x: float) -> float:  # pragma: no cover - compiled
+    """``log1p(x)``, from 1 up computed as ``log(1 + x)``.
+
+    As accurate there (``1 + x`` rounds by at most half a unit of a number of
+    at least 2) and well under half the cost of ``log1p`` in glibc.
+    """
+    return math.log(1.0 + x) if x >= 1.0 else math.log1p(x)
+
+
 # The NumPy error model: no ZeroDivisionError branch per division (every divisor here is at least 1 or guarded).
 @numba.njit(cache=False, nogil=True, error_model="numpy")
 def extract_batch(
@@ -144,16 +154,16 @@ def extract_batch(
     for i in range(n):
         ti = t[i]
         # the flow itself
-        lob = math.log1p(orig_bytes[i])
-        lrb = math.log1p(resp_bytes[i])
+        lob = _log1p(orig_bytes[i])
+        lrb = _log1p(resp_bytes[i])
         s = state[i]
         pr = proto[i]
         nr = 1.0 if state_flags[s, 0] and resp_pkts[i] == 0 else 0.0
-        out[i, 0] = math.log1p(duration[i])
+        out[i, 0] = _log1p(duration[i])
         out[i, 1] = lob
         out[i, 2] = lrb
-        out[i, 3] = math.log1p(orig_pkts[i])
-        out[i, 4] = math.log1p(resp_pkts[i])
+        out[i, 3] = _log1p(orig_pkts[i])
+        out[i, 4] = _log1p(resp_pkts[i])
         out[i, 5] = lob - lrb
         out[i, 6] = nr
         out[i, 7] = 1.0 if state_flags[s, 1] else 0.0
@@ -216,18 +226,18 @@ def extract_batch(
             mean = s1 / w
             second = s2 / w
             var = second - mean * mean
-            out[i, c] = math.log1p(w)
+            out[i, c] = _log1p(w)
             out[i, c + 1] = mean
             out[i, c + 2] = math.sqrt(var) if var > 1e-9 * second else 0.0
-            out[i, c + 3] = math.log1p(sb)
+            out[i, c + 3] = _log1p(sb)
             out[i, c + 4] = snd / w
-            out[i, c + 5] = math.log1p(snd)
-            out[i, c + 6] = math.log1p(snp)
+            out[i, c + 5] = _log1p(snd)
+            out[i, c + 6] = _log1p(snp)
             out[i, c + 7] = snr / w
             c += 8
         t_sums[h] = ti
         age = ti - first_seen[h]
-        out[i, c] = math.log1p(min(max(age, 0.0), max_age))
+        out[i, c] = _log1p(min(max(age, 0.0), max_age))
         c += 1
 
         # channel: state columns last time, count, iat count, iat sum, iat sum of squares, time of the sums
@@ -254,8 +264,8 @@ def extract_batch(
         mean = s_iat / max(n_iat, 1e-12) if n_iat > 0 else 0.0
         var = s_iat2 / max(n_iat, 1e-12) - mean * mean if n_iat > 0 else 0.0
         cv = math.sqrt(max(var, 0.0)) / max(mean, 1e-12) if n_iat >= 1.5 and mean > 0 else 1.0
-        out[i, c] = math.log1p(cnt)
-        out[i, c + 1] = math.log1p(mean)
+        out[i, c] = _log1p(cnt)
+        out[i, c + 1] = _log1p(mean)
         out[i, c + 2] = min(cv, 5.0)
         c += 3
 
@@ -272,7 +282,7 @@ def extract_batch(
             in_sums[g, r, 0] = w
             in_sums[g, r, 1] = s_new
             in_sums[g, r, 2] = s_nr
-            out[i, c] = math.log1p(w)
+            out[i, c] = _log1p(w)
             out[i, c + 1] = s_new / w
             out[i, c + 2] = s_nr / w
             c += 3
