@@ -45,11 +45,14 @@ def _table_bits(n: int) -> int:  # pragma: no cover - compiled
 
 
 @numba.njit(cache=False, nogil=True)
-def number_rows(codes: npt.NDArray[np.uint32]) -> tuple[IntArray, IntArray]:  # pragma: no cover - compiled
-    """:func:`number_keys` for rows of character codes (host address strings): equal rows, equal slot.
+def number_rows(codes: npt.NDArray[np.uint32],
+                times: FloatArray) -> tuple[IntArray, IntArray, FloatArray]:  # pragma: no cover - compiled
+    """Slot of each row of character codes (host address strings; numbered by first appearance), the
+    first row of each slot and the earliest of its rows' ``times``.
 
-    Rows are hashed whole and compared whole on a hash match, so distinct
-    strings never share a slot.
+    Open addressing with linear probing on the top bits of a multiplicative
+    hash; rows are hashed whole and compared whole on a hash match, so
+    distinct strings never share a slot.
     """
     n, width = codes.shape
     bits = _table_bits(n)
@@ -59,6 +62,7 @@ def number_rows(codes: npt.NDArray[np.uint32]) -> tuple[IntArray, IntArray]:  # 
     table_hash = np.zeros(1 << bits, dtype=np.uint64)
     slot = np.empty(n, dtype=np.int64)
     first = np.empty(n, dtype=np.int64)
+    earliest = np.empty(n)
     count = 0
     for i in range(n):
         h = np.uint64(0)
@@ -71,6 +75,7 @@ def number_rows(codes: npt.NDArray[np.uint32]) -> tuple[IntArray, IntArray]:  # 
                 table_slot[j] = count
                 table_hash[j] = h
                 first[count] = i
+                earliest[count] = times[i]
                 slot[i] = count
                 count += 1
                 break
@@ -83,9 +88,10 @@ def number_rows(codes: npt.NDArray[np.uint32]) -> tuple[IntArray, IntArray]:  # 
                         break
                 if same:
                     slot[i] = s
+                    earliest[s] = min(earliest[s], times[i])
                     break
             j = (j + 1) & mask
-    return slot, first[:count].copy()
+    return slot, first[:count].copy(), earliest[:count].copy()
 
 
 @numba.njit(cache=False, nogil=True, inline="always")

@@ -292,12 +292,13 @@ class FeatureExtractor:
         if kernel is not None and hosts.dtype.kind == "U" and hosts.shape[0] and hosts.itemsize:
             # The kernel numbers the distinct address strings of the batch; only those meet the dict.
             codes = np.ascontiguousarray(hosts).view(np.uint32).reshape(hosts.shape[0], -1)
-            slot, first = kernel.number_rows(codes)
+            slot, first, earliest = kernel.number_rows(codes, times)
             unique = self._host_ids_of(hosts[first].tolist(), times, distinct=True)
+            # A host new in this batch was first seen at the earliest of its rows.
+            fresh = self._first[unique] == np.inf
+            if fresh.any():
+                self._first[unique[fresh]] = earliest[fresh]
             found: IntArray = unique[slot]
-            fresh_rows = self._first[found] == np.inf
-            if fresh_rows.any():
-                np.minimum.at(self._first, found[fresh_rows], times[fresh_rows])
             return found
         return self._host_ids_of(hosts.tolist(), times, distinct=False)
 
