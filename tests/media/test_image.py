@@ -249,3 +249,26 @@ def test_evaluation_detectors_are_independent_of_redaction() -> None:
         attacker = independent_face_detector(cascade)
         assert cascade not in redaction
         assert (attacker.detect_width, attacker.large_band, attacker.min_neighbors) == (0, 1.0, 3)
+
+
+class _OneHitCascade:
+    """A cascade stand-in that reports one raw hit on the full view and nothing elsewhere (a lone hit)."""
+
+    def __init__(self, hit: tuple[int, int, int, int], view_width: int) -> None:
+        self.hit, self.view_width = hit, view_width
+
+    def detectMultiScale(self, view: np.ndarray, **_: object) -> list[tuple[int, int, int, int]]:
+        return [self.hit] if view.shape[1] == self.view_width else []
+
+
+def test_a_lone_raw_hit_is_redacted_not_dropped() -> None:
+    """A face the coarse grid hits once, with no neighbour and no confirmation in a finer pass, is still covered
+    (ADR 0953: redaction prefers a false alarm to a face left in the frame); the ADR 0951 behaviour is kept
+    behind ``keep_lone_hits=False``."""
+    view = np.zeros((248, 328), np.uint8)  # a 320x240 detection copy with its 4-pixel border
+    hit = (100, 60, 30, 30)
+    kept, confirmed = FaceDetector(), FaceDetector(keep_lone_hits=False)
+    assert kept.keep_lone_hits and kept.min_neighbors >= 1 and kept.large_band < 1.0
+    assert kept._search(_OneHitCascade(hit, view.shape[1]), view) == [hit]
+    assert confirmed._search(_OneHitCascade(hit, view.shape[1]), view) == []
+    assert FaceRedactor().params()["keep_lone_hits"] is True and FaceRedactor().params()["version"] == 5

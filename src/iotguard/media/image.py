@@ -174,6 +174,10 @@ class FaceDetector:
         large_band: Faces more than twice ``min_size`` are searched on a copy
             of the detection frame scaled by this factor (ADR 0951); 1.0
             searches every size on the detection frame in one pass.
+        keep_lone_hits: In two-band mode, a raw hit that no group covers is
+            kept as a face as it is (ADR 0953: redaction prefers false alarms
+            to misses); ``False`` keeps only what a finer second pass around
+            it confirms (ADR 0951).
     """
 
     cascades: tuple[str, ...] = ("frontalface_alt",)
@@ -184,6 +188,7 @@ class FaceDetector:
     detect_width: int = 320
     edge_pad: int = 4
     large_band: float = 0.75
+    keep_lone_hits: bool = True
     _models: list[tuple[str, Any]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -245,7 +250,7 @@ class FaceDetector:
         faces = [(int(x), int(y), int(w), int(h)) for x, y, w, h in grouped]
         for hit in hits:
             if not any(_centre_inside(hit, f) for f in faces):
-                faces += self._verify(model, view, hit)
+                faces += [hit] if self.keep_lone_hits else self._verify(model, view, hit)
         return faces
 
     def _verify(self, model: Any, view: Frame, hit: Box) -> list[Box]:
@@ -317,8 +322,9 @@ class FaceRedactor:
     def params(self) -> dict[str, Any]:
         """Method, version and parameters as recorded in privacy receipts."""
         assert self.detector is not None
-        return {"method": self.name, "version": 4, "detectors": list(self.detector.cascades),
+        return {"method": self.name, "version": 5, "detectors": list(self.detector.cascades),
                 "detect_width": self.detector.detect_width, "large_band": self.detector.large_band,
+                "keep_lone_hits": self.detector.keep_lone_hits,
                 "margin": self.margin, "noise": self.noise, "block": self.block, "fill": "constant+noise"}
 
     def redact(self, frame: Frame, boxes: list[Box]) -> Frame:
