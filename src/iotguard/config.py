@@ -66,9 +66,9 @@ class HubConfig:
     #: the ``accel`` extra): about 4x the NumPy form on 1 KiB readings. Each hub
     #: process compiles it once at start (a few seconds).
     ascon_compiled: bool = False
-    #: Extract flow features with the Numba-compiled kernel (ADR 0705; the ``accel``
-    #: extra): the same features for less CPU. The hub's flow monitor compiles
-    #: it when it is first built (a few seconds, once per process).
+    #: Extract flow features and score them with the Numba-compiled kernels (ADR 0705,
+    #: ADR 0706; the ``accel`` extra): the same features and scores for less CPU. The
+    #: hub's flow monitor compiles them when it is first built (a few seconds, once per process).
     detection_compiled: bool = False
     #: How long a cached device record may be used before it is re-read
     #: (bounds how fast a revocation made by another hub process takes effect).
