@@ -272,7 +272,11 @@ def deploy(tmp_path: Path, database: str, *, proxied: bool = False,
         hub.env["IOTGUARD_HUB__BROKER_URL"] = f"mqtts://127.0.0.1:{proxy.port}"
     url = db_url or f"sqlite:///{tmp_path / 'hub' / 'hub.db'}"
     try:
-        hub.start(timeout=START_S)
+        try:
+            hub.start(timeout=START_S)
+        except RuntimeError as exc:  # the broker's side of a failed start, before teardown deletes its log
+            log = broker.log.read_text(errors="replace")[-4000:] if broker.log.exists() else "(no log)"
+            raise RuntimeError(f"{exc}\n--- mosquitto log (tail) ---\n{log}") from None
         dep = Deployment(hub, broker, url, pg, proxy)
         dep.pair = pair
         yield dep

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -65,6 +66,7 @@ class MqttIngest:
             if tls is None:
                 raise ConfigError(f"{broker.url} needs the hub's TLS client context")
             self._client.tls_set_context(tls)
+        self._tls = tls
         self._worker = threading.Thread(target=self._run, name="iotguard-ingest", daemon=True)
 
     @property
@@ -81,7 +83,18 @@ class MqttIngest:
         self._client.loop_start()
         self._worker.start()
         if not self._connected.wait(timeout):
-            raise TimeoutError(f"hub could not connect to the broker at {self.broker.url}")
+            raise TimeoutError(f"hub could not connect to the broker at {self.broker.url}: {self._probe()}")
+
+    def _probe(self) -> str:
+        """Why a connection fails, for the start-up error: paho retries TCP and TLS failures silently."""
+        try:
+            with socket.create_connection((self.broker.host, self.broker.port), timeout=5) as raw:
+                if self._tls is None:
+                    return "TCP connects; no CONNACK came"
+                with self._tls.wrap_socket(raw, server_hostname=self.broker.host):
+                    return "TCP and TLS connect; no CONNACK came"
+        except (OSError, ssl.SSLError) as exc:
+            return f"{type(exc).__name__}: {exc}"
 
     def publish(self, topic: str, payload: bytes) -> None:
         """Publish a hub-to-device message (QoS 1)."""
