@@ -66,7 +66,7 @@ class MqttIngest:
             if tls is None:
                 raise ConfigError(f"{broker.url} needs the hub's TLS client context")
             self._client.tls_set_context(tls)
-        self._tls = tls
+        self._tls = tls if broker.tls else None  # what the probe speaks: TLS only to an mqtts:// broker
         self._worker = threading.Thread(target=self._run, name="iotguard-ingest", daemon=True)
 
     @property
@@ -93,7 +93,7 @@ class MqttIngest:
                     return "TCP connects; no CONNACK came"
                 with self._tls.wrap_socket(raw, server_hostname=self.broker.host):
                     return "TCP and TLS connect; no CONNACK came"
-        except (OSError, ssl.SSLError) as exc:
+        except OSError as exc:  # ssl.SSLError is one
             return f"{type(exc).__name__}: {exc}"
 
     def publish(self, topic: str, payload: bytes) -> None:
