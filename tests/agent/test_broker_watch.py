@@ -34,10 +34,39 @@ def test_a_publish_the_broker_took_is_not_waited_for() -> None:
     watch.record((1, 2), held, 0.0)
     taken.published = True
     assert not watch.waiting((1, 1)) and watch.waiting((1, 2))
-    assert not watch.stalled(10.0)  # not over the stall time yet
-    assert watch.stalled(10.5) and watch.stalls == 1
-    assert len(watch) == 0  # forgotten at the stall: the agent publishes what the client lost again
+    assert not watch.stalled(1.0)  # the broker took (1, 1): progress seen now
+    assert not watch.stalled(11.0)  # not over the stall time since then
+    assert watch.stalled(11.5) and watch.stalls == 1
+    assert watch.waiting((1, 2))  # kept: the client sends it again itself on its new connection
+    assert not watch.stalled(21.0)  # the drop restarted the wait
+    assert watch.stalled(21.6) and watch.stalls == 2
+    assert len(watch) == 0  # still the oldest at the next stall: the client lost it, the agent publishes it
     assert not watch.stalled(100.0)
+
+
+def test_a_slow_broker_that_still_takes_publishes_is_not_a_stall() -> None:
+    """An overloaded broker answers late but answers: dropping its connection would only add load."""
+    watch = PublishWatch(10.0)
+    infos = [_Info() for _ in range(40)]
+    for i, info in enumerate(infos):
+        watch.record((1, i), info, 0.0)
+    for i in range(30):  # the broker takes one publish every 2 s, the oldest waiting 60 s in the end
+        infos[i].published = True
+        assert not watch.stalled(2.0 * (i + 1))
+    assert watch.stalls == 0 and len(watch) == 10
+    assert watch.stalled(60.0 + 10.5)  # then nothing more for over the stall time: wedged
+
+
+def test_a_stall_keeps_what_waits_so_a_reconnect_adds_no_copies() -> None:
+    """What the broker took after the reconnect is forgotten; a new oldest publish gets its own chance."""
+    watch = PublishWatch(10.0)
+    old, new = _Info(), _Info()
+    watch.record((1, 1), old, 0.0)
+    assert watch.stalled(10.5)
+    old.published = True  # the client sent it again and the broker took it
+    watch.record((1, 2), new, 11.0)
+    assert not watch.stalled(21.0)
+    assert watch.stalled(21.5) and watch.waiting((1, 2))  # a first stall for (1, 2): kept
 
 
 def test_the_stall_time_restarts_at_each_connection() -> None:

@@ -11,6 +11,12 @@ caller refuses the reading at capture, and nothing already in the outbox is
 touched. Bookkeeping writes (sent times, removal after an acknowledgement)
 that fail are logged and skipped: the envelope stays and is sent again, and
 the hub stores a resent reading once.
+
+An envelope not acknowledged in time is due again after an interval that
+doubles with each send, up to :data:`MAX_BACKOFF` times the acknowledgement
+timeout (ADR 1507): a hub that is slow because it is overloaded receives a
+bounded number of copies instead of one per timeout, which would only make it
+slower (congestion collapse).
 """
 
 from __future__ import annotations
@@ -22,9 +28,17 @@ from pathlib import Path
 
 from iotguard.errors import StorageError
 
-__all__ = ["Outbox"]
+__all__ = ["MAX_BACKOFF", "Outbox"]
 
 log = logging.getLogger(__name__)
+
+#: The resend interval doubles with each send of an envelope, up to this many acknowledgement timeouts.
+MAX_BACKOFF = 8
+_MAX_DOUBLINGS = MAX_BACKOFF.bit_length() - 1
+_MARK_AGAIN = "UPDATE outbox SET last_sent = ?, sends = sends + 1 WHERE epoch = ? AND seq = ?"
+_MARK_FIRST = "UPDATE outbox SET last_sent = ?, sends = 1 WHERE epoch = ? AND seq = ?"
+_DUE = ("SELECT epoch, seq, envelope, topic FROM outbox WHERE last_sent = 0 "
+        "OR last_sent + ? * (1 << MIN(MAX(sends - 1, 0), ?)) < ? ORDER BY epoch, seq LIMIT ?")
 
 
 class Outbox:
@@ -42,6 +56,10 @@ class Outbox:
             # Media objects travel on their own topic (NULL: the device's telemetry topic); added to
             # outboxes created before media went through the outbox.
             self._db.execute("ALTER TABLE outbox ADD COLUMN topic TEXT")
+        if "sends" not in {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}:
+            # How often each envelope was published (its resend interval doubles with each); added to
+            # outboxes created before resends backed off.
+            self._db.execute("ALTER TABLE outbox ADD COLUMN sends INTEGER NOT NULL DEFAULT 0")
         self._db.execute("CREATE TABLE IF NOT EXISTS receipts (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                          "receipt BLOB NOT NULL)")
         self._lock = threading.Lock()
@@ -61,11 +79,13 @@ class Outbox:
             except sqlite3.Error as exc:
                 raise StorageError(f"outbox not writable (volume full?): {exc}", code="outbox_unwritable") from exc
 
-    def mark_sent(self, keys: list[tuple[int, int]], at: float) -> None:
+    def mark_sent(self, keys: list[tuple[int, int]], at: float, *, first: bool = False) -> None:
+        """Record a publish of ``keys`` at ``at``; ``first``: count it as their first send (a new
+        connection starts their backoff again)."""
+        sql = _MARK_FIRST if first else _MARK_AGAIN
         with self._lock:
             try:
-                self._db.executemany("UPDATE outbox SET last_sent = ? WHERE epoch = ? AND seq = ?",
-                                     [(at, e, s) for e, s in keys])
+                self._db.executemany(sql, [(at, e, s) for e, s in keys])
             except sqlite3.Error as exc:  # the envelopes stay due and are sent again
                 log.warning("outbox: send time not recorded: %s", exc)
 
@@ -83,14 +103,15 @@ class Outbox:
 
     def due(self, older_than: float, limit: int = 500) -> list[tuple[int, int, bytes]]:
         """Envelopes last sent before ``older_than`` (0 = never sent), oldest first."""
-        return [(e, s, b) for e, s, b, _t in self.due_entries(older_than, limit)]
+        return [(e, s, b) for e, s, b, _t in self.due_entries(older_than, limit=limit)]
 
-    def due_entries(self, older_than: float, limit: int = 500) -> list[tuple[int, int, bytes, str | None]]:
-        """As :meth:`due`, with each envelope's topic (``None``: the device's telemetry topic)."""
+    def due_entries(self, now: float, timeout_s: float = 0.0, *,
+                    limit: int = 500) -> list[tuple[int, int, bytes, str | None]]:
+        """Envelopes due at ``now``, oldest first, each with its topic (``None``: the device's telemetry
+        topic): last sent more than ``timeout_s`` x 2^(sends - 1) ago, at most :data:`MAX_BACKOFF` x
+        ``timeout_s`` (never sent: due)."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT epoch, seq, envelope, topic FROM outbox WHERE last_sent < ? ORDER BY epoch, seq LIMIT ?",
-                (older_than, limit)).fetchall()
+            rows = self._db.execute(_DUE, (timeout_s, _MAX_DOUBLINGS, now, limit)).fetchall()
         return [(int(e), int(s), bytes(b), None if t is None else str(t)) for e, s, b, t in rows]
 
     def add_receipt(self, receipt: bytes) -> None:

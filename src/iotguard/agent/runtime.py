@@ -540,7 +540,8 @@ class Agent:
         return True
 
     def resend_due(self, *, force: bool = False) -> int:
-        """Publish again what the hub has not acknowledged in time; returns how many.
+        """Publish again what the hub has not acknowledged in time (backing off per reading); returns how
+        many.
 
         A reading whose last publish the broker has not taken yet is left to
         the MQTT client; if the broker has taken nothing for the watch's
@@ -553,13 +554,15 @@ class Agent:
         if self.broker_watch.stalled(now):
             self._drop_wedged_connection(client)
             return 0
-        cutoff = now + 1 if force else now - self.cfg.ack_timeout_s
-        due = [d for d in self.outbox.due_entries(cutoff) if not self.broker_watch.waiting((d[0], d[1]))]
+        # Each unacknowledged reading waits twice as long before each further resend (ADR 1507); a new
+        # connection (force) sends everything once and starts the backoff again.
+        due = self.outbox.due_entries(now + 1, 0.0) if force else self.outbox.due_entries(now, self.cfg.ack_timeout_s)
+        due = [d for d in due if not self.broker_watch.waiting((d[0], d[1]))]
         telemetry = self._sealer.topic
         for e, s, env, topic in due:
             self.broker_watch.record((e, s), client.publish(topic or telemetry, env, qos=1), now)
         if due:
-            self.outbox.mark_sent([(e, s) for e, s, _, _ in due], now)
+            self.outbox.mark_sent([(e, s) for e, s, _, _ in due], now, first=force)
         return len(due)
 
     def _drop_wedged_connection(self, client: mqtt.Client) -> None:
