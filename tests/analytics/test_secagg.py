@@ -252,7 +252,7 @@ def test_shares_on_a_polynomial_one_degree_too_high_are_inconsistent() -> None:
     """A dealer whose shares lie on a polynomial of degree t (one too many) breaks only the last of the
     ``m - t`` parity checks; the one-shot random combination of the checks must still catch it, whatever
     subset of holders answered."""
-    from iotguard.analytics.secagg import _HolderSet, reconstruct_all
+    from iotguard.analytics.secagg_shamir import _HolderSet, reconstruct_all
 
     t = 12
     for holders in ([x for x in range(1, 31) if x % 7], list(range(1, 14)), list(range(5, 400, 3))):

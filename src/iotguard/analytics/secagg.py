@@ -31,12 +31,14 @@ neighbours and the threshold ``t`` counts among them, so each device's work
 and traffic grow with ``k ~ log n`` rather than ``n``. Without a graph every
 device is every other's neighbour (the original protocol).
 
-**Reconstruction** is batched: the shares of every secret held by one set of
-holders are combined with Lagrange coefficients computed once for that set
-(``O(t^2)`` per holder set, ``O(t)`` per secret), and the points beyond ``t``
+**Reconstruction** (:mod:`iotguard.analytics.secagg_shamir`) is batched: a
+share's x-coordinate is its holder's position in the owner's holder list
+plus one (ADR 0417), so the shares of every secret held by one set of
+positions are combined with coefficients computed once for that set (with
+nobody dropping, one set serves every secret), and the points beyond ``t``
 are checked for all secrets at once with a random linear combination tested
 against the parity checks of the Reed-Solomon code (a wrong share is missed
-with probability about ``1/p``); when the batch fails, each secret is checked
+with probability about ``c/p``); when the batch fails, each secret is checked
 to name the inconsistent one.
 
 Shares between devices travel through the hub sealed in a **share box**
@@ -50,12 +52,10 @@ channel (:mod:`iotguard.analytics.secagg_round`).
 
 from __future__ import annotations
 
-import math
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -68,16 +68,22 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from iotguard.analytics.secagg_degree import degree_failure_log2, secagg_plus_degree
-from iotguard.errors import ConfigError, MalformedError
+from iotguard.analytics.secagg_shamir import (
+    MAX_X,
+    PRIME,
+    ROUND_STATE_REASONS,
+    SECRET_BYTES,
+    AggregationError,
+    combine,
+    reconstruct_all,
+    split,
+)
+from iotguard.errors import ConfigError
 
-__all__ = ["BOX_BYTES", "PRIME", "ROUND_STATE_REASONS", "SECRET_BYTES", "SHARE_BYTES", "AggregationError",
+__all__ = ["BOX_BYTES", "MAX_X", "PRIME", "ROUND_STATE_REASONS", "SECRET_BYTES", "SHARE_BYTES", "AggregationError",
            "Aggregator", "Device", "Share", "combine", "degree_failure_log2", "harary_neighbours", "prg",
            "reconstruct_all", "secagg_plus_degree", "split"]
 
-#: Bytes of every secret of a round (mask-key secret, self-mask seed, pair seed): 128 bits (ADR 0416).
-SECRET_BYTES = 16
-#: Field of the Shamir shares: the smallest prime above every 16-byte secret (2^128 + 51).
-PRIME = (1 << 128) + 51
 MAX_DIMS = 1 << 24
 MAX_DEVICES = 1 << 16
 #: Bytes of one Shamir share on the wire (a field element below 2^129, big-endian).
@@ -87,171 +93,15 @@ BOX_BYTES = 2 * SHARE_BYTES + 16
 Vector = npt.NDArray[np.uint32]
 
 
-#: Refusals that say where the round is (it moved on, is unknown, already has this step, does not hold the
-#: device), not that the bytes are bad: their error ``code`` is the reason itself, so a device is answered
-#: with it (409/404/403, ``hub.api.HTTP_STATUS``) instead of a generic ``malformed``.
-ROUND_STATE_REASONS = frozenset({"wrong_phase", "round_unknown", "message_duplicate", "not_in_round"})
-
-
-class AggregationError(MalformedError):
-    """A share or message was rejected; ``reason`` is a stable code (also the ``code`` of a round-state one)."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason,
-                         code=reason if reason in ROUND_STATE_REASONS else None)
-        self.reason = reason
-
-
 @dataclass(frozen=True)
 class Share:
-    """Share ``index`` (x-coordinate, ``holder + 1``) of a secret of ``owner``, held by ``holder``."""
+    """A share of a secret of ``owner``, held by ``holder``; its x-coordinate is the holder's position in the
+    owner's holder list (the owner and its neighbours, ascending index) plus one (ADR 0417)."""
 
     owner: int
     holder: int
     kind: str  # "key" (mask-key secret), "seed" (self-mask seed), or "pair" (a pair seed, unmasking only)
     y: int
-
-
-def split(secret: bytes, n: int, t: int, xs: Sequence[int] | None = None) -> list[int]:
-    """Shamir shares ``f(1), ..., f(n)`` (or ``f(x)`` for each of ``xs``) of ``secret`` with threshold ``t``.
-
-    Raises:
-        ConfigError: a bad threshold, or a secret that is not below the field's prime.
-    """
-    if not 1 <= t <= n:
-        raise ConfigError("threshold must be 1..n")
-    value = int.from_bytes(secret, "big")
-    if value >= PRIME:
-        raise ConfigError("the secret does not fit the share field")
-    coeffs = [value] + [secrets.randbelow(PRIME) for _ in range(t - 1)]
-    out = []
-    for x in xs if xs is not None else range(1, n + 1):
-        acc = 0
-        for c in reversed(coeffs):
-            acc = (acc * x + c) % PRIME
-        out.append(acc)
-    return out
-
-
-def _inverses(values: Sequence[int]) -> list[int]:
-    """Modular inverses of many non-zero field elements with one exponentiation (Montgomery's trick)."""
-    prefix = [1]
-    for v in values:
-        prefix.append(prefix[-1] * v % PRIME)
-    inv = pow(prefix[-1], -1, PRIME)
-    out = [0] * len(values)
-    for i in range(len(values) - 1, -1, -1):
-        out[i] = prefix[i] * inv % PRIME
-        inv = inv * values[i] % PRIME
-    return out
-
-
-def _weights(xs: Sequence[int]) -> list[int]:
-    """Barycentric weights ``1 / prod_{j != i} (x_i - x_j)`` for distinct x-coordinates.
-
-    The x-coordinates are small integers (device index + 1): the differences are
-    multiplied in NumPy in exact ``int64`` groups (each group's product below
-    2^62), then each row's group products over the integers (``math.prod``) and
-    reduced once. O(len(xs)^2) small multiplications, no field reduction in the
-    inner loop.
-    """
-    m = len(xs)
-    if m < 2:
-        return [1] * m
-    span = max(xs) - min(xs)
-    if span >= 1 << 20:  # not device indices: the plain product
-        return _inverses([math.prod([xi - xj for xj in xs if xj != xi]) % PRIME for xi in xs])
-    x = np.asarray(xs, dtype=np.int64)
-    d = x[:, None] - x[None, :]
-    np.fill_diagonal(d, 1)
-    group = max(1, 62 // span.bit_length())
-    pad = (-m) % group
-    if pad:
-        d = np.concatenate([d, np.ones((m, pad), dtype=np.int64)], axis=1)
-    grouped = d.reshape(m, -1, group).prod(axis=2)
-    return _inverses([math.prod(row) % PRIME for row in grouped.tolist()])
-
-
-class _HolderSet:
-    """What reconstruction needs for one set of x-coordinates: coefficients at 0 and parity checks."""
-
-    def __init__(self, xs: Sequence[int], t: int) -> None:
-        self.xs = list(xs)
-        # v: barycentric weights of all m points, computed once. Points beyond t lie on a polynomial of
-        # degree < t iff sum_i v_i x_i^k y_i = 0 for k < m - t (the dual of a Reed-Solomon code); once they
-        # do, interpolating through all m points gives that polynomial, so the secret uses every point:
-        # L_i(0) = prod_j (0 - x_j) * v_i / (0 - x_i).
-        self.checks = len(self.xs) - t
-        self.v = _weights(self.xs)
-        prod = 1
-        for x in self.xs:
-            prod = prod * (-x) % PRIME
-        inv_neg = _inverses([(-x) % PRIME for x in self.xs])
-        self.at_zero = [prod * vi % PRIME * ni % PRIME for vi, ni in zip(self.v, inv_neg, strict=True)]
-
-    def secret(self, ys: Sequence[int]) -> int:
-        """``f(0)`` from the values at every x-coordinate (check :meth:`consistent` first)."""
-        return sum(c * y for c, y in zip(self.at_zero, ys, strict=True)) % PRIME
-
-    def consistent(self, ys: Sequence[int]) -> bool:
-        """Whether the points lie on one polynomial of degree < t: all ``c = m - t`` parity checks
-        ``S_k = sum_i v_i x_i^k y_i`` vanish, tested at once as ``sum_k r^k S_k = sum_i v_i y_i R(x_i)`` with
-        ``R(x) = sum_{k<c} (r x)^k = (1 - (r x)^c) / (1 - r x)`` for a random ``r``: a non-zero check is
-        missed with probability at most ``(c - 1) / p`` (Schwartz-Zippel; below 2^-112 for any ``c`` a round
-        allows), at ``O(m log c)`` field operations instead of ``O(m c)``."""
-        c = self.checks
-        if not c:
-            return True
-        r = secrets.randbelow(PRIME)
-        q = [r * x % PRIME for x in self.xs]
-        inv = _inverses([(1 - qi) % PRIME or 1 for qi in q])
-        total = 0
-        for vi, yi, qi, ii in zip(self.v, ys, q, inv, strict=True):
-            rx = c if qi == 1 else (1 - pow(qi, c, PRIME)) * ii % PRIME  # R(x_i); the geometric sum of ones at 1
-            total += vi * yi % PRIME * rx
-        return total % PRIME == 0
-
-
-def reconstruct_all(points: Mapping[Any, Sequence[tuple[int, int]]], t: int,
-                    size: int = SECRET_BYTES) -> dict[Any, bytes]:
-    """Reconstruct many secrets, each from its ``(x, y)`` points (sorted by x); every point beyond ``t`` must agree.
-
-    Secrets shared among the same holders reuse one set of coefficients.
-
-    Raises:
-        AggregationError: ``too_few_shares``, ``share_inconsistent`` (naming the secret), ``share_out_of_range``.
-    """
-    groups: dict[tuple[int, ...], list[Any]] = {}
-    for key, pts in points.items():
-        if len(pts) < t:
-            raise AggregationError("too_few_shares", f"{key}: {len(pts)} of {t}")
-        groups.setdefault(tuple(x for x, _ in pts), []).append(key)
-    out: dict[Any, bytes] = {}
-    for xs, keys in groups.items():
-        hs = _HolderSet(xs, t)
-        if hs.checks:
-            coeffs = [secrets.randbelow(PRIME) for _ in keys]
-            mixed = [sum(c * points[k][i][1] for c, k in zip(coeffs, keys, strict=True)) % PRIME
-                     for i in range(len(xs))]
-            if not hs.consistent(mixed):
-                for k in keys:
-                    if not hs.consistent([y for _, y in points[k]]):
-                        raise AggregationError("share_inconsistent", f"shares of {k} are not on one polynomial")
-        for k in keys:
-            secret = hs.secret([y for _, y in points[k]])  # all points: consistent (checked above)
-            if secret >= 1 << (8 * size):
-                raise AggregationError("share_out_of_range", f"reconstructed secret of {k} is too large")
-            out[k] = secret.to_bytes(size, "big")
-    return out
-
-
-def combine(points: Sequence[tuple[int, int]], t: int, size: int = SECRET_BYTES) -> bytes:
-    """Reconstruct a secret from ``(x, y)`` points; every point beyond ``t`` must agree.
-
-    Raises:
-        AggregationError: ``too_few_shares``, ``share_inconsistent``, ``share_out_of_range``.
-    """
-    return reconstruct_all({"secret": sorted(points)}, t, size)["secret"]
 
 
 def harary_neighbours(n: int, k: int, seed: bytes) -> dict[int, tuple[int, ...]]:
@@ -362,8 +212,10 @@ class Device:
         holders = list(range(peers)) if isinstance(peers, int) else sorted({*peers, self.index})
         if not 1 <= t <= len(holders):
             raise ConfigError("threshold must be 1..number of holders")
-        xs = [h + 1 for h in holders]
-        keys, seeds = split(self._mask_secret, len(xs), t, xs), split(self._seed, len(xs), t, xs)
+        # x-coordinate: the holder's position in this device's holder list + 1 (ADR 0417), so every owner's
+        # holder set is 1..k + 1 and one set of coefficients serves every secret with nobody dropping
+        n = len(holders)
+        keys, seeds = split(self._mask_secret, n, t), split(self._seed, n, t)
         return [Share(self.index, h, kind, ys[i]) for i, h in enumerate(holders)
                 for kind, ys in (("key", keys), ("seed", seeds))]
 
@@ -485,17 +337,28 @@ class Aggregator:
     def _is_peer(self, u: int, v: int) -> bool:
         return u != v if self._peer_sets is None else v in self._peer_sets[u]
 
+    def x_coordinates(self, owner: int) -> dict[int, int]:
+        """The x-coordinate of each holder of ``owner``'s shares: its position in ``owner``'s holder list (the
+        owner and its neighbours, ascending index) plus one, ``1..k + 1`` (ADR 0417). A holder not in the list
+        has none: its share is refused."""
+        if self.neighbours is None:
+            return {h: h + 1 for h in range(self.n)}
+        return {h: i + 1 for i, h in enumerate(sorted({*self.neighbours[owner], owner}))}
+
     def _points(self, shares: Sequence[Share], survivors: set[int]) -> dict[tuple[int, str], list[tuple[int, int]]]:
         seen: dict[tuple[int, str], dict[int, int]] = {}
+        xs: dict[int, dict[int, int]] = {}
         for s in shares:
-            allowed = s.holder == s.owner or self._is_peer(s.owner, s.holder) if 0 <= s.owner < self.n else False
-            if s.holder not in survivors or not allowed or s.kind not in ("key", "seed") or not 0 <= s.y < PRIME:
+            if 0 <= s.owner < self.n and s.owner not in xs:
+                xs[s.owner] = self.x_coordinates(s.owner)
+            x = xs[s.owner].get(s.holder) if 0 <= s.owner < self.n else None
+            if x is None or s.holder not in survivors or s.kind not in ("key", "seed") or not 0 <= s.y < PRIME:
                 raise AggregationError("share_malformed", f"share of {s.owner} from {s.holder}")
             got = seen.setdefault((s.owner, s.kind), {})
-            if s.holder in got and got[s.holder] != s.y:
+            if x in got and got[x] != s.y:
                 raise AggregationError("share_duplicate", f"two shares of {s.owner} from {s.holder}")
-            got[s.holder] = s.y
-        return {k: [(h + 1, y) for h, y in sorted(v.items())] for k, v in seen.items()}
+            got[x] = s.y
+        return {k: sorted(v.items()) for k, v in seen.items()}
 
     def _pair_seeds(self, shares: Sequence[Share], survivors: set[int], dropped: set[int]) -> dict[tuple[int, int],
                                                                                                   bytes]:
