@@ -126,12 +126,12 @@ class _HolderSet:
         ``S_k = sum_i v_i x_i^k y_i`` vanish, tested at once as ``sum_k r^k S_k = sum_i v_i y_i R(x_i)`` with
         ``R(x) = sum_{k<c} (r x)^k`` for a random ``r`` drawn after the shares are in: a non-zero check is
         missed with probability at most ``(c - 1) / p`` (Schwartz-Zippel; below 2^-112 for any ``c`` a round
-        allows). ``r``: one random point shared by the sets of one reconstruction (its ``R`` is tabulated)."""
+        allows). ``r``: one random point shared by the sets of one reconstruction."""
         c = self.checks
         if not c:
             return True
-        table = _geometric(secrets.randbelow(PRIME) if r is None else r, c, self.xs[-1])
-        total = sum(vi * yi % PRIME * table[x] for vi, yi, x in zip(self.v, ys, self.xs, strict=True))
+        rx = _geometric(secrets.randbelow(PRIME) if r is None else r, c, tuple(self.xs))
+        total = sum(vi * yi % PRIME * ri for vi, yi, ri in zip(self.v, ys, rx, strict=True))
         return total % PRIME == 0
 
 
@@ -149,9 +149,10 @@ def _row_products(xs: np.ndarray, missing: np.ndarray, k: int) -> list[int]:
 
 
 @lru_cache(maxsize=16)
-def _geometric(r: int, c: int, k: int) -> list[int]:
-    """``R(x) = sum_{k<c} (r x)^k = (1 - (r x)^c) / (1 - r x)`` for ``x = 0..k`` (``c`` where ``r x = 1``)."""
-    q = [r * x % PRIME for x in range(k + 1)]
+def _geometric(r: int, c: int, xs: tuple[int, ...]) -> list[int]:
+    """``R(x) = sum_{k<c} (r x)^k = (1 - (r x)^c) / (1 - r x)`` for each of ``xs`` (``c`` where ``r x = 1``);
+    cached, so holder sets that coincide (nobody dropping) share one evaluation."""
+    q = [r * x % PRIME for x in xs]
     dens = [(1 - qi) % PRIME or 1 for qi in q]
     inv = _batch_inverse(dens)
     return [c if qi == 1 else (1 - pow(qi, c, PRIME)) * ii % PRIME for qi, ii in zip(q, inv, strict=True)]
@@ -186,14 +187,16 @@ def reconstruct_all(points: Mapping[Any, Sequence[tuple[int, int]]], t: int,
         if len(pts) < t:
             raise AggregationError("too_few_shares", f"{key}: {len(pts)} of {t}")
         groups.setdefault(tuple(x for x, _ in pts), []).append(key)
-    r = secrets.randbelow(PRIME)  # drawn after every share is in; one R table per (checks, largest x)
+    r = secrets.randbelow(PRIME)  # drawn after every share is in, shared by every holder set
     out: dict[Any, bytes] = {}
     for xs, keys in groups.items():
         hs = _HolderSet(xs, t)
         if hs.checks:
-            coeffs = [secrets.randbelow(PRIME) for _ in keys]
-            mixed = [sum(c * points[k][i][1] for c, k in zip(coeffs, keys, strict=True)) % PRIME
-                     for i in range(len(xs))]
+            # one secret is checked as it is; several are mixed by random coefficients and checked at once
+            coeffs = [secrets.randbelow(PRIME) for _ in keys] if len(keys) > 1 else [1]
+            mixed = ([y for _, y in points[keys[0]]] if len(keys) == 1 else
+                     [sum(c * points[k][i][1] for c, k in zip(coeffs, keys, strict=True)) % PRIME
+                      for i in range(len(xs))])
             if not hs.consistent(mixed, r):
                 for k in keys:
                     if not hs.consistent([y for _, y in points[k]]):
