@@ -38,7 +38,7 @@ def test_kill_9_hub_mid_run_loses_and_duplicates_nothing(hub_process: HubProcess
         stop.set()
         sender.join()
     try:
-        _drain(fleet, timeout=90, hub=hub_process)
+        _drain(fleet, timeout=180, hub=hub_process)  # a hub on a loaded CI machine works off its backlog slowly
         time.sleep(0.5)
         stored = _stored_keys(hub_process)
         assert len(stored) == len(set(stored)), "a reading was stored twice"

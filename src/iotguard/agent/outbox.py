@@ -101,6 +101,21 @@ class Outbox:
                 return 0
             return cur.rowcount
 
+    def sent_once(self, epoch: int, seqs: list[int]) -> list[float]:
+        """When those of ``seqs`` still kept that were published exactly once were sent (the agent
+        measures acknowledgement times on them, ADR 1507)."""
+        if not seqs:
+            return []
+        wanted = set(seqs)
+        with self._lock:
+            try:
+                rows = self._db.execute(
+                    "SELECT seq, last_sent FROM outbox WHERE epoch = ? AND seq BETWEEN ? AND ? AND sends = 1",
+                    (epoch, min(seqs), max(seqs))).fetchall()
+            except sqlite3.Error:
+                return []
+        return [float(t) for q, t in rows if int(q) in wanted]
+
     def due(self, older_than: float, limit: int = 500) -> list[tuple[int, int, bytes]]:
         """Envelopes last sent before ``older_than`` (0 = never sent), oldest first."""
         return [(e, s, b) for e, s, b, _t in self.due_entries(older_than, limit=limit)]

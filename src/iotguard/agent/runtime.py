@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from iotguard.agent import exchange
+from iotguard.agent.ack_timer import AckTimer
 from iotguard.agent.attester import Attester
 from iotguard.agent.broker_watch import PublishWatch
 from iotguard.agent.exchange import CA_FILE, IDENTITY_KEY, TRANSPORT_FILE, new_transport_key
@@ -113,6 +114,8 @@ class Agent:
         self._connected = threading.Event()
         #: Readings handed to the MQTT client that the broker has not taken yet (ADR 1506).
         self.broker_watch = PublishWatch(max(2 * cfg.ack_timeout_s, 10.0))
+        #: The resend timeout, adapted to the acknowledgement times measured (ADR 1507).
+        self.ack_timer = AckTimer(cfg.ack_timeout_s)
         self._lock = threading.Lock()
         self.acked = 0
         self.privacy: DevicePrivacy | None = None
@@ -385,6 +388,9 @@ class Agent:
             log.warning("%s: ignoring bad ack: %s", self.device_id, exc.code)
             return
         seqs = list(ack.sequences())
+        sent = self.outbox.sent_once(ack.epoch, seqs)
+        if sent:
+            self.ack_timer.sample(time.time() - min(sent))  # the slowest in this acknowledgement
         self.outbox.remove(ack.epoch, seqs)
         with self._lock:
             self.acked += len(seqs)
@@ -554,15 +560,17 @@ class Agent:
         if self.broker_watch.stalled(now):
             self._drop_wedged_connection(client)
             return 0
-        # Each unacknowledged reading waits twice as long before each further resend (ADR 1507); a new
-        # connection (force) sends everything once and starts the backoff again.
-        due = self.outbox.due_entries(now + 1, 0.0) if force else self.outbox.due_entries(now, self.cfg.ack_timeout_s)
+        # A reading is resent after the acknowledgement time measured (AckTimer), doubled for each further
+        # resend (ADR 1507); a new connection (force) sends everything once and starts the backoff again.
+        due = self.outbox.due_entries(now + 1, 0.0) if force else self.outbox.due_entries(now, self.ack_timer.timeout_s)
         due = [d for d in due if not self.broker_watch.waiting((d[0], d[1]))]
         telemetry = self._sealer.topic
         for e, s, env, topic in due:
             self.broker_watch.record((e, s), client.publish(topic or telemetry, env, qos=1), now)
         if due:
             self.outbox.mark_sent([(e, s) for e, s, _, _ in due], now, first=force)
+            if not force:
+                self.ack_timer.timed_out()
         return len(due)
 
     def _drop_wedged_connection(self, client: mqtt.Client) -> None:
