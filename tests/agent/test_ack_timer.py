@@ -84,3 +84,17 @@ def test_sent_once_reports_only_readings_published_once(tmp_path: Path) -> None:
     assert box.sent_once(1, [1, 2, 3]) == [101.0, 103.0]
     assert box.sent_once(1, [3]) == [103.0] and box.sent_once(1, []) == []
     box.close()
+
+
+def test_no_reading_waits_longer_than_the_longest_wait_between_sends(tmp_path: Path) -> None:
+    """With the timer stretched to its bound, the outbox's doubling stops at the same bound (not 8 x it)."""
+    box, timer = Outbox(tmp_path / "outbox.db"), AckTimer(3.0)
+    for _ in range(5):
+        timer.timed_out()
+    box.add(1, 1, b"r")
+    for _ in range(5):
+        box.mark_sent([(1, 1)], 1000.0)
+    assert timer.timeout_s == timer.longest_s == 24.0
+    assert not box.due_entries(1023.9, timer.timeout_s, longest_s=timer.longest_s)
+    assert box.due_entries(1024.1, timer.timeout_s, longest_s=timer.longest_s)
+    box.close()

@@ -49,6 +49,11 @@ class AckTimer:
                 self._variation = 0.75 * self._variation + 0.25 * abs(self._smoothed - seconds)
                 self._smoothed = 0.875 * self._smoothed + 0.125 * seconds
 
+    @property
+    def longest_s(self) -> float:
+        """The longest a reading ever waits between two sends (the outbox's backoff stops there)."""
+        return MAX_STRETCH * self.floor_s
+
     def timed_out(self) -> None:
         """Readings were resent for want of an acknowledgement: wait twice as long until a measurement."""
         with self._lock:

@@ -38,7 +38,7 @@ _MAX_DOUBLINGS = MAX_BACKOFF.bit_length() - 1
 _MARK_AGAIN = "UPDATE outbox SET last_sent = ?, sends = sends + 1 WHERE epoch = ? AND seq = ?"
 _MARK_FIRST = "UPDATE outbox SET last_sent = ?, sends = 1 WHERE epoch = ? AND seq = ?"
 _DUE = ("SELECT epoch, seq, envelope, topic FROM outbox WHERE last_sent = 0 "
-        "OR last_sent + ? * (1 << MIN(MAX(sends - 1, 0), ?)) < ? ORDER BY epoch, seq LIMIT ?")
+        "OR last_sent + MIN(? * (1 << MIN(MAX(sends - 1, 0), ?)), ?) < ? ORDER BY epoch, seq LIMIT ?")
 
 
 class Outbox:
@@ -120,13 +120,14 @@ class Outbox:
         """Envelopes last sent before ``older_than`` (0 = never sent), oldest first."""
         return [(e, s, b) for e, s, b, _t in self.due_entries(older_than, limit=limit)]
 
-    def due_entries(self, now: float, timeout_s: float = 0.0, *,
+    def due_entries(self, now: float, timeout_s: float = 0.0, *, longest_s: float | None = None,
                     limit: int = 500) -> list[tuple[int, int, bytes, str | None]]:
         """Envelopes due at ``now``, oldest first, each with its topic (``None``: the device's telemetry
         topic): last sent more than ``timeout_s`` x 2^(sends - 1) ago, at most :data:`MAX_BACKOFF` x
-        ``timeout_s`` (never sent: due)."""
+        ``timeout_s`` and at most ``longest_s`` (never sent: due)."""
+        longest = MAX_BACKOFF * timeout_s if longest_s is None else longest_s
         with self._lock:
-            rows = self._db.execute(_DUE, (timeout_s, _MAX_DOUBLINGS, now, limit)).fetchall()
+            rows = self._db.execute(_DUE, (timeout_s, _MAX_DOUBLINGS, longest, now, limit)).fetchall()
         return [(int(e), int(s), bytes(b), None if t is None else str(t)) for e, s, b, t in rows]
 
     def add_receipt(self, receipt: bytes) -> None:

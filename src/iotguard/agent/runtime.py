@@ -561,8 +561,10 @@ class Agent:
             self._drop_wedged_connection(client)
             return 0
         # A reading is resent after the acknowledgement time measured (AckTimer), doubled for each further
-        # resend (ADR 1507); a new connection (force) sends everything once and starts the backoff again.
-        due = self.outbox.due_entries(now + 1, 0.0) if force else self.outbox.due_entries(now, self.ack_timer.timeout_s)
+        # resend, never later than 8 ack timeouts (ADR 1507); a new connection (force) sends everything
+        # once and starts the backoff again.
+        due = (self.outbox.due_entries(now + 1, 0.0) if force else
+               self.outbox.due_entries(now, self.ack_timer.timeout_s, longest_s=self.ack_timer.longest_s))
         due = [d for d in due if not self.broker_watch.waiting((d[0], d[1]))]
         telemetry = self._sealer.topic
         for e, s, env, topic in due:
