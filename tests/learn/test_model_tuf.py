@@ -128,7 +128,7 @@ def test_model_missing_from_signed_metadata_is_never_run(repo: HubFirmware,
     bogus = f"targets/{HUB_MODEL}/{record.sha256}.digits-1.igm"
     repo.hub.services.firmware._files.save({bogus: record.artifact})
     assert repo.hub.services.firmware.device_file(HUB_MODEL, bogus) == record.artifact  # served, but unsigned
-    _drive(loops)
+    _drive(loops, 20)  # never leaves "fetching": each turn is the same refusal, 20 are as telling as 200
     assert [loop.state for loop in loops] == ["fetching"] * 3
     assert all(loop.artifact is None and loop.delivery == "" for loop in loops)
     assert "waiting: model digits is not in the signed TUF metadata" in capsys.readouterr().out
