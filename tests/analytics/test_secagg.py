@@ -11,6 +11,7 @@ import pytest
 
 from iotguard.analytics.secagg import PRIME, AggregationError, Aggregator, Device, Share, combine, prg, split
 from iotguard.errors import ConfigError
+from tests.analytics.secagg_helpers import graph_round
 
 N, T, DIMS = 30, 16, 64
 
@@ -148,21 +149,8 @@ def test_secagg_plus_graph_is_symmetric_regular_and_sums_exactly() -> None:
     assert g != harary_neighbours(40, 8, b"round-2")  # the labels follow the round's seed
     rng = np.random.default_rng(9)
     values = [rng.integers(0, 1 << 20, DIMS, dtype=np.uint32) for _ in range(40)]
-    devices = [Device(i, v) for i, v in enumerate(values)]
-    agg = Aggregator(40, 5, DIMS, g)
-    for d in devices:
-        agg.add_public_key(d.index, d.public_key)
-        for s in d.shares_for_peers(g[d.index], 5):
-            devices[s.holder].receive_share(s)
-    dropped = {3, 17, 30}
-    for d in devices:
-        if d.index not in dropped:
-            agg.add_masked(d.index, d.masked_input({v: agg.public_keys[v] for v in g[d.index]}))
-    shares = [s for d in devices if d.index not in dropped
-              for s in d.unmask_shares([v for v in (*g[d.index], d.index) if v not in dropped],
-                                       [v for v in g[d.index] if v in dropped])]
-    expected = sum((values[i].astype(np.uint64) for i in range(40) if i not in dropped), np.zeros(DIMS, np.uint64))
-    assert np.array_equal(agg.unmask(shares), (expected % (1 << 32)).astype(np.uint32))
+    agg, shares, expected = graph_round(values, g, 5, {3, 17, 30})
+    assert np.array_equal(agg.unmask(shares), expected)
 
 
 def test_mask_prg_is_aes_256_ctr_against_the_nist_vector() -> None:

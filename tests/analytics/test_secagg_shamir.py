@@ -15,12 +15,12 @@ from iotguard.analytics.secagg import (
     PRIME,
     AggregationError,
     Aggregator,
-    Device,
     Share,
     harary_neighbours,
     reconstruct_all,
     split,
 )
+from tests.analytics.secagg_helpers import graph_round
 
 N, K, T, DIMS = 24, 8, 5, 32
 
@@ -29,20 +29,7 @@ def _graph_round(dropped: set[int]) -> tuple[Aggregator, list[Share], np.ndarray
     g = harary_neighbours(N, K, b"round-x")
     rng = np.random.default_rng(3)
     values = [rng.integers(0, 1 << 20, DIMS, dtype=np.uint32) for _ in range(N)]
-    devices = [Device(i, v) for i, v in enumerate(values)]
-    agg = Aggregator(N, T, DIMS, g)
-    for d in devices:
-        agg.add_public_key(d.index, d.public_key)
-        for s in d.shares_for_peers(g[d.index], T):
-            devices[s.holder].receive_share(s)
-    for d in devices:
-        if d.index not in dropped:
-            agg.add_masked(d.index, d.masked_input({v: agg.public_keys[v] for v in g[d.index]}))
-    shares = [s for d in devices if d.index not in dropped
-              for s in d.unmask_shares([v for v in (*g[d.index], d.index) if v not in dropped],
-                                       [v for v in g[d.index] if v in dropped])]
-    expected = sum((values[i].astype(np.uint64) for i in range(N) if i not in dropped), np.zeros(DIMS, np.uint64))
-    return agg, shares, (expected % (1 << 32)).astype(np.uint32), g
+    return (*graph_round(values, g, T, dropped), g)
 
 
 def test_with_nobody_dropping_one_holder_set_serves_every_secret(monkeypatch: pytest.MonkeyPatch) -> None:
