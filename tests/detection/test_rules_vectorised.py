@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from iotguard.detection import FlowBatch
+from iotguard.detection import Flow, FlowBatch
 from iotguard.detection.features import FeatureExtractor
 from iotguard.detection.rules import BeaconRule, NewPortRule
 from iotguard.sim import traffic
@@ -72,3 +72,29 @@ def test_vectorised_baseline_equals_flow_by_flow(cap: int, rule_kind: str, key: 
     assert flagged > 0  # the scan's new ports and peers are in there
     rule.forget({fleet[1].address})
     assert fleet[1].address not in rule.known
+
+
+def _one_host_batch(host: str, peers: list[str], t0: float) -> FlowBatch:
+    return FlowBatch.from_flows([Flow(ts=t0 + i, orig_h=host, orig_p=40000 + i, resp_h=peer, resp_p=443, proto="tcp",
+                                      duration=0.1, orig_bytes=100, resp_bytes=200, conn_state="SF", orig_pkts=2,
+                                      resp_pkts=2) for i, peer in enumerate(peers)])
+
+
+def test_known_peer_longer_than_a_batch_s_addresses_stays_known() -> None:
+    """A batch of short addresses must not cut the cached baseline: a known peer judged later stays known."""
+    rule = BeaconRule(FeatureExtractor().names)
+    rule.learn(_one_host_batch("10.0.0.2", ["192.168.100.200"] * 10 + ["8.8.8.8"] * 10, T0), None)  # type: ignore[arg-type]
+    assert rule._unknown(_one_host_batch("10.0.0.2", ["8.8.8.8"], T0 + 100)).tolist() == [False]
+    assert rule._unknown(_one_host_batch("10.0.0.2", ["192.168.100.200"], T0 + 200)).tolist() == [False]
+
+
+def test_timer_driven_multicast_reports_are_not_beaconing() -> None:
+    """MLD reports to a link-local group every 20 s are plumbing, not a C&C check-in; the same to one peer is."""
+    names = FeatureExtractor().names
+    for peer, beacon in (("ff02::1:ff2b:5398", False), ("224.0.0.251", False), ("203.0.113.66", True)):
+        extractor, rule = FeatureExtractor(), BeaconRule(names)
+        batch = FlowBatch.from_flows([Flow(ts=T0 + 20.0 * i, orig_h="fe80::1" if ":" in peer else "10.0.0.2",
+                                           orig_p=0, resp_h=peer, resp_p=130, proto="icmp", duration=0.0,
+                                           orig_bytes=24, resp_bytes=0, conn_state="OTH", orig_pkts=1, resp_pkts=0)
+                                      for i in range(30)])
+        assert rule.hits(batch, extractor.transform(batch)).any() == beacon, peer

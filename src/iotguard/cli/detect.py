@@ -102,11 +102,12 @@ def format_report(r: EvaluationReport, name: str) -> str:
         f"Evaluation of {name}",
         f"  flows                {r.flows}  (fitted on {r.train_flows} benign of the earliest, "
         f"scored {r.scored_flows}, {r.scored_malicious} malicious)",
-        f"  ROC AUC              {_num(r.auc)}",
-        f"  TPR at 1 % FPR       {_num(r.tpr_at_1pct_fpr)}",
-        f"  at the calibrated threshold: precision {_num(r.precision)}, recall {_num(r.recall)}, "
+        f"  ROC AUC              {_num(r.auc)}  (learned score alone {_num(r.auc_learned)})",
+        f"  TPR at 1 % FPR       {_num(r.tpr_at_1pct_fpr)}  (learned score alone {_num(r.tpr_at_1pct_fpr_learned)})",
+        f"  flow rules flagged   {r.rule_flagged} later flows, {r.rule_flagged_malicious} of them malicious",
+        f"  at the calibrated threshold or a rule: precision {_num(r.precision)}, recall {_num(r.recall)}, "
         f"FPR {_num(r.fpr)}",
-        f"  throughput           {r.flows_per_s:,.0f} flows/s (feature extraction + scoring)",
+        f"  throughput           {r.flows_per_s:,.0f} flows/s (feature extraction + scoring + flow rules)",
         f"  attacking hosts      {r.attackers_detected} of {r.attackers} detected; delay median "
         f"{_num(r.delay_median_s, ' s', 2)}, p90 {_num(r.delay_p90_s, ' s', 2)}",
         f"  per-device models    {r.device_models}",

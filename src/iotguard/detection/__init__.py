@@ -16,7 +16,17 @@ from iotguard.detection.behaviour import (
     RefusalRule,
     SessionSeen,
 )
-from iotguard.detection.evaluate import EvaluationReport, evaluate_flows, is_malicious, roc_auc, tpr_at_fpr
+from iotguard.detection.evaluate import (
+    EvaluationReport,
+    detector_scores,
+    evaluate_flows,
+    flag_flows,
+    is_malicious,
+    learn_rules,
+    roc_auc,
+    rule_severity,
+    tpr_at_fpr,
+)
 from iotguard.detection.features import FeatureConfig, FeatureExtractor, FeatureMatrix, feature_names
 from iotguard.detection.feed import ThreatFeed, parse_feed
 from iotguard.detection.flow_report import FlowReportLimits, decode_flow_report, encode_flow_report, split_for_reports
@@ -32,7 +42,7 @@ from iotguard.detection.health import (
 from iotguard.detection.model_state import export_scorer, import_scorer
 from iotguard.detection.monitor import FlowMonitor, MonitorConfig, parse_address_inventory
 from iotguard.detection.pcap import PcapLimits, PcapResult, flows_from_pcap
-from iotguard.detection.pipeline import DetectorConfig, FlowDetector, LearningWindow
+from iotguard.detection.pipeline import DetectorConfig, FlowDetector, LearningWindow, flow_rules
 from iotguard.detection.playbook import (
     ActionKind,
     GuardRails,
@@ -100,20 +110,25 @@ __all__ = [
     "decode_flow_report",
     "decode_health_report",
     "default_playbook",
+    "detector_scores",
     "encode_flow_report",
     "encode_health_report",
     "evaluate_flows",
     "export_scorer",
     "feature_names",
+    "flag_flows",
+    "flow_rules",
     "flows_from_pcap",
     "import_scorer",
     "is_malicious",
+    "learn_rules",
     "parse_address_inventory",
     "parse_conn_log",
     "parse_feed",
     "parse_playbook",
     "plan",
     "roc_auc",
+    "rule_severity",
     "split_for_reports",
     "tpr_at_fpr",
 ]

@@ -1,33 +1,52 @@
 """Evaluation on labeled flow logs: the protocol of Kitsune and N-BaIoT.
 
 Flows are put in time order and run through the feature extractor as a
-stream. The learned baselines are fitted on the flows *not* labeled
+stream. The learned baselines, and the baselines of the flow rules that
+have one (new ports, beaconing peers), are fitted on the flows *not* labeled
 malicious within the earliest ``train_share`` of the flows, and every later
 flow is scored. Labels choose the training rows and grade the result,
-nothing else. Reported: ROC AUC, TPR at 1 % FPR, precision / recall / FPR
-at the calibrated threshold (normalised score above 1), flows per second
-through feature extraction and scoring, and detection delay per attacking
-host (first malicious flow to first alert on that host).
+nothing else.
+
+What is graded is iotguard's detector as the hub runs it (ADR 0707): the
+learned score and the flow rules of
+:func:`~iotguard.detection.pipeline.flow_rules`. Flows rank first by the
+severity of the alert the hub raises over them (the highest of the rules
+whose condition holds on the flow, i.e. whose alert reports it, and of the
+learned score's own alert), then by their learned score
+(:func:`detector_scores`). The learned score alone is graded beside it
+(``auc_learned``, ``tpr_at_1pct_fpr_learned``), so what the rules add is
+visible.
+
+Reported: ROC AUC, TPR at 1 % FPR, precision / recall / FPR at the
+calibrated threshold (normalised score above 1, or a rule's condition),
+flows per second through feature extraction, scoring and the rules, and
+detection delay per attacking host (first malicious flow to first alert on
+that host).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
 
-from iotguard.detection.features import FeatureConfig, FeatureExtractor
+from iotguard.detection.alert import Severity
+from iotguard.detection.features import FeatureConfig, FeatureExtractor, FeatureMatrix
 from iotguard.detection.flows import FlowBatch
+from iotguard.detection.pipeline import DetectorConfig, flow_rules
+from iotguard.detection.rules import FlowRule
 from iotguard.detection.scorer import BaselineScorer, ScorerConfig
 from iotguard.errors import ConfigError
 
-__all__ = ["EvaluationReport", "evaluate_flows", "is_malicious", "roc_auc", "tpr_at_fpr"]
+__all__ = ["EvaluationReport", "detector_scores", "evaluate_flows", "flag_flows", "is_malicious", "learn_rules",
+           "roc_auc", "rule_severity", "tpr_at_fpr"]
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.int64]
 
 
 def is_malicious(labels: npt.NDArray[np.str_]) -> BoolArray:
@@ -67,9 +86,66 @@ def tpr_at_fpr(scores: FloatArray, positive: BoolArray, fpr: float = 0.01) -> fl
     return float((pos > threshold).mean())
 
 
+def rule_severity(rules: list[FlowRule], hits: dict[str, BoolArray]) -> IntArray:
+    """Per flow, the highest :class:`~iotguard.detection.alert.Severity` of the rules that hold on it; 0 if none."""
+    n = next(iter(hits.values())).shape[0] if hits else 0
+    out: IntArray = np.zeros(n, dtype=np.int64)
+    for rule in rules:
+        out = np.maximum(out, np.where(hits[rule.name], int(rule.severity), 0))
+    return out
+
+
+def detector_scores(ranking: FloatArray, normalised: FloatArray, rules: IntArray,
+                    strong_score: float = 3.0) -> FloatArray:
+    """iotguard's detector's grade of each flow: the severity of the hub's alert over it, then its learned score.
+
+    The severity is the highest of the rules' (``rules``, from
+    :func:`rule_severity`) and the learned score's as the hub grades an
+    ``autoencoder`` alert: medium above the calibrated threshold
+    (``normalised`` above 1), high at ``strong_score`` or above, none below
+    (per flow: the hub's further condition of three such flows per host and
+    batch is not applied). Within one severity, flows rank by ``ranking``
+    (a non-negative learned score: the normalised one, or the surprise when
+    rows of several logs are pooled), mapped to ``[0, 1)`` by
+    ``s / (1 + s)`` and added to the severity, so the result is on one fixed
+    scale; with no rule firing, it orders flows as the learned score does.
+    """
+    learned = np.where(normalised >= strong_score, int(Severity.HIGH),
+                       np.where(normalised > 1.0, int(Severity.MEDIUM), 0))
+    s = np.maximum(ranking, 0.0)
+    out: FloatArray = np.maximum(learned, rules) + s / (1.0 + s)
+    return out
+
+
+def learn_rules(rules: list[FlowRule], flows: FlowBatch, features: FeatureMatrix, rows: npt.NDArray[np.intp],
+                batch_size: int = 1024) -> None:
+    """Teach the rules' baselines the training ``rows`` (indices into ``flows``, in time order), in batches."""
+    for i in range(0, rows.shape[0], batch_size):
+        part = rows[i:i + batch_size]
+        for rule in rules:
+            rule.learn(flows.take(part), features.take(part))
+
+
+def flag_flows(rules: list[FlowRule], flows: FlowBatch, features: FeatureMatrix,
+               batch_size: int = 1024) -> dict[str, BoolArray]:
+    """Per rule, the flows (in time order, with their features) on which its condition holds, batch by batch."""
+    parts: dict[str, list[BoolArray]] = {rule.name: [np.zeros(0, dtype=bool)] for rule in rules}
+    for i in range(0, len(flows), batch_size):
+        batch, rows = flows.take(slice(i, i + batch_size)), features.take(slice(i, i + batch_size))
+        for rule in rules:
+            parts[rule.name].append(rule.hits(batch, rows))
+    return {name: np.concatenate(p) for name, p in parts.items()}
+
+
 @dataclass(frozen=True)
 class EvaluationReport:
-    """Result of :func:`evaluate_flows` (see the module docstring)."""
+    """Result of :func:`evaluate_flows` (see the module docstring).
+
+    ``auc`` ... ``delay_p90_s`` grade the detector (learned score and flow
+    rules); ``auc_learned`` and ``tpr_at_1pct_fpr_learned`` the learned
+    score alone; ``rule_flagged`` counts the later flows a rule flagged,
+    ``rule_flagged_malicious`` those of them labeled malicious.
+    """
 
     flows: int
     train_flows: int
@@ -77,6 +153,10 @@ class EvaluationReport:
     scored_malicious: int
     auc: float
     tpr_at_1pct_fpr: float
+    auc_learned: float
+    tpr_at_1pct_fpr_learned: float
+    rule_flagged: int
+    rule_flagged_malicious: int
     precision: float
     recall: float
     fpr: float
@@ -106,7 +186,8 @@ def _delays(batch: FlowBatch, malicious: BoolArray, alert: BoolArray) -> tuple[i
 def evaluate_flows(batch: FlowBatch, labels: npt.NDArray[np.str_], *, train_share: float = 0.2,
                    batch_size: int = 1024, features: FeatureConfig | None = None,
                    scorer: ScorerConfig | None = None,
-                   timer: Callable[[], float] = time.perf_counter) -> EvaluationReport:
+                   timer: Callable[[], float] = time.perf_counter,
+                   detector: DetectorConfig | None = None) -> EvaluationReport:
     """Fit on early benign flows, score the rest, grade with the labels.
 
     Args:
@@ -117,6 +198,8 @@ def evaluate_flows(batch: FlowBatch, labels: npt.NDArray[np.str_], *, train_shar
         features: Feature settings.
         scorer: Baseline settings (target FPR, calibration).
         timer: Monotonic seconds, for throughput.
+        detector: Rule settings (thresholds); its ``features`` and ``scorer``
+            are replaced by the two arguments above.
 
     Raises:
         ConfigError: Too few benign training flows, or the scored flows hold one class only.
@@ -128,27 +211,40 @@ def evaluate_flows(batch: FlowBatch, labels: npt.NDArray[np.str_], *, train_shar
     malicious = is_malicious(labels[order])
     n = len(flows)
     split = int(np.floor(n * train_share))
-    extractor = FeatureExtractor(features)
+    config = replace(detector or DetectorConfig(), features=features or FeatureConfig(),
+                     scorer=scorer or ScorerConfig())
+    extractor = FeatureExtractor(config.features)
     started = timer()
-    parts = [extractor.transform(flows.take(slice(i, i + batch_size))).values for i in range(0, n, batch_size)]
+    parts = [extractor.transform(flows.take(slice(i, i + batch_size))) for i in range(0, n, batch_size)]
     extract_s = timer() - started
-    x = np.concatenate(parts) if parts else np.zeros((0, len(extractor.names)))
+    if not parts:
+        raise ConfigError("no flows", code="detection_too_few_rows")
+    matrix = FeatureMatrix.concatenate(parts)
+    x = matrix.values
     train = np.flatnonzero(~malicious[:split])
-    baseline = BaselineScorer(scorer)
+    baseline = BaselineScorer(config.scorer)
     baseline.fit(x[train], flows.orig_h[train])
+    rules = flow_rules(config, extractor.names)
+    learn_rules(rules, flows, matrix, train, batch_size)
+    later, later_features = flows.take(slice(split, n)), matrix.take(slice(split, n))
     started = timer()
-    scores = np.concatenate([baseline.score(x[i:i + batch_size], flows.orig_h[i:i + batch_size])
-                             for i in range(split, n, batch_size)])
+    learned = np.concatenate([baseline.score(x[i:i + batch_size], flows.orig_h[i:i + batch_size])
+                              for i in range(split, n, batch_size)])
+    hits = flag_flows(rules, later, later_features, batch_size)
     score_s = timer() - started
+    severity = rule_severity(rules, hits)
+    flagged = severity > 0
+    scores = detector_scores(learned, learned, severity, config.strong_score)
     truth = malicious[split:]
-    alert = scores > 1.0
+    alert = (learned > 1.0) | flagged
     tp = int((alert & truth).sum())
     fp = int((alert & ~truth).sum())
-    later = flows.take(slice(split, n))
     attackers, delays = _delays(later, truth, alert)
     return EvaluationReport(
         flows=n, train_flows=int(train.shape[0]), scored_flows=n - split, scored_malicious=int(truth.sum()),
         auc=roc_auc(scores, truth), tpr_at_1pct_fpr=tpr_at_fpr(scores, truth, 0.01),
+        auc_learned=roc_auc(learned, truth), tpr_at_1pct_fpr_learned=tpr_at_fpr(learned, truth, 0.01),
+        rule_flagged=int(flagged.sum()), rule_flagged_malicious=int((flagged & truth).sum()),
         precision=tp / (tp + fp) if tp + fp else 0.0, recall=tp / max(int(truth.sum()), 1),
         fpr=fp / max(int((~truth).sum()), 1),
         flows_per_s=n / max(extract_s + score_s * n / max(n - split, 1), 1e-9),

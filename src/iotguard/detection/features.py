@@ -128,6 +128,16 @@ class FeatureMatrix:
     new_dst: IntArray
     new_port: IntArray
 
+    def take(self, rows: slice | npt.NDArray[np.intp] | npt.NDArray[np.bool_]) -> FeatureMatrix:
+        """The rows selected by ``rows`` (a slice, indices or a mask), as one matrix."""
+        return FeatureMatrix(self.values[rows], self.host[rows], self.new_dst[rows], self.new_port[rows])
+
+    @staticmethod
+    def concatenate(parts: list[FeatureMatrix]) -> FeatureMatrix:
+        """The rows of ``parts``, in order (at least one part)."""
+        return FeatureMatrix(*(np.concatenate([getattr(p, a) for p in parts])
+                               for a in ("values", "host", "new_dst", "new_port")))
+
 
 def _groups(keys: IntArray, t: FloatArray) -> tuple[npt.NDArray[np.intp], IntArray, npt.NDArray[np.intp]]:
     """Order by (key, time), group number of each sorted row, first row of each group.

@@ -195,9 +195,9 @@ class HostStates:
             tables[3].append(row.port_times[:, None])
         ports, peers, throttles = rules
         if row.port_flows or row.known_ports:
-            ports.known[host], ports.flows[host] = set(row.known_ports), row.port_flows
+            ports.restore(host, set(row.known_ports), row.port_flows)
         if row.peer_flows or row.known_peers:
-            peers.known[host], peers.flows[host] = set(row.known_peers), row.peer_flows
+            peers.restore(host, set(row.known_peers), row.peer_flows)
         device = detector.devices.get(host, host)
         for throttle in throttles:  # two addresses of one device: the later alert of each detector counts
             now = throttle.last_of(device)

@@ -22,7 +22,7 @@ from iotguard.detection.rules import BeaconRule, FlowRule, KnownBadRule, NewPort
 from iotguard.detection.scorer import BaselineScorer, ScorerConfig
 from iotguard.errors import ConfigError
 
-__all__ = ["DetectorConfig", "FlowDetector", "LearningWindow"]
+__all__ = ["DetectorConfig", "FlowDetector", "LearningWindow", "flow_rules"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -63,6 +63,27 @@ class LearningWindow:
     scorer: BaselineScorer
 
 
+def flow_rules(config: DetectorConfig, names: tuple[str, ...], devices: Mapping[str, str] | None = None,
+               feed: ThreatFeed | None = None) -> list[FlowRule]:
+    """The flow rules a :class:`FlowDetector` runs, fresh (the evaluation harness grades the same set).
+
+    Args:
+        config: Settings (rule thresholds, quiet time).
+        names: Feature column names of the extractor whose features the rules read.
+        devices: Address -> device id of fleet devices.
+        feed: Known-bad addresses (no feed: no ``known_bad_address`` rule).
+    """
+    quiet = config.realert_s
+    rules: list[FlowRule] = [
+        ScanFanOutRule(names, min_new=config.scan_min_new, devices=devices, realert_s=quiet),
+        NewPortRule(devices=devices, realert_s=quiet),
+        BeaconRule(names, max_cv=config.beacon_max_cv, devices=devices, realert_s=quiet),
+    ]
+    if feed is not None:
+        rules.append(KnownBadRule(feed, devices=devices, realert_s=quiet))
+    return rules
+
+
 class FlowDetector:
     """Learned baselines plus rules over a stream of flow batches.
 
@@ -93,16 +114,7 @@ class FlowDetector:
         self.learned_rows = 0
 
     def _make_rules(self) -> list[FlowRule]:
-        names = self.extractor.names
-        quiet = self.config.realert_s
-        rules: list[FlowRule] = [
-            ScanFanOutRule(names, min_new=self.config.scan_min_new, devices=self.devices, realert_s=quiet),
-            NewPortRule(devices=self.devices, realert_s=quiet),
-            BeaconRule(names, max_cv=self.config.beacon_max_cv, devices=self.devices, realert_s=quiet),
-        ]
-        if self.feed is not None:
-            rules.append(KnownBadRule(self.feed, devices=self.devices, realert_s=quiet))
-        return rules
+        return flow_rules(self.config, self.extractor.names, self.devices, self.feed)
 
     def reset_hosts(self) -> None:
         """Forget every host's state: features, rule baselines, throttles, exclusions.
@@ -190,8 +202,7 @@ class FlowDetector:
             self.excluded.add(str(dict(alert.evidence).get("address", alert.device)))
         keep = ~np.isin(batch.orig_h, sorted(self.excluded)) if self.excluded else np.ones(len(batch), dtype=bool)
         if keep.any():
-            kept = FeatureMatrix(features.values[keep], features.host[keep], features.new_dst[keep],
-                                 features.new_port[keep])
+            kept = features.take(keep)
             part = batch.take(np.flatnonzero(keep))
             for rule in self.rules:
                 rule.learn(part, kept)

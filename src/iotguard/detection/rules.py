@@ -1,16 +1,20 @@
 """Rules for what needs no learning: scan fan-out, new destination ports,
 beaconing, traffic to known-bad addresses.
 
-Each flow rule reads a batch of flows and its features, and returns at most
-one :class:`~iotguard.detection.alert.Alert` per host per batch, with the
-evidence that triggered it; a host that keeps triggering a rule is alerted
-again only after ``realert_s`` (bounded memory of recent alerts).
+Each flow rule reads a batch of flows and its features and decides, per
+flow, whether its condition holds (:meth:`FlowRule.hits`); it returns at most
+one :class:`~iotguard.detection.alert.Alert` per host per batch over those
+flows, with the evidence that triggered it; a host that keeps triggering a
+rule is alerted again only after ``realert_s`` (bounded memory of recent
+alerts). The evaluation harness grades the per-flow decisions.
 Behaviour rules over hub events (credential guessing, cloned devices) live
 in :mod:`iotguard.detection.behaviour`.
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -90,6 +94,10 @@ class FlowRule:
     def forget(self, hosts: set[str]) -> None:
         """Drop what was learned about ``hosts`` (flagged while learning; rules without a baseline ignore this)."""
 
+    def hits(self, batch: FlowBatch, features: FeatureMatrix) -> BoolArray:
+        """The flows of this batch on which the rule's condition holds (before throttling)."""
+        raise TypeError(f"{type(self).__name__} must define hits()")
+
     def evaluate(self, batch: FlowBatch, features: FeatureMatrix) -> list[Alert]:
         """Alerts for this batch."""
         raise TypeError(f"{type(self).__name__} must define evaluate()")
@@ -142,9 +150,17 @@ class ScanFanOutRule(FlowRule):
         self.min_new = min_new
         self.columns = (f"new_dst@{half_life}", f"new_port@{half_life}")
 
+    def _new(self, features: FeatureMatrix) -> npt.NDArray[np.float64]:
+        # expm1 is increasing, so the larger damped count is expm1 of the larger column (one expm1, not two).
+        return np.expm1(np.maximum(_column(features, self.names, self.columns[0]),
+                                   _column(features, self.names, self.columns[1])))
+
+    def hits(self, batch: FlowBatch, features: FeatureMatrix) -> BoolArray:
+        out: BoolArray = self._new(features) >= self.min_new
+        return out
+
     def evaluate(self, batch: FlowBatch, features: FeatureMatrix) -> list[Alert]:
-        new = np.maximum(np.expm1(_column(features, self.names, self.columns[0])),
-                         np.expm1(_column(features, self.names, self.columns[1])))
+        new = self._new(features)
         return self._alerts(batch, new >= self.min_new, new, {"min_new": self.min_new})
 
 
@@ -154,7 +170,11 @@ class _Baseline(FlowRule):
     Vectorised per batch: rows are grouped by host (``np.unique``), so the
     Python work is per host in the batch, not per flow; a host's keys are
     taken in order of first appearance, so the bounded set holds the same keys
-    a flow-by-flow pass would (tested against one).
+    a flow-by-flow pass would (tested against one). Judging a batch looks
+    each flow's host up in the sorted array of hosts that have a baseline
+    (binary search; the array is rebuilt after learning, forgetting or
+    :meth:`restore`) and groups the rows of those hosts by that position, so
+    the batch's addresses are never sorted.
     """
 
     max_keys_per_host = 1024
@@ -165,6 +185,7 @@ class _Baseline(FlowRule):
         self.known: dict[str, set[Key]] = {}
         self.flows: dict[str, int] = {}
         self._arrays: dict[str, npt.NDArray[Any]] = {}
+        self._judged: npt.NDArray[np.str_] | None = None
 
     def _keys(self, batch: FlowBatch) -> npt.NDArray[Any]:
         """One key per flow (an integer or string array)."""
@@ -173,6 +194,7 @@ class _Baseline(FlowRule):
     def learn(self, batch: FlowBatch, features: FeatureMatrix) -> None:
         if len(batch) == 0:
             return
+        self._judged = None
         keys = self._keys(batch)
         hosts, inverse = np.unique(batch.orig_h, return_inverse=True)
         order = np.argsort(inverse, kind="stable")  # rows grouped by host, in arrival order within a host
@@ -191,34 +213,65 @@ class _Baseline(FlowRule):
                 known.add(key)
 
     def forget(self, hosts: set[str]) -> None:
+        self._judged = None
         for host in hosts:
             self.known.pop(host, None)
             self.flows.pop(host, None)
             self._arrays.pop(host, None)
 
+    def restore(self, host: str, known: set[Key], flows: int) -> None:
+        """Put back a host's stored baseline: its keys and how many flows it was learned from."""
+        self._judged = None
+        self.known[host], self.flows[host] = known, flows
+        self._arrays.pop(host, None)
+
+    def _judged_hosts(self) -> npt.NDArray[np.str_]:
+        """Hosts with at least ``min_flows`` learned flows (the ones judged against a baseline), sorted."""
+        if self._judged is None:
+            self._judged = np.array(sorted(h for h, n in self.flows.items() if n >= self.min_flows), dtype=np.str_)
+        return self._judged
+
+    def _judged_index(self, batch: FlowBatch) -> npt.NDArray[np.intp]:
+        """Per flow, its host's place among the hosts with a baseline (:meth:`_judged_hosts`); -1 for others."""
+        judged = self._judged_hosts()
+        if judged.shape[0] == 0 or len(batch) == 0:
+            return np.full(len(batch), -1, dtype=np.intp)
+        at = np.minimum(np.searchsorted(judged, batch.orig_h), judged.shape[0] - 1)
+        out: npt.NDArray[np.intp] = np.where(judged[at] == batch.orig_h, at, -1)
+        return out
+
     def _known_array(self, host: str, like: npt.NDArray[Any]) -> npt.NDArray[Any]:
         arr = self._arrays.get(host)
         if arr is None:
-            arr = self._arrays[host] = np.array(sorted(self.known.get(host, ())), dtype=like.dtype)
+            # Strings take their own width: the batch's width would cut longer known addresses, and the cut
+            # array, cached, would make them unknown in every later batch.
+            dtype = np.str_ if like.dtype.kind == "U" else like.dtype
+            arr = self._arrays[host] = np.array(sorted(self.known.get(host, ())), dtype=dtype)
         return arr
 
-    def _unknown(self, batch: FlowBatch) -> BoolArray:
+    def _unknown(self, batch: FlowBatch, index: npt.NDArray[np.intp] | None = None) -> BoolArray:
+        """Flows of hosts with a baseline whose key is not in it (``index``: :meth:`_judged_index`, if known)."""
         out = np.zeros(len(batch), dtype=bool)
-        if len(batch) == 0:
+        if index is None:
+            index = self._judged_index(batch)
+        picked = np.flatnonzero(index >= 0)
+        if picked.shape[0] == 0:
             return out
-        keys = self._keys(batch)
-        hosts, inverse = np.unique(batch.orig_h, return_inverse=True)
-        for j, host in enumerate(hosts.tolist()):
-            if self.flows.get(host, 0) >= self.min_flows:
-                rows = inverse == j
-                out[rows] = ~np.isin(keys[rows], self._known_array(host, keys))
+        keys = self._keys(batch)[picked]
+        owner = index[picked]
+        order = np.argsort(owner, kind="stable")
+        grouped = owner[order]
+        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+        judged = self._judged_hosts()
+        for a, b in zip(starts.tolist(), [*starts[1:].tolist(), order.shape[0]], strict=True):
+            rows = order[a:b]
+            host = str(judged[grouped[a]])
+            out[picked[rows]] = ~np.isin(keys[rows], self._known_array(host, keys))
         return out
 
     def _unlearned(self, batch: FlowBatch) -> BoolArray:
         """Flows from hosts with fewer than ``min_flows`` learned flows (no baseline to judge them by)."""
-        hosts, inverse = np.unique(batch.orig_h, return_inverse=True)
-        few = np.array([self.flows.get(h, 0) < self.min_flows for h in hosts.tolist()], dtype=bool)
-        out: BoolArray = few[inverse] if len(batch) else np.zeros(0, dtype=bool)
+        out: BoolArray = self._judged_index(batch) < 0
         return out
 
 
@@ -232,6 +285,9 @@ class NewPortRule(_Baseline):
         """``protocol << 16 | port``: one integer per (protocol, destination port)."""
         return (batch.proto.astype(np.int64) << 16) | batch.resp_p.astype(np.int64)
 
+    def hits(self, batch: FlowBatch, features: FeatureMatrix) -> BoolArray:
+        return self._unknown(batch)
+
     def evaluate(self, batch: FlowBatch, features: FeatureMatrix) -> list[Alert]:
         hit = self._unknown(batch)
         return self._alerts(batch, hit, hit.astype(np.float64))
@@ -242,11 +298,25 @@ class NewPortRule(_Baseline):
         return {"new_ports": ",".join(f"{p}/{q}" for p, q in pairs[:8])}
 
 
+@functools.lru_cache(maxsize=4096)
+def _group_address(address: str) -> bool:
+    """Whether ``address`` names a group (multicast, or the IPv4 limited broadcast), not one peer."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return ip.is_multicast or address == "255.255.255.255"
+
+
 class BeaconRule(_Baseline):
     """Timer-driven connections to a destination outside the device's baseline (command and control).
 
     Fires when a channel has at least ``min_flows_channel`` damped flows and
-    the coefficient of variation of its inter-arrival times is at most ``max_cv``.
+    the coefficient of variation of its inter-arrival times is at most ``max_cv``,
+    to a single peer: flows to a multicast group or the limited broadcast
+    address are left out, because no server answers a device through them and
+    their control traffic is timer-driven by design (MLD and IGMP reports,
+    RFC 3810 and 3376; mDNS announcements, RFC 6762).
     """
 
     name = "beaconing"
@@ -262,11 +332,20 @@ class BeaconRule(_Baseline):
     def _keys(self, batch: FlowBatch) -> npt.NDArray[Any]:
         return batch.resp_h
 
+    def hits(self, batch: FlowBatch, features: FeatureMatrix) -> BoolArray:
+        cv = _column(features, self.names, "channel_iat_cv")
+        hit: BoolArray = (_column(features, self.names, "channel_rate") >= self.min_rate) & (cv <= self.max_cv)
+        if hit.any():
+            index = self._judged_index(batch)
+            hit &= self._unknown(batch, index) | (index < 0)
+        if hit.any():
+            rows = np.flatnonzero(hit)
+            hit[rows[[_group_address(a) for a in batch.resp_h[rows].tolist()]]] = False
+        return hit
+
     def evaluate(self, batch: FlowBatch, features: FeatureMatrix) -> list[Alert]:
         cv = _column(features, self.names, "channel_iat_cv")
-        hit = (_column(features, self.names, "channel_rate") >= self.min_rate) & (cv <= self.max_cv)
-        if hit.any():
-            hit &= self._unknown(batch) | self._unlearned(batch)
+        hit = self.hits(batch, features)
         period = np.expm1(_column(features, self.names, "channel_iat_mean"))
         alerts = self._alerts(batch, hit, 1.0 - cv)
         for k, alert in enumerate(alerts):
@@ -290,14 +369,26 @@ class KnownBadRule(FlowRule):
         super().__init__(devices, realert_s)
         self.feed = feed
 
-    def evaluate(self, batch: FlowBatch, features: FeatureMatrix) -> list[Alert]:
+    def _directions(self, batch: FlowBatch) -> tuple[BoolArray, BoolArray]:
+        """Flows to a listed address, and flows from one (not also to one)."""
         addresses = np.unique(np.concatenate([batch.orig_h, batch.resp_h]))
         bad = [a for a in addresses.tolist() if self.feed.match(a) is not None]
         if not bad:
-            return []
+            none = np.zeros(len(batch), dtype=bool)
+            return none, none
         bad_arr = np.array(bad, dtype=np.str_)
         hit_dst = np.isin(batch.resp_h, bad_arr)
-        hit_src = np.isin(batch.orig_h, bad_arr) & ~hit_dst
+        return hit_dst, np.isin(batch.orig_h, bad_arr) & ~hit_dst
+
+    def hits(self, batch: FlowBatch, features: FeatureMatrix) -> BoolArray:
+        hit_dst, hit_src = self._directions(batch)
+        out: BoolArray = hit_dst | hit_src
+        return out
+
+    def evaluate(self, batch: FlowBatch, features: FeatureMatrix) -> list[Alert]:
+        hit_dst, hit_src = self._directions(batch)
+        if not (hit_dst.any() or hit_src.any()):
+            return []
         ones = np.ones(len(batch))
         out = self._alerts(batch, hit_dst, ones, {"feed": self.feed.name, "direction": "to"})
         out += self._alerts(batch, hit_src, ones, {"feed": self.feed.name, "direction": "from"}, host_column="resp_h")
