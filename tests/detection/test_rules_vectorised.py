@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from iotguard.detection import Flow, FlowBatch
+from iotguard.detection import Flow, FlowBatch, rules
 from iotguard.detection.features import FeatureExtractor
 from iotguard.detection.rules import BeaconRule, NewPortRule
 from iotguard.sim import traffic
@@ -48,9 +48,12 @@ def _peer(batch: FlowBatch, i: int) -> str:
     return str(batch.resp_h[i])
 
 
+@pytest.mark.parametrize("few_hosts", [0, 1000])  # hosts found by binary search, or by one comparison each
 @pytest.mark.parametrize("cap", [3, 1024])
 @pytest.mark.parametrize(("rule_kind", "key"), [("port", _port), ("beacon", _peer)])
-def test_vectorised_baseline_equals_flow_by_flow(cap: int, rule_kind: str, key: Any) -> None:
+def test_vectorised_baseline_equals_flow_by_flow(cap: int, rule_kind: str, key: Any, few_hosts: int,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rules, "_FEW_HOSTS", few_hosts)
     fleet = traffic.make_fleet(per_model=2, segments=2)
     learn = batches(traffic.benign_traffic(fleet, T0, 1800.0, seed=31).flows)
     later = traffic.benign_traffic(fleet, T0 + 1800.0, 600.0, seed=32).merged(

@@ -129,6 +129,19 @@ class FlowRule:
         return {}
 
 
+#: Up to this many hosts with a baseline, a batch's rows are matched to them by one comparison per host.
+_FEW_HOSTS = 4
+
+
+def _members(keys: npt.NDArray[Any], known: npt.NDArray[Any]) -> BoolArray:
+    """Which ``keys`` are in the sorted array ``known`` (a binary search each; ``np.isin`` without its set-up)."""
+    if known.shape[0] == 0:
+        return np.zeros(keys.shape[0], dtype=bool)
+    at = np.minimum(np.searchsorted(known, keys), known.shape[0] - 1)
+    out: BoolArray = known[at] == keys
+    return out
+
+
 def _column(features: FeatureMatrix, names: tuple[str, ...], name: str) -> npt.NDArray[np.float64]:
     return features.values[:, names.index(name)]
 
@@ -234,10 +247,15 @@ class _Baseline(FlowRule):
     def _judged_index(self, batch: FlowBatch) -> npt.NDArray[np.intp]:
         """Per flow, its host's place among the hosts with a baseline (:meth:`_judged_hosts`); -1 for others."""
         judged = self._judged_hosts()
+        out: npt.NDArray[np.intp] = np.full(len(batch), -1, dtype=np.intp)
         if judged.shape[0] == 0 or len(batch) == 0:
-            return np.full(len(batch), -1, dtype=np.intp)
+            return out
+        if judged.shape[0] <= _FEW_HOSTS:  # a comparison per host is cheaper than a search per flow
+            for j, host in enumerate(judged.tolist()):
+                out[batch.orig_h == host] = j
+            return out
         at = np.minimum(np.searchsorted(judged, batch.orig_h), judged.shape[0] - 1)
-        out: npt.NDArray[np.intp] = np.where(judged[at] == batch.orig_h, at, -1)
+        out = np.where(judged[at] == batch.orig_h, at, -1)
         return out
 
     def _known_array(self, host: str, like: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -265,8 +283,7 @@ class _Baseline(FlowRule):
         judged = self._judged_hosts()
         for a, b in zip(starts.tolist(), [*starts[1:].tolist(), order.shape[0]], strict=True):
             rows = order[a:b]
-            host = str(judged[grouped[a]])
-            out[picked[rows]] = ~np.isin(keys[rows], self._known_array(host, keys))
+            out[picked[rows]] = ~_members(keys[rows], self._known_array(str(judged[grouped[a]]), keys))
         return out
 
     def _unlearned(self, batch: FlowBatch) -> BoolArray:
