@@ -157,7 +157,7 @@ def run_file(path: Path, root: Path, repeats: int, hst_limit: int | None) -> dic
     rules_fit_s = time.perf_counter() - started
     later_flows, later_features = flows.take(slice(split, n)), features.take(slice(split, n))
     t_rules, hits = best_time(lambda: flag_flows(rules, later_flows, later_features, BATCH), repeats)
-    severity = rule_severity(rules, hits)
+    severity = rule_severity(rules, hits, scored)
     flagged = severity > 0
     out["rules_s"] = round(t_rules, 5)
     out["rules"] = {name: {"flagged": int(h.sum()), "malicious": int((h & truth).sum())} for name, h in hits.items()}

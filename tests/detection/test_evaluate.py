@@ -52,4 +52,4 @@ def test_flows_rank_by_the_severity_of_the_hub_s_alert_then_by_the_learned_score
 def test_rule_severity_is_the_highest_of_the_rules_that_hold() -> None:
     rules = [ScanFanOutRule(feature_names()), NewPortRule()]
     hits = {"scan_fanout": np.array([True, False, True, False]), "new_port": np.array([True, True, False, False])}
-    assert rule_severity(rules, hits).tolist() == [int(Severity.HIGH), int(Severity.LOW), int(Severity.HIGH), 0]
+    assert rule_severity(rules, hits, 4).tolist() == [int(Severity.HIGH), int(Severity.LOW), int(Severity.HIGH), 0]

@@ -86,10 +86,9 @@ def tpr_at_fpr(scores: FloatArray, positive: BoolArray, fpr: float = 0.01) -> fl
     return float((pos > threshold).mean())
 
 
-def rule_severity(rules: list[FlowRule], hits: dict[str, BoolArray]) -> IntArray:
-    """Per flow, the highest :class:`~iotguard.detection.alert.Severity` of the rules that hold on it; 0 if none."""
-    n = next(iter(hits.values())).shape[0] if hits else 0
-    out: IntArray = np.zeros(n, dtype=np.int64)
+def rule_severity(rules: list[FlowRule], hits: dict[str, BoolArray], flows: int) -> IntArray:
+    """Per flow (``flows`` of them), the highest :class:`~iotguard.detection.alert.Severity` of the rules that hold."""
+    out: IntArray = np.zeros(flows, dtype=np.int64)
     for rule in rules:
         out = np.maximum(out, np.where(hits[rule.name], int(rule.severity), 0))
     return out
@@ -232,7 +231,7 @@ def evaluate_flows(batch: FlowBatch, labels: npt.NDArray[np.str_], *, train_shar
                               for i in range(split, n, batch_size)])
     hits = flag_flows(rules, later, later_features, batch_size)
     score_s = timer() - started
-    severity = rule_severity(rules, hits)
+    severity = rule_severity(rules, hits, n - split)
     flagged = severity > 0
     scores = detector_scores(learned, learned, severity, config.strong_score)
     truth = malicious[split:]
