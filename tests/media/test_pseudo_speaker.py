@@ -64,7 +64,7 @@ def test_draws_are_fresh_per_utterance_from_the_os_by_default() -> None:
     audio = _vowel()
     t = PseudoSpeaker()
     assert not np.allclose(t.apply(audio).samples, t.apply(audio).samples)
-    f0s = {round(_f0(PseudoSpeaker(seed=s).apply(audio))) for s in range(4)}
+    f0s = {round(_f0(PseudoSpeaker(seed=s, whisper=False).apply(audio))) for s in range(4)}
     assert len(f0s) > 1, "the target pitch must change per utterance"
 
 
@@ -85,10 +85,10 @@ def test_two_utterances_of_one_speaker_become_two_pseudo_speakers() -> None:
     # different pitch). With the draws fixed they would differ only by excitation noise.
     audio = _vowel()
     fixed = PseudoSpeaker(seed=1, timbre_spread=0.0, wander=0.0, level_wander=0.0, f0_range=(120.0, 120.0),
-                          dynamics_range=(1.0, 1.0))
+                          dynamics_range=(1.0, 1.0), whisper=False)
     assert _timbre_distance(fixed.apply(audio), fixed.apply(audio)) < 1.2
     for seed in range(4):
-        t = PseudoSpeaker(seed=seed)
+        t = PseudoSpeaker(seed=seed, whisper=False)
         outs = [t.apply(audio) for _ in range(3)]
         assert min(_timbre_distance(outs[i], outs[j]) for i, j in ((0, 1), (0, 2), (1, 2))) > 1.5
         assert len({round(_f0(o)) for o in outs}) > 1, "the target pitch must be drawn per utterance"
@@ -123,9 +123,52 @@ def test_output_level_does_not_follow_the_recording_level() -> None:
     assert abs(np.sqrt(np.mean(a * a)) / np.sqrt(np.mean(b * b)) - 1.0) < 0.05
 
 
+def _periodicity(audio: Audio) -> float:
+    """Highest normalised autocorrelation at pitch lags (2.5-20 ms): near 1 for a voice, near 0 for noise."""
+    x = audio.samples[1000:3000]
+    r = np.correlate(x, x, "full")[len(x) - 1 :]
+    return float(r[20:160].max() / r[0])
+
+
+def test_whispered_output_carries_no_pitch_or_intonation() -> None:
+    # The default excites every frame with noise: the speaker's pitch (and so their intonation
+    # and voicing) does not reach the output, which the pulse-train source of version 1 kept.
+    for f0 in (110.0, 210.0):
+        audio = _vowel(f0=f0)
+        assert _periodicity(audio) > 0.8
+        assert max(_periodicity(PseudoSpeaker(seed=seed).apply(audio)) for seed in range(3)) < 0.15
+        pulsed = [_periodicity(PseudoSpeaker(seed=seed, whisper=False).apply(audio)) for seed in range(3)]
+        assert np.mean(pulsed) > 0.2
+
+
+def test_loudness_contour_does_not_survive() -> None:
+    # The rhythm of the energy contour identifies speakers (ADR 0902): a vowel whose second half
+    # is 20 dB quieter leaves at one level throughout by default; loudness_contour=1 keeps the drop.
+    samples = _vowel(seconds=0.6).samples.copy()
+    samples[2400:] *= 0.1
+    audio = Audio(samples, RATE)
+
+    def drop(t: PseudoSpeaker) -> float:
+        y = t.apply(audio).samples
+        return float(np.sqrt(np.mean(y[2800:4400] ** 2) / np.mean(y[400:2000] ** 2)))
+
+    for seed in range(3):
+        assert abs(drop(PseudoSpeaker(seed=seed, level_wander=0.0)) - 1.0) < 0.1
+        assert drop(PseudoSpeaker(seed=seed, level_wander=0.0, loudness_contour=1.0)) < 0.2
+
+
+def test_digital_silence_stays_silent() -> None:
+    silence = np.zeros(1600)
+    y = PseudoSpeaker(seed=1).apply(Audio(np.concatenate([silence, _vowel().samples, silence]), RATE)).samples
+    assert not y[:1400].any() and not y[-1400:].any()
+    assert np.abs(y[2000:5000]).max() > 0.01
+
+
 def test_receipt_parameters_name_ranges_not_the_secret_draws() -> None:
     p = PseudoSpeaker().params()
     assert p["method"] == "pseudo-speaker" and p["draws"] == "per-utterance, wandering"
+    assert p["version"] == 2 and p["excitation"] == "whispered (noise)" and p["loudness_contour"] == 0.0
+    assert PseudoSpeaker(whisper=False).params()["excitation"] == "synthetic"
     assert p["f0_range_hz"] == [90.0, 240.0] and "target_f0" not in p
 
 
@@ -136,7 +179,8 @@ def test_method_is_registered_and_allowed_in_contracts() -> None:
 
 
 @pytest.mark.parametrize("bad", [{"warp_range": (0.3, -0.3)}, {"f0_range": (20.0, 90.0)}, {"wander": 2.0},
-                                 {"wander_tau": 0.0}, {"dynamics_range": (0.1, 1.0)}, {"colour": "blue"}])
+                                 {"wander_tau": 0.0}, {"dynamics_range": (0.1, 1.0)}, {"colour": "blue"},
+                                 {"loudness_contour": 1.5}])
 def test_bad_parameters_are_config_errors(bad: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         voice_transform("pseudo-speaker", **bad)

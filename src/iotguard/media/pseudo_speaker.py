@@ -24,9 +24,17 @@ more directions and over time:
   drawn values, time constant ``wander_tau``), so the draws are not even
   constant inside one utterance and the attacker cannot average them out
   over the frames of a recording.
-* **Synthetic excitation** as in the randomised vocoder: the residual (the
-  speaker's glottal source) is discarded; a pulse train at the target pitch
-  keeps only part of the speaker's relative intonation.
+* **Whispered excitation** (version 2, ADR 0903): the residual (the
+  speaker's glottal source) is discarded and every frame is excited by
+  white noise, so neither pitch, voicing decisions nor intonation survive.
+  With ``whisper=False`` the randomised vocoder's pulse train at the drawn
+  target pitch is used instead (version 1's source).
+* **A flat loudness contour** (version 2): every frame leaves at the drawn,
+  wandering level whatever its input loudness (``loudness_contour=0``), so
+  the rhythm of the energy contour, which alone identifies FSDD's speakers
+  at about 25 % EER (ADR 0902), does not survive as loudness; only exact
+  digital silence stays silent. ``loudness_contour=1`` keeps the input's
+  contour relative to its running loudness (version 1).
 
 Per-utterance draws are never reported; :meth:`PseudoSpeaker.params`
 records the ranges.
@@ -96,6 +104,11 @@ class PseudoSpeaker(_RandomisedVoice):
         wander: Standard deviation of the timbre's drift inside the utterance.
         level_wander: Standard deviation of the output level's drift (natural log).
         wander_tau: Time constant of the drift in seconds.
+        whisper: Excite every frame with noise (no pitch, voicing or
+            intonation); ``False`` uses the pulse train at the drawn pitch.
+        loudness_contour: Exponent on each frame's loudness relative to the
+            running loudness (0: flat, every frame at the drawn level; 1: the
+            input's contour).
         (pitch, intonation, quefrency, timbre and seed: :class:`_RandomisedVoice`)
     """
 
@@ -105,6 +118,8 @@ class PseudoSpeaker(_RandomisedVoice):
     wander: float = 0.3
     level_wander: float = 0.5
     wander_tau: float = 1.0
+    whisper: bool = True
+    loudness_contour: float = 0.0
     name: str = "pseudo-speaker"
 
     def __post_init__(self) -> None:
@@ -115,9 +130,13 @@ class PseudoSpeaker(_RandomisedVoice):
             raise ConfigError("pseudo-speaker: warp in [-0.4, 0.4], dynamics in [0.5, 2]")
         if not 0.0 <= self.wander <= 1.0 or not 0.0 <= self.level_wander <= 1.0 or not 0.05 <= self.wander_tau <= 10.0:
             raise ConfigError("pseudo-speaker: wander and level_wander in [0, 1], wander_tau in [0.05, 10] s")
+        if not 0.0 <= self.loudness_contour <= 1.0:
+            raise ConfigError("pseudo-speaker: loudness_contour in [0, 1]")
 
     def params(self) -> dict[str, Any]:
-        return {**self._common_params(), "version": 1, "warp_range": list(self.warp_range),
+        return {**self._common_params(), "version": 2, "warp_range": list(self.warp_range),
+                "excitation": "whispered (noise)" if self.whisper else "synthetic",
+                "loudness_contour": self.loudness_contour,
                 "dynamics_range": list(self.dynamics_range),
                 "wander": self.wander, "level_wander": self.level_wander, "wander_tau_s": self.wander_tau,
                 "envelope": "speaker-normalised (mean and spread)", "draws": "per-utterance, wandering"}
@@ -127,7 +146,7 @@ class PseudoSpeaker(_RandomisedVoice):
         timbre = self._draw_timbre(rng)
         wander_rng = np.random.default_rng(int(rng.integers(2**63)))
         warp = float(rng.uniform(*self.warp_range))
-        source = _Excitation(rng, rate, self._draw_f0(rng), self.intonation)
+        source = _Excitation(rng, rate, self._draw_f0(rng), self.intonation, voicing=not self.whisper)
         dynamics = float(np.exp(rng.uniform(*np.log(self.dynamics_range))))
         level = self._draw_level(rng)
         return _Draws(source, wander_rng, warp, timbre, dynamics, level, np.zeros(self.quefrency + 1))
@@ -154,7 +173,8 @@ class PseudoSpeaker(_RandomisedVoice):
             stream = streams[0]
             hop, length = stream.hop, x.shape[1]
             a = _lpc(x, order)
-            exc = st.source.frames(_fir(a, x), starts, hop)
+            # A whispered source needs no residual (no pitch to follow), only the frames' shape.
+            exc = st.source.frames(x if self.whisper else _fir(a, x), starts, hop)
             nfft = 1 << (2 * length - 1).bit_length()
             bins = nfft // 2 + 1
             if bins not in st.warp_map:
@@ -178,11 +198,13 @@ class PseudoSpeaker(_RandomisedVoice):
             wandering = drift(len(x), hop)
             cep = st.dynamics * (cep - mean) * gain + st.timbre + wandering[:, :q]
             y = _cepstral_filter(cep, exc, stream.window, nfft)
-            # Output level: the drawn level times the frame's loudness relative to the
-            # running loudness (so the recording level does not survive), drifting.
+            # Output level: the drawn level, drifting, times the frame's loudness relative to
+            # the running loudness raised to loudness_contour (so the recording level does not
+            # survive, and with 0 neither does the contour); digital silence stays silent.
             loud = np.cumsum(w * w) + st.loud
             st.loud = float(loud[-1])
-            relative = w / np.maximum(loud / np.maximum(wsum, 1e-12), 1e-9)
+            ratio = w / np.maximum(loud / np.maximum(wsum, 1e-12), 1e-9)
+            relative = np.where(w > 0.0, ratio**self.loudness_contour, 0.0)
             gain_out = st.level * relative * np.exp(wandering[:, q]) / np.sqrt(length)
             out: Frames = _energy_match(y, np.ones_like(x)) * gain_out[:, None]
             return out

@@ -253,14 +253,17 @@ class _Excitation:
     Voiced frames get a pulse train at the drawn target pitch that follows
     the speaker's intonation only relatively (``intonation`` of the log-F0
     movement around its running mean); unvoiced frames get white noise.
-    Blocks are one hop long and carried across frames, so the excitation is
-    the same however the input is batched.
+    With ``voicing`` off every frame gets noise (whispered speech): neither
+    the speaker's voicing decisions nor their intonation survive. Blocks are
+    one hop long and carried across frames, so the excitation is the same
+    however the input is batched.
     """
 
     rng: np.random.Generator
     rate: int
     target_f0: float
     intonation: float
+    voicing: bool = True
     mean_log_f0: float | None = None
     next_pulse: float = 0.0
     block: Samples = field(default_factory=lambda: np.zeros(0))
@@ -280,7 +283,7 @@ class _Excitation:
     def frames(self, residual: Frames, starts: npt.NDArray[np.int64], hop: int) -> Frames:
         """The excitation of each frame (rows of ``residual``, starting at ``starts``)."""
         exc = np.empty_like(residual)
-        pitch = _pitch(residual, self.rate)
+        pitch = _pitch(residual, self.rate) if self.voicing else np.zeros(len(residual))
         for i, pos in enumerate(starts):
             f0 = float(pitch[i])
             new_f0: float | None = None
