@@ -145,12 +145,20 @@ class PostureService:
         self._reread: dict[str, float] = {}
         self._acl = IncrementalAcl(engine, {HUB_MQTT_IDENTITY: HUB_MQTT_GRANTS})
         self._acl_lock = threading.Lock()
+        # One lock for every change of this process's posture: a refresh from the database (the
+        # maintenance thread) must not put back a row it read just before another thread's write
+        # committed (an attestation's "failed" turned back into the stale "unverified").
+        self._write_lock = threading.RLock()
 
     def _broker(self, device_id: str, reason: str) -> list[OutboxMessage]:
         return [broker_access_message(device_id, reason)] if self.broker_managed else []
 
     def sync(self, device_id: str) -> None:
         """Bring one device's posture in line with the registry (after enroll, revoke, re-key, renew)."""
+        with self._write_lock:
+            self._sync(device_id)
+
+    def _sync(self, device_id: str) -> None:
         try:
             d = self.store.get_device(device_id)
         except IotGuardError:
@@ -173,9 +181,10 @@ class PostureService:
         Raises:
             UnknownDeviceError: the device has no posture (not active).
         """
-        self.admin.quarantine(self.posture, device_id, actor=actor, reason=reason)
-        save_posture(self.store.engine, [self.posture.require(device_id)], now=self.clock.now(),
-                     effects=self._broker(device_id, "quarantined"))
+        with self._write_lock:
+            self.admin.quarantine(self.posture, device_id, actor=actor, reason=reason)
+            save_posture(self.store.engine, [self.posture.require(device_id)], now=self.clock.now(),
+                         effects=self._broker(device_id, "quarantined"))
 
     def release(self, device_id: str, *, actor: str, reason: str) -> None:
         """Return a device from quarantine (the policy requires a fresh verified attestation).
@@ -184,17 +193,19 @@ class PostureService:
             PolicyDenied: the policy refuses the release.
             UnknownDeviceError: the device has no posture.
         """
-        self.admin.release(self.posture, device_id, actor=actor, reason=reason)
-        save_posture(self.store.engine, [self.posture.require(device_id)], now=self.clock.now(),
-                     effects=self._broker(device_id, "released"))
+        with self._write_lock:
+            self.admin.release(self.posture, device_id, actor=actor, reason=reason)
+            save_posture(self.store.engine, [self.posture.require(device_id)], now=self.clock.now(),
+                         effects=self._broker(device_id, "released"))
 
     def mark_tampered(self, device_id: str) -> None:
         """The device reported tampering: trust tier ``failed``, so every enforcement point refuses it."""
-        if self.posture.get(device_id) is None:
-            return
-        self.posture.update(device_id, trust_tier="failed")
-        save_posture(self.store.engine, [self.posture.require(device_id)], now=self.clock.now(),
-                     effects=self._broker(device_id, "tampered"))
+        with self._write_lock:
+            if self.posture.get(device_id) is None:
+                return
+            self.posture.update(device_id, trust_tier="failed")
+            save_posture(self.store.engine, [self.posture.require(device_id)], now=self.clock.now(),
+                         effects=self._broker(device_id, "tampered"))
 
     def apply_attestation(self, device_id: str, trust_tier: str, *, attested: bool, audit: OutboxMessage,
                           within: Callable[[Connection], None] | None = None) -> None:
@@ -211,6 +222,11 @@ class PostureService:
         the posture it implies, never an affirming record beside the old tier.
         A commit that fails puts back what this call changed.
         """
+        with self._write_lock:
+            self._apply_attestation(device_id, trust_tier, attested=attested, audit=audit, within=within)
+
+    def _apply_attestation(self, device_id: str, trust_tier: str, *, attested: bool, audit: OutboxMessage,
+                           within: Callable[[Connection], None] | None) -> None:
         now = self.clock.now()
         current = self.posture.get(device_id)
         if current is None:  # not active: no posture to set; the appraisal is still audited
@@ -243,6 +259,10 @@ class PostureService:
 
         Devices without posture are skipped; a change that alters broker access queues an ACL rewrite.
         """
+        with self._write_lock:
+            return self._set_risk(scores)
+
+    def _set_risk(self, scores: Mapping[str, int]) -> list[str]:
         changed = []
         for device_id, score in sorted(scores.items()):
             current = self.posture.get(device_id)
@@ -335,22 +355,27 @@ class PostureService:
         if len(self._reread) > 100_000:
             self._reread.clear()
         self._reread[device_id] = now
-        fresh = load_device_posture(self.store.engine, device_id)
-        current = self.posture.get(device_id)
-        if fresh == current:
-            return False
-        if fresh is None:
-            self.posture.remove(device_id)
-        else:
-            self.posture.put(fresh)  # a change bumps the posture version: cached decisions drop
-        return True
+        with self._write_lock:  # read and put as one step: no other thread's write lands in between
+            fresh = load_device_posture(self.store.engine, device_id)
+            current = self.posture.get(device_id)
+            if fresh == current:
+                return False
+            if fresh is None:
+                self.posture.remove(device_id)
+            else:
+                self.posture.put(fresh)  # a change bumps the posture version: cached decisions drop
+            return True
 
     def refresh(self) -> None:
-        """Bring the in-memory posture in line with the database (changes made by other processes)."""
-        fresh = load_posture(self.store.engine)
-        known = {p.device_id for p in self.posture}
-        for p in fresh:
-            if self.posture.get(p.device_id) != p:  # a change bumps the posture version: caches drop it
-                self.posture.put(p)
-        for gone in known - {p.device_id for p in fresh}:
-            self.posture.remove(gone)
+        """Bring the in-memory posture in line with the database (changes made by other processes).
+
+        Under the write lock: a row read here cannot be older than a change this process made
+        meanwhile (that change waits, then lands on top)."""
+        with self._write_lock:
+            fresh = load_posture(self.store.engine)
+            known = {p.device_id for p in self.posture}
+            for p in fresh:
+                if self.posture.get(p.device_id) != p:  # a change bumps the posture version: caches drop it
+                    self.posture.put(p)
+            for gone in known - {p.device_id for p in fresh}:
+                self.posture.remove(gone)
