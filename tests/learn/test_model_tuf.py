@@ -53,11 +53,13 @@ def _loops(repo: HubFirmware, run_id: str, n: int = 3) -> list[LearningLoop]:
     return loops
 
 
-def _drive(loops: list[LearningLoop], turns: int = 200) -> None:
+def _drive(loops: list[LearningLoop], turns: int = 200,
+           until: tuple[str, ...] = ("done", "refused", "inferring")) -> None:
+    """Step every loop until each is in a state of ``until`` (at most ``turns`` turns)."""
     for _ in range(turns):
         for loop in loops:
             loop.step()
-        if all(loop.state in ("done", "refused", "inferring") for loop in loops):
+        if all(loop.state in until for loop in loops):
             return
 
 
@@ -80,7 +82,7 @@ def _stored_target(repo: HubFirmware) -> str:
 def test_model_published_as_tuf_target_is_fetched_through_tuf_and_run(repo: HubFirmware,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     loops = _loops(repo, "run-tuf")
-    _drive(loops, 60)
+    _drive(loops, 60, until=("fetching",))  # the run completes; with no TUF target the devices wait
     assert repo.hub.services.learning.status("run-tuf")["status"] == "completed"
     # the run published v1 in the registry, but it is not a TUF target yet: the devices wait, run nothing
     assert [loop.state for loop in loops] == ["fetching"] * 3 and all(loop.artifact is None for loop in loops)
@@ -104,7 +106,7 @@ def test_model_target_tampered_on_the_hub_is_refused_by_tuf(repo: HubFirmware,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     """A compromised hub (or database) flips one byte of the stored model target: TUF's hash check refuses it."""
     loops = _loops(repo, "run-tamper")
-    _drive(loops, 60)
+    _drive(loops, 60, until=("fetching",))  # the run completes; with no TUF target the devices wait
     _publish_tuf(repo)
     path = _stored_target(repo)
     body = bytearray(repo.hub.services.firmware.file(path) or b"")
@@ -123,7 +125,7 @@ def test_model_missing_from_signed_metadata_is_never_run(repo: HubFirmware,
     """The hub stores a model's bytes where a target would be, but no signed metadata lists it: never run, and the
     device does not fall back to the hub-signed ``learn_model`` answer."""
     loops = _loops(repo, "run-missing")
-    _drive(loops, 60)
+    _drive(loops, 60, until=("fetching",))  # the run completes; with no TUF target the devices wait
     record = repo.hub.services.models.get("digits")
     bogus = f"targets/{HUB_MODEL}/{record.sha256}.digits-1.igm"
     repo.hub.services.firmware._files.save({bogus: record.artifact})
