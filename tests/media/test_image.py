@@ -271,4 +271,29 @@ def test_a_lone_raw_hit_is_redacted_not_dropped() -> None:
     assert kept.keep_lone_hits and kept.min_neighbors >= 1 and kept.large_band < 1.0
     assert kept._search(_OneHitCascade(hit, view.shape[1]), view) == [hit]
     assert confirmed._search(_OneHitCascade(hit, view.shape[1]), view) == []
-    assert FaceRedactor().params()["keep_lone_hits"] is True and FaceRedactor().params()["version"] == 5
+    assert FaceRedactor().params()["keep_lone_hits"] is True and FaceRedactor().params()["version"] == 6
+
+
+class _PlainViewCascade:
+    """A cascade stand-in that finds a face only on the unequalised 160-pixel copy (plus its border): a face that
+    global equalisation hides from the cascade."""
+
+    def detectMultiScale(self, view: np.ndarray, **_: object) -> list[tuple[int, int, int, int]]:
+        unequalised = int(view.max()) < 100  # the frame's grey levels are 60-80; equalisation spreads them to 255
+        return [(40, 30, 20, 20)] if view.shape[1] == 168 and unequalised else []
+
+
+def test_a_face_only_the_unequalised_pass_finds_is_redacted() -> None:
+    """Equalisation reveals some faces and hides others (ADR 0954): the default detector also searches the frame
+    without it, at 160 pixels wide, and maps what it finds back to the full frame; ``plain_width=0`` does not."""
+    frame = np.random.default_rng(1).integers(60, 81, (480, 640, 3), dtype=np.uint8)
+    with_plain, without = FaceDetector(), FaceDetector(plain_width=0)
+    assert with_plain.plain_width == 160
+    for detector in (with_plain, without):
+        detector._models = [("frontalface_alt", _PlainViewCascade())]
+    assert with_plain.detect(frame) == [(144, 104, 80, 80)]  # (40 - 4 border, 30 - 4) x 4
+    assert without.detect(frame) == []
+    assert FaceRedactor().params()["plain_width"] == 160
+    assert all(independent_face_detector(c).plain_width == 0 for c in _EVAL_CASCADES)
+    with pytest.raises(ConfigError):
+        FaceDetector(plain_width=-1)

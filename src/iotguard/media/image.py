@@ -2,9 +2,10 @@
 
 Faces are found by a Viola-Jones cascade that ships inside the
 ``opencv-python-headless`` wheel (``frontalface_alt``; the cascade data is
-under the Intel open-source licence bundled with OpenCV), run once on the
-frame scaled down to 320 pixels wide (ADR 0950: about a fifth of the
-CPU time of four passes), and each face box, mapped back
+under the Intel open-source licence bundled with OpenCV), run on the
+equalised frame scaled down to 320 pixels wide (ADR 0950: about a fifth of
+the CPU time of four passes) and again on the unequalised frame scaled down
+to 160 (ADR 0954), and each face box, mapped back
 to the full frame and enlarged by a margin, is **replaced** — filled with a
 constant plus noise from the OS CSPRNG — before the frame is encoded.
 Nothing of the original pixels survives in the box, unlike a blur, which
@@ -147,12 +148,6 @@ def _cascade(name: str) -> Any:
     return c
 
 
-def _gray(frame: Frame) -> Frame:
-    g = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
-    out: Frame = cv2.equalizeHist(g)
-    return out
-
-
 @dataclass
 class FaceDetector:
     """Viola-Jones face detection with OpenCV's bundled cascades.
@@ -178,6 +173,10 @@ class FaceDetector:
             kept as a face as it is (ADR 0953: redaction prefers false alarms
             to misses); ``False`` keeps only what a finer second pass around
             it confirms (ADR 0951).
+        plain_width: A second pass of the same cascades on the grey frame
+            *without* histogram equalisation, scaled down to this width
+            (ADR 0954: equalisation reveals some faces and hides others);
+            0 runs no second pass.
     """
 
     cascades: tuple[str, ...] = ("frontalface_alt",)
@@ -189,22 +188,30 @@ class FaceDetector:
     edge_pad: int = 4
     large_band: float = 0.75
     keep_lone_hits: bool = True
+    plain_width: int = 160
     _models: list[tuple[str, Any]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if (not 1.01 <= self.scale_factor <= 2.0 or not 0 <= self.min_neighbors <= 20 or self.min_size < 8
-                or not 0 <= self.edge_pad <= 64 or not 0.5 <= self.large_band <= 1.0):
+                or not 0 <= self.edge_pad <= 64 or not 0.5 <= self.large_band <= 1.0 or self.plain_width < 0):
             raise ConfigError("face detector: scale_factor in [1.01, 2], min_neighbors in [0, 20], min_size >= 8, "
-                              "edge_pad in [0, 64], large_band in [0.5, 1]")
+                              "edge_pad in [0, 64], large_band in [0.5, 1], plain_width >= 0")
         self._models = [(n, _cascade(n)) for n in self.cascades]
 
     def detect(self, frame: Frame) -> list[Box]:
         """Face boxes in ``frame``, in the frame's own pixel coordinates."""
-        gray = _gray(frame)
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+        boxes = self._pass(frame, cv2.equalizeHist(gray), self.detect_width)
+        if self.plain_width:
+            boxes += self._pass(frame, gray, self.plain_width)
+        return boxes
+
+    def _pass(self, frame: Frame, gray: Frame, detect_width: int) -> list[Box]:
+        """Every cascade over ``gray`` scaled down to ``detect_width``; boxes in ``frame``'s coordinates."""
         scale = 1.0
-        if self.detect_width and gray.shape[1] > self.detect_width:
-            scale = gray.shape[1] / self.detect_width
-            gray = cv2.resize(gray, (self.detect_width, round(gray.shape[0] / scale)), interpolation=cv2.INTER_AREA)
+        if detect_width and gray.shape[1] > detect_width:
+            scale = gray.shape[1] / detect_width
+            gray = cv2.resize(gray, (detect_width, round(gray.shape[0] / scale)), interpolation=cv2.INTER_AREA)
         pad = self.edge_pad
         if pad:
             # Replicated border: a face touching the frame's edge still fits a whole detection window.
@@ -289,7 +296,8 @@ def independent_face_detector(cascade: str = "frontalface_alt2") -> FaceDetector
     down to 320 pixels.
     """
     return FaceDetector(cascades=(cascade,), mirror_profiles=False, scale_factor=1.05,
-                        min_neighbors=3, min_size=20, detect_width=0, edge_pad=0, large_band=1.0)
+                        min_neighbors=3, min_size=20, detect_width=0, edge_pad=0, large_band=1.0,
+                        plain_width=0)
 
 
 @dataclass
@@ -322,8 +330,9 @@ class FaceRedactor:
     def params(self) -> dict[str, Any]:
         """Method, version and parameters as recorded in privacy receipts."""
         assert self.detector is not None
-        return {"method": self.name, "version": 5, "detectors": list(self.detector.cascades),
-                "detect_width": self.detector.detect_width, "large_band": self.detector.large_band,
+        return {"method": self.name, "version": 6, "detectors": list(self.detector.cascades),
+                "detect_width": self.detector.detect_width, "plain_width": self.detector.plain_width,
+                "large_band": self.detector.large_band,
                 "keep_lone_hits": self.detector.keep_lone_hits,
                 "margin": self.margin, "noise": self.noise, "block": self.block, "fill": "constant+noise"}
 
@@ -400,7 +409,8 @@ class PeopleCounter:
         hit_threshold: HOG SVM margin a window needs to count as a person.
     """
 
-    faces: FaceDetector | None = field(default_factory=lambda: FaceDetector(min_neighbors=3, large_band=1.0))
+    faces: FaceDetector | None = field(
+        default_factory=lambda: FaceDetector(min_neighbors=3, large_band=1.0, plain_width=0))
     scale: float = 1.05
     hit_threshold: float = 0.0
 
