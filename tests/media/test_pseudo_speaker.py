@@ -169,7 +169,9 @@ def test_receipt_parameters_name_ranges_not_the_secret_draws() -> None:
     assert p["method"] == "pseudo-speaker" and p["draws"] == "per-utterance, wandering"
     assert p["version"] == 2 and p["excitation"] == "whispered (noise)" and p["loudness_contour"] == 0.0
     assert PseudoSpeaker(whisper=False).params()["excitation"] == "synthetic"
-    assert p["f0_range_hz"] == [90.0, 240.0] and "target_f0" not in p
+    assert "target_f0" not in p and "f0_range_hz" not in p and "intonation" not in p  # no pitch when whispered
+    pitched = PseudoSpeaker(whisper=False).params()
+    assert pitched["f0_range_hz"] == [90.0, 240.0] and "intonation" in pitched
 
 
 def test_method_is_registered_and_allowed_in_contracts() -> None:

@@ -134,7 +134,10 @@ class PseudoSpeaker(_RandomisedVoice):
             raise ConfigError("pseudo-speaker: loudness_contour in [0, 1]")
 
     def params(self) -> dict[str, Any]:
-        return {**self._common_params(), "version": 2, "warp_range": list(self.warp_range),
+        common = self._common_params()
+        if self.whisper:  # a noise source has no pitch: the receipt names only parameters that took effect
+            del common["f0_range_hz"], common["intonation"]
+        return {**common, "version": 2, "warp_range": list(self.warp_range),
                 "excitation": "whispered (noise)" if self.whisper else "synthetic",
                 "loudness_contour": self.loudness_contour,
                 "dynamics_range": list(self.dynamics_range),
