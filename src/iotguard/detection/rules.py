@@ -286,11 +286,6 @@ class _Baseline(FlowRule):
             out[picked[rows]] = ~_members(keys[rows], self._known_array(str(judged[grouped[a]]), keys))
         return out
 
-    def _unlearned(self, batch: FlowBatch) -> BoolArray:
-        """Flows from hosts with fewer than ``min_flows`` learned flows (no baseline to judge them by)."""
-        out: BoolArray = self._judged_index(batch) < 0
-        return out
-
 
 class NewPortRule(_Baseline):
     """A device using a (protocol, destination port) absent from its benign baseline."""
@@ -306,7 +301,7 @@ class NewPortRule(_Baseline):
         return self._unknown(batch)
 
     def evaluate(self, batch: FlowBatch, features: FeatureMatrix) -> list[Alert]:
-        hit = self._unknown(batch)
+        hit = self.hits(batch, features)
         return self._alerts(batch, hit, hit.astype(np.float64))
 
     def _evidence(self, batch: FlowBatch, rows: BoolArray) -> dict[str, Scalar]:
