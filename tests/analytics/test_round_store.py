@@ -19,7 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from iotguard.agent.secagg import HeClient, RoundClient
-from iotguard.analytics.homomorphic import combine_partials, generate_split_key
+from iotguard.analytics.he_round import open_result
+from iotguard.analytics.rlwe import RlweParams, keygen_share
 from iotguard.analytics.secagg import AggregationError
 from iotguard.audit.log import MemoryAuditSink
 from iotguard.clock import FixedClock
@@ -195,43 +196,81 @@ def test_two_hub_processes_run_one_round_and_a_restarted_hub_resumes_it(
     engine.dispose()
 
 
+def _decryptor_part() -> tuple[Any, bytes, bytes]:
+    seed = secrets.token_bytes(32)
+    share, part = keygen_share("decryptor", seed)
+    return share, seed, part.astype("<u4").tobytes()
+
+
 def test_an_he_round_spans_hub_processes_and_its_hub_key_share_is_stored_sealed(
         request: pytest.FixtureRequest, tmp_path: Path) -> None:
     engine = _engine(request, tmp_path, "sqlite")
     keystore = SoftwareKeyStore(tmp_path / "keys")
     clock = FixedClock(T0)
     a, b = (SecureAggregationService(MemoryAuditSink(), clock, SqlRoundStore(engine), keystore) for _ in range(2))
-    pk, hub_share, decryptor = generate_split_key(value_bits=16, max_summands=8)
+    decryptor, seed, part = _decryptor_part()
     devices = [f"he-{i}" for i in range(4)]
-    rid = a.start_he(devices, 5, n=pk.n, value_bits=16, max_summands=8, hub_share=hub_share.d, actor="analyst")
+    rid = a.start_he(devices, 5, seed=seed, decryptor_part=part, value_bits=16, max_summands=8, actor="analyst")
     with engine.connect() as conn:
         spec = bytes(conn.execute(select(rounds.c.spec).where(rounds.c.round_id == rid)).scalar_one())
-    share = hub_share.d.to_bytes((hub_share.d.bit_length() + 7) // 8, "big")
-    assert share[:32] not in spec  # sealed under the key store, not in clear in the database
+    assert b"sealed" in spec
+    replayed = a._build(a.store.get(rid))  # the hub's share as the hub uses it
+    share = replayed.spec.hub_share.to_bytes()  # type: ignore[union-attr]
+    assert share[32:96] not in spec  # sealed under the key store, not in clear in the database
     values = {d: [i + 1, 2, 3, 4, 5 * i] for i, d in enumerate(devices)}
     for i, d in enumerate(devices):
         assert HeClient(_send([a, b] if i % 2 else [b, a], d), rid, values[d]).step() in ("submit", "done")
     out = SecureAggregationService(MemoryAuditSink(), clock, SqlRoundStore(engine), keystore).status(
         rid, actor="analyst")
     assert out["phase"] == "done" and out["submitted"] == 4
-    enc = [int(x, 16) for x in out["encrypted_sum"]]
-    opened = combine_partials(pk, [int(x, 16) for x in out["hub_partial"]], decryptor.partial_decrypt(enc))
-    assert pk.unpack(opened, 5) == [sum(col) for col in zip(*values.values(), strict=True)]
+    again = b.status(rid, actor="analyst")  # another process's replay computes the same partial
+    assert again["hub_partial"] == out["hub_partial"]
+    assert open_result(out, RlweParams(16, 8), decryptor) == [sum(col) for col in zip(*values.values(), strict=True)]
     engine.dispose()
 
 
-def test_an_he_round_packs_for_its_invited_devices_unless_told_otherwise() -> None:
+def test_a_device_that_restarts_mid_upload_is_counted_once_with_one_encryption() -> None:
+    """Parts of an earlier, abandoned encryption never mix with a new one's (that would corrupt the sum)."""
+    clock = FixedClock(T0)
+    service = SecureAggregationService(MemoryAuditSink(), clock)
+    decryptor, seed, part = _decryptor_part()
+    devices = [f"he-{i}" for i in range(3)]
+    rid = service.start_he(devices, 5, seed=seed, decryptor_part=part, value_bits=16, actor="analyst")
+    values = {d: [7 * i, 1, 2, 3, 4] for i, d in enumerate(devices)}
+    sent: list[dict[str, Any]] = []
+    send0 = _send([service], "he-0")
+
+    def crash_after_four(body: dict[str, Any]) -> dict[str, Any]:
+        if body["step"] == "he_submit":
+            if len(sent) == 4:
+                raise ConnectionError("the device lost power")
+            sent.append(body)
+        return send0(body)
+
+    with pytest.raises(ConnectionError):
+        HeClient(crash_after_four, rid, values["he-0"]).step()
+    assert HeClient(send0, rid, values["he-0"]).step() == "submit"  # restarted: encrypts afresh, sends all
+    for d in devices[1:]:
+        HeClient(_send([service], d), rid, values[d]).step()
+    out = service.status(rid, actor="analyst")
+    assert out["phase"] == "done" and out["submitted"] == 3
+    assert open_result(out, RlweParams(16, 3), decryptor) == [sum(col) for col in zip(*values.values(), strict=True)]
+
+
+def test_an_he_round_sizes_its_plaintext_for_its_invited_devices_unless_told_otherwise() -> None:
     import base64
 
     import cbor2
 
-    pk, hub_share, _decryptor = generate_split_key(value_bits=16, max_summands=8)
+    _decryptor, seed, part = _decryptor_part()
     service = SecureAggregationService(MemoryAuditSink(), FixedClock(T0))
     devices = [f"he-{i}" for i in range(5)]
-    rid = service.start_he(devices, 5, n=pk.n, value_bits=16, hub_share=hub_share.d, actor="analyst")
+    rid = service.start_he(devices, 5, seed=seed, decryptor_part=part, value_bits=16, actor="analyst")
     reply = _send([service], "he-0")({"round": rid, "step": "he_poll", "message": b""})
     poll = cbor2.loads(base64.urlsafe_b64decode(reply["message"]))
-    assert poll["max_summands"] == 5 and poll["value_bits"] == 16  # 16 + 3 bits per slot, not 16 + 16
+    assert poll["max_summands"] == 5 and poll["value_bits"] == 16 and poll["missing"] == list(range(10))
+    with pytest.raises(MalformedError, match="round refused"):
+        service.start_he(devices, 5, seed=seed, decryptor_part=part[:-4], value_bits=16, actor="analyst")
 
 
 def test_a_round_whose_log_no_longer_replays_fails_instead_of_staying_running() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from iotguard.analytics.he_round import encrypt_for_round
 from iotguard.analytics.secagg import AggregationError, Vector
-from iotguard.analytics.secagg_round import MAX_MESSAGE_BYTES, Participant
+from iotguard.analytics.secagg_round import MAX_MESSAGE_BYTES, Participant, encode_message
 
 __all__ = ["AGGREGATE_PATH", "HeClient", "RoundClient"]
 
@@ -56,16 +56,7 @@ class RoundClient:
         if "advertise" not in self.participant.done:
             self.phase = str(self._request("advertise", self.participant.advertise()).get("phase", ""))
             return self.phase
-        reply = self._request("poll", b"")
-        raw = reply.get("message")
-        if not isinstance(raw, str) or len(raw) > 2 * MAX_MESSAGE_BYTES:
-            raise AggregationError("message_malformed", "poll reply")
-        try:
-            poll = cbor2.loads(base64.urlsafe_b64decode(raw))
-        except (ValueError, cbor2.CBORDecodeError):
-            raise AggregationError("message_malformed", "poll reply is not CBOR") from None
-        if not isinstance(poll, dict):
-            raise AggregationError("message_malformed", "poll reply is not a map")
+        poll = _poll_reply(self._request("poll", b""))
         self.phase = str(poll.get("phase", ""))
         answer = self.participant.answer(poll)
         if answer is not None:
@@ -74,7 +65,7 @@ class RoundClient:
 
 
 class HeClient:
-    """One device in one homomorphic-sum round: polls for the public key, sends its encrypted vector once.
+    """One device in one homomorphic-sum round: fetches the public key, sends its encrypted vector once, in parts.
 
     Args:
         send: The signed-request sender.
@@ -86,27 +77,60 @@ class HeClient:
         self._send = send
         self.round_id = round_id
         self._values = list(values)
+        self._upload = b""
+        self._messages: list[bytes] = []
         self.sent = False
 
+    def _poll(self, message: bytes) -> dict[str, Any]:
+        return _poll_reply(self._send({"round": self.round_id, "step": "he_poll", "message": message}))
+
     def step(self) -> str:
-        """Poll; when the round asks for it, encrypt and send. Returns the phase the hub reported.
+        """Poll; when the round asks for it, encrypt (once) and send the parts the hub lacks. Returns the phase.
 
         Raises:
             AggregationError: the hub's reply is malformed.
             EnrollmentError: the hub refused the request.
         """
-        reply = self._send({"round": self.round_id, "step": "he_poll", "message": b""})
-        raw = reply.get("message")
-        if not isinstance(raw, str) or len(raw) > 2 * MAX_MESSAGE_BYTES:
-            raise AggregationError("message_malformed", "poll reply")
-        try:
-            poll = cbor2.loads(base64.urlsafe_b64decode(raw))
-        except (ValueError, cbor2.CBORDecodeError):
-            raise AggregationError("message_malformed", "poll reply is not CBOR") from None
-        if not isinstance(poll, dict):
-            raise AggregationError("message_malformed", "poll reply is not a map")
-        if poll.get("phase") != "submit" or self.sent:
-            return str(poll.get("phase", ""))
-        message = encrypt_for_round(poll, self._values)
+        poll = self._poll(b"")
+        phase = str(poll.get("phase", ""))
+        if phase != "submit" or self.sent:
+            return phase
+        if not self._messages:
+            rows = poll.get("key_rows")
+            if not isinstance(rows, int) or not 1 <= rows <= 16:
+                raise AggregationError("message_malformed", "HE poll: key_rows")
+            key = []
+            for j in range(rows):
+                reply = self._poll(encode_message({"key_row": j}))
+                if reply.get("key_row") != j or not isinstance(reply.get("words"), bytes):
+                    raise AggregationError("message_malformed", "HE poll: key row")
+                key.append(reply["words"])
+            self._upload, self._messages = encrypt_for_round(poll, key, self._values)
+        missing = poll.get("missing")
+        if poll.get("upload") != self._upload or not isinstance(missing, list):
+            missing = list(range(len(self._messages)))  # the hub holds none of this upload
+        for i in missing:
+            if not isinstance(i, int) or not 0 <= i < len(self._messages):
+                raise AggregationError("message_malformed", "HE poll: missing part")
+            phase = str(self._send({"round": self.round_id, "step": "he_submit",
+                                    "message": self._messages[i]}).get("phase", phase))
         self.sent = True
-        return str(self._send({"round": self.round_id, "step": "he_submit", "message": message}).get("phase", ""))
+        return phase
+
+
+def _poll_reply(reply: dict[str, Any]) -> dict[str, Any]:
+    """The CBOR map a poll reply carries (base64url).
+
+    Raises:
+        AggregationError: ``message_malformed``.
+    """
+    raw = reply.get("message")
+    if not isinstance(raw, str) or len(raw) > 2 * MAX_MESSAGE_BYTES:
+        raise AggregationError("message_malformed", "poll reply")
+    try:
+        poll = cbor2.loads(base64.urlsafe_b64decode(raw))
+    except (ValueError, cbor2.CBORDecodeError):
+        raise AggregationError("message_malformed", "poll reply is not CBOR") from None
+    if not isinstance(poll, dict):
+        raise AggregationError("message_malformed", "poll reply is not a map")
+    return poll

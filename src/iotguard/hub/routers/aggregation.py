@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
+from iotguard.analytics.he_round import MAX_HE_DIMS
+from iotguard.analytics.rlwe import PUBLIC_PART_BYTES
 from iotguard.hub.device_plane import DevicePlane, device_request, signed_request_openapi
 from iotguard.hub.routers.auth import OperatorAuth
 from iotguard.hub.services.aggregation import SecureAggregationService
@@ -14,6 +17,8 @@ from iotguard.hub.store import ApiToken
 from iotguard.identity import VerifiedRequest
 
 __all__ = ["HeRoundRequest", "RoundRequest", "aggregation_router"]
+
+_PART_B64 = 4 * ((PUBLIC_PART_BYTES + 2) // 3)
 
 
 class RoundRequest(BaseModel):
@@ -27,14 +32,14 @@ class RoundRequest(BaseModel):
 
 
 class HeRoundRequest(BaseModel):
-    """A homomorphic-sum round to start under the dealer's public key, with the hub's key share (hex)."""
+    """A homomorphic-sum round: the decryptor's public key part for the polynomial of ``seed`` (ADR 0418)."""
 
     devices: list[str] = Field(min_length=2, max_length=65536)
-    dims: int = Field(ge=1, le=16_000)
-    n: str = Field(min_length=500, max_length=800, pattern="^[0-9a-f]+$")
-    value_bits: int = Field(default=32, ge=1, le=64)
-    max_summands: int | None = Field(default=None, ge=2, le=1 << 32)  # None: the invited devices
-    hub_share: str = Field(min_length=1, max_length=2000, pattern="^[0-9a-f]+$")
+    dims: int = Field(ge=1, le=MAX_HE_DIMS)
+    seed: str = Field(min_length=64, max_length=64, pattern="^[0-9a-f]+$")
+    decryptor_part: str = Field(min_length=_PART_B64, max_length=_PART_B64, pattern="^[A-Za-z0-9+/]+=*$")
+    value_bits: int = Field(default=32, ge=1, le=32)
+    max_summands: int | None = Field(default=None, ge=2, le=1 << 16)  # None: the invited devices
     timeout_s: float = Field(default=300.0, ge=1.0, le=86400.0)
 
 
@@ -57,10 +62,10 @@ def aggregation_router(service: SecureAggregationService, plane: DevicePlane, op
     @router.post("/v1/aggregate/he-rounds")
     def start_he(body: HeRoundRequest,
                  t: ApiToken = Depends(operator("query", "Dataset"))) -> dict[str, Any]:  # noqa: B008
-        """Start a homomorphic-sum round; the hub keeps only its share of the decryption key."""
-        rid = service.start_he(body.devices, body.dims, n=int(body.n, 16), value_bits=body.value_bits,
-                               max_summands=body.max_summands, hub_share=int(body.hub_share, 16),
-                               timeout_s=body.timeout_s, actor=t.name)
+        """Start a homomorphic-sum round; the hub generates and keeps only its share of the decryption key."""
+        rid = service.start_he(body.devices, body.dims, seed=bytes.fromhex(body.seed),
+                               decryptor_part=base64.b64decode(body.decryptor_part), value_bits=body.value_bits,
+                               max_summands=body.max_summands, timeout_s=body.timeout_s, actor=t.name)
         return {"round": rid}
 
     @router.get("/v1/aggregate/rounds/{round_id}")

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import cbor2
 
 from iotguard.analytics.he_round import HeRound, HeRoundSpec
-from iotguard.analytics.homomorphic import KeyShare, PaillierPublicKey
+from iotguard.analytics.rlwe import RlweKeyShare, RlweParams, RlwePublicKey, keygen_share, public_key_from_parts
 from iotguard.analytics.secagg import AggregationError
 from iotguard.analytics.secagg_round import RoundCoordinator, RoundSpec, encode_message, new_round_id
 from iotguard.audit import AuditEvent, AuditSink
@@ -118,41 +118,46 @@ class SecureAggregationService:
                                       "degree": degree}))
         return rid
 
-    def start_he(self, devices: list[str], dims: int, *, n: int, value_bits: int, max_summands: int | None = None,
-                 hub_share: int, timeout_s: float = 300.0, actor: str) -> str:
-        """Start a homomorphic-sum round under a dealer's public key; the hub keeps its key share only.
+    def start_he(self, devices: list[str], dims: int, *, seed: bytes, decryptor_part: bytes, value_bits: int,
+                 max_summands: int | None = None, timeout_s: float = 300.0, actor: str) -> str:
+        """Start a homomorphic-sum round; the hub generates its own key share for it and keeps it sealed.
 
-        The packing fits the round: ``value_bits`` per value (devices refuse values outside
-        ``[0, 2^value_bits)``) plus ``log2(max_summands)`` bits of headroom, ``max_summands`` the invited
-        devices unless given.
+        The independent decryptor generated its share for the public polynomial of ``seed`` beforehand
+        and gave its public part ``decryptor_part`` (``b`` in the NTT domain, 5 x N little-endian words);
+        the round's public key is the sum of both parts. ``value_bits`` bounds each value (devices refuse
+        values outside ``[0, 2^value_bits)``), ``max_summands`` (the invited devices unless given) the
+        headroom.
 
         Raises:
-            MalformedError: bad parameters or key, or too many rounds running.
+            MalformedError: bad parameters or key part, or too many rounds running.
         """
         if max_summands is None:
             max_summands = max(2, len(devices))
-        pk = PaillierPublicKey(n, value_bits, max_summands)
-        spec = HeRoundSpec(tuple(sorted(devices)), dims, pk, KeyShare("hub", n, hub_share),
-                           timedelta(seconds=timeout_s))
+        params = RlweParams(value_bits, max_summands)
         try:
+            params.validate()
+            hub_share, hub_part = keygen_share("hub", seed)
+            dec = RlwePublicKey.from_bytes(params, seed, decryptor_part)
+            pk = public_key_from_parts(params, seed, [hub_part, dec.b_hat])
+            spec = HeRoundSpec(tuple(sorted(devices)), dims, pk, hub_share, timedelta(seconds=timeout_s))
             spec.validate()
             if not 1 <= timeout_s <= 86400:
                 raise ConfigError("timeout must be 1 s .. 1 day")
-        except ConfigError as exc:
+        except (ConfigError, MalformedError) as exc:
             raise MalformedError(f"round refused: {exc}") from None
         now = self.clock.now()
-        rid = self._add("he", {"devices": list(spec.devices), "dims": dims, "n": n.to_bytes((n.bit_length() + 7) // 8),
+        rid = self._add("he", {"devices": list(spec.devices), "dims": dims, "seed": seed, "b": pk.b_bytes(),
                                "value_bits": value_bits, "max_summands": max_summands,
-                               "timeout_s": float(timeout_s)}, now, hub_share=hub_share)
+                               "timeout_s": float(timeout_s)}, now, hub_share=hub_share.to_bytes())
         self.audit.record(AuditEvent("aggregate.round_started", now, actor, "aggregate",
                                      {"round": rid, "kind": "he", "devices": len(devices), "dims": dims}))
         return rid
 
-    def _add(self, kind: str, spec: dict[str, Any], now: datetime, *, hub_share: int | None = None,
+    def _add(self, kind: str, spec: dict[str, Any], now: datetime, *, hub_share: bytes | None = None,
              round_id: str = "") -> str:
         rid = round_id or new_round_id().hex()
         if hub_share is not None:
-            raw = hub_share.to_bytes((hub_share.bit_length() + 7) // 8 or 1)
+            raw = hub_share
             if self.keystore is not None:
                 if not self.keystore.has_key(HE_SHARE_KEY_LABEL):
                     self.keystore.generate(HE_SHARE_KEY_LABEL, KeyKind.AES256)
@@ -179,9 +184,9 @@ class SecureAggregationService:
             if self.keystore is None:
                 raise ConfigError("an HE round's hub key share is sealed: this hub has no key store")
             raw = self.keystore.unseal(HE_SHARE_KEY_LABEL, raw, _share_ad(rnd.round_id))
-        n = int.from_bytes(spec["n"], "big")
-        pk = PaillierPublicKey(n, spec["value_bits"], spec["max_summands"])
-        return HeRound(HeRoundSpec(devices, spec["dims"], pk, KeyShare("hub", n, int.from_bytes(raw, "big")), timeout),
+        pk = RlwePublicKey.from_bytes(RlweParams(spec["value_bits"], spec["max_summands"]), bytes(spec["seed"]),
+                                      bytes(spec["b"]))
+        return HeRound(HeRoundSpec(devices, spec["dims"], pk, RlweKeyShare.from_bytes("hub", raw), timeout),
                        rnd.started_at)
 
     def _open(self, tx: RoundTx) -> _Round:
@@ -252,9 +257,12 @@ class SecureAggregationService:
 
         def one(r: _Round, tx: RoundTx, now: datetime) -> dict[str, Any]:
             if step in ("poll", "he_poll") and step == ("he_poll" if isinstance(r, HeRound) else "poll"):
-                if message:
+                if isinstance(r, HeRound):
+                    reply = r.poll(req.device_id, now, message)
+                elif message:
                     raise AggregationError("message_malformed", "a poll carries no message")
-                reply = r.poll(req.device_id, now)
+                else:
+                    reply = r.poll(req.device_id, now)
                 return {"phase": reply["phase"],
                         "message": base64.urlsafe_b64encode(encode_message(reply)).decode()}
             if step not in (("he_submit",) if isinstance(r, HeRound) else _DEVICE_STEPS):
