@@ -257,6 +257,27 @@ def test_a_device_that_restarts_mid_upload_is_counted_once_with_one_encryption()
     assert open_result(out, RlweParams(16, 3), decryptor) == [sum(col) for col in zip(*values.values(), strict=True)]
 
 
+def test_an_he_round_with_too_few_uploads_is_never_decrypted() -> None:
+    """A sum of one device is that device's value: below the quorum the hub applies no key share."""
+    clock = FixedClock(T0)
+    service = SecureAggregationService(MemoryAuditSink(), clock)
+    _decryptor, seed, part = _decryptor_part()
+    devices = [f"he-{i}" for i in range(3)]
+    rid = service.start_he(devices, 4, seed=seed, decryptor_part=part, value_bits=8, timeout_s=10, actor="analyst")
+    HeClient(_send([service], "he-0"), rid, [1, 2, 3, 4]).step()
+    clock.advance(11)
+    out = service.status(rid, actor="analyst")
+    assert out["phase"] == "failed" and out["reason"] == "too_few_submissions" and "hub_partial" not in out
+    with pytest.raises(MalformedError, match="min_devices"):
+        service.start_he(devices, 4, seed=seed, decryptor_part=part, value_bits=8, min_devices=1, actor="analyst")
+    rid = service.start_he(devices, 4, seed=seed, decryptor_part=part, value_bits=8, min_devices=2, timeout_s=10,
+                           actor="analyst")
+    for d in devices[:2]:
+        HeClient(_send([service], d), rid, [1, 2, 3, 4]).step()
+    clock.advance(11)
+    assert service.status(rid, actor="analyst")["phase"] == "done"  # two of three: the operator's quorum
+
+
 def test_an_he_round_sizes_its_plaintext_for_its_invited_devices_unless_told_otherwise() -> None:
     import base64
 

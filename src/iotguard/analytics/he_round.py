@@ -64,10 +64,18 @@ class HeRoundSpec:
     public_key: RlwePublicKey
     hub_share: RlweKeyShare
     timeout: timedelta = timedelta(minutes=5)
+    #: Fewest complete uploads the hub decrypts a sum of (0: two thirds of the invited devices, at least 2).
+    min_devices: int = 0
+
+    @property
+    def quorum(self) -> int:
+        return self.min_devices or max(2, math.ceil(2 * len(self.devices) / 3))
 
     def validate(self) -> None:
         """Raises :class:`ConfigError` with the reason."""
         self.public_key.validate()
+        if self.min_devices and not 2 <= self.min_devices <= len(self.devices):
+            raise ConfigError("min_devices must be 2..the invited devices (a sum of one is that device's value)")
         if not 2 <= len(self.devices) <= self.public_key.params.max_summands or len(set(self.devices)) != len(
                 self.devices):
             raise ConfigError("an HE round needs 2..max_summands distinct devices")
@@ -102,8 +110,10 @@ class HeRound:
         if self.phase == "submit" and (len(self.received) == len(self.spec.devices)
                                        or now - self.started >= self.spec.timeout):
             self.pending.clear()
-            if self.total is None:
-                self.phase, self.reason = "failed", "no_submissions"
+            if self.total is None or len(self.received) < self.spec.quorum:
+                # a sum of too few devices is (nearly) one device's value: never decrypted
+                self.phase, self.reason = "failed", "no_submissions" if self.total is None else "too_few_submissions"
+                self.total = None
                 return
             p = np.array(PRIMES, dtype=np.uint64)[None, None, :, None]
             summed = self.total % p

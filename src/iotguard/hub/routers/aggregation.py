@@ -40,6 +40,7 @@ class HeRoundRequest(BaseModel):
     decryptor_part: str = Field(min_length=_PART_B64, max_length=_PART_B64, pattern="^[A-Za-z0-9+/]+=*$")
     value_bits: int = Field(default=32, ge=1, le=32)
     max_summands: int | None = Field(default=None, ge=2, le=1 << 16)  # None: the invited devices
+    min_devices: int = Field(default=0, ge=0, le=65536)  # 0: two thirds of the invited, at least 2
     timeout_s: float = Field(default=300.0, ge=1.0, le=86400.0)
 
 
@@ -65,7 +66,8 @@ def aggregation_router(service: SecureAggregationService, plane: DevicePlane, op
         """Start a homomorphic-sum round; the hub generates and keeps only its share of the decryption key."""
         rid = service.start_he(body.devices, body.dims, seed=bytes.fromhex(body.seed),
                                decryptor_part=base64.b64decode(body.decryptor_part), value_bits=body.value_bits,
-                               max_summands=body.max_summands, timeout_s=body.timeout_s, actor=t.name)
+                               max_summands=body.max_summands, min_devices=body.min_devices,
+                               timeout_s=body.timeout_s, actor=t.name)
         return {"round": rid}
 
     @router.get("/v1/aggregate/rounds/{round_id}")

@@ -119,14 +119,16 @@ class SecureAggregationService:
         return rid
 
     def start_he(self, devices: list[str], dims: int, *, seed: bytes, decryptor_part: bytes, value_bits: int,
-                 max_summands: int | None = None, timeout_s: float = 300.0, actor: str) -> str:
+                 max_summands: int | None = None, min_devices: int = 0, timeout_s: float = 300.0,
+                 actor: str) -> str:
         """Start a homomorphic-sum round; the hub generates its own key share for it and keeps it sealed.
 
         The independent decryptor generated its share for the public polynomial of ``seed`` beforehand
         and gave its public part ``decryptor_part`` (``b`` in the NTT domain, 5 x N little-endian words);
         the round's public key is the sum of both parts. ``value_bits`` bounds each value (devices refuse
         values outside ``[0, 2^value_bits)``), ``max_summands`` (the invited devices unless given) the
-        headroom.
+        headroom. The sum is decrypted only if at least ``min_devices`` devices sent (0: two thirds of the
+        invited, at least 2); otherwise the round fails ``too_few_submissions``.
 
         Raises:
             MalformedError: bad parameters or key part, or too many rounds running.
@@ -139,7 +141,7 @@ class SecureAggregationService:
             hub_share, hub_part = keygen_share("hub", seed)
             dec = RlwePublicKey.from_bytes(params, seed, decryptor_part)
             pk = public_key_from_parts(params, seed, [hub_part, dec.b_hat])
-            spec = HeRoundSpec(tuple(sorted(devices)), dims, pk, hub_share, timedelta(seconds=timeout_s))
+            spec = HeRoundSpec(tuple(sorted(devices)), dims, pk, hub_share, timedelta(seconds=timeout_s), min_devices)
             spec.validate()
             if not 1 <= timeout_s <= 86400:
                 raise ConfigError("timeout must be 1 s .. 1 day")
@@ -147,7 +149,7 @@ class SecureAggregationService:
             raise MalformedError(f"round refused: {exc}") from None
         now = self.clock.now()
         rid = self._add("he", {"devices": list(spec.devices), "dims": dims, "seed": seed, "b": pk.b_bytes(),
-                               "value_bits": value_bits, "max_summands": max_summands,
+                               "value_bits": value_bits, "max_summands": max_summands, "min_devices": min_devices,
                                "timeout_s": float(timeout_s)}, now, hub_share=hub_share.to_bytes())
         self.audit.record(AuditEvent("aggregate.round_started", now, actor, "aggregate",
                                      {"round": rid, "kind": "he", "devices": len(devices), "dims": dims}))
@@ -186,8 +188,8 @@ class SecureAggregationService:
             raw = self.keystore.unseal(HE_SHARE_KEY_LABEL, raw, _share_ad(rnd.round_id))
         pk = RlwePublicKey.from_bytes(RlweParams(spec["value_bits"], spec["max_summands"]), bytes(spec["seed"]),
                                       bytes(spec["b"]))
-        return HeRound(HeRoundSpec(devices, spec["dims"], pk, RlweKeyShare.from_bytes("hub", raw), timeout),
-                       rnd.started_at)
+        return HeRound(HeRoundSpec(devices, spec["dims"], pk, RlweKeyShare.from_bytes("hub", raw), timeout,
+                                   int(spec.get("min_devices", 0))), rnd.started_at)
 
     def _open(self, tx: RoundTx) -> _Round:
         """The round as the log has it: this process's cached replay brought up to date, or a fresh replay."""
