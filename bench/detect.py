@@ -7,7 +7,9 @@ detector is fitted on the *same* feature rows (the flows not labeled malicious
 within the earliest 20 %) and scores the *same* later rows:
 
 * iotguard: its detector as the hub runs it (ADR 0707): the learned score and the hub's flow
-  rules (``flow_rules``: scan fan-out, new ports, beaconing; no threat feed here, so no
+  rules (``flow_rules``: scan fan-out, new ports, beaconing, and since session 12 probing and
+  password guessing from outside against a device, ADR 0708, told which hosts are inside the
+  site by the log's own ``local_orig`` / ``local_resp`` fields; no threat feed here, so no
   known-bad rule). Flows rank by the severity of the alert the hub raises over them (the
   highest of the rules whose condition holds on the flow and of the learned score's own:
   medium above the calibrated threshold, high at 3x it), then by the learned surprise
@@ -152,7 +154,8 @@ def run_file(path: Path, root: Path, repeats: int, hst_limit: int | None) -> dic
     # The hub's flow rules over the same batches (they read only the feature values and the flows).
     features = FeatureMatrix(x, hosts, np.zeros(n, np.int64), np.zeros(n, np.int64))
     started = time.perf_counter()
-    rules = flow_rules(DetectorConfig(), FeatureExtractor().names)
+    # The site's own hosts as Zeek marked them (local_orig / local_resp): a log has no device inventory.
+    rules = flow_rules(DetectorConfig(), FeatureExtractor().names, local_hosts=log.local_hosts)
     learn_rules(rules, flows, features, train, BATCH)
     rules_fit_s = time.perf_counter() - started
     later_flows, later_features = flows.take(slice(split, n)), features.take(slice(split, n))

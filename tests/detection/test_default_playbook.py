@@ -28,7 +28,7 @@ EMITTED = {
     "cloned_device": Severity.CRITICAL, "process_change": Severity.HIGH, "new_listening_port": Severity.HIGH,
     "new_destination": Severity.MEDIUM, "health_anomaly": Severity.MEDIUM, "auth_failures": Severity.HIGH,
     "policy_denials": Severity.MEDIUM, "attestation_failed": Severity.CRITICAL,
-    "attestation_degraded": Severity.MEDIUM,
+    "attestation_degraded": Severity.MEDIUM, "inbound_probing": Severity.LOW,
 }
 
 
@@ -63,7 +63,8 @@ def test_health_and_signal_detectors_get_their_response() -> None:
     assert _kinds("attestation_failed") == {ActionKind.QUARANTINE: ActionStatus.EXECUTE,
                                             ActionKind.REVOKE: ActionStatus.AWAIT_APPROVAL}
     # Probing the policy or drifting gets verified, not contained.
-    for detector in ("policy_denials", "health_anomaly", "new_destination", "attestation_degraded", "auth_failures"):
+    for detector in ("policy_denials", "health_anomaly", "new_destination", "attestation_degraded", "auth_failures",
+                     "inbound_probing"):
         assert _kinds(detector) == {ActionKind.REATTEST: ActionStatus.EXECUTE}, detector
 
 

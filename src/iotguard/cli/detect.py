@@ -83,6 +83,7 @@ def _eval(args: argparse.Namespace) -> int:
     if not 1 <= args.batch <= 1_000_000:
         raise ConfigError("--batch must be 1..1000000", code="config_invalid")
     report = evaluate_flows(log_.flows, log_.labels, train_share=args.train_share, batch_size=args.batch,
+                            local_hosts=log_.local_hosts,
                             scorer=ScorerConfig(target_fpr=args.target_fpr))
     print(format_report(report, args.zeek))
     if args.json:

@@ -39,6 +39,7 @@ from iotguard.detection.health import (
     decode_health_report,
     encode_health_report,
 )
+from iotguard.detection.inbound import InboundProbeRule
 from iotguard.detection.model_state import export_scorer, import_scorer
 from iotguard.detection.monitor import FlowMonitor, MonitorConfig, parse_address_inventory
 from iotguard.detection.pcap import PcapLimits, PcapResult, flows_from_pcap
@@ -89,6 +90,7 @@ __all__ = [
     "HealthDetector",
     "HealthReport",
     "HostStates",
+    "InboundProbeRule",
     "KnownBadRule",
     "LearningWindow",
     "MonitorConfig",

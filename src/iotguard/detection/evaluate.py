@@ -27,7 +27,7 @@ that host).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -186,7 +186,7 @@ def evaluate_flows(batch: FlowBatch, labels: npt.NDArray[np.str_], *, train_shar
                    batch_size: int = 1024, features: FeatureConfig | None = None,
                    scorer: ScorerConfig | None = None,
                    timer: Callable[[], float] = time.perf_counter,
-                   detector: DetectorConfig | None = None) -> EvaluationReport:
+                   detector: DetectorConfig | None = None, local_hosts: Collection[str] = ()) -> EvaluationReport:
     """Fit on early benign flows, score the rest, grade with the labels.
 
     Args:
@@ -199,6 +199,9 @@ def evaluate_flows(batch: FlowBatch, labels: npt.NDArray[np.str_], *, train_shar
         timer: Monotonic seconds, for throughput.
         detector: Rule settings (thresholds); its ``features`` and ``scorer``
             are replaced by the two arguments above.
+        local_hosts: Addresses inside the monitored site (``ConnLog.local_hosts``: what Zeek's
+            ``local_orig`` / ``local_resp`` say), for the rule on probing from outside; a log
+            has no device inventory.
 
     Raises:
         ConfigError: Too few benign training flows, or the scored flows hold one class only.
@@ -223,7 +226,7 @@ def evaluate_flows(batch: FlowBatch, labels: npt.NDArray[np.str_], *, train_shar
     train = np.flatnonzero(~malicious[:split])
     baseline = BaselineScorer(config.scorer)
     baseline.fit(x[train], flows.orig_h[train])
-    rules = flow_rules(config, extractor.names)
+    rules = flow_rules(config, extractor.names, local_hosts=local_hosts)
     learn_rules(rules, flows, matrix, train, batch_size)
     later, later_features = flows.take(slice(split, n)), matrix.take(slice(split, n))
     started = timer()

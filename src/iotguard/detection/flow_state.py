@@ -46,7 +46,8 @@ MAX_STORED_PAIRS: Final = 512
 HOST_STATE_VERSION: Final = 1
 _KEYS: Final = frozenset({"v", "sums", "in_sums", "times", "dsts", "channels", "ports", "port_times", "known_ports",
                           "port_flows", "known_peers", "peer_flows", "alerted", "excluded"})
-_DETECTORS: Final = frozenset({"scan_fanout", "new_port", "beaconing", "known_bad_address", "autoencoder"})
+_DETECTORS: Final = frozenset({"scan_fanout", "new_port", "beaconing", "known_bad_address", "inbound_probing",
+                               "autoencoder"})
 _HOST_SUMS, _IN_SUMS, _CHANNEL_WIDTH = 7, 3, 6
 _MAX_ADDRESS = 64
 _MAX_COUNT = 1 << 53

@@ -8,7 +8,8 @@ later batch into alerts. It holds no I/O: flows come in, alerts go out.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +19,7 @@ from iotguard.detection.alert import Alert, Severity
 from iotguard.detection.features import FeatureConfig, FeatureExtractor, FeatureMatrix
 from iotguard.detection.feed import ThreatFeed
 from iotguard.detection.flows import FlowBatch
+from iotguard.detection.inbound import InboundProbeRule
 from iotguard.detection.rules import BeaconRule, FlowRule, KnownBadRule, NewPortRule, ScanFanOutRule, Throttle
 from iotguard.detection.scorer import BaselineScorer, ScorerConfig
 from iotguard.errors import ConfigError
@@ -64,7 +66,7 @@ class LearningWindow:
 
 
 def flow_rules(config: DetectorConfig, names: tuple[str, ...], devices: Mapping[str, str] | None = None,
-               feed: ThreatFeed | None = None) -> list[FlowRule]:
+               feed: ThreatFeed | None = None, local_hosts: Collection[str] = ()) -> list[FlowRule]:
     """The flow rules a :class:`FlowDetector` runs, fresh (the evaluation harness grades the same set).
 
     Args:
@@ -72,12 +74,18 @@ def flow_rules(config: DetectorConfig, names: tuple[str, ...], devices: Mapping[
         names: Feature column names of the extractor whose features the rules read.
         devices: Address -> device id of fleet devices.
         feed: Known-bad addresses (no feed: no ``known_bad_address`` rule).
+        local_hosts: Addresses inside the site besides the devices (for ``inbound_probing``; an
+            evaluation passes the hosts the Zeek log marks local).
     """
     quiet = config.realert_s
+    lives = config.features.half_lives_s  # the probing rule's short (nearest 60 s) and long counts
     rules: list[FlowRule] = [
         ScanFanOutRule(names, min_new=config.scan_min_new, devices=devices, realert_s=quiet),
         NewPortRule(devices=devices, realert_s=quiet),
         BeaconRule(names, max_cv=config.beacon_max_cv, devices=devices, realert_s=quiet),
+        InboundProbeRule(names, half_lives_s=(min(lives, key=lambda h: abs(math.log(h / 60.0))), max(lives)),
+                         channel_half_life_s=config.features.channel_half_life_s, devices=devices,
+                         local_hosts=local_hosts, realert_s=quiet),
     ]
     if feed is not None:
         rules.append(KnownBadRule(feed, devices=devices, realert_s=quiet))
@@ -194,12 +202,15 @@ class FlowDetector:
         contributed earlier in the window are dropped at
         :meth:`finish_learning`, and the rules' destination and port baselines
         forget it. Its flows still update the feature state (other hosts'
-        fan-out and inbound statistics include them).
+        fan-out and inbound statistics include them). Probing from outside
+        (``inbound_probing``) alerts too, but names the probed device, which
+        is not excluded for being probed.
         """
         features = self.extractor.transform(batch)
         alerts = self.learning_alerts(batch, features)
         for alert in alerts:
-            self.excluded.add(str(dict(alert.evidence).get("address", alert.device)))
+            if alert.detector != InboundProbeRule.name:
+                self.excluded.add(str(dict(alert.evidence).get("address", alert.device)))
         keep = ~np.isin(batch.orig_h, sorted(self.excluded)) if self.excluded else np.ones(len(batch), dtype=bool)
         if keep.any():
             kept = features.take(keep)
@@ -250,10 +261,11 @@ class FlowDetector:
         self._fitted = True
 
     def learning_alerts(self, batch: FlowBatch, features: FeatureMatrix) -> list[Alert]:
-        """Alerts of the rules that need no baseline (scan fan-out, known-bad addresses) while learning."""
+        """Alerts of the rules that need no baseline (scan fan-out, known-bad addresses, probing from outside)
+        while learning."""
         alerts: list[Alert] = []
         for rule in self.rules:
-            if isinstance(rule, ScanFanOutRule | KnownBadRule):
+            if isinstance(rule, ScanFanOutRule | KnownBadRule | InboundProbeRule):
                 alerts.extend(rule.evaluate(batch, features))
         return alerts
 

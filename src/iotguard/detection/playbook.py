@@ -75,7 +75,7 @@ DESTRUCTIVE: frozenset[ActionKind] = frozenset({ActionKind.REVOKE, ActionKind.RO
 #: Detector names a rule may match.
 DETECTORS: frozenset[str] = frozenset({
     "autoencoder", "scan_fanout", "new_port", "beaconing", "known_bad_address", "credential_guessing",
-    "cloned_device",
+    "cloned_device", "inbound_probing",
     "process_change", "new_listening_port", "new_destination", "health_anomaly", "auth_failures",
     "policy_denials", "attestation_failed", "attestation_degraded",
 })

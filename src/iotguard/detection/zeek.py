@@ -62,11 +62,14 @@ class ConnLog:
         flows: The records, in file order.
         labels: Values of the label column (if one was asked for), one per flow.
         format: ``tsv`` or ``json``.
+        local_hosts: Addresses Zeek marked local (``local_orig`` or ``local_resp`` true: inside its
+            ``Site::local_nets``), the capture's own site; empty when the log lacks both fields.
     """
 
     flows: FlowBatch
     labels: npt.NDArray[np.str_] | None
     format: str
+    local_hosts: frozenset[str] = frozenset()
 
 
 def _fail(line_no: int, code: str, what: str) -> MalformedError:
@@ -89,6 +92,7 @@ class _Columns:
         self.state: list[int] = []
         self.service: list[int] = []
         self.labels: list[str] = []
+        self.local: set[str] = set()
 
     def add(self, rec: dict[str, object], line_no: int) -> None:
         for name in _REQUIRED:
@@ -108,6 +112,11 @@ class _Columns:
             self.state.append(state_code("OTH" if state in (None, "-") else str(state)))
         except MalformedError:
             raise _fail(line_no, "zeek_bad_state", f"unknown conn_state {str(state)[:16]!r}") from None
+        # Zeek's own judgement of which end is inside the site (its Site::local_nets).
+        if rec.get("local_orig") in ("T", True):
+            self.local.add(self.orig_h[-1])
+        if rec.get("local_resp") in ("T", True):
+            self.local.add(self.resp_h[-1])
         service = rec.get("service")
         self.service.append(0 if service in (None, "-", "", "(empty)") else 1)
         if self.label_column is not None:
@@ -294,7 +303,7 @@ def parse_conn_log(data: bytes, *, label_column: str | None = None, limits: Zeek
         _parse_tsv(chained, cols, limits)
         fmt = "tsv"
     labels = np.array(cols.labels, dtype=np.str_) if label_column is not None else None
-    return ConnLog(flows=cols.batch(), labels=labels, format=fmt)
+    return ConnLog(flows=cols.batch(), labels=labels, format=fmt, local_hosts=frozenset(cols.local))
 
 
 def _chain(first: tuple[int, str], rest: Iterable[tuple[int, str]]) -> Iterable[tuple[int, str]]:

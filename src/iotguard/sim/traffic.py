@@ -14,7 +14,11 @@ ones do on the wire:
   fixed timer;
 * ``slow_exfiltration`` — occasional large uploads to a new destination;
 * ``cloned_device`` — the same identity active from a second address;
-* ``credential_guessing`` — repeated failed logins against the hub API.
+* ``credential_guessing`` — repeated failed logins against the hub API;
+* ``external_probing`` / ``telnet_guessing`` — the device attacked from the
+  Internet: many scanners each trying a port or two of it (mostly refused
+  or unanswered), optionally one sweeping its ports; one guesser logging in
+  to its telnet over and over.
 
 :func:`firmware_change` is the benign counterpart for false-positive tests:
 every device of a model changes behaviour at once after an update.
@@ -37,11 +41,13 @@ __all__ = [
     "cloned_device",
     "cnc_beacon",
     "credential_guessing",
+    "external_probing",
     "firmware_change",
     "make_fleet",
     "mirai_scan",
     "slow_exfiltration",
     "syn_flood",
+    "telnet_guessing",
     "udp_flood",
 ]
 
@@ -265,6 +271,56 @@ def credential_guessing(attacker: str, start: float, attempts: int = 40, rate: f
         out.auth_failures.append(AuthFailure(t, attacker, names[i % len(names)]))
         flows.append(_flow(t, attacker, HUB_ADDRESS, 443, "tcp", "SF", rng.randint(300, 500), rng.randint(200, 300),
                            0.05, rng, "ssl"))
+    out.add(flows, True)
+    return out
+
+
+#: Ports Internet scanners try on an exposed device: remote logins, SMB, web, MS SQL, adb, common backdoors.
+_PROBED_PORTS = (23, 22, 2323, 445, 80, 81, 8080, 1433, 5555, 7547, 1337, 7000)
+
+
+def external_probing(device: SimDevice, start: float, seconds: float, rate: float = 0.5, sweep_ports: int = 0,
+                     seed: int = 9) -> Scenario:
+    """Internet scanners probing ``device``: a new public source every ``1 / rate`` s on average,
+    each trying one to three ports (or an ICMP echo), refused (``REJ``) or unanswered (``S0``); with
+    ``sweep_ports``, one more source tries that many ports of the device within a minute."""
+    rng = random.Random(seed)
+    out = Scenario("external_probing")
+    flows: list[Flow] = []
+    t = start + rng.expovariate(rate)
+    while t < start + seconds:
+        source = _public(rng)
+        for k in range(rng.randint(1, 3)):
+            if rng.random() < 0.1:
+                flows.append(_flow(t + k, source, device.address, 8, "icmp", "S0", 0, 0, 0.0, rng))
+            else:
+                state = "REJ" if rng.random() < 0.6 else "S0"
+                flows.append(_flow(t + k * rng.uniform(0.5, 3.0), source, device.address,
+                                   rng.choice(_PROBED_PORTS), "tcp", state, 0, 0, 0.0, rng))
+        t += rng.expovariate(rate)
+    if sweep_ports:
+        sweeper = _public(rng)
+        ports = rng.sample(range(1, 10000), sweep_ports)
+        flows += [_flow(start + i * 60.0 / sweep_ports, sweeper, device.address, port, "tcp", "REJ", 0, 0, 0.0, rng)
+                  for i, port in enumerate(ports)]
+    flows.sort(key=lambda f: f.ts)
+    out.add(flows, True)
+    return out
+
+
+def telnet_guessing(device: SimDevice, attacker: str, start: float, attempts: int = 60, rate: float = 0.5,
+                    seed: int = 10) -> Scenario:
+    """``attacker`` (an Internet address) logging in to the telnet service of ``device`` again and again:
+    one established connection per guess, ``rate`` per second on average (each waiting for the last one's
+    answer, so not on a timer), a few dozen bytes each way."""
+    rng = random.Random(seed)
+    out = Scenario("telnet_guessing")
+    flows: list[Flow] = []
+    t = start
+    for _ in range(attempts):
+        flows.append(_flow(t, attacker, device.address, 23, "tcp", "SF", rng.randint(20, 40), rng.randint(40, 80),
+                           rng.uniform(0.5, 2.0), rng, "telnet"))
+        t += rng.expovariate(rate)
     out.add(flows, True)
     return out
 
