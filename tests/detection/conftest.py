@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import pytest
 
-from iotguard.detection import FlowBatch, FlowDetector, parse_feed
+from iotguard.detection import Alert, FlowBatch, FlowDetector, FlowMonitor, MonitorConfig, parse_feed
+from iotguard.detection.flow_state import HostStates
 from iotguard.sim import traffic
 
 T0 = 1_700_000_000.0
@@ -38,3 +40,33 @@ def fitted(seed: int = 1) -> Trained:
 @pytest.fixture(scope="module")
 def trained() -> Trained:
     return fitted()
+
+
+@pytest.fixture(scope="module")
+def _pristine() -> Trained:
+    return fitted()
+
+
+@pytest.fixture
+def fresh(_pristine: Trained) -> Trained:
+    """A detector that saw only benign traffic (scenarios must not bleed into each other)."""
+    return copy.deepcopy(_pristine)
+
+
+def through_stored_rows(config: MonitorConfig, inventory: dict[str, str],
+                        batches: list[FlowBatch]) -> tuple[list[Alert], dict[str, bytes]]:
+    """Every batch through a monitor that keeps everything and through one reset before each batch and given
+    only the batch's stored host rows (as each hub process is); checks they alert alike. Returns the alerts
+    and the last stored rows."""
+    reference, shared = FlowMonitor(config, devices=inventory), FlowMonitor(config, devices=inventory)
+    rows: dict[str, bytes] = {}
+    alerts: list[Alert] = []
+    for batch in batches:
+        expected = reference.observe(batch)
+        shared.detector.reset_hosts()
+        hosts = HostStates(shared.detector, batch, rows)
+        assert hosts.unreadable == {}
+        assert shared.observe(batch) == expected
+        rows.update(hosts.export())
+        alerts += expected
+    return alerts, rows

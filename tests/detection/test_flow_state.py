@@ -12,6 +12,8 @@ from iotguard.detection.model_state import INDEX_PART, export_scorer, import_sco
 from iotguard.errors import MalformedError
 from iotguard.sim import traffic
 
+from .conftest import through_stored_rows
+
 T0 = 1_767_225_600.0
 
 
@@ -31,17 +33,8 @@ def test_batches_through_stored_host_rows_alert_exactly_as_one_detector(compiled
     baselines, throttles and the learned baselines' scores are those of one detector that kept everything."""
     inventory, batches = _batches()
     config = MonitorConfig(DetectorConfig(features=FeatureConfig(compiled=compiled)), learn_flows=300)
-    reference, shared = FlowMonitor(config, devices=inventory), FlowMonitor(config, devices=inventory)
-    rows: dict[str, bytes] = {}
-    seen = set()
-    for batch in batches:
-        expected = reference.observe(batch)
-        shared.detector.reset_hosts()
-        hosts = HostStates(shared.detector, batch, rows)
-        assert hosts.unreadable == {}
-        assert shared.observe(batch) == expected
-        rows.update(hosts.export())
-        seen.update(a.detector for a in expected)
+    alerts, rows = through_stored_rows(config, inventory, batches)
+    seen = {a.detector for a in alerts}
     assert {"scan_fanout", "beaconing", "autoencoder"} <= seen  # the comparison covered rules and baselines
     assert max(map(len, rows.values())) <= MAX_HOST_STATE_BYTES
 

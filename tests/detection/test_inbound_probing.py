@@ -8,7 +8,6 @@ verifies the device without containing it.
 
 from __future__ import annotations
 
-import copy
 from datetime import UTC, datetime
 
 import numpy as np
@@ -21,7 +20,6 @@ from iotguard.detection import (
     FeatureConfig,
     FeatureExtractor,
     FlowBatch,
-    FlowMonitor,
     InboundProbeRule,
     MonitorConfig,
     ResponseState,
@@ -34,25 +32,14 @@ from iotguard.detection import (
     parse_conn_log,
     plan,
 )
-from iotguard.detection.flow_state import HostStates
 from iotguard.detection.inbound import window_equivalent
 from iotguard.detection.response import DeviceView, FleetView
 from iotguard.hub.services.detection import RISK_HALF_LIFE_S, RISK_WEIGHT
 from iotguard.sim import traffic
 
-from .conftest import T0, Trained, batches, fitted
+from .conftest import T0, Trained, batches, through_stored_rows
 
 GUESSER = "198.41.0.4"  # a public address (a root name server's, standing in for any Internet host)
-
-
-@pytest.fixture(scope="module")
-def _pristine() -> Trained:
-    return fitted()
-
-
-@pytest.fixture
-def fresh(_pristine: Trained) -> Trained:
-    return copy.deepcopy(_pristine)
 
 
 def _run(t: Trained, scenario: traffic.Scenario, seed: int = 11) -> list[Alert]:
@@ -171,18 +158,8 @@ def test_probing_through_stored_host_rows_alerts_as_one_detector() -> None:
     whole = FlowBatch.from_flows(flows)
     split = [whole.take(slice(i, i + 97)) for i in range(0, len(whole), 97)]
     config = MonitorConfig(DetectorConfig(features=FeatureConfig(compiled=False)), learn_flows=300)
-    inventory = {d.address: d.device_id for d in sims}
-    reference, shared = FlowMonitor(config, devices=inventory), FlowMonitor(config, devices=inventory)
-    rows: dict[str, bytes] = {}
-    seen: list[Alert] = []
-    for batch in split:
-        expected = reference.observe(batch)
-        shared.detector.reset_hosts()
-        hosts = HostStates(shared.detector, batch, rows)
-        assert hosts.unreadable == {}
-        assert shared.observe(batch) == expected
-        rows.update(hosts.export())
-        seen += _probing(expected)
+    alerts, _ = through_stored_rows(config, {d.address: d.device_id for d in sims}, split)
+    seen = _probing(alerts)
     assert {a.device for a in seen} == {sims[0].device_id, sims[1].device_id}
 
 

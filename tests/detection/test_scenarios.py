@@ -3,15 +3,12 @@ and benign traffic stays within the calibrated false-positive rate."""
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
-import pytest
 
 from iotguard.detection import Alert, CloneRule, CredentialGuessingRule, Severity
 from iotguard.sim import traffic
 
-from .conftest import Trained, batches, fitted
+from .conftest import Trained, batches
 
 QUARANTINE_GRADE = {"scan_fanout", "beaconing", "known_bad_address", "credential_guessing", "cloned_device"}
 
@@ -27,17 +24,6 @@ def _run(t: Trained, scenario: traffic.Scenario, seed: int) -> list[Alert]:
 
 def _by(alerts: list[Alert], device: str) -> set[str]:
     return {a.detector for a in alerts if a.device == device}
-
-
-@pytest.fixture(scope="module")
-def _pristine() -> Trained:
-    return fitted()
-
-
-@pytest.fixture
-def fresh(_pristine: Trained) -> Trained:
-    """A detector that saw only benign traffic (scenarios must not bleed into each other)."""
-    return copy.deepcopy(_pristine)
 
 
 def test_benign_traffic_stays_below_calibrated_fpr(trained: Trained) -> None:

@@ -47,7 +47,6 @@ so an outsider cannot quarantine a device by probing it.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import math
 from collections.abc import Collection, Mapping
 
@@ -57,7 +56,7 @@ import numpy.typing as npt
 from iotguard.detection.alert import Alert, Scalar, Severity
 from iotguard.detection.features import FeatureMatrix
 from iotguard.detection.flows import CONN_STATES, PROTOCOLS, FlowBatch
-from iotguard.detection.rules import BoolArray, FlowRule
+from iotguard.detection.rules import BoolArray, FlowRule, _ip
 from iotguard.errors import ConfigError
 
 __all__ = ["LOGIN_PORTS", "InboundProbeRule", "window_equivalent"]
@@ -88,21 +87,16 @@ def window_equivalent(count: float, window_s: float, half_life_s: float) -> floa
 @functools.lru_cache(maxsize=65536)
 def _external(address: str) -> bool:
     """Whether ``address`` is a global unicast address (on the Internet, outside any site)."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return ip.is_global and not ip.is_multicast
+    ip = _ip(address)
+    return ip is not None and ip.is_global and not ip.is_multicast
 
 
 @functools.lru_cache(maxsize=65536)
 def _local(address: str) -> bool:
     """Whether ``address`` is one host of a site's own address space (private, link-local, shared)."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return not (ip.is_global or ip.is_multicast or ip.is_unspecified or address == "255.255.255.255")
+    ip = _ip(address)
+    return ip is not None and not (ip.is_global or ip.is_multicast or ip.is_unspecified
+                                   or address == "255.255.255.255")
 
 
 class InboundProbeRule(FlowRule):

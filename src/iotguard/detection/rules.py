@@ -310,14 +310,19 @@ class NewPortRule(_Baseline):
         return {"new_ports": ",".join(f"{p}/{q}" for p, q in pairs[:8])}
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=65536)
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``address`` parsed, or ``None`` if it is not an IP address (cached: batches repeat their addresses)."""
+    try:
+        return ipaddress.ip_address(address)
+    except ValueError:
+        return None
+
+
 def _group_address(address: str) -> bool:
     """Whether ``address`` names a group (multicast, or the IPv4 limited broadcast), not one peer."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return ip.is_multicast or address == "255.255.255.255"
+    ip = _ip(address)
+    return ip is not None and (ip.is_multicast or address == "255.255.255.255")
 
 
 class BeaconRule(_Baseline):
