@@ -30,7 +30,7 @@ to the damped count that its number of events, spread evenly over its
 window, leave at the window's end (:func:`window_equivalent`). One damped
 count remembers too briefly or too long for a 5-minute window (at a 600 s
 half-life a steady 7 sources per 5 minutes would reach the count of 25
-within 5 minutes; at 60 s, 7 sources within a minute), so the sweep and
+within 5 minutes; at 60 s, about 10 sources within a minute), so the sweep and
 port-scan conditions need the count at both the short (60 s) and the long
 (600 s) half-life to reach its equivalent: then both a steady rate and a
 burst fire near Zeek's thresholds (tested). The guessing count exists at
