@@ -175,3 +175,40 @@ def test_zeek_s_local_marks_make_a_publicly_addressed_device_a_target() -> None:
     features = FeatureExtractor().transform(flows)
     assert not InboundProbeRule(feature_names()).hits(flows, features).any()
     assert InboundProbeRule(feature_names(), local_hosts=log.local_hosts).hits(flows, features).sum() > 30
+
+
+def test_the_compiled_test_selects_the_rows_of_the_numpy_reference() -> None:
+    """Random attempts and counts around every threshold: the one-pass kernel and the NumPy reference agree."""
+    kernel = pytest.importorskip("iotguard.detection._compiled_rules")
+    from iotguard.detection import inbound
+    from iotguard.detection.features import FeatureMatrix
+    from iotguard.detection.flows import CONN_STATES, PROTOCOLS
+
+    names = feature_names(FeatureConfig())
+    rule = InboundProbeRule(names)
+    rng = np.random.default_rng(5)
+    n = 4096
+    ports = np.array([22, 23, 80, 443, 2323, 5555, 8080, 0, 65535])
+    batch = FlowBatch(
+        ts=np.arange(n, dtype=np.float64), orig_h=np.array([GUESSER] * n), resp_h=np.array(["10.0.0.2"] * n),
+        orig_p=rng.integers(1024, 65536, n), resp_p=rng.choice(ports, n),
+        proto=rng.integers(0, len(PROTOCOLS), n), duration=np.zeros(n),
+        orig_bytes=rng.choice([0.0, 0.0, 40.0], n), resp_bytes=rng.choice([0.0, 0.0, 12.0], n),
+        orig_pkts=np.ones(n), resp_pkts=np.ones(n), state=rng.integers(0, len(CONN_STATES), n),
+        service_known=np.zeros(n, dtype=np.int64))
+    values = rng.normal(0.0, 0.3, (n, len(names)))
+    # Each count column near its threshold (log1p scale): below, at and above in about equal parts.
+    for j, t in zip(rule._index, rule._log_thresholds, strict=True):
+        values[:, j] = (t if np.isfinite(t) else 0.5) * rng.uniform(0.8, 1.25, n)
+    values[:, rule._index[1]] = rng.uniform(0.3, 1.0, n)  # shares of new sources
+    values[:, rule._index[4]] = rng.uniform(0.3, 1.0, n)
+    features = FeatureMatrix(values, batch.orig_h, np.zeros(n, np.int64), np.zeros(n, np.int64))
+    want_rows, want_login = rule._candidates_numpy(batch, features)
+    rows, login = kernel.inbound_candidates(batch.state, batch.orig_bytes, batch.resp_bytes, batch.resp_p,
+                                            batch.proto, features.values, rule._index, rule._log_thresholds,
+                                            inbound._FAILED, inbound._RESET, inbound._LOGIN, inbound._TCP,
+                                            rule.min_sources)
+    assert 200 < want_rows.shape[0] < n // 2  # every branch is exercised, and not everything is a hit
+    assert rows.tolist() == want_rows.tolist()
+    assert login.tolist() == want_login.tolist()
+    assert rule.hits(batch, features).sum() == want_rows.shape[0]  # all of them from outside to a local address

@@ -18,24 +18,25 @@ own detectors count them, from the device's side:
   ``guess_window_s`` (30 minutes) — Zeek's SSH guesser
   (``SSH::password_guesses_limit``, ``guessing_timeout``).
 
-Only attempts count: connections Zeek's scan policy calls failed (unanswered:
-``S0``, ``SH``, ``RSTOS0``; refused: ``REJ``; reset after the handshake with
-no payload either way: ``RSTO``, ``RSTR``) and any connection to a
-remote-login port. The counts are the feature extractor's damped sums (the
-responder's inbound flows from new sources, the source's new ports, the
+Only attempts count: connections Zeek's scan policy calls failed
+(unanswered: ``S0``, ``SH``, ``RSTOS0``; refused: ``REJ``; reset after the
+handshake with no payload either way: ``RSTO``, ``RSTR``) and any connection
+to a remote-login port. The counts are the feature extractor's damped sums
+(the responder's inbound flows from new sources, the source's new ports, the
 channel's flows), so the rule keeps no state of its own, the hub's shared
-per-host state carries it (ADR 0752), and it costs a few column operations
-per batch. A damped count is not a sliding window: a threshold is converted
-to the damped count that its number of events, spread evenly over its
-window, leave at the window's end (:func:`window_equivalent`). One damped
-count remembers too briefly or too long for a 5-minute window (at a 600 s
-half-life a steady 7 sources per 5 minutes would reach the count of 25
-within 5 minutes; at 60 s, about 10 sources within a minute), so the sweep and
-port-scan conditions need the count at both the short (60 s) and the long
-(600 s) half-life to reach its equivalent: then both a steady rate and a
-burst fire near Zeek's thresholds (tested). The guessing count exists at
-one half-life (the channel's, 600 s): a steady 26 per 30 minutes or a
-burst of 13 reach it.
+per-host state carries it (ADR 0752). The per-flow test runs as one compiled
+pass when Numba is installed (:mod:`._compiled_rules`; the NumPy form is its
+reference), and reads the count columns of attempts only. A damped count is
+not a sliding window: a threshold is converted to the damped count that its
+number of events, spread evenly over its window, leave at the window's end
+(:func:`window_equivalent`). One damped count remembers too briefly or too
+long for a 5-minute window (at a 600 s half-life a steady 7 sources per 5
+minutes would reach the count of 25 within 5 minutes; at 60 s, about 10
+sources within a minute), so the sweep and port-scan conditions need the
+count at both the short (60 s) and the long (600 s) half-life to reach its
+equivalent: then both a steady rate and a burst fire near Zeek's thresholds
+(tested). The guessing count exists at one half-life (the channel's, 600 s):
+a steady 26 per 30 minutes or a burst of 13 reach it.
 
 An attacked device is not a compromised one, and whoever probes it chooses to.
 The alert is about the device (its address is the responder's) and is
@@ -47,8 +48,10 @@ so an outsider cannot quarantine a device by probing it.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from collections.abc import Collection, Mapping
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
@@ -82,6 +85,20 @@ def window_equivalent(count: float, window_s: float, half_life_s: float) -> floa
     """
     tau = half_life_s / math.log(2.0)
     return count * tau / window_s * -math.expm1(-window_s / tau)
+
+
+@functools.cache
+def _kernel() -> ModuleType | None:
+    """The compiled per-flow test, compiled once per process; ``None`` without Numba."""
+    try:
+        module = importlib.import_module("iotguard.detection._compiled_rules")
+    except ImportError:
+        return None
+    # Compile now (about a second, once), not inside the first batch the hub judges.
+    i, f = np.zeros(1, dtype=np.int64), np.zeros(1)
+    module.inbound_candidates(i, f, f, i, i, np.zeros((1, 7)), np.arange(7, dtype=np.intp), np.zeros(7),
+                              _FAILED, _RESET, _LOGIN, _TCP, np.ones(2))
+    return module
 
 
 @functools.lru_cache(maxsize=65536)
@@ -168,11 +185,30 @@ class InboundProbeRule(FlowRule):
         return failed, login
 
     def _candidates(self, batch: FlowBatch, features: FeatureMatrix) -> tuple[npt.NDArray[np.intp], BoolArray]:
-        """The rows on which the rule holds, and which flows are connections to a login port."""
+        """The rows on which the rule holds, and for each whether it is a connection to a login port."""
+        kernel = _kernel()
+        if kernel is None:
+            rows, login = self._candidates_numpy(batch, features)
+        else:
+            rows, login = kernel.inbound_candidates(
+                batch.state, batch.orig_bytes, batch.resp_bytes, batch.resp_p, batch.proto, features.values,
+                self._index, self._log_thresholds, _FAILED, _RESET, _LOGIN, _TCP, self.min_sources)
+        if rows.shape[0]:
+            # Only now the addresses: from outside to a device.
+            inside = self.inside
+            inbound = np.array([o not in inside and _external(o) and (r in inside or _local(r))
+                                for o, r in zip(batch.orig_h[rows].tolist(), batch.resp_h[rows].tolist(),
+                                                strict=True)], dtype=bool)
+            rows, login = rows[inbound], login[inbound]
+        return rows, login
+
+    def _candidates_numpy(self, batch: FlowBatch,
+                          features: FeatureMatrix) -> tuple[npt.NDArray[np.intp], BoolArray]:
+        """The reference of the compiled test (:mod:`._compiled_rules`): attempts whose counts reach a threshold."""
         failed, login = self._attempts(batch)
         rows = np.flatnonzero(failed | login)  # column reads only for attempts: few rows of a benign batch
         if rows.shape[0] == 0:
-            return rows, login
+            return rows, login[rows]
         # One gather and one comparison with each count's threshold on the columns' log1p scale; the product
         # of the sweep count (rate x share of new sources) only where both rates reach it.
         c = features.values.take(rows, axis=0).take(self._index, axis=1)
@@ -181,13 +217,7 @@ class InboundProbeRule(FlowRule):
         if sweep.any():
             sweep[sweep] = self._counts(features, rows[sweep])[0] >= 1.0
         rows = rows[sweep | (ok[:, 2] & ok[:, 5]) | (ok[:, 6] & login[rows])]
-        if rows.shape[0]:
-            # Only now the addresses: from outside to a device.
-            inside = self.inside
-            inbound = [o not in inside and _external(o) and (r in inside or _local(r))
-                       for o, r in zip(batch.orig_h[rows].tolist(), batch.resp_h[rows].tolist(), strict=True)]
-            rows = rows[np.array(inbound, dtype=bool)]
-        return rows, login
+        return rows, login[rows]
 
     def hits(self, batch: FlowBatch, features: FeatureMatrix) -> BoolArray:
         out = np.zeros(len(batch), dtype=bool)
@@ -203,7 +233,7 @@ class InboundProbeRule(FlowRule):
         sources, ports, channel = self._counts(features, rows)
         # The score: how far the strongest count is past its threshold (1 = at it).
         score = np.zeros(len(batch))
-        score[rows] = np.maximum(np.maximum(sources, ports), np.where(login[rows], channel, 0.0))
+        score[rows] = np.maximum(np.maximum(sources, ports), np.where(login, channel, 0.0))
         return self._alerts(batch, hit, score, host_column="resp_h")
 
     def _evidence(self, batch: FlowBatch, rows: BoolArray) -> dict[str, Scalar]:
