@@ -35,16 +35,19 @@ import numpy.typing as npt
 from iotguard.analytics.rlwe import (
     PRIMES,
     RING_DEGREE,
+    SEED_BYTES,
     RlweKeyShare,
     RlweParams,
     RlwePublicKey,
     combine_partials,
+    keygen_share,
 )
 from iotguard.analytics.secagg import AggregationError
 from iotguard.analytics.secagg_round import decode_message, encode_message
 from iotguard.errors import ConfigError, MalformedError
 
-__all__ = ["MAX_HE_DIMS", "UPLOAD_ID_BYTES", "HeRound", "HeRoundSpec", "encrypt_for_round", "open_result"]
+__all__ = ["MAX_HE_DIMS", "UPLOAD_ID_BYTES", "HeRound", "HeRoundSpec", "encrypt_for_round", "new_decryptor_share",
+           "open_result"]
 
 #: Bytes of the random id a device gives one encryption of its vector (all its parts carry it).
 UPLOAD_ID_BYTES = 16
@@ -230,6 +233,15 @@ def encrypt_for_round(poll: dict[str, Any], key_rows: list[bytes], values: list[
     rows = [ct[j * _ROW_BYTES:(j + 1) * _ROW_BYTES] for ct in cts for j in range(_ROWS)]
     upload = secrets.token_bytes(UPLOAD_ID_BYTES)
     return upload, [encode_message({"upload": upload, "part": i, "words": r}) for i, r in enumerate(rows)]
+
+
+def new_decryptor_share() -> tuple[RlweKeyShare, dict[str, str]]:
+    """The independent decryptor's key share for a fresh public polynomial, and what an HE round is started with:
+    ``seed`` (hex) and the share's public part ``decryptor_part`` (base64, ADR 0418). The share never leaves the
+    decryptor."""
+    seed = secrets.token_bytes(SEED_BYTES)
+    share, part = keygen_share("decryptor", seed)
+    return share, {"seed": seed.hex(), "decryptor_part": base64.b64encode(part.astype("<u4").tobytes()).decode()}
 
 
 def open_result(result: dict[str, Any], params: RlweParams, decryptor: RlweKeyShare) -> list[int]:

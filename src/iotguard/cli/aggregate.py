@@ -67,21 +67,18 @@ def _he(args: argparse.Namespace) -> dict[str, Any]:
 
 def _keygen(args: argparse.Namespace) -> int:
     """The decryptor's key share for a new public polynomial: the share to a 0600 file, the public part out."""
-    import base64
     import os
-    import secrets
 
-    from iotguard.analytics.rlwe import SEED_BYTES, keygen_share
+    from iotguard.analytics.he_round import new_decryptor_share
 
-    seed = secrets.token_bytes(SEED_BYTES)
-    share, part = keygen_share("decryptor", seed)
+    share, public = new_decryptor_share()
     try:
         fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
         raise ConfigError(f"cannot create the share file {args.out}: {exc.strerror}") from None
     with os.fdopen(fd, "wb") as f:
         f.write(share.to_bytes())
-    print_json({"seed": seed.hex(), "decryptor_part": base64.b64encode(part.astype("<u4").tobytes()).decode()})
+    print_json(public)
     return 0
 
 
