@@ -14,16 +14,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import httpx
+
     from iotguard.hub.service import Hub
     from iotguard.sim import Fleet
     from iotguard.sim.attestation import FleetFirmware
+    from iotguard.sim.demo_detection import DetectionStep
+
+#: Fewest devices for the detection step: the default playbook quarantines at most 10 % of a segment by itself,
+#: and the tampered device already holds one of those places.
+DETECT_MIN_DEVICES = 18
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run broker, hub and a simulated fleet with injected attacks",
                        description="Start the embedded broker, a hub (SQLite) and N simulated devices that "
-                       "enroll and send sealed readings; inject a replay, a forged, a malformed, an "
-                       "unknown-device and an oversized message; print a summary.")
+                       "enroll, attest and send sealed readings; inject a replay, a forged, a malformed, an "
+                       "unknown-device and an oversized message and a device with a tampered kernel; mid-run, "
+                       "turn one device into a telnet scanner that a network sensor reports and the hub "
+                       "quarantines; after sending, run private analytics over the fleet (secure aggregation "
+                       "with dropouts, a homomorphic sum, central-DP queries against the privacy ledger); "
+                       "print a summary. Exits non-zero when a check fails.")
     p.add_argument("--devices", type=int, default=50, help="simulated devices (default %(default)s)")
     p.add_argument("--seconds", type=float, default=15.0, help="how long devices send (default %(default)s)")
     p.add_argument("--interval", type=float, default=0.5, help="seconds between sensor samples per device")
@@ -34,6 +45,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--data-dir", help="keep hub and device state here (default: a temporary directory)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object on the last line")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--no-analytics", dest="analytics", action="store_false",
+                   help="skip private analytics (after sending: a secure-aggregation round over the devices with a "
+                   "third dropping out, a homomorphic sum opened by an independent decryptor's key share, a "
+                   "central-DP query and one the privacy ledger refuses)")
+    p.add_argument("--no-detect", dest="detect", action="store_false",
+                   help="skip detection and response (a network sensor reports the fleet's flows, the start of "
+                   "the hub's learning window; mid-run one device turns into a telnet scanner, is alerted on, "
+                   f"quarantined and cut off at the broker; needs at least {DETECT_MIN_DEVICES} devices)")
     p.add_argument("--update", action="store_true",
                    help="then publish firmware releases (TUF) and roll them out in stages over the device channel: "
                    "a broken one stops by itself at its first cohort, a good one reaches the whole fleet")
@@ -85,6 +104,54 @@ def _tampered_device(hub: Hub, fleet: Fleet, firmware: FleetFirmware, root: Path
             "broker_acl_dropped": f"/{device_id}/telemetry" not in hub.services.posture.broker_acl()}
 
 
+def _operator(hub: Hub, role: str) -> httpx.Client:
+    """An HTTPS client of the hub's API with a new operator token of ``role`` (as ``iotguard tokens create``)."""
+    import httpx
+
+    from iotguard.tls import client_context
+
+    secret = hub.store.create_api_token(f"demo-{role}", role, now=hub.services.clock.now())
+    return httpx.Client(base_url=hub.api_url, headers={"Authorization": f"Bearer {secret}"},
+                        verify=client_context(hub.ca_file), timeout=60)
+
+
+def _detection_setup(hub: Hub, fleet: Fleet, firmware: FleetFirmware, root: Path,
+                     say: Callable[[str], None]) -> DetectionStep:
+    """Enroll and attest a network sensor, write the fleet's address inventory, start the detector's learning."""
+    from iotguard.hub.services.sensing import SENSOR_MODEL
+    from iotguard.sim.attestation import boot_and_attest
+    from iotguard.sim.demo_detection import SECURITY_ROLE, DetectionStep
+
+    step = DetectionStep(hub, fleet, _operator(hub, SECURITY_ROLE), root / "devices", f"{fleet.id_prefix}-sensor-00000",
+                         lambda device_id, model: str(hub.lifecycle.add_device(device_id, model)))
+    firmware.register(hub.services.attestation, {SENSOR_MODEL})
+    status = boot_and_attest(step.sensor, firmware.images, firmware.public_key)["status"]
+    say(f"network sensor {step.sensor.device_id} enrolled (model {SENSOR_MODEL}), attested {status}")
+    step.learn(say)
+    return step
+
+
+def _analytics_step(hub: Hub, fleet: Fleet, say: Callable[[str], None]) -> dict[str, Any]:
+    from iotguard.sim.demo_analytics import ANALYST_ROLE, LEDGER_ROLE, run_analytics
+
+    with _operator(hub, ANALYST_ROLE) as api, _operator(hub, LEDGER_ROLE) as ledger:
+        return _step("analytics", lambda: run_analytics(api, ledger, fleet, say), say)
+
+
+def _step(name: str, run: Callable[[], dict[str, Any]], say: Callable[[str], None]) -> dict[str, Any]:
+    """A step's summary, or its error (the demo then reports the failure and exits non-zero)."""
+    import httpx
+
+    from iotguard.errors import IotGuardError
+
+    try:
+        return run()
+    except (IotGuardError, httpx.HTTPError) as exc:
+        code = getattr(exc, "code", type(exc).__name__)
+        say(f"{name} failed: {code}: {exc}")
+        return {"error": code}
+
+
 def _update_step(hub: Hub, fleet: Fleet, say: Callable[[str], None]) -> dict[str, Any]:
     """Publish a broken release 2 and a good release 3 of every model and roll each out in stages."""
     from iotguard.sim.updates import FleetUpdate, RolloutProgress
@@ -121,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
     from iotguard.hub.service import Hub
     from iotguard.sim import Fleet, reconcile, stored_identities
     from iotguard.sim.attestation import FleetFirmware, boot_and_attest
+    from iotguard.sim.demo_analytics import analytics_lines, analytics_ok
+    from iotguard.sim.demo_detection import contained, detection_lines
 
     if args.devices < 1 or args.seconds <= 0 or args.interval <= 0:
         print("iotguard demo: --devices, --seconds and --interval must be positive")
@@ -152,6 +221,12 @@ def run(args: argparse.Namespace) -> int:
         appraised = Counter(boot_and_attest(d.agent, firmware.images, firmware.public_key)["status"]
                             for d in fleet.devices)
         say(f"measured boot + attestation (software root of trust): {dict(appraised)}")
+        detect = _detection_setup(hub, fleet, firmware, root, say) \
+            if args.detect and args.devices >= DETECT_MIN_DEVICES else None
+        if args.detect and detect is None:
+            say(f"detection skipped: it needs at least {DETECT_MIN_DEVICES} devices")
+        detection: dict[str, Any] = {}
+        run_started = time.time()
         tampered: dict[str, Any] = {}
         rng = random.Random(args.seed)
         start = time.monotonic()
@@ -171,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
                 say(f"injected: tampered kernel on {tampered['device']} -> {tampered['status']} "
                     f"({', '.join(tampered['reasons'])}); ingest refused: {tampered['ingest_refused']}, "
                     f"telemetry dropped from broker ACL: {tampered['broker_acl_dropped']}")
+            if detect is not None and not detection and now - start >= 2 * args.seconds / 3:
+                detection = _step("detection", lambda: detect.scanner(run_started, say), say)
             if now >= next_report:
                 fleet.resend_due()
                 snap = hub.processor.stats.snapshot()
@@ -189,7 +266,9 @@ def run(args: argparse.Namespace) -> int:
         delivery = reconcile(fleet.sent_readings, stored_identities(hub.store))
         stored = delivery.stored
         rejected = hub.store.rejection_totals()
-        receipts_stored = sum(len(hub.services.consent.privacy.receipts_of(d.agent.device_id)) for d in fleet.devices)
+        receipts_stored = sum(len(hub.services.consent.privacy.receipts_of(d.agent.device_id))
+                              for d in fleet.devices + fleet.retired)
+        analytics = _analytics_step(hub, fleet, say) if args.analytics else {}
         summary: dict[str, Any] = {
             "devices": args.devices,
             "seconds": round(elapsed, 2),
@@ -218,7 +297,15 @@ def run(args: argparse.Namespace) -> int:
         }
         if update:
             summary["update"] = update
+        if analytics:
+            summary["analytics"] = analytics
+        if detect is not None:
+            scanner = hub.services.posture.posture.get(str(detection.get("device", "")))
+            summary["detection"] = {"learning": detect.learned, "scanner": detection,
+                                    "quarantined_at_end": bool(scanner is not None and scanner.quarantined)}
     finally:
+        if detect is not None:
+            detect.close()
         fleet.close()
         hub.stop()
         if tmp is not None:
@@ -239,6 +326,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  tampered device    {tampered['device']}: {tampered['status']}, tier {tampered['trust_tier']}, "
                   f"ingest refused {tampered['ingest_refused']}, "
                   f"telemetry dropped from broker ACL {tampered['broker_acl_dropped']}")
+        for line in analytics_lines(summary.get("analytics", {})) + detection_lines(summary.get("detection", {})):
+            print(f"  {line}")
         print(f"  throughput         {summary['throughput_per_s']} readings/s")
         print(f"  withheld on device {', '.join(f'{k}={v}' for k, v in summary['withheld_on_device'].items())}"
               f"  (privacy pipeline: consent, frequency, budget)")
@@ -255,5 +344,8 @@ def run(args: argparse.Namespace) -> int:
           and bool(tampered.get("broker_acl_dropped"))
           and (not args.update or (set(update["broken"]["states"].values()) == {"aborted"}
                                    and set(update["good"]["states"].values()) == {"completed"}
-                                   and update["good"]["versions"] == {"3": args.devices})))
+                                   and update["good"]["versions"] == {"3": args.devices}))
+          and (not args.analytics or analytics_ok(summary.get("analytics", {})))
+          and (detect is None or contained(summary["detection"])))
     return 0 if ok else 1
+

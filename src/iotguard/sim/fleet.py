@@ -23,10 +23,11 @@ from iotguard.agent import Agent
 from iotguard.clock import FixedClock
 from iotguard.config import AgentConfig
 from iotguard.crypto import get_suite
+from iotguard.errors import MalformedError
 from iotguard.privacy import ConsentState, load_contract
 from iotguard.sim.delivery import reading_identity
 from iotguard.sim.sensors import MODELS, SensorModel, make_sensor
-from iotguard.wire import Reading, encode_envelope
+from iotguard.wire import Reading, decode_reading, encode_envelope
 
 __all__ = ["ATTACKS", "Fleet", "VirtualDevice"]
 
@@ -54,7 +55,11 @@ class VirtualDevice:
     agent: Agent
     model: str
     sensor: SensorModel
+    #: The data subject whose consent the device follows.
+    subject: str = ""
     sent: dict[tuple[int, int], float] = field(default_factory=dict)
+    #: Readings the device sealed, by purpose (what the device itself knows of its own data).
+    sealed_by_purpose: Counter[str] = field(default_factory=Counter)
 
 
 class Fleet:
@@ -84,6 +89,8 @@ class Fleet:
         self.ack_timeout_s = ack_timeout_s
         self.id_prefix = id_prefix
         self.devices: list[VirtualDevice] = []
+        #: Devices taken out of the schedule (:meth:`retire`): connected, no longer sampling.
+        self.retired: list[VirtualDevice] = []
         # Simulated device time: each round is ``device_seconds_per_round`` of
         # sensor time, so the data contracts' per-purpose frequency limits
         # (seconds to hours) all show up in a short run.
@@ -126,9 +133,9 @@ class Fleet:
                 self.consent_recorder(consent.subject_id, device_id,
                                       {p: d.granted for p, d in sorted(consent.decisions.items())})
             agent.attach_privacy(model, consent, self.clock, rng=random.Random(self.seed * 7919 + i))
-            dev = VirtualDevice(agent, model, make_sensor(model, self.seed * 100_003 + i))
+            dev = VirtualDevice(agent, model, make_sensor(model, self.seed * 100_003 + i), consent.subject_id)
             agent.on_ack = self._acked(dev)
-            agent.on_submit = self._recorded(device_id)
+            agent.on_submit = self._recorded(dev)
             self.devices.append(dev)
         for dev in self.devices[start:]:
             dev.agent.connect()
@@ -144,10 +151,17 @@ class Fleet:
 
         return on_ack
 
-    def _recorded(self, device_id: str) -> Callable[[int, int, bytes], None]:
+    def _recorded(self, dev: VirtualDevice) -> Callable[[int, int, bytes], None]:
+        device_id = dev.agent.device_id
+
         def on_submit(_epoch: int, _seq: int, body: bytes) -> None:
+            try:
+                purpose = decode_reading(body).purpose or ""
+            except MalformedError:
+                purpose = ""
             with self._lock:
                 self.sent_readings.add(reading_identity(device_id, body))
+                dev.sealed_by_purpose[purpose] += 1
 
         return on_submit
 
@@ -250,8 +264,22 @@ class Fleet:
             agent.publish_raw(topic, encode_envelope(suite.suite_id, ghost, 1, 1, os.urandom(48)))
         self.attacks[ATTACKS[attack]] += 1
 
+    def retire(self, device_id: str) -> VirtualDevice:
+        """Take a device out of the schedule: it no longer samples, resends or sends receipts (its agent stays
+        connected). Its readings stay in :attr:`sent_readings`; :meth:`pending` no longer counts it.
+
+        Raises:
+            KeyError: no scheduled device has that id.
+        """
+        dev = next((d for d in self.devices if d.agent.device_id == device_id), None)
+        if dev is None:
+            raise KeyError(device_id)
+        self.devices.remove(dev)
+        self.retired.append(dev)
+        return dev
+
     def close(self) -> None:
-        for dev in self.devices:
+        for dev in self.devices + self.retired:
             dev.agent.close()
 
 
