@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 #: Fewest devices for the detection step: the default playbook quarantines at most 10 % of a segment by itself,
 #: and the tampered device already holds one of those places.
 DETECT_MIN_DEVICES = 18
+#: Fewest devices for the analytics step: a secure-aggregation round needs three, the DP query an asset tracker
+#: (the fourth model the fleet enrolls).
+ANALYTICS_MIN_DEVICES = 4
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,7 +51,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--no-analytics", dest="analytics", action="store_false",
                    help="skip private analytics (after sending: a secure-aggregation round over the devices with a "
                    "third dropping out, a homomorphic sum opened by an independent decryptor's key share, a "
-                   "central-DP query and one the privacy ledger refuses)")
+                   f"central-DP query and one the privacy ledger refuses; needs at least {ANALYTICS_MIN_DEVICES} "
+                   "devices)")
     p.add_argument("--no-detect", dest="detect", action="store_false",
                    help="skip detection and response (a network sensor reports the fleet's flows, the start of "
                    "the hub's learning window; mid-run one device turns into a telnet scanner, is alerted on, "
@@ -211,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
                   suites=[s.strip() for s in args.suites.split(",") if s.strip()], seed=args.seed,
                   device_seconds_per_round=args.device_seconds,
                   consent_recorder=hub.services.consent.record_initial_consent)
+    detect: DetectionStep | None = None
     try:
         t0 = time.monotonic()
         fleet.add_devices(args.devices)
@@ -268,7 +273,10 @@ def run(args: argparse.Namespace) -> int:
         rejected = hub.store.rejection_totals()
         receipts_stored = sum(len(hub.services.consent.privacy.receipts_of(d.agent.device_id))
                               for d in fleet.devices + fleet.retired)
-        analytics = _analytics_step(hub, fleet, say) if args.analytics else {}
+        analytics = _analytics_step(hub, fleet, say) if args.analytics and args.devices >= ANALYTICS_MIN_DEVICES \
+            else {}
+        if args.analytics and not analytics:
+            say(f"analytics skipped: they need at least {ANALYTICS_MIN_DEVICES} devices")
         summary: dict[str, Any] = {
             "devices": args.devices,
             "seconds": round(elapsed, 2),
@@ -345,7 +353,6 @@ def run(args: argparse.Namespace) -> int:
           and (not args.update or (set(update["broken"]["states"].values()) == {"aborted"}
                                    and set(update["good"]["states"].values()) == {"completed"}
                                    and update["good"]["versions"] == {"3": args.devices}))
-          and (not args.analytics or analytics_ok(summary.get("analytics", {})))
+          and (not analytics or analytics_ok(analytics))
           and (detect is None or contained(summary["detection"])))
     return 0 if ok else 1
-

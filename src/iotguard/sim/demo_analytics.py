@@ -195,7 +195,9 @@ def _dp_queries(api: httpx.Client, ledger_api: httpx.Client, fleet: Fleet) -> di
     locations (wearables are elsewhere; exact locations are not area names).
     """
     answered = api.post("/v1/analytics/query", json=_query(0.5))
-    tracker = next((d for d in fleet.devices if d.model == "tracker-1"), fleet.devices[0])
+    tracker = next((d for d in fleet.devices if d.model == "tracker-1"), None)
+    if tracker is None:
+        raise IotGuardError("no asset tracker in the fleet to count", code="demo_step_failed")
     before = _ledger(ledger_api, tracker.subject)
     excess = round(float(before["remaining_now"]) + 0.5, 3)  # more than the subject has left this period
     refused = api.post("/v1/analytics/query", json=_query(min(10.0, excess)))
