@@ -170,7 +170,8 @@ def _update_step(hub: Hub, fleet: Fleet, say: Callable[[str], None]) -> dict[str
         say(f"  round {p.round}: stage {p.stage}/{p.stages} ({p.percent:g}%) {p.state}"
             f"{' (' + p.reason + ')' if p.reason else ''}; committed {p.updated}, rolled back {p.rolled_back}")
 
-    out: dict[str, Any] = {}
+    # The devices in the schedule: a scanner the detection step quarantined is not offered releases.
+    out: dict[str, Any] = {"devices": len(fleet.devices)}
     for label, version, broken in (("broken", 2, True), ("good", 3, False)):
         states = []
         for model in models:
@@ -352,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
           and bool(tampered.get("broker_acl_dropped"))
           and (not args.update or (set(update["broken"]["states"].values()) == {"aborted"}
                                    and set(update["good"]["states"].values()) == {"completed"}
-                                   and update["good"]["versions"] == {"3": args.devices}))
+                                   and update["good"]["versions"] == {"3": update["devices"]}))
           and (not analytics or analytics_ok(analytics))
           and (detect is None or contained(summary["detection"])))
     return 0 if ok else 1
