@@ -4,8 +4,10 @@ Flows are put in time order and run through the feature extractor as a
 stream. The learned baselines, and the baselines of the flow rules that
 have one (new ports, beaconing peers), are fitted on the flows *not* labeled
 malicious within the earliest ``train_share`` of the flows, and every later
-flow is scored. Labels choose the training rows and grade the result,
-nothing else.
+flow is scored. As in the hub, a host with fewer than ``min_flows`` learned
+flows then goes on learning its rule baselines from its later flows until it
+has them (ADR 0709; not from labels: a host that scan fan-out flags is
+barred). Labels choose the training rows and grade the result, nothing else.
 
 What is graded is iotguard's detector as the hub runs it (ADR 0707): the
 learned score and the flow rules of
@@ -36,7 +38,7 @@ import numpy.typing as npt
 from iotguard.detection.alert import Severity
 from iotguard.detection.features import FeatureConfig, FeatureExtractor, FeatureMatrix
 from iotguard.detection.flows import FlowBatch
-from iotguard.detection.pipeline import DetectorConfig, flow_rules
+from iotguard.detection.pipeline import DetectorConfig, flow_rules, learn_unjudged
 from iotguard.detection.rules import FlowRule
 from iotguard.detection.scorer import BaselineScorer, ScorerConfig
 from iotguard.errors import ConfigError
@@ -127,12 +129,20 @@ def learn_rules(rules: list[FlowRule], flows: FlowBatch, features: FeatureMatrix
 
 def flag_flows(rules: list[FlowRule], flows: FlowBatch, features: FeatureMatrix,
                batch_size: int = 1024) -> dict[str, BoolArray]:
-    """Per rule, the flows (in time order, with their features) on which its condition holds, batch by batch."""
+    """Per rule, the flows (in time order, with their features) on which its condition holds, batch by batch.
+
+    As in the hub, hosts without a judged baseline go on learning from each
+    batch before the rules that keep one judge it (:func:`~iotguard.detection.pipeline.learn_unjudged`):
+    ``rules`` change, so grade a fresh copy each time.
+    """
     parts: dict[str, list[BoolArray]] = {rule.name: [np.zeros(0, dtype=bool)] for rule in rules}
+    first = [rule for rule in rules if not rule.keeps_baseline]
     for i in range(0, len(flows), batch_size):
         batch, rows = flows.take(slice(i, i + batch_size)), features.take(slice(i, i + batch_size))
+        hits = {rule.name: rule.hits(batch, rows) for rule in first}
+        learn_unjudged(rules, batch, rows, hits)
         for rule in rules:
-            parts[rule.name].append(rule.hits(batch, rows))
+            parts[rule.name].append(hits[rule.name] if rule.name in hits else rule.hits(batch, rows))
     return {name: np.concatenate(p) for name, p in parts.items()}
 
 

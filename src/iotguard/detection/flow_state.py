@@ -5,7 +5,9 @@ its damped per-host and inbound sums and times (the
 :class:`~iotguard.detection.features.FeatureExtractor` row), its channels
 (destination address, six numbers each) and ports, the new-port and
 beaconing baselines learned for it, when each detector last alerted on its
-device, and whether the learning window excluded it. :class:`HostStates`
+device, and whether it is barred from learning (the learning window
+excluded it, or a rule flagged it later before it had a judged baseline,
+ADR 0709). :class:`HostStates`
 puts the stored rows of a batch's hosts into a detector whose per-host
 state was reset, and after the batch exports every one of them again: a
 batch then computes exactly what one detector holding every host's state
@@ -203,8 +205,11 @@ class HostStates:
         for throttle in throttles:  # two addresses of one device: the later alert of each detector counts
             now = throttle.last_of(device)
             throttle.restore(device, {d: max(t, now.get(d, t)) for d, t in row.alerted.items()})
-        if row.excluded:
-            detector.excluded.add(host)
+        if row.excluded:  # flagged while it had no judged baseline: its rule baselines are empty and stay so
+            ports.forget({host})
+            peers.forget({host})
+            if not detector.fitted:
+                detector.excluded.add(host)
 
     def export(self) -> dict[str, bytes]:
         """Every host of the batch's state after the batch, as canonical CBOR."""
@@ -241,7 +246,8 @@ class HostStates:
                 "dsts": dsts, "channels": _f64(values), "ports": p_low.tolist(), "port_times": _f64(p_last),
                 "known_ports": sorted(ports.known.get(host, ())), "port_flows": ports.flows.get(host, 0),
                 "known_peers": sorted(peers.known.get(host, ())), "peer_flows": peers.flows.get(host, 0),
-                "alerted": alerted, "excluded": host in detector.excluded}, canonical=True))
+                "alerted": alerted,
+                "excluded": host in detector.excluded or host in ports.barred or host in peers.barred}, canonical=True))
         return out
 
 

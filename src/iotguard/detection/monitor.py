@@ -6,7 +6,11 @@ first ``learn_flows`` flows (in arrival order) train the learned baselines
 addresses, already alert, and an address they flag is never learned as
 normal: :meth:`~iotguard.detection.pipeline.FlowDetector.learn_watching`),
 every later batch is scored by the whole
-:class:`~iotguard.detection.pipeline.FlowDetector`. Flows within a report
+:class:`~iotguard.detection.pipeline.FlowDetector`, where a device with
+fewer than ``min_flows`` learned flows (enrolled after the window, or
+reporting rarely) goes on learning its new-port and beaconing baselines
+under the same guard until it has them
+(:func:`~iotguard.detection.pipeline.learn_unjudged`, ADR 0709). Flows within a report
 are put in time order; a report older than what was seen still updates the
 damped statistics correctly (a negative gap counts as zero).
 

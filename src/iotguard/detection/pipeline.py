@@ -24,9 +24,10 @@ from iotguard.detection.rules import BeaconRule, FlowRule, KnownBadRule, NewPort
 from iotguard.detection.scorer import BaselineScorer, ScorerConfig
 from iotguard.errors import ConfigError
 
-__all__ = ["DetectorConfig", "FlowDetector", "LearningWindow", "flow_rules"]
+__all__ = ["DetectorConfig", "FlowDetector", "LearningWindow", "flow_rules", "learn_unjudged"]
 
 FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
@@ -74,15 +75,17 @@ def flow_rules(config: DetectorConfig, names: tuple[str, ...], devices: Mapping[
         names: Feature column names of the extractor whose features the rules read.
         devices: Address -> device id of fleet devices.
         feed: Known-bad addresses (no feed: no ``known_bad_address`` rule).
-        local_hosts: Addresses inside the site besides the devices (for ``inbound_probing``; an
-            evaluation passes the hosts the Zeek log marks local).
+        local_hosts: Addresses inside the site besides the devices (for ``inbound_probing``, and hosts
+            that go on learning their baselines after the window; an evaluation passes the hosts the Zeek
+            log marks local).
     """
     quiet = config.realert_s
     lives = config.features.half_lives_s  # the probing rule's short (nearest 60 s) and long counts
     rules: list[FlowRule] = [
         ScanFanOutRule(names, min_new=config.scan_min_new, devices=devices, realert_s=quiet),
-        NewPortRule(devices=devices, realert_s=quiet),
-        BeaconRule(names, max_cv=config.beacon_max_cv, devices=devices, realert_s=quiet),
+        NewPortRule(devices=devices, realert_s=quiet, local_hosts=local_hosts),
+        BeaconRule(names, max_cv=config.beacon_max_cv, devices=devices, realert_s=quiet, alert_unlearned=False,
+                   local_hosts=local_hosts),
         InboundProbeRule(names, half_lives_s=(min(lives, key=lambda h: abs(math.log(h / 60.0))), max(lives)),
                          channel_half_life_s=config.features.channel_half_life_s, devices=devices,
                          local_hosts=local_hosts, realert_s=quiet),
@@ -90,6 +93,41 @@ def flow_rules(config: DetectorConfig, names: tuple[str, ...], devices: Mapping[
     if feed is not None:
         rules.append(KnownBadRule(feed, devices=devices, realert_s=quiet))
     return rules
+
+
+def learn_unjudged(rules: list[FlowRule], batch: FlowBatch, features: FeatureMatrix,
+                   hits: Mapping[str, BoolArray] | None = None) -> None:
+    """After the learning window: the rules' baselines go on learning the devices and site hosts that have none
+    judged yet.
+
+    Such a host with fewer than ``min_flows`` learned flows (a device
+    enrolled after the window, or one that reported too rarely in it) learns
+    its first flows until it has ``min_flows``, then is judged like every
+    other host (ADR 0709). The learning window's guard holds here too: a
+    host without a judged baseline that scan fan-out or a known-bad address
+    flags in this batch is barred, so none of its rows are learned from now
+    on, and what it had learned is forgotten. Run it on every batch before
+    the rules judge it, on the same rules: the hub's
+    :meth:`FlowDetector.process` and the evaluation.
+
+    Args:
+        rules: From :func:`flow_rules`, already taught the learning window.
+        batch: The next batch, in time order.
+        features: Its features.
+        hits: The rules' :meth:`~iotguard.detection.rules.FlowRule.hits` on this batch where already known.
+    """
+    flagged: set[str] = set()
+    for rule in rules:
+        if isinstance(rule, ScanFanOutRule | KnownBadRule):
+            hit = hits[rule.name] if hits is not None and rule.name in hits else rule.hits(batch, features)
+            if hit.any():  # the flagged address: the scanner, or the device talking to a listed address
+                flagged.update(batch.orig_h[hit].tolist())
+                if isinstance(rule, KnownBadRule):
+                    flagged.update(batch.resp_h[hit].tolist())
+    for rule in rules:
+        if flagged:
+            rule.bar(flagged)
+        rule.learn_unjudged(batch, features)
 
 
 class FlowDetector:
@@ -201,16 +239,20 @@ class FlowDetector:
         none of its flows in this batch or later ones are learned, rows it
         contributed earlier in the window are dropped at
         :meth:`finish_learning`, and the rules' destination and port baselines
-        forget it. Its flows still update the feature state (other hosts'
+        forget it at once and never learn it (after the window either,
+        :func:`learn_unjudged`). Its flows still update the feature state (other hosts'
         fan-out and inbound statistics include them). Probing from outside
         (``inbound_probing``) alerts too, but names the probed device, which
         is not excluded for being probed.
         """
         features = self.extractor.transform(batch)
         alerts = self.learning_alerts(batch, features)
-        for alert in alerts:
-            if alert.detector != InboundProbeRule.name:
-                self.excluded.add(str(dict(alert.evidence).get("address", alert.device)))
+        flagged = {str(dict(a.evidence).get("address", a.device)) for a in alerts
+                   if a.detector != InboundProbeRule.name} - self.excluded
+        if flagged:
+            for rule in self.rules:  # at once, so the host's stored rule baselines are empty from now on (ADR 0752)
+                rule.forget(flagged)
+            self.excluded |= flagged
         keep = ~np.isin(batch.orig_h, sorted(self.excluded)) if self.excluded else np.ones(len(batch), dtype=bool)
         if keep.any():
             kept = features.take(keep)
@@ -282,9 +324,13 @@ class FlowDetector:
         return features, self.scorer.score(features.values, device, model)
 
     def process(self, batch: FlowBatch) -> list[Alert]:
-        """Alerts for the next batch (flows in time order)."""
+        """Alerts for the next batch (flows in time order).
+
+        Hosts without a judged rule baseline learn from it first (:func:`learn_unjudged`).
+        """
         features, scores = self.score(batch)
         alerts = self._anomaly_alerts(batch, scores, features.values)
+        learn_unjudged(self.rules, batch, features)
         for rule in self.rules:
             alerts.extend(rule.evaluate(batch, features))
         return alerts

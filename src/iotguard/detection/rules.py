@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -83,6 +83,8 @@ class FlowRule:
 
     name = "rule"
     severity = Severity.MEDIUM
+    #: Whether the rule judges a host against a baseline learned for it (new ports, beaconing peers).
+    keeps_baseline = False
 
     def __init__(self, devices: Mapping[str, str] | None = None, realert_s: float = 300.0) -> None:
         self.devices = dict(devices or {})
@@ -93,6 +95,13 @@ class FlowRule:
 
     def forget(self, hosts: set[str]) -> None:
         """Drop what was learned about ``hosts`` (flagged while learning; rules without a baseline ignore this)."""
+
+    def bar(self, hosts: set[str]) -> None:
+        """Never learn ``hosts`` that have no judged baseline yet (flagged after the learning window)."""
+
+    def learn_unjudged(self, batch: FlowBatch, features: FeatureMatrix) -> None:
+        """After the learning window: learn from the flows of hosts not judged yet (rules without a baseline ignore
+        this)."""
 
     def hits(self, batch: FlowBatch, features: FeatureMatrix) -> BoolArray:
         """The flows of this batch on which the rule's condition holds (before throttling)."""
@@ -131,6 +140,8 @@ class FlowRule:
 
 #: Up to this many hosts with a baseline, a batch's rows are matched to them by one comparison per host.
 _FEW_HOSTS = 4
+#: Up to this many devices and site hosts, the ones still learning are looked for in a batch, not each flow's host.
+_FEW_INSIDE = 16
 
 
 def _members(keys: npt.NDArray[Any], known: npt.NDArray[Any]) -> BoolArray:
@@ -190,13 +201,20 @@ class _Baseline(FlowRule):
     the batch's addresses are never sorted.
     """
 
+    keeps_baseline = True
     max_keys_per_host = 1024
     min_flows = 20
 
-    def __init__(self, devices: Mapping[str, str] | None = None, realert_s: float = 300.0) -> None:
+    def __init__(self, devices: Mapping[str, str] | None = None, realert_s: float = 300.0,
+                 local_hosts: Collection[str] = ()) -> None:
         super().__init__(devices, realert_s)
         self.known: dict[str, set[Key]] = {}
         self.flows: dict[str, int] = {}
+        #: Addresses that go on learning after the learning window (:meth:`learn_unjudged`): the fleet's
+        #: devices and the site's other hosts.
+        self.inside = frozenset(self.devices) | frozenset(local_hosts)
+        #: Hosts never learned as normal: a rule that needs no baseline flagged them before they had one judged.
+        self.barred: set[str] = set()
         self._arrays: dict[str, npt.NDArray[Any]] = {}
         self._judged: npt.NDArray[np.str_] | None = None
 
@@ -207,30 +225,77 @@ class _Baseline(FlowRule):
     def learn(self, batch: FlowBatch, features: FeatureMatrix) -> None:
         if len(batch) == 0:
             return
-        self._judged = None
-        keys = self._keys(batch)
         hosts, inverse = np.unique(batch.orig_h, return_inverse=True)
         order = np.argsort(inverse, kind="stable")  # rows grouped by host, in arrival order within a host
-        bounds = np.searchsorted(inverse[order], np.arange(len(hosts) + 1))
+        bounds = np.searchsorted(inverse[order], np.arange(len(hosts) + 1)).tolist()
+        grouped = self._keys(batch)[order].tolist()  # Python keys: the per-host work makes no NumPy calls
         for j, host in enumerate(hosts.tolist()):
-            rows = order[bounds[j]:bounds[j + 1]]
-            self.flows[host] = self.flows.get(host, 0) + len(rows)
-            known = self.known.setdefault(host, set())
-            self._arrays.pop(host, None)
+            self._add(host, grouped[bounds[j]:bounds[j + 1]])
+
+    def _add(self, host: str, keys: list[Key]) -> None:
+        """Learn one host's flows (their keys, in arrival order)."""
+        before = self.flows.get(host, 0)
+        self.flows[host] = before + len(keys)
+        if before < self.min_flows <= before + len(keys):
+            self._judged = None
+        known = self.known.setdefault(host, set())
+        self._arrays.pop(host, None)
+        if len(known) + len(keys) <= self.max_keys_per_host:  # all fit: the order of first appearance is moot
+            known.update(keys)
+            return
+        for key in dict.fromkeys(keys):  # in order of first appearance
             if len(known) >= self.max_keys_per_host:
-                continue
-            uniq, first = np.unique(keys[rows], return_index=True)
-            for key in uniq[np.argsort(first, kind="stable")].tolist():
-                if len(known) >= self.max_keys_per_host:
-                    break
-                known.add(key)
+                break
+            known.add(key)
 
     def forget(self, hosts: set[str]) -> None:
-        self._judged = None
+        """Drop what was learned about ``hosts`` and never learn them again (flagged in the learning window)."""
         for host in hosts:
             self.known.pop(host, None)
-            self.flows.pop(host, None)
+            if self.flows.pop(host, 0) >= self.min_flows:
+                self._judged = None
             self._arrays.pop(host, None)
+        self.barred |= hosts
+
+    def bar(self, hosts: set[str]) -> None:
+        """:meth:`forget` those of ``hosts`` that have no judged baseline yet; judged ones keep theirs."""
+        self.forget({h for h in hosts if self.flows.get(h, 0) < self.min_flows})
+
+    def learns(self, host: str) -> bool:
+        """Whether ``host`` goes on learning while it has no judged baseline: inside the site and not barred."""
+        return host in self.inside and host not in self.barred
+
+    def learn_unjudged(self, batch: FlowBatch, features: FeatureMatrix) -> None:
+        """Learn each host that :meth:`learns` and has no judged baseline (fewer than ``min_flows`` learned
+        flows) from its first flows in this batch, up to ``min_flows``; as a flow-by-flow pass would (tested)."""
+        if not self.inside or len(batch) == 0:
+            return
+        if len(self.inside) <= _FEW_INSIDE:  # a site of a few hosts (an evaluated log): usually all judged
+            learners = [h for h in self.inside if self.flows.get(h, 0) < self.min_flows and self.learns(h)]
+            if not learners:
+                return
+            mask = batch.orig_h == learners[0]
+            for host in learners[1:]:
+                mask |= batch.orig_h == host
+            rows = np.flatnonzero(mask)
+        else:
+            rows = np.flatnonzero(self._judged_index(batch) < 0)
+            if rows.shape[0] == 0:
+                return
+            # Most unjudged flows are usually from outside the site: sift them out with a set, not a sort.
+            learners = [h for h in set(batch.orig_h[rows].tolist()) if self.learns(h)]
+            if not learners:
+                return
+            rows = rows[np.isin(batch.orig_h[rows], np.array(learners, dtype=np.str_))]
+        if rows.shape[0] == 0:
+            return
+        hosts, inverse = np.unique(batch.orig_h[rows], return_inverse=True)
+        order = np.argsort(inverse, kind="stable")  # rows grouped by host, in arrival order within a host
+        bounds = np.searchsorted(inverse[order], np.arange(len(hosts) + 1)).tolist()
+        keys = self._keys(batch)[rows[order]].tolist()
+        for j, host in enumerate(hosts.tolist()):
+            a, b = bounds[j], bounds[j + 1]
+            self._add(host, keys[a:a + min(b - a, self.min_flows - self.flows.get(host, 0))])
 
     def restore(self, host: str, known: set[Key], flows: int) -> None:
         """Put back a host's stored baseline: its keys and how many flows it was learned from."""
@@ -334,17 +399,27 @@ class BeaconRule(_Baseline):
     address are left out, because no server answers a device through them and
     their control traffic is timer-driven by design (MLD and IGMP reports,
     RFC 3810 and 3376; mDNS announcements, RFC 6762).
+
+    A host without a judged baseline (fewer than ``min_flows`` learned
+    flows): with ``alert_unlearned`` (a rule used alone, never taught) any
+    timer-driven channel of it is alerted. Without it (the hub's detector,
+    which keeps learning such hosts after the learning window,
+    :meth:`learn_unjudged`), a host that :meth:`learns` (a device or site
+    host, not barred) is left alone until it has its baseline; others (outside
+    the site, or barred) are alerted as before (ADR 0709).
     """
 
     name = "beaconing"
     severity = Severity.HIGH
 
     def __init__(self, names: tuple[str, ...], max_cv: float = 0.1, min_flows_channel: float = 6.0,
-                 devices: Mapping[str, str] | None = None, realert_s: float = 300.0) -> None:
-        super().__init__(devices, realert_s)
+                 devices: Mapping[str, str] | None = None, realert_s: float = 300.0, *,
+                 alert_unlearned: bool = True, local_hosts: Collection[str] = ()) -> None:
+        super().__init__(devices, realert_s, local_hosts)
         self.names = names
         self.max_cv = max_cv
         self.min_rate = float(np.log1p(min_flows_channel))
+        self.alert_unlearned = alert_unlearned
 
     def _keys(self, batch: FlowBatch) -> npt.NDArray[Any]:
         return batch.resp_h
@@ -354,7 +429,11 @@ class BeaconRule(_Baseline):
         hit: BoolArray = (_column(features, self.names, "channel_rate") >= self.min_rate) & (cv <= self.max_cv)
         if hit.any():
             index = self._judged_index(batch)
-            hit &= self._unknown(batch, index) | (index < 0)
+            unjudged = hit & (index < 0)
+            if not self.alert_unlearned and unjudged.any():  # a host still learning is not judged yet
+                hosts, inverse = np.unique(batch.orig_h[unjudged], return_inverse=True)
+                unjudged[unjudged] = ~np.array([self.learns(h) for h in hosts.tolist()], dtype=bool)[inverse]
+            hit &= self._unknown(batch, index) | unjudged
         if hit.any():
             rows = np.flatnonzero(hit)
             hit[rows[[_group_address(a) for a in batch.resp_h[rows].tolist()]]] = False
