@@ -176,3 +176,30 @@ def test_unsafe_auto_destructive_is_reported() -> None:
     assert pb.unsafe == ["unsafe_auto_destructive"]
     revoke = next(a for a in plan([_alert("d1")], pb, _fleet(), ResponseState(), NOW) if a.kind is ActionKind.REVOKE)
     assert revoke.status is ActionStatus.EXECUTE
+
+
+def test_a_scanner_that_attests_clean_between_its_alerts_is_not_released() -> None:
+    """Malware in memory survives a clean boot chain: a clean attestation alone does not end a quarantine
+    while the device still alerts; it does once no alert was raised on it for ``release_quiet_s``."""
+    pb = parse_playbook(PLAYBOOK.replace(b"cooldown_s = 600", b"cooldown_s = 600\nrelease_quiet_s = 1800"))
+    assert pb.guard_rails.release_quiet_s == 1800
+    state = ResponseState().after(plan([_alert("d1")], pb, _fleet(), ResponseState(), NOW), NOW)
+    attested = NOW + timedelta(minutes=2)
+
+    def view(last_alert: datetime | None) -> FleetView:
+        return FleetView({"d1": DeviceView("d1", "seg-0", "thermo", True, attested_clean_at=attested,
+                                           last_alert_at=last_alert)})
+
+    # Its next alert came 5 minutes in (the rules re-alert every 5 minutes); another device's alert plans at 10.
+    assert [a for a in plan([_alert("d2")], pb, view(NOW + timedelta(minutes=5)), state, NOW + timedelta(minutes=10))
+            if a.kind is ActionKind.RELEASE] == []
+    released = plan([], pb, view(NOW + timedelta(minutes=5)), state, NOW + timedelta(minutes=35))
+    assert [(a.kind, a.reason) for a in released] == [(ActionKind.RELEASE, "clean_attestation")]
+
+
+def test_release_quiet_time_is_bounded() -> None:
+    with pytest.raises(ConfigError):
+        parse_playbook(PLAYBOOK.replace(b"cooldown_s = 600", b"cooldown_s = 600\nrelease_quiet_s = -1"))
+    with pytest.raises(ConfigError):
+        parse_playbook(PLAYBOOK.replace(b"cooldown_s = 600", b"cooldown_s = 600\nrelease_quiet_s = 9999999"))
+    assert default_playbook().guard_rails.release_quiet_s == 1800

@@ -329,3 +329,18 @@ def test_notify_posts_the_alert_to_the_playbook_webhook(hub: HubParts, tmp_path:
         assert len(bodies) == 1
     finally:
         server.shutdown()
+
+
+def test_the_planner_sees_each_device_s_latest_alert_within_the_release_quiet_time(hub: HubParts) -> None:
+    """``auto_release`` waits for ``release_quiet_s`` without an alert: the fleet view carries the latest one."""
+    _fleet(hub, 3)
+    detection = hub.services.detection
+    detection.raise_alerts([_scan("dev-0"), _scan("dev-0", T1 + 300)])
+    now = hub.services.clock.now()
+    quiet = detection.playbook.guard_rails.release_quiet_s
+    assert quiet == 1800
+    latest = max(a.raised_at for a in detection.alerts(device_id="dev-0"))
+    view = detection.fleet(now, quiet).devices
+    assert view["dev-0"].last_alert_at == latest and view["dev-1"].last_alert_at is None
+    assert detection.fleet(now + timedelta(seconds=quiet + 1), quiet).devices["dev-0"].last_alert_at is None
+    assert detection.fleet().devices["dev-0"].last_alert_at is None  # no horizon: not read

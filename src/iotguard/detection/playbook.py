@@ -90,8 +90,10 @@ class GuardRails:
         blast_radius_min_devices: ... but at least this many (small segments).
         cooldown_s: The same action on the same device is not repeated within this time.
         approval: Actions that wait for an operator.
-        auto_release: Release a playbook quarantine once the device attests clean after it.
+        auto_release: Release a playbook quarantine once the device attests clean after it ...
         unsafe_auto_destructive: Let revoke/rollback run without approval.
+        release_quiet_s: ... and no alert was raised on it for this long: a clean boot chain says
+            nothing about malware that lives in memory, which goes on alerting while it runs.
     """
 
     blast_radius_percent: float = 10.0
@@ -100,6 +102,7 @@ class GuardRails:
     approval: frozenset[ActionKind] = DESTRUCTIVE
     auto_release: bool = True
     unsafe_auto_destructive: bool = False
+    release_quiet_s: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -184,19 +187,23 @@ def _actions(values: list[Any], where: str) -> tuple[ActionKind, ...]:
 def _guard_rails(table: dict[str, Any]) -> GuardRails:
     where = "[guard_rails]"
     _keys(table, {"blast_radius_percent", "blast_radius_min_devices", "cooldown_s", "approval", "auto_release",
-                  "unsafe_auto_destructive"}, where)
+                  "release_quiet_s", "unsafe_auto_destructive"}, where)
     pct = float(_get(table, "blast_radius_percent", (int, float), where, 10.0))
     min_devices = _get(table, "blast_radius_min_devices", int, where, 1)
     cooldown = float(_get(table, "cooldown_s", (int, float), where, 900.0))
+    quiet = float(_get(table, "release_quiet_s", (int, float), where, 1800.0))
     unsafe = _get(table, "unsafe_auto_destructive", bool, where, False)
-    if not 0 <= pct <= 100 or not 0 <= min_devices <= 10_000 or not 0 <= cooldown <= 30 * 86400:
-        raise _err(where, "blast_radius_percent 0..100, blast_radius_min_devices 0..10000, cooldown_s 0..30 days")
+    if (not 0 <= pct <= 100 or not 0 <= min_devices <= 10_000 or not 0 <= cooldown <= 30 * 86400
+            or not 0 <= quiet <= 30 * 86400):
+        raise _err(where, "blast_radius_percent 0..100, blast_radius_min_devices 0..10000, cooldown_s and "
+                          "release_quiet_s 0..30 days")
     approval_list = _get(table, "approval", list, where, [k.value for k in DESTRUCTIVE])
     approval = frozenset(_actions(approval_list, where + " approval")) if approval_list else frozenset()
     missing = DESTRUCTIVE - approval
     if missing and not unsafe:
         raise _err(where, f"{', '.join(sorted(missing))} must need approval unless unsafe_auto_destructive = true")
-    return GuardRails(pct, min_devices, cooldown, approval, _get(table, "auto_release", bool, where, True), unsafe)
+    return GuardRails(pct, min_devices, cooldown, approval, _get(table, "auto_release", bool, where, True), unsafe,
+                      release_quiet_s=quiet)
 
 
 def _rule(table: Any, i: int) -> PlaybookRule:

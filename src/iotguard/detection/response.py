@@ -19,7 +19,11 @@ Guard rails, in order:
    quarantined devices, counting those already quarantined); the rest wait
    for approval, the most severe alerts first;
 6. a device the playbook quarantined is released once it attests clean
-   after the quarantine, if ``auto_release`` is on and it has no new alert.
+   after the quarantine, if ``auto_release`` is on, it has no new alert and
+   none was raised on it for ``release_quiet_s``: a clean boot chain says
+   nothing about malware that lives in memory (a Mirai-like scanner), and
+   such a device goes on alerting while the quarantine holds, so a release
+   between two of its alerts would let it out.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ class DeviceView:
     model: str
     quarantined: bool = False
     attested_clean_at: datetime | None = None
+    #: When the latest alert on the device was raised (``None``: none within the playbook's quiet time).
+    last_alert_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +165,9 @@ def plan(alerts: Sequence[Alert], playbook: Playbook, fleet: FleetView, state: R
         alerted = {a.device for a in alerts}
         for device, since in sorted(state.quarantined_at.items()):
             view = fleet.devices.get(device)
-            if (view is not None and view.quarantined and device not in alerted
+            quiet = view is not None and (view.last_alert_at is None
+                                          or (now - view.last_alert_at).total_seconds() >= rails.release_quiet_s)
+            if (view is not None and view.quarantined and device not in alerted and quiet
                     and view.attested_clean_at is not None and view.attested_clean_at > since):
                 out.append(Action(ActionKind.RELEASE, device, ActionStatus.EXECUTE, "clean_attestation", "",
                                   "auto_release", tag))

@@ -198,10 +198,19 @@ class DetectionService:
 
     # -- views -----------------------------------------------------------
 
-    def fleet(self) -> FleetView:
-        """Active devices as the planner sees them (segment, model, quarantine)."""
+    def fleet(self, now: datetime | None = None, alert_horizon_s: float = 0.0) -> FleetView:
+        """Active devices as the planner sees them (segment, model, quarantine, clean attestation), and with
+        ``alert_horizon_s`` the time of each device's latest alert within that long before ``now``."""
+        last: dict[str, datetime] = {}
+        if alert_horizon_s > 0:
+            now = now or self.clock.now()
+            for a in self.store.alerts(limit=100_000):
+                if (now - a.raised_at).total_seconds() > alert_horizon_s:
+                    break  # newest first: the rest are older
+                last.setdefault(a.alert.device, a.raised_at)
         return FleetView({p.device_id: DeviceView(p.device_id, p.segment, p.model, p.quarantined,
-                                                  p.attested_at if p.trust_tier == "verified" else None)
+                                                  p.attested_at if p.trust_tier == "verified" else None,
+                                                  last.get(p.device_id))
                           for p in self.posture.posture})
 
     def state(self, now: datetime | None = None, cooldown_s: float | None = None) -> ResponseState:
@@ -280,7 +289,9 @@ class DetectionService:
             return []
         by_id = {a.alert_id: a for a in fresh}
         book = self._playbook()
-        planned = plan(fresh, book, self.fleet(), self.state(now, book.guard_rails.cooldown_s), now)
+        rails = book.guard_rails
+        fleet = self.fleet(now, rails.release_quiet_s if rails.auto_release else 0.0)
+        planned = plan(fresh, book, fleet, self.state(now, rails.cooldown_s), now)
         # Containment first (its own commit, with its audit entry and the broker ACL message), then the delivery
         # is woken, and only then the bookkeeping: every action's record in one transaction, the risk scores.
         done = self._carry_out_all([(action, by_id.get(action.alert_id)) for action in planned], DETECTION_ACTOR)
