@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections import OrderedDict
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -144,6 +144,17 @@ _FEW_HOSTS = 4
 _FEW_INSIDE = 16
 
 
+def _by_host(hosts: npt.NDArray[np.str_], keys: npt.NDArray[Any]) -> Iterator[tuple[str, list[Key]]]:
+    """Each host of ``hosts`` with the keys of its rows as Python values, in arrival order (one sort, then no
+    NumPy call per host)."""
+    names, inverse = np.unique(hosts, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")  # rows grouped by host, in arrival order within a host
+    bounds = np.searchsorted(inverse[order], np.arange(len(names) + 1)).tolist()
+    grouped = keys[order].tolist()
+    for j, host in enumerate(names.tolist()):
+        yield host, grouped[bounds[j]:bounds[j + 1]]
+
+
 def _members(keys: npt.NDArray[Any], known: npt.NDArray[Any]) -> BoolArray:
     """Which ``keys`` are in the sorted array ``known`` (a binary search each; ``np.isin`` without its set-up)."""
     if known.shape[0] == 0:
@@ -225,12 +236,8 @@ class _Baseline(FlowRule):
     def learn(self, batch: FlowBatch, features: FeatureMatrix) -> None:
         if len(batch) == 0:
             return
-        hosts, inverse = np.unique(batch.orig_h, return_inverse=True)
-        order = np.argsort(inverse, kind="stable")  # rows grouped by host, in arrival order within a host
-        bounds = np.searchsorted(inverse[order], np.arange(len(hosts) + 1)).tolist()
-        grouped = self._keys(batch)[order].tolist()  # Python keys: the per-host work makes no NumPy calls
-        for j, host in enumerate(hosts.tolist()):
-            self._add(host, grouped[bounds[j]:bounds[j + 1]])
+        for host, keys in _by_host(batch.orig_h, self._keys(batch)):
+            self._add(host, keys)
 
     def _add(self, host: str, keys: list[Key]) -> None:
         """Learn one host's flows (their keys, in arrival order)."""
@@ -289,13 +296,8 @@ class _Baseline(FlowRule):
             rows = rows[np.isin(batch.orig_h[rows], np.array(learners, dtype=np.str_))]
         if rows.shape[0] == 0:
             return
-        hosts, inverse = np.unique(batch.orig_h[rows], return_inverse=True)
-        order = np.argsort(inverse, kind="stable")  # rows grouped by host, in arrival order within a host
-        bounds = np.searchsorted(inverse[order], np.arange(len(hosts) + 1)).tolist()
-        keys = self._keys(batch)[rows[order]].tolist()
-        for j, host in enumerate(hosts.tolist()):
-            a, b = bounds[j], bounds[j + 1]
-            self._add(host, keys[a:a + min(b - a, self.min_flows - self.flows.get(host, 0))])
+        for host, keys in _by_host(batch.orig_h[rows], self._keys(batch)[rows]):
+            self._add(host, keys[:max(0, self.min_flows - self.flows.get(host, 0))])
 
     def restore(self, host: str, known: set[Key], flows: int) -> None:
         """Put back a host's stored baseline: its keys and how many flows it was learned from."""
