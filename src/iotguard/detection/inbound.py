@@ -164,6 +164,7 @@ class InboundProbeRule(FlowRule):
         self._log_thresholds = np.array([np.log1p(self.min_sources[0]), -np.inf, np.log1p(self.min_ports[0]),
                                          np.log1p(self.min_sources[1]), -np.inf, np.log1p(self.min_ports[1]),
                                          np.log1p(self.min_guesses)])
+        _kernel()  # compiled here, as the feature extractor's kernel is, not inside the first batch judged
 
     def _counts(self, features: FeatureMatrix, rows: npt.NDArray[np.intp]) -> tuple[npt.NDArray[np.float64], ...]:
         """For ``rows``, as a fraction of each threshold (1 = at it; for the first two the lower of the two
