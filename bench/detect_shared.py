@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results file")
     args = parser.parse_args()
     inventory, batches = _batches(args.devices, args.batch)
-    config = MonitorConfig(learn_flows=2000)
+    config = MonitorConfig(learn_flows=2000, learn_s=0.0)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
         (data_dir / ADDRESS_INVENTORY_FILE).write_text("".join(f"{a} {d}\n" for a, d in inventory.items()))

@@ -132,7 +132,7 @@ def test_negative_or_not_finite_number_refused(value: float) -> None:
 
 def test_monitor_catches_a_scan_while_it_is_still_learning_then_scores_with_the_baselines() -> None:
     fleet = traffic.make_fleet(per_model=2, segments=2)
-    monitor = FlowMonitor(MonitorConfig(learn_flows=1500), devices={d.address: d.device_id for d in fleet},
+    monitor = FlowMonitor(MonitorConfig(learn_flows=1500, learn_s=0.0), devices={d.address: d.device_id for d in fleet},
                           models={d.device_id: d.model for d in fleet})
     benign = traffic.benign_traffic(fleet, T0, 3600.0).flows
     early = [a for b in batches(benign[:600]) for a in monitor.observe(b)]

@@ -32,7 +32,7 @@ def test_batches_through_stored_host_rows_alert_exactly_as_one_detector(compiled
     """Resetting every host and putting back only the batch's stored rows changes nothing: features, rule
     baselines, throttles and the learned baselines' scores are those of one detector that kept everything."""
     inventory, batches = _batches()
-    config = MonitorConfig(DetectorConfig(features=FeatureConfig(compiled=compiled)), learn_flows=300)
+    config = MonitorConfig(DetectorConfig(features=FeatureConfig(compiled=compiled)), learn_flows=300, learn_s=0.0)
     alerts, rows = through_stored_rows(config, inventory, batches)
     seen = {a.detector for a in alerts}
     assert {"scan_fanout", "beaconing", "autoencoder"} <= seen  # the comparison covered rules and baselines
@@ -80,7 +80,7 @@ def test_oversized_or_non_canonical_host_row_is_refused_before_parsing() -> None
 
 def test_learned_baseline_round_trips_exactly_and_refuses_tampering() -> None:
     inventory, batches = _batches()
-    monitor = FlowMonitor(MonitorConfig(learn_flows=300), devices=inventory)
+    monitor = FlowMonitor(MonitorConfig(learn_flows=300, learn_s=0.0), devices=inventory)
     for batch in batches[:6]:
         monitor.observe(batch)
     assert not monitor.learning

@@ -157,7 +157,7 @@ def test_probing_through_stored_host_rows_alerts_as_one_detector() -> None:
         traffic.telnet_guessing(sims[1], GUESSER, T0 + 2420.0, attempts=60)).flows
     whole = FlowBatch.from_flows(flows)
     split = [whole.take(slice(i, i + 97)) for i in range(0, len(whole), 97)]
-    config = MonitorConfig(DetectorConfig(features=FeatureConfig(compiled=False)), learn_flows=300)
+    config = MonitorConfig(DetectorConfig(features=FeatureConfig(compiled=False)), learn_flows=300, learn_s=0.0)
     alerts, _ = through_stored_rows(config, {d.address: d.device_id for d in sims}, split)
     seen = _probing(alerts)
     assert {a.device for a in seen} == {sims[0].device_id, sims[1].device_id}

@@ -33,7 +33,7 @@ WINDOW_S = 2400.0
 def _setting() -> tuple[list[traffic.SimDevice], dict[str, str], MonitorConfig]:
     fleet = traffic.make_fleet(per_model=2, segments=2)
     inventory = {d.address: d.device_id for d in [*fleet, NEWCOMER]}
-    return fleet, inventory, MonitorConfig(learn_flows=1500)
+    return fleet, inventory, MonitorConfig(learn_flows=1500, learn_s=0.0)
 
 
 def _monitor() -> tuple[list[traffic.SimDevice], FlowMonitor]:

@@ -12,8 +12,8 @@ from .conftest import T0, batches
 
 
 def _monitor(fleet: list[traffic.SimDevice], learn_flows: int) -> FlowMonitor:
-    return FlowMonitor(MonitorConfig(learn_flows=learn_flows), devices={d.address: d.device_id for d in fleet},
-                       models={d.device_id: d.model for d in fleet})
+    return FlowMonitor(MonitorConfig(learn_flows=learn_flows, learn_s=0.0),
+                       devices={d.address: d.device_id for d in fleet}, models={d.device_id: d.model for d in fleet})
 
 
 def _observe(monitor: FlowMonitor, flows: list) -> list[Alert]:

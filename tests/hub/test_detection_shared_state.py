@@ -213,7 +213,7 @@ def test_flow_baseline_learned_by_one_process_is_used_by_a_restarted_one(tmp_pat
     engine = make_engine(url)
     migrate(engine)
     sims = _fleet(tmp_path)
-    config = MonitorConfig(learn_flows=300)
+    config = MonitorConfig(learn_flows=300, learn_s=0.0)
     benign = _parts(FlowBatch.from_flows(traffic.benign_traffic(sims, T0, 2400.0).flows), 100)
     later = _parts(FlowBatch.from_flows(traffic.benign_traffic(sims, T0 + 2400.0, 600.0, seed=5).flows), 100)
     exfil = FlowBatch.from_flows(traffic.slow_exfiltration(sims[1], T0 + 3010.0, 600.0, period_s=20).flows)

@@ -216,9 +216,10 @@ def test_fleet_wide_firmware_change_seen_by_the_sensor_quarantines_no_more_than_
     activate_playbook(Path(hub.cfg.data_dir), AGGRESSIVE, actor="olga",
                       audit=OutboxAuditSink(hub.services.outbox, hub.services.clock), now=hub.services.clock.now())
     sensor = hub.agent("sensor-1", model=SENSOR_MODEL)
-    _report(sensor, FlowBatch.from_flows(traffic.benign_traffic(sims, T0, 2 * 3600.0).flows))
+    # The learning window: two hours of flow time by default (ADR 0710).
+    _report(sensor, FlowBatch.from_flows(traffic.benign_traffic(sims, T0, 2.1 * 3600.0).flows))
     assert not hub.services.flows._current().learning
-    _report(sensor, FlowBatch.from_flows(traffic.firmware_change(sims, "thermo", T0 + 2 * 3600.0, 1800.0).flows))
+    _report(sensor, FlowBatch.from_flows(traffic.firmware_change(sims, "thermo", T0 + 2.1 * 3600.0, 1800.0).flows))
     alerted = {a.alert.device for a in hub.services.detection.alerts()}
     quarantined = [d.device_id for d in sims if hub.services.posture.posture.require(d.device_id).quarantined]
     assert len(alerted) >= 5  # the change is seen ...

@@ -1,8 +1,11 @@
 """Streaming flow monitoring: learn from the first traffic, then score; and the address inventory.
 
 :class:`FlowMonitor` is what the hub runs over the flows sensors report: the
-first ``learn_flows`` flows (in arrival order) train the learned baselines
-(while the rules that need no baseline, scan fan-out and known-bad
+first flows train the learned baselines, at least ``learn_flows`` of them
+spanning at least ``learn_s`` seconds of flow time (two hours by default, so
+that every damped statistic settles and slow devices are seen many times,
+ADR 0710; the window's rows are thinned to an even sample of
+``max_window_rows``) (while the rules that need no baseline, scan fan-out and known-bad
 addresses, already alert, and an address they flag is never learned as
 normal: :meth:`~iotguard.detection.pipeline.FlowDetector.learn_watching`),
 every later batch is scored by the whole
@@ -46,15 +49,30 @@ class MonitorConfig:
     Attributes:
         detector: The flow detector's settings.
         learn_flows: Flows learned from before the learned baselines score
-            (at least the scorer's ``min_model_rows``).
+            (at least the scorer's ``min_model_rows``) ...
+        learn_s: ... over at least this many seconds of flow time (from the
+            first flow learned to the last), so the damped statistics (ten-minute
+            half-lives, the one-hour host age) have settled in what is learned
+            and a device that reports rarely is seen many times (ADR 0710).
+            0 closes the window after ``learn_flows`` flows alone.
+        max_window_rows: Rows the window holds at most for the learned
+            baselines; beyond it they are thinned to an even sample of the
+            window's whole time (memory stays bounded whatever the fleet size).
     """
 
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     learn_flows: int = 2000
+    learn_s: float = 7200.0
+    max_window_rows: int = 200_000
 
     def __post_init__(self) -> None:
         if not self.detector.scorer.min_model_rows <= self.learn_flows <= 5_000_000:
             raise ConfigError("learn_flows below the scorer's min_model_rows or above 5 million",
+                              code="detection_config_invalid")
+        if not 0 <= self.learn_s <= 30 * 86400:
+            raise ConfigError("learn_s must be between 0 and 30 days", code="detection_config_invalid")
+        if not max(self.learn_flows, 1000) <= self.max_window_rows <= 10_000_000:
+            raise ConfigError("max_window_rows below learn_flows (or 1000) or above 10 million",
                               code="detection_config_invalid")
 
 
@@ -88,8 +106,9 @@ class FlowMonitor:
         if self.detector.fitted:
             return self.detector.process(batch)
         alerts = self.detector.learn_watching(batch)
+        self.detector.thin_window(self.config.max_window_rows)
         # A window that only saw flagged traffic keeps learning until enough clean rows came in.
-        if self.detector.ready_to_finish(self.config.learn_flows):
+        if self.detector.ready_to_finish(self.config.learn_flows, self.config.learn_s):
             self.detector.finish_learning()
         return alerts
 

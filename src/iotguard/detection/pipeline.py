@@ -39,7 +39,11 @@ class DetectorConfig:
         scorer: Learned baselines and calibration.
         min_anomalous_flows: Flows of one host above threshold in one batch
             that make an ``autoencoder`` alert ...
-        strong_score: ... or one flow with a normalised score at least this.
+        strong_score: ... or one flow with a normalised score at least this
+            (medium severity). High severity needs both: ``min_anomalous_flows``
+            above threshold and one at ``strong_score`` or more, because a lone
+            very unusual flow is what rare benign traffic also makes (a firmware
+            check every few hours that the window saw a handful of times; ADR 0710).
         scan_min_new: New destinations or ports within ~15 s that make a scan alert.
         beacon_max_cv: Largest inter-arrival variation of a beacon.
         realert_s: Quiet time per device and detector after an alert.
@@ -64,6 +68,9 @@ class LearningWindow:
     excluded: frozenset[str]
     fitted: bool
     scorer: BaselineScorer
+    span: tuple[float, float] | None = None
+    stride: int = 1
+    offered: int = 0
 
 
 def flow_rules(config: DetectorConfig, names: tuple[str, ...], devices: Mapping[str, str] | None = None,
@@ -158,6 +165,10 @@ class FlowDetector:
         self.excluded: set[str] = set()
         #: Rows taken by :meth:`learn` so far.
         self.learned_rows = 0
+        #: First and last flow time of the learning window so far.
+        self.span: tuple[float, float] | None = None
+        # Kept window rows are every ``_stride``-th row offered (:meth:`thin_window`); ``_offered`` counts them.
+        self._stride, self._offered = 1, 0
 
     def _make_rules(self) -> list[FlowRule]:
         return flow_rules(self.config, self.extractor.names, self.devices, self.feed)
@@ -176,12 +187,13 @@ class FlowDetector:
     def window(self) -> LearningWindow:
         """The learning window's state, for :meth:`restore_window`."""
         return LearningWindow(tuple(self._rows), tuple(self._hosts), self.learned_rows, frozenset(self.excluded),
-                              self._fitted, self.scorer)
+                              self._fitted, self.scorer, self.span, self._stride, self._offered)
 
     def restore_window(self, saved: LearningWindow) -> None:
         """Put back what :meth:`window` returned: a batch whose result was not stored is undone (a fit too)."""
         self._rows, self._hosts = list(saved.rows), list(saved.hosts)
         self.learned_rows, self.excluded = saved.learned_rows, set(saved.excluded)
+        self.span, self._stride, self._offered = saved.span, saved.stride, saved.offered
         self._fitted = saved.fitted
         self.scorer = saved.scorer if saved.fitted else BaselineScorer(self.config.scorer)
 
@@ -259,14 +271,32 @@ class FlowDetector:
             part = batch.take(np.flatnonzero(keep))
             for rule in self.rules:
                 rule.learn(part, kept)
-            self._rows.append(kept.values)
-            self._hosts.append(part.orig_h)
+            sample = (self._offered + np.arange(len(part))) % self._stride == 0
+            self._offered += len(part)
+            self._rows.append(kept.values[sample])
+            self._hosts.append(part.orig_h[sample])
         self.learned_rows += len(batch)
+        first, last = float(batch.ts[0]), float(batch.ts[-1])
+        self.span = (first, last) if self.span is None else (min(self.span[0], first), max(self.span[1], last))
         return alerts
 
-    def ready_to_finish(self, learn_flows: int) -> bool:
-        """Whether ``learn_flows`` flows were seen and enough rows outside flagged addresses were kept to fit."""
-        if self.learned_rows < learn_flows:
+    @property
+    def window_rows(self) -> int:
+        """Rows the learning window holds for the learned baselines."""
+        return sum(h.shape[0] for h in self._hosts)
+
+    def thin_window(self, max_rows: int) -> None:
+        """Keep the learning window's rows under ``max_rows``: above it, every other row is dropped, and from
+        then on every other row offered is kept (so the window stays an even sample of its whole time)."""
+        while self.window_rows > max_rows:
+            x, hosts = np.concatenate(self._rows), np.concatenate(self._hosts)
+            self._rows, self._hosts = [x[::2]], [hosts[::2]]
+            self._stride *= 2
+
+    def ready_to_finish(self, learn_flows: int, learn_s: float = 0.0) -> bool:
+        """Whether ``learn_flows`` flows over at least ``learn_s`` seconds of flow time were seen, and enough rows
+        outside flagged addresses were kept to fit."""
+        if self.learned_rows < learn_flows or self.span is None or self.span[1] - self.span[0] < learn_s:
             return False
         excluded = sorted(self.excluded)
         clean = sum(int((~np.isin(h, excluded)).sum()) if excluded else h.shape[0] for h in self._hosts)
@@ -349,7 +379,8 @@ class FlowDetector:
             ts = batch.ts[rows]
             if not self.throttle.allow(device, "autoencoder", float(ts.max())):
                 continue
-            severity = Severity.HIGH if top >= self.config.strong_score else Severity.MEDIUM
+            strong = top >= self.config.strong_score and int(rows.sum()) >= self.config.min_anomalous_flows
+            severity = Severity.HIGH if strong else Severity.MEDIUM
             model = self.models.get(device, "*")
             worst = int(np.flatnonzero(rows)[np.argmax(scores[rows])])
             columns = self.scorer.explain(values[worst], device, model)

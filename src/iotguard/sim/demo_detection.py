@@ -108,22 +108,24 @@ class DetectionStep:
     def learn(self, say: Say) -> dict[str, Any]:
         """Report the fleet's benign traffic of the minutes before now: the start of the monitor's learning window.
 
-        The hub's flow monitor learns its baselines from the first ``learn_flows`` flows it is sent; a device's
-        own baselines judge it only once it was seen in at least 20 of them, which a slow device (a meter
-        reports once a minute) is not in a window a large fleet fills in minutes. So the demo sends about
-        two fifths of the window and stays in it, where the rules that need no baseline (scan fan-out,
-        known-bad addresses) alert and the learned ones do not yet.
+        The hub's flow monitor learns its baselines from its first ``learn_flows`` flows spanning at least
+        ``learn_s`` seconds of flow time (two hours: ADR 0710). The demo sends a few minutes of it and stays in
+        the window, where the rules that need no baseline (scan fan-out, known-bad addresses) alert and the
+        learned ones do not yet.
         """
-        window = MonitorConfig().learn_flows
+        config = MonitorConfig()
+        window = config.learn_flows
         rate = sum(1.0 / traffic.PROFILES[s.model].period_s for s in self.sims)  # telemetry flows a second
-        seconds = 0.4 * window / rate
+        seconds = min(0.4 * window / rate, 0.4 * config.learn_s)
         flows = traffic.benign_traffic(self.sims, time.time() - seconds, seconds, seed=11).flows
         self.sender.send(FlowBatch.from_flows(flows))
         self.learned = {"flows": len(flows), "simulated_minutes": round(seconds / 60, 1), "devices": len(self.sims),
-                        "learning_window_flows": window, "still_learning": self.learning,
+                        "learning_window_flows": window, "learning_window_s": config.learn_s,
+                        "still_learning": self.learning,
                         "alerts": self.sender.alerts}
         say(f"detection: a sensor reported {len(flows)} flows of the fleet's last {seconds / 60:.0f} simulated minutes "
             f"(benign traffic per device model); the hub learns its baselines from its first {window} flows "
+            f"over at least {config.learn_s / 3600:g} h of flow time "
             f"({'still learning' if self.learning else 'learned'}: until then only the rules that need no "
             f"baseline alert, scan fan-out among them)")
         return self.learned
