@@ -5,18 +5,25 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from iotguard.config import HubConfig
+from iotguard.hub.store import HubStore
+
 pytestmark = pytest.mark.slow
 
 
-def test_demo_json_summary() -> None:
+def test_demo_json_summary(tmp_path: Path) -> None:
     # More devices than one address may enroll back to back by the per-device limits (a gateway case).
-    out = subprocess.run([sys.executable, "-m", "iotguard", "demo", "--devices", "20", "--seconds", "4", "--json"],
-                         capture_output=True, text=True, timeout=240)
+    out = subprocess.run([sys.executable, "-m", "iotguard", "demo", "--devices", "20", "--seconds", "4", "--json",
+                          "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    # The operator tokens the demo issued itself (security, analyst, ledger) are revoked when it ends.
+    tokens = HubStore.open(HubConfig(data_dir=str(tmp_path / "hub")).resolved_database_url()).list_api_tokens()
+    assert len(tokens) == 3 and all(t["revoked"] for t in tokens), tokens
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     # Set comparison by reading identity (device + body digest), not a count difference.
     assert summary["sent"] > 0 and summary["stored"] == summary["sent"]

@@ -108,6 +108,10 @@ def _tampered_device(hub: Hub, fleet: Fleet, firmware: FleetFirmware, root: Path
             "broker_acl_dropped": f"/{device_id}/telemetry" not in hub.services.posture.broker_acl()}
 
 
+#: Operator tokens this demo run issued (token ids); revoked when it ends, so a ``--data-dir`` keeps none usable.
+_ISSUED: list[str] = []
+
+
 def _operator(hub: Hub, role: str) -> httpx.Client:
     """An HTTPS client of the hub's API with a new operator token of ``role`` (as ``iotguard tokens create``)."""
     import httpx
@@ -115,6 +119,7 @@ def _operator(hub: Hub, role: str) -> httpx.Client:
     from iotguard.tls import client_context
 
     secret = hub.store.create_api_token(f"demo-{role}", role, now=hub.services.clock.now())
+    _ISSUED.append(hub.store.authenticate_api_token(secret).token_id)
     return httpx.Client(base_url=hub.api_url, headers={"Authorization": f"Bearer {secret}"},
                         verify=client_context(hub.ca_file), timeout=60)
 
@@ -316,6 +321,8 @@ def run(args: argparse.Namespace) -> int:
         if detect is not None:
             detect.close()
         fleet.close()
+        while _ISSUED:
+            hub.store.revoke_api_token(_ISSUED.pop(), now=hub.services.clock.now())
         hub.stop()
         if tmp is not None:
             tmp.cleanup()
