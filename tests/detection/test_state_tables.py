@@ -1,7 +1,7 @@
 """One contract for the extractor's state tables: the sorted ``KeyTable`` and the kernel's ``HashedKeyTable``.
 
 Both must answer every lookup alike after the same inserts, overwrites,
-growth and removals (eviction and trimming use ``keep``), and list their
+growth and removals (eviction uses ``keep``, trimming ``drop``), and list their
 entries in the same (sorted) order, which trimming and serialisation rely on.
 """
 
@@ -41,6 +41,11 @@ def test_hashed_table_answers_as_the_sorted_table(seed: int) -> None:
             mask = rng.random(len(sorted_table)) < 0.6
             for table in (sorted_table, hashed):
                 table.keep(mask)
+        if step % 5 == 4:  # trimming drops the oldest entries of the hosts over their cap
+            held = sorted_table.items()[0]
+            gone = held[rng.random(held.shape[0]) < 0.3]
+            for table in (sorted_table, hashed):
+                table.drop(gone)
         query = (rng.integers(0, 300, 500) << 32) | rng.integers(0, 50, 500)
         found, got = hashed.get(query, default=-1.0)
         want_found, want = sorted_table.get(query, default=-1.0)

@@ -8,8 +8,8 @@ of grouping rows with sorts and solving the recurrences as blocked scans.
 The flow's own columns are computed in the same pass, and the persistent
 channel and port tables are open-addressing hash tables
 (:class:`._hashed.HashedKeyTable`) that the pass probes and extends in place
-(ADR 0706). The distinct host address strings of a batch are numbered by a
-per-batch hash table, so the host dict sees each once.
+(ADR 0706). Host addresses are numbered by a keyed hash table that a
+compiled pass probes (:class:`._hashed_hosts.HashedHostTable`, ADR 0711).
 
 This module imports Numba (BSD licence, ``pip install iotguard[accel]``) and
 so is imported only when the extractor selects it. Functions compile on their
@@ -25,76 +25,12 @@ import numpy as np
 import numpy.typing as npt
 
 from iotguard.detection._hashed import HashedKeyTable, probe
+from iotguard.detection._hashed_hosts import HashedHostTable
 
-__all__ = ["HashedKeyTable", "extract_batch", "number_rows"]
+__all__ = ["HashedHostTable", "HashedKeyTable", "extract_batch"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
-
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-@numba.njit(cache=False, nogil=True)
-def _table_bits(n: int) -> int:  # pragma: no cover - compiled
-    """log2 of the hash table size for ``n`` keys: at least twice as many slots as keys."""
-    bits = 4
-    while (1 << bits) < 2 * n:
-        bits += 1
-    return bits
-
-
-@numba.njit(cache=False, nogil=True)
-def number_rows(codes: npt.NDArray[np.uint32],
-                times: FloatArray) -> tuple[IntArray, IntArray, FloatArray]:  # pragma: no cover - compiled
-    """Slot of each row of character codes (host address strings; numbered by first appearance), the
-    first row of each slot and the earliest of its rows' ``times``.
-
-    Open addressing with linear probing on the top bits of a multiplicative
-    hash; rows are hashed whole and compared whole on a hash match, so
-    distinct strings never share a slot.
-    """
-    n, width = codes.shape
-    bits = _table_bits(n)
-    mask = (1 << bits) - 1
-    shift = np.uint64(64 - bits)
-    table_slot = np.full(1 << bits, -1, dtype=np.int64)
-    table_hash = np.zeros(1 << bits, dtype=np.uint64)
-    slot = np.empty(n, dtype=np.int64)
-    first = np.empty(n, dtype=np.int64)
-    earliest = np.empty(n)
-    count = 0
-    for i in range(n):
-        # Two code points per multiply: the hash's serial chain is half as long.
-        h = np.uint64(0)
-        for c in range(0, width - 1, 2):
-            h = (h ^ (np.uint64(codes[i, c]) | (np.uint64(codes[i, c + 1]) << np.uint64(32)))) * _GOLDEN
-        if width % 2:
-            h = (h ^ np.uint64(codes[i, width - 1])) * _GOLDEN
-        j = np.int64(h >> shift)
-        while True:
-            s = table_slot[j]
-            if s < 0:
-                table_slot[j] = count
-                table_hash[j] = h
-                first[count] = i
-                earliest[count] = times[i]
-                slot[i] = count
-                count += 1
-                break
-            if table_hash[j] == h:
-                other = first[s]
-                same = True
-                for c in range(width):
-                    if codes[i, c] != codes[other, c]:
-                        same = False
-                        break
-                if same:
-                    slot[i] = s
-                    earliest[s] = min(earliest[s], times[i])
-                    break
-            j = (j + 1) & mask
-    return slot, first[:count].copy(), earliest[:count].copy()
 
 
 @numba.njit(cache=False, nogil=True, inline="always")

@@ -1,4 +1,4 @@
-"""The ``inbound_probing`` rule's per-flow test compiled with Numba: an optional accelerator (internal).
+"""The flow rules' per-flow tests compiled with Numba: an optional accelerator (internal).
 
 :meth:`.inbound.InboundProbeRule._candidates_numpy` is the reference: about
 twenty NumPy calls per batch (attempt tests, a gather of seven feature
@@ -7,7 +7,12 @@ thousand flows, so call overhead is most of the rule's cost. Here the same
 tests run as one pass over the flows, reading the feature columns of an
 attempt only. The results are the same rows (tested against the reference).
 
-Imports Numba (BSD licence); the function compiles on its first call.
+:func:`index_among` finds which of a rule's few hosts (those with a judged
+baseline, or those still learning) each flow's host is, in one pass over the
+address strings' code points, instead of one NumPy string comparison over
+the batch per host (the reference, :func:`.rules._index_among_numpy`).
+
+Imports Numba (BSD licence); the functions compile on their first call.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["inbound_candidates"]
+__all__ = ["inbound_candidates", "index_among"]
 
 
 @numba.njit(cache=False, nogil=True)
@@ -64,3 +69,44 @@ def inbound_candidates(state: npt.NDArray[np.int64], orig_bytes: npt.NDArray[np.
             logins[k] = login
             k += 1
     return rows[:k], logins[:k]
+
+
+@numba.njit(cache=False, nogil=True)
+def index_among(codes: npt.NDArray[np.uint32],
+                targets: npt.NDArray[np.uint32]) -> npt.NDArray[np.intp]:  # pragma: no cover - compiled
+    """Per row of ``codes``, the first row of ``targets`` holding the same string, or -1.
+
+    Both are strings as the code points NumPy stores them in (one row each, zero-padded to the
+    array's width; the two widths may differ). Every pair is compared up to the first differing code
+    point: meant for a few targets (a rule's handful of hosts), not a lookup table.
+    """
+    n, width = codes.shape
+    m, t_width = targets.shape
+    common = min(width, t_width)
+    out = np.full(n, -1, dtype=np.intp)
+    for i in range(n):
+        # Past the common width only one side can hold code points: a row holding any matches no target
+        # that ends within it, and a target holding any no row.
+        longer = False
+        for c in range(common, width):
+            if codes[i, c] != 0:
+                longer = True
+                break
+        if longer:
+            continue
+        for k in range(m):
+            same = True
+            # From the end: addresses sharing a prefix (a site's) differ in their last code points or length.
+            for c in range(common - 1, -1, -1):
+                if codes[i, c] != targets[k, c]:
+                    same = False
+                    break
+            if same:
+                for c in range(common, t_width):
+                    if targets[k, c] != 0:
+                        same = False
+                        break
+            if same:
+                out[i] = k
+                break
+    return out

@@ -1,7 +1,7 @@
 """Hashed integer-keyed tables that the compiled feature kernel reads and writes in place (internal).
 
 :class:`HashedKeyTable` has the interface of :class:`._tables.KeyTable`
-(``get``, ``put``, ``items``, ``keep``, ``len``) over an open-addressing
+(``get``, ``put``, ``items``, ``keep``, ``drop``, ``len``) over an open-addressing
 hash table: keys (non-negative ``int64``) in a power-of-two array with
 ``-1`` marking an empty slot, linear probing from the top bits of the key's
 Fibonacci hash, and the value columns in a parallel ``float64`` array. The
@@ -52,6 +52,15 @@ def _get(keys: IntArray, values: FloatArray, shift: np.uint64, query: IntArray,
             found[i] = True
             out[i, :] = values[j, :]
     return found
+
+
+@numba.njit(cache=False, nogil=True)
+def _slots(keys: IntArray, shift: np.uint64, query: IntArray) -> IntArray:  # pragma: no cover - compiled
+    """The slot of each query key (held keys)."""
+    out = np.empty(query.shape[0], dtype=np.int64)
+    for i in range(query.shape[0]):
+        out[i] = probe(keys, shift, query[i])
+    return out
 
 
 @numba.njit(cache=False, nogil=True)
@@ -142,7 +151,16 @@ class HashedKeyTable:
     def keep(self, mask: npt.NDArray[np.bool_]) -> None:
         """Keep only the entries where ``mask`` (aligned with :meth:`items`) is true."""
         keys, values = self.items()
+        self._refill(keys[mask], values[mask])
+
+    def drop(self, keys: IntArray) -> None:
+        """Remove ``keys`` (held keys); the rest are put back in table order, unsorted."""
+        # Emptied in place (which would break the probe chains), then every other entry is put back afresh.
+        self.keys[_slots(self.keys, self.shift, np.ascontiguousarray(keys, dtype=np.int64))] = _EMPTY
+        self._refill(*self._used())
+
+    def _refill(self, keys: IntArray, values: FloatArray) -> None:
         size = 1 << _MIN_BITS
-        while size < 2 * int(mask.sum()):
+        while size < 2 * keys.shape[0]:
             size *= 2
-        self._rebuild(size, keys[mask], values[mask])
+        self._rebuild(size, keys, values)

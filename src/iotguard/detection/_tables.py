@@ -34,6 +34,8 @@ class StateTable(Protocol):
 
     def keep(self, mask: npt.NDArray[np.bool_]) -> None: ...
 
+    def drop(self, keys: IntArray) -> None: ...
+
 
 class KeyTable:
     """Sorted keys with ``width`` float columns."""
@@ -103,3 +105,7 @@ class KeyTable:
         self._merge()
         self._keys = self._keys[mask]
         self._values = self._values[mask]
+
+    def drop(self, keys: IntArray) -> None:
+        """Remove ``keys`` (held keys)."""
+        self.keep(~np.isin(self.items()[0], keys))

@@ -35,13 +35,13 @@ from __future__ import annotations
 import functools
 import importlib
 from dataclasses import dataclass
-from itertools import compress, repeat
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from iotguard.detection._hosts import DictHostTable, HostTable, check_width
 from iotguard.detection._tables import KeyTable, StateTable
 from iotguard.detection.flows import CONN_STATES, ESTABLISHED_STATES, PROTOCOLS, REJECTED_STATES, Flow, FlowBatch
 from iotguard.errors import ConfigError, MalformedError
@@ -237,7 +237,13 @@ def _kernel() -> ModuleType | None:
     flows = [Flow(float(i), "192.0.2.1", 40000, "192.0.2.2", 443, "tcp", 0.1, 10, 10, "SF", 1, 1, "")
              for i in range(2)]
     FeatureExtractor(compiled=False)._transform(FlowBatch.from_flows(flows), module)
-    module.HashedKeyTable(1).get(np.zeros(1, dtype=np.int64))
+    table = module.HashedKeyTable(1)
+    table.put(np.zeros(1, dtype=np.int64), np.zeros((1, 1)))
+    table.drop(np.zeros(1, dtype=np.int64))
+    table.get(np.zeros(1, dtype=np.int64))
+    hosts = module.HashedHostTable()
+    hosts.add(np.zeros(1, dtype=np.int64), np.array(["192.0.2.1"]), np.zeros(1, dtype=np.int64))
+    hosts.remove(np.zeros(1, dtype=np.int64))  # rehashes
     return module
 
 
@@ -264,8 +270,10 @@ class FeatureExtractor:
         self.names = feature_names(self.config)
         self._rates = np.array([_LN2 / h for h in self.config.half_lives_s])
         self._channel_rate = _LN2 / self.config.channel_half_life_s
-        self._ids: dict[str, int] = {}
-        self._names: list[str] = []
+        # Address <-> id (a keyed hash table on the compiled path, ADR 0711); ids below _top are or were used.
+        kernel = _kernel() if self._compiled else None
+        self._hosts: HostTable = DictHostTable() if kernel is None else kernel.HashedHostTable()
+        self._top = 0
         self._free: list[int] = []
         cap = 1024
         self._sums = np.zeros((cap, len(self._rates), _HOST_SUMS))
@@ -275,7 +283,6 @@ class FeatureExtractor:
         self._first = np.zeros(cap)
         self._last = np.full(cap, -np.inf)
         # The compiled kernel works on hashed tables in place; the NumPy path reads and writes either kind.
-        kernel = _kernel() if self._compiled else None
         self._channels: StateTable = KeyTable(_CHANNEL_WIDTH) if kernel is None else kernel.HashedKeyTable(
             _CHANNEL_WIDTH)
         self._ports: StateTable = KeyTable(1) if kernel is None else kernel.HashedKeyTable(1)
@@ -289,7 +296,7 @@ class FeatureExtractor:
     @property
     def hosts(self) -> int:
         """Hosts with state."""
-        return len(self._ids)
+        return len(self._hosts)
 
     @property
     def channel_entries(self) -> int:
@@ -298,66 +305,59 @@ class FeatureExtractor:
 
     # -------------------------------------------------------------- host ids
 
-    def _host_ids(self, hosts: npt.NDArray[np.str_], times: FloatArray, kernel: ModuleType | None) -> IntArray:
-        if kernel is not None and hosts.dtype.kind == "U" and hosts.shape[0] and hosts.itemsize:
-            # The kernel numbers the distinct address strings of the batch; only those meet the dict.
-            codes = np.ascontiguousarray(hosts).view(np.uint32).reshape(hosts.shape[0], -1)
-            slot, first, earliest = kernel.number_rows(codes, times)
-            unique = self._host_ids_of(hosts[first].tolist(), times, distinct=True)
-            # A host new in this batch was first seen at the earliest of its rows.
-            fresh = self._first[unique] == np.inf
-            if fresh.any():
-                self._first[unique[fresh]] = earliest[fresh]
-            found: IntArray = unique[slot]
+    def _host_ids(self, hosts: npt.NDArray[np.str_], times: FloatArray) -> IntArray:
+        """Ids of ``hosts`` (a row each), numbering new hosts (evicting the least recently seen if full)."""
+        check_width(hosts)
+        found, first, new_of_row, earliest = self._hosts.find(hosts, times)
+        if first.shape[0] == 0:
             return found
-        return self._host_ids_of(hosts.tolist(), times, distinct=False)
-
-    def _host_ids_of(self, names: list[str], times: FloatArray, *, distinct: bool) -> IntArray:
-        """Ids of ``names`` (a row each, or the ``distinct`` names of a batch), allocating new hosts."""
-        found = np.fromiter(map(self._ids.get, names, repeat(-1)), dtype=np.int64, count=len(names))
-        fresh = found < 0
-        if not fresh.any():
-            return found
-        new = list(compress(names, fresh.tolist()))
-        if not distinct:
-            new = list(dict.fromkeys(new))
-        if len(new) > self.config.max_hosts:
+        if first.shape[0] > self.config.max_hosts:
             raise MalformedError("batch names more hosts than max_hosts", code="flow_batch_too_many_hosts")
-        if len(new) > len(self._free) + self.config.max_hosts - len(self._names):
-            self._evict(len(new), keep=set(found[~fresh].tolist()))
-        index = self._allocate(new, float(times.min()))
-        if distinct:
-            # The first time of each new host is set by the caller, over its rows.
-            found[fresh] = index
-            return found
-        get = self._ids.__getitem__
-        found[fresh] = np.fromiter(map(get, compress(names, fresh.tolist())), dtype=np.int64,
-                                   count=int(fresh.sum()))
-        np.minimum.at(self._first, found[fresh], times[fresh])
-        return found
+        if first.shape[0] > len(self._free) + self.config.max_hosts - self._top:
+            self._evict(first.shape[0], keep=found[found >= 0])
+        ids = self._fresh_ids(first.shape[0], float(times.min()))
+        self._hosts.add(ids, hosts, first)
+        # A new host was first seen at the earliest of its rows.
+        self._first[ids] = earliest
+        out: IntArray = np.where(new_of_row >= 0, ids[new_of_row], found)
+        return out
 
     def _allocate(self, hosts: list[str], now: float) -> IntArray:
-        """Ids for ``hosts`` (not yet known), from the free list first (last freed first); fresh state."""
-        k = min(len(hosts), len(self._free))
+        """Ids for ``hosts`` (distinct, not yet known) with fresh state (first seen: not yet)."""
+        index = self._fresh_ids(len(hosts), now)
+        self._hosts.add(index, np.array(hosts, dtype=np.str_), np.arange(len(hosts), dtype=np.int64))
+        return index
+
+    def _fresh_ids(self, count: int, now: float) -> IntArray:
+        """``count`` unused ids, from the free list first (last freed first), their state reset."""
+        k = min(count, len(self._free))
         reused = self._free[len(self._free) - k:][::-1]
         del self._free[len(self._free) - k:]
-        start = len(self._names)
-        extra = len(hosts) - k
+        start = self._top
+        extra = count - k
         if start + extra > self._first.shape[0]:
             self._grow(min(max(2 * self._first.shape[0], start + extra), self.config.max_hosts))
-        ids = reused + list(range(start, start + extra))
-        self._ids.update(zip(hosts, ids, strict=True))
-        for host, i in zip(hosts[:k], reused, strict=True):
-            self._names[i] = host
-        self._names.extend(hosts[k:])
-        index = np.array(ids, dtype=np.int64)
+        self._top += extra
+        index: IntArray | slice = slice(start, start + extra)  # most often: all fresh, one slice of each array
+        if k:
+            index = np.array(reused + list(range(start, start + extra)), dtype=np.int64)
         self._sums[index] = 0.0
         self._t_sums[index] = now
         self._in_sums[index] = 0.0
         self._t_in[index] = now
         self._first[index] = np.inf
         self._last[index] = now
-        return index
+        return np.arange(start, start + extra, dtype=np.int64) if isinstance(index, slice) else index
+
+    def _held_ids(self, hosts: list[str]) -> IntArray:
+        """The ids of ``hosts``, -1 for those without state (nothing is added)."""
+        if not hosts:
+            return np.zeros(0, dtype=np.int64)
+        return self._hosts.find(np.array(hosts, dtype=np.str_), np.zeros(len(hosts))).found
+
+    def _host_names(self, ids: IntArray) -> list[str]:
+        """The addresses of ``ids`` (hosts with state)."""
+        return self._hosts.names_of(ids)
 
     def _grow(self, cap: int) -> None:
         n = self._first.shape[0]
@@ -368,17 +368,15 @@ class FeatureExtractor:
         self._first = np.concatenate([self._first, np.zeros(cap - n)])
         self._last = np.concatenate([self._last, np.full(cap - n, -np.inf)])
 
-    def _evict(self, wanted: int, keep: set[int]) -> None:
+    def _evict(self, wanted: int, keep: IntArray) -> None:
         """Free the least recently seen hosts (never those in ``keep``)."""
-        used = np.array(sorted(self._ids.values()), dtype=np.int64)
-        candidates = used[~np.isin(used, np.array(sorted(keep), dtype=np.int64))]
+        used = self._hosts.ids()
+        candidates = used[~np.isin(used, keep)]
         count = min(candidates.shape[0], wanted + self.config.max_hosts // 10)
         victims = candidates[np.argsort(self._last[candidates], kind="stable")[:count]]
-        for i in victims.tolist():
-            del self._ids[self._names[i]]
-            self._names[i] = ""
-            self._free.append(i)
-            self._last[i] = -np.inf
+        self._hosts.remove(victims)
+        self._free.extend(victims.tolist())
+        self._last[victims] = -np.inf
         self._drop_hosts(victims)
 
     def _drop_hosts(self, victims: IntArray) -> None:
@@ -392,20 +390,22 @@ class FeatureExtractor:
         cap = self.config.max_pairs_per_host
         for table, shift, col in ((self._channels, 32, 0), (self._ports, 18, 0)):
             # Most checks find no host over the cap: count on the keys in table order before sorting anything.
-            unsorted = table.keys_any_order() >> shift
-            if unsorted.shape[0] == 0 or np.bincount(unsorted).max() <= cap:
+            unsorted = table.keys_any_order()
+            if unsorted.shape[0] == 0:
                 continue
-            keys, values = table.items()
+            counts = np.bincount(unsorted >> shift)
+            if counts.max() <= cap:
+                continue
+            # Only the entries of hosts over the cap are ranked: by host, most recent first, ties in key order.
+            keys = np.sort(unsorted[counts[unsorted >> shift] > cap])
             host = keys >> shift
-            order = np.lexsort((-values[:, col], host))
+            order = np.lexsort((-table.get(keys)[1][:, col], host))
             hs = host[order]
             start = np.ones(hs.shape[0], dtype=bool)
             start[1:] = hs[1:] != hs[:-1]
             first = np.maximum.accumulate(np.where(start, np.arange(hs.shape[0]), 0))
             rank = np.arange(hs.shape[0]) - first
-            mask = np.zeros(keys.shape[0], dtype=bool)
-            mask[order[rank < cap]] = True
-            table.keep(mask)
+            table.drop(keys[order[rank >= cap]])
 
     # -------------------------------------------------------------- features
 
@@ -424,7 +424,9 @@ class FeatureExtractor:
             return FeatureMatrix(np.zeros((0, len(self.names))), batch.orig_h, np.zeros(0, np.int64),
                                  np.zeros(0, np.int64))
         t = batch.ts
-        ids = self._host_ids(np.concatenate([batch.orig_h, batch.resp_h]), np.concatenate([t, t]), kernel)
+        if kernel is not None:
+            self._hashed_tables(kernel)
+        ids = self._host_ids(np.concatenate([batch.orig_h, batch.resp_h]), np.concatenate([t, t]))
         src, dst = ids[:n], ids[n:]
         if kernel is not None and (n < 2 or bool((t[1:] >= t[:-1]).all())):
             return self._transform_compiled(kernel, batch, src, dst)
@@ -463,7 +465,10 @@ class FeatureExtractor:
         return FeatureMatrix(values, batch.orig_h, new_dst.astype(np.int64), new_port.astype(np.int64))
 
     def _hashed_tables(self, kernel: ModuleType) -> tuple[Any, Any]:
-        """The channel and port tables in the kernel's hashed form (converted once if the NumPy path built them)."""
+        """The channel and port tables in the kernel's hashed form (converted once if the NumPy path built them;
+        the host table likewise)."""
+        if not isinstance(self._hosts, kernel.HashedHostTable):
+            self._hosts = kernel.HashedHostTable.from_table(self._hosts)
         if not isinstance(self._channels, kernel.HashedKeyTable):
             self._channels = kernel.HashedKeyTable.from_items(_CHANNEL_WIDTH, *self._channels.items())
             self._ports = kernel.HashedKeyTable.from_items(1, *self._ports.items())

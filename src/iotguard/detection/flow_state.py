@@ -172,8 +172,8 @@ class HostStates:
             i = int(ex._allocate([host], float(row.times[3]))[0])
             ex._sums[i], ex._in_sums[i] = row.sums, row.in_sums
             ex._t_sums[i], ex._t_in[i], ex._first[i], ex._last[i] = row.times.tolist()
-        times = np.concatenate([batch.ts, batch.ts])
-        ex._host_ids_of(names.tolist(), times, distinct=False)
+        ex._host_ids(names, np.concatenate([batch.ts, batch.ts]))
+        self._ids: dict[str, int] = dict(zip(self.hosts, ex._held_ids(self.hosts).tolist(), strict=True))
         tables: tuple[list[npt.NDArray[Any]], ...] = ([], [], [], [])
         for host, row in rows.items():
             self._load(host, row, rules, tables)
@@ -185,10 +185,11 @@ class HostStates:
     def _load(self, host: str, row: _Row, rules: tuple[NewPortRule, BeaconRule, list[Throttle]],
               tables: tuple[list[npt.NDArray[Any]], ...]) -> None:
         ex, detector = self.detector.extractor, self.detector
-        i = ex._ids[host]
-        here = np.array([d in ex._ids for d in row.dsts], dtype=bool)
+        i = self._ids[host]
+        known = ex._held_ids(row.dsts)
+        here = known >= 0
         if here.any():
-            dst = np.array([ex._ids[d] for d in _compress(row.dsts, here)], dtype=np.int64)
+            dst = known[here]
             tables[0].append((i << 32) | dst)
             tables[1].append(row.channels[here])
         if not here.all():
@@ -220,9 +221,9 @@ class HostStates:
         ports, peers, throttles = _rules(detector)
         out: dict[str, bytes] = {}
         for host in self.hosts:
-            i = ex._ids[host]
+            i = self._ids[host]
             mine = (c_keys >> 32) == i
-            dsts = [ex._names[j] for j in (c_keys[mine] & 0xFFFFFFFF).tolist()]
+            dsts = ex._host_names(c_keys[mine] & 0xFFFFFFFF)
             values = c_values[mine]
             carried = self._carried.get(host)
             if carried is not None:

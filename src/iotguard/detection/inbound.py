@@ -48,7 +48,6 @@ so an outsider cannot quarantine a device by probing it.
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 from collections.abc import Collection, Mapping
 from types import ModuleType
@@ -60,6 +59,7 @@ from iotguard.detection.alert import Alert, Scalar, Severity
 from iotguard.detection.features import FeatureMatrix
 from iotguard.detection.flows import CONN_STATES, PROTOCOLS, FlowBatch
 from iotguard.detection.rules import BoolArray, FlowRule, _ip
+from iotguard.detection.rules import _kernel as _rules_kernel
 from iotguard.errors import ConfigError
 
 __all__ = ["LOGIN_PORTS", "InboundProbeRule", "window_equivalent"]
@@ -90,9 +90,8 @@ def window_equivalent(count: float, window_s: float, half_life_s: float) -> floa
 @functools.cache
 def _kernel() -> ModuleType | None:
     """The compiled per-flow test, compiled once per process; ``None`` without Numba."""
-    try:
-        module = importlib.import_module("iotguard.detection._compiled_rules")
-    except ImportError:
+    module = _rules_kernel()
+    if module is None:
         return None
     # Compile now (about a second, once), not inside the first batch the hub judges.
     i, f = np.zeros(1, dtype=np.int64), np.zeros(1)

@@ -14,9 +14,11 @@ in :mod:`iotguard.detection.behaviour`.
 from __future__ import annotations
 
 import functools
+import importlib
 import ipaddress
 from collections import OrderedDict
 from collections.abc import Collection, Iterator, Mapping
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -144,6 +146,44 @@ _FEW_HOSTS = 4
 _FEW_INSIDE = 16
 
 
+@functools.cache
+def _kernel() -> ModuleType | None:
+    """The rules' compiled tests (:mod:`._compiled_rules`), compiled once per process; ``None`` without Numba."""
+    try:
+        module = importlib.import_module("iotguard.detection._compiled_rules")
+    except ImportError:
+        return None
+    codes = np.zeros((1, 1), dtype=np.uint32)
+    module.index_among(codes, codes)  # compiled now, not inside the first batch judged
+    return module
+
+
+def _codes(hosts: npt.NDArray[np.str_]) -> npt.NDArray[np.uint32]:
+    """The code points of ``hosts`` as NumPy stores them: a row each, zero-padded to the array's width."""
+    width = hosts.dtype.itemsize // 4
+    if width == 0:
+        return np.zeros((hosts.shape[0], 1), dtype=np.uint32)
+    codes: npt.NDArray[np.uint32] = np.ascontiguousarray(hosts).view(np.uint32).reshape(hosts.shape[0], width)
+    return codes
+
+
+def _index_among(hosts: npt.NDArray[np.str_], targets: npt.NDArray[np.str_]) -> npt.NDArray[np.intp]:
+    """Per row of ``hosts``, the index of the one of ``targets`` (a few distinct addresses) equal to it, or -1."""
+    kernel = _kernel()
+    if kernel is None or hosts.dtype.kind != "U" or targets.dtype.kind != "U":
+        return _index_among_numpy(hosts, targets)
+    out: npt.NDArray[np.intp] = kernel.index_among(_codes(hosts), _codes(targets))
+    return out
+
+
+def _index_among_numpy(hosts: npt.NDArray[np.str_], targets: npt.NDArray[np.str_]) -> npt.NDArray[np.intp]:
+    """:func:`_index_among` by one NumPy comparison over ``hosts`` per target (the compiled pass's reference)."""
+    out: npt.NDArray[np.intp] = np.full(hosts.shape[0], -1, dtype=np.intp)
+    for j, host in enumerate(targets.tolist()):
+        out[hosts == host] = j
+    return out
+
+
 def _by_host(hosts: npt.NDArray[np.str_], keys: npt.NDArray[Any]) -> Iterator[tuple[str, list[Key]]]:
     """Each host of ``hosts`` with the keys of its rows as Python values, in arrival order (one sort, then no
     NumPy call per host)."""
@@ -228,6 +268,7 @@ class _Baseline(FlowRule):
         self.barred: set[str] = set()
         self._arrays: dict[str, npt.NDArray[Any]] = {}
         self._judged: npt.NDArray[np.str_] | None = None
+        _kernel()  # compiled here, not inside the first batch judged
 
     def _keys(self, batch: FlowBatch) -> npt.NDArray[Any]:
         """One key per flow (an integer or string array)."""
@@ -281,10 +322,7 @@ class _Baseline(FlowRule):
             learners = [h for h in self.inside if self.flows.get(h, 0) < self.min_flows and self.learns(h)]
             if not learners:
                 return
-            mask = batch.orig_h == learners[0]
-            for host in learners[1:]:
-                mask |= batch.orig_h == host
-            rows = np.flatnonzero(mask)
+            rows = np.flatnonzero(_index_among(batch.orig_h, np.array(learners, dtype=np.str_)) >= 0)
         else:
             rows = np.flatnonzero(self._judged_index(batch) < 0)
             if rows.shape[0] == 0:
@@ -318,9 +356,7 @@ class _Baseline(FlowRule):
         if judged.shape[0] == 0 or len(batch) == 0:
             return out
         if judged.shape[0] <= _FEW_HOSTS:  # a comparison per host is cheaper than a search per flow
-            for j, host in enumerate(judged.tolist()):
-                out[batch.orig_h == host] = j
-            return out
+            return _index_among(batch.orig_h, judged)
         at = np.minimum(np.searchsorted(judged, batch.orig_h), judged.shape[0] - 1)
         out = np.where(judged[at] == batch.orig_h, at, -1)
         return out
@@ -344,10 +380,15 @@ class _Baseline(FlowRule):
             return out
         keys = self._keys(batch)[picked]
         owner = index[picked]
+        judged = self._judged_hosts()
+        if owner[0] == owner[-1] and (owner == owner[0]).all():  # one host with a baseline here (the common case)
+            out[picked] = ~_members(keys, self._known_array(str(judged[owner[0]]), keys))
+            return out
         order = np.argsort(owner, kind="stable")
         grouped = owner[order]
-        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
-        judged = self._judged_hosts()
+        first = np.ones(grouped.shape[0], dtype=bool)  # not np.r_, whose index machinery costs more than the rest
+        first[1:] = grouped[1:] != grouped[:-1]
+        starts = np.flatnonzero(first)
         for a, b in zip(starts.tolist(), [*starts[1:].tolist(), order.shape[0]], strict=True):
             rows = order[a:b]
             out[picked[rows]] = ~_members(keys[rows], self._known_array(str(judged[grouped[a]]), keys))
