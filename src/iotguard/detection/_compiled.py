@@ -75,8 +75,9 @@ def extract_batch(
     first_seen: FloatArray,
     max_age: float,
     out: FloatArray,
-    new_dst: npt.NDArray[np.bool_],
-    new_port: npt.NDArray[np.bool_],
+    new_dst: IntArray,
+    new_port: IntArray,
+    last_seen: FloatArray,
 ) -> tuple[int, int]:  # pragma: no cover - compiled
     """Every column of every row into ``out``; host, channel and port state updated in place.
 
@@ -89,7 +90,10 @@ def extract_batch(
     flow's channel (port) is new when its key is not in the table: it is
     inserted (channel state: no previous time, zero counts, the sums' time
     the flow's), so a later flow of the batch finds it, as the NumPy path's
-    first-use-in-the-batch rule reads. Returns the channel and port keys added.
+    first-use-in-the-batch rule reads. ``new_dst`` and ``new_port`` (zeros) get
+    1 where a flow's channel (port) is new; ``last_seen`` each host's latest
+    time, a responder's write winning over an originator's as on the NumPy
+    path. Returns the channel and port keys added.
     """
     n = t.shape[0]
     n_rates = rates.shape[0]
@@ -135,7 +139,7 @@ def extract_batch(
             c_values[k, 5] = ti
             added_c += 1
             nd = 1.0
-            new_dst[i] = True
+            new_dst[i] = 1
         key = (h << 18) | (pr << 16) | resp_p[i]
         kp = probe(p_keys, p_shift, key)
         npo = 0.0
@@ -143,7 +147,7 @@ def extract_batch(
             p_keys[kp] = key
             added_p += 1
             npo = 1.0
-            new_port[i] = True
+            new_port[i] = 1
         p_values[kp, 0] = ti
 
         # per originating host
@@ -232,4 +236,9 @@ def extract_batch(
             out[i, c + 2] = s_nr / w
             c += 3
         t_in[g] = ti
+    # Each host's last time seen: its latest row as an originator, then as a responder (which wins).
+    for i in range(n):
+        last_seen[src[i]] = t[i]
+    for i in range(n):
+        last_seen[dst[i]] = t[i]
     return added_c, added_p

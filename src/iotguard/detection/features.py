@@ -483,8 +483,8 @@ class FeatureExtractor:
         channels.reserve(n)
         ports.reserve(n)
         values = np.empty((n, len(self.names)))
-        new_dst = np.zeros(n, dtype=bool)
-        new_port = np.zeros(n, dtype=bool)
+        new_dst = np.zeros(n, dtype=np.int64)
+        new_port = np.zeros(n, dtype=np.int64)
         c = np.ascontiguousarray
         added_c, added_p = kernel.extract_batch(
             c(batch.ts, dtype=np.float64), src, dst, c(batch.duration, dtype=np.float64),
@@ -494,17 +494,15 @@ class FeatureExtractor:
             c(batch.service_known, dtype=np.int64), _STATE_FLAGS, _PROTO_CODES,
             channels.keys, channels.values, channels.shift, ports.keys, ports.values, ports.shift,
             self._rates, self._channel_rate, self._sums, self._t_sums, self._in_sums, self._t_in, self._first,
-            self.config.max_age_s, values, new_dst, new_port)
+            self.config.max_age_s, values, new_dst, new_port, self._last)
         channels.count += added_c
         ports.count += added_p
         self._inserted_since_trim += added_c + added_p
         if self._inserted_since_trim > max(4096, len(self._channels) // 4):
             self._trim()
             self._inserted_since_trim = 0
-        # As on the NumPy path (a host's last write as a responder wins over its writes as an originator).
-        self._last[src] = batch.ts
-        self._last[dst] = batch.ts
-        return FeatureMatrix(values, batch.orig_h, new_dst.astype(np.int64), new_port.astype(np.int64))
+        # The kernel set each host's last time as the NumPy path does (a responder's write wins).
+        return FeatureMatrix(values, batch.orig_h, new_dst, new_port)
 
     @staticmethod
     def _flow_features(b: FlowBatch) -> FloatArray:
