@@ -299,3 +299,20 @@ def test_host_rows_not_written_for_the_ttl_are_pruned_so_state_stays_bounded(
     assert service.pruned >= len(scanned)
     assert store.load_many(FLOW_STATE_KIND, scanned) == {}
     assert set(later.orig_h.tolist()) <= set(store.load_many(FLOW_STATE_KIND, set(later.orig_h.tolist())))
+
+
+def test_the_models_ports_learned_by_one_process_are_adopted_by_another(tmp_path: Path) -> None:
+    """ADR 0712: the device models' ports travel in the shared baseline's index, so every process judges alike."""
+    sims = traffic.make_fleet(per_model=2, segments=1)
+    (tmp_path / ADDRESS_INVENTORY_FILE).write_text("".join(f"{d.address} {d.device_id}\n" for d in sims))
+    models = {d.device_id: d.model for d in sims}
+    config = MonitorConfig(learn_flows=300, learn_s=0.0)
+    store = MemoryDetectorStateStore()
+    first = FlowIngestService(_Detection(), tmp_path, lambda: models, config=config, states=store)  # type: ignore[arg-type]
+    for batch in _parts(FlowBatch.from_flows(traffic.benign_traffic(sims, T0, 2400.0).flows), 100):
+        _send(first, batch)
+    learned = first._current().detector.model_ports
+    assert learned and not first._current().learning
+    second = FlowIngestService(_Detection(), tmp_path, lambda: models, config=config, states=store)  # type: ignore[arg-type]
+    _send(second, FlowBatch.from_flows(traffic.benign_traffic(sims, T0 + 2400.0, 60.0, seed=5).flows))
+    assert second._current().detector.model_ports == learned

@@ -1,8 +1,9 @@
 """The learned flow baselines as strict canonical CBOR parts, to share them between hub processes (ADR 0752).
 
 A fitted :class:`~iotguard.detection.scorer.BaselineScorer` is one *index*
-part (the number of features and the names of the per-model and per-device
-ensembles) and one part per calibrated ensemble: its threshold, training
+part (the number of features, the names of the per-model and per-device
+ensembles, and each device model's learned ports, ADR 0712; index version 2)
+and one part per calibrated ensemble: its threshold, training
 rows, held-out normalised scores and the autoencoders' trained parameters
 (:meth:`~iotguard.detection.autoencoder.AutoencoderEnsemble.arrays`) as
 little-endian ``float64`` byte strings whose exact lengths follow from the
@@ -24,17 +25,20 @@ import numpy.typing as npt
 
 from iotguard.detection._cbor import decode_canonical_map, float64_array
 from iotguard.detection.autoencoder import AutoencoderEnsemble
+from iotguard.detection.model_ports import decode_model_ports, encode_model_ports
 from iotguard.detection.scorer import ALL_MODELS, BaselineScorer, ScorerConfig, _Calibrated
 from iotguard.errors import MalformedError
 
-__all__ = ["INDEX_PART", "MAX_MODEL_PART_BYTES", "export_scorer", "import_scorer", "model_parts"]
+__all__ = ["INDEX_PART", "MAX_MODEL_PART_BYTES", "export_scorer", "import_scorer", "model_parts", "model_ports"]
 
 #: Largest part (one calibrated ensemble, or the index).
 MAX_MODEL_PART_BYTES: Final = 128 * 1024
 #: Name of the index part.
 INDEX_PART: Final = "index"
 _VERSION: Final = 1
-_INDEX_KEYS: Final = frozenset({"v", "features", "models", "devices"})
+#: Version 2 carries the device models' ports; a version-1 index is refused (the process learns its own).
+_INDEX_VERSION: Final = 2
+_INDEX_KEYS: Final = frozenset({"v", "features", "models", "devices", "ports"})
 _PART_KEYS: Final = frozenset({"v", "threshold", "rows", "held_out", "subsets", "lo", "span", "w1", "b1", "w2", "b2",
                                "err_lo", "err_span", "ow1", "ob1", "ow2", "ob2"})
 _MAX_FEATURES, _MAX_HIDDEN, _MAX_HELD_OUT, _MAX_GROUPS = 1024, 64, 1 << 16, 10_000
@@ -48,16 +52,18 @@ def _part_name(kind: str, name: str) -> str:
     return f"{kind}:{name}"
 
 
-def export_scorer(scorer: BaselineScorer) -> dict[str, bytes]:
-    """A fitted scorer's parts: :data:`INDEX_PART` and ``model:NAME`` / ``device:ID`` per ensemble.
+def export_scorer(scorer: BaselineScorer, ports: Mapping[str, frozenset[int]] | None = None) -> dict[str, bytes]:
+    """A fitted scorer's parts: :data:`INDEX_PART` (with the device models' ``ports``) and ``model:NAME`` /
+    ``device:ID`` per ensemble.
 
     Raises:
         ConfigError: ``detection_not_fitted`` before the scorer was fitted.
     """
     groups = {"model": scorer._models, "device": scorer._devices}
     features = next(iter(scorer._models.values())).ensemble.arrays()["lo"].shape[0] if scorer._models else 0
-    out = {INDEX_PART: bytes(cbor2.dumps({"v": _VERSION, "features": features, "models": sorted(scorer._models),
-                                          "devices": sorted(scorer._devices)}, canonical=True))}
+    out = {INDEX_PART: bytes(cbor2.dumps({"v": _INDEX_VERSION, "features": features,
+                                          "models": sorted(scorer._models), "devices": sorted(scorer._devices),
+                                          "ports": encode_model_ports(ports or {})}, canonical=True))}
     for kind, members in groups.items():
         for name, calibrated in members.items():
             arrays = {k: np.ascontiguousarray(v, dtype="<f8").tobytes()
@@ -78,6 +84,15 @@ def model_parts(index: bytes) -> list[str]:
     return [_part_name(k, n) for k, n in _index(index)[1]]
 
 
+def model_ports(index: bytes) -> dict[str, frozenset[int]]:
+    """The device models' learned ports an index part carries.
+
+    Raises:
+        MalformedError: ``detector_state_*``.
+    """
+    return _index(index)[2]
+
+
 def _names(value: Any, what: str) -> list[str]:
     if not isinstance(value, list) or len(value) > _MAX_GROUPS or value != sorted(set(value)) or not all(
             isinstance(v, str) and 0 < len(v) <= 128 and v.isprintable() for v in value):
@@ -85,8 +100,8 @@ def _names(value: Any, what: str) -> list[str]:
     return value
 
 
-def _index(data: bytes) -> tuple[int, list[tuple[str, str]]]:
-    body = decode_canonical_map(data, max_bytes=MAX_MODEL_PART_BYTES, keys=_INDEX_KEYS, version=_VERSION,
+def _index(data: bytes) -> tuple[int, list[tuple[str, str]], dict[str, frozenset[int]]]:
+    body = decode_canonical_map(data, max_bytes=MAX_MODEL_PART_BYTES, keys=_INDEX_KEYS, version=_INDEX_VERSION,
                                 prefix="detector_state", what="learned flow baseline index")
     features = body["features"]
     if type(features) is not int or not 0 < features <= _MAX_FEATURES:
@@ -94,7 +109,8 @@ def _index(data: bytes) -> tuple[int, list[tuple[str, str]]]:
     models = _names(body["models"], "models")
     if ALL_MODELS not in models:
         raise _fail("no fallback model")
-    return features, [("model", n) for n in models] + [("device", n) for n in _names(body["devices"], "devices")]
+    groups = [("model", n) for n in models] + [("device", n) for n in _names(body["devices"], "devices")]
+    return features, groups, decode_model_ports(body["ports"])
 
 
 def _floats(body: dict[str, Any], key: str, shape: tuple[int, ...]) -> npt.NDArray[np.float64]:
@@ -143,7 +159,7 @@ def import_scorer(config: ScorerConfig, parts: Mapping[str, bytes]) -> BaselineS
     """
     if INDEX_PART not in parts:
         raise MalformedError("learned flow baseline: no index", code="detector_state_missing")
-    features, groups = _index(parts[INDEX_PART])
+    features, groups, _ = _index(parts[INDEX_PART])
     scorer = BaselineScorer(config)
     for kind, name in groups:
         data = parts.get(_part_name(kind, name))

@@ -20,7 +20,16 @@ from iotguard.detection.features import FeatureConfig, FeatureExtractor, Feature
 from iotguard.detection.feed import ThreatFeed
 from iotguard.detection.flows import FlowBatch
 from iotguard.detection.inbound import InboundProbeRule
-from iotguard.detection.rules import BeaconRule, FlowRule, KnownBadRule, NewPortRule, ScanFanOutRule, Throttle
+from iotguard.detection.model_ports import ModelPorts
+from iotguard.detection.rules import (
+    BeaconRule,
+    FlowRule,
+    KnownBadRule,
+    NewPortRule,
+    ScanFanOutRule,
+    Throttle,
+    port_keys,
+)
 from iotguard.detection.scorer import BaselineScorer, ScorerConfig
 from iotguard.errors import ConfigError
 
@@ -71,10 +80,14 @@ class LearningWindow:
     span: tuple[float, float] | None = None
     stride: int = 1
     offered: int = 0
+    ports: ModelPorts | None = None
+    model_ports: Mapping[str, frozenset[int]] | None = None
 
 
 def flow_rules(config: DetectorConfig, names: tuple[str, ...], devices: Mapping[str, str] | None = None,
-               feed: ThreatFeed | None = None, local_hosts: Collection[str] = ()) -> list[FlowRule]:
+               feed: ThreatFeed | None = None, local_hosts: Collection[str] = (), *,
+               models: Mapping[str, str] | None = None,
+               model_ports: Mapping[str, frozenset[int]] | None = None) -> list[FlowRule]:
     """The flow rules a :class:`FlowDetector` runs, fresh (the evaluation harness grades the same set).
 
     Args:
@@ -85,12 +98,14 @@ def flow_rules(config: DetectorConfig, names: tuple[str, ...], devices: Mapping[
         local_hosts: Addresses inside the site besides the devices (for ``inbound_probing``, and hosts
             that go on learning their baselines after the window; an evaluation passes the hosts the Zeek
             log marks local).
+        models: Device id -> device model.
+        model_ports: Per model, the ports several of its devices used in the learning window (ADR 0712).
     """
     quiet = config.realert_s
     lives = config.features.half_lives_s  # the probing rule's short (nearest 60 s) and long counts
     rules: list[FlowRule] = [
         ScanFanOutRule(names, min_new=config.scan_min_new, devices=devices, realert_s=quiet),
-        NewPortRule(devices=devices, realert_s=quiet, local_hosts=local_hosts),
+        NewPortRule(devices=devices, realert_s=quiet, local_hosts=local_hosts, models=models, model_ports=model_ports),
         BeaconRule(names, max_cv=config.beacon_max_cv, devices=devices, realert_s=quiet, alert_unlearned=False,
                    local_hosts=local_hosts),
         InboundProbeRule(names, half_lives_s=(min(lives, key=lambda h: abs(math.log(h / 60.0))), max(lives)),
@@ -155,6 +170,9 @@ class FlowDetector:
         self.feed = feed
         self.extractor = FeatureExtractor(self.config.features)
         self.scorer = BaselineScorer(self.config.scorer)
+        #: Per device model, the ports several of its devices used in the learning window (ADR 0712).
+        self.model_ports: dict[str, frozenset[int]] = {}
+        self._ports = ModelPorts(self.models)
         self.rules = self._make_rules()
         #: When the learned baselines last alerted on each device.
         self.throttle = Throttle(self.config.realert_s)
@@ -171,7 +189,18 @@ class FlowDetector:
         self._stride, self._offered = 1, 0
 
     def _make_rules(self) -> list[FlowRule]:
-        return flow_rules(self.config, self.extractor.names, self.devices, self.feed)
+        return flow_rules(self.config, self.extractor.names, self.devices, self.feed, models=self.models,
+                          model_ports=self.model_ports)
+
+    def _set_model_ports(self, ports: Mapping[str, frozenset[int]]) -> None:
+        self.model_ports = dict(ports)
+        for rule in self.rules:
+            if isinstance(rule, NewPortRule):
+                rule.model_ports = dict(ports)
+
+    def _learn_ports(self, batch: FlowBatch) -> None:
+        if self.models:
+            self._ports.learn([self.devices.get(h) for h in batch.orig_h.tolist()], port_keys(batch))
 
     def reset_hosts(self) -> None:
         """Forget every host's state: features, rule baselines, throttles, exclusions.
@@ -187,7 +216,8 @@ class FlowDetector:
     def window(self) -> LearningWindow:
         """The learning window's state, for :meth:`restore_window`."""
         return LearningWindow(tuple(self._rows), tuple(self._hosts), self.learned_rows, frozenset(self.excluded),
-                              self._fitted, self.scorer, self.span, self._stride, self._offered)
+                              self._fitted, self.scorer, self.span, self._stride, self._offered,
+                              None if self._fitted else self._ports.copy(), self.model_ports)
 
     def restore_window(self, saved: LearningWindow) -> None:
         """Put back what :meth:`window` returned: a batch whose result was not stored is undone (a fit too)."""
@@ -196,13 +226,18 @@ class FlowDetector:
         self.span, self._stride, self._offered = saved.span, saved.stride, saved.offered
         self._fitted = saved.fitted
         self.scorer = saved.scorer if saved.fitted else BaselineScorer(self.config.scorer)
+        if saved.ports is not None:
+            self._ports = saved.ports.copy()
+        self._set_model_ports(saved.model_ports or {})
 
-    def adopt(self, scorer: BaselineScorer) -> None:
-        """Score with ``scorer`` (learned baselines fitted elsewhere, e.g. by another hub process) from now on.
+    def adopt(self, scorer: BaselineScorer, model_ports: Mapping[str, frozenset[int]] | None = None) -> None:
+        """Score with ``scorer`` and judge new ports with ``model_ports`` (learned elsewhere, e.g. by another
+        hub process) from now on.
 
         The learning window's rows are dropped.
         """
         self.scorer = scorer
+        self._set_model_ports(model_ports or {})
         self._rows, self._hosts = [], []
         self._fitted = True
 
@@ -237,6 +272,7 @@ class FlowDetector:
         features = self.extractor.transform(batch)
         for rule in self.rules:
             rule.learn(batch, features)
+        self._learn_ports(batch)
         self._rows.append(features.values)
         self._hosts.append(batch.orig_h)
         self.learned_rows += len(batch)
@@ -264,6 +300,7 @@ class FlowDetector:
         if flagged:
             for rule in self.rules:  # at once, so the host's stored rule baselines are empty from now on (ADR 0752)
                 rule.forget(flagged)
+            self._ports.forget(self.devices.get(h, h) for h in flagged)
             self.excluded |= flagged
         keep = ~np.isin(batch.orig_h, sorted(self.excluded)) if self.excluded else np.ones(len(batch), dtype=bool)
         if keep.any():
@@ -271,6 +308,7 @@ class FlowDetector:
             part = batch.take(np.flatnonzero(keep))
             for rule in self.rules:
                 rule.learn(part, kept)
+            self._learn_ports(part)
             sample = (self._offered + np.arange(len(part))) % self._stride == 0
             self._offered += len(part)
             self._rows.append(kept.values[sample])
@@ -323,6 +361,7 @@ class FlowDetector:
             x, hosts = x[keep], hosts[keep]
             for rule in self.rules:
                 rule.forget(self.excluded)
+            self._ports.forget(self.devices.get(h, h) for h in self.excluded)
         if x.shape[0] < self.config.scorer.min_model_rows:
             raise ConfigError(f"{x.shape[0]} training rows outside flagged addresses", code="detection_too_few_rows")
         device, model = self._device(hosts)
@@ -330,6 +369,8 @@ class FlowDetector:
         calm = self.scorer.score(x, device, model) < self.config.strong_score
         if not calm.all() and calm.sum() >= self.config.scorer.min_model_rows:
             self.scorer.fit(x[calm], device[calm], model[calm])
+        self._set_model_ports(self._ports.freeze())
+        self._ports = ModelPorts(self.models)
         self._fitted = True
 
     def learning_alerts(self, batch: FlowBatch, features: FeatureMatrix) -> list[Alert]:

@@ -395,18 +395,48 @@ class _Baseline(FlowRule):
         return out
 
 
+def port_keys(batch: FlowBatch) -> npt.NDArray[np.int64]:
+    """``protocol << 16 | port``: one integer per flow's (protocol, destination port)."""
+    out: npt.NDArray[np.int64] = (batch.proto.astype(np.int64) << 16) | batch.resp_p.astype(np.int64)
+    return out
+
+
 class NewPortRule(_Baseline):
-    """A device using a (protocol, destination port) absent from its benign baseline."""
+    """A device using a (protocol, destination port) absent from its benign baseline and from its model's.
+
+    Args:
+        devices: Address -> device id of fleet devices.
+        realert_s: Quiet time per host after an alert.
+        local_hosts: Site hosts besides the devices (they go on learning after the window).
+        models: Device id -> device model.
+        model_ports: Per device model, the keys several of its devices used in the learning window
+            (:class:`~iotguard.detection.model_ports.ModelPorts`, ADR 0712): a device's rare benign
+            exchange (a firmware check, NTP) that its own first flows missed is not new for it.
+    """
 
     name = "new_port"
     severity = Severity.LOW
 
+    def __init__(self, devices: Mapping[str, str] | None = None, realert_s: float = 300.0,
+                 local_hosts: Collection[str] = (), models: Mapping[str, str] | None = None,
+                 model_ports: Mapping[str, frozenset[int]] | None = None) -> None:
+        super().__init__(devices, realert_s, local_hosts)
+        self.models = dict(models or {})
+        self.model_ports = dict(model_ports or {})
+
     def _keys(self, batch: FlowBatch) -> npt.NDArray[Any]:
-        """``protocol << 16 | port``: one integer per (protocol, destination port)."""
-        return (batch.proto.astype(np.int64) << 16) | batch.resp_p.astype(np.int64)
+        return port_keys(batch)
 
     def hits(self, batch: FlowBatch, features: FeatureMatrix) -> BoolArray:
-        return self._unknown(batch)
+        hit = self._unknown(batch)
+        if self.model_ports and hit.any():  # hits are few: a look-up each
+            rows = np.flatnonzero(hit)
+            keys = port_keys(batch)[rows].tolist()
+            for row, host, key in zip(rows.tolist(), batch.orig_h[rows].tolist(), keys, strict=True):
+                ports = self.model_ports.get(self.models.get(self.devices.get(host, ""), ""))
+                if ports is not None and key in ports:
+                    hit[row] = False
+        return hit
 
     def evaluate(self, batch: FlowBatch, features: FeatureMatrix) -> list[Alert]:
         hit = self.hits(batch, features)

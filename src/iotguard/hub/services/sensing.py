@@ -63,7 +63,7 @@ from iotguard.detection import (
     decode_health_report,
 )
 from iotguard.detection.flow_state import HostStates
-from iotguard.detection.model_state import INDEX_PART, export_scorer, import_scorer, model_parts
+from iotguard.detection.model_state import INDEX_PART, export_scorer, import_scorer, model_parts, model_ports
 from iotguard.detection.monitor import MAX_INVENTORY_BYTES, parse_address_inventory
 from iotguard.errors import ConfigError, IotGuardError, MalformedError, StorageError
 from iotguard.hub.services.detection import DetectionService
@@ -217,14 +217,16 @@ class FlowIngestService:
             names = model_parts(index.body)
             rows = self.states.load_many(FLOW_MODEL_KIND, [self._model_key(n) for n in names])
             parts = {n: rows[self._model_key(n)].body for n in names if self._model_key(n) in rows}
-            monitor.detector.adopt(import_scorer(self.config.detector.scorer, {INDEX_PART: index.body, **parts}))
+            monitor.detector.adopt(import_scorer(self.config.detector.scorer, {INDEX_PART: index.body, **parts}),
+                                   model_ports(index.body))
         except MalformedError as exc:  # learn our own rather than score with a baseline that does not parse
             log.error("stored flow baseline unreadable (%s): this process learns its own", exc.code)
         self._model_shared = True
 
     def _share_model(self, monitor: FlowMonitor) -> None:
         """Store the baselines this process fitted; if another process stored its own first, use that one."""
-        writes = [StateWrite(self._model_key(n), b, None) for n, b in export_scorer(monitor.detector.scorer).items()]
+        parts = export_scorer(monitor.detector.scorer, monitor.detector.model_ports)
+        writes = [StateWrite(self._model_key(n), b, None) for n, b in parts.items()]
         try:
             self.states.save_many(FLOW_MODEL_KIND, writes, self.clock.now())
         except StateConflict:
