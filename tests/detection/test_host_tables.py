@@ -58,25 +58,35 @@ def test_hashed_host_table_numbers_as_the_dict(seed: int, all_collide: bool) -> 
     reference, table = DictHostTable(), _hashed()()
     if all_collide:
         table._key[1:] = 0  # every address the same hash: only the whole-name comparison tells them apart
-    top = 0
+    top, free = 0, []
     for step in range(40):
         size = rng.choice([1, 3, 50, 700])
         hosts = np.array([rng.choice(names) for _ in range(size)], dtype=np.str_)
         if step % 3 == 0:  # the same strings in a wider array (zero-padded further)
             hosts = hosts.astype(f"<U{MAX_HOST_WIDTH + 8}")
         times = T0 + np.array([rng.random() * 100 for _ in range(size)])
-        want, got = reference.find(hosts, times), table.find(hosts, times)
-        for a, b in zip(want, got, strict=True):
-            np.testing.assert_array_equal(a, b)
-        ids = np.arange(top, top + want.first.shape[0], dtype=np.int64)[::-1].copy()
-        top += ids.shape[0]
-        reference.add(ids, hosts, want.first)
-        table.add(ids, hosts, got.first)
+        if step % 2:  # looked up, then added (the extractor's way when it must evict first)
+            want, got = reference.find(hosts, times), table.find(hosts, times)
+            for a, b in zip(want, got, strict=True):
+                np.testing.assert_array_equal(a, b)
+            ids = np.arange(top, top + want.first.shape[0], dtype=np.int64)[::-1].copy()
+            top += ids.shape[0]
+            reference.add(ids, hosts, want.first)
+            table.add(ids, hosts, got.first)
+        else:  # numbered and added in one pass, freed ids taken first
+            spare = np.array(free, dtype=np.int64)
+            want_n, got_n = reference.number(hosts, times, spare, top), table.number(hosts, times, spare, top)
+            for a, b in zip(want_n[:3], got_n[:3], strict=True):
+                np.testing.assert_array_equal(a, b)
+            assert want_n[3] == got_n[3]
+            del free[len(free) - want_n[3]:]
+            top += want_n[1].shape[0] - want_n[3]
         if step % 5 == 4:  # eviction frees some hosts
             held = reference.ids()
             gone = held[[rng.random() < 0.3 for _ in range(held.shape[0])]]
             reference.remove(gone)
             table.remove(gone)
+            free += gone.tolist()
         assert len(table) == len(reference)
         np.testing.assert_array_equal(table.ids(), reference.ids())
         assert table.names_of(table.ids()) == reference.names_of(reference.ids())

@@ -125,6 +125,64 @@ def _find(slots: IntArray, shift: np.uint64, hashes: npt.NDArray[np.uint64], nam
 
 
 @numba.njit(cache=False, nogil=True)
+def _number(slots: IntArray, shift: np.uint64, hashes: npt.NDArray[np.uint64], names: Codes,
+            key: npt.NDArray[np.uint64], codes: Codes, times: FloatArray, free: IntArray, top: int,
+            stamp: IntArray, position: IntArray,
+            serial: int) -> tuple[IntArray, IntArray, FloatArray, int]:  # pragma: no cover - compiled
+    """:meth:`HashedHostTable.number`: a new address takes the next id as it is met and is held at once.
+
+    ``stamp`` / ``position`` (per id) mark the ids given out in this call (``serial``) and their place among
+    the new ones, so a later row of a new host updates its earliest time. There is room for every row.
+    """
+    n = codes.shape[0]
+    mask = slots.shape[0] - 1
+    width = codes.shape[1]
+    found = np.empty(n, dtype=np.int64)
+    new_ids = np.empty(n, dtype=np.int64)
+    earliest = np.empty(n)
+    count = 0
+    popped = 0
+    for i in range(n):
+        if i and _same(codes, i, codes, i - 1):  # a host's flows often come in runs: as the row before
+            s = found[i - 1]
+        else:
+            h = _hash(codes, i, key)
+            j = np.int64(h >> shift)
+            s = -1
+            while True:
+                e = slots[j]
+                if e == _EMPTY:
+                    break
+                if hashes[e] == h and _same(codes, i, names, e):
+                    s = e
+                    break
+                j = (j + 1) & mask
+            if s < 0:  # new: the last freed id first, else the next unused one; held at the empty slot found
+                if popped < free.shape[0]:
+                    s = free[free.shape[0] - 1 - popped]
+                    popped += 1
+                else:
+                    s = top
+                    top += 1
+                for c in range(width):
+                    names[s, c] = codes[i, c]
+                for c in range(width, names.shape[1]):
+                    names[s, c] = 0
+                hashes[s] = h
+                slots[j] = s
+                stamp[s] = serial
+                position[s] = count
+                new_ids[count] = s
+                earliest[count] = times[i]
+                count += 1
+        found[i] = s
+        if stamp[s] == serial:
+            k = position[s]
+            earliest[k] = min(earliest[k], times[i])
+    return found, new_ids[:count].copy(), earliest[:count].copy(), popped
+
+
+@numba.njit(cache=False, nogil=True)
 def _insert(slots: IntArray, shift: np.uint64, hashes: npt.NDArray[np.uint64], names: Codes,
             key: npt.NDArray[np.uint64], codes: Codes, rows: IntArray,
             ids: IntArray) -> None:  # pragma: no cover - compiled
@@ -173,6 +231,10 @@ class HashedHostTable:
         # Wide enough for an IPv4 address; widened to the widest batch (at most MAX_HOST_WIDTH) when one comes.
         self._names: Codes = np.zeros((1024, 16), dtype=np.uint32)
         self._count = 0
+        # Scratch per id for number(): which call gave the id out, and its place among that call's new ids.
+        self._stamp: IntArray = np.zeros(1024, dtype=np.int64)
+        self._position: IntArray = np.zeros(1024, dtype=np.int64)
+        self._serial = 0
 
     @classmethod
     def from_table(cls, other: HostTable) -> HashedHostTable:
@@ -206,23 +268,42 @@ class HashedHostTable:
         return HostLookup(*_find(self._slots, _shift(self._slots), self._hashes, self._names, self._key, codes,
                                  np.ascontiguousarray(times, dtype=np.float64)))
 
+    def number(self, hosts: npt.NDArray[np.str_], times: FloatArray, free: IntArray,
+               top: int) -> tuple[IntArray, IntArray, FloatArray, int]:
+        """:meth:`._hosts.DictHostTable.number` in one compiled pass."""
+        codes = self._codes(hosts)  # first: it may widen the names
+        n = codes.shape[0]
+        self._reserve(top + max(0, n - free.shape[0]), self._count + n)
+        self._serial += 1
+        found, ids, earliest, popped = _number(
+            self._slots, _shift(self._slots), self._hashes, self._names, self._key, codes,
+            np.ascontiguousarray(times, dtype=np.float64), np.ascontiguousarray(free, dtype=np.int64), top,
+            self._stamp, self._position, self._serial)
+        self._count += ids.shape[0]
+        return found, ids, earliest, popped
+
+    def _reserve(self, ids: int, count: int) -> None:
+        """Room for ids below ``ids`` and for ``count`` addresses in the slot array (at most half full)."""
+        if ids > self._hashes.shape[0]:
+            size = max(ids, 2 * self._hashes.shape[0])
+            more = size - self._hashes.shape[0]
+            self._hashes = np.concatenate([self._hashes, np.zeros(more, dtype=np.uint64)])
+            self._names = np.concatenate([self._names, np.zeros((more, self._names.shape[1]), dtype=np.uint32)])
+            self._stamp = np.concatenate([self._stamp, np.zeros(more, dtype=np.int64)])
+            self._position = np.concatenate([self._position, np.zeros(more, dtype=np.int64)])
+        if 2 * count > self._slots.shape[0]:
+            size = self._slots.shape[0]
+            while size < 2 * count:
+                size *= 2
+            self._rebuild(size, self._slots[self._slots != _EMPTY])
+
     def add(self, ids: IntArray, hosts: npt.NDArray[np.str_], rows: IntArray) -> None:
         """Hold ``hosts[rows]`` (addresses not held, distinct) as ``ids`` (free ids)."""
         if ids.shape[0] == 0:
             return
         codes = self._codes(hosts)
-        top = int(ids.max()) + 1
-        if top > self._hashes.shape[0]:
-            size = max(top, 2 * self._hashes.shape[0])
-            self._hashes = np.concatenate([self._hashes, np.zeros(size - self._hashes.shape[0], dtype=np.uint64)])
-            self._names = np.concatenate([self._names, np.zeros((size - self._names.shape[0], self._names.shape[1]),
-                                                                dtype=np.uint32)])
+        self._reserve(int(ids.max()) + 1, self._count + ids.shape[0])
         self._count += ids.shape[0]
-        if 2 * self._count > self._slots.shape[0]:
-            size = self._slots.shape[0]
-            while size < 2 * self._count:
-                size *= 2
-            self._rebuild(size, self._slots[self._slots != _EMPTY])
         _insert(self._slots, _shift(self._slots), self._hashes, self._names, self._key, codes,
                 np.ascontiguousarray(rows, dtype=np.int64), np.ascontiguousarray(ids, dtype=np.int64))
 

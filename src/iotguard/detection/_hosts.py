@@ -1,10 +1,10 @@
 """The feature extractor's host numbering: address string <-> host id (internal).
 
 A :class:`HostTable` numbers the addresses the extractor holds state for.
-:meth:`HostTable.find` looks a batch's addresses up and numbers the ones it
-does not hold, in order of first appearance, without adding them: the
-extractor first makes room (eviction) and picks their ids, then
-:meth:`HostTable.add` adds them. :class:`DictHostTable` keeps a Python dict
+:meth:`HostTable.number` gives each row its host's id, adding the addresses
+it does not hold as they are met (freed ids first). When a batch may not
+fit, :meth:`HostTable.find` first numbers the new addresses without adding
+them, so the extractor can make room (eviction). :class:`DictHostTable` keeps a Python dict
 (the NumPy path's table and the reference); the compiled path's
 :class:`._hashed_hosts.HashedHostTable` keeps the same mapping in a keyed
 hash table that a compiled pass probes (ADR 0711). Both pass one contract test.
@@ -52,6 +52,9 @@ class HostTable(Protocol):
     def find(self, hosts: npt.NDArray[np.str_], times: FloatArray) -> HostLookup: ...
 
     def add(self, ids: IntArray, hosts: npt.NDArray[np.str_], rows: IntArray) -> None: ...
+
+    def number(self, hosts: npt.NDArray[np.str_], times: FloatArray, free: IntArray,
+               top: int) -> tuple[IntArray, IntArray, FloatArray, int]: ...
 
     def get(self, host: str) -> int: ...
 
@@ -107,6 +110,21 @@ class DictHostTable:
         names = hosts[rows].tolist()
         self._ids.update(zip(names, ids.tolist(), strict=True))
         self._names.update(zip(ids.tolist(), names, strict=True))
+
+    def number(self, hosts: npt.NDArray[np.str_], times: FloatArray, free: IntArray,
+               top: int) -> tuple[IntArray, IntArray, FloatArray, int]:
+        """Each row's id, the addresses not held added as they are met (for a batch that needs no eviction).
+
+        A new address takes the last of ``free`` not yet taken, else the next id from ``top`` on. Returns the
+        ids, the new ids in order, each new host's earliest time and how many of ``free`` were taken.
+        """
+        found, first, new_of_row, earliest = self.find(hosts, times)
+        popped = min(first.shape[0], free.shape[0])
+        ids = np.concatenate([free[::-1][:popped], np.arange(top, top + first.shape[0] - popped)]).astype(np.int64)
+        if first.shape[0]:
+            self.add(ids, hosts, first)
+            found = np.where(new_of_row >= 0, ids[new_of_row], found)
+        return found, ids, earliest, popped
 
     def get(self, host: str) -> int:
         """The id of ``host``, -1 if not held."""

@@ -308,46 +308,41 @@ class FeatureExtractor:
     def _host_ids(self, hosts: npt.NDArray[np.str_], times: FloatArray) -> IntArray:
         """Ids of ``hosts`` (a row each), numbering new hosts (evicting the least recently seen if full)."""
         check_width(hosts)
-        found, first, new_of_row, earliest = self._hosts.find(hosts, times)
-        if first.shape[0] == 0:
-            return found
-        if first.shape[0] > self.config.max_hosts:
-            raise MalformedError("batch names more hosts than max_hosts", code="flow_batch_too_many_hosts")
-        if first.shape[0] > len(self._free) + self.config.max_hosts - self._top:
-            self._evict(first.shape[0], keep=found[found >= 0])
-        ids = self._fresh_ids(first.shape[0], float(times.min()))
-        self._hosts.add(ids, hosts, first)
-        # A new host was first seen at the earliest of its rows.
-        self._first[ids] = earliest
-        out: IntArray = np.where(new_of_row >= 0, ids[new_of_row], found)
-        return out
+        if hosts.shape[0] > len(self._free) + self.config.max_hosts - self._top:  # count the new hosts first
+            found, first, _, _ = self._hosts.find(hosts, times)
+            if first.shape[0] > self.config.max_hosts:
+                raise MalformedError("batch names more hosts than max_hosts", code="flow_batch_too_many_hosts")
+            if first.shape[0] > len(self._free) + self.config.max_hosts - self._top:
+                self._evict(first.shape[0], keep=found[found >= 0])
+        found, ids, earliest = self._number(hosts, times)
+        self._first[ids] = earliest  # a new host was first seen at the earliest of its rows
+        return found
 
     def _allocate(self, hosts: list[str], now: float) -> IntArray:
         """Ids for ``hosts`` (distinct, not yet known) with fresh state (first seen: not yet)."""
-        index = self._fresh_ids(len(hosts), now)
-        self._hosts.add(index, np.array(hosts, dtype=np.str_), np.arange(len(hosts), dtype=np.int64))
-        return index
+        return self._number(np.array(hosts, dtype=np.str_), np.full(len(hosts), now))[1]
 
-    def _fresh_ids(self, count: int, now: float) -> IntArray:
-        """``count`` unused ids, from the free list first (last freed first), their state reset."""
-        k = min(count, len(self._free))
-        reused = self._free[len(self._free) - k:][::-1]
-        del self._free[len(self._free) - k:]
-        start = self._top
-        extra = count - k
-        if start + extra > self._first.shape[0]:
-            self._grow(min(max(2 * self._first.shape[0], start + extra), self.config.max_hosts))
-        self._top += extra
-        index: IntArray | slice = slice(start, start + extra)  # most often: all fresh, one slice of each array
-        if k:
-            index = np.array(reused + list(range(start, start + extra)), dtype=np.int64)
-        self._sums[index] = 0.0
-        self._t_sums[index] = now
-        self._in_sums[index] = 0.0
-        self._t_in[index] = now
-        self._first[index] = np.inf
-        self._last[index] = now
-        return np.arange(start, start + extra, dtype=np.int64) if isinstance(index, slice) else index
+    def _number(self, hosts: npt.NDArray[np.str_], times: FloatArray) -> tuple[IntArray, IntArray, FloatArray]:
+        """Each row's id; new hosts take the last freed ids first, then unused ones, with fresh state."""
+        free = np.array(self._free[max(0, len(self._free) - hosts.shape[0]):], dtype=np.int64)
+        # Room for every row to be new, up to max_hosts (the ids never reach it: there is room, or was evicted).
+        needed = min(self._top + max(0, hosts.shape[0] - free.shape[0]), self.config.max_hosts)
+        if needed > self._first.shape[0]:
+            self._grow(min(max(2 * self._first.shape[0], needed), self.config.max_hosts))
+        found, ids, earliest, popped = self._hosts.number(hosts, times, free, self._top)
+        if ids.shape[0]:
+            del self._free[len(self._free) - popped:]
+            self._top += ids.shape[0] - popped
+            rows: IntArray | slice = ids
+            if (np.diff(ids) == 1).all():  # most often all unused ids: one slice of each array
+                rows = slice(int(ids[0]), int(ids[-1]) + 1)
+            self._sums[rows] = 0.0
+            self._t_sums[rows] = float(times.min())
+            self._in_sums[rows] = 0.0
+            self._t_in[rows] = float(times.min())
+            self._first[rows] = np.inf
+            self._last[rows] = float(times.min())
+        return found, ids, earliest
 
     def _held_ids(self, hosts: list[str]) -> IntArray:
         """The ids of ``hosts``, -1 for those without state (nothing is added)."""
