@@ -175,18 +175,21 @@ class HostStates:
         ex._host_ids(names, np.concatenate([batch.ts, batch.ts]))
         self._ids: dict[str, int] = dict(zip(self.hosts, ex._held_ids(self.hosts).tolist(), strict=True))
         tables: tuple[list[npt.NDArray[Any]], ...] = ([], [], [], [])
+        # The stored channels' destinations looked up at once (-1: not in this batch, carried through).
+        held = ex._held_ids([d for row in rows.values() for d in row.dsts])
+        at = 0
         for host, row in rows.items():
-            self._load(host, row, rules, tables)
+            self._load(host, row, rules, tables, held[at:at + len(row.dsts)])
+            at += len(row.dsts)
         if tables[0]:  # one insert per table: the per-call cost of a table insert dominates small rows
             ex._channels.put(np.concatenate(tables[0]), np.concatenate(tables[1]))
         if tables[2]:
             ex._ports.put(np.concatenate(tables[2]), np.concatenate(tables[3]))
 
     def _load(self, host: str, row: _Row, rules: tuple[NewPortRule, BeaconRule, list[Throttle]],
-              tables: tuple[list[npt.NDArray[Any]], ...]) -> None:
-        ex, detector = self.detector.extractor, self.detector
+              tables: tuple[list[npt.NDArray[Any]], ...], known: npt.NDArray[np.int64]) -> None:
+        detector = self.detector
         i = self._ids[host]
-        known = ex._held_ids(row.dsts)
         here = known >= 0
         if here.any():
             dst = known[here]
