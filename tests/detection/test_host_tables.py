@@ -146,6 +146,9 @@ def test_an_address_over_the_limit_is_refused_on_both_paths() -> None:
         with pytest.raises(MalformedError) as err:
             FeatureExtractor(compiled=compiled).transform(batch)
         assert err.value.code == "flow_bad_address"
+    # The keyed table itself never cuts an address short (two addresses alike in their first 64 would merge).
+    with pytest.raises(MalformedError):
+        _hashed()().find(np.array([long_name, long_name[:-1] + "y"]), np.zeros(2))
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

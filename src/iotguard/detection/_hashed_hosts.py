@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from iotguard.detection._hosts import MAX_HOST_WIDTH, HostLookup, HostTable
+from iotguard.errors import MalformedError
 
 __all__ = ["HashedHostTable"]
 
@@ -255,7 +256,9 @@ class HashedHostTable:
             codes: Codes = np.zeros((hosts.shape[0], 1), dtype=np.uint32)
         else:
             codes = np.ascontiguousarray(hosts).view(np.uint32).reshape(hosts.shape[0], width)
-        if width > MAX_HOST_WIDTH:  # names within the limit in a wider array (check_width refused longer ones)
+        if width > MAX_HOST_WIDTH:  # names within the limit in a wider array; a longer one would be cut short
+            if codes[:, MAX_HOST_WIDTH:].any():
+                raise MalformedError("address too long", code="flow_bad_address")
             codes = np.ascontiguousarray(codes[:, :MAX_HOST_WIDTH])
             width = MAX_HOST_WIDTH
         if width > self._names.shape[1]:
