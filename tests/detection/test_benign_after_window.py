@@ -6,7 +6,7 @@ had not settled and a meter had reported eight times. In the hour after
 it, the learned baselines alerted on most benign devices, several at high
 severity (which the default playbook acts on). Now the window also spans
 two hours of flow time, and a lone unusual flow (a firmware check every few
-hours) is medium at most.
+hours) is low.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import copy
 from dataclasses import replace
 
 from iotguard.detection import Alert, FlowBatch, FlowMonitor, MonitorConfig, Severity
+from iotguard.hub.services.detection import RISK_HALF_LIFE_S, RISK_WEIGHT
+from iotguard.hub.services.sensing import STEP_UP_RISK
 from iotguard.sim import traffic
 
 from .conftest import T0, Trained, batches
@@ -50,10 +52,25 @@ def test_benign_fleet_an_hour_past_the_default_window_raises_no_high_alert() -> 
     # of the model's devices used it in the window (ADR 0712); six meters, once a minute each, may not have.
     assert {a.detector for a in alerts} <= {"autoencoder", "new_port"}
     assert all(a.severity is Severity.LOW for a in alerts if a.detector == "new_port")
+    # No benign device's risk (the hub's weights and half-life over these alerts) reaches the step-up line.
+    assert max(_peak_risk(alerts).values(), default=0.0) < STEP_UP_RISK
 
 
-def test_a_lone_unusual_flow_is_medium_and_several_in_a_batch_are_high(fresh: Trained) -> None:
-    """High severity (the default playbook re-attests) needs the per-batch condition too; one flow is medium."""
+def _peak_risk(alerts: list[Alert]) -> dict[str, float]:
+    """Each device's highest risk score over the run, as the hub sums it (decaying weights of its alerts)."""
+    peak: dict[str, float] = {}
+    for a in alerts:
+        now = a.window_end_us / 1e6
+        risk = sum(RISK_WEIGHT[b.severity] * 0.5 ** ((now - b.window_end_us / 1e6) / RISK_HALF_LIFE_S)
+                   for b in alerts if b.device == a.device and b.window_end_us <= a.window_end_us)
+        peak[a.device] = max(peak.get(a.device, 0.0), risk)
+    return peak
+
+
+def test_a_lone_unusual_flow_is_low_and_several_in_a_batch_are_high(fresh: Trained) -> None:
+    """High severity (the default playbook re-attests) needs the per-batch condition too; a lone flow is low
+    (it adds 5 to the device's risk, not 20: a benign device whose firmware check recurs every half hour
+    reached risk 83 on medium ones, near the containment line of 90)."""
     device = fresh.fleet[7]
     upload = traffic.slow_exfiltration(device, fresh.start + 30.0, 1200.0).flows[0]
     background = traffic.benign_traffic(fresh.fleet, fresh.start, 60.0, seed=8).flows
@@ -66,7 +83,7 @@ def test_a_lone_unusual_flow_is_medium_and_several_in_a_batch_are_high(fresh: Tr
                 if a.device == device.device_id and a.detector == "autoencoder"]
 
     lone = learned(1)
-    assert [a.severity for a in lone] == [Severity.MEDIUM] and lone[0].score >= fresh.detector.config.strong_score
+    assert [a.severity for a in lone] == [Severity.LOW] and lone[0].score >= fresh.detector.config.strong_score
     assert [a.severity for a in learned(3)] == [Severity.HIGH]
 
 

@@ -48,11 +48,12 @@ class DetectorConfig:
         scorer: Learned baselines and calibration.
         min_anomalous_flows: Flows of one host above threshold in one batch
             that make an ``autoencoder`` alert ...
-        strong_score: ... or one flow with a normalised score at least this
-            (medium severity). High severity needs both: ``min_anomalous_flows``
-            above threshold and one at ``strong_score`` or more, because a lone
-            very unusual flow is what rare benign traffic also makes (a firmware
-            check every few hours that the window saw a handful of times; ADR 0710).
+        strong_score: ... or one flow with a normalised score at least this.
+            Severity follows the evidence (ADR 0710): a lone very unusual flow
+            (fewer than ``min_anomalous_flows`` above threshold) is low, because
+            rare benign traffic makes those too (a firmware check every few hours
+            that the window saw a handful of times); ``min_anomalous_flows`` above
+            threshold are medium, and high with one of them at ``strong_score``.
         scan_min_new: New destinations or ports within ~15 s that make a scan alert.
         beacon_max_cv: Largest inter-arrival variation of a beacon.
         realert_s: Quiet time per device and detector after an alert.
@@ -420,8 +421,9 @@ class FlowDetector:
             ts = batch.ts[rows]
             if not self.throttle.allow(device, "autoencoder", float(ts.max())):
                 continue
-            strong = top >= self.config.strong_score and int(rows.sum()) >= self.config.min_anomalous_flows
-            severity = Severity.HIGH if strong else Severity.MEDIUM
+            several = int(rows.sum()) >= self.config.min_anomalous_flows
+            severity = (Severity.HIGH if top >= self.config.strong_score else Severity.MEDIUM) if several \
+                else Severity.LOW
             model = self.models.get(device, "*")
             worst = int(np.flatnonzero(rows)[np.argmax(scores[rows])])
             columns = self.scorer.explain(values[worst], device, model)
