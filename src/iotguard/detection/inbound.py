@@ -145,8 +145,9 @@ class InboundProbeRule(FlowRule):
                  channel_half_life_s: float = 600.0,
                  sources: float = 25.0, ports: float = 15.0, scan_window_s: float = 300.0, guesses: float = 30.0,
                  guess_window_s: float = 1800.0, devices: Mapping[str, str] | None = None,
-                 local_hosts: Collection[str] = (), realert_s: float = 300.0) -> None:
+                 local_hosts: Collection[str] = (), realert_s: float = 300.0, compiled: bool = True) -> None:
         super().__init__(devices, realert_s)
+        self.compiled = compiled
         self.inside = frozenset(self.devices) | frozenset(local_hosts)
         self.names = names
         self.columns = tuple(f"{c}@{h:g}s" for h in half_lives_s for c in ("in_rate", "in_new_src_share", "new_port"))
@@ -163,7 +164,8 @@ class InboundProbeRule(FlowRule):
         self._log_thresholds = np.array([np.log1p(self.min_sources[0]), -np.inf, np.log1p(self.min_ports[0]),
                                          np.log1p(self.min_sources[1]), -np.inf, np.log1p(self.min_ports[1]),
                                          np.log1p(self.min_guesses)])
-        _kernel()  # compiled here, as the feature extractor's kernel is, not inside the first batch judged
+        if compiled:
+            _kernel()  # compiled here, as the feature extractor's kernel is, not inside the first batch judged
 
     def _counts(self, features: FeatureMatrix, rows: npt.NDArray[np.intp]) -> tuple[npt.NDArray[np.float64], ...]:
         """For ``rows``, as a fraction of each threshold (1 = at it; for the first two the lower of the two
@@ -186,7 +188,7 @@ class InboundProbeRule(FlowRule):
 
     def _candidates(self, batch: FlowBatch, features: FeatureMatrix) -> tuple[npt.NDArray[np.intp], BoolArray]:
         """The rows on which the rule holds, and for each whether it is a connection to a login port."""
-        kernel = _kernel()
+        kernel = _kernel() if self.compiled else None
         if kernel is None:
             rows, login = self._candidates_numpy(batch, features)
         else:

@@ -104,14 +104,16 @@ def flow_rules(config: DetectorConfig, names: tuple[str, ...], devices: Mapping[
     """
     quiet = config.realert_s
     lives = config.features.half_lives_s  # the probing rule's short (nearest 60 s) and long counts
+    compiled = config.features.compiled is not False  # the hub's ``detection_compiled`` (ADR 0705)
     rules: list[FlowRule] = [
         ScanFanOutRule(names, min_new=config.scan_min_new, devices=devices, realert_s=quiet),
-        NewPortRule(devices=devices, realert_s=quiet, local_hosts=local_hosts, models=models, model_ports=model_ports),
+        NewPortRule(devices=devices, realert_s=quiet, local_hosts=local_hosts, models=models, model_ports=model_ports,
+                    compiled=compiled),
         BeaconRule(names, max_cv=config.beacon_max_cv, devices=devices, realert_s=quiet, alert_unlearned=False,
-                   local_hosts=local_hosts),
+                   local_hosts=local_hosts, compiled=compiled),
         InboundProbeRule(names, half_lives_s=(min(lives, key=lambda h: abs(math.log(h / 60.0))), max(lives)),
                          channel_half_life_s=config.features.channel_half_life_s, devices=devices,
-                         local_hosts=local_hosts, realert_s=quiet),
+                         local_hosts=local_hosts, realert_s=quiet, compiled=compiled),
     ]
     if feed is not None:
         rules.append(KnownBadRule(feed, devices=devices, realert_s=quiet))

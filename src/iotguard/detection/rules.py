@@ -167,9 +167,11 @@ def _codes(hosts: npt.NDArray[np.str_]) -> npt.NDArray[np.uint32]:
     return codes
 
 
-def _index_among(hosts: npt.NDArray[np.str_], targets: npt.NDArray[np.str_]) -> npt.NDArray[np.intp]:
-    """Per row of ``hosts``, the index of the one of ``targets`` (a few distinct addresses) equal to it, or -1."""
-    kernel = _kernel()
+def _index_among(hosts: npt.NDArray[np.str_], targets: npt.NDArray[np.str_],
+                 compiled: bool = True) -> npt.NDArray[np.intp]:
+    """Per row of ``hosts``, the index of the one of ``targets`` (a few distinct addresses) equal to it, or -1
+    (with ``compiled``, in the compiled pass when Numba is installed)."""
+    kernel = _kernel() if compiled else None
     if kernel is None or hosts.dtype.kind != "U" or targets.dtype.kind != "U":
         return _index_among_numpy(hosts, targets)
     out: npt.NDArray[np.intp] = kernel.index_among(_codes(hosts), _codes(targets))
@@ -257,8 +259,11 @@ class _Baseline(FlowRule):
     min_flows = 20
 
     def __init__(self, devices: Mapping[str, str] | None = None, realert_s: float = 300.0,
-                 local_hosts: Collection[str] = ()) -> None:
+                 local_hosts: Collection[str] = (), *, compiled: bool = True) -> None:
         super().__init__(devices, realert_s)
+        #: Match hosts in the compiled pass (when Numba is installed); the hub passes its
+        #: ``detection_compiled`` setting, so its first flow report never waits for a compile (ADR 0705).
+        self.compiled = compiled
         self.known: dict[str, set[Key]] = {}
         self.flows: dict[str, int] = {}
         #: Addresses that go on learning after the learning window (:meth:`learn_unjudged`): the fleet's
@@ -268,7 +273,8 @@ class _Baseline(FlowRule):
         self.barred: set[str] = set()
         self._arrays: dict[str, npt.NDArray[Any]] = {}
         self._judged: npt.NDArray[np.str_] | None = None
-        _kernel()  # compiled here, not inside the first batch judged
+        if compiled:
+            _kernel()  # compiled here, not inside the first batch judged
 
     def _keys(self, batch: FlowBatch) -> npt.NDArray[Any]:
         """One key per flow (an integer or string array)."""
@@ -322,7 +328,7 @@ class _Baseline(FlowRule):
             learners = [h for h in self.inside if self.flows.get(h, 0) < self.min_flows and self.learns(h)]
             if not learners:
                 return
-            rows = np.flatnonzero(_index_among(batch.orig_h, np.array(learners, dtype=np.str_)) >= 0)
+            rows = np.flatnonzero(_index_among(batch.orig_h, np.array(learners, dtype=np.str_), self.compiled) >= 0)
         else:
             rows = np.flatnonzero(self._judged_index(batch) < 0)
             if rows.shape[0] == 0:
@@ -356,7 +362,7 @@ class _Baseline(FlowRule):
         if judged.shape[0] == 0 or len(batch) == 0:
             return out
         if judged.shape[0] <= _FEW_HOSTS:  # a comparison per host is cheaper than a search per flow
-            return _index_among(batch.orig_h, judged)
+            return _index_among(batch.orig_h, judged, self.compiled)
         at = np.minimum(np.searchsorted(judged, batch.orig_h), judged.shape[0] - 1)
         out = np.where(judged[at] == batch.orig_h, at, -1)
         return out
@@ -419,8 +425,8 @@ class NewPortRule(_Baseline):
 
     def __init__(self, devices: Mapping[str, str] | None = None, realert_s: float = 300.0,
                  local_hosts: Collection[str] = (), models: Mapping[str, str] | None = None,
-                 model_ports: Mapping[str, frozenset[int]] | None = None) -> None:
-        super().__init__(devices, realert_s, local_hosts)
+                 model_ports: Mapping[str, frozenset[int]] | None = None, *, compiled: bool = True) -> None:
+        super().__init__(devices, realert_s, local_hosts, compiled=compiled)
         self.models = dict(models or {})
         self.model_ports = dict(model_ports or {})
 
@@ -487,8 +493,8 @@ class BeaconRule(_Baseline):
 
     def __init__(self, names: tuple[str, ...], max_cv: float = 0.1, min_flows_channel: float = 6.0,
                  devices: Mapping[str, str] | None = None, realert_s: float = 300.0, *,
-                 alert_unlearned: bool = True, local_hosts: Collection[str] = ()) -> None:
-        super().__init__(devices, realert_s, local_hosts)
+                 alert_unlearned: bool = True, local_hosts: Collection[str] = (), compiled: bool = True) -> None:
+        super().__init__(devices, realert_s, local_hosts, compiled=compiled)
         self.names = names
         self.max_cv = max_cv
         self.min_rate = float(np.log1p(min_flows_channel))
