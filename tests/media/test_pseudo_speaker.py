@@ -43,13 +43,16 @@ def _f0(audio: Audio) -> float:
     return RATE / (20 + int(np.argmax(r[20:160])))
 
 
-def test_stream_output_equals_whole_clip_and_latency_is_one_frame() -> None:
+@pytest.mark.parametrize("size", [37, 997])
+def test_stream_output_equals_whole_clip_and_latency_is_one_frame(size: int) -> None:
+    # Version 3's low-pass, grid and jitter carry their state across batches: pushes of less
+    # than a hop (one frame at a time) and of many frames give the one-shot output.
     audio = _vowel()
     whole = PseudoSpeaker(seed=5).apply(audio)
     stream = PseudoSpeaker(seed=5).stream(RATE)
     pieces, fed = [], 0
-    for start in range(0, len(audio.samples), 37):
-        chunk = audio.samples[start : start + 37]
+    for start in range(0, len(audio.samples), size):
+        chunk = audio.samples[start : start + size]
         pieces.append(stream.push(chunk))
         fed += len(chunk)
         assert sum(len(p) for p in pieces) >= fed - stream.latency_samples
@@ -84,14 +87,15 @@ def test_two_utterances_of_one_speaker_become_two_pseudo_speakers() -> None:
     # the two outputs sound like different people (several dB apart in long-term spectrum,
     # different pitch). With the draws fixed they would differ only by excitation noise.
     audio = _vowel()
-    fixed = PseudoSpeaker(seed=1, timbre_spread=0.0, wander=0.0, level_wander=0.0, f0_range=(120.0, 120.0),
-                          dynamics_range=(1.0, 1.0), whisper=False)
+    # Version 2 draws a timbre; version 3 a dithered grid and a jitter amplitude instead.
+    fixed = PseudoSpeaker(seed=1, wander=0.0, level_wander=0.0, f0_range=(120.0, 120.0), whisper=False,
+                          dither=False, jitter=0.0)
     assert _timbre_distance(fixed.apply(audio), fixed.apply(audio)) < 1.2
     for seed in range(4):
-        t = PseudoSpeaker(seed=seed, whisper=False)
-        outs = [t.apply(audio) for _ in range(3)]
-        assert min(_timbre_distance(outs[i], outs[j]) for i, j in ((0, 1), (0, 2), (1, 2))) > 1.5
-        assert len({round(_f0(o)) for o in outs}) > 1, "the target pitch must be drawn per utterance"
+        for t in (PseudoSpeaker(seed=seed, whisper=False), PseudoSpeaker.version_2(seed=seed, whisper=False)):
+            outs = [t.apply(audio) for _ in range(3)]
+            assert min(_timbre_distance(outs[i], outs[j]) for i, j in ((0, 1), (0, 2), (1, 2))) > 1.5
+            assert len({round(_f0(o)) for o in outs}) > 1, "the target pitch must be drawn per utterance"
 
 
 def test_a_seed_repeats_the_same_sequence_of_pseudo_speakers() -> None:
@@ -167,7 +171,17 @@ def test_digital_silence_stays_silent() -> None:
 def test_receipt_parameters_name_ranges_not_the_secret_draws() -> None:
     p = PseudoSpeaker().params()
     assert p["method"] == "pseudo-speaker" and p["draws"] == "per-utterance, wandering"
-    assert p["version"] == 2 and p["excitation"] == "whispered (noise)" and p["loudness_contour"] == 0.0
+    assert p["version"] == 3 and p["excitation"] == "whispered (noise)" and p["loudness_contour"] == 0.0
+    assert p["trajectory_lowpass_hz"] == 10.0 and p["quantisation_step"] == 2.0 and p["jitter"] == 4.0
+    assert p["quantisation_dither"] == "per utterance" and p["timbre_spread"] == 0.0 and p["wander"] == 0.0
+    assert "grid_offset" not in p and "jitter_amplitude" not in p  # the draws themselves are never reported
+    # The receipt names what ran: version 2's steps are version 2, without version 3's parameters.
+    old = PseudoSpeaker.version_2().params()
+    assert old["version"] == 2 and old["timbre_spread"] == 0.15 and old["wander"] == 0.3
+    assert not {"trajectory_lowpass_hz", "quantisation_step", "jitter", "quantisation_dither"} & set(old)
+    assert PseudoSpeaker(jitter=0.0, quantisation_step=0.0).params()["version"] == 3  # the low-pass is on
+    assert PseudoSpeaker(quantisation_step=0.0).params().keys() >= {"jitter", "trajectory_lowpass_hz"}
+    assert PseudoSpeaker(dither=False).params()["quantisation_dither"] == "none"
     assert PseudoSpeaker(whisper=False).params()["excitation"] == "synthetic"
     assert "target_f0" not in p and "f0_range_hz" not in p and "intonation" not in p  # no pitch when whispered
     pitched = PseudoSpeaker(whisper=False).params()
@@ -182,7 +196,8 @@ def test_method_is_registered_and_allowed_in_contracts() -> None:
 
 @pytest.mark.parametrize("bad", [{"warp_range": (0.3, -0.3)}, {"f0_range": (20.0, 90.0)}, {"wander": 2.0},
                                  {"wander_tau": 0.0}, {"dynamics_range": (0.1, 1.0)}, {"colour": "blue"},
-                                 {"loudness_contour": 1.5}])
+                                 {"loudness_contour": 1.5}, {"jitter": -1.0}, {"quantisation_step": 9.0},
+                                 {"trajectory_lowpass": 60.0}])
 def test_bad_parameters_are_config_errors(bad: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         voice_transform("pseudo-speaker", **bad)
@@ -194,3 +209,65 @@ def test_semi_informed_attacker_does_worse_than_against_mcadams() -> None:
     ours = evaluate_voice(corpus, PseudoSpeaker(seed=2), components=8, enrol_per_speaker=8)
     assert ours.eer_semi_informed > mcadams.eer_semi_informed + 0.1
     assert ours.accuracy > 0.7  # the spoken content survives
+
+
+def _phonetic_trajectory(rng: np.random.Generator, frames: int = 200) -> np.ndarray:  # type: ignore[type-arg]
+    """A speaker-normalised trajectory: segments of 10 frames at random targets, in generic-spread units."""
+    spread = 0.5 / (1 + np.arange(30))
+    return np.repeat(rng.normal(0.0, 1.0, (frames // 10, 30)), 10, axis=0) * spread
+
+
+def test_quantisation_grid_is_dithered_per_utterance() -> None:
+    # Within an utterance every frame lies on one grid (so the step holds); the grid's offset
+    # is drawn per utterance and per coefficient, so utterances are not on a common grid an
+    # attacker could learn. Without dither every utterance is on the grid through 0.
+    spread = 0.5 / (1 + np.arange(30))
+    t = PseudoSpeaker(seed=4, jitter=0.0, trajectory_lowpass=0.0)
+    norm = _phonetic_trajectory(np.random.default_rng(0))
+    offsets = []
+    for _ in range(3):
+        draws = t._draw(RATE)
+        shaped = t._shape_trajectory(draws, norm, 100.0, spread)
+        steps = shaped / (2.0 * spread)
+        offset = steps[0] - np.round(steps[0])
+        assert np.allclose(steps - offset, np.round(steps - offset), atol=1e-9)
+        assert np.allclose(np.mod(offset + 0.5, 1.0) - 0.5, np.mod(draws.grid_offset + 0.5, 1.0) - 0.5, atol=1e-9)
+        offsets.append(draws.grid_offset)
+    assert min(np.abs(offsets[i] - offsets[j]).mean() for i, j in ((0, 1), (0, 2), (1, 2))) > 0.1
+    fixed = PseudoSpeaker(seed=4, jitter=0.0, trajectory_lowpass=0.0, dither=False)
+    steps = fixed._shape_trajectory(fixed._draw(RATE), norm, 100.0, spread) / (2.0 * spread)
+    assert np.allclose(steps, np.round(steps))
+
+
+def test_fine_articulation_detail_does_not_survive_the_grid_and_jitter() -> None:
+    # Check for speaker detail carried through: two speakers say the same word, one with a small
+    # fast wobble on the trajectory (half the generic spread at 30 Hz, the kind of fine
+    # detail that separates speakers once their means and spreads are normalised). With the same
+    # draws, version 3 turns the pair into outputs whose difference is not the wobble: the
+    # low-pass and the grid leave the two mostly identical, and the jitter drawn per utterance
+    # makes two utterances of the *same* input differ more than the two speakers do.
+    # Without the low-pass more of the wobble crosses the grid; without the grid all of it passes.
+    spread = 0.5 / (1 + np.arange(30))
+    rng = np.random.default_rng(1)
+    plain = _phonetic_trajectory(rng)
+    wobbly = plain + np.sin(2 * np.pi * 30.0 * np.arange(len(plain)) / 100.0 + 0.5)[:, None] * spread / 2.0
+
+    def shaped(t: PseudoSpeaker, norm: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+        return t._shape_trajectory(t._draw(RATE), norm, 100.0, spread) / spread
+
+    grid_only = (PseudoSpeaker(seed=6, jitter=0.0), PseudoSpeaker(seed=6, jitter=0.0))
+    same = np.isclose(shaped(grid_only[0], plain), shaped(grid_only[1], wobbly)).mean()
+    assert same > 0.9
+    unfiltered = (PseudoSpeaker(seed=6, jitter=0.0, trajectory_lowpass=0.0),) * 2
+    assert np.isclose(shaped(unfiltered[0], plain), shaped(unfiltered[1], wobbly)).mean() < 0.88
+    bare = (PseudoSpeaker(seed=6, jitter=0.0, quantisation_step=0.0, trajectory_lowpass=0.0),) * 2
+    assert np.isclose(shaped(bare[0], plain), shaped(bare[1], wobbly)).mean() < 0.1
+
+    t_plain, t_wobbly = PseudoSpeaker(seed=6), PseudoSpeaker(seed=6)
+    between = [np.abs(shaped(t_plain, plain) - shaped(t_wobbly, wobbly)).mean() for _ in range(8)]
+    t_again = PseudoSpeaker(seed=7)
+    within = [np.abs(shaped(t_again, plain) - shaped(t_again, plain)).mean() for _ in range(8)]
+    assert np.mean(within) > 2.0 * np.mean(between)
+    # On one fixed grid, what still tells two utterances of one input apart is the jitter.
+    on_grid = PseudoSpeaker(seed=7, dither=False)
+    assert np.mean([np.abs(shaped(on_grid, plain) - shaped(on_grid, plain)).mean() for _ in range(8)]) > 0.3

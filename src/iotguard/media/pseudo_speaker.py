@@ -36,6 +36,18 @@ more directions and over time:
   digital silence stays silent. ``loudness_contour=1`` keeps the input's
   contour relative to its running loudness (version 1).
 
+* **A coarse, jittered articulation trajectory** (version 3, ADR 0905):
+  the speaker-normalised cepstral trajectory is low-passed at 10 Hz per
+  coefficient (the phonetic modulations stay, the fastest go), rounded to a
+  grid of twice the generic spread whose offset is drawn per utterance and
+  per coefficient (dither), and given white per-frame noise whose amplitude
+  is drawn per utterance. Segment averages over a few frames keep the large
+  differences between words; an attacker's utterance statistics lose the
+  small differences between speakers. Version 3 draws no pseudo-speaker
+  timbre, timbre wander or dynamics factor by default (they cost the words
+  as much as the speaker, ADR 0904); :meth:`PseudoSpeaker.version_2` builds
+  the previous version.
+
 Per-utterance draws are never reported; :meth:`PseudoSpeaker.params`
 records the ranges.
 """
@@ -47,6 +59,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy.signal import lfilter
 
 from iotguard.errors import ConfigError
 from iotguard.media.voice import (
@@ -85,6 +98,10 @@ class _Draws:
     dynamics: float
     level: float
     wander: Samples  # current Ornstein-Uhlenbeck offset: cepstrum then log level
+    jitter_rng: np.random.Generator  # the per-frame jitter: its own stream, so batching does not change it
+    jitter_amplitude: float
+    grid_offset: Samples  # the quantisation grid's dither, in steps, per coefficient
+    lowpassed: Samples | None = None  # the low-passed trajectory's last frame
     csum: Samples | None = None
     c2sum: Samples | None = None
     wsum: float = 0.0
@@ -109,18 +126,47 @@ class PseudoSpeaker(_RandomisedVoice):
         loudness_contour: Exponent on each frame's loudness relative to the
             running loudness (0: flat, every frame at the drawn level; 1: the
             input's contour).
+        trajectory_lowpass: Corner in Hz of the one-pole low-pass on each
+            coefficient's normalised trajectory (0: off).
+        quantisation_step: Grid step of the normalised trajectory, in units of
+            the generic spread ``0.5/(1+k)`` of coefficient ``k`` (0: off).
+        dither: Draw the grid's offset per utterance and per coefficient
+            (uniform within half a step either way); ``False``: a grid through 0.
+        jitter: Largest amplitude of the per-frame white noise on the
+            trajectory, in units of ``0.5/(1+k)**1.5``; the amplitude is drawn
+            per utterance, uniform in ``[0, jitter]`` (0: off).
         (pitch, intonation, quefrency, timbre and seed: :class:`_RandomisedVoice`)
+
+    The low-pass, the grid or the jitter on makes this version 3; with all three off it runs
+    version 2's steps (with the timbre, wander and dynamics given).
     """
 
     f0_range: tuple[float, float] = (90.0, 240.0)
+    timbre_spread: float = 0.0
     warp_range: tuple[float, float] = (0.0, 0.0)
-    dynamics_range: tuple[float, float] = (0.8, 1.25)
-    wander: float = 0.3
+    dynamics_range: tuple[float, float] = (1.0, 1.0)
+    wander: float = 0.0
     level_wander: float = 0.5
     wander_tau: float = 1.0
     whisper: bool = True
     loudness_contour: float = 0.0
+    trajectory_lowpass: float = 10.0
+    quantisation_step: float = 2.0
+    dither: bool = True
+    jitter: float = 4.0
     name: str = "pseudo-speaker"
+
+    @classmethod
+    def version_2(cls, **overrides: Any) -> PseudoSpeaker:
+        """Version 2 (ADR 0903): timbre, wander and dynamics draws, no trajectory steps."""
+        v2: dict[str, Any] = {"timbre_spread": 0.15, "dynamics_range": (0.8, 1.25), "wander": 0.3,
+                              "trajectory_lowpass": 0.0, "quantisation_step": 0.0, "jitter": 0.0}
+        return cls(**{**v2, **overrides})
+
+    @property
+    def version(self) -> int:
+        """3 when any trajectory step is on, else 2 (what the receipt names)."""
+        return 3 if self.trajectory_lowpass or self.quantisation_step or self.jitter else 2
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -132,17 +178,28 @@ class PseudoSpeaker(_RandomisedVoice):
             raise ConfigError("pseudo-speaker: wander and level_wander in [0, 1], wander_tau in [0.05, 10] s")
         if not 0.0 <= self.loudness_contour <= 1.0:
             raise ConfigError("pseudo-speaker: loudness_contour in [0, 1]")
+        if not 0.0 <= self.trajectory_lowpass <= 40.0 or not 0.0 <= self.quantisation_step <= 8.0 \
+                or not 0.0 <= self.jitter <= 10.0:
+            raise ConfigError("pseudo-speaker: trajectory_lowpass in [0, 40] Hz, quantisation_step in [0, 8], "
+                              "jitter in [0, 10]")
 
     def params(self) -> dict[str, Any]:
         common = self._common_params()
         if self.whisper:  # a noise source has no pitch: the receipt names only parameters that took effect
             del common["f0_range_hz"], common["intonation"]
-        return {**common, "version": 2, "warp_range": list(self.warp_range),
-                "excitation": "whispered (noise)" if self.whisper else "synthetic",
-                "loudness_contour": self.loudness_contour,
-                "dynamics_range": list(self.dynamics_range),
-                "wander": self.wander, "level_wander": self.level_wander, "wander_tau_s": self.wander_tau,
-                "envelope": "speaker-normalised (mean and spread)", "draws": "per-utterance, wandering"}
+        params = {**common, "version": self.version, "warp_range": list(self.warp_range),
+                  "excitation": "whispered (noise)" if self.whisper else "synthetic",
+                  "loudness_contour": self.loudness_contour,
+                  "dynamics_range": list(self.dynamics_range),
+                  "wander": self.wander, "level_wander": self.level_wander, "wander_tau_s": self.wander_tau,
+                  "envelope": "speaker-normalised (mean and spread)", "draws": "per-utterance, wandering"}
+        if self.version == 3:
+            params.update({"trajectory_lowpass_hz": self.trajectory_lowpass,
+                           "quantisation_step": self.quantisation_step, "jitter": self.jitter,
+                           "jitter_draw": "amplitude per utterance, noise per frame"})
+            if self.quantisation_step:
+                params["quantisation_dither"] = "per utterance" if self.dither else "none"
+        return params
 
     def _draw(self, rate: int) -> _Draws:
         rng = self._rng()
@@ -152,7 +209,29 @@ class PseudoSpeaker(_RandomisedVoice):
         source = _Excitation(rng, rate, self._draw_f0(rng), self.intonation, voicing=not self.whisper)
         dynamics = float(np.exp(rng.uniform(*np.log(self.dynamics_range))))
         level = self._draw_level(rng)
-        return _Draws(source, wander_rng, warp, timbre, dynamics, level, np.zeros(self.quefrency + 1))
+        jitter_rng = np.random.default_rng(int(rng.integers(2**63)))
+        jitter_amplitude = self.jitter * float(rng.uniform())
+        q = self.quefrency
+        grid_offset = rng.uniform(-0.5, 0.5, q) if self.dither else np.zeros(q)
+        return _Draws(source, wander_rng, warp, timbre, dynamics, level, np.zeros(q + 1),
+                      jitter_rng, jitter_amplitude, grid_offset)
+
+    def _shape_trajectory(self, st: _Draws, norm: Frames, frame_rate: float, spread: Samples) -> Frames:
+        """Version 3's steps on the speaker-normalised trajectory (rows are frames): low-pass, dithered grid,
+        per-frame jitter. All three are causal and carry their state across batches."""
+        if self.trajectory_lowpass:
+            pole = float(np.exp(-2.0 * np.pi * self.trajectory_lowpass / frame_rate))
+            previous = norm[0] if st.lowpassed is None else st.lowpassed  # the filter starts on the first frame
+            norm, _ = lfilter([1.0 - pole], [1.0, -pole], norm, axis=0, zi=pole * previous[None, :])
+            st.lowpassed = norm[-1].copy()
+        if self.quantisation_step:
+            step = self.quantisation_step * spread
+            offset = st.grid_offset * step
+            norm = np.round((norm - offset) / step) * step + offset
+        if st.jitter_amplitude:
+            profile = spread / np.sqrt(1.0 + np.arange(len(spread)))
+            norm = norm + st.jitter_amplitude * profile * st.jitter_rng.standard_normal(norm.shape)
+        return norm
 
     def stream(self, rate: int) -> VoiceStream:
         """A fresh stream for one utterance (new draws)."""
@@ -199,7 +278,8 @@ class PseudoSpeaker(_RandomisedVoice):
             spread = np.sqrt(np.maximum(c2sum / np.maximum(wsum, 1e-12)[:, None] - mean * mean, 1e-8))
             gain = np.clip(generic_spread / spread, 0.5, 2.0)
             wandering = drift(len(x), hop)
-            cep = st.dynamics * (cep - mean) * gain + st.timbre + wandering[:, :q]
+            norm = self._shape_trajectory(st, (cep - mean) * gain, rate / hop, generic_spread)
+            cep = st.dynamics * norm + st.timbre + wandering[:, :q]
             y = _cepstral_filter(cep, exc, stream.window, nfft)
             # Output level: the drawn level, drifting, times the frame's loudness relative to
             # the running loudness raised to loudness_contour (so the recording level does not
