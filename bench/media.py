@@ -26,7 +26,9 @@ McAdams, higher is better); the issue's goals are reported with each figure.
 (not --quick) voice-only run also replaces the voice keys (headline, voice, the three voice
 goals) of media.json, keeping the image part's. --images-only runs the image part alone
 (no FSDD needed) and writes bench/results/media_image_full.json (300 face frames), or
-media_image.json with --quick (40).
+media_image.json with --quick (40); a full one also replaces media.json's image part
+(images, images_people, images_headline, the image goals, images_date). --refresh-images
+measures nothing and puts media_image_full.json's image part into media.json.
 """
 
 from __future__ import annotations
@@ -221,6 +223,8 @@ def images_only(args: argparse.Namespace) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1, default=float) + "\n")
     print(f"results written to {path}")
+    if not args.quick and not args.out:
+        merge_images(path, RESULTS / "media.json")
 
 
 VOICE_KEYS = ("headline", "voice")  # media.json keys the voice part owns (with the voice goals)
@@ -285,13 +289,27 @@ def machine() -> dict[str, Any]:
 
 def merge_voice(path: Path, goals: dict[str, Any], keys: dict[str, Any]) -> None:
     """Replace the voice keys and voice goals of an existing media.json, keeping the image part's."""
+    merge_part(path, goals, keys, "voice_date", datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+def merge_part(path: Path, goals: dict[str, Any], keys: dict[str, Any], stamp: str, date: str) -> None:
+    """Replace one part's keys and goals of an existing media.json (``stamp``: when that part was measured)."""
     if not path.exists():
         return
     merged = json.loads(path.read_text())
     merged.update(keys)
     merged.setdefault("goals", {}).update(goals)
-    merged["voice_date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    merged[stamp] = date
     path.write_text(json.dumps(merged, indent=1, default=float) + "\n")
+
+
+def merge_images(full: Path, path: Path) -> None:
+    """Put a full ``--images-only`` run's figures and goals into media.json (its image part, with the run's date)."""
+    run = json.loads(full.read_text())
+    if run.get("quick"):
+        return
+    merge_part(path, run["goals"], {"images": run["images"]["faces"], "images_people": run["images"]["people"],
+                                    "images_headline": run["headline"]}, "images_date", run["date"])
 
 
 def main_voice_only(args: argparse.Namespace) -> None:
@@ -320,11 +338,16 @@ def main() -> None:
     ap.add_argument("--voice-only", action="store_true",
                     help="only the voice part: writes media_voice.json next to --out and, unless --quick, "
                          "replaces the voice keys of media.json (the image part's stay)")
+    ap.add_argument("--refresh-images", action="store_true",
+                    help="measure nothing: put media_image_full.json's figures and goals into media.json")
     ap.add_argument("--images-only", action="store_true",
                     help="only the image part; results in bench/results/media_image_full.json "
                          "(--quick: media_image.json)")
     args = ap.parse_args()
     cv2.setNumThreads(1)
+    if args.refresh_images:
+        merge_images(RESULTS / "media_image_full.json", RESULTS / "media.json")
+        return
     if args.images_only:
         images_only(args)
         return
