@@ -70,6 +70,11 @@ class HubConfig:
     #: ADR 0706; the ``accel`` extra): the same features and scores for less CPU. The
     #: hub's flow monitor compiles them when it is first built (a few seconds, once per process).
     detection_compiled: bool = False
+    #: The flow monitor learns its baselines from at least this many flows ... (ADR 0710)
+    detection_learn_flows: int = 2000
+    #: ... over at least this many seconds of flow time (two hours: the damped statistics settle and
+    #: slow devices are seen many times; a fleet that reports hourly wants a day or more).
+    detection_learn_s: float = 7200.0
     #: How long a cached device record may be used before it is re-read
     #: (bounds how fast a revocation made by another hub process takes effect).
     device_cache_ttl_s: float = 1.0
@@ -229,6 +234,8 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "hub.enrollment_token_ttl_s": (60, 30 * 86400),
     "hub.cert_validity_days": (1, 397),
     "hub.device_cache_ttl_s": (0, 60),
+    "hub.detection_learn_flows": (16, 200_000),
+    "hub.detection_learn_s": (0, 30 * 86400),
     "hub.checkpoint_interval_s": (1, 86400),
     "hub.chain_batch_size": (1, 512),
     "hub.chain_max_delay_s": (0, 7 * 86400),

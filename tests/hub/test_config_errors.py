@@ -28,6 +28,8 @@ def test_file_then_environment(tmp_path: Path) -> None:
     "text, message",
     [
         ("[hub]\nbatch_max_messages = 0\n", "out of range"),
+        ("[hub]\ndetection_learn_s = -1\n", "out of range"),
+        ("[hub]\ndetection_learn_flows = 300000\n", "out of range"),
         ("[hub]\nbatch_max_messages = 'many'\n", "expected an integer"),
         ("[hub]\nno_such_thing = 1\n", "unknown setting hub.no_such_thing"),
         ("[hubb]\n", "unknown config section"),

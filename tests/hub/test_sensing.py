@@ -239,3 +239,16 @@ def test_device_whose_readings_the_policy_keeps_refusing_raises_a_policy_denials
         _s, env = agent.sealer.seal(encode_reading(Reading(1_700_000_000_000 + i, {"x": 1.0}, "research")))
         assert hub.processor.process([Incoming(agent.sealer.topic, env)]).rejected == {"policy_denied": 1}
     assert [a.alert.detector for a in hub.services.detection.alerts(device_id="dev-r")] == ["policy_denials"]
+
+
+def test_the_learning_window_is_the_operators_setting(tmp_path: Path) -> None:
+    """``hub.detection_learn_flows`` / ``hub.detection_learn_s`` reach the flow monitor (ADR 0710)."""
+    from tests.hub.conftest import make_hub
+
+    parts = make_hub(tmp_path, detection_learn_flows=500, detection_learn_s=86400.0)
+    sims = traffic.make_fleet(per_model=1, segments=1)
+    (Path(parts.cfg.data_dir) / ADDRESS_INVENTORY_FILE).write_text("".join(f"{d.address} {d.device_id}\n"
+                                                                           for d in sims))
+    monitor = parts.services.flows._current()
+    assert (monitor.config.learn_flows, monitor.config.learn_s) == (500, 86400.0)
+    parts.store.engine.dispose()
