@@ -13,6 +13,7 @@ import random
 import numpy as np
 import pytest
 
+from iotguard.config import HubConfig
 from iotguard.detection import FeatureConfig, FeatureExtractor, Flow, FlowBatch
 from iotguard.detection import features as features_module
 from iotguard.errors import ConfigError
@@ -102,11 +103,11 @@ def test_selection_follows_the_setting() -> None:
     assert not FeatureExtractor(FeatureConfig(compiled=False)).compiled
     assert FeatureExtractor(FeatureConfig(compiled=False), compiled=True).compiled
     # The hub builds its flow monitor on the kernel only when hub.detection_compiled is set.
-    assert _monitor_config(False).detector.features.compiled is False
-    assert _monitor_config(True).detector.features.compiled is True
+    assert _monitor_config(HubConfig(detection_compiled=False)).detector.features.compiled is False
+    assert _monitor_config(HubConfig(detection_compiled=True)).detector.features.compiled is True
     # ... and its scoring pass likewise (a compile would otherwise stall the first scored report).
-    assert _monitor_config(False).detector.scorer.autoencoder.compiled is False
-    assert _monitor_config(True).detector.scorer.autoencoder.compiled is True
+    assert _monitor_config(HubConfig(detection_compiled=False)).detector.scorer.autoencoder.compiled is False
+    assert _monitor_config(HubConfig(detection_compiled=True)).detector.scorer.autoencoder.compiled is True
 
 
 def test_compiled_without_numba_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:

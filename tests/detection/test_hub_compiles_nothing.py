@@ -13,10 +13,11 @@ def test_the_hubs_default_flow_monitor_loads_no_compiler_through_its_first_repor
     code = textwrap.dedent("""
         import sys
         from iotguard.detection import FlowBatch, FlowMonitor
+        from iotguard.config import HubConfig
         from iotguard.hub.compose import _monitor_config
         from iotguard.sim import traffic
         fleet = traffic.make_fleet(per_model=2, segments=1)
-        monitor = FlowMonitor(_monitor_config(False), devices={d.address: d.device_id for d in fleet},
+        monitor = FlowMonitor(_monitor_config(HubConfig()), devices={d.address: d.device_id for d in fleet},
                               models={d.device_id: d.model for d in fleet})
         monitor.observe(FlowBatch.from_flows(traffic.benign_traffic(fleet, 1.7e9, 600.0).flows))
         print("numba" in sys.modules)

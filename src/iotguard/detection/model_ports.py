@@ -56,7 +56,8 @@ class ModelPorts:
 
     def learn(self, devices: Iterable[str | None], keys: npt.NDArray[np.int64]) -> None:
         """Take rows (``devices``: each row's device id, ``None`` for a host that is not a device) and their keys."""
-        for device, key in zip(devices, keys.tolist(), strict=True):
+        # Each distinct (device, key) once, in order of first appearance (the key bound keeps the same keys).
+        for device, key in dict.fromkeys(zip(devices, keys.tolist(), strict=True)):
             model = self.models.get(device) if device is not None else None
             if device is None or model is None or device in self._forgotten:
                 continue

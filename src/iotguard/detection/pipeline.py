@@ -364,7 +364,6 @@ class FlowDetector:
             x, hosts = x[keep], hosts[keep]
             for rule in self.rules:
                 rule.forget(self.excluded)
-            self._ports.forget(self.devices.get(h, h) for h in self.excluded)
         if x.shape[0] < self.config.scorer.min_model_rows:
             raise ConfigError(f"{x.shape[0]} training rows outside flagged addresses", code="detection_too_few_rows")
         device, model = self._device(hosts)
@@ -416,21 +415,21 @@ class FlowDetector:
             return out
         for host in np.unique(batch.orig_h[above]).tolist():
             rows = above & (batch.orig_h == host)
-            top = float(scores[rows].max())
-            if int(rows.sum()) < self.config.min_anomalous_flows and top < self.config.strong_score:
+            top, count = float(scores[rows].max()), int(rows.sum())
+            several, strong = count >= self.config.min_anomalous_flows, top >= self.config.strong_score
+            if not several and not strong:
                 continue
             device = self.devices.get(host, host)
             ts = batch.ts[rows]
             if not self.throttle.allow(device, "autoencoder", float(ts.max())):
                 continue
-            several = int(rows.sum()) >= self.config.min_anomalous_flows
-            severity = (Severity.HIGH if top >= self.config.strong_score else Severity.MEDIUM) if several \
-                else Severity.LOW
+            # Severity follows the evidence (ADR 0710): a lone very unusual flow is low.
+            severity = Severity.LOW if not several else Severity.HIGH if strong else Severity.MEDIUM
             model = self.models.get(device, "*")
             worst = int(np.flatnonzero(rows)[np.argmax(scores[rows])])
             columns = self.scorer.explain(values[worst], device, model)
             out.append(Alert.create(device, "autoencoder", top, severity, (float(ts.min()), float(ts.max())), {
-                "address": host, "flows_above": int(rows.sum()),
+                "address": host, "flows_above": count,
                 "flows": int((batch.orig_h == host).sum()),
                 "destinations": int(np.unique(batch.resp_h[rows]).shape[0]),
                 "model": model,

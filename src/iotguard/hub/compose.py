@@ -126,12 +126,13 @@ class HubServices:
         return OutboxDrainer(self.outbox, handlers, worker=worker, clock=self.clock)
 
 
-def _monitor_config(compiled: bool, learn_flows: int = 2000, learn_s: float = 7200.0) -> MonitorConfig:
+def _monitor_config(cfg: HubConfig) -> MonitorConfig:
     """The flow monitor's settings: features and scoring compiled only when ``hub.detection_compiled``; the
     learning window of ``hub.detection_learn_flows`` and ``hub.detection_learn_s`` (ADR 0710)."""
+    compiled = cfg.detection_compiled
     return MonitorConfig(detector=DetectorConfig(features=FeatureConfig(compiled=compiled),
                                                  scorer=ScorerConfig(autoencoder=AutoencoderConfig(compiled=compiled))),
-                         learn_flows=learn_flows, learn_s=learn_s)
+                         learn_flows=cfg.detection_learn_flows, learn_s=cfg.detection_learn_s)
 
 
 def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
@@ -201,8 +202,7 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                            attestation, firmware, detection,
                            FlowIngestService(detection, Path(cfg.data_dir),
                                              lambda: {p.device_id: p.model for p in posture.posture},
-                                             config=_monitor_config(cfg.detection_compiled, cfg.detection_learn_flows,
-                                                                    cfg.detection_learn_s),
+                                             config=_monitor_config(cfg),
                                              states=SqlDetectorStateStore(store.engine)),
                            DeviceHealthService(detection, states=SqlDetectorStateStore(store.engine)),
                            signals, rollouts, models,
