@@ -10,6 +10,13 @@ channel and port tables are open-addressing hash tables
 (:class:`._hashed.HashedKeyTable`) that the pass probes and extends in place
 (ADR 0706). Host addresses are numbered by a keyed hash table that a
 compiled pass probes (:class:`._hashed_hosts.HashedHostTable`, ADR 0711).
+The logarithms are not taken in the pass: a scalar ``log`` costs about four
+times NumPy's vectorised one per value, and they were half the pass's time.
+The flow's own (bytes, packets, duration) come in already taken; the pass
+writes the arguments of the others (the hosts' damped counts, the channel's
+rate and mean gap, the host's age) to ``deferred``, and the caller takes
+``np.log1p`` over that array in one call before :func:`place_deferred` puts
+them in their columns.
 
 This module imports Numba (BSD licence, ``pip install iotguard[accel]``) and
 so is imported only when the extractor selects it. Functions compile on their
@@ -31,16 +38,6 @@ __all__ = ["HashedHostTable", "HashedKeyTable", "extract_batch"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
-
-
-@numba.njit(cache=False, nogil=True, inline="always")
-def _log1p(x: float) -> float:  # pragma: no cover - compiled
-    """``log1p(x)``, from 1 up computed as ``log(1 + x)``.
-
-    As accurate there (``1 + x`` rounds by at most half a unit of a number of
-    at least 2) and well under half the cost of ``log1p`` in glibc.
-    """
-    return math.log(1.0 + x) if x >= 1.0 else math.log1p(x)
 
 
 # The NumPy error model: no ZeroDivisionError branch per division (every divisor here is at least 1 or guarded).
@@ -78,6 +75,9 @@ def extract_batch(
     new_dst: IntArray,
     new_port: IntArray,
     last_seen: FloatArray,
+    logs: FloatArray,
+    deferred: FloatArray,
+    deferred_cols: IntArray,
 ) -> tuple[int, int]:  # pragma: no cover - compiled
     """Every column of every row into ``out``; host, channel and port state updated in place.
 
@@ -93,7 +93,10 @@ def extract_batch(
     first-use-in-the-batch rule reads. ``new_dst`` and ``new_port`` (zeros) get
     1 where a flow's channel (port) is new; ``last_seen`` each host's latest
     time, a responder's write winning over an originator's as on the NumPy
-    path. Returns the channel and port keys added.
+    path. ``logs`` (5, n) holds ``log1p`` of each flow's duration, originator
+    and responder bytes and packets; ``deferred`` (n, 5 R + 3) gets, per flow,
+    the values whose ``log1p`` the columns ``deferred_cols`` hold (the caller
+    takes it and places them). Returns the channel and port keys added.
     """
     n = t.shape[0]
     n_rates = rates.shape[0]
@@ -103,16 +106,16 @@ def extract_batch(
     for i in range(n):
         ti = t[i]
         # the flow itself
-        lob = _log1p(orig_bytes[i])
-        lrb = _log1p(resp_bytes[i])
+        lob = logs[1, i]
+        lrb = logs[2, i]
         s = state[i]
         pr = proto[i]
         nr = 1.0 if state_flags[s, 0] and resp_pkts[i] == 0 else 0.0
-        out[i, 0] = _log1p(duration[i])
+        out[i, 0] = logs[0, i]
         out[i, 1] = lob
         out[i, 2] = lrb
-        out[i, 3] = _log1p(orig_pkts[i])
-        out[i, 4] = _log1p(resp_pkts[i])
+        out[i, 3] = logs[3, i]
+        out[i, 4] = logs[4, i]
         out[i, 5] = lob - lrb
         out[i, 6] = nr
         out[i, 7] = 1.0 if state_flags[s, 1] else 0.0
@@ -123,6 +126,7 @@ def extract_batch(
         out[i, 12] = 1.0 if service_known[i] != 0 else 0.0
         out[i, 13] = 1.0 if resp_p[i] < 1024 else 0.0
         c = 14
+        j = 0  # the next deferred logarithm's row in ``deferred``
 
         # novelty: the channel and the (protocol, port) looked up, and inserted when new
         h = src[i]
@@ -175,18 +179,25 @@ def extract_batch(
             mean = s1 / w
             second = s2 / w
             var = second - mean * mean
-            out[i, c] = _log1p(w)
             out[i, c + 1] = mean
             out[i, c + 2] = math.sqrt(var) if var > 1e-9 * second else 0.0
-            out[i, c + 3] = _log1p(sb)
             out[i, c + 4] = snd / w
-            out[i, c + 5] = _log1p(snd)
-            out[i, c + 6] = _log1p(snp)
             out[i, c + 7] = snr / w
+            deferred[i, j] = w
+            deferred[i, j + 1] = sb
+            deferred[i, j + 2] = snd
+            deferred[i, j + 3] = snp
+            deferred_cols[j] = c
+            deferred_cols[j + 1] = c + 3
+            deferred_cols[j + 2] = c + 5
+            deferred_cols[j + 3] = c + 6
+            j += 4
             c += 8
         t_sums[h] = ti
         age = ti - first_seen[h]
-        out[i, c] = _log1p(min(max(age, 0.0), max_age))
+        deferred[i, j] = min(max(age, 0.0), max_age)
+        deferred_cols[j] = c
+        j += 1
         c += 1
 
         # channel: state columns last time, count, iat count, iat sum, iat sum of squares, time of the sums
@@ -213,8 +224,11 @@ def extract_batch(
         mean = s_iat / max(n_iat, 1e-12) if n_iat > 0 else 0.0
         var = s_iat2 / max(n_iat, 1e-12) - mean * mean if n_iat > 0 else 0.0
         cv = math.sqrt(max(var, 0.0)) / max(mean, 1e-12) if n_iat >= 1.5 and mean > 0 else 1.0
-        out[i, c] = _log1p(cnt)
-        out[i, c + 1] = _log1p(mean)
+        deferred[i, j] = cnt
+        deferred[i, j + 1] = mean
+        deferred_cols[j] = c
+        deferred_cols[j + 1] = c + 1
+        j += 2
         out[i, c + 2] = min(cv, 5.0)
         c += 3
 
@@ -231,7 +245,9 @@ def extract_batch(
             in_sums[g, r, 0] = w
             in_sums[g, r, 1] = s_new
             in_sums[g, r, 2] = s_nr
-            out[i, c] = _log1p(w)
+            deferred[i, j] = w
+            deferred_cols[j] = c
+            j += 1
             out[i, c + 1] = s_new / w
             out[i, c + 2] = s_nr / w
             c += 3
@@ -242,3 +258,11 @@ def extract_batch(
     for i in range(n):
         last_seen[dst[i]] = t[i]
     return added_c, added_p
+
+
+@numba.njit(cache=False, nogil=True)
+def place_deferred(deferred: FloatArray, cols: IntArray, out: FloatArray) -> None:  # pragma: no cover - compiled
+    """``out[i, cols[j]] = deferred[i, j]``: the deferred logarithms into their columns."""
+    for i in range(out.shape[0]):
+        for j in range(cols.shape[0]):
+            out[i, cols[j]] = deferred[i, j]

@@ -481,6 +481,12 @@ class FeatureExtractor:
         new_dst = np.zeros(n, dtype=np.int64)
         new_port = np.zeros(n, dtype=np.int64)
         c = np.ascontiguousarray
+        # The logarithms run vectorised in NumPy, outside the per-flow pass: the flow's own before it, those
+        # of the state's sums (which the pass writes to ``deferred``) after it, placed by a compiled pass.
+        logs = np.log1p(np.stack([batch.duration, batch.orig_bytes, batch.resp_bytes, batch.orig_pkts,
+                                  batch.resp_pkts]).astype(np.float64, copy=False))
+        deferred = np.empty((n, 5 * len(self._rates) + 3))
+        deferred_cols = np.zeros(deferred.shape[1], dtype=np.int64)
         added_c, added_p = kernel.extract_batch(
             c(batch.ts, dtype=np.float64), src, dst, c(batch.duration, dtype=np.float64),
             c(batch.orig_bytes, dtype=np.float64), c(batch.resp_bytes, dtype=np.float64),
@@ -489,7 +495,8 @@ class FeatureExtractor:
             c(batch.service_known, dtype=np.int64), _STATE_FLAGS, _PROTO_CODES,
             channels.keys, channels.values, channels.shift, ports.keys, ports.values, ports.shift,
             self._rates, self._channel_rate, self._sums, self._t_sums, self._in_sums, self._t_in, self._first,
-            self.config.max_age_s, values, new_dst, new_port, self._last)
+            self.config.max_age_s, values, new_dst, new_port, self._last, logs, deferred, deferred_cols)
+        kernel.place_deferred(np.log1p(deferred, out=deferred), deferred_cols, values)
         channels.count += added_c
         ports.count += added_p
         self._inserted_since_trim += added_c + added_p
