@@ -305,6 +305,11 @@ class AutoencoderEnsemble:
         self._c_w2 = np.ascontiguousarray(np.take_along_axis(self._f_a2.T, cols, axis=1))
         self._c_c1 = np.ascontiguousarray(self._f_c1.reshape(k, h))
         self._c_inv_size = np.array([1.0 / len(subset) for subset in self.subsets], dtype=np.float32)
+        # The same weights padded to the compiled pass's tiles (ADR 0713), when every autoencoder fits one.
+        kernel = _scoring_kernel() if self._compiled else None
+        self._c_tiles = None if kernel is None else kernel.tiles(
+            self.subsets, self._c_w1, self._c_c1, self._c_w2, self._f_c2, self._f_o1, self._f_oc1, self._f_o2,
+            self._f_oc2)
 
     def arrays(self) -> dict[str, FloatArray]:
         """The trained parameters (float64), for :meth:`from_arrays`: scaling, both layers, the error range.
@@ -374,10 +379,15 @@ class AutoencoderEnsemble:
         kernel = _scoring_kernel() if self._compiled else None
         if kernel is not None:
             out = np.empty(x.shape[0])
-            kernel.score_folded(np.ascontiguousarray(x, dtype=np.float64), self._f_inv, self._f_shift,
-                                self._c_order, self._c_starts, self._c_w1, self._c_c1, self._c_w2, self._f_c2,
-                                self._c_inv_size, self._f_einv, self._f_eshift, self._f_o1, self._f_oc1,
-                                self._f_o2, self._f_oc2, out)
+            rows = np.ascontiguousarray(x, dtype=np.float64)
+            t = self._c_tiles
+            if t is not None:
+                kernel.score_tiled(rows, self._f_inv, self._f_shift, t.order, t.w1, t.c1, t.w2, t.c2,
+                                   self._c_inv_size, self._f_einv, self._f_eshift, t.o1, t.oc1, t.o2, t.oc2, out)
+            else:
+                kernel.score_folded(rows, self._f_inv, self._f_shift, self._c_order, self._c_starts, self._c_w1,
+                                    self._c_c1, self._c_w2, self._f_c2, self._c_inv_size, self._f_einv,
+                                    self._f_eshift, self._f_o1, self._f_oc1, self._f_o2, self._f_oc2, out)
             return out
         with one_blas_thread():
             return self._score(x)
