@@ -85,7 +85,7 @@ def witnesses(tmp_path: Path) -> Iterator[list[tuple[str, str, Path]]]:
     finally:
         for proc in procs:
             proc.terminate()
-            proc.wait(timeout=10)
+            proc.communicate(timeout=10)  # drains and closes the pipes
 
 
 def cosign_args(ws: list[tuple[str, str, Path]]) -> list[str]:
