@@ -463,8 +463,10 @@ def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+@functools.lru_cache(maxsize=65536)
 def _group_address(address: str) -> bool:
-    """Whether ``address`` names a group (multicast, or the IPv4 limited broadcast), not one peer."""
+    """Whether ``address`` names a group (multicast, or the IPv4 limited broadcast), not one peer (cached, as
+    :func:`_ip` is: ``is_multicast`` is a network look-up per call, and a batch's peers repeat)."""
     ip = _ip(address)
     return ip is not None and (ip.is_multicast or address == "255.255.255.255")
 
