@@ -488,9 +488,8 @@ class FeatureExtractor:
         deferred = np.empty((n, 5 * len(self._rates) + 3))
         deferred_cols = np.zeros(deferred.shape[1], dtype=np.int64)
         added_c, added_p = kernel.extract_batch(
-            c(batch.ts, dtype=np.float64), src, dst, c(batch.duration, dtype=np.float64),
-            c(batch.orig_bytes, dtype=np.float64), c(batch.resp_bytes, dtype=np.float64),
-            c(batch.orig_pkts, dtype=np.float64), c(batch.resp_pkts, dtype=np.float64),
+            c(batch.ts, dtype=np.float64), src, dst, c(batch.orig_bytes, dtype=np.float64),
+            c(batch.resp_pkts, dtype=np.float64),
             c(batch.state, dtype=np.int64), c(batch.proto, dtype=np.int64), c(batch.resp_p, dtype=np.int64),
             c(batch.service_known, dtype=np.int64), _STATE_FLAGS, _PROTO_CODES,
             channels.keys, channels.values, channels.shift, ports.keys, ports.values, ports.shift,
