@@ -32,6 +32,7 @@ from iotguard.detection import (
     parse_conn_log,
     plan,
 )
+from iotguard.detection.flows import FAILED_STATE, RESET_STATE
 from iotguard.detection.inbound import window_equivalent
 from iotguard.detection.response import DeviceView, FleetView
 from iotguard.hub.services.detection import RISK_HALF_LIFE_S, RISK_WEIGHT
@@ -206,7 +207,7 @@ def test_the_compiled_test_selects_the_rows_of_the_numpy_reference() -> None:
     want_rows, want_login = rule._candidates_numpy(batch, features)
     rows, login = kernel.inbound_candidates(batch.state, batch.orig_bytes, batch.resp_bytes, batch.resp_p,
                                             batch.proto, features.values, rule._index, rule._log_thresholds,
-                                            inbound._FAILED, inbound._RESET, inbound._LOGIN, inbound._TCP,
+                                            FAILED_STATE, RESET_STATE, inbound._LOGIN, inbound._TCP,
                                             rule.min_sources)
     assert 200 < want_rows.shape[0] < n // 2  # every branch is exercised, and not everything is a hit
     assert rows.tolist() == want_rows.tolist()

@@ -101,3 +101,31 @@ def test_timer_driven_multicast_reports_are_not_beaconing() -> None:
                                            orig_bytes=24, resp_bytes=0, conn_state="OTH", orig_pkts=1, resp_pkts=0)
                                       for i in range(30)])
         assert rule.hits(batch, extractor.transform(batch)).any() == beacon, peer
+
+
+def _burst(states: list[str]) -> FlowBatch:
+    """One host opening a new HTTPS destination every 0.2 s, each flow in the given Zeek state."""
+    return FlowBatch.from_flows([
+        Flow(ts=T0 + 0.2 * i, orig_h="10.0.0.9", orig_p=40000 + i, resp_h=f"198.51.100.{i + 1}", resp_p=443,
+             proto="tcp", duration=0.5 if s == "SF" else 0.0, orig_bytes=600 if s == "SF" else 0,
+             resp_bytes=4000 if s == "SF" else 0, conn_state=s, orig_pkts=6 if s == "SF" else 1,
+             resp_pkts=(6 if s == "SF" else 1 if s == "REJ" else 0))
+        for i, s in enumerate(states)])
+
+
+def test_a_burst_of_answered_connections_is_not_a_scan() -> None:
+    """A browser opening forty hosts, all answered, is not a scan; the same fan-out of unanswered or refused
+    attempts is, and only the failed flows are its evidence (Zeek's scan policy counts only failed attempts)."""
+    names = FeatureExtractor().names
+    answered = _burst(["SF"] * 40)
+    rule = rules.ScanFanOutRule(names)
+    assert not rule.hits(answered, FeatureExtractor().transform(answered)).any()
+    assert rule.evaluate(answered, FeatureExtractor().transform(answered)) == []
+    mixed = _burst(["S0", "REJ", "SF", "S0"] * 10)
+    hit = rules.ScanFanOutRule(names).hits(mixed, FeatureExtractor().transform(mixed))
+    assert hit.any()
+    failed = np.array(["S0", "REJ", "SF", "S0"] * 10) != "SF"
+    assert not (hit & ~failed).any()
+    assert hit[-10:].sum() == failed[-10:].sum()  # past the count's threshold every failed attempt holds
+    alerts = rules.ScanFanOutRule(names).evaluate(mixed, FeatureExtractor().transform(mixed))
+    assert [a.detector for a in alerts] == ["scan_fanout"] and dict(alerts[0].evidence)["flows"] == int(hit.sum())

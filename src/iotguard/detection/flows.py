@@ -19,10 +19,13 @@ from iotguard.errors import MalformedError
 __all__ = [
     "CONN_STATES",
     "ESTABLISHED_STATES",
+    "FAILED_STATE",
     "PROTOCOLS",
     "REJECTED_STATES",
+    "RESET_STATE",
     "Flow",
     "FlowBatch",
+    "failed_attempts",
     "proto_code",
     "state_code",
 ]
@@ -178,3 +181,22 @@ def state_code(state: str) -> int:
 def proto_code(proto: str) -> int:
     """Code of a transport protocol name (unknown names are ``other``)."""
     return _PROTO_CODE.get(proto, _PROTO_CODE["other"])
+
+
+#: Per state code: Zeek's failed connection attempt (policy/misc/scan.zeek), unanswered or refused outright ...
+FAILED_STATE = np.array([s in ("S0", "SH", "RSTOS0", "REJ") for s in CONN_STATES])
+#: ... or reset after the handshake, failed when no payload went either way.
+RESET_STATE = np.array([s in ("RSTO", "RSTR") for s in CONN_STATES])
+
+
+def failed_attempts(batch: FlowBatch) -> npt.NDArray[np.bool_]:
+    """Per flow: a failed connection attempt as Zeek's scan policy counts one (``policy/misc/scan.zeek``).
+
+    Unanswered or refused outright (``S0``, ``SH``, ``RSTOS0``, ``REJ``), or
+    reset after the handshake with no payload either way (``RSTO``, ``RSTR``).
+    """
+    failed: npt.NDArray[np.bool_] = FAILED_STATE[batch.state]
+    reset = np.flatnonzero(RESET_STATE[batch.state])
+    if reset.shape[0]:
+        failed[reset] = (batch.orig_bytes[reset] == 0) & (batch.resp_bytes[reset] == 0)
+    return failed

@@ -57,7 +57,7 @@ import numpy.typing as npt
 
 from iotguard.detection.alert import Alert, Scalar, Severity
 from iotguard.detection.features import FeatureMatrix
-from iotguard.detection.flows import CONN_STATES, PROTOCOLS, FlowBatch
+from iotguard.detection.flows import FAILED_STATE, PROTOCOLS, RESET_STATE, FlowBatch, failed_attempts
 from iotguard.detection.rules import BoolArray, FlowRule, _ip
 from iotguard.detection.rules import _kernel as _rules_kernel
 from iotguard.errors import ConfigError
@@ -68,10 +68,6 @@ __all__ = ["LOGIN_PORTS", "InboundProbeRule", "window_equivalent"]
 #: alternative port, the Android debug bridge.
 LOGIN_PORTS: tuple[int, ...] = (22, 23, 2323, 5555)
 
-# Zeek's failed connection attempt (policy/misc/scan.zeek): unanswered or refused outright ...
-_FAILED = np.array([s in ("S0", "SH", "RSTOS0", "REJ") for s in CONN_STATES])
-# ... or reset after the handshake with no payload either way.
-_RESET = np.array([s in ("RSTO", "RSTR") for s in CONN_STATES])
 _TCP = PROTOCOLS.index("tcp")
 _LOGIN = np.zeros(1 << 16, dtype=bool)
 _LOGIN[list(LOGIN_PORTS)] = True
@@ -96,7 +92,7 @@ def _kernel() -> ModuleType | None:
     # Compile now (about a second, once), not inside the first batch the hub judges.
     i, f = np.zeros(1, dtype=np.int64), np.zeros(1)
     module.inbound_candidates(i, f, f, i, i, np.zeros((1, 7)), np.arange(7, dtype=np.intp), np.zeros(7),
-                              _FAILED, _RESET, _LOGIN, _TCP, np.ones(2))
+                              FAILED_STATE, RESET_STATE, _LOGIN, _TCP, np.ones(2))
     return module
 
 
@@ -179,12 +175,8 @@ class InboundProbeRule(FlowRule):
     @staticmethod
     def _attempts(batch: FlowBatch) -> tuple[BoolArray, BoolArray]:
         """Per flow: a failed connection attempt (Zeek's test), and a connection to a login port."""
-        failed: BoolArray = _FAILED[batch.state]
-        reset = np.flatnonzero(_RESET[batch.state])
-        if reset.shape[0]:
-            failed[reset] = (batch.orig_bytes[reset] == 0) & (batch.resp_bytes[reset] == 0)
         login: BoolArray = _LOGIN[batch.resp_p] & (batch.proto == _TCP)
-        return failed, login
+        return failed_attempts(batch), login
 
     def _candidates(self, batch: FlowBatch, features: FeatureMatrix) -> tuple[npt.NDArray[np.intp], BoolArray]:
         """The rows on which the rule holds, and for each whether it is a connection to a login port."""
@@ -194,7 +186,7 @@ class InboundProbeRule(FlowRule):
         else:
             rows, login = kernel.inbound_candidates(
                 batch.state, batch.orig_bytes, batch.resp_bytes, batch.resp_p, batch.proto, features.values,
-                self._index, self._log_thresholds, _FAILED, _RESET, _LOGIN, _TCP, self.min_sources)
+                self._index, self._log_thresholds, FAILED_STATE, RESET_STATE, _LOGIN, _TCP, self.min_sources)
         if rows.shape[0]:
             # Only now the addresses: from outside to a device.
             inside = self.inside

@@ -27,7 +27,7 @@ import numpy.typing as npt
 from iotguard.detection.alert import Alert, Scalar, Severity
 from iotguard.detection.features import FeatureMatrix
 from iotguard.detection.feed import ThreatFeed
-from iotguard.detection.flows import PROTOCOLS, FlowBatch
+from iotguard.detection.flows import PROTOCOLS, FlowBatch, failed_attempts
 
 __all__ = ["BeaconRule", "FlowRule", "KnownBadRule", "NewPortRule", "ScanFanOutRule", "Throttle"]
 
@@ -211,10 +211,14 @@ def _column(features: FeatureMatrix, names: tuple[str, ...], name: str) -> npt.N
 
 
 class ScanFanOutRule(FlowRule):
-    """A host contacting many destinations or ports it never used, within seconds (scanning, worms).
+    """A host trying many destinations or ports it never used, within seconds, and failing (scanning, worms).
 
-    Fires when the damped count of new destinations or of new ports (10 s
-    half-life: roughly the last 15 s) reaches ``min_new``.
+    Holds on a flow that is a failed connection attempt (Zeek's scan policy
+    counts only those: :func:`~iotguard.detection.flows.failed_attempts`)
+    while the damped count of its host's new destinations or new ports (10 s
+    half-life: roughly the last 15 s) reaches ``min_new``. A burst of
+    answered connections (a browser opening a page's twenty hosts) is not a
+    scan (ADR 0715).
     """
 
     name = "scan_fanout"
@@ -232,13 +236,19 @@ class ScanFanOutRule(FlowRule):
         return np.expm1(np.maximum(_column(features, self.names, self.columns[0]),
                                    _column(features, self.names, self.columns[1])))
 
+    def _hits(self, batch: FlowBatch, features: FeatureMatrix) -> tuple[BoolArray, npt.NDArray[np.float64]]:
+        new = self._new(features)
+        hit: BoolArray = new >= self.min_new
+        if hit.any():
+            hit &= failed_attempts(batch)
+        return hit, new
+
     def hits(self, batch: FlowBatch, features: FeatureMatrix) -> BoolArray:
-        out: BoolArray = self._new(features) >= self.min_new
-        return out
+        return self._hits(batch, features)[0]
 
     def evaluate(self, batch: FlowBatch, features: FeatureMatrix) -> list[Alert]:
-        new = self._new(features)
-        return self._alerts(batch, new >= self.min_new, new, {"min_new": self.min_new})
+        hit, new = self._hits(batch, features)
+        return self._alerts(batch, hit, new, {"min_new": self.min_new})
 
 
 class _Baseline(FlowRule):
