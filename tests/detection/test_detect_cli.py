@@ -34,6 +34,35 @@ def test_eval_prints_one_json_object_last(labeled_log: str, capsys) -> None:
     assert report["attackers_detected"] == 2
 
 
+def test_eval_grades_the_known_bad_rule_with_a_feed(tmp_path, capsys) -> None:
+    """With --feed listing a C&C server, the flows to it are flagged (critical: they rank first), no other is."""
+    fleet = traffic.make_fleet(per_model=2, segments=1)
+    t0 = 1_700_000_000.0
+    everything = traffic.benign_traffic(fleet, t0, 3 * 3600, seed=31).merged(
+        traffic.cnc_beacon(fleet[2], t0 + 2.5 * 3600, 600.0, server="203.0.113.66", port=443, period_s=90.0))
+    log = tmp_path / "conn.log.labeled"
+    log.write_bytes(format_conn_log(everything.flows, ["Malicious" if m else "Benign" for m in everything.malicious]))
+    c2 = sum(1 for f in everything.flows if f.resp_h == "203.0.113.66")
+
+    def report(*extra: str) -> dict[str, float]:
+        assert main(["detect", "eval", "--zeek", str(log), "--json", *extra]) == 0
+        out: dict[str, float] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        return out
+
+    without = report()
+    feed = tmp_path / "feed.txt"
+    feed.write_text("# C&C\n203.0.113.64/30\n")
+    with_feed = report("--feed", str(feed))
+    # Every flow to the listed server is flagged, no other is added, and they rank first (critical).
+    assert with_feed["rule_flagged_malicious"] == c2
+    assert with_feed["rule_flagged"] - without["rule_flagged"] == \
+        with_feed["rule_flagged_malicious"] - without["rule_flagged_malicious"]
+    assert with_feed["auc"] == 1.0 > without["auc"]
+    feed.write_text("203.0.113.64/30\n10.0.0.999\n")
+    assert main(["detect", "eval", "--zeek", str(log), "--feed", str(feed)]) == 1
+    assert "feed_bad_entry" in capsys.readouterr().err
+
+
 def test_eval_rejects_a_log_without_labels(tmp_path, capsys) -> None:
     path = tmp_path / "conn.log"
     path.write_bytes(format_conn_log(traffic.benign_traffic(traffic.make_fleet(1, 1), 0.0, 600).flows))

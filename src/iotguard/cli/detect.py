@@ -16,8 +16,10 @@ from iotguard.detection import (
     evaluate_flows,
     flows_from_pcap,
     parse_conn_log,
+    parse_feed,
     parse_playbook,
 )
+from iotguard.detection.feed import MAX_FEED_BYTES
 from iotguard.detection.flows import FlowBatch
 from iotguard.errors import ConfigError
 
@@ -37,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     help="earliest share of flows (time order) whose benign flows are fitted on (default 0.2)")
     ev.add_argument("--target-fpr", type=float, default=0.01, help="false-positive rate to calibrate to (0.01)")
     ev.add_argument("--batch", type=int, default=1024, help="flows per streaming batch (default 1024)")
+    ev.add_argument("--feed", metavar="FILE",
+                    help="threat feed (one address or CIDR network per line): grade the known-bad address rule too")
     ev.add_argument("--json", action="store_true", help="end with one JSON object with every number")
     ev.set_defaults(func=_eval)
     flows = sub.add_parser("flows", help="print the flows of a pcap or Zeek conn.log as JSON lines")
@@ -82,8 +86,9 @@ def _eval(args: argparse.Namespace) -> int:
         raise ConfigError("no labels", code="zeek_no_label_column")
     if not 1 <= args.batch <= 1_000_000:
         raise ConfigError("--batch must be 1..1000000", code="config_invalid")
+    feed = parse_feed(_read(args.feed, MAX_FEED_BYTES), name=Path(args.feed).name) if args.feed else None
     report = evaluate_flows(log_.flows, log_.labels, train_share=args.train_share, batch_size=args.batch,
-                            local_hosts=log_.local_hosts,
+                            local_hosts=log_.local_hosts, feed=feed,
                             scorer=ScorerConfig(target_fpr=args.target_fpr))
     print(format_report(report, args.zeek))
     if args.json:
@@ -172,12 +177,17 @@ def _status(args: argparse.Namespace) -> int:
               "unacknowledged": len(d.alerts(unacked=True, limit=100000)),
               "by_detector": {f"{det}/{sev}": n for (det, sev), n in sorted(counts.items())},
               "awaiting_approval": waiting,
-              "quarantined": quarantined}
+              "quarantined": quarantined,
+              "threat_feed": services.flows.feed.status()}
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
         return 0
     print(f"playbook {report['playbook']}; {report['alerts']} alerts ({report['unacknowledged']} unacknowledged); "
           f"quarantined: {', '.join(quarantined) or 'none'}")
+    feed = services.flows.feed.status()
+    print(f"threat feed {feed['file']}: " + (f"{feed['networks']} networks" if feed["present"] else "none (no "
+          "known-bad address rule)") + (f"; the file as it is now was refused ({feed['error']})" if feed["error"]
+                                        else ""))
     for a in waiting:
         print(f"  waiting for approval: action {a['id']} {a['kind']} on {a['device_id']} "
               f"(alert {a['alert_id'][:16]}, {a['reason']})")

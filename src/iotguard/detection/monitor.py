@@ -92,6 +92,10 @@ class FlowMonitor:
         self.detector = FlowDetector(self.config.detector, devices=devices, models=models, feed=feed)
         self.flows_seen = 0
 
+    def set_feed(self, feed: ThreatFeed | None) -> None:
+        """Match flows against ``feed`` from the next batch on (``None``: no known-bad address rule)."""
+        self.detector.set_feed(feed)
+
     @property
     def learning(self) -> bool:
         """Whether the learned baselines are still being learned."""

@@ -195,6 +195,19 @@ class FlowDetector:
         return flow_rules(self.config, self.extractor.names, self.devices, self.feed, models=self.models,
                           model_ports=self.model_ports)
 
+    def set_feed(self, feed: ThreatFeed | None) -> None:
+        """Match against ``feed`` from the next batch on (``None``: no ``known_bad_address`` rule); the rule's
+        throttle is kept."""
+        self.feed = feed
+        kept = [r for r in self.rules if not isinstance(r, KnownBadRule)]
+        old = next((r for r in self.rules if isinstance(r, KnownBadRule)), None)
+        if feed is not None:
+            if old is None:
+                old = KnownBadRule(feed, devices=self.devices, realert_s=self.config.realert_s)
+            old.feed = feed
+            kept.append(old)
+        self.rules = kept
+
     def _set_model_ports(self, ports: Mapping[str, frozenset[int]]) -> None:
         self.model_ports = dict(ports)
         for rule in self.rules:

@@ -10,6 +10,11 @@ store shared by every hub process (ADR 0752), and hands the alerts to
 :meth:`~iotguard.hub.services.detection.DetectionService.raise_alerts`
 (stored, audited, the playbook's response carried out).
 
+Flows to or from an address in the operator's threat feed,
+``<data_dir>/threat_feed`` (:mod:`iotguard.hub.services.threat_feed`; read
+again when it changes, without restarting the learning), raise
+``known_bad_address`` alerts.
+
 The device behind a flow's originator address is named by the operator's
 address inventory, ``<data_dir>/device_addresses`` (``<address>
 <device_id>`` lines; re-read when it changes, which restarts the monitor's
@@ -68,6 +73,7 @@ from iotguard.detection.monitor import MAX_INVENTORY_BYTES, parse_address_invent
 from iotguard.errors import ConfigError, IotGuardError, MalformedError, StorageError
 from iotguard.hub.services.detection import DetectionService
 from iotguard.hub.services.detection_state import STATE_ATTEMPTS, apply_shared
+from iotguard.hub.services.threat_feed import THREAT_FEED_FILE, FeedFile
 from iotguard.hub.stores.detector_state import (
     DetectorStateStore,
     MemoryDetectorStateStore,
@@ -147,6 +153,8 @@ class FlowIngestService:
                  state_ttl: timedelta = FLOW_STATE_TTL) -> None:
         self.detection = detection
         self.inventory_path = data_dir / ADDRESS_INVENTORY_FILE
+        #: Known-bad addresses, ``<data_dir>/threat_feed`` (ADR 0716): read again when it changes.
+        self.feed = FeedFile(data_dir / THREAT_FEED_FILE)
         self._models = models
         self.config = config or MonitorConfig()
         self.limits = limits or FlowReportLimits()
@@ -203,6 +211,9 @@ class FlowIngestService:
                                 canonical=True)
             self._generation = hashlib.sha256(basis).hexdigest()[:16]
             self._model_shared = False
+        feed = self.feed.current()
+        if self._monitor.detector.feed is not feed:  # a new or changed feed; the learning goes on
+            self._monitor.set_feed(feed)
         return self._monitor
 
     def _model_key(self, part: str) -> str:
