@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.signal import lfilter
+from scipy.special import ndtri
 
 from iotguard.errors import ConfigError
 from iotguard.media import (
@@ -43,13 +44,14 @@ def _f0(audio: Audio) -> float:
     return RATE / (20 + int(np.argmax(r[20:160])))
 
 
-@pytest.mark.parametrize("size", [37, 997])
-def test_stream_output_equals_whole_clip_and_latency_is_one_frame(size: int) -> None:
-    # Version 3's low-pass, grid and jitter carry their state across batches: pushes of less
-    # than a hop (one frame at a time) and of many frames give the one-shot output.
-    audio = _vowel()
-    whole = PseudoSpeaker(seed=5).apply(audio)
-    stream = PseudoSpeaker(seed=5).stream(RATE)
+@pytest.mark.parametrize(("size", "window"), [(37, 10.0), (997, 10.0), (37, 0.5), (997, 0.5)])
+def test_stream_output_equals_whole_clip_and_latency_is_one_frame(size: int, window: float) -> None:
+    # Version 3's low-pass, grid and jitter and version 4's rank window carry their state across
+    # batches: pushes of less than a hop (one frame at a time) and of many frames give the one-shot
+    # output, also when the clip is longer than the rank window (0.5 s: 50 frames of 150).
+    audio = _vowel(seconds=1.5)
+    whole = PseudoSpeaker(seed=5, equalisation_window=window).apply(audio)
+    stream = PseudoSpeaker(seed=5, equalisation_window=window).stream(RATE)
     pieces, fed = [], 0
     for start in range(0, len(audio.samples), size):
         chunk = audio.samples[start : start + size]
@@ -171,15 +173,24 @@ def test_digital_silence_stays_silent() -> None:
 def test_receipt_parameters_name_ranges_not_the_secret_draws() -> None:
     p = PseudoSpeaker().params()
     assert p["method"] == "pseudo-speaker" and p["draws"] == "per-utterance, wandering"
-    assert p["version"] == 3 and p["excitation"] == "whispered (noise)" and p["loudness_contour"] == 0.0
-    assert p["trajectory_lowpass_hz"] == 10.0 and p["quantisation_step"] == 2.0 and p["jitter"] == 4.0
+    assert p["version"] == 4 and p["excitation"] == "whispered (noise)" and p["loudness_contour"] == 0.0
+    assert p["trajectory_lowpass_hz"] == 10.0 and p["quantisation_step"] == 2.0 and p["jitter"] == 3.0
     assert p["quantisation_dither"] == "per utterance" and p["timbre_spread"] == 0.0 and p["wander"] == 0.0
+    assert p["rank_equalisation"] == 0.5 and p["equalisation_window_s"] == 10.0 and p["level_wander"] == 0.0
+    assert p["envelope"] == "speaker-normalised (mean)"
     assert "grid_offset" not in p and "jitter_amplitude" not in p  # the draws themselves are never reported
-    # The receipt names what ran: version 2's steps are version 2, without version 3's parameters.
+    # The receipt names what ran: version 3's steps are version 3, without version 4's parameters,
+    # and version 2's are version 2, without version 3's.
+    v3 = PseudoSpeaker.version_3().params()
+    assert v3["version"] == 3 and v3["jitter"] == 4.0 and v3["level_wander"] == 0.5
+    assert v3["envelope"] == "speaker-normalised (mean and spread)"
+    assert not {"rank_equalisation", "equalisation_window_s"} & set(v3)
     old = PseudoSpeaker.version_2().params()
     assert old["version"] == 2 and old["timbre_spread"] == 0.15 and old["wander"] == 0.3
     assert not {"trajectory_lowpass_hz", "quantisation_step", "jitter", "quantisation_dither"} & set(old)
-    assert PseudoSpeaker(jitter=0.0, quantisation_step=0.0).params()["version"] == 3  # the low-pass is on
+    assert PseudoSpeaker(rank_equalisation=0.0).params()["version"] == 4  # the spread is not normalised
+    assert "rank_equalisation" not in PseudoSpeaker(rank_equalisation=0.0).params()
+    assert PseudoSpeaker.version_3(jitter=0.0, quantisation_step=0.0).params()["version"] == 3  # the low-pass
     assert PseudoSpeaker(quantisation_step=0.0).params().keys() >= {"jitter", "trajectory_lowpass_hz"}
     assert PseudoSpeaker(dither=False).params()["quantisation_dither"] == "none"
     assert PseudoSpeaker(whisper=False).params()["excitation"] == "synthetic"
@@ -197,7 +208,8 @@ def test_method_is_registered_and_allowed_in_contracts() -> None:
 @pytest.mark.parametrize("bad", [{"warp_range": (0.3, -0.3)}, {"f0_range": (20.0, 90.0)}, {"wander": 2.0},
                                  {"wander_tau": 0.0}, {"dynamics_range": (0.1, 1.0)}, {"colour": "blue"},
                                  {"loudness_contour": 1.5}, {"jitter": -1.0}, {"quantisation_step": 9.0},
-                                 {"trajectory_lowpass": 60.0}])
+                                 {"trajectory_lowpass": 60.0}, {"rank_equalisation": 1.5},
+                                 {"equalisation_window": 0.1}])
 def test_bad_parameters_are_config_errors(bad: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         voice_transform("pseudo-speaker", **bad)
@@ -271,3 +283,44 @@ def test_fine_articulation_detail_does_not_survive_the_grid_and_jitter() -> None
     # On one fixed grid, what still tells two utterances of one input apart is the jitter.
     on_grid = PseudoSpeaker(seed=7, dither=False)
     assert np.mean([np.abs(shaped(on_grid, plain) - shaped(on_grid, plain)).mean() for _ in range(8)]) > 0.3
+
+
+def test_ranks_are_taken_causally_within_the_window() -> None:
+    # The rank of each frame's coefficient among the window's frames (this one included), as a
+    # Gaussian quantile, checked against a direct count; the window's frames are all that is kept.
+    t = PseudoSpeaker(seed=3)
+    cep = np.round(np.random.default_rng(2).normal(size=(130, 30)), 1)  # rounded: ties occur
+    draws = t._draw(RATE)
+    ranks = np.vstack([t._equalise(draws, cep[:70], 40), t._equalise(draws, cep[70:], 40)])
+    assert draws.ranked is not None and len(draws.ranked) == 39
+    for i in (0, 1, 39, 40, 69, 70, 129):
+        window = cep[max(0, i - 39) : i + 1]
+        u = ((window < cep[i]).sum(axis=0) + 0.5 * (window == cep[i]).sum(axis=0) + 0.5) / (len(window) + 1)
+        assert np.allclose(ranks[i], ndtri(u))
+    assert np.allclose(ranks[0], 0.0)  # a first frame is the median of itself
+
+
+def test_a_speakers_skewed_articulation_does_not_survive_the_ranks() -> None:
+    # Check for speaker detail carried through: two speakers articulate the same word, one of them
+    # skewing every coefficient's movements (a monotone distortion, re-centred and re-scaled to the
+    # same mean and spread, so mean and spread normalisation cannot see it). The ranks of the two
+    # are identical, so version 4 keeps half of the difference that mean normalisation leaves;
+    # version 3 keeps all of it. And the step runs in the stream: without it the output changes.
+    spread = 0.5 / (1 + np.arange(30))
+    plain = _phonetic_trajectory(np.random.default_rng(3))
+    skewed = np.sign(plain) * np.abs(plain / spread) ** 1.8 * spread
+    skewed = (skewed - skewed.mean(axis=0)) / skewed.std(axis=0) * plain.std(axis=0) + plain.mean(axis=0)
+    mean, sd = np.broadcast_to(plain.mean(axis=0), plain.shape), np.broadcast_to(plain.std(axis=0), plain.shape)
+
+    def difference(t: PseudoSpeaker) -> np.ndarray:  # type: ignore[type-arg]
+        a = t._normalise(t._draw(RATE), plain, mean, sd, spread, 1000)
+        b = t._normalise(t._draw(RATE), skewed, mean, sd, spread, 1000)
+        return np.abs(a - b)
+
+    before = difference(PseudoSpeaker.version_3())
+    assert before.mean() > 0.2 * spread.mean()
+    assert np.allclose(difference(PseudoSpeaker()), 0.5 * difference(PseudoSpeaker(rank_equalisation=0.0)))
+    assert difference(PseudoSpeaker()).mean() < 0.6 * before.mean()
+    audio = _vowel()
+    assert not np.allclose(PseudoSpeaker(seed=8).apply(audio).samples,
+                           PseudoSpeaker(seed=8, rank_equalisation=0.0).apply(audio).samples)

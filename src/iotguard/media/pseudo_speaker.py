@@ -48,6 +48,18 @@ more directions and over time:
   as much as the speaker, ADR 0904); :meth:`PseudoSpeaker.version_2` builds
   the previous version.
 
+* **A rank-equalised trajectory** (version 4, ADR 0906): each cepstral
+  coefficient is also mapped through its running empirical distribution in
+  the utterance (its rank among the utterance's frames so far, as a quantile
+  of the generic Gaussian), and half of that replaces the mean-normalised
+  value. The shape of each coefficient's distribution (how a speaker skews,
+  compresses or stretches an articulation), which mean and spread
+  normalisation leave, is what the ranks remove. Version 4 normalises the
+  mean only (the spread's gain bought no privacy once the ranks are in and
+  cost accuracy), draws the jitter amplitude up to 3 instead of 4 and keeps
+  the level constant within an utterance; :meth:`PseudoSpeaker.version_3`
+  builds version 3.
+
 Per-utterance draws are never reported; :meth:`PseudoSpeaker.params`
 records the ranges.
 """
@@ -60,6 +72,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from scipy.signal import lfilter
+from scipy.special import ndtri
 
 from iotguard.errors import ConfigError
 from iotguard.media.voice import (
@@ -76,6 +89,9 @@ __all__ = ["PseudoSpeaker"]
 
 Samples = npt.NDArray[np.float64]
 Frames = npt.NDArray[np.float64]
+
+#: Frames ranked in one vectorised pass of the rank equalisation (bounds its temporary arrays).
+_RANK_CHUNK = 64
 
 
 def _bilinear_map(bins: int, warp: float) -> tuple[npt.NDArray[np.int64], Samples]:
@@ -102,6 +118,7 @@ class _Draws:
     jitter_amplitude: float
     grid_offset: Samples  # the quantisation grid's dither, in steps, per coefficient
     lowpassed: Samples | None = None  # the low-passed trajectory's last frame
+    ranked: Frames | None = None  # the cepstra of the last frames, the rank equalisation's window
     csum: Samples | None = None
     c2sum: Samples | None = None
     wsum: float = 0.0
@@ -135,9 +152,17 @@ class PseudoSpeaker(_RandomisedVoice):
         jitter: Largest amplitude of the per-frame white noise on the
             trajectory, in units of ``0.5/(1+k)**1.5``; the amplitude is drawn
             per utterance, uniform in ``[0, jitter]`` (0: off).
+        spread_normalisation: Scale each coefficient's running spread to the
+            generic one (versions 1-3); ``False`` removes the running mean only.
+        rank_equalisation: Share of each coefficient's normalised value
+            replaced by its rank among the utterance's frames so far, as a
+            generic-Gaussian quantile times the generic spread (0: off).
+        equalisation_window: Seconds of past frames the rank is taken among
+            (bounds memory and time on long utterances).
         (pitch, intonation, quefrency, timbre and seed: :class:`_RandomisedVoice`)
 
-    The low-pass, the grid or the jitter on makes this version 3; with all three off it runs
+    The rank equalisation on or the spread normalisation off makes this version 4; else the
+    low-pass, the grid or the jitter on makes it version 3; with all of them off it runs
     version 2's steps (with the timbre, wander and dynamics given).
     """
 
@@ -146,14 +171,17 @@ class PseudoSpeaker(_RandomisedVoice):
     warp_range: tuple[float, float] = (0.0, 0.0)
     dynamics_range: tuple[float, float] = (1.0, 1.0)
     wander: float = 0.0
-    level_wander: float = 0.5
+    level_wander: float = 0.0
     wander_tau: float = 1.0
     whisper: bool = True
     loudness_contour: float = 0.0
     trajectory_lowpass: float = 10.0
     quantisation_step: float = 2.0
     dither: bool = True
-    jitter: float = 4.0
+    jitter: float = 3.0
+    spread_normalisation: bool = False
+    rank_equalisation: float = 0.5
+    equalisation_window: float = 10.0
     name: str = "pseudo-speaker"
 
     @classmethod
@@ -161,11 +189,21 @@ class PseudoSpeaker(_RandomisedVoice):
         """Version 2 (ADR 0903): timbre, wander and dynamics draws, no trajectory steps."""
         v2: dict[str, Any] = {"timbre_spread": 0.15, "dynamics_range": (0.8, 1.25), "wander": 0.3,
                               "trajectory_lowpass": 0.0, "quantisation_step": 0.0, "jitter": 0.0}
-        return cls(**{**v2, **overrides})
+        return cls.version_3(**{**v2, **overrides})
+
+    @classmethod
+    def version_3(cls, **overrides: Any) -> PseudoSpeaker:
+        """Version 3 (ADR 0905): mean and spread normalised, jitter up to 4, a drifting level, no ranks."""
+        v3: dict[str, Any] = {"jitter": 4.0, "level_wander": 0.5, "spread_normalisation": True,
+                              "rank_equalisation": 0.0}
+        return cls(**{**v3, **overrides})
 
     @property
     def version(self) -> int:
-        """3 when any trajectory step is on, else 2 (what the receipt names)."""
+        """4 with the rank equalisation on or the spread normalisation off; 3 when any other trajectory
+        step is on; else 2 (what the receipt names)."""
+        if self.rank_equalisation or not self.spread_normalisation:
+            return 4
         return 3 if self.trajectory_lowpass or self.quantisation_step or self.jitter else 2
 
     def __post_init__(self) -> None:
@@ -182,6 +220,8 @@ class PseudoSpeaker(_RandomisedVoice):
                 or not 0.0 <= self.jitter <= 10.0:
             raise ConfigError("pseudo-speaker: trajectory_lowpass in [0, 40] Hz, quantisation_step in [0, 8], "
                               "jitter in [0, 10]")
+        if not 0.0 <= self.rank_equalisation <= 1.0 or not 0.5 <= self.equalisation_window <= 60.0:
+            raise ConfigError("pseudo-speaker: rank_equalisation in [0, 1], equalisation_window in [0.5, 60] s")
 
     def params(self) -> dict[str, Any]:
         common = self._common_params()
@@ -192,13 +232,17 @@ class PseudoSpeaker(_RandomisedVoice):
                   "loudness_contour": self.loudness_contour,
                   "dynamics_range": list(self.dynamics_range),
                   "wander": self.wander, "level_wander": self.level_wander, "wander_tau_s": self.wander_tau,
-                  "envelope": "speaker-normalised (mean and spread)", "draws": "per-utterance, wandering"}
-        if self.version == 3:
+                  "envelope": "speaker-normalised (mean and spread)" if self.spread_normalisation
+                  else "speaker-normalised (mean)", "draws": "per-utterance, wandering"}
+        if self.version >= 3:
             params.update({"trajectory_lowpass_hz": self.trajectory_lowpass,
                            "quantisation_step": self.quantisation_step, "jitter": self.jitter,
                            "jitter_draw": "amplitude per utterance, noise per frame"})
             if self.quantisation_step:
                 params["quantisation_dither"] = "per utterance" if self.dither else "none"
+        if self.rank_equalisation:
+            params.update({"rank_equalisation": self.rank_equalisation,
+                           "equalisation_window_s": self.equalisation_window})
         return params
 
     def _draw(self, rate: int) -> _Draws:
@@ -215,6 +259,37 @@ class PseudoSpeaker(_RandomisedVoice):
         grid_offset = rng.uniform(-0.5, 0.5, q) if self.dither else np.zeros(q)
         return _Draws(source, wander_rng, warp, timbre, dynamics, level, np.zeros(q + 1),
                       jitter_rng, jitter_amplitude, grid_offset)
+
+    def _equalise(self, st: _Draws, cep: Frames, window: int) -> Frames:
+        """Version 4's ranks (rows are frames): each coefficient's rank among the utterance's last ``window``
+        frames (this one included) as a quantile of the standard Gaussian. Causal; the window's frames are
+        carried across batches, so the result does not depend on how the input is batched."""
+        past = np.empty((0, cep.shape[1])) if st.ranked is None else st.ranked
+        seen = np.vstack([past, cep])
+        out = np.empty_like(cep)
+        for lo in range(0, len(cep), _RANK_CHUNK):
+            at = len(past) + np.arange(lo, min(lo + _RANK_CHUNK, len(cep)))  # the frames' rows in `seen`
+            first = max(0, int(at[0]) - window + 1)
+            rows = np.arange(first, int(at[-1]) + 1)
+            inside = ((rows[None, :] <= at[:, None]) & (rows[None, :] > at[:, None] - window))[:, :, None]
+            x, ref = seen[at][:, None, :], seen[first : at[-1] + 1][None, :, :]
+            below = ((ref < x) & inside).sum(axis=1)
+            tied = ((ref == x) & inside).sum(axis=1)  # this frame itself included
+            count = inside.sum(axis=1)
+            out[at - len(past)] = ndtri((below + 0.5 * tied + 0.5) / (count + 1.0))
+        st.ranked = seen[max(0, len(seen) - (window - 1)):] if window > 1 else seen[:0]
+        return out
+
+    def _normalise(self, st: _Draws, cep: Frames, mean: Frames, spread: Frames, generic_spread: Samples,
+                   window: int) -> Frames:
+        """The speaker-normalised trajectory (rows are frames): the running mean removed, the running spread
+        scaled to the generic one (up to version 3), and in version 4 a share replaced by the ranks."""
+        gain = np.clip(generic_spread / spread, 0.5, 2.0) if self.spread_normalisation else 1.0
+        norm: Frames = (cep - mean) * gain
+        if self.rank_equalisation:
+            ranks = self._equalise(st, cep, max(1, window))
+            norm = (1.0 - self.rank_equalisation) * norm + self.rank_equalisation * ranks * generic_spread
+        return norm
 
     def _shape_trajectory(self, st: _Draws, norm: Frames, frame_rate: float, spread: Samples) -> Frames:
         """Version 3's steps on the speaker-normalised trajectory (rows are frames): low-pass, dithered grid,
@@ -276,9 +351,9 @@ class PseudoSpeaker(_RandomisedVoice):
             st.csum, st.c2sum, st.wsum = csum[-1].copy(), c2sum[-1].copy(), float(wsum[-1])
             mean = csum / np.maximum(wsum, 1e-12)[:, None]
             spread = np.sqrt(np.maximum(c2sum / np.maximum(wsum, 1e-12)[:, None] - mean * mean, 1e-8))
-            gain = np.clip(generic_spread / spread, 0.5, 2.0)
+            norm = self._normalise(st, cep, mean, spread, generic_spread, round(self.equalisation_window * rate / hop))
             wandering = drift(len(x), hop)
-            norm = self._shape_trajectory(st, (cep - mean) * gain, rate / hop, generic_spread)
+            norm = self._shape_trajectory(st, norm, rate / hop, generic_spread)
             cep = st.dynamics * norm + st.timbre + wandering[:, :q]
             y = _cepstral_filter(cep, exc, stream.window, nfft)
             # Output level: the drawn level, drifting, times the frame's loudness relative to
