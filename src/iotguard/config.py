@@ -70,6 +70,9 @@ class HubConfig:
     #: ADR 0706; the ``accel`` extra): the same features and scores for less CPU. The
     #: hub's flow monitor compiles them when it is first built (a few seconds, once per process).
     detection_compiled: bool = False
+    #: A MaxMind-format country database (``.mmdb``: GeoLite2-Country, DB-IP country lite) for the
+    #: ``new_country`` flow rule (ADR 0717); empty: no such rule. Read once per hub process at start.
+    detection_country_database: str = ""
     #: The flow monitor learns its baselines from at least this many flows ... (ADR 0710)
     detection_learn_flows: int = 2000
     #: ... over at least this many seconds of flow time (two hours: the damped statistics settle and

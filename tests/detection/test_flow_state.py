@@ -50,7 +50,11 @@ def _row() -> tuple[bytes, FlowMonitor, FlowBatch]:
 
 @pytest.mark.parametrize(("change", "code"), [
     (lambda b: {**b, "extra": 1}, "detector_state_bad_keys"),
-    (lambda b: {**b, "v": 2}, "detector_state_version"),
+    (lambda b: {**b, "v": 3}, "detector_state_version"),
+    (lambda b: {**b, "v": 1}, "detector_state_version"),  # version 1 had no country baseline
+    (lambda b: {**b, "known_countries": ["DE", "AT"]}, "detector_state_bad_value"),
+    (lambda b: {**b, "known_countries": ["de"]}, "detector_state_bad_value"),
+    (lambda b: {**b, "country_flows": -1}, "detector_state_bad_value"),
     (lambda b: {**b, "sums": b["sums"][:-8]}, "detector_state_bad_value"),
     (lambda b: {**b, "times": np.array([np.nan, 0, 0, 0]).tobytes()}, "detector_state_bad_value"),
     (lambda b: {**b, "dsts": b["dsts"] + b["dsts"][:1]}, "detector_state_bad_value"),
@@ -66,6 +70,21 @@ def test_malformed_host_row_is_refused_and_the_host_starts_afresh(change: object
     monitor.detector.reset_hosts()
     hosts = HostStates(monitor.detector, batch, {host: tampered})
     assert hosts.unreadable == {host: code}
+
+
+def test_a_version_1_row_is_read_with_an_empty_country_baseline() -> None:
+    """Rows stored before the new-country baseline (session 16) keep every other part of the host's state."""
+    data, monitor, batch = _row()
+    host = str(batch.orig_h[0])
+    body = cbor2.loads(data)
+    del body["known_countries"], body["country_flows"]
+    old = bytes(cbor2.dumps({**body, "v": 1}, canonical=True))
+    monitor.detector.reset_hosts()
+    hosts = HostStates(monitor.detector, batch, {host: old})
+    assert hosts.unreadable == {}
+    again = cbor2.loads(hosts.export()[host])
+    assert again["v"] == 2 and again["known_countries"] == [] and again["country_flows"] == 0
+    assert again["known_ports"] == body["known_ports"] and again["sums"] == body["sums"]
 
 
 def test_oversized_or_non_canonical_host_row_is_refused_before_parsing() -> None:

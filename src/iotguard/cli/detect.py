@@ -21,6 +21,7 @@ from iotguard.detection import (
 )
 from iotguard.detection.feed import MAX_FEED_BYTES
 from iotguard.detection.flows import FlowBatch
+from iotguard.detection.geo import CountryDatabase
 from iotguard.errors import ConfigError
 
 __all__ = ["format_report", "register"]
@@ -41,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ev.add_argument("--batch", type=int, default=1024, help="flows per streaming batch (default 1024)")
     ev.add_argument("--feed", metavar="FILE",
                     help="threat feed (one address or CIDR network per line): grade the known-bad address rule too")
+    ev.add_argument("--countries", metavar="MMDB",
+                    help="MaxMind-format country database (.mmdb): grade the new-country rule too")
     ev.add_argument("--json", action="store_true", help="end with one JSON object with every number")
     ev.set_defaults(func=_eval)
     flows = sub.add_parser("flows", help="print the flows of a pcap or Zeek conn.log as JSON lines")
@@ -89,6 +92,7 @@ def _eval(args: argparse.Namespace) -> int:
     feed = parse_feed(_read(args.feed, MAX_FEED_BYTES), name=Path(args.feed).name) if args.feed else None
     report = evaluate_flows(log_.flows, log_.labels, train_share=args.train_share, batch_size=args.batch,
                             local_hosts=log_.local_hosts, feed=feed,
+                            countries=CountryDatabase(args.countries) if args.countries else None,
                             scorer=ScorerConfig(target_fpr=args.target_fpr))
     print(format_report(report, args.zeek))
     if args.json:

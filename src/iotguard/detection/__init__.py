@@ -32,6 +32,7 @@ from iotguard.detection.feed import ThreatFeed, parse_feed
 from iotguard.detection.flow_report import FlowReportLimits, decode_flow_report, encode_flow_report, split_for_reports
 from iotguard.detection.flow_state import HostStates
 from iotguard.detection.flows import CONN_STATES, PROTOCOLS, Flow, FlowBatch
+from iotguard.detection.geo import CountryDatabase, NewCountryRule
 from iotguard.detection.health import (
     HealthConfig,
     HealthDetector,
@@ -72,6 +73,7 @@ __all__ = [
     "BeaconRule",
     "CloneRule",
     "ConnLog",
+    "CountryDatabase",
     "CredentialGuessingRule",
     "DetectorConfig",
     "DeviceView",
@@ -94,6 +96,7 @@ __all__ = [
     "KnownBadRule",
     "LearningWindow",
     "MonitorConfig",
+    "NewCountryRule",
     "NewPortRule",
     "PcapLimits",
     "PcapResult",

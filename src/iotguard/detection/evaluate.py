@@ -39,6 +39,7 @@ from iotguard.detection.alert import Severity
 from iotguard.detection.features import FeatureConfig, FeatureExtractor, FeatureMatrix
 from iotguard.detection.feed import ThreatFeed
 from iotguard.detection.flows import FlowBatch
+from iotguard.detection.geo import CountryDatabase
 from iotguard.detection.pipeline import DetectorConfig, flow_rules, learn_unjudged
 from iotguard.detection.rules import FlowRule
 from iotguard.detection.scorer import BaselineScorer, ScorerConfig
@@ -198,7 +199,7 @@ def evaluate_flows(batch: FlowBatch, labels: npt.NDArray[np.str_], *, train_shar
                    scorer: ScorerConfig | None = None,
                    timer: Callable[[], float] = time.perf_counter,
                    detector: DetectorConfig | None = None, local_hosts: Collection[str] = (),
-                   feed: ThreatFeed | None = None) -> EvaluationReport:
+                   feed: ThreatFeed | None = None, countries: CountryDatabase | None = None) -> EvaluationReport:
     """Fit on early benign flows, score the rest, grade with the labels.
 
     Args:
@@ -215,6 +216,7 @@ def evaluate_flows(batch: FlowBatch, labels: npt.NDArray[np.str_], *, train_shar
             ``local_orig`` / ``local_resp`` say), for the rule on probing from outside; a log
             has no device inventory.
         feed: Known-bad addresses (the hub's threat feed): graded with the ``known_bad_address`` rule.
+        countries: A country database: graded with the ``new_country`` rule.
 
     Raises:
         ConfigError: Too few benign training flows, or the scored flows hold one class only.
@@ -239,7 +241,7 @@ def evaluate_flows(batch: FlowBatch, labels: npt.NDArray[np.str_], *, train_shar
     train = np.flatnonzero(~malicious[:split])
     baseline = BaselineScorer(config.scorer)
     baseline.fit(x[train], flows.orig_h[train])
-    rules = flow_rules(config, extractor.names, feed=feed, local_hosts=local_hosts)
+    rules = flow_rules(config, extractor.names, feed=feed, local_hosts=local_hosts, countries=countries)
     learn_rules(rules, flows, matrix, train, batch_size)
     later, later_features = flows.take(slice(split, n)), matrix.take(slice(split, n))
     started = timer()

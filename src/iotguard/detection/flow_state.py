@@ -3,8 +3,11 @@
 A host's state is everything the flow detector keeps about one address:
 its damped per-host and inbound sums and times (the
 :class:`~iotguard.detection.features.FeatureExtractor` row), its channels
-(destination address, six numbers each) and ports, the new-port and
-beaconing baselines learned for it, when each detector last alerted on its
+(destination address, six numbers each) and ports, the new-port,
+beaconing and new-country baselines learned for it (version 2; a version 1
+row, written before the new-country rule, is read with that baseline
+empty; a detector without a country database carries the stored one
+through unchanged), when each detector last alerted on its
 device, and whether it is barred from learning (the learning window
 excluded it, or a rule flagged it later before it had a judged baseline,
 ADR 0709). :class:`HostStates`
@@ -34,6 +37,7 @@ import numpy.typing as npt
 
 from iotguard.detection._cbor import decode_canonical_map, float64_array
 from iotguard.detection.flows import FlowBatch
+from iotguard.detection.geo import NewCountryRule
 from iotguard.detection.pipeline import FlowDetector
 from iotguard.detection.rules import BeaconRule, NewPortRule, Throttle
 from iotguard.errors import MalformedError
@@ -45,11 +49,13 @@ MAX_HOST_STATE_BYTES: Final = 128 * 1024
 #: Channels and ports stored per host at most (the extractor's ``max_pairs_per_host`` if lower): with 64
 #: character addresses and full rule baselines a row stays under :data:`MAX_HOST_STATE_BYTES`.
 MAX_STORED_PAIRS: Final = 512
-HOST_STATE_VERSION: Final = 1
-_KEYS: Final = frozenset({"v", "sums", "in_sums", "times", "dsts", "channels", "ports", "port_times", "known_ports",
-                          "port_flows", "known_peers", "peer_flows", "alerted", "excluded"})
+#: Version 2 (session 16, ADR 0717) adds the new-country baseline; version 1 rows are still read.
+HOST_STATE_VERSION: Final = 2
+_KEYS_V1: Final = frozenset({"v", "sums", "in_sums", "times", "dsts", "channels", "ports", "port_times",
+                             "known_ports", "port_flows", "known_peers", "peer_flows", "alerted", "excluded"})
+_KEYS: Final = _KEYS_V1 | {"known_countries", "country_flows"}
 _DETECTORS: Final = frozenset({"scan_fanout", "new_port", "beaconing", "known_bad_address", "inbound_probing",
-                               "autoencoder"})
+                               "new_country", "autoencoder"})
 _HOST_SUMS, _IN_SUMS, _CHANNEL_WIDTH = 7, 3, 6
 _MAX_ADDRESS = 64
 _MAX_COUNT = 1 << 53
@@ -70,6 +76,8 @@ class _Row:
     peer_flows: int
     alerted: dict[str, float]
     excluded: bool
+    known_countries: list[str]
+    country_flows: int
 
 
 def _f64(a: npt.NDArray[Any]) -> bytes:
@@ -98,9 +106,31 @@ def _count(value: Any, what: str) -> int:
     return value
 
 
+def _body(data: bytes) -> dict[str, Any]:
+    """The stored map; a version 1 row (written before the new-country baseline) with that baseline empty."""
+    try:
+        return decode_canonical_map(data, max_bytes=MAX_HOST_STATE_BYTES, keys=_KEYS, version=HOST_STATE_VERSION,
+                                    prefix="detector_state", what="flow host state")
+    except MalformedError as exc:
+        if exc.code not in ("detector_state_bad_keys", "detector_state_version"):
+            raise
+        try:
+            body = decode_canonical_map(data, max_bytes=MAX_HOST_STATE_BYTES, keys=_KEYS_V1, version=1,
+                                        prefix="detector_state", what="flow host state")
+        except MalformedError:
+            raise exc from None  # not a version 1 row either: the current version's reason
+        return {**body, "known_countries": [], "country_flows": 0}
+
+
+def _countries(value: Any, limit: int) -> list[str]:
+    if not isinstance(value, list) or len(value) > limit or value != sorted(set(value)) or not all(
+            isinstance(c, str) and (c == "" or (len(c) == 2 and c.isascii() and c.isupper())) for c in value):
+        raise _fail("known countries must be sorted distinct country codes")
+    return value
+
+
 def _decode(data: bytes, rates: int, max_pairs: int, max_keys: int) -> _Row:
-    body = decode_canonical_map(data, max_bytes=MAX_HOST_STATE_BYTES, keys=_KEYS, version=HOST_STATE_VERSION,
-                                prefix="detector_state", what="flow host state")
+    body = _body(data)
     dsts = _addresses(body["dsts"], max_pairs, "channel destinations", ordered=False)
     ports = body["ports"]
     if not isinstance(ports, list) or len(ports) > max_pairs or len(set(ports)) != len(ports) or not all(
@@ -122,7 +152,8 @@ def _decode(data: bytes, rates: int, max_pairs: int, max_keys: int) -> _Row:
                 np.array(ports, dtype=np.int64), _array(body["port_times"], (len(ports),), "port_times"),
                 known, _count(body["port_flows"], "port flows"),
                 _addresses(body["known_peers"], max_keys, "known peers", ordered=True),
-                _count(body["peer_flows"], "peer flows"), dict(alerted), body["excluded"])
+                _count(body["peer_flows"], "peer flows"), dict(alerted), body["excluded"],
+                _countries(body["known_countries"], max_keys), _count(body["country_flows"], "country flows"))
 
 
 def _pairs(detector: FlowDetector) -> int:
@@ -133,6 +164,11 @@ def _rules(detector: FlowDetector) -> tuple[NewPortRule, BeaconRule, list[Thrott
     ports = next(r for r in detector.rules if isinstance(r, NewPortRule))
     peers = next(r for r in detector.rules if isinstance(r, BeaconRule))
     return ports, peers, [r.throttle for r in detector.rules] + [detector.throttle]
+
+
+def _country_rule(detector: FlowDetector) -> NewCountryRule | None:
+    """The new-country rule, if the detector has a country database."""
+    return next((r for r in detector.rules if isinstance(r, NewCountryRule)), None)
 
 
 class HostStates:
@@ -157,6 +193,8 @@ class HostStates:
         #: Hosts whose stored state did not parse (reason code), started afresh.
         self.unreadable: dict[str, str] = {}
         self._carried: dict[str, tuple[list[str], npt.NDArray[np.float64]]] = {}
+        #: Stored country baselines, kept as they are by a detector without a country database.
+        self._countries: dict[str, tuple[list[str], int]] = {}
         rows: dict[str, _Row] = {}
         rules = _rules(detector)
         for host in self.hosts:
@@ -205,6 +243,11 @@ class HostStates:
             ports.restore(host, set(row.known_ports), row.port_flows)
         if row.peer_flows or row.known_peers:
             peers.restore(host, set(row.known_peers), row.peer_flows)
+        countries = _country_rule(detector)
+        if countries is None:
+            self._countries[host] = (row.known_countries, row.country_flows)
+        elif row.country_flows or row.known_countries:
+            countries.restore(host, set(row.known_countries), row.country_flows)
         device = detector.devices.get(host, host)
         for throttle in throttles:  # two addresses of one device: the later alert of each detector counts
             now = throttle.last_of(device)
@@ -212,6 +255,8 @@ class HostStates:
         if row.excluded:  # flagged while it had no judged baseline: its rule baselines are empty and stay so
             ports.forget({host})
             peers.forget({host})
+            if countries is not None:
+                countries.forget({host})
             if not detector.fitted:
                 detector.excluded.add(host)
 
@@ -222,6 +267,7 @@ class HostStates:
         c_keys, c_values = ex._channels.items()
         p_keys, p_values = ex._ports.items()
         ports, peers, throttles = _rules(detector)
+        countries = _country_rule(detector)
         out: dict[str, bytes] = {}
         for host in self.hosts:
             i = self._ids[host]
@@ -244,13 +290,18 @@ class HostStates:
             for throttle in throttles:  # each holds every detector's times; its own detector's are the newest
                 for d, t in throttle.last_of(device).items():
                     alerted[d] = max(t, alerted.get(d, t))
+            if countries is None:
+                known_countries, country_flows = self._countries.get(host, ([], 0))
+            else:
+                known_countries = sorted(str(c) for c in countries.known.get(host, ()))
+                country_flows = countries.flows.get(host, 0)
             out[host] = bytes(cbor2.dumps({
                 "v": HOST_STATE_VERSION, "sums": _f64(ex._sums[i]), "in_sums": _f64(ex._in_sums[i]),
                 "times": _f64(np.array([ex._t_sums[i], ex._t_in[i], ex._first[i], ex._last[i]])),
                 "dsts": dsts, "channels": _f64(values), "ports": p_low.tolist(), "port_times": _f64(p_last),
                 "known_ports": sorted(ports.known.get(host, ())), "port_flows": ports.flows.get(host, 0),
                 "known_peers": sorted(peers.known.get(host, ())), "peer_flows": peers.flows.get(host, 0),
-                "alerted": alerted,
+                "known_countries": known_countries, "country_flows": country_flows, "alerted": alerted,
                 "excluded": host in detector.excluded or host in ports.barred or host in peers.barred}, canonical=True))
         return out
 

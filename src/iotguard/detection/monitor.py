@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from iotguard.detection.alert import Alert
 from iotguard.detection.feed import ThreatFeed
 from iotguard.detection.flows import FlowBatch
+from iotguard.detection.geo import CountryDatabase
 from iotguard.detection.pipeline import DetectorConfig, FlowDetector
 from iotguard.errors import ConfigError
 
@@ -84,12 +85,15 @@ class FlowMonitor:
         devices: Address -> device id (from the address inventory).
         models: Device id -> device model.
         feed: Known-bad addresses.
+        countries: A country database for the ``new_country`` rule.
     """
 
     def __init__(self, config: MonitorConfig | None = None, *, devices: Mapping[str, str] | None = None,
-                 models: Mapping[str, str] | None = None, feed: ThreatFeed | None = None) -> None:
+                 models: Mapping[str, str] | None = None, feed: ThreatFeed | None = None,
+                 countries: CountryDatabase | None = None) -> None:
         self.config = config or MonitorConfig()
-        self.detector = FlowDetector(self.config.detector, devices=devices, models=models, feed=feed)
+        self.detector = FlowDetector(self.config.detector, devices=devices, models=models, feed=feed,
+                                     countries=countries)
         self.flows_seen = 0
 
     def set_feed(self, feed: ThreatFeed | None) -> None:

@@ -19,6 +19,7 @@ from iotguard.detection.alert import Alert, Severity
 from iotguard.detection.features import FeatureConfig, FeatureExtractor, FeatureMatrix
 from iotguard.detection.feed import ThreatFeed
 from iotguard.detection.flows import FlowBatch
+from iotguard.detection.geo import CountryDatabase, NewCountryRule
 from iotguard.detection.inbound import InboundProbeRule
 from iotguard.detection.model_ports import ModelPorts
 from iotguard.detection.rules import (
@@ -88,7 +89,8 @@ class LearningWindow:
 def flow_rules(config: DetectorConfig, names: tuple[str, ...], devices: Mapping[str, str] | None = None,
                feed: ThreatFeed | None = None, local_hosts: Collection[str] = (), *,
                models: Mapping[str, str] | None = None,
-               model_ports: Mapping[str, frozenset[int]] | None = None) -> list[FlowRule]:
+               model_ports: Mapping[str, frozenset[int]] | None = None,
+               countries: CountryDatabase | None = None) -> list[FlowRule]:
     """The flow rules a :class:`FlowDetector` runs, fresh (the evaluation harness grades the same set).
 
     Args:
@@ -101,6 +103,7 @@ def flow_rules(config: DetectorConfig, names: tuple[str, ...], devices: Mapping[
             log marks local).
         models: Device id -> device model.
         model_ports: Per model, the ports several of its devices used in the learning window (ADR 0712).
+        countries: A country database (none: no ``new_country`` rule, ADR 0717).
     """
     quiet = config.realert_s
     lives = config.features.half_lives_s  # the probing rule's short (nearest 60 s) and long counts
@@ -115,6 +118,9 @@ def flow_rules(config: DetectorConfig, names: tuple[str, ...], devices: Mapping[
                          channel_half_life_s=config.features.channel_half_life_s, devices=devices,
                          local_hosts=local_hosts, realert_s=quiet, compiled=compiled),
     ]
+    if countries is not None:
+        rules.append(NewCountryRule(countries, devices=devices, realert_s=quiet, local_hosts=local_hosts,
+                                    compiled=compiled))
     if feed is not None:
         rules.append(KnownBadRule(feed, devices=devices, realert_s=quiet))
     return rules
@@ -163,14 +169,17 @@ class FlowDetector:
         devices: Address -> device id of fleet devices (others are named by address).
         models: Device id -> device model, for the per-model fallback baselines.
         feed: Known-bad addresses (no feed: no ``known_bad_address`` rule).
+        countries: A country database (none: no ``new_country`` rule).
     """
 
     def __init__(self, config: DetectorConfig | None = None, *, devices: Mapping[str, str] | None = None,
-                 models: Mapping[str, str] | None = None, feed: ThreatFeed | None = None) -> None:
+                 models: Mapping[str, str] | None = None, feed: ThreatFeed | None = None,
+                 countries: CountryDatabase | None = None) -> None:
         self.config = config or DetectorConfig()
         self.devices = dict(devices or {})
         self.models = dict(models or {})
         self.feed = feed
+        self.countries = countries
         self.extractor = FeatureExtractor(self.config.features)
         self.scorer = BaselineScorer(self.config.scorer)
         #: Per device model, the ports several of its devices used in the learning window (ADR 0712).
@@ -193,7 +202,7 @@ class FlowDetector:
 
     def _make_rules(self) -> list[FlowRule]:
         return flow_rules(self.config, self.extractor.names, self.devices, self.feed, models=self.models,
-                          model_ports=self.model_ports)
+                          model_ports=self.model_ports, countries=self.countries)
 
     def set_feed(self, feed: ThreatFeed | None) -> None:
         """Match against ``feed`` from the next batch on (``None``: no ``known_bad_address`` rule); the rule's

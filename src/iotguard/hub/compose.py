@@ -24,6 +24,7 @@ from iotguard.audit.anchor import CheckpointSchedule
 from iotguard.clock import Clock, SystemClock
 from iotguard.config import HubConfig
 from iotguard.detection import AutoencoderConfig, DetectorConfig, FeatureConfig, MonitorConfig, ScorerConfig
+from iotguard.detection.geo import CountryDatabase
 from iotguard.errors import IotGuardError
 from iotguard.hub.audit_store import FileAnchor, open_audit_log
 from iotguard.hub.credentials import set_end_of_support
@@ -203,7 +204,9 @@ def build_hub_services(cfg: HubConfig, *, clock: Clock | None = None,
                            FlowIngestService(detection, Path(cfg.data_dir),
                                              lambda: {p.device_id: p.model for p in posture.posture},
                                              config=_monitor_config(cfg),
-                                             states=SqlDetectorStateStore(store.engine)),
+                                             states=SqlDetectorStateStore(store.engine),
+                                             countries=CountryDatabase(cfg.detection_country_database)
+                                             if cfg.detection_country_database else None),
                            DeviceHealthService(detection, states=SqlDetectorStateStore(store.engine)),
                            signals, rollouts, models,
                            LearningService(SqlLearningRunStore(store.engine), models, audit_sink, clock,

@@ -68,6 +68,7 @@ from iotguard.detection import (
     decode_health_report,
 )
 from iotguard.detection.flow_state import HostStates
+from iotguard.detection.geo import CountryDatabase
 from iotguard.detection.model_state import INDEX_PART, export_scorer, import_scorer, model_parts, model_ports
 from iotguard.detection.monitor import MAX_INVENTORY_BYTES, parse_address_inventory
 from iotguard.errors import ConfigError, IotGuardError, MalformedError, StorageError
@@ -145,13 +146,15 @@ class FlowIngestService:
         clock: Time of the state writes (None: the detection service's clock).
         state_ttl: A host row not written for this long is deleted (every :data:`PRUNE_EVERY` batches); the host
             then starts afresh, as one the in-process monitor had forgotten.
+        countries: A country database for the ``new_country`` rule (``hub.detection_country_database``).
     """
 
     def __init__(self, detection: DetectionService, data_dir: Path, models: Callable[[], Mapping[str, str]], *,
                  config: MonitorConfig | None = None, limits: FlowReportLimits | None = None,
                  states: DetectorStateStore | None = None, clock: Clock | None = None,
-                 state_ttl: timedelta = FLOW_STATE_TTL) -> None:
+                 state_ttl: timedelta = FLOW_STATE_TTL, countries: CountryDatabase | None = None) -> None:
         self.detection = detection
+        self.countries = countries
         self.inventory_path = data_dir / ADDRESS_INVENTORY_FILE
         #: Known-bad addresses, ``<data_dir>/threat_feed`` (ADR 0716): read again when it changes.
         self.feed = FeedFile(data_dir / THREAT_FEED_FILE)
@@ -205,7 +208,8 @@ class FlowIngestService:
                 log.info("address inventory changed: the flow monitor learns again")
             self._inventory_key = key
             models = dict(self._models())
-            self._monitor = FlowMonitor(self.config, devices=self._inventory, models=models)
+            self._monitor = FlowMonitor(self.config, devices=self._inventory, models=models,
+                                        countries=self.countries)
             # Processes with the same inventory, models and settings share one learned baseline.
             basis = cbor2.dumps([sorted(self._inventory.items()), sorted(models.items()), repr(self.config)],
                                 canonical=True)
