@@ -27,6 +27,8 @@ half a file.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import pwd
 import signal
@@ -62,6 +64,8 @@ __all__ = [
     "update_acl_file",
     "write_broker_config",
 ]
+
+log = logging.getLogger(__name__)
 
 #: The hub's MQTT identity (CN of its client certificate, hence its username).
 HUB_USERNAME = "iotguard-hub"
@@ -337,6 +341,11 @@ def _all_devices(store: HubStore) -> list[DeviceRecord]:
 
 
 
+@functools.cache
+def _warn_no_user(user: str) -> None:
+    log.warning("broker user %r does not exist on this host: the broker files keep their owner", user)
+
+
 def _owner(run_as_user: str | None) -> tuple[int, int] | None:
     # Mosquitto started as root drops to ``run_as_user`` and re-reads the key,
     # CRL and ACL as that user on SIGHUP, so the files must belong to it.
@@ -345,7 +354,10 @@ def _owner(run_as_user: str | None) -> tuple[int, int] | None:
     try:
         entry = pwd.getpwnam(run_as_user)
     except KeyError:
-        raise ConfigError(f"broker user {run_as_user!r} does not exist") from None
+        # No such user here, so no Mosquitto on this host drops to it (it would refuse to start): the files
+        # stay the hub's own. Failing instead would leave every access change queued forever.
+        _warn_no_user(run_as_user)
+        return None
     return entry.pw_uid, entry.pw_gid
 
 
