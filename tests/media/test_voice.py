@@ -12,12 +12,14 @@ from iotguard.media import (
     Audio,
     McAdams,
     RandomisedVocoder,
+    Utterance,
     decode_wav,
     encode_wav,
     equal_error_rate,
     evaluate_voice,
     voice_transform,
 )
+from iotguard.media.evaluation import VOICE_ATTACKERS
 from iotguard.media.voice import _lpc, _warp_poles
 from iotguard.sim.media import SyntheticSpeaker, synthetic_corpus, synthetic_utterance
 
@@ -178,6 +180,34 @@ def test_semi_informed_attacker_breaks_mcadams_but_not_the_vocoder(corpus) -> No
     assert ours.eer_semi_informed > mcadams.eer_semi_informed + 0.1
     assert ours.accuracy > 0.75  # the spoken content survives
     assert ours.real_time_factor is not None and ours.real_time_factor > 5
+
+
+def _cues_under_a_loud_mask(seed: int = 0) -> list[Utterance]:
+    """Each utterance: a shared speaker says the digit three times, loud, then the true speaker says it 40 dB
+    quieter. Only the quiet frames identify the speaker, and they are the frames an energy cut drops."""
+    rng = np.random.default_rng(seed + 100)
+    mask = SyntheticSpeaker("mask", 1.0, 150.0, 0.9)
+    out = []
+    for u in synthetic_corpus(speakers=4, per_digit=4, seed=seed):
+        loud = np.concatenate([synthetic_utterance(mask, u.label, rng).samples for _ in range(3)])
+        out.append(Utterance(u.speaker, u.label, Audio(np.concatenate([loud, 0.01 * u.audio.samples]), RATE)))
+    return out
+
+
+def test_speaker_cues_in_the_frames_the_energy_cut_drops_are_still_attacked() -> None:
+    """Check that a transform cannot hide a speaker from the attacker by where it puts the loudness.
+
+    The speech-frame back ends keep the frames above the 30th percentile of MFCC c0; on flat-loudness
+    output (pseudo-speaker) that cut discards frames that identify the speaker (ADR 0906/0907). The
+    all-frames back end sees them, and the reported EER is the lowest over the back ends.
+    """
+    e = evaluate_voice(_cues_under_a_loud_mask(), None, components=8, enrol_per_speaker=8)
+    assert set(e.eer_by_attacker) == set(VOICE_ATTACKERS)
+    assert e.eer_by_attacker["embedding"]["ignorant"] > 0.4  # the cut leaves only the mask speaker
+    assert e.eer_ignorant < 0.2
+    for kind in ("ignorant", "semi_informed"):
+        reported = e.eer_ignorant if kind == "ignorant" else e.eer_semi_informed
+        assert reported == min(by_kind[kind] for by_kind in e.eer_by_attacker.values())
 
 
 def test_synthetic_speakers_differ() -> None:

@@ -3,11 +3,15 @@
 An anonymiser that was never attacked is only a claim, so iotguard ships
 its own attacker, trained inside the tool on the data it is evaluated on:
 
-* **Speaker verification** by two back ends, and the stronger one counts:
+* **Speaker verification** by three back ends, and the strongest one counts:
   an utterance embedding (mean and standard deviation of MFCC + delta
   frames) projected by linear discriminant analysis trained on labelled
   background speech and scored by cosine similarity against each speaker's
-  mean enrolment embedding (an i-vector/PLDA-style back end in miniature);
+  mean enrolment embedding (an i-vector/PLDA-style back end in miniature),
+  once over the speech frames (MFCC c0 above the utterance's 30th
+  percentile) and once over all frames, because a transform that flattens
+  the loudness makes c0 stop marking speech and the cut then discards
+  frames that identify the speaker (ADR 0907);
   and a GMM-UBM (Reynolds et al., 2000) on MFCC +
   delta features with per-utterance mean/variance normalisation: a
   universal background model from background utterances, one MAP-adapted
@@ -173,9 +177,16 @@ def _speech_frames(audio: Audio) -> Features:
     return f[keep] if keep.sum() >= 5 else f
 
 
-def speaker_embedding(audio: Audio) -> Features:
-    """Utterance-level statistics: mean and standard deviation of MFCC + delta frames."""
-    f = _speech_frames(audio)
+def speaker_embedding(audio: Audio, *, speech_only: bool = True) -> Features:
+    """Utterance-level statistics: mean and standard deviation of MFCC + delta frames.
+
+    Args:
+        audio: The utterance.
+        speech_only: Keep only the frames whose MFCC c0 is above the
+            utterance's 30th percentile (a speech/silence cut); ``False``
+            uses every frame.
+    """
+    f = _speech_frames(audio) if speech_only else mfcc(audio)
     return np.concatenate([f.mean(axis=0), f.std(axis=0)])
 
 
@@ -185,9 +196,16 @@ class EmbeddingVerifier:
     The background utterances must carry speaker labels (the attacker's own
     labelled data); the projection keeps the directions that separate
     speakers and discards those that vary within one speaker.
+
+    Args:
+        speech_only: Compute the statistics over the speech frames only (see
+            :func:`speaker_embedding`); ``False`` keeps every frame, which is
+            the stronger attacker on audio whose loudness no longer follows
+            the speech.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, speech_only: bool = True) -> None:
+        self.speech_only = speech_only
         self._scaler = StandardScaler()
         self._lda = LinearDiscriminantAnalysis()
         self._speakers: dict[str, Features] = {}
@@ -201,12 +219,13 @@ class EmbeddingVerifier:
         """
         if len({u.speaker for u in utterances}) < 2:
             raise ConfigError("the background needs at least two speakers")
-        x = np.stack([speaker_embedding(u.audio) for u in utterances])
+        x = np.stack([speaker_embedding(u.audio, speech_only=self.speech_only) for u in utterances])
         self._lda.fit(self._scaler.fit_transform(x), [u.speaker for u in utterances])
         self._fitted = True
 
     def _embed(self, audio: Audio) -> Features:
-        v: Features = self._lda.transform(self._scaler.transform(speaker_embedding(audio)[None, :]))[0]
+        x = speaker_embedding(audio, speech_only=self.speech_only)[None, :]
+        v: Features = self._lda.transform(self._scaler.transform(x))[0]
         return v / (np.linalg.norm(v) + 1e-12)
 
     def enrol(self, speaker: str, utterances: Sequence[Audio]) -> None:
