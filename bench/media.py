@@ -6,8 +6,8 @@ with --fsdd: the dataset is not part of this repository): for the original audio
 B2 baseline), iotguard's randomised vocoder and its pseudo-speaker conversion (the
 default), all in one run and on one split,
 the built-in attacker's speaker-verification EER (ignorant and semi-informed; the
-lowest of its three back ends: LDA embedding on the speech frames, the same on all
-frames, GMM-UBM; each is printed and in the results' eer_by_attacker), spoken-digit accuracy, and the
+lowest of its four back ends: LDA embedding on the speech frames, the same on all
+frames, on all frames but each utterance's first 200 ms, GMM-UBM; each is printed and in the results' eer_by_attacker), spoken-digit accuracy, and the
 transform's real-time factor on one core.
 
 Images: 640x480 frames, each with one face from the LFW subset that scikit-image

@@ -3,15 +3,17 @@
 An anonymiser that was never attacked is only a claim, so iotguard ships
 its own attacker, trained inside the tool on the data it is evaluated on:
 
-* **Speaker verification** by three back ends, and the strongest one counts:
+* **Speaker verification** by four back ends, and the strongest one counts:
   an utterance embedding (mean and standard deviation of MFCC + delta
   frames) projected by linear discriminant analysis trained on labelled
   background speech and scored by cosine similarity against each speaker's
   mean enrolment embedding (an i-vector/PLDA-style back end in miniature),
   once over the speech frames (MFCC c0 above the utterance's 30th
-  percentile) and once over all frames, because a transform that flattens
+  percentile), once over all frames, because a transform that flattens
   the loudness makes c0 stop marking speech and the cut then discards
-  frames that identify the speaker (ADR 0907);
+  frames that identify the speaker (ADR 0907), and once over all frames
+  but each utterance's first 200 ms, where a transform's running
+  normalisation has not settled (ADR 0907, amendment);
   and a GMM-UBM (Reynolds et al., 2000) on MFCC +
   delta features with per-utterance mean/variance normalisation: a
   universal background model from background utterances, one MAP-adapted
@@ -170,14 +172,21 @@ class SpeakerVerifier:
         return equal_error_rate(target, nontarget)
 
 
-def _speech_frames(audio: Audio) -> Features:
-    f = mfcc(audio)
+_MIN_FRAMES = 5
+"""Fewest frames an utterance's statistics are taken over before a frame selection falls back to all."""
+
+
+def _cut(f: Features) -> Features:
     energy = f[:, 0]
     keep = energy > np.percentile(energy, 30)
-    return f[keep] if keep.sum() >= 5 else f
+    return f[keep] if keep.sum() >= _MIN_FRAMES else f
 
 
-def speaker_embedding(audio: Audio, *, speech_only: bool = True) -> Features:
+def _speech_frames(audio: Audio) -> Features:
+    return _cut(mfcc(audio))
+
+
+def speaker_embedding(audio: Audio, *, speech_only: bool = True, skip_onset: float = 0.0) -> Features:
     """Utterance-level statistics: mean and standard deviation of MFCC + delta frames.
 
     Args:
@@ -185,8 +194,16 @@ def speaker_embedding(audio: Audio, *, speech_only: bool = True) -> Features:
         speech_only: Keep only the frames whose MFCC c0 is above the
             utterance's 30th percentile (a speech/silence cut); ``False``
             uses every frame.
+        skip_onset: Seconds at the start of the utterance whose frames are
+            dropped first (frames start every 10 ms). An utterance that would
+            keep fewer than five frames keeps them all instead.
     """
-    f = _speech_frames(audio) if speech_only else mfcc(audio)
+    f = mfcc(audio)
+    skip = round(skip_onset * audio.rate) // int(0.010 * audio.rate)
+    if skip > 0 and len(f) - skip >= _MIN_FRAMES:
+        f = f[skip:]
+    if speech_only:
+        f = _cut(f)
     return np.concatenate([f.mean(axis=0), f.std(axis=0)])
 
 
@@ -202,10 +219,15 @@ class EmbeddingVerifier:
             :func:`speaker_embedding`); ``False`` keeps every frame, which is
             the stronger attacker on audio whose loudness no longer follows
             the speech.
+        skip_onset: Seconds dropped at the start of each utterance (see
+            :func:`speaker_embedding`); 0.2 with ``speech_only=False`` is the
+            stronger attacker on output whose running normalisation settles
+            during the first frames.
     """
 
-    def __init__(self, *, speech_only: bool = True) -> None:
+    def __init__(self, *, speech_only: bool = True, skip_onset: float = 0.0) -> None:
         self.speech_only = speech_only
+        self.skip_onset = skip_onset
         self._scaler = StandardScaler()
         self._lda = LinearDiscriminantAnalysis()
         self._speakers: dict[str, Features] = {}
@@ -219,12 +241,15 @@ class EmbeddingVerifier:
         """
         if len({u.speaker for u in utterances}) < 2:
             raise ConfigError("the background needs at least two speakers")
-        x = np.stack([speaker_embedding(u.audio, speech_only=self.speech_only) for u in utterances])
+        x = np.stack([self._statistics(u.audio) for u in utterances])
         self._lda.fit(self._scaler.fit_transform(x), [u.speaker for u in utterances])
         self._fitted = True
 
+    def _statistics(self, audio: Audio) -> Features:
+        return speaker_embedding(audio, speech_only=self.speech_only, skip_onset=self.skip_onset)
+
     def _embed(self, audio: Audio) -> Features:
-        x = speaker_embedding(audio, speech_only=self.speech_only)[None, :]
+        x = self._statistics(audio)[None, :]
         v: Features = self._lda.transform(self._scaler.transform(x))[0]
         return v / (np.linalg.norm(v) + 1e-12)
 
