@@ -88,8 +88,7 @@ class CountryDatabase:
     def countries(self, addresses: npt.NDArray[np.str_]) -> npt.NDArray[np.str_]:
         """The country code of each address (``""`` for none), one look-up per distinct address."""
         unique, inverse = np.unique(addresses, return_inverse=True)
-        codes = np.array([self.country(a) for a in unique.tolist()] or [""], dtype="<U2")
-        out: npt.NDArray[np.str_] = codes[inverse] if unique.shape[0] else np.zeros(0, dtype="<U2")
+        out: npt.NDArray[np.str_] = np.array([self.country(a) for a in unique.tolist()], dtype="<U2")[inverse]
         return out
 
 
@@ -115,9 +114,9 @@ class NewCountryRule(_Baseline):
         return self.database.countries(batch.resp_h)
 
     def hits(self, batch: FlowBatch, features: FeatureMatrix) -> BoolArray:
-        hit = self._unknown(batch)
-        if hit.any():
-            hit &= self._keys(batch) != ""
+        keys = self._keys(batch)
+        hit = self._unknown(batch, keys=keys)
+        hit &= keys != ""
         return hit
 
     def evaluate(self, batch: FlowBatch, features: FeatureMatrix) -> list[Alert]:

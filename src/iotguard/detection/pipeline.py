@@ -208,14 +208,13 @@ class FlowDetector:
         """Match against ``feed`` from the next batch on (``None``: no ``known_bad_address`` rule); the rule's
         throttle is kept."""
         self.feed = feed
-        kept = [r for r in self.rules if not isinstance(r, KnownBadRule)]
-        old = next((r for r in self.rules if isinstance(r, KnownBadRule)), None)
-        if feed is not None:
-            if old is None:
-                old = KnownBadRule(feed, devices=self.devices, realert_s=self.config.realert_s)
-            old.feed = feed
-            kept.append(old)
-        self.rules = kept
+        rule = next((r for r in self.rules if isinstance(r, KnownBadRule)), None)
+        if feed is None:
+            self.rules = [r for r in self.rules if r is not rule]
+        elif rule is None:
+            self.rules.append(KnownBadRule(feed, devices=self.devices, realert_s=self.config.realert_s))
+        else:
+            rule.feed = feed
 
     def _set_model_ports(self, ports: Mapping[str, frozenset[int]]) -> None:
         self.model_ports = dict(ports)

@@ -386,15 +386,17 @@ class _Baseline(FlowRule):
             arr = self._arrays[host] = np.array(sorted(self.known.get(host, ())), dtype=dtype)
         return arr
 
-    def _unknown(self, batch: FlowBatch, index: npt.NDArray[np.intp] | None = None) -> BoolArray:
-        """Flows of hosts with a baseline whose key is not in it (``index``: :meth:`_judged_index`, if known)."""
+    def _unknown(self, batch: FlowBatch, index: npt.NDArray[np.intp] | None = None,
+                 keys: npt.NDArray[Any] | None = None) -> BoolArray:
+        """Flows of hosts with a baseline whose key is not in it (``index``: :meth:`_judged_index`, ``keys``:
+        :meth:`_keys`, if known)."""
         out = np.zeros(len(batch), dtype=bool)
         if index is None:
             index = self._judged_index(batch)
         picked = np.flatnonzero(index >= 0)
         if picked.shape[0] == 0:
             return out
-        keys = self._keys(batch)[picked]
+        keys = (self._keys(batch) if keys is None else keys)[picked]
         owner = index[picked]
         judged = self._judged_hosts()
         if owner[0] == owner[-1] and (owner == owner[0]).all():  # one host with a baseline here (the common case)
@@ -444,10 +446,11 @@ class NewPortRule(_Baseline):
         return port_keys(batch)
 
     def hits(self, batch: FlowBatch, features: FeatureMatrix) -> BoolArray:
-        hit = self._unknown(batch)
+        all_keys = port_keys(batch)
+        hit = self._unknown(batch, keys=all_keys)
         if self.model_ports and hit.any():  # hits are few: a look-up each
             rows = np.flatnonzero(hit)
-            keys = port_keys(batch)[rows].tolist()
+            keys = all_keys[rows].tolist()
             for row, host, key in zip(rows.tolist(), batch.orig_h[rows].tolist(), keys, strict=True):
                 ports = self.model_ports.get(self.models.get(self.devices.get(host, ""), ""))
                 if ports is not None and key in ports:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,18 +51,40 @@ from iotguard.errors import ConfigError
 from iotguard.media.audio import Audio, mfcc
 
 __all__ = [
+    "Cepstra",
     "DigitRecogniser",
     "EmbeddingVerifier",
     "SpeakerVerifier",
     "Utterance",
     "VoiceSplit",
     "equal_error_rate",
+    "shared_cepstra",
     "speaker_embedding",
     "split_utterances",
     "utterance_features",
 ]
 
 Features = npt.NDArray[np.float64]
+#: An utterance's MFCC + delta frames (``mfcc`` with its defaults), or the same from a cache.
+Cepstra = Callable[[Audio], Features]
+
+
+def shared_cepstra() -> Cepstra:
+    """:func:`~iotguard.media.audio.mfcc` computed once per audio object while the returned function lives.
+
+    The back ends attacking the same utterances take them from one of these
+    (every back end reads the same frames). Each entry holds its audio, so an
+    object id is never reused while its frames are cached.
+    """
+    seen: dict[int, tuple[Audio, Features]] = {}
+
+    def cepstra(audio: Audio) -> Features:
+        hit = seen.get(id(audio))
+        if hit is None or hit[0] is not audio:
+            hit = seen[id(audio)] = (audio, mfcc(audio))
+        return hit[1]
+
+    return cepstra
 
 
 @dataclass(frozen=True)
@@ -74,9 +96,9 @@ class Utterance:
     audio: Audio
 
 
-def utterance_features(audio: Audio) -> Features:
-    """Frame features for speaker modelling: MFCC + deltas, normalised per utterance."""
-    f = _speech_frames(audio)
+def utterance_features(audio: Audio, cepstra: Cepstra = mfcc) -> Features:
+    """Frame features for speaker modelling: MFCC + deltas of the speech frames, normalised per utterance."""
+    f = _cut(cepstra(audio))
     out: Features = (f - f.mean(axis=0)) / (f.std(axis=0) + 1e-8)
     return out
 
@@ -104,9 +126,12 @@ class SpeakerVerifier:
         components: Gaussians in the background model.
         relevance: MAP relevance factor for adapting the means.
         seed: Seed of the background model's initialisation.
+        cepstra: Where an utterance's frames come from (:func:`shared_cepstra` to share them).
     """
 
-    def __init__(self, components: int = 64, relevance: float = 16.0, seed: int = 0) -> None:
+    def __init__(self, components: int = 64, relevance: float = 16.0, seed: int = 0,
+                 cepstra: Cepstra = mfcc) -> None:
+        self.cepstra = cepstra
         self.components = components
         self.relevance = relevance
         self.seed = seed
@@ -121,7 +146,7 @@ class SpeakerVerifier:
         """
         if not utterances:
             raise ConfigError("the background model needs utterances")
-        x = np.vstack([utterance_features(a) for a in utterances])
+        x = np.vstack([utterance_features(a, self.cepstra) for a in utterances])
         ubm = GaussianMixture(self.components, covariance_type="diag", max_iter=50, reg_covar=1e-3,
                               random_state=self.seed)
         with warnings.catch_warnings():
@@ -138,7 +163,7 @@ class SpeakerVerifier:
         """
         if self._ubm is None or not utterances:
             raise ConfigError("train the background model and give enrolment utterances first")
-        x = np.vstack([utterance_features(a) for a in utterances])
+        x = np.vstack([utterance_features(a, self.cepstra) for a in utterances])
         gamma = self._ubm.predict_proba(x)
         n = gamma.sum(axis=0)
         first = gamma.T @ x
@@ -156,7 +181,7 @@ class SpeakerVerifier:
         model = self._speakers.get(speaker)
         if model is None or self._ubm is None:
             raise ConfigError(f"speaker {speaker!r} is not enrolled")
-        x = utterance_features(audio)
+        x = utterance_features(audio, self.cepstra)
         return float(np.mean(model.score_samples(x) - self._ubm.score_samples(x)))
 
     def eer(self, trials: Sequence[Utterance]) -> float:
@@ -164,7 +189,7 @@ class SpeakerVerifier:
         target: list[float] = []
         nontarget: list[float] = []
         for u in trials:
-            x = utterance_features(u.audio)
+            x = utterance_features(u.audio, self.cepstra)
             background = self._ubm.score_samples(x) if self._ubm is not None else None
             for speaker, model in self._speakers.items():
                 s = float(np.mean(model.score_samples(x) - background)) if background is not None else 0.0
@@ -182,11 +207,8 @@ def _cut(f: Features) -> Features:
     return f[keep] if keep.sum() >= _MIN_FRAMES else f
 
 
-def _speech_frames(audio: Audio) -> Features:
-    return _cut(mfcc(audio))
-
-
-def speaker_embedding(audio: Audio, *, speech_only: bool = True, skip_onset: float = 0.0) -> Features:
+def speaker_embedding(audio: Audio, *, speech_only: bool = True, skip_onset: float = 0.0,
+                      cepstra: Cepstra = mfcc) -> Features:
     """Utterance-level statistics: mean and standard deviation of MFCC + delta frames.
 
     Args:
@@ -197,8 +219,9 @@ def speaker_embedding(audio: Audio, *, speech_only: bool = True, skip_onset: flo
         skip_onset: Seconds at the start of the utterance whose frames are
             dropped first (frames start every 10 ms). An utterance that would
             keep fewer than five frames keeps them all instead.
+        cepstra: Where the frames come from.
     """
-    f = mfcc(audio)
+    f = cepstra(audio)
     skip = round(skip_onset * audio.rate) // int(0.010 * audio.rate)
     if skip > 0 and len(f) - skip >= _MIN_FRAMES:
         f = f[skip:]
@@ -223,9 +246,11 @@ class EmbeddingVerifier:
             :func:`speaker_embedding`); 0.2 with ``speech_only=False`` is the
             stronger attacker on output whose running normalisation settles
             during the first frames.
+        cepstra: Where an utterance's frames come from (:func:`shared_cepstra` to share them).
     """
 
-    def __init__(self, *, speech_only: bool = True, skip_onset: float = 0.0) -> None:
+    def __init__(self, *, speech_only: bool = True, skip_onset: float = 0.0, cepstra: Cepstra = mfcc) -> None:
+        self.cepstra = cepstra
         self.speech_only = speech_only
         self.skip_onset = skip_onset
         self._scaler = StandardScaler()
@@ -246,7 +271,8 @@ class EmbeddingVerifier:
         self._fitted = True
 
     def _statistics(self, audio: Audio) -> Features:
-        return speaker_embedding(audio, speech_only=self.speech_only, skip_onset=self.skip_onset)
+        return speaker_embedding(audio, speech_only=self.speech_only, skip_onset=self.skip_onset,
+                                 cepstra=self.cepstra)
 
     def _embed(self, audio: Audio) -> Features:
         x = self._statistics(audio)[None, :]

@@ -16,11 +16,13 @@ from typing import Any
 
 from iotguard.errors import ConfigError
 from iotguard.media.attacker import (
+    Cepstra,
     DigitRecogniser,
     EmbeddingVerifier,
     SpeakerVerifier,
     Utterance,
     VoiceSplit,
+    shared_cepstra,
     split_utterances,
 )
 from iotguard.media.audio import Audio
@@ -87,13 +89,15 @@ def anonymise_all(transform: VoiceTransform, audios: Sequence[Audio]) -> tuple[l
 
 
 def _attack(utterances: Sequence[Utterance], data: Sequence[Audio], split: VoiceSplit, trials: Sequence[Utterance],
-            *, components: int, seed: int) -> dict[str, float]:
-    """Each back end's EER: background and enrolment from ``data`` (original or anonymised), scored on ``trials``."""
+            *, components: int, seed: int, cepstra: Cepstra) -> dict[str, float]:
+    """Each back end's EER: background and enrolment from ``data`` (original or anonymised), scored on ``trials``;
+    every back end reads the frames of one :func:`~iotguard.media.attacker.shared_cepstra`."""
     background = [Utterance(utterances[i].speaker, "", data[i]) for i in split.background]
-    embeddings = {"embedding": EmbeddingVerifier(speech_only=True),
-                  "embedding_all_frames": EmbeddingVerifier(speech_only=False),
-                  "embedding_all_frames_no_onset": EmbeddingVerifier(speech_only=False, skip_onset=ONSET_SECONDS)}
-    gmm = SpeakerVerifier(components, seed=seed)
+    embeddings = {"embedding": EmbeddingVerifier(speech_only=True, cepstra=cepstra),
+                  "embedding_all_frames": EmbeddingVerifier(speech_only=False, cepstra=cepstra),
+                  "embedding_all_frames_no_onset": EmbeddingVerifier(speech_only=False, skip_onset=ONSET_SECONDS,
+                                                                     cepstra=cepstra)}
+    gmm = SpeakerVerifier(components, seed=seed, cepstra=cepstra)
     gmm.fit_background([u.audio for u in background])
     for verifier in embeddings.values():
         verifier.fit_background(background)
@@ -128,12 +132,14 @@ def evaluate_voice(utterances: Sequence[Utterance], transform: VoiceTransform | 
     trials = [anon[i] for i in split.trials]
 
     scores: dict[str, dict[str, float]] = {attacker: {} for attacker in VOICE_ATTACKERS}
+    cepstra = shared_cepstra()  # the trials are attacked twice, every utterance by four back ends
     for kind, data in (("ignorant", originals), ("semi_informed", anonymised)):
         if kind == "semi_informed" and transform is None:
             for by_kind in scores.values():
                 by_kind[kind] = by_kind["ignorant"]
             continue
-        for attacker, eer in _attack(utterances, data, split, trials, components=components, seed=seed).items():
+        for attacker, eer in _attack(utterances, data, split, trials, components=components, seed=seed,
+                                     cepstra=cepstra).items():
             scores[attacker][kind] = eer
 
     train_idx = list(split.background) + [i for idx in split.enrolment.values() for i in idx]
